@@ -1,0 +1,25 @@
+// Two projects: `unit` runs pure logic with nothing started; `integration` runs against a real
+// control plane (started once in global setup) and real network namespaces, so it needs root.
+const transform = {
+  '^.+\\.ts$': ['@swc/jest', { jsc: { parser: { syntax: 'typescript' }, target: 'es2024' }, module: { type: 'es6' } }],
+};
+const common = { transform, extensionsToTreatAsEsm: ['.ts'], testEnvironment: 'node' };
+
+export default {
+  projects: [
+    {
+      ...common,
+      displayName: 'unit',
+      testMatch: ['<rootDir>/{operator,dataplane,sidecar,crds,proto,test/cluster}/**/*.test.ts'],
+    },
+    {
+      ...common,
+      displayName: 'integration',
+      testMatch: ['<rootDir>/test/{integration,e2e}/**/*.test.ts'],
+      globalSetup: '<rootDir>/test/integration/global-setup.ts',
+      globalTeardown: '<rootDir>/test/integration/global-teardown.ts',
+      slowTestThreshold: 60,
+    },
+  ],
+  testTimeout: 120000,
+};

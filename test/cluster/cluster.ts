@@ -1,0 +1,333 @@
+// A real Kubernetes control plane on loopback for tests and the lab: etcd, kube-apiserver and,
+// when workloads are asked for, kube-controller-manager, kube-scheduler and kwok (which makes
+// Nodes and Pods look Running without a container runtime). Binaries come from build.sh.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { request } from 'node:https';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const here = dirname(fileURLToPath(import.meta.url));
+
+export const adminToken = 'naat-test-admin-token';
+
+export interface ClusterOptions {
+  /** Also run controller-manager, scheduler and kwok, so that Deployments and DaemonSets get Running pods. */
+  workloads?: boolean;
+  /** Node objects to create (kwok manages them). Needs `workloads`. */
+  nodes?: NodeSpec[];
+  /** Where to keep state, logs and the kubeconfig; a fresh temporary folder by default. */
+  dir?: string;
+  /** Called with a line for each step and how long it took. */
+  progress?: (line: string) => void;
+}
+
+export interface NodeSpec {
+  name: string;
+  labels?: Record<string, string>;
+}
+
+export interface Cluster {
+  dir: string;
+  server: string;
+  kubeconfig: string;
+  /** PEM of the CA that signed the apiserver's serving certificate. */
+  caFile: string;
+  /** kubectl against this cluster; resolves with stdout, rejects with stderr in the message. */
+  kubectl(args: string[], input?: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** Builds the binaries if their pins changed and returns the folder that holds them. */
+export async function buildBinaries(): Promise<string> {
+  const { stdout } = await run('bash', [join(here, 'build.sh')], { maxBuffer: 1 << 24 });
+  return stdout.trim().split('\n').pop()!;
+}
+
+export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
+  const say = options.progress ?? (() => {});
+  const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'naat-cluster-')));
+  await mkdir(join(dir, 'logs'), { recursive: true });
+  const children: ChildProcess[] = [];
+  const stop = async () => {
+    for (const child of children.reverse()) await terminate(child);
+    if (!options.dir) await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    const bin = await timed(say, 'Built control plane binaries', buildBinaries);
+    const pki = await timed(say, 'Created certificates', () => makePki(join(dir, 'pki')));
+    const [etcdPort, peerPort, apiPort] = await freePorts(3);
+    const server = `https://127.0.0.1:${apiPort}`;
+    const kubeconfig = join(dir, 'kubeconfig');
+    await writeFile(kubeconfig, kubeconfigYaml(server, pki.ca), { mode: 0o600 });
+    const start = (name: string, args: string[]) => {
+      const child = spawn(join(bin, name), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      const log = createWriteStream(join(dir, 'logs', `${name}.log`));
+      child.stdout!.pipe(log);
+      child.stderr!.pipe(log);
+      children.push(child);
+      return child;
+    };
+
+    await timed(say, 'Started etcd', async () => {
+      const etcd = `http://127.0.0.1:${etcdPort}`;
+      const peer = `http://127.0.0.1:${peerPort}`;
+      start('etcd', [
+        `--data-dir=${join(dir, 'etcd')}`,
+        `--listen-client-urls=${etcd}`,
+        `--advertise-client-urls=${etcd}`,
+        `--listen-peer-urls=${peer}`,
+        `--initial-advertise-peer-urls=${peer}`,
+        `--initial-cluster=default=${peer}`,
+        '--unsafe-no-fsync',
+        '--log-level=warn',
+      ]);
+      await waitFor('etcd', () => httpOk(`${etcd}/health`));
+    });
+
+    await timed(say, 'Started kube-apiserver', async () => {
+      start('kube-apiserver', [
+        `--etcd-servers=http://127.0.0.1:${etcdPort}`,
+        `--secure-port=${apiPort}`,
+        '--bind-address=127.0.0.1',
+        '--advertise-address=127.0.0.1',
+        `--cert-dir=${join(dir, 'pki')}`,
+        `--tls-cert-file=${pki.serverCert}`,
+        `--tls-private-key-file=${pki.serverKey}`,
+        `--client-ca-file=${pki.ca}`,
+        `--token-auth-file=${pki.tokens}`,
+        '--authorization-mode=Node,RBAC',
+        '--service-cluster-ip-range=10.96.0.0/16',
+        '--allow-privileged=true',
+        '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
+        `--service-account-key-file=${pki.saPub}`,
+        `--service-account-signing-key-file=${pki.saKey}`,
+        '--enable-priority-and-fairness=false',
+        '--profiling=false',
+      ]);
+      await waitFor('kube-apiserver', () => httpOk(`${server}/readyz`, pki.caPem));
+    });
+
+    if (options.workloads) {
+      await timed(say, 'Started controller-manager, scheduler and kwok', async () => {
+        const [kwokPort] = await freePorts(1);
+        start('kube-controller-manager', [
+          `--kubeconfig=${kubeconfig}`,
+          `--service-account-private-key-file=${pki.saKey}`,
+          `--root-ca-file=${pki.ca}`,
+          '--leader-elect=false',
+          '--secure-port=0',
+          '--controllers=*,-nodeipam,-nodelifecycle,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ttl,-bootstrapsigner,-tokencleaner',
+        ]);
+        start('kube-scheduler', [`--kubeconfig=${kubeconfig}`, '--leader-elect=false', '--secure-port=0']);
+        start('kwok', [
+          `--kubeconfig=${kubeconfig}`,
+          '--manage-all-nodes=true',
+          `--server-address=127.0.0.1:${kwokPort}`,
+        ]);
+      });
+    }
+
+    const cluster: Cluster = {
+      dir,
+      server,
+      kubeconfig,
+      caFile: pki.ca,
+      kubectl: (args, input) => kubectl(kubeconfig, args, input),
+      stop,
+    };
+    if (options.workloads) {
+      for (const node of options.nodes ?? []) await cluster.kubectl(['apply', '-f', '-'], nodeManifest(node));
+      // Pods need the namespace's default ServiceAccount, which the controller-manager creates.
+      await waitFor('default ServiceAccount', async () => {
+        await cluster.kubectl(['get', 'serviceaccount', 'default', '-n', 'default']);
+        return true;
+      });
+    }
+    return cluster;
+  } catch (error) {
+    await stop();
+    throw new Error(`Control plane failed to start (logs in ${join(dir, 'logs')}): ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
+}
+
+export async function kubectl(kubeconfig: string, args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(
+      'kubectl',
+      [`--kubeconfig=${kubeconfig}`, ...args],
+      { maxBuffer: 1 << 26 },
+      (error, stdout, stderr) => {
+        if (error) reject(new Error(`kubectl ${args.join(' ')}: ${stderr.trim() || error.message}`));
+        else resolve(stdout);
+      },
+    );
+    child.stdin!.end(input ?? '');
+  });
+}
+
+function nodeManifest(node: NodeSpec): string {
+  return JSON.stringify({
+    apiVersion: 'v1',
+    kind: 'Node',
+    metadata: {
+      name: node.name,
+      annotations: { 'kwok.x-k8s.io/node': 'fake' },
+      labels: { 'kubernetes.io/hostname': node.name, 'kubernetes.io/os': 'linux', type: 'kwok', ...node.labels },
+    },
+  });
+}
+
+function kubeconfigYaml(server: string, caFile: string): string {
+  return `apiVersion: v1
+kind: Config
+clusters:
+- name: naat-test
+  cluster:
+    server: ${server}
+    certificate-authority: ${caFile}
+users:
+- name: admin
+  user:
+    token: ${adminToken}
+contexts:
+- name: naat-test
+  context:
+    cluster: naat-test
+    user: admin
+current-context: naat-test
+`;
+}
+
+interface Pki {
+  ca: string;
+  caPem: string;
+  serverCert: string;
+  serverKey: string;
+  saKey: string;
+  saPub: string;
+  tokens: string;
+}
+
+async function makePki(dir: string): Promise<Pki> {
+  await mkdir(dir, { recursive: true });
+  const p = (name: string) => join(dir, name);
+  const ssl = (args: string[]) => run('openssl', args);
+  await ssl(
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '30', '-subj', '/CN=naat-test-ca'].concat([
+      '-keyout',
+      p('ca.key'),
+      '-out',
+      p('ca.crt'),
+    ]),
+  );
+  await writeFile(
+    p('server.ext'),
+    'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc\n',
+  );
+  await ssl([
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-subj',
+    '/CN=kube-apiserver',
+    '-keyout',
+    p('server.key'),
+    '-out',
+    p('server.csr'),
+  ]);
+  await ssl(
+    ['x509', '-req', '-in', p('server.csr'), '-CA', p('ca.crt'), '-CAkey', p('ca.key'), '-CAcreateserial'].concat([
+      '-days',
+      '30',
+      '-extfile',
+      p('server.ext'),
+      '-out',
+      p('server.crt'),
+    ]),
+  );
+  await ssl(['genrsa', '-out', p('sa.key'), '2048']);
+  await ssl(['rsa', '-in', p('sa.key'), '-pubout', '-out', p('sa.pub')]);
+  await writeFile(p('tokens.csv'), `${adminToken},admin,admin,"system:masters"\n`, { mode: 0o600 });
+  return {
+    ca: p('ca.crt'),
+    caPem: await readFile(p('ca.crt'), 'utf8'),
+    serverCert: p('server.crt'),
+    serverKey: p('server.key'),
+    saKey: p('sa.key'),
+    saPub: p('sa.pub'),
+    tokens: p('tokens.csv'),
+  };
+}
+
+async function freePorts(count: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
+          const server = createServer();
+          server.once('error', reject);
+          server.listen(0, '127.0.0.1', () => resolve(server));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+function httpOk(url: string, ca?: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = (url.startsWith('https:') ? request : httpRequest)(
+      url,
+      { ca, headers: { authorization: `Bearer ${adminToken}` }, timeout: 2000 },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode === 200);
+      },
+    );
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+    req.end();
+  });
+}
+
+async function waitFor(what: string, ready: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      if (await ready()) return;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  throw new Error(`${what} was not ready within ${timeoutMs / 1000}s${last ? `: ${(last as Error).message}` : ''}`);
+}
+
+async function timed<T>(say: (line: string) => void, what: string, step: () => Promise<T>): Promise<T> {
+  const started = performance.now();
+  const result = await step();
+  say(`${what} (${((performance.now() - started) / 1000).toFixed(1)}s)`);
+  return result;
+}
+
+async function terminate(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+}
