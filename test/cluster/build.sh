@@ -8,6 +8,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${NAAT_CACHE:-$HOME/.cache/naat}
 key=$(cat "$here"/modules/*/go.mod "$here"/modules/*/go.sum "$0" | sha256sum | cut -c1-16)
 out=$cache/cluster-bin/$key
+mkdir -p "$cache/cluster-bin"
+# Tests, the lab and CI may call this at the same time: one builds, the others wait for it.
+exec 9>"$cache/cluster-bin/.lock"
+flock 9
 if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ] && [ -x "$out/kwok" ] && [ -f "$out/.complete" ]; then
   echo "$out"
   exit 0
@@ -17,8 +21,9 @@ tmp=$out.tmp.$$
 rm -rf "$tmp" && mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
-k8s=$(sed -n 's/^require k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' "$here/modules/kubernetes/go.mod")
+k8s=$(cd "$here/modules/kubernetes" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
 minor=$(echo "$k8s" | cut -d. -f2)
+[[ $k8s =~ ^v1\.[0-9]+\.[0-9]+$ ]] || { echo "cannot read the pinned Kubernetes version" >&2; exit 1; }
 ld="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ld="$ld -X $pkg.gitVersion=$k8s -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
@@ -31,5 +36,6 @@ step etcd bash -c "cd '$here/modules/etcd' && go build -trimpath -ldflags '-s -w
 step kwok bash -c "cd '$here/modules/kwok' && go build -trimpath -ldflags '-s -w' -o '$tmp/kwok' sigs.k8s.io/kwok/cmd/kwok"
 touch "$tmp/.complete"
 rm -rf "$out" && mv "$tmp" "$out"
+find "$cache/cluster-bin" -mindepth 1 -maxdepth 1 -type d ! -path "$out" -exec rm -rf {} +
 trap - EXIT
 echo "$out"

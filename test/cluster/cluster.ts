@@ -55,8 +55,11 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'naat-cluster-')));
   await mkdir(join(dir, 'logs'), { recursive: true });
   const children: ChildProcess[] = [];
-  const stop = async () => {
+  const stopChildren = async () => {
     for (const child of children.reverse()) await terminate(child);
+  };
+  const stop = async () => {
+    await stopChildren();
     if (!options.dir) await rm(dir, { recursive: true, force: true });
   };
   try {
@@ -123,7 +126,6 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           `--root-ca-file=${pki.ca}`,
           '--leader-elect=false',
           '--secure-port=0',
-          '--controllers=*,-nodeipam,-nodelifecycle,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ttl,-bootstrapsigner,-tokencleaner',
         ]);
         start('kube-scheduler', [`--kubeconfig=${kubeconfig}`, '--leader-elect=false', '--secure-port=0']);
         start('kwok', [
@@ -144,6 +146,14 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     };
     if (options.workloads) {
       for (const node of options.nodes ?? []) await cluster.kubectl(['apply', '-f', '-'], nodeManifest(node));
+      // The apiserver taints new nodes not-ready; the node lifecycle controller lifts it once kwok reports Ready.
+      await waitFor('nodes Ready', async () => {
+        const nodes = JSON.parse(await cluster.kubectl(['get', 'nodes', '-o', 'json'])).items as KubeNode[];
+        return nodes.every(
+          (node) =>
+            !node.spec.taints?.length && node.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'),
+        );
+      });
       // Pods need the namespace's default ServiceAccount, which the controller-manager creates.
       await waitFor('default ServiceAccount', async () => {
         await cluster.kubectl(['get', 'serviceaccount', 'default', '-n', 'default']);
@@ -152,7 +162,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     }
     return cluster;
   } catch (error) {
-    await stop();
+    // The folder stays so that its logs can tell why.
+    await stopChildren();
     throw new Error(`Control plane failed to start (logs in ${join(dir, 'logs')}): ${(error as Error).message}`, {
       cause: error,
     });
@@ -172,6 +183,11 @@ export async function kubectl(kubeconfig: string, args: string[], input?: string
     );
     child.stdin!.end(input ?? '');
   });
+}
+
+interface KubeNode {
+  spec: { taints?: unknown[] };
+  status: { conditions?: { type: string; status: string }[] };
 }
 
 function nodeManifest(node: NodeSpec): string {
