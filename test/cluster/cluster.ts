@@ -2,7 +2,7 @@
 // when workloads are asked for, kube-controller-manager, kube-scheduler and kwok (which makes
 // Nodes and Pods look Running without a container runtime). Binaries come from build.sh.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { appendFileSync, createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { request } from 'node:https';
@@ -75,6 +75,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       child.stdout!.pipe(log);
       child.stderr!.pipe(log);
       children.push(child);
+      appendFileSync(join(dir, 'pids'), `${child.pid}\n`);
       return child;
     };
 
@@ -167,6 +168,18 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     throw new Error(`Control plane failed to start (logs in ${join(dir, 'logs')}): ${(error as Error).message}`, {
       cause: error,
     });
+  }
+}
+
+/** Kills the components a cluster in `dir` started, if its owner died without stopping them. */
+export async function killLeftovers(dir: string): Promise<void> {
+  const pids = await readFile(join(dir, 'pids'), 'utf8').catch(() => '');
+  for (const pid of pids.split('\n').filter(Boolean).map(Number)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
   }
 }
 
