@@ -1,0 +1,220 @@
+// EgressGateway: a set of gateway nodes running the dataplane, the uplinks they balance over,
+// the pods they serve and how flows are classified, balanced and timed out.
+import { Type, type Static } from '@sinclair/typebox';
+import {
+  cel,
+  DefaultedObject,
+  conditionColumn,
+  LabelMap,
+  LabelSelector,
+  ObjectNameList,
+  Port,
+  StatusObject,
+  StringEnum,
+  type KindDefinition,
+} from './common.ts';
+
+/** Used when balancing.mode is SourceSticky and stickySeconds is omitted. */
+export const defaultStickySeconds = 300;
+
+export const GatewayUplinks = Type.Object(
+  {
+    names: Type.Optional(ObjectNameList('Uplinks chosen by name.', 'Name of an Uplink.', 32)),
+    selector: Type.Optional(LabelSelector('Uplinks chosen by their labels.')),
+  },
+  {
+    description:
+      'The uplinks this gateway balances flows over, by names or by a label selector (exactly one). Uplinks that do not exist yet are ignored until they do; the Accepted condition names them.',
+    ...cel({
+      rule: 'has(self.names) != has(self.selector)',
+      message: 'uplinks must set exactly one of names or selector',
+    }),
+  },
+);
+
+export const Balancing = DefaultedObject(
+  {
+    mode: StringEnum(['Weighted', 'LeastLoaded', 'SourceSticky'], {
+      description:
+        "How a new flow picks an uplink among the healthy ones of the lowest usable tier that the flow's rule allows. Weighted: per flow, in proportion to the uplinks' weights. LeastLoaded: per flow, favouring the uplink with the fewest active flows relative to its weight. SourceSticky: every flow of one source address uses the same uplink (paired pooling, RFC 4787) for stickySeconds after its last flow, weighted across sources.",
+      default: 'Weighted',
+    }),
+    stickySeconds: Type.Optional(
+      Type.Integer({
+        description: `How long a source keeps its uplink after its last flow ended, in SourceSticky mode only; ${defaultStickySeconds} when omitted.`,
+        minimum: 1,
+        maximum: 86400,
+      }),
+    ),
+  },
+  {
+    description:
+      'How new flows are spread over uplinks. A flow stays on its uplink until it ends or that uplink fails.',
+    ...cel({
+      rule: "self.mode == 'SourceSticky' || !has(self.stickySeconds)",
+      message: 'balancing.stickySeconds is only valid when balancing.mode is SourceSticky',
+      fieldPath: '.stickySeconds',
+    }),
+  },
+);
+
+export const Timeouts = DefaultedObject(
+  {
+    tcpEstablishedSeconds: Type.Integer({
+      description:
+        'Idle time after which an established TCP flow and its translation are forgotten. The default is the minimum RFC 5382 allows.',
+      minimum: 60,
+      maximum: 2592000,
+      default: 7440,
+    }),
+    tcpTransitorySeconds: Type.Integer({
+      description: 'Idle time of TCP flows that are opening or closing (RFC 5382 transitory state).',
+      minimum: 10,
+      maximum: 3600,
+      default: 240,
+    }),
+    udpSeconds: Type.Integer({
+      description: 'Idle time after which a UDP flow is forgotten (RFC 4787 recommends at least 300).',
+      minimum: 10,
+      maximum: 3600,
+      default: 300,
+    }),
+    icmpSeconds: Type.Integer({
+      description: 'Idle time after which an ICMP query mapping is forgotten (RFC 5508 requires at least 60).',
+      minimum: 10,
+      maximum: 3600,
+      default: 60,
+    }),
+  },
+  {
+    description: 'Connection-tracking idle timeouts of translated flows on the gateway nodes.',
+  },
+);
+
+export const SidecarInjection = Type.Object(
+  {
+    podSelector: Type.Optional(
+      LabelSelector('Pods that get the sidecar; every served pod in the selected namespaces when omitted.'),
+    ),
+    namespaceSelector: Type.Optional(
+      LabelSelector("Namespaces whose pods get the sidecar; every served pod's namespace when omitted."),
+    ),
+  },
+  {
+    description:
+      'Which served pods get the association sidecar injected when they are created. Only pods with the sidecar have their flows associated with applications; rules naming applications never match the others.',
+    ...cel({
+      rule: 'has(self.podSelector) || has(self.namespaceSelector)',
+      message: 'association.sidecar must set podSelector, namespaceSelector or both (an empty selector {} selects all)',
+    }),
+  },
+);
+
+export const Association = DefaultedObject(
+  {
+    mode: StringEnum(['Observe'], {
+      description:
+        'How flows are associated with the application that opened them. Observe: the sidecar reports each socket as it sees it, so a flow can start before its association arrives (see unassociatedFlows). Modes that associate inside connect() may be added.',
+      default: 'Observe',
+    }),
+    unassociatedFlows: StringEnum(['PodRules', 'Hold'], {
+      description:
+        "What a flow gets while its application is not known yet. PodRules: the pod's rules that name no applications decide, then defaultAction; when the association arrives the flow is evaluated again and ended if now denied. Hold: the flow's packets are dropped until the association arrives, so TCP connects are delayed by a SYN retransmission (about one second) instead of racing the association; flows of pods without the sidecar are never associated and never leave.",
+      default: 'PodRules',
+    }),
+    port: Port('Port the association server listens on at each gateway node; the sidecars connect to it.', 7740),
+    sidecar: Type.Optional(SidecarInjection),
+  },
+  {
+    description:
+      'Network application association: a sidecar in each selected pod tells the gateway which process, executable, container and user owns each outbound socket, so that rules can match applications.',
+  },
+);
+
+export const EgressGatewaySpec = Type.Object(
+  {
+    nodeSelector: LabelMap(
+      'Labels of the nodes that act as this gateway and run its dataplane; an empty map selects every node.',
+    ),
+    uplinks: GatewayUplinks,
+    podSelector: Type.Optional(
+      LabelSelector(
+        'Pods whose egress this gateway handles, within the namespaces namespaceSelector selects; every pod there when omitted.',
+      ),
+    ),
+    namespaceSelector: Type.Optional(
+      LabelSelector(
+        "Namespaces whose pods this gateway serves; the pod's own namespace when omitted, that is every namespace.",
+      ),
+    ),
+    balancing: Balancing,
+    timeouts: Timeouts,
+    defaultAction: StringEnum(['Allow', 'Deny'], {
+      description:
+        'What happens to a flow from a served pod that no EgressPolicy rule matches: Allow sends it out through any healthy uplink, Deny drops it.',
+      default: 'Allow',
+    }),
+    association: Association,
+  },
+  {
+    description:
+      'Desired state of the gateway. At least one of podSelector and namespaceSelector must be set, so that serving every pod of the cluster is a deliberate `namespaceSelector: {}`.',
+    ...cel({
+      rule: 'has(self.podSelector) || has(self.namespaceSelector)',
+      message: 'spec must set podSelector, namespaceSelector or both (an empty selector {} selects all)',
+    }),
+  },
+);
+export type EgressGatewaySpec = Static<typeof EgressGatewaySpec>;
+
+export const EgressGatewayStatus = StatusObject(
+  'Observed state of the gateway, written by the operator.',
+  'Accepted: the spec resolved (its uplinks exist). Ready: at least one node applied the current configuration and has a healthy uplink.',
+  {
+    desiredNodes: Type.Optional(
+      Type.Integer({ description: 'Nodes that match nodeSelector and should run the dataplane.', minimum: 0 }),
+    ),
+    readyNodes: Type.Optional(
+      Type.Integer({
+        description: "Nodes whose dataplane runs and has applied the gateway's current configuration.",
+        minimum: 0,
+      }),
+    ),
+    configHash: Type.Optional(
+      Type.String({
+        description: 'Hash of the compiled configuration the dataplanes are asked to apply.',
+        maxLength: 128,
+      }),
+    ),
+  },
+);
+export type EgressGatewayStatus = Static<typeof EgressGatewayStatus>;
+
+export const egressGatewayDefinition = {
+  kind: 'EgressGateway',
+  plural: 'egressgateways',
+  singular: 'egressgateway',
+  shortNames: ['egw'],
+  scope: 'Cluster',
+  description:
+    'An EgressGateway makes a set of nodes the NAT gateway for a set of pods: the operator runs the dataplane on the selected nodes, and their flows leave through the chosen uplinks, balanced, health-checked and filtered by the EgressPolicies that name this gateway.',
+  spec: EgressGatewaySpec,
+  status: EgressGatewayStatus,
+  printerColumns: [
+    { name: 'Mode', type: 'string', jsonPath: '.spec.balancing.mode', description: 'Balancing mode.' },
+    { name: 'Default', type: 'string', jsonPath: '.spec.defaultAction', description: 'Action for unmatched flows.' },
+    {
+      name: 'Desired',
+      type: 'integer',
+      jsonPath: '.status.desiredNodes',
+      description: 'Nodes that should run the dataplane.',
+    },
+    {
+      name: 'Available',
+      type: 'integer',
+      jsonPath: '.status.readyNodes',
+      description: 'Nodes that applied the current configuration.',
+    },
+    conditionColumn('Ready', 'Whether the gateway is serving.'),
+  ],
+} satisfies KindDefinition;
