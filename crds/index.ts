@@ -50,13 +50,6 @@ export const group = 'naat.dev';
 export const version = 'v1alpha1';
 export const apiVersion = `${group}/${version}` as const;
 
-/** Every kind of the API, in the order documentation lists them. */
-export const definitions: readonly KindDefinition[] = [
-  uplinkDefinition,
-  egressGatewayDefinition,
-  egressPolicyDefinition,
-];
-
 export const UplinkObject = KindObject(
   apiVersion,
   uplinkDefinition.kind,
@@ -85,6 +78,16 @@ const objectSchemas = {
   EgressPolicy: EgressPolicyObject,
 };
 export type Kind = keyof typeof objectSchemas;
+
+/** Names, scope, schemas and columns of each kind, e.g. the plural for API paths. */
+export const definitionOf: Readonly<Record<Kind, KindDefinition>> = {
+  Uplink: uplinkDefinition,
+  EgressGateway: egressGatewayDefinition,
+  EgressPolicy: egressPolicyDefinition,
+};
+
+/** Every kind of the API, in the order documentation lists them. */
+export const definitions: readonly KindDefinition[] = Object.values(definitionOf);
 export interface ObjectOfKind {
   Uplink: Uplink;
   EgressGateway: EgressGateway;

@@ -11,6 +11,14 @@ export function renderReference(group: string, version: string, definitions: rea
     '',
     'Examples are in [crds/samples](../crds/samples).',
     '',
+    '## How the kinds fit together',
+    '',
+    '- An **Uplink** (cluster-scoped) is one way out of the gateway nodes: an interface, a next hop, SNAT addresses and ports, a weight and a tier, and a health check.',
+    '- An **EgressGateway** (cluster-scoped) chooses the nodes that act as the gateway, the uplinks it balances over and the pods it serves, and sets balancing, timeouts, the default action and application association.',
+    '- An **EgressPolicy** (namespaced, in the namespace of the pods it governs) names one gateway and holds ordered rules that allow or deny flows by application and destination and steer allowed flows to uplinks.',
+    '',
+    "A new flow from a served pod is decided as follows. The policies that select the pod and name its gateway are taken in ascending `priority` (then by name), and their rules in order; the first rule whose applications and destinations match decides. When none matches, the gateway's `defaultAction` decides. An allowed flow then gets an uplink: among the healthy uplinks its rule permits (its `preferred` ones while any is healthy, else its `allowed` ones, else all of the gateway's), those of the lowest tier, chosen by the gateway's balancing mode. The flow keeps that uplink until it ends or the uplink fails.",
+    '',
   ];
   for (const definition of definitions) {
     const schema = objectSchema(definition);
@@ -78,7 +86,7 @@ function constraints(schema: JsonSchema): string[] {
   range(schema.minLength, schema.maxLength, 'length ');
   range(schema.minItems, schema.maxItems, 'items ');
   range(schema.minProperties, schema.maxProperties, 'entries ');
-  if (schema.pattern) facts.push(`pattern ${code(schema.pattern)}`);
+  if (schema.pattern) facts.push(`pattern \`${String(schema.pattern)}\``);
   const listType = schema['x-kubernetes-list-type'];
   if (listType === 'set') facts.push('entries unique');
   if (listType === 'map') {

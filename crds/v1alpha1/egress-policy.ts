@@ -177,7 +177,7 @@ export const EgressPolicySpec = Type.Object(
     ),
     priority: Type.Integer({
       description:
-        'Order among the policies that apply to a pod: lower values are evaluated first; equal priorities are ordered by namespace and name, and the Conflicting condition flags rules they shadow.',
+        'Order among the policies that apply to a pod: lower values are evaluated first; equal priorities are ordered by name, and the Conflicting condition flags the rules they shadow.',
       minimum: 0,
       maximum: 1000,
       default: 100,

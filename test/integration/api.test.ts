@@ -4,7 +4,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { apiVersion, definitions, group, validate, type Kind } from '../../crds/index.ts';
+import { apiVersion, definitionOf, definitions, group, validate, type Kind } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import { kubectl } from '../cluster/cluster.ts';
 
@@ -32,7 +32,7 @@ async function create(object: ApiObject): Promise<void> {
 }
 
 function object(kind: Kind, name: string, spec: Record<string, unknown>): ApiObject {
-  const scope = definitions.find((definition) => definition.kind === kind)!.scope;
+  const scope = definitionOf[kind].scope;
   return { apiVersion, kind, metadata: { name, ...(scope === 'Namespaced' ? { namespace } : {}) }, spec };
 }
 
@@ -82,7 +82,7 @@ describe('the samples', () => {
     'route-application-via-uplink.yaml',
   ])('%s is accepted by server-side apply', async (file) => {
     for (const sample of await sampleObjects(file)) {
-      const scope = definitions.find((definition) => definition.kind === sample.kind)!.scope;
+      const scope = definitionOf[sample.kind].scope;
       if (scope === 'Cluster') delete sample.metadata.namespace;
       await create(sample);
       const stored = JSON.parse(
