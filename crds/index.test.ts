@@ -61,7 +61,7 @@ test('validate names the offending fields', () => {
   expect(errors).toEqual(
     expect.arrayContaining([
       expect.stringMatching(/^spec\.priority: /),
-      expect.stringMatching(/^spec\.rules\[0\]\.action: /),
+      'spec.rules[0].action: Expected one of Allow, Deny',
     ]),
   );
 });

@@ -1,6 +1,6 @@
 // The naat.dev/v1alpha1 API: schemas, TypeScript types, names and a validator. Other
 // components import the API only from here.
-import { FormatRegistry, type Static } from '@sinclair/typebox';
+import { FormatRegistry, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { KindObject, type KindDefinition } from './v1alpha1/common.ts';
 import { egressGatewayDefinition } from './v1alpha1/egress-gateway.ts';
@@ -118,8 +118,17 @@ export function validate<K extends Kind>(kind: K, object: unknown): Validation<O
   const schema = objectSchemas[kind];
   const value = Value.Default(schema, Value.Clone(object));
   if (Value.Check(schema, value)) return { ok: true, value: value as ObjectOfKind[K] };
-  const errors = [...Value.Errors(schema, value)].map((error) => `${fieldPath(error.path)}: ${error.message}`);
+  const errors = [...Value.Errors(schema, value)].map(
+    (error) => `${fieldPath(error.path)}: ${enumMessage(error.schema) ?? error.message}`,
+  );
   return { ok: false, errors };
+}
+
+/** Enums are unions of literals to TypeBox, which would only say "Expected union value". */
+function enumMessage(schema: TSchema): string | undefined {
+  const values = (schema.anyOf as TSchema[] | undefined)?.map((variant) => variant.const as unknown);
+  if (!values?.every((value) => typeof value === 'string')) return undefined;
+  return `Expected one of ${values.join(', ')}`;
 }
 
 /** `/spec/rules/0/action` → `spec.rules[0].action` */
