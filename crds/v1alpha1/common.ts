@@ -15,7 +15,7 @@ import {
 import { Value } from '@sinclair/typebox/value';
 
 /** A CEL rule in the form the apiserver reads from `x-kubernetes-validations`. */
-export interface CelRule {
+interface CelRule {
   rule: string;
   message: string;
   /** JSON path (relative to the schema the rule sits on) that the error is reported against. */
