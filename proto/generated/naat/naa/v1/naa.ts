@@ -264,15 +264,22 @@ export interface Dissociation {
 /** FlowKey is the flow as seen inside the pod, before translation. */
 export interface FlowKey {
   protocol: Protocol;
-  /** 4 bytes for IPv4, 16 for IPv6. */
+  /**
+   * 4 bytes for IPv4, 16 for IPv6; empty for a socket bound to every address, which the
+   * gateway reads as the pod's own address.
+   */
   sourceAddress: Buffer;
   sourcePort: number;
+  /** Empty, with port 0, for an unconnected UDP socket, which may send anywhere. */
   destinationAddress: Buffer;
   destinationPort: number;
 }
 
 export interface Application {
-  /** The process's name (comm) and the path of its executable. */
+  /**
+   * The name the process was started as (the base name of argv[0]) and the path of its
+   * executable.
+   */
   processName: string;
   executable: string;
   commandLine: string[];

@@ -1,0 +1,73 @@
+// Finds which process holds which socket, and who that process is, from /proc. The sidecar
+// shares its pod's process namespace, so /proc shows every container's processes.
+import { readdir, readFile, readlink } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import type { Application } from '../proto/index.ts';
+
+/** The variable the admission webhook sets in every container of a selected pod to its container's name. */
+export const containerNameVariable = 'NAAT_CONTAINER_NAME';
+
+/**
+ * Maps each wanted socket inode to the pid holding it. When several processes share a socket
+ * (a parent that forked), the highest pid wins: the child is the more specific application.
+ */
+export async function socketOwners(proc: string, inodes: ReadonlySet<number>): Promise<Map<number, number>> {
+  const owners = new Map<number, number>();
+  if (inodes.size === 0) return owners;
+  const pids = (await readdir(proc)).filter((name) => /^\d+$/.test(name)).map(Number);
+  await Promise.all(
+    pids.map(async (pid) => {
+      const fdDir = join(proc, String(pid), 'fd');
+      const fds = await readdir(fdDir).catch(() => [] as string[]);
+      for (const fd of fds) {
+        const target = await readlink(join(fdDir, fd)).catch(() => '');
+        const match = /^socket:\[(\d+)\]$/.exec(target);
+        if (!match) continue;
+        const inode = Number(match[1]);
+        if (inodes.has(inode) && (owners.get(inode) ?? -1) < pid) owners.set(inode, pid);
+      }
+    }),
+  );
+  return owners;
+}
+
+/** Reads who a process is; undefined when it has exited meanwhile. */
+export async function readApplication(proc: string, pid: number): Promise<Application | undefined> {
+  const dir = join(proc, String(pid));
+  try {
+    const [comm, cmdline, status, cgroup, environ, executable] = await Promise.all([
+      readFile(join(dir, 'comm'), 'utf8'),
+      readFile(join(dir, 'cmdline'), 'utf8'),
+      readFile(join(dir, 'status'), 'utf8'),
+      readFile(join(dir, 'cgroup'), 'utf8'),
+      readFile(join(dir, 'environ'), 'utf8').catch(() => ''),
+      readlink(join(dir, 'exe')).catch(() => ''),
+    ]);
+    const commandLine = cmdline.split('\0').filter((arg, i, all) => arg !== '' || i < all.length - 1);
+    return {
+      // The name the program was started as: comm is what a program may rename (Node calls its
+      // main thread "MainThread"), while argv[0] is what users see in ps and write in policies,
+      // and a multi-call binary's applet name.
+      processName: basename(commandLine[0] ?? '') || comm.trim(),
+      executable,
+      commandLine,
+      containerName: environmentValue(environ, containerNameVariable),
+      containerId: containerIdFromCgroup(cgroup),
+      uid: Number(/^Uid:\s+(\d+)/m.exec(status)?.[1] ?? -1),
+      pid,
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The container runtime's id (64 hex digits) from a /proc/<pid>/cgroup file; empty outside containers. */
+export function containerIdFromCgroup(cgroup: string): string {
+  const ids = cgroup.match(/[0-9a-f]{64}/g);
+  return ids?.at(-1) ?? '';
+}
+
+function environmentValue(environ: string, name: string): string {
+  const entry = environ.split('\0').find((e) => e.startsWith(`${name}=`));
+  return entry?.slice(name.length + 1) ?? '';
+}
