@@ -2585,7 +2585,8 @@ export const AssociationServiceService = {
    * - After HelloAck the driver sends a Snapshot of every association it knows (in one or more
    *   chunks), then Associate and Dissociate messages as sockets come and go. On every
    *   reconnect it starts again with Hello and a full Snapshot: the gateway replaces what it held
-   *   for the pod with the snapshot, so nothing depends on what the old stream delivered.
+   *   for the pod with the snapshot, so nothing depends on what the old stream delivered. A
+   *   driver may also send a Snapshot at any time instead of a burst of changes.
    * - Every driver message carries a sequence number that grows by one per message on a
    *   stream; the gateway acknowledges the highest sequence it has applied to the kernel.
    * - The gateway accepts associations only for the authenticated pod's own addresses. It
@@ -2614,7 +2615,8 @@ export interface AssociationServiceServer extends UntypedServiceImplementation {
    * - After HelloAck the driver sends a Snapshot of every association it knows (in one or more
    *   chunks), then Associate and Dissociate messages as sockets come and go. On every
    *   reconnect it starts again with Hello and a full Snapshot: the gateway replaces what it held
-   *   for the pod with the snapshot, so nothing depends on what the old stream delivered.
+   *   for the pod with the snapshot, so nothing depends on what the old stream delivered. A
+   *   driver may also send a Snapshot at any time instead of a burst of changes.
    * - Every driver message carries a sequence number that grows by one per message on a
    *   stream; the gateway acknowledges the highest sequence it has applied to the kernel.
    * - The gateway accepts associations only for the authenticated pod's own addresses. It
@@ -2635,7 +2637,8 @@ export interface AssociationServiceClient extends Client {
    * - After HelloAck the driver sends a Snapshot of every association it knows (in one or more
    *   chunks), then Associate and Dissociate messages as sockets come and go. On every
    *   reconnect it starts again with Hello and a full Snapshot: the gateway replaces what it held
-   *   for the pod with the snapshot, so nothing depends on what the old stream delivered.
+   *   for the pod with the snapshot, so nothing depends on what the old stream delivered. A
+   *   driver may also send a Snapshot at any time instead of a burst of changes.
    * - Every driver message carries a sequence number that grows by one per message on a
    *   stream; the gateway acknowledges the highest sequence it has applied to the kernel.
    * - The gateway accepts associations only for the authenticated pod's own addresses. It

@@ -1,0 +1,310 @@
+// The NAA server: one bidirectional stream per pod's driver (see proto/naat/naa/v1/naa.proto for
+// the contract). A stream that breaks the rules is closed with a status that says why; each
+// stream's state is its own, so a bad stream never touches another.
+import { Server, ServerCredentials, status, type ServerDuplexStream, type ServiceError } from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
+import { isIPv4 } from 'node:net';
+import {
+  AssociationMode,
+  AssociationServiceService,
+  bytesToAddress,
+  Protocol,
+  type AssociateRequest,
+  type AssociateResponse,
+  type Association,
+  type FlowKey,
+  type Hello,
+  type Limits,
+} from '../../proto/index.ts';
+import { AuthenticationError, type Authenticator, type PodIdentity } from './auth.ts';
+import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
+
+/** Where accepted associations go: the kernel state that classifies flows, applied in batches. */
+export interface AssociationSink {
+  apply(changes: AssociationChanges): Promise<void>;
+}
+
+export interface NaaServerOptions {
+  authenticator: Authenticator;
+  sink: AssociationSink;
+  limits?: Partial<Limits>;
+  /** How long a new stream may take to send its Hello. */
+  helloTimeoutMs?: number;
+  log?: (message: string, fields: Record<string, unknown>) => void;
+}
+
+export const defaultLimits: Limits = { maxMessageBytes: 1 << 20, maxAssociations: 10_000, maxMessagesPerSecond: 1_000 };
+
+const maxTextLength = 4096;
+type Call = ServerDuplexStream<AssociateRequest, AssociateResponse>;
+
+class StreamError extends Error {
+  readonly code: status;
+  constructor(code: status, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+export class NaaServer {
+  readonly table = new AssociationTable();
+  readonly #options: NaaServerOptions;
+  readonly #limits: Limits;
+  readonly #server: Server;
+  /** The live stream of each pod (by uid); a newer stream of the same pod replaces the older. */
+  readonly #sessions = new Map<string, Call>();
+  /** Applies to the sink in order, so that a later change never overtakes an earlier one. */
+  #applying: Promise<void> = Promise.resolve();
+
+  constructor(options: NaaServerOptions) {
+    this.#options = options;
+    this.#limits = { ...defaultLimits, ...options.limits };
+    this.#server = new Server({
+      'grpc.max_receive_message_length': this.#limits.maxMessageBytes,
+      'grpc.keepalive_time_ms': 20_000,
+      'grpc.keepalive_permit_without_calls': 1,
+    });
+    this.#server.addService(AssociationServiceService, { associate: (call: Call) => this.#serve(call) });
+  }
+
+  /** Listens on `address` (host:port, port 0 for any); resolves with the port. */
+  listen(address: string): Promise<number> {
+    return new Promise((resolve, reject) =>
+      this.#server.bindAsync(address, ServerCredentials.createInsecure(), (error, port) =>
+        error ? reject(error) : resolve(port),
+      ),
+    );
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve()));
+  }
+
+  /** Number of pods with a live stream. */
+  get sessions(): number {
+    return this.#sessions.size;
+  }
+
+  #serve(call: Call): void {
+    const log = this.#options.log ?? (() => {});
+    let identity: PodIdentity | undefined;
+    let sequence = 0;
+    let closed = false;
+    const bucket = tokenBucket(this.#limits.maxMessagesPerSecond);
+    const snapshot = { generation: -1, entries: [] as AssociationEntry[] };
+    const helloTimer = setTimeout(
+      () => fail(new StreamError(status.DEADLINE_EXCEEDED, 'no hello within the time allowed')),
+      this.#options.helloTimeoutMs ?? 10_000,
+    );
+    const fail = (error: unknown) => {
+      if (closed) return;
+      closed = true;
+      clearTimeout(helloTimer);
+      const code = error instanceof StreamError ? error.code : status.INTERNAL;
+      const details = error instanceof Error ? error.message : String(error);
+      log('Closed NAA stream', { pod: identity && `${identity.pod.namespace}/${identity.pod.name}`, code, details });
+      call.emit('error', { code, details } as ServiceError);
+    };
+    const done = () => {
+      closed = true;
+      clearTimeout(helloTimer);
+      if (identity && this.#sessions.get(identity.pod.uid) === call) this.#sessions.delete(identity.pod.uid);
+    };
+    call.on('cancelled', done);
+    call.on('close', done);
+    call.on('end', () => {
+      done();
+      call.end();
+    });
+
+    // Messages are handled one at a time, in order: a Hello's authentication finishes before
+    // the snapshot behind it is looked at.
+    let queue = Promise.resolve();
+    call.on('data', (message: AssociateRequest) => {
+      queue = queue
+        .then(async () => {
+          if (closed) return;
+          if (!bucket.take()) {
+            throw new StreamError(
+              status.RESOURCE_EXHAUSTED,
+              `more than ${this.#limits.maxMessagesPerSecond} messages per second`,
+            );
+          }
+          if (message.sequence !== sequence + 1) {
+            throw new StreamError(
+              status.INVALID_ARGUMENT,
+              `message sequence ${message.sequence} does not follow ${sequence}`,
+            );
+          }
+          sequence = message.sequence;
+          const body = message.body;
+          if (!body) throw new StreamError(status.INVALID_ARGUMENT, `message ${sequence} has no body`);
+          if (!identity) {
+            if (body.$case !== 'hello') {
+              throw new StreamError(status.INVALID_ARGUMENT, `the first message must be a hello, not ${body.$case}`);
+            }
+            identity = await this.#hello(body.value, call);
+            clearTimeout(helloTimer);
+            return;
+          }
+          const pod = identity;
+          let changes: AssociationChanges;
+          switch (body.$case) {
+            case 'hello':
+              throw new StreamError(status.INVALID_ARGUMENT, 'a stream says hello only once');
+            case 'associate': {
+              const entry = this.#entry(pod, body.value);
+              if (this.table.countFor(pod.pod) >= this.#limits.maxAssociations) {
+                throw new StreamError(
+                  status.RESOURCE_EXHAUSTED,
+                  `pod holds the most associations allowed (${this.#limits.maxAssociations})`,
+                );
+              }
+              changes = this.table.upsert(entry);
+              break;
+            }
+            case 'dissociate': {
+              const key = this.#flow(pod, body.value.flow);
+              changes = this.table.remove({ pod: pod.pod, ...key });
+              break;
+            }
+            case 'snapshot': {
+              const value = body.value;
+              if (value.generation !== snapshot.generation) {
+                snapshot.generation = value.generation;
+                snapshot.entries = [];
+              }
+              for (const association of value.associations) snapshot.entries.push(this.#entry(pod, association));
+              if (snapshot.entries.length > this.#limits.maxAssociations) {
+                throw new StreamError(
+                  status.RESOURCE_EXHAUSTED,
+                  `snapshot holds more than the ${this.#limits.maxAssociations} associations allowed`,
+                );
+              }
+              if (!value.last) return;
+              changes = this.table.replacePod(pod.pod, snapshot.entries);
+              snapshot.entries = [];
+              break;
+            }
+          }
+          const applied = sequence;
+          await this.#apply(changes);
+          if (!closed) call.write({ body: { $case: 'ack', value: { sequence: applied } } });
+        })
+        .catch(fail);
+    });
+  }
+
+  async #hello(hello: Hello, call: Call): Promise<PodIdentity> {
+    if (hello.protocolVersion !== 1) {
+      throw new StreamError(
+        status.INVALID_ARGUMENT,
+        `protocol version ${hello.protocolVersion} is not spoken here (1 is)`,
+      );
+    }
+    if (!hello.pod?.uid || !hello.pod.name || !hello.pod.namespace) {
+      throw new StreamError(status.INVALID_ARGUMENT, 'the hello must name the pod: namespace, name and uid');
+    }
+    if (!hello.token) throw new StreamError(status.UNAUTHENTICATED, 'the hello carries no token');
+    let identity: PodIdentity;
+    try {
+      identity = await this.#options.authenticator.authenticate(hello.token, hello.pod);
+    } catch (error) {
+      if (error instanceof AuthenticationError) {
+        throw new StreamError(
+          error.kind === 'denied' ? status.PERMISSION_DENIED : status.UNAUTHENTICATED,
+          error.message,
+        );
+      }
+      throw new StreamError(status.UNAVAILABLE, `could not check the token: ${(error as Error).message}`);
+    }
+    const previous = this.#sessions.get(identity.pod.uid);
+    this.#sessions.set(identity.pod.uid, call);
+    previous?.emit('error', {
+      code: status.ABORTED,
+      details: 'a newer stream of the same pod replaced this one',
+    } as ServiceError);
+    this.#options.log?.('Accepted NAA stream', { pod: `${identity.pod.namespace}/${identity.pod.name}` });
+    call.write({
+      body: {
+        $case: 'helloAck',
+        value: { sessionId: randomUUID(), limits: this.#limits, mode: AssociationMode.ASSOCIATION_MODE_OBSERVE },
+      },
+    });
+    return identity;
+  }
+
+  #apply(changes: AssociationChanges): Promise<void> {
+    const run = this.#applying.then(() => this.#options.sink.apply(changes));
+    this.#applying = run.catch(() => {});
+    return run;
+  }
+
+  #entry(identity: PodIdentity, association: Association): AssociationEntry {
+    const application = association.application;
+    if (!application) throw new StreamError(status.INVALID_ARGUMENT, 'an association must name its application');
+    const texts = [application.processName, application.executable, application.containerName, application.containerId];
+    if (texts.some((t) => t.length > maxTextLength) || application.commandLine.join(' ').length > maxTextLength) {
+      throw new StreamError(status.INVALID_ARGUMENT, `application fields are limited to ${maxTextLength} characters`);
+    }
+    return {
+      pod: identity.pod,
+      ...this.#flow(identity, association.flow),
+      application,
+      observedAt: association.observedAt ?? new Date(),
+      receivedAt: new Date(),
+    };
+  }
+
+  /** Checks a flow key and resolves an empty source to the pod's address of the destination's family. */
+  #flow(identity: PodIdentity, flow: FlowKey | undefined) {
+    if (!flow) throw new StreamError(status.INVALID_ARGUMENT, 'an association must carry its flow');
+    const transport =
+      flow.protocol === Protocol.PROTOCOL_TCP ? 'tcp' : flow.protocol === Protocol.PROTOCOL_UDP ? 'udp' : undefined;
+    if (!transport) throw new StreamError(status.INVALID_ARGUMENT, `flow protocol ${flow.protocol} is not TCP or UDP`);
+    if (flow.sourcePort < 1 || flow.sourcePort > 65535 || flow.destinationPort > 65535) {
+      throw new StreamError(status.INVALID_ARGUMENT, 'flow ports must be within 1-65535');
+    }
+    let sourceAddress: string;
+    let destinationAddress: string;
+    try {
+      sourceAddress = bytesToAddress(flow.sourceAddress);
+      destinationAddress = bytesToAddress(flow.destinationAddress);
+    } catch (error) {
+      throw new StreamError(status.INVALID_ARGUMENT, `flow address: ${(error as Error).message}`);
+    }
+    if (sourceAddress === '') {
+      const v4 = destinationAddress === '' || isIPv4(destinationAddress);
+      sourceAddress = identity.addresses.find((a) => isIPv4(a) === v4) ?? '';
+    }
+    if (!identity.addresses.includes(sourceAddress)) {
+      throw new StreamError(
+        status.PERMISSION_DENIED,
+        `source address ${sourceAddress || '(none)'} is not an address of pod ${identity.pod.namespace}/${identity.pod.name}`,
+      );
+    }
+    return {
+      transport: transport as 'tcp' | 'udp',
+      sourceAddress,
+      sourcePort: flow.sourcePort,
+      destinationAddress,
+      destinationPort: flow.destinationPort,
+    };
+  }
+}
+
+/** Allows `perSecond` messages a second on average, with bursts of up to two seconds' worth. */
+function tokenBucket(perSecond: number) {
+  let tokens = perSecond * 2;
+  let last = performance.now();
+  return {
+    take(): boolean {
+      const now = performance.now();
+      tokens = Math.min(perSecond * 2, tokens + ((now - last) / 1000) * perSecond);
+      last = now;
+      if (tokens < 1) return false;
+      tokens -= 1;
+      return true;
+    },
+  };
+}
