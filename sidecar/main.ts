@@ -1,0 +1,64 @@
+// The NAA sidecar: looks at its pod every interval and keeps the node's NAA server told.
+// Configured by environment (the admission webhook sets these from the Downward API):
+//   NAAT_NAA_SERVER      host:port of the NAA server on this node (required)
+//   NAAT_POD_NAMESPACE, NAAT_POD_NAME, NAAT_POD_UID   the pod (required)
+//   NAAT_TOKEN_FILE      projected token with the naat audience (default /var/run/secrets/naat/token)
+//   NAAT_SCAN_INTERVAL_MS  how often to look (default 200)
+//   NAAT_PROC            where procfs is (default /proc)
+import { Driver } from './driver.ts';
+import { Scanner } from './scanner.ts';
+
+function required(name: string): string {
+  const value = process.env[name];
+  if (!value) {
+    console.error(JSON.stringify({ level: 'error', msg: `Missing environment variable ${name}` }));
+    process.exit(2);
+  }
+  return value;
+}
+
+const log = (level: string, msg: string, fields: Record<string, unknown> = {}) =>
+  console.log(JSON.stringify({ ts: new Date().toISOString(), level, msg, ...fields }));
+
+const pod = {
+  namespace: required('NAAT_POD_NAMESPACE'),
+  name: required('NAAT_POD_NAME'),
+  uid: required('NAAT_POD_UID'),
+};
+const intervalMs = Number(process.env.NAAT_SCAN_INTERVAL_MS ?? 200);
+const scanner = new Scanner(process.env.NAAT_PROC ?? '/proc');
+const driver = new Driver({
+  target: required('NAAT_NAA_SERVER'),
+  pod,
+  tokenFile: process.env.NAAT_TOKEN_FILE ?? '/var/run/secrets/naat/token',
+  version: process.env.npm_package_version ?? '0.1.0',
+  onState: (state) =>
+    log('info', `Driver ${state}`, { error: state === 'disconnected' ? driver.lastError?.message : undefined }),
+  onVerdict: (verdict) => {
+    if (verdict.action === 2)
+      log('info', 'Gateway denied flow', { rule: verdict.rule, port: verdict.flow?.sourcePort });
+  },
+});
+
+let timer: NodeJS.Timeout | undefined;
+let stopping = false;
+async function tick(): Promise<void> {
+  try {
+    driver.update(await scanner.scan());
+  } catch (error) {
+    log('error', 'Scan failed', { error: (error as Error).message });
+  }
+  if (!stopping) timer = setTimeout(() => void tick(), intervalMs);
+}
+
+const stop = () => {
+  stopping = true;
+  clearTimeout(timer);
+  driver.stop();
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+
+log('info', 'Started NAA sidecar', { pod: `${pod.namespace}/${pod.name}`, intervalMs });
+await tick();
+driver.start();
