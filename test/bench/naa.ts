@@ -13,11 +13,11 @@ import { join } from 'node:path';
 import { NaaServer } from '../../dataplane/naa/server.ts';
 import {
   addressToBytes,
-  AssociateRequest,
-  AssociateResponse,
   AssociationServiceClient,
   AssociationServiceService,
   Protocol,
+  type AssociateRequest,
+  type AssociateResponse,
 } from '../../proto/index.ts';
 import { Scanner } from '../../sidecar/scanner.ts';
 
@@ -47,35 +47,44 @@ function association(port: number) {
   };
 }
 
-/** Sends `messages` associations on one stream, pipelined, and resolves when the last is acknowledged. */
+/**
+ * Sends `messages` associations on one stream to `port`, pipelined, after `first` messages of
+ * set-up, and resolves with the rate at which they were acknowledged.
+ */
+async function pump(port: number, first: AssociateRequest[]): Promise<number> {
+  const client = new AssociationServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+  const call = client.associate();
+  const last = first.length + messages;
+  const started = performance.now();
+  const done = new Promise<void>((resolve) =>
+    call.on('data', (m: AssociateResponse) => {
+      if (m.body?.$case === 'ack' && m.body.value.sequence === last) resolve();
+    }),
+  );
+  for (const message of first) call.write(message);
+  for (let i = 0; i < messages; i++) {
+    call.write({ sequence: first.length + i + 1, body: { $case: 'associate', value: association(i) } });
+  }
+  await done;
+  const seconds = (performance.now() - started) / 1000;
+  call.end();
+  client.close();
+  return messages / seconds;
+}
+
 async function naatStream(): Promise<number> {
   const server = new NaaServer({
     authenticator: { authenticate: async (_token, pod) => ({ pod, addresses: [podIp] }) },
     sink: { apply: async () => {} },
     limits: { maxMessagesPerSecond: 10_000_000, maxAssociations: messages + 1 },
   });
-  const port = await server.listen('127.0.0.1:0');
-  const client = new AssociationServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
-  const call = client.associate();
-  const started = performance.now();
-  const done = new Promise<void>((resolve) =>
-    call.on('data', (m: AssociateResponse) => {
-      if (m.body?.$case === 'ack' && m.body.value.sequence === messages + 1) resolve();
-    }),
-  );
   const pod = { namespace: 'bench', name: 'bench', uid: 'bench' };
-  call.write({
-    sequence: 1,
-    body: { $case: 'hello', value: { protocolVersion: 1, pod, token: 't', driverVersion: 'b', mode: 1 } },
-  });
-  for (let i = 0; i < messages; i++)
-    call.write({ sequence: i + 2, body: { $case: 'associate', value: association(i) } });
-  await done;
-  const seconds = (performance.now() - started) / 1000;
-  call.end();
-  client.close();
+  const hello = { protocolVersion: 1, pod, token: 't', driverVersion: 'b', mode: 1 } as const;
+  const rate = await pump(await server.listen('127.0.0.1:0'), [
+    { sequence: 1, body: { $case: 'hello', value: hello } },
+  ]);
   await server.close();
-  return messages / seconds;
+  return rate;
 }
 
 /** The same messages through a bare bidi stream that answers each with an ack: grpc-js's own cost. */
@@ -90,22 +99,9 @@ async function plainStream(): Promise<number> {
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
   );
-  const client = new AssociationServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
-  const call = client.associate();
-  const started = performance.now();
-  const done = new Promise<void>((resolve) =>
-    call.on('data', (m: AssociateResponse) => {
-      if (m.body?.$case === 'ack' && m.body.value.sequence === messages) resolve();
-    }),
-  );
-  for (let i = 0; i < messages; i++)
-    call.write({ sequence: i + 1, body: { $case: 'associate', value: association(i) } });
-  await done;
-  const seconds = (performance.now() - started) / 1000;
-  call.end();
-  client.close();
+  const rate = await pump(port, []);
   await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-  return messages / seconds;
+  return rate;
 }
 
 async function scanBench(sockets: number): Promise<void> {
