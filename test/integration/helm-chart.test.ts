@@ -1,0 +1,312 @@
+// The chart as `helm lint` and `helm template` see it, with the default values and several other
+// sets: what it renders, what its schema rejects, that its README documents every value, and that
+// the real apiserver accepts every object it renders.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { format } from 'prettier';
+import { parse, parseAllDocuments } from 'yaml';
+import { root } from '../../crds/generate.ts';
+import { kubectl } from '../cluster/cluster.ts';
+import { buildHelm, helm, valuesTable, type JsonSchema } from '../cluster/helm.ts';
+
+const chart = join(root, 'charts/naat');
+const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
+// Tests share one apiserver: the release and its namespace are unique to this run.
+const release = `naat-tpl${process.pid}`;
+const namespace = `naat-helm-tpl${process.pid}`;
+const digest = `sha256:${'ab'.repeat(32)}`;
+
+interface Manifest {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string> };
+  [field: string]: unknown;
+}
+
+let binary: string;
+beforeAll(async () => {
+  binary = await buildHelm();
+}, 600_000);
+
+const setArgs = (values: Record<string, unknown>) =>
+  Object.entries(values).flatMap(([key, value]) => ['--set-json', `${key}=${JSON.stringify(value)}`]);
+
+async function render(values: Record<string, unknown> = {}): Promise<Manifest[]> {
+  const out = await helm(binary, ['template', release, chart, '--namespace', namespace, ...setArgs(values)]);
+  return parseAllDocuments(out)
+    .map((document) => document.toJS() as Manifest | null)
+    .filter((manifest): manifest is Manifest => manifest !== null);
+}
+
+const find = (manifests: Manifest[], kind: string, suffix = '') =>
+  manifests.find((m) => m.kind === kind && m.metadata.name.endsWith(suffix))!;
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- rendered Kubernetes objects are walked field by field
+type Any = any;
+const podSpec = (manifests: Manifest[]): Any => (find(manifests, 'Deployment') as Any).spec.template.spec;
+const operatorConfig = (manifests: Manifest[]): Any =>
+  JSON.parse((find(manifests, 'ConfigMap', '-operator') as Any).data['config.json']);
+const env = (manifests: Manifest[]) =>
+  Object.fromEntries(
+    (podSpec(manifests).containers[0].env as { name: string; value?: string }[]).map((e) => [e.name, e.value]),
+  );
+
+// Non-default value sets used by several tests below.
+const valueSets: Record<string, Record<string, unknown>> = {
+  'pinned digests, tracing and debug logs': {
+    'images.operator.digest': digest,
+    'images.dataplane.tag': '0.2.0',
+    'images.dataplane.digest': digest,
+    'images.sidecar.pullPolicy': 'Always',
+    logLevel: 'debug',
+    'otel.endpoint': 'http://otel-collector.monitoring:4317',
+    'otel.protocol': 'http/protobuf',
+    'otel.resourceAttributes': { 'deployment.environment': 'test', team: 'net' },
+    imagePullSecrets: [{ name: 'registry' }],
+  },
+  'one replica without leader election': {
+    'operator.replicas': 1,
+    'operator.leaderElection.enabled': false,
+  },
+  'placement, names and injection selectors': {
+    fullnameOverride: 'egress',
+    'operator.nodeSelector': { 'kubernetes.io/os': 'linux' },
+    'operator.tolerations': [{ key: 'dedicated', operator: 'Equal', value: 'infra', effect: 'NoSchedule' }],
+    'operator.priorityClassName': 'system-cluster-critical',
+    'dataplane.tolerations': [{ operator: 'Exists' }],
+    // Helm merges maps with the defaults: null removes a default key.
+    'sidecarInjection.namespaceSelector': {
+      matchLabels: null,
+      matchExpressions: [{ key: 'egress', operator: 'In', values: ['app-aware'] }],
+    },
+    'sidecarInjection.objectSelector': { matchExpressions: null, matchLabels: { 'naat.dev/inject': 'true' } },
+    'sidecarInjection.excludedNamespaces': ['kube-system', 'monitoring'],
+  },
+};
+
+describe('helm lint', () => {
+  test('passes strictly with the default values', async () => {
+    await expect(helm(binary, ['lint', '--strict', chart])).resolves.toContain('0 chart(s) failed');
+  });
+
+  test.each(Object.keys(valueSets))('passes strictly with %s', async (name) => {
+    await expect(helm(binary, ['lint', '--strict', chart, ...setArgs(valueSets[name]!)])).resolves.toContain(
+      '0 chart(s) failed',
+    );
+  });
+});
+
+describe('helm template with the default values', () => {
+  let manifests: Manifest[];
+  beforeAll(async () => {
+    manifests = await render();
+  });
+
+  test('renders the operator, its RBAC, Services, webhook and configuration', () => {
+    expect(manifests.map((m) => `${m.kind}/${m.metadata.name}`).sort()).toEqual(
+      [
+        `ClusterRole/${release}-dataplane`,
+        `ClusterRole/${release}-operator`,
+        `ClusterRoleBinding/${release}-operator`,
+        `ConfigMap/${release}-operator`,
+        `Deployment/${release}-operator`,
+        `MutatingWebhookConfiguration/${release}-sidecar-injector`,
+        `PodDisruptionBudget/${release}-operator`,
+        `Role/${release}-operator`,
+        `RoleBinding/${release}-operator`,
+        `Secret/${release}-webhook-tls`,
+        `Service/${release}-metrics`,
+        `Service/${release}-webhook`,
+        `ServiceAccount/${release}-operator`,
+      ].sort(),
+    );
+    for (const m of manifests) {
+      expect(m.metadata.labels).toMatchObject({ 'app.kubernetes.io/instance': release });
+      if (!m.kind.startsWith('Cluster') && m.kind !== 'MutatingWebhookConfiguration') {
+        expect(m.metadata.namespace).toBe(namespace);
+      }
+    }
+  });
+
+  test('runs two hardened operator replicas with leader election and probes', () => {
+    const deployment = find(manifests, 'Deployment') as Any;
+    expect(deployment.spec.replicas).toBe(2);
+    const pod = podSpec(manifests);
+    expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+    const [container] = pod.containers;
+    expect(container.image).toBe('ghcr.io/naat-dev/naat-operator:0.1.0');
+    expect(container.securityContext).toEqual({
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      privileged: false,
+      capabilities: { drop: ['ALL'] },
+    });
+    expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'health' });
+    expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'health' });
+    expect(container.resources.requests).toEqual({ cpu: '50m', memory: '128Mi' });
+    expect(operatorConfig(manifests).leaderElection).toMatchObject({ enabled: true, leaseName: `${release}-operator` });
+    expect(env(manifests)).toMatchObject({ OTEL_SDK_DISABLED: 'true', NAAT_CONFIG: '/etc/naat/operator/config.json' });
+  });
+
+  test('sends the webhook only opted-in pods, never blocks them and leaves caBundle to the operator', () => {
+    const [webhook] = (find(manifests, 'MutatingWebhookConfiguration') as Any).webhooks;
+    expect(webhook).toMatchObject({ failurePolicy: 'Ignore', sideEffects: 'None', timeoutSeconds: 5 });
+    expect(webhook.clientConfig).toEqual({
+      service: { name: `${release}-webhook`, namespace, path: '/mutate-pods', port: 443 },
+    });
+    expect(webhook.namespaceSelector.matchLabels).toEqual({ 'naat.dev/injection': 'enabled' });
+    expect(webhook.namespaceSelector.matchExpressions).toContainEqual({
+      key: 'kubernetes.io/metadata.name',
+      operator: 'NotIn',
+      values: ['kube-system', 'kube-public', 'kube-node-lease', namespace],
+    });
+    expect(webhook.rules).toEqual([
+      { operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' },
+    ]);
+    const secret = find(manifests, 'Secret') as Any;
+    expect(secret.data).toBeUndefined();
+  });
+
+  test('grants no wildcard, no cluster-wide write outside naat status, Events and bindings', () => {
+    const rules = (kind: string): Any[] => (find(manifests, kind, '-operator') as Any).rules;
+    for (const rule of [...rules('ClusterRole'), ...rules('Role')]) {
+      for (const field of ['apiGroups', 'resources', 'verbs']) expect(rule[field]).not.toContain('*');
+    }
+    const writes = new Set(['create', 'update', 'patch', 'delete', 'bind', 'escalate']);
+    const clusterWrites = rules('ClusterRole')
+      .filter((rule) => rule.verbs.some((verb: string) => writes.has(verb)))
+      .flatMap((rule) => rule.resources as string[]);
+    expect(clusterWrites.sort()).toEqual(
+      [
+        'uplinks/status',
+        'egressgateways/status',
+        'egresspolicies/status',
+        'egressgateways/finalizers',
+        'events',
+        'mutatingwebhookconfigurations',
+        'clusterroles',
+        'clusterrolebindings',
+      ].sort(),
+    );
+    const named = (resource: string) => rules('ClusterRole').find((rule) => rule.resources.includes(resource));
+    expect(named('mutatingwebhookconfigurations').resourceNames).toEqual([`${release}-sidecar-injector`]);
+    expect(named('clusterroles')).toMatchObject({ verbs: ['bind'], resourceNames: [`${release}-dataplane`] });
+    // Secrets: only the webhook's own, and only in the release namespace.
+    expect(rules('ClusterRole').flatMap((rule) => rule.resources)).not.toContain('secrets');
+    expect(rules('Role').find((rule) => rule.resources.includes('secrets')).resourceNames).toEqual([
+      `${release}-webhook-tls`,
+    ]);
+    expect((find(manifests, 'ClusterRole', '-dataplane') as Any).rules).toEqual([
+      { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+    ]);
+  });
+});
+
+describe('helm template with other values', () => {
+  test('pins images by digest, turns tracing on and passes the settings to the operator', async () => {
+    const manifests = await render(valueSets['pinned digests, tracing and debug logs']);
+    expect(podSpec(manifests).containers[0].image).toBe(`ghcr.io/naat-dev/naat-operator:0.1.0@${digest}`);
+    expect(podSpec(manifests).imagePullSecrets).toEqual([{ name: 'registry' }]);
+    expect(env(manifests)).toMatchObject({
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://otel-collector.monitoring:4317',
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+      OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=test,team=net',
+    });
+    expect(env(manifests)).not.toHaveProperty('OTEL_SDK_DISABLED');
+    const config = operatorConfig(manifests);
+    expect(config).toMatchObject({ logLevel: 'debug', imagePullSecrets: ['registry'] });
+    expect(config.dataplane).toMatchObject({ image: `ghcr.io/naat-dev/naat-dataplane:0.2.0@${digest}` });
+    expect(config.sidecar).toMatchObject({ image: 'ghcr.io/naat-dev/naat-sidecar:0.1.0', pullPolicy: 'Always' });
+    expect(config.otel.endpoint).toBe('http://otel-collector.monitoring:4317');
+  });
+
+  test('runs a single replica without a Lease or a disruption budget', async () => {
+    const manifests = await render(valueSets['one replica without leader election']);
+    expect((find(manifests, 'Deployment') as Any).spec.replicas).toBe(1);
+    expect(manifests.map((m) => m.kind)).not.toContain('PodDisruptionBudget');
+    expect(operatorConfig(manifests).leaderElection.enabled).toBe(false);
+  });
+
+  test('places the operator, renames everything and narrows injection', async () => {
+    const manifests = await render(valueSets['placement, names and injection selectors']);
+    expect(manifests.every((m) => m.metadata.name.startsWith('egress-'))).toBe(true);
+    const pod = podSpec(manifests);
+    expect(pod.nodeSelector).toEqual({ 'kubernetes.io/os': 'linux' });
+    expect(pod.priorityClassName).toBe('system-cluster-critical');
+    expect(pod.tolerations).toHaveLength(1);
+    expect(operatorConfig(manifests).dataplane.tolerations).toEqual([{ operator: 'Exists' }]);
+    const [webhook] = (find(manifests, 'MutatingWebhookConfiguration') as Any).webhooks;
+    expect(webhook.namespaceSelector).toEqual({
+      matchExpressions: [
+        { key: 'kubernetes.io/metadata.name', operator: 'NotIn', values: ['kube-system', 'monitoring', namespace] },
+        { key: 'egress', operator: 'In', values: ['app-aware'] },
+      ],
+    });
+    expect(webhook.objectSelector).toEqual({ matchLabels: { 'naat.dev/inject': 'true' } });
+  });
+
+  test('rolls the operator pods when their configuration changes, and only then', async () => {
+    const checksum = async (values: Record<string, unknown>) =>
+      (find(await render(values), 'Deployment') as Any).spec.template.metadata.annotations['checksum/config'];
+    const base = await checksum({});
+    expect(await checksum({ 'operator.resources': { requests: { cpu: '1' } } })).toBe(base);
+    expect(await checksum({ logLevel: 'warn' })).not.toBe(base);
+  });
+});
+
+describe('invalid values', () => {
+  test.each([
+    [{ 'operator.replicas': 0 }, '/operator/replicas'],
+    [{ 'operator.replicas': 'two' }, '/operator/replicas'],
+    [{ logLevel: 'verbose' }, '/logLevel'],
+    [{ 'images.sidecar.digest': 'latest' }, '/images/sidecar/digest'],
+    [{ 'images.operator.pullPolicy': 'Sometimes' }, '/images/operator/pullPolicy'],
+    [{ 'otel.endpoint': 'collector:4317' }, '/otel/endpoint'],
+    [{ 'otel.protocol': 'udp' }, '/otel/protocol'],
+    [{ 'sidecarInjection.timeoutSeconds': 30 }, '/sidecarInjection/timeoutSeconds'],
+    [{ 'sidecarInjection.objectSelector': { matchExpressions: [{ key: 'a', operator: 'Is' }] } }, 'operator'],
+    [{ 'operator.resources': { requests: { memory: 'lots' } } }, '/operator/resources/requests/memory'],
+    [{ 'operator.ports.health': 70000 }, '/operator/ports/health'],
+    [{ operatr: { replicas: 1 } }, "'operatr' not allowed"],
+    [{ 'operator.leaderElection.enabled': false }, 'operator.replicas: more than one replica needs'],
+    [{ 'operator.leaderElection.renewDeadlineSeconds': 20 }, 'operator.leaderElection.renewDeadlineSeconds'],
+    [{ 'operator.ports.metrics': 8081 }, 'operator.ports: webhook, metrics and health must be different'],
+  ])('%j is rejected naming %s', async (values, field) => {
+    const failure = helm(binary, ['template', release, chart, ...setArgs(values)]);
+    await expect(failure).rejects.toThrow(field);
+  });
+});
+
+test('the chart README documents every value with its type, default and description', async () => {
+  const schema = JSON.parse(await readFile(join(chart, 'values.schema.json'), 'utf8')) as JsonSchema;
+  const values = parse(await readFile(join(chart, 'values.yaml'), 'utf8')) as Record<string, unknown>;
+  const table = await format(valuesTable(schema, values), { parser: 'markdown', proseWrap: 'preserve' });
+  const readme = await readFile(join(chart, 'README.md'), 'utf8');
+  expect(readme).toContain(table.trim());
+});
+
+describe('the rendered objects on the real apiserver', () => {
+  const applied: Manifest[] = [];
+  beforeAll(async () => {
+    await k(['create', 'namespace', namespace]);
+  });
+  afterAll(async () => {
+    for (const m of applied.filter((m) => !m.metadata.namespace)) {
+      await k(['delete', m.kind, m.metadata.name, '--ignore-not-found', '--wait=false']);
+    }
+    await k(['delete', 'namespace', namespace, '--wait=false']);
+  });
+
+  test.each([['the default values', {}], ...Object.entries(valueSets)])(
+    'are accepted by server-side apply with %s',
+    async (_name, values) => {
+      const manifests = await render(values);
+      applied.push(...manifests);
+      const out = await k(
+        ['apply', '--server-side', '--field-manager=naat-helm-test', '--force-conflicts', '-f', '-'],
+        manifests.map((m) => JSON.stringify(m)).join('\n'),
+      );
+      expect(out.trim().split('\n')).toHaveLength(manifests.length);
+    },
+  );
+});
