@@ -1,7 +1,8 @@
 // The chart as `helm lint` and `helm template` see it, with the default values and several other
 // sets: what it renders, what its schema rejects, that its README documents every value, and that
 // the real apiserver accepts every object it renders.
-import { readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { format } from 'prettier';
 import { parse, parseAllDocuments } from 'yaml';
@@ -83,6 +84,23 @@ const valueSets: Record<string, Record<string, unknown>> = {
     'sidecarInjection.excludedNamespaces': ['kube-system', 'monitoring'],
   },
 };
+
+test('helm is the pinned release and renders for the Kubernetes version of the test cluster', async () => {
+  const pinned = async (module: string, path: string) =>
+    new RegExp(`\\s${module.replaceAll('.', '\\.')} (v\\S+)`).exec(await readFile(join(root, path), 'utf8'))![1]!;
+  const helmVersion = await pinned('helm.sh/helm/v3', 'test/cluster/helm/go.mod');
+  const [, minor] = (await pinned('k8s.io/kubernetes', 'test/cluster/modules/kubernetes/go.mod')).split('.');
+  expect(await helm(binary, ['version', '--template', '{{ .Version }}'])).toBe(helmVersion);
+  const probe = await mkdtemp(join(tmpdir(), 'naat-helm-probe-'));
+  try {
+    await mkdir(join(probe, 'templates'));
+    await writeFile(join(probe, 'Chart.yaml'), 'apiVersion: v2\nname: probe\nversion: 0.0.1\n');
+    await writeFile(join(probe, 'templates/version.yaml'), 'kubeVersion: {{ .Capabilities.KubeVersion.Version }}\n');
+    expect(parse(await helm(binary, ['template', probe]))).toEqual({ kubeVersion: `v1.${minor}.0` });
+  } finally {
+    await rm(probe, { recursive: true, force: true });
+  }
+});
 
 describe('helm lint', () => {
   test('passes strictly with the default values', async () => {

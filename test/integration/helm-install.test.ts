@@ -79,6 +79,82 @@ test('helm install runs the operator on the kwok nodes', async () => {
   expect(status.info.status).toBe('deployed');
 }, 180_000);
 
+describe("the operator's ServiceAccount, as the real authorizer sees it", () => {
+  const as = () => `--as=system:serviceaccount:${namespace}:${release}-operator`;
+  const can = async (args: string[]) =>
+    (await k(['auth', 'can-i', as(), ...args]).catch((error: Error) => error.message)).trim().endsWith('yes');
+
+  test.each([
+    ['create daemonsets.apps', namespace],
+    ['delete serviceaccounts', namespace],
+    ['create rolebindings.rbac.authorization.k8s.io', namespace],
+    ['update configmaps', namespace],
+    ['create leases.coordination.k8s.io', namespace],
+    ['list pods', 'default'],
+    ['watch nodes', ''],
+    ['list egresspolicies.naat.dev', 'default'],
+    ['patch egressgateways.naat.dev --subresource=status', ''],
+    ['create events.events.k8s.io', 'default'],
+    ['delete clusterrolebindings.rbac.authorization.k8s.io', ''],
+  ])('may %s (namespace %j)', async (verbResource, ns) => {
+    expect(await can([...verbResource.split(' '), ...(ns ? ['-n', ns] : [])])).toBe(true);
+  });
+
+  test.each([
+    ['create daemonsets.apps', 'default'],
+    ['update configmaps', 'kube-system'],
+    ['get secrets', namespace],
+    ['get secrets', 'default'],
+    ['update egressgateways.naat.dev', ''],
+    ['delete pods', 'default'],
+    ['create clusterroles.rbac.authorization.k8s.io', ''],
+    ['patch mutatingwebhookconfigurations.admissionregistration.k8s.io', ''],
+    ['create tokenreviews.authentication.k8s.io', ''],
+  ])('may not %s (namespace %j)', async (verbResource, ns) => {
+    expect(await can([...verbResource.split(' '), ...(ns ? ['-n', ns] : [])])).toBe(false);
+  });
+
+  test('may touch its own webhook, Lease and certificate Secret only', async () => {
+    expect(await can(['patch', `mutatingwebhookconfigurations/${webhookName}`])).toBe(true);
+    expect(await can(['update', `leases/${release}-operator`, '-n', namespace])).toBe(true);
+    expect(await can(['update', 'leases/other', '-n', namespace])).toBe(false);
+    expect(await can(['update', `secrets/${release}-webhook-tls`, '-n', namespace])).toBe(true);
+  });
+
+  test("may bind the dataplane's role and grant what it holds, and nothing more", async () => {
+    const dryRun = (args: string[]) => k([...args, as(), '--dry-run=server']);
+    await dryRun([
+      'create',
+      'clusterrolebinding',
+      `${release}-gw`,
+      `--clusterrole=${release}-dataplane`,
+      `--serviceaccount=${namespace}:gw`,
+    ]);
+    await expect(
+      dryRun([
+        'create',
+        'clusterrolebinding',
+        `${release}-gw`,
+        '--clusterrole=cluster-admin',
+        `--serviceaccount=${namespace}:gw`,
+      ]),
+    ).rejects.toThrow(/forbidden/);
+    await dryRun([
+      'create',
+      'role',
+      'gw',
+      '-n',
+      namespace,
+      '--verb=get,watch',
+      '--resource=configmaps',
+      '--resource-name=gw',
+    ]);
+    await expect(dryRun(['create', 'role', 'gw', '-n', namespace, '--verb=get', '--resource=secrets'])).rejects.toThrow(
+      /forbidden/,
+    );
+  });
+});
+
 test('helm upgrade applies changed values and keeps what the operator wrote', async () => {
   // What the operator does once it runs: stores its certificate and patches the CA into the webhook.
   await k([
