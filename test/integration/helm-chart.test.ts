@@ -166,6 +166,40 @@ describe('helm template with the default values', () => {
     expect(env(manifests)).toMatchObject({ OTEL_SDK_DISABLED: 'true', NAAT_CONFIG: '/etc/naat/operator/config.json' });
   });
 
+  test('gives the operator the configuration the chart README documents', () => {
+    const config = operatorConfig(manifests);
+    expect(Object.keys(config).sort()).toEqual([
+      'dataplane',
+      'healthPort',
+      'imagePullSecrets',
+      'leaderElection',
+      'logLevel',
+      'metricsPort',
+      'otel',
+      'sidecar',
+      'webhook',
+    ]);
+    expect(config.webhook).toEqual({
+      configurationName: `${release}-sidecar-injector`,
+      serviceName: `${release}-webhook`,
+      secretName: `${release}-webhook-tls`,
+      port: 9443,
+    });
+    expect(config.dataplane).toMatchObject({
+      image: 'ghcr.io/naat-dev/naat-dataplane:0.1.0',
+      pullPolicy: 'IfNotPresent',
+      clusterRoleName: `${release}-dataplane`,
+      metricsPort: 9090,
+    });
+    expect(Object.keys(env(manifests)).sort()).toEqual([
+      'NAAT_CONFIG',
+      'NAAT_NAMESPACE',
+      'NAAT_POD_NAME',
+      'OTEL_SDK_DISABLED',
+      'OTEL_SERVICE_NAME',
+    ]);
+  });
+
   test('sends the webhook only opted-in pods, never blocks them and leaves caBundle to the operator', () => {
     const [webhook] = (find(manifests, 'MutatingWebhookConfiguration') as Any).webhooks;
     expect(webhook).toMatchObject({ failurePolicy: 'Ignore', sideEffects: 'None', timeoutSeconds: 5 });
