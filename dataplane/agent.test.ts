@@ -1,0 +1,150 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent } from './agent.ts';
+import { parseGatewayConfig } from './config.ts';
+import type { Conntrack, Flow } from './conntrack.ts';
+import { FakeNftables } from './nft/nftables.ts';
+import { FakeRouting } from './routing.ts';
+
+const config = parseGatewayConfig(
+  JSON.parse(await readFile(join(import.meta.dirname, 'testdata', 'gateway.json'), 'utf8')),
+);
+
+/** Conntrack as a list of flows; deleting an uplink's flows removes them. */
+class FakeConntrack implements Conntrack {
+  flows: Flow[] = [];
+  async deleteUplink(id: number): Promise<number> {
+    const before = this.flows.length;
+    this.flows = this.flows.filter((f) => f.uplink !== id);
+    return before - this.flows.length;
+  }
+  async list(): Promise<Flow[]> {
+    return [...this.flows];
+  }
+  watch(): () => void {
+    return () => {};
+  }
+}
+
+const flow = (id: number, uplink: number): Flow => ({
+  id,
+  family: 4,
+  protocol: 'tcp',
+  source: '10.244.1.2',
+  sourcePort: 40000 + id,
+  destination: '203.0.113.10',
+  destinationPort: 443,
+  mappedAddress: '100.64.1.2',
+  mappedPort: 20000 + id,
+  uplink,
+  startedAt: new Date(),
+});
+
+let stateDir: string;
+beforeEach(async () => (stateDir = await mkdtemp(join(tmpdir(), 'naat-agent-'))));
+afterEach(() => rm(stateDir, { recursive: true, force: true }));
+
+function kernel() {
+  return { nft: new FakeNftables(), routing: new FakeRouting(), conntrack: new FakeConntrack() };
+}
+
+function agentOn(k: ReturnType<typeof kernel>) {
+  return new Agent({
+    node: 'node-1',
+    ...k,
+    stateDir,
+    interfaceAddresses: async (name) => (name === 'up3' ? ['100.64.3.2'] : []),
+    log: { info: () => {}, error: () => {} },
+  });
+}
+
+describe('Agent', () => {
+  it('programs table and routes, and keeps uplink ids across a restart without changing the kernel', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    await agent.start(config);
+    await agent.stop();
+    const dump = k.nft.dump();
+    expect(dump).toMatch(/chain uplink_isp_a/);
+    const tables = k.routing.state.routes.map((r) => `${r.family} ${r.table} ${r.device} ${r.via ?? ''}`).sort();
+    expect(tables).toEqual([
+      '4 7701 up3 ',
+      '4 7702 up1 100.64.1.1',
+      '4 7703 up2 100.64.2.1',
+      '6 7701 up3 ',
+      '6 7702 up1 fd00:64:1::1',
+    ]);
+    expect(k.routing.state.rules.filter((r) => r.from).map((r) => r.from)).toContain('100.64.3.2');
+
+    const restarted = agentOn(k);
+    const reordered = parseGatewayConfig({ ...config, uplinks: [...config.uplinks].reverse() });
+    await restarted.start(reordered);
+    await restarted.stop();
+    expect(k.nft.dump()).toBe(dump);
+    expect(agent.report().appliedHash).toBe('sha256:golden');
+  });
+
+  it('stops choosing a failed uplink and deletes its flows, leaving the others', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    await agent.start(config);
+    const ids = Object.fromEntries(agent.report().uplinks.map((u) => [u.name, u.id]));
+    k.conntrack.flows = [flow(1, ids['isp-a']!), flow(2, ids['isp-b']!)];
+    await agent.setHealth('isp-a', { healthy: false, since: new Date() });
+    expect(k.conntrack.flows.map((f) => f.id)).toEqual([2]);
+    const choose = /chain choose1 \{\n([^}]*)\}/.exec(k.nft.dump())![1]!;
+    expect(choose).not.toMatch(/isp_a/);
+    expect(agent.report().uplinks.find((u) => u.name === 'isp-a')!.healthy).toBe(false);
+    await agent.setHealth('isp-a', { healthy: true, since: new Date() });
+    expect(/chain choose1 \{\n([^}]*)\}/.exec(k.nft.dump())![1]).toMatch(/isp_a/);
+    await agent.stop();
+  });
+
+  it('applies associations as map elements only, once the class chain exists', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    await agent.start(config);
+    const application = {
+      processName: 'curl',
+      executable: '/usr/bin/curl',
+      commandLine: [],
+      containerName: 'app',
+      containerId: '',
+      uid: 0,
+      pid: 7,
+    };
+    const first = { transport: 'tcp' as const, sourceAddress: '10.244.1.2', sourcePort: 40000, application };
+    await agent.associate([first], []);
+    const afterFirst = k.nft.transactions;
+    const second = { ...first, sourcePort: 40001 };
+    await agent.associate([second], [first]);
+    expect(k.nft.transactions).toBe(afterFirst + 1);
+    expect(agent.report().lastSync!.full).toBe(false);
+    const elements = k.nft.table()!.sets.find((s) => s.name === 'flows4')!.elements;
+    expect(elements).toEqual(['10.244.1.2 . tcp . 40001 : goto class0']);
+    await agent.stop();
+  });
+
+  it('reports flows and SNAT port use per uplink', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    k.conntrack.flows = [flow(1, 2), flow(2, 2)];
+    await agent.start(config);
+    const a = agent.report().uplinks.find((u) => u.name === 'isp-a')!;
+    expect(a.id).toBe(2);
+    expect(a.activeFlows).toBe(2);
+    // Two flows to one destination from one address, out of a 10,000-port range.
+    expect(a.portUtilisationPercent).toBeCloseTo(0.02);
+    await agent.stop();
+  });
+
+  it('removes everything it made when the gateway is gone', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    await agent.start(config);
+    await agent.remove();
+    expect(await k.nft.list()).toBeUndefined();
+    expect(k.routing.state).toEqual({ rules: [], routes: [] });
+  });
+});

@@ -1,0 +1,210 @@
+// The kernel's connection tracking as naat sees it: the flows leaving through each uplink (from
+// conntrack events, joined with the uplink in their mark), and the removal of the flows pinned to
+// an uplink that failed so that their applications reconnect through another.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { exec, type Command } from './exec.ts';
+import { markMask, markShift } from './render.ts';
+
+export interface Flow {
+  id: number;
+  family: 4 | 6;
+  protocol: string;
+  source: string;
+  sourcePort?: number;
+  destination: string;
+  destinationPort?: number;
+  /** Where the reply goes after translation: the uplink address and port the server saw. */
+  mappedAddress: string;
+  mappedPort?: number;
+  /** Uplink id from the mark, 0 when the flow is not naat's. */
+  uplink: number;
+  startedAt: Date;
+}
+
+export type FlowEvent = { type: 'new' | 'destroy'; flow: Flow };
+
+/**
+ * One line of `conntrack -L|-E -o id,extended`, e.g.
+ * `[NEW] ipv4 2 tcp 6 120 SYN_SENT src=10.244.1.2 dst=203.0.113.10 sport=40000 dport=80 [UNREPLIED]
+ *  src=203.0.113.10 dst=100.64.1.2 sport=80 dport=61000 mark=65536 id=1234`
+ * (one line). Returns undefined for anything else.
+ */
+export function parseConntrackLine(line: string, now = new Date()): FlowEvent | undefined {
+  const type = line.includes('[DESTROY]') ? 'destroy' : 'new';
+  const words = line.trim().split(/\s+/);
+  const at = words.findIndex((w) => w === 'ipv4' || w === 'ipv6');
+  if (at < 0) return undefined;
+  const pairs = words.filter((w) => w.includes('=')).map((w) => w.split('=') as [string, string]);
+  const first = (key: string, nth = 0) => pairs.filter(([k]) => k === key)[nth]?.[1];
+  const src = first('src');
+  const dst = first('dst');
+  const replyDst = first('dst', 1);
+  const id = Number(first('id'));
+  if (!src || !dst || !replyDst || !Number.isFinite(id)) return undefined;
+  const port = (value: string | undefined) => (value === undefined ? undefined : Number(value));
+  const mark = Number(first('mark') ?? 0);
+  return {
+    type,
+    flow: {
+      id,
+      family: words[at] === 'ipv4' ? 4 : 6,
+      protocol: words[at + 2] ?? 'unknown',
+      source: src,
+      sourcePort: port(first('sport')),
+      destination: dst,
+      destinationPort: port(first('dport')),
+      mappedAddress: replyDst,
+      mappedPort: port(first('dport', 1)),
+      uplink: (mark & markMask) >>> markShift,
+      startedAt: now,
+    },
+  };
+}
+
+/**
+ * naat's flows by conntrack id, bounded: past `limit` the oldest are forgotten (and counted), so a
+ * flood of flows cannot grow the agent without bound.
+ */
+export class FlowTable {
+  readonly #flows = new Map<number, Flow>();
+  readonly #limit: number;
+  dropped = 0;
+
+  constructor(limit = 200_000) {
+    this.#limit = limit;
+  }
+
+  apply(event: FlowEvent): void {
+    if (event.type === 'destroy') {
+      this.#flows.delete(event.flow.id);
+      return;
+    }
+    if (!event.flow.uplink) return;
+    this.#flows.set(event.flow.id, event.flow);
+    if (this.#flows.size > this.#limit) {
+      this.#flows.delete(this.#flows.keys().next().value!);
+      this.dropped++;
+    }
+  }
+
+  replace(flows: Flow[]): void {
+    this.#flows.clear();
+    for (const flow of flows) this.apply({ type: 'new', flow });
+  }
+
+  get size(): number {
+    return this.#flows.size;
+  }
+
+  flows(): IterableIterator<Flow> {
+    return this.#flows.values();
+  }
+
+  /** Active flows per uplink id. */
+  activeByUplink(): Map<number, number> {
+    const counts = new Map<number, number>();
+    for (const flow of this.#flows.values()) counts.set(flow.uplink, (counts.get(flow.uplink) ?? 0) + 1);
+    return counts;
+  }
+
+  /**
+   * Per uplink id, the most flows sharing one (translated address, destination, destination
+   * port, protocol): the kernel has `range` source ports for each such tuple, no more.
+   */
+  busiestMapping(): Map<number, number> {
+    const counts = new Map<string, number>();
+    for (const f of this.#flows.values()) {
+      if (f.mappedPort === undefined) continue;
+      const key = `${f.uplink} ${f.protocol} ${f.mappedAddress} ${f.destination} ${f.destinationPort}`;
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+    }
+    const busiest = new Map<number, number>();
+    for (const [key, count] of counts) {
+      const uplink = Number(key.split(' ')[0]);
+      busiest.set(uplink, Math.max(busiest.get(uplink) ?? 0, count));
+    }
+    return busiest;
+  }
+}
+
+export interface Conntrack {
+  /** Deletes the flows whose mark holds this uplink id; resolves with how many were deleted. */
+  deleteUplink(id: number): Promise<number>;
+  list(): Promise<Flow[]>;
+  /** Streams new and destroyed flows until the returned function is called. */
+  watch(onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void;
+}
+
+const hex = (n: number) => `0x${n.toString(16)}`;
+
+export class ExecConntrack implements Conntrack {
+  readonly #conntrack: Command;
+  constructor(conntrack: Command = ['conntrack']) {
+    this.#conntrack = conntrack;
+  }
+
+  async deleteUplink(id: number): Promise<number> {
+    let deleted = 0;
+    for (const family of ['ipv4', 'ipv6']) {
+      const { code, stderr } = await exec(this.#conntrack, [
+        '-D',
+        '-f',
+        family,
+        '--mark',
+        `${hex(id << markShift)}/${hex(markMask)}`,
+      ]);
+      const count = /(\d+) flow entries have been deleted/.exec(stderr);
+      if (code !== 0 && !count) throw new Error(`conntrack -D failed: ${stderr.trim()}`);
+      deleted += Number(count?.[1] ?? 0);
+    }
+    return deleted;
+  }
+
+  async list(): Promise<Flow[]> {
+    const flows: Flow[] = [];
+    for (const family of ['ipv4', 'ipv6']) {
+      const { code, stdout, stderr } = await exec(this.#conntrack, ['-L', '-f', family, '-o', 'id,extended']);
+      if (code !== 0) throw new Error(`conntrack -L failed: ${stderr.trim()}`);
+      for (const line of stdout.split('\n')) {
+        const event = parseConntrackLine(line);
+        if (event?.flow.uplink) flows.push(event.flow);
+      }
+    }
+    return flows;
+  }
+
+  watch(onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void {
+    const children: ChildProcess[] = [];
+    for (const family of ['ipv4', 'ipv6']) {
+      const child = spawn(
+        this.#conntrack[0]!,
+        [
+          ...this.#conntrack.slice(1),
+          '-E',
+          '-f',
+          family,
+          '-e',
+          'NEW,DESTROY',
+          '-o',
+          'id,extended',
+          '--buffer-size',
+          '8388608',
+        ],
+        {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
+      children.push(child);
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        const event = parseConntrackLine(line);
+        if (event) onEvent(event);
+      });
+      child.on('error', onError);
+      child.on('exit', (code, signal) => {
+        if (signal !== 'SIGTERM') onError(new Error(`conntrack -E exited (${code ?? signal})`));
+      });
+    }
+    return () => children.forEach((child) => child.kill('SIGTERM'));
+  }
+}

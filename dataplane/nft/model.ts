@@ -1,0 +1,201 @@
+// naat's nftables table as data. Rules are built from a small vocabulary of matches and
+// statements rather than free text, so that one model renders to `nft` syntax for the kernel and
+// is evaluated by the packet tracer in tests: the tracer and the kernel read the same rules.
+
+export const tableFamily = 'inet';
+export const tableName = 'naat';
+
+export type Family = 4 | 6;
+export type L4 = 'tcp' | 'udp' | 'icmp' | 'icmpv6';
+
+export type Match =
+  | { kind: 'family'; family: Family }
+  | { kind: 'saddr' | 'daddr'; family: Family; set?: string; prefixes?: string[]; negate?: boolean }
+  | { kind: 'l4proto'; protocols: L4[] }
+  /** Inclusive ranges; the rule must also match l4proto tcp and/or udp. */
+  | { kind: 'dport'; ranges: Array<[number, number]> }
+  | { kind: 'ctDirection'; direction: 'original' | 'reply' }
+  | { kind: 'ctStateNew'; negate?: boolean }
+  /** `ct mark & mask != 0`: the flow already has an uplink. */
+  | { kind: 'ctMarkSet'; mask: number }
+  /** `meta mark & mask == value` */
+  | { kind: 'mark'; mask: number; value: number }
+  | { kind: 'oifname'; name: string }
+  | { kind: 'localDestination' };
+
+export type Statement =
+  | { kind: 'verdict'; verdict: 'accept' | 'drop' | 'return' }
+  | { kind: 'goto' | 'jump'; chain: string }
+  | { kind: 'counter' }
+  /** meta mark set ct mark & mask */
+  | { kind: 'restoreMark'; mask: number }
+  /** Sets the bits under mask in both the conntrack mark and the packet mark. */
+  | { kind: 'setMark'; mask: number; value: number }
+  | { kind: 'ctHelper'; object: string }
+  | { kind: 'ctTimeout'; object: string }
+  /**
+   * Picks one of `slots` in proportion to its count: by a random number per flow, or by a hash of
+   * the source address (so a source always lands on the same slot while the slots are unchanged).
+   */
+  | { kind: 'pick'; by: 'random' | 'source'; family?: Family; slots: Array<{ chain: string; count: number }> }
+  /** Looks up (source address, protocol, source port) in an association verdict map. */
+  | { kind: 'lookupFlow'; family: Family; map: string }
+  /** Adds or refreshes the packet's source address in a dynamic set with a timeout. */
+  | { kind: 'updateSet'; family: Family; set: string }
+  | { kind: 'snat'; family: Family; address: string; ports?: [number, number] }
+  | { kind: 'masquerade'; ports?: [number, number] };
+
+export interface Rule {
+  match: Match[];
+  then: Statement[];
+}
+
+export interface BaseHook {
+  type: 'filter' | 'nat';
+  hook: 'prerouting' | 'postrouting' | 'forward';
+  priority: number;
+}
+
+export interface Chain {
+  name: string;
+  base?: BaseHook;
+  rules: Rule[];
+}
+
+export interface NamedSet {
+  name: string;
+  /** nft type, e.g. `ipv4_addr`, or for maps `ipv4_addr . inet_proto . inet_service : verdict`. */
+  type: string;
+  map?: boolean;
+  interval?: boolean;
+  /** Dynamic sets filled by the packet path; their elements survive re-syncs. */
+  dynamicTimeoutSeconds?: number;
+  /** Elements as nft text; ignored for dynamic sets. */
+  elements: string[];
+}
+
+/** A stateful object: a conntrack timeout policy or a conntrack helper, declared by its nft body. */
+export interface NftObject {
+  kind: 'ct timeout' | 'ct helper';
+  name: string;
+  body: string;
+}
+
+export interface Table {
+  chains: Chain[];
+  sets: NamedSet[];
+  objects: NftObject[];
+}
+
+const hex = (value: number) => `0x${value.toString(16).padStart(8, '0')}`;
+const saddrField = (family: Family) => (family === 4 ? 'ip saddr' : 'ip6 saddr');
+const daddrField = (family: Family) => (family === 4 ? 'ip daddr' : 'ip6 daddr');
+const list = (items: string[]) => (items.length === 1 ? items[0]! : `{ ${items.join(', ')} }`);
+
+export function renderMatch(m: Match): string {
+  switch (m.kind) {
+    case 'family':
+      return `meta nfproto ${m.family === 4 ? 'ipv4' : 'ipv6'}`;
+    case 'saddr':
+    case 'daddr': {
+      const field = m.kind === 'saddr' ? saddrField(m.family) : daddrField(m.family);
+      const value = m.set ? `@${m.set}` : list(m.prefixes ?? []);
+      return `${field} ${m.negate ? '!= ' : ''}${value}`;
+    }
+    case 'l4proto':
+      return `meta l4proto ${list(m.protocols)}`;
+    case 'dport':
+      return `th dport ${list(m.ranges.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)))}`;
+    case 'ctDirection':
+      return `ct direction ${m.direction}`;
+    case 'ctStateNew':
+      return `ct state ${m.negate ? '!= ' : ''}new`;
+    case 'ctMarkSet':
+      return `ct mark & ${hex(m.mask)} != 0x00000000`;
+    case 'mark':
+      return `meta mark & ${hex(m.mask)} == ${hex(m.value)}`;
+    case 'oifname':
+      return `oifname ${JSON.stringify(m.name)}`;
+    case 'localDestination':
+      return 'fib daddr type local';
+  }
+}
+
+export function renderStatement(s: Statement): string {
+  switch (s.kind) {
+    case 'verdict':
+      return s.verdict;
+    case 'goto':
+    case 'jump':
+      return `${s.kind} ${s.chain}`;
+    case 'counter':
+      return 'counter';
+    case 'restoreMark':
+      return `meta mark set ct mark & ${hex(s.mask)}`;
+    case 'setMark': {
+      const keep = hex(~s.mask >>> 0);
+      return `ct mark set ct mark & ${keep} | ${hex(s.value)} meta mark set meta mark & ${keep} | ${hex(s.value)}`;
+    }
+    case 'ctHelper':
+      return `ct helper set ${JSON.stringify(s.object)}`;
+    case 'ctTimeout':
+      return `ct timeout set ${JSON.stringify(s.object)}`;
+    case 'pick': {
+      let next = 0;
+      const slots = s.slots.map(({ chain, count }) => {
+        const from = next;
+        next += count;
+        return `${from === next - 1 ? from : `${from}-${next - 1}`} : goto ${chain}`;
+      });
+      const source = s.by === 'random' ? 'numgen random' : `jhash ${saddrField(s.family ?? 4)}`;
+      return `${source} mod ${next} vmap { ${slots.join(', ')} }`;
+    }
+    case 'lookupFlow':
+      return `${saddrField(s.family)} . meta l4proto . th sport vmap @${s.map}`;
+    case 'updateSet':
+      return `update @${s.set} { ${saddrField(s.family)} }`;
+    case 'snat': {
+      const address = s.family === 6 ? `[${s.address}]` : s.address;
+      const ports = s.ports ? `:${s.ports[0]}-${s.ports[1]}` : '';
+      return `snat ${s.family === 4 ? 'ip' : 'ip6'} to ${address}${ports}`;
+    }
+    case 'masquerade':
+      return s.ports ? `masquerade to :${s.ports[0]}-${s.ports[1]}` : 'masquerade';
+  }
+}
+
+export function renderRule(rule: Rule): string {
+  return [...rule.match.map(renderMatch), ...rule.then.map(renderStatement)].join(' ');
+}
+
+/** The `{ … }` body of a set or map declaration, without elements. */
+export function setDeclaration(set: NamedSet): string {
+  const flags = [set.interval ? 'interval' : '', set.dynamicTimeoutSeconds ? 'dynamic, timeout' : ''].filter(Boolean);
+  return [
+    `type ${set.type};`,
+    flags.length ? ` flags ${flags.join(', ')};` : '',
+    set.dynamicTimeoutSeconds ? ` timeout ${set.dynamicTimeoutSeconds}s;` : '',
+  ].join('');
+}
+
+export function baseDeclaration(base: BaseHook): string {
+  return `type ${base.type} hook ${base.hook} priority ${base.priority}; policy accept;`;
+}
+
+/** The whole table as `nft list` would print it (order as given); used for golden files and dumps. */
+export function renderTable(table: Table): string {
+  const lines = [`table ${tableFamily} ${tableName} {`];
+  for (const object of table.objects) lines.push(`\t${object.kind} ${object.name} { ${object.body} }`);
+  for (const set of table.sets) {
+    lines.push(`\t${set.map ? 'map' : 'set'} ${set.name} { ${setDeclaration(set)} }`);
+    if (!set.dynamicTimeoutSeconds) for (const element of set.elements) lines.push(`\t\t${set.name} ${element}`);
+  }
+  for (const chain of table.chains) {
+    lines.push(`\tchain ${chain.name} {`);
+    if (chain.base) lines.push(`\t\t${baseDeclaration(chain.base)}`);
+    for (const rule of chain.rules) lines.push(`\t\t${renderRule(rule)}`);
+    lines.push('\t}');
+  }
+  lines.push('}');
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,99 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseGatewayConfig } from '../config.ts';
+import { allocateUplinkIds, render, type RenderInput } from '../render.ts';
+import { renderTable, type Table } from './model.ts';
+import { FakeNftables, operationText, planSync } from './nftables.ts';
+
+const config = parseGatewayConfig(
+  JSON.parse(await readFile(join(import.meta.dirname, '..', 'testdata', 'gateway.json'), 'utf8')),
+);
+const ids = allocateUplinkIds(
+  new Map(),
+  config.uplinks.map((u) => u.name),
+);
+const input = (extra: Partial<RenderInput> = {}): RenderInput => ({
+  config,
+  node: 'n',
+  ids,
+  health: new Map(),
+  ...extra,
+});
+
+const byName = <T extends { name: string }>(items: T[]) => [...items].sort((a, b) => a.name.localeCompare(b.name));
+/** The table in name order: the kernel keeps creation order, which differs after removals. */
+const canonical = (t: Table | undefined) =>
+  t && renderTable({ chains: byName(t.chains), sets: byName(t.sets), objects: byName(t.objects) });
+
+async function sync(nft: FakeNftables, i: RenderInput) {
+  const table = render(i).table;
+  await nft.run(planSync(table, await nft.list()));
+  return table;
+}
+
+describe('planSync on the in-memory table', () => {
+  it('brings an empty kernel to the rendered table, and re-applying changes nothing', async () => {
+    const nft = new FakeNftables();
+    const table = await sync(nft, input());
+    expect(canonical(nft.table())).toBe(canonical(table));
+    await sync(nft, input());
+    expect(canonical(nft.table())).toBe(canonical(table));
+  });
+
+  it('removes what it no longer needs: the chains of a removed uplink and an unused timeout', async () => {
+    const nft = new FakeNftables();
+    await sync(nft, input());
+    const smaller = parseGatewayConfig({
+      ...config,
+      uplinks: config.uplinks.filter((u) => u.name !== 'backup'),
+      rules: config.rules.filter((r) => !r.uplinks),
+      timeouts: { ...config.timeouts, udpSeconds: 60 },
+    });
+    const table = await sync(nft, { ...input(), config: smaller });
+    expect(canonical(nft.table())).toBe(canonical(table));
+    expect(nft.dump()).not.toMatch(/uplink_backup|udp4_120/);
+  });
+
+  it('keeps the members of dynamic sets across syncs', async () => {
+    const sticky = parseGatewayConfig({ ...config, balancing: { mode: 'SourceSticky' } });
+    const nft = new FakeNftables();
+    await sync(nft, { ...input(), config: sticky });
+    await nft.run([{ op: 'add', what: 'element', set: 'sticky2_4', elements: ['10.244.1.7'] }]);
+    await sync(nft, { ...input(), config: sticky });
+    expect(nft.table()!.sets.find((s) => s.name === 'sticky2_4')!.elements).toEqual(['10.244.1.7']);
+  });
+
+  it('applies a failing transaction not at all', async () => {
+    const nft = new FakeNftables();
+    await sync(nft, input());
+    const before = nft.dump();
+    await expect(
+      nft.run([
+        { op: 'flush', what: 'chain', name: 'pod_rules' },
+        {
+          op: 'add',
+          what: 'rule',
+          chain: 'pod_rules',
+          rule: { match: [], then: [{ kind: 'goto', chain: 'nowhere' }] },
+        },
+      ]),
+    ).rejects.toThrow(/missing chain nowhere/);
+    expect(nft.dump()).toBe(before);
+  });
+
+  it('orders a transaction so the kernel accepts it: declarations, then elements and rules, then removals', () => {
+    const lines = planSync(render(input({ associations: [] })).table, {
+      chains: ['old_chain'],
+      sets: ['old_set'],
+      objects: [],
+    }).map(operationText);
+    const firstRule = lines.findIndex((l) => l.startsWith('add rule'));
+    const lastChain = lines.findLastIndex((l) => l.startsWith('add chain'));
+    expect(lastChain).toBeLessThan(firstRule);
+    expect(lines.slice(-3)).toEqual([
+      'flush chain inet naat old_chain',
+      'delete chain inet naat old_chain',
+      'delete set inet naat old_set',
+    ]);
+  });
+});

@@ -1,0 +1,335 @@
+// The kernel's nftables behind a small interface: what naat's table holds now, and atomic
+// transactions against it. The real implementation drives `nft`; the fake keeps the table in
+// memory with the kernel's referential checks, for unit tests of everything above it.
+import { exec, type Command } from '../exec.ts';
+import {
+  baseDeclaration,
+  renderRule,
+  renderTable,
+  setDeclaration,
+  tableFamily,
+  tableName,
+  type Chain,
+  type NamedSet,
+  type NftObject,
+  type Rule,
+  type Table,
+} from './model.ts';
+
+export type Operation =
+  | { op: 'add'; what: 'table' }
+  | { op: 'delete'; what: 'table' }
+  | { op: 'add'; what: 'chain'; chain: Omit<Chain, 'rules'> }
+  | { op: 'flush' | 'delete'; what: 'chain'; name: string }
+  | { op: 'add'; what: 'rule'; chain: string; rule: Rule }
+  | { op: 'add'; what: 'set'; set: Omit<NamedSet, 'elements'> }
+  | { op: 'flush' | 'delete'; what: 'set'; name: string }
+  | { op: 'add' | 'delete'; what: 'element'; set: string; elements: string[] }
+  | { op: 'add'; what: 'object'; object: NftObject }
+  | { op: 'delete'; what: 'object'; kind: NftObject['kind']; name: string };
+
+/** Names of what naat's table holds, without set elements (listing those is slow). */
+export interface TableNames {
+  chains: string[];
+  sets: string[];
+  objects: Array<{ kind: NftObject['kind']; name: string }>;
+}
+
+export interface Nftables {
+  /** undefined when naat has no table. */
+  list(): Promise<TableNames | undefined>;
+  /** Applies every operation or none. */
+  run(operations: Operation[]): Promise<void>;
+}
+
+const ref = `${tableFamily} ${tableName}`;
+
+export function operationText(o: Operation): string {
+  switch (o.what) {
+    case 'table':
+      return `${o.op} table ${ref}`;
+    case 'chain':
+      if (o.op === 'add')
+        return `add chain ${ref} ${o.chain.name}${o.chain.base ? ` { ${baseDeclaration(o.chain.base)} }` : ''}`;
+      return `${o.op} chain ${ref} ${o.name}`;
+    case 'rule':
+      return `add rule ${ref} ${o.chain} ${renderRule(o.rule)}`;
+    case 'set':
+      if (o.op === 'add')
+        return `add ${o.set.map ? 'map' : 'set'} ${ref} ${o.set.name} { ${setDeclaration({ ...o.set, elements: [] })} }`;
+      return `${o.op} set ${ref} ${o.name}`;
+    case 'element':
+      return `${o.op} element ${ref} ${o.set} { ${o.elements.join(', ')} }`;
+    case 'object':
+      if (o.op === 'add') return `add ${o.object.kind} ${ref} ${o.object.name} { ${o.object.body} }`;
+      return `delete ${o.kind} ${ref} ${o.name}`;
+  }
+}
+
+const elementBatch = 1000;
+
+/** Elements in batches, so that no single command line grows without bound. */
+export function elementOperations(op: 'add' | 'delete', set: string, elements: readonly string[]): Operation[] {
+  const operations: Operation[] = [];
+  for (let i = 0; i < elements.length; i += elementBatch) {
+    operations.push({ op, what: 'element', set, elements: elements.slice(i, i + elementBatch) });
+  }
+  return operations;
+}
+
+/**
+ * One transaction that makes naat's table exactly `desired`, whatever it holds now: every chain
+ * is flushed and refilled, static sets are refilled, dynamic sets keep their elements, and what
+ * the table holds beyond `desired` is removed last, once nothing refers to it. The whole is
+ * applied atomically, so packets see either the old ruleset or the new one.
+ */
+export function planSync(desired: Table, existing: TableNames | undefined): Operation[] {
+  const ops: Operation[] = [{ op: 'add', what: 'table' }];
+  const has = {
+    objects: new Set(existing?.objects.map((o) => `${o.kind}/${o.name}`)),
+    sets: new Set(existing?.sets),
+    chains: new Set(existing?.chains),
+  };
+  for (const object of desired.objects) {
+    if (!has.objects.has(`${object.kind}/${object.name}`)) ops.push({ op: 'add', what: 'object', object });
+  }
+  for (const set of desired.sets) {
+    ops.push({ op: 'add', what: 'set', set });
+    if (!set.dynamicTimeoutSeconds && has.sets.has(set.name)) ops.push({ op: 'flush', what: 'set', name: set.name });
+  }
+  for (const chain of desired.chains) {
+    ops.push({ op: 'add', what: 'chain', chain });
+    if (has.chains.has(chain.name)) ops.push({ op: 'flush', what: 'chain', name: chain.name });
+  }
+  // Elements after the chains: a verdict map's elements name chains, which must exist by then.
+  for (const set of desired.sets) {
+    if (!set.dynamicTimeoutSeconds) ops.push(...elementOperations('add', set.name, set.elements));
+  }
+  for (const chain of desired.chains) {
+    for (const rule of chain.rules) ops.push({ op: 'add', what: 'rule', chain: chain.name, rule });
+  }
+  const wanted = {
+    chains: new Set(desired.chains.map((c) => c.name)),
+    sets: new Set(desired.sets.map((s) => s.name)),
+    objects: new Set(desired.objects.map((o) => `${o.kind}/${o.name}`)),
+  };
+  const orphanChains = [...has.chains].filter((name) => !wanted.chains.has(name));
+  for (const name of orphanChains) ops.push({ op: 'flush', what: 'chain', name });
+  for (const name of orphanChains) ops.push({ op: 'delete', what: 'chain', name });
+  for (const name of has.sets) if (!wanted.sets.has(name)) ops.push({ op: 'delete', what: 'set', name });
+  for (const object of existing?.objects ?? []) {
+    if (!wanted.objects.has(`${object.kind}/${object.name}`)) ops.push({ op: 'delete', what: 'object', ...object });
+  }
+  return ops;
+}
+
+export class NftError extends Error {}
+
+/** Drives the `nft` binary: one process per transaction, the script on its standard input. */
+export class ExecNftables implements Nftables {
+  readonly #nft: Command;
+  constructor(nft: Command = ['nft']) {
+    this.#nft = nft;
+  }
+
+  async list(): Promise<TableNames | undefined> {
+    const { code, stdout, stderr } = await exec(this.#nft, ['-j', '-t', 'list', 'table', tableFamily, tableName]);
+    if (code !== 0) {
+      if (/No such file or directory/.test(stderr)) return undefined;
+      throw new NftError(`nft list table failed: ${stderr.trim()}`);
+    }
+    const items = (JSON.parse(stdout) as { nftables: Array<Record<string, { name: string }>> }).nftables;
+    const names: TableNames = { chains: [], sets: [], objects: [] };
+    for (const item of items) {
+      if (item.chain) names.chains.push(item.chain.name);
+      if (item.set) names.sets.push(item.set.name);
+      if (item.map) names.sets.push(item.map.name);
+      if (item['ct timeout']) names.objects.push({ kind: 'ct timeout', name: item['ct timeout'].name });
+      if (item['ct helper']) names.objects.push({ kind: 'ct helper', name: item['ct helper'].name });
+    }
+    return names;
+  }
+
+  async run(operations: Operation[]): Promise<void> {
+    if (!operations.length) return;
+    const script = `${operations.map(operationText).join('\n')}\n`;
+    const { code, stderr } = await exec(this.#nft, ['-f', '-'], script);
+    if (code !== 0) throw new NftError(`nft transaction failed: ${stderr.trim()}`);
+  }
+}
+
+/**
+ * naat's table in memory. It refuses what the kernel refuses for naat's own use (a rule in a
+ * missing chain, a jump to a missing chain or a lookup in a missing set, deleting what a rule
+ * still uses, a duplicate element) and applies a transaction all or nothing.
+ */
+export class FakeNftables implements Nftables {
+  #table: { chains: Map<string, Chain>; sets: Map<string, NamedSet>; objects: Map<string, NftObject> } | undefined;
+  transactions = 0;
+
+  async list(): Promise<TableNames | undefined> {
+    if (!this.#table) return undefined;
+    return {
+      chains: [...this.#table.chains.keys()],
+      sets: [...this.#table.sets.keys()],
+      objects: [...this.#table.objects.values()].map(({ kind, name }) => ({ kind, name })),
+    };
+  }
+
+  async run(operations: Operation[]): Promise<void> {
+    const copy = this.#table && {
+      chains: new Map([...this.#table.chains].map(([k, c]) => [k, { ...c, rules: [...c.rules] }])),
+      sets: new Map([...this.#table.sets].map(([k, s]) => [k, { ...s, elements: [...s.elements] }])),
+      objects: new Map(this.#table.objects),
+    };
+    let table = copy;
+    for (const o of operations) table = apply(table, o);
+    if (table) checkReferences(table);
+    this.#table = table;
+    this.transactions++;
+  }
+
+  /** The table in `nft list` order of declaration, for golden comparisons. */
+  dump(): string {
+    if (!this.#table) return '';
+    return renderTable({
+      chains: [...this.#table.chains.values()],
+      sets: [...this.#table.sets.values()],
+      objects: [...this.#table.objects.values()],
+    });
+  }
+
+  table(): Table | undefined {
+    if (!this.#table) return undefined;
+    return {
+      chains: [...this.#table.chains.values()],
+      sets: [...this.#table.sets.values()],
+      objects: [...this.#table.objects.values()],
+    };
+  }
+}
+
+type FakeTable = NonNullable<ReturnType<typeof emptyTable>>;
+function emptyTable() {
+  return { chains: new Map<string, Chain>(), sets: new Map<string, NamedSet>(), objects: new Map<string, NftObject>() };
+}
+
+function apply(table: FakeTable | undefined, o: Operation): FakeTable | undefined {
+  if (o.what === 'table') return o.op === 'add' ? (table ?? emptyTable()) : undefined;
+  if (!table) throw new NftError(`${operationText(o)}: No such file or directory (no table)`);
+  const fail = (why: string) => new NftError(`${operationText(o)}: ${why}`);
+  switch (o.what) {
+    case 'chain': {
+      if (o.op === 'add') {
+        const old = table.chains.get(o.chain.name);
+        if (old && JSON.stringify(old.base) !== JSON.stringify(o.chain.base)) throw fail('Device or resource busy');
+        if (!old)
+          table.chains.set(o.chain.name, {
+            name: o.chain.name,
+            ...(o.chain.base ? { base: o.chain.base } : {}),
+            rules: [],
+          });
+        return table;
+      }
+      const chain = table.chains.get(o.name);
+      if (!chain) throw fail('No such file or directory');
+      if (o.op === 'flush') chain.rules = [];
+      else if (chain.rules.length || usedByRules(table, (r) => r.includes(` ${o.name}`)))
+        throw fail('Device or resource busy');
+      else table.chains.delete(o.name);
+      return table;
+    }
+    case 'rule': {
+      const chain = table.chains.get(o.chain);
+      if (!chain) throw fail('No such file or directory');
+      chain.rules.push(o.rule);
+      return table;
+    }
+    case 'set': {
+      if (o.op === 'add') {
+        const old = table.sets.get(o.set.name);
+        if (old && old.type !== o.set.type) throw fail('File exists');
+        if (!old) table.sets.set(o.set.name, { ...o.set, elements: [] });
+        return table;
+      }
+      const set = table.sets.get(o.name);
+      if (!set) throw fail('No such file or directory');
+      if (o.op === 'flush') set.elements = [];
+      else if (usedByRules(table, (r) => r.includes(`@${o.name}`))) throw fail('Device or resource busy');
+      else table.sets.delete(o.name);
+      return table;
+    }
+    case 'element': {
+      const set = table.sets.get(o.set);
+      if (!set) throw fail('No such file or directory');
+      const keyOf = (element: string) => element.split(' : ')[0]!;
+      const present = new Map(set.elements.map((e) => [keyOf(e), e]));
+      for (const element of o.elements) {
+        // Adding an element that is there is a no-op; the same key with other data is refused.
+        const old = present.get(keyOf(element));
+        if (o.op === 'add' && old !== undefined && old !== element) throw fail('File exists');
+        if (o.op === 'delete' && !present.has(keyOf(element))) throw fail('No such file or directory');
+      }
+      for (const element of o.elements) {
+        const target = / : goto (\w+)/.exec(element)?.[1];
+        if (o.op === 'add' && target && !table.chains.has(target))
+          throw fail(`No such file or directory (chain ${target})`);
+      }
+      const gone = new Set(o.elements.map(keyOf));
+      set.elements =
+        o.op === 'add'
+          ? [...set.elements, ...o.elements.filter((e) => !present.has(keyOf(e)))]
+          : set.elements.filter((e) => !gone.has(keyOf(e)));
+      return table;
+    }
+    case 'object': {
+      if (o.op === 'add') {
+        const key = `${o.object.kind}/${o.object.name}`;
+        const old = table.objects.get(key);
+        if (old && old.body !== o.object.body) throw fail('File exists');
+        table.objects.set(key, o.object);
+        return table;
+      }
+      const key = `${o.kind}/${o.name}`;
+      if (!table.objects.has(key)) throw fail('No such file or directory');
+      if (usedByRules(table, (r) => r.includes(`"${o.name}"`))) throw fail('Device or resource busy');
+      table.objects.delete(key);
+      return table;
+    }
+  }
+}
+
+function usedByRules(table: FakeTable, test: (rule: string) => boolean): boolean {
+  for (const chain of table.chains.values()) if (chain.rules.some((r) => test(renderRule(r)))) return true;
+  for (const set of table.sets.values()) if (set.elements.some((e) => test(` ${e.split(' : ')[1] ?? ''}`))) return true;
+  return false;
+}
+
+/** Every chain, set and object a rule or verdict map names must exist when the transaction ends. */
+function checkReferences(table: FakeTable): void {
+  const targets: string[] = [];
+  for (const chain of table.chains.values()) {
+    for (const rule of chain.rules) {
+      const text = renderRule(rule);
+      for (const [, name] of text.matchAll(/(?:goto|jump) (\w+)/g)) targets.push(`chain ${name} (from ${chain.name})`);
+      for (const [, name] of text.matchAll(/@(\w+)/g)) {
+        if (!table.sets.has(name!)) throw new NftError(`rule in ${chain.name} uses missing set ${name}`);
+      }
+      for (const [, name] of text.matchAll(/set "(\w+)"/g)) {
+        if (![...table.objects.values()].some((o) => o.name === name)) {
+          throw new NftError(`rule in ${chain.name} uses missing object ${name}`);
+        }
+      }
+    }
+  }
+  for (const set of table.sets.values()) {
+    for (const element of set.elements) {
+      const target = /goto (\w+)/.exec(element)?.[1];
+      if (target) targets.push(`chain ${target} (from set ${set.name})`);
+    }
+  }
+  for (const target of targets) {
+    const name = target.split(' ')[1]!;
+    if (!table.chains.has(name)) throw new NftError(`missing ${target}`);
+  }
+}

@@ -1,0 +1,205 @@
+// Evaluates a packet against a table in the model, the way the kernel walks the same rules: base
+// chains of a hook in priority order, jump/goto/return, sets and verdict maps. It answers "what
+// happens to this packet" for tests and explanations without a kernel.
+import { contains } from '../ip.ts';
+import type { Family, L4, Match, Rule, Statement, Table } from './model.ts';
+
+export interface Packet {
+  family: Family;
+  saddr: string;
+  daddr: string;
+  protocol: L4;
+  sport?: number;
+  dport?: number;
+  direction?: 'original' | 'reply';
+  /** Whether conntrack sees the first packet of a flow. */
+  isNew?: boolean;
+  ctMark?: number;
+  mark?: number;
+  oifname?: string;
+  /** Whether the destination is an address of the node itself. */
+  local?: boolean;
+}
+
+export interface TraceOptions {
+  /** A number in [0, total) standing for `numgen random mod total`. */
+  random?: (total: number) => number;
+  /** A number in [0, total) standing for `jhash <source> mod total`. */
+  hash?: (address: string, total: number) => number;
+  /** Contents of dynamic sets, updated as the packet passes `update` statements. */
+  dynamic?: Map<string, Set<string>>;
+}
+
+export interface TraceResult {
+  verdict: 'accept' | 'drop';
+  ctMark: number;
+  mark: number;
+  /** Chains entered, in order. */
+  path: string[];
+  helper?: string;
+  timeout?: string;
+  nat?: { kind: 'snat'; address: string; ports?: [number, number] } | { kind: 'masquerade'; ports?: [number, number] };
+}
+
+class Stop {
+  readonly verdict: 'accept' | 'drop';
+  constructor(verdict: 'accept' | 'drop') {
+    this.verdict = verdict;
+  }
+}
+
+export function trace(
+  table: Table,
+  hook: 'prerouting' | 'postrouting',
+  packet: Packet,
+  options: TraceOptions = {},
+): TraceResult {
+  const state: TraceResult = { verdict: 'accept', ctMark: packet.ctMark ?? 0, mark: packet.mark ?? 0, path: [] };
+  const chains = new Map(table.chains.map((c) => [c.name, c]));
+  const sets = new Map(table.sets.map((s) => [s.name, s]));
+  const dynamic = options.dynamic ?? new Map<string, Set<string>>();
+  const inSet = (name: string, address: string) => {
+    const set = sets.get(name);
+    if (!set) throw new Error(`trace: missing set ${name}`);
+    if (set.dynamicTimeoutSeconds) return dynamic.get(name)?.has(address) ?? false;
+    return set.elements.some((prefix) => contains(prefix, address));
+  };
+
+  const matches = (m: Match): boolean => {
+    switch (m.kind) {
+      case 'family':
+        return packet.family === m.family;
+      case 'saddr':
+      case 'daddr': {
+        if (packet.family !== m.family) return false;
+        const address = m.kind === 'saddr' ? packet.saddr : packet.daddr;
+        const found = m.set ? inSet(m.set, address) : (m.prefixes ?? []).some((p) => contains(p, address));
+        return m.negate ? !found : found;
+      }
+      case 'l4proto':
+        return m.protocols.includes(packet.protocol);
+      case 'dport':
+        return packet.dport !== undefined && m.ranges.some(([a, b]) => packet.dport! >= a && packet.dport! <= b);
+      case 'ctDirection':
+        return (packet.direction ?? 'original') === m.direction;
+      case 'ctStateNew':
+        return (packet.isNew ?? true) !== (m.negate ?? false);
+      case 'ctMarkSet':
+        return (state.ctMark & m.mask) !== 0;
+      case 'mark':
+        return (state.mark & m.mask) === m.value;
+      case 'oifname':
+        return packet.oifname === m.name;
+      case 'localDestination':
+        return packet.local ?? false;
+    }
+  };
+
+  const pickSlot = (slots: Array<{ chain: string; count: number }>, n: number) => {
+    let left = n;
+    for (const slot of slots) {
+      if (left < slot.count) return slot.chain;
+      left -= slot.count;
+    }
+    throw new Error('trace: pick out of range');
+  };
+
+  /** Runs a chain; returns 'return' when it falls off its end or returns. */
+  const run = (name: string): 'return' => {
+    const chain = chains.get(name);
+    if (!chain) throw new Error(`trace: missing chain ${name}`);
+    state.path.push(name);
+    for (const rule of chain.rules) {
+      const outcome = applyRule(rule);
+      if (outcome === 'return') return 'return';
+      if (outcome === 'goto-done') return 'return';
+    }
+    return 'return';
+  };
+
+  // 'goto-done': a goto ran the other chain to its end, which ends this chain too.
+  const applyRule = (rule: Rule): 'next' | 'return' | 'goto-done' => {
+    if (!rule.match.every(matches)) return 'next';
+    for (const s of rule.then) {
+      const outcome = execute(s);
+      if (outcome !== 'next') return outcome;
+    }
+    return 'next';
+  };
+
+  const execute = (s: Statement): 'next' | 'return' | 'goto-done' => {
+    switch (s.kind) {
+      case 'verdict':
+        if (s.verdict === 'return') return 'return';
+        throw new Stop(s.verdict);
+      case 'goto':
+        run(s.chain);
+        return 'goto-done';
+      case 'jump':
+        run(s.chain);
+        return 'next';
+      case 'counter':
+        return 'next';
+      case 'restoreMark':
+        state.mark = state.ctMark & s.mask;
+        return 'next';
+      case 'setMark':
+        state.ctMark = ((state.ctMark & ~s.mask) | s.value) >>> 0;
+        state.mark = ((state.mark & ~s.mask) | s.value) >>> 0;
+        return 'next';
+      case 'ctHelper':
+        state.helper = s.object;
+        return 'next';
+      case 'ctTimeout':
+        state.timeout = s.object;
+        return 'next';
+      case 'pick': {
+        const total = s.slots.reduce((sum, slot) => sum + slot.count, 0);
+        const n =
+          s.by === 'random' ? (options.random ?? (() => 0))(total) : (options.hash ?? defaultHash)(packet.saddr, total);
+        run(pickSlot(s.slots, n));
+        return 'goto-done';
+      }
+      case 'lookupFlow': {
+        if (packet.family !== s.family || packet.sport === undefined) return 'next';
+        const set = sets.get(s.map);
+        const key = `${packet.saddr} . ${packet.protocol} . ${packet.sport}`;
+        const element = set?.elements.find((e) => e.startsWith(`${key} : `));
+        const target = element && /goto (\w+)/.exec(element)?.[1];
+        if (!target) return 'next';
+        run(target);
+        return 'goto-done';
+      }
+      case 'updateSet': {
+        if (packet.family !== s.family) return 'next';
+        const members = dynamic.get(s.set) ?? new Set<string>();
+        members.add(packet.saddr);
+        dynamic.set(s.set, members);
+        return 'next';
+      }
+      case 'snat':
+        state.nat = { kind: 'snat', address: s.address, ...(s.ports ? { ports: s.ports } : {}) };
+        throw new Stop('accept');
+      case 'masquerade':
+        state.nat = { kind: 'masquerade', ...(s.ports ? { ports: s.ports } : {}) };
+        throw new Stop('accept');
+    }
+  };
+
+  const bases = table.chains.filter((c) => c.base?.hook === hook).sort((a, b) => a.base!.priority - b.base!.priority);
+  for (const base of bases) {
+    try {
+      run(base.name);
+    } catch (error) {
+      if (!(error instanceof Stop)) throw error;
+      if (error.verdict === 'drop') return { ...state, verdict: 'drop' };
+    }
+  }
+  return state;
+}
+
+function defaultHash(address: string, total: number): number {
+  let h = 0;
+  for (const c of address) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return h % total;
+}

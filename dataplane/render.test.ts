@@ -1,0 +1,255 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Application } from '../proto/index.ts';
+import { parseGatewayConfig, type GatewayConfig } from './config.ts';
+import { renderTable } from './nft/model.ts';
+import { trace, type Packet, type TraceOptions } from './nft/trace.ts';
+import {
+  allocateUplinkIds,
+  leastLoadedCounts,
+  markMask,
+  markShift,
+  render,
+  type FlowAssociation,
+  type RenderInput,
+} from './render.ts';
+
+const testdata = join(import.meta.dirname, 'testdata');
+const base = parseGatewayConfig(JSON.parse(await readFile(join(testdata, 'gateway.json'), 'utf8')));
+
+function app(processName: string): Application {
+  return {
+    processName,
+    executable: `/usr/bin/${processName}`,
+    commandLine: [processName],
+    containerName: 'app',
+    containerId: '',
+    uid: 1000,
+    pid: 42,
+  };
+}
+
+const curl: FlowAssociation = {
+  transport: 'tcp',
+  sourceAddress: '10.244.1.2',
+  sourcePort: 40000,
+  application: app('curl'),
+};
+
+function input(config: GatewayConfig = base, extra: Partial<RenderInput> = {}): RenderInput {
+  return {
+    config,
+    node: 'node-1',
+    ids: allocateUplinkIds(
+      new Map(),
+      config.uplinks.map((u) => u.name),
+    ),
+    health: new Map(),
+    associations: [curl],
+    ...extra,
+  };
+}
+
+function withConfig(change: (config: GatewayConfig) => void): GatewayConfig {
+  const copy = structuredClone(base);
+  change(copy);
+  return parseGatewayConfig(copy);
+}
+
+const idOf = (i: RenderInput, name: string) => i.ids.get(name)!;
+const uplinkOf = (i: RenderInput, ctMark: number) =>
+  [...i.ids].find(([, id]) => id === (ctMark & markMask) >>> markShift)?.[0];
+
+const tcp = (saddr: string, daddr: string, dport: number, sport = 50000): Packet => ({
+  family: saddr.includes(':') ? 6 : 4,
+  saddr,
+  daddr,
+  protocol: 'tcp',
+  sport,
+  dport,
+});
+
+/** The uplink of every slot of the random pick, i.e. the exact shares Weighted mode gives. */
+function shares(i: RenderInput, packet: Packet): Record<string, number> {
+  const table = render(i).table;
+  let total = 1;
+  trace(table, 'prerouting', packet, { random: (slots) => ((total = slots), 0) });
+  const counts: Record<string, number> = {};
+  for (let n = 0; n < total; n++) {
+    const result = trace(table, 'prerouting', packet, { random: () => n });
+    const name = result.verdict === 'drop' ? 'drop' : (uplinkOf(i, result.ctMark) ?? 'none');
+    counts[name] = (counts[name] ?? 0) + 1;
+  }
+  return counts;
+}
+
+describe('render', () => {
+  it('renders the golden table for the sample config (UPDATE_GOLDEN=1 rewrites it)', async () => {
+    const text = renderTable(render(input()).table);
+    const file = join(testdata, 'gateway.nft');
+    if (process.env.UPDATE_GOLDEN) await writeFile(file, text);
+    expect(text).toBe(await readFile(file, 'utf8'));
+  });
+
+  it('routes each uplink by its own table and mark', () => {
+    const i = input();
+    const routes = render(i).routes;
+    expect(routes.map((r) => [r.uplink, r.table, r.mark, r.interface])).toEqual([
+      ['backup', 7700 + idOf(i, 'backup'), idOf(i, 'backup') << markShift, 'up3'],
+      ['isp-a', 7700 + idOf(i, 'isp-a'), idOf(i, 'isp-a') << markShift, 'up1'],
+      ['isp-b', 7700 + idOf(i, 'isp-b'), idOf(i, 'isp-b') << markShift, 'up2'],
+    ]);
+    expect(routes.find((r) => r.uplink === 'isp-b')!.sources).toEqual(['100.64.2.2', '100.64.2.3']);
+  });
+
+  it('leaves out uplinks that another node has', () => {
+    const config = withConfig((c) => (c.uplinks[1]!.nodes = ['node-2']));
+    expect(render(input(config)).routes.map((r) => r.uplink)).toEqual(['backup', 'isp-a']);
+  });
+});
+
+describe('a new flow traced through the rendered rules', () => {
+  it('is spread over the lowest tier by weight (isp-a 1 : isp-b 2), never to the backup', () => {
+    expect(shares(input(), tcp('10.244.1.7', '203.0.113.10', 443))).toEqual({ 'isp-a': 1, 'isp-b': 2 });
+  });
+
+  it('uses only uplinks that carry its family (isp-b has no IPv6 next hop)', () => {
+    const result = trace(render(input()).table, 'prerouting', tcp('fd00:244:1::7', '2001:db8::10', 443));
+    expect(uplinkOf(input(), result.ctMark)).toBe('isp-a');
+  });
+
+  it('moves to the higher tier only when the whole lower tier is down, and is dropped when nothing is up', () => {
+    const packet = tcp('10.244.1.7', '203.0.113.10', 443);
+    const down = (...names: string[]) => input(base, { health: new Map(names.map((n) => [n, false])) });
+    expect(shares(down('isp-a'), packet)).toEqual({ 'isp-b': 1 });
+    expect(shares(down('isp-a', 'isp-b'), packet)).toEqual({ backup: 1 });
+    expect(trace(render(down('isp-a', 'isp-b', 'backup')).table, 'prerouting', packet).verdict).toBe('drop');
+  });
+
+  it('is dropped by a Deny rule of its pod and not by one of another pod', () => {
+    const table = render(input()).table;
+    expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 23)).verdict).toBe('drop');
+    expect(trace(table, 'prerouting', tcp('10.244.2.2', '203.0.113.10', 23)).verdict).toBe('accept');
+  });
+
+  it('follows the rule of its application: curl is denied, the same pod on another port is not', () => {
+    const table = render(input()).table;
+    expect(trace(table, 'prerouting', tcp('10.244.1.2', '198.51.100.5', 8080, 40000)).verdict).toBe('drop');
+    expect(trace(table, 'prerouting', tcp('10.244.1.2', '198.51.100.5', 8080, 40001)).verdict).toBe('accept');
+    const withoutCurl = render(input(base, { associations: [] })).table;
+    expect(trace(withoutCurl, 'prerouting', tcp('10.244.1.2', '198.51.100.5', 8080, 40000)).verdict).toBe('accept');
+  });
+
+  it('keeps to the allowed uplinks, preferring isp-b regardless of tier and falling back to the backup', () => {
+    const packet = tcp('10.244.2.2', '192.0.2.1', 80);
+    expect(shares(input(), packet)).toEqual({ 'isp-b': 1 });
+    expect(shares(input(base, { health: new Map([['isp-b', false]]) }), packet)).toEqual({ backup: 1 });
+    const none = input(base, {
+      health: new Map([
+        ['isp-b', false],
+        ['backup', false],
+      ]),
+    });
+    expect(trace(render(none).table, 'prerouting', packet).verdict).toBe('drop');
+  });
+
+  it('is untouched when it is a reply, comes from an unserved address, or goes to a bypassed or local address', () => {
+    const table = render(input()).table;
+    const untouched = (packet: Packet) => {
+      const result = trace(table, 'prerouting', packet);
+      return result.verdict === 'accept' && result.ctMark === 0 && result.mark === 0;
+    };
+    expect(untouched({ ...tcp('10.244.1.7', '203.0.113.10', 443), direction: 'reply' })).toBe(true);
+    expect(untouched(tcp('10.1.1.1', '203.0.113.10', 443))).toBe(true);
+    expect(untouched(tcp('10.244.1.7', '10.96.0.10', 443))).toBe(true);
+    expect(untouched({ ...tcp('10.244.1.7', '100.64.1.2', 443), local: true })).toBe(true);
+  });
+
+  it('keeps the uplink of an established flow, and FTP control flows get the FTP helper', () => {
+    const i = input();
+    const table = render(i).table;
+    const mark = idOf(i, 'isp-b') << markShift;
+    const later = trace(table, 'prerouting', { ...tcp('10.244.1.7', '203.0.113.10', 443), isNew: false, ctMark: mark });
+    expect(later.mark).toBe(mark);
+    expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 21)).helper).toBe('ftp4');
+    expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 443)).timeout).toBe('tcp4_7440_240');
+  });
+
+  it('is translated to its uplink address and port range, with ICMP keeping its identifier space', () => {
+    const i = input();
+    const table = render(i).table;
+    const mark = idOf(i, 'isp-a') << markShift;
+    const out = (packet: Packet) => trace(table, 'postrouting', { ...packet, mark, oifname: 'up1' });
+    expect(out(tcp('10.244.1.7', '203.0.113.10', 443)).nat).toEqual({
+      kind: 'snat',
+      address: '100.64.1.2',
+      ports: [20000, 29999],
+    });
+    expect(out({ family: 4, saddr: '10.244.1.7', daddr: '203.0.113.10', protocol: 'icmp' }).nat).toEqual({
+      kind: 'snat',
+      address: '100.64.1.2',
+    });
+    const backup = trace(table, 'postrouting', {
+      ...tcp('10.244.1.7', '203.0.113.10', 443),
+      mark: idOf(i, 'backup') << markShift,
+      oifname: 'up3',
+    });
+    expect(backup.nat).toEqual({ kind: 'masquerade', ports: [1024, 65535] });
+  });
+
+  it('gives one source always the same address of an uplink with several', () => {
+    const i = input();
+    const table = render(i).table;
+    const mark = idOf(i, 'isp-b') << markShift;
+    const addressOf = (saddr: string, sport: number) =>
+      trace(table, 'postrouting', { ...tcp(saddr, '203.0.113.10', 443, sport), mark, oifname: 'up2' }).nat;
+    expect(addressOf('10.244.1.7', 1000)).toEqual(addressOf('10.244.1.7', 2000));
+    const seen = new Set(Array.from({ length: 20 }, (_, n) => JSON.stringify(addressOf(`10.244.1.${n + 10}`, 1000))));
+    expect(seen.size).toBe(2);
+  });
+
+  it('drops a pod address that would leave an uplink untranslated', () => {
+    const table = render(input()).table;
+    const leak = trace(table, 'postrouting', { ...tcp('10.244.1.7', '203.0.113.10', 443), oifname: 'up1' });
+    expect(leak.verdict).toBe('drop');
+  });
+
+  it('keeps a source on its uplink in SourceSticky mode, and spreads sources by weight', () => {
+    const config = withConfig((c) => (c.balancing = { mode: 'SourceSticky', stickySeconds: 60 }));
+    const i = input(config);
+    const table = render(i).table;
+    const dynamic = new Map<string, Set<string>>();
+    const options = (n: number): TraceOptions => ({ dynamic, hash: () => n });
+    const first = trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 443), options(0));
+    const again = trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 443, 50001), options(2));
+    expect(uplinkOf(i, again.ctMark)).toBe(uplinkOf(i, first.ctMark));
+    const byHash = [0, 1, 2].map((n) =>
+      uplinkOf(i, trace(table, 'prerouting', tcp(`10.244.1.${n + 20}`, '203.0.113.10', 443), { hash: () => n }).ctMark),
+    );
+    expect(byHash.sort()).toEqual(['isp-a', 'isp-b', 'isp-b']);
+  });
+});
+
+describe('LeastLoaded', () => {
+  it('shifts new flows away from the uplink with the most flows per weight', () => {
+    const uplinks = base.uplinks.filter((u) => u.tier === 0);
+    expect(leastLoadedCounts(uplinks, new Map())).toEqual([500, 1000]);
+    const [a, b] = leastLoadedCounts(uplinks, new Map([['isp-b', 200]]));
+    expect(a! > b!).toBe(true);
+  });
+});
+
+describe('allocateUplinkIds', () => {
+  it('keeps ids across restarts and additions, and reuses freed ones', () => {
+    const first = allocateUplinkIds(new Map(), ['b', 'a']);
+    expect([...first]).toEqual([
+      ['a', 1],
+      ['b', 2],
+    ]);
+    const second = allocateUplinkIds(first, ['b', 'c']);
+    expect([...second].sort()).toEqual([
+      ['b', 2],
+      ['c', 1],
+    ]);
+  });
+});

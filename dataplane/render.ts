@@ -1,0 +1,457 @@
+// The pure heart of the dataplane: from a compiled gateway config, the health and load of its
+// uplinks and the known associations, the one nftables table naat owns and the policy routes of
+// its uplinks. Nothing here touches the kernel.
+//
+// Packet path of a new flow from a served pod (prerouting, before the route is chosen):
+//   flow of an earlier decision (conntrack mark set, FTP data included) → packet mark restored;
+//   new flow → FTP helper and timeouts → association lookup → rules of the application's class
+//   (or the pod-level rules) → Deny drops; Allow goes to a choice chain → an uplink chain sets the
+//   uplink's bits in the conntrack and packet marks → the fwmark rule routes it by the uplink's
+//   table → postrouting translates the source to the uplink's addresses.
+import type { Application } from '../proto/index.ts';
+import { matchesApplication } from './applications.ts';
+import type { CompiledRule, CompiledUplink, GatewayConfig } from './config.ts';
+import { normalisePrefixes } from './ip.ts';
+import type { Chain, Family, L4, Match, NamedSet, NftObject, Rule, Statement, Table } from './nft/model.ts';
+
+/** Bits of the conntrack and packet marks that hold a flow's uplink id (1–254). */
+export const markMask = 0x00ff0000;
+export const markShift = 16;
+export const maxUplinkId = 254;
+/** Routing table of uplink id n is routeTableBase + n; ip rules use this preference. */
+export const routeTableBase = 7700;
+export const rulePreference = 7700;
+
+export interface FlowAssociation {
+  transport: 'tcp' | 'udp';
+  sourceAddress: string;
+  sourcePort: number;
+  application: Application;
+}
+
+export interface RenderInput {
+  config: GatewayConfig;
+  /** This node's name; uplinks whose `nodes` leave it out are not used here. */
+  node: string;
+  /** Stable id of each uplink (see allocateUplinkIds): established flows carry it in their mark. */
+  ids: ReadonlyMap<string, number>;
+  /** Healthy or not, per uplink; an uplink missing here counts as healthy. */
+  health: ReadonlyMap<string, boolean>;
+  /** Active flows per uplink, for LeastLoaded balancing. */
+  load?: ReadonlyMap<string, number>;
+  associations?: readonly FlowAssociation[];
+  /** Addresses of each uplink interface, the probe sources of uplinks without SNAT addresses. */
+  interfaceAddresses?: ReadonlyMap<string, readonly string[]>;
+}
+
+export interface UplinkRoute {
+  uplink: string;
+  id: number;
+  mark: number;
+  table: number;
+  interface: string;
+  nextHop: { ipv4?: string; ipv6?: string };
+  /** Source addresses routed by the uplink's table, so that probes from them leave through it. */
+  sources: string[];
+}
+
+export interface Rendered {
+  table: Table;
+  routes: UplinkRoute[];
+}
+
+/**
+ * Keeps the ids of uplinks that had one and gives new uplinks the lowest free ids, so that a
+ * restart or an added uplink never renumbers the marks of flows already pinned.
+ */
+export function allocateUplinkIds(
+  previous: ReadonlyMap<string, number>,
+  names: readonly string[],
+): Map<string, number> {
+  const ids = new Map<string, number>();
+  for (const name of names) {
+    const id = previous.get(name);
+    if (id !== undefined) ids.set(name, id);
+  }
+  const used = new Set(ids.values());
+  let next = 1;
+  for (const name of [...names].sort()) {
+    if (ids.has(name)) continue;
+    while (used.has(next)) next++;
+    if (next > maxUplinkId) throw new Error(`more than ${maxUplinkId} uplinks`);
+    ids.set(name, next);
+    used.add(next);
+  }
+  return ids;
+}
+
+export function localUplinks(config: GatewayConfig, node: string): CompiledUplink[] {
+  return config.uplinks.filter((u) => !u.nodes || u.nodes.includes(node)).sort((a, b) => a.name.localeCompare(b.name));
+}
+
+const families: Family[] = [4, 6];
+const family = (f: Family): Match => ({ kind: 'family', family: f });
+const goto = (chain: string): Statement => ({ kind: 'goto', chain });
+const drop: Statement[] = [{ kind: 'counter' }, { kind: 'verdict', verdict: 'drop' }];
+const ret: Statement = { kind: 'verdict', verdict: 'return' };
+const familyOf = (address: string): Family => (address.includes(':') ? 6 : 4);
+const ftpHelper = (f: Family) => `ftp${f}`;
+
+export function render(input: RenderInput): Rendered {
+  const { config } = input;
+  const uplinks = localUplinks(config, input.node);
+  const ids = new Map(uplinks.map((u) => [u.name, idOf(input.ids, u.name)]));
+  const sticky = config.balancing.mode === 'SourceSticky';
+  const healthy = uplinks.filter((u) => input.health.get(u.name) !== false);
+
+  const sets: NamedSet[] = [];
+  const addressSet = (name: string, f: Family, prefixes: string[]) =>
+    sets.push({
+      name,
+      type: f === 4 ? 'ipv4_addr' : 'ipv6_addr',
+      interval: true,
+      elements: normalisePrefixes(prefixes, f),
+    });
+  for (const f of families) {
+    addressSet(`sources${f}`, f, config.sources);
+    addressSet(`bypass${f}`, f, config.bypass);
+  }
+
+  // Rules of one policy share their sources; one set per distinct source list keeps elements few.
+  const sourceSets = new Map<string, string>();
+  const sourceSetOf = (rule: CompiledRule) => {
+    const key = rule.sources.join(',');
+    let name = sourceSets.get(key);
+    if (!name) {
+      name = `src${sourceSets.size}_`;
+      sourceSets.set(key, name);
+      for (const f of families) addressSet(`${name}${f}`, f, rule.sources);
+    }
+    return name;
+  };
+
+  const chains: Chain[] = [];
+  const choices = new Map<string, string>();
+  const choiceChain = (rule?: CompiledRule): string => {
+    const allowed = rule?.uplinks?.allowed;
+    const preferred = rule?.uplinks?.preferred;
+    const key = `${allowed?.join(',') ?? '*'}|${preferred?.join(',') ?? ''}`;
+    let name = choices.get(key);
+    if (!name) {
+      name = `choose${choices.size}`;
+      choices.set(key, name);
+      const rules = families.flatMap((f) =>
+        familyPickRules(
+          f,
+          chooseCandidates(
+            healthy.filter((u) => carries(u, f)),
+            allowed,
+            preferred,
+          ),
+          ids,
+          input,
+          sticky,
+        ),
+      );
+      chains.push({ name, rules });
+    }
+    return name;
+  };
+
+  const verdictOf = (rule: CompiledRule): Statement[] =>
+    rule.action === 'Deny' ? drop : [{ kind: 'counter' }, goto(choiceChain(rule))];
+  const defaultVerdict = (): Statement[] => (config.defaultAction === 'Deny' ? drop : [goto(choiceChain())]);
+  const policyRules = (rules: CompiledRule[]): Rule[] => [
+    ...rules.flatMap((rule) => ruleMatches(rule, sourceSetOf(rule)).map((match) => ({ match, then: verdictOf(rule) }))),
+    { match: [], then: defaultVerdict() },
+  ];
+
+  const podRules = config.rules.filter((r) => !r.applications);
+  chains.push({ name: 'pod_rules', rules: policyRules(podRules) });
+
+  // A class is the set of application rules an application matches; its chain evaluates those
+  // together with the pod-level rules, in the config's order.
+  const classes = new Map<string, string>();
+  const assocElements: Record<Family, string[]> = { 4: [], 6: [] };
+  for (const assoc of input.associations ?? []) {
+    const matched = config.rules.filter((r) => r.applications?.some((m) => matchesApplication(m, assoc.application)));
+    if (!matched.length) continue;
+    const key = matched.map((r) => config.rules.indexOf(r)).join(',');
+    let name = classes.get(key);
+    if (!name) {
+      name = `class${classes.size}`;
+      classes.set(key, name);
+      chains.push({ name, rules: policyRules(config.rules.filter((r) => !r.applications || matched.includes(r))) });
+    }
+    assocElements[familyOf(assoc.sourceAddress)].push(flowElement(assoc, name));
+  }
+  for (const f of families) {
+    const addr = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
+    sets.push({
+      name: `flows${f}`,
+      type: `${addr} . inet_proto . inet_service : verdict`,
+      map: true,
+      elements: assocElements[f].sort(),
+    });
+  }
+
+  for (const uplink of uplinks) {
+    const id = ids.get(uplink.name)!;
+    const mark = id << markShift;
+    const then: Rule[] = [{ match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask: markMask, value: mark }] }];
+    if (sticky && healthy.includes(uplink)) {
+      for (const f of families) {
+        sets.push({
+          name: stickySet(id, f),
+          type: f === 4 ? 'ipv4_addr' : 'ipv6_addr',
+          dynamicTimeoutSeconds: config.balancing.stickySeconds ?? 300,
+          elements: [],
+        });
+        then.push({ match: [family(f)], then: [{ kind: 'updateSet', family: f, set: stickySet(id, f) }] });
+      }
+    }
+    chains.push({ name: uplinkChain(uplink.name), rules: then });
+    chains.push(...snatChains(uplink));
+  }
+
+  const objects = conntrackObjects(config);
+  const prerouting: Rule[] = [
+    // Replies are routed back to the pod by the main table, whatever mark their flow has.
+    { match: [{ kind: 'ctDirection', direction: 'reply' }], then: [ret] },
+    // A flow keeps the uplink it was given; FTP data and ICMP errors inherit their flow's mark.
+    { match: [{ kind: 'ctMarkSet', mask: markMask }], then: [{ kind: 'restoreMark', mask: markMask }, ret] },
+    { match: [{ kind: 'ctStateNew', negate: true }], then: [ret] },
+    ...families.map((f) => ({
+      match: [family(f), { kind: 'saddr', family: f, set: `sources${f}`, negate: true } as Match],
+      then: [ret],
+    })),
+    ...families.map((f) => ({
+      match: [family(f), { kind: 'daddr', family: f, set: `bypass${f}` } as Match],
+      then: [ret],
+    })),
+    { match: [{ kind: 'localDestination' }], then: [ret] },
+    ...families.map((f) => ({
+      match: [
+        family(f),
+        { kind: 'l4proto', protocols: ['tcp'] } as Match,
+        { kind: 'dport', ranges: [[21, 21]] } as Match,
+      ],
+      then: [{ kind: 'ctHelper', object: ftpHelper(f) } as Statement],
+    })),
+    ...families.flatMap((f) =>
+      (['tcp', 'udp'] as const).map((p) => ({
+        match: [family(f), { kind: 'l4proto', protocols: [p] } as Match],
+        then: [{ kind: 'ctTimeout', object: timeoutName(config, p, f) } as Statement],
+      })),
+    ),
+    ...families.map((f) => ({
+      match: [family(f)],
+      then: [{ kind: 'lookupFlow', family: f, map: `flows${f}` } as Statement],
+    })),
+    { match: [], then: [goto('pod_rules')] },
+  ];
+  chains.unshift({
+    name: 'prerouting',
+    base: { type: 'filter', hook: 'prerouting', priority: -150 },
+    rules: prerouting,
+  });
+
+  chains.push({
+    name: 'postrouting',
+    base: { type: 'nat', hook: 'postrouting', priority: 100 },
+    rules: uplinks.map((u) => ({
+      match: [
+        { kind: 'mark', mask: markMask, value: ids.get(u.name)! << markShift },
+        { kind: 'oifname', name: u.interface },
+      ],
+      then: [goto(snatChain(u.name))],
+    })),
+  });
+  // After translation, a pod's own address must never leave through an uplink: a flow that
+  // escaped translation (no mark, or marked for another uplink) is dropped here and counted.
+  chains.push({
+    name: 'guard',
+    base: { type: 'filter', hook: 'postrouting', priority: 300 },
+    rules: uplinks.flatMap((u) =>
+      families.map((f) => ({
+        match: [
+          { kind: 'oifname', name: u.interface },
+          family(f),
+          { kind: 'saddr', family: f, set: `sources${f}` } as Match,
+        ],
+        then: drop,
+      })),
+    ),
+  });
+
+  const routes = uplinks.map((u) => {
+    const id = ids.get(u.name)!;
+    return {
+      uplink: u.name,
+      id,
+      mark: id << markShift,
+      table: routeTableBase + id,
+      interface: u.interface,
+      nextHop: { ...u.nextHop },
+      sources: [...(u.snat.addresses?.length ? u.snat.addresses : (input.interfaceAddresses?.get(u.interface) ?? []))],
+    };
+  });
+  return { table: { chains, sets, objects }, routes };
+}
+
+function idOf(ids: ReadonlyMap<string, number>, name: string): number {
+  const id = ids.get(name);
+  if (id === undefined) throw new Error(`uplink ${name} has no id`);
+  return id;
+}
+
+export const uplinkChain = (name: string) => `uplink_${name.replace(/[^A-Za-z0-9_]/g, '_')}`;
+const snatChain = (name: string) => `snat_${name.replace(/[^A-Za-z0-9_]/g, '_')}`;
+const stickySet = (id: number, f: Family) => `sticky${id}_${f}`;
+
+/**
+ * The uplinks a flow may take now: healthy preferred ones regardless of tier while any is, else
+ * the healthy allowed ones of the lowest tier that has any. Empty when none is healthy.
+ */
+export function chooseCandidates(
+  healthy: readonly CompiledUplink[],
+  allowed?: readonly string[],
+  preferred?: readonly string[],
+): CompiledUplink[] {
+  const usable = healthy.filter((u) => !allowed || allowed.includes(u.name));
+  const preferredUp = usable.filter((u) => preferred?.includes(u.name));
+  if (preferredUp.length) return preferredUp;
+  const tier = Math.min(...usable.map((u) => u.tier));
+  return usable.filter((u) => u.tier === tier);
+}
+
+/**
+ * Slot counts for LeastLoaded: an uplink's share falls as its active flows per unit of weight
+ * rise, so new flows go where there is room until the loads even out.
+ */
+export function leastLoadedCounts(uplinks: readonly CompiledUplink[], load: ReadonlyMap<string, number>): number[] {
+  const shares = uplinks.map((u) => u.weight / (1 + (load.get(u.name) ?? 0) / u.weight));
+  const top = Math.max(...shares);
+  return shares.map((share) => Math.max(1, Math.round((1000 * share) / top)));
+}
+
+/** Whether the uplink carries flows of this family: a next hop of it, or none at all (point to point). */
+export function carries(uplink: CompiledUplink, f: Family): boolean {
+  return !uplink.nextHop || Boolean(f === 4 ? uplink.nextHop.ipv4 : uplink.nextHop.ipv6);
+}
+
+function familyPickRules(
+  f: Family,
+  candidates: CompiledUplink[],
+  ids: Map<string, number>,
+  input: RenderInput,
+  sticky: boolean,
+): Rule[] {
+  if (!candidates.length) return [{ match: [family(f)], then: drop }];
+  if (candidates.length === 1) return [{ match: [family(f)], then: [goto(uplinkChain(candidates[0]!.name))] }];
+  const mode = input.config.balancing.mode;
+  const counts =
+    mode === 'LeastLoaded' ? leastLoadedCounts(candidates, input.load ?? new Map()) : candidates.map((u) => u.weight);
+  const slots = candidates.map((u, i) => ({ chain: uplinkChain(u.name), count: counts[i]! }));
+  if (!sticky) return [{ match: [family(f)], then: [{ kind: 'pick', by: 'random', slots }] }];
+  return [
+    ...candidates.map((u) => ({
+      match: [family(f), { kind: 'saddr', family: f, set: stickySet(ids.get(u.name)!, f) } as Match],
+      then: [goto(uplinkChain(u.name))],
+    })),
+    { match: [family(f)], then: [{ kind: 'pick', by: 'source', family: f, slots }] },
+  ];
+}
+
+function snatChains(uplink: CompiledUplink): Chain[] {
+  const ports: [number, number] = [uplink.snat.ports.min, uplink.snat.ports.max];
+  const name = snatChain(uplink.name);
+  const chains: Chain[] = [];
+  const rules: Rule[] = [];
+  const translate = (f: Family, address?: string): Rule[] => {
+    const withPorts: Statement = address ? { kind: 'snat', family: f, address, ports } : { kind: 'masquerade', ports };
+    const without: Statement = address ? { kind: 'snat', family: f, address } : { kind: 'masquerade' };
+    return [
+      { match: [family(f), { kind: 'l4proto', protocols: ['tcp', 'udp'] }], then: [withPorts] },
+      { match: [family(f)], then: [without] },
+    ];
+  };
+  for (const f of families.filter((f) => carries(uplink, f))) {
+    const addresses = (uplink.snat.addresses ?? []).filter((a) => familyOf(a) === f);
+    if (addresses.length <= 1) {
+      rules.push(...translate(f, addresses[0]));
+      continue;
+    }
+    // Several addresses: a source always gets the same one (paired pooling, RFC 4787).
+    const slots = addresses.map((address, i) => {
+      const chain = `${name}_${f}_${i}`;
+      chains.push({ name: chain, rules: translate(f, address) });
+      return { chain, count: 1 };
+    });
+    rules.push({ match: [family(f)], then: [{ kind: 'pick', by: 'source', family: f, slots }] });
+  }
+  return [{ name, rules }, ...chains];
+}
+
+function ruleMatches(rule: CompiledRule, sourceSet: string): Match[][] {
+  const destinations = rule.destinations ?? [{ protocol: 'Any' as const }];
+  return destinations.flatMap((d) =>
+    families
+      .filter((f) => !d.cidr || familyOf(d.cidr) === f)
+      .map((f) => {
+        const match: Match[] = [family(f), { kind: 'saddr', family: f, set: `${sourceSet}${f}` }];
+        if (d.cidr) match.push({ kind: 'daddr', family: f, prefixes: normalisePrefixes([d.cidr], f) });
+        const protocols: L4[] | undefined =
+          d.protocol === 'TCP'
+            ? ['tcp']
+            : d.protocol === 'UDP'
+              ? ['udp']
+              : d.protocol === 'ICMP'
+                ? [f === 4 ? 'icmp' : 'icmpv6']
+                : undefined;
+        if (protocols) match.push({ kind: 'l4proto', protocols });
+        if (d.ports) match.push({ kind: 'dport', ranges: d.ports.map((p) => [p.port, p.endPort ?? p.port]) });
+        return match;
+      }),
+  );
+}
+
+function flowElement(assoc: FlowAssociation, chain: string): string {
+  return `${assoc.sourceAddress} . ${assoc.transport} . ${assoc.sourcePort} : goto ${chain}`;
+}
+
+function timeoutName(config: GatewayConfig, protocol: 'tcp' | 'udp', f: Family): string {
+  const t = config.timeouts;
+  return protocol === 'tcp'
+    ? `tcp${f}_${t.tcpEstablishedSeconds}_${t.tcpTransitorySeconds}`
+    : `udp${f}_${t.udpSeconds}`;
+}
+
+/**
+ * Conntrack timeout policies from the config, named by their content so that a change creates a
+ * new object (objects in use cannot be changed in place) and the old one is removed as an orphan.
+ */
+function conntrackObjects(config: GatewayConfig): NftObject[] {
+  const t = config.timeouts;
+  const transitory = ['syn_sent', 'syn_recv', 'fin_wait', 'close_wait', 'last_ack', 'time_wait', 'close']
+    .map((state) => `${state}: ${t.tcpTransitorySeconds}`)
+    .join(', ');
+  const objects: NftObject[] = [];
+  for (const f of families) {
+    const l3 = f === 4 ? 'ip' : 'ip6';
+    objects.push(
+      { kind: 'ct helper', name: ftpHelper(f), body: `type "ftp" protocol tcp; l3proto ${l3};` },
+      {
+        kind: 'ct timeout',
+        name: timeoutName(config, 'tcp', f),
+        body: `protocol tcp; l3proto ${l3}; policy = { established: ${t.tcpEstablishedSeconds}, ${transitory} };`,
+      },
+      {
+        kind: 'ct timeout',
+        name: timeoutName(config, 'udp', f),
+        body: `protocol udp; l3proto ${l3}; policy = { unreplied: ${t.udpSeconds}, replied: ${t.udpSeconds} };`,
+      },
+    );
+  }
+  return objects;
+}

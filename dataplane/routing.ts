@@ -1,0 +1,172 @@
+// Policy routing of the uplinks: one routing table per uplink holding its default routes, and ip
+// rules that send a flow's packets to the table of the uplink in their mark (and the uplink's own
+// source addresses to it, so that probes leave through the uplink they test). naat owns the rules
+// of its preference and the tables of its range, and nothing else.
+import { exec, type Command } from './exec.ts';
+import { markMask, maxUplinkId, routeTableBase, rulePreference, type UplinkRoute } from './render.ts';
+
+export interface IpRule {
+  family: 4 | 6;
+  table: number;
+  /** Either a mark (under markMask) or a source address. */
+  mark?: number;
+  from?: string;
+}
+
+export interface IpRoute {
+  family: 4 | 6;
+  table: number;
+  device: string;
+  via?: string;
+}
+
+export interface RoutingState {
+  rules: IpRule[];
+  routes: IpRoute[];
+}
+
+export interface Routing {
+  list(): Promise<RoutingState>;
+  add(state: RoutingState): Promise<void>;
+  remove(state: RoutingState): Promise<void>;
+}
+
+export function desiredRouting(routes: readonly UplinkRoute[]): RoutingState {
+  const state: RoutingState = { rules: [], routes: [] };
+  for (const r of routes) {
+    for (const family of [4, 6] as const) {
+      state.rules.push({ family, table: r.table, mark: r.mark });
+      const via = family === 4 ? r.nextHop.ipv4 : r.nextHop.ipv6;
+      // A family without a next hop is routed on-link, unless the other family has one (then
+      // the uplink simply does not carry this family).
+      const other = family === 4 ? r.nextHop.ipv6 : r.nextHop.ipv4;
+      if (via || !other) state.routes.push({ family, table: r.table, device: r.interface, ...(via ? { via } : {}) });
+    }
+    for (const from of r.sources) state.rules.push({ family: from.includes(':') ? 6 : 4, table: r.table, from });
+  }
+  return state;
+}
+
+const ruleKey = (r: IpRule) => `${r.family} ${r.table} ${r.mark ?? ''} ${r.from ?? ''}`;
+const routeKey = (r: IpRoute) => `${r.family} ${r.table} ${r.device} ${r.via ?? ''}`;
+
+/**
+ * What to add before the new ruleset is applied and what to remove after it, so that no flow is
+ * ever marked for a table that is not there yet (make before break).
+ */
+export function planRouting(current: RoutingState, desired: RoutingState): { add: RoutingState; remove: RoutingState } {
+  const has = { rules: new Set(current.rules.map(ruleKey)), routes: new Set(current.routes.map(routeKey)) };
+  const want = { rules: new Set(desired.rules.map(ruleKey)), routes: new Set(desired.routes.map(routeKey)) };
+  return {
+    add: {
+      rules: desired.rules.filter((r) => !has.rules.has(ruleKey(r))),
+      routes: desired.routes.filter((r) => !has.routes.has(routeKey(r))),
+    },
+    remove: {
+      rules: current.rules.filter((r) => !want.rules.has(ruleKey(r))),
+      routes: current.routes.filter((r) => !want.routes.has(routeKey(r))),
+    },
+  };
+}
+
+const ownTable = (table: number) => table > routeTableBase && table <= routeTableBase + maxUplinkId;
+const hex = (n: number) => `0x${n.toString(16)}`;
+
+/** Drives `ip`: listing as JSON, changes through `ip -batch` per family. */
+export class ExecRouting implements Routing {
+  readonly #ip: Command;
+  constructor(ip: Command = ['ip']) {
+    this.#ip = ip;
+  }
+
+  async list(): Promise<RoutingState> {
+    const state: RoutingState = { rules: [], routes: [] };
+    for (const family of [4, 6] as const) {
+      const rules = JSON.parse(await this.#run([`-${family}`, '-j', 'rule', 'show'])) as Array<Record<string, unknown>>;
+      for (const r of rules) {
+        if (r.priority !== rulePreference) continue;
+        const table = Number(r.table);
+        if (!ownTable(table)) continue;
+        if (r.fwmark !== undefined) state.rules.push({ family, table, mark: Number(r.fwmark) });
+        else if (typeof r.src === 'string') state.rules.push({ family, table, from: r.src });
+      }
+      const routes = JSON.parse(await this.#run([`-${family}`, '-j', 'route', 'show', 'table', 'all'])) as Array<
+        Record<string, unknown>
+      >;
+      for (const r of routes) {
+        const table = Number(r.table);
+        if (!ownTable(table) || r.dst !== 'default') continue;
+        state.routes.push({ family, table, device: String(r.dev), ...(r.gateway ? { via: String(r.gateway) } : {}) });
+      }
+    }
+    return state;
+  }
+
+  async add(state: RoutingState): Promise<void> {
+    await this.#batch(
+      state,
+      (r) =>
+        `route replace default${r.via ? ` via ${r.via}` : ''} dev ${r.device} table ${r.table}${r.via ? ' onlink' : ''}`,
+      (r) => `rule add pref ${rulePreference} ${ruleSelector(r)} table ${r.table}`,
+      true,
+    );
+  }
+
+  async remove(state: RoutingState): Promise<void> {
+    await this.#batch(
+      state,
+      (r) => `route del default${r.via ? ` via ${r.via}` : ''} dev ${r.device} table ${r.table}`,
+      (r) => `rule del pref ${rulePreference} ${ruleSelector(r)} table ${r.table}`,
+      false,
+    );
+  }
+
+  async #run(args: string[], input?: string): Promise<string> {
+    const { code, stdout, stderr } = await exec(this.#ip, args, input);
+    if (code !== 0) throw new Error(`ip ${args.join(' ')} failed: ${stderr.trim()}`);
+    return stdout;
+  }
+
+  // Routes go in before the rules that lead to them and leave after them.
+  async #batch(state: RoutingState, route: (r: IpRoute) => string, rule: (r: IpRule) => string, routesFirst: boolean) {
+    for (const family of [4, 6] as const) {
+      const routes = state.routes.filter((r) => r.family === family).map(route);
+      const rules = state.rules.filter((r) => r.family === family).map(rule);
+      const lines = routesFirst ? [...routes, ...rules] : [...rules, ...routes];
+      // -force goes on past a failed line, so one broken uplink does not hold back the others;
+      // the caller lists the state afterwards to learn what is in place.
+      if (lines.length) await this.#run([`-${family}`, '-force', '-batch', '-'], `${lines.join('\n')}\n`);
+    }
+  }
+}
+
+function ruleSelector(r: IpRule): string {
+  return r.mark !== undefined ? `fwmark ${hex(r.mark)}/${hex(markMask)}` : `from ${r.from}`;
+}
+
+/** Routing state in memory, for unit tests of the agent. */
+export class FakeRouting implements Routing {
+  state: RoutingState = { rules: [], routes: [] };
+  async list(): Promise<RoutingState> {
+    return { rules: [...this.state.rules], routes: [...this.state.routes] };
+  }
+  async add(state: RoutingState): Promise<void> {
+    const plan = planRouting(this.state, {
+      rules: [...this.state.rules, ...state.rules],
+      routes: [...this.state.routes, ...state.routes],
+    });
+    this.state = {
+      rules: [...this.state.rules, ...plan.add.rules],
+      routes: [...this.state.routes, ...plan.add.routes],
+    };
+  }
+  async remove(state: RoutingState): Promise<void> {
+    const gone = planRouting(state, { rules: [], routes: [] }).remove;
+    const rules = new Set(gone.rules.map(ruleKey));
+    const routes = new Set(gone.routes.map(routeKey));
+    this.state = {
+      rules: this.state.rules.filter((r) => !rules.has(ruleKey(r))),
+      routes: this.state.routes.filter((r) => !routes.has(routeKey(r))),
+    };
+  }
+}
