@@ -67,7 +67,11 @@ describe('Agent', () => {
     await agent.stop();
     const dump = k.nft.dump();
     expect(dump).toMatch(/chain uplink_isp_a/);
-    const tables = k.routing.state.routes.map((r) => `${r.family} ${r.table} ${r.device} ${r.via ?? ''}`).sort();
+    expect(k.routing.state.routes.filter((r) => r.unreachable).length).toBe(6);
+    const tables = k.routing.state.routes
+      .filter((r) => !r.unreachable)
+      .map((r) => `${r.family} ${r.table} ${r.device} ${r.via ?? ''}`)
+      .sort();
     expect(tables).toEqual([
       '4 7701 up3 ',
       '4 7702 up1 100.64.1.1',

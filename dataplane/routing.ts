@@ -16,9 +16,18 @@ export interface IpRule {
 export interface IpRoute {
   family: 4 | 6;
   table: number;
+  /** Empty for the unreachable fallback. */
   device: string;
   via?: string;
+  /**
+   * The last route of every uplink table: while the uplink's own route is gone (its link went
+   * down and the kernel removed it), its flows and probes fail instead of falling through to the
+   * main table and leaving by another path untranslated or looking healthy.
+   */
+  unreachable?: true;
 }
+
+const fallbackMetric = 4294967295;
 
 export interface RoutingState {
   rules: IpRule[];
@@ -41,6 +50,7 @@ export function desiredRouting(routes: readonly UplinkRoute[]): RoutingState {
       // the uplink simply does not carry this family).
       const other = family === 4 ? r.nextHop.ipv6 : r.nextHop.ipv4;
       if (via || !other) state.routes.push({ family, table: r.table, device: r.interface, ...(via ? { via } : {}) });
+      state.routes.push({ family, table: r.table, device: '', unreachable: true });
     }
     for (const from of r.sources) state.rules.push({ family: from.includes(':') ? 6 : 4, table: r.table, from });
   }
@@ -48,7 +58,7 @@ export function desiredRouting(routes: readonly UplinkRoute[]): RoutingState {
 }
 
 const ruleKey = (r: IpRule) => `${r.family} ${r.table} ${r.mark ?? ''} ${r.from ?? ''}`;
-const routeKey = (r: IpRoute) => `${r.family} ${r.table} ${r.device} ${r.via ?? ''}`;
+const routeKey = (r: IpRoute) => `${r.family} ${r.table} ${r.unreachable ? 'unreachable' : r.device} ${r.via ?? ''}`;
 
 /**
  * What to add before the new ruleset is applied and what to remove after it, so that no flow is
@@ -96,7 +106,9 @@ export class ExecRouting implements Routing {
       for (const r of routes) {
         const table = Number(r.table);
         if (!ownTable(table) || r.dst !== 'default') continue;
-        state.routes.push({ family, table, device: String(r.dev), ...(r.gateway ? { via: String(r.gateway) } : {}) });
+        if (r.type === 'unreachable') state.routes.push({ family, table, device: '', unreachable: true });
+        else
+          state.routes.push({ family, table, device: String(r.dev), ...(r.gateway ? { via: String(r.gateway) } : {}) });
       }
     }
     return state;
@@ -115,7 +127,10 @@ export class ExecRouting implements Routing {
   async remove(state: RoutingState): Promise<void> {
     await this.#batch(
       state,
-      (r) => `route del default${r.via ? ` via ${r.via}` : ''} dev ${r.device} table ${r.table}`,
+      (r) =>
+        r.unreachable
+          ? `route del unreachable default table ${r.table} metric ${fallbackMetric}`
+          : `route del default${r.via ? ` via ${r.via}` : ''} dev ${r.device} table ${r.table}`,
       (r) => `rule del pref ${rulePreference} ${ruleSelector(r)} table ${r.table}`,
       false,
     );
