@@ -1,0 +1,181 @@
+// The dataplane agent's entry point. It runs on a gateway node (in a cluster, as the DaemonSet
+// that mounts its gateway's compiled config; standalone, on any Linux host) from a config file:
+//
+//   node dataplane/main.ts run --config /etc/naat/gateway.yaml [--node NAME] [--listen ADDR:PORT]
+//                              [--report]   # write this node's uplink health into Uplink status
+//   node dataplane/main.ts remove        # takes away everything naat put in the kernel
+//
+// The file is re-read when it changes; an invalid version is reported and the last good one
+// stays in force. SIGTERM and SIGINT stop the agent and leave the kernel as it is, so flows go on
+// through a restart; `remove` is for a gateway that is gone for good.
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { KubeConfig } from '@kubernetes/client-node';
+import { parse as parseYaml } from 'yaml';
+import { Agent, type Logger } from './agent.ts';
+import { parseGatewayConfig, type GatewayConfig } from './config.ts';
+import { ExecConntrack } from './conntrack.ts';
+import { renderMetrics } from './metrics.ts';
+import { ExecNftables } from './nft/nftables.ts';
+import { HealthMonitor, IpLinkReader } from './probe.ts';
+import { localUplinks } from './render.ts';
+import { UplinkStatusReporter } from './report.ts';
+import { ExecRouting } from './routing.ts';
+
+const log: Logger = {
+  info: (msg, fields) => console.log(JSON.stringify({ ts: new Date().toISOString(), level: 'info', msg, ...fields })),
+  error: (msg, fields) => console.log(JSON.stringify({ ts: new Date().toISOString(), level: 'error', msg, ...fields })),
+};
+
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    config: { type: 'string', short: 'c' },
+    node: { type: 'string', default: process.env.NODE_NAME ?? hostname() },
+    'state-dir': { type: 'string', default: '/run/naat' },
+    listen: { type: 'string', default: '127.0.0.1:7741' },
+    'reload-ms': { type: 'string', default: '1000' },
+    report: { type: 'boolean', default: false },
+    'report-ms': { type: 'string', default: '5000' },
+  },
+});
+
+async function loadConfig(path: string): Promise<{ text: string; config: GatewayConfig }> {
+  const text = await readFile(path, 'utf8');
+  return { text, config: parseGatewayConfig(parseYaml(text)) };
+}
+
+function agentFor(): Agent {
+  const links = new IpLinkReader();
+  return new Agent({
+    node: values.node!,
+    nft: new ExecNftables(),
+    routing: new ExecRouting(),
+    conntrack: new ExecConntrack(),
+    stateDir: values['state-dir']!,
+    interfaceAddresses: async (name) => {
+      const { ipv4, ipv6 } = await links.addresses(name);
+      return [ipv4, ipv6].filter((a): a is string => Boolean(a));
+    },
+    writeSysctl: (path, value) => writeFile(`/proc/sys/${path}`, value),
+    log,
+  });
+}
+
+async function run(): Promise<void> {
+  const path = values.config;
+  if (!path) throw new Error('run needs --config FILE');
+  let { text, config } = await loadConfig(path);
+  const agent = agentFor();
+  const monitor = new HealthMonitor({
+    uplinks: localUplinks(config, values.node!),
+    onChange: (name, health) => {
+      agent.setHealth(name, health).catch(() => {});
+    },
+    // The kernel drops an uplink's routes when its link goes down and does not bring them back.
+    onLink: (name, up) => {
+      if (up) agent.sync().catch(() => {});
+    },
+    onError: (name, error) => log.error('Failed to read an uplink interface', { uplink: name, error: error.message }),
+  });
+  const detail = setInterval(() => {
+    for (const [name, health] of monitor.current()) agent.noteHealth(name, health);
+  }, 1000);
+  detail.unref();
+  // Health is known only after the first probe rounds; until then every uplink counts as healthy,
+  // so a restarted agent keeps established flows where they are.
+  await agent.start(config);
+  log.info('Started the dataplane agent', {
+    node: values.node,
+    gateway: config.gateway,
+    uplinks: config.uplinks.length,
+  });
+
+  const reload = setInterval(async () => {
+    try {
+      const next = await readFile(path, 'utf8');
+      if (next === text) return;
+      text = next;
+      config = parseGatewayConfig(parseYaml(next));
+      monitor.update(localUplinks(config, values.node!));
+      await agent.configure(config);
+      log.info('Applied a new gateway config', { gateway: config.gateway, hash: config.hash });
+    } catch (error) {
+      log.error('Kept the last good gateway config', { error: (error as Error).message });
+    }
+  }, Number(values['reload-ms']));
+
+  const report = values.report ? startReporting(agent) : undefined;
+  const server = serve(agent);
+  const stop = async (signal: string) => {
+    log.info('Stopping; the kernel keeps the ruleset', { signal });
+    clearInterval(reload);
+    clearInterval(report);
+    monitor.stop();
+    server.close();
+    await agent.stop();
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+/** In a cluster: this node's view of its uplinks goes into their status for the operator to aggregate. */
+function startReporting(agent: Agent): NodeJS.Timeout {
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromDefault();
+  const reporter = new UplinkStatusReporter(kubeConfig);
+  return setInterval(() => {
+    reporter
+      .report(agent.report())
+      .catch((error: Error) => log.error('Failed to report uplink status', { error: error.message }));
+  }, Number(values['report-ms']));
+}
+
+function serve(agent: Agent): Server {
+  const [host, port] = splitHostPort(values.listen!);
+  const server = createServer((req, res) => {
+    const report = agent.report();
+    if (req.url === '/healthz') return void res.end('ok\n');
+    if (req.url === '/readyz') {
+      const ok = report.lastSync !== undefined && !report.lastSync.error;
+      res.statusCode = ok ? 200 : 503;
+      return void res.end(ok ? 'ok\n' : 'not synced\n');
+    }
+    if (req.url === '/status') {
+      res.setHeader('content-type', 'application/json');
+      return void res.end(`${JSON.stringify(report, null, 2)}\n`);
+    }
+    if (req.url === '/metrics') {
+      res.setHeader('content-type', 'text/plain; version=0.0.4');
+      return void res.end(renderMetrics(report));
+    }
+    res.statusCode = 404;
+    res.end('not found\n');
+  });
+  server.listen(port, host);
+  return server;
+}
+
+function splitHostPort(address: string): [string, number] {
+  const at = address.lastIndexOf(':');
+  return [address.slice(0, at).replace(/^\[|\]$/g, ''), Number(address.slice(at + 1))];
+}
+
+async function remove(): Promise<void> {
+  await agentFor().remove();
+  log.info('Removed naat from the kernel');
+}
+
+const command = positionals[0] ?? 'run';
+const commands: Record<string, () => Promise<void>> = { run, remove };
+if (!commands[command]) {
+  console.error(`unknown command ${command}: use run or remove`);
+  process.exit(2);
+}
+commands[command]().catch((error: Error) => {
+  log.error('The dataplane agent failed', { error: error.message });
+  process.exit(1);
+});
