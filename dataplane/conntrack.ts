@@ -40,7 +40,8 @@ export function parseConntrackLine(line: string, now = new Date()): FlowEvent | 
   const src = first('src');
   const dst = first('dst');
   const replyDst = first('dst', 1);
-  const id = Number(first('id'));
+  // ICMP flows carry their identifier as id= too; the conntrack id is the last one.
+  const id = Number(pairs.filter(([k]) => k === 'id').at(-1)?.[1]);
   if (!src || !dst || !replyDst || !Number.isFinite(id)) return undefined;
   const port = (value: string | undefined) => (value === undefined ? undefined : Number(value));
   const mark = Number(first('mark') ?? 0);

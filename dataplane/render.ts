@@ -216,15 +216,17 @@ export function render(input: RenderInput): Rendered {
 
   const objects = conntrackObjects(config);
   const prerouting: Rule[] = [
-    // Replies are routed back to the pod by the main table, whatever mark their flow has.
-    { match: [{ kind: 'ctDirection', direction: 'reply' }], then: [ret] },
-    // A flow keeps the uplink it was given; FTP data and ICMP errors inherit their flow's mark.
-    { match: [{ kind: 'ctMarkSet', mask: markMask }], then: [{ kind: 'restoreMark', mask: markMask }, ret] },
-    { match: [{ kind: 'ctStateNew', negate: true }], then: [ret] },
+    // Only packets from the pods are routed by uplink; whatever comes to them is routed by the
+    // main table. That includes the replies of the pods' flows, and the pods' answers to flows
+    // that came in through an uplink (active FTP data), which do carry their uplink's mark.
     ...families.map((f) => ({
       match: [family(f), { kind: 'saddr', family: f, set: `sources${f}`, negate: true } as Match],
       then: [ret],
     })),
+    // A flow keeps the uplink it was given; FTP data and ICMP errors inherit their flow's mark.
+    { match: [{ kind: 'ctMarkSet', mask: markMask }], then: [{ kind: 'restoreMark', mask: markMask }, ret] },
+    { match: [{ kind: 'ctDirection', direction: 'reply' }], then: [ret] },
+    { match: [{ kind: 'ctStateNew', negate: true }], then: [ret] },
     ...families.map((f) => ({
       match: [family(f), { kind: 'daddr', family: f, set: `bypass${f}` } as Match],
       then: [ret],

@@ -118,7 +118,9 @@ export class ExecRouting implements Routing {
     await this.#batch(
       state,
       (r) =>
-        `route replace default${r.via ? ` via ${r.via}` : ''} dev ${r.device} table ${r.table}${r.via ? ' onlink' : ''}`,
+        r.unreachable
+          ? `route replace unreachable default table ${r.table} metric ${fallbackMetric}`
+          : `route replace default${r.via ? ` via ${r.via}` : ''} dev ${r.device} table ${r.table}${r.via ? ' onlink' : ''}`,
       (r) => `rule add pref ${rulePreference} ${ruleSelector(r)} table ${r.table}`,
       true,
     );

@@ -85,6 +85,7 @@ describe('planSync on the in-memory table', () => {
     const lines = planSync(render(input({ associations: [] })).table, {
       chains: ['old_chain'],
       sets: ['old_set'],
+      maps: [],
       objects: [],
     }).map(operationText);
     const firstRule = lines.findIndex((l) => l.startsWith('add rule'));

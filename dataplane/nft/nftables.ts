@@ -23,7 +23,7 @@ export type Operation =
   | { op: 'flush' | 'delete'; what: 'chain'; name: string }
   | { op: 'add'; what: 'rule'; chain: string; rule: Rule }
   | { op: 'add'; what: 'set'; set: Omit<NamedSet, 'elements'> }
-  | { op: 'flush' | 'delete'; what: 'set'; name: string }
+  | { op: 'flush' | 'delete'; what: 'set'; name: string; map?: boolean }
   | { op: 'add' | 'delete'; what: 'element'; set: string; elements: string[] }
   | { op: 'add'; what: 'object'; object: NftObject }
   | { op: 'delete'; what: 'object'; kind: NftObject['kind']; name: string };
@@ -32,6 +32,7 @@ export type Operation =
 export interface TableNames {
   chains: string[];
   sets: string[];
+  maps: string[];
   objects: Array<{ kind: NftObject['kind']; name: string }>;
 }
 
@@ -57,7 +58,7 @@ export function operationText(o: Operation): string {
     case 'set':
       if (o.op === 'add')
         return `add ${o.set.map ? 'map' : 'set'} ${ref} ${o.set.name} { ${setDeclaration({ ...o.set, elements: [] })} }`;
-      return `${o.op} set ${ref} ${o.name}`;
+      return `${o.op} ${o.map ? 'map' : 'set'} ${ref} ${o.name}`;
     case 'element':
       return `${o.op} element ${ref} ${o.set} { ${o.elements.join(', ')} }`;
     case 'object':
@@ -87,7 +88,7 @@ export function planSync(desired: Table, existing: TableNames | undefined): Oper
   const ops: Operation[] = [{ op: 'add', what: 'table' }];
   const has = {
     objects: new Set(existing?.objects.map((o) => `${o.kind}/${o.name}`)),
-    sets: new Set(existing?.sets),
+    sets: new Set([...(existing?.sets ?? []), ...(existing?.maps ?? [])]),
     chains: new Set(existing?.chains),
   };
   for (const object of desired.objects) {
@@ -95,7 +96,9 @@ export function planSync(desired: Table, existing: TableNames | undefined): Oper
   }
   for (const set of desired.sets) {
     ops.push({ op: 'add', what: 'set', set });
-    if (!set.dynamicTimeoutSeconds && has.sets.has(set.name)) ops.push({ op: 'flush', what: 'set', name: set.name });
+    if (!set.dynamicTimeoutSeconds && has.sets.has(set.name)) {
+      ops.push({ op: 'flush', what: 'set', name: set.name, ...(set.map ? { map: true } : {}) });
+    }
   }
   for (const chain of desired.chains) {
     ops.push({ op: 'add', what: 'chain', chain });
@@ -116,7 +119,10 @@ export function planSync(desired: Table, existing: TableNames | undefined): Oper
   const orphanChains = [...has.chains].filter((name) => !wanted.chains.has(name));
   for (const name of orphanChains) ops.push({ op: 'flush', what: 'chain', name });
   for (const name of orphanChains) ops.push({ op: 'delete', what: 'chain', name });
-  for (const name of has.sets) if (!wanted.sets.has(name)) ops.push({ op: 'delete', what: 'set', name });
+  for (const name of existing?.sets ?? []) if (!wanted.sets.has(name)) ops.push({ op: 'delete', what: 'set', name });
+  for (const name of existing?.maps ?? []) {
+    if (!wanted.sets.has(name)) ops.push({ op: 'delete', what: 'set', name, map: true });
+  }
   for (const object of existing?.objects ?? []) {
     if (!wanted.objects.has(`${object.kind}/${object.name}`)) ops.push({ op: 'delete', what: 'object', ...object });
   }
@@ -139,11 +145,11 @@ export class ExecNftables implements Nftables {
       throw new NftError(`nft list table failed: ${stderr.trim()}`);
     }
     const items = (JSON.parse(stdout) as { nftables: Array<Record<string, { name: string }>> }).nftables;
-    const names: TableNames = { chains: [], sets: [], objects: [] };
+    const names: TableNames = { chains: [], sets: [], maps: [], objects: [] };
     for (const item of items) {
       if (item.chain) names.chains.push(item.chain.name);
       if (item.set) names.sets.push(item.set.name);
-      if (item.map) names.sets.push(item.map.name);
+      if (item.map) names.maps.push(item.map.name);
       if (item['ct timeout']) names.objects.push({ kind: 'ct timeout', name: item['ct timeout'].name });
       if (item['ct helper']) names.objects.push({ kind: 'ct helper', name: item['ct helper'].name });
     }
@@ -171,7 +177,8 @@ export class FakeNftables implements Nftables {
     if (!this.#table) return undefined;
     return {
       chains: [...this.#table.chains.keys()],
-      sets: [...this.#table.sets.keys()],
+      sets: [...this.#table.sets.values()].filter((s) => !s.map).map((s) => s.name),
+      maps: [...this.#table.sets.values()].filter((s) => s.map).map((s) => s.name),
       objects: [...this.#table.objects.values()].map(({ kind, name }) => ({ kind, name })),
     };
   }
@@ -253,7 +260,8 @@ function apply(table: FakeTable | undefined, o: Operation): FakeTable | undefine
         return table;
       }
       const set = table.sets.get(o.name);
-      if (!set) throw fail('No such file or directory');
+      // The kernel keeps sets and maps apart: `flush set` does not find a map.
+      if (!set || Boolean(set.map) !== Boolean(o.map)) throw fail('No such file or directory');
       if (o.op === 'flush') set.elements = [];
       else if (usedByRules(table, (r) => r.includes(`@${o.name}`))) throw fail('Device or resource busy');
       else table.sets.delete(o.name);

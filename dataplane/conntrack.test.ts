@@ -1,0 +1,59 @@
+import { FlowTable, parseConntrackLine } from './conntrack.ts';
+
+// As `conntrack -E -o id,extended` printed them on the gateway of the end-to-end topology.
+const opened =
+  '    [NEW] ipv4     2 tcp      6 120 SYN_SENT src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 [UNREPLIED] src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 mark=65536 id=3735928559';
+const closed =
+  ' [DESTROY] ipv4     2 tcp      6 src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 [ASSURED] mark=65536 id=3735928559';
+const icmp =
+  '    [NEW] ipv6     10 icmpv6   58 30 src=fd00:244:1::2 dst=2001:db8:113::10 type=128 code=0 id=4242 [UNREPLIED] src=2001:db8:113::10 dst=fd00:64:3::2 type=129 code=0 id=4242 mark=196608 id=17';
+
+describe('parseConntrackLine', () => {
+  it('reads the original and the translated tuple and the uplink in the mark', () => {
+    expect(parseConntrackLine(opened, new Date(0))).toEqual({
+      type: 'new',
+      flow: {
+        id: 3735928559,
+        family: 4,
+        protocol: 'tcp',
+        source: '10.244.2.2',
+        sourcePort: 51234,
+        destination: '203.0.113.10',
+        destinationPort: 9100,
+        mappedAddress: '100.64.1.2',
+        mappedPort: 61001,
+        uplink: 1,
+        startedAt: new Date(0),
+      },
+    });
+    expect(parseConntrackLine(closed)).toMatchObject({ type: 'destroy', flow: { id: 3735928559 } });
+  });
+
+  it('reads ICMP flows, whose last id= is the conntrack id', () => {
+    expect(parseConntrackLine(icmp)?.flow).toMatchObject({ family: 6, protocol: 'icmpv6', uplink: 3, id: 17 });
+  });
+
+  it('ignores what is not a flow', () => {
+    expect(parseConntrackLine('conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.')).toBeUndefined();
+  });
+});
+
+describe('FlowTable', () => {
+  it('counts flows per uplink, forgets destroyed ones and stays within its limit', () => {
+    const table = new FlowTable(2);
+    table.apply(parseConntrackLine(opened)!);
+    table.apply(parseConntrackLine(icmp)!);
+    expect(table.activeByUplink()).toEqual(
+      new Map([
+        [1, 1],
+        [3, 1],
+      ]),
+    );
+    table.apply(parseConntrackLine(closed)!);
+    expect(table.size).toBe(1);
+    table.apply(parseConntrackLine(opened)!);
+    table.apply(parseConntrackLine(opened.replace('id=3735928559', 'id=5'))!);
+    expect(table.size).toBe(2);
+    expect(table.dropped).toBe(1);
+  });
+});

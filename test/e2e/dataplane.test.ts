@@ -1,0 +1,289 @@
+// The dataplane agent as users run it (`node dataplane/main.ts run --config FILE`), on the gateway
+// node of a network-namespace topology: real nftables, conntrack, policy routing and traffic from
+// pods through three ISPs to a server that records how it saw each client.
+import type { ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { AgentReport } from '../../dataplane/agent.ts';
+import { parseConntrackLine } from '../../dataplane/conntrack.ts';
+import { createTopology, server, stopProcess, uplinkAddress, uplinkNextHop, type Topology } from './topology.ts';
+import {
+  connectMany,
+  fetchFtp,
+  ping,
+  startFtpServer,
+  startStreamServer,
+  startTransfer,
+  startWhoami,
+  type Server,
+} from './traffic.ts';
+
+const main = join(import.meta.dirname, '..', '..', 'dataplane', 'main.ts');
+const whoamiPort = 9000;
+const streamPort = 9100;
+
+let t: Topology;
+let dir: string;
+let agent: ChildProcess | undefined;
+const servers: Server[] = [];
+let generation = 0;
+
+function config(change: (c: Record<string, unknown>) => void = () => {}): Record<string, unknown> {
+  const uplink = (n: number, weight: number) => ({
+    name: `isp${n}`,
+    interface: `up${n}`,
+    nextHop: { ipv4: uplinkNextHop(n).v4, ipv6: uplinkNextHop(n).v6 },
+    snat: { addresses: [uplinkAddress(n).v4, uplinkAddress(n).v6] },
+    weight,
+    healthCheck: {
+      targets: [server.v4],
+      protocol: 'TCP',
+      port: whoamiPort,
+      intervalMs: 150,
+      timeoutMs: 100,
+      failureThreshold: 2,
+      successThreshold: 2,
+    },
+  });
+  const c: Record<string, unknown> = {
+    version: 1,
+    gateway: 'e2e',
+    hash: `e2e-${++generation}`,
+    sources: ['10.244.0.0/16', 'fd00:244::/32'],
+    bypass: [],
+    uplinks: [uplink(1, 1), uplink(2, 1), uplink(3, 2)],
+    balancing: { mode: 'Weighted' },
+    timeouts: {},
+    defaultAction: 'Allow',
+    rules: [
+      {
+        policy: 'e2e/deny',
+        rule: 'no-2323',
+        priority: 1,
+        sources: ['10.244.0.0/16', 'fd00:244::/32'],
+        destinations: [{ protocol: 'TCP', ports: [{ port: 2323 }] }],
+        action: 'Deny',
+      },
+    ],
+  };
+  change(c);
+  return c;
+}
+
+async function status(): Promise<AgentReport> {
+  const { stdout } = await t.exec(t.ns.gw, ['curl', '-sf', 'http://127.0.0.1:7741/status']);
+  return JSON.parse(stdout);
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Writes the config file and waits until the agent reports it applied. */
+async function apply(c: Record<string, unknown>): Promise<void> {
+  await writeFile(join(dir, 'gateway.json'), JSON.stringify(c));
+  await until(`config ${String(c.hash)}`, async () => ((await status()).appliedHash === c.hash ? true : undefined));
+}
+
+/** Starts the agent as users do; its log goes to agent.log beside the config, kept when a test fails. */
+function startAgent(): ChildProcess {
+  const log = openSync(join(dir, 'agent.log'), 'a');
+  const argv = ['run', '--config', join(dir, 'gateway.json'), '--node', 'gw', '--state-dir', join(dir, 'state')];
+  const child = t.spawn(t.ns.gw, [process.execPath, main, ...argv, '--reload-ms', '100'], {
+    stdio: ['ignore', log, log],
+  });
+  closeSync(log);
+  return child;
+}
+
+async function healthyAll(): Promise<void> {
+  await until('every uplink healthy', async () =>
+    (await status()).uplinks.every((u) => u.healthy) ? true : undefined,
+  );
+}
+
+/** Which uplink address the server saw for each answer. */
+function countByAddress(answers: string[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const answer of answers) {
+    const address = answer.split(' ')[0]!;
+    counts[address] = (counts[address] ?? 0) + 1;
+  }
+  return counts;
+}
+
+beforeAll(async () => {
+  t = await createTopology({ pods: 2, uplinks: 3 });
+  dir = await mkdtemp(join(tmpdir(), 'naat-dataplane-e2e-'));
+  servers.push(await startWhoami(t, whoamiPort), await startStreamServer(t, streamPort));
+  await writeFile(join(dir, 'gateway.json'), JSON.stringify(config()));
+  agent = startAgent();
+  await until('the agent', async () => ((await status()).appliedHash ? true : undefined));
+  await healthyAll();
+}, 60_000);
+
+afterAll(async () => {
+  await stopProcess(agent);
+  for (const s of servers) await s.stop();
+  await t?.destroy();
+  const log = await readFile(join(dir, 'agent.log'), 'utf8').catch(() => '');
+  const errors = log.split('\n').filter((line) => line && !line.includes('"level":"info"'));
+  if (errors.length) console.log(`the agent logged errors:\n${errors.join('\n')}`);
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('the dataplane agent on a gateway node', () => {
+  it('balances 1:1:2 over the uplinks, and the server sees only uplink addresses', async () => {
+    const { answers, failures } = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, 1200, { concurrency: 50 });
+    expect(failures).toBe(0);
+    const counts = countByAddress(answers);
+    expect(Object.keys(counts).sort()).toEqual([uplinkAddress(1).v4, uplinkAddress(2).v4, uplinkAddress(3).v4]);
+    const share = (n: number) => counts[uplinkAddress(n).v4]! / answers.length;
+    // Expected 0.25, 0.25, 0.5; ±0.05 is more than 3.5 standard deviations at 1,200 flows.
+    expect(Math.abs(share(1) - 0.25)).toBeLessThan(0.05);
+    expect(Math.abs(share(2) - 0.25)).toBeLessThan(0.05);
+    expect(Math.abs(share(3) - 0.5)).toBeLessThan(0.05);
+    const ports = answers.map((a) => Number(a.split(' ')[1]));
+    expect(ports.every((p) => p >= 1024 && p <= 65535)).toBe(true);
+    expect(await t.serverPacketsFromPods()).toBe(0);
+  });
+
+  it('translates IPv6 too', async () => {
+    const { answers, failures } = await connectMany(t, t.ns.pods[1]!, server.v6, whoamiPort, 200);
+    expect(failures).toBe(0);
+    expect(Object.keys(countByAddress(answers)).sort()).toEqual(
+      [uplinkAddress(1).v6, uplinkAddress(2).v6, uplinkAddress(3).v6].sort(),
+    );
+    expect(await t.serverPacketsFromPods()).toBe(0);
+  });
+
+  it('translates UDP', async () => {
+    const { answers, failures } = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, 100, { transport: 'udp' });
+    expect(failures).toBe(0);
+    expect(Object.keys(countByAddress(answers)).every((a) => a.startsWith('100.64.'))).toBe(true);
+  });
+
+  it('drops a denied destination', async () => {
+    const { answers, failures } = await connectMany(t, t.ns.pods[0]!, server.v4, 2323, 5, { timeoutMs: 500 });
+    expect(answers).toEqual([]);
+    expect(failures).toBe(5);
+  });
+
+  it('answers ICMP echo of two pods that use the same identifier', async () => {
+    const [a, b] = await Promise.all([
+      ping(t, t.ns.pods[0]!, server.v4, { identifier: 4242 }),
+      ping(t, t.ns.pods[1]!, server.v4, { identifier: 4242 }),
+    ]);
+    expect([a, b]).toEqual([true, true]);
+  });
+
+  it('carries active and passive FTP', async () => {
+    const ftp = await startFtpServer(t);
+    servers.push(ftp);
+    for (const classic of [false, true]) {
+      expect((await fetchFtp(t, t.ns.pods[0]!, server.v4, { classic })).equals(ftp.content)).toBe(true);
+      expect((await fetchFtp(t, t.ns.pods[0]!, server.v4, { active: true, classic })).equals(ftp.content)).toBe(true);
+    }
+  });
+
+  it('gives every flow of a source one address in SourceSticky mode', async () => {
+    await apply(config((c) => (c.balancing = { mode: 'SourceSticky', stickySeconds: 60 })));
+    for (const pod of t.ns.pods) {
+      const { answers, failures } = await connectMany(t, pod, server.v4, whoamiPort, 50);
+      expect(failures).toBe(0);
+      expect(Object.keys(countByAddress(answers))).toHaveLength(1);
+    }
+    await apply(config());
+  });
+
+  it('moves new flows off a failed uplink within a second, and back when it recovers', async () => {
+    await healthyAll();
+    await t.failUplink(3);
+    const failedAt = Date.now();
+    // New connections, one after another, until ten in a row succeed (none can through isp3).
+    let streak = 0;
+    let recoveredAt = 0;
+    while (streak < 10) {
+      const { answers } = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, 1, { timeoutMs: 300 });
+      if (answers.length) {
+        if (streak++ === 0) recoveredAt = Date.now();
+      } else streak = 0;
+      if (Date.now() - failedAt > 10_000) throw new Error('new connections did not recover');
+    }
+    const ms = recoveredAt - failedAt;
+    console.log(`new connections succeeded again ${ms} ms after isp3 failed`);
+    expect(ms).toBeLessThan(1000);
+    const during = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, 100);
+    expect(during.failures).toBe(0);
+    expect(countByAddress(during.answers)[uplinkAddress(3).v4]).toBeUndefined();
+    expect((await status()).uplinks.find((u) => u.name === 'isp3')!.healthy).toBe(false);
+
+    await t.restoreUplink(3);
+    await healthyAll();
+    const after = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, 200);
+    expect(after.failures).toBe(0);
+    expect(countByAddress(after.answers)[uplinkAddress(3).v4]).toBeGreaterThan(50);
+  });
+
+  it('deletes the flows of a failed uplink from conntrack, so that their applications reconnect elsewhere', async () => {
+    await healthyAll();
+    const transfer = startTransfer(t, t.ns.pods[1]!, server.v4, streamPort, { seconds: 10, idleTimeoutMs: 3000 });
+    await transfer.receiving;
+    const streamFlows = async () => {
+      const { stdout } = await t.exec(t.ns.gw, [
+        'conntrack',
+        '-L',
+        '-p',
+        'tcp',
+        '--dport',
+        String(streamPort),
+        '-o',
+        'id,extended',
+      ]);
+      return stdout.split('\n').flatMap((line) => parseConntrackLine(line)?.flow ?? []);
+    };
+    const [flow] = await streamFlows();
+    const uplink = (await status()).uplinks.find((u) => u.id === flow!.uplink)!;
+    expect(flow!.mappedAddress).toBe(uplinkAddress(Number(uplink.name.slice(3))).v4);
+    await t.failUplink(Number(uplink.name.slice(3)));
+    const failedAt = Date.now();
+    await until('the flow deleted', async () => ((await streamFlows()).length === 0 ? true : undefined), 5000);
+    console.log(`the flow pinned to ${uplink.name} was deleted ${Date.now() - failedAt} ms after it failed`);
+    expect(Date.now() - failedAt).toBeLessThan(1500);
+    expect((await transfer.result).ok).toBe(false);
+    await t.restoreUplink(Number(uplink.name.slice(3)));
+  });
+
+  it('keeps an established transfer going while the agent is killed and restarted', async () => {
+    await healthyAll();
+    const transfer = startTransfer(t, t.ns.pods[0]!, server.v4, streamPort, { seconds: 4 });
+    await transfer.receiving;
+    agent!.kill('SIGKILL');
+    await stopProcess(agent);
+    await new Promise((r) => setTimeout(r, 500));
+    agent = startAgent();
+    const result = await transfer.result;
+    expect(result).toMatchObject({ ok: true });
+    expect(result.bytes).toBe(result.expected);
+    await until('the restarted agent', async () => ((await status()).appliedHash ? true : undefined));
+  });
+
+  it('takes away everything it made with `remove`, and nothing else', async () => {
+    await stopProcess(agent);
+    const rules = async () => (await t.exec(t.ns.gw, ['ip', 'rule'])).stdout;
+    expect(await rules()).toMatch(/7700:/);
+    await t.exec(t.ns.gw, [process.execPath, main, 'remove', '--state-dir', join(dir, 'state')]);
+    expect((await t.exec(t.ns.gw, ['nft', 'list', 'tables'])).stdout).not.toMatch(/naat/);
+    expect(await rules()).not.toMatch(/7700:/);
+    expect((await t.exec(t.ns.gw, ['ip', 'route', 'show', 'table', 'all'])).stdout).not.toMatch(/table 77\d\d/);
+    expect(await rules()).toMatch(/lookup main/);
+  });
+});
