@@ -55,7 +55,7 @@ function config(change: (c: Record<string, unknown>) => void = () => {}): Record
     bypass: [],
     uplinks: [uplink(1, 1), uplink(2, 1), uplink(3, 2)],
     balancing: { mode: 'Weighted' },
-    timeouts: {},
+    timeouts: { udpSeconds: 45 },
     defaultAction: 'Allow',
     rules: [
       {
@@ -165,10 +165,18 @@ describe('the dataplane agent on a gateway node', () => {
     expect(await t.serverPacketsFromPods()).toBe(0);
   });
 
-  it('translates UDP', async () => {
+  it("translates UDP, with the config's conntrack timeout", async () => {
     const { answers, failures } = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, 100, { transport: 'udp' });
     expect(failures).toBe(0);
     expect(Object.keys(countByAddress(answers)).every((a) => a.startsWith('100.64.'))).toBe(true);
+    // The config's 45 s, not the kernel's 30 s for a UDP flow that got one answer.
+    const { stdout } = await t.exec(t.ns.gw, ['conntrack', '-L', '-p', 'udp', '--dport', String(whoamiPort)]);
+    const remaining = stdout
+      .trim()
+      .split('\n')
+      .map((line) => Number(line.split(/\s+/)[2]));
+    expect(remaining.length).toBeGreaterThan(0);
+    expect(remaining.every((seconds) => seconds > 30 && seconds <= 45)).toBe(true);
   });
 
   it('drops a denied destination', async () => {
