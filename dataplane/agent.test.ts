@@ -19,6 +19,13 @@ class FakeConntrack implements Conntrack {
     this.flows = this.flows.filter((f) => f.uplink !== id);
     return before - this.flows.length;
   }
+  async deleteFlow(transport: string, sourceAddress: string, sourcePort: number): Promise<number> {
+    const before = this.flows.length;
+    this.flows = this.flows.filter(
+      (f) => !(f.protocol === transport && f.source === sourceAddress && f.sourcePort === sourcePort),
+    );
+    return before - this.flows.length;
+  }
   async list(): Promise<Flow[]> {
     return [...this.flows];
   }
@@ -127,6 +134,44 @@ describe('Agent', () => {
     expect(agent.report().lastSync!.full).toBe(false);
     const elements = k.nft.table()!.sets.find((s) => s.name === 'flows4')!.elements;
     expect(elements).toEqual(['10.244.1.2 . tcp . 40001 : goto class0']);
+    await agent.stop();
+  });
+
+  it('ends a flow that its late association denies, keeps one it allows, and attributes both', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    const denied = { ...flow(1, 2), sourcePort: 40000, destination: '198.51.100.5', destinationPort: 8080 };
+    const allowed = { ...flow(2, 2), sourcePort: 40001, destination: '203.0.113.10', destinationPort: 443 };
+    k.conntrack.flows = [denied, allowed];
+    await agent.start(config);
+    const curl = {
+      transport: 'tcp' as const,
+      sourceAddress: '10.244.1.2',
+      application: {
+        processName: 'curl',
+        executable: '/usr/bin/curl',
+        commandLine: [],
+        containerName: 'app',
+        containerId: '',
+        uid: 0,
+        pid: 7,
+      },
+      pod: { namespace: 'shop', name: 'web-1' },
+    };
+    await agent.associate(
+      [
+        { ...curl, sourcePort: 40000, destinationAddress: '198.51.100.5', destinationPort: 8080 },
+        { ...curl, sourcePort: 40001, destinationAddress: '203.0.113.10', destinationPort: 443 },
+      ],
+      [],
+    );
+    expect(k.conntrack.flows.map((f) => f.id)).toEqual([2]);
+    const attributed = agent.attribution().find((f) => f.id === 2)!;
+    expect(attributed).toMatchObject({
+      uplinkName: 'isp-a',
+      pod: { name: 'web-1' },
+      application: { processName: 'curl' },
+    });
     await agent.stop();
   });
 

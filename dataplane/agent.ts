@@ -6,11 +6,12 @@
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GatewayConfig } from './config.ts';
-import type { Conntrack } from './conntrack.ts';
+import type { Conntrack, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
 import { elementOperations, planSync } from './nft/nftables.ts';
 import type { Table } from './nft/model.ts';
+import { trace } from './nft/trace.ts';
 import {
   allocateUplinkIds,
   leastLoadedCounts,
@@ -47,6 +48,12 @@ export interface AgentReport {
   uplinks: UplinkReport[];
   flows: number;
   associations: number;
+}
+
+export interface AttributedFlow extends Flow {
+  uplinkName: string | undefined;
+  application?: FlowAssociation['application'];
+  pod?: { namespace: string; name: string };
 }
 
 export interface UplinkHealthState {
@@ -88,6 +95,7 @@ export class Agent {
   #stopWatch: (() => void) | undefined;
   #rebalance: NodeJS.Timeout | undefined;
   #lastCounts = '';
+  #expiry: NodeJS.Timeout | undefined;
 
   constructor(options: AgentOptions) {
     this.#o = options;
@@ -99,7 +107,10 @@ export class Agent {
     this.#config = config;
     this.flows.replace(await this.#o.conntrack.list());
     this.#stopWatch = this.#o.conntrack.watch(
-      (event) => this.flows.apply(event),
+      (event) => {
+        this.flows.apply(event);
+        if (event.type === 'destroy') this.#expireAssociation(event.flow);
+      },
       (error) => this.#o.log.error('Conntrack event stream failed', { error: error.message }),
     );
     this.#rebalance = setInterval(() => this.#maybeRebalance(), this.#o.rebalanceMs ?? 1000);
@@ -138,6 +149,48 @@ export class Agent {
     for (const a of remove) this.#associations.delete(flowKey(a));
     for (const a of upsert) this.#associations.set(flowKey(a), a);
     await this.sync();
+    await this.#endLateDenials(upsert);
+  }
+
+  /**
+   * A flow can start before its association arrives and be let through by the pod's rules; when
+   * the association shows that its application is denied, the flow is ended. Flows that stay
+   * allowed keep their uplink.
+   */
+  async #endLateDenials(associations: FlowAssociation[]): Promise<void> {
+    const table = this.#applied?.rendered.table;
+    if (!table) return;
+    for (const a of associations) {
+      if (!a.destinationAddress || !a.destinationPort) continue;
+      const verdict = trace(table, 'prerouting', {
+        family: a.sourceAddress.includes(':') ? 6 : 4,
+        saddr: a.sourceAddress,
+        daddr: a.destinationAddress,
+        protocol: a.transport,
+        sport: a.sourcePort,
+        dport: a.destinationPort,
+      }).verdict;
+      if (verdict !== 'drop') continue;
+      const ended = await this.#o.conntrack.deleteFlow(a.transport, a.sourceAddress, a.sourcePort);
+      if (ended)
+        this.#o.log.info('Ended a flow its association denies', {
+          source: flowKey(a),
+          application: a.application.processName,
+        });
+    }
+  }
+
+  /** The flows leaving through the uplinks, with the application and pod behind each when known. */
+  attribution(): AttributedFlow[] {
+    const names = new Map([...this.#ids].map(([name, id]) => [id, name]));
+    return [...this.flows.flows()].map((flow) => {
+      const a = this.#associations.get(`${flow.source} ${flow.protocol} ${flow.sourcePort}`);
+      return {
+        ...flow,
+        uplinkName: names.get(flow.uplink),
+        ...(a ? { application: a.application, ...(a.pod ? { pod: a.pod } : {}) } : {}),
+      };
+    });
   }
 
   /** Queues a sync; syncs asked for while one waits are folded into it. */
@@ -185,6 +238,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.#stopWatch?.();
     clearInterval(this.#rebalance);
+    clearTimeout(this.#expiry);
     await this.#queue;
   }
 
@@ -252,6 +306,16 @@ export class Agent {
       throw error;
     }
     this.#o.log.info('Synced the kernel', { full, durationMs: Math.round(performance.now() - started) });
+  }
+
+  /** An association ends with its flow; the sidecar reports the socket again if it lives on. */
+  #expireAssociation(flow: Flow): void {
+    const key = `${flow.source} ${flow.protocol} ${flow.sourcePort}`;
+    if (!this.#associations.delete(key) || this.#expiry) return;
+    this.#expiry = setTimeout(() => {
+      this.#expiry = undefined;
+      this.sync().catch(() => {});
+    }, 200);
   }
 
   #loadByName(): Map<string, number> {

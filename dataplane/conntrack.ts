@@ -132,6 +132,8 @@ export class FlowTable {
 export interface Conntrack {
   /** Deletes the flows whose mark holds this uplink id; resolves with how many were deleted. */
   deleteUplink(id: number): Promise<number>;
+  /** Deletes the flows from this source address and port; resolves with how many were deleted. */
+  deleteFlow(transport: 'tcp' | 'udp', sourceAddress: string, sourcePort: number): Promise<number>;
   list(): Promise<Flow[]>;
   /** Streams new and destroyed flows until the returned function is called. */
   watch(onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void;
@@ -148,18 +150,22 @@ export class ExecConntrack implements Conntrack {
   async deleteUplink(id: number): Promise<number> {
     let deleted = 0;
     for (const family of ['ipv4', 'ipv6']) {
-      const { code, stderr } = await exec(this.#conntrack, [
-        '-D',
-        '-f',
-        family,
-        '--mark',
-        `${hex(id << markShift)}/${hex(markMask)}`,
-      ]);
-      const count = /(\d+) flow entries have been deleted/.exec(stderr);
-      if (code !== 0 && !count) throw new Error(`conntrack -D failed: ${stderr.trim()}`);
-      deleted += Number(count?.[1] ?? 0);
+      deleted += await this.#deleted(['-D', '-f', family, '--mark', `${hex(id << markShift)}/${hex(markMask)}`]);
     }
     return deleted;
+  }
+
+  async deleteFlow(transport: 'tcp' | 'udp', sourceAddress: string, sourcePort: number): Promise<number> {
+    const family = sourceAddress.includes(':') ? 'ipv6' : 'ipv4';
+    const args = ['-D', '-f', family, '-p', transport, '-s', sourceAddress, '--sport', String(sourcePort)];
+    return this.#deleted(args);
+  }
+
+  async #deleted(args: string[]): Promise<number> {
+    const { code, stderr } = await exec(this.#conntrack, args);
+    const count = /(\d+) flow entries have been deleted/.exec(stderr);
+    if (code !== 0 && !count) throw new Error(`conntrack ${args.join(' ')} failed: ${stderr.trim()}`);
+    return Number(count?.[1] ?? 0);
   }
 
   async list(): Promise<Flow[]> {

@@ -27,6 +27,10 @@ export interface FlowAssociation {
   sourceAddress: string;
   sourcePort: number;
   application: Application;
+  /** Where the socket is connected; absent for an unconnected UDP socket. */
+  destinationAddress?: string;
+  destinationPort?: number;
+  pod?: { namespace: string; name: string };
 }
 
 export interface RenderInput {
