@@ -1,0 +1,677 @@
+// Dataplane benchmarks (`npm run bench:dataplane`, as root): prints figures, each against a
+// baseline measured in the same run on the same machine. All traffic stays inside network
+// namespaces this script creates and deletes.
+//  1. TCP throughput pod → server through the e2e topology: plain forwarding (static routes, no
+//     conntrack, no NAT) vs the naat agent with one uplink and with three balanced.
+//  2. New TCP connections per second over the same set-ups, and with a 1,000-rule config.
+//  3. The agent at scale (10,000 pod addresses, 1,000 rules, 3 uplinks), the Agent class driving
+//     real nft, ip and conntrack in a namespace of its own: full syncs and an incremental
+//     association update vs rendering alone; and the agent process's memory vs an idle Node.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent, type AgentReport } from '../../dataplane/agent.ts';
+import { parseGatewayConfig } from '../../dataplane/config.ts';
+import { ExecConntrack } from '../../dataplane/conntrack.ts';
+import { ExecNftables, operationText, planSync, type Nftables, type Operation } from '../../dataplane/nft/nftables.ts';
+import { allocateUplinkIds, localUplinks, render, type FlowAssociation } from '../../dataplane/render.ts';
+import { ExecRouting } from '../../dataplane/routing.ts';
+import { parse as parseYaml } from 'yaml';
+import {
+  createTopology,
+  ispServerSide,
+  podAddress,
+  podNetwork,
+  server,
+  stopProcess,
+  uplinkAddress,
+  uplinkNextHop,
+  type Topology,
+} from '../e2e/topology.ts';
+import { startWhoami } from '../e2e/traffic.ts';
+
+const root = join(import.meta.dirname, '..', '..');
+const main = join(root, 'dataplane', 'main.ts');
+const connectRateProgram = join(root, 'test', 'e2e', 'programs', 'connect-rate.ts');
+
+const iperfPort = 5201;
+const iperfSeconds = 3;
+const iperfStreams = 4;
+const iperfRuns = 5;
+const whoamiPort = 9000;
+const connections = 5000;
+const connectionRuns = 5;
+const concurrency = 200;
+
+const scalePods = 10_000;
+const scalePolicies = 200;
+const rulesPerPolicy = 5;
+const podsPerPolicy = scalePods / scalePolicies;
+
+interface Row {
+  what: string;
+  setup: string;
+  figure: string;
+  ratio: string;
+}
+const rows: Row[] = [];
+
+function record(what: string, setup: string, figure: string, ratio = ''): void {
+  rows.push({ what, setup, figure, ratio });
+  console.log(`  ${setup.padEnd(52)} ${figure.padStart(16)}  ${ratio}`);
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+const ratio = (value: number, baseline: number) => `×${(value / baseline).toFixed(2)}`;
+const numbers = (count: number) => Array.from({ length: count }, (_, i) => i + 1);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function run(argv: string[], input?: string, timeoutMs = 120_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(
+      argv[0]!,
+      argv.slice(1),
+      { timeout: timeoutMs, maxBuffer: 1 << 28 },
+      (error, stdout, stderr) =>
+        error ? reject(new Error(`${argv.join(' ')}: ${stderr.trim() || error.message}`)) : resolve(stdout),
+    );
+    child.stdin!.on('error', () => {});
+    child.stdin!.end(input);
+  });
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway configs
+
+function uplinkConfig(n: number) {
+  return {
+    name: `isp${n}`,
+    interface: `up${n}`,
+    nextHop: { ipv4: uplinkNextHop(n).v4, ipv6: uplinkNextHop(n).v6 },
+    snat: { addresses: [uplinkAddress(n).v4, uplinkAddress(n).v6] },
+    weight: 1,
+  };
+}
+
+/** Every pod network served, no rules, `uplinks` uplinks of weight 1 without health checks. */
+function smallConfig(uplinks: number, hash: string): Record<string, unknown> {
+  return {
+    version: 1,
+    gateway: 'bench',
+    hash,
+    sources: [podNetwork.v4, podNetwork.v6],
+    bypass: [],
+    uplinks: numbers(uplinks).map(uplinkConfig),
+    balancing: { mode: 'Weighted' },
+    timeouts: {},
+    defaultAction: 'Allow',
+    rules: [],
+  };
+}
+
+/** Pod `i` of the config at scale: 10.244.10.2 … 10.244.49.251, clear of the topology's pods. */
+const scalePod = (i: number) => `10.244.${10 + Math.floor(i / 250)}.${2 + (i % 250)}`;
+
+/**
+ * 10,000 pod addresses in `sources`, 200 policies of 50 pods with 5 rules each (1,000 rules): Deny
+ * and Allow, TCP, UDP and ICMP, IPv4 and IPv6 destinations, port lists and ranges, an uplink
+ * restriction on some, and an application rule (processName curl) in every tenth policy.
+ * `changed` alters one rule's port, as an edited policy would.
+ */
+function scaleConfig(hash: string, options: { extraSources?: string[]; changed?: boolean } = {}) {
+  const rules: Record<string, unknown>[] = [];
+  for (let p = 0; p < scalePolicies; p++) {
+    const sources = Array.from({ length: podsPerPolicy }, (_, i) => scalePod(p * podsPerPolicy + i));
+    const rule = (k: number, body: Record<string, unknown>) =>
+      rules.push({ policy: `bench/p${p}`, rule: `r${k}`, priority: p * rulesPerPolicy + k, sources, ...body });
+    const telnet = options.changed && p === scalePolicies / 2 ? 24 : 23;
+    rule(0, { destinations: [{ protocol: 'TCP', ports: [{ port: telnet }, { port: 2323 }] }], action: 'Deny' });
+    rule(1, {
+      destinations: [
+        {
+          cidr: `172.${16 + (p % 16)}.${p}.0/24`,
+          protocol: 'TCP',
+          ports: [{ port: 443 }, { port: 8000, endPort: 8080 }],
+        },
+      ],
+      action: 'Allow',
+      ...(p % 3 === 0 ? { uplinks: { allowed: ['isp1', 'isp2'], preferred: ['isp1'] } } : {}),
+    });
+    rule(2, { destinations: [{ cidr: `10.${p}.0.0/16`, protocol: 'UDP', ports: [{ port: 53 }] }], action: 'Allow' });
+    if (p % 10 === 0)
+      rule(3, {
+        applications: [{ processName: 'curl' }],
+        destinations: [{ cidr: '203.0.113.0/24', protocol: 'TCP', ports: [{ port: 443 }] }],
+        action: 'Deny',
+      });
+    else rule(3, { destinations: [{ cidr: `192.168.${p}.0/24`, protocol: 'ICMP' }], action: 'Deny' });
+    rule(4, {
+      destinations: [
+        { cidr: `2001:db8:${p.toString(16)}::/48`, protocol: 'TCP', ports: [{ port: 80 }, { port: 443 }] },
+      ],
+      action: 'Allow',
+      ...(p % 4 === 0 ? { uplinks: { allowed: ['isp3'] } } : {}),
+    });
+  }
+  return {
+    version: 1,
+    gateway: 'bench',
+    hash,
+    sources: [...Array.from({ length: scalePods }, (_, i) => scalePod(i)), ...(options.extraSources ?? [])],
+    bypass: ['10.96.0.0/12'],
+    uplinks: numbers(3).map(uplinkConfig),
+    balancing: { mode: 'Weighted' },
+    timeouts: {},
+    defaultAction: 'Allow',
+    rules,
+  };
+}
+
+/** Connections by curl from pods of the policies with the application rule. */
+function associations(from: number, count: number): FlowAssociation[] {
+  return Array.from({ length: count }, (_, j) => {
+    const i = from + j;
+    const policy = 10 * (i % (scalePolicies / 10));
+    return {
+      transport: 'tcp',
+      sourceAddress: scalePod(policy * podsPerPolicy + (Math.floor(i / 20) % podsPerPolicy)),
+      sourcePort: 40_000 + i,
+      application: {
+        processName: 'curl',
+        executable: '/usr/bin/curl',
+        commandLine: ['curl', 'https://example.test/'],
+        containerName: 'app',
+        containerId: 'c'.repeat(64),
+        uid: 1000,
+        pid: 1000 + i,
+      },
+    };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1 and 2: traffic through the topology
+
+async function throughput(t: Topology): Promise<number[]> {
+  const results: number[] = [];
+  for (let i = 0; i < iperfRuns; i++) {
+    const argv = ['iperf3', '-J', '-c', server.v4, '-p', String(iperfPort), '-t', String(iperfSeconds)];
+    argv.push('-P', String(iperfStreams), '--connect-timeout', '3000');
+    const { stdout } = await t.exec(t.ns.pods[0]!, argv, { timeoutMs: 60_000 });
+    const report = JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } };
+    results.push(report.end.sum_received.bits_per_second / 1e9);
+  }
+  return results;
+}
+
+interface Rate {
+  ok: number;
+  failures: number;
+  seconds: number;
+  seen: string[];
+  error?: string;
+}
+
+async function connectRate(t: Topology, count: number, parallel: number): Promise<Rate> {
+  const argv = [process.execPath, connectRateProgram, server.v4, String(whoamiPort), String(count)];
+  argv.push(String(parallel), '3000');
+  const { stdout } = await t.exec(t.ns.pods[0]!, argv, { timeoutMs: 180_000 });
+  return JSON.parse(stdout) as Rate;
+}
+
+/** A few connections, to learn which source addresses the server sees on the current path. */
+async function checkPath(t: Topology, expected: string[]): Promise<void> {
+  const { seen, failures, error } = await connectRate(t, 30, 5);
+  if (failures || seen.join(',') !== [...expected].sort().join(',')) {
+    throw new Error(`expected the server to see ${expected.join(', ')}, it saw ${seen.join(', ')} (${error ?? ''})`);
+  }
+}
+
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = async (p: number) => {
+    const fields = (await readFile(`/proc/${p}/stat`, 'utf8')).split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  };
+  const children = (await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => ''))
+    .split(' ')
+    .filter(Boolean)
+    .map(Number);
+  let total = await stat(pid);
+  for (const child of children) total += await stat(child).catch(() => 0);
+  return total;
+}
+
+interface SetupResult {
+  gbits?: number;
+  rate: number;
+  failures: number;
+  agentCpu?: number;
+}
+
+async function measure(t: Topology, agentPid: number | undefined, withThroughput = true): Promise<SetupResult> {
+  const gbits = withThroughput ? median(await throughput(t)) : undefined;
+  // Every set-up starts from an empty conntrack table (a no-op before naat makes the gateway track).
+  await t.exec(t.ns.gw, ['conntrack', '-F']).catch(() => undefined);
+  const rates: number[] = [];
+  let failures = 0;
+  const cpuBefore = agentPid ? await cpuSeconds(agentPid) : 0;
+  let seconds = 0;
+  for (let i = 0; i < connectionRuns; i++) {
+    const result = await connectRate(t, connections, concurrency);
+    failures += result.failures;
+    seconds += result.seconds;
+    rates.push(result.ok / result.seconds);
+  }
+  const agentCpu = agentPid ? ((await cpuSeconds(agentPid)) - cpuBefore) / seconds : undefined;
+  return {
+    ...(gbits !== undefined ? { gbits } : {}),
+    rate: median(rates),
+    failures,
+    ...(agentCpu !== undefined ? { agentCpu } : {}),
+  };
+}
+
+async function topologyBench(dir: string): Promise<void> {
+  console.log(
+    `traffic pod1 → server (iperf3 -P ${iperfStreams}, ${iperfRuns} × ${iperfSeconds} s; ` +
+      `${connectionRuns} × ${connections} connections, ${concurrency} at a time; medians):`,
+  );
+  const t = await createTopology({ pods: 1, uplinks: 3 });
+  let agent: ChildProcess | undefined;
+  try {
+    await startWhoami(t, whoamiPort);
+    t.spawn(t.ns.srv, ['iperf3', '-s', '-B', server.v4, '-p', String(iperfPort)], { stdio: 'ignore' });
+    await until('the iperf3 server', async () => {
+      const { stdout } = await t.exec(t.ns.srv, ['ss', '-Hltn', `sport = :${iperfPort}`]);
+      return stdout.includes(server.v4) ? true : undefined;
+    });
+
+    // (a) Plain forwarding through isp1: static routes both ways, the pod's own address end to end.
+    const plainRoutes: Array<[string, string[]]> = [
+      [t.ns.gw, [`${server.v4}/32`, 'via', uplinkNextHop(1).v4]],
+      [t.ns.isps[0]!, [podNetwork.v4, 'via', uplinkAddress(1).v4]],
+      [t.ns.srv, [podNetwork.v4, 'via', ispServerSide(1).v4]],
+    ];
+    for (const [ns, route] of plainRoutes) await t.exec(ns, ['ip', 'route', 'add', ...route]);
+    await checkPath(t, [podAddress(1).v4]);
+    const plain = await measure(t, undefined);
+    const results: Array<[string, SetupResult]> = [['plain forwarding, no naat (baseline)', plain]];
+    for (const [ns, route] of plainRoutes) await t.exec(ns, ['ip', 'route', 'del', ...route]);
+    const fromPods = await t.serverPacketsFromPods();
+
+    // (b) The naat agent with isp1 only; (c) three uplinks of weight 1, then the same ruleset
+    // with the agent stopped (the kernel keeps it), which leaves out the agent's own CPU (it
+    // reads every conntrack event).
+    const file = join(dir, 'gateway.json');
+    const status = async () =>
+      JSON.parse((await t.exec(t.ns.gw, ['curl', '-sf', 'http://127.0.0.1:7741/status'])).stdout) as AgentReport;
+    const applied = (hash: string) =>
+      until(`config ${hash}`, async () => ((await status()).appliedHash === hash ? true : undefined));
+    const startAgent = async (config: Record<string, unknown>) => {
+      await writeFile(file, JSON.stringify(config));
+      const log = openSync(join(dir, 'agent.log'), 'a');
+      const argv = ['run', '--config', file, '--node', 'gw', '--state-dir', join(dir, 'state'), '--reload-ms', '100'];
+      const child = t.spawn(t.ns.gw, [process.execPath, main, ...argv], { stdio: ['ignore', log, log] });
+      closeSync(log);
+      await applied(String(config.hash));
+      return child;
+    };
+    const stopAgent = async () => {
+      const child = agent!;
+      agent = undefined;
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error('the agent had exited');
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      await exited;
+    };
+    const allThree = [1, 2, 3].map((n) => uplinkAddress(n).v4);
+    agent = await startAgent(smallConfig(1, 'one'));
+    await checkPath(t, [uplinkAddress(1).v4]);
+    results.push(['naat agent, 1 uplink', await measure(t, agent.pid)]);
+
+    await writeFile(file, JSON.stringify(smallConfig(3, 'three')));
+    await applied('three');
+    await checkPath(t, allThree);
+    const three = await measure(t, agent.pid);
+    results.push(['naat agent, 3 uplinks balanced', three]);
+    await stopAgent();
+    await checkPath(t, allThree);
+    const threeKernel = await measure(t, undefined, false);
+    results.push(['  same ruleset, agent stopped (kernel alone)', threeKernel]);
+
+    // (d) Three uplinks behind the 1,000-rule config; pod1 is in no rule's sources, so each new
+    // flow passes every rule before the default Allow (the worst case). Throughput is left out:
+    // rules are evaluated for a flow's first packet only.
+    agent = await startAgent(scaleConfig('scale', { extraSources: [podAddress(1).v4] }));
+    await checkPath(t, allThree);
+    const scale = await measure(t, agent.pid, false);
+    results.push(['naat agent, 3 uplinks, 1,000 rules passed', scale]);
+    await stopAgent();
+    await checkPath(t, allThree);
+    const scaleKernel = await measure(t, undefined, false);
+    results.push(['  same ruleset, agent stopped (kernel alone)', scaleKernel]);
+
+    const leaked = (await t.serverPacketsFromPods()) - fromPods;
+    if (leaked) throw new Error(`${leaked} packets reached the server with a pod's address while naat ran`);
+
+    console.log('TCP throughput, pod1 → server:');
+    for (const [setup, r] of results) {
+      if (r.gbits === undefined) continue;
+      record('throughput', setup, `${r.gbits.toFixed(2)} Gbit/s`, r === plain ? '' : ratio(r.gbits, plain.gbits!));
+    }
+    console.log('new TCP connections per second (connect, read the answer, close):');
+    for (const [setup, r] of results) {
+      const notes = [
+        r === plain ? '' : ratio(r.rate, plain.rate),
+        r.failures ? `${r.failures} failed` : '',
+        r.agentCpu !== undefined ? `agent CPU ${(r.agentCpu * 100).toFixed(0)} % of a core` : '',
+      ];
+      record('connections/s', setup, `${r.rate.toFixed(0)} /s`, notes.filter(Boolean).join('; '));
+    }
+    console.log(
+      `  1,000 rules passed vs none (3 uplinks): ${ratio(scale.rate, three.rate)} with the agent, ` +
+        `${ratio(scaleKernel.rate, threeKernel.rate)} kernel alone`,
+    );
+  } catch (error) {
+    const log = await readFile(join(dir, 'agent.log'), 'utf8').catch(() => '');
+    if (log) console.log(`agent log:\n${log}`);
+    throw error;
+  } finally {
+    await stopProcess(agent);
+    await t.destroy();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3: the agent at scale
+
+/** Counts the time spent listing naat's table and applying transactions, and their size. */
+class TimedNftables implements Nftables {
+  readonly inner: Nftables;
+  listMs = 0;
+  runMs = 0;
+  bytes = 0;
+  constructor(inner: Nftables) {
+    this.inner = inner;
+  }
+  async list() {
+    const started = performance.now();
+    try {
+      return await this.inner.list();
+    } finally {
+      this.listMs += performance.now() - started;
+    }
+  }
+  async run(operations: Operation[]) {
+    this.bytes += operations.map(operationText).join('\n').length;
+    const started = performance.now();
+    try {
+      await this.inner.run(operations);
+    } finally {
+      this.runMs += performance.now() - started;
+    }
+  }
+  reset(): void {
+    this.listMs = 0;
+    this.runMs = 0;
+    this.bytes = 0;
+  }
+}
+
+function timeSync(runs: number, work: () => unknown): number {
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const started = performance.now();
+    work();
+    times.push(performance.now() - started);
+  }
+  return median(times);
+}
+
+async function vm(pid: number): Promise<{ rss: number; peak: number }> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]) / 1024;
+  return { rss: kib('VmRSS'), peak: kib('VmHWM') };
+}
+
+async function elementCount(ns: string, kind: 'set' | 'map', name: string): Promise<number> {
+  const listing = JSON.parse(
+    await run(['ip', 'netns', 'exec', ns, 'nft', '-j', 'list', kind, 'inet', 'naat', name]),
+  ) as {
+    nftables: Array<Record<string, { elem?: unknown[] }>>;
+  };
+  return listing.nftables.reduce((sum, item) => sum + (item[kind]?.elem?.length ?? 0), 0);
+}
+
+async function scaleBench(dir: string): Promise<void> {
+  const ns = `naat-bench-${process.pid}`;
+  const inNs = (tool: string) => ['ip', 'netns', 'exec', ns, tool];
+  const errors: string[] = [];
+  const children: ChildProcess[] = [];
+  let agent: Agent | undefined;
+  await run(['ip', 'netns', 'add', ns]);
+  try {
+    await run([...inNs('sysctl'), '-q', '-w', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0']);
+    const links = numbers(3).flatMap((n) => [
+      `link add up${n} type veth peer name peer${n}`,
+      `address add ${uplinkAddress(n).v4}/24 dev up${n}`,
+      `address add ${uplinkAddress(n).v6}/64 dev up${n}`,
+      `link set up${n} up`,
+      `link set peer${n} up`,
+    ]);
+    await run(['ip', '-n', ns, '-batch', '-'], ['link set lo up', ...links].join('\n') + '\n');
+
+    const raw = scaleConfig('scale-1');
+    const text = JSON.stringify(raw);
+    const config = parseGatewayConfig(raw);
+    const changed = parseGatewayConfig(scaleConfig('scale-2', { changed: true }));
+    const jsonMs = timeSync(3, () => JSON.parse(text));
+    const yamlMs = timeSync(3, () => parseYaml(text));
+    const checkMs = timeSync(3, () => parseGatewayConfig(raw));
+    const ids = allocateUplinkIds(
+      new Map(),
+      localUplinks(config, 'gw').map((u) => u.name),
+    );
+    const input = { config, node: 'gw', ids, health: new Map<string, boolean>() };
+    const renderMs = timeSync(5, () => render(input));
+    const rendered = render(input);
+    const script = planSync(rendered.table, undefined).map(operationText);
+    const ruleCount = rendered.table.chains.reduce((sum, c) => sum + c.rules.length, 0);
+    const elements = rendered.table.sets.reduce((sum, s) => sum + s.elements.length, 0);
+    console.log(
+      `the agent at scale: ${scalePods} pod addresses, ${config.rules.length} rules in ${scalePolicies} policies, ` +
+        `3 uplinks (config ${(text.length / 1e6).toFixed(1)} MB of JSON) → ${rendered.table.chains.length} chains, ` +
+        `${ruleCount} nft rules, ${rendered.table.sets.length} sets with ${elements} elements; ` +
+        `first transaction ${script.length} lines, ${(script.join('\n').length / 1e6).toFixed(1)} MB, ` +
+        `longest line ${Math.max(...script.map((l) => l.length))} characters`,
+    );
+
+    const nft = new TimedNftables(new ExecNftables(inNs('nft')));
+    agent = new Agent({
+      node: 'gw',
+      nft,
+      routing: new ExecRouting(inNs('ip')),
+      conntrack: new ExecConntrack(inNs('conntrack')),
+      stateDir: join(dir, 'scale-state'),
+      interfaceAddresses: async () => [],
+      writeSysctl: async (path, value) => void (await run([...inNs('sysctl'), '-q', '-w', `${path}=${value}`])),
+      log: { info: () => {}, error: (message, fields) => errors.push(`${message} ${JSON.stringify(fields)}`) },
+    });
+    const timed = async (work: () => Promise<void>) => {
+      nft.reset();
+      const started = performance.now();
+      await work();
+      const ms = performance.now() - started;
+      const sync = agent!.report().lastSync!;
+      if (sync.error) throw new Error(`the sync failed: ${sync.error}`);
+      return { ms, listMs: nft.listMs, runMs: nft.runMs, bytes: nft.bytes, full: sync.full };
+    };
+    const describe = (r: { listMs: number; runMs: number; bytes: number; full: boolean }) =>
+      `${r.full ? 'full sync' : 'incremental'}: nft list ${r.listMs.toFixed(0)} ms, ` +
+      `nft transaction ${r.runMs.toFixed(0)} ms for ${(r.bytes / 1e3).toFixed(0)} kB`;
+
+    const first = await timed(() => agent!.start(config));
+    const sources4 = await elementCount(ns, 'set', 'sources4');
+    const second = await timed(() => agent!.configure(changed));
+    const firstClass = await timed(() => agent!.associate(associations(0, 1), []));
+    const hundred = await timed(() => agent!.associate(associations(1, 100), []));
+    const flows4 = await elementCount(ns, 'map', 'flows4');
+    if (sources4 !== scalePods || flows4 !== 101) {
+      throw new Error(
+        `the kernel holds ${sources4} sources4 elements (want ${scalePods}), ${flows4} flows4 (want 101)`,
+      );
+    }
+    const removeStarted = performance.now();
+    await agent.remove();
+    const removeMs = performance.now() - removeStarted;
+    agent = undefined;
+
+    console.log('reading the config file (medians of 3):');
+    record('config', 'JSON.parse of the file (baseline)', `${jsonMs.toFixed(0)} ms`);
+    record('config', 'yaml parse, as dataplane/main.ts reads it', `${yamlMs.toFixed(0)} ms`, ratio(yamlMs, jsonMs));
+    record(
+      'config',
+      'parseGatewayConfig (schema, defaults, checks)',
+      `${checkMs.toFixed(0)} ms`,
+      ratio(checkMs, jsonMs),
+    );
+    console.log('sync times, the Agent class with real nft/ip/conntrack (one run each):');
+    record('sync', 'render() alone, pure (median of 5) (baseline)', `${renderMs.toFixed(0)} ms`);
+    record(
+      'sync',
+      'first full sync, empty kernel (Agent.start)',
+      `${first.ms.toFixed(0)} ms`,
+      ratio(first.ms, renderMs),
+    );
+    console.log(`    ${describe(first)}`);
+    record('sync', 'second full sync, one rule changed', `${second.ms.toFixed(0)} ms`, ratio(second.ms, renderMs));
+    console.log(`    ${describe(second)}`);
+    record(
+      'sync',
+      '1st association of a new application class',
+      `${firstClass.ms.toFixed(0)} ms`,
+      ratio(firstClass.ms, renderMs),
+    );
+    console.log(`    ${describe(firstClass)}`);
+    record(
+      'sync',
+      '100 more associations (flow map update)',
+      `${hundred.ms.toFixed(0)} ms`,
+      ratio(hundred.ms, renderMs),
+    );
+    console.log(`    ${describe(hundred)}`);
+    record('sync', 'Agent.remove (table and routes)', `${removeMs.toFixed(0)} ms`);
+    if (errors.length) console.log(`  the agent logged errors (on stop):\n    ${errors.join('\n    ')}`);
+
+    // Memory: the real agent process (dataplane/main.ts) in the namespace, read from /proc.
+    const spawnIn = (argv: string[], log?: number) => {
+      const child = spawn('ip', ['netns', 'exec', ns, ...argv], {
+        stdio: ['ignore', log ?? 'ignore', log ?? 'ignore'],
+      });
+      children.push(child);
+      return child;
+    };
+    const idle = spawnIn([process.execPath, '-e', 'setInterval(() => {}, 1000)']);
+    await sleep(1000);
+    const idleVm = await vm(idle.pid!);
+    await stopProcess(idle);
+    const status = async () =>
+      JSON.parse(await run([...inNs('curl'), '-sf', 'http://127.0.0.1:7741/status'])) as AgentReport;
+    const runAgent = async (name: string, gateway: Record<string, unknown>) => {
+      const file = join(dir, `${name}.json`);
+      await writeFile(file, JSON.stringify(gateway));
+      const log = openSync(join(dir, `${name}.log`), 'a');
+      const started = performance.now();
+      const argv = ['run', '--config', file, '--node', 'gw', '--state-dir', join(dir, `${name}-state`)];
+      const child = spawnIn([process.execPath, main, ...argv], log);
+      closeSync(log);
+      try {
+        const report = await until(`the ${name} agent`, async () => {
+          const r = await status();
+          return r.appliedHash === gateway.hash ? r : undefined;
+        });
+        const readyMs = performance.now() - started;
+        await sleep(1000);
+        return { ...(await vm(child.pid!)), readyMs, syncMs: report.lastSync!.durationMs };
+      } catch (error) {
+        console.log(`${name} agent log:\n${await readFile(join(dir, `${name}.log`), 'utf8').catch(() => '')}`);
+        throw error;
+      } finally {
+        await stopProcess(child);
+        await run([...inNs('nft'), 'delete', 'table', 'inet', 'naat']).catch(() => undefined);
+      }
+    };
+    const small = await runAgent('small', smallConfig(3, 'small'));
+    const big = await runAgent('big', raw);
+    console.log('memory of the agent process (dataplane/main.ts run, VmRSS 1 s after the config applied):');
+    record('memory', 'idle Node process (baseline)', `${idleVm.rss.toFixed(0)} MiB`);
+    record(
+      'memory',
+      'agent, 3 uplinks, no rules',
+      `${small.rss.toFixed(0)} MiB`,
+      `${ratio(small.rss, idleVm.rss)}; peak ${small.peak.toFixed(0)} MiB`,
+    );
+    record(
+      'memory',
+      'agent, 10k pods, 1k rules',
+      `${big.rss.toFixed(0)} MiB`,
+      `${ratio(big.rss, idleVm.rss)}; peak ${big.peak.toFixed(0)} MiB`,
+    );
+    console.log(
+      `  start → config applied: ${small.readyMs.toFixed(0)} ms (no rules), ${big.readyMs.toFixed(0)} ms (10k/1k, ` +
+        `of which its first sync ${big.syncMs.toFixed(0)} ms)`,
+    );
+    rows.push({
+      what: 'startup',
+      setup: 'main.ts start → 10k/1k config applied',
+      figure: `${big.readyMs.toFixed(0)} ms`,
+      ratio: `${ratio(big.readyMs, small.readyMs)} of no rules (${small.readyMs.toFixed(0)} ms)`,
+    });
+  } finally {
+    await agent?.stop().catch(() => undefined);
+    for (const child of children) await stopProcess(child);
+    const pids = await run(['ip', 'netns', 'pids', ns]).catch(() => '');
+    for (const pid of pids.split('\n').filter(Boolean).map(Number)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
+    await run(['ip', 'netns', 'delete', ns]).catch(() => undefined);
+  }
+}
+
+function printTable(): void {
+  const header: Row = { what: 'measure', setup: 'set-up', figure: 'figure', ratio: 'vs baseline' };
+  const width = (key: keyof Row) => Math.max(...[header, ...rows].map((r) => r[key].length));
+  const line = (r: Row) =>
+    `${r.what.padEnd(width('what'))}  ${r.setup.padEnd(width('setup'))}  ${r.figure.padStart(width('figure'))}  ${r.ratio}`;
+  console.log('\nsummary:');
+  console.log(line(header));
+  console.log('-'.repeat(width('what') + width('setup') + width('figure') + width('ratio') + 6));
+  for (const r of rows) console.log(line(r));
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'naat-bench-dataplane-'));
+const started = performance.now();
+try {
+  await topologyBench(dir);
+  await scaleBench(dir);
+  printTable();
+  console.log(`\n(${((performance.now() - started) / 1000).toFixed(0)} s in all)`);
+} finally {
+  await rm(dir, { recursive: true, force: true });
+}
