@@ -104,11 +104,11 @@ describe('Agent', () => {
     k.conntrack.flows = [flow(1, ids['isp-a']!), flow(2, ids['isp-b']!)];
     await agent.setHealth('isp-a', { healthy: false, since: new Date() });
     expect(k.conntrack.flows.map((f) => f.id)).toEqual([2]);
-    const choose = /chain choose1 \{\n([^}]*)\}/.exec(k.nft.dump())![1]!;
+    const choose = /chain choose_any \{\n([^}]*)\}/.exec(k.nft.dump())![1]!;
     expect(choose).not.toMatch(/isp_a/);
     expect(agent.report().uplinks.find((u) => u.name === 'isp-a')!.healthy).toBe(false);
     await agent.setHealth('isp-a', { healthy: true, since: new Date() });
-    expect(/chain choose1 \{\n([^}]*)\}/.exec(k.nft.dump())![1]).toMatch(/isp_a/);
+    expect(/chain choose_any \{\n([^}]*)\}/.exec(k.nft.dump())![1]).toMatch(/isp_a/);
     await agent.stop();
   });
 

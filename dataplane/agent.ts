@@ -9,7 +9,7 @@ import type { GatewayConfig } from './config.ts';
 import type { Conntrack, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
-import { elementOperations, planSync } from './nft/nftables.ts';
+import { elementOperations, namesOf, planSync } from './nft/nftables.ts';
 import type { Table } from './nft/model.ts';
 import { trace } from './nft/trace.ts';
 import {
@@ -289,7 +289,11 @@ export class Agent {
         full = false;
         await this.#o.nft.run(flowMapChanges(this.#applied.rendered.table, rendered.table));
       } else {
-        await this.#o.nft.run(planSync(rendered.table, await this.#o.nft.list()));
+        // After a sync of its own the agent knows what the table holds; listing it costs more
+        // than the transaction on a large table, so only a fresh or failed agent asks the kernel.
+        await this.#o.nft.run(
+          planSync(rendered.table, this.#applied ? namesOf(this.#applied.rendered.table) : await this.#o.nft.list()),
+        );
       }
       await this.#o.routing
         .remove(routing.remove)

@@ -182,36 +182,32 @@ export class ExecConntrack implements Conntrack {
   }
 
   watch(onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void {
-    const children: ChildProcess[] = [];
-    for (const family of ['ipv4', 'ipv6']) {
-      const child = spawn(
-        this.#conntrack[0]!,
-        [
-          ...this.#conntrack.slice(1),
-          '-E',
-          '-f',
-          family,
-          '-e',
-          'NEW,DESTROY',
-          '-o',
-          'id,extended',
-          '--buffer-size',
-          '8388608',
-        ],
-        {
-          stdio: ['ignore', 'pipe', 'pipe'],
-        },
-      );
-      children.push(child);
+    const children = new Set<ChildProcess>();
+    let stopped = false;
+    const start = (family: string) => {
+      const args = ['-E', '-f', family, '-e', 'NEW,DESTROY', '-o', 'id,extended', '--buffer-size', '8388608'];
+      const child = spawn(this.#conntrack[0]!, [...this.#conntrack.slice(1), ...args], {
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
+      children.add(child);
       createInterface({ input: child.stdout! }).on('line', (line) => {
         const event = parseConntrackLine(line);
         if (event) onEvent(event);
       });
       child.on('error', onError);
+      // conntrack exits with 0 on SIGTERM, so only `stopped` tells an asked-for end from a failure.
       child.on('exit', (code, signal) => {
-        if (signal !== 'SIGTERM') onError(new Error(`conntrack -E exited (${code ?? signal})`));
+        children.delete(child);
+        if (stopped) return;
+        onError(new Error(`conntrack -E -f ${family} exited (${code ?? signal}); restarting it`));
+        setTimeout(() => stopped || start(family), 1000).unref();
       });
-    }
-    return () => children.forEach((child) => child.kill('SIGTERM'));
+    };
+    start('ipv4');
+    start('ipv6');
+    return () => {
+      stopped = true;
+      for (const child of children) child.kill('SIGTERM');
+    };
   }
 }

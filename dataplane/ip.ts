@@ -1,6 +1,7 @@
 // Address arithmetic for sets of prefixes: the kernel rejects an interval set whose elements
 // overlap, and the packet tracer needs containment.
-import { addressToBytes, bytesToAddress } from '../proto/index.ts';
+// Not through proto's entry point, which brings the generated protocol code (tens of MiB) along.
+import { addressToBytes, bytesToAddress } from '../proto/address.ts';
 import { parsePrefix, type Prefix } from './config.ts';
 
 function toBigInt(address: string): bigint {

@@ -142,7 +142,7 @@ export function render(input: RenderInput): Rendered {
     const key = `${allowed?.join(',') ?? '*'}|${preferred?.join(',') ?? ''}`;
     let name = choices.get(key);
     if (!name) {
-      name = `choose${choices.size}`;
+      name = allowed || preferred ? `choose${choices.size}` : 'choose_any';
       choices.set(key, name);
       const rules = families.flatMap((f) =>
         familyPickRules(
@@ -164,17 +164,42 @@ export function render(input: RenderInput): Rendered {
 
   const verdictOf = (rule: CompiledRule): Statement[] =>
     rule.action === 'Deny' ? drop : [{ kind: 'counter' }, goto(choiceChain(rule))];
-  const defaultVerdict = (): Statement[] => (config.defaultAction === 'Deny' ? drop : [goto(choiceChain())]);
-  const policyRules = (rules: CompiledRule[]): Rule[] => [
-    ...rules.flatMap((rule) => ruleMatches(rule, sourceSetOf(rule)).map((match) => ({ match, then: verdictOf(rule) }))),
-    { match: [], then: defaultVerdict() },
+  const rulesOf = (rule: CompiledRule): Rule[] =>
+    ruleMatches(rule, sourceSetOf(rule)).map((match) => ({ match, then: verdictOf(rule) }));
+  const defaultVerdict: Rule = { match: [], then: config.defaultAction === 'Deny' ? drop : [goto(choiceChain())] };
+
+  // Rules are evaluated in the config's order. Each run of rules that name no application is one
+  // shared chain; `pod_rules` jumps through every run, and the chain of an application class
+  // (the application rules one application matches) jumps through them with that class's rules
+  // in between. Every verdict is final (uplink chains accept), so a run that matches nothing
+  // returns to the next step. A class thus costs a rule per run and per rule of its own.
+  const steps: Array<{ run: string } | { rule: CompiledRule }> = [];
+  let run: Chain | undefined;
+  for (const rule of config.rules) {
+    if (rule.applications) {
+      steps.push({ rule });
+      run = undefined;
+      continue;
+    }
+    if (!run) {
+      run = { name: `rules${steps.length}`, rules: [] };
+      chains.push(run);
+      steps.push({ run: run.name });
+    }
+    run.rules.push(...rulesOf(rule));
+  }
+  const ruleChain = (matched: readonly CompiledRule[]): Rule[] => [
+    ...steps.flatMap((step) =>
+      'run' in step
+        ? [{ match: [], then: [{ kind: 'jump', chain: step.run } as Statement] }]
+        : matched.includes(step.rule)
+          ? rulesOf(step.rule)
+          : [],
+    ),
+    defaultVerdict,
   ];
+  chains.push({ name: 'pod_rules', rules: ruleChain([]) });
 
-  const podRules = config.rules.filter((r) => !r.applications);
-  chains.push({ name: 'pod_rules', rules: policyRules(podRules) });
-
-  // A class is the set of application rules an application matches; its chain evaluates those
-  // together with the pod-level rules, in the config's order.
   const classes = new Map<string, string>();
   const assocElements: Record<Family, string[]> = { 4: [], 6: [] };
   for (const assoc of input.associations ?? []) {
@@ -185,7 +210,7 @@ export function render(input: RenderInput): Rendered {
     if (!name) {
       name = `class${classes.size}`;
       classes.set(key, name);
-      chains.push({ name, rules: policyRules(config.rules.filter((r) => !r.applications || matched.includes(r))) });
+      chains.push({ name, rules: ruleChain(matched) });
     }
     assocElements[familyOf(assoc.sourceAddress)].push(flowElement(assoc, name));
   }
@@ -214,6 +239,8 @@ export function render(input: RenderInput): Rendered {
         then.push({ match: [family(f)], then: [{ kind: 'updateSet', family: f, set: stickySet(id, f) }] });
       }
     }
+    // Final: the rule chains are jumped to, and a chosen flow must not go on to later rules.
+    then.push({ match: [], then: [{ kind: 'verdict', verdict: 'accept' }] });
     chains.push({ name: uplinkChain(uplink.name), rules: then });
     chains.push(...snatChains(uplink));
   }

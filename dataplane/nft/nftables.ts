@@ -45,6 +45,16 @@ export interface Nftables {
 
 const ref = `${tableFamily} ${tableName}`;
 
+/** What a table made exactly as `table` holds, as `list` would name it. */
+export function namesOf(table: Table): TableNames {
+  return {
+    chains: table.chains.map((c) => c.name),
+    sets: table.sets.filter((s) => !s.map).map((s) => s.name),
+    maps: table.sets.filter((s) => s.map).map((s) => s.name),
+    objects: table.objects.map(({ kind, name }) => ({ kind, name })),
+  };
+}
+
 export function operationText(o: Operation): string {
   switch (o.what) {
     case 'table':
