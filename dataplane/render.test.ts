@@ -173,9 +173,14 @@ describe('a new flow traced through the rendered rules', () => {
     expect(later.mark).toBe(mark);
     // Active FTP: the server's data connection comes in through the uplink and inherits the
     // control flow's mark; it goes to the pod by the main table, the pod's answers by the uplink.
-    const inbound = { ...tcp('203.0.113.10', '100.64.1.2', 40000, 20), isNew: false, ctMark: mark };
+    const inbound = { ...tcp('203.0.113.10', '100.64.1.2', 40000, 20), ctMark: mark, ctStatus: ['dnat' as const] };
     expect(trace(table, 'prerouting', inbound).mark).toBe(0);
-    const answer = { ...tcp('10.244.1.7', '203.0.113.10', 20, 40000), direction: 'reply' as const, ctMark: mark };
+    const answer = {
+      ...tcp('10.244.1.7', '203.0.113.10', 20, 40000),
+      direction: 'reply' as const,
+      ctMark: mark,
+      ctStatus: ['dnat' as const],
+    };
     expect(trace(table, 'prerouting', answer).mark).toBe(mark);
     expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 21)).helper).toBe('ftp4');
     expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 443)).timeout).toBe('tcp4_7440_240');

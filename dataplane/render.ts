@@ -246,17 +246,39 @@ export function render(input: RenderInput): Rendered {
   }
 
   const objects = conntrackObjects(config);
+  const restore: Statement[] = [{ kind: 'restoreMark', mask: markMask }, ret];
   const prerouting: Rule[] = [
-    // Only packets from the pods are routed by uplink; whatever comes to them is routed by the
-    // main table. That includes the replies of the pods' flows, and the pods' answers to flows
-    // that came in through an uplink (active FTP data), which do carry their uplink's mark.
+    // Packets of flows conntrack knows are decided by their direction and translation alone, so
+    // that the bulk of the traffic passes a single rule. The pods' flows keep the uplink in their
+    // mark (FTP data and ICMP errors inherit their flow's); their replies go back to the pod by
+    // the main table. A flow that came in through an uplink for a pod (active FTP data, which the
+    // kernel translates to the pod) is the other way round: its packets from the pod are replies.
+    {
+      match: [
+        { kind: 'ctDirection', direction: 'original' },
+        { kind: 'ctStatus', status: 'dnat', negate: true },
+        { kind: 'ctMarkSet', mask: markMask },
+      ],
+      then: restore,
+    },
+    {
+      match: [
+        { kind: 'ctDirection', direction: 'reply' },
+        { kind: 'ctStatus', status: 'dnat', negate: true },
+      ],
+      then: [ret],
+    },
+    {
+      match: [
+        { kind: 'ctDirection', direction: 'reply' },
+        { kind: 'ctMarkSet', mask: markMask },
+      ],
+      then: restore,
+    },
     ...families.map((f) => ({
       match: [family(f), { kind: 'saddr', family: f, set: `sources${f}`, negate: true } as Match],
       then: [ret],
     })),
-    // A flow keeps the uplink it was given; FTP data and ICMP errors inherit their flow's mark.
-    { match: [{ kind: 'ctMarkSet', mask: markMask }], then: [{ kind: 'restoreMark', mask: markMask }, ret] },
-    { match: [{ kind: 'ctDirection', direction: 'reply' }], then: [ret] },
     { match: [{ kind: 'ctStateNew', negate: true }], then: [ret] },
     ...families.map((f) => ({
       match: [family(f), { kind: 'daddr', family: f, set: `bypass${f}` } as Match],
@@ -305,16 +327,19 @@ export function render(input: RenderInput): Rendered {
   chains.push({
     name: 'guard',
     base: { type: 'filter', hook: 'postrouting', priority: 300 },
-    rules: uplinks.flatMap((u) =>
-      families.map((f) => ({
-        match: [
-          { kind: 'oifname', name: u.interface },
-          family(f),
-          { kind: 'saddr', family: f, set: `sources${f}` } as Match,
-        ],
-        then: drop,
-      })),
-    ),
+    rules: [
+      { match: [{ kind: 'ctStatus', status: 'snat' }], then: [ret] },
+      ...uplinks.flatMap((u) =>
+        families.map((f) => ({
+          match: [
+            { kind: 'oifname', name: u.interface } as Match,
+            family(f),
+            { kind: 'saddr', family: f, set: `sources${f}` } as Match,
+          ],
+          then: drop,
+        })),
+      ),
+    ],
   });
 
   const routes = uplinks.map((u) => {

@@ -16,6 +16,8 @@ export type Match =
   | { kind: 'dport'; ranges: Array<[number, number]> }
   | { kind: 'ctDirection'; direction: 'original' | 'reply' }
   | { kind: 'ctStateNew'; negate?: boolean }
+  /** Whether conntrack translated the flow's source (snat) or destination (dnat). */
+  | { kind: 'ctStatus'; status: 'snat' | 'dnat'; negate?: boolean }
   /** `ct mark & mask != 0`: the flow already has an uplink. */
   | { kind: 'ctMarkSet'; mask: number }
   /** `meta mark & mask == value` */
@@ -110,6 +112,8 @@ export function renderMatch(m: Match): string {
       return `ct direction ${m.direction}`;
     case 'ctStateNew':
       return `ct state ${m.negate ? '!= ' : ''}new`;
+    case 'ctStatus':
+      return `ct status & ${m.status} == ${m.negate ? '0' : m.status}`;
     case 'ctMarkSet':
       return `ct mark & ${hex(m.mask)} != 0x00000000`;
     case 'mark':

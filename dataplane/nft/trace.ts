@@ -14,6 +14,8 @@ export interface Packet {
   direction?: 'original' | 'reply';
   /** Whether conntrack sees the first packet of a flow. */
   isNew?: boolean;
+  /** The translations conntrack holds for the flow. */
+  ctStatus?: Array<'snat' | 'dnat'>;
   ctMark?: number;
   mark?: number;
   oifname?: string;
@@ -84,6 +86,8 @@ export function trace(
         return (packet.direction ?? 'original') === m.direction;
       case 'ctStateNew':
         return (packet.isNew ?? true) !== (m.negate ?? false);
+      case 'ctStatus':
+        return (packet.ctStatus ?? []).includes(m.status) !== (m.negate ?? false);
       case 'ctMarkSet':
         return (state.ctMark & m.mask) !== 0;
       case 'mark':
