@@ -77,6 +77,8 @@ export interface AgentOptions {
   log: Logger;
   /** How often LeastLoaded weights are recomputed from the flow counts. */
   rebalanceMs?: number;
+  /** How often the flow table is listed afresh from conntrack. */
+  relistMs?: number;
 }
 
 const icmpTimeoutSysctls = ['net/netfilter/nf_conntrack_icmp_timeout', 'net/netfilter/nf_conntrack_icmpv6_timeout'];
@@ -96,6 +98,7 @@ export class Agent {
   #rebalance: NodeJS.Timeout | undefined;
   #lastCounts = '';
   #expiry: NodeJS.Timeout | undefined;
+  #relist: NodeJS.Timeout | undefined;
 
   constructor(options: AgentOptions) {
     this.#o = options;
@@ -115,6 +118,15 @@ export class Agent {
     );
     this.#rebalance = setInterval(() => this.#maybeRebalance(), this.#o.rebalanceMs ?? 1000);
     this.#rebalance.unref();
+    // Events can be lost (a full socket buffer, a restarted watcher) and closing flows stay in
+    // the table until they are destroyed: a periodic listing keeps the counts true.
+    this.#relist = setInterval(() => {
+      this.#o.conntrack
+        .list()
+        .then((flows) => this.flows.replace(flows))
+        .catch((error: Error) => this.#o.log.error('Failed to list conntrack flows', { error: error.message }));
+    }, this.#o.relistMs ?? 10_000);
+    this.#relist.unref();
     await this.sync();
   }
 
@@ -238,6 +250,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.#stopWatch?.();
     clearInterval(this.#rebalance);
+    clearInterval(this.#relist);
     clearTimeout(this.#expiry);
     await this.#queue;
   }

@@ -174,6 +174,8 @@ export class ExecConntrack implements Conntrack {
       const { code, stdout, stderr } = await exec(this.#conntrack, ['-L', '-f', family, '-o', 'id,extended']);
       if (code !== 0) throw new Error(`conntrack -L failed: ${stderr.trim()}`);
       for (const line of stdout.split('\n')) {
+        // A TCP flow that is closing holds its entry for a while but is no longer active.
+        if (/ (TIME_WAIT|CLOSE|LAST_ACK|FIN_WAIT|CLOSE_WAIT) /.test(line)) continue;
         const event = parseConntrackLine(line);
         if (event?.flow.uplink) flows.push(event.flow);
       }

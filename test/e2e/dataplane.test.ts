@@ -125,6 +125,11 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'naat-dataplane-e2e-'));
   servers.push(await startWhoami(t, whoamiPort), await startStreamServer(t, streamPort));
   await writeFile(join(dir, 'gateway.json'), JSON.stringify(config()));
+  // Someone else's table, which naat must leave alone.
+  await t.exec(t.ns.gw, [
+    'nft',
+    'add table inet other; add chain inet other c { type filter hook forward priority 0; }',
+  ]);
   agent = startAgent();
   await until('the agent', async () => ((await status()).appliedHash ? true : undefined));
   await healthyAll();
@@ -141,6 +146,40 @@ afterAll(async () => {
 });
 
 describe('the dataplane agent on a gateway node', () => {
+  it('sends new flows to the least loaded uplinks in LeastLoaded mode', async () => {
+    // First, while no other flows count: load isp1 with long transfers that a rule keeps there.
+    await apply(
+      config((c) => {
+        c.balancing = { mode: 'LeastLoaded' };
+        (c.rules as unknown[]).push({
+          policy: 'e2e/load',
+          rule: 'streams-via-isp1',
+          priority: 2,
+          sources: ['10.244.0.0/16'],
+          destinations: [{ protocol: 'TCP', ports: [{ port: streamPort }] }],
+          action: 'Allow',
+          uplinks: { allowed: ['isp1'] },
+        });
+      }),
+    );
+    const transfers = Array.from({ length: 40 }, () =>
+      startTransfer(t, t.ns.pods[1]!, server.v4, streamPort, { seconds: 6, bytesPerSecond: 1000 }),
+    );
+    await Promise.all(transfers.map((transfer) => transfer.receiving));
+    await until('isp1 counted busy', async () =>
+      (await status()).uplinks.find((u) => u.name === 'isp1')!.activeFlows >= 40 ? true : undefined,
+    );
+    await new Promise((r) => setTimeout(r, 1500));
+    const { answers, failures } = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, 300);
+    expect(failures).toBe(0);
+    // Weighted would give isp1 a quarter of them.
+    const isp1 = (countByAddress(answers)[uplinkAddress(1).v4] ?? 0) / answers.length;
+    console.log(`LeastLoaded gave the loaded isp1 ${(isp1 * 100).toFixed(1)} % of new flows (Weighted: 25 %)`);
+    expect(isp1).toBeLessThan(0.08);
+    await Promise.all(transfers.map((transfer) => transfer.result));
+    await apply(config());
+  });
+
   it('balances 1:1:2 over the uplinks, and the server sees only uplink addresses', async () => {
     const { answers, failures } = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, 1200, { concurrency: 50 });
     expect(failures).toBe(0);
@@ -245,29 +284,25 @@ describe('the dataplane agent on a gateway node', () => {
     await healthyAll();
     const transfer = startTransfer(t, t.ns.pods[1]!, server.v4, streamPort, { seconds: 10, idleTimeoutMs: 3000 });
     await transfer.receiving;
-    const streamFlows = async () => {
-      const { stdout } = await t.exec(t.ns.gw, [
-        'conntrack',
-        '-L',
-        '-p',
-        'tcp',
-        '--dport',
-        String(streamPort),
-        '-o',
-        'id,extended',
-      ]);
-      return stdout.split('\n').flatMap((line) => parseConntrackLine(line)?.flow ?? []);
+    const transferFlow = async () => {
+      const argv = ['conntrack', '-L', '-p', 'tcp', '--dport', String(streamPort), '--state', 'ESTABLISHED'];
+      const { stdout } = await t.exec(t.ns.gw, [...argv, '-o', 'id,extended']);
+      return stdout.split('\n').flatMap((line) => parseConntrackLine(line)?.flow ?? [])[0];
     };
-    const [flow] = await streamFlows();
-    const uplink = (await status()).uplinks.find((u) => u.id === flow!.uplink)!;
-    expect(flow!.mappedAddress).toBe(uplinkAddress(Number(uplink.name.slice(3))).v4);
-    await t.failUplink(Number(uplink.name.slice(3)));
-    const failedAt = Date.now();
-    await until('the flow deleted', async () => ((await streamFlows()).length === 0 ? true : undefined), 5000);
-    console.log(`the flow pinned to ${uplink.name} was deleted ${Date.now() - failedAt} ms after it failed`);
-    expect(Date.now() - failedAt).toBeLessThan(1500);
-    expect((await transfer.result).ok).toBe(false);
-    await t.restoreUplink(Number(uplink.name.slice(3)));
+    const flow = (await transferFlow())!;
+    const uplink = (await status()).uplinks.find((u) => u.id === flow.uplink)!;
+    const n = Number(uplink.name.slice(3));
+    expect(flow.mappedAddress).toBe(uplinkAddress(n).v4);
+    await t.failUplink(n);
+    try {
+      const failedAt = Date.now();
+      await until('the flow deleted', async () => ((await transferFlow())?.id !== flow.id ? true : undefined), 5000);
+      console.log(`the flow pinned to ${uplink.name} was deleted ${Date.now() - failedAt} ms after it failed`);
+      expect(Date.now() - failedAt).toBeLessThan(1500);
+      expect((await transfer.result).ok).toBe(false);
+    } finally {
+      await t.restoreUplink(n);
+    }
   });
 
   it('keeps an established transfer going while the agent is killed and restarted', async () => {
@@ -293,5 +328,6 @@ describe('the dataplane agent on a gateway node', () => {
     expect(await rules()).not.toMatch(/7700:/);
     expect((await t.exec(t.ns.gw, ['ip', 'route', 'show', 'table', 'all'])).stdout).not.toMatch(/table 77\d\d/);
     expect(await rules()).toMatch(/lookup main/);
+    expect((await t.exec(t.ns.gw, ['nft', 'list', 'table', 'inet', 'other'])).stdout).toMatch(/hook forward/);
   });
 });
