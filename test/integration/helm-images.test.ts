@@ -71,7 +71,9 @@ function outputs(s: Stage): string[] {
       const parts = args.split(/\s+/).filter((part) => !part.startsWith('--'));
       const destination = posix.resolve(workdir, parts.at(-1)!);
       for (const source of parts.slice(0, -1)) {
-        made.push(parts.at(-1)!.endsWith('/') && source !== '.' ? posix.join(destination, posix.basename(source)) : destination);
+        made.push(
+          parts.at(-1)!.endsWith('/') && source !== '.' ? posix.join(destination, posix.basename(source)) : destination,
+        );
       }
     }
     if (keyword === 'RUN' && /\bnpm install\b/.test(args)) made.push(posix.join(workdir, 'node_modules'));
