@@ -173,6 +173,9 @@ export class Agent {
     const table = this.#applied?.rendered.table;
     if (!table) return;
     for (const a of associations) {
+      // Only flows that leave through an uplink: a flow to the node itself or a bypassed
+      // destination is not the gateway's to end.
+      if (!this.flows.fromSource(a.transport, a.sourceAddress, a.sourcePort)) continue;
       if (!a.destinationAddress || !a.destinationPort) continue;
       const verdict = trace(table, 'prerouting', {
         family: a.sourceAddress.includes(':') ? 6 : 4,

@@ -49,6 +49,16 @@ export const GatewayConfig = Type.Object({
   balancing: Balancing,
   timeouts: Timeouts,
   defaultAction: Type.Union([Type.Literal('Allow'), Type.Literal('Deny')], { default: 'Allow' }),
+  association: Type.Optional(
+    Type.Object({
+      port: Type.Integer({ minimum: 1, maximum: 65535, default: 7740 }),
+      unassociatedFlows: Type.Union([Type.Literal('PodRules'), Type.Literal('Hold')], { default: 'PodRules' }),
+      sidecarSources: Type.Array(Prefix, {
+        description: 'Addresses of the pods that run the sidecar: Hold applies to them, not to pods without one.',
+        default: [],
+      }),
+    }),
+  ),
   rules: Type.Array(CompiledRule, {
     description: 'In evaluation order: the first rule that matches a flow decides.',
     default: [],
@@ -82,6 +92,7 @@ function semanticProblems(config: GatewayConfig): string[] {
   };
   config.sources.forEach((s, i) => prefix(`sources[${i}]`, s));
   config.bypass.forEach((s, i) => prefix(`bypass[${i}]`, s));
+  config.association?.sidecarSources.forEach((s, i) => prefix(`association.sidecarSources[${i}]`, s));
   const names = new Set<string>();
   config.uplinks.forEach((uplink, i) => {
     const at = `uplinks[${i}]`;

@@ -67,8 +67,12 @@ export function parseConntrackLine(line: string, now = new Date()): FlowEvent | 
  * naat's flows by conntrack id, bounded: past `limit` the oldest are forgotten (and counted), so a
  * flood of flows cannot grow the agent without bound.
  */
+const sourceKey = (protocol: string, address: string, port: number | undefined) => `${protocol} ${address} ${port}`;
+
 export class FlowTable {
   readonly #flows = new Map<number, Flow>();
+  /** The flow of each (protocol, source address, source port), for associations to find theirs. */
+  readonly #bySource = new Map<string, Flow>();
   readonly #limit: number;
   dropped = 0;
 
@@ -78,20 +82,36 @@ export class FlowTable {
 
   apply(event: FlowEvent): void {
     if (event.type === 'destroy') {
-      this.#flows.delete(event.flow.id);
+      this.#forget(event.flow.id);
       return;
     }
-    if (!event.flow.uplink) return;
-    this.#flows.set(event.flow.id, event.flow);
+    const flow = event.flow;
+    if (!flow.uplink) return;
+    this.#flows.set(flow.id, flow);
+    this.#bySource.set(sourceKey(flow.protocol, flow.source, flow.sourcePort), flow);
     if (this.#flows.size > this.#limit) {
-      this.#flows.delete(this.#flows.keys().next().value!);
+      this.#forget(this.#flows.keys().next().value!);
       this.dropped++;
     }
   }
 
+  #forget(id: number): void {
+    const flow = this.#flows.get(id);
+    if (!flow) return;
+    this.#flows.delete(id);
+    const key = sourceKey(flow.protocol, flow.source, flow.sourcePort);
+    if (this.#bySource.get(key)?.id === id) this.#bySource.delete(key);
+  }
+
   replace(flows: Flow[]): void {
     this.#flows.clear();
+    this.#bySource.clear();
     for (const flow of flows) this.apply({ type: 'new', flow });
+  }
+
+  /** The open flow from this source address and port, if naat routes one. */
+  fromSource(protocol: string, address: string, port: number): Flow | undefined {
+    return this.#bySource.get(sourceKey(protocol, address, port));
   }
 
   get size(): number {

@@ -3,6 +3,7 @@
 //
 //   node dataplane/main.ts run --config /etc/naat/gateway.yaml [--node NAME] [--listen ADDR:PORT]
 //                              [--report]   # write this node's uplink health into Uplink status
+//                              [--naa-listen ADDR:PORT]   # where the sidecars' NAA streams arrive
 //   node dataplane/main.ts remove        # takes away everything naat put in the kernel
 //
 // The file is re-read when it changes; an invalid version is reported and the last good one
@@ -19,7 +20,8 @@ import { ExecConntrack } from './conntrack.ts';
 import { renderMetrics } from './metrics.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import { HealthMonitor, IpLinkReader } from './probe.ts';
-import { localUplinks } from './render.ts';
+import type { AssociationEntry } from './naa/table.ts';
+import { localUplinks, type FlowAssociation } from './render.ts';
 import { ExecRouting } from './routing.ts';
 
 const log: Logger = {
@@ -36,6 +38,7 @@ const { positionals, values } = parseArgs({
     listen: { type: 'string', default: '127.0.0.1:7741' },
     'reload-ms': { type: 'string', default: '1000' },
     report: { type: 'boolean', default: false },
+    'naa-listen': { type: 'string' },
     'report-ms': { type: 'string', default: '5000' },
   },
 });
@@ -111,6 +114,7 @@ async function run(): Promise<void> {
   }, Number(values['reload-ms']));
 
   const report = values.report ? await startReporting(agent) : undefined;
+  const naa = config.association ? await startNaa(agent, config.association.port) : undefined;
   const server = serve(agent);
   const stop = async (signal: string) => {
     log.info('Stopping; the kernel keeps the ruleset', { signal });
@@ -118,11 +122,47 @@ async function run(): Promise<void> {
     clearInterval(report);
     monitor.stop();
     server.close();
+    await naa?.close();
     await agent.stop();
     process.exit(0);
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+/**
+ * The NAA server: sidecars of the pods on this node stream which application owns each socket.
+ * Streams are authenticated against the apiserver (TokenReview), so it needs the cluster.
+ */
+async function startNaa(agent: Agent, port: number): Promise<{ close(): Promise<void> }> {
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const { NaaServer } = await import('./naa/server.ts');
+  const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromDefault();
+  const server = new NaaServer({
+    authenticator: new TokenReviewAuthenticator(kubeConfig, values.node),
+    sink: {
+      apply: ({ upsert, remove }) => agent.associate(upsert.map(flowAssociation), remove.map(flowAssociation)),
+    },
+    log: (msg, fields) => log.info(msg, fields),
+  });
+  const address = values['naa-listen'] ?? `0.0.0.0:${port}`;
+  await server.listen(address);
+  log.info('Listening for NAA streams', { address });
+  return server;
+}
+
+function flowAssociation(entry: AssociationEntry): FlowAssociation {
+  return {
+    transport: entry.transport,
+    sourceAddress: entry.sourceAddress,
+    sourcePort: entry.sourcePort,
+    application: entry.application,
+    ...(entry.destinationAddress ? { destinationAddress: entry.destinationAddress } : {}),
+    ...(entry.destinationPort ? { destinationPort: entry.destinationPort } : {}),
+    pod: { namespace: entry.pod.namespace, name: entry.pod.name },
+  };
 }
 
 /** In a cluster: this node's view of its uplinks goes into their status for the operator to aggregate. */
@@ -153,6 +193,10 @@ function serve(agent: Agent): Server {
     if (req.url === '/status') {
       res.setHeader('content-type', 'application/json');
       return void res.end(`${JSON.stringify(report, null, 2)}\n`);
+    }
+    if (req.url === '/flows') {
+      res.setHeader('content-type', 'application/json');
+      return void res.end(`${JSON.stringify(agent.attribution(), null, 2)}\n`);
     }
     if (req.url === '/metrics') {
       res.setHeader('content-type', 'text/plain; version=0.0.4');

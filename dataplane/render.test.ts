@@ -140,6 +140,19 @@ describe('a new flow traced through the rendered rules', () => {
     expect(trace(withoutCurl, 'prerouting', tcp('10.244.1.2', '198.51.100.5', 8080, 40000)).verdict).toBe('accept');
   });
 
+  it('holds the flows of a pod with the sidecar until their association arrives, in Hold mode', () => {
+    const config = withConfig(
+      (c) => (c.association = { port: 7740, unassociatedFlows: 'Hold', sidecarSources: ['10.244.1.2'] }),
+    );
+    const node = { ...curl, sourcePort: 40002, application: app('node') };
+    const table = render(input(config, { associations: [curl, node] })).table;
+    expect(trace(table, 'prerouting', tcp('10.244.1.2', '203.0.113.10', 443, 40001)).verdict).toBe('drop');
+    // Known, though no rule names it: the pod's rules decide.
+    expect(trace(table, 'prerouting', tcp('10.244.1.2', '203.0.113.10', 443, 40002)).verdict).toBe('accept');
+    expect(trace(table, 'prerouting', tcp('10.244.1.2', '203.0.113.10', 443, 40000)).verdict).toBe('accept');
+    expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 443, 40001)).verdict).toBe('accept');
+  });
+
   it('keeps to the allowed uplinks, preferring isp-b regardless of tier and falling back to the backup', () => {
     const packet = tcp('10.244.2.2', '192.0.2.1', 80);
     expect(shares(input(), packet)).toEqual({ 'isp-b': 1 });

@@ -120,6 +120,8 @@ export function render(input: RenderInput): Rendered {
     addressSet(`sources${f}`, f, config.sources);
     addressSet(`bypass${f}`, f, config.bypass);
   }
+  const hold = config.association?.unassociatedFlows === 'Hold';
+  if (hold) for (const f of families) addressSet(`held${f}`, f, config.association!.sidecarSources);
 
   // Rules of one policy share their sources; one set per distinct source list keeps elements few.
   const sourceSets = new Map<string, string>();
@@ -204,7 +206,12 @@ export function render(input: RenderInput): Rendered {
   const assocElements: Record<Family, string[]> = { 4: [], 6: [] };
   for (const assoc of input.associations ?? []) {
     const matched = config.rules.filter((r) => r.applications?.some((m) => matchesApplication(m, assoc.application)));
-    if (!matched.length) continue;
+    // A known application that no rule names gets the pod's rules, like an unknown one, but it
+    // is known: in Hold mode that lets it through.
+    if (!matched.length) {
+      if (hold) assocElements[familyOf(assoc.sourceAddress)].push(flowElement(assoc, 'pod_rules'));
+      continue;
+    }
     const key = matched.map((r) => config.rules.indexOf(r)).join(',');
     let name = classes.get(key);
     if (!name) {
@@ -303,6 +310,14 @@ export function render(input: RenderInput): Rendered {
       match: [family(f)],
       then: [{ kind: 'lookupFlow', family: f, map: `flows${f}` } as Statement],
     })),
+    // Hold: a flow of a pod with the sidecar waits (its packets are dropped, so TCP retransmits
+    // its SYN) until its association says which application it is.
+    ...(hold
+      ? families.map((f) => ({
+          match: [family(f), { kind: 'saddr', family: f, set: `held${f}` } as Match],
+          then: drop,
+        }))
+      : []),
     { match: [], then: [goto('pod_rules')] },
   ];
   chains.unshift({
