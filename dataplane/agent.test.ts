@@ -166,6 +166,20 @@ describe('Agent', () => {
       [],
     );
     expect(k.conntrack.flows.map((f) => f.id)).toEqual([2]);
+    expect(
+      agent.verdictFor({ ...curl, sourcePort: 40000, destinationAddress: '198.51.100.5', destinationPort: 8080 }),
+    ).toEqual({ allowed: false, rule: 'shop/curl#no-curl-to-docs' });
+    const verdict = agent.verdictFor({
+      ...curl,
+      sourcePort: 50000,
+      destinationAddress: '203.0.113.10',
+      destinationPort: 443,
+    });
+    expect(verdict?.allowed).toBe(true);
+    expect(['isp-a', 'isp-b']).toContain(verdict?.uplink);
+    expect(verdict?.rule).toBeUndefined();
+    // An unconnected socket sends anywhere: there is no single verdict for it.
+    expect(agent.verdictFor({ ...curl, sourcePort: 50001 })).toBeUndefined();
     const attributed = agent.attribution().find((f) => f.id === 2)!;
     expect(attributed).toMatchObject({
       uplinkName: 'isp-a',

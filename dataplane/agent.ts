@@ -16,7 +16,10 @@ import {
   allocateUplinkIds,
   leastLoadedCounts,
   localUplinks,
+  markMask,
+  markShift,
   render,
+  ruleName,
   type FlowAssociation,
   type Rendered,
 } from './render.ts';
@@ -54,6 +57,13 @@ export interface AttributedFlow extends Flow {
   uplinkName: string | undefined;
   application?: FlowAssociation['application'];
   pod?: { namespace: string; name: string };
+}
+
+export interface AssociationVerdict {
+  allowed: boolean;
+  uplink?: string;
+  /** namespace/name#rule of the policy rule that decided; absent for the default action. */
+  rule?: string;
 }
 
 export interface UplinkHealthState {
@@ -193,6 +203,36 @@ export class Agent {
           application: a.application.processName,
         });
     }
+  }
+
+  /**
+   * What the gateway does with new flows of this association now: allowed or denied, through
+   * which uplink, by which rule (the default action when none). Undefined for an unconnected
+   * socket, whose destinations vary.
+   */
+  verdictFor(a: FlowAssociation): AssociationVerdict | undefined {
+    const table = this.#applied?.rendered.table;
+    if (!table || !a.destinationAddress || !a.destinationPort) return undefined;
+    const result = trace(table, 'prerouting', {
+      family: a.sourceAddress.includes(':') ? 6 : 4,
+      saddr: a.sourceAddress,
+      daddr: a.destinationAddress,
+      protocol: a.transport,
+      sport: a.sourcePort,
+      dport: a.destinationPort,
+    });
+    const id = (result.ctMark & markMask) >>> markShift;
+    const uplink = [...this.#ids].find(([, value]) => value === id)?.[0];
+    return {
+      allowed: result.verdict === 'accept',
+      ...(result.verdict === 'accept' && uplink ? { uplink } : {}),
+      ...(result.rule ? { rule: result.rule } : {}),
+    };
+  }
+
+  /** The config the kernel holds now. */
+  get config(): GatewayConfig | undefined {
+    return this.#config;
   }
 
   /** The flows leaving through the uplinks, with the application and pod behind each when known. */

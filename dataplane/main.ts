@@ -107,6 +107,7 @@ async function run(): Promise<void> {
       config = parseConfig(next);
       monitor.update(localUplinks(config, values.node!));
       await agent.configure(config);
+      naa?.pushPolicies();
       log.info('Applied a new gateway config', { gateway: config.gateway, hash: config.hash });
     } catch (error) {
       log.error('Kept the last good gateway config', { error: (error as Error).message });
@@ -134,16 +135,19 @@ async function run(): Promise<void> {
  * The NAA server: sidecars of the pods on this node stream which application owns each socket.
  * Streams are authenticated against the apiserver (TokenReview), so it needs the cluster.
  */
-async function startNaa(agent: Agent, port: number): Promise<{ close(): Promise<void> }> {
+async function startNaa(agent: Agent, port: number): Promise<{ close(): Promise<void>; pushPolicies(): void }> {
   const { KubeConfig } = await import('@kubernetes/client-node');
   const { NaaServer } = await import('./naa/server.ts');
   const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
+  const { effectivePolicy } = await import('./naa/policy.ts');
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromDefault();
   const server = new NaaServer({
     authenticator: new TokenReviewAuthenticator(kubeConfig, values.node),
     sink: {
       apply: ({ upsert, remove }) => agent.associate(upsert.map(flowAssociation), remove.map(flowAssociation)),
+      verdict: (entry) => agent.verdictFor(flowAssociation(entry)),
+      policy: (identity) => (agent.config ? effectivePolicy(agent.config, identity.addresses) : undefined),
     },
     log: (msg, fields) => log.info(msg, fields),
   });

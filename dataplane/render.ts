@@ -167,7 +167,7 @@ export function render(input: RenderInput): Rendered {
   const verdictOf = (rule: CompiledRule): Statement[] =>
     rule.action === 'Deny' ? drop : [{ kind: 'counter' }, goto(choiceChain(rule))];
   const rulesOf = (rule: CompiledRule): Rule[] =>
-    ruleMatches(rule, sourceSetOf(rule)).map((match) => ({ match, then: verdictOf(rule) }));
+    ruleMatches(rule, sourceSetOf(rule)).map((match) => ({ match, then: verdictOf(rule), comment: ruleName(rule) }));
   const defaultVerdict: Rule = { match: [], then: config.defaultAction === 'Deny' ? drop : [goto(choiceChain())] };
 
   // Rules are evaluated in the config's order. Each run of rules that name no application is one
@@ -377,6 +377,9 @@ function idOf(ids: ReadonlyMap<string, number>, name: string): number {
   if (id === undefined) throw new Error(`uplink ${name} has no id`);
   return id;
 }
+
+/** How verdicts, logs and `nft list` name a policy rule. */
+export const ruleName = (rule: CompiledRule) => `${rule.policy}#${rule.rule}`;
 
 export const uplinkChain = (name: string) => `uplink_${name.replace(/[^A-Za-z0-9_]/g, '_')}`;
 const snatChain = (name: string) => `snat_${name.replace(/[^A-Za-z0-9_]/g, '_')}`;

@@ -13,6 +13,7 @@ import {
   type FlowKey,
   type Limits,
   type PodRef,
+  type EffectivePolicy,
   type Verdict,
 } from '../proto/index.ts';
 import { diffAssociations, type Association, type Flow } from './associations.ts';
@@ -30,6 +31,8 @@ export interface DriverOptions {
   /** Associations in one snapshot message. */
   snapshotChunk?: number;
   onVerdict?: (verdict: Verdict) => void;
+  /** The rules the gateway applies to this pod, on connect and whenever they change. */
+  onPolicy?: (policy: EffectivePolicy) => void;
   onState?: (state: DriverState) => void;
 }
 
@@ -146,6 +149,7 @@ export class Driver {
         this.#options.onVerdict?.(body.value);
         break;
       case 'policy':
+        this.#options.onPolicy?.(body.value);
         break;
     }
   }

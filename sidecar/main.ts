@@ -5,6 +5,7 @@
 //   NAAT_TOKEN_FILE      projected token with the naat audience (default /var/run/secrets/naat/token)
 //   NAAT_SCAN_INTERVAL_MS  how often to look (default 200)
 //   NAAT_PROC            where procfs is (default /proc)
+import { Action } from '../proto/index.ts';
 import { Driver } from './driver.ts';
 import { Scanner } from './scanner.ts';
 
@@ -35,9 +36,14 @@ const driver = new Driver({
   onState: (state) =>
     log('info', `Driver ${state}`, { error: state === 'disconnected' ? driver.lastError?.message : undefined }),
   onVerdict: (verdict) => {
-    if (verdict.action === 2)
-      log('info', 'Gateway denied flow', { rule: verdict.rule, port: verdict.flow?.sourcePort });
+    if (verdict.action === Action.ACTION_DENY)
+      log('info', 'Gateway denied flow', { rule: verdict.rule || '(default action)', port: verdict.flow?.sourcePort });
   },
+  onPolicy: (policy) =>
+    log('info', 'Received effective policy', {
+      configHash: policy.configHash,
+      rules: policy.rules.map((rule) => `${rule.rule} ${rule.action === Action.ACTION_DENY ? 'Deny' : 'Allow'}`),
+    }),
 });
 
 let timer: NodeJS.Timeout | undefined;

@@ -5,6 +5,8 @@ import { Server, ServerCredentials, status, type ServerDuplexStream, type Servic
 import { randomUUID } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import {
+  Action,
+  addressToBytes,
   AssociationMode,
   AssociationServiceService,
   bytesToAddress,
@@ -14,7 +16,9 @@ import {
   type Association,
   type FlowKey,
   type Hello,
+  type EffectivePolicy,
   type Limits,
+  type Verdict,
 } from '../../proto/index.ts';
 import { AuthenticationError, type Authenticator, type PodIdentity } from './auth.ts';
 import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
@@ -22,6 +26,10 @@ import { AssociationTable, type AssociationChanges, type AssociationEntry } from
 /** Where accepted associations go: the kernel state that classifies flows, applied in batches. */
 export interface AssociationSink {
   apply(changes: AssociationChanges): Promise<void>;
+  /** What the gateway decides now for new flows of an applied entry; sent to its driver. */
+  verdict?(entry: AssociationEntry): { allowed: boolean; uplink?: string; rule?: string } | undefined;
+  /** The rules that apply to a pod; sent after the HelloAck and again by `pushPolicies`. */
+  policy?(identity: PodIdentity): EffectivePolicy | undefined;
 }
 
 export interface NaaServerOptions {
@@ -52,7 +60,7 @@ export class NaaServer {
   readonly #limits: Limits;
   readonly #server: Server;
   /** The live stream of each pod (by uid); a newer stream of the same pod replaces the older. */
-  readonly #sessions = new Map<string, Call>();
+  readonly #sessions = new Map<string, { call: Call; identity: PodIdentity }>();
   /** Applies to the sink in order, so that a later change never overtakes an earlier one. */
   #applying: Promise<void> = Promise.resolve();
 
@@ -78,6 +86,16 @@ export class NaaServer {
 
   async close(): Promise<void> {
     await new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve()));
+  }
+
+  /** Sends every connected driver the rules that apply to its pod now (after a config change). */
+  pushPolicies(): void {
+    for (const { call, identity } of this.#sessions.values()) this.#sendPolicy(call, identity);
+  }
+
+  #sendPolicy(call: Call, identity: PodIdentity): void {
+    const policy = this.#options.sink.policy?.(identity);
+    if (policy) call.write({ body: { $case: 'policy', value: policy } });
   }
 
   /** Number of pods with a live stream. */
@@ -108,7 +126,7 @@ export class NaaServer {
     const done = () => {
       closed = true;
       clearTimeout(helloTimer);
-      if (identity && this.#sessions.get(identity.pod.uid) === call) this.#sessions.delete(identity.pod.uid);
+      if (identity && this.#sessions.get(identity.pod.uid)?.call === call) this.#sessions.delete(identity.pod.uid);
     };
     call.on('cancelled', done);
     call.on('close', done);
@@ -189,7 +207,12 @@ export class NaaServer {
           }
           const applied = sequence;
           await this.#apply(changes);
-          if (!closed) call.write({ body: { $case: 'ack', value: { sequence: applied } } });
+          if (closed) return;
+          call.write({ body: { $case: 'ack', value: { sequence: applied } } });
+          for (const entry of changes.upsert) {
+            const verdict = this.#options.sink.verdict?.(entry);
+            if (verdict) call.write({ body: { $case: 'verdict', value: verdictMessage(entry, verdict) } });
+          }
         })
         .catch(fail);
     });
@@ -218,8 +241,8 @@ export class NaaServer {
       }
       throw new StreamError(status.UNAVAILABLE, `could not check the token: ${(error as Error).message}`);
     }
-    const previous = this.#sessions.get(identity.pod.uid);
-    this.#sessions.set(identity.pod.uid, call);
+    const previous = this.#sessions.get(identity.pod.uid)?.call;
+    this.#sessions.set(identity.pod.uid, { call, identity });
     previous?.emit('error', {
       code: status.ABORTED,
       details: 'a newer stream of the same pod replaced this one',
@@ -231,6 +254,7 @@ export class NaaServer {
         value: { sessionId: randomUUID(), limits: this.#limits, mode: AssociationMode.ASSOCIATION_MODE_OBSERVE },
       },
     });
+    this.#sendPolicy(call, identity);
     return identity;
   }
 
@@ -306,5 +330,24 @@ function tokenBucket(perSecond: number) {
       tokens -= 1;
       return true;
     },
+  };
+}
+
+function verdictMessage(
+  entry: AssociationEntry,
+  verdict: { allowed: boolean; uplink?: string; rule?: string },
+): Verdict {
+  return {
+    flow: {
+      protocol: entry.transport === 'tcp' ? Protocol.PROTOCOL_TCP : Protocol.PROTOCOL_UDP,
+      sourceAddress: addressToBytes(entry.sourceAddress),
+      sourcePort: entry.sourcePort,
+      destinationAddress: addressToBytes(entry.destinationAddress),
+      destinationPort: entry.destinationPort,
+    },
+    action: verdict.allowed ? Action.ACTION_ALLOW : Action.ACTION_DENY,
+    uplink: verdict.uplink ?? '',
+    rule: verdict.rule ?? '',
+    applicationClass: 0,
   };
 }

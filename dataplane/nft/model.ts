@@ -50,6 +50,8 @@ export type Statement =
 export interface Rule {
   match: Match[];
   then: Statement[];
+  /** Which policy rule this is (namespace/name#rule), shown by `nft list` and by traces. */
+  comment?: string;
 }
 
 export interface BaseHook {
@@ -169,7 +171,8 @@ export function renderStatement(s: Statement): string {
 }
 
 export function renderRule(rule: Rule): string {
-  return [...rule.match.map(renderMatch), ...rule.then.map(renderStatement)].join(' ');
+  const comment = rule.comment === undefined ? [] : [`comment ${JSON.stringify(rule.comment.slice(0, 127))}`];
+  return [...rule.match.map(renderMatch), ...rule.then.map(renderStatement), ...comment].join(' ');
 }
 
 /** The `{ … }` body of a set or map declaration, without elements. */

@@ -40,6 +40,8 @@ export interface TraceResult {
   path: string[];
   helper?: string;
   timeout?: string;
+  /** The comment of the last commented rule that matched: the policy rule that decided. */
+  rule?: string;
   nat?: { kind: 'snat'; address: string; ports?: [number, number] } | { kind: 'masquerade'; ports?: [number, number] };
 }
 
@@ -124,6 +126,7 @@ export function trace(
   // 'goto-done': a goto ran the other chain to its end, which ends this chain too.
   const applyRule = (rule: Rule): 'next' | 'return' | 'goto-done' => {
     if (!rule.match.every(matches)) return 'next';
+    if (rule.comment !== undefined) state.rule = rule.comment;
     for (const s of rule.then) {
       const outcome = execute(s);
       if (outcome !== 'next') return outcome;

@@ -238,8 +238,17 @@ describe('applications behind the gateway', () => {
     expect(seen.map((answer) => answer?.split(' ')[0])).toEqual(Array(5).fill(uplinkAddress(2).v4));
   });
 
-  it('denies curl the destination that python3 reaches', async () => {
+  it('denies curl the destination that python3 reaches, and tells the sidecar which rule did', async () => {
     expect(await fetchAs('curl')).toBeUndefined();
+    const said = (await readFile(join(dir, 'sidecar.log'), 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line));
+    expect(said.find((entry) => entry.msg === 'Received effective policy')?.rules).toEqual([
+      `${namespace}/apps#no-curl Deny`,
+      `${namespace}/apps#python-via-isp2 Allow`,
+    ]);
+    expect(said.find((entry) => entry.msg === 'Gateway denied flow')?.rule).toBe(`${namespace}/apps#no-curl`);
     expect(await fetchAs('python3')).toMatch(new RegExp(`^${uplinkAddress(2).v4.replace(/\./g, '\\.')} `));
   });
 
