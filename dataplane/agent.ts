@@ -19,7 +19,6 @@ import {
   markMask,
   markShift,
   render,
-  ruleName,
   type FlowAssociation,
   type Rendered,
 } from './render.ts';
@@ -180,22 +179,11 @@ export class Agent {
    * allowed keep their uplink.
    */
   async #endLateDenials(associations: FlowAssociation[]): Promise<void> {
-    const table = this.#applied?.rendered.table;
-    if (!table) return;
     for (const a of associations) {
       // Only flows that leave through an uplink: a flow to the node itself or a bypassed
       // destination is not the gateway's to end.
       if (!this.flows.fromSource(a.transport, a.sourceAddress, a.sourcePort)) continue;
-      if (!a.destinationAddress || !a.destinationPort) continue;
-      const verdict = trace(table, 'prerouting', {
-        family: a.sourceAddress.includes(':') ? 6 : 4,
-        saddr: a.sourceAddress,
-        daddr: a.destinationAddress,
-        protocol: a.transport,
-        sport: a.sourcePort,
-        dport: a.destinationPort,
-      }).verdict;
-      if (verdict !== 'drop') continue;
+      if (this.verdictFor(a)?.allowed !== false) continue;
       const ended = await this.#o.conntrack.deleteFlow(a.transport, a.sourceAddress, a.sourcePort);
       if (ended)
         this.#o.log.info('Ended a flow its association denies', {
