@@ -1,0 +1,12 @@
+// The dataplane's public entry point for other components: the compiled gateway config (the
+// contract between the operator, which writes it, and the agent, which applies it) and the
+// address arithmetic both sides need.
+export {
+  CompiledRule,
+  CompiledUplink,
+  ConfigError,
+  configVersion,
+  GatewayConfig,
+  parseGatewayConfig,
+} from './config.ts';
+export { contains } from './ip.ts';

@@ -1,0 +1,172 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../crds/index.ts';
+import { parseGatewayConfig } from '../dataplane/index.ts';
+import { compileGateway, sidecarContainerName, type PodFacts, type Snapshot } from './compile.ts';
+import type { Labels } from './selector.ts';
+
+const samples = join(import.meta.dirname, '..', 'crds', 'samples');
+
+/** The samples as the apiserver would store them: defaulted by the schema. */
+async function load(file: string) {
+  const docs = parseAllDocuments(await readFile(join(samples, file), 'utf8')).map((d) => d.toJS());
+  const of = <K extends Kind>(kind: K) =>
+    docs
+      .filter((d) => d.kind === kind)
+      // Applied with `kubectl apply -n shop`, as the samples say.
+      .map((d) => (kind === 'EgressPolicy' ? { ...d, metadata: { namespace: 'shop', ...d.metadata } } : d))
+      .map((d) => {
+        const result = validate(kind, d);
+        if (!result.ok) throw new Error(result.errors.join('; '));
+        return result.value;
+      });
+  return { uplinks: of('Uplink'), gateways: of('EgressGateway'), policies: of('EgressPolicy') };
+}
+
+const pod = (
+  namespace: string,
+  name: string,
+  ips: string[],
+  labels: Record<string, string> = {},
+  sidecar = true,
+): PodFacts => ({
+  namespace,
+  name,
+  labels,
+  ips,
+  containers: sidecar ? ['app', sidecarContainerName] : ['app'],
+});
+
+async function snapshot(extra: Partial<Snapshot> = {}): Promise<Snapshot> {
+  const office = await load('two-isps-balanced.yaml');
+  const policies = [
+    ...(await load('deny-application.yaml')).policies,
+    ...(await load('route-application-via-uplink.yaml')).policies,
+  ];
+  return {
+    gateway: office.gateways[0] as EgressGateway,
+    uplinks: office.uplinks as Uplink[],
+    policies: policies as EgressPolicy[],
+    pods: [
+      pod('shop', 'web-1', ['10.244.1.10', 'fd00::10'], { app: 'web' }),
+      pod('shop', 'backup-1', ['10.244.1.11'], { app: 'backup' }, false),
+      pod('other', 'db-1', ['10.244.2.10'], { app: 'db' }),
+      { ...pod('shop', 'done', ['10.244.1.12']), phase: 'Succeeded' },
+      pod('shop', 'pending', []),
+    ],
+    namespaces: new Map<string, Labels>([
+      ['shop', { egress: 'office' }],
+      ['other', {}],
+    ]),
+    nodes: [
+      { name: 'gw-1', labels: { 'naat.dev/gateway': 'true' } },
+      { name: 'gw-2', labels: { 'naat.dev/gateway': 'true' } },
+      { name: 'worker', labels: {} },
+    ],
+    bypass: ['10.96.0.0/12'],
+    ...extra,
+  };
+}
+
+describe('compileGateway', () => {
+  it('compiles the samples into a config the dataplane accepts', async () => {
+    const compiled = compileGateway(await snapshot());
+    expect(() => parseGatewayConfig(compiled.config)).not.toThrow();
+    expect(compiled.nodes).toEqual(['gw-1', 'gw-2']);
+    expect(compiled.config.uplinks.map((u) => u.name)).toEqual(['isp-a', 'isp-b']);
+    // Served: running pods with addresses in namespaces labelled egress=office.
+    expect(compiled.servedPods).toBe(2);
+    expect(compiled.config.sources).toEqual(['10.244.1.11', '10.244.1.10', 'fd00::10']);
+    expect(compiled.config.association?.sidecarSources).toEqual(['10.244.1.10', 'fd00::10']);
+    expect(compiled.config.bypass).toEqual(['10.96.0.0/12']);
+  });
+
+  it('orders rules by policy priority, then policy name, then rule order, each with its pods', async () => {
+    const s = await snapshot();
+    const compiled = compileGateway(s);
+    const order = compiled.config.rules.map((r) => `${r.priority} ${r.policy}#${r.rule} ${r.sources.join(',')}`);
+    const expected = [...s.policies]
+      .sort((a, b) => a.spec.priority - b.spec.priority || a.metadata.name.localeCompare(b.metadata.name))
+      .flatMap((p) =>
+        p.spec.rules.map((r) => `${p.spec.priority} ${p.metadata.namespace}/${p.metadata.name}#${r.name}`),
+      );
+    expect(order.map((line) => line.split(' ').slice(0, 2).join(' '))).toEqual(expected);
+    expect(compiled.config.rules.find((r) => r.policy === 'shop/no-tunnels')?.sources).toEqual([
+      '10.244.1.10',
+      'fd00::10',
+    ]);
+    for (const policy of s.policies) {
+      expect(
+        compiled.policies.get(`${policy.metadata.namespace}/${policy.metadata.name}`)?.matchedPods,
+      ).toBeGreaterThan(0);
+    }
+  });
+
+  it('gives the same bytes and hash for the same snapshot, whatever the order of its lists', async () => {
+    const s = await snapshot();
+    const a = compileGateway(s);
+    const b = compileGateway({
+      ...s,
+      uplinks: [...s.uplinks].reverse(),
+      policies: [...s.policies].reverse(),
+      pods: [...s.pods].reverse(),
+    });
+    expect(JSON.stringify(b.config)).toBe(JSON.stringify(a.config));
+    const changed = compileGateway({ ...s, pods: [...s.pods, pod('shop', 'web-2', ['10.244.1.20'], { app: 'web' })] });
+    expect(changed.config.hash).not.toBe(a.config.hash);
+  });
+
+  it('names uplinks that do not exist, and denies flows whose only allowed uplinks are missing', async () => {
+    const s = await snapshot();
+    const policy = structuredClone(s.policies[0]!);
+    policy.metadata.name = 'ghost';
+    policy.spec.rules = [{ name: 'via-ghost', action: 'Allow', uplinks: { allowed: ['ghost'] } }];
+    const compiled = compileGateway({ ...s, policies: [...s.policies, policy] });
+    expect(compiled.policies.get(`${policy.metadata.namespace}/ghost`)?.missingUplinks).toEqual(['ghost']);
+    expect(compiled.config.rules.find((r) => r.rule === 'via-ghost')?.action).toBe('Deny');
+    expect(() => parseGatewayConfig(compiled.config)).not.toThrow();
+  });
+
+  it('reports two policies of equal priority that overlap and disagree, on both', async () => {
+    const s = await snapshot();
+    const base = s.policies[0]!;
+    const allow = structuredClone(base);
+    allow.metadata.name = 'a-allow';
+    allow.spec.priority = 5;
+    allow.spec.rules = [
+      {
+        name: 'web',
+        action: 'Allow',
+        destinations: [{ cidr: '192.0.2.0/24', protocol: 'TCP', ports: [{ port: 443 }] }],
+      },
+    ];
+    const deny = structuredClone(allow);
+    deny.metadata.name = 'b-deny';
+    deny.spec.rules = [{ name: 'no-web', action: 'Deny', destinations: [{ cidr: '192.0.2.128/25', protocol: 'Any' }] }];
+    const apart = structuredClone(deny);
+    apart.metadata.name = 'c-apart';
+    apart.spec.rules = [
+      { name: 'other-net', action: 'Deny', destinations: [{ cidr: '198.51.100.0/24', protocol: 'Any' }] },
+    ];
+    const compiled = compileGateway({ ...s, policies: [allow, deny, apart] });
+    const ns = base.metadata.namespace;
+    expect(compiled.policies.get(`${ns}/a-allow`)?.conflicts).toEqual([
+      `rule web overlaps ${ns}/b-deny#no-web, which it shadows`,
+    ]);
+    expect(compiled.policies.get(`${ns}/b-deny`)?.conflicts).toEqual([`rule no-web is shadowed by ${ns}/a-allow#web`]);
+    expect(compiled.policies.get(`${ns}/c-apart`)?.conflicts).toEqual([]);
+  });
+
+  it('leaves out uplinks and rules that apply to nothing, and limits an uplink to its nodes', async () => {
+    const s = await snapshot();
+    const isp = structuredClone(s.uplinks[1]!);
+    isp.spec.nodeSelector = { 'kubernetes.io/hostname': 'gw-2' };
+    const nodes = s.nodes.map((n) => ({ ...n, labels: { ...n.labels, 'kubernetes.io/hostname': n.name } }));
+    const compiled = compileGateway({ ...s, nodes, uplinks: [s.uplinks[0]!, isp], pods: [] });
+    expect(compiled.config.uplinks.find((u) => u.name === 'isp-b')?.nodes).toEqual(['gw-2']);
+    expect(compiled.config.uplinks.find((u) => u.name === 'isp-a')?.nodes).toBeUndefined();
+    expect(compiled.config.rules).toEqual([]);
+    expect(compiled.config.sources).toEqual([]);
+  });
+});

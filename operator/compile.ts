@@ -1,0 +1,215 @@
+// The pure heart of the operator: from a snapshot of the API (one EgressGateway, the Uplinks,
+// the EgressPolicies that name it, pods, namespaces and nodes) to the compiled gateway config
+// its dataplanes apply, plus what the status of each object should say. Deterministic: the same
+// snapshot gives byte-identical output, so the content hash changes only when the config does.
+import { createHash } from 'node:crypto';
+import type { EgressGateway, EgressPolicy, Uplink } from '../crds/index.ts';
+import {
+  configVersion,
+  contains,
+  type CompiledRule,
+  type CompiledUplink,
+  type GatewayConfig,
+} from '../dataplane/index.ts';
+import { matchesLabels, matchesSelector, type Labels } from './selector.ts';
+
+/** The name of the container the admission webhook injects; pods that have it are associated. */
+export const sidecarContainerName = 'naat-sidecar';
+
+export interface PodFacts {
+  namespace: string;
+  name: string;
+  labels?: Labels;
+  /** status.podIPs; a pod without addresses yet is left out until it has them. */
+  ips: string[];
+  containers: string[];
+  /** Succeeded or Failed pods hold no flows. */
+  phase?: string;
+}
+
+export interface Snapshot {
+  gateway: EgressGateway;
+  uplinks: readonly Uplink[];
+  policies: readonly EgressPolicy[];
+  pods: readonly PodFacts[];
+  namespaces: ReadonlyMap<string, Labels>;
+  nodes: ReadonlyArray<{ name: string; labels?: Labels }>;
+  /** Destinations that never leave through an uplink (the cluster's pod and service networks). */
+  bypass: readonly string[];
+}
+
+export interface PolicyFacts {
+  matchedPods: number;
+  /** Uplinks the policy names that the gateway does not balance over. */
+  missingUplinks: string[];
+  /** "rule r conflicts with namespace/policy#rule" for rules of equal priority that overlap and disagree. */
+  conflicts: string[];
+}
+
+export interface Compiled {
+  config: GatewayConfig;
+  /** Nodes that match the gateway's nodeSelector: where its dataplane runs. */
+  nodes: string[];
+  servedPods: number;
+  /** Uplinks the gateway names that do not exist. */
+  missingUplinks: string[];
+  /** By namespace/name of every policy that names the gateway. */
+  policies: Map<string, PolicyFacts>;
+}
+
+const key = (o: { metadata: { namespace?: string; name: string } }) =>
+  o.metadata.namespace ? `${o.metadata.namespace}/${o.metadata.name}` : o.metadata.name;
+const byName = <T extends { metadata: { namespace?: string; name: string } }>(a: T, b: T) =>
+  key(a).localeCompare(key(b));
+
+export function compileGateway(snapshot: Snapshot): Compiled {
+  const { gateway } = snapshot;
+  const spec = gateway.spec;
+  const nodes = snapshot.nodes
+    .filter((n) => matchesLabels(spec.nodeSelector, n.labels))
+    .map((n) => n.name)
+    .sort();
+
+  const wanted = spec.uplinks.names
+    ? snapshot.uplinks.filter((u) => spec.uplinks.names!.includes(u.metadata.name))
+    : snapshot.uplinks.filter((u) => matchesSelector(spec.uplinks.selector!, u.metadata.labels));
+  const missingUplinks = (spec.uplinks.names ?? []).filter((n) => !snapshot.uplinks.some((u) => u.metadata.name === n));
+  const uplinks: CompiledUplink[] = [...wanted].sort(byName).map((u) => {
+    const on = u.spec.nodeSelector ? nodes.filter((n) => nodeHas(snapshot, n, u.spec.nodeSelector)) : undefined;
+    return { name: u.metadata.name, ...(on ? { nodes: on } : {}), ...u.spec };
+  });
+  const uplinkNames = new Set(uplinks.map((u) => u.name));
+
+  const served = snapshot.pods
+    .filter((p) => p.ips.length && p.phase !== 'Succeeded' && p.phase !== 'Failed')
+    .filter(
+      (p) => !spec.namespaceSelector || matchesSelector(spec.namespaceSelector, snapshot.namespaces.get(p.namespace)),
+    )
+    .filter((p) => !spec.podSelector || matchesSelector(spec.podSelector, p.labels))
+    .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+  const sources = served.flatMap((p) => p.ips);
+
+  const policies = snapshot.policies
+    .filter((p) => p.spec.gateway === gateway.metadata.name)
+    .sort((a, b) => a.spec.priority - b.spec.priority || byName(a, b));
+  const facts = new Map<string, PolicyFacts>();
+  const rules: CompiledRule[] = [];
+  for (const policy of policies) {
+    const pods = served.filter(
+      (p) => p.namespace === policy.metadata.namespace && matchesSelector(policy.spec.podSelector, p.labels),
+    );
+    const policySources = pods.flatMap((p) => p.ips);
+    const missing = new Set<string>();
+    for (const rule of policy.spec.rules) {
+      for (const name of [...(rule.uplinks?.allowed ?? []), ...(rule.uplinks?.preferred ?? [])]) {
+        if (!uplinkNames.has(name)) missing.add(name);
+      }
+      if (!policySources.length) continue;
+      rules.push(compileRule(policy, rule, policySources, uplinkNames));
+    }
+    facts.set(key(policy), { matchedPods: pods.length, missingUplinks: [...missing].sort(), conflicts: [] });
+  }
+  markConflicts(rules, facts);
+
+  const withoutHash: GatewayConfig = {
+    version: configVersion,
+    gateway: gateway.metadata.name,
+    sources,
+    bypass: [...snapshot.bypass],
+    uplinks,
+    balancing: spec.balancing,
+    timeouts: spec.timeouts,
+    defaultAction: spec.defaultAction,
+    association: {
+      port: spec.association.port,
+      unassociatedFlows: spec.association.unassociatedFlows,
+      sidecarSources: served.filter((p) => p.containers.includes(sidecarContainerName)).flatMap((p) => p.ips),
+    },
+    rules,
+  };
+  const hash = `sha256:${createHash('sha256').update(JSON.stringify(withoutHash)).digest('hex')}`;
+  return {
+    config: { ...withoutHash, hash },
+    nodes,
+    servedPods: served.length,
+    missingUplinks,
+    policies: facts,
+  };
+}
+
+function nodeHas(snapshot: Snapshot, node: string, selector: Labels): boolean {
+  return matchesLabels(selector, snapshot.nodes.find((n) => n.name === node)?.labels);
+}
+
+type ApiRule = EgressPolicy['spec']['rules'][number];
+
+function compileRule(policy: EgressPolicy, rule: ApiRule, sources: string[], uplinks: Set<string>): CompiledRule {
+  const base = {
+    policy: key(policy),
+    rule: rule.name,
+    priority: policy.spec.priority,
+    sources,
+    ...(rule.applications ? { applications: rule.applications } : {}),
+    ...(rule.destinations ? { destinations: rule.destinations } : {}),
+  };
+  if (rule.action === 'Deny' || !rule.uplinks) return { ...base, action: rule.action };
+  const allowed = rule.uplinks.allowed?.filter((n) => uplinks.has(n));
+  const preferred = rule.uplinks.preferred?.filter((n) => uplinks.has(n));
+  // Only uplinks that do not exist were allowed: such flows may leave through none.
+  if (rule.uplinks.allowed && !allowed?.length) return { ...base, action: 'Deny' };
+  const restricted = {
+    ...(allowed ? { allowed } : {}),
+    ...(preferred?.length ? { preferred } : {}),
+  };
+  return { ...base, action: 'Allow', ...(Object.keys(restricted).length ? { uplinks: restricted } : {}) };
+}
+
+/**
+ * Rules of different policies with the same priority that apply to a common pod, can match a
+ * common flow and decide differently: the one evaluated first (by policy name) wins, and both
+ * policies say so rather than leaving it silent.
+ */
+function markConflicts(rules: CompiledRule[], facts: Map<string, PolicyFacts>): void {
+  for (let i = 0; i < rules.length; i++) {
+    for (let j = i + 1; j < rules.length; j++) {
+      const a = rules[i]!;
+      const b = rules[j]!;
+      if (a.policy === b.policy || a.priority !== b.priority || a.action === b.action) continue;
+      if (!a.sources.some((s) => b.sources.includes(s)) || !overlap(a, b)) continue;
+      facts.get(a.policy)?.conflicts.push(`rule ${a.rule} overlaps ${b.policy}#${b.rule}, which it shadows`);
+      facts.get(b.policy)?.conflicts.push(`rule ${b.rule} is shadowed by ${a.policy}#${a.rule}`);
+    }
+  }
+}
+
+/** Whether two rules can match one flow: their applications and destinations can both overlap. */
+function overlap(a: CompiledRule, b: CompiledRule): boolean {
+  const apps =
+    !a.applications ||
+    !b.applications ||
+    a.applications.some((x) =>
+      b.applications!.some((y) =>
+        (['processName', 'executable', 'container', 'uid'] as const).every(
+          (field) => x[field] === undefined || y[field] === undefined || x[field] === y[field],
+        ),
+      ),
+    );
+  const destinations =
+    !a.destinations ||
+    !b.destinations ||
+    a.destinations.some((x) => b.destinations!.some((y) => destinationsOverlap(x, y)));
+  return apps && destinations;
+}
+
+type Destination = NonNullable<CompiledRule['destinations']>[number];
+
+function destinationsOverlap(x: Destination, y: Destination): boolean {
+  if (x.protocol !== 'Any' && y.protocol !== 'Any' && x.protocol !== y.protocol) return false;
+  if (x.cidr && y.cidr && !prefixesOverlap(x.cidr, y.cidr)) return false;
+  if (!x.ports || !y.ports) return true;
+  return x.ports.some((p) => y.ports!.some((q) => p.port <= (q.endPort ?? q.port) && q.port <= (p.endPort ?? p.port)));
+}
+
+function prefixesOverlap(a: string, b: string): boolean {
+  return contains(a, b.split('/')[0]!) || contains(b, a.split('/')[0]!);
+}
