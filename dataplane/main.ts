@@ -4,6 +4,7 @@
 //   node dataplane/main.ts run --config /etc/naat/gateway.yaml [--node NAME] [--listen ADDR:PORT]
 //                              [--report]   # write this node's uplink health into Uplink status
 //                              [--naa-listen ADDR:PORT]   # where the sidecars' NAA streams arrive
+//                              [--metrics-listen ADDR:PORT]   # the same endpoints on a second address
 //   node dataplane/main.ts remove        # takes away everything naat put in the kernel
 //
 // The file is re-read when it changes; an invalid version is reported and the last good one
@@ -36,6 +37,7 @@ const { positionals, values } = parseArgs({
     node: { type: 'string', default: process.env.NODE_NAME ?? hostname() },
     'state-dir': { type: 'string', default: '/run/naat' },
     listen: { type: 'string', default: '127.0.0.1:7741' },
+    'metrics-listen': { type: 'string' },
     'reload-ms': { type: 'string', default: '1000' },
     report: { type: 'boolean', default: false },
     'naa-listen': { type: 'string' },
@@ -116,13 +118,13 @@ async function run(): Promise<void> {
 
   const report = values.report ? await startReporting(agent) : undefined;
   const naa = config.association ? await startNaa(agent, config.association.port) : undefined;
-  const server = serve(agent);
+  const servers = [values.listen!, values['metrics-listen']].filter((a) => a !== undefined).map((a) => serve(agent, a));
   const stop = async (signal: string) => {
     log.info('Stopping; the kernel keeps the ruleset', { signal });
     clearInterval(reload);
     clearInterval(report);
     monitor.stop();
-    server.close();
+    for (const server of servers) server.close();
     await naa?.close();
     await agent.stop();
     process.exit(0);
@@ -184,8 +186,8 @@ async function startReporting(agent: Agent): Promise<NodeJS.Timeout> {
   }, Number(values['report-ms']));
 }
 
-function serve(agent: Agent): Server {
-  const [host, port] = splitHostPort(values.listen!);
+function serve(agent: Agent, address: string): Server {
+  const [host, port] = splitHostPort(address);
   const server = createServer((req, res) => {
     const report = agent.report();
     if (req.url === '/healthz') return void res.end('ok\n');

@@ -1,0 +1,49 @@
+// The operator's configuration file, as the Helm chart writes it (charts/naat/templates/
+// configmap.yaml; the chart README lists every field). Read once at start-up and checked, so a
+// bad file stops the operator with a message that names the field.
+import { Type, type Static } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+
+const Image = { image: Type.String({ minLength: 1 }), pullPolicy: Type.String({ default: 'IfNotPresent' }) };
+const Resources = Type.Record(Type.String(), Type.Record(Type.String(), Type.String()), { default: {} });
+
+export const OperatorSettings = Type.Object({
+  logLevel: Type.String({ default: 'info' }),
+  leaderElection: Type.Object({
+    enabled: Type.Boolean({ default: true }),
+    leaseName: Type.String({ minLength: 1 }),
+    leaseDurationSeconds: Type.Integer({ minimum: 1, default: 15 }),
+    renewDeadlineSeconds: Type.Integer({ minimum: 1, default: 10 }),
+    retryPeriodSeconds: Type.Integer({ minimum: 1, default: 2 }),
+  }),
+  webhook: Type.Object({
+    configurationName: Type.String({ minLength: 1 }),
+    serviceName: Type.String({ minLength: 1 }),
+    secretName: Type.String({ minLength: 1 }),
+    port: Type.Integer({ minimum: 1, maximum: 65535 }),
+  }),
+  metricsPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+  healthPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+  imagePullSecrets: Type.Array(Type.String(), { default: [] }),
+  dataplane: Type.Object({
+    ...Image,
+    clusterRoleName: Type.String({ minLength: 1 }),
+    resources: Resources,
+    tolerations: Type.Array(Type.Record(Type.String(), Type.Unknown()), { default: [] }),
+    priorityClassName: Type.String({ default: '' }),
+    maxUnavailable: Type.Union([Type.Integer({ minimum: 1 }), Type.String()], { default: 1 }),
+    metricsPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9090 }),
+    healthPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9091 }),
+  }),
+  sidecar: Type.Object({ ...Image, resources: Resources }),
+  otel: Type.Record(Type.String(), Type.Unknown(), { default: {} }),
+});
+export type OperatorSettings = Static<typeof OperatorSettings>;
+
+/** Defaults applied and checked; throws naming every field that is wrong. */
+export function parseSettings(input: unknown): OperatorSettings {
+  const value = Value.Default(OperatorSettings, Value.Clone(input));
+  const errors = [...Value.Errors(OperatorSettings, value)].map((e) => `${e.path || '/'}: ${e.message}`);
+  if (errors.length) throw new Error(`invalid operator configuration: ${errors.join('; ')}`);
+  return value as OperatorSettings;
+}

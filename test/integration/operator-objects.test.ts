@@ -1,0 +1,129 @@
+// What the operator makes for a gateway, against the real apiserver: the chart's operator
+// configuration is what the operator reads, the compiled config and objects of a sample gateway
+// are accepted by server-side apply, the dataplane pods land on the gateway's nodes only, the
+// ConfigMap holds a config the dataplane accepts, and deleting the gateway takes it all away.
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { apiVersion, definitions, group, type EgressGateway, type Uplink } from '../../crds/index.ts';
+import { root } from '../../crds/generate.ts';
+import { parseGatewayConfig } from '../../dataplane/index.ts';
+import { compileGateway } from '../../operator/compile.ts';
+import { configFile, desiredGatewayObjects, labelsOf, objectName } from '../../operator/desired.ts';
+import { parseSettings } from '../../operator/settings.ts';
+import { kubectl } from '../cluster/cluster.ts';
+import { buildHelm, helm } from '../cluster/helm.ts';
+import { testNodes } from './global-setup.ts';
+
+const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
+const namespace = `naat-objects-${process.pid}`;
+const gatewayName = `objects-${process.pid}`;
+
+interface Manifest {
+  kind: string;
+  metadata: { name: string };
+  data?: Record<string, string>;
+}
+
+async function chartSettings() {
+  const out = await helm(await buildHelm(), [
+    'template',
+    'naat',
+    join(root, 'charts', 'naat'),
+    '--namespace',
+    namespace,
+  ]);
+  const manifests = parseAllDocuments(out).map((d) => d.toJS() as Manifest | null);
+  const configMap = manifests.find((m) => m?.kind === 'ConfigMap' && m.metadata.name.endsWith('-operator'))!;
+  return parseSettings(JSON.parse(configMap.data!['config.json']!));
+}
+
+beforeAll(async () => {
+  const crds = definitions.map((d) => join(root, 'crds', `${group}_${d.plural}.yaml`));
+  await k(['apply', '--server-side', '--force-conflicts', ...crds.flatMap((file) => ['-f', file])]);
+  await k([
+    'wait',
+    '--for=condition=Established',
+    '--timeout=60s',
+    ...definitions.map((d) => `crd/${d.plural}.${group}`),
+  ]);
+  await k(['create', 'namespace', namespace]);
+}, 600_000);
+
+afterAll(async () => {
+  await k(['delete', 'egressgateway', gatewayName, '--ignore-not-found', '--wait=false']);
+  await k(['delete', 'uplink', `${gatewayName}-isp`, '--ignore-not-found', '--wait=false']);
+  await k(['delete', 'namespace', namespace, '--wait=false']);
+});
+
+test('a gateway becomes a ServiceAccount, binding, ConfigMap and DaemonSet on its nodes, removed with it', async () => {
+  const settings = await chartSettings();
+  const uplink = {
+    apiVersion,
+    kind: 'Uplink',
+    metadata: { name: `${gatewayName}-isp` },
+    spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: {} },
+  };
+  const gateway = {
+    apiVersion,
+    kind: 'EgressGateway',
+    metadata: { name: gatewayName },
+    spec: {
+      nodeSelector: { 'naat.dev/gateway': 'true' },
+      uplinks: { names: [uplink.metadata.name] },
+      namespaceSelector: {},
+    },
+  };
+  await k(['apply', '--server-side', '-f', '-'], JSON.stringify(uplink));
+  await k(['apply', '--server-side', '-f', '-'], JSON.stringify(gateway));
+  // As the operator's caches hold them: defaulted and with their uid.
+  const stored = JSON.parse(await k(['get', 'egressgateway', gatewayName, '-o', 'json'])) as EgressGateway;
+  const storedUplink = JSON.parse(await k(['get', 'uplink', uplink.metadata.name, '-o', 'json'])) as Uplink;
+  const compiled = compileGateway({
+    gateway: stored,
+    uplinks: [storedUplink],
+    policies: [],
+    pods: [],
+    namespaces: new Map(),
+    nodes: testNodes,
+    bypass: ['10.96.0.0/12'],
+  });
+  expect(compiled.nodes).toEqual(['gateway-a', 'gateway-b']);
+
+  for (const object of desiredGatewayObjects(stored, compiled, settings, namespace)) {
+    await k(['apply', '--server-side', '--field-manager=naat-operator', '-f', '-'], JSON.stringify(object));
+  }
+  const selector = Object.entries(labelsOf(gatewayName))
+    .map(([key, value]) => `${key}=${value}`)
+    .join(',');
+  const podNodes = async () => {
+    const pods = JSON.parse(await k(['get', 'pods', '-n', namespace, '-l', selector, '-o', 'json'])) as {
+      items: Array<{ spec: { nodeName?: string }; status: { phase?: string } }>;
+    };
+    return pods.items
+      .filter((p) => p.status.phase === 'Running')
+      .map((p) => p.spec.nodeName)
+      .sort();
+  };
+  let nodes: (string | undefined)[] = [];
+  for (let i = 0; i < 150 && nodes.length < 2; i++) {
+    nodes = await podNodes();
+    if (nodes.length < 2) await new Promise((r) => setTimeout(r, 200));
+  }
+  expect(nodes).toEqual(['gateway-a', 'gateway-b']);
+
+  const configMap = JSON.parse(
+    await k(['get', 'configmap', objectName(gatewayName), '-n', namespace, '-o', 'json']),
+  ) as Manifest;
+  expect(parseGatewayConfig(JSON.parse(configMap.data![configFile]!)).hash).toBe(compiled.config.hash);
+  const binding = JSON.parse(await k(['get', 'clusterrolebinding', objectName(gatewayName), '-o', 'json']));
+  expect(binding.roleRef.name).toBe(settings.dataplane.clusterRoleName);
+
+  await k(['delete', 'egressgateway', gatewayName, '--wait=true']);
+  for (let i = 0; i < 150; i++) {
+    const left = await k(['get', 'daemonset,configmap,serviceaccount', '-n', namespace, '-l', selector, '-o', 'name']);
+    const binding = await k(['get', 'clusterrolebinding', '-l', selector, '-o', 'name']);
+    if (!left.trim() && !binding.trim()) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error('the objects of the deleted gateway were not garbage-collected');
+});
