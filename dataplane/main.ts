@@ -2,20 +2,22 @@
 // that mounts its gateway's compiled config; standalone, on any Linux host) from a config file:
 //
 //   node dataplane/main.ts run --config /etc/naat/gateway.yaml [--node NAME] [--listen ADDR:PORT]
+//                              (or --config-map NAMESPACE/NAME: the gateway's ConfigMap, watched)
 //                              [--report]   # write this node's uplink health into Uplink status
 //                              [--naa-listen ADDR:PORT]   # where the sidecars' NAA streams arrive
 //                              [--metrics-listen ADDR:PORT]   # the same endpoints on a second address
 //   node dataplane/main.ts remove        # takes away everything naat put in the kernel
 //
-// The file is re-read when it changes; an invalid version is reported and the last good one
+// The config is followed as it changes; an invalid version is reported and the last good one
 // stays in force. SIGTERM and SIGINT stop the agent and leave the kernel as it is, so flows go on
 // through a restart; `remove` is for a gateway that is gone for good.
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { Agent, type Logger } from './agent.ts';
+import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
 import { parseGatewayConfig, type GatewayConfig } from './config.ts';
 import { ExecConntrack } from './conntrack.ts';
 import { renderMetrics } from './metrics.ts';
@@ -34,6 +36,7 @@ const { positionals, values } = parseArgs({
   allowPositionals: true,
   options: {
     config: { type: 'string', short: 'c' },
+    'config-map': { type: 'string' },
     node: { type: 'string', default: process.env.NODE_NAME ?? hostname() },
     'state-dir': { type: 'string', default: '/run/naat' },
     listen: { type: 'string', default: '127.0.0.1:7741' },
@@ -44,11 +47,6 @@ const { positionals, values } = parseArgs({
     'report-ms': { type: 'string', default: '5000' },
   },
 });
-
-async function loadConfig(path: string): Promise<{ text: string; config: GatewayConfig }> {
-  const text = await readFile(path, 'utf8');
-  return { text, config: parseConfig(text) };
-}
 
 /** JSON (what the operator writes) is read as JSON: the YAML parser takes a hundred times longer. */
 function parseConfig(text: string): GatewayConfig {
@@ -73,10 +71,9 @@ function agentFor(): Agent {
 }
 
 async function run(): Promise<void> {
-  const path = values.config;
-  if (!path) throw new Error('run needs --config FILE');
-  let { text, config } = await loadConfig(path);
+  const first = await firstConfig();
   const agent = agentFor();
+  let config = first.config;
   const monitor = new HealthMonitor({
     uplinks: localUplinks(config, values.node!),
     onChange: (name, health) => {
@@ -100,28 +97,29 @@ async function run(): Promise<void> {
     gateway: config.gateway,
     uplinks: config.uplinks.length,
   });
-
-  const reload = setInterval(async () => {
-    try {
-      const next = await readFile(path, 'utf8');
-      if (next === text) return;
-      text = next;
-      config = parseConfig(next);
-      monitor.update(localUplinks(config, values.node!));
-      await agent.configure(config);
-      naa?.pushPolicies();
-      log.info('Applied a new gateway config', { gateway: config.gateway, hash: config.hash });
-    } catch (error) {
-      log.error('Kept the last good gateway config', { error: (error as Error).message });
-    }
-  }, Number(values['reload-ms']));
-
   const report = values.report ? await startReporting(agent) : undefined;
   const naa = config.association ? await startNaa(agent, config.association.port) : undefined;
+
+  // Later versions of the config, one at a time, in order.
+  let applying = Promise.resolve();
+  first.later((text) => {
+    applying = applying.then(async () => {
+      try {
+        config = parseConfig(text);
+        monitor.update(localUplinks(config, values.node!));
+        await agent.configure(config);
+        naa?.pushPolicies();
+        log.info('Applied a new gateway config', { gateway: config.gateway, hash: config.hash });
+      } catch (error) {
+        log.error('Kept the last good gateway config', { error: (error as Error).message });
+      }
+    });
+  });
+
   const servers = [values.listen!, values['metrics-listen']].filter((a) => a !== undefined).map((a) => serve(agent, a));
   const stop = async (signal: string) => {
     log.info('Stopping; the kernel keeps the ruleset', { signal });
-    clearInterval(reload);
+    first.source.stop();
     clearInterval(report);
     monitor.stop();
     for (const server of servers) server.close();
@@ -131,6 +129,56 @@ async function run(): Promise<void> {
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+/**
+ * Starts watching the config (--config FILE or --config-map NAMESPACE/NAME) and resolves with its
+ * first valid version; later versions go to the callback given to `later`. An invalid first
+ * version is logged and waited out.
+ */
+async function firstConfig(): Promise<{
+  config: GatewayConfig;
+  source: ConfigSource;
+  later(f: (text: string) => void): void;
+}> {
+  let resolveFirst!: (config: GatewayConfig) => void;
+  const firstValid = new Promise<GatewayConfig>((resolve) => (resolveFirst = resolve));
+  let seen = false;
+  // A version that arrives while the agent starts waits here for `later`.
+  let pending: string | undefined;
+  let next: (text: string) => void = (text) => (pending = text);
+  const onText = (text: string) => {
+    if (seen) return next(text);
+    try {
+      resolveFirst(parseConfig(text));
+      seen = true;
+    } catch (error) {
+      log.error('Waiting for a valid gateway config', { error: (error as Error).message });
+    }
+  };
+  const onError = (error: Error) => log.error('Failed to read the gateway config', { error: error.message });
+  let source: ConfigSource;
+  if (values['config-map']) {
+    const [namespace, name] = values['config-map'].split('/');
+    if (!namespace || !name) throw new Error('--config-map takes NAMESPACE/NAME');
+    const { KubeConfig } = await import('@kubernetes/client-node');
+    const kubeConfig = new KubeConfig();
+    kubeConfig.loadFromDefault();
+    source = await watchConfigMap(kubeConfig, namespace, name, 'config.json', onText, onError);
+  } else if (values.config) {
+    source = watchFile(values.config, Number(values['reload-ms']), onText, onError);
+  } else {
+    throw new Error('run needs --config FILE or --config-map NAMESPACE/NAME');
+  }
+  const config = await firstValid;
+  return {
+    config,
+    source,
+    later: (f) => {
+      next = f;
+      if (pending !== undefined) f(pending);
+    },
+  };
 }
 
 /**

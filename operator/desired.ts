@@ -1,6 +1,7 @@
 // What the operator runs for one EgressGateway, as plain objects to server-side apply: the
-// dataplane's ServiceAccount and its binding to the chart's dataplane ClusterRole, the ConfigMap
-// holding the compiled config, and the DaemonSet on the gateway's nodes. All are owned by the
+// dataplane's ServiceAccount, its binding to the chart's dataplane ClusterRole, the ConfigMap
+// holding the compiled config with a Role that lets the dataplane read that one ConfigMap, and
+// the DaemonSet on the gateway's nodes. All are owned by the
 // gateway, so deleting it lets the garbage collector remove them.
 import type { EgressGateway } from '../crds/index.ts';
 import { apiVersion } from '../crds/index.ts';
@@ -8,7 +9,6 @@ import type { Compiled } from './compile.ts';
 import type { OperatorSettings } from './settings.ts';
 
 export const configFile = 'config.json';
-const configDir = '/etc/naat/gateway';
 const stateDir = '/run/naat';
 
 export interface ApiObject {
@@ -74,6 +74,21 @@ export function desiredGatewayObjects(
       metadata: metadata(true),
       data: { [configFile]: JSON.stringify(compiled.config) },
     },
+    // The dataplane watches its config through the apiserver (a change reaches it in
+    // milliseconds, not at the kubelet's next volume sync), and may read nothing else.
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'Role',
+      metadata: metadata(true),
+      rules: [{ apiGroups: [''], resources: ['configmaps'], resourceNames: [name], verbs: ['get', 'list', 'watch'] }],
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'RoleBinding',
+      metadata: metadata(true),
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name },
+      subjects: [{ kind: 'ServiceAccount', name, namespace }],
+    },
     {
       apiVersion: 'apps/v1',
       kind: 'DaemonSet',
@@ -103,8 +118,8 @@ export function desiredGatewayObjects(
                 imagePullPolicy: dp.pullPolicy,
                 args: [
                   'run',
-                  '--config',
-                  `${configDir}/${configFile}`,
+                  '--config-map',
+                  `${namespace}/${name}`,
                   '--state-dir',
                   stateDir,
                   '--listen',
@@ -133,14 +148,10 @@ export function desiredGatewayObjects(
                   readOnlyRootFilesystem: true,
                   capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
                 },
-                volumeMounts: [
-                  { name: 'config', mountPath: configDir, readOnly: true },
-                  { name: 'state', mountPath: stateDir },
-                ],
+                volumeMounts: [{ name: 'state', mountPath: stateDir }],
               },
             ],
             volumes: [
-              { name: 'config', configMap: { name } },
               // Uplink ids live as long as the node's conntrack table: until the node reboots.
               { name: 'state', hostPath: { path: `${stateDir}/${gateway.metadata.name}`, type: 'DirectoryOrCreate' } },
             ],

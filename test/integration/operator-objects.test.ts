@@ -17,6 +17,7 @@ import { testNodes } from './global-setup.ts';
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naat-objects-${process.pid}`;
 const gatewayName = `objects-${process.pid}`;
+let dataplaneRole: string | undefined;
 
 interface Manifest {
   kind: string;
@@ -24,6 +25,7 @@ interface Manifest {
   data?: Record<string, string>;
 }
 
+/** The operator's settings as the chart writes them; the chart's dataplane ClusterRole is applied. */
 async function chartSettings() {
   const out = await helm(await buildHelm(), [
     'template',
@@ -34,7 +36,13 @@ async function chartSettings() {
   ]);
   const manifests = parseAllDocuments(out).map((d) => d.toJS() as Manifest | null);
   const configMap = manifests.find((m) => m?.kind === 'ConfigMap' && m.metadata.name.endsWith('-operator'))!;
-  return parseSettings(JSON.parse(configMap.data!['config.json']!));
+  const settings = parseSettings(JSON.parse(configMap.data!['config.json']!));
+  const role = manifests.find(
+    (m) => m?.kind === 'ClusterRole' && m.metadata.name === settings.dataplane.clusterRoleName,
+  );
+  await k(['apply', '--server-side', '-f', '-'], JSON.stringify(role));
+  dataplaneRole = settings.dataplane.clusterRoleName;
+  return settings;
 }
 
 beforeAll(async () => {
@@ -53,6 +61,7 @@ afterAll(async () => {
   await k(['delete', 'egressgateway', gatewayName, '--ignore-not-found', '--wait=false']);
   await k(['delete', 'uplink', `${gatewayName}-isp`, '--ignore-not-found', '--wait=false']);
   await k(['delete', 'namespace', namespace, '--wait=false']);
+  if (dataplaneRole) await k(['delete', 'clusterrole', dataplaneRole, '--ignore-not-found']);
 });
 
 test('a gateway becomes a ServiceAccount, binding, ConfigMap and DaemonSet on its nodes, removed with it', async () => {
@@ -117,10 +126,29 @@ test('a gateway becomes a ServiceAccount, binding, ConfigMap and DaemonSet on it
   expect(parseGatewayConfig(JSON.parse(configMap.data![configFile]!)).hash).toBe(compiled.config.hash);
   const binding = JSON.parse(await k(['get', 'clusterrolebinding', objectName(gatewayName), '-o', 'json']));
   expect(binding.roleRef.name).toBe(settings.dataplane.clusterRoleName);
+  // The dataplane may read its own config and nothing else there.
+  const as = `--as=system:serviceaccount:${namespace}:${objectName(gatewayName)}`;
+  const can = (args: string[]) =>
+    k(['auth', 'can-i', ...args, '-n', namespace, as]).then(
+      () => true,
+      () => false,
+    );
+  expect(await can(['watch', `configmaps/${objectName(gatewayName)}`])).toBe(true);
+  expect(await can(['get', 'configmaps/other'])).toBe(false);
+  expect(await can(['patch', 'uplinks.naat.dev/any', '--subresource=status'])).toBe(true);
 
   await k(['delete', 'egressgateway', gatewayName, '--wait=true']);
   for (let i = 0; i < 150; i++) {
-    const left = await k(['get', 'daemonset,configmap,serviceaccount', '-n', namespace, '-l', selector, '-o', 'name']);
+    const left = await k([
+      'get',
+      'daemonset,configmap,serviceaccount,role,rolebinding',
+      '-n',
+      namespace,
+      '-l',
+      selector,
+      '-o',
+      'name',
+    ]);
     const binding = await k(['get', 'clusterrolebinding', '-l', selector, '-o', 'name']);
     if (!left.trim() && !binding.trim()) return;
     await new Promise((r) => setTimeout(r, 200));

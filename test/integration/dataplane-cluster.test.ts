@@ -1,10 +1,12 @@
-// Dataplanes on two nodes report their view of an uplink into its status against the real
-// apiserver: each owns its own entry of status.nodes, so neither overwrites the other.
+// The dataplane's two ties to the cluster, against the real apiserver: nodes report their view of
+// an uplink into its status (each owns its entry of status.nodes), and an agent follows its
+// gateway's ConfigMap through a watch.
 import { KubeConfig } from '@kubernetes/client-node';
 import { join } from 'node:path';
 import { apiVersion, group } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import type { AgentReport } from '../../dataplane/agent.ts';
+import { watchConfigMap } from '../../dataplane/config-source.ts';
 import { UplinkStatusReporter } from '../../dataplane/report.ts';
 import { kubectl } from '../cluster/cluster.ts';
 
@@ -74,4 +76,52 @@ test('each node applies its own status entry, and a change of one leaves the oth
   await expect(
     a.report({ ...report('gateway-a', true, 1), uplinks: [{ ...report('x', true, 1).uplinks[0]!, name: 'missing' }] }),
   ).resolves.toBeUndefined();
+});
+
+test('follows its ConfigMap as it changes, and says when the key is missing', async () => {
+  const namespace = `naat-cm-${process.pid}`;
+  await k(['create', 'namespace', namespace]);
+  try {
+    const configMap = (text: string, key = 'config.json') =>
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'ConfigMap',
+        metadata: { name: 'gw', namespace },
+        data: { [key]: text },
+      });
+    await k(['apply', '-f', '-'], configMap('one'));
+    const kubeConfig = new KubeConfig();
+    kubeConfig.loadFromFile(process.env.KUBECONFIG!);
+    const texts: string[] = [];
+    const errors: string[] = [];
+    const source = await watchConfigMap(
+      kubeConfig,
+      namespace,
+      'gw',
+      'config.json',
+      (t) => texts.push(t),
+      (e) => errors.push(e.message),
+      1000,
+    );
+    const until = async (done: () => boolean) => {
+      for (let i = 0; i < 100 && !done(); i++) await new Promise((r) => setTimeout(r, 50));
+      return done();
+    };
+    try {
+      expect(await until(() => texts.length === 1)).toBe(true);
+      const changedAt = Date.now();
+      await k(['apply', '-f', '-'], configMap('two'));
+      expect(await until(() => texts.length === 2)).toBe(true);
+      console.log(`the agent saw its ConfigMap change ${Date.now() - changedAt} ms after kubectl apply returned`);
+      // Past a resync the same text is not delivered again.
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(texts).toEqual(['one', 'two']);
+      await k(['replace', '-f', '-'], configMap('three', 'other'));
+      expect(await until(() => errors.some((e) => e.includes('has no config.json')))).toBe(true);
+    } finally {
+      source.stop();
+    }
+  } finally {
+    await k(['delete', 'namespace', namespace, '--wait=false']);
+  }
 });
