@@ -103,6 +103,7 @@ export class Agent {
   #lastSync: AgentReport['lastSync'];
   #queue: Promise<void> = Promise.resolve();
   #pending = false;
+  #checkRoutes = true;
   #stopWatch: (() => void) | undefined;
   #rebalance: NodeJS.Timeout | undefined;
   #lastCounts = '';
@@ -169,7 +170,7 @@ export class Agent {
   async associate(upsert: FlowAssociation[], remove: FlowAssociation[]): Promise<void> {
     for (const a of remove) this.#associations.delete(flowKey(a));
     for (const a of upsert) this.#associations.set(flowKey(a), a);
-    await this.sync();
+    await this.#queueSync();
     await this.#endLateDenials(upsert);
   }
 
@@ -238,6 +239,16 @@ export class Agent {
 
   /** Queues a sync; syncs asked for while one waits are folded into it. */
   sync(): Promise<void> {
+    this.#checkRoutes = true;
+    return this.#queueSync();
+  }
+
+  /**
+   * A sync that reads the kernel's routes only when the uplinks' routes changed: association
+   * batches come several times a second and cannot move routes, and each listing costs
+   * processes. Other syncs (config, health, a link that came back) always check them.
+   */
+  #queueSync(): Promise<void> {
     if (this.#pending) return this.#queue;
     this.#pending = true;
     this.#queue = this.#queue.then(async () => {
@@ -325,7 +336,13 @@ export class Agent {
         interfaceAddresses,
       });
       const structure = structureOf(rendered.table);
-      const routing = planRouting(await this.#o.routing.list(), desiredRouting(rendered.routes));
+      const routesUnchanged = JSON.stringify(this.#applied?.rendered.routes) === JSON.stringify(rendered.routes);
+      const checkRoutes = this.#checkRoutes || !routesUnchanged;
+      this.#checkRoutes = false;
+      const none = { rules: [], routes: [] };
+      const routing = checkRoutes
+        ? planRouting(await this.#o.routing.list(), desiredRouting(rendered.routes))
+        : { add: none, remove: none };
       await this.#o.routing
         .add(routing.add)
         .catch((error: Error) => this.#o.log.error('Failed to add uplink routes', { error: error.message }));
