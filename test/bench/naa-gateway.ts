@@ -1,0 +1,543 @@
+// NAA through the real gateway (`npm run bench:naa-gateway`, as root): a real control plane
+// (test/cluster), the e2e topology, the dataplane agent with an `association` block in
+// `unassociatedFlows: PodRules` mode, and the real sidecar in the pod namespace, once at its
+// default scan interval (200 ms) and once at 50 ms. A client in the pod opens connections one by
+// one and records when it called connect() and from which port; the benchmark watches the
+// gateway's `flows4` map with `nft monitor` and the agent's association count at `/status`.
+// Prints, each against a baseline measured in the same run:
+//  1. connect() → the flow's element in `inet naat flows4` (the association in the kernel), vs
+//     connect() → the agent holding the association (its `/status` count, polled): the
+//     sidecar→server leg alone, and the scan interval that bounds it.
+//  2. The share of flows whose element was in place before their first packet (observe mode: ≈ 0).
+//  3. The agent's and the sidecar's RSS, serving this one stream, vs an idle Node process.
+// Nothing leaves the namespaces the benchmark makes; it stops everything it started, also on failure.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { URL } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import type { AgentReport } from '../../dataplane/agent.ts';
+import { startCluster, type Cluster } from '../cluster/cluster.ts';
+import {
+  createTopology,
+  podAddress,
+  podGateway,
+  server,
+  stopProcess,
+  uplinkAddress,
+  uplinkNextHop,
+  type Topology,
+} from '../e2e/topology.ts';
+
+const root = join(import.meta.dirname, '..', '..');
+const programs = join(import.meta.dirname, '..', 'e2e', 'programs');
+const connections = 200;
+const spacingMs = 20;
+const holdMs = 3000;
+const pollMs = 10;
+const serverPort = 9100;
+const node = 'gateway-a';
+const namespace = 'naa-bench';
+const now = () => performance.timeOrigin + performance.now();
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Holds every connection open until the client closes it.
+const holdServer = `
+const net = require('node:net');
+net.createServer((s) => s.on('error', () => {})).listen({ host: process.argv[1], port: Number(process.argv[2]), backlog: 4096 }, () => console.log('listening'));
+`;
+
+// Opens `count` connections `spacing` ms apart on a fixed schedule, prints "<local port> <ms
+// since the epoch just before connect()>" for each, holds them `hold` ms and exits.
+const clientProgram = `import socket, sys, time
+address, port, source = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+count, spacing, hold = int(sys.argv[4]), float(sys.argv[5]) / 1000, float(sys.argv[6]) / 1000
+held = []
+start = time.time() + 0.1
+for i in range(count):
+    delay = start + i * spacing - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    s = socket.socket()
+    s.bind((source, 0))
+    local = s.getsockname()[1]
+    at = time.time() * 1000
+    s.connect((address, port))
+    print(local, '%.3f' % at, flush=True)
+    held.append(s)
+print('done', flush=True)
+time.sleep(hold)
+`;
+
+// Polls the agent's /status and prints "<associations> <previous poll's start> <this poll's end>"
+// whenever the count changes: the change happened between those two moments. The count grows the
+// moment the NAA server hands an association to the agent, before the agent syncs the kernel;
+// /flows would show it only once conntrack's event for the flow had arrived too, and would
+// serialise every flow on each poll.
+const statusPoller = `
+const http = require('node:http');
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const period = Number(process.argv[1]);
+const now = () => performance.timeOrigin + performance.now();
+const get = () => new Promise((resolve, reject) => {
+  const req = http.request({ host: '127.0.0.1', port: 7741, path: '/status', agent }, (res) => {
+    let body = '';
+    res.setEncoding('utf8');
+    res.on('data', (d) => (body += d));
+    res.on('end', () => resolve(JSON.parse(body)));
+  });
+  req.on('error', reject);
+  req.end();
+});
+(async () => {
+  let last = -1;
+  let previous = now();
+  for (;;) {
+    const started = now();
+    const report = await get().catch(() => undefined);
+    const ended = now();
+    if (report && report.associations !== last) {
+      last = report.associations;
+      console.log(last + ' ' + previous.toFixed(3) + ' ' + ended.toFixed(3));
+    }
+    previous = started;
+    const wait = started + period - now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  }
+})();
+`;
+
+interface Connected {
+  port: number;
+  at: number;
+}
+
+interface RunResult {
+  label: string;
+  connected: Connected[];
+  kernel: number[];
+  missing: number;
+  early: number;
+  accepted: { upper: number[]; lower: number[]; missing: number };
+  /** Per flow, from the association held by the agent to its element in the kernel: bounds. */
+  agentLeg: { upper: number[]; lower: number[] };
+  /** Time between the agent's count changes while connections were being opened: the scan period. */
+  deliveries: number[];
+  syncs: { count: number; full: number; durations: number[] };
+  rss: { agent: number; sidecar: number };
+}
+
+let cluster: Cluster | undefined;
+let t: Topology | undefined;
+let dir = '';
+const hostChildren: ChildProcess[] = [];
+let cleaning: Promise<void> | undefined;
+
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    const step = async (what: string, work: () => Promise<unknown>) =>
+      work().catch((error: Error) => console.error(`cleanup: ${what}: ${error.message}`));
+    for (const child of hostChildren.reverse()) await step('a host process', () => stopProcess(child));
+    await step('the topology', async () => t?.destroy());
+    await step('the control plane', async () => cluster?.stop());
+    if (dir) await step('the work folder', () => rm(dir, { recursive: true, force: true }));
+  })();
+  return cleaning;
+}
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => void cleanup().then(() => process.exit(130)));
+}
+
+/** Runs a program in a namespace of the topology (or on the host) with its output in a log file. */
+function spawnLogged(ns: string | undefined, argv: string[], log: string, env: NodeJS.ProcessEnv = {}): ChildProcess {
+  const fd = openSync(join(dir, log), 'a');
+  const options = { stdio: ['ignore', fd, fd] as ['ignore', number, number], env: { ...process.env, ...env } };
+  let child: ChildProcess;
+  if (ns) child = t!.spawn(ns, argv, options);
+  else {
+    child = spawn(argv[0]!, argv.slice(1), options);
+    hostChildren.push(child);
+  }
+  closeSync(fd);
+  return child;
+}
+
+/**
+ * A program in a namespace whose stdout lines go to `onLine`, timestamped as they arrive; its
+ * stderr is passed on but for lines that `quiet` matches.
+ */
+function spawnLines(
+  ns: string,
+  argv: string[],
+  onLine: (line: string, at: number) => void,
+  quiet?: RegExp,
+): ChildProcess {
+  const child = t!.spawn(ns, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  createInterface({ input: child.stdout! }).on('line', (line) => onLine(line, now()));
+  createInterface({ input: child.stderr! }).on('line', (line) => {
+    if (!quiet?.test(line)) console.error(line);
+  });
+  return child;
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+const logText = (name: string) => readFile(join(dir, name), 'utf8').catch(() => '');
+const occurrences = (text: string, what: string) => text.split(what).length - 1;
+
+/** VmRSS in MiB of a child that `ip netns exec` started (it execs, so the pid is the program's). */
+async function rssOf(pid: number, expected: string): Promise<number> {
+  const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+  if (!cmdline.some((arg) => arg.endsWith(expected))) throw new Error(`pid ${pid} is ${cmdline.join(' ')}`);
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]) / 1024;
+}
+
+function percentile(values: number[], q: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? NaN;
+}
+
+const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 10 ? 1 : 0)} ms` : '—');
+const spread = (values: number[]) =>
+  `p50 ${ms(percentile(values, 0.5))}  p90 ${ms(percentile(values, 0.9))}  p99 ${ms(percentile(values, 0.99))}  max ${ms(Math.max(...values))}`;
+
+async function main(): Promise<void> {
+  dir = await mkdtemp(join(tmpdir(), 'naat-bench-gw-'));
+  const progress = (line: string) => process.stderr.write(`  ${line}\n`);
+  cluster = await startCluster({
+    workloads: true,
+    nodes: [{ name: node, labels: { 'naat.dev/gateway': 'true' } }],
+    progress,
+  });
+  const k = (args: string[], input?: string) => cluster!.kubectl(args, input);
+  await k(['create', 'namespace', namespace]);
+  await k(['create', 'serviceaccount', 'app', '-n', namespace]);
+  await k(
+    ['apply', '-f', '-'],
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'app', namespace },
+      spec: { nodeName: node, serviceAccountName: 'app', containers: [{ name: 'app', image: 'app:test' }] },
+    }),
+  );
+  const pod = await until('the pod to get an address', async () => {
+    const p = JSON.parse(await k(['get', 'pod', 'app', '-n', namespace, '-o', 'json']));
+    return p.status?.podIP ? { uid: p.metadata.uid as string, ip: p.status.podIP as string } : undefined;
+  });
+  const token = await k(
+    ['create', 'token', 'app', '-n', namespace, '--audience', 'naat', '--bound-object-kind', 'Pod'].concat([
+      '--bound-object-name',
+      'app',
+      '--bound-object-uid',
+      pod.uid,
+    ]),
+  );
+  await writeFile(join(dir, 'token'), token.trim());
+  await writeFile(join(dir, 'client.py'), clientProgram);
+  progress(`Created pod ${namespace}/app with address ${pod.ip}`);
+
+  // The e2e topology, with the pod's address the apiserver gave it (the NAA server accepts
+  // associations for the pod's own addresses only).
+  t = await createTopology({ pods: 1, uplinks: 1 });
+  const podNs = t.ns.pods[0]!;
+  await t.exec(podNs, ['ip', 'addr', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
+  await t.exec(podNs, ['ip', 'addr', 'del', `${podAddress(1).v4}/24`, 'dev', 'eth0']);
+  await t.exec(podNs, ['ip', 'route', 'replace', 'default', 'via', podGateway(1).v4, 'dev', 'eth0', 'onlink']);
+  await t.exec(t.ns.gw, ['ip', 'route', 'add', `${pod.ip}/32`, 'dev', 'pod1']);
+  const listening = spawnLines(t.ns.srv, [process.execPath, '-e', holdServer, server.v4, String(serverPort)], () => {});
+  await new Promise((resolve) => listening.stdout!.once('data', resolve));
+
+  // The apiserver on the host's loopback, reachable at the same address in the gateway namespace.
+  const apiserver = new URL(
+    (parseYaml(await readFile(cluster.kubeconfig, 'utf8')) as Kubeconfig).clusters[0]!.cluster.server,
+  );
+  const socket = join(dir, 'apiserver.sock');
+  spawnLogged(
+    undefined,
+    [process.execPath, join(programs, 'relay.ts'), 'from-unix', socket, apiserver.hostname, apiserver.port],
+    'relay.log',
+  );
+  await until('the host relay', async () => ((await logText('relay.log')).includes('listening') ? true : undefined));
+  spawnLogged(
+    t.ns.gw,
+    [process.execPath, join(programs, 'relay.ts'), 'to-unix', apiserver.hostname, apiserver.port, socket],
+    'relay-gw.log',
+  );
+  await until('the gateway relay', async () =>
+    (await logText('relay-gw.log')).includes('listening') ? true : undefined,
+  );
+
+  const config = {
+    version: 1,
+    gateway: 'naa-bench',
+    hash: 'naa-bench-1',
+    sources: [pod.ip],
+    uplinks: [
+      {
+        name: 'isp1',
+        interface: 'up1',
+        nextHop: { ipv4: uplinkNextHop(1).v4 },
+        snat: { addresses: [uplinkAddress(1).v4] },
+      },
+    ],
+    balancing: {},
+    timeouts: {},
+    association: { port: 7740, unassociatedFlows: 'PodRules', sidecarSources: [pod.ip] },
+    // Only associations whose application a rule names become elements of the flow maps.
+    rules: [
+      {
+        policy: `${namespace}/apps`,
+        rule: 'python-allowed',
+        priority: 1,
+        sources: [pod.ip],
+        applications: [{ processName: 'python3' }],
+        action: 'Allow',
+      },
+    ],
+  };
+  await writeFile(join(dir, 'gateway.json'), JSON.stringify(config));
+  const agentArgv = ['run', '--config', join(dir, 'gateway.json'), '--node', node, '--state-dir', join(dir, 'state')];
+  const agent = spawnLogged(
+    t.ns.gw,
+    [process.execPath, join(root, 'dataplane', 'main.ts'), ...agentArgv],
+    'agent.log',
+    {
+      KUBECONFIG: cluster.kubeconfig,
+    },
+  );
+  await until('the agent', async () => {
+    const { stdout } = await t!.exec(t!.ns.gw, ['curl', '-sf', 'http://127.0.0.1:7741/status']);
+    return (JSON.parse(stdout) as AgentReport).appliedHash ? true : undefined;
+  });
+  await until('the NAA server', async () =>
+    (await logText('agent.log')).includes('Listening for NAA streams') ? true : undefined,
+  );
+  await sleep(1000);
+  const agentIdleRss = await rssOf(agent.pid!, 'main.ts');
+
+  // Every element added to flows4, timestamped as the event reaches this process.
+  const added: Array<{ address: string; port: number; at: number }> = [];
+  spawnLines(
+    t.ns.gw,
+    ['nft', 'monitor', 'elements'],
+    (line, at) => {
+      const match = /^add element inet naat flows4 \{ (.*) \}$/.exec(line);
+      if (!match) return;
+      for (const element of match[1]!.split(', ')) {
+        const parts = /^(\S+) \. tcp \. (\d+) :/.exec(element);
+        if (parts) added.push({ address: parts[1]!, port: Number(parts[2]), at });
+      }
+      // A full sync re-creates the rules' anonymous sets, which the monitor's cache never saw.
+    },
+    /^W: (Unable to cache set_elem\. Set not found|Received event for an unknown set)\.$/,
+  );
+  await sleep(500);
+
+  const run = async (label: string, scanIntervalMs: number | undefined): Promise<RunResult> => {
+    const streams = occurrences(await logText('agent.log'), 'Accepted NAA stream');
+    const sidecar = spawnLogged(podNs, [process.execPath, join(root, 'sidecar', 'main.ts')], `sidecar-${label}.log`, {
+      NAAT_NAA_SERVER: `${podGateway(1).v4}:7740`,
+      NAAT_POD_NAMESPACE: namespace,
+      NAAT_POD_NAME: 'app',
+      NAAT_POD_UID: pod.uid,
+      NAAT_TOKEN_FILE: join(dir, 'token'),
+      ...(scanIntervalMs ? { NAAT_SCAN_INTERVAL_MS: String(scanIntervalMs) } : {}),
+    });
+    await until('the sidecar stream', async () =>
+      occurrences(await logText('agent.log'), 'Accepted NAA stream') > streams ? true : undefined,
+    );
+    await sleep(1000);
+
+    const counts: Array<{ count: number; after: number; before: number }> = [];
+    const poller = spawnLines(t!.ns.gw, [process.execPath, '-e', statusPoller, String(pollMs)], (line) => {
+      const [count, after, before] = line.split(' ').map(Number);
+      counts.push({ count: count!, after: after!, before: before! });
+    });
+    await until('the first /status poll', async () => (counts.length ? true : undefined));
+    const base = counts.at(-1)!.count;
+    const startedAt = now();
+    added.length = 0;
+
+    const connected: Connected[] = [];
+    let rss: RunResult['rss'] | undefined;
+    const client = spawnLines(
+      podNs,
+      ['python3', join(dir, 'client.py'), server.v4, String(serverPort), pod.ip, String(connections)].concat([
+        String(spacingMs),
+        String(holdMs),
+      ]),
+      (line) => {
+        if (line === 'done') {
+          // Measured while the stream holds every association of the run.
+          setTimeout(() => {
+            Promise.all([rssOf(agent.pid!, 'main.ts'), rssOf(sidecar.pid!, 'main.ts')])
+              .then(([a, s]) => (rss = { agent: a, sidecar: s }))
+              .catch((error: Error) => console.error(`could not read RSS: ${error.message}`));
+          }, holdMs / 2);
+          return;
+        }
+        const [port, at] = line.split(' ').map(Number);
+        connected.push({ port: port!, at: at! });
+      },
+    );
+    const code = await new Promise<number | null>((resolve) => client.once('exit', resolve));
+    if (code !== 0) throw new Error(`the client exited with ${code}`);
+    await stopProcess(poller);
+    const endedAt = now();
+
+    const first = new Map<number, number>();
+    for (const event of added) if (event.address === pod.ip && !first.has(event.port)) first.set(event.port, event.at);
+    const kernel: number[] = [];
+    let early = 0;
+    for (const c of connected) {
+      const at = first.get(c.port);
+      if (at === undefined) continue;
+      kernel.push(at - c.at);
+      if (at < c.at) early++;
+    }
+    // Scans see every socket that exists when they run, so the agent takes associations in the
+    // order of connect(): the k-th connection is in once the count has grown by k.
+    const upper: number[] = [];
+    const lower: number[] = [];
+    const agentLeg: RunResult['agentLeg'] = { upper: [], lower: [] };
+    connected.forEach((c, i) => {
+      const seen = counts.find((entry) => entry.count - base >= i + 1);
+      if (!seen) return;
+      upper.push(seen.before - c.at);
+      lower.push(seen.after - c.at);
+      const at = first.get(c.port);
+      if (at === undefined) return;
+      agentLeg.upper.push(at - seen.after);
+      agentLeg.lower.push(at - seen.before);
+    });
+    const during = counts.filter((e) => e.count > base && e.before <= connected.at(-1)!.at + 1);
+    const deliveries = during.slice(1).map((e, i) => e.before - during[i]!.before);
+    const syncs = (await logText('agent.log'))
+      .split('\n')
+      .filter((line) => line.includes('"Synced the kernel"'))
+      .map((line) => JSON.parse(line) as { ts: string; full: boolean; durationMs: number })
+      .filter((entry) => {
+        const at = Date.parse(entry.ts);
+        return at >= startedAt && at <= endedAt;
+      });
+
+    // The next run starts from an empty map: the sidecar reports the closed sockets gone.
+    await until(
+      'the flow elements to go',
+      async () => {
+        const { stdout } = await t!.exec(t!.ns.gw, ['nft', 'list', 'map', 'inet', 'naat', 'flows4']);
+        return stdout.includes(pod.ip) ? undefined : true;
+      },
+      15_000,
+    );
+    await stopProcess(sidecar);
+    if (!rss) throw new Error('RSS was not measured');
+    return {
+      label,
+      connected,
+      kernel,
+      missing: connected.length - kernel.length,
+      early,
+      accepted: { upper, lower, missing: connected.length - upper.length },
+      agentLeg,
+      deliveries,
+      syncs: {
+        count: syncs.length,
+        full: syncs.filter((s) => s.full).length,
+        durations: syncs.map((s) => s.durationMs),
+      },
+      rss,
+    };
+  };
+
+  const results: Array<RunResult & { interval: number }> = [];
+  for (const interval of [undefined, 50]) {
+    progress(`Measuring with the sidecar's scan interval at ${interval ?? 'its default'}`);
+    results.push({ ...(await run(interval ? `${interval}ms` : 'default', interval)), interval: interval ?? 200 });
+  }
+
+  const idle = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
+  hostChildren.push(idle);
+  await sleep(1000);
+  const idleRss = await rssOf(idle.pid!, '-e').catch(() => rssOf(idle.pid!, '60_000)'));
+  await stopProcess(idle);
+
+  console.log(
+    `NAA through the gateway: agent in PodRules mode, one pod, ${connections} connections ${spacingMs} ms apart, held ${holdMs / 1000} s`,
+  );
+  for (const r of results) {
+    const accepted = percentile(r.accepted.upper, 0.5);
+    const kernel = percentile(r.kernel, 0.5);
+    const period = percentile(r.deliveries, 0.5);
+    const n = r.connected.length;
+    console.log(`sidecar scan interval ${r.interval} ms${r.label === 'default' ? ' (its default)' : ''}:`);
+    console.log(
+      `  the agent got new associations every ${ms(period)} (p50; interval + scan): a socket waits ${ms(period / 2)} on average for its scan  (bound)`,
+    );
+    console.log(
+      `  connect() → association held by the agent  ${spread(r.accepted.upper)}  (baseline: /status every ${pollMs} ms, upper bound${r.accepted.missing ? `; ${r.accepted.missing} never seen` : ''})`,
+    );
+    console.log(`                               lower bound  ${spread(r.accepted.lower)}`);
+    console.log(
+      `  connect() → element in inet naat flows4    ${spread(r.kernel)}  ratio ${(kernel / accepted).toFixed(2)}${r.missing ? `  (${r.missing} never appeared)` : ''}`,
+    );
+    console.log(
+      `  held → element, per flow (agent's leg)     p50 between ${ms(percentile(r.agentLeg.lower, 0.5))} and ${ms(percentile(r.agentLeg.upper, 0.5))}, p99 between ${ms(percentile(r.agentLeg.lower, 0.99))} and ${ms(percentile(r.agentLeg.upper, 0.99))}`,
+    );
+    console.log(
+      `  kernel syncs during the run: ${r.syncs.count} (${r.syncs.full} full), each p50 ${ms(percentile(r.syncs.durations, 0.5))}, max ${ms(Math.max(...r.syncs.durations))}`,
+    );
+    console.log(
+      `  elements in place before the flow's first packet: ${r.early} of ${n} (${((100 * r.early) / n).toFixed(1)} %; observe mode reports sockets after connect())`,
+    );
+  }
+  console.log('memory (VmRSS):');
+  const memory = (what: string, mib: number, note?: string) =>
+    console.log(
+      `  ${what.padEnd(58)}${mib.toFixed(0).padStart(4)} MiB  ${note ?? `ratio ${(mib / idleRss).toFixed(1)}`}`,
+    );
+  memory('idle Node process', idleRss, '(baseline)');
+  memory('agent, NAA server listening, no stream yet', agentIdleRss);
+  for (const r of results) {
+    memory(`agent, one stream holding ${connections} associations (${r.interval} ms scans)`, r.rss.agent);
+    memory(`sidecar, scanning every ${r.interval} ms`, r.rss.sidecar);
+  }
+  const errors = (await Promise.all(['agent.log', 'sidecar-default.log', 'sidecar-50ms.log'].map(logText)))
+    .join('\n')
+    .split('\n')
+    .filter((line) => line.includes('"level":"error"'));
+  if (errors.length) console.log(`errors logged:\n${errors.join('\n')}`);
+}
+
+interface Kubeconfig {
+  clusters: Array<{ cluster: { server: string } }>;
+}
+
+try {
+  await main();
+} catch (error) {
+  process.exitCode = 1;
+  console.error(error);
+  if (dir) {
+    for (const log of ['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']) {
+      const text = await logText(log);
+      if (text) console.error(`--- ${log} (last lines)\n${text.split('\n').slice(-15).join('\n')}`);
+    }
+  }
+} finally {
+  await cleanup();
+}
