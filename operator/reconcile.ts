@@ -1,0 +1,218 @@
+// The operator's reconcilers. Each takes a key, reads the current state from the caches, computes
+// what should be (compileGateway, desiredGatewayObjects, the status helpers), applies it with
+// server-side apply and writes status; none looks at what kind of event brought the key.
+import {
+  CustomObjectsApi,
+  KubernetesObjectApi,
+  PatchStrategy,
+  setHeaderOptions,
+  type KubeConfig,
+  type KubernetesObject,
+  type V1DaemonSet,
+  type V1Namespace,
+  type V1Node,
+  type V1Pod,
+} from '@kubernetes/client-node';
+import {
+  definitionOf,
+  group,
+  version,
+  type Condition,
+  type EgressGateway,
+  type EgressPolicy,
+  type Kind,
+  type Uplink,
+} from '../crds/index.ts';
+import { compileGateway, type PodFacts, type PolicyFacts } from './compile.ts';
+import { desiredGatewayObjects, labelsOf, objectName } from './desired.ts';
+import type { Informer } from './runtime/informer.ts';
+import { objectKey } from './runtime/informer.ts';
+import type { OperatorSettings } from './settings.ts';
+import { conditions, gatewayConditions, policyConditions, uplinkSummary, type DataplaneRollout } from './status.ts';
+
+export const fieldManager = 'naat-operator';
+
+export interface Caches {
+  gateways: Informer<EgressGateway & KubernetesObject>;
+  uplinks: Informer<Uplink & KubernetesObject>;
+  policies: Informer<EgressPolicy & KubernetesObject>;
+  pods: Informer<V1Pod>;
+  namespaces: Informer<V1Namespace>;
+  nodes: Informer<V1Node>;
+  daemonSets: Informer<V1DaemonSet>;
+}
+
+export interface ReconcilerOptions {
+  kubeConfig: KubeConfig;
+  caches: Caches;
+  settings: OperatorSettings;
+  /** The operator's namespace, where each gateway's namespaced objects live. */
+  namespace: string;
+  /** The cluster's pod and service networks: never sent through an uplink. */
+  bypass: readonly string[];
+  now?: () => Date;
+}
+
+export function podFacts(pod: V1Pod): PodFacts {
+  return {
+    namespace: pod.metadata?.namespace ?? '',
+    name: pod.metadata?.name ?? '',
+    labels: pod.metadata?.labels,
+    ips: (pod.status?.podIPs ?? []).map((ip) => ip.ip).filter((ip): ip is string => Boolean(ip)),
+    containers: (pod.spec?.containers ?? []).map((c) => c.name),
+    ...(pod.status?.phase ? { phase: pod.status.phase } : {}),
+  };
+}
+
+export class Reconciler {
+  readonly #o: ReconcilerOptions;
+  readonly #objects: KubernetesObjectApi;
+  readonly #custom: CustomObjectsApi;
+
+  constructor(options: ReconcilerOptions) {
+    this.#o = options;
+    this.#objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
+    this.#custom = options.kubeConfig.makeApiClient(CustomObjectsApi);
+  }
+
+  /**
+   * A gateway's dataplane objects and compiled config, and the status of the gateway and of the
+   * policies that name it. A deleted gateway needs nothing: its objects are garbage-collected.
+   */
+  async reconcileGateway(name: string): Promise<void> {
+    const { caches } = this.#o;
+    const gateway = caches.gateways.get(name);
+    const policies = caches.policies.list().filter((p) => p.spec.gateway === name);
+    if (!gateway) {
+      for (const policy of policies) await this.#policyStatus(policy, undefined, false, { desired: 0, ready: 0 });
+      return;
+    }
+    const compiled = compileGateway({
+      gateway,
+      uplinks: caches.uplinks.list(),
+      policies,
+      pods: caches.pods.list().map(podFacts),
+      namespaces: new Map(caches.namespaces.list().map((n) => [n.metadata?.name ?? '', n.metadata?.labels])),
+      nodes: caches.nodes.list().map((n) => ({ name: n.metadata?.name ?? '', labels: n.metadata?.labels })),
+      bypass: this.#o.bypass,
+    });
+    for (const object of desiredGatewayObjects(gateway, compiled, this.#o.settings, this.#o.namespace)) {
+      await this.#objects.patch(
+        object as KubernetesObject,
+        undefined,
+        undefined,
+        fieldManager,
+        true,
+        PatchStrategy.ServerSideApply,
+      );
+    }
+    const daemonSet = caches.daemonSets.get(`${this.#o.namespace}/${objectName(name)}`);
+    const rollout = {
+      desired: daemonSet?.status?.desiredNumberScheduled ?? 0,
+      ready: Math.min(daemonSet?.status?.numberReady ?? 0, daemonSet?.status?.updatedNumberScheduled ?? 0),
+    };
+    const generation = gateway.metadata.generation ?? 0;
+    await this.#applyStatus('EgressGateway', gateway, {
+      desiredNodes: compiled.nodes.length,
+      readyNodes: rollout.ready,
+      configHash: compiled.config.hash,
+      conditions: conditions(gateway.status?.conditions, generation, this.#now(), gatewayConditions(compiled, rollout)),
+    });
+    for (const policy of policies) {
+      await this.#policyStatus(policy, compiled.policies.get(objectKey(policy)), true, rollout);
+    }
+  }
+
+  /** An Uplink's summary of what its gateway nodes reported. */
+  async reconcileUplink(name: string): Promise<void> {
+    const uplink = this.#o.caches.uplinks.get(name);
+    if (!uplink) return;
+    const summary = uplinkSummary(uplink.status);
+    await this.#applyStatus('Uplink', uplink, {
+      healthyNodes: summary.healthyNodes,
+      activeFlows: summary.activeFlows,
+      conditions: conditions(uplink.status?.conditions, uplink.metadata.generation ?? 0, this.#now(), [summary.ready]),
+    });
+  }
+
+  async #policyStatus(
+    policy: EgressPolicy,
+    facts: PolicyFacts | undefined,
+    gatewayExists: boolean,
+    rollout: DataplaneRollout,
+  ): Promise<void> {
+    const generation = policy.metadata.generation ?? 0;
+    await this.#applyStatus('EgressPolicy', policy, {
+      matchedPods: facts?.matchedPods ?? 0,
+      conditions: conditions(
+        policy.status?.conditions,
+        generation,
+        this.#now(),
+        policyConditions(facts, gatewayExists, rollout),
+      ),
+    });
+  }
+
+  /**
+   * Applies the operator's part of an object's status, unless it already says exactly that (a
+   * status write changes the object, which would otherwise bring it back here for ever).
+   */
+  async #applyStatus(
+    kind: Kind,
+    object: { metadata: { name: string; namespace?: string }; status?: Record<string, unknown> },
+    status: Record<string, unknown> & { conditions: Condition[] },
+  ): Promise<void> {
+    const current = object.status ?? {};
+    if (Object.entries(status).every(([field, value]) => JSON.stringify(current[field]) === JSON.stringify(value)))
+      return;
+    const definition = definitionOf[kind];
+    const body = {
+      apiVersion: `${group}/${version}`,
+      kind,
+      metadata: {
+        name: object.metadata.name,
+        ...(object.metadata.namespace ? { namespace: object.metadata.namespace } : {}),
+      },
+      status,
+    };
+    const options = setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply);
+    const common = {
+      group,
+      version,
+      plural: definition.plural,
+      name: object.metadata.name,
+      body,
+      fieldManager,
+      force: true,
+    };
+    if (object.metadata.namespace) {
+      await this.#custom.patchNamespacedCustomObjectStatus(
+        { ...common, namespace: object.metadata.namespace },
+        options,
+      );
+    } else {
+      await this.#custom.patchClusterCustomObjectStatus(common, options);
+    }
+  }
+
+  #now(): Date {
+    return this.#o.now?.() ?? new Date();
+  }
+}
+
+/** The gateways an object's change can affect, for the gateway controller's queue. */
+export function gatewaysOf(caches: Caches) {
+  const all = () => caches.gateways.list().map((g) => g.metadata.name);
+  return {
+    all,
+    ofPolicy: (policy: EgressPolicy) => [policy.spec.gateway],
+    ofDaemonSet: (daemonSet: V1DaemonSet) => {
+      const gateway = daemonSet.metadata?.labels?.['naat.dev/gateway'];
+      return gateway &&
+        daemonSet.metadata?.labels?.['app.kubernetes.io/managed-by'] ===
+          labelsOf(gateway)['app.kubernetes.io/managed-by']
+        ? [gateway]
+        : [];
+    },
+  };
+}

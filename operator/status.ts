@@ -1,0 +1,132 @@
+// What each object's status should say, from what the operator compiled and observed. Pure:
+// conditions keep their lastTransitionTime while their status does not change.
+import type { Condition } from '../crds/index.ts';
+import type { Compiled, PolicyFacts } from './compile.ts';
+
+export interface DataplaneRollout {
+  /** Nodes that should run the gateway's dataplane (the DaemonSet's desiredNumberScheduled). */
+  desired: number;
+  /** Of those, the ones whose dataplane is ready with the current pod template. */
+  ready: number;
+}
+
+type NewCondition = Omit<Condition, 'lastTransitionTime' | 'observedGeneration'>;
+
+/** Conditions with times carried over from `previous` where the status is unchanged. */
+export function conditions(
+  previous: readonly Condition[] | undefined,
+  generation: number,
+  now: Date,
+  wanted: NewCondition[],
+): Condition[] {
+  return wanted.map((c) => {
+    const old = previous?.find((p) => p.type === c.type);
+    const since = old && old.status === c.status ? old.lastTransitionTime : now.toISOString().replace(/\.\d+Z$/, 'Z');
+    return { ...c, observedGeneration: generation, lastTransitionTime: since };
+  });
+}
+
+export function gatewayConditions(compiled: Compiled, rollout: DataplaneRollout): NewCondition[] {
+  const missing = compiled.missingUplinks;
+  return [
+    missing.length
+      ? {
+          type: 'Accepted',
+          status: 'False',
+          reason: 'UplinksMissing',
+          message: `no Uplink named ${missing.join(', ')}`,
+        }
+      : {
+          type: 'Accepted',
+          status: 'True',
+          reason: 'Resolved',
+          message: `${compiled.config.uplinks.length} uplinks, ${compiled.servedPods} pods served`,
+        },
+    rollout.ready > 0
+      ? {
+          type: 'Ready',
+          status: 'True',
+          reason: 'DataplaneReady',
+          message: `the dataplane is ready on ${rollout.ready} of ${rollout.desired} nodes`,
+        }
+      : {
+          type: 'Ready',
+          status: 'False',
+          reason: rollout.desired ? 'DataplanePending' : 'NoNodes',
+          message: rollout.desired
+            ? `the dataplane is ready on none of ${rollout.desired} nodes`
+            : 'no node matches nodeSelector',
+        },
+  ];
+}
+
+export function policyConditions(
+  facts: PolicyFacts | undefined,
+  gatewayExists: boolean,
+  rollout: DataplaneRollout,
+): NewCondition[] {
+  const accepted: NewCondition = !gatewayExists
+    ? {
+        type: 'Accepted',
+        status: 'False',
+        reason: 'GatewayNotFound',
+        message: 'the EgressGateway named in spec.gateway does not exist',
+      }
+    : facts?.missingUplinks.length
+      ? {
+          type: 'Accepted',
+          status: 'False',
+          reason: 'UplinksNotInGateway',
+          message: `the gateway does not balance over ${facts.missingUplinks.join(', ')}`,
+        }
+      : { type: 'Accepted', status: 'True', reason: 'Resolved', message: `applies to ${facts?.matchedPods ?? 0} pods` };
+  const programmed: NewCondition =
+    gatewayExists && rollout.desired > 0 && rollout.ready === rollout.desired
+      ? {
+          type: 'Programmed',
+          status: 'True',
+          reason: 'Applied',
+          message: `in the config of ${rollout.ready} ready gateway nodes`,
+        }
+      : {
+          type: 'Programmed',
+          status: 'False',
+          reason: 'Pending',
+          message: `ready on ${rollout.ready} of ${rollout.desired} gateway nodes`,
+        };
+  const conflicting: NewCondition = facts?.conflicts.length
+    ? { type: 'Conflicting', status: 'True', reason: 'Shadowed', message: facts.conflicts.join('; ').slice(0, 32768) }
+    : {
+        type: 'Conflicting',
+        status: 'False',
+        reason: 'NoConflict',
+        message: 'no rule overlaps a rule of equal priority',
+      };
+  return [accepted, programmed, conflicting];
+}
+
+export interface UplinkNodes {
+  nodes?: Array<{ node: string; healthy: boolean; activeFlows: number }>;
+}
+
+/** An Uplink's summary over the entries its gateway nodes applied to status.nodes. */
+export function uplinkSummary(status: UplinkNodes | undefined): {
+  healthyNodes: number;
+  activeFlows: number;
+  ready: NewCondition;
+} {
+  const nodes = status?.nodes ?? [];
+  const healthyNodes = nodes.filter((n) => n.healthy).length;
+  const activeFlows = nodes.reduce((sum, n) => sum + n.activeFlows, 0);
+  const ready: NewCondition = !nodes.length
+    ? { type: 'Ready', status: 'False', reason: 'NoNodes', message: 'no gateway node has reported this uplink' }
+    : healthyNodes
+      ? {
+          type: 'Ready',
+          status: 'True',
+          reason: 'Healthy',
+          message: `healthy on ${healthyNodes} of ${nodes.length} nodes`,
+        }
+      : { type: 'Ready', status: 'False', reason: 'Unhealthy', message: `unhealthy on all ${nodes.length} nodes` };
+  return { healthyNodes, activeFlows, ready };
+}

@@ -1,0 +1,237 @@
+// The operator as it runs (`node operator/main.ts`), against the real apiserver: it compiles a
+// gateway, its uplink, its policies and the pods they select into the dataplane's ConfigMap and
+// DaemonSet, writes status, follows changes, reports conflicts, and of two replicas only the
+// leader acts.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { apiVersion, definitions, group } from '../../crds/index.ts';
+import { root } from '../../crds/generate.ts';
+import type { GatewayConfig } from '../../dataplane/index.ts';
+import { objectName } from '../../operator/desired.ts';
+import { kubectl } from '../cluster/cluster.ts';
+
+const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
+const id = `op${process.pid}`;
+const system = `naat-${id}`;
+const apps = `apps-${id}`;
+const operators: ChildProcess[] = [];
+let dir: string;
+
+const apply = (object: unknown) =>
+  k(['apply', '--server-side', '--field-manager=test', '-f', '-'], JSON.stringify(object));
+
+function pod(name: string) {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace: apps, labels: { app: 'web' } },
+    spec: { nodeName: 'worker-a', containers: [{ name: 'app', image: 'app:test' }] },
+  };
+}
+
+function policy(name: string, priority: number, action: 'Allow' | 'Deny') {
+  return {
+    apiVersion,
+    kind: 'EgressPolicy',
+    metadata: { name, namespace: apps },
+    spec: {
+      gateway: id,
+      podSelector: { matchLabels: { app: 'web' } },
+      priority,
+      rules: [
+        { name: 'https', action, destinations: [{ cidr: '192.0.2.0/24', protocol: 'TCP', ports: [{ port: 443 }] }] },
+      ],
+    },
+  };
+}
+
+async function startOperator(name: string, port: number): Promise<ChildProcess> {
+  const settings = {
+    leaderElection: {
+      enabled: true,
+      leaseName: `naat-${id}`,
+      leaseDurationSeconds: 4,
+      renewDeadlineSeconds: 3,
+      retryPeriodSeconds: 1,
+    },
+    webhook: { configurationName: 'unused', serviceName: 'unused', secretName: 'unused', port: 9443 },
+    metricsPort: port,
+    healthPort: port + 1,
+    dataplane: { image: 'naat-dataplane:test', clusterRoleName: 'naat-dataplane' },
+    sidecar: { image: 'naat-sidecar:test' },
+  };
+  const file = join(dir, `${name}.json`);
+  await writeFile(file, JSON.stringify(settings));
+  const child = spawn(process.execPath, [join(root, 'operator', 'main.ts')], {
+    env: {
+      ...process.env,
+      NAAT_CONFIG: file,
+      NAAT_NAMESPACE: system,
+      NAAT_POD_NAME: name,
+      NAAT_BYPASS: '10.96.0.0/12',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  Object.defineProperty(child, 'output', { get: () => output });
+  operators.push(child);
+  return child;
+}
+
+async function eventually<T>(what: string, check: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > end) {
+      const logs = operators.map((o) => (o as ChildProcess & { output: string }).output.slice(-3000)).join('\n---\n');
+      throw new Error(`timed out waiting for ${what} (${String(last ?? '')})\n${logs}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function config(): Promise<GatewayConfig | undefined> {
+  const cm = JSON.parse(await k(['get', 'configmap', objectName(id), '-n', system, '-o', 'json']));
+  return JSON.parse(cm.data['config.json']) as GatewayConfig;
+}
+
+async function status(kind: string, name: string, namespace?: string) {
+  const object = JSON.parse(await k(['get', kind, name, ...(namespace ? ['-n', namespace] : []), '-o', 'json']));
+  return object.status as Record<string, unknown> & {
+    conditions?: Array<{ type: string; status: string; message: string }>;
+  };
+}
+
+const condition = (s: Awaited<ReturnType<typeof status>>, type: string) => s.conditions?.find((c) => c.type === type);
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'naat-operator-'));
+  const crds = definitions.map((d) => join(root, 'crds', `${group}_${d.plural}.yaml`));
+  await k(['apply', '--server-side', '--force-conflicts', ...crds.flatMap((file) => ['-f', file])]);
+  await k([
+    'wait',
+    '--for=condition=Established',
+    '--timeout=60s',
+    ...definitions.map((d) => `crd/${d.plural}.${group}`),
+  ]);
+  await k(['create', 'namespace', system]);
+  await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: apps, labels: { egress: id } } });
+  await apply({
+    apiVersion,
+    kind: 'Uplink',
+    metadata: { name: `${id}-isp` },
+    spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: { addresses: ['192.0.2.10'] } },
+  });
+  await apply({
+    apiVersion,
+    kind: 'EgressGateway',
+    metadata: { name: id },
+    spec: {
+      nodeSelector: { 'naat.dev/gateway': 'true' },
+      uplinks: { names: [`${id}-isp`] },
+      namespaceSelector: { matchLabels: { egress: id } },
+    },
+  });
+  await apply(pod('web-1'));
+  await apply(policy('deny-https', 10, 'Deny'));
+}, 120_000);
+
+afterAll(async () => {
+  for (const operator of operators) operator.kill('SIGTERM');
+  await k(['delete', 'egressgateway', id, '--ignore-not-found', '--wait=false']);
+  await k(['delete', 'uplink', `${id}-isp`, '--ignore-not-found', '--wait=false']);
+  await k(['delete', 'namespace', apps, system, '--wait=false']);
+  await rm(dir, { recursive: true, force: true });
+});
+
+test('compiles the gateway into its ConfigMap and DaemonSet, writes status, and follows changes', async () => {
+  await startOperator('operator-a', 19100);
+  const ip = await eventually('the pod address', async () => {
+    const p = JSON.parse(await k(['get', 'pod', 'web-1', '-n', apps, '-o', 'json']));
+    return p.status?.podIP as string | undefined;
+  });
+  const first = await eventually('the compiled config', async () => {
+    const c = await config();
+    return c?.sources.includes(ip) ? c : undefined;
+  });
+  expect(first.uplinks.map((u) => u.name)).toEqual([`${id}-isp`]);
+  expect(first.rules).toMatchObject([{ policy: `${apps}/deny-https`, rule: 'https', action: 'Deny', sources: [ip] }]);
+  expect(first.bypass).toEqual(['10.96.0.0/12']);
+
+  const gateway = await eventually('the gateway status', async () => {
+    const s = await status('egressgateway', id);
+    return s.configHash === first.hash && condition(s, 'Accepted')?.status === 'True' ? s : undefined;
+  });
+  expect(gateway.desiredNodes).toBe(2);
+  const deny = await eventually('the policy status', async () => {
+    const s = await status('egresspolicy', 'deny-https', apps);
+    return s.matchedPods === 1 ? s : undefined;
+  });
+  expect(condition(deny, 'Accepted')?.status).toBe('True');
+  expect(condition(deny, 'Conflicting')?.status).toBe('False');
+  await eventually('the dataplane pods on both gateway nodes', async () => {
+    const s = await status('egressgateway', id);
+    return s.readyNodes === 2 && condition(s, 'Ready')?.status === 'True' ? true : undefined;
+  });
+
+  // A new pod is in the config within moments of getting its address.
+  const appliedAt = Date.now();
+  await apply(pod('web-2'));
+  const second = await eventually('the second pod in the config', async () => {
+    const c = await config();
+    return c && c.sources.length === 2 ? c : undefined;
+  });
+  console.log(`a new pod reached the compiled config ${Date.now() - appliedAt} ms after kubectl apply returned`);
+  expect(second.rules[0]!.sources).toHaveLength(2);
+
+  // A policy of equal priority that disagrees on the same flows is reported, on both policies.
+  await apply(policy('allow-https', 10, 'Allow'));
+  const conflict = await eventually('the conflict', async () => {
+    const s = await status('egresspolicy', 'allow-https', apps);
+    return condition(s, 'Conflicting')?.status === 'True' ? s : undefined;
+  });
+  // Equal priorities go by name: allow-https comes first and shadows deny-https.
+  expect(condition(conflict, 'Conflicting')?.message).toMatch(/overlaps .*deny-https#https, which it shadows/);
+  const shadowed = await status('egresspolicy', 'deny-https', apps);
+  expect(condition(shadowed, 'Conflicting')?.message).toMatch(/is shadowed by .*allow-https#https/);
+
+  // An uplink the gateway does not have is named in the policy's status.
+  const bad = policy('via-nowhere', 20, 'Allow');
+  (bad.spec.rules[0] as Record<string, unknown>).uplinks = { allowed: ['nowhere'] };
+  await apply(bad);
+  const refused = await eventually('the missing uplink', async () => {
+    const s = await status('egresspolicy', 'via-nowhere', apps);
+    return condition(s, 'Accepted')?.status === 'False' ? s : undefined;
+  });
+  expect(condition(refused, 'Accepted')?.message).toMatch(/nowhere/);
+});
+
+test('of two replicas one leads; the other takes over when it stops and keeps the config current', async () => {
+  const second = await startOperator('operator-b', 19200);
+  const leaderOf = async (port: number) => {
+    const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text());
+    return /naat_operator_leader 1/.test(text);
+  };
+  await eventually('both replicas serving', async () =>
+    (await leaderOf(19100)) !== undefined && (await leaderOf(19200)) !== undefined ? true : undefined,
+  );
+  expect([await leaderOf(19100), await leaderOf(19200)]).toEqual([true, false]);
+  operators[0]!.kill('SIGTERM');
+  await eventually('the second replica leading', async () => ((await leaderOf(19200)) ? true : undefined), 20_000);
+  // The new leader keeps the config current.
+  await apply(pod('web-3'));
+  await eventually('the third pod in the config', async () =>
+    (await config())?.sources.length === 3 ? true : undefined,
+  );
+  second.kill('SIGTERM');
+});
