@@ -2,7 +2,6 @@
 //   NAAT_CONFIG      its configuration file (operator/settings.ts), /etc/naat/operator/config.json
 //   NAAT_NAMESPACE   where it creates each gateway's namespaced objects
 //   NAAT_POD_NAME    its identity in leader election
-//   NAAT_BYPASS      the cluster's pod and service networks, comma-separated (never NATed)
 // Every replica keeps its caches warm; only the leader reconciles. /healthz, /readyz (caches
 // synced) and /metrics (queue depth, reconciles) are served on the configured health and metrics
 // ports.
@@ -30,7 +29,6 @@ const settings = parseSettings(
 );
 const namespace = process.env.NAAT_NAMESPACE ?? 'naat-system';
 const identity = process.env.NAAT_POD_NAME ?? hostname();
-const bypass = (process.env.NAAT_BYPASS ?? '').split(',').filter(Boolean);
 const kubeConfig = new KubeConfig();
 kubeConfig.loadFromDefault();
 
@@ -78,7 +76,7 @@ const caches: Caches = {
   ),
 };
 
-const reconciler = new Reconciler({ kubeConfig, caches, settings, namespace, bypass });
+const reconciler = new Reconciler({ kubeConfig, caches, settings, namespace });
 const affected = gatewaysOf(caches);
 const gateways = new Controller({ name: 'gateways', reconcile: (key) => reconciler.reconcileGateway(key), log });
 gateways.watch(caches.gateways);

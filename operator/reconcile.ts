@@ -48,8 +48,6 @@ export interface ReconcilerOptions {
   settings: OperatorSettings;
   /** The operator's namespace, where each gateway's namespaced objects live. */
   namespace: string;
-  /** The cluster's pod and service networks: never sent through an uplink. */
-  bypass: readonly string[];
   now?: () => Date;
 }
 
@@ -94,7 +92,9 @@ export class Reconciler {
       pods: caches.pods.list().map(podFacts),
       namespaces: new Map(caches.namespaces.list().map((n) => [n.metadata?.name ?? '', n.metadata?.labels])),
       nodes: caches.nodes.list().map((n) => ({ name: n.metadata?.name ?? '', labels: n.metadata?.labels })),
-      bypass: this.#o.bypass,
+      // Traffic inside the cluster never leaves through an uplink: the service networks from the
+      // settings and every node's pod network.
+      bypass: [...this.#o.settings.bypass, ...caches.nodes.list().flatMap((n) => n.spec?.podCIDRs ?? [])],
     });
     for (const object of desiredGatewayObjects(gateway, compiled, this.#o.settings, this.#o.namespace)) {
       await this.#objects.patch(

@@ -25,6 +25,8 @@ export const OperatorSettings = Type.Object({
   metricsPort: Type.Integer({ minimum: 1, maximum: 65535 }),
   healthPort: Type.Integer({ minimum: 1, maximum: 65535 }),
   imagePullSecrets: Type.Array(Type.String(), { default: [] }),
+  /** The cluster's service networks; the nodes' pod networks are added from the Node objects. */
+  bypass: Type.Array(Type.String(), { default: [] }),
   dataplane: Type.Object({
     ...Image,
     clusterRoleName: Type.String({ minLength: 1 }),

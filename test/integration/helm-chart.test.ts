@@ -8,6 +8,7 @@ import { format } from 'prettier';
 import { parse, parseAllDocuments } from 'yaml';
 import { root } from '../../crds/generate.ts';
 import { kubectl } from '../cluster/cluster.ts';
+import { parseSettings } from '../../operator/settings.ts';
 import { buildHelm, helm, valuesTable, type JsonSchema } from '../cluster/helm.ts';
 
 const chart = join(root, 'charts/naat');
@@ -168,7 +169,11 @@ describe('helm template with the default values', () => {
 
   test('gives the operator the configuration the chart README documents', () => {
     const config = operatorConfig(manifests);
+    // What the operator reads and checks at start-up.
+    expect(() => parseSettings(config)).not.toThrow();
+    expect(config.bypass).toEqual(['10.96.0.0/12']);
     expect(Object.keys(config).sort()).toEqual([
+      'bypass',
       'dataplane',
       'healthPort',
       'imagePullSecrets',

@@ -61,6 +61,7 @@ async function startOperator(name: string, port: number): Promise<ChildProcess> 
     healthPort: port + 1,
     dataplane: { image: 'naat-dataplane:test', clusterRoleName: 'naat-dataplane' },
     sidecar: { image: 'naat-sidecar:test' },
+    bypass: ['10.96.0.0/12'],
   };
   const file = join(dir, `${name}.json`);
   await writeFile(file, JSON.stringify(settings));
@@ -70,7 +71,6 @@ async function startOperator(name: string, port: number): Promise<ChildProcess> 
       NAAT_CONFIG: file,
       NAAT_NAMESPACE: system,
       NAAT_POD_NAME: name,
-      NAAT_BYPASS: '10.96.0.0/12',
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -166,7 +166,11 @@ test('compiles the gateway into its ConfigMap and DaemonSet, writes status, and 
   });
   expect(first.uplinks.map((u) => u.name)).toEqual([`${id}-isp`]);
   expect(first.rules).toMatchObject([{ policy: `${apps}/deny-https`, rule: 'https', action: 'Deny', sources: [ip] }]);
-  expect(first.bypass).toEqual(['10.96.0.0/12']);
+  // The service network from the settings, then the nodes' pod networks.
+  const podCidrs = JSON.parse(await k(['get', 'nodes', '-o', 'json'])).items.flatMap(
+    (n: { spec: { podCIDRs?: string[] } }) => n.spec.podCIDRs ?? [],
+  );
+  expect(first.bypass).toEqual(['10.96.0.0/12', ...podCidrs]);
 
   const gateway = await eventually('the gateway status', async () => {
     const s = await status('egressgateway', id);
