@@ -26,6 +26,7 @@ import {
   podNetwork,
   server,
   stopProcess,
+  until,
   uplinkAddress,
   uplinkNextHop,
   type Topology,
@@ -80,16 +81,6 @@ function run(argv: string[], input?: string, timeoutMs = 120_000): Promise<strin
     child.stdin!.on('error', () => {});
     child.stdin!.end(input);
   });
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,10 +284,14 @@ async function topologyBench(dir: string): Promise<void> {
   try {
     await startWhoami(t, whoamiPort);
     t.spawn(t.ns.srv, ['iperf3', '-s', '-B', server.v4, '-p', String(iperfPort)], { stdio: 'ignore' });
-    await until('the iperf3 server', async () => {
-      const { stdout } = await t.exec(t.ns.srv, ['ss', '-Hltn', `sport = :${iperfPort}`]);
-      return stdout.includes(server.v4) ? true : undefined;
-    });
+    await until(
+      'the iperf3 server',
+      async () => {
+        const { stdout } = await t.exec(t.ns.srv, ['ss', '-Hltn', `sport = :${iperfPort}`]);
+        return stdout.includes(server.v4) ? true : undefined;
+      },
+      120_000,
+    );
 
     // (a) Plain forwarding through isp1: static routes both ways, the pod's own address end to end.
     const plainRoutes: Array<[string, string[]]> = [
@@ -332,7 +327,7 @@ async function topologyBench(dir: string): Promise<void> {
     const status = async () =>
       JSON.parse((await t.exec(t.ns.gw, ['curl', '-sf', 'http://127.0.0.1:7741/status'])).stdout) as AgentReport;
     const applied = (hash: string) =>
-      until(`config ${hash}`, async () => ((await status()).appliedHash === hash ? true : undefined));
+      until(`config ${hash}`, async () => ((await status()).appliedHash === hash ? true : undefined), 120_000);
     const startAgent = async (config: Record<string, unknown>) => {
       await writeFile(file, JSON.stringify(config));
       const log = openSync(join(dir, 'agent.log'), 'a');
@@ -617,10 +612,14 @@ async function scaleBench(dir: string): Promise<void> {
       const child = spawnIn([process.execPath, main, ...argv], log);
       closeSync(log);
       try {
-        const report = await until(`the ${name} agent`, async () => {
-          const r = await status();
-          return r.appliedHash === gateway.hash ? r : undefined;
-        });
+        const report = await until(
+          `the ${name} agent`,
+          async () => {
+            const r = await status();
+            return r.appliedHash === gateway.hash ? r : undefined;
+          },
+          120_000,
+        );
         const readyMs = performance.now() - started;
         await sleep(1000);
         return { ...(await vm(child.pid!)), readyMs, syncMs: report.lastSync!.durationMs };

@@ -12,28 +12,13 @@
 //  3. The agent's and the sidecar's RSS, serving this one stream, vs an idle Node process.
 // Nothing leaves the namespaces the benchmark makes; it stops everything it started, also on failure.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { URL } from 'node:url';
-import { parse as parseYaml } from 'yaml';
-import type { AgentReport } from '../../dataplane/agent.ts';
 import { startCluster, type Cluster } from '../cluster/cluster.ts';
-import {
-  createTopology,
-  podAddress,
-  podGateway,
-  server,
-  stopProcess,
-  uplinkAddress,
-  uplinkNextHop,
-  type Topology,
-} from '../e2e/topology.ts';
+import { NaaGateway } from '../e2e/naa-harness.ts';
+import { server, stopProcess, until } from '../e2e/topology.ts';
 
-const root = join(import.meta.dirname, '..', '..');
-const programs = join(import.meta.dirname, '..', 'e2e', 'programs');
 const connections = 200;
 const spacingMs = 20;
 const holdMs = 3000;
@@ -131,8 +116,7 @@ interface RunResult {
 }
 
 let cluster: Cluster | undefined;
-let t: Topology | undefined;
-let dir = '';
+let gateway: NaaGateway | undefined;
 const hostChildren: ChildProcess[] = [];
 let cleaning: Promise<void> | undefined;
 
@@ -141,29 +125,14 @@ function cleanup(): Promise<void> {
     const step = async (what: string, work: () => Promise<unknown>) =>
       work().catch((error: Error) => console.error(`cleanup: ${what}: ${error.message}`));
     for (const child of hostChildren.reverse()) await step('a host process', () => stopProcess(child));
-    await step('the topology', async () => t?.destroy());
+    await step('the gateway', async () => gateway?.stop());
     await step('the control plane', async () => cluster?.stop());
-    if (dir) await step('the work folder', () => rm(dir, { recursive: true, force: true }));
   })();
   return cleaning;
 }
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => void cleanup().then(() => process.exit(130)));
-}
-
-/** Runs a program in a namespace of the topology (or on the host) with its output in a log file. */
-function spawnLogged(ns: string | undefined, argv: string[], log: string, env: NodeJS.ProcessEnv = {}): ChildProcess {
-  const fd = openSync(join(dir, log), 'a');
-  const options = { stdio: ['ignore', fd, fd] as ['ignore', number, number], env: { ...process.env, ...env } };
-  let child: ChildProcess;
-  if (ns) child = t!.spawn(ns, argv, options);
-  else {
-    child = spawn(argv[0]!, argv.slice(1), options);
-    hostChildren.push(child);
-  }
-  closeSync(fd);
-  return child;
 }
 
 /**
@@ -176,26 +145,13 @@ function spawnLines(
   onLine: (line: string, at: number) => void,
   quiet?: RegExp,
 ): ChildProcess {
-  const child = t!.spawn(ns, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = gateway!.topology.spawn(ns, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   createInterface({ input: child.stdout! }).on('line', (line) => onLine(line, now()));
   createInterface({ input: child.stderr! }).on('line', (line) => {
     if (!quiet?.test(line)) console.error(line);
   });
   return child;
 }
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-const logText = (name: string) => readFile(join(dir, name), 'utf8').catch(() => '');
-const occurrences = (text: string, what: string) => text.split(what).length - 1;
 
 /** VmRSS in MiB of a child that `ip netns exec` started (it execs, so the pid is the program's). */
 async function rssOf(pid: number, expected: string): Promise<number> {
@@ -215,117 +171,36 @@ const spread = (values: number[]) =>
   `p50 ${ms(percentile(values, 0.5))}  p90 ${ms(percentile(values, 0.9))}  p99 ${ms(percentile(values, 0.99))}  max ${ms(Math.max(...values))}`;
 
 async function main(): Promise<void> {
-  dir = await mkdtemp(join(tmpdir(), 'naat-bench-gw-'));
   const progress = (line: string) => process.stderr.write(`  ${line}\n`);
   cluster = await startCluster({
     workloads: true,
     nodes: [{ name: node, labels: { 'naat.dev/gateway': 'true' } }],
     progress,
   });
-  const k = (args: string[], input?: string) => cluster!.kubectl(args, input);
-  await k(['create', 'namespace', namespace]);
-  await k(['create', 'serviceaccount', 'app', '-n', namespace]);
-  await k(
-    ['apply', '-f', '-'],
-    JSON.stringify({
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { name: 'app', namespace },
-      spec: { nodeName: node, serviceAccountName: 'app', containers: [{ name: 'app', image: 'app:test' }] },
-    }),
-  );
-  const pod = await until('the pod to get an address', async () => {
-    const p = JSON.parse(await k(['get', 'pod', 'app', '-n', namespace, '-o', 'json']));
-    return p.status?.podIP ? { uid: p.metadata.uid as string, ip: p.status.podIP as string } : undefined;
-  });
-  const token = await k(
-    ['create', 'token', 'app', '-n', namespace, '--audience', 'naat', '--bound-object-kind', 'Pod'].concat([
-      '--bound-object-name',
-      'app',
-      '--bound-object-uid',
-      pod.uid,
-    ]),
-  );
-  await writeFile(join(dir, 'token'), token.trim());
-  await writeFile(join(dir, 'client.py'), clientProgram);
-  progress(`Created pod ${namespace}/app with address ${pod.ip}`);
-
-  // The e2e topology, with the pod's address the apiserver gave it (the NAA server accepts
-  // associations for the pod's own addresses only).
-  t = await createTopology({ pods: 1, uplinks: 1 });
-  const podNs = t.ns.pods[0]!;
-  await t.exec(podNs, ['ip', 'addr', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
-  await t.exec(podNs, ['ip', 'addr', 'del', `${podAddress(1).v4}/24`, 'dev', 'eth0']);
-  await t.exec(podNs, ['ip', 'route', 'replace', 'default', 'via', podGateway(1).v4, 'dev', 'eth0', 'onlink']);
-  await t.exec(t.ns.gw, ['ip', 'route', 'add', `${pod.ip}/32`, 'dev', 'pod1']);
-  const listening = spawnLines(t.ns.srv, [process.execPath, '-e', holdServer, server.v4, String(serverPort)], () => {});
-  await new Promise((resolve) => listening.stdout!.once('data', resolve));
-
-  // The apiserver on the host's loopback, reachable at the same address in the gateway namespace.
-  const apiserver = new URL(
-    (parseYaml(await readFile(cluster.kubeconfig, 'utf8')) as Kubeconfig).clusters[0]!.cluster.server,
-  );
-  const socket = join(dir, 'apiserver.sock');
-  spawnLogged(
-    undefined,
-    [process.execPath, join(programs, 'relay.ts'), 'from-unix', socket, apiserver.hostname, apiserver.port],
-    'relay.log',
-  );
-  await until('the host relay', async () => ((await logText('relay.log')).includes('listening') ? true : undefined));
-  spawnLogged(
-    t.ns.gw,
-    [process.execPath, join(programs, 'relay.ts'), 'to-unix', apiserver.hostname, apiserver.port, socket],
-    'relay-gw.log',
-  );
-  await until('the gateway relay', async () =>
-    (await logText('relay-gw.log')).includes('listening') ? true : undefined,
-  );
-
-  const config = {
-    version: 1,
-    gateway: 'naa-bench',
-    hash: 'naa-bench-1',
-    sources: [pod.ip],
-    uplinks: [
-      {
-        name: 'isp1',
-        interface: 'up1',
-        nextHop: { ipv4: uplinkNextHop(1).v4 },
-        snat: { addresses: [uplinkAddress(1).v4] },
-      },
-    ],
-    balancing: {},
-    timeouts: {},
-    association: { port: 7740, unassociatedFlows: 'PodRules', sidecarSources: [pod.ip] },
+  gateway = new NaaGateway({
+    kubeconfig: cluster.kubeconfig,
+    namespace,
+    node,
+    uplinks: 1,
+    unassociatedFlows: 'PodRules',
     // Only associations whose application a rule names become elements of the flow maps.
-    rules: [
+    rules: (podIp) => [
       {
         policy: `${namespace}/apps`,
         rule: 'python-allowed',
         priority: 1,
-        sources: [pod.ip],
+        sources: [podIp],
         applications: [{ processName: 'python3' }],
         action: 'Allow',
       },
     ],
-  };
-  await writeFile(join(dir, 'gateway.json'), JSON.stringify(config));
-  const agentArgv = ['run', '--config', join(dir, 'gateway.json'), '--node', node, '--state-dir', join(dir, 'state')];
-  const agent = spawnLogged(
-    t.ns.gw,
-    [process.execPath, join(root, 'dataplane', 'main.ts'), ...agentArgv],
-    'agent.log',
-    {
-      KUBECONFIG: cluster.kubeconfig,
-    },
-  );
-  await until('the agent', async () => {
-    const { stdout } = await t!.exec(t!.ns.gw, ['curl', '-sf', 'http://127.0.0.1:7741/status']);
-    return (JSON.parse(stdout) as AgentReport).appliedHash ? true : undefined;
   });
-  await until('the NAA server', async () =>
-    (await logText('agent.log')).includes('Listening for NAA streams') ? true : undefined,
-  );
+  await gateway.start();
+  const { topology: t, pod, dir, agent } = gateway;
+  progress(`Created pod ${namespace}/app with address ${pod.ip}`);
+  await writeFile(join(dir, 'client.py'), clientProgram);
+  const listening = spawnLines(t.ns.srv, [process.execPath, '-e', holdServer, server.v4, String(serverPort)], () => {});
+  await new Promise((resolve) => listening.stdout!.once('data', resolve));
   await sleep(1000);
   const agentIdleRss = await rssOf(agent.pid!, 'main.ts');
 
@@ -348,22 +223,11 @@ async function main(): Promise<void> {
   await sleep(500);
 
   const run = async (label: string, scanIntervalMs: number | undefined): Promise<RunResult> => {
-    const streams = occurrences(await logText('agent.log'), 'Accepted NAA stream');
-    const sidecar = spawnLogged(podNs, [process.execPath, join(root, 'sidecar', 'main.ts')], `sidecar-${label}.log`, {
-      NAAT_NAA_SERVER: `${podGateway(1).v4}:7740`,
-      NAAT_POD_NAMESPACE: namespace,
-      NAAT_POD_NAME: 'app',
-      NAAT_POD_UID: pod.uid,
-      NAAT_TOKEN_FILE: join(dir, 'token'),
-      ...(scanIntervalMs ? { NAAT_SCAN_INTERVAL_MS: String(scanIntervalMs) } : {}),
-    });
-    await until('the sidecar stream', async () =>
-      occurrences(await logText('agent.log'), 'Accepted NAA stream') > streams ? true : undefined,
-    );
+    const sidecar = await gateway!.startSidecar({ log: `sidecar-${label}.log`, scanIntervalMs });
     await sleep(1000);
 
     const counts: Array<{ count: number; after: number; before: number }> = [];
-    const poller = spawnLines(t!.ns.gw, [process.execPath, '-e', statusPoller, String(pollMs)], (line) => {
+    const poller = spawnLines(t.ns.gw, [process.execPath, '-e', statusPoller, String(pollMs)], (line) => {
       const [count, after, before] = line.split(' ').map(Number);
       counts.push({ count: count!, after: after!, before: before! });
     });
@@ -375,7 +239,7 @@ async function main(): Promise<void> {
     const connected: Connected[] = [];
     let rss: RunResult['rss'] | undefined;
     const client = spawnLines(
-      podNs,
+      pod.netns,
       ['python3', join(dir, 'client.py'), server.v4, String(serverPort), pod.ip, String(connections)].concat([
         String(spacingMs),
         String(holdMs),
@@ -426,7 +290,7 @@ async function main(): Promise<void> {
     });
     const during = counts.filter((e) => e.count > base && e.before <= connected.at(-1)!.at + 1);
     const deliveries = during.slice(1).map((e, i) => e.before - during[i]!.before);
-    const syncs = (await logText('agent.log'))
+    const syncs = (await gateway!.log('agent.log'))
       .split('\n')
       .filter((line) => line.includes('"Synced the kernel"'))
       .map((line) => JSON.parse(line) as { ts: string; full: boolean; durationMs: number })
@@ -439,7 +303,7 @@ async function main(): Promise<void> {
     await until(
       'the flow elements to go',
       async () => {
-        const { stdout } = await t!.exec(t!.ns.gw, ['nft', 'list', 'map', 'inet', 'naat', 'flows4']);
+        const { stdout } = await t.exec(t.ns.gw, ['nft', 'list', 'map', 'inet', 'naat', 'flows4']);
         return stdout.includes(pod.ip) ? undefined : true;
       },
       15_000,
@@ -516,15 +380,7 @@ async function main(): Promise<void> {
     memory(`agent, one stream holding ${connections} associations (${r.interval} ms scans)`, r.rss.agent);
     memory(`sidecar, scanning every ${r.interval} ms`, r.rss.sidecar);
   }
-  const errors = (await Promise.all(['agent.log', 'sidecar-default.log', 'sidecar-50ms.log'].map(logText)))
-    .join('\n')
-    .split('\n')
-    .filter((line) => line.includes('"level":"error"'));
-  if (errors.length) console.log(`errors logged:\n${errors.join('\n')}`);
-}
-
-interface Kubeconfig {
-  clusters: Array<{ cluster: { server: string } }>;
+  await gateway.printErrorsLogged(['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']);
 }
 
 try {
@@ -532,11 +388,9 @@ try {
 } catch (error) {
   process.exitCode = 1;
   console.error(error);
-  if (dir) {
-    for (const log of ['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']) {
-      const text = await logText(log);
-      if (text) console.error(`--- ${log} (last lines)\n${text.split('\n').slice(-15).join('\n')}`);
-    }
+  for (const log of ['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']) {
+    const text = (await gateway?.log(log)) ?? '';
+    if (text) console.error(`--- ${log} (last lines)\n${text.split('\n').slice(-15).join('\n')}`);
   }
 } finally {
   await cleanup();

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AgentReport } from '../../dataplane/agent.ts';
 import { parseConntrackLine } from '../../dataplane/conntrack.ts';
-import { createTopology, server, stopProcess, uplinkAddress, uplinkNextHop, type Topology } from './topology.ts';
+import { createTopology, server, stopProcess, until, uplinkAddress, uplinkNextHop, type Topology } from './topology.ts';
 import {
   connectMany,
   fetchFtp,
@@ -75,16 +75,6 @@ function config(change: (c: Record<string, unknown>) => void = () => {}): Record
 async function status(): Promise<AgentReport> {
   const { stdout } = await t.exec(t.ns.gw, ['curl', '-sf', 'http://127.0.0.1:7741/status']);
   return JSON.parse(stdout);
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Writes the config file and waits until the agent reports it applied. */

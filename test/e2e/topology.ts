@@ -239,6 +239,20 @@ export async function stopProcess(child: ChildProcess | undefined): Promise<void
   await exited;
 }
 
+/**
+ * Polls `probe` until it resolves with something other than undefined, and resolves with that; a
+ * probe that rejects has not seen it yet. Rejects once `timeoutMs` has passed.
+ */
+export async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 // Dropped before conntrack sees it. Neighbour discovery still passes, as ARP does (nftables'
 // inet family never sees ARP), so that the link looks alive in both families alike and only
 // what crosses the ISP is lost.

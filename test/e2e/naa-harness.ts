@@ -1,0 +1,259 @@
+// The gateway that application-aware egress (NAA) goes through, as the end-to-end test and the
+// benchmark run it: a Pod with a bound `naat` token in a real control plane; the e2e topology,
+// whose pod namespace stands for that Pod; the dataplane agent in the gateway namespace with an
+// `association` block in its config; and the real sidecar in the pod namespace. Its files live in
+// a work folder of its own; stop() removes everything it made, also after a start that failed.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { URL } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import type { AgentReport } from '../../dataplane/agent.ts';
+import { kubectl } from '../cluster/cluster.ts';
+import {
+  createTopology,
+  podAddress,
+  podGateway,
+  stopProcess,
+  until,
+  uplinkAddress,
+  uplinkNextHop,
+  type Topology,
+} from './topology.ts';
+
+const root = join(import.meta.dirname, '..', '..');
+const programs = join(import.meta.dirname, 'programs');
+const naaPort = 7740;
+
+export interface NaaGatewayOptions {
+  /** The control plane that holds the Pod and that the agent checks sidecars' tokens with. */
+  kubeconfig: string;
+  /** A namespace to create for the Pod; stop() deletes it. */
+  namespace: string;
+  /** The node that the Pod is scheduled on and the agent runs as: the agent accepts only pods on its own node. */
+  node: string;
+  uplinks: number;
+  unassociatedFlows: 'Hold' | 'PodRules';
+  /** The gateway config's rules, for the Pod's address. */
+  rules: (podIp: string) => object[];
+}
+
+export interface SidecarOptions {
+  /** Its log file, in the work folder. */
+  log: string;
+  /** NAAT_SCAN_INTERVAL_MS; the sidecar's default without it. */
+  scanIntervalMs?: number;
+  /** Another pod that the sidecar claims to be, with the Pod's token. */
+  claim?: { name: string; uid: string };
+}
+
+export class NaaGateway {
+  readonly options: NaaGatewayOptions;
+  /** The work folder: the token, the gateway config, the agent's state and the logs. */
+  dir = '';
+  topology!: Topology;
+  /** The Pod, and the network namespace that stands for it. */
+  pod!: { uid: string; ip: string; netns: string };
+  agent!: ChildProcess;
+  /** What stop() undoes, in the order it was done. */
+  readonly #made: Array<() => Promise<unknown>> = [];
+
+  constructor(options: NaaGatewayOptions) {
+    this.options = options;
+  }
+
+  /** Makes everything and starts the agent; resolves once its NAA server listens. */
+  async start(): Promise<void> {
+    const { kubeconfig, namespace, node } = this.options;
+    const k = (args: string[], input?: string) => kubectl(kubeconfig, args, input);
+    this.dir = await mkdtemp(join(tmpdir(), 'naat-naa-gw-'));
+    this.#made.push(() => rm(this.dir, { recursive: true, force: true }));
+
+    await k(['create', 'namespace', namespace]);
+    this.#made.push(() => k(['delete', 'namespace', namespace, '--wait=false']));
+    await k(['create', 'serviceaccount', 'app', '-n', namespace]);
+    await k(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'app', namespace },
+        spec: { nodeName: node, serviceAccountName: 'app', containers: [{ name: 'app', image: 'app:test' }] },
+      }),
+    );
+    const pod = await until('the pod to get an address', async () => {
+      const p = JSON.parse(await k(['get', 'pod', 'app', '-n', namespace, '-o', 'json']));
+      return p.status?.podIP ? { uid: p.metadata.uid as string, ip: p.status.podIP as string } : undefined;
+    });
+    const token = await k(
+      ['create', 'token', 'app', '-n', namespace, '--audience', 'naat'].concat([
+        '--bound-object-kind',
+        'Pod',
+        '--bound-object-name',
+        'app',
+        '--bound-object-uid',
+        pod.uid,
+      ]),
+    );
+    await writeFile(join(this.dir, 'token'), token.trim());
+
+    const t = await createTopology({ pods: 1, uplinks: this.options.uplinks });
+    this.#made.push(() => t.destroy());
+    this.topology = t;
+    this.pod = { ...pod, netns: t.ns.pods[0]! };
+    // The pod namespace takes the address the apiserver gave the pod, as its only IPv4 address: the
+    // gateway accepts associations for the pod's own addresses and refuses a stream that reports
+    // any other.
+    await t.exec(this.pod.netns, ['ip', 'addr', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
+    await t.exec(this.pod.netns, ['ip', 'addr', 'del', `${podAddress(1).v4}/24`, 'dev', 'eth0']);
+    await t.exec(this.pod.netns, [
+      'ip',
+      'route',
+      'replace',
+      'default',
+      'via',
+      podGateway(1).v4,
+      'dev',
+      'eth0',
+      'onlink',
+    ]);
+    await t.exec(t.ns.gw, ['ip', 'route', 'add', `${pod.ip}/32`, 'dev', 'pod1']);
+
+    // The agent runs in the gateway namespace; the apiserver listens on the host's loopback. Two
+    // relays joined by a Unix socket make the same address work inside the gateway namespace.
+    const apiserver = new URL(
+      (parseYaml(await readFile(kubeconfig, 'utf8')) as Kubeconfig).clusters[0]!.cluster.server,
+    );
+    const socket = join(this.dir, 'apiserver.sock');
+    const hostRelay = this.#spawnLogged(
+      undefined,
+      [process.execPath, join(programs, 'relay.ts'), 'from-unix', socket, apiserver.hostname, apiserver.port],
+      'relay.log',
+    );
+    this.#made.push(() => stopProcess(hostRelay));
+    await until('the host relay', async () => ((await this.log('relay.log')).includes('listening') ? true : undefined));
+    this.#spawnLogged(
+      t.ns.gw,
+      [process.execPath, join(programs, 'relay.ts'), 'to-unix', apiserver.hostname, apiserver.port, socket],
+      'relay-gw.log',
+    );
+    await until('the gateway relay', async () =>
+      (await this.log('relay-gw.log')).includes('listening') ? true : undefined,
+    );
+
+    const uplink = (n: number) => ({
+      name: `isp${n}`,
+      interface: `up${n}`,
+      nextHop: { ipv4: uplinkNextHop(n).v4 },
+      snat: { addresses: [uplinkAddress(n).v4] },
+    });
+    const config = {
+      version: 1,
+      gateway: 'naa',
+      hash: 'naa-1',
+      sources: [pod.ip],
+      uplinks: Array.from({ length: this.options.uplinks }, (_, i) => uplink(i + 1)),
+      balancing: {},
+      timeouts: {},
+      association: { port: naaPort, unassociatedFlows: this.options.unassociatedFlows, sidecarSources: [pod.ip] },
+      rules: this.options.rules(pod.ip),
+    };
+    await writeFile(join(this.dir, 'gateway.json'), JSON.stringify(config));
+    await this.startAgent();
+  }
+
+  /**
+   * Starts the agent (start() does; again once it was stopped); resolves once it applied its config
+   * and its NAA server listens.
+   */
+  async startAgent(): Promise<void> {
+    const listening = await this.#occurrences('agent.log', 'Listening for NAA streams');
+    const { node, kubeconfig } = this.options;
+    const config = join(this.dir, 'gateway.json');
+    const argv = ['run', '--config', config, '--node', node, '--state-dir', join(this.dir, 'state')];
+    this.agent = this.#spawnLogged(
+      this.topology.ns.gw,
+      [process.execPath, join(root, 'dataplane', 'main.ts'), ...argv],
+      'agent.log',
+      { KUBECONFIG: kubeconfig },
+    );
+    await until('the agent', async () =>
+      (await this.agentGet<AgentReport>('/status')).appliedHash ? true : undefined,
+    );
+    await until('the NAA server', async () =>
+      (await this.#occurrences('agent.log', 'Listening for NAA streams')) > listening ? true : undefined,
+    );
+  }
+
+  /** Starts a sidecar in the pod namespace, without waiting for it to connect. */
+  spawnSidecar(options: SidecarOptions): ChildProcess {
+    const pod = options.claim ?? { name: 'app', uid: this.pod.uid };
+    return this.#spawnLogged(this.pod.netns, [process.execPath, join(root, 'sidecar', 'main.ts')], options.log, {
+      NAAT_NAA_SERVER: `${podGateway(1).v4}:${naaPort}`,
+      NAAT_POD_NAMESPACE: this.options.namespace,
+      NAAT_POD_NAME: pod.name,
+      NAAT_POD_UID: pod.uid,
+      NAAT_TOKEN_FILE: join(this.dir, 'token'),
+      ...(options.scanIntervalMs ? { NAAT_SCAN_INTERVAL_MS: String(options.scanIntervalMs) } : {}),
+    });
+  }
+
+  /** Starts a sidecar in the pod namespace; resolves once the agent accepted its stream. */
+  async startSidecar(options: SidecarOptions): Promise<ChildProcess> {
+    const streams = await this.#occurrences('agent.log', 'Accepted NAA stream');
+    const sidecar = this.spawnSidecar(options);
+    await until('the sidecar stream', async () =>
+      (await this.#occurrences('agent.log', 'Accepted NAA stream')) > streams ? true : undefined,
+    );
+    return sidecar;
+  }
+
+  /** What the agent's HTTP server answers at `path`, asked from the gateway namespace it listens in. */
+  async agentGet<T>(path: string): Promise<T> {
+    const { stdout } = await this.topology.exec(this.topology.ns.gw, ['curl', '-sf', `http://127.0.0.1:7741${path}`]);
+    return JSON.parse(stdout) as T;
+  }
+
+  /** The text of a log file in the work folder; empty if there is none. */
+  log(name: string): Promise<string> {
+    return readFile(join(this.dir, name), 'utf8').catch(() => '');
+  }
+
+  /** Prints the lines that these logs logged at level error, if any. */
+  async printErrorsLogged(logs: string[]): Promise<void> {
+    const errors = (await Promise.all(logs.map((name) => this.log(name))))
+      .join('\n')
+      .split('\n')
+      .filter((line) => line.includes('"level":"error"'));
+    if (errors.length) console.log(`errors logged:\n${errors.join('\n')}`);
+  }
+
+  /** Stops and deletes everything start() made, the latest first; safe to call twice. */
+  async stop(): Promise<void> {
+    const failures: Error[] = [];
+    for (const undo of this.#made.splice(0).reverse()) await undo().catch((error: Error) => failures.push(error));
+    if (failures.length) throw new AggregateError(failures, failures.map((error) => error.message).join('; '));
+  }
+
+  async #occurrences(log: string, text: string): Promise<number> {
+    return (await this.log(log)).split(text).length - 1;
+  }
+
+  /**
+   * Runs a program in a namespace of the topology (or, without one, on the host) with its output in
+   * a log file; topology.destroy() ends the ones in a namespace.
+   */
+  #spawnLogged(ns: string | undefined, argv: string[], log: string, env: NodeJS.ProcessEnv = {}): ChildProcess {
+    const fd = openSync(join(this.dir, log), 'a');
+    const options = { stdio: ['ignore', fd, fd] as ['ignore', number, number], env: { ...process.env, ...env } };
+    const child = ns ? this.topology.spawn(ns, argv, options) : spawn(argv[0]!, argv.slice(1), options);
+    closeSync(fd);
+    return child;
+  }
+}
+
+interface Kubeconfig {
+  clusters: Array<{ cluster: { server: string } }>;
+}
