@@ -4,9 +4,10 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { apiVersion, definitionOf, definitions, group, validate, type Kind } from '../../crds/index.ts';
+import { apiVersion, definitionOf, group, validate, type Kind } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import { kubectl } from '../cluster/cluster.ts';
+import { installCrds } from '../cluster/crds.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 // Tests share one apiserver: every object here carries this suffix and is deleted afterwards.
@@ -37,14 +38,7 @@ function object(kind: Kind, name: string, spec: Record<string, unknown>): ApiObj
 }
 
 beforeAll(async () => {
-  const crds = definitions.map((definition) => join(root, 'crds', `${group}_${definition.plural}.yaml`));
-  await k(['apply', '--server-side', '--force-conflicts', ...crds.flatMap((file) => ['-f', file])]);
-  await k([
-    'wait',
-    '--for=condition=Established',
-    '--timeout=60s',
-    ...definitions.map((definition) => `crd/${definition.plural}.${group}`),
-  ]);
+  await installCrds(process.env.KUBECONFIG!);
   await k(['create', 'namespace', namespace]);
 });
 

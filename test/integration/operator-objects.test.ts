@@ -4,13 +4,14 @@
 // ConfigMap holds a config the dataplane accepts, and deleting the gateway takes it all away.
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { apiVersion, definitions, group, type EgressGateway, type Uplink } from '../../crds/index.ts';
+import { apiVersion, type EgressGateway, type Uplink } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import { parseGatewayConfig } from '../../dataplane/index.ts';
 import { compileGateway } from '../../operator/compile.ts';
 import { configFile, desiredGatewayObjects, labelsOf, objectName } from '../../operator/desired.ts';
 import { parseSettings } from '../../operator/settings.ts';
 import { kubectl } from '../cluster/cluster.ts';
+import { installCrds } from '../cluster/crds.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
 import { testNodes } from './global-setup.ts';
 
@@ -46,14 +47,7 @@ async function chartSettings() {
 }
 
 beforeAll(async () => {
-  const crds = definitions.map((d) => join(root, 'crds', `${group}_${d.plural}.yaml`));
-  await k(['apply', '--server-side', '--force-conflicts', ...crds.flatMap((file) => ['-f', file])]);
-  await k([
-    'wait',
-    '--for=condition=Established',
-    '--timeout=60s',
-    ...definitions.map((d) => `crd/${d.plural}.${group}`),
-  ]);
+  await installCrds(process.env.KUBECONFIG!);
   await k(['create', 'namespace', namespace]);
 }, 600_000);
 

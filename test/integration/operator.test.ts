@@ -6,11 +6,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { apiVersion, definitions, group } from '../../crds/index.ts';
+import { apiVersion } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import type { GatewayConfig } from '../../dataplane/index.ts';
 import { objectName } from '../../operator/desired.ts';
 import { kubectl } from '../cluster/cluster.ts';
+import { installCrds } from '../cluster/crds.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const id = `op${process.pid}`;
@@ -116,14 +117,7 @@ const condition = (s: Awaited<ReturnType<typeof status>>, type: string) => s.con
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'naat-operator-'));
-  const crds = definitions.map((d) => join(root, 'crds', `${group}_${d.plural}.yaml`));
-  await k(['apply', '--server-side', '--force-conflicts', ...crds.flatMap((file) => ['-f', file])]);
-  await k([
-    'wait',
-    '--for=condition=Established',
-    '--timeout=60s',
-    ...definitions.map((d) => `crd/${d.plural}.${group}`),
-  ]);
+  await installCrds(process.env.KUBECONFIG!);
   await k(['create', 'namespace', system]);
   await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: apps, labels: { egress: id } } });
   await apply({

@@ -2,12 +2,11 @@
 // running in the foreground until Ctrl-C. `npm run lab -- down` stops a lab left running
 // elsewhere and removes everything it made.
 import { existsSync } from 'node:fs';
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { killLeftovers, startCluster } from '../cluster/cluster.ts';
+import { installCrds } from '../cluster/crds.ts';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const labDir = process.env.NAAT_LAB_DIR ?? '/tmp/naat-lab';
 const pidFile = join(labDir, 'lab.pid');
 const nodes = [
@@ -34,10 +33,8 @@ async function up(): Promise<void> {
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
 
-  const crds = join(root, 'crds');
-  const manifests = existsSync(crds) ? (await readdir(crds)).filter((f) => f.endsWith('.yaml')) : [];
-  for (const file of manifests) await cluster.kubectl(['apply', '--server-side', '-f', join(crds, file)]);
-  if (manifests.length) say(`Applied ${manifests.length} CRDs from crds/`);
+  await installCrds(cluster.kubeconfig);
+  say('Installed the CRDs from crds/');
 
   console.log(`
 The lab is up (${((performance.now() - started) / 1000).toFixed(1)}s). In another terminal:
