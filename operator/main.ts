@@ -76,7 +76,7 @@ const caches: Caches = {
   ),
 };
 
-const reconciler = new Reconciler({ kubeConfig, caches, settings, namespace });
+const reconciler = new Reconciler({ kubeConfig, caches, settings, namespace, identity, log });
 const affected = gatewaysOf(caches);
 const gateways = new Controller({ name: 'gateways', reconcile: (key) => reconciler.reconcileGateway(key), log });
 gateways.watch(caches.gateways);

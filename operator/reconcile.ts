@@ -3,7 +3,9 @@
 // server-side apply and writes status; none looks at what kind of event brought the key.
 import {
   CustomObjectsApi,
+  EventsV1Api,
   KubernetesObjectApi,
+  V1MicroTime,
   PatchStrategy,
   setHeaderOptions,
   type KubeConfig,
@@ -26,6 +28,7 @@ import {
 import { compileGateway, type PodFacts, type PolicyFacts } from './compile.ts';
 import { desiredGatewayObjects, labelsOf, objectName } from './desired.ts';
 import type { Informer } from './runtime/informer.ts';
+import { errorText, type Logger } from './runtime/log.ts';
 import { objectKey } from './runtime/informer.ts';
 import type { OperatorSettings } from './settings.ts';
 import { conditions, gatewayConditions, policyConditions, uplinkSummary, type DataplaneRollout } from './status.ts';
@@ -48,6 +51,9 @@ export interface ReconcilerOptions {
   settings: OperatorSettings;
   /** The operator's namespace, where each gateway's namespaced objects live. */
   namespace: string;
+  /** This replica, as the reporting instance of its Events. */
+  identity: string;
+  log: Logger;
   now?: () => Date;
 }
 
@@ -66,11 +72,15 @@ export class Reconciler {
   readonly #o: ReconcilerOptions;
   readonly #objects: KubernetesObjectApi;
   readonly #custom: CustomObjectsApi;
+  readonly #events: EventsV1Api;
+  /** The last Event note of each object and reason, so that one change is told once. */
+  readonly #told = new Map<string, string>();
 
   constructor(options: ReconcilerOptions) {
     this.#o = options;
     this.#objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
     this.#custom = options.kubeConfig.makeApiClient(CustomObjectsApi);
+    this.#events = options.kubeConfig.makeApiClient(EventsV1Api);
   }
 
   /**
@@ -112,6 +122,19 @@ export class Reconciler {
       ready: Math.min(daemonSet?.status?.numberReady ?? 0, daemonSet?.status?.updatedNumberScheduled ?? 0),
     };
     const generation = gateway.metadata.generation ?? 0;
+    if (gateway.status?.configHash !== compiled.config.hash) {
+      await this.#event(
+        'EgressGateway',
+        gateway,
+        'Normal',
+        'ConfigCompiled',
+        'Compile',
+        [
+          `compiled config ${(compiled.config.hash ?? '').slice(0, 19)}`,
+          `${compiled.servedPods} pods, ${compiled.config.uplinks.length} uplinks, ${compiled.config.rules.length} rules`,
+        ].join(': '),
+      );
+    }
     await this.#applyStatus('EgressGateway', gateway, {
       desiredNodes: compiled.nodes.length,
       readyNodes: rollout.ready,
@@ -128,6 +151,18 @@ export class Reconciler {
     const uplink = this.#o.caches.uplinks.get(name);
     if (!uplink) return;
     const summary = uplinkSummary(uplink.status);
+    const was = uplink.status?.conditions?.find((c) => c.type === 'Ready')?.status;
+    if (was !== undefined && was !== summary.ready.status) {
+      const healthy = summary.ready.status === 'True';
+      await this.#event(
+        'Uplink',
+        uplink,
+        healthy ? 'Normal' : 'Warning',
+        summary.ready.reason,
+        'Health',
+        summary.ready.message,
+      );
+    }
     await this.#applyStatus('Uplink', uplink, {
       healthyNodes: summary.healthyNodes,
       activeFlows: summary.activeFlows,
@@ -142,14 +177,17 @@ export class Reconciler {
     rollout: DataplaneRollout,
   ): Promise<void> {
     const generation = policy.metadata.generation ?? 0;
+    const wanted = policyConditions(facts, gatewayExists, rollout);
+    const conflicting = wanted.find((c) => c.type === 'Conflicting')!;
+    const wasConflicting = policy.status?.conditions?.find((c) => c.type === 'Conflicting')?.status === 'True';
+    if (conflicting.status === 'True' && !wasConflicting) {
+      await this.#event('EgressPolicy', policy, 'Warning', 'Conflicting', 'Compile', conflicting.message);
+    } else if (conflicting.status === 'False') {
+      this.#told.delete(`EgressPolicy/${policy.metadata.namespace ?? ''}/${policy.metadata.name}/Conflicting`);
+    }
     await this.#applyStatus('EgressPolicy', policy, {
       matchedPods: facts?.matchedPods ?? 0,
-      conditions: conditions(
-        policy.status?.conditions,
-        generation,
-        this.#now(),
-        policyConditions(facts, gatewayExists, rollout),
-      ),
+      conditions: conditions(policy.status?.conditions, generation, this.#now(), wanted),
     });
   }
 
@@ -193,6 +231,58 @@ export class Reconciler {
     } else {
       await this.#custom.patchClusterCustomObjectStatus(common, options);
     }
+  }
+
+  /**
+   * A Kubernetes Event about one of naat's objects, for what a user should notice: a new compiled
+   * config, a conflict that appeared, an uplink whose health changed. Events of cluster-scoped
+   * objects go to the default namespace, as Kubernetes does.
+   */
+  async #event(
+    kind: Kind,
+    object: { metadata: { name: string; namespace?: string; uid?: string } },
+    type: 'Normal' | 'Warning',
+    reason: string,
+    action: string,
+    note: string,
+  ): Promise<void> {
+    // The caches may not show the status this replica just wrote: remember what was told.
+    const told = `${kind}/${object.metadata.namespace ?? ''}/${object.metadata.name}/${reason}`;
+    if (this.#told.get(told) === note) return;
+    this.#told.set(told, note);
+    const namespace = object.metadata.namespace ?? 'default';
+    const now = this.#now();
+    // Named as Kubernetes names its own events: the object's name and a timestamp in hex.
+    const name = `${object.metadata.name}.${(now.getTime() * 1000 + Math.floor(Math.random() * 1000)).toString(16)}`;
+    await this.#events
+      .createNamespacedEvent({
+        namespace,
+        body: {
+          metadata: { name },
+          eventTime: new V1MicroTime(now.getTime()),
+          type,
+          reason,
+          action,
+          note: note.slice(0, 1024),
+          regarding: {
+            apiVersion: `${group}/${version}`,
+            kind,
+            name: object.metadata.name,
+            ...(object.metadata.namespace ? { namespace: object.metadata.namespace } : {}),
+            ...(object.metadata.uid ? { uid: object.metadata.uid } : {}),
+          },
+          reportingController: 'naat.dev/operator',
+          reportingInstance: this.#o.identity,
+        },
+      })
+      .catch((error: unknown) =>
+        // An Event is a courtesy: failing to record one must not fail the reconcile.
+        this.#o.log.error('Failed to record an Event', {
+          reason,
+          object: object.metadata.name,
+          error: errorText(error),
+        }),
+      );
   }
 
   #now(): Date {

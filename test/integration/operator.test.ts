@@ -115,6 +115,12 @@ async function status(kind: string, name: string, namespace?: string) {
 
 const condition = (s: Awaited<ReturnType<typeof status>>, type: string) => s.conditions?.find((c) => c.type === type);
 
+/** Whether the replica whose metrics are on this port leads. */
+async function leaderOf(port: number): Promise<boolean> {
+  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text());
+  return /naat_operator_leader 1/.test(text);
+}
+
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'naat-operator-'));
   await installCrds(process.env.KUBECONFIG!);
@@ -212,14 +218,44 @@ test('compiles the gateway into its ConfigMap and DaemonSet, writes status, and 
     return condition(s, 'Accepted')?.status === 'False' ? s : undefined;
   });
   expect(condition(refused, 'Accepted')?.message).toMatch(/nowhere/);
+
+  // What a user should notice is also told as Events.
+  const events = async (namespace: string, name: string) =>
+    (
+      JSON.parse(
+        await k(['get', 'events', '-n', namespace, '--field-selector', `involvedObject.name=${name}`, '-o', 'json']),
+      ).items as Array<{
+        reason: string;
+        message: string;
+      }>
+    ).map((e) => `${e.reason}: ${e.message}`);
+  await eventually('the events', async () => ((await events('default', id)).length >= 2 ? true : undefined));
+  expect((await events('default', id)).every((e) => /^ConfigCompiled: compiled config sha256:/.test(e))).toBe(true);
+  expect(await events(apps, 'allow-https')).toEqual([expect.stringMatching(/^Conflicting: rule https overlaps/)]);
+});
+
+test('restarting the operator changes nothing that was right', async () => {
+  const versions = async () =>
+    Promise.all([
+      k(['get', 'configmap', objectName(id), '-n', system, '-o', 'jsonpath={.metadata.resourceVersion}']),
+      k(['get', 'daemonset', objectName(id), '-n', system, '-o', 'jsonpath={.metadata.resourceVersion}']),
+      k(['get', 'egressgateway', id, '-o', 'jsonpath={.metadata.resourceVersion}']),
+      k(['get', 'egresspolicy', 'deny-https', '-n', apps, '-o', 'jsonpath={.metadata.resourceVersion}']),
+    ]);
+  const before = await versions();
+  const first = operators.shift()!;
+  const exited = new Promise((resolve) => first.once('exit', resolve));
+  first.kill('SIGTERM');
+  await exited;
+  await startOperator('operator-a2', 19100);
+  await eventually('the restarted operator leading', async () => ((await leaderOf(19100)) ? true : undefined), 20_000);
+  // Long enough for its first reconcile of everything.
+  await new Promise((r) => setTimeout(r, 3000));
+  expect(await versions()).toEqual(before);
 });
 
 test('of two replicas one leads; the other takes over when it stops and keeps the config current', async () => {
   const second = await startOperator('operator-b', 19200);
-  const leaderOf = async (port: number) => {
-    const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text());
-    return /naat_operator_leader 1/.test(text);
-  };
   await eventually('both replicas serving', async () =>
     (await leaderOf(19100)) !== undefined && (await leaderOf(19200)) !== undefined ? true : undefined,
   );
