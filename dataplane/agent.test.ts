@@ -48,6 +48,16 @@ const flow = (id: number, uplink: number): Flow => ({
   startedAt: new Date(),
 });
 
+const curlApp = {
+  processName: 'curl',
+  executable: '/usr/bin/curl',
+  commandLine: [],
+  containerName: 'app',
+  containerId: '',
+  uid: 0,
+  pid: 7,
+};
+
 let stateDir: string;
 beforeEach(async () => (stateDir = await mkdtemp(join(tmpdir(), 'naat-agent-'))));
 afterEach(() => rm(stateDir, { recursive: true, force: true }));
@@ -116,16 +126,7 @@ describe('Agent', () => {
     const k = kernel();
     const agent = agentOn(k);
     await agent.start(config);
-    const application = {
-      processName: 'curl',
-      executable: '/usr/bin/curl',
-      commandLine: [],
-      containerName: 'app',
-      containerId: '',
-      uid: 0,
-      pid: 7,
-    };
-    const first = { transport: 'tcp' as const, sourceAddress: '10.244.1.2', sourcePort: 40000, application };
+    const first = { transport: 'tcp' as const, sourceAddress: '10.244.1.2', sourcePort: 40000, application: curlApp };
     await agent.associate([first], []);
     const afterFirst = k.nft.transactions;
     const second = { ...first, sourcePort: 40001 };
@@ -147,15 +148,7 @@ describe('Agent', () => {
     const curl = {
       transport: 'tcp' as const,
       sourceAddress: '10.244.1.2',
-      application: {
-        processName: 'curl',
-        executable: '/usr/bin/curl',
-        commandLine: [],
-        containerName: 'app',
-        containerId: '',
-        uid: 0,
-        pid: 7,
-      },
+      application: curlApp,
       pod: { namespace: 'shop', name: 'web-1' },
     };
     await agent.associate(

@@ -31,11 +31,10 @@ import {
   uplinkNextHop,
   type Topology,
 } from '../e2e/topology.ts';
-import { startWhoami } from '../e2e/traffic.ts';
+import { connectMany, startWhoami } from '../e2e/traffic.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const main = join(root, 'dataplane', 'main.ts');
-const connectRateProgram = join(root, 'test', 'e2e', 'programs', 'connect-rate.ts');
 
 const iperfPort = 5201;
 const iperfSeconds = 3;
@@ -216,10 +215,12 @@ interface Rate {
 }
 
 async function connectRate(t: Topology, count: number, parallel: number): Promise<Rate> {
-  const argv = [process.execPath, connectRateProgram, server.v4, String(whoamiPort), String(count)];
-  argv.push(String(parallel), '3000');
-  const { stdout } = await t.exec(t.ns.pods[0]!, argv, { timeoutMs: 180_000 });
-  return JSON.parse(stdout) as Rate;
+  const { answers, failures, error, seconds } = await connectMany(t, t.ns.pods[0]!, server.v4, whoamiPort, count, {
+    concurrency: parallel,
+    timeoutMs: 3000,
+  });
+  const seen = [...new Set(answers.map((answer) => answer.split(' ')[0]!))].sort();
+  return { ok: answers.length, failures, seconds, seen, ...(error ? { error } : {}) };
 }
 
 /** A few connections, to learn which source addresses the server sees on the current path. */

@@ -35,6 +35,8 @@ export interface Answers {
   failures: number;
   /** The first failure's message. */
   error?: string;
+  /** From the first ask to the last answer. */
+  seconds: number;
 }
 
 /** Asks a whoami server `count` times from namespace `ns`, each time from a new source port. */

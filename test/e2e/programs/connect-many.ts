@@ -1,6 +1,8 @@
 // Asks a whoami server `count` times, each time from a new source port, at most `concurrency` at
-// a time, and prints {"answers": [...], "failures": n, "error": "first failure"} as JSON. Over
-// TCP each ask is a connection; over UDP it is a datagram from a new socket.
+// a time, and prints {"answers": [...], "failures": n, "error": "first failure", "seconds": s} as
+// JSON, `seconds` from the first ask to the last answer (without Node's start-up, so that rates
+// can be measured with it). Over TCP each ask is a connection; over UDP it is a datagram from a
+// new socket.
 // Usage: node connect-many.ts tcp|udp <address> <port> <count> <concurrency> <timeoutMs>
 import { createSocket } from 'node:dgram';
 import { connect, isIPv6 } from 'node:net';
@@ -54,5 +56,7 @@ async function worker(): Promise<void> {
     }
   }
 }
+const begin = performance.now();
 await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
-console.log(JSON.stringify({ answers, failures, error }));
+const seconds = (performance.now() - begin) / 1000;
+console.log(JSON.stringify({ answers, failures, error, seconds }));
