@@ -201,8 +201,7 @@ export class Reconciler {
     status: Record<string, unknown> & { conditions: Condition[] },
   ): Promise<void> {
     const current = object.status ?? {};
-    if (Object.entries(status).every(([field, value]) => JSON.stringify(current[field]) === JSON.stringify(value)))
-      return;
+    if (Object.entries(status).every(([field, value]) => canonical(current[field]) === canonical(value))) return;
     const definition = definitionOf[kind];
     const body = {
       apiVersion: `${group}/${version}`,
@@ -305,4 +304,13 @@ export function gatewaysOf(caches: Caches) {
         : [];
     },
   };
+}
+
+/** JSON with object keys sorted: the apiserver hands objects back with their keys reordered. */
+function canonical(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)))
+      : v,
+  );
 }
