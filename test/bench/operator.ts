@@ -1,0 +1,960 @@
+// Operator benchmark (`npm run bench:operator`): a real control plane on loopback (test/cluster:
+// etcd, kube-apiserver, controller-manager, scheduler and kwok), 1,000 pods that kwok makes Running
+// with addresses in 20 namespaces that one EgressGateway serves, 200 EgressPolicies of 5 rules
+// each (some naming applications, some restricting uplinks) for that gateway, and the real
+// operator as the chart runs it (`node operator/main.ts`, leader election on). Prints, each
+// against a baseline measured in the same run:
+//  1. Full resync: operator start → caches synced (/readyz polled, and its log) and → the first
+//     compiled config (the gateway's ConfigMap, watched) that holds every pod address and every
+//     policy's rules; vs a fresh Node process that lists the same kinds and exits, and vs
+//     compileGateway alone on the same state.
+//  2. Apply-to-config latency, 50 times: one policy's rule port changed with `kubectl apply`, from
+//     kubectl's return to the ConfigMap holding the change (a watch, not polling); vs the same
+//     change reaching a watcher of the EgressPolicy itself (apiserver write + watch delivery). Each
+//     change follows the previous one's status, so the operator may still be busy with it; 10 more
+//     are applied only once the operator has been idle, which leaves out the queueing. The
+//     apiserver's request counters tell how many reconciles and status writes that took.
+//  3. The operator's VmRSS/VmHWM (and its open sockets) after the resync, every 10 changes and
+//     after them, vs an idle Node process.
+//  4. The compiled config's size against the 1 MiB a ConfigMap may hold.
+// Nothing leaves loopback; it stops what it started and removes its folders, also on failure and
+// on SIGINT/SIGTERM.
+import { KubeConfig, Watch } from '@kubernetes/client-node';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { apiVersion, type EgressGateway, type EgressPolicy, type Uplink } from '../../crds/index.ts';
+import type { GatewayConfig } from '../../dataplane/index.ts';
+import { compileGateway, sidecarContainerName, type Snapshot } from '../../operator/compile.ts';
+import { configFile, objectName } from '../../operator/desired.ts';
+import { podFacts } from '../../operator/reconcile.ts';
+import { startCluster, type Cluster } from '../cluster/cluster.ts';
+import { installCrds } from '../cluster/crds.ts';
+
+const root = join(import.meta.dirname, '..', '..');
+const namespaces = 20;
+const podsPerNamespace = 50;
+const appsPerNamespace = 10;
+const pods = namespaces * podsPerNamespace;
+const policies = namespaces * appsPerNamespace;
+const rulesPerPolicy = 5;
+const changes = 50;
+/** Changes applied only once the operator has been idle, to tell its own latency from queueing. */
+const idleChanges = 10;
+/** Between one change's last effect and the next apply, so that each is measured on its own. */
+const settleMs = 300;
+const gatewayName = 'bench';
+const system = 'naat-system';
+const servedLabel = 'naat.dev/bench';
+const workers = ['worker-1', 'worker-2', 'worker-3', 'worker-4'];
+const nodes = [
+  { name: 'gateway-a', labels: { 'naat.dev/gateway': 'true' } },
+  { name: 'gateway-b', labels: { 'naat.dev/gateway': 'true' } },
+  ...workers.map((name) => ({ name })),
+];
+const configMapLimit = 1024 * 1024;
+const now = () => performance.now();
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const namespaceName = (n: number) => `bench-${String(n).padStart(2, '0')}`;
+
+// ---------------------------------------------------------------------------------------------
+// The objects
+
+function namespaceObject(n: number) {
+  return {
+    apiVersion: 'v1',
+    kind: 'Namespace',
+    metadata: { name: namespaceName(n), labels: { [servedLabel]: 'served' } },
+  };
+}
+
+/** Pod `i` of a namespace: app `i % 10`, on a worker; every fifth app runs the NAA sidecar. */
+function podObject(n: number, i: number) {
+  const app = i % appsPerNamespace;
+  const containers = [{ name: 'app', image: 'app:bench' }];
+  if (app % 5 === 0) containers.push({ name: sidecarContainerName, image: 'naat-sidecar:bench' });
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name: `app-${app}-${i}`,
+      namespace: namespaceName(n),
+      labels: { app: `app-${app}`, [servedLabel]: 'pod' },
+    },
+    spec: {
+      nodeName: workers[(n * podsPerNamespace + i) % workers.length]!,
+      automountServiceAccountToken: false,
+      terminationGracePeriodSeconds: 0,
+      containers,
+    },
+  };
+}
+
+function uplinkObject(n: number) {
+  return {
+    apiVersion,
+    kind: 'Uplink',
+    metadata: { name: `isp${n}` },
+    spec: {
+      interface: `eth${n}`,
+      nextHop: { ipv4: `192.0.2.${n}` },
+      snat: { addresses: [`198.51.100.${n}`] },
+      healthCheck: { targets: ['9.9.9.9'] },
+    },
+  };
+}
+
+const gatewayObject = {
+  apiVersion,
+  kind: 'EgressGateway',
+  metadata: { name: gatewayName },
+  spec: {
+    nodeSelector: { 'naat.dev/gateway': 'true' },
+    uplinks: { names: ['isp1', 'isp2', 'isp3'] },
+    namespaceSelector: { matchLabels: { [servedLabel]: 'served' } },
+  },
+};
+
+/**
+ * Policy `app-k` of a namespace selects the 5 pods of app k: Deny telnet (the port the changes
+ * flip), Allow HTTPS to a network of its own (through isp1 or isp2 in a third of them), Allow DNS,
+ * Deny curl and wget to 203.0.113.0/24 in every fifth (ICMP to a network of its own in the
+ * others), Allow IPv6 web traffic (through isp3 only in a quarter).
+ */
+function policyObject(n: number, k: number, telnet = 23) {
+  const p = n * appsPerNamespace + k;
+  const rules: Record<string, unknown>[] = [
+    { name: 'telnet', action: 'Deny', destinations: [{ protocol: 'TCP', ports: [{ port: telnet }, { port: 2323 }] }] },
+    {
+      name: 'https',
+      action: 'Allow',
+      destinations: [
+        {
+          cidr: `172.${16 + (p % 16)}.${p}.0/24`,
+          protocol: 'TCP',
+          ports: [{ port: 443 }, { port: 8000, endPort: 8080 }],
+        },
+      ],
+      ...(p % 3 === 0 ? { uplinks: { allowed: ['isp1', 'isp2'], preferred: ['isp1'] } } : {}),
+    },
+    {
+      name: 'dns',
+      action: 'Allow',
+      destinations: [{ cidr: `10.${p}.0.0/16`, protocol: 'UDP', ports: [{ port: 53 }] }],
+    },
+    p % 5 === 0
+      ? {
+          name: 'no-downloaders',
+          action: 'Deny',
+          applications: [{ processName: 'curl' }, { executable: '/usr/bin/wget' }],
+          destinations: [{ cidr: '203.0.113.0/24', protocol: 'TCP', ports: [{ port: 443 }] }],
+        }
+      : { name: 'icmp', action: 'Deny', destinations: [{ cidr: `192.168.${p}.0/24`, protocol: 'ICMP' }] },
+    {
+      name: 'web6',
+      action: 'Allow',
+      destinations: [
+        { cidr: `2001:db8:${p.toString(16)}::/48`, protocol: 'TCP', ports: [{ port: 80 }, { port: 443 }] },
+      ],
+      ...(p % 4 === 0 ? { uplinks: { allowed: ['isp3'] } } : {}),
+    },
+  ];
+  return {
+    apiVersion,
+    kind: 'EgressPolicy',
+    metadata: { name: `app-${k}`, namespace: namespaceName(n) },
+    spec: { gateway: gatewayName, podSelector: { matchLabels: { app: `app-${k}` } }, priority: 100 + k, rules },
+  };
+}
+
+const list = (items: unknown[]) => JSON.stringify({ apiVersion: 'v1', kind: 'List', items });
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+let cluster: Cluster | undefined;
+let dir: string | undefined;
+let operator: ChildProcess | undefined;
+const children: ChildProcess[] = [];
+const watches: ResumingWatch[] = [];
+let cleaning: Promise<void> | undefined;
+
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    const step = async (what: string, work: () => Promise<unknown>) =>
+      work().catch((error: Error) => console.error(`cleanup: ${what}: ${error.message}`));
+    for (const watch of watches) watch.stop();
+    for (const child of children.reverse()) await step('a process', () => stopChild(child));
+    await step('the control plane', async () => cluster?.stop());
+    await step('the temporary folder', async () => dir && rm(dir, { recursive: true, force: true }));
+  })();
+  return cleaning;
+}
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => void cleanup().then(() => process.exit(130)));
+}
+
+/** SIGTERM, then SIGKILL after 5 s; resolves once the process is gone. */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+const k = (args: string[], input?: string) => cluster!.kubectl(args, input);
+const apply = (input: string) => k(['apply', '--server-side', '--field-manager=bench', '-f', '-'], input);
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number, everyMs = 200) {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    }
+    await sleep(everyMs);
+  }
+}
+
+async function freePorts(count: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
+          const server = createServer();
+          server.once('error', reject);
+          server.listen(0, '127.0.0.1', () => resolve(server));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+async function vm(pid: number): Promise<{ rss: number; peak: number }> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const mib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]) / 1024;
+  return { rss: mib('VmRSS'), peak: mib('VmHWM') };
+}
+
+/** User + system CPU seconds of a process so far. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** Sockets the process holds open (its connections to the apiserver, its listeners). */
+async function sockets(pid: number): Promise<number> {
+  const fds = await readdir(`/proc/${pid}/fd`);
+  const links = await Promise.all(fds.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
+  return links.filter((l) => l.startsWith('socket:')).length;
+}
+
+/** Waits until the process has used at most one clock tick of CPU in 500 ms; resolves with the wait. */
+async function quiet(pid: number, timeoutMs = 30_000): Promise<number> {
+  const started = now();
+  const window: number[] = [];
+  while (now() - started < timeoutMs) {
+    window.push(await cpuSeconds(pid));
+    if (window.length > 6) window.shift();
+    if (window.length === 6 && window[5]! - window[0]! <= 0.01) return now() - started;
+    await sleep(100);
+  }
+  throw new Error(`the operator was still busy after ${timeoutMs / 1000} s`);
+}
+
+function percentile(values: number[], q: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? NaN;
+}
+
+const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(Math.abs(value) < 10 ? 1 : 0)} ms` : '—');
+const seconds = (value: number) => `${(value / 1000).toFixed(2)} s`;
+const ratio = (value: number, baseline: number) => `×${(value / baseline).toFixed(2)}`;
+const spread = (values: number[]) =>
+  `p50 ${ms(percentile(values, 0.5)).padStart(8)}  p99 ${ms(percentile(values, 0.99)).padStart(8)}  max ${ms(Math.max(...values)).padStart(8)}`;
+const line = (what: string, figure: string, note = '') =>
+  console.log(`  ${what.padEnd(66)} ${figure.padStart(10)}  ${note}`);
+
+/**
+ * A watch of one collection through client-node's Watch, each event timestamped as it arrives.
+ * Resumes from the last resourceVersion when the server or client-node's 30 s inactivity timeout
+ * ends it.
+ */
+class ResumingWatch {
+  readonly #watch: Watch;
+  readonly #path: string;
+  readonly #query: Record<string, string>;
+  readonly #onEvent: (type: string, object: Record<string, unknown>, at: number) => void;
+  #resourceVersion: string | undefined;
+  #controller: AbortController | undefined;
+  #stopped = false;
+  restarts = 0;
+
+  constructor(
+    kubeConfig: KubeConfig,
+    path: string,
+    query: Record<string, string>,
+    onEvent: (type: string, object: Record<string, unknown>, at: number) => void,
+  ) {
+    this.#watch = new Watch(kubeConfig);
+    this.#path = path;
+    this.#query = query;
+    this.#onEvent = onEvent;
+    watches.push(this);
+  }
+
+  /** Resolves once the apiserver has begun the response, so that no later change is missed. */
+  async start(): Promise<void> {
+    const query = {
+      ...this.#query,
+      allowWatchBookmarks: 'true',
+      ...(this.#resourceVersion ? { resourceVersion: this.#resourceVersion } : {}),
+    };
+    this.#controller = await this.#watch.watch(
+      this.#path,
+      query,
+      (type, object: Record<string, unknown> & { metadata?: { resourceVersion?: string } }) => {
+        const at = now();
+        this.#resourceVersion = object.metadata?.resourceVersion ?? this.#resourceVersion;
+        if (type === 'ERROR') console.error(`watch of ${this.#path}: ${JSON.stringify(object)}`);
+        else if (type !== 'BOOKMARK') this.#onEvent(type, object, at);
+      },
+      (error) => {
+        if (this.#stopped) return;
+        this.restarts++;
+        if (error && (error as Error).name !== 'TimeoutError') {
+          console.error(`watch of ${this.#path} ended: ${(error as Error).message}; resuming`);
+        }
+        this.start().catch((e: Error) => console.error(`watch of ${this.#path} could not resume: ${e.message}`));
+      },
+    );
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#controller?.abort();
+  }
+}
+
+/** The operator as the chart runs it; its log lines are kept with their arrival times. */
+async function startOperator(ports: { metrics: number; health: number }) {
+  const settings = {
+    leaderElection: { enabled: true, leaseName: 'naat-operator' },
+    webhook: { configurationName: 'unused', serviceName: 'unused', secretName: 'unused', port: 9443 },
+    metricsPort: ports.metrics,
+    healthPort: ports.health,
+    dataplane: { image: 'naat-dataplane:bench', clusterRoleName: 'naat-dataplane' },
+    sidecar: { image: 'naat-sidecar:bench' },
+    bypass: ['10.96.0.0/16'],
+  };
+  const file = join(dir!, 'operator.json');
+  await writeFile(file, JSON.stringify(settings));
+  const lines: Array<{ at: number; text: string; entry?: Record<string, unknown> }> = [];
+  const startedAt = now();
+  const child = spawn(process.execPath, [join(root, 'operator', 'main.ts')], {
+    env: {
+      ...process.env,
+      KUBECONFIG: cluster!.kubeconfig,
+      NAAT_CONFIG: file,
+      NAAT_NAMESPACE: system,
+      NAAT_POD_NAME: 'operator-bench',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(child);
+  const keep = (text: string) => {
+    const at = now();
+    let entry: Record<string, unknown> | undefined;
+    try {
+      entry = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      // Not one of its JSON lines (a Node warning, a stack).
+    }
+    lines.push({ at, text, ...(entry ? { entry } : {}) });
+  };
+  createInterface({ input: child.stdout! }).on('line', keep);
+  createInterface({ input: child.stderr! }).on('line', keep);
+  /** When the first line whose message is `msg` (and whose fields include `fields`) arrived. */
+  const logged = (msg: string, fields: Record<string, unknown> = {}) =>
+    lines.find((l) => l.entry?.msg === msg && Object.entries(fields).every(([key, v]) => l.entry![key] === v))?.at;
+  return { child, startedAt, lines, logged };
+}
+
+/** Sums the apiserver's request counter over the series whose labels include `labels`. */
+async function requests(labels: Record<string, string>): Promise<number> {
+  const text = await k(['get', '--raw', '/metrics']);
+  let sum = 0;
+  for (const row of text.split('\n')) {
+    if (!row.startsWith('apiserver_request_total{')) continue;
+    if (Object.entries(labels).every(([key, value]) => row.includes(`${key}="${value}"`))) {
+      sum += Number(row.slice(row.lastIndexOf(' ') + 1));
+    }
+  }
+  return sum;
+}
+
+interface KubeList<T> {
+  items: T[];
+}
+
+interface PolicyObject {
+  metadata: { name: string; namespace: string; generation?: number };
+  spec: { rules: Array<{ name: string; destinations?: Array<{ ports?: Array<{ port: number }> }> }> };
+  status?: { matchedPods?: number; conditions?: Array<{ type: string; status: string; observedGeneration?: number }> };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const progress = (text: string) => process.stderr.write(`  ${text}\n`);
+  const began = now();
+  dir = await mkdtemp(join(tmpdir(), 'naat-bench-operator-'));
+  cluster = await startCluster({ workloads: true, nodes, progress });
+  const clusterMs = now() - began;
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromFile(cluster.kubeconfig);
+  await installCrds(cluster.kubeconfig);
+  await k(['create', 'namespace', system]);
+
+  // The pods: namespaces, their default ServiceAccount (the admission plugin wants it), then every
+  // pod in one apply, until kwok has made each Running with an address.
+  let stepAt = now();
+  await apply(list(Array.from({ length: namespaces }, (_, n) => namespaceObject(n))));
+  await until(
+    'the default ServiceAccount of every namespace',
+    async () => {
+      const out = await k(['get', 'serviceaccounts', '-A', '--field-selector=metadata.name=default', '-o', 'name']);
+      return out.split('\n').filter(Boolean).length >= namespaces + 1 ? true : undefined;
+    },
+    60_000,
+  );
+  const podObjects = Array.from({ length: namespaces }, (_, n) =>
+    Array.from({ length: podsPerNamespace }, (_, i) => podObject(n, i)),
+  ).flat();
+  await apply(list(podObjects));
+  const podsAppliedMs = now() - stepAt;
+  const podIps = await until(
+    `${pods} pods Running with addresses`,
+    async () => {
+      const out = await k([
+        'get',
+        'pods',
+        '-A',
+        '-l',
+        `${servedLabel}=pod`,
+        '-o',
+        'jsonpath={range .items[*]}{.status.phase} {.status.podIP}{"\\n"}{end}',
+      ]);
+      const rows = out.split('\n').filter(Boolean);
+      const running = rows.filter((r) => /^Running \S+$/.test(r)).map((r) => r.split(' ')[1]!);
+      return running.length === pods ? new Set(running) : undefined;
+    },
+    180_000,
+    1000,
+  );
+  if (podIps.size !== pods) throw new Error(`kwok gave ${pods} pods only ${podIps.size} distinct addresses`);
+  const podsRunningMs = now() - stepAt;
+  progress(
+    `Created ${pods} pods (${(podsAppliedMs / 1000).toFixed(1)}s), Running (${(podsRunningMs / 1000).toFixed(1)}s)`,
+  );
+
+  stepAt = now();
+  await apply(list([1, 2, 3].map(uplinkObject)));
+  await apply(JSON.stringify(gatewayObject));
+  const policyObjects = Array.from({ length: namespaces }, (_, n) =>
+    Array.from({ length: appsPerNamespace }, (_, a) => policyObject(n, a)),
+  ).flat();
+  await apply(list(policyObjects));
+  const policiesMs = now() - stepAt;
+  progress(`Created 3 uplinks, the gateway and ${policies} policies (${(policiesMs / 1000).toFixed(1)}s)`);
+  const expectedRules = policies * rulesPerPolicy;
+
+  // Watches: the gateway's ConfigMap and every EgressPolicy, each event timestamped on arrival.
+  const configs: Array<{ at: number; bytes: number; config: GatewayConfig; resourceVersion: string }> = [];
+  let onConfig: ((config: GatewayConfig, at: number) => void) | undefined;
+  const configWatch = new ResumingWatch(
+    kubeConfig,
+    `/api/v1/namespaces/${system}/configmaps`,
+    { fieldSelector: `metadata.name=${objectName(gatewayName)}` },
+    (type, object, at) => {
+      if (type === 'DELETED') return;
+      const text = (object.data as Record<string, string> | undefined)?.[configFile];
+      if (!text) return;
+      const config = JSON.parse(text) as GatewayConfig;
+      const { resourceVersion } = object.metadata as { resourceVersion: string };
+      configs.push({ at, bytes: Buffer.byteLength(text), config, resourceVersion });
+      onConfig?.(config, at);
+    },
+  );
+  const policyState = new Map<string, PolicyObject>();
+  /** Watch events of a policy whose generation did not change: its status changed. */
+  let statusEvents = 0;
+  let onPolicy: ((policy: PolicyObject, at: number) => void) | undefined;
+  const policyWatch = new ResumingWatch(
+    kubeConfig,
+    `/apis/naat.dev/v1alpha1/egresspolicies`,
+    {},
+    (type, object, at) => {
+      const policy = object as unknown as PolicyObject;
+      const key = `${policy.metadata.namespace}/${policy.metadata.name}`;
+      const previous = policyState.get(key);
+      if (type === 'MODIFIED' && previous?.metadata.generation === policy.metadata.generation) statusEvents++;
+      if (type === 'DELETED') policyState.delete(key);
+      else policyState.set(key, policy);
+      onPolicy?.(policy, at);
+    },
+  );
+  await configWatch.start();
+  await policyWatch.start();
+  await until(
+    'the policy watch to list every policy',
+    async () => (policyState.size === policies ? true : undefined),
+    30_000,
+    50,
+  );
+
+  // Baselines of the resync: a fresh Node process that lists what the operator's caches list.
+  const lister = `
+import { AppsV1Api, CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+const imported = performance.now();
+const kc = new KubeConfig();
+kc.loadFromDefault();
+const core = kc.makeApiClient(CoreV1Api);
+const custom = kc.makeApiClient(CustomObjectsApi);
+const apps = kc.makeApiClient(AppsV1Api);
+const g = { group: 'naat.dev', version: 'v1alpha1' };
+const lists = await Promise.all([
+  core.listPodForAllNamespaces({}),
+  core.listNamespace({}),
+  core.listNode({}),
+  apps.listNamespacedDaemonSet({ namespace: '${system}' }),
+  custom.listClusterCustomObject({ ...g, plural: 'egressgateways' }),
+  custom.listClusterCustomObject({ ...g, plural: 'uplinks' }),
+  custom.listCustomObjectForAllNamespaces({ ...g, resourcePlural: 'egresspolicies' }),
+]);
+console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.map((l) => l.items.length) }));
+`;
+  const listerRuns: Array<{ total: number; imported: number; listed: number; items: number[] }> = [];
+  for (let run = 0; run < 3; run++) {
+    const started = now();
+    const out = await new Promise<string>((resolve, reject) => {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', lister], {
+        cwd: root,
+        env: { ...process.env, KUBECONFIG: cluster!.kubeconfig },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      children.push(child);
+      let text = '';
+      child.stdout!.on('data', (d) => (text += d));
+      child.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`the lister exited with ${code}`))));
+    });
+    listerRuns.push({ total: now() - started, ...JSON.parse(out) });
+  }
+  const lister50 = [...listerRuns].sort((a, b) => a.total - b.total)[1]!;
+
+  // The idle Node process, for memory.
+  const idle = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  children.push(idle);
+  await sleep(1000);
+  const idleVm = await vm(idle.pid!);
+  await stopChild(idle);
+
+  // 1. The full resync.
+  progress('Starting the operator');
+  const applyCounter = { resource: 'configmaps', verb: 'APPLY' };
+  const statusCounter = { resource: 'egresspolicies', subresource: 'status', verb: 'APPLY' };
+  const counters = async () => ({
+    configMaps: await requests(applyCounter),
+    statuses: await requests(statusCounter),
+    statusEvents,
+  });
+  const before = await counters();
+  const [metricsPort, healthPort] = await freePorts(2);
+  const complete = (config: GatewayConfig) =>
+    config.sources.length === pods &&
+    config.sources.every((ip) => podIps.has(ip)) &&
+    config.rules.length === expectedRules &&
+    new Set(config.rules.map((r) => r.policy)).size === policies;
+  let completeAt: number | undefined;
+  let completeVm: { rss: number; peak: number } | undefined;
+  let resolveComplete: () => void = () => {};
+  const completed = new Promise<void>((resolve) => (resolveComplete = resolve));
+  onConfig = (config, at) => {
+    if (completeAt !== undefined || !complete(config)) return;
+    completeAt = at;
+    // Read at once: the operator is then writing the policies' status.
+    void vm(op.child.pid!).then(
+      (v) => (completeVm = v),
+      () => undefined,
+    );
+    resolveComplete();
+  };
+  const op = await startOperator({ metrics: metricsPort!, health: healthPort! });
+  operator = op.child;
+  let readyAt: number | undefined;
+  const readyz = (async () => {
+    while (readyAt === undefined && op.child.exitCode === null) {
+      const ok = await fetch(`http://127.0.0.1:${healthPort}/readyz`).then(
+        (r) => r.status === 200,
+        () => false,
+      );
+      if (ok) readyAt = now();
+      else await sleep(10);
+    }
+  })();
+  const exited = new Promise<never>((_, reject) =>
+    operator!.once('exit', (code, signal) => reject(new Error(`the operator exited (${code ?? signal})`))),
+  );
+  exited.catch(() => undefined);
+  await Promise.race([
+    completed,
+    exited,
+    sleep(120_000).then(() => Promise.reject(new Error('no complete config in 120 s'))),
+  ]);
+  await readyz;
+  // Settled: every policy's status says it matches its 5 pods and is programmed on both gateway
+  // nodes (kwok makes the DaemonSet's pods ready), at the policy's generation.
+  const settledPolicy = (p: PolicyObject) =>
+    p.status?.matchedPods === podsPerNamespace / appsPerNamespace &&
+    p.status.conditions?.some((c) => c.type === 'Programmed' && c.status === 'True') === true &&
+    (p.status.conditions ?? []).every((c) => c.observedGeneration === p.metadata.generation);
+  const settledAt = await until(
+    'every policy status written and Programmed',
+    async () => ([...policyState.values()].every(settledPolicy) ? now() : undefined),
+    90_000,
+    20,
+  ).catch((error: Error) => {
+    console.error(`  (${error.message})`);
+    return undefined;
+  });
+  await sleep(1000);
+  const resyncVm = await vm(operator.pid!);
+  const resyncCpu = await cpuSeconds(operator.pid!);
+  const resyncSockets = await sockets(operator.pid!);
+  const afterResync = await counters();
+  const firstConfig = configs[0]!;
+  const completeConfig = configs.find((c) => complete(c.config))!;
+
+  // compileGateway alone, on the state the operator compiled (kubectl's view of the same objects).
+  const [podList, policyList, uplinkList, gatewayList, namespaceList, nodeList] = await Promise.all(
+    ['pods -A', 'egresspolicies -A', 'uplinks', 'egressgateways', 'namespaces', 'nodes'].map(
+      async (what) => JSON.parse(await k(['get', ...what.split(' '), '-o', 'json'])) as KubeList<never>,
+    ),
+  );
+  const snapshot: Snapshot = {
+    gateway: (gatewayList as KubeList<EgressGateway>).items.find((g) => g.metadata.name === gatewayName)!,
+    uplinks: (uplinkList as KubeList<Uplink>).items,
+    policies: (policyList as KubeList<EgressPolicy>).items.filter((p) => p.spec.gateway === gatewayName),
+    pods: (podList as KubeList<Parameters<typeof podFacts>[0]>).items.map(podFacts),
+    namespaces: new Map(
+      (namespaceList as KubeList<{ metadata: { name: string; labels?: Record<string, string> } }>).items.map((n) => [
+        n.metadata.name,
+        n.metadata.labels,
+      ]),
+    ),
+    nodes: (nodeList as KubeList<{ metadata: { name: string; labels?: Record<string, string> } }>).items.map((n) => ({
+      name: n.metadata.name,
+      labels: n.metadata.labels,
+    })),
+    bypass: [
+      '10.96.0.0/16',
+      ...(nodeList as KubeList<{ spec: { podCIDRs?: string[] } }>).items.flatMap((n) => n.spec.podCIDRs ?? []),
+    ],
+  };
+  const compileTimes: number[] = [];
+  let compiled = compileGateway(snapshot);
+  for (let run = 0; run < 5; run++) {
+    const started = now();
+    compiled = compileGateway(snapshot);
+    compileTimes.push(now() - started);
+  }
+  const compileMs = percentile(compileTimes, 0.5);
+  const latestConfig = configs.at(-1)!;
+
+  // 2. Apply-to-config latency: policies in turn, each one's telnet port 23 → 24. First 50 paced
+  // by the changes themselves (the next one once the previous one's status is visible), then a
+  // few each applied once the operator has been idle for a while.
+  interface Sample {
+    kubectlStart: number;
+    kubectlReturn: number;
+    policySeen: number;
+    configSeen: number;
+    statusSeen: number;
+  }
+  const pid = operator.pid!;
+  const change = async (i: number): Promise<Sample> => {
+    const p = (i * 41) % policies;
+    const n = Math.floor(p / appsPerNamespace);
+    const a = p % appsPerNamespace;
+    const key = `${namespaceName(n)}/app-${a}`;
+    const generation = policyState.get(key)!.metadata.generation ?? 0;
+    let policySeen: number | undefined;
+    let configSeen: number | undefined;
+    let statusSeen: number | undefined;
+    let wake: () => void = () => {};
+    onPolicy = (policy, at) => {
+      if (`${policy.metadata.namespace}/${policy.metadata.name}` !== key) return;
+      const port = policy.spec.rules[0]?.destinations?.[0]?.ports?.[0]?.port;
+      if (policySeen === undefined && port === 24) policySeen = at;
+      if (statusSeen === undefined && policy.metadata.generation! > generation && settledPolicy(policy))
+        statusSeen = at;
+      wake();
+    };
+    onConfig = (config, at) => {
+      const rule = config.rules.find((r) => r.policy === key && r.rule === 'telnet');
+      if (configSeen === undefined && rule?.destinations?.[0]?.ports?.[0]?.port === 24) configSeen = at;
+      wake();
+    };
+    const kubectlStart = now();
+    await apply(JSON.stringify(policyObject(n, a, 24)));
+    const kubectlReturn = now();
+    const deadline = now() + 30_000;
+    while ((policySeen === undefined || configSeen === undefined || statusSeen === undefined) && now() < deadline) {
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 1000);
+      });
+    }
+    onPolicy = undefined;
+    onConfig = undefined;
+    if (policySeen === undefined || configSeen === undefined || statusSeen === undefined) {
+      throw new Error(
+        `change ${i + 1} (${key}): after 30 s, policy seen ${policySeen !== undefined}, ` +
+          `config ${configSeen !== undefined}, status ${statusSeen !== undefined}`,
+      );
+    }
+    return { kubectlStart, kubectlReturn, policySeen, configSeen, statusSeen };
+  };
+  progress(`Measuring ${changes} policy changes`);
+  const samples: Sample[] = [];
+  const trajectory: Array<{ after: number; rss: number; sockets: number }> = [];
+  const cpuBefore = await cpuSeconds(pid);
+  for (let i = 0; i < changes; i++) {
+    samples.push(await change(i));
+    if ((i + 1) % 10 === 0) trajectory.push({ after: i + 1, rss: (await vm(pid)).rss, sockets: await sockets(pid) });
+    await sleep(settleMs);
+  }
+  const changesCpu = (await cpuSeconds(pid)) - cpuBefore;
+  const afterChanges = await counters();
+  await sleep(1000);
+  const changesVm = await vm(pid);
+  const changesSockets = await sockets(pid);
+
+  progress(`Measuring ${idleChanges} more, each once the operator is idle`);
+  const idleSamples: Sample[] = [];
+  const idleWaits: number[] = [];
+  for (let i = changes; i < changes + idleChanges; i++) {
+    idleWaits.push(await quiet(pid));
+    idleSamples.push(await change(i));
+  }
+  const afterIdle = await counters();
+  const idleVmAfter = await vm(pid);
+  const finalConfig = configs.at(-1)!;
+  const errors = op.lines.filter((l) => l.entry?.level === 'error' || (!l.entry && l.text.trim()));
+  await stopChild(operator);
+
+  // ---------------------------------------------------------------------------------------------
+  // The report
+  const total = (now() - began) / 1000;
+  const bytes = completeConfig.bytes;
+  const sourcesBytes = Buffer.byteLength(JSON.stringify(completeConfig.config.sources));
+  const rulesBytes = Buffer.byteLength(JSON.stringify(completeConfig.config.rules));
+  const ruleSourcesBytes = completeConfig.config.rules.reduce(
+    (sum, r) => sum + Buffer.byteLength(JSON.stringify(r.sources)),
+    0,
+  );
+  const since = (at: number | undefined) => (at === undefined ? NaN : at - op.startedAt);
+  const logged = {
+    started: since(op.logged('Started the naat operator')),
+    leading: since(op.logged('Started leading')),
+    workers: since(op.logged('Controller started workers', { controller: 'gateways' })),
+  };
+
+  console.log(
+    `\nnaat operator at scale: ${pods} pods Running (kwok) in ${namespaces} namespaces on ${workers.length} nodes, ` +
+      `one EgressGateway on 2 nodes serving them, 3 uplinks, ${policies} EgressPolicies × ${rulesPerPolicy} rules ` +
+      `(${policies / 5} naming applications); operator: node operator/main.ts, leader election on`,
+  );
+  console.log(
+    `set-up: control plane ${seconds(clusterMs)}, ${pods} pods applied ${seconds(podsAppliedMs)} and Running ` +
+      `${seconds(podsRunningMs)}, uplinks + gateway + policies applied ${seconds(policiesMs)}`,
+  );
+
+  console.log('\n1. full resync, one operator start (times from spawn):');
+  line(
+    'a fresh Node process listing the same 7 kinds, then exiting (baseline)',
+    ms(lister50.total),
+    `median of 3; import ${ms(lister50.imported)}, lists done ${ms(lister50.listed)} (${lister50.items.join(', ')} items)`,
+  );
+  line(
+    '"Started the naat operator" logged (modules loaded)',
+    ms(logged.started),
+    ratio(logged.started, lister50.total),
+  );
+  line('/readyz 200: caches synced (polled every 10 ms)', ms(since(readyAt)), ratio(since(readyAt), lister50.total));
+  line('"Started leading" logged (Lease acquired)', ms(logged.leading), ratio(logged.leading, lister50.total));
+  line('"Controller started workers" logged (gateways)', ms(logged.workers), ratio(logged.workers, lister50.total));
+  line(
+    `first ConfigMap ${objectName(gatewayName)} seen by a watcher`,
+    ms(since(firstConfig.at)),
+    ratio(since(firstConfig.at), lister50.total),
+  );
+  line(
+    `first complete one (${pods} addresses, ${expectedRules} rules of ${policies} policies)`,
+    ms(since(completeAt)),
+    `${ratio(since(completeAt), lister50.total)}; ${configs.indexOf(completeConfig)} incomplete versions before it`,
+  );
+  line(
+    `every policy's status written, Programmed, at its generation`,
+    settledAt === undefined ? 'never' : ms(since(settledAt)),
+    settledAt === undefined ? '' : ratio(since(settledAt), lister50.total),
+  );
+  line(
+    'compileGateway alone on the same state (median of 5)',
+    ms(compileMs),
+    `${compiled.config.hash === latestConfig.config.hash ? 'same hash as the operator wrote' : `hash differs from the operator's (${compiled.config.hash} vs ${latestConfig.config.hash})`}`,
+  );
+  line(
+    'workers started → complete config seen (first reconcile up to its ConfigMap)',
+    ms(since(completeAt) - logged.workers),
+    ratio(since(completeAt) - logged.workers, compileMs) + ' of compileGateway alone',
+  );
+  console.log(
+    `  during the resync (to 1 s after it settled): ${afterResync.configMaps - before.configMaps} ConfigMap applies ` +
+      `(one per gateway reconcile), ${afterResync.statuses - before.statuses} EgressPolicy status applies ` +
+      `(${afterResync.statusEvents - before.statusEvents} of which changed a status), ` +
+      `${resyncCpu.toFixed(2)} s of operator CPU`,
+  );
+
+  const series = (title: string, list: Sample[]) => {
+    const returnToPolicy = list.map((s) => s.policySeen - s.kubectlReturn);
+    const returnToConfig = list.map((s) => s.configSeen - s.kubectlReturn);
+    const startToPolicy = list.map((s) => s.policySeen - s.kubectlStart);
+    const startToConfig = list.map((s) => s.configSeen - s.kubectlStart);
+    const early = returnToConfig.filter((v) => v < 0).length;
+    console.log(title);
+    const row = (what: string, values: number[], note = '') =>
+      console.log(`  ${what.padEnd(62)} ${spread(values)}  ${note}`);
+    row(
+      'kubectl returned → EgressPolicy change at a watcher (baseline)',
+      returnToPolicy,
+      returnToPolicy.every((v) => v <= 0) ? '(all ≤ 0: seen before kubectl had exited)' : '',
+    );
+    row(
+      'kubectl returned → ConfigMap holds the change',
+      returnToConfig,
+      early ? `(${early} before kubectl exited)` : '',
+    );
+    row(
+      'kubectl start → EgressPolicy change at a watcher (baseline)',
+      startToPolicy,
+      `(kubectl start → return p50 ${ms(
+        percentile(
+          list.map((s) => s.kubectlReturn - s.kubectlStart),
+          0.5,
+        ),
+      )})`,
+    );
+    row(
+      'kubectl start → ConfigMap holds the change',
+      startToConfig,
+      `p50 ${ratio(percentile(startToConfig, 0.5), percentile(startToPolicy, 0.5))}`,
+    );
+    row(
+      'EgressPolicy at a watcher → ConfigMap (the operator’s share)',
+      list.map((s) => s.configSeen - s.policySeen),
+    );
+    row(
+      'kubectl returned → the policy’s status at its new generation',
+      list.map((s) => s.statusSeen - s.kubectlReturn),
+    );
+  };
+  console.log(
+    `\n2. apply-to-config latency: one policy per change, rule telnet's port 23 → 24 by kubectl apply --server-side; ` +
+      `times on this process's clock, each effect seen by a watch (nearest rank: p99 of 50 samples is their largest)`,
+  );
+  series(
+    `${changes} changes, each ${settleMs} ms after the previous one's status was visible (the operator still busy):`,
+    samples,
+  );
+  console.log(
+    `  during them: ${afterChanges.configMaps - afterResync.configMaps} ConfigMap applies (gateway reconciles, ` +
+      `${((afterChanges.configMaps - afterResync.configMaps) / changes).toFixed(1)} a change), ` +
+      `${afterChanges.statuses - afterResync.statuses} EgressPolicy status applies ` +
+      `(${((afterChanges.statuses - afterResync.statuses) / (afterChanges.configMaps - afterResync.configMaps)).toFixed(0)} a reconcile; ` +
+      `${afterChanges.statusEvents - afterResync.statusEvents} changed a status), ` +
+      `${changesCpu.toFixed(2)} s of operator CPU (${((1000 * changesCpu) / changes).toFixed(0)} ms a change)`,
+  );
+  series(
+    `${idleChanges} changes, each once the operator had used no CPU for 0.5 s (waited ${ms(percentile(idleWaits, 0.5))} p50 for that):`,
+    idleSamples,
+  );
+  console.log(
+    `  during them: ${afterIdle.configMaps - afterChanges.configMaps} ConfigMap applies, ` +
+      `${afterIdle.statuses - afterChanges.statuses} EgressPolicy status applies ` +
+      `(${afterIdle.statusEvents - afterChanges.statusEvents} changed a status)`,
+  );
+
+  console.log('\n3. memory of the operator process (VmRSS; peak VmHWM; sockets open):');
+  line('idle Node process (baseline)', `${idleVm.rss.toFixed(0)} MiB`);
+  const memory = (what: string, v: { rss: number; peak: number }, open?: number) =>
+    line(
+      what,
+      `${v.rss.toFixed(0)} MiB`,
+      `${ratio(v.rss, idleVm.rss)}; peak ${v.peak.toFixed(0)} MiB${open === undefined ? '' : `; ${open} sockets`}`,
+    );
+  if (completeVm) memory('operator, when the first complete config was seen', completeVm);
+  memory('operator, resync settled (+1 s)', resyncVm, resyncSockets);
+  for (const t of trajectory.slice(0, -1)) {
+    line(`  after ${t.after} changes`, `${t.rss.toFixed(0)} MiB`, `${ratio(t.rss, idleVm.rss)}; ${t.sockets} sockets`);
+  }
+  memory(`operator, after the ${changes} changes (+1 s)`, changesVm, changesSockets);
+  memory(`operator, after the ${idleChanges} more (idle between them)`, idleVmAfter);
+
+  console.log('\n4. the compiled config (config.json in the ConfigMap):');
+  line(
+    `${pods} addresses, ${completeConfig.config.rules.length} rules`,
+    `${bytes} B`,
+    `${((100 * bytes) / configMapLimit).toFixed(1)} % of the 1 MiB a ConfigMap may hold (${(configMapLimit / bytes).toFixed(1)}× headroom)`,
+  );
+  console.log(
+    `    sources ${sourcesBytes} B; rules ${rulesBytes} B (${(rulesBytes / completeConfig.config.rules.length).toFixed(0)} B a rule), ` +
+      `of which their resolved pod addresses ${ruleSourcesBytes} B; ` +
+      `each served pod costs ≈ ${((sourcesBytes + ruleSourcesBytes) / pods).toFixed(0)} B with ${rulesPerPolicy} rules selecting it`,
+  );
+  console.log(
+    `    ConfigMap versions written: ${configs.length} (${configs.length - 1} after the first), last ${finalConfig.bytes} B; ` +
+      `watch restarts ${configWatch.restarts + policyWatch.restarts}`,
+  );
+  if (errors.length) {
+    console.log(`\nthe operator logged ${errors.length} errors or other lines; the first:`);
+    for (const l of errors.slice(0, 10)) console.log(`  ${l.text.slice(0, 400)}`);
+  } else {
+    console.log('\nthe operator logged no errors');
+  }
+  console.log(`\n(${total.toFixed(0)} s in all)`);
+}
+
+try {
+  await main();
+} catch (error) {
+  process.exitCode = 1;
+  console.error(error);
+} finally {
+  await cleanup();
+}
