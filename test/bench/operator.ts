@@ -22,7 +22,6 @@
 import { KubeConfig, Watch } from '@kubernetes/client-node';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -31,7 +30,7 @@ import type { GatewayConfig } from '../../dataplane/index.ts';
 import { compileGateway, sidecarContainerName, type Snapshot } from '../../operator/compile.ts';
 import { configFile, objectName } from '../../operator/desired.ts';
 import { podFacts } from '../../operator/reconcile.ts';
-import { startCluster, type Cluster } from '../cluster/cluster.ts';
+import { freePorts, startCluster, type Cluster } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -226,23 +225,6 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>, timeo
     }
     await sleep(everyMs);
   }
-}
-
-async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: count },
-      () =>
-        new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
-          const server = createServer();
-          server.once('error', reject);
-          server.listen(0, '127.0.0.1', () => resolve(server));
-        }),
-    ),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
 }
 
 async function vm(pid: number): Promise<{ rss: number; peak: number }> {

@@ -298,7 +298,8 @@ async function makePki(dir: string): Promise<Pki> {
   };
 }
 
-async function freePorts(count: number): Promise<number[]> {
+/** Ports on loopback that nothing listens on at the moment. */
+export async function freePorts(count: number): Promise<number[]> {
   const servers = await Promise.all(
     Array.from(
       { length: count },
