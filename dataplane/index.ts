@@ -1,6 +1,6 @@
 // The dataplane's public entry point for other components: the compiled gateway config (the
 // contract between the operator, which writes it, and the agent, which applies it) and the
-// address arithmetic both sides need.
+// address arithmetic both sides need, and the audience of the tokens sidecars prove their pod with.
 export {
   CompiledRule,
   CompiledUplink,
@@ -10,3 +10,4 @@ export {
   parseGatewayConfig,
 } from './config.ts';
 export { contains } from './ip.ts';
+export { tokenAudience } from './naa/auth.ts';

@@ -2,16 +2,21 @@
 //   NAAT_CONFIG      its configuration file (operator/settings.ts), /etc/naat/operator/config.json
 //   NAAT_NAMESPACE   where it creates each gateway's namespaced objects
 //   NAAT_POD_NAME    its identity in leader election
-// Every replica keeps its caches warm; only the leader reconciles. /healthz, /readyz (caches
-// synced) and /metrics (queue depth, reconciles) are served on the configured health and metrics
-// ports.
+// Every replica keeps its caches warm and serves the sidecar-injection webhook; only the leader
+// reconciles (gateways, uplinks, and the webhook's certificate). /healthz, /readyz (caches
+// synced, certificate loaded) and /metrics (queue depth, leadership, webhook reviews) are served on the configured
+// health and metrics ports.
 import {
+  AdmissionregistrationV1Api,
   AppsV1Api,
+  type ConfigurationOptions,
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
+  type V1MutatingWebhookConfiguration,
+  type V1Secret,
 } from '@kubernetes/client-node';
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
@@ -19,44 +24,60 @@ import { hostname } from 'node:os';
 import { definitionOf, group, version, type Kind } from '../crds/index.ts';
 import { gatewaysOf, Reconciler, type Caches } from './reconcile.ts';
 import { Controller } from './runtime/controller.ts';
-import { apiListerWatcher, Informer } from './runtime/informer.ts';
+import { apiListerWatcher, Informer, type ListPage } from './runtime/informer.ts';
 import { LeaderElector } from './runtime/leader.ts';
 import { jsonLogger as log } from './runtime/log.ts';
+import { reconcileSpan, startTracing } from './runtime/tracing.ts';
 import { parseSettings } from './settings.ts';
+import { CertificateReconciler, pairsOf } from './webhook-certificate.ts';
+import { WebhookServer } from './webhook.ts';
 
 const settings = parseSettings(
   JSON.parse(await readFile(process.env.NAAT_CONFIG ?? '/etc/naat/operator/config.json', 'utf8')),
 );
 const namespace = process.env.NAAT_NAMESPACE ?? 'naat-system';
 const identity = process.env.NAAT_POD_NAME ?? hostname();
+const tracing = await startTracing('naat-operator', {
+  'k8s.namespace.name': namespace,
+  'k8s.pod.name': identity,
+});
 const kubeConfig = new KubeConfig();
 kubeConfig.loadFromDefault();
 
 const core = kubeConfig.makeApiClient(CoreV1Api);
 const apps = kubeConfig.makeApiClient(AppsV1Api);
+const admission = kubeConfig.makeApiClient(AdmissionregistrationV1Api);
 const custom = kubeConfig.makeApiClient(CustomObjectsApi);
 
+type Selectors = { labelSelector?: string; fieldSelector?: string };
+
+/** A cache of one collection; `list` gets the selectors and the page among its parameters. */
 function informer<T extends KubernetesObject>(
   kind: string,
   path: string,
-  list: Parameters<typeof apiListerWatcher<T>>[1]['list'],
-  labelSelector?: string,
+  list: (params: Selectors & ListPage, options: ConfigurationOptions) => Promise<KubernetesListObject<T>>,
+  selectors: Selectors = {},
 ) {
-  return new Informer<T>(apiListerWatcher<T>(kubeConfig, { path, list, ...(labelSelector ? { labelSelector } : {}) }), {
-    kind,
-    log,
-  });
+  return new Informer<T>(
+    apiListerWatcher<T>(kubeConfig, {
+      path,
+      list: (page, options) => list({ ...selectors, ...page }, options),
+      ...selectors,
+    }),
+    { kind, log },
+  );
 }
 
 /** The objects of one of naat's kinds; the caches hold them as the apiserver stored them. */
 function naatInformer<T extends KubernetesObject>(kind: Kind) {
   const plural = definitionOf[kind].plural;
-  const list = (options: Parameters<typeof custom.listClusterCustomObject>[1]) =>
+  const list = (page: ListPage, options: ConfigurationOptions) =>
     (definitionOf[kind].scope === 'Cluster'
-      ? custom.listClusterCustomObject({ group, version, plural }, options)
-      : custom.listCustomObjectForAllNamespaces({ group, version, resourcePlural: plural }, options)) as Promise<
-      KubernetesListObject<T>
-    >;
+      ? custom.listClusterCustomObject({ group, version, plural, ...page }, options)
+      : custom.listCustomObjectForAllNamespaces(
+          { group, version, resourcePlural: plural, ...page },
+          options,
+        )) as Promise<KubernetesListObject<T>>;
   return informer<T>(kind, `/apis/${group}/${version}/${plural}`, list);
 }
 
@@ -65,20 +86,42 @@ const caches: Caches = {
   gateways: naatInformer('EgressGateway'),
   uplinks: naatInformer('Uplink'),
   policies: naatInformer('EgressPolicy'),
-  pods: informer('Pod', '/api/v1/pods', (o) => core.listPodForAllNamespaces({}, o)),
-  namespaces: informer('Namespace', '/api/v1/namespaces', (o) => core.listNamespace({}, o)),
-  nodes: informer('Node', '/api/v1/nodes', (o) => core.listNode({}, o)),
+  pods: informer('Pod', '/api/v1/pods', (p, o) => core.listPodForAllNamespaces(p, o)),
+  namespaces: informer('Namespace', '/api/v1/namespaces', (p, o) => core.listNamespace(p, o)),
+  nodes: informer('Node', '/api/v1/nodes', (p, o) => core.listNode(p, o)),
   daemonSets: informer(
     'DaemonSet',
     `/apis/apps/v1/namespaces/${namespace}/daemonsets`,
-    (o) => apps.listNamespacedDaemonSet({ namespace, labelSelector: managed }, o),
-    managed,
+    (p, o) => apps.listNamespacedDaemonSet({ namespace, ...p }, o),
+    { labelSelector: managed },
+  ),
+};
+
+// The webhook's own objects, watched by name: the only ones its RBAC lets it read.
+const byName = (name: string) => ({ fieldSelector: `metadata.name=${name}` });
+const webhookCaches = {
+  secrets: informer<V1Secret>(
+    'Secret',
+    `/api/v1/namespaces/${namespace}/secrets`,
+    (p, o) => core.listNamespacedSecret({ namespace, ...p }, o),
+    byName(settings.webhook.secretName),
+  ),
+  webhooks: informer<V1MutatingWebhookConfiguration>(
+    'MutatingWebhookConfiguration',
+    '/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations',
+    (p, o) => admission.listMutatingWebhookConfiguration(p, o),
+    byName(settings.webhook.configurationName),
   ),
 };
 
 const reconciler = new Reconciler({ kubeConfig, caches, settings, namespace, identity, log });
 const affected = gatewaysOf(caches);
-const gateways = new Controller({ name: 'gateways', reconcile: (key) => reconciler.reconcileGateway(key), log });
+const gateways = new Controller({
+  name: 'gateways',
+  reconcile: (key) => reconciler.reconcileGateway(key),
+  around: reconcileSpan('gateways'),
+  log,
+});
 gateways.watch(caches.gateways);
 gateways.watch(caches.policies, (_key, policy) => affected.ofPolicy(policy));
 gateways.watch(caches.daemonSets, (_key, daemonSet) => affected.ofDaemonSet(daemonSet));
@@ -87,12 +130,54 @@ gateways.watch(caches.uplinks, affected.all);
 gateways.watch(caches.pods, affected.all);
 gateways.watch(caches.namespaces, affected.all);
 gateways.watch(caches.nodes, affected.all);
-const uplinks = new Controller({ name: 'uplinks', reconcile: (key) => reconciler.reconcileUplink(key), log });
+const uplinks = new Controller({
+  name: 'uplinks',
+  reconcile: (key) => reconciler.reconcileUplink(key),
+  around: reconcileSpan('uplinks'),
+  log,
+});
 uplinks.watch(caches.uplinks);
 
-for (const cache of Object.values(caches)) cache.start();
+const certificate = new CertificateReconciler({
+  kubeConfig,
+  ...webhookCaches,
+  settings: settings.webhook,
+  namespace,
+  log,
+});
+const certificates = new Controller({
+  name: 'webhook-certificate',
+  reconcile: () => certificate.reconcile(),
+  around: reconcileSpan('webhook-certificate'),
+  log,
+});
+certificates.watch(webhookCaches.secrets, () => ['certificate']);
+certificates.watch(webhookCaches.webhooks, () => ['certificate']);
 
-const controllers = { gateways, uplinks };
+const webhook = new WebhookServer({
+  port: settings.webhook.port,
+  context: async (podNamespace) => {
+    if (!caches.gateways.hasSynced() || !caches.namespaces.hasSynced()) throw new Error('caches not synced yet');
+    // A namespace made just before its first pod may not have reached the cache yet.
+    const ns = caches.namespaces.get(podNamespace) ?? (await core.readNamespace({ name: podNamespace }));
+    return {
+      namespaceLabels: ns.metadata?.labels,
+      gateways: caches.gateways.list(),
+      sidecar: settings.sidecar,
+    };
+  },
+  log,
+});
+webhookCaches.secrets.onChange((_key, secret) => {
+  const pairs = pairsOf(secret);
+  if (pairs) webhook.setCertificate(pairs.serving);
+});
+await webhook.listen();
+
+const allCaches = [...Object.values(caches), ...Object.values(webhookCaches)];
+for (const cache of allCaches) cache.start();
+
+const controllers = { gateways, uplinks, certificates };
 const elector = settings.leaderElection.enabled
   ? new LeaderElector({
       kubeConfig,
@@ -117,12 +202,14 @@ const elector = settings.leaderElection.enabled
 if (elector) elector.start();
 else for (const controller of Object.values(controllers)) void controller.run();
 
-const synced = () => Object.values(caches).every((cache) => cache.hasSynced());
+const synced = () => allCaches.every((cache) => cache.hasSynced());
 createServer((req, res) => {
   if (req.url === '/healthz') return void res.end('ok\n');
   if (req.url === '/readyz') {
-    res.statusCode = synced() ? 200 : 503;
-    return void res.end(synced() ? 'ok\n' : 'caches not synced\n');
+    // Not ready until it can answer the apiserver, so that a rollout keeps the old replicas' webhook.
+    const waiting = !synced() ? 'caches not synced' : !webhook.hasCertificate ? 'no webhook certificate yet' : '';
+    res.statusCode = waiting ? 503 : 200;
+    return void res.end(`${waiting || 'ok'}\n`);
   }
   res.statusCode = 404;
   res.end('not found\n');
@@ -142,13 +229,22 @@ createServer((req, res) => {
   }
   lines.push('# HELP naat_operator_leader Whether this replica leads.', '# TYPE naat_operator_leader gauge');
   lines.push(`naat_operator_leader ${elector ? Number(elector.isLeader) : 1}`);
+  lines.push(
+    '# HELP naat_operator_webhook_reviews_total Pod admission reviews answered, by result.',
+    '# TYPE naat_operator_webhook_reviews_total counter',
+  );
+  for (const [result, count] of Object.entries(webhook.counts)) {
+    lines.push(`naat_operator_webhook_reviews_total{result="${result}"} ${count}`);
+  }
   res.end(`${lines.join('\n')}\n`);
 }).listen(settings.metricsPort);
 
 const stop = async () => {
   await Promise.all(Object.values(controllers).map((c) => c.stop()));
   await elector?.stop();
-  await Promise.all(Object.values(caches).map((c) => c.stop()));
+  await webhook.close();
+  await tracing.shutdown();
+  await Promise.all(allCaches.map((c) => c.stop()));
   process.exit(0);
 };
 process.once('SIGTERM', () => void stop());

@@ -63,7 +63,11 @@ export function podFacts(pod: V1Pod): PodFacts {
     name: pod.metadata?.name ?? '',
     labels: pod.metadata?.labels,
     ips: (pod.status?.podIPs ?? []).map((ip) => ip.ip).filter((ip): ip is string => Boolean(ip)),
-    containers: (pod.spec?.containers ?? []).map((c) => c.name),
+    // Native sidecars (init containers that keep running) run alongside the others.
+    containers: [
+      ...(pod.spec?.initContainers ?? []).filter((c) => c.restartPolicy === 'Always'),
+      ...(pod.spec?.containers ?? []),
+    ].map((c) => c.name),
     ...(pod.status?.phase ? { phase: pod.status.phase } : {}),
   };
 }

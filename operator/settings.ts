@@ -21,6 +21,11 @@ export const OperatorSettings = Type.Object({
     serviceName: Type.String({ minLength: 1 }),
     secretName: Type.String({ minLength: 1 }),
     port: Type.Integer({ minimum: 1, maximum: 65535 }),
+    /**
+     * An https URL the apiserver calls instead of the Service, for an operator that runs outside
+     * the cluster (the lab); the certificate then names its host.
+     */
+    url: Type.Optional(Type.String({ pattern: '^https://' })),
   }),
   metricsPort: Type.Integer({ minimum: 1, maximum: 65535 }),
   healthPort: Type.Integer({ minimum: 1, maximum: 65535 }),

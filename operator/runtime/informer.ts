@@ -46,15 +46,23 @@ export interface ListerWatcher<T> {
   watch(resourceVersion: string, onEvent: (type: string, object: unknown) => void, signal: AbortSignal): Promise<void>;
 }
 
+/** A page of a chunked list: at most `limit` objects, after `_continue` (the token of the last page). */
+export interface ListPage {
+  limit: number;
+  _continue?: string;
+}
+
 export interface ApiListerWatcherOptions<T extends KubernetesObject> {
   /** The collection's path, e.g. `/api/v1/namespaces/x/configmaps` or `/apis/naat.dev/v1alpha1/uplinks`. */
   path: string;
   /**
-   * Lists the same collection with the same selectors, passing `options` as the call's last
-   * argument (they carry the abort signal), e.g.
-   * `(options) => core.listNamespacedConfigMap({ namespace, labelSelector }, options)`.
+   * Lists one page of the same collection with the same selectors, passing `page` among the
+   * call's parameters and `options` as its last argument (they carry the abort signal), e.g.
+   * `(page, options) => core.listNamespacedConfigMap({ namespace, labelSelector, ...page }, options)`.
    */
-  list: (options: ConfigurationOptions) => Promise<KubernetesListObject<T>>;
+  list: (page: ListPage, options: ConfigurationOptions) => Promise<KubernetesListObject<T>>;
+  /** Objects per list page; 500, like client-go's pager, so a big collection is not one response. */
+  pageSize?: number;
   labelSelector?: string;
   fieldSelector?: string;
   /** How long the server keeps a watch open; random between 5 and 10 minutes, like client-go's. */
@@ -69,8 +77,16 @@ export function apiListerWatcher<T extends KubernetesObject>(
   const watcher = new Watch(kubeConfig);
   return {
     async list(signal) {
-      const list = await options.list(withSignal(signal));
-      return { items: list.items, resourceVersion: list.metadata?.resourceVersion ?? '' };
+      // Every page comes from the snapshot of the first, whose resourceVersion they all carry.
+      const items: T[] = [];
+      let page: ListPage = { limit: options.pageSize ?? 500 };
+      for (;;) {
+        const list = await options.list(page, withSignal(signal));
+        items.push(...list.items);
+        const next = list.metadata?._continue;
+        if (!next) return { items, resourceVersion: list.metadata?.resourceVersion ?? '' };
+        page = { ...page, _continue: next };
+      }
     },
     watch(resourceVersion, onEvent, signal) {
       return new Promise<void>((resolve, reject) => {

@@ -32,6 +32,7 @@ import { configFile, objectName } from '../../operator/desired.ts';
 import { podFacts } from '../../operator/reconcile.ts';
 import { freePorts, startCluster, type Cluster } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
+import { operatorSettings, webhookObjects, type OperatorPorts } from '../cluster/operator.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const namespaces = 20;
@@ -334,16 +335,8 @@ class ResumingWatch {
 }
 
 /** The operator as the chart runs it; its log lines are kept with their arrival times. */
-async function startOperator(ports: { metrics: number; health: number }) {
-  const settings = {
-    leaderElection: { enabled: true, leaseName: 'naat-operator' },
-    webhook: { configurationName: 'unused', serviceName: 'unused', secretName: 'unused', port: 9443 },
-    metricsPort: ports.metrics,
-    healthPort: ports.health,
-    dataplane: { image: 'naat-dataplane:bench', clusterRoleName: 'naat-dataplane' },
-    sidecar: { image: 'naat-sidecar:bench' },
-    bypass: ['10.96.0.0/16'],
-  };
+async function startOperator(ports: OperatorPorts) {
+  const settings = operatorSettings('naat-operator', ports);
   const file = join(dir!, 'operator.json');
   await writeFile(file, JSON.stringify(settings));
   const lines: Array<{ at: number; text: string; entry?: Record<string, unknown> }> = [];
@@ -412,6 +405,7 @@ async function main(): Promise<void> {
   kubeConfig.loadFromFile(cluster.kubeconfig);
   await installCrds(cluster.kubeconfig);
   await k(['create', 'namespace', system]);
+  await apply(list(webhookObjects('naat-operator', system)));
 
   // The pods: namespaces, their default ServiceAccount (the admission plugin wants it), then every
   // pod in one apply, until kwok has made each Running with an address.
@@ -566,7 +560,7 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
     statusEvents,
   });
   const before = await counters();
-  const [metricsPort, healthPort] = await freePorts(2);
+  const [metricsPort, healthPort, webhookPort] = await freePorts(3);
   const complete = (config: GatewayConfig) =>
     config.sources.length === pods &&
     config.sources.every((ip) => podIps.has(ip)) &&
@@ -586,7 +580,7 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
     );
     resolveComplete();
   };
-  const op = await startOperator({ metrics: metricsPort!, health: healthPort! });
+  const op = await startOperator({ metrics: metricsPort!, health: healthPort!, webhook: webhookPort! });
   operator = op.child;
   let readyAt: number | undefined;
   const readyz = (async () => {
@@ -788,7 +782,11 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
     ms(logged.started),
     ratio(logged.started, lister50.total),
   );
-  line('/readyz 200: caches synced (polled every 10 ms)', ms(since(readyAt)), ratio(since(readyAt), lister50.total));
+  line(
+    '/readyz 200: caches synced, certificate loaded (polled every 10 ms)',
+    ms(since(readyAt)),
+    ratio(since(readyAt), lister50.total),
+  );
   line('"Started leading" logged (Lease acquired)', ms(logged.leading), ratio(logged.leading, lister50.total));
   line('"Controller started workers" logged (gateways)', ms(logged.workers), ratio(logged.workers, lister50.total));
   line(

@@ -97,7 +97,8 @@ function configMapInformer(config: KubeConfig, labelSelector: string, options: {
     apiListerWatcher(config, {
       path: `/api/v1/namespaces/${namespace}/configmaps`,
       labelSelector,
-      list: (requestOptions) => api.listNamespacedConfigMap({ namespace, labelSelector }, requestOptions),
+      list: (page, requestOptions) =>
+        api.listNamespacedConfigMap({ namespace, labelSelector, ...page }, requestOptions),
     }),
     { kind: 'ConfigMap', initialBackoffMs: 100, maxBackoffMs: 1000, log, ...options },
   );
@@ -270,6 +271,44 @@ test('an informer-driven controller converges: each source ConfigMap has a mirro
   expect(controller.queue.len).toBe(0);
   await controller.stop();
   await run;
+});
+
+test('an informer lists a big collection in pages and then follows it', async () => {
+  const api = kubeConfig.makeApiClient(CoreV1Api);
+  const labelSelector = 'naat-test=paged';
+  for (let i = 0; i < 7; i++) await put(`paged-${i}`, { 'naat-test': 'paged' }, { i: String(i) });
+  const pages: Array<string | undefined> = [];
+  const informer = new Informer<V1ConfigMap>(
+    apiListerWatcher(kubeConfig, {
+      path: `/api/v1/namespaces/${namespace}/configmaps`,
+      labelSelector,
+      pageSize: 3,
+      list: (page, requestOptions) => {
+        pages.push(page._continue);
+        return api.listNamespacedConfigMap({ namespace, labelSelector, ...page }, requestOptions);
+      },
+    }),
+    { kind: 'ConfigMap', log },
+  );
+  cleanups.push(() => informer.stop());
+  informer.start();
+  expect(await informer.waitForSync()).toBe(true);
+  expect(
+    informer
+      .list()
+      .map((c) => c.metadata!.name)
+      .sort(),
+  ).toEqual([0, 1, 2, 3, 4, 5, 6].map((i) => `paged-${i}`));
+  // Three pages: the first without a continue token, the next two with the token of the one before.
+  expect(pages).toHaveLength(3);
+  expect(pages[0]).toBeUndefined();
+  expect(pages[1]).toEqual(expect.any(String));
+  expect(pages[2]).not.toBe(pages[1]);
+  await put('paged-7', { 'naat-test': 'paged' }, { i: '7' });
+  await eventually(
+    () => expect(informer.get(`${namespace}/paged-7`)?.data).toEqual({ i: '7' }),
+    'the watch after the paged list',
+  );
 });
 
 test('an informer survives reset connections and an apiserver that refuses connections, and catches up', async () => {

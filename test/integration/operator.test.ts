@@ -12,6 +12,7 @@ import type { GatewayConfig } from '../../dataplane/index.ts';
 import { objectName } from '../../operator/desired.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
+import { operatorSettings, webhookObjects } from '../cluster/operator.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const id = `op${process.pid}`;
@@ -49,21 +50,20 @@ function policy(name: string, priority: number, action: 'Allow' | 'Deny') {
 }
 
 async function startOperator(name: string, port: number): Promise<ChildProcess> {
-  const settings = {
-    leaderElection: {
-      enabled: true,
-      leaseName: `naat-${id}`,
-      leaseDurationSeconds: 4,
-      renewDeadlineSeconds: 3,
-      retryPeriodSeconds: 1,
+  const settings = operatorSettings(
+    `naat-${id}`,
+    { metrics: port, health: port + 1, webhook: port + 2 },
+    {
+      leaderElection: {
+        enabled: true,
+        leaseName: `naat-${id}`,
+        leaseDurationSeconds: 4,
+        renewDeadlineSeconds: 3,
+        retryPeriodSeconds: 1,
+      },
+      bypass: ['10.96.0.0/12'],
     },
-    webhook: { configurationName: 'unused', serviceName: 'unused', secretName: 'unused', port: 9443 },
-    metricsPort: port,
-    healthPort: port + 1,
-    dataplane: { image: 'naat-dataplane:test', clusterRoleName: 'naat-dataplane' },
-    sidecar: { image: 'naat-sidecar:test' },
-    bypass: ['10.96.0.0/12'],
-  };
+  );
   const file = join(dir, `${name}.json`);
   await writeFile(file, JSON.stringify(settings));
   const child = spawn(process.execPath, [join(root, 'operator', 'main.ts')], {
@@ -125,6 +125,7 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'naat-operator-'));
   await installCrds(process.env.KUBECONFIG!);
   await k(['create', 'namespace', system]);
+  for (const object of webhookObjects(`naat-${id}`, system)) await apply(object);
   await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: apps, labels: { egress: id } } });
   await apply({
     apiVersion,
@@ -148,6 +149,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const operator of operators) operator.kill('SIGTERM');
+  await k(['delete', 'mutatingwebhookconfiguration', `naat-${id}`, '--ignore-not-found']);
   await k(['delete', 'egressgateway', id, '--ignore-not-found', '--wait=false']);
   await k(['delete', 'uplink', `${id}-isp`, '--ignore-not-found', '--wait=false']);
   await k(['delete', 'namespace', apps, system, '--wait=false']);

@@ -1,0 +1,122 @@
+import type { V1Pod } from '@kubernetes/client-node';
+import { validate, type EgressGateway } from '../crds/index.ts';
+import { sidecarContainerName } from './compile.ts';
+import { injection, type InjectionRequest } from './inject.ts';
+
+function gateway(name: string, spec: Record<string, unknown>): EgressGateway {
+  const result = validate('EgressGateway', {
+    apiVersion: 'naat.dev/v1alpha1',
+    kind: 'EgressGateway',
+    metadata: { name },
+    spec: { nodeSelector: {}, uplinks: { names: ['isp-a'] }, ...spec },
+  });
+  if (!result.ok) throw new Error(result.errors.join('; '));
+  return result.value as EgressGateway;
+}
+
+const office = gateway('office', {
+  namespaceSelector: { matchLabels: { egress: 'office' } },
+  association: { port: 7741, sidecar: { podSelector: { matchLabels: { naa: 'on' } } } },
+});
+const noSidecar = gateway('branch', { namespaceSelector: {} });
+
+const pod = (labels: Record<string, string>, spec: Partial<V1Pod['spec']> = {}): V1Pod => ({
+  metadata: { generateName: 'web-', labels },
+  spec: { containers: [{ name: 'app', image: 'app:1' }], ...spec },
+});
+
+const request = (p: V1Pod, namespaceLabels: Record<string, string> = { egress: 'office' }): InjectionRequest => ({
+  pod: p,
+  namespace: 'shop',
+  namespaceLabels,
+  gateways: [noSidecar, office],
+  sidecar: { image: 'naat-sidecar:1', pullPolicy: 'IfNotPresent', resources: { requests: { memory: '48Mi' } } },
+});
+
+/** Applies an RFC 6902 patch of "add" operations, as the apiserver does. */
+function apply(target: V1Pod, patch: Array<{ op: string; path: string; value: unknown }>): V1Pod {
+  const copy = structuredClone(target) as Record<string, unknown>;
+  for (const { op, path, value } of patch) {
+    expect(op).toBe('add');
+    const parts = path
+      .slice(1)
+      .split('/')
+      .map((p) => p.replace('~1', '/').replace('~0', '~'));
+    const last = parts.pop()!;
+    let at = copy as Record<string, unknown>;
+    for (const part of parts) at = at[part] as Record<string, unknown>;
+    if (Array.isArray(at) && last === '-') at.push(value);
+    else at[last] = value;
+  }
+  return copy as V1Pod;
+}
+
+describe('sidecar injection', () => {
+  test('a pod the gateway selects gets the native sidecar, a shared process namespace and its token', () => {
+    const original = pod({ naa: 'on' }, { volumes: [{ name: 'data', emptyDir: {} }] });
+    const decision = injection(request(original));
+    if (!decision.inject) throw new Error(decision.reason);
+    expect(decision.gateway).toBe('office');
+    const patched = apply(original, decision.patch);
+    expect(patched.spec!.shareProcessNamespace).toBe(true);
+    expect(patched.spec!.containers).toEqual(original.spec!.containers);
+    expect(patched.metadata!.annotations).toEqual({ 'naat.dev/sidecar-gateway': 'office' });
+    const [sidecar] = patched.spec!.initContainers!;
+    expect(sidecar!.name).toBe(sidecarContainerName);
+    expect(sidecar!.restartPolicy).toBe('Always');
+    expect(sidecar!.image).toBe('naat-sidecar:1');
+    expect(sidecar!.resources).toEqual({ requests: { memory: '48Mi' } });
+    expect(sidecar!.securityContext!.capabilities).toEqual({ drop: ['ALL'], add: ['SYS_PTRACE'] });
+    expect(Object.fromEntries(sidecar!.env!.map((e) => [e.name, e.value ?? e.valueFrom!.fieldRef!.fieldPath]))).toEqual(
+      {
+        NAAT_NAA_HOST: 'status.hostIP',
+        NAAT_NAA_PORT: '7741',
+        NAAT_POD_NAMESPACE: 'metadata.namespace',
+        NAAT_POD_NAME: 'metadata.name',
+        NAAT_POD_UID: 'metadata.uid',
+        NAAT_TOKEN_FILE: '/var/run/secrets/naat/token',
+      },
+    );
+    expect(patched.spec!.volumes).toEqual([
+      { name: 'data', emptyDir: {} },
+      {
+        name: 'naat-token',
+        projected: { sources: [{ serviceAccountToken: { audience: 'naat', expirationSeconds: 3600, path: 'token' } }] },
+      },
+    ]);
+    expect(sidecar!.volumeMounts).toEqual([{ name: 'naat-token', mountPath: '/var/run/secrets/naat', readOnly: true }]);
+  });
+
+  test('existing init containers and annotations are kept and the sidecar goes last', () => {
+    const original = pod(
+      { naa: 'on' },
+      { initContainers: [{ name: 'migrate', image: 'm:1' }], shareProcessNamespace: false },
+    );
+    original.metadata!.annotations = { team: 'shop' };
+    const decision = injection(request(original));
+    if (!decision.inject) throw new Error(decision.reason);
+    const patched = apply(original, decision.patch);
+    expect(patched.spec!.initContainers!.map((c) => c.name)).toEqual(['migrate', sidecarContainerName]);
+    expect(patched.spec!.shareProcessNamespace).toBe(true);
+    expect(patched.metadata!.annotations).toEqual({ team: 'shop', 'naat.dev/sidecar-gateway': 'office' });
+  });
+
+  test.each([
+    ['a pod the sidecar selector does not pick', pod({ naa: 'off' }), undefined, 'no gateway injects this pod'],
+    ['a namespace the gateway does not serve', pod({ naa: 'on' }), { egress: 'branch' }, 'no gateway injects this pod'],
+    [
+      'a pod that already has the sidecar',
+      pod({ naa: 'on' }, { initContainers: [{ name: sidecarContainerName, image: 'x' }] }),
+      undefined,
+      'the pod already has the sidecar',
+    ],
+    [
+      'a host-network pod',
+      pod({ naa: 'on' }, { hostNetwork: true }),
+      undefined,
+      'host-network pods are not associated',
+    ],
+  ])('%s is left alone', (_what, p, labels, reason) => {
+    expect(injection(request(p, labels))).toEqual({ inject: false, reason });
+  });
+});

@@ -1,0 +1,117 @@
+// Sidecar injection, the pure part of the admission webhook: for a pod being created, which
+// gateway (if any) wants the NAA sidecar in it, and the JSON patch that adds it.
+//
+// The sidecar is a native sidecar (an init container that keeps running, Kubernetes ≥ 1.29): the
+// kubelet starts it before the application containers, so their first connections are already
+// watched, and it does not keep a Job's pod alive. It shares the pod's network namespace (the
+// sockets) and, through shareProcessNamespace, its processes (who owns each socket).
+import type { V1Container, V1Pod, V1Volume } from '@kubernetes/client-node';
+import type { EgressGateway } from '../crds/index.ts';
+import { tokenAudience } from '../dataplane/index.ts';
+import { sidecarContainerName } from './compile.ts';
+import { matchesSelector, type Labels } from './selector.ts';
+import type { OperatorSettings } from './settings.ts';
+
+/** The annotation that records which gateway's sidecar a pod got. */
+export const injectedAnnotation = 'naat.dev/sidecar-gateway';
+export const tokenVolume = 'naat-token';
+export const tokenDir = '/var/run/secrets/naat';
+
+export type PatchOperation = { op: 'add'; path: string; value: unknown };
+
+export interface InjectionRequest {
+  pod: V1Pod;
+  /** The namespace of the request: a pod being created may not carry one yet. */
+  namespace: string;
+  namespaceLabels: Labels;
+  gateways: readonly EgressGateway[];
+  sidecar: OperatorSettings['sidecar'];
+}
+
+export type Injection = { inject: false; reason: string } | { inject: true; gateway: string; patch: PatchOperation[] };
+
+export function injection(request: InjectionRequest): Injection {
+  const { pod } = request;
+  const spec = pod.spec;
+  if (!spec) return { inject: false, reason: 'the pod has no spec' };
+  const containers = [...(spec.initContainers ?? []), ...spec.containers];
+  if (containers.some((c) => c.name === sidecarContainerName))
+    return { inject: false, reason: 'the pod already has the sidecar' };
+  // Host-network pods share the node's sockets: a sidecar would report the node's, not the pod's.
+  if (spec.hostNetwork) return { inject: false, reason: 'host-network pods are not associated' };
+
+  const gateway = [...request.gateways]
+    .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))
+    .find((g) => selects(g, request.namespaceLabels, pod.metadata?.labels));
+  if (!gateway) return { inject: false, reason: 'no gateway injects this pod' };
+
+  const patch: PatchOperation[] = [
+    spec.initContainers
+      ? { op: 'add', path: '/spec/initContainers/-', value: sidecarContainer(gateway, request.sidecar) }
+      : { op: 'add', path: '/spec/initContainers', value: [sidecarContainer(gateway, request.sidecar)] },
+    // "add" replaces an existing member (RFC 6902 §4.1), so a pod that said false gets true.
+    { op: 'add', path: '/spec/shareProcessNamespace', value: true },
+    spec.volumes
+      ? { op: 'add', path: '/spec/volumes/-', value: tokenVolumeOf() }
+      : { op: 'add', path: '/spec/volumes', value: [tokenVolumeOf()] },
+    pod.metadata?.annotations
+      ? {
+          op: 'add',
+          path: `/metadata/annotations/${injectedAnnotation.replace('/', '~1')}`,
+          value: gateway.metadata.name,
+        }
+      : { op: 'add', path: '/metadata/annotations', value: { [injectedAnnotation]: gateway.metadata.name } },
+  ];
+  return { inject: true, gateway: gateway.metadata.name, patch };
+}
+
+/** Whether the gateway serves the pod and its association.sidecar selectors pick it. */
+function selects(gateway: EgressGateway, namespaceLabels: Labels, podLabels: Labels): boolean {
+  const { spec } = gateway;
+  const sidecar = spec.association.sidecar;
+  if (!sidecar) return false;
+  return (
+    [spec.namespaceSelector, sidecar.namespaceSelector].every((s) => !s || matchesSelector(s, namespaceLabels)) &&
+    [spec.podSelector, sidecar.podSelector].every((s) => !s || matchesSelector(s, podLabels))
+  );
+}
+
+function sidecarContainer(gateway: EgressGateway, settings: OperatorSettings['sidecar']): V1Container {
+  const field = (fieldPath: string) => ({ valueFrom: { fieldRef: { fieldPath } } });
+  return {
+    name: sidecarContainerName,
+    image: settings.image,
+    imagePullPolicy: settings.pullPolicy,
+    restartPolicy: 'Always',
+    env: [
+      // Pods are served by the gateway on their own node (design.md §7 leaves remote nodes for later).
+      { name: 'NAAT_NAA_HOST', ...field('status.hostIP') },
+      { name: 'NAAT_NAA_PORT', value: String(gateway.spec.association.port) },
+      { name: 'NAAT_POD_NAMESPACE', ...field('metadata.namespace') },
+      { name: 'NAAT_POD_NAME', ...field('metadata.name') },
+      { name: 'NAAT_POD_UID', ...field('metadata.uid') },
+      { name: 'NAAT_TOKEN_FILE', value: `${tokenDir}/token` },
+    ],
+    resources: settings.resources,
+    securityContext: {
+      // Reading which process owns a socket (/proc/<pid>/fd of the other containers' processes,
+      // whatever their user) needs CAP_SYS_PTRACE, which Kubernetes gives only to uid 0.
+      runAsUser: 0,
+      runAsNonRoot: false,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'], add: ['SYS_PTRACE'] },
+    },
+    volumeMounts: [{ name: tokenVolume, mountPath: tokenDir, readOnly: true }],
+  };
+}
+
+/** A token for the naat audience only, so the gateway cannot replay it against the apiserver. */
+function tokenVolumeOf(): V1Volume {
+  return {
+    name: tokenVolume,
+    projected: {
+      sources: [{ serviceAccountToken: { audience: tokenAudience, expirationSeconds: 3600, path: 'token' } }],
+    },
+  };
+}

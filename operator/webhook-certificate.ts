@@ -1,0 +1,123 @@
+// The webhook's certificate, kept by the leader: a CA and a serving certificate for the names the
+// apiserver dials, stored in the Secret the chart made empty for them, and the CA patched into
+// the MutatingWebhookConfiguration's caBundle. Renewed well before it expires; the replicas pick
+// the new pair up from the Secret (operator/webhook.ts).
+import {
+  AdmissionregistrationV1Api,
+  CoreV1Api,
+  type KubeConfig,
+  type V1MutatingWebhookConfiguration,
+  type V1Secret,
+} from '@kubernetes/client-node';
+import { X509Certificate } from 'node:crypto';
+import { caUsable, makeCa, makeServing, usable, type KeyPair } from './certificates.ts';
+import type { ReconcileResult } from './runtime/controller.ts';
+import type { Logger } from './runtime/log.ts';
+import type { OperatorSettings } from './settings.ts';
+
+const day = 86_400_000;
+const caLifetime = 10 * 365 * day;
+const servingLifetime = 365 * day;
+/** A pair is replaced when it has less than this left, so a renewal failure has weeks to be fixed. */
+const renewBefore = 30 * day;
+/** Timers of Node cannot wait longer than about 24.8 days; a daily look is plenty. */
+const maxWait = day;
+
+export const secretKeys = { caCert: 'ca.crt', caKey: 'ca.key', cert: 'tls.crt', key: 'tls.key' } as const;
+
+/** The names the apiserver dials: the Service's DNS names, or the host of the configured URL. */
+export function servingNames(webhook: OperatorSettings['webhook'], namespace: string): string[] {
+  if (webhook.url) return [new URL(webhook.url).hostname.replace(/^\[(.*)\]$/, '$1')];
+  const service = `${webhook.serviceName}.${namespace}`;
+  return [`${service}.svc`, `${service}.svc.cluster.local`];
+}
+
+/** The CA and serving pairs a Secret holds, if it holds both. */
+export function pairsOf(secret: V1Secret | undefined): { ca: KeyPair; serving: KeyPair } | undefined {
+  const data = secret?.data ?? {};
+  const text = (key: string) => (data[key] ? Buffer.from(data[key], 'base64').toString('utf8') : undefined);
+  const [caCert, caKey, cert, key] = [secretKeys.caCert, secretKeys.caKey, secretKeys.cert, secretKeys.key].map(text);
+  if (!caCert || !caKey || !cert || !key) return undefined;
+  return { ca: { cert: caCert, key: caKey }, serving: { cert, key } };
+}
+
+export interface CertificateReconcilerOptions {
+  kubeConfig: KubeConfig;
+  secrets: { get(key: string): V1Secret | undefined };
+  webhooks: { get(key: string): V1MutatingWebhookConfiguration | undefined };
+  settings: OperatorSettings['webhook'];
+  namespace: string;
+  log: Logger;
+  now?: () => Date;
+}
+
+export class CertificateReconciler {
+  readonly #o: CertificateReconcilerOptions;
+  readonly #core: CoreV1Api;
+  readonly #admission: AdmissionregistrationV1Api;
+
+  constructor(options: CertificateReconcilerOptions) {
+    this.#o = options;
+    this.#core = options.kubeConfig.makeApiClient(CoreV1Api);
+    this.#admission = options.kubeConfig.makeApiClient(AdmissionregistrationV1Api);
+  }
+
+  async reconcile(): Promise<ReconcileResult> {
+    const { settings, namespace, log } = this.#o;
+    const now = (this.#o.now ?? (() => new Date()))();
+    const names = servingNames(settings, namespace);
+    const secret = this.#o.secrets.get(`${namespace}/${settings.secretName}`);
+    if (!secret) throw new Error(`the webhook Secret ${namespace}/${settings.secretName} does not exist`);
+
+    let pairs = pairsOf(secret);
+    if (!pairs || !usable(pairs.ca, pairs.serving, names, new Date(now.getTime() + renewBefore))) {
+      const caStillGood = pairs && caUsable(pairs.ca, new Date(now.getTime() + renewBefore));
+      const ca = caStillGood ? pairs!.ca : makeCa(`${settings.serviceName}-ca`, lifetime(now, caLifetime));
+      const serving = makeServing(ca, names, lifetime(now, servingLifetime));
+      const data = {
+        [secretKeys.caCert]: ca.cert,
+        [secretKeys.caKey]: ca.key,
+        [secretKeys.cert]: serving.cert,
+        [secretKeys.key]: serving.key,
+      };
+      // A replace with the cached resourceVersion: if another writer got there first, this fails
+      // with a conflict and the next reconcile looks again.
+      await this.#core.replaceNamespacedSecret({
+        name: settings.secretName,
+        namespace,
+        body: {
+          ...secret,
+          data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString('base64')])),
+        },
+      });
+      log.info('Issued the webhook certificate', { names, newCa: !caStillGood });
+      pairs = { ca, serving };
+    }
+
+    const configuration = this.#o.webhooks.get(settings.configurationName);
+    if (!configuration)
+      throw new Error(`the MutatingWebhookConfiguration ${settings.configurationName} does not exist`);
+    const caBundle = Buffer.from(pairs.ca.cert).toString('base64');
+    const webhooks = (configuration.webhooks ?? []).map((webhook) => ({
+      ...webhook,
+      clientConfig: settings.url ? { url: settings.url, caBundle } : { ...webhook.clientConfig, caBundle },
+    }));
+    if (JSON.stringify(webhooks) !== JSON.stringify(configuration.webhooks ?? [])) {
+      await this.#admission.replaceMutatingWebhookConfiguration({
+        name: settings.configurationName,
+        body: { ...configuration, webhooks },
+      });
+      log.info('Set the webhook CA bundle', { configuration: settings.configurationName });
+    }
+
+    const expires = Math.min(
+      ...[pairs.ca.cert, pairs.serving.cert].map((pem) => new Date(new X509Certificate(pem).validTo).getTime()),
+    );
+    return { requeueAfterMs: Math.max(1000, Math.min(maxWait, expires - renewBefore - now.getTime())) };
+  }
+}
+
+function lifetime(now: Date, ms: number) {
+  // An hour of slack for clocks behind ours.
+  return { notBefore: new Date(now.getTime() - 3_600_000), notAfter: new Date(now.getTime() + ms) };
+}

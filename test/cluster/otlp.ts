@@ -1,0 +1,69 @@
+// An OTLP/HTTP receiver for tests (protocol http/json): it accepts what an OpenTelemetry SDK
+// exports to /v1/traces and keeps each span with its resource's attributes, flattened.
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+type AnyValue = { stringValue?: string; intValue?: string | number; boolValue?: boolean; doubleValue?: number };
+type KeyValue = { key: string; value: AnyValue };
+
+export interface ReceivedSpan {
+  name: string;
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  /** 2 is error (OTLP Status.code). */
+  status?: { code?: number; message?: string };
+  attributes: Record<string, string | number | boolean>;
+  resource: Record<string, string | number | boolean>;
+}
+
+export interface OtlpReceiver {
+  /** For OTEL_EXPORTER_OTLP_ENDPOINT. */
+  endpoint: string;
+  spans: ReceivedSpan[];
+  close(): Promise<void>;
+}
+
+const flatten = (attributes: KeyValue[] = []) =>
+  Object.fromEntries(
+    attributes.map(({ key, value }) => [
+      key,
+      value.stringValue ?? value.boolValue ?? value.doubleValue ?? Number(value.intValue ?? NaN),
+    ]),
+  );
+
+export async function startOtlpReceiver(): Promise<OtlpReceiver> {
+  const spans: ReceivedSpan[] = [];
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      if (req.url !== '/v1/traces' || !req.headers['content-type']?.includes('json')) {
+        res.writeHead(415).end();
+        return;
+      }
+      const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+        resourceSpans?: Array<{
+          resource?: { attributes?: KeyValue[] };
+          scopeSpans?: Array<{
+            spans?: Array<Omit<ReceivedSpan, 'attributes' | 'resource'> & { attributes?: KeyValue[] }>;
+          }>;
+        }>;
+      };
+      for (const rs of body.resourceSpans ?? []) {
+        const resource = flatten(rs.resource?.attributes);
+        for (const ss of rs.scopeSpans ?? []) {
+          for (const span of ss.spans ?? []) spans.push({ ...span, attributes: flatten(span.attributes), resource });
+        }
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    spans,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
