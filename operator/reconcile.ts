@@ -310,6 +310,29 @@ export function gatewaysOf(caches: Caches) {
   };
 }
 
+/**
+ * Passes a change of `cache` on to `then` only when the facts the compiler reads of the object
+ * changed (or it went away): pods' status conditions and nodes' heartbeats change nothing a
+ * compiled config holds, and with many pods they would keep every gateway recompiling.
+ */
+export function onFactsChange<T extends KubernetesObject>(
+  cache: { get(key: string): T | undefined },
+  facts: (object: T) => unknown,
+  then: () => string[],
+): (key: string, object: T) => string[] {
+  const seen = new Map<string, string>();
+  return (key, object) => {
+    if (!cache.get(key)) {
+      seen.delete(key);
+      return then();
+    }
+    const now = canonical(facts(object));
+    if (seen.get(key) === now) return [];
+    seen.set(key, now);
+    return then();
+  };
+}
+
 /** JSON with object keys sorted: the apiserver hands objects back with their keys reordered. */
 function canonical(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) =>

@@ -7,6 +7,7 @@
 // half-filled cache (and, say, deletes what it does not see yet).
 import type { ChangeHandler } from './informer.ts';
 import { errorText, jsonLogger, type Logger } from './log.ts';
+import { statusCode } from './request.ts';
 import { WorkQueue, type WorkQueueOptions } from './workqueue.ts';
 
 /** What a reconcile may ask for: to run again after `requeueAfterMs` even if nothing changes. */
@@ -119,13 +120,17 @@ export class Controller {
       if (result && result.requeueAfterMs !== undefined) this.queue.addAfter(key, result.requeueAfterMs);
     } catch (error) {
       const delay = this.queue.addRateLimited(key);
-      this.#log.error('Reconcile failed', {
+      const fields = {
         controller: this.#name,
         key,
         error: errorText(error),
         retries: this.queue.retries(key),
         retryInMs: delay,
-      });
+      };
+      // A conflict means the cache was behind a write (often the reconcile's own); the retry
+      // reads the newer object. Expected, so not an error.
+      if (statusCode(error) === 409) this.#log.info('Reconcile conflicted with a newer write; retrying', fields);
+      else this.#log.error('Reconcile failed', fields);
     }
   }
 }
