@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from './agent.ts';
 import { parseGatewayConfig } from './config.ts';
-import type { Conntrack, Flow } from './conntrack.ts';
+import type { AttributionRecord } from './attribution.ts';
+import type { Conntrack, Flow, FlowEvent } from './conntrack.ts';
 import { FakeNftables } from './nft/nftables.ts';
 import { FakeRouting } from './routing.ts';
 
@@ -14,6 +15,8 @@ const config = parseGatewayConfig(
 /** Conntrack as a list of flows; deleting an uplink's flows removes them. */
 class FakeConntrack implements Conntrack {
   flows: Flow[] = [];
+  /** Sends an event to the agent's watch, as `conntrack -E` would. */
+  emit: (event: FlowEvent) => void = () => {};
   async deleteUplink(id: number): Promise<number> {
     const before = this.flows.length;
     this.flows = this.flows.filter((f) => f.uplink !== id);
@@ -29,7 +32,8 @@ class FakeConntrack implements Conntrack {
   async list(): Promise<Flow[]> {
     return [...this.flows];
   }
-  watch(): () => void {
+  watch(onEvent: (event: FlowEvent) => void): () => void {
+    this.emit = onEvent;
     return () => {};
   }
 }
@@ -66,13 +70,14 @@ function kernel() {
   return { nft: new FakeNftables(), routing: new FakeRouting(), conntrack: new FakeConntrack() };
 }
 
-function agentOn(k: ReturnType<typeof kernel>) {
+function agentOn(k: ReturnType<typeof kernel>, onFlowEnd?: (record: AttributionRecord) => void) {
   return new Agent({
     node: 'node-1',
     ...k,
     stateDir,
     interfaceAddresses: async (name) => (name === 'up3' ? ['100.64.3.2'] : []),
     log: { info: () => {}, error: () => {} },
+    ...(onFlowEnd ? { onFlowEnd } : {}),
   });
 }
 
@@ -179,6 +184,52 @@ describe('Agent', () => {
       pod: { name: 'web-1' },
       application: { processName: 'curl' },
     });
+    // The attribution log learnt the application late, and which rule ended the denied flow.
+    const at = { address: '100.64.1.2', at: new Date() };
+    expect(agent.attributions.query({ ...at, port: 20001 })).toMatchObject([
+      { verdict: 'Deny', policy: 'shop/curl', rule: 'no-curl-to-docs', application: { processName: 'curl' } },
+    ]);
+    expect(agent.attributions.query({ ...at, port: 20002 })).toMatchObject([
+      { verdict: 'Allow', uplink: 'isp-a', container: 'app', application: { processName: 'curl' } },
+    ]);
+    await agent.stop();
+  });
+
+  it('attributes flows from conntrack events to the pod of their source and hands each ended one on', async () => {
+    const k = kernel();
+    const ended: AttributionRecord[] = [];
+    const agent = agentOn(k, (record) => ended.push(record));
+    await agent.start(config);
+    const ids = Object.fromEntries(agent.report().uplinks.map((u) => [u.name, u.id]));
+    // A pod without a sidecar: the config names it by address; its rule keeps it on isp-b.
+    const backup = {
+      ...flow(7, ids['isp-b']!),
+      source: '10.244.2.2',
+      destination: '192.0.2.9',
+      mappedAddress: '100.64.2.2',
+      startedAt: new Date(Date.now() - 60_000),
+    };
+    k.conntrack.emit({ type: 'new', flow: backup });
+    const counters = { packetsSent: 3, bytesSent: 180, packetsReceived: 2, bytesReceived: 120 };
+    k.conntrack.emit({
+      type: 'destroy',
+      flow: { ...backup, startedAt: new Date(backup.startedAt.getTime() + 5000), counters },
+    });
+    const expected = {
+      pod: { namespace: 'backup', name: 'backup-1' },
+      uplink: 'isp-b',
+      policy: 'shop/backups',
+      rule: 'via-b',
+      verdict: 'Allow',
+      start: backup.startedAt,
+      end: new Date(backup.startedAt.getTime() + 5000),
+      counters,
+    };
+    expect(ended).toMatchObject([expected]);
+    const query = { address: '100.64.2.2', port: 20007 };
+    const after = (ms: number) => new Date(backup.startedAt.getTime() + ms);
+    expect(agent.attributions.query({ ...query, at: after(2000) })).toMatchObject([expected]);
+    expect(agent.attributions.query({ ...query, at: after(-1000) })).toEqual([]);
     await agent.stop();
   });
 

@@ -5,13 +5,14 @@
 // flows without a gap; only `remove` (the gateway is gone for good) takes everything away.
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { AttributionStore, type AttributionRecord, type AttributionUpdate, type Retention } from './attribution.ts';
 import type { GatewayConfig } from './config.ts';
 import type { Conntrack, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
 import { elementOperations, namesOf, planSync } from './nft/nftables.ts';
-import type { Table } from './nft/model.ts';
-import { trace } from './nft/trace.ts';
+import type { L4, Table } from './nft/model.ts';
+import { trace, type Packet } from './nft/trace.ts';
 import {
   allocateUplinkIds,
   leastLoadedCounts,
@@ -88,13 +89,22 @@ export interface AgentOptions {
   rebalanceMs?: number;
   /** How often the flow table is listed afresh from conntrack. */
   relistMs?: number;
+  /** How many attribution records are kept, and for how long after their flow ended. */
+  retention?: Retention;
+  /** Called with each attribution record as its flow ends (telemetry exports it); per-flow work, so optional. */
+  onFlowEnd?: (record: AttributionRecord) => void;
 }
 
 const icmpTimeoutSysctls = ['net/netfilter/nf_conntrack_icmp_timeout', 'net/netfilter/nf_conntrack_icmpv6_timeout'];
+/** Makes conntrack count packets and bytes of the flows that start after it is set. */
+const accountingSysctl = 'net/netfilter/nf_conntrack_acct';
 
 export class Agent {
   readonly #o: AgentOptions;
   readonly flows = new FlowTable();
+  readonly attributions: AttributionStore;
+  /** The served pods by address, from the config: flows are theirs even without a sidecar. */
+  #pods = new Map<string, { namespace: string; name: string }>();
   #config: GatewayConfig | undefined;
   #ids = new Map<string, number>();
   readonly #health = new Map<string, UplinkHealthState>();
@@ -112,17 +122,31 @@ export class Agent {
 
   constructor(options: AgentOptions) {
     this.#o = options;
+    this.attributions = new AttributionStore(options.retention);
   }
 
   /** Takes over whatever the kernel holds and makes it match `config`; established flows keep flowing. */
   async start(config: GatewayConfig): Promise<void> {
     this.#ids = await this.#loadIds();
-    this.#config = config;
+    this.#setConfig(config);
+    // Once at start, not on every sync: in a DaemonSet without a writable /proc/sys it fails
+    // every time, and one error says it all (flows then have no byte and packet counts).
+    await this.#o
+      .writeSysctl?.(accountingSysctl, '1')
+      .catch((error: Error) =>
+        this.#o.log.error('Failed to turn on conntrack accounting', { path: accountingSysctl, error: error.message }),
+      );
     this.flows.replace(await this.#o.conntrack.list());
     this.#stopWatch = this.#o.conntrack.watch(
       (event) => {
         this.flows.apply(event);
-        if (event.type === 'destroy') this.#expireAssociation(event.flow);
+        if (event.type === 'new') {
+          if (event.flow.uplink) this.#openRecord(event.flow);
+          return;
+        }
+        const ended = this.attributions.close(event.flow.id, event.flow.startedAt, event.flow.counters);
+        if (ended) this.#o.onFlowEnd?.(ended);
+        this.#expireAssociation(event.flow);
       },
       (error) => this.#o.log.error('Conntrack event stream failed', { error: error.message }),
     );
@@ -138,11 +162,22 @@ export class Agent {
     }, this.#o.relistMs ?? 10_000);
     this.#relist.unref();
     await this.sync();
+    // Flows that were open before the agent started are attributed from now on, once the ruleset
+    // that decided them is known.
+    for (const flow of this.flows.flows()) if (!this.attributions.isOpen(flow.id)) this.#openRecord(flow);
   }
 
   async configure(config: GatewayConfig): Promise<void> {
-    this.#config = config;
+    this.#setConfig(config);
     await this.sync();
+  }
+
+  #setConfig(config: GatewayConfig): void {
+    this.#config = config;
+    this.#pods = new Map();
+    for (const { namespace, name, addresses } of config.pods) {
+      for (const address of addresses) if (!this.#pods.has(address)) this.#pods.set(address, { namespace, name });
+    }
   }
 
   /** Called by the health monitor. An uplink that fails loses its flows once it is no longer chosen. */
@@ -171,20 +206,28 @@ export class Agent {
     for (const a of remove) this.#associations.delete(flowKey(a));
     for (const a of upsert) this.#associations.set(flowKey(a), a);
     await this.#queueSync();
-    await this.#endLateDenials(upsert);
+    await this.#applyLate(upsert);
   }
 
   /**
-   * A flow can start before its association arrives and be let through by the pod's rules; when
-   * the association shows that its application is denied, the flow is ended. Flows that stay
-   * allowed keep their uplink.
+   * A flow can start before its association arrives and be let through by the pod's rules: its
+   * attribution learns the application now, and when the association shows that the application
+   * is denied, the flow is ended. Flows that stay allowed keep their uplink and the rule that
+   * chose it.
    */
-  async #endLateDenials(associations: FlowAssociation[]): Promise<void> {
+  async #applyLate(associations: FlowAssociation[]): Promise<void> {
     for (const a of associations) {
       // Only flows that leave through an uplink: a flow to the node itself or a bypassed
       // destination is not the gateway's to end.
-      if (!this.flows.fromSource(a.transport, a.sourceAddress, a.sourcePort)) continue;
-      if (this.verdictFor(a)?.allowed !== false) continue;
+      const flow = this.flows.fromSource(a.transport, a.sourceAddress, a.sourcePort);
+      if (!flow) continue;
+      const verdict = this.verdictFor(a);
+      const denied = verdict?.allowed === false;
+      this.attributions.update(flow.id, {
+        ...this.#identity(a.sourceAddress, a),
+        ...(denied ? { verdict: 'Deny', ...ruleOf(verdict) } : {}),
+      });
+      if (!denied) continue;
       const ended = await this.#o.conntrack.deleteFlow(a.transport, a.sourceAddress, a.sourcePort);
       if (ended)
         this.#o.log.info('Ended a flow its association denies', {
@@ -200,9 +243,8 @@ export class Agent {
    * socket, whose destinations vary.
    */
   verdictFor(a: FlowAssociation): AssociationVerdict | undefined {
-    const table = this.#applied?.rendered.table;
-    if (!table || !a.destinationAddress || !a.destinationPort) return undefined;
-    const result = trace(table, 'prerouting', {
+    if (!a.destinationAddress || !a.destinationPort) return undefined;
+    return this.#decide({
       family: a.sourceAddress.includes(':') ? 6 : 4,
       saddr: a.sourceAddress,
       daddr: a.destinationAddress,
@@ -210,6 +252,13 @@ export class Agent {
       sport: a.sourcePort,
       dport: a.destinationPort,
     });
+  }
+
+  /** What the ruleset the kernel holds does with the first packet of this flow; undefined before the first sync. */
+  #decide(packet: Packet): AssociationVerdict | undefined {
+    const table = this.#applied?.rendered.table;
+    if (!table) return undefined;
+    const result = trace(table, 'prerouting', packet);
     const id = (result.ctMark & markMask) >>> markShift;
     const uplink = [...this.#ids].find(([, value]) => value === id)?.[0];
     return {
@@ -222,6 +271,41 @@ export class Agent {
   /** The config the kernel holds now. */
   get config(): GatewayConfig | undefined {
     return this.#config;
+  }
+
+  /** Starts the attribution record of a flow that leaves through an uplink. */
+  #openRecord(flow: Flow): void {
+    const decided = this.#decide({
+      family: flow.family,
+      saddr: flow.source,
+      daddr: flow.destination,
+      protocol: flow.protocol as L4,
+      sport: flow.sourcePort,
+      dport: flow.destinationPort,
+    });
+    const { uplink: uplinkId, startedAt, ...tuples } = flow;
+    const uplink = [...this.#ids].find(([, id]) => id === uplinkId)?.[0];
+    this.attributions.open({
+      ...tuples,
+      start: startedAt,
+      ...(uplink ? { uplink } : {}),
+      // It has an uplink, so the ruleset let it through.
+      verdict: 'Allow',
+      ...ruleOf(decided),
+      ...this.#identity(flow.source, this.#associations.get(`${flow.source} ${flow.protocol} ${flow.sourcePort}`)),
+    });
+  }
+
+  /** Who is behind a source address: the association's pod and application when known, else the config's pod. */
+  #identity(source: string, a: FlowAssociation | undefined): AttributionUpdate {
+    const pod = a?.pod ?? this.#pods.get(source);
+    if (!a) return pod ? { pod } : {};
+    const { processName, executable, uid, containerName } = a.application;
+    return {
+      ...(pod ? { pod } : {}),
+      ...(containerName ? { container: containerName } : {}),
+      application: { processName, executable, uid },
+    };
   }
 
   /** The flows leaving through the uplinks, with the application and pod behind each when known. */
@@ -426,6 +510,13 @@ export class Agent {
     await writeFile(`${file}.tmp`, JSON.stringify(Object.fromEntries(ids)));
     await rename(`${file}.tmp`, file);
   }
+}
+
+/** `namespace/name#rule` as the rule's comment holds it, split. */
+function ruleOf(verdict: AssociationVerdict | undefined): Pick<AttributionUpdate, 'policy' | 'rule'> {
+  const at = verdict?.rule?.lastIndexOf('#') ?? -1;
+  if (!verdict?.rule || at < 0) return {};
+  return { policy: verdict.rule.slice(0, at), rule: verdict.rule.slice(at + 1) };
 }
 
 const flowKey = (a: FlowAssociation) => `${a.sourceAddress} ${a.transport} ${a.sourcePort}`;

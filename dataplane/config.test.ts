@@ -71,6 +71,11 @@ describe('parseGatewayConfig', () => {
       /rules\[0\].destinations\[0\].ports: ports require/,
     ],
     [
+      'a pod address that is not an address',
+      (c: GatewayConfig) => c.pods[0]!.addresses.push('10.244.1.300'),
+      /^pods\[0\].addresses\[2\]: "10.244.1.300" is not an IP address/,
+    ],
+    [
       'an unknown balancing mode',
       (c: GatewayConfig) => ((c.balancing as { mode: string }).mode = 'Random'),
       /^\/balancing\/mode: /,

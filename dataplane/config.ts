@@ -41,6 +41,19 @@ export const GatewayConfig = Type.Object({
   gateway: Name,
   hash: Type.Optional(Type.String({ description: 'Content hash the operator computed; reported back once applied.' })),
   sources: Type.Array(Prefix, { description: 'Addresses of the pods this gateway serves.' }),
+  pods: Type.Array(
+    Type.Object({
+      namespace: Name,
+      name: Name,
+      addresses: Type.Array(Type.String({ minLength: 2, maxLength: 39 }), { minItems: 1 }),
+    }),
+    {
+      description:
+        'The served pods and their addresses, so that flows are attributed to their pod also without a sidecar. ' +
+        'An address listed twice (a pod that is going while its address is reused) belongs to the first.',
+      default: [],
+    },
+  ),
   bypass: Type.Array(Prefix, {
     description: 'Destinations that never leave through an uplink, such as the cluster pod and service networks.',
     default: [],
@@ -93,6 +106,11 @@ function semanticProblems(config: GatewayConfig): string[] {
   config.sources.forEach((s, i) => prefix(`sources[${i}]`, s));
   config.bypass.forEach((s, i) => prefix(`bypass[${i}]`, s));
   config.association?.sidecarSources.forEach((s, i) => prefix(`association.sidecarSources[${i}]`, s));
+  config.pods.forEach((pod, i) => {
+    pod.addresses.forEach((address, j) => {
+      if (!isIP(address)) problems.push(`pods[${i}].addresses[${j}]: ${JSON.stringify(address)} is not an IP address`);
+    });
+  });
   const names = new Set<string>();
   config.uplinks.forEach((uplink, i) => {
     const at = `uplinks[${i}]`;

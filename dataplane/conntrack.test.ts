@@ -33,6 +33,18 @@ describe('parseConntrackLine', () => {
     expect(parseConntrackLine(icmp)?.flow).toMatchObject({ family: 6, protocol: 'icmpv6', uplink: 3, id: 17 });
   });
 
+  it('reads the packets and bytes of each direction when conntrack accounting is on', () => {
+    const counted =
+      ' [DESTROY] ipv4     2 tcp      6 src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 packets=6 bytes=412 src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 packets=4 bytes=1296 [ASSURED] mark=65536 id=3735928559';
+    expect(parseConntrackLine(counted)?.flow.counters).toEqual({
+      packetsSent: 6,
+      bytesSent: 412,
+      packetsReceived: 4,
+      bytesReceived: 1296,
+    });
+    expect(parseConntrackLine(closed)?.flow.counters).toBeUndefined();
+  });
+
   it('ignores what is not a flow', () => {
     expect(parseConntrackLine('conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.')).toBeUndefined();
   });

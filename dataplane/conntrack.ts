@@ -20,6 +20,16 @@ export interface Flow {
   /** Uplink id from the mark, 0 when the flow is not naat's. */
   uplink: number;
   startedAt: Date;
+  /** Packets and bytes each way so far; conntrack prints them only with net.netfilter.nf_conntrack_acct=1. */
+  counters?: FlowCounters;
+}
+
+/** Sent: from the pod towards the destination; received: the replies. */
+export interface FlowCounters {
+  packetsSent: number;
+  bytesSent: number;
+  packetsReceived: number;
+  bytesReceived: number;
 }
 
 export type FlowEvent = { type: 'new' | 'destroy'; flow: Flow };
@@ -45,6 +55,17 @@ export function parseConntrackLine(line: string, now = new Date()): FlowEvent | 
   if (!src || !dst || !replyDst || !Number.isFinite(id)) return undefined;
   const port = (value: string | undefined) => (value === undefined ? undefined : Number(value));
   const mark = Number(first('mark') ?? 0);
+  // With accounting on, each direction's tuple is followed by its packets= and bytes=.
+  const counter = (key: string, nth: number) => Number(first(key, nth));
+  const counters =
+    first('bytes', 1) === undefined
+      ? undefined
+      : {
+          packetsSent: counter('packets', 0),
+          bytesSent: counter('bytes', 0),
+          packetsReceived: counter('packets', 1),
+          bytesReceived: counter('bytes', 1),
+        };
   return {
     type,
     flow: {
@@ -59,6 +80,7 @@ export function parseConntrackLine(line: string, now = new Date()): FlowEvent | 
       mappedPort: port(first('dport', 1)),
       uplink: (mark & markMask) >>> markShift,
       startedAt: now,
+      ...(counters ? { counters } : {}),
     },
   };
 }

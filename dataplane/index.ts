@@ -1,6 +1,7 @@
 // The dataplane's public entry point for other components: the compiled gateway config (the
 // contract between the operator, which writes it, and the agent, which applies it) and the
-// address arithmetic both sides need, and the audience of the tokens sidecars prove their pod with.
+// address arithmetic both sides need, the audience of the tokens sidecars prove their pod with, and
+// the OpenTelemetry start-up every component shares.
 export {
   CompiledRule,
   CompiledUplink,
@@ -10,4 +11,6 @@ export {
   parseGatewayConfig,
 } from './config.ts';
 export { contains } from './ip.ts';
+export { pooledKubeConfig } from './kube.ts';
 export { tokenAudience } from './naa/auth.ts';
+export { startTelemetry, telemetryWanted, type Telemetry } from './telemetry.ts';

@@ -6,17 +6,28 @@
 //                              [--report]   # write this node's uplink health into Uplink status
 //                              [--naa-listen ADDR:PORT]   # where the sidecars' NAA streams arrive
 //                              [--metrics-listen ADDR:PORT]   # the same endpoints on a second address
+//                              [--attribution-records N] [--attribution-minutes M]   # retention
 //   node dataplane/main.ts remove        # takes away everything naat put in the kernel
+//   node dataplane/main.ts attribution --address A --port P --at ISO8601 [--agent URL] [--json]
+//                                        # who used public address A, port P at that time
 //
 // The config is followed as it changes; an invalid version is reported and the last good one
 // stays in force. SIGTERM and SIGINT stop the agent and leave the kernel as it is, so flows go on
-// through a restart; `remove` is for a gateway that is gone for good.
+// through a restart; `remove` is for a gateway that is gone for good. The standard OTEL_*
+// variables turn on OpenTelemetry: a span and a log record per flow (see docs/dataplane.md).
 import { writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
-import { Agent, type Logger } from './agent.ts';
+import { Agent, type AgentOptions, type Logger } from './agent.ts';
+import {
+  defaultRetention,
+  describeAttribution,
+  parseAttributionQuery,
+  type AttributionRecord,
+  type Retention,
+} from './attribution.ts';
 import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
 import { parseGatewayConfig, type GatewayConfig } from './config.ts';
 import { ExecConntrack } from './conntrack.ts';
@@ -26,6 +37,7 @@ import { HealthMonitor, IpLinkReader } from './probe.ts';
 import type { AssociationEntry } from './naa/table.ts';
 import { localUplinks, type FlowAssociation } from './render.ts';
 import { ExecRouting } from './routing.ts';
+import { exportFlow, startTelemetry } from './telemetry.ts';
 
 const log: Logger = {
   info: (msg, fields) => console.log(JSON.stringify({ ts: new Date().toISOString(), level: 'info', msg, ...fields })),
@@ -45,6 +57,14 @@ const { positionals, values } = parseArgs({
     report: { type: 'boolean', default: false },
     'naa-listen': { type: 'string' },
     'report-ms': { type: 'string', default: '5000' },
+    'attribution-records': { type: 'string', default: String(defaultRetention.maxRecords) },
+    'attribution-minutes': { type: 'string', default: String(defaultRetention.maxAgeMs / 60_000) },
+    // The attribution command's.
+    address: { type: 'string' },
+    port: { type: 'string' },
+    at: { type: 'string' },
+    agent: { type: 'string', default: 'http://127.0.0.1:7741' },
+    json: { type: 'boolean', default: false },
   },
 });
 
@@ -53,7 +73,16 @@ function parseConfig(text: string): GatewayConfig {
   return parseGatewayConfig(text.trimStart().startsWith('{') ? JSON.parse(text) : parseYaml(text));
 }
 
-function agentFor(): Agent {
+function retention(): Retention {
+  const positive = (flag: 'attribution-records' | 'attribution-minutes') => {
+    const value = Number(values[flag]);
+    if (!Number.isInteger(value) || value < 1) throw new Error(`--${flag} takes a whole number above 0`);
+    return value;
+  };
+  return { maxRecords: positive('attribution-records'), maxAgeMs: positive('attribution-minutes') * 60_000 };
+}
+
+function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): Agent {
   const links = new IpLinkReader();
   return new Agent({
     node: values.node!,
@@ -67,12 +96,19 @@ function agentFor(): Agent {
     },
     writeSysctl: (path, value) => writeFile(`/proc/sys/${path}`, value),
     log,
+    ...options,
   });
 }
 
 async function run(): Promise<void> {
+  const limits = retention();
+  const telemetry = await startTelemetry('naat-dataplane', {
+    'k8s.node.name': values.node!,
+    ...(process.env.POD_NAME ? { 'k8s.pod.name': process.env.POD_NAME } : {}),
+  });
   const first = await firstConfig();
-  const agent = agentFor();
+  // Without telemetry, an ended flow costs nothing beyond its attribution record.
+  const agent = agentFor({ retention: limits, ...(telemetry.enabled ? { onFlowEnd: exportFlow } : {}) });
   let config = first.config;
   const monitor = new HealthMonitor({
     uplinks: localUplinks(config, values.node!),
@@ -96,6 +132,9 @@ async function run(): Promise<void> {
     node: values.node,
     gateway: config.gateway,
     uplinks: config.uplinks.length,
+    attributionRecords: limits.maxRecords,
+    attributionMinutes: limits.maxAgeMs / 60_000,
+    telemetry: telemetry.enabled,
   });
   const report = values.report ? await startReporting(agent) : undefined;
   const naa = config.association ? await startNaa(agent, config.association.port) : undefined;
@@ -125,6 +164,8 @@ async function run(): Promise<void> {
     for (const server of servers) server.close();
     await naa?.close();
     await agent.stop();
+    // Exports what the batch processors still hold.
+    await telemetry.shutdown();
     process.exit(0);
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
@@ -161,9 +202,8 @@ async function firstConfig(): Promise<{
   if (values['config-map']) {
     const [namespace, name] = values['config-map'].split('/');
     if (!namespace || !name) throw new Error('--config-map takes NAMESPACE/NAME');
-    const { KubeConfig } = await import('@kubernetes/client-node');
-    const kubeConfig = new KubeConfig();
-    kubeConfig.loadFromDefault();
+    const { pooledKubeConfig } = await import('./kube.ts');
+    const kubeConfig = pooledKubeConfig();
     source = await watchConfigMap(kubeConfig, namespace, name, 'config.json', onText, onError);
   } else if (values.config) {
     source = watchFile(values.config, Number(values['reload-ms']), onText, onError);
@@ -186,12 +226,11 @@ async function firstConfig(): Promise<{
  * Streams are authenticated against the apiserver (TokenReview), so it needs the cluster.
  */
 async function startNaa(agent: Agent, port: number): Promise<{ close(): Promise<void>; pushPolicies(): void }> {
-  const { KubeConfig } = await import('@kubernetes/client-node');
+  const { pooledKubeConfig } = await import('./kube.ts');
   const { NaaServer } = await import('./naa/server.ts');
   const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
   const { effectivePolicy } = await import('./naa/policy.ts');
-  const kubeConfig = new KubeConfig();
-  kubeConfig.loadFromDefault();
+  const kubeConfig = pooledKubeConfig();
   const server = new NaaServer({
     authenticator: new TokenReviewAuthenticator(kubeConfig, values.node),
     sink: {
@@ -222,10 +261,9 @@ function flowAssociation(entry: AssociationEntry): FlowAssociation {
 /** In a cluster: this node's view of its uplinks goes into their status for the operator to aggregate. */
 async function startReporting(agent: Agent): Promise<NodeJS.Timeout> {
   // Loaded only here: the Kubernetes client costs tens of MiB that standalone agents do without.
-  const { KubeConfig } = await import('@kubernetes/client-node');
+  const { pooledKubeConfig } = await import('./kube.ts');
   const { UplinkStatusReporter } = await import('./report.ts');
-  const kubeConfig = new KubeConfig();
-  kubeConfig.loadFromDefault();
+  const kubeConfig = pooledKubeConfig();
   const reporter = new UplinkStatusReporter(kubeConfig);
   return setInterval(() => {
     reporter
@@ -238,6 +276,16 @@ function serve(agent: Agent, address: string): Server {
   const [host, port] = splitHostPort(address);
   const server = createServer((req, res) => {
     const report = agent.report();
+    const url = new URL(req.url ?? '/', 'http://agent');
+    if (url.pathname === '/attribution') {
+      const query = parseAttributionQuery(url.searchParams);
+      res.setHeader('content-type', 'application/json');
+      if (typeof query === 'string') {
+        res.statusCode = 400;
+        return void res.end(`${JSON.stringify({ error: query })}\n`);
+      }
+      return void res.end(`${JSON.stringify(agent.attributions.query(query), null, 2)}\n`);
+    }
     if (req.url === '/healthz') return void res.end('ok\n');
     if (req.url === '/readyz') {
       const ok = report.lastSync !== undefined && !report.lastSync.error;
@@ -273,10 +321,30 @@ async function remove(): Promise<void> {
   log.info('Removed naat from the kernel');
 }
 
+/** Asks a running agent who used a public address and port at a time, and prints the answer. */
+async function attribution(): Promise<void> {
+  const params = new URLSearchParams({ address: values.address ?? '', port: values.port ?? '', at: values.at ?? '' });
+  const problem = parseAttributionQuery(params);
+  if (typeof problem === 'string') {
+    console.error(`--${problem}`);
+    process.exit(2);
+  }
+  const response = await fetch(`${values.agent}/attribution?${params}`);
+  const text = await response.text();
+  if (!response.ok) throw new Error(`the agent answered ${response.status}: ${text.trim()}`);
+  if (values.json) return void process.stdout.write(text);
+  const records = (JSON.parse(text) as AttributionRecord[]).map((r) => ({
+    ...r,
+    start: new Date(r.start),
+    ...(r.end ? { end: new Date(r.end) } : {}),
+  }));
+  console.log(describeAttribution(problem, records));
+}
+
 const command = positionals[0] ?? 'run';
-const commands: Record<string, () => Promise<void>> = { run, remove };
+const commands: Record<string, () => Promise<void>> = { run, remove, attribution };
 if (!commands[command]) {
-  console.error(`unknown command ${command}: use run or remove`);
+  console.error(`unknown command ${command}: use run, remove or attribution`);
   process.exit(2);
 }
 commands[command]().catch((error: Error) => {

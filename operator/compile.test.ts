@@ -79,6 +79,11 @@ describe('compileGateway', () => {
     expect(compiled.servedPods).toBe(2);
     expect(compiled.config.sources).toEqual(['10.244.1.11', '10.244.1.10', 'fd00::10']);
     expect(compiled.config.association?.sidecarSources).toEqual(['10.244.1.10', 'fd00::10']);
+    // Every served pod by address, sidecar or not, so that its flows are attributed to it.
+    expect(compiled.config.pods).toEqual([
+      { namespace: 'shop', name: 'backup-1', addresses: ['10.244.1.11'] },
+      { namespace: 'shop', name: 'web-1', addresses: ['10.244.1.10', 'fd00::10'] },
+    ]);
     expect(compiled.config.bypass).toEqual(['10.96.0.0/12']);
   });
 

@@ -115,6 +115,7 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     version: configVersion,
     gateway: gateway.metadata.name,
     sources,
+    pods: served.map((p) => ({ namespace: p.namespace, name: p.name, addresses: p.ips })),
     bypass: [...snapshot.bypass],
     uplinks,
     balancing: spec.balancing,

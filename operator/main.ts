@@ -12,7 +12,6 @@ import {
   type ConfigurationOptions,
   CoreV1Api,
   CustomObjectsApi,
-  KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
   type V1MutatingWebhookConfiguration,
@@ -22,12 +21,13 @@ import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { hostname } from 'node:os';
 import { definitionOf, group, version, type Kind } from '../crds/index.ts';
-import { gatewaysOf, Reconciler, type Caches } from './reconcile.ts';
+import { pooledKubeConfig, startTelemetry } from '../dataplane/index.ts';
+import { gatewaysOf, onFactsChange, podFacts, Reconciler, type Caches } from './reconcile.ts';
 import { Controller } from './runtime/controller.ts';
 import { apiListerWatcher, Informer, type ListPage } from './runtime/informer.ts';
 import { LeaderElector } from './runtime/leader.ts';
 import { jsonLogger as log } from './runtime/log.ts';
-import { reconcileSpan, startTracing } from './runtime/tracing.ts';
+import { reconcileSpan } from './runtime/tracing.ts';
 import { parseSettings } from './settings.ts';
 import { CertificateReconciler, pairsOf } from './webhook-certificate.ts';
 import { WebhookServer } from './webhook.ts';
@@ -37,12 +37,11 @@ const settings = parseSettings(
 );
 const namespace = process.env.NAAT_NAMESPACE ?? 'naat-system';
 const identity = process.env.NAAT_POD_NAME ?? hostname();
-const tracing = await startTracing('naat-operator', {
+const tracing = await startTelemetry('naat-operator', {
   'k8s.namespace.name': namespace,
   'k8s.pod.name': identity,
 });
-const kubeConfig = new KubeConfig();
-kubeConfig.loadFromDefault();
+const kubeConfig = pooledKubeConfig();
 
 const core = kubeConfig.makeApiClient(CoreV1Api);
 const apps = kubeConfig.makeApiClient(AppsV1Api);
@@ -127,9 +126,15 @@ gateways.watch(caches.policies, (_key, policy) => affected.ofPolicy(policy));
 gateways.watch(caches.daemonSets, (_key, daemonSet) => affected.ofDaemonSet(daemonSet));
 // Uplinks, pods, namespaces and nodes can change what any gateway selects: every gateway looks.
 gateways.watch(caches.uplinks, affected.all);
-gateways.watch(caches.pods, affected.all);
-gateways.watch(caches.namespaces, affected.all);
-gateways.watch(caches.nodes, affected.all);
+gateways.watch(caches.pods, onFactsChange(caches.pods, podFacts, affected.all));
+gateways.watch(
+  caches.namespaces,
+  onFactsChange(caches.namespaces, (n) => n.metadata?.labels, affected.all),
+);
+gateways.watch(
+  caches.nodes,
+  onFactsChange(caches.nodes, (n) => ({ labels: n.metadata?.labels, podCIDRs: n.spec?.podCIDRs }), affected.all),
+);
 const uplinks = new Controller({
   name: 'uplinks',
   reconcile: (key) => reconciler.reconcileUplink(key),

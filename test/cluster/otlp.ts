@@ -1,5 +1,6 @@
 // An OTLP/HTTP receiver for tests (protocol http/json): it accepts what an OpenTelemetry SDK
-// exports to /v1/traces and keeps each span with its resource's attributes, flattened.
+// exports to /v1/traces and /v1/logs and keeps each span and log record with its resource's
+// attributes, flattened.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -11,8 +12,21 @@ export interface ReceivedSpan {
   traceId: string;
   spanId: string;
   parentSpanId?: string;
+  startTimeUnixNano?: string;
+  endTimeUnixNano?: string;
   /** 2 is error (OTLP Status.code). */
   status?: { code?: number; message?: string };
+  attributes: Record<string, string | number | boolean>;
+  resource: Record<string, string | number | boolean>;
+}
+
+export interface ReceivedLog {
+  eventName?: string;
+  timeUnixNano?: string;
+  severityText?: string;
+  body?: AnyValue;
+  traceId?: string;
+  spanId?: string;
   attributes: Record<string, string | number | boolean>;
   resource: Record<string, string | number | boolean>;
 }
@@ -21,6 +35,7 @@ export interface OtlpReceiver {
   /** For OTEL_EXPORTER_OTLP_ENDPOINT. */
   endpoint: string;
   spans: ReceivedSpan[];
+  logs: ReceivedLog[];
   close(): Promise<void>;
 }
 
@@ -32,28 +47,40 @@ const flatten = (attributes: KeyValue[] = []) =>
     ]),
   );
 
+type Exported<T> = Omit<T, 'attributes' | 'resource'> & { attributes?: KeyValue[] };
+
 export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
+  const logs: ReceivedLog[] = [];
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      if (req.url !== '/v1/traces' || !req.headers['content-type']?.includes('json')) {
+      const signal = req.url === '/v1/traces' || req.url === '/v1/logs' ? req.url : undefined;
+      if (!signal || !req.headers['content-type']?.includes('json')) {
         res.writeHead(415).end();
         return;
       }
       const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
         resourceSpans?: Array<{
           resource?: { attributes?: KeyValue[] };
-          scopeSpans?: Array<{
-            spans?: Array<Omit<ReceivedSpan, 'attributes' | 'resource'> & { attributes?: KeyValue[] }>;
-          }>;
+          scopeSpans?: Array<{ spans?: Array<Exported<ReceivedSpan>> }>;
+        }>;
+        resourceLogs?: Array<{
+          resource?: { attributes?: KeyValue[] };
+          scopeLogs?: Array<{ logRecords?: Array<Exported<ReceivedLog>> }>;
         }>;
       };
       for (const rs of body.resourceSpans ?? []) {
         const resource = flatten(rs.resource?.attributes);
         for (const ss of rs.scopeSpans ?? []) {
           for (const span of ss.spans ?? []) spans.push({ ...span, attributes: flatten(span.attributes), resource });
+        }
+      }
+      for (const rl of body.resourceLogs ?? []) {
+        const resource = flatten(rl.resource?.attributes);
+        for (const sl of rl.scopeLogs ?? []) {
+          for (const log of sl.logRecords ?? []) logs.push({ ...log, attributes: flatten(log.attributes), resource });
         }
       }
       res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
@@ -64,6 +91,7 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   return {
     endpoint: `http://127.0.0.1:${port}`,
     spans,
+    logs,
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
 }

@@ -38,6 +38,12 @@ export interface NaaGatewayOptions {
   unassociatedFlows: 'Hold' | 'PodRules';
   /** The gateway config's rules, for the Pod's address. */
   rules: (podIp: string) => object[];
+  /** The gateway config's timeouts; the API's defaults without them. */
+  timeouts?: object;
+  /** More environment for the agent, e.g. OTEL_* variables. */
+  agentEnv?: NodeJS.ProcessEnv;
+  /** Servers on the host's loopback (http://127.0.0.1:PORT) that the agent reaches at the same address. */
+  hostServices?: string[];
 }
 
 export interface SidecarOptions {
@@ -121,27 +127,11 @@ export class NaaGateway {
     ]);
     await t.exec(t.ns.gw, ['ip', 'route', 'add', `${pod.ip}/32`, 'dev', 'pod1']);
 
-    // The agent runs in the gateway namespace; the apiserver listens on the host's loopback. Two
-    // relays joined by a Unix socket make the same address work inside the gateway namespace.
-    const apiserver = new URL(
-      (parseYaml(await readFile(kubeconfig, 'utf8')) as Kubeconfig).clusters[0]!.cluster.server,
-    );
-    const socket = join(this.dir, 'apiserver.sock');
-    const hostRelay = this.#spawnLogged(
-      undefined,
-      [process.execPath, join(programs, 'relay.ts'), 'from-unix', socket, apiserver.hostname, apiserver.port],
-      'relay.log',
-    );
-    this.#made.push(() => stopProcess(hostRelay));
-    await until('the host relay', async () => ((await this.log('relay.log')).includes('listening') ? true : undefined));
-    this.#spawnLogged(
-      t.ns.gw,
-      [process.execPath, join(programs, 'relay.ts'), 'to-unix', apiserver.hostname, apiserver.port, socket],
-      'relay-gw.log',
-    );
-    await until('the gateway relay', async () =>
-      (await this.log('relay-gw.log')).includes('listening') ? true : undefined,
-    );
+    const apiserver = (parseYaml(await readFile(kubeconfig, 'utf8')) as Kubeconfig).clusters[0]!.cluster.server;
+    await this.#relayIntoGateway('apiserver', apiserver);
+    for (const [i, service] of (this.options.hostServices ?? []).entries()) {
+      await this.#relayIntoGateway(`service${i}`, service);
+    }
 
     const uplink = (n: number) => ({
       name: `isp${n}`,
@@ -155,8 +145,9 @@ export class NaaGateway {
       hash: 'naa-1',
       sources: [pod.ip],
       uplinks: Array.from({ length: this.options.uplinks }, (_, i) => uplink(i + 1)),
+      pods: [{ namespace, name: 'app', addresses: [pod.ip] }],
       balancing: {},
-      timeouts: {},
+      timeouts: this.options.timeouts ?? {},
       association: { port: naaPort, unassociatedFlows: this.options.unassociatedFlows, sidecarSources: [pod.ip] },
       rules: this.options.rules(pod.ip),
     };
@@ -177,7 +168,7 @@ export class NaaGateway {
       this.topology.ns.gw,
       [process.execPath, join(root, 'dataplane', 'main.ts'), ...argv],
       'agent.log',
-      { KUBECONFIG: kubeconfig },
+      { KUBECONFIG: kubeconfig, ...this.options.agentEnv },
     );
     await until('the agent', async () =>
       (await this.agentGet<AgentReport>('/status')).appliedHash ? true : undefined,
@@ -235,6 +226,24 @@ export class NaaGateway {
     const failures: Error[] = [];
     for (const undo of this.#made.splice(0).reverse()) await undo().catch((error: Error) => failures.push(error));
     if (failures.length) throw new AggregateError(failures, failures.map((error) => error.message).join('; '));
+  }
+
+  /**
+   * The agent runs in the gateway namespace; the apiserver and other test servers listen on the
+   * host's loopback. Two relays joined by a Unix socket make the same address work inside the
+   * gateway namespace.
+   */
+  async #relayIntoGateway(name: string, address: string): Promise<void> {
+    const { hostname, port } = new URL(address);
+    const socket = join(this.dir, `${name}.sock`);
+    const relay = (ns: string | undefined, args: string[], log: string) =>
+      this.#spawnLogged(ns, [process.execPath, join(programs, 'relay.ts'), ...args], log);
+    const hostRelay = relay(undefined, ['from-unix', socket, hostname, port], `relay-${name}.log`);
+    this.#made.push(() => stopProcess(hostRelay));
+    relay(this.topology.ns.gw, ['to-unix', hostname, port, socket], `relay-${name}-gw.log`);
+    for (const log of [`relay-${name}.log`, `relay-${name}-gw.log`]) {
+      await until(`the relay of ${log}`, async () => ((await this.log(log)).includes('listening') ? true : undefined));
+    }
   }
 
   async #occurrences(log: string, text: string): Promise<number> {

@@ -1,0 +1,185 @@
+// The NAT attribution log and the flow telemetry end to end: a program in the pod namespace
+// downloads from the server through the gateway while the real sidecar reports it; the agent,
+// started with OTEL_* variables pointing at a receiver the test runs, answers who held the
+// flow's public address and port (API and CLI) while the flow is open and after it ended, and
+// exports the ended flow as a span and a log record.
+import type { ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { AttributedFlow } from '../../dataplane/agent.ts';
+import type { AttributionRecord } from '../../dataplane/attribution.ts';
+import { startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
+import { NaaGateway } from './naa-harness.ts';
+import { server, stopProcess, until } from './topology.ts';
+import { startStreamServer, type Server } from './traffic.ts';
+
+const namespace = `attribution-${process.pid}`;
+const streamPort = 9100;
+const main = join(import.meta.dirname, '..', '..', 'dataplane', 'main.ts');
+
+/** A record as the API answers it, in JSON. */
+type Answer = Omit<AttributionRecord, 'start' | 'end'> & { start: string; end?: string };
+
+let otlp: OtlpReceiver;
+let gateway: NaaGateway;
+let stream: Server | undefined;
+let sidecar: ChildProcess | undefined;
+
+/** Runs the attribution command in the gateway namespace, where the agent listens. */
+async function cli(mapped: { address: string; port: number }, at: Date, ...flags: string[]): Promise<string> {
+  const argv = ['attribution', '--address', mapped.address, '--port', String(mapped.port), '--at', at.toISOString()];
+  const { stdout } = await gateway.topology.exec(gateway.topology.ns.gw, [process.execPath, main, ...argv, ...flags]);
+  return stdout;
+}
+
+const ask = (mapped: { address: string; port: number }, at: Date) =>
+  gateway.agentGet<Answer[]>(
+    `/attribution?address=${mapped.address}&port=${mapped.port}&at=${encodeURIComponent(at.toISOString())}`,
+  );
+
+beforeAll(async () => {
+  otlp = await startOtlpReceiver();
+  gateway = new NaaGateway({
+    kubeconfig: process.env.KUBECONFIG!,
+    namespace,
+    node: 'gateway-a',
+    uplinks: 2,
+    unassociatedFlows: 'PodRules',
+    rules: () => [],
+    // The shortest the API allows: a closed connection leaves conntrack (DESTROY) within seconds.
+    timeouts: { tcpTransitorySeconds: 10 },
+    hostServices: [otlp.endpoint],
+    agentEnv: {
+      OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      OTEL_METRICS_EXPORTER: 'none',
+      OTEL_BSP_SCHEDULE_DELAY: '200',
+      OTEL_BLRP_SCHEDULE_DELAY: '200',
+    },
+  });
+  await gateway.start();
+  stream = await startStreamServer(gateway.topology, streamPort);
+  sidecar = await gateway.startSidecar({ log: 'sidecar.log', scanIntervalMs: 50 });
+}, 90_000);
+
+afterAll(async () => {
+  await stopProcess(sidecar);
+  await stream?.stop();
+  await gateway.printErrorsLogged(['agent.log', 'sidecar.log']);
+  await gateway.stop();
+  await otlp.close();
+}, 60_000);
+
+describe('the NAT attribution log', () => {
+  it('answers who held a public address and port, while the flow is open and after it ended, and exports it', async () => {
+    const { pod, topology } = gateway;
+    const before = new Date();
+    // Six seconds of 10 kB/s: long enough to be asked about while open, and for the sidecar to report it.
+    const download = topology.spawn(
+      pod.netns,
+      [
+        'python3',
+        '-c',
+        `import socket
+s=socket.create_connection(('${server.v4}',${streamPort}),timeout=10,source_address=('${pod.ip}',0))
+print(s.getsockname()[1],flush=True)
+s.sendall(b'6 10000\\n')
+n=0
+while True:
+  d=s.recv(65536)
+  if not d: break
+  n+=len(d)
+print(n,flush=True)`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const lines = createInterface({ input: download.stdout! })[Symbol.asyncIterator]();
+    const sourcePort = Number((await lines.next()).value);
+    const flow = await until('the flow, known to be python3', async () =>
+      (await gateway.agentGet<AttributedFlow[]>('/flows')).find(
+        (f) => f.source === pod.ip && f.sourcePort === sourcePort && f.application?.processName === 'python3',
+      ),
+    );
+    const mapped = { address: flow.mappedAddress, port: flow.mappedPort! };
+    const expected = {
+      source: pod.ip,
+      sourcePort,
+      mappedAddress: mapped.address,
+      mappedPort: mapped.port,
+      uplink: flow.uplinkName,
+      pod: { namespace, name: 'app' },
+      application: { processName: 'python3' },
+      verdict: 'Allow',
+    };
+
+    const open = await ask(mapped, new Date());
+    expect(open).toMatchObject([expected]);
+    expect(open[0]!.end).toBeUndefined();
+    const openText = await cli(mapped, new Date());
+    expect(openText).toContain(`pod ${namespace}/app`);
+    expect(openText).toContain('application python3');
+    expect(openText).toContain(`via ${flow.uplinkName}`);
+    expect(openText).toContain('now (open)');
+
+    expect(Number((await lines.next()).value)).toBe(60_000);
+    await stopProcess(download);
+    const [ended] = await until(
+      'the end of the flow',
+      async () => {
+        const records = await ask(mapped, new Date(Date.parse(open[0]!.start) + 1000));
+        return records[0]?.end ? records : undefined;
+      },
+      45_000,
+    );
+    expect(ended).toMatchObject(expected);
+    // With conntrack accounting on, the kernel counted what went each way.
+    expect(ended!.counters!.bytesReceived).toBeGreaterThan(60_000);
+    expect(ended!.counters!.packetsSent).toBeGreaterThan(0);
+    const endedText = await cli(mapped, new Date(ended!.end!));
+    expect(endedText).toContain(`pod ${namespace}/app`);
+    expect(endedText).toContain('application python3');
+    expect(JSON.parse(await cli(mapped, new Date(ended!.end!), '--json'))).toMatchObject([expected]);
+
+    expect(await ask(mapped, before)).toEqual([]);
+    expect(await cli(mapped, before)).toContain('No translation held');
+
+    const span = await until('the flow span', async () =>
+      otlp.spans.find((s) => s.name === 'nat flow' && s.attributes['naat.mapped.port'] === mapped.port),
+    );
+    expect(span.attributes).toMatchObject({
+      'naat.uplink': flow.uplinkName,
+      'naat.mapped.address': mapped.address,
+      'naat.verdict': 'Allow',
+      'network.transport': 'tcp',
+      'source.address': pod.ip,
+      'source.port': sourcePort,
+      'network.peer.address': server.v4,
+      'network.peer.port': streamPort,
+      'k8s.namespace.name': namespace,
+      'k8s.pod.name': 'app',
+      'process.executable.name': 'python3',
+    });
+    expect(span.attributes['naat.bytes.received']).toBeGreaterThan(60_000);
+    expect(span.resource).toMatchObject({ 'service.name': 'naat-dataplane', 'k8s.node.name': 'gateway-a' });
+    expect(BigInt(span.endTimeUnixNano!) - BigInt(span.startTimeUnixNano!)).toBeGreaterThan(5_000_000_000n);
+
+    const log = await until('the attribution log record', async () =>
+      otlp.logs.find((l) => l.attributes['naat.mapped.port'] === mapped.port),
+    );
+    expect(log).toMatchObject({ eventName: 'naat.nat.translation', spanId: span.spanId, traceId: span.traceId });
+    expect(log.attributes).toMatchObject({ 'k8s.pod.name': 'app', 'naat.uplink': flow.uplinkName });
+    expect(log.attributes['naat.bytes.sent']).toBeGreaterThan(0);
+  });
+
+  it('answers a bad query with 400 naming the parameter', async () => {
+    const { topology } = gateway;
+    const { stdout } = await topology.exec(topology.ns.gw, [
+      'curl',
+      '-s',
+      '-w',
+      ' %{http_code}',
+      'http://127.0.0.1:7741/attribution?address=100.64.1.2&port=80&at=yesterday',
+    ]);
+    expect(stdout).toMatch(/"at: \\"yesterday\\" is not an ISO 8601 time"\}\n 400$/);
+  });
+});
