@@ -6,7 +6,7 @@
 import type { EgressGateway } from '../crds/index.ts';
 import { apiVersion } from '../crds/index.ts';
 import type { Compiled } from './compile.ts';
-import type { OperatorSettings } from './settings.ts';
+import { otelEnvironment, type OperatorSettings } from './settings.ts';
 
 export const configFile = 'config.json';
 const stateDir = '/run/naat';
@@ -128,7 +128,11 @@ export function desiredGatewayObjects(
                   `0.0.0.0:${dp.metricsPort}`,
                   '--report',
                 ],
-                env: [{ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } }],
+                env: [
+                  { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
+                  { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+                  ...otelEnvironment(settings.otel, 'naat-dataplane'),
+                ],
                 ports: [
                   { name: 'health', containerPort: dp.healthPort },
                   { name: 'metrics', containerPort: dp.metricsPort },

@@ -31,6 +31,13 @@ const request = (p: V1Pod, namespaceLabels: Record<string, string> = { egress: '
   namespaceLabels,
   gateways: [noSidecar, office],
   sidecar: { image: 'naat-sidecar:1', pullPolicy: 'IfNotPresent', resources: { requests: { memory: '48Mi' } } },
+  otel: {
+    endpoint: '',
+    protocol: 'grpc',
+    sampler: 'parentbased_traceidratio',
+    samplerArg: '1',
+    resourceAttributes: {},
+  },
 });
 
 /** Applies an RFC 6902 patch of "add" operations, as the apiserver does. */
@@ -75,6 +82,7 @@ describe('sidecar injection', () => {
         NAAT_POD_NAME: 'metadata.name',
         NAAT_POD_UID: 'metadata.uid',
         NAAT_TOKEN_FILE: '/var/run/secrets/naat/token',
+        OTEL_SDK_DISABLED: 'true',
       },
     );
     expect(patched.spec!.volumes).toEqual([
@@ -85,6 +93,29 @@ describe('sidecar injection', () => {
       },
     ]);
     expect(sidecar!.volumeMounts).toEqual([{ name: 'naat-token', mountPath: '/var/run/secrets/naat', readOnly: true }]);
+  });
+
+  test('with an OTLP endpoint configured, the sidecar exports like the operator does', () => {
+    const decision = injection({
+      ...request(pod({ naa: 'on' })),
+      otel: {
+        endpoint: 'http://collector:4317',
+        protocol: 'grpc',
+        sampler: 'traceidratio',
+        samplerArg: '0.1',
+        resourceAttributes: { 'deployment.environment': 'prod', cluster: 'eu-1' },
+      },
+    });
+    if (!decision.inject) throw new Error(decision.reason);
+    const [sidecar] = apply(pod({ naa: 'on' }), decision.patch).spec!.initContainers!;
+    expect(sidecar!.env!.filter((e) => e.name.startsWith('OTEL_'))).toEqual([
+      { name: 'OTEL_SERVICE_NAME', value: 'naat-sidecar' },
+      { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://collector:4317' },
+      { name: 'OTEL_EXPORTER_OTLP_PROTOCOL', value: 'grpc' },
+      { name: 'OTEL_TRACES_SAMPLER', value: 'traceidratio' },
+      { name: 'OTEL_TRACES_SAMPLER_ARG', value: '0.1' },
+      { name: 'OTEL_RESOURCE_ATTRIBUTES', value: 'cluster=eu-1,deployment.environment=prod' },
+    ]);
   });
 
   test('existing init containers and annotations are kept and the sidecar goes last', () => {

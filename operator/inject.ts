@@ -10,7 +10,7 @@ import type { EgressGateway } from '../crds/index.ts';
 import { tokenAudience } from '../dataplane/index.ts';
 import { sidecarContainerName } from './compile.ts';
 import { matchesSelector, type Labels } from './selector.ts';
-import type { OperatorSettings } from './settings.ts';
+import { otelEnvironment, type OperatorSettings } from './settings.ts';
 
 /** The annotation that records which gateway's sidecar a pod got. */
 export const injectedAnnotation = 'naat.dev/sidecar-gateway';
@@ -26,6 +26,7 @@ export interface InjectionRequest {
   namespaceLabels: Labels;
   gateways: readonly EgressGateway[];
   sidecar: OperatorSettings['sidecar'];
+  otel: OperatorSettings['otel'];
 }
 
 export type Injection = { inject: false; reason: string } | { inject: true; gateway: string; patch: PatchOperation[] };
@@ -47,8 +48,8 @@ export function injection(request: InjectionRequest): Injection {
 
   const patch: PatchOperation[] = [
     spec.initContainers
-      ? { op: 'add', path: '/spec/initContainers/-', value: sidecarContainer(gateway, request.sidecar) }
-      : { op: 'add', path: '/spec/initContainers', value: [sidecarContainer(gateway, request.sidecar)] },
+      ? { op: 'add', path: '/spec/initContainers/-', value: sidecarContainer(gateway, request) }
+      : { op: 'add', path: '/spec/initContainers', value: [sidecarContainer(gateway, request)] },
     // "add" replaces an existing member (RFC 6902 §4.1), so a pod that said false gets true.
     { op: 'add', path: '/spec/shareProcessNamespace', value: true },
     spec.volumes
@@ -76,7 +77,7 @@ function selects(gateway: EgressGateway, namespaceLabels: Labels, podLabels: Lab
   );
 }
 
-function sidecarContainer(gateway: EgressGateway, settings: OperatorSettings['sidecar']): V1Container {
+function sidecarContainer(gateway: EgressGateway, { sidecar: settings, otel }: InjectionRequest): V1Container {
   const field = (fieldPath: string) => ({ valueFrom: { fieldRef: { fieldPath } } });
   return {
     name: sidecarContainerName,
@@ -91,6 +92,7 @@ function sidecarContainer(gateway: EgressGateway, settings: OperatorSettings['si
       { name: 'NAAT_POD_NAME', ...field('metadata.name') },
       { name: 'NAAT_POD_UID', ...field('metadata.uid') },
       { name: 'NAAT_TOKEN_FILE', value: `${tokenDir}/token` },
+      ...otelEnvironment(otel, 'naat-sidecar'),
     ],
     resources: settings.resources,
     securityContext: {

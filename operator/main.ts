@@ -169,6 +169,7 @@ const webhook = new WebhookServer({
       namespaceLabels: ns.metadata?.labels,
       gateways: caches.gateways.list(),
       sidecar: settings.sidecar,
+      otel: settings.otel,
     };
   },
   log,

@@ -43,7 +43,17 @@ export const OperatorSettings = Type.Object({
     healthPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9091 }),
   }),
   sidecar: Type.Object({ ...Image, resources: Resources }),
-  otel: Type.Record(Type.String(), Type.Unknown(), { default: {} }),
+  /** The chart's otel values: how the dataplanes and sidecars the operator runs export telemetry. */
+  otel: Type.Object(
+    {
+      endpoint: Type.String({ default: '' }),
+      protocol: Type.String({ default: 'grpc' }),
+      sampler: Type.String({ default: 'parentbased_traceidratio' }),
+      samplerArg: Type.String({ default: '1' }),
+      resourceAttributes: Type.Record(Type.String(), Type.String(), { default: {} }),
+    },
+    { default: {} },
+  ),
 });
 export type OperatorSettings = Static<typeof OperatorSettings>;
 
@@ -53,4 +63,27 @@ export function parseSettings(input: unknown): OperatorSettings {
   const errors = [...Value.Errors(OperatorSettings, value)].map((e) => `${e.path || '/'}: ${e.message}`);
   if (errors.length) throw new Error(`invalid operator configuration: ${errors.join('; ')}`);
   return value as OperatorSettings;
+}
+
+/**
+ * The OTEL_* environment of a process the operator runs, as the chart sets the operator's own:
+ * the SDK is disabled outright when no endpoint is configured.
+ */
+export function otelEnvironment(
+  otel: OperatorSettings['otel'],
+  service: string,
+): Array<{ name: string; value: string }> {
+  if (!otel.endpoint) return [{ name: 'OTEL_SDK_DISABLED', value: 'true' }];
+  const attributes = Object.entries(otel.resourceAttributes)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([key, value]) => `${key}=${value}`)
+    .join(',');
+  return [
+    { name: 'OTEL_SERVICE_NAME', value: service },
+    { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: otel.endpoint },
+    { name: 'OTEL_EXPORTER_OTLP_PROTOCOL', value: otel.protocol },
+    { name: 'OTEL_TRACES_SAMPLER', value: otel.sampler },
+    { name: 'OTEL_TRACES_SAMPLER_ARG', value: otel.samplerArg },
+    ...(attributes ? [{ name: 'OTEL_RESOURCE_ATTRIBUTES', value: attributes }] : []),
+  ];
 }
