@@ -162,7 +162,7 @@ describe('helm template with the default values', () => {
     });
     expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'health' });
     expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'health' });
-    expect(container.resources.requests).toEqual({ cpu: '50m', memory: '128Mi' });
+    expect(container.resources.requests).toEqual({ cpu: '50m', memory: '256Mi' });
     expect(operatorConfig(manifests).leaderElection).toMatchObject({ enabled: true, leaseName: `${release}-operator` });
     expect(env(manifests)).toMatchObject({ OTEL_SDK_DISABLED: 'true', NAAT_CONFIG: '/etc/naat/operator/config.json' });
   });
