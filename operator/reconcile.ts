@@ -334,7 +334,7 @@ export function onFactsChange<T extends KubernetesObject>(
 }
 
 /** JSON with object keys sorted: the apiserver hands objects back with their keys reordered. */
-function canonical(value: unknown): string {
+export function canonical(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) =>
     v && typeof v === 'object' && !Array.isArray(v)
       ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)))

@@ -11,9 +11,11 @@ import {
 } from '@kubernetes/client-node';
 import { X509Certificate } from 'node:crypto';
 import { caUsable, makeCa, makeServing, usable, type KeyPair } from './certificates.ts';
+import { canonical } from './reconcile.ts';
 import type { ReconcileResult } from './runtime/controller.ts';
 import type { Logger } from './runtime/log.ts';
 import type { OperatorSettings } from './settings.ts';
+import { webhookPath } from './webhook.ts';
 
 const day = 86_400_000;
 const caLifetime = 10 * 365 * day;
@@ -98,11 +100,13 @@ export class CertificateReconciler {
     if (!configuration)
       throw new Error(`the MutatingWebhookConfiguration ${settings.configurationName} does not exist`);
     const caBundle = Buffer.from(pairs.ca.cert).toString('base64');
-    const webhooks = (configuration.webhooks ?? []).map((webhook) => ({
-      ...webhook,
-      clientConfig: settings.url ? { url: settings.url, caBundle } : { ...webhook.clientConfig, caBundle },
-    }));
-    if (JSON.stringify(webhooks) !== JSON.stringify(configuration.webhooks ?? [])) {
+    // The whole clientConfig, so that an operator moved into or out of the cluster points the
+    // apiserver at itself either way.
+    const clientConfig = settings.url
+      ? { url: settings.url, caBundle }
+      : { service: { namespace, name: settings.serviceName, path: webhookPath, port: 443 }, caBundle };
+    const webhooks = (configuration.webhooks ?? []).map((webhook) => ({ ...webhook, clientConfig }));
+    if (canonical(webhooks) !== canonical(configuration.webhooks ?? [])) {
       await this.#admission.replaceMutatingWebhookConfiguration({
         name: settings.configurationName,
         body: { ...configuration, webhooks },

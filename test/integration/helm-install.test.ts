@@ -1,13 +1,22 @@
 // The install path a user takes: `helm install` into the real test cluster, `helm upgrade` with
-// changed values, `helm uninstall`. The operator's pods are scheduled on the kwok nodes and run;
-// what the operator writes (the webhook's certificate) survives upgrades; uninstall leaves none
-// of the chart's objects behind, cluster-scoped ones included, and keeps the CRDs.
+// changed values, `helm uninstall`. The operator's pods are scheduled on the kwok nodes (which run
+// no processes), so the operator also runs here as a process with the release's configuration and
+// ServiceAccount token: with exactly the chart's RBAC it issues its webhook certificate, has the
+// sidecar injected and a gateway's dataplane DaemonSet scheduled on the kwok gateway nodes. What
+// the operator writes survives upgrades; uninstall leaves none of the chart's objects behind,
+// cluster-scoped ones included, and keeps the CRDs.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { definitions, group } from '../../crds/index.ts';
+import { apiVersion, definitions, group } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
-import { kubectl } from '../cluster/cluster.ts';
+import { sidecarContainerName } from '../../operator/compile.ts';
+import { objectName } from '../../operator/desired.ts';
+import { freePorts, kubectl } from '../cluster/cluster.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
+import { until } from '../e2e/topology.ts';
 import { testNodes } from './global-setup.ts';
 
 const chart = join(root, 'charts/naat');
@@ -16,7 +25,8 @@ const k = (args: string[], input?: string) => kubectl(kubeconfig, args, input);
 // Tests share one apiserver: the release and its namespace are unique to this run.
 const release = `naat-i${process.pid}`;
 const namespace = `naat-helm-install${process.pid}`;
-const caBundle = Buffer.from('-----BEGIN CERTIFICATE-----\nwritten by the operator\n').toString('base64');
+const gateway = `helm-i${process.pid}`;
+const apps = `helm-apps${process.pid}`;
 
 interface ObjectRef {
   kind: string;
@@ -29,13 +39,22 @@ interface PodList {
 }
 
 let binary: string;
+let dir: string;
+let operator: ChildProcess | undefined;
+let output = '';
 const h = (args: string[]) => helm(binary, [...args, '--namespace', namespace], kubeconfig);
 
 beforeAll(async () => {
   binary = await buildHelm();
+  dir = await mkdtemp(join(tmpdir(), 'naat-helm-install-'));
 }, 600_000);
 
 afterAll(async () => {
+  operator?.kill('SIGTERM');
+  await k(['delete', 'egressgateway', gateway, '--ignore-not-found', '--wait=false']);
+  await k(['delete', 'uplink', gateway, '--ignore-not-found', '--wait=false']);
+  await k(['delete', 'namespace', apps, '--ignore-not-found', '--wait=false']);
+  await rm(dir, { recursive: true, force: true });
   // Whatever a failed step left: the release (if any), then the namespace.
   await h(['uninstall', release, '--ignore-not-found', '--wait', '--timeout', '60s']).catch(() => '');
   await k(['delete', 'namespace', namespace, '--ignore-not-found', '--wait=false']);
@@ -155,27 +174,141 @@ describe("the operator's ServiceAccount, as the real authorizer sees it", () => 
   });
 });
 
-test('helm upgrade applies changed values and keeps what the operator wrote', async () => {
-  // What the operator does once it runs: stores its certificate and patches the CA into the webhook.
-  await k([
-    'patch',
-    'secret',
-    `${release}-webhook-tls`,
-    '-n',
-    namespace,
-    '--type=merge',
-    '-p',
-    JSON.stringify({ data: { 'tls.crt': caBundle, 'tls.key': caBundle } }),
-  ]);
-  await k([
-    'patch',
-    'mutatingwebhookconfiguration',
-    webhookName,
-    '--type=json',
-    '-p',
-    JSON.stringify([{ op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: caBundle }]),
-  ]);
+/**
+ * The operator as the release configures it, authenticated as the release's ServiceAccount; unless
+ * `inCluster`, the apiserver reaches its webhook at a loopback URL instead of the Service.
+ */
+async function startInstalledOperator({ inCluster = false } = {}): Promise<{ health: number; metrics: number }> {
+  const config = JSON.parse(
+    await k(['get', 'configmap', `${release}-operator`, '-n', namespace, '-o', 'jsonpath={.data.config\\.json}']),
+  );
+  // Only what differs for a process beside the apiserver rather than a pod behind its Service.
+  const [webhook, metrics, health] = (await freePorts(3)) as [number, number, number];
+  config.webhook = {
+    ...config.webhook,
+    port: webhook,
+    ...(inCluster ? {} : { url: `https://127.0.0.1:${webhook}/mutate-pods` }),
+  };
+  Object.assign(config, { metricsPort: metrics, healthPort: health });
+  await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+  const token = (await k(['create', 'token', `${release}-operator`, '-n', namespace, '--duration=1h'])).trim();
+  const cluster = JSON.parse(await k(['config', 'view', '--raw', '--minify', '-o', 'json'])).clusters[0];
+  await writeFile(
+    join(dir, 'kubeconfig'),
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'test', cluster: cluster.cluster }],
+      users: [{ name: 'operator', user: { token } }],
+      contexts: [{ name: 'operator', context: { cluster: 'test', user: 'operator' } }],
+      'current-context': 'operator',
+    }),
+  );
+  operator = spawn(process.execPath, [join(root, 'operator', 'main.ts')], {
+    env: {
+      ...process.env,
+      KUBECONFIG: join(dir, 'kubeconfig'),
+      NAAT_CONFIG: join(dir, 'config.json'),
+      NAAT_NAMESPACE: namespace,
+      NAAT_POD_NAME: `${release}-operator-local`,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  operator.stdout!.on('data', (d) => (output += d));
+  operator.stderr!.on('data', (d) => (output += d));
+  return { health, metrics };
+}
 
+const eventually = <T>(what: string, check: () => Promise<T | undefined>) =>
+  until(what, check, 60_000).catch((error: Error) => {
+    throw new Error(`${error.message}\n${output.slice(-3000)}`);
+  });
+
+test('the installed operator, with only its chart RBAC, issues its certificate, injects sidecars and runs a gateway', async () => {
+  const { health } = await startInstalledOperator();
+  await eventually(
+    'the operator ready',
+    async () =>
+      (await fetch(`http://127.0.0.1:${health}/readyz`)
+        .then((r) => r.ok)
+        .catch(() => false)) || undefined,
+  );
+  const secret = JSON.parse(await k(['get', 'secret', `${release}-webhook-tls`, '-n', namespace, '-o', 'json']));
+  expect(Object.keys(secret.data).sort()).toEqual(['ca.crt', 'ca.key', 'tls.crt', 'tls.key']);
+  const webhook = JSON.parse(await k(['get', 'mutatingwebhookconfiguration', webhookName, '-o', 'json']));
+  expect(webhook.webhooks[0].clientConfig.caBundle).toBe(secret.data['ca.crt']);
+
+  await k(['create', 'namespace', apps]);
+  await k(['label', 'namespace', apps, 'naat.dev/injection=enabled', `egress=${gateway}`]);
+  await k(
+    ['apply', '-f', '-'],
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'List',
+      items: [
+        {
+          apiVersion,
+          kind: 'Uplink',
+          metadata: { name: gateway },
+          spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: { addresses: ['192.0.2.10'] } },
+        },
+        {
+          apiVersion,
+          kind: 'EgressGateway',
+          metadata: { name: gateway },
+          spec: {
+            nodeSelector: { 'naat.dev/gateway': 'true' },
+            uplinks: { names: [gateway] },
+            namespaceSelector: { matchLabels: { egress: gateway } },
+            association: { sidecar: { podSelector: {} } },
+          },
+        },
+      ],
+    }),
+  );
+  const daemonSetPods = await eventually('the dataplane running on both gateway nodes', async () => {
+    const list = JSON.parse(
+      await k(['get', 'pods', '-n', namespace, '-l', `naat.dev/gateway=${gateway}`, '-o', 'json']),
+    ) as PodList;
+    const running = list.items.filter((p) => p.status.phase === 'Running');
+    return running.length === 2 ? running : undefined;
+  });
+  expect(daemonSetPods.map((p) => p.spec.nodeName).sort()).toEqual(['gateway-a', 'gateway-b']);
+  expect(await k(['get', 'daemonset', objectName(gateway), '-n', namespace, '-o', 'name'])).toBe(
+    `daemonset.apps/${objectName(gateway)}\n`,
+  );
+
+  await k(
+    ['create', '-f', '-'],
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'web', namespace: apps },
+      spec: { nodeName: 'gateway-a', containers: [{ name: 'app', image: 'app:test' }] },
+    }),
+  );
+  const pod = JSON.parse(await k(['get', 'pod', 'web', '-n', apps, '-o', 'json']));
+  expect(pod.spec.initContainers.map((c: { name: string }) => c.name)).toEqual([sidecarContainerName]);
+  expect(pod.spec.shareProcessNamespace).toBe(true);
+  // Nothing it needed was forbidden.
+  expect(output).not.toMatch(/forbidden|Reconcile failed/i);
+}, 180_000);
+
+test('helm upgrade applies changed values and keeps what the operator wrote', async () => {
+  // The operator moves into the cluster: run with the release's own configuration, it points the
+  // webhook at its Service again, keeping its CA.
+  operator?.kill('SIGTERM');
+  await startInstalledOperator({ inCluster: true });
+  await eventually('the webhook pointed at the Service', async () => {
+    const config = JSON.parse(await k(['get', 'mutatingwebhookconfiguration', webhookName, '-o', 'json'])).webhooks[0]
+      .clientConfig;
+    return config.service?.name === `${release}-webhook` && !config.url ? config : undefined;
+  });
+  const before = {
+    secret: JSON.parse(await k(['get', 'secret', `${release}-webhook-tls`, '-n', namespace, '-o', 'json'])).data,
+    caBundle: JSON.parse(await k(['get', 'mutatingwebhookconfiguration', webhookName, '-o', 'json'])).webhooks[0]
+      .clientConfig.caBundle,
+  };
   await h([
     'upgrade',
     release,
@@ -194,9 +327,9 @@ test('helm upgrade applies changed values and keeps what the operator wrote', as
 
   const webhook = JSON.parse(await k(['get', 'mutatingwebhookconfiguration', webhookName, '-o', 'json']));
   expect(webhook.webhooks[0].timeoutSeconds).toBe(3);
-  expect(webhook.webhooks[0].clientConfig.caBundle).toBe(caBundle);
+  expect(webhook.webhooks[0].clientConfig.caBundle).toBe(before.caBundle);
   const secret = JSON.parse(await k(['get', 'secret', `${release}-webhook-tls`, '-n', namespace, '-o', 'json']));
-  expect(secret.data).toEqual({ 'tls.crt': caBundle, 'tls.key': caBundle });
+  expect(secret.data).toEqual(before.secret);
   const config = JSON.parse(
     await k(['get', 'configmap', `${release}-operator`, '-n', namespace, '-o', 'jsonpath={.data.config\\.json}']),
   );
@@ -208,6 +341,17 @@ test('helm upgrade applies changed values and keeps what the operator wrote', as
 }, 180_000);
 
 test('helm uninstall removes every object of the release and keeps the CRDs', async () => {
+  operator?.kill('SIGTERM');
+  operator = undefined;
+  // The gateway's objects are the operator's, owned by the gateway: deleting it removes them.
+  await k(['delete', 'egressgateway', gateway, '--wait=true']);
+  // The garbage collector notices a kind's deletions only once it watches that kind (its discovery
+  // resync can take tens of seconds after the CRDs appeared).
+  await until(
+    "the gateway's DaemonSet collected",
+    async () => (await k(['get', 'daemonset', '-n', namespace, '-o', 'name'])) === '' || undefined,
+    150_000,
+  );
   await h(['uninstall', release, '--cascade', 'foreground', '--wait', '--timeout', '90s']);
   for (const object of installed) {
     const args = ['get', object.kind, object.name, '--ignore-not-found', '-o', 'name'];
@@ -232,4 +376,4 @@ test('helm uninstall removes every object of the release and keeps the CRDs', as
       `customresourcedefinition.apiextensions.k8s.io/${definition.plural}.${group}\n`,
     );
   }
-}, 180_000);
+}, 300_000);
