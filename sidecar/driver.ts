@@ -78,9 +78,11 @@ export class Driver {
   /**
    * Sends what changed between the last picture and `current`, or keeps it for the next
    * snapshot. A burst (a pod opening thousands of sockets at once) goes as a snapshot when that
-   * takes fewer messages, which keeps the stream within the server's message rate.
+   * takes fewer messages, which keeps the stream within the server's message rate. The scanner
+   * hands back the same map when nothing changed: then there is nothing to compare.
    */
   update(current: Map<string, Association>): void {
+    if (current === this.#current) return;
     const changes = diffAssociations(this.#current, current);
     this.#current = current;
     if (!this.#ready) return;

@@ -1,10 +1,15 @@
 // The NAA sidecar: looks at its pod every interval and keeps the node's NAA server told.
 // Configured by environment (the admission webhook sets these from the Downward API):
-//   NAAT_NAA_SERVER      host:port of the NAA server on this node (required)
+//   NAAT_NAA_HOST, NAAT_NAA_PORT  the NAA server on this node: the node's address (status.hostIP)
+//                        and the gateway's association port (required, unless NAAT_NAA_SERVER)
+//   NAAT_NAA_SERVER      host:port of the NAA server instead, for a sidecar run by hand
 //   NAAT_POD_NAMESPACE, NAAT_POD_NAME, NAAT_POD_UID   the pod (required)
 //   NAAT_TOKEN_FILE      projected token with the naat audience (default /var/run/secrets/naat/token)
 //   NAAT_SCAN_INTERVAL_MS  how often to look (default 200)
 //   NAAT_PROC            where procfs is (default /proc)
+// Its image runs it compiled, with NODE_OPTIONS="--jitless --max-semi-space-size=1" (see
+// images/Dockerfile and docs/naa.md, Measured): less memory, and scans no slower. Without
+// WebAssembly, Node.js cannot strip types, so this file runs that way only compiled.
 import { Action } from '../proto/index.ts';
 import { Driver } from './driver.ts';
 import { Scanner } from './scanner.ts';
@@ -26,10 +31,17 @@ const pod = {
   name: required('NAAT_POD_NAME'),
   uid: required('NAAT_POD_UID'),
 };
+/** The gRPC target: an IPv6 node address needs brackets before its port. */
+function naaServer(): string {
+  if (process.env.NAAT_NAA_SERVER) return process.env.NAAT_NAA_SERVER;
+  const host = required('NAAT_NAA_HOST');
+  return `${host.includes(':') ? `[${host}]` : host}:${required('NAAT_NAA_PORT')}`;
+}
+
 const intervalMs = Number(process.env.NAAT_SCAN_INTERVAL_MS ?? 200);
 const scanner = new Scanner(process.env.NAAT_PROC ?? '/proc');
 const driver = new Driver({
-  target: required('NAAT_NAA_SERVER'),
+  target: naaServer(),
   pod,
   tokenFile: process.env.NAAT_TOKEN_FILE ?? '/var/run/secrets/naat/token',
   version: process.env.npm_package_version ?? '0.1.0',

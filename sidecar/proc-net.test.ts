@@ -1,4 +1,4 @@
-import { parseSocketTable } from './proc-net.ts';
+import { parseSocketTable, tcpChangeMarker } from './proc-net.ts';
 
 const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
 
@@ -31,4 +31,34 @@ test('parses IPv6 rows in RFC 5952 form, and IPv4-mapped peers as IPv4', () => {
 
 test('passes over the header and blank lines', () => {
   expect(parseSocketTable(`${header}\n\n`, 'udp', 4)).toEqual([]);
+});
+
+const snmp = (values: string) =>
+  'Ip: Forwarding DefaultTTL\nIp: 1 64\n' +
+  'Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n' +
+  `Tcp: 1 200 120000 -1 ${values} 0 0 0\n` +
+  'Udp: InDatagrams NoPorts\nUdp: 5 0\n';
+const sockstat = (inUse: number) =>
+  `sockets: used 10\nTCP: inuse ${inUse} orphan 0 tw 0 alloc 7 mem 1\nUDP: inuse 0 mem 0\n`;
+const sockstat6 = (inUse: number) => `TCP6: inuse ${inUse}\nUDP6: inuse 0\n`;
+
+test('the TCP change marker moves with connections opened, closed and listening, not with traffic', () => {
+  const marker = tcpChangeMarker(snmp('3 1 0 0 2 100 90'), sockstat(3), sockstat6(0));
+  expect(marker).toBeDefined();
+  // Traffic (InSegs, OutSegs) and node-wide figures (sockets used, alloc) do not count.
+  expect(tcpChangeMarker(snmp('3 1 0 0 2 500 400'), sockstat(3).replace('alloc 7', 'alloc 9'), sockstat6(0))).toBe(
+    marker,
+  );
+  // One connection closed and another opened between two looks: ActiveOpens still moves.
+  expect(tcpChangeMarker(snmp('4 1 0 0 2 100 90'), sockstat(3), sockstat6(0))).not.toBe(marker);
+  expect(tcpChangeMarker(snmp('3 1 0 1 1 100 90'), sockstat(2), sockstat6(0))).not.toBe(marker);
+  // A new IPv6 listener.
+  expect(tcpChangeMarker(snmp('3 1 0 0 2 100 90'), sockstat(3), sockstat6(1))).not.toBe(marker);
+});
+
+test('the TCP change marker is undefined when the counters cannot be read, so the tables are', () => {
+  expect(tcpChangeMarker('', sockstat(3), sockstat6(0))).toBeUndefined();
+  expect(tcpChangeMarker(snmp('3 1 0 0 2 100 90'), '', sockstat6(0))).toBeUndefined();
+  // Without IPv6 in the namespace there is no sockstat6, and no tcp6 table either.
+  expect(tcpChangeMarker(snmp('3 1 0 0 2 100 90'), sockstat(3), '')).toBeDefined();
 });

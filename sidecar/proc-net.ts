@@ -1,4 +1,5 @@
-// Parses the kernel's socket tables (/proc/net/tcp, tcp6, udp, udp6) of one network namespace.
+// Parses the kernel's socket tables (/proc/net/tcp, tcp6, udp, udp6) of one network namespace,
+// and the counters that tell when its TCP tables changed.
 
 export type Transport = 'tcp' | 'udp';
 
@@ -18,34 +19,76 @@ export interface SocketEntry {
 
 export const tcpState = { established: 0x01, synSent: 0x02, timeWait: 0x06, listen: 0x0a } as const;
 
-/** Parses one table's text; lines that are not socket rows (the header) are passed over. */
+/**
+ * Parses one table's text; lines that are not socket rows (the header) are passed over.
+ *
+ * A row is `<slot>: <local> <remote> <st> <tx:rx> <tr:when> <retrnsmt> <uid> <timeout> <inode> …`,
+ * where the kernel prints addresses, ports and the state with fixed widths, so they are cut out
+ * by position rather than by splitting the whole row. A pod's sockets share few addresses, and
+ * decoding one is most of the work, so each is decoded once per table. Together this parses
+ * 10,000 rows in 17 ms instead of 43 ms without a JIT compiler, as the sidecar runs (docs/naa.md).
+ */
 export function parseSocketTable(text: string, transport: Transport, family: 4 | 6): SocketEntry[] {
+  const width = family === 4 ? 8 : 32;
+  const decoded = new Map<string, string>();
+  const address = (hex: string): string => {
+    let result = decoded.get(hex);
+    if (result === undefined) {
+      result = family === 4 ? ipv4(hex) : ipv6(hex);
+      decoded.set(hex, result);
+    }
+    return result;
+  };
   const entries: SocketEntry[] = [];
   for (const line of text.split('\n')) {
-    const fields = line.trim().split(/\s+/);
-    if (!fields[0]?.endsWith(':') || fields.length < 10) continue;
-    const [local, remote, state, , , , uid, , inode] = fields.slice(1);
-    const [localAddress, localPort] = parseEndpoint(local!, family);
-    const [remoteAddress, remotePort] = parseEndpoint(remote!, family);
+    const local = line.indexOf(': ') + 2;
+    const remote = local + width + 6;
+    const state = remote + width + 6;
+    if (local < 2 || line[local + width] !== ':' || line[remote + width] !== ':') continue;
+    const rest = line
+      .slice(state + 3)
+      .split(' ')
+      .filter((field) => field !== '');
+    if (rest.length < 6) continue;
+    const localAddress = address(line.slice(local, local + width));
     entries.push({
       transport,
       // A dual-stack socket's IPv4 peers appear in the IPv6 table as ::ffff:a.b.c.d: IPv4 on the wire.
       family: localAddress.includes('.') ? 4 : 6,
       localAddress,
-      localPort,
-      remoteAddress,
-      remotePort,
-      state: parseInt(state!, 16),
-      uid: Number(uid),
-      inode: Number(inode),
+      localPort: parseInt(line.slice(local + width + 1, remote - 1), 16),
+      remoteAddress: address(line.slice(remote, remote + width)),
+      remotePort: parseInt(line.slice(remote + width + 1, state - 1), 16),
+      state: parseInt(line.slice(state, state + 2), 16),
+      uid: Number(rest[3]),
+      inode: Number(rest[5]),
     });
   }
   return entries;
 }
 
-function parseEndpoint(text: string, family: 4 | 6): [string, number] {
-  const [address, port] = text.split(':');
-  return [family === 4 ? ipv4(address!) : ipv6(address!), parseInt(port!, 16)];
+const tcpCounters = ['ActiveOpens', 'PassiveOpens', 'AttemptFails', 'EstabResets', 'CurrEstab'];
+
+/**
+ * A value that changes whenever a TCP socket appears in or leaves the namespace's tables, and
+ * not when sockets merely carry traffic; undefined when the files do not say (then the tables
+ * must be read). It is made of the namespace's own counters: connections opened (ActiveOpens
+ * counts every connect(), however many closed meanwhile), accepted, failed, reset and
+ * established, from /proc/net/snmp (shared by IPv4 and IPv6), and the sockets in the tables,
+ * from /proc/net/sockstat and sockstat6 (which is empty when IPv6 is off, and so is tcp6).
+ * Reading these costs microseconds; reading /proc/net/tcp walks the kernel's whole connection
+ * hash table, which every namespace of the node shares.
+ */
+export function tcpChangeMarker(snmp: string, sockstat: string, sockstat6: string): string | undefined {
+  const [names, values] = snmp
+    .split('\n')
+    .filter((line) => line.startsWith('Tcp:'))
+    .map((line) => line.trim().split(/\s+/));
+  const counters = tcpCounters.map((name) => values?.[names?.indexOf(name) ?? -1]);
+  const inUse = /^TCP: inuse (\d+)/m.exec(sockstat)?.[1];
+  const inUse6 = sockstat6 === '' ? '' : /^TCP6: inuse (\d+)/m.exec(sockstat6)?.[1];
+  if (counters.includes(undefined) || inUse === undefined || inUse6 === undefined) return undefined;
+  return [...counters, inUse, inUse6].join(' ');
 }
 
 // The kernel prints each 32-bit word of an address in host byte order (little-endian here).

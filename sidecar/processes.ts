@@ -1,6 +1,7 @@
 // Finds which process holds which socket, and who that process is, from /proc. The sidecar
 // shares its pod's process namespace, so /proc shows every container's processes.
-import { readdir, readFile, readlink } from 'node:fs/promises';
+import { readdirSync, readlinkSync } from 'node:fs';
+import { readFile, readlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Application } from '../proto/index.ts';
 
@@ -10,25 +11,42 @@ export const containerNameVariable = 'NAAT_CONTAINER_NAME';
 /**
  * Maps each wanted socket inode to the pid holding it. When several processes share a socket
  * (a parent that forked), the highest pid wins: the child is the more specific application.
+ * It reads synchronously: a pod's processes may hold thousands of descriptors, procfs answers
+ * each readlink from memory, and a promise per descriptor made a walk of 10,000 of them four
+ * times slower (250 ms against 57 ms, without a JIT compiler, as the sidecar runs).
  */
-export async function socketOwners(proc: string, inodes: ReadonlySet<number>): Promise<Map<number, number>> {
+export function socketOwners(proc: string, inodes: ReadonlySet<number>): Map<number, number> {
   const owners = new Map<number, number>();
   if (inodes.size === 0) return owners;
-  const pids = (await readdir(proc)).filter((name) => /^\d+$/.test(name)).map(Number);
-  await Promise.all(
-    pids.map(async (pid) => {
-      const fdDir = join(proc, String(pid), 'fd');
-      const fds = await readdir(fdDir).catch(() => [] as string[]);
-      for (const fd of fds) {
-        const target = await readlink(join(fdDir, fd)).catch(() => '');
-        const match = /^socket:\[(\d+)\]$/.exec(target);
-        if (!match) continue;
-        const inode = Number(match[1]);
-        if (inodes.has(inode) && (owners.get(inode) ?? -1) < pid) owners.set(inode, pid);
-      }
-    }),
-  );
+  for (const name of readdirSync(proc)) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    const fdDir = join(proc, name, 'fd');
+    for (const fd of readdirOrNothing(fdDir)) {
+      const match = /^socket:\[(\d+)\]$/.exec(readlinkOrNothing(join(fdDir, fd)));
+      if (!match) continue;
+      const inode = Number(match[1]);
+      if (inodes.has(inode) && (owners.get(inode) ?? -1) < pid) owners.set(inode, pid);
+    }
+  }
   return owners;
+}
+
+// A process or descriptor may go away, or be another user's, while it is looked at.
+function readdirOrNothing(path: string): string[] {
+  try {
+    return readdirSync(path);
+  } catch {
+    return [];
+  }
+}
+
+function readlinkOrNothing(path: string): string {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return '';
+  }
 }
 
 /** Reads who a process is; undefined when it has exited meanwhile. */

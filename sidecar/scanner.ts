@@ -1,10 +1,13 @@
 // Looks at the pod: its network namespace's socket tables and the processes that hold them.
-// Only sockets it has not seen before cost a walk of /proc/<pid>/fd, so a quiet pod costs four
-// small file reads per scan.
-import { readFile } from 'node:fs/promises';
+// Only sockets it has not seen before cost a walk of /proc/<pid>/fd. A quiet pod costs a few
+// small file reads per scan: the UDP tables, and counters that say whether the TCP tables
+// changed. The TCP tables themselves are read only when they did, or when `tcpRereadMs` has
+// passed since they were last read: reading them walks the kernel's whole connection hash table,
+// which all namespaces of the node share, and costs milliseconds even for an empty pod.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
-import { parseSocketTable, type SocketEntry, type Transport } from './proc-net.ts';
+import { parseSocketTable, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
 import type { Application } from '../proto/index.ts';
 import { readApplication, socketOwners } from './processes.ts';
 
@@ -18,23 +21,44 @@ const tables: [string, Transport, 4 | 6][] = [
 export class Scanner {
   readonly #proc: string;
   readonly #netDir: string;
+  readonly #tcpRereadMs: number;
   #applications = new Map<number, Application>();
   #current = new Map<string, Association>();
+  /** Each table's text as last read, and its rows. */
+  #tables = new Map<string, { text: string; entries: SocketEntry[] }>();
+  /** The TCP change marker read just before the TCP tables were last read, and when that was. */
+  #tcpRead: { marker: string | undefined; at: number } | undefined;
 
   /**
    * @param proc where procfs is mounted
    * @param netPid a process in the network namespace to look at ('self' for the scanner's own)
+   * @param tcpRereadMs the longest time between two reads of the TCP tables when the counters say
+   *   nothing changed: a safety net for what the counters do not show at once (a connection that
+   *   its process closes after the peer did loses its owner at once, but moves the counters only
+   *   when its last ACK arrives)
    */
-  constructor(proc = '/proc', netPid: number | 'self' = 'self') {
+  constructor(proc = '/proc', netPid: number | 'self' = 'self', tcpRereadMs = 5_000) {
     this.#proc = proc;
     this.#netDir = join(proc, String(netPid), 'net');
+    this.#tcpRereadMs = tcpRereadMs;
   }
 
-  /** The pod's outbound flows and their applications now. */
+  /**
+   * The pod's outbound flows and their applications now. When no socket table changed since the
+   * last scan, it returns the very map it returned then (owners that could not be found are
+   * looked for again at the next change).
+   */
   async scan(now = new Date()): Promise<Map<string, Association>> {
-    const sockets = outboundSockets((await Promise.all(tables.map((t) => this.#readTable(...t)))).flat());
+    const readTcp = this.#tcpMayHaveChanged(now.getTime());
+    let changed = false;
+    for (const [name, transport, family] of tables) {
+      if (transport === 'udp' || readTcp) changed = this.#readTable(name, transport, family) || changed;
+    }
+    if (!changed) return this.#current;
+
+    const sockets = outboundSockets(tables.flatMap(([name]) => this.#tables.get(name)?.entries ?? []));
     const unknown = new Set(sockets.map((s) => s.inode).filter((inode) => !this.#applications.has(inode)));
-    const owners = await socketOwners(this.#proc, unknown);
+    const owners = socketOwners(this.#proc, unknown);
     const byPid = new Map<number, Promise<Application | undefined>>();
     for (const [inode, pid] of owners) {
       if (!byPid.has(pid)) byPid.set(pid, readApplication(this.#proc, pid));
@@ -57,9 +81,40 @@ export class Scanner {
     return next;
   }
 
-  async #readTable(name: string, transport: Transport, family: 4 | 6): Promise<SocketEntry[]> {
-    // A table is missing when its family is disabled in the namespace.
-    const text = await readFile(join(this.#netDir, name), 'utf8').catch(() => '');
-    return parseSocketTable(text, transport, family);
+  /**
+   * Whether the TCP tables must be read: the marker changed, cannot be read, or the tables were
+   * read too long ago (or the clock went back). The marker is read before the tables, so that a
+   * socket appearing between the two reads changes the marker against the one kept and is seen
+   * at the next scan.
+   */
+  #tcpMayHaveChanged(now: number): boolean {
+    const marker = tcpChangeMarker(this.#read('snmp'), this.#read('sockstat'), this.#read('sockstat6'));
+    const last = this.#tcpRead;
+    const recent = last !== undefined && now >= last.at && now - last.at < this.#tcpRereadMs;
+    if (recent && marker !== undefined && marker === last.marker) return false;
+    this.#tcpRead = { marker, at: now };
+    return true;
+  }
+
+  /** Reads a table; returns whether its text changed since it was last read. */
+  #readTable(name: string, transport: Transport, family: 4 | 6): boolean {
+    const text = this.#read(name);
+    if (this.#tables.get(name)?.text === text) return false;
+    this.#tables.set(name, { text, entries: parseSocketTable(text, transport, family) });
+    return true;
+  }
+
+  /**
+   * A file of the namespace's /proc/net; empty when missing (a family disabled in the namespace).
+   * Read synchronously: procfs answers from memory without waiting, while a promise-based read
+   * costs several thread-pool round trips, which at five scans a second was most of the CPU an
+   * idle sidecar used.
+   */
+  #read(name: string): string {
+    try {
+      return readFileSync(join(this.#netDir, name), 'utf8');
+    } catch {
+      return '';
+    }
   }
 }

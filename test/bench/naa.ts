@@ -2,12 +2,19 @@
 // measured in the same run on the same machine.
 //  1. Associations one stream sustains (driver → NAA server → acknowledged) vs a plain grpc-js
 //     bidirectional stream echoing messages of the same size.
-//  2. Scanning a pod with many sockets: a first scan (every owner looked up) and a steady scan,
-//     vs reading the socket tables alone.
-//  3. The real sidecar process: memory, CPU while idle, and connect() → association applied.
+//  2. Scanning a pod with many sockets: a first scan (every owner looked up), a scan after one new
+//     connection, and a scan when nothing changed, vs reading the socket table alone. The scanner
+//     runs as in the sidecar: compiled, in a process with the sidecar image's NODE_OPTIONS.
+//  3. The real sidecar process, built and started as its image does it: connect() → association
+//     applied, memory, and CPU while idle, vs Node.js alone with the same options (and, for
+//     memory, Node.js with node:http2 loaded, the least a gRPC client needs).
+// The sidecar image runs Node.js without WebAssembly (--jitless), which type stripping needs: what
+// runs that way is the compiled JavaScript, built here as the image build does.
 import { credentials, Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NaaServer } from '../../dataplane/naa/server.ts';
@@ -19,8 +26,8 @@ import {
   type AssociateRequest,
   type AssociateResponse,
 } from '../../proto/index.ts';
-import { Scanner } from '../../sidecar/scanner.ts';
 
+const root = join(import.meta.dirname, '..', '..');
 const messages = 20_000;
 const podIp = '10.244.0.10';
 
@@ -104,10 +111,18 @@ async function plainStream(): Promise<number> {
   return rate;
 }
 
-async function scanBench(sockets: number): Promise<void> {
+interface SidecarBuild {
+  /** What the image holds in its working directory: dist/, package.json, node_modules. */
+  app: string;
+  command: string[];
+  nodeOptions: string;
+}
+
+async function scanBench(sidecar: SidecarBuild, sockets: number): Promise<void> {
   const ns = `naat-bench-${process.pid}`;
   execFileSync('ip', ['netns', 'add', ns]);
   execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  // Holds `sockets` connections, and opens one more for each line it reads.
   const holder = spawn(
     'ip',
     [
@@ -116,41 +131,127 @@ async function scanBench(sockets: number): Promise<void> {
       ns,
       'python3',
       '-c',
-      `import socket,resource,time
+      `import socket,resource,sys
 hard=resource.getrlimit(resource.RLIMIT_NOFILE)[1]; resource.setrlimit(resource.RLIMIT_NOFILE,(hard,hard))
 s=socket.socket(); s.bind(('127.0.0.1',9000)); s.listen(4096); held=[]
-for i in range(${sockets}):
+def connect():
   c=socket.create_connection(('127.0.0.1',9000)); held.append(c); held.append(s.accept()[0])
-print('ready',flush=True); time.sleep(600)`,
+for i in range(${sockets}): connect()
+print('ready',flush=True)
+for line in sys.stdin: connect(); print('connected',flush=True)`,
     ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
+    { stdio: ['pipe', 'pipe', 'inherit'] },
   );
+  const holderLines = createInterface({ input: holder.stdout })[Symbol.asyncIterator]();
+  // The compiled scanner, looking at the holder's namespace; it scans for each line it reads and
+  // answers how long the scan took and how many flows it found.
+  const scanner = spawn(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `import { createInterface } from 'node:readline';
+import { Scanner } from './dist/sidecar/scanner.js';
+const scanner = new Scanner('/proc', Number(process.argv[1]));
+for await (const line of createInterface({ input: process.stdin })) {
+  const started = performance.now();
+  const found = (await scanner.scan()).size;
+  console.log(performance.now() - started, found);
+}`,
+      String(holder.pid),
+    ],
+    {
+      cwd: sidecar.app,
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: { ...process.env, NODE_OPTIONS: sidecar.nodeOptions },
+    },
+  );
+  const scannerLines = createInterface({ input: scanner.stdout })[Symbol.asyncIterator]();
+  const next = async (lines: AsyncIterator<string>, from: string) => {
+    const line = await lines.next();
+    if (line.done) throw new Error(`the ${from} exited`);
+    return line.value;
+  };
+  let found = 0;
+  const scan = async () => {
+    scanner.stdin.write('\n');
+    const [ms, size] = (await next(scannerLines, 'scanner')).split(' ').map(Number);
+    found = size!;
+    return ms!;
+  };
   try {
-    await new Promise((resolve, reject) => {
-      holder.stdout.once('data', resolve);
-      holder.once('exit', (code) => reject(new Error(`the socket holder exited with ${code}`)));
-    });
+    await next(holderLines, 'socket holder');
     const tablesOnly = await timeIt(5, () => readFile(`/proc/${holder.pid}/net/tcp`, 'utf8'));
-    const scanner = new Scanner('/proc', holder.pid!);
-    const first = await timeIt(1, () => scanner.scan());
-    const steady = await timeIt(5, () => scanner.scan());
-    const found = (await scanner.scan()).size;
-    console.log(`scan of a pod with ${sockets} outbound connections (${found} found):`);
-    console.log(`  reading /proc/<pid>/net/tcp alone   ${tablesOnly.toFixed(1)} ms  (baseline)`);
-    console.log(
-      `  first scan (every owner looked up)   ${first.toFixed(1)} ms  ratio ${(first / tablesOnly).toFixed(1)}`,
-    );
-    console.log(
-      `  steady scan (owners cached)          ${steady.toFixed(1)} ms  ratio ${(steady / tablesOnly).toFixed(1)}`,
-    );
+    const first = await scan();
+    const afterNew = await median(5, async () => {
+      holder.stdin.write('\n');
+      await next(holderLines, 'socket holder');
+      return scan();
+    });
+    const quiet = await median(5, scan);
+    const ratio = (ms: number) => `ratio ${(ms / tablesOnly).toFixed(2)}`;
+    console.log(`scan of a pod with ${sockets} outbound connections (${found} found at the end):`);
+    console.log(`  reading /proc/<pid>/net/tcp alone       ${tablesOnly.toFixed(1)} ms  (baseline)`);
+    console.log(`  first scan (every owner looked up)       ${first.toFixed(1)} ms  ${ratio(first)}`);
+    console.log(`  scan after one new connection            ${afterNew.toFixed(1)} ms  ${ratio(afterNew)}`);
+    console.log(`  scan when nothing changed                ${quiet.toFixed(2)} ms  ${ratio(quiet)}`);
   } finally {
+    scanner.kill('SIGKILL');
     holder.kill('SIGKILL');
     execFileSync('ip', ['netns', 'delete', ns]);
   }
 }
 
-/** The real sidecar process in a pod namespace: its memory, its idle CPU, and connect → applied latency. */
-async function sidecarBench(connections: number): Promise<void> {
+/**
+ * Builds what the sidecar image holds in its working directory (the `npm run build` output,
+ * package.json and the modules) into a temporary directory, and reads from images/Dockerfile how
+ * the image starts it: its command and NODE_OPTIONS.
+ */
+async function buildSidecar(): Promise<SidecarBuild> {
+  const dockerfile = await readFile(join(root, 'images', 'Dockerfile'), 'utf8');
+  const stage = /^FROM \S+ AS sidecar$([\s\S]*?)(?=^FROM |$(?![\s\S]))/m.exec(dockerfile)?.[1] ?? '';
+  const command = /^CMD (\[.*\])$/m.exec(stage)?.[1];
+  if (!command) throw new Error('images/Dockerfile has no sidecar stage with a CMD');
+  const app = await mkdtemp(join(tmpdir(), 'naat-bench-app-'));
+  try {
+    const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+    // Emitting only: type checking is `npm run typecheck`'s job.
+    const build = ['-p', join(root, 'tsconfig.build.json'), '--outDir', join(app, 'dist'), '--noCheck'];
+    execFileSync(process.execPath, [tsc, ...build], { stdio: 'inherit' });
+    await copyFile(join(root, 'package.json'), join(app, 'package.json'));
+    await symlink(join(root, 'node_modules'), join(app, 'node_modules'));
+  } catch (error) {
+    await rm(app, { recursive: true, force: true });
+    throw error;
+  }
+  return {
+    app,
+    command: JSON.parse(command) as string[],
+    nodeOptions: /^ENV NODE_OPTIONS="([^"]*)"$/m.exec(stage)?.[1] ?? '',
+  };
+}
+
+const megabytes = async (pid: number, field: string) =>
+  Number(new RegExp(`${field}:\\s+(\\d+)`).exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
+
+/** Seconds of CPU a process has used (user and system). */
+async function cpuSeconds(pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** The share of one core a process uses over `seconds`. */
+async function cpuShare(pid: number, seconds: number): Promise<number> {
+  const before = await cpuSeconds(pid);
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  return ((await cpuSeconds(pid)) - before) / seconds;
+}
+
+/**
+ * The real sidecar process in a pod namespace, built and started as its image does it: connect() →
+ * association applied, then its memory and CPU while idle with the connections held.
+ */
+async function sidecarBench(image: SidecarBuild, connections: number, idleSeconds: number): Promise<void> {
   const ns = `naat-bench-${process.pid}`;
   const dir = await mkdtemp(join(tmpdir(), 'naat-bench-'));
   const applied = new Map<number, number>();
@@ -168,26 +269,29 @@ async function sidecarBench(connections: number): Promise<void> {
   execFileSync('ip', ['netns', 'add', ns]);
   execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
   const children: ChildProcess[] = [];
-  try {
-    const sidecar = spawn('ip', ['netns', 'exec', ns, process.execPath, 'sidecar/main.ts'], {
-      stdio: 'ignore',
-      env: {
-        ...process.env,
-        NAAT_NAA_SERVER: `unix:${join(dir, 'naa.sock')}`,
-        NAAT_POD_NAMESPACE: 'bench',
-        NAAT_POD_NAME: 'bench',
-        NAAT_POD_UID: 'bench',
-        NAAT_TOKEN_FILE: join(dir, 'token'),
-      },
+  // `ip netns exec` execs the command, so each child's pid is the program's own.
+  const inPod = (command: string[], env: NodeJS.ProcessEnv = {}, stdout: 'pipe' | 'ignore' = 'ignore') => {
+    const child = spawn('ip', ['netns', 'exec', ns, ...command], {
+      cwd: image.app,
+      stdio: ['ignore', stdout, 'inherit'],
+      env: { ...process.env, NODE_OPTIONS: image.nodeOptions, ...env },
     });
-    children.push(sidecar);
+    children.push(child);
+    return child;
+  };
+  try {
+    const [node, ...args] = image.command;
+    if (node !== 'node') throw new Error(`the sidecar image runs ${node}, not node`);
+    const sidecar = inPod([process.execPath, ...args], {
+      NAAT_NAA_SERVER: `unix:${join(dir, 'naa.sock')}`,
+      NAAT_POD_NAMESPACE: 'bench',
+      NAAT_POD_NAME: 'bench',
+      NAAT_POD_UID: 'bench',
+      NAAT_TOKEN_FILE: join(dir, 'token'),
+    });
     while (server.sessions === 0) await new Promise((resolve) => setTimeout(resolve, 50));
-    const client = spawn(
-      'ip',
+    const client = inPod(
       [
-        'netns',
-        'exec',
-        ns,
         'python3',
         '-u',
         '-c',
@@ -197,13 +301,13 @@ for i in range(${connections}):
   c=socket.socket(); c.connect(('127.0.0.1',9000)); print(c.getsockname()[1], int(time.time()*1000)); held.append(c); held.append(s.accept()[0]); time.sleep(0.05)
 print('done'); time.sleep(600)`,
       ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+      {},
+      'pipe',
     );
-    children.push(client);
     const connected = new Map<number, number>();
     let output = '';
     await new Promise<void>((resolve) =>
-      client.stdout.on('data', (chunk: Buffer) => {
+      client.stdout!.on('data', (chunk: Buffer) => {
         output += chunk;
         for (const line of output.split('\n').slice(0, -1)) {
           const [port, ms] = line.split(' ').map(Number);
@@ -216,21 +320,35 @@ print('done'); time.sleep(600)`,
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const latencies = [...connected].map(([port, at]) => (applied.get(port) ?? Infinity) - at).sort((a, b) => a - b);
     const pick = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
-    const rss = Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${sidecar.pid}/status`, 'utf8'))?.[1]) / 1024;
-    const cpu = async () => {
-      const fields = (await readFile(`/proc/${sidecar.pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-      return (Number(fields[11]) + Number(fields[12])) / 100;
-    };
-    const cpuBefore = await cpu();
-    await new Promise((resolve) => setTimeout(resolve, 10_000));
-    const idleCpu = ((await cpu()) - cpuBefore) / 10;
+
+    // Node.js alone, with the same options and a timer at the scan interval, measured alongside;
+    // and with node:http2 loaded, the least any gRPC client in Node.js needs.
+    const bare = inPod([process.execPath, '-e', 'setInterval(() => {}, 200)']);
+    const http2 = inPod([process.execPath, '-e', "require('node:http2'); setInterval(() => {}, 200)"]);
+    const [sidecarCpu, bareCpu] = await Promise.all([
+      cpuShare(sidecar.pid!, idleSeconds),
+      cpuShare(bare.pid!, idleSeconds),
+    ]);
+    const rss = await megabytes(sidecar.pid!, 'VmRSS');
+    const anonymous = await megabytes(sidecar.pid!, 'RssAnon');
+    const bareRss = await megabytes(bare.pid!, 'VmRSS');
+    const http2Rss = await megabytes(http2.pid!, 'VmRSS');
+    const percent = (share: number) => `${(share * 100).toFixed(2)} % of one core`;
     console.log(
-      `sidecar process in a pod namespace (scan interval 200 ms, ${connections} new connections 50 ms apart):`,
+      `sidecar process in a pod namespace, as its image runs it (${[node, ...args].join(' ')}, ` +
+        `NODE_OPTIONS=${image.nodeOptions || '(none)'}; scan interval 200 ms; ${connections} new connections 50 ms apart):`,
     );
     console.log(
       `  connect() → association applied  p50 ${pick(0.5)} ms  p99 ${pick(0.99)} ms  (the scan interval is the bound)`,
     );
-    console.log(`  RSS ${rss.toFixed(0)} MiB; CPU while idle ${(idleCpu * 100).toFixed(1)} % of one core`);
+    console.log(
+      `  RSS ${rss.toFixed(0)} MiB (${anonymous.toFixed(0)} MiB anonymous, the rest mapped files: the node binary and libraries)` +
+        `  Node.js alone ${bareRss.toFixed(0)} MiB, with node:http2 loaded ${http2Rss.toFixed(0)} MiB`,
+    );
+    console.log(
+      `  CPU while idle, ${connections} connections held, over ${idleSeconds} s  ${percent(sidecarCpu)}` +
+        `  Node.js alone with a 200 ms timer ${percent(bareCpu)}`,
+    );
   } finally {
     for (const child of children) child.kill('SIGKILL');
     execFileSync('ip', ['netns', 'delete', ns]);
@@ -239,14 +357,20 @@ print('done'); time.sleep(600)`,
   }
 }
 
-async function timeIt(runs: number, work: () => Promise<unknown>): Promise<number> {
-  const times: number[] = [];
-  for (let i = 0; i < runs; i++) {
+/** The median of `runs` figures that `work` measures. */
+async function median(runs: number, work: () => Promise<number>): Promise<number> {
+  const figures: number[] = [];
+  for (let i = 0; i < runs; i++) figures.push(await work());
+  return figures.sort((a, b) => a - b)[Math.floor(runs / 2)]!;
+}
+
+/** The median time `work` takes, in milliseconds. */
+function timeIt(runs: number, work: () => Promise<unknown>): Promise<number> {
+  return median(runs, async () => {
     const started = performance.now();
     await work();
-    times.push(performance.now() - started);
-  }
-  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
+    return performance.now() - started;
+  });
 }
 
 const plain = await plainStream();
@@ -254,5 +378,10 @@ const naat = await naatStream();
 console.log(`associations on one stream (${messages}, pipelined, acknowledged):`);
 console.log(`  plain grpc-js bidi echo   ${plain.toFixed(0)} messages/s  (baseline)`);
 console.log(`  naat NAA server           ${naat.toFixed(0)} associations/s  ratio ${(naat / plain).toFixed(2)}`);
-for (const sockets of [100, 5000]) await scanBench(sockets);
-await sidecarBench(100);
+const sidecar = await buildSidecar();
+try {
+  for (const sockets of [100, 5000]) await scanBench(sidecar, sockets);
+  await sidecarBench(sidecar, 100, 30);
+} finally {
+  await rm(sidecar.app, { recursive: true, force: true });
+}

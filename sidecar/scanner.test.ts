@@ -1,0 +1,72 @@
+// The scanner against a procfs laid out in a temporary directory: which tables it reads when.
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Scanner } from './scanner.ts';
+
+const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
+// 127.0.0.1:<port> → 127.0.0.1:9000, established, held by socket inode <inode>.
+const connection = (port: number, inode: number) =>
+  `   0: 0100007F:${port.toString(16).toUpperCase()} 0100007F:2328 01 00000000:00000000 00:00000000 00000000     0        0 ${inode} 1\n`;
+// 0.0.0.0:<port>, unconnected UDP.
+const datagram = (port: number, inode: number) =>
+  `   0: 00000000:${port.toString(16).toUpperCase()} 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 ${inode} 2 0\n`;
+const counters = (activeOpens: number) =>
+  'Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs\n' +
+  `Tcp: 1 200 120000 -1 ${activeOpens} 0 0 0 1 0 0\n`;
+
+let proc: string;
+const net = (file: string, text: string) => writeFile(join(proc, '7', 'net', file), text);
+const holds = (fd: number, inode: number) => symlink(`socket:[${inode}]`, join(proc, '42', 'fd', String(fd)));
+const ports = (associations: Map<string, { flow: { transport: string; sourcePort: number } }>) =>
+  [...associations.values()].map(({ flow }) => `${flow.transport} ${flow.sourcePort}`).sort();
+
+beforeEach(async () => {
+  proc = await mkdtemp(join(tmpdir(), 'naat-scanner-'));
+  await mkdir(join(proc, '7', 'net'), { recursive: true });
+  await mkdir(join(proc, '42', 'fd'), { recursive: true });
+  const app = join(proc, '42');
+  await writeFile(join(app, 'comm'), 'curl\n');
+  await writeFile(join(app, 'cmdline'), 'curl\0https://example.test/\0');
+  await writeFile(join(app, 'status'), 'Name:\tcurl\nUid:\t1000\t1000\t1000\t1000\n');
+  await writeFile(join(app, 'cgroup'), '0::/\n');
+  await writeFile(join(app, 'environ'), 'NAAT_CONTAINER_NAME=app\0');
+  await net('tcp', header + connection(40000, 1001));
+  await net('udp', header);
+  await net('snmp', counters(1));
+  await net('sockstat', 'TCP: inuse 1 orphan 0 tw 0 alloc 1 mem 1\n');
+  await holds(3, 1001);
+  await holds(4, 1002);
+  await holds(5, 1003);
+});
+
+afterEach(() => rm(proc, { recursive: true, force: true }));
+
+test('reads the TCP tables again only when the TCP counters move, or when the safety interval has passed', async () => {
+  const scanner = new Scanner(proc, 7, 5_000);
+  const first = await scanner.scan(new Date(0));
+  expect(ports(first)).toEqual(['tcp 40000']);
+  expect(first.get([...first.keys()][0]!)!.application).toMatchObject({ processName: 'curl', containerName: 'app' });
+
+  // A table that changed without the counters moving is not read: the scan hands back the same map.
+  await net('tcp', header + connection(40000, 1001) + connection(40001, 1002));
+  expect(await scanner.scan(new Date(200))).toBe(first);
+
+  await net('snmp', counters(2));
+  expect(ports(await scanner.scan(new Date(400)))).toEqual(['tcp 40000', 'tcp 40001']);
+
+  await net('tcp', header + connection(40001, 1002));
+  expect(ports(await scanner.scan(new Date(5_300)))).toEqual(['tcp 40000', 'tcp 40001']);
+  expect(ports(await scanner.scan(new Date(5_400)))).toEqual(['tcp 40001']);
+});
+
+test('reads the UDP tables at every scan, and the TCP tables when the counters cannot be read', async () => {
+  const scanner = new Scanner(proc, 7);
+  await scanner.scan(new Date(0));
+  await net('udp', header + datagram(5353, 1003));
+  expect(ports(await scanner.scan(new Date(200)))).toEqual(['tcp 40000', 'udp 5353']);
+
+  await net('snmp', '');
+  await net('tcp', header);
+  expect(ports(await scanner.scan(new Date(400)))).toEqual(['udp 5353']);
+});
