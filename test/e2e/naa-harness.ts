@@ -182,7 +182,8 @@ export class NaaGateway {
   spawnSidecar(options: SidecarOptions): ChildProcess {
     const pod = options.claim ?? { name: 'app', uid: this.pod.uid };
     return this.#spawnLogged(this.pod.netns, [process.execPath, join(root, 'sidecar', 'main.ts')], options.log, {
-      NAAT_NAA_SERVER: `${podGateway(1).v4}:${naaPort}`,
+      NAAT_NAA_HOST: podGateway(1).v4,
+      NAAT_NAA_PORT: String(naaPort),
       NAAT_POD_NAMESPACE: this.options.namespace,
       NAAT_POD_NAME: pod.name,
       NAAT_POD_UID: pod.uid,
@@ -202,9 +203,25 @@ export class NaaGateway {
   }
 
   /** What the agent's HTTP server answers at `path`, asked from the gateway namespace it listens in. */
-  async agentGet<T>(path: string): Promise<T> {
+  async agentText(path: string): Promise<string> {
     const { stdout } = await this.topology.exec(this.topology.ns.gw, ['curl', '-sf', `http://127.0.0.1:7741${path}`]);
-    return JSON.parse(stdout) as T;
+    return stdout;
+  }
+
+  async agentGet<T>(path: string): Promise<T> {
+    return JSON.parse(await this.agentText(path)) as T;
+  }
+
+  /** The sum of the agent's /metrics samples named `name` whose labels include `labels`. */
+  async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
+    let sum = 0;
+    for (const line of (await this.agentText('/metrics')).split('\n')) {
+      const sample = /^(\w+)(?:\{(.*)\})? (\S+)$/.exec(line);
+      if (sample?.[1] !== name) continue;
+      const has = new Map([...(sample[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map(([, k, v]) => [k, v]));
+      if (Object.entries(labels).every(([k, v]) => has.get(k) === v)) sum += Number(sample[3]);
+    }
+    return sum;
   }
 
   /** The text of a log file in the work folder; empty if there is none. */
