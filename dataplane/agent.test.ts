@@ -156,14 +156,22 @@ describe('Agent', () => {
       application: curlApp,
       pod: { namespace: 'shop', name: 'web-1' },
     };
+    const observedAt = new Date(Date.now() - 300);
     await agent.associate(
       [
-        { ...curl, sourcePort: 40000, destinationAddress: '198.51.100.5', destinationPort: 8080 },
-        { ...curl, sourcePort: 40001, destinationAddress: '203.0.113.10', destinationPort: 443 },
+        { ...curl, sourcePort: 40000, destinationAddress: '198.51.100.5', destinationPort: 8080, observedAt },
+        { ...curl, sourcePort: 40001, destinationAddress: '203.0.113.10', destinationPort: 443, observedAt },
       ],
       [],
     );
     expect(k.conntrack.flows.map((f) => f.id)).toEqual([2]);
+    const { metrics } = agent;
+    expect(metrics.applicationFlows.get({ application: 'curl', verdict: 'Deny' })).toBe(1);
+    expect(metrics.applicationFlows.get({ application: 'curl', verdict: 'Allow' })).toBe(1);
+    expect(metrics.applicationDenials.get({ application: 'curl' })).toBe(1);
+    const latency = metrics.associationLatency.get();
+    expect(latency.count).toBe(2);
+    expect(latency.sum / 2).toBeGreaterThanOrEqual(0.3);
     expect(
       agent.verdictFor({ ...curl, sourcePort: 40000, destinationAddress: '198.51.100.5', destinationPort: 8080 }),
     ).toEqual({ allowed: false, rule: 'shop/curl#no-curl-to-docs' });
@@ -226,6 +234,12 @@ describe('Agent', () => {
       counters,
     };
     expect(ended).toMatchObject([expected]);
+    // Counted by uplink as the flow started, its bytes as it ended.
+    const metrics = agent.renderMetrics();
+    expect(metrics).toContain('naat_uplink_new_flows_total{uplink="isp-b"} 1\n');
+    expect(metrics).toContain('naat_uplink_bytes_total{uplink="isp-b",direction="sent"} 180\n');
+    expect(metrics).toContain('naat_uplink_bytes_total{uplink="isp-b",direction="received"} 120\n');
+    expect(metrics).toContain('naat_attribution_records 1\n');
     const query = { address: '100.64.2.2', port: 20007 };
     const after = (ms: number) => new Date(backup.startedAt.getTime() + ms);
     expect(agent.attributions.query({ ...query, at: after(2000) })).toMatchObject([expected]);
@@ -243,6 +257,11 @@ describe('Agent', () => {
     expect(a.activeFlows).toBe(2);
     // Two flows to one destination from one address, out of a 10,000-port range.
     expect(a.portUtilisationPercent).toBeCloseTo(0.02);
+    const metrics = agent.renderMetrics();
+    expect(metrics).toContain('naat_uplink_active_flows{uplink="isp-a"} 2\n');
+    expect(metrics).toContain('naat_uplink_snat_port_utilisation_percent{uplink="isp-a"} 0.02\n');
+    expect(metrics).toMatch(/^naat_ruleset_apply_duration_seconds_count\{full="true"\} 1$/m);
+    expect(metrics).toContain('naat_ruleset_apply_failed 0\n');
     await agent.stop();
   });
 

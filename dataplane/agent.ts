@@ -9,6 +9,7 @@ import { AttributionStore, type AttributionRecord, type AttributionUpdate, type 
 import type { GatewayConfig } from './config.ts';
 import type { Conntrack, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
+import { AgentMetrics } from './metrics.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
 import { elementOperations, namesOf, planSync } from './nft/nftables.ts';
 import type { L4, Table } from './nft/model.ts';
@@ -103,6 +104,7 @@ export class Agent {
   readonly #o: AgentOptions;
   readonly flows = new FlowTable();
   readonly attributions: AttributionStore;
+  readonly metrics: AgentMetrics;
   /** The served pods by address, from the config: flows are theirs even without a sidecar. */
   #pods = new Map<string, { namespace: string; name: string }>();
   #config: GatewayConfig | undefined;
@@ -123,6 +125,7 @@ export class Agent {
   constructor(options: AgentOptions) {
     this.#o = options;
     this.attributions = new AttributionStore(options.retention);
+    this.metrics = new AgentMetrics({ flows: this.flows, attributions: this.attributions });
   }
 
   /** Takes over whatever the kernel holds and makes it match `config`; established flows keep flowing. */
@@ -140,9 +143,16 @@ export class Agent {
     this.#stopWatch = this.#o.conntrack.watch(
       (event) => {
         this.flows.apply(event);
+        const uplink = this.#uplinkName(event.flow.uplink);
         if (event.type === 'new') {
           if (event.flow.uplink) this.#openRecord(event.flow);
+          if (uplink) this.metrics.newFlows.inc({ uplink });
           return;
+        }
+        const counters = event.flow.counters;
+        if (uplink && counters) {
+          this.metrics.bytes.inc({ uplink, direction: 'sent' }, counters.bytesSent);
+          this.metrics.bytes.inc({ uplink, direction: 'received' }, counters.bytesReceived);
         }
         const ended = this.attributions.close(event.flow.id, event.flow.startedAt, event.flow.counters);
         if (ended) this.#o.onFlowEnd?.(ended);
@@ -206,7 +216,27 @@ export class Agent {
     for (const a of remove) this.#associations.delete(flowKey(a));
     for (const a of upsert) this.#associations.set(flowKey(a), a);
     await this.#queueSync();
-    await this.#applyLate(upsert);
+    const applied = Date.now();
+    const decided = upsert.map((a) => {
+      if (a.observedAt)
+        this.metrics.associationLatency.observe({}, Math.max(0, applied - a.observedAt.getTime()) / 1000);
+      const verdict = this.verdictFor(a);
+      this.#countDecision(a, verdict);
+      return { association: a, verdict };
+    });
+    await this.#applyLate(decided);
+  }
+
+  /**
+   * Counts the flow of an association by its application, once the ruleset has decided it: denied,
+   * or allowed through an uplink (flows to bypassed destinations and the node are not the
+   * gateway's, and an unconnected socket has no one destination to decide for).
+   */
+  #countDecision(a: FlowAssociation, verdict: AssociationVerdict | undefined): void {
+    if (!verdict || (verdict.allowed && !verdict.uplink)) return;
+    const application = this.metrics.application(a.application.processName);
+    this.metrics.applicationFlows.inc({ application, verdict: verdict.allowed ? 'Allow' : 'Deny' });
+    if (!verdict.allowed) this.metrics.applicationDenials.inc({ application });
   }
 
   /**
@@ -215,13 +245,14 @@ export class Agent {
    * is denied, the flow is ended. Flows that stay allowed keep their uplink and the rule that
    * chose it.
    */
-  async #applyLate(associations: FlowAssociation[]): Promise<void> {
-    for (const a of associations) {
+  async #applyLate(
+    decided: Array<{ association: FlowAssociation; verdict: AssociationVerdict | undefined }>,
+  ): Promise<void> {
+    for (const { association: a, verdict } of decided) {
       // Only flows that leave through an uplink: a flow to the node itself or a bypassed
       // destination is not the gateway's to end.
       const flow = this.flows.fromSource(a.transport, a.sourceAddress, a.sourcePort);
       if (!flow) continue;
-      const verdict = this.verdictFor(a);
       const denied = verdict?.allowed === false;
       this.attributions.update(flow.id, {
         ...this.#identity(a.sourceAddress, a),
@@ -260,7 +291,7 @@ export class Agent {
     if (!table) return undefined;
     const result = trace(table, 'prerouting', packet);
     const id = (result.ctMark & markMask) >>> markShift;
-    const uplink = [...this.#ids].find(([, value]) => value === id)?.[0];
+    const uplink = this.#uplinkName(id);
     return {
       allowed: result.verdict === 'accept',
       ...(result.verdict === 'accept' && uplink ? { uplink } : {}),
@@ -284,7 +315,7 @@ export class Agent {
       dport: flow.destinationPort,
     });
     const { uplink: uplinkId, startedAt, ...tuples } = flow;
-    const uplink = [...this.#ids].find(([, id]) => id === uplinkId)?.[0];
+    const uplink = this.#uplinkName(uplinkId);
     this.attributions.open({
       ...tuples,
       start: startedAt,
@@ -294,6 +325,13 @@ export class Agent {
       ...ruleOf(decided),
       ...this.#identity(flow.source, this.#associations.get(`${flow.source} ${flow.protocol} ${flow.sourcePort}`)),
     });
+  }
+
+  /** The name of the uplink with this id (at most 254 of them); undefined for 0, not naat's. */
+  #uplinkName(id: number): string | undefined {
+    if (!id) return undefined;
+    for (const [name, value] of this.#ids) if (value === id) return name;
+    return undefined;
   }
 
   /** Who is behind a source address: the association's pod and application when known, else the config's pod. */
@@ -372,6 +410,11 @@ export class Agent {
     };
   }
 
+  /** /metrics: the report's gauges, and what the agent counted since it started. */
+  renderMetrics(): string {
+    return this.metrics.render(this.report());
+  }
+
   /** Stops watching; the kernel keeps the ruleset and routes so traffic goes on. */
   async stop(): Promise<void> {
     this.#stopWatch?.();
@@ -430,16 +473,21 @@ export class Agent {
       await this.#o.routing
         .add(routing.add)
         .catch((error: Error) => this.#o.log.error('Failed to add uplink routes', { error: error.message }));
+      let operations: Operation[];
       if (this.#applied?.structure === structure) {
         full = false;
-        await this.#o.nft.run(flowMapChanges(this.#applied.rendered.table, rendered.table));
+        operations = flowMapChanges(this.#applied.rendered.table, rendered.table);
       } else {
         // After a sync of its own the agent knows what the table holds; listing it costs more
         // than the transaction on a large table, so only a fresh or failed agent asks the kernel.
-        await this.#o.nft.run(
-          planSync(rendered.table, this.#applied ? namesOf(this.#applied.rendered.table) : await this.#o.nft.list()),
+        operations = planSync(
+          rendered.table,
+          this.#applied ? namesOf(this.#applied.rendered.table) : await this.#o.nft.list(),
         );
       }
+      const applying = performance.now();
+      await this.#o.nft.run(operations);
+      this.metrics.applyDuration.observe({ full: String(full) }, (performance.now() - applying) / 1000);
       await this.#o.routing
         .remove(routing.remove)
         .catch((error: Error) => this.#o.log.error('Failed to remove uplink routes', { error: error.message }));
@@ -449,6 +497,7 @@ export class Agent {
     } catch (error) {
       const message = (error as Error).message;
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full, error: message };
+      this.metrics.applyFailures.inc();
       this.#o.log.error('Failed to sync the kernel', { error: message });
       // The next sync starts from what the kernel holds, not from what this one meant to apply.
       this.#applied = undefined;

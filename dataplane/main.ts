@@ -31,8 +31,8 @@ import {
 import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
 import { parseGatewayConfig, type GatewayConfig } from './config.ts';
 import { ExecConntrack } from './conntrack.ts';
-import { renderMetrics } from './metrics.ts';
 import { ExecNftables } from './nft/nftables.ts';
+import { contentType as metricsContentType } from './prometheus.ts';
 import { HealthMonitor, IpLinkReader } from './probe.ts';
 import type { AssociationEntry } from './naa/table.ts';
 import { localUplinks, type FlowAssociation } from './render.ts';
@@ -255,6 +255,7 @@ function flowAssociation(entry: AssociationEntry): FlowAssociation {
     ...(entry.destinationAddress ? { destinationAddress: entry.destinationAddress } : {}),
     ...(entry.destinationPort ? { destinationPort: entry.destinationPort } : {}),
     pod: { namespace: entry.pod.namespace, name: entry.pod.name },
+    observedAt: entry.observedAt,
   };
 }
 
@@ -301,8 +302,8 @@ function serve(agent: Agent, address: string): Server {
       return void res.end(`${JSON.stringify(agent.attribution(), null, 2)}\n`);
     }
     if (req.url === '/metrics') {
-      res.setHeader('content-type', 'text/plain; version=0.0.4');
-      return void res.end(renderMetrics(report));
+      res.setHeader('content-type', metricsContentType);
+      return void res.end(agent.renderMetrics());
     }
     res.statusCode = 404;
     res.end('not found\n');

@@ -31,6 +31,8 @@ export interface FlowAssociation {
   destinationAddress?: string;
   destinationPort?: number;
   pod?: { namespace: string; name: string };
+  /** When the sidecar saw the socket: association latency runs from here to the kernel. */
+  observedAt?: Date;
 }
 
 export interface RenderInput {

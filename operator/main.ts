@@ -4,8 +4,9 @@
 //   NAAT_POD_NAME    its identity in leader election
 // Every replica keeps its caches warm and serves the sidecar-injection webhook; only the leader
 // reconciles (gateways, uplinks, and the webhook's certificate). /healthz, /readyz (caches
-// synced, certificate loaded) and /metrics (queue depth, leadership, webhook reviews) are served on the configured
-// health and metrics ports.
+// synced, certificate loaded) and /metrics (reconcile durations and results, queue depth,
+// leadership, webhook reviews; operator/metrics.ts) are served on the configured health and
+// metrics ports.
 import {
   AdmissionregistrationV1Api,
   AppsV1Api,
@@ -21,7 +22,8 @@ import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { hostname } from 'node:os';
 import { definitionOf, group, version, type Kind } from '../crds/index.ts';
-import { pooledKubeConfig, startTelemetry } from '../dataplane/index.ts';
+import { metricsContentType, pooledKubeConfig, startTelemetry } from '../dataplane/index.ts';
+import { OperatorMetrics } from './metrics.ts';
 import { gatewaysOf, onFactsChange, podFacts, Reconciler, type Caches } from './reconcile.ts';
 import { Controller } from './runtime/controller.ts';
 import { apiListerWatcher, Informer, type ListPage } from './runtime/informer.ts';
@@ -113,12 +115,18 @@ const webhookCaches = {
   ),
 };
 
+// Read at each scrape; the controllers, the webhook and the elector are made below.
+const metrics = new OperatorMetrics({
+  queueDepths: () => Object.entries(controllers).map(([name, controller]) => [name, controller.queue.len] as const),
+  isLeader: () => (elector ? elector.isLeader : true),
+  webhookReviews: () => webhook.counts,
+});
 const reconciler = new Reconciler({ kubeConfig, caches, settings, namespace, identity, log });
 const affected = gatewaysOf(caches);
 const gateways = new Controller({
   name: 'gateways',
   reconcile: (key) => reconciler.reconcileGateway(key),
-  around: reconcileSpan('gateways'),
+  around: metrics.timed('gateways', reconcileSpan('gateways')),
   log,
 });
 gateways.watch(caches.gateways);
@@ -138,7 +146,7 @@ gateways.watch(
 const uplinks = new Controller({
   name: 'uplinks',
   reconcile: (key) => reconciler.reconcileUplink(key),
-  around: reconcileSpan('uplinks'),
+  around: metrics.timed('uplinks', reconcileSpan('uplinks')),
   log,
 });
 uplinks.watch(caches.uplinks);
@@ -153,7 +161,7 @@ const certificate = new CertificateReconciler({
 const certificates = new Controller({
   name: 'webhook-certificate',
   reconcile: () => certificate.reconcile(),
-  around: reconcileSpan('webhook-certificate'),
+  around: metrics.timed('webhook-certificate', reconcileSpan('webhook-certificate')),
   log,
 });
 certificates.watch(webhookCaches.secrets, () => ['certificate']);
@@ -183,7 +191,7 @@ await webhook.listen();
 const allCaches = [...Object.values(caches), ...Object.values(webhookCaches)];
 for (const cache of allCaches) cache.start();
 
-const controllers = { gateways, uplinks, certificates };
+const controllers: Record<string, Controller> = { gateways, uplinks, certificates };
 const elector = settings.leaderElection.enabled
   ? new LeaderElector({
       kubeConfig,
@@ -225,24 +233,8 @@ createServer((req, res) => {
     res.statusCode = 404;
     return void res.end('not found\n');
   }
-  res.setHeader('content-type', 'text/plain; version=0.0.4');
-  const lines = [
-    '# HELP naat_operator_queue_depth Keys waiting to be reconciled.',
-    '# TYPE naat_operator_queue_depth gauge',
-  ];
-  for (const [name, controller] of Object.entries(controllers)) {
-    lines.push(`naat_operator_queue_depth{controller="${name}"} ${controller.queue.len}`);
-  }
-  lines.push('# HELP naat_operator_leader Whether this replica leads.', '# TYPE naat_operator_leader gauge');
-  lines.push(`naat_operator_leader ${elector ? Number(elector.isLeader) : 1}`);
-  lines.push(
-    '# HELP naat_operator_webhook_reviews_total Pod admission reviews answered, by result.',
-    '# TYPE naat_operator_webhook_reviews_total counter',
-  );
-  for (const [result, count] of Object.entries(webhook.counts)) {
-    lines.push(`naat_operator_webhook_reviews_total{result="${result}"} ${count}`);
-  }
-  res.end(`${lines.join('\n')}\n`);
+  res.setHeader('content-type', metricsContentType);
+  res.end(metrics.registry.render());
 }).listen(settings.metricsPort);
 
 const stop = async () => {

@@ -6,7 +6,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { AttributedFlow } from '../../dataplane/agent.ts';
+import type { AgentReport, AttributedFlow } from '../../dataplane/agent.ts';
 import type { AttributionRecord } from '../../dataplane/attribution.ts';
 import { startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
 import { NaaGateway } from './naa-harness.ts';
@@ -170,6 +170,53 @@ print(n,flush=True)`,
     expect(log.attributes).toMatchObject({ 'k8s.pod.name': 'app', 'naat.uplink': flow.uplinkName });
     expect(log.attributes['naat.bytes.sent']).toBeGreaterThan(0);
   });
+
+  it('counts flows by uplink and application, their bytes, association latency and ruleset applies in /metrics', async () => {
+    const { pod, topology } = gateway;
+    const uplinks = (await gateway.agentGet<AgentReport>('/status')).uplinks.map((u) => u.name);
+    const perUplink = (name: string) => Promise.all(uplinks.map((uplink) => gateway.metric(name, { uplink })));
+    const newBefore = await perUplink('naat_uplink_new_flows_total');
+    const receivedBefore = await gateway.metric('naat_uplink_bytes_total', { direction: 'received' });
+    const python = { application: 'python3', verdict: 'Allow' };
+    const pythonBefore = await gateway.metric('naat_application_flows_total', python);
+    // Three downloads of 2,000 bytes over a second, at once: long enough for the sidecar to see them.
+    const flows = 3;
+    const { stdout } = await topology.exec(pod.netns, [
+      'python3',
+      '-c',
+      `import socket
+ss=[socket.create_connection(('${server.v4}',${streamPort}),timeout=10,source_address=('${pod.ip}',0)) for _ in range(${flows})]
+print(' '.join(str(s.getsockname()[1]) for s in ss),flush=True)
+for s in ss: s.sendall(b'1 2000\\n')
+for s in ss:
+  while s.recv(65536): pass
+  s.close()`,
+    ]);
+    const ports = stdout.trim().split(' ').map(Number);
+    // Closed flows stay in conntrack (TIME_WAIT) until their DESTROY event, so /flows still has them.
+    const used = await until('the uplinks of the flows', async () => {
+      const open = await gateway.agentGet<AttributedFlow[]>('/flows');
+      const mine = ports.map((port) => open.find((f) => f.source === pod.ip && f.sourcePort === port)?.uplinkName);
+      return mine.every(Boolean) ? (mine as string[]) : undefined;
+    });
+    const newAfter = await perUplink('naat_uplink_new_flows_total');
+    const started = Object.fromEntries(uplinks.map((uplink, i) => [uplink, newAfter[i]! - newBefore[i]!]));
+    for (const uplink of used) expect(started[uplink]).toBeGreaterThanOrEqual(used.filter((u) => u === uplink).length);
+    expect(await gateway.metric('naat_application_flows_total', python)).toBeGreaterThan(pythonBefore);
+    expect(await gateway.metric('naat_association_latency_seconds_count')).toBeGreaterThan(0);
+    expect(await gateway.metric('naat_ruleset_apply_duration_seconds_count', { full: 'true' })).toBeGreaterThan(0);
+    // Bytes are counted as the flows end (conntrack's DESTROY, after the 10 s TIME_WAIT).
+    const received = await until(
+      'the bytes of the ended flows',
+      async () => {
+        const now = await gateway.metric('naat_uplink_bytes_total', { direction: 'received' });
+        return now - receivedBefore >= flows * 2000 ? now : undefined;
+      },
+      45_000,
+    );
+    expect(received).toBeGreaterThan(receivedBefore);
+    expect(await gateway.metric('naat_uplink_bytes_total', { direction: 'sent' })).toBeGreaterThan(0);
+  }, 90_000);
 
   it('answers a bad query with 400 naming the parameter', async () => {
     const { topology } = gateway;

@@ -1,0 +1,83 @@
+// The operator's /metrics: reconciles timed and counted by controller and result, the work queues'
+// depth, leadership and the webhook's reviews. Values that something else keeps (a queue's length,
+// the webhook's counts) are read at each scrape.
+import { Counter, Gauge, Histogram, Registry } from '../dataplane/index.ts';
+import type { ControllerOptions, ReconcileResult } from './runtime/controller.ts';
+
+type Around = NonNullable<ControllerOptions['around']>;
+
+export interface OperatorMetricSources {
+  /** Keys waiting in each controller's queue, by controller name. */
+  queueDepths(): Iterable<readonly [string, number]>;
+  isLeader(): boolean;
+  /** Admission reviews answered so far, by result. */
+  webhookReviews(): Readonly<Record<string, number>>;
+}
+
+export class OperatorMetrics {
+  readonly registry = new Registry();
+  readonly reconcileDuration = this.registry.add(
+    new Histogram({
+      name: 'naat_operator_reconcile_duration_seconds',
+      help: 'Duration of each reconcile, by controller and result (error: it threw and will be retried).',
+      labelNames: ['controller', 'result'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    }),
+  );
+  readonly reconciles = this.registry.add(
+    new Counter({
+      name: 'naat_operator_reconcile_total',
+      help: 'Reconciles finished, by controller and result.',
+      labelNames: ['controller', 'result'],
+    }),
+  );
+  readonly queueDepth: Gauge<'controller'>;
+  readonly leader: Gauge;
+  readonly webhookReviews: Counter<'result'>;
+
+  constructor(sources: OperatorMetricSources) {
+    this.queueDepth = this.registry.add(
+      new Gauge({
+        name: 'naat_operator_queue_depth',
+        help: 'Keys waiting to be reconciled.',
+        labelNames: ['controller'],
+        collect: () => [...sources.queueDepths()].map(([controller, depth]) => [{ controller }, depth] as const),
+      }),
+    );
+    this.leader = this.registry.add(
+      new Gauge({
+        name: 'naat_operator_leader',
+        help: 'Whether this replica leads.',
+        collect: () => [[{}, sources.isLeader() ? 1 : 0]],
+      }),
+    );
+    this.webhookReviews = this.registry.add(
+      new Counter({
+        name: 'naat_operator_webhook_reviews_total',
+        help: 'Pod admission reviews answered, by result.',
+        labelNames: ['result'],
+        collect: () => Object.entries(sources.webhookReviews()).map(([result, count]) => [{ result }, count] as const),
+      }),
+    );
+  }
+
+  /**
+   * A Controller's `around`: times and counts each reconcile of `controller`, with `inner` (such as
+   * a tracing span) inside, so that the time includes it. Returns or throws what the reconcile does.
+   */
+  timed(controller: string, inner?: Around): Around {
+    return async (key, next) => {
+      const started = performance.now();
+      let result = 'error';
+      try {
+        const value: ReconcileResult = await (inner ? inner(key, next) : next());
+        result = 'success';
+        return value;
+      } finally {
+        const labels = { controller, result };
+        this.reconcileDuration.observe(labels, (performance.now() - started) / 1000);
+        this.reconciles.inc(labels);
+      }
+    };
+  }
+}
