@@ -189,6 +189,19 @@ test('compiles the gateway into its ConfigMap and DaemonSet, writes status, and 
     const s = await status('egressgateway', id);
     return s.readyNodes === 2 && condition(s, 'Ready')?.status === 'True' ? true : undefined;
   });
+  // Every reconcile so far was timed and counted.
+  const metrics = await fetch('http://127.0.0.1:19100/metrics').then((r) => r.text());
+  const reconciled = (name: string) =>
+    Number(new RegExp(`^${name}\\{controller="gateways",result="success"\\} (\\d+)$`, 'm').exec(metrics)?.[1] ?? 0);
+  expect(metrics).toContain('# TYPE naat_operator_reconcile_duration_seconds histogram');
+  expect(metrics).toMatch(
+    /^naat_operator_reconcile_duration_seconds_bucket\{controller="gateways",result="success",le="\+Inf"\} \d+$/m,
+  );
+  expect(reconciled('naat_operator_reconcile_duration_seconds_count')).toBeGreaterThan(0);
+  expect(reconciled('naat_operator_reconcile_total')).toBe(
+    reconciled('naat_operator_reconcile_duration_seconds_count'),
+  );
+  expect(metrics).toMatch(/^naat_operator_queue_depth\{controller="gateways"\} \d+$/m);
 
   // A new pod is in the config within moments of getting its address.
   const appliedAt = Date.now();
@@ -237,14 +250,18 @@ test('compiles the gateway into its ConfigMap and DaemonSet, writes status, and 
 });
 
 test('restarting the operator changes nothing that was right', async () => {
+  // What the operator last wrote to each object (its managed fields' times): other writers, such
+  // as the DaemonSet controller updating the DaemonSet's status, change resourceVersions too.
+  const written = '{.metadata.managedFields[?(@.manager=="naat-operator")].time}';
   const versions = async () =>
     Promise.all([
-      k(['get', 'configmap', objectName(id), '-n', system, '-o', 'jsonpath={.metadata.resourceVersion}']),
-      k(['get', 'daemonset', objectName(id), '-n', system, '-o', 'jsonpath={.metadata.resourceVersion}']),
-      k(['get', 'egressgateway', id, '-o', 'jsonpath={.metadata.resourceVersion}']),
-      k(['get', 'egresspolicy', 'deny-https', '-n', apps, '-o', 'jsonpath={.metadata.resourceVersion}']),
+      k(['get', 'configmap', objectName(id), '-n', system, '-o', `jsonpath=${written}`]),
+      k(['get', 'daemonset', objectName(id), '-n', system, '-o', `jsonpath=${written}`]),
+      k(['get', 'egressgateway', id, '-o', `jsonpath=${written}`]),
+      k(['get', 'egresspolicy', 'deny-https', '-n', apps, '-o', `jsonpath=${written}`]),
     ]);
   const before = await versions();
+  expect(before.every((times) => times.length > 0)).toBe(true);
   const first = operators.shift()!;
   const exited = new Promise((resolve) => first.once('exit', resolve));
   first.kill('SIGTERM');
