@@ -46,6 +46,8 @@ export interface TopologyOptions {
   pods?: number;
   /** How many uplinks, each with its own ISP; 3 by default. */
   uplinks?: number;
+  /** Starts every namespace name; a fresh random one by default, so that topologies never collide. */
+  prefix?: string;
 }
 
 export interface ExecOptions {
@@ -100,7 +102,7 @@ export interface Topology {
 export async function createTopology(options: TopologyOptions = {}): Promise<Topology> {
   const pods = numbers(options.pods ?? 2);
   const uplinks = numbers(options.uplinks ?? 3);
-  const prefix = await unusedPrefix();
+  const prefix = options.prefix ?? (await unusedPrefix());
   const ns = {
     pods: pods.map((n) => `${prefix}pod${n}`),
     gw: `${prefix}gw`,
@@ -253,10 +255,13 @@ export async function until<T>(what: string, probe: () => Promise<T | undefined>
   }
 }
 
-// Dropped before conntrack sees it. Neighbour discovery still passes, as ARP does (nftables'
-// inet family never sees ARP), so that the link looks alive in both families alike and only
-// what crosses the ISP is lost.
-const outageRules = `table inet outage {
+/**
+ * What failUplink loads into an ISP namespace (`nft -f -`), as table `inet outage`. Dropped before
+ * conntrack sees it. Neighbour discovery still passes, as ARP does (nftables' inet family never
+ * sees ARP), so that the link looks alive in both families alike and only what crosses the ISP is
+ * lost.
+ */
+export const outageRules = `table inet outage {
   chain prerouting {
     type filter hook prerouting priority raw - 100; policy drop;
     icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept

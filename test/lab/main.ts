@@ -1,79 +1,119 @@
-// The local lab (`npm run lab`): a real control plane with kwok gateway nodes and naat's CRDs,
-// running in the foreground until Ctrl-C. `npm run lab -- down` stops a lab left running
-// elsewhere and removes everything it made.
-import { existsSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { killLeftovers, startCluster } from '../cluster/cluster.ts';
-import { installCrds } from '../cluster/crds.ts';
+// The local lab (`npm run lab`): the whole of naat on this machine, as root (see lab.ts and
+// docs/lab.md).
+//
+//   npm run lab                      # up, with the live view redrawn every second; Ctrl-C stops it
+//   npm run lab -- up --headless     # up, printing only progress; SIGINT/SIGTERM stop it
+//   npm run lab -- down              # stops a lab left running and removes all it made
+//   npm run lab -- fail isp1         # the ISP drops everything (the uplink's health check fails)
+//   npm run lab -- restore isp1
+//
+// NAAT_LAB_DIR (/tmp/naat-lab), NAAT_LAB_PREFIX (naat-lab-) and NAAT_LAB_AGENT_PORT (7741) say
+// where its files, network namespaces and the agent's API on the host's loopback are.
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { outageRules } from '../e2e/topology.ts';
+import { labSettings, removeLab, startLab, stateFile, type Lab, type LabState } from './lab.ts';
+import { FlowMemory, readView, renderView } from './view.ts';
 
-const labDir = process.env.NAAT_LAB_DIR ?? '/tmp/naat-lab';
-const pidFile = join(labDir, 'lab.pid');
-const nodes = [
-  { name: 'gateway-1', labels: { 'naat.dev/gateway': 'true' } },
-  { name: 'worker-1' },
-  { name: 'worker-2' },
-];
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: { headless: { type: 'boolean', default: process.env.NAAT_LAB_HEADLESS === '1' } },
+});
+const settings = labSettings();
 
 async function up(): Promise<void> {
-  if (existsSync(pidFile)) {
-    throw new Error(`A lab is already running (${pidFile}); stop it with: npm run lab -- down`);
-  }
   const started = performance.now();
-  const say = (line: string) => console.log(`  ${line}`);
-  console.log('Starting the naat lab');
-  const cluster = await startCluster({ workloads: true, nodes, dir: labDir, progress: say });
-  await writeFile(pidFile, String(process.pid));
-  const stop = async () => {
-    console.log('\nStopping the naat lab');
-    await cluster.stop();
-    await rm(labDir, { recursive: true, force: true });
-    process.exit(0);
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  console.log(`Starting the naat lab in ${settings.dir}`);
+  const interrupted = new AbortController();
+  const interrupt = () => interrupted.abort();
+  process.once('SIGINT', interrupt);
+  process.once('SIGTERM', interrupt);
+  let lab: Lab;
+  try {
+    lab = await startLab(settings, { progress: (line) => console.log(`  ${line}`), signal: interrupted.signal });
+  } catch (error) {
+    console.error(`\nThe lab did not start; everything it made is removed.\n${(error as Error).message}`);
+    process.exit(1);
+  }
+  process.off('SIGINT', interrupt);
+  process.off('SIGTERM', interrupt);
 
-  await installCrds(cluster.kubeconfig);
-  say('Installed the CRDs from crds/');
-
-  console.log(`
+  const summary = `
 The lab is up (${((performance.now() - started) / 1000).toFixed(1)}s). In another terminal:
 
-  export KUBECONFIG=${cluster.kubeconfig}
-  kubectl get nodes
-  kubectl get naat
+  export KUBECONFIG=${lab.state.kubeconfig}
+  kubectl get uplinks,egressgateways,egresspolicies -A
+  ip netns exec ${settings.prefix}pod1 curl -s telnet://203.0.113.10:9000 </dev/null   # who the server sees
+  curl -s ${lab.state.agentUrl}/flows                                     # the agent's API
+  npm run lab -- fail isp1                                                  # and: restore isp1
 
-Press Ctrl-C to stop it, or run: npm run lab -- down`);
+Traces and flow records: ${lab.traces}; logs: ${settings.dir}/logs. docs/lab.md has more to try.
+Ctrl-C stops the lab and removes all it made.`;
+  const memory = new FlowMemory(lab.pods);
+  const redraw = async () => {
+    const screen = await readView(lab.state.agentUrl, memory).then(renderView, (error: Error) => `(${error.message})`);
+    process.stdout.write(`\x1b[H\x1b[2J${screen}\n${summary}\n`);
+  };
+  const view = values.headless ? undefined : setInterval(() => void redraw(), 1000);
+  const stop = async () => {
+    clearInterval(view);
+    console.log('\nStopping the naat lab');
+    await lab.stop();
+    console.log('The naat lab is down');
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+  if (values.headless) console.log(summary);
+  else await redraw();
 }
 
-async function down(): Promise<void> {
-  if (existsSync(pidFile)) {
-    const pid = Number(await readFile(pidFile, 'utf8'));
-    try {
-      process.kill(pid, 'SIGTERM');
-      while (isAlive(pid)) await new Promise((resolve) => setTimeout(resolve, 100));
-    } catch {
-      // The lab's process is gone already; what it left is removed below.
-    }
+async function state(): Promise<LabState> {
+  const text = await readFile(stateFile(settings.dir), 'utf8').catch(() => {
+    throw new Error(`No lab is running (no ${stateFile(settings.dir)}); start one with: npm run lab`);
+  });
+  return JSON.parse(text) as LabState;
+}
+
+/** `fail ispN`: the ISP drops everything it is sent; `restore ispN` undoes it. */
+async function outage(command: 'fail' | 'restore', isp: string | undefined): Promise<void> {
+  const { prefix, namespaces } = await state();
+  const ns = `${prefix}${isp}`;
+  if (!isp || !/^isp\d+$/.test(isp) || !namespaces.includes(ns)) {
+    throw new Error(
+      `Name an ISP of the lab: ${namespaces.filter((n) => n.includes('isp')).map((n) => n.slice(prefix.length))}`,
+    );
   }
-  await killLeftovers(labDir);
-  await rm(labDir, { recursive: true, force: true });
-  console.log('The naat lab is down');
+  const nft = (args: string[], input?: string) =>
+    new Promise<void>((resolve, reject) => {
+      const child = execFile('ip', ['netns', 'exec', ns, 'nft', ...args], (error, _, stderr) =>
+        error ? reject(new Error(stderr.trim() || error.message)) : resolve(),
+      );
+      child.stdin!.end(input ?? '');
+    });
+  // Declaring the table first makes both commands idempotent.
+  if (command === 'fail') await nft(['-f', '-'], `table inet outage {}\ndelete table inet outage\n${outageRules}`);
+  else await nft(['-f', '-'], 'table inet outage {}\ndelete table inet outage\n');
+  console.log(
+    command === 'fail'
+      ? `${isp} drops everything now; its uplink goes DOWN in the view within about a second`
+      : `${isp} forwards again; its uplink comes back after two good probe rounds`,
+  );
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
+const [command = 'up', argument] = positionals;
+try {
+  if (command === 'up') await up();
+  else if (command === 'down') {
+    await removeLab(settings);
+    console.log('The naat lab is down');
+  } else if (command === 'fail' || command === 'restore') await outage(command, argument);
+  else {
+    console.error(`Unknown lab command "${command}"; use up, down, fail ispN or restore ispN`);
+    process.exit(2);
   }
-}
-
-const command = process.argv[2] ?? 'up';
-if (command === 'up') await up();
-else if (command === 'down') await down();
-else {
-  console.error(`Unknown lab command "${command}"; use "up" (the default) or "down"`);
-  process.exit(2);
+} catch (error) {
+  console.error((error as Error).message);
+  process.exit(1);
 }

@@ -1,0 +1,565 @@
+// The whole of naat on one machine: a real control plane on loopback, a network-namespace
+// topology (the gateway node, two pods, three simulated ISPs and a server behind them), and the
+// real processes in it: the operator on the host, the dataplane agent in the gateway node's
+// namespace, the NAA sidecars and sample programs in the pods' namespaces. The operator compiles
+// the applied Uplinks, EgressGateway and EgressPolicies into the ConfigMap that the agent follows,
+// so `kubectl apply` changes what the lab does.
+//
+// Every step says what it did and how long it took; a step that fails undoes all that was done
+// before it. Everything the lab makes is in its folder, in the namespaces named in lab.json there,
+// or a process whose pid that folder lists, so that `down` can remove it all even after the lab's
+// own process died.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFile, appendFileSync, closeSync, openSync } from 'node:fs';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AgentReport, AttributedFlow } from '../../dataplane/agent.ts';
+import type { GatewayConfig } from '../../dataplane/index.ts';
+import { startCluster, freePorts, type Cluster } from '../cluster/cluster.ts';
+import { installCrds } from '../cluster/crds.ts';
+import { operatorSettings, webhookObjects } from '../cluster/operator.ts';
+import { startOtlpReceiver } from '../cluster/otlp.ts';
+import {
+  createTopology,
+  podGateway,
+  podInterface,
+  podAddress,
+  server,
+  stopProcess,
+  until,
+  type Degradation,
+  type Topology,
+} from '../e2e/topology.ts';
+import { startStreamServer, startWhoami } from '../e2e/traffic.ts';
+
+const root = join(import.meta.dirname, '..', '..');
+const relayProgram = join(root, 'test', 'e2e', 'programs', 'relay.ts');
+const manifests = join(import.meta.dirname, 'manifests');
+
+/** The kwok node that the gateway node's namespace stands for, and that the lab's pods are on. */
+const gatewayNode = 'gateway-1';
+const nodes = [
+  { name: gatewayNode, labels: { 'naat.dev/gateway': 'true' } },
+  { name: 'worker-1' },
+  { name: 'worker-2' },
+];
+/** The operator's namespace, where it keeps the compiled config `naat-gw-lab`. */
+const systemNamespace = 'naat-system';
+/** The lab's pods (manifests/pods.yaml), in the order of their network namespaces pod1, pod2. */
+export const pods = [
+  { namespace: 'shop', name: 'web' },
+  { namespace: 'shop', name: 'reports' },
+];
+/** Where the agent listens inside the gateway namespace (its default). */
+const agentListen = { host: '127.0.0.1', port: 7741 };
+const naaPort = 7740;
+const ports = { http: 80, whoami: 9000, stream: 9100 };
+
+/**
+ * What each simulated ISP does to what it sends towards the gateway. This kernel has no netem:
+ * delay is a program that holds packets in a TUN device, loss an nftables rule that drops at
+ * random, bandwidth a tbf qdisc (see Topology.degradeUplink).
+ */
+const impairments: Degradation[] = [
+  { delayMs: 10, rateMbit: 100 },
+  { delayMs: 40, lossPercent: 1, rateMbit: 20 },
+  { delayMs: 80, rateMbit: 5 },
+];
+
+/** The sample programs, per pod: a name for the log and what runs in the pod's namespace. */
+const applications: Array<Array<{ name: string; argv: string[] }>> = [
+  [
+    { name: 'web-curl', argv: shellLoop(`curl -s -o /dev/null -m 20 --limit-rate 200k http://${server.v4}/data.bin`) },
+    { name: 'web-python3', argv: ['python3', '-c', streamClient(3, 20_000)] },
+  ],
+  [
+    { name: 'reports-python3', argv: ['python3', '-c', streamClient(5, 10_000)] },
+    // Denied by manifests/policy.yaml: its attempts show as denials.
+    {
+      name: 'reports-perl',
+      // perl is in every Debian (perl-base); its connect gives up after 3 s while the gateway holds it.
+      argv: [
+        'perl',
+        '-MIO::Socket::INET',
+        '-e',
+        `while (1) { my $s = IO::Socket::INET->new(PeerAddr => '${server.v4}:${ports.http}', Timeout => 3);
+  if ($s) { print $s "GET /data.bin HTTP/1.0\r\n\r\n"; 1 while <$s>; } sleep 2 }`,
+      ],
+    },
+  ],
+];
+
+function shellLoop(command: string, pauseSeconds = 0.5): string[] {
+  return ['bash', '-c', `while :; do ${command}; sleep ${pauseSeconds}; done`];
+}
+
+/** Downloads `seconds` × `bytesPerSecond` from the stream server, again and again. */
+function streamClient(seconds: number, bytesPerSecond: number): string {
+  return `import socket, time
+while True:
+    try:
+        s = socket.create_connection(('${server.v4}', ${ports.stream}), timeout=10)
+        s.sendall(b'${seconds} ${bytesPerSecond}\\n')
+        while s.recv(65536):
+            pass
+        s.close()
+    except OSError:
+        time.sleep(1)
+    time.sleep(0.5)`;
+}
+
+export interface LabSettings {
+  /** Holds the control plane's state, logs, tokens, traces and lab.json. */
+  dir: string;
+  /** Starts the name of every network namespace the lab makes. */
+  prefix: string;
+  /** The port on the host's loopback where the agent's API (/status, /flows, …) is relayed. */
+  agentPort: number;
+}
+
+export function labSettings(env: NodeJS.ProcessEnv = process.env): LabSettings {
+  return {
+    dir: env.NAAT_LAB_DIR ?? '/tmp/naat-lab',
+    prefix: env.NAAT_LAB_PREFIX ?? 'naat-lab-',
+    agentPort: Number(env.NAAT_LAB_AGENT_PORT ?? 7741),
+  };
+}
+
+/** What lab.json records, for `down` and the scenario commands of another process. */
+export interface LabState {
+  pid: number;
+  prefix: string;
+  namespaces: string[];
+  agentUrl: string;
+  kubeconfig: string;
+}
+
+export const stateFile = (dir: string) => join(dir, 'lab.json');
+
+export function namespaceNames(prefix: string) {
+  return {
+    pods: pods.map((_, i) => `${prefix}pod${i + 1}`),
+    gw: `${prefix}gw`,
+    isps: impairments.map((_, i) => `${prefix}isp${i + 1}`),
+    srv: `${prefix}srv`,
+  };
+}
+
+export interface Lab {
+  state: LabState;
+  /** The lab's pods by their addresses. */
+  pods: Map<string, { namespace: string; name: string }>;
+  /** JSON lines of the spans and log records that the operator and the agent export. */
+  traces: string;
+  topology: Topology;
+  cluster: Cluster;
+  /** Stops and removes everything the lab made, the latest first; safe to call twice. */
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  /** A line per step done, with how long it took. */
+  progress: (line: string) => void;
+  /** Once aborted, the next step fails and everything is rolled back. */
+  signal?: AbortSignal;
+}
+
+export async function startLab(settings: LabSettings, options: StartOptions): Promise<Lab> {
+  const { dir, prefix, agentPort } = settings;
+  const undo: Array<() => Promise<unknown>> = [];
+  const stop = async () => {
+    for (const step of undo.splice(0).reverse()) await step().catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  };
+  // A process the lab started that exits while the lab starts fails the step at once, with its log.
+  let starting = true;
+  let died!: (error: Error) => void;
+  const death = new Promise<never>((_, reject) => (died = reject));
+  death.catch(() => undefined);
+  const step = async <T>(what: string, run: () => Promise<T>): Promise<T> => {
+    if (options.signal?.aborted) throw new Error('Interrupted');
+    const started = performance.now();
+    try {
+      const result = await Promise.race([run(), death]);
+      options.progress(`${what} (${((performance.now() - started) / 1000).toFixed(1)}s)`);
+      return result;
+    } catch (error) {
+      throw new Error(`${what}: failed: ${(error as Error).message}`, { cause: error });
+    }
+  };
+  const log = (name: string) => join(dir, 'logs', `${name}.log`);
+  const logged = (name: string) => readFile(log(name), 'utf8').catch(() => '');
+  const untilLogged = (name: string, text: string, times = 1, timeoutMs = 30_000) =>
+    until(
+      `"${text}" in ${log(name)}`,
+      async () => ((await logged(name)).split(text).length > times ? true : undefined),
+      timeoutMs,
+    ).catch(async (error: Error) => {
+      throw new Error(`${error.message}; it ends:\n${tail(await logged(name))}`);
+    });
+
+  if (await exists(stateFile(dir))) {
+    throw new Error(`A lab is already running (${stateFile(dir)}); stop it with: npm run lab -- down`);
+  }
+  await mkdir(join(dir, 'logs'), { recursive: true });
+  undo.push(() => rm(dir, { recursive: true, force: true }));
+  const names = namespaceNames(prefix);
+  const state: LabState = {
+    pid: process.pid,
+    prefix,
+    namespaces: [...names.pods, names.gw, ...names.isps, names.srv],
+    agentUrl: `http://127.0.0.1:${agentPort}`,
+    kubeconfig: join(dir, 'kubeconfig'),
+  };
+  // Written before anything is made, so that `down` finds it whatever happens next.
+  await writeFile(stateFile(dir), JSON.stringify(state, null, 2));
+  let topology: Topology | undefined;
+
+  /**
+   * Runs a program with its output in logs/<name>.log: in a namespace (the topology's destroy()
+   * ends it), or on the host, with its pid in the folder's pids file so that `down` finds it.
+   */
+  const start = (ns: string | undefined, name: string, argv: string[], env: NodeJS.ProcessEnv = {}): ChildProcess => {
+    const fd = openSync(log(name), 'a');
+    const spawnOptions = { stdio: ['ignore', fd, fd] as ['ignore', number, number], env: { ...process.env, ...env } };
+    const child = ns ? topology!.spawn(ns, argv, spawnOptions) : spawn(argv[0]!, argv.slice(1), spawnOptions);
+    closeSync(fd);
+    child.once('exit', (code, signal) => {
+      if (!starting) return;
+      void logged(name).then((text) =>
+        died(new Error(`${name} exited (${code ?? signal}); ${log(name)} ends:\n${tail(text)}`)),
+      );
+    });
+    if (!ns) {
+      appendFileSync(join(dir, 'pids'), `${child.pid}\n`);
+      undo.push(() => stopProcess(child));
+    }
+    return child;
+  };
+  /** A TCP service of one side (host or gateway namespace) made reachable on the other, via a Unix socket. */
+  const relay = async (name: string, from: 'host' | 'gw', target: string, port: number, localPort = port) => {
+    const socket = join(dir, `${name}.sock`);
+    const [serving, listening] = from === 'host' ? [undefined, names.gw] : [names.gw, undefined];
+    start(serving, `relay-${name}-in`, [process.execPath, relayProgram, 'from-unix', socket, target, String(port)]);
+    await untilLogged(`relay-${name}-in`, 'listening');
+    start(listening, `relay-${name}-out`, [
+      process.execPath,
+      relayProgram,
+      'to-unix',
+      '127.0.0.1',
+      String(localPort),
+      socket,
+    ]);
+    await untilLogged(`relay-${name}-out`, 'listening');
+  };
+  const agent = async <T>(path: string): Promise<T> => {
+    const response = await fetch(`${state.agentUrl}${path}`);
+    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    return (await response.json()) as T;
+  };
+
+  try {
+    await step('Checked that this is root with nft, tc, ip, conntrack, kubectl, curl, perl and python3', async () => {
+      if (process.getuid?.() !== 0) throw new Error('the lab needs root (network namespaces, nftables)');
+      const missing = [];
+      for (const tool of ['nft', 'tc', 'ip', 'conntrack', 'kubectl', 'curl', 'perl', 'python3', 'openssl']) {
+        if (!(await onPath(tool))) missing.push(tool);
+      }
+      if (missing.length) throw new Error(`not on the PATH: ${missing.join(', ')} (see README, Prerequisites)`);
+    });
+
+    const cluster = await startCluster({ workloads: true, nodes, dir, progress: options.progress });
+    undo.push(() => cluster.stop());
+    const k = (args: string[], input?: string) => cluster.kubectl(args, input);
+    /** Waits until the operator compiled a config that passes `check` and the agent applied it. */
+    const untilApplied = (what: string, check: (config: GatewayConfig) => boolean) =>
+      until(`${what} in the config the agent applied`, async () => {
+        const configMap = JSON.parse(await k(['get', 'configmap', 'naat-gw-lab', '-n', systemNamespace, '-o', 'json']));
+        const config = JSON.parse(configMap.data['config.json']) as GatewayConfig;
+        const status = await agent<AgentReport>('/status');
+        return check(config) && status.appliedHash === config.hash ? true : undefined;
+      });
+    await step('Installed the CRDs from crds/', () => installCrds(cluster.kubeconfig));
+
+    const traces = join(dir, 'traces.jsonl');
+    const otlp = await step('Started an OTLP receiver writing to traces.jsonl', async () => {
+      const receiver = await startOtlpReceiver();
+      // The receiver keeps what it got; moving it to the file each second keeps the lab's memory flat.
+      const flush = setInterval(() => {
+        const lines = [
+          ...receiver.spans.splice(0).map((span) => JSON.stringify({ signal: 'span', ...span })),
+          ...receiver.logs.splice(0).map((record) => JSON.stringify({ signal: 'log', ...record })),
+        ];
+        if (lines.length) appendFile(traces, lines.join('\n') + '\n', () => {});
+      }, 1000);
+      undo.push(async () => {
+        clearInterval(flush);
+        await receiver.close();
+      });
+      return receiver;
+    });
+    const otel = {
+      OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      OTEL_METRICS_EXPORTER: 'none',
+    };
+
+    topology = await step(`Built the network namespaces ${prefix}{gw,pod1,pod2,isp1..3,srv}`, () =>
+      createTopology({ pods: pods.length, uplinks: impairments.length, prefix }),
+    );
+    undo.push(() => topology!.destroy());
+    const t = topology;
+    await step('Impaired the ISPs: isp1 10 ms 100 Mbit/s, isp2 40 ms 1% loss 20 Mbit/s, isp3 80 ms 5 Mbit/s', () =>
+      Promise.all(impairments.map((impairment, i) => t.degradeUplink(i + 1, impairment))),
+    );
+    await step(`Started the servers on ${server.v4}: HTTP :80, whoami :9000, stream :9100`, async () => {
+      await mkdir(join(dir, 'www'));
+      await writeFile(join(dir, 'www', 'data.bin'), Buffer.alloc(1_000_000, 'n'));
+      await writeFile(join(dir, 'www', 'index.html'), 'naat lab\n');
+      start(t.ns.srv, 'http-server', [
+        'python3',
+        '-m',
+        'http.server',
+        String(ports.http),
+        '--bind',
+        server.v4,
+        '--directory',
+        join(dir, 'www'),
+      ]);
+      await startWhoami(t, ports.whoami);
+      await startStreamServer(t, ports.stream);
+      await until('the HTTP server', async () => {
+        await t.exec(t.ns.srv, ['curl', '-sf', '-o', '/dev/null', `http://${server.v4}/`]);
+        return true;
+      });
+    });
+
+    const apiserver = new URL(cluster.server);
+    await step('Relayed the apiserver and the OTLP receiver into the gateway namespace', async () => {
+      await relay('apiserver', 'host', apiserver.hostname, Number(apiserver.port));
+      await relay('otlp', 'host', '127.0.0.1', Number(new URL(otlp.endpoint).port));
+    });
+
+    await step('Started the operator', async () => {
+      const [metrics, health, webhook] = await freePorts(3);
+      await k(['create', 'namespace', systemNamespace]);
+      for (const object of webhookObjects('naat', systemNamespace)) {
+        await k(['apply', '--server-side', '-f', '-'], JSON.stringify(object));
+      }
+      const settingsFile = join(dir, 'operator.json');
+      await writeFile(
+        settingsFile,
+        JSON.stringify(operatorSettings('naat', { metrics: metrics!, health: health!, webhook: webhook! })),
+      );
+      start(undefined, 'operator', [process.execPath, join(root, 'operator', 'main.ts')], {
+        KUBECONFIG: cluster.kubeconfig,
+        NAAT_CONFIG: settingsFile,
+        NAAT_NAMESPACE: systemNamespace,
+        NAAT_POD_NAME: 'naat-operator-lab',
+        ...otel,
+      });
+      await until(
+        'the operator ready (GET /readyz)',
+        async () => ((await fetch(`http://127.0.0.1:${health}/readyz`)).ok ? true : undefined),
+        60_000,
+      );
+    });
+
+    await step('Applied manifests/gateway.yaml; the operator compiled ConfigMap naat-gw-lab', async () => {
+      await k(['apply', '-f', join(manifests, 'gateway.yaml')]);
+      await until('the compiled config', async () => {
+        await k(['get', 'configmap', 'naat-gw-lab', '-n', systemNamespace]);
+        return true;
+      });
+    });
+
+    await step(`Started the dataplane agent in ${names.gw}, following naat-gw-lab`, async () => {
+      start(
+        t.ns.gw,
+        'agent',
+        [
+          process.execPath,
+          join(root, 'dataplane', 'main.ts'),
+          'run',
+          '--config-map',
+          `${systemNamespace}/naat-gw-lab`,
+          '--node',
+          gatewayNode,
+          '--state-dir',
+          join(dir, 'state'),
+          '--listen',
+          `${agentListen.host}:${agentListen.port}`,
+          '--report',
+        ],
+        { KUBECONFIG: cluster.kubeconfig, ...otel },
+      );
+      await relay('agent', 'gw', agentListen.host, agentListen.port, agentPort);
+      await until(
+        'the agent to apply its config',
+        async () => ((await agent<AgentReport>('/status')).appliedHash ? true : undefined),
+        60_000,
+      ).catch(async (error: Error) => {
+        throw new Error(`${error.message}; ${log('agent')} ends:\n${tail(await logged('agent'))}`);
+      });
+    });
+
+    const created = await step('Applied manifests/pods.yaml; the webhook injected the NAA sidecar', async () => {
+      await k(['apply', '-f', join(manifests, 'pods.yaml')]);
+      return until('the pods with sidecars and addresses', async () => {
+        const found = [];
+        for (const pod of pods) {
+          const object = JSON.parse(await k(['get', 'pod', pod.name, '-n', pod.namespace, '-o', 'json'])) as KubePod;
+          if (!object.spec.initContainers?.some((c) => c.name === 'naat-sidecar')) {
+            // The webhook admits a pod it cannot decide on yet (its caches may not hold the
+            // namespace created a moment before) unchanged: such a pod is made again.
+            await k(['delete', 'pod', pod.name, '-n', pod.namespace, '--grace-period=0', '--force', '--wait']);
+            await k(['apply', '-f', join(manifests, 'pods.yaml')]);
+            return undefined;
+          }
+          if (!object.status?.podIP) return undefined;
+          found.push({ ...pod, uid: object.metadata.uid, ip: object.status.podIP });
+        }
+        return found;
+      });
+    });
+
+    await step('Gave each pod namespace its pod address; the agent applied the pods', async () => {
+      for (const [i, pod] of created.entries()) {
+        const n = i + 1;
+        const ns = t.ns.pods[i]!;
+        // The pod namespace takes the address the API gave the pod, as its only address: the agent
+        // accepts associations only for the pod's own addresses.
+        await t.exec(ns, ['ip', 'address', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
+        await t.exec(ns, ['ip', 'address', 'del', `${podAddress(n).v4}/24`, 'dev', 'eth0']);
+        await t.exec(ns, ['ip', 'address', 'del', `${podAddress(n).v6}/64`, 'dev', 'eth0']);
+        await t.exec(ns, ['ip', 'route', 'replace', 'default', 'via', podGateway(n).v4, 'dev', 'eth0', 'onlink']);
+        await t.exec(t.ns.gw, ['ip', 'route', 'add', `${pod.ip}/32`, 'dev', podInterface(n)]);
+      }
+      await untilApplied('the pods with their sidecars', (config) =>
+        created.every((pod) => config.association?.sidecarSources.includes(pod.ip)),
+      );
+    });
+
+    await step('Applied manifests/policy.yaml (perl may not connect from the reports pod)', async () => {
+      await k(['apply', '-f', join(manifests, 'policy.yaml')]);
+      await untilApplied('the policy', (config) => config.rules.some((rule) => rule.policy === 'shop/no-perl'));
+    });
+
+    await step('Started the NAA sidecars; the agent accepted their streams', async () => {
+      await mkdir(join(dir, 'tokens'));
+      for (const [i, pod] of created.entries()) {
+        const token = await k(
+          ['create', 'token', 'default', '-n', pod.namespace, '--audience', 'naat', '--duration', '24h'].concat([
+            '--bound-object-kind',
+            'Pod',
+            '--bound-object-name',
+            pod.name,
+            '--bound-object-uid',
+            pod.uid,
+          ]),
+        );
+        const tokenFile = join(dir, 'tokens', pod.name);
+        await writeFile(tokenFile, token.trim(), { mode: 0o600 });
+        start(t.ns.pods[i], `sidecar-${pod.name}`, [process.execPath, join(root, 'sidecar', 'main.ts')], {
+          NAAT_NAA_SERVER: `${podGateway(i + 1).v4}:${naaPort}`,
+          NAAT_POD_NAMESPACE: pod.namespace,
+          NAAT_POD_NAME: pod.name,
+          NAAT_POD_UID: pod.uid,
+          NAAT_TOKEN_FILE: tokenFile,
+        });
+      }
+      await untilLogged('agent', 'Accepted NAA stream', created.length);
+    });
+
+    await step('Started the sample programs: curl and python3 in web, python3 and perl in reports', async () => {
+      for (const [i, programs] of applications.entries()) {
+        for (const program of programs) start(t.ns.pods[i], program.name, program.argv);
+      }
+      await until('a flow attributed to its application', async () =>
+        (await agent<AttributedFlow[]>('/flows')).some((f) => f.application) ? true : undefined,
+      );
+    });
+
+    starting = false;
+    const byAddress = new Map(created.map((pod) => [pod.ip, { namespace: pod.namespace, name: pod.name }]));
+    return { state, pods: byAddress, traces, topology: t, cluster, stop };
+  } catch (error) {
+    options.progress(`Rolling back: ${(error as Error).message}`);
+    await stop();
+    throw error;
+  }
+}
+
+/**
+ * Removes what a lab made when its own process cannot: stops that process (which cleans up after
+ * itself), then ends whatever it left running and deletes its namespaces and its folder.
+ */
+export async function removeLab({ dir, prefix }: LabSettings): Promise<void> {
+  const state = await readFile(stateFile(dir), 'utf8')
+    .then((text) => JSON.parse(text) as LabState)
+    .catch(() => undefined);
+  if (state && state.pid !== process.pid && isAlive(state.pid)) {
+    process.kill(state.pid, 'SIGTERM');
+    await until('the lab to stop', async () => (isAlive(state.pid) ? undefined : true), 60_000).catch(() =>
+      process.kill(state.pid, 'SIGKILL'),
+    );
+  }
+  const pids = await readFile(join(dir, 'pids'), 'utf8').catch(() => '');
+  for (const pid of pids.split('\n').filter(Boolean).map(Number)) killQuietly(pid);
+  const names = namespaceNames(state?.prefix ?? prefix);
+  for (const ns of state?.namespaces ?? [...names.pods, names.gw, ...names.isps, names.srv]) await deleteNamespace(ns);
+  await rm(dir, { recursive: true, force: true });
+}
+
+async function deleteNamespace(name: string): Promise<void> {
+  const run = (argv: string[]) =>
+    new Promise<string>((resolve) => {
+      const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'ignore'] });
+      let out = '';
+      child.stdout.on('data', (chunk) => (out += chunk));
+      child.on('close', () => resolve(out));
+      child.on('error', () => resolve(''));
+    });
+  // A namespace lives on while a process is in it; every process in the lab's namespaces is the lab's.
+  for (const pid of (await run(['ip', 'netns', 'pids', name])).split('\n').filter(Boolean)) killQuietly(Number(pid));
+  await run(['ip', 'netns', 'delete', name]);
+}
+
+const tail = (text: string) => text.trimEnd().split('\n').slice(-8).join('\n');
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // Gone already.
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function onPath(tool: string): Promise<boolean> {
+  for (const folder of (process.env.PATH ?? '').split(':')) {
+    if (await exists(join(folder, tool))) return true;
+  }
+  return false;
+}
+
+interface KubePod {
+  metadata: { uid: string };
+  spec: { initContainers?: Array<{ name: string }> };
+  status?: { podIP?: string };
+}
