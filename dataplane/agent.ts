@@ -6,6 +6,7 @@
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AttributionStore, type AttributionRecord, type AttributionUpdate, type Retention } from './attribution.ts';
+import type { Application } from '../proto/index.ts';
 import type { GatewayConfig } from './config.ts';
 import type { Conntrack, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
@@ -111,6 +112,9 @@ export class Agent {
   #ids = new Map<string, number>();
   readonly #health = new Map<string, UplinkHealthState>();
   readonly #associations = new Map<string, FlowAssociation>();
+  /** Strict mode: the application of each stamp, by pod address then stamp. */
+  readonly #stamps = new Map<string, Map<number, Application>>();
+  #strict = new Set<string>();
   #applied: { rendered: Rendered; structure: string; hash?: string } | undefined;
   #lastSync: AgentReport['lastSync'];
   #queue: Promise<void> = Promise.resolve();
@@ -188,6 +192,12 @@ export class Agent {
     for (const { namespace, name, addresses } of config.pods) {
       for (const address of addresses) if (!this.#pods.has(address)) this.#pods.set(address, { namespace, name });
     }
+    // A stamp lives as long as its pod: when an address leaves strict mode (its pod is gone), its
+    // stamps go, so a new pod that reuses the address starts without any. An address not yet in
+    // the config keeps them: a new pod's sidecar announces stamps before the config names the pod.
+    const strict = new Set(config.association?.strictSources ?? []);
+    for (const address of this.#strict) if (!strict.has(address)) this.#stamps.delete(address);
+    this.#strict = strict;
   }
 
   /** Called by the health monitor. An uplink that fails loses its flows once it is no longer chosen. */
@@ -209,6 +219,19 @@ export class Agent {
     const old = this.#health.get(name);
     if (old && old.healthy !== state.healthy) return;
     this.#health.set(name, state);
+  }
+
+  /**
+   * Strict mode: packets of `addresses` stamped `stamp` come from `application`. Resolves once the
+   * kernel classifies them. A stamp is kept until its pod's addresses leave the config.
+   */
+  async stamp(addresses: readonly string[], stamp: number, application: Application): Promise<void> {
+    for (const address of addresses) {
+      const stamps = this.#stamps.get(address) ?? new Map<number, Application>();
+      stamps.set(stamp, application);
+      this.#stamps.set(address, stamps);
+    }
+    await this.#queueSync();
   }
 
   /** Replaces associations: `upsert` and `remove` keyed by (address, transport, port). */
@@ -343,6 +366,7 @@ export class Agent {
       ...(pod ? { pod } : {}),
       ...(containerName ? { container: containerName } : {}),
       application: { processName, executable, uid },
+      ...(a.trace ? { trace: a.trace } : {}),
     };
   }
 
@@ -460,6 +484,9 @@ export class Agent {
         health: new Map([...this.#health].map(([name, h]) => [name, h.healthy])),
         load: this.#loadByName(),
         associations: [...this.#associations.values()],
+        stamps: [...this.#stamps].flatMap(([address, stamps]) =>
+          [...stamps].map(([stamp, application]) => ({ address, stamp, application })),
+        ),
         interfaceAddresses,
       });
       const structure = structureOf(rendered.table);
@@ -574,7 +601,8 @@ function sameIds(a: Map<string, number>, b: Map<string, number>): boolean {
   return a.size === b.size && [...a].every(([name, id]) => b.get(name) === id);
 }
 
-const flowMaps = new Set(['flows4', 'flows6']);
+/** Maps whose elements change with associations and stamps; they change in place, not by a full sync. */
+const flowMaps = new Set(['flows4', 'flows6', 'stamps4', 'stamps6']);
 
 /** Everything but the association maps' elements: when it is unchanged, only those elements move. */
 function structureOf(table: Table): string {

@@ -7,6 +7,7 @@
 import { isIP } from 'node:net';
 // Not through proto's entry point, which brings the generated protocol code along.
 import { addressToBytes, bytesToAddress } from '../proto/address.ts';
+import type { TraceContext } from '../proto/index.ts';
 import type { Flow, FlowCounters } from './conntrack.ts';
 
 export interface AttributedApplication {
@@ -42,11 +43,13 @@ export interface AttributionRecord extends Pick<
   rule?: string;
   /** Deny when an association that arrived after the flow started had it ended. */
   verdict: 'Allow' | 'Deny';
+  /** The W3C context of the sidecar's span for the flow's association (telemetry on): the flow span's parent. */
+  trace?: TraceContext;
 }
 
 /** What may change while a flow is open: who is behind it and what that means for it. */
 export type AttributionUpdate = Partial<
-  Pick<AttributionRecord, 'pod' | 'container' | 'application' | 'policy' | 'rule' | 'verdict'>
+  Pick<AttributionRecord, 'pod' | 'container' | 'application' | 'policy' | 'rule' | 'verdict' | 'trace'>
 >;
 
 export interface Retention {

@@ -70,6 +70,11 @@ export const GatewayConfig = Type.Object({
         description: 'Addresses of the pods that run the sidecar: Hold applies to them, not to pods without one.',
         default: [],
       }),
+      strictSources: Type.Array(Prefix, {
+        description:
+          'Addresses of the pods in strict mode: their packets carry an application stamp in the DSCP field, which classifies a new flow from its first packet and is cleared before the packet leaves.',
+        default: [],
+      }),
     }),
   ),
   rules: Type.Array(CompiledRule, {
@@ -106,6 +111,7 @@ function semanticProblems(config: GatewayConfig): string[] {
   config.sources.forEach((s, i) => prefix(`sources[${i}]`, s));
   config.bypass.forEach((s, i) => prefix(`bypass[${i}]`, s));
   config.association?.sidecarSources.forEach((s, i) => prefix(`association.sidecarSources[${i}]`, s));
+  config.association?.strictSources.forEach((s, i) => prefix(`association.strictSources[${i}]`, s));
   config.pods.forEach((pod, i) => {
     pod.addresses.forEach((address, j) => {
       if (!isIP(address)) problems.push(`pods[${i}].addresses[${j}]: ${JSON.stringify(address)} is not an IP address`);

@@ -14,7 +14,8 @@
 // The config is followed as it changes; an invalid version is reported and the last good one
 // stays in force. SIGTERM and SIGINT stop the agent and leave the kernel as it is, so flows go on
 // through a restart; `remove` is for a gateway that is gone for good. The standard OTEL_*
-// variables turn on OpenTelemetry: a span and a log record per flow (see docs/dataplane.md).
+// variables turn on OpenTelemetry: a span and a log record per flow (see docs/dataplane.md), and
+// a span per association that continues its sidecar's trace (see docs/naa.md).
 import { writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
@@ -37,7 +38,7 @@ import { HealthMonitor, IpLinkReader } from './probe.ts';
 import type { AssociationEntry } from './naa/table.ts';
 import { localUplinks, type FlowAssociation } from './render.ts';
 import { ExecRouting } from './routing.ts';
-import { exportFlow, startTelemetry } from './telemetry.ts';
+import { startTelemetry } from './telemetry.ts';
 
 const log: Logger = {
   info: (msg, fields) => console.log(JSON.stringify({ ts: new Date().toISOString(), level: 'info', msg, ...fields })),
@@ -108,7 +109,8 @@ async function run(): Promise<void> {
   });
   const first = await firstConfig();
   // Without telemetry, an ended flow costs nothing beyond its attribution record.
-  const agent = agentFor({ retention: limits, ...(telemetry.enabled ? { onFlowEnd: exportFlow } : {}) });
+  const onFlowEnd = telemetry.enabled ? (await import('./flow-telemetry.ts')).exportFlow : undefined;
+  const agent = agentFor({ retention: limits, ...(onFlowEnd ? { onFlowEnd } : {}) });
   let config = first.config;
   const monitor = new HealthMonitor({
     uplinks: localUplinks(config, values.node!),
@@ -137,7 +139,7 @@ async function run(): Promise<void> {
     telemetry: telemetry.enabled,
   });
   const report = values.report ? await startReporting(agent) : undefined;
-  const naa = config.association ? await startNaa(agent, config.association.port) : undefined;
+  const naa = config.association ? await startNaa(agent, config.association.port, telemetry.enabled) : undefined;
 
   // Later versions of the config, one at a time, in order.
   let applying = Promise.resolve();
@@ -225,7 +227,11 @@ async function firstConfig(): Promise<{
  * The NAA server: sidecars of the pods on this node stream which application owns each socket.
  * Streams are authenticated against the apiserver (TokenReview), so it needs the cluster.
  */
-async function startNaa(agent: Agent, port: number): Promise<{ close(): Promise<void>; pushPolicies(): void }> {
+async function startNaa(
+  agent: Agent,
+  port: number,
+  tracing: boolean,
+): Promise<{ close(): Promise<void>; pushPolicies(): void }> {
   const { pooledKubeConfig } = await import('./kube.ts');
   const { NaaServer } = await import('./naa/server.ts');
   const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
@@ -237,8 +243,13 @@ async function startNaa(agent: Agent, port: number): Promise<{ close(): Promise<
       apply: ({ upsert, remove }) => agent.associate(upsert.map(flowAssociation), remove.map(flowAssociation)),
       verdict: (entry) => agent.verdictFor(flowAssociation(entry)),
       policy: (identity) => (agent.config ? effectivePolicy(agent.config, identity.addresses) : undefined),
+      stamp: (addresses, stamp, application) => agent.stamp(addresses, stamp, application),
+      strict: (identity) =>
+        identity.addresses.some((a) => agent.config?.association?.strictSources.includes(a) ?? false),
     },
     log: (msg, fields) => log.info(msg, fields),
+    // Continues the sidecars' traces: a span per applied association, and flows as their children.
+    ...(tracing ? { tracing: (await import('./naa/tracing.ts')).associationTracing } : {}),
   });
   const address = values['naa-listen'] ?? `0.0.0.0:${port}`;
   await server.listen(address);
@@ -256,6 +267,7 @@ function flowAssociation(entry: AssociationEntry): FlowAssociation {
     ...(entry.destinationPort ? { destinationPort: entry.destinationPort } : {}),
     pod: { namespace: entry.pod.namespace, name: entry.pod.name },
     observedAt: entry.observedAt,
+    ...(entry.trace ? { trace: entry.trace } : {}),
   };
 }
 

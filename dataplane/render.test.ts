@@ -142,7 +142,8 @@ describe('a new flow traced through the rendered rules', () => {
 
   it('holds the flows of a pod with the sidecar until their association arrives, in Hold mode', () => {
     const config = withConfig(
-      (c) => (c.association = { port: 7740, unassociatedFlows: 'Hold', sidecarSources: ['10.244.1.2'] }),
+      (c) =>
+        (c.association = { port: 7740, unassociatedFlows: 'Hold', sidecarSources: ['10.244.1.2'], strictSources: [] }),
     );
     const node = { ...curl, sourcePort: 40002, application: app('node') };
     const table = render(input(config, { associations: [curl, node] })).table;
@@ -151,6 +152,60 @@ describe('a new flow traced through the rendered rules', () => {
     expect(trace(table, 'prerouting', tcp('10.244.1.2', '203.0.113.10', 443, 40002)).verdict).toBe('accept');
     expect(trace(table, 'prerouting', tcp('10.244.1.2', '203.0.113.10', 443, 40000)).verdict).toBe('accept');
     expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 443, 40001)).verdict).toBe('accept');
+  });
+
+  it("classifies a strict pod's stamped flow from its first packet and clears the stamp before it leaves", () => {
+    const config = withConfig(
+      (c) =>
+        (c.association = {
+          port: 7740,
+          unassociatedFlows: 'Hold',
+          sidecarSources: ['10.244.1.2'],
+          strictSources: ['10.244.1.2'],
+        }),
+    );
+    const stamps = [
+      { address: '10.244.1.2', stamp: 5, application: app('curl') },
+      { address: '10.244.1.2', stamp: 6, application: app('node') },
+    ];
+    const table = render(input(config, { associations: [], stamps })).table;
+    const stamped = (dscp: number) => ({ ...tcp('10.244.1.2', '198.51.100.5', 8080, 40010), dscp });
+    // curl's rule denies its very first packet; a known application no rule names is not held.
+    expect(trace(table, 'prerouting', stamped(5)).verdict).toBe('drop');
+    expect(trace(table, 'prerouting', stamped(6)).verdict).toBe('accept');
+    // Unstamped, or stamped with a number never announced: held until an association arrives.
+    expect(trace(table, 'prerouting', stamped(0)).verdict).toBe('drop');
+    expect(trace(table, 'prerouting', stamped(7)).verdict).toBe('drop');
+    // A stamp means nothing from a pod that is not in strict mode.
+    expect(trace(table, 'prerouting', { ...stamped(5), saddr: '10.244.1.7' }).verdict).toBe('accept');
+    const text = renderTable(table);
+    expect(text).toContain('stamps4 10.244.1.2 . 0x05 : goto class0');
+    expect(text).toContain(
+      'ip saddr @strict4 ip dscp != cs0 counter name "strict_stamped_flows" ip saddr . ip dscp vmap @stamps4',
+    );
+    expect(table.chains.find((c) => c.name === 'strict_clear')).toEqual({
+      name: 'strict_clear',
+      base: { type: 'filter', hook: 'forward', priority: -150 },
+      rules: [
+        {
+          match: [
+            { kind: 'family', family: 4 },
+            { kind: 'saddr', family: 4, set: 'strict4' },
+            { kind: 'dscpStamped', family: 4 },
+          ],
+          then: [{ kind: 'clearDscp', family: 4 }],
+        },
+        {
+          match: [
+            { kind: 'family', family: 6 },
+            { kind: 'saddr', family: 6, set: 'strict6' },
+            { kind: 'dscpStamped', family: 6 },
+          ],
+          then: [{ kind: 'clearDscp', family: 6 }],
+        },
+      ],
+    });
+    expect(render(input()).table.chains.some((c) => c.name === 'strict_clear')).toBe(false);
   });
 
   it('keeps to the allowed uplinks, preferring isp-b regardless of tier and falling back to the backup', () => {

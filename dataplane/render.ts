@@ -4,15 +4,27 @@
 //
 // Packet path of a new flow from a served pod (prerouting, before the route is chosen):
 //   flow of an earlier decision (conntrack mark set, FTP data included) → packet mark restored;
-//   new flow → FTP helper and timeouts → association lookup → rules of the application's class
+//   new flow → FTP helper and timeouts → application stamp (strict mode) or association lookup →
+//   rules of the application's class
 //   (or the pod-level rules) → Deny drops; Allow goes to a choice chain → an uplink chain sets the
 //   uplink's bits in the conntrack and packet marks → the fwmark rule routes it by the uplink's
 //   table → postrouting translates the source to the uplink's addresses.
-import type { Application } from '../proto/index.ts';
+import type { Application, TraceContext } from '../proto/index.ts';
 import { matchesApplication } from './applications.ts';
 import type { CompiledRule, CompiledUplink, GatewayConfig } from './config.ts';
 import { normalisePrefixes } from './ip.ts';
-import type { Chain, Family, L4, Match, NamedSet, NftObject, Rule, Statement, Table } from './nft/model.ts';
+import {
+  stampText,
+  type Chain,
+  type Family,
+  type L4,
+  type Match,
+  type NamedSet,
+  type NftObject,
+  type Rule,
+  type Statement,
+  type Table,
+} from './nft/model.ts';
 
 /** Bits of the conntrack and packet marks that hold a flow's uplink id (1–254). */
 export const markMask = 0x00ff0000;
@@ -33,6 +45,17 @@ export interface FlowAssociation {
   pod?: { namespace: string; name: string };
   /** When the sidecar saw the socket: association latency runs from here to the kernel. */
   observedAt?: Date;
+  /** The W3C context of the sidecar's span for it (telemetry on), for the spans of its flows. */
+  trace?: TraceContext;
+}
+
+/** In strict mode, what a pod's packets stamped `stamp` in their DSCP field come from. */
+export interface StampedApplication {
+  /** The pod's address (each address of a dual-stack pod has its own entry). */
+  address: string;
+  /** 1–63. */
+  stamp: number;
+  application: Application;
 }
 
 export interface RenderInput {
@@ -46,6 +69,7 @@ export interface RenderInput {
   /** Active flows per uplink, for LeastLoaded balancing. */
   load?: ReadonlyMap<string, number>;
   associations?: readonly FlowAssociation[];
+  stamps?: readonly StampedApplication[];
   /** Addresses of each uplink interface, the probe sources of uplinks without SNAT addresses. */
   interfaceAddresses?: ReadonlyMap<string, readonly string[]>;
 }
@@ -124,6 +148,8 @@ export function render(input: RenderInput): Rendered {
   }
   const hold = config.association?.unassociatedFlows === 'Hold';
   if (hold) for (const f of families) addressSet(`held${f}`, f, config.association!.sidecarSources);
+  const strictSources = config.association?.strictSources ?? [];
+  if (strictSources.length) for (const f of families) addressSet(`strict${f}`, f, strictSources);
 
   // Rules of one policy share their sources; one set per distinct source list keeps elements few.
   const sourceSets = new Map<string, string>();
@@ -204,16 +230,13 @@ export function render(input: RenderInput): Rendered {
   ];
   chains.push({ name: 'pod_rules', rules: ruleChain([]) });
 
+  // An application class: the chain of the application rules one application matches. A known
+  // application that no rule names gets the pod's rules, like an unknown one, but it is known:
+  // in Hold mode that lets it through (unknown ones do not reach the maps' pod_rules elements).
   const classes = new Map<string, string>();
-  const assocElements: Record<Family, string[]> = { 4: [], 6: [] };
-  for (const assoc of input.associations ?? []) {
-    const matched = config.rules.filter((r) => r.applications?.some((m) => matchesApplication(m, assoc.application)));
-    // A known application that no rule names gets the pod's rules, like an unknown one, but it
-    // is known: in Hold mode that lets it through.
-    if (!matched.length) {
-      if (hold) assocElements[familyOf(assoc.sourceAddress)].push(flowElement(assoc, 'pod_rules'));
-      continue;
-    }
+  const classOf = (application: Application): string | undefined => {
+    const matched = config.rules.filter((r) => r.applications?.some((m) => matchesApplication(m, application)));
+    if (!matched.length) return hold ? 'pod_rules' : undefined;
     const key = matched.map((r) => config.rules.indexOf(r)).join(',');
     let name = classes.get(key);
     if (!name) {
@@ -221,7 +244,18 @@ export function render(input: RenderInput): Rendered {
       classes.set(key, name);
       chains.push({ name, rules: ruleChain(matched) });
     }
-    assocElements[familyOf(assoc.sourceAddress)].push(flowElement(assoc, name));
+    return name;
+  };
+  const assocElements: Record<Family, string[]> = { 4: [], 6: [] };
+  for (const assoc of input.associations ?? []) {
+    const chain = classOf(assoc.application);
+    if (chain) assocElements[familyOf(assoc.sourceAddress)].push(flowElement(assoc, chain));
+  }
+  // A stamped flow's application is known from its first packet, so it is never held.
+  const stampElements: Record<Family, string[]> = { 4: [], 6: [] };
+  for (const stamped of input.stamps ?? []) {
+    const chain = classOf(stamped.application) ?? 'pod_rules';
+    stampElements[familyOf(stamped.address)].push(`${stamped.address} . ${stampText(stamped.stamp)} : goto ${chain}`);
   }
   for (const f of families) {
     const addr = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
@@ -231,6 +265,9 @@ export function render(input: RenderInput): Rendered {
       map: true,
       elements: assocElements[f].sort(),
     });
+    if (strictSources.length) {
+      sets.push({ name: `stamps${f}`, type: `${addr} . dscp : verdict`, map: true, elements: stampElements[f].sort() });
+    }
   }
 
   for (const uplink of uplinks) {
@@ -308,6 +345,23 @@ export function render(input: RenderInput): Rendered {
         then: [{ kind: 'ctTimeout', object: timeoutName(config, p, f) } as Statement],
       })),
     ),
+    // Strict mode: the share of new flows stamped from their first packet is the two counters'
+    // ratio; a stamped flow goes to its application's class.
+    ...(strictSources.length
+      ? families.flatMap((f): Rule[] => {
+          const strict = { kind: 'saddr', family: f, set: `strict${f}` } as Match;
+          return [
+            { match: [family(f), strict], then: [{ kind: 'namedCounter', name: 'strict_new_flows' }] },
+            {
+              match: [family(f), strict, { kind: 'dscpStamped', family: f }],
+              then: [
+                { kind: 'namedCounter', name: 'strict_stamped_flows' },
+                { kind: 'lookupStamp', family: f, map: `stamps${f}` },
+              ],
+            },
+          ];
+        })
+      : []),
     ...families.map((f) => ({
       match: [family(f)],
       then: [{ kind: 'lookupFlow', family: f, map: `flows${f}` } as Statement],
@@ -358,6 +412,28 @@ export function render(input: RenderInput): Rendered {
       ),
     ],
   });
+
+  // Strict mode: the stamp a pod put in its packets' DSCP field is the pod's own business and
+  // must not reach the world. Cleared on every forwarded packet of a strict pod, after
+  // prerouting classified it and before postrouting translates it.
+  if (strictSources.length) {
+    chains.push({
+      name: 'strict_clear',
+      base: { type: 'filter', hook: 'forward', priority: -150 },
+      rules: families.map((f) => ({
+        match: [
+          family(f),
+          { kind: 'saddr', family: f, set: `strict${f}` } as Match,
+          { kind: 'dscpStamped', family: f } as Match,
+        ],
+        then: [{ kind: 'clearDscp', family: f }],
+      })),
+    });
+    objects.push(
+      { kind: 'counter', name: 'strict_new_flows', body: '' },
+      { kind: 'counter', name: 'strict_stamped_flows', body: '' },
+    );
+  }
 
   const routes = uplinks.map((u) => {
     const id = ids.get(u.name)!;

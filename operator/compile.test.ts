@@ -85,6 +85,16 @@ describe('compileGateway', () => {
       { namespace: 'shop', name: 'web-1', addresses: ['10.244.1.10', 'fd00::10'] },
     ]);
     expect(compiled.config.bypass).toEqual(['10.96.0.0/12']);
+    expect(compiled.config.association?.strictSources).toEqual([]);
+  });
+
+  it('lists the pods in strict mode that run the sidecar; a strict annotation alone is not enough', async () => {
+    const base = await snapshot();
+    const compiled = compileGateway({
+      ...base,
+      pods: base.pods.map((p) => (p.name === 'web-1' || p.name === 'backup-1' ? { ...p, strict: true } : p)),
+    });
+    expect(compiled.config.association?.strictSources).toEqual(['10.244.1.10', 'fd00::10']);
   });
 
   it('orders rules by policy priority, then policy name, then rule order, each with its pods', async () => {

@@ -23,6 +23,8 @@ export interface PodFacts {
   /** status.podIPs; a pod without addresses yet is left out until it has them. */
   ips: string[];
   containers: string[];
+  /** Whether the webhook put the pod in strict association mode (its programs stamp their packets). */
+  strict?: boolean;
   /** Succeeded or Failed pods hold no flows. */
   phase?: string;
 }
@@ -88,6 +90,7 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     .filter((p) => !spec.podSelector || matchesSelector(spec.podSelector, p.labels))
     .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
   const sources = served.flatMap((p) => p.ips);
+  const associated = served.filter((p) => p.containers.includes(sidecarContainerName));
 
   const policies = snapshot.policies
     .filter((p) => p.spec.gateway === gateway.metadata.name)
@@ -124,7 +127,8 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     association: {
       port: spec.association.port,
       unassociatedFlows: spec.association.unassociatedFlows,
-      sidecarSources: served.filter((p) => p.containers.includes(sidecarContainerName)).flatMap((p) => p.ips),
+      sidecarSources: associated.flatMap((p) => p.ips),
+      strictSources: associated.filter((p) => p.strict).flatMap((p) => p.ips),
     },
     rules,
   };

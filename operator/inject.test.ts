@@ -67,7 +67,12 @@ describe('sidecar injection', () => {
     const patched = apply(original, decision.patch);
     expect(patched.spec!.shareProcessNamespace).toBe(true);
     expect(patched.spec!.containers).toEqual(original.spec!.containers);
-    expect(patched.metadata!.annotations).toEqual({ 'naat.dev/sidecar-gateway': 'office' });
+    expect(patched.metadata!.annotations).toEqual({
+      'naat.dev/sidecar-gateway': 'office',
+      'naat.dev/association-mode': 'Observe',
+      'naat.dev/association-mode-reason': 'EgressGateway office association.mode',
+    });
+    expect(patched.spec!.containers[0]!.env).toBeUndefined();
     const [sidecar] = patched.spec!.initContainers!;
     expect(sidecar!.name).toBe(sidecarContainerName);
     expect(sidecar!.restartPolicy).toBe('Always');
@@ -129,7 +134,57 @@ describe('sidecar injection', () => {
     const patched = apply(original, decision.patch);
     expect(patched.spec!.initContainers!.map((c) => c.name)).toEqual(['migrate', sidecarContainerName]);
     expect(patched.spec!.shareProcessNamespace).toBe(true);
-    expect(patched.metadata!.annotations).toEqual({ team: 'shop', 'naat.dev/sidecar-gateway': 'office' });
+    expect(patched.metadata!.annotations).toEqual({
+      team: 'shop',
+      'naat.dev/sidecar-gateway': 'office',
+      'naat.dev/association-mode': 'Observe',
+      'naat.dev/association-mode-reason': 'EgressGateway office association.mode',
+    });
+  });
+
+  test('strict mode: every program preloads the stamping library from the folder the sidecar shares', () => {
+    const strictOffice = gateway('office', {
+      namespaceSelector: { matchLabels: { egress: 'office' } },
+      association: { port: 7741, mode: 'Strict', sidecar: { podSelector: { matchLabels: { naa: 'on' } } } },
+    });
+    const original = pod(
+      { naa: 'on' },
+      {
+        initContainers: [{ name: 'migrate', image: 'm:1' }],
+        containers: [
+          { name: 'app', image: 'app:1', env: [{ name: 'A', value: '1' }] },
+          { name: 'worker', image: 'w:1', volumeMounts: [{ name: 'data', mountPath: '/data' }] },
+        ],
+      },
+    );
+    const decision = injection({ ...request(original), gateways: [strictOffice] });
+    if (!decision.inject) throw new Error(decision.reason);
+    const patched = apply(original, decision.patch);
+    const preload = { name: 'LD_PRELOAD', value: '/var/run/naat/libnaat_stamp.so' };
+    const run = { name: 'naat-run', mountPath: '/var/run/naat' };
+    expect(patched.spec!.containers).toEqual([
+      { name: 'app', image: 'app:1', env: [{ name: 'A', value: '1' }, preload], volumeMounts: [run] },
+      { name: 'worker', image: 'w:1', env: [preload], volumeMounts: [{ name: 'data', mountPath: '/data' }, run] },
+    ]);
+    const [migrate, sidecar] = patched.spec!.initContainers!;
+    expect(migrate).toEqual({ name: 'migrate', image: 'm:1', env: [preload], volumeMounts: [run] });
+    expect(sidecar!.env).toContainEqual({ name: 'NAAT_STAMP_DIR', value: '/var/run/naat' });
+    expect(sidecar!.volumeMounts).toContainEqual(run);
+    expect(sidecar!.startupProbe?.exec?.command).toEqual(['test', '-S', '/var/run/naat/stamp.sock']);
+    expect(patched.spec!.volumes).toContainEqual({ name: 'naat-run', emptyDir: { medium: 'Memory' } });
+    expect(patched.metadata!.annotations!['naat.dev/association-mode']).toBe('Strict');
+
+    // The pod's own choice wins, and it says so.
+    const observed = pod({ naa: 'on' });
+    observed.metadata!.annotations = { 'naat.dev/association-mode': 'Observe' };
+    const chosen = injection({ ...request(observed), gateways: [strictOffice] });
+    if (!chosen.inject) throw new Error(chosen.reason);
+    const kept = apply(observed, chosen.patch);
+    expect(kept.metadata!.annotations).toMatchObject({
+      'naat.dev/association-mode': 'Observe',
+      'naat.dev/association-mode-reason': "the pod's naat.dev/association-mode annotation",
+    });
+    expect(kept.spec!.containers[0]!.env).toBeUndefined();
   });
 
   test.each([

@@ -14,8 +14,15 @@ import { otelEnvironment, type OperatorSettings } from './settings.ts';
 
 /** The annotation that records which gateway's sidecar a pod got. */
 export const injectedAnnotation = 'naat.dev/sidecar-gateway';
+/** Observe or Strict, as the webhook decided; a pod may also ask by setting it itself. */
+export const modeAnnotation = 'naat.dev/association-mode';
+export const modeReasonAnnotation = 'naat.dev/association-mode-reason';
 export const tokenVolume = 'naat-token';
 export const tokenDir = '/var/run/secrets/naat';
+/** Strict mode: the folder the sidecar shares with the pod's programs (library and socket). */
+export const runVolume = 'naat-run';
+export const runDir = '/var/run/naat';
+export const stampLibrary = `${runDir}/libnaat_stamp.so`;
 
 export type PatchOperation = { op: 'add'; path: string; value: unknown };
 
@@ -46,24 +53,57 @@ export function injection(request: InjectionRequest): Injection {
     .find((g) => selects(g, request.namespaceLabels, pod.metadata?.labels));
   if (!gateway) return { inject: false, reason: 'no gateway injects this pod' };
 
+  const { mode, reason } = associationMode(gateway, pod);
+  const strict = mode === 'Strict';
+  const volumes: V1Volume[] = [
+    tokenVolumeOf(),
+    ...(strict ? [{ name: runVolume, emptyDir: { medium: 'Memory' } }] : []),
+  ];
+  const annotations = {
+    [injectedAnnotation]: gateway.metadata.name,
+    [modeAnnotation]: mode,
+    [modeReasonAnnotation]: reason,
+  };
   const patch: PatchOperation[] = [
-    spec.initContainers
-      ? { op: 'add', path: '/spec/initContainers/-', value: sidecarContainer(gateway, request) }
-      : { op: 'add', path: '/spec/initContainers', value: [sidecarContainer(gateway, request)] },
+    ...append('/spec/initContainers', spec.initContainers, [sidecarContainer(gateway, request, strict)]),
     // "add" replaces an existing member (RFC 6902 §4.1), so a pod that said false gets true.
     { op: 'add', path: '/spec/shareProcessNamespace', value: true },
-    spec.volumes
-      ? { op: 'add', path: '/spec/volumes/-', value: tokenVolumeOf() }
-      : { op: 'add', path: '/spec/volumes', value: [tokenVolumeOf()] },
-    pod.metadata?.annotations
-      ? {
-          op: 'add',
-          path: `/metadata/annotations/${injectedAnnotation.replace('/', '~1')}`,
-          value: gateway.metadata.name,
-        }
-      : { op: 'add', path: '/metadata/annotations', value: { [injectedAnnotation]: gateway.metadata.name } },
+    ...append('/spec/volumes', spec.volumes, volumes),
+    // Strict: every program of the pod preloads the stamping library from the sidecar's folder.
+    ...(strict
+      ? (['initContainers', 'containers'] as const).flatMap((list) =>
+          (spec[list] ?? []).flatMap((container, i) => [
+            ...append(`/spec/${list}/${i}/env`, container.env, [{ name: 'LD_PRELOAD', value: stampLibrary }]),
+            ...append(`/spec/${list}/${i}/volumeMounts`, container.volumeMounts, [
+              { name: runVolume, mountPath: runDir },
+            ]),
+          ]),
+        )
+      : []),
+    ...(pod.metadata?.annotations
+      ? Object.entries(annotations).map(([key, value]) => ({
+          op: 'add' as const,
+          path: `/metadata/annotations/${key.replace('/', '~1')}`,
+          value,
+        }))
+      : [{ op: 'add' as const, path: '/metadata/annotations', value: annotations }]),
   ];
   return { inject: true, gateway: gateway.metadata.name, patch };
+}
+
+/** Adds `values` to the end of the list at `path`, or makes the list if there is none yet. */
+function append(path: string, existing: readonly unknown[] | undefined, values: unknown[]): PatchOperation[] {
+  return existing
+    ? values.map((value) => ({ op: 'add', path: `${path}/-`, value }))
+    : [{ op: 'add', path, value: values }];
+}
+
+/** The pod's own choice (its annotation) wins over its gateway's; either way, the pod says why. */
+export function associationMode(gateway: EgressGateway, pod: V1Pod): { mode: 'Observe' | 'Strict'; reason: string } {
+  const asked = pod.metadata?.annotations?.[modeAnnotation];
+  if (asked === 'Observe' || asked === 'Strict')
+    return { mode: asked, reason: `the pod's ${modeAnnotation} annotation` };
+  return { mode: gateway.spec.association.mode, reason: `EgressGateway ${gateway.metadata.name} association.mode` };
 }
 
 /** Whether the gateway serves the pod and its association.sidecar selectors pick it. */
@@ -77,7 +117,11 @@ function selects(gateway: EgressGateway, namespaceLabels: Labels, podLabels: Lab
   );
 }
 
-function sidecarContainer(gateway: EgressGateway, { sidecar: settings, otel }: InjectionRequest): V1Container {
+function sidecarContainer(
+  gateway: EgressGateway,
+  { sidecar: settings, otel }: InjectionRequest,
+  strict: boolean,
+): V1Container {
   const field = (fieldPath: string) => ({ valueFrom: { fieldRef: { fieldPath } } });
   return {
     name: sidecarContainerName,
@@ -92,6 +136,7 @@ function sidecarContainer(gateway: EgressGateway, { sidecar: settings, otel }: I
       { name: 'NAAT_POD_NAME', ...field('metadata.name') },
       { name: 'NAAT_POD_UID', ...field('metadata.uid') },
       { name: 'NAAT_TOKEN_FILE', value: `${tokenDir}/token` },
+      ...(strict ? [{ name: 'NAAT_STAMP_DIR', value: runDir }] : []),
       ...otelEnvironment(otel, 'naat-sidecar'),
     ],
     resources: settings.resources,
@@ -104,7 +149,21 @@ function sidecarContainer(gateway: EgressGateway, { sidecar: settings, otel }: I
       readOnlyRootFilesystem: true,
       capabilities: { drop: ['ALL'], add: ['SYS_PTRACE'] },
     },
-    volumeMounts: [{ name: tokenVolume, mountPath: tokenDir, readOnly: true }],
+    volumeMounts: [
+      { name: tokenVolume, mountPath: tokenDir, readOnly: true },
+      ...(strict ? [{ name: runVolume, mountPath: runDir }] : []),
+    ],
+    // Strict: the kubelet starts the pod's programs only once the stamping socket is there, so
+    // that their first connect() already finds it.
+    ...(strict
+      ? {
+          startupProbe: {
+            exec: { command: ['test', '-S', `${runDir}/stamp.sock`] },
+            periodSeconds: 1,
+            failureThreshold: 30,
+          },
+        }
+      : {}),
   };
 }
 

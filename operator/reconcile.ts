@@ -27,6 +27,7 @@ import {
 } from '../crds/index.ts';
 import { compileGateway, type PodFacts, type PolicyFacts } from './compile.ts';
 import { desiredGatewayObjects, labelsOf, objectName } from './desired.ts';
+import { modeAnnotation } from './inject.ts';
 import type { Informer } from './runtime/informer.ts';
 import { errorText, type Logger } from './runtime/log.ts';
 import { objectKey } from './runtime/informer.ts';
@@ -68,6 +69,7 @@ export function podFacts(pod: V1Pod): PodFacts {
       ...(pod.spec?.initContainers ?? []).filter((c) => c.restartPolicy === 'Always'),
       ...(pod.spec?.containers ?? []),
     ].map((c) => c.name),
+    ...(pod.metadata?.annotations?.[modeAnnotation] === 'Strict' ? { strict: true } : {}),
     ...(pod.status?.phase ? { phase: pod.status.phase } : {}),
   };
 }

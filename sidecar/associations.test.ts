@@ -22,6 +22,17 @@ test('keeps connections the pod opened and bound UDP sockets, not listeners or w
     socket({ inode: 3, localPort: 8080 }),
     socket({ inode: 0, state: 0x06 }),
     socket({ inode: 4, transport: 'udp', state: 7, localAddress: '0.0.0.0', remoteAddress: '0.0.0.0', remotePort: 0 }),
+    // Loopback never leaves the pod: a local collector or database client is none of the gateway's.
+    socket({ inode: 5, localAddress: '127.0.0.1', remoteAddress: '127.0.0.1', remotePort: 4318 }),
+    socket({ inode: 6, family: 6, localAddress: '::1', remoteAddress: '::1', remotePort: 5432 }),
+    socket({
+      inode: 7,
+      transport: 'udp',
+      state: 7,
+      localAddress: '127.0.0.53',
+      remoteAddress: '0.0.0.0',
+      remotePort: 0,
+    }),
   ];
   expect(outboundSockets(entries).map((e) => e.inode)).toEqual([1, 4]);
 });

@@ -30,18 +30,20 @@ export function flowKey(flow: Flow): string {
 }
 
 const wildcard = new Set(['0.0.0.0', '::']);
+const loopback = (address: string) => address.startsWith('127.') || address === '::1';
 
 /**
  * The sockets that can carry egress flows: TCP connections this pod opened (not listening
  * sockets, not connections accepted by one of its listeners, not TIME_WAIT leftovers without an
- * owner) and bound UDP sockets.
+ * owner) and bound UDP sockets. Sockets on the loopback address never leave the pod (and are not
+ * the pod's address, which the gateway would refuse).
  */
 export function outboundSockets(entries: readonly SocketEntry[]): SocketEntry[] {
   const listening = new Set(
     entries.filter((e) => e.transport === 'tcp' && e.state === tcpState.listen).map((e) => e.localPort),
   );
   return entries.filter((e) => {
-    if (e.inode === 0 || e.localPort === 0) return false;
+    if (e.inode === 0 || e.localPort === 0 || loopback(e.localAddress)) return false;
     if (e.transport === 'udp') return true;
     return e.state !== tcpState.listen && e.state !== tcpState.timeWait && !listening.has(e.localPort);
   });

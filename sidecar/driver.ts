@@ -1,6 +1,8 @@
 // The driver's connection to the NAA server on its node. It keeps the gateway's picture of the
 // pod equal to the scanner's: on every (re)connect a Hello and a full snapshot, then changes as
 // they happen. It never gives up: a lost stream is retried with capped, jittered backoff.
+// With a tracer (telemetry on), each association is traced from when its socket was seen to the
+// gateway's acknowledgement, and carries its span's context so that the gateway's spans join it.
 import { credentials, type ChannelCredentials, type ClientDuplexStream } from '@grpc/grpc-js';
 import { readFile } from 'node:fs/promises';
 import {
@@ -14,9 +16,29 @@ import {
   type Limits,
   type PodRef,
   type EffectivePolicy,
+  type TraceContext,
   type Verdict,
 } from '../proto/index.ts';
-import { diffAssociations, type Association, type Flow } from './associations.ts';
+import { diffAssociations, flowKey as associationKey, type Association, type Flow } from './associations.ts';
+
+/** Starts the span of an association as it is first sent (tracing.ts); undefined leaves it untraced. */
+export interface AssociationTracer {
+  start(association: Association): AssociationSpan | undefined;
+}
+
+export interface AssociationSpan {
+  /** The W3C context the association carries. */
+  trace: TraceContext;
+  /** Ends the span: acknowledged, or not (`error` says why). */
+  end(error?: string): void;
+}
+
+/**
+ * The most spans waiting for the gateway's acknowledgement. Associations sent beyond it go
+ * without a trace: a burst of thousands of sockets would hold as many spans, which the SDK's
+ * batch processor (2,048 by default) would mostly drop anyway.
+ */
+const maxPendingSpans = 1_024;
 
 export interface DriverOptions {
   /** host:port of the NAA server. */
@@ -34,6 +56,8 @@ export interface DriverOptions {
   /** The rules the gateway applies to this pod, on connect and whenever they change. */
   onPolicy?: (policy: EffectivePolicy) => void;
   onState?: (state: DriverState) => void;
+  /** Traces associations (telemetry on); without it, associations carry no trace context. */
+  tracer?: AssociationTracer;
 }
 
 export type DriverState = 'connecting' | 'connected' | 'disconnected' | 'stopped';
@@ -52,6 +76,13 @@ export class Driver {
   #limits: Limits | undefined;
   #retryMs: number;
   #timer: NodeJS.Timeout | undefined;
+  /**
+   * The context each association was first sent with, by its key: snapshots on reconnect carry
+   * it again instead of starting new spans. Only associations of #current are kept.
+   */
+  readonly #traces = new Map<string, TraceContext>();
+  /** Spans not yet acknowledged, in sequence order. */
+  #pending: Array<{ sequence: number; span: AssociationSpan }> = [];
   #stopped = false;
   /** Why the last stream was lost, for logs and status. */
   lastError: Error | undefined;
@@ -85,12 +116,17 @@ export class Driver {
     if (current === this.#current) return;
     const changes = diffAssociations(this.#current, current);
     this.#current = current;
+    // A new association, or a socket with a new owner, gets a new span when it is next sent.
+    for (const association of changes.associate) this.#traces.delete(associationKey(association.flow));
+    for (const flow of changes.dissociate) this.#traces.delete(associationKey(flow));
     if (!this.#ready) return;
     if (changes.associate.length + changes.dissociate.length > this.#snapshotMessages()) {
       this.#sendSnapshot();
       return;
     }
-    for (const association of changes.associate) this.#send({ $case: 'associate', value: toProto(association) });
+    for (const association of changes.associate) {
+      this.#send({ $case: 'associate', value: toProto(association, this.#traced(association)) });
+    }
     for (const flow of changes.dissociate) {
       this.#send({ $case: 'dissociate', value: { flow: flowKey(flow), observedAt: new Date() } });
     }
@@ -99,6 +135,7 @@ export class Driver {
   stop(): void {
     this.#stopped = true;
     clearTimeout(this.#timer);
+    this.#endSpans(Infinity, 'the sidecar stopped before the gateway acknowledged');
     this.#stream?.end();
     this.#client.close();
     this.#options.onState?.('stopped');
@@ -146,6 +183,7 @@ export class Driver {
         break;
       case 'ack':
         this.#acked = Math.max(this.#acked, body.value.sequence);
+        this.#endSpans(this.#acked);
         break;
       case 'verdict':
         this.#options.onVerdict?.(body.value);
@@ -165,13 +203,39 @@ export class Driver {
   }
 
   #sendSnapshot(): void {
-    const all = [...this.#current.values()].map(toProto);
+    const all = [...this.#current.values()];
     const chunk = this.#snapshotChunk();
     const generation = ++this.#generation;
     for (let i = 0; i === 0 || i < all.length; i += chunk) {
-      const associations = all.slice(i, i + chunk);
+      const associations = all.slice(i, i + chunk).map((a) => toProto(a, this.#traced(a)));
       this.#send({ $case: 'snapshot', value: { generation, associations, last: i + chunk >= all.length } });
     }
+  }
+
+  /**
+   * The context an association goes with in the next message: the one it was first sent with, or
+   * that of a new span, which ends when the gateway acknowledges that message. None without a
+   * tracer, or while too many spans wait.
+   */
+  #traced(association: Association): TraceContext | undefined {
+    if (!this.#options.tracer) return undefined;
+    const key = associationKey(association.flow);
+    const known = this.#traces.get(key);
+    if (known || this.#pending.length >= maxPendingSpans) return known;
+    const span = this.#options.tracer.start(association);
+    if (!span) return undefined;
+    this.#pending.push({ sequence: this.#sequence + 1, span });
+    this.#traces.set(key, span.trace);
+    return span.trace;
+  }
+
+  /** Ends the spans of messages up to `sequence`. */
+  #endSpans(sequence: number, error?: string): void {
+    let done = 0;
+    while (done < this.#pending.length && this.#pending[done]!.sequence <= sequence) {
+      this.#pending[done++]!.span.end(error);
+    }
+    if (done) this.#pending = this.#pending.slice(done);
   }
 
   #send(body: Body): void {
@@ -183,6 +247,8 @@ export class Driver {
     this.#stream = undefined;
     this.#ready = false;
     stream.cancel();
+    // The next stream's snapshot carries these associations again, with the same contexts.
+    this.#endSpans(Infinity, 'the stream was lost before the gateway acknowledged');
     this.#retry(error);
   }
 
@@ -206,11 +272,11 @@ export function flowKey(flow: Flow): FlowKey {
   };
 }
 
-function toProto(association: Association) {
+function toProto(association: Association, trace: TraceContext | undefined) {
   return {
     flow: flowKey(association.flow),
     application: association.application,
     observedAt: association.observedAt,
-    trace: undefined,
+    trace,
   };
 }

@@ -7,9 +7,14 @@
 //   NAAT_TOKEN_FILE      projected token with the naat audience (default /var/run/secrets/naat/token)
 //   NAAT_SCAN_INTERVAL_MS  how often to look (default 200)
 //   NAAT_PROC            where procfs is (default /proc)
+//   OTEL_*               OpenTelemetry, off unless they name an exporter or endpoint: a span per
+//                        association that the gateway's spans continue (docs/naa.md, Tracing)
 // Its image runs it compiled, with NODE_OPTIONS="--jitless --max-semi-space-size=1" (see
 // images/Dockerfile and docs/naa.md, Measured): less memory, and scans no slower. Without
 // WebAssembly, Node.js cannot strip types, so this file runs that way only compiled.
+// Not through the dataplane's entry point, which brings the Kubernetes client along: this module
+// imports nothing until telemetry is wanted, and the sidecar's memory matters.
+import { startTelemetry } from '../dataplane/telemetry.ts';
 import { Action } from '../proto/index.ts';
 import { Driver } from './driver.ts';
 import { Scanner } from './scanner.ts';
@@ -38,6 +43,11 @@ function naaServer(): string {
   return `${host.includes(':') ? `[${host}]` : host}:${required('NAAT_NAA_PORT')}`;
 }
 
+const telemetry = await startTelemetry('naat-sidecar', {
+  'k8s.namespace.name': pod.namespace,
+  'k8s.pod.name': pod.name,
+  'k8s.pod.uid': pod.uid,
+});
 const intervalMs = Number(process.env.NAAT_SCAN_INTERVAL_MS ?? 200);
 const scanner = new Scanner(process.env.NAAT_PROC ?? '/proc');
 const driver = new Driver({
@@ -56,6 +66,7 @@ const driver = new Driver({
       configHash: policy.configHash,
       rules: policy.rules.map((rule) => `${rule.rule} ${rule.action === Action.ACTION_DENY ? 'Deny' : 'Allow'}`),
     }),
+  ...(telemetry.enabled ? { tracer: (await import('./tracing.ts')).associationTracer } : {}),
 });
 
 let timer: NodeJS.Timeout | undefined;
@@ -73,10 +84,12 @@ const stop = () => {
   stopping = true;
   clearTimeout(timer);
   driver.stop();
+  // Exports what the batch processor still holds.
+  void telemetry.shutdown();
 };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 
-log('info', 'Started NAA sidecar', { pod: `${pod.namespace}/${pod.name}`, intervalMs });
+log('info', 'Started NAA sidecar', { pod: `${pod.namespace}/${pod.name}`, intervalMs, telemetry: telemetry.enabled });
 await tick();
 driver.start();

@@ -5,9 +5,9 @@ import { join } from 'node:path';
 import { Scanner } from './scanner.ts';
 
 const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
-// 127.0.0.1:<port> → 127.0.0.1:9000, established, held by socket inode <inode>.
+// 10.244.1.2:<port> → 203.0.113.10:9000, established, held by socket inode <inode>.
 const connection = (port: number, inode: number) =>
-  `   0: 0100007F:${port.toString(16).toUpperCase()} 0100007F:2328 01 00000000:00000000 00:00000000 00000000     0        0 ${inode} 1\n`;
+  `   0: 0201F40A:${port.toString(16).toUpperCase()} 0A7100CB:2328 01 00000000:00000000 00:00000000 00000000     0        0 ${inode} 1\n`;
 // 0.0.0.0:<port>, unconnected UDP.
 const datagram = (port: number, inode: number) =>
   `   0: 00000000:${port.toString(16).toUpperCase()} 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 ${inode} 2 0\n`;

@@ -112,9 +112,9 @@ export const SidecarInjection = Type.Object(
 
 export const Association = DefaultedObject(
   {
-    mode: StringEnum(['Observe'], {
+    mode: StringEnum(['Observe', 'Strict'], {
       description:
-        'How flows are associated with the application that opened them. Observe: the sidecar reports each socket as it sees it, so a flow can start before its association arrives (see unassociatedFlows). Modes that associate inside connect() may be added.',
+        "How flows are associated with the application that opened them. Observe: the sidecar reports each socket as it sees it, so a flow can start before its association arrives (see unassociatedFlows). Strict: a library preloaded into the pod's programs stamps each socket with its application before connect(), so the gateway classifies every new flow from its first packet (programs that cannot preload it, such as static binaries, fall back to Observe). A pod can choose for itself with the annotation naat.dev/association-mode: Observe or Strict.",
       default: 'Observe',
     }),
     unassociatedFlows: StringEnum(['PodRules', 'Hold'], {

@@ -13,23 +13,36 @@ import {
   Protocol,
   type AssociateRequest,
   type AssociateResponse,
+  type Application,
   type Association,
   type FlowKey,
   type Hello,
   type EffectivePolicy,
   type Limits,
+  type TraceContext,
   type Verdict,
 } from '../../proto/index.ts';
 import { AuthenticationError, type Authenticator, type PodIdentity } from './auth.ts';
 import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
 
+/** What the gateway decides for new flows of an association: allowed or not, through which uplink, by which rule. */
+export interface Decision {
+  allowed: boolean;
+  uplink?: string;
+  rule?: string;
+}
+
 /** Where accepted associations go: the kernel state that classifies flows, applied in batches. */
 export interface AssociationSink {
   apply(changes: AssociationChanges): Promise<void>;
   /** What the gateway decides now for new flows of an applied entry; sent to its driver. */
-  verdict?(entry: AssociationEntry): { allowed: boolean; uplink?: string; rule?: string } | undefined;
+  verdict?(entry: AssociationEntry): Decision | undefined;
   /** The rules that apply to a pod; sent after the HelloAck and again by `pushPolicies`. */
   policy?(identity: PodIdentity): EffectivePolicy | undefined;
+  /** Strict mode: packets of the pod's addresses stamped `stamp` are `application`'s; resolves once applied. */
+  stamp?(addresses: readonly string[], stamp: number, application: Application): Promise<void>;
+  /** Whether the gateway classifies the pod's flows by their stamps (strict mode). */
+  strict?(identity: PodIdentity): boolean;
 }
 
 export interface NaaServerOptions {
@@ -39,6 +52,16 @@ export interface NaaServerOptions {
   /** How long a new stream may take to send its Hello. */
   helloTimeoutMs?: number;
   log?: (message: string, fields: Record<string, unknown>) => void;
+  /** Continues the sidecars' traces (telemetry on); without it, associations' trace contexts are ignored. */
+  tracing?: AssociationTracing;
+}
+
+/** The gateway's spans of applied associations (tracing.ts). */
+export interface AssociationTracing {
+  /** The carried context, checked, as the gateway keeps it; undefined when invalid. Never throws. */
+  context(trace: TraceContext | undefined): TraceContext | undefined;
+  /** An association that carried a context is in the kernel since `appliedAt`. */
+  applied(entry: AssociationEntry, decision: Decision | undefined, appliedAt: Date): void;
 }
 
 export const defaultLimits: Limits = { maxMessageBytes: 1 << 20, maxAssociations: 10_000, maxMessagesPerSecond: 1_000 };
@@ -204,14 +227,29 @@ export class NaaServer {
               snapshot.entries = [];
               break;
             }
+            case 'stamp': {
+              const { stamp, application } = body.value;
+              if (!Number.isInteger(stamp) || stamp < 1 || stamp > 63) {
+                throw new StreamError(status.INVALID_ARGUMENT, `stamp ${stamp} is not within 1-63 (six DSCP bits)`);
+              }
+              const applied = sequence;
+              // The stamp applies to the pod's own addresses only, whatever the driver might claim.
+              await this.#applying.then(() =>
+                this.#options.sink.stamp?.(pod.addresses, stamp, this.#application(application)),
+              );
+              if (!closed) call.write({ body: { $case: 'ack', value: { sequence: applied } } });
+              return;
+            }
           }
           const applied = sequence;
           await this.#apply(changes);
+          const appliedAt = new Date();
           if (closed) return;
           call.write({ body: { $case: 'ack', value: { sequence: applied } } });
           for (const entry of changes.upsert) {
             const verdict = this.#options.sink.verdict?.(entry);
             if (verdict) call.write({ body: { $case: 'verdict', value: verdictMessage(entry, verdict) } });
+            if (entry.trace) this.#options.tracing?.applied(entry, verdict, appliedAt);
           }
         })
         .catch(fail);
@@ -251,7 +289,13 @@ export class NaaServer {
     call.write({
       body: {
         $case: 'helloAck',
-        value: { sessionId: randomUUID(), limits: this.#limits, mode: AssociationMode.ASSOCIATION_MODE_OBSERVE },
+        value: {
+          sessionId: randomUUID(),
+          limits: this.#limits,
+          mode: this.#options.sink.strict?.(identity)
+            ? AssociationMode.ASSOCIATION_MODE_STRICT
+            : AssociationMode.ASSOCIATION_MODE_OBSERVE,
+        },
       },
     });
     this.#sendPolicy(call, identity);
@@ -264,20 +308,33 @@ export class NaaServer {
     return run;
   }
 
-  #entry(identity: PodIdentity, association: Association): AssociationEntry {
-    const application = association.application;
-    if (!application) throw new StreamError(status.INVALID_ARGUMENT, 'an association must name its application');
+  /** Checks what a driver says of an application. */
+  #application(application: Application | undefined): Application {
+    if (!application)
+      throw new StreamError(status.INVALID_ARGUMENT, 'an association or stamp must name its application');
     const texts = [application.processName, application.executable, application.containerName, application.containerId];
     if (texts.some((t) => t.length > maxTextLength) || application.commandLine.join(' ').length > maxTextLength) {
       throw new StreamError(status.INVALID_ARGUMENT, `application fields are limited to ${maxTextLength} characters`);
     }
+    return application;
+  }
+
+  #entry(identity: PodIdentity, association: Association): AssociationEntry {
+    const application = this.#application(association.application);
     return {
       pod: identity.pod,
       ...this.#flow(identity, association.flow),
       application,
       observedAt: association.observedAt ?? new Date(),
       receivedAt: new Date(),
+      ...this.#trace(association.trace),
     };
+  }
+
+  /** The association's trace context when tracing is on and it is valid; nothing otherwise. */
+  #trace(carried: TraceContext | undefined): { trace?: TraceContext } {
+    const trace = carried && this.#options.tracing?.context(carried);
+    return trace ? { trace } : {};
   }
 
   /** Checks a flow key and resolves an empty source to the pod's address of the destination's family. */
@@ -333,10 +390,7 @@ function tokenBucket(perSecond: number) {
   };
 }
 
-function verdictMessage(
-  entry: AssociationEntry,
-  verdict: { allowed: boolean; uplink?: string; rule?: string },
-): Verdict {
+function verdictMessage(entry: AssociationEntry, verdict: Decision): Verdict {
   return {
     flow: {
       protocol: entry.transport === 'tcp' ? Protocol.PROTOCOL_TCP : Protocol.PROTOCOL_UDP,

@@ -1,7 +1,7 @@
 // The association table: which application of which pod owns each flow the node's pods opened.
 // The gateway's kernel rules key a flow by (pod address, protocol, source port); the table keeps
 // the destination too, so the attribution query can answer for a whole 5-tuple.
-import type { Application, PodRef } from '../../proto/index.ts';
+import type { Application, PodRef, TraceContext } from '../../proto/index.ts';
 
 export type Transport = 'tcp' | 'udp';
 
@@ -17,6 +17,8 @@ export interface AssociationEntry {
   observedAt: Date;
   /** When the gateway accepted it. */
   receivedAt: Date;
+  /** The W3C context of the sidecar's span for it, when tracing is on and the context was valid. */
+  trace?: TraceContext;
 }
 
 export interface AssociationChanges {

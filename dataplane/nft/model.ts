@@ -23,7 +23,9 @@ export type Match =
   /** `meta mark & mask == value` */
   | { kind: 'mark'; mask: number; value: number }
   | { kind: 'oifname'; name: string }
-  | { kind: 'localDestination' };
+  | { kind: 'localDestination' }
+  /** A DSCP other than 0 (CS0): in strict mode, the application stamp of a pod's packet. */
+  | { kind: 'dscpStamped'; family: Family };
 
 export type Statement =
   | { kind: 'verdict'; verdict: 'accept' | 'drop' | 'return' }
@@ -42,6 +44,12 @@ export type Statement =
   | { kind: 'pick'; by: 'random' | 'source'; family?: Family; slots: Array<{ chain: string; count: number }> }
   /** Looks up (source address, protocol, source port) in an association verdict map. */
   | { kind: 'lookupFlow'; family: Family; map: string }
+  /** Jumps by the verdict map keyed by (source address, DSCP): the chain of a stamped application. */
+  | { kind: 'lookupStamp'; family: Family; map: string }
+  /** Sets the DSCP back to 0, so that a stamp never leaves the gateway. */
+  | { kind: 'clearDscp'; family: Family }
+  /** Counts in a named counter object, which keeps its count across syncs (chains are refilled). */
+  | { kind: 'namedCounter'; name: string }
   /** Adds or refreshes the packet's source address in a dynamic set with a timeout. */
   | { kind: 'updateSet'; family: Family; set: string }
   | { kind: 'snat'; family: Family; address: string; ports?: [number, number] }
@@ -80,7 +88,7 @@ export interface NamedSet {
 
 /** A stateful object: a conntrack timeout policy or a conntrack helper, declared by its nft body. */
 export interface NftObject {
-  kind: 'ct timeout' | 'ct helper';
+  kind: 'ct timeout' | 'ct helper' | 'counter';
   name: string;
   body: string;
 }
@@ -90,6 +98,9 @@ export interface Table {
   sets: NamedSet[];
   objects: NftObject[];
 }
+
+/** A DSCP value as nft prints set elements of that type, e.g. 0x05. */
+export const stampText = (stamp: number) => `0x${stamp.toString(16).padStart(2, '0')}`;
 
 const hex = (value: number) => `0x${value.toString(16).padStart(8, '0')}`;
 const saddrField = (family: Family) => (family === 4 ? 'ip saddr' : 'ip6 saddr');
@@ -124,6 +135,8 @@ export function renderMatch(m: Match): string {
       return `oifname ${JSON.stringify(m.name)}`;
     case 'localDestination':
       return 'fib daddr type local';
+    case 'dscpStamped':
+      return `${m.family === 4 ? 'ip' : 'ip6'} dscp != cs0`;
   }
 }
 
@@ -158,6 +171,12 @@ export function renderStatement(s: Statement): string {
     }
     case 'lookupFlow':
       return `${saddrField(s.family)} . meta l4proto . th sport vmap @${s.map}`;
+    case 'lookupStamp':
+      return `${saddrField(s.family)} . ${s.family === 4 ? 'ip' : 'ip6'} dscp vmap @${s.map}`;
+    case 'clearDscp':
+      return `${s.family === 4 ? 'ip' : 'ip6'} dscp set cs0`;
+    case 'namedCounter':
+      return `counter name ${JSON.stringify(s.name)}`;
     case 'updateSet':
       return `update @${s.set} { ${saddrField(s.family)} }`;
     case 'snat': {

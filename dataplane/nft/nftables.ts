@@ -162,6 +162,7 @@ export class ExecNftables implements Nftables {
       if (item.map) names.maps.push(item.map.name);
       if (item['ct timeout']) names.objects.push({ kind: 'ct timeout', name: item['ct timeout'].name });
       if (item['ct helper']) names.objects.push({ kind: 'ct helper', name: item['ct helper'].name });
+      if (item.counter) names.objects.push({ kind: 'counter', name: item.counter.name });
     }
     return names;
   }

@@ -2,7 +2,7 @@
 // chains of a hook in priority order, jump/goto/return, sets and verdict maps. It answers "what
 // happens to this packet" for tests and explanations without a kernel.
 import { contains } from '../ip.ts';
-import type { Family, L4, Match, Rule, Statement, Table } from './model.ts';
+import { stampText, type Family, type L4, type Match, type Rule, type Statement, type Table } from './model.ts';
 
 export interface Packet {
   family: Family;
@@ -21,6 +21,8 @@ export interface Packet {
   oifname?: string;
   /** Whether the destination is an address of the node itself. */
   local?: boolean;
+  /** The DSCP field: a strict-mode application stamp when not 0. */
+  dscp?: number;
 }
 
 export interface TraceOptions {
@@ -98,6 +100,8 @@ export function trace(
         return packet.oifname === m.name;
       case 'localDestination':
         return packet.local ?? false;
+      case 'dscpStamped':
+        return packet.family === m.family && (packet.dscp ?? 0) !== 0;
     }
   };
 
@@ -134,6 +138,15 @@ export function trace(
     return 'next';
   };
 
+  /** A verdict-map lookup: goes to the chain of the element keyed `key`, if there is one. */
+  const lookup = (map: string, key: string): 'next' | 'goto-done' => {
+    const element = sets.get(map)?.elements.find((e) => e.startsWith(`${key} : `));
+    const target = element && /goto (\w+)/.exec(element)?.[1];
+    if (!target) return 'next';
+    run(target);
+    return 'goto-done';
+  };
+
   const execute = (s: Statement): 'next' | 'return' | 'goto-done' => {
     switch (s.kind) {
       case 'verdict':
@@ -167,16 +180,16 @@ export function trace(
         run(pickSlot(s.slots, n));
         return 'goto-done';
       }
-      case 'lookupFlow': {
+      case 'lookupFlow':
         if (packet.family !== s.family || packet.sport === undefined) return 'next';
-        const set = sets.get(s.map);
-        const key = `${packet.saddr} . ${packet.protocol} . ${packet.sport}`;
-        const element = set?.elements.find((e) => e.startsWith(`${key} : `));
-        const target = element && /goto (\w+)/.exec(element)?.[1];
-        if (!target) return 'next';
-        run(target);
-        return 'goto-done';
-      }
+        return lookup(s.map, `${packet.saddr} . ${packet.protocol} . ${packet.sport}`);
+      case 'lookupStamp':
+        if (packet.family !== s.family) return 'next';
+        return lookup(s.map, `${packet.saddr} . ${stampText(packet.dscp ?? 0)}`);
+      // The stamp is cleared on the forward hook, after classification, which traces do not walk.
+      case 'clearDscp':
+      case 'namedCounter':
+        return 'next';
       case 'updateSet': {
         if (packet.family !== s.family) return 'next';
         const members = dynamic.get(s.set) ?? new Set<string>();

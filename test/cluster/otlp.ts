@@ -12,6 +12,8 @@ export interface ReceivedSpan {
   traceId: string;
   spanId: string;
   parentSpanId?: string;
+  /** OTLP SpanKind: 4 producer, 5 consumer. */
+  kind?: number;
   startTimeUnixNano?: string;
   endTimeUnixNano?: string;
   /** 2 is error (OTLP Status.code). */

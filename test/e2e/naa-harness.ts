@@ -53,6 +53,8 @@ export interface SidecarOptions {
   scanIntervalMs?: number;
   /** Another pod that the sidecar claims to be, with the Pod's token. */
   claim?: { name: string; uid: string };
+  /** More environment for the sidecar, e.g. OTEL_* variables. */
+  env?: NodeJS.ProcessEnv;
 }
 
 export class NaaGateway {
@@ -189,6 +191,7 @@ export class NaaGateway {
       NAAT_POD_UID: pod.uid,
       NAAT_TOKEN_FILE: join(this.dir, 'token'),
       ...(options.scanIntervalMs ? { NAAT_SCAN_INTERVAL_MS: String(options.scanIntervalMs) } : {}),
+      ...options.env,
     });
   }
 
@@ -246,19 +249,37 @@ export class NaaGateway {
   }
 
   /**
+   * Makes a server on the host's loopback (http://127.0.0.1:PORT) reachable from the pod namespace
+   * at the pod's address and the same port; resolves with its URL there. Not at the pod's own
+   * loopback: the sidecar reports its own connections too, and the gateway accepts associations
+   * only from the pod's addresses.
+   */
+  async relayIntoPod(name: string, address: string): Promise<string> {
+    await this.#relay(this.pod.netns, name, address, this.pod.ip);
+    const url = new URL(address);
+    url.hostname = this.pod.ip;
+    return url.origin;
+  }
+
+  /**
    * The agent runs in the gateway namespace; the apiserver and other test servers listen on the
    * host's loopback. Two relays joined by a Unix socket make the same address work inside the
    * gateway namespace.
    */
-  async #relayIntoGateway(name: string, address: string): Promise<void> {
+  #relayIntoGateway(name: string, address: string): Promise<void> {
+    return this.#relay(this.topology.ns.gw, name, address, new URL(address).hostname);
+  }
+
+  /** Relays `host`:PORT in namespace `target` to `address` (a URL on the host's loopback) through a Unix socket. */
+  async #relay(target: string, name: string, address: string, host: string): Promise<void> {
     const { hostname, port } = new URL(address);
     const socket = join(this.dir, `${name}.sock`);
     const relay = (ns: string | undefined, args: string[], log: string) =>
       this.#spawnLogged(ns, [process.execPath, join(programs, 'relay.ts'), ...args], log);
     const hostRelay = relay(undefined, ['from-unix', socket, hostname, port], `relay-${name}.log`);
     this.#made.push(() => stopProcess(hostRelay));
-    relay(this.topology.ns.gw, ['to-unix', hostname, port, socket], `relay-${name}-gw.log`);
-    for (const log of [`relay-${name}.log`, `relay-${name}-gw.log`]) {
+    relay(target, ['to-unix', host, port, socket], `relay-${name}-ns.log`);
+    for (const log of [`relay-${name}.log`, `relay-${name}-ns.log`]) {
       await until(`the relay of ${log}`, async () => ((await this.log(log)).includes('listening') ? true : undefined));
     }
   }

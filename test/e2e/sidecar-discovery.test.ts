@@ -5,6 +5,7 @@ import { diffAssociations } from '../../sidecar/associations.ts';
 import { Scanner } from '../../sidecar/scanner.ts';
 
 const ns = `naat-scan-${process.pid}`;
+const pod = '10.200.0.1';
 const programs: ChildProcess[] = [];
 const inPod = (container: string, command: string[]) => {
   const child = spawn('ip', ['netns', 'exec', ns, 'env', `NAAT_CONTAINER_NAME=${container}`, ...command], {
@@ -23,9 +24,13 @@ let server: ChildProcess;
 beforeAll(async () => {
   execFileSync('ip', ['netns', 'add', ns]);
   execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  // The pod's own address: connections on loopback never leave a pod, and the scanner skips them.
+  execFileSync('ip', ['-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'peer0']);
+  execFileSync('ip', ['-n', ns, 'addr', 'add', `${pod}/24`, 'dev', 'eth0']);
+  for (const link of ['eth0', 'peer0']) execFileSync('ip', ['-n', ns, 'link', 'set', link, 'up']);
   const listen = `import socket,sys,time
-s=socket.socket(); s.bind(('127.0.0.1',9000)); s.listen(); print('ready',flush=True)
-held=[s.accept() for _ in range(2)]; time.sleep(600)`;
+s=socket.socket(); s.bind(('0.0.0.0',9000)); s.listen(); print('ready',flush=True)
+held=[s.accept() for _ in range(3)]; time.sleep(600)`;
   server = inPod('server', ['python3', '-c', listen]);
   await ready(server);
 });
@@ -35,18 +40,19 @@ afterAll(() => {
   execFileSync('ip', ['netns', 'delete', ns]);
 });
 
-test('finds each program behind its connection and its unconnected UDP socket, then sees one leave', async () => {
+test('finds each program behind its connection and its unconnected UDP socket (not loopback), then sees one leave', async () => {
   const python = inPod('web', [
     'python3',
     '-c',
     `import socket,time
-c=socket.create_connection(('127.0.0.1',9000)); u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(('0.0.0.0',5353))
+c=socket.create_connection(('${pod}',9000)); l=socket.create_connection(('127.0.0.1',9000))
+u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(('0.0.0.0',5353))
 print('ready',flush=True); time.sleep(600)`,
   ]);
   const node = inPod('worker', [
     process.execPath,
     '-e',
-    `require('net').connect(9000,'127.0.0.1',()=>console.log('ready')); setInterval(()=>{},1000)`,
+    `require('net').connect(9000,'${pod}',()=>console.log('ready')); setInterval(()=>{},1000)`,
   ]);
   await Promise.all([ready(python), ready(node)]);
 
@@ -65,16 +71,16 @@ print('ready',flush=True); time.sleep(600)`,
   expect(seen).toEqual([
     {
       transport: 'tcp',
-      source: '127.0.0.1',
-      destination: '127.0.0.1:9000',
+      source: pod,
+      destination: `${pod}:9000`,
       process: 'node',
       container: 'worker',
       pid: node.pid,
     },
     {
       transport: 'tcp',
-      source: '127.0.0.1',
-      destination: '127.0.0.1:9000',
+      source: pod,
+      destination: `${pod}:9000`,
       process: 'python3',
       container: 'web',
       pid: python.pid,

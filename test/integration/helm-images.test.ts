@@ -76,7 +76,7 @@ function outputs(s: Stage): string[] {
         );
       }
     }
-    if (keyword === 'RUN' && /\bnpm install\b/.test(args)) made.push(posix.join(workdir, 'node_modules'));
+    if (keyword === 'RUN' && /\bnpm (install|ci)\b/.test(args)) made.push(posix.join(workdir, 'node_modules'));
     if (keyword === 'RUN' && /\bnpm run build\b/.test(args)) {
       made.push(posix.join(workdir, buildConfig.compilerOptions.outDir));
     }

@@ -37,8 +37,8 @@ export const AssociationMode = {
    */
   ASSOCIATION_MODE_OBSERVE: 1,
   /**
-   * ASSOCIATION_MODE_STRICT - Every new flow carries its application class from the first packet (stamped by the
-   * driver with the classes of EffectivePolicy); associations then only attribute flows.
+   * ASSOCIATION_MODE_STRICT - Every new flow carries its application's stamp from the first packet (see Stamp);
+   * associations then only attribute flows.
    */
   ASSOCIATION_MODE_STRICT: 2,
   UNRECOGNIZED: -1,
@@ -179,6 +179,7 @@ export interface AssociateRequest {
     | { $case: "snapshot"; value: Snapshot }
     | { $case: "associate"; value: Association }
     | { $case: "dissociate"; value: Dissociation }
+    | { $case: "stamp"; value: Stamp }
     | undefined;
 }
 
@@ -256,6 +257,20 @@ export interface Association {
   trace: TraceContext | undefined;
 }
 
+/**
+ * Stamp announces, in strict mode, the number the driver has the pod's programs write into the
+ * DSCP field of every packet of one application's sockets (IP_TOS / IPV6_TCLASS, set by the
+ * preloaded library before connect()). The gateway classifies a new flow by (pod address, stamp)
+ * from its first packet and clears the field before the packet leaves. The driver announces a
+ * stamp, and waits for its Ack, before handing it to a program; a stamp keeps its application for
+ * the pod's life, and every reconnect announces all of them again before the Snapshot.
+ */
+export interface Stamp {
+  /** 1 to 63 (the six DSCP bits; 0 means unstamped). */
+  stamp: number;
+  application: Application | undefined;
+}
+
 export interface Dissociation {
   flow: FlowKey | undefined;
   observedAt: Date | undefined;
@@ -314,10 +329,7 @@ export interface Verdict {
   applicationClass: number;
 }
 
-/**
- * EffectivePolicy is what the gateway applies to this pod, so the driver can explain denials
- * and, in strict mode, stamp each new flow with its class before the first packet leaves.
- */
+/** EffectivePolicy is what the gateway applies to this pod, so the driver can explain denials. */
 export interface EffectivePolicy {
   /** The gateway's compiled-config hash this policy comes from. */
   configHash: string;
@@ -373,6 +385,9 @@ export const AssociateRequest: MessageFns<AssociateRequest> = {
         break;
       case "dissociate":
         Dissociation.encode(message.body.value, writer.uint32(42).fork()).join();
+        break;
+      case "stamp":
+        Stamp.encode(message.body.value, writer.uint32(50).fork()).join();
         break;
     }
     return writer;
@@ -431,6 +446,14 @@ export const AssociateRequest: MessageFns<AssociateRequest> = {
             message.body = { $case: "dissociate", value: Dissociation.decode(reader, reader.uint32()) };
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.body = { $case: "stamp", value: Stamp.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -454,6 +477,8 @@ export const AssociateRequest: MessageFns<AssociateRequest> = {
         ? { $case: "associate", value: Association.fromJSON(object.associate) }
         : isSet(object.dissociate)
         ? { $case: "dissociate", value: Dissociation.fromJSON(object.dissociate) }
+        : isSet(object.stamp)
+        ? { $case: "stamp", value: Stamp.fromJSON(object.stamp) }
         : undefined,
     };
   },
@@ -471,6 +496,8 @@ export const AssociateRequest: MessageFns<AssociateRequest> = {
       obj.associate = Association.toJSON(message.body.value);
     } else if (message.body?.$case === "dissociate") {
       obj.dissociate = Dissociation.toJSON(message.body.value);
+    } else if (message.body?.$case === "stamp") {
+      obj.stamp = Stamp.toJSON(message.body.value);
     }
     return obj;
   },
@@ -503,6 +530,12 @@ export const AssociateRequest: MessageFns<AssociateRequest> = {
       case "dissociate": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "dissociate", value: Dissociation.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "stamp": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "stamp", value: Stamp.fromPartial(object.body.value) };
         }
         break;
       }
@@ -1341,6 +1374,93 @@ export const Association: MessageFns<Association> = {
     message.observedAt = object.observedAt ?? undefined;
     message.trace = (object.trace !== undefined && object.trace !== null)
       ? TraceContext.fromPartial(object.trace)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStamp(): Stamp {
+  return { stamp: 0, application: undefined };
+}
+
+export const Stamp: MessageFns<Stamp> = {
+  encode(message: Stamp, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stamp !== 0) {
+      writer.uint32(8).uint32(message.stamp);
+    }
+    if (message.application !== undefined) {
+      Application.encode(message.application, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Stamp {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStamp();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.stamp = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.application = Application.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Stamp {
+    return {
+      stamp: isSet(object.stamp) ? globalThis.Number(object.stamp) : 0,
+      application: isSet(object.application) ? Application.fromJSON(object.application) : undefined,
+    };
+  },
+
+  toJSON(message: Stamp): unknown {
+    const obj: any = {};
+    if (message.stamp !== 0) {
+      obj.stamp = Math.round(message.stamp);
+    }
+    if (message.application !== undefined) {
+      obj.application = Application.toJSON(message.application);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Stamp>): Stamp {
+    return Stamp.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Stamp>): Stamp {
+    const message = createBaseStamp();
+    message.stamp = object.stamp ?? 0;
+    message.application = (object.application !== undefined && object.application !== null)
+      ? Application.fromPartial(object.application)
       : undefined;
     return message;
   },
