@@ -10,6 +10,7 @@ import {
   AssociationMode,
   AssociationServiceClient,
   Protocol,
+  type Application,
   type AssociateRequest,
   type AssociateResponse,
   type FlowKey,
@@ -58,11 +59,21 @@ export interface DriverOptions {
   onState?: (state: DriverState) => void;
   /** Traces associations (telemetry on); without it, associations carry no trace context. */
   tracer?: AssociationTracer;
+  /** Strict mode: the stamps handed out so far, announced again on every connect before the snapshot. */
+  stamps?: () => ReadonlyArray<{ stamp: number; application: Application }>;
 }
 
 export type DriverState = 'connecting' | 'connected' | 'disconnected' | 'stopped';
 
 type Body = NonNullable<AssociateRequest['body']>;
+
+/** A stamp waiting for the gateway's Ack; `sequence` is unset until sent on the current stream. */
+interface StampWaiter {
+  stamp: number;
+  application: Application;
+  sequence?: number;
+  done: () => void;
+}
 
 export class Driver {
   readonly #options: DriverOptions;
@@ -83,6 +94,7 @@ export class Driver {
   readonly #traces = new Map<string, TraceContext>();
   /** Spans not yet acknowledged, in sequence order. */
   #pending: Array<{ sequence: number; span: AssociationSpan }> = [];
+  #stamping: StampWaiter[] = [];
   #stopped = false;
   /** Why the last stream was lost, for logs and status. */
   lastError: Error | undefined;
@@ -132,6 +144,23 @@ export class Driver {
     }
   }
 
+  /**
+   * Strict mode: tells the gateway that packets stamped `stamp` are `application`'s. Resolves once
+   * the gateway acknowledges it; waits for a stream if there is none.
+   */
+  stamp(stamp: number, application: Application): Promise<void> {
+    return new Promise((done) => {
+      const waiter: StampWaiter = { stamp, application, done };
+      this.#stamping.push(waiter);
+      if (this.#ready) this.#sendStamp(waiter);
+    });
+  }
+
+  #sendStamp(waiter: StampWaiter): void {
+    this.#send({ $case: 'stamp', value: { stamp: waiter.stamp, application: waiter.application } });
+    waiter.sequence = this.#sequence;
+  }
+
   stop(): void {
     this.#stopped = true;
     clearTimeout(this.#timer);
@@ -179,11 +208,21 @@ export class Driver {
         this.#ready = true;
         this.#retryMs = this.#options.backoff?.initialMs ?? 100;
         this.#options.onState?.('connected');
+        // Stamps first: the snapshot's flows may already carry them.
+        for (const { stamp, application } of this.#options.stamps?.() ?? []) {
+          this.#send({ $case: 'stamp', value: { stamp, application } });
+        }
+        for (const waiter of this.#stamping) this.#sendStamp(waiter);
         this.#sendSnapshot();
         break;
       case 'ack':
         this.#acked = Math.max(this.#acked, body.value.sequence);
         this.#endSpans(this.#acked);
+        this.#stamping = this.#stamping.filter((w) => {
+          if (w.sequence === undefined || w.sequence > this.#acked) return true;
+          w.done();
+          return false;
+        });
         break;
       case 'verdict':
         this.#options.onVerdict?.(body.value);
@@ -247,8 +286,10 @@ export class Driver {
     this.#stream = undefined;
     this.#ready = false;
     stream.cancel();
-    // The next stream's snapshot carries these associations again, with the same contexts.
+    // The next stream's snapshot carries these associations again, with the same contexts, and
+    // the stamps still waiting are sent again.
     this.#endSpans(Infinity, 'the stream was lost before the gateway acknowledged');
+    for (const waiter of this.#stamping) delete waiter.sequence;
     this.#retry(error);
   }
 

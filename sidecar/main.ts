@@ -7,6 +7,10 @@
 //   NAAT_TOKEN_FILE      projected token with the naat audience (default /var/run/secrets/naat/token)
 //   NAAT_SCAN_INTERVAL_MS  how often to look (default 200)
 //   NAAT_PROC            where procfs is (default /proc)
+//   NAAT_STAMP_DIR       strict mode: the folder shared with the pod's programs, where the sidecar
+//                        places the stamping library and listens for them (docs/naa.md, Strict mode)
+//   NAAT_STAMP_LIBRARY   the built library to place there (default stamp/libnaat_stamp.so beside
+//                        this file, where `npm run build` puts it)
 //   OTEL_*               OpenTelemetry, off unless they name an exporter or endpoint: a span per
 //                        association that the gateway's spans continue (docs/naa.md, Tracing)
 // Its image runs it compiled, with NODE_OPTIONS="--jitless --max-semi-space-size=1" (see
@@ -15,8 +19,11 @@
 // Not through the dataplane's entry point, which brings the Kubernetes client along: this module
 // imports nothing until telemetry is wanted, and the sidecar's memory matters.
 import { startTelemetry } from '../dataplane/telemetry.ts';
-import { Action } from '../proto/index.ts';
+import { join } from 'node:path';
+import { Action, AssociationMode } from '../proto/index.ts';
 import { Driver } from './driver.ts';
+import { readApplication } from './processes.ts';
+import { StampServer } from './stamps.ts';
 import { Scanner } from './scanner.ts';
 
 function required(name: string): string {
@@ -49,8 +56,19 @@ const telemetry = await startTelemetry('naat-sidecar', {
   'k8s.pod.uid': pod.uid,
 });
 const intervalMs = Number(process.env.NAAT_SCAN_INTERVAL_MS ?? 200);
-const scanner = new Scanner(process.env.NAAT_PROC ?? '/proc');
-const driver = new Driver({
+const proc = process.env.NAAT_PROC ?? '/proc';
+const scanner = new Scanner(proc);
+const stampDir = process.env.NAAT_STAMP_DIR;
+const stamps: StampServer | undefined = stampDir
+  ? new StampServer({
+      dir: stampDir,
+      library: process.env.NAAT_STAMP_LIBRARY ?? join(import.meta.dirname, 'stamp', 'libnaat_stamp.so'),
+      application: (pid) => readApplication(proc, pid),
+      announce: (stamp, application): Promise<void> => driver.stamp(stamp, application),
+      log: (msg, fields) => log('info', msg, fields),
+    })
+  : undefined;
+const driver: Driver = new Driver({
   target: naaServer(),
   pod,
   tokenFile: process.env.NAAT_TOKEN_FILE ?? '/var/run/secrets/naat/token',
@@ -67,6 +85,9 @@ const driver = new Driver({
       rules: policy.rules.map((rule) => `${rule.rule} ${rule.action === Action.ACTION_DENY ? 'Deny' : 'Allow'}`),
     }),
   ...(telemetry.enabled ? { tracer: (await import('./tracing.ts')).associationTracer } : {}),
+  ...(stamps
+    ? { mode: AssociationMode.ASSOCIATION_MODE_STRICT, stamps: () => stamps.stamps }
+    : { mode: AssociationMode.ASSOCIATION_MODE_OBSERVE }),
 });
 
 let timer: NodeJS.Timeout | undefined;
@@ -84,12 +105,20 @@ const stop = () => {
   stopping = true;
   clearTimeout(timer);
   driver.stop();
+  void stamps?.close();
   // Exports what the batch processor still holds.
   void telemetry.shutdown();
 };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 
-log('info', 'Started NAA sidecar', { pod: `${pod.namespace}/${pod.name}`, intervalMs, telemetry: telemetry.enabled });
+log('info', 'Started NAA sidecar', {
+  pod: `${pod.namespace}/${pod.name}`,
+  intervalMs,
+  telemetry: telemetry.enabled,
+  mode: stamps ? 'Strict' : 'Observe',
+});
 await tick();
 driver.start();
+// Last: the kubelet starts the pod's programs once the stamping socket exists.
+await stamps?.listen();

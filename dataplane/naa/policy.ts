@@ -1,5 +1,5 @@
 // What the gateway applies to one pod, in the protocol's terms: sent to the pod's driver so that
-// it can explain denials (and, in strict mode, stamp flows with their class).
+// it can explain denials.
 import type { Destination } from '../../crds/index.ts';
 import { Action, type EffectivePolicy } from '../../proto/index.ts';
 import type { GatewayConfig } from '../config.ts';

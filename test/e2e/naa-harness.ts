@@ -36,6 +36,8 @@ export interface NaaGatewayOptions {
   node: string;
   uplinks: number;
   unassociatedFlows: 'Hold' | 'PodRules';
+  /** Strict mode for the Pod: its packets' DSCP stamps classify its flows (docs/naa.md). */
+  strict?: boolean;
   /** The gateway config's rules, for the Pod's address. */
   rules: (podIp: string) => object[];
   /** The gateway config's timeouts; the API's defaults without them. */
@@ -150,7 +152,12 @@ export class NaaGateway {
       pods: [{ namespace, name: 'app', addresses: [pod.ip] }],
       balancing: {},
       timeouts: this.options.timeouts ?? {},
-      association: { port: naaPort, unassociatedFlows: this.options.unassociatedFlows, sidecarSources: [pod.ip] },
+      association: {
+        port: naaPort,
+        unassociatedFlows: this.options.unassociatedFlows,
+        sidecarSources: [pod.ip],
+        strictSources: this.options.strict ? [pod.ip] : [],
+      },
       rules: this.options.rules(pod.ip),
     };
     await writeFile(join(this.dir, 'gateway.json'), JSON.stringify(config));

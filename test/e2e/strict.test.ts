@@ -1,0 +1,230 @@
+// Strict association end to end: the pod namespace runs two real programs with the stamping
+// library preloaded and the real sidecar in strict mode; the agent classifies each new flow by the
+// stamp in its first packet. Under PodRules (an unclassified flow would take any uplink and pass
+// any port), 1,000 connections of each program must all leave through their application's uplink,
+// the denied program's SYNs must never get through, the gateway's counters must show every new
+// flow stamped, and no stamp may reach the server. Everything is counted at the gateway (its
+// conntrack table and counters) and at the server's link, not inferred from the clients.
+import type { ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { NaaGateway } from './naa-harness.ts';
+import { server, until } from './topology.ts';
+import { startWhoami, type Server } from './traffic.ts';
+
+const namespace = `naa-strict-${process.pid}`;
+const ports = { curl: 8080, python: 8082, denied: 8081, unstamped: 8083 };
+const connections = 1000;
+const gateway = new NaaGateway({
+  kubeconfig: process.env.KUBECONFIG!,
+  namespace,
+  node: 'gateway-a',
+  uplinks: 2,
+  unassociatedFlows: 'PodRules',
+  strict: true,
+  rules: (podIp) => [
+    {
+      policy: `${namespace}/apps`,
+      rule: 'python-not-8081',
+      priority: 1,
+      sources: [podIp],
+      applications: [{ processName: 'python3' }],
+      destinations: [{ cidr: `${server.v4}/32`, protocol: 'TCP', ports: [{ port: ports.denied }] }],
+      action: 'Deny',
+    },
+    {
+      policy: `${namespace}/apps`,
+      rule: 'curl-via-isp1',
+      priority: 2,
+      sources: [podIp],
+      applications: [{ processName: 'curl' }],
+      action: 'Allow',
+      uplinks: { allowed: ['isp1'] },
+    },
+    {
+      policy: `${namespace}/apps`,
+      rule: 'python-via-isp2',
+      priority: 3,
+      sources: [podIp],
+      applications: [{ processName: 'python3' }],
+      action: 'Allow',
+      uplinks: { allowed: ['isp2'] },
+    },
+  ],
+});
+
+const servers: Server[] = [];
+let sidecar: ChildProcess;
+let runDir: string;
+let library: string;
+
+/** The environment of a program of a strict pod, as the webhook sets it. */
+const preloaded = () => ({ LD_PRELOAD: library, NAAT_STAMP_SOCKET: join(runDir, 'stamp.sock') });
+
+/** Runs a shell script in the pod namespace, with `env`. */
+async function inPod(script: string, env: Record<string, string> = {}): Promise<string> {
+  const assignments = Object.entries(env).map(([name, value]) => `${name}=${value}`);
+  const { stdout } = await gateway.topology.exec(gateway.pod.netns, ['env', ...assignments, 'sh', '-c', script], {
+    timeoutMs: 240_000,
+  });
+  return stdout;
+}
+
+/** Python: `count` sequential connections, each closed once the server answered; prints connect() times (ms). */
+const pythonConnects = (port: number, count: number) => `python3 - <<'EOF'
+import socket, time
+times = []
+for _ in range(${count}):
+    started = time.perf_counter()
+    s = socket.create_connection(('${server.v4}', ${port}), timeout=4)
+    times.append((time.perf_counter() - started) * 1000)
+    s.recv(100)
+    s.close()
+print(' '.join('%.3f' % t for t in times))
+EOF`;
+
+/** New flows the gateway sent through each uplink so far (conntrack NEW events, as the agent counts them). */
+async function newFlows(): Promise<[number, number]> {
+  return [
+    await gateway.metric('naat_uplink_new_flows_total', { uplink: 'isp1' }),
+    await gateway.metric('naat_uplink_new_flows_total', { uplink: 'isp2' }),
+  ];
+}
+
+/** Runs `phase`, then waits for the gateway to have counted `expected` more new flows on each uplink. */
+async function counted(phase: () => Promise<unknown>, expected: [number, number]): Promise<[number, number]> {
+  const before = await newFlows();
+  await phase();
+  const delta = async (): Promise<[number, number]> => {
+    const now = await newFlows();
+    return [now[0] - before[0], now[1] - before[1]];
+  };
+  await until(
+    'the gateway to count the flows',
+    async () => {
+      const d = await delta();
+      return d[0] + d[1] >= expected[0] + expected[1] || undefined;
+    },
+    30_000,
+  ).catch(() => undefined);
+  return delta();
+}
+
+/** The gateway's named counters of new flows of strict pods, and of those that came stamped. */
+function strictCounters(): { newFlows: number; stamped: number } {
+  const text = execFileSync(
+    'ip',
+    ['netns', 'exec', gateway.topology.ns.gw, 'nft', '-j', 'list', 'counters', 'table', 'inet', 'naat'],
+    { encoding: 'utf8' },
+  );
+  const counters = (JSON.parse(text) as { nftables: Array<{ counter?: { name: string; packets: number } }> }).nftables;
+  const packets = (name: string) => counters.find((c) => c.counter?.name === name)?.counter?.packets ?? NaN;
+  return { newFlows: packets('strict_new_flows'), stamped: packets('strict_stamped_flows') };
+}
+
+const percentile = (values: number[], q: number) =>
+  [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil(q * values.length) - 1)]!;
+
+beforeAll(async () => {
+  await gateway.start();
+  runDir = join(gateway.dir, 'run');
+  mkdirSync(runDir);
+  library = join(gateway.dir, 'libnaat_stamp.so');
+  execFileSync('gcc', [
+    '-O2',
+    '-shared',
+    '-fPIC',
+    '-o',
+    library,
+    join(import.meta.dirname, '..', '..', 'sidecar', 'stamp', 'naat_stamp.c'),
+    '-ldl',
+  ]);
+  for (const port of Object.values(ports)) servers.push(await startWhoami(gateway.topology, port));
+  // What reaches the server: any packet still carrying a DSCP would be a stamp that leaked.
+  await gateway.topology.exec(gateway.topology.ns.srv, [
+    'nft',
+    'add table inet leak; add chain inet leak in { type filter hook input priority 0; }; add rule inet leak in ip dscp != cs0 counter',
+  ]);
+  sidecar = await gateway.startSidecar({
+    log: 'sidecar.log',
+    env: { NAAT_STAMP_DIR: runDir, NAAT_STAMP_LIBRARY: library },
+  });
+  await until('the stamping socket', async () => existsSync(join(runDir, 'stamp.sock')) || undefined);
+}, 120_000);
+
+afterAll(async () => {
+  sidecar?.kill('SIGTERM');
+  for (const s of servers) await s.stop();
+  await gateway.printErrorsLogged(['agent.log', 'sidecar.log']);
+  await gateway.stop();
+}, 60_000);
+
+test('1,000 connections of each program are classified from their first packet at the gateway', async () => {
+  // curl: a new process per connection, eight at a time.
+  let curlFailures = '';
+  const curlFlows = await counted(async () => {
+    curlFailures = await inPod(
+      `for i in $(seq ${connections}); do (curl -s -m 4 -o /dev/null telnet://${server.v4}:${ports.curl} </dev/null || echo x) & ` +
+        `[ $((i % 8)) -eq 0 ] && wait; done; wait`,
+      preloaded(),
+    );
+  }, [connections, 0]);
+  let stampedTimes: number[] = [];
+  const pythonFlows = await counted(async () => {
+    stampedTimes = (await inPod(pythonConnects(ports.python, connections), preloaded())).trim().split(' ').map(Number);
+  }, [0, connections]);
+  // The denied program's SYNs are dropped at the gateway: none connects, none is refused by the server.
+  let denied = '';
+  const deniedFlows = await counted(async () => {
+    denied = await inPod(
+      `python3 - <<'EOF'
+import socket, select, time
+socks = []
+for _ in range(${connections}):
+    s = socket.socket(); s.setblocking(False)
+    s.connect_ex(('${server.v4}', ${ports.denied})); socks.append(s)
+time.sleep(1.5)
+_, writable, _ = select.select([], socks, [], 0)
+print(sum(1 for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (0, 111)))
+EOF`,
+      preloaded(),
+    );
+  }, [0, 0]);
+  const counters = strictCounters();
+
+  expect(curlFailures).toBe('');
+  expect(curlFlows).toEqual([connections, 0]);
+  expect(pythonFlows).toEqual([0, connections]);
+  expect(deniedFlows).toEqual([0, 0]);
+  expect(Number(denied.trim())).toBe(0);
+  // Every new-flow packet of the pod arrived stamped (the denied SYNs and their retries included).
+  expect(counters.newFlows).toBeGreaterThanOrEqual(3 * connections);
+  expect(counters.stamped).toBe(counters.newFlows);
+
+  // The same program without the library: its flows arrive unstamped, counted as such, and the
+  // pod's rules (any uplink) decide them.
+  let plainTimes: number[] = [];
+  const plainFlows = await counted(async () => {
+    plainTimes = (await inPod(pythonConnects(ports.unstamped, connections))).trim().split(' ').map(Number);
+  }, [connections / 2, connections / 2]);
+  const after = strictCounters();
+  expect(after.newFlows - counters.newFlows).toBe(connections);
+  expect(after.stamped).toBe(counters.stamped);
+  expect(plainFlows[0] + plainFlows[1]).toBe(connections);
+  expect(Math.min(...plainFlows)).toBeGreaterThan(0);
+
+  // Nothing set inside the pod reached the server.
+  const leak = await gateway.topology.exec(gateway.topology.ns.srv, ['nft', 'list', 'table', 'inet', 'leak']);
+  expect(leak.stdout).toMatch(/counter packets 0 bytes 0/);
+
+  const share = counters.stamped / counters.newFlows;
+  console.log(
+    [
+      `strict: ${connections} curl + ${connections} python3 + ${connections} denied connections; ` +
+        `${(share * 100).toFixed(1)}% of new flows stamped at the gateway (${counters.stamped}/${counters.newFlows} packets)`,
+      `connect() stamped   p50 ${percentile(stampedTimes, 0.5).toFixed(3)} ms  p99 ${percentile(stampedTimes, 0.99).toFixed(3)} ms  (first, which asks the sidecar: ${stampedTimes[0]!.toFixed(3)} ms)`,
+      `connect() unstamped p50 ${percentile(plainTimes, 0.5).toFixed(3)} ms  p99 ${percentile(plainTimes, 0.99).toFixed(3)} ms  (baseline, same program and path)`,
+    ].join('\n'),
+  );
+}, 300_000);
