@@ -66,7 +66,7 @@ test('one stamp per application identity, announced once, and 0 for a process th
 
 test('answers only once the gateway acknowledged, and 0 if the announcement fails', async () => {
   let acknowledge = () => {};
-  const stamps = server(() => new Promise((resolve) => (acknowledge = resolve)));
+  const stamps = server(() => new Promise<void>((resolve) => (acknowledge = () => resolve())));
   await stamps.listen();
   let answered = false;
   const answer = ask(dir, 10).then((s) => ((answered = true), s));

@@ -1,0 +1,164 @@
+// `npm run bench:strict` (as root): what strict association costs. Through the NAA gateway of the
+// e2e harness (real agent, real sidecar in strict mode, the stamping library preloaded), it prints
+//   1. connect() time of one program making sequential connections, stamped (library preloaded)
+//      against unstamped (the same program without it), p50/p99, and the first stamped connect,
+//      which asks the sidecar and waits for the gateway's acknowledgement;
+//   2. TCP throughput pod → server of a stamped flow (DSCP cleared on every packet at the
+//      gateway) against an unstamped one, as a ratio, each the median of three iperf3 runs;
+//   3. the share of new flows the gateway counted as stamped.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { startCluster, type Cluster } from '../cluster/cluster.ts';
+import { NaaGateway } from '../e2e/naa-harness.ts';
+import { server, until } from '../e2e/topology.ts';
+import { startWhoami, type Server } from '../e2e/traffic.ts';
+
+const node = 'gateway-a';
+const namespace = 'naa-strict-bench';
+const connects = 2000;
+const iperfSeconds = 5;
+const iperfPort = 5201;
+const whoamiPort = 9000;
+
+const percentile = (values: number[], q: number) =>
+  [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil(q * values.length) - 1)]!;
+const median = (values: number[]) => percentile(values, 0.5);
+
+let cluster: Cluster | undefined;
+let gateway: NaaGateway | undefined;
+let whoami: Server | undefined;
+
+async function main(): Promise<void> {
+  const progress = (line: string) => process.stderr.write(`  ${line}\n`);
+  cluster = await startCluster({
+    workloads: true,
+    nodes: [{ name: node, labels: { 'naat.dev/gateway': 'true' } }],
+    progress,
+  });
+  gateway = new NaaGateway({
+    kubeconfig: cluster.kubeconfig,
+    namespace,
+    node,
+    uplinks: 1,
+    unassociatedFlows: 'PodRules',
+    strict: true,
+    rules: (podIp) => [
+      {
+        policy: `${namespace}/apps`,
+        rule: 'python-and-iperf',
+        priority: 1,
+        sources: [podIp],
+        applications: [{ processName: 'python3' }, { processName: 'iperf3' }],
+        action: 'Allow',
+      },
+    ],
+  });
+  await gateway.start();
+  const g = gateway;
+  const runDir = join(g.dir, 'run');
+  mkdirSync(runDir);
+  const library = join(g.dir, 'libnaat_stamp.so');
+  execFileSync('gcc', [
+    '-O2',
+    '-shared',
+    '-fPIC',
+    '-o',
+    library,
+    join(import.meta.dirname, '..', '..', 'sidecar', 'stamp', 'naat_stamp.c'),
+    '-ldl',
+  ]);
+  await g.startSidecar({ log: 'sidecar.log', env: { NAAT_STAMP_DIR: runDir, NAAT_STAMP_LIBRARY: library } });
+  await until('the stamping socket', async () => existsSync(join(runDir, 'stamp.sock')) || undefined);
+  whoami = await startWhoami(g.topology, whoamiPort);
+  const preload = [`LD_PRELOAD=${library}`, `NAAT_STAMP_SOCKET=${join(runDir, 'stamp.sock')}`];
+  const inPod = async (env: string[], argv: string[], timeoutMs = 120_000) =>
+    (await g.topology.exec(g.pod.netns, ['env', ...env, ...argv], { timeoutMs })).stdout;
+
+  const connectTimes = async (env: string[]) =>
+    (
+      await inPod(env, [
+        'python3',
+        '-c',
+        `import socket, time
+times = []
+for _ in range(${connects}):
+    t = time.perf_counter()
+    s = socket.create_connection(('${server.v4}', ${whoamiPort}), timeout=4)
+    times.append((time.perf_counter() - t) * 1000)
+    s.recv(100); s.close()
+print(' '.join('%.4f' % t for t in times))`,
+      ])
+    )
+      .trim()
+      .split(' ')
+      .map(Number);
+  progress(`Measuring ${connects} connects, stamped and not`);
+  const stamped = await connectTimes(preload);
+  const plain = await connectTimes([]);
+
+  const iperfServer = g.topology.spawn(g.topology.ns.srv, ['iperf3', '-s', '-B', server.v4, '-p', String(iperfPort)], {
+    stdio: 'ignore',
+  });
+  await new Promise((r) => setTimeout(r, 500));
+  const throughput = async (env: string[]) => {
+    const runs: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const out = await inPod(env, [
+        'iperf3',
+        '-J',
+        '-c',
+        server.v4,
+        '-p',
+        String(iperfPort),
+        '-t',
+        String(iperfSeconds),
+      ]);
+      runs.push(
+        (JSON.parse(out) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second /
+          1e9,
+      );
+    }
+    return median(runs);
+  };
+  progress('Measuring throughput, stamped and not');
+  const stampedGbits = await throughput(preload);
+  const plainGbits = await throughput([]);
+  iperfServer.kill();
+
+  const counters = JSON.parse(
+    execFileSync('ip', ['netns', 'exec', g.topology.ns.gw, 'nft', '-j', 'list', 'counters', 'table', 'inet', 'naat'], {
+      encoding: 'utf8',
+    }),
+  ) as { nftables: Array<{ counter?: { name: string; packets: number } }> };
+  const packets = (name: string) => counters.nftables.find((c) => c.counter?.name === name)?.counter?.packets ?? 0;
+
+  const ms = (v: number) => `${v.toFixed(3)} ms`;
+  console.log(
+    `strict association (one pod, one uplink; ${connects} sequential connects of python3; iperf3 ${iperfSeconds} s × 3)`,
+  );
+  console.log(`  connect() unstamped (baseline)  p50 ${ms(median(plain))}  p99 ${ms(percentile(plain, 0.99))}`);
+  console.log(
+    `  connect() stamped               p50 ${ms(median(stamped))}  p99 ${ms(percentile(stamped, 0.99))}  ` +
+      `(p50 ×${(median(stamped) / median(plain)).toFixed(2)}; first connect, which waits for the gateway: ${ms(stamped[0]!)})`,
+  );
+  console.log(`  throughput unstamped (baseline) ${plainGbits.toFixed(2)} Gbit/s`);
+  console.log(
+    `  throughput stamped              ${stampedGbits.toFixed(2)} Gbit/s  ×${(stampedGbits / plainGbits).toFixed(2)}`,
+  );
+  console.log(
+    `  new-flow packets of the strict pod counted at the gateway: ${packets('strict_new_flows')}, stamped ${packets('strict_stamped_flows')} ` +
+      `(the unstamped runs account for the difference)`,
+  );
+}
+
+try {
+  await main();
+} catch (error) {
+  process.exitCode = 1;
+  console.error(error);
+} finally {
+  await whoami?.stop();
+  await gateway?.stop();
+  await cluster?.stop();
+}
