@@ -33,7 +33,11 @@ const processes = new Map<number, Application>([
 ]);
 const announced: Array<[number, string]> = [];
 
-function server(announce = async (stamp: number, a: Application) => void announced.push([stamp, a.processName])) {
+function server(
+  announce: (stamp: number, a: Application) => Promise<void> = async (stamp, a) => {
+    announced.push([stamp, a.processName]);
+  },
+) {
   return new StampServer({
     dir,
     library: join(dir, 'built.so'),
