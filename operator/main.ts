@@ -150,6 +150,14 @@ const uplinks = new Controller({
   log,
 });
 uplinks.watch(caches.uplinks);
+// Pods with the sidecar get a condition naming their association mode; the rest are passed over.
+const pods = new Controller({
+  name: 'pods',
+  reconcile: (key) => reconciler.reconcilePod(key),
+  around: metrics.timed('pods', reconcileSpan('pods')),
+  log,
+});
+pods.watch(caches.pods);
 
 const certificate = new CertificateReconciler({
   kubeConfig,
@@ -191,7 +199,7 @@ await webhook.listen();
 const allCaches = [...Object.values(caches), ...Object.values(webhookCaches)];
 for (const cache of allCaches) cache.start();
 
-const controllers: Record<string, Controller> = { gateways, uplinks, certificates };
+const controllers: Record<string, Controller> = { gateways, uplinks, pods, certificates };
 const elector = settings.leaderElection.enabled
   ? new LeaderElector({
       kubeConfig,

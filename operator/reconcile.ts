@@ -2,6 +2,7 @@
 // what should be (compileGateway, desiredGatewayObjects, the status helpers), applies it with
 // server-side apply and writes status; none looks at what kind of event brought the key.
 import {
+  CoreV1Api,
   CustomObjectsApi,
   EventsV1Api,
   KubernetesObjectApi,
@@ -27,7 +28,7 @@ import {
 } from '../crds/index.ts';
 import { compileGateway, type PodFacts, type PolicyFacts } from './compile.ts';
 import { desiredGatewayObjects, labelsOf, objectName } from './desired.ts';
-import { modeAnnotation } from './inject.ts';
+import { injectedAnnotation, modeAnnotation, modeReasonAnnotation } from './inject.ts';
 import type { Informer } from './runtime/informer.ts';
 import { errorText, type Logger } from './runtime/log.ts';
 import { objectKey } from './runtime/informer.ts';
@@ -35,6 +36,8 @@ import type { OperatorSettings } from './settings.ts';
 import { conditions, gatewayConditions, policyConditions, uplinkSummary, type DataplaneRollout } from './status.ts';
 
 export const fieldManager = 'naat-operator';
+/** The pod condition that tells which association mode a pod with the sidecar is in, and why. */
+export const associationCondition = 'naat.dev/AssociationMode';
 
 export interface Caches {
   gateways: Informer<EgressGateway & KubernetesObject>;
@@ -79,6 +82,7 @@ export class Reconciler {
   readonly #objects: KubernetesObjectApi;
   readonly #custom: CustomObjectsApi;
   readonly #events: EventsV1Api;
+  readonly #core: CoreV1Api;
   /** The last Event note of each object and reason, so that one change is told once. */
   readonly #told = new Map<string, string>();
 
@@ -87,6 +91,7 @@ export class Reconciler {
     this.#objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
     this.#custom = options.kubeConfig.makeApiClient(CustomObjectsApi);
     this.#events = options.kubeConfig.makeApiClient(EventsV1Api);
+    this.#core = options.kubeConfig.makeApiClient(CoreV1Api);
   }
 
   /**
@@ -174,6 +179,50 @@ export class Reconciler {
       activeFlows: summary.activeFlows,
       conditions: conditions(uplink.status?.conditions, uplink.metadata.generation ?? 0, this.#now(), [summary.ready]),
     });
+  }
+
+  /**
+   * A pod the webhook gave the sidecar: a status condition that says which association mode it is
+   * in and why, where `kubectl describe pod` shows it. Written once, and again only if it changes.
+   */
+  async reconcilePod(key: string): Promise<void> {
+    const pod = this.#o.caches.pods.get(key);
+    const annotations = pod?.metadata?.annotations ?? {};
+    if (!pod?.metadata?.name || !pod.metadata.namespace || !annotations[injectedAnnotation]) return;
+    const mode = annotations[modeAnnotation] === 'Strict' ? 'Strict' : 'Observe';
+    const why = annotations[modeReasonAnnotation] ?? `EgressGateway ${annotations[injectedAnnotation]}`;
+    const message =
+      mode === 'Strict'
+        ? `Strict association, chosen by ${why}: the pod's programs stamp their connections for the gateway; ` +
+          'programs that cannot preload the stamping library (static binaries) are associated as in Observe mode'
+        : `Observe association, chosen by ${why}: the sidecar reports sockets as it sees them`;
+    const existing = pod.status?.conditions?.find((c) => c.type === associationCondition);
+    if (existing?.status === 'True' && existing.reason === mode && existing.message === message) return;
+    await this.#core.patchNamespacedPodStatus(
+      {
+        name: pod.metadata.name,
+        namespace: pod.metadata.namespace,
+        body: {
+          apiVersion: 'v1',
+          kind: 'Pod',
+          metadata: { name: pod.metadata.name, namespace: pod.metadata.namespace },
+          status: {
+            conditions: [
+              {
+                type: associationCondition,
+                status: 'True',
+                reason: mode,
+                message,
+                lastTransitionTime: this.#now(),
+              },
+            ],
+          },
+        },
+        fieldManager,
+        force: true,
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
+    );
   }
 
   async #policyStatus(

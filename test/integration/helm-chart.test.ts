@@ -224,7 +224,7 @@ describe('helm template with the default values', () => {
     expect(secret.data).toBeUndefined();
   });
 
-  test('grants no wildcard, no cluster-wide write outside naat status, Events and bindings', () => {
+  test('grants no wildcard, no cluster-wide write outside status, Events and bindings', () => {
     const rules = (kind: string): Any[] => (find(manifests, kind, '-operator') as Any).rules;
     for (const rule of [...rules('ClusterRole'), ...rules('Role')]) {
       for (const field of ['apiGroups', 'resources', 'verbs']) expect(rule[field]).not.toContain('*');
@@ -239,6 +239,7 @@ describe('helm template with the default values', () => {
         'egressgateways/status',
         'egresspolicies/status',
         'egressgateways/finalizers',
+        'pods/status',
         'events',
         'mutatingwebhookconfigurations',
         'clusterroles',

@@ -290,6 +290,10 @@ test('the installed operator, with only its chart RBAC, issues its certificate, 
   const pod = JSON.parse(await k(['get', 'pod', 'web', '-n', apps, '-o', 'json']));
   expect(pod.spec.initContainers.map((c: { name: string }) => c.name)).toEqual([sidecarContainerName]);
   expect(pod.spec.shareProcessNamespace).toBe(true);
+  await eventually('the association mode condition', async () => {
+    const { status } = JSON.parse(await k(['get', 'pod', 'web', '-n', apps, '-o', 'json']));
+    return status?.conditions?.find((c: { type: string }) => c.type === 'naat.dev/AssociationMode');
+  });
   // Nothing it needed was forbidden.
   expect(output).not.toMatch(/forbidden|Reconcile failed/i);
 }, 180_000);

@@ -161,6 +161,17 @@ test('the apiserver has the webhook inject the sidecar into selected pods only',
   expect(sidecar?.restartPolicy).toBe('Always');
   expect(sidecar?.env?.find((e) => e.name === 'NAAT_NAA_PORT')?.value).toBe('7745');
   expect(selected.spec.volumes?.some((v) => v.name === 'naat-token' && v.projected)).toBe(true);
+  // The operator says in the pod's status which association mode it is in, and why.
+  const condition = await eventually('the association mode condition', async () => {
+    const pod = JSON.parse(await k(['get', 'pod', 'web-1', '-n', injected, '-o', 'json']));
+    return (pod.status?.conditions as Array<{ type: string; reason: string; message: string }> | undefined)?.find(
+      (c) => c.type === 'naat.dev/AssociationMode',
+    );
+  });
+  expect(condition).toMatchObject({
+    reason: 'Observe',
+    message: `Observe association, chosen by EgressGateway ${id} association.mode: the sidecar reports sockets as it sees them`,
+  });
 
   // Not picked by the gateway's sidecar selector; opted out; in a namespace without injection.
   for (const [namespace, name, labels] of [
