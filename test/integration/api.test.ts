@@ -299,11 +299,11 @@ const invalid: [string, Kind, Record<string, unknown>, string, string][] = [
     'should be greater than or equal to 10',
   ],
   [
-    'an association mode that does not exist yet',
+    'an association mode that does not exist',
     'EgressGateway',
-    { ...gateway, association: { mode: 'Strict' } },
+    { ...gateway, association: { mode: 'Intercept' } },
     'spec.association.mode',
-    'Unsupported value: "Strict": supported values: "Observe"',
+    'Unsupported value: "Intercept": supported values: "Observe", "Strict"',
   ],
   [
     'sidecar injection without selectors',
