@@ -66,13 +66,16 @@ describe('sidecar injection', () => {
     expect(decision.gateway).toBe('office');
     const patched = apply(original, decision.patch);
     expect(patched.spec!.shareProcessNamespace).toBe(true);
-    expect(patched.spec!.containers).toEqual(original.spec!.containers);
+    // Each container tells the sidecar its name through its processes' environment.
+    expect(patched.spec!.containers).toEqual([
+      { name: 'app', image: 'app:1', env: [{ name: 'NAAT_CONTAINER_NAME', value: 'app' }] },
+    ]);
     expect(patched.metadata!.annotations).toEqual({
       'naat.dev/sidecar-gateway': 'office',
       'naat.dev/association-mode': 'Observe',
       'naat.dev/association-mode-reason': 'EgressGateway office association.mode',
     });
-    expect(patched.spec!.containers[0]!.env).toBeUndefined();
+    expect(patched.spec!.volumes!.map((v) => v.name)).toEqual(['data', 'naat-token']);
     const [sidecar] = patched.spec!.initContainers!;
     expect(sidecar!.name).toBe(sidecarContainerName);
     expect(sidecar!.restartPolicy).toBe('Always');
@@ -161,13 +164,19 @@ describe('sidecar injection', () => {
     if (!decision.inject) throw new Error(decision.reason);
     const patched = apply(original, decision.patch);
     const preload = { name: 'LD_PRELOAD', value: '/var/run/naat/libnaat_stamp.so' };
+    const named = (name: string) => ({ name: 'NAAT_CONTAINER_NAME', value: name });
     const run = { name: 'naat-run', mountPath: '/var/run/naat' };
     expect(patched.spec!.containers).toEqual([
-      { name: 'app', image: 'app:1', env: [{ name: 'A', value: '1' }, preload], volumeMounts: [run] },
-      { name: 'worker', image: 'w:1', env: [preload], volumeMounts: [{ name: 'data', mountPath: '/data' }, run] },
+      { name: 'app', image: 'app:1', env: [{ name: 'A', value: '1' }, named('app'), preload], volumeMounts: [run] },
+      {
+        name: 'worker',
+        image: 'w:1',
+        env: [named('worker'), preload],
+        volumeMounts: [{ name: 'data', mountPath: '/data' }, run],
+      },
     ]);
     const [migrate, sidecar] = patched.spec!.initContainers!;
-    expect(migrate).toEqual({ name: 'migrate', image: 'm:1', env: [preload], volumeMounts: [run] });
+    expect(migrate).toEqual({ name: 'migrate', image: 'm:1', env: [named('migrate'), preload], volumeMounts: [run] });
     expect(sidecar!.env).toContainEqual({ name: 'NAAT_STAMP_DIR', value: '/var/run/naat' });
     expect(sidecar!.volumeMounts).toContainEqual(run);
     expect(sidecar!.startupProbe?.exec?.command).toEqual(['test', '-S', '/var/run/naat/stamp.sock']);
@@ -184,7 +193,7 @@ describe('sidecar injection', () => {
       'naat.dev/association-mode': 'Observe',
       'naat.dev/association-mode-reason': "the pod's naat.dev/association-mode annotation",
     });
-    expect(kept.spec!.containers[0]!.env).toBeUndefined();
+    expect(kept.spec!.containers[0]!.env).toEqual([{ name: 'NAAT_CONTAINER_NAME', value: 'app' }]);
   });
 
   test.each([

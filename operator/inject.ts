@@ -8,6 +8,7 @@
 import type { V1Container, V1Pod, V1Volume } from '@kubernetes/client-node';
 import type { EgressGateway } from '../crds/index.ts';
 import { tokenAudience } from '../dataplane/index.ts';
+import { containerNameVariable } from '../sidecar/processes.ts';
 import { sidecarContainerName } from './compile.ts';
 import { matchesSelector, type Labels } from './selector.ts';
 import { otelEnvironment, type OperatorSettings } from './settings.ts';
@@ -69,17 +70,19 @@ export function injection(request: InjectionRequest): Injection {
     // "add" replaces an existing member (RFC 6902 §4.1), so a pod that said false gets true.
     { op: 'add', path: '/spec/shareProcessNamespace', value: true },
     ...append('/spec/volumes', spec.volumes, volumes),
-    // Strict: every program of the pod preloads the stamping library from the sidecar's folder.
-    ...(strict
-      ? (['initContainers', 'containers'] as const).flatMap((list) =>
-          (spec[list] ?? []).flatMap((container, i) => [
-            ...append(`/spec/${list}/${i}/env`, container.env, [{ name: 'LD_PRELOAD', value: stampLibrary }]),
-            ...append(`/spec/${list}/${i}/volumeMounts`, container.volumeMounts, [
-              { name: runVolume, mountPath: runDir },
-            ]),
-          ]),
-        )
-      : []),
+    // Each container names itself to the sidecar (which reads it from its processes' environment);
+    // in strict mode, every program also preloads the stamping library from the sidecar's folder.
+    ...(['initContainers', 'containers'] as const).flatMap((list) =>
+      (spec[list] ?? []).flatMap((container, i) => [
+        ...append(`/spec/${list}/${i}/env`, container.env, [
+          { name: containerNameVariable, value: container.name },
+          ...(strict ? [{ name: 'LD_PRELOAD', value: stampLibrary }] : []),
+        ]),
+        ...(strict
+          ? append(`/spec/${list}/${i}/volumeMounts`, container.volumeMounts, [{ name: runVolume, mountPath: runDir }])
+          : []),
+      ]),
+    ),
     ...(pod.metadata?.annotations
       ? Object.entries(annotations).map(([key, value]) => ({
           op: 'add' as const,
