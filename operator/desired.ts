@@ -75,12 +75,13 @@ export function desiredGatewayObjects(
       data: { [configFile]: JSON.stringify(compiled.config) },
     },
     // The dataplane watches its config through the apiserver (a change reaches it in
-    // milliseconds, not at the kubelet's next volume sync), and may read nothing else.
+    // milliseconds, not at the kubelet's next volume sync), and may read nothing else: a get, then
+    // a watch by a metadata.name field selector, which the apiserver authorizes by resourceNames.
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'Role',
       metadata: metadata(true),
-      rules: [{ apiGroups: [''], resources: ['configmaps'], resourceNames: [name], verbs: ['get', 'list', 'watch'] }],
+      rules: [{ apiGroups: [''], resources: ['configmaps'], resourceNames: [name], verbs: ['get', 'watch'] }],
     },
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',

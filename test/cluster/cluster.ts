@@ -26,6 +26,11 @@ export interface ClusterOptions {
   dir?: string;
   /** Called with a line for each step and how long it took. */
   progress?: (line: string) => void;
+  /**
+   * Record every request's metadata (user, verb, resource, response code) as JSON lines in
+   * `<dir>/audit.log`, e.g. to compare what a component does with what its RBAC grants.
+   */
+  audit?: boolean;
 }
 
 export interface NodeSpec {
@@ -39,6 +44,8 @@ export interface Cluster {
   kubeconfig: string;
   /** PEM of the CA that signed the apiserver's serving certificate. */
   caFile: string;
+  /** The audit log, when started with `audit`. */
+  auditLog?: string;
   /** kubectl against this cluster; resolves with stdout, rejects with stderr in the message. */
   kubectl(args: string[], input?: string): Promise<string>;
   stop(): Promise<void>;
@@ -95,8 +102,23 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       await waitFor('etcd', () => httpOk(`${etcd}/health`));
     });
 
+    const auditLog = options.audit ? join(dir, 'audit.log') : undefined;
+    if (auditLog) {
+      // Metadata only: a request's user, verb, object and response code (a watch is logged when it starts).
+      await writeFile(
+        join(dir, 'audit-policy.yaml'),
+        'apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n',
+      );
+    }
     await timed(say, 'Started kube-apiserver', async () => {
       start('kube-apiserver', [
+        ...(auditLog
+          ? [
+              `--audit-policy-file=${join(dir, 'audit-policy.yaml')}`,
+              `--audit-log-path=${auditLog}`,
+              '--audit-log-mode=blocking',
+            ]
+          : []),
         `--etcd-servers=http://127.0.0.1:${etcdPort}`,
         `--secure-port=${apiPort}`,
         '--bind-address=127.0.0.1',
@@ -142,6 +164,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       server,
       kubeconfig,
       caFile: pki.ca,
+      ...(auditLog ? { auditLog } : {}),
       kubectl: (args, input) => kubectl(kubeconfig, args, input),
       stop,
     };

@@ -256,6 +256,7 @@ describe('helm template with the default values', () => {
     ]);
     expect((find(manifests, 'ClusterRole', '-dataplane') as Any).rules).toEqual([
       { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+      { apiGroups: [''], resources: ['pods'], verbs: ['get'] },
       { apiGroups: ['naat.dev'], resources: ['uplinks/status'], verbs: ['patch'] },
     ]);
   });

@@ -105,16 +105,16 @@ describe("the operator's ServiceAccount, as the real authorizer sees it", () => 
 
   test.each([
     ['create daemonsets.apps', namespace],
-    ['delete serviceaccounts', namespace],
+    ['patch serviceaccounts', namespace],
     ['create rolebindings.rbac.authorization.k8s.io', namespace],
-    ['update configmaps', namespace],
+    ['patch configmaps', namespace],
     ['create leases.coordination.k8s.io', namespace],
     ['list pods', 'default'],
     ['watch nodes', ''],
     ['list egresspolicies.naat.dev', 'default'],
     ['patch egressgateways.naat.dev --subresource=status', ''],
     ['create events.events.k8s.io', 'default'],
-    ['delete clusterrolebindings.rbac.authorization.k8s.io', ''],
+    ['patch clusterrolebindings.rbac.authorization.k8s.io', ''],
   ])('may %s (namespace %j)', async (verbResource, ns) => {
     expect(await can([...verbResource.split(' '), ...(ns ? ['-n', ns] : [])])).toBe(true);
   });
@@ -129,12 +129,15 @@ describe("the operator's ServiceAccount, as the real authorizer sees it", () => 
     ['create clusterroles.rbac.authorization.k8s.io', ''],
     ['patch mutatingwebhookconfigurations.admissionregistration.k8s.io', ''],
     ['create tokenreviews.authentication.k8s.io', ''],
+    // Nothing is deleted: the garbage collector removes a gateway's objects with it.
+    ['delete serviceaccounts', namespace],
+    ['delete clusterrolebindings.rbac.authorization.k8s.io', ''],
   ])('may not %s (namespace %j)', async (verbResource, ns) => {
     expect(await can([...verbResource.split(' '), ...(ns ? ['-n', ns] : [])])).toBe(false);
   });
 
   test('may touch its own webhook, Lease and certificate Secret only', async () => {
-    expect(await can(['patch', `mutatingwebhookconfigurations/${webhookName}`])).toBe(true);
+    expect(await can(['update', `mutatingwebhookconfigurations/${webhookName}`])).toBe(true);
     expect(await can(['update', `leases/${release}-operator`, '-n', namespace])).toBe(true);
     expect(await can(['update', 'leases/other', '-n', namespace])).toBe(false);
     expect(await can(['update', `secrets/${release}-webhook-tls`, '-n', namespace])).toBe(true);
