@@ -111,6 +111,30 @@ describe('Agent', () => {
     expect(agent.report().appliedHash).toBe('sha256:golden');
   });
 
+  it('tries a failed sync again by itself, and later syncs still run', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    await agent.start(config);
+    const run = k.nft.run.bind(k.nft);
+    let failing = true;
+    k.nft.run = async (operations) => {
+      if (failing) throw new Error('nft was killed');
+      return run(operations);
+    };
+    const changed = parseGatewayConfig({ ...config, hash: 'sha256:changed' });
+    await expect(agent.configure(changed)).rejects.toThrow('nft was killed');
+    expect(agent.report().lastSync?.error).toBe('nft was killed');
+    failing = false;
+    // Nothing asks for a sync: the agent's own retry applies the config.
+    for (let i = 0; i < 40 && agent.report().appliedHash !== 'sha256:changed'; i++)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(agent.report().appliedHash).toBe('sha256:changed');
+    expect(agent.report().lastSync?.error).toBeUndefined();
+    await agent.configure(config);
+    expect(agent.report().appliedHash).toBe('sha256:golden');
+    await agent.stop();
+  });
+
   it('stops choosing a failed uplink and deletes its flows, leaving the others', async () => {
     const k = kernel();
     const agent = agentOn(k);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { AttributionStore, type AttributionRecord, type AttributionUpdate, type Retention } from './attribution.ts';
 import type { Application } from '../proto/index.ts';
 import type { GatewayConfig } from './config.ts';
-import type { Conntrack, Flow } from './conntrack.ts';
+import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import { AgentMetrics } from './metrics.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
@@ -53,6 +53,8 @@ export interface AgentReport {
   uplinks: UplinkReport[];
   flows: number;
   associations: number;
+  /** The node's conntrack table: how full, and what the kernel dropped for want of room or ports. */
+  conntrack?: ConntrackStats;
 }
 
 export interface AttributedFlow extends Flow {
@@ -86,6 +88,8 @@ export interface AgentOptions {
   interfaceAddresses: (name: string) => Promise<string[]>;
   /** Writes a kernel setting of the node (conntrack ICMP timeouts have no nftables object). */
   writeSysctl?: (path: string, value: string) => Promise<void>;
+  /** Reads the conntrack table's fill and drop counters (readConntrackStats); undefined where unknown. */
+  conntrackStats?: () => ConntrackStats | undefined;
   log: Logger;
   /** How often LeastLoaded weights are recomputed from the flow counts. */
   rebalanceMs?: number;
@@ -125,6 +129,10 @@ export class Agent {
   #lastCounts = '';
   #expiry: NodeJS.Timeout | undefined;
   #relist: NodeJS.Timeout | undefined;
+  /** The next attempt after a failed sync, and how many failed in a row (for the backoff). */
+  #retry: NodeJS.Timeout | undefined;
+  #failures = 0;
+  #stopped = false;
 
   constructor(options: AgentOptions) {
     this.#o = options;
@@ -397,10 +405,14 @@ export class Agent {
   #queueSync(): Promise<void> {
     if (this.#pending) return this.#queue;
     this.#pending = true;
-    this.#queue = this.#queue.then(async () => {
-      this.#pending = false;
-      await this.#sync();
-    });
+    // A failed sync rejects the queue; the next one runs regardless (a rejected promise would
+    // skip it, and every sync after it, for good).
+    this.#queue = this.#queue
+      .catch(() => {})
+      .then(async () => {
+        this.#pending = false;
+        await this.#sync();
+      });
     return this.#queue;
   }
 
@@ -408,6 +420,7 @@ export class Agent {
     const active = this.flows.activeByUplink();
     const busiest = this.flows.busiestMapping();
     const uplinks = this.#config ? localUplinks(this.#config, this.#o.node) : [];
+    const conntrack = this.#o.conntrackStats?.();
     return {
       node: this.#o.node,
       ...(this.#config ? { gateway: this.#config.gateway } : {}),
@@ -431,6 +444,7 @@ export class Agent {
       }),
       flows: this.flows.size,
       associations: this.#associations.size,
+      ...(conntrack ? { conntrack } : {}),
     };
   }
 
@@ -445,7 +459,9 @@ export class Agent {
     clearInterval(this.#rebalance);
     clearInterval(this.#relist);
     clearTimeout(this.#expiry);
-    await this.#queue;
+    clearTimeout(this.#retry);
+    this.#stopped = true;
+    await this.#queue.catch(() => {});
   }
 
   /** The gateway is gone: removes naat's table, routes and state. */
@@ -521,6 +537,8 @@ export class Agent {
       if (full) await this.#writeIcmpTimeout(config.timeouts.icmpSeconds);
       this.#applied = { rendered, structure, ...(config.hash ? { hash: config.hash } : {}) };
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full };
+      this.#failures = 0;
+      clearTimeout(this.#retry);
     } catch (error) {
       const message = (error as Error).message;
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full, error: message };
@@ -528,6 +546,13 @@ export class Agent {
       this.#o.log.error('Failed to sync the kernel', { error: message });
       // The next sync starts from what the kernel holds, not from what this one meant to apply.
       this.#applied = undefined;
+      // Nothing else may ask for a sync for a long time (the config, health and associations can
+      // all stay as they are), so the agent tries again by itself, backing off to 30 s.
+      clearTimeout(this.#retry);
+      if (!this.#stopped) {
+        this.#retry = setTimeout(() => this.sync().catch(() => {}), Math.min(30_000, 500 * 2 ** this.#failures++));
+        this.#retry.unref();
+      }
       throw error;
     }
     this.#o.log.info('Synced the kernel', { full, durationMs: Math.round(performance.now() - started) });

@@ -2,6 +2,7 @@
 // conntrack events, joined with the uplink in their mark), and the removal of the flows pinned to
 // an uplink that failed so that their applications reconnect through another.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { exec, type Command } from './exec.ts';
 import { markMask, markShift } from './render.ts';
@@ -253,5 +254,42 @@ export class ExecConntrack implements Conntrack {
       stopped = true;
       for (const child of children) child.kill('SIGTERM');
     };
+  }
+}
+
+/** The conntrack table's fill and what the kernel dropped for want of room, in this network namespace. */
+export interface ConntrackStats {
+  /** Entries now (nf_conntrack_count). */
+  entries: number;
+  /** The most it holds (nf_conntrack_max); the kernel drops new flows past it once it cannot evict an unconfirmed one. */
+  max: number;
+  /** Packets dropped because the table was full (the `drop` column of /proc/net/stat/nf_conntrack). */
+  dropped: number;
+  /** Flows that failed to enter the table, among them those that found no free SNAT port (`insert_failed`). */
+  insertFailed: number;
+}
+
+/**
+ * Reads the conntrack table's fill and drop counters from /proc, synchronously (a few small files
+ * read at each scrape); undefined where conntrack is not loaded. The count and the counters are
+ * the network namespace's own; the maximum is the whole host's (only the initial namespace may set it).
+ */
+export function readConntrackStats(proc = '/proc'): ConntrackStats | undefined {
+  try {
+    const number = (path: string) => Number(readFileSync(`${proc}/sys/net/netfilter/${path}`, 'utf8').trim());
+    const [header, ...cpus] = readFileSync(`${proc}/net/stat/nf_conntrack`, 'utf8').trim().split('\n');
+    const columns = header!.trim().split(/\s+/);
+    const sum = (name: string) => {
+      const at = columns.indexOf(name);
+      return at < 0 ? 0 : cpus.reduce((total, row) => total + parseInt(row.trim().split(/\s+/)[at] ?? '0', 16), 0);
+    };
+    return {
+      entries: number('nf_conntrack_count'),
+      max: number('nf_conntrack_max'),
+      dropped: sum('drop'),
+      insertFailed: sum('insert_failed'),
+    };
+  } catch {
+    return undefined;
   }
 }

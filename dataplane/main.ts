@@ -31,7 +31,7 @@ import {
 } from './attribution.ts';
 import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
 import { parseGatewayConfig, type GatewayConfig } from './config.ts';
-import { ExecConntrack } from './conntrack.ts';
+import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import { contentType as metricsContentType } from './prometheus.ts';
 import { HealthMonitor, IpLinkReader } from './probe.ts';
@@ -87,7 +87,7 @@ function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): 
   const links = new IpLinkReader();
   return new Agent({
     node: values.node!,
-    nft: new ExecNftables(),
+    nft: new ExecNftables(['nft'], values['state-dir']),
     routing: new ExecRouting(),
     conntrack: new ExecConntrack(),
     stateDir: values['state-dir']!,
@@ -96,6 +96,7 @@ function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): 
       return [ipv4, ipv6].filter((a): a is string => Boolean(a));
     },
     writeSysctl: (path, value) => writeFile(`/proc/sys/${path}`, value),
+    conntrackStats: () => readConntrackStats(),
     log,
     ...options,
   });

@@ -1,6 +1,7 @@
 // The agent's metrics, for /metrics: gauges set from its report at each scrape, and counters and
 // histograms it adds to as flows start and end, associations arrive and rulesets are applied.
 import type { AgentReport } from './agent.ts';
+import type { ConntrackStats } from './conntrack.ts';
 import { Counter, Gauge, Histogram, LabelLimit, Registry } from './prometheus.ts';
 
 /** How many distinct applications get a label value of their own; the rest count as `other`. */
@@ -16,6 +17,8 @@ export class AgentMetrics {
   readonly registry = new Registry();
   readonly #applications: LabelLimit;
   readonly #tables: BoundedTables;
+  /** The kernel's conntrack counters as the last report read them. */
+  #conntrack: ConntrackStats | undefined;
 
   // From the report.
   readonly uplinkHealthy = this.registry.add(
@@ -62,6 +65,33 @@ export class AgentMetrics {
   );
   readonly lastApplyFailed = this.registry.add(
     new Gauge({ name: 'naat_ruleset_apply_failed', help: 'Whether the last kernel sync failed.' }),
+  );
+
+  readonly conntrackEntries = this.registry.add(
+    new Gauge({
+      name: 'naat_conntrack_entries',
+      help: 'Entries in the conntrack table of the node (nf_conntrack_count).',
+    }),
+  );
+  readonly conntrackUtilisation = this.registry.add(
+    new Gauge({
+      name: 'naat_conntrack_utilisation_ratio',
+      help: 'Conntrack entries as a share of nf_conntrack_max: past 1 the kernel drops new flows it cannot make room for.',
+    }),
+  );
+  readonly conntrackDropped = this.registry.add(
+    new Counter({
+      name: 'naat_conntrack_dropped_total',
+      help: 'Packets the kernel dropped because the conntrack table was full (since the node started).',
+      collect: () => (this.#conntrack ? [[{}, this.#conntrack.dropped]] : []),
+    }),
+  );
+  readonly conntrackInsertFailed = this.registry.add(
+    new Counter({
+      name: 'naat_conntrack_insert_failed_total',
+      help: 'Flows that failed to enter the conntrack table (since the node started), among them new flows that found no free SNAT port.',
+      collect: () => (this.#conntrack ? [[{}, this.#conntrack.insertFailed]] : []),
+    }),
   );
 
   // Counted as things happen.
@@ -167,6 +197,14 @@ export class AgentMetrics {
     this.associations.set({}, report.associations);
     if (report.lastSync) this.lastApplyDuration.set({ full: String(report.lastSync.full) }, report.lastSync.durationMs);
     this.lastApplyFailed.set({}, report.lastSync?.error ? 1 : 0);
+    this.conntrackEntries.clear();
+    this.conntrackUtilisation.clear();
+    this.#conntrack = report.conntrack;
+    if (report.conntrack) {
+      const { entries, max } = report.conntrack;
+      this.conntrackEntries.set({}, entries);
+      if (max > 0) this.conntrackUtilisation.set({}, entries / max);
+    }
     return this.registry.render();
   }
 }

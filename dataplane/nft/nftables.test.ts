@@ -93,8 +93,28 @@ describe('planSync on the in-memory table', () => {
     expect(lastChain).toBeLessThan(firstRule);
     expect(lines.slice(-3)).toEqual([
       'flush chain inet naat old_chain',
-      'delete chain inet naat old_chain',
       'delete set inet naat old_set',
+      'delete chain inet naat old_chain',
     ]);
+  });
+
+  it('removes a verdict map before the chains its elements name (strict mode turned off)', async () => {
+    const nft = new FakeNftables();
+    const association = { port: 7740, unassociatedFlows: 'PodRules' as const, sidecarSources: [] };
+    const strict = { ...config, association: { ...association, strictSources: ['10.244.1.0/24'] } };
+    const curl = {
+      processName: 'curl',
+      executable: '/usr/bin/curl',
+      commandLine: [],
+      containerName: 'app',
+      containerId: '',
+      uid: 0,
+      pid: 1,
+    };
+    const stamps = [{ address: '10.244.1.2', stamp: 5, application: curl }];
+    await sync(nft, input({ config: strict, stamps }));
+    expect(nft.table()!.chains.map((c) => c.name)).toContain('class0');
+    const table = await sync(nft, input());
+    expect(canonical(nft.table())).toBe(canonical(table));
   });
 });

@@ -1,6 +1,8 @@
 // The kernel's nftables behind a small interface: what naat's table holds now, and atomic
 // transactions against it. The real implementation drives `nft`; the fake keeps the table in
 // memory with the kernel's referential checks, for unit tests of everything above it.
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { exec, type Command } from '../exec.ts';
 import {
   baseDeclaration,
@@ -126,13 +128,16 @@ export function planSync(desired: Table, existing: TableNames | undefined): Oper
     sets: new Set(desired.sets.map((s) => s.name)),
     objects: new Set(desired.objects.map((o) => `${o.kind}/${o.name}`)),
   };
+  // Orphans go in the order that leaves nothing referring to what is deleted: their chains are
+  // emptied (rules name sets), then sets and maps go (a verdict map's elements name chains, such
+  // as the stamps maps when strict mode is turned off), then the chains.
   const orphanChains = [...has.chains].filter((name) => !wanted.chains.has(name));
   for (const name of orphanChains) ops.push({ op: 'flush', what: 'chain', name });
-  for (const name of orphanChains) ops.push({ op: 'delete', what: 'chain', name });
   for (const name of existing?.sets ?? []) if (!wanted.sets.has(name)) ops.push({ op: 'delete', what: 'set', name });
   for (const name of existing?.maps ?? []) {
     if (!wanted.sets.has(name)) ops.push({ op: 'delete', what: 'set', name, map: true });
   }
+  for (const name of orphanChains) ops.push({ op: 'delete', what: 'chain', name });
   for (const object of existing?.objects ?? []) {
     if (!wanted.objects.has(`${object.kind}/${object.name}`)) ops.push({ op: 'delete', what: 'object', ...object });
   }
@@ -144,8 +149,16 @@ export class NftError extends Error {}
 /** Drives the `nft` binary: one process per transaction, the script on its standard input. */
 export class ExecNftables implements Nftables {
   readonly #nft: Command;
-  constructor(nft: Command = ['nft']) {
+  readonly #scriptDir: string | undefined;
+  /**
+   * With `scriptDir`, each transaction is written to a file there first and nft reads that file:
+   * nft commits whatever it has parsed when its input ends, so an agent killed while it pipes a
+   * large transaction would leave a prefix of it (some chains flushed and half refilled) in the
+   * kernel. A file is complete before nft starts; a kill before then applies nothing.
+   */
+  constructor(nft: Command = ['nft'], scriptDir?: string) {
     this.#nft = nft;
+    this.#scriptDir = scriptDir;
   }
 
   async list(): Promise<TableNames | undefined> {
@@ -170,8 +183,19 @@ export class ExecNftables implements Nftables {
   async run(operations: Operation[]): Promise<void> {
     if (!operations.length) return;
     const script = `${operations.map(operationText).join('\n')}\n`;
-    const { code, stderr } = await exec(this.#nft, ['-f', '-'], script);
+    const { code, stderr } = this.#scriptDir
+      ? await this.#runFile(this.#scriptDir, script)
+      : await exec(this.#nft, ['-f', '-'], script);
     if (code !== 0) throw new NftError(`nft transaction failed: ${stderr.trim()}`);
+  }
+
+  // Renamed into place, so that an nft left running by a killed agent keeps reading its own file.
+  async #runFile(dir: string, script: string) {
+    await mkdir(dir, { recursive: true });
+    const file = join(dir, 'transaction.nft');
+    await writeFile(`${file}.tmp`, script);
+    await rename(`${file}.tmp`, file);
+    return exec(this.#nft, ['-f', file]);
   }
 }
 
@@ -252,7 +276,11 @@ function apply(table: FakeTable | undefined, o: Operation): FakeTable | undefine
       const chain = table.chains.get(o.name);
       if (!chain) throw fail('No such file or directory');
       if (o.op === 'flush') chain.rules = [];
-      else if (chain.rules.length || usedByRules(table, (r) => r.includes(` ${o.name}`)))
+      else if (
+        chain.rules.length ||
+        usedByRules(table, (r) => r.includes(` ${o.name}`)) ||
+        [...table.sets.values()].some((set) => set.elements.some((e) => e.endsWith(` goto ${o.name}`)))
+      )
         throw fail('Device or resource busy');
       else table.chains.delete(o.name);
       return table;
