@@ -45,7 +45,7 @@ export const GatewayConfig = Type.Object({
     Type.Object({
       namespace: Name,
       name: Name,
-      addresses: Type.Array(Type.String({ minLength: 2, maxLength: 39 }), { minItems: 1 }),
+      addresses: Type.Array(Type.String({ minLength: 2, maxLength: 45 }), { minItems: 1 }),
     }),
     {
       description:

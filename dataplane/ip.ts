@@ -48,6 +48,11 @@ export function normalisePrefixes(prefixes: string[], family: 4 | 6): string[] {
   });
 }
 
+/** An address in the form nft lists it (IPv6 as RFC 5952, without an embedded dotted IPv4 part). */
+export function canonicalAddress(address: string): string {
+  return bytesToAddress(addressToBytes(address));
+}
+
 function canonical(value: bigint, family: 4 | 6): string {
   const length = family === 4 ? 4 : 16;
   return bytesToAddress(Uint8Array.from({ length }, (_, i) => Number((value >> BigInt(8 * (length - 1 - i))) & 0xffn)));

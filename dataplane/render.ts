@@ -9,10 +9,11 @@
 //   (or the pod-level rules) → Deny drops; Allow goes to a choice chain → an uplink chain sets the
 //   uplink's bits in the conntrack and packet marks → the fwmark rule routes it by the uplink's
 //   table → postrouting translates the source to the uplink's addresses.
+import { createHash } from 'node:crypto';
 import type { Application, TraceContext } from '../proto/index.ts';
 import { matchesApplication } from './applications.ts';
 import type { CompiledRule, CompiledUplink, GatewayConfig } from './config.ts';
-import { normalisePrefixes } from './ip.ts';
+import { canonicalAddress, normalisePrefixes } from './ip.ts';
 import {
   stampText,
   type Chain,
@@ -255,7 +256,9 @@ export function render(input: RenderInput): Rendered {
   const stampElements: Record<Family, string[]> = { 4: [], 6: [] };
   for (const stamped of input.stamps ?? []) {
     const chain = classOf(stamped.application) ?? 'pod_rules';
-    stampElements[familyOf(stamped.address)].push(`${stamped.address} . ${stampText(stamped.stamp)} : goto ${chain}`);
+    stampElements[familyOf(stamped.address)].push(
+      `${canonicalAddress(stamped.address)} . ${stampText(stamped.stamp)} : goto ${chain}`,
+    );
   }
   for (const f of families) {
     const addr = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
@@ -459,8 +462,22 @@ function idOf(ids: ReadonlyMap<string, number>, name: string): number {
 /** How verdicts, logs and `nft list` name a policy rule. */
 export const ruleName = (rule: CompiledRule) => `${rule.policy}#${rule.rule}`;
 
-export const uplinkChain = (name: string) => `uplink_${name.replace(/[^A-Za-z0-9_]/g, '_')}`;
-const snatChain = (name: string) => `snat_${name.replace(/[^A-Za-z0-9_]/g, '_')}`;
+export const uplinkChain = (name: string) => `uplink_${chainPart(name)}`;
+const snatChain = (name: string) => `snat_${chainPart(name)}`;
+
+/**
+ * What stands for an uplink in its chains' names: one to one, so that distinct uplinks never
+ * share a chain, and short enough for nft's names (255 characters). Uplink names hold lowercase
+ * letters, digits, `-` and `.`; `-` becomes `_`, which no name holds. A name with a dot or of
+ * more than 200 characters is cut and followed by `_H` and a hash of the whole name: no other
+ * name maps to an upper-case letter.
+ */
+function chainPart(name: string): string {
+  const simple = name.replace(/-/g, '_');
+  if (/^[a-z0-9_]{1,200}$/.test(simple)) return simple;
+  const hash = createHash('sha256').update(name).digest('hex').slice(0, 16);
+  return `${simple.replace(/[^A-Za-z0-9_]/g, '_').slice(0, 200)}_H${hash}`;
+}
 const stickySet = (id: number, f: Family) => `sticky${id}_${f}`;
 
 /**
@@ -522,7 +539,8 @@ function snatChains(uplink: CompiledUplink): Chain[] {
   const name = snatChain(uplink.name);
   const chains: Chain[] = [];
   const rules: Rule[] = [];
-  const translate = (f: Family, address?: string): Rule[] => {
+  const translate = (f: Family, text?: string): Rule[] => {
+    const address = text && canonicalAddress(text);
     const withPorts: Statement = address ? { kind: 'snat', family: f, address, ports } : { kind: 'masquerade', ports };
     const without: Statement = address ? { kind: 'snat', family: f, address } : { kind: 'masquerade' };
     return [
@@ -571,7 +589,7 @@ function ruleMatches(rule: CompiledRule, sourceSet: string): Match[][] {
 }
 
 function flowElement(assoc: FlowAssociation, chain: string): string {
-  return `${assoc.sourceAddress} . ${assoc.transport} . ${assoc.sourcePort} : goto ${chain}`;
+  return `${canonicalAddress(assoc.sourceAddress)} . ${assoc.transport} . ${assoc.sourcePort} : goto ${chain}`;
 }
 
 function timeoutName(config: GatewayConfig, protocol: 'tcp' | 'udp', f: Family): string {

@@ -52,6 +52,11 @@ export interface NaaServerOptions {
   /** How long a new stream may take to send its Hello. */
   helloTimeoutMs?: number;
   log?: (message: string, fields: Record<string, unknown>) => void;
+  /**
+   * Streams closed for the same reason (status code) are logged once per this period, the next
+   * line counting those left out: a flood of bad streams costs a line, not a line each. 60 s.
+   */
+  refusalLogPeriodMs?: number;
   /** Continues the sidecars' traces (telemetry on); without it, associations' trace contexts are ignored. */
   tracing?: AssociationTracing;
 }
@@ -67,6 +72,12 @@ export interface AssociationTracing {
 export const defaultLimits: Limits = { maxMessageBytes: 1 << 20, maxAssociations: 10_000, maxMessagesPerSecond: 1_000 };
 
 const maxTextLength = 4096;
+/**
+ * Messages of one stream read but not yet handled (a Hello waits for its TokenReview, a batch for
+ * the kernel). Past this the stream is no longer read, so HTTP/2 flow control holds the driver back
+ * and a stream's memory stays bounded however fast it sends.
+ */
+const maxPendingMessages = 64;
 type Call = ServerDuplexStream<AssociateRequest, AssociateResponse>;
 
 class StreamError extends Error {
@@ -86,10 +97,12 @@ export class NaaServer {
   readonly #sessions = new Map<string, { call: Call; identity: PodIdentity }>();
   /** Applies to the sink in order, so that a later change never overtakes an earlier one. */
   #applying: Promise<void> = Promise.resolve();
+  readonly #logRefusal: (code: status, fields: Record<string, unknown>) => void;
 
   constructor(options: NaaServerOptions) {
     this.#options = options;
     this.#limits = { ...defaultLimits, ...options.limits };
+    this.#logRefusal = refusalLog(options.log ?? (() => {}), options.refusalLogPeriodMs ?? 60_000);
     this.#server = new Server({
       'grpc.max_receive_message_length': this.#limits.maxMessageBytes,
       'grpc.keepalive_time_ms': 20_000,
@@ -127,7 +140,6 @@ export class NaaServer {
   }
 
   #serve(call: Call): void {
-    const log = this.#options.log ?? (() => {});
     let identity: PodIdentity | undefined;
     let sequence = 0;
     let closed = false;
@@ -143,7 +155,7 @@ export class NaaServer {
       clearTimeout(helloTimer);
       const code = error instanceof StreamError ? error.code : status.INTERNAL;
       const details = error instanceof Error ? error.message : String(error);
-      log('Closed NAA stream', { pod: identity && `${identity.pod.namespace}/${identity.pod.name}`, code, details });
+      this.#logRefusal(code, { pod: identity && `${identity.pod.namespace}/${identity.pod.name}`, code, details });
       call.emit('error', { code, details } as ServiceError);
     };
     const done = () => {
@@ -161,16 +173,24 @@ export class NaaServer {
     // Messages are handled one at a time, in order: a Hello's authentication finishes before
     // the snapshot behind it is looked at.
     let queue = Promise.resolve();
+    let pending = 0;
     call.on('data', (message: AssociateRequest) => {
+      if (closed) return;
+      // Counted as they arrive, not as they are handled, so that a flood is cut off also while
+      // an earlier message waits (for the apiserver or the kernel).
+      if (!bucket.take()) {
+        fail(
+          new StreamError(
+            status.RESOURCE_EXHAUSTED,
+            `more than ${this.#limits.maxMessagesPerSecond} messages per second`,
+          ),
+        );
+        return;
+      }
+      if (++pending >= maxPendingMessages) call.pause();
       queue = queue
         .then(async () => {
           if (closed) return;
-          if (!bucket.take()) {
-            throw new StreamError(
-              status.RESOURCE_EXHAUSTED,
-              `more than ${this.#limits.maxMessagesPerSecond} messages per second`,
-            );
-          }
           if (message.sequence !== sequence + 1) {
             throw new StreamError(
               status.INVALID_ARGUMENT,
@@ -195,7 +215,7 @@ export class NaaServer {
               throw new StreamError(status.INVALID_ARGUMENT, 'a stream says hello only once');
             case 'associate': {
               const entry = this.#entry(pod, body.value);
-              if (this.table.countFor(pod.pod) >= this.#limits.maxAssociations) {
+              if (!this.table.has(entry) && this.table.countFor(pod.pod) >= this.#limits.maxAssociations) {
                 throw new StreamError(
                   status.RESOURCE_EXHAUSTED,
                   `pod holds the most associations allowed (${this.#limits.maxAssociations})`,
@@ -252,7 +272,10 @@ export class NaaServer {
             if (entry.trace) this.#options.tracing?.applied(entry, verdict, appliedAt);
           }
         })
-        .catch(fail);
+        .catch(fail)
+        .finally(() => {
+          if (--pending < maxPendingMessages && call.isPaused() && !closed) call.resume();
+        });
     });
   }
 
@@ -372,6 +395,27 @@ export class NaaServer {
       destinationPort: flow.destinationPort,
     };
   }
+}
+
+/**
+ * Logs 'Closed NAA stream' for the first stream closed with each status code in a period and
+ * only counts the others; the next line of that code says how many were left out.
+ */
+function refusalLog(
+  log: (message: string, fields: Record<string, unknown>) => void,
+  periodMs: number,
+): (code: status, fields: Record<string, unknown>) => void {
+  const byCode = new Map<status, { until: number; suppressed: number }>();
+  return (code, fields) => {
+    const now = performance.now();
+    const last = byCode.get(code);
+    if (last && now < last.until) {
+      last.suppressed++;
+      return;
+    }
+    byCode.set(code, { until: now + periodMs, suppressed: 0 });
+    log('Closed NAA stream', { ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) });
+  };
 }
 
 /** Allows `perSecond` messages a second on average, with bursts of up to two seconds' worth. */

@@ -79,6 +79,11 @@ export class AssociationTable {
     return this.replacePod(pod, []);
   }
 
+  /** Whether the pod holds an entry for the same flow (an upsert of it replaces, not adds). */
+  has(entry: AssociationEntry): boolean {
+    return this.#byPod.get(entry.pod.uid)?.has(entryKey(entry)) ?? false;
+  }
+
   countFor(pod: PodRef): number {
     return this.#byPod.get(pod.uid)?.size ?? 0;
   }

@@ -189,8 +189,24 @@ export function renderStatement(s: Statement): string {
   }
 }
 
+/**
+ * A comment as nft takes it: its quoted strings have no escapes, so quotes and control characters
+ * become `?`, and it keeps at most 127 bytes (NFTNL_UDATA_COMMENT_MAXLEN less the final NUL),
+ * cut between characters.
+ */
+export function commentText(text: string): string {
+  let kept = '';
+  let bytes = 0;
+  for (const char of text.replace(/["\p{Cc}]/gu, '?')) {
+    bytes += Buffer.byteLength(char);
+    if (bytes > 127) break;
+    kept += char;
+  }
+  return `"${kept}"`;
+}
+
 export function renderRule(rule: Rule): string {
-  const comment = rule.comment === undefined ? [] : [`comment ${JSON.stringify(rule.comment.slice(0, 127))}`];
+  const comment = rule.comment === undefined ? [] : [`comment ${commentText(rule.comment)}`];
   return [...rule.match.map(renderMatch), ...rule.then.map(renderStatement), ...comment].join(' ');
 }
 

@@ -10,9 +10,7 @@ import { NaaServer, type AssociationSink } from '../../dataplane/naa/server.ts';
 import { TokenReviewAuthenticator } from '../../dataplane/naa/auth.ts';
 import type { AssociationChanges } from '../../dataplane/naa/table.ts';
 import {
-  addressToBytes,
   AssociationServiceClient,
-  Protocol,
   type AssociateRequest,
   type AssociateResponse,
   type PodRef,
@@ -20,51 +18,16 @@ import {
 import { Driver } from '../../sidecar/driver.ts';
 import type { Association } from '../../sidecar/associations.ts';
 import { kubectl } from '../cluster/cluster.ts';
+import { association, makePod, type TestPod } from './naa-fixtures.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-${process.pid}`;
-
-interface TestPod {
-  ref: PodRef;
-  ip: string;
-  token: string;
-}
 
 class RecordingSink implements AssociationSink {
   batches: AssociationChanges[] = [];
   async apply(changes: AssociationChanges): Promise<void> {
     this.batches.push(changes);
   }
-}
-
-async function makePod(name: string): Promise<TestPod> {
-  await k(
-    ['apply', '-f', '-'],
-    JSON.stringify({
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { name, namespace },
-      spec: { serviceAccountName: 'app', containers: [{ name: 'app', image: 'app:test' }] },
-    }),
-  );
-  for (let i = 0; i < 300; i++) {
-    const pod = JSON.parse(await k(['get', 'pod', name, '-n', namespace, '-o', 'json']));
-    if (pod.status?.podIP) {
-      const token = (
-        await k(
-          ['create', 'token', 'app', '-n', namespace, '--audience', 'naat', '--bound-object-kind', 'Pod'].concat([
-            '--bound-object-name',
-            name,
-            '--bound-object-uid',
-            pod.metadata.uid,
-          ]),
-        )
-      ).trim();
-      return { ref: { namespace, name, uid: pod.metadata.uid }, ip: pod.status.podIP, token };
-    }
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  throw new Error(`pod ${name} got no IP`);
 }
 
 let server: NaaServer;
@@ -77,7 +40,7 @@ let dir: string;
 beforeAll(async () => {
   await k(['create', 'namespace', namespace]);
   await k(['create', 'serviceaccount', 'app', '-n', namespace]);
-  [podA, podB] = await Promise.all([makePod('a'), makePod('b')]);
+  [podA, podB] = await Promise.all([makePod(namespace, 'a'), makePod(namespace, 'b')]);
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromFile(process.env.KUBECONFIG!);
   sink = new RecordingSink();
@@ -121,27 +84,6 @@ function rawStream() {
   };
   return { call, client, send, hello, helloAcked, ended, received };
 }
-
-const association = (sourceAddress: string, sourcePort: number) => ({
-  flow: {
-    protocol: Protocol.PROTOCOL_TCP,
-    sourceAddress: addressToBytes(sourceAddress),
-    sourcePort,
-    destinationAddress: addressToBytes('203.0.113.10'),
-    destinationPort: 443,
-  },
-  application: {
-    processName: 'curl',
-    executable: '/usr/bin/curl',
-    commandLine: ['curl'],
-    containerName: 'app',
-    containerId: '',
-    uid: 0,
-    pid: 7,
-  },
-  observedAt: new Date(),
-  trace: undefined,
-});
 
 async function eventually(check: () => void, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
