@@ -48,6 +48,10 @@ export interface Cluster {
   auditLog?: string;
   /** kubectl against this cluster; resolves with stdout, rejects with stderr in the message. */
   kubectl(args: string[], input?: string): Promise<string>;
+  /** Kills etcd and the apiserver with SIGKILL, as a crash of the control plane would. */
+  crashControlPlane(): Promise<void>;
+  /** Starts them again on the same ports and data; resolves once the apiserver is ready. */
+  restartControlPlane(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -76,9 +80,11 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     const server = `https://127.0.0.1:${apiPort}`;
     const kubeconfig = join(dir, 'kubeconfig');
     await writeFile(kubeconfig, kubeconfigYaml(server, pki.ca), { mode: 0o600 });
+    const argsOf = new Map<string, string[]>();
     const start = (name: string, args: string[]) => {
+      argsOf.set(name, args);
       const child = spawn(join(bin, name), args, { stdio: ['ignore', 'pipe', 'pipe'] });
-      const log = createWriteStream(join(dir, 'logs', `${name}.log`));
+      const log = createWriteStream(join(dir, 'logs', `${name}.log`), { flags: 'a' });
       child.stdout!.pipe(log);
       child.stderr!.pipe(log);
       children.push(child);
@@ -166,6 +172,21 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       caFile: pki.ca,
       ...(auditLog ? { auditLog } : {}),
       kubectl: (args, input) => kubectl(kubeconfig, args, input),
+      async crashControlPlane() {
+        for (const name of ['kube-apiserver', 'etcd']) {
+          const child = children.find((c) => c.spawnfile.endsWith(`/${name}`) && c.exitCode === null);
+          if (!child) continue;
+          const exited = new Promise((resolve) => child.once('exit', resolve));
+          child.kill('SIGKILL');
+          await exited;
+        }
+      },
+      async restartControlPlane() {
+        start('etcd', argsOf.get('etcd')!);
+        await waitFor('etcd', () => httpOk(`http://127.0.0.1:${etcdPort}/health`));
+        start('kube-apiserver', argsOf.get('kube-apiserver')!);
+        await waitFor('kube-apiserver', () => httpOk(`${server}/readyz`, pki.caPem));
+      },
       stop,
     };
     if (options.workloads) {

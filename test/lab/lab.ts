@@ -167,7 +167,9 @@ export interface StartOptions {
 export async function startLab(settings: LabSettings, options: StartOptions): Promise<Lab> {
   const { dir, prefix, agentPort } = settings;
   const undo: Array<() => Promise<unknown>> = [];
+  let stopping = false;
   const stop = async () => {
+    stopping = true;
     for (const step of undo.splice(0).reverse()) await step().catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
   };
@@ -351,13 +353,21 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
         settingsFile,
         JSON.stringify(operatorSettings('naat', { metrics: metrics!, health: health!, webhook: webhook! })),
       );
-      start(undefined, 'operator', [process.execPath, join(root, 'operator', 'main.ts')], {
-        KUBECONFIG: cluster.kubeconfig,
-        NAAT_CONFIG: settingsFile,
-        NAAT_NAMESPACE: systemNamespace,
-        NAAT_POD_NAME: 'naat-operator-lab',
-        ...otel,
-      });
+      const launch = (): void => {
+        const operator = start(undefined, 'operator', [process.execPath, join(root, 'operator', 'main.ts')], {
+          KUBECONFIG: cluster.kubeconfig,
+          NAAT_CONFIG: settingsFile,
+          NAAT_NAMESPACE: systemNamespace,
+          NAAT_POD_NAME: 'naat-operator-lab',
+          ...otel,
+        });
+        // Restarted as the kubelet restarts its Deployment's pod: a replica that loses its Lease
+        // (the apiserver went away for longer than the lease) exits on purpose.
+        operator.once('exit', () => {
+          if (!starting && !stopping) setTimeout(() => !stopping && launch(), 1000);
+        });
+      };
+      launch();
       await until(
         'the operator ready (GET /readyz)',
         async () => ((await fetch(`http://127.0.0.1:${health}/readyz`)).ok ? true : undefined),
