@@ -23,6 +23,8 @@ try {
     seconds,
     // A fifth of the run, at least 20 s: caches, JIT and the attribution log fill up first.
     warmupSeconds: Math.max(20, Math.round(seconds / 5)),
+    // The default attribution log (100,000 records, ~60 MiB) and the rest of the live set fit.
+    agentHeapMiB: 192,
     sampleEveryMs: seconds > 300 ? 10_000 : 3000,
     log: (line) => console.error(line),
   });

@@ -44,6 +44,8 @@ export interface NaaGatewayOptions {
   timeouts?: object;
   /** More environment for the agent, e.g. OTEL_* variables. */
   agentEnv?: NodeJS.ProcessEnv;
+  /** More arguments of `dataplane run`, e.g. retention limits. */
+  agentArgs?: string[];
   /** Servers on the host's loopback (http://127.0.0.1:PORT) that the agent reaches at the same address. */
   hostServices?: string[];
 }
@@ -172,7 +174,16 @@ export class NaaGateway {
     const listening = await this.#occurrences('agent.log', 'Listening for NAA streams');
     const { node, kubeconfig } = this.options;
     const config = join(this.dir, 'gateway.json');
-    const argv = ['run', '--config', config, '--node', node, '--state-dir', join(this.dir, 'state')];
+    const argv = [
+      'run',
+      '--config',
+      config,
+      '--node',
+      node,
+      '--state-dir',
+      join(this.dir, 'state'),
+      ...(this.options.agentArgs ?? []),
+    ];
     this.agent = this.#spawnLogged(
       this.topology.ns.gw,
       [process.execPath, join(root, 'dataplane', 'main.ts'), ...argv],

@@ -22,6 +22,17 @@ export interface SoakOptions {
   seconds: number;
   /** Samples before this are warm-up and not judged. */
   warmupSeconds: number;
+  /**
+   * The agent's attribution log bound (`--attribution-records`): memory is judged flat once the
+   * bounded tables are full, so a short soak fills a small one during warm-up.
+   */
+  attributionRecords?: number;
+  /**
+   * The agent's V8 old-space bound (MiB). Without one, V8 on a large machine defers collection
+   * until its heap is gigabytes large, so RSS rises for minutes with garbage, not with leaks; a
+   * bound near the live set makes a leak show as growth (or as the agent running out of memory).
+   */
+  agentHeapMiB?: number;
   sampleEveryMs?: number;
   log?: (line: string) => void;
 }
@@ -116,6 +127,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     uplinks: 2,
     unassociatedFlows: 'PodRules',
     rules: (podIp) => rulesOf(podIp, options.namespace, 0).rules,
+    ...(options.agentHeapMiB ? { agentEnv: { NODE_OPTIONS: `--max-old-space-size=${options.agentHeapMiB}` } } : {}),
+    ...(options.attributionRecords ? { agentArgs: ['--attribution-records', String(options.attributionRecords)] } : {}),
   });
   const stops: Array<() => Promise<unknown>> = [];
   try {
