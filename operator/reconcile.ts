@@ -174,10 +174,24 @@ export class Reconciler {
         summary.ready.message,
       );
     }
+    const portsWere = uplink.status?.conditions?.find((c) => c.type === 'PortsAvailable')?.reason;
+    if (portsWere !== undefined && portsWere !== summary.ports.reason) {
+      await this.#event(
+        'Uplink',
+        uplink,
+        summary.ports.status === 'True' ? 'Normal' : 'Warning',
+        summary.ports.reason,
+        'Ports',
+        summary.ports.message,
+      );
+    }
     await this.#applyStatus('Uplink', uplink, {
       healthyNodes: summary.healthyNodes,
       activeFlows: summary.activeFlows,
-      conditions: conditions(uplink.status?.conditions, uplink.metadata.generation ?? 0, this.#now(), [summary.ready]),
+      conditions: conditions(uplink.status?.conditions, uplink.metadata.generation ?? 0, this.#now(), [
+        summary.ready,
+        summary.ports,
+      ]),
     });
   }
 

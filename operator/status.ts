@@ -106,14 +106,18 @@ export function policyConditions(
 }
 
 export interface UplinkNodes {
-  nodes?: Array<{ node: string; healthy: boolean; activeFlows: number }>;
+  nodes?: Array<{ node: string; healthy: boolean; activeFlows: number; portUtilisationPercent?: number }>;
 }
+
+/** SNAT port use, per node, from which the uplink warns that new flows will soon fail. */
+export const portWarningPercent = 80;
 
 /** An Uplink's summary over the entries its gateway nodes applied to status.nodes. */
 export function uplinkSummary(status: UplinkNodes | undefined): {
   healthyNodes: number;
   activeFlows: number;
   ready: NewCondition;
+  ports: NewCondition;
 } {
   const nodes = status?.nodes ?? [];
   const healthyNodes = nodes.filter((n) => n.healthy).length;
@@ -128,5 +132,30 @@ export function uplinkSummary(status: UplinkNodes | undefined): {
           message: `healthy on ${healthyNodes} of ${nodes.length} nodes`,
         }
       : { type: 'Ready', status: 'False', reason: 'Unhealthy', message: `unhealthy on all ${nodes.length} nodes` };
-  return { healthyNodes, activeFlows, ready };
+  // New flows to a destination fail once its SNAT ports are all taken: said before it happens.
+  // The message names nodes, not figures, so that status changes only when the state does.
+  const use = (n: (typeof nodes)[number]) => n.portUtilisationPercent ?? 0;
+  const full = nodes.filter((n) => use(n) >= 100).map((n) => n.node);
+  const high = nodes.filter((n) => use(n) >= portWarningPercent).map((n) => n.node);
+  const ports: NewCondition = full.length
+    ? {
+        type: 'PortsAvailable',
+        status: 'False',
+        reason: 'PortsExhausted',
+        message: `every SNAT port for some destination is in use on ${full.join(', ')}: new flows to it fail`,
+      }
+    : high.length
+      ? {
+          type: 'PortsAvailable',
+          status: 'False',
+          reason: 'PortsNearlyExhausted',
+          message: `${portWarningPercent}% or more of the SNAT ports for one destination in use on ${high.join(', ')}`,
+        }
+      : {
+          type: 'PortsAvailable',
+          status: 'True',
+          reason: 'PortsAvailable',
+          message: `less than ${portWarningPercent}% of the SNAT ports for any destination in use`,
+        };
+  return { healthyNodes, activeFlows, ready, ports };
 }
