@@ -7,11 +7,9 @@
 //      gateway) against an unstamped one, as a ratio, each the median of three iperf3 runs;
 //   3. the share of new flows the gateway counted as stamped.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { startCluster, type Cluster } from '../cluster/cluster.ts';
 import { NaaGateway } from '../e2e/naa-harness.ts';
-import { server, until } from '../e2e/topology.ts';
+import { server } from '../e2e/topology.ts';
 import { startWhoami, type Server } from '../e2e/traffic.ts';
 
 const node = 'gateway-a';
@@ -56,22 +54,9 @@ async function main(): Promise<void> {
   });
   await gateway.start();
   const g = gateway;
-  const runDir = join(g.dir, 'run');
-  mkdirSync(runDir);
-  const library = join(g.dir, 'libnaat_stamp.so');
-  execFileSync('gcc', [
-    '-O2',
-    '-shared',
-    '-fPIC',
-    '-o',
-    library,
-    join(import.meta.dirname, '..', '..', 'sidecar', 'stamp', 'naat_stamp.c'),
-    '-ldl',
-  ]);
-  await g.startSidecar({ log: 'sidecar.log', env: { NAAT_STAMP_DIR: runDir, NAAT_STAMP_LIBRARY: library } });
-  await until('the stamping socket', async () => existsSync(join(runDir, 'stamp.sock')) || undefined);
+  const { env: stamping } = await g.startStampingSidecar({ log: 'sidecar.log' });
   whoami = await startWhoami(g.topology, whoamiPort);
-  const preload = [`LD_PRELOAD=${library}`, `NAAT_STAMP_SOCKET=${join(runDir, 'stamp.sock')}`];
+  const preload = Object.entries(stamping).map(([name, value]) => `${name}=${value}`);
   const inPod = async (env: string[], argv: string[], timeoutMs = 120_000) =>
     (await g.topology.exec(g.pod.netns, ['env', ...env, ...argv], { timeoutMs })).stdout;
 

@@ -215,6 +215,34 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   }
 }
 
+/**
+ * Writes to `path` a kubeconfig for the cluster of `kubeconfig` that authenticates with a token
+ * of ServiceAccount `namespace/account`, so that a process runs with exactly that account's RBAC.
+ */
+export async function serviceAccountKubeconfig(
+  kubeconfig: string,
+  namespace: string,
+  account: string,
+  path: string,
+): Promise<string> {
+  const token = (await kubectl(kubeconfig, ['create', 'token', account, '-n', namespace, '--duration=1h'])).trim();
+  const cluster = JSON.parse(await kubectl(kubeconfig, ['config', 'view', '--raw', '--minify', '-o', 'json']))
+    .clusters[0].cluster;
+  await writeFile(
+    path,
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'cluster', cluster }],
+      users: [{ name: account, user: { token } }],
+      contexts: [{ name: account, context: { cluster: 'cluster', user: account } }],
+      'current-context': account,
+    }),
+    { mode: 0o600 },
+  );
+  return path;
+}
+
 /** Kills the components a cluster in `dir` started, if its owner died without stopping them. */
 export async function killLeftovers(dir: string): Promise<void> {
   const pids = await readFile(join(dir, 'pids'), 'utf8').catch(() => '');

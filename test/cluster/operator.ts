@@ -2,6 +2,7 @@
 // benchmarks that run the operator as a process beside the test apiserver. The apiserver reaches
 // that process's webhook at an https URL on loopback (settings.webhook.url), the way it reaches
 // an operator run outside the cluster.
+import { apiVersion } from '../../crds/index.ts';
 
 export interface OperatorPorts {
   metrics: number;
@@ -60,6 +61,49 @@ export function webhookObjects(name: string, namespace: string) {
           objectSelector: { matchExpressions: [{ key: 'naat.dev/inject', operator: 'NotIn', values: ['false'] }] },
         },
       ],
+    },
+  ];
+}
+
+/**
+ * The chart's operator configuration (its ConfigMap's config.json) made runnable beside the
+ * apiserver: its own ports, and the webhook at a loopback URL unless `inCluster`.
+ */
+export function runnableHere(config: Record<string, unknown>, ports: OperatorPorts, { inCluster = false } = {}) {
+  return {
+    ...config,
+    metricsPort: ports.metrics,
+    healthPort: ports.health,
+    webhook: {
+      ...(config.webhook as object),
+      port: ports.webhook,
+      ...(inCluster ? {} : { url: `https://127.0.0.1:${ports.webhook}/mutate-pods` }),
+    },
+  };
+}
+
+/**
+ * An Uplink and an EgressGateway, both named `name`, on the nodes labelled naat.dev/gateway=true,
+ * serving namespaces labelled egress=<name> and injecting the sidecar into all their pods.
+ */
+export function gatewayWithUplink(name: string) {
+  return [
+    {
+      apiVersion,
+      kind: 'Uplink',
+      metadata: { name },
+      spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: { addresses: ['192.0.2.10'] } },
+    },
+    {
+      apiVersion,
+      kind: 'EgressGateway',
+      metadata: { name },
+      spec: {
+        nodeSelector: { 'naat.dev/gateway': 'true' },
+        uplinks: { names: [name] },
+        namespaceSelector: { matchLabels: { egress: name } },
+        association: { sidecar: { podSelector: {} } },
+      },
     },
   ];
 }

@@ -3,12 +3,13 @@
 // whose pod namespace stands for that Pod; the dataplane agent in the gateway namespace with an
 // `association` block in its config; and the real sidecar in the pod namespace. Its files live in
 // a work folder of its own; stop() removes everything it made, also after a start that failed.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { URL } from 'node:url';
+import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import type { AgentReport } from '../../dataplane/agent.ts';
 import { kubectl } from '../cluster/cluster.ts';
@@ -221,6 +222,33 @@ export class NaaGateway {
       (await this.#occurrences('agent.log', 'Accepted NAA stream')) > streams ? true : undefined,
     );
     return sidecar;
+  }
+
+  /**
+   * Strict mode: builds the stamping library (sidecar/stamp/, as `npm run build:stamp` does), starts
+   * the sidecar with a folder to share it from, and resolves, once its stamping socket is up, with
+   * the environment that the webhook would give the pod's programs.
+   */
+  async startStampingSidecar(options: SidecarOptions): Promise<{ sidecar: ChildProcess; env: Record<string, string> }> {
+    const runDir = join(this.dir, 'run');
+    await mkdir(runDir, { recursive: true });
+    const library = join(this.dir, 'libnaat_stamp.so');
+    await promisify(execFile)('gcc', [
+      '-O2',
+      '-shared',
+      '-fPIC',
+      '-o',
+      library,
+      join(root, 'sidecar', 'stamp', 'naat_stamp.c'),
+      '-ldl',
+    ]);
+    const socket = join(runDir, 'stamp.sock');
+    const sidecar = await this.startSidecar({
+      ...options,
+      env: { ...options.env, NAAT_STAMP_DIR: runDir, NAAT_STAMP_LIBRARY: library },
+    });
+    await until('the stamping socket', async () => existsSync(socket) || undefined);
+    return { sidecar, env: { LD_PRELOAD: library, NAAT_STAMP_SOCKET: socket } };
   }
 
   /** What the agent's HTTP server answers at `path`, asked from the gateway namespace it listens in. */

@@ -7,8 +7,6 @@
 // conntrack table and counters) and at the server's link, not inferred from the clients.
 import type { ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { NaaGateway } from './naa-harness.ts';
 import { server, until } from './topology.ts';
 import { startWhoami, type Server } from './traffic.ts';
@@ -56,11 +54,8 @@ const gateway = new NaaGateway({
 
 const servers: Server[] = [];
 let sidecar: ChildProcess;
-let runDir: string;
-let library: string;
-
 /** The environment of a program of a strict pod, as the webhook sets it. */
-const preloaded = () => ({ LD_PRELOAD: library, NAAT_STAMP_SOCKET: join(runDir, 'stamp.sock') });
+let preloaded: () => Record<string, string>;
 
 /** Runs a shell script in the pod namespace, with `env`. */
 async function inPod(script: string, env: Record<string, string> = {}): Promise<string> {
@@ -128,29 +123,15 @@ const percentile = (values: number[], q: number) =>
 
 beforeAll(async () => {
   await gateway.start();
-  runDir = join(gateway.dir, 'run');
-  mkdirSync(runDir);
-  library = join(gateway.dir, 'libnaat_stamp.so');
-  execFileSync('gcc', [
-    '-O2',
-    '-shared',
-    '-fPIC',
-    '-o',
-    library,
-    join(import.meta.dirname, '..', '..', 'sidecar', 'stamp', 'naat_stamp.c'),
-    '-ldl',
-  ]);
   for (const port of Object.values(ports)) servers.push(await startWhoami(gateway.topology, port));
   // What reaches the server: any packet still carrying a DSCP would be a stamp that leaked.
   await gateway.topology.exec(gateway.topology.ns.srv, [
     'nft',
     'add table inet leak; add chain inet leak in { type filter hook input priority 0; }; add rule inet leak in ip dscp != cs0 counter',
   ]);
-  sidecar = await gateway.startSidecar({
-    log: 'sidecar.log',
-    env: { NAAT_STAMP_DIR: runDir, NAAT_STAMP_LIBRARY: library },
-  });
-  await until('the stamping socket', async () => existsSync(join(runDir, 'stamp.sock')) || undefined);
+  const strict = await gateway.startStampingSidecar({ log: 'sidecar.log' });
+  sidecar = strict.sidecar;
+  preloaded = () => strict.env;
 }, 120_000);
 
 afterAll(async () => {

@@ -10,11 +10,12 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { apiVersion, definitions, group } from '../../crds/index.ts';
+import { definitions, group } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import { sidecarContainerName } from '../../operator/compile.ts';
 import { objectName } from '../../operator/desired.ts';
-import { freePorts, kubectl } from '../cluster/cluster.ts';
+import { freePorts, kubectl, serviceAccountKubeconfig } from '../cluster/cluster.ts';
+import { gatewayWithUplink, runnableHere } from '../cluster/operator.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
 import { until } from '../e2e/topology.ts';
 import { testNodes } from './global-setup.ts';
@@ -185,28 +186,12 @@ async function startInstalledOperator({ inCluster = false } = {}): Promise<{ hea
   const config = JSON.parse(
     await k(['get', 'configmap', `${release}-operator`, '-n', namespace, '-o', 'jsonpath={.data.config\\.json}']),
   );
-  // Only what differs for a process beside the apiserver rather than a pod behind its Service.
   const [webhook, metrics, health] = (await freePorts(3)) as [number, number, number];
-  config.webhook = {
-    ...config.webhook,
-    port: webhook,
-    ...(inCluster ? {} : { url: `https://127.0.0.1:${webhook}/mutate-pods` }),
-  };
-  Object.assign(config, { metricsPort: metrics, healthPort: health });
-  await writeFile(join(dir, 'config.json'), JSON.stringify(config));
-  const token = (await k(['create', 'token', `${release}-operator`, '-n', namespace, '--duration=1h'])).trim();
-  const cluster = JSON.parse(await k(['config', 'view', '--raw', '--minify', '-o', 'json'])).clusters[0];
   await writeFile(
-    join(dir, 'kubeconfig'),
-    JSON.stringify({
-      apiVersion: 'v1',
-      kind: 'Config',
-      clusters: [{ name: 'test', cluster: cluster.cluster }],
-      users: [{ name: 'operator', user: { token } }],
-      contexts: [{ name: 'operator', context: { cluster: 'test', user: 'operator' } }],
-      'current-context': 'operator',
-    }),
+    join(dir, 'config.json'),
+    JSON.stringify(runnableHere(config, { webhook, metrics, health }, { inCluster })),
   );
+  await serviceAccountKubeconfig(kubeconfig, namespace, `${release}-operator`, join(dir, 'kubeconfig'));
   operator = spawn(process.execPath, [join(root, 'operator', 'main.ts')], {
     env: {
       ...process.env,
@@ -243,32 +228,7 @@ test('the installed operator, with only its chart RBAC, issues its certificate, 
 
   await k(['create', 'namespace', apps]);
   await k(['label', 'namespace', apps, 'naat.dev/injection=enabled', `egress=${gateway}`]);
-  await k(
-    ['apply', '-f', '-'],
-    JSON.stringify({
-      apiVersion: 'v1',
-      kind: 'List',
-      items: [
-        {
-          apiVersion,
-          kind: 'Uplink',
-          metadata: { name: gateway },
-          spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: { addresses: ['192.0.2.10'] } },
-        },
-        {
-          apiVersion,
-          kind: 'EgressGateway',
-          metadata: { name: gateway },
-          spec: {
-            nodeSelector: { 'naat.dev/gateway': 'true' },
-            uplinks: { names: [gateway] },
-            namespaceSelector: { matchLabels: { egress: gateway } },
-            association: { sidecar: { podSelector: {} } },
-          },
-        },
-      ],
-    }),
-  );
+  await k(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: gatewayWithUplink(gateway) }));
   const daemonSetPods = await eventually('the dataplane running on both gateway nodes', async () => {
     const list = JSON.parse(
       await k(['get', 'pods', '-n', namespace, '-l', `naat.dev/gateway=${gateway}`, '-o', 'json']),

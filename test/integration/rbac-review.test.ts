@@ -18,8 +18,9 @@ import { root } from '../../crds/generate.ts';
 import type { Compiled } from '../../operator/compile.ts';
 import { desiredGatewayObjects, objectName } from '../../operator/desired.ts';
 import { parseSettings } from '../../operator/settings.ts';
-import { freePorts, startCluster, type Cluster } from '../cluster/cluster.ts';
+import { freePorts, serviceAccountKubeconfig, startCluster, type Cluster } from '../cluster/cluster.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
+import { gatewayWithUplink, runnableHere } from '../cluster/operator.ts';
 import { stopProcess, until } from '../e2e/topology.ts';
 
 const release = 'naat';
@@ -157,24 +158,6 @@ function spawnLogged(name: string, argv: string[], env: NodeJS.ProcessEnv): Chil
 
 const inNetns = (argv: string[]) => ['ip', 'netns', 'exec', netns, ...argv];
 
-/** A kubeconfig for `dir/<name>` that authenticates with a token of ServiceAccount `account`. */
-async function serviceAccountKubeconfig(name: string, account: string): Promise<string> {
-  const token = (await cluster.kubectl(['create', 'token', account, '-n', namespace, '--duration=1h'])).trim();
-  const path = join(dir, name);
-  await writeFile(
-    path,
-    JSON.stringify({
-      apiVersion: 'v1',
-      kind: 'Config',
-      clusters: [{ name: 'test', cluster: { server: cluster.server, 'certificate-authority': cluster.caFile } }],
-      users: [{ name: account, user: { token } }],
-      contexts: [{ name: account, context: { cluster: 'test', user: account } }],
-      'current-context': account,
-    }),
-  );
-  return path;
-}
-
 interface AuditEvent {
   stage: string;
   verb: string;
@@ -301,12 +284,18 @@ describe('what the code does with them, in a control plane of its own', () => {
     const config = JSON.parse(
       rest.find((m) => m.kind === 'ConfigMap' && m.metadata.name === `${release}-operator`)!.data!['config.json']!,
     );
-    const [webhookPort, metricsPort, healthPort] = (await freePorts(3)) as [number, number, number];
-    Object.assign(config, { metricsPort, healthPort });
-    config.webhook = { ...config.webhook, port: webhookPort, url: `https://127.0.0.1:${webhookPort}/mutate-pods` };
-    await writeFile(join(dir, 'operator.json'), JSON.stringify(config));
+    const [webhook, metrics, healthPort] = (await freePorts(3)) as [number, number, number];
+    await writeFile(
+      join(dir, 'operator.json'),
+      JSON.stringify(runnableHere(config, { webhook, metrics, health: healthPort })),
+    );
     const operator = spawnLogged('operator', [process.execPath, join(root, 'operator', 'main.ts')], {
-      KUBECONFIG: await serviceAccountKubeconfig('operator.kubeconfig', `${release}-operator`),
+      KUBECONFIG: await serviceAccountKubeconfig(
+        cluster.kubeconfig,
+        namespace,
+        `${release}-operator`,
+        join(dir, 'operator.kubeconfig'),
+      ),
       NAAT_CONFIG: join(dir, 'operator.json'),
       NAAT_NAMESPACE: namespace,
       NAAT_POD_NAME: `${release}-operator-local`,
@@ -329,23 +318,7 @@ describe('what the code does with them, in a control plane of its own', () => {
         apiVersion: 'v1',
         kind: 'List',
         items: [
-          {
-            apiVersion,
-            kind: 'Uplink',
-            metadata: { name: gateway },
-            spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: { addresses: ['192.0.2.10'] } },
-          },
-          {
-            apiVersion,
-            kind: 'EgressGateway',
-            metadata: { name: gateway },
-            spec: {
-              nodeSelector: { 'naat.dev/gateway': 'true' },
-              uplinks: { names: [gateway] },
-              namespaceSelector: { matchLabels: { egress: gateway } },
-              association: { sidecar: { podSelector: {} } },
-            },
-          },
+          ...gatewayWithUplink(gateway),
           {
             apiVersion,
             kind: 'EgressPolicy',
@@ -407,7 +380,14 @@ describe('what the code does with them, in a control plane of its own', () => {
         '--report-ms',
         '300',
       ]),
-      { KUBECONFIG: await serviceAccountKubeconfig('dataplane.kubeconfig', objectName(gateway)) },
+      {
+        KUBECONFIG: await serviceAccountKubeconfig(
+          cluster.kubeconfig,
+          namespace,
+          objectName(gateway),
+          join(dir, 'dataplane.kubeconfig'),
+        ),
+      },
     );
     await until('the agent listening for sidecars', async () =>
       logs.agent!.includes('Listening for NAA streams') ? true : undefined,
