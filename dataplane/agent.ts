@@ -242,8 +242,14 @@ export class Agent {
     await this.#queueSync();
   }
 
-  /** Replaces associations: `upsert` and `remove` keyed by (address, transport, port). */
-  async associate(upsert: FlowAssociation[], remove: FlowAssociation[]): Promise<void> {
+  /**
+   * Replaces associations: `upsert` and `remove` keyed by (address, transport, port). Resolves,
+   * once the kernel holds them, with what new flows of each upserted one get.
+   */
+  async associate(
+    upsert: FlowAssociation[],
+    remove: FlowAssociation[],
+  ): Promise<Array<AssociationVerdict | undefined>> {
     for (const a of remove) this.#associations.delete(flowKey(a));
     for (const a of upsert) this.#associations.set(flowKey(a), a);
     await this.#queueSync();
@@ -256,6 +262,7 @@ export class Agent {
       return { association: a, verdict };
     });
     await this.#applyLate(decided);
+    return decided.map((d) => d.verdict);
   }
 
   /**

@@ -242,7 +242,6 @@ async function startNaa(
     authenticator: new TokenReviewAuthenticator(kubeConfig, values.node),
     sink: {
       apply: ({ upsert, remove }) => agent.associate(upsert.map(flowAssociation), remove.map(flowAssociation)),
-      verdict: (entry) => agent.verdictFor(flowAssociation(entry)),
       policy: (identity) => (agent.config ? effectivePolicy(agent.config, identity.addresses) : undefined),
       stamp: (addresses, stamp, application) => agent.stamp(addresses, stamp, application),
       strict: (identity) =>

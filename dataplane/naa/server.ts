@@ -34,9 +34,11 @@ export interface Decision {
 
 /** Where accepted associations go: the kernel state that classifies flows, applied in batches. */
 export interface AssociationSink {
-  apply(changes: AssociationChanges): Promise<void>;
-  /** What the gateway decides now for new flows of an applied entry; sent to its driver. */
-  verdict?(entry: AssociationEntry): Decision | undefined;
+  /**
+   * Applies the changes; resolves with what the gateway now decides for new flows of each
+   * upserted entry, in order (undefined where it cannot say), which is sent to its driver.
+   */
+  apply(changes: AssociationChanges): Promise<ReadonlyArray<Decision | undefined> | void>;
   /** The rules that apply to a pod; sent after the HelloAck and again by `pushPolicies`. */
   policy?(identity: PodIdentity): EffectivePolicy | undefined;
   /** Strict mode: packets of the pod's addresses stamped `stamp` are `application`'s; resolves once applied. */
@@ -262,12 +264,12 @@ export class NaaServer {
             }
           }
           const applied = sequence;
-          await this.#apply(changes);
+          const decisions = await this.#apply(changes);
           const appliedAt = new Date();
           if (closed) return;
           call.write({ body: { $case: 'ack', value: { sequence: applied } } });
-          for (const entry of changes.upsert) {
-            const verdict = this.#options.sink.verdict?.(entry);
+          for (const [i, entry] of changes.upsert.entries()) {
+            const verdict = decisions?.[i];
             if (verdict) call.write({ body: { $case: 'verdict', value: verdictMessage(entry, verdict) } });
             if (entry.trace) this.#options.tracing?.applied(entry, verdict, appliedAt);
           }
@@ -325,9 +327,12 @@ export class NaaServer {
     return identity;
   }
 
-  #apply(changes: AssociationChanges): Promise<void> {
+  #apply(changes: AssociationChanges): Promise<ReadonlyArray<Decision | undefined> | void> {
     const run = this.#applying.then(() => this.#options.sink.apply(changes));
-    this.#applying = run.catch(() => {});
+    this.#applying = run.then(
+      () => {},
+      () => {},
+    );
     return run;
   }
 

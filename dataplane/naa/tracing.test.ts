@@ -55,7 +55,7 @@ test('the NAA server ignores a garbage trace context: the stream stays up and th
   const pod = { namespace: 'shop', name: 'web-1', uid: 'uid-1' };
   const server = new NaaServer({
     authenticator: { authenticate: async (_token, claimed) => ({ pod: claimed, addresses: ['10.0.0.5'] }) },
-    sink: { apply: async () => {}, verdict: () => ({ allowed: true, uplink: 'isp-a' }) },
+    sink: { apply: async ({ upsert }) => upsert.map(() => ({ allowed: true, uplink: 'isp-a' })) },
     tracing,
   });
   const port = await server.listen('127.0.0.1:0');

@@ -519,7 +519,7 @@ async function scaleBench(dir: string): Promise<void> {
       writeSysctl: async (path, value) => void (await run([...inNs('sysctl'), '-q', '-w', `${path}=${value}`])),
       log: { info: () => {}, error: (message, fields) => errors.push(`${message} ${JSON.stringify(fields)}`) },
     });
-    const timed = async (work: () => Promise<void>) => {
+    const timed = async (work: () => Promise<unknown>) => {
       nft.reset();
       const started = performance.now();
       await work();
