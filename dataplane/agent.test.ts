@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from './agent.ts';
-import { parseGatewayConfig } from './config.ts';
+import { parseGatewayConfig } from '../contracts/gateway/index.ts';
 import type { AttributionRecord } from './attribution.ts';
 import type { Conntrack, Flow, FlowEvent } from './conntrack.ts';
 import { FakeNftables } from './nft/nftables.ts';

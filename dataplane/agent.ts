@@ -7,7 +7,7 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AttributionStore, type AttributionRecord, type AttributionUpdate, type Retention } from './attribution.ts';
 import type { Application } from '../proto/index.ts';
-import type { GatewayConfig } from './config.ts';
+import type { GatewayConfig } from '../contracts/gateway/index.ts';
 import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import { AgentMetrics } from './metrics.ts';

@@ -30,15 +30,15 @@ import {
   type Retention,
 } from './attribution.ts';
 import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
-import { parseGatewayConfig, type GatewayConfig } from './config.ts';
+import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
-import { contentType as metricsContentType } from './prometheus.ts';
+import { metricsContentType } from '../common/index.ts';
 import { HealthMonitor, IpLinkReader } from './probe.ts';
 import type { AssociationEntry } from './naa/table.ts';
 import { localUplinks, type FlowAssociation } from './render.ts';
 import { ExecRouting } from './routing.ts';
-import { startTelemetry } from './telemetry.ts';
+import { startTelemetry } from '../common/index.ts';
 
 const log: Logger = {
   info: (msg, fields) => console.log(JSON.stringify({ ts: new Date().toISOString(), level: 'info', msg, ...fields })),
@@ -205,7 +205,7 @@ async function firstConfig(): Promise<{
   if (values['config-map']) {
     const [namespace, name] = values['config-map'].split('/');
     if (!namespace || !name) throw new Error('--config-map takes NAMESPACE/NAME');
-    const { pooledKubeConfig } = await import('./kube.ts');
+    const { pooledKubeConfig } = await import('../common/kube/index.ts');
     const kubeConfig = pooledKubeConfig();
     source = await watchConfigMap(kubeConfig, namespace, name, 'config.json', onText, onError);
   } else if (values.config) {
@@ -233,7 +233,7 @@ async function startNaa(
   port: number,
   tracing: boolean,
 ): Promise<{ close(): Promise<void>; pushPolicies(): void }> {
-  const { pooledKubeConfig } = await import('./kube.ts');
+  const { pooledKubeConfig } = await import('../common/kube/index.ts');
   const { NaaServer } = await import('./naa/server.ts');
   const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
   const { effectivePolicy } = await import('./naa/policy.ts');
@@ -274,7 +274,7 @@ function flowAssociation(entry: AssociationEntry): FlowAssociation {
 /** In a cluster: this node's view of its uplinks goes into their status for the operator to aggregate. */
 async function startReporting(agent: Agent): Promise<NodeJS.Timeout> {
   // Loaded only here: the Kubernetes client costs tens of MiB that standalone agents do without.
-  const { pooledKubeConfig } = await import('./kube.ts');
+  const { pooledKubeConfig } = await import('../common/kube/index.ts');
   const { UplinkStatusReporter } = await import('./report.ts');
   const kubeConfig = pooledKubeConfig();
   const reporter = new UplinkStatusReporter(kubeConfig);

@@ -2,7 +2,7 @@
 // histograms it adds to as flows start and end, associations arrive and rulesets are applied.
 import type { AgentReport } from './agent.ts';
 import type { ConntrackStats } from './conntrack.ts';
-import { Counter, Gauge, Histogram, LabelLimit, Registry } from './prometheus.ts';
+import { Counter, Gauge, Histogram, LabelLimit, Registry } from '../common/index.ts';
 
 /** How many distinct applications get a label value of their own; the rest count as `other`. */
 export const applicationLabelLimit = 100;

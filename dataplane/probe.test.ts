@@ -1,4 +1,4 @@
-import type { CompiledUplink } from './config.ts';
+import type { CompiledUplink } from '../contracts/gateway/index.ts';
 import {
   HealthMonitor,
   initialHealth,

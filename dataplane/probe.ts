@@ -12,7 +12,7 @@ import { request as httpRequest } from 'node:http';
 import { connect, isIP } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
-import type { CompiledUplink } from './config.ts';
+import type { CompiledUplink } from '../contracts/gateway/index.ts';
 
 export type HealthCheck = NonNullable<CompiledUplink['healthCheck']>;
 

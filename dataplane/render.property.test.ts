@@ -5,7 +5,7 @@
 // test/integration/render-nft.test.ts.
 import fc from 'fast-check';
 import { maybeBrokenConfig, renderCases } from '../test/arbitraries.ts';
-import { ConfigError, parseGatewayConfig } from './config.ts';
+import { ConfigError, parseGatewayConfig } from '../contracts/gateway/index.ts';
 import type { Table } from './nft/model.ts';
 import { localUplinks, markMask, markShift, render, uplinkChain } from './render.ts';
 

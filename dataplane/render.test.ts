@@ -1,7 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Application } from '../proto/index.ts';
-import { parseGatewayConfig, type GatewayConfig } from './config.ts';
+import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { renderTable } from './nft/model.ts';
 import { trace, type Packet, type TraceOptions } from './nft/trace.ts';
 import {

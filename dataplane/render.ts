@@ -12,8 +12,13 @@
 import { createHash } from 'node:crypto';
 import type { Application, TraceContext } from '../proto/index.ts';
 import { matchesApplication } from './applications.ts';
-import type { CompiledRule, CompiledUplink, GatewayConfig } from './config.ts';
-import { canonicalAddress, normalisePrefixes } from './ip.ts';
+import {
+  canonicalAddress,
+  normalisePrefixes,
+  type CompiledRule,
+  type CompiledUplink,
+  type GatewayConfig,
+} from '../contracts/gateway/index.ts';
 import {
   stampText,
   type Chain,

@@ -4,7 +4,7 @@
 // is reported on both policies it involves.
 import fc from 'fast-check';
 import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../crds/index.ts';
-import { parseGatewayConfig } from '../dataplane/index.ts';
+import { parseGatewayConfig } from '../contracts/gateway/index.ts';
 import { each } from '../test/arbitraries.ts';
 import { compileGateway, sidecarContainerName, type PodFacts, type Snapshot } from './compile.ts';
 import type { Labels } from './selector.ts';

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../crds/index.ts';
-import { parseGatewayConfig } from '../dataplane/index.ts';
+import { parseGatewayConfig } from '../contracts/gateway/index.ts';
 import { compileGateway, sidecarContainerName, type PodFacts, type Snapshot } from './compile.ts';
 import type { Labels } from './selector.ts';
 

@@ -10,7 +10,7 @@ import {
   type CompiledRule,
   type CompiledUplink,
   type GatewayConfig,
-} from '../dataplane/index.ts';
+} from '../contracts/gateway/index.ts';
 import { matchesLabels, matchesSelector, type Labels } from './selector.ts';
 
 /** The name of the container the admission webhook injects; pods that have it are associated. */

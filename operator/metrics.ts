@@ -1,7 +1,7 @@
 // The operator's /metrics: reconciles timed and counted by controller and result, the work queues'
 // depth, leadership and the webhook's reviews. Values that something else keeps (a queue's length,
 // the webhook's counts) are read at each scrape.
-import { Counter, Gauge, Histogram, Registry } from '../dataplane/index.ts';
+import { Counter, Gauge, Histogram, Registry } from '../common/index.ts';
 import type { ControllerOptions, ReconcileResult } from './runtime/controller.ts';
 
 type Around = NonNullable<ControllerOptions['around']>;

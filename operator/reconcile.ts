@@ -29,9 +29,8 @@ import {
 import { compileGateway, type PodFacts, type PolicyFacts } from './compile.ts';
 import { desiredGatewayObjects, labelsOf, objectName } from './desired.ts';
 import { injectedAnnotation, modeAnnotation, modeReasonAnnotation } from './inject.ts';
-import type { Informer } from './runtime/informer.ts';
-import { errorText, type Logger } from './runtime/log.ts';
-import { objectKey } from './runtime/informer.ts';
+import { errorText, type Logger } from '../common/index.ts';
+import { objectKey, type Informer } from '../common/kube/index.ts';
 import type { OperatorSettings } from './settings.ts';
 import { conditions, gatewayConditions, policyConditions, uplinkSummary, type DataplaneRollout } from './status.ts';
 

@@ -13,7 +13,7 @@ import { X509Certificate } from 'node:crypto';
 import { caUsable, makeCa, makeServing, usable, type KeyPair } from './certificates.ts';
 import { canonical } from './reconcile.ts';
 import type { ReconcileResult } from './runtime/controller.ts';
-import type { Logger } from './runtime/log.ts';
+import type { Logger } from '../common/index.ts';
 import type { OperatorSettings } from './settings.ts';
 import { webhookPath } from './webhook.ts';
 

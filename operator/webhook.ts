@@ -10,7 +10,7 @@ import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { KeyPair } from './certificates.ts';
 import { injection, type InjectionRequest, type Injection } from './inject.ts';
-import { errorText, type Logger } from './runtime/log.ts';
+import { errorText, type Logger } from '../common/index.ts';
 
 export const webhookPath = '/mutate-pods';
 /** The apiserver sends at most its request size limit (3 MiB) of object. */

@@ -1,3 +1,2 @@
 // The NAA protocol's public entry point: messages, their codecs, and the gRPC service.
 export * from './generated/naat/naa/v1/naa.ts';
-export * from './address.ts';

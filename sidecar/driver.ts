@@ -6,7 +6,6 @@
 import { credentials, type ChannelCredentials, type ClientDuplexStream } from '@grpc/grpc-js';
 import { readFile } from 'node:fs/promises';
 import {
-  addressToBytes,
   AssociationMode,
   AssociationServiceClient,
   Protocol,
@@ -20,6 +19,7 @@ import {
   type TraceContext,
   type Verdict,
 } from '../proto/index.ts';
+import { addressToBytes } from '../contracts/index.ts';
 import { diffAssociations, flowKey as associationKey, type Association, type Flow } from './associations.ts';
 
 /** Starts the span of an association as it is first sent (tracing.ts); undefined leaves it untraced. */

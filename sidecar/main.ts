@@ -16,9 +16,9 @@
 // Its image runs it compiled, with NODE_OPTIONS="--jitless --max-semi-space-size=1" (see
 // images/Dockerfile and docs/naa.md, Measured): less memory, and scans no slower. Without
 // WebAssembly, Node.js cannot strip types, so this file runs that way only compiled.
-// Not through the dataplane's entry point, which brings the Kubernetes client along: this module
-// imports nothing until telemetry is wanted, and the sidecar's memory matters.
-import { startTelemetry } from '../dataplane/telemetry.ts';
+// common/'s entry point loads nothing until telemetry is wanted (the Kubernetes client has an entry
+// point of its own), and the sidecar's memory matters.
+import { startTelemetry } from '../common/index.ts';
 import { join } from 'node:path';
 import { Action, AssociationMode } from '../proto/index.ts';
 import { Driver } from './driver.ts';

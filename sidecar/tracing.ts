@@ -1,5 +1,5 @@
 // The sidecar's half of an association's trace (loaded only when telemetry runs; see
-// ../dataplane/telemetry.ts): a span `associate` per new association, from when the socket was
+// ../common/telemetry.ts): a span `associate` per new association, from when the socket was
 // first seen to when the gateway acknowledged the message that carried it, whose W3C context
 // travels in the message (Association.trace) so that the gateway's spans join the trace. It is
 // written with the W3C propagator itself, not the global one that OTEL_PROPAGATORS chooses: the

@@ -3,7 +3,7 @@
 // left out), each either valid by the API's rules or broken in one known way whose field the
 // parser must name, and the associations and stamps the sidecars would report for it.
 import fc from 'fast-check';
-import { parseGatewayConfig, type GatewayConfig } from '../dataplane/config.ts';
+import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import {
   allocateUplinkIds,
   type FlowAssociation,

@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentMetrics } from '../dataplane/metrics.ts';
-import type { Metric } from '../dataplane/prometheus.ts';
+import type { Metric } from '../common/index.ts';
 import { OperatorMetrics } from '../operator/metrics.ts';
 
 interface Panel {

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Action } from '../../proto/index.ts';
-import { parseGatewayConfig } from '../config.ts';
+import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { effectivePolicy } from './policy.ts';
 
 const config = parseGatewayConfig(

@@ -2,8 +2,7 @@
 // it can explain denials.
 import type { Destination } from '../../crds/index.ts';
 import { Action, type EffectivePolicy } from '../../proto/index.ts';
-import type { GatewayConfig } from '../config.ts';
-import { contains } from '../ip.ts';
+import { contains, type GatewayConfig } from '../../contracts/gateway/index.ts';
 import { ruleName } from '../render.ts';
 
 /** The rules that apply to a pod with these addresses, in the order the gateway evaluates them. */

@@ -6,10 +6,8 @@ import { randomUUID } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import {
   Action,
-  addressToBytes,
   AssociationMode,
   AssociationServiceService,
-  bytesToAddress,
   Protocol,
   type AssociateRequest,
   type AssociateResponse,
@@ -22,6 +20,7 @@ import {
   type TraceContext,
   type Verdict,
 } from '../../proto/index.ts';
+import { addressToBytes, bytesToAddress } from '../../contracts/index.ts';
 import { AuthenticationError, type Authenticator, type PodIdentity } from './auth.ts';
 import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
 

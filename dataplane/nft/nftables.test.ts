@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseGatewayConfig } from '../config.ts';
+import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { allocateUplinkIds, render, type RenderInput } from '../render.ts';
 import { renderTable, type Table } from './model.ts';
 import { FakeNftables, operationText, planSync } from './nftables.ts';

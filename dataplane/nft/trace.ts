@@ -1,7 +1,7 @@
 // Evaluates a packet against a table in the model, the way the kernel walks the same rules: base
 // chains of a hook in priority order, jump/goto/return, sets and verdict maps. It answers "what
 // happens to this packet" for tests and explanations without a kernel.
-import { contains } from '../ip.ts';
+import { contains } from '../../contracts/gateway/index.ts';
 import { stampText, type Family, type L4, type Match, type Rule, type Statement, type Table } from './model.ts';
 
 export interface Packet {

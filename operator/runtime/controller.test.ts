@@ -1,6 +1,6 @@
 import { Controller, type ControllerOptions, type ReconcileResult, type WatchedCache } from './controller.ts';
-import type { ChangeHandler } from './informer.ts';
-import type { Logger } from './log.ts';
+import type { ChangeHandler } from '../../common/kube/index.ts';
+import type { Logger } from '../../common/index.ts';
 
 /** A cache whose sync and changes the test drives. */
 class FakeCache<T> implements WatchedCache<T> {

@@ -5,9 +5,9 @@
 // one that succeeds resets the backoff and may ask to run again after a while. Workers start only
 // once every cache the reconciler reads has synced, so that a first reconcile never acts on a
 // half-filled cache (and, say, deletes what it does not see yet).
-import type { ChangeHandler } from './informer.ts';
-import { errorText, jsonLogger, type Logger } from './log.ts';
-import { statusCode } from './request.ts';
+import type { ChangeHandler } from '../../common/kube/index.ts';
+import { errorText, jsonLogger, type Logger } from '../../common/index.ts';
+import { statusCode } from '../../common/kube/index.ts';
 import { WorkQueue, type WorkQueueOptions } from './workqueue.ts';
 
 /** What a reconcile may ask for: to run again after `requeueAfterMs` even if nothing changes. */

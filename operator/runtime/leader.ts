@@ -15,8 +15,8 @@
 //   next try rather than after the lease duration.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from '@kubernetes/client-node';
-import { errorText, jsonLogger, type Logger } from './log.ts';
-import { statusCode, withSignal } from './request.ts';
+import { errorText, jsonLogger, type Logger } from '../../common/index.ts';
+import { statusCode, withSignal } from '../../common/kube/index.ts';
 
 export interface LeaderElectorOptions {
   kubeConfig: KubeConfig;

@@ -1,8 +1,8 @@
-// The operator's spans. The SDK is started by startTelemetry (dataplane/telemetry.ts) when the
+// The operator's spans. The SDK is started by startTelemetry (common/telemetry.ts) when the
 // OTEL_* variables ask for it; without it these spans are the API's no-ops.
 import { SpanStatusCode, trace } from '@opentelemetry/api';
 import type { ReconcileResult } from './controller.ts';
-import { errorText } from './log.ts';
+import { errorText } from '../../common/index.ts';
 
 /** A Controller's `around`: one span per reconcile, named after the controller, failed if it throws. */
 export function reconcileSpan(controller: string) {

@@ -13,7 +13,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, type AgentReport } from '../../dataplane/agent.ts';
-import { parseGatewayConfig } from '../../dataplane/config.ts';
+import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { ExecConntrack } from '../../dataplane/conntrack.ts';
 import { ExecNftables, operationText, planSync, type Nftables, type Operation } from '../../dataplane/nft/nftables.ts';
 import { allocateUplinkIds, localUplinks, render, type FlowAssociation } from '../../dataplane/render.ts';

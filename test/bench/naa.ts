@@ -19,13 +19,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NaaServer } from '../../dataplane/naa/server.ts';
 import {
-  addressToBytes,
   AssociationServiceClient,
   AssociationServiceService,
   Protocol,
   type AssociateRequest,
   type AssociateResponse,
 } from '../../proto/index.ts';
+import { addressToBytes } from '../../contracts/index.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const messages = 20_000;

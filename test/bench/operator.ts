@@ -26,7 +26,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { apiVersion, type EgressGateway, type EgressPolicy, type Uplink } from '../../crds/index.ts';
-import type { GatewayConfig } from '../../dataplane/index.ts';
+import type { GatewayConfig } from '../../contracts/gateway/index.ts';
 import { compileGateway, sidecarContainerName, type Snapshot } from '../../operator/compile.ts';
 import { configFile, objectName } from '../../operator/desired.ts';
 import { podFacts } from '../../operator/reconcile.ts';

@@ -10,7 +10,7 @@ import { mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AgentReport } from '../../dataplane/agent.ts';
-import { parseGatewayConfig } from '../../dataplane/config.ts';
+import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { parseConntrackLine } from '../../dataplane/conntrack.ts';
 import { renderTable } from '../../dataplane/nft/model.ts';
 import { render } from '../../dataplane/render.ts';

@@ -7,7 +7,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
-import type { CompiledUplink } from '../../dataplane/config.ts';
+import type { CompiledUplink } from '../../contracts/gateway/index.ts';
 import type { ProbeRequest, ProbeResult } from '../../dataplane/probe.ts';
 
 const tag = `prb${randomBytes(3).toString('hex')}`;

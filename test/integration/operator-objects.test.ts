@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { apiVersion, type EgressGateway, type Uplink } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
-import { parseGatewayConfig } from '../../dataplane/index.ts';
+import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { compileGateway } from '../../operator/compile.ts';
 import { configFile, desiredGatewayObjects, labelsOf, objectName } from '../../operator/desired.ts';
 import { parseSettings } from '../../operator/settings.ts';

@@ -16,10 +16,10 @@ import {
   type V1ConfigMap,
 } from '@kubernetes/client-node';
 import { Controller } from '../../operator/runtime/controller.ts';
-import { Informer, apiListerWatcher, splitKey } from '../../operator/runtime/informer.ts';
+import { Informer, apiListerWatcher, splitKey } from '../../common/kube/index.ts';
 import { LeaderElector } from '../../operator/runtime/leader.ts';
-import type { Logger } from '../../operator/runtime/log.ts';
-import { statusCode } from '../../operator/runtime/request.ts';
+import type { Logger } from '../../common/index.ts';
+import { statusCode } from '../../common/kube/index.ts';
 
 // Tests share one apiserver: everything here lives in this namespace, deleted afterwards.
 const namespace = `naat-runtime${process.pid}`;

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { apiVersion } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
-import type { GatewayConfig } from '../../dataplane/index.ts';
+import type { GatewayConfig } from '../../contracts/gateway/index.ts';
 import { objectName } from '../../operator/desired.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';

@@ -14,7 +14,7 @@ import { appendFile, appendFileSync, closeSync, openSync } from 'node:fs';
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentReport, AttributedFlow } from '../../dataplane/agent.ts';
-import type { GatewayConfig } from '../../dataplane/index.ts';
+import type { GatewayConfig } from '../../contracts/gateway/index.ts';
 import { startCluster, freePorts, type Cluster } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
 import { operatorSettings, webhookObjects } from '../cluster/operator.ts';

@@ -1,6 +1,6 @@
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { Informer, objectKey, splitKey, type ListerWatcher } from './informer.ts';
-import type { Logger } from './log.ts';
+import type { Logger } from '../log.ts';
 
 interface Item extends KubernetesObject {
   data?: string;

@@ -2,10 +2,9 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, parseGatewayConfig, type GatewayConfig } from './config.ts';
 
-const sample = JSON.parse(await readFile(join(import.meta.dirname, 'testdata', 'gateway.json'), 'utf8')) as Record<
-  string,
-  unknown
->;
+const sample = JSON.parse(
+  await readFile(join(import.meta.dirname, '..', '..', 'dataplane', 'testdata', 'gateway.json'), 'utf8'),
+) as Record<string, unknown>;
 
 function problems(change: (config: GatewayConfig) => void): string[] {
   const config = structuredClone(sample) as GatewayConfig;

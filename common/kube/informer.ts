@@ -31,7 +31,7 @@ import {
   type KubernetesListObject,
   type KubernetesObject,
 } from '@kubernetes/client-node';
-import { errorText, jsonLogger, type Logger } from './log.ts';
+import { errorText, jsonLogger, type Logger } from '../log.ts';
 import { statusCode, withSignal } from './request.ts';
 
 /** The two calls an informer makes: list, then watch from the list's resourceVersion. */

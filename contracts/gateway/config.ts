@@ -6,7 +6,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { isIP } from 'node:net';
-import { Application, Balancing, Destination, RuleUplinks, Timeouts, UplinkSpec } from '../crds/index.ts';
+import { Application, Balancing, Destination, RuleUplinks, Timeouts, UplinkSpec } from '../../crds/index.ts';
 
 export const configVersion = 1;
 

@@ -1,7 +1,6 @@
 // Address arithmetic for sets of prefixes: the kernel rejects an interval set whose elements
 // overlap, and the packet tracer needs containment.
-// Not through proto's entry point, which brings the generated protocol code (tens of MiB) along.
-import { addressToBytes, bytesToAddress } from '../proto/address.ts';
+import { addressToBytes, bytesToAddress } from '../address.ts';
 import { parsePrefix, type Prefix } from './config.ts';
 
 function toBigInt(address: string): bigint {
