@@ -7,8 +7,7 @@
 // sockets) and, through shareProcessNamespace, its processes (who owns each socket).
 import type { V1Container, V1Pod, V1Volume } from '@kubernetes/client-node';
 import type { EgressGateway } from '../crds/index.ts';
-import { tokenAudience } from '../dataplane/index.ts';
-import { containerNameVariable } from '../sidecar/processes.ts';
+import { containerNameVariable, sidecarVariables, tokenAudience } from '../contracts/index.ts';
 import { sidecarContainerName } from './compile.ts';
 import { matchesSelector, type Labels } from './selector.ts';
 import { otelEnvironment, type OperatorSettings } from './settings.ts';
@@ -133,13 +132,13 @@ function sidecarContainer(
     restartPolicy: 'Always',
     env: [
       // Pods are served by the gateway on their own node (design.md §7 leaves remote nodes for later).
-      { name: 'NAAT_NAA_HOST', ...field('status.hostIP') },
-      { name: 'NAAT_NAA_PORT', value: String(gateway.spec.association.port) },
-      { name: 'NAAT_POD_NAMESPACE', ...field('metadata.namespace') },
-      { name: 'NAAT_POD_NAME', ...field('metadata.name') },
-      { name: 'NAAT_POD_UID', ...field('metadata.uid') },
-      { name: 'NAAT_TOKEN_FILE', value: `${tokenDir}/token` },
-      ...(strict ? [{ name: 'NAAT_STAMP_DIR', value: runDir }] : []),
+      { name: sidecarVariables.naaHost, ...field('status.hostIP') },
+      { name: sidecarVariables.naaPort, value: String(gateway.spec.association.port) },
+      { name: sidecarVariables.podNamespace, ...field('metadata.namespace') },
+      { name: sidecarVariables.podName, ...field('metadata.name') },
+      { name: sidecarVariables.podUid, ...field('metadata.uid') },
+      { name: sidecarVariables.tokenFile, value: `${tokenDir}/token` },
+      ...(strict ? [{ name: sidecarVariables.stampDir, value: runDir }] : []),
       ...otelEnvironment(otel, 'naat-sidecar'),
     ],
     resources: settings.resources,

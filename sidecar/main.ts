@@ -20,6 +20,7 @@
 // point of its own), and the sidecar's memory matters.
 import { startTelemetry } from '../common/index.ts';
 import { join } from 'node:path';
+import { sidecarVariables } from '../contracts/index.ts';
 import { Action, AssociationMode } from '../proto/index.ts';
 import { Driver } from './driver.ts';
 import { readApplication } from './processes.ts';
@@ -39,15 +40,15 @@ const log = (level: string, msg: string, fields: Record<string, unknown> = {}) =
   console.log(JSON.stringify({ ts: new Date().toISOString(), level, msg, ...fields }));
 
 const pod = {
-  namespace: required('NAAT_POD_NAMESPACE'),
-  name: required('NAAT_POD_NAME'),
-  uid: required('NAAT_POD_UID'),
+  namespace: required(sidecarVariables.podNamespace),
+  name: required(sidecarVariables.podName),
+  uid: required(sidecarVariables.podUid),
 };
 /** The gRPC target: an IPv6 node address needs brackets before its port. */
 function naaServer(): string {
   if (process.env.NAAT_NAA_SERVER) return process.env.NAAT_NAA_SERVER;
-  const host = required('NAAT_NAA_HOST');
-  return `${host.includes(':') ? `[${host}]` : host}:${required('NAAT_NAA_PORT')}`;
+  const host = required(sidecarVariables.naaHost);
+  return `${host.includes(':') ? `[${host}]` : host}:${required(sidecarVariables.naaPort)}`;
 }
 
 const telemetry = await startTelemetry('naat-sidecar', {
@@ -58,7 +59,7 @@ const telemetry = await startTelemetry('naat-sidecar', {
 const intervalMs = Number(process.env.NAAT_SCAN_INTERVAL_MS ?? 200);
 const proc = process.env.NAAT_PROC ?? '/proc';
 const scanner = new Scanner(proc);
-const stampDir = process.env.NAAT_STAMP_DIR;
+const stampDir = process.env[sidecarVariables.stampDir];
 const stamps: StampServer | undefined = stampDir
   ? new StampServer({
       dir: stampDir,
@@ -71,7 +72,7 @@ const stamps: StampServer | undefined = stampDir
 const driver: Driver = new Driver({
   target: naaServer(),
   pod,
-  tokenFile: process.env.NAAT_TOKEN_FILE ?? '/var/run/secrets/naat/token',
+  tokenFile: process.env[sidecarVariables.tokenFile] ?? '/var/run/secrets/naat/token',
   version: process.env.npm_package_version ?? '0.1.0',
   onState: (state) =>
     log('info', `Driver ${state}`, { error: state === 'disconnected' ? driver.lastError?.message : undefined }),

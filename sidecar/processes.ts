@@ -3,10 +3,8 @@
 import { readdirSync, readlinkSync } from 'node:fs';
 import { readFile, readlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { containerNameVariable } from '../contracts/index.ts';
 import type { Application } from '../proto/index.ts';
-
-/** The variable the admission webhook sets in every container of a selected pod to its container's name. */
-export const containerNameVariable = 'NAAT_CONTAINER_NAME';
 
 /**
  * Maps each wanted socket inode to the pid holding it. When several processes share a socket

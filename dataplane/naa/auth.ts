@@ -3,9 +3,8 @@
 // whether the token is good and which pod it is bound to, and the pod object gives the
 // addresses the driver may speak for. Nothing the driver merely claims is trusted.
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { tokenAudience } from '../../contracts/index.ts';
 import type { PodRef } from '../../proto/index.ts';
-
-export const tokenAudience = 'naat';
 
 export interface PodIdentity {
   pod: PodRef;
