@@ -1,5 +1,5 @@
-// How the runtime reports what it did: Kubernetes log style (a capitalised, past-tense message that
-// names the object kind, then key/value fields), one JSON object a line like the dataplane's.
+// How every naat process reports what it did: Kubernetes log style (a capitalised, past-tense
+// message that names the object kind, then key/value fields), one JSON object a line on stdout.
 
 export interface Logger {
   info(message: string, fields?: Record<string, unknown>): void;

@@ -5,6 +5,7 @@
 // flows without a gap; only `remove` (the gateway is gone for good) takes everything away.
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Logger } from '../common/index.ts';
 import { AttributionStore, type AttributionRecord, type AttributionUpdate, type Retention } from './attribution.ts';
 import type { Application } from '../proto/index.ts';
 import type { GatewayConfig } from '../contracts/gateway/index.ts';
@@ -26,11 +27,6 @@ import {
   type Rendered,
 } from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
-
-export interface Logger {
-  info(message: string, fields?: Record<string, unknown>): void;
-  error(message: string, fields?: Record<string, unknown>): void;
-}
 
 export interface UplinkReport {
   name: string;

@@ -21,7 +21,7 @@ import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
-import { Agent, type AgentOptions, type Logger } from './agent.ts';
+import { Agent, type AgentOptions } from './agent.ts';
 import {
   defaultRetention,
   describeAttribution,
@@ -33,17 +33,11 @@ import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts
 import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
-import { metricsContentType } from '../common/index.ts';
+import { jsonLogger as log, metricsContentType, startTelemetry } from '../common/index.ts';
 import { HealthMonitor, IpLinkReader } from './probe.ts';
 import type { AssociationEntry } from './naa/table.ts';
 import { localUplinks, type FlowAssociation } from './render.ts';
 import { ExecRouting } from './routing.ts';
-import { startTelemetry } from '../common/index.ts';
-
-const log: Logger = {
-  info: (msg, fields) => console.log(JSON.stringify({ ts: new Date().toISOString(), level: 'info', msg, ...fields })),
-  error: (msg, fields) => console.log(JSON.stringify({ ts: new Date().toISOString(), level: 'error', msg, ...fields })),
-};
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,

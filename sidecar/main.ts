@@ -18,7 +18,7 @@
 // WebAssembly, Node.js cannot strip types, so this file runs that way only compiled.
 // common/'s entry point loads nothing until telemetry is wanted (the Kubernetes client has an entry
 // point of its own), and the sidecar's memory matters.
-import { startTelemetry } from '../common/index.ts';
+import { jsonLogger as log, startTelemetry } from '../common/index.ts';
 import { join } from 'node:path';
 import { sidecarVariables } from '../contracts/index.ts';
 import { Action, AssociationMode } from '../proto/index.ts';
@@ -35,9 +35,6 @@ function required(name: string): string {
   }
   return value;
 }
-
-const log = (level: string, msg: string, fields: Record<string, unknown> = {}) =>
-  console.log(JSON.stringify({ ts: new Date().toISOString(), level, msg, ...fields }));
 
 const pod = {
   namespace: required(sidecarVariables.podNamespace),
@@ -66,7 +63,7 @@ const stamps: StampServer | undefined = stampDir
       library: process.env.NAAT_STAMP_LIBRARY ?? join(import.meta.dirname, 'stamp', 'libnaat_stamp.so'),
       application: (pid) => readApplication(proc, pid),
       announce: (stamp, application): Promise<void> => driver.stamp(stamp, application),
-      log: (msg, fields) => log('info', msg, fields),
+      log: (msg, fields) => log.info(msg, fields),
     })
   : undefined;
 const driver: Driver = new Driver({
@@ -75,13 +72,13 @@ const driver: Driver = new Driver({
   tokenFile: process.env[sidecarVariables.tokenFile] ?? '/var/run/secrets/naat/token',
   version: process.env.npm_package_version ?? '0.1.0',
   onState: (state) =>
-    log('info', `Driver ${state}`, { error: state === 'disconnected' ? driver.lastError?.message : undefined }),
+    log.info(`Driver ${state}`, { error: state === 'disconnected' ? driver.lastError?.message : undefined }),
   onVerdict: (verdict) => {
     if (verdict.action === Action.ACTION_DENY)
-      log('info', 'Gateway denied flow', { rule: verdict.rule || '(default action)', port: verdict.flow?.sourcePort });
+      log.info('Gateway denied flow', { rule: verdict.rule || '(default action)', port: verdict.flow?.sourcePort });
   },
   onPolicy: (policy) =>
-    log('info', 'Received effective policy', {
+    log.info('Received effective policy', {
       configHash: policy.configHash,
       rules: policy.rules.map((rule) => `${rule.rule} ${rule.action === Action.ACTION_DENY ? 'Deny' : 'Allow'}`),
     }),
@@ -97,7 +94,7 @@ async function tick(): Promise<void> {
   try {
     driver.update(await scanner.scan());
   } catch (error) {
-    log('error', 'Scan failed', { error: (error as Error).message });
+    log.error('Scan failed', { error: (error as Error).message });
   }
   if (!stopping) timer = setTimeout(() => void tick(), intervalMs);
 }
@@ -113,7 +110,7 @@ const stop = () => {
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 
-log('info', 'Started NAA sidecar', {
+log.info('Started NAA sidecar', {
   pod: `${pod.namespace}/${pod.name}`,
   intervalMs,
   telemetry: telemetry.enabled,
