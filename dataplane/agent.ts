@@ -9,6 +9,7 @@ import type { Logger } from '../common/index.ts';
 import { AttributionStore, type AttributionRecord, type AttributionUpdate, type Retention } from './attribution.ts';
 import type { Application } from '../proto/index.ts';
 import type { GatewayConfig } from '../contracts/gateway/index.ts';
+import type { AgentReport } from './agent-report.ts';
 import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import { AgentMetrics } from './metrics.ts';
@@ -27,31 +28,6 @@ import {
   type Rendered,
 } from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
-
-export interface UplinkReport {
-  name: string;
-  id: number;
-  interface: string;
-  healthy: boolean;
-  since: string;
-  latencyMs?: number;
-  lossPercent?: number;
-  activeFlows: number;
-  portUtilisationPercent: number;
-}
-
-export interface AgentReport {
-  node: string;
-  gateway?: string;
-  /** Hash of the config the kernel holds now; absent before the first successful sync. */
-  appliedHash?: string;
-  lastSync?: { at: string; durationMs: number; full: boolean; error?: string };
-  uplinks: UplinkReport[];
-  flows: number;
-  associations: number;
-  /** The node's conntrack table: how full, and what the kernel dropped for want of room or ports. */
-  conntrack?: ConntrackStats;
-}
 
 export interface AttributedFlow extends Flow {
   uplinkName: string | undefined;

@@ -1,6 +1,6 @@
 // The agent's metrics, for /metrics: gauges set from its report at each scrape, and counters and
 // histograms it adds to as flows start and end, associations arrive and rulesets are applied.
-import type { AgentReport } from './agent.ts';
+import type { AgentReport } from './agent-report.ts';
 import type { ConntrackStats } from './conntrack.ts';
 import { Counter, Gauge, Histogram, LabelLimit, Registry } from '../common/index.ts';
 

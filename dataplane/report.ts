@@ -3,7 +3,7 @@
 // apply), so nodes never overwrite each other and the operator aggregates the entries.
 import { CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from '@kubernetes/client-node';
 import { apiVersion, group, uplinkDefinition, version } from '../crds/index.ts';
-import type { AgentReport } from './agent.ts';
+import type { AgentReport } from './agent-report.ts';
 
 export const reportFieldManager = (node: string) => `naat-dataplane-${node}`;
 

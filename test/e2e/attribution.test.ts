@@ -6,7 +6,8 @@
 import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { AgentReport, AttributedFlow } from '../../dataplane/agent.ts';
+import type { AttributedFlow } from '../../dataplane/agent.ts';
+import type { AgentReport } from '../../dataplane/agent-report.ts';
 import type { AttributionRecord } from '../../dataplane/attribution.ts';
 import { startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
 import { NaaGateway } from './naa-harness.ts';

@@ -6,7 +6,7 @@ import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { AgentReport } from '../../dataplane/agent.ts';
+import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { parseConntrackLine } from '../../dataplane/conntrack.ts';
 import { createTopology, server, stopProcess, until, uplinkAddress, uplinkNextHop, type Topology } from './topology.ts';
 import {

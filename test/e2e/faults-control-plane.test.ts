@@ -7,7 +7,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { AgentReport } from '../../dataplane/agent.ts';
+import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { freePorts } from '../cluster/cluster.ts';
 import { namespaceNames, startLab, type Lab } from '../lab/lab.ts';
 import { server, until } from './topology.ts';

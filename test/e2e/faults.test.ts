@@ -9,7 +9,7 @@ import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { AgentReport } from '../../dataplane/agent.ts';
+import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { parseConntrackLine } from '../../dataplane/conntrack.ts';
 import { renderTable } from '../../dataplane/nft/model.ts';

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { URL } from 'node:url';
 import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
-import type { AgentReport } from '../../dataplane/agent.ts';
+import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import {
   createTopology,

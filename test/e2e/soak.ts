@@ -8,7 +8,7 @@
 // test/bench/soak.ts runs it for minutes (`npm run soak`), test/e2e/soak.test.ts for about a minute.
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { AgentReport } from '../../dataplane/agent.ts';
+import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { NaaGateway } from './naa-harness.ts';
 import { server } from './topology.ts';
 import { connectMany, startStreamServer, startTransfer, startWhoami, type TransferResult } from './traffic.ts';

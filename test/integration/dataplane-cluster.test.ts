@@ -5,7 +5,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { join } from 'node:path';
 import { apiVersion, group } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
-import type { AgentReport } from '../../dataplane/agent.ts';
+import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { watchConfigMap } from '../../dataplane/config-source.ts';
 import { UplinkStatusReporter } from '../../dataplane/report.ts';
 import { kubectl } from '../cluster/cluster.ts';

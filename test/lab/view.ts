@@ -1,6 +1,7 @@
 // The lab's live view: what the dataplane agent reports (/status, /flows, /metrics), as one
 // screen of text. readView asks the agent; renderView is pure, so tests can read what a user sees.
-import type { AgentReport, AttributedFlow } from '../../dataplane/agent.ts';
+import type { AttributedFlow } from '../../dataplane/agent.ts';
+import type { AgentReport } from '../../dataplane/agent-report.ts';
 
 export interface ViewData {
   at: Date;
