@@ -2,7 +2,7 @@
 // cluster, its gateway's ConfigMap, watched through the apiserver so that a change reaches the
 // node in milliseconds rather than at the kubelet's next sync of a mounted volume.
 import { readFile } from 'node:fs/promises';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig, V1ConfigMap } from '@kubernetes/client-node';
 
 export interface ConfigSource {
   stop(): void;
@@ -26,9 +26,10 @@ export function watchFile(
 }
 
 /**
- * Calls `onText` with the ConfigMap's `key` now and whenever it changes. The watch is restarted
- * after any error or end, and the object is read afresh every `resyncMs` in case a watch goes
- * silent without an error.
+ * Calls `onText` with the ConfigMap's `key` now and whenever it changes, and `onError` when the
+ * ConfigMap has no `key`; a deleted ConfigMap leaves the last text in force. The shared informer
+ * keeps the watch: it restarts after any error (and logs it), and reads the object afresh after
+ * `resyncMs` without a word from the apiserver, in case a watch goes silent without an error.
  */
 export async function watchConfigMap(
   kubeConfig: KubeConfig,
@@ -39,52 +40,28 @@ export async function watchConfigMap(
   onError: (error: Error) => void,
   resyncMs = 60_000,
 ): Promise<ConfigSource> {
-  const { CoreV1Api, Watch } = await import('@kubernetes/client-node');
-  const api = kubeConfig.makeApiClient(CoreV1Api);
-  const watch = new Watch(kubeConfig);
+  // Loaded here: a standalone agent, which reads a file, does without the Kubernetes client.
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  const { apiListerWatcher, Informer } = await import('../common/kube/index.ts');
+  const core = kubeConfig.makeApiClient(CoreV1Api);
+  const source = apiListerWatcher<V1ConfigMap>(kubeConfig, {
+    path: `/api/v1/namespaces/${namespace}/configmaps`,
+    fieldSelector: `metadata.name=${name}`,
+    // The node's Role grants get and watch on this one ConfigMap, not list: the "list" reads it.
+    list: async (_page, options) => {
+      const configMap = await core.readNamespacedConfigMap({ name, namespace }, options);
+      return { items: [configMap], metadata: { resourceVersion: configMap.metadata?.resourceVersion ?? '' } };
+    },
+  });
+  const informer = new Informer(source, { kind: 'ConfigMap', silenceMs: resyncMs });
   let last: string | undefined;
-  let stopped = false;
-  let request: { abort(): void } | undefined;
-  let retry: NodeJS.Timeout | undefined;
-  const take = (data: Record<string, string> | undefined) => {
-    const text = data?.[key];
+  // Called for each version a change involves; only the one now cached counts.
+  informer.onChange((cacheKey, configMap) => {
+    if (informer.get(cacheKey) !== configMap) return;
+    const text = configMap.data?.[key];
     if (text === undefined) onError(new Error(`configmap ${namespace}/${name} has no ${key}`));
     else if (text !== last) onText((last = text));
-  };
-  const start = async () => {
-    try {
-      const configMap = await api.readNamespacedConfigMap({ name, namespace });
-      take(configMap.data);
-      request = await watch.watch(
-        `/api/v1/namespaces/${namespace}/configmaps`,
-        { fieldSelector: `metadata.name=${name}`, resourceVersion: configMap.metadata?.resourceVersion },
-        (type, object: { data?: Record<string, string> }) => {
-          if (type === 'ADDED' || type === 'MODIFIED') take(object.data);
-        },
-        // An abort is the periodic resync asking for a fresh read, not a failure.
-        (error?: unknown) =>
-          restart((error as { name?: string } | undefined)?.name === 'AbortError' ? undefined : error),
-      );
-    } catch (error) {
-      restart(error);
-    }
-  };
-  const restart = (error?: unknown) => {
-    if (stopped) return;
-    if (error) onError(error instanceof Error ? error : new Error(String(error)));
-    clearTimeout(retry);
-    retry = setTimeout(() => void start(), error ? 1000 : 0);
-  };
-  const resync = setInterval(() => {
-    request?.abort();
-  }, resyncMs);
-  await start();
-  return {
-    stop: () => {
-      stopped = true;
-      clearTimeout(retry);
-      clearInterval(resync);
-      request?.abort();
-    },
-  };
+  });
+  informer.start();
+  return { stop: () => void informer.stop() };
 }
