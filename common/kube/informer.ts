@@ -1,9 +1,10 @@
 // A cache of one resource, kept current by list + watch the way client-go's reflector keeps its
-// store, for controllers to read. It is its own loop rather than client-node's ListWatch because
-// ListWatch (2.0.1) gives up for good on a watch or list error other than 410 Gone and its own
-// timeout (a reset connection, a 403, a 5xx: it fires its error callbacks and stops), never asks
-// for bookmarks, and cannot be told to relist. The HTTP side is still client-node's: its Watch for
-// the stream, the caller's generated list call for the list.
+// store, for the operator's controllers and the dataplane agent's config source to read. It is
+// its own loop rather than client-node's ListWatch because ListWatch (2.0.1) gives up for good on
+// a watch or list error other than 410 Gone and its own timeout (a reset connection, a 403, a
+// 5xx: it fires its error callbacks and stops), never asks for bookmarks, and cannot be told to
+// relist. The HTTP side is still client-node's: its Watch for the stream, the caller's generated
+// list call for the list.
 //
 // What the loop does, and why:
 // - Any error restarts it after a backoff (1 s doubling to 30 s, reset by the next thing heard);
