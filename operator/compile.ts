@@ -98,19 +98,9 @@ export function compileGateway(snapshot: Snapshot): Compiled {
   const facts = new Map<string, PolicyFacts>();
   const rules: CompiledRule[] = [];
   for (const policy of policies) {
-    const pods = served.filter(
-      (p) => p.namespace === policy.metadata.namespace && matchesSelector(policy.spec.podSelector, p.labels),
-    );
-    const policySources = pods.flatMap((p) => p.ips);
-    const missing = new Set<string>();
-    for (const rule of policy.spec.rules) {
-      for (const name of [...(rule.uplinks?.allowed ?? []), ...(rule.uplinks?.preferred ?? [])]) {
-        if (!uplinkNames.has(name)) missing.add(name);
-      }
-      if (!policySources.length) continue;
-      rules.push(compileRule(policy, rule, policySources, uplinkNames));
-    }
-    facts.set(key(policy), { matchedPods: pods.length, missingUplinks: [...missing].sort(), conflicts: [] });
+    const compiled = compilePolicy(policy, served, uplinkNames);
+    rules.push(...compiled.rules);
+    facts.set(key(policy), compiled.facts);
   }
   markConflicts(rules, facts);
 
@@ -144,6 +134,33 @@ export function compileGateway(snapshot: Snapshot): Compiled {
 
 function nodeHas(snapshot: Snapshot, node: string, selector: Labels): boolean {
   return matchesLabels(selector, snapshot.nodes.find((n) => n.name === node)?.labels);
+}
+
+/**
+ * One EgressPolicy: the served pods it selects, its rules resolved to their addresses, and the
+ * uplinks it names that the gateway does not balance over. Beyond spec.gateway and spec.priority,
+ * which place the policy among the gateway's (compileGateway), the operator reads an EgressPolicy's
+ * fields here and a rule's in compileRule.
+ */
+function compilePolicy(
+  policy: EgressPolicy,
+  served: readonly PodFacts[],
+  uplinkNames: Set<string>,
+): { rules: CompiledRule[]; facts: PolicyFacts } {
+  const pods = served.filter(
+    (p) => p.namespace === policy.metadata.namespace && matchesSelector(policy.spec.podSelector, p.labels),
+  );
+  const sources = pods.flatMap((p) => p.ips);
+  const missing = new Set<string>();
+  const rules: CompiledRule[] = [];
+  for (const rule of policy.spec.rules) {
+    for (const name of [...(rule.uplinks?.allowed ?? []), ...(rule.uplinks?.preferred ?? [])]) {
+      if (!uplinkNames.has(name)) missing.add(name);
+    }
+    // A policy that selects no pod yet compiles to no rules: there is no source to match.
+    if (sources.length) rules.push(compileRule(policy, rule, sources, uplinkNames));
+  }
+  return { rules, facts: { matchedPods: pods.length, missingUplinks: [...missing].sort(), conflicts: [] } };
 }
 
 type ApiRule = EgressPolicy['spec']['rules'][number];

@@ -3,34 +3,22 @@
 //   NAAT_NAMESPACE   where it creates each gateway's namespaced objects
 //   NAAT_POD_NAME    its identity in leader election
 // Every replica keeps its caches warm and serves the sidecar-injection webhook; only the leader
-// reconciles (gateways, uplinks, and the webhook's certificate). /healthz, /readyz (caches
-// synced, certificate loaded) and /metrics (reconcile durations and results, queue depth,
-// leadership, webhook reviews; operator/metrics.ts) are served on the configured health and
-// metrics ports.
-import {
-  AdmissionregistrationV1Api,
-  AppsV1Api,
-  type ConfigurationOptions,
-  CoreV1Api,
-  CustomObjectsApi,
-  type KubernetesListObject,
-  type KubernetesObject,
-  type V1MutatingWebhookConfiguration,
-  type V1Secret,
-} from '@kubernetes/client-node';
+// runs the controllers (operator/controllers.ts). /healthz, /readyz (caches synced, certificate
+// loaded) and /metrics (reconcile durations and results, queue depth, leadership, webhook reviews;
+// operator/metrics.ts) are served on the configured health and metrics ports.
+import { CoreV1Api } from '@kubernetes/client-node';
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { hostname } from 'node:os';
-import { definitionOf, group, version, type Kind } from '../crds/index.ts';
 import { jsonLogger as log, metricsContentType, startTelemetry } from '../common/index.ts';
-import { apiListerWatcher, Informer, pooledKubeConfig, type ListPage } from '../common/kube/index.ts';
+import { pooledKubeConfig } from '../common/kube/index.ts';
+import { operatorCaches } from './caches.ts';
+import { operatorControllers } from './controllers.ts';
 import { OperatorMetrics } from './metrics.ts';
-import { gatewaysOf, onFactsChange, podFacts, Reconciler, type Caches } from './reconcile.ts';
-import { Controller } from './runtime/controller.ts';
+import { pairsOf } from './reconcilers/webhook-certificate.ts';
 import { LeaderElector } from './runtime/leader.ts';
 import { reconcileSpan } from './runtime/tracing.ts';
 import { parseSettings } from './settings.ts';
-import { CertificateReconciler, pairsOf } from './webhook-certificate.ts';
 import { WebhookServer } from './webhook.ts';
 
 const settings = parseSettings(
@@ -43,76 +31,8 @@ const tracing = await startTelemetry('naat-operator', {
   'k8s.pod.name': identity,
 });
 const kubeConfig = pooledKubeConfig();
-
 const core = kubeConfig.makeApiClient(CoreV1Api);
-const apps = kubeConfig.makeApiClient(AppsV1Api);
-const admission = kubeConfig.makeApiClient(AdmissionregistrationV1Api);
-const custom = kubeConfig.makeApiClient(CustomObjectsApi);
-
-type Selectors = { labelSelector?: string; fieldSelector?: string };
-
-/** A cache of one collection; `list` gets the selectors and the page among its parameters. */
-function informer<T extends KubernetesObject>(
-  kind: string,
-  path: string,
-  list: (params: Selectors & ListPage, options: ConfigurationOptions) => Promise<KubernetesListObject<T>>,
-  selectors: Selectors = {},
-) {
-  return new Informer<T>(
-    apiListerWatcher<T>(kubeConfig, {
-      path,
-      list: (page, options) => list({ ...selectors, ...page }, options),
-      ...selectors,
-    }),
-    { kind, log },
-  );
-}
-
-/** The objects of one of naat's kinds; the caches hold them as the apiserver stored them. */
-function naatInformer<T extends KubernetesObject>(kind: Kind) {
-  const plural = definitionOf[kind].plural;
-  const list = (page: ListPage, options: ConfigurationOptions) =>
-    (definitionOf[kind].scope === 'Cluster'
-      ? custom.listClusterCustomObject({ group, version, plural, ...page }, options)
-      : custom.listCustomObjectForAllNamespaces(
-          { group, version, resourcePlural: plural, ...page },
-          options,
-        )) as Promise<KubernetesListObject<T>>;
-  return informer<T>(kind, `/apis/${group}/${version}/${plural}`, list);
-}
-
-const managed = 'app.kubernetes.io/managed-by=naat-operator';
-const caches: Caches = {
-  gateways: naatInformer('EgressGateway'),
-  uplinks: naatInformer('Uplink'),
-  policies: naatInformer('EgressPolicy'),
-  pods: informer('Pod', '/api/v1/pods', (p, o) => core.listPodForAllNamespaces(p, o)),
-  namespaces: informer('Namespace', '/api/v1/namespaces', (p, o) => core.listNamespace(p, o)),
-  nodes: informer('Node', '/api/v1/nodes', (p, o) => core.listNode(p, o)),
-  daemonSets: informer(
-    'DaemonSet',
-    `/apis/apps/v1/namespaces/${namespace}/daemonsets`,
-    (p, o) => apps.listNamespacedDaemonSet({ namespace, ...p }, o),
-    { labelSelector: managed },
-  ),
-};
-
-// The webhook's own objects, watched by name: the only ones its RBAC lets it read.
-const byName = (name: string) => ({ fieldSelector: `metadata.name=${name}` });
-const webhookCaches = {
-  secrets: informer<V1Secret>(
-    'Secret',
-    `/api/v1/namespaces/${namespace}/secrets`,
-    (p, o) => core.listNamespacedSecret({ namespace, ...p }, o),
-    byName(settings.webhook.secretName),
-  ),
-  webhooks: informer<V1MutatingWebhookConfiguration>(
-    'MutatingWebhookConfiguration',
-    '/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations',
-    (p, o) => admission.listMutatingWebhookConfiguration(p, o),
-    byName(settings.webhook.configurationName),
-  ),
-};
+const { caches, webhookCaches } = operatorCaches(kubeConfig, namespace, settings.webhook, log);
 
 // Read at each scrape; the controllers, the webhook and the elector are made below.
 const metrics = new OperatorMetrics({
@@ -120,59 +40,16 @@ const metrics = new OperatorMetrics({
   isLeader: () => (elector ? elector.isLeader : true),
   webhookReviews: () => webhook.counts,
 });
-const reconciler = new Reconciler({ kubeConfig, caches, settings, namespace, identity, log });
-const affected = gatewaysOf(caches);
-const gateways = new Controller({
-  name: 'gateways',
-  reconcile: (key) => reconciler.reconcileGateway(key),
-  around: metrics.timed('gateways', reconcileSpan('gateways')),
-  log,
-});
-gateways.watch(caches.gateways);
-gateways.watch(caches.policies, (_key, policy) => affected.ofPolicy(policy));
-gateways.watch(caches.daemonSets, (_key, daemonSet) => affected.ofDaemonSet(daemonSet));
-// Uplinks, pods, namespaces and nodes can change what any gateway selects: every gateway looks.
-gateways.watch(caches.uplinks, affected.all);
-gateways.watch(caches.pods, onFactsChange(caches.pods, podFacts, affected.all));
-gateways.watch(
-  caches.namespaces,
-  onFactsChange(caches.namespaces, (n) => n.metadata?.labels, affected.all),
-);
-gateways.watch(
-  caches.nodes,
-  onFactsChange(caches.nodes, (n) => ({ labels: n.metadata?.labels, podCIDRs: n.spec?.podCIDRs }), affected.all),
-);
-const uplinks = new Controller({
-  name: 'uplinks',
-  reconcile: (key) => reconciler.reconcileUplink(key),
-  around: metrics.timed('uplinks', reconcileSpan('uplinks')),
-  log,
-});
-uplinks.watch(caches.uplinks);
-// Pods with the sidecar get a condition naming their association mode; the rest are passed over.
-const pods = new Controller({
-  name: 'pods',
-  reconcile: (key) => reconciler.reconcilePod(key),
-  around: metrics.timed('pods', reconcileSpan('pods')),
-  log,
-});
-pods.watch(caches.pods);
-
-const certificate = new CertificateReconciler({
+const controllers = operatorControllers({
   kubeConfig,
-  ...webhookCaches,
-  settings: settings.webhook,
+  caches,
+  webhookCaches,
+  settings,
   namespace,
+  identity,
   log,
+  around: (name) => metrics.timed(name, reconcileSpan(name)),
 });
-const certificates = new Controller({
-  name: 'webhook-certificate',
-  reconcile: () => certificate.reconcile(),
-  around: metrics.timed('webhook-certificate', reconcileSpan('webhook-certificate')),
-  log,
-});
-certificates.watch(webhookCaches.secrets, () => ['certificate']);
-certificates.watch(webhookCaches.webhooks, () => ['certificate']);
 
 const webhook = new WebhookServer({
   port: settings.webhook.port,
@@ -198,7 +75,6 @@ await webhook.listen();
 const allCaches = [...Object.values(caches), ...Object.values(webhookCaches)];
 for (const cache of allCaches) cache.start();
 
-const controllers: Record<string, Controller> = { gateways, uplinks, pods, certificates };
 const elector = settings.leaderElection.enabled
   ? new LeaderElector({
       kubeConfig,

@@ -1,4 +1,5 @@
-import { uplinkSummary } from './status.ts';
+import { injectedAnnotation, modeAnnotation, modeReasonAnnotation } from './inject.ts';
+import { associationModeCondition, uplinkSummary } from './status.ts';
 
 const node = (name: string, portUtilisationPercent: number, healthy = true) => ({
   node: name,
@@ -31,5 +32,31 @@ describe('uplink summary', () => {
     const at = (percent: number) => uplinkSummary({ nodes: [node('a', percent)] }).ports;
     expect(at(12)).toEqual(at(55));
     expect(at(81)).toEqual(at(95));
+  });
+});
+
+describe('association mode condition', () => {
+  test('says which mode a pod with the sidecar is in and what chose it', () => {
+    expect(
+      associationModeCondition({
+        [injectedAnnotation]: 'gw',
+        [modeAnnotation]: 'Strict',
+        [modeReasonAnnotation]: 'the pod annotation',
+      }),
+    ).toMatchObject({
+      type: 'naat.dev/AssociationMode',
+      status: 'True',
+      reason: 'Strict',
+      message: expect.stringMatching(/^Strict association, chosen by the pod annotation: /),
+    });
+    expect(associationModeCondition({ [injectedAnnotation]: 'gw' })).toMatchObject({
+      reason: 'Observe',
+      message: 'Observe association, chosen by EgressGateway gw: the sidecar reports sockets as it sees them',
+    });
+  });
+
+  test('says nothing of a pod without the sidecar', () => {
+    expect(associationModeCondition({ [modeAnnotation]: 'Strict' })).toBeUndefined();
+    expect(associationModeCondition(undefined)).toBeUndefined();
   });
 });

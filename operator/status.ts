@@ -2,6 +2,7 @@
 // conditions keep their lastTransitionTime while their status does not change.
 import type { Condition } from '../crds/index.ts';
 import type { Compiled, PolicyFacts } from './compile.ts';
+import { injectedAnnotation, modeAnnotation, modeReasonAnnotation } from './inject.ts';
 
 export interface DataplaneRollout {
   /** Nodes that should run the gateway's dataplane (the DaemonSet's desiredNumberScheduled). */
@@ -158,4 +159,26 @@ export function uplinkSummary(status: UplinkNodes | undefined): {
           message: `less than ${portWarningPercent}% of the SNAT ports for any destination in use`,
         };
   return { healthyNodes, activeFlows, ready, ports };
+}
+
+/** The pod condition that tells which association mode a pod with the sidecar is in, and why. */
+export const associationCondition = 'naat.dev/AssociationMode';
+
+/**
+ * What the status of a pod the webhook gave the sidecar should say of its association mode, from
+ * the annotations the webhook wrote; undefined for a pod without the sidecar.
+ */
+export function associationModeCondition(
+  annotations: Readonly<Record<string, string>> | undefined,
+): NewCondition | undefined {
+  const gateway = annotations?.[injectedAnnotation];
+  if (!gateway) return undefined;
+  const mode = annotations[modeAnnotation] === 'Strict' ? 'Strict' : 'Observe';
+  const why = annotations[modeReasonAnnotation] ?? `EgressGateway ${gateway}`;
+  const message =
+    mode === 'Strict'
+      ? `Strict association, chosen by ${why}: the pod's programs stamp their connections for the gateway; ` +
+        'programs that cannot preload the stamping library (static binaries) are associated as in Observe mode'
+      : `Observe association, chosen by ${why}: the sidecar reports sockets as it sees them`;
+  return { type: associationCondition, status: 'True', reason: mode, message };
 }

@@ -10,12 +10,12 @@ import {
   type V1Secret,
 } from '@kubernetes/client-node';
 import { X509Certificate } from 'node:crypto';
-import { caUsable, makeCa, makeServing, usable, type KeyPair } from './certificates.ts';
-import { canonical } from './reconcile.ts';
-import type { ReconcileResult } from './runtime/controller.ts';
-import type { Logger } from '../common/index.ts';
-import type { OperatorSettings } from './settings.ts';
-import { webhookPath } from './webhook.ts';
+import { canonical } from '../canonical.ts';
+import { caUsable, makeCa, makeServing, usable, type KeyPair } from '../certificates.ts';
+import type { ReconcileResult } from '../runtime/controller.ts';
+import type { Logger } from '../../common/index.ts';
+import type { OperatorSettings } from '../settings.ts';
+import { webhookPath } from '../webhook.ts';
 
 const day = 86_400_000;
 const caLifetime = 10 * 365 * day;

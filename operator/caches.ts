@@ -1,0 +1,126 @@
+// What the operator watches: one Informer per collection, listed in pages and then watched. The
+// selectors matter beyond saving memory: the operator's RBAC lets it read the webhook's own
+// objects only by name.
+import {
+  AdmissionregistrationV1Api,
+  AppsV1Api,
+  type ConfigurationOptions,
+  CoreV1Api,
+  CustomObjectsApi,
+  type KubeConfig,
+  type KubernetesListObject,
+  type KubernetesObject,
+  type V1DaemonSet,
+  type V1MutatingWebhookConfiguration,
+  type V1Namespace,
+  type V1Node,
+  type V1Pod,
+  type V1Secret,
+} from '@kubernetes/client-node';
+import {
+  definitionOf,
+  group,
+  version,
+  type EgressGateway,
+  type EgressPolicy,
+  type Kind,
+  type Uplink,
+} from '../crds/index.ts';
+import { apiListerWatcher, Informer, type ListPage } from '../common/kube/index.ts';
+import type { Logger } from '../common/index.ts';
+import type { OperatorSettings } from './settings.ts';
+
+/** What the reconcilers of gateways, uplinks and pods read. */
+export interface Caches {
+  gateways: Informer<EgressGateway & KubernetesObject>;
+  uplinks: Informer<Uplink & KubernetesObject>;
+  policies: Informer<EgressPolicy & KubernetesObject>;
+  pods: Informer<V1Pod>;
+  namespaces: Informer<V1Namespace>;
+  nodes: Informer<V1Node>;
+  /** Only the DaemonSets the operator made, in its namespace. */
+  daemonSets: Informer<V1DaemonSet>;
+}
+
+/** The webhook's own objects, watched by name: the only ones its RBAC lets it read. */
+export interface WebhookCaches {
+  secrets: Informer<V1Secret>;
+  webhooks: Informer<V1MutatingWebhookConfiguration>;
+}
+
+type Selectors = { labelSelector?: string; fieldSelector?: string };
+
+export function operatorCaches(
+  kubeConfig: KubeConfig,
+  namespace: string,
+  webhook: OperatorSettings['webhook'],
+  log: Logger,
+): { caches: Caches; webhookCaches: WebhookCaches } {
+  const core = kubeConfig.makeApiClient(CoreV1Api);
+  const apps = kubeConfig.makeApiClient(AppsV1Api);
+  const admission = kubeConfig.makeApiClient(AdmissionregistrationV1Api);
+  const custom = kubeConfig.makeApiClient(CustomObjectsApi);
+
+  /** A cache of one collection; `list` gets the selectors and the page among its parameters. */
+  function informer<T extends KubernetesObject>(
+    kind: string,
+    path: string,
+    list: (params: Selectors & ListPage, options: ConfigurationOptions) => Promise<KubernetesListObject<T>>,
+    selectors: Selectors = {},
+  ) {
+    return new Informer<T>(
+      apiListerWatcher<T>(kubeConfig, {
+        path,
+        list: (page, options) => list({ ...selectors, ...page }, options),
+        ...selectors,
+      }),
+      { kind, log },
+    );
+  }
+
+  /** The objects of one of naat's kinds; the caches hold them as the apiserver stored them. */
+  function naatInformer<T extends KubernetesObject>(kind: Kind) {
+    const plural = definitionOf[kind].plural;
+    const list = (page: ListPage, options: ConfigurationOptions) =>
+      (definitionOf[kind].scope === 'Cluster'
+        ? custom.listClusterCustomObject({ group, version, plural, ...page }, options)
+        : custom.listCustomObjectForAllNamespaces(
+            { group, version, resourcePlural: plural, ...page },
+            options,
+          )) as Promise<KubernetesListObject<T>>;
+    return informer<T>(kind, `/apis/${group}/${version}/${plural}`, list);
+  }
+
+  const managed = 'app.kubernetes.io/managed-by=naat-operator';
+  const byName = (name: string) => ({ fieldSelector: `metadata.name=${name}` });
+  return {
+    caches: {
+      gateways: naatInformer('EgressGateway'),
+      uplinks: naatInformer('Uplink'),
+      policies: naatInformer('EgressPolicy'),
+      pods: informer('Pod', '/api/v1/pods', (p, o) => core.listPodForAllNamespaces(p, o)),
+      namespaces: informer('Namespace', '/api/v1/namespaces', (p, o) => core.listNamespace(p, o)),
+      nodes: informer('Node', '/api/v1/nodes', (p, o) => core.listNode(p, o)),
+      daemonSets: informer(
+        'DaemonSet',
+        `/apis/apps/v1/namespaces/${namespace}/daemonsets`,
+        (p, o) => apps.listNamespacedDaemonSet({ namespace, ...p }, o),
+        { labelSelector: managed },
+      ),
+    },
+    webhookCaches: {
+      secrets: informer<V1Secret>(
+        'Secret',
+        `/api/v1/namespaces/${namespace}/secrets`,
+        (p, o) => core.listNamespacedSecret({ namespace, ...p }, o),
+        byName(webhook.secretName),
+      ),
+      webhooks: informer<V1MutatingWebhookConfiguration>(
+        'MutatingWebhookConfiguration',
+        '/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations',
+        (p, o) => admission.listMutatingWebhookConfiguration(p, o),
+        byName(webhook.configurationName),
+      ),
+    },
+  };
+}

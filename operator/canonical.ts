@@ -1,0 +1,10 @@
+// Comparing what the operator wants with what the apiserver holds.
+
+/** JSON with object keys sorted: the apiserver hands objects back with their keys reordered. */
+export function canonical(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b)))
+      : v,
+  );
+}

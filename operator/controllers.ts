@@ -1,0 +1,101 @@
+// The operator's controllers, wired in one place: the reconciler each runs and the changes that
+// enqueue its keys. Change handlers only map a change to keys; no reconciler learns what the
+// change was.
+import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
+import type { Caches, WebhookCaches } from './caches.ts';
+import { canonical } from './canonical.ts';
+import { EventRecorder } from './events.ts';
+import { AssociationModeReconciler } from './reconcilers/association-mode.ts';
+import { GatewayReconciler, gatewaysOf, podFacts } from './reconcilers/egress-gateway.ts';
+import { UplinkReconciler } from './reconcilers/uplink.ts';
+import { CertificateReconciler } from './reconcilers/webhook-certificate.ts';
+import { Controller, type ControllerOptions, type ReconcileResult } from './runtime/controller.ts';
+import type { Logger } from '../common/index.ts';
+import type { OperatorSettings } from './settings.ts';
+import { StatusWriter } from './status-writer.ts';
+
+export interface OperatorControllersOptions {
+  kubeConfig: KubeConfig;
+  caches: Caches;
+  webhookCaches: WebhookCaches;
+  settings: OperatorSettings;
+  /** The operator's namespace, where each gateway's namespaced objects live. */
+  namespace: string;
+  /** This replica, as the reporting instance of its Events. */
+  identity: string;
+  log: Logger;
+  /** Wraps each reconcile of the named controller, e.g. in a span and a timer. */
+  around: (controller: string) => ControllerOptions['around'];
+}
+
+/** The controllers by name; none runs until run() is called (by the leader). */
+export function operatorControllers(o: OperatorControllersOptions): Record<string, Controller> {
+  const { kubeConfig, caches, webhookCaches, settings, namespace, log } = o;
+  const status = new StatusWriter(kubeConfig);
+  const events = new EventRecorder({ kubeConfig, identity: o.identity, log });
+  const controller = (name: string, reconcile: (key: string) => Promise<ReconcileResult>) =>
+    new Controller({ name, reconcile, around: o.around(name), log });
+
+  const gateway = new GatewayReconciler({ kubeConfig, caches, settings, namespace, status, events });
+  const affected = gatewaysOf(caches);
+  const gateways = controller('gateways', (key) => gateway.reconcile(key));
+  gateways.watch(caches.gateways);
+  gateways.watch(caches.policies, (_key, policy) => affected.ofPolicy(policy));
+  gateways.watch(caches.daemonSets, (_key, daemonSet) => affected.ofDaemonSet(daemonSet));
+  // Uplinks, pods, namespaces and nodes can change what any gateway selects: every gateway looks.
+  gateways.watch(caches.uplinks, affected.all);
+  gateways.watch(caches.pods, onFactsChange(caches.pods, podFacts, affected.all));
+  gateways.watch(
+    caches.namespaces,
+    onFactsChange(caches.namespaces, (n) => n.metadata?.labels, affected.all),
+  );
+  gateways.watch(
+    caches.nodes,
+    onFactsChange(caches.nodes, (n) => ({ labels: n.metadata?.labels, podCIDRs: n.spec?.podCIDRs }), affected.all),
+  );
+
+  const uplink = new UplinkReconciler({ uplinks: caches.uplinks, status, events });
+  const uplinks = controller('uplinks', (key) => uplink.reconcile(key));
+  uplinks.watch(caches.uplinks);
+
+  // Pods with the sidecar get a condition naming their association mode; the rest are passed over.
+  const associationMode = new AssociationModeReconciler({ pods: caches.pods, status });
+  const pods = controller('pods', (key) => associationMode.reconcile(key));
+  pods.watch(caches.pods);
+
+  const certificate = new CertificateReconciler({
+    kubeConfig,
+    ...webhookCaches,
+    settings: settings.webhook,
+    namespace,
+    log,
+  });
+  const certificates = controller('webhook-certificate', () => certificate.reconcile());
+  certificates.watch(webhookCaches.secrets, () => ['certificate']);
+  certificates.watch(webhookCaches.webhooks, () => ['certificate']);
+
+  return { gateways, uplinks, pods, certificates };
+}
+
+/**
+ * Passes a change of `cache` on to `then` only when the facts the compiler reads of the object
+ * changed (or it went away): pods' status conditions and nodes' heartbeats change nothing a
+ * compiled config holds, and with many pods they would keep every gateway recompiling.
+ */
+function onFactsChange<T extends KubernetesObject>(
+  cache: { get(key: string): T | undefined },
+  facts: (object: T) => unknown,
+  then: () => string[],
+): (key: string, object: T) => string[] {
+  const seen = new Map<string, string>();
+  return (key, object) => {
+    if (!cache.get(key)) {
+      seen.delete(key);
+      return then();
+    }
+    const now = canonical(facts(object));
+    if (seen.get(key) === now) return [];
+    seen.set(key, now);
+    return then();
+  };
+}

@@ -1,0 +1,86 @@
+// Kubernetes Events about naat's objects, for what a user should notice: a new compiled config, a
+// conflict that appeared, an uplink whose health changed. Each change is told once.
+import { EventsV1Api, V1MicroTime, type KubeConfig } from '@kubernetes/client-node';
+import { group, version, type Kind } from '../crds/index.ts';
+import { errorText, type Logger } from '../common/index.ts';
+
+export interface EventRecorderOptions {
+  kubeConfig: KubeConfig;
+  /** This replica, as the reporting instance of its Events. */
+  identity: string;
+  log: Logger;
+  now?: () => Date;
+}
+
+type Regarding = { metadata: { name: string; namespace?: string; uid?: string } };
+
+export class EventRecorder {
+  readonly #o: EventRecorderOptions;
+  readonly #events: EventsV1Api;
+  /** The last Event note of each object and reason, so that one change is told once. */
+  readonly #told = new Map<string, string>();
+
+  constructor(options: EventRecorderOptions) {
+    this.#o = options;
+    this.#events = options.kubeConfig.makeApiClient(EventsV1Api);
+  }
+
+  /**
+   * Records an Event unless the last one of this object and reason said the same. Events of
+   * cluster-scoped objects go to the default namespace, as Kubernetes does. Never throws: an Event
+   * is a courtesy, and failing to record one must not fail the reconcile.
+   */
+  async record(
+    kind: Kind,
+    object: Regarding,
+    type: 'Normal' | 'Warning',
+    reason: string,
+    action: string,
+    note: string,
+  ): Promise<void> {
+    // The caches may not show the status this replica just wrote: remember what was told.
+    const told = toldKey(kind, object, reason);
+    if (this.#told.get(told) === note) return;
+    this.#told.set(told, note);
+    const namespace = object.metadata.namespace ?? 'default';
+    const now = this.#o.now?.() ?? new Date();
+    // Named as Kubernetes names its own events: the object's name and a timestamp in hex.
+    const name = `${object.metadata.name}.${(now.getTime() * 1000 + Math.floor(Math.random() * 1000)).toString(16)}`;
+    await this.#events
+      .createNamespacedEvent({
+        namespace,
+        body: {
+          metadata: { name },
+          eventTime: new V1MicroTime(now.getTime()),
+          type,
+          reason,
+          action,
+          note: note.slice(0, 1024),
+          regarding: {
+            apiVersion: `${group}/${version}`,
+            kind,
+            name: object.metadata.name,
+            ...(object.metadata.namespace ? { namespace: object.metadata.namespace } : {}),
+            ...(object.metadata.uid ? { uid: object.metadata.uid } : {}),
+          },
+          reportingController: 'naat.dev/operator',
+          reportingInstance: this.#o.identity,
+        },
+      })
+      .catch((error: unknown) =>
+        this.#o.log.error('Failed to record an Event', {
+          reason,
+          object: object.metadata.name,
+          error: errorText(error),
+        }),
+      );
+  }
+
+  /** Forgets what was told of this object and reason, so that its next occurrence is told again. */
+  forget(kind: Kind, object: Regarding, reason: string): void {
+    this.#told.delete(toldKey(kind, object, reason));
+  }
+}
+
+const toldKey = (kind: Kind, object: Regarding, reason: string) =>
+  `${kind}/${object.metadata.namespace ?? ''}/${object.metadata.name}/${reason}`;

@@ -1,0 +1,86 @@
+// Writes what operator/status.ts computed: the operator's part of the status of naat's objects,
+// and the conditions it adds to pods, each with server-side apply under the operator's field
+// manager, so that the fields others own (the dataplanes' status.nodes) stay theirs.
+import {
+  CoreV1Api,
+  CustomObjectsApi,
+  PatchStrategy,
+  setHeaderOptions,
+  type KubeConfig,
+  type V1PodCondition,
+} from '@kubernetes/client-node';
+import { definitionOf, group, version, type Condition, type Kind } from '../crds/index.ts';
+import { canonical } from './canonical.ts';
+
+/** The field manager of everything the operator applies: objects and status. */
+export const fieldManager = 'naat-operator';
+
+export class StatusWriter {
+  readonly #custom: CustomObjectsApi;
+  readonly #core: CoreV1Api;
+
+  constructor(kubeConfig: KubeConfig) {
+    this.#custom = kubeConfig.makeApiClient(CustomObjectsApi);
+    this.#core = kubeConfig.makeApiClient(CoreV1Api);
+  }
+
+  /**
+   * Applies the operator's part of an object's status, unless it already says exactly that (a
+   * status write changes the object, which would otherwise bring it back here for ever).
+   */
+  async apply(
+    kind: Kind,
+    object: { metadata: { name: string; namespace?: string }; status?: Record<string, unknown> },
+    status: Record<string, unknown> & { conditions: Condition[] },
+  ): Promise<void> {
+    const current = object.status ?? {};
+    if (Object.entries(status).every(([field, value]) => canonical(current[field]) === canonical(value))) return;
+    const definition = definitionOf[kind];
+    const body = {
+      apiVersion: `${group}/${version}`,
+      kind,
+      metadata: {
+        name: object.metadata.name,
+        ...(object.metadata.namespace ? { namespace: object.metadata.namespace } : {}),
+      },
+      status,
+    };
+    const options = setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply);
+    const common = {
+      group,
+      version,
+      plural: definition.plural,
+      name: object.metadata.name,
+      body,
+      fieldManager,
+      force: true,
+    };
+    if (object.metadata.namespace) {
+      await this.#custom.patchNamespacedCustomObjectStatus(
+        { ...common, namespace: object.metadata.namespace },
+        options,
+      );
+    } else {
+      await this.#custom.patchClusterCustomObjectStatus(common, options);
+    }
+  }
+
+  /** Applies one condition to a pod's status; the caller decides whether it changed. */
+  async applyPodCondition(pod: { name: string; namespace: string }, condition: V1PodCondition): Promise<void> {
+    await this.#core.patchNamespacedPodStatus(
+      {
+        name: pod.name,
+        namespace: pod.namespace,
+        body: {
+          apiVersion: 'v1',
+          kind: 'Pod',
+          metadata: { name: pod.name, namespace: pod.namespace },
+          status: { conditions: [condition] },
+        },
+        fieldManager,
+        force: true,
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
+    );
+  }
+}
