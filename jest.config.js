@@ -11,7 +11,7 @@ export default {
       ...common,
       displayName: 'unit',
       testMatch: [
-        '<rootDir>/{operator,dataplane,sidecar,crds,proto,test/cluster}/**/*.test.ts',
+        '<rootDir>/{operator,dataplane,sidecar,crds,proto,contracts,test/cluster}/**/*.test.ts',
         // Checks of artefacts that span components, such as the dashboard against the metrics.
         '<rootDir>/test/*.test.ts',
       ],

@@ -10,8 +10,8 @@
 //   uplink's bits in the conntrack and packet marks → the fwmark rule routes it by the uplink's
 //   table → postrouting translates the source to the uplink's addresses.
 import { createHash } from 'node:crypto';
+import { matchesApplication } from '../contracts/applications.ts';
 import type { Application, TraceContext } from '../proto/index.ts';
-import { matchesApplication } from './applications.ts';
 import type { CompiledRule, CompiledUplink, GatewayConfig } from './config.ts';
 import { canonicalAddress, normalisePrefixes } from './ip.ts';
 import {

@@ -15,39 +15,41 @@ import {
   type KindDefinition,
 } from './common.ts';
 
-export const Application = Type.Object(
-  {
-    processName: Type.Optional(
-      Type.String({
-        description:
-          'Process name as the kernel reports it (/proc/PID/comm, at most 15 characters), such as curl or python3.',
-        minLength: 1,
-        maxLength: 15,
-      }),
-    ),
-    executable: Type.Optional(
-      Type.String({
-        description:
-          'Absolute path of the executable inside the container, or a glob over it: * matches within a path segment, ** across segments, ? one character, such as /usr/bin/curl or /opt/**/java.',
-        minLength: 1,
-        maxLength: 1024,
-        ...cel({
-          rule: "self.startsWith('/') || self.startsWith('*')",
-          message: 'executable must be an absolute path or a glob starting with / or *',
-        }),
-      }),
-    ),
-    container: Type.Optional(ListEntryName("Name of the container in the pod's spec that runs the process.")),
-    uid: Type.Optional(Type.Integer({ description: 'User ID the process runs as.', minimum: 0, maximum: 4294967294 })),
-  },
-  {
-    description: 'An application: a process that matches every field set here. At least one field must be set.',
-    ...cel({
-      rule: 'has(self.processName) || has(self.executable) || has(self.container) || has(self.uid)',
-      message: 'each applications entry must set at least one of processName, executable, container, uid',
+// What each field means (matching, overlap, its form in the NAA protocol) is defined in
+// contracts/applications.ts, which every component uses.
+const applicationFields = {
+  processName: Type.Optional(
+    Type.String({
+      description:
+        'Process name as the kernel reports it (/proc/PID/comm, at most 15 characters), such as curl or python3.',
+      minLength: 1,
+      maxLength: 15,
     }),
-  },
-);
+  ),
+  executable: Type.Optional(
+    Type.String({
+      description:
+        'Absolute path of the executable inside the container, or a glob over it: * matches within a path segment, ** across segments, ? one character, such as /usr/bin/curl or /opt/**/java.',
+      minLength: 1,
+      maxLength: 1024,
+      ...cel({
+        rule: "self.startsWith('/') || self.startsWith('*')",
+        message: 'executable must be an absolute path or a glob starting with / or *',
+      }),
+    }),
+  ),
+  container: Type.Optional(ListEntryName("Name of the container in the pod's spec that runs the process.")),
+  uid: Type.Optional(Type.Integer({ description: 'User ID the process runs as.', minimum: 0, maximum: 4294967294 })),
+};
+const applicationFieldNames = Object.keys(applicationFields);
+
+export const Application = Type.Object(applicationFields, {
+  description: 'An application: a process that matches every field set here. At least one field must be set.',
+  ...cel({
+    rule: applicationFieldNames.map((name) => `has(self.${name})`).join(' || '),
+    message: `each applications entry must set at least one of ${applicationFieldNames.join(', ')}`,
+  }),
+});
 export type Application = Static<typeof Application>;
 
 export const DestinationPort = Type.Object(
