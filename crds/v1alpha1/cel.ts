@@ -51,7 +51,7 @@ export function ruleViolations(schema: TSchema, value: unknown, path = ''): stri
   for (const [name, property] of Object.entries((schema.properties ?? {}) as Record<string, TSchema>)) {
     found.push(...ruleViolations(property, object[name], join(path, `.${name}`)));
   }
-  for (const [, values] of Object.entries((schema.patternProperties ?? {}) as Record<string, TSchema>)) {
+  for (const values of Object.values((schema.patternProperties ?? {}) as Record<string, TSchema>)) {
     for (const [key, item] of Object.entries(object))
       found.push(...ruleViolations(values, item, join(path, `.${key}`)));
   }
