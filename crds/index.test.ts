@@ -70,3 +70,21 @@ test('validate rejects an object of another kind', () => {
   const result = validate('EgressGateway', { apiVersion, kind: 'Uplink', metadata: { name: 'x' }, spec: {} });
   expect(result.ok).toBe(false);
 });
+
+test("validate applies the CEL rules through their counterparts, with the rule's field and message", () => {
+  const result = validate('Uplink', {
+    apiVersion,
+    kind: 'Uplink',
+    metadata: { name: 'isp-a' },
+    spec: {
+      interface: 'eth1',
+      nextHop: { ipv6: '::ffff:192.0.2.1' },
+      healthCheck: { targets: ['::1'], timeoutMs: 1000 },
+    },
+  });
+  expect(result.ok ? [] : result.errors).toEqual([
+    'spec.nextHop.ipv6: nextHop.ipv6 must be an IPv6 address, such as 2001:db8::1 or fe80::1',
+    'spec.healthCheck.timeoutMs: healthCheck.timeoutMs must be less than healthCheck.intervalMs',
+    'spec.healthCheck.targets[0]: each healthCheck.targets entry must be an IPv4 or IPv6 address (not unspecified or loopback), such as 192.0.2.1 or 2001:db8::1',
+  ]);
+});

@@ -2,11 +2,13 @@
 // components import the API only from here.
 import { FormatRegistry, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { ruleViolations } from './v1alpha1/cel.ts';
 import { KindObject, type KindDefinition } from './v1alpha1/common.ts';
 import { egressGatewayDefinition } from './v1alpha1/egress-gateway.ts';
 import { egressPolicyDefinition } from './v1alpha1/egress-policy.ts';
 import { uplinkDefinition } from './v1alpha1/uplink.ts';
 
+export { rulesWithin, ruleViolations, withRules, type CelRule } from './v1alpha1/cel.ts';
 export {
   Condition,
   LabelSelector,
@@ -44,6 +46,7 @@ export {
   Rule,
   RuleUplinks,
   egressPolicyDefinition,
+  uplinksOnlyWhenAllowed,
 } from './v1alpha1/egress-policy.ts';
 
 export const group = 'naat.dev';
@@ -108,20 +111,23 @@ FormatRegistry.Set('date-time', (value) => rfc3339.test(value) && !Number.isNaN(
 export type Validation<T> = { ok: true; value: T } | { ok: false; errors: string[] };
 
 /**
- * Checks an object against the OpenAPI part of its kind's schema after applying the schema's
- * defaults, and returns the defaulted copy. The CEL rules (addresses, ranges, exclusive fields)
- * are enforced by the apiserver, so objects read from it have passed them; this check is for
- * objects built or received elsewhere and to narrow `unknown` to the kind's type. Errors read
- * `spec.rules[0].action: <message>`.
+ * Checks an object against its kind's schema after applying the schema's defaults, and returns
+ * the defaulted copy: first the OpenAPI part, then, on an object of the right shape, the CEL
+ * rules through their TypeScript counterparts. Objects read from the apiserver have passed both;
+ * this check is for objects built or received elsewhere and to narrow `unknown` to the kind's
+ * type. Errors read `spec.rules[0].action: <message>`, with a CEL rule's own message.
  */
 export function validate<K extends Kind>(kind: K, object: unknown): Validation<ObjectOfKind[K]> {
   const schema = objectSchemas[kind];
   const value = Value.Default(schema, Value.Clone(object));
-  if (Value.Check(schema, value)) return { ok: true, value: value as ObjectOfKind[K] };
-  const errors = [...Value.Errors(schema, value)].map(
-    (error) => `${fieldPath(error.path)}: ${enumMessage(error.schema) ?? error.message}`,
-  );
-  return { ok: false, errors };
+  if (!Value.Check(schema, value)) {
+    const errors = [...Value.Errors(schema, value)].map(
+      (error) => `${fieldPath(error.path)}: ${enumMessage(error.schema) ?? error.message}`,
+    );
+    return { ok: false, errors };
+  }
+  const errors = ruleViolations(schema, value);
+  return errors.length ? { ok: false, errors } : { ok: true, value: value as ObjectOfKind[K] };
 }
 
 /** Enums are unions of literals to TypeBox, which would only say "Expected union value". */

@@ -5,7 +5,7 @@
 // conntrack cannot. Pure and bounded: at most `maxRecords` records, and ended ones only for
 // `maxAgeMs`; past that the oldest go first and are counted.
 import { isIP } from 'node:net';
-import { addressToBytes, bytesToAddress } from '../contracts/index.ts';
+import { addressToBytes, bytesToAddress } from '../common/index.ts';
 import type { TraceContext } from '../proto/index.ts';
 import type { Flow, FlowCounters } from './conntrack.ts';
 

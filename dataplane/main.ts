@@ -1,5 +1,5 @@
 // The dataplane agent's entry point. It runs on a gateway node (in a cluster, as the DaemonSet
-// that mounts its gateway's compiled config; standalone, on any Linux host) from a config file:
+// that watches its gateway's ConfigMap; standalone, on any Linux host, from a config file):
 //
 //   node dataplane/main.ts run --config /etc/naat/gateway.yaml [--node NAME] [--listen ADDR:PORT]
 //                              (or --config-map NAMESPACE/NAME: the gateway's ConfigMap, watched)

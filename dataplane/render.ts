@@ -11,7 +11,6 @@
 //   table → postrouting translates the source to the uplink's addresses.
 import { createHash } from 'node:crypto';
 import type { Application, TraceContext } from '../proto/index.ts';
-import { matchesApplication } from './applications.ts';
 import {
   canonicalAddress,
   normalisePrefixes,
@@ -19,6 +18,7 @@ import {
   type CompiledUplink,
   type GatewayConfig,
 } from '../contracts/gateway/index.ts';
+import { matchesApplication } from '../contracts/index.ts';
 import {
   stampText,
   type Chain,

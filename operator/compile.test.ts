@@ -173,6 +173,30 @@ describe('compileGateway', () => {
     expect(compiled.policies.get(`${ns}/c-apart`)?.conflicts).toEqual([]);
   });
 
+  it('reports executable globs that one executable matches both of as a conflict', async () => {
+    const s = await snapshot();
+    const base = s.policies[0]!;
+    const allow = structuredClone(base);
+    allow.metadata.name = 'a-tools';
+    allow.spec.priority = 5;
+    allow.spec.rules = [{ name: 'tools', action: 'Allow', applications: [{ executable: '/usr/bin/*' }] }];
+    const deny = structuredClone(allow);
+    deny.metadata.name = 'b-no-curl';
+    deny.spec.rules = [{ name: 'no-curl', action: 'Deny', applications: [{ executable: '/usr/bin/curl' }] }];
+    const apart = structuredClone(deny);
+    apart.metadata.name = 'c-opt';
+    apart.spec.rules = [{ name: 'opt', action: 'Deny', applications: [{ executable: '/usr/bin/*/curl' }] }];
+    const compiled = compileGateway({ ...s, policies: [allow, deny, apart] });
+    const ns = base.metadata.namespace;
+    expect(compiled.policies.get(`${ns}/a-tools`)?.conflicts).toEqual([
+      `rule tools overlaps ${ns}/b-no-curl#no-curl, which it shadows`,
+    ]);
+    expect(compiled.policies.get(`${ns}/b-no-curl`)?.conflicts).toEqual([
+      `rule no-curl is shadowed by ${ns}/a-tools#tools`,
+    ]);
+    expect(compiled.policies.get(`${ns}/c-opt`)?.conflicts).toEqual([]);
+  });
+
   it('leaves out uplinks and rules that apply to nothing, and limits an uplink to its nodes', async () => {
     const s = await snapshot();
     const isp = structuredClone(s.uplinks[1]!);

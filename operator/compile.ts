@@ -3,6 +3,7 @@
 // its dataplanes apply, plus what the status of each object should say. Deterministic: the same
 // snapshot gives byte-identical output, so the content hash changes only when the config does.
 import { createHash } from 'node:crypto';
+import { matchersOverlap } from '../contracts/index.ts';
 import type { EgressGateway, EgressPolicy, Uplink } from '../crds/index.ts';
 import {
   configVersion,
@@ -209,13 +210,7 @@ function overlap(a: CompiledRule, b: CompiledRule): boolean {
   const apps =
     !a.applications ||
     !b.applications ||
-    a.applications.some((x) =>
-      b.applications!.some((y) =>
-        (['processName', 'executable', 'container', 'uid'] as const).every(
-          (field) => x[field] === undefined || y[field] === undefined || x[field] === y[field],
-        ),
-      ),
-    );
+    a.applications.some((x) => b.applications!.some((y) => matchersOverlap(x, y)));
   const destinations =
     !a.destinations ||
     !b.destinations ||

@@ -3,7 +3,7 @@
 // left out), each either valid by the API's rules or broken in one known way whose field the
 // parser must name, and the associations and stamps the sidecars would report for it.
 import fc from 'fast-check';
-import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
+import { canonicalAddress, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import {
   allocateUplinkIds,
   type FlowAssociation,
@@ -31,6 +31,12 @@ export const objectName = fc.oneof(
 const v4 = fc.ipV4();
 const v6 = fc.oneof(fc.ipV6(), fc.constantFrom('fd00::1', '2001:db8::7', 'fe80::1', '::ffff:10.0.0.1'));
 const address = fc.oneof(v4, v6);
+/** What the API's address types accept (next hops, SNAT addresses, probe targets): no unspecified, loopback or IPv4-mapped address. */
+const usableV4 = v4.filter((a) => a !== '0.0.0.0' && !a.startsWith('127.'));
+const usableV6 = v6.filter(
+  (a) => !['::', '::1'].includes(canonicalAddress(a)) && !canonicalAddress(a).startsWith('::ffff:'),
+);
+const usableAddress = fc.oneof(usableV4, usableV6);
 const prefix = fc.oneof(
   address,
   v4.chain((a) => fc.integer({ min: 0, max: 32 }).map((n) => `${a}/${n}`)),
@@ -58,7 +64,7 @@ const portRange = fc
 
 const healthCheck = fc
   .record({
-    targets: fc.uniqueArray(address, { minLength: 1, maxLength: 3 }),
+    targets: fc.uniqueArray(usableAddress, { minLength: 1, maxLength: 3 }),
     protocol: fc.constantFrom('ICMP', 'TCP', 'HTTP'),
     port,
     intervalMs: fc.integer({ min: 100, max: 5000 }),
@@ -79,11 +85,16 @@ const uplink = (name: string) =>
     name: fc.constant(name),
     nodes: fc.option(fc.subarray(['node-1', 'node-2']), { nil: undefined }),
     interface: interfaceName,
-    nextHop: fc.option(fc.oneof(fc.record({ ipv4: v4 }), fc.record({ ipv6: v6 }), fc.record({ ipv4: v4, ipv6: v6 })), {
-      nil: undefined,
-    }),
+    nextHop: fc.option(
+      fc.oneof(
+        fc.record({ ipv4: usableV4 }),
+        fc.record({ ipv6: usableV6 }),
+        fc.record({ ipv4: usableV4, ipv6: usableV6 }),
+      ),
+      { nil: undefined },
+    ),
     snat: fc.record({
-      addresses: fc.option(fc.uniqueArray(address, { minLength: 1, maxLength: 4 }), { nil: undefined }),
+      addresses: fc.option(fc.uniqueArray(usableAddress, { minLength: 1, maxLength: 4 }), { nil: undefined }),
       ports: portRange,
     }),
     weight: fc.integer({ min: 1, max: 1000 }),

@@ -2,7 +2,7 @@
 // that is not a test (README.md, Architecture, says why):
 // - a component (operator/, dataplane/, sidecar/) never imports another component;
 // - the shared folders never import a component, and among themselves only downwards:
-//   contracts/ may import crds/ and proto/; common/, crds/ and proto/ import none of naat's folders;
+//   contracts/ may import common/, crds/ and proto/; crds/ and proto/ only common/; common/ none;
 // - an import into another folder names one of its entry points, an index.ts (the folder's own, or
 //   that of a subfolder with an entry point of its own, such as common/kube/);
 // - no file imports itself through others (no import cycle, type-only imports included).
@@ -14,9 +14,9 @@ const components: readonly string[] = ['operator', 'dataplane', 'sidecar'];
 /** The shared folders, each with the shared folders it may import. */
 const shared: Readonly<Record<string, readonly string[]>> = {
   common: [],
-  contracts: ['crds', 'proto'],
-  crds: [],
-  proto: [],
+  contracts: ['common', 'crds', 'proto'],
+  crds: ['common'],
+  proto: ['common'],
 };
 const sourceFolders = [...components, ...Object.keys(shared)];
 

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ConfigError, parseGatewayConfig, type GatewayConfig } from './config.ts';
+import { definitions, rulesWithin } from '../../crds/index.ts';
+import { ConfigError, GatewayConfig, parseGatewayConfig } from './config.ts';
 
 const sample = JSON.parse(
   await readFile(join(import.meta.dirname, '..', '..', 'dataplane', 'testdata', 'gateway.json'), 'utf8'),
@@ -52,12 +53,12 @@ describe('parseGatewayConfig', () => {
     [
       'an inverted port range',
       (c: GatewayConfig) => (c.uplinks[0]!.snat.ports = { min: 3000, max: 2000 }),
-      /snat.ports: min is greater/,
+      /^uplinks\[0\].snat.ports: snat.ports.min must be less than or equal to snat.ports.max$/,
     ],
     [
       'a probe timeout not below its interval',
       (c: GatewayConfig) => (c.uplinks[0]!.healthCheck!.timeoutMs = 200),
-      /timeoutMs: must be less/,
+      /^uplinks\[0\].healthCheck.timeoutMs: healthCheck.timeoutMs must be less than healthCheck.intervalMs$/,
     ],
     [
       'a rule naming a missing uplink',
@@ -67,7 +68,42 @@ describe('parseGatewayConfig', () => {
     [
       'ports on ICMP',
       (c: GatewayConfig) => (c.rules[0]!.destinations![0]!.protocol = 'ICMP'),
-      /rules\[0\].destinations\[0\].ports: ports require/,
+      /^rules\[0\].destinations\[0\].ports: destinations ports require protocol TCP or UDP$/,
+    ],
+    [
+      'a destination CIDR with host bits',
+      (c: GatewayConfig) => (c.rules[0]!.destinations![0]!.cidr = '198.51.100.7/24'),
+      /^rules\[0\].destinations\[0\].cidr: destinations cidr must not have bits set after its prefix length/,
+    ],
+    [
+      'a loopback SNAT address',
+      (c: GatewayConfig) => (c.uplinks[0]!.snat.addresses = ['127.0.0.1']),
+      /^uplinks\[0\].snat.addresses\[0\]: each snat.addresses entry must be an IPv4 or IPv6 address \(not unspecified or loopback\)/,
+    ],
+    [
+      'a relative executable',
+      (c: GatewayConfig) => (c.rules[1]!.applications = [{ executable: 'bin/curl' }]),
+      /^rules\[1\].applications\[0\].executable: executable must be an absolute path or a glob starting with \/ or \*$/,
+    ],
+    [
+      'an application that sets nothing',
+      (c: GatewayConfig) => (c.rules[1]!.applications = [{}]),
+      /^rules\[1\].applications\[0\]: each applications entry must set at least one of processName, executable, container, uid$/,
+    ],
+    [
+      'a preferred uplink that is not allowed',
+      (c: GatewayConfig) => (c.rules[2]!.uplinks = { allowed: ['isp-a'], preferred: ['isp-b'] }),
+      /^rules\[2\].uplinks.preferred: every uplinks.preferred entry must also be listed in uplinks.allowed$/,
+    ],
+    [
+      'uplinks on a Deny rule',
+      (c: GatewayConfig) => (c.rules[0]!.uplinks = { allowed: ['isp-a'] }),
+      /^rules\[0\].uplinks: rules uplinks can only be set when action is Allow$/,
+    ],
+    [
+      'stickySeconds without SourceSticky',
+      (c: GatewayConfig) => (c.balancing = { mode: 'Weighted', stickySeconds: 60 }),
+      /^balancing.stickySeconds: balancing.stickySeconds is only valid when balancing.mode is SourceSticky$/,
     ],
     [
       'a pod address that is not an address',
@@ -82,5 +118,28 @@ describe('parseGatewayConfig', () => {
   ])('rejects %s, naming the field', (_what, change, message) => {
     const found = problems(change);
     expect(found.some((p) => message.test(p))).toBe(true);
+  });
+
+  // The rules of the API that a compiled config never holds the subject of: the compiler
+  // resolves selectors and the gateway's uplink choice to addresses and a list of uplinks.
+  const notInTheConfig = [
+    { message: 'uplinks must set exactly one of names or selector', why: 'the config lists the chosen uplinks' },
+    { message: 'spec must set podSelector, namespaceSelector or both', why: 'selectors are resolved to sources' },
+    { message: 'association.sidecar must set podSelector, namespaceSelector or both', why: 'the webhook injects' },
+    { message: 'values must be non-empty for operators In and NotIn', why: 'selectors are resolved to sources' },
+  ];
+
+  it('enforces every CEL rule of the API whose subject the compiled config holds', () => {
+    const enforced = rulesWithin(GatewayConfig);
+    const api = new Set(definitions.flatMap((d) => [...rulesWithin(d.spec), ...rulesWithin(d.status)]));
+    expect(api.size).toBeGreaterThanOrEqual(25);
+    for (const rule of api) {
+      expect({ rule: rule.rule, holds: typeof rule.holds }).toEqual({ rule: rule.rule, holds: 'function' });
+      const outside = notInTheConfig.some(({ message }) => rule.message.startsWith(message));
+      expect({ message: rule.message, enforced: enforced.has(rule) }).toEqual({
+        message: rule.message,
+        enforced: !outside,
+      });
+    }
   });
 });

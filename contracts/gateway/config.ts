@@ -1,12 +1,23 @@
 // The compiled gateway config: everything one gateway's dataplane needs, resolved from the API
 // objects (uplinks by name, policies to the addresses of the pods they select, rules in the order
 // they are evaluated). The operator writes one per gateway; standalone, it is read from a file.
-// The dataplane trusts nothing in it: `parseGatewayConfig` checks what the apiserver's CEL rules
-// would have checked, because a file never passed them.
+// The dataplane trusts nothing in it: `parseGatewayConfig` checks every CEL rule of the API
+// schemas the config is made of (through the rules' TypeScript counterparts), because a file
+// never passed the apiserver, and what the compiler guarantees beyond them.
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { isIP } from 'node:net';
-import { Application, Balancing, Destination, RuleUplinks, Timeouts, UplinkSpec } from '../../crds/index.ts';
+import {
+  Application,
+  Balancing,
+  Destination,
+  RuleUplinks,
+  ruleViolations,
+  Timeouts,
+  UplinkSpec,
+  uplinksOnlyWhenAllowed,
+  withRules,
+} from '../../crds/index.ts';
 
 export const configVersion = 1;
 
@@ -24,16 +35,19 @@ export const CompiledUplink = Type.Composite([
 ]);
 export type CompiledUplink = Static<typeof CompiledUplink>;
 
-export const CompiledRule = Type.Object({
-  policy: Type.String({ description: 'namespace/name of the EgressPolicy the rule comes from.', minLength: 3 }),
-  rule: Type.String({ minLength: 1 }),
-  priority: Type.Integer(),
-  sources: Type.Array(Prefix, { description: 'Addresses of the pods the policy selects.' }),
-  applications: Type.Optional(Type.Array(Application, { minItems: 1 })),
-  destinations: Type.Optional(Type.Array(Destination, { minItems: 1 })),
-  action: Type.Union([Type.Literal('Allow'), Type.Literal('Deny')]),
-  uplinks: Type.Optional(RuleUplinks),
-});
+export const CompiledRule = withRules(
+  Type.Object({
+    policy: Type.String({ description: 'namespace/name of the EgressPolicy the rule comes from.', minLength: 3 }),
+    rule: Type.String({ minLength: 1 }),
+    priority: Type.Integer(),
+    sources: Type.Array(Prefix, { description: 'Addresses of the pods the policy selects.' }),
+    applications: Type.Optional(Type.Array(Application, { minItems: 1 })),
+    destinations: Type.Optional(Type.Array(Destination, { minItems: 1 })),
+    action: Type.Union([Type.Literal('Allow'), Type.Literal('Deny')]),
+    uplinks: Type.Optional(RuleUplinks),
+  }),
+  uplinksOnlyWhenAllowed,
+);
 export type CompiledRule = Static<typeof CompiledRule>;
 
 export const GatewayConfig = Type.Object({
@@ -92,17 +106,21 @@ export class ConfigError extends Error {
   }
 }
 
-/** Applies defaults, checks the config and returns it; throws a ConfigError naming every problem. */
+/**
+ * Applies defaults, checks the config and returns it; throws a ConfigError naming every problem.
+ * A broken CEL rule of the API reads `rules[0].destinations[0].ports: <the rule's message>`.
+ */
 export function parseGatewayConfig(input: unknown): GatewayConfig {
   const value = Value.Default(GatewayConfig, Value.Clone(input));
   const schemaErrors = [...Value.Errors(GatewayConfig, value)].map((e) => `${e.path || '/'}: ${e.message}`);
   if (schemaErrors.length) throw new ConfigError(schemaErrors);
   const config = value as GatewayConfig;
-  const problems = semanticProblems(config);
+  const problems = [...ruleViolations(GatewayConfig, config), ...semanticProblems(config)];
   if (problems.length) throw new ConfigError(problems);
   return config;
 }
 
+/** What the compiler guarantees beyond the API's rules: addresses parse, uplink names are unique and known. */
 function semanticProblems(config: GatewayConfig): string[] {
   const problems: string[] = [];
   const prefix = (where: string, text: string) => {
@@ -122,42 +140,15 @@ function semanticProblems(config: GatewayConfig): string[] {
     const at = `uplinks[${i}]`;
     if (names.has(uplink.name)) problems.push(`${at}.name: ${uplink.name} is listed twice`);
     names.add(uplink.name);
-    if (uplink.nextHop?.ipv4 && isIP(uplink.nextHop.ipv4) !== 4)
-      problems.push(`${at}.nextHop.ipv4: not an IPv4 address`);
-    if (uplink.nextHop?.ipv6 && isIP(uplink.nextHop.ipv6) !== 6)
-      problems.push(`${at}.nextHop.ipv6: not an IPv6 address`);
-    uplink.snat.addresses?.forEach((a, j) => {
-      if (!isIP(a)) problems.push(`${at}.snat.addresses[${j}]: ${JSON.stringify(a)} is not an IP address`);
-    });
-    if (uplink.snat.ports.min > uplink.snat.ports.max) problems.push(`${at}.snat.ports: min is greater than max`);
-    const check = uplink.healthCheck;
-    if (check) {
-      check.targets.forEach((t, j) => {
-        if (!isIP(t)) problems.push(`${at}.healthCheck.targets[${j}]: ${JSON.stringify(t)} is not an IP address`);
-      });
-      if (check.timeoutMs >= check.intervalMs)
-        problems.push(`${at}.healthCheck.timeoutMs: must be less than intervalMs`);
-      if (check.protocol === 'TCP' && !check.port) problems.push(`${at}.healthCheck.port: required for TCP`);
-    }
   });
   config.rules.forEach((rule, i) => {
     const at = `rules[${i}]`;
     rule.sources.forEach((s, j) => prefix(`${at}.sources[${j}]`, s));
-    rule.destinations?.forEach((d, j) => {
-      if (d.cidr) prefix(`${at}.destinations[${j}].cidr`, d.cidr);
-      if (d.ports && d.protocol !== 'TCP' && d.protocol !== 'UDP')
-        problems.push(`${at}.destinations[${j}].ports: ports require protocol TCP or UDP`);
-      d.ports?.forEach((p, k) => {
-        if (p.endPort !== undefined && p.endPort < p.port)
-          problems.push(`${at}.destinations[${j}].ports[${k}]: endPort is less than port`);
-      });
-    });
     for (const field of ['allowed', 'preferred'] as const) {
       rule.uplinks?.[field]?.forEach((name, j) => {
         if (!names.has(name)) problems.push(`${at}.uplinks.${field}[${j}]: no uplink named ${name}`);
       });
     }
-    if (rule.action === 'Deny' && rule.uplinks) problems.push(`${at}.uplinks: only valid when action is Allow`);
   });
   return problems;
 }

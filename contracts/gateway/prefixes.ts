@@ -1,6 +1,6 @@
 // Address arithmetic for sets of prefixes: the kernel rejects an interval set whose elements
 // overlap, and the packet tracer needs containment.
-import { addressToBytes, bytesToAddress } from '../address.ts';
+import { addressToBytes, bytesToAddress } from '../../common/index.ts';
 import { parsePrefix, type Prefix } from './config.ts';
 
 function toBigInt(address: string): bigint {

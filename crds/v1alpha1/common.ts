@@ -13,19 +13,7 @@ import {
   type TUnion,
 } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-
-/** A CEL rule in the form the apiserver reads from `x-kubernetes-validations`. */
-interface CelRule {
-  rule: string;
-  message: string;
-  /** JSON path (relative to the schema the rule sits on) that the error is reported against. */
-  fieldPath?: string;
-}
-
-/** Schema options carrying CEL rules; TypeBox passes unknown keys through to the JSON schema. */
-export function cel(...rules: CelRule[]): { 'x-kubernetes-validations': CelRule[] } {
-  return { 'x-kubernetes-validations': rules };
-}
+import { isCidr, isMasked, isUsableIp, withRules } from './cel.ts';
 
 /** A string enum; the CRD emitter turns TypeBox's union of literals into OpenAPI `enum`. */
 export function StringEnum<const T extends readonly [string, ...string[]]>(
@@ -78,27 +66,28 @@ export function LabelMap(description: string) {
   });
 }
 
-const LabelSelectorRequirement = Type.Object(
-  {
-    key: Type.String({ description: 'The label key the requirement applies to.', minLength: 1, maxLength: 317 }),
-    operator: StringEnum(['In', 'NotIn', 'Exists', 'DoesNotExist'], {
-      description:
-        "How the key's value is compared: In and NotIn test membership in `values`; Exists and DoesNotExist test only the key.",
-    }),
-    values: Type.Optional(
-      Type.Array(Type.String({ description: 'A label value.', maxLength: 63 }), {
-        description: 'Label values; required and non-empty for In and NotIn, empty for Exists and DoesNotExist.',
-        maxItems: 64,
-        'x-kubernetes-list-type': 'atomic',
+const LabelSelectorRequirement = withRules(
+  Type.Object(
+    {
+      key: Type.String({ description: 'The label key the requirement applies to.', minLength: 1, maxLength: 317 }),
+      operator: StringEnum(['In', 'NotIn', 'Exists', 'DoesNotExist'], {
+        description:
+          "How the key's value is compared: In and NotIn test membership in `values`; Exists and DoesNotExist test only the key.",
       }),
-    ),
-  },
+      values: Type.Optional(
+        Type.Array(Type.String({ description: 'A label value.', maxLength: 63 }), {
+          description: 'Label values; required and non-empty for In and NotIn, empty for Exists and DoesNotExist.',
+          maxItems: 64,
+          'x-kubernetes-list-type': 'atomic',
+        }),
+      ),
+    },
+    { description: 'A label requirement: a key, an operator and, for In and NotIn, the values.' },
+  ),
   {
-    description: 'A label requirement: a key, an operator and, for In and NotIn, the values.',
-    ...cel({
-      rule: "self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0 : !has(self.values) || size(self.values) == 0",
-      message: 'values must be non-empty for operators In and NotIn and empty for Exists and DoesNotExist',
-    }),
+    rule: "self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0 : !has(self.values) || size(self.values) == 0",
+    message: 'values must be non-empty for operators In and NotIn and empty for Exists and DoesNotExist',
+    holds: (self) => (['In', 'NotIn'].includes(self.operator) ? !!self.values?.length : !self.values?.length),
   },
 );
 
@@ -124,45 +113,38 @@ export type LabelSelector = Static<ReturnType<typeof LabelSelector>>;
 
 /** An IPv4 or IPv6 address in text form, checked with CEL's ip library. */
 export function IpAddress(description: string, field: string) {
-  return Type.String({
-    description,
-    maxLength: 45,
-    ...cel({
-      rule: 'isIP(self) && !ip(self).isUnspecified() && !ip(self).isLoopback()',
-      message: `${field} must be an IPv4 or IPv6 address (not unspecified or loopback), such as 192.0.2.1 or 2001:db8::1`,
-    }),
+  return withRules(Type.String({ description, maxLength: 45 }), {
+    rule: 'isIP(self) && !ip(self).isUnspecified() && !ip(self).isLoopback()',
+    message: `${field} must be an IPv4 or IPv6 address (not unspecified or loopback), such as 192.0.2.1 or 2001:db8::1`,
+    holds: (self) => isUsableIp(self),
   });
 }
 
 /** An address of one family only, e.g. a next hop for the IPv4 or the IPv6 default route. */
 export function FamilyAddress(family: 4 | 6, description: string, field: string) {
   const example = family === 4 ? '192.0.2.1' : '2001:db8::1 or fe80::1';
-  return Type.String({
-    description,
-    maxLength: family === 4 ? 15 : 45,
-    ...cel({
-      rule: `isIP(self) && ip(self).family() == ${family} && !ip(self).isUnspecified() && !ip(self).isLoopback()`,
-      message: `${field} must be an IPv${family} address, such as ${example}`,
-    }),
+  return withRules(Type.String({ description, maxLength: family === 4 ? 15 : 45 }), {
+    rule: `isIP(self) && ip(self).family() == ${family} && !ip(self).isUnspecified() && !ip(self).isLoopback()`,
+    message: `${field} must be an IPv${family} address, such as ${example}`,
+    holds: (self) => isUsableIp(self, family),
   });
 }
 
 /** A network prefix in canonical form: an IPv4 or IPv6 CIDR without host bits. */
 export function Cidr(description: string, field: string) {
-  return Type.String({
-    description,
-    maxLength: 49,
-    ...cel(
-      {
-        rule: 'isCIDR(self)',
-        message: `${field} must be an IPv4 or IPv6 CIDR, such as 203.0.113.0/24 or 2001:db8::/32`,
-      },
-      {
-        rule: '!isCIDR(self) || cidr(self) == cidr(self).masked()',
-        message: `${field} must not have bits set after its prefix length (write 203.0.113.0/24, not 203.0.113.7/24)`,
-      },
-    ),
-  });
+  return withRules(
+    Type.String({ description, maxLength: 49 }),
+    {
+      rule: 'isCIDR(self)',
+      message: `${field} must be an IPv4 or IPv6 CIDR, such as 203.0.113.0/24 or 2001:db8::/32`,
+      holds: isCidr,
+    },
+    {
+      rule: '!isCIDR(self) || cidr(self) == cidr(self).masked()',
+      message: `${field} must not have bits set after its prefix length (write 203.0.113.0/24, not 203.0.113.7/24)`,
+      holds: (self) => !isCidr(self) || isMasked(self),
+    },
+  );
 }
 
 export function Port(description: string, defaultValue?: number) {

@@ -1,8 +1,8 @@
 // EgressGateway: a set of gateway nodes running the dataplane, the uplinks they balance over,
 // the pods they serve and how flows are classified, balanced and timed out.
 import { Type, type Static } from '@sinclair/typebox';
+import { withRules } from './cel.ts';
 import {
-  cel,
   DefaultedObject,
   conditionColumn,
   LabelMap,
@@ -17,44 +17,50 @@ import {
 /** Used when balancing.mode is SourceSticky and stickySeconds is omitted. */
 export const defaultStickySeconds = 300;
 
-export const GatewayUplinks = Type.Object(
+export const GatewayUplinks = withRules(
+  Type.Object(
+    {
+      names: Type.Optional(ObjectNameList('Uplinks chosen by name.', 'Name of an Uplink.', 32)),
+      selector: Type.Optional(LabelSelector('Uplinks chosen by their labels.')),
+    },
+    {
+      description:
+        'The uplinks this gateway balances flows over, by names or by a label selector (exactly one). Uplinks that do not exist yet are ignored until they do; the Accepted condition names them.',
+    },
+  ),
   {
-    names: Type.Optional(ObjectNameList('Uplinks chosen by name.', 'Name of an Uplink.', 32)),
-    selector: Type.Optional(LabelSelector('Uplinks chosen by their labels.')),
-  },
-  {
-    description:
-      'The uplinks this gateway balances flows over, by names or by a label selector (exactly one). Uplinks that do not exist yet are ignored until they do; the Accepted condition names them.',
-    ...cel({
-      rule: 'has(self.names) != has(self.selector)',
-      message: 'uplinks must set exactly one of names or selector',
-    }),
+    rule: 'has(self.names) != has(self.selector)',
+    message: 'uplinks must set exactly one of names or selector',
+    holds: (self) => (self.names !== undefined) !== (self.selector !== undefined),
   },
 );
 
-export const Balancing = DefaultedObject(
-  {
-    mode: StringEnum(['Weighted', 'LeastLoaded', 'SourceSticky'], {
-      description:
-        "How a new flow picks an uplink among the healthy ones of the lowest usable tier that the flow's rule allows. Weighted: per flow, in proportion to the uplinks' weights. LeastLoaded: per flow, favouring the uplink with the fewest active flows relative to its weight. SourceSticky: every flow of one source address uses the same uplink (paired pooling, RFC 4787) for stickySeconds after its last flow, weighted across sources.",
-      default: 'Weighted',
-    }),
-    stickySeconds: Type.Optional(
-      Type.Integer({
-        description: `How long a source keeps its uplink after its last flow ended, in SourceSticky mode only; ${defaultStickySeconds} when omitted.`,
-        minimum: 1,
-        maximum: 86400,
+export const Balancing = withRules(
+  DefaultedObject(
+    {
+      mode: StringEnum(['Weighted', 'LeastLoaded', 'SourceSticky'], {
+        description:
+          "How a new flow picks an uplink among the healthy ones of the lowest usable tier that the flow's rule allows. Weighted: per flow, in proportion to the uplinks' weights. LeastLoaded: per flow, favouring the uplink with the fewest active flows relative to its weight. SourceSticky: every flow of one source address uses the same uplink (paired pooling, RFC 4787) for stickySeconds after its last flow, weighted across sources.",
+        default: 'Weighted',
       }),
-    ),
-  },
+      stickySeconds: Type.Optional(
+        Type.Integer({
+          description: `How long a source keeps its uplink after its last flow ended, in SourceSticky mode only; ${defaultStickySeconds} when omitted.`,
+          minimum: 1,
+          maximum: 86400,
+        }),
+      ),
+    },
+    {
+      description:
+        'How new flows are spread over uplinks. A flow stays on its uplink until it ends or that uplink fails.',
+    },
+  ),
   {
-    description:
-      'How new flows are spread over uplinks. A flow stays on its uplink until it ends or that uplink fails.',
-    ...cel({
-      rule: "self.mode == 'SourceSticky' || !has(self.stickySeconds)",
-      message: 'balancing.stickySeconds is only valid when balancing.mode is SourceSticky',
-      fieldPath: '.stickySeconds',
-    }),
+    rule: "self.mode == 'SourceSticky' || !has(self.stickySeconds)",
+    message: 'balancing.stickySeconds is only valid when balancing.mode is SourceSticky',
+    fieldPath: '.stickySeconds',
+    holds: (self) => self.mode === 'SourceSticky' || self.stickySeconds === undefined,
   },
 );
 
@@ -91,22 +97,25 @@ export const Timeouts = DefaultedObject(
   },
 );
 
-export const SidecarInjection = Type.Object(
+export const SidecarInjection = withRules(
+  Type.Object(
+    {
+      podSelector: Type.Optional(
+        LabelSelector('Pods that get the sidecar; every served pod in the selected namespaces when omitted.'),
+      ),
+      namespaceSelector: Type.Optional(
+        LabelSelector("Namespaces whose pods get the sidecar; every served pod's namespace when omitted."),
+      ),
+    },
+    {
+      description:
+        'Which served pods get the association sidecar injected when they are created. Only pods with the sidecar have their flows associated with applications; rules naming applications never match the others.',
+    },
+  ),
   {
-    podSelector: Type.Optional(
-      LabelSelector('Pods that get the sidecar; every served pod in the selected namespaces when omitted.'),
-    ),
-    namespaceSelector: Type.Optional(
-      LabelSelector("Namespaces whose pods get the sidecar; every served pod's namespace when omitted."),
-    ),
-  },
-  {
-    description:
-      'Which served pods get the association sidecar injected when they are created. Only pods with the sidecar have their flows associated with applications; rules naming applications never match the others.',
-    ...cel({
-      rule: 'has(self.podSelector) || has(self.namespaceSelector)',
-      message: 'association.sidecar must set podSelector, namespaceSelector or both (an empty selector {} selects all)',
-    }),
+    rule: 'has(self.podSelector) || has(self.namespaceSelector)',
+    message: 'association.sidecar must set podSelector, namespaceSelector or both (an empty selector {} selects all)',
+    holds: (self) => self.podSelector !== undefined || self.namespaceSelector !== undefined,
   },
 );
 
@@ -131,38 +140,41 @@ export const Association = DefaultedObject(
   },
 );
 
-export const EgressGatewaySpec = Type.Object(
-  {
-    nodeSelector: LabelMap(
-      'Labels of the nodes that act as this gateway and run its dataplane; an empty map selects every node.',
-    ),
-    uplinks: GatewayUplinks,
-    podSelector: Type.Optional(
-      LabelSelector(
-        'Pods whose egress this gateway handles, within the namespaces namespaceSelector selects; every pod there when omitted.',
+export const EgressGatewaySpec = withRules(
+  Type.Object(
+    {
+      nodeSelector: LabelMap(
+        'Labels of the nodes that act as this gateway and run its dataplane; an empty map selects every node.',
       ),
-    ),
-    namespaceSelector: Type.Optional(
-      LabelSelector(
-        "Namespaces whose pods this gateway serves; the pod's own namespace when omitted, that is every namespace.",
+      uplinks: GatewayUplinks,
+      podSelector: Type.Optional(
+        LabelSelector(
+          'Pods whose egress this gateway handles, within the namespaces namespaceSelector selects; every pod there when omitted.',
+        ),
       ),
-    ),
-    balancing: Balancing,
-    timeouts: Timeouts,
-    defaultAction: StringEnum(['Allow', 'Deny'], {
+      namespaceSelector: Type.Optional(
+        LabelSelector(
+          "Namespaces whose pods this gateway serves; the pod's own namespace when omitted, that is every namespace.",
+        ),
+      ),
+      balancing: Balancing,
+      timeouts: Timeouts,
+      defaultAction: StringEnum(['Allow', 'Deny'], {
+        description:
+          'What happens to a flow from a served pod that no EgressPolicy rule matches: Allow sends it out through any healthy uplink, Deny drops it.',
+        default: 'Allow',
+      }),
+      association: Association,
+    },
+    {
       description:
-        'What happens to a flow from a served pod that no EgressPolicy rule matches: Allow sends it out through any healthy uplink, Deny drops it.',
-      default: 'Allow',
-    }),
-    association: Association,
-  },
+        'Desired state of the gateway. At least one of podSelector and namespaceSelector must be set, so that serving every pod of the cluster is a deliberate `namespaceSelector: {}`.',
+    },
+  ),
   {
-    description:
-      'Desired state of the gateway. At least one of podSelector and namespaceSelector must be set, so that serving every pod of the cluster is a deliberate `namespaceSelector: {}`.',
-    ...cel({
-      rule: 'has(self.podSelector) || has(self.namespaceSelector)',
-      message: 'spec must set podSelector, namespaceSelector or both (an empty selector {} selects all)',
-    }),
+    rule: 'has(self.podSelector) || has(self.namespaceSelector)',
+    message: 'spec must set podSelector, namespaceSelector or both (an empty selector {} selects all)',
+    holds: (self) => self.podSelector !== undefined || self.namespaceSelector !== undefined,
   },
 );
 export type EgressGatewaySpec = Static<typeof EgressGatewaySpec>;

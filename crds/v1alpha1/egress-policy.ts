@@ -1,8 +1,8 @@
 // EgressPolicy: ordered rules that allow or deny the egress of applications in selected pods,
 // and choose which uplinks allowed flows may leave through.
 import { Type, type Static } from '@sinclair/typebox';
+import { withRules, type CelRule } from './cel.ts';
 import {
-  cel,
   Cidr,
   conditionColumn,
   LabelSelector,
@@ -15,156 +15,178 @@ import {
   type KindDefinition,
 } from './common.ts';
 
-export const Application = Type.Object(
-  {
-    processName: Type.Optional(
-      Type.String({
-        description:
-          'Process name as the kernel reports it (/proc/PID/comm, at most 15 characters), such as curl or python3.',
-        minLength: 1,
-        maxLength: 15,
-      }),
-    ),
-    executable: Type.Optional(
+// What each field means (matching, overlap, its form in the NAA protocol) is defined in
+// contracts/applications.ts, which every component uses.
+const applicationFields = {
+  processName: Type.Optional(
+    Type.String({
+      description:
+        'Process name as the kernel reports it (/proc/PID/comm, at most 15 characters), such as curl or python3.',
+      minLength: 1,
+      maxLength: 15,
+    }),
+  ),
+  executable: Type.Optional(
+    withRules(
       Type.String({
         description:
           'Absolute path of the executable inside the container, or a glob over it: * matches within a path segment, ** across segments, ? one character, such as /usr/bin/curl or /opt/**/java.',
         minLength: 1,
         maxLength: 1024,
-        ...cel({
-          rule: "self.startsWith('/') || self.startsWith('*')",
-          message: 'executable must be an absolute path or a glob starting with / or *',
-        }),
       }),
+      {
+        rule: "self.startsWith('/') || self.startsWith('*')",
+        message: 'executable must be an absolute path or a glob starting with / or *',
+        holds: (self) => self.startsWith('/') || self.startsWith('*'),
+      },
     ),
-    container: Type.Optional(ListEntryName("Name of the container in the pod's spec that runs the process.")),
-    uid: Type.Optional(Type.Integer({ description: 'User ID the process runs as.', minimum: 0, maximum: 4294967294 })),
-  },
-  {
+  ),
+  container: Type.Optional(ListEntryName("Name of the container in the pod's spec that runs the process.")),
+  uid: Type.Optional(Type.Integer({ description: 'User ID the process runs as.', minimum: 0, maximum: 4294967294 })),
+};
+const applicationFieldNames = Object.keys(applicationFields) as (keyof typeof applicationFields)[];
+
+export const Application = withRules(
+  Type.Object(applicationFields, {
     description: 'An application: a process that matches every field set here. At least one field must be set.',
-    ...cel({
-      rule: 'has(self.processName) || has(self.executable) || has(self.container) || has(self.uid)',
-      message: 'each applications entry must set at least one of processName, executable, container, uid',
-    }),
+  }),
+  {
+    rule: applicationFieldNames.map((name) => `has(self.${name})`).join(' || '),
+    message: `each applications entry must set at least one of ${applicationFieldNames.join(', ')}`,
+    holds: (self) => applicationFieldNames.some((name) => self[name] !== undefined),
   },
 );
 export type Application = Static<typeof Application>;
 
-export const DestinationPort = Type.Object(
+export const DestinationPort = withRules(
+  Type.Object(
+    {
+      port: Port('Destination port, or the first port of a range when endPort is set.'),
+      endPort: Type.Optional(Port('Last port of the range that starts at port (inclusive).')),
+    },
+    {
+      description: 'A destination port or an inclusive range of ports.',
+    },
+  ),
   {
-    port: Port('Destination port, or the first port of a range when endPort is set.'),
-    endPort: Type.Optional(Port('Last port of the range that starts at port (inclusive).')),
-  },
-  {
-    description: 'A destination port or an inclusive range of ports.',
-    ...cel({
-      rule: '!has(self.endPort) || self.endPort >= self.port',
-      message: 'ports endPort must be greater than or equal to port',
-      fieldPath: '.endPort',
-    }),
+    rule: '!has(self.endPort) || self.endPort >= self.port',
+    message: 'ports endPort must be greater than or equal to port',
+    fieldPath: '.endPort',
+    holds: (self) => self.endPort === undefined || self.endPort >= self.port,
   },
 );
 
-export const Destination = Type.Object(
-  {
-    cidr: Type.Optional(
-      Cidr(
-        'Destination network, IPv4 or IPv6, such as 203.0.113.0/24 or 2001:db8::/32; every address of both families when omitted.',
-        'destinations cidr',
+export const Destination = withRules(
+  Type.Object(
+    {
+      cidr: Type.Optional(
+        Cidr(
+          'Destination network, IPv4 or IPv6, such as 203.0.113.0/24 or 2001:db8::/32; every address of both families when omitted.',
+          'destinations cidr',
+        ),
       ),
-    ),
-    protocol: StringEnum(['TCP', 'UDP', 'ICMP', 'Any'], {
-      description: 'Transport protocol; ICMP means ICMPv6 for IPv6 destinations.',
-      default: 'Any',
-    }),
-    ports: Type.Optional(
-      Type.Array(DestinationPort, {
-        description: 'Destination ports, for protocol TCP or UDP only; every port when omitted.',
-        minItems: 1,
-        maxItems: 32,
-        'x-kubernetes-list-type': 'atomic',
+      protocol: StringEnum(['TCP', 'UDP', 'ICMP', 'Any'], {
+        description: 'Transport protocol; ICMP means ICMPv6 for IPv6 destinations.',
+        default: 'Any',
       }),
-    ),
-  },
+      ports: Type.Optional(
+        Type.Array(DestinationPort, {
+          description: 'Destination ports, for protocol TCP or UDP only; every port when omitted.',
+          minItems: 1,
+          maxItems: 32,
+          'x-kubernetes-list-type': 'atomic',
+        }),
+      ),
+    },
+    {
+      description: 'Where flows go: a network, a protocol and ports, all of which must match.',
+    },
+  ),
   {
-    description: 'Where flows go: a network, a protocol and ports, all of which must match.',
-    ...cel({
-      rule: "!has(self.ports) || self.protocol in ['TCP', 'UDP']",
-      message: 'destinations ports require protocol TCP or UDP',
-      fieldPath: '.ports',
-    }),
+    rule: "!has(self.ports) || self.protocol in ['TCP', 'UDP']",
+    message: 'destinations ports require protocol TCP or UDP',
+    fieldPath: '.ports',
+    holds: (self) => self.ports === undefined || self.protocol === 'TCP' || self.protocol === 'UDP',
   },
 );
 export type Destination = Static<typeof Destination>;
 
-export const RuleUplinks = Type.Object(
+export const RuleUplinks = withRules(
+  Type.Object(
+    {
+      allowed: Type.Optional(
+        ObjectNameList(
+          'The only uplinks these flows may leave through; every uplink of the gateway when omitted. When none of them is healthy the flows are dropped, not sent elsewhere.',
+          'Name of an Uplink of the gateway.',
+          16,
+        ),
+      ),
+      preferred: Type.Optional(
+        ObjectNameList(
+          'Uplinks used while at least one of them is healthy, regardless of tier; the other allowed uplinks are used only when all preferred ones are down.',
+          'Name of an Uplink of the gateway.',
+          16,
+        ),
+      ),
+    },
+    {
+      description:
+        "Restricts or steers the uplinks of the rule's flows. At least one of allowed and preferred must be set.",
+    },
+  ),
   {
-    allowed: Type.Optional(
-      ObjectNameList(
-        'The only uplinks these flows may leave through; every uplink of the gateway when omitted. When none of them is healthy the flows are dropped, not sent elsewhere.',
-        'Name of an Uplink of the gateway.',
-        16,
-      ),
-    ),
-    preferred: Type.Optional(
-      ObjectNameList(
-        'Uplinks used while at least one of them is healthy, regardless of tier; the other allowed uplinks are used only when all preferred ones are down.',
-        'Name of an Uplink of the gateway.',
-        16,
-      ),
-    ),
+    rule: 'has(self.allowed) || has(self.preferred)',
+    message: 'uplinks must set allowed, preferred or both',
+    holds: (self) => self.allowed !== undefined || self.preferred !== undefined,
   },
   {
-    description:
-      "Restricts or steers the uplinks of the rule's flows. At least one of allowed and preferred must be set.",
-    ...cel(
-      {
-        rule: 'has(self.allowed) || has(self.preferred)',
-        message: 'uplinks must set allowed, preferred or both',
-      },
-      {
-        rule: '!has(self.allowed) || !has(self.preferred) || self.preferred.all(name, name in self.allowed)',
-        message: 'every uplinks.preferred entry must also be listed in uplinks.allowed',
-        fieldPath: '.preferred',
-      },
-    ),
+    rule: '!has(self.allowed) || !has(self.preferred) || self.preferred.all(name, name in self.allowed)',
+    message: 'every uplinks.preferred entry must also be listed in uplinks.allowed',
+    fieldPath: '.preferred',
+    holds: (self) => !self.allowed || !self.preferred || self.preferred.every((name) => self.allowed!.includes(name)),
   },
 );
 
-export const Rule = Type.Object(
-  {
-    name: ListEntryName('Name of the rule, unique in the policy; flow logs and status refer to it.'),
-    applications: Type.Optional(
-      Type.Array(Application, {
+/** Also a rule of the compiled gateway config, whose rules keep their action and uplinks. */
+export const uplinksOnlyWhenAllowed: CelRule<{ action: 'Allow' | 'Deny'; uplinks?: unknown }> = {
+  rule: "self.action == 'Allow' || !has(self.uplinks)",
+  message: 'rules uplinks can only be set when action is Allow',
+  fieldPath: '.uplinks',
+  holds: (self) => self.action === 'Allow' || self.uplinks === undefined,
+};
+
+export const Rule = withRules(
+  Type.Object(
+    {
+      name: ListEntryName('Name of the rule, unique in the policy; flow logs and status refer to it.'),
+      applications: Type.Optional(
+        Type.Array(Application, {
+          description:
+            "Applications the rule applies to, any one of which may match; every flow of the selected pods when omitted. A rule that names applications matches only flows whose association arrived (see the gateway's association.unassociatedFlows).",
+          minItems: 1,
+          maxItems: 16,
+          'x-kubernetes-list-type': 'atomic',
+        }),
+      ),
+      destinations: Type.Optional(
+        Type.Array(Destination, {
+          description: 'Destinations the rule applies to, any one of which may match; every destination when omitted.',
+          minItems: 1,
+          maxItems: 64,
+          'x-kubernetes-list-type': 'atomic',
+        }),
+      ),
+      action: StringEnum(['Allow', 'Deny'], {
         description:
-          "Applications the rule applies to, any one of which may match; every flow of the selected pods when omitted. A rule that names applications matches only flows whose association arrived (see the gateway's association.unassociatedFlows).",
-        minItems: 1,
-        maxItems: 16,
-        'x-kubernetes-list-type': 'atomic',
+          'What matching flows get: Allow sends them out through an uplink (see uplinks), Deny drops them and ends flows already open.',
       }),
-    ),
-    destinations: Type.Optional(
-      Type.Array(Destination, {
-        description: 'Destinations the rule applies to, any one of which may match; every destination when omitted.',
-        minItems: 1,
-        maxItems: 64,
-        'x-kubernetes-list-type': 'atomic',
-      }),
-    ),
-    action: StringEnum(['Allow', 'Deny'], {
-      description:
-        'What matching flows get: Allow sends them out through an uplink (see uplinks), Deny drops them and ends flows already open.',
-    }),
-    uplinks: Type.Optional(RuleUplinks),
-  },
-  {
-    description: 'A rule matches a new flow when one of its applications and one of its destinations match.',
-    ...cel({
-      rule: "self.action == 'Allow' || !has(self.uplinks)",
-      message: 'rules uplinks can only be set when action is Allow',
-      fieldPath: '.uplinks',
-    }),
-  },
+      uplinks: Type.Optional(RuleUplinks),
+    },
+    {
+      description: 'A rule matches a new flow when one of its applications and one of its destinations match.',
+    },
+  ),
+  uplinksOnlyWhenAllowed,
 );
 export type Rule = Static<typeof Rule>;
 

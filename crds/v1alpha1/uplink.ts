@@ -1,8 +1,8 @@
 // Uplink: one egress path out of the gateway nodes (an interface, its next hop and the addresses
 // flows are translated to), with the health check that decides whether new flows may use it.
 import { Type, type Static } from '@sinclair/typebox';
+import { withRules } from './cel.ts';
 import {
-  cel,
   DefaultedObject,
   conditionColumn,
   FamilyAddress,
@@ -14,18 +14,21 @@ import {
   type KindDefinition,
 } from './common.ts';
 
-export const PortRange = DefaultedObject(
+export const PortRange = withRules(
+  DefaultedObject(
+    {
+      min: Port('Lowest source port flows are translated to.', 1024),
+      max: Port('Highest source port flows are translated to.', 65535),
+    },
+    {
+      description:
+        'Source ports that flows are translated to. Each SNAT address carries at most max-min+1 simultaneous flows to one destination address and port; when none is free the kernel drops the new flow, and the uplink status reports the utilisation.',
+    },
+  ),
   {
-    min: Port('Lowest source port flows are translated to.', 1024),
-    max: Port('Highest source port flows are translated to.', 65535),
-  },
-  {
-    description:
-      'Source ports that flows are translated to. Each SNAT address carries at most max-min+1 simultaneous flows to one destination address and port; when none is free the kernel drops the new flow, and the uplink status reports the utilisation.',
-    ...cel({
-      rule: 'self.min <= self.max',
-      message: 'snat.ports.min must be less than or equal to snat.ports.max',
-    }),
+    rule: 'self.min <= self.max',
+    message: 'snat.ports.min must be less than or equal to snat.ports.max',
+    holds: (self) => self.min <= self.max,
   },
 );
 
@@ -46,124 +49,138 @@ export const Snat = DefaultedObject(
   },
 );
 
-export const NextHop = Type.Object(
+export const NextHop = withRules(
+  Type.Object(
+    {
+      ipv4: Type.Optional(FamilyAddress(4, 'Next hop of IPv4 flows.', 'nextHop.ipv4')),
+      ipv6: Type.Optional(FamilyAddress(6, 'Next hop of IPv6 flows; a link-local address is usual.', 'nextHop.ipv6')),
+    },
+    {
+      description:
+        'The router flows are sent to through the interface. Omit it for point-to-point links (PPP, WireGuard, GRE), where the interface itself is the route; a family without a next hop is routed on-link.',
+    },
+  ),
   {
-    ipv4: Type.Optional(FamilyAddress(4, 'Next hop of IPv4 flows.', 'nextHop.ipv4')),
-    ipv6: Type.Optional(FamilyAddress(6, 'Next hop of IPv6 flows; a link-local address is usual.', 'nextHop.ipv6')),
-  },
-  {
-    description:
-      'The router flows are sent to through the interface. Omit it for point-to-point links (PPP, WireGuard, GRE), where the interface itself is the route; a family without a next hop is routed on-link.',
-    ...cel({
-      rule: 'has(self.ipv4) || has(self.ipv6)',
-      message: 'nextHop must set ipv4, ipv6 or both; omit nextHop for a point-to-point interface',
-    }),
+    rule: 'has(self.ipv4) || has(self.ipv6)',
+    message: 'nextHop must set ipv4, ipv6 or both; omit nextHop for a point-to-point interface',
+    holds: (self) => self.ipv4 !== undefined || self.ipv6 !== undefined,
   },
 );
 
-export const HealthCheck = Type.Object(
-  {
-    targets: Type.Array(IpAddress('An address to probe.', 'each healthCheck.targets entry'), {
-      description:
-        'Addresses probed through this uplink (the probes leave by its interface and next hop with its SNAT address), IPv4 and IPv6 mixed. Pick hosts beyond the provider, such as public resolvers.',
-      minItems: 1,
-      maxItems: 8,
-      'x-kubernetes-list-type': 'set',
-    }),
-    protocol: StringEnum(['ICMP', 'TCP', 'HTTP'], {
-      description:
-        'How a target is probed: ICMP sends an echo request; TCP opens a connection to port; HTTP sends GET path to port and expects a 2xx or 3xx answer.',
-      default: 'ICMP',
-    }),
-    port: Type.Optional(Port('Destination port of TCP and HTTP probes; required for TCP, 80 when HTTP omits it.')),
-    path: Type.Optional(
-      Type.String({
-        description: 'Request path of HTTP probes; / when omitted.',
-        maxLength: 1024,
-        pattern: '^/',
-      }),
-    ),
-    intervalMs: Type.Integer({
-      description: 'Milliseconds between probe rounds. Each round probes every target once.',
-      minimum: 100,
-      maximum: 600000,
-      default: 1000,
-    }),
-    timeoutMs: Type.Integer({
-      description: 'Milliseconds a probe may wait for its answer; must be less than intervalMs.',
-      minimum: 10,
-      maximum: 60000,
-      default: 800,
-    }),
-    failureThreshold: Type.Integer({
-      description: 'Consecutive failed rounds after which a healthy uplink is taken out of use on that node.',
-      minimum: 1,
-      maximum: 100,
-      default: 3,
-    }),
-    successThreshold: Type.Integer({
-      description: 'Consecutive successful rounds after which an unhealthy uplink is put back in use on that node.',
-      minimum: 1,
-      maximum: 100,
-      default: 2,
-    }),
-    maxLossPercent: Type.Integer({
-      description:
-        'A round fails when more than this share of its probes get no answer within timeoutMs. With one target any loss fails the round unless this is 100.',
-      minimum: 0,
-      maximum: 100,
-      default: 50,
-    }),
-    maxLatencyMs: Type.Optional(
-      Type.Integer({
+export const HealthCheck = withRules(
+  Type.Object(
+    {
+      targets: Type.Array(IpAddress('An address to probe.', 'each healthCheck.targets entry'), {
         description:
-          'A round also fails when the mean round-trip time of its answered probes exceeds this; no latency limit when omitted. At most timeoutMs.',
-        minimum: 1,
-        maximum: 60000,
+          'Addresses probed through this uplink (the probes leave by its interface and next hop with its SNAT address), IPv4 and IPv6 mixed. Pick hosts beyond the provider, such as public resolvers.',
+        minItems: 1,
+        maxItems: 8,
+        'x-kubernetes-list-type': 'set',
       }),
-    ),
+      protocol: StringEnum(['ICMP', 'TCP', 'HTTP'], {
+        description:
+          'How a target is probed: ICMP sends an echo request; TCP opens a connection to port; HTTP sends GET path to port and expects a 2xx or 3xx answer.',
+        default: 'ICMP',
+      }),
+      port: Type.Optional(Port('Destination port of TCP and HTTP probes; required for TCP, 80 when HTTP omits it.')),
+      path: Type.Optional(
+        Type.String({
+          description: 'Request path of HTTP probes; / when omitted.',
+          maxLength: 1024,
+          pattern: '^/',
+        }),
+      ),
+      intervalMs: Type.Integer({
+        description: 'Milliseconds between probe rounds. Each round probes every target once.',
+        minimum: 100,
+        maximum: 600000,
+        default: 1000,
+      }),
+      timeoutMs: Type.Integer({
+        description: 'Milliseconds a probe may wait for its answer; must be less than intervalMs.',
+        minimum: 10,
+        maximum: 60000,
+        default: 800,
+      }),
+      failureThreshold: Type.Integer({
+        description: 'Consecutive failed rounds after which a healthy uplink is taken out of use on that node.',
+        minimum: 1,
+        maximum: 100,
+        default: 3,
+      }),
+      successThreshold: Type.Integer({
+        description: 'Consecutive successful rounds after which an unhealthy uplink is put back in use on that node.',
+        minimum: 1,
+        maximum: 100,
+        default: 2,
+      }),
+      maxLossPercent: Type.Integer({
+        description:
+          'A round fails when more than this share of its probes get no answer within timeoutMs. With one target any loss fails the round unless this is 100.',
+        minimum: 0,
+        maximum: 100,
+        default: 50,
+      }),
+      maxLatencyMs: Type.Optional(
+        Type.Integer({
+          description:
+            'A round also fails when the mean round-trip time of its answered probes exceeds this; no latency limit when omitted. At most timeoutMs.',
+          minimum: 1,
+          maximum: 60000,
+        }),
+      ),
+    },
+    {
+      description:
+        'Probes sent through the uplink from every gateway node; an uplink that fails them on a node stops receiving new flows there and its existing flows are moved to other uplinks.',
+    },
+  ),
+  {
+    rule: 'self.timeoutMs < self.intervalMs',
+    message: 'healthCheck.timeoutMs must be less than healthCheck.intervalMs',
+    fieldPath: '.timeoutMs',
+    holds: (self) => self.timeoutMs < self.intervalMs,
   },
   {
-    description:
-      'Probes sent through the uplink from every gateway node; an uplink that fails them on a node stops receiving new flows there and its existing flows are moved to other uplinks.',
-    ...cel(
-      {
-        rule: 'self.timeoutMs < self.intervalMs',
-        message: 'healthCheck.timeoutMs must be less than healthCheck.intervalMs',
-        fieldPath: '.timeoutMs',
-      },
-      {
-        rule: '!has(self.maxLatencyMs) || self.maxLatencyMs <= self.timeoutMs',
-        message: 'healthCheck.maxLatencyMs must not exceed healthCheck.timeoutMs',
-        fieldPath: '.maxLatencyMs',
-      },
-      {
-        rule: "self.protocol != 'TCP' || has(self.port)",
-        message: 'healthCheck.port is required when protocol is TCP',
-      },
-      {
-        rule: "self.protocol != 'ICMP' || !has(self.port)",
-        message: 'healthCheck.port must not be set when protocol is ICMP',
-        fieldPath: '.port',
-      },
-      {
-        rule: "self.protocol == 'HTTP' || !has(self.path)",
-        message: 'healthCheck.path is only valid when protocol is HTTP',
-        fieldPath: '.path',
-      },
-    ),
+    rule: '!has(self.maxLatencyMs) || self.maxLatencyMs <= self.timeoutMs',
+    message: 'healthCheck.maxLatencyMs must not exceed healthCheck.timeoutMs',
+    fieldPath: '.maxLatencyMs',
+    holds: (self) => self.maxLatencyMs === undefined || self.maxLatencyMs <= self.timeoutMs,
+  },
+  {
+    rule: "self.protocol != 'TCP' || has(self.port)",
+    message: 'healthCheck.port is required when protocol is TCP',
+    holds: (self) => self.protocol !== 'TCP' || self.port !== undefined,
+  },
+  {
+    rule: "self.protocol != 'ICMP' || !has(self.port)",
+    message: 'healthCheck.port must not be set when protocol is ICMP',
+    fieldPath: '.port',
+    holds: (self) => self.protocol !== 'ICMP' || self.port === undefined,
+  },
+  {
+    rule: "self.protocol == 'HTTP' || !has(self.path)",
+    message: 'healthCheck.path is only valid when protocol is HTTP',
+    fieldPath: '.path',
+    holds: (self) => self.protocol === 'HTTP' || self.path === undefined,
   },
 );
 
 export const UplinkSpec = Type.Object(
   {
-    interface: Type.String({
-      description: 'Name of the network interface on the gateway nodes, such as eth1, ppp0 or wg0.',
-      minLength: 1,
-      maxLength: 15,
-      pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$',
-      ...cel({ rule: "self != '.' && self != '..'", message: 'interface must be a network interface name' }),
-    }),
+    interface: withRules(
+      Type.String({
+        description: 'Name of the network interface on the gateway nodes, such as eth1, ppp0 or wg0.',
+        minLength: 1,
+        maxLength: 15,
+        pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$',
+      }),
+      {
+        rule: "self != '.' && self != '..'",
+        message: 'interface must be a network interface name',
+        holds: (self) => self !== '.' && self !== '..',
+      },
+    ),
     nodeSelector: Type.Optional(
       LabelMap(
         "Labels of the gateway nodes that have this uplink; every node of a gateway that lists it when omitted. Nodes outside the gateway's nodeSelector are never used.",

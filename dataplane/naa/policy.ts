@@ -1,5 +1,6 @@
 // What the gateway applies to one pod, in the protocol's terms: sent to the pod's driver so that
 // it can explain denials.
+import { toApplicationMatch } from '../../contracts/index.ts';
 import type { Destination } from '../../crds/index.ts';
 import { Action, type EffectivePolicy } from '../../proto/index.ts';
 import { contains, type GatewayConfig } from '../../contracts/gateway/index.ts';
@@ -15,15 +16,7 @@ export function effectivePolicy(config: GatewayConfig, addresses: readonly strin
     let applicationClasses: number[] = [];
     if (rule.applications) {
       const id = classes.length + 1;
-      classes.push({
-        id,
-        matches: rule.applications.map((m) => ({
-          processName: m.processName ?? '',
-          executableGlob: m.executable ?? '',
-          containerName: m.container ?? '',
-          ...(m.uid !== undefined ? { uid: m.uid } : {}),
-        })),
-      });
+      classes.push({ id, matches: rule.applications.map(toApplicationMatch) });
       applicationClasses = [id];
     }
     return {

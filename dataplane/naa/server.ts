@@ -20,7 +20,7 @@ import {
   type TraceContext,
   type Verdict,
 } from '../../proto/index.ts';
-import { addressToBytes, bytesToAddress } from '../../contracts/index.ts';
+import { addressToBytes, bytesToAddress } from '../../common/index.ts';
 import { AuthenticationError, type Authenticator, type PodIdentity } from './auth.ts';
 import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
 

@@ -2,7 +2,7 @@
 // anew), anything else is ignored, and a stream that sends garbage carries on as if it had sent none.
 import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { AssociationServiceClient, Protocol, type AssociateResponse, type TraceContext } from '../../proto/index.ts';
-import { addressToBytes } from '../../contracts/index.ts';
+import { addressToBytes } from '../../common/index.ts';
 import { NaaServer, type AssociationTracing } from './server.ts';
 import type { AssociationEntry } from './table.ts';
 import { checkedContext } from './tracing.ts';

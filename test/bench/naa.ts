@@ -25,7 +25,7 @@ import {
   type AssociateRequest,
   type AssociateResponse,
 } from '../../proto/index.ts';
-import { addressToBytes } from '../../contracts/index.ts';
+import { addressToBytes } from '../../common/index.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const messages = 20_000;

@@ -4,7 +4,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { apiVersion, definitionOf, group, validate, type Kind } from '../../crds/index.ts';
+import { apiVersion, definitionOf, definitions, group, rulesWithin, validate, type Kind } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
@@ -137,6 +137,13 @@ const invalid: [string, Kind, Record<string, unknown>, string, string][] = [
     'an IPv4 address as the IPv6 next hop',
     'Uplink',
     { ...uplink, nextHop: { ipv6: '192.0.2.1' } },
+    'spec.nextHop.ipv6',
+    'nextHop.ipv6 must be an IPv6 address',
+  ],
+  [
+    'an IPv4-mapped IPv6 address as the IPv6 next hop',
+    'Uplink',
+    { ...uplink, nextHop: { ipv6: '::ffff:192.0.2.1' } },
     'spec.nextHop.ipv6',
     'nextHop.ipv6 must be an IPv6 address',
   ],
@@ -449,13 +456,26 @@ const invalid: [string, Kind, Record<string, unknown>, string, string][] = [
   ],
 ];
 
+const celMessages = definitions.flatMap((d) => [...rulesWithin(d.spec)]).map((rule) => rule.message);
+
 const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 describe('invalid objects are rejected with a message naming the field', () => {
   test.each(invalid)('%s', async (_, kind, spec, field, message) => {
-    const rejected = apply(object(kind, `invalid-${id}`, spec), ['--dry-run=server']);
+    const sent = object(kind, `invalid-${id}`, spec);
+    const rejected = apply(sent, ['--dry-run=server']);
     // The field's path, then on the same line the message about it.
     await expect(rejected).rejects.toThrow(new RegExp(`${escape(field)}: [^\\n]*${escape(message)}`));
+    // The validator that checks objects which never reach the apiserver (the compiled gateway
+    // config among them) rejects it too, with the rule's own message where a CEL rule broke.
+    // Duplicate keys of sets and maps (a path starting with `.`) are found by server-side apply.
+    if (field.startsWith('.')) return;
+    const local = validate(kind, sent);
+    const errors = local.ok ? [] : local.errors;
+    expect(errors).toContainEqual(expect.stringMatching(new RegExp(`^${escape(field)}: `)));
+    if (celMessages.some((m) => m.includes(message))) {
+      expect(errors).toContainEqual(expect.stringMatching(new RegExp(`^${escape(field)}: .*${escape(message)}`)));
+    }
   });
 });
 

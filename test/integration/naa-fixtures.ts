@@ -1,6 +1,6 @@
 // What the NAA server tests share: pods of the test apiserver with pod-bound tokens, and the
 // association a driver would send for one of their flows.
-import { addressToBytes } from '../../contracts/index.ts';
+import { addressToBytes } from '../../common/index.ts';
 import { Protocol, type Association, type PodRef } from '../../proto/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
 
