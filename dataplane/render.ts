@@ -91,31 +91,6 @@ export interface Rendered {
   routes: UplinkRoute[];
 }
 
-/**
- * Keeps the ids of uplinks that had one and gives new uplinks the lowest free ids, so that a
- * restart or an added uplink never renumbers the marks of flows already pinned.
- */
-export function allocateUplinkIds(
-  previous: ReadonlyMap<string, number>,
-  names: readonly string[],
-): Map<string, number> {
-  const ids = new Map<string, number>();
-  for (const name of names) {
-    const id = previous.get(name);
-    if (id !== undefined) ids.set(name, id);
-  }
-  const used = new Set(ids.values());
-  let next = 1;
-  for (const name of [...names].sort()) {
-    if (ids.has(name)) continue;
-    while (used.has(next)) next++;
-    if (next > maxUplinkId) throw new Error(`more than ${maxUplinkId} uplinks`);
-    ids.set(name, next);
-    used.add(next);
-  }
-  return ids;
-}
-
 export function localUplinks(config: GatewayConfig, node: string): CompiledUplink[] {
   return config.uplinks.filter((u) => !u.nodes || u.nodes.includes(node)).sort((a, b) => a.name.localeCompare(b.name));
 }

@@ -16,8 +16,9 @@ import { Agent, type AgentReport } from '../../dataplane/agent.ts';
 import { parseGatewayConfig } from '../../dataplane/config.ts';
 import { ExecConntrack } from '../../dataplane/conntrack.ts';
 import { ExecNftables, operationText, planSync, type Nftables, type Operation } from '../../dataplane/nft/nftables.ts';
-import { allocateUplinkIds, localUplinks, render, type FlowAssociation } from '../../dataplane/render.ts';
+import { localUplinks, render, type FlowAssociation } from '../../dataplane/render.ts';
 import { ExecRouting } from '../../dataplane/routing.ts';
+import { allocateUplinkIds } from '../../dataplane/uplink-ids.ts';
 import { parse as parseYaml } from 'yaml';
 import {
   createTopology,
