@@ -122,7 +122,7 @@ export class FlowEvents {
    * gateway's, and an unconnected socket has no one destination to decide for).
    */
   countDecision(a: FlowAssociation, verdict: AssociationVerdict | undefined): void {
-    if (!verdict || (verdict.allowed && !verdict.uplink)) return;
+    if (!verdict || (verdict.allowed && !verdict.uplink && !verdict.balanced)) return;
     const { metrics } = this.#o;
     const application = metrics.application(a.application.processName);
     metrics.applicationFlows.inc({ application, verdict: verdict.allowed ? 'Allow' : 'Deny' });

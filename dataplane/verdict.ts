@@ -8,7 +8,13 @@ import type { AttributionUpdate } from './attribution.ts';
 
 export interface AssociationVerdict {
   allowed: boolean;
+  /**
+   * The uplink new flows of this kind leave through; absent when they are balanced over several
+   * (`balanced`) or leave through none (a bypassed destination, the node itself).
+   */
   uplink?: string;
+  /** New flows of this kind are balanced over several uplinks: each may take another. */
+  balanced?: boolean;
   /** namespace/name#rule of the policy rule that decided; absent for the default action. */
   rule?: string;
 }
@@ -38,7 +44,11 @@ export function flowPacket(flow: Flow): Packet {
   };
 }
 
-/** What `table` does with `packet` in prerouting; `uplinkName` names the uplink of a mark's id. */
+/**
+ * What `table` does with `packet` in prerouting; `uplinkName` names the uplink of a mark's id. The
+ * trace balances as if every pick chose its first slot, so the uplink it reached is named only when
+ * no pick chose it.
+ */
 export function traceVerdict(
   table: Table,
   packet: Packet,
@@ -46,9 +56,10 @@ export function traceVerdict(
 ): AssociationVerdict {
   const result = trace(table, 'prerouting', packet);
   const uplink = uplinkName((result.ctMark & markMask) >>> markShift);
+  const through = result.verdict === 'accept' && uplink !== undefined;
   return {
     allowed: result.verdict === 'accept',
-    ...(result.verdict === 'accept' && uplink ? { uplink } : {}),
+    ...(through ? (result.picked ? { balanced: true } : { uplink }) : {}),
     ...(result.rule ? { rule: result.rule } : {}),
   };
 }
