@@ -21,7 +21,8 @@ import { AgentMetrics } from './metrics.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
 import { namesOf, planSync } from './nft/nftables.ts';
 import type { Packet } from './nft/trace.ts';
-import { leastLoadedCounts, localUplinks, render, type FlowAssociation, type Rendered } from './render.ts';
+import { balancerFor } from './balancing/index.ts';
+import { localUplinks, render, type FlowAssociation, type Rendered } from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
 import { SyncQueue } from './sync-queue.ts';
 import { UplinkIds } from './uplink-ids.ts';
@@ -54,7 +55,7 @@ export interface AgentOptions {
   /** Reads the conntrack table's fill and drop counters (readConntrackStats); undefined where unknown. */
   conntrackStats?: () => ConntrackStats | undefined;
   log: Logger;
-  /** How often LeastLoaded weights are recomputed from the flow counts. */
+  /** How often balancers that follow the load (LeastLoaded) look at the flow counts again. */
   rebalanceMs?: number;
   /** How often the flow table is listed afresh from conntrack. */
   relistMs?: number;
@@ -85,7 +86,7 @@ export class Agent {
   #checkRoutes = true;
   #stopWatch: (() => void) | undefined;
   #rebalance: NodeJS.Timeout | undefined;
-  #lastCounts = '';
+  #lastLoadKey = '';
   #expiry: NodeJS.Timeout | undefined;
   #relist: NodeJS.Timeout | undefined;
 
@@ -392,13 +393,14 @@ export class Agent {
     return new Map([...this.#ids.current].map(([name, id]) => [name, active.get(id) ?? 0]));
   }
 
+  /** Syncs when the load would change the choices (LeastLoaded): the rendered table depends on it. */
   #maybeRebalance(): void {
     const config = this.#config;
-    if (config?.balancing.mode !== 'LeastLoaded') return;
-    const uplinks = localUplinks(config, this.#o.node);
-    const counts = leastLoadedCounts(uplinks, this.#loadByName()).join(',');
-    if (counts === this.#lastCounts) return;
-    this.#lastCounts = counts;
+    const loadKey = config && balancerFor(config.balancing).loadKey;
+    if (!loadKey) return;
+    const key = loadKey(localUplinks(config, this.#o.node), this.#loadByName());
+    if (key === this.#lastLoadKey) return;
+    this.#lastLoadKey = key;
     this.sync().catch(() => {});
   }
 

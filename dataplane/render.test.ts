@@ -4,8 +4,9 @@ import type { Application } from '../proto/index.ts';
 import { parseGatewayConfig, type GatewayConfig } from './config.ts';
 import { renderTable } from './nft/model.ts';
 import { trace, type Packet, type TraceOptions } from './nft/trace.ts';
-import { leastLoadedCounts, markMask, markShift, render, type FlowAssociation, type RenderInput } from './render.ts';
+import { markMask, markShift, render, type FlowAssociation, type RenderInput } from './render.ts';
 import { allocateUplinkIds } from './uplink-ids.ts';
+import { leastLoadedCounts } from './balancing/least-loaded.ts';
 
 const testdata = join(import.meta.dirname, 'testdata');
 const base = parseGatewayConfig(JSON.parse(await readFile(join(testdata, 'gateway.json'), 'utf8')));

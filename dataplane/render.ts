@@ -12,6 +12,7 @@
 import { createHash } from 'node:crypto';
 import type { Application, TraceContext } from '../proto/index.ts';
 import { matchesApplication } from './applications.ts';
+import { balancerFor, type Balancer } from './balancing/index.ts';
 import type { CompiledRule, CompiledUplink, GatewayConfig } from './config.ts';
 import { canonicalAddress, normalisePrefixes } from './ip.ts';
 import {
@@ -67,7 +68,7 @@ export interface RenderInput {
   ids: ReadonlyMap<string, number>;
   /** Healthy or not, per uplink; an uplink missing here counts as healthy. */
   health: ReadonlyMap<string, boolean>;
-  /** Active flows per uplink, for LeastLoaded balancing. */
+  /** Active flows per uplink, for balancers that follow the load (LeastLoaded). */
   load?: ReadonlyMap<string, number>;
   associations?: readonly FlowAssociation[];
   stamps?: readonly StampedApplication[];
@@ -117,7 +118,7 @@ interface RenderContext {
   ids: ReadonlyMap<string, number>;
   healthy: CompiledUplink[];
   load: ReadonlyMap<string, number>;
-  sticky: boolean;
+  balancer: Balancer;
 }
 
 export function render(input: RenderInput): Rendered {
@@ -129,7 +130,7 @@ export function render(input: RenderInput): Rendered {
     ids: new Map(uplinks.map((u) => [u.name, idOf(input.ids, u.name)])),
     healthy: uplinks.filter((u) => input.health.get(u.name) !== false),
     load: input.load ?? new Map(),
-    sticky: config.balancing.mode === 'SourceSticky',
+    balancer: balancerFor(config.balancing),
   };
   const strict = (config.association?.strictSources ?? []).length > 0;
   const parts: TableParts = { sets: renderAddressSets(config), chains: [] };
@@ -327,15 +328,12 @@ function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, part
   const id = context.ids.get(uplink.name)!;
   const mark = id << markShift;
   const then: Rule[] = [{ match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask: markMask, value: mark }] }];
-  if (context.sticky && context.healthy.includes(uplink)) {
+  const extra = context.healthy.includes(uplink) ? context.balancer.uplinkParts : undefined;
+  if (extra) {
     for (const f of families) {
-      parts.sets.push({
-        name: stickySet(id, f),
-        type: f === 4 ? 'ipv4_addr' : 'ipv6_addr',
-        dynamicTimeoutSeconds: context.config.balancing.stickySeconds ?? 300,
-        elements: [],
-      });
-      then.push({ match: [family(f)], then: [{ kind: 'updateSet', family: f, set: stickySet(id, f) }] });
+      const { set, rule } = extra(id, f);
+      parts.sets.push(set);
+      then.push(rule);
     }
   }
   // Final: the rule chains are jumped to, and a chosen flow must not go on to later rules.
@@ -549,7 +547,6 @@ function chainPart(name: string): string {
   const hash = createHash('sha256').update(name).digest('hex').slice(0, 16);
   return `${simple.replace(/[^A-Za-z0-9_]/g, '_').slice(0, 200)}_H${hash}`;
 }
-const stickySet = (id: number, f: Family) => `sticky${id}_${f}`;
 
 /**
  * The uplinks a flow may take now: healthy preferred ones regardless of tier while any is, else
@@ -567,16 +564,6 @@ export function chooseCandidates(
   return usable.filter((u) => u.tier === tier);
 }
 
-/**
- * Slot counts for LeastLoaded: an uplink's share falls as its active flows per unit of weight
- * rise, so new flows go where there is room until the loads even out.
- */
-export function leastLoadedCounts(uplinks: readonly CompiledUplink[], load: ReadonlyMap<string, number>): number[] {
-  const shares = uplinks.map((u) => u.weight / (1 + (load.get(u.name) ?? 0) / u.weight));
-  const top = Math.max(...shares);
-  return shares.map((share) => Math.max(1, Math.round((1000 * share) / top)));
-}
-
 /** Whether the uplink carries flows of this family: a next hop of it, or none at all (point to point). */
 export function carries(uplink: CompiledUplink, f: Family): boolean {
   return !uplink.nextHop || Boolean(f === 4 ? uplink.nextHop.ipv4 : uplink.nextHop.ipv6);
@@ -585,17 +572,11 @@ export function carries(uplink: CompiledUplink, f: Family): boolean {
 function familyPickRules(f: Family, candidates: CompiledUplink[], context: RenderContext): Rule[] {
   if (!candidates.length) return [{ match: [family(f)], then: drop }];
   if (candidates.length === 1) return [{ match: [family(f)], then: [goto(uplinkChain(candidates[0]!.name))] }];
-  const mode = context.config.balancing.mode;
-  const counts = mode === 'LeastLoaded' ? leastLoadedCounts(candidates, context.load) : candidates.map((u) => u.weight);
-  const slots = candidates.map((u, i) => ({ chain: uplinkChain(u.name), count: counts[i]! }));
-  if (!context.sticky) return [{ match: [family(f)], then: [{ kind: 'pick', by: 'random', slots }] }];
-  return [
-    ...candidates.map((u) => ({
-      match: [family(f), { kind: 'saddr', family: f, set: stickySet(context.ids.get(u.name)!, f) } as Match],
-      then: [goto(uplinkChain(u.name))],
-    })),
-    { match: [family(f)], then: [{ kind: 'pick', by: 'source', family: f, slots }] },
-  ];
+  return context.balancer.pickRules(
+    f,
+    candidates.map((uplink) => ({ uplink, id: context.ids.get(uplink.name)!, chain: uplinkChain(uplink.name) })),
+    context.load,
+  );
 }
 
 function snatChains(uplink: CompiledUplink): Chain[] {
