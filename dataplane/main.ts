@@ -34,7 +34,7 @@ import { parseGatewayConfig, type GatewayConfig } from './config.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import { contentType as metricsContentType } from './prometheus.ts';
-import { HealthMonitor, IpLinkReader } from './probe.ts';
+import { HealthMonitor, IpLinkReader } from './probe/index.ts';
 import type { AssociationEntry } from './naa/table.ts';
 import { localUplinks, type FlowAssociation } from './render.ts';
 import { ExecRouting } from './routing.ts';
