@@ -15,7 +15,7 @@ import type { Application } from '../proto/index.ts';
 import type { GatewayConfig } from './config.ts';
 import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
-import { FlowEvents, podsByAddress, type PodRef } from './flow-events.ts';
+import { FlowEvents, podOf, podsByAddress, type PodRef } from './flow-events.ts';
 import { planFlowMapChanges, structureOf } from './flow-maps.ts';
 import { AgentMetrics } from './metrics.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
@@ -26,7 +26,7 @@ import { localUplinks, render, type FlowAssociation, type Rendered } from './ren
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
 import { SyncQueue } from './sync-queue.ts';
 import { UplinkIds } from './uplink-ids.ts';
-import { associationPacket, traceVerdict, type AssociationVerdict } from './verdict.ts';
+import { associationPacket, traceVerdict, type FlowVerdict } from './verdict.ts';
 
 export type { AgentReport, UplinkHealthState, UplinkReport } from './agent-report.ts';
 
@@ -185,10 +185,7 @@ export class Agent {
    * Replaces associations: `upsert` and `remove` keyed by (address, transport, port). Resolves,
    * once the kernel holds them, with what new flows of each upserted one get.
    */
-  async associate(
-    upsert: FlowAssociation[],
-    remove: FlowAssociation[],
-  ): Promise<Array<AssociationVerdict | undefined>> {
+  async associate(upsert: FlowAssociation[], remove: FlowAssociation[]): Promise<Array<FlowVerdict | undefined>> {
     this.#associations.replace(upsert, remove);
     await this.#queue.request();
     const applied = Date.now();
@@ -209,9 +206,7 @@ export class Agent {
    * is denied, the flow is ended. Flows that stay allowed keep their uplink and the rule that
    * chose it.
    */
-  async #applyLate(
-    decided: Array<{ association: FlowAssociation; verdict: AssociationVerdict | undefined }>,
-  ): Promise<void> {
+  async #applyLate(decided: Array<{ association: FlowAssociation; verdict: FlowVerdict | undefined }>): Promise<void> {
     for (const { association: a, verdict } of decided) {
       if (!this.#events.learn(a, verdict)) continue;
       const ended = await this.#o.conntrack.deleteFlow(a.transport, a.sourceAddress, a.sourcePort);
@@ -228,13 +223,13 @@ export class Agent {
    * which uplink, by which rule (the default action when none). Undefined for an unconnected
    * socket, whose destinations vary.
    */
-  verdictFor(a: FlowAssociation): AssociationVerdict | undefined {
+  verdictFor(a: FlowAssociation): FlowVerdict | undefined {
     const packet = associationPacket(a);
     return packet && this.#decide(packet);
   }
 
   /** What the ruleset the kernel holds does with the first packet of this flow; undefined before the first sync. */
-  #decide(packet: Packet): AssociationVerdict | undefined {
+  #decide(packet: Packet): FlowVerdict | undefined {
     const table = this.#applied?.rendered.table;
     return table && traceVerdict(table, packet, (id) => this.#ids.nameOf(id));
   }
@@ -251,7 +246,7 @@ export class Agent {
       return {
         ...flow,
         uplinkName: this.#ids.nameOf(flow.uplink),
-        ...(a ? { application: a.application, ...(a.pod ? { pod: a.pod } : {}) } : {}),
+        ...(a ? { application: a.application, ...(a.pod ? { pod: podOf(a) } : {}) } : {}),
       };
     });
   }

@@ -2,13 +2,12 @@
 // by (source address, transport, source port), and in strict mode the application of each stamp
 // a pod's packets carry.
 import type { Application } from '../proto/index.ts';
+import { sourceKey } from './flow-key.ts';
 import type { FlowAssociation, StampedApplication } from './render.ts';
 
-const sourceKey = (address: string, transport: string, port: number | undefined) => `${address} ${transport} ${port}`;
-
-/** How logs name an association's flow: its source address, transport and source port. */
+/** The key of an association's flow (flow-key.ts), which logs show too. */
 export const flowKey = (a: Pick<FlowAssociation, 'sourceAddress' | 'transport' | 'sourcePort'>) =>
-  sourceKey(a.sourceAddress, a.transport, a.sourcePort);
+  sourceKey(a.transport, a.sourceAddress, a.sourcePort);
 
 export class Associations {
   readonly #byFlow = new Map<string, FlowAssociation>();
@@ -44,12 +43,12 @@ export class Associations {
 
   /** The association of the flow from this source, if any. */
   of(sourceAddress: string, transport: string, sourcePort: number | undefined): FlowAssociation | undefined {
-    return this.#byFlow.get(sourceKey(sourceAddress, transport, sourcePort));
+    return this.#byFlow.get(sourceKey(transport, sourceAddress, sourcePort));
   }
 
   /** Forgets the association of a flow that ended; true when it had one. */
   expire(sourceAddress: string, transport: string, sourcePort: number | undefined): boolean {
-    return this.#byFlow.delete(sourceKey(sourceAddress, transport, sourcePort));
+    return this.#byFlow.delete(sourceKey(transport, sourceAddress, sourcePort));
   }
 
   list(): FlowAssociation[] {

@@ -8,7 +8,7 @@ import type { Flow, FlowEvent, FlowTable } from './conntrack.ts';
 import type { AgentMetrics } from './metrics.ts';
 import type { Packet } from './nft/trace.ts';
 import type { FlowAssociation } from './render.ts';
-import { flowPacket, ruleOf, type AssociationVerdict } from './verdict.ts';
+import { flowPacket, ruleOf, type FlowVerdict } from './verdict.ts';
 
 export type PodRef = { namespace: string; name: string };
 
@@ -23,7 +23,7 @@ export function podsByAddress(config: GatewayConfig): Map<string, PodRef> {
 
 /** Who is behind a source: the association's pod and application when known, else the config's pod. */
 export function identityOf(pod: PodRef | undefined, a: FlowAssociation | undefined): AttributionUpdate {
-  const owner = a?.pod ?? pod;
+  const owner = a?.pod ? podOf(a) : pod;
   if (!a) return owner ? { pod: owner } : {};
   const { processName, executable, uid, containerName } = a.application;
   return {
@@ -34,6 +34,11 @@ export function identityOf(pod: PodRef | undefined, a: FlowAssociation | undefin
   };
 }
 
+/** The pod of an association, by namespace and name only (the server's entries also carry its uid). */
+export function podOf(a: FlowAssociation): PodRef | undefined {
+  return a.pod && { namespace: a.pod.namespace, name: a.pod.name };
+}
+
 export interface FlowEventsOptions {
   flows: FlowTable;
   attributions: AttributionStore;
@@ -42,7 +47,7 @@ export interface FlowEventsOptions {
   /** The name of the uplink with this id; undefined for 0, not naat's. */
   uplinkName(id: number): string | undefined;
   /** What the ruleset the kernel holds does with this first packet; undefined before the first sync. */
-  verdict(packet: Packet): AssociationVerdict | undefined;
+  verdict(packet: Packet): FlowVerdict | undefined;
   /** The config's pod of a source address. */
   pod(address: string): PodRef | undefined;
   /** Called with each attribution record as its flow ends. */
@@ -105,7 +110,7 @@ export class FlowEvents {
    * and the verdict when it denies the flow. Returns whether a flow through an uplink is now denied
    * (the caller ends it); a flow to the node itself or a bypassed destination is not the gateway's.
    */
-  learn(a: FlowAssociation, verdict: AssociationVerdict | undefined): boolean {
+  learn(a: FlowAssociation, verdict: FlowVerdict | undefined): boolean {
     const flow = this.#o.flows.fromSource(a.transport, a.sourceAddress, a.sourcePort);
     if (!flow) return false;
     const denied = verdict?.allowed === false;
@@ -121,7 +126,7 @@ export class FlowEvents {
    * or allowed through an uplink (flows to bypassed destinations and the node are not the
    * gateway's, and an unconnected socket has no one destination to decide for).
    */
-  countDecision(a: FlowAssociation, verdict: AssociationVerdict | undefined): void {
+  countDecision(a: FlowAssociation, verdict: FlowVerdict | undefined): void {
     if (!verdict || (verdict.allowed && !verdict.uplink && !verdict.balanced)) return;
     const { metrics } = this.#o;
     const application = metrics.application(a.application.processName);

@@ -6,7 +6,7 @@ import { trace, type Packet } from './nft/trace.ts';
 import { markMask, markShift, type FlowAssociation } from './render.ts';
 import type { AttributionUpdate } from './attribution.ts';
 
-export interface AssociationVerdict {
+export interface FlowVerdict {
   allowed: boolean;
   /**
    * The uplink new flows of this kind leave through; absent when they are balanced over several
@@ -53,7 +53,7 @@ export function traceVerdict(
   table: Table,
   packet: Packet,
   uplinkName: (id: number) => string | undefined,
-): AssociationVerdict {
+): FlowVerdict {
   const result = trace(table, 'prerouting', packet);
   const uplink = uplinkName((result.ctMark & markMask) >>> markShift);
   const through = result.verdict === 'accept' && uplink !== undefined;
@@ -65,7 +65,7 @@ export function traceVerdict(
 }
 
 /** `namespace/name#rule` as the rule's comment holds it, split. */
-export function ruleOf(verdict: AssociationVerdict | undefined): Pick<AttributionUpdate, 'policy' | 'rule'> {
+export function ruleOf(verdict: FlowVerdict | undefined): Pick<AttributionUpdate, 'policy' | 'rule'> {
   const at = verdict?.rule?.lastIndexOf('#') ?? -1;
   if (!verdict?.rule || at < 0) return {};
   return { policy: verdict.rule.slice(0, at), rule: verdict.rule.slice(at + 1) };
