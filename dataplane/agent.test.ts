@@ -205,9 +205,8 @@ describe('Agent', () => {
       destinationAddress: '203.0.113.10',
       destinationPort: 443,
     });
-    expect(verdict?.allowed).toBe(true);
-    expect(['isp-a', 'isp-b']).toContain(verdict?.uplink);
-    expect(verdict?.rule).toBeUndefined();
+    // Balanced over isp-a and isp-b: the verdict names no uplink, as the protocol says.
+    expect(verdict).toEqual({ allowed: true, balanced: true });
     // An unconnected socket sends anywhere: there is no single verdict for it.
     expect(agent.verdictFor({ ...curl, sourcePort: 50001 })).toBeUndefined();
     const attributed = agent.attribution().find((f) => f.id === 2)!;
@@ -224,6 +223,32 @@ describe('Agent', () => {
     expect(agent.attributions.query({ ...at, port: 20002 })).toMatchObject([
       { verdict: 'Allow', uplink: 'isp-a', container: 'app', application: { processName: 'curl' } },
     ]);
+    await agent.stop();
+  });
+
+  it('names the uplink of a verdict only when new flows have one uplink to take, not when they are balanced', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    await agent.start(config);
+    const to = (sourceAddress: string, destinationAddress: string) => ({
+      transport: 'tcp' as const,
+      sourceAddress,
+      sourcePort: 40000,
+      destinationAddress,
+      destinationPort: 443,
+      application: curlApp,
+    });
+    // Weighted over isp-a and isp-b: each new flow may take either.
+    expect(agent.verdictFor(to('10.244.1.2', '203.0.113.10'))).toEqual({ allowed: true, balanced: true });
+    // The backups rule prefers isp-b, which is healthy.
+    expect(agent.verdictFor(to('10.244.2.2', '192.0.2.9'))).toEqual({
+      allowed: true,
+      uplink: 'isp-b',
+      rule: 'shop/backups#via-b',
+    });
+    // With isp-a down, isp-b is the one uplink left in the first tier.
+    await agent.setHealth('isp-a', { healthy: false, since: new Date() });
+    expect(agent.verdictFor(to('10.244.1.2', '203.0.113.10'))).toEqual({ allowed: true, uplink: 'isp-b' });
     await agent.stop();
   });
 

@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { exec, type Command } from './exec.ts';
+import { sourceKey } from './flow-key.ts';
 import { markMask, markShift } from './render.ts';
 
 export interface Flow {
@@ -90,8 +91,6 @@ export function parseConntrackLine(line: string, now = new Date()): FlowEvent | 
  * naat's flows by conntrack id, bounded: past `limit` the oldest are forgotten (and counted), so a
  * flood of flows cannot grow the agent without bound.
  */
-const sourceKey = (protocol: string, address: string, port: number | undefined) => `${protocol} ${address} ${port}`;
-
 export class FlowTable {
   readonly #flows = new Map<number, Flow>();
   /** The flow of each (protocol, source address, source port), for associations to find theirs. */

@@ -34,9 +34,8 @@ import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/ind
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import { jsonLogger as log, metricsContentType, startTelemetry } from '../common/index.ts';
-import { HealthMonitor, IpLinkReader } from './probe.ts';
-import type { AssociationEntry } from './naa/table.ts';
-import { localUplinks, type FlowAssociation } from './render.ts';
+import { HealthMonitor, IpLinkReader } from './probe/index.ts';
+import { localUplinks } from './render.ts';
 import { ExecRouting } from './routing.ts';
 
 const { positionals, values } = parseArgs({
@@ -235,7 +234,7 @@ async function startNaa(
   const server = new NaaServer({
     authenticator: new TokenReviewAuthenticator(kubeConfig, values.node),
     sink: {
-      apply: ({ upsert, remove }) => agent.associate(upsert.map(flowAssociation), remove.map(flowAssociation)),
+      apply: ({ upsert, remove }) => agent.associate(upsert, remove),
       policy: (identity) => (agent.config ? effectivePolicy(agent.config, identity.addresses) : undefined),
       stamp: (addresses, stamp, application) => agent.stamp(addresses, stamp, application),
       strict: (identity) =>
@@ -249,20 +248,6 @@ async function startNaa(
   await server.listen(address);
   log.info('Listening for NAA streams', { address });
   return server;
-}
-
-function flowAssociation(entry: AssociationEntry): FlowAssociation {
-  return {
-    transport: entry.transport,
-    sourceAddress: entry.sourceAddress,
-    sourcePort: entry.sourcePort,
-    application: entry.application,
-    ...(entry.destinationAddress ? { destinationAddress: entry.destinationAddress } : {}),
-    ...(entry.destinationPort ? { destinationPort: entry.destinationPort } : {}),
-    pod: { namespace: entry.pod.namespace, name: entry.pod.name },
-    observedAt: entry.observedAt,
-    ...(entry.trace ? { trace: entry.trace } : {}),
-  };
 }
 
 /** In a cluster: this node's view of its uplinks goes into their status for the operator to aggregate. */

@@ -4,15 +4,9 @@ import type { Application } from '../proto/index.ts';
 import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { renderTable } from './nft/model.ts';
 import { trace, type Packet, type TraceOptions } from './nft/trace.ts';
-import {
-  allocateUplinkIds,
-  leastLoadedCounts,
-  markMask,
-  markShift,
-  render,
-  type FlowAssociation,
-  type RenderInput,
-} from './render.ts';
+import { markMask, markShift, render, type FlowAssociation, type RenderInput } from './render.ts';
+import { allocateUplinkIds } from './uplink-ids.ts';
+import { leastLoadedCounts } from './balancing/least-loaded.ts';
 
 const testdata = join(import.meta.dirname, 'testdata');
 const base = parseGatewayConfig(JSON.parse(await readFile(join(testdata, 'gateway.json'), 'utf8')));
@@ -315,20 +309,5 @@ describe('LeastLoaded', () => {
     expect(leastLoadedCounts(uplinks, new Map())).toEqual([500, 1000]);
     const [a, b] = leastLoadedCounts(uplinks, new Map([['isp-b', 200]]));
     expect(a! > b!).toBe(true);
-  });
-});
-
-describe('allocateUplinkIds', () => {
-  it('keeps ids across restarts and additions, and reuses freed ones', () => {
-    const first = allocateUplinkIds(new Map(), ['b', 'a']);
-    expect([...first]).toEqual([
-      ['a', 1],
-      ['b', 2],
-    ]);
-    const second = allocateUplinkIds(first, ['b', 'c']);
-    expect([...second].sort()).toEqual([
-      ['b', 2],
-      ['c', 1],
-    ]);
   });
 });

@@ -11,14 +11,10 @@
 //   table → postrouting translates the source to the uplink's addresses.
 import { createHash } from 'node:crypto';
 import type { Application, TraceContext } from '../proto/index.ts';
-import {
-  canonicalAddress,
-  normalisePrefixes,
-  type CompiledRule,
-  type CompiledUplink,
-  type GatewayConfig,
-} from '../contracts/gateway/index.ts';
 import { matchesApplication } from '../contracts/index.ts';
+import { balancerFor, type Balancer } from './balancing/index.ts';
+import type { CompiledRule, CompiledUplink, GatewayConfig } from '../contracts/gateway/index.ts';
+import { canonicalAddress, normalisePrefixes } from '../contracts/gateway/index.ts';
 import {
   stampText,
   type Chain,
@@ -72,7 +68,7 @@ export interface RenderInput {
   ids: ReadonlyMap<string, number>;
   /** Healthy or not, per uplink; an uplink missing here counts as healthy. */
   health: ReadonlyMap<string, boolean>;
-  /** Active flows per uplink, for LeastLoaded balancing. */
+  /** Active flows per uplink, for balancers that follow the load (LeastLoaded). */
   load?: ReadonlyMap<string, number>;
   associations?: readonly FlowAssociation[];
   stamps?: readonly StampedApplication[];
@@ -96,31 +92,6 @@ export interface Rendered {
   routes: UplinkRoute[];
 }
 
-/**
- * Keeps the ids of uplinks that had one and gives new uplinks the lowest free ids, so that a
- * restart or an added uplink never renumbers the marks of flows already pinned.
- */
-export function allocateUplinkIds(
-  previous: ReadonlyMap<string, number>,
-  names: readonly string[],
-): Map<string, number> {
-  const ids = new Map<string, number>();
-  for (const name of names) {
-    const id = previous.get(name);
-    if (id !== undefined) ids.set(name, id);
-  }
-  const used = new Set(ids.values());
-  let next = 1;
-  for (const name of [...names].sort()) {
-    if (ids.has(name)) continue;
-    while (used.has(next)) next++;
-    if (next > maxUplinkId) throw new Error(`more than ${maxUplinkId} uplinks`);
-    ids.set(name, next);
-    used.add(next);
-  }
-  return ids;
-}
-
 export function localUplinks(config: GatewayConfig, node: string): CompiledUplink[] {
   return config.uplinks.filter((u) => !u.nodes || u.nodes.includes(node)).sort((a, b) => a.name.localeCompare(b.name));
 }
@@ -133,29 +104,83 @@ const ret: Statement = { kind: 'verdict', verdict: 'return' };
 const familyOf = (address: string): Family => (address.includes(':') ? 6 : 4);
 const ftpHelper = (f: Family) => `ftp${f}`;
 
+/** The table as it is built: each part adds its sets and chains in the order `nft list` shows them. */
+interface TableParts {
+  sets: NamedSet[];
+  chains: Chain[];
+}
+
+/** What the parts of the table are rendered from: the input, with this node's uplinks and their ids. */
+interface RenderContext {
+  config: GatewayConfig;
+  /** This node's uplinks, by name. */
+  uplinks: CompiledUplink[];
+  ids: ReadonlyMap<string, number>;
+  healthy: CompiledUplink[];
+  load: ReadonlyMap<string, number>;
+  balancer: Balancer;
+}
+
 export function render(input: RenderInput): Rendered {
   const { config } = input;
   const uplinks = localUplinks(config, input.node);
-  const ids = new Map(uplinks.map((u) => [u.name, idOf(input.ids, u.name)]));
-  const sticky = config.balancing.mode === 'SourceSticky';
-  const healthy = uplinks.filter((u) => input.health.get(u.name) !== false);
+  const context: RenderContext = {
+    config,
+    uplinks,
+    ids: new Map(uplinks.map((u) => [u.name, idOf(input.ids, u.name)])),
+    healthy: uplinks.filter((u) => input.health.get(u.name) !== false),
+    load: input.load ?? new Map(),
+    balancer: balancerFor(config.balancing),
+  };
+  const strict = (config.association?.strictSources ?? []).length > 0;
+  const parts: TableParts = { sets: renderAddressSets(config), chains: [] };
+  const classOf = renderPolicyChains(context, parts);
+  parts.sets.push(...renderAssociationMaps(classOf, input.associations ?? [], input.stamps ?? [], strict));
+  for (const uplink of uplinks) renderUplinkChains(context, uplink, parts);
+  const objects = conntrackObjects(config);
+  if (strict) objects.push(...strictCounters());
+  const chains = [
+    renderPrerouting(config),
+    ...parts.chains,
+    renderPostrouting(context),
+    renderGuard(uplinks),
+    ...(strict ? [renderStrictClear()] : []),
+  ];
+  return { table: { chains, sets: parts.sets, objects }, routes: renderRoutes(context, input.interfaceAddresses) };
+}
 
-  const sets: NamedSet[] = [];
-  const addressSet = (name: string, f: Family, prefixes: string[]) =>
-    sets.push({
-      name,
-      type: f === 4 ? 'ipv4_addr' : 'ipv6_addr',
-      interval: true,
-      elements: normalisePrefixes(prefixes, f),
-    });
-  for (const f of families) {
-    addressSet(`sources${f}`, f, config.sources);
-    addressSet(`bypass${f}`, f, config.bypass);
+const addressSet = (name: string, f: Family, prefixes: readonly string[]): NamedSet => ({
+  name,
+  type: f === 4 ? 'ipv4_addr' : 'ipv6_addr',
+  interval: true,
+  elements: normalisePrefixes([...prefixes], f),
+});
+
+/** The served pods, the bypassed destinations, and the pods held (Hold) or stamped (strict mode). */
+function renderAddressSets(config: GatewayConfig): NamedSet[] {
+  const sets = families.flatMap((f) => [
+    addressSet(`sources${f}`, f, config.sources),
+    addressSet(`bypass${f}`, f, config.bypass),
+  ]);
+  if (config.association?.unassociatedFlows === 'Hold') {
+    for (const f of families) sets.push(addressSet(`held${f}`, f, config.association.sidecarSources));
   }
-  const hold = config.association?.unassociatedFlows === 'Hold';
-  if (hold) for (const f of families) addressSet(`held${f}`, f, config.association!.sidecarSources);
   const strictSources = config.association?.strictSources ?? [];
-  if (strictSources.length) for (const f of families) addressSet(`strict${f}`, f, strictSources);
+  if (strictSources.length) for (const f of families) sets.push(addressSet(`strict${f}`, f, strictSources));
+  return sets;
+}
+
+/**
+ * The policy's chains: the rules in the config's order, the choice chains their Allow verdicts go
+ * to, and `pod_rules`. Returns the chain of each application's class, made on first use.
+ */
+function renderPolicyChains(
+  context: RenderContext,
+  parts: TableParts,
+): (application: Application) => string | undefined {
+  const { config } = context;
+  const hold = config.association?.unassociatedFlows === 'Hold';
+  const { chains } = parts;
 
   // Rules of one policy share their sources; one set per distinct source list keeps elements few.
   const sourceSets = new Map<string, string>();
@@ -165,12 +190,11 @@ export function render(input: RenderInput): Rendered {
     if (!name) {
       name = `src${sourceSets.size}_`;
       sourceSets.set(key, name);
-      for (const f of families) addressSet(`${name}${f}`, f, rule.sources);
+      for (const f of families) parts.sets.push(addressSet(`${name}${f}`, f, rule.sources));
     }
     return name;
   };
 
-  const chains: Chain[] = [];
   const choices = new Map<string, string>();
   const choiceChain = (rule?: CompiledRule): string => {
     const allowed = rule?.uplinks?.allowed;
@@ -180,20 +204,7 @@ export function render(input: RenderInput): Rendered {
     if (!name) {
       name = allowed || preferred ? `choose${choices.size}` : 'choose_any';
       choices.set(key, name);
-      const rules = families.flatMap((f) =>
-        familyPickRules(
-          f,
-          chooseCandidates(
-            healthy.filter((u) => carries(u, f)),
-            allowed,
-            preferred,
-          ),
-          ids,
-          input,
-          sticky,
-        ),
-      );
-      chains.push({ name, rules });
+      chains.push({ name, rules: renderChoiceRules(context, allowed, preferred) });
     }
     return name;
   };
@@ -240,7 +251,7 @@ export function render(input: RenderInput): Rendered {
   // application that no rule names gets the pod's rules, like an unknown one, but it is known:
   // in Hold mode that lets it through (unknown ones do not reach the maps' pod_rules elements).
   const classes = new Map<string, string>();
-  const classOf = (application: Application): string | undefined => {
+  return (application) => {
     const matched = config.rules.filter((r) => r.applications?.some((m) => matchesApplication(m, application)));
     if (!matched.length) return hold ? 'pod_rules' : undefined;
     const key = matched.map((r) => config.rules.indexOf(r)).join(',');
@@ -252,19 +263,51 @@ export function render(input: RenderInput): Rendered {
     }
     return name;
   };
+}
+
+/** A choice chain's rules: per family, the uplinks a flow may take now and how one is picked. */
+function renderChoiceRules(
+  context: RenderContext,
+  allowed: readonly string[] | undefined,
+  preferred: readonly string[] | undefined,
+): Rule[] {
+  return families.flatMap((f) =>
+    familyPickRules(
+      f,
+      chooseCandidates(
+        context.healthy.filter((u) => carries(u, f)),
+        allowed,
+        preferred,
+      ),
+      context,
+    ),
+  );
+}
+
+/**
+ * The association maps (source address, protocol, source port → the chain of the application's
+ * class) and in strict mode the stamp maps ((source address, stamp) → the same).
+ */
+function renderAssociationMaps(
+  classOf: (application: Application) => string | undefined,
+  associations: readonly FlowAssociation[],
+  stamps: readonly StampedApplication[],
+  strict: boolean,
+): NamedSet[] {
   const assocElements: Record<Family, string[]> = { 4: [], 6: [] };
-  for (const assoc of input.associations ?? []) {
+  for (const assoc of associations) {
     const chain = classOf(assoc.application);
     if (chain) assocElements[familyOf(assoc.sourceAddress)].push(flowElement(assoc, chain));
   }
   // A stamped flow's application is known from its first packet, so it is never held.
   const stampElements: Record<Family, string[]> = { 4: [], 6: [] };
-  for (const stamped of input.stamps ?? []) {
+  for (const stamped of stamps) {
     const chain = classOf(stamped.application) ?? 'pod_rules';
     stampElements[familyOf(stamped.address)].push(
       `${canonicalAddress(stamped.address)} . ${stampText(stamped.stamp)} : goto ${chain}`,
     );
   }
+  const sets: NamedSet[] = [];
   for (const f of families) {
     const addr = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
     sets.push({
@@ -273,35 +316,38 @@ export function render(input: RenderInput): Rendered {
       map: true,
       elements: assocElements[f].sort(),
     });
-    if (strictSources.length) {
+    if (strict) {
       sets.push({ name: `stamps${f}`, type: `${addr} . dscp : verdict`, map: true, elements: stampElements[f].sort() });
     }
   }
+  return sets;
+}
 
-  for (const uplink of uplinks) {
-    const id = ids.get(uplink.name)!;
-    const mark = id << markShift;
-    const then: Rule[] = [{ match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask: markMask, value: mark }] }];
-    if (sticky && healthy.includes(uplink)) {
-      for (const f of families) {
-        sets.push({
-          name: stickySet(id, f),
-          type: f === 4 ? 'ipv4_addr' : 'ipv6_addr',
-          dynamicTimeoutSeconds: config.balancing.stickySeconds ?? 300,
-          elements: [],
-        });
-        then.push({ match: [family(f)], then: [{ kind: 'updateSet', family: f, set: stickySet(id, f) }] });
-      }
+/** An uplink's chain (it marks the flow for the uplink) and its source NAT chains. */
+function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, parts: TableParts): void {
+  const id = context.ids.get(uplink.name)!;
+  const mark = id << markShift;
+  const then: Rule[] = [{ match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask: markMask, value: mark }] }];
+  const extra = context.healthy.includes(uplink) ? context.balancer.uplinkParts : undefined;
+  if (extra) {
+    for (const f of families) {
+      const { set, rule } = extra(id, f);
+      parts.sets.push(set);
+      then.push(rule);
     }
-    // Final: the rule chains are jumped to, and a chosen flow must not go on to later rules.
-    then.push({ match: [], then: [{ kind: 'verdict', verdict: 'accept' }] });
-    chains.push({ name: uplinkChain(uplink.name), rules: then });
-    chains.push(...snatChains(uplink));
   }
+  // Final: the rule chains are jumped to, and a chosen flow must not go on to later rules.
+  then.push({ match: [], then: [{ kind: 'verdict', verdict: 'accept' }] });
+  parts.chains.push({ name: uplinkChain(uplink.name), rules: then });
+  parts.chains.push(...snatChains(uplink));
+}
 
-  const objects = conntrackObjects(config);
+/** The base chain that classifies new flows of served pods and restores the uplink of known ones. */
+function renderPrerouting(config: GatewayConfig): Chain {
+  const hold = config.association?.unassociatedFlows === 'Hold';
+  const strict = (config.association?.strictSources ?? []).length > 0;
   const restore: Statement[] = [{ kind: 'restoreMark', mask: markMask }, ret];
-  const prerouting: Rule[] = [
+  const rules: Rule[] = [
     // Packets of flows conntrack knows are decided by their direction and translation alone, so
     // that the bulk of the traffic passes a single rule. The pods' flows keep the uplink in their
     // mark (FTP data and ICMP errors inherit their flow's); their replies go back to the pod by
@@ -353,23 +399,7 @@ export function render(input: RenderInput): Rendered {
         then: [{ kind: 'ctTimeout', object: timeoutName(config, p, f) } as Statement],
       })),
     ),
-    // Strict mode: the share of new flows stamped from their first packet is the two counters'
-    // ratio; a stamped flow goes to its application's class.
-    ...(strictSources.length
-      ? families.flatMap((f): Rule[] => {
-          const strict = { kind: 'saddr', family: f, set: `strict${f}` } as Match;
-          return [
-            { match: [family(f), strict], then: [{ kind: 'namedCounter', name: 'strict_new_flows' }] },
-            {
-              match: [family(f), strict, { kind: 'dscpStamped', family: f }],
-              then: [
-                { kind: 'namedCounter', name: 'strict_stamped_flows' },
-                { kind: 'lookupStamp', family: f, map: `stamps${f}` },
-              ],
-            },
-          ];
-        })
-      : []),
+    ...(strict ? renderStampLookups() : []),
     ...families.map((f) => ({
       match: [family(f)],
       then: [{ kind: 'lookupFlow', family: f, map: `flows${f}` } as Statement],
@@ -384,13 +414,39 @@ export function render(input: RenderInput): Rendered {
       : []),
     { match: [], then: [goto('pod_rules')] },
   ];
-  chains.unshift({
-    name: 'prerouting',
-    base: { type: 'filter', hook: 'prerouting', priority: -150 },
-    rules: prerouting,
-  });
+  return { name: 'prerouting', base: { type: 'filter', hook: 'prerouting', priority: -150 }, rules };
+}
 
-  chains.push({
+/**
+ * Strict mode: the share of new flows stamped from their first packet is the two counters'
+ * ratio; a stamped flow goes to its application's class.
+ */
+function renderStampLookups(): Rule[] {
+  return families.flatMap((f): Rule[] => {
+    const strict = { kind: 'saddr', family: f, set: `strict${f}` } as Match;
+    return [
+      { match: [family(f), strict], then: [{ kind: 'namedCounter', name: 'strict_new_flows' }] },
+      {
+        match: [family(f), strict, { kind: 'dscpStamped', family: f }],
+        then: [
+          { kind: 'namedCounter', name: 'strict_stamped_flows' },
+          { kind: 'lookupStamp', family: f, map: `stamps${f}` },
+        ],
+      },
+    ];
+  });
+}
+
+function strictCounters(): NftObject[] {
+  return [
+    { kind: 'counter', name: 'strict_new_flows', body: '' },
+    { kind: 'counter', name: 'strict_stamped_flows', body: '' },
+  ];
+}
+
+/** Source NAT: a packet marked for an uplink and leaving by its interface goes to its SNAT chain. */
+function renderPostrouting({ uplinks, ids }: RenderContext): Chain {
+  return {
     name: 'postrouting',
     base: { type: 'nat', hook: 'postrouting', priority: 100 },
     rules: uplinks.map((u) => ({
@@ -400,10 +456,15 @@ export function render(input: RenderInput): Rendered {
       ],
       then: [goto(snatChain(u.name))],
     })),
-  });
-  // After translation, a pod's own address must never leave through an uplink: a flow that
-  // escaped translation (no mark, or marked for another uplink) is dropped here and counted.
-  chains.push({
+  };
+}
+
+/**
+ * After translation, a pod's own address must never leave through an uplink: a flow that
+ * escaped translation (no mark, or marked for another uplink) is dropped here and counted.
+ */
+function renderGuard(uplinks: readonly CompiledUplink[]): Chain {
+  return {
     name: 'guard',
     base: { type: 'filter', hook: 'postrouting', priority: 300 },
     rules: [
@@ -419,31 +480,35 @@ export function render(input: RenderInput): Rendered {
         })),
       ),
     ],
-  });
+  };
+}
 
-  // Strict mode: the stamp a pod put in its packets' DSCP field is the pod's own business and
-  // must not reach the world. Cleared on every forwarded packet of a strict pod, after
-  // prerouting classified it and before postrouting translates it.
-  if (strictSources.length) {
-    chains.push({
-      name: 'strict_clear',
-      base: { type: 'filter', hook: 'forward', priority: -150 },
-      rules: families.map((f) => ({
-        match: [
-          family(f),
-          { kind: 'saddr', family: f, set: `strict${f}` } as Match,
-          { kind: 'dscpStamped', family: f } as Match,
-        ],
-        then: [{ kind: 'clearDscp', family: f }],
-      })),
-    });
-    objects.push(
-      { kind: 'counter', name: 'strict_new_flows', body: '' },
-      { kind: 'counter', name: 'strict_stamped_flows', body: '' },
-    );
-  }
+/**
+ * Strict mode: the stamp a pod put in its packets' DSCP field is the pod's own business and
+ * must not reach the world. Cleared on every forwarded packet of a strict pod, after
+ * prerouting classified it and before postrouting translates it.
+ */
+function renderStrictClear(): Chain {
+  return {
+    name: 'strict_clear',
+    base: { type: 'filter', hook: 'forward', priority: -150 },
+    rules: families.map((f) => ({
+      match: [
+        family(f),
+        { kind: 'saddr', family: f, set: `strict${f}` } as Match,
+        { kind: 'dscpStamped', family: f } as Match,
+      ],
+      then: [{ kind: 'clearDscp', family: f }],
+    })),
+  };
+}
 
-  const routes = uplinks.map((u) => {
+/** Each uplink's routing table: its mark, next hop and the sources routed by it (probes). */
+function renderRoutes(
+  { uplinks, ids }: RenderContext,
+  interfaceAddresses: ReadonlyMap<string, readonly string[]> | undefined,
+): UplinkRoute[] {
+  return uplinks.map((u) => {
     const id = ids.get(u.name)!;
     return {
       uplink: u.name,
@@ -452,10 +517,9 @@ export function render(input: RenderInput): Rendered {
       table: routeTableBase + id,
       interface: u.interface,
       nextHop: { ...u.nextHop },
-      sources: [...(u.snat.addresses?.length ? u.snat.addresses : (input.interfaceAddresses?.get(u.interface) ?? []))],
+      sources: [...(u.snat.addresses?.length ? u.snat.addresses : (interfaceAddresses?.get(u.interface) ?? []))],
     };
   });
-  return { table: { chains, sets, objects }, routes };
 }
 
 function idOf(ids: ReadonlyMap<string, number>, name: string): number {
@@ -483,7 +547,6 @@ function chainPart(name: string): string {
   const hash = createHash('sha256').update(name).digest('hex').slice(0, 16);
   return `${simple.replace(/[^A-Za-z0-9_]/g, '_').slice(0, 200)}_H${hash}`;
 }
-const stickySet = (id: number, f: Family) => `sticky${id}_${f}`;
 
 /**
  * The uplinks a flow may take now: healthy preferred ones regardless of tier while any is, else
@@ -501,42 +564,19 @@ export function chooseCandidates(
   return usable.filter((u) => u.tier === tier);
 }
 
-/**
- * Slot counts for LeastLoaded: an uplink's share falls as its active flows per unit of weight
- * rise, so new flows go where there is room until the loads even out.
- */
-export function leastLoadedCounts(uplinks: readonly CompiledUplink[], load: ReadonlyMap<string, number>): number[] {
-  const shares = uplinks.map((u) => u.weight / (1 + (load.get(u.name) ?? 0) / u.weight));
-  const top = Math.max(...shares);
-  return shares.map((share) => Math.max(1, Math.round((1000 * share) / top)));
-}
-
 /** Whether the uplink carries flows of this family: a next hop of it, or none at all (point to point). */
 export function carries(uplink: CompiledUplink, f: Family): boolean {
   return !uplink.nextHop || Boolean(f === 4 ? uplink.nextHop.ipv4 : uplink.nextHop.ipv6);
 }
 
-function familyPickRules(
-  f: Family,
-  candidates: CompiledUplink[],
-  ids: Map<string, number>,
-  input: RenderInput,
-  sticky: boolean,
-): Rule[] {
+function familyPickRules(f: Family, candidates: CompiledUplink[], context: RenderContext): Rule[] {
   if (!candidates.length) return [{ match: [family(f)], then: drop }];
   if (candidates.length === 1) return [{ match: [family(f)], then: [goto(uplinkChain(candidates[0]!.name))] }];
-  const mode = input.config.balancing.mode;
-  const counts =
-    mode === 'LeastLoaded' ? leastLoadedCounts(candidates, input.load ?? new Map()) : candidates.map((u) => u.weight);
-  const slots = candidates.map((u, i) => ({ chain: uplinkChain(u.name), count: counts[i]! }));
-  if (!sticky) return [{ match: [family(f)], then: [{ kind: 'pick', by: 'random', slots }] }];
-  return [
-    ...candidates.map((u) => ({
-      match: [family(f), { kind: 'saddr', family: f, set: stickySet(ids.get(u.name)!, f) } as Match],
-      then: [goto(uplinkChain(u.name))],
-    })),
-    { match: [family(f)], then: [{ kind: 'pick', by: 'source', family: f, slots }] },
-  ];
+  return context.balancer.pickRules(
+    f,
+    candidates.map((uplink) => ({ uplink, id: context.ids.get(uplink.name)!, chain: uplinkChain(uplink.name) })),
+    context.load,
+  );
 }
 
 function snatChains(uplink: CompiledUplink): Chain[] {

@@ -4,12 +4,8 @@
 // parser must name, and the associations and stamps the sidecars would report for it.
 import fc from 'fast-check';
 import { canonicalAddress, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
-import {
-  allocateUplinkIds,
-  type FlowAssociation,
-  type RenderInput,
-  type StampedApplication,
-} from '../dataplane/render.ts';
+import type { FlowAssociation, RenderInput, StampedApplication } from '../dataplane/render.ts';
+import { allocateUplinkIds } from '../dataplane/uplink-ids.ts';
 import type { Application } from '../proto/index.ts';
 
 /** One value from each arbitrary, in order. */

@@ -22,14 +22,8 @@ import {
 } from '../../proto/index.ts';
 import { addressToBytes, bytesToAddress } from '../../common/index.ts';
 import { AuthenticationError, type Authenticator, type PodIdentity } from './auth.ts';
+import type { FlowVerdict } from '../verdict.ts';
 import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
-
-/** What the gateway decides for new flows of an association: allowed or not, through which uplink, by which rule. */
-export interface Decision {
-  allowed: boolean;
-  uplink?: string;
-  rule?: string;
-}
 
 /** Where accepted associations go: the kernel state that classifies flows, applied in batches. */
 export interface AssociationSink {
@@ -37,7 +31,7 @@ export interface AssociationSink {
    * Applies the changes; resolves with what the gateway now decides for new flows of each
    * upserted entry, in order (undefined where it cannot say), which is sent to its driver.
    */
-  apply(changes: AssociationChanges): Promise<ReadonlyArray<Decision | undefined> | void>;
+  apply(changes: AssociationChanges): Promise<ReadonlyArray<FlowVerdict | undefined> | void>;
   /** The rules that apply to a pod; sent after the HelloAck and again by `pushPolicies`. */
   policy?(identity: PodIdentity): EffectivePolicy | undefined;
   /** Strict mode: packets of the pod's addresses stamped `stamp` are `application`'s; resolves once applied. */
@@ -67,7 +61,7 @@ export interface AssociationTracing {
   /** The carried context, checked, as the gateway keeps it; undefined when invalid. Never throws. */
   context(trace: TraceContext | undefined): TraceContext | undefined;
   /** An association that carried a context is in the kernel since `appliedAt`. */
-  applied(entry: AssociationEntry, decision: Decision | undefined, appliedAt: Date): void;
+  applied(entry: AssociationEntry, decision: FlowVerdict | undefined, appliedAt: Date): void;
 }
 
 export const defaultLimits: Limits = { maxMessageBytes: 1 << 20, maxAssociations: 10_000, maxMessagesPerSecond: 1_000 };
@@ -326,7 +320,7 @@ export class NaaServer {
     return identity;
   }
 
-  #apply(changes: AssociationChanges): Promise<ReadonlyArray<Decision | undefined> | void> {
+  #apply(changes: AssociationChanges): Promise<ReadonlyArray<FlowVerdict | undefined> | void> {
     const run = this.#applying.then(() => this.#options.sink.apply(changes));
     this.#applying = run.then(
       () => {},
@@ -438,7 +432,7 @@ function tokenBucket(perSecond: number) {
   };
 }
 
-function verdictMessage(entry: AssociationEntry, verdict: Decision): Verdict {
+function verdictMessage(entry: AssociationEntry, verdict: FlowVerdict): Verdict {
   return {
     flow: {
       protocol: entry.transport === 'tcp' ? Protocol.PROTOCOL_TCP : Protocol.PROTOCOL_UDP,

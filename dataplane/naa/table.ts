@@ -1,24 +1,25 @@
 // The association table: which application of which pod owns each flow the node's pods opened.
 // The gateway's kernel rules key a flow by (pod address, protocol, source port); the table keeps
 // the destination too, so the attribution query can answer for a whole 5-tuple.
-import type { Application, PodRef, TraceContext } from '../../proto/index.ts';
+import type { PodRef } from '../../proto/index.ts';
+import type { FlowAssociation } from '../render.ts';
+import { sourceKey } from '../flow-key.ts';
 
 export type Transport = 'tcp' | 'udp';
 
-export interface AssociationEntry {
+/**
+ * An association as the server keeps it: the dataplane's association (render.ts), with what the
+ * server knows of every accepted one: the pod's identity, when it was observed and received, and
+ * the destination, empty with port 0 when the socket is unconnected.
+ */
+export interface AssociationEntry extends FlowAssociation {
   pod: PodRef;
   transport: Transport;
-  sourceAddress: string;
-  sourcePort: number;
-  /** Empty, with port 0, when the socket is unconnected. */
   destinationAddress: string;
   destinationPort: number;
-  application: Application;
   observedAt: Date;
   /** When the gateway accepted it. */
   receivedAt: Date;
-  /** The W3C context of the sidecar's span for it, when tracing is on and the context was valid. */
-  trace?: TraceContext;
 }
 
 export interface AssociationChanges {
@@ -28,10 +29,15 @@ export interface AssociationChanges {
 
 /** The kernel key of an entry: what the gateway's rules can see of a flow's first packet. */
 export function kernelKey(entry: Pick<AssociationEntry, 'transport' | 'sourceAddress' | 'sourcePort'>): string {
-  return `${entry.transport} ${entry.sourceAddress} ${entry.sourcePort}`;
+  return sourceKey(entry.transport, entry.sourceAddress, entry.sourcePort);
 }
 
-export function entryKey(entry: AssociationEntry): string {
+export function entryKey(
+  entry: Pick<
+    AssociationEntry,
+    'transport' | 'sourceAddress' | 'sourcePort' | 'destinationAddress' | 'destinationPort'
+  >,
+): string {
   return `${kernelKey(entry)} ${entry.destinationAddress} ${entry.destinationPort}`;
 }
 
@@ -66,7 +72,7 @@ export class AssociationTable {
 
   remove(entry: Omit<AssociationEntry, 'application' | 'observedAt' | 'receivedAt'>): AssociationChanges {
     const pod = this.#byPod.get(entry.pod.uid);
-    const key = `${kernelKey(entry)} ${entry.destinationAddress} ${entry.destinationPort}`;
+    const key = entryKey(entry);
     const found = pod?.get(key);
     if (!found) return { upsert: [], remove: [] };
     pod!.delete(key);

@@ -18,7 +18,8 @@ import {
 } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import type { TraceContext } from '../../proto/index.ts';
-import type { AssociationTracing, Decision } from './server.ts';
+import type { FlowVerdict } from '../verdict.ts';
+import type { AssociationTracing } from './server.ts';
 import type { AssociationEntry } from './table.ts';
 
 const propagator = new W3CTraceContextPropagator();
@@ -60,7 +61,7 @@ export function checkedContext(carried: TraceContext | undefined): TraceContext 
 }
 
 /** The attributes of an association: semantic-convention names, naat.* for the gateway's decision. */
-export function associationAttributes(entry: AssociationEntry, decision: Decision | undefined): Attributes {
+export function associationAttributes(entry: AssociationEntry, decision: FlowVerdict | undefined): Attributes {
   const { application: app } = entry;
   return {
     'k8s.namespace.name': entry.pod.namespace,

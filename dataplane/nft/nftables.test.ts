@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
-import { allocateUplinkIds, render, type RenderInput } from '../render.ts';
+import { render, type RenderInput } from '../render.ts';
+import { allocateUplinkIds } from '../uplink-ids.ts';
 import { renderTable, type Table } from './model.ts';
 import { FakeNftables, operationText, planSync } from './nftables.ts';
 

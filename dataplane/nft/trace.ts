@@ -44,6 +44,8 @@ export interface TraceResult {
   timeout?: string;
   /** The comment of the last commented rule that matched: the policy rule that decided. */
   rule?: string;
+  /** A pick statement chose where the packet went: another flow of the same kind may go elsewhere. */
+  picked?: boolean;
   nat?: { kind: 'snat'; address: string; ports?: [number, number] } | { kind: 'masquerade'; ports?: [number, number] };
 }
 
@@ -177,6 +179,7 @@ export function trace(
         const total = s.slots.reduce((sum, slot) => sum + slot.count, 0);
         const n =
           s.by === 'random' ? (options.random ?? (() => 0))(total) : (options.hash ?? defaultHash)(packet.saddr, total);
+        state.picked = true;
         run(pickSlot(s.slots, n));
         return 'goto-done';
       }

@@ -17,8 +17,9 @@ import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { ExecConntrack } from '../../dataplane/conntrack.ts';
 import { ExecNftables, operationText, planSync, type Nftables, type Operation } from '../../dataplane/nft/nftables.ts';
-import { allocateUplinkIds, localUplinks, render, type FlowAssociation } from '../../dataplane/render.ts';
+import { localUplinks, render, type FlowAssociation } from '../../dataplane/render.ts';
 import { ExecRouting } from '../../dataplane/routing.ts';
+import { allocateUplinkIds } from '../../dataplane/uplink-ids.ts';
 import { parse as parseYaml } from 'yaml';
 import {
   createTopology,

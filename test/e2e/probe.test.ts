@@ -8,12 +8,12 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import type { CompiledUplink } from '../../contracts/gateway/index.ts';
-import type { ProbeRequest, ProbeResult } from '../../dataplane/probe.ts';
+import type { ProbeRequest, ProbeResult } from '../../dataplane/probe/index.ts';
 
 const tag = `prb${randomBytes(3).toString('hex')}`;
 const nsA = `${tag}-a`; // the gateway node: runs the prober and the monitor
 const nsB = `${tag}-b`; // beyond the uplink: the targets and their servers
-const probeModule = pathToFileURL(`${import.meta.dirname}/../../dataplane/probe.ts`).href;
+const probeModule = pathToFileURL(`${import.meta.dirname}/../../dataplane/probe/index.ts`).href;
 
 // Addresses: the veth carries the low half of 100.64.200.0/24 and fd00:64:200::/120; the targets
 // sit on lo in ns b, outside those prefixes, so only the uplink's table (100) reaches them.

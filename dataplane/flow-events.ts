@@ -1,0 +1,136 @@
+// Conntrack events, as the agent keeps account of them: the flow table, an attribution record per
+// flow that leaves through an uplink (with the pod and application behind it), and the counters of
+// flows, bytes and decided applications.
+import type { AttributionRecord, AttributionStore, AttributionUpdate } from './attribution.ts';
+import type { Associations } from './associations.ts';
+import type { GatewayConfig } from '../contracts/gateway/index.ts';
+import type { Flow, FlowEvent, FlowTable } from './conntrack.ts';
+import type { AgentMetrics } from './metrics.ts';
+import type { Packet } from './nft/trace.ts';
+import type { FlowAssociation } from './render.ts';
+import { flowPacket, ruleOf, type FlowVerdict } from './verdict.ts';
+
+export type PodRef = { namespace: string; name: string };
+
+/** The served pods by address, from the config: flows are theirs even without a sidecar. An address listed twice belongs to the first. */
+export function podsByAddress(config: GatewayConfig): Map<string, PodRef> {
+  const pods = new Map<string, PodRef>();
+  for (const { namespace, name, addresses } of config.pods) {
+    for (const address of addresses) if (!pods.has(address)) pods.set(address, { namespace, name });
+  }
+  return pods;
+}
+
+/** Who is behind a source: the association's pod and application when known, else the config's pod. */
+export function identityOf(pod: PodRef | undefined, a: FlowAssociation | undefined): AttributionUpdate {
+  const owner = a?.pod ? podOf(a) : pod;
+  if (!a) return owner ? { pod: owner } : {};
+  const { processName, executable, uid, containerName } = a.application;
+  return {
+    ...(owner ? { pod: owner } : {}),
+    ...(containerName ? { container: containerName } : {}),
+    application: { processName, executable, uid },
+    ...(a.trace ? { trace: a.trace } : {}),
+  };
+}
+
+/** The pod of an association, by namespace and name only (the server's entries also carry its uid). */
+export function podOf(a: FlowAssociation): PodRef | undefined {
+  return a.pod && { namespace: a.pod.namespace, name: a.pod.name };
+}
+
+export interface FlowEventsOptions {
+  flows: FlowTable;
+  attributions: AttributionStore;
+  metrics: AgentMetrics;
+  associations: Associations;
+  /** The name of the uplink with this id; undefined for 0, not naat's. */
+  uplinkName(id: number): string | undefined;
+  /** What the ruleset the kernel holds does with this first packet; undefined before the first sync. */
+  verdict(packet: Packet): FlowVerdict | undefined;
+  /** The config's pod of a source address. */
+  pod(address: string): PodRef | undefined;
+  /** Called with each attribution record as its flow ends. */
+  onFlowEnd?: (record: AttributionRecord) => void;
+  /** Called when a flow that ended had an association, which ends with it. */
+  onAssociationEnded(): void;
+}
+
+export class FlowEvents {
+  readonly #o: FlowEventsOptions;
+
+  constructor(options: FlowEventsOptions) {
+    this.#o = options;
+  }
+
+  handle(event: FlowEvent): void {
+    const { flows, metrics, attributions, associations } = this.#o;
+    flows.apply(event);
+    const uplink = this.#o.uplinkName(event.flow.uplink);
+    if (event.type === 'new') {
+      if (event.flow.uplink) this.open(event.flow);
+      if (uplink) metrics.newFlows.inc({ uplink });
+      return;
+    }
+    const counters = event.flow.counters;
+    if (uplink && counters) {
+      metrics.bytes.inc({ uplink, direction: 'sent' }, counters.bytesSent);
+      metrics.bytes.inc({ uplink, direction: 'received' }, counters.bytesReceived);
+    }
+    const ended = attributions.close(event.flow.id, event.flow.startedAt, event.flow.counters);
+    if (ended) this.#o.onFlowEnd?.(ended);
+    // An association ends with its flow; the sidecar reports the socket again if it lives on.
+    const { source, protocol, sourcePort } = event.flow;
+    if (associations.expire(source, protocol, sourcePort)) this.#o.onAssociationEnded();
+  }
+
+  /** Starts the attribution record of a flow that leaves through an uplink. */
+  open(flow: Flow): void {
+    const decided = this.#o.verdict(flowPacket(flow));
+    const { uplink: uplinkId, startedAt, ...tuples } = flow;
+    const uplink = this.#o.uplinkName(uplinkId);
+    this.#o.attributions.open({
+      ...tuples,
+      start: startedAt,
+      ...(uplink ? { uplink } : {}),
+      // It has an uplink, so the ruleset let it through.
+      verdict: 'Allow',
+      ...ruleOf(decided),
+      ...identityOf(this.#o.pod(flow.source), this.#o.associations.of(flow.source, flow.protocol, flow.sourcePort)),
+    });
+  }
+
+  /** Opens the records of flows that were open before the agent started, once the ruleset that decided them is known. */
+  openUnrecorded(): void {
+    for (const flow of this.#o.flows.flows()) if (!this.#o.attributions.isOpen(flow.id)) this.open(flow);
+  }
+
+  /**
+   * An association that came after its flow started: the flow's record learns the application,
+   * and the verdict when it denies the flow. Returns whether a flow through an uplink is now denied
+   * (the caller ends it); a flow to the node itself or a bypassed destination is not the gateway's.
+   */
+  learn(a: FlowAssociation, verdict: FlowVerdict | undefined): boolean {
+    const flow = this.#o.flows.fromSource(a.transport, a.sourceAddress, a.sourcePort);
+    if (!flow) return false;
+    const denied = verdict?.allowed === false;
+    this.#o.attributions.update(flow.id, {
+      ...identityOf(this.#o.pod(a.sourceAddress), a),
+      ...(denied ? { verdict: 'Deny', ...ruleOf(verdict) } : {}),
+    });
+    return denied;
+  }
+
+  /**
+   * Counts the flow of an association by its application, once the ruleset has decided it: denied,
+   * or allowed through an uplink (flows to bypassed destinations and the node are not the
+   * gateway's, and an unconnected socket has no one destination to decide for).
+   */
+  countDecision(a: FlowAssociation, verdict: FlowVerdict | undefined): void {
+    if (!verdict || (verdict.allowed && !verdict.uplink && !verdict.balanced)) return;
+    const { metrics } = this.#o;
+    const application = metrics.application(a.application.processName);
+    metrics.applicationFlows.inc({ application, verdict: verdict.allowed ? 'Allow' : 'Deny' });
+    if (!verdict.allowed) metrics.applicationDenials.inc({ application });
+  }
+}

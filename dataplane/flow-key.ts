@@ -1,0 +1,6 @@
+// The key of a flow as the gateway's kernel rules see its first packet: (protocol, source address,
+// source port). The flow table, the association table and the agent's associations all key by it,
+// in this one order.
+export function sourceKey(protocol: string, address: string, port: number | undefined): string {
+  return `${protocol} ${address} ${port}`;
+}

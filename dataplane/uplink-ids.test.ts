@@ -1,0 +1,41 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { allocateUplinkIds, UplinkIds } from './uplink-ids.ts';
+
+describe('allocateUplinkIds', () => {
+  it('keeps ids across restarts and additions, and reuses freed ones', () => {
+    const first = allocateUplinkIds(new Map(), ['b', 'a']);
+    expect([...first]).toEqual([
+      ['a', 1],
+      ['b', 2],
+    ]);
+    const second = allocateUplinkIds(first, ['b', 'c']);
+    expect([...second].sort()).toEqual([
+      ['b', 2],
+      ['c', 1],
+    ]);
+  });
+});
+
+describe('UplinkIds', () => {
+  it('keeps the ids in the state directory, so that another agent on the node numbers uplinks the same', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'naat-ids-'));
+    try {
+      const ids = new UplinkIds(dir);
+      await ids.load();
+      await ids.allocate(['b', 'a']);
+      await ids.allocate(['b', 'c']);
+      const restarted = new UplinkIds(dir);
+      await restarted.load();
+      expect([...restarted.current].sort()).toEqual([
+        ['b', 2],
+        ['c', 1],
+      ]);
+      expect(restarted.nameOf(2)).toBe('b');
+      expect(restarted.nameOf(0)).toBeUndefined();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,82 @@
+// Uplink ids: the number of each uplink in the marks of its flows and in its routing table. An id
+// is allocated once per uplink name and kept in the state directory (/run/naat, which goes away
+// with the conntrack table on reboot), so a restart or an added uplink never renumbers the marks
+// of flows already pinned.
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { maxUplinkId } from './render.ts';
+
+/**
+ * Keeps the ids of uplinks that had one and gives new uplinks the lowest free ids, so that a
+ * restart or an added uplink never renumbers the marks of flows already pinned.
+ */
+export function allocateUplinkIds(
+  previous: ReadonlyMap<string, number>,
+  names: readonly string[],
+): Map<string, number> {
+  const ids = new Map<string, number>();
+  for (const name of names) {
+    const id = previous.get(name);
+    if (id !== undefined) ids.set(name, id);
+  }
+  const used = new Set(ids.values());
+  let next = 1;
+  for (const name of [...names].sort()) {
+    if (ids.has(name)) continue;
+    while (used.has(next)) next++;
+    if (next > maxUplinkId) throw new Error(`more than ${maxUplinkId} uplinks`);
+    ids.set(name, next);
+    used.add(next);
+  }
+  return ids;
+}
+
+/** The ids in use, saved in `stateDir` before any flow is marked with a new one. */
+export class UplinkIds {
+  readonly #file: string;
+  readonly #dir: string;
+  #ids = new Map<string, number>();
+
+  constructor(stateDir: string) {
+    this.#dir = stateDir;
+    this.#file = join(stateDir, 'uplinks.json');
+  }
+
+  /** Reads the saved ids; none when there is no file or it cannot be read. */
+  async load(): Promise<void> {
+    try {
+      this.#ids = new Map(Object.entries(JSON.parse(await readFile(this.#file, 'utf8')) as Record<string, number>));
+    } catch {
+      this.#ids = new Map();
+    }
+  }
+
+  /** The ids of `names` (see allocateUplinkIds), saved first when they changed. */
+  async allocate(names: readonly string[]): Promise<ReadonlyMap<string, number>> {
+    const ids = allocateUplinkIds(this.#ids, names);
+    if (!sameIds(ids, this.#ids)) await this.#save(ids);
+    this.#ids = ids;
+    return ids;
+  }
+
+  get current(): ReadonlyMap<string, number> {
+    return this.#ids;
+  }
+
+  /** The name of the uplink with this id (at most 254 of them); undefined for 0, not naat's. */
+  nameOf(id: number): string | undefined {
+    if (!id) return undefined;
+    for (const [name, value] of this.#ids) if (value === id) return name;
+    return undefined;
+  }
+
+  async #save(ids: Map<string, number>): Promise<void> {
+    await mkdir(this.#dir, { recursive: true });
+    await writeFile(`${this.#file}.tmp`, JSON.stringify(Object.fromEntries(ids)));
+    await rename(`${this.#file}.tmp`, this.#file);
+  }
+}
+
+function sameIds(a: ReadonlyMap<string, number>, b: ReadonlyMap<string, number>): boolean {
+  return a.size === b.size && [...a].every(([name, id]) => b.get(name) === id);
+}
