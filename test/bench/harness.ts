@@ -9,9 +9,9 @@
 // not pass. A missed goal is reported (in the table and as `met: false`) but fails the run only
 // with `--strict-goals`: goals are held on a quiet machine, and a shared one misses them by noise.
 //
-// Forms: every benchmark has a full form (the default: the sizes its figures are quoted at), a
-// quick one (`--quick`, what `npm run bench` runs) and a smoke one (`--smoke`, seconds: the CI
-// test that keeps each benchmark working).
+// Forms: every benchmark has a full form (`--full`, the default: the sizes its figures are quoted
+// at), a quick one (`--quick`, what `npm run bench` runs) and a smoke one (`--smoke`, seconds: the
+// CI test that keeps each benchmark working). An unknown flag exits 2 with the usage.
 import { writeFile } from 'node:fs/promises';
 import { cpus, hostname, release, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -187,7 +187,7 @@ export function goalText(goal: Goal): string {
 /** One figure as printed: its words, value and unit, ratio to its baseline, goal and note. */
 export function figureLine(figure: Figure, report: FigureReport): string {
   const value = `${formatNumber(figure.value, figure.digits)} ${figure.unit}`;
-  const parts = [`  ${figure.label.padEnd(62)} ${value.padStart(16)}`];
+  const parts = [`  ${figure.label.padEnd(70)} ${value.padStart(16)}`];
   if (report.ratio !== null) parts.push(`×${report.ratio.toFixed(2)}`);
   if (report.goal) {
     const verdict = report.met === null ? 'not judged' : report.met ? 'met' : 'NOT MET';
@@ -267,37 +267,32 @@ export class Bench {
   }
 }
 
-type ExtraOptions = Record<string, { type: 'string'; description: string }>;
-
 export interface BenchmarkSpec<Size> {
   /** As in the JSON and the npm script: naa, dataplane, … */
   name: string;
   /** The sizes of each form. */
   sizes: Record<Form, Size>;
-  /** Extra options, as node:util parseArgs takes them (strings only). */
-  options?: ExtraOptions;
-  run(bench: Bench, size: Size, options: Record<string, string | undefined>): Promise<void>;
+  run(bench: Bench, size: Size): Promise<void>;
 }
 
-const usage = (name: string, extra: ExtraOptions) =>
+const usage = (script: string, defaultForm: Form) =>
   [
-    `usage: node test/bench/${name}.ts [--quick | --smoke] [--json FILE] [--strict-goals]` +
-      Object.keys(extra)
-        .map((option) => ` [--${option} VALUE]`)
-        .join(''),
-    '  --quick          smaller counts and durations (what `npm run bench` runs)',
+    `usage: node test/bench/${script}.ts [--full | --quick | --smoke] [--json FILE] [--strict-goals]`,
+    `  --full           the sizes the figures are quoted at${defaultForm === 'full' ? ' (the default)' : ''}`,
+    `  --quick          smaller counts and durations (what \`npm run bench\` runs)${defaultForm === 'quick' ? ' (the default)' : ''}`,
     '  --smoke          the smallest form, seconds long (CI)',
     '  --json FILE      also write the figures as JSON to FILE',
     '  --strict-goals   exit 1 when a goal is missed, not only when a figure was not measured',
-    ...Object.entries(extra).map(([option, o]) => `  --${option} VALUE  ${o.description}`),
   ].join('\n');
 
+export interface CommandLine {
+  form: Form;
+  json?: string;
+  strictGoals: boolean;
+}
+
 /** The command line of a benchmark or of `all.ts`; exits 2 with the usage on a bad one. */
-export function parseCommandLine(
-  name: string,
-  argv: string[],
-  extra: ExtraOptions = {},
-): { form: Form; json?: string; strictGoals: boolean; options: Record<string, string | undefined> } {
+export function parseCommandLine(script: string, argv: string[], defaultForm: Form = 'full'): CommandLine {
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
@@ -305,28 +300,28 @@ export function parseCommandLine(
       strict: true,
       allowPositionals: false,
       options: {
+        full: { type: 'boolean' },
         quick: { type: 'boolean' },
         smoke: { type: 'boolean' },
         json: { type: 'string' },
         'strict-goals': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
-        ...Object.fromEntries(Object.keys(extra).map((k) => [k, { type: 'string' as const }])),
       },
     }));
-    if (values.quick && values.smoke) throw new Error('--quick and --smoke exclude each other');
+    const forms = (['full', 'quick', 'smoke'] as const).filter((form) => values[form]);
+    if (forms.length > 1) throw new Error(`${forms.map((f) => `--${f}`).join(' and ')} exclude each other`);
   } catch (error) {
-    console.error(`${name}: ${(error as Error).message}\n${usage(name, extra)}`);
+    console.error(`${script}: ${(error as Error).message}\n${usage(script, defaultForm)}`);
     process.exit(2);
   }
   if (values.help) {
-    console.log(usage(name, extra));
+    console.log(usage(script, defaultForm));
     process.exit(0);
   }
   return {
-    form: values.smoke ? 'smoke' : values.quick ? 'quick' : 'full',
+    form: values.smoke ? 'smoke' : values.quick ? 'quick' : values.full ? 'full' : defaultForm,
     ...(typeof values.json === 'string' ? { json: values.json } : {}),
     strictGoals: values['strict-goals'] === true,
-    options: Object.fromEntries(Object.keys(extra).map((k) => [k, values[k] as string | undefined])),
   };
 }
 
@@ -335,13 +330,13 @@ export function parseCommandLine(
  * writes the JSON when asked and sets the exit status.
  */
 export async function runBenchmark<Size>(spec: BenchmarkSpec<Size>): Promise<BenchReport> {
-  const args = parseCommandLine(spec.name, process.argv.slice(2), spec.options);
+  const args = parseCommandLine(spec.name, process.argv.slice(2));
   const bench = new Bench(args.form);
   const startedAt = new Date();
   const started = performance.now();
   let error: string | undefined;
   try {
-    await spec.run(bench, spec.sizes[args.form], args.options);
+    await spec.run(bench, spec.sizes[args.form]);
   } catch (thrown) {
     console.error(thrown);
     error = thrown instanceof Error ? thrown.message : String(thrown);

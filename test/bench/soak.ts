@@ -2,7 +2,7 @@
 // short flows and of the gateway's rules and pods with a long flow alongside, against the real
 // agent and sidecar in network namespaces and a control plane of its own (test/e2e/soak.ts). The
 // full form lasts SOAK_MINUTES (20 by default), the quick one a minute (as the CI test), the smoke
-// one 24 s. Prints a sample line every few seconds and the figures at the end: each sampled
+// one 16 s. Prints a sample line every few seconds and the figures at the end: each sampled
 // quantity at the end against its post-warm-up median. Fails if memory, descriptors or nft
 // objects grew after warm-up, a table passed its limit or the long flow broke.
 import { startCluster } from '../cluster/cluster.ts';
@@ -32,7 +32,7 @@ await runBenchmark<Size>({
       sampleEveryMs: seconds > 300 ? 10_000 : 3000,
     },
     quick: { seconds: 60, warmupSeconds: 20, sampleEveryMs: 3000, ...short },
-    smoke: { seconds: 24, warmupSeconds: 8, sampleEveryMs: 2000, ...short },
+    smoke: { seconds: 16, warmupSeconds: 6, sampleEveryMs: 1500, ...short },
   },
   async run(bench, size) {
     const cluster = await startCluster({
