@@ -14,6 +14,8 @@ export default {
         '<rootDir>/{operator,dataplane,sidecar,common,contracts,crds,proto,test/cluster}/**/*.test.ts',
         // Checks of artefacts that span components, such as the dashboard against the metrics.
         '<rootDir>/test/*.test.ts',
+        // The benchmarks' harness (the benchmarks themselves run in the integration project).
+        '<rootDir>/test/bench/**/*.test.ts',
       ],
     },
     {

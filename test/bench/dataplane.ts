@@ -1,12 +1,15 @@
-// Dataplane benchmarks (`npm run bench:dataplane`, as root): prints figures, each against a
-// baseline measured in the same run on the same machine. All traffic stays inside network
-// namespaces this script creates and deletes.
+// Dataplane benchmarks (`npm run bench:dataplane`, as root; --quick, --smoke, --json:
+// test/bench/harness.ts): figures, each against a baseline measured in the same run on the same
+// machine. All traffic stays inside network namespaces this script creates and deletes.
 //  1. TCP throughput pod → server through the e2e topology: plain forwarding (static routes, no
-//     conntrack, no NAT) vs the naat agent with one uplink and with three balanced.
-//  2. New TCP connections per second over the same set-ups, and with a 1,000-rule config.
-//  3. The agent at scale (10,000 pod addresses, 1,000 rules, 3 uplinks), the Agent class driving
-//     real nft, ip and conntrack in a namespace of its own: full syncs and an incremental
-//     association update vs rendering alone; and the agent process's memory vs an idle Node.
+//     conntrack, no NAT) and one masquerade rule vs the naat agent with one uplink and with three
+//     balanced. Goal: naat's throughput at least that of one masquerade rule.
+//  2. New TCP connections per second over the same set-ups, and with a 1,000-rule config. Goal:
+//     with three uplinks, at least 0.95 × one masquerade rule.
+//  3. The agent at scale (10,000 pod addresses, 1,000 rules, 3 uplinks in the full form), the
+//     Agent class driving real nft, ip and conntrack in a namespace of its own: full syncs and an
+//     incremental association update vs rendering alone; and the agent process's memory vs an
+//     idle Node.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -34,39 +37,72 @@ import {
   type Topology,
 } from '../e2e/topology.ts';
 import { connectMany, startWhoami } from '../e2e/traffic.ts';
+import { median, runBenchmark, type Bench, type Goal } from './harness.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const main = join(root, 'dataplane', 'main.ts');
 
 const iperfPort = 5201;
-const iperfSeconds = 3;
 const iperfStreams = 4;
-const iperfRuns = 5;
 const whoamiPort = 9000;
-const connections = 5000;
-const connectionRuns = 5;
-const concurrency = 200;
-
-const scalePods = 10_000;
-const scalePolicies = 200;
 const rulesPerPolicy = 5;
-const podsPerPolicy = scalePods / scalePolicies;
 
-interface Row {
-  what: string;
-  setup: string;
-  figure: string;
-  ratio: string;
-}
-const rows: Row[] = [];
-
-function record(what: string, setup: string, figure: string, ratio = ''): void {
-  rows.push({ what, setup, figure, ratio });
-  console.log(`  ${setup.padEnd(52)} ${figure.padStart(16)}  ${ratio}`);
+interface Size {
+  iperfSeconds: number;
+  iperfRuns: number;
+  /** New connections per run, `concurrency` at a time. */
+  connections: number;
+  connectionRuns: number;
+  concurrency: number;
+  /** Pod addresses of the config at scale, in `scalePolicies` policies of 5 rules (a multiple of 20). */
+  scalePods: number;
+  scalePolicies: number;
 }
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
-const ratio = (value: number, baseline: number) => `×${(value / baseline).toFixed(2)}`;
+const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
+  full: {
+    iperfSeconds: 3,
+    iperfRuns: 5,
+    connections: 5000,
+    connectionRuns: 5,
+    concurrency: 200,
+    scalePods: 10_000,
+    scalePolicies: 200,
+  },
+  quick: {
+    iperfSeconds: 2,
+    iperfRuns: 3,
+    connections: 2000,
+    connectionRuns: 3,
+    concurrency: 200,
+    scalePods: 2000,
+    scalePolicies: 40,
+  },
+  smoke: {
+    iperfSeconds: 1,
+    iperfRuns: 1,
+    connections: 200,
+    connectionRuns: 1,
+    concurrency: 50,
+    scalePods: 200,
+    scalePolicies: 20,
+  },
+};
+
+const throughputGoal: Goal = {
+  bound: 'min',
+  value: 1,
+  of: 'throughput.masquerade',
+  source: 'dataplane goal: throughput at least that of one masquerade rule',
+};
+const connectionsGoal: Goal = {
+  bound: 'min',
+  value: 0.95,
+  of: 'connections.masquerade',
+  source: 'dataplane goal: new connections/s with three uplinks at least 0.95 × one masquerade rule',
+};
+
+const thousands = (n: number) => n.toLocaleString('en');
 const numbers = (count: number) => Array.from({ length: count }, (_, i) => i + 1);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -117,12 +153,15 @@ function smallConfig(uplinks: number, hash: string): Record<string, unknown> {
 const scalePod = (i: number) => `10.244.${10 + Math.floor(i / 250)}.${2 + (i % 250)}`;
 
 /**
- * 10,000 pod addresses in `sources`, 200 policies of 50 pods with 5 rules each (1,000 rules): Deny
+ * `size.scalePods` pod addresses in `sources` (10,000 in the full form), `size.scalePolicies`
+ * policies (200) with 5 rules each (1,000 rules), each of the same share of the pods: Deny
  * and Allow, TCP, UDP and ICMP, IPv4 and IPv6 destinations, port lists and ranges, an uplink
  * restriction on some, and an application rule (processName curl) in every tenth policy.
  * `changed` alters one rule's port, as an edited policy would.
  */
-function scaleConfig(hash: string, options: { extraSources?: string[]; changed?: boolean } = {}) {
+function scaleConfig(size: Size, hash: string, options: { extraSources?: string[]; changed?: boolean } = {}) {
+  const { scalePods, scalePolicies } = size;
+  const podsPerPolicy = scalePods / scalePolicies;
   const rules: Record<string, unknown>[] = [];
   for (let p = 0; p < scalePolicies; p++) {
     const sources = Array.from({ length: podsPerPolicy }, (_, i) => scalePod(p * podsPerPolicy + i));
@@ -172,7 +211,9 @@ function scaleConfig(hash: string, options: { extraSources?: string[]; changed?:
 }
 
 /** Connections by curl from pods of the policies with the application rule. */
-function associations(from: number, count: number): FlowAssociation[] {
+function associations(size: Size, from: number, count: number): FlowAssociation[] {
+  const { scalePods, scalePolicies } = size;
+  const podsPerPolicy = scalePods / scalePolicies;
   return Array.from({ length: count }, (_, j) => {
     const i = from + j;
     const policy = 10 * (i % (scalePolicies / 10));
@@ -196,10 +237,10 @@ function associations(from: number, count: number): FlowAssociation[] {
 // ---------------------------------------------------------------------------------------------
 // 1 and 2: traffic through the topology
 
-async function throughput(t: Topology): Promise<number[]> {
+async function throughput(t: Topology, size: Size): Promise<number[]> {
   const results: number[] = [];
-  for (let i = 0; i < iperfRuns; i++) {
-    const argv = ['iperf3', '-J', '-c', server.v4, '-p', String(iperfPort), '-t', String(iperfSeconds)];
+  for (let i = 0; i < size.iperfRuns; i++) {
+    const argv = ['iperf3', '-J', '-c', server.v4, '-p', String(iperfPort), '-t', String(size.iperfSeconds)];
     argv.push('-P', String(iperfStreams), '--connect-timeout', '3000');
     const { stdout } = await t.exec(t.ns.pods[0]!, argv, { timeoutMs: 60_000 });
     const report = JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } };
@@ -254,16 +295,21 @@ interface SetupResult {
   agentCpu?: number;
 }
 
-async function measure(t: Topology, agentPid: number | undefined, withThroughput = true): Promise<SetupResult> {
-  const gbits = withThroughput ? median(await throughput(t)) : undefined;
+async function measure(
+  t: Topology,
+  size: Size,
+  agentPid: number | undefined,
+  withThroughput = true,
+): Promise<SetupResult> {
+  const gbits = withThroughput ? median(await throughput(t, size)) : undefined;
   // Every set-up starts from an empty conntrack table (a no-op before naat makes the gateway track).
   await t.exec(t.ns.gw, ['conntrack', '-F']).catch(() => undefined);
   const rates: number[] = [];
   let failures = 0;
   const cpuBefore = agentPid ? await cpuSeconds(agentPid) : 0;
   let seconds = 0;
-  for (let i = 0; i < connectionRuns; i++) {
-    const result = await connectRate(t, connections, concurrency);
+  for (let i = 0; i < size.connectionRuns; i++) {
+    const result = await connectRate(t, size.connections, size.concurrency);
     failures += result.failures;
     seconds += result.seconds;
     rates.push(result.ok / result.seconds);
@@ -277,10 +323,10 @@ async function measure(t: Topology, agentPid: number | undefined, withThroughput
   };
 }
 
-async function topologyBench(dir: string): Promise<void> {
-  console.log(
-    `traffic pod1 → server (iperf3 -P ${iperfStreams}, ${iperfRuns} × ${iperfSeconds} s; ` +
-      `${connectionRuns} × ${connections} connections, ${concurrency} at a time; medians):`,
+async function topologyBench(bench: Bench, size: Size, dir: string): Promise<void> {
+  bench.section(
+    `traffic pod1 → server (iperf3 -P ${iperfStreams}, ${size.iperfRuns} × ${size.iperfSeconds} s; ` +
+      `${size.connectionRuns} × ${size.connections} connections, ${size.concurrency} at a time; medians):`,
   );
   const t = await createTopology({ pods: 1, uplinks: 3 });
   let agent: ChildProcess | undefined;
@@ -304,8 +350,9 @@ async function topologyBench(dir: string): Promise<void> {
     ];
     for (const [ns, route] of plainRoutes) await t.exec(ns, ['ip', 'route', 'add', ...route]);
     await checkPath(t, [podAddress(1).v4]);
-    const plain = await measure(t, undefined);
-    const results: Array<[string, SetupResult]> = [['plain forwarding, no naat (baseline)', plain]];
+    const plain = await measure(t, size, undefined);
+    // Each set-up by the key of its figures and its words.
+    const results: Array<[string, string, SetupResult]> = [['plain', 'plain forwarding, no naat (baseline)', plain]];
     for (const [ns, route] of plainRoutes) await t.exec(ns, ['ip', 'route', 'del', ...route]);
     const fromPods = await t.serverPacketsFromPods();
 
@@ -318,7 +365,7 @@ async function topologyBench(dir: string): Promise<void> {
       'add table ip natbench; add chain ip natbench post { type nat hook postrouting priority 100; }; add rule ip natbench post oifname "up1" masquerade',
     ]);
     await checkPath(t, [uplinkAddress(1).v4]);
-    results.push(['one masquerade rule, no naat', await measure(t, undefined)]);
+    results.push(['masquerade', 'one masquerade rule, no naat', await measure(t, size, undefined)]);
     await t.exec(t.ns.gw, ['nft', 'delete table ip natbench']);
     await t.exec(t.ns.gw, ['ip', 'route', 'del', ...natRoute]);
     await t.exec(t.ns.gw, ['conntrack', '-F']);
@@ -351,49 +398,66 @@ async function topologyBench(dir: string): Promise<void> {
     const allThree = [1, 2, 3].map((n) => uplinkAddress(n).v4);
     agent = await startAgent(smallConfig(1, 'one'));
     await checkPath(t, [uplinkAddress(1).v4]);
-    results.push(['naat agent, 1 uplink', await measure(t, agent.pid)]);
+    results.push(['naat-1-uplink', 'naat agent, 1 uplink', await measure(t, size, agent.pid)]);
 
     await writeFile(file, JSON.stringify(smallConfig(3, 'three')));
     await applied('three');
     await checkPath(t, allThree);
-    const three = await measure(t, agent.pid);
-    results.push(['naat agent, 3 uplinks balanced', three]);
+    const three = await measure(t, size, agent.pid);
+    results.push(['naat-3-uplinks', 'naat agent, 3 uplinks balanced', three]);
     await stopAgent();
     await checkPath(t, allThree);
-    const threeKernel = await measure(t, undefined, false);
-    results.push(['  same ruleset, agent stopped (kernel alone)', threeKernel]);
+    const threeKernel = await measure(t, size, undefined, false);
+    results.push(['naat-3-uplinks-kernel', '  same ruleset, agent stopped (kernel alone)', threeKernel]);
 
-    // (d) Three uplinks behind the 1,000-rule config; pod1 is in no rule's sources, so each new
-    // flow passes every rule before the default Allow (the worst case). Throughput is left out:
-    // rules are evaluated for a flow's first packet only.
-    agent = await startAgent(scaleConfig('scale', { extraSources: [podAddress(1).v4] }));
+    // (d) Three uplinks behind the config at scale (1,000 rules in the full form); pod1 is in no
+    // rule's sources, so each new flow passes every rule before the default Allow (the worst
+    // case). Throughput is left out: rules are evaluated for a flow's first packet only.
+    const rules = thousands(size.scalePolicies * rulesPerPolicy);
+    agent = await startAgent(scaleConfig(size, 'scale', { extraSources: [podAddress(1).v4] }));
     await checkPath(t, allThree);
-    const scale = await measure(t, agent.pid, false);
-    results.push(['naat agent, 3 uplinks, 1,000 rules passed', scale]);
+    const scale = await measure(t, size, agent.pid, false);
+    results.push(['naat-rules', `naat agent, 3 uplinks, ${rules} rules passed`, scale]);
     await stopAgent();
     await checkPath(t, allThree);
-    const scaleKernel = await measure(t, undefined, false);
-    results.push(['  same ruleset, agent stopped (kernel alone)', scaleKernel]);
+    const scaleKernel = await measure(t, size, undefined, false);
+    results.push(['naat-rules-kernel', '  same ruleset, agent stopped (kernel alone)', scaleKernel]);
 
     const leaked = (await t.serverPacketsFromPods()) - fromPods;
     if (leaked) throw new Error(`${leaked} packets reached the server with a pod's address while naat ran`);
 
-    console.log('TCP throughput, pod1 → server:');
-    for (const [setup, r] of results) {
+    bench.section('TCP throughput, pod1 → server:');
+    for (const [key, label, r] of results) {
       if (r.gbits === undefined) continue;
-      record('throughput', setup, `${r.gbits.toFixed(2)} Gbit/s`, r === plain ? '' : ratio(r.gbits, plain.gbits!));
+      bench.figure({
+        key: `throughput.${key}`,
+        label,
+        value: r.gbits,
+        unit: 'Gbit/s',
+        ...(r === plain ? {} : { baseline: 'throughput.plain' }),
+        ...(key.startsWith('naat') ? { goal: throughputGoal } : {}),
+      });
     }
-    console.log('new TCP connections per second (connect, read the answer, close):');
-    for (const [setup, r] of results) {
+    bench.section('new TCP connections per second (connect, read the answer, close):');
+    for (const [key, label, r] of results) {
       const notes = [
-        r === plain ? '' : ratio(r.rate, plain.rate),
         r.failures ? `${r.failures} failed` : '',
         r.agentCpu !== undefined ? `agent CPU ${(r.agentCpu * 100).toFixed(0)} % of a core` : '',
-      ];
-      record('connections/s', setup, `${r.rate.toFixed(0)} /s`, notes.filter(Boolean).join('; '));
+      ].filter(Boolean);
+      bench.figure({
+        key: `connections.${key}`,
+        label,
+        value: r.rate,
+        unit: '/s',
+        digits: 0,
+        ...(r === plain ? {} : { baseline: 'connections.plain' }),
+        ...(key === 'naat-3-uplinks' ? { goal: connectionsGoal } : {}),
+        ...(notes.length ? { note: notes.join('; ') } : {}),
+      });
     }
-    console.log(
-      `  1,000 rules passed vs none (3 uplinks): ${ratio(scale.rate, three.rate)} with the agent, ` +
+    const ratio = (value: number, baseline: number) => `×${(value / baseline).toFixed(2)}`;
+    bench.note(
+      `${rules} rules passed vs none (3 uplinks): ${ratio(scale.rate, three.rate)} with the agent, ` +
         `${ratio(scaleKernel.rate, threeKernel.rate)} kernel alone`,
     );
   } catch (error) {
@@ -467,7 +531,7 @@ async function elementCount(ns: string, kind: 'set' | 'map', name: string): Prom
   return listing.nftables.reduce((sum, item) => sum + (item[kind]?.elem?.length ?? 0), 0);
 }
 
-async function scaleBench(dir: string): Promise<void> {
+async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> {
   const ns = `naat-bench-${process.pid}`;
   const inNs = (tool: string) => ['ip', 'netns', 'exec', ns, tool];
   const errors: string[] = [];
@@ -485,10 +549,11 @@ async function scaleBench(dir: string): Promise<void> {
     ]);
     await run(['ip', '-n', ns, '-batch', '-'], ['link set lo up', ...links].join('\n') + '\n');
 
-    const raw = scaleConfig('scale-1');
+    const { scalePods, scalePolicies } = size;
+    const raw = scaleConfig(size, 'scale-1');
     const text = JSON.stringify(raw);
     const config = parseGatewayConfig(raw);
-    const changed = parseGatewayConfig(scaleConfig('scale-2', { changed: true }));
+    const changed = parseGatewayConfig(scaleConfig(size, 'scale-2', { changed: true }));
     const jsonMs = timeSync(3, () => JSON.parse(text));
     const yamlMs = timeSync(3, () => parseYaml(text));
     const checkMs = timeSync(3, () => parseGatewayConfig(raw));
@@ -502,7 +567,7 @@ async function scaleBench(dir: string): Promise<void> {
     const script = planSync(rendered.table, undefined).map(operationText);
     const ruleCount = rendered.table.chains.reduce((sum, c) => sum + c.rules.length, 0);
     const elements = rendered.table.sets.reduce((sum, s) => sum + s.elements.length, 0);
-    console.log(
+    bench.section(
       `the agent at scale: ${scalePods} pod addresses, ${config.rules.length} rules in ${scalePolicies} policies, ` +
         `3 uplinks (config ${(text.length / 1e6).toFixed(1)} MB of JSON) → ${rendered.table.chains.length} chains, ` +
         `${ruleCount} nft rules, ${rendered.table.sets.length} sets with ${elements} elements; ` +
@@ -537,8 +602,8 @@ async function scaleBench(dir: string): Promise<void> {
     const first = await timed(() => agent!.start(config));
     const sources4 = await elementCount(ns, 'set', 'sources4');
     const second = await timed(() => agent!.configure(changed));
-    const firstClass = await timed(() => agent!.associate(associations(0, 1), []));
-    const hundred = await timed(() => agent!.associate(associations(1, 100), []));
+    const firstClass = await timed(() => agent!.associate(associations(size, 0, 1), []));
+    const hundred = await timed(() => agent!.associate(associations(size, 1, 100), []));
     const flows4 = await elementCount(ns, 'map', 'flows4');
     if (sources4 !== scalePods || flows4 !== 101) {
       throw new Error(
@@ -550,46 +615,38 @@ async function scaleBench(dir: string): Promise<void> {
     const removeMs = performance.now() - removeStarted;
     agent = undefined;
 
-    console.log('reading the config file (medians of 3):');
-    record('config', 'JSON.parse of the file (baseline)', `${jsonMs.toFixed(0)} ms`);
-    record(
-      'config',
-      'yaml parse of the same config (YAML files only)',
-      `${yamlMs.toFixed(0)} ms`,
-      ratio(yamlMs, jsonMs),
-    );
-    record(
-      'config',
-      'parseGatewayConfig (schema, defaults, checks)',
-      `${checkMs.toFixed(0)} ms`,
-      ratio(checkMs, jsonMs),
-    );
-    console.log('sync times, the Agent class with real nft/ip/conntrack (one run each):');
-    record('sync', 'render() alone, pure (median of 5) (baseline)', `${renderMs.toFixed(0)} ms`);
-    record(
-      'sync',
-      'first full sync, empty kernel (Agent.start)',
-      `${first.ms.toFixed(0)} ms`,
-      ratio(first.ms, renderMs),
-    );
-    console.log(`    ${describe(first)}`);
-    record('sync', 'second full sync, one rule changed', `${second.ms.toFixed(0)} ms`, ratio(second.ms, renderMs));
-    console.log(`    ${describe(second)}`);
-    record(
-      'sync',
+    const ms = (key: string, label: string, value: number, baseline?: string, note?: string) =>
+      bench.figure({
+        key,
+        label,
+        value,
+        unit: 'ms',
+        ...(baseline ? { baseline } : {}),
+        ...(note ? { note } : {}),
+      });
+    bench.section('reading the config file (medians of 3):');
+    ms('config.json-parse', 'JSON.parse of the file (baseline)', jsonMs);
+    ms('config.yaml-parse', 'yaml parse of the same config (YAML files only)', yamlMs, 'config.json-parse');
+    ms('config.check', 'parseGatewayConfig (schema, defaults, checks)', checkMs, 'config.json-parse');
+    bench.section('sync times, the Agent class with real nft/ip/conntrack (one run each):');
+    ms('sync.render', 'render() alone, pure (median of 5) (baseline)', renderMs);
+    ms('sync.first-full', 'first full sync, empty kernel (Agent.start)', first.ms, 'sync.render', describe(first));
+    ms('sync.second-full', 'second full sync, one rule changed', second.ms, 'sync.render', describe(second));
+    ms(
+      'sync.first-class',
       '1st association of a new application class',
-      `${firstClass.ms.toFixed(0)} ms`,
-      ratio(firstClass.ms, renderMs),
+      firstClass.ms,
+      'sync.render',
+      describe(firstClass),
     );
-    console.log(`    ${describe(firstClass)}`);
-    record(
-      'sync',
+    ms(
+      'sync.hundred-associations',
       '100 more associations (flow map update)',
-      `${hundred.ms.toFixed(0)} ms`,
-      ratio(hundred.ms, renderMs),
+      hundred.ms,
+      'sync.render',
+      describe(hundred),
     );
-    console.log(`    ${describe(hundred)}`);
-    record('sync', 'Agent.remove (table and routes)', `${removeMs.toFixed(0)} ms`);
+    ms('sync.remove', 'Agent.remove (table and routes)', removeMs);
     if (errors.length) console.log(`  the agent logged errors (on stop):\n    ${errors.join('\n    ')}`);
 
     // Memory: the real agent process (dataplane/main.ts) in the namespace, read from /proc.
@@ -636,30 +693,23 @@ async function scaleBench(dir: string): Promise<void> {
     };
     const small = await runAgent('small', smallConfig(3, 'small'));
     const big = await runAgent('big', raw);
-    console.log('memory of the agent process (dataplane/main.ts run, VmRSS 1 s after the config applied):');
-    record('memory', 'idle Node process (baseline)', `${idleVm.rss.toFixed(0)} MiB`);
-    record(
-      'memory',
-      'agent, 3 uplinks, no rules',
-      `${small.rss.toFixed(0)} MiB`,
-      `${ratio(small.rss, idleVm.rss)}; peak ${small.peak.toFixed(0)} MiB`,
-    );
-    record(
-      'memory',
-      'agent, 10k pods, 1k rules',
-      `${big.rss.toFixed(0)} MiB`,
-      `${ratio(big.rss, idleVm.rss)}; peak ${big.peak.toFixed(0)} MiB`,
-    );
-    console.log(
-      `  start → config applied: ${small.readyMs.toFixed(0)} ms (no rules), ${big.readyMs.toFixed(0)} ms (10k/1k, ` +
-        `of which its first sync ${big.syncMs.toFixed(0)} ms)`,
-    );
-    rows.push({
-      what: 'startup',
-      setup: 'main.ts start → 10k/1k config applied',
-      figure: `${big.readyMs.toFixed(0)} ms`,
-      ratio: `${ratio(big.readyMs, small.readyMs)} of no rules (${small.readyMs.toFixed(0)} ms)`,
-    });
+    const scale = `${thousands(scalePods)} pods, ${thousands(scalePolicies * rulesPerPolicy)} rules`;
+    bench.section('memory of the agent process (dataplane/main.ts run, VmRSS 1 s after the config applied):');
+    const mib = (key: string, label: string, v: { rss: number; peak?: number }) =>
+      bench.figure({
+        key,
+        label,
+        value: v.rss,
+        unit: 'MiB',
+        digits: 0,
+        ...(v.peak === undefined ? {} : { baseline: 'memory.idle-node', note: `peak ${v.peak.toFixed(0)} MiB` }),
+      });
+    mib('memory.idle-node', 'idle Node process (baseline)', { rss: idleVm.rss });
+    mib('memory.agent-small', 'agent, 3 uplinks, no rules', small);
+    mib('memory.agent-scale', `agent, ${scale}`, big);
+    bench.section('start → config applied (main.ts):');
+    ms('startup.small', 'no rules (baseline)', small.readyMs);
+    ms('startup.scale', scale, big.readyMs, 'startup.small', `of which its first sync ${big.syncMs.toFixed(0)} ms`);
   } finally {
     await agent?.stop().catch(() => undefined);
     for (const child of children) await stopProcess(child);
@@ -675,24 +725,16 @@ async function scaleBench(dir: string): Promise<void> {
   }
 }
 
-function printTable(): void {
-  const header: Row = { what: 'measure', setup: 'set-up', figure: 'figure', ratio: 'vs baseline' };
-  const width = (key: keyof Row) => Math.max(...[header, ...rows].map((r) => r[key].length));
-  const line = (r: Row) =>
-    `${r.what.padEnd(width('what'))}  ${r.setup.padEnd(width('setup'))}  ${r.figure.padStart(width('figure'))}  ${r.ratio}`;
-  console.log('\nsummary:');
-  console.log(line(header));
-  console.log('-'.repeat(width('what') + width('setup') + width('figure') + width('ratio') + 6));
-  for (const r of rows) console.log(line(r));
-}
-
-const dir = await mkdtemp(join(tmpdir(), 'naat-bench-dataplane-'));
-const started = performance.now();
-try {
-  await topologyBench(dir);
-  await scaleBench(dir);
-  printTable();
-  console.log(`\n(${((performance.now() - started) / 1000).toFixed(0)} s in all)`);
-} finally {
-  await rm(dir, { recursive: true, force: true });
-}
+await runBenchmark<Size>({
+  name: 'dataplane',
+  sizes,
+  async run(bench, size) {
+    const dir = await mkdtemp(join(tmpdir(), 'naat-bench-dataplane-'));
+    try {
+      await topologyBench(bench, size, dir);
+      await scaleBench(bench, size, dir);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+});

@@ -1,10 +1,12 @@
-// NAA through the real gateway (`npm run bench:naa-gateway`, as root): a real control plane
+// NAA through the real gateway (`npm run bench:naa-gateway`, as root; --quick, --smoke, --json:
+// test/bench/harness.ts): a real control plane
 // (test/cluster), the e2e topology, the dataplane agent with an `association` block in
 // `unassociatedFlows: PodRules` mode, and the real sidecar in the pod namespace, once at its
 // default scan interval (200 ms) and once at 50 ms. A client in the pod opens connections one by
 // one and records when it called connect() and from which port; the benchmark watches the
 // gateway's `flows4` map with `nft monitor` and the agent's association count at `/status`.
-// Prints, each against a baseline measured in the same run:
+// Figures, each against a baseline measured in the same run (a connection never seen makes its
+// latency infinite, and the run then does not count):
 //  1. connect() → the flow's element in `inet naat flows4` (the association in the kernel), vs
 //     connect() → the agent holding the association (its `/status` count, polled): the
 //     sidecar→server leg alone, and the scan interval that bounds it.
@@ -18,10 +20,15 @@ import { createInterface } from 'node:readline';
 import { startCluster, type Cluster } from '../cluster/cluster.ts';
 import { NaaGateway } from '../e2e/naa-harness.ts';
 import { server, stopProcess, until } from '../e2e/topology.ts';
+import { percentile, runBenchmark, type Bench } from './harness.ts';
 
-const connections = 200;
-const spacingMs = 20;
-const holdMs = 3000;
+interface Size {
+  /** Connections the client opens `spacingMs` apart and holds `holdMs`, per scan interval. */
+  connections: number;
+  spacingMs: number;
+  holdMs: number;
+}
+
 const pollMs = 10;
 const serverPort = 9100;
 const node = 'gateway-a';
@@ -161,16 +168,11 @@ async function rssOf(pid: number, expected: string): Promise<number> {
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]) / 1024;
 }
 
-function percentile(values: number[], q: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? NaN;
-}
-
 const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 10 ? 1 : 0)} ms` : '—');
 const spread = (values: number[]) =>
   `p50 ${ms(percentile(values, 0.5))}  p90 ${ms(percentile(values, 0.9))}  p99 ${ms(percentile(values, 0.99))}  max ${ms(Math.max(...values))}`;
 
-async function main(): Promise<void> {
+async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Promise<void> {
   const progress = (line: string) => process.stderr.write(`  ${line}\n`);
   cluster = await startCluster({
     workloads: true,
@@ -340,58 +342,122 @@ async function main(): Promise<void> {
   const idleRss = await rssOf(idle.pid!, '-e').catch(() => rssOf(idle.pid!, '60_000)'));
   await stopProcess(idle);
 
-  console.log(
+  bench.section(
     `NAA through the gateway: agent in PodRules mode, one pod, ${connections} connections ${spacingMs} ms apart, held ${holdMs / 1000} s`,
   );
+  const latency = (key: string, label: string, q: number, values: number[], baseline?: string, note?: string) =>
+    bench.figure({
+      key: `${key}.p${q * 100}`,
+      label: `${label}, p${q * 100}`,
+      value: percentile(values, q),
+      unit: 'ms',
+      ...(baseline ? { baseline: `${baseline}.p${q * 100}` } : {}),
+      ...(note ? { note } : {}),
+    });
+  const never = (values: number[], missing: number) => [...values, ...Array<number>(missing).fill(Infinity)];
   for (const r of results) {
-    const accepted = percentile(r.accepted.upper, 0.5);
-    const kernel = percentile(r.kernel, 0.5);
+    const p = r.label === 'default' ? 'scan-default' : 'scan-50ms';
     const period = percentile(r.deliveries, 0.5);
     const n = r.connected.length;
-    console.log(`sidecar scan interval ${r.interval} ms${r.label === 'default' ? ' (its default)' : ''}:`);
-    console.log(
-      `  the agent got new associations every ${ms(period)} (p50; interval + scan): a socket waits ${ms(period / 2)} on average for its scan  (bound)`,
+    bench.section(`sidecar scan interval ${r.interval} ms${r.label === 'default' ? ' (its default)' : ''}:`);
+    bench.figure({
+      key: `${p}.delivery-period`,
+      label: "time between the agent's new associations, p50 (interval + scan)",
+      value: period,
+      unit: 'ms',
+      note: `a socket waits ${ms(period / 2)} on average for its scan  (bound)`,
+    });
+    const held = never(r.accepted.upper, r.accepted.missing);
+    const heldNote = `(/status every ${pollMs} ms, upper bound${r.accepted.missing ? `; ${r.accepted.missing} never seen` : ''})`;
+    const kernel = never(r.kernel, r.missing);
+    const kernelNote = r.missing ? `(${r.missing} never appeared)` : '';
+    for (const q of [0.5, 0.99]) {
+      latency(
+        `${p}.connect-to-held`,
+        'connect() → association held by the agent (baseline)',
+        q,
+        held,
+        undefined,
+        heldNote,
+      );
+    }
+    bench.note(
+      `connect() → association held, all: ${spread(r.accepted.upper)}; lower bound ${spread(r.accepted.lower)}`,
     );
-    console.log(
-      `  connect() → association held by the agent  ${spread(r.accepted.upper)}  (baseline: /status every ${pollMs} ms, upper bound${r.accepted.missing ? `; ${r.accepted.missing} never seen` : ''})`,
+    for (const q of [0.5, 0.99]) {
+      latency(
+        `${p}.connect-to-kernel`,
+        'connect() → element in inet naat flows4',
+        q,
+        kernel,
+        `${p}.connect-to-held`,
+        kernelNote,
+      );
+    }
+    bench.note(`connect() → element, all: ${spread(r.kernel)}`);
+    bench.note(
+      `held → element, per flow (agent's leg): p50 between ${ms(percentile(r.agentLeg.lower, 0.5))} and ${ms(percentile(r.agentLeg.upper, 0.5))}, p99 between ${ms(percentile(r.agentLeg.lower, 0.99))} and ${ms(percentile(r.agentLeg.upper, 0.99))}`,
     );
-    console.log(`                               lower bound  ${spread(r.accepted.lower)}`);
-    console.log(
-      `  connect() → element in inet naat flows4    ${spread(r.kernel)}  ratio ${(kernel / accepted).toFixed(2)}${r.missing ? `  (${r.missing} never appeared)` : ''}`,
-    );
-    console.log(
-      `  held → element, per flow (agent's leg)     p50 between ${ms(percentile(r.agentLeg.lower, 0.5))} and ${ms(percentile(r.agentLeg.upper, 0.5))}, p99 between ${ms(percentile(r.agentLeg.lower, 0.99))} and ${ms(percentile(r.agentLeg.upper, 0.99))}`,
-    );
-    console.log(
-      `  kernel syncs during the run: ${r.syncs.count} (${r.syncs.full} full), each p50 ${ms(percentile(r.syncs.durations, 0.5))}, max ${ms(Math.max(...r.syncs.durations))}`,
-    );
-    console.log(
-      `  elements in place before the flow's first packet: ${r.early} of ${n} (${((100 * r.early) / n).toFixed(1)} %; observe mode reports sockets after connect())`,
-    );
+    bench.figure({
+      key: `${p}.syncs`,
+      label: 'kernel syncs during the run',
+      value: r.syncs.count,
+      unit: 'syncs',
+      digits: 0,
+      note: `${r.syncs.full} full, each p50 ${ms(percentile(r.syncs.durations, 0.5))}, max ${ms(Math.max(...r.syncs.durations))}`,
+    });
+    bench.figure({
+      key: `${p}.early`,
+      label: "elements in place before the flow's first packet",
+      value: (100 * r.early) / n,
+      unit: '%',
+      digits: 1,
+      note: `${r.early} of ${n}; observe mode reports sockets after connect()`,
+    });
   }
-  console.log('memory (VmRSS):');
-  const memory = (what: string, mib: number, note?: string) =>
-    console.log(
-      `  ${what.padEnd(58)}${mib.toFixed(0).padStart(4)} MiB  ${note ?? `ratio ${(mib / idleRss).toFixed(1)}`}`,
-    );
-  memory('idle Node process', idleRss, '(baseline)');
-  memory('agent, NAA server listening, no stream yet', agentIdleRss);
+  bench.section('memory (VmRSS):');
+  const memory = (key: string, label: string, mib: number) =>
+    bench.figure({
+      key,
+      label,
+      value: mib,
+      unit: 'MiB',
+      digits: 0,
+      ...(key === 'memory.idle-node' ? {} : { baseline: 'memory.idle-node' }),
+    });
+  memory('memory.idle-node', 'idle Node process (baseline)', idleRss);
+  memory('memory.agent-idle', 'agent, NAA server listening, no stream yet', agentIdleRss);
   for (const r of results) {
-    memory(`agent, one stream holding ${connections} associations (${r.interval} ms scans)`, r.rss.agent);
-    memory(`sidecar, scanning every ${r.interval} ms`, r.rss.sidecar);
+    const p = r.label === 'default' ? 'scan-default' : 'scan-50ms';
+    memory(
+      `memory.${p}.agent`,
+      `agent, one stream holding ${connections} associations (${r.interval} ms scans)`,
+      r.rss.agent,
+    );
+    memory(`memory.${p}.sidecar`, `sidecar, scanning every ${r.interval} ms`, r.rss.sidecar);
   }
   await gateway.printErrorsLogged(['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']);
 }
 
-try {
-  await main();
-} catch (error) {
-  process.exitCode = 1;
-  console.error(error);
-  for (const log of ['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']) {
-    const text = (await gateway?.log(log)) ?? '';
-    if (text) console.error(`--- ${log} (last lines)\n${text.split('\n').slice(-15).join('\n')}`);
-  }
-} finally {
-  await cleanup();
-}
+await runBenchmark<Size>({
+  name: 'naa-gateway',
+  sizes: {
+    full: { connections: 200, spacingMs: 20, holdMs: 3000 },
+    quick: { connections: 100, spacingMs: 20, holdMs: 2000 },
+    // Connections over 1 s: several scans at the default interval, so that their period shows.
+    smoke: { connections: 20, spacingMs: 50, holdMs: 1000 },
+  },
+  async run(bench, size) {
+    try {
+      await main(bench, size);
+    } catch (error) {
+      for (const log of ['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']) {
+        const text = (await gateway?.log(log)) ?? '';
+        if (text) console.error(`--- ${log} (last lines)\n${text.split('\n').slice(-15).join('\n')}`);
+      }
+      throw error;
+    } finally {
+      await cleanup();
+    }
+  },
+});

@@ -1,5 +1,5 @@
-// NAA benchmarks (`npm run bench:naa`, as root): prints figures, each against a baseline
-// measured in the same run on the same machine.
+// NAA benchmarks (`npm run bench:naa`, as root; --quick, --smoke, --json: test/bench/harness.ts):
+// figures, each against a baseline measured in the same run on the same machine.
 //  1. Associations one stream sustains (driver → NAA server → acknowledged) vs a plain grpc-js
 //     bidirectional stream echoing messages of the same size.
 //  2. Scanning a pod with many sockets: a first scan (every owner looked up), a scan after one new
@@ -8,16 +8,19 @@
 //  3. The real sidecar process, built and started as its image does it: connect() → association
 //     applied, memory, and CPU while idle, vs Node.js alone with the same options (and, for
 //     memory, Node.js with node:http2 loaded, the least a gRPC client needs).
+// The pod namespaces have an address of their own besides loopback, and every connection uses it:
+// the sidecar ignores loopback sockets, which never leave the pod.
 // The sidecar image runs Node.js without WebAssembly (--jitless), which type stripping needs: what
 // runs that way is the compiled JavaScript, built here as the image build does.
 import { credentials, Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFile, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NaaServer } from '../../dataplane/naa/server.ts';
+import { median, percentile, runBenchmark, type Bench } from './harness.ts';
 import {
   AssociationServiceClient,
   AssociationServiceService,
@@ -28,8 +31,18 @@ import {
 import { addressToBytes } from '../../common/index.ts';
 
 const root = join(import.meta.dirname, '..', '..');
-const messages = 20_000;
 const podIp = '10.244.0.10';
+
+interface Size {
+  /** Associations sent on one stream. */
+  messages: number;
+  /** Connections held by the pod in the small and the large scan. */
+  sockets: { small: number; large: number };
+  /** Connections the sidecar sees opened, 50 ms apart. */
+  connections: number;
+  /** How long CPU is sampled while idle. */
+  idleSeconds: number;
+}
 
 function association(port: number) {
   return {
@@ -58,7 +71,7 @@ function association(port: number) {
  * Sends `messages` associations on one stream to `port`, pipelined, after `first` messages of
  * set-up, and resolves with the rate at which they were acknowledged.
  */
-async function pump(port: number, first: AssociateRequest[]): Promise<number> {
+async function pump(port: number, first: AssociateRequest[], messages: number): Promise<number> {
   const client = new AssociationServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
   const call = client.associate();
   const last = first.length + messages;
@@ -79,7 +92,7 @@ async function pump(port: number, first: AssociateRequest[]): Promise<number> {
   return messages / seconds;
 }
 
-async function naatStream(): Promise<number> {
+async function naatStream(messages: number): Promise<number> {
   const server = new NaaServer({
     authenticator: { authenticate: async (_token, pod) => ({ pod, addresses: [podIp] }) },
     sink: { apply: async () => {} },
@@ -87,15 +100,17 @@ async function naatStream(): Promise<number> {
   });
   const pod = { namespace: 'bench', name: 'bench', uid: 'bench' };
   const hello = { protocolVersion: 1, pod, token: 't', driverVersion: 'b', mode: 1 } as const;
-  const rate = await pump(await server.listen('127.0.0.1:0'), [
-    { sequence: 1, body: { $case: 'hello', value: hello } },
-  ]);
+  const rate = await pump(
+    await server.listen('127.0.0.1:0'),
+    [{ sequence: 1, body: { $case: 'hello', value: hello } }],
+    messages,
+  );
   await server.close();
   return rate;
 }
 
 /** The same messages through a bare bidi stream that answers each with an ack: grpc-js's own cost. */
-async function plainStream(): Promise<number> {
+async function plainStream(messages: number): Promise<number> {
   const server = new Server();
   server.addService(AssociationServiceService, {
     associate: (call: ServerDuplexStream<AssociateRequest, AssociateResponse>) => {
@@ -106,7 +121,7 @@ async function plainStream(): Promise<number> {
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
   );
-  const rate = await pump(port, []);
+  const rate = await pump(port, [], messages);
   await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
   return rate;
 }
@@ -118,10 +133,30 @@ interface SidecarBuild {
   nodeOptions: string;
 }
 
-async function scanBench(sidecar: SidecarBuild, sockets: number): Promise<void> {
-  const ns = `naat-bench-${process.pid}`;
+/**
+ * A network namespace standing for a pod: loopback, and the pod's address on one end of a veth
+ * pair whose other end stays in the namespace too (the kernel here may lack dummy links).
+ */
+function addPodNamespace(ns: string): void {
   execFileSync('ip', ['netns', 'add', ns]);
-  execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  const links = [
+    'link set lo up',
+    'link add eth0 type veth peer name eth1',
+    `address add ${podIp}/24 dev eth0`,
+    'link set eth1 up',
+    'link set eth0 up',
+  ];
+  try {
+    execFileSync('ip', ['-n', ns, '-batch', '-'], { input: links.join('\n') + '\n' });
+  } catch (error) {
+    execFileSync('ip', ['netns', 'delete', ns]);
+    throw error;
+  }
+}
+
+async function scanBench(bench: Bench, sidecar: SidecarBuild, key: string, sockets: number): Promise<void> {
+  const ns = `naat-bench-${process.pid}`;
+  addPodNamespace(ns);
   // Holds `sockets` connections, and opens one more for each line it reads.
   const holder = spawn(
     'ip',
@@ -133,9 +168,9 @@ async function scanBench(sidecar: SidecarBuild, sockets: number): Promise<void> 
       '-c',
       `import socket,resource,sys
 hard=resource.getrlimit(resource.RLIMIT_NOFILE)[1]; resource.setrlimit(resource.RLIMIT_NOFILE,(hard,hard))
-s=socket.socket(); s.bind(('127.0.0.1',9000)); s.listen(4096); held=[]
+s=socket.socket(); s.bind(('${podIp}',9000)); s.listen(4096); held=[]
 def connect():
-  c=socket.create_connection(('127.0.0.1',9000)); held.append(c); held.append(s.accept()[0])
+  c=socket.create_connection(('${podIp}',9000)); held.append(c); held.append(s.accept()[0])
 for i in range(${sockets}): connect()
 print('ready',flush=True)
 for line in sys.stdin: connect(); print('connected',flush=True)`,
@@ -183,18 +218,39 @@ for await (const line of createInterface({ input: process.stdin })) {
     await next(holderLines, 'socket holder');
     const tablesOnly = await timeIt(5, () => readFile(`/proc/${holder.pid}/net/tcp`, 'utf8'));
     const first = await scan();
-    const afterNew = await median(5, async () => {
+    const afterNew = await medianOf(5, async () => {
       holder.stdin.write('\n');
       await next(holderLines, 'socket holder');
       return scan();
     });
-    const quiet = await median(5, scan);
-    const ratio = (ms: number) => `ratio ${(ms / tablesOnly).toFixed(2)}`;
-    console.log(`scan of a pod with ${sockets} outbound connections (${found} found at the end):`);
-    console.log(`  reading /proc/<pid>/net/tcp alone       ${tablesOnly.toFixed(1)} ms  (baseline)`);
-    console.log(`  first scan (every owner looked up)       ${first.toFixed(1)} ms  ${ratio(first)}`);
-    console.log(`  scan after one new connection            ${afterNew.toFixed(1)} ms  ${ratio(afterNew)}`);
-    console.log(`  scan when nothing changed                ${quiet.toFixed(2)} ms  ${ratio(quiet)}`);
+    const quiet = await medianOf(5, scan);
+    // Connections the scanner does not see cost it nothing: a scan that found them not measured them.
+    if (found < sockets) {
+      throw new Error(`the scans of ${key} found ${found} of the pod's ${sockets} outbound connections`);
+    }
+    const baseline = `${key}.table-read`;
+    bench.section(`scan of a pod with ${sockets} outbound connections (${found} found at the end):`);
+    bench.figure({
+      key: baseline,
+      label: 'reading /proc/<pid>/net/tcp alone (baseline)',
+      value: tablesOnly,
+      unit: 'ms',
+    });
+    bench.figure({
+      key: `${key}.first`,
+      label: 'first scan (every owner looked up)',
+      value: first,
+      unit: 'ms',
+      baseline,
+    });
+    bench.figure({
+      key: `${key}.after-new`,
+      label: 'scan after one new connection',
+      value: afterNew,
+      unit: 'ms',
+      baseline,
+    });
+    bench.figure({ key: `${key}.quiet`, label: 'scan when nothing changed', value: quiet, unit: 'ms', baseline });
   } finally {
     scanner.kill('SIGKILL');
     holder.kill('SIGKILL');
@@ -234,10 +290,18 @@ async function buildSidecar(): Promise<SidecarBuild> {
 const megabytes = async (pid: number, field: string) =>
   Number(new RegExp(`${field}:\\s+(\\d+)`).exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
 
-/** Seconds of CPU a process has used (user and system). */
+/**
+ * Seconds a process has run on a CPU, all its threads, from the scheduler's nanosecond counters
+ * (schedstat of each task in /proc/<pid>/task): an idle process uses less than one clock tick of
+ * /proc/<pid>/stat's user and system time in a short sample.
+ */
 async function cpuSeconds(pid: number): Promise<number> {
-  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  let total = 0;
+  for (const task of await readdir(`/proc/${pid}/task`)) {
+    const text = await readFile(`/proc/${pid}/task/${task}/schedstat`, 'utf8').catch(() => '0');
+    total += Number(text.split(' ')[0]) / 1e9;
+  }
+  return total;
 }
 
 /** The share of one core a process uses over `seconds`. */
@@ -251,12 +315,17 @@ async function cpuShare(pid: number, seconds: number): Promise<number> {
  * The real sidecar process in a pod namespace, built and started as its image does it: connect() →
  * association applied, then its memory and CPU while idle with the connections held.
  */
-async function sidecarBench(image: SidecarBuild, connections: number, idleSeconds: number): Promise<void> {
+async function sidecarBench(
+  bench: Bench,
+  image: SidecarBuild,
+  connections: number,
+  idleSeconds: number,
+): Promise<void> {
   const ns = `naat-bench-${process.pid}`;
   const dir = await mkdtemp(join(tmpdir(), 'naat-bench-'));
   const applied = new Map<number, number>();
   const server = new NaaServer({
-    authenticator: { authenticate: async (_token, pod) => ({ pod, addresses: ['127.0.0.1'] }) },
+    authenticator: { authenticate: async (_token, pod) => ({ pod, addresses: [podIp] }) },
     sink: {
       apply: async (changes) => {
         for (const entry of changes.upsert)
@@ -266,8 +335,7 @@ async function sidecarBench(image: SidecarBuild, connections: number, idleSecond
   });
   await server.listen(`unix:${join(dir, 'naa.sock')}`);
   await writeFile(join(dir, 'token'), 'bench');
-  execFileSync('ip', ['netns', 'add', ns]);
-  execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  addPodNamespace(ns);
   const children: ChildProcess[] = [];
   // `ip netns exec` execs the command, so each child's pid is the program's own.
   const inPod = (command: string[], env: NodeJS.ProcessEnv = {}, stdout: 'pipe' | 'ignore' = 'ignore') => {
@@ -296,9 +364,9 @@ async function sidecarBench(image: SidecarBuild, connections: number, idleSecond
         '-u',
         '-c',
         `import socket,time,sys
-s=socket.socket(); s.bind(('127.0.0.1',9000)); s.listen(4096); held=[]
+s=socket.socket(); s.bind(('${podIp}',9000)); s.listen(4096); held=[]
 for i in range(${connections}):
-  c=socket.socket(); c.connect(('127.0.0.1',9000)); print(c.getsockname()[1], int(time.time()*1000)); held.append(c); held.append(s.accept()[0]); time.sleep(0.05)
+  c=socket.socket(); c.connect(('${podIp}',9000)); print(c.getsockname()[1], int(time.time()*1000)); held.append(c); held.append(s.accept()[0]); time.sleep(0.05)
 print('done'); time.sleep(600)`,
       ],
       {},
@@ -318,13 +386,16 @@ print('done'); time.sleep(600)`,
       }),
     );
     await new Promise((resolve) => setTimeout(resolve, 1000));
-    const latencies = [...connected].map(([port, at]) => (applied.get(port) ?? Infinity) - at).sort((a, b) => a - b);
-    const pick = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
+    // A connection never applied makes its latency infinite: the run then does not count.
+    const latencies = [...connected].map(([port, at]) => (applied.get(port) ?? Infinity) - at);
+    const unapplied = [...connected.keys()].filter((port) => !applied.has(port)).length;
 
     // Node.js alone, with the same options and a timer at the scan interval, measured alongside;
     // and with node:http2 loaded, the least any gRPC client in Node.js needs.
     const bare = inPod([process.execPath, '-e', 'setInterval(() => {}, 200)']);
     const http2 = inPod([process.execPath, '-e', "require('node:http2'); setInterval(() => {}, 200)"]);
+    // Past their start-up, which would count as idle CPU.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
     const [sidecarCpu, bareCpu] = await Promise.all([
       cpuShare(sidecar.pid!, idleSeconds),
       cpuShare(bare.pid!, idleSeconds),
@@ -333,22 +404,59 @@ print('done'); time.sleep(600)`,
     const anonymous = await megabytes(sidecar.pid!, 'RssAnon');
     const bareRss = await megabytes(bare.pid!, 'VmRSS');
     const http2Rss = await megabytes(http2.pid!, 'VmRSS');
-    const percent = (share: number) => `${(share * 100).toFixed(2)} % of one core`;
-    console.log(
+    bench.section(
       `sidecar process in a pod namespace, as its image runs it (${[node, ...args].join(' ')}, ` +
         `NODE_OPTIONS=${image.nodeOptions || '(none)'}; scan interval 200 ms; ${connections} new connections 50 ms apart):`,
     );
-    console.log(
-      `  connect() → association applied  p50 ${pick(0.5)} ms  p99 ${pick(0.99)} ms  (the scan interval is the bound)`,
-    );
-    console.log(
-      `  RSS ${rss.toFixed(0)} MiB (${anonymous.toFixed(0)} MiB anonymous, the rest mapped files: the node binary and libraries)` +
-        `  Node.js alone ${bareRss.toFixed(0)} MiB, with node:http2 loaded ${http2Rss.toFixed(0)} MiB`,
-    );
-    console.log(
-      `  CPU while idle, ${connections} connections held, over ${idleSeconds} s  ${percent(sidecarCpu)}` +
-        `  Node.js alone with a 200 ms timer ${percent(bareCpu)}`,
-    );
+    const latency = (q: number, note?: string) =>
+      bench.figure({
+        key: `sidecar.connect-to-applied.p${q * 100}`,
+        label: `connect() → association applied, p${q * 100}`,
+        value: percentile(latencies, q),
+        unit: 'ms',
+        digits: 0,
+        ...(note ? { note } : {}),
+      });
+    latency(0.5, '(the scan interval is the bound)');
+    latency(0.99, unapplied ? `(${unapplied} of ${connections} never applied)` : undefined);
+    bench.figure({ key: 'node.rss', label: 'Node.js alone, RSS (baseline)', value: bareRss, unit: 'MiB', digits: 0 });
+    bench.figure({
+      key: 'node-http2.rss',
+      label: 'Node.js with node:http2 loaded, RSS',
+      value: http2Rss,
+      unit: 'MiB',
+      digits: 0,
+      baseline: 'node.rss',
+    });
+    bench.figure({
+      key: 'sidecar.rss',
+      label: 'sidecar RSS',
+      value: rss,
+      unit: 'MiB',
+      digits: 0,
+      baseline: 'node.rss',
+      goal: { bound: 'max', value: 50, source: 'docs/naa.md: the 50 MiB target' },
+    });
+    bench.figure({
+      key: 'sidecar.rss-anonymous',
+      label: 'sidecar RSS, anonymous (the rest: mapped files, node and libraries)',
+      value: anonymous,
+      unit: 'MiB',
+      digits: 0,
+    });
+    bench.figure({
+      key: 'node.idle-cpu',
+      label: 'Node.js alone with a 200 ms timer, CPU (baseline)',
+      value: bareCpu * 100,
+      unit: '% of one core',
+    });
+    bench.figure({
+      key: 'sidecar.idle-cpu',
+      label: `sidecar CPU while idle, ${connections} connections held, over ${idleSeconds} s`,
+      value: sidecarCpu * 100,
+      unit: '% of one core',
+      baseline: 'node.idle-cpu',
+    });
   } finally {
     for (const child of children) child.kill('SIGKILL');
     execFileSync('ip', ['netns', 'delete', ns]);
@@ -358,30 +466,52 @@ print('done'); time.sleep(600)`,
 }
 
 /** The median of `runs` figures that `work` measures. */
-async function median(runs: number, work: () => Promise<number>): Promise<number> {
+async function medianOf(runs: number, work: () => Promise<number>): Promise<number> {
   const figures: number[] = [];
   for (let i = 0; i < runs; i++) figures.push(await work());
-  return figures.sort((a, b) => a - b)[Math.floor(runs / 2)]!;
+  return median(figures);
 }
 
 /** The median time `work` takes, in milliseconds. */
 function timeIt(runs: number, work: () => Promise<unknown>): Promise<number> {
-  return median(runs, async () => {
+  return medianOf(runs, async () => {
     const started = performance.now();
     await work();
     return performance.now() - started;
   });
 }
 
-const plain = await plainStream();
-const naat = await naatStream();
-console.log(`associations on one stream (${messages}, pipelined, acknowledged):`);
-console.log(`  plain grpc-js bidi echo   ${plain.toFixed(0)} messages/s  (baseline)`);
-console.log(`  naat NAA server           ${naat.toFixed(0)} associations/s  ratio ${(naat / plain).toFixed(2)}`);
-const sidecar = await buildSidecar();
-try {
-  for (const sockets of [100, 5000]) await scanBench(sidecar, sockets);
-  await sidecarBench(sidecar, 100, 30);
-} finally {
-  await rm(sidecar.app, { recursive: true, force: true });
-}
+await runBenchmark<Size>({
+  name: 'naa',
+  sizes: {
+    full: { messages: 20_000, sockets: { small: 100, large: 5000 }, connections: 100, idleSeconds: 30 },
+    quick: { messages: 5000, sockets: { small: 100, large: 1000 }, connections: 40, idleSeconds: 5 },
+    smoke: { messages: 500, sockets: { small: 20, large: 100 }, connections: 5, idleSeconds: 1 },
+  },
+  async run(bench, size) {
+    const plain = await plainStream(size.messages);
+    const naat = await naatStream(size.messages);
+    bench.section(`associations on one stream (${size.messages}, pipelined, acknowledged):`);
+    bench.figure({
+      key: 'stream.plain',
+      label: 'plain grpc-js bidi echo (baseline)',
+      value: plain,
+      unit: 'messages/s',
+    });
+    bench.figure({
+      key: 'stream.naat',
+      label: 'naat NAA server',
+      value: naat,
+      unit: 'associations/s',
+      baseline: 'stream.plain',
+    });
+    const sidecar = await buildSidecar();
+    try {
+      await scanBench(bench, sidecar, 'scan-small', size.sockets.small);
+      await scanBench(bench, sidecar, 'scan-large', size.sockets.large);
+      await sidecarBench(bench, sidecar, size.connections, size.idleSeconds);
+    } finally {
+      await rm(sidecar.app, { recursive: true, force: true });
+    }
+  },
+});

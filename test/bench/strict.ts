@@ -1,33 +1,36 @@
-// `npm run bench:strict` (as root): what strict association costs. Through the NAA gateway of the
-// e2e harness (real agent, real sidecar in strict mode, the stamping library preloaded), it prints
+// `npm run bench:strict` (as root; --quick, --smoke, --json: test/bench/harness.ts): what strict
+// association costs. Through the NAA gateway of the e2e harness (real agent, real sidecar in strict
+// mode, the stamping library preloaded), it measures
 //   1. connect() time of one program making sequential connections, stamped (library preloaded)
 //      against unstamped (the same program without it), p50/p99, and the first stamped connect,
 //      which asks the sidecar and waits for the gateway's acknowledgement;
 //   2. TCP throughput pod → server of a stamped flow (DSCP cleared on every packet at the
-//      gateway) against an unstamped one, as a ratio, each the median of three iperf3 runs;
+//      gateway) against an unstamped one, as a ratio, each the median of iperf3 runs;
 //   3. the share of new flows the gateway counted as stamped.
 import { execFileSync } from 'node:child_process';
 import { startCluster, type Cluster } from '../cluster/cluster.ts';
 import { NaaGateway } from '../e2e/naa-harness.ts';
 import { server } from '../e2e/topology.ts';
 import { startWhoami, type Server } from '../e2e/traffic.ts';
+import { median, percentile, runBenchmark, type Bench } from './harness.ts';
 
 const node = 'gateway-a';
 const namespace = 'naa-strict-bench';
-const connects = 2000;
-const iperfSeconds = 5;
 const iperfPort = 5201;
 const whoamiPort = 9000;
 
-const percentile = (values: number[], q: number) =>
-  [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil(q * values.length) - 1)]!;
-const median = (values: number[]) => percentile(values, 0.5);
+interface Size {
+  /** Sequential connects of one program, stamped and not. */
+  connects: number;
+  iperfSeconds: number;
+  iperfRuns: number;
+}
 
 let cluster: Cluster | undefined;
 let gateway: NaaGateway | undefined;
 let whoami: Server | undefined;
 
-async function main(): Promise<void> {
+async function main(bench: Bench, { connects, iperfSeconds, iperfRuns }: Size): Promise<void> {
   const progress = (line: string) => process.stderr.write(`  ${line}\n`);
   cluster = await startCluster({
     workloads: true,
@@ -88,7 +91,7 @@ print(' '.join('%.4f' % t for t in times))`,
   await new Promise((r) => setTimeout(r, 500));
   const throughput = async (env: string[]) => {
     const runs: number[] = [];
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < iperfRuns; i++) {
       const out = await inPod(env, [
         'iperf3',
         '-J',
@@ -116,34 +119,72 @@ print(' '.join('%.4f' % t for t in times))`,
       encoding: 'utf8',
     }),
   ) as { nftables: Array<{ counter?: { name: string; packets: number } }> };
-  const packets = (name: string) => counters.nftables.find((c) => c.counter?.name === name)?.counter?.packets ?? 0;
+  // A counter that is not there counted nothing: the figure is not measured.
+  const packets = (name: string) => counters.nftables.find((c) => c.counter?.name === name)?.counter?.packets ?? NaN;
 
-  const ms = (v: number) => `${v.toFixed(3)} ms`;
-  console.log(
-    `strict association (one pod, one uplink; ${connects} sequential connects of python3; iperf3 ${iperfSeconds} s × 3)`,
+  bench.section(
+    `strict association (one pod, one uplink; ${connects} sequential connects of python3; iperf3 ${iperfSeconds} s × ${iperfRuns})`,
   );
-  console.log(`  connect() unstamped (baseline)  p50 ${ms(median(plain))}  p99 ${ms(percentile(plain, 0.99))}`);
-  console.log(
-    `  connect() stamped               p50 ${ms(median(stamped))}  p99 ${ms(percentile(stamped, 0.99))}  ` +
-      `(p50 ×${(median(stamped) / median(plain)).toFixed(2)}; first connect, which waits for the gateway: ${ms(stamped[0]!)})`,
-  );
-  console.log(`  throughput unstamped (baseline) ${plainGbits.toFixed(2)} Gbit/s`);
-  console.log(
-    `  throughput stamped              ${stampedGbits.toFixed(2)} Gbit/s  ×${(stampedGbits / plainGbits).toFixed(2)}`,
-  );
-  console.log(
-    `  new-flow packets of the strict pod counted at the gateway: ${packets('strict_new_flows')}, stamped ${packets('strict_stamped_flows')} ` +
-      `(the unstamped runs account for the difference)`,
-  );
+  const ms = (key: string, label: string, value: number, baseline?: string, note?: string) =>
+    bench.figure({
+      key,
+      label,
+      value,
+      unit: 'ms',
+      digits: 3,
+      ...(baseline ? { baseline } : {}),
+      ...(note ? { note } : {}),
+    });
+  ms('connect.unstamped.p50', 'connect() unstamped, p50 (baseline)', median(plain));
+  ms('connect.unstamped.p99', 'connect() unstamped, p99 (baseline)', percentile(plain, 0.99));
+  ms('connect.stamped.p50', 'connect() stamped, p50', median(stamped), 'connect.unstamped.p50');
+  ms('connect.stamped.p99', 'connect() stamped, p99', percentile(stamped, 0.99), 'connect.unstamped.p99');
+  ms('connect.stamped.first', 'first stamped connect, which waits for the gateway', stamped[0] ?? NaN);
+  bench.figure({
+    key: 'throughput.unstamped',
+    label: 'throughput unstamped (baseline)',
+    value: plainGbits,
+    unit: 'Gbit/s',
+  });
+  bench.figure({
+    key: 'throughput.stamped',
+    label: 'throughput stamped',
+    value: stampedGbits,
+    unit: 'Gbit/s',
+    baseline: 'throughput.unstamped',
+  });
+  bench.figure({
+    key: 'flows.new',
+    label: 'new-flow packets of the strict pod counted at the gateway',
+    value: packets('strict_new_flows'),
+    unit: 'packets',
+    digits: 0,
+  });
+  bench.figure({
+    key: 'flows.stamped',
+    label: 'of which stamped',
+    value: packets('strict_stamped_flows'),
+    unit: 'packets',
+    digits: 0,
+    baseline: 'flows.new',
+    note: '(the unstamped runs account for the difference)',
+  });
 }
 
-try {
-  await main();
-} catch (error) {
-  process.exitCode = 1;
-  console.error(error);
-} finally {
-  await whoami?.stop();
-  await gateway?.stop();
-  await cluster?.stop();
-}
+await runBenchmark<Size>({
+  name: 'strict',
+  sizes: {
+    full: { connects: 2000, iperfSeconds: 5, iperfRuns: 3 },
+    quick: { connects: 500, iperfSeconds: 2, iperfRuns: 3 },
+    smoke: { connects: 50, iperfSeconds: 1, iperfRuns: 1 },
+  },
+  async run(bench, size) {
+    try {
+      await main(bench, size);
+    } finally {
+      await whoami?.stop();
+      await gateway?.stop();
+      await cluster?.stop();
+    }
+  },
+});

@@ -231,11 +231,22 @@ const median = (values: number[]) => {
   return sorted[Math.floor(sorted.length / 2)] ?? 0;
 };
 
+/** A sampled quantity over the run: first sample, post-warm-up median, end (median of the last 3), max. */
+export interface Trend {
+  first: number;
+  base: number;
+  last: number;
+  max: number;
+}
+
 export interface Verdict {
   /** What failed, in words; empty when the soak held. */
   problems: string[];
   summary: string;
+  trends: Record<SampledKey, Trend>;
 }
+
+type SampledKey = Exclude<keyof Sample, 'atSeconds'>;
 
 /**
  * After warm-up: memory within 15 MiB or 20 % (whichever is larger) of its post-warm-up median,
@@ -252,10 +263,12 @@ export function check(result: SoakResult): Verdict {
   const late = judged.slice(half);
   const end = judged.slice(-3);
   const rows: string[] = [];
-  const figure = (key: keyof Sample, unit = '') => {
+  const trends = {} as Record<SampledKey, Trend>;
+  const figure = (key: SampledKey, unit = '') => {
     const base = median(judged.map((s) => s[key]));
     const last = median(end.map((s) => s[key]));
     const all = result.samples.map((s) => s[key]);
+    trends[key] = { first: all[0]!, base, last, max: Math.max(...all) };
     rows.push(
       `${key.padEnd(20)} first ${all[0]!.toFixed(1)}${unit}  post-warm-up median ${base.toFixed(1)}${unit}  end ${last.toFixed(1)}${unit}  max ${Math.max(...all).toFixed(1)}${unit}`,
     );
@@ -281,7 +294,7 @@ export function check(result: SoakResult): Verdict {
     if (lateMax > earlyMax) problems.push(`${key} rose from at most ${earlyMax} to ${lateMax}`);
   }
   for (const key of ['flowElements', 'flows', 'associations', 'attributionRecords'] as const) figure(key);
-  const peak = (key: keyof Sample) => Math.max(...result.samples.map((s) => s[key]));
+  const peak = (key: SampledKey) => Math.max(...result.samples.map((s) => s[key]));
   if (peak('flows') > result.limits.flows) problems.push(`the flow table held ${peak('flows')} flows`);
   if (peak('attributionRecords') > result.limits.attributionRecords) {
     problems.push(`the attribution log held ${peak('attributionRecords')} records`);
@@ -302,6 +315,7 @@ export function check(result: SoakResult): Verdict {
   const seconds = result.samples.at(-1)?.atSeconds ?? 0;
   return {
     problems,
+    trends,
     summary: `soak of ${seconds}s (warm-up ${result.warmupSeconds}s, ${result.samples.length} samples):\n${rows.join('\n')}`,
   };
 }

@@ -1,0 +1,161 @@
+// Every benchmark in its smoke form (`npm run bench -- --smoke`: seconds each), so that none can
+// break, or measure nothing, unnoticed: each exits 0 and writes finite figures under the keys it
+// is known by. The figures themselves are not judged here (a shared CI machine is no place to).
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { BenchReport } from '../bench/harness.ts';
+
+const scans = (key: string) => ['table-read', 'first', 'after-new', 'quiet'].map((k) => `${key}.${k}`);
+const percentiles = (key: string) => [`${key}.p50`, `${key}.p99`];
+const operatorSeries = (key: string) =>
+  ['return-to-policy', 'return-to-config', 'start-to-policy', 'start-to-config', 'policy-to-config', 'return-to-status']
+    .map((k) => `${key}.${k}`)
+    .flatMap(percentiles);
+const gatewayRun = (key: string) => [
+  `${key}.delivery-period`,
+  ...percentiles(`${key}.connect-to-held`),
+  ...percentiles(`${key}.connect-to-kernel`),
+  `${key}.syncs`,
+  `${key}.early`,
+];
+const trends = (...keys: string[]) => keys.flatMap((key) => [`${key}.warm`, `${key}.end`]);
+const setups = ['plain', 'masquerade', 'naat-1-uplink', 'naat-3-uplinks'];
+
+const expectedKeys: Record<string, string[]> = {
+  naa: [
+    'stream.plain',
+    'stream.naat',
+    ...scans('scan-small'),
+    ...scans('scan-large'),
+    ...percentiles('sidecar.connect-to-applied'),
+    'node.rss',
+    'node-http2.rss',
+    'sidecar.rss',
+    'sidecar.rss-anonymous',
+    'node.idle-cpu',
+    'sidecar.idle-cpu',
+  ],
+  'naa-gateway': [
+    ...gatewayRun('scan-default'),
+    ...gatewayRun('scan-50ms'),
+    'memory.idle-node',
+    'memory.agent-idle',
+    'memory.scan-default.agent',
+    'memory.scan-default.sidecar',
+    'memory.scan-50ms.agent',
+    'memory.scan-50ms.sidecar',
+  ],
+  dataplane: [
+    ...setups.map((s) => `throughput.${s}`),
+    ...[...setups, 'naat-3-uplinks-kernel', 'naat-rules', 'naat-rules-kernel'].map((s) => `connections.${s}`),
+    'config.json-parse',
+    'config.yaml-parse',
+    'config.check',
+    'sync.render',
+    'sync.first-full',
+    'sync.second-full',
+    'sync.first-class',
+    'sync.hundred-associations',
+    'sync.remove',
+    'memory.idle-node',
+    'memory.agent-small',
+    'memory.agent-scale',
+    'startup.small',
+    'startup.scale',
+  ],
+  operator: [
+    ...[
+      'lister',
+      'started',
+      'ready',
+      'leading',
+      'workers',
+      'first-config',
+      'complete-config',
+      'settled',
+      'compile',
+      'workers-to-complete',
+    ].map((k) => `resync.${k}`),
+    ...operatorSeries('changes'),
+    ...operatorSeries('idle-changes'),
+    'memory.idle-node',
+    'memory.complete',
+    'memory.resync',
+    'memory.after-changes',
+    'memory.after-idle-changes',
+    'config.bytes',
+  ],
+  strict: [
+    ...percentiles('connect.unstamped'),
+    ...percentiles('connect.stamped'),
+    'connect.stamped.first',
+    'throughput.unstamped',
+    'throughput.stamped',
+    'flows.new',
+    'flows.stamped',
+  ],
+  soak: [
+    ...trends('agent-rss', 'sidecar-rss', 'agent-fds', 'sidecar-fds', 'chains', 'sets'),
+    'short-flows',
+    'short-flows.failed',
+    'config-rewrites',
+    'long-flow.expected',
+    'long-flow.received',
+  ],
+};
+
+interface AllReport {
+  form: string;
+  ok: boolean;
+  failed: string[];
+  benchmarks: Record<string, BenchReport>;
+}
+
+let dir: string;
+let run: { code: number; output: string; report?: AllReport };
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'naat-bench-test-'));
+  const file = join(dir, 'all.json');
+  let output = '';
+  const code = await new Promise<number>((resolve) => {
+    const child = spawn(
+      process.execPath,
+      [join(import.meta.dirname, '..', 'bench', 'all.ts'), '--smoke', '--json', file],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    child.stdout.on('data', (d: Buffer) => (output += d));
+    child.stderr.on('data', (d: Buffer) => (output += d));
+    child.on('exit', (status) => resolve(status ?? 1));
+  });
+  const report = await readFile(file, 'utf8').then(
+    (text) => JSON.parse(text) as AllReport,
+    () => undefined,
+  );
+  run = { code, output, ...(report ? { report } : {}) };
+}, 400_000);
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+test('npm run bench -- --smoke runs every benchmark and exits 0', () => {
+  if (run.code !== 0) console.log(run.output.split('\n').slice(-80).join('\n'));
+  expect(run.report).toMatchObject({ form: 'smoke', ok: true, failed: [] });
+  expect(Object.keys(run.report!.benchmarks).sort()).toEqual(Object.keys(expectedKeys).sort());
+  expect(run.code).toBe(0);
+});
+
+test.each(Object.keys(expectedKeys))('%s: every figure measured, finite, under its known key', (name) => {
+  const report = run.report?.benchmarks[name];
+  expect(report).toMatchObject({ benchmark: name, form: 'smoke', ok: true, error: null, notMeasured: [] });
+  expect(Object.keys(report!.figures).sort()).toEqual([...expectedKeys[name]!].sort());
+  for (const [key, figure] of Object.entries(report!.figures)) {
+    expect([key, Number.isFinite(figure.value)]).toEqual([key, true]);
+    if (figure.baseline !== null) expect([key, Number.isFinite(figure.ratio)]).toEqual([key, true]);
+  }
+});
