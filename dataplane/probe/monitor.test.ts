@@ -185,7 +185,14 @@ describe('HealthMonitor with a fake prober and fake links', () => {
     start(fake, [
       uplink('a', {
         snat: { addresses: ['2001:db8:5::5'], ports: { min: 1024, max: 65535 } },
-        healthCheck: { ...fast, targets: ['192.0.2.1', '2001:db8::1'], protocol: 'HTTP', maxLossPercent: 0 },
+        healthCheck: {
+          ...fast,
+          targets: ['192.0.2.1', '2001:db8::1'],
+          protocol: 'HTTP',
+          port: 8080,
+          path: '/healthz',
+          maxLossPercent: 0,
+        },
       }),
       uplink('b', { healthCheck: { ...fast, targets: ['192.0.2.1', '2001:db8::1'], failureThreshold: 1 } }),
     ]);
@@ -194,8 +201,8 @@ describe('HealthMonitor with a fake prober and fake links', () => {
     const sources = new Map(fake.probes.map((p) => [`${p.target} ${p.sourceAddress}`, p]));
     expect(sources.get('192.0.2.1 198.51.100.1')).toMatchObject({
       protocol: 'HTTP',
-      port: 80,
-      path: '/',
+      port: 8080,
+      path: '/healthz',
       timeoutMs: 50,
     });
     expect(sources.get('2001:db8::1 2001:db8:5::5')).toBeDefined();

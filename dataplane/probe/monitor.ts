@@ -175,8 +175,8 @@ export class HealthMonitor {
           this.prober.probe({
             protocol: check.protocol,
             target,
-            port: check.port ?? (check.protocol === 'HTTP' ? 80 : undefined),
-            path: check.protocol === 'HTTP' ? (check.path ?? '/') : undefined,
+            ...(check.port !== undefined ? { port: check.port } : {}),
+            ...(check.path !== undefined ? { path: check.path } : {}),
             sourceAddress,
             timeoutMs: check.timeoutMs,
             signal,
