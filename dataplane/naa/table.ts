@@ -22,6 +22,15 @@ export interface AssociationEntry extends FlowAssociation {
   receivedAt: Date;
 }
 
+/** A flow of a pod as a dissociation names it: an entry without what the driver says of its owner. */
+export type PodFlow = Omit<AssociationEntry, 'application' | 'observedAt' | 'receivedAt'>;
+
+/** A change to the table as data: what an NAA stream decides (stream.ts) and its server makes. */
+export type TableChange =
+  | { op: 'upsert'; entry: AssociationEntry }
+  | { op: 'remove'; flow: PodFlow }
+  | { op: 'replacePod'; pod: PodRef; entries: AssociationEntry[] };
+
 export interface AssociationChanges {
   upsert: AssociationEntry[];
   remove: AssociationEntry[];
@@ -48,6 +57,18 @@ export function entryKey(
 export class AssociationTable {
   #byPod = new Map<string, Map<string, AssociationEntry>>();
 
+  /** Makes `change`; returns what changed. */
+  change(change: TableChange): AssociationChanges {
+    switch (change.op) {
+      case 'upsert':
+        return this.upsert(change.entry);
+      case 'remove':
+        return this.remove(change.flow);
+      case 'replacePod':
+        return this.replacePod(change.pod, change.entries);
+    }
+  }
+
   /** Puts `entries` in place of everything the pod had; returns what changed. */
   replacePod(pod: PodRef, entries: AssociationEntry[]): AssociationChanges {
     const before = this.#byPod.get(pod.uid) ?? new Map<string, AssociationEntry>();
@@ -70,7 +91,7 @@ export class AssociationTable {
     return { upsert: [entry], remove: [] };
   }
 
-  remove(entry: Omit<AssociationEntry, 'application' | 'observedAt' | 'receivedAt'>): AssociationChanges {
+  remove(entry: PodFlow): AssociationChanges {
     const pod = this.#byPod.get(entry.pod.uid);
     const key = entryKey(entry);
     const found = pod?.get(key);

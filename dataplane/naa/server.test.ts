@@ -1,0 +1,58 @@
+// The NAA server's shell over loopback gRPC, with an authenticator the test answers by hand.
+import { credentials, type ServiceError } from '@grpc/grpc-js';
+import { AssociationServiceClient, type AssociateResponse, type PodRef } from '../../proto/index.ts';
+import type { PodIdentity } from './auth.ts';
+import { NaaServer } from './server.ts';
+
+const pod = { namespace: 'shop', name: 'web-1', uid: 'uid-1' };
+
+test('a stream that goes away while its token is checked neither takes the pod’s session nor ends the live one', async () => {
+  const answers: Array<() => void> = [];
+  const server = new NaaServer({
+    authenticator: {
+      authenticate: (_token: string, claimed: PodRef) =>
+        new Promise<PodIdentity>((resolve) => answers.push(() => resolve({ pod: claimed, addresses: ['10.0.0.5'] }))),
+    },
+    sink: { apply: async () => {} },
+  });
+  const port = await server.listen('127.0.0.1:0');
+  const client = new AssociationServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+  const open = () => {
+    const call = client.associate();
+    const received: AssociateResponse[] = [];
+    const errors: ServiceError[] = [];
+    call.on('data', (m: AssociateResponse) => received.push(m));
+    call.on('error', (e: ServiceError) => errors.push(e));
+    call.write({
+      sequence: 1,
+      body: { $case: 'hello', value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1 } },
+    });
+    return { call, received, errors };
+  };
+  const until = async (done: () => boolean) => {
+    for (let i = 0; i < 200 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  };
+  try {
+    const live = open();
+    await until(() => answers.length === 1);
+    answers[0]!();
+    await until(() => live.received.length > 0);
+    expect(server.sessions).toBe(1);
+
+    const gone = open();
+    await until(() => answers.length === 2);
+    gone.call.cancel();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    answers[1]!();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+
+    expect(live.errors).toEqual([]);
+    expect(server.sessions).toBe(1);
+    live.call.end();
+    await until(() => server.sessions === 0);
+    expect(server.sessions).toBe(0);
+  } finally {
+    client.close();
+    await server.close();
+  }
+});
