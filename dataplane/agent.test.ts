@@ -5,6 +5,7 @@ import { Agent } from './agent.ts';
 import { parseGatewayConfig } from '../contracts/gateway/index.ts';
 import type { AttributionRecord } from './attribution.ts';
 import type { Conntrack, Flow, FlowEvent } from './conntrack.ts';
+import { renderElement } from './nft/model.ts';
 import { FakeNftables } from './nft/nftables.ts';
 import { FakeRouting } from './routing.ts';
 
@@ -163,7 +164,7 @@ describe('Agent', () => {
     expect(k.nft.transactions).toBe(afterFirst + 1);
     expect(agent.report().lastSync!.full).toBe(false);
     const elements = k.nft.table()!.sets.find((s) => s.name === 'flows4')!.elements;
-    expect(elements).toEqual(['10.244.1.2 . tcp . 40001 : goto class0']);
+    expect(elements.map(renderElement)).toEqual(['10.244.1.2 . tcp . 40001 : goto class0']);
     await agent.stop();
   });
 

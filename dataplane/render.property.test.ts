@@ -6,7 +6,7 @@
 import fc from 'fast-check';
 import { maybeBrokenConfig, renderCases } from '../test/arbitraries.ts';
 import { ConfigError, parseGatewayConfig } from '../contracts/gateway/index.ts';
-import type { Table } from './nft/model.ts';
+import { renderElement, type Table } from './nft/model.ts';
 import { localUplinks, markMask, markShift, render, uplinkChain } from './render.ts';
 
 /** nft's limit on the names of chains, sets and objects (NFT_NAME_MAXLEN less the final NUL). */
@@ -89,9 +89,8 @@ function danglingReferences(table: Table): string[] {
   }
   for (const s of table.sets.filter((s) => s.map && s.type.endsWith(': verdict'))) {
     for (const element of s.elements) {
-      const target = / : (?:goto|jump) (\S+)$/.exec(element)?.[1];
-      if (!target) problems.push(`map ${s.name}: element ${element} has no chain`);
-      else chain(`map ${s.name}`, target);
+      if (!element.value) problems.push(`map ${s.name}: element ${renderElement(element)} has no chain`);
+      else chain(`map ${s.name}`, element.value.chain);
     }
   }
   return problems;

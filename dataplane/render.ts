@@ -16,14 +16,16 @@ import { balancerFor, type Balancer } from './balancing/index.ts';
 import type { CompiledRule, CompiledUplink, GatewayConfig } from '../contracts/gateway/index.ts';
 import { canonicalAddress, normalisePrefixes } from '../contracts/gateway/index.ts';
 import {
-  stampText,
+  renderElement,
   type Chain,
+  type ChainVerdict,
   type Family,
   type L4,
   type Match,
   type NamedSet,
   type NftObject,
   type Rule,
+  type SetElement,
   type Statement,
   type Table,
 } from './nft/model.ts';
@@ -98,7 +100,7 @@ export function localUplinks(config: GatewayConfig, node: string): CompiledUplin
 
 const families: Family[] = [4, 6];
 const family = (f: Family): Match => ({ kind: 'family', family: f });
-const goto = (chain: string): Statement => ({ kind: 'goto', chain });
+const goto = (chain: string): ChainVerdict => ({ kind: 'goto', chain });
 const drop: Statement[] = [{ kind: 'counter' }, { kind: 'verdict', verdict: 'drop' }];
 const ret: Statement = { kind: 'verdict', verdict: 'return' };
 const familyOf = (address: string): Family => (address.includes(':') ? 6 : 4);
@@ -153,7 +155,7 @@ const addressSet = (name: string, f: Family, prefixes: readonly string[]): Named
   name,
   type: f === 4 ? 'ipv4_addr' : 'ipv6_addr',
   interval: true,
-  elements: normalisePrefixes([...prefixes], f),
+  elements: normalisePrefixes([...prefixes], f).map((address) => ({ key: [{ kind: 'address', address }] })),
 });
 
 /** The served pods, the bypassed destinations, and the pods held (Hold) or stamped (strict mode). */
@@ -294,18 +296,22 @@ function renderAssociationMaps(
   stamps: readonly StampedApplication[],
   strict: boolean,
 ): NamedSet[] {
-  const assocElements: Record<Family, string[]> = { 4: [], 6: [] };
+  const assocElements: Record<Family, SetElement[]> = { 4: [], 6: [] };
   for (const assoc of associations) {
     const chain = classOf(assoc.application);
     if (chain) assocElements[familyOf(assoc.sourceAddress)].push(flowElement(assoc, chain));
   }
   // A stamped flow's application is known from its first packet, so it is never held.
-  const stampElements: Record<Family, string[]> = { 4: [], 6: [] };
+  const stampElements: Record<Family, SetElement[]> = { 4: [], 6: [] };
   for (const stamped of stamps) {
     const chain = classOf(stamped.application) ?? 'pod_rules';
-    stampElements[familyOf(stamped.address)].push(
-      `${canonicalAddress(stamped.address)} . ${stampText(stamped.stamp)} : goto ${chain}`,
-    );
+    stampElements[familyOf(stamped.address)].push({
+      key: [
+        { kind: 'address', address: canonicalAddress(stamped.address) },
+        { kind: 'dscp', dscp: stamped.stamp },
+      ],
+      value: goto(chain),
+    });
   }
   const sets: NamedSet[] = [];
   for (const f of families) {
@@ -314,10 +320,15 @@ function renderAssociationMaps(
       name: `flows${f}`,
       type: `${addr} . inet_proto . inet_service : verdict`,
       map: true,
-      elements: assocElements[f].sort(),
+      elements: inTextOrder(assocElements[f]),
     });
     if (strict) {
-      sets.push({ name: `stamps${f}`, type: `${addr} . dscp : verdict`, map: true, elements: stampElements[f].sort() });
+      sets.push({
+        name: `stamps${f}`,
+        type: `${addr} . dscp : verdict`,
+        map: true,
+        elements: inTextOrder(stampElements[f]),
+      });
     }
   }
   return sets;
@@ -633,8 +644,23 @@ function ruleMatches(rule: CompiledRule, sourceSet: string): Match[][] {
   );
 }
 
-function flowElement(assoc: FlowAssociation, chain: string): string {
-  return `${canonicalAddress(assoc.sourceAddress)} . ${assoc.transport} . ${assoc.sourcePort} : goto ${chain}`;
+function flowElement(assoc: FlowAssociation, chain: string): SetElement {
+  return {
+    key: [
+      { kind: 'address', address: canonicalAddress(assoc.sourceAddress) },
+      { kind: 'protocol', protocol: assoc.transport },
+      { kind: 'port', port: assoc.sourcePort },
+    ],
+    value: goto(chain),
+  };
+}
+
+/** Elements in the order of their nft text: a stable order, whatever order they came in. */
+function inTextOrder(elements: SetElement[]): SetElement[] {
+  return elements
+    .map((element) => ({ element, text: renderElement(element) }))
+    .sort((a, b) => (a.text < b.text ? -1 : a.text > b.text ? 1 : 0))
+    .map(({ element }) => element);
 }
 
 function timeoutName(config: GatewayConfig, protocol: 'tcp' | 'udp', f: Family): string {

@@ -27,9 +27,15 @@ export type Match =
   /** A DSCP other than 0 (CS0): in strict mode, the application stamp of a pod's packet. */
   | { kind: 'dscpStamped'; family: Family };
 
+/** Continues in another chain: a rule's statement, or the value of a verdict map's element. */
+export interface ChainVerdict {
+  kind: 'goto' | 'jump';
+  chain: string;
+}
+
 export type Statement =
   | { kind: 'verdict'; verdict: 'accept' | 'drop' | 'return' }
-  | { kind: 'goto' | 'jump'; chain: string }
+  | ChainVerdict
   | { kind: 'counter' }
   /** meta mark set ct mark & mask */
   | { kind: 'restoreMark'; mask: number }
@@ -74,6 +80,27 @@ export interface Chain {
   rules: Rule[];
 }
 
+/**
+ * One field of a set element's key, of the set's type of that position: an address
+ * (`ipv4_addr`/`ipv6_addr`; in an interval set also a prefix), a protocol (`inet_proto`), a port
+ * (`inet_service`) or a DSCP value (`dscp`). Addresses are in the form nft lists them
+ * (canonicalAddress, normalisePrefixes), so that equal keys render equal.
+ */
+export type KeyPart =
+  | { kind: 'address'; address: string }
+  | { kind: 'protocol'; protocol: L4 }
+  | { kind: 'port'; port: number }
+  | { kind: 'dscp'; dscp: number };
+
+/**
+ * An element of a set or map: its key, one part per field of a concatenation (`a . b . c`), and
+ * in a verdict map the chain it continues in.
+ */
+export interface SetElement {
+  key: KeyPart[];
+  value?: ChainVerdict;
+}
+
 export interface NamedSet {
   name: string;
   /** nft type, e.g. `ipv4_addr`, or for maps `ipv4_addr . inet_proto . inet_service : verdict`. */
@@ -82,8 +109,8 @@ export interface NamedSet {
   interval?: boolean;
   /** Dynamic sets filled by the packet path; their elements survive re-syncs. */
   dynamicTimeoutSeconds?: number;
-  /** Elements as nft text; ignored for dynamic sets. */
-  elements: string[];
+  /** Ignored for dynamic sets. */
+  elements: SetElement[];
 }
 
 /** A stateful object: a conntrack timeout policy or a conntrack helper, declared by its nft body. */
@@ -98,9 +125,6 @@ export interface Table {
   sets: NamedSet[];
   objects: NftObject[];
 }
-
-/** A DSCP value as nft prints set elements of that type, e.g. 0x05. */
-export const stampText = (stamp: number) => `0x${stamp.toString(16).padStart(2, '0')}`;
 
 const hex = (value: number) => `0x${value.toString(16).padStart(8, '0')}`;
 const saddrField = (family: Family) => (family === 4 ? 'ip saddr' : 'ip6 saddr');
@@ -189,6 +213,26 @@ export function renderStatement(s: Statement): string {
   }
 }
 
+function renderKeyPart(part: KeyPart): string {
+  switch (part.kind) {
+    case 'address':
+      return part.address;
+    case 'protocol':
+      return part.protocol;
+    case 'port':
+      return `${part.port}`;
+    case 'dscp':
+      // As nft lists elements of type dscp, e.g. 0x05.
+      return `0x${part.dscp.toString(16).padStart(2, '0')}`;
+  }
+}
+
+/** A key as nft writes it; being canonical, it is also what identifies an element in its set. */
+export const renderKey = (key: readonly KeyPart[]): string => key.map(renderKeyPart).join(' . ');
+
+export const renderElement = (element: SetElement): string =>
+  element.value ? `${renderKey(element.key)} : ${renderStatement(element.value)}` : renderKey(element.key);
+
 /**
  * A comment as nft takes it: its quoted strings have no escapes, so quotes and control characters
  * become `?`, and it keeps at most 127 bytes (NFTNL_UDATA_COMMENT_MAXLEN less the final NUL),
@@ -208,6 +252,46 @@ export function commentText(text: string): string {
 export function renderRule(rule: Rule): string {
   const comment = rule.comment === undefined ? [] : [`comment ${commentText(rule.comment)}`];
   return [...rule.match.map(renderMatch), ...rule.then.map(renderStatement), ...comment].join(' ');
+}
+
+/** What a rule names, all of which must exist while it does: chains, sets and maps, objects. */
+export interface References {
+  chains: string[];
+  sets: string[];
+  objects: Array<{ kind: NftObject['kind']; name: string }>;
+}
+
+export function ruleReferences(rule: Rule): References {
+  const refs: References = { chains: [], sets: [], objects: [] };
+  for (const m of rule.match) if ((m.kind === 'saddr' || m.kind === 'daddr') && m.set) refs.sets.push(m.set);
+  for (const s of rule.then) {
+    switch (s.kind) {
+      case 'goto':
+      case 'jump':
+        refs.chains.push(s.chain);
+        break;
+      case 'pick':
+        refs.chains.push(...s.slots.map((slot) => slot.chain));
+        break;
+      case 'lookupFlow':
+      case 'lookupStamp':
+        refs.sets.push(s.map);
+        break;
+      case 'updateSet':
+        refs.sets.push(s.set);
+        break;
+      case 'ctHelper':
+        refs.objects.push({ kind: 'ct helper', name: s.object });
+        break;
+      case 'ctTimeout':
+        refs.objects.push({ kind: 'ct timeout', name: s.object });
+        break;
+      case 'namedCounter':
+        refs.objects.push({ kind: 'counter', name: s.name });
+        break;
+    }
+  }
+  return refs;
 }
 
 /** The `{ … }` body of a set or map declaration, without elements. */
@@ -230,7 +314,8 @@ export function renderTable(table: Table): string {
   for (const object of table.objects) lines.push(`\t${object.kind} ${object.name} { ${object.body} }`);
   for (const set of table.sets) {
     lines.push(`\t${set.map ? 'map' : 'set'} ${set.name} { ${setDeclaration(set)} }`);
-    if (!set.dynamicTimeoutSeconds) for (const element of set.elements) lines.push(`\t\t${set.name} ${element}`);
+    if (!set.dynamicTimeoutSeconds)
+      for (const element of set.elements) lines.push(`\t\t${set.name} ${renderElement(element)}`);
   }
   for (const chain of table.chains) {
     lines.push(`\tchain ${chain.name} {`);

@@ -59,9 +59,10 @@ describe('planSync on the in-memory table', () => {
     const sticky = parseGatewayConfig({ ...config, balancing: { mode: 'SourceSticky' } });
     const nft = new FakeNftables();
     await sync(nft, { ...input(), config: sticky });
-    await nft.run([{ op: 'add', what: 'element', set: 'sticky2_4', elements: ['10.244.1.7'] }]);
+    const member = { key: [{ kind: 'address' as const, address: '10.244.1.7' }] };
+    await nft.run([{ op: 'add', what: 'element', set: 'sticky2_4', elements: [member] }]);
     await sync(nft, { ...input(), config: sticky });
-    expect(nft.table()!.sets.find((s) => s.name === 'sticky2_4')!.elements).toEqual(['10.244.1.7']);
+    expect(nft.table()!.sets.find((s) => s.name === 'sticky2_4')!.elements).toEqual([member]);
   });
 
   it('applies a failing transaction not at all', async () => {

@@ -6,15 +6,20 @@ import { join } from 'node:path';
 import { exec, type Command } from '../exec.ts';
 import {
   baseDeclaration,
+  renderElement,
+  renderKey,
   renderRule,
   renderTable,
+  ruleReferences,
   setDeclaration,
   tableFamily,
   tableName,
   type Chain,
   type NamedSet,
   type NftObject,
+  type References,
   type Rule,
+  type SetElement,
   type Table,
 } from './model.ts';
 
@@ -26,7 +31,7 @@ export type Operation =
   | { op: 'add'; what: 'rule'; chain: string; rule: Rule }
   | { op: 'add'; what: 'set'; set: Omit<NamedSet, 'elements'> }
   | { op: 'flush' | 'delete'; what: 'set'; name: string; map?: boolean }
-  | { op: 'add' | 'delete'; what: 'element'; set: string; elements: string[] }
+  | { op: 'add' | 'delete'; what: 'element'; set: string; elements: SetElement[] }
   | { op: 'add'; what: 'object'; object: NftObject }
   | { op: 'delete'; what: 'object'; kind: NftObject['kind']; name: string };
 
@@ -72,7 +77,7 @@ export function operationText(o: Operation): string {
         return `add ${o.set.map ? 'map' : 'set'} ${ref} ${o.set.name} { ${setDeclaration({ ...o.set, elements: [] })} }`;
       return `${o.op} ${o.map ? 'map' : 'set'} ${ref} ${o.name}`;
     case 'element':
-      return `${o.op} element ${ref} ${o.set} { ${o.elements.join(', ')} }`;
+      return `${o.op} element ${ref} ${o.set} { ${o.elements.map(renderElement).join(', ')} }`;
     case 'object':
       if (o.op === 'add') return `add ${o.object.kind} ${ref} ${o.object.name} { ${o.object.body} }`;
       return `delete ${o.kind} ${ref} ${o.name}`;
@@ -82,7 +87,7 @@ export function operationText(o: Operation): string {
 const elementBatch = 1000;
 
 /** Elements in batches, so that no single command line grows without bound. */
-export function elementOperations(op: 'add' | 'delete', set: string, elements: readonly string[]): Operation[] {
+export function elementOperations(op: 'add' | 'delete', set: string, elements: readonly SetElement[]): Operation[] {
   const operations: Operation[] = [];
   for (let i = 0; i < elements.length; i += elementBatch) {
     operations.push({ op, what: 'element', set, elements: elements.slice(i, i + elementBatch) });
@@ -276,12 +281,7 @@ function apply(table: FakeTable | undefined, o: Operation): FakeTable | undefine
       const chain = table.chains.get(o.name);
       if (!chain) throw fail('No such file or directory');
       if (o.op === 'flush') chain.rules = [];
-      else if (
-        chain.rules.length ||
-        usedByRules(table, (r) => r.includes(` ${o.name}`)) ||
-        [...table.sets.values()].some((set) => set.elements.some((e) => e.endsWith(` goto ${o.name}`)))
-      )
-        throw fail('Device or resource busy');
+      else if (chain.rules.length || chainsUsed(table).has(o.name)) throw fail('Device or resource busy');
       else table.chains.delete(o.name);
       return table;
     }
@@ -302,31 +302,28 @@ function apply(table: FakeTable | undefined, o: Operation): FakeTable | undefine
       // The kernel keeps sets and maps apart: `flush set` does not find a map.
       if (!set || Boolean(set.map) !== Boolean(o.map)) throw fail('No such file or directory');
       if (o.op === 'flush') set.elements = [];
-      else if (usedByRules(table, (r) => r.includes(`@${o.name}`))) throw fail('Device or resource busy');
+      else if (rulesUse(table, (refs) => refs.sets.includes(o.name))) throw fail('Device or resource busy');
       else table.sets.delete(o.name);
       return table;
     }
     case 'element': {
       const set = table.sets.get(o.set);
       if (!set) throw fail('No such file or directory');
-      const keyOf = (element: string) => element.split(' : ')[0]!;
-      const present = new Map(set.elements.map((e) => [keyOf(e), e]));
+      const present = new Map(set.elements.map((e) => [renderKey(e.key), e]));
       for (const element of o.elements) {
         // Adding an element that is there is a no-op; the same key with other data is refused.
-        const old = present.get(keyOf(element));
-        if (o.op === 'add' && old !== undefined && old !== element) throw fail('File exists');
-        if (o.op === 'delete' && !present.has(keyOf(element))) throw fail('No such file or directory');
-      }
-      for (const element of o.elements) {
-        const target = / : goto (\w+)/.exec(element)?.[1];
-        if (o.op === 'add' && target && !table.chains.has(target))
+        const old = present.get(renderKey(element.key));
+        if (o.op === 'add' && old && renderElement(old) !== renderElement(element)) throw fail('File exists');
+        if (o.op === 'delete' && !old) throw fail('No such file or directory');
+        const target = element.value?.chain;
+        if (o.op === 'add' && target !== undefined && !table.chains.has(target))
           throw fail(`No such file or directory (chain ${target})`);
       }
-      const gone = new Set(o.elements.map(keyOf));
+      const gone = new Set(o.elements.map((e) => renderKey(e.key)));
       set.elements =
         o.op === 'add'
-          ? [...set.elements, ...o.elements.filter((e) => !present.has(keyOf(e)))]
-          : set.elements.filter((e) => !gone.has(keyOf(e)));
+          ? [...set.elements, ...o.elements.filter((e) => !present.has(renderKey(e.key)))]
+          : set.elements.filter((e) => !gone.has(renderKey(e.key)));
       return table;
     }
     case 'object': {
@@ -339,44 +336,51 @@ function apply(table: FakeTable | undefined, o: Operation): FakeTable | undefine
       }
       const key = `${o.kind}/${o.name}`;
       if (!table.objects.has(key)) throw fail('No such file or directory');
-      if (usedByRules(table, (r) => r.includes(`"${o.name}"`))) throw fail('Device or resource busy');
+      if (rulesUse(table, (refs) => refs.objects.some((u) => u.kind === o.kind && u.name === o.name)))
+        throw fail('Device or resource busy');
       table.objects.delete(key);
       return table;
     }
   }
 }
 
-function usedByRules(table: FakeTable, test: (rule: string) => boolean): boolean {
-  for (const chain of table.chains.values()) if (chain.rules.some((r) => test(renderRule(r)))) return true;
-  for (const set of table.sets.values()) if (set.elements.some((e) => test(` ${e.split(' : ')[1] ?? ''}`))) return true;
+function rulesUse(table: FakeTable, test: (refs: References) => boolean): boolean {
+  for (const chain of table.chains.values()) if (chain.rules.some((r) => test(ruleReferences(r)))) return true;
   return false;
+}
+
+/** The chains that rules and verdict maps' elements continue in. */
+function chainsUsed(table: FakeTable): Set<string> {
+  const used = new Set<string>();
+  for (const chain of table.chains.values()) {
+    for (const rule of chain.rules) for (const name of ruleReferences(rule).chains) used.add(name);
+  }
+  for (const set of table.sets.values()) for (const e of set.elements) if (e.value) used.add(e.value.chain);
+  return used;
 }
 
 /** Every chain, set and object a rule or verdict map names must exist when the transaction ends. */
 function checkReferences(table: FakeTable): void {
-  const targets: string[] = [];
+  const objects = new Set([...table.objects.values()].map((o) => `${o.kind}/${o.name}`));
   for (const chain of table.chains.values()) {
     for (const rule of chain.rules) {
-      const text = renderRule(rule);
-      for (const [, name] of text.matchAll(/(?:goto|jump) (\w+)/g)) targets.push(`chain ${name} (from ${chain.name})`);
-      for (const [, name] of text.matchAll(/@(\w+)/g)) {
-        if (!table.sets.has(name!)) throw new NftError(`rule in ${chain.name} uses missing set ${name}`);
+      const refs = ruleReferences(rule);
+      for (const name of refs.chains) {
+        if (!table.chains.has(name)) throw new NftError(`missing chain ${name} (from ${chain.name})`);
       }
-      for (const [, name] of text.matchAll(/set "(\w+)"/g)) {
-        if (![...table.objects.values()].some((o) => o.name === name)) {
-          throw new NftError(`rule in ${chain.name} uses missing object ${name}`);
-        }
+      for (const name of refs.sets) {
+        if (!table.sets.has(name)) throw new NftError(`rule in ${chain.name} uses missing set ${name}`);
+      }
+      for (const { kind, name } of refs.objects) {
+        if (!objects.has(`${kind}/${name}`)) throw new NftError(`rule in ${chain.name} uses missing ${kind} ${name}`);
       }
     }
   }
   for (const set of table.sets.values()) {
-    for (const element of set.elements) {
-      const target = /goto (\w+)/.exec(element)?.[1];
-      if (target) targets.push(`chain ${target} (from set ${set.name})`);
+    for (const { value } of set.elements) {
+      if (value && !table.chains.has(value.chain)) {
+        throw new NftError(`missing chain ${value.chain} (from set ${set.name})`);
+      }
     }
-  }
-  for (const target of targets) {
-    const name = target.split(' ')[1]!;
-    if (!table.chains.has(name)) throw new NftError(`missing ${target}`);
   }
 }

@@ -1,8 +1,17 @@
 // Evaluates a packet against a table in the model, the way the kernel walks the same rules: base
 // chains of a hook in priority order, jump/goto/return, sets and verdict maps. It answers "what
 // happens to this packet" for tests and explanations without a kernel.
-import { contains } from '../../contracts/gateway/index.ts';
-import { stampText, type Family, type L4, type Match, type Rule, type Statement, type Table } from './model.ts';
+import { canonicalAddress, contains } from '../../contracts/gateway/index.ts';
+import {
+  renderKey,
+  type Family,
+  type KeyPart,
+  type L4,
+  type Match,
+  type Rule,
+  type Statement,
+  type Table,
+} from './model.ts';
 
 export interface Packet {
   family: Family;
@@ -70,7 +79,7 @@ export function trace(
     const set = sets.get(name);
     if (!set) throw new Error(`trace: missing set ${name}`);
     if (set.dynamicTimeoutSeconds) return dynamic.get(name)?.has(address) ?? false;
-    return set.elements.some((prefix) => contains(prefix, address));
+    return set.elements.some(({ key: [part] }) => part?.kind === 'address' && contains(part.address, address));
   };
 
   const matches = (m: Match): boolean => {
@@ -140,14 +149,13 @@ export function trace(
     return 'next';
   };
 
-  /** A verdict-map lookup: goes to the chain of the element keyed `key`, if there is one. */
-  const lookup = (map: string, key: string): 'next' | 'goto-done' => {
-    const element = sets.get(map)?.elements.find((e) => e.startsWith(`${key} : `));
-    const target = element && /goto (\w+)/.exec(element)?.[1];
-    if (!target) return 'next';
-    run(target);
-    return 'goto-done';
+  /** A verdict-map lookup: the verdict of the element keyed `key`, if there is one. */
+  const lookup = (map: string, key: KeyPart[]): 'next' | 'return' | 'goto-done' => {
+    const wanted = renderKey(key);
+    const value = sets.get(map)?.elements.find((e) => renderKey(e.key) === wanted)?.value;
+    return value ? execute(value) : 'next';
   };
+  const source = (): KeyPart => ({ kind: 'address', address: canonicalAddress(packet.saddr) });
 
   const execute = (s: Statement): 'next' | 'return' | 'goto-done' => {
     switch (s.kind) {
@@ -185,10 +193,14 @@ export function trace(
       }
       case 'lookupFlow':
         if (packet.family !== s.family || packet.sport === undefined) return 'next';
-        return lookup(s.map, `${packet.saddr} . ${packet.protocol} . ${packet.sport}`);
+        return lookup(s.map, [
+          source(),
+          { kind: 'protocol', protocol: packet.protocol },
+          { kind: 'port', port: packet.sport },
+        ]);
       case 'lookupStamp':
         if (packet.family !== s.family) return 'next';
-        return lookup(s.map, `${packet.saddr} . ${stampText(packet.dscp ?? 0)}`);
+        return lookup(s.map, [source(), { kind: 'dscp', dscp: packet.dscp ?? 0 }]);
       // The stamp is cleared on the forward hook, after classification, which traces do not walk.
       case 'clearDscp':
       case 'namedCounter':
