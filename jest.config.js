@@ -11,7 +11,7 @@ export default {
       ...common,
       displayName: 'unit',
       testMatch: [
-        '<rootDir>/{operator,dataplane,sidecar,common,contracts,crds,proto,test/cluster}/**/*.test.ts',
+        '<rootDir>/{operator,dataplane,sidecar,common,contracts,crds,proto,test/cluster,test/setup}/**/*.test.ts',
         // Checks of artefacts that span components, such as the dashboard against the metrics.
         '<rootDir>/test/*.test.ts',
         // The benchmarks' harness (the benchmarks themselves run in the integration project).
