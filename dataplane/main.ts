@@ -1,16 +1,7 @@
 // The dataplane agent's entry point. It runs on a gateway node (in a cluster, as the DaemonSet
 // that watches its gateway's ConfigMap; standalone, on any Linux host, from a config file):
 //
-//   node dataplane/main.ts run --config /etc/naat/gateway.yaml [--node NAME] [--listen ADDR:PORT]
-//                              (or --config-map NAMESPACE/NAME: the gateway's ConfigMap, watched)
-//                              [--report]   # write this node's uplink health into Uplink status
-//                              [--naa-listen ADDR:PORT]   # where the sidecars' NAA streams arrive
-//                              [--metrics-listen ADDR:PORT]   # the same endpoints on a second address
-//                              [--attribution-records N] [--attribution-minutes M]   # retention
-//   node dataplane/main.ts remove        # takes away everything naat put in the kernel
-//   node dataplane/main.ts attribution --address A --port P --at ISO8601 [--agent URL] [--json]
-//                                        # who used public address A, port P at that time
-//
+// `usage` below says how it is run (from the source tree: `npm run dataplane -- …`).
 // The config is followed as it changes; an invalid version is reported and the last good one
 // stays in force. SIGTERM and SIGINT stop the agent and leave the kernel as it is, so flows go on
 // through a restart; `remove` is for a gateway that is gone for good. The standard OTEL_*
@@ -19,7 +10,6 @@
 import { writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
-import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { Agent, type AgentOptions } from './agent.ts';
 import {
@@ -33,12 +23,34 @@ import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts
 import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
-import { jsonLogger as log, metricsContentType, startTelemetry } from '../common/index.ts';
+import {
+  jsonLogger as log,
+  metricsContentType,
+  parseCommandLine,
+  startTelemetry,
+  usageError,
+} from '../common/index.ts';
 import { HealthMonitor, IpLinkReader } from './probe/index.ts';
 import { localUplinks } from './render.ts';
 import { ExecRouting } from './routing.ts';
 
-const { positionals, values } = parseArgs({
+const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node dataplane/main.js COMMAND …)
+  run --config FILE | --config-map NAMESPACE/NAME
+                                runs the agent from a config file (followed as it changes) or from
+                                the gateway's ConfigMap, watched
+      [--node NAME]             this node (default: $NODE_NAME or the host name)
+      [--listen ADDR:PORT]      /status, /flows, /metrics, /attribution (default 127.0.0.1:7741)
+      [--metrics-listen ADDR:PORT]   the same endpoints on a second address
+      [--naa-listen ADDR:PORT]  where the sidecars' NAA streams arrive
+      [--report]                write this node's uplink health into Uplink status
+      [--state-dir DIR] [--reload-ms MS] [--report-ms MS]
+      [--attribution-records N] [--attribution-minutes M]   attribution retention
+  remove                        takes away everything naat put in the kernel
+  attribution --address A --port P --at ISO8601 [--agent URL] [--json]
+                                who used public address A, port P at that time
+  --help                        this text`;
+
+const { positionals, values } = parseCommandLine(usage, {
   allowPositionals: true,
   options: {
     config: { type: 'string', short: 'c' },
@@ -70,7 +82,7 @@ function parseConfig(text: string): GatewayConfig {
 function retention(): Retention {
   const positive = (flag: 'attribution-records' | 'attribution-minutes') => {
     const value = Number(values[flag]);
-    if (!Number.isInteger(value) || value < 1) throw new Error(`--${flag} takes a whole number above 0`);
+    if (!Number.isInteger(value) || value < 1) usageError(usage, `--${flag} takes a whole number above 0`);
     return value;
   };
   return { maxRecords: positive('attribution-records'), maxAgeMs: positive('attribution-minutes') * 60_000 };
@@ -197,14 +209,14 @@ async function firstConfig(): Promise<{
   let source: ConfigSource;
   if (values['config-map']) {
     const [namespace, name] = values['config-map'].split('/');
-    if (!namespace || !name) throw new Error('--config-map takes NAMESPACE/NAME');
+    if (!namespace || !name) usageError(usage, '--config-map takes NAMESPACE/NAME');
     const { pooledKubeConfig } = await import('../common/kube/index.ts');
     const kubeConfig = pooledKubeConfig();
     source = await watchConfigMap(kubeConfig, namespace, name, 'config.json', onText, onError);
   } else if (values.config) {
     source = watchFile(values.config, Number(values['reload-ms']), onText, onError);
   } else {
-    throw new Error('run needs --config FILE or --config-map NAMESPACE/NAME');
+    usageError(usage, 'run needs --config FILE or --config-map NAMESPACE/NAME');
   }
   const config = await firstValid;
   return {
@@ -317,10 +329,7 @@ async function remove(): Promise<void> {
 async function attribution(): Promise<void> {
   const params = new URLSearchParams({ address: values.address ?? '', port: values.port ?? '', at: values.at ?? '' });
   const problem = parseAttributionQuery(params);
-  if (typeof problem === 'string') {
-    console.error(`--${problem}`);
-    process.exit(2);
-  }
+  if (typeof problem === 'string') usageError(usage, `--${problem}`);
   const response = await fetch(`${values.agent}/attribution?${params}`);
   const text = await response.text();
   if (!response.ok) throw new Error(`the agent answered ${response.status}: ${text.trim()}`);
@@ -335,9 +344,8 @@ async function attribution(): Promise<void> {
 
 const command = positionals[0] ?? 'run';
 const commands: Record<string, () => Promise<void>> = { run, remove, attribution };
-if (!commands[command]) {
-  console.error(`unknown command ${command}: use run, remove or attribution`);
-  process.exit(2);
+if (!commands[command] || positionals.length > 1) {
+  usageError(usage, `Unknown command ${positionals.join(' ')}: use run, remove or attribution`);
 }
 commands[command]().catch((error: Error) => {
   log.error('The dataplane agent failed', { error: error.message });

@@ -10,7 +10,7 @@ import { CoreV1Api } from '@kubernetes/client-node';
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { hostname } from 'node:os';
-import { jsonLogger as log, metricsContentType, startTelemetry } from '../common/index.ts';
+import { jsonLogger as log, metricsContentType, parseCommandLine, startTelemetry } from '../common/index.ts';
 import { pooledKubeConfig } from '../common/kube/index.ts';
 import { operatorCaches } from './caches.ts';
 import { operatorControllers } from './controllers.ts';
@@ -21,6 +21,14 @@ import { reconcileSpan } from './runtime/tracing.ts';
 import { parseSettings } from './settings.ts';
 import { WebhookServer } from './webhook.ts';
 
+parseCommandLine(
+  `usage: npm run operator   (compiled: node operator/main.js); it takes no arguments, only these variables:
+  NAAT_CONFIG      its configuration file (default /etc/naat/operator/config.json)
+  NAAT_NAMESPACE   where it creates each gateway's namespaced objects (default naat-system)
+  NAAT_POD_NAME    its identity in leader election (default: the host name)
+  KUBECONFIG       the cluster, when not run in one; OTEL_* turn on OpenTelemetry`,
+  { options: {} },
+);
 const settings = parseSettings(
   JSON.parse(await readFile(process.env.NAAT_CONFIG ?? '/etc/naat/operator/config.json', 'utf8')),
 );

@@ -18,7 +18,7 @@
 // WebAssembly, Node.js cannot strip types, so this file runs that way only compiled.
 // common/'s entry point loads nothing until telemetry is wanted (the Kubernetes client has an entry
 // point of its own), and the sidecar's memory matters.
-import { jsonLogger as log, startTelemetry } from '../common/index.ts';
+import { jsonLogger as log, parseCommandLine, startTelemetry } from '../common/index.ts';
 import { join } from 'node:path';
 import { sidecarVariables } from '../contracts/index.ts';
 import { Action, AssociationMode } from '../proto/index.ts';
@@ -26,6 +26,15 @@ import { Driver } from './driver.ts';
 import { readApplication } from './processes.ts';
 import { StampServer } from './stamps.ts';
 import { Scanner } from './scanner.ts';
+
+parseCommandLine(
+  `usage: npm run sidecar   (compiled: node sidecar/main.js); it takes no arguments, only these variables:
+  NAAT_NAA_HOST, NAAT_NAA_PORT   the node's NAA server (or NAAT_NAA_SERVER=host:port)
+  NAAT_POD_NAMESPACE, NAAT_POD_NAME, NAAT_POD_UID   the pod (required)
+  NAAT_TOKEN_FILE, NAAT_SCAN_INTERVAL_MS, NAAT_PROC, NAAT_STAMP_DIR, NAAT_STAMP_LIBRARY, OTEL_*
+  (the head of sidecar/main.ts and docs/naa.md describe each)`,
+  { options: {} },
+);
 
 function required(name: string): string {
   const value = process.env[name];

@@ -1,22 +1,25 @@
 // The local lab (`npm run lab`): the whole of naat on this machine, as root (see lab.ts and
-// docs/lab.md).
-//
-//   npm run lab                      # up, with the live view redrawn every second; Ctrl-C stops it
-//   npm run lab -- up --headless     # up, printing only progress; SIGINT/SIGTERM stop it
-//   npm run lab -- down              # stops a lab left running and removes all it made
-//   npm run lab -- fail isp1         # the ISP drops everything (the uplink's health check fails)
-//   npm run lab -- restore isp1
+// docs/lab.md); `usage` below lists its commands. `up` sets up the machine first (test/setup/).
 //
 // NAAT_LAB_DIR (/tmp/naat-lab), NAAT_LAB_PREFIX (naat-lab-) and NAAT_LAB_AGENT_PORT (7741) say
 // where its files, network namespaces and the agent's API on the host's loopback are.
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
+import { parseCommandLine, usageError } from '../../common/index.ts';
 import { outageRules } from '../e2e/topology.ts';
+import { setUpMachine } from '../setup/setup.ts';
 import { labSettings, removeLab, startLab, stateFile, type Lab, type LabState } from './lab.ts';
 import { FlowMemory, readView, renderView } from './view.ts';
 
-const { positionals, values } = parseArgs({
+const usage = `usage: npm run lab [-- COMMAND]
+  up [--headless]   sets up the machine (test/setup/), starts the lab and shows the live view (the default);
+                    --headless prints only progress; Ctrl-C, SIGINT or SIGTERM stop it
+  down              stops a lab left running and removes all it made
+  fail ispN         the ISP drops everything (its uplink's health check fails)
+  restore ispN      the ISP forwards again
+  --help            this text`;
+
+const { positionals, values } = parseCommandLine(usage, {
   allowPositionals: true,
   options: { headless: { type: 'boolean', default: process.env.NAAT_LAB_HEADLESS === '1' } },
 });
@@ -24,6 +27,12 @@ const settings = labSettings();
 
 async function up(): Promise<void> {
   const started = performance.now();
+  try {
+    await setUpMachine();
+  } catch (error) {
+    console.error((error as Error).message);
+    process.exit(1);
+  }
   console.log(`Starting the naat lab in ${settings.dir}`);
   const interrupted = new AbortController();
   const interrupt = () => interrupted.abort();
@@ -78,9 +87,10 @@ async function state(): Promise<LabState> {
 
 /** `fail ispN`: the ISP drops everything it is sent; `restore ispN` undoes it. */
 async function outage(command: 'fail' | 'restore', isp: string | undefined): Promise<void> {
+  if (!isp) usageError(usage, `${command} needs the ISP to name, such as isp1`);
   const { prefix, namespaces } = await state();
   const ns = `${prefix}${isp}`;
-  if (!isp || !/^isp\d+$/.test(isp) || !namespaces.includes(ns)) {
+  if (!/^isp\d+$/.test(isp) || !namespaces.includes(ns)) {
     throw new Error(
       `Name an ISP of the lab: ${namespaces.filter((n) => n.includes('isp')).map((n) => n.slice(prefix.length))}`,
     );
@@ -103,16 +113,15 @@ async function outage(command: 'fail' | 'restore', isp: string | undefined): Pro
 }
 
 const [command = 'up', argument] = positionals;
+const takes: Record<string, number> = { up: 0, down: 0, fail: 1, restore: 1 };
+if (takes[command] === undefined) usageError(usage, `Unknown lab command "${command}"`);
+if (positionals.length > 1 + takes[command]!) usageError(usage, `Too many arguments: ${positionals.join(' ')}`);
 try {
   if (command === 'up') await up();
   else if (command === 'down') {
     await removeLab(settings);
     console.log('The naat lab is down');
-  } else if (command === 'fail' || command === 'restore') await outage(command, argument);
-  else {
-    console.error(`Unknown lab command "${command}"; use up, down, fail ispN or restore ispN`);
-    process.exit(2);
-  }
+  } else await outage(command as 'fail' | 'restore', argument);
 } catch (error) {
   console.error((error as Error).message);
   process.exit(1);
