@@ -14,7 +14,7 @@
 // CI test that keeps each benchmark working). An unknown flag exits 2 with the usage.
 import { writeFile } from 'node:fs/promises';
 import { cpus, hostname, release, totalmem } from 'node:os';
-import { parseArgs } from 'node:util';
+import { parseCommandLine as parseProgramArgs, usageError } from '../../common/index.ts';
 
 export type Form = 'full' | 'quick' | 'smoke';
 
@@ -275,9 +275,12 @@ export interface BenchmarkSpec<Size> {
   run(bench: Bench, size: Size): Promise<void>;
 }
 
+/** The npm script that runs a benchmark (`bench:naa`, `soak`) or all of them (`bench`, for `all`). */
+const npmScript = (script: string) => (script === 'all' ? 'bench' : script === 'soak' ? 'soak' : `bench:${script}`);
+
 const usage = (script: string, defaultForm: Form) =>
   [
-    `usage: node test/bench/${script}.ts [--full | --quick | --smoke] [--json FILE] [--strict-goals]`,
+    `usage: npm run ${npmScript(script)} -- [--full | --quick | --smoke] [--json FILE] [--strict-goals]`,
     `  --full           the sizes the figures are quoted at${defaultForm === 'full' ? ' (the default)' : ''}`,
     `  --quick          smaller counts and durations (what \`npm run bench\` runs)${defaultForm === 'quick' ? ' (the default)' : ''}`,
     '  --smoke          the smallest form, seconds long (CI)',
@@ -293,31 +296,19 @@ export interface CommandLine {
 
 /** The command line of a benchmark or of `all.ts`; exits 2 with the usage on a bad one. */
 export function parseCommandLine(script: string, argv: string[], defaultForm: Form = 'full'): CommandLine {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        full: { type: 'boolean' },
-        quick: { type: 'boolean' },
-        smoke: { type: 'boolean' },
-        json: { type: 'string' },
-        'strict-goals': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-    const forms = (['full', 'quick', 'smoke'] as const).filter((form) => values[form]);
-    if (forms.length > 1) throw new Error(`${forms.map((f) => `--${f}`).join(' and ')} exclude each other`);
-  } catch (error) {
-    console.error(`${script}: ${(error as Error).message}\n${usage(script, defaultForm)}`);
-    process.exit(2);
-  }
-  if (values.help) {
-    console.log(usage(script, defaultForm));
-    process.exit(0);
-  }
+  const text = usage(script, defaultForm);
+  const { values } = parseProgramArgs(text, {
+    args: argv,
+    options: {
+      full: { type: 'boolean' },
+      quick: { type: 'boolean' },
+      smoke: { type: 'boolean' },
+      json: { type: 'string' },
+      'strict-goals': { type: 'boolean' },
+    },
+  });
+  const forms = (['full', 'quick', 'smoke'] as const).filter((form) => values[form]);
+  if (forms.length > 1) usageError(text, `${forms.map((f) => `--${f}`).join(' and ')} exclude each other`);
   return {
     form: values.smoke ? 'smoke' : values.quick ? 'quick' : values.full ? 'full' : defaultForm,
     ...(typeof values.json === 'string' ? { json: values.json } : {}),
