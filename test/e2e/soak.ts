@@ -277,6 +277,7 @@ export function check(result: SoakResult): Verdict {
       last,
       earlyMax: Math.max(...early.map((s) => s[key])),
       lateMax: Math.max(...late.map((s) => s[key])),
+      floor: Math.min(...end.map((s) => s[key])),
     };
   };
   for (const key of ['agentRssMiB', 'sidecarRssMiB'] as const) {
@@ -285,9 +286,10 @@ export function check(result: SoakResult): Verdict {
       problems.push(`${key} grew from ${base.toFixed(1)} to ${last.toFixed(1)} MiB`);
   }
   for (const key of ['agentFds', 'sidecarFds'] as const) {
-    // Descriptors come and go with requests in flight; a leak shows in where they settle.
-    const { base, last } = figure(key);
-    if (last > base + 3) problems.push(`${key} settled at ${last}, up from ${base}`);
+    // Descriptors come and go with requests in flight (two of the last three samples can catch a
+    // burst); a leak never gives them back, so it shows in the lowest of the last samples.
+    const { base, floor } = figure(key);
+    if (floor > base + 3) problems.push(`${key} settled at ${floor}, up from ${base}`);
   }
   for (const key of ['chains', 'sets'] as const) {
     const { earlyMax, lateMax } = figure(key);
