@@ -18,6 +18,7 @@ import {
   uplinksOnlyWhenAllowed,
   withRules,
 } from '../../crds/index.ts';
+import { Tunnel, TunnelEndpoint } from './tunnel.ts';
 
 export const configVersion = 1;
 
@@ -60,6 +61,7 @@ export const GatewayConfig = Type.Object({
       namespace: Name,
       name: Name,
       addresses: Type.Array(Type.String({ minLength: 2, maxLength: 45 }), { minItems: 1 }),
+      node: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'The node the pod runs on.' })),
     }),
     {
       description:
@@ -90,6 +92,25 @@ export const GatewayConfig = Type.Object({
         default: [],
       }),
     }),
+  ),
+  steering: Type.Optional(
+    Type.Object(
+      {
+        tunnel: Tunnel,
+        markMask: Type.Integer({
+          minimum: 1,
+          maximum: 0xffffffff,
+          description:
+            "The contiguous bits of the conntrack and packet marks that send a tunnelled flow's replies back into the tunnel.",
+        }),
+        sources: Type.Array(TunnelEndpoint, {
+          description:
+            "The nodes that steer served pods' flows to this gateway: a reply goes back to the node its pod runs on (pods[].node).",
+          default: [],
+        }),
+      },
+      { description: 'Cluster-wide egress: flows of served pods on other nodes arrive through the tunnel.' },
+    ),
   ),
   rules: Type.Array(CompiledRule, {
     description: 'In evaluation order: the first rule that matches a flow decides.',

@@ -1,5 +1,6 @@
 // The compiled gateway config: the contract between the operator, which writes it, and the
-// dataplane agent, which applies it; and the prefix arithmetic both sides do on its addresses.
+// dataplane agent, which applies it; the prefix arithmetic both sides do on its addresses; and the
+// node config of cluster-wide egress (steering.ts), which the operator writes for node agents.
 export {
   CompiledRule,
   CompiledUplink,
@@ -9,3 +10,5 @@ export {
   parseGatewayConfig,
 } from './config.ts';
 export { canonicalAddress, contains, normalisePrefixes } from './prefixes.ts';
+export { isContiguous, NodeConfig, nodeConfigVersion, NodeGateway, parseNodeConfig, SteeredPod } from './steering.ts';
+export { Tunnel, TunnelEndpoint } from './tunnel.ts';
