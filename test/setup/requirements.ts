@@ -10,7 +10,8 @@ export interface Requirement {
 }
 
 /**
- * Kernel tools for the dataplane, traffic tools for the end-to-end tests, openssl for the test
+ * Kernel tools for the dataplane (iptables for the CNI masquerades the steering tests set up),
+ * traffic tools for the end-to-end tests, openssl for the test
  * control plane's certificates, gcc and libc headers for the sidecar's strict-mode stamping library,
  * mmdebstrap for the fresh Debian root the first-run test sets the machine up in.
  */
@@ -18,6 +19,7 @@ export const requirements: readonly Requirement[] = [
   { package: 'nftables', probe: 'nft' },
   { package: 'iproute2', probe: 'ip' },
   { package: 'conntrack', probe: 'conntrack' },
+  { package: 'iptables', probe: 'iptables-legacy' },
   { package: 'iperf3', probe: 'iperf3' },
   { package: 'iputils-ping', probe: 'ping' },
   { package: 'curl', probe: 'curl' },
