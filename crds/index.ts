@@ -34,6 +34,7 @@ export {
   EgressGatewayStatus,
   GatewayUplinks,
   SidecarInjection,
+  SteeringNodeStatus,
   Timeouts,
   egressGatewayDefinition,
 } from './v1alpha1/egress-gateway.ts';

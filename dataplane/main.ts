@@ -38,13 +38,15 @@ import { NodeAgent } from './steering/node-agent.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
 import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
 import { gatewayTunnelOwnership } from './steering/gateway-plan.ts';
+import { steeringReadiness } from './steering/gateway-readiness.ts';
 
 const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node dataplane/main.js COMMAND …)
   run --config FILE | --config-map NAMESPACE/NAME
                                 runs the agent from a config file (followed as it changes) or from
                                 the gateway's ConfigMap, watched
       [--node NAME]             this node (default: $NODE_NAME or the host name)
-      [--listen ADDR:PORT]      /status, /flows, /metrics, /attribution (default 127.0.0.1:7741)
+      [--listen ADDR:PORT]      /status, /flows, /metrics, /attribution, /healthz, /readyz and
+                                /steering (default 127.0.0.1:7741)
       [--metrics-listen ADDR:PORT]   the same endpoints on a second address
       [--naa-listen ADDR:PORT]  where the sidecars' NAA streams arrive
       [--report]                write this node's uplink health into Uplink status
@@ -319,6 +321,12 @@ function serve(agent: Agent, address: string): Server {
       const ok = report.lastSync !== undefined && !report.lastSync.error;
       res.statusCode = ok ? 200 : 503;
       return void res.end(ok ? 'ok\n' : 'not synced\n');
+    }
+    if (req.url === '/steering') {
+      const readiness = steeringReadiness(report, agent.config ? localUplinks(agent.config, values.node!) : []);
+      res.statusCode = readiness.ready ? 200 : 503;
+      res.setHeader('content-type', 'application/json');
+      return void res.end(`${JSON.stringify(readiness)}\n`);
     }
     if (req.url === '/status') {
       res.setHeader('content-type', 'application/json');
