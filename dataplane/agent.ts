@@ -136,7 +136,7 @@ export class Agent {
 
   async configure(config: GatewayConfig): Promise<void> {
     this.#setConfig(config);
-    // Flows pinned under other uplink id bits are not naat's any more; the stream reads the new ones.
+    // New uplink id bits: the event stream reads flows' uplinks from them from now on.
     if (this.#watching) this.#watch();
     await this.sync();
   }
