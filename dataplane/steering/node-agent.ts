@@ -74,7 +74,7 @@ export class NodeAgent {
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
-    this.#ids = new UplinkIds(options.stateDir, 'peers.json', 0xff);
+    this.#ids = new UplinkIds(options.stateDir, 'peers.json');
     this.#queue = new SyncQueue(() => this.#sync());
   }
 
@@ -140,7 +140,7 @@ export class NodeAgent {
       }
       if (maxPeerId(config.markMask) < 1) throw new Error('markMask has no bits');
       const keys = peerKeys(config);
-      const ids = await this.#ids.allocate(keys);
+      const ids = await this.#ids.allocate(keys, 0xff);
       const over = [...ids.values()].filter((id) => id > maxPeerId(config.markMask));
       if (over.length)
         throw new Error(`markMask 0x${config.markMask.toString(16)} numbers fewer peers than ${keys.length}`);
