@@ -51,9 +51,12 @@ class GatewayNode {
   /** Pods refused by name, as a gateway refuses a token. */
   refuse = new Set<string>();
 
-  constructor(name: string, address: string) {
+  readonly #limits: typeof limits;
+
+  constructor(name: string, address: string, nodeLimits = limits) {
     this.name = name;
     this.address = address;
+    this.#limits = nodeLimits;
   }
 
   async start(port: number): Promise<number> {
@@ -68,6 +71,7 @@ class GatewayNode {
         apply: async (changes) => {
           await this.stall;
           this.applied.push({ at: performance.now(), changes });
+          return changes.upsert.map(() => ({ allowed: true, rule: 'shop/apps#0' }));
         },
         stamp: async (_addresses, stamp, app) => {
           await this.stall;
@@ -76,7 +80,7 @@ class GatewayNode {
         strict: () => true,
         policy: () => ({ configHash: this.name, classes: [], rules: [], defaultAction: 1 }),
       },
-      limits,
+      limits: this.#limits,
     });
     return this.server.listen(`${this.address}:${port}`);
   }
@@ -142,6 +146,10 @@ function flowOf(sourcePort: number): FlowKey {
     destinationAddress: addressToBytes('203.0.113.10'),
     destinationPort: 443,
   };
+}
+
+function associationOf(sourcePort: number) {
+  return { flow: flowOf(sourcePort), application: application('curl'), observedAt: new Date(), trace: undefined };
 }
 
 async function eventually(check: () => void, timeoutMs = 10_000): Promise<void> {
@@ -337,7 +345,14 @@ function rawStream(
   as: PodRef = pod,
   encode: (m: AssociateRequest) => Buffer = AssociationServiceService.associate.requestSerialize,
 ) {
-  const client = new Client(`127.0.0.1:${relayPort}`, credentials.createInsecure(), {
+  return rawStreamTo(`127.0.0.1:${relayPort}`, as, encode);
+}
+function rawStreamTo(
+  target: string,
+  as: PodRef = pod,
+  encode: (m: AssociateRequest) => Buffer = AssociationServiceService.associate.requestSerialize,
+) {
+  const client = new Client(target, credentials.createInsecure(), {
     'grpc.naat_test_connection': Math.random(),
   });
   const call: ClientDuplexStream<AssociateRequest, AssociateResponse> = client.makeBidiStreamRequest(
@@ -356,7 +371,8 @@ function rawStream(
     call.on('end', () => resolve({ code: status.OK, details: '' }));
   });
   let sequence = 0;
-  const send = (body: AssociateRequest['body']) => call.write({ sequence: ++sequence, body });
+  /** Writes the next message; false when the stream's buffer is full (wait for 'drain'). */
+  const send = (body: AssociateRequest['body']): boolean => call.write({ sequence: ++sequence, body });
   return {
     call,
     received,
@@ -376,8 +392,92 @@ function rawStream(
       call.cancel();
       client.close();
     },
+    /**
+     * Sends `count` messages of `body(i)` as fast as the stream takes them; resolves with how many
+     * went before the stream stopped taking more for `stuckMs`, or all of them.
+     */
+    async flood(count: number, body: (i: number) => AssociateRequest['body'], stuckMs = 1000): Promise<number> {
+      for (let i = 0; i < count; i++) {
+        if (send(body(i))) continue;
+        const drained = await new Promise<boolean>((resolve) => {
+          const timer = setTimeout(() => resolve(false), stuckMs);
+          call.once('drain', () => resolve(true) ?? clearTimeout(timer));
+        });
+        if (!drained) return i + 1;
+      }
+      return count;
+    },
   };
 }
+
+/** Starts both gateway nodes again, on the same addresses, with `nodeLimits`. */
+async function restartNodes(nodeLimits: typeof limits): Promise<void> {
+  await Promise.all([a.server.close(), b.server.close()]);
+  a = new GatewayNode('gw-a', '127.0.0.2', nodeLimits);
+  b = new GatewayNode('gw-b', '127.0.0.3', nodeLimits);
+  await a.start(port);
+  await b.start(port);
+}
+
+const generous = { maxMessagesPerSecond: 1_000_000, maxAssociations: 1_000_000, maxMessageBytes: 16 * 1024 };
+
+test('a gateway node that stops applying holds the driver back through the relay, and nothing is lost', async () => {
+  await restartNodes(generous);
+  let release!: () => void;
+  b.stall = new Promise((resolve) => (release = resolve));
+  const stream = rawStream();
+  stream.hello();
+  await stream.next('helloAck');
+  // Associations of 4 KiB each, so that the buffers and flow-control windows on the way fill soon.
+  const total = 3_000;
+  const message = (i: number): AssociateRequest['body'] => ({
+    $case: 'associate',
+    value: {
+      ...associationOf(1 + i),
+      application: { ...application('curl'), commandLine: ['x'.repeat(4000)] },
+    },
+  });
+  const taken = await stream.flood(total, message);
+  // The stalled node's stream filled, the relay stopped reading the driver, and HTTP/2 flow
+  // control stopped the driver: a bounded number of messages is in flight.
+  expect(taken).toBeLessThan(total);
+  expect(b.applied).toEqual([]);
+  console.log(`relay backpressure: a stalled gateway node held the driver back after ${taken} messages of 4 KiB`);
+  release();
+  b.stall = undefined;
+  const rest = await stream.flood(total - taken, (i) => message(taken + i), 10_000);
+  expect(rest).toBe(total - taken);
+  await eventually(() => {
+    const acks = stream.received.filter((m) => m.body?.$case === 'ack');
+    expect(acks.at(-1)?.body).toEqual({ $case: 'ack', value: { sequence: total + 1 } });
+  }, 60_000);
+  stream.close();
+}, 90_000);
+
+test('a driver that does not read what it is sent holds back only its own stream', async () => {
+  await restartNodes(generous);
+  const { driver: d, states } = driver();
+  d.start();
+  try {
+    await eventually(() => expect(d.progress.acked).toBe(d.progress.sent));
+    const deaf = rawStream({ namespace: 'shop', name: 'deaf', uid: 'uid-3' });
+    deaf.hello();
+    await deaf.next('helloAck');
+    deaf.call.pause();
+    // Each association is answered with an Ack and a verdict, which the deaf driver leaves unread.
+    const taken = await deaf.flood(200_000, (i) => ({ $case: 'associate', value: associationOf(1 + (i % 60_000)) }));
+    expect(taken).toBeLessThan(200_000);
+    console.log(`relay backpressure: a driver that does not read was held back after ${taken} associations`);
+
+    const sent = d.progress.sent;
+    d.update(scanned([7001]));
+    await eventually(() => expect(d.progress.acked).toBeGreaterThan(sent));
+    expect(states.filter((s) => s === 'disconnected')).toEqual([]);
+    deaf.close();
+  } finally {
+    d.stop();
+  }
+}, 60_000);
 
 test('hostile streams are refused alone: a bad first message, a flood, a huge message, silence', async () => {
   const { driver: d, states } = driver();

@@ -138,7 +138,8 @@ export class NaaRelay {
 
   /**
    * Takes a new version of the gateway's node config. Streams relayed to a node whose address
-   * changed are ended (UNAVAILABLE), as are those that no longer match the up nodes.
+   * changed are ended (UNAVAILABLE), as are those that no longer match the up nodes. The relay
+   * keeps listening where it does: a new association port needs a new relay.
    */
   update(gateway: NodeGateway): void {
     const before = this.#peers;
@@ -470,9 +471,13 @@ class RelayedStream {
     this.#finish(status.CANCELLED, 'the driver went away');
   }
 
-  /** Reads the driver unless its Hello waits for the nodes' answers or a node's stream is full. */
+  /**
+   * Reads the driver unless its Hello waits for the nodes' answers, a node's stream is full, or the
+   * driver does not read what it was sent: then the nodes get nothing to answer either, and no
+   * buffer anywhere along the way grows.
+   */
   #updateReading(): void {
-    const read = this.#phase === 'open' && !this.#legs.some((l) => l.full);
+    const read = this.#phase === 'open' && !this.#legs.some((l) => l.full) && this.#readingGateways;
     if (read === this.#readingDriver || this.#phase === 'closed') return;
     this.#readingDriver = read;
     if (read) this.#call.resume();
@@ -487,6 +492,7 @@ class RelayedStream {
       if (read) leg.call.resume();
       else leg.call.pause();
     }
+    this.#updateReading();
   }
 
   /** Marks the stream closed and cancels what is left; false when it was closed already. */
