@@ -33,7 +33,9 @@ export {
   EgressGatewaySpec,
   EgressGatewayStatus,
   GatewayUplinks,
+  maxVni,
   SidecarInjection,
+  Steering,
   Timeouts,
   egressGatewayDefinition,
 } from './v1alpha1/egress-gateway.ts';

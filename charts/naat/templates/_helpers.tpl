@@ -46,6 +46,7 @@ app.kubernetes.io/component: operator
 {{- define "naat.webhookSecretName" -}}{{ include "naat.fullname" . }}-webhook-tls{{- end -}}
 {{- define "naat.leaseName" -}}{{ include "naat.fullname" . }}-operator{{- end -}}
 {{- define "naat.dataplaneRoleName" -}}{{ include "naat.fullname" . }}-dataplane{{- end -}}
+{{- define "naat.nodeRoleName" -}}{{ include "naat.fullname" . }}-node{{- end -}}
 
 {{/* Rules the schema cannot express because they relate two values. */}}
 {{- define "naat.checks" -}}
@@ -65,6 +66,11 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- if eq (int .Values.dataplane.metricsPort) (int .Values.dataplane.healthPort) -}}
 {{- fail "dataplane.healthPort: must differ from dataplane.metricsPort" -}}
+{{- end -}}
+{{- /* A node can run a gateway's dataplane and a node agent, both in the host network. */ -}}
+{{- $hostPorts := list .Values.dataplane.metricsPort .Values.dataplane.healthPort .Values.steering.metricsPort .Values.steering.healthPort -}}
+{{- if ne (len (uniq $hostPorts)) 4 -}}
+{{- fail "steering.metricsPort, steering.healthPort: must differ from each other and from the dataplane's ports (a node can run both)" -}}
 {{- end -}}
 {{- end -}}
 
