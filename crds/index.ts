@@ -36,6 +36,7 @@ export {
   maxVni,
   SidecarInjection,
   Steering,
+  SteeringNodeStatus,
   Timeouts,
   egressGatewayDefinition,
 } from './v1alpha1/egress-gateway.ts';

@@ -26,6 +26,8 @@ import { balancerFor } from './balancing/index.ts';
 import { localUplinks, render, type FlowAssociation, type Rendered } from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
 import { SyncQueue } from './sync-queue.ts';
+import { emptyTunnelState, type TunnelKernel } from './steering/tunnel-kernel.ts';
+import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
 import { UplinkIds } from './uplink-ids.ts';
 import { associationPacket, traceVerdict, type FlowVerdict } from './verdict.ts';
 
@@ -59,6 +61,8 @@ export interface AgentOptions {
   retention?: Retention;
   /** Called with each attribution record as its flow ends (telemetry exports it); per-flow work, so optional. */
   onFlowEnd?: (record: AttributionRecord) => void;
+  /** The steering tunnel's devices, routes and rule (config.steering); without it steering is not set up. */
+  tunnels?: TunnelKernel;
 }
 
 const icmpTimeoutSysctls = ['net/netfilter/nf_conntrack_icmp_timeout', 'net/netfilter/nf_conntrack_icmpv6_timeout'];
@@ -80,6 +84,8 @@ export class Agent {
   #applied: { rendered: Rendered; structure: string; hash?: string } | undefined;
   #lastSync: AgentReport['lastSync'];
   #checkRoutes = true;
+  /** This node's underlay towards the steering sources, read again when routes are checked. */
+  #underlay: { key: string; value: ReadonlyMap<TunnelFamily, Underlay> } | undefined;
   #stopWatch: (() => void) | undefined;
   #rebalance: NodeJS.Timeout | undefined;
   #lastLoadKey = '';
@@ -293,6 +299,7 @@ export class Agent {
     if (existing) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
     const current = await this.#o.routing.list();
     await this.#o.routing.remove(current);
+    await this.#o.tunnels?.prune(emptyTunnelState());
     await rm(this.#o.stateDir, { recursive: true, force: true });
     this.#applied = undefined;
   }
@@ -324,11 +331,20 @@ export class Agent {
         associations: this.#associations.list(),
         stamps: this.#associations.stamps(),
         interfaceAddresses,
+        ...(config.steering && this.#o.tunnels ? { underlay: await this.#underlayOf(config.steering) } : {}),
       });
       const structure = structureOf(rendered.table);
       const routesUnchanged = JSON.stringify(this.#applied?.rendered.routes) === JSON.stringify(rendered.routes);
       const checkRoutes = this.#checkRoutes || !routesUnchanged;
+      const tunnels = rendered.steering?.tunnels ?? emptyTunnelState();
+      const checkTunnels =
+        this.#checkRoutes ||
+        JSON.stringify(this.#applied?.rendered.steering?.tunnels) !== JSON.stringify(rendered.steering?.tunnels);
       this.#checkRoutes = false;
+      if (rendered.steering?.problem) {
+        this.#o.log.error('Failed to set up the steering tunnel', { problem: rendered.steering.problem });
+      }
+      if (checkTunnels) await this.#o.tunnels?.add(tunnels);
       const none = { rules: [], routes: [] };
       const routing = checkRoutes
         ? planRouting(await this.#o.routing.list(), desiredRouting(rendered.routes))
@@ -354,6 +370,7 @@ export class Agent {
       await this.#o.routing
         .remove(routing.remove)
         .catch((error: Error) => this.#o.log.error('Failed to remove uplink routes', { error: error.message }));
+      if (checkTunnels) await this.#o.tunnels?.prune(tunnels);
       if (full) await this.#writeIcmpTimeout(config.timeouts.icmpSeconds);
       this.#applied = { rendered, structure, ...(config.hash ? { hash: config.hash } : {}) };
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full };
@@ -368,6 +385,16 @@ export class Agent {
       throw error;
     }
     this.#o.log.info('Synced the kernel', { full, durationMs: Math.round(performance.now() - started) });
+  }
+
+  /** The underlay towards the steering sources: read once, and again when routes are checked. */
+  async #underlayOf(steering: NonNullable<GatewayConfig['steering']>): Promise<ReadonlyMap<TunnelFamily, Underlay>> {
+    const addresses = steering.sources.flatMap((s) => s.addresses);
+    const key = addresses.join(',');
+    if (this.#underlay?.key !== key || this.#checkRoutes) {
+      this.#underlay = { key, value: await this.#o.tunnels!.underlay(addresses) };
+    }
+    return this.#underlay.value;
   }
 
   /** Associations that ended with their flows leave the maps in one sync shortly after. */

@@ -190,9 +190,14 @@ export class ExecConntrack implements Conntrack {
   }
 
   async deleteUplink(id: number): Promise<number> {
+    return this.deleteMarked(id << markShift, markMask);
+  }
+
+  /** Deletes the flows whose mark has `value` under `mask`, of both families; resolves with how many. */
+  async deleteMarked(value: number, mask: number): Promise<number> {
     let deleted = 0;
     for (const family of ['ipv4', 'ipv6']) {
-      deleted += await this.#deleted(['-D', '-f', family, '--mark', `${hex(id << markShift)}/${hex(markMask)}`]);
+      deleted += await this.#deleted(['-D', '-f', family, '--mark', `${hex(value)}/${hex(mask)}`]);
     }
     return deleted;
   }

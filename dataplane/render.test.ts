@@ -311,3 +311,69 @@ describe('LeastLoaded', () => {
     expect(a! > b!).toBe(true);
   });
 });
+
+describe('render with steering', () => {
+  const steered = withConfig((c) => {
+    c.steering = {
+      tunnel: { vni: 7700, port: 4790 },
+      markMask: 0x10,
+      sources: [{ node: 'worker-1', addresses: ['192.168.0.21', 'fd00:192::21'] }],
+    };
+    c.pods = [{ namespace: 'shop', name: 'web', addresses: ['10.244.1.2', 'fd00:244:1::2'], node: 'worker-1' }];
+  });
+  const underlay = new Map([[4 as const, { address: '192.168.0.11', mtu: 1500 }]]);
+  const fromTunnel = { ...tcp('10.244.1.2', '203.0.113.10', 443), iifname: 'naatg7700' };
+
+  it('classifies a tunnelled flow like a local one and adds the tunnel bit to its marks', () => {
+    const i = input(steered, { underlay });
+    const local = trace(render(i).table, 'prerouting', tcp('10.244.1.2', '203.0.113.10', 443));
+    const tunnelled = trace(render(i).table, 'prerouting', fromTunnel);
+    expect(tunnelled.verdict).toBe('accept');
+    expect(tunnelled.ctMark).toBe(local.ctMark | 0x10);
+    expect(tunnelled.mark).toBe(local.mark | 0x10);
+    expect(local.ctMark & 0x10).toBe(0);
+  });
+
+  it("routes a tunnelled flow's replies by the tunnel bit alone, and its later packets out with both", () => {
+    const { table } = render(input(steered, { underlay }));
+    const uplink = 1 << markShift;
+    const reply = trace(table, 'prerouting', {
+      ...tcp('203.0.113.10', '100.64.1.2', 40000, 443),
+      direction: 'reply',
+      isNew: false,
+      ctMark: uplink | 0x10,
+    });
+    expect(reply.mark).toBe(0x10);
+    const later = trace(table, 'prerouting', { ...fromTunnel, isNew: false, ctMark: uplink | 0x10 });
+    expect(later.mark).toBe(uplink | 0x10);
+    const ftpData = trace(table, 'prerouting', {
+      ...tcp('203.0.113.10', '100.64.1.2', 40000, 20),
+      isNew: false,
+      ctStatus: ['dnat'],
+      ctMark: uplink | 0x10,
+    });
+    expect(ftpData.mark).toBe(0x10);
+  });
+
+  it('plans the tunnel device, the return routes of the pods on source nodes and the reply rule', () => {
+    const { steering } = render(input(steered, { underlay }));
+    expect(steering?.tunnels.devices.map((d) => [d.name, d.mtu, d.local, d.peers.map((p) => p.remote)])).toEqual([
+      ['naatg7700', 1450, '192.168.0.11', ['192.168.0.21']],
+    ]);
+    expect(steering?.tunnels.routes.map((r) => [r.family, r.table, r.destination])).toEqual([
+      [4, 7690, '10.244.1.2'],
+      [6, 7690, 'fd00:244:1::2'],
+    ]);
+    expect(steering?.tunnels.rules).toContainEqual({
+      family: 4,
+      preference: 7690,
+      table: 7690,
+      fwmark: { value: 0x10, mask: 0x10 },
+    });
+    expect(render(input(steered, { underlay })).table.chains.map((c) => c.name)).toContain('tunnel_mss');
+  });
+
+  it('renders the table without steering as before', () => {
+    expect(renderTable(render(input(base, { underlay })).table)).toBe(renderTable(render(input()).table));
+  });
+});

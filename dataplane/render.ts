@@ -29,6 +29,8 @@ import {
   type Statement,
   type Table,
 } from './nft/model.ts';
+import { gatewayDevice, planGatewaySteering, type GatewaySteering } from './steering/gateway-plan.ts';
+import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
 
 /** Bits of the conntrack and packet marks that hold a flow's uplink id (1–254). */
 export const markMask = 0x00ff0000;
@@ -76,6 +78,8 @@ export interface RenderInput {
   stamps?: readonly StampedApplication[];
   /** Addresses of each uplink interface, the probe sources of uplinks without SNAT addresses. */
   interfaceAddresses?: ReadonlyMap<string, readonly string[]>;
+  /** This node's underlay per family (config.steering): the tunnel's outer address and MTU. */
+  underlay?: ReadonlyMap<TunnelFamily, Underlay>;
 }
 
 export interface UplinkRoute {
@@ -92,6 +96,8 @@ export interface UplinkRoute {
 export interface Rendered {
   table: Table;
   routes: UplinkRoute[];
+  /** The steering tunnel, its return routes and rule (config.steering with a known underlay). */
+  steering?: GatewaySteering;
 }
 
 export function localUplinks(config: GatewayConfig, node: string): CompiledUplink[] {
@@ -141,14 +147,20 @@ export function render(input: RenderInput): Rendered {
   for (const uplink of uplinks) renderUplinkChains(context, uplink, parts);
   const objects = conntrackObjects(config);
   if (strict) objects.push(...strictCounters());
+  const steering = input.underlay && planGatewaySteering(config, input.node, input.underlay);
   const chains = [
     renderPrerouting(config),
     ...parts.chains,
     renderPostrouting(context),
     renderGuard(uplinks),
     ...(strict ? [renderStrictClear()] : []),
+    ...(steering ? [steering.mss] : []),
   ];
-  return { table: { chains, sets: parts.sets, objects }, routes: renderRoutes(context, input.interfaceAddresses) };
+  return {
+    table: { chains, sets: parts.sets, objects },
+    routes: renderRoutes(context, input.interfaceAddresses),
+    ...(steering ? { steering } : {}),
+  };
 }
 
 const addressSet = (name: string, f: Family, prefixes: readonly string[]): NamedSet => ({
@@ -357,8 +369,34 @@ function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, part
 function renderPrerouting(config: GatewayConfig): Chain {
   const hold = config.association?.unassociatedFlows === 'Hold';
   const strict = (config.association?.strictSources ?? []).length > 0;
-  const restore: Statement[] = [{ kind: 'restoreMark', mask: markMask }, ret];
+  // A tunnelled flow's packets towards the uplink keep the tunnel bits too: the reverse-path
+  // check of those that come from the tunnel finds the pod's route back through it.
+  const tunnelMask = config.steering?.markMask ?? 0;
+  const restore: Statement[] = [{ kind: 'restoreMark', mask: (markMask | tunnelMask) >>> 0 }, ret];
+  const tunnelRestore: Statement[] = [{ kind: 'restoreMark', mask: tunnelMask }, ret];
   const rules: Rule[] = [
+    // Steering: packets towards a pod of a tunnelled flow (replies, and the server's packets of
+    // active FTP data, which the kernel translates to the pod) go back into the tunnel.
+    ...(config.steering
+      ? [
+          {
+            match: [
+              { kind: 'ctDirection', direction: 'reply' },
+              { kind: 'ctStatus', status: 'dnat', negate: true },
+              { kind: 'ctMarkSet', mask: tunnelMask },
+            ] as Match[],
+            then: tunnelRestore,
+          },
+          {
+            match: [
+              { kind: 'ctDirection', direction: 'original' },
+              { kind: 'ctStatus', status: 'dnat' },
+              { kind: 'ctMarkSet', mask: tunnelMask },
+            ] as Match[],
+            then: tunnelRestore,
+          },
+        ]
+      : []),
     // Packets of flows conntrack knows are decided by their direction and translation alone, so
     // that the bulk of the traffic passes a single rule. The pods' flows keep the uplink in their
     // mark (FTP data and ICMP errors inherit their flow's); their replies go back to the pod by
@@ -391,6 +429,15 @@ function renderPrerouting(config: GatewayConfig): Chain {
       then: [ret],
     })),
     { match: [{ kind: 'ctStateNew', negate: true }], then: [ret] },
+    // A new flow from the tunnel: its replies must go back the way it came.
+    ...(config.steering
+      ? [
+          {
+            match: [{ kind: 'iifname', name: gatewayDevice(config.steering) } as Match],
+            then: [{ kind: 'setMark', mask: tunnelMask, value: tunnelMask } as Statement],
+          },
+        ]
+      : []),
     ...families.map((f) => ({
       match: [family(f), { kind: 'daddr', family: f, set: `bypass${f}` } as Match],
       then: [ret],

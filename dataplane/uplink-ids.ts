@@ -13,6 +13,7 @@ import { maxUplinkId } from './render.ts';
 export function allocateUplinkIds(
   previous: ReadonlyMap<string, number>,
   names: readonly string[],
+  max = maxUplinkId,
 ): Map<string, number> {
   const ids = new Map<string, number>();
   for (const name of names) {
@@ -24,7 +25,7 @@ export function allocateUplinkIds(
   for (const name of [...names].sort()) {
     if (ids.has(name)) continue;
     while (used.has(next)) next++;
-    if (next > maxUplinkId) throw new Error(`more than ${maxUplinkId} uplinks`);
+    if (next > max) throw new Error(`more than ${max} ids needed`);
     ids.set(name, next);
     used.add(next);
   }
@@ -35,11 +36,14 @@ export function allocateUplinkIds(
 export class UplinkIds {
   readonly #file: string;
   readonly #dir: string;
+  readonly #max: number;
   #ids = new Map<string, number>();
 
-  constructor(stateDir: string) {
+  /** `file` and `max` let other numbered things (the node agent's peers) keep their ids the same way. */
+  constructor(stateDir: string, file = 'uplinks.json', max = maxUplinkId) {
     this.#dir = stateDir;
-    this.#file = join(stateDir, 'uplinks.json');
+    this.#file = join(stateDir, file);
+    this.#max = max;
   }
 
   /** Reads the saved ids; none when there is no file or it cannot be read. */
@@ -53,7 +57,7 @@ export class UplinkIds {
 
   /** The ids of `names` (see allocateUplinkIds), saved first when they changed. */
   async allocate(names: readonly string[]): Promise<ReadonlyMap<string, number>> {
-    const ids = allocateUplinkIds(this.#ids, names);
+    const ids = allocateUplinkIds(this.#ids, names, this.#max);
     if (!sameIds(ids, this.#ids)) await this.#save(ids);
     this.#ids = ids;
     return ids;
@@ -63,7 +67,7 @@ export class UplinkIds {
     return this.#ids;
   }
 
-  /** The name of the uplink with this id (at most 254 of them); undefined for 0, not naat's. */
+  /** The name with this id; undefined for 0, not naat's. */
   nameOf(id: number): string | undefined {
     if (!id) return undefined;
     for (const [name, value] of this.#ids) if (value === id) return name;

@@ -215,20 +215,8 @@ export function desiredNodeObjects(
       container: {
         name: 'node-agent',
         service: 'naat-node',
-        args: [
-          'node',
-          '--config-map',
-          `${namespace}/${nodeConfigName('$(NODE_NAME)')}`,
-          '--listen',
-          `0.0.0.0:${steering.healthPort}`,
-          '--metrics-listen',
-          `0.0.0.0:${steering.metricsPort}`,
-          '--report',
-        ],
-        ports: [
-          { name: 'health', containerPort: steering.healthPort },
-          { name: 'metrics', containerPort: steering.metricsPort },
-        ],
+        // Its /status stays on loopback: the node agent has no port to offer the network.
+        args: ['node', '--config-map', `${namespace}/${nodeConfigName('$(NODE_NAME)')}`],
       },
     }),
   ];
@@ -245,8 +233,8 @@ interface AgentPod {
     /** Its OpenTelemetry service name. */
     service: string;
     args: string[];
-    /** `health` serves /healthz and /readyz. */
-    ports: Array<{ name: string; containerPort: number }>;
+    /** `health`, when there is one, serves /healthz and /readyz, which the kubelet probes. */
+    ports?: Array<{ name: string; containerPort: number }>;
     volumeMounts?: unknown[];
   };
   volumes?: unknown[];
@@ -288,13 +276,17 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
                 { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
                 ...otelEnvironment(settings.otel, o.container.service),
               ],
-              ports: o.container.ports,
-              readinessProbe: { httpGet: { path: '/readyz', port: 'health' }, periodSeconds: 5 },
-              livenessProbe: {
-                httpGet: { path: '/healthz', port: 'health' },
-                periodSeconds: 10,
-                failureThreshold: 6,
-              },
+              ...(o.container.ports ? { ports: o.container.ports } : {}),
+              ...(o.container.ports?.some((p) => p.name === 'health')
+                ? {
+                    readinessProbe: { httpGet: { path: '/readyz', port: 'health' }, periodSeconds: 5 },
+                    livenessProbe: {
+                      httpGet: { path: '/healthz', port: 'health' },
+                      periodSeconds: 10,
+                      failureThreshold: 6,
+                    },
+                  }
+                : {}),
               resources: dp.resources,
               securityContext: {
                 // nft, ip and conntrack speak netlink as root with these two capabilities only.

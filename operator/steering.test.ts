@@ -78,6 +78,7 @@ function compile(g: EgressGateway, steering: TunnelFacts | undefined = tunnelOf(
 }
 
 const agents = { markMask: 0xe0, healthPort: 9091 };
+const since = '2026-12-04T12:00:00Z';
 
 describe('derivedVni and gatewayTunnels', () => {
   it('derives a VNI in range from the name, the same every time', () => {
@@ -197,8 +198,8 @@ describe('nodeSteering and the conditions made of it', () => {
 
   it('is ready on a node only when its agent reported ready with the current config', () => {
     const reports: SteeringReport[] = [
-      { node: 'worker-1', ready: true, hash: 'sha256:old' },
-      { node: 'worker-2', ready: false, reason: 'NoPeerUp', message: 'no gateway node answers' },
+      { node: 'worker-1', since, ready: true, hash: 'sha256:old' },
+      { node: 'worker-2', since, ready: false, reason: 'NoPeerUp', message: 'no gateway node answers' },
     ];
     expect(nodeSteering(a, tunnelOf(100), configs, reports).map((n) => [n.node, n.ready, n.reason])).toEqual([
       ['no-address', false, 'NodeAddressUnknown'],
@@ -206,8 +207,8 @@ describe('nodeSteering and the conditions made of it', () => {
       ['worker-2', false, 'NoPeerUp'],
     ]);
     const ready = nodeSteering(a, tunnelOf(100), configs, [
-      { node: 'worker-1', ready: true, hash: hash('worker-1') },
-      { node: 'worker-2', ready: true, hash: hash('worker-2') },
+      { node: 'worker-1', since, ready: true, hash: hash('worker-1') },
+      { node: 'worker-2', since, ready: true, hash: hash('worker-2') },
     ]);
     expect(ready.map((n) => [n.node, n.ready, n.reason])).toEqual([
       ['no-address', false, 'NodeAddressUnknown'],
@@ -217,7 +218,7 @@ describe('nodeSteering and the conditions made of it', () => {
     expect(nodeSteering(a, tunnelOf(100), configs, [])[1]).toMatchObject({ ready: false, reason: 'NotReported' });
     // A reason that is not a condition reason is not passed on.
     expect(
-      nodeSteering(a, tunnelOf(100), configs, [{ node: 'worker-2', ready: false, reason: 'no peer!' }])[2],
+      nodeSteering(a, tunnelOf(100), configs, [{ node: 'worker-2', since, ready: false, reason: 'no peer!' }])[2],
     ).toMatchObject({ reason: 'NotReady' });
   });
 
@@ -231,8 +232,8 @@ describe('nodeSteering and the conditions made of it', () => {
   it("gives the gateway SteeringReady and each away pod naat.dev/Steered, never true while a node isn't", () => {
     expect(steeringReadyCondition([])).toMatchObject({ status: 'True', reason: 'LocalOnly' });
     const reports = [
-      { node: 'worker-1', ready: true, hash: hash('worker-1') },
-      { node: 'worker-2', ready: true, hash: hash('worker-2') },
+      { node: 'worker-1', since, ready: true, hash: hash('worker-1') },
+      { node: 'worker-2', since, ready: true, hash: hash('worker-2') },
     ];
     const nodes = nodeSteering(a, tunnelOf(100), configs, reports);
     expect(steeringReadyCondition(nodes)).toMatchObject({
@@ -290,16 +291,11 @@ describe('desiredNodeObjects', () => {
     ]);
     expect(pod.hostNetwork).toBe(true);
     const [container] = pod.containers;
-    expect(container.args).toEqual([
-      'node',
-      '--config-map',
-      'naat-system/naat-node-$(NODE_NAME)',
-      '--listen',
-      '0.0.0.0:9093',
-      '--metrics-listen',
-      '0.0.0.0:9092',
-      '--report',
-    ]);
+    expect(container.args).toEqual(['node', '--config-map', 'naat-system/naat-node-$(NODE_NAME)']);
+    expect(container.env).toContainEqual({
+      name: 'NODE_NAME',
+      valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } },
+    });
     expect(container.securityContext.capabilities).toEqual({ drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] });
     // Added before removed: the ServiceAccount and configs come before the Role that names them and the agents.
     expect(objects.map((o) => o.kind)).toEqual([

@@ -3,7 +3,8 @@
 // node agents report steering ready with the config they were given. Deterministic, as compile.ts:
 // the same gateways give byte-identical node configs, so a hash changes only with the content.
 import { createHash } from 'node:crypto';
-import { maxVni, type EgressGateway } from '../crds/index.ts';
+import type { Static } from '@sinclair/typebox';
+import { maxVni, type EgressGateway, type SteeringNodeStatus } from '../crds/index.ts';
 import { nodeConfigVersion, type NodeConfig, type NodeGateway } from '../contracts/gateway/index.ts';
 import type { Compiled, TunnelFacts } from './compile.ts';
 
@@ -86,15 +87,7 @@ export function desiredNodeConfigs(compiled: readonly Compiled[], settings: Node
 }
 
 /** A node agent's entry in an EgressGateway's status.steering.nodes, as it applies it. */
-export interface SteeringReport {
-  node: string;
-  ready: boolean;
-  reason?: string;
-  message?: string;
-  /** The hash of the NodeConfig it applied. */
-  hash?: string;
-  since?: string;
-}
+export type SteeringReport = Static<typeof SteeringNodeStatus>;
 
 /** Whether a gateway's served pods on one node are steered, and if not, why (a condition reason). */
 export interface NodeSteering {

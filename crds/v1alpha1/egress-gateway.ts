@@ -205,9 +205,33 @@ export const EgressGatewaySpec = withRules(
 );
 export type EgressGatewaySpec = Static<typeof EgressGatewaySpec>;
 
+export const SteeringNodeStatus = Type.Object(
+  {
+    node: Type.String({ description: 'Name of the node that steers served pods to this gateway.', maxLength: 253 }),
+    ready: Type.Boolean({
+      description:
+        "Whether the node's steering to this gateway is in place: its tunnel, routes and rules hold the node config the operator wrote.",
+    }),
+    reason: Type.Optional(
+      Type.String({
+        description: 'A CamelCase, machine-readable reason for ready, such as Applied or ApplyFailed.',
+        minLength: 1,
+        maxLength: 128,
+        pattern: '^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$',
+      }),
+    ),
+    message: Type.Optional(Type.String({ description: 'What went wrong, for people.', maxLength: 1024 })),
+    hash: Type.Optional(
+      Type.String({ description: 'Hash of the node config the node agent applied.', maxLength: 128 }),
+    ),
+    since: Type.String({ description: 'When ready last changed (RFC 3339).', format: 'date-time' }),
+  },
+  { description: "One node's steering to this gateway, as its node agent last reported." },
+);
+
 export const EgressGatewayStatus = StatusObject(
-  'Observed state of the gateway, written by the operator.',
-  'Accepted: the spec resolved (its uplinks exist). Ready: at least one node applied the current configuration and has a healthy uplink.',
+  'Observed state of the gateway, written by the operator and, for steering, by the node agents.',
+  "Accepted: the spec resolved (its uplinks exist). Ready: at least one node applied the current configuration and has a healthy uplink. SteeringReady: every node that hosts served pods away from the gateway's nodes steers them to it with its current node config (status.steering.nodes), or there is no such pod.",
   {
     desiredNodes: Type.Optional(
       Type.Integer({ description: 'Nodes that match nodeSelector and should run the dataplane.', minimum: 0 }),
@@ -223,6 +247,22 @@ export const EgressGatewayStatus = StatusObject(
         description: 'Hash of the compiled configuration the dataplanes are asked to apply.',
         maxLength: 128,
       }),
+    ),
+    steering: Type.Optional(
+      Type.Object(
+        {
+          nodes: Type.Optional(
+            Type.Array(SteeringNodeStatus, {
+              description:
+                'Per node that hosts pods this gateway serves away from its own nodes; each node agent applies its own entry.',
+              maxItems: 5000,
+              'x-kubernetes-list-type': 'map',
+              'x-kubernetes-list-map-keys': ['node'],
+            }),
+          ),
+        },
+        { description: 'Cluster-wide egress: how the nodes that steer served pods to this gateway are doing.' },
+      ),
     ),
   },
 );

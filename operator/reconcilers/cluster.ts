@@ -57,11 +57,8 @@ export interface CompiledCluster {
   nodeConfigs: NodeConfig[];
 }
 
-/** The node agents' entries of a gateway's status (status.steering.nodes). */
-function reportsOf(gateway: EgressGateway): SteeringReport[] {
-  const status = gateway.status as { steering?: { nodes?: SteeringReport[] } } | undefined;
-  return status?.steering?.nodes ?? [];
-}
+/** The node agents' entries of a gateway's status. */
+const reportsOf = (gateway: EgressGateway): SteeringReport[] => gateway.status?.steering?.nodes ?? [];
 
 export function compileCluster(caches: Caches, settings: OperatorSettings): CompiledCluster {
   const gateways = caches.gateways.list();

@@ -348,7 +348,6 @@ describe('invalid values', () => {
     [{ 'operator.leaderElection.enabled': false }, 'operator.replicas: more than one replica needs'],
     [{ 'operator.leaderElection.renewDeadlineSeconds': 20 }, 'operator.leaderElection.renewDeadlineSeconds'],
     [{ 'operator.ports.metrics': 8081 }, 'operator.ports: webhook, metrics and health must be different'],
-    [{ 'steering.healthPort': 9091 }, 'steering.metricsPort, steering.healthPort: must differ'],
     [{ 'steering.port': 0 }, '/steering/port'],
     [{ 'marks.tunnel': 0 }, '/marks/tunnel'],
   ])('%j is rejected naming %s', async (values, field) => {

@@ -67,11 +67,6 @@ app.kubernetes.io/component: operator
 {{- if eq (int .Values.dataplane.metricsPort) (int .Values.dataplane.healthPort) -}}
 {{- fail "dataplane.healthPort: must differ from dataplane.metricsPort" -}}
 {{- end -}}
-{{- /* A node can run a gateway's dataplane and a node agent, both in the host network. */ -}}
-{{- $hostPorts := list .Values.dataplane.metricsPort .Values.dataplane.healthPort .Values.steering.metricsPort .Values.steering.healthPort -}}
-{{- if ne (len (uniq $hostPorts)) 4 -}}
-{{- fail "steering.metricsPort, steering.healthPort: must differ from each other and from the dataplane's ports (a node can run both)" -}}
-{{- end -}}
 {{- end -}}
 
 {{/* OTEL_RESOURCE_ATTRIBUTES: key=value pairs separated by commas, in key order. */}}
