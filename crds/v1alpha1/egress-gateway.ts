@@ -140,6 +140,31 @@ export const Association = DefaultedObject(
   },
 );
 
+/** The VXLAN network identifiers a gateway's tunnel can use (24 bits, 0 reserved). */
+export const maxVni = 16777215;
+
+export const Steering = DefaultedObject(
+  {
+    selection: StringEnum(['Pod', 'Flow'], {
+      description:
+        "How the node a served pod runs on picks one of the gateway's nodes for a new flow, among those that are up and have a healthy uplink. Pod: every flow of a pod leaves through the same gateway node while that node is up (rendezvous hashing: every node computes the same answer, and losing a gateway node moves only its own pods). Flow: each new flow is placed on its own, spreading one pod's flows over the gateway nodes. Either way a flow keeps its gateway node for its whole life.",
+      default: 'Pod',
+    }),
+    vni: Type.Optional(
+      Type.Integer({
+        description:
+          "The VXLAN network identifier of this gateway's tunnel, unique among the cluster's gateways. When omitted the operator derives one from the gateway's name; should two gateways end up with the same one, the gateway whose name sorts first keeps it and the other's SteeringReady condition says VniConflict until one of them sets another.",
+        minimum: 1,
+        maximum: maxVni,
+      }),
+    ),
+  },
+  {
+    description:
+      "Cluster-wide egress: served pods on nodes that are not this gateway's nodes have their flows steered to a gateway node through a VXLAN tunnel, by a node agent the operator runs on each such node. Pods on the gateway's own nodes take the local path.",
+  },
+);
+
 export const EgressGatewaySpec = withRules(
   Type.Object(
     {
@@ -165,6 +190,7 @@ export const EgressGatewaySpec = withRules(
         default: 'Allow',
       }),
       association: Association,
+      steering: Steering,
     },
     {
       description:
@@ -205,7 +231,7 @@ export const SteeringNodeStatus = Type.Object(
 
 export const EgressGatewayStatus = StatusObject(
   'Observed state of the gateway, written by the operator and, for steering, by the node agents.',
-  'Accepted: the spec resolved (its uplinks exist). Ready: at least one node applied the current configuration and has a healthy uplink.',
+  "Accepted: the spec resolved (its uplinks exist). Ready: at least one node applied the current configuration and has a healthy uplink. SteeringReady: every node that hosts served pods away from the gateway's nodes steers them to it with its current node config (status.steering.nodes), or there is no such pod.",
   {
     desiredNodes: Type.Optional(
       Type.Integer({ description: 'Nodes that match nodeSelector and should run the dataplane.', minimum: 0 }),
