@@ -176,6 +176,8 @@ let peers: Peers;
 let relay: NaaRelay;
 let relayPort: number;
 const pinned = new Map<string, string>();
+/** What gw-b held each time the relay said a node that came up was synced, and which nodes were. */
+let syncs: Array<{ synced: string[]; heldByB: number[]; stampsOfB: number[] }> = [];
 
 function nodeGateway(): NodeGateway {
   return {
@@ -203,7 +205,16 @@ beforeEach(async () => {
   await b.start(port);
   peers = new Peers(['gw-a', 'gw-b']);
   pinned.clear();
-  relay = new NaaRelay({ gateway: nodeGateway(), peers, pinnedPeer: (p) => pinned.get(p.name), helloTimeoutMs: 1000 });
+  syncs = [];
+  relay = new NaaRelay({
+    gateway: nodeGateway(),
+    peers,
+    pinnedPeer: (p) => pinned.get(p.name),
+    helloTimeoutMs: 1000,
+    syncTimeoutMs: 1000,
+    onSynced: () =>
+      syncs.push({ synced: [...relay.synced()], heldByB: b.held(), stampsOfB: b.stamps.map((s) => s.stamp) }),
+  });
   relayPort = await relay.listen('127.0.0.1:0');
 });
 
@@ -308,9 +319,13 @@ test('a node going down and coming back makes the driver reconnect, and the node
     expect(a.held()).toEqual([3001, 3002, 3003]);
 
     // A fresh gw-b comes up, empty: the driver reconnects and its snapshot and stamps reach it.
+    // Until they are in force there, the relay does not count it as synced.
     b = new GatewayNode('gw-b', '127.0.0.3');
     await b.start(port);
     peers.set(['gw-a', 'gw-b']);
+    expect([...relay.synced()]).toEqual(['gw-a']);
+    await eventually(() => expect(syncs).toHaveLength(1));
+    expect(syncs).toEqual([{ synced: ['gw-a', 'gw-b'], heldByB: [3001, 3002, 3003], stampsOfB: [11] }]);
     await eventually(() => expect(states.filter((s) => s === 'connected')).toHaveLength(3));
     await eventually(() => expect(d.progress.acked).toBe(d.progress.sent));
     expect(b.held()).toEqual([3001, 3002, 3003]);
@@ -320,6 +335,22 @@ test('a node going down and coming back makes the driver reconnect, and the node
   } finally {
     d.stop();
   }
+});
+
+test('a node that came up counts as synced after a while when a pod does not come back', async () => {
+  peers.set(['gw-a']);
+  const gone = rawStream({ namespace: 'shop', name: 'gone', uid: 'uid-4' });
+  gone.hello();
+  await gone.next('helloAck');
+  const cameUp = performance.now();
+  peers.set(['gw-a', 'gw-b']);
+  expect([...relay.synced()]).toEqual(['gw-a']);
+  // Its stream ends so that it reconnects, and it never does.
+  expect((await gone.ended).code).toBe(status.UNAVAILABLE);
+  gone.close();
+  await eventually(() => expect(syncs).toHaveLength(1));
+  expect(syncs[0]!.synced).toEqual(['gw-a', 'gw-b']);
+  expect(performance.now() - cameUp).toBeGreaterThanOrEqual(990);
 });
 
 test('a node that refuses the pod ends the stream with its status and name; no node up ends it UNAVAILABLE', async () => {
