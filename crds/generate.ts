@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { format, resolveConfig } from 'prettier';
 import { stringify } from 'yaml';
+import { parseCommandLine } from '../common/index.ts';
 import { customResourceDefinition } from './crd.ts';
 import { definitions, group, version } from './index.ts';
 import { renderReference } from './reference.ts';
@@ -31,6 +32,10 @@ export async function generatedFiles(): Promise<Record<string, string>> {
 }
 
 if (import.meta.main) {
+  parseCommandLine(
+    "usage: npm run generate\n  writes the CRDs, the chart's copies of them and docs/api.md from crds/v1alpha1/",
+    { options: {} },
+  );
   for (const [path, content] of Object.entries(await generatedFiles())) {
     await mkdir(dirname(join(root, path)), { recursive: true });
     await writeFile(join(root, path), content);

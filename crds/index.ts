@@ -33,7 +33,10 @@ export {
   EgressGatewaySpec,
   EgressGatewayStatus,
   GatewayUplinks,
+  maxVni,
   SidecarInjection,
+  Steering,
+  SteeringNodeStatus,
   Timeouts,
   egressGatewayDefinition,
 } from './v1alpha1/egress-gateway.ts';

@@ -21,6 +21,7 @@ import {
 } from './attribution.ts';
 import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
 import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
+import { parseNodeConfig, type NodeConfig } from '../contracts/gateway/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import {
@@ -33,19 +34,31 @@ import {
 import { HealthMonitor, IpLinkReader } from './probe/index.ts';
 import { localUplinks } from './render.ts';
 import { ExecRouting } from './routing.ts';
+import { NodeAgent } from './steering/node-agent.ts';
+import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
+import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
+import { gatewayTunnelOwnership } from './steering/gateway-plan.ts';
+import { steeringReadiness } from './steering/gateway-readiness.ts';
 
 const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node dataplane/main.js COMMAND …)
   run --config FILE | --config-map NAMESPACE/NAME
                                 runs the agent from a config file (followed as it changes) or from
                                 the gateway's ConfigMap, watched
       [--node NAME]             this node (default: $NODE_NAME or the host name)
-      [--listen ADDR:PORT]      /status, /flows, /metrics, /attribution (default 127.0.0.1:7741)
+      [--listen ADDR:PORT]      /status, /flows, /metrics, /attribution, /healthz, /readyz and
+                                /steering (default 127.0.0.1:7741)
       [--metrics-listen ADDR:PORT]   the same endpoints on a second address
       [--naa-listen ADDR:PORT]  where the sidecars' NAA streams arrive
       [--report]                write this node's uplink health into Uplink status
       [--state-dir DIR] [--reload-ms MS] [--report-ms MS]
       [--attribution-records N] [--attribution-minutes M]   attribution retention
   remove                        takes away everything naat put in the kernel
+  node --config FILE | --config-map NAMESPACE/NAME
+                                the node agent: steers the served pods of this node to their
+                                gateways' nodes, from its NodeConfig (followed as it changes)
+      [--node NAME] [--state-dir DIR] [--reload-ms MS]
+      [--listen ADDR:PORT]      /status (default 127.0.0.1:7742)
+  node --remove                 takes away everything the node agent put in the kernel
   attribution --address A --port P --at ISO8601 [--agent URL] [--json]
                                 who used public address A, port P at that time
   --help                        this text`;
@@ -56,8 +69,10 @@ const { positionals, values } = parseCommandLine(usage, {
     config: { type: 'string', short: 'c' },
     'config-map': { type: 'string' },
     node: { type: 'string', default: process.env.NODE_NAME ?? hostname() },
-    'state-dir': { type: 'string', default: '/run/naat' },
-    listen: { type: 'string', default: '127.0.0.1:7741' },
+    'state-dir': { type: 'string' },
+    listen: { type: 'string' },
+    // The node command's.
+    remove: { type: 'boolean', default: false },
     'metrics-listen': { type: 'string' },
     'reload-ms': { type: 'string', default: '1000' },
     report: { type: 'boolean', default: false },
@@ -75,9 +90,12 @@ const { positionals, values } = parseCommandLine(usage, {
 });
 
 /** JSON (what the operator writes) is read as JSON: the YAML parser takes a hundred times longer. */
-function parseConfig(text: string): GatewayConfig {
-  return parseGatewayConfig(text.trimStart().startsWith('{') ? JSON.parse(text) : parseYaml(text));
-}
+const parseText = (text: string): unknown => (text.trimStart().startsWith('{') ? JSON.parse(text) : parseYaml(text));
+const parseConfig = (text: string): GatewayConfig => parseGatewayConfig(parseText(text));
+const stateDir = (role: 'gateway' | 'node') =>
+  values['state-dir'] ?? (role === 'gateway' ? '/run/naat' : '/run/naat-node');
+const listenAddress = (role: 'gateway' | 'node') =>
+  values.listen ?? (role === 'gateway' ? '127.0.0.1:7741' : '127.0.0.1:7742');
 
 function retention(): Retention {
   const positive = (flag: 'attribution-records' | 'attribution-minutes') => {
@@ -88,19 +106,22 @@ function retention(): Retention {
   return { maxRecords: positive('attribution-records'), maxAgeMs: positive('attribution-minutes') * 60_000 };
 }
 
+const writeSysctl = (path: string, value: string) => writeFile(`/proc/sys/${path}`, value);
+
 function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): Agent {
   const links = new IpLinkReader();
   return new Agent({
     node: values.node!,
-    nft: new ExecNftables(['nft'], values['state-dir']),
+    nft: new ExecNftables(['nft'], stateDir('gateway')),
     routing: new ExecRouting(),
     conntrack: new ExecConntrack(),
-    stateDir: values['state-dir']!,
+    stateDir: stateDir('gateway'),
     interfaceAddresses: async (name) => {
       const { ipv4, ipv6 } = await links.addresses(name);
       return [ipv4, ipv6].filter((a): a is string => Boolean(a));
     },
-    writeSysctl: (path, value) => writeFile(`/proc/sys/${path}`, value),
+    writeSysctl,
+    tunnels: new ExecTunnelKernel(gatewayTunnelOwnership, writeSysctl),
     conntrackStats: () => readConntrackStats(),
     log,
     ...options,
@@ -113,7 +134,7 @@ async function run(): Promise<void> {
     'k8s.node.name': values.node!,
     ...(process.env.POD_NAME ? { 'k8s.pod.name': process.env.POD_NAME } : {}),
   });
-  const first = await firstConfig();
+  const first = await firstConfig(parseConfig, 'gateway config');
   // Without telemetry, an ended flow costs nothing beyond its attribution record.
   const onFlowEnd = telemetry.enabled ? (await import('./flow-telemetry.ts')).exportFlow : undefined;
   const agent = agentFor({ retention: limits, ...(onFlowEnd ? { onFlowEnd } : {}) });
@@ -163,7 +184,9 @@ async function run(): Promise<void> {
     });
   });
 
-  const servers = [values.listen!, values['metrics-listen']].filter((a) => a !== undefined).map((a) => serve(agent, a));
+  const servers = [listenAddress('gateway'), values['metrics-listen']]
+    .filter((a) => a !== undefined)
+    .map((a) => serve(agent, a));
   const stop = async (signal: string) => {
     log.info('Stopping; the kernel keeps the ruleset', { signal });
     first.source.stop();
@@ -185,13 +208,16 @@ async function run(): Promise<void> {
  * first valid version; later versions go to the callback given to `later`. An invalid first
  * version is logged and waited out.
  */
-async function firstConfig(): Promise<{
-  config: GatewayConfig;
+async function firstConfig<T>(
+  parse: (text: string) => T,
+  what: string,
+): Promise<{
+  config: T;
   source: ConfigSource;
   later(f: (text: string) => void): void;
 }> {
-  let resolveFirst!: (config: GatewayConfig) => void;
-  const firstValid = new Promise<GatewayConfig>((resolve) => (resolveFirst = resolve));
+  let resolveFirst!: (config: T) => void;
+  const firstValid = new Promise<T>((resolve) => (resolveFirst = resolve));
   let seen = false;
   // A version that arrives while the agent starts waits here for `later`.
   let pending: string | undefined;
@@ -199,13 +225,13 @@ async function firstConfig(): Promise<{
   const onText = (text: string) => {
     if (seen) return next(text);
     try {
-      resolveFirst(parseConfig(text));
+      resolveFirst(parse(text));
       seen = true;
     } catch (error) {
-      log.error('Waiting for a valid gateway config', { error: (error as Error).message });
+      log.error(`Waiting for a valid ${what}`, { error: (error as Error).message });
     }
   };
-  const onError = (error: Error) => log.error('Failed to read the gateway config', { error: error.message });
+  const onError = (error: Error) => log.error(`Failed to read the ${what}`, { error: error.message });
   let source: ConfigSource;
   if (values['config-map']) {
     const [namespace, name] = values['config-map'].split('/');
@@ -216,7 +242,7 @@ async function firstConfig(): Promise<{
   } else if (values.config) {
     source = watchFile(values.config, Number(values['reload-ms']), onText, onError);
   } else {
-    usageError(usage, 'run needs --config FILE or --config-map NAMESPACE/NAME');
+    usageError(usage, `${positionals[0] ?? 'run'} needs --config FILE or --config-map NAMESPACE/NAME`);
   }
   const config = await firstValid;
   return {
@@ -296,6 +322,12 @@ function serve(agent: Agent, address: string): Server {
       res.statusCode = ok ? 200 : 503;
       return void res.end(ok ? 'ok\n' : 'not synced\n');
     }
+    if (req.url === '/steering') {
+      const readiness = steeringReadiness(report, agent.config ? localUplinks(agent.config, values.node!) : []);
+      res.statusCode = readiness.ready ? 200 : 503;
+      res.setHeader('content-type', 'application/json');
+      return void res.end(`${JSON.stringify(readiness)}\n`);
+    }
     if (req.url === '/status') {
       res.setHeader('content-type', 'application/json');
       return void res.end(`${JSON.stringify(report, null, 2)}\n`);
@@ -325,6 +357,63 @@ async function remove(): Promise<void> {
   log.info('Removed naat from the kernel');
 }
 
+function nodeAgent(): NodeAgent {
+  const conntrack = new ExecConntrack();
+  return new NodeAgent({
+    nft: new ExecNftables(['nft'], stateDir('node'), nodeTableName),
+    tunnels: new ExecTunnelKernel(nodeTunnelOwnership, writeSysctl),
+    deleteFlows: (value, mask) => conntrack.deleteMarked(value, mask),
+    stateDir: stateDir('node'),
+    log,
+  });
+}
+
+/**
+ * The node agent. SIGTERM and SIGINT leave the kernel as it is, so steered flows go on through a
+ * restart; `node --remove` takes everything away.
+ */
+async function node(): Promise<void> {
+  if (values.remove) {
+    await nodeAgent().remove();
+    return void log.info('Removed the node agent from the kernel');
+  }
+  const parse = (text: string): NodeConfig => parseNodeConfig(parseText(text));
+  const first = await firstConfig(parse, 'node config');
+  const agent = nodeAgent();
+  await agent.start(first.config);
+  log.info('Started the node agent', { node: first.config.node, gateways: first.config.gateways.length });
+  let applying = Promise.resolve();
+  first.later((text) => {
+    applying = applying.then(async () => {
+      try {
+        const config = parse(text);
+        await agent.configure(config);
+        log.info('Applied a new node config', { node: config.node, hash: config.hash });
+      } catch (error) {
+        log.error('Kept the last good node config', { error: (error as Error).message });
+      }
+    });
+  });
+  const [host, port] = splitHostPort(listenAddress('node'));
+  const server = createServer((req, res) => {
+    if (req.url !== '/status') {
+      res.statusCode = 404;
+      return void res.end('not found\n');
+    }
+    res.setHeader('content-type', 'application/json');
+    res.end(`${JSON.stringify(agent.report(), null, 2)}\n`);
+  }).listen(port, host);
+  const stop = async (signal: string) => {
+    log.info('Stopping; the kernel keeps the steering', { signal });
+    first.source.stop();
+    server.close();
+    await agent.stop();
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+}
+
 /** Asks a running agent who used a public address and port at a time, and prints the answer. */
 async function attribution(): Promise<void> {
   const params = new URLSearchParams({ address: values.address ?? '', port: values.port ?? '', at: values.at ?? '' });
@@ -343,9 +432,9 @@ async function attribution(): Promise<void> {
 }
 
 const command = positionals[0] ?? 'run';
-const commands: Record<string, () => Promise<void>> = { run, remove, attribution };
+const commands: Record<string, () => Promise<void>> = { run, remove, attribution, node };
 if (!commands[command] || positionals.length > 1) {
-  usageError(usage, `Unknown command ${positionals.join(' ')}: use run, remove or attribution`);
+  usageError(usage, `Unknown command ${positionals.join(' ')}: use run, remove, attribution or node`);
 }
 commands[command]().catch((error: Error) => {
   log.error('The dataplane agent failed', { error: error.message });

@@ -14,7 +14,14 @@ import type { Application, TraceContext } from '../proto/index.ts';
 import { matchesApplication } from '../contracts/index.ts';
 import { balancerFor, type Balancer } from './balancing/index.ts';
 import type { CompiledRule, CompiledUplink, GatewayConfig } from '../contracts/gateway/index.ts';
-import { canonicalAddress, normalisePrefixes } from '../contracts/gateway/index.ts';
+import {
+  canonicalAddress,
+  markField,
+  markOf,
+  normalisePrefixes,
+  uplinkMarkMask,
+  type MarkField,
+} from '../contracts/gateway/index.ts';
 import {
   renderElement,
   type Chain,
@@ -29,14 +36,20 @@ import {
   type Statement,
   type Table,
 } from './nft/model.ts';
+import { gatewayDevice, planGatewaySteering, type GatewaySteering } from './steering/gateway-plan.ts';
+import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
 
-/** Bits of the conntrack and packet marks that hold a flow's uplink id (1–254). */
-export const markMask = 0x00ff0000;
-export const markShift = 16;
-export const maxUplinkId = 254;
 /** Routing table of uplink id n is routeTableBase + n; ip rules use this preference. */
 export const routeTableBase = 7700;
 export const rulePreference = 7700;
+/** The routing tables naat owns, routeTableBase + 1 up to this many, whatever the mark bits. */
+export const routeTableCount = 254;
+
+/** The mark bits of the config's uplink ids (marks.uplinks; 0x0000000f by default). */
+export const uplinkMarks = (config: GatewayConfig): MarkField => markField(uplinkMarkMask(config));
+
+/** The highest uplink id: what the mark bits hold, and one routing table per id. */
+export const maxUplinkId = (marks: MarkField): number => Math.min(marks.max, routeTableCount);
 
 export interface FlowAssociation {
   transport: 'tcp' | 'udp';
@@ -76,12 +89,16 @@ export interface RenderInput {
   stamps?: readonly StampedApplication[];
   /** Addresses of each uplink interface, the probe sources of uplinks without SNAT addresses. */
   interfaceAddresses?: ReadonlyMap<string, readonly string[]>;
+  /** This node's underlay per family (config.steering): the tunnel's outer address and MTU. */
+  underlay?: ReadonlyMap<TunnelFamily, Underlay>;
 }
 
 export interface UplinkRoute {
   uplink: string;
   id: number;
   mark: number;
+  /** The uplink id bits the ip rule compares `mark` under. */
+  markMask: number;
   table: number;
   interface: string;
   nextHop: { ipv4?: string; ipv6?: string };
@@ -92,6 +109,8 @@ export interface UplinkRoute {
 export interface Rendered {
   table: Table;
   routes: UplinkRoute[];
+  /** The steering tunnel, its return routes and rule (config.steering with a known underlay). */
+  steering?: GatewaySteering;
 }
 
 export function localUplinks(config: GatewayConfig, node: string): CompiledUplink[] {
@@ -118,6 +137,8 @@ interface RenderContext {
   /** This node's uplinks, by name. */
   uplinks: CompiledUplink[];
   ids: ReadonlyMap<string, number>;
+  /** Where the uplink ids sit in the marks. */
+  marks: MarkField;
   healthy: CompiledUplink[];
   load: ReadonlyMap<string, number>;
   balancer: Balancer;
@@ -130,6 +151,7 @@ export function render(input: RenderInput): Rendered {
     config,
     uplinks,
     ids: new Map(uplinks.map((u) => [u.name, idOf(input.ids, u.name)])),
+    marks: uplinkMarks(config),
     healthy: uplinks.filter((u) => input.health.get(u.name) !== false),
     load: input.load ?? new Map(),
     balancer: balancerFor(config.balancing),
@@ -141,14 +163,20 @@ export function render(input: RenderInput): Rendered {
   for (const uplink of uplinks) renderUplinkChains(context, uplink, parts);
   const objects = conntrackObjects(config);
   if (strict) objects.push(...strictCounters());
+  const steering = input.underlay && planGatewaySteering(config, input.node, input.underlay);
   const chains = [
-    renderPrerouting(config),
+    renderPrerouting(config, context.marks),
     ...parts.chains,
     renderPostrouting(context),
     renderGuard(uplinks),
     ...(strict ? [renderStrictClear()] : []),
+    ...(steering ? [steering.mss] : []),
   ];
-  return { table: { chains, sets: parts.sets, objects }, routes: renderRoutes(context, input.interfaceAddresses) };
+  return {
+    table: { chains, sets: parts.sets, objects },
+    routes: renderRoutes(context, input.interfaceAddresses),
+    ...(steering ? { steering } : {}),
+  };
 }
 
 const addressSet = (name: string, f: Family, prefixes: readonly string[]): NamedSet => ({
@@ -337,8 +365,10 @@ function renderAssociationMaps(
 /** An uplink's chain (it marks the flow for the uplink) and its source NAT chains. */
 function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, parts: TableParts): void {
   const id = context.ids.get(uplink.name)!;
-  const mark = id << markShift;
-  const then: Rule[] = [{ match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask: markMask, value: mark }] }];
+  const { mask } = context.marks;
+  const then: Rule[] = [
+    { match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask, value: markOf(context.marks, id) }] },
+  ];
   const extra = context.healthy.includes(uplink) ? context.balancer.uplinkParts : undefined;
   if (extra) {
     for (const f of families) {
@@ -354,11 +384,37 @@ function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, part
 }
 
 /** The base chain that classifies new flows of served pods and restores the uplink of known ones. */
-function renderPrerouting(config: GatewayConfig): Chain {
+function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
   const hold = config.association?.unassociatedFlows === 'Hold';
   const strict = (config.association?.strictSources ?? []).length > 0;
-  const restore: Statement[] = [{ kind: 'restoreMark', mask: markMask }, ret];
+  // A tunnelled flow's packets towards the uplink keep the tunnel bits too: the reverse-path
+  // check of those that come from the tunnel finds the pod's route back through it.
+  const tunnelMask = config.steering?.markMask ?? 0;
+  const restore: Statement[] = [{ kind: 'restoreMark', mask: (mask | tunnelMask) >>> 0 }, ret];
+  const tunnelRestore: Statement[] = [{ kind: 'restoreMark', mask: tunnelMask }, ret];
   const rules: Rule[] = [
+    // Steering: packets towards a pod of a tunnelled flow (replies, and the server's packets of
+    // active FTP data, which the kernel translates to the pod) go back into the tunnel.
+    ...(config.steering
+      ? [
+          {
+            match: [
+              { kind: 'ctDirection', direction: 'reply' },
+              { kind: 'ctStatus', status: 'dnat', negate: true },
+              { kind: 'ctMarkSet', mask: tunnelMask },
+            ] as Match[],
+            then: tunnelRestore,
+          },
+          {
+            match: [
+              { kind: 'ctDirection', direction: 'original' },
+              { kind: 'ctStatus', status: 'dnat' },
+              { kind: 'ctMarkSet', mask: tunnelMask },
+            ] as Match[],
+            then: tunnelRestore,
+          },
+        ]
+      : []),
     // Packets of flows conntrack knows are decided by their direction and translation alone, so
     // that the bulk of the traffic passes a single rule. The pods' flows keep the uplink in their
     // mark (FTP data and ICMP errors inherit their flow's); their replies go back to the pod by
@@ -368,7 +424,7 @@ function renderPrerouting(config: GatewayConfig): Chain {
       match: [
         { kind: 'ctDirection', direction: 'original' },
         { kind: 'ctStatus', status: 'dnat', negate: true },
-        { kind: 'ctMarkSet', mask: markMask },
+        { kind: 'ctMarkSet', mask },
       ],
       then: restore,
     },
@@ -382,7 +438,7 @@ function renderPrerouting(config: GatewayConfig): Chain {
     {
       match: [
         { kind: 'ctDirection', direction: 'reply' },
-        { kind: 'ctMarkSet', mask: markMask },
+        { kind: 'ctMarkSet', mask },
       ],
       then: restore,
     },
@@ -391,6 +447,15 @@ function renderPrerouting(config: GatewayConfig): Chain {
       then: [ret],
     })),
     { match: [{ kind: 'ctStateNew', negate: true }], then: [ret] },
+    // A new flow from the tunnel: its replies must go back the way it came.
+    ...(config.steering
+      ? [
+          {
+            match: [{ kind: 'iifname', name: gatewayDevice(config.steering) } as Match],
+            then: [{ kind: 'setMark', mask: tunnelMask, value: tunnelMask } as Statement],
+          },
+        ]
+      : []),
     ...families.map((f) => ({
       match: [family(f), { kind: 'daddr', family: f, set: `bypass${f}` } as Match],
       then: [ret],
@@ -456,13 +521,13 @@ function strictCounters(): NftObject[] {
 }
 
 /** Source NAT: a packet marked for an uplink and leaving by its interface goes to its SNAT chain. */
-function renderPostrouting({ uplinks, ids }: RenderContext): Chain {
+function renderPostrouting({ uplinks, ids, marks }: RenderContext): Chain {
   return {
     name: 'postrouting',
     base: { type: 'nat', hook: 'postrouting', priority: 100 },
     rules: uplinks.map((u) => ({
       match: [
-        { kind: 'mark', mask: markMask, value: ids.get(u.name)! << markShift },
+        { kind: 'mark', mask: marks.mask, value: markOf(marks, ids.get(u.name)!) },
         { kind: 'oifname', name: u.interface },
       ],
       then: [goto(snatChain(u.name))],
@@ -516,7 +581,7 @@ function renderStrictClear(): Chain {
 
 /** Each uplink's routing table: its mark, next hop and the sources routed by it (probes). */
 function renderRoutes(
-  { uplinks, ids }: RenderContext,
+  { uplinks, ids, marks }: RenderContext,
   interfaceAddresses: ReadonlyMap<string, readonly string[]> | undefined,
 ): UplinkRoute[] {
   return uplinks.map((u) => {
@@ -524,7 +589,8 @@ function renderRoutes(
     return {
       uplink: u.name,
       id,
-      mark: id << markShift,
+      mark: markOf(marks, id),
+      markMask: marks.mask,
       table: routeTableBase + id,
       interface: u.interface,
       nextHop: { ...u.nextHop },

@@ -43,24 +43,31 @@ export class UplinkStatusReporter {
       const body = uplinkStatusPatch(report, uplink);
       const text = JSON.stringify(body);
       if (this.#last.get(uplink.name) === text) continue;
-      try {
-        await this.#api.patchClusterCustomObjectStatus(
-          {
-            group,
-            version,
-            plural: uplinkDefinition.plural,
-            name: uplink.name,
-            body,
-            fieldManager: reportFieldManager(report.node),
-            force: true,
-          },
-          setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
-        );
+      if (await applyStatus(this.#api, uplinkDefinition.plural, body, reportFieldManager(report.node)))
         this.#last.set(uplink.name, text);
-      } catch (error) {
-        if ((error as { code?: number }).code === 404) continue;
-        throw error;
-      }
     }
+  }
+}
+
+/**
+ * Server-side applies `body` (an object of one of naat's cluster-scoped kinds, with only the status
+ * fields this manager owns) to its status subresource. Fields the manager applied before and left
+ * out now are removed. Resolves false when the object does not exist.
+ */
+export async function applyStatus(
+  api: CustomObjectsApi,
+  plural: string,
+  body: { metadata: { name: string } },
+  fieldManager: string,
+): Promise<boolean> {
+  try {
+    await api.patchClusterCustomObjectStatus(
+      { group, version, plural, name: body.metadata.name, body, fieldManager, force: true },
+      setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
+    );
+    return true;
+  } catch (error) {
+    if ((error as { code?: number }).code === 404) return false;
+    throw error;
   }
 }

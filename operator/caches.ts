@@ -10,6 +10,7 @@ import {
   type KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
+  type V1ConfigMap,
   type V1DaemonSet,
   type V1MutatingWebhookConfiguration,
   type V1Namespace,
@@ -28,6 +29,7 @@ import {
 } from '../crds/index.ts';
 import { apiListerWatcher, Informer, type ListPage } from '../common/kube/index.ts';
 import type { Logger } from '../common/index.ts';
+import { nodeAgentName } from './desired.ts';
 import type { OperatorSettings } from './settings.ts';
 
 /** What the reconcilers of gateways, uplinks and pods read. */
@@ -40,6 +42,8 @@ export interface Caches {
   nodes: Informer<V1Node>;
   /** Only the DaemonSets the operator made, in its namespace. */
   daemonSets: Informer<V1DaemonSet>;
+  /** Only the node agents' ConfigMaps (one per node), in its namespace: those to remove are found here. */
+  nodeConfigMaps: Informer<V1ConfigMap>;
 }
 
 /** The webhook's own objects, watched by name: the only ones its RBAC lets it read. */
@@ -106,6 +110,12 @@ export function operatorCaches(
         `/apis/apps/v1/namespaces/${namespace}/daemonsets`,
         (p, o) => apps.listNamespacedDaemonSet({ namespace, ...p }, o),
         { labelSelector: managed },
+      ),
+      nodeConfigMaps: informer(
+        'ConfigMap',
+        `/api/v1/namespaces/${namespace}/configmaps`,
+        (p, o) => core.listNamespacedConfigMap({ namespace, ...p }, o),
+        { labelSelector: `${managed},app.kubernetes.io/name=${nodeAgentName}` },
       ),
     },
     webhookCaches: {

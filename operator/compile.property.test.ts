@@ -4,9 +4,10 @@
 // is reported on both policies it involves.
 import fc from 'fast-check';
 import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../crds/index.ts';
-import { parseGatewayConfig } from '../contracts/gateway/index.ts';
+import { parseGatewayConfig, parseNodeConfig } from '../contracts/gateway/index.ts';
 import { each } from '../test/arbitraries.ts';
-import { compileGateway, sidecarContainerName, type PodFacts, type Snapshot } from './compile.ts';
+import { compileGateway, sidecarContainerName, type PodFacts, type Snapshot, type TunnelFacts } from './compile.ts';
+import { desiredNodeConfigs } from './steering.ts';
 import type { Labels } from './selector.ts';
 
 function valid<K extends Kind>(kind: K, object: unknown) {
@@ -187,7 +188,13 @@ const pod = ([namespace, name]: [string, string]) =>
     containers: fc.constantFrom(['app'], ['app', sidecarContainerName]),
     strict: fc.boolean(),
     phase: fc.constantFrom('Running', 'Running', 'Pending', 'Succeeded', 'Failed'),
+    node: fc.constantFrom('n1', 'n2', 'n3', 'n4'),
   }) satisfies fc.Arbitrary<PodFacts>;
+
+const nodeNames = ['n1', 'n2', 'n3', 'n4'];
+/** A node's InternalIP addresses: none, one family or both. */
+const internalIps = (i: number) =>
+  fc.constantFrom([], [`192.0.2.${i + 1}`], [`2001:db8::${i + 1}`], [`192.0.2.${i + 1}`, `2001:db8::${i + 1}`]);
 
 const namespaces = ['shop', 'other', 'ops'];
 const objectKeys = (names: string[], max: number) =>
@@ -203,10 +210,23 @@ const snapshot: fc.Arbitrary<Snapshot> = fc
     policies: objectKeys(['p1', 'p2', 'p3'], 5).chain((keys) => each(keys.map(policy))),
     pods: objectKeys(['web', 'db', 'batch', 'job'], 8).chain((keys) => each(keys.map(pod))),
     namespaceLabels: each(namespaces.map(() => labels)),
-    nodes: fc.uniqueArray(fc.record({ name: fc.constantFrom('n1', 'n2', 'n3', 'n4'), labels }), {
-      selector: (n) => n.name,
-    }),
+    nodes: fc
+      .subarray(nodeNames)
+      .chain((names) =>
+        each(
+          names.map((name) =>
+            fc.record({ name: fc.constant(name), labels, addresses: internalIps(nodeNames.indexOf(name)) }),
+          ),
+        ),
+      ),
     bypass: fc.subarray(['10.96.0.0/12', 'fd00:96::/108', '10.244.0.0/16']),
+    steering: fc.option(
+      fc.constantFrom<TunnelFacts>(
+        { tunnel: { vni: 4242, port: 7790 }, markMask: 0x10 },
+        { vniTakenBy: 'gx', vni: 4242 },
+      ),
+      { nil: undefined },
+    ),
   })
   .map(({ namespaceLabels, ...s }) => ({
     ...s,
@@ -280,5 +300,37 @@ describe('compileGateway, for any snapshot', () => {
     );
     // The generator must actually produce conflicts for this to say anything.
     expect(conflicts).toBeGreaterThan(0);
+  });
+
+  it("gives each node that hosts pods away from the gateway's nodes a config of exactly those pods", () => {
+    let steered = 0;
+    fc.assert(
+      fc.property(snapshot, (s) => {
+        const compiled = compileGateway(s);
+        const configs = desiredNodeConfigs([compiled], { markMask: 0xe0, healthPort: 9091 });
+        const addressed = new Set(s.nodes.filter((n) => n.addresses?.length).map((n) => n.name));
+        const tunnelled = s.steering && 'tunnel' in s.steering;
+        for (const config of configs) {
+          expect(parseNodeConfig(JSON.parse(JSON.stringify(config)))).toEqual(config);
+          // Never a gateway node for its own gateway: its pods take the local path.
+          expect(compiled.nodes).not.toContain(config.node);
+          const [entry] = config.gateways;
+          expect(entry!.pods).toEqual(
+            compiled.away
+              .filter((p) => p.node === config.node)
+              .map(({ namespace, name, addresses }) => ({ namespace, name, addresses })),
+          );
+          // Peers: the gateway's nodes with an uplink there and an address to tunnel to.
+          for (const peer of entry!.peers) expect(compiled.nodes).toContain(peer.node);
+          steered += entry!.pods.length;
+        }
+        // Every away pod on a node with an address is steered when the gateway has its tunnel.
+        const expected = tunnelled ? compiled.away.filter((p) => addressed.has(p.node)).map((p) => p.node) : [];
+        expect(configs.map((c) => c.node)).toEqual([...new Set(expected)].sort());
+        expect(compiled.config.steering?.sources.map((n) => n.node) ?? []).toEqual(configs.map((c) => c.node));
+      }),
+      { numRuns: 300 },
+    );
+    expect(steered).toBeGreaterThan(0);
   });
 });

@@ -3,6 +3,7 @@
 // its dataplanes apply, plus what the status of each object should say. Deterministic: the same
 // snapshot gives byte-identical output, so the content hash changes only when the config does.
 import { createHash } from 'node:crypto';
+import { isIP } from 'node:net';
 import { matchersOverlap } from '../contracts/index.ts';
 import type { EgressGateway, EgressPolicy, Uplink } from '../crds/index.ts';
 import {
@@ -11,6 +12,9 @@ import {
   type CompiledRule,
   type CompiledUplink,
   type GatewayConfig,
+  type SteeredPod,
+  type Tunnel,
+  type TunnelEndpoint,
 } from '../contracts/gateway/index.ts';
 import { matchesLabels, matchesSelector, type Labels } from './selector.ts';
 
@@ -28,7 +32,19 @@ export interface PodFacts {
   strict?: boolean;
   /** Succeeded or Failed pods hold no flows. */
   phase?: string;
+  /** spec.nodeName: the node the pod runs on. */
+  node?: string;
 }
+
+export interface NodeFacts {
+  name: string;
+  labels?: Labels;
+  /** The node's InternalIP addresses: the outer addresses of the tunnel packets it sends and receives. */
+  addresses?: readonly string[];
+}
+
+/** The gateway's tunnel, or the gateway that holds the VNI it would use (operator/steering.ts). */
+export type TunnelFacts = { tunnel: Tunnel; markMask: number } | { vniTakenBy: string; vni: number };
 
 export interface Snapshot {
   gateway: EgressGateway;
@@ -36,9 +52,26 @@ export interface Snapshot {
   policies: readonly EgressPolicy[];
   pods: readonly PodFacts[];
   namespaces: ReadonlyMap<string, Labels>;
-  nodes: ReadonlyArray<{ name: string; labels?: Labels }>;
+  nodes: readonly NodeFacts[];
   /** Destinations that never leave through an uplink (the cluster's pod and service networks). */
   bypass: readonly string[];
+  /** Cluster-wide egress; without it, pods away from the gateway's nodes are compiled but not steered. */
+  steering?: TunnelFacts;
+}
+
+/** A served pod on a node that is not one of the gateway's: its flows reach the gateway through the tunnel. */
+export type AwayPod = SteeredPod & { node: string };
+
+/** What the node agents of the nodes that host the gateway's away pods need of the gateway. */
+export interface GatewaySteering {
+  tunnel: Tunnel;
+  selection: 'Pod' | 'Flow';
+  associationPort: number;
+  bypass: string[];
+  /** The gateway's nodes that have an uplink and an address: where flows can be steered to. */
+  peers: TunnelEndpoint[];
+  /** The nodes that host away pods and have an address, with their pods. */
+  sources: Array<TunnelEndpoint & { pods: SteeredPod[] }>;
 }
 
 export interface PolicyFacts {
@@ -58,6 +91,10 @@ export interface Compiled {
   missingUplinks: string[];
   /** By namespace/name of every policy that names the gateway. */
   policies: Map<string, PolicyFacts>;
+  /** Served pods on nodes that are not the gateway's, whether or not they can be steered. */
+  away: AwayPod[];
+  /** Present when there are away pods on nodes with an address and the gateway has its tunnel. */
+  steering?: GatewaySteering;
 }
 
 const key = (o: { metadata: { namespace?: string; name: string } }) =>
@@ -91,6 +128,10 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     .filter((p) => !spec.podSelector || matchesSelector(spec.podSelector, p.labels))
     .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
   const sources = served.flatMap((p) => p.ips);
+  const gatewayNodes = new Set(nodes);
+  const away: AwayPod[] = served
+    .filter((p) => p.node !== undefined && !gatewayNodes.has(p.node))
+    .map((p) => ({ namespace: p.namespace, name: p.name, addresses: p.ips, node: p.node! }));
   const associated = served.filter((p) => p.containers.includes(sidecarContainerName));
 
   const policies = snapshot.policies
@@ -104,12 +145,19 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     facts.set(key(policy), compiled.facts);
   }
   markConflicts(rules, facts);
+  const tunnel = snapshot.steering && 'tunnel' in snapshot.steering ? snapshot.steering : undefined;
+  const steering = tunnel && gatewaySteering(snapshot, tunnel.tunnel, nodes, uplinks, away);
 
   const withoutHash: GatewayConfig = {
     version: configVersion,
     gateway: gateway.metadata.name,
     sources,
-    pods: served.map((p) => ({ namespace: p.namespace, name: p.name, addresses: p.ips })),
+    pods: served.map((p) => ({
+      namespace: p.namespace,
+      name: p.name,
+      addresses: p.ips,
+      ...(p.node ? { node: p.node } : {}),
+    })),
     bypass: [...snapshot.bypass],
     uplinks,
     balancing: spec.balancing,
@@ -121,6 +169,15 @@ export function compileGateway(snapshot: Snapshot): Compiled {
       sidecarSources: associated.flatMap((p) => p.ips),
       strictSources: associated.filter((p) => p.strict).flatMap((p) => p.ips),
     },
+    ...(steering && tunnel
+      ? {
+          steering: {
+            tunnel: steering.tunnel,
+            markMask: tunnel.markMask,
+            sources: steering.sources.map(({ node, addresses }) => ({ node, addresses })),
+          },
+        }
+      : {}),
     rules,
   };
   const hash = `sha256:${createHash('sha256').update(JSON.stringify(withoutHash)).digest('hex')}`;
@@ -130,7 +187,54 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     servedPods: served.length,
     missingUplinks,
     policies: facts,
+    away,
+    ...(steering ? { steering } : {}),
   };
+}
+
+/**
+ * The gateway's part in cluster-wide egress: none when no served pod runs away from its nodes on
+ * a node with an address (such a node cannot be a tunnel's end).
+ */
+function gatewaySteering(
+  snapshot: Snapshot,
+  tunnel: Tunnel,
+  nodes: readonly string[],
+  uplinks: readonly CompiledUplink[],
+  away: readonly AwayPod[],
+): GatewaySteering | undefined {
+  const addresses = new Map(snapshot.nodes.map((n) => [n.name, tunnelAddresses(n.addresses ?? [])]));
+  const sources = [...new Set(away.map((p) => p.node))]
+    .sort()
+    .filter((node) => addresses.get(node)?.length)
+    .map((node) => ({
+      node,
+      addresses: addresses.get(node)!,
+      pods: away
+        .filter((p) => p.node === node)
+        .map(({ namespace, name, addresses: ips }) => ({ namespace, name, addresses: ips })),
+    }));
+  if (!sources.length) return undefined;
+  const spec = snapshot.gateway.spec;
+  return {
+    tunnel,
+    selection: spec.steering.selection,
+    associationPort: spec.association.port,
+    bypass: [...snapshot.bypass],
+    // A gateway node without an uplink has nowhere to send a flow on.
+    peers: nodes
+      .filter((node) => uplinks.some((u) => !u.nodes || u.nodes.includes(node)))
+      .filter((node) => addresses.get(node)?.length)
+      .map((node) => ({ node, addresses: addresses.get(node)! })),
+    sources,
+  };
+}
+
+/** A node's tunnel addresses: its first InternalIP of each family, IPv4 first. */
+function tunnelAddresses(addresses: readonly string[]): string[] {
+  const v4 = addresses.find((a) => isIP(a) === 4);
+  const v6 = addresses.find((a) => isIP(a) === 6);
+  return [v4, v6].filter((a): a is string => a !== undefined);
 }
 
 function nodeHas(snapshot: Snapshot, node: string, selector: Labels): boolean {

@@ -1,17 +1,21 @@
 // The operator's controllers, wired in one place: the reconciler each runs and the changes that
 // enqueue its keys. Change handlers only map a change to keys; no reconciler learns what the
 // change was.
-import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
+import type { KubeConfig, KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
 import type { Caches, WebhookCaches } from './caches.ts';
 import { canonical } from './canonical.ts';
 import { EventRecorder } from './events.ts';
 import { AssociationModeReconciler } from './reconcilers/association-mode.ts';
-import { GatewayReconciler, gatewaysOf, podFacts } from './reconcilers/egress-gateway.ts';
+import { nodeAgentName } from './desired.ts';
+import { nodeFacts, podFacts } from './reconcilers/cluster.ts';
+import { GatewayReconciler, gatewaysOf } from './reconcilers/egress-gateway.ts';
+import { SteeringReconciler, steeringKey } from './reconcilers/steering.ts';
 import { UplinkReconciler } from './reconcilers/uplink.ts';
 import { CertificateReconciler } from './reconcilers/webhook-certificate.ts';
 import { Controller, type ControllerOptions, type ReconcileResult } from './runtime/controller.ts';
 import type { Logger } from '../common/index.ts';
 import type { OperatorSettings } from './settings.ts';
+import { steeredCondition } from './status.ts';
 import { StatusWriter } from './status-writer.ts';
 
 export interface OperatorControllersOptions {
@@ -49,10 +53,25 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
     caches.namespaces,
     onFactsChange(caches.namespaces, (n) => n.metadata?.labels, affected.all),
   );
-  gateways.watch(
-    caches.nodes,
-    onFactsChange(caches.nodes, (n) => ({ labels: n.metadata?.labels, podCIDRs: n.spec?.podCIDRs }), affected.all),
+  gateways.watch(caches.nodes, onFactsChange(caches.nodes, nodeChange, affected.all));
+
+  // Cluster-wide egress: the node agents and their configs, and served pods' Steered condition.
+  // Everything the gateways compile from can move a pod onto or off a node's config; the gateways'
+  // status holds the node agents' reports; the ConfigMaps and DaemonSet are its own, to restore.
+  const steeringReconciler = new SteeringReconciler({ kubeConfig, caches, settings, namespace, status, events });
+  const steering = controller('steering', () => steeringReconciler.reconcile());
+  const cluster = () => [steeringKey];
+  steering.watch(caches.gateways, cluster);
+  steering.watch(caches.policies, cluster);
+  steering.watch(caches.uplinks, cluster);
+  steering.watch(caches.pods, onFactsChange(caches.pods, steeringPodChange, cluster));
+  steering.watch(
+    caches.namespaces,
+    onFactsChange(caches.namespaces, (n) => n.metadata?.labels, cluster),
   );
+  steering.watch(caches.nodes, onFactsChange(caches.nodes, nodeChange, cluster));
+  steering.watch(caches.nodeConfigMaps, cluster);
+  steering.watch(caches.daemonSets, (key) => (key === `${namespace}/${nodeAgentName}` ? [steeringKey] : []));
 
   const uplink = new UplinkReconciler({ uplinks: caches.uplinks, status, events });
   const uplinks = controller('uplinks', (key) => uplink.reconcile(key));
@@ -74,8 +93,17 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   certificates.watch(webhookCaches.secrets, () => ['certificate']);
   certificates.watch(webhookCaches.webhooks, () => ['certificate']);
 
-  return { gateways, uplinks, pods, certificates };
+  return { gateways, uplinks, pods, steering, certificates };
 }
+
+/** What the compiler reads of a node: the gateways it belongs to, its pod network, its tunnel addresses. */
+const nodeChange = (n: V1Node) => ({ ...nodeFacts(n), podCIDRs: n.spec?.podCIDRs });
+
+/** A pod's facts and its Steered condition, which the steering controller restores if changed. */
+const steeringPodChange = (pod: V1Pod) => ({
+  facts: podFacts(pod),
+  steered: pod.status?.conditions?.find((c) => c.type === steeredCondition),
+});
 
 /**
  * Passes a change of `cache` on to `then` only when the facts the compiler reads of the object

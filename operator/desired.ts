@@ -3,6 +3,7 @@
 // holding the compiled config with a Role that lets the dataplane read that one ConfigMap, and
 // the DaemonSet on the gateway's nodes. All are owned by the
 // gateway, so deleting it lets the garbage collector remove them.
+import type { NodeConfig } from '../contracts/gateway/index.ts';
 import type { EgressGateway } from '../crds/index.ts';
 import { apiVersion } from '../crds/index.ts';
 import type { Compiled } from './compile.ts';
@@ -90,79 +91,216 @@ export function desiredGatewayObjects(
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name },
       subjects: [{ kind: 'ServiceAccount', name, namespace }],
     },
-    {
-      apiVersion: 'apps/v1',
-      kind: 'DaemonSet',
+    agentDaemonSet(settings, {
       metadata: metadata(true),
-      spec: {
-        selector: { matchLabels: labels },
-        updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: dp.maxUnavailable } },
-        template: {
-          metadata: { labels },
-          spec: {
-            serviceAccountName: name,
-            // The dataplane programs the node's own network stack.
-            hostNetwork: true,
-            dnsPolicy: 'ClusterFirstWithHostNet',
-            nodeSelector: { 'kubernetes.io/os': 'linux', ...gateway.spec.nodeSelector },
-            tolerations: dp.tolerations,
-            ...(dp.priorityClassName ? { priorityClassName: dp.priorityClassName } : {}),
-            ...(settings.imagePullSecrets.length
-              ? { imagePullSecrets: settings.imagePullSecrets.map((secret) => ({ name: secret })) }
-              : {}),
-            // Stopping leaves the kernel state in place, so a rolling update does not cut flows.
-            terminationGracePeriodSeconds: 30,
-            containers: [
-              {
-                name: 'dataplane',
-                image: dp.image,
-                imagePullPolicy: dp.pullPolicy,
-                args: [
-                  'run',
-                  '--config-map',
-                  `${namespace}/${name}`,
-                  '--state-dir',
-                  stateDir,
-                  '--listen',
-                  `0.0.0.0:${dp.healthPort}`,
-                  '--metrics-listen',
-                  `0.0.0.0:${dp.metricsPort}`,
-                  '--report',
-                ],
-                env: [
-                  { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
-                  { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-                  ...otelEnvironment(settings.otel, 'naat-dataplane'),
-                ],
-                ports: [
-                  { name: 'health', containerPort: dp.healthPort },
-                  { name: 'metrics', containerPort: dp.metricsPort },
-                  { name: 'naa', containerPort: gateway.spec.association.port },
-                ],
-                readinessProbe: { httpGet: { path: '/readyz', port: 'health' }, periodSeconds: 5 },
-                livenessProbe: {
-                  httpGet: { path: '/healthz', port: 'health' },
-                  periodSeconds: 10,
-                  failureThreshold: 6,
-                },
-                resources: dp.resources,
-                securityContext: {
-                  // nft, ip and conntrack speak netlink as root with these two capabilities only.
-                  runAsUser: 0,
-                  allowPrivilegeEscalation: false,
-                  readOnlyRootFilesystem: true,
-                  capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
-                },
-                volumeMounts: [{ name: 'state', mountPath: stateDir }],
-              },
-            ],
-            volumes: [
-              // Uplink ids live as long as the node's conntrack table: until the node reboots.
-              { name: 'state', hostPath: { path: `${stateDir}/${gateway.metadata.name}`, type: 'DirectoryOrCreate' } },
-            ],
+      labels,
+      serviceAccountName: name,
+      placement: { nodeSelector: { 'kubernetes.io/os': 'linux', ...gateway.spec.nodeSelector } },
+      container: {
+        name: 'dataplane',
+        service: 'naat-dataplane',
+        args: [
+          'run',
+          '--config-map',
+          `${namespace}/${name}`,
+          '--state-dir',
+          stateDir,
+          '--listen',
+          `0.0.0.0:${dp.healthPort}`,
+          '--metrics-listen',
+          `0.0.0.0:${dp.metricsPort}`,
+          '--report',
+        ],
+        ports: [
+          { name: 'health', containerPort: dp.healthPort },
+          { name: 'metrics', containerPort: dp.metricsPort },
+          { name: 'naa', containerPort: gateway.spec.association.port },
+        ],
+        volumeMounts: [{ name: 'state', mountPath: stateDir }],
+      },
+      volumes: [
+        // Uplink ids live as long as the node's conntrack table: until the node reboots.
+        { name: 'state', hostPath: { path: `${stateDir}/${gateway.metadata.name}`, type: 'DirectoryOrCreate' } },
+      ],
+    }),
+  ];
+}
+
+/** The node agents' cluster-wide objects: DaemonSet, ServiceAccount, Role, bindings. */
+export const nodeAgentName = 'naat-node';
+/** The ConfigMap holding one node's NodeConfig. */
+export const nodeConfigName = (node: string) => `${nodeAgentName}-${node}`;
+
+export const nodeAgentLabels: Record<string, string> = {
+  'app.kubernetes.io/name': nodeAgentName,
+  'app.kubernetes.io/component': 'node-agent',
+  'app.kubernetes.io/managed-by': 'naat-operator',
+};
+
+/**
+ * The node agents of cluster-wide egress, for the nodes that have a NodeConfig: one DaemonSet
+ * scheduled on exactly those nodes, one ConfigMap per node, and the ServiceAccount, Role and
+ * bindings that let each agent read only these ConfigMaps and report into EgressGateway status.
+ * Empty when no node needs one: nodes without served pods away from their gateways run nothing.
+ * None is owned by a gateway (a node's config serves every gateway): the reconciler removes them.
+ */
+export function desiredNodeObjects(
+  configs: readonly NodeConfig[],
+  settings: OperatorSettings,
+  namespace: string,
+): ApiObject[] {
+  if (!configs.length) return [];
+  const nodes = configs.map((c) => c.node);
+  const metadata = (name: string, namespaced = true) => ({
+    name,
+    ...(namespaced ? { namespace } : {}),
+    labels: nodeAgentLabels,
+  });
+  const subjects = [{ kind: 'ServiceAccount', name: nodeAgentName, namespace }];
+  const { steering } = settings;
+  return [
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: metadata(nodeAgentName) },
+    // Each agent reads its own node's config: get, then a watch by a metadata.name field selector,
+    // both authorized by resourceNames. The names change with the nodes, so the Role is the operator's.
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'Role',
+      metadata: metadata(nodeAgentName),
+      rules: [
+        {
+          apiGroups: [''],
+          resources: ['configmaps'],
+          resourceNames: nodes.map(nodeConfigName),
+          verbs: ['get', 'watch'],
+        },
+      ],
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'RoleBinding',
+      metadata: metadata(nodeAgentName),
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: nodeAgentName },
+      subjects,
+    },
+    // The chart's ClusterRole: patch egressgateways/status, where each agent applies its own entry.
+    // Named after it: cluster-scoped, one per installation, and a name the chart's RBAC can list.
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRoleBinding',
+      metadata: metadata(steering.clusterRoleName, false),
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: steering.clusterRoleName },
+      subjects,
+    },
+    ...configs.map((config) => ({
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: metadata(nodeConfigName(config.node)),
+      data: { [configFile]: JSON.stringify(config) },
+    })),
+    agentDaemonSet(settings, {
+      metadata: metadata(nodeAgentName),
+      labels: nodeAgentLabels,
+      serviceAccountName: nodeAgentName,
+      placement: {
+        nodeSelector: { 'kubernetes.io/os': 'linux' },
+        // Exactly the nodes with a NodeConfig, by name: nodes join and leave with their served pods.
+        affinity: {
+          nodeAffinity: {
+            requiredDuringSchedulingIgnoredDuringExecution: {
+              nodeSelectorTerms: [{ matchFields: [{ key: 'metadata.name', operator: 'In', values: nodes }] }],
+            },
           },
         },
       },
-    },
+      container: {
+        name: 'node-agent',
+        service: 'naat-node',
+        // Its /status stays on loopback: the node agent has no port to offer the network.
+        args: ['node', '--config-map', `${namespace}/${nodeConfigName('$(NODE_NAME)')}`],
+      },
+    }),
   ];
+}
+
+interface AgentPod {
+  metadata: ApiObject['metadata'];
+  labels: Record<string, string>;
+  serviceAccountName: string;
+  /** nodeSelector, affinity: where the agents run. */
+  placement: Record<string, unknown>;
+  container: {
+    name: string;
+    /** Its OpenTelemetry service name. */
+    service: string;
+    args: string[];
+    /** `health`, when there is one, serves /healthz and /readyz, which the kubelet probes. */
+    ports?: Array<{ name: string; containerPort: number }>;
+    volumeMounts?: unknown[];
+  };
+  volumes?: unknown[];
+}
+
+/** A DaemonSet of the dataplane program in either role, a gateway's agent or a node agent. */
+function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
+  const dp = settings.dataplane;
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'DaemonSet',
+    metadata: o.metadata,
+    spec: {
+      selector: { matchLabels: o.labels },
+      updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: dp.maxUnavailable } },
+      template: {
+        metadata: { labels: o.labels },
+        spec: {
+          serviceAccountName: o.serviceAccountName,
+          // The agents program the node's own network stack.
+          hostNetwork: true,
+          dnsPolicy: 'ClusterFirstWithHostNet',
+          ...o.placement,
+          tolerations: dp.tolerations,
+          ...(dp.priorityClassName ? { priorityClassName: dp.priorityClassName } : {}),
+          ...(settings.imagePullSecrets.length
+            ? { imagePullSecrets: settings.imagePullSecrets.map((secret) => ({ name: secret })) }
+            : {}),
+          // Stopping leaves the kernel state in place, so a rolling update does not cut flows.
+          terminationGracePeriodSeconds: 30,
+          containers: [
+            {
+              name: o.container.name,
+              image: dp.image,
+              imagePullPolicy: dp.pullPolicy,
+              args: o.container.args,
+              env: [
+                { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
+                { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+                ...otelEnvironment(settings.otel, o.container.service),
+              ],
+              ...(o.container.ports ? { ports: o.container.ports } : {}),
+              ...(o.container.ports?.some((p) => p.name === 'health')
+                ? {
+                    readinessProbe: { httpGet: { path: '/readyz', port: 'health' }, periodSeconds: 5 },
+                    livenessProbe: {
+                      httpGet: { path: '/healthz', port: 'health' },
+                      periodSeconds: 10,
+                      failureThreshold: 6,
+                    },
+                  }
+                : {}),
+              resources: dp.resources,
+              securityContext: {
+                // nft, ip and conntrack speak netlink as root with these two capabilities only.
+                runAsUser: 0,
+                allowPrivilegeEscalation: false,
+                readOnlyRootFilesystem: true,
+                capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
+              },
+              ...(o.container.volumeMounts ? { volumeMounts: o.container.volumeMounts } : {}),
+            },
+          ],
+          ...(o.volumes ? { volumes: o.volumes } : {}),
+        },
+      },
+    },
+  };
 }

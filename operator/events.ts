@@ -1,5 +1,6 @@
 // Kubernetes Events about naat's objects, for what a user should notice: a new compiled config, a
-// conflict that appeared, an uplink whose health changed. Each change is told once.
+// conflict that appeared, an uplink whose health changed, and about served pods whose flows are not
+// steered to their gateway. Each change is told once.
 import { EventsV1Api, V1MicroTime, type KubeConfig } from '@kubernetes/client-node';
 import { group, version, type Kind } from '../crds/index.ts';
 import { errorText, type Logger } from '../common/index.ts';
@@ -13,6 +14,8 @@ export interface EventRecorderOptions {
 }
 
 type Regarding = { metadata: { name: string; namespace?: string; uid?: string } };
+/** naat's kinds, and the pods it serves. */
+type EventKind = Kind | 'Pod';
 
 export class EventRecorder {
   readonly #o: EventRecorderOptions;
@@ -31,7 +34,7 @@ export class EventRecorder {
    * is a courtesy, and failing to record one must not fail the reconcile.
    */
   async record(
-    kind: Kind,
+    kind: EventKind,
     object: Regarding,
     type: 'Normal' | 'Warning',
     reason: string,
@@ -57,7 +60,7 @@ export class EventRecorder {
           action,
           note: note.slice(0, 1024),
           regarding: {
-            apiVersion: `${group}/${version}`,
+            apiVersion: kind === 'Pod' ? 'v1' : `${group}/${version}`,
             kind,
             name: object.metadata.name,
             ...(object.metadata.namespace ? { namespace: object.metadata.namespace } : {}),
@@ -77,10 +80,10 @@ export class EventRecorder {
   }
 
   /** Forgets what was told of this object and reason, so that its next occurrence is told again. */
-  forget(kind: Kind, object: Regarding, reason: string): void {
+  forget(kind: EventKind, object: Regarding, reason: string): void {
     this.#told.delete(toldKey(kind, object, reason));
   }
 }
 
-const toldKey = (kind: Kind, object: Regarding, reason: string) =>
+const toldKey = (kind: EventKind, object: Regarding, reason: string) =>
   `${kind}/${object.metadata.namespace ?? ''}/${object.metadata.name}/${reason}`;

@@ -3,8 +3,10 @@
 // bad file stops the operator with a message that names the field.
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { isContiguous } from '../contracts/gateway/index.ts';
 
 const Image = { image: Type.String({ minLength: 1 }), pullPolicy: Type.String({ default: 'IfNotPresent' }) };
+const Mark = (value: number) => Type.Integer({ minimum: 1, maximum: 0xffffffff, default: value });
 const Resources = Type.Record(Type.String(), Type.Record(Type.String(), Type.String()), { default: {} });
 
 export const OperatorSettings = Type.Object({
@@ -43,6 +45,32 @@ export const OperatorSettings = Type.Object({
     healthPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9091 }),
   }),
   sidecar: Type.Object({ ...Image, resources: Resources }),
+  /** Cluster-wide egress: the node agents and the tunnels they steer served pods' flows into. */
+  steering: Type.Object({
+    /** The UDP port of every gateway's VXLAN tunnel. */
+    port: Type.Integer({ minimum: 1, maximum: 65535, default: 7790 }),
+    /** The chart's ClusterRole of the node agents (their status reports), bound to their ServiceAccount. */
+    clusterRoleName: Type.String({ minLength: 1 }),
+    /** The node agents' ports, on the host network beside any gateway agent of the same node. */
+    metricsPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9092 }),
+    healthPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9093 }),
+  }),
+  /**
+   * The bits of the packet and conntrack marks naat uses: each a contiguous run, none overlapping.
+   * The defaults sit in the low byte, clear of kube-proxy (0x4000, 0x8000), Cilium (0x0f00,
+   * 0xf000 and the upper 16 bits) and Calico (0xffff0000).
+   */
+  marks: Type.Object(
+    {
+      /** The gateway agents' uplink of a flow. */
+      uplinks: Mark(0x0000000f),
+      /** The gateway agents' flows that arrived through a tunnel, whose replies go back into it. */
+      tunnel: Mark(0x00000010),
+      /** The node agents' gateway node of a steered flow. */
+      steering: Mark(0x000000e0),
+    },
+    { default: {} },
+  ),
   /** The chart's otel values: how the dataplanes and sidecars the operator runs export telemetry. */
   otel: Type.Object(
     {
@@ -61,8 +89,31 @@ export type OperatorSettings = Static<typeof OperatorSettings>;
 export function parseSettings(input: unknown): OperatorSettings {
   const value = Value.Default(OperatorSettings, Value.Clone(input));
   const errors = [...Value.Errors(OperatorSettings, value)].map((e) => `${e.path || '/'}: ${e.message}`);
+  const settings = value as OperatorSettings;
+  errors.push(...markProblems(settings.marks));
   if (errors.length) throw new Error(`invalid operator configuration: ${errors.join('; ')}`);
-  return value as OperatorSettings;
+  return settings;
+}
+
+const hex = (mask: number) => `0x${mask.toString(16).padStart(8, '0')}`;
+
+/** Each mark a contiguous run of bits, no two sharing a bit: a shared bit would mix two meanings. */
+function markProblems(marks: OperatorSettings['marks']): string[] {
+  const problems: string[] = [];
+  const entries = (['uplinks', 'tunnel', 'steering'] as const).map((name) => [name, marks[name]] as const);
+  for (const [name, mask] of entries) {
+    if (!isContiguous(mask)) problems.push(`/marks/${name}: ${hex(mask)} is not one contiguous run of bits`);
+  }
+  entries.forEach(([name, mask], i) => {
+    for (const [other, otherMask] of entries.slice(i + 1)) {
+      const shared = (mask & otherMask) >>> 0;
+      if (shared)
+        problems.push(
+          `/marks/${name}: ${hex(mask)} overlaps marks.${other} ${hex(otherMask)} in ${hex(shared)}; give each its own bits`,
+        );
+    }
+  });
+  return problems;
 }
 
 /**

@@ -65,8 +65,16 @@ export class StatusWriter {
     }
   }
 
-  /** Applies one condition to a pod's status; the caller decides whether it changed. */
-  async applyPodCondition(pod: { name: string; namespace: string }, condition: V1PodCondition): Promise<void> {
+  /**
+   * Applies one condition to a pod's status; the caller decides whether it changed. Each condition
+   * type needs a field manager of its own: an apply under one manager drops the conditions that
+   * manager applied before and left out.
+   */
+  async applyPodCondition(
+    pod: { name: string; namespace: string },
+    condition: V1PodCondition,
+    manager = fieldManager,
+  ): Promise<void> {
     await this.#core.patchNamespacedPodStatus(
       {
         name: pod.name,
@@ -77,7 +85,7 @@ export class StatusWriter {
           metadata: { name: pod.name, namespace: pod.namespace },
           status: { conditions: [condition] },
         },
-        fieldManager,
+        fieldManager: manager,
         force: true,
       },
       setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),

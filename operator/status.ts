@@ -2,6 +2,7 @@
 // conditions keep their lastTransitionTime while their status does not change.
 import type { Condition } from '../crds/index.ts';
 import type { Compiled, PolicyFacts } from './compile.ts';
+import type { NodeSteering } from './steering.ts';
 import { injectedAnnotation, modeAnnotation, modeReasonAnnotation } from './inject.ts';
 
 export interface DataplaneRollout {
@@ -11,7 +12,7 @@ export interface DataplaneRollout {
   ready: number;
 }
 
-type NewCondition = Omit<Condition, 'lastTransitionTime' | 'observedGeneration'>;
+export type NewCondition = Omit<Condition, 'lastTransitionTime' | 'observedGeneration'>;
 
 /** Conditions with times carried over from `previous` where the status is unchanged. */
 export function conditions(
@@ -181,4 +182,86 @@ export function associationModeCondition(
         'programs that cannot preload the stamping library (static binaries) are associated as in Observe mode'
       : `Observe association, chosen by ${why}: the sidecar reports sockets as it sees them`;
   return { type: associationCondition, status: 'True', reason: mode, message };
+}
+
+/**
+ * Whether the gateway's served pods away from its nodes are steered to it: true when there are
+ * none, or when the node agent of every node that hosts one reported ready with its current config.
+ */
+export function steeringReadyCondition(nodes: readonly NodeSteering[]): NewCondition {
+  if (!nodes.length) {
+    return {
+      type: 'SteeringReady',
+      status: 'True',
+      reason: 'LocalOnly',
+      message: 'every served pod runs on a gateway node: nothing to steer',
+    };
+  }
+  const notReady = nodes.filter((n) => !n.ready);
+  if (!notReady.length) {
+    return {
+      type: 'SteeringReady',
+      status: 'True',
+      reason: 'Ready',
+      message: `steering is ready on all ${nodes.length} nodes that host served pods away from the gateway's nodes`,
+    };
+  }
+  const reasons = new Set(notReady.map((n) => n.reason));
+  const named = notReady.slice(0, 10).map((n) => `${n.node} (${n.reason})`);
+  return {
+    type: 'SteeringReady',
+    status: 'False',
+    reason: reasons.size === 1 ? notReady[0]!.reason : 'NodesNotReady',
+    message:
+      `steering is not ready on ${notReady.length} of ${nodes.length} nodes: ${named.join(', ')}` +
+      (notReady.length > named.length ? ', …' : '') +
+      (reasons.size === 1 ? `; ${notReady[0]!.message}` : ''),
+  };
+}
+
+/** The pod condition that tells whether a served pod away from its gateway's nodes is steered to it. */
+export const steeredCondition = 'naat.dev/Steered';
+
+/**
+ * The Steered condition of every served pod away from a gateway's nodes, by namespace/name: false
+ * with the first reason (gateways by name) while any gateway serving it is not steered to from its
+ * node, so that such a pod is never silently unserved.
+ */
+export function steeredPodConditions(
+  gateways: ReadonlyArray<{ compiled: Compiled; steering: readonly NodeSteering[] }>,
+): Map<string, NewCondition> {
+  const verdicts = new Map<string, Array<{ gateway: string; node: NodeSteering }>>();
+  const ordered = [...gateways].sort((a, b) => a.compiled.config.gateway.localeCompare(b.compiled.config.gateway));
+  for (const { compiled, steering } of ordered) {
+    const byNode = new Map(steering.map((n) => [n.node, n]));
+    for (const pod of compiled.away) {
+      const key = `${pod.namespace}/${pod.name}`;
+      verdicts.set(key, [
+        ...(verdicts.get(key) ?? []),
+        { gateway: compiled.config.gateway, node: byNode.get(pod.node)! },
+      ]);
+    }
+  }
+  const result = new Map<string, NewCondition>();
+  for (const [key, list] of verdicts) {
+    const failing = list.find((v) => !v.node.ready);
+    const gateways = list.map((v) => v.gateway).join(', ');
+    result.set(
+      key,
+      failing
+        ? {
+            type: steeredCondition,
+            status: 'False',
+            reason: failing.node.reason,
+            message: `flows are not steered to EgressGateway ${failing.gateway}: ${failing.node.message}`,
+          }
+        : {
+            type: steeredCondition,
+            status: 'True',
+            reason: 'Steered',
+            message: `flows are steered through the tunnel to the nodes of EgressGateway ${gateways}`,
+          },
+    );
+  }
+  return result;
 }

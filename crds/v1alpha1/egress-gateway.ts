@@ -140,6 +140,31 @@ export const Association = DefaultedObject(
   },
 );
 
+/** The VXLAN network identifiers a gateway's tunnel can use (24 bits, 0 reserved). */
+export const maxVni = 16777215;
+
+export const Steering = DefaultedObject(
+  {
+    selection: StringEnum(['Pod', 'Flow'], {
+      description:
+        "How the node a served pod runs on picks one of the gateway's nodes for a new flow, among those that are up and have a healthy uplink. Pod: every flow of a pod leaves through the same gateway node while that node is up (rendezvous hashing: every node computes the same answer, and losing a gateway node moves only its own pods). Flow: each new flow is placed on its own, spreading one pod's flows over the gateway nodes. Either way a flow keeps its gateway node for its whole life.",
+      default: 'Pod',
+    }),
+    vni: Type.Optional(
+      Type.Integer({
+        description:
+          "The VXLAN network identifier of this gateway's tunnel, unique among the cluster's gateways. When omitted the operator derives one from the gateway's name; should two gateways end up with the same one, the gateway whose name sorts first keeps it and the other's SteeringReady condition says VniConflict until one of them sets another.",
+        minimum: 1,
+        maximum: maxVni,
+      }),
+    ),
+  },
+  {
+    description:
+      "Cluster-wide egress: served pods on nodes that are not this gateway's nodes have their flows steered to a gateway node through a VXLAN tunnel, by a node agent the operator runs on each such node. Pods on the gateway's own nodes take the local path.",
+  },
+);
+
 export const EgressGatewaySpec = withRules(
   Type.Object(
     {
@@ -165,6 +190,7 @@ export const EgressGatewaySpec = withRules(
         default: 'Allow',
       }),
       association: Association,
+      steering: Steering,
     },
     {
       description:
@@ -179,9 +205,33 @@ export const EgressGatewaySpec = withRules(
 );
 export type EgressGatewaySpec = Static<typeof EgressGatewaySpec>;
 
+export const SteeringNodeStatus = Type.Object(
+  {
+    node: Type.String({ description: 'Name of the node that steers served pods to this gateway.', maxLength: 253 }),
+    ready: Type.Boolean({
+      description:
+        "Whether the node's steering to this gateway is in place: its tunnel, routes and rules hold the node config the operator wrote.",
+    }),
+    reason: Type.Optional(
+      Type.String({
+        description: 'A CamelCase, machine-readable reason for ready, such as Applied or ApplyFailed.',
+        minLength: 1,
+        maxLength: 128,
+        pattern: '^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$',
+      }),
+    ),
+    message: Type.Optional(Type.String({ description: 'What went wrong, for people.', maxLength: 1024 })),
+    hash: Type.Optional(
+      Type.String({ description: 'Hash of the node config the node agent applied.', maxLength: 128 }),
+    ),
+    since: Type.String({ description: 'When ready last changed (RFC 3339).', format: 'date-time' }),
+  },
+  { description: "One node's steering to this gateway, as its node agent last reported." },
+);
+
 export const EgressGatewayStatus = StatusObject(
-  'Observed state of the gateway, written by the operator.',
-  'Accepted: the spec resolved (its uplinks exist). Ready: at least one node applied the current configuration and has a healthy uplink.',
+  'Observed state of the gateway, written by the operator and, for steering, by the node agents.',
+  "Accepted: the spec resolved (its uplinks exist). Ready: at least one node applied the current configuration and has a healthy uplink. SteeringReady: every node that hosts served pods away from the gateway's nodes steers them to it with its current node config (status.steering.nodes), or there is no such pod.",
   {
     desiredNodes: Type.Optional(
       Type.Integer({ description: 'Nodes that match nodeSelector and should run the dataplane.', minimum: 0 }),
@@ -197,6 +247,22 @@ export const EgressGatewayStatus = StatusObject(
         description: 'Hash of the compiled configuration the dataplanes are asked to apply.',
         maxLength: 128,
       }),
+    ),
+    steering: Type.Optional(
+      Type.Object(
+        {
+          nodes: Type.Optional(
+            Type.Array(SteeringNodeStatus, {
+              description:
+                'Per node that hosts pods this gateway serves away from its own nodes; each node agent applies its own entry.',
+              maxItems: 5000,
+              'x-kubernetes-list-type': 'map',
+              'x-kubernetes-list-map-keys': ['node'],
+            }),
+          ),
+        },
+        { description: 'Cluster-wide egress: how the nodes that steer served pods to this gateway are doing.' },
+      ),
     ),
   },
 );

@@ -25,7 +25,14 @@ export type Match =
   | { kind: 'oifname'; name: string }
   | { kind: 'localDestination' }
   /** A DSCP other than 0 (CS0): in strict mode, the application stamp of a pod's packet. */
-  | { kind: 'dscpStamped'; family: Family };
+  | { kind: 'dscpStamped'; family: Family }
+  /** `ct mark & mask == value`: the flow is pinned to one value of the bits. */
+  | { kind: 'ctMark'; mask: number; value: number }
+  | { kind: 'iifname'; name: string }
+  /** The link-layer source of a packet that arrived on an Ethernet device (a tunnel peer's MAC). */
+  | { kind: 'etherSaddr'; address: string }
+  /** A TCP segment with SYN set whose MSS option is above `size`. */
+  | { kind: 'synMssAbove'; size: number };
 
 /** Continues in another chain: a rule's statement, or the value of a verdict map's element. */
 export interface ChainVerdict {
@@ -58,6 +65,17 @@ export type Statement =
   | { kind: 'namedCounter'; name: string }
   /** Adds or refreshes the packet's source address in a dynamic set with a timeout. */
   | { kind: 'updateSet'; family: Family; set: string }
+  /** Sets the bits under mask in the packet mark only, keeping the others. */
+  | { kind: 'setPacketMark'; mask: number; value: number }
+  /** Looks up the source address in a verdict map (address → chain). */
+  | { kind: 'lookupSource'; family: Family; map: string }
+  /** Sets a TCP SYN's MSS option. */
+  | { kind: 'setMss'; size: number }
+  /**
+   * Binds the flow's source NAT to its own source address: later source NAT rules of the same
+   * hook (a CNI's masquerade) no longer run for it, since a flow gets one binding.
+   */
+  | { kind: 'keepSource'; family: Family }
   | { kind: 'snat'; family: Family; address: string; ports?: [number, number] }
   | { kind: 'masquerade'; ports?: [number, number] };
 
@@ -161,6 +179,14 @@ export function renderMatch(m: Match): string {
       return 'fib daddr type local';
     case 'dscpStamped':
       return `${m.family === 4 ? 'ip' : 'ip6'} dscp != cs0`;
+    case 'ctMark':
+      return `ct mark & ${hex(m.mask)} == ${hex(m.value)}`;
+    case 'iifname':
+      return `iifname ${JSON.stringify(m.name)}`;
+    case 'etherSaddr':
+      return `ether saddr ${m.address}`;
+    case 'synMssAbove':
+      return `tcp flags syn tcp option maxseg size > ${m.size}`;
   }
 }
 
@@ -179,6 +205,14 @@ export function renderStatement(s: Statement): string {
       const keep = hex(~s.mask >>> 0);
       return `ct mark set ct mark & ${keep} | ${hex(s.value)} meta mark set meta mark & ${keep} | ${hex(s.value)}`;
     }
+    case 'setPacketMark':
+      return `meta mark set meta mark & ${hex(~s.mask >>> 0)} | ${hex(s.value)}`;
+    case 'lookupSource':
+      return `${saddrField(s.family)} vmap @${s.map}`;
+    case 'setMss':
+      return `tcp option maxseg size set ${s.size}`;
+    case 'keepSource':
+      return s.family === 4 ? 'snat ip to ip saddr' : 'snat ip6 to ip6 saddr';
     case 'ctHelper':
       return `ct helper set ${JSON.stringify(s.object)}`;
     case 'ctTimeout':
@@ -275,6 +309,7 @@ export function ruleReferences(rule: Rule): References {
         break;
       case 'lookupFlow':
       case 'lookupStamp':
+      case 'lookupSource':
         refs.sets.push(s.map);
         break;
       case 'updateSet':
@@ -309,8 +344,8 @@ export function baseDeclaration(base: BaseHook): string {
 }
 
 /** The whole table as `nft list` would print it (order as given); used for golden files and dumps. */
-export function renderTable(table: Table): string {
-  const lines = [`table ${tableFamily} ${tableName} {`];
+export function renderTable(table: Table, name = tableName): string {
+  const lines = [`table ${tableFamily} ${name} {`];
   for (const object of table.objects) lines.push(`\t${object.kind} ${object.name} { ${object.body} }`);
   for (const set of table.sets) {
     lines.push(`\t${set.map ? 'map' : 'set'} ${set.name} { ${setDeclaration(set)} }`);

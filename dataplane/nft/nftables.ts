@@ -50,8 +50,6 @@ export interface Nftables {
   run(operations: Operation[]): Promise<void>;
 }
 
-const ref = `${tableFamily} ${tableName}`;
-
 /** What a table made exactly as `table` holds, as `list` would name it. */
 export function namesOf(table: Table): TableNames {
   return {
@@ -62,7 +60,11 @@ export function namesOf(table: Table): TableNames {
   };
 }
 
-export function operationText(o: Operation): string {
+export const operationText = (o: Operation): string => operationIn(o, tableName);
+
+/** An operation's nft text against the table `table` of naat's family. */
+export function operationIn(o: Operation, table: string): string {
+  const ref = `${tableFamily} ${table}`;
   switch (o.what) {
     case 'table':
       return `${o.op} table ${ref}`;
@@ -155,19 +157,21 @@ export class NftError extends Error {}
 export class ExecNftables implements Nftables {
   readonly #nft: Command;
   readonly #scriptDir: string | undefined;
+  readonly #table: string;
   /**
    * With `scriptDir`, each transaction is written to a file there first and nft reads that file:
    * nft commits whatever it has parsed when its input ends, so an agent killed while it pipes a
    * large transaction would leave a prefix of it (some chains flushed and half refilled) in the
    * kernel. A file is complete before nft starts; a kill before then applies nothing.
    */
-  constructor(nft: Command = ['nft'], scriptDir?: string) {
+  constructor(nft: Command = ['nft'], scriptDir?: string, table = tableName) {
     this.#nft = nft;
     this.#scriptDir = scriptDir;
+    this.#table = table;
   }
 
   async list(): Promise<TableNames | undefined> {
-    const { code, stdout, stderr } = await exec(this.#nft, ['-j', '-t', 'list', 'table', tableFamily, tableName]);
+    const { code, stdout, stderr } = await exec(this.#nft, ['-j', '-t', 'list', 'table', tableFamily, this.#table]);
     if (code !== 0) {
       if (/No such file or directory/.test(stderr)) return undefined;
       throw new NftError(`nft list table failed: ${stderr.trim()}`);
@@ -187,7 +191,7 @@ export class ExecNftables implements Nftables {
 
   async run(operations: Operation[]): Promise<void> {
     if (!operations.length) return;
-    const script = `${operations.map(operationText).join('\n')}\n`;
+    const script = `${operations.map((o) => operationIn(o, this.#table)).join('\n')}\n`;
     const { code, stderr } = this.#scriptDir
       ? await this.#runFile(this.#scriptDir, script)
       : await exec(this.#nft, ['-f', '-'], script);

@@ -28,6 +28,11 @@ export interface Packet {
   ctMark?: number;
   mark?: number;
   oifname?: string;
+  iifname?: string;
+  /** The link-layer source address, for packets that arrived on an Ethernet device. */
+  etherSaddr?: string;
+  /** A TCP SYN's MSS option. */
+  mss?: number;
   /** Whether the destination is an address of the node itself. */
   local?: boolean;
   /** The DSCP field: a strict-mode application stamp when not 0. */
@@ -113,6 +118,14 @@ export function trace(
         return packet.local ?? false;
       case 'dscpStamped':
         return packet.family === m.family && (packet.dscp ?? 0) !== 0;
+      case 'ctMark':
+        return (state.ctMark & m.mask) === m.value;
+      case 'iifname':
+        return packet.iifname === m.name;
+      case 'etherSaddr':
+        return packet.etherSaddr === m.address;
+      case 'synMssAbove':
+        return packet.protocol === 'tcp' && (packet.mss ?? 0) > m.size;
     }
   };
 
@@ -173,6 +186,9 @@ export function trace(
       case 'restoreMark':
         state.mark = state.ctMark & s.mask;
         return 'next';
+      case 'setPacketMark':
+        state.mark = ((state.mark & ~s.mask) | s.value) >>> 0;
+        return 'next';
       case 'setMark':
         state.ctMark = ((state.ctMark & ~s.mask) | s.value) >>> 0;
         state.mark = ((state.mark & ~s.mask) | s.value) >>> 0;
@@ -201,6 +217,11 @@ export function trace(
       case 'lookupStamp':
         if (packet.family !== s.family) return 'next';
         return lookup(s.map, [source(), { kind: 'dscp', dscp: packet.dscp ?? 0 }]);
+      case 'lookupSource':
+        return packet.family === s.family ? lookup(s.map, [source()]) : 'next';
+      // The MSS is clamped on the forward hook, which traces do not walk.
+      case 'setMss':
+        return 'next';
       // The stamp is cleared on the forward hook, after classification, which traces do not walk.
       case 'clearDscp':
       case 'namedCounter':
@@ -214,6 +235,9 @@ export function trace(
       }
       case 'snat':
         state.nat = { kind: 'snat', address: s.address, ...(s.ports ? { ports: s.ports } : {}) };
+        throw new Stop('accept');
+      case 'keepSource':
+        state.nat = { kind: 'snat', address: canonicalAddress(packet.saddr) };
         throw new Stop('accept');
       case 'masquerade':
         state.nat = { kind: 'masquerade', ...(s.ports ? { ports: s.ports } : {}) };

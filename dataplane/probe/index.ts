@@ -4,6 +4,7 @@
 // probes each uplink's targets on a timer, reads its interface through `ip` and watches carrier
 // changes (link.ts), and reports flips.
 export * from './health.ts';
+export { httpCheck, type HttpCheck } from './http.ts';
 export { parsePingRtt } from './icmp.ts';
 export * from './link.ts';
 export * from './monitor.ts';

@@ -40,7 +40,7 @@ export interface ProbeOptions {
  * abort signal; the first result wins and `cleanup` releases the socket or process.
  */
 export function settle(
-  request: ProbeRequest,
+  request: Pick<ProbeRequest, 'timeoutMs' | 'signal'>,
   resolve: (result: ProbeResult) => void,
   cleanup: () => void,
   graceMs = 0,

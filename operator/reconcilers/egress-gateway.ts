@@ -9,17 +9,22 @@ import {
   type KubeConfig,
   type KubernetesObject,
   type V1DaemonSet,
-  type V1Pod,
 } from '@kubernetes/client-node';
 import type { EgressPolicy } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
-import { compileGateway, type PodFacts, type PolicyFacts } from '../compile.ts';
+import type { PolicyFacts } from '../compile.ts';
 import { desiredGatewayObjects, labelsOf, objectName } from '../desired.ts';
 import type { EventRecorder } from '../events.ts';
-import { modeAnnotation } from '../inject.ts';
+import { compileCluster } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
 import type { OperatorSettings } from '../settings.ts';
-import { conditions, gatewayConditions, policyConditions, type DataplaneRollout } from '../status.ts';
+import {
+  conditions,
+  gatewayConditions,
+  policyConditions,
+  steeringReadyCondition,
+  type DataplaneRollout,
+} from '../status.ts';
 import { fieldManager, type StatusWriter } from '../status-writer.ts';
 
 export interface GatewayReconcilerOptions {
@@ -31,23 +36,6 @@ export interface GatewayReconcilerOptions {
   status: StatusWriter;
   events: EventRecorder;
   now?: () => Date;
-}
-
-/** What the compiler reads of a pod. */
-export function podFacts(pod: V1Pod): PodFacts {
-  return {
-    namespace: pod.metadata?.namespace ?? '',
-    name: pod.metadata?.name ?? '',
-    labels: pod.metadata?.labels,
-    ips: (pod.status?.podIPs ?? []).map((ip) => ip.ip).filter((ip): ip is string => Boolean(ip)),
-    // Native sidecars (init containers that keep running) run alongside the others.
-    containers: [
-      ...(pod.spec?.initContainers ?? []).filter((c) => c.restartPolicy === 'Always'),
-      ...(pod.spec?.containers ?? []),
-    ].map((c) => c.name),
-    ...(pod.metadata?.annotations?.[modeAnnotation] === 'Strict' ? { strict: true } : {}),
-    ...(pod.status?.phase ? { phase: pod.status.phase } : {}),
-  };
 }
 
 /** The gateways an object's change can affect, for the gateway controller's queue. */
@@ -85,17 +73,9 @@ export class GatewayReconciler {
       for (const policy of policies) await this.#policyStatus(policy, undefined, false, { desired: 0, ready: 0 });
       return;
     }
-    const compiled = compileGateway({
-      gateway,
-      uplinks: caches.uplinks.list(),
-      policies,
-      pods: caches.pods.list().map(podFacts),
-      namespaces: new Map(caches.namespaces.list().map((n) => [n.metadata?.name ?? '', n.metadata?.labels])),
-      nodes: caches.nodes.list().map((n) => ({ name: n.metadata?.name ?? '', labels: n.metadata?.labels })),
-      // Traffic inside the cluster never leaves through an uplink: the service networks from the
-      // settings and every node's pod network.
-      bypass: [...this.#o.settings.bypass, ...caches.nodes.list().flatMap((n) => n.spec?.podCIDRs ?? [])],
-    });
+    // Every gateway, because a node's config (whose hash says whether steering is current there)
+    // holds the pods of every gateway that steers from that node.
+    const { compiled, steering } = compileCluster(caches, this.#o.settings).gateways.get(name)!;
     for (const object of desiredGatewayObjects(gateway, compiled, this.#o.settings, this.#o.namespace)) {
       await this.#objects.patch(
         object as KubernetesObject,
@@ -129,7 +109,10 @@ export class GatewayReconciler {
       desiredNodes: compiled.nodes.length,
       readyNodes: rollout.ready,
       configHash: compiled.config.hash,
-      conditions: conditions(gateway.status?.conditions, generation, this.#now(), gatewayConditions(compiled, rollout)),
+      conditions: conditions(gateway.status?.conditions, generation, this.#now(), [
+        ...gatewayConditions(compiled, rollout),
+        steeringReadyCondition(steering),
+      ]),
     });
     for (const policy of policies) {
       await this.#policyStatus(policy, compiled.policies.get(objectKey(policy)), true, rollout);

@@ -30,7 +30,7 @@ import { apiVersion, type EgressGateway, type EgressPolicy, type Uplink } from '
 import type { GatewayConfig } from '../../contracts/gateway/index.ts';
 import { compileGateway, sidecarContainerName, type Snapshot } from '../../operator/compile.ts';
 import { configFile, objectName } from '../../operator/desired.ts';
-import { podFacts } from '../../operator/reconcilers/egress-gateway.ts';
+import { podFacts } from '../../operator/reconcilers/cluster.ts';
 import { freePorts, startCluster, type Cluster } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
 import { operatorSettings, webhookObjects, type OperatorPorts } from '../cluster/operator.ts';

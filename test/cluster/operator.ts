@@ -25,6 +25,7 @@ export function operatorSettings(name: string, ports: OperatorPorts, extra: Reco
     healthPort: ports.health,
     dataplane: { image: 'naat-dataplane:test', clusterRoleName: 'naat-dataplane' },
     sidecar: { image: 'naat-sidecar:test' },
+    steering: { clusterRoleName: `${name}-node` },
     bypass: ['10.96.0.0/16'],
     ...extra,
   };

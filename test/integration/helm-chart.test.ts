@@ -179,9 +179,11 @@ describe('helm template with the default values', () => {
       'imagePullSecrets',
       'leaderElection',
       'logLevel',
+      'marks',
       'metricsPort',
       'otel',
       'sidecar',
+      'steering',
       'webhook',
     ]);
     expect(config.webhook).toEqual({
@@ -248,7 +250,22 @@ describe('helm template with the default values', () => {
     );
     const named = (resource: string) => rules('ClusterRole').find((rule) => rule.resources.includes(resource));
     expect(named('mutatingwebhookconfigurations').resourceNames).toEqual([`${release}-sidecar-injector`]);
-    expect(named('clusterroles')).toMatchObject({ verbs: ['bind'], resourceNames: [`${release}-dataplane`] });
+    expect(named('clusterroles')).toMatchObject({
+      verbs: ['bind'],
+      resourceNames: [`${release}-dataplane`, `${release}-node`],
+    });
+    // The only delete cluster-wide: the node agents' binding, when no node needs a node agent.
+    expect(rules('ClusterRole').filter((rule) => rule.verbs.includes('delete'))).toEqual([
+      {
+        apiGroups: ['rbac.authorization.k8s.io'],
+        resources: ['clusterrolebindings'],
+        resourceNames: [`${release}-node`],
+        verbs: ['delete'],
+      },
+    ]);
+    expect((find(manifests, 'ClusterRole', '-node') as Any).rules).toEqual([
+      { apiGroups: ['naat.dev'], resources: ['egressgateways/status'], verbs: ['patch'] },
+    ]);
     // Secrets: only the webhook's own, and only in the release namespace.
     expect(rules('ClusterRole').flatMap((rule) => rule.resources)).not.toContain('secrets');
     expect(rules('Role').find((rule) => rule.resources.includes('secrets')).resourceNames).toEqual([
@@ -331,6 +348,8 @@ describe('invalid values', () => {
     [{ 'operator.leaderElection.enabled': false }, 'operator.replicas: more than one replica needs'],
     [{ 'operator.leaderElection.renewDeadlineSeconds': 20 }, 'operator.leaderElection.renewDeadlineSeconds'],
     [{ 'operator.ports.metrics': 8081 }, 'operator.ports: webhook, metrics and health must be different'],
+    [{ 'steering.port': 0 }, '/steering/port'],
+    [{ 'marks.tunnel': 0 }, '/marks/tunnel'],
   ])('%j is rejected naming %s', async (values, field) => {
     const failure = helm(binary, ['template', release, chart, ...setArgs(values)]);
     await expect(failure).rejects.toThrow(field);

@@ -10,13 +10,16 @@ export interface Requirement {
 }
 
 /**
- * Kernel tools for the dataplane, traffic tools for the end-to-end tests, openssl for the test
- * control plane's certificates, gcc and libc headers for the sidecar's strict-mode stamping library.
+ * Kernel tools for the dataplane (iptables for the CNI masquerades the steering tests set up),
+ * traffic tools for the end-to-end tests, openssl for the test
+ * control plane's certificates, gcc and libc headers for the sidecar's strict-mode stamping library,
+ * mmdebstrap for the fresh Debian root the first-run test sets the machine up in.
  */
 export const requirements: readonly Requirement[] = [
   { package: 'nftables', probe: 'nft' },
   { package: 'iproute2', probe: 'ip' },
   { package: 'conntrack', probe: 'conntrack' },
+  { package: 'iptables', probe: 'iptables-legacy' },
   { package: 'iperf3', probe: 'iperf3' },
   { package: 'iputils-ping', probe: 'ping' },
   { package: 'curl', probe: 'curl' },
@@ -28,11 +31,12 @@ export const requirements: readonly Requirement[] = [
   { package: 'kmod', probe: 'modprobe' },
   { package: 'gcc', probe: 'gcc' },
   { package: 'libc6-dev', probe: '/usr/include/stdio.h' },
+  { package: 'mmdebstrap', probe: 'mmdebstrap' },
 ];
 
 const why =
   'kernel tools for the dataplane, traffic tools for the end-to-end tests, openssl for the test ' +
-  "control plane's certificates, gcc for the sidecar's stamping library";
+  "control plane's certificates, gcc for the sidecar's stamping library, mmdebstrap for the first-run test";
 
 /** The oldest Go that can fetch a newer toolchain itself (the `toolchain` switch, GOTOOLCHAIN). */
 export const toolchainSwitchSince = '1.21.0';

@@ -46,6 +46,7 @@ app.kubernetes.io/component: operator
 {{- define "naat.webhookSecretName" -}}{{ include "naat.fullname" . }}-webhook-tls{{- end -}}
 {{- define "naat.leaseName" -}}{{ include "naat.fullname" . }}-operator{{- end -}}
 {{- define "naat.dataplaneRoleName" -}}{{ include "naat.fullname" . }}-dataplane{{- end -}}
+{{- define "naat.nodeRoleName" -}}{{ include "naat.fullname" . }}-node{{- end -}}
 
 {{/* Rules the schema cannot express because they relate two values. */}}
 {{- define "naat.checks" -}}

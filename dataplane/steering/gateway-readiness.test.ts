@@ -1,0 +1,74 @@
+import type { CompiledUplink } from '../../contracts/gateway/index.ts';
+import type { AgentReport, UplinkReport } from '../agent-report.ts';
+import { steeringReadiness } from './gateway-readiness.ts';
+
+const uplink = (name: string, nextHop?: CompiledUplink['nextHop']): CompiledUplink => ({
+  name,
+  interface: name,
+  ...(nextHop ? { nextHop } : {}),
+  snat: { ports: { min: 1024, max: 65535 } },
+  weight: 1,
+  tier: 0,
+});
+const dualStack = uplink('isp-a', { ipv4: '100.64.1.1', ipv6: 'fd00:64:1::1' });
+const v4Only = uplink('isp-b', { ipv4: '100.64.2.1' });
+const pointToPoint = uplink('wg0');
+
+const state = (name: string, healthy: boolean): UplinkReport => ({
+  name,
+  id: 1,
+  interface: name,
+  healthy,
+  since: new Date(0).toISOString(),
+  activeFlows: 0,
+  portUtilisationPercent: 0,
+});
+const synced: AgentReport['lastSync'] = { at: new Date(0).toISOString(), durationMs: 5, full: true };
+const report = (uplinks: UplinkReport[], extra: Partial<AgentReport> = {}): AgentReport => ({
+  node: 'gw-1',
+  gateway: 'edge',
+  appliedHash: 'sha256:abc',
+  lastSync: synced,
+  uplinks,
+  flows: 12,
+  associations: 3,
+  ...extra,
+});
+
+test('a synced agent with a healthy uplink is ready, per family as its uplinks carry them', () => {
+  expect(steeringReadiness(report([state('isp-a', true), state('isp-b', true)]), [dualStack, v4Only])).toEqual({
+    ready: true,
+    hash: 'sha256:abc',
+    ipv4: true,
+    ipv6: true,
+  });
+  expect(steeringReadiness(report([state('isp-a', false), state('isp-b', true)]), [dualStack, v4Only])).toEqual({
+    ready: true,
+    hash: 'sha256:abc',
+    ipv4: true,
+    ipv6: false,
+  });
+  // A point-to-point uplink carries both families; one the report does not name yet counts as healthy.
+  expect(steeringReadiness(report([]), [pointToPoint])).toMatchObject({ ready: true, ipv4: true, ipv6: true });
+});
+
+test('without a healthy uplink, before the first sync or after a failed one, the node is not ready', () => {
+  const uplinks = [dualStack, v4Only];
+  const healthy = [state('isp-a', true), state('isp-b', true)];
+  expect(steeringReadiness(report([state('isp-a', false), state('isp-b', false)]), uplinks)).toEqual({
+    ready: false,
+    hash: 'sha256:abc',
+    ipv4: false,
+    ipv6: false,
+  });
+  expect(steeringReadiness(report(healthy), [])).toMatchObject({ ready: false });
+  const fresh: AgentReport = { node: 'gw-1', uplinks: healthy, flows: 0, associations: 0 };
+  expect(steeringReadiness(fresh, uplinks)).toEqual({ ready: false, ipv4: true, ipv6: true });
+  const failed = report(healthy, { lastSync: { ...synced!, error: 'nft: syntax error' } });
+  expect(steeringReadiness(failed, uplinks).ready).toBe(false);
+});
+
+test('the answer holds no flow, pod or uplink detail', () => {
+  const answer = steeringReadiness(report([state('isp-a', true)]), [dualStack]);
+  expect(Object.keys(answer).sort()).toEqual(['hash', 'ipv4', 'ipv6', 'ready']);
+});

@@ -1,0 +1,36 @@
+// Whether a gateway node can take steered flows, as its agent answers node agents on
+// `GET /steering`: the status code is the contract (200 ready, 503 not), the body says why for
+// people and logs. The body holds no flow, pod or uplink detail: node agents anywhere in the
+// cluster may read it.
+import type { CompiledUplink } from '../../contracts/gateway/index.ts';
+import type { AgentReport } from '../agent-report.ts';
+import { carries } from '../render.ts';
+
+export interface SteeringReadiness {
+  /** The agent applied its config and at least one uplink of either family is healthy. */
+  ready: boolean;
+  /** Hash of the config the kernel holds; absent before the first sync or for a config without one. */
+  hash?: string;
+  /** Per family, whether a healthy uplink of this node carries it. */
+  ipv4: boolean;
+  ipv6: boolean;
+}
+
+/**
+ * The answer to `/steering` from the agent's report and this node's uplinks (localUplinks). The
+ * config counts as applied when the last sync succeeded, as for `/readyz`; an uplink the report
+ * does not name yet counts as healthy, as everywhere in the agent.
+ */
+export function steeringReadiness(report: AgentReport, uplinks: readonly CompiledUplink[]): SteeringReadiness {
+  const applied = report.lastSync !== undefined && !report.lastSync.error;
+  const healthy = new Map(report.uplinks.map((u) => [u.name, u.healthy]));
+  const up = uplinks.filter((u) => healthy.get(u.name) !== false);
+  const ipv4 = up.some((u) => carries(u, 4));
+  const ipv6 = up.some((u) => carries(u, 6));
+  return {
+    ready: applied && (ipv4 || ipv6),
+    ...(report.appliedHash ? { hash: report.appliedHash } : {}),
+    ipv4,
+    ipv6,
+  };
+}

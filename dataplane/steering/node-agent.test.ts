@@ -1,0 +1,110 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseNodeConfig, type NodeConfig } from '../../contracts/gateway/index.ts';
+import { FakeNftables } from '../nft/nftables.ts';
+import { NodeAgent, type PeerStates } from './node-agent.ts';
+import { FakeTunnelKernel } from './tunnel-kernel.ts';
+
+const config = parseNodeConfig(
+  JSON.parse(await readFile(join(import.meta.dirname, 'testdata', 'node.json'), 'utf8')),
+) as NodeConfig;
+
+/** Peer states a test sets by hand. */
+class ManualPeers implements PeerStates {
+  nodes: Set<string>;
+  #listeners: Array<() => void> = [];
+  constructor(nodes: string[]) {
+    this.nodes = new Set(nodes);
+  }
+  up = () => this.nodes;
+  onChange(listener: () => void) {
+    this.#listeners.push(listener);
+  }
+  set(nodes: string[]) {
+    this.nodes = new Set(nodes);
+    for (const l of this.#listeners) l();
+  }
+}
+
+let dir: string;
+beforeEach(async () => (dir = await mkdtemp(join(tmpdir(), 'naat-node-'))));
+afterEach(() => rm(dir, { recursive: true, force: true }));
+
+function agent(peers?: Map<string, ManualPeers>) {
+  const nft = new FakeNftables();
+  const tunnels = new FakeTunnelKernel();
+  const deleted: number[] = [];
+  const node = new NodeAgent({
+    nft,
+    tunnels,
+    deleteFlows: async (value) => {
+      deleted.push(value);
+      return 1;
+    },
+    stateDir: dir,
+    log: { info: () => {}, error: () => {} },
+    ...(peers ? { peerStates: (g) => peers.get(g.gateway)! } : {}),
+  });
+  return { node, nft, tunnels, deleted };
+}
+
+describe('NodeAgent', () => {
+  it('applies the config, keeps peer ids across a restart, and removes every trace', async () => {
+    const first = agent();
+    await first.node.start(config);
+    expect(first.nft.dump()).toContain('chain gateway_7700');
+    expect(first.tunnels.state.devices.map((d) => d.name)).toEqual(['naatn7700', 'naatn7701']);
+    const ids = first.node.report().peers.map((p) => [p.gateway, p.node, p.id]);
+    await first.node.stop();
+
+    const reordered = { ...config, gateways: [...config.gateways].reverse() };
+    const second = agent();
+    await second.node.start(reordered);
+    expect(
+      second.node
+        .report()
+        .peers.map((p) => [p.gateway, p.node, p.id])
+        .sort(),
+    ).toEqual(ids.sort());
+    expect(second.node.report().appliedHash).toBe('h1');
+
+    await second.node.configure({ ...config, gateways: [config.gateways[0]!] });
+    expect(second.tunnels.state.devices.map((d) => d.name)).toEqual(['naatn7700']);
+    expect(second.tunnels.state.routes.every((r) => r.device === 'naatn7700')).toBe(true);
+    await second.node.configure({ ...config, gateways: [] });
+    expect(second.nft.dump()).toBe('');
+    expect(second.tunnels.state).toEqual({ devices: [], routes: [], rules: [] });
+  });
+
+  it('moves new flows off a peer that goes down at once, then deletes the flows pinned to it', async () => {
+    const egress = new ManualPeers(['gateway-a', 'gateway-b']);
+    const batch = new ManualPeers(['gateway-a', 'gateway-c']);
+    const { node, nft, deleted } = agent(
+      new Map([
+        ['egress', egress],
+        ['batch', batch],
+      ]),
+    );
+    await node.start(config);
+    const idOf = (gateway: string, peer: string) =>
+      node.report().peers.find((p) => p.gateway === gateway && p.node === peer)!.id;
+    egress.set(['gateway-b']);
+    await node.sync();
+    expect(nft.dump()).not.toMatch(/pick_7700_4 .* : goto peer_1\b/);
+    expect(deleted).toEqual([idOf('egress', 'gateway-a') << 5]);
+    expect(node.report().peers.find((p) => p.node === 'gateway-a' && p.gateway === 'egress')!.up).toBe(false);
+    egress.set([]);
+    await node.sync();
+    expect(nft.dump()).toContain('counter drop comment "egress: no gateway node up"');
+    expect(nft.dump()).not.toContain('pick_7700_4 10.244');
+  });
+
+  it('takes everything away on remove', async () => {
+    const { node, nft, tunnels } = agent();
+    await node.start(config);
+    await node.remove();
+    expect(nft.dump()).toBe('');
+    expect(tunnels.state.devices).toEqual([]);
+  });
+});

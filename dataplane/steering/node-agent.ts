@@ -1,0 +1,206 @@
+// The node agent: keeps the node's kernel (table `inet naat_node`, one VXLAN device per gateway,
+// the steering routes and rules) equal to what its NodeConfig and its peers' health call for.
+// Every change goes through one queue, so syncs never interleave. A sync adds tunnels, routes and
+// rules first, then swaps the table atomically, then deletes the conntrack entries of peers that
+// went down (their flows are re-placed on their next packet), then takes away what is no longer
+// wanted: new flows move to another peer before the old one is torn down. Stopping leaves the
+// kernel as it is; `remove` (or a config without gateways) takes every trace away.
+import { rm } from 'node:fs/promises';
+import type { Logger } from '../../common/index.ts';
+import type { NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
+import type { Nftables } from '../nft/nftables.ts';
+import { planSync } from '../nft/nftables.ts';
+import { SyncQueue } from '../sync-queue.ts';
+import { UplinkIds } from '../uplink-ids.ts';
+import { markShift, maxPeerId, peerKey, peerKeys, planNode } from './node-plan.ts';
+import { emptyTunnelState, type TunnelKernel } from './tunnel-kernel.ts';
+
+/**
+ * The health of one gateway's peers, as the node agent takes it: the names of its gateway nodes
+ * that can take flows now, and a call after each change. A monitor that probes each peer's
+ * `/steering` endpoint fits it.
+ */
+export interface PeerStates {
+  up(): ReadonlySet<string>;
+  onChange(listener: () => void): void;
+  /** Follows a changed list of peers or health port. */
+  update?(peers: NodeGateway['peers'], healthPort: number): void;
+  stop?(): Promise<void>;
+}
+
+/** Makes the peer states of a gateway that appeared in the config. */
+export type PeerStatesFactory = (gateway: NodeGateway) => PeerStates;
+
+/** Without a monitor every peer counts as up. */
+export const everyPeerUp: PeerStatesFactory = (gateway) => {
+  let nodes = new Set(gateway.peers.map((p) => p.node));
+  return {
+    up: () => nodes,
+    onChange: () => {},
+    update: (peers) => (nodes = new Set(peers.map((p) => p.node))),
+  };
+};
+
+export interface NodeAgentOptions {
+  /** naat_node's table. */
+  nft: Nftables;
+  tunnels: TunnelKernel;
+  /** Deletes the conntrack entries whose mark has `value` under `mask`; resolves with how many. */
+  deleteFlows(value: number, mask: number): Promise<number>;
+  /** Where peer ids are kept across restarts (they are in the marks of pinned flows). */
+  stateDir: string;
+  peerStates?: PeerStatesFactory;
+  log: Logger;
+}
+
+export interface NodeAgentReport {
+  node?: string;
+  appliedHash?: string;
+  lastSync?: { at: string; durationMs: number; error?: string };
+  peers: Array<{ gateway: string; node: string; id: number; up: boolean }>;
+  /** Gateways that could not be set up, and why. */
+  problems: Record<string, string>;
+}
+
+export class NodeAgent {
+  readonly #o: NodeAgentOptions;
+  readonly #ids: UplinkIds;
+  readonly #queue: SyncQueue;
+  readonly #states = new Map<string, PeerStates>();
+  #config: NodeConfig | undefined;
+  /** Marks of the peers that were up at the last sync: their flows are deleted once they are not. */
+  #pinned = new Set<number>();
+  #report: NodeAgentReport = { peers: [], problems: {} };
+
+  constructor(options: NodeAgentOptions) {
+    this.#o = options;
+    this.#ids = new UplinkIds(options.stateDir, 'peers.json');
+    this.#queue = new SyncQueue(() => this.#sync());
+  }
+
+  async start(config: NodeConfig): Promise<void> {
+    await this.#ids.load();
+    await this.configure(config);
+  }
+
+  async configure(config: NodeConfig): Promise<void> {
+    this.#config = config;
+    const factory = this.#o.peerStates ?? everyPeerUp;
+    const present = new Set(config.gateways.map((g) => g.gateway));
+    for (const [name, states] of this.#states) {
+      if (present.has(name)) continue;
+      this.#states.delete(name);
+      await states.stop?.();
+    }
+    for (const g of config.gateways) {
+      const states = this.#states.get(g.gateway);
+      if (states) states.update?.(g.peers, g.healthPort);
+      else {
+        const made = factory(g);
+        made.onChange(() => void this.sync().catch(() => {}));
+        this.#states.set(g.gateway, made);
+      }
+    }
+    await this.sync();
+  }
+
+  sync(): Promise<void> {
+    return this.#queue.request();
+  }
+
+  report(): NodeAgentReport {
+    return this.#report;
+  }
+
+  async stop(): Promise<void> {
+    await this.#queue.stop();
+    await Promise.all([...this.#states.values()].map((s) => s.stop?.()));
+    this.#states.clear();
+  }
+
+  /** Takes away naat_node's table, tunnels, routes, rules and saved peer ids. */
+  async remove(): Promise<void> {
+    await this.stop();
+    if (await this.#o.nft.list()) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
+    await this.#o.tunnels.prune(emptyTunnelState());
+    await rm(this.#o.stateDir, { recursive: true, force: true });
+  }
+
+  async #sync(): Promise<void> {
+    const config = this.#config;
+    if (!config) return;
+    const started = performance.now();
+    try {
+      if (!config.gateways.length) {
+        if (await this.#o.nft.list()) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
+        await this.#o.tunnels.prune(emptyTunnelState());
+        this.#pinned.clear();
+        this.#done(config, started, []);
+        return;
+      }
+      if (maxPeerId(config.markMask) < 1) throw new Error('markMask has no bits');
+      const keys = peerKeys(config);
+      const ids = await this.#ids.allocate(keys, 0xff);
+      const over = [...ids.values()].filter((id) => id > maxPeerId(config.markMask));
+      if (over.length)
+        throw new Error(`markMask 0x${config.markMask.toString(16)} numbers fewer peers than ${keys.length}`);
+      const up = new Set<string>();
+      for (const g of config.gateways) {
+        const nodes = this.#states.get(g.gateway)?.up() ?? new Set(g.peers.map((p) => p.node));
+        for (const p of g.peers) if (nodes.has(p.node)) up.add(peerKey(g.gateway, p.node));
+      }
+      const addresses = config.gateways.flatMap((g) => g.peers.flatMap((p) => p.addresses));
+      const plan = planNode({ config, ids, up, underlay: await this.#o.tunnels.underlay(addresses) });
+      await this.#o.tunnels.add(plan.tunnels);
+      await this.#o.nft.run(planSync(plan.table, await this.#o.nft.list()));
+      const shift = markShift(config.markMask);
+      const pinned = new Set([...up].map((key) => (ids.get(key)! << shift) >>> 0));
+      for (const mark of this.#pinned) {
+        if (pinned.has(mark)) continue;
+        const deleted = await this.#o.deleteFlows(mark, config.markMask);
+        this.#o.log.info('Deleted the flows of a peer that went down', { mark: `0x${mark.toString(16)}`, deleted });
+      }
+      this.#pinned = pinned;
+      await this.#o.tunnels.prune(plan.tunnels);
+      for (const [gateway, problem] of plan.problems) {
+        this.#o.log.error('Failed to set up steering for a gateway', { gateway, problem });
+      }
+      this.#done(
+        config,
+        started,
+        config.gateways.flatMap((g) =>
+          g.peers.map((p) => {
+            const key = peerKey(g.gateway, p.node);
+            return { gateway: g.gateway, node: p.node, id: ids.get(key)!, up: up.has(key) };
+          }),
+        ),
+        Object.fromEntries(plan.problems),
+      );
+    } catch (error) {
+      const message = (error as Error).message;
+      this.#report = {
+        ...this.#report,
+        lastSync: { at: new Date().toISOString(), durationMs: performance.now() - started, error: message },
+      };
+      this.#o.log.error('Failed to sync the node', { error: message });
+      throw error;
+    }
+  }
+
+  #done(
+    config: NodeConfig,
+    started: number,
+    peers: NodeAgentReport['peers'],
+    problems: Record<string, string> = {},
+  ): void {
+    const durationMs = performance.now() - started;
+    this.#report = {
+      node: config.node,
+      ...(config.hash ? { appliedHash: config.hash } : {}),
+      lastSync: { at: new Date().toISOString(), durationMs },
+      peers,
+      problems,
+    };
+    this.#o.log.info('Synced the node', { durationMs: Math.round(durationMs), peers: peers.length });
+  }
+}

@@ -1,0 +1,180 @@
+// The peer monitor over a fake probe (thresholds, updates, stop), and against real HTTP servers on
+// this host: one that answers 200 and then 503, one that stops answering, one that goes away.
+import { createServer, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { TunnelEndpoint } from '../../contracts/gateway/index.ts';
+import type { ProbeResult } from '../probe/index.ts';
+import { createPeerMonitor, peerTarget, type PeerMonitor, type PeerTarget } from './peer-monitor.ts';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const peer = (node: string, ...addresses: string[]): TunnelEndpoint => ({ node, addresses });
+
+/** Resolves once `up()` satisfies `holds`, with the time it took; rejects after `ms`. */
+function until(monitor: PeerMonitor, holds: (up: ReadonlySet<string>) => boolean, ms = 3000): Promise<number> {
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    if (holds(monitor.up())) return resolve(0);
+    const timer = setTimeout(() => reject(new Error(`up() is still ${JSON.stringify([...monitor.up()])}`)), ms);
+    monitor.onChange(() => {
+      if (!holds(monitor.up())) return;
+      clearTimeout(timer);
+      resolve(performance.now() - started);
+    });
+  });
+}
+
+test('a peer is asked at its IPv4 address when it has one, at its IPv6 address otherwise', () => {
+  expect(peerTarget(peer('gw-1', 'fd00::1', '192.0.2.1'), 9091)).toEqual({
+    node: 'gw-1',
+    host: '192.0.2.1',
+    family: 4,
+    port: 9091,
+  });
+  expect(peerTarget(peer('gw-2', 'fd00::2'), 9091)).toEqual({ node: 'gw-2', host: 'fd00::2', family: 6, port: 9091 });
+});
+
+describe('with a fake probe', () => {
+  const answers = new Map<string, boolean>();
+  const asked: PeerTarget[] = [];
+  const probe = async (target: PeerTarget): Promise<ProbeResult> => {
+    asked.push(target);
+    return answers.get(target.node) ? { ok: true, rttMs: 1 } : { ok: false, error: 'refused' };
+  };
+  let monitor: PeerMonitor;
+  beforeEach(() => {
+    answers.clear();
+    asked.length = 0;
+  });
+  afterEach(() => monitor.stop());
+
+  test('a peer is down until its first good answer, and down again after two failed ones', async () => {
+    answers.set('gw-1', true);
+    answers.set('gw-2', false);
+    monitor = createPeerMonitor({
+      peers: [peer('gw-1', '192.0.2.1'), peer('gw-2', '192.0.2.2')],
+      healthPort: 9091,
+      check: { intervalMs: 20, timeoutMs: 20 },
+      probe,
+    });
+    expect(monitor.up()).toEqual(new Set());
+    monitor.start();
+    await until(monitor, (up) => up.has('gw-1'));
+    await sleep(100);
+    expect(monitor.up()).toEqual(new Set(['gw-1']));
+
+    answers.set('gw-1', false);
+    const failedAt = asked.filter((t) => t.node === 'gw-1').length;
+    await until(monitor, (up) => !up.has('gw-1'));
+    // The first failed answer changes nothing; the second takes the peer down.
+    expect(asked.filter((t) => t.node === 'gw-1').length - failedAt).toBe(2);
+    answers.set('gw-2', true);
+    await until(monitor, (up) => up.has('gw-2'));
+  });
+
+  test('update adds, keeps and drops peers; a dropped peer that was up is reported', async () => {
+    answers.set('gw-1', true);
+    answers.set('gw-2', true);
+    monitor = createPeerMonitor({
+      peers: [peer('gw-1', '192.0.2.1')],
+      healthPort: 9091,
+      check: { intervalMs: 20, timeoutMs: 20 },
+      probe,
+    });
+    monitor.start();
+    await until(monitor, (up) => up.has('gw-1'));
+    let changes = 0;
+    monitor.onChange(() => changes++);
+    monitor.update([peer('gw-1', '192.0.2.1'), peer('gw-2', 'fd00::2')]);
+    // Kept: still up without a new answer; new: down until it answers.
+    expect(monitor.up()).toEqual(new Set(['gw-1']));
+    await until(monitor, (up) => up.has('gw-2'));
+    monitor.update([peer('gw-2', 'fd00::2')], 9092);
+    expect(monitor.up()).toEqual(new Set(['gw-2']));
+    expect(changes).toBe(2);
+    asked.length = 0;
+    await sleep(60);
+    expect(new Set(asked.map((t) => `${t.node} ${t.host} ${t.port}`))).toEqual(new Set(['gw-2 fd00::2 9092']));
+  });
+
+  test('stop ends the requests; start takes them up again', async () => {
+    answers.set('gw-1', true);
+    monitor = createPeerMonitor({
+      peers: [peer('gw-1', '192.0.2.1')],
+      healthPort: 9091,
+      check: { intervalMs: 10, timeoutMs: 10 },
+      probe,
+    });
+    monitor.start();
+    await until(monitor, (up) => up.has('gw-1'));
+    await monitor.stop();
+    const count = asked.length;
+    await sleep(50);
+    expect(asked.length).toBe(count);
+    monitor.start();
+    await sleep(50);
+    expect(asked.length).toBeGreaterThan(count);
+  });
+});
+
+describe('against real HTTP servers on this host', () => {
+  type Mode = 'ready' | 'unavailable' | 'hang';
+  const modes = new Map<number, Mode>();
+  const hung: ServerResponse[] = [];
+  const servers: Server[] = [];
+  async function serve(mode: Mode): Promise<number> {
+    const server = createServer((req, res) => {
+      const current = modes.get((server.address() as AddressInfo).port);
+      if (current === 'hang') return void hung.push(res);
+      res.statusCode = req.url === '/steering' && current === 'ready' ? 200 : 503;
+      res.end('{}\n');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    servers.push(server);
+    const port = (server.address() as AddressInfo).port;
+    modes.set(port, mode);
+    return port;
+  }
+  afterAll(async () => {
+    for (const res of hung) res.destroy();
+    for (const server of servers) server.closeAllConnections();
+    await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  });
+
+  /** A monitor of one peer on `port` with the default check, up before the fault. */
+  async function watching(port: number): Promise<PeerMonitor> {
+    const monitor = createPeerMonitor({ peers: [peer('gw', '127.0.0.1')], healthPort: port });
+    monitor.start();
+    await until(monitor, (up) => up.has('gw'));
+    return monitor;
+  }
+
+  const detections: string[] = [];
+  afterAll(() => console.log(`peer down detected after (ms): ${detections.join(', ')}`));
+
+  test.each([
+    ['answers 503', (port: number) => void modes.set(port, 'unavailable')],
+    ['stops answering', (port: number) => void modes.set(port, 'hang')],
+    [
+      'goes away',
+      (port: number) => {
+        const server = servers.find((s) => (s.address() as AddressInfo | null)?.port === port)!;
+        server.close();
+        server.closeAllConnections();
+      },
+    ],
+  ])('a peer that %s is down well within a second, and back at its first good answer', async (what, fault) => {
+    const port = await serve('ready');
+    const monitor = await watching(port);
+    try {
+      fault(port);
+      const ms = await until(monitor, (up) => !up.has('gw'));
+      detections.push(`${what} ${Math.round(ms)}`);
+      expect(ms).toBeLessThan(900);
+      if (what === 'goes away') return;
+      modes.set(port, 'ready');
+      expect(await until(monitor, (up) => up.has('gw'))).toBeLessThan(450);
+    } finally {
+      await monitor.stop();
+    }
+  });
+});

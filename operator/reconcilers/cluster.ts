@@ -1,0 +1,101 @@
+// Every gateway compiled from the caches at once, with the node configs of cluster-wide egress and
+// what the node agents reported: one node's config holds the pods of every gateway that steers
+// from it, so neither a gateway's SteeringReady condition (is the node's current config applied?)
+// nor the node agents' objects can be judged from one gateway alone.
+import type { V1Node, V1Pod } from '@kubernetes/client-node';
+import type { NodeConfig } from '../../contracts/gateway/index.ts';
+import type { EgressGateway } from '../../crds/index.ts';
+import type { Caches } from '../caches.ts';
+import { compileGateway, type Compiled, type NodeFacts, type PodFacts, type TunnelFacts } from '../compile.ts';
+import { modeAnnotation } from '../inject.ts';
+import type { OperatorSettings } from '../settings.ts';
+import {
+  desiredNodeConfigs,
+  gatewayTunnels,
+  nodeSteering,
+  type NodeSteering,
+  type SteeringReport,
+} from '../steering.ts';
+
+/** What the compiler reads of a pod. */
+export function podFacts(pod: V1Pod): PodFacts {
+  return {
+    namespace: pod.metadata?.namespace ?? '',
+    name: pod.metadata?.name ?? '',
+    labels: pod.metadata?.labels,
+    ips: (pod.status?.podIPs ?? []).map((ip) => ip.ip).filter((ip): ip is string => Boolean(ip)),
+    // Native sidecars (init containers that keep running) run alongside the others.
+    containers: [
+      ...(pod.spec?.initContainers ?? []).filter((c) => c.restartPolicy === 'Always'),
+      ...(pod.spec?.containers ?? []),
+    ].map((c) => c.name),
+    ...(pod.metadata?.annotations?.[modeAnnotation] === 'Strict' ? { strict: true } : {}),
+    ...(pod.status?.phase ? { phase: pod.status.phase } : {}),
+    ...(pod.spec?.nodeName ? { node: pod.spec.nodeName } : {}),
+  };
+}
+
+/** What the compiler reads of a node. */
+export function nodeFacts(node: V1Node): NodeFacts {
+  return {
+    name: node.metadata?.name ?? '',
+    labels: node.metadata?.labels,
+    addresses: (node.status?.addresses ?? []).filter((a) => a.type === 'InternalIP').map((a) => a.address),
+  };
+}
+
+export interface CompiledGateway {
+  gateway: EgressGateway;
+  compiled: Compiled;
+  tunnel: TunnelFacts | undefined;
+  /** Per node that hosts its away pods: whether they are steered (operator/steering.ts). */
+  steering: NodeSteering[];
+}
+
+export interface CompiledCluster {
+  gateways: Map<string, CompiledGateway>;
+  nodeConfigs: NodeConfig[];
+}
+
+/** The node agents' entries of a gateway's status. */
+const reportsOf = (gateway: EgressGateway): SteeringReport[] => gateway.status?.steering?.nodes ?? [];
+
+export function compileCluster(caches: Caches, settings: OperatorSettings): CompiledCluster {
+  const gateways = caches.gateways.list();
+  const tunnels = gatewayTunnels(gateways, settings.steering.port, settings.marks.tunnel);
+  const pods = caches.pods.list().map(podFacts);
+  const namespaces = new Map(caches.namespaces.list().map((n) => [n.metadata?.name ?? '', n.metadata?.labels]));
+  const nodes = caches.nodes.list();
+  // Traffic inside the cluster never leaves through an uplink: the service networks from the
+  // settings and every node's pod network.
+  const bypass = [...settings.bypass, ...nodes.flatMap((n) => n.spec?.podCIDRs ?? [])];
+  const policies = caches.policies.list();
+  const compiled = gateways.map((gateway) => ({
+    gateway,
+    tunnel: tunnels.get(gateway.metadata.name),
+    compiled: compileGateway({
+      gateway,
+      uplinks: caches.uplinks.list(),
+      policies: policies.filter((p) => p.spec.gateway === gateway.metadata.name),
+      pods,
+      namespaces,
+      nodes: nodes.map(nodeFacts),
+      bypass,
+      steering: tunnels.get(gateway.metadata.name),
+    }),
+  }));
+  const nodeConfigs = desiredNodeConfigs(
+    compiled.map((c) => c.compiled),
+    { markMask: settings.marks.steering, healthPort: settings.dataplane.healthPort },
+  );
+  const byNode = new Map(nodeConfigs.map((c) => [c.node, c]));
+  return {
+    gateways: new Map(
+      compiled.map((c) => [
+        c.gateway.metadata.name,
+        { ...c, steering: nodeSteering(c.compiled, c.tunnel, byNode, reportsOf(c.gateway)) },
+      ]),
+    ),
+    nodeConfigs,
+  };
+}

@@ -1,0 +1,150 @@
+// Cluster-wide egress, one key for the whole cluster: the node agents and their per-node configs
+// (desiredNodeConfigs and desiredNodeObjects, both pure), the objects of nodes that no longer need
+// one removed, and the Steered condition of every served pod away from its gateway's nodes, with
+// an Event when it changes, so that a pod whose flows cannot be steered is never silently unserved.
+import { KubernetesObjectApi, PatchStrategy, type KubernetesObject, type V1Pod } from '@kubernetes/client-node';
+import { statusCode } from '../../common/kube/index.ts';
+import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
+import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
+import { fieldManager } from '../status-writer.ts';
+import { compileCluster } from './cluster.ts';
+import type { GatewayReconcilerOptions } from './egress-gateway.ts';
+
+/** As a gateway's: the node agents' namespaced objects live in the operator's namespace too. */
+export type SteeringReconcilerOptions = GatewayReconcilerOptions;
+
+/** The field manager of pods' Steered condition, apart from the association mode's (see applyPodCondition). */
+export const steeringFieldManager = `${fieldManager}-steering`;
+
+/** The one key of the steering controller: every change can move a pod onto or off any node's config. */
+export const steeringKey = 'cluster';
+
+export class SteeringReconciler {
+  readonly #o: SteeringReconcilerOptions;
+  readonly #objects: KubernetesObjectApi;
+
+  constructor(options: SteeringReconcilerOptions) {
+    this.#o = options;
+    this.#objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
+  }
+
+  async reconcile(): Promise<void> {
+    const { caches, settings, namespace } = this.#o;
+    const cluster = compileCluster(caches, settings);
+    const desired = desiredNodeObjects(cluster.nodeConfigs, settings, namespace);
+    const wanted = new Set(cluster.nodeConfigs.map((c) => nodeConfigName(c.node)));
+    const orphans = caches.nodeConfigMaps.list().filter((cm) => !wanted.has(cm.metadata?.name ?? ''));
+
+    // A node's ConfigMap goes before its agent does: the agent learns from its config's deletion
+    // that it is to clear the node, and the Role stops naming the ConfigMap only once it is gone.
+    const [early, late] = partition(desired, (o) => o.kind === 'ServiceAccount' || o.kind === 'ConfigMap');
+    for (const object of early) await this.#apply(object);
+    for (const orphan of orphans) {
+      await this.#delete({
+        apiVersion: 'v1',
+        kind: 'ConfigMap',
+        metadata: { name: orphan.metadata!.name!, namespace },
+      });
+    }
+    for (const object of late) await this.#apply(object);
+    if (!desired.length && (orphans.length || caches.daemonSets.get(`${namespace}/${nodeAgentName}`))) {
+      await this.#removeNodeAgents();
+    }
+
+    const pods = steeredPodConditions([...cluster.gateways.values()]);
+    for (const pod of caches.pods.list()) await this.#podCondition(pod, pods);
+  }
+
+  /** No node needs an agent: every object of theirs goes, the DaemonSet last, so a failure is retried. */
+  async #removeNodeAgents(): Promise<void> {
+    const { namespace, settings } = this.#o;
+    const rbac = 'rbac.authorization.k8s.io/v1';
+    for (const object of [
+      { apiVersion: rbac, kind: 'RoleBinding', metadata: { name: nodeAgentName, namespace } },
+      { apiVersion: rbac, kind: 'Role', metadata: { name: nodeAgentName, namespace } },
+      { apiVersion: rbac, kind: 'ClusterRoleBinding', metadata: { name: settings.steering.clusterRoleName } },
+      { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: nodeAgentName, namespace } },
+      { apiVersion: 'apps/v1', kind: 'DaemonSet', metadata: { name: nodeAgentName, namespace } },
+    ]) {
+      await this.#delete(object);
+    }
+  }
+
+  /**
+   * The pod's Steered condition, written when what it says changed. A pod that was away from its
+   * gateway's nodes and no longer is keeps the condition, saying so: conditions written by a
+   * field manager of their own are not removed once others have touched the pod's conditions.
+   */
+  async #podCondition(pod: V1Pod, wanted: ReadonlyMap<string, NewCondition>): Promise<void> {
+    const name = pod.metadata?.name;
+    const namespace = pod.metadata?.namespace;
+    if (!name || !namespace) return;
+    const existing = pod.status?.conditions?.find((c) => c.type === steeredCondition);
+    const condition: NewCondition | undefined =
+      wanted.get(`${namespace}/${name}`) ??
+      (existing && {
+        type: steeredCondition,
+        status: 'True',
+        reason: 'NotNeeded',
+        message: "no gateway serves the pod from another node's gateway nodes: nothing to steer",
+      });
+    if (!condition) return;
+    if (
+      existing?.status === condition.status &&
+      existing.reason === condition.reason &&
+      existing.message === condition.message
+    ) {
+      return;
+    }
+    await this.#o.status.applyPodCondition(
+      { name, namespace },
+      {
+        ...condition,
+        lastTransitionTime: existing?.status === condition.status ? existing.lastTransitionTime : this.#now(),
+      },
+      steeringFieldManager,
+    );
+    const regarding = { metadata: { name, namespace, ...(pod.metadata?.uid ? { uid: pod.metadata.uid } : {}) } };
+    if (condition.status === 'False') {
+      await this.#o.events.record(
+        'Pod',
+        regarding,
+        'Warning',
+        'NotSteered',
+        'Steer',
+        `${condition.reason}: ${condition.message}`,
+      );
+    } else if (existing?.status === 'False') {
+      this.#o.events.forget('Pod', regarding, 'NotSteered');
+      await this.#o.events.record('Pod', regarding, 'Normal', 'Steered', 'Steer', condition.message);
+    }
+  }
+
+  async #apply(object: ApiObject): Promise<void> {
+    await this.#objects.patch(
+      object as KubernetesObject,
+      undefined,
+      undefined,
+      fieldManager,
+      true,
+      PatchStrategy.ServerSideApply,
+    );
+  }
+
+  /** Deletes the object; one already gone is what was wanted. */
+  async #delete(object: ApiObject): Promise<void> {
+    try {
+      await this.#objects.delete(object as KubernetesObject);
+    } catch (error) {
+      if (statusCode(error) !== 404) throw error;
+    }
+  }
+
+  #now(): Date {
+    return this.#o.now?.() ?? new Date();
+  }
+}
+
+function partition<T>(items: readonly T[], first: (item: T) => boolean): [T[], T[]] {
+  return [items.filter(first), items.filter((item) => !first(item))];
+}

@@ -1,0 +1,37 @@
+import { operatorSettings } from '../test/cluster/operator.ts';
+import { parseSettings } from './settings.ts';
+
+const minimal = operatorSettings('naat', { metrics: 8080, health: 8081, webhook: 9443 });
+
+describe('parseSettings', () => {
+  it('defaults the marks to the low byte and the tunnel port to 7790', () => {
+    const settings = parseSettings(minimal);
+    expect(settings.marks).toEqual({ uplinks: 0x0f, tunnel: 0x10, steering: 0xe0 });
+    expect(settings.steering).toEqual({
+      clusterRoleName: 'naat-node',
+      port: 7790,
+      metricsPort: 9092,
+      healthPort: 9093,
+    });
+  });
+
+  it('refuses overlapping marks, naming both and the shared bits', () => {
+    expect(() => parseSettings({ ...minimal, marks: { tunnel: 0x18 } })).toThrow(
+      'invalid operator configuration: /marks/uplinks: 0x0000000f overlaps marks.tunnel 0x00000018 in 0x00000008; give each its own bits',
+    );
+    expect(() => parseSettings({ ...minimal, marks: { uplinks: 0xff000000, steering: 0x80000000 } })).toThrow(
+      /marks\/uplinks: 0xff000000 overlaps marks.steering 0x80000000 in 0x80000000/,
+    );
+  });
+
+  it('refuses a mark that is not one contiguous run of bits', () => {
+    expect(() => parseSettings({ ...minimal, marks: { steering: 0xa0 } })).toThrow(
+      /\/marks\/steering: 0x000000a0 is not one contiguous run of bits/,
+    );
+  });
+
+  it('accepts other free bits', () => {
+    const marks = { uplinks: 0x00ff0000, tunnel: 0x01000000, steering: 0x0e000000 };
+    expect(parseSettings({ ...minimal, marks }).marks).toEqual(marks);
+  });
+});
