@@ -108,9 +108,8 @@ class Peers implements RelayPeers {
   up(): ReadonlySet<string> {
     return this.#up;
   }
-  onChange(listener: () => void): () => void {
+  onChange(listener: () => void): void {
     this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
   }
   set(up: string[]): void {
     this.#up = new Set(up);

@@ -55,8 +55,8 @@ import { fullBucket, takeToken, type RateBucket } from './stream.ts';
 export interface RelayPeers {
   /** The names of the gateway's nodes that can take flows now. */
   up(): ReadonlySet<string>;
-  /** Calls `listener` whenever the set of up nodes may have changed; returns what stops that. */
-  onChange(listener: () => void): () => void;
+  /** Calls `listener` whenever the set of up nodes may have changed. */
+  onChange(listener: () => void): void;
 }
 
 export interface NaaRelayOptions {
@@ -113,7 +113,7 @@ export class NaaRelay {
   readonly #options: NaaRelayOptions;
   readonly #server: Server;
   readonly #streams = new Set<RelayedStream>();
-  readonly #stopWatching: () => void;
+  #closed = false;
   readonly #logRefusal: (code: status, fields: Record<string, unknown>) => void;
   #gateway: NodeGateway;
   /** Clients of the gateway's nodes by name, each shared by every stream. */
@@ -138,7 +138,9 @@ export class NaaRelay {
     this.#server.addService(relayedService, { associate: (call: Downstream) => this.#serve(call) });
     this.#peers = this.#connect(options.gateway, new Map());
     this.#up = this.#upPeers();
-    this.#stopWatching = options.peers.onChange(() => this.#checkPeers());
+    options.peers.onChange(() => {
+      if (!this.#closed) this.#checkPeers();
+    });
   }
 
   /**
@@ -161,7 +163,7 @@ export class NaaRelay {
 
   /** Ends every stream (UNAVAILABLE, so drivers retry) and stops listening. */
   async close(): Promise<void> {
-    this.#stopWatching();
+    this.#closed = true;
     for (const { timer } of this.#unsynced.values()) clearTimeout(timer);
     for (const stream of this.#streams) stream.refuse(status.UNAVAILABLE, 'the node agent is stopping');
     this.#server.forceShutdown();
