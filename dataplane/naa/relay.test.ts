@@ -50,6 +50,8 @@ class GatewayNode {
   stall: Promise<void> | undefined;
   /** Pods refused by name, as a gateway refuses a token. */
   refuse = new Set<string>();
+  /** While set, token checks wait for it. */
+  authenticating: Promise<void> | undefined;
 
   readonly #limits: typeof limits;
 
@@ -63,6 +65,7 @@ class GatewayNode {
     this.server = new NaaServer({
       authenticator: {
         authenticate: async (_token: string, claimed: PodRef): Promise<PodIdentity> => {
+          await this.authenticating;
           if (this.refuse.has(claimed.name)) throw new AuthenticationError('denied', `pod ${claimed.name} is refused`);
           return { pod: claimed, addresses: [podIp] };
         },
@@ -352,7 +355,7 @@ test('a node that came up counts as synced after a while when a pod does not com
   expect(performance.now() - cameUp).toBeGreaterThanOrEqual(990);
 });
 
-test('a node that refuses the pod ends the stream with its status and name; no node up ends it UNAVAILABLE', async () => {
+test('a node that refuses the pod or does not answer ends the stream, saying which; no node up ends it UNAVAILABLE', async () => {
   b.refuse.add(pod.name);
   const refused = rawStream();
   refused.hello();
@@ -360,6 +363,18 @@ test('a node that refuses the pod ends the stream with its status and name; no n
     code: status.PERMISSION_DENIED,
     details: 'gateway node gw-b: pod web-1 is refused',
   });
+
+  // gw-b takes longer than the hello timeout (1 s) to check the token: the relay gives up on it.
+  b.refuse.clear();
+  let answer!: () => void;
+  b.authenticating = new Promise((resolve) => (answer = resolve));
+  const slow = rawStream();
+  slow.hello();
+  expect(await slow.ended).toEqual({
+    code: status.UNAVAILABLE,
+    details: 'gateway node gw-b did not answer the hello within 1000 ms',
+  });
+  answer();
 
   peers.set([]);
   const none = rawStream();

@@ -410,6 +410,14 @@ class RelayedStream {
     if (typeof opened === 'string') return this.refuse(status.UNAVAILABLE, opened);
     this.#phase = 'opening';
     this.#pinned = opened.pinned;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      const silent = this.#legs.filter((l) => !l.helloAck).map((l) => l.name);
+      this.refuse(
+        status.UNAVAILABLE,
+        `gateway node ${silent.join(', ')} did not answer the hello within ${this.#hooks.helloTimeoutMs} ms`,
+      );
+    }, this.#hooks.helloTimeoutMs);
     // Nothing more is read until every node answered: a driver waits for its HelloAck anyway.
     this.#updateReading();
     for (const { name, client } of opened.peers) {
