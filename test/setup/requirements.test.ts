@@ -27,7 +27,7 @@ test.each(requirements.map((r) => r.package))('a fresh Debian machine as root in
 test('a fresh Debian machine with none of the packages installs them all in one step', () => {
   const plan = planSetup({ ...ready, installed: new Set() });
   expect(plan.install!.packages).toEqual(requirements.map((r) => r.package));
-  expect(plan.install!.message).toContain('Installing 14 missing Debian packages');
+  expect(plan.install!.message).toContain('Installing 19 missing Debian packages');
 });
 
 test('not root: an error names the missing packages and the command to install them, and nothing is installed', () => {
@@ -60,10 +60,21 @@ test('Go missing, too old to switch, or old enough to fetch the required toolcha
   expect(planSetup({ ...ready, go: '1.26.0' }).goToolchain).toBeUndefined();
 });
 
-test('kubectl missing is an error that says what to install', () => {
-  expect(planSetup({ ...ready, kubectl: false }).errors).toEqual([
-    expect.stringContaining('install kubectl 1.32 or 1.33'),
-  ]);
+test('kubectl missing comes from the control plane build when Go can build it, else is an error that says what to install', () => {
+  for (const go of ['1.26.8', '1.24.3']) {
+    const plan = planSetup({ ...ready, go, kubectl: false });
+    expect(plan.errors).toEqual([]);
+    expect(plan.kubectl!.message).toContain('using the kubectl built with the test control plane');
+  }
+  for (const go of [undefined, '1.20.14']) {
+    const plan = planSetup({ ...ready, go, kubectl: false });
+    expect(plan.kubectl).toBeUndefined();
+    expect(plan.errors).toEqual([
+      expect.stringMatching(/^Go /),
+      expect.stringMatching(/install Go 1\.26\.0 or newer, or kubectl 1\.32 or 1\.33$/),
+    ]);
+  }
+  expect(planSetup(ready).kubectl).toBeUndefined();
 });
 
 test('every problem of a fresh machine is reported at once', () => {
