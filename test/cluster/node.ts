@@ -25,6 +25,8 @@ export const realNode = {
   hostAddress: '172.30.250.1',
   /** The node's InternalIP, its end of the veth pair. */
   address: '172.30.250.2',
+  /** The link's prefix: room for addresses a test adds to the node's end (an uplink's, say). */
+  linkPrefix: 29,
   podCidr: '172.30.244.0/24',
   hostLink: 'naat-node0',
 } as const;
@@ -71,13 +73,13 @@ export async function prepareRealNode(timeoutMs = 15 * 60_000): Promise<void> {
   await lock(timeoutMs);
   try {
     await removeLeftovers();
-    const { netns, hostLink, hostAddress, address, podCidr } = realNode;
+    const { netns, hostLink, hostAddress, address, podCidr, linkPrefix } = realNode;
     await ip(['netns', 'add', netns]);
     await ip(['link', 'add', hostLink, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
-    await ip(['addr', 'add', `${hostAddress}/30`, 'dev', hostLink]);
+    await ip(['addr', 'add', `${hostAddress}/${linkPrefix}`, 'dev', hostLink]);
     await ip(['link', 'set', hostLink, 'up']);
     const inNode = (args: string[]) => ip(['-n', netns, ...args]);
-    await inNode(['addr', 'add', `${address}/30`, 'dev', 'eth0']);
+    await inNode(['addr', 'add', `${address}/${linkPrefix}`, 'dev', 'eth0']);
     await inNode(['link', 'set', 'eth0', 'up']);
     await inNode(['link', 'set', 'lo', 'up']);
     await inNode(['route', 'add', 'default', 'via', hostAddress]);
