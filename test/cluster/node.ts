@@ -38,7 +38,7 @@ const runDir = '/run/naat-node';
 /** Where runc keeps the state of containerd's containers: its fixed default. */
 const runcRoot = '/run/containerd/runc';
 const cgroupRoot = '/sys/fs/cgroup';
-export const pauseImage = 'naat.dev/naat-pause:1';
+const pauseImage = 'naat.dev/naat-pause:1';
 
 export interface RealNode {
   name: string;
@@ -173,7 +173,10 @@ export async function startRealNode(options: RealNodeOptions): Promise<RealNode>
   };
 }
 
-/** Removes what a crashed run left when no live run holds the lock; for `npm run lab -- down` and CI. */
+/**
+ * Removes what prepareRealNode made, and releases the lock: for a start that failed between
+ * prepareRealNode and startRealNode. Throws if another live process holds the lock.
+ */
 export async function removeRealNodeLeftovers(): Promise<void> {
   await lock(0);
   await removeLeftovers();
