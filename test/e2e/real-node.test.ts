@@ -7,15 +7,17 @@
 // preloaded library); and each Pod Security level meets the injected pods and the DaemonSet.
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { apiVersion } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import { sidecarContainerName } from '../../operator/compile.ts';
+import { objectName } from '../../operator/desired.ts';
 import { startCluster, type Cluster } from '../cluster/cluster.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
 import { buildImages, components, imageRepository, imageTag } from '../cluster/images.ts';
 import { realNode } from '../cluster/node.ts';
+import { sleep } from '../cluster/processes.ts';
 import { until } from './topology.ts';
 
 const chart = join(root, 'charts/naat');
@@ -184,11 +186,22 @@ test("the gateway's DaemonSet runs the dataplane on the node with NET_ADMIN and 
 
 describe('connections of a real pod with the sidecar injected, through the gateway', () => {
   let server: Server;
+  // Echoes what it gets, and keeps its connections so that the test can end them.
+  let echo: Server;
+  const echoed = new Set<Socket>();
   beforeAll(async () => {
     server = createServer((socket) => socket.end(`${socket.remoteAddress}\n`));
+    echo = createServer((socket) => {
+      echoed.add(socket);
+      socket.on('data', (data) => socket.write(data)).on('error', () => undefined);
+    });
     await new Promise<void>((resolve) => server.listen(serverPort, realNode.hostAddress, resolve));
+    await new Promise<void>((resolve) => echo.listen(serverPort + 1, realNode.hostAddress, resolve));
   });
-  afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  afterAll(async () => {
+    for (const socket of echoed) socket.destroy();
+    await Promise.all([server, echo].map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  });
 
   /** What the server saw of one connection by `program` in the app container, or undefined. */
   const connectAs = async (program: 'node' | 'perl', hold = 0, pod = 'app'): Promise<string | undefined> => {
@@ -220,6 +233,38 @@ describe('connections of a real pod with the sidecar injected, through the gatew
     await k(['wait', '--for=condition=Ready', 'pod/other', '-n', apps, '--timeout=120s']);
     expect(await connectAs('perl', 0, 'other')).toBe(uplinkAddress);
   }, 180_000);
+
+  test('an established flow lives through a rolling update of the DaemonSet and a helm upgrade', async () => {
+    // The program writes every 500 ms and fails if an echo is 5 s late or the connection breaks;
+    // it succeeds when the server says done.
+    const flow = k([
+      'exec',
+      '-n',
+      apps,
+      'app',
+      '-c',
+      'app',
+      '--',
+      'node',
+      '-e',
+      `const s = require('net').connect(${serverPort + 1}, '${realNode.hostAddress}');
+let last = Date.now();
+s.on('data', (d) => { if (String(d).includes('done')) { console.log('ok'); process.exit(0); } last = Date.now(); });
+s.on('close', () => { console.log('closed'); process.exit(1); });
+s.on('error', (e) => { console.log(e.message); process.exit(1); });
+setInterval(() => { if (Date.now() - last > 5000) { console.log('stalled'); process.exit(1); } s.write('x'); }, 500);`,
+    ]).catch((error: Error) => error.message);
+    await until('the flow', async () => (echoed.size > 0 ? true : undefined));
+    const selector = `app.kubernetes.io/instance=${gateway}`;
+    const before = (await pods(namespace, selector))[0]!.metadata.name;
+    await k(['rollout', 'restart', `daemonset/${objectName(gateway)}`, '-n', namespace]);
+    await k(['rollout', 'status', `daemonset/${objectName(gateway)}`, '-n', namespace, '--timeout=120s']);
+    expect((await pods(namespace, selector)).map((pod) => pod.metadata.name)).not.toContain(before);
+    await h(['upgrade', release, chart, '--reuse-values', '--set', 'logLevel=debug', '--wait', '--timeout', '180s']);
+    await sleep(2000);
+    for (const socket of echoed) socket.write('done\n');
+    expect((await flow).trim()).toBe('ok');
+  }, 300_000);
 
   // Fails on the real node today: within 30 s the agent's /flows lists no flow of the pod with its
   // application, although the same pod's flows are classified by application from their first
