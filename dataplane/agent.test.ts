@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from './agent.ts';
-import { parseGatewayConfig } from '../contracts/gateway/index.ts';
+import { parseGatewayConfig, type MarkField } from '../contracts/gateway/index.ts';
 import type { AttributionRecord } from './attribution.ts';
 import type { Conntrack, Flow, FlowEvent } from './conntrack.ts';
 import { renderElement } from './nft/model.ts';
@@ -33,9 +33,12 @@ class FakeConntrack implements Conntrack {
   async list(): Promise<Flow[]> {
     return [...this.flows];
   }
-  watch(onEvent: (event: FlowEvent) => void): () => void {
+  /** The uplink id bits of the running watch, undefined when none runs. */
+  watching: MarkField | undefined;
+  watch(uplinks: MarkField, onEvent: (event: FlowEvent) => void): () => void {
+    this.watching = uplinks;
     this.emit = onEvent;
-    return () => {};
+    return () => (this.watching = undefined);
   }
 }
 
@@ -83,6 +86,24 @@ function agentOn(k: ReturnType<typeof kernel>, onFlowEnd?: (record: AttributionR
 }
 
 describe('Agent', () => {
+  it('puts uplink ids in the mark bits of the config, everywhere, and reads flows with the bits in force', async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    await agent.start(config);
+    expect(k.conntrack.watching?.mask).toBe(0x0000000f);
+    const rules = k.routing.state.rules.filter((r) => r.mark !== undefined).map((r) => [r.mark, r.mask]);
+    expect(rules.sort()).toEqual([1, 1, 2, 2, 3, 3].map((id) => [id, 0x0000000f]));
+    await agent.configure(parseGatewayConfig({ ...structuredClone(config), marks: { uplinks: 0x00000f00 } }));
+    expect(k.conntrack.watching?.mask).toBe(0x00000f00);
+    const marked = k.routing.state.rules.filter((r) => r.mark !== undefined);
+    expect(marked.map((r) => [r.mark, r.mask]).sort()).toEqual(
+      [0x100, 0x100, 0x200, 0x200, 0x300, 0x300].map((mark) => [mark, 0x00000f00]),
+    );
+    expect(k.nft.dump()).toContain('meta mark & 0x00000f00 == 0x00000100');
+    await agent.stop();
+    expect(k.conntrack.watching).toBeUndefined();
+  });
+
   it('programs table and routes, and keeps uplink ids across a restart without changing the kernel', async () => {
     const k = kernel();
     const agent = agentOn(k);

@@ -13,7 +13,7 @@ import { Associations, flowKey } from './associations.ts';
 import { AttributionStore, type AttributionRecord, type Retention } from './attribution.ts';
 import type { Application } from '../proto/index.ts';
 import type { Logger } from '../common/index.ts';
-import type { GatewayConfig } from '../contracts/gateway/index.ts';
+import type { GatewayConfig, MarkField } from '../contracts/gateway/index.ts';
 import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import { FlowEvents, podOf, podsByAddress, type PodRef } from './flow-events.ts';
@@ -23,7 +23,7 @@ import type { Nftables, Operation } from './nft/nftables.ts';
 import { namesOf, planSync } from './nft/nftables.ts';
 import type { Packet } from './nft/trace.ts';
 import { balancerFor } from './balancing/index.ts';
-import { localUplinks, render, type FlowAssociation, type Rendered } from './render.ts';
+import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation, type Rendered } from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
 import { SyncQueue } from './sync-queue.ts';
 import { emptyTunnelState, type TunnelKernel } from './steering/tunnel-kernel.ts';
@@ -81,12 +81,13 @@ export class Agent {
   readonly #health = new Map<string, UplinkHealthState>();
   #pods = new Map<string, PodRef>();
   #config: GatewayConfig | undefined;
-  #applied: { rendered: Rendered; structure: string; hash?: string } | undefined;
+  #applied: { rendered: Rendered; structure: string; marks: MarkField; hash?: string } | undefined;
   #lastSync: AgentReport['lastSync'];
   #checkRoutes = true;
   /** This node's underlay towards the steering sources, read again when routes are checked. */
   #underlay: { key: string; value: ReadonlyMap<TunnelFamily, Underlay> } | undefined;
-  #stopWatch: (() => void) | undefined;
+  /** The conntrack event stream, read with the uplink id bits it was started with. */
+  #watching: { marks: MarkField; stop: () => void } | undefined;
   #rebalance: NodeJS.Timeout | undefined;
   #lastLoadKey = '';
   #expiry: NodeJS.Timeout | undefined;
@@ -122,18 +123,15 @@ export class Agent {
       .catch((error: Error) =>
         this.#o.log.error('Failed to turn on conntrack accounting', { path: accountingSysctl, error: error.message }),
       );
-    this.flows.replace(await this.#o.conntrack.list());
-    this.#stopWatch = this.#o.conntrack.watch(
-      (event) => this.#events.handle(event),
-      (error) => this.#o.log.error('Conntrack event stream failed', { error: error.message }),
-    );
+    this.flows.replace(await this.#o.conntrack.list(this.#marks()));
+    this.#watch();
     this.#rebalance = setInterval(() => this.#maybeRebalance(), this.#o.rebalanceMs ?? 1000);
     this.#rebalance.unref();
     // Events can be lost (a full socket buffer, a restarted watcher) and closing flows stay in
     // the table until they are destroyed: a periodic listing keeps the counts true.
     this.#relist = setInterval(() => {
       this.#o.conntrack
-        .list()
+        .list(this.#marks())
         .then((flows) => this.flows.replace(flows))
         .catch((error: Error) => this.#o.log.error('Failed to list conntrack flows', { error: error.message }));
     }, this.#o.relistMs ?? 10_000);
@@ -144,7 +142,27 @@ export class Agent {
 
   async configure(config: GatewayConfig): Promise<void> {
     this.#setConfig(config);
+    // New uplink id bits: the event stream reads flows' uplinks from them from now on.
+    if (this.#watching) this.#watch();
     await this.sync();
+  }
+
+  /** The uplink id bits of the config in force. */
+  #marks(): MarkField {
+    return uplinkMarks(this.#config!);
+  }
+
+  /** Starts the conntrack event stream, or restarts it when the uplink id bits changed. */
+  #watch(): void {
+    const marks = this.#marks();
+    if (this.#watching?.marks.mask === marks.mask) return;
+    this.#watching?.stop();
+    const stop = this.#o.conntrack.watch(
+      marks,
+      (event) => this.#events.handle(event),
+      (error) => this.#o.log.error('Conntrack event stream failed', { error: error.message }),
+    );
+    this.#watching = { marks, stop };
   }
 
   #setConfig(config: GatewayConfig): void {
@@ -162,7 +180,7 @@ export class Agent {
     await this.sync();
     const id = this.#ids.current.get(name);
     if (!state.healthy && id !== undefined) {
-      const deleted = await this.#o.conntrack.deleteUplink(id);
+      const deleted = await this.#o.conntrack.deleteUplink(id, this.#marks());
       this.#o.log.info('Deleted flows of failed uplink', { uplink: name, flows: deleted });
     }
   }
@@ -232,8 +250,8 @@ export class Agent {
 
   /** What the ruleset the kernel holds does with the first packet of this flow; undefined before the first sync. */
   #decide(packet: Packet): FlowVerdict | undefined {
-    const table = this.#applied?.rendered.table;
-    return table && traceVerdict(table, packet, (id) => this.#ids.nameOf(id));
+    const applied = this.#applied;
+    return applied && traceVerdict(applied.rendered.table, packet, applied.marks, (id) => this.#ids.nameOf(id));
   }
 
   /** The config the kernel holds now. */
@@ -285,7 +303,8 @@ export class Agent {
 
   /** Stops watching; the kernel keeps the ruleset and routes so traffic goes on. */
   async stop(): Promise<void> {
-    this.#stopWatch?.();
+    this.#watching?.stop();
+    this.#watching = undefined;
     clearInterval(this.#rebalance);
     clearInterval(this.#relist);
     clearTimeout(this.#expiry);
@@ -316,7 +335,11 @@ export class Agent {
     let full = true;
     try {
       const uplinks = localUplinks(config, this.#o.node);
-      const ids = await this.#ids.allocate(uplinks.map((u) => u.name));
+      const marks = uplinkMarks(config);
+      const ids = await this.#ids.allocate(
+        uplinks.map((u) => u.name),
+        maxUplinkId(marks),
+      );
       const interfaceAddresses = new Map<string, string[]>();
       for (const u of uplinks) {
         if (!u.snat.addresses?.length)
@@ -372,7 +395,7 @@ export class Agent {
         .catch((error: Error) => this.#o.log.error('Failed to remove uplink routes', { error: error.message }));
       if (checkTunnels) await this.#o.tunnels?.prune(tunnels);
       if (full) await this.#writeIcmpTimeout(config.timeouts.icmpSeconds);
-      this.#applied = { rendered, structure, ...(config.hash ? { hash: config.hash } : {}) };
+      this.#applied = { rendered, structure, marks, ...(config.hash ? { hash: config.hash } : {}) };
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full };
     } catch (error) {
       const message = (error as Error).message;

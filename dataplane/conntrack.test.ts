@@ -1,12 +1,14 @@
+import { markField } from '../contracts/gateway/index.ts';
 import { FlowTable, parseConntrackLine } from './conntrack.ts';
 
-// As `conntrack -E -o id,extended` printed them on the gateway of the end-to-end topology.
+// As `conntrack -E -o id,extended` printed them on the gateway of the end-to-end topology (uplink
+// ids in the default mark bits, 0x0000000f).
 const opened =
-  '    [NEW] ipv4     2 tcp      6 120 SYN_SENT src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 [UNREPLIED] src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 mark=65536 id=3735928559';
+  '    [NEW] ipv4     2 tcp      6 120 SYN_SENT src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 [UNREPLIED] src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 mark=1 id=3735928559';
 const closed =
-  ' [DESTROY] ipv4     2 tcp      6 src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 [ASSURED] mark=65536 id=3735928559';
+  ' [DESTROY] ipv4     2 tcp      6 src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 [ASSURED] mark=1 id=3735928559';
 const icmp =
-  '    [NEW] ipv6     10 icmpv6   58 30 src=fd00:244:1::2 dst=2001:db8:113::10 type=128 code=0 id=4242 [UNREPLIED] src=2001:db8:113::10 dst=fd00:64:3::2 type=129 code=0 id=4242 mark=196608 id=17';
+  '    [NEW] ipv6     10 icmpv6   58 30 src=fd00:244:1::2 dst=2001:db8:113::10 type=128 code=0 id=4242 [UNREPLIED] src=2001:db8:113::10 dst=fd00:64:3::2 type=129 code=0 id=4242 mark=3 id=17';
 
 describe('parseConntrackLine', () => {
   it('reads the original and the translated tuple and the uplink in the mark', () => {
@@ -33,9 +35,17 @@ describe('parseConntrackLine', () => {
     expect(parseConntrackLine(icmp)?.flow).toMatchObject({ family: 6, protocol: 'icmpv6', uplink: 3, id: 17 });
   });
 
+  it('reads the uplink id in the bits it is told, whatever the other bits of the mark hold', () => {
+    // kube-proxy's masquerade bit beside uplink 2.
+    expect(parseConntrackLine(opened.replace('mark=1 ', 'mark=16386 '))?.flow.uplink).toBe(2);
+    const wide = markField(0x00ff0000);
+    expect(parseConntrackLine(opened.replace('mark=1 ', 'mark=131072 '), new Date(0), wide)?.flow.uplink).toBe(2);
+    expect(parseConntrackLine(opened, new Date(0), wide)?.flow.uplink).toBe(0);
+  });
+
   it('reads the packets and bytes of each direction when conntrack accounting is on', () => {
     const counted =
-      ' [DESTROY] ipv4     2 tcp      6 src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 packets=6 bytes=412 src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 packets=4 bytes=1296 [ASSURED] mark=65536 id=3735928559';
+      ' [DESTROY] ipv4     2 tcp      6 src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 packets=6 bytes=412 src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 packets=4 bytes=1296 [ASSURED] mark=1 id=3735928559';
     expect(parseConntrackLine(counted)?.flow.counters).toEqual({
       packetsSent: 6,
       bytesSent: 412,

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { exec, type Command } from './exec.ts';
 import { sourceKey } from './flow-key.ts';
-import { markMask, markShift } from './render.ts';
+import { defaultMarks, markField, markOf, valueOf, type MarkField } from '../contracts/gateway/index.ts';
 
 export interface Flow {
   id: number;
@@ -19,7 +19,7 @@ export interface Flow {
   /** Where the reply goes after translation: the uplink address and port the server saw. */
   mappedAddress: string;
   mappedPort?: number;
-  /** Uplink id from the mark, 0 when the flow is not naat's. */
+  /** Uplink id from the mark (under the uplink id bits it was parsed with), 0 when the flow is not naat's. */
   uplink: number;
   startedAt: Date;
   /** Packets and bytes each way so far; conntrack prints them only with net.netfilter.nf_conntrack_acct=1. */
@@ -40,9 +40,13 @@ export type FlowEvent = { type: 'new' | 'destroy'; flow: Flow };
  * One line of `conntrack -L|-E -o id,extended`, e.g.
  * `[NEW] ipv4 2 tcp 6 120 SYN_SENT src=10.244.1.2 dst=203.0.113.10 sport=40000 dport=80 [UNREPLIED]
  *  src=203.0.113.10 dst=100.64.1.2 sport=80 dport=61000 mark=65536 id=1234`
- * (one line). Returns undefined for anything else.
+ * (one line), its uplink id read from the `uplinks` bits of the mark. Returns undefined for anything else.
  */
-export function parseConntrackLine(line: string, now = new Date()): FlowEvent | undefined {
+export function parseConntrackLine(
+  line: string,
+  now = new Date(),
+  uplinks: MarkField = markField(defaultMarks.uplinks),
+): FlowEvent | undefined {
   const type = line.includes('[DESTROY]') ? 'destroy' : 'new';
   const words = line.trim().split(/\s+/);
   const at = words.findIndex((w) => w === 'ipv4' || w === 'ipv6');
@@ -80,7 +84,7 @@ export function parseConntrackLine(line: string, now = new Date()): FlowEvent | 
       destinationPort: port(first('dport')),
       mappedAddress: replyDst,
       mappedPort: port(first('dport', 1)),
-      uplink: (mark & markMask) >>> markShift,
+      uplink: valueOf(uplinks, mark),
       startedAt: now,
       ...(counters ? { counters } : {}),
     },
@@ -171,14 +175,15 @@ export class FlowTable {
   }
 }
 
+/** Every method reads or matches uplink ids in the `uplinks` bits of the conntrack mark. */
 export interface Conntrack {
   /** Deletes the flows whose mark holds this uplink id; resolves with how many were deleted. */
-  deleteUplink(id: number): Promise<number>;
+  deleteUplink(id: number, uplinks: MarkField): Promise<number>;
   /** Deletes the flows from this source address and port; resolves with how many were deleted. */
   deleteFlow(transport: 'tcp' | 'udp', sourceAddress: string, sourcePort: number): Promise<number>;
-  list(): Promise<Flow[]>;
+  list(uplinks: MarkField): Promise<Flow[]>;
   /** Streams new and destroyed flows until the returned function is called. */
-  watch(onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void;
+  watch(uplinks: MarkField, onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void;
 }
 
 const hex = (n: number) => `0x${n.toString(16)}`;
@@ -189,8 +194,8 @@ export class ExecConntrack implements Conntrack {
     this.#conntrack = conntrack;
   }
 
-  async deleteUplink(id: number): Promise<number> {
-    return this.deleteMarked(id << markShift, markMask);
+  async deleteUplink(id: number, uplinks: MarkField): Promise<number> {
+    return this.deleteMarked(markOf(uplinks, id), uplinks.mask);
   }
 
   /** Deletes the flows whose mark has `value` under `mask`, of both families; resolves with how many. */
@@ -215,7 +220,7 @@ export class ExecConntrack implements Conntrack {
     return Number(count?.[1] ?? 0);
   }
 
-  async list(): Promise<Flow[]> {
+  async list(uplinks: MarkField): Promise<Flow[]> {
     const flows: Flow[] = [];
     for (const family of ['ipv4', 'ipv6']) {
       const { code, stdout, stderr } = await exec(this.#conntrack, ['-L', '-f', family, '-o', 'id,extended']);
@@ -223,14 +228,14 @@ export class ExecConntrack implements Conntrack {
       for (const line of stdout.split('\n')) {
         // A TCP flow that is closing holds its entry for a while but is no longer active.
         if (/ (TIME_WAIT|CLOSE|LAST_ACK|FIN_WAIT|CLOSE_WAIT) /.test(line)) continue;
-        const event = parseConntrackLine(line);
+        const event = parseConntrackLine(line, new Date(), uplinks);
         if (event?.flow.uplink) flows.push(event.flow);
       }
     }
     return flows;
   }
 
-  watch(onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void {
+  watch(uplinks: MarkField, onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void {
     const children = new Set<ChildProcess>();
     let stopped = false;
     const start = (family: string) => {
@@ -240,7 +245,7 @@ export class ExecConntrack implements Conntrack {
       });
       children.add(child);
       createInterface({ input: child.stdout! }).on('line', (line) => {
-        const event = parseConntrackLine(line);
+        const event = parseConntrackLine(line, new Date(), uplinks);
         if (event) onEvent(event);
       });
       child.on('error', onError);

@@ -5,9 +5,9 @@
 // test/integration/render-nft.test.ts.
 import fc from 'fast-check';
 import { maybeBrokenConfig, renderCases } from '../test/arbitraries.ts';
-import { ConfigError, parseGatewayConfig } from '../contracts/gateway/index.ts';
+import { ConfigError, markOf, parseGatewayConfig } from '../contracts/gateway/index.ts';
 import { renderElement, type Table } from './nft/model.ts';
-import { localUplinks, markMask, markShift, render, uplinkChain } from './render.ts';
+import { localUplinks, render, uplinkChain, uplinkMarks } from './render.ts';
 
 /** nft's limit on the names of chains, sets and objects (NFT_NAME_MAXLEN less the final NUL). */
 const nftNameMax = 255;
@@ -151,8 +151,8 @@ describe('render, for any accepted config', () => {
           const chain = table.chains.find((c) => c.name === uplinkChain(u.name));
           expect(chain?.rules[0]?.then).toContainEqual({
             kind: 'setMark',
-            mask: markMask,
-            value: input.ids.get(u.name)! << markShift,
+            mask: uplinkMarks(input.config).mask,
+            value: markOf(uplinkMarks(input.config), input.ids.get(u.name)!),
           });
         }
         expect(routes.map((r) => r.uplink).sort()).toEqual(uplinks.map((u) => u.name).sort());

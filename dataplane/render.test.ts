@@ -4,7 +4,8 @@ import type { Application } from '../proto/index.ts';
 import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { renderTable } from './nft/model.ts';
 import { trace, type Packet, type TraceOptions } from './nft/trace.ts';
-import { markMask, markShift, render, type FlowAssociation, type RenderInput } from './render.ts';
+import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation, type RenderInput } from './render.ts';
+import { markOf, valueOf } from '../contracts/gateway/index.ts';
 import { allocateUplinkIds } from './uplink-ids.ts';
 import { leastLoadedCounts } from './balancing/least-loaded.ts';
 
@@ -37,6 +38,7 @@ function input(config: GatewayConfig = base, extra: Partial<RenderInput> = {}): 
     ids: allocateUplinkIds(
       new Map(),
       config.uplinks.map((u) => u.name),
+      maxUplinkId(uplinkMarks(config)),
     ),
     health: new Map(),
     associations: [curl],
@@ -52,7 +54,8 @@ function withConfig(change: (config: GatewayConfig) => void): GatewayConfig {
 
 const idOf = (i: RenderInput, name: string) => i.ids.get(name)!;
 const uplinkOf = (i: RenderInput, ctMark: number) =>
-  [...i.ids].find(([, id]) => id === (ctMark & markMask) >>> markShift)?.[0];
+  [...i.ids].find(([, id]) => id === valueOf(uplinkMarks(i.config), ctMark))?.[0];
+const markFor = (i: RenderInput, name: string) => markOf(uplinkMarks(i.config), idOf(i, name));
 
 const tcp = (saddr: string, daddr: string, dport: number, sport = 50000): Packet => ({
   family: saddr.includes(':') ? 6 : 4,
@@ -89,9 +92,9 @@ describe('render', () => {
     const i = input();
     const routes = render(i).routes;
     expect(routes.map((r) => [r.uplink, r.table, r.mark, r.interface])).toEqual([
-      ['backup', 7700 + idOf(i, 'backup'), idOf(i, 'backup') << markShift, 'up3'],
-      ['isp-a', 7700 + idOf(i, 'isp-a'), idOf(i, 'isp-a') << markShift, 'up1'],
-      ['isp-b', 7700 + idOf(i, 'isp-b'), idOf(i, 'isp-b') << markShift, 'up2'],
+      ['backup', 7700 + idOf(i, 'backup'), markFor(i, 'backup'), 'up3'],
+      ['isp-a', 7700 + idOf(i, 'isp-a'), markFor(i, 'isp-a'), 'up1'],
+      ['isp-b', 7700 + idOf(i, 'isp-b'), markFor(i, 'isp-b'), 'up2'],
     ]);
     expect(routes.find((r) => r.uplink === 'isp-b')!.sources).toEqual(['100.64.2.2', '100.64.2.3']);
   });
@@ -230,7 +233,7 @@ describe('a new flow traced through the rendered rules', () => {
   it('keeps the uplink of an established flow, and FTP control flows get the FTP helper', () => {
     const i = input();
     const table = render(i).table;
-    const mark = idOf(i, 'isp-b') << markShift;
+    const mark = markFor(i, 'isp-b');
     const later = trace(table, 'prerouting', { ...tcp('10.244.1.7', '203.0.113.10', 443), isNew: false, ctMark: mark });
     expect(later.mark).toBe(mark);
     // Active FTP: the server's data connection comes in through the uplink and inherits the
@@ -251,7 +254,7 @@ describe('a new flow traced through the rendered rules', () => {
   it('is translated to its uplink address and port range, with ICMP keeping its identifier space', () => {
     const i = input();
     const table = render(i).table;
-    const mark = idOf(i, 'isp-a') << markShift;
+    const mark = markFor(i, 'isp-a');
     const out = (packet: Packet) => trace(table, 'postrouting', { ...packet, mark, oifname: 'up1' });
     expect(out(tcp('10.244.1.7', '203.0.113.10', 443)).nat).toEqual({
       kind: 'snat',
@@ -264,7 +267,7 @@ describe('a new flow traced through the rendered rules', () => {
     });
     const backup = trace(table, 'postrouting', {
       ...tcp('10.244.1.7', '203.0.113.10', 443),
-      mark: idOf(i, 'backup') << markShift,
+      mark: markFor(i, 'backup'),
       oifname: 'up3',
     });
     expect(backup.nat).toEqual({ kind: 'masquerade', ports: [1024, 65535] });
@@ -273,7 +276,7 @@ describe('a new flow traced through the rendered rules', () => {
   it('gives one source always the same address of an uplink with several', () => {
     const i = input();
     const table = render(i).table;
-    const mark = idOf(i, 'isp-b') << markShift;
+    const mark = markFor(i, 'isp-b');
     const addressOf = (saddr: string, sport: number) =>
       trace(table, 'postrouting', { ...tcp(saddr, '203.0.113.10', 443, sport), mark, oifname: 'up2' }).nat;
     expect(addressOf('10.244.1.7', 1000)).toEqual(addressOf('10.244.1.7', 2000));
@@ -334,16 +337,17 @@ describe('render with steering', () => {
     expect(local.ctMark & 0x10).toBe(0);
   });
 
-  it("routes a tunnelled flow's replies by the tunnel bit alone, and its later packets out with both", () => {
-    const { table } = render(input(steered, { underlay }));
-    const uplink = 1 << markShift;
+  it('marks every later packet of a tunnelled flow with its uplink and the tunnel bits, both ways', () => {
+    const i = input(steered, { underlay });
+    const { table } = render(i);
+    const uplink = markOf(uplinkMarks(i.config), 1);
     const reply = trace(table, 'prerouting', {
       ...tcp('203.0.113.10', '100.64.1.2', 40000, 443),
       direction: 'reply',
       isNew: false,
       ctMark: uplink | 0x10,
     });
-    expect(reply.mark).toBe(0x10);
+    expect(reply.mark).toBe(uplink | 0x10);
     const later = trace(table, 'prerouting', { ...fromTunnel, isNew: false, ctMark: uplink | 0x10 });
     expect(later.mark).toBe(uplink | 0x10);
     const ftpData = trace(table, 'prerouting', {
@@ -352,7 +356,7 @@ describe('render with steering', () => {
       ctStatus: ['dnat'],
       ctMark: uplink | 0x10,
     });
-    expect(ftpData.mark).toBe(0x10);
+    expect(ftpData.mark).toBe(uplink | 0x10);
   });
 
   it('plans the tunnel device, the return routes of the pods on source nodes and the reply rule', () => {
@@ -370,6 +374,17 @@ describe('render with steering', () => {
       table: 7690,
       fwmark: { value: 0x10, mask: 0x10 },
     });
+    // The tunnel's own packets carry the flow's mark: the main table routes them, not an uplink's.
+    expect(steering?.tunnels.rules).toContainEqual({
+      family: 4,
+      preference: 7689,
+      table: 'main',
+      from: '192.168.0.11',
+    });
+    // Replies arrive on the uplinks; their mark finds the uplink's table for the reverse-path check.
+    expect(steering?.tunnels.sysctls).toEqual(
+      localUplinks(steered, 'node-1').map((u) => [`net/ipv4/conf/${u.interface}/src_valid_mark`, '1']),
+    );
     expect(render(input(steered, { underlay })).table.chains.map((c) => c.name)).toContain('tunnel_mss');
   });
 

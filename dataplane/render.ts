@@ -14,7 +14,14 @@ import type { Application, TraceContext } from '../proto/index.ts';
 import { matchesApplication } from '../contracts/index.ts';
 import { balancerFor, type Balancer } from './balancing/index.ts';
 import type { CompiledRule, CompiledUplink, GatewayConfig } from '../contracts/gateway/index.ts';
-import { canonicalAddress, normalisePrefixes } from '../contracts/gateway/index.ts';
+import {
+  canonicalAddress,
+  markField,
+  markOf,
+  normalisePrefixes,
+  uplinkMarkMask,
+  type MarkField,
+} from '../contracts/gateway/index.ts';
 import {
   renderElement,
   type Chain,
@@ -32,13 +39,17 @@ import {
 import { gatewayDevice, planGatewaySteering, type GatewaySteering } from './steering/gateway-plan.ts';
 import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
 
-/** Bits of the conntrack and packet marks that hold a flow's uplink id (1–254). */
-export const markMask = 0x00ff0000;
-export const markShift = 16;
-export const maxUplinkId = 254;
 /** Routing table of uplink id n is routeTableBase + n; ip rules use this preference. */
 export const routeTableBase = 7700;
 export const rulePreference = 7700;
+/** The routing tables naat owns, routeTableBase + 1 up to this many, whatever the mark bits. */
+export const routeTableCount = 254;
+
+/** The mark bits of the config's uplink ids (marks.uplinks; 0x0000000f by default). */
+export const uplinkMarks = (config: GatewayConfig): MarkField => markField(uplinkMarkMask(config));
+
+/** The highest uplink id: what the mark bits hold, and one routing table per id. */
+export const maxUplinkId = (marks: MarkField): number => Math.min(marks.max, routeTableCount);
 
 export interface FlowAssociation {
   transport: 'tcp' | 'udp';
@@ -86,6 +97,8 @@ export interface UplinkRoute {
   uplink: string;
   id: number;
   mark: number;
+  /** The uplink id bits the ip rule compares `mark` under. */
+  markMask: number;
   table: number;
   interface: string;
   nextHop: { ipv4?: string; ipv6?: string };
@@ -124,6 +137,8 @@ interface RenderContext {
   /** This node's uplinks, by name. */
   uplinks: CompiledUplink[];
   ids: ReadonlyMap<string, number>;
+  /** Where the uplink ids sit in the marks. */
+  marks: MarkField;
   healthy: CompiledUplink[];
   load: ReadonlyMap<string, number>;
   balancer: Balancer;
@@ -136,6 +151,7 @@ export function render(input: RenderInput): Rendered {
     config,
     uplinks,
     ids: new Map(uplinks.map((u) => [u.name, idOf(input.ids, u.name)])),
+    marks: uplinkMarks(config),
     healthy: uplinks.filter((u) => input.health.get(u.name) !== false),
     load: input.load ?? new Map(),
     balancer: balancerFor(config.balancing),
@@ -147,9 +163,16 @@ export function render(input: RenderInput): Rendered {
   for (const uplink of uplinks) renderUplinkChains(context, uplink, parts);
   const objects = conntrackObjects(config);
   if (strict) objects.push(...strictCounters());
-  const steering = input.underlay && planGatewaySteering(config, input.node, input.underlay);
+  const steering =
+    input.underlay &&
+    planGatewaySteering(
+      config,
+      input.node,
+      input.underlay,
+      uplinks.map((u) => u.interface),
+    );
   const chains = [
-    renderPrerouting(config),
+    renderPrerouting(config, context.marks),
     ...parts.chains,
     renderPostrouting(context),
     renderGuard(uplinks),
@@ -349,8 +372,10 @@ function renderAssociationMaps(
 /** An uplink's chain (it marks the flow for the uplink) and its source NAT chains. */
 function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, parts: TableParts): void {
   const id = context.ids.get(uplink.name)!;
-  const mark = id << markShift;
-  const then: Rule[] = [{ match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask: markMask, value: mark }] }];
+  const { mask } = context.marks;
+  const then: Rule[] = [
+    { match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask, value: markOf(context.marks, id) }] },
+  ];
   const extra = context.healthy.includes(uplink) ? context.balancer.uplinkParts : undefined;
   if (extra) {
     for (const f of families) {
@@ -366,17 +391,18 @@ function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, part
 }
 
 /** The base chain that classifies new flows of served pods and restores the uplink of known ones. */
-function renderPrerouting(config: GatewayConfig): Chain {
+function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
   const hold = config.association?.unassociatedFlows === 'Hold';
   const strict = (config.association?.strictSources ?? []).length > 0;
   // A tunnelled flow's packets towards the uplink keep the tunnel bits too: the reverse-path
   // check of those that come from the tunnel finds the pod's route back through it.
   const tunnelMask = config.steering?.markMask ?? 0;
-  const restore: Statement[] = [{ kind: 'restoreMark', mask: (markMask | tunnelMask) >>> 0 }, ret];
-  const tunnelRestore: Statement[] = [{ kind: 'restoreMark', mask: tunnelMask }, ret];
+  const restore: Statement[] = [{ kind: 'restoreMark', mask: (mask | tunnelMask) >>> 0 }, ret];
   const rules: Rule[] = [
     // Steering: packets towards a pod of a tunnelled flow (replies, and the server's packets of
-    // active FTP data, which the kernel translates to the pod) go back into the tunnel.
+    // active FTP data, which the kernel translates to the pod) go back into the tunnel by the
+    // tunnel bits; the uplink bits let the reverse-path check of the uplink (src_valid_mark)
+    // find the uplink's own table.
     ...(config.steering
       ? [
           {
@@ -385,7 +411,7 @@ function renderPrerouting(config: GatewayConfig): Chain {
               { kind: 'ctStatus', status: 'dnat', negate: true },
               { kind: 'ctMarkSet', mask: tunnelMask },
             ] as Match[],
-            then: tunnelRestore,
+            then: restore,
           },
           {
             match: [
@@ -393,7 +419,7 @@ function renderPrerouting(config: GatewayConfig): Chain {
               { kind: 'ctStatus', status: 'dnat' },
               { kind: 'ctMarkSet', mask: tunnelMask },
             ] as Match[],
-            then: tunnelRestore,
+            then: restore,
           },
         ]
       : []),
@@ -406,7 +432,7 @@ function renderPrerouting(config: GatewayConfig): Chain {
       match: [
         { kind: 'ctDirection', direction: 'original' },
         { kind: 'ctStatus', status: 'dnat', negate: true },
-        { kind: 'ctMarkSet', mask: markMask },
+        { kind: 'ctMarkSet', mask },
       ],
       then: restore,
     },
@@ -420,7 +446,7 @@ function renderPrerouting(config: GatewayConfig): Chain {
     {
       match: [
         { kind: 'ctDirection', direction: 'reply' },
-        { kind: 'ctMarkSet', mask: markMask },
+        { kind: 'ctMarkSet', mask },
       ],
       then: restore,
     },
@@ -503,13 +529,13 @@ function strictCounters(): NftObject[] {
 }
 
 /** Source NAT: a packet marked for an uplink and leaving by its interface goes to its SNAT chain. */
-function renderPostrouting({ uplinks, ids }: RenderContext): Chain {
+function renderPostrouting({ uplinks, ids, marks }: RenderContext): Chain {
   return {
     name: 'postrouting',
     base: { type: 'nat', hook: 'postrouting', priority: 100 },
     rules: uplinks.map((u) => ({
       match: [
-        { kind: 'mark', mask: markMask, value: ids.get(u.name)! << markShift },
+        { kind: 'mark', mask: marks.mask, value: markOf(marks, ids.get(u.name)!) },
         { kind: 'oifname', name: u.interface },
       ],
       then: [goto(snatChain(u.name))],
@@ -563,7 +589,7 @@ function renderStrictClear(): Chain {
 
 /** Each uplink's routing table: its mark, next hop and the sources routed by it (probes). */
 function renderRoutes(
-  { uplinks, ids }: RenderContext,
+  { uplinks, ids, marks }: RenderContext,
   interfaceAddresses: ReadonlyMap<string, readonly string[]> | undefined,
 ): UplinkRoute[] {
   return uplinks.map((u) => {
@@ -571,7 +597,8 @@ function renderRoutes(
     return {
       uplink: u.name,
       id,
-      mark: id << markShift,
+      mark: markOf(marks, id),
+      markMask: marks.mask,
       table: routeTableBase + id,
       interface: u.interface,
       nextHop: { ...u.nextHop },

@@ -3,13 +3,14 @@
 // source addresses to it, so that probes leave through the uplink they test). naat owns the rules
 // of its preference and the tables of its range, and nothing else.
 import { exec, type Command } from './exec.ts';
-import { markMask, maxUplinkId, routeTableBase, rulePreference, type UplinkRoute } from './render.ts';
+import { routeTableBase, routeTableCount, rulePreference, type UplinkRoute } from './render.ts';
 
 export interface IpRule {
   family: 4 | 6;
   table: number;
-  /** Either a mark (under markMask) or a source address. */
+  /** Either a mark (compared under `mask`, all bits when omitted) or a source address. */
   mark?: number;
+  mask?: number;
   from?: string;
 }
 
@@ -44,7 +45,7 @@ export function desiredRouting(routes: readonly UplinkRoute[]): RoutingState {
   const state: RoutingState = { rules: [], routes: [] };
   for (const r of routes) {
     for (const family of [4, 6] as const) {
-      state.rules.push({ family, table: r.table, mark: r.mark });
+      state.rules.push({ family, table: r.table, mark: r.mark, mask: r.markMask });
       const via = family === 4 ? r.nextHop.ipv4 : r.nextHop.ipv6;
       // A family without a next hop is routed on-link, unless the other family has one (then
       // the uplink simply does not carry this family).
@@ -57,7 +58,8 @@ export function desiredRouting(routes: readonly UplinkRoute[]): RoutingState {
   return state;
 }
 
-const ruleKey = (r: IpRule) => `${r.family} ${r.table} ${r.mark ?? ''} ${r.from ?? ''}`;
+const ruleKey = (r: IpRule) =>
+  `${r.family} ${r.table} ${r.mark === undefined ? '' : `${r.mark}/${r.mask ?? allBits}`} ${r.from ?? ''}`;
 const routeKey = (r: IpRoute) => `${r.family} ${r.table} ${r.unreachable ? 'unreachable' : r.device} ${r.via ?? ''}`;
 
 /**
@@ -79,7 +81,8 @@ export function planRouting(current: RoutingState, desired: RoutingState): { add
   };
 }
 
-const ownTable = (table: number) => table > routeTableBase && table <= routeTableBase + maxUplinkId;
+const allBits = 0xffffffff;
+const ownTable = (table: number) => table > routeTableBase && table <= routeTableBase + routeTableCount;
 const hex = (n: number) => `0x${n.toString(16)}`;
 
 /** Drives `ip`: listing as JSON, changes through `ip -batch` per family. */
@@ -97,7 +100,9 @@ export class ExecRouting implements Routing {
         if (r.priority !== rulePreference) continue;
         const table = Number(r.table);
         if (!ownTable(table)) continue;
-        if (r.fwmark !== undefined) state.rules.push({ family, table, mark: Number(r.fwmark) });
+        // ip leaves out fwmask when it is all ones.
+        const mask = r.fwmask === undefined ? allBits : Number(r.fwmask);
+        if (r.fwmark !== undefined) state.rules.push({ family, table, mark: Number(r.fwmark), mask });
         else if (typeof r.src === 'string') state.rules.push({ family, table, from: r.src });
       }
       const routes = JSON.parse(await this.#run([`-${family}`, '-j', 'route', 'show', 'table', 'all'])) as Array<
@@ -158,7 +163,7 @@ export class ExecRouting implements Routing {
 }
 
 function ruleSelector(r: IpRule): string {
-  return r.mark !== undefined ? `fwmark ${hex(r.mark)}/${hex(markMask)}` : `from ${r.from}`;
+  return r.mark !== undefined ? `fwmark ${hex(r.mark)}/${hex(r.mask ?? allBits)}` : `from ${r.from}`;
 }
 
 /** Routing state in memory, for unit tests of the agent. */

@@ -5,16 +5,31 @@ import { allocateUplinkIds, UplinkIds } from './uplink-ids.ts';
 
 describe('allocateUplinkIds', () => {
   it('keeps ids across restarts and additions, and reuses freed ones', () => {
-    const first = allocateUplinkIds(new Map(), ['b', 'a']);
+    const first = allocateUplinkIds(new Map(), ['b', 'a'], 15);
     expect([...first]).toEqual([
       ['a', 1],
       ['b', 2],
     ]);
-    const second = allocateUplinkIds(first, ['b', 'c']);
+    const second = allocateUplinkIds(first, ['b', 'c'], 15);
     expect([...second].sort()).toEqual([
       ['b', 2],
       ['c', 1],
     ]);
+  });
+
+  it('gives anew an id the mark bits no longer hold, and refuses more uplinks than they hold', () => {
+    const wide = new Map([
+      ['a', 1],
+      ['b', 200],
+    ]);
+    expect([...allocateUplinkIds(wide, ['a', 'b', 'c'], 3)]).toEqual([
+      ['a', 1],
+      ['b', 2],
+      ['c', 3],
+    ]);
+    expect(() => allocateUplinkIds(new Map(), ['a', 'b', 'c', 'd'], 3)).toThrow(
+      'more than 3 uplinks: the uplink id mark bits hold no more',
+    );
   });
 });
 
@@ -24,8 +39,8 @@ describe('UplinkIds', () => {
     try {
       const ids = new UplinkIds(dir);
       await ids.load();
-      await ids.allocate(['b', 'a']);
-      await ids.allocate(['b', 'c']);
+      await ids.allocate(['b', 'a'], 15);
+      await ids.allocate(['b', 'c'], 15);
       const restarted = new UplinkIds(dir);
       await restarted.load();
       expect([...restarted.current].sort()).toEqual([

@@ -4,28 +4,28 @@
 // of flows already pinned.
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { maxUplinkId } from './render.ts';
 
 /**
  * Keeps the ids of uplinks that had one and gives new uplinks the lowest free ids, so that a
- * restart or an added uplink never renumbers the marks of flows already pinned.
+ * restart or an added uplink never renumbers the marks of flows already pinned. Ids run from 1 to
+ * `maxId` (what the mark bits hold); a kept id above it (the bits were narrowed) is given anew.
  */
 export function allocateUplinkIds(
   previous: ReadonlyMap<string, number>,
   names: readonly string[],
-  max = maxUplinkId,
+  maxId: number,
 ): Map<string, number> {
   const ids = new Map<string, number>();
   for (const name of names) {
     const id = previous.get(name);
-    if (id !== undefined) ids.set(name, id);
+    if (id !== undefined && id <= maxId) ids.set(name, id);
   }
   const used = new Set(ids.values());
   let next = 1;
   for (const name of [...names].sort()) {
     if (ids.has(name)) continue;
     while (used.has(next)) next++;
-    if (next > max) throw new Error(`more than ${max} ids needed`);
+    if (next > maxId) throw new Error(`more than ${maxId} uplinks: the uplink id mark bits hold no more`);
     ids.set(name, next);
     used.add(next);
   }
@@ -36,14 +36,12 @@ export function allocateUplinkIds(
 export class UplinkIds {
   readonly #file: string;
   readonly #dir: string;
-  readonly #max: number;
   #ids = new Map<string, number>();
 
-  /** `file` and `max` let other numbered things (the node agent's peers) keep their ids the same way. */
-  constructor(stateDir: string, file = 'uplinks.json', max = maxUplinkId) {
+  /** `file` lets other numbered things (the node agent's peers) keep their ids the same way. */
+  constructor(stateDir: string, file = 'uplinks.json') {
     this.#dir = stateDir;
     this.#file = join(stateDir, file);
-    this.#max = max;
   }
 
   /** Reads the saved ids; none when there is no file or it cannot be read. */
@@ -56,8 +54,8 @@ export class UplinkIds {
   }
 
   /** The ids of `names` (see allocateUplinkIds), saved first when they changed. */
-  async allocate(names: readonly string[]): Promise<ReadonlyMap<string, number>> {
-    const ids = allocateUplinkIds(this.#ids, names, this.#max);
+  async allocate(names: readonly string[], maxId: number): Promise<ReadonlyMap<string, number>> {
+    const ids = allocateUplinkIds(this.#ids, names, maxId);
     if (!sameIds(ids, this.#ids)) await this.#save(ids);
     this.#ids = ids;
     return ids;
@@ -67,7 +65,7 @@ export class UplinkIds {
     return this.#ids;
   }
 
-  /** The name with this id; undefined for 0, not naat's. */
+  /** The name of the uplink with this id; undefined for 0, not naat's. */
   nameOf(id: number): string | undefined {
     if (!id) return undefined;
     for (const [name, value] of this.#ids) if (value === id) return name;

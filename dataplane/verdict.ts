@@ -3,7 +3,8 @@
 import type { Flow } from './conntrack.ts';
 import type { L4, Table } from './nft/model.ts';
 import { trace, type Packet } from './nft/trace.ts';
-import { markMask, markShift, type FlowAssociation } from './render.ts';
+import { valueOf, type MarkField } from '../contracts/gateway/index.ts';
+import type { FlowAssociation } from './render.ts';
 import type { AttributionUpdate } from './attribution.ts';
 
 export interface FlowVerdict {
@@ -45,17 +46,18 @@ export function flowPacket(flow: Flow): Packet {
 }
 
 /**
- * What `table` does with `packet` in prerouting; `uplinkName` names the uplink of a mark's id. The
- * trace balances as if every pick chose its first slot, so the uplink it reached is named only when
- * no pick chose it.
+ * What `table` does with `packet` in prerouting; `uplinkName` names the uplink of the id in the
+ * `uplinks` bits of the mark. The trace balances as if every pick chose its first slot, so the
+ * uplink it reached is named only when no pick chose it.
  */
 export function traceVerdict(
   table: Table,
   packet: Packet,
+  uplinks: MarkField,
   uplinkName: (id: number) => string | undefined,
 ): FlowVerdict {
   const result = trace(table, 'prerouting', packet);
-  const uplink = uplinkName((result.ctMark & markMask) >>> markShift);
+  const uplink = uplinkName(valueOf(uplinks, result.ctMark));
   const through = result.verdict === 'accept' && uplink !== undefined;
   return {
     allowed: result.verdict === 'accept',

@@ -110,3 +110,29 @@ test('each association carries its own span’s context, ended by the Ack; a rec
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a driver stopped while it reads its token opens no stream afterwards', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'naat-driver-'));
+  await writeFile(join(dir, 'token'), 't');
+  const failures: unknown[] = [];
+  const onRejection = (reason: unknown) => failures.push(reason);
+  process.on('unhandledRejection', onRejection);
+  const states: string[] = [];
+  const driver = new Driver({
+    target: '127.0.0.1:1',
+    pod,
+    tokenFile: join(dir, 'token'),
+    version: 'test',
+    onState: (state) => states.push(state),
+  });
+  try {
+    driver.start();
+    driver.stop();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(failures).toEqual([]);
+    expect(states).toEqual(['connecting', 'stopped']);
+  } finally {
+    process.off('unhandledRejection', onRejection);
+    await rm(dir, { recursive: true, force: true });
+  }
+});

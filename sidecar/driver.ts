@@ -180,6 +180,8 @@ export class Driver {
       this.#retry(error as Error);
       return;
     }
+    // stop() may have come while the token was read, and closed the client.
+    if (this.#stopped) return;
     const stream = this.#client.associate();
     this.#stream = stream;
     this.#sequence = 0;

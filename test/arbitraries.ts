@@ -4,7 +4,13 @@
 // parser must name, and the associations and stamps the sidecars would report for it.
 import fc from 'fast-check';
 import { canonicalAddress, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
-import type { FlowAssociation, RenderInput, StampedApplication } from '../dataplane/render.ts';
+import {
+  maxUplinkId,
+  uplinkMarks,
+  type FlowAssociation,
+  type RenderInput,
+  type StampedApplication,
+} from '../dataplane/render.ts';
 import { allocateUplinkIds } from '../dataplane/uplink-ids.ts';
 import type { Application } from '../proto/index.ts';
 
@@ -386,6 +392,7 @@ function renderInput(config: GatewayConfig, extra: Partial<RenderInput>): Render
     ids: allocateUplinkIds(
       new Map(),
       config.uplinks.map((u) => u.name),
+      maxUplinkId(uplinkMarks(config)),
     ),
     health: new Map(),
     ...extra,

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { definitions, rulesWithin } from '../../crds/index.ts';
-import { ConfigError, GatewayConfig, parseGatewayConfig } from './config.ts';
+import { ConfigError, GatewayConfig, parseGatewayConfig, uplinkMarkMask } from './config.ts';
 
 const sample = JSON.parse(
   await readFile(join(import.meta.dirname, '..', '..', 'dataplane', 'testdata', 'gateway.json'), 'utf8'),
@@ -30,6 +30,12 @@ describe('parseGatewayConfig', () => {
       udpSeconds: 120,
       icmpSeconds: 60,
     });
+  });
+
+  it('puts uplink ids in the low four bits unless marks.uplinks says otherwise', () => {
+    expect(uplinkMarkMask(parseGatewayConfig(sample))).toBe(0x0000000f);
+    expect(parseGatewayConfig({ ...sample, marks: {} }).marks).toEqual({ uplinks: 0x0000000f });
+    expect(uplinkMarkMask(parseGatewayConfig({ ...sample, marks: { uplinks: 0x00000f00 } }))).toBe(0x00000f00);
   });
 
   it.each([
@@ -109,6 +115,31 @@ describe('parseGatewayConfig', () => {
       'a pod address that is not an address',
       (c: GatewayConfig) => c.pods[0]!.addresses.push('10.244.1.300'),
       /^pods\[0\].addresses\[2\]: "10.244.1.300" is not an IP address/,
+    ],
+    [
+      'uplink id mark bits in two runs',
+      (c: GatewayConfig) => (c.marks = { uplinks: 0x00000505 }),
+      /^marks.uplinks: 0x00000505 is not one run of bits$/,
+    ],
+    [
+      'more uplinks than their mark bits hold',
+      (c: GatewayConfig) => (c.marks = { uplinks: 0x00000010 }),
+      /^marks.uplinks: 0x00000010 has room for 1 uplink, too few for the 3 listed; give it more bits$/,
+    ],
+    [
+      'more uplinks than the default mark bits hold',
+      (c: GatewayConfig) => {
+        for (let n = 0; n < 13; n++) c.uplinks.push({ ...c.uplinks[0]!, name: `extra-${n}` });
+      },
+      /^marks.uplinks: 0x0000000f has room for 15 uplinks, too few for the 16 listed; give it more bits$/,
+    ],
+    [
+      'uplink id mark bits that overlap the tunnel-reply bits',
+      (c: GatewayConfig) => {
+        c.marks = { uplinks: 0x0000001f };
+        c.steering = { tunnel: { vni: 7, port: 4789 }, markMask: 0x00000010, sources: [] };
+      },
+      /^marks.uplinks: 0x0000001f overlaps steering.markMask 0x00000010$/,
     ],
     [
       'an unknown balancing mode',

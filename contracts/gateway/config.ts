@@ -18,6 +18,7 @@ import {
   uplinksOnlyWhenAllowed,
   withRules,
 } from '../../crds/index.ts';
+import { defaultMarks, hexMark as hex, isContiguous, markField } from './marks.ts';
 import { Tunnel, TunnelEndpoint } from './tunnel.ts';
 
 export const configVersion = 1;
@@ -116,6 +117,20 @@ export const GatewayConfig = Type.Object({
     description: 'In evaluation order: the first rule that matches a flow decides.',
     default: [],
   }),
+  marks: Type.Optional(
+    Type.Object(
+      {
+        uplinks: Type.Integer({
+          minimum: 1,
+          maximum: 0xffffffff,
+          default: defaultMarks.uplinks,
+          description:
+            "The contiguous bits of the conntrack and packet marks that hold a flow's uplink id (1 to the largest number they hold, so 15 uplinks with the default 0x0000000f); they must not overlap the bits of the CNI, kube-proxy or steering.markMask.",
+        }),
+      },
+      { description: 'The mark bits the gateway agents use; the defaults when omitted.' },
+    ),
+  ),
 });
 export type GatewayConfig = Static<typeof GatewayConfig>;
 
@@ -162,6 +177,7 @@ function semanticProblems(config: GatewayConfig): string[] {
     if (names.has(uplink.name)) problems.push(`${at}.name: ${uplink.name} is listed twice`);
     names.add(uplink.name);
   });
+  problems.push(...markProblems(config));
   config.rules.forEach((rule, i) => {
     const at = `rules[${i}]`;
     rule.sources.forEach((s, j) => prefix(`${at}.sources[${j}]`, s));
@@ -173,6 +189,25 @@ function semanticProblems(config: GatewayConfig): string[] {
   });
   return problems;
 }
+
+/** Uplink ids must fit their mark bits, and those bits must not be steering's. */
+function markProblems(config: GatewayConfig): string[] {
+  const mask = uplinkMarkMask(config);
+  if (!isContiguous(mask)) return [`marks.uplinks: ${hex(mask)} is not one run of bits`];
+  const problems: string[] = [];
+  const { max } = markField(mask);
+  if (config.uplinks.length > max)
+    problems.push(
+      `marks.uplinks: ${hex(mask)} has room for ${max} uplink${max === 1 ? '' : 's'}, too few for the ${config.uplinks.length} listed; give it more bits`,
+    );
+  const steering = config.steering?.markMask;
+  if (steering !== undefined && (steering & mask) !== 0)
+    problems.push(`marks.uplinks: ${hex(mask)} overlaps steering.markMask ${hex(steering)}`);
+  return problems;
+}
+
+/** The mark bits of the config's uplink ids. */
+export const uplinkMarkMask = (config: GatewayConfig): number => config.marks?.uplinks ?? defaultMarks.uplinks;
 
 export interface Prefix {
   family: 4 | 6;

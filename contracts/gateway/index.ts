@@ -8,7 +8,9 @@ export {
   configVersion,
   GatewayConfig,
   parseGatewayConfig,
+  uplinkMarkMask,
 } from './config.ts';
 export { canonicalAddress, contains, normalisePrefixes } from './prefixes.ts';
-export { isContiguous, NodeConfig, nodeConfigVersion, NodeGateway, parseNodeConfig, SteeredPod } from './steering.ts';
+export { defaultMarks, isContiguous, markField, markOf, valueOf, type MarkField } from './marks.ts';
+export { NodeConfig, nodeConfigVersion, NodeGateway, parseNodeConfig, SteeredPod } from './steering.ts';
 export { Tunnel, TunnelEndpoint } from './tunnel.ts';

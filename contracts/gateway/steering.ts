@@ -8,6 +8,9 @@ import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { isIP } from 'node:net';
 import { ConfigError, parsePrefix } from './config.ts';
+import { isContiguous } from './marks.ts';
+
+export { isContiguous };
 import { Tunnel, TunnelEndpoint } from './tunnel.ts';
 
 export const nodeConfigVersion = 1;
@@ -93,12 +96,4 @@ function nodeConfigProblems(config: NodeConfig): string[] {
     g.peers.forEach((peer, j) => peer.addresses.forEach((a, k) => address(`${at}.peers[${j}].addresses[${k}]`, a)));
   });
   return problems;
-}
-
-/** Whether the mask's set bits form one run (0x0000ff00 does, 0x00ff00ff does not). */
-export function isContiguous(mask: number): boolean {
-  if (mask <= 0) return false;
-  const lowest = mask & -mask;
-  const shifted = mask / lowest + 1;
-  return (shifted & (shifted - 1)) === 0;
 }

@@ -2,8 +2,15 @@
 // service-account token bound to that pod and meant for naat; the apiserver's TokenReview says
 // whether the token is good and which pod it is bound to, and the pod object gives the
 // addresses the driver may speak for. Nothing the driver merely claims is trusted.
-import { AuthenticationV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+//
+// A gateway agent serves the pods of its own node, and pods on other nodes through the node agent
+// of their node (dataplane/naa/relay.ts), which forwards their streams unchanged: such a stream is
+// accepted only when it comes from an address of the node the pod runs on, so that a pod still
+// speaks only to its own node. The token remains what proves the pod.
+import { AuthenticationV1Api, CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
+import { isIP } from 'node:net';
 import { tokenAudience } from '../../contracts/index.ts';
+import { canonicalAddress } from '../../contracts/gateway/index.ts';
 import type { PodRef } from '../../proto/index.ts';
 
 export interface PodIdentity {
@@ -13,8 +20,11 @@ export interface PodIdentity {
 }
 
 export interface Authenticator {
-  /** Resolves with the pod the token proves, or rejects with an AuthenticationError. */
-  authenticate(token: string, claimed: PodRef): Promise<PodIdentity>;
+  /**
+   * Resolves with the pod the token proves, or rejects with an AuthenticationError. `peer` is the
+   * address the stream comes from, when the transport knows it.
+   */
+  authenticate(token: string, claimed: PodRef, peer?: string): Promise<PodIdentity>;
 }
 
 export class AuthenticationError extends Error {
@@ -31,14 +41,17 @@ export class TokenReviewAuthenticator implements Authenticator {
   readonly #core: CoreV1Api;
   readonly #nodeName: string | undefined;
 
-  /** @param nodeName when set, only pods scheduled on this node are accepted */
+  /**
+   * @param nodeName when set, only pods scheduled on this node are accepted, and pods on another
+   * node whose stream comes from an address of that node (its node agent's relay)
+   */
   constructor(kubeConfig: KubeConfig, nodeName?: string) {
     this.#auth = kubeConfig.makeApiClient(AuthenticationV1Api);
     this.#core = kubeConfig.makeApiClient(CoreV1Api);
     this.#nodeName = nodeName;
   }
 
-  async authenticate(token: string, claimed: PodRef): Promise<PodIdentity> {
+  async authenticate(token: string, claimed: PodRef, peer?: string): Promise<PodIdentity> {
     const review = await this.#auth.createTokenReview({
       body: {
         apiVersion: 'authentication.k8s.io/v1',
@@ -73,13 +86,46 @@ export class TokenReviewAuthenticator implements Authenticator {
         `pod ${namespace}/${podName} is not the one the token is bound to any more`,
       );
     }
-    if (this.#nodeName && pod.spec?.nodeName !== this.#nodeName) {
-      throw new AuthenticationError(
-        'denied',
-        `pod ${namespace}/${podName} runs on node ${pod.spec?.nodeName ?? '(none)'}, not on ${this.#nodeName}`,
-      );
-    }
+    const refused = this.#nodeName && nodeRefusal(pod, this.#nodeName, peer);
+    if (refused) throw new AuthenticationError('denied', refused);
     const addresses = (pod.status?.podIPs ?? []).map((ip) => ip.ip).filter((ip): ip is string => !!ip);
     return { pod: { namespace, name: podName, uid: podUid }, addresses };
   }
+}
+
+/**
+ * Why a gateway agent on `ownNode` does not take a stream of `pod` that comes from `peer`, or
+ * undefined when it does: the pod runs on this node, or on another node and the stream comes from
+ * one of that node's addresses (pod.status.hostIPs), where its node agent relays.
+ */
+export function nodeRefusal(pod: V1Pod, ownNode: string, peer: string | undefined): string | undefined {
+  const node = pod.spec?.nodeName;
+  const name = `${pod.metadata?.namespace}/${pod.metadata?.name}`;
+  if (node === ownNode) return undefined;
+  if (!node) return `pod ${name} is not scheduled on a node, and this is ${ownNode}`;
+  const nodeAddresses = new Set(
+    [...(pod.status?.hostIPs ?? []).map((a) => a.ip), pod.status?.hostIP]
+      .filter((a): a is string => !!a && isIP(a) !== 0)
+      .map(canonicalAddress),
+  );
+  const from = peer && isIP(peer) ? canonicalAddress(peer) : undefined;
+  if (from && nodeAddresses.has(from)) return undefined;
+  return (
+    `pod ${name} runs on node ${node}, not on ${ownNode}, so its stream must come through the node agent of ${node} ` +
+    `(from ${[...nodeAddresses].join(' or ') || 'an address the pod does not report yet'}), ` +
+    `and this one comes from ${peer ?? 'an unknown address'}`
+  );
+}
+
+/**
+ * The address of a stream's peer as gRPC gives it (`address:port`, an IPv6 address without
+ * brackets, an IPv4 one possibly mapped into IPv6), or undefined when it is not an IP address.
+ */
+export function peerAddress(peer: string): string | undefined {
+  // gRPC appends the port whenever there is one, so a trailing `:digits` is the port even where the
+  // whole would also read as an IPv6 address (`::1:8080`).
+  const head = /^\[?(.*?)\]?:\d+$/.exec(peer)?.[1];
+  const address = head && isIP(head.replace(/^::ffff:/i, '')) ? head : peer;
+  const unmapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1] ?? address;
+  return isIP(unmapped) ? unmapped : undefined;
 }

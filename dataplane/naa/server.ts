@@ -14,7 +14,7 @@ import {
   type Limits,
   type TraceContext,
 } from '../../proto/index.ts';
-import type { Authenticator, PodIdentity } from './auth.ts';
+import { peerAddress, type Authenticator, type PodIdentity } from './auth.ts';
 import type { FlowVerdict } from '../verdict.ts';
 import { openStream, stepStream, type StreamEffect, type StreamInput, type StreamRules } from './stream.ts';
 import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
@@ -165,7 +165,7 @@ export class NaaServer {
         return;
       case 'authenticate':
         void this.#options.authenticator
-          .authenticate(effect.token, effect.pod)
+          .authenticate(effect.token, effect.pod, peerAddress(call.getPeer()))
           .then(
             (identity): StreamInput => ({
               type: 'authenticated',
@@ -249,7 +249,7 @@ export class NaaServer {
  * Logs 'Closed NAA stream' for the first stream closed with each status code in a period and
  * only counts the others; the next line of that code says how many were left out.
  */
-function refusalLog(
+export function refusalLog(
   log: (message: string, fields: Record<string, unknown>) => void,
   periodMs: number,
 ): (code: status, fields: Record<string, unknown>) => void {

