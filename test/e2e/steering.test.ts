@@ -129,9 +129,12 @@ async function applyAll(): Promise<void> {
   }
   for (const w of workers) {
     if (!agents.has(`w${w}`)) continue;
-    await until(`w${w} applied`, async () =>
-      (await statusOf(c.worker(w), 7742)).appliedHash === nodes[w - 1]!.hash ? true : undefined,
-    );
+    // Applied, and every gateway node seen up by its /steering.
+    await until(`w${w} applied`, async () => {
+      const status = await statusOf(c.worker(w), 7742);
+      const peers = (status.peers ?? []) as Array<{ up: boolean }>;
+      return status.appliedHash === nodes[w - 1]!.hash && peers.length && peers.every((p) => p.up) ? true : undefined;
+    });
   }
 }
 
@@ -153,7 +156,10 @@ beforeAll(async () => {
   for (const w of workers) await writeFile(join(dir, `w${w}.json`), JSON.stringify(nodeConfig(w)));
   for (const g of gateways) {
     const config = ['--config', join(dir, 'gateway.json'), '--node', `g${g}`, '--reload-ms', '100'];
-    start(`g${g}`, c.gateway(g), ['run', ...config, '--state-dir', join(dir, `g${g}-state`)]);
+    // On the underlay of either family, as in a cluster (the DaemonSet's --listen on every address
+    // at <healthPort>): the node agents ask every gateway node's /steering whether it takes flows.
+    const listen = ['--listen', '[::]:7741'];
+    start(`g${g}`, c.gateway(g), ['run', ...config, ...listen, '--state-dir', join(dir, `g${g}-state`)]);
   }
   for (const w of workers) {
     const config = ['--config', join(dir, `w${w}.json`), '--node', `w${w}`, '--reload-ms', '100'];
