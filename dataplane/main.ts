@@ -34,7 +34,8 @@ import {
 import { HealthMonitor, IpLinkReader } from './probe/index.ts';
 import { localUplinks } from './render.ts';
 import { ExecRouting } from './routing.ts';
-import { NodeAgent } from './steering/node-agent.ts';
+import { NodeAgent, type RelayFactory } from './steering/node-agent.ts';
+import { rendezvous } from './steering/rendezvous.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
 import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
 import { gatewayTunnelOwnership } from './steering/gateway-plan.ts';
@@ -55,7 +56,9 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
   remove                        takes away everything naat put in the kernel
   node --config FILE | --config-map NAMESPACE/NAME
                                 the node agent: steers the served pods of this node to their
-                                gateways' nodes, from its NodeConfig (followed as it changes)
+                                gateways' nodes, from its NodeConfig (followed as it changes),
+                                and relays their sidecars' NAA streams to those nodes (on
+                                0.0.0.0 at each gateway's association port)
       [--node NAME] [--state-dir DIR] [--reload-ms MS]
       [--listen ADDR:PORT]      /status (default 127.0.0.1:7742)
   node --remove                 takes away everything the node agent put in the kernel
@@ -357,15 +360,50 @@ async function remove(): Promise<void> {
   log.info('Removed naat from the kernel');
 }
 
-function nodeAgent(): NodeAgent {
+function nodeAgent(relays?: RelayFactory): NodeAgent {
   const conntrack = new ExecConntrack();
   return new NodeAgent({
     nft: new ExecNftables(['nft'], stateDir('node'), nodeTableName),
     tunnels: new ExecTunnelKernel(nodeTunnelOwnership, writeSysctl),
     deleteFlows: (value, mask) => conntrack.deleteMarked(value, mask),
     stateDir: stateDir('node'),
+    ...(relays ? { relays } : {}),
     log,
   });
+}
+
+/**
+ * The node agent's NAA relays, one per gateway: the node's sidecars dial this node at their
+ * gateway's association port, and the relay carries each stream to the gateway's up nodes.
+ */
+async function naaRelays(): Promise<RelayFactory> {
+  const { NaaRelay } = await import('./naa/relay.ts');
+  return (first, peers, onSynced) => {
+    let gateway = first;
+    const relay: InstanceType<typeof NaaRelay> = new NaaRelay({
+      gateway,
+      peers,
+      onSynced,
+      // The node the plan pins the pod's flows to (Pod selection); with Flow selection, any.
+      pinnedPeer: (pod) =>
+        gateway.selection === 'Pod' ? rendezvous(`${pod.namespace}/${pod.name}`, relay.synced()) : undefined,
+      log: (msg, fields) => log.info(msg, fields),
+    });
+    const address = `0.0.0.0:${gateway.associationPort}`;
+    relay.listen(address).then(
+      () => log.info('Relaying NAA streams', { gateway: gateway.gateway, address }),
+      (error: Error) =>
+        log.error('Failed to listen for NAA streams', { gateway: gateway.gateway, address, error: error.message }),
+    );
+    return {
+      synced: () => relay.synced(),
+      update: (next) => {
+        gateway = next;
+        relay.update(next);
+      },
+      close: () => relay.close(),
+    };
+  };
 }
 
 /**
@@ -379,7 +417,7 @@ async function node(): Promise<void> {
   }
   const parse = (text: string): NodeConfig => parseNodeConfig(parseText(text));
   const first = await firstConfig(parse, 'node config');
-  const agent = nodeAgent();
+  const agent = nodeAgent(await naaRelays());
   await agent.start(first.config);
   log.info('Started the node agent', { node: first.config.node, gateways: first.config.gateways.length });
   let applying = Promise.resolve();

@@ -174,11 +174,7 @@ export async function createTopology(options: TopologyOptions = {}): Promise<Top
         ]);
       }
     },
-    serverPacketsFromPods: async () => {
-      const { stdout } = await inNamespace(ns.srv, ['nft', '-j', 'list', 'counters', 'table', 'inet', 'count']);
-      const listing = JSON.parse(stdout) as { nftables: { counter?: { packets: number } }[] };
-      return listing.nftables.reduce((sum, item) => sum + (item.counter?.packets ?? 0), 0);
-    },
+    serverPacketsFromPods: () => countedPackets(ns.srv),
     destroy: async () => {
       await Promise.all(children.splice(0).map(stopProcess));
       await Promise.all(made.splice(0).map(deleteNamespace));
@@ -231,6 +227,13 @@ export async function createTopology(options: TopologyOptions = {}): Promise<Top
     await topology.destroy();
     throw error;
   }
+}
+
+/** The sum of the counters of table `inet count` in a namespace (what the server counted). */
+export async function countedPackets(ns: string): Promise<number> {
+  const { stdout } = await inNamespace(ns, ['nft', '-j', 'list', 'counters', 'table', 'inet', 'count']);
+  const listing = JSON.parse(stdout) as { nftables: { counter?: { packets: number } }[] };
+  return listing.nftables.reduce((sum, item) => sum + (item.counter?.packets ?? 0), 0);
 }
 
 /** Ends a process and waits until it is gone; does nothing if it is not running. */
@@ -336,7 +339,7 @@ function numbers(count: number): number[] {
   return Array.from({ length: count }, (_, i) => i + 1);
 }
 
-async function unusedPrefix(): Promise<string> {
+export async function unusedPrefix(): Promise<string> {
   const { stdout } = await run(['ip', 'netns', 'list']);
   for (;;) {
     const prefix = `nt${randomBytes(2).toString('hex')}-`;
@@ -377,7 +380,7 @@ function routes(destination: DualStack, via: DualStack): string[] {
 
 // A veth drops whatever it is given until the kernel has noticed that its carrier is on, which
 // can take up to a second after both ends went up.
-async function linksUp(name: string): Promise<void> {
+export async function linksUp(name: string): Promise<void> {
   const deadline = Date.now() + 5000;
   for (;;) {
     const { stdout } = await ip(name, ['-j', 'link', 'show']);
@@ -393,15 +396,19 @@ function ip(name: string, args: string[]): Promise<{ stdout: string; stderr: str
   return run(['ip', '-n', name, ...args]);
 }
 
-function ipBatch(name: string, lines: string[]): Promise<unknown> {
+export function ipBatch(name: string, lines: string[]): Promise<unknown> {
   return run(['ip', '-n', name, '-batch', '-'], { input: lines.join('\n') + '\n' });
 }
 
-function inNamespace(name: string, argv: string[], options?: ExecOptions): Promise<{ stdout: string; stderr: string }> {
+export function inNamespace(
+  name: string,
+  argv: string[],
+  options?: ExecOptions,
+): Promise<{ stdout: string; stderr: string }> {
   return run(['ip', 'netns', 'exec', name, ...argv], options);
 }
 
-function run(argv: string[], options: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
+export function run(argv: string[], options: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = execFile(
       argv[0]!,
@@ -423,7 +430,7 @@ function run(argv: string[], options: ExecOptions = {}): Promise<{ stdout: strin
 
 // A namespace lives on while a process is in it, so whatever still runs there (a server's
 // children, say) goes first; those processes were all started by the tests.
-async function deleteNamespace(name: string): Promise<void> {
+export async function deleteNamespace(name: string): Promise<void> {
   const { stdout } = await run(['ip', 'netns', 'pids', name]).catch(() => ({ stdout: '' }));
   for (const pid of stdout.split('\n').filter(Boolean).map(Number)) {
     try {
