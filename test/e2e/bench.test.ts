@@ -97,7 +97,7 @@ const expectedKeys: Record<string, string[]> = {
     'flows.stamped',
   ],
   steering: [
-    ...['hand-tunnel', 'steered', 'local'].flatMap((s) => [`throughput.${s}`, `connections.${s}`]),
+    ...['hand-tunnel', 'steered', 'steered-kernel', 'local'].flatMap((s) => [`throughput.${s}`, `connections.${s}`]),
     ...['hand-tunnel', 'steered'].flatMap((s) => [`mtu.${s}.ipv4`, `mtu.${s}.ipv6`]),
     'node-agent.rss',
     'node-agent.idle-cpu',
