@@ -280,7 +280,9 @@ async function steeringBench(bench: Bench, size: Size, dir: string): Promise<voi
     // 2. naat: the gateway agent on g1, the node agent on w1, each from its config file.
     await writeFile(join(dir, 'gateway.json'), JSON.stringify(gatewayConfig()));
     await writeFile(join(dir, 'node.json'), JSON.stringify(nodeConfig()));
-    start('g1', t.gateway(1), ['run', '--config', join(dir, 'gateway.json'), '--node', 'g1']);
+    // On every address: the node agent asks g1's underlay address whether it takes flows.
+    const listen = ['--listen', '0.0.0.0:7741'];
+    start('g1', t.gateway(1), ['run', '--config', join(dir, 'gateway.json'), '--node', 'g1', ...listen]);
     const nodeAgent = start('w1', t.worker(1), ['node', '--config', join(dir, 'node.json'), '--node', 'w1']);
     await applied(t.gateway(1), 7741);
     await applied(t.worker(1), 7742);
@@ -299,7 +301,7 @@ async function steeringBench(bench: Bench, size: Size, dir: string): Promise<voi
     const leaked = await t.serverPacketsFromInside();
     if (leaked) throw new Error(`the server saw ${leaked} packets from a pod or node address`);
 
-    // 3. The node agent, idle: no new flows, its relays and timers as always.
+    // 3. The node agent, idle: no new flows; it asks its peer's /steering as always.
     const idleCpu = await cpuShare(nodeAgent.pid!, size.idleSeconds);
     const { rss, peak } = await memory(nodeAgent.pid!);
 
