@@ -38,6 +38,7 @@ import {
 } from '../e2e/topology.ts';
 import { connectMany, startWhoami } from '../e2e/traffic.ts';
 import { median, runBenchmark, type Bench, type Goal } from './harness.ts';
+import { memory } from './process.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const main = join(root, 'dataplane', 'main.ts');
@@ -516,12 +517,6 @@ function timeSync(runs: number, work: () => unknown): number {
   return median(times);
 }
 
-async function vm(pid: number): Promise<{ rss: number; peak: number }> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]) / 1024;
-  return { rss: kib('VmRSS'), peak: kib('VmHWM') };
-}
-
 async function elementCount(ns: string, kind: 'set' | 'map', name: string): Promise<number> {
   const listing = JSON.parse(
     await run(['ip', 'netns', 'exec', ns, 'nft', '-j', 'list', kind, 'inet', 'naat', name]),
@@ -660,7 +655,7 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
     };
     const idle = spawnIn([process.execPath, '-e', 'setInterval(() => {}, 1000)']);
     await sleep(1000);
-    const idleVm = await vm(idle.pid!);
+    const idleVm = await memory(idle.pid!);
     await stopProcess(idle);
     const status = async () =>
       JSON.parse(await run([...inNs('curl'), '-sf', 'http://127.0.0.1:7741/status'])) as AgentReport;
@@ -683,7 +678,7 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
         );
         const readyMs = performance.now() - started;
         await sleep(1000);
-        return { ...(await vm(child.pid!)), readyMs, syncMs: report.lastSync!.durationMs };
+        return { ...(await memory(child.pid!)), readyMs, syncMs: report.lastSync!.durationMs };
       } catch (error) {
         console.log(`${name} agent log:\n${await readFile(join(dir, `${name}.log`), 'utf8').catch(() => '')}`);
         throw error;

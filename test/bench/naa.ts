@@ -14,13 +14,14 @@
 // runs that way is the compiled JavaScript, built here as the image build does.
 import { credentials, Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFile, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NaaServer } from '../../dataplane/naa/server.ts';
 import { median, percentile, runBenchmark, type Bench } from './harness.ts';
+import { cpuShare } from './process.ts';
 import {
   AssociationServiceClient,
   AssociationServiceService,
@@ -289,27 +290,6 @@ async function buildSidecar(): Promise<SidecarBuild> {
 
 const megabytes = async (pid: number, field: string) =>
   Number(new RegExp(`${field}:\\s+(\\d+)`).exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
-
-/**
- * Seconds a process has run on a CPU, all its threads, from the scheduler's nanosecond counters
- * (schedstat of each task in /proc/<pid>/task): an idle process uses less than one clock tick of
- * /proc/<pid>/stat's user and system time in a short sample.
- */
-async function cpuSeconds(pid: number): Promise<number> {
-  let total = 0;
-  for (const task of await readdir(`/proc/${pid}/task`)) {
-    const text = await readFile(`/proc/${pid}/task/${task}/schedstat`, 'utf8').catch(() => '0');
-    total += Number(text.split(' ')[0]) / 1e9;
-  }
-  return total;
-}
-
-/** The share of one core a process uses over `seconds`. */
-async function cpuShare(pid: number, seconds: number): Promise<number> {
-  const before = await cpuSeconds(pid);
-  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
-  return ((await cpuSeconds(pid)) - before) / seconds;
-}
 
 /**
  * The real sidecar process in a pod namespace, built and started as its image does it: connect() →

@@ -36,6 +36,7 @@ import { installCrds } from '../cluster/crds.ts';
 import { terminate } from '../cluster/processes.ts';
 import { operatorSettings, webhookObjects, type OperatorPorts } from '../cluster/operator.ts';
 import { percentile, runBenchmark, type Bench, type Goal } from './harness.ts';
+import { memory as vm } from './process.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 
@@ -229,12 +230,6 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>, timeo
     }
     await sleep(everyMs);
   }
-}
-
-async function vm(pid: number): Promise<{ rss: number; peak: number }> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const mib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]) / 1024;
-  return { rss: mib('VmRSS'), peak: mib('VmHWM') };
 }
 
 /** User + system CPU seconds of a process so far. */

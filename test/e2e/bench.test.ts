@@ -96,6 +96,12 @@ const expectedKeys: Record<string, string[]> = {
     'flows.new',
     'flows.stamped',
   ],
+  steering: [
+    ...['hand-tunnel', 'steered', 'steered-kernel', 'local'].flatMap((s) => [`throughput.${s}`, `connections.${s}`]),
+    ...['hand-tunnel', 'steered'].flatMap((s) => [`mtu.${s}.ipv4`, `mtu.${s}.ipv6`]),
+    'node-agent.rss',
+    'node-agent.idle-cpu',
+  ],
   soak: [
     ...trends('agent-rss', 'sidecar-rss', 'agent-fds', 'sidecar-fds', 'chains', 'sets'),
     'short-flows',
@@ -137,7 +143,7 @@ beforeAll(async () => {
     () => undefined,
   );
   run = { code, output, ...(report ? { report } : {}) };
-}, 400_000);
+}, 460_000);
 
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
