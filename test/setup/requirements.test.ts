@@ -2,6 +2,7 @@ import {
   compareVersions,
   installedFromDpkg,
   parseGoVersion,
+  parseKubectlVersion,
   planSetup,
   requiredGo,
   requirements,
@@ -10,7 +11,14 @@ import {
 } from './requirements.ts';
 
 const all = new Set(requirements.map((r) => r.package));
-const ready: Machine = { root: true, debian: true, installed: all, go: '1.26.8', goRequired: '1.26.0', kubectl: true };
+const ready: Machine = {
+  root: true,
+  debian: true,
+  installed: all,
+  go: '1.26.8',
+  goRequired: '1.26.0',
+  kubectl: '1.32.3',
+};
 const without = (...packages: string[]) => new Set([...all].filter((p) => !packages.includes(p)));
 
 test('a machine with everything needs nothing done', () => {
@@ -62,12 +70,12 @@ test('Go missing, too old to switch, or old enough to fetch the required toolcha
 
 test('kubectl missing comes from the control plane build when Go can build it, else is an error that says what to install', () => {
   for (const go of ['1.26.8', '1.24.3']) {
-    const plan = planSetup({ ...ready, go, kubectl: false });
+    const plan = planSetup({ ...ready, go, kubectl: undefined });
     expect(plan.errors).toEqual([]);
     expect(plan.kubectl!.message).toContain('using the kubectl built with the test control plane');
   }
   for (const go of [undefined, '1.20.14']) {
-    const plan = planSetup({ ...ready, go, kubectl: false });
+    const plan = planSetup({ ...ready, go, kubectl: undefined });
     expect(plan.kubectl).toBeUndefined();
     expect(plan.errors).toEqual([
       expect.stringMatching(/^Go /),
@@ -84,7 +92,7 @@ test('every problem of a fresh machine is reported at once', () => {
     installed: new Set(),
     go: undefined,
     goRequired: '1.26.0',
-    kubectl: false,
+    kubectl: undefined,
   });
   expect(plan.errors).toHaveLength(3);
 });
@@ -114,4 +122,18 @@ test('only a run of the unit project alone skips the machine set-up', () => {
   expect(testsNeedMachine(['dataplane', '--selectProjects=unit'])).toBe(false);
   expect(testsNeedMachine(['--selectProjects', 'unit', 'integration'])).toBe(true);
   expect(testsNeedMachine(['test/e2e/lab.test.ts', '--selectProjects', 'integration', '-t', 'x'])).toBe(true);
+});
+
+test('a kubectl older than 1.32 is replaced by the one built with the control plane, saying which it found', () => {
+  const plan = planSetup({ ...ready, kubectl: '1.28.4' });
+  expect(plan.kubectl!.message).toBe(
+    'kubectl 1.28.4 is older than 1.32.0; using the kubectl built with the test control plane from the pinned modules',
+  );
+  expect(planSetup({ ...ready, kubectl: '1.33.0' }).kubectl).toBeUndefined();
+});
+
+test("kubectl's client version is read from its JSON; anything else is no version", () => {
+  expect(parseKubectlVersion('{"clientVersion":{"gitVersion":"v1.32.3","major":"1"}}')).toBe('1.32.3');
+  expect(parseKubectlVersion('{"clientVersion":{"gitVersion":"v1.32.4-dispatcher"}}')).toBe('1.32.4');
+  expect(parseKubectlVersion('error: unknown flag')).toBeUndefined();
 });

@@ -72,6 +72,16 @@ export function parseGoVersion(text: string): string | undefined {
   return /^go(\d+\.\d+(?:\.\d+)?)/.exec(text.trim())?.[1];
 }
 
+/** The client version `kubectl version --client -o json` prints (`v1.32.3` → `1.32.3`). */
+export function parseKubectlVersion(json: string): string | undefined {
+  try {
+    const version = (JSON.parse(json) as { clientVersion?: { gitVersion?: string } }).clientVersion?.gitVersion;
+    return /^v(\d+\.\d+\.\d+)/.exec(version ?? '')?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
 /** The Go the pinned modules need: the highest `go` directive among their go.mod files. */
 export function requiredGo(goMods: readonly string[]): string {
   const versions = goMods.flatMap((text) => [...text.matchAll(/^go (\d+\.\d+(?:\.\d+)?)\s*$/gm)].map((m) => m[1]!));
@@ -90,8 +100,12 @@ export interface Machine {
   go: string | undefined;
   /** requiredGo of the pinned modules. */
   goRequired: string;
-  kubectl: boolean;
+  /** `kubectl version --client`'s version (e.g. `1.32.3`), undefined when kubectl is not on the PATH. */
+  kubectl: string | undefined;
 }
+
+/** The oldest kubectl the tests and the lab drive the 1.33 control plane with (one minor version of skew). */
+export const oldestKubectl = '1.32.0';
 
 export interface SetupPlan {
   /** Packages to install with apt-get, and the line that says so. */
@@ -142,17 +156,19 @@ export function planSetup(machine: Machine): SetupPlan {
       message: `Go ${machine.go} is older than ${need}, which the pinned Go modules need; fetching go${need} through the Go module proxy (GOTOOLCHAIN) for the build`,
     };
   }
-  if (!machine.kubectl) {
+  if (!machine.kubectl || compareVersions(machine.kubectl, oldestKubectl) < 0) {
     // The pinned modules build kubectl with the control plane (one build, one cache), so a usable
-    // Go is all a machine without kubectl needs.
+    // Go is all a machine without kubectl, or with one too old, needs.
+    const found = machine.kubectl
+      ? `kubectl ${machine.kubectl} is older than ${oldestKubectl}`
+      : 'kubectl is not on the PATH';
     if (goUsable) {
       plan.kubectl = {
-        message:
-          'kubectl is not on the PATH; using the kubectl built with the test control plane from the pinned modules',
+        message: `${found}; using the kubectl built with the test control plane from the pinned modules`,
       };
     } else {
       plan.errors.push(
-        `kubectl is not on the PATH, and without a usable Go it cannot be built with the test control plane: install Go ${need} or newer, or kubectl 1.32 or 1.33`,
+        `${found}, and without a usable Go a newer one cannot be built with the test control plane: install Go ${need} or newer, or kubectl 1.32 or 1.33`,
       );
     }
   }

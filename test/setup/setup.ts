@@ -10,6 +10,7 @@ import { buildBinaries } from '../cluster/cluster.ts';
 import {
   installedFromDpkg,
   parseGoVersion,
+  parseKubectlVersion,
   planSetup,
   requiredGo,
   requirements,
@@ -71,7 +72,12 @@ async function readMachine(): Promise<Machine> {
     installed,
     go,
     goRequired: requiredGo(await goMods()),
-    kubectl: kubectl!,
+    kubectl: kubectl
+      ? await run('kubectl', ['version', '--client', '-o', 'json']).then(
+          (r) => parseKubectlVersion(r.stdout),
+          () => undefined,
+        )
+      : undefined,
   };
 }
 
