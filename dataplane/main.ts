@@ -34,7 +34,8 @@ import {
 import { HealthMonitor, IpLinkReader } from './probe/index.ts';
 import { localUplinks } from './render.ts';
 import { ExecRouting } from './routing.ts';
-import { NodeAgent } from './steering/node-agent.ts';
+import { NodeAgent, type PeerStatesFactory } from './steering/node-agent.ts';
+import { createPeerMonitor } from './steering/peer-monitor.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
 import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
 import { gatewayTunnelOwnership } from './steering/gateway-plan.ts';
@@ -364,9 +365,17 @@ function nodeAgent(): NodeAgent {
     tunnels: new ExecTunnelKernel(nodeTunnelOwnership, writeSysctl),
     deleteFlows: (value, mask) => conntrack.deleteMarked(value, mask),
     stateDir: stateDir('node'),
+    peerStates: probedPeers,
     log,
   });
 }
+
+/** A gateway's nodes are up while their agents answer /steering with 200 (see peer-monitor.ts). */
+const probedPeers: PeerStatesFactory = (gateway) => {
+  const monitor = createPeerMonitor({ peers: gateway.peers, healthPort: gateway.healthPort });
+  monitor.start();
+  return monitor;
+};
 
 /**
  * The node agent. SIGTERM and SIGINT leave the kernel as it is, so steered flows go on through a

@@ -36,6 +36,10 @@ export interface ClusterOptions {
 export interface NodeSpec {
   name: string;
   labels?: Record<string, string>;
+  /** The node's InternalIP addresses (kwok gives its pods the first as hostIP); kwok's own when omitted. */
+  addresses?: string[];
+  /** Where kwok takes the node's pods' addresses from; its default pool when omitted. */
+  podCIDR?: string;
 }
 
 export interface Cluster {
@@ -190,7 +194,18 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       stop,
     };
     if (options.workloads) {
-      for (const node of options.nodes ?? []) await cluster.kubectl(['apply', '-f', '-'], nodeManifest(node));
+      for (const node of options.nodes ?? []) {
+        await cluster.kubectl(['apply', '-f', '-'], nodeManifest(node));
+        // Status is not taken on create; kwok keeps addresses a node already has.
+        if (node.addresses) {
+          const addresses = node.addresses.map((address) => ({ type: 'InternalIP', address }));
+          await cluster.kubectl(
+            ['patch', 'node', node.name, '--subresource=status', '--type=merge', '-p'].concat(
+              JSON.stringify({ status: { addresses } }),
+            ),
+          );
+        }
+      }
       // The apiserver taints new nodes not-ready; the node lifecycle controller lifts it once kwok reports Ready.
       await waitFor('nodes Ready', async () => {
         const nodes = JSON.parse(await cluster.kubectl(['get', 'nodes', '-o', 'json'])).items as KubeNode[];
@@ -284,6 +299,7 @@ function nodeManifest(node: NodeSpec): string {
       annotations: { 'kwok.x-k8s.io/node': 'fake' },
       labels: { 'kubernetes.io/hostname': node.name, 'kubernetes.io/os': 'linux', type: 'kwok', ...node.labels },
     },
+    ...(node.podCIDR ? { spec: { podCIDR: node.podCIDR, podCIDRs: [node.podCIDR] } } : {}),
   });
 }
 

@@ -336,7 +336,7 @@ function numbers(count: number): number[] {
   return Array.from({ length: count }, (_, i) => i + 1);
 }
 
-async function unusedPrefix(): Promise<string> {
+export async function unusedPrefix(): Promise<string> {
   const { stdout } = await run(['ip', 'netns', 'list']);
   for (;;) {
     const prefix = `nt${randomBytes(2).toString('hex')}-`;
@@ -348,7 +348,7 @@ async function unusedPrefix(): Promise<string> {
 // filtering is off because the gateway's main table has no route back to the server (only the
 // dataplane's per-uplink tables do), so the filter would drop every answer. Both are set before
 // any interface exists, so that every interface inherits them.
-async function baseSettings(name: string, forwards: boolean): Promise<void> {
+export async function baseSettings(name: string, forwards: boolean): Promise<void> {
   await ip(name, ['link', 'set', 'lo', 'up']);
   await inNamespace(name, [
     'sysctl',
@@ -377,7 +377,7 @@ function routes(destination: DualStack, via: DualStack): string[] {
 
 // A veth drops whatever it is given until the kernel has noticed that its carrier is on, which
 // can take up to a second after both ends went up.
-async function linksUp(name: string): Promise<void> {
+export async function linksUp(name: string): Promise<void> {
   const deadline = Date.now() + 5000;
   for (;;) {
     const { stdout } = await ip(name, ['-j', 'link', 'show']);
@@ -393,15 +393,19 @@ function ip(name: string, args: string[]): Promise<{ stdout: string; stderr: str
   return run(['ip', '-n', name, ...args]);
 }
 
-function ipBatch(name: string, lines: string[]): Promise<unknown> {
+export function ipBatch(name: string, lines: string[]): Promise<unknown> {
   return run(['ip', '-n', name, '-batch', '-'], { input: lines.join('\n') + '\n' });
 }
 
-function inNamespace(name: string, argv: string[], options?: ExecOptions): Promise<{ stdout: string; stderr: string }> {
+export function inNamespace(
+  name: string,
+  argv: string[],
+  options?: ExecOptions,
+): Promise<{ stdout: string; stderr: string }> {
   return run(['ip', 'netns', 'exec', name, ...argv], options);
 }
 
-function run(argv: string[], options: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
+export function run(argv: string[], options: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = execFile(
       argv[0]!,
@@ -423,7 +427,7 @@ function run(argv: string[], options: ExecOptions = {}): Promise<{ stdout: strin
 
 // A namespace lives on while a process is in it, so whatever still runs there (a server's
 // children, say) goes first; those processes were all started by the tests.
-async function deleteNamespace(name: string): Promise<void> {
+export async function deleteNamespace(name: string): Promise<void> {
   const { stdout } = await run(['ip', 'netns', 'pids', name]).catch(() => ({ stdout: '' }));
   for (const pid of stdout.split('\n').filter(Boolean).map(Number)) {
     try {
