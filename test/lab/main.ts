@@ -10,7 +10,7 @@ import { parseCommandLine, usageError } from '../../common/index.ts';
 import { outageRules } from '../e2e/topology.ts';
 import { setUpMachine } from '../setup/setup.ts';
 import { labSettings, removeLab, startLab, stateFile, viewSources, type Lab, type LabState } from './lab.ts';
-import { gatewayNodes, namespaceOfNode, setGatewayLinks } from './nodes.ts';
+import { gatewayNodes, namespaceOfNode, setGatewayLink } from './nodes.ts';
 import { FlowMemory, readView, renderView } from './view.ts';
 
 const usage = `usage: npm run lab [-- COMMAND]
@@ -19,9 +19,9 @@ const usage = `usage: npm run lab [-- COMMAND]
   down              stops a lab left running and removes all it made
   fail ispN         the ISP drops everything (its uplink's health check fails)
   restore ispN      the ISP forwards again
-  fail gateway-N    the gateway node's links (underlay and uplinks) go down: the worker's
-                    node agent stops reaching it and steers new flows to the other
-  restore gateway-N its links come up again
+  fail gateway-N    the gateway node's underlay link goes down: the worker's node agent
+                    stops reaching it and steers new flows to the other
+  restore gateway-N its underlay link comes up again
   --help            this text`;
 
 const { positionals, values } = parseCommandLine(usage, {
@@ -94,17 +94,17 @@ async function state(): Promise<LabState> {
   return JSON.parse(text) as LabState;
 }
 
-/** `fail gateway-N`: the node's underlay link and uplinks go down; `restore gateway-N` brings them up. */
+/** `fail gateway-N`: the node's underlay link goes down; `restore gateway-N` brings it up. */
 async function gatewayOutage(command: 'fail' | 'restore', node: string): Promise<void> {
   const { prefix, namespaces } = await state();
   const ns = namespaceOfNode(prefix, node)!;
   if (!namespaces.includes(ns)) throw new Error(`${ns} is not a namespace of the running lab`);
   const up = command === 'restore';
-  await setGatewayLinks(ns, namespaces.filter((n) => /isp\d+$/.test(n)).length, up);
+  await setGatewayLink(ns, up);
   console.log(
     up
-      ? `${node} is back on the underlay and its uplinks; the worker steers to it again once it answers /steering`
-      : `${node} is off the underlay and its uplinks; the worker's new flows go to the other gateway node within about a second`,
+      ? `${node} is back on the underlay; the worker steers to it again once it answers /steering`
+      : `${node} is off the underlay; the worker's new flows go to the other gateway node within about a second`,
   );
 }
 

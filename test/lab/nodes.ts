@@ -58,7 +58,7 @@ export interface Nodes {
   ns: ReturnType<typeof nodeNamespaces>;
   /** The namespace that stands for each lab node. */
   namespaceOf: Record<string, string>;
-  /** Takes a gateway node off every network (its underlay link and uplinks go down), or puts it back. */
+  /** Takes a gateway node off the underlay, or puts it back (see setGatewayLink). */
   setGatewayNode(node: string, up: boolean): Promise<void>;
   /** Gives worker pod k (0-based) the address kwok gave its Pod, its only one, and routes it. */
   addressWorkerPod(k: number, address: string): Promise<void>;
@@ -74,15 +74,12 @@ export function namespaceOfNode(prefix: string, node: string): string | undefine
 }
 
 /**
- * Takes a gateway node's namespace off every network (its underlay link and its `uplinks` uplinks
- * go down, so its agent stops answering /steering and its uplinks fail), or puts it back.
+ * Cuts a gateway node's namespace off the underlay (its link there goes down, so its agent stops
+ * answering the node agents' /steering and no tunnel reaches it), or puts it back. Its uplinks
+ * stay as they are, so that it comes back with its routes and addresses whole.
  */
-export async function setGatewayLinks(ns: string, uplinks: number, up: boolean): Promise<void> {
-  const links = ['ul', ...Array.from({ length: uplinks }, (_, i) => uplinkInterface(i + 1))];
-  await ipBatch(
-    ns,
-    links.map((link) => `link set ${link} ${up ? 'up' : 'down'}`),
-  );
+export async function setGatewayLink(ns: string, up: boolean): Promise<void> {
+  await ipBatch(ns, [`link set ul ${up ? 'up' : 'down'}`]);
   if (up) await linksUp(ns);
 }
 
@@ -99,7 +96,7 @@ export async function addNodes(topology: Topology): Promise<Nodes> {
     setGatewayNode: async (node, up) => {
       const name = namespaceOf[node];
       if (!name || !gatewayNodes.some((g) => g.name === node)) throw new Error(`${node} is not a gateway node`);
-      await setGatewayLinks(name, uplinks.length, up);
+      await setGatewayLink(name, up);
     },
     addressWorkerPod: async (k, address) => {
       const pod = ns.pods[k]!;
@@ -125,11 +122,12 @@ export async function addNodes(topology: Topology): Promise<Nodes> {
     await Promise.all(
       topology.ns.isps.map((isp, i) => {
         const hop = uplinkNextHop(i + 1);
+        // The addresses go first: taking the link down would flush its IPv6 address.
         return ipBatch(isp, [
+          `address del ${hop.v4}/24 dev gw`,
+          `address del ${hop.v6}/64 dev gw`,
           'link set gw down',
           'link set gw name gw1',
-          `address del ${hop.v4}/24 dev gw1`,
-          `address del ${hop.v6}/64 dev gw1`,
           'link add gw type bridge',
           `address add ${hop.v4}/24 dev gw`,
           `address add ${hop.v6}/64 dev gw`,
