@@ -34,8 +34,9 @@ import {
 import { HealthMonitor, IpLinkReader } from './probe/index.ts';
 import { localUplinks } from './render.ts';
 import { ExecRouting } from './routing.ts';
-import { NodeAgent, type PeerStatesFactory } from './steering/node-agent.ts';
+import { NodeAgent, type PeerStatesFactory, type RelayFactory } from './steering/node-agent.ts';
 import { createPeerMonitor } from './steering/peer-monitor.ts';
+import { rendezvous } from './steering/rendezvous.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
 import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
 import { gatewayTunnelOwnership } from './steering/gateway-plan.ts';
@@ -56,7 +57,9 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
   remove                        takes away everything naat put in the kernel
   node --config FILE | --config-map NAMESPACE/NAME
                                 the node agent: steers the served pods of this node to their
-                                gateways' nodes, from its NodeConfig (followed as it changes)
+                                gateways' nodes, from its NodeConfig (followed as it changes),
+                                and relays their sidecars' NAA streams to those nodes (on
+                                0.0.0.0 at each gateway's association port)
       [--node NAME] [--state-dir DIR] [--reload-ms MS]
       [--listen ADDR:PORT]      /status (default 127.0.0.1:7742)
   node --remove                 takes away everything the node agent put in the kernel
@@ -358,7 +361,7 @@ async function remove(): Promise<void> {
   log.info('Removed naat from the kernel');
 }
 
-function nodeAgent(): NodeAgent {
+function nodeAgent(relays?: RelayFactory): NodeAgent {
   const conntrack = new ExecConntrack();
   return new NodeAgent({
     nft: new ExecNftables(['nft'], stateDir('node'), nodeTableName),
@@ -366,6 +369,7 @@ function nodeAgent(): NodeAgent {
     deleteFlows: (value, mask) => conntrack.deleteMarked(value, mask),
     stateDir: stateDir('node'),
     peerStates: probedPeers,
+    ...(relays ? { relays } : {}),
     log,
   });
 }
@@ -378,6 +382,40 @@ const probedPeers: PeerStatesFactory = (gateway) => {
 };
 
 /**
+ * The node agent's NAA relays, one per gateway: the node's sidecars dial this node at their
+ * gateway's association port, and the relay carries each stream to the gateway's up nodes.
+ */
+async function naaRelays(): Promise<RelayFactory> {
+  const { NaaRelay } = await import('./naa/relay.ts');
+  return (first, peers, onSynced) => {
+    let gateway = first;
+    const relay: InstanceType<typeof NaaRelay> = new NaaRelay({
+      gateway,
+      peers,
+      onSynced,
+      // The node the plan pins the pod's flows to (Pod selection); with Flow selection, any.
+      pinnedPeer: (pod) =>
+        gateway.selection === 'Pod' ? rendezvous(`${pod.namespace}/${pod.name}`, relay.synced()) : undefined,
+      log: (msg, fields) => log.info(msg, fields),
+    });
+    const address = `0.0.0.0:${gateway.associationPort}`;
+    relay.listen(address).then(
+      () => log.info('Relaying NAA streams', { gateway: gateway.gateway, address }),
+      (error: Error) =>
+        log.error('Failed to listen for NAA streams', { gateway: gateway.gateway, address, error: error.message }),
+    );
+    return {
+      synced: () => relay.synced(),
+      update: (next) => {
+        gateway = next;
+        relay.update(next);
+      },
+      close: () => relay.close(),
+    };
+  };
+}
+
+/**
  * The node agent. SIGTERM and SIGINT leave the kernel as it is, so steered flows go on through a
  * restart; `node --remove` takes everything away.
  */
@@ -388,7 +426,7 @@ async function node(): Promise<void> {
   }
   const parse = (text: string): NodeConfig => parseNodeConfig(parseText(text));
   const first = await firstConfig(parse, 'node config');
-  const agent = nodeAgent();
+  const agent = nodeAgent(await naaRelays());
   await agent.start(first.config);
   log.info('Started the node agent', { node: first.config.node, gateways: first.config.gateways.length });
   let applying = Promise.resolve();

@@ -4,7 +4,7 @@ import type { Application } from '../proto/index.ts';
 import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { renderTable } from './nft/model.ts';
 import { trace, type Packet, type TraceOptions } from './nft/trace.ts';
-import { maxUplinkId, render, uplinkMarks, type FlowAssociation, type RenderInput } from './render.ts';
+import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation, type RenderInput } from './render.ts';
 import { markOf, valueOf } from '../contracts/gateway/index.ts';
 import { allocateUplinkIds } from './uplink-ids.ts';
 import { leastLoadedCounts } from './balancing/least-loaded.ts';
@@ -337,7 +337,7 @@ describe('render with steering', () => {
     expect(local.ctMark & 0x10).toBe(0);
   });
 
-  it("routes a tunnelled flow's replies by the tunnel bit alone, and its later packets out with both", () => {
+  it('marks every later packet of a tunnelled flow with its uplink and the tunnel bits, both ways', () => {
     const i = input(steered, { underlay });
     const { table } = render(i);
     const uplink = markOf(uplinkMarks(i.config), 1);
@@ -347,7 +347,7 @@ describe('render with steering', () => {
       isNew: false,
       ctMark: uplink | 0x10,
     });
-    expect(reply.mark).toBe(0x10);
+    expect(reply.mark).toBe(uplink | 0x10);
     const later = trace(table, 'prerouting', { ...fromTunnel, isNew: false, ctMark: uplink | 0x10 });
     expect(later.mark).toBe(uplink | 0x10);
     const ftpData = trace(table, 'prerouting', {
@@ -356,7 +356,7 @@ describe('render with steering', () => {
       ctStatus: ['dnat'],
       ctMark: uplink | 0x10,
     });
-    expect(ftpData.mark).toBe(0x10);
+    expect(ftpData.mark).toBe(uplink | 0x10);
   });
 
   it('plans the tunnel device, the return routes of the pods on source nodes and the reply rule', () => {
@@ -374,6 +374,17 @@ describe('render with steering', () => {
       table: 7690,
       fwmark: { value: 0x10, mask: 0x10 },
     });
+    // The tunnel's own packets carry the flow's mark: the main table routes them, not an uplink's.
+    expect(steering?.tunnels.rules).toContainEqual({
+      family: 4,
+      preference: 7689,
+      table: 'main',
+      from: '192.168.0.11',
+    });
+    // Replies arrive on the uplinks; their mark finds the uplink's table for the reverse-path check.
+    expect(steering?.tunnels.sysctls).toEqual(
+      localUplinks(steered, 'node-1').map((u) => [`net/ipv4/conf/${u.interface}/src_valid_mark`, '1']),
+    );
     expect(render(input(steered, { underlay })).table.chains.map((c) => c.name)).toContain('tunnel_mss');
   });
 

@@ -163,7 +163,14 @@ export function render(input: RenderInput): Rendered {
   for (const uplink of uplinks) renderUplinkChains(context, uplink, parts);
   const objects = conntrackObjects(config);
   if (strict) objects.push(...strictCounters());
-  const steering = input.underlay && planGatewaySteering(config, input.node, input.underlay);
+  const steering =
+    input.underlay &&
+    planGatewaySteering(
+      config,
+      input.node,
+      input.underlay,
+      uplinks.map((u) => u.interface),
+    );
   const chains = [
     renderPrerouting(config, context.marks),
     ...parts.chains,
@@ -391,10 +398,11 @@ function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
   // check of those that come from the tunnel finds the pod's route back through it.
   const tunnelMask = config.steering?.markMask ?? 0;
   const restore: Statement[] = [{ kind: 'restoreMark', mask: (mask | tunnelMask) >>> 0 }, ret];
-  const tunnelRestore: Statement[] = [{ kind: 'restoreMark', mask: tunnelMask }, ret];
   const rules: Rule[] = [
     // Steering: packets towards a pod of a tunnelled flow (replies, and the server's packets of
-    // active FTP data, which the kernel translates to the pod) go back into the tunnel.
+    // active FTP data, which the kernel translates to the pod) go back into the tunnel by the
+    // tunnel bits; the uplink bits let the reverse-path check of the uplink (src_valid_mark)
+    // find the uplink's own table.
     ...(config.steering
       ? [
           {
@@ -403,7 +411,7 @@ function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
               { kind: 'ctStatus', status: 'dnat', negate: true },
               { kind: 'ctMarkSet', mask: tunnelMask },
             ] as Match[],
-            then: tunnelRestore,
+            then: restore,
           },
           {
             match: [
@@ -411,7 +419,7 @@ function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
               { kind: 'ctStatus', status: 'dnat' },
               { kind: 'ctMarkSet', mask: tunnelMask },
             ] as Match[],
-            then: tunnelRestore,
+            then: restore,
           },
         ]
       : []),

@@ -153,7 +153,7 @@ export const Steering = DefaultedObject(
     vni: Type.Optional(
       Type.Integer({
         description:
-          "The VXLAN network identifier of this gateway's tunnel, unique among the cluster's gateways. When omitted the operator derives one from the gateway's name; should two gateways end up with the same one, the gateway whose name sorts first keeps it and the other's SteeringReady condition says VniConflict until one of them sets another.",
+          "The VXLAN network identifier of this gateway's tunnel, unique among the cluster's gateways. When omitted the operator derives one from the gateway's name. Should two gateways end up with the same one, the gateway that set it here keeps it, else the one whose name sorts first; the other steers nothing and its SteeringReady condition says VniConflict until one of them sets another.",
         minimum: 1,
         maximum: maxVni,
       }),

@@ -50,6 +50,8 @@ class GatewayNode {
   stall: Promise<void> | undefined;
   /** Pods refused by name, as a gateway refuses a token. */
   refuse = new Set<string>();
+  /** While set, token checks wait for it. */
+  authenticating: Promise<void> | undefined;
 
   readonly #limits: typeof limits;
 
@@ -63,6 +65,7 @@ class GatewayNode {
     this.server = new NaaServer({
       authenticator: {
         authenticate: async (_token: string, claimed: PodRef): Promise<PodIdentity> => {
+          await this.authenticating;
           if (this.refuse.has(claimed.name)) throw new AuthenticationError('denied', `pod ${claimed.name} is refused`);
           return { pod: claimed, addresses: [podIp] };
         },
@@ -108,9 +111,8 @@ class Peers implements RelayPeers {
   up(): ReadonlySet<string> {
     return this.#up;
   }
-  onChange(listener: () => void): () => void {
+  onChange(listener: () => void): void {
     this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
   }
   set(up: string[]): void {
     this.#up = new Set(up);
@@ -176,6 +178,8 @@ let peers: Peers;
 let relay: NaaRelay;
 let relayPort: number;
 const pinned = new Map<string, string>();
+/** What gw-b held each time the relay said a node that came up was synced, and which nodes were. */
+let syncs: Array<{ synced: string[]; heldByB: number[]; stampsOfB: number[] }> = [];
 
 function nodeGateway(): NodeGateway {
   return {
@@ -203,7 +207,16 @@ beforeEach(async () => {
   await b.start(port);
   peers = new Peers(['gw-a', 'gw-b']);
   pinned.clear();
-  relay = new NaaRelay({ gateway: nodeGateway(), peers, pinnedPeer: (p) => pinned.get(p.name), helloTimeoutMs: 1000 });
+  syncs = [];
+  relay = new NaaRelay({
+    gateway: nodeGateway(),
+    peers,
+    pinnedPeer: (p) => pinned.get(p.name),
+    helloTimeoutMs: 1000,
+    syncTimeoutMs: 1000,
+    onSynced: () =>
+      syncs.push({ synced: [...relay.synced()], heldByB: b.held(), stampsOfB: b.stamps.map((s) => s.stamp) }),
+  });
   relayPort = await relay.listen('127.0.0.1:0');
 });
 
@@ -308,9 +321,13 @@ test('a node going down and coming back makes the driver reconnect, and the node
     expect(a.held()).toEqual([3001, 3002, 3003]);
 
     // A fresh gw-b comes up, empty: the driver reconnects and its snapshot and stamps reach it.
+    // Until they are in force there, the relay does not count it as synced.
     b = new GatewayNode('gw-b', '127.0.0.3');
     await b.start(port);
     peers.set(['gw-a', 'gw-b']);
+    expect([...relay.synced()]).toEqual(['gw-a']);
+    await eventually(() => expect(syncs).toHaveLength(1));
+    expect(syncs).toEqual([{ synced: ['gw-a', 'gw-b'], heldByB: [3001, 3002, 3003], stampsOfB: [11] }]);
     await eventually(() => expect(states.filter((s) => s === 'connected')).toHaveLength(3));
     await eventually(() => expect(d.progress.acked).toBe(d.progress.sent));
     expect(b.held()).toEqual([3001, 3002, 3003]);
@@ -322,7 +339,23 @@ test('a node going down and coming back makes the driver reconnect, and the node
   }
 });
 
-test('a node that refuses the pod ends the stream with its status and name; no node up ends it UNAVAILABLE', async () => {
+test('a node that came up counts as synced after a while when a pod does not come back', async () => {
+  peers.set(['gw-a']);
+  const gone = rawStream({ namespace: 'shop', name: 'gone', uid: 'uid-4' });
+  gone.hello();
+  await gone.next('helloAck');
+  const cameUp = performance.now();
+  peers.set(['gw-a', 'gw-b']);
+  expect([...relay.synced()]).toEqual(['gw-a']);
+  // Its stream ends so that it reconnects, and it never does.
+  expect((await gone.ended).code).toBe(status.UNAVAILABLE);
+  gone.close();
+  await eventually(() => expect(syncs).toHaveLength(1));
+  expect(syncs[0]!.synced).toEqual(['gw-a', 'gw-b']);
+  expect(performance.now() - cameUp).toBeGreaterThanOrEqual(990);
+});
+
+test('a node that refuses the pod or does not answer ends the stream, saying which; no node up ends it UNAVAILABLE', async () => {
   b.refuse.add(pod.name);
   const refused = rawStream();
   refused.hello();
@@ -330,6 +363,18 @@ test('a node that refuses the pod ends the stream with its status and name; no n
     code: status.PERMISSION_DENIED,
     details: 'gateway node gw-b: pod web-1 is refused',
   });
+
+  // gw-b takes longer than the hello timeout (1 s) to check the token: the relay gives up on it.
+  b.refuse.clear();
+  let answer!: () => void;
+  b.authenticating = new Promise((resolve) => (answer = resolve));
+  const slow = rawStream();
+  slow.hello();
+  expect(await slow.ended).toEqual({
+    code: status.UNAVAILABLE,
+    details: 'gateway node gw-b did not answer the hello within 1000 ms',
+  });
+  answer();
 
   peers.set([]);
   const none = rawStream();

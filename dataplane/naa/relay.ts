@@ -20,6 +20,10 @@
 //   node's stream cannot take more, and reading the gateways stops while the driver does not read.
 //   A stream that breaks the rules is closed alone; gateway connections are shared by all streams
 //   and never closed because of one.
+// - A gateway node that comes up holds none of the pods' state until their drivers reconnect:
+//   `synced()` says which up nodes hold the state of every pod whose stream was open when they came
+//   up (each driver's first full snapshot acknowledged), or waited `syncTimeoutMs` for it, so that
+//   the node agent steers new flows to a node only once that node can classify them.
 import {
   Client,
   Server,
@@ -51,8 +55,8 @@ import { fullBucket, takeToken, type RateBucket } from './stream.ts';
 export interface RelayPeers {
   /** The names of the gateway's nodes that can take flows now. */
   up(): ReadonlySet<string>;
-  /** Calls `listener` whenever the set of up nodes may have changed; returns what stops that. */
-  onChange(listener: () => void): () => void;
+  /** Calls `listener` whenever the set of up nodes may have changed. */
+  onChange(listener: () => void): void;
 }
 
 export interface NaaRelayOptions {
@@ -63,6 +67,13 @@ export interface NaaRelayOptions {
   log?: (message: string, fields: Record<string, unknown>) => void;
   /** How long a new stream may take to send its Hello, and the gateway nodes to answer it. 10 s. */
   helloTimeoutMs?: number;
+  /**
+   * How long a node that came up waits at most for the pods' drivers to reconnect and sync before
+   * it counts as synced anyway (a pod may have gone meanwhile). 2 s.
+   */
+  syncTimeoutMs?: number;
+  /** Called when a node that came up is synced (see `synced()`). */
+  onSynced?: () => void;
   /** The largest message read at all; each stream is then held to what its gateways announce. */
   maxMessageBytes?: number;
   /** Streams closed for the same reason are logged once per this period (server.ts). 60 s. */
@@ -89,6 +100,9 @@ type Downstream = ServerDuplexStream<Buffer, AssociateResponse>;
 type Upstream = ClientDuplexStream<Buffer, AssociateResponse>;
 type Log = (message: string, fields: Record<string, unknown>) => void;
 
+/** The most messages of a stream the relay decodes to find the end of its first snapshot. */
+const maxDecoded = 256;
+
 /** A gateway node as the relay reaches it. */
 interface Peer {
   target: string;
@@ -99,11 +113,18 @@ export class NaaRelay {
   readonly #options: NaaRelayOptions;
   readonly #server: Server;
   readonly #streams = new Set<RelayedStream>();
-  readonly #stopWatching: () => void;
+  #closed = false;
   readonly #logRefusal: (code: status, fields: Record<string, unknown>) => void;
   #gateway: NodeGateway;
   /** Clients of the gateway's nodes by name, each shared by every stream. */
   #peers = new Map<string, Peer>();
+  /** The up nodes as last seen. */
+  #up: string[] = [];
+  /**
+   * Nodes that came up and are not synced yet: the pods (by uid) whose streams were open then,
+   * which have not synced with the node since, and when it counts as synced anyway.
+   */
+  readonly #unsynced = new Map<string, { pods: Set<string>; timer: NodeJS.Timeout }>();
 
   constructor(options: NaaRelayOptions) {
     this.#options = options;
@@ -116,7 +137,19 @@ export class NaaRelay {
     });
     this.#server.addService(relayedService, { associate: (call: Downstream) => this.#serve(call) });
     this.#peers = this.#connect(options.gateway, new Map());
-    this.#stopWatching = options.peers.onChange(() => this.#checkPeers());
+    this.#up = this.#upPeers();
+    options.peers.onChange(() => {
+      if (!this.#closed) this.#checkPeers();
+    });
+  }
+
+  /**
+   * The up nodes that hold the state of every pod relayed here: all of them but those that came
+   * up while pods' streams were open, until each of those pods' drivers reconnected and its first
+   * snapshot was acknowledged by the node (or `syncTimeoutMs` passed).
+   */
+  synced(): ReadonlySet<string> {
+    return new Set(this.#upPeers().filter((name) => !this.#unsynced.has(name)));
   }
 
   /** Listens on `address` (host:port, port 0 for any); resolves with the port. */
@@ -130,7 +163,8 @@ export class NaaRelay {
 
   /** Ends every stream (UNAVAILABLE, so drivers retry) and stops listening. */
   async close(): Promise<void> {
-    this.#stopWatching();
+    this.#closed = true;
+    for (const { timer } of this.#unsynced.values()) clearTimeout(timer);
     for (const stream of this.#streams) stream.refuse(status.UNAVAILABLE, 'the node agent is stopping');
     this.#server.forceShutdown();
     for (const peer of this.#peers.values()) peer.client.close();
@@ -188,9 +222,21 @@ export class NaaRelay {
     return [...this.#options.peers.up()].filter((name) => this.#peers.has(name)).sort();
   }
 
-  /** Ends every stream whose gateway nodes are no longer exactly the up ones. */
+  /**
+   * Ends every stream whose gateway nodes are no longer exactly the up ones; a node that came up
+   * waits for the pods of those streams to sync with it.
+   */
   #checkPeers(): void {
     const up = this.#upPeers();
+    const cameUp = up.filter((name) => !this.#up.includes(name));
+    this.#up = up;
+    for (const name of [...this.#unsynced.keys()]) if (!up.includes(name)) this.#synced(name);
+    const pods = new Set([...this.#streams].filter((s) => s.peers.length).map((s) => s.pod!.uid));
+    for (const name of cameUp) {
+      if (!pods.size) continue;
+      const timer = setTimeout(() => this.#synced(name), this.#options.syncTimeoutMs ?? 2_000);
+      this.#unsynced.set(name, { pods: new Set(pods), timer });
+    }
     for (const stream of this.#streams) {
       if (stream.peers.length && stream.peers.join(',') !== up.join(',')) {
         stream.refuse(
@@ -199,6 +245,21 @@ export class NaaRelay {
         );
       }
     }
+  }
+
+  /** A relayed stream's first snapshot was acknowledged by every one of its nodes. */
+  #streamSynced(stream: RelayedStream): void {
+    for (const [name, { pods }] of this.#unsynced) {
+      if (stream.peers.includes(name) && pods.delete(stream.pod!.uid) && !pods.size) this.#synced(name);
+    }
+  }
+
+  #synced(name: string): void {
+    const unsynced = this.#unsynced.get(name);
+    if (!unsynced) return;
+    clearTimeout(unsynced.timer);
+    this.#unsynced.delete(name);
+    if (this.#up.includes(name)) this.#options.onSynced?.();
   }
 
   #serve(call: Downstream): void {
@@ -224,6 +285,7 @@ export class NaaRelay {
           });
         }
       },
+      synced: () => this.#streamSynced(stream),
       ...(this.#options.log && { log: this.#options.log }),
     });
     this.#streams.add(stream);
@@ -236,6 +298,8 @@ interface StreamHooks {
   open(pod: PodRef): { peers: Array<{ name: string; client: Client }>; pinned: string } | string;
   /** The stream is over, with this status (OK when it ended well, CANCELLED when the driver went away). */
   closed(code: status, details: string, pod: PodRef | undefined): void;
+  /** Every node acknowledged the driver's first full snapshot (and what it sent before it). */
+  synced(): void;
   log?: Log;
 }
 
@@ -264,6 +328,10 @@ class RelayedStream {
   #legs: Leg[] = [];
   #pinned = '';
   #pod: PodRef | undefined;
+  /** Messages forwarded so far. */
+  #forwarded = 0;
+  /** Where the driver's first full snapshot ends (the count of messages up to its last part), once seen. */
+  #snapshotEnd: number | undefined;
   #limits: Limits | undefined;
   #bucket: RateBucket | undefined;
   /** The highest Ack sent to the driver. */
@@ -292,6 +360,11 @@ class RelayedStream {
   /** The names of the gateway nodes this stream is relayed to (none before its Hello). */
   get peers(): string[] {
     return this.#legs.map((leg) => leg.name);
+  }
+
+  /** The pod its Hello names (once read). */
+  get pod(): PodRef | undefined {
+    return this.#pod;
   }
 
   /** Closes the stream with `code` and cancels its gateway nodes' streams. */
@@ -337,6 +410,14 @@ class RelayedStream {
     if (typeof opened === 'string') return this.refuse(status.UNAVAILABLE, opened);
     this.#phase = 'opening';
     this.#pinned = opened.pinned;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      const silent = this.#legs.filter((l) => !l.helloAck).map((l) => l.name);
+      this.refuse(
+        status.UNAVAILABLE,
+        `gateway node ${silent.join(', ')} did not answer the hello within ${this.#hooks.helloTimeoutMs} ms`,
+      );
+    }, this.#hooks.helloTimeoutMs);
     // Nothing more is read until every node answered: a driver waits for its HelloAck anyway.
     this.#updateReading();
     for (const { name, client } of opened.peers) {
@@ -374,8 +455,23 @@ class RelayedStream {
   }
 
   #forward(bytes: Buffer): void {
+    this.#forwarded++;
+    if (this.#snapshotEnd === undefined && this.#forwarded <= maxDecoded) this.#findSnapshotEnd(bytes);
     for (const leg of this.#legs) if (!leg.call.write(bytes)) leg.full = true;
     this.#updateReading();
+  }
+
+  /**
+   * Notes where the first full snapshot ends. A message the relay cannot decode is forwarded all
+   * the same: the gateway nodes refuse it.
+   */
+  #findSnapshotEnd(bytes: Buffer): void {
+    try {
+      const body = AssociateRequest.decode(bytes).body;
+      if (body?.$case === 'snapshot' && body.value.last) this.#snapshotEnd = this.#forwarded;
+    } catch {
+      return;
+    }
   }
 
   #fromGateway(leg: Leg, response: AssociateResponse): void {
@@ -390,8 +486,11 @@ class RelayedStream {
         leg.acked = Math.max(leg.acked, body.value.sequence);
         const all = Math.min(...this.#legs.map((l) => l.acked));
         if (all > this.#acked && this.#phase !== 'opening') {
+          const before = this.#acked;
           this.#acked = all;
           this.#toDriver({ body: { $case: 'ack', value: { sequence: all } } });
+          const end = this.#snapshotEnd;
+          if (end !== undefined && before < end && all >= end) this.#hooks.synced();
         }
         return;
       }

@@ -18,16 +18,19 @@ import {
   tunnelPeer,
   type Family,
   type TunnelPeer,
+  type TunnelRule,
   type TunnelState,
   type Underlay,
 } from './tunnel.ts';
 
 export const gatewayReplyTable = 7690;
 export const gatewayReplyPreference = 7690;
+/** The tunnel's own packets, which carry their flow's mark, go by the main table: never into a steering or uplink table. */
+export const gatewayOuterPreference = 7689;
 
 export const gatewayTunnelOwnership: TunnelOwnership = {
   role: 'gateway',
-  preferences: [gatewayReplyPreference],
+  preferences: [gatewayOuterPreference, gatewayReplyPreference],
   ownsTable: (table) => table === gatewayReplyTable,
 };
 
@@ -46,6 +49,8 @@ export function planGatewaySteering(
   config: GatewayConfig,
   node: string,
   underlay: ReadonlyMap<Family, Underlay>,
+  /** This node's uplink interfaces. */
+  uplinkInterfaces: readonly string[],
 ): GatewaySteering | undefined {
   const steering = config.steering;
   if (!steering) return undefined;
@@ -89,12 +94,19 @@ export function planGatewaySteering(
         via: peer.linkLocal,
       }));
     }),
-    rules: ([4, 6] as const).map((family) => ({
-      family,
-      preference: gatewayReplyPreference,
-      table: gatewayReplyTable,
-      fwmark: { value: steering.markMask, mask: steering.markMask },
-    })),
+    // A reply of a tunnelled flow arrives on an uplink with the pod's address as destination;
+    // under strict reverse-path filtering only its mark (the uplink's bits) finds the uplink's
+    // table, in which the server is routed back through that uplink.
+    sysctls: uplinkInterfaces.map((name): [string, string] => [`net/ipv4/conf/${name}/src_valid_mark`, '1']),
+    rules: [
+      ...([4, 6] as const).map((family): TunnelRule => ({
+        family,
+        preference: gatewayReplyPreference,
+        table: gatewayReplyTable,
+        fwmark: { value: steering.markMask, mask: steering.markMask },
+      })),
+      { family: outer, preference: gatewayOuterPreference, table: 'main', from: local.address },
+    ],
   };
   return {
     tunnels,

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseNodeConfig, type NodeConfig } from '../../contracts/gateway/index.ts';
 import { FakeNftables } from '../nft/nftables.ts';
-import { NodeAgent, type PeerStates } from './node-agent.ts';
+import { NodeAgent, type GatewayRelay, type PeerStates, type RelayFactory } from './node-agent.ts';
 import { FakeTunnelKernel } from './tunnel-kernel.ts';
 
 const config = parseNodeConfig(
@@ -31,7 +31,7 @@ let dir: string;
 beforeEach(async () => (dir = await mkdtemp(join(tmpdir(), 'naat-node-'))));
 afterEach(() => rm(dir, { recursive: true, force: true }));
 
-function agent(peers?: Map<string, ManualPeers>) {
+function agent(peers?: Map<string, ManualPeers>, relays?: RelayFactory) {
   const nft = new FakeNftables();
   const tunnels = new FakeTunnelKernel();
   const deleted: number[] = [];
@@ -45,6 +45,7 @@ function agent(peers?: Map<string, ManualPeers>) {
     stateDir: dir,
     log: { info: () => {}, error: () => {} },
     ...(peers ? { peerStates: (g) => peers.get(g.gateway)! } : {}),
+    ...(relays ? { relays } : {}),
   });
   return { node, nft, tunnels, deleted };
 }
@@ -98,6 +99,49 @@ describe('NodeAgent', () => {
     await node.sync();
     expect(nft.dump()).toContain('counter drop comment "egress: no gateway node up"');
     expect(nft.dump()).not.toContain('pick_7700_4 10.244');
+  });
+
+  it('steers new flows to a peer that came up only once the relay says it holds the pods’ associations', async () => {
+    const egress = new ManualPeers(['gateway-b']);
+    const batch = new ManualPeers(['gateway-a', 'gateway-c']);
+    /** The egress relay's synced peers, set by hand; the batch relay's are all up peers. */
+    let synced = new Set(['gateway-b']);
+    let notify = () => {};
+    const made: Array<{ gateway: string; updates: number; closed: boolean }> = [];
+    const { node, nft } = agent(
+      new Map([
+        ['egress', egress],
+        ['batch', batch],
+      ]),
+      (gateway, peers, onSynced) => {
+        const relay = { gateway: gateway.gateway, updates: 0, closed: false };
+        made.push(relay);
+        if (gateway.gateway === 'egress') notify = onSynced;
+        return {
+          synced: () => (gateway.gateway === 'egress' ? synced : peers.up()),
+          update: () => void relay.updates++,
+          close: async () => void (relay.closed = true),
+        } satisfies GatewayRelay;
+      },
+    );
+    await node.start(config);
+    const upOf = (peer: string) => node.report().peers.find((p) => p.gateway === 'egress' && p.node === peer)!.up;
+    egress.set(['gateway-a', 'gateway-b']);
+    await node.sync();
+    expect(upOf('gateway-a')).toBe(false);
+    synced = new Set(['gateway-a', 'gateway-b']);
+    notify();
+    await node.sync();
+    expect(upOf('gateway-a')).toBe(true);
+    expect(nft.dump()).toContain('chain peer_');
+
+    await node.configure({ ...config, gateways: [config.gateways[0]!] });
+    expect(made).toEqual([
+      { gateway: 'egress', updates: 1, closed: false },
+      { gateway: 'batch', updates: 0, closed: true },
+    ]);
+    await node.stop();
+    expect(made[0]!.closed).toBe(true);
   });
 
   it('takes everything away on remove', async () => {

@@ -31,6 +31,20 @@ export interface PeerStates {
 /** Makes the peer states of a gateway that appeared in the config. */
 export type PeerStatesFactory = (gateway: NodeGateway) => PeerStates;
 
+/**
+ * A gateway's NAA relay (dataplane/naa/relay.ts): carries the associations and stamps of the
+ * node's pods to each of the gateway's up nodes.
+ */
+export interface GatewayRelay {
+  /** The up peers that hold the state of every relayed pod: new flows are steered only to these. */
+  synced(): ReadonlySet<string>;
+  update(gateway: NodeGateway): void;
+  close(): Promise<void>;
+}
+
+/** Makes the relay of a gateway that appeared in the config; `onSynced` is called when `synced()` grew. */
+export type RelayFactory = (gateway: NodeGateway, peers: PeerStates, onSynced: () => void) => GatewayRelay;
+
 /** Without a monitor every peer counts as up. */
 export const everyPeerUp: PeerStatesFactory = (gateway) => {
   let nodes = new Set(gateway.peers.map((p) => p.node));
@@ -50,6 +64,8 @@ export interface NodeAgentOptions {
   /** Where peer ids are kept across restarts (they are in the marks of pinned flows). */
   stateDir: string;
   peerStates?: PeerStatesFactory;
+  /** Without it, no association reaches the gateways from this node, and every up peer takes flows. */
+  relays?: RelayFactory;
   log: Logger;
 }
 
@@ -67,6 +83,7 @@ export class NodeAgent {
   readonly #ids: UplinkIds;
   readonly #queue: SyncQueue;
   readonly #states = new Map<string, PeerStates>();
+  readonly #relays = new Map<string, GatewayRelay>();
   #config: NodeConfig | undefined;
   /** Marks of the peers that were up at the last sync: their flows are deleted once they are not. */
   #pinned = new Set<number>();
@@ -90,15 +107,22 @@ export class NodeAgent {
     for (const [name, states] of this.#states) {
       if (present.has(name)) continue;
       this.#states.delete(name);
+      await this.#relays.get(name)?.close();
+      this.#relays.delete(name);
       await states.stop?.();
     }
     for (const g of config.gateways) {
       const states = this.#states.get(g.gateway);
-      if (states) states.update?.(g.peers, g.healthPort);
-      else {
+      if (states) {
+        states.update?.(g.peers, g.healthPort);
+        this.#relays.get(g.gateway)?.update(g);
+      } else {
         const made = factory(g);
-        made.onChange(() => void this.sync().catch(() => {}));
         this.#states.set(g.gateway, made);
+        // The relay hears of a change first, so that a sync sees a peer that came up as not synced.
+        const relay = this.#o.relays?.(g, made, () => void this.sync().catch(() => {}));
+        if (relay) this.#relays.set(g.gateway, relay);
+        made.onChange(() => void this.sync().catch(() => {}));
       }
     }
     await this.sync();
@@ -114,6 +138,8 @@ export class NodeAgent {
 
   async stop(): Promise<void> {
     await this.#queue.stop();
+    await Promise.all([...this.#relays.values()].map((r) => r.close()));
+    this.#relays.clear();
     await Promise.all([...this.#states.values()].map((s) => s.stop?.()));
     this.#states.clear();
   }
@@ -147,7 +173,9 @@ export class NodeAgent {
       const up = new Set<string>();
       for (const g of config.gateways) {
         const nodes = this.#states.get(g.gateway)?.up() ?? new Set(g.peers.map((p) => p.node));
-        for (const p of g.peers) if (nodes.has(p.node)) up.add(peerKey(g.gateway, p.node));
+        // A peer that came up takes new flows once the pods' associations and stamps reached it.
+        const synced = this.#relays.get(g.gateway)?.synced() ?? nodes;
+        for (const p of g.peers) if (nodes.has(p.node) && synced.has(p.node)) up.add(peerKey(g.gateway, p.node));
       }
       const addresses = config.gateways.flatMap((g) => g.peers.flatMap((p) => p.addresses));
       const plan = planNode({ config, ids, up, underlay: await this.#o.tunnels.underlay(addresses) });

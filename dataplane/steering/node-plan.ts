@@ -35,6 +35,11 @@ import {
 export const nodeTableName = 'naat_node';
 /** Peer id n routes by table nodeTableBase + n. */
 export const nodeTableBase = 7800;
+/**
+ * fromLocal: the tunnel's own packets carry their flow's mark (VXLAN routes them with it), so
+ * they must go by the main table before the peers' rules would send them into the tunnel again.
+ * fromTunnel: what arrives from a tunnel goes to its pod by the main table.
+ */
 export const nodeRulePreferences = { fromLocal: 7797, fromTunnel: 7798, peers: 7800 } as const;
 /** What the node agent owns of the kernel's routing (the gateway agent owns other preferences and tables). */
 export const nodeTunnelOwnership: TunnelOwnership = {

@@ -69,6 +69,7 @@ export class ExecTunnelKernel implements TunnelKernel {
   async add(desired: TunnelState): Promise<void> {
     const links = new Map((await this.#devices()).map((l) => [l.ifname, l]));
     for (const device of desired.devices) await this.#ensureDevice(device, links.get(device.name));
+    for (const [path, value] of desired.sysctls ?? []) await this.#writeSysctl(path, value);
     const routes = desired.routes.map((r): Line => [
       r.family,
       `route replace ${r.destination} via ${r.family === 4 ? 'inet6 ' : ''}${r.via} dev ${r.device} table ${r.table}`,

@@ -55,6 +55,8 @@ export interface TunnelState {
   devices: TunnelDevice[];
   routes: TunnelRoute[];
   rules: TunnelRule[];
+  /** Kernel settings beyond the devices' own (paths under /proc/sys); set, never reverted. */
+  sysctls?: Array<[string, string]>;
 }
 
 /** VXLAN header (8) + UDP (8) + outer IP (20 or 40) + inner Ethernet (14). */

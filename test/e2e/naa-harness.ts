@@ -3,6 +3,9 @@
 // whose pod namespace stands for that Pod; the dataplane agent in the gateway namespace with an
 // `association` block in its config; and the real sidecar in the pod namespace. Its files live in
 // a work folder of its own; stop() removes everything it made, also after a start that failed.
+// With `relayedFrom`, the Pod runs on a worker node and its sidecar's stream comes through a node
+// agent's NAA relay (dataplane/naa/relay.ts) from that node's address, as on a node that is not
+// one of the gateway's.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -27,14 +30,26 @@ import {
 const root = join(import.meta.dirname, '..', '..');
 const programs = join(import.meta.dirname, 'programs');
 const naaPort = 7740;
+/** Where the relay listens for the sidecar, in the gateway namespace beside the agent. */
+const relayPort = 7750;
+/**
+ * The address the relay's streams come from (it dials the agent at the gateway namespace's
+ * loopback), which the Pod reports as its node's: the agent takes the Pod only from there.
+ */
+const relayNodeAddress = '127.0.0.1';
 
 export interface NaaGatewayOptions {
   /** The control plane that holds the Pod and that the agent checks sidecars' tokens with. */
   kubeconfig: string;
   /** A namespace to create for the Pod; stop() deletes it. */
   namespace: string;
-  /** The node that the Pod is scheduled on and the agent runs as: the agent accepts only pods on its own node. */
+  /** The node the agent runs as, and the Pod is scheduled on unless `relayedFrom` names another. */
   node: string;
+  /**
+   * A worker node for the Pod: its sidecar dials a node agent's relay, which carries its stream to
+   * the agent from the address the Pod reports for its node.
+   */
+  relayedFrom?: string;
   uplinks: number;
   unassociatedFlows: 'Hold' | 'PodRules';
   /** Strict mode for the Pod: its packets' DSCP stamps classify its flows (docs/naa.md). */
@@ -70,6 +85,8 @@ export class NaaGateway {
   /** The Pod, and the network namespace that stands for it. */
   pod!: { uid: string; ip: string; netns: string };
   agent!: ChildProcess;
+  /** The node agent's relay, when the Pod runs on a worker node. */
+  #nodeRelay: ChildProcess | undefined;
   /** What stop() undoes, in the order it was done. */
   readonly #made: Array<() => Promise<unknown>> = [];
 
@@ -93,13 +110,31 @@ export class NaaGateway {
         apiVersion: 'v1',
         kind: 'Pod',
         metadata: { name: 'app', namespace },
-        spec: { nodeName: node, serviceAccountName: 'app', containers: [{ name: 'app', image: 'app:test' }] },
+        spec: {
+          nodeName: this.options.relayedFrom ?? node,
+          serviceAccountName: 'app',
+          containers: [{ name: 'app', image: 'app:test' }],
+        },
       }),
     );
     const pod = await until('the pod to get an address', async () => {
       const p = JSON.parse(await k(['get', 'pod', 'app', '-n', namespace, '-o', 'json']));
       return p.status?.podIP ? { uid: p.metadata.uid as string, ip: p.status.podIP as string } : undefined;
     });
+    if (this.options.relayedFrom) {
+      const hostIP = { hostIP: relayNodeAddress, hostIPs: [{ ip: relayNodeAddress }] };
+      await k([
+        'patch',
+        'pod',
+        'app',
+        '-n',
+        namespace,
+        '--subresource=status',
+        '--type=merge',
+        '-p',
+        JSON.stringify({ status: hostIP }),
+      ]);
+    }
     const token = await k(
       ['create', 'token', 'app', '-n', namespace, '--audience', 'naat'].concat([
         '--bound-object-kind',
@@ -197,6 +232,21 @@ export class NaaGateway {
     await until('the NAA server', async () =>
       (await this.#occurrences('agent.log', 'Listening for NAA streams')) > listening ? true : undefined,
     );
+    if (this.options.relayedFrom && !this.#nodeRelay) {
+      this.#nodeRelay = this.#spawnLogged(
+        this.topology.ns.gw,
+        [
+          process.execPath,
+          join(programs, 'naa-relay.ts'),
+          `${podGateway(1).v4}:${relayPort}`,
+          `${relayNodeAddress}:${naaPort}`,
+        ],
+        'relay.log',
+      );
+      await until('the NAA relay', async () =>
+        (await this.log('relay.log')).includes('listening') ? true : undefined,
+      );
+    }
   }
 
   /** Starts a sidecar in the pod namespace, without waiting for it to connect. */
@@ -204,7 +254,7 @@ export class NaaGateway {
     const pod = options.claim ?? { name: 'app', uid: this.pod.uid };
     return this.#spawnLogged(this.pod.netns, [process.execPath, join(root, 'sidecar', 'main.ts')], options.log, {
       NAAT_NAA_HOST: podGateway(1).v4,
-      NAAT_NAA_PORT: String(naaPort),
+      NAAT_NAA_PORT: String(this.options.relayedFrom ? relayPort : naaPort),
       NAAT_POD_NAMESPACE: this.options.namespace,
       NAAT_POD_NAME: pod.name,
       NAAT_POD_UID: pod.uid,
@@ -259,6 +309,23 @@ export class NaaGateway {
 
   async agentGet<T>(path: string): Promise<T> {
     return JSON.parse(await this.agentText(path)) as T;
+  }
+
+  /** Strict mode: the gateway's named counters of new flows of strict pods, and of those that came stamped. */
+  async strictCounters(): Promise<{ newFlows: number; stamped: number }> {
+    const { stdout } = await this.topology.exec(this.topology.ns.gw, [
+      'nft',
+      '-j',
+      'list',
+      'counters',
+      'table',
+      'inet',
+      'naat',
+    ]);
+    const counters = (JSON.parse(stdout) as { nftables: Array<{ counter?: { name: string; packets: number } }> })
+      .nftables;
+    const packets = (name: string) => counters.find((c) => c.counter?.name === name)?.counter?.packets ?? NaN;
+    return { newFlows: packets('strict_new_flows'), stamped: packets('strict_stamped_flows') };
   }
 
   /** The sum of the agent's /metrics samples named `name` whose labels include `labels`. */

@@ -6,7 +6,6 @@
 // flow stamped, and no stamp may reach the server. Everything is counted at the gateway (its
 // conntrack table and counters) and at the server's link, not inferred from the clients.
 import type { ChildProcess } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
 import { NaaGateway } from './naa-harness.ts';
 import { server, until } from './topology.ts';
 import { startWhoami, type Server } from './traffic.ts';
@@ -106,18 +105,6 @@ async function counted(phase: () => Promise<unknown>, expected: [number, number]
   return delta();
 }
 
-/** The gateway's named counters of new flows of strict pods, and of those that came stamped. */
-function strictCounters(): { newFlows: number; stamped: number } {
-  const text = execFileSync(
-    'ip',
-    ['netns', 'exec', gateway.topology.ns.gw, 'nft', '-j', 'list', 'counters', 'table', 'inet', 'naat'],
-    { encoding: 'utf8' },
-  );
-  const counters = (JSON.parse(text) as { nftables: Array<{ counter?: { name: string; packets: number } }> }).nftables;
-  const packets = (name: string) => counters.find((c) => c.counter?.name === name)?.counter?.packets ?? NaN;
-  return { newFlows: packets('strict_new_flows'), stamped: packets('strict_stamped_flows') };
-}
-
 const percentile = (values: number[], q: number) =>
   [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil(q * values.length) - 1)]!;
 
@@ -172,7 +159,7 @@ EOF`,
       preloaded(),
     );
   }, [0, 0]);
-  const counters = strictCounters();
+  const counters = await gateway.strictCounters();
 
   expect(curlFailures).toBe('');
   expect(curlFlows).toEqual([connections, 0]);
@@ -189,7 +176,7 @@ EOF`,
   const plainFlows = await counted(async () => {
     plainTimes = (await inPod(pythonConnects(ports.unstamped, connections))).trim().split(' ').map(Number);
   }, [connections / 2, connections / 2]);
-  const after = strictCounters();
+  const after = await gateway.strictCounters();
   expect(after.newFlows - counters.newFlows).toBe(connections);
   expect(after.stamped).toBe(counters.stamped);
   expect(plainFlows[0] + plainFlows[1]).toBe(connections);

@@ -174,11 +174,7 @@ export async function createTopology(options: TopologyOptions = {}): Promise<Top
         ]);
       }
     },
-    serverPacketsFromPods: async () => {
-      const { stdout } = await inNamespace(ns.srv, ['nft', '-j', 'list', 'counters', 'table', 'inet', 'count']);
-      const listing = JSON.parse(stdout) as { nftables: { counter?: { packets: number } }[] };
-      return listing.nftables.reduce((sum, item) => sum + (item.counter?.packets ?? 0), 0);
-    },
+    serverPacketsFromPods: () => countedPackets(ns.srv),
     destroy: async () => {
       await Promise.all(children.splice(0).map(stopProcess));
       await Promise.all(made.splice(0).map(deleteNamespace));
@@ -231,6 +227,13 @@ export async function createTopology(options: TopologyOptions = {}): Promise<Top
     await topology.destroy();
     throw error;
   }
+}
+
+/** The sum of the counters of table `inet count` in a namespace (what the server counted). */
+export async function countedPackets(ns: string): Promise<number> {
+  const { stdout } = await inNamespace(ns, ['nft', '-j', 'list', 'counters', 'table', 'inet', 'count']);
+  const listing = JSON.parse(stdout) as { nftables: { counter?: { packets: number } }[] };
+  return listing.nftables.reduce((sum, item) => sum + (item.counter?.packets ?? 0), 0);
 }
 
 /** Ends a process and waits until it is gone; does nothing if it is not running. */

@@ -10,6 +10,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ExecError, server, stopProcess, type Topology } from './topology.ts';
 
+/** What the traffic needs of a topology: programs in its namespaces, and the server's namespace. */
+export type TrafficTopology = Pick<Topology, 'exec' | 'spawn'> & { ns: Pick<Topology['ns'], 'srv'> };
+
 const programs = join(dirname(fileURLToPath(import.meta.url)), 'programs');
 
 export interface Server {
@@ -17,7 +20,7 @@ export interface Server {
 }
 
 /** Answers TCP connections and UDP datagrams on both server addresses with how it saw the client. */
-export function startWhoami(topology: Topology, port = 9000): Promise<Server> {
+export function startWhoami(topology: TrafficTopology, port = 9000): Promise<Server> {
   return startNodeServer(topology, [join(programs, 'whoami.ts'), String(port), server.v4, server.v6]);
 }
 
@@ -41,7 +44,7 @@ export interface Answers {
 
 /** Asks a whoami server `count` times from namespace `ns`, each time from a new source port. */
 export async function connectMany(
-  topology: Topology,
+  topology: TrafficTopology,
   ns: string,
   address: string,
   port: number,
@@ -72,7 +75,7 @@ export async function connectMany(
  * (iputils' `-e`, which makes ping use a raw socket so that the identifier is really its own).
  */
 export async function ping(
-  topology: Topology,
+  topology: TrafficTopology,
   ns: string,
   address: string,
   { identifier, count = 3 }: { identifier: number; count?: number },
@@ -99,7 +102,7 @@ export const ftpPath = '/data.bin';
  * vsftpd on both server addresses (one process for each family), serving a file of random bytes
  * to anonymous users, in passive and active mode, with active data connections from port 20.
  */
-export async function startFtpServer(topology: Topology): Promise<FtpServer> {
+export async function startFtpServer(topology: TrafficTopology): Promise<FtpServer> {
   const dir = await mkdtemp(join(tmpdir(), 'naat-ftp-'));
   const content = randomBytes(300 * 1024);
   await mkdir(join(dir, 'root'));
@@ -151,7 +154,7 @@ export interface FtpOptions {
 
 /** Fetches `ftpPath` with curl from namespace `ns`; rejects with curl's complaint. */
 export async function fetchFtp(
-  topology: Topology,
+  topology: TrafficTopology,
   ns: string,
   address: string,
   options: FtpOptions = {},
@@ -191,7 +194,7 @@ export interface IperfOptions {
 
 /** Bits per second that iperf3 moved between namespace `ns` and the server over TCP. */
 export async function iperf(
-  topology: Topology,
+  topology: TrafficTopology,
   ns: string,
   address: string,
   options: IperfOptions = {},
@@ -227,7 +230,7 @@ export async function iperf(
 }
 
 /** Serves slow, steady downloads on both server addresses; see startTransfer. */
-export function startStreamServer(topology: Topology, port = 9100): Promise<Server> {
+export function startStreamServer(topology: TrafficTopology, port = 9100): Promise<Server> {
   return startNodeServer(topology, [join(programs, 'stream.ts'), 'serve', String(port), server.v4, server.v6]);
 }
 
@@ -255,7 +258,7 @@ export interface Transfer {
 
 /** Downloads from a stream server for `seconds`, from namespace `ns`, while the test does something else. */
 export function startTransfer(
-  topology: Topology,
+  topology: TrafficTopology,
   ns: string,
   address: string,
   port: number,
@@ -297,14 +300,14 @@ export function startTransfer(
   return { receiving, result };
 }
 
-function startNodeServer(topology: Topology, args: string[]): Promise<Server> {
+function startNodeServer(topology: TrafficTopology, args: string[]): Promise<Server> {
   return startServer(topology, [process.execPath, ...args], async (output) => output.stdout.includes('listening\n'));
 }
 
 // Starts a program in the server namespace and resolves once `ready` says it serves; rejects,
 // with what the program said, if it exits or is not ready within 10 s.
 async function startServer(
-  topology: Topology,
+  topology: TrafficTopology,
   argv: string[],
   ready: (output: Output) => Promise<boolean>,
 ): Promise<Server> {
@@ -321,7 +324,7 @@ async function startServer(
   return { stop: () => stopProcess(child) };
 }
 
-async function listening(topology: Topology, address: string, port: number): Promise<boolean> {
+async function listening(topology: TrafficTopology, address: string, port: number): Promise<boolean> {
   const { stdout } = await topology.exec(topology.ns.srv, ['ss', '-Hltn', `sport = :${port}`]);
   return stdout.includes(address);
 }

@@ -77,7 +77,7 @@ beforeAll(async () => {
       pods: [],
       peers: [{ node: 'gateway-a', addresses: ['127.0.0.2'] }],
     },
-    peers: { up: () => new Set(['gateway-a']), onChange: () => () => {} },
+    peers: { up: () => new Set(['gateway-a']), onChange: () => {} },
     pinnedPeer: () => undefined,
   });
   relayPort = await relay.listen(`${relayNodeAddress}:0`);

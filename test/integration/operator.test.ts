@@ -1,18 +1,22 @@
 // The operator as it runs (`node operator/main.ts`), against the real apiserver: it compiles a
 // gateway, its uplink, its policies and the pods they select into the dataplane's ConfigMap and
 // DaemonSet, writes status, follows changes, reports conflicts, and of two replicas only the
-// leader acts.
+// leader acts. The served pods run on worker-a, away from the gateway's nodes: node agents land
+// there, and their reports decide the pods' Steered condition.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { apiVersion } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
-import type { GatewayConfig } from '../../contracts/gateway/index.ts';
-import { objectName } from '../../operator/desired.ts';
+import { KubeConfig } from '@kubernetes/client-node';
+import type { GatewayConfig, NodeConfig } from '../../contracts/gateway/index.ts';
+import { SteeringStatusReporter } from '../../dataplane/steering/report.ts';
+import { nodeAgentName, nodeConfigName, objectName } from '../../operator/desired.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
 import { operatorSettings, webhookObjects } from '../cluster/operator.ts';
+import { testNodes } from './global-setup.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const id = `op${process.pid}`;
@@ -24,12 +28,12 @@ let dir: string;
 const apply = (object: unknown) =>
   k(['apply', '--server-side', '--field-manager=test', '-f', '-'], JSON.stringify(object));
 
-function pod(name: string) {
+function pod(name: string, nodeName = 'worker-a') {
   return {
     apiVersion: 'v1',
     kind: 'Pod',
     metadata: { name, namespace: apps, labels: { app: 'web' } },
-    spec: { nodeName: 'worker-a', containers: [{ name: 'app', image: 'app:test' }] },
+    spec: { nodeName, containers: [{ name: 'app', image: 'app:test' }] },
   };
 }
 
@@ -287,4 +291,151 @@ test('of two replicas one leads; the other takes over when it stops and keeps th
     (await config())?.sources.length === 3 ? true : undefined,
   );
   second.kill('SIGTERM');
+});
+
+describe('cluster-wide egress', () => {
+  // kwok gives its nodes no InternalIP unless they have one: what tunnels are addressed by.
+  const internalIp = (node: string) => `192.0.2.${testNodes.findIndex((n) => n.name === node) + 1}`;
+  const setAddresses = (node: string, addresses: unknown[]) =>
+    k(['patch', 'node', node, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: { addresses } })]);
+  beforeAll(async () => {
+    for (const { name } of testNodes) await setAddresses(name, [{ type: 'InternalIP', address: internalIp(name) }]);
+  });
+  afterAll(async () => {
+    for (const { name } of testNodes) await setAddresses(name, [{ type: 'Hostname', address: name }]);
+  });
+
+  const json = async (args: string[]) => JSON.parse(await k([...args, '-o', 'json']));
+  /** The node agents' ConfigMaps, by node. */
+  const nodeConfigs = async () => {
+    const list = await json(['get', 'configmaps', '-n', system, '-l', `app.kubernetes.io/name=${nodeAgentName}`]);
+    return new Map(
+      (list.items as Array<{ metadata: { name: string }; data: Record<string, string> }>).map((cm) => {
+        const config = JSON.parse(cm.data['config.json']!) as NodeConfig;
+        expect(cm.metadata.name).toBe(nodeConfigName(config.node));
+        return [config.node, config];
+      }),
+    );
+  };
+  const nodeAgents = async () => {
+    const found = await json(['get', 'daemonsets', '-n', system, '--field-selector', `metadata.name=${nodeAgentName}`]);
+    return found.items[0] as
+      { spec: { template: { spec: { affinity: { nodeAffinity: Record<string, unknown> } } } } } | undefined;
+  };
+  const affinityOf = (ds: NonNullable<Awaited<ReturnType<typeof nodeAgents>>>) =>
+    (
+      ds.spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution as {
+        nodeSelectorTerms: Array<{ matchFields: Array<{ values: string[] }> }>;
+      }
+    ).nodeSelectorTerms[0]!.matchFields[0]!.values;
+  const steered = async (name: string) =>
+    ((await json(['get', 'pod', name, '-n', apps])).status.conditions as Array<Record<string, string>>).find(
+      (c) => c.type === 'naat.dev/Steered',
+    );
+  const podEvents = async (name: string) =>
+    (
+      (await json(['get', 'events', '-n', apps, '--field-selector', `involvedObject.name=${name}`])).items as Array<{
+        type: string;
+        reason: string;
+        message: string;
+      }>
+    ).map((e) => `${e.type} ${e.reason}: ${e.message}`);
+
+  test('node agents land where served pods run, with only their pods, and leave when the pods or the gateway go', async () => {
+    await startOperator('operator-c', 19300);
+    // web-1, web-2 and web-3 run on worker-a; the gateway's nodes are gateway-a and gateway-b.
+    const configs = await eventually('the node config of worker-a', async () => {
+      const c = await nodeConfigs();
+      return c.get('worker-a')?.gateways[0]?.pods.length === 3 ? c : undefined;
+    });
+    expect([...configs.keys()]).toEqual(['worker-a']);
+    const worker = configs.get('worker-a')!;
+    expect(worker.gateways.map((g) => g.gateway)).toEqual([id]);
+    expect(worker.gateways[0]!.pods.map((p) => p.name)).toEqual(['web-1', 'web-2', 'web-3']);
+    expect(worker.gateways[0]!.peers).toEqual([
+      { node: 'gateway-a', addresses: [internalIp('gateway-a')] },
+      { node: 'gateway-b', addresses: [internalIp('gateway-b')] },
+    ]);
+    const agents = await eventually('the node agents', nodeAgents);
+    expect(affinityOf(agents)).toEqual(['worker-a']);
+    // The gateway's own config names the nodes that tunnel to it and each pod's node.
+    const gatewayConfig = (await config())!;
+    expect(gatewayConfig.steering?.sources).toEqual([{ node: 'worker-a', addresses: [internalIp('worker-a')] }]);
+    expect(gatewayConfig.pods.every((p) => p.node === 'worker-a')).toBe(true);
+
+    // No node agent has reported: the pods say so, with an Event, and so does the gateway.
+    const notSteered = await eventually('the Steered condition', async () => {
+      const c = await steered('web-1');
+      return c?.status === 'False' ? c : undefined;
+    });
+    expect(notSteered).toMatchObject({ reason: 'NotReported' });
+    await eventually('the NotSteered Event', async () =>
+      (await podEvents('web-1')).some((e) => /^Warning NotSteered: NotReported: /.test(e)) ? true : undefined,
+    );
+    expect(condition(await status('egressgateway', id), 'SteeringReady')).toMatchObject({
+      status: 'False',
+      reason: 'NotReported',
+    });
+
+    // The node agent of worker-a reports ready with its current config, as it would.
+    const kubeConfig = new KubeConfig();
+    kubeConfig.loadFromFile(process.env.KUBECONFIG!);
+    const reporter = new SteeringStatusReporter(kubeConfig, 'worker-a');
+    await reporter.report([{ gateway: id, ready: true, reason: 'Applied', hash: worker.hash! }]);
+    await eventually('the pods steered', async () =>
+      (await steered('web-1'))?.status === 'True' && (await steered('web-3'))?.status === 'True' ? true : undefined,
+    );
+    await eventually('the Steered Event', async () =>
+      (await podEvents('web-1')).some((e) => /^Normal Steered: /.test(e)) ? true : undefined,
+    );
+    expect(condition(await status('egressgateway', id), 'SteeringReady')).toMatchObject({
+      status: 'True',
+      reason: 'Ready',
+    });
+
+    // A pod on a gateway node takes the local path: no node config for it; worker-a's changes and
+    // is stale until its agent applies it.
+    await apply(pod('local-1', 'gateway-a'));
+    await eventually('the local pod in the gateway config', async () =>
+      (await config())?.pods.some((p) => p.name === 'local-1') ? true : undefined,
+    );
+    await apply(pod('web-4'));
+    const changed = await eventually('worker-a with a fourth pod', async () => {
+      const c = (await nodeConfigs()).get('worker-a');
+      return c?.gateways[0]?.pods.length === 4 ? c : undefined;
+    });
+    expect([...(await nodeConfigs()).keys()]).toEqual(['worker-a']);
+    expect(changed.hash).not.toBe(worker.hash);
+    await eventually('the stale config said', async () =>
+      (await steered('web-1'))?.reason === 'ConfigPending' ? true : undefined,
+    );
+    await reporter.report([{ gateway: id, ready: true, reason: 'Applied', hash: changed.hash! }]);
+    await eventually('the new pod steered', async () =>
+      (await steered('web-4'))?.status === 'True' ? true : undefined,
+    );
+
+    // The served pods leave worker-a: its config and the node agents go.
+    await k(['delete', 'pod', 'web-1', 'web-2', 'web-3', 'web-4', '-n', apps, '--grace-period=0', '--force']);
+    await eventually('the node agents gone', async () =>
+      !(await nodeAgents()) && !(await nodeConfigs()).size ? true : undefined,
+    );
+    expect(await k(['get', 'role,rolebinding,serviceaccount', '-n', system, '-o', 'name'])).not.toContain(
+      nodeAgentName,
+    );
+    expect(condition(await status('egressgateway', id), 'SteeringReady')).toMatchObject({
+      status: 'True',
+      reason: 'LocalOnly',
+    });
+
+    // A served pod on worker-a again brings them back; removing the gateway takes them away.
+    await apply(pod('web-5'));
+    await eventually('the node agents back', async () =>
+      (await nodeAgents()) && (await nodeConfigs()).has('worker-a') ? true : undefined,
+    );
+    await k(['delete', 'egressgateway', id]);
+    await eventually('the node agents gone with the gateway', async () =>
+      !(await nodeAgents()) && !(await nodeConfigs()).size ? true : undefined,
+    );
+    expect(await k(['get', 'clusterrolebinding', '-o', 'name'])).not.toContain(`naat-${id}-node`);
+  });
 });
