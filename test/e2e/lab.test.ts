@@ -190,13 +190,13 @@ describe('the local lab', () => {
         'netns',
         'exec',
         `${prefix}pod3`,
-        'curl',
-        '-s',
-        '-m',
-        '3',
-        'telnet://203.0.113.10:9000',
+        'python3',
+        '-c',
+        `import socket
+s = socket.create_connection(('203.0.113.10', 9000), timeout=3)
+print(s.recv(100).decode().strip())`,
       ]);
-      return stdout.trim().split(/[\s:]+/)[0]!;
+      return stdout.trim().split(' ')[0]!;
     };
     // Each gateway node g translates to its own address on an uplink: 100.64.N.(g+1).
     const nodeOf = (address: string) =>
@@ -218,12 +218,22 @@ describe('the local lab', () => {
     expect(through).toBeDefined();
     expect(podAddresses.has(first)).toBe(false);
     expect(first.startsWith(underlay.subnet.split('.').slice(0, 3).join('.'))).toBe(false);
-    // The gateway node's agent attributes the flows to the worker's pod.
-    await until("a flow of the worker pod in its gateway node's /flows", async () => {
-      const url = sources.gateways.find((g) => g.node === through)!.url;
+    // That gateway node's agent has the worker pods' flows, translated to its own uplink addresses,
+    // and its attribution API names the pod behind a mapped address and port.
+    const url = sources.gateways.find((g) => g.node === through)!.url;
+    const flow = await until("a worker pod's flow in its gateway node's /flows", async () => {
       const flows = (await (await fetch(`${url}/flows`)).json()) as AttributedFlow[];
-      return flows.some((f) => podAddresses.has(f.source) && f.pod?.namespace === 'batch') ? true : undefined;
+      return flows.find((f) => podAddresses.has(f.source) && f.mappedPort);
     });
+    expect(nodeOf(flow.mappedAddress)).toBe(through);
+    const at = new Date(Date.parse(String(flow.startedAt)) + 10).toISOString();
+    const records = (await (
+      await fetch(
+        `${url}/attribution?address=${flow.mappedAddress}&port=${flow.mappedPort}&at=${encodeURIComponent(at)}`,
+      )
+    ).json()) as AttributionRecord[];
+    expect(records[0]?.pod?.namespace).toBe('batch');
+    expect(workerPods.map((p) => p.name)).toContain(records[0]?.pod?.name);
 
     const failed = Date.now();
     await labCommand('fail', through!);
