@@ -18,6 +18,7 @@ import {
   run,
   uplinkInterface,
   uplinkNextHop,
+  until,
   type Topology,
 } from '../e2e/topology.ts';
 
@@ -80,7 +81,13 @@ export function namespaceOfNode(prefix: string, node: string): string | undefine
  */
 export async function setGatewayLink(ns: string, up: boolean): Promise<void> {
   await ipBatch(ns, [`link set ul ${up ? 'up' : 'down'}`]);
-  if (up) await linksUp(ns);
+  // Only this link: the node's tunnel devices report no carrier state of their own.
+  if (up) {
+    await until(`${ns}'s underlay link up`, async () => {
+      const { stdout } = await run(['ip', '-n', ns, '-j', 'link', 'show', 'ul']);
+      return (JSON.parse(stdout) as Array<{ operstate: string }>)[0]?.operstate === 'UP' ? true : undefined;
+    });
+  }
 }
 
 export async function addNodes(topology: Topology): Promise<Nodes> {
