@@ -34,7 +34,7 @@ import {
 import { HealthMonitor, IpLinkReader } from './probe/index.ts';
 import { localUplinks } from './render.ts';
 import { ExecRouting } from './routing.ts';
-import { NodeAgent, type PeerStatesFactory, type RelayFactory } from './steering/node-agent.ts';
+import { NodeAgent, type NodeAgentReport, type RelayFactory } from './steering/node-agent.ts';
 import { createPeerMonitor } from './steering/peer-monitor.ts';
 import { rendezvous } from './steering/rendezvous.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
@@ -60,8 +60,12 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
                                 gateways' nodes, from its NodeConfig (followed as it changes),
                                 and relays their sidecars' NAA streams to those nodes (on
                                 0.0.0.0 at each gateway's association port)
+                                the gateway nodes' health is asked at their /steering; when its
+                                ConfigMap is gone at SIGTERM (the node left every gateway), it
+                                takes away all it put in the kernel
       [--node NAME] [--state-dir DIR] [--reload-ms MS]
       [--listen ADDR:PORT]      /status (default 127.0.0.1:7742)
+      [--report] [--report-ms MS]   write whether steering is ready here into the gateways' status
   node --remove                 takes away everything the node agent put in the kernel
   attribution --address A --port P --at ISO8601 [--agent URL] [--json]
                                 who used public address A, port P at that time
@@ -368,18 +372,53 @@ function nodeAgent(relays?: RelayFactory): NodeAgent {
     tunnels: new ExecTunnelKernel(nodeTunnelOwnership, writeSysctl),
     deleteFlows: (value, mask) => conntrack.deleteMarked(value, mask),
     stateDir: stateDir('node'),
-    peerStates: probedPeers,
+    // Each gateway's nodes are asked at their /steering whether they take flows.
+    peerStates: (gateway) => {
+      const monitor = createPeerMonitor({ peers: gateway.peers, healthPort: gateway.healthPort });
+      monitor.start();
+      return monitor;
+    },
     ...(relays ? { relays } : {}),
     log,
   });
 }
 
-/** A gateway's nodes are up while their agents answer /steering with 200 (see peer-monitor.ts). */
-const probedPeers: PeerStatesFactory = (gateway) => {
-  const monitor = createPeerMonitor({ peers: gateway.peers, healthPort: gateway.healthPort });
-  monitor.start();
-  return monitor;
-};
+/** In a cluster: whether steering is ready on this node goes into each gateway's status. */
+async function startSteeringReports(
+  current: () => { config: NodeConfig; report: NodeAgentReport },
+): Promise<NodeJS.Timeout> {
+  const { pooledKubeConfig } = await import('../common/kube/index.ts');
+  const { SteeringStatusReporter, steeringStates } = await import('./steering/report.ts');
+  const { config } = current();
+  const reporter = new SteeringStatusReporter(pooledKubeConfig(), config.node);
+  const report = () => {
+    const { config, report } = current();
+    reporter
+      .report(steeringStates(config, report))
+      .catch((error: Error) => log.error('Failed to report steering status', { error: error.message }));
+  };
+  report();
+  return setInterval(report, Number(values['report-ms']));
+}
+
+/**
+ * Whether the node's config is gone from the apiserver (deleted, or no longer readable because the
+ * operator dropped it from the agents' Role): the operator removes it when the node leaves every
+ * gateway, before the agent on it is stopped.
+ */
+async function nodeConfigGone(): Promise<boolean> {
+  const [namespace, name] = (values['config-map'] ?? '').split('/');
+  if (!namespace || !name) return false;
+  const { pooledKubeConfig } = await import('../common/kube/index.ts');
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  try {
+    await pooledKubeConfig().makeApiClient(CoreV1Api).readNamespacedConfigMap({ name, namespace });
+    return false;
+  } catch (error) {
+    const code = (error as { code?: number }).code;
+    return code === 404 || code === 403;
+  }
+}
 
 /**
  * The node agent's NAA relays, one per gateway: the node's sidecars dial this node at their
@@ -429,12 +468,17 @@ async function node(): Promise<void> {
   const agent = nodeAgent(await naaRelays());
   await agent.start(first.config);
   log.info('Started the node agent', { node: first.config.node, gateways: first.config.gateways.length });
+  let current = first.config;
+  const reports = values.report
+    ? await startSteeringReports(() => ({ config: current, report: agent.report() }))
+    : undefined;
   let applying = Promise.resolve();
   first.later((text) => {
     applying = applying.then(async () => {
       try {
         const config = parse(text);
         await agent.configure(config);
+        current = config;
         log.info('Applied a new node config', { node: config.node, hash: config.hash });
       } catch (error) {
         log.error('Kept the last good node config', { error: (error as Error).message });
@@ -451,10 +495,16 @@ async function node(): Promise<void> {
     res.end(`${JSON.stringify(agent.report(), null, 2)}\n`);
   }).listen(port, host);
   const stop = async (signal: string) => {
-    log.info('Stopping; the kernel keeps the steering', { signal });
     first.source.stop();
     server.close();
-    await agent.stop();
+    clearInterval(reports);
+    if (await nodeConfigGone()) {
+      log.info('Stopping; the node config is gone, so the steering goes too', { signal });
+      await agent.remove();
+    } else {
+      log.info('Stopping; the kernel keeps the steering', { signal });
+      await agent.stop();
+    }
     process.exit(0);
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));

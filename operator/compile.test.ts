@@ -70,6 +70,13 @@ async function snapshot(extra: Partial<Snapshot> = {}): Promise<Snapshot> {
 }
 
 describe('compileGateway', () => {
+  it("carries the operator's uplink mark bits into the config, which the dataplane accepts", async () => {
+    const compiled = compileGateway(await snapshot({ marks: { uplinks: 0x00ff0000 } }));
+    expect(compiled.config.marks).toEqual({ uplinks: 0x00ff0000 });
+    expect(parseGatewayConfig(compiled.config).marks).toEqual({ uplinks: 0x00ff0000 });
+    expect(compileGateway(await snapshot()).config.marks).toBeUndefined();
+  });
+
   it('compiles the samples into a config the dataplane accepts', async () => {
     const compiled = compileGateway(await snapshot());
     expect(() => parseGatewayConfig(compiled.config)).not.toThrow();

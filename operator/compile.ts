@@ -57,6 +57,8 @@ export interface Snapshot {
   bypass: readonly string[];
   /** Cluster-wide egress; without it, pods away from the gateway's nodes are compiled but not steered. */
   steering?: TunnelFacts;
+  /** The gateway agents' mark bits (the operator's settings); the dataplane's defaults without them. */
+  marks?: { uplinks: number };
 }
 
 /** A served pod on a node that is not one of the gateway's: its flows reach the gateway through the tunnel. */
@@ -179,6 +181,7 @@ export function compileGateway(snapshot: Snapshot): Compiled {
         }
       : {}),
     rules,
+    ...(snapshot.marks ? { marks: { uplinks: snapshot.marks.uplinks } } : {}),
   };
   const hash = `sha256:${createHash('sha256').update(JSON.stringify(withoutHash)).digest('hex')}`;
   return {

@@ -215,8 +215,10 @@ export function desiredNodeObjects(
       container: {
         name: 'node-agent',
         service: 'naat-node',
-        // Its /status stays on loopback: the node agent has no port to offer the network.
-        args: ['node', '--config-map', `${namespace}/${nodeConfigName('$(NODE_NAME)')}`],
+        // Its /status stays on loopback: the node agent has no port to offer the network. It
+        // reports whether steering is ready into the gateways' status, which SteeringReady and
+        // the pods' naat.dev/Steered condition are made from.
+        args: ['node', '--config-map', `${namespace}/${nodeConfigName('$(NODE_NAME)')}`, '--report'],
       },
     }),
   ];

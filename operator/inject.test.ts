@@ -215,3 +215,35 @@ describe('sidecar injection', () => {
     expect(injection(request(p, labels))).toEqual({ inject: false, reason });
   });
 });
+
+describe('Pod Security Admission', () => {
+  const enforcing = (level: string) => ({ egress: 'office', 'pod-security.kubernetes.io/enforce': level });
+
+  test.each(['baseline', 'restricted'])(
+    'a namespace enforcing %s, which would reject the sidecar, gets the pod unchanged and a warning naming the level',
+    (level) => {
+      const decision = injection(request(pod({ naa: 'on' }), enforcing(level)));
+      expect(decision).toEqual({
+        inject: false,
+        reason: `namespace shop enforces Pod Security level ${level}, which forbids the sidecar (root with CAP_SYS_PTRACE)`,
+        warning: expect.stringMatching(
+          new RegExp(
+            `^the NAA sidecar of EgressGateway office was not injected: namespace shop enforces Pod Security level ${level},.*pod-security\\.kubernetes\\.io/enforce=privileged to have it injected$`,
+          ),
+        ),
+      });
+    },
+  );
+
+  test('a privileged namespace, or one without the label, gets the sidecar', () => {
+    expect(injection(request(pod({ naa: 'on' }), enforcing('privileged'))).inject).toBe(true);
+    expect(injection(request(pod({ naa: 'on' }))).inject).toBe(true);
+  });
+
+  test('a pod no gateway injects gets no warning, whatever the level', () => {
+    expect(injection(request(pod({ naa: 'off' }), enforcing('restricted')))).toEqual({
+      inject: false,
+      reason: 'no gateway injects this pod',
+    });
+  });
+});

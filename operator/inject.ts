@@ -36,7 +36,20 @@ export interface InjectionRequest {
   otel: OperatorSettings['otel'];
 }
 
-export type Injection = { inject: false; reason: string } | { inject: true; gateway: string; patch: PatchOperation[] };
+/**
+ * Not injecting: `reason` for the logs; `warning`, when the pod's owner should know (the apiserver
+ * shows it to whoever created the pod, kubectl prints it).
+ */
+export type Injection =
+  { inject: false; reason: string; warning?: string } | { inject: true; gateway: string; patch: PatchOperation[] };
+
+/** The namespace label Pod Security Admission enforces a level by. */
+export const podSecurityEnforceLabel = 'pod-security.kubernetes.io/enforce';
+/**
+ * Pod Security levels that forbid the sidecar: it runs as root with CAP_SYS_PTRACE, and both
+ * baseline (added capabilities beyond its fixed list) and restricted (also non-root) reject that.
+ */
+const levelsForbiddingSidecar = new Set(['baseline', 'restricted']);
 
 export function injection(request: InjectionRequest): Injection {
   const { pod } = request;
@@ -52,6 +65,17 @@ export function injection(request: InjectionRequest): Injection {
     .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))
     .find((g) => selects(g, request.namespaceLabels, pod.metadata?.labels));
   if (!gateway) return { inject: false, reason: 'no gateway injects this pod' };
+  // A pod the namespace's Pod Security level would then reject is left as it was, so that it still
+  // starts (with the gateway's pod-level rules) rather than never being admitted at all.
+  const level = request.namespaceLabels?.[podSecurityEnforceLabel];
+  if (level !== undefined && levelsForbiddingSidecar.has(level)) {
+    const reason = `namespace ${request.namespace} enforces Pod Security level ${level}, which forbids the sidecar (root with CAP_SYS_PTRACE)`;
+    return {
+      inject: false,
+      reason,
+      warning: `the NAA sidecar of EgressGateway ${gateway.metadata.name} was not injected: ${reason}; its flows get the gateway's pod-level rules only. Label the namespace ${podSecurityEnforceLabel}=privileged to have it injected`,
+    };
+  }
 
   const { mode, reason } = associationMode(gateway, pod);
   const strict = mode === 'Strict';

@@ -3,7 +3,7 @@
 // bad file stops the operator with a message that names the field.
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { isContiguous } from '../contracts/gateway/index.ts';
+import { defaultMarks, isContiguous } from '../contracts/gateway/index.ts';
 
 const Image = { image: Type.String({ minLength: 1 }), pullPolicy: Type.String({ default: 'IfNotPresent' }) };
 const Mark = (value: number) => Type.Integer({ minimum: 1, maximum: 0xffffffff, default: value });
@@ -63,11 +63,11 @@ export const OperatorSettings = Type.Object({
   marks: Type.Object(
     {
       /** The gateway agents' uplink of a flow. */
-      uplinks: Mark(0x0000000f),
+      uplinks: Mark(defaultMarks.uplinks),
       /** The gateway agents' flows that arrived through a tunnel, whose replies go back into it. */
-      tunnel: Mark(0x00000010),
+      tunnel: Mark(defaultMarks.tunnel),
       /** The node agents' gateway node of a steered flow. */
-      steering: Mark(0x000000e0),
+      steering: Mark(defaultMarks.steering),
     },
     { default: {} },
   ),

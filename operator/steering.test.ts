@@ -291,7 +291,7 @@ describe('desiredNodeObjects', () => {
     ]);
     expect(pod.hostNetwork).toBe(true);
     const [container] = pod.containers;
-    expect(container.args).toEqual(['node', '--config-map', 'naat-system/naat-node-$(NODE_NAME)']);
+    expect(container.args).toEqual(['node', '--config-map', 'naat-system/naat-node-$(NODE_NAME)', '--report']);
     expect(container.env).toContainEqual({
       name: 'NODE_NAME',
       valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } },

@@ -108,7 +108,9 @@ export class WebhookServer {
     }
     if (!decision.inject) {
       this.counts.skipped++;
-      return allowed;
+      if (!decision.warning) return allowed;
+      this.#o.log.info('Did not inject the NAA sidecar', { pod, reason: decision.reason });
+      return { ...allowed, warnings: [`naat: ${decision.warning}`] };
     }
     this.counts.injected++;
     this.#o.log.info('Injected the NAA sidecar', { pod, gateway: decision.gateway });

@@ -144,6 +144,13 @@ describe('NodeAgent', () => {
     expect(made[0]!.closed).toBe(true);
   });
 
+  it('refuses a config with more peers than the mark bits can number, and keeps the kernel as it was', async () => {
+    const { node, nft } = agent();
+    await expect(node.start({ ...config, markMask: 0x60 })).rejects.toThrow(/room for fewer peers than the 4 listed/);
+    expect(nft.dump()).toBe('');
+    await node.stop();
+  });
+
   it('takes everything away on remove', async () => {
     const { node, nft, tunnels } = agent();
     await node.start(config);

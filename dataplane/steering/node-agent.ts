@@ -164,12 +164,13 @@ export class NodeAgent {
         this.#done(config, started, []);
         return;
       }
-      if (maxPeerId(config.markMask) < 1) throw new Error('markMask has no bits');
       const keys = peerKeys(config);
       const ids = await this.#ids.allocate(keys, 0xff);
       const over = [...ids.values()].filter((id) => id > maxPeerId(config.markMask));
-      if (over.length)
-        throw new Error(`markMask 0x${config.markMask.toString(16)} numbers fewer peers than ${keys.length}`);
+      if (over.length) {
+        const mask = `0x${config.markMask.toString(16)}`;
+        throw new Error(`markMask ${mask} has room for fewer peers than the ${keys.length} listed`);
+      }
       const up = new Set<string>();
       for (const g of config.gateways) {
         const nodes = this.#states.get(g.gateway)?.up() ?? new Set(g.peers.map((p) => p.node));

@@ -5,7 +5,9 @@
 // the apiserver removes the entry it owned and leaves the others.
 import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { apiVersion, egressGatewayDefinition } from '../../crds/index.ts';
+import type { NodeConfig } from '../../contracts/gateway/index.ts';
 import { applyStatus } from '../report.ts';
+import type { NodeAgentReport } from './node-agent.ts';
 
 export const steeringFieldManager = (node: string) => `naat-node-${node}`;
 
@@ -18,6 +20,35 @@ export interface SteeringState {
   message?: string;
   /** Hash of the node config applied. */
   hash?: string;
+}
+
+/**
+ * The node agent's word on each gateway of its config: ready once the config is applied without
+ * a problem for the gateway and at least one of its nodes takes flows; else why not, since the
+ * gateway's served pods on this node are then not served (their new flows are dropped).
+ */
+export function steeringStates(config: NodeConfig, report: NodeAgentReport): SteeringState[] {
+  return config.gateways.map(({ gateway }) => {
+    const hash = report.appliedHash ? { hash: report.appliedHash } : {};
+    const problem = report.problems[gateway];
+    if (report.lastSync?.error) {
+      return { gateway, ready: false, reason: 'ApplyFailed', message: report.lastSync.error, ...hash };
+    }
+    if (!report.lastSync || report.appliedHash !== config.hash) {
+      return { gateway, ready: false, reason: 'Applying', message: 'the node config is not applied yet', ...hash };
+    }
+    if (problem) return { gateway, ready: false, reason: 'ApplyFailed', message: problem, ...hash };
+    if (!report.peers.some((p) => p.gateway === gateway && p.up)) {
+      return {
+        gateway,
+        ready: false,
+        reason: 'NoGatewayNode',
+        message: 'none of the gateway nodes takes flows',
+        ...hash,
+      };
+    }
+    return { gateway, ready: true, reason: 'Applied', ...hash };
+  });
 }
 
 /** One node's entry, as status.steering.nodes holds it. */

@@ -82,6 +82,7 @@ export function compileCluster(caches: Caches, settings: OperatorSettings): Comp
       nodes: nodes.map(nodeFacts),
       bypass,
       steering: tunnels.get(gateway.metadata.name),
+      marks: { uplinks: settings.marks.uplinks },
     }),
   }));
   const nodeConfigs = desiredNodeConfigs(

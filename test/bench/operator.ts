@@ -33,6 +33,7 @@ import { configFile, objectName } from '../../operator/desired.ts';
 import { podFacts } from '../../operator/reconcilers/cluster.ts';
 import { freePorts, startCluster, type Cluster } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
+import { terminate } from '../cluster/processes.ts';
 import { operatorSettings, webhookObjects, type OperatorPorts } from '../cluster/operator.ts';
 import { percentile, runBenchmark, type Bench, type Goal } from './harness.ts';
 
@@ -199,7 +200,7 @@ function cleanup(): Promise<void> {
     const step = async (what: string, work: () => Promise<unknown>) =>
       work().catch((error: Error) => console.error(`cleanup: ${what}: ${error.message}`));
     for (const watch of watches) watch.stop();
-    for (const child of children.reverse()) await step('a process', () => stopChild(child));
+    for (const child of children.reverse()) await step('a process', () => terminate(child));
     await step('the control plane', async () => cluster?.stop());
     await step('the temporary folder', async () => dir && rm(dir, { recursive: true, force: true }));
   })();
@@ -208,16 +209,6 @@ function cleanup(): Promise<void> {
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => void cleanup().then(() => process.exit(130)));
-}
-
-/** SIGTERM, then SIGKILL after 5 s; resolves once the process is gone. */
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
 }
 
 const k = (args: string[], input?: string) => cluster!.kubectl(args, input);
@@ -553,7 +544,7 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
   children.push(idle);
   await sleep(1000);
   const idleVm = await vm(idle.pid!);
-  await stopChild(idle);
+  await terminate(idle);
 
   // 1. The full resync.
   progress('Starting the operator');
@@ -747,7 +738,7 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
   const idleVmAfter = await vm(pid);
   const finalConfig = configs.at(-1)!;
   const errors = op.lines.filter((l) => l.entry?.level === 'error' || (!l.entry && l.text.trim()));
-  await stopChild(operator);
+  await terminate(operator);
 
   // ---------------------------------------------------------------------------------------------
   // The report

@@ -1,6 +1,8 @@
 // A real Kubernetes control plane on loopback for tests and the lab: etcd, kube-apiserver and,
 // when workloads are asked for, kube-controller-manager, kube-scheduler and kwok (which makes
-// Nodes and Pods look Running without a container runtime). Binaries come from build.sh.
+// Nodes and Pods look Running without a container runtime), and on request one real node
+// (node.ts), for which the apiserver listens on the node's link instead of loopback. Binaries come
+// from build.sh.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -11,11 +13,15 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { prepareRealNode, realNode, removeRealNodeLeftovers, startRealNode, type RealNode } from './node.ts';
+import { terminate, timed, waitFor } from './processes.ts';
 
 const run = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
 
 export const adminToken = 'naat-test-admin-token';
+const nodeToken = 'naat-test-node-token';
+const proxyToken = 'naat-test-proxy-token';
 
 export interface ClusterOptions {
   /** Also run controller-manager, scheduler and kwok, so that Deployments and DaemonSets get Running pods. */
@@ -31,6 +37,11 @@ export interface ClusterOptions {
    * `<dir>/audit.log`, e.g. to compare what a component does with what its RBAC grants.
    */
   audit?: boolean;
+  /**
+   * Also run one real node (kubelet, kube-proxy and containerd; node.ts) beside the kwok nodes.
+   * Needs `workloads`. Waits while another run's real node holds the machine.
+   */
+  realNode?: boolean;
 }
 
 export interface NodeSpec {
@@ -50,6 +61,8 @@ export interface Cluster {
   caFile: string;
   /** The audit log, when started with `audit`. */
   auditLog?: string;
+  /** The real node, when started with `realNode`. */
+  node?: RealNode;
   /** kubectl against this cluster; resolves with stdout, rejects with stderr in the message. */
   kubectl(args: string[], input?: string): Promise<string>;
   /** Kills etcd and the apiserver with SIGKILL, as a crash of the control plane would. */
@@ -70,7 +83,12 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'naat-cluster-')));
   await mkdir(join(dir, 'logs'), { recursive: true });
   const children: ChildProcess[] = [];
+  let node: RealNode | undefined;
+  let prepared = false;
   const stopChildren = async () => {
+    // The node first: kubelet reports to the apiserver while it stops its pods.
+    if (node) await node.stop();
+    else if (prepared) await removeRealNodeLeftovers();
     for (const child of children.reverse()) await terminate(child);
   };
   const stop = async () => {
@@ -79,9 +97,14 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   };
   try {
     const bin = await timed(say, 'Built control plane binaries', buildBinaries);
-    const pki = await timed(say, 'Created certificates', () => makePki(join(dir, 'pki')));
+    if (options.realNode) {
+      await timed(say, "Prepared the real node's network", () => prepareRealNode());
+      prepared = true;
+    }
+    const host = options.realNode ? realNode.hostAddress : '127.0.0.1';
+    const pki = await timed(say, 'Created certificates', () => makePki(join(dir, 'pki'), host));
     const [etcdPort, peerPort, apiPort] = await freePorts(3);
-    const server = `https://127.0.0.1:${apiPort}`;
+    const server = `https://${host}:${apiPort}`;
     const kubeconfig = join(dir, 'kubeconfig');
     await writeFile(kubeconfig, kubeconfigYaml(server, pki.ca), { mode: 0o600 });
     const argsOf = new Map<string, string[]>();
@@ -131,8 +154,18 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           : []),
         `--etcd-servers=http://127.0.0.1:${etcdPort}`,
         `--secure-port=${apiPort}`,
-        '--bind-address=127.0.0.1',
-        '--advertise-address=127.0.0.1',
+        `--bind-address=${host}`,
+        `--advertise-address=${host}`,
+        ...(options.realNode
+          ? [
+              `--kubelet-client-certificate=${pki.kubeletClientCert}`,
+              `--kubelet-client-key=${pki.kubeletClientKey}`,
+              // kubectl logs and exec reach the node at its address, not by a name nothing resolves.
+              '--kubelet-preferred-address-types=InternalIP',
+              // Webhooks are called at their pods' addresses, which the machine routes to the node.
+              '--enable-aggregator-routing=true',
+            ]
+          : []),
         `--cert-dir=${join(dir, 'pki')}`,
         `--tls-cert-file=${pki.serverCert}`,
         `--tls-private-key-file=${pki.serverKey}`,
@@ -163,7 +196,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         start('kube-scheduler', [`--kubeconfig=${kubeconfig}`, '--leader-elect=false', '--secure-port=0']);
         start('kwok', [
           `--kubeconfig=${kubeconfig}`,
-          '--manage-all-nodes=true',
+          // Not the real node: only the Nodes made for kwok carry this annotation.
+          '--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake',
           `--server-address=127.0.0.1:${kwokPort}`,
         ]);
       });
@@ -175,6 +209,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       kubeconfig,
       caFile: pki.ca,
       ...(auditLog ? { auditLog } : {}),
+      get node() {
+        return node;
+      },
       kubectl: (args, input) => kubectl(kubeconfig, args, input),
       async crashControlPlane() {
         for (const name of ['kube-apiserver', 'etcd']) {
@@ -194,21 +231,27 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       stop,
     };
     if (options.workloads) {
-      for (const node of options.nodes ?? []) {
-        await cluster.kubectl(['apply', '-f', '-'], nodeManifest(node));
+      for (const kwokNode of options.nodes ?? []) {
+        await cluster.kubectl(['apply', '-f', '-'], nodeManifest(kwokNode));
         // Status is not taken on create; kwok keeps addresses a node already has.
-        if (node.addresses) {
-          const addresses = node.addresses.map((address) => ({ type: 'InternalIP', address }));
+        if (kwokNode.addresses) {
+          const addresses = kwokNode.addresses.map((address) => ({ type: 'InternalIP', address }));
           await cluster.kubectl(
-            ['patch', 'node', node.name, '--subresource=status', '--type=merge', '-p'].concat(
+            ['patch', 'node', kwokNode.name, '--subresource=status', '--type=merge', '-p'].concat(
               JSON.stringify({ status: { addresses } }),
             ),
           );
         }
       }
+      if (options.realNode) {
+        node = await timed(say, 'Started the real node', () =>
+          startRealNode({ bin, dir: join(dir, 'node'), server, caFile: pki.ca, nodeToken, proxyToken }),
+        );
+      }
       // The apiserver taints new nodes not-ready; the node lifecycle controller lifts it once kwok reports Ready.
       await waitFor('nodes Ready', async () => {
         const nodes = JSON.parse(await cluster.kubectl(['get', 'nodes', '-o', 'json'])).items as KubeNode[];
+        if (options.realNode && !nodes.some((n) => n.metadata.name === realNode.name)) return false;
         return nodes.every(
           (node) =>
             !node.spec.taints?.length && node.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'),
@@ -286,6 +329,7 @@ export async function kubectl(kubeconfig: string, args: string[], input?: string
 }
 
 interface KubeNode {
+  metadata: { name: string };
   spec: { taints?: unknown[] };
   status: { conditions?: { type: string; status: string }[] };
 }
@@ -332,9 +376,12 @@ interface Pki {
   saKey: string;
   saPub: string;
   tokens: string;
+  /** The apiserver's client certificate towards kubelets (group system:masters). */
+  kubeletClientCert: string;
+  kubeletClientKey: string;
 }
 
-async function makePki(dir: string): Promise<Pki> {
+async function makePki(dir: string, host: string): Promise<Pki> {
   await mkdir(dir, { recursive: true });
   const p = (name: string) => join(dir, name);
   const ssl = (args: string[]) => run('openssl', args);
@@ -348,33 +395,41 @@ async function makePki(dir: string): Promise<Pki> {
   );
   await writeFile(
     p('server.ext'),
-    'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc\n',
+    `subjectAltName=IP:${host},IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc\n`,
   );
-  await ssl([
-    'req',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-subj',
-    '/CN=kube-apiserver',
-    '-keyout',
-    p('server.key'),
-    '-out',
-    p('server.csr'),
-  ]);
-  await ssl(
-    ['x509', '-req', '-in', p('server.csr'), '-CA', p('ca.crt'), '-CAkey', p('ca.key'), '-CAcreateserial'].concat([
-      '-days',
-      '30',
-      '-extfile',
-      p('server.ext'),
-      '-out',
-      p('server.crt'),
-    ]),
-  );
+  // A key and a certificate signed by the CA: `<name>.key`, `<name>.crt`.
+  const signed = async (name: string, subject: string, extfile?: string) => {
+    await ssl(
+      ['req', '-newkey', 'rsa:2048', '-nodes', '-subj', subject, '-keyout', p(`${name}.key`)].concat([
+        '-out',
+        p(`${name}.csr`),
+      ]),
+    );
+    await ssl(
+      ['x509', '-req', '-in', p(`${name}.csr`), '-CA', p('ca.crt'), '-CAkey', p('ca.key'), '-CAcreateserial'].concat([
+        '-days',
+        '30',
+        ...(extfile ? ['-extfile', extfile] : []),
+        '-out',
+        p(`${name}.crt`),
+      ]),
+    );
+  };
+  await signed('server', '/CN=kube-apiserver', p('server.ext'));
   await ssl(['genrsa', '-out', p('sa.key'), '2048']);
   await ssl(['rsa', '-in', p('sa.key'), '-pubout', '-out', p('sa.pub')]);
-  await writeFile(p('tokens.csv'), `${adminToken},admin,admin,"system:masters"\n`, { mode: 0o600 });
+  await signed('kubelet-client', '/O=system:masters/CN=kube-apiserver-kubelet-client');
+  await writeFile(
+    p('tokens.csv'),
+    [
+      `${adminToken},admin,admin,"system:masters"`,
+      // The real node's kubelet, as the Node authorizer knows it, and its kube-proxy.
+      `${nodeToken},system:node:${realNode.name},node,"system:nodes"`,
+      `${proxyToken},system:kube-proxy,kube-proxy,"system:node-proxier"`,
+      '',
+    ].join('\n'),
+    { mode: 0o600 },
+  );
   return {
     ca: p('ca.crt'),
     caPem: await readFile(p('ca.crt'), 'utf8'),
@@ -383,6 +438,8 @@ async function makePki(dir: string): Promise<Pki> {
     saKey: p('sa.key'),
     saPub: p('sa.pub'),
     tokens: p('tokens.csv'),
+    kubeletClientCert: p('kubelet-client.crt'),
+    kubeletClientKey: p('kubelet-client.key'),
   };
 }
 
@@ -418,34 +475,4 @@ function httpOk(url: string, ca?: string): Promise<boolean> {
     req.on('timeout', () => req.destroy());
     req.end();
   });
-}
-
-async function waitFor(what: string, ready: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      if (await ready()) return;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  throw new Error(`${what} was not ready within ${timeoutMs / 1000}s${last ? `: ${(last as Error).message}` : ''}`);
-}
-
-async function timed<T>(say: (line: string) => void, what: string, step: () => Promise<T>): Promise<T> {
-  const started = performance.now();
-  const result = await step();
-  say(`${what} (${((performance.now() - started) / 1000).toFixed(1)}s)`);
-  return result;
-}
-
-async function terminate(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
 }

@@ -125,6 +125,7 @@ describe('helm template with the default values', () => {
     expect(manifests.map((m) => `${m.kind}/${m.metadata.name}`).sort()).toEqual(
       [
         `ClusterRole/${release}-dataplane`,
+        `ClusterRole/${release}-node`,
         `ClusterRole/${release}-operator`,
         `ClusterRoleBinding/${release}-operator`,
         `ConfigMap/${release}-operator`,
@@ -245,6 +246,8 @@ describe('helm template with the default values', () => {
         'events',
         'mutatingwebhookconfigurations',
         'clusterroles',
+        'clusterrolebindings',
+        // delete, of the node agents' binding only (below)
         'clusterrolebindings',
       ].sort(),
     );

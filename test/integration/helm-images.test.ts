@@ -1,7 +1,7 @@
-// The container images cannot be built here (no container engine), so their Dockerfile is held to
-// what a build would need: pinned bases, sources that exist and are inside the build context,
-// stage outputs that a build step makes, non-root users where the component allows it, and entry
-// points where `npm run build` puts them.
+// The Dockerfile is held to what a build needs: pinned bases, sources that exist and are inside the
+// build context, stage outputs that a build step makes, non-root users where the component allows
+// it, and entry points where `npm run build` puts them. These checks are cheap; the images are
+// built and run for real by test/e2e/real-node.test.ts.
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -29,11 +29,20 @@ function parseDockerfile(text: string): Stage[] {
     .map((line) => line.trim())
     .filter((line) => line && !line.startsWith('#'));
   const stages: Stage[] = [];
+  // Build arguments declared before the first FROM, with their defaults: what FROM lines may name.
+  const globals = new Map<string, string>();
   for (const line of lines) {
     const [, keyword, args] = /^(\S+)\s+(.*)$/.exec(line)!;
-    if (keyword!.toUpperCase() === 'FROM') {
+    if (keyword!.toUpperCase() === 'ARG' && stages.length === 0) {
+      const [, name, value] = /^(\w+)(?:=(\S*))?$/.exec(args!)!;
+      globals.set(name!, value ?? '');
+    } else if (keyword!.toUpperCase() === 'FROM') {
       const [, base, name] = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(args!)!;
-      stages.push({ name: name ?? `stage${stages.length}`, base: base!, instructions: [] });
+      const resolved = base!.replace(
+        /\$\{(\w+)\}|\$(\w+)/g,
+        (_, a?: string, b?: string) => globals.get((a ?? b)!) ?? '',
+      );
+      stages.push({ name: name ?? `stage${stages.length}`, base: resolved, instructions: [] });
     } else {
       stages.at(-1)!.instructions.push({ keyword: keyword!.toUpperCase(), args: args! });
     }
@@ -147,20 +156,24 @@ test('copies between stages only what the source stage made', () => {
   expect(copied).toBe(3);
 });
 
-test.each(components)('the %s image starts the entry point `npm run build` emits for it', (component) => {
-  const cmd = lineage(component)
-    .flatMap((s) => s.instructions)
-    .find((i) => i.keyword === 'CMD');
-  expect(JSON.parse(cmd!.args)).toEqual(['node', `dist/${component}/main.js`]);
-  // tsc emits <outDir>/<path relative to rootDir>.js for each included source, so
-  // dist/<component>/main.js is built from <component>/main.ts.
-  expect(buildConfig.compilerOptions).toMatchObject({ outDir: 'dist', rootDir: '.' });
-  expect(buildConfig.include).toContain(component);
-  const workdirs = lineage(component)
-    .flatMap((s) => s.instructions)
-    .filter((i) => i.keyword === 'WORKDIR');
-  expect(lineage(component).flatMap(outputs)).toContain(posix.join(workdirs[0]!.args, 'dist'));
-});
+test.each(components)(
+  'the %s image starts the entry point `npm run build` emits for it, with the args a pod gives',
+  (component) => {
+    const instructions = lineage(component).flatMap((s) => s.instructions);
+    const entrypoint = instructions.find((i) => i.keyword === 'ENTRYPOINT');
+    expect(JSON.parse(entrypoint!.args)).toEqual(['node', `dist/${component}/main.js`]);
+    // Pod specs give only args (the dataplane's DaemonSet does): no CMD may stand in for them.
+    expect(instructions.filter((i) => i.keyword === 'CMD')).toEqual([]);
+    // tsc emits <outDir>/<path relative to rootDir>.js for each included source, so
+    // dist/<component>/main.js is built from <component>/main.ts.
+    expect(buildConfig.compilerOptions).toMatchObject({ outDir: 'dist', rootDir: '.' });
+    expect(buildConfig.include).toContain(component);
+    const workdirs = lineage(component)
+      .flatMap((s) => s.instructions)
+      .filter((i) => i.keyword === 'WORKDIR');
+    expect(lineage(component).flatMap(outputs)).toContain(posix.join(workdirs[0]!.args, 'dist'));
+  },
+);
 
 test('the build emits the entry point of every component whose source is in the repo', async () => {
   const present = components.filter((component) => existsSync(join(root, component, 'main.ts')));

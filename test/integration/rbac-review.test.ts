@@ -16,7 +16,7 @@ import { parseAllDocuments } from 'yaml';
 import { apiVersion } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import type { Compiled } from '../../operator/compile.ts';
-import { desiredGatewayObjects, objectName } from '../../operator/desired.ts';
+import { desiredGatewayObjects, desiredNodeObjects, nodeAgentName, objectName } from '../../operator/desired.ts';
 import { parseSettings } from '../../operator/settings.ts';
 import { freePorts, serviceAccountKubeconfig, startCluster, type Cluster } from '../cluster/cluster.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
@@ -152,6 +152,7 @@ let binary: string;
 let dir: string;
 let chart: Manifest[];
 let gatewayObjects: Manifest[];
+let nodeAgentObjects: Manifest[];
 const processes: ChildProcess[] = [];
 const logs: Record<string, string> = {};
 const netns = `naat-rbac-${process.pid}`;
@@ -226,6 +227,11 @@ beforeAll(async () => {
     settings,
     namespace,
   ) as Manifest[];
+  nodeAgentObjects = desiredNodeObjects(
+    [{ version: 1, node: 'worker-a', hash: 'sha256:0', markMask: 0xe0, gateways: [] }],
+    settings,
+    namespace,
+  ) as Manifest[];
 }, 300_000);
 
 afterAll(async () => {
@@ -236,10 +242,11 @@ afterAll(async () => {
 });
 
 describe('the roles the chart and the operator grant', () => {
-  const roles = () => [...chart, ...gatewayObjects].filter((m) => m.kind === 'Role' || m.kind === 'ClusterRole');
+  const roles = () =>
+    [...chart, ...gatewayObjects, ...nodeAgentObjects].filter((m) => m.kind === 'Role' || m.kind === 'ClusterRole');
 
   test('grant no wildcard and no non-resource URL', () => {
-    expect(roles().length).toBe(4);
+    expect(roles().length).toBe(6);
     for (const role of roles()) {
       for (const rule of role.rules ?? []) {
         for (const value of [
@@ -266,6 +273,10 @@ describe('the roles the chart and the operator grant', () => {
     expect(sorted(permissions(bound(`${release}-operator`, chart)))).toEqual(sorted(Object.keys(allowed.operator)));
     expect(sorted(permissions(bound(objectName(gateway), gatewayObjects)))).toEqual(
       sorted(Object.keys(allowed.dataplane)),
+    );
+    // The node agents: their own node's config (by name) and their entries of gateways' status.
+    expect(sorted(permissions(bound(nodeAgentName, nodeAgentObjects)))).toEqual(
+      sorted(['core/configmaps get', 'core/configmaps watch', 'naat.dev/egressgateways/status patch']),
     );
   });
 });

@@ -1,13 +1,14 @@
 // `npm run setup [-- COMMAND ARGS…]`: sets up the machine for the tests and the lab (setup.ts),
-// then runs COMMAND, if given, with the Go that setup chose on the PATH. `npm test` and
+// then runs COMMAND, if given, with the Go and the kubectl that setup chose on the PATH. `npm test` and
 // `npm run lab` run the same setup first; CI runs this.
 import { spawnSync } from 'node:child_process';
 import { parseCommandLine } from '../../common/index.ts';
 import { setUpMachine } from './setup.ts';
 
 const usage = `usage: npm run setup [-- COMMAND ARGS…]
-  installs the Debian packages the tests and the lab need (as root), checks Go and kubectl,
-  then runs COMMAND, if given, with a Go the pinned modules accept on the PATH`;
+  installs the Debian packages the tests and the lab need (as root), checks Go and kubectl (or
+  builds kubectl with the test control plane), then runs COMMAND, if given, with a Go the pinned
+  modules accept and a kubectl on the PATH`;
 // Options end at COMMAND: what follows it is COMMAND's.
 const argv = process.argv.slice(2);
 const at = argv.findIndex((arg) => !arg.startsWith('-'));

@@ -60,10 +60,21 @@ test('Go missing, too old to switch, or old enough to fetch the required toolcha
   expect(planSetup({ ...ready, go: '1.26.0' }).goToolchain).toBeUndefined();
 });
 
-test('kubectl missing is an error that says what to install', () => {
-  expect(planSetup({ ...ready, kubectl: false }).errors).toEqual([
-    expect.stringContaining('install kubectl 1.32 or 1.33'),
-  ]);
+test('kubectl missing comes from the control plane build when Go can build it, else is an error that says what to install', () => {
+  for (const go of ['1.26.8', '1.24.3']) {
+    const plan = planSetup({ ...ready, go, kubectl: false });
+    expect(plan.errors).toEqual([]);
+    expect(plan.kubectl!.message).toContain('using the kubectl built with the test control plane');
+  }
+  for (const go of [undefined, '1.20.14']) {
+    const plan = planSetup({ ...ready, go, kubectl: false });
+    expect(plan.kubectl).toBeUndefined();
+    expect(plan.errors).toEqual([
+      expect.stringMatching(/^Go /),
+      expect.stringMatching(/install Go 1\.26\.0 or newer, or kubectl 1\.32 or 1\.33$/),
+    ]);
+  }
+  expect(planSetup(ready).kubectl).toBeUndefined();
 });
 
 test('every problem of a fresh machine is reported at once', () => {

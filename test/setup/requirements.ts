@@ -11,9 +11,10 @@ export interface Requirement {
 
 /**
  * Kernel tools for the dataplane (iptables for the CNI masquerades the steering tests set up),
- * traffic tools for the end-to-end tests, openssl for the test
- * control plane's certificates, gcc and libc headers for the sidecar's strict-mode stamping library,
- * mmdebstrap for the fresh Debian root the first-run test sets the machine up in.
+ * traffic tools for the end-to-end tests, openssl for the test control plane's certificates, gcc
+ * and libc headers for the sidecar's strict-mode stamping library; for the real node, its container
+ * runtime (containerd, runc, the CNI plugins) and what builds the images without a Docker engine
+ * (buildah, and mmdebstrap for their Debian base, which also makes the first-run test's fresh root).
  */
 export const requirements: readonly Requirement[] = [
   { package: 'nftables', probe: 'nft' },
@@ -31,12 +32,17 @@ export const requirements: readonly Requirement[] = [
   { package: 'kmod', probe: 'modprobe' },
   { package: 'gcc', probe: 'gcc' },
   { package: 'libc6-dev', probe: '/usr/include/stdio.h' },
+  { package: 'containerd', probe: 'containerd' },
+  { package: 'runc', probe: 'runc' },
+  { package: 'containernetworking-plugins', probe: '/usr/lib/cni/bridge' },
+  { package: 'buildah', probe: 'buildah' },
   { package: 'mmdebstrap', probe: 'mmdebstrap' },
 ];
 
 const why =
   'kernel tools for the dataplane, traffic tools for the end-to-end tests, openssl for the test ' +
-  "control plane's certificates, gcc for the sidecar's stamping library, mmdebstrap for the first-run test";
+  "control plane's certificates, gcc for the sidecar's stamping library, a container runtime for the " +
+  'real node, buildah and mmdebstrap for its images and the first-run test';
 
 /** The oldest Go that can fetch a newer toolchain itself (the `toolchain` switch, GOTOOLCHAIN). */
 export const toolchainSwitchSince = '1.21.0';
@@ -92,6 +98,8 @@ export interface SetupPlan {
   install?: { packages: string[]; message: string };
   /** A toolchain to fetch through the Go module proxy (e.g. `go1.26.0`), and the line that says so. */
   goToolchain?: { name: string; message: string };
+  /** kubectl is to come from the control plane's build (test/cluster/build.sh), and the line that says so. */
+  kubectl?: { message: string };
   /** What setup cannot fix: each a line naming what to do by hand. Non-empty means stop. */
   errors: string[];
 }
@@ -117,26 +125,36 @@ export function planSetup(machine: Machine): SetupPlan {
     }
   }
   const need = machine.goRequired;
+  const goUsable =
+    machine.go !== undefined &&
+    (compareVersions(machine.go, need) >= 0 || compareVersions(machine.go, toolchainSwitchSince) >= 0);
   if (machine.go === undefined) {
     plan.errors.push(
       `Go is not on the PATH; the test control plane is built from pinned Go modules that need Go ${need} or newer (https://go.dev/dl/)`,
     );
+  } else if (!goUsable) {
+    plan.errors.push(
+      `Go ${machine.go} is older than ${need}, which the pinned Go modules need, and too old to fetch a newer toolchain itself; install Go ${need} or newer (https://go.dev/dl/)`,
+    );
   } else if (compareVersions(machine.go, need) < 0) {
-    if (compareVersions(machine.go, toolchainSwitchSince) < 0) {
-      plan.errors.push(
-        `Go ${machine.go} is older than ${need}, which the pinned Go modules need, and too old to fetch a newer toolchain itself; install Go ${need} or newer (https://go.dev/dl/)`,
-      );
-    } else {
-      plan.goToolchain = {
-        name: `go${need}`,
-        message: `Go ${machine.go} is older than ${need}, which the pinned Go modules need; fetching go${need} through the Go module proxy (GOTOOLCHAIN) for the build`,
-      };
-    }
+    plan.goToolchain = {
+      name: `go${need}`,
+      message: `Go ${machine.go} is older than ${need}, which the pinned Go modules need; fetching go${need} through the Go module proxy (GOTOOLCHAIN) for the build`,
+    };
   }
   if (!machine.kubectl) {
-    plan.errors.push(
-      'kubectl is not on the PATH; the tests and the lab drive the control plane with it: install kubectl 1.32 or 1.33',
-    );
+    // The pinned modules build kubectl with the control plane (one build, one cache), so a usable
+    // Go is all a machine without kubectl needs.
+    if (goUsable) {
+      plan.kubectl = {
+        message:
+          'kubectl is not on the PATH; using the kubectl built with the test control plane from the pinned modules',
+      };
+    } else {
+      plan.errors.push(
+        `kubectl is not on the PATH, and without a usable Go it cannot be built with the test control plane: install Go ${need} or newer, or kubectl 1.32 or 1.33`,
+      );
+    }
   }
   return plan;
 }

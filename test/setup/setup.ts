@@ -6,6 +6,7 @@ import { execFile, spawn } from 'node:child_process';
 import { access, readdir, readFile } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
+import { buildBinaries } from '../cluster/cluster.ts';
 import {
   installedFromDpkg,
   parseGoVersion,
@@ -85,7 +86,8 @@ function inherit(command: string, args: string[], env: NodeJS.ProcessEnv = proce
 /**
  * Makes the machine ready for the tests and the lab, or throws an error whose message lists what to
  * do by hand. On return, process.env.PATH leads to a Go the pinned modules accept, for the
- * processes started after it (the control plane's build reads it with GOTOOLCHAIN=local).
+ * processes started after it (the control plane's build reads it with GOTOOLCHAIN=local), and to
+ * a kubectl: the machine's own, or else the one built with the test control plane.
  */
 export async function setUpMachine(say: (line: string) => void = (line) => console.error(line)): Promise<void> {
   const plan = planSetup(await readMachine());
@@ -105,5 +107,10 @@ export async function setUpMachine(say: (line: string) => void = (line) => conso
       env: { ...process.env, GOTOOLCHAIN: plan.goToolchain.name },
     });
     process.env.PATH = `${join(stdout.trim(), 'bin')}${delimiter}${process.env.PATH ?? ''}`;
+  }
+  if (plan.kubectl) {
+    say(plan.kubectl.message);
+    // The build is cached; only its first run on a machine takes minutes, and it says so as it goes.
+    process.env.PATH = `${await buildBinaries()}${delimiter}${process.env.PATH ?? ''}`;
   }
 }
