@@ -212,6 +212,15 @@ print(s.recv(100).decode().strip())`,
       );
       podAddresses.add(stdout.trim());
     }
+    // The node agent reported steering ready, and the operator says so on the gateway.
+    await until('SteeringReady on the gateway', async () => {
+      const { stdout } = await run('kubectl', ['get', 'egressgateway', 'lab', '-o', 'json'], {
+        env: { ...process.env, KUBECONFIG: join(dir, 'kubeconfig') },
+      });
+      const conditions = (JSON.parse(stdout) as { status?: { conditions?: Array<{ type: string; status: string }> } })
+        .status?.conditions;
+      return conditions?.some((c) => c.type === 'SteeringReady' && c.status === 'True') ? true : undefined;
+    });
     const first = await until('an answer from the server to the worker pod', async () => (await seen()) || undefined);
     const through = nodeOf(first);
     console.log(`the server saw the worker pod as ${first} (${through})`);

@@ -628,6 +628,7 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
           join(dir, `state-${workerNode}`),
           '--listen',
           `${nodeAgentListen.host}:${nodeAgentListen.port}`,
+          '--report',
         ],
         { KUBECONFIG: cluster.kubeconfig },
       );
