@@ -193,7 +193,7 @@ describe('the local lab', () => {
         'python3',
         '-c',
         `import socket
-s = socket.create_connection(('203.0.113.10', 9000), timeout=1)
+s = socket.create_connection(('203.0.113.10', 9000), timeout=0.5)
 print(s.recv(100).decode().strip())`,
       ]);
       return stdout.trim().split(' ')[0]!;
@@ -261,7 +261,8 @@ print(s.recv(100).decode().strip())`,
     console.log(
       `new flows left through ${nodeOf(moved)} (${moved}) ${seconds.toFixed(1)} s after ${through} failed:\n${screen}`,
     );
-    expect(seconds).toBeLessThan(2);
+    // Seen down 0.4–0.6 s after it stops answering, plus a sync, plus a connect that may time out.
+    expect(seconds).toBeLessThan(2.5);
     expect(screen).toMatch(new RegExp(`^${through}\\s+DOWN`, 'm'));
     await labCommand('restore', through!);
     await until(`${through} steered to again`, async () =>
