@@ -47,6 +47,10 @@ export interface ClusterOptions {
 export interface NodeSpec {
   name: string;
   labels?: Record<string, string>;
+  /** The node's InternalIP addresses (kwok gives its pods the first as hostIP); kwok's own when omitted. */
+  addresses?: string[];
+  /** Where kwok takes the node's pods' addresses from; its default pool when omitted. */
+  podCIDR?: string;
 }
 
 export interface Cluster {
@@ -227,7 +231,18 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       stop,
     };
     if (options.workloads) {
-      for (const kwokNode of options.nodes ?? []) await cluster.kubectl(['apply', '-f', '-'], nodeManifest(kwokNode));
+      for (const kwokNode of options.nodes ?? []) {
+        await cluster.kubectl(['apply', '-f', '-'], nodeManifest(kwokNode));
+        // Status is not taken on create; kwok keeps addresses a node already has.
+        if (kwokNode.addresses) {
+          const addresses = kwokNode.addresses.map((address) => ({ type: 'InternalIP', address }));
+          await cluster.kubectl(
+            ['patch', 'node', kwokNode.name, '--subresource=status', '--type=merge', '-p'].concat(
+              JSON.stringify({ status: { addresses } }),
+            ),
+          );
+        }
+      }
       if (options.realNode) {
         node = await timed(say, 'Started the real node', () =>
           startRealNode({ bin, dir: join(dir, 'node'), server, caFile: pki.ca, nodeToken, proxyToken }),
@@ -328,6 +343,7 @@ function nodeManifest(node: NodeSpec): string {
       annotations: { 'kwok.x-k8s.io/node': 'fake' },
       labels: { 'kubernetes.io/hostname': node.name, 'kubernetes.io/os': 'linux', type: 'kwok', ...node.labels },
     },
+    ...(node.podCIDR ? { spec: { podCIDR: node.podCIDR, podCIDRs: [node.podCIDR] } } : {}),
   });
 }
 

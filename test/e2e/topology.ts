@@ -351,7 +351,7 @@ export async function unusedPrefix(): Promise<string> {
 // filtering is off because the gateway's main table has no route back to the server (only the
 // dataplane's per-uplink tables do), so the filter would drop every answer. Both are set before
 // any interface exists, so that every interface inherits them.
-async function baseSettings(name: string, forwards: boolean): Promise<void> {
+export async function baseSettings(name: string, forwards: boolean): Promise<void> {
   await ip(name, ['link', 'set', 'lo', 'up']);
   await inNamespace(name, [
     'sysctl',

@@ -1,9 +1,10 @@
 // The whole of naat on one machine: a real control plane on loopback, a network-namespace
-// topology (the gateway node, two pods, three simulated ISPs and a server behind them), and the
-// real processes in it: the operator on the host, the dataplane agent in the gateway node's
-// namespace, the NAA sidecars and sample programs in the pods' namespaces. The operator compiles
-// the applied Uplinks, EgressGateway and EgressPolicies into the ConfigMap that the agent follows,
-// so `kubectl apply` changes what the lab does.
+// topology (two gateway nodes, a worker node and an underlay between them, two pods on each of
+// gateway-1 and the worker, three simulated ISPs and a server behind them), and the real
+// processes in it: the operator on the host, a gateway agent in each gateway node's namespace,
+// the node agent in the worker's, the NAA sidecars and sample programs in the pods' namespaces.
+// The operator compiles the applied Uplinks, EgressGateway and EgressPolicies into the ConfigMaps
+// that the agents follow, so `kubectl apply` changes what the lab does.
 //
 // Every step says what it did and how long it took; a step that fails undoes all that was done
 // before it. Everything the lab makes is in its folder, in the namespaces named in lab.json there,
@@ -16,6 +17,7 @@ import { join } from 'node:path';
 import type { AttributedFlow } from '../../dataplane/agent.ts';
 import type { AgentReport } from '../../dataplane/agent-report.ts';
 import type { GatewayConfig } from '../../contracts/gateway/index.ts';
+import type { NodeAgentReport } from '../../dataplane/steering/node-agent.ts';
 import { startCluster, freePorts, type Cluster } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
 import { operatorSettings, webhookObjects } from '../cluster/operator.ts';
@@ -32,27 +34,42 @@ import {
   type Topology,
 } from '../e2e/topology.ts';
 import { startStreamServer, startWhoami } from '../e2e/traffic.ts';
+import type { ViewSources } from './view.ts';
+import { addNodes, gatewayNodes, nodeNamespaces, workerNodes, workerPodCidr, type Nodes } from './nodes.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const relayProgram = join(root, 'test', 'e2e', 'programs', 'relay.ts');
 const manifests = join(import.meta.dirname, 'manifests');
 
-/** The kwok node that the gateway node's namespace stands for, and that the lab's pods are on. */
-const gatewayNode = 'gateway-1';
+/** The kwok nodes, each with the underlay address of the namespace that stands for it. */
 const nodes = [
-  { name: gatewayNode, labels: { 'naat.dev/gateway': 'true' } },
-  { name: 'worker-1' },
-  { name: 'worker-2' },
+  ...gatewayNodes.map((node) => ({
+    name: node.name,
+    labels: { 'naat.dev/gateway': 'true' },
+    addresses: [node.address],
+  })),
+  ...workerNodes.map((node) => ({ name: node.name, addresses: [node.address], podCIDR: workerPodCidr })),
 ];
+const workerNode = workerNodes[0]!.name;
 /** The operator's namespace, where it keeps the compiled config `naat-gw-lab`. */
 const systemNamespace = 'naat-system';
-/** The lab's pods (manifests/pods.yaml), in the order of their network namespaces pod1, pod2. */
+/** The lab's pods on gateway-1, with sidecars (manifests/pods.yaml), in the order of their namespaces pod1, pod2. */
 export const pods = [
   { namespace: 'shop', name: 'web' },
   { namespace: 'shop', name: 'reports' },
 ];
-/** Where the agent listens inside the gateway namespace (its default). */
-const agentListen = { host: '127.0.0.1', port: 7741 };
+/** The lab's pods on worker-1, without sidecars, in the order of their network namespaces pod3, pod4. */
+export const workerPods = [
+  { namespace: 'batch', name: 'etl' },
+  { namespace: 'batch', name: 'sync' },
+];
+/**
+ * Where the gateway agents listen inside their namespaces: on every address, since the node agent
+ * asks each for /steering at its underlay address (the operator's dataplane.healthPort).
+ */
+const agentListen = { host: '0.0.0.0', port: 7741 };
+/** Where the node agent listens inside the worker's namespace (its default). */
+const nodeAgentListen = { host: '127.0.0.1', port: 7742 };
 const naaPort = 7740;
 const ports = { http: 80, whoami: 9000, stream: 9100 };
 
@@ -90,6 +107,12 @@ const applications: Array<Array<{ name: string; argv: string[] }>> = [
   ],
 ];
 
+/** The worker pods' programs: short downloads often, so that new flows show where they go within a second. */
+const workerApplications: Array<Array<{ name: string; argv: string[] }>> = [
+  [{ name: 'etl-curl', argv: shellLoop(`curl -s -o /dev/null -m 5 http://${server.v4}/`, 0.3) }],
+  [{ name: 'sync-python3', argv: ['python3', '-c', streamClient(2, 20_000)] }],
+];
+
 function shellLoop(command: string, pauseSeconds = 0.5): string[] {
   return ['bash', '-c', `while :; do ${command}; sleep ${pauseSeconds}; done`];
 }
@@ -114,7 +137,10 @@ export interface LabSettings {
   dir: string;
   /** Starts the name of every network namespace the lab makes. */
   prefix: string;
-  /** The port on the host's loopback where the agent's API (/status, /flows, …) is relayed. */
+  /**
+   * The port on the host's loopback where gateway-1's agent API (/status, /flows, …) is relayed;
+   * gateway-2's is the next port, the worker's node agent's the one after.
+   */
   agentPort: number;
 }
 
@@ -131,28 +157,58 @@ export interface LabState {
   pid: number;
   prefix: string;
   namespaces: string[];
+  /** gateway-1's agent API. */
   agentUrl: string;
+  /** Each gateway node's agent API, by node. */
+  agents: Record<string, string>;
+  /** The worker's node agent API. */
+  nodeAgentUrl: string;
   kubeconfig: string;
 }
 
 export const stateFile = (dir: string) => join(dir, 'lab.json');
 
-export function namespaceNames(prefix: string) {
+/** What the live view reads, for a lab described by its state. */
+export function viewSources(lab: LabState, podNodes: Map<string, string>): ViewSources {
   return {
+    gateways: Object.entries(lab.agents).map(([node, url]) => ({ node, url })),
+    nodeAgent: { node: workerNode, url: lab.nodeAgentUrl },
+    podNodes,
+  };
+}
+
+export function namespaceNames(prefix: string) {
+  const names = {
     pods: pods.map((_, i) => `${prefix}pod${i + 1}`),
     gw: `${prefix}gw`,
     isps: impairments.map((_, i) => `${prefix}isp${i + 1}`),
     srv: `${prefix}srv`,
   };
+  const added = nodeNamespaces(prefix);
+  /** Every namespace of the lab. */
+  const all = [
+    ...names.pods,
+    names.gw,
+    ...names.isps,
+    names.srv,
+    added.underlay,
+    added.gw2,
+    added.worker,
+    ...added.pods,
+  ];
+  return { ...names, all };
 }
 
 export interface Lab {
   state: LabState;
   /** The lab's pods by their addresses. */
   pods: Map<string, { namespace: string; name: string }>;
+  /** The node each pod (`namespace/name`) runs on. */
+  podNodes: Map<string, string>;
   /** JSON lines of the spans and log records that the operator and the agent export. */
   traces: string;
   topology: Topology;
+  nodes: Nodes;
   cluster: Cluster;
   /** Stops and removes everything the lab made, the latest first; safe to call twice. */
   stop(): Promise<void>;
@@ -207,11 +263,14 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
   await mkdir(join(dir, 'logs'), { recursive: true });
   undo.push(() => rm(dir, { recursive: true, force: true }));
   const names = namespaceNames(prefix);
+  const agentPorts = Object.fromEntries(gatewayNodes.map((node, i) => [node.name, agentPort + i]));
   const state: LabState = {
     pid: process.pid,
     prefix,
-    namespaces: [...names.pods, names.gw, ...names.isps, names.srv],
+    namespaces: names.all,
     agentUrl: `http://127.0.0.1:${agentPort}`,
+    agents: Object.fromEntries(gatewayNodes.map((node) => [node.name, `http://127.0.0.1:${agentPorts[node.name]}`])),
+    nodeAgentUrl: `http://127.0.0.1:${agentPort + gatewayNodes.length}`,
     kubeconfig: join(dir, 'kubeconfig'),
   };
   // Written before anything is made, so that `down` finds it whatever happens next.
@@ -239,24 +298,32 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
     }
     return child;
   };
-  /** A TCP service of one side (host or gateway namespace) made reachable on the other, via a Unix socket. */
-  const relay = async (name: string, from: 'host' | 'gw', target: string, port: number, localPort = port) => {
+  /**
+   * A TCP service of the host made reachable in the node namespaces `to`, or of a node namespace
+   * (`from`) on the host, at 127.0.0.1:`localPort` there, via a Unix socket.
+   */
+  const relay = async (
+    name: string,
+    way: { from: string } | { to: string[] },
+    target: string,
+    port: number,
+    localPort = port,
+  ) => {
     const socket = join(dir, `${name}.sock`);
-    const [serving, listening] = from === 'host' ? [undefined, names.gw] : [names.gw, undefined];
+    const serving = 'from' in way ? way.from : undefined;
+    const listening = 'to' in way ? way.to : [undefined];
     start(serving, `relay-${name}-in`, [process.execPath, relayProgram, 'from-unix', socket, target, String(port)]);
     await untilLogged(`relay-${name}-in`, 'listening');
-    start(listening, `relay-${name}-out`, [
-      process.execPath,
-      relayProgram,
-      'to-unix',
-      '127.0.0.1',
-      String(localPort),
-      socket,
-    ]);
-    await untilLogged(`relay-${name}-out`, 'listening');
+    await Promise.all(
+      listening.map((ns, i) => {
+        const out = `relay-${name}-out${listening.length > 1 ? `-${i + 1}` : ''}`;
+        start(ns, out, [process.execPath, relayProgram, 'to-unix', '127.0.0.1', String(localPort), socket]);
+        return untilLogged(out, 'listening');
+      }),
+    );
   };
-  const agent = async <T>(path: string): Promise<T> => {
-    const response = await fetch(`${state.agentUrl}${path}`);
+  const agent = async <T>(path: string, url = state.agentUrl): Promise<T> => {
+    const response = await fetch(`${url}${path}`);
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
     return (await response.json()) as T;
   };
@@ -312,6 +379,12 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
     );
     undo.push(() => topology!.destroy());
     const t = topology;
+    const added = await step(
+      `Built gateway-2 (${prefix}gw2), worker-1 (${prefix}w1) with ${prefix}pod3 and ${prefix}pod4, and the underlay ${prefix}ul`,
+      () => addNodes(t),
+    );
+    undo.push(() => added.destroy());
+    const gatewayNamespaces = gatewayNodes.map((node) => added.namespaceOf[node.name]!);
     await step('Impaired the ISPs: isp1 10 ms 100 Mbit/s, isp2 40 ms 1% loss 20 Mbit/s, isp3 80 ms 5 Mbit/s', () =>
       Promise.all(impairments.map((impairment, i) => t.degradeUplink(i + 1, impairment))),
     );
@@ -338,9 +411,10 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
     });
 
     const apiserver = new URL(cluster.server);
-    await step('Relayed the apiserver and the OTLP receiver into the gateway namespace', async () => {
-      await relay('apiserver', 'host', apiserver.hostname, Number(apiserver.port));
-      await relay('otlp', 'host', '127.0.0.1', Number(new URL(otlp.endpoint).port));
+    await step('Relayed the apiserver and the OTLP receiver into the node namespaces', async () => {
+      const to = [...gatewayNamespaces, added.ns.worker];
+      await relay('apiserver', { to }, apiserver.hostname, Number(apiserver.port));
+      await relay('otlp', { to: gatewayNamespaces }, '127.0.0.1', Number(new URL(otlp.endpoint).port));
     });
 
     await step('Started the operator', async () => {
@@ -352,7 +426,19 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
       const settingsFile = join(dir, 'operator.json');
       await writeFile(
         settingsFile,
-        JSON.stringify(operatorSettings('naat', { metrics: metrics!, health: health!, webhook: webhook! })),
+        JSON.stringify(
+          operatorSettings(
+            'naat',
+            { metrics: metrics!, health: health!, webhook: webhook! },
+            {
+              dataplane: {
+                image: 'naat-dataplane:test',
+                clusterRoleName: 'naat-dataplane',
+                healthPort: agentListen.port,
+              },
+            },
+          ),
+        ),
       );
       const launch = (): void => {
         const operator = start(undefined, 'operator', [process.execPath, join(root, 'operator', 'main.ts')], {
@@ -384,55 +470,74 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
       });
     });
 
-    await step(`Started the dataplane agent in ${names.gw}, following naat-gw-lab`, async () => {
-      start(
-        t.ns.gw,
-        'agent',
-        [
-          process.execPath,
-          join(root, 'dataplane', 'main.ts'),
-          'run',
-          '--config-map',
-          `${systemNamespace}/naat-gw-lab`,
-          '--node',
-          gatewayNode,
-          '--state-dir',
-          join(dir, 'state'),
-          '--listen',
-          `${agentListen.host}:${agentListen.port}`,
-          '--report',
-        ],
-        { KUBECONFIG: cluster.kubeconfig, ...otel },
+    await step(`Started the gateway agents in ${gatewayNamespaces.join(' and ')}, following naat-gw-lab`, async () => {
+      await Promise.all(
+        gatewayNodes.map(async (node, i) => {
+          // gateway-1's log keeps the name it always had.
+          const name = i === 0 ? 'agent' : `agent-${node.name}`;
+          start(
+            gatewayNamespaces[i],
+            name,
+            [
+              process.execPath,
+              join(root, 'dataplane', 'main.ts'),
+              'run',
+              '--config-map',
+              `${systemNamespace}/naat-gw-lab`,
+              '--node',
+              node.name,
+              '--state-dir',
+              join(dir, `state-${node.name}`),
+              '--listen',
+              `${agentListen.host}:${agentListen.port}`,
+              '--report',
+            ],
+            { KUBECONFIG: cluster.kubeconfig, ...otel },
+          );
+          await relay(name, { from: gatewayNamespaces[i]! }, '127.0.0.1', agentListen.port, agentPorts[node.name]);
+          await until(
+            `${node.name}'s agent to apply its config`,
+            async () => ((await agent<AgentReport>('/status', state.agents[node.name])).appliedHash ? true : undefined),
+            60_000,
+          ).catch(async (error: Error) => {
+            throw new Error(`${error.message}; ${log(name)} ends:\n${tail(await logged(name))}`);
+          });
+        }),
       );
-      await relay('agent', 'gw', agentListen.host, agentListen.port, agentPort);
-      await until(
-        'the agent to apply its config',
-        async () => ((await agent<AgentReport>('/status')).appliedHash ? true : undefined),
-        60_000,
-      ).catch(async (error: Error) => {
-        throw new Error(`${error.message}; ${log('agent')} ends:\n${tail(await logged('agent'))}`);
-      });
     });
 
-    const created = await step('Applied manifests/pods.yaml; the webhook injected the NAA sidecar', async () => {
-      await k(['apply', '-f', join(manifests, 'pods.yaml')]);
-      return until('the pods with sidecars and addresses', async () => {
-        const found = [];
-        for (const pod of pods) {
-          const object = JSON.parse(await k(['get', 'pod', pod.name, '-n', pod.namespace, '-o', 'json'])) as KubePod;
-          if (!object.spec.initContainers?.some((c) => c.name === 'naat-sidecar')) {
-            // The webhook admits a pod it cannot decide on yet (its caches may not hold the
-            // namespace created a moment before) unchanged: such a pod is made again.
-            await k(['delete', 'pod', pod.name, '-n', pod.namespace, '--grace-period=0', '--force', '--wait']);
-            await k(['apply', '-f', join(manifests, 'pods.yaml')]);
-            return undefined;
+    const { created, onWorker } = await step(
+      'Applied manifests/pods.yaml; the webhook injected the NAA sidecar in shop',
+      async () => {
+        await k(['apply', '-f', join(manifests, 'pods.yaml')]);
+        const onWorker = await until('the worker pods with addresses', async () => {
+          const found = [];
+          for (const pod of workerPods) {
+            const object = JSON.parse(await k(['get', 'pod', pod.name, '-n', pod.namespace, '-o', 'json'])) as KubePod;
+            if (!object.status?.podIP) return undefined;
+            found.push({ ...pod, ip: object.status.podIP });
           }
-          if (!object.status?.podIP) return undefined;
-          found.push({ ...pod, uid: object.metadata.uid, ip: object.status.podIP });
-        }
-        return found;
-      });
-    });
+          return found;
+        });
+        const created = await until('the pods with sidecars and addresses', async () => {
+          const found = [];
+          for (const pod of pods) {
+            const object = JSON.parse(await k(['get', 'pod', pod.name, '-n', pod.namespace, '-o', 'json'])) as KubePod;
+            if (!object.spec.initContainers?.some((c) => c.name === 'naat-sidecar')) {
+              // The webhook admits a pod it cannot decide on yet (its caches may not hold the
+              // namespace created a moment before) unchanged: such a pod is made again.
+              await k(['delete', 'pod', pod.name, '-n', pod.namespace, '--grace-period=0', '--force', '--wait']);
+              await k(['apply', '-f', join(manifests, 'pods.yaml')]);
+              return undefined;
+            }
+            if (!object.status?.podIP) return undefined;
+            found.push({ ...pod, uid: object.metadata.uid, ip: object.status.podIP });
+          }
+          return found;
+        });
+        return { created, onWorker };
+      },
+    );
 
     await step('Gave each pod namespace its pod address; the agent applied the pods', async () => {
       for (const [i, pod] of created.entries()) {
@@ -491,9 +596,86 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
       );
     });
 
+    await step(
+      `Gave each worker pod namespace its pod address; the operator wrote naat-node-${workerNode}`,
+      async () => {
+        for (const [i, pod] of onWorker.entries()) await added.addressWorkerPod(i, pod.ip);
+        await until(`ConfigMap naat-node-${workerNode}`, async () => {
+          await k(['get', 'configmap', `naat-node-${workerNode}`, '-n', systemNamespace]);
+          return true;
+        });
+        await untilApplied(
+          'the worker pods and the steering',
+          (config) =>
+            Boolean(config.steering) && onWorker.every((pod) => config.pods.some((p) => p.addresses.includes(pod.ip))),
+        );
+      },
+    );
+
+    await step(`Started the node agent in ${added.ns.worker}, following naat-node-${workerNode}`, async () => {
+      start(
+        added.ns.worker,
+        'node-agent',
+        [
+          process.execPath,
+          join(root, 'dataplane', 'main.ts'),
+          'node',
+          '--config-map',
+          `${systemNamespace}/naat-node-${workerNode}`,
+          '--node',
+          workerNode,
+          '--state-dir',
+          join(dir, `state-${workerNode}`),
+          '--listen',
+          `${nodeAgentListen.host}:${nodeAgentListen.port}`,
+          '--report',
+        ],
+        { KUBECONFIG: cluster.kubeconfig },
+      );
+      await relay(
+        'node-agent',
+        { from: added.ns.worker },
+        nodeAgentListen.host,
+        nodeAgentListen.port,
+        agentPort + gatewayNodes.length,
+      );
+      await until(
+        'the node agent to see every gateway node up',
+        async () => {
+          const report = await agent<NodeAgentReport>('/status', state.nodeAgentUrl);
+          const up = report.peers.filter((peer) => peer.up).length;
+          return report.appliedHash && up === gatewayNodes.length ? true : undefined;
+        },
+        30_000,
+      ).catch(async (error: Error) => {
+        throw new Error(`${error.message}; ${log('node-agent')} ends:\n${tail(await logged('node-agent'))}`);
+      });
+    });
+
+    await step(
+      "Started the worker pods' programs: curl in etl, python3 in sync; their flows reach a gateway node",
+      async () => {
+        for (const [i, programs] of workerApplications.entries()) {
+          for (const program of programs) start(added.ns.pods[i], program.name, program.argv);
+        }
+        await until("a worker pod's flow at a gateway node", async () => {
+          for (const url of Object.values(state.agents)) {
+            const flows = await agent<AttributedFlow[]>('/flows', url);
+            if (flows.some((f) => onWorker.some((pod) => pod.ip === f.source))) return true;
+          }
+          return undefined;
+        });
+      },
+    );
+
     starting = false;
-    const byAddress = new Map(created.map((pod) => [pod.ip, { namespace: pod.namespace, name: pod.name }]));
-    return { state, pods: byAddress, traces, topology: t, cluster, stop };
+    const everyPod = [...created, ...onWorker];
+    const byAddress = new Map(everyPod.map((pod) => [pod.ip, { namespace: pod.namespace, name: pod.name }]));
+    const podNodes = new Map([
+      ...created.map((pod) => [`${pod.namespace}/${pod.name}`, gatewayNodes[0]!.name] as const),
+      ...onWorker.map((pod) => [`${pod.namespace}/${pod.name}`, workerNode] as const),
+    ]);
+    return { state, pods: byAddress, podNodes, nodes: added, traces, topology: t, cluster, stop };
   } catch (error) {
     options.progress(`Rolling back: ${(error as Error).message}`);
     await stop();
@@ -517,8 +699,7 @@ export async function removeLab({ dir, prefix }: LabSettings): Promise<void> {
   }
   const pids = await readFile(join(dir, 'pids'), 'utf8').catch(() => '');
   for (const pid of pids.split('\n').filter(Boolean).map(Number)) killQuietly(pid);
-  const names = namespaceNames(state?.prefix ?? prefix);
-  for (const ns of state?.namespaces ?? [...names.pods, names.gw, ...names.isps, names.srv]) await deleteNamespace(ns);
+  for (const ns of state?.namespaces ?? namespaceNames(prefix).all) await deleteNamespace(ns);
   await rm(dir, { recursive: true, force: true });
 }
 

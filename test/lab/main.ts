@@ -2,13 +2,15 @@
 // docs/lab.md); `usage` below lists its commands. `up` sets up the machine first (test/setup/).
 //
 // NAAT_LAB_DIR (/tmp/naat-lab), NAAT_LAB_PREFIX (naat-lab-) and NAAT_LAB_AGENT_PORT (7741) say
-// where its files, network namespaces and the agent's API on the host's loopback are.
+// where its files, network namespaces and the agents' APIs on the host's loopback are (gateway-1's
+// at that port, gateway-2's at the next, the worker's node agent's at the one after).
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { parseCommandLine, usageError } from '../../common/index.ts';
 import { outageRules } from '../e2e/topology.ts';
 import { setUpMachine } from '../setup/setup.ts';
-import { labSettings, removeLab, startLab, stateFile, type Lab, type LabState } from './lab.ts';
+import { labSettings, removeLab, startLab, stateFile, viewSources, type Lab, type LabState } from './lab.ts';
+import { gatewayNodes, namespaceOfNode, setGatewayLink } from './nodes.ts';
 import { FlowMemory, readView, renderView } from './view.ts';
 
 const usage = `usage: npm run lab [-- COMMAND]
@@ -17,6 +19,9 @@ const usage = `usage: npm run lab [-- COMMAND]
   down              stops a lab left running and removes all it made
   fail ispN         the ISP drops everything (its uplink's health check fails)
   restore ispN      the ISP forwards again
+  fail gateway-N    the gateway node's underlay link goes down: the worker's node agent
+                    stops reaching it and steers new flows to the other
+  restore gateway-N its underlay link comes up again
   --help            this text`;
 
 const { positionals, values } = parseCommandLine(usage, {
@@ -54,14 +59,18 @@ The lab is up (${((performance.now() - started) / 1000).toFixed(1)}s). In anothe
   export KUBECONFIG=${lab.state.kubeconfig}
   kubectl get uplinks,egressgateways,egresspolicies -A
   ip netns exec ${settings.prefix}pod1 curl -s telnet://203.0.113.10:9000 </dev/null   # who the server sees
-  curl -s ${lab.state.agentUrl}/flows                                     # the agent's API
+  ip netns exec ${settings.prefix}pod3 curl -s telnet://203.0.113.10:9000 </dev/null   # from a pod on worker-1
+  curl -s ${lab.state.agentUrl}/flows                                     # gateway-1's agent API
+  curl -s ${lab.state.nodeAgentUrl}/status                                    # worker-1's node agent
   npm run lab -- fail isp1                                                  # and: restore isp1
+  npm run lab -- fail gateway-1                                             # and: restore gateway-1
 
 Traces and flow records: ${lab.traces}; logs: ${settings.dir}/logs. docs/lab.md has more to try.
 Ctrl-C stops the lab and removes all it made.`;
   const memory = new FlowMemory(lab.pods);
+  const sources = viewSources(lab.state, lab.podNodes);
   const redraw = async () => {
-    const screen = await readView(lab.state.agentUrl, memory).then(renderView, (error: Error) => `(${error.message})`);
+    const screen = await readView(sources, memory).then(renderView, (error: Error) => `(${error.message})`);
     process.stdout.write(`\x1b[H\x1b[2J${screen}\n${summary}\n`);
   };
   const view = values.headless ? undefined : setInterval(() => void redraw(), 1000);
@@ -85,14 +94,32 @@ async function state(): Promise<LabState> {
   return JSON.parse(text) as LabState;
 }
 
-/** `fail ispN`: the ISP drops everything it is sent; `restore ispN` undoes it. */
+/** `fail gateway-N`: the node's underlay link goes down; `restore gateway-N` brings it up. */
+async function gatewayOutage(command: 'fail' | 'restore', node: string): Promise<void> {
+  const { prefix, namespaces } = await state();
+  const ns = namespaceOfNode(prefix, node)!;
+  if (!namespaces.includes(ns)) throw new Error(`${ns} is not a namespace of the running lab`);
+  const up = command === 'restore';
+  await setGatewayLink(ns, up);
+  console.log(
+    up
+      ? `${node} is back on the underlay; the worker steers to it again once it answers /steering`
+      : `${node} is off the underlay; the worker's new flows go to the other gateway node within about a second`,
+  );
+}
+
+/** `fail ispN`: the ISP drops everything it is sent; `restore ispN` undoes it. Gateway nodes: see gatewayOutage. */
 async function outage(command: 'fail' | 'restore', isp: string | undefined): Promise<void> {
-  if (!isp) usageError(usage, `${command} needs the ISP to name, such as isp1`);
+  if (!isp) usageError(usage, `${command} needs the ISP or gateway node to name, such as isp1 or gateway-1`);
+  if (gatewayNodes.some((g) => g.name === isp)) return gatewayOutage(command, isp);
   const { prefix, namespaces } = await state();
   const ns = `${prefix}${isp}`;
   if (!/^isp\d+$/.test(isp) || !namespaces.includes(ns)) {
     throw new Error(
-      `Name an ISP of the lab: ${namespaces.filter((n) => n.includes('isp')).map((n) => n.slice(prefix.length))}`,
+      `Name an ISP or a gateway node of the lab: ${namespaces
+        .filter((n) => n.includes('isp'))
+        .map((n) => n.slice(prefix.length))
+        .concat(gatewayNodes.map((g) => g.name))}`,
     );
   }
   const nft = (args: string[], input?: string) =>
