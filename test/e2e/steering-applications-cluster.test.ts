@@ -373,6 +373,17 @@ s.close()`,
 }
 `,
     });
+    // What comes out of the tunnel on the gateway node: the pod's SYNs, still stamped.
+    await c.exec(c.gateway(g), ['nft', '-f', '-'], {
+      input: `table inet tunnelled {
+  counter stamped {}
+  chain in {
+    type filter hook prerouting priority raw - 10;
+    iifname "naatg${tunnel.vni}" ip saddr ${podAddress(strict).v4} tcp flags syn ip dscp != cs0 counter name stamped
+  }
+}
+`,
+    });
     const seen = (await inPod(strict, pythonConnects(ports.allowed, connections), preloaded)).trim().split('\n');
     expect(seen).toEqual(Array(connections).fill(uplinkAddress(g, 2).v4));
     const denied = (await inPod(strict, curlConnects(ports.denied, 10), preloaded)).trim().split('\n');
@@ -381,6 +392,8 @@ s.close()`,
     const counters = await strictCounters((argv) => c.exec(c.gateway(g), argv));
     expect(counters.newFlows).toBeGreaterThanOrEqual(connections + 10);
     expect(counters.stamped).toBe(counters.newFlows);
+    const tunnelled = await c.exec(c.gateway(g), ['nft', 'list', 'counter', 'inet', 'tunnelled', 'stamped']);
+    expect(Number(/packets (\d+)/.exec(tunnelled.stdout)?.[1])).toBeGreaterThanOrEqual(connections + 10);
     const leaked = await c.exec(c.ns.srv, ['nft', 'list', 'counter', 'inet', 'leak', 'stamped']);
     expect(/packets (\d+)/.exec(leaked.stdout)?.[1]).toBe('0');
     expect(await c.serverPacketsFromInside()).toBe(0);
