@@ -6,16 +6,23 @@
 // With `relayedFrom`, the Pod runs on a worker node and its sidecar's stream comes through a node
 // agent's NAA relay (dataplane/naa/relay.ts) from that node's address, as on a node that is not
 // one of the gateway's.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { URL } from 'node:url';
-import { promisify } from 'node:util';
-import { parse as parseYaml } from 'yaml';
 import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { kubectl } from '../cluster/cluster.ts';
+import {
+  apiserverOf,
+  buildStampLibrary,
+  createBoundPod,
+  relayIntoNamespace,
+  sidecarEnv,
+  sidecarMain,
+  strictCounters,
+} from './naa-pod.ts';
 import {
   createTopology,
   podAddress,
@@ -104,53 +111,20 @@ export class NaaGateway {
     await k(['create', 'namespace', namespace]);
     this.#made.push(() => k(['delete', 'namespace', namespace, '--wait=false']));
     await k(['create', 'serviceaccount', 'app', '-n', namespace]);
-    await k(
-      ['apply', '-f', '-'],
-      JSON.stringify({
-        apiVersion: 'v1',
-        kind: 'Pod',
-        metadata: { name: 'app', namespace },
-        spec: {
-          nodeName: this.options.relayedFrom ?? node,
-          serviceAccountName: 'app',
-          containers: [{ name: 'app', image: 'app:test' }],
-        },
-      }),
+    // With `relayedFrom`, the Pod reports the relay's address as its node's.
+    const pod = await createBoundPod(
+      kubeconfig,
+      namespace,
+      'app',
+      this.options.relayedFrom ?? node,
+      this.options.relayedFrom ? { podIPs: [], hostIPs: [relayNodeAddress] } : undefined,
     );
-    const pod = await until('the pod to get an address', async () => {
-      const p = JSON.parse(await k(['get', 'pod', 'app', '-n', namespace, '-o', 'json']));
-      return p.status?.podIP ? { uid: p.metadata.uid as string, ip: p.status.podIP as string } : undefined;
-    });
-    if (this.options.relayedFrom) {
-      const hostIP = { hostIP: relayNodeAddress, hostIPs: [{ ip: relayNodeAddress }] };
-      await k([
-        'patch',
-        'pod',
-        'app',
-        '-n',
-        namespace,
-        '--subresource=status',
-        '--type=merge',
-        '-p',
-        JSON.stringify({ status: hostIP }),
-      ]);
-    }
-    const token = await k(
-      ['create', 'token', 'app', '-n', namespace, '--audience', 'naat'].concat([
-        '--bound-object-kind',
-        'Pod',
-        '--bound-object-name',
-        'app',
-        '--bound-object-uid',
-        pod.uid,
-      ]),
-    );
-    await writeFile(join(this.dir, 'token'), token.trim());
+    await writeFile(join(this.dir, 'token'), pod.token);
 
     const t = await createTopology({ pods: 1, uplinks: this.options.uplinks });
     this.#made.push(() => t.destroy());
     this.topology = t;
-    this.pod = { ...pod, netns: t.ns.pods[0]! };
+    this.pod = { uid: pod.uid, ip: pod.ip, netns: t.ns.pods[0]! };
     // The pod namespace takes the address the apiserver gave the pod, as its only IPv4 address: the
     // gateway accepts associations for the pod's own addresses and refuses a stream that reports
     // any other.
@@ -169,8 +143,7 @@ export class NaaGateway {
     ]);
     await t.exec(t.ns.gw, ['ip', 'route', 'add', `${pod.ip}/32`, 'dev', 'pod1']);
 
-    const apiserver = (parseYaml(await readFile(kubeconfig, 'utf8')) as Kubeconfig).clusters[0]!.cluster.server;
-    await this.#relayIntoGateway('apiserver', apiserver);
+    await this.#relayIntoGateway('apiserver', await apiserverOf(kubeconfig));
     for (const [i, service] of (this.options.hostServices ?? []).entries()) {
       await this.#relayIntoGateway(`service${i}`, service);
     }
@@ -252,14 +225,15 @@ export class NaaGateway {
   /** Starts a sidecar in the pod namespace, without waiting for it to connect. */
   spawnSidecar(options: SidecarOptions): ChildProcess {
     const pod = options.claim ?? { name: 'app', uid: this.pod.uid };
-    return this.#spawnLogged(this.pod.netns, [process.execPath, join(root, 'sidecar', 'main.ts')], options.log, {
-      NAAT_NAA_HOST: podGateway(1).v4,
-      NAAT_NAA_PORT: String(this.options.relayedFrom ? relayPort : naaPort),
-      NAAT_POD_NAMESPACE: this.options.namespace,
-      NAAT_POD_NAME: pod.name,
-      NAAT_POD_UID: pod.uid,
-      NAAT_TOKEN_FILE: join(this.dir, 'token'),
-      ...(options.scanIntervalMs ? { NAAT_SCAN_INTERVAL_MS: String(options.scanIntervalMs) } : {}),
+    return this.#spawnLogged(this.pod.netns, [process.execPath, sidecarMain], options.log, {
+      ...sidecarEnv({
+        host: podGateway(1).v4,
+        port: this.options.relayedFrom ? relayPort : naaPort,
+        namespace: this.options.namespace,
+        pod,
+        tokenFile: join(this.dir, 'token'),
+        ...(options.scanIntervalMs ? { scanIntervalMs: options.scanIntervalMs } : {}),
+      }),
       ...options.env,
     });
   }
@@ -283,15 +257,7 @@ export class NaaGateway {
     const runDir = join(this.dir, 'run');
     await mkdir(runDir, { recursive: true });
     const library = join(this.dir, 'libnaat_stamp.so');
-    await promisify(execFile)('gcc', [
-      '-O2',
-      '-shared',
-      '-fPIC',
-      '-o',
-      library,
-      join(root, 'sidecar', 'stamp', 'naat_stamp.c'),
-      '-ldl',
-    ]);
+    await buildStampLibrary(library);
     const socket = join(runDir, 'stamp.sock');
     const sidecar = await this.startSidecar({
       ...options,
@@ -313,19 +279,7 @@ export class NaaGateway {
 
   /** Strict mode: the gateway's named counters of new flows of strict pods, and of those that came stamped. */
   async strictCounters(): Promise<{ newFlows: number; stamped: number }> {
-    const { stdout } = await this.topology.exec(this.topology.ns.gw, [
-      'nft',
-      '-j',
-      'list',
-      'counters',
-      'table',
-      'inet',
-      'naat',
-    ]);
-    const counters = (JSON.parse(stdout) as { nftables: Array<{ counter?: { name: string; packets: number } }> })
-      .nftables;
-    const packets = (name: string) => counters.find((c) => c.counter?.name === name)?.counter?.packets ?? NaN;
-    return { newFlows: packets('strict_new_flows'), stamped: packets('strict_stamped_flows') };
+    return strictCounters((argv) => this.topology.exec(this.topology.ns.gw, argv));
   }
 
   /** The sum of the agent's /metrics samples named `name` whose labels include `labels`. */
@@ -385,16 +339,9 @@ export class NaaGateway {
 
   /** Relays `host`:PORT in namespace `target` to `address` (a URL on the host's loopback) through a Unix socket. */
   async #relay(target: string, name: string, address: string, host: string): Promise<void> {
-    const { hostname, port } = new URL(address);
-    const socket = join(this.dir, `${name}.sock`);
-    const relay = (ns: string | undefined, args: string[], log: string) =>
-      this.#spawnLogged(ns, [process.execPath, join(programs, 'relay.ts'), ...args], log);
-    const hostRelay = relay(undefined, ['from-unix', socket, hostname, port], `relay-${name}.log`);
+    const spawnLogged = (ns: string | undefined, argv: string[], log: string) => this.#spawnLogged(ns, argv, log);
+    const hostRelay = await relayIntoNamespace(spawnLogged, this.dir, target, name, address, host);
     this.#made.push(() => stopProcess(hostRelay));
-    relay(target, ['to-unix', host, port, socket], `relay-${name}-ns.log`);
-    for (const log of [`relay-${name}.log`, `relay-${name}-ns.log`]) {
-      await until(`the relay of ${log}`, async () => ((await this.log(log)).includes('listening') ? true : undefined));
-    }
   }
 
   async #occurrences(log: string, text: string): Promise<number> {
@@ -412,8 +359,4 @@ export class NaaGateway {
     closeSync(fd);
     return child;
   }
-}
-
-interface Kubeconfig {
-  clusters: Array<{ cluster: { server: string } }>;
 }

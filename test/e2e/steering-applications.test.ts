@@ -13,7 +13,7 @@ import type { AttributedFlow } from '../../dataplane/agent.ts';
 import { startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
 import { NaaGateway } from './naa-harness.ts';
 import { server, stopProcess, until, uplinkAddress } from './topology.ts';
-import { startStreamServer, startWhoami, type Server } from './traffic.ts';
+import { curlConnects, pythonConnects, startStreamServer, startWhoami, type Server } from './traffic.ts';
 
 const ports = { stream: 9300, allowed: 9301, denied: 9302 };
 const exportTo = (endpoint: string) => ({
@@ -54,19 +54,6 @@ async function inPod(gateway: NaaGateway, script: string, env: Record<string, st
   });
   return stdout;
 }
-
-/** `count` python3 connections to `port`, one after another; prints the address the server saw for each. */
-const pythonConnects = (port: number, count: number) => `python3 - <<'EOF'
-import socket
-for _ in range(${count}):
-    s = socket.create_connection(('${server.v4}', ${port}), timeout=4)
-    print(s.recv(100).decode().split(' ')[0], flush=True)
-    s.close()
-EOF`;
-
-/** `count` curl connections to `port`; prints x for each that failed. */
-const curlConnects = (port: number, count: number) =>
-  `for i in $(seq ${count}); do curl -s -m 2 -o /dev/null telnet://${server.v4}:${port} </dev/null || echo x; done`;
 
 describe('a pod on a worker node, in Hold mode, with telemetry', () => {
   const namespace = `steer-apps-${process.pid}`;

@@ -344,3 +344,19 @@ function collect(child: ChildProcess): Output {
 function said(output: Output): string {
   return output.stderr.trim() || output.stdout.trim() || 'nothing';
 }
+
+/**
+ * A shell script for a pod: `count` python3 connections to the server's IPv4 address at `port`,
+ * one after another, printing the address the whoami server saw for each.
+ */
+export const pythonConnects = (port: number, count: number): string => `python3 - <<'EOF'
+import socket
+for _ in range(${count}):
+    s = socket.create_connection(('${server.v4}', ${port}), timeout=4)
+    print(s.recv(100).decode().split(' ')[0], flush=True)
+    s.close()
+EOF`;
+
+/** A shell script for a pod: `count` curl connections to the server's IPv4 address at `port`, printing x for each that failed. */
+export const curlConnects = (port: number, count: number): string =>
+  `for i in $(seq ${count}); do curl -s -m 2 -o /dev/null telnet://${server.v4}:${port} </dev/null || echo x; done`;

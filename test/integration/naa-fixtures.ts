@@ -11,10 +11,15 @@ export interface TestPod {
   token: string;
 }
 
-const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
+/** kubectl against the test apiserver, or the control plane of `kubeconfig`. */
+const kubectlOf =
+  (kubeconfig = process.env.KUBECONFIG!) =>
+  (args: string[], input?: string) =>
+    kubectl(kubeconfig, args, input);
 
 /** A token of the namespace's `app` service account for `audience`, bound to the pod. */
-export async function podToken(pod: PodRef, audience: string): Promise<string> {
+export async function podToken(pod: PodRef, audience: string, kubeconfig?: string): Promise<string> {
+  const k = kubectlOf(kubeconfig);
   const args = ['create', 'token', 'app', '-n', pod.namespace, '--audience', audience, '--bound-object-kind', 'Pod'];
   return (await k([...args, '--bound-object-name', pod.name, '--bound-object-uid', pod.uid])).trim();
 }
@@ -23,7 +28,13 @@ export async function podToken(pod: PodRef, audience: string): Promise<string> {
  * Creates a pod of the service account `app` (which must exist), on `nodeName` when given, and
  * waits for its address.
  */
-export async function makePod(namespace: string, name: string, nodeName?: string): Promise<TestPod> {
+export async function makePod(
+  namespace: string,
+  name: string,
+  nodeName?: string,
+  kubeconfig?: string,
+): Promise<TestPod> {
+  const k = kubectlOf(kubeconfig);
   await k(
     ['apply', '-f', '-'],
     JSON.stringify({
@@ -41,7 +52,7 @@ export async function makePod(namespace: string, name: string, nodeName?: string
     const pod = JSON.parse(await k(['get', 'pod', name, '-n', namespace, '-o', 'json']));
     if (pod.status?.podIP) {
       const ref = { namespace, name, uid: pod.metadata.uid as string };
-      return { ref, ip: pod.status.podIP, token: await podToken(ref, 'naat') };
+      return { ref, ip: pod.status.podIP, token: await podToken(ref, 'naat', kubeconfig) };
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
