@@ -5,8 +5,8 @@
 #
 # buildah runs the Dockerfile as it is; only its NODE_IMAGE base differs: instead of the official
 # node:<version>-<suite>-slim image, a base assembled here the same way, from Debian <suite>
-# (mmdebstrap, from the Debian archive), the Node.js that package.json pins (node_modules/node) and
-# npm from the npm registry. The base is built once per pin; images are rebuilt only when what
+# (mmdebstrap, from the Debian archive), the Node.js that package.json pins (node_modules/.bin/node,
+# from the node-linux-* package) and npm from the npm registry. The base is built once per pin; images are rebuilt only when what
 # goes into them changes (a hash of the build context), and buildah's layer cache spares the
 # `npm ci` layer when only sources changed. Everything lives under $NAAT_CACHE (default
 # ~/.cache/naat), like the control plane's binaries.
@@ -29,7 +29,7 @@ published=$(sed -n 's/^ARG NODE_IMAGE=//p' "$root/images/Dockerfile")
   exit 1
 }
 node_version=${BASH_REMATCH[1]} suite=${BASH_REMATCH[2]}
-node_bin=$root/node_modules/node/bin/node
+node_bin=$(readlink -f "$root/node_modules/.bin/node")
 [ "$("$node_bin" --version)" = "v$node_version" ] || {
   echo "node_modules holds Node.js $("$node_bin" --version), the Dockerfile's base v$node_version: run npm ci" >&2
   exit 1
