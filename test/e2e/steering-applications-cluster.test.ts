@@ -226,6 +226,10 @@ beforeAll(async () => {
       `g${g}`,
       '--state-dir',
       join(dir, `g${g}-state`),
+      // On the underlay, as in a cluster: the node agents ask every gateway node's /steering
+      // whether it takes flows, and relay only to those that do.
+      '--listen',
+      '[::]:7741',
     ];
     spawnLogged(c.gateway(g), [process.execPath, main, ...argv], `g${g}.log`);
   }
@@ -259,6 +263,11 @@ beforeAll(async () => {
     await until(`w${w}'s relay`, async () =>
       (await log(`w${w}.log`)).includes('Relaying NAA streams') ? true : undefined,
     );
+    await until(`w${w} to see every gateway node up`, async () => {
+      const { stdout } = await c.exec(c.worker(w), ['curl', '-sf', 'http://127.0.0.1:7742/status']);
+      const peers = (JSON.parse(stdout) as { peers: Array<{ up: boolean }> }).peers;
+      return peers.length && peers.every((p) => p.up) ? true : undefined;
+    });
   }
 
   await startSidecar(plain);
