@@ -267,8 +267,8 @@ for await (const line of createInterface({ input: process.stdin })) {
 async function buildSidecar(): Promise<SidecarBuild> {
   const dockerfile = await readFile(join(root, 'images', 'Dockerfile'), 'utf8');
   const stage = /^FROM \S+ AS sidecar$([\s\S]*?)(?=^FROM |$(?![\s\S]))/m.exec(dockerfile)?.[1] ?? '';
-  const command = /^CMD (\[.*\])$/m.exec(stage)?.[1];
-  if (!command) throw new Error('images/Dockerfile has no sidecar stage with a CMD');
+  const command = /^ENTRYPOINT (\[.*\])$/m.exec(stage)?.[1];
+  if (!command) throw new Error('images/Dockerfile has no sidecar stage with an ENTRYPOINT');
   const app = await mkdtemp(join(tmpdir(), 'naat-bench-app-'));
   try {
     const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
