@@ -6,10 +6,10 @@
 # buildah runs the Dockerfile as it is; only its NODE_IMAGE base differs: instead of the official
 # node:<version>-<suite>-slim image, a base assembled here the same way, from Debian <suite>
 # (mmdebstrap, from the Debian archive), the Node.js that package.json pins (node_modules/.bin/node,
-# from the node-linux-* package) and npm from the npm registry. The base is built once per pin; images are rebuilt only when what
-# goes into them changes (a hash of the build context), and buildah's layer cache spares the
-# `npm ci` layer when only sources changed. Everything lives under $NAAT_CACHE (default
-# ~/.cache/naat), like the control plane's binaries.
+# from the node-linux-* package) and npm from the npm registry. The base is built once per pin;
+# images are rebuilt only when what goes into them changes (a hash of the build context), and
+# buildah's layer cache spares the `npm ci` layer when only sources changed. Everything lives under
+# $NAAT_CACHE (default ~/.cache/naat), like the control plane's binaries.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${NAAT_CACHE:-$HOME/.cache/naat}
