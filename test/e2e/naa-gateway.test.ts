@@ -145,7 +145,14 @@ time.sleep(30)`,
     sidecar = gateway.spawnSidecar(sidecarOptions);
     expect(await fetchAs('python3')).toMatch(/^100\.64\.2\.2 /);
     await stopProcess(gateway.agent);
+    // The sidecar retries with a growing backoff while the agent is away; its first flows after
+    // the restart are decided once its stream is back and its snapshot applied.
+    const accepted = async () => (await gateway.log('agent.log')).split('"msg":"Accepted NAA stream"').length;
+    const before = await accepted();
     await gateway.startAgent();
+    await until('the sidecar back on the restarted agent', async () =>
+      (await accepted()) > before ? true : undefined,
+    );
     expect(await fetchAs('python3')).toMatch(/^100\.64\.2\.2 /);
     expect(await fetchAs('curl')).toBeUndefined();
   });
