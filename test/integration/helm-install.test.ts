@@ -130,8 +130,10 @@ describe("the operator's ServiceAccount, as the real authorizer sees it", () => 
     ['create clusterroles.rbac.authorization.k8s.io', ''],
     ['patch mutatingwebhookconfigurations.admissionregistration.k8s.io', ''],
     ['create tokenreviews.authentication.k8s.io', ''],
-    // Nothing is deleted: the garbage collector removes a gateway's objects with it.
-    ['delete serviceaccounts', namespace],
+    // A gateway's objects go with it by the garbage collector; the operator deletes only the node
+    // agents' objects, which serve every gateway, and only in its own namespace.
+    ['delete serviceaccounts', 'default'],
+    ['delete daemonsets.apps', 'kube-system'],
     ['delete clusterrolebindings.rbac.authorization.k8s.io', ''],
   ])('may not %s (namespace %j)', async (verbResource, ns) => {
     expect(await can([...verbResource.split(' '), ...(ns ? ['-n', ns] : [])])).toBe(false);
