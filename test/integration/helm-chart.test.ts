@@ -1,14 +1,18 @@
 // The chart as `helm lint` and `helm template` see it, with the default values and several other
 // sets: what it renders, what its schema rejects, that its README documents every value, and that
 // the real apiserver accepts every object it renders.
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { format } from 'prettier';
 import { parse, parseAllDocuments } from 'yaml';
 import { root } from '../../crds/generate.ts';
 import { kubectl } from '../cluster/cluster.ts';
-import { parseSettings } from '../../operator/settings.ts';
+import { customResourceDefinitions, validate, type EgressGateway } from '../../crds/index.ts';
+import type { Compiled } from '../../operator/compile.ts';
+import { desiredGatewayObjects } from '../../operator/desired.ts';
+import { servingNames } from '../../operator/reconcilers/webhook-certificate.ts';
+import { agentSecurityContext, parseSettings, sidecarSecurityContext } from '../../operator/settings.ts';
 import { buildHelm, helm, valuesTable, type JsonSchema } from '../cluster/helm.ts';
 
 const chart = join(root, 'charts/naat');
@@ -70,6 +74,14 @@ const valueSets: Record<string, Record<string, unknown>> = {
     'operator.replicas': 1,
     'operator.leaderElection.enabled': false,
   },
+  // OpenShift's restricted SCC assigns the uid from the namespace's range.
+  'no fixed uid, no priority class, other security contexts': {
+    'operator.podSecurityContext': { runAsUser: null, runAsGroup: null },
+    'operator.securityContext': { readOnlyRootFilesystem: false },
+    'dataplane.priorityClassName': '',
+    'dataplane.podSecurityContext': { seLinuxOptions: { type: 'spc_t' } },
+    'sidecar.securityContext': { seLinuxOptions: { type: 'spc_t' } },
+  },
   'placement, names and injection selectors': {
     fullnameOverride: 'egress',
     'operator.nodeSelector': { 'kubernetes.io/os': 'linux' },
@@ -125,16 +137,21 @@ describe('helm template with the default values', () => {
     expect(manifests.map((m) => `${m.kind}/${m.metadata.name}`).sort()).toEqual(
       [
         `ClusterRole/${release}-dataplane`,
+        `ClusterRole/${release}-flow-reader`,
         `ClusterRole/${release}-node`,
         `ClusterRole/${release}-operator`,
         `ClusterRoleBinding/${release}-operator`,
+        `ConfigMap/${release}-dashboard-naat`,
         `ConfigMap/${release}-operator`,
         `Deployment/${release}-operator`,
         `MutatingWebhookConfiguration/${release}-sidecar-injector`,
         `PodDisruptionBudget/${release}-operator`,
+        `Role/${release}-cli`,
         `Role/${release}-operator`,
         `RoleBinding/${release}-operator`,
+        `Secret/${release}-agent-tls`,
         `Secret/${release}-webhook-tls`,
+        `Service/${release}-dataplane-metrics`,
         `Service/${release}-metrics`,
         `Service/${release}-webhook`,
         `ServiceAccount/${release}-operator`,
@@ -175,6 +192,7 @@ describe('helm template with the default values', () => {
     expect(config.bypass).toEqual(['10.96.0.0/12']);
     expect(Object.keys(config).sort()).toEqual([
       'bypass',
+      'crds',
       'dataplane',
       'healthPort',
       'imagePullSecrets',
@@ -197,8 +215,18 @@ describe('helm template with the default values', () => {
       image: 'ghcr.io/naat-dev/naat-dataplane:0.1.0',
       pullPolicy: 'IfNotPresent',
       clusterRoleName: `${release}-dataplane`,
+      certificateSecretName: `${release}-agent-tls`,
       metricsPort: 9090,
+      flowPort: 9094,
+      localPort: 9095,
     });
+    // The chart's defaults are the operator's own: agents at system-node-critical, root with NET_ADMIN and NET_RAW.
+    expect(config.dataplane).toMatchObject({
+      priorityClassName: 'system-node-critical',
+      podSecurityContext: {},
+      securityContext: agentSecurityContext,
+    });
+    expect(config.sidecar.securityContext).toEqual(sidecarSecurityContext);
     expect(Object.keys(env(manifests)).sort()).toEqual([
       'NAAT_CONFIG',
       'NAAT_NAMESPACE',
@@ -223,8 +251,18 @@ describe('helm template with the default values', () => {
     expect(webhook.rules).toEqual([
       { operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' },
     ]);
-    const secret = find(manifests, 'Secret') as Any;
-    expect(secret.data).toBeUndefined();
+    // Flow data: get on the flows of EgressGateways, bound to no one by the chart.
+    expect((find(manifests, 'ClusterRole', '-flow-reader') as Any).rules).toEqual([
+      { apiGroups: ['naat.dev'], resources: ['egressgateways/flows'], verbs: ['get'] },
+    ]);
+    expect(manifests.filter((m) => (m as Any).roleRef?.name === `${release}-flow-reader`)).toEqual([]);
+    // The CLI's port-forward to the agents' loopback listener, in the release namespace, bound to no one.
+    expect((find(manifests, 'Role', '-cli') as Any).rules).toEqual([
+      { apiGroups: [''], resources: ['pods', 'configmaps'], verbs: ['get', 'list'] },
+      { apiGroups: [''], resources: ['pods/portforward'], verbs: ['get', 'create'] },
+    ]);
+    expect(manifests.filter((m) => (m as Any).roleRef?.name === `${release}-cli`)).toEqual([]);
+    for (const secret of manifests.filter((m) => m.kind === 'Secret')) expect((secret as Any).data).toBeUndefined();
   });
 
   test('grants no wildcard, no cluster-wide write outside status, Events and bindings', () => {
@@ -245,6 +283,8 @@ describe('helm template with the default values', () => {
         'pods/status',
         'events',
         'mutatingwebhookconfigurations',
+        // naat's own, by name (below)
+        'customresourcedefinitions',
         'clusterroles',
         'clusterrolebindings',
         // delete, of the node agents' binding only (below)
@@ -253,6 +293,12 @@ describe('helm template with the default values', () => {
     );
     const named = (resource: string) => rules('ClusterRole').find((rule) => rule.resources.includes(resource));
     expect(named('mutatingwebhookconfigurations').resourceNames).toEqual([`${release}-sidecar-injector`]);
+    expect(named('customresourcedefinitions')).toEqual({
+      apiGroups: ['apiextensions.k8s.io'],
+      resources: ['customresourcedefinitions'],
+      resourceNames: customResourceDefinitions().map((crd) => (crd.metadata as { name: string }).name),
+      verbs: ['get', 'create', 'patch', 'update'],
+    });
     expect(named('clusterroles')).toMatchObject({
       verbs: ['bind'],
       resourceNames: [`${release}-dataplane`, `${release}-node`],
@@ -269,16 +315,135 @@ describe('helm template with the default values', () => {
     expect((find(manifests, 'ClusterRole', '-node') as Any).rules).toEqual([
       { apiGroups: ['naat.dev'], resources: ['egressgateways/status'], verbs: ['patch'] },
     ]);
-    // Secrets: only the webhook's own, and only in the release namespace.
+    // Secrets: only the webhook's and the gateway agents' certificates, and only in the release namespace.
     expect(rules('ClusterRole').flatMap((rule) => rule.resources)).not.toContain('secrets');
     expect(rules('Role').find((rule) => rule.resources.includes('secrets')).resourceNames).toEqual([
       `${release}-webhook-tls`,
+      `${release}-agent-tls`,
     ]);
     expect((find(manifests, 'ClusterRole', '-dataplane') as Any).rules).toEqual([
       { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
-      { apiGroups: [''], resources: ['pods'], verbs: ['get'] },
+      { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
+      { apiGroups: [''], resources: ['pods', 'nodes'], verbs: ['get'] },
       { apiGroups: ['naat.dev'], resources: ['uplinks/status'], verbs: ['patch'] },
     ]);
+  });
+});
+
+/** The pod template the operator renders for a gateway with the chart's configuration. */
+function agentPod(manifests: Manifest[]): Any {
+  const gateway = validate('EgressGateway', {
+    apiVersion: 'naat.dev/v1alpha1',
+    kind: 'EgressGateway',
+    metadata: { name: 'egress', uid: 'uid-1' },
+    spec: { nodeSelector: { role: 'gateway' }, uplinks: { names: ['isp'] }, namespaceSelector: {} },
+  });
+  if (!gateway.ok) throw new Error(gateway.errors.join('; '));
+  const compiled = { config: { timeouts: { icmpSeconds: 30 } } } as unknown as Compiled;
+  const objects = desiredGatewayObjects(
+    gateway.value as EgressGateway,
+    compiled,
+    parseSettings(operatorConfig(manifests)),
+    namespace,
+  );
+  return (objects.find((o) => o.kind === 'DaemonSet') as Any).spec.template;
+}
+
+const matches = (selector: Record<string, string>, labels: Record<string, string>) =>
+  Object.entries(selector).every(([key, value]) => labels[key] === value);
+
+describe('metrics and dashboards', () => {
+  test("a headless Service selects every gateway agent's pods at their metrics port", async () => {
+    const manifests = await render({ 'dataplane.metricsPort': 9190 });
+    const service = find(manifests, 'Service', '-dataplane-metrics') as Any;
+    expect(service.spec.clusterIP).toBe('None');
+    const pod = agentPod(manifests);
+    expect(matches(service.spec.selector, pod.metadata.labels)).toBe(true);
+    // Only the agents: not the operator's pods.
+    expect(matches(service.spec.selector, (find(manifests, 'Deployment') as Any).spec.template.metadata.labels)).toBe(
+      false,
+    );
+    expect(service.spec.ports).toEqual([{ name: 'metrics', port: 9190, targetPort: 'metrics', protocol: 'TCP' }]);
+    expect(pod.spec.containers[0].ports).toContainEqual({ name: 'metrics', containerPort: 9190 });
+  });
+
+  test('no ServiceMonitor or PodMonitor unless asked for', async () => {
+    const kinds = (await render()).map((m) => m.kind);
+    expect(kinds).not.toContain('ServiceMonitor');
+    expect(kinds).not.toContain('PodMonitor');
+  });
+
+  test('ServiceMonitors of the operator and the agents select their metrics Services and ports', async () => {
+    const manifests = await render({
+      'metrics.serviceMonitor': { enabled: true, interval: '15s', labels: { release: 'prometheus' } },
+    });
+    const monitors = manifests.filter((m) => m.kind === 'ServiceMonitor') as Any[];
+    expect(monitors.map((m) => m.metadata.name).sort()).toEqual([`${release}-dataplane`, `${release}-operator`]);
+    for (const [monitor, service] of [
+      [find(manifests, 'ServiceMonitor', '-operator'), find(manifests, 'Service', `${release}-metrics`)],
+      [find(manifests, 'ServiceMonitor', '-dataplane'), find(manifests, 'Service', '-dataplane-metrics')],
+    ] as Any[][]) {
+      expect(monitor.apiVersion).toBe('monitoring.coreos.com/v1');
+      expect(monitor.metadata.labels).toMatchObject({ release: 'prometheus' });
+      expect(monitor.metadata.namespace).toBe(namespace);
+      const selected = manifests.filter(
+        (m) => m.kind === 'Service' && matches(monitor.spec.selector.matchLabels, m.metadata.labels!),
+      );
+      expect(selected.map((m) => m.metadata.name)).toContain(service.metadata.name);
+      // The other Services it selects (the webhook's) have no port of that name: no target.
+      for (const other of selected.filter((m) => m !== service)) {
+        expect((other as Any).spec.ports.map((p: Any) => p.name)).not.toContain('metrics');
+      }
+      expect(monitor.spec.endpoints).toEqual([
+        {
+          port: 'metrics',
+          path: '/metrics',
+          interval: '15s',
+          relabelings: [{ sourceLabels: ['__meta_kubernetes_pod_node_name'], targetLabel: 'node' }],
+        },
+      ]);
+      expect(service.spec.ports.map((p: Any) => p.name)).toContain('metrics');
+    }
+  });
+
+  test("PodMonitors select the operator's and the agents' pods by their metrics port", async () => {
+    const manifests = await render({ 'metrics.podMonitor.enabled': true });
+    const operator = find(manifests, 'PodMonitor', '-operator') as Any;
+    const agents = find(manifests, 'PodMonitor', '-dataplane') as Any;
+    const operatorPod = (find(manifests, 'Deployment') as Any).spec.template;
+    const agentTemplate = agentPod(manifests);
+    expect(matches(operator.spec.selector.matchLabels, operatorPod.metadata.labels)).toBe(true);
+    expect(matches(operator.spec.selector.matchLabels, agentTemplate.metadata.labels)).toBe(false);
+    expect(matches(agents.spec.selector.matchLabels, agentTemplate.metadata.labels)).toBe(true);
+    expect(matches(agents.spec.selector.matchLabels, operatorPod.metadata.labels)).toBe(false);
+    for (const [monitor, pod] of [
+      [operator, operatorPod],
+      [agents, agentTemplate],
+    ]) {
+      expect(monitor.spec.podMetricsEndpoints[0]).toMatchObject({ port: 'metrics', path: '/metrics', interval: '30s' });
+      expect(pod.spec.containers[0].ports.map((p: Any) => p.name)).toContain('metrics');
+    }
+  });
+
+  test("each dashboard of the chart is a ConfigMap for Grafana's sidecar holding its JSON as it is", async () => {
+    const files = (await readdir(join(chart, 'dashboards'))).filter((f) => f.endsWith('.json'));
+    expect(files.length).toBeGreaterThan(0);
+    const manifests = await render();
+    for (const file of files) {
+      const map = find(manifests, 'ConfigMap', `-dashboard-${file.replace(/\.json$/, '')}`) as Any;
+      expect(map.metadata.labels).toMatchObject({ grafana_dashboard: '1' });
+      expect(map.data).toEqual({ [file]: await readFile(join(chart, 'dashboards', file), 'utf8') });
+    }
+    const custom = await render({
+      'dashboards.labels': { grafana_dashboard: null, dashboards: 'naat' },
+      'dashboards.annotations': { grafana_folder: 'Networking' },
+    });
+    const map = find(custom, 'ConfigMap', '-dashboard-naat') as Any;
+    expect(map.metadata.labels).toMatchObject({ dashboards: 'naat' });
+    expect(map.metadata.labels).not.toHaveProperty('grafana_dashboard');
+    expect(map.metadata.annotations).toEqual({ grafana_folder: 'Networking' });
+    const none = await render({ 'dashboards.enabled': false });
+    expect(none.filter((m) => m.metadata.name.includes('-dashboard-'))).toEqual([]);
   });
 });
 
@@ -300,11 +465,77 @@ describe('helm template with other values', () => {
     expect(config.otel.endpoint).toBe('http://otel-collector.monitoring:4317');
   });
 
+  test('leaves the CRDs alone, with no permission on them, when something else keeps them', async () => {
+    const manifests = await render({ 'crds.apply': false });
+    expect(operatorConfig(manifests).crds).toEqual({ apply: false });
+    const rules = (find(manifests, 'ClusterRole', '-operator') as Any).rules as Any[];
+    expect(rules.flatMap((rule) => rule.resources)).not.toContain('customresourcedefinitions');
+  });
+
+  test('lets cert-manager keep the webhook certificate, from a CA the operator still issues the agents from', async () => {
+    const manifests = await render({ 'webhook.certManager.enabled': true });
+    const config = operatorConfig(manifests);
+    expect(config.webhook).toMatchObject({ secretName: `${release}-webhook-tls`, caSecretName: `${release}-ca` });
+    expect(() => parseSettings(config)).not.toThrow();
+    const named = (kind: string, name: string) =>
+      manifests.find((m) => m.kind === kind && m.metadata.name === name) as Any;
+    // A self-signed Issuer signs the CA; the CA's Issuer signs the webhook's certificate, for the
+    // very names the operator would have used, into the Secret the operator serves from.
+    expect(named('Issuer', `${release}-selfsigned`).spec).toEqual({ selfSigned: {} });
+    expect(named('Certificate', `${release}-ca`).spec).toMatchObject({
+      isCA: true,
+      secretName: `${release}-ca`,
+      issuerRef: { kind: 'Issuer', name: `${release}-selfsigned` },
+    });
+    expect(named('Issuer', `${release}-ca`).spec).toEqual({ ca: { secretName: `${release}-ca` } });
+    const serving = named('Certificate', `${release}-webhook`).spec;
+    expect(serving).toMatchObject({ secretName: `${release}-webhook-tls`, issuerRef: { name: `${release}-ca` } });
+    expect(serving.dnsNames).toEqual(servingNames(config.webhook, namespace));
+    // cert-manager makes the Secret and injects the CA; the chart makes neither.
+    expect(named('Secret', `${release}-webhook-tls`)).toBeUndefined();
+    expect(named('Secret', `${release}-agent-tls`)).toBeDefined();
+    const webhook = find(manifests, 'MutatingWebhookConfiguration') as Any;
+    expect(webhook.metadata.annotations).toEqual({
+      'cert-manager.io/inject-ca-from': `${namespace}/${release}-webhook`,
+    });
+    expect(webhook.webhooks[0].clientConfig.caBundle).toBeUndefined();
+    // The operator reads both certificates and writes only the agents'; the webhook it only reads.
+    const rules = (kind: string): Any[] => (find(manifests, kind, '-operator') as Any).rules;
+    expect(rules('Role').filter((rule) => rule.resources.includes('secrets'))).toEqual([
+      {
+        apiGroups: [''],
+        resources: ['secrets'],
+        resourceNames: [`${release}-webhook-tls`, `${release}-ca`, `${release}-agent-tls`],
+        verbs: ['list', 'watch'],
+      },
+      { apiGroups: [''], resources: ['secrets'], resourceNames: [`${release}-agent-tls`], verbs: ['update'] },
+    ]);
+    expect(rules('ClusterRole').find((rule) => rule.resources.includes('mutatingwebhookconfigurations')).verbs).toEqual(
+      ['list', 'watch'],
+    );
+    // Without it: the operator's own certificate, and no cert-manager object.
+    const own = await render();
+    expect(own.map((m) => m.apiVersion)).not.toContain('cert-manager.io/v1');
+    expect(operatorConfig(own).webhook).not.toHaveProperty('caSecretName');
+  });
+
   test('runs a single replica without a Lease or a disruption budget', async () => {
     const manifests = await render(valueSets['one replica without leader election']);
     expect((find(manifests, 'Deployment') as Any).spec.replicas).toBe(1);
     expect(manifests.map((m) => m.kind)).not.toContain('PodDisruptionBudget');
     expect(operatorConfig(manifests).leaderElection.enabled).toBe(false);
+  });
+
+  test('leaves the uid to the platform and passes the other security contexts on', async () => {
+    const manifests = await render(valueSets['no fixed uid, no priority class, other security contexts']);
+    const pod = podSpec(manifests);
+    expect(pod.securityContext).toEqual({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+    expect(pod.containers[0].securityContext).toMatchObject({ readOnlyRootFilesystem: false, privileged: false });
+    const settings = parseSettings(operatorConfig(manifests));
+    expect(settings.dataplane.priorityClassName).toBe('');
+    expect(settings.dataplane.podSecurityContext).toEqual({ seLinuxOptions: { type: 'spc_t' } });
+    expect(settings.dataplane.securityContext).toEqual(agentSecurityContext);
+    expect(settings.sidecar.securityContext).toEqual({ ...sidecarSecurityContext, seLinuxOptions: { type: 'spc_t' } });
   });
 
   test('places the operator, renames everything and narrows injection', async () => {
@@ -351,8 +582,14 @@ describe('invalid values', () => {
     [{ 'operator.leaderElection.enabled': false }, 'operator.replicas: more than one replica needs'],
     [{ 'operator.leaderElection.renewDeadlineSeconds': 20 }, 'operator.leaderElection.renewDeadlineSeconds'],
     [{ 'operator.ports.metrics': 8081 }, 'operator.ports: webhook, metrics and health must be different'],
+    [{ 'dataplane.flowPort': 9091 }, 'dataplane.flowPort: must differ'],
     [{ 'steering.port': 0 }, '/steering/port'],
     [{ 'marks.tunnel': 0 }, '/marks/tunnel'],
+    [{ 'metrics.serviceMonitor.interval': 'often' }, '/metrics/serviceMonitor/interval'],
+    [
+      { 'metrics.serviceMonitor.enabled': true, 'metrics.podMonitor.enabled': true },
+      'metrics: enable serviceMonitor or podMonitor, not both',
+    ],
   ])('%j is rejected naming %s', async (values, field) => {
     const failure = helm(binary, ['template', release, chart, ...setArgs(values)]);
     await expect(failure).rejects.toThrow(field);

@@ -18,11 +18,36 @@
 
 {{/* Labels of every object; uninstall checks and `kubectl get -l` find the release by them. */}}
 {{- define "naat.labels" -}}
+{{ include "naat.componentLabels" (dict "context" . "component" "operator") }}
+{{- end -}}
+
+{{/* The labels of an object of another component: (dict "context" . "component" "dataplane"). */}}
+{{- define "naat.componentLabels" -}}
+{{ include "naat.releaseLabels" .context }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The labels of every object but its component. */}}
+{{- define "naat.releaseLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "naat.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "naat.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: naat
+{{- end -}}
+
+{{/*
+The pods of a component: the operator's, or the gateway agents', which every gateway's DaemonSet
+labels so (operator/desired.ts, labelsOf) in the release namespace.
+*/}}
+{{- define "naat.podSelectorLabels" -}}
+{{- if eq .component "operator" -}}
+{{ include "naat.selectorLabels" .context }}
+{{- else -}}
+app.kubernetes.io/name: naat-dataplane
+app.kubernetes.io/managed-by: naat-operator
+{{- end -}}
 {{- end -}}
 
 {{/* Selector labels never change after install: a Deployment's selector is immutable. */}}
@@ -44,9 +69,17 @@ app.kubernetes.io/component: operator
 
 {{- define "naat.webhookName" -}}{{ include "naat.fullname" . }}-sidecar-injector{{- end -}}
 {{- define "naat.webhookSecretName" -}}{{ include "naat.fullname" . }}-webhook-tls{{- end -}}
+{{- define "naat.caSecretName" -}}{{ include "naat.fullname" . }}-ca{{- end -}}
+{{- define "naat.webhookCertificateName" -}}{{ include "naat.fullname" . }}-webhook{{- end -}}
+{{- define "naat.agentSecretName" -}}{{ include "naat.fullname" . }}-agent-tls{{- end -}}
 {{- define "naat.leaseName" -}}{{ include "naat.fullname" . }}-operator{{- end -}}
 {{- define "naat.dataplaneRoleName" -}}{{ include "naat.fullname" . }}-dataplane{{- end -}}
 {{- define "naat.nodeRoleName" -}}{{ include "naat.fullname" . }}-node{{- end -}}
+{{- /* The node agents' DaemonSet, ServiceAccount, Role and RoleBinding: the operator's fixed name (operator/desired.ts, nodeAgentName). */ -}}
+{{- define "naat.nodeAgentName" -}}naat-node{{- end -}}
+{{- /* naat's CRDs, which the operator makes or replaces (operator/custom-resource-definitions.ts). */ -}}
+{{- define "naat.crdNames" -}}["uplinks.naat.dev", "egressgateways.naat.dev", "egresspolicies.naat.dev"]{{- end -}}
+{{- define "naat.flowReaderRoleName" -}}{{ include "naat.fullname" . }}-flow-reader{{- end -}}
 
 {{/* Rules the schema cannot express because they relate two values. */}}
 {{- define "naat.checks" -}}
@@ -66,6 +99,12 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- if eq (int .Values.dataplane.metricsPort) (int .Values.dataplane.healthPort) -}}
 {{- fail "dataplane.healthPort: must differ from dataplane.metricsPort" -}}
+{{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled -}}
+{{- fail "metrics: enable serviceMonitor or podMonitor, not both, or Prometheus scrapes every target twice" -}}
+{{- end -}}
+{{- if has (int .Values.dataplane.flowPort) (list (int .Values.dataplane.metricsPort) (int .Values.dataplane.healthPort)) -}}
+{{- fail "dataplane.flowPort: must differ from dataplane.metricsPort and dataplane.healthPort" -}}
 {{- end -}}
 {{- end -}}
 
