@@ -1,7 +1,7 @@
 // The operator's /metrics: reconciles timed and counted by controller and result, the work queues'
 // depth, leadership and the webhook's reviews. Values that something else keeps (a queue's length,
 // the webhook's counts) are read at each scrape.
-import { Counter, Gauge, Histogram, Registry } from '../common/index.ts';
+import { Counter, Gauge, Histogram, readAtScrape, Registry } from '../common/metrics/index.ts';
 import type { ControllerOptions, ReconcileResult } from './runtime/controller.ts';
 
 type Around = NonNullable<ControllerOptions['around']>;
@@ -16,49 +16,45 @@ export interface OperatorMetricSources {
 
 export class OperatorMetrics {
   readonly registry = new Registry();
-  readonly reconcileDuration = this.registry.add(
-    new Histogram({
-      name: 'naat_operator_reconcile_duration_seconds',
-      help: 'Duration of each reconcile, by controller and result (error: it threw and will be retried).',
-      labelNames: ['controller', 'result'],
-      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-    }),
-  );
-  readonly reconciles = this.registry.add(
-    new Counter({
-      name: 'naat_operator_reconcile_total',
-      help: 'Reconciles finished, by controller and result.',
-      labelNames: ['controller', 'result'],
-    }),
-  );
-  readonly queueDepth: Gauge<'controller'>;
-  readonly leader: Gauge;
-  readonly webhookReviews: Counter<'result'>;
+  readonly reconcileDuration = new Histogram({
+    name: 'naat_operator_reconcile_duration_seconds',
+    help: 'Duration of each reconcile, its span included, by controller and result (error: it threw and will be retried).',
+    labelNames: ['controller', 'result'],
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+  readonly reconciles = new Counter({
+    name: 'naat_operator_reconcile_total',
+    help: 'Reconciles finished, by controller and result: success, or error (it threw and will be retried).',
+    labelNames: ['controller', 'result'],
+    registers: [this.registry],
+  });
 
   constructor(sources: OperatorMetricSources) {
-    this.queueDepth = this.registry.add(
-      new Gauge({
-        name: 'naat_operator_queue_depth',
-        help: 'Keys waiting to be reconciled.',
-        labelNames: ['controller'],
-        collect: () => [...sources.queueDepths()].map(([controller, depth]) => [{ controller }, depth] as const),
-      }),
-    );
-    this.leader = this.registry.add(
-      new Gauge({
-        name: 'naat_operator_leader',
-        help: 'Whether this replica leads.',
-        collect: () => [[{}, sources.isLeader() ? 1 : 0]],
-      }),
-    );
-    this.webhookReviews = this.registry.add(
-      new Counter({
-        name: 'naat_operator_webhook_reviews_total',
-        help: 'Pod admission reviews answered, by result.',
-        labelNames: ['result'],
-        collect: () => Object.entries(sources.webhookReviews()).map(([result, count]) => [{ result }, count] as const),
-      }),
-    );
+    new Gauge({
+      name: 'naat_operator_queue_depth',
+      help: "Keys waiting in the controller's queue to be reconciled.",
+      labelNames: ['controller'],
+      collect: readAtScrape(() =>
+        [...sources.queueDepths()].map(([controller, depth]) => [{ controller }, depth] as const),
+      ),
+      registers: [this.registry],
+    });
+    new Gauge({
+      name: 'naat_operator_leader',
+      help: 'Whether this replica holds the leader Lease, 1 or 0.',
+      collect: readAtScrape(() => [[{}, sources.isLeader() ? 1 : 0]]),
+      registers: [this.registry],
+    });
+    new Counter({
+      name: 'naat_operator_webhook_reviews_total',
+      help: 'Pod admission reviews answered, by result: injected, skipped, failed or rejected.',
+      labelNames: ['result'],
+      collect: readAtScrape(() =>
+        Object.entries(sources.webhookReviews()).map(([result, count]) => [{ result }, count] as const),
+      ),
+      registers: [this.registry],
+    });
   }
 
   /**

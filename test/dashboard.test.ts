@@ -1,12 +1,11 @@
 // The Grafana dashboard in the chart against the metrics the code defines: every series a PromQL
-// expression names, and every label it selects or groups by, exists; and every metric the agent
-// and the operator serve is charted somewhere. A renamed or added metric fails here until the
-// dashboard follows.
+// expression names (naat's, and the process and runtime metrics every component serves), and every
+// label it selects or groups by, exists; and every naat metric a component serves is charted
+// somewhere. A renamed or added metric fails here until the dashboard follows.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AgentMetrics } from '../dataplane/metrics.ts';
-import type { Metric } from '../common/index.ts';
-import { OperatorMetrics } from '../operator/metrics.ts';
+import { processMetrics, Registry } from '../common/metrics/index.ts';
+import { componentRegistries, describeMetrics } from './metrics-reference.ts';
 
 interface Panel {
   id: number;
@@ -19,16 +18,22 @@ const dashboard = JSON.parse(
   await readFile(join(import.meta.dirname, '..', 'charts', 'naat', 'dashboards', 'naat.json'), 'utf8'),
 ) as { panels: Panel[]; templating: { list: Array<{ name: string; definition?: string }> } };
 
-const metrics: Metric[] = [
-  ...new AgentMetrics({ flows: { dropped: 0 }, attributions: { dropped: 0, size: 0 } }).registry.metrics(),
-  ...new OperatorMetrics({
-    queueDepths: () => [],
-    isLeader: () => true,
-    webhookReviews: () => ({}),
-  }).registry.metrics(),
+/** naat's metrics, each once though several components serve naat_build_info. */
+const metrics = [
+  ...new Map(
+    Object.values(componentRegistries())
+      .flatMap(describeMetrics)
+      .map((m) => [m.name, m]),
+  ).values(),
 ];
+const runtime = new Registry();
+processMetrics(runtime, 'operator');
 /** The metric behind each sample name, e.g. naat_x_seconds_bucket → the histogram naat_x_seconds. */
-const bySample = new Map(metrics.flatMap((m) => m.sampleNames.map((name) => [name, m] as const)));
+const bySample = new Map(
+  [...metrics, ...describeMetrics(runtime)].flatMap((m) => m.sampleNames.map((name) => [name, m] as const)),
+);
+/** A series name in an expression: naat's, or a process or runtime metric's. */
+const seriesName = /\b(?:naat|process|nodejs)_\w+/g;
 /** Labels every scraped series has, whatever the metric. */
 const scrapeLabels = ['instance', 'job'];
 
@@ -40,18 +45,18 @@ const expressions = [
 ];
 
 describe('the Grafana dashboard', () => {
-  it('names only series the agent and the operator serve, with their labels', () => {
+  it('names only series the agents and the operator serve, with their labels', () => {
     const problems: string[] = [];
     for (const { where, expr } of expressions) {
-      const used = [...expr.matchAll(/\bnaat_\w+/g)].map(([name]) => name);
-      if (!used.length) problems.push(`${where}: names no naat metric`);
+      const used = [...expr.matchAll(seriesName)].map(([name]) => name);
+      if (!used.length) problems.push(`${where}: names no metric naat serves`);
       for (const name of used) if (!bySample.has(name)) problems.push(`${where}: ${name} is not served`);
       const labelsOf = (name: string) => [
         ...(bySample.get(name)?.labelNames ?? []),
         ...(name.endsWith('_bucket') ? ['le'] : []),
         ...scrapeLabels,
       ];
-      for (const [, name, matchers] of expr.matchAll(/\b(naat_\w+)\{([^}]*)\}/g)) {
+      for (const [, name, matchers] of expr.matchAll(/\b((?:naat|process|nodejs)_\w+)\{([^}]*)\}/g)) {
         for (const [, label] of matchers!.matchAll(/(\w+)\s*(?:=~|!~|!=|=)/g)) {
           if (!labelsOf(name!).includes(label!)) problems.push(`${where}: ${name} has no label ${label}`);
         }
@@ -69,9 +74,9 @@ describe('the Grafana dashboard', () => {
     expect(problems).toEqual([]);
   });
 
-  it('charts every metric the agent and the operator serve', () => {
+  it('charts every naat metric the agents and the operator serve', () => {
     const charted = new Set(
-      expressions.flatMap(({ expr }) => [...expr.matchAll(/\bnaat_\w+/g)].map(([name]) => bySample.get(name)?.name)),
+      expressions.flatMap(({ expr }) => [...expr.matchAll(seriesName)].map(([name]) => bySample.get(name)?.name)),
     );
     expect(metrics.map((m) => m.name).filter((name) => !charted.has(name))).toEqual([]);
   });
