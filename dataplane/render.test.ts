@@ -4,7 +4,7 @@ import type { Application } from '../proto/index.ts';
 import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { renderTable } from './nft/model.ts';
 import { trace, type Packet, type TraceOptions } from './nft/trace.ts';
-import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation, type RenderInput } from './render.ts';
+import { maxUplinkId, render, uplinkMarks, type FlowAssociation, type RenderInput } from './render.ts';
 import { markOf, valueOf } from '../contracts/gateway/index.ts';
 import { allocateUplinkIds } from './uplink-ids.ts';
 import { leastLoadedCounts } from './balancing/least-loaded.ts';
@@ -97,6 +97,10 @@ describe('render', () => {
       ['isp-b', 7700 + idOf(i, 'isp-b'), markFor(i, 'isp-b'), 'up2'],
     ]);
     expect(routes.find((r) => r.uplink === 'isp-b')!.sources).toEqual(['100.64.2.2', '100.64.2.3']);
+  });
+
+  it('has the reverse-path check of every device, the uplinks among them, use the packet mark', () => {
+    expect(render(input()).sysctls).toEqual([['net/ipv4/conf/all/src_valid_mark', '1']]);
   });
 
   it('leaves out uplinks that another node has', () => {
@@ -237,9 +241,16 @@ describe('a new flow traced through the rendered rules', () => {
     const later = trace(table, 'prerouting', { ...tcp('10.244.1.7', '203.0.113.10', 443), isNew: false, ctMark: mark });
     expect(later.mark).toBe(mark);
     // Active FTP: the server's data connection comes in through the uplink and inherits the
-    // control flow's mark; it goes to the pod by the main table, the pod's answers by the uplink.
-    const inbound = { ...tcp('203.0.113.10', '100.64.1.2', 40000, 20), ctMark: mark, ctStatus: ['dnat' as const] };
-    expect(trace(table, 'prerouting', inbound).mark).toBe(0);
+    // control flow's mark, which its packets from the uplink carry (for the reverse-path check;
+    // the main-table rule of the uplink's interface takes them to the pod); the pod's answers
+    // leave by the uplink.
+    const inbound = {
+      ...tcp('203.0.113.10', '100.64.1.2', 40000, 20),
+      ctMark: mark,
+      ctStatus: ['dnat' as const],
+      iifname: 'up2',
+    };
+    expect(trace(table, 'prerouting', inbound).mark).toBe(mark);
     const answer = {
       ...tcp('10.244.1.7', '203.0.113.10', 20, 40000),
       direction: 'reply' as const,
@@ -249,6 +260,29 @@ describe('a new flow traced through the rendered rules', () => {
     expect(trace(table, 'prerouting', answer).mark).toBe(mark);
     expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 21)).helper).toBe('ftp4');
     expect(trace(table, 'prerouting', tcp('10.244.1.7', '203.0.113.10', 443)).timeout).toBe('tcp4_7440_240');
+  });
+
+  it("gives a reply that arrives on an uplink its flow's uplink mark, and one that arrives elsewhere none", () => {
+    const i = input();
+    const table = render(i).table;
+    for (const [name, iifname] of [
+      ['isp-a', 'up1'],
+      ['isp-b', 'up2'],
+      ['backup', 'up3'],
+    ] as const) {
+      for (const [saddr, daddr] of [
+        ['203.0.113.10', '10.244.1.7'],
+        ['2001:db8::10', 'fd00:244:1::7'],
+      ] as const) {
+        const reply = { ...tcp(saddr, daddr, 50000, 443), direction: 'reply' as const, isNew: false };
+        const mark = markFor(i, name);
+        const arrived = trace(table, 'prerouting', { ...reply, ctMark: mark, iifname });
+        expect([arrived.verdict, arrived.mark, arrived.ctMark]).toEqual(['accept', mark, mark]);
+        expect(trace(table, 'prerouting', { ...reply, ctMark: mark, iifname: 'eth0' }).mark).toBe(0);
+        // A flow that has no uplink (bypassed, local) keeps its replies unmarked.
+        expect(trace(table, 'prerouting', { ...reply, iifname }).mark).toBe(0);
+      }
+    }
   });
 
   it('is translated to its uplink address and port range, with ICMP keeping its identifier space', () => {
@@ -381,10 +415,6 @@ describe('render with steering', () => {
       table: 'main',
       from: '192.168.0.11',
     });
-    // Replies arrive on the uplinks; their mark finds the uplink's table for the reverse-path check.
-    expect(steering?.tunnels.sysctls).toEqual(
-      localUplinks(steered, 'node-1').map((u) => [`net/ipv4/conf/${u.interface}/src_valid_mark`, '1']),
-    );
     expect(render(input(steered, { underlay })).table.chains.map((c) => c.name)).toContain('tunnel_mss');
   });
 

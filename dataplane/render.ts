@@ -22,11 +22,14 @@ import {
   uplinkMarkMask,
   type MarkField,
 } from '../contracts/gateway/index.ts';
+import { hasPorts, rulesCompiler } from './classify.ts';
+import { addressText, type Interval } from './nft/intervals.ts';
 import {
   renderElement,
   type Chain,
   type ChainVerdict,
   type Family,
+  type KeyPart,
   type L4,
   type Match,
   type NamedSet,
@@ -38,10 +41,16 @@ import {
 } from './nft/model.ts';
 import { gatewayDevice, planGatewaySteering, type GatewaySteering } from './steering/gateway-plan.ts';
 import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
+import { srcValidMark, type Sysctl } from './sysctls.ts';
 
 /** Routing table of uplink id n is routeTableBase + n; ip rules use this preference. */
 export const routeTableBase = 7700;
 export const rulePreference = 7700;
+/**
+ * The ip rules that send packets arriving on an uplink, and the node's own packets and lookups
+ * (`iif lo`), to the main table's specific routes before any uplink's rule (see routing.ts).
+ */
+export const mainRulePreference = 7699;
 /** The routing tables naat owns, routeTableBase + 1 up to this many, whatever the mark bits. */
 export const routeTableCount = 254;
 
@@ -109,6 +118,12 @@ export interface UplinkRoute {
 export interface Rendered {
   table: Table;
   routes: UplinkRoute[];
+  /**
+   * Kernel settings the routes rely on: `src_valid_mark` (for every device, see sysctls.ts), so
+   * that the strict reverse-path check of a packet arriving on an uplink uses its mark (restored
+   * in prerouting from its flow's) and finds the server behind the uplink's own table.
+   */
+  sysctls: Sysctl[];
   /** The steering tunnel, its return routes and rule (config.steering with a known underlay). */
   steering?: GatewaySteering;
 }
@@ -162,17 +177,11 @@ export function render(input: RenderInput): Rendered {
   parts.sets.push(...renderAssociationMaps(classOf, input.associations ?? [], input.stamps ?? [], strict));
   for (const uplink of uplinks) renderUplinkChains(context, uplink, parts);
   const objects = conntrackObjects(config);
+  objects.push(...uplinks.map((u): NftObject => ({ kind: 'counter', name: newFlowsCounter(u.name), body: '' })));
   if (strict) objects.push(...strictCounters());
-  const steering =
-    input.underlay &&
-    planGatewaySteering(
-      config,
-      input.node,
-      input.underlay,
-      uplinks.map((u) => u.interface),
-    );
+  const steering = input.underlay && planGatewaySteering(config, input.node, input.underlay);
   const chains = [
-    renderPrerouting(config, context.marks),
+    renderPrerouting(config, context.marks, uplinks),
     ...parts.chains,
     renderPostrouting(context),
     renderGuard(uplinks),
@@ -182,6 +191,7 @@ export function render(input: RenderInput): Rendered {
   return {
     table: { chains, sets: parts.sets, objects },
     routes: renderRoutes(context, input.interfaceAddresses),
+    sysctls: uplinks.length ? [srcValidMark] : [],
     ...(steering ? { steering } : {}),
   };
 }
@@ -208,8 +218,10 @@ function renderAddressSets(config: GatewayConfig): NamedSet[] {
 }
 
 /**
- * The policy's chains: the rules in the config's order, the choice chains their Allow verdicts go
- * to, and `pod_rules`. Returns the chain of each application's class, made on first use.
+ * The policy's chains: `pod_rules` and the chain of each application class, which look the flow
+ * up in the interval maps of their rules compiled (classify.ts), the chain of each rule that
+ * decides some flow, and the choice chains their Allow verdicts go to. Returns the chain of each
+ * application's class, made on first use.
  */
 function renderPolicyChains(
   context: RenderContext,
@@ -218,19 +230,6 @@ function renderPolicyChains(
   const { config } = context;
   const hold = config.association?.unassociatedFlows === 'Hold';
   const { chains } = parts;
-
-  // Rules of one policy share their sources; one set per distinct source list keeps elements few.
-  const sourceSets = new Map<string, string>();
-  const sourceSetOf = (rule: CompiledRule) => {
-    const key = rule.sources.join(',');
-    let name = sourceSets.get(key);
-    if (!name) {
-      name = `src${sourceSets.size}_`;
-      sourceSets.set(key, name);
-      for (const f of families) parts.sets.push(addressSet(`${name}${f}`, f, rule.sources));
-    }
-    return name;
-  };
 
   const choices = new Map<string, string>();
   const choiceChain = (rule?: CompiledRule): string => {
@@ -246,47 +245,60 @@ function renderPolicyChains(
     return name;
   };
 
-  const verdictOf = (rule: CompiledRule): Statement[] =>
-    rule.action === 'Deny' ? drop : [{ kind: 'counter' }, goto(choiceChain(rule))];
-  const rulesOf = (rule: CompiledRule): Rule[] =>
-    ruleMatches(rule, sourceSetOf(rule)).map((match) => ({ match, then: verdictOf(rule), comment: ruleName(rule) }));
+  // A rule's verdict, in a chain of its own that the maps' elements of every class share. Every
+  // verdict is final (uplink chains accept).
+  const ruleChains = new Map<CompiledRule, string>();
+  const ruleChain = (rule: CompiledRule): string => {
+    let name = ruleChains.get(rule);
+    if (!name) {
+      name = `rule${config.rules.indexOf(rule)}`;
+      ruleChains.set(rule, name);
+      const then: Statement[] = rule.action === 'Deny' ? drop : [{ kind: 'counter' }, goto(choiceChain(rule))];
+      chains.push({ name, rules: [{ match: [], then, comment: ruleName(rule) }] });
+    }
+    return name;
+  };
   const defaultVerdict: Rule = { match: [], then: config.defaultAction === 'Deny' ? drop : [goto(choiceChain())] };
 
-  // Rules are evaluated in the config's order. Each run of rules that name no application is one
-  // shared chain; `pod_rules` jumps through every run, and the chain of an application class
-  // (the application rules one application matches) jumps through them with that class's rules
-  // in between. Every verdict is final (uplink chains accept), so a run that matches nothing
-  // returns to the next step. A class thus costs a rule per run and per rule of its own.
-  const steps: Array<{ run: string } | { rule: CompiledRule }> = [];
-  let run: Chain | undefined;
-  for (const rule of config.rules) {
-    if (rule.applications) {
-      steps.push({ rule });
-      run = undefined;
-      continue;
-    }
-    if (!run) {
-      run = { name: `rules${steps.length}`, rules: [] };
-      chains.push(run);
-      steps.push({ run: run.name });
-    }
-    run.rules.push(...rulesOf(rule));
-  }
-  const ruleChain = (matched: readonly CompiledRule[]): Rule[] => [
-    ...steps.flatMap((step) =>
-      'run' in step
-        ? [{ match: [], then: [{ kind: 'jump', chain: step.run } as Statement] }]
-        : matched.includes(step.rule)
-          ? rulesOf(step.rule)
-          : [],
-    ),
-    defaultVerdict,
-  ];
-  chains.push({ name: 'pod_rules', rules: ruleChain([]) });
+  // The chain of a list of rules in the config's order: one lookup per family and protocol that
+  // any of them matches, then the default action for what none matches.
+  const compileRules = rulesCompiler<CompiledRule>();
+  const classChain = (name: string, rules: readonly CompiledRule[]): Chain => {
+    const lookups = compileRules(rules).map(({ family: f, protocol, boxes }): Rule => {
+      const map = `${name}_${protocol}${f}`;
+      const addr = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
+      const ports = hasPorts(protocol);
+      parts.sets.push({
+        name: map,
+        type: `${addr} . ${addr}${ports ? ' . inet_service' : ''} : verdict`,
+        map: true,
+        interval: true,
+        elements: boxes.map((box) => ({
+          key: [
+            addresses(box.source, f),
+            addresses(box.destination, f),
+            ...(box.ports
+              ? [{ kind: 'ports', first: Number(box.ports[0]), last: Number(box.ports[1]) } as KeyPart]
+              : []),
+          ],
+          value: goto(ruleChain(box.rule)),
+        })),
+      });
+      const l4: L4 | undefined = protocol === 'any' ? undefined : protocol === 'icmp' && f === 6 ? 'icmpv6' : protocol;
+      return {
+        match: [family(f), ...(l4 ? [{ kind: 'l4proto', protocols: [l4] } as Match] : [])],
+        then: [{ kind: 'classify', family: f, ports, map }],
+      };
+    });
+    return { name, rules: [...lookups, defaultVerdict] };
+  };
+  const podRules = config.rules.filter((r) => !r.applications);
+  chains.push(classChain('pod_rules', podRules));
 
-  // An application class: the chain of the application rules one application matches. A known
-  // application that no rule names gets the pod's rules, like an unknown one, but it is known:
-  // in Hold mode that lets it through (unknown ones do not reach the maps' pod_rules elements).
+  // An application class: the rules without applications and the application rules one
+  // application matches. A known application that no rule names gets the pod's rules, like an
+  // unknown one, but it is known: in Hold mode that lets it through (unknown ones do not reach
+  // the maps' pod_rules elements).
   const classes = new Map<string, string>();
   return (application) => {
     const matched = config.rules.filter((r) => r.applications?.some((m) => matchesApplication(m, application)));
@@ -296,11 +308,22 @@ function renderPolicyChains(
     if (!name) {
       name = `class${classes.size}`;
       classes.set(key, name);
-      chains.push({ name, rules: ruleChain(matched) });
+      chains.push(
+        classChain(
+          name,
+          config.rules.filter((r) => !r.applications || matched.includes(r)),
+        ),
+      );
     }
     return name;
   };
 }
+
+const addresses = ([first, last]: Interval, f: Family): KeyPart => ({
+  kind: 'addresses',
+  first: addressText(first, f),
+  last: addressText(last, f),
+});
 
 /** A choice chain's rules: per family, the uplinks a flow may take now and how one is picked. */
 function renderChoiceRules(
@@ -369,12 +392,24 @@ function renderAssociationMaps(
   return sets;
 }
 
+/**
+ * The kernel's count of the new flows placed on an uplink. Only a new flow enters the uplink's
+ * chain, so the count is exact where conntrack's NEW events may be lost under load.
+ */
+export const newFlowsCounter = (uplink: string) => `new_flows_${chainPart(uplink)}`;
+
 /** An uplink's chain (it marks the flow for the uplink) and its source NAT chains. */
 function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, parts: TableParts): void {
   const id = context.ids.get(uplink.name)!;
   const { mask } = context.marks;
   const then: Rule[] = [
-    { match: [], then: [{ kind: 'counter' }, { kind: 'setMark', mask, value: markOf(context.marks, id) }] },
+    {
+      match: [],
+      then: [
+        { kind: 'namedCounter', name: newFlowsCounter(uplink.name) },
+        { kind: 'setMark', mask, value: markOf(context.marks, id) },
+      ],
+    },
   ];
   const extra = context.healthy.includes(uplink) ? context.balancer.uplinkParts : undefined;
   if (extra) {
@@ -391,7 +426,7 @@ function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, part
 }
 
 /** The base chain that classifies new flows of served pods and restores the uplink of known ones. */
-function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
+function renderPrerouting(config: GatewayConfig, { mask }: MarkField, uplinks: readonly CompiledUplink[]): Chain {
   const hold = config.association?.unassociatedFlows === 'Hold';
   const strict = (config.association?.strictSources ?? []).length > 0;
   // A tunnelled flow's packets towards the uplink keep the tunnel bits too: the reverse-path
@@ -425,9 +460,13 @@ function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
       : []),
     // Packets of flows conntrack knows are decided by their direction and translation alone, so
     // that the bulk of the traffic passes a single rule. The pods' flows keep the uplink in their
-    // mark (FTP data and ICMP errors inherit their flow's); their replies go back to the pod by
-    // the main table. A flow that came in through an uplink for a pod (active FTP data, which the
-    // kernel translates to the pod) is the other way round: its packets from the pod are replies.
+    // mark (FTP data and ICMP errors inherit their flow's). What arrives for them on an uplink
+    // (replies, and the server's packets of active FTP data) gets that mark too: the strict
+    // reverse-path check (src_valid_mark) then finds the server through the uplink's table, and
+    // the main-table rule of the uplink's interface still routes the packet to its pod. A reply
+    // that arrives elsewhere keeps no mark and goes to the pod by the main table. A flow that came
+    // in through an uplink for a pod (active FTP data, which the kernel translates to the pod) is
+    // the other way round: its packets from the pod are replies.
     {
       match: [
         { kind: 'ctDirection', direction: 'original' },
@@ -436,6 +475,17 @@ function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
       ],
       then: restore,
     },
+    ...(uplinks.length
+      ? [
+          {
+            match: [
+              { kind: 'iifnames', names: [...new Set(uplinks.map((u) => u.interface))].sort() },
+              { kind: 'ctMarkSet', mask },
+            ] as Match[],
+            then: restore,
+          },
+        ]
+      : []),
     {
       match: [
         { kind: 'ctDirection', direction: 'reply' },
@@ -469,6 +519,9 @@ function renderPrerouting(config: GatewayConfig, { mask }: MarkField): Chain {
       then: [ret],
     })),
     { match: [{ kind: 'localDestination' }], then: [ret] },
+    // Only there to be loaded: it turns on conntrack accounting, so that flows have packet and
+    // byte counts (the flow table, the uplinks' byte metrics, flow spans).
+    { match: [{ kind: 'ctAccounting' }], then: [] },
     ...families.map((f) => ({
       match: [
         family(f),
@@ -693,29 +746,6 @@ function snatChains(uplink: CompiledUplink): Chain[] {
     rules.push({ match: [family(f)], then: [{ kind: 'pick', by: 'source', family: f, slots }] });
   }
   return [{ name, rules }, ...chains];
-}
-
-function ruleMatches(rule: CompiledRule, sourceSet: string): Match[][] {
-  const destinations = rule.destinations ?? [{ protocol: 'Any' as const }];
-  return destinations.flatMap((d) =>
-    families
-      .filter((f) => !d.cidr || familyOf(d.cidr) === f)
-      .map((f) => {
-        const match: Match[] = [family(f), { kind: 'saddr', family: f, set: `${sourceSet}${f}` }];
-        if (d.cidr) match.push({ kind: 'daddr', family: f, prefixes: normalisePrefixes([d.cidr], f) });
-        const protocols: L4[] | undefined =
-          d.protocol === 'TCP'
-            ? ['tcp']
-            : d.protocol === 'UDP'
-              ? ['udp']
-              : d.protocol === 'ICMP'
-                ? [f === 4 ? 'icmp' : 'icmpv6']
-                : undefined;
-        if (protocols) match.push({ kind: 'l4proto', protocols });
-        if (d.ports) match.push({ kind: 'dport', ranges: d.ports.map((p) => [p.port, p.endPort ?? p.port]) });
-        return match;
-      }),
-  );
 }
 
 function flowElement(assoc: FlowAssociation, chain: string): SetElement {

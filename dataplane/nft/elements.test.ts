@@ -1,6 +1,6 @@
 // Set and map elements are data, rendered to nft text in one place: the text the kernel gets, the
 // in-memory table and the packet tracer must agree on them, IPv6 keys and concatenations included.
-import { renderTable, type SetElement, type Table } from './model.ts';
+import { renderRule, renderTable, type SetElement, type Table } from './model.ts';
 import { FakeNftables, operationText, planSync } from './nftables.ts';
 import { trace, type Packet } from './trace.ts';
 
@@ -207,5 +207,72 @@ describe('set and map elements', () => {
         { op: 'delete', what: 'element', set: 'flows6', elements: [flow('fd00:244:1::7', 'udp', 5353, 'app_b')] },
       ]),
     ).rejects.toThrow(/No such file/);
+  });
+});
+
+describe('elements of interval maps of concatenations', () => {
+  const box = (source: [string, string], destination: [string, string], ports: [number, number], chain: string) => ({
+    key: [
+      { kind: 'addresses' as const, first: source[0], last: source[1] },
+      { kind: 'addresses' as const, first: destination[0], last: destination[1] },
+      { kind: 'ports' as const, first: ports[0], last: ports[1] },
+    ],
+    value: { kind: 'goto' as const, chain },
+  });
+  const rules: Table = {
+    objects: [],
+    sets: [
+      {
+        name: 'rules4',
+        type: 'ipv4_addr . ipv4_addr . inet_service : verdict',
+        map: true,
+        interval: true,
+        elements: [
+          box(['10.244.10.2', '10.244.10.51'], ['0.0.0.0', '255.255.255.255'], [23, 23], 'app_a'),
+          box(['10.0.0.0', '10.255.255.255'], ['192.0.2.0', '192.0.2.255'], [8000, 8080], 'app_b'),
+        ],
+      },
+    ],
+    chains: [
+      {
+        name: 'prerouting',
+        base: { type: 'filter', hook: 'prerouting', priority: -150 },
+        rules: [
+          {
+            match: [
+              { kind: 'family', family: 4 },
+              { kind: 'l4proto', protocols: ['tcp'] },
+            ],
+            then: [{ kind: 'classify', family: 4, ports: true, map: 'rules4' }],
+          },
+          { match: [], then: [{ kind: 'verdict', verdict: 'drop' }] },
+        ],
+      },
+      marking('app_a', 1, 'accept'),
+      marking('app_b', 2, 'accept'),
+    ],
+  };
+  const to = (saddr: string, daddr: string, dport: number): Packet => ({
+    family: 4,
+    saddr,
+    daddr,
+    protocol: 'tcp',
+    sport: 40000,
+    dport,
+  });
+
+  it('render ranges as nft lists them, prefixes where they are, and the tracer finds the box that holds a packet', () => {
+    const rendered = renderTable(rules);
+    expect(rendered).toContain('\t\trules4 10.244.10.2-10.244.10.51 . 0.0.0.0/0 . 23 : goto app_a\n');
+    expect(rendered).toContain('\t\trules4 10.0.0.0/8 . 192.0.2.0/24 . 8000-8080 : goto app_b\n');
+    expect(renderRule(rules.chains[0]!.rules[0]!)).toBe(
+      'meta nfproto ipv4 meta l4proto tcp ip saddr . ip daddr . th dport vmap @rules4',
+    );
+    const mark = (packet: Packet) => trace(rules, 'prerouting', packet);
+    expect(mark(to('10.244.10.51', '198.51.100.1', 23)).mark).toBe(1);
+    expect(mark(to('10.244.10.2', '192.0.2.255', 8080)).mark).toBe(2);
+    expect(mark(to('10.244.10.52', '198.51.100.1', 23)).verdict).toBe('drop');
+    expect(mark(to('10.244.10.2', '192.0.3.0', 8000)).verdict).toBe('drop');
+    expect(mark(to('10.244.10.2', '192.0.2.1', 8081)).verdict).toBe('drop');
   });
 });

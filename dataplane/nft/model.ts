@@ -1,6 +1,7 @@
 // naat's nftables table as data. Rules are built from a small vocabulary of matches and
 // statements rather than free text, so that one model renders to `nft` syntax for the kernel and
 // is evaluated by the packet tracer in tests: the tracer and the kernel read the same rules.
+import { addressValue, intervalText } from './intervals.ts';
 
 export const tableFamily = 'inet';
 export const tableName = 'naat';
@@ -29,10 +30,18 @@ export type Match =
   /** `ct mark & mask == value`: the flow is pinned to one value of the bits. */
   | { kind: 'ctMark'; mask: number; value: number }
   | { kind: 'iifname'; name: string }
+  /** The packet arrived on any of these interfaces. */
+  | { kind: 'iifnames'; names: string[] }
   /** The link-layer source of a packet that arrived on an Ethernet device (a tunnel peer's MAC). */
   | { kind: 'etherSaddr'; address: string }
   /** A TCP segment with SYN set whose MSS option is above `size`. */
-  | { kind: 'synMssAbove'; size: number };
+  | { kind: 'synMssAbove'; size: number }
+  /**
+   * `ct packets 0`, which no packet a hook sees matches (conntrack counted it already). Loading a
+   * rule that reads a flow's counters turns conntrack accounting on in the network namespace, as
+   * net.netfilter.nf_conntrack_acct=1 does, which a container without a writable /proc/sys cannot.
+   */
+  | { kind: 'ctAccounting' };
 
 /** Continues in another chain: a rule's statement, or the value of a verdict map's element. */
 export interface ChainVerdict {
@@ -57,6 +66,11 @@ export type Statement =
   | { kind: 'pick'; by: 'random' | 'source'; family?: Family; slots: Array<{ chain: string; count: number }> }
   /** Looks up (source address, protocol, source port) in an association verdict map. */
   | { kind: 'lookupFlow'; family: Family; map: string }
+  /**
+   * Continues by the interval verdict map keyed by (source address, destination address) and,
+   * with `ports`, the destination port: the chain of the policy rule that decides the flow.
+   */
+  | { kind: 'classify'; family: Family; ports: boolean; map: string }
   /** Jumps by the verdict map keyed by (source address, DSCP): the chain of a stamped application. */
   | { kind: 'lookupStamp'; family: Family; map: string }
   /** Sets the DSCP back to 0, so that a stamp never leaves the gateway. */
@@ -108,7 +122,11 @@ export type KeyPart =
   | { kind: 'address'; address: string }
   | { kind: 'protocol'; protocol: L4 }
   | { kind: 'port'; port: number }
-  | { kind: 'dscp'; dscp: number };
+  | { kind: 'dscp'; dscp: number }
+  /** The addresses from `first` to `last` (canonical), in an interval map of concatenations. */
+  | { kind: 'addresses'; first: string; last: string }
+  /** The ports from `first` to `last`, in an interval map of concatenations. */
+  | { kind: 'ports'; first: number; last: number };
 
 /**
  * An element of a set or map: its key, one part per field of a concatenation (`a . b . c`), and
@@ -183,10 +201,14 @@ export function renderMatch(m: Match): string {
       return `ct mark & ${hex(m.mask)} == ${hex(m.value)}`;
     case 'iifname':
       return `iifname ${JSON.stringify(m.name)}`;
+    case 'iifnames':
+      return `iifname ${list(m.names.map((name) => JSON.stringify(name)))}`;
     case 'etherSaddr':
       return `ether saddr ${m.address}`;
     case 'synMssAbove':
       return `tcp flags syn tcp option maxseg size > ${m.size}`;
+    case 'ctAccounting':
+      return 'ct packets 0';
   }
 }
 
@@ -231,6 +253,8 @@ export function renderStatement(s: Statement): string {
       return `${saddrField(s.family)} . meta l4proto . th sport vmap @${s.map}`;
     case 'lookupStamp':
       return `${saddrField(s.family)} . ${s.family === 4 ? 'ip' : 'ip6'} dscp vmap @${s.map}`;
+    case 'classify':
+      return `${saddrField(s.family)} . ${daddrField(s.family)}${s.ports ? ' . th dport' : ''} vmap @${s.map}`;
     case 'clearDscp':
       return `${s.family === 4 ? 'ip' : 'ip6'} dscp set cs0`;
     case 'namedCounter':
@@ -258,6 +282,10 @@ function renderKeyPart(part: KeyPart): string {
     case 'dscp':
       // As nft lists elements of type dscp, e.g. 0x05.
       return `0x${part.dscp.toString(16).padStart(2, '0')}`;
+    case 'addresses':
+      return intervalText([addressValue(part.first), addressValue(part.last)], part.first.includes(':') ? 6 : 4);
+    case 'ports':
+      return part.first === part.last ? `${part.first}` : `${part.first}-${part.last}`;
   }
 }
 
@@ -310,6 +338,7 @@ export function ruleReferences(rule: Rule): References {
       case 'lookupFlow':
       case 'lookupStamp':
       case 'lookupSource':
+      case 'classify':
         refs.sets.push(s.map);
         break;
       case 'updateSet':

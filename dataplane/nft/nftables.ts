@@ -48,6 +48,8 @@ export interface Nftables {
   list(): Promise<TableNames | undefined>;
   /** Applies every operation or none. */
   run(operations: Operation[]): Promise<void>;
+  /** The packets each named counter of the table counted, by name; empty when naat has no table. */
+  counters(): Promise<Map<string, number>>;
 }
 
 /** What a table made exactly as `table` holds, as `list` would name it. */
@@ -189,6 +191,23 @@ export class ExecNftables implements Nftables {
     return names;
   }
 
+  async counters(): Promise<Map<string, number>> {
+    const { code, stdout, stderr } = await exec(this.#nft, [
+      '-j',
+      'list',
+      'counters',
+      'table',
+      tableFamily,
+      this.#table,
+    ]);
+    if (code !== 0) {
+      if (/No such file or directory/.test(stderr)) return new Map();
+      throw new NftError(`nft list counters failed: ${stderr.trim()}`);
+    }
+    const items = (JSON.parse(stdout) as { nftables: Array<{ counter?: { name: string; packets: number } }> }).nftables;
+    return new Map(items.flatMap((item) => (item.counter ? [[item.counter.name, item.counter.packets] as const] : [])));
+  }
+
   async run(operations: Operation[]): Promise<void> {
     if (!operations.length) return;
     const script = `${operations.map((o) => operationIn(o, this.#table)).join('\n')}\n`;
@@ -215,7 +234,20 @@ export class ExecNftables implements Nftables {
  */
 export class FakeNftables implements Nftables {
   #table: { chains: Map<string, Chain>; sets: Map<string, NamedSet>; objects: Map<string, NftObject> } | undefined;
+  /** Packets of the named counters, as a test counts them in place of the kernel. */
+  readonly #packets = new Map<string, number>();
   transactions = 0;
+
+  /** Counts `packets` in the named counter, as a packet through a rule that names it would. */
+  count(name: string, packets = 1): void {
+    if (!this.#table?.objects.has(`counter/${name}`)) throw new NftError(`counter ${name}: No such file or directory`);
+    this.#packets.set(name, (this.#packets.get(name) ?? 0) + packets);
+  }
+
+  async counters(): Promise<Map<string, number>> {
+    const counters = [...(this.#table?.objects.values() ?? [])].filter((o) => o.kind === 'counter');
+    return new Map(counters.map((o) => [o.name, this.#packets.get(o.name) ?? 0]));
+  }
 
   async list(): Promise<TableNames | undefined> {
     if (!this.#table) return undefined;
@@ -237,6 +269,7 @@ export class FakeNftables implements Nftables {
     for (const o of operations) table = apply(table, o);
     if (table) checkReferences(table);
     this.#table = table;
+    for (const name of this.#packets.keys()) if (!table?.objects.has(`counter/${name}`)) this.#packets.delete(name);
     this.transactions++;
   }
 

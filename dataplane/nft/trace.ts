@@ -2,6 +2,7 @@
 // chains of a hook in priority order, jump/goto/return, sets and verdict maps. It answers "what
 // happens to this packet" for tests and explanations without a kernel.
 import { canonicalAddress, contains } from '../../contracts/gateway/index.ts';
+import { addressValue } from './intervals.ts';
 import {
   renderKey,
   type Family,
@@ -122,10 +123,14 @@ export function trace(
         return (state.ctMark & m.mask) === m.value;
       case 'iifname':
         return packet.iifname === m.name;
+      case 'iifnames':
+        return packet.iifname !== undefined && m.names.includes(packet.iifname);
       case 'etherSaddr':
         return packet.etherSaddr === m.address;
       case 'synMssAbove':
         return packet.protocol === 'tcp' && (packet.mss ?? 0) > m.size;
+      case 'ctAccounting':
+        return false;
     }
   };
 
@@ -167,6 +172,15 @@ export function trace(
     const wanted = renderKey(key);
     const value = sets.get(map)?.elements.find((e) => renderKey(e.key) === wanted)?.value;
     return value ? execute(value) : 'next';
+  };
+  /** An interval verdict-map lookup: the verdict of the element whose intervals hold every value. */
+  const lookupInterval = (map: string, values: Array<bigint | number>): 'next' | 'return' | 'goto-done' => {
+    const holds = (part: KeyPart | undefined, value: bigint | number) => {
+      if (part?.kind === 'addresses') return value >= addressValue(part.first) && value <= addressValue(part.last);
+      return part?.kind === 'ports' && value >= part.first && value <= part.last;
+    };
+    const element = sets.get(map)?.elements.find((e) => values.every((value, i) => holds(e.key[i], value)));
+    return element?.value ? execute(element.value) : 'next';
   };
   const source = (): KeyPart => ({ kind: 'address', address: canonicalAddress(packet.saddr) });
 
@@ -217,6 +231,12 @@ export function trace(
       case 'lookupStamp':
         if (packet.family !== s.family) return 'next';
         return lookup(s.map, [source(), { kind: 'dscp', dscp: packet.dscp ?? 0 }]);
+      case 'classify': {
+        if (packet.family !== s.family) return 'next';
+        const addresses = [addressValue(packet.saddr), addressValue(packet.daddr)];
+        if (!s.ports) return lookupInterval(s.map, addresses);
+        return packet.dport === undefined ? 'next' : lookupInterval(s.map, [...addresses, packet.dport]);
+      }
       case 'lookupSource':
         return packet.family === s.family ? lookup(s.map, [source()]) : 'next';
       // The MSS is clamped on the forward hook, which traces do not walk.
