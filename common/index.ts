@@ -1,17 +1,21 @@
-// Infrastructure below naat's components: command lines, structured JSON logs, OpenTelemetry start-up, the
-// Prometheus text format and IP addresses as bytes. This entry point loads nothing large, so every component imports it,
-// the sidecar too (its memory matters); what needs the Kubernetes client (tens of MiB) has an
-// entry point of its own, kube/index.ts, for the components that talk to the apiserver.
+// Infrastructure below naat's components: command lines, structured JSON logs, OpenTelemetry
+// start-up, IP addresses as bytes and listen addresses. This entry point loads nothing large, so
+// every component imports it, the sidecar too (its memory matters); what needs the Kubernetes
+// client (tens of MiB) has an entry point of its own, kube/index.ts, for the components that talk
+// to the apiserver, and so have the /metrics of the agents and the operator, metrics/index.ts.
 export { addressToBytes, bytesToAddress } from './address.ts';
 export { parseCommandLine, usageError } from './command-line.ts';
-export { errorText, jsonLogger, type Logger } from './log.ts';
+export { formatListenAddress, parseListenAddress, type ListenAddress } from './listen-address.ts';
 export {
-  contentType as metricsContentType,
-  Counter,
-  Gauge,
-  Histogram,
-  LabelLimit,
-  Registry,
-  type Metric,
-} from './prometheus.ts';
+  errorText,
+  jsonLines,
+  jsonLogger,
+  logLevelFromEnvironment,
+  logLevels,
+  logLevelVariable,
+  ProblemLog,
+  setLogLevel,
+  type Logger,
+  type LogLevel,
+} from './log.ts';
 export { startTelemetry, telemetryWanted, type Telemetry } from './telemetry.ts';

@@ -4,3 +4,10 @@
  * the apiserver accept only those, so a token the gateway sees cannot be replayed at the apiserver.
  */
 export const tokenAudience = 'naat';
+
+/**
+ * The audience of the tokens with which callers read a gateway agent's flow data on its secure
+ * listener (`kubectl create token NAME --audience naat-flows`): a token sent to an agent cannot be
+ * replayed at the apiserver, nor at a sidecar's NAA stream.
+ */
+export const flowsTokenAudience = 'naat-flows';

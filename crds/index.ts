@@ -2,6 +2,7 @@
 // components import the API only from here.
 import { FormatRegistry, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { customResourceDefinition, type JsonSchema } from './crd.ts';
 import { ruleViolations } from './v1alpha1/cel.ts';
 import { KindObject, type KindDefinition } from './v1alpha1/common.ts';
 import { egressGatewayDefinition } from './v1alpha1/egress-gateway.ts';
@@ -94,6 +95,10 @@ export const definitionOf: Readonly<Record<Kind, KindDefinition>> = {
 
 /** Every kind of the API, in the order documentation lists them. */
 export const definitions: readonly KindDefinition[] = Object.values(definitionOf);
+
+/** The API's CustomResourceDefinitions, as crds/ holds them (crds/generate.ts writes these). */
+export const customResourceDefinitions = (): JsonSchema[] =>
+  definitions.map((definition) => customResourceDefinition(group, version, definition));
 export interface ObjectOfKind {
   Uplink: Uplink;
   EgressGateway: EgressGateway;

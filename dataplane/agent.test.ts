@@ -1,6 +1,8 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+import type { Metric } from 'prom-client';
 import { Agent } from './agent.ts';
 import { parseGatewayConfig, type MarkField } from '../contracts/gateway/index.ts';
 import type { AttributionRecord } from './attribution.ts';
@@ -8,10 +10,18 @@ import type { Conntrack, Flow, FlowEvent } from './conntrack.ts';
 import { renderElement } from './nft/model.ts';
 import { FakeNftables } from './nft/nftables.ts';
 import { FakeRouting } from './routing.ts';
+import { newFlowsCounter } from './render.ts';
 
 const config = parseGatewayConfig(
   JSON.parse(await readFile(join(import.meta.dirname, 'testdata', 'gateway.json'), 'utf8')),
 );
+
+/** The value of `metric`'s series with exactly `labels`; of a histogram, that of its sample `name_suffix`. */
+async function sample(metric: Metric, labels: Record<string, string> = {}, suffix = ''): Promise<number | undefined> {
+  const { name, values } = await metric.get();
+  const nameOf = (v: (typeof values)[number]) => ('metricName' in v ? v.metricName : undefined) ?? name;
+  return values.find((v) => nameOf(v) === name + suffix && isDeepStrictEqual({ ...v.labels }, labels))?.value;
+}
 
 /** Conntrack as a list of flows; deleting an uplink's flows removes them. */
 class FakeConntrack implements Conntrack {
@@ -80,7 +90,7 @@ function agentOn(k: ReturnType<typeof kernel>, onFlowEnd?: (record: AttributionR
     ...k,
     stateDir,
     interfaceAddresses: async (name) => (name === 'up3' ? ['100.64.3.2'] : []),
-    log: { info: () => {}, error: () => {} },
+    log: { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} },
     ...(onFlowEnd ? { onFlowEnd } : {}),
   });
 }
@@ -212,12 +222,11 @@ describe('Agent', () => {
     );
     expect(k.conntrack.flows.map((f) => f.id)).toEqual([2]);
     const { metrics } = agent;
-    expect(metrics.applicationFlows.get({ application: 'curl', verdict: 'Deny' })).toBe(1);
-    expect(metrics.applicationFlows.get({ application: 'curl', verdict: 'Allow' })).toBe(1);
-    expect(metrics.applicationDenials.get({ application: 'curl' })).toBe(1);
-    const latency = metrics.associationLatency.get();
-    expect(latency.count).toBe(2);
-    expect(latency.sum / 2).toBeGreaterThanOrEqual(0.3);
+    expect(await sample(metrics.applicationFlows, { application: 'curl', verdict: 'Deny' })).toBe(1);
+    expect(await sample(metrics.applicationFlows, { application: 'curl', verdict: 'Allow' })).toBe(1);
+    expect(await sample(metrics.applicationDenials, { application: 'curl' })).toBe(1);
+    expect(await sample(metrics.associationLatency, {}, '_count')).toBe(2);
+    expect((await sample(metrics.associationLatency, {}, '_sum'))! / 2).toBeGreaterThanOrEqual(0.3);
     expect(
       agent.verdictFor({ ...curl, sourcePort: 40000, destinationAddress: '198.51.100.5', destinationPort: 8080 }),
     ).toEqual({ allowed: false, rule: 'shop/curl#no-curl-to-docs' });
@@ -305,8 +314,10 @@ describe('Agent', () => {
       counters,
     };
     expect(ended).toMatchObject([expected]);
-    // Counted by uplink as the flow started, its bytes as it ended.
-    const metrics = agent.renderMetrics();
+    // Counted by uplink as the kernel placed the flow (the ruleset's counter), its bytes as it ended.
+    k.nft.count(newFlowsCounter('isp-b'));
+    const metrics = await agent.renderMetrics();
+    expect(metrics).toContain('naat_uplink_new_flows_total{uplink="isp-a"} 0\n');
     expect(metrics).toContain('naat_uplink_new_flows_total{uplink="isp-b"} 1\n');
     expect(metrics).toContain('naat_uplink_bytes_total{uplink="isp-b",direction="sent"} 180\n');
     expect(metrics).toContain('naat_uplink_bytes_total{uplink="isp-b",direction="received"} 120\n');
@@ -315,6 +326,18 @@ describe('Agent', () => {
     const after = (ms: number) => new Date(backup.startedAt.getTime() + ms);
     expect(agent.attributions.query({ ...query, at: after(2000) })).toMatchObject([expected]);
     expect(agent.attributions.query({ ...query, at: after(-1000) })).toEqual([]);
+    await agent.stop();
+  });
+
+  it("names the pod of a live flow by its source address when no sidecar reported the flow's socket", async () => {
+    const k = kernel();
+    const agent = agentOn(k);
+    k.conntrack.flows = [flow(1, 2), { ...flow(2, 2), source: '10.244.1.99' }];
+    await agent.start(config);
+    expect(agent.attribution().map((f) => [f.id, f.pod])).toEqual([
+      [1, { namespace: 'shop', name: 'web-1' }],
+      [2, undefined],
+    ]);
     await agent.stop();
   });
 
@@ -328,20 +351,22 @@ describe('Agent', () => {
     expect(a.activeFlows).toBe(2);
     // Two flows to one destination from one address, out of a 10,000-port range.
     expect(a.portUtilisationPercent).toBeCloseTo(0.02);
-    const metrics = agent.renderMetrics();
+    const metrics = await agent.renderMetrics();
     expect(metrics).toContain('naat_uplink_active_flows{uplink="isp-a"} 2\n');
-    expect(metrics).toContain('naat_uplink_snat_port_utilisation_percent{uplink="isp-a"} 0.02\n');
+    expect(metrics).toContain('naat_uplink_snat_port_utilisation_ratio{uplink="isp-a"} 0.0002\n');
     expect(metrics).toMatch(/^naat_ruleset_apply_duration_seconds_count\{full="true"\} 1$/m);
     expect(metrics).toContain('naat_ruleset_apply_failed 0\n');
     await agent.stop();
   });
 
-  it('removes everything it made when the gateway is gone', async () => {
+  it('removes everything it made when the gateway is gone, and empties its state folder but keeps it (a mount in a DaemonSet)', async () => {
     const k = kernel();
     const agent = agentOn(k);
     await agent.start(config);
+    expect(await readdir(stateDir)).not.toEqual([]);
     await agent.remove();
     expect(await k.nft.list()).toBeUndefined();
     expect(k.routing.state).toEqual({ rules: [], routes: [] });
+    expect(await readdir(stateDir)).toEqual([]);
   });
 });

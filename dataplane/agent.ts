@@ -7,12 +7,13 @@
 // The agent composes: the sync queue (sync-queue.ts), the uplink ids (uplink-ids.ts), the
 // associations and stamps (associations.ts), conntrack events as flows, records and counters
 // (flow-events.ts), the verdict of a flow (verdict.ts) and the report (agent-report.ts).
-import { rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { renderReport, type AgentReport, type UplinkHealthState } from './agent-report.ts';
 import { Associations, flowKey } from './associations.ts';
 import { AttributionStore, type AttributionRecord, type Retention } from './attribution.ts';
 import type { Application } from '../proto/index.ts';
-import type { Logger } from '../common/index.ts';
+import { ProblemLog, type Logger } from '../common/index.ts';
 import type { GatewayConfig, MarkField } from '../contracts/gateway/index.ts';
 import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
@@ -22,12 +23,13 @@ import { AgentMetrics } from './metrics.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
 import { namesOf, planSync } from './nft/nftables.ts';
 import type { Packet } from './nft/trace.ts';
-import { balancerFor } from './balancing/index.ts';
+import { balancerFor, type SourceOnUplink } from './balancing/index.ts';
 import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation, type Rendered } from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
 import { SyncQueue } from './sync-queue.ts';
 import { emptyTunnelState, type TunnelKernel } from './steering/tunnel-kernel.ts';
 import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
+import { icmpTimeoutSysctls } from './sysctls.ts';
 import { UplinkIds } from './uplink-ids.ts';
 import { associationPacket, traceVerdict, type FlowVerdict } from './verdict.ts';
 
@@ -48,7 +50,10 @@ export interface AgentOptions {
   stateDir: string;
   /** Addresses of an interface, the probe sources of uplinks that translate to the interface's own. */
   interfaceAddresses: (name: string) => Promise<string[]>;
-  /** Writes a kernel setting of the node (conntrack ICMP timeouts have no nftables object). */
+  /**
+   * Writes a kernel setting of the node unless it holds the value already (conntrack ICMP timeouts
+   * have no nftables object that nft 1.x writes); in a DaemonSet the init container wrote them.
+   */
   writeSysctl?: (path: string, value: string) => Promise<void>;
   /** Reads the conntrack table's fill and drop counters (readConntrackStats); undefined where unknown. */
   conntrackStats?: () => ConntrackStats | undefined;
@@ -65,10 +70,6 @@ export interface AgentOptions {
   tunnels?: TunnelKernel;
 }
 
-const icmpTimeoutSysctls = ['net/netfilter/nf_conntrack_icmp_timeout', 'net/netfilter/nf_conntrack_icmpv6_timeout'];
-/** Makes conntrack count packets and bytes of the flows that start after it is set. */
-const accountingSysctl = 'net/netfilter/nf_conntrack_acct';
-
 export class Agent {
   readonly #o: AgentOptions;
   readonly flows = new FlowTable();
@@ -79,6 +80,11 @@ export class Agent {
   readonly #events: FlowEvents;
   readonly #queue: SyncQueue;
   readonly #health = new Map<string, UplinkHealthState>();
+  /** What fails on every sync or listing while it lasts (a link down, an unwritable sysctl) logs when it starts and ends. */
+  readonly #problems: Record<
+    'steering' | 'addRoutes' | 'removeRoutes' | 'sync' | 'relist' | 'sysctl' | 'reversePath' | 'renewal' | 'counters',
+    ProblemLog
+  >;
   #pods = new Map<string, PodRef>();
   #config: GatewayConfig | undefined;
   #applied: { rendered: Rendered; structure: string; marks: MarkField; hash?: string } | undefined;
@@ -92,9 +98,25 @@ export class Agent {
   #lastLoadKey = '';
   #expiry: NodeJS.Timeout | undefined;
   #relist: NodeJS.Timeout | undefined;
+  /** The balancer's renewal (SourceSticky), and the sources of the flows that ended since it last ran. */
+  #renewal: { intervalMs: number; timer: NodeJS.Timeout; ended: Map<string, SourceOnUplink> } | undefined;
+  /** The ICMP timeout last written (or tried). */
+  #icmpSeconds: number | undefined;
 
   constructor(options: AgentOptions) {
     this.#o = options;
+    const problems = (failed: string, cleared: string) => new ProblemLog(options.log, failed, cleared);
+    this.#problems = {
+      steering: problems('Failed to set up the steering tunnel', 'Set up the steering tunnel'),
+      addRoutes: problems('Failed to add uplink routes', 'Added uplink routes'),
+      removeRoutes: problems('Failed to remove uplink routes', 'Removed uplink routes'),
+      sync: problems('Failed to sync the kernel', 'Synced the kernel again'),
+      relist: problems('Failed to list conntrack flows', 'Listed conntrack flows again'),
+      sysctl: problems('Failed to set the ICMP conntrack timeout', 'Set the ICMP conntrack timeout'),
+      reversePath: problems('Failed to set up the reverse-path check by mark', 'Set up the reverse-path check by mark'),
+      renewal: problems('Failed to renew the sticky sources', 'Renewed the sticky sources again'),
+      counters: problems('Failed to read the ruleset counters', 'Read the ruleset counters again'),
+    };
     this.#ids = new UplinkIds(options.stateDir);
     this.attributions = new AttributionStore(options.retention);
     this.metrics = new AgentMetrics({ flows: this.flows, attributions: this.attributions });
@@ -116,13 +138,6 @@ export class Agent {
   async start(config: GatewayConfig): Promise<void> {
     await this.#ids.load();
     this.#setConfig(config);
-    // Once at start, not on every sync: in a DaemonSet without a writable /proc/sys it fails
-    // every time, and one error says it all (flows then have no byte and packet counts).
-    await this.#o
-      .writeSysctl?.(accountingSysctl, '1')
-      .catch((error: Error) =>
-        this.#o.log.error('Failed to turn on conntrack accounting', { path: accountingSysctl, error: error.message }),
-      );
     this.flows.replace(await this.#o.conntrack.list(this.#marks()));
     this.#watch();
     this.#rebalance = setInterval(() => this.#maybeRebalance(), this.#o.rebalanceMs ?? 1000);
@@ -132,12 +147,17 @@ export class Agent {
     this.#relist = setInterval(() => {
       this.#o.conntrack
         .list(this.#marks())
-        .then((flows) => this.flows.replace(flows))
-        .catch((error: Error) => this.#o.log.error('Failed to list conntrack flows', { error: error.message }));
+        .then((flows) => {
+          this.#noteEnded(this.flows.flows(), flows);
+          this.flows.replace(flows);
+          this.#problems.relist.report('relist', undefined);
+        })
+        .catch((error: Error) => this.#problems.relist.report('relist', error.message));
     }, this.#o.relistMs ?? 10_000);
     this.#relist.unref();
     await this.sync();
     this.#events.openUnrecorded();
+    this.#setRenewal();
   }
 
   async configure(config: GatewayConfig): Promise<void> {
@@ -145,6 +165,49 @@ export class Agent {
     // New uplink id bits: the event stream reads flows' uplinks from them from now on.
     if (this.#watching) this.#watch();
     await this.sync();
+    if (this.#watching) this.#setRenewal();
+  }
+
+  /** Starts, restarts or ends the balancer's renewal timer as the config asks. */
+  #setRenewal(): void {
+    const intervalMs = balancerFor(this.#config!.balancing).renewal?.intervalMs;
+    if (this.#renewal?.intervalMs === intervalMs) return;
+    clearInterval(this.#renewal?.timer);
+    this.#renewal = undefined;
+    if (intervalMs === undefined) return;
+    const timer = setInterval(() => void this.#renew(), intervalMs);
+    timer.unref();
+    this.#renewal = { intervalMs, timer, ended: new Map() };
+  }
+
+  /**
+   * Flows that left the table at a listing (a TCP flow that is closing is no longer listed, and its
+   * DESTROY event comes only once conntrack forgets it) ended for the renewal too.
+   */
+  #noteEnded(before: Iterable<Flow>, now: readonly Flow[]): void {
+    const ended = this.#renewal?.ended;
+    if (!ended) return;
+    const listed = new Set(now.map((flow) => flow.id));
+    for (const { id, uplink, family, source } of before) {
+      if (!listed.has(id)) ended.set(`${uplink} ${source}`, { uplink, family, source });
+    }
+  }
+
+  /** Renews what the balancer keeps for the sources of open flows and of flows that ended since the last time. */
+  async #renew(): Promise<void> {
+    const renewal = this.#renewal;
+    const operations = balancerFor(this.#config!.balancing).renewal?.operations;
+    if (!renewal || !operations || !this.#applied) return;
+    const ended = [...renewal.ended.values()];
+    renewal.ended.clear();
+    const open = [...this.flows.flows()].map(({ uplink, family, source }) => ({ uplink, family, source }));
+    const sets = new Set(this.#applied.rendered.table.sets.map((set) => set.name));
+    const changes = operations([...open, ...ended], sets);
+    if (!changes.length) return;
+    await this.#o.nft.run(changes).then(
+      () => this.#problems.renewal.report('renewal', undefined),
+      (error: Error) => this.#problems.renewal.report('renewal', error.message),
+    );
   }
 
   /** The uplink id bits of the config in force. */
@@ -159,7 +222,13 @@ export class Agent {
     this.#watching?.stop();
     const stop = this.#o.conntrack.watch(
       marks,
-      (event) => this.#events.handle(event),
+      (event) => {
+        this.#events.handle(event);
+        if (event.type === 'destroy' && event.flow.uplink) {
+          const { uplink, family, source } = event.flow;
+          this.#renewal?.ended.set(`${uplink} ${source}`, { uplink, family, source });
+        }
+      },
       (error) => this.#o.log.error('Conntrack event stream failed', { error: error.message }),
     );
     this.#watching = { marks, stop };
@@ -259,14 +328,20 @@ export class Agent {
     return this.#config;
   }
 
-  /** The flows leaving through the uplinks, with the application and pod behind each when known. */
+  /**
+   * The flows leaving through the uplinks, with the application and pod behind each when known:
+   * the pod its association names, or else the served pod of its source address (a pod without a
+   * sidecar), as the attribution log names it.
+   */
   attribution(): AttributedFlow[] {
     return [...this.flows.flows()].map((flow) => {
       const a = this.#associations.of(flow.source, flow.protocol, flow.sourcePort);
+      const pod = (a && podOf(a)) ?? this.#pods.get(flow.source);
       return {
         ...flow,
         uplinkName: this.#ids.nameOf(flow.uplink),
-        ...(a ? { application: a.application, ...(a.pod ? { pod: podOf(a) } : {}) } : {}),
+        ...(a ? { application: a.application } : {}),
+        ...(pod ? { pod } : {}),
       };
     });
   }
@@ -296,14 +371,25 @@ export class Agent {
     });
   }
 
-  /** /metrics: the report's gauges, and what the agent counted since it started. */
-  renderMetrics(): string {
-    return this.metrics.render(this.report());
+  /** /metrics: the report's gauges, the kernel's counts, and what the agent counted since it started. */
+  async renderMetrics(): Promise<string> {
+    const counters = await this.#o.nft.counters().then(
+      (counters) => {
+        this.#problems.counters.report('counters', undefined);
+        return counters;
+      },
+      (error: Error) => {
+        this.#problems.counters.report('counters', error.message);
+        return undefined;
+      },
+    );
+    return this.metrics.render(this.report(), counters);
   }
 
   /** Stops watching; the kernel keeps the ruleset and routes so traffic goes on. */
   async stop(): Promise<void> {
     this.#watching?.stop();
+    clearInterval(this.#renewal?.timer);
     this.#watching = undefined;
     clearInterval(this.#rebalance);
     clearInterval(this.#relist);
@@ -319,7 +405,9 @@ export class Agent {
     const current = await this.#o.routing.list();
     await this.#o.routing.remove(current);
     await this.#o.tunnels?.prune(emptyTunnelState());
-    await rm(this.#o.stateDir, { recursive: true, force: true });
+    // What the folder holds, not the folder: in a DaemonSet it is a mounted host folder.
+    const entries = await readdir(this.#o.stateDir).catch(() => [] as string[]);
+    await Promise.all(entries.map((entry) => rm(join(this.#o.stateDir, entry), { recursive: true, force: true })));
     this.#applied = undefined;
   }
 
@@ -364,17 +452,17 @@ export class Agent {
         this.#checkRoutes ||
         JSON.stringify(this.#applied?.rendered.steering?.tunnels) !== JSON.stringify(rendered.steering?.tunnels);
       this.#checkRoutes = false;
-      if (rendered.steering?.problem) {
-        this.#o.log.error('Failed to set up the steering tunnel', { problem: rendered.steering.problem });
-      }
+      this.#problems.steering.report('steering', rendered.steering?.problem);
       if (checkTunnels) await this.#o.tunnels?.add(tunnels);
+      if (checkRoutes) await this.#writeSysctls(rendered.sysctls, this.#problems.reversePath);
       const none = { rules: [], routes: [] };
       const routing = checkRoutes
         ? planRouting(await this.#o.routing.list(), desiredRouting(rendered.routes))
         : { add: none, remove: none };
-      await this.#o.routing
-        .add(routing.add)
-        .catch((error: Error) => this.#o.log.error('Failed to add uplink routes', { error: error.message }));
+      await this.#o.routing.add(routing.add).then(
+        () => this.#problems.addRoutes.report('routes', undefined),
+        (error: Error) => this.#problems.addRoutes.report('routes', error.message),
+      );
       let operations: Operation[];
       if (this.#applied?.structure === structure) {
         full = false;
@@ -390,24 +478,31 @@ export class Agent {
       const applying = performance.now();
       await this.#o.nft.run(operations);
       this.metrics.applyDuration.observe({ full: String(full) }, (performance.now() - applying) / 1000);
-      await this.#o.routing
-        .remove(routing.remove)
-        .catch((error: Error) => this.#o.log.error('Failed to remove uplink routes', { error: error.message }));
+      await this.#o.routing.remove(routing.remove).then(
+        () => this.#problems.removeRoutes.report('routes', undefined),
+        (error: Error) => this.#problems.removeRoutes.report('routes', error.message),
+      );
       if (checkTunnels) await this.#o.tunnels?.prune(tunnels);
-      if (full) await this.#writeIcmpTimeout(config.timeouts.icmpSeconds);
+      // Once per value. In a DaemonSet, where /proc/sys is read-only, the init container has
+      // written the compiled value (operator/desired.ts) and the write finds it in place.
+      if (full && this.#icmpSeconds !== config.timeouts.icmpSeconds) {
+        this.#icmpSeconds = config.timeouts.icmpSeconds;
+        await this.#writeSysctls(icmpTimeoutSysctls(config.timeouts.icmpSeconds), this.#problems.sysctl);
+      }
       this.#applied = { rendered, structure, marks, ...(config.hash ? { hash: config.hash } : {}) };
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full };
     } catch (error) {
       const message = (error as Error).message;
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full, error: message };
       this.metrics.applyFailures.inc();
-      this.#o.log.error('Failed to sync the kernel', { error: message });
+      this.#problems.sync.report('sync', message);
       // The next sync starts from what the kernel holds, not from what this one meant to apply.
       this.#applied = undefined;
       this.#checkRoutes = true;
       throw error;
     }
-    this.#o.log.info('Synced the kernel', { full, durationMs: Math.round(performance.now() - started) });
+    this.#problems.sync.report('sync', undefined);
+    this.#o.log.debug('Synced the kernel', { full, durationMs: Math.round(performance.now() - started) });
   }
 
   /** The underlay towards the steering sources: read once, and again when routes are checked. */
@@ -445,12 +540,17 @@ export class Agent {
     this.sync().catch(() => {});
   }
 
-  async #writeIcmpTimeout(seconds: number): Promise<void> {
+  /**
+   * Writes kernel settings; a failure is reported to `problems` and tried again by the next sync
+   * that writes them (an uplink's interface may appear later; /proc/sys may be read-only).
+   */
+  async #writeSysctls(settings: ReadonlyArray<readonly [string, string]>, problems: ProblemLog): Promise<void> {
     const write = this.#o.writeSysctl;
     if (!write) return;
-    for (const path of icmpTimeoutSysctls) {
-      await write(path, String(seconds)).catch((error: Error) =>
-        this.#o.log.error('Failed to set the ICMP conntrack timeout', { path, error: error.message }),
+    for (const [path, value] of settings) {
+      await write(path, value).then(
+        () => problems.report(path, undefined, { path }),
+        (error: Error) => problems.report(path, error.message, { path }),
       );
     }
   }

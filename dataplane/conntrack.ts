@@ -272,7 +272,10 @@ export interface ConntrackStats {
   entries: number;
   /** The most it holds (nf_conntrack_max); the kernel drops new flows past it once it cannot evict an unconfirmed one. */
   max: number;
-  /** Packets dropped because the table was full (the `drop` column of /proc/net/stat/nf_conntrack). */
+  /**
+   * Packets conntrack dropped (the `drop` column of /proc/net/stat/nf_conntrack): with the table
+   * full and nothing to evict, and when a new flow failed to enter it (`insertFailed` too).
+   */
   dropped: number;
   /** Flows that failed to enter the table, among them those that found no free SNAT port (`insert_failed`). */
   insertFailed: number;

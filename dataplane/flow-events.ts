@@ -69,7 +69,6 @@ export class FlowEvents {
     const uplink = this.#o.uplinkName(event.flow.uplink);
     if (event.type === 'new') {
       if (event.flow.uplink) this.open(event.flow);
-      if (uplink) metrics.newFlows.inc({ uplink });
       return;
     }
     const counters = event.flow.counters;

@@ -4,12 +4,15 @@
 // `usage` below says how it is run (from the source tree: `npm run dataplane -- …`).
 // The config is followed as it changes; an invalid version is reported and the last good one
 // stays in force. SIGTERM and SIGINT stop the agent and leave the kernel as it is, so flows go on
-// through a restart; `remove` is for a gateway that is gone for good. The standard OTEL_*
+// through a restart, unless the agent's ConfigMap is gone (its gateway was deleted) or its node
+// left the gateway: then it takes away what it put in the kernel. `remove` does that by hand, for a gateway that is gone for good. The standard OTEL_*
 // variables turn on OpenTelemetry: a span and a log record per flow (see docs/dataplane.md), and
 // a span per association that continues its sidecar's trace (see docs/naa.md).
-import { writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createSecureServer } from 'node:https';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { Agent, type AgentOptions } from './agent.ts';
 import {
@@ -20,19 +23,25 @@ import {
   type Retention,
 } from './attribution.ts';
 import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
-import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
+import { bearerToken, flowPaths, servesFlowsUnauthenticated } from './flow-access.ts';
+import { agentConfigKey as configKey, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { parseNodeConfig, type NodeConfig } from '../contracts/gateway/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import {
   jsonLogger as log,
-  metricsContentType,
   parseCommandLine,
+  parseListenAddress,
+  ProblemLog,
+  type ListenAddress,
   startTelemetry,
   usageError,
 } from '../common/index.ts';
+import { processMetrics, Registry, sendMetrics } from '../common/metrics/index.ts';
 import { HealthMonitor, IpLinkReader } from './probe/index.ts';
+import { whyNodeLeft, type NodeRead } from './membership.ts';
 import { localUplinks } from './render.ts';
+import { agentSysctls } from './sysctls.ts';
 import { ExecRouting } from './routing.ts';
 import { NodeAgent, type NodeAgentReport, type RelayFactory } from './steering/node-agent.ts';
 import { createPeerMonitor } from './steering/peer-monitor.ts';
@@ -40,18 +49,30 @@ import { rendezvous } from './steering/rendezvous.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
 import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
 import { gatewayTunnelOwnership } from './steering/gateway-plan.ts';
-import { steeringReadiness } from './steering/gateway-readiness.ts';
+import { steeringReadiness, steeringStreamHeader, steeringStreamInterval } from './steering/gateway-readiness.ts';
 
 const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node dataplane/main.js COMMAND …)
   run --config FILE | --config-map NAMESPACE/NAME
                                 runs the agent from a config file (followed as it changes) or from
                                 the gateway's ConfigMap, watched
       [--node NAME]             this node (default: $NODE_NAME or the host name)
-      [--listen ADDR:PORT]      /status, /flows, /metrics, /attribution, /healthz, /readyz and
-                                /steering (default 127.0.0.1:7741)
+      [--listen ADDR:PORT]      /status, /metrics, /healthz, /readyz and /steering, and on a
+                                loopback address only, the flow data: /flows and /attribution
+                                (default 127.0.0.1:7741); every ADDR:PORT here is HOST:PORT,
+                                [IPV6]:PORT, or :PORT for every address of both families
       [--metrics-listen ADDR:PORT]   the same endpoints on a second address
-      [--naa-listen ADDR:PORT]  where the sidecars' NAA streams arrive
+      [--local-listen ADDR:PORT]     every endpoint, flow data included, on a loopback address
+                                (in a cluster, for \`naat flows\` and \`naat who\` through the
+                                apiserver's port-forward to the agent's pod: docs/cli.md)
+      [--secure-listen ADDR:PORT --tls-dir DIR]   every endpoint over TLS (DIR holds tls.crt and
+                                tls.key), to callers whose bearer token the apiserver accepts and
+                                who may get egressgateways/flows of this gateway (docs/security.md)
+      [--naa-listen ADDR:PORT]  where the sidecars' NAA streams arrive (default :PORT, the
+                                config's association port)
       [--report]                write this node's uplink health into Uplink status
+                                when its ConfigMap is gone at SIGTERM (the gateway was deleted),
+                                or its node left the gateway (no longer matches its nodeSelector,
+                                or excluded), it takes away all it put in the kernel
       [--state-dir DIR] [--reload-ms MS] [--report-ms MS]
       [--attribution-records N] [--attribution-minutes M]   attribution retention
   remove                        takes away everything naat put in the kernel
@@ -59,17 +80,24 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
                                 the node agent: steers the served pods of this node to their
                                 gateways' nodes, from its NodeConfig (followed as it changes),
                                 and relays their sidecars' NAA streams to those nodes (on
-                                0.0.0.0 at each gateway's association port)
+                                every address of both families at each gateway's association
+                                port)
                                 the gateway nodes' health is asked at their /steering; when its
                                 ConfigMap is gone at SIGTERM (the node left every gateway), it
                                 takes away all it put in the kernel
       [--node NAME] [--state-dir DIR] [--reload-ms MS]
-      [--listen ADDR:PORT]      /status (default 127.0.0.1:7742)
+      [--listen ADDR:PORT]      /status and /metrics (default 127.0.0.1:7742)
       [--report] [--report-ms MS]   write whether steering is ready here into the gateways' status
   node --remove                 takes away everything the node agent put in the kernel
+  sysctls [--icmp-seconds S]    writes the kernel settings the agents need and exits (the
+                                DaemonSets' privileged init container): src_valid_mark for all
+                                devices, and with S the conntrack ICMP timeouts (docs/dataplane.md)
   attribution --address A --port P --at ISO8601 [--agent URL] [--json]
-                                who used public address A, port P at that time
-  --help                        this text`;
+              [--token-file FILE] [--ca-file FILE]
+                                who used public address A, port P at that time; an https agent
+                                (its secure listener) is sent the token, and verified with the CA
+  --help                        this text
+NAAT_LOG_LEVEL (debug, info, warn, error; default info) is the least severe level logged.`;
 
 const { positionals, values } = parseCommandLine(usage, {
   allowPositionals: true,
@@ -82,6 +110,9 @@ const { positionals, values } = parseCommandLine(usage, {
     // The node command's.
     remove: { type: 'boolean', default: false },
     'metrics-listen': { type: 'string' },
+    'local-listen': { type: 'string' },
+    'secure-listen': { type: 'string' },
+    'tls-dir': { type: 'string' },
     'reload-ms': { type: 'string', default: '1000' },
     report: { type: 'boolean', default: false },
     'naa-listen': { type: 'string' },
@@ -94,6 +125,10 @@ const { positionals, values } = parseCommandLine(usage, {
     at: { type: 'string' },
     agent: { type: 'string', default: 'http://127.0.0.1:7741' },
     json: { type: 'boolean', default: false },
+    'token-file': { type: 'string' },
+    'ca-file': { type: 'string' },
+    // The sysctls command's.
+    'icmp-seconds': { type: 'string' },
   },
 });
 
@@ -114,7 +149,23 @@ function retention(): Retention {
   return { maxRecords: positive('attribution-records'), maxAgeMs: positive('attribution-minutes') * 60_000 };
 }
 
-const writeSysctl = (path: string, value: string) => writeFile(`/proc/sys/${path}`, value);
+/**
+ * Writes a kernel setting unless it holds the value already: in a DaemonSet the init container
+ * has written the agents' settings, and the agent, to which /proc/sys is read-only, only reads.
+ */
+async function writeSysctl(path: string, value: string): Promise<void> {
+  const file = `/proc/sys/${path}`;
+  if ((await readFile(file, 'utf8').catch(() => '')).trim() === value) return;
+  await writeFile(file, value);
+}
+
+const tunnelSysctlProblems = new ProblemLog(log, 'Failed to write a kernel setting', 'Wrote a kernel setting again');
+/** The tunnels' settings: a failure is logged once and the tunnel set up all the same. */
+const writeTunnelSysctl = (path: string, value: string) =>
+  writeSysctl(path, value).then(
+    () => tunnelSysctlProblems.report(path, undefined, { path }),
+    (error: Error) => tunnelSysctlProblems.report(path, error.message, { path }),
+  );
 
 function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): Agent {
   const links = new IpLinkReader();
@@ -129,7 +180,7 @@ function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): 
       return [ipv4, ipv6].filter((a): a is string => Boolean(a));
     },
     writeSysctl,
-    tunnels: new ExecTunnelKernel(gatewayTunnelOwnership, writeSysctl),
+    tunnels: new ExecTunnelKernel(gatewayTunnelOwnership, writeTunnelSysctl),
     conntrackStats: () => readConntrackStats(),
     log,
     ...options,
@@ -138,6 +189,13 @@ function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): 
 
 async function run(): Promise<void> {
   const limits = retention();
+  if (Boolean(values['secure-listen']) !== Boolean(values['tls-dir'])) {
+    usageError(usage, '--secure-listen and --tls-dir go together');
+  }
+  const local = values['local-listen'];
+  if (local !== undefined && !servesFlowsUnauthenticated(listenOptions(local).host ?? '')) {
+    usageError(usage, '--local-listen takes a loopback address, such as 127.0.0.1:9095');
+  }
   const telemetry = await startTelemetry('naat-dataplane', {
     'k8s.node.name': values.node!,
     ...(process.env.POD_NAME ? { 'k8s.pod.name': process.env.POD_NAME } : {}),
@@ -146,7 +204,9 @@ async function run(): Promise<void> {
   // Without telemetry, an ended flow costs nothing beyond its attribution record.
   const onFlowEnd = telemetry.enabled ? (await import('./flow-telemetry.ts')).exportFlow : undefined;
   const agent = agentFor({ retention: limits, ...(onFlowEnd ? { onFlowEnd } : {}) });
+  processMetrics(agent.metrics.registry, 'gateway-agent');
   let config = first.config;
+  const linkProblems = new ProblemLog(log, 'Failed to read an uplink interface', 'Read an uplink interface again');
   const monitor = new HealthMonitor({
     uplinks: localUplinks(config, values.node!),
     onChange: (name, health) => {
@@ -156,7 +216,7 @@ async function run(): Promise<void> {
     onLink: (name, up) => {
       if (up) agent.sync().catch(() => {});
     },
-    onError: (name, error) => log.error('Failed to read an uplink interface', { uplink: name, error: error.message }),
+    onError: (name, error) => linkProblems.report(name ?? '', error?.message, { uplink: name }),
   });
   const detail = setInterval(() => {
     for (const [name, health] of monitor.current()) agent.noteHealth(name, health);
@@ -192,17 +252,28 @@ async function run(): Promise<void> {
     });
   });
 
-  const servers = [listenAddress('gateway'), values['metrics-listen']]
+  const servers: Array<{ close(): void }> = [listenAddress('gateway'), values['metrics-listen'], local]
     .filter((a) => a !== undefined)
     .map((a) => serve(agent, a));
+  if (values['secure-listen']) servers.push(await serveSecure(agent, values['secure-listen'], values['tls-dir']!));
   const stop = async (signal: string) => {
-    log.info('Stopping; the kernel keeps the ruleset', { signal });
     first.source.stop();
     clearInterval(report);
     monitor.stop();
     for (const server of servers) server.close();
     await naa?.close();
-    await agent.stop();
+    const { gone, text } = await configAtStop(first.source);
+    const left = gone ? undefined : await nodeLeft(text);
+    if (gone) {
+      log.info('Stopping; the gateway config is gone, so the ruleset and routes go too', { signal, config: gone });
+      await agent.remove();
+    } else if (left) {
+      log.info('Stopping; this node left the gateway, so the ruleset and routes go too', { signal, reason: left });
+      await agent.remove();
+    } else {
+      log.info('Stopping; the kernel keeps the ruleset', { signal });
+      await agent.stop();
+    }
     // Exports what the batch processors still hold.
     await telemetry.shutdown();
     process.exit(0);
@@ -246,7 +317,7 @@ async function firstConfig<T>(
     if (!namespace || !name) usageError(usage, '--config-map takes NAMESPACE/NAME');
     const { pooledKubeConfig } = await import('../common/kube/index.ts');
     const kubeConfig = pooledKubeConfig();
-    source = await watchConfigMap(kubeConfig, namespace, name, 'config.json', onText, onError);
+    source = await watchConfigMap(kubeConfig, namespace, name, configKey, onText, onError);
   } else if (values.config) {
     source = watchFile(values.config, Number(values['reload-ms']), onText, onError);
   } else {
@@ -290,7 +361,7 @@ async function startNaa(
     // Continues the sidecars' traces: a span per applied association, and flows as their children.
     ...(tracing ? { tracing: (await import('./naa/tracing.ts')).associationTracing } : {}),
   });
-  const address = values['naa-listen'] ?? `0.0.0.0:${port}`;
+  const address = values['naa-listen'] ?? `:${port}`;
   await server.listen(address);
   log.info('Listening for NAA streams', { address });
   return server;
@@ -303,61 +374,153 @@ async function startReporting(agent: Agent): Promise<NodeJS.Timeout> {
   const { UplinkStatusReporter } = await import('./report.ts');
   const kubeConfig = pooledKubeConfig();
   const reporter = new UplinkStatusReporter(kubeConfig);
+  const problems = new ProblemLog(log, 'Failed to report uplink status', 'Reported uplink status again');
   return setInterval(() => {
-    reporter
-      .report(agent.report())
-      .catch((error: Error) => log.error('Failed to report uplink status', { error: error.message }));
+    reporter.report(agent.report()).then(
+      () => problems.report('report', undefined),
+      (error: Error) => problems.report('report', error.message),
+    );
   }, Number(values['report-ms']));
 }
 
-function serve(agent: Agent, address: string): Server {
-  const [host, port] = splitHostPort(address);
-  const server = createServer((req, res) => {
-    const report = agent.report();
-    const url = new URL(req.url ?? '/', 'http://agent');
-    if (url.pathname === '/attribution') {
-      const query = parseAttributionQuery(url.searchParams);
-      res.setHeader('content-type', 'application/json');
-      if (typeof query === 'string') {
-        res.statusCode = 400;
-        return void res.end(`${JSON.stringify({ error: query })}\n`);
-      }
-      return void res.end(`${JSON.stringify(agent.attributions.query(query), null, 2)}\n`);
-    }
-    if (req.url === '/healthz') return void res.end('ok\n');
-    if (req.url === '/readyz') {
-      const ok = report.lastSync !== undefined && !report.lastSync.error;
-      res.statusCode = ok ? 200 : 503;
-      return void res.end(ok ? 'ok\n' : 'not synced\n');
-    }
-    if (req.url === '/steering') {
-      const readiness = steeringReadiness(report, agent.config ? localUplinks(agent.config, values.node!) : []);
-      res.statusCode = readiness.ready ? 200 : 503;
-      res.setHeader('content-type', 'application/json');
-      return void res.end(`${JSON.stringify(readiness)}\n`);
-    }
-    if (req.url === '/status') {
-      res.setHeader('content-type', 'application/json');
-      return void res.end(`${JSON.stringify(report, null, 2)}\n`);
-    }
-    if (req.url === '/flows') {
-      res.setHeader('content-type', 'application/json');
-      return void res.end(`${JSON.stringify(agent.attribution(), null, 2)}\n`);
-    }
-    if (req.url === '/metrics') {
-      res.setHeader('content-type', metricsContentType);
-      return void res.end(agent.renderMetrics());
-    }
+/**
+ * Answers one request to the agent's HTTP API. `flows` says whether this listener may reveal flow
+ * data (flow-access.ts): elsewhere /flows and /attribution are not found.
+ */
+function respond(agent: Agent, req: IncomingMessage, res: ServerResponse, flows: boolean): void {
+  const report = agent.report();
+  const url = new URL(req.url ?? '/', 'http://agent');
+  if (flowPaths.has(url.pathname) && !flows) {
     res.statusCode = 404;
-    res.end('not found\n');
-  });
-  server.listen(port, host);
-  return server;
+    res.setHeader('content-type', 'application/json');
+    return void res.end(`${JSON.stringify({ error: 'flow data is served on the secure listener only' })}\n`);
+  }
+  if (url.pathname === '/attribution') {
+    const query = parseAttributionQuery(url.searchParams);
+    res.setHeader('content-type', 'application/json');
+    if (typeof query === 'string') {
+      res.statusCode = 400;
+      return void res.end(`${JSON.stringify({ error: query })}\n`);
+    }
+    return void res.end(`${JSON.stringify(agent.attributions.query(query), null, 2)}\n`);
+  }
+  if (req.url === '/healthz') return void res.end('ok\n');
+  if (req.url === '/readyz') {
+    const ok = report.lastSync !== undefined && !report.lastSync.error;
+    res.statusCode = ok ? 200 : 503;
+    return void res.end(ok ? 'ok\n' : 'not synced\n');
+  }
+  if (req.url === '/steering') {
+    const now = () => steeringReadiness(agent.report(), agent.config ? localUplinks(agent.config, values.node!) : []);
+    const intervalMs = steeringStreamInterval(req.headers[steeringStreamHeader]);
+    if (intervalMs !== undefined) {
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      const send = () => res.write(`${JSON.stringify(now())}\n`);
+      send();
+      const timer = setInterval(send, intervalMs);
+      return void res.on('close', () => clearInterval(timer));
+    }
+    const readiness = now();
+    res.statusCode = readiness.ready ? 200 : 503;
+    res.setHeader('content-type', 'application/json');
+    return void res.end(`${JSON.stringify(readiness)}\n`);
+  }
+  if (req.url === '/status') {
+    res.setHeader('content-type', 'application/json');
+    return void res.end(`${JSON.stringify(report, null, 2)}\n`);
+  }
+  if (req.url === '/flows') {
+    res.setHeader('content-type', 'application/json');
+    return void res.end(`${JSON.stringify(agent.attribution(), null, 2)}\n`);
+  }
+  if (req.url === '/metrics') return sendMetrics(res, agent.renderMetrics());
+  res.statusCode = 404;
+  res.end('not found\n');
 }
 
-function splitHostPort(address: string): [string, number] {
-  const at = address.lastIndexOf(':');
-  return [address.slice(0, at).replace(/^\[|\]$/g, ''), Number(address.slice(at + 1))];
+/** A plain HTTP listener: flow data only when bound to loopback. */
+function serve(agent: Agent, address: string): Server {
+  const listen = listenOptions(address);
+  const flows = listen.host !== undefined && servesFlowsUnauthenticated(listen.host);
+  const server = createServer((req, res) => respond(agent, req, res, flows));
+  return server.listen(listen);
+}
+
+/** Where an HTTP server listens: `:PORT` leaves the host out, so Node listens on both families. */
+function listenOptions(address: string): ListenAddress {
+  try {
+    return parseListenAddress(address);
+  } catch (error) {
+    usageError(usage, (error as Error).message);
+  }
+}
+
+/** How often the secure listener looks for its certificate, or a renewed one, in its directory. */
+const certificateReloadMs = 10_000;
+
+/**
+ * The secure listener: TLS with the certificate in `dir` (tls.crt, tls.key, as a kubernetes.io/tls
+ * Secret mounts them), and every request from a caller the apiserver authenticates and authorizes
+ * to read this gateway's flows (flow-access.ts). It listens once the certificate is there (the
+ * operator may not have issued it yet: the gateway works meanwhile) and picks up a renewed pair.
+ */
+async function serveSecure(agent: Agent, address: string, dir: string): Promise<{ close(): void }> {
+  const { pooledKubeConfig } = await import('../common/kube/index.ts');
+  const { ApiserverFlowAuthorizer } = await import('./flow-authorizer.ts');
+  const authorizer = new ApiserverFlowAuthorizer(pooledKubeConfig());
+  const listen = listenOptions(address);
+  const server = createSecureServer({ minVersion: 'TLSv1.2' }, (req, res) => {
+    const gateway = agent.config?.gateway ?? '';
+    authorizer.authorize(bearerToken(req.headers.authorization), gateway).then(
+      (access) => {
+        if (access.allowed) return respond(agent, req, res, true);
+        // Debug: a caller polling without rights would log a line a request. Its reviews are in the
+        // apiserver's audit log.
+        log.debug('Refused a request for flow data', { path: req.url, status: access.status, reason: access.reason });
+        res.statusCode = access.status;
+        res.setHeader('content-type', 'application/json');
+        res.end(`${JSON.stringify({ error: access.reason })}\n`);
+      },
+      (error: Error) => {
+        log.error('Failed to review a request for flow data', { path: req.url, error: error.message });
+        res.statusCode = 503;
+        res.setHeader('content-type', 'application/json');
+        res.end(`${JSON.stringify({ error: 'the apiserver could not review the request' })}\n`);
+      },
+    );
+  });
+  let loaded: string | undefined;
+  let reported: string | undefined;
+  const load = async () => {
+    let pair: { cert: string; key: string };
+    try {
+      pair = { cert: await readFile(join(dir, 'tls.crt'), 'utf8'), key: await readFile(join(dir, 'tls.key'), 'utf8') };
+      server.setSecureContext({ ...pair, minVersion: 'TLSv1.2' });
+    } catch (error) {
+      const message = (error as Error).message;
+      if (message !== reported) log.error('Waiting for the secure listener certificate', { dir, error: message });
+      reported = message;
+      return;
+    }
+    reported = undefined;
+    if (pair.cert + pair.key === loaded) return;
+    const first = loaded === undefined;
+    loaded = pair.cert + pair.key;
+    if (!first) return void log.info('Loaded a renewed certificate for the secure listener', { dir });
+    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(listen, resolve));
+    log.info('Serving flow data to authorized callers', { address });
+  };
+  await load();
+  const reload = setInterval(() => {
+    load().catch((error: Error) => log.error('Failed to start the secure listener', { address, error: error.message }));
+  }, certificateReloadMs);
+  reload.unref();
+  return {
+    close: () => {
+      clearInterval(reload);
+      server.close();
+    },
+  };
 }
 
 async function remove(): Promise<void> {
@@ -369,7 +532,7 @@ function nodeAgent(relays?: RelayFactory): NodeAgent {
   const conntrack = new ExecConntrack();
   return new NodeAgent({
     nft: new ExecNftables(['nft'], stateDir('node'), nodeTableName),
-    tunnels: new ExecTunnelKernel(nodeTunnelOwnership, writeSysctl),
+    tunnels: new ExecTunnelKernel(nodeTunnelOwnership, writeTunnelSysctl),
     deleteFlows: (value, mask) => conntrack.deleteMarked(value, mask),
     stateDir: stateDir('node'),
     // Each gateway's nodes are asked at their /steering whether they take flows.
@@ -391,33 +554,67 @@ async function startSteeringReports(
   const { SteeringStatusReporter, steeringStates } = await import('./steering/report.ts');
   const { config } = current();
   const reporter = new SteeringStatusReporter(pooledKubeConfig(), config.node);
+  const problems = new ProblemLog(log, 'Failed to report steering status', 'Reported steering status again');
   const report = () => {
     const { config, report } = current();
-    reporter
-      .report(steeringStates(config, report))
-      .catch((error: Error) => log.error('Failed to report steering status', { error: error.message }));
+    reporter.report(steeringStates(config, report)).then(
+      () => problems.report('report', undefined),
+      (error: Error) => problems.report('report', error.message),
+    );
   };
   report();
   return setInterval(report, Number(values['report-ms']));
 }
 
 /**
- * Whether the node's config is gone from the apiserver (deleted, or no longer readable because the
- * operator dropped it from the agents' Role): the operator removes it when the node leaves every
- * gateway, before the agent on it is stopped.
+ * The agent's config as the apiserver has it at SIGTERM: `gone` says why it is gone, or else
+ * `text` is its current text (none from a file, or when the apiserver does not answer). It is gone
+ * when the agent's watch saw the ConfigMap deleted, or a read finds it deleted (404) or no longer
+ * readable (403, the agent's Role went with it). The operator's objects make sure this is so before
+ * the agent is stopped for good: a gateway's DaemonSet is owned by its ConfigMap as well as by the
+ * gateway, so the garbage collector deletes the ConfigMap first; the operator deletes a node's
+ * config before its node agent. A rollout or an upgrade keeps the ConfigMap, and an apiserver that
+ * cannot be reached says nothing: both keep the kernel as it is.
  */
-async function nodeConfigGone(): Promise<boolean> {
+async function configAtStop(source: ConfigSource): Promise<{ gone?: string; text?: string }> {
+  if (source.deleted()) return { gone: 'watched deletion' };
   const [namespace, name] = (values['config-map'] ?? '').split('/');
-  if (!namespace || !name) return false;
+  if (!namespace || !name) return {};
   const { pooledKubeConfig } = await import('../common/kube/index.ts');
   const { CoreV1Api } = await import('@kubernetes/client-node');
   try {
-    await pooledKubeConfig().makeApiClient(CoreV1Api).readNamespacedConfigMap({ name, namespace });
-    return false;
+    const configMap = await pooledKubeConfig().makeApiClient(CoreV1Api).readNamespacedConfigMap({ name, namespace });
+    return { text: configMap.data?.[configKey] };
   } catch (error) {
     const code = (error as { code?: number }).code;
-    return code === 404 || code === 403;
+    return code === 404 ? { gone: 'not found' } : code === 403 ? { gone: 'forbidden' } : {};
   }
+}
+
+/**
+ * Why this node no longer belongs to the gateway whose config `text` is (read at SIGTERM), or
+ * undefined while it does or that is not known (dataplane/membership.ts): the DaemonSet controller
+ * stops the agent of a node that left the gateway, and the ConfigMap stays.
+ */
+async function nodeLeft(text: string | undefined): Promise<string | undefined> {
+  if (text === undefined) return undefined;
+  let placement: GatewayConfig['placement'];
+  try {
+    placement = parseConfig(text).placement;
+  } catch {
+    return undefined;
+  }
+  if (!placement) return undefined;
+  const { pooledKubeConfig } = await import('../common/kube/index.ts');
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  const read = await pooledKubeConfig()
+    .makeApiClient(CoreV1Api)
+    .readNode({ name: values.node! })
+    .then(
+      (node): NodeRead => ({ labels: node.metadata?.labels ?? {} }),
+      (error: { code?: number }): NodeRead => (error.code === 404 ? 'deleted' : 'unknown'),
+    );
+  return whyNodeLeft(values.node!, placement, read);
 }
 
 /**
@@ -437,7 +634,7 @@ async function naaRelays(): Promise<RelayFactory> {
         gateway.selection === 'Pod' ? rendezvous(`${pod.namespace}/${pod.name}`, relay.synced()) : undefined,
       log: (msg, fields) => log.info(msg, fields),
     });
-    const address = `0.0.0.0:${gateway.associationPort}`;
+    const address = `:${gateway.associationPort}`;
     relay.listen(address).then(
       () => log.info('Relaying NAA streams', { gateway: gateway.gateway, address }),
       (error: Error) =>
@@ -485,21 +682,24 @@ async function node(): Promise<void> {
       }
     });
   });
-  const [host, port] = splitHostPort(listenAddress('node'));
+  const metrics = new Registry();
+  processMetrics(metrics, 'node-agent');
   const server = createServer((req, res) => {
+    if (req.url === '/metrics') return sendMetrics(res, metrics.metrics());
     if (req.url !== '/status') {
       res.statusCode = 404;
       return void res.end('not found\n');
     }
     res.setHeader('content-type', 'application/json');
     res.end(`${JSON.stringify(agent.report(), null, 2)}\n`);
-  }).listen(port, host);
+  }).listen(listenOptions(listenAddress('node')));
   const stop = async (signal: string) => {
     first.source.stop();
     server.close();
     clearInterval(reports);
-    if (await nodeConfigGone()) {
-      log.info('Stopping; the node config is gone, so the steering goes too', { signal });
+    const { gone } = await configAtStop(first.source);
+    if (gone) {
+      log.info('Stopping; the node config is gone, so the steering goes too', { signal, config: gone });
       await agent.remove();
     } else {
       log.info('Stopping; the kernel keeps the steering', { signal });
@@ -511,14 +711,39 @@ async function node(): Promise<void> {
   process.once('SIGINT', () => void stop('SIGINT'));
 }
 
+/**
+ * GETs `url` from an agent: over https with the bearer token of --token-file, the server verified
+ * against --ca-file (or the system's CAs); over http as it is.
+ */
+async function getFromAgent(url: string): Promise<{ status: number; text: string }> {
+  if (!url.startsWith('https:')) {
+    const response = await fetch(url);
+    return { status: response.status, text: await response.text() };
+  }
+  const { request } = await import('node:https');
+  const token = values['token-file'] ? (await readFile(values['token-file'], 'utf8')).trim() : undefined;
+  const ca = values['ca-file'] ? await readFile(values['ca-file'], 'utf8') : undefined;
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      { ...(ca ? { ca } : {}), headers: token ? { authorization: `Bearer ${token}` } : {} },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      },
+    );
+    req.on('error', reject).end();
+  });
+}
+
 /** Asks a running agent who used a public address and port at a time, and prints the answer. */
 async function attribution(): Promise<void> {
   const params = new URLSearchParams({ address: values.address ?? '', port: values.port ?? '', at: values.at ?? '' });
   const problem = parseAttributionQuery(params);
   if (typeof problem === 'string') usageError(usage, `--${problem}`);
-  const response = await fetch(`${values.agent}/attribution?${params}`);
-  const text = await response.text();
-  if (!response.ok) throw new Error(`the agent answered ${response.status}: ${text.trim()}`);
+  const { status, text } = await getFromAgent(`${values.agent}/attribution?${params}`);
+  if (status !== 200) throw new Error(`the agent answered ${status}: ${text.trim()}`);
   if (values.json) return void process.stdout.write(text);
   const records = (JSON.parse(text) as AttributionRecord[]).map((r) => ({
     ...r,
@@ -528,10 +753,29 @@ async function attribution(): Promise<void> {
   console.log(describeAttribution(problem, records));
 }
 
+/** The init container's: the kernel settings of sysctls.ts, written before the agent starts. */
+async function sysctls(): Promise<void> {
+  const seconds = values['icmp-seconds'];
+  if (seconds !== undefined && !/^[1-9]\d*$/.test(seconds)) {
+    usageError(usage, '--icmp-seconds takes a whole number above 0');
+  }
+  for (const [path, value] of agentSysctls(seconds === undefined ? undefined : Number(seconds))) {
+    try {
+      await writeSysctl(path, value);
+      log.info('Set a kernel setting', { path, value });
+    } catch (error) {
+      // Conntrack's settings appear with its module, which the agent's table loads where nothing
+      // has yet: the kernel's default holds until the agent's pod starts again.
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || !path.startsWith('net/netfilter/')) throw error;
+      log.warn('Found no conntrack setting, conntrack is not loaded yet', { path, value });
+    }
+  }
+}
+
 const command = positionals[0] ?? 'run';
-const commands: Record<string, () => Promise<void>> = { run, remove, attribution, node };
+const commands: Record<string, () => Promise<void>> = { run, remove, attribution, node, sysctls };
 if (!commands[command] || positionals.length > 1) {
-  usageError(usage, `Unknown command ${positionals.join(' ')}: use run, remove, attribution or node`);
+  usageError(usage, `Unknown command ${positionals.join(' ')}: use run, remove, attribution, node or sysctls`);
 }
 commands[command]().catch((error: Error) => {
   log.error('The dataplane agent failed', { error: error.message });

@@ -1,17 +1,27 @@
 // Policy routing of the uplinks: one routing table per uplink holding its default routes, and ip
 // rules that send a flow's packets to the table of the uplink in their mark (and the uplink's own
-// source addresses to it, so that probes leave through the uplink they test). naat owns the rules
-// of its preference and the tables of its range, and nothing else.
+// source addresses to it, so that probes leave through the uplink they test).
+//
+// Before them, the main table without its default route (`suppress_prefixlength 0`) answers what
+// arrives on an uplink and what the node itself sends or looks up (`iif lo`): what it routes
+// specifically (the pods, the node's own networks) goes by it, only what it would send by its
+// default route is left to the uplinks' rules. Replies to the pods carry their uplink's mark, so
+// that the strict reverse-path check finds the server through the uplink, and must still reach
+// the pod; a node whose uplink translates to its own address must still answer its pods; and a
+// reverse-path check in nftables (`fib saddr . mark . iif`) of a pod's marked packet must find
+// the pod, not the uplink. naat owns the rules of its preferences and the tables of its range.
 import { exec, type Command } from './exec.ts';
-import { routeTableBase, routeTableCount, rulePreference, type UplinkRoute } from './render.ts';
+import { mainRulePreference, routeTableBase, routeTableCount, rulePreference, type UplinkRoute } from './render.ts';
 
 export interface IpRule {
   family: 4 | 6;
-  table: number;
-  /** Either a mark (compared under `mask`, all bits when omitted) or a source address. */
+  /** An uplink's table, or the main table without its default route (`suppress_prefixlength 0`). */
+  table: number | 'main';
+  /** A mark (compared under `mask`, all bits when omitted) or a source address; an input interface for `main`. */
   mark?: number;
   mask?: number;
   from?: string;
+  iif?: string;
 }
 
 export interface IpRoute {
@@ -43,6 +53,11 @@ export interface Routing {
 
 export function desiredRouting(routes: readonly UplinkRoute[]): RoutingState {
   const state: RoutingState = { rules: [], routes: [] };
+  // First, so that they are in place before the rules that would capture those packets.
+  const interfaces = routes.length ? ['lo', ...new Set(routes.map((r) => r.interface))] : [];
+  for (const iif of interfaces) {
+    for (const family of [4, 6] as const) state.rules.push({ family, table: 'main', iif });
+  }
   for (const r of routes) {
     for (const family of [4, 6] as const) {
       state.rules.push({ family, table: r.table, mark: r.mark, mask: r.markMask });
@@ -59,7 +74,7 @@ export function desiredRouting(routes: readonly UplinkRoute[]): RoutingState {
 }
 
 const ruleKey = (r: IpRule) =>
-  `${r.family} ${r.table} ${r.mark === undefined ? '' : `${r.mark}/${r.mask ?? allBits}`} ${r.from ?? ''}`;
+  `${r.family} ${r.table} ${r.mark === undefined ? '' : `${r.mark}/${r.mask ?? allBits}`} ${r.from ?? ''} ${r.iif ?? ''}`;
 const routeKey = (r: IpRoute) => `${r.family} ${r.table} ${r.unreachable ? 'unreachable' : r.device} ${r.via ?? ''}`;
 
 /**
@@ -97,6 +112,11 @@ export class ExecRouting implements Routing {
     for (const family of [4, 6] as const) {
       const rules = JSON.parse(await this.#run([`-${family}`, '-j', 'rule', 'show'])) as Array<Record<string, unknown>>;
       for (const r of rules) {
+        if (r.priority === mainRulePreference) {
+          if (r.table !== 'main' || r.suppress_prefixlen !== 0) continue;
+          if (typeof r.iif === 'string') state.rules.push({ family, table: 'main', iif: r.iif });
+          continue;
+        }
         if (r.priority !== rulePreference) continue;
         const table = Number(r.table);
         if (!ownTable(table)) continue;
@@ -126,7 +146,7 @@ export class ExecRouting implements Routing {
         r.unreachable
           ? `route replace unreachable default table ${r.table} metric ${fallbackMetric}`
           : `route replace default${r.via ? ` via ${r.via}` : ''} dev ${r.device} table ${r.table}${r.via ? ' onlink' : ''}`,
-      (r) => `rule add pref ${rulePreference} ${ruleSelector(r)} table ${r.table}`,
+      (r) => `rule add ${ruleSelector(r)}`,
       true,
     );
   }
@@ -138,7 +158,7 @@ export class ExecRouting implements Routing {
         r.unreachable
           ? `route del unreachable default table ${r.table} metric ${fallbackMetric}`
           : `route del default${r.via ? ` via ${r.via}` : ''} dev ${r.device} table ${r.table}`,
-      (r) => `rule del pref ${rulePreference} ${ruleSelector(r)} table ${r.table}`,
+      (r) => `rule del ${ruleSelector(r)}`,
       false,
     );
   }
@@ -163,7 +183,15 @@ export class ExecRouting implements Routing {
 }
 
 function ruleSelector(r: IpRule): string {
-  return r.mark !== undefined ? `fwmark ${hex(r.mark)}/${hex(r.mask ?? allBits)}` : `from ${r.from}`;
+  const match =
+    r.mark !== undefined
+      ? `fwmark ${hex(r.mark)}/${hex(r.mask ?? allBits)}`
+      : r.iif
+        ? `iif ${r.iif}`
+        : `from ${r.from}`;
+  return r.table === 'main'
+    ? `pref ${mainRulePreference} ${match} table main suppress_prefixlength 0`
+    : `pref ${rulePreference} ${match} table ${r.table}`;
 }
 
 /** Routing state in memory, for unit tests of the agent. */

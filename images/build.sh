@@ -22,9 +22,11 @@ mkdir -p "$cache/images"
 exec 9>"$cache/images/.lock"
 flock 9
 
-# The published base names the Node.js release and the Debian suite: node:24.21.0-trixie-slim.
+# The published base names the Node.js release and the Debian suite: node:24.21.0-trixie-slim, with
+# the registry's digest after it (@sha256:…) once a release pins it; the base assembled here stands
+# in for either.
 published=$(sed -n 's/^ARG NODE_IMAGE=//p' "$root/images/Dockerfile")
-[[ $published =~ ^node:([0-9]+\.[0-9]+\.[0-9]+)-([a-z]+)-slim$ ]] || {
+[[ $published =~ ^node:([0-9]+\.[0-9]+\.[0-9]+)-([a-z]+)-slim(@sha256:[0-9a-f]{64})?$ ]] || {
   echo "cannot read the Node.js release and Debian suite of NODE_IMAGE in images/Dockerfile" >&2
   exit 1
 }

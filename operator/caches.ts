@@ -50,6 +50,10 @@ export interface Caches {
 export interface WebhookCaches {
   secrets: Informer<V1Secret>;
   webhooks: Informer<V1MutatingWebhookConfiguration>;
+  /** The gateway agents' certificate Secret, when the settings name one. */
+  agentSecrets?: Informer<V1Secret>;
+  /** The CA cert-manager keeps, when it issues the webhook's certificate (webhook.caSecretName). */
+  caSecrets?: Informer<V1Secret>;
 }
 
 type Selectors = { labelSelector?: string; fieldSelector?: string };
@@ -59,6 +63,7 @@ export function operatorCaches(
   namespace: string,
   webhook: OperatorSettings['webhook'],
   log: Logger,
+  agentSecretName?: string,
 ): { caches: Caches; webhookCaches: WebhookCaches } {
   const core = kubeConfig.makeApiClient(CoreV1Api);
   const apps = kubeConfig.makeApiClient(AppsV1Api);
@@ -97,6 +102,13 @@ export function operatorCaches(
 
   const managed = 'app.kubernetes.io/managed-by=naat-operator';
   const byName = (name: string) => ({ fieldSelector: `metadata.name=${name}` });
+  const secret = (name: string) =>
+    informer<V1Secret>(
+      'Secret',
+      `/api/v1/namespaces/${namespace}/secrets`,
+      (p, o) => core.listNamespacedSecret({ namespace, ...p }, o),
+      byName(name),
+    );
   return {
     caches: {
       gateways: naatInformer('EgressGateway'),
@@ -119,18 +131,15 @@ export function operatorCaches(
       ),
     },
     webhookCaches: {
-      secrets: informer<V1Secret>(
-        'Secret',
-        `/api/v1/namespaces/${namespace}/secrets`,
-        (p, o) => core.listNamespacedSecret({ namespace, ...p }, o),
-        byName(webhook.secretName),
-      ),
+      secrets: secret(webhook.secretName),
       webhooks: informer<V1MutatingWebhookConfiguration>(
         'MutatingWebhookConfiguration',
         '/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations',
         (p, o) => admission.listMutatingWebhookConfiguration(p, o),
         byName(webhook.configurationName),
       ),
+      ...(agentSecretName ? { agentSecrets: secret(agentSecretName) } : {}),
+      ...(webhook.caSecretName ? { caSecrets: secret(webhook.caSecretName) } : {}),
     },
   };
 }

@@ -19,6 +19,25 @@ export interface Validity {
   notAfter: Date;
 }
 
+const day = 86_400_000;
+export const caLifetime = 10 * 365 * day;
+export const servingLifetime = 365 * day;
+/** A pair is replaced when it has less than this left, so a renewal failure has weeks to be fixed. */
+export const renewBefore = 30 * day;
+/** Timers of Node cannot wait longer than about 24.8 days; a daily look is plenty. */
+const maxWait = day;
+
+/** From `now` for `ms`, with an hour of slack for clocks behind ours. */
+export function lifetime(now: Date, ms: number): Validity {
+  return { notBefore: new Date(now.getTime() - 3_600_000), notAfter: new Date(now.getTime() + ms) };
+}
+
+/** How long a keeper of `certificates` (PEM) may wait before it looks at them again. */
+export function nextLook(now: Date, certificates: readonly string[]): number {
+  const expires = Math.min(...certificates.map((pem) => new Date(new X509Certificate(pem).validTo).getTime()));
+  return Math.max(1000, Math.min(maxWait, expires - renewBefore - now.getTime()));
+}
+
 const oid = {
   ecdsaWithSha256: '1.2.840.10045.4.3.2',
   commonName: '2.5.4.3',

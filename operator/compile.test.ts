@@ -77,6 +77,17 @@ describe('compileGateway', () => {
     expect(compileGateway(await snapshot()).config.marks).toBeUndefined();
   });
 
+  it("tells the agents which nodes are the gateway's: its nodeSelector and the nodes excluded from it", async () => {
+    const compiled = compileGateway(await snapshot({ excludedNodes: ['gw-2', 'worker'] }));
+    expect(compiled.nodes).toEqual(['gw-1']);
+    // Only nodes nodeSelector matches are excluded from it.
+    expect(compiled.config.placement).toEqual({
+      nodeSelector: { 'naat.dev/gateway': 'true' },
+      excludedNodes: ['gw-2'],
+    });
+    expect(parseGatewayConfig(compiled.config).placement).toEqual(compiled.config.placement);
+  });
+
   it('compiles the samples into a config the dataplane accepts', async () => {
     const compiled = compileGateway(await snapshot());
     expect(() => parseGatewayConfig(compiled.config)).not.toThrow();

@@ -59,6 +59,8 @@ export interface Snapshot {
   steering?: TunnelFacts;
   /** The gateway agents' mark bits (the operator's settings); the dataplane's defaults without them. */
   marks?: { uplinks: number };
+  /** Nodes its nodeSelector matches where the gateway's agent may not run (operator/host-ports.ts). */
+  excludedNodes?: readonly string[];
 }
 
 /** A served pod on a node that is not one of the gateway's: its flows reach the gateway through the tunnel. */
@@ -86,8 +88,10 @@ export interface PolicyFacts {
 
 export interface Compiled {
   config: GatewayConfig;
-  /** Nodes that match the gateway's nodeSelector: where its dataplane runs. */
+  /** Nodes that match the gateway's nodeSelector, but the excluded ones: where its dataplane runs. */
   nodes: string[];
+  /** Nodes that match the gateway's nodeSelector where its dataplane may not run. */
+  excludedNodes: string[];
   servedPods: number;
   /** Uplinks the gateway names that do not exist. */
   missingUplinks: string[];
@@ -107,10 +111,8 @@ const byName = <T extends { metadata: { namespace?: string; name: string } }>(a:
 export function compileGateway(snapshot: Snapshot): Compiled {
   const { gateway } = snapshot;
   const spec = gateway.spec;
-  const nodes = snapshot.nodes
-    .filter((n) => matchesLabels(spec.nodeSelector, n.labels))
-    .map((n) => n.name)
-    .sort();
+  const excludedNodes = selectedNodes(gateway, snapshot.nodes).filter((n) => snapshot.excludedNodes?.includes(n));
+  const nodes = selectedNodes(gateway, snapshot.nodes).filter((n) => !excludedNodes.includes(n));
 
   const wanted = spec.uplinks.names
     ? snapshot.uplinks.filter((u) => spec.uplinks.names!.includes(u.metadata.name))
@@ -181,18 +183,29 @@ export function compileGateway(snapshot: Snapshot): Compiled {
         }
       : {}),
     rules,
+    // What the agent asks at SIGTERM: whether its node still belongs to the gateway.
+    placement: { nodeSelector: spec.nodeSelector ?? {}, excludedNodes },
     ...(snapshot.marks ? { marks: { uplinks: snapshot.marks.uplinks } } : {}),
   };
   const hash = `sha256:${createHash('sha256').update(JSON.stringify(withoutHash)).digest('hex')}`;
   return {
     config: { ...withoutHash, hash },
     nodes,
+    excludedNodes,
     servedPods: served.length,
     missingUplinks,
     policies: facts,
     away,
     ...(steering ? { steering } : {}),
   };
+}
+
+/** The nodes the gateway's nodeSelector matches, sorted. */
+export function selectedNodes(gateway: EgressGateway, nodes: readonly NodeFacts[]): string[] {
+  return nodes
+    .filter((n) => matchesLabels(gateway.spec.nodeSelector, n.labels))
+    .map((n) => n.name)
+    .sort();
 }
 
 /**

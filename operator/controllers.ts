@@ -11,7 +11,8 @@ import { nodeFacts, podFacts } from './reconcilers/cluster.ts';
 import { GatewayReconciler, gatewaysOf } from './reconcilers/egress-gateway.ts';
 import { SteeringReconciler, steeringKey } from './reconcilers/steering.ts';
 import { UplinkReconciler } from './reconcilers/uplink.ts';
-import { CertificateReconciler } from './reconcilers/webhook-certificate.ts';
+import { AgentCertificateReconciler } from './reconcilers/agent-certificate.ts';
+import { CertificateReconciler, pairsOf, tlsPairOf } from './reconcilers/webhook-certificate.ts';
 import { Controller, type ControllerOptions, type ReconcileResult } from './runtime/controller.ts';
 import type { Logger } from '../common/index.ts';
 import type { OperatorSettings } from './settings.ts';
@@ -82,18 +83,47 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   const pods = controller('pods', (key) => associationMode.reconcile(key));
   pods.watch(caches.pods);
 
-  const certificate = new CertificateReconciler({
+  const controllers: Record<string, Controller> = { gateways, uplinks, pods, steering };
+  // The webhook's certificate is the operator's own, unless cert-manager keeps it.
+  const { caSecretName } = settings.webhook;
+  const caSecrets = caSecretName ? webhookCaches.caSecrets : webhookCaches.secrets;
+  if (!caSecretName) {
+    const certificate = new CertificateReconciler({
+      kubeConfig,
+      ...webhookCaches,
+      settings: settings.webhook,
+      namespace,
+      log,
+    });
+    const certificates = controller('webhook-certificate', () => certificate.reconcile());
+    certificates.watch(webhookCaches.secrets, () => ['certificate']);
+    certificates.watch(webhookCaches.webhooks, () => ['certificate']);
+    controllers.certificates = certificates;
+  }
+
+  const agentSecrets = webhookCaches.agentSecrets;
+  const secretName = settings.dataplane.certificateSecretName;
+  if (!agentSecrets || !secretName || !caSecrets) return controllers;
+  // The gateway agents' certificate, for every gateway node: from the CA the operator keeps in the
+  // webhook's Secret, or from cert-manager's CA Certificate (its own pair, tls.crt and tls.key).
+  const caKey = `${namespace}/${caSecretName ?? settings.webhook.secretName}`;
+  const agentCertificate = new AgentCertificateReconciler({
     kubeConfig,
-    ...webhookCaches,
-    settings: settings.webhook,
+    secrets: agentSecrets,
+    gateways: caches.gateways,
+    nodes: caches.nodes,
+    ca: () => (caSecretName ? tlsPairOf(caSecrets.get(caKey)) : pairsOf(caSecrets.get(caKey))?.ca),
+    secretName,
     namespace,
     log,
   });
-  const certificates = controller('webhook-certificate', () => certificate.reconcile());
-  certificates.watch(webhookCaches.secrets, () => ['certificate']);
-  certificates.watch(webhookCaches.webhooks, () => ['certificate']);
-
-  return { gateways, uplinks, pods, steering, certificates };
+  const agentCertificates = controller('agent-certificate', () => agentCertificate.reconcile());
+  const agents = () => ['agent-certificate'];
+  agentCertificates.watch(caSecrets, agents);
+  agentCertificates.watch(agentSecrets, agents);
+  agentCertificates.watch(caches.gateways, agents);
+  agentCertificates.watch(caches.nodes, onFactsChange(caches.nodes, nodeChange, agents));
+  return { ...controllers, agentCertificates };
 }
 
 /** What the compiler reads of a node: the gateways it belongs to, its pod network, its tunnel addresses. */

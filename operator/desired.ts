@@ -2,15 +2,21 @@
 // dataplane's ServiceAccount, its binding to the chart's dataplane ClusterRole, the ConfigMap
 // holding the compiled config with a Role that lets the dataplane read that one ConfigMap, and
 // the DaemonSet on the gateway's nodes. All are owned by the
-// gateway, so deleting it lets the garbage collector remove them.
-import type { NodeConfig } from '../contracts/gateway/index.ts';
+// gateway, so deleting it lets the garbage collector remove them; the DaemonSet is owned by the
+// ConfigMap too (ownedByConfig), so that its agents are stopped only once their config is gone.
+import {
+  agentConfigKey as configFile,
+  gatewayLabels as labelsOf,
+  gatewayObjectName as objectName,
+  type NodeConfig,
+} from '../contracts/gateway/index.ts';
 import type { EgressGateway } from '../crds/index.ts';
 import { apiVersion } from '../crds/index.ts';
 import type { Compiled } from './compile.ts';
-import { otelEnvironment, type OperatorSettings } from './settings.ts';
+import { processEnvironment, type OperatorSettings } from './settings.ts';
 
-export const configFile = 'config.json';
 const stateDir = '/run/naat';
+const tlsDir = '/etc/naat/tls';
 
 export interface ApiObject {
   apiVersion: string;
@@ -25,16 +31,11 @@ export interface ApiObject {
 }
 
 /** Names of a gateway's objects: one per gateway, in the operator's namespace where namespaced. */
-export const objectName = (gateway: string) => `naat-gw-${gateway}`;
-
-export function labelsOf(gateway: string): Record<string, string> {
-  return {
-    'app.kubernetes.io/name': 'naat-dataplane',
-    'app.kubernetes.io/instance': gateway,
-    'app.kubernetes.io/managed-by': 'naat-operator',
-    'naat.dev/gateway': gateway,
-  };
-}
+export {
+  agentConfigKey as configFile,
+  gatewayLabels as labelsOf,
+  gatewayObjectName as objectName,
+} from '../contracts/gateway/index.ts';
 
 export function desiredGatewayObjects(
   gateway: EgressGateway,
@@ -60,6 +61,8 @@ export function desiredGatewayObjects(
     ],
   });
   const dp = settings.dataplane;
+  // Flow data only on the secure listener, with the certificate the operator issues (docs/security.md).
+  const secure = dp.certificateSecretName;
   return [
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: metadata(true) },
     {
@@ -95,7 +98,25 @@ export function desiredGatewayObjects(
       metadata: metadata(true),
       labels,
       serviceAccountName: name,
-      placement: { nodeSelector: { 'kubernetes.io/os': 'linux', ...gateway.spec.nodeSelector } },
+      placement: {
+        nodeSelector: { 'kubernetes.io/os': 'linux', ...gateway.spec.nodeSelector },
+        // Nodes where another gateway's agent holds its ports (operator/host-ports.ts).
+        ...(compiled.excludedNodes?.length
+          ? {
+              affinity: {
+                nodeAffinity: {
+                  requiredDuringSchedulingIgnoredDuringExecution: {
+                    nodeSelectorTerms: [
+                      { matchFields: [{ key: 'metadata.name', operator: 'NotIn', values: compiled.excludedNodes }] },
+                    ],
+                  },
+                },
+              },
+            }
+          : {}),
+      },
+      // The compiled ICMP timeout: a change rolls the agents, whose init container writes it.
+      sysctls: ['sysctls', '--icmp-seconds', String(compiled.config.timeouts.icmpSeconds)],
       container: {
         name: 'dataplane',
         service: 'naat-dataplane',
@@ -105,25 +126,71 @@ export function desiredGatewayObjects(
           `${namespace}/${name}`,
           '--state-dir',
           stateDir,
+          // Every address of both families: node agents ask /steering at a gateway node's
+          // InternalIP, which in an IPv6-only cluster is an IPv6 address.
           '--listen',
-          `0.0.0.0:${dp.healthPort}`,
+          `:${dp.healthPort}`,
           '--metrics-listen',
-          `0.0.0.0:${dp.metricsPort}`,
+          `:${dp.metricsPort}`,
+          ...(secure ? ['--secure-listen', `:${dp.flowPort}`, '--tls-dir', tlsDir] : []),
+          // Only the node itself reaches it, and the kubelet's port-forward for those who may
+          // create pods/portforward in this namespace (the naat CLI, docs/cli.md).
+          '--local-listen',
+          `127.0.0.1:${dp.localPort}`,
           '--report',
         ],
         ports: [
           { name: 'health', containerPort: dp.healthPort },
           { name: 'metrics', containerPort: dp.metricsPort },
+          ...(secure ? [{ name: 'flows', containerPort: dp.flowPort }] : []),
           { name: 'naa', containerPort: gateway.spec.association.port },
         ],
-        volumeMounts: [{ name: 'state', mountPath: stateDir }],
+        volumeMounts: [
+          { name: 'state', mountPath: stateDir },
+          ...(secure ? [{ name: 'tls', mountPath: tlsDir, readOnly: true }] : []),
+        ],
       },
       volumes: [
         // Uplink ids live as long as the node's conntrack table: until the node reboots.
         { name: 'state', hostPath: { path: `${stateDir}/${gateway.metadata.name}`, type: 'DirectoryOrCreate' } },
+        // The key only: the CA's certificate is for callers.
+        ...(secure
+          ? [
+              {
+                name: 'tls',
+                // Optional: the agent starts without it and listens once the operator issued it.
+                secret: {
+                  secretName: secure,
+                  optional: true,
+                  items: [
+                    { key: 'tls.crt', path: 'tls.crt' },
+                    { key: 'tls.key', path: 'tls.key' },
+                  ],
+                },
+              },
+            ]
+          : []),
       ],
     }),
   ];
+}
+
+/**
+ * The gateway's DaemonSet, owned by its ConfigMap (of that uid) as well as by the gateway. The
+ * garbage collector deletes an object once none of its owners exist, so when the gateway goes, the
+ * ConfigMap goes first and the DaemonSet (and so its pods) after it: each agent finds its config
+ * gone when it is stopped, and takes its rules out of the kernel, while a rollout or an upgrade,
+ * which keeps the ConfigMap, keeps them. A ConfigMap deleted by hand does not take the DaemonSet
+ * with it (the gateway still owns it) and is made again, with the new uid, at the next reconcile.
+ * Without blockOwnerDeletion, which would need update on configmaps/finalizers and only matters to
+ * a foreground deletion of the ConfigMap.
+ */
+export function ownedByConfig(daemonSet: ApiObject, configUid: string): ApiObject {
+  const owner = { apiVersion: 'v1', kind: 'ConfigMap', name: daemonSet.metadata.name, uid: configUid };
+  return {
+    ...daemonSet,
+    metadata: { ...daemonSet.metadata, ownerReferences: [...(daemonSet.metadata.ownerReferences ?? []), owner] },
+  };
 }
 
 /** The node agents' cluster-wide objects: DaemonSet, ServiceAccount, Role, bindings. */
@@ -212,6 +279,7 @@ export function desiredNodeObjects(
           },
         },
       },
+      sysctls: ['sysctls'],
       container: {
         name: 'node-agent',
         service: 'naat-node',
@@ -230,6 +298,8 @@ interface AgentPod {
   serviceAccountName: string;
   /** nodeSelector, affinity: where the agents run. */
   placement: Record<string, unknown>;
+  /** The init container's args: the `sysctls` command with the settings of this agent's role. */
+  sysctls: string[];
   container: {
     name: string;
     /** Its OpenTelemetry service name. */
@@ -262,11 +332,29 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
           ...o.placement,
           tolerations: dp.tolerations,
           ...(dp.priorityClassName ? { priorityClassName: dp.priorityClassName } : {}),
+          ...(Object.keys(dp.podSecurityContext).length ? { securityContext: dp.podSecurityContext } : {}),
           ...(settings.imagePullSecrets.length
             ? { imagePullSecrets: settings.imagePullSecrets.map((secret) => ({ name: secret })) }
             : {}),
           // Stopping leaves the kernel state in place, so a rolling update does not cut flows.
           terminationGracePeriodSeconds: 30,
+          ...(dp.setNodeSysctls
+            ? {
+                initContainers: [
+                  {
+                    name: 'sysctls',
+                    image: dp.image,
+                    imagePullPolicy: dp.pullPolicy,
+                    args: o.sysctls,
+                    resources: dp.resources,
+                    // The runtime mounts /proc/sys writable only in a privileged container; this
+                    // one writes the few settings of dataplane/sysctls.ts and exits, so that the
+                    // agent beside it keeps NET_ADMIN and NET_RAW only (docs/security.md).
+                    securityContext: { privileged: true, runAsUser: 0, readOnlyRootFilesystem: true },
+                  },
+                ],
+              }
+            : {}),
           containers: [
             {
               name: o.container.name,
@@ -276,7 +364,7 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
               env: [
                 { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
                 { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-                ...otelEnvironment(settings.otel, o.container.service),
+                ...processEnvironment(settings, o.container.service),
               ],
               ...(o.container.ports ? { ports: o.container.ports } : {}),
               ...(o.container.ports?.some((p) => p.name === 'health')
@@ -290,13 +378,7 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
                   }
                 : {}),
               resources: dp.resources,
-              securityContext: {
-                // nft, ip and conntrack speak netlink as root with these two capabilities only.
-                runAsUser: 0,
-                allowPrivilegeEscalation: false,
-                readOnlyRootFilesystem: true,
-                capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
-              },
+              securityContext: dp.securityContext,
               ...(o.container.volumeMounts ? { volumeMounts: o.container.volumeMounts } : {}),
             },
           ],

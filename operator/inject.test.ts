@@ -1,7 +1,8 @@
-import type { V1Pod } from '@kubernetes/client-node';
+import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import { validate, type EgressGateway } from '../crds/index.ts';
 import { sidecarContainerName } from './compile.ts';
-import { injection, type InjectionRequest } from './inject.ts';
+import { injection, podUser, type InjectionRequest } from './inject.ts';
+import { sidecarSecurityContext } from './settings.ts';
 
 function gateway(name: string, spec: Record<string, unknown>): EgressGateway {
   const result = validate('EgressGateway', {
@@ -30,7 +31,13 @@ const request = (p: V1Pod, namespaceLabels: Record<string, string> = { egress: '
   namespace: 'shop',
   namespaceLabels,
   gateways: [noSidecar, office],
-  sidecar: { image: 'naat-sidecar:1', pullPolicy: 'IfNotPresent', resources: { requests: { memory: '48Mi' } } },
+  sidecar: {
+    image: 'naat-sidecar:1',
+    pullPolicy: 'IfNotPresent',
+    resources: { requests: { memory: '48Mi' } },
+    securityContext: sidecarSecurityContext,
+  },
+  logLevel: 'info',
   otel: {
     endpoint: '',
     protocol: 'grpc',
@@ -81,7 +88,7 @@ describe('sidecar injection', () => {
     expect(sidecar!.restartPolicy).toBe('Always');
     expect(sidecar!.image).toBe('naat-sidecar:1');
     expect(sidecar!.resources).toEqual({ requests: { memory: '48Mi' } });
-    expect(sidecar!.securityContext!.capabilities).toEqual({ drop: ['ALL'], add: ['SYS_PTRACE'] });
+    expect(sidecar!.securityContext!.capabilities).toEqual({ drop: ['ALL'], add: ['DAC_READ_SEARCH', 'SYS_PTRACE'] });
     expect(Object.fromEntries(sidecar!.env!.map((e) => [e.name, e.value ?? e.valueFrom!.fieldRef!.fieldPath]))).toEqual(
       {
         NAAT_NAA_HOST: 'status.hostIP',
@@ -90,6 +97,7 @@ describe('sidecar injection', () => {
         NAAT_POD_NAME: 'metadata.name',
         NAAT_POD_UID: 'metadata.uid',
         NAAT_TOKEN_FILE: '/var/run/secrets/naat/token',
+        NAAT_LOG_LEVEL: 'info',
         OTEL_SDK_DISABLED: 'true',
       },
     );
@@ -124,6 +132,13 @@ describe('sidecar injection', () => {
       { name: 'OTEL_TRACES_SAMPLER_ARG', value: '0.1' },
       { name: 'OTEL_RESOURCE_ATTRIBUTES', value: 'cluster=eu-1,deployment.environment=prod' },
     ]);
+  });
+
+  test("the sidecar logs at the operator's configured level", () => {
+    const decision = injection({ ...request(pod({ naa: 'on' })), logLevel: 'debug' });
+    if (!decision.inject) throw new Error(decision.reason);
+    const [sidecar] = apply(pod({ naa: 'on' }), decision.patch).spec!.initContainers!;
+    expect(sidecar!.env).toContainEqual({ name: 'NAAT_LOG_LEVEL', value: 'debug' });
   });
 
   test('existing init containers and annotations are kept and the sidecar goes last', () => {
@@ -220,24 +235,99 @@ describe('Pod Security Admission', () => {
   const enforcing = (level: string) => ({ egress: 'office', 'pod-security.kubernetes.io/enforce': level });
 
   test.each(['baseline', 'restricted'])(
-    'a namespace enforcing %s, which would reject the sidecar, gets the pod unchanged and a warning naming the level',
+    'a namespace enforcing %s, where a pod of no one user would need the root sidecar, gets the pod without the sidecar, annotated with why, and a warning naming the level',
     (level) => {
-      const decision = injection(request(pod({ naa: 'on' }), enforcing(level)));
+      const original = pod({ naa: 'on' }, { securityContext: { runAsUser: 1000 } });
+      const decision = injection(request(original, enforcing(level)));
+      const reason =
+        `namespace shop enforces Pod Security level ${level}, which forbids the sidecar as root (CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE), ` +
+        "and the pod's containers do not all run as one non-root user and group";
       expect(decision).toEqual({
         inject: false,
-        reason: `namespace shop enforces Pod Security level ${level}, which forbids the sidecar (root with CAP_SYS_PTRACE)`,
+        reason,
         warning: expect.stringMatching(
           new RegExp(
-            `^the NAA sidecar of EgressGateway office was not injected: namespace shop enforces Pod Security level ${level},.*pod-security\\.kubernetes\\.io/enforce=privileged to have it injected$`,
+            `^the NAA sidecar of EgressGateway office was not injected: namespace shop enforces Pod Security level ${level},.*runAsUser and runAsGroup.*pod-security\\.kubernetes\\.io/enforce=privileged, to have it injected$`,
           ),
         ),
+        patch: expect.any(Array),
+      });
+      // Only the reason is recorded, for the pod's status condition: no container, volume or setting.
+      const patched = apply(original, decision.patch!);
+      expect(patched).toEqual({
+        ...original,
+        metadata: { ...original.metadata, annotations: { 'naat.dev/sidecar-skipped': reason } },
       });
     },
   );
 
-  test('a privileged namespace, or one without the label, gets the sidecar', () => {
-    expect(injection(request(pod({ naa: 'on' }), enforcing('privileged'))).inject).toBe(true);
-    expect(injection(request(pod({ naa: 'on' }))).inject).toBe(true);
+  test.each(['baseline', 'restricted'])(
+    "a namespace enforcing %s gets the sidecar as the pod's own user and group, without capabilities, as restricted admits it",
+    (level) => {
+      const original = pod(
+        { naa: 'on' },
+        {
+          securityContext: { runAsUser: 1000, runAsGroup: 3000 },
+          initContainers: [{ name: 'setup', image: 'app:1', securityContext: { runAsUser: 1000 } }],
+        },
+      );
+      const decision = injection(request(original, enforcing(level)));
+      if (!decision.inject) throw new Error(decision.reason);
+      const sidecar = apply(original, decision.patch).spec!.initContainers!.find(
+        (c) => c.name === sidecarContainerName,
+      );
+      expect(sidecar!.securityContext).toEqual({
+        runAsUser: 1000,
+        runAsGroup: 3000,
+        runAsNonRoot: true,
+        allowPrivilegeEscalation: false,
+        readOnlyRootFilesystem: true,
+        capabilities: { drop: ['ALL'] },
+        seccompProfile: { type: 'RuntimeDefault' },
+      });
+    },
+  );
+
+  test.each([
+    ['no group', { runAsUser: 1000 }, []],
+    ['root', { runAsUser: 0, runAsGroup: 0 }, []],
+    ['a container of another user', { runAsUser: 1000, runAsGroup: 1000 }, [{ runAsUser: 1001 }]],
+    ['a container of another group', { runAsUser: 1000, runAsGroup: 1000 }, [{ runAsGroup: 0 }]],
+  ])('a pod with %s has no one user for the sidecar', (_, podContext, containerContexts) => {
+    const spec = {
+      securityContext: podContext,
+      containers: [
+        { name: 'app', image: 'app:1' },
+        ...containerContexts.map((securityContext, i) => ({ name: `c${i}`, image: 'app:1', securityContext })),
+      ],
+    };
+    expect(podUser(spec)).toBeUndefined();
+    expect(injection(request(pod({ naa: 'on' }, spec), enforcing('restricted'))).inject).toBe(false);
+  });
+
+  test("a container's own user and group count over the pod's", () => {
+    expect(
+      podUser({
+        securityContext: { runAsUser: 1, runAsGroup: 1 },
+        containers: [{ name: 'app', image: 'app:1', securityContext: { runAsUser: 1000, runAsGroup: 1000 } }],
+      }),
+    ).toEqual({ uid: 1000, gid: 1000 });
+  });
+
+  test("a privileged namespace, or one without the label, gets the root sidecar, which the pod's programs cannot look into", () => {
+    const ofOneUser = pod({ naa: 'on' }, { securityContext: { runAsUser: 1000, runAsGroup: 1000 } });
+    for (const decision of [
+      injection(request(ofOneUser, enforcing('privileged'))),
+      injection(request(ofOneUser)),
+      injection(request(pod({ naa: 'on' }))),
+    ]) {
+      if (!decision.inject) throw new Error(decision.reason);
+      const sidecar = decision.patch.find((p) => p.path === '/spec/initContainers')!.value as V1Container[];
+      expect(sidecar[0]!.securityContext).toMatchObject({
+        runAsUser: 0,
+        capabilities: { add: ['DAC_READ_SEARCH', 'SYS_PTRACE'] },
+      });
+    }
   });
 
   test('a pod no gateway injects gets no warning, whatever the level', () => {

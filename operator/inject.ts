@@ -5,18 +5,25 @@
 // kubelet starts it before the application containers, so their first connections are already
 // watched, and it does not keep a Job's pod alive. It shares the pod's network namespace (the
 // sockets) and, through shareProcessNamespace, its processes (who owns each socket).
-import type { V1Container, V1Pod, V1Volume } from '@kubernetes/client-node';
+//
+// Seeing which process owns a socket means reading /proc/<pid>/fd of the pod's processes. For a
+// process of its own user and group the kernel lets the sidecar do that with no capability at all;
+// for anyone else's it needs CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, which Kubernetes grants only
+// to uid 0 (no ambient capabilities; no privilege escalation rules out file capabilities).
+import type { V1Container, V1Pod, V1PodSpec, V1SecurityContext, V1Volume } from '@kubernetes/client-node';
 import type { EgressGateway } from '../crds/index.ts';
 import { containerNameVariable, sidecarVariables, tokenAudience } from '../contracts/index.ts';
 import { sidecarContainerName } from './compile.ts';
 import { matchesSelector, type Labels } from './selector.ts';
-import { otelEnvironment, type OperatorSettings } from './settings.ts';
+import { processEnvironment, type OperatorSettings } from './settings.ts';
 
 /** The annotation that records which gateway's sidecar a pod got. */
 export const injectedAnnotation = 'naat.dev/sidecar-gateway';
 /** Observe or Strict, as the webhook decided; a pod may also ask by setting it itself. */
 export const modeAnnotation = 'naat.dev/association-mode';
 export const modeReasonAnnotation = 'naat.dev/association-mode-reason';
+/** Why the webhook left out the sidecar of a pod its gateway selects, when the pod's owner should know. */
+export const skippedAnnotation = 'naat.dev/sidecar-skipped';
 export const tokenVolume = 'naat-token';
 export const tokenDir = '/var/run/secrets/naat';
 /** Strict mode: the folder the sidecar shares with the pod's programs (library and socket). */
@@ -34,22 +41,42 @@ export interface InjectionRequest {
   gateways: readonly EgressGateway[];
   sidecar: OperatorSettings['sidecar'];
   otel: OperatorSettings['otel'];
+  logLevel: OperatorSettings['logLevel'];
 }
 
 /**
- * Not injecting: `reason` for the logs; `warning`, when the pod's owner should know (the apiserver
- * shows it to whoever created the pod, kubectl prints it).
+ * Not injecting: `reason` for the logs; `warning` and `patch` (which records the reason on the pod,
+ * for its status condition) when the pod's owner should know (the apiserver shows the warning to
+ * whoever created the pod, kubectl prints it).
  */
 export type Injection =
-  { inject: false; reason: string; warning?: string } | { inject: true; gateway: string; patch: PatchOperation[] };
+  | { inject: false; reason: string; warning?: string; patch?: PatchOperation[] }
+  | { inject: true; gateway: string; patch: PatchOperation[] };
 
 /** The namespace label Pod Security Admission enforces a level by. */
 export const podSecurityEnforceLabel = 'pod-security.kubernetes.io/enforce';
 /**
- * Pod Security levels that forbid the sidecar: it runs as root with CAP_SYS_PTRACE, and both
- * baseline (added capabilities beyond its fixed list) and restricted (also non-root) reject that.
+ * Pod Security levels that forbid the root sidecar: baseline allows no added capability beyond its
+ * fixed list (which has neither of the sidecar's), restricted also wants non-root. The sidecar that
+ * runs as the pod's own user meets both.
  */
-const levelsForbiddingSidecar = new Set(['baseline', 'restricted']);
+const levelsForbiddingRootSidecar = new Set(['baseline', 'restricted']);
+
+/**
+ * The one user and group that every container of the pod runs as, when the pod sets both for each
+ * of them and the user is not root; undefined otherwise (a container would run as its image says,
+ * which the webhook cannot see).
+ */
+export function podUser(spec: V1PodSpec): { uid: number; gid: number } | undefined {
+  const ids = [...(spec.initContainers ?? []), ...spec.containers].map((c) => ({
+    uid: c.securityContext?.runAsUser ?? spec.securityContext?.runAsUser,
+    gid: c.securityContext?.runAsGroup ?? spec.securityContext?.runAsGroup,
+  }));
+  const [first] = ids;
+  if (first?.uid === undefined || first.gid === undefined || first.uid === 0) return undefined;
+  if (!ids.every((id) => id.uid === first.uid && id.gid === first.gid)) return undefined;
+  return { uid: first.uid, gid: first.gid };
+}
 
 export function injection(request: InjectionRequest): Injection {
   const { pod } = request;
@@ -65,15 +92,25 @@ export function injection(request: InjectionRequest): Injection {
     .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))
     .find((g) => selects(g, request.namespaceLabels, pod.metadata?.labels));
   if (!gateway) return { inject: false, reason: 'no gateway injects this pod' };
-  // A pod the namespace's Pod Security level would then reject is left as it was, so that it still
-  // starts (with the gateway's pod-level rules) rather than never being admitted at all.
+  // Where the namespace's Pod Security level admits it, the root sidecar keeps the pod's programs
+  // out of its own process (they cannot read its token through /proc); elsewhere the sidecar runs
+  // as the pod's user without capabilities, if the pod has one. A pod the level would reject with
+  // either is left as it was, so that it still starts (with the gateway's pod-level rules) rather
+  // than never being admitted at all.
   const level = request.namespaceLabels?.[podSecurityEnforceLabel];
-  if (level !== undefined && levelsForbiddingSidecar.has(level)) {
-    const reason = `namespace ${request.namespace} enforces Pod Security level ${level}, which forbids the sidecar (root with CAP_SYS_PTRACE)`;
+  const user = level !== undefined && levelsForbiddingRootSidecar.has(level) ? podUser(spec) : undefined;
+  if (level !== undefined && levelsForbiddingRootSidecar.has(level) && !user) {
+    const reason =
+      `namespace ${request.namespace} enforces Pod Security level ${level}, which forbids the sidecar as root ` +
+      `(CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE), and the pod's containers do not all run as one non-root user and group`;
     return {
       inject: false,
       reason,
-      warning: `the NAA sidecar of EgressGateway ${gateway.metadata.name} was not injected: ${reason}; its flows get the gateway's pod-level rules only. Label the namespace ${podSecurityEnforceLabel}=privileged to have it injected`,
+      warning:
+        `the NAA sidecar of EgressGateway ${gateway.metadata.name} was not injected: ${reason}; its flows get the gateway's pod-level rules only. ` +
+        `Set runAsUser and runAsGroup in the pod's securityContext (the sidecar then runs as that user, without capabilities), ` +
+        `or label the namespace ${podSecurityEnforceLabel}=privileged, to have it injected`,
+      patch: annotate(pod, { [skippedAnnotation]: reason }),
     };
   }
 
@@ -89,7 +126,7 @@ export function injection(request: InjectionRequest): Injection {
     [modeReasonAnnotation]: reason,
   };
   const patch: PatchOperation[] = [
-    ...append('/spec/initContainers', spec.initContainers, [sidecarContainer(gateway, request, strict)]),
+    ...append('/spec/initContainers', spec.initContainers, [sidecarContainer(gateway, request, strict, user)]),
     // "add" replaces an existing member (RFC 6902 §4.1), so a pod that said false gets true.
     { op: 'add', path: '/spec/shareProcessNamespace', value: true },
     ...append('/spec/volumes', spec.volumes, volumes),
@@ -106,15 +143,19 @@ export function injection(request: InjectionRequest): Injection {
           : []),
       ]),
     ),
-    ...(pod.metadata?.annotations
-      ? Object.entries(annotations).map(([key, value]) => ({
-          op: 'add' as const,
-          path: `/metadata/annotations/${key.replace('/', '~1')}`,
-          value,
-        }))
-      : [{ op: 'add' as const, path: '/metadata/annotations', value: annotations }]),
+    ...annotate(pod, annotations),
   ];
   return { inject: true, gateway: gateway.metadata.name, patch };
+}
+
+function annotate(pod: V1Pod, annotations: Record<string, string>): PatchOperation[] {
+  return pod.metadata?.annotations
+    ? Object.entries(annotations).map(([key, value]) => ({
+        op: 'add',
+        path: `/metadata/annotations/${key.replace('/', '~1')}`,
+        value,
+      }))
+    : [{ op: 'add', path: '/metadata/annotations', value: annotations }];
 }
 
 /** Adds `values` to the end of the list at `path`, or makes the list if there is none yet. */
@@ -145,8 +186,9 @@ function selects(gateway: EgressGateway, namespaceLabels: Labels, podLabels: Lab
 
 function sidecarContainer(
   gateway: EgressGateway,
-  { sidecar: settings, otel }: InjectionRequest,
+  { sidecar: settings, logLevel, otel }: InjectionRequest,
   strict: boolean,
+  user: { uid: number; gid: number } | undefined,
 ): V1Container {
   const field = (fieldPath: string) => ({ valueFrom: { fieldRef: { fieldPath } } });
   return {
@@ -155,7 +197,8 @@ function sidecarContainer(
     imagePullPolicy: settings.pullPolicy,
     restartPolicy: 'Always',
     env: [
-      // Pods are served by the gateway on their own node (design.md §7 leaves remote nodes for later).
+      // The NAA server on the pod's own node: the gateway's agent there, or the node agent that
+      // relays the stream to the gateway's nodes.
       { name: sidecarVariables.naaHost, ...field('status.hostIP') },
       { name: sidecarVariables.naaPort, value: String(gateway.spec.association.port) },
       { name: sidecarVariables.podNamespace, ...field('metadata.namespace') },
@@ -163,18 +206,10 @@ function sidecarContainer(
       { name: sidecarVariables.podUid, ...field('metadata.uid') },
       { name: sidecarVariables.tokenFile, value: `${tokenDir}/token` },
       ...(strict ? [{ name: sidecarVariables.stampDir, value: runDir }] : []),
-      ...otelEnvironment(otel, 'naat-sidecar'),
+      ...processEnvironment({ logLevel, otel }, 'naat-sidecar'),
     ],
     resources: settings.resources,
-    securityContext: {
-      // Reading which process owns a socket (/proc/<pid>/fd of the other containers' processes,
-      // whatever their user) needs CAP_SYS_PTRACE, which Kubernetes gives only to uid 0.
-      runAsUser: 0,
-      runAsNonRoot: false,
-      allowPrivilegeEscalation: false,
-      readOnlyRootFilesystem: true,
-      capabilities: { drop: ['ALL'], add: ['SYS_PTRACE'] },
-    },
+    securityContext: user ? podUserSecurity(user) : settings.securityContext,
     volumeMounts: [
       { name: tokenVolume, mountPath: tokenDir, readOnly: true },
       ...(strict ? [{ name: runVolume, mountPath: runDir }] : []),
@@ -190,6 +225,23 @@ function sidecarContainer(
           },
         }
       : {}),
+  };
+}
+
+/**
+ * As the pod's user and group: /proc/<pid>/fd of a process of the same user and group opens and
+ * reads with no capability, and the container meets Pod Security restricted. (Otherwise the
+ * sidecar runs as root with the chart's sidecar.securityContext: settings.ts says why.)
+ */
+export function podUserSecurity(user: { uid: number; gid: number }): V1SecurityContext {
+  return {
+    allowPrivilegeEscalation: false,
+    readOnlyRootFilesystem: true,
+    runAsUser: user.uid,
+    runAsGroup: user.gid,
+    runAsNonRoot: true,
+    capabilities: { drop: ['ALL'] },
+    seccompProfile: { type: 'RuntimeDefault' },
   };
 }
 

@@ -3,19 +3,23 @@
 //   NAAT_NAMESPACE   where it creates each gateway's namespaced objects
 //   NAAT_POD_NAME    its identity in leader election
 // Every replica keeps its caches warm and serves the sidecar-injection webhook; only the leader
-// runs the controllers (operator/controllers.ts). /healthz, /readyz (caches synced, certificate
-// loaded) and /metrics (reconcile durations and results, queue depth, leadership, webhook reviews;
-// operator/metrics.ts) are served on the configured health and metrics ports.
+// runs the controllers (operator/controllers.ts). Each first puts naat's CRDs of its version in
+// place (operator/custom-resource-definitions.ts). /healthz, /readyz (caches synced, certificate
+// loaded) and /metrics (reconcile durations and results, queue depth, leadership, webhook reviews:
+// operator/metrics.ts; the process, runtime and build metrics: docs/metrics.md) are served on the
+// configured health and metrics ports.
 import { CoreV1Api } from '@kubernetes/client-node';
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { hostname } from 'node:os';
-import { jsonLogger as log, metricsContentType, parseCommandLine, startTelemetry } from '../common/index.ts';
+import { jsonLogger as log, parseCommandLine, setLogLevel, startTelemetry } from '../common/index.ts';
 import { pooledKubeConfig } from '../common/kube/index.ts';
+import { processMetrics, sendMetrics } from '../common/metrics/index.ts';
 import { operatorCaches } from './caches.ts';
 import { operatorControllers } from './controllers.ts';
+import { applyDefinitions } from './custom-resource-definitions.ts';
 import { OperatorMetrics } from './metrics.ts';
-import { pairsOf } from './reconcilers/webhook-certificate.ts';
+import { tlsPairOf } from './reconcilers/webhook-certificate.ts';
 import { LeaderElector } from './runtime/leader.ts';
 import { reconcileSpan } from './runtime/tracing.ts';
 import { parseSettings } from './settings.ts';
@@ -26,12 +30,14 @@ parseCommandLine(
   NAAT_CONFIG      its configuration file (default /etc/naat/operator/config.json)
   NAAT_NAMESPACE   where it creates each gateway's namespaced objects (default naat-system)
   NAAT_POD_NAME    its identity in leader election (default: the host name)
-  KUBECONFIG       the cluster, when not run in one; OTEL_* turn on OpenTelemetry`,
+  KUBECONFIG       the cluster, when not run in one; OTEL_* turn on OpenTelemetry
+Its log level is logLevel in its configuration file; the agents and sidecars it starts get it too.`,
   { options: {} },
 );
 const settings = parseSettings(
   JSON.parse(await readFile(process.env.NAAT_CONFIG ?? '/etc/naat/operator/config.json', 'utf8')),
 );
+setLogLevel(settings.logLevel);
 const namespace = process.env.NAAT_NAMESPACE ?? 'naat-system';
 const identity = process.env.NAAT_POD_NAME ?? hostname();
 const tracing = await startTelemetry('naat-operator', {
@@ -40,7 +46,20 @@ const tracing = await startTelemetry('naat-operator', {
 });
 const kubeConfig = pooledKubeConfig();
 const core = kubeConfig.makeApiClient(CoreV1Api);
-const { caches, webhookCaches } = operatorCaches(kubeConfig, namespace, settings.webhook, log);
+// Before any informer, so that the caches watch the CRDs of this version.
+if (settings.crds.apply) {
+  await applyDefinitions(kubeConfig, log).catch((error: Error) => {
+    log.error('Failed to apply the CustomResourceDefinitions; exiting', { error: error.message });
+    process.exit(1);
+  });
+}
+const { caches, webhookCaches } = operatorCaches(
+  kubeConfig,
+  namespace,
+  settings.webhook,
+  log,
+  settings.dataplane.certificateSecretName,
+);
 
 // Read at each scrape; the controllers, the webhook and the elector are made below.
 const metrics = new OperatorMetrics({
@@ -48,6 +67,7 @@ const metrics = new OperatorMetrics({
   isLeader: () => (elector ? elector.isLeader : true),
   webhookReviews: () => webhook.counts,
 });
+processMetrics(metrics.registry, 'operator');
 const controllers = operatorControllers({
   kubeConfig,
   caches,
@@ -70,17 +90,18 @@ const webhook = new WebhookServer({
       gateways: caches.gateways.list(),
       sidecar: settings.sidecar,
       otel: settings.otel,
+      logLevel: settings.logLevel,
     };
   },
   log,
 });
 webhookCaches.secrets.onChange((_key, secret) => {
-  const pairs = pairsOf(secret);
-  if (pairs) webhook.setCertificate(pairs.serving);
+  const serving = tlsPairOf(secret);
+  if (serving) webhook.setCertificate(serving);
 });
 await webhook.listen();
 
-const allCaches = [...Object.values(caches), ...Object.values(webhookCaches)];
+const allCaches = [...Object.values(caches), ...Object.values(webhookCaches).filter((c) => c !== undefined)];
 for (const cache of allCaches) cache.start();
 
 const elector = settings.leaderElection.enabled
@@ -124,8 +145,7 @@ createServer((req, res) => {
     res.statusCode = 404;
     return void res.end('not found\n');
   }
-  res.setHeader('content-type', metricsContentType);
-  res.end(metrics.registry.render());
+  sendMetrics(res, metrics.registry.metrics());
 }).listen(settings.metricsPort);
 
 const stop = async () => {

@@ -34,4 +34,32 @@ describe('parseSettings', () => {
     const marks = { uplinks: 0x00ff0000, tunnel: 0x01000000, steering: 0x0e000000 };
     expect(parseSettings({ ...minimal, marks }).marks).toEqual(marks);
   });
+
+  it('runs the agents as root with NET_ADMIN and NET_RAW only, at system-node-critical, unless configured otherwise', () => {
+    const { dataplane, sidecar } = parseSettings(minimal);
+    expect(dataplane.priorityClassName).toBe('system-node-critical');
+    expect(dataplane.podSecurityContext).toEqual({});
+    expect(dataplane.securityContext).toEqual({
+      runAsUser: 0,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
+    });
+    expect(sidecar.securityContext).toEqual({
+      runAsUser: 0,
+      runAsNonRoot: false,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'], add: ['DAC_READ_SEARCH', 'SYS_PTRACE'] },
+    });
+    const chosen = parseSettings({
+      ...minimal,
+      dataplane: {
+        ...minimal.dataplane,
+        priorityClassName: '',
+        podSecurityContext: { seLinuxOptions: { type: 'spc_t' } },
+      },
+    }).dataplane;
+    expect(chosen).toMatchObject({ priorityClassName: '', podSecurityContext: { seLinuxOptions: { type: 'spc_t' } } });
+  });
 });

@@ -3,14 +3,43 @@
 // bad file stops the operator with a message that names the field.
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { logLevels, logLevelVariable } from '../common/index.ts';
 import { defaultMarks, isContiguous } from '../contracts/gateway/index.ts';
 
 const Image = { image: Type.String({ minLength: 1 }), pullPolicy: Type.String({ default: 'IfNotPresent' }) };
 const Mark = (value: number) => Type.Integer({ minimum: 1, maximum: 0xffffffff, default: value });
 const Resources = Type.Record(Type.String(), Type.Record(Type.String(), Type.String()), { default: {} });
+/** A Kubernetes SecurityContext or PodSecurityContext, passed through as the chart's values give it. */
+const SecurityContext = (value: Record<string, unknown>) =>
+  Type.Record(Type.String(), Type.Unknown(), { default: value });
+
+/** The agents' container: nft, ip and conntrack speak netlink as root with these two capabilities only. */
+export const agentSecurityContext = {
+  runAsUser: 0,
+  allowPrivilegeEscalation: false,
+  readOnlyRootFilesystem: true,
+  capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
+};
+
+/**
+ * The sidecar's container. Reading which process owns a socket (/proc/<pid>/fd of the other
+ * containers' processes, whatever their user) needs CAP_DAC_READ_SEARCH to open the folder (mode
+ * 0500, owned by the process's user) and CAP_SYS_PTRACE to read its links, which Kubernetes gives
+ * only to uid 0.
+ */
+export const sidecarSecurityContext = {
+  runAsUser: 0,
+  runAsNonRoot: false,
+  allowPrivilegeEscalation: false,
+  readOnlyRootFilesystem: true,
+  capabilities: { drop: ['ALL'], add: ['DAC_READ_SEARCH', 'SYS_PTRACE'] },
+};
 
 export const OperatorSettings = Type.Object({
-  logLevel: Type.String({ default: 'info' }),
+  logLevel: Type.Union(
+    logLevels.map((level) => Type.Literal(level)),
+    { default: 'info' },
+  ),
   leaderElection: Type.Object({
     enabled: Type.Boolean({ default: true }),
     leaseName: Type.String({ minLength: 1 }),
@@ -28,9 +57,21 @@ export const OperatorSettings = Type.Object({
      * the cluster (the lab); the certificate then names its host.
      */
     url: Type.Optional(Type.String({ pattern: '^https://' })),
+    /**
+     * Set when cert-manager keeps the webhook's certificate (the chart's webhook.certManager): it
+     * writes the serving pair into secretName and the CA into the webhook's caBundle, and the
+     * operator only serves that pair. This Secret holds the CA (tls.crt, tls.key of a cert-manager
+     * CA Certificate), from which the operator still issues the gateway agents' certificate.
+     */
+    caSecretName: Type.Optional(Type.String({ minLength: 1 })),
   }),
   metricsPort: Type.Integer({ minimum: 1, maximum: 65535 }),
   healthPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+  /**
+   * Whether the operator makes or replaces naat's CRDs when it starts (operator/custom-resource-
+   * definitions.ts); false where something else, such as a GitOps tool, keeps them.
+   */
+  crds: Type.Object({ apply: Type.Boolean({ default: true }) }, { default: {} }),
   imagePullSecrets: Type.Array(Type.String(), { default: [] }),
   /** The cluster's service networks; the nodes' pod networks are added from the Node objects. */
   bypass: Type.Array(Type.String(), { default: [] }),
@@ -39,12 +80,35 @@ export const OperatorSettings = Type.Object({
     clusterRoleName: Type.String({ minLength: 1 }),
     resources: Resources,
     tolerations: Type.Array(Type.Record(Type.String(), Type.Unknown()), { default: [] }),
-    priorityClassName: Type.String({ default: '' }),
+    /** A gateway node's egress stops while its agent is evicted or preempted; '' for none. */
+    priorityClassName: Type.String({ default: 'system-node-critical' }),
+    /** The agents' pod securityContext, none when empty; the init container keeps its own. */
+    podSecurityContext: SecurityContext({}),
+    /** The agents' container securityContext; without NET_ADMIN and NET_RAW as root they cannot work. */
+    securityContext: SecurityContext(agentSecurityContext),
     maxUnavailable: Type.Union([Type.Integer({ minimum: 1 }), Type.String()], { default: 1 }),
+    /**
+     * Whether the agents' DaemonSets get a privileged init container that writes the node's
+     * kernel settings they need (docs/dataplane.md); without it the nodes must have them already.
+     */
+    setNodeSysctls: Type.Boolean({ default: true }),
     metricsPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9090 }),
     healthPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9091 }),
+    /** The secure listener of flow data (docs/security.md), TLS with the certificate below. */
+    flowPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9094 }),
+    /**
+     * Every endpoint, flow data included, on the node's loopback address (127.0.0.1): what the
+     * naat CLI reaches through the apiserver's port-forward to an agent's pod (docs/cli.md).
+     */
+    localPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9095 }),
+    /**
+     * The Secret the chart made empty for the gateway agents' certificate (ca.crt, tls.crt,
+     * tls.key), which the operator issues from its CA and every DaemonSet mounts; without it the
+     * agents serve no flow data in the cluster.
+     */
+    certificateSecretName: Type.Optional(Type.String({ minLength: 1 })),
   }),
-  sidecar: Type.Object({ ...Image, resources: Resources }),
+  sidecar: Type.Object({ ...Image, resources: Resources, securityContext: SecurityContext(sidecarSecurityContext) }),
   /** Cluster-wide egress: the node agents and the tunnels they steer served pods' flows into. */
   steering: Type.Object({
     /** The UDP port of every gateway's VXLAN tunnel. */
@@ -117,19 +181,21 @@ function markProblems(marks: OperatorSettings['marks']): string[] {
 }
 
 /**
- * The OTEL_* environment of a process the operator runs, as the chart sets the operator's own:
- * the SDK is disabled outright when no endpoint is configured.
+ * The environment every process the operator runs shares: the log level, and OTEL_* as the chart
+ * sets the operator's own (the SDK is disabled outright when no endpoint is configured).
  */
-export function otelEnvironment(
-  otel: OperatorSettings['otel'],
+export function processEnvironment(
+  { logLevel, otel }: Pick<OperatorSettings, 'logLevel' | 'otel'>,
   service: string,
 ): Array<{ name: string; value: string }> {
-  if (!otel.endpoint) return [{ name: 'OTEL_SDK_DISABLED', value: 'true' }];
+  const level = { name: logLevelVariable, value: logLevel };
+  if (!otel.endpoint) return [level, { name: 'OTEL_SDK_DISABLED', value: 'true' }];
   const attributes = Object.entries(otel.resourceAttributes)
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([key, value]) => `${key}=${value}`)
     .join(',');
   return [
+    level,
     { name: 'OTEL_SERVICE_NAME', value: service },
     { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: otel.endpoint },
     { name: 'OTEL_EXPORTER_OTLP_PROTOCOL', value: otel.protocol },

@@ -9,7 +9,9 @@ import {
   type KubeConfig,
   type V1PodCondition,
 } from '@kubernetes/client-node';
-import { definitionOf, group, version, type Condition, type Kind } from '../crds/index.ts';
+import { nodeAgentFieldManager } from '../contracts/gateway/index.ts';
+import { statusCode } from '../common/kube/index.ts';
+import { definitionOf, egressGatewayDefinition, group, version, type Condition, type Kind } from '../crds/index.ts';
 import { canonical } from './canonical.ts';
 
 /** The field manager of everything the operator applies: objects and status. */
@@ -62,6 +64,36 @@ export class StatusWriter {
       );
     } else {
       await this.#custom.patchClusterCustomObjectStatus(common, options);
+    }
+  }
+
+  /**
+   * Removes a node agent's entry from a gateway's status.steering.nodes: applies an empty list
+   * under that agent's field manager, as the agent does itself when the gateway leaves its config,
+   * so the apiserver drops the entry that manager owned and leaves every other. A gateway that is
+   * gone has nothing to remove.
+   */
+  async removeSteeringReport(gateway: string, node: string): Promise<void> {
+    try {
+      await this.#custom.patchClusterCustomObjectStatus(
+        {
+          group,
+          version,
+          plural: egressGatewayDefinition.plural,
+          name: gateway,
+          body: {
+            apiVersion: `${group}/${version}`,
+            kind: egressGatewayDefinition.kind,
+            metadata: { name: gateway },
+            status: { steering: { nodes: [] } },
+          },
+          fieldManager: nodeAgentFieldManager(node),
+          force: true,
+        },
+        setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
+      );
+    } catch (error) {
+      if (statusCode(error) !== 404) throw error;
     }
   }
 

@@ -1,5 +1,6 @@
 import { injectedAnnotation, modeAnnotation, modeReasonAnnotation } from './inject.ts';
-import { associationModeCondition, uplinkSummary } from './status.ts';
+import type { Compiled } from './compile.ts';
+import { associationModeCondition, gatewayConditions, uplinkSummary } from './status.ts';
 
 const node = (name: string, portUtilisationPercent: number, healthy = true) => ({
   node: name,
@@ -56,7 +57,38 @@ describe('association mode condition', () => {
   });
 
   test('says nothing of a pod without the sidecar', () => {
+    expect(
+      associationModeCondition({ 'naat.dev/sidecar-skipped': 'namespace shop enforces Pod Security level baseline' }),
+    ).toEqual({
+      type: 'naat.dev/AssociationMode',
+      status: 'False',
+      reason: 'PodSecurity',
+      message:
+        "no sidecar: namespace shop enforces Pod Security level baseline; the pod's flows get its gateway's pod-level rules only",
+    });
     expect(associationModeCondition({ [modeAnnotation]: 'Strict' })).toBeUndefined();
     expect(associationModeCondition(undefined)).toBeUndefined();
+  });
+});
+
+describe('gateway conditions', () => {
+  const compiled = {
+    config: { uplinks: [{}] },
+    servedPods: 2,
+    missingUplinks: [],
+  } as unknown as Compiled;
+  const rollout = { desired: 1, ready: 1 };
+
+  test('refuse a gateway on the nodes another gateway holds, naming both and the port', () => {
+    expect(gatewayConditions(compiled, rollout)[0]).toMatchObject({ status: 'True', reason: 'Resolved' });
+    expect(
+      gatewayConditions(compiled, rollout, [{ node: 'gw-2', port: 9091, heldBy: 'older', holder: 'gateway agent' }])[0],
+    ).toEqual({
+      type: 'Accepted',
+      status: 'False',
+      reason: 'PortConflict',
+      message:
+        'the dataplane does not run on 1 of the nodes nodeSelector matches: node gw-2 runs the agent of EgressGateway older, which listens at port 9091. A node is the gateway node of one EgressGateway only',
+    });
   });
 });

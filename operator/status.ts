@@ -2,8 +2,9 @@
 // conditions keep their lastTransitionTime while their status does not change.
 import type { Condition } from '../crds/index.ts';
 import type { Compiled, PolicyFacts } from './compile.ts';
+import { describeConflict, type PortConflict } from './host-ports.ts';
 import type { NodeSteering } from './steering.ts';
-import { injectedAnnotation, modeAnnotation, modeReasonAnnotation } from './inject.ts';
+import { injectedAnnotation, modeAnnotation, modeReasonAnnotation, skippedAnnotation } from './inject.ts';
 
 export interface DataplaneRollout {
   /** Nodes that should run the gateway's dataplane (the DaemonSet's desiredNumberScheduled). */
@@ -28,8 +29,18 @@ export function conditions(
   });
 }
 
-export function gatewayConditions(compiled: Compiled, rollout: DataplaneRollout): NewCondition[] {
+/**
+ * Accepted, and Ready. `nodeConflicts` are nodes of the gateway where another gateway's agent holds
+ * a port its agent needs (operator/host-ports.ts): the gateway runs on its other nodes, and is not
+ * accepted as it is written until the nodes are its own.
+ */
+export function gatewayConditions(
+  compiled: Compiled,
+  rollout: DataplaneRollout,
+  nodeConflicts: readonly PortConflict[] = [],
+): NewCondition[] {
   const missing = compiled.missingUplinks;
+  const conflicts = nodeConflicts.slice(0, 10).map(describeConflict);
   return [
     missing.length
       ? {
@@ -38,12 +49,22 @@ export function gatewayConditions(compiled: Compiled, rollout: DataplaneRollout)
           reason: 'UplinksMissing',
           message: `no Uplink named ${missing.join(', ')}`,
         }
-      : {
-          type: 'Accepted',
-          status: 'True',
-          reason: 'Resolved',
-          message: `${compiled.config.uplinks.length} uplinks, ${compiled.servedPods} pods served`,
-        },
+      : conflicts.length
+        ? {
+            type: 'Accepted',
+            status: 'False',
+            reason: 'PortConflict',
+            message:
+              `the dataplane does not run on ${nodeConflicts.length} of the nodes nodeSelector matches: ` +
+              `${conflicts.join('; ')}${nodeConflicts.length > conflicts.length ? '; …' : ''}` +
+              '. A node is the gateway node of one EgressGateway only',
+          }
+        : {
+            type: 'Accepted',
+            status: 'True',
+            reason: 'Resolved',
+            message: `${compiled.config.uplinks.length} uplinks, ${compiled.servedPods} pods served`,
+          },
     rollout.ready > 0
       ? {
           type: 'Ready',
@@ -166,13 +187,23 @@ export function uplinkSummary(status: UplinkNodes | undefined): {
 export const associationCondition = 'naat.dev/AssociationMode';
 
 /**
- * What the status of a pod the webhook gave the sidecar should say of its association mode, from
- * the annotations the webhook wrote; undefined for a pod without the sidecar.
+ * What the status of a pod the webhook gave the sidecar should say of its association mode, or of
+ * one it left the sidecar out of, and why, from the annotations the webhook wrote; undefined for
+ * other pods.
  */
 export function associationModeCondition(
   annotations: Readonly<Record<string, string>> | undefined,
 ): NewCondition | undefined {
   const gateway = annotations?.[injectedAnnotation];
+  const skipped = annotations?.[skippedAnnotation];
+  if (!gateway && skipped) {
+    return {
+      type: associationCondition,
+      status: 'False',
+      reason: 'PodSecurity',
+      message: `no sidecar: ${skipped}; the pod's flows get its gateway's pod-level rules only`,
+    };
+  }
   if (!gateway) return undefined;
   const mode = annotations[modeAnnotation] === 'Strict' ? 'Strict' : 'Observe';
   const why = annotations[modeReasonAnnotation] ?? `EgressGateway ${gateway}`;

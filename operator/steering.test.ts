@@ -5,7 +5,14 @@ import { desiredNodeObjects } from './desired.ts';
 import { operatorSettings } from '../test/cluster/operator.ts';
 import { parseSettings } from './settings.ts';
 import { steeredPodConditions, steeringReadyCondition } from './status.ts';
-import { derivedVni, desiredNodeConfigs, gatewayTunnels, nodeSteering, type SteeringReport } from './steering.ts';
+import {
+  derivedVni,
+  desiredNodeConfigs,
+  gatewayTunnels,
+  nodeSteering,
+  staleReports,
+  type SteeringReport,
+} from './steering.ts';
 
 function gateway(name: string, role: string, steering: Record<string, unknown> = {}): EgressGateway {
   const result = validate('EgressGateway', {
@@ -222,6 +229,37 @@ describe('nodeSteering and the conditions made of it', () => {
     ).toMatchObject({ reason: 'NotReady' });
   });
 
+  it("says PortConflict on a node where another gateway holds its association port, and leaves it out of that node's config", () => {
+    const conflict = { node: 'worker-1', port: 7740, heldBy: 'b', holder: 'relay' as const };
+    const without = new Map(desiredNodeConfigs([a], agents, new Map([['a', [conflict]]])).map((c) => [c.node, c]));
+    expect([...without.keys()]).toEqual(['worker-2']);
+    const nodes = nodeSteering(a, tunnelOf(100), without, [], [conflict]);
+    expect(nodes[1]).toEqual({
+      node: 'worker-1',
+      ready: false,
+      reason: 'PortConflict',
+      message:
+        "node worker-1 relays the association streams of EgressGateway b's pods at port 7740, the association port of this gateway too; give one of them another spec.association.port",
+    });
+  });
+
+  it('finds the entries of nodes whose config no longer holds the gateway', () => {
+    const reports: SteeringReport[] = [
+      { node: 'worker-2', since, ready: true, hash: hash('worker-2') },
+      { node: 'deleted-node', since, ready: true },
+      { node: 'worker-1', since, ready: false },
+      { node: 'gw-1', since, ready: true },
+    ];
+    expect(staleReports('a', reports, configs)).toEqual(['deleted-node', 'gw-1']);
+    // gw-1 has a config, for gateway b only.
+    const both = new Map(
+      desiredNodeConfigs([a, compile(gateway('b', 'b'), tunnelOf(200))], agents).map((c) => [c.node, c]),
+    );
+    expect(both.get('gw-1')!.gateways.map((g) => g.gateway)).toEqual(['b']);
+    expect(staleReports('a', reports, both)).toEqual(['deleted-node', 'gw-1']);
+    expect(staleReports('b', reports, both)).toEqual(['deleted-node', 'worker-2']);
+  });
+
   it('says VniConflict on every node of a gateway without a tunnel', () => {
     const conflicting = compile(gateway('a', 'a'), { vniTakenBy: 'b', vni: 100 });
     const nodes = nodeSteering(conflicting, { vniTakenBy: 'b', vni: 100 }, new Map(), []);
@@ -297,6 +335,14 @@ describe('desiredNodeObjects', () => {
       valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } },
     });
     expect(container.securityContext.capabilities).toEqual({ drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] });
+    // The node's src_valid_mark, for replies from the tunnels under strict reverse-path filtering.
+    expect(pod.initContainers.map((c: { args: string[] }) => c.args)).toEqual([['sysctls']]);
+    expect(pod.initContainers[0].securityContext.privileged).toBe(true);
+    expect(container.env).toContainEqual({ name: 'NAAT_LOG_LEVEL', value: 'info' });
+    const debug = desiredNodeObjects(configs, { ...settings, logLevel: 'debug' }, 'naat-system');
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
+    const [debugContainer] = (debug.find((o) => o.kind === 'DaemonSet') as any).spec.template.spec.containers;
+    expect(debugContainer.env).toContainEqual({ name: 'NAAT_LOG_LEVEL', value: 'debug' });
     // Added before removed: the ServiceAccount and configs come before the Role that names them and the agents.
     expect(objects.map((o) => o.kind)).toEqual([
       'ServiceAccount',

@@ -7,6 +7,7 @@ import type { Static } from '@sinclair/typebox';
 import { maxVni, type EgressGateway, type SteeringNodeStatus } from '../crds/index.ts';
 import { nodeConfigVersion, type NodeConfig, type NodeGateway } from '../contracts/gateway/index.ts';
 import type { Compiled, TunnelFacts } from './compile.ts';
+import { describeConflict, type PortConflict } from './host-ports.ts';
 
 /** A VNI from the gateway's name, spread over the whole range: 1–16777215. */
 export function derivedVni(gateway: string): number {
@@ -52,14 +53,21 @@ export interface NodeAgentSettings {
 /**
  * One NodeConfig per node that hosts pods some gateway serves away from that gateway's nodes,
  * holding only that node's pods, and per such gateway what its node agent steers them with.
- * Sorted by node, and within a node by gateway. A gateway's own nodes get no entry for it.
+ * Sorted by node, and within a node by gateway. A gateway's own nodes get no entry for it, nor does
+ * a node where another gateway holds its association port (`relayConflicts`, by gateway).
  */
-export function desiredNodeConfigs(compiled: readonly Compiled[], settings: NodeAgentSettings): NodeConfig[] {
+export function desiredNodeConfigs(
+  compiled: readonly Compiled[],
+  settings: NodeAgentSettings,
+  relayConflicts: ReadonlyMap<string, readonly PortConflict[]> = new Map(),
+): NodeConfig[] {
   const byNode = new Map<string, NodeGateway[]>();
   const ordered = [...compiled].sort((a, b) => a.config.gateway.localeCompare(b.config.gateway));
   for (const { config, steering } of ordered) {
     if (!steering) continue;
+    const taken = new Set((relayConflicts.get(config.gateway) ?? []).map((c) => c.node));
     for (const source of steering.sources) {
+      if (taken.has(source.node)) continue;
       const entries = byNode.get(source.node) ?? [];
       entries.push({
         gateway: config.gateway,
@@ -89,6 +97,22 @@ export function desiredNodeConfigs(compiled: readonly Compiled[], settings: Node
 /** A node agent's entry in an EgressGateway's status.steering.nodes, as it applies it. */
 export type SteeringReport = Static<typeof SteeringNodeStatus>;
 
+/**
+ * The nodes whose entries in the gateway's status.steering.nodes no node agent keeps current any
+ * more, sorted: the node's config does not hold the gateway (the node is gone, it no longer hosts
+ * the gateway's pods, or they cannot be steered from there). `configs` are the node configs by node.
+ */
+export function staleReports(
+  gateway: string,
+  reports: readonly SteeringReport[],
+  configs: ReadonlyMap<string, NodeConfig>,
+): string[] {
+  return reports
+    .map((r) => r.node)
+    .filter((node) => !configs.get(node)?.gateways.some((g) => g.gateway === gateway))
+    .sort();
+}
+
 /** Whether a gateway's served pods on one node are steered, and if not, why (a condition reason). */
 export interface NodeSteering {
   node: string;
@@ -102,13 +126,15 @@ const conditionReason = /^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$/;
 /**
  * For each node that hosts the gateway's away pods, sorted: ready only when the node agent there
  * reported ready with the node's current config (its hash), never merely because nothing said
- * otherwise. `configs` are the node configs by node (desiredNodeConfigs).
+ * otherwise. `configs` are the node configs by node (desiredNodeConfigs), `relayConflicts` the
+ * gateway's nodes that another gateway holds its association port on.
  */
 export function nodeSteering(
   compiled: Compiled,
   tunnel: TunnelFacts | undefined,
   configs: ReadonlyMap<string, NodeConfig>,
   reports: readonly SteeringReport[],
+  relayConflicts: readonly PortConflict[] = [],
 ): NodeSteering[] {
   const gateway = compiled.config.gateway;
   return [...new Set(compiled.away.map((p) => p.node))].sort().map((node): NodeSteering => {
@@ -117,6 +143,13 @@ export function nodeSteering(
       return notReady(
         'VniConflict',
         `VNI ${tunnel.vni} is also EgressGateway ${tunnel.vniTakenBy}'s; set spec.steering.vni of one of them`,
+      );
+    }
+    const conflict = relayConflicts.find((c) => c.node === node);
+    if (conflict) {
+      return notReady(
+        'PortConflict',
+        `${describeConflict(conflict)}, the association port of this gateway too; give one of them another spec.association.port`,
       );
     }
     const config = configs.get(node);

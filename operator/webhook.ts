@@ -9,7 +9,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { KeyPair } from './certificates.ts';
-import { injection, type InjectionRequest, type Injection } from './inject.ts';
+import { injection, type InjectionRequest, type Injection, type PatchOperation } from './inject.ts';
 import { errorText, type Logger } from '../common/index.ts';
 
 export const webhookPath = '/mutate-pods';
@@ -110,17 +110,22 @@ export class WebhookServer {
       this.counts.skipped++;
       if (!decision.warning) return allowed;
       this.#o.log.info('Did not inject the NAA sidecar', { pod, reason: decision.reason });
-      return { ...allowed, warnings: [`naat: ${decision.warning}`] };
+      return {
+        ...allowed,
+        warnings: [`naat: ${decision.warning}`],
+        ...(decision.patch ? jsonPatch(decision.patch) : {}),
+      };
     }
     this.counts.injected++;
     this.#o.log.info('Injected the NAA sidecar', { pod, gateway: decision.gateway });
-    return {
-      ...allowed,
-      patchType: 'JSONPatch',
-      patch: Buffer.from(JSON.stringify(decision.patch)).toString('base64'),
-    };
+    return { ...allowed, ...jsonPatch(decision.patch) };
   }
 }
+
+const jsonPatch = (patch: PatchOperation[]) => ({
+  patchType: 'JSONPatch',
+  patch: Buffer.from(JSON.stringify(patch)).toString('base64'),
+});
 
 async function body(req: IncomingMessage): Promise<string> {
   const chunks: Buffer[] = [];

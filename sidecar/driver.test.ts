@@ -8,6 +8,7 @@ import { NaaServer } from '../dataplane/naa/server.ts';
 import type { AssociationEntry } from '../dataplane/naa/table.ts';
 import type { Association } from './associations.ts';
 import { Driver, type AssociationTracer } from './driver.ts';
+import { eventually } from '../test/eventually.ts';
 
 const pod = { namespace: 'shop', name: 'web-1', uid: 'uid-1' };
 
@@ -37,19 +38,6 @@ function scanned(ports: number[]): Map<string, Association> {
       },
     ]),
   );
-}
-
-async function eventually(check: () => void, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      check();
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
 }
 
 test('each association carries its own span’s context, ended by the Ack; a reconnect resends the same contexts', async () => {

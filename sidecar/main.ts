@@ -7,6 +7,7 @@
 //   NAAT_TOKEN_FILE      projected token with the naat audience (default /var/run/secrets/naat/token)
 //   NAAT_SCAN_INTERVAL_MS  how often to look (default 200)
 //   NAAT_PROC            where procfs is (default /proc)
+//   NAAT_LOG_LEVEL       the least severe level logged: debug, info (default), warn or error
 //   NAAT_STAMP_DIR       strict mode: the folder shared with the pod's programs, where the sidecar
 //                        places the stamping library and listens for them (docs/naa.md, Strict mode)
 //   NAAT_STAMP_LIBRARY   the built library to place there (default stamp/libnaat_stamp.so beside
@@ -18,7 +19,7 @@
 // WebAssembly, Node.js cannot strip types, so this file runs that way only compiled.
 // common/'s entry point loads nothing until telemetry is wanted (the Kubernetes client has an entry
 // point of its own), and the sidecar's memory matters.
-import { jsonLogger as log, parseCommandLine, startTelemetry } from '../common/index.ts';
+import { jsonLogger as log, parseCommandLine, ProblemLog, startTelemetry } from '../common/index.ts';
 import { join } from 'node:path';
 import { sidecarVariables } from '../contracts/index.ts';
 import { Action, AssociationMode } from '../proto/index.ts';
@@ -31,7 +32,8 @@ parseCommandLine(
   `usage: npm run sidecar   (compiled: node sidecar/main.js); it takes no arguments, only these variables:
   NAAT_NAA_HOST, NAAT_NAA_PORT   the node's NAA server (or NAAT_NAA_SERVER=host:port)
   NAAT_POD_NAMESPACE, NAAT_POD_NAME, NAAT_POD_UID   the pod (required)
-  NAAT_TOKEN_FILE, NAAT_SCAN_INTERVAL_MS, NAAT_PROC, NAAT_STAMP_DIR, NAAT_STAMP_LIBRARY, OTEL_*
+  NAAT_TOKEN_FILE, NAAT_SCAN_INTERVAL_MS, NAAT_PROC, NAAT_STAMP_DIR, NAAT_STAMP_LIBRARY,
+  NAAT_LOG_LEVEL, OTEL_*
   (the head of sidecar/main.ts and docs/naa.md describe each)`,
   { options: {} },
 );
@@ -99,11 +101,13 @@ const driver: Driver = new Driver({
 
 let timer: NodeJS.Timeout | undefined;
 let stopping = false;
+const scanProblems = new ProblemLog(log, 'Scan failed', 'Scanned again');
 async function tick(): Promise<void> {
   try {
     driver.update(await scanner.scan());
+    scanProblems.report('scan', undefined);
   } catch (error) {
-    log.error('Scan failed', { error: (error as Error).message });
+    scanProblems.report('scan', (error as Error).message);
   }
   if (!stopping) timer = setTimeout(() => void tick(), intervalMs);
 }

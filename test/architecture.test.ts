@@ -1,6 +1,8 @@
 // The import rules between naat's folders, checked on the import statements of every source file
 // that is not a test (README.md, Architecture, says why):
 // - a component (operator/, dataplane/, sidecar/) never imports another component;
+// - a client (cli/) imports the shared folders and the components it names, each through its
+//   entry point, and nothing imports a client;
 // - the shared folders never import a component, and among themselves only downwards:
 //   contracts/ may import common/, crds/ and proto/; crds/ and proto/ only common/; common/ none;
 // - an import into another folder names one of its entry points, an index.ts (the folder's own, or
@@ -18,7 +20,9 @@ const shared: Readonly<Record<string, readonly string[]>> = {
   crds: ['common'],
   proto: ['common'],
 };
-const sourceFolders = [...components, ...Object.keys(shared)];
+/** The clients of the components, each with the components it may import. */
+const clients: Readonly<Record<string, readonly string[]>> = { cli: ['dataplane'] };
+const sourceFolders = [...components, ...Object.keys(shared), ...Object.keys(clients)];
 
 /** Each file's imports of naat's own files, as written and resolved to a path from the root. */
 type ImportGraph = Map<string, { specifier: string; target: string }[]>;
@@ -48,11 +52,16 @@ function violations(graph: ImportGraph): string[] {
       const to = folderOf(target);
       const report = (rule: string) => found.push(`${file} imports '${specifier}': ${rule}`);
       if (from === to) continue;
+      const client = clients[from];
       if (!sourceFolders.includes(to)) report(`${to}/ is not a source folder`);
-      else if (components.includes(from) && components.includes(to)) report('a component imports another component');
-      else if (!components.includes(from) && components.includes(to))
+      else if (clients[to]) report(`${to}/ is a client`);
+      else if (client && components.includes(to) && !client.includes(to)) report(`the client ${from}/ imports ${to}/`);
+      else if (!client && components.includes(from) && components.includes(to))
+        report('a component imports another component');
+      else if (!client && !components.includes(from) && components.includes(to))
         report(`${from}/ is shared and imports a component`);
-      else if (!components.includes(from) && !shared[from]!.includes(to)) report(`${from}/ may not import ${to}/`);
+      else if (!client && !components.includes(from) && !shared[from]!.includes(to))
+        report(`${from}/ may not import ${to}/`);
       else if (basename(target) !== 'index.ts') report(`past the entry point of ${to}/`);
     }
   }
@@ -142,6 +151,11 @@ test('each rule names the file and the import that break it', () => {
     ['dataplane/agent.ts', "import {\n  AgentMetrics,\n} from './metrics.ts';"],
     ['dataplane/metrics.ts', "import type { AgentReport } from './agent.ts';"],
     ['dataplane/main.ts', "const { pooledKubeConfig } = await import('../test/cluster/cluster.ts');"],
+    [
+      'cli/main.ts',
+      "import { render } from '../dataplane/render.ts';\nimport { desired } from '../operator/index.ts';",
+    ],
+    ['dataplane/agent-report.ts', "import type { View } from '../cli/output.ts';"],
   ]);
   expect(violations(importGraph(files))).toEqual([
     "operator/main.ts imports '../dataplane/index.ts': a component imports another component",
@@ -149,6 +163,9 @@ test('each rule names the file and the import that break it', () => {
     "common/index.ts imports '../contracts/index.ts': common/ may not import contracts/",
     "contracts/index.ts imports '../dataplane/index.ts': contracts/ is shared and imports a component",
     "dataplane/main.ts imports '../test/cluster/cluster.ts': test/ is not a source folder",
+    "cli/main.ts imports '../dataplane/render.ts': past the entry point of dataplane/",
+    "cli/main.ts imports '../operator/index.ts': the client cli/ imports operator/",
+    "dataplane/agent-report.ts imports '../cli/output.ts': cli/ is a client",
     'import cycle: dataplane/agent.ts -> dataplane/metrics.ts -> dataplane/agent.ts',
   ]);
 });
@@ -167,6 +184,10 @@ test('components reach the shared folders through their entry points', () => {
     ],
     ['dataplane/agent.ts', "import type { AgentReport } from './agent-report.ts';"],
     ['contracts/gateway/index.ts', "import { Application } from '../../crds/index.ts';"],
+    [
+      'cli/explain.ts',
+      "import { explainFlow } from '../dataplane/index.ts';\nimport { log } from '../common/index.ts';",
+    ],
   ]);
   expect(violations(importGraph(files))).toEqual([]);
 });

@@ -2,7 +2,8 @@
 // runtime: each documented `npm run` names a script of package.json, and each documented command
 // line of one of naat's programs, run as written with `--help` added, gets past the program's
 // command-line parsing (every option it names exists) and prints the usage. Every program answers
-// an unknown option with one line naming it, the usage and exit status 2, no stack trace.
+// an unknown option with one line naming it, the usage and exit status 2, no stack trace; naat's
+// components do the same with an unknown log level in NAAT_LOG_LEVEL.
 import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,9 +33,13 @@ function documentedCommands(): Array<{ where: string; command: string }> {
 
 const scriptOf = (command: string) => command.replace(/^npm run (--silent )?/, '').split(/\s/)[0]!;
 
-function run(file: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+function run(
+  file: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(file, args, { cwd: root }, (error, stdout, stderr) =>
+    execFile(file, args, { cwd: root, env }, (error, stdout, stderr) =>
       resolve({ code: error ? (error.code as number) : 0, stdout, stderr }),
     );
   });
@@ -71,6 +76,20 @@ test.each(programs)(
     expect(first).toMatch(/--bogus/);
     expect(rest.join('\n')).toContain('usage: ');
     expect(bogus.stderr).not.toMatch(/^\s+at /m);
+  },
+  60_000,
+);
+
+// The components the operator passes its log level to.
+test.each(['dataplane', 'operator', 'sidecar'])(
+  'npm run %s with NAAT_LOG_LEVEL=verbose is a usage error naming the variable',
+  async (script) => {
+    const result = await run('npm', ['run', '--silent', script], { ...process.env, NAAT_LOG_LEVEL: 'verbose' });
+    expect(result.code).toBe(2);
+    expect(result.stderr.split('\n')[0]).toBe(
+      'NAAT_LOG_LEVEL is "verbose"; it must be one of debug, info, warn, error',
+    );
+    expect(result.stderr).not.toMatch(/^\s+at /m);
   },
   60_000,
 );

@@ -112,7 +112,7 @@ class FakeServer implements ListerWatcher<Item> {
   }
 }
 
-const quiet: Logger = { info: () => {}, error: () => {} };
+const quiet: Logger = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
 
 async function until(condition: () => boolean, what: string, ms = 3000): Promise<void> {
   const end = Date.now() + ms;
@@ -280,7 +280,7 @@ test('a handler that throws does not stop the others or the informer', async () 
   const errors: string[] = [];
   const informer = new Informer(server, {
     kind: 'Item',
-    log: { info: () => {}, error: (message) => errors.push(message) },
+    log: { ...quiet, error: (message) => errors.push(message) },
   });
   informers.push(informer);
   const keys: string[] = [];

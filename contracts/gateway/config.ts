@@ -117,6 +117,23 @@ export const GatewayConfig = Type.Object({
     description: 'In evaluation order: the first rule that matches a flow decides.',
     default: [],
   }),
+  placement: Type.Optional(
+    Type.Object(
+      {
+        nodeSelector: Type.Record(Type.String(), Type.String(), {
+          description: "The gateway's nodeSelector: a node whose labels no longer match it has left the gateway.",
+        }),
+        excludedNodes: Type.Array(Name, {
+          description: 'Nodes nodeSelector matches where the agent may not run (another gateway holds its ports).',
+          default: [],
+        }),
+      },
+      {
+        description:
+          "Which nodes are the gateway's: an agent stopped on a node that is no longer one of them takes away what it put in the node's kernel. Without it, only a deleted config does.",
+      },
+    ),
+  ),
   marks: Type.Optional(
     Type.Object(
       {

@@ -1,6 +1,7 @@
 // The compiled gateway config: the contract between the operator, which writes it, and the
 // dataplane agent, which applies it; the prefix arithmetic both sides do on its addresses; and the
-// node config of cluster-wide egress (steering.ts), which the operator writes for node agents.
+// node config of cluster-wide egress (steering.ts), which the operator writes for node agents; and
+// the names and labels that find a gateway's objects (objects.ts).
 export {
   CompiledRule,
   CompiledUplink,
@@ -10,7 +11,15 @@ export {
   parseGatewayConfig,
   uplinkMarkMask,
 } from './config.ts';
+export { agentConfigKey, anyGatewayLabels, gatewayLabel, gatewayLabels, gatewayObjectName } from './objects.ts';
 export { canonicalAddress, contains, normalisePrefixes } from './prefixes.ts';
 export { defaultMarks, isContiguous, markField, markOf, valueOf, type MarkField } from './marks.ts';
-export { NodeConfig, nodeConfigVersion, NodeGateway, parseNodeConfig, SteeredPod } from './steering.ts';
+export {
+  NodeConfig,
+  nodeAgentFieldManager,
+  nodeConfigVersion,
+  NodeGateway,
+  parseNodeConfig,
+  SteeredPod,
+} from './steering.ts';
 export { Tunnel, TunnelEndpoint } from './tunnel.ts';

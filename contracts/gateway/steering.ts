@@ -15,6 +15,13 @@ import { Tunnel, TunnelEndpoint } from './tunnel.ts';
 
 export const nodeConfigVersion = 1;
 
+/**
+ * The field manager with which a node's agent server-side applies its entry of an EgressGateway's
+ * `status.steering.nodes`. The operator applies an empty list under the same name to remove the
+ * entry of an agent that is gone: an entry goes only with an apply of the manager that owns it.
+ */
+export const nodeAgentFieldManager = (node: string) => `naat-node-${node}`;
+
 const Name = Type.String({ minLength: 1, maxLength: 253, pattern: '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$' });
 const Prefix = Type.String({ description: 'An IPv4 or IPv6 address or CIDR.', minLength: 2, maxLength: 49 });
 const Address = Type.String({ description: 'An IPv4 or IPv6 address.', minLength: 2, maxLength: 45 });

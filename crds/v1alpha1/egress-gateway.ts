@@ -131,7 +131,10 @@ export const Association = DefaultedObject(
         "What a flow gets while its application is not known yet. PodRules: the pod's rules that name no applications decide, then defaultAction; when the association arrives the flow is evaluated again and ended if now denied. Hold: the flow's packets are dropped until the association arrives, so TCP connects are delayed by a SYN retransmission (about one second) instead of racing the association; flows of pods without the sidecar are never associated and never leave.",
       default: 'PodRules',
     }),
-    port: Port('Port the association server listens on at each gateway node; the sidecars connect to it.', 7740),
+    port: Port(
+      'Port the association server listens on at each gateway node, and the node agent relays the sidecars at on other nodes; the sidecars connect to it. Gateways whose pods or nodes can share a node need distinct ports: the younger one is kept off a node where another holds its port (PortConflict).',
+      7740,
+    ),
     sidecar: Type.Optional(SidecarInjection),
   },
   {

@@ -21,9 +21,9 @@ const applicationFields = {
   processName: Type.Optional(
     Type.String({
       description:
-        'Process name as the kernel reports it (/proc/PID/comm, at most 15 characters), such as curl or python3.',
+        'The name the program was started as: the last segment of its argv[0], what ps shows, such as curl, python3 or node. Not /proc/PID/comm, which programs may rename (Node.js names its main thread MainThread) and the kernel cuts at 15 characters.',
       minLength: 1,
-      maxLength: 15,
+      maxLength: 255,
     }),
   ),
   executable: Type.Optional(

@@ -6,7 +6,7 @@ import { leastLoaded } from './least-loaded.ts';
 import { sourceSticky } from './source-sticky.ts';
 import { weighted } from './weighted.ts';
 
-export type { Balancer, Candidate } from './balancer.ts';
+export type { Balancer, Candidate, SourceOnUplink } from './balancer.ts';
 
 export function balancerFor(balancing: GatewayConfig['balancing']): Balancer {
   switch (balancing.mode) {

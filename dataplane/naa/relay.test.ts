@@ -25,6 +25,7 @@ import { AuthenticationError, type PodIdentity } from './auth.ts';
 import { NaaRelay, type RelayPeers } from './relay.ts';
 import { NaaServer } from './server.ts';
 import type { AssociationChanges } from './table.ts';
+import { eventually } from '../../test/eventually.ts';
 
 const pod = { namespace: 'shop', name: 'web-1', uid: 'uid-1' };
 const podIp = '10.0.0.5';
@@ -152,19 +153,6 @@ function flowOf(sourcePort: number): FlowKey {
 
 function associationOf(sourcePort: number) {
   return { flow: flowOf(sourcePort), application: application('curl'), observedAt: new Date(), trace: undefined };
-}
-
-async function eventually(check: () => void, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      check();
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-  }
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -27,7 +27,6 @@
 import {
   Client,
   Server,
-  ServerCredentials,
   credentials,
   status,
   type ChannelCredentials,
@@ -48,7 +47,7 @@ import {
   type Limits,
   type PodRef,
 } from '../../proto/index.ts';
-import { defaultLimits, refusalLog } from './server.ts';
+import { defaultLimits, listen, refusalLog } from './server.ts';
 import { fullBucket, takeToken, type RateBucket } from './stream.ts';
 
 /** The gateway's nodes as the node agent's probes see them. */
@@ -152,13 +151,9 @@ export class NaaRelay {
     return new Set(this.#upPeers().filter((name) => !this.#unsynced.has(name)));
   }
 
-  /** Listens on `address` (host:port, port 0 for any); resolves with the port. */
+  /** Listens on `address` (`HOST:PORT`, `[IPV6]:PORT` or `:PORT` for both families); resolves with the port. */
   listen(address: string): Promise<number> {
-    return new Promise((resolve, reject) =>
-      this.#server.bindAsync(address, ServerCredentials.createInsecure(), (error, port) =>
-        error ? reject(error) : resolve(port),
-      ),
-    );
+    return listen(this.#server, address);
   }
 
   /** Ends every stream (UNAVAILABLE, so drivers retry) and stops listening. */
@@ -197,7 +192,7 @@ export class NaaRelay {
   #connect(gateway: NodeGateway, known: ReadonlyMap<string, Peer>): Map<string, Peer> {
     const peers = new Map<string, Peer>();
     for (const { node, addresses } of gateway.peers) {
-      // The gateway agents listen on IPv4 (0.0.0.0) unless told otherwise.
+      // The gateway agents listen on both families; IPv4 first, as the peer monitor asks them.
       const address = addresses.find((a) => isIPv4(a)) ?? addresses[0]!;
       const target = `${isIPv4(address) ? address : `[${address}]`}:${gateway.associationPort}`;
       const old = known.get(node);

@@ -1,8 +1,12 @@
 // The NAA server's shell over loopback gRPC, with an authenticator the test answers by hand.
-import { credentials, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Server as Grpc, type ServiceError } from '@grpc/grpc-js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { AssociationServiceClient, type AssociateResponse, type PodRef } from '../../proto/index.ts';
 import type { PodIdentity } from './auth.ts';
-import { NaaServer } from './server.ts';
+import { listen, NaaServer } from './server.ts';
 
 const pod = { namespace: 'shop', name: 'web-1', uid: 'uid-1' };
 
@@ -54,5 +58,49 @@ test('a stream that goes away while its token is checked neither takes the podâ€
   } finally {
     client.close();
     await server.close();
+  }
+});
+
+test('listens on every address of both families at :PORT, and on the one address it is given otherwise', async () => {
+  const reached = async (host: string, port: number) =>
+    new Promise<boolean>((resolve) => {
+      const socket = connect({ host, port }, () => {
+        socket.end();
+        resolve(true);
+      });
+      socket.on('error', () => resolve(false));
+    });
+  const both = new Grpc();
+  const one = new Grpc();
+  try {
+    const port = await listen(both, ':0');
+    expect({ v4: await reached('127.0.0.1', port), v6: await reached('::1', port) }).toEqual({ v4: true, v6: true });
+    const v4Only = await listen(one, '127.0.0.1:0');
+    expect({ v4: await reached('127.0.0.1', v4Only), v6: await reached('::1', v4Only) }).toEqual({
+      v4: true,
+      v6: false,
+    });
+  } finally {
+    both.forceShutdown();
+    one.forceShutdown();
+  }
+});
+
+test('listens on a Unix socket given as unix:PATH', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'naat-naa-unix-'));
+  const server = new Grpc();
+  try {
+    await listen(server, `unix:${join(dir, 'naa.sock')}`);
+    const reached = await new Promise<boolean>((resolve) => {
+      const socket = connect({ path: join(dir, 'naa.sock') }, () => {
+        socket.end();
+        resolve(true);
+      });
+      socket.on('error', () => resolve(false));
+    });
+    expect(reached).toBe(true);
+  } finally {
+    server.forceShutdown();
+    await rm(dir, { recursive: true, force: true });
   }
 });

@@ -5,6 +5,7 @@
 // a bad stream never touches another.
 import { Server, ServerCredentials, status, type ServerDuplexStream, type ServiceError } from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
+import { formatListenAddress, parseListenAddress } from '../../common/index.ts';
 import {
   AssociationServiceService,
   type AssociateRequest,
@@ -87,13 +88,9 @@ export class NaaServer {
     this.#server.addService(AssociationServiceService, { associate: (call: Call) => this.#serve(call) });
   }
 
-  /** Listens on `address` (host:port, port 0 for any); resolves with the port. */
+  /** Listens on `address` (see `listen`); resolves with the port. */
   listen(address: string): Promise<number> {
-    return new Promise((resolve, reject) =>
-      this.#server.bindAsync(address, ServerCredentials.createInsecure(), (error, port) =>
-        error ? reject(error) : resolve(port),
-      ),
-    );
+    return listen(this.#server, address);
   }
 
   async close(): Promise<void> {
@@ -264,4 +261,28 @@ export function refusalLog(
     byCode.set(code, { until: now + periodMs, suppressed: 0 });
     log('Closed NAA stream', { ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) });
   };
+}
+
+/**
+ * Binds `server`, without TLS, at `address`: `HOST:PORT`, `[IPV6]:PORT` or `:PORT` for every
+ * address of both families (port 0 for any), or a Unix socket `unix:PATH`; resolves with the
+ * port. `:PORT` is `[::]`, which Node binds dual-stack, or `0.0.0.0` on a host without IPv6, as
+ * Node's own listen does.
+ */
+export async function listen(server: Server, address: string): Promise<number> {
+  const bind = (target: string) =>
+    new Promise<number>((resolve, reject) =>
+      server.bindAsync(target, ServerCredentials.createInsecure(), (error, bound) =>
+        error ? reject(error) : resolve(bound),
+      ),
+    );
+  if (address.startsWith('unix:')) return bind(address);
+  const { host, port } = parseListenAddress(address);
+  if (host !== undefined) return bind(formatListenAddress({ host, port }));
+  try {
+    return await bind(formatListenAddress({ port }));
+  } catch (error) {
+    if (!/EAFNOSUPPORT|EADDRNOTAVAIL/.test((error as Error).message)) throw error;
+    return bind(`0.0.0.0:${port}`);
+  }
 }

@@ -269,6 +269,12 @@ describe('associations', () => {
       { ...association(1000), application: { ...association(1000).application, executable: 'x'.repeat(5000) } },
       'application fields are limited to 4096 characters',
     ],
+    [
+      // What a Timestamp past the range of a Date decodes to.
+      'an observation time no date holds',
+      { ...association(1000), observedAt: new Date(Number.NaN) },
+      'an association must be observed at a time a date can hold',
+    ],
   ])('with %s are refused', (_, value, details) => {
     const s = stream();
     s.open();

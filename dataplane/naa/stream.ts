@@ -388,11 +388,17 @@ class Step {
   #entry(identity: PodIdentity, association: Association): AssociationEntry {
     const application = checkedApplication(association.application);
     const trace = association.trace && this.#rules.trace?.(association.trace);
+    const observedAt = association.observedAt ?? this.#context.now;
+    // A timestamp past the ±100,000,000 days a Date holds decodes to an invalid Date, which would
+    // make the gateway's association latency NaN for good.
+    if (Number.isNaN(observedAt.getTime())) {
+      throw new Refusal(status.INVALID_ARGUMENT, 'an association must be observed at a time a date can hold');
+    }
     return {
       pod: identity.pod,
       ...flowOf(identity, association.flow),
       application,
-      observedAt: association.observedAt ?? this.#context.now,
+      observedAt,
       receivedAt: this.#context.now,
       ...(trace && { trace }),
     };

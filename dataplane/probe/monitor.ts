@@ -29,8 +29,11 @@ export interface HealthMonitorOptions {
    * filled again when it comes up, or its probes never pass.
    */
   onLink?: (name: string, up: boolean) => void;
-  /** Called when reading an interface or watching links fails (name undefined for the watcher). */
-  onError?: (name: string | undefined, error: Error) => void;
+  /**
+   * Called with the outcome of each round of an uplink: the error of reading its interface, or
+   * undefined when the round went well (name undefined for the link watcher, which only fails).
+   */
+  onError?: (name: string | undefined, error: Error | undefined) => void;
   /** How often an uplink without a health check reads its link besides the watcher; 1000 ms. */
   linkPollMs?: number;
   now?: () => Date;
@@ -64,7 +67,7 @@ export class HealthMonitor {
   private readonly watchLinks: LinkWatcher | false;
   private readonly onChange: (name: string, health: UplinkHealth) => void;
   private readonly onLink: (name: string, up: boolean) => void;
-  private readonly onError: (name: string | undefined, error: Error) => void;
+  private readonly onError: (name: string | undefined, error: Error | undefined) => void;
   private readonly linkPollMs: number;
   private readonly now: () => Date;
 
@@ -141,6 +144,7 @@ export class HealthMonitor {
     const started = Date.now();
     try {
       await this.round(entry);
+      this.onError(entry.uplink.name, undefined);
     } catch (error) {
       if (!entry.abort.signal.aborted) this.onError(entry.uplink.name, asError(error));
     }

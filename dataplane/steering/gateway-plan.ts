@@ -3,7 +3,7 @@
 // in its conntrack mark (set in prerouting, see render.ts); its replies get them as their packet
 // mark, and `fwmark → table 7690` sends them back into the tunnel to the node their pod runs on.
 // The same table answers the reverse-path check of the flow's packets from the tunnel (the
-// device has src_valid_mark, see tunnelSysctls), so strict rp_filter holds.
+// node has src_valid_mark, see tunnelSysctls), so strict rp_filter holds.
 import type { GatewayConfig } from '../../contracts/gateway/index.ts';
 import { canonicalAddress } from '../../contracts/gateway/index.ts';
 import type { Chain } from '../nft/model.ts';
@@ -49,8 +49,6 @@ export function planGatewaySteering(
   config: GatewayConfig,
   node: string,
   underlay: ReadonlyMap<Family, Underlay>,
-  /** This node's uplink interfaces. */
-  uplinkInterfaces: readonly string[],
 ): GatewaySteering | undefined {
   const steering = config.steering;
   if (!steering) return undefined;
@@ -94,10 +92,6 @@ export function planGatewaySteering(
         via: peer.linkLocal,
       }));
     }),
-    // A reply of a tunnelled flow arrives on an uplink with the pod's address as destination;
-    // under strict reverse-path filtering only its mark (the uplink's bits) finds the uplink's
-    // table, in which the server is routed back through that uplink.
-    sysctls: uplinkInterfaces.map((name): [string, string] => [`net/ipv4/conf/${name}/src_valid_mark`, '1']),
     rules: [
       ...([4, 6] as const).map((family): TunnelRule => ({
         family,

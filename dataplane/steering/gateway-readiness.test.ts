@@ -1,6 +1,6 @@
 import type { CompiledUplink } from '../../contracts/gateway/index.ts';
 import type { AgentReport, UplinkReport } from '../agent-report.ts';
-import { steeringReadiness } from './gateway-readiness.ts';
+import { steeringReadiness, steeringStreamInterval } from './gateway-readiness.ts';
 
 const uplink = (name: string, nextHop?: CompiledUplink['nextHop']): CompiledUplink => ({
   name,
@@ -71,4 +71,15 @@ test('without a healthy uplink, before the first sync or after a failed one, the
 test('the answer holds no flow, pod or uplink detail', () => {
   const answer = steeringReadiness(report([state('isp-a', true)]), [dualStack]);
   expect(Object.keys(answer).sort()).toEqual(['hash', 'ipv4', 'ipv6', 'ready']);
+});
+
+test('a stream is asked for with an interval in milliseconds, kept within 50 ms and 10 s', () => {
+  expect(steeringStreamInterval(undefined)).toBeUndefined();
+  expect(steeringStreamInterval('')).toBeUndefined();
+  expect(steeringStreamInterval('soon')).toBeUndefined();
+  expect(steeringStreamInterval('0')).toBeUndefined();
+  expect(steeringStreamInterval('200')).toBe(200);
+  expect(steeringStreamInterval(['250', '300'])).toBe(250);
+  expect(steeringStreamInterval('1')).toBe(50);
+  expect(steeringStreamInterval('60000')).toBe(10_000);
 });

@@ -34,3 +34,18 @@ export function steeringReadiness(report: AgentReport, uplinks: readonly Compile
     ipv6,
   };
 }
+
+/**
+ * The request header that asks `/steering` for a stream of answers instead of one: its value is the
+ * interval in milliseconds. The stream is a 200 with one SteeringReadiness JSON line per interval
+ * (application/x-ndjson), the first at once, so that a node agent follows a gateway node on one
+ * connection. An agent that does not know the header answers once, as to any GET.
+ */
+export const steeringStreamHeader = 'naat-stream-interval-ms';
+
+/** The interval a request asks for in steeringStreamHeader, kept within 50 ms – 10 s; undefined when it asks for none. */
+export function steeringStreamInterval(value: string | string[] | undefined): number | undefined {
+  const ms = Number(Array.isArray(value) ? value[0] : value);
+  if (value === undefined || !Number.isFinite(ms) || ms <= 0) return undefined;
+  return Math.min(10_000, Math.max(50, Math.round(ms)));
+}

@@ -43,7 +43,7 @@ function agent(peers?: Map<string, ManualPeers>, relays?: RelayFactory) {
       return 1;
     },
     stateDir: dir,
-    log: { info: () => {}, error: () => {} },
+    log: { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} },
     ...(peers ? { peerStates: (g) => peers.get(g.gateway)! } : {}),
     ...(relays ? { relays } : {}),
   });
@@ -73,9 +73,12 @@ describe('NodeAgent', () => {
     await second.node.configure({ ...config, gateways: [config.gateways[0]!] });
     expect(second.tunnels.state.devices.map((d) => d.name)).toEqual(['naatn7700']);
     expect(second.tunnels.state.routes.every((r) => r.device === 'naatn7700')).toBe(true);
+    const deletedBefore = second.deleted.length;
     await second.node.configure({ ...config, gateways: [] });
     expect(second.nft.dump()).toBe('');
     expect(second.tunnels.state).toEqual({ devices: [], routes: [], rules: [] });
+    // The flows pinned to any peer id the mask 0xe0 can hold.
+    expect(second.deleted.slice(deletedBefore)).toEqual([0x20, 0x40, 0x60, 0x80, 0xa0, 0xc0, 0xe0]);
   });
 
   it('moves new flows off a peer that goes down at once, then deletes the flows pinned to it', async () => {
@@ -151,11 +154,12 @@ describe('NodeAgent', () => {
     await node.stop();
   });
 
-  it('takes everything away on remove', async () => {
-    const { node, nft, tunnels } = agent();
+  it('takes everything away on remove, the flows pinned to any peer too', async () => {
+    const { node, nft, tunnels, deleted } = agent();
     await node.start(config);
     await node.remove();
     expect(nft.dump()).toBe('');
     expect(tunnels.state.devices).toEqual([]);
+    expect(deleted).toEqual([0x20, 0x40, 0x60, 0x80, 0xa0, 0xc0, 0xe0]);
   });
 });

@@ -4,9 +4,10 @@
 // rules first, then swaps the table atomically, then deletes the conntrack entries of peers that
 // went down (their flows are re-placed on their next packet), then takes away what is no longer
 // wanted: new flows move to another peer before the old one is torn down. Stopping leaves the
-// kernel as it is; `remove` (or a config without gateways) takes every trace away.
+// kernel as it is; `remove` (or a config without gateways) takes every trace away, down to the
+// conntrack marks that pin flows to peers.
 import { rm } from 'node:fs/promises';
-import type { Logger } from '../../common/index.ts';
+import { ProblemLog, type Logger } from '../../common/index.ts';
 import type { NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
 import type { Nftables } from '../nft/nftables.ts';
 import { planSync } from '../nft/nftables.ts';
@@ -88,9 +89,17 @@ export class NodeAgent {
   /** Marks of the peers that were up at the last sync: their flows are deleted once they are not. */
   #pinned = new Set<number>();
   #report: NodeAgentReport = { peers: [], problems: {} };
+  readonly #syncProblems: ProblemLog;
+  readonly #gatewayProblems: ProblemLog;
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
+    this.#syncProblems = new ProblemLog(options.log, 'Failed to sync the node', 'Synced the node again');
+    this.#gatewayProblems = new ProblemLog(
+      options.log,
+      'Failed to set up steering for a gateway',
+      'Set up steering for a gateway',
+    );
     this.#ids = new UplinkIds(options.stateDir, 'peers.json');
     this.#queue = new SyncQueue(() => this.#sync());
   }
@@ -144,12 +153,28 @@ export class NodeAgent {
     this.#states.clear();
   }
 
-  /** Takes away naat_node's table, tunnels, routes, rules and saved peer ids. */
+  /**
+   * Takes away naat_node's table, tunnels, routes, rules and saved peer ids, and, once a config gave
+   * the mark bits, the flows pinned to a peer (without a config they are not known).
+   */
   async remove(): Promise<void> {
     await this.stop();
+    await this.#removeSteering(this.#config?.markMask);
+    await rm(this.#o.stateDir, { recursive: true, force: true });
+  }
+
+  async #removeSteering(markMask: number | undefined): Promise<void> {
     if (await this.#o.nft.list()) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
     await this.#o.tunnels.prune(emptyTunnelState());
-    await rm(this.#o.stateDir, { recursive: true, force: true });
+    this.#pinned.clear();
+    if (markMask === undefined) return;
+    // Every id the mask can hold, not only those of peers up now: a flow pinned before a restart
+    // may carry any of them.
+    let deleted = 0;
+    for (let id = 1; id <= maxPeerId(markMask); id++) {
+      deleted += await this.#o.deleteFlows((id << markShift(markMask)) >>> 0, markMask);
+    }
+    if (deleted) this.#o.log.info('Deleted the flows pinned to gateway nodes', { deleted });
   }
 
   async #sync(): Promise<void> {
@@ -158,9 +183,7 @@ export class NodeAgent {
     const started = performance.now();
     try {
       if (!config.gateways.length) {
-        if (await this.#o.nft.list()) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
-        await this.#o.tunnels.prune(emptyTunnelState());
-        this.#pinned.clear();
+        await this.#removeSteering(config.markMask);
         this.#done(config, started, []);
         return;
       }
@@ -191,8 +214,8 @@ export class NodeAgent {
       }
       this.#pinned = pinned;
       await this.#o.tunnels.prune(plan.tunnels);
-      for (const [gateway, problem] of plan.problems) {
-        this.#o.log.error('Failed to set up steering for a gateway', { gateway, problem });
+      for (const { gateway } of config.gateways) {
+        this.#gatewayProblems.report(gateway, plan.problems.get(gateway), { gateway });
       }
       this.#done(
         config,
@@ -211,7 +234,7 @@ export class NodeAgent {
         ...this.#report,
         lastSync: { at: new Date().toISOString(), durationMs: performance.now() - started, error: message },
       };
-      this.#o.log.error('Failed to sync the node', { error: message });
+      this.#syncProblems.report('sync', message);
       throw error;
     }
   }
@@ -230,6 +253,7 @@ export class NodeAgent {
       peers,
       problems,
     };
-    this.#o.log.info('Synced the node', { durationMs: Math.round(durationMs), peers: peers.length });
+    this.#syncProblems.report('sync', undefined);
+    this.#o.log.debug('Synced the node', { durationMs: Math.round(durationMs), peers: peers.length });
   }
 }

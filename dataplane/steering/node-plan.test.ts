@@ -122,6 +122,8 @@ describe('planNode', () => {
       ['naatn7700', 7700, 1450, '192.168.0.1', ['192.168.0.11', '192.168.0.12']],
       ['naatn7701', 7701, 1450, '192.168.0.1', ['192.168.0.11', '192.168.0.13']],
     ]);
+    // Replies from the tunnels pass strict reverse-path filtering by their mark.
+    expect(tunnels.sysctls).toEqual([['net/ipv4/conf/all/src_valid_mark', '1']]);
     const id = ids.get(peerKey('egress', 'gateway-a'))!;
     expect(tunnels.routes).toContainEqual({
       family: 4,
@@ -143,5 +145,6 @@ describe('planNode', () => {
     const plan = planNode(input({ underlay: new Map([[6, { address: 'fd00:192::1', mtu: 1500 }]]) }));
     expect([...plan.problems.keys()]).toEqual(['egress', 'batch']);
     expect(plan.tunnels.devices).toEqual([]);
+    expect(plan.tunnels.sysctls).toBeUndefined();
   });
 });

@@ -15,6 +15,7 @@
 import { canonicalAddress, normalisePrefixes } from '../../contracts/gateway/index.ts';
 import type { NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
 import type { Chain, Match, NamedSet, Rule, SetElement, Statement, Table } from '../nft/model.ts';
+import { srcValidMark } from '../sysctls.ts';
 import { rendezvous } from './rendezvous.ts';
 import type { TunnelOwnership } from './tunnel-kernel.ts';
 import {
@@ -233,6 +234,8 @@ export function planNode(input: NodePlanInput): NodePlan {
       }
     }
   }
+  // The replies from the tunnel pass the strict reverse-path check by their mark (tunnelSysctls).
+  if (tunnels.devices.length) tunnels.sysctls = [srcValidMark];
   for (const local of new Set(tunnels.devices.map((d) => d.local))) {
     tunnels.rules.push({
       family: familyOf(local),

@@ -1,10 +1,11 @@
-// The peer monitor over a fake probe (thresholds, updates, stop), and against real HTTP servers on
-// this host: one that answers 200 and then 503, one that stops answering, one that goes away.
+// The peer monitor over a fake watch (thresholds, updates, stop, late answers), and against real
+// HTTP servers on this host, streaming as gateway agents do or answering once: one that answers 200
+// and then 503, one that stops answering, one that goes away.
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { TunnelEndpoint } from '../../contracts/gateway/index.ts';
-import type { ProbeResult } from '../probe/index.ts';
-import { createPeerMonitor, peerTarget, type PeerMonitor, type PeerTarget } from './peer-monitor.ts';
+import { steeringStreamHeader } from './gateway-readiness.ts';
+import { createPeerMonitor, peerTarget, type PeerMonitor, type PeerTarget, type PeerWatch } from './peer-monitor.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const peer = (node: string, ...addresses: string[]): TunnelEndpoint => ({ node, addresses });
@@ -33,12 +34,13 @@ test('a peer is asked at its IPv4 address when it has one, at its IPv6 address o
   expect(peerTarget(peer('gw-2', 'fd00::2'), 9091)).toEqual({ node: 'gw-2', host: 'fd00::2', family: 6, port: 9091 });
 });
 
-describe('with a fake probe', () => {
+describe('with a fake watch', () => {
   const answers = new Map<string, boolean>();
   const asked: PeerTarget[] = [];
-  const probe = async (target: PeerTarget): Promise<ProbeResult> => {
+  /** A peer that answers once per connection, as a gateway agent that does not stream. */
+  const watch: PeerWatch = async (target, _intervalMs, _signal, onAnswer) => {
     asked.push(target);
-    return answers.get(target.node) ? { ok: true, rttMs: 1 } : { ok: false, error: 'refused' };
+    onAnswer(answers.get(target.node) ?? false);
   };
   let monitor: PeerMonitor;
   beforeEach(() => {
@@ -54,7 +56,7 @@ describe('with a fake probe', () => {
       peers: [peer('gw-1', '192.0.2.1'), peer('gw-2', '192.0.2.2')],
       healthPort: 9091,
       check: { intervalMs: 20, timeoutMs: 20 },
-      probe,
+      watch,
     });
     expect(monitor.up()).toEqual(new Set());
     monitor.start();
@@ -78,7 +80,7 @@ describe('with a fake probe', () => {
       peers: [peer('gw-1', '192.0.2.1')],
       healthPort: 9091,
       check: { intervalMs: 20, timeoutMs: 20 },
-      probe,
+      watch,
     });
     monitor.start();
     await until(monitor, (up) => up.has('gw-1'));
@@ -102,7 +104,7 @@ describe('with a fake probe', () => {
       peers: [peer('gw-1', '192.0.2.1')],
       healthPort: 9091,
       check: { intervalMs: 10, timeoutMs: 10 },
-      probe,
+      watch,
     });
     monitor.start();
     await until(monitor, (up) => up.has('gw-1'));
@@ -114,6 +116,40 @@ describe('with a fake probe', () => {
     await sleep(50);
     expect(asked.length).toBeGreaterThan(count);
   });
+
+  test('a streamed answer that comes late is a failure, and the connection is opened anew at once', async () => {
+    let connections = 0;
+    let streaming = true;
+    const streamed: PeerWatch = (_target, intervalMs, signal, onAnswer) =>
+      new Promise((resolve) => {
+        connections++;
+        const send = () => (streaming ? onAnswer(true) : undefined);
+        send();
+        const timer = setInterval(send, intervalMs);
+        signal.addEventListener('abort', () => {
+          clearInterval(timer);
+          resolve();
+        });
+      });
+    monitor = createPeerMonitor({
+      peers: [peer('gw-1', '192.0.2.1')],
+      healthPort: 9091,
+      check: { intervalMs: 50, timeoutMs: 50 },
+      watch: streamed,
+    });
+    monitor.start();
+    await until(monitor, (up) => up.has('gw-1'));
+    await sleep(300);
+    // One connection carries every answer.
+    expect(connections).toBe(1);
+    streaming = false;
+    const ms = await until(monitor, (up) => !up.has('gw-1'));
+    // Late after 100 ms, then after 50 ms on the connection opened at once.
+    expect(ms).toBeLessThan(500);
+    expect(connections).toBe(2);
+    streaming = true;
+    await until(monitor, (up) => up.has('gw-1'));
+  });
 });
 
 describe('against real HTTP servers on this host', () => {
@@ -121,11 +157,19 @@ describe('against real HTTP servers on this host', () => {
   const modes = new Map<number, Mode>();
   const hung: ServerResponse[] = [];
   const servers: Server[] = [];
-  async function serve(mode: Mode): Promise<number> {
+  async function serve(mode: Mode, streams: boolean): Promise<number> {
     const server = createServer((req, res) => {
-      const current = modes.get((server.address() as AddressInfo).port);
-      if (current === 'hang') return void hung.push(res);
-      res.statusCode = req.url === '/steering' && current === 'ready' ? 200 : 503;
+      const mode = () => modes.get((server.address() as AddressInfo).port);
+      if (streams && req.headers[steeringStreamHeader]) {
+        // As a gateway agent streams: a line per interval, none while it hangs.
+        res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+        const send = () => mode() === 'hang' || res.write(`${JSON.stringify({ ready: mode() === 'ready' })}\n`);
+        send();
+        const timer = setInterval(send, Number(req.headers[steeringStreamHeader]));
+        return void res.on('close', () => clearInterval(timer));
+      }
+      if (mode() === 'hang') return void hung.push(res);
+      res.statusCode = req.url === '/steering' && mode() === 'ready' ? 200 : 503;
       res.end('{}\n');
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -151,7 +195,7 @@ describe('against real HTTP servers on this host', () => {
   const detections: string[] = [];
   afterAll(() => console.log(`peer down detected after (ms): ${detections.join(', ')}`));
 
-  test.each([
+  const faults = [
     ['answers 503', (port: number) => void modes.set(port, 'unavailable')],
     ['stops answering', (port: number) => void modes.set(port, 'hang')],
     [
@@ -162,13 +206,17 @@ describe('against real HTTP servers on this host', () => {
         server.closeAllConnections();
       },
     ],
-  ])('a peer that %s is down well within a second, and back at its first good answer', async (what, fault) => {
-    const port = await serve('ready');
+  ] as const;
+  test.each([
+    ...faults.map(([what, fault]) => ['streaming', what, fault] as const),
+    ...faults.map(([what, fault]) => ['answering once', what, fault] as const),
+  ])('a peer %s that %s is down well within a second, and back at its first good answer', async (how, what, fault) => {
+    const port = await serve('ready', how === 'streaming');
     const monitor = await watching(port);
     try {
       fault(port);
       const ms = await until(monitor, (up) => !up.has('gw'));
-      detections.push(`${what} ${Math.round(ms)}`);
+      detections.push(`${how}, ${what} ${Math.round(ms)}`);
       expect(ms).toBeLessThan(900);
       if (what === 'goes away') return;
       modes.set(port, 'ready');

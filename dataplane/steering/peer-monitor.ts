@@ -1,29 +1,29 @@
 // Which gateway nodes of one gateway can take this node's flows now: each peer's gateway agent
-// answers `GET /steering` with 200 while it applied its config and has a healthy uplink
+// answers `GET /steering` with whether it applied its config and has a healthy uplink
 // (gateway-readiness.ts). A node agent keeps one monitor per gateway of its NodeConfig and steers
 // new flows only to the peers in `up()`.
 //
-// Each peer is asked every intervalMs (a request that times out is followed by the next at once),
-// on a fresh connection each time, so that a peer whose agent hangs or whose address is gone is
-// noticed as surely as one that refuses. Up and down follow the uplink health check's thresholds
-// (probe/health.ts): with the defaults a peer is down two failed requests after it broke, 400 to
-// 600 ms when it stops answering, and up again at its first good answer.
+// Each peer is followed on one long-lived connection: the request asks for a stream of answers,
+// one every intervalMs (gateway-readiness.ts), so that an idle node agent reads a line per peer
+// and interval instead of opening a connection and making a request. An answer that does not
+// come in time counts as a failure and the connection is dropped and opened anew, so a peer whose
+// agent hangs or whose address is gone is noticed as surely as one that refuses. A gateway agent
+// that does not stream answers once and ends: it is then asked once per interval, as a poll. Up
+// and down follow the uplink health check's thresholds (probe/health.ts): with the defaults a peer
+// is down two failed answers after it broke, 400 to 600 ms when it stops answering, and up again
+// at its first good answer.
+import { request as httpRequest } from 'node:http';
 import { isIP } from 'node:net';
 import type { TunnelEndpoint } from '../../contracts/gateway/index.ts';
-import {
-  httpCheck,
-  initialHealth,
-  nextHealth,
-  type HealthCheck,
-  type ProbeResult,
-  type UplinkHealth,
-} from '../probe/index.ts';
+import { initialHealth, nextHealth, type HealthCheck, type UplinkHealth } from '../probe/index.ts';
+import { steeringStreamHeader } from './gateway-readiness.ts';
 
 export interface PeerCheck {
+  /** How often a peer answers. */
   intervalMs: number;
-  /** How long a request may take; at most intervalMs keeps the rounds on time. */
+  /** How late an answer may be (after the connection is opened, or after the interval). */
   timeoutMs: number;
-  /** Consecutive failed requests after which an up peer is down. */
+  /** Consecutive failed answers after which an up peer is down. */
   failureThreshold: number;
   /** Consecutive good answers after which a down peer is up. */
   successThreshold: number;
@@ -44,8 +44,17 @@ export interface PeerTarget {
   port: number;
 }
 
-/** One request to a peer; resolves (never rejects) once answered, failed, timed out or aborted. */
-export type PeerProbe = (target: PeerTarget, timeoutMs: number, signal: AbortSignal) => Promise<ProbeResult>;
+/**
+ * Follows a peer's answers on one connection: calls `onAnswer` with each (true: the peer takes
+ * flows) as it comes, and resolves, never rejects, once the connection ended, failed or `signal`
+ * aborted it. A peer may send one answer and end, or keep sending one every `intervalMs`.
+ */
+export type PeerWatch = (
+  target: PeerTarget,
+  intervalMs: number,
+  signal: AbortSignal,
+  onAnswer: (ok: boolean) => void,
+) => Promise<void>;
 
 export interface PeerMonitor {
   start(): void;
@@ -64,7 +73,7 @@ export interface PeerMonitorOptions {
   /** The gateway's health port (NodeGateway.healthPort). */
   healthPort: number;
   check?: Partial<PeerCheck>;
-  probe?: PeerProbe;
+  watch?: PeerWatch;
   now?: () => Date;
 }
 
@@ -74,23 +83,57 @@ export function peerTarget(peer: TunnelEndpoint, port: number): PeerTarget {
   return { node: peer.node, host: address, family: isIP(address) as 4 | 6, port };
 }
 
-/** GET http://<target>/steering; only a 200 passes. */
-export const steeringProbe: PeerProbe = (target, timeoutMs, signal) =>
-  httpCheck({
-    host: target.host,
-    port: target.port,
-    path: '/steering',
-    family: target.family,
-    timeoutMs,
-    signal,
-    passes: (status) => status === 200,
+/**
+ * GET http://<target>/steering as a stream: in a stream each line's `ready` is an answer; a plain
+ * answer passes on 200 only.
+ */
+export const steeringWatch: PeerWatch = (target, intervalMs, signal, onAnswer) =>
+  new Promise((resolve) => {
+    const req = httpRequest({
+      host: target.host,
+      port: target.port,
+      path: '/steering',
+      method: 'GET',
+      family: target.family,
+      agent: false,
+      signal,
+      headers: { 'user-agent': 'naat-node', [steeringStreamHeader]: String(intervalMs) },
+    });
+    req.on('response', (res) => {
+      res.on('error', () => {});
+      res.on('close', () => resolve());
+      if (!res.headers['content-type']?.startsWith('application/x-ndjson')) {
+        res.resume();
+        return void res.on('end', () => onAnswer(res.statusCode === 200));
+      }
+      let buffered = '';
+      res.setEncoding('utf8').on('data', (chunk: string) => {
+        buffered += chunk;
+        for (let end = buffered.indexOf('\n'); end >= 0; end = buffered.indexOf('\n')) {
+          const line = buffered.slice(0, end);
+          buffered = buffered.slice(end + 1);
+          onAnswer(res.statusCode === 200 && isReady(line));
+        }
+      });
+    });
+    req.on('error', () => resolve());
+    req.end();
   });
+
+function isReady(line: string): boolean {
+  try {
+    return (JSON.parse(line) as { ready?: unknown }).ready === true;
+  } catch {
+    return false;
+  }
+}
 
 interface Entry {
   target: PeerTarget;
   state: UplinkHealth;
+  /** The next connection, while none is open. */
   timer?: NodeJS.Timeout;
-  /** Aborted when the entry is replaced, removed or the monitor stops: its results are dropped. */
+  /** Aborted when the entry is replaced, removed or the monitor stops: its connection ends and its answers are dropped. */
   abort: AbortController;
   inFlight?: Promise<void>;
 }
@@ -105,14 +148,14 @@ class HttpPeerMonitor implements PeerMonitor {
   #running = false;
   readonly #listeners: Array<() => void> = [];
   readonly #check: HealthCheck;
-  readonly #probe: PeerProbe;
+  readonly #watch: PeerWatch;
   readonly #now: () => Date;
 
   constructor(options: PeerMonitorOptions) {
     const check = { ...defaultPeerCheck, ...options.check };
-    // The uplink health check's state machine, with one request per round: any failure fails it.
+    // The uplink health check's state machine, with one answer per round: any failure fails it.
     this.#check = { targets: [], protocol: 'HTTP', maxLossPercent: 0, ...check };
-    this.#probe = options.probe ?? steeringProbe;
+    this.#watch = options.watch ?? steeringWatch;
     this.#now = options.now ?? (() => new Date());
     this.#port = options.healthPort;
     this.update(options.peers);
@@ -178,25 +221,50 @@ class HttpPeerMonitor implements PeerMonitor {
   #schedule(entry: Entry, delayMs: number): void {
     entry.timer = setTimeout(() => {
       entry.timer = undefined;
-      entry.inFlight = this.#round(entry);
+      entry.inFlight = this.#follow(entry);
     }, delayMs);
   }
 
-  async #round(entry: Entry): Promise<void> {
+  /**
+   * One connection: each answer is a round; an answer later than timeoutMs after the connection was
+   * opened, or than intervalMs + timeoutMs after the last answer, is a failed round and ends the
+   * connection, and so is a connection that ends without an answer. The next connection opens at
+   * once after a late answer, else an interval after this one opened.
+   */
+  async #follow(entry: Entry): Promise<void> {
     const started = Date.now();
-    const { signal } = entry.abort;
-    const result = await this.#probe(entry.target, this.#check.timeoutMs, signal);
-    entry.inFlight = undefined;
-    if (signal.aborted || !this.#running) return;
-    const round = {
-      answered: result.ok ? 1 : 0,
-      sent: 1,
-      ...(result.rttMs !== undefined ? { meanRttMs: result.rttMs } : {}),
+    const connection = new AbortController();
+    const onRetire = () => connection.abort();
+    entry.abort.signal.addEventListener('abort', onRetire, { once: true });
+    let answered = false;
+    let late = false;
+    const onLate = () => {
+      late = true;
+      connection.abort();
     };
+    let deadline = setTimeout(onLate, this.#check.timeoutMs);
+    await this.#watch(entry.target, this.#check.intervalMs, connection.signal, (ok) => {
+      if (connection.signal.aborted) return;
+      if (answered) deadline.refresh();
+      else {
+        clearTimeout(deadline);
+        deadline = setTimeout(onLate, this.#check.intervalMs + this.#check.timeoutMs);
+      }
+      answered = true;
+      this.#round(entry, ok);
+    });
+    clearTimeout(deadline);
+    entry.abort.signal.removeEventListener('abort', onRetire);
+    entry.inFlight = undefined;
+    if (entry.abort.signal.aborted || !this.#running) return;
+    if (late || !answered) this.#round(entry, false);
+    this.#schedule(entry, late ? 0 : Math.max(0, started + this.#check.intervalMs - Date.now()));
+  }
+
+  #round(entry: Entry, ok: boolean): void {
     const was = entry.state.healthy;
-    entry.state = nextHealth(entry.state, round, this.#check, this.#now());
+    entry.state = nextHealth(entry.state, { answered: ok ? 1 : 0, sent: 1 }, this.#check, this.#now());
     if (entry.state.healthy !== was) this.#notify();
-    this.#schedule(entry, Math.max(0, started + this.#check.intervalMs - Date.now()));
   }
 
   #notify(): void {

@@ -5,11 +5,9 @@
 // the apiserver removes the entry it owned and leaves the others.
 import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { apiVersion, egressGatewayDefinition } from '../../crds/index.ts';
-import type { NodeConfig } from '../../contracts/gateway/index.ts';
+import { nodeAgentFieldManager, type NodeConfig } from '../../contracts/gateway/index.ts';
 import { applyStatus } from '../report.ts';
 import type { NodeAgentReport } from './node-agent.ts';
-
-export const steeringFieldManager = (node: string) => `naat-node-${node}`;
 
 /** What the node agent knows of its steering to one gateway. */
 export interface SteeringState {
@@ -112,7 +110,7 @@ export class SteeringStatusReporter {
   async report(states: readonly SteeringState[]): Promise<void> {
     const entries = steeringEntries(this.#node, states, this.#last, this.#now());
     this.#last = entries;
-    const manager = steeringFieldManager(this.#node);
+    const manager = nodeAgentFieldManager(this.#node);
     for (const [gateway, entry] of entries) {
       if (JSON.stringify(this.#applied.get(gateway)) === JSON.stringify(entry)) continue;
       const applied = await applyStatus(

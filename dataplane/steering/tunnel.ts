@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { Match, Rule, Statement } from '../nft/model.ts';
+import type { Sysctl } from '../sysctls.ts';
 
 export type Family = 4 | 6;
 
@@ -56,7 +57,7 @@ export interface TunnelState {
   routes: TunnelRoute[];
   rules: TunnelRule[];
   /** Kernel settings beyond the devices' own (paths under /proc/sys); set, never reverted. */
-  sysctls?: Array<[string, string]>;
+  sysctls?: Sysctl[];
 }
 
 /** VXLAN header (8) + UDP (8) + outer IP (20 or 40) + inner Ethernet (14). */
@@ -116,18 +117,17 @@ export interface Underlay {
 }
 
 /**
- * The sysctls of a tunnel device. Reverse-path filtering: the kernel applies the larger of
- * `all` and the device's rp_filter, so a device cannot loosen a node's strict `all=1`; and the
- * device has no IPv4 address, with which the kernel drops even in loose mode any packet whose
- * source is not routed back through the device itself. With src_valid_mark the reverse lookup
- * uses the packet's mark, which prerouting has restored from the flow's conntrack mark, so it
- * finds the flow's own steering route through this device and the strict check passes.
+ * The sysctls of a tunnel device: no router advertisements taken from it (its link-local address
+ * is the only one it needs). Reverse-path filtering needs no setting of the device's own: the
+ * kernel applies the larger of `all` and the device's rp_filter, so a device cannot loosen a
+ * node's strict `all=1`, and the device has no IPv4 address, with which the kernel drops even in
+ * loose mode any packet whose source is not routed back through the device itself. With
+ * src_valid_mark (`all`, which covers this device: see sysctls.ts) the reverse lookup uses the
+ * packet's mark, which prerouting has restored from the flow's conntrack mark, so it finds the
+ * flow's own steering route through this device and the strict check passes.
  */
 export function tunnelSysctls(device: string): Array<[string, string]> {
-  return [
-    [`net/ipv4/conf/${device}/src_valid_mark`, '1'],
-    [`net/ipv6/conf/${device}/accept_ra`, '0'],
-  ];
+  return [[`net/ipv6/conf/${device}/accept_ra`, '0']];
 }
 
 /**

@@ -6,7 +6,15 @@ import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import type { NodeConfig } from '../../contracts/gateway/index.ts';
 import type { EgressGateway } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
-import { compileGateway, type Compiled, type NodeFacts, type PodFacts, type TunnelFacts } from '../compile.ts';
+import {
+  compileGateway,
+  selectedNodes,
+  type Compiled,
+  type NodeFacts,
+  type PodFacts,
+  type TunnelFacts,
+} from '../compile.ts';
+import { gatewayNodeConflicts, relayConflicts, type PortClaimant, type PortConflict } from '../host-ports.ts';
 import { modeAnnotation } from '../inject.ts';
 import type { OperatorSettings } from '../settings.ts';
 import {
@@ -50,6 +58,8 @@ export interface CompiledGateway {
   tunnel: TunnelFacts | undefined;
   /** Per node that hosts its away pods: whether they are steered (operator/steering.ts). */
   steering: NodeSteering[];
+  /** Its nodes where another gateway's agent holds a port its agent needs: it does not run there. */
+  nodeConflicts: PortConflict[];
 }
 
 export interface CompiledCluster {
@@ -70,33 +80,70 @@ export function compileCluster(caches: Caches, settings: OperatorSettings): Comp
   // settings and every node's pod network.
   const bypass = [...settings.bypass, ...nodes.flatMap((n) => n.spec?.podCIDRs ?? [])];
   const policies = caches.policies.list();
+  const facts = nodes.map(nodeFacts);
+  const claimants = gateways.map(claimantOf);
+  const agentPorts = { health: settings.dataplane.healthPort, metrics: settings.dataplane.metricsPort };
+  const nodeConflicts = gatewayNodeConflicts(
+    claimants,
+    new Map(gateways.map((g) => [g.metadata.name, selectedNodes(g, facts)])),
+    agentPorts,
+  );
   const compiled = gateways.map((gateway) => ({
     gateway,
     tunnel: tunnels.get(gateway.metadata.name),
+    nodeConflicts: nodeConflicts.get(gateway.metadata.name) ?? [],
     compiled: compileGateway({
       gateway,
       uplinks: caches.uplinks.list(),
       policies: policies.filter((p) => p.spec.gateway === gateway.metadata.name),
       pods,
       namespaces,
-      nodes: nodes.map(nodeFacts),
+      nodes: facts,
       bypass,
       steering: tunnels.get(gateway.metadata.name),
       marks: { uplinks: settings.marks.uplinks },
+      excludedNodes: (nodeConflicts.get(gateway.metadata.name) ?? []).map((c) => c.node),
     }),
   }));
+  const relays = relayConflicts(
+    claimants,
+    new Map(compiled.map((c) => [c.gateway.metadata.name, c.compiled.nodes])),
+    new Map(compiled.map((c) => [c.gateway.metadata.name, (c.compiled.steering?.sources ?? []).map((s) => s.node)])),
+    agentPorts,
+  );
   const nodeConfigs = desiredNodeConfigs(
     compiled.map((c) => c.compiled),
     { markMask: settings.marks.steering, healthPort: settings.dataplane.healthPort },
+    relays,
   );
   const byNode = new Map(nodeConfigs.map((c) => [c.node, c]));
   return {
     gateways: new Map(
       compiled.map((c) => [
         c.gateway.metadata.name,
-        { ...c, steering: nodeSteering(c.compiled, c.tunnel, byNode, reportsOf(c.gateway)) },
+        {
+          ...c,
+          steering: nodeSteering(
+            c.compiled,
+            c.tunnel,
+            byNode,
+            reportsOf(c.gateway),
+            relays.get(c.gateway.metadata.name) ?? [],
+          ),
+        },
       ]),
     ),
     nodeConfigs,
+  };
+}
+
+/** A gateway as host ports are decided: the older one keeps a port both want (operator/host-ports.ts). */
+function claimantOf(gateway: EgressGateway): PortClaimant {
+  // Typed as a string, but a client may have turned it into a Date.
+  const created: unknown = (gateway.metadata as { creationTimestamp?: unknown }).creationTimestamp;
+  return {
+    gateway: gateway.metadata.name,
+    created: created ? new Date(created as string).toISOString() : '',
+    associationPort: gateway.spec.association.port,
   };
 }

@@ -13,7 +13,7 @@ import {
 import type { EgressPolicy } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
 import type { PolicyFacts } from '../compile.ts';
-import { desiredGatewayObjects, labelsOf, objectName } from '../desired.ts';
+import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../desired.ts';
 import type { EventRecorder } from '../events.ts';
 import { compileCluster } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
@@ -75,16 +75,19 @@ export class GatewayReconciler {
     }
     // Every gateway, because a node's config (whose hash says whether steering is current there)
     // holds the pods of every gateway that steers from that node.
-    const { compiled, steering } = compileCluster(caches, this.#o.settings).gateways.get(name)!;
+    const { compiled, steering, nodeConflicts } = compileCluster(caches, this.#o.settings).gateways.get(name)!;
+    // The ConfigMap comes before the DaemonSet, which its uid then owns too (ownedByConfig).
+    let configUid: string | undefined;
     for (const object of desiredGatewayObjects(gateway, compiled, this.#o.settings, this.#o.namespace)) {
-      await this.#objects.patch(
-        object as KubernetesObject,
+      const applied = await this.#objects.patch(
+        (object.kind === 'DaemonSet' && configUid ? ownedByConfig(object, configUid) : object) as KubernetesObject,
         undefined,
         undefined,
         fieldManager,
         true,
         PatchStrategy.ServerSideApply,
       );
+      if (object.kind === 'ConfigMap') configUid = applied.metadata?.uid;
     }
     const daemonSet = caches.daemonSets.get(`${this.#o.namespace}/${objectName(name)}`);
     const rollout = {
@@ -110,7 +113,7 @@ export class GatewayReconciler {
       readyNodes: rollout.ready,
       configHash: compiled.config.hash,
       conditions: conditions(gateway.status?.conditions, generation, this.#now(), [
-        ...gatewayConditions(compiled, rollout),
+        ...gatewayConditions(compiled, rollout, nodeConflicts),
         steeringReadyCondition(steering),
       ]),
     });

@@ -1,10 +1,12 @@
 // Cluster-wide egress, one key for the whole cluster: the node agents and their per-node configs
 // (desiredNodeConfigs and desiredNodeObjects, both pure), the objects of nodes that no longer need
-// one removed, and the Steered condition of every served pod away from its gateway's nodes, with
-// an Event when it changes, so that a pod whose flows cannot be steered is never silently unserved.
+// one removed, the status entries of node agents that are gone removed from the gateways, and the
+// Steered condition of every served pod away from its gateway's nodes, with an Event when it
+// changes, so that a pod whose flows cannot be steered is never silently unserved.
 import { KubernetesObjectApi, PatchStrategy, type KubernetesObject, type V1Pod } from '@kubernetes/client-node';
 import { statusCode } from '../../common/kube/index.ts';
 import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
+import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
 import { fieldManager } from '../status-writer.ts';
 import { compileCluster } from './cluster.ts';
@@ -49,6 +51,15 @@ export class SteeringReconciler {
     for (const object of late) await this.#apply(object);
     if (!desired.length && (orphans.length || caches.daemonSets.get(`${namespace}/${nodeAgentName}`))) {
       await this.#removeNodeAgents();
+    }
+
+    // Entries of node agents that are gone stay until someone removes them; they count for nothing.
+    const configs = new Map(cluster.nodeConfigs.map((c) => [c.node, c]));
+    for (const { gateway } of cluster.gateways.values()) {
+      const name = gateway.metadata.name;
+      for (const node of staleReports(name, gateway.status?.steering?.nodes ?? [], configs)) {
+        await this.#o.status.removeSteeringReport(name, node);
+      }
     }
 
     const pods = steeredPodConditions([...cluster.gateways.values()]);

@@ -9,21 +9,23 @@ import {
   type V1MutatingWebhookConfiguration,
   type V1Secret,
 } from '@kubernetes/client-node';
-import { X509Certificate } from 'node:crypto';
 import { canonical } from '../canonical.ts';
-import { caUsable, makeCa, makeServing, usable, type KeyPair } from '../certificates.ts';
+import {
+  caLifetime,
+  caUsable,
+  lifetime,
+  makeCa,
+  makeServing,
+  nextLook,
+  renewBefore,
+  servingLifetime,
+  usable,
+  type KeyPair,
+} from '../certificates.ts';
 import type { ReconcileResult } from '../runtime/controller.ts';
 import type { Logger } from '../../common/index.ts';
 import type { OperatorSettings } from '../settings.ts';
 import { webhookPath } from '../webhook.ts';
-
-const day = 86_400_000;
-const caLifetime = 10 * 365 * day;
-const servingLifetime = 365 * day;
-/** A pair is replaced when it has less than this left, so a renewal failure has weeks to be fixed. */
-const renewBefore = 30 * day;
-/** Timers of Node cannot wait longer than about 24.8 days; a daily look is plenty. */
-const maxWait = day;
 
 export const secretKeys = { caCert: 'ca.crt', caKey: 'ca.key', cert: 'tls.crt', key: 'tls.key' } as const;
 
@@ -34,13 +36,26 @@ export function servingNames(webhook: OperatorSettings['webhook'], namespace: st
   return [`${service}.svc`, `${service}.svc.cluster.local`];
 }
 
+const textOf = (secret: V1Secret | undefined, key: string) => {
+  const value = secret?.data?.[key];
+  return value ? Buffer.from(value, 'base64').toString('utf8') : undefined;
+};
+
 /** The CA and serving pairs a Secret holds, if it holds both. */
 export function pairsOf(secret: V1Secret | undefined): { ca: KeyPair; serving: KeyPair } | undefined {
-  const data = secret?.data ?? {};
-  const text = (key: string) => (data[key] ? Buffer.from(data[key], 'base64').toString('utf8') : undefined);
-  const [caCert, caKey, cert, key] = [secretKeys.caCert, secretKeys.caKey, secretKeys.cert, secretKeys.key].map(text);
-  if (!caCert || !caKey || !cert || !key) return undefined;
-  return { ca: { cert: caCert, key: caKey }, serving: { cert, key } };
+  const [caCert, caKey] = [textOf(secret, secretKeys.caCert), textOf(secret, secretKeys.caKey)];
+  const serving = tlsPairOf(secret);
+  if (!caCert || !caKey || !serving) return undefined;
+  return { ca: { cert: caCert, key: caKey }, serving };
+}
+
+/**
+ * The pair of a kubernetes.io/tls Secret (tls.crt, tls.key), if it holds both: a serving
+ * certificate, or the CA of a cert-manager CA Certificate.
+ */
+export function tlsPairOf(secret: V1Secret | undefined): KeyPair | undefined {
+  const [cert, key] = [textOf(secret, secretKeys.cert), textOf(secret, secretKeys.key)];
+  return cert && key ? { cert, key } : undefined;
 }
 
 export interface CertificateReconcilerOptions {
@@ -114,14 +129,6 @@ export class CertificateReconciler {
       log.info('Set the webhook CA bundle', { configuration: settings.configurationName });
     }
 
-    const expires = Math.min(
-      ...[pairs.ca.cert, pairs.serving.cert].map((pem) => new Date(new X509Certificate(pem).validTo).getTime()),
-    );
-    return { requeueAfterMs: Math.max(1000, Math.min(maxWait, expires - renewBefore - now.getTime())) };
+    return { requeueAfterMs: nextLook(now, [pairs.ca.cert, pairs.serving.cert]) };
   }
-}
-
-function lifetime(now: Date, ms: number) {
-  // An hour of slack for clocks behind ours.
-  return { notBefore: new Date(now.getTime() - 3_600_000), notAfter: new Date(now.getTime() + ms) };
 }

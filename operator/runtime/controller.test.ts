@@ -25,7 +25,7 @@ class FakeCache<T> implements WatchedCache<T> {
   }
 }
 
-const quiet: Logger = { info: () => {}, error: () => {} };
+const quiet: Logger = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
 const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function until(condition: () => boolean, what: string, ms = 3000): Promise<void> {

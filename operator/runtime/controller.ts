@@ -129,7 +129,7 @@ export class Controller {
       };
       // A conflict means the cache was behind a write (often the reconcile's own); the retry
       // reads the newer object. Expected, so not an error.
-      if (statusCode(error) === 409) this.#log.info('Reconcile conflicted with a newer write; retrying', fields);
+      if (statusCode(error) === 409) this.#log.debug('Reconcile conflicted with a newer write; retrying', fields);
       else this.#log.error('Reconcile failed', fields);
     }
   }

@@ -491,6 +491,9 @@ class TimedNftables implements Nftables {
       this.listMs += performance.now() - started;
     }
   }
+  counters() {
+    return this.inner.counters();
+  }
   async run(operations: Operation[]) {
     this.bytes += operations.map(operationText).join('\n').length;
     const started = performance.now();
@@ -563,10 +566,18 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
     const script = planSync(rendered.table, undefined).map(operationText);
     const ruleCount = rendered.table.chains.reduce((sum, c) => sum + c.rules.length, 0);
     const elements = rendered.table.sets.reduce((sum, s) => sum + s.elements.length, 0);
+    // The maps the compiled rules are looked up in (classify.ts): their size is the decision's.
+    const classifying = new Set(
+      rendered.table.chains.flatMap((c) =>
+        c.rules.flatMap((r) => r.then.flatMap((s) => (s.kind === 'classify' ? [s.map] : []))),
+      ),
+    );
+    const boxes = rendered.table.sets.filter((s) => classifying.has(s.name));
     bench.section(
       `the agent at scale: ${scalePods} pod addresses, ${config.rules.length} rules in ${scalePolicies} policies, ` +
         `3 uplinks (config ${(text.length / 1e6).toFixed(1)} MB of JSON) → ${rendered.table.chains.length} chains, ` +
-        `${ruleCount} nft rules, ${rendered.table.sets.length} sets with ${elements} elements; ` +
+        `${ruleCount} nft rules, ${rendered.table.sets.length} sets with ${elements} elements ` +
+        `(the rules compiled: ${boxes.reduce((sum, s) => sum + s.elements.length, 0)} elements in ${boxes.length} maps); ` +
         `first transaction ${script.length} lines, ${(script.join('\n').length / 1e6).toFixed(1)} MB, ` +
         `longest line ${Math.max(...script.map((l) => l.length))} characters`,
     );
@@ -580,7 +591,12 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
       stateDir: join(dir, 'scale-state'),
       interfaceAddresses: async () => [],
       writeSysctl: async (path, value) => void (await run([...inNs('sysctl'), '-q', '-w', `${path}=${value}`])),
-      log: { info: () => {}, error: (message, fields) => errors.push(`${message} ${JSON.stringify(fields)}`) },
+      log: {
+        debug: () => {},
+        info: () => {},
+        warn: () => {},
+        error: (message, fields) => errors.push(`${message} ${JSON.stringify(fields)}`),
+      },
     });
     const timed = async (work: () => Promise<unknown>) => {
       nft.reset();

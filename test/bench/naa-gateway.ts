@@ -185,6 +185,8 @@ async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Pro
     node,
     uplinks: 1,
     unassociatedFlows: 'PodRules',
+    // Each sync's "Synced the kernel" line (debug) times the agent's leg.
+    agentEnv: { NAAT_LOG_LEVEL: 'debug' },
     // Only associations whose application a rule names become elements of the flow maps.
     rules: (podIp) => [
       {

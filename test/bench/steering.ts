@@ -9,7 +9,8 @@
 //     stopped, which leaves out their CPU. Goal: steered ≥ 0.9 × the hand-written tunnel.
 //  2. The largest packet that passes from the worker pod with DF set, IPv4 and IPv6, through the
 //     hand-written tunnel and through naat's.
-//  3. The node agent's memory (VmRSS) and its CPU while idle. Goal: ≤ 1 % of a core.
+//  3. The node agent's memory (VmRSS) and its CPU while idle, following one gateway node and
+//     following four. Goal: ≤ 1 % of a core.
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -186,27 +187,33 @@ function gatewayConfig(): Record<string, unknown> {
   };
 }
 
-/** Worker w1's node config: its pod, steered to g1. */
-function nodeConfig(): Record<string, unknown> {
+/**
+ * Worker w1's node config: its pod, steered to g1. With `followed` > 1, as many gateways, the others
+ * without pods and each with its own tunnel to g1: the node agent then follows g1's `/steering` on
+ * that many connections, as it would follow that many gateway nodes.
+ */
+function nodeConfig(followed = 1): Record<string, unknown> {
+  const gateway = (i: number) => ({
+    gateway: i ? `idle-${i}` : 'egress',
+    tunnel: { ...tunnel, vni: tunnel.vni + i },
+    selection: 'Pod',
+    associationPort: 7740 + i,
+    healthPort: 7741,
+    bypass: [podNetwork.v4, podNetwork.v6, nodeNetwork.v4, nodeNetwork.v6],
+    pods: i ? [] : [{ namespace: 'bench', name: 'worker', addresses: [podAddress(1).v4, podAddress(1).v6] }],
+    peers: [{ node: 'g1', addresses: [gatewayAddress(1).v4, gatewayAddress(1).v6] }],
+  });
   return {
     version: 1,
     node: 'w1',
-    hash: 'bench',
+    hash: followed === 1 ? 'bench' : `bench-${followed}`,
     markMask: 0xe0,
-    gateways: [
-      {
-        gateway: 'egress',
-        tunnel,
-        selection: 'Pod',
-        associationPort: 7740,
-        healthPort: 7741,
-        bypass: [podNetwork.v4, podNetwork.v6, nodeNetwork.v4, nodeNetwork.v6],
-        pods: [{ namespace: 'bench', name: 'worker', addresses: [podAddress(1).v4, podAddress(1).v6] }],
-        peers: [{ node: 'g1', addresses: [gatewayAddress(1).v4, gatewayAddress(1).v6] }],
-      },
-    ],
+    gateways: Array.from({ length: followed }, (_, i) => gateway(i)),
   };
 }
+
+/** How many gateway nodes the node agent follows in the second idle measurement. */
+const followedPeers = 4;
 
 /** A pod on gateway node g1 (the cluster has pods on workers only), behind a veth as the CNI's. */
 async function addLocalPod(t: Cluster, ns: string): Promise<void> {
@@ -242,13 +249,18 @@ async function steeringBench(bench: Bench, size: Size, dir: string): Promise<voi
     agents.push(child);
     return child;
   };
-  const applied = (ns: string, port: number) =>
+  const applied = (ns: string, port: number, hash = 'bench') =>
     until(
       `the agent in ${ns}`,
       async () => {
         const { stdout } = await t.exec(ns, ['curl', '-sf', `http://127.0.0.1:${port}/status`]);
-        const status = JSON.parse(stdout) as { appliedHash?: string; lastSync?: { error?: string } };
-        return status.appliedHash === 'bench' && !status.lastSync?.error ? true : undefined;
+        const status = JSON.parse(stdout) as {
+          appliedHash?: string;
+          lastSync?: { error?: string };
+          peers?: Array<{ up: boolean }>;
+        };
+        const up = (status.peers ?? []).every((p) => p.up);
+        return status.appliedHash === hash && !status.lastSync?.error && up ? true : undefined;
       },
       60_000,
     );
@@ -301,9 +313,13 @@ async function steeringBench(bench: Bench, size: Size, dir: string): Promise<voi
     const leaked = await t.serverPacketsFromInside();
     if (leaked) throw new Error(`the server saw ${leaked} packets from a pod or node address`);
 
-    // 3. The node agent, idle: no new flows; it asks its peer's /steering as always.
+    // 3. The node agent, idle: no new flows; it follows its peer's /steering as always. Then
+    // following `followedPeers` of them.
     const idleCpu = await cpuShare(nodeAgent.pid!, size.idleSeconds);
     const { rss, peak } = await memory(nodeAgent.pid!);
+    await writeFile(join(dir, 'node.json'), JSON.stringify(nodeConfig(followedPeers)));
+    await applied(t.worker(1), 7742, `bench-${followedPeers}`);
+    const idleCpuMore = await cpuShare(nodeAgent.pid!, size.idleSeconds);
 
     // 4. The same kernel state with both agents stopped (it stays): the kernel's path alone,
     // without the agents' CPU (the gateway agent reads every conntrack event).
@@ -386,6 +402,14 @@ async function steeringBench(bench: Bench, size: Size, dir: string): Promise<voi
       value: idleCpu * 100,
       unit: '% of a core',
       goal: idleGoal,
+    });
+    bench.figure({
+      key: `node-agent.idle-cpu-${followedPeers}-peers`,
+      label: `CPU while idle following ${followedPeers} gateway nodes, over ${size.idleSeconds} s`,
+      value: idleCpuMore * 100,
+      unit: '% of a core',
+      goal: idleGoal,
+      note: `${(((idleCpuMore - idleCpu) / (followedPeers - 1)) * 100).toFixed(3)} % per more peer`,
     });
   } catch (error) {
     for (const name of ['g1', 'w1']) {

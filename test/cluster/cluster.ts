@@ -461,6 +461,35 @@ export async function freePorts(count: number): Promise<number[]> {
   return ports;
 }
 
+/**
+ * `count` consecutive free ports on loopback (for the lab, which relays its agents to a run of
+ * ports). They are drawn below the kernel's ephemeral range (32768–60999 by default) so that
+ * neither another test's freePorts() nor an outgoing connection's source port can take one of
+ * them between this check and their use.
+ */
+export async function freePortRange(count: number): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * (12_000 - count));
+    const bound: ReturnType<typeof createServer>[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const server = createServer();
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(base + i, '127.0.0.1', resolve);
+        });
+        bound.push(server);
+      }
+      return base;
+    } catch {
+      continue;
+    } finally {
+      await Promise.all(bound.map((s) => new Promise((resolve) => s.close(resolve))));
+    }
+  }
+  throw new Error(`no ${count} consecutive free ports on 127.0.0.1 between 20000 and 32000 after 50 tries`);
+}
+
 function httpOk(url: string, ca?: string): Promise<boolean> {
   return new Promise((resolve) => {
     const req = (url.startsWith('https:') ? request : httpRequest)(

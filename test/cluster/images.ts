@@ -13,6 +13,16 @@ export type Component = (typeof components)[number];
 export const imageRepository = (component: Component) => `naat.dev/naat-${component}`;
 export const imageTag = 'test';
 
+/** helm's `--set` arguments that install the chart with these images, never pulled. */
+export const helmImageValues: readonly string[] = components.flatMap((component) => [
+  '--set',
+  `images.${component}.repository=${imageRepository(component)}`,
+  '--set',
+  `images.${component}.tag=${imageTag}`,
+  '--set',
+  `images.${component}.pullPolicy=Never`,
+]);
+
 /** Builds the images if what goes into them changed; resolves with the archive of each. */
 export async function buildImages(): Promise<Record<Component, string>> {
   const { stdout } = await run('bash', [join(import.meta.dirname, '..', '..', 'images', 'build.sh')], {

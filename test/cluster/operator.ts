@@ -2,7 +2,13 @@
 // benchmarks that run the operator as a process beside the test apiserver. The apiserver reaches
 // that process's webhook at an https URL on loopback (settings.webhook.url), the way it reaches
 // an operator run outside the cluster.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { root } from '../../crds/generate.ts';
 import { apiVersion } from '../../crds/index.ts';
+import { until } from '../e2e/topology.ts';
+import { freePorts, kubectl, serviceAccountKubeconfig } from './cluster.ts';
 
 export interface OperatorPorts {
   metrics: number;
@@ -107,4 +113,77 @@ export function gatewayWithUplink(name: string) {
       },
     },
   ];
+}
+
+export interface ReleaseOperatorOptions {
+  kubeconfig: string;
+  release: string;
+  namespace: string;
+  /** Where its configuration and kubeconfig are written. */
+  dir: string;
+  inCluster?: boolean;
+  /** Receives everything it prints. */
+  log?: (text: string) => void;
+}
+
+export interface ReleaseOperator {
+  child: ChildProcess;
+  health: number;
+  metrics: number;
+  /** Polls `check` for a minute; a timeout shows the end of what the operator printed. */
+  eventually<T>(what: string, check: () => Promise<T | undefined>): Promise<T>;
+  /** Resolves once /readyz answers ok. */
+  ready(): Promise<unknown>;
+  /** What it printed so far. */
+  output(): string;
+}
+
+/**
+ * The operator as a Helm release configures it (its ConfigMap), run here as a process
+ * authenticated as the release's ServiceAccount, so with exactly the chart's RBAC; the release's
+ * own pods run on kwok nodes, which run no processes. Unless `inCluster`, the apiserver reaches
+ * its webhook at a loopback URL instead of the Service.
+ */
+export async function startReleaseOperator(o: ReleaseOperatorOptions): Promise<ReleaseOperator> {
+  const config = JSON.parse(
+    await kubectl(o.kubeconfig, [
+      ...['get', 'configmap', `${o.release}-operator`, '-n', o.namespace],
+      ...['-o', 'jsonpath={.data.config\\.json}'],
+    ]),
+  );
+  const [webhook, metrics, health] = (await freePorts(3)) as [number, number, number];
+  const configFile = join(o.dir, 'config.json');
+  await writeFile(configFile, JSON.stringify(runnableHere(config, { webhook, metrics, health }, o)));
+  const kubeconfig = join(o.dir, 'kubeconfig');
+  await serviceAccountKubeconfig(o.kubeconfig, o.namespace, `${o.release}-operator`, kubeconfig);
+  const child = spawn(process.execPath, [join(root, 'operator', 'main.ts')], {
+    env: {
+      ...process.env,
+      KUBECONFIG: kubeconfig,
+      NAAT_CONFIG: configFile,
+      NAAT_NAMESPACE: o.namespace,
+      NAAT_POD_NAME: `${o.release}-operator-local`,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const print = (d: unknown) => {
+    output += String(d);
+    o.log?.(String(d));
+  };
+  child.stdout!.on('data', print);
+  child.stderr!.on('data', print);
+  const eventually = <T>(what: string, check: () => Promise<T | undefined>) =>
+    until(what, check, 60_000).catch((error: Error) => {
+      throw new Error(`${error.message}\n${output.slice(-3000)}`);
+    });
+  const ready = () =>
+    eventually(
+      'the operator ready',
+      async () =>
+        (await fetch(`http://127.0.0.1:${health}/readyz`)
+          .then((r) => r.ok)
+          .catch(() => false)) || undefined,
+    );
+  return { child, health, metrics, eventually, ready, output: () => output };
 }

@@ -51,6 +51,18 @@ const flatten = (attributes: KeyValue[] = []) =>
 
 type Exported<T> = Omit<T, 'attributes' | 'resource'> & { attributes?: KeyValue[] };
 
+/**
+ * The environment that makes a program's OpenTelemetry SDK export spans (and nothing else) to the
+ * receiver at `endpoint`, in batches at most 200 ms old.
+ */
+export const exportTo = (endpoint: string): Record<string, string> => ({
+  OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+  OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+  OTEL_METRICS_EXPORTER: 'none',
+  OTEL_LOGS_EXPORTER: 'none',
+  OTEL_BSP_SCHEDULE_DELAY: '200',
+});
+
 export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
   const logs: ReceivedLog[] = [];

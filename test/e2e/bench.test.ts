@@ -101,6 +101,7 @@ const expectedKeys: Record<string, string[]> = {
     ...['hand-tunnel', 'steered'].flatMap((s) => [`mtu.${s}.ipv4`, `mtu.${s}.ipv6`]),
     'node-agent.rss',
     'node-agent.idle-cpu',
+    'node-agent.idle-cpu-4-peers',
   ],
   soak: [
     ...trends('agent-rss', 'sidecar-rss', 'agent-fds', 'sidecar-fds', 'chains', 'sets'),

@@ -52,6 +52,28 @@ export const uplinkNextHop = (g: number, i: number): DualStack => ({
   v6: `fd00:64:${g}${i}::1`,
 });
 
+/**
+ * Gateway node g's uplinks as a gateway config lists them (`g<g>-isp<i>`, dual-stack), each
+ * health-checked with TCP connections to the server's IPv4 address at `healthPort`.
+ */
+export const gatewayUplinks = (g: number, healthPort: number) =>
+  isps.map((i) => ({
+    name: `g${g}-isp${i}`,
+    nodes: [`g${g}`],
+    interface: `up${i}`,
+    nextHop: { ipv4: uplinkNextHop(g, i).v4, ipv6: uplinkNextHop(g, i).v6 },
+    snat: { addresses: [uplinkAddress(g, i).v4, uplinkAddress(g, i).v6] },
+    healthCheck: {
+      targets: [server.v4],
+      protocol: 'TCP',
+      port: healthPort,
+      intervalMs: 200,
+      timeoutMs: 150,
+      failureThreshold: 2,
+      successThreshold: 1,
+    },
+  }));
+
 export interface Cluster {
   prefix: string;
   ns: { workers: string[]; pods: string[]; gateways: string[]; isps: string[]; srv: string; underlay: string };

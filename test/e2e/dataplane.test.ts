@@ -5,10 +5,21 @@ import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import type { AgentReport } from '../../dataplane/agent-report.ts';
 import { parseConntrackLine } from '../../dataplane/conntrack.ts';
-import { createTopology, server, stopProcess, until, uplinkAddress, uplinkNextHop, type Topology } from './topology.ts';
+import {
+  createTopology,
+  podAddress,
+  server,
+  stopProcess,
+  until,
+  uplinkAddress,
+  uplinkNextHop,
+  type DualStack,
+  type Topology,
+} from './topology.ts';
 import {
   connectMany,
   fetchFtp,
@@ -17,6 +28,7 @@ import {
   startStreamServer,
   startTransfer,
   startWhoami,
+  type FtpServer,
   type Server,
 } from './traffic.ts';
 
@@ -92,6 +104,64 @@ function startAgent(): ChildProcess {
   });
   closeSync(log);
   return child;
+}
+
+let ftp: FtpServer | undefined;
+/** The server's FTP service, started by the first test that needs it. */
+async function ftpServer(): Promise<FtpServer> {
+  if (!ftp) {
+    ftp = await startFtpServer(t);
+    servers.push(ftp);
+  }
+  return ftp;
+}
+
+/**
+ * Strict reverse-path filtering on the gateway node: IPv4's `rp_filter=1`, and for IPv6, which
+ * has no such setting, the nftables check firewalld installs (`fib saddr . mark . iif`).
+ */
+async function strictReversePath(on: boolean): Promise<void> {
+  await t.exec(t.ns.gw, ['sysctl', '-q', '-w', `net.ipv4.conf.all.rp_filter=${on ? 1 : 0}`]);
+  const table = on
+    ? `table inet rpfilter {
+  chain prerouting {
+    type filter hook prerouting priority filter + 10; policy accept;
+    icmpv6 type { nd-router-advert, nd-neighbor-solicit } accept
+    meta nfproto ipv6 fib saddr . mark . iif oif missing counter drop
+  }
+}
+`
+    : 'table inet rpfilter {}\ndelete table inet rpfilter\n';
+  await t.exec(t.ns.gw, ['nft', '-f', '-'], { input: table });
+}
+
+const families = ['v4', 'v6'] as const;
+
+/** TCP and UDP from a pod to a whoami server: every answer, and what the server saw of it. */
+async function whoamiBothWays(pod: string, address: string, count = 20): Promise<string[]> {
+  const seen: string[] = [];
+  for (const transport of ['tcp', 'udp'] as const) {
+    const { answers, failures, error } = await connectMany(t, pod, address, whoamiPort, count, {
+      transport,
+      timeoutMs: 1000,
+    });
+    expect({ transport, address, failures, error }).toEqual({ transport, address, failures: 0, error: undefined });
+    seen.push(...answers.map((a) => a.split(' ')[0]!));
+  }
+  return seen;
+}
+
+/**
+ * Deletes the conntrack entries of pod 1's flows, so that UDP and ICMP flows that linger after a
+ * test (45 s, 30 s) do not count as its open flows in the tests after it (SourceSticky).
+ */
+async function forgetPodFlows(): Promise<void> {
+  for (const [family, source] of [
+    ['ipv4', podAddress(1).v4],
+    ['ipv6', podAddress(1).v6],
+  ]) {
+    await t.exec(t.ns.gw, ['conntrack', '-D', '-f', family!, '-s', source!]).catch(() => undefined);
+  }
 }
 
 async function healthyAll(): Promise<void> {
@@ -223,11 +293,79 @@ describe('the dataplane agent on a gateway node', () => {
   });
 
   it('carries active and passive FTP', async () => {
-    const ftp = await startFtpServer(t);
-    servers.push(ftp);
+    const ftp = await ftpServer();
     for (const classic of [false, true]) {
       expect((await fetchFtp(t, t.ns.pods[0]!, server.v4, { classic })).equals(ftp.content)).toBe(true);
       expect((await fetchFtp(t, t.ns.pods[0]!, server.v4, { active: true, classic })).equals(ftp.content)).toBe(true);
+    }
+  });
+
+  it('answers a pod on the gateway node over each uplink under strict reverse-path filtering', async () => {
+    // The gateway's main table has no route to the server: only an uplink's table has one.
+    expect((await t.exec(t.ns.gw, ['ip', 'route', 'get', server.v4]).catch((e: Error) => e)) instanceof Error).toBe(
+      true,
+    );
+    const ftp = await ftpServer();
+    await strictReversePath(true);
+    try {
+      for (const n of [1, 2, 3]) {
+        await apply(
+          config((c) =>
+            (c.rules as unknown[]).push({
+              policy: 'e2e/one-uplink',
+              rule: `via-isp${n}`,
+              priority: 2,
+              sources: ['10.244.0.0/16', 'fd00:244::/32'],
+              action: 'Allow',
+              uplinks: { allowed: [`isp${n}`] },
+            }),
+          ),
+        );
+        // UDP flows of the round before, whose source ports the client may use again, keep their uplink.
+        for (const family of ['ipv4', 'ipv6']) {
+          await t
+            .exec(t.ns.gw, ['conntrack', '-D', '-f', family, '-p', 'udp', '--dport', String(whoamiPort)])
+            .catch(() => undefined);
+        }
+        for (const f of families) {
+          const seen = await whoamiBothWays(t.ns.pods[0]!, server[f]);
+          expect(new Set(seen)).toEqual(new Set([uplinkAddress(n)[f]]));
+          expect({ f, n, ping: await ping(t, t.ns.pods[0]!, server[f], { identifier: 4000 + n }) }).toEqual({
+            f,
+            n,
+            ping: true,
+          });
+        }
+        // Active FTP: the server's data connection comes in through the uplink.
+        expect((await fetchFtp(t, t.ns.pods[0]!, server.v4, { active: true })).equals(ftp.content)).toBe(true);
+      }
+      expect(await t.serverPacketsFromPods()).toBe(0);
+    } finally {
+      await strictReversePath(false);
+      await apply(config());
+      await forgetPodFlows();
+    }
+  });
+
+  it("answers the gateway node's pods from the node's own address that an uplink translates to", async () => {
+    // Every uplink translates to the gateway's own address on its interface, as an uplink on a
+    // node's primary interface does: a pod that talks to the node there gets its answers.
+    const own: DualStack = uplinkAddress(1);
+    const local = await startWhoami({ ...t, ns: { srv: t.ns.gw } }, whoamiPort, [own.v4, own.v6]);
+    try {
+      for (const f of families) {
+        expect(new Set(await whoamiBothWays(t.ns.pods[0]!, own[f]))).toEqual(new Set([podAddress(1)[f]]));
+        expect({ f, ping: await ping(t, t.ns.pods[0]!, own[f], { identifier: 4100 }) }).toEqual({ f, ping: true });
+        // The node's own traffic from that address: to its pod by the main table, to the server
+        // (which only the uplink's table routes) through the uplink.
+        for (const to of [podAddress(1)[f], server[f]]) {
+          await t.exec(t.ns.gw, ['ping', '-n', '-q', '-c', '2', '-i', '0.2', '-W', '1', '-I', own[f], to]);
+        }
+      }
+      await healthyAll();
+    } finally {
+      await local.stop();
+      await forgetPodFlows();
     }
   });
 
@@ -240,6 +378,61 @@ describe('the dataplane agent on a gateway node', () => {
     }
     await apply(config());
   });
+
+  it('keeps a source on its uplink while its flow is open and for stickySeconds after it ended', async () => {
+    const stickySeconds = 2;
+    const sticky = (c: Record<string, unknown>) => (c.balancing = { mode: 'SourceSticky', stickySeconds });
+    await apply(config(sticky));
+    const pod = t.ns.pods[0]!;
+    const transfer = startTransfer(t, pod, server.v4, streamPort, { seconds: 9, bytesPerSecond: 10_000 });
+    await transfer.receiving;
+    const [first] = (await connectMany(t, pod, server.v4, whoamiPort, 1)).answers;
+    const held = first!.split(' ')[0]!;
+    const uplinks = (await status()).uplinks;
+    const holder = uplinks.find((u) => uplinkAddress(Number(u.name.slice(3))).v4 === held)!;
+    // Far past stickySeconds with the transfer open; then weights that would hash the source elsewhere.
+    await sleep(3 * stickySeconds * 1000);
+    const elsewhere = (c: Record<string, unknown>) => {
+      sticky(c);
+      c.uplinks = (c.uplinks as Array<{ name: string }>).map((u) => ({
+        ...u,
+        weight: u.name === holder.name ? 1 : 200,
+      }));
+    };
+    await apply(config(elsewhere));
+    const whileOpen = countByAddress((await connectMany(t, pod, server.v4, whoamiPort, 10)).answers);
+    const result = await transfer.result;
+    await sleep(1000);
+    const afterEnd = countByAddress((await connectMany(t, pod, server.v4, whoamiPort, 10)).answers);
+    // The source's last flows ended here: each whoami connection closes once answered.
+    const lastEnded = Date.now();
+    const source = podAddress(1).v4;
+    const set = `sticky${holder.id}_4`;
+    const holds = async () => {
+      const { stdout } = await t.exec(t.ns.gw, ['nft', 'list', 'set', 'inet', 'naat', set]);
+      return new RegExp(`[{ ]${source.replaceAll('.', '\\.')}[ ,]`).test(stdout);
+    };
+    const forgotten = await until(
+      'the source forgotten',
+      async () => ((await holds()) ? undefined : Date.now()),
+      20_000,
+    );
+    const later = countByAddress((await connectMany(t, pod, server.v4, whoamiPort, 10)).answers);
+    console.log(
+      `SourceSticky (${stickySeconds} s): ${set} kept ${source} through ${3 * stickySeconds} s of an open flow; ` +
+        `new flows while open ${JSON.stringify(whileOpen)}, 1 s after its end ${JSON.stringify(afterEnd)}; ` +
+        `forgotten ${forgotten - lastEnded} ms after its last flow ended, then ${JSON.stringify(later)}`,
+    );
+    expect(result).toMatchObject({ ok: true });
+    expect(whileOpen).toEqual({ [held]: 10 });
+    expect(afterEnd).toEqual({ [held]: 10 });
+    // Never before stickySeconds; late by up to the agent's conntrack listing (10 s), which is when
+    // it learns that a closing TCP flow ended, and one renewal interval.
+    expect(forgotten - lastEnded).toBeGreaterThanOrEqual(stickySeconds * 1000 - 300);
+    expect(forgotten - lastEnded).toBeLessThan(stickySeconds * 1000 + 10_000 + stickySeconds * 500 + 1500);
+    expect(later[held] ?? 0).toBeLessThan(10);
+    await apply(config());
+  }, 60_000);
 
   it('moves new flows off a failed uplink within a second, and back when it recovers', async () => {
     await healthyAll();
@@ -313,9 +506,12 @@ describe('the dataplane agent on a gateway node', () => {
     await stopProcess(agent);
     const rules = async () => (await t.exec(t.ns.gw, ['ip', 'rule'])).stdout;
     expect(await rules()).toMatch(/7700:/);
+    expect(await rules()).toMatch(/7699:/);
     await t.exec(t.ns.gw, [process.execPath, main, 'remove', '--state-dir', join(dir, 'state')]);
     expect((await t.exec(t.ns.gw, ['nft', 'list', 'tables'])).stdout).not.toMatch(/naat/);
     expect(await rules()).not.toMatch(/7700:/);
+    expect(await rules()).not.toMatch(/7699:/);
+    expect((await t.exec(t.ns.gw, ['ip', '-6', 'rule'])).stdout).not.toMatch(/769\d:|7700:/);
     expect((await t.exec(t.ns.gw, ['ip', 'route', 'show', 'table', 'all'])).stdout).not.toMatch(/table 77\d\d/);
     expect(await rules()).toMatch(/lookup main/);
     expect((await t.exec(t.ns.gw, ['nft', 'list', 'table', 'inet', 'other'])).stdout).toMatch(/hook forward/);

@@ -8,8 +8,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AgentReport } from '../../dataplane/agent-report.ts';
-import { freePorts } from '../cluster/cluster.ts';
-import { namespaceNames, startLab, type Lab } from '../lab/lab.ts';
+import { freePortRange } from '../cluster/cluster.ts';
+import { agentPortCount, namespaceNames, startLab, type Lab } from '../lab/lab.ts';
 import { server, until } from './topology.ts';
 import { startTransfer } from './traffic.ts';
 
@@ -34,9 +34,9 @@ print(s.recv(100).decode().strip())`,
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'naat-faults-cp-'));
-  const [agentPort] = await freePorts(1);
+  const agentPort = await freePortRange(agentPortCount);
   lab = await startLab(
-    { dir: join(dir, 'lab'), prefix: `fc${process.pid % 100_000}-`, agentPort: agentPort! },
+    { dir: join(dir, 'lab'), prefix: `fc${process.pid % 100_000}-`, agentPort },
     { progress: () => {} },
   );
 }, 240_000);

@@ -14,10 +14,10 @@ import { promisify } from 'node:util';
 import type { AttributedFlow } from '../../dataplane/agent.ts';
 import type { AgentReport } from '../../dataplane/agent-report.ts';
 import type { AttributionRecord } from '../../dataplane/attribution.ts';
-import { freePorts } from '../cluster/cluster.ts';
-import { pods, stateFile, viewSources, workerPods, type LabState } from '../lab/lab.ts';
+import { freePortRange } from '../cluster/cluster.ts';
+import { agentPortCount, pods, stateFile, viewSources, workerPods, type LabState } from '../lab/lab.ts';
 import { gatewayNodes, gatewayUplinkAddress, underlay } from '../lab/nodes.ts';
-import { FlowMemory, readView, renderView, type ViewSources } from '../lab/view.ts';
+import { FlowMemory, getFlowData, readView, renderView, type ViewSources } from '../lab/view.ts';
 import { until } from './topology.ts';
 
 const run = promisify(execFile);
@@ -51,6 +51,9 @@ async function startLab(): Promise<ChildProcess> {
 
 const labCommand = (...args: string[]) => run(process.execPath, [main, ...args], { env });
 const agent = async <T>(path: string) => (await (await fetch(`${agentUrl}${path}`)).json()) as T;
+/** Flow data from a gateway node's secure listener (gateway-1's by default), as the lab's flow reader. */
+const flowData = async <T>(path: string, flowUrl = sources.gateways[0]!.flowUrl) =>
+  JSON.parse(await getFlowData(sources.flowAccess, `${flowUrl}${path}`)) as T;
 
 /** Every pid the lab's namespaces and host processes hold now. */
 async function labPids(): Promise<number[]> {
@@ -97,7 +100,7 @@ async function expectNothingLeft(pids: number[]): Promise<void> {
 
 beforeAll(async () => {
   dir = join(await mkdtemp(join(tmpdir(), 'naat-lab-test-')), 'lab');
-  const [port] = await freePorts(1);
+  const port = await freePortRange(agentPortCount);
   agentUrl = `http://127.0.0.1:${port}`;
   env = { ...process.env, NAAT_LAB_DIR: dir, NAAT_LAB_PREFIX: prefix, NAAT_LAB_AGENT_PORT: String(port) };
   const started = performance.now();
@@ -119,7 +122,7 @@ describe('the local lab', () => {
     await until(
       'flows of two applications over two uplinks',
       async () => {
-        for (const flow of await agent<AttributedFlow[]>('/flows')) {
+        for (const flow of await flowData<AttributedFlow[]>('/flows')) {
           if (!flow.application || !flow.pod || !flow.uplinkName) continue;
           const app = `${flow.pod.namespace}/${flow.pod.name} ${flow.application.processName}`;
           seen.set(app, (seen.get(app) ?? new Set()).add(flow.uplinkName));
@@ -135,7 +138,7 @@ describe('the local lab', () => {
 
     // The NAT attribution log names the pod and the application behind the mapped address and port.
     const at = new Date(Date.parse(String(sample!.startedAt)) + 10).toISOString();
-    const records = await agent<AttributionRecord[]>(
+    const records = await flowData<AttributionRecord[]>(
       `/attribution?address=${sample!.mappedAddress}&port=${sample!.mappedPort}&at=${encodeURIComponent(at)}`,
     );
     expect(records[0]).toMatchObject({
@@ -171,7 +174,9 @@ describe('the local lab', () => {
     const later = await until(
       'new flows after the failure',
       async () => {
-        const flows = (await agent<AttributedFlow[]>('/flows')).filter((f) => Date.parse(String(f.startedAt)) > since);
+        const flows = (await flowData<AttributedFlow[]>('/flows')).filter(
+          (f) => Date.parse(String(f.startedAt)) > since,
+        );
         return flows.length >= 3 ? flows : undefined;
       },
       30_000,
@@ -229,18 +234,17 @@ print(s.recv(100).decode().strip())`,
     expect(first.startsWith(underlay.subnet.split('.').slice(0, 3).join('.'))).toBe(false);
     // That gateway node's agent has the worker pods' flows, translated to its own uplink addresses,
     // and its attribution API names the pod behind a mapped address and port.
-    const url = sources.gateways.find((g) => g.node === through)!.url;
+    const url = sources.gateways.find((g) => g.node === through)!.flowUrl;
     const flow = await until("a worker pod's flow in its gateway node's /flows", async () => {
-      const flows = (await (await fetch(`${url}/flows`)).json()) as AttributedFlow[];
+      const flows = await flowData<AttributedFlow[]>('/flows', url);
       return flows.find((f) => podAddresses.has(f.source) && f.mappedPort);
     });
     expect(nodeOf(flow.mappedAddress)).toBe(through);
     const at = new Date(Date.parse(String(flow.startedAt)) + 10).toISOString();
-    const records = (await (
-      await fetch(
-        `${url}/attribution?address=${flow.mappedAddress}&port=${flow.mappedPort}&at=${encodeURIComponent(at)}`,
-      )
-    ).json()) as AttributionRecord[];
+    const records = await flowData<AttributionRecord[]>(
+      `/attribution?address=${flow.mappedAddress}&port=${flow.mappedPort}&at=${encodeURIComponent(at)}`,
+      url,
+    );
     expect(records[0]?.pod?.namespace).toBe('batch');
     expect(workerPods.map((p) => p.name)).toContain(records[0]?.pod?.name);
 

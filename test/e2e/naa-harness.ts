@@ -6,9 +6,9 @@
 // With `relayedFrom`, the Pod runs on a worker node and its sidecar's stream comes through a node
 // agent's NAA relay (dataplane/naa/relay.ts) from that node's address, as on a node that is not
 // one of the gateway's.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { URL } from 'node:url';
@@ -27,12 +27,12 @@ import {
   createTopology,
   podAddress,
   podGateway,
-  stopProcess,
   until,
   uplinkAddress,
   uplinkNextHop,
   type Topology,
 } from './topology.ts';
+import { LoggedProcesses } from './logged-processes.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 const programs = join(import.meta.dirname, 'programs');
@@ -96,6 +96,7 @@ export class NaaGateway {
   #nodeRelay: ChildProcess | undefined;
   /** What stop() undoes, in the order it was done. */
   readonly #made: Array<() => Promise<unknown>> = [];
+  #processes = new LoggedProcesses();
 
   constructor(options: NaaGatewayOptions) {
     this.options = options;
@@ -124,6 +125,11 @@ export class NaaGateway {
     const t = await createTopology({ pods: 1, uplinks: this.options.uplinks });
     this.#made.push(() => t.destroy());
     this.topology = t;
+    this.#processes = new LoggedProcesses({
+      dir: this.dir,
+      spawnIn: (ns, argv, options) => t.spawn(ns, argv, options),
+    });
+    this.#made.push(() => this.#processes.stopAll());
     this.pod = { uid: pod.uid, ip: pod.ip, netns: t.ns.pods[0]! };
     // The pod namespace takes the address the apiserver gave the pod, as its only IPv4 address: the
     // gateway accepts associations for the pod's own addresses and refuses a stream that reports
@@ -193,7 +199,7 @@ export class NaaGateway {
       join(this.dir, 'state'),
       ...(this.options.agentArgs ?? []),
     ];
-    this.agent = this.#spawnLogged(
+    this.agent = this.#processes.spawn(
       this.topology.ns.gw,
       [process.execPath, join(root, 'dataplane', 'main.ts'), ...argv],
       'agent.log',
@@ -206,7 +212,7 @@ export class NaaGateway {
       (await this.#occurrences('agent.log', 'Listening for NAA streams')) > listening ? true : undefined,
     );
     if (this.options.relayedFrom && !this.#nodeRelay) {
-      this.#nodeRelay = this.#spawnLogged(
+      this.#nodeRelay = this.#processes.spawn(
         this.topology.ns.gw,
         [
           process.execPath,
@@ -225,7 +231,7 @@ export class NaaGateway {
   /** Starts a sidecar in the pod namespace, without waiting for it to connect. */
   spawnSidecar(options: SidecarOptions): ChildProcess {
     const pod = options.claim ?? { name: 'app', uid: this.pod.uid };
-    return this.#spawnLogged(this.pod.netns, [process.execPath, sidecarMain], options.log, {
+    return this.#processes.spawn(this.pod.netns, [process.execPath, sidecarMain], options.log, {
       ...sidecarEnv({
         host: podGateway(1).v4,
         port: this.options.relayedFrom ? relayPort : naaPort,
@@ -284,19 +290,12 @@ export class NaaGateway {
 
   /** The sum of the agent's /metrics samples named `name` whose labels include `labels`. */
   async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
-    let sum = 0;
-    for (const line of (await this.agentText('/metrics')).split('\n')) {
-      const sample = /^(\w+)(?:\{(.*)\})? (\S+)$/.exec(line);
-      if (sample?.[1] !== name) continue;
-      const has = new Map([...(sample[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map(([, k, v]) => [k, v]));
-      if (Object.entries(labels).every(([k, v]) => has.get(k) === v)) sum += Number(sample[3]);
-    }
-    return sum;
+    return metricSum(await this.agentText('/metrics'), name, labels);
   }
 
   /** The text of a log file in the work folder; empty if there is none. */
   log(name: string): Promise<string> {
-    return readFile(join(this.dir, name), 'utf8').catch(() => '');
+    return this.#processes.log(name);
   }
 
   /** Prints the lines that these logs logged at level error, if any. */
@@ -339,24 +338,22 @@ export class NaaGateway {
 
   /** Relays `host`:PORT in namespace `target` to `address` (a URL on the host's loopback) through a Unix socket. */
   async #relay(target: string, name: string, address: string, host: string): Promise<void> {
-    const spawnLogged = (ns: string | undefined, argv: string[], log: string) => this.#spawnLogged(ns, argv, log);
-    const hostRelay = await relayIntoNamespace(spawnLogged, this.dir, target, name, address, host);
-    this.#made.push(() => stopProcess(hostRelay));
+    await relayIntoNamespace(this.#processes.spawn, this.dir, target, name, address, host);
   }
 
   async #occurrences(log: string, text: string): Promise<number> {
     return (await this.log(log)).split(text).length - 1;
   }
+}
 
-  /**
-   * Runs a program in a namespace of the topology (or, without one, on the host) with its output in
-   * a log file; topology.destroy() ends the ones in a namespace.
-   */
-  #spawnLogged(ns: string | undefined, argv: string[], log: string, env: NodeJS.ProcessEnv = {}): ChildProcess {
-    const fd = openSync(join(this.dir, log), 'a');
-    const options = { stdio: ['ignore', fd, fd] as ['ignore', number, number], env: { ...process.env, ...env } };
-    const child = ns ? this.topology.spawn(ns, argv, options) : spawn(argv[0]!, argv.slice(1), options);
-    closeSync(fd);
-    return child;
+/** The sum of the samples named `name` whose labels include `labels`, in a Prometheus text exposition. */
+export function metricSum(exposition: string, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const line of exposition.split('\n')) {
+    const sample = /^(\w+)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (sample?.[1] !== name) continue;
+    const has = new Map([...(sample[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map(([, k, v]) => [k, v]));
+    if (Object.entries(labels).every(([k, v]) => has.get(k) === v)) sum += Number(sample[3]);
   }
+  return sum;
 }

@@ -4,20 +4,13 @@
 // span and the flow's `nat flow` span arrive in one trace, the gateway's as children of the
 // sidecar's.
 import type { ChildProcess } from 'node:child_process';
-import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../cluster/otlp.ts';
+import { exportTo, startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../cluster/otlp.ts';
 import { NaaGateway } from './naa-harness.ts';
 import { server, stopProcess, until } from './topology.ts';
 import { startStreamServer, type Server } from './traffic.ts';
 
 const namespace = `naa-tracing-${process.pid}`;
 const streamPort = 9100;
-const exportTo = (endpoint: string) => ({
-  OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
-  OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-  OTEL_METRICS_EXPORTER: 'none',
-  OTEL_LOGS_EXPORTER: 'none',
-  OTEL_BSP_SCHEDULE_DELAY: '200',
-});
 
 let otlp: OtlpReceiver;
 let gateway: NaaGateway;

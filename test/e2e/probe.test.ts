@@ -112,7 +112,7 @@ const monitor = new HealthMonitor({
   linkPollMs: 60000, // uplinks without a check notice their link only through the watcher here
   onChange: (name, health) => print({ change: name, ...health }),
   onLink: (name, up) => print({ link: name, up }),
-  onError: (name, error) => print({ error: error.message, name }),
+  onError: (name, error) => error && print({ error: error.message, name }),
 });
 const firstRounds = setInterval(() => {
   const health = monitor.current();

@@ -5,11 +5,12 @@
 // both gateway nodes, and the gateway agents (`dataplane/main.ts run`), which check the Pods'
 // tokens against the apiserver, take the streams only from the Pods' nodes, and decide on the
 // flows that come out of the VXLAN tunnel: per-application deny and uplink routing, attribution
-// (pod, container, application), and strict mode's DSCP stamps, which must cross the tunnel so
-// that the first packet is classified, and never leave an uplink.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+// (pod, container, application), in IPv4 and IPv6, the flow's span in the trace of the sidecar's
+// association and the gateway node's metrics, both exported as for a pod on the gateway node, and
+// strict mode's DSCP stamps, which must cross the tunnel so that the first packet is classified,
+// and never leave an uplink.
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -17,16 +18,16 @@ import type { AttributedFlow } from '../../dataplane/agent.ts';
 import type { AttributionRecord } from '../../dataplane/attribution.ts';
 import { rendezvous } from '../../dataplane/steering/rendezvous.ts';
 import { kubectl } from '../cluster/cluster.ts';
+import { exportTo, startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
 import {
   createCluster,
   gatewayAddress,
+  gatewayUplinks,
   gateways,
-  isps,
   nodeNetwork,
   podAddress,
   podNetwork,
   uplinkAddress,
-  uplinkNextHop,
   workerAddress,
   type Cluster,
 } from './cluster-topology.ts';
@@ -40,8 +41,10 @@ import {
   strictCounters,
   type BoundPod,
 } from './naa-pod.ts';
+import { metricSum } from './naa-harness.ts';
 import { server, stopProcess, until } from './topology.ts';
 import { curlConnects, pythonConnects, startStreamServer, startWhoami, type Server } from './traffic.ts';
+import { LoggedProcesses } from './logged-processes.ts';
 
 const main = join(import.meta.dirname, '..', '..', 'dataplane', 'main.ts');
 const kubeconfig = process.env.KUBECONFIG!;
@@ -57,9 +60,10 @@ const podName = (w: number) => `app-${w}`;
 
 let c: Cluster;
 let dir: string;
+let otlp: OtlpReceiver;
 const pods = new Map<number, BoundPod>();
 const servers: Server[] = [];
-const processes: ChildProcess[] = [];
+let processes: LoggedProcesses;
 /** The environment of a program in the strict pod, as the webhook sets it. */
 let preloaded: Record<string, string>;
 
@@ -73,7 +77,10 @@ const rules = served.flatMap((w) => [
     priority: 1,
     sources: bothFamilies(podAddress(w)),
     applications: [{ processName: 'curl' }],
-    destinations: [{ cidr: `${server.v4}/32`, protocol: 'TCP', ports: [{ port: ports.denied }] }],
+    destinations: [
+      { cidr: `${server.v4}/32`, protocol: 'TCP', ports: [{ port: ports.denied }] },
+      { cidr: `${server.v6}/128`, protocol: 'TCP', ports: [{ port: ports.denied }] },
+    ],
     action: 'Deny',
   },
   {
@@ -93,24 +100,7 @@ const gatewayConfig = {
   hash: 'gw-1',
   sources: [podNetwork.v4, podNetwork.v6],
   pods: served.map((w) => ({ namespace, name: podName(w), addresses: bothFamilies(podAddress(w)), node: `w${w}` })),
-  uplinks: gateways.flatMap((g) =>
-    isps.map((i) => ({
-      name: `g${g}-isp${i}`,
-      nodes: [`g${g}`],
-      interface: `up${i}`,
-      nextHop: { ipv4: uplinkNextHop(g, i).v4, ipv6: uplinkNextHop(g, i).v6 },
-      snat: { addresses: bothFamilies(uplinkAddress(g, i)) },
-      healthCheck: {
-        targets: [server.v4],
-        protocol: 'TCP',
-        port: ports.health,
-        intervalMs: 200,
-        timeoutMs: 150,
-        failureThreshold: 2,
-        successThreshold: 1,
-      },
-    })),
-  ),
+  uplinks: gateways.flatMap((g) => gatewayUplinks(g, ports.health)),
   balancing: { mode: 'Weighted' },
   // The shortest the API allows: a closed connection leaves conntrack within seconds.
   timeouts: { tcpTransitorySeconds: 10 },
@@ -147,32 +137,30 @@ const nodeConfig = (w: number) => ({
   ],
 });
 
+const assignments = (env: Record<string, string>) => Object.entries(env).map(([name, value]) => `${name}=${value}`);
+
 /** The gateway node the pod on worker w is steered to while both are up. */
 const chosenFor = (w: number) => Number(rendezvous(`${namespace}/${podName(w)}`, ['g1', 'g2'])!.slice(1));
 
-function spawnLogged(ns: string | undefined, argv: string[], log: string): ChildProcess {
-  const fd = openSync(join(dir, log), 'a');
-  const options = {
-    stdio: ['ignore', fd, fd] as ['ignore', number, number],
-    env: { ...process.env, KUBECONFIG: kubeconfig },
-  };
-  const child = ns ? c.spawn(ns, argv, options) : spawn(argv[0]!, argv.slice(1), options);
-  closeSync(fd);
-  processes.push(child);
-  return child;
+const log = (name: string) => processes.log(name);
+
+async function agentText(g: number, path: string): Promise<string> {
+  const { stdout } = await c.exec(c.gateway(g), ['curl', '-sf', `http://127.0.0.1:7744${path}`]);
+  return stdout;
 }
 
-const log = (name: string) => readFile(join(dir, name), 'utf8').catch(() => '');
-
 async function agentGet<T>(g: number, path: string): Promise<T> {
-  const { stdout } = await c.exec(c.gateway(g), ['curl', '-sf', `http://127.0.0.1:7741${path}`]);
-  return JSON.parse(stdout) as T;
+  return JSON.parse(await agentText(g, path)) as T;
+}
+
+/** The sum of gateway node g's /metrics samples named `name` whose labels include `labels`. */
+async function metric(g: number, name: string, labels: Record<string, string> = {}): Promise<number> {
+  return metricSum(await agentText(g, '/metrics'), name, labels);
 }
 
 /** Runs a shell script in the pod namespace of worker w with `env`; resolves with its output. */
 async function inPod(w: number, script: string, env: Record<string, string> = {}): Promise<string> {
-  const assignments = Object.entries(env).map(([name, value]) => `${name}=${value}`);
-  const { stdout } = await c.exec(c.pod(w), ['env', ...assignments, 'sh', '-c', script], { timeoutMs: 120_000 });
+  const { stdout } = await c.exec(c.pod(w), ['env', ...assignments(env), 'sh', '-c', script], { timeoutMs: 120_000 });
   return stdout;
 }
 
@@ -182,14 +170,9 @@ async function startSidecar(w: number, env: Record<string, string> = {}): Promis
   const tokenFile = join(dir, `token-${w}`);
   await writeFile(tokenFile, pod.token);
   const base = sidecarEnv({ host: workerAddress(w).v4, port: associationPort, namespace, pod, tokenFile });
-  spawnLogged(
+  processes.spawn(
     c.pod(w),
-    [
-      'env',
-      ...Object.entries({ ...base, NAAT_SCAN_INTERVAL_MS: '50', ...env }).map(([k, v]) => `${k}=${v}`),
-      process.execPath,
-      sidecarMain,
-    ],
+    ['env', ...assignments({ ...base, NAAT_SCAN_INTERVAL_MS: '50', ...env }), process.execPath, sidecarMain],
     `sidecar-${w}.log`,
   );
   for (const g of gateways) {
@@ -202,6 +185,11 @@ async function startSidecar(w: number, env: Record<string, string> = {}): Promis
 beforeAll(async () => {
   c = await createCluster();
   dir = await mkdtemp(join(tmpdir(), 'naat-steering-apps-'));
+  processes = new LoggedProcesses({
+    dir,
+    spawnIn: (ns, argv, options) => c.spawn(ns, argv, options),
+    env: { KUBECONFIG: kubeconfig },
+  });
   const k = (args: string[]) => kubectl(kubeconfig, args);
   await k(['create', 'namespace', namespace]);
   await k(['create', 'serviceaccount', 'app', '-n', namespace]);
@@ -213,9 +201,19 @@ beforeAll(async () => {
   for (const port of [ports.health, ports.allowed, ports.denied]) servers.push(await startWhoami(c, port));
 
   const apiserver = await apiserverOf(kubeconfig);
+  otlp = await startOtlpReceiver();
   for (const g of gateways) {
-    await relayIntoNamespace(spawnLogged, dir, c.gateway(g), `apiserver-g${g}`, apiserver, new URL(apiserver).hostname);
+    await relayIntoNamespace(
+      processes.spawn,
+      dir,
+      c.gateway(g),
+      `apiserver-g${g}`,
+      apiserver,
+      new URL(apiserver).hostname,
+    );
+    await relayIntoNamespace(processes.spawn, dir, c.gateway(g), `otlp-g${g}`, otlp.endpoint, '127.0.0.1');
   }
+  await relayIntoNamespace(processes.spawn, dir, c.pod(plain), `otlp-pod`, otlp.endpoint, '127.0.0.1');
   await writeFile(join(dir, 'gateway.json'), JSON.stringify(gatewayConfig));
   for (const g of gateways) {
     const argv = [
@@ -230,8 +228,15 @@ beforeAll(async () => {
       // whether it takes flows, and relay only to those that do.
       '--listen',
       '[::]:7741',
+      // The flow data, which a listener on every address does not serve, on loopback.
+      '--metrics-listen',
+      '127.0.0.1:7744',
     ];
-    spawnLogged(c.gateway(g), [process.execPath, main, ...argv], `g${g}.log`);
+    processes.spawn(
+      c.gateway(g),
+      ['env', ...assignments(exportTo(otlp.endpoint)), process.execPath, main, ...argv],
+      `g${g}.log`,
+    );
   }
   for (const w of served) {
     await writeFile(join(dir, `w${w}.json`), JSON.stringify(nodeConfig(w)));
@@ -244,7 +249,7 @@ beforeAll(async () => {
       '--state-dir',
       join(dir, `w${w}-state`),
     ];
-    spawnLogged(c.worker(w), [process.execPath, main, ...argv], `w${w}.log`);
+    processes.spawn(c.worker(w), [process.execPath, main, ...argv], `w${w}.log`);
   }
   for (const g of gateways) {
     await until(`g${g} applied its config with healthy uplinks`, async () => {
@@ -270,7 +275,7 @@ beforeAll(async () => {
     });
   }
 
-  await startSidecar(plain);
+  await startSidecar(plain, exportTo(otlp.endpoint));
   const stampDir = join(dir, 'run');
   await mkdir(stampDir, { recursive: true });
   const library = join(dir, 'libnaat_stamp.so');
@@ -282,9 +287,10 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  for (const child of processes.splice(0).reverse()) await stopProcess(child);
+  await processes?.stopAll();
   for (const s of servers) await s.stop();
   await c?.destroy();
+  await otlp?.close();
   await kubectl(kubeconfig, ['delete', 'namespace', namespace, '--wait=false']).catch(() => {});
   const logs = ['g1.log', 'g2.log', ...served.flatMap((w) => [`w${w}.log`, `sidecar-${w}.log`])];
   const errors = (await Promise.all(logs.map(log)))
@@ -294,6 +300,67 @@ afterAll(async () => {
   if (errors.length) console.log(`errors logged:\n${errors.slice(0, 30).join('\n')}`);
   if (dir) await rm(dir, { recursive: true, force: true });
 }, 60_000);
+
+/**
+ * Downloads from the stream server at `address` in the pod on worker w, as container "web"; once
+ * gateway node g knows the flow to be python3's, checks that its attribution names the pod, the
+ * container and the application, and resolves with the flow's source port and the address it was
+ * mapped to, after the download ended.
+ */
+async function attributedDownload(
+  w: number,
+  address: string,
+  g: number,
+): Promise<{ sourcePort: number; mapped: string }> {
+  const source = address === server.v4 ? podAddress(w).v4 : podAddress(w).v6;
+  const download = c.spawn(
+    c.pod(w),
+    [
+      'env',
+      'NAAT_CONTAINER_NAME=web',
+      'python3',
+      '-c',
+      `import socket
+s=socket.create_connection(('${address}',${ports.stream}),timeout=10)
+print(s.getsockname()[1],flush=True)
+s.sendall(b'3 10000\\n')
+while s.recv(65536): pass
+s.close()`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  try {
+    const lines = createInterface({ input: download.stdout! })[Symbol.asyncIterator]();
+    const sourcePort = Number((await lines.next()).value);
+    const flow = await until('the flow, known to be python3', async () =>
+      (await agentGet<AttributedFlow[]>(g, '/flows')).find(
+        (f) => f.source === source && f.sourcePort === sourcePort && f.application?.processName === 'python3',
+      ),
+    );
+    const query = new URLSearchParams({
+      address: flow.mappedAddress,
+      port: String(flow.mappedPort),
+      at: new Date().toISOString(),
+    });
+    const records = await agentGet<AttributionRecord[]>(g, `/attribution?${query}`);
+    expect(records).toMatchObject([
+      {
+        source,
+        sourcePort,
+        mappedAddress: flow.mappedAddress,
+        uplink: `g${g}-isp2`,
+        pod: { namespace, name: podName(w) },
+        container: 'web',
+        application: { processName: 'python3' },
+        verdict: 'Allow',
+      },
+    ]);
+    if (download.exitCode === null) await new Promise((resolve) => download.once('exit', resolve));
+    return { sourcePort, mapped: flow.mappedAddress };
+  } finally {
+    await stopProcess(download);
+  }
+}
 
 describe('applications of pods on worker nodes, decided at the gateway node through the tunnel', () => {
   it('took each sidecar stream only through the node agent on the pod’s own node', async () => {
@@ -316,56 +383,85 @@ describe('applications of pods on worker nodes, decided at the gateway node thro
     expect(await c.serverPacketsFromInside()).toBe(0);
   });
 
-  it('attributes a flow to its pod, container and application at the gateway node', async () => {
+  it('attributes a flow to its pod, container and application at the gateway node, and traces it from the sidecar’s association', async () => {
     const g = chosenFor(plain);
-    const download = c.spawn(
-      c.pod(plain),
-      [
-        'env',
-        'NAAT_CONTAINER_NAME=web',
-        'python3',
-        '-c',
-        `import socket
-s=socket.create_connection(('${server.v4}',${ports.stream}),timeout=10)
-print(s.getsockname()[1],flush=True)
-s.sendall(b'3 10000\\n')
-while s.recv(65536): pass
-s.close()`,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+    const { sourcePort, mapped } = await attributedDownload(plain, server.v4, g);
+    expect(mapped).toBe(uplinkAddress(g, 2).v4);
+
+    const associate = await until('the sidecar’s span', async () =>
+      otlp.spans.find((s) => s.name === 'associate' && s.attributes['source.port'] === sourcePort),
     );
-    try {
-      const lines = createInterface({ input: download.stdout! })[Symbol.asyncIterator]();
-      const sourcePort = Number((await lines.next()).value);
-      const flow = await until('the flow, known to be python3', async () =>
-        (await agentGet<AttributedFlow[]>(g, '/flows')).find(
-          (f) =>
-            f.source === podAddress(plain).v4 &&
-            f.sourcePort === sourcePort &&
-            f.application?.processName === 'python3',
-        ),
-      );
-      const at = encodeURIComponent(new Date().toISOString());
-      const records = await agentGet<AttributionRecord[]>(
-        g,
-        `/attribution?address=${flow.mappedAddress}&port=${flow.mappedPort}&at=${at}`,
-      );
-      expect(records).toMatchObject([
-        {
-          source: podAddress(plain).v4,
-          sourcePort,
-          mappedAddress: uplinkAddress(g, 2).v4,
-          uplink: `g${g}-isp2`,
-          pod: { namespace, name: podName(plain) },
-          container: 'web',
-          application: { processName: 'python3' },
-          verdict: 'Allow',
-        },
+    const apply = await until('the gateway node’s span', async () =>
+      otlp.spans.find(
+        (s) =>
+          s.name === 'apply association' && s.traceId === associate.traceId && s.resource['k8s.node.name'] === `g${g}`,
+      ),
+    );
+    expect(apply).toMatchObject({ parentSpanId: associate.spanId });
+    expect(apply.resource).toMatchObject({ 'service.name': 'naat-dataplane' });
+    expect(apply.attributes).toMatchObject({ 'k8s.pod.name': podName(plain), 'naat.uplink': `g${g}-isp2` });
+    // The flow's span comes when its flow ends (conntrack's DESTROY, after the 10 s TIME_WAIT).
+    const span = await until(
+      'the flow span',
+      async () => otlp.spans.find((s) => s.name === 'nat flow' && s.attributes['source.port'] === sourcePort),
+      45_000,
+    );
+    expect(span).toMatchObject({ traceId: associate.traceId, parentSpanId: associate.spanId });
+    expect(span.resource).toMatchObject({ 'service.name': 'naat-dataplane', 'k8s.node.name': `g${g}` });
+    expect(span.attributes).toMatchObject({
+      'source.address': podAddress(plain).v4,
+      'k8s.namespace.name': namespace,
+      'k8s.pod.name': podName(plain),
+      'k8s.container.name': 'web',
+      'process.executable.name': 'python3',
+      'naat.uplink': `g${g}-isp2`,
+      'naat.mapped.address': uplinkAddress(g, 2).v4,
+      'naat.verdict': 'Allow',
+    });
+    expect(span.attributes['naat.bytes.received']).toBeGreaterThan(20_000);
+  }, 90_000);
+
+  it('counts a worker pod’s flows by uplink and application, and its denials, in the gateway node’s /metrics', async () => {
+    const g = chosenFor(plain);
+    const counters = () =>
+      Promise.all([
+        metric(g, 'naat_uplink_new_flows_total', { uplink: `g${g}-isp2` }),
+        metric(g, 'naat_application_flows_total', { application: 'python3', verdict: 'Allow' }),
+        metric(g, 'naat_application_denials_total', { application: 'curl' }),
+        metric(g, 'naat_association_latency_seconds_count'),
       ]);
-    } finally {
-      await stopProcess(download);
-    }
+    const [newBefore, pythonBefore, deniedBefore] = await counters();
+    expect((await inPod(plain, pythonConnects(ports.allowed, 4))).trim().split('\n')).toHaveLength(4);
+    expect((await inPod(plain, curlConnects(ports.denied, 2))).trim().split('\n')).toEqual(['x', 'x']);
+    const [newAfter, pythonAfter, deniedAfter, associated] = await counters();
+    expect(newAfter - newBefore).toBeGreaterThanOrEqual(4);
+    expect(pythonAfter - pythonBefore).toBeGreaterThanOrEqual(4);
+    expect(deniedAfter - deniedBefore).toBeGreaterThanOrEqual(2);
+    expect(associated).toBeGreaterThan(0);
   });
+
+  it('serves the node agent’s process metrics and its version at the node agent’s /metrics', async () => {
+    const { stdout } = await c.exec(c.worker(plain), ['curl', '-sf', 'http://127.0.0.1:7742/metrics']);
+    expect(stdout).toMatch(/^naat_build_info\{version="[^"]+",component="node-agent",node_version="v[^"]+"\} 1$/m);
+    expect(stdout).toMatch(/^process_resident_memory_bytes \d+$/m);
+  });
+
+  it('routes IPv6 flows of python3 through ISP 2 of the gateway node, denies curl, and attributes them', async () => {
+    const g = chosenFor(plain);
+    const deniedBefore = await metric(g, 'naat_application_denials_total', { application: 'curl' });
+    const seen = (await inPod(plain, pythonConnects(ports.allowed, 5, server.v6))).trim().split('\n');
+    expect(seen).toEqual(Array(5).fill(uplinkAddress(g, 2).v6));
+    expect((await inPod(plain, curlConnects(ports.denied, 3, server.v6))).trim().split('\n')).toEqual(['x', 'x', 'x']);
+    // Denied by the gateway node for the application, not lost on the way.
+    expect(await metric(g, 'naat_application_denials_total', { application: 'curl' })).toBeGreaterThanOrEqual(
+      deniedBefore + 3,
+    );
+    const { stdout } = await c.exec(c.gateway(g), ['conntrack', '-L', '-f', 'ipv6', '-s', podAddress(plain).v6]);
+    expect(stdout).toContain(`src=${podAddress(plain).v6}`);
+    const { mapped } = await attributedDownload(plain, server.v6, g);
+    expect(mapped).toBe(uplinkAddress(g, 2).v6);
+    expect(await c.serverPacketsFromInside()).toBe(0);
+  }, 90_000);
 
   it('classifies every new flow of a strict pod by the stamp its first packet carries through the tunnel, and clears it', async () => {
     const g = chosenFor(strict);

@@ -10,19 +10,12 @@ import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import type { AttributionRecord } from '../../dataplane/attribution.ts';
 import type { AttributedFlow } from '../../dataplane/agent.ts';
-import { startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
+import { exportTo, startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
 import { NaaGateway } from './naa-harness.ts';
 import { server, stopProcess, until, uplinkAddress } from './topology.ts';
 import { curlConnects, pythonConnects, startStreamServer, startWhoami, type Server } from './traffic.ts';
 
 const ports = { stream: 9300, allowed: 9301, denied: 9302 };
-const exportTo = (endpoint: string) => ({
-  OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
-  OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
-  OTEL_METRICS_EXPORTER: 'none',
-  OTEL_LOGS_EXPORTER: 'none',
-  OTEL_BSP_SCHEDULE_DELAY: '200',
-});
 
 /** Rules for the Pod: python3 leaves through isp2 only; curl may not reach the denied port. */
 const rules = (namespace: string) => (podIp: string) => [

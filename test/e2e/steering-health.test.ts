@@ -12,6 +12,7 @@ import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import type { TunnelEndpoint } from '../../contracts/gateway/index.ts';
 import type { SteeringReadiness } from '../../dataplane/steering/gateway-readiness.ts';
+import { renderedListenArgs } from './rendered-agent.ts';
 import {
   createTopology,
   podGateway,
@@ -110,8 +111,8 @@ beforeAll(async () => {
       'gw',
       '--state-dir',
       join(dir, 'state'),
-      '--listen',
-      `[::]:${healthPort}`,
+      // Where the operator's DaemonSet has it listen: asked over IPv4 and over IPv6 below.
+      ...renderedListenArgs({ health: healthPort, metrics: healthPort + 1 }),
     ],
     { stdio: ['ignore', log, log] },
   );

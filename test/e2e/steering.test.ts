@@ -16,6 +16,7 @@ import { ExecTunnelKernel } from '../../dataplane/steering/tunnel-kernel.ts';
 import {
   createCluster,
   gatewayAddress,
+  gatewayUplinks,
   gateways,
   isps,
   masqueradeOf,
@@ -23,11 +24,11 @@ import {
   podAddress,
   podNetwork,
   uplinkAddress,
-  uplinkNextHop,
   workerAddress,
   workers,
   type Cluster,
 } from './cluster-topology.ts';
+import { renderedListenArgs } from './rendered-agent.ts';
 import { server, stopProcess, until } from './topology.ts';
 import { connectMany, fetchFtp, ping, startFtpServer, startWhoami, type FtpServer, type Server } from './traffic.ts';
 
@@ -59,24 +60,7 @@ function gatewayConfig(): Record<string, unknown> {
       addresses: [podAddress(w).v4, podAddress(w).v6],
       node: `w${w}`,
     })),
-    uplinks: gateways.flatMap((g) =>
-      isps.map((i) => ({
-        name: `g${g}-isp${i}`,
-        nodes: [`g${g}`],
-        interface: `up${i}`,
-        nextHop: { ipv4: uplinkNextHop(g, i).v4, ipv6: uplinkNextHop(g, i).v6 },
-        snat: { addresses: [uplinkAddress(g, i).v4, uplinkAddress(g, i).v6] },
-        healthCheck: {
-          targets: [server.v4],
-          protocol: 'TCP',
-          port: whoamiPort,
-          intervalMs: 200,
-          timeoutMs: 150,
-          failureThreshold: 2,
-          successThreshold: 1,
-        },
-      })),
-    ),
+    uplinks: gateways.flatMap((g) => gatewayUplinks(g, whoamiPort)),
     balancing: { mode: 'Weighted' },
     timeouts: {},
     steering: {
@@ -156,9 +140,9 @@ beforeAll(async () => {
   for (const w of workers) await writeFile(join(dir, `w${w}.json`), JSON.stringify(nodeConfig(w)));
   for (const g of gateways) {
     const config = ['--config', join(dir, 'gateway.json'), '--node', `g${g}`, '--reload-ms', '100'];
-    // On the underlay of either family, as in a cluster (the DaemonSet's --listen on every address
-    // at <healthPort>): the node agents ask every gateway node's /steering whether it takes flows.
-    const listen = ['--listen', '[::]:7741'];
+    // Where the operator's DaemonSet has it listen: the node agents ask every gateway node's
+    // /steering, over whichever family the underlay has, whether it takes flows.
+    const listen = renderedListenArgs({ health: 7741, metrics: 7749 });
     start(`g${g}`, c.gateway(g), ['run', ...config, ...listen, '--state-dir', join(dir, `g${g}-state`)]);
   }
   for (const w of workers) {
@@ -281,7 +265,24 @@ describe('cluster-wide egress', () => {
   it('tunnels over an IPv6-only underlay too, its MTU 20 bytes smaller', async () => {
     underlayFamilies = ['v6'];
     try {
+      // Every node agent knows the gateway nodes by their IPv6 addresses alone. A peer whose
+      // address changed keeps its state until its probes fail twice (0.4-0.6 s), so the gateway
+      // nodes must still be up well after that: the gateway agents, started with the listen flags
+      // the operator's DaemonSet gives them, answer /steering over IPv6.
       await applyAll();
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      for (const w of workers) {
+        await until(`w${w} sees every gateway node up over IPv6`, async () => {
+          const { peers } = (await statusOf(c.worker(w), 7742)) as { peers: Array<{ up: boolean }> };
+          return peers.length === gateways.length && peers.every((p) => p.up) ? true : undefined;
+        });
+      }
+      expect(renderedListenArgs({ health: 7741, metrics: 7749 })).toEqual([
+        '--listen',
+        ':7741',
+        '--metrics-listen',
+        ':7749',
+      ]);
       const { stdout } = await c.exec(c.worker(1), ['ip', '-d', '-j', 'link', 'show', 'naatn7700']);
       expect(stdout).toContain(`"local6":"${workerAddress(1).v6}"`);
       for (const w of workers) {
@@ -320,7 +321,7 @@ describe('cluster-wide egress', () => {
       deleteFlows: (value, mask) => new ExecConntrack(inNs('conntrack')).deleteMarked(value, mask),
       stateDir: join(dir, `w${w}-state`),
       peerStates: () => peers,
-      log: { info: () => {}, error: (msg, fields) => console.log(msg, fields) },
+      log: { debug: () => {}, info: () => {}, warn: () => {}, error: (msg, fields) => console.log(msg, fields) },
     });
     try {
       await agent.start(JSON.parse(await readFile(join(dir, `w${w}.json`), 'utf8')));
@@ -369,9 +370,9 @@ describe('cluster-wide egress', () => {
       expect({ ns, devices: /naat[ng]\d/.test(links) }).toEqual({ ns, devices: false });
       for (const family of ['-4', '-6']) {
         const rules = (await c.exec(ns, ['ip', family, 'rule', 'show'])).stdout;
-        expect({ ns, rules: /^(7690|779\d|7800):/m.test(rules) }).toEqual({ ns, rules: false });
+        expect({ ns, rules: /^(7689|7690|7699|7700|779\d|7800):/m.test(rules) }).toEqual({ ns, rules: false });
         const routes = (await c.exec(ns, ['ip', family, 'route', 'show', 'table', 'all'])).stdout;
-        expect({ ns, routes: /table (7690|78\d\d)\b/.test(routes) }).toEqual({ ns, routes: false });
+        expect({ ns, routes: /table (7690|77\d\d|78\d\d)\b/.test(routes) }).toEqual({ ns, routes: false });
       }
     }
   });

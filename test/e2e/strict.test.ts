@@ -78,7 +78,7 @@ for _ in range(${count}):
 print(' '.join('%.3f' % t for t in times))
 EOF`;
 
-/** New flows the gateway sent through each uplink so far (conntrack NEW events, as the agent counts them). */
+/** New flows the gateway placed on each uplink so far (the ruleset's counters, as the agent's metrics report them). */
 async function newFlows(): Promise<[number, number]> {
   return [
     await gateway.metric('naat_uplink_new_flows_total', { uplink: 'isp1' }),

@@ -19,9 +19,16 @@ export interface Server {
   stop(): Promise<void>;
 }
 
-/** Answers TCP connections and UDP datagrams on both server addresses with how it saw the client. */
-export function startWhoami(topology: TrafficTopology, port = 9000): Promise<Server> {
-  return startNodeServer(topology, [join(programs, 'whoami.ts'), String(port), server.v4, server.v6]);
+/**
+ * Answers TCP connections and UDP datagrams on both server addresses (or on `addresses`, in the
+ * topology's server namespace) with how it saw the client.
+ */
+export function startWhoami(
+  topology: TrafficTopology,
+  port = 9000,
+  addresses: readonly string[] = [server.v4, server.v6],
+): Promise<Server> {
+  return startNodeServer(topology, [join(programs, 'whoami.ts'), String(port), ...addresses]);
 }
 
 export interface ConnectOptions {
@@ -346,17 +353,19 @@ function said(output: Output): string {
 }
 
 /**
- * A shell script for a pod: `count` python3 connections to the server's IPv4 address at `port`,
- * one after another, printing the address the whoami server saw for each.
+ * A shell script for a pod: `count` python3 connections to the server's `address` (IPv4 by
+ * default) at `port`, one after another, printing the address the whoami server saw for each.
  */
-export const pythonConnects = (port: number, count: number): string => `python3 - <<'EOF'
+export const pythonConnects = (port: number, count: number, address = server.v4): string => `python3 - <<'EOF'
 import socket
 for _ in range(${count}):
-    s = socket.create_connection(('${server.v4}', ${port}), timeout=4)
+    s = socket.create_connection(('${address}', ${port}), timeout=4)
     print(s.recv(100).decode().split(' ')[0], flush=True)
     s.close()
 EOF`;
 
-/** A shell script for a pod: `count` curl connections to the server's IPv4 address at `port`, printing x for each that failed. */
-export const curlConnects = (port: number, count: number): string =>
-  `for i in $(seq ${count}); do curl -s -m 2 -o /dev/null telnet://${server.v4}:${port} </dev/null || echo x; done`;
+/** A shell script for a pod: `count` curl connections to the server's `address` (IPv4 by default) at `port`, printing x for each that failed. */
+export const curlConnects = (port: number, count: number, address = server.v4): string => {
+  const host = isIPv6(address) ? `[${address}]` : address;
+  return `for i in $(seq ${count}); do curl -s -m 2 -o /dev/null telnet://${host}:${port} </dev/null || echo x; done`;
+};

@@ -378,11 +378,11 @@ const invalid: [string, Kind, Record<string, unknown>, string, string][] = [
     'executable must be an absolute path or a glob starting with / or *',
   ],
   [
-    'a process name longer than the kernel keeps',
+    'a process name longer than a file name',
     'EgressPolicy',
-    policy([{ ...rule, applications: [{ processName: 'a-very-long-name' }] }]),
+    policy([{ ...rule, applications: [{ processName: 'n'.repeat(256) }] }]),
     'spec.rules[0].applications[0].processName',
-    'Too long: may not be more than 15 bytes',
+    'Too long: may not be more than 255 bytes',
   ],
   [
     'a negative uid',

@@ -78,7 +78,7 @@ test('each node applies its own status entry, and a change of one leaves the oth
   ).resolves.toBeUndefined();
 });
 
-test('follows its ConfigMap as it changes, and says when the key is missing', async () => {
+test('follows its ConfigMap as it changes, says when the key is missing, and knows when the ConfigMap is deleted', async () => {
   const namespace = `naat-cm-${process.pid}`;
   await k(['create', 'namespace', namespace]);
   try {
@@ -118,6 +118,13 @@ test('follows its ConfigMap as it changes, and says when the key is missing', as
       expect(texts).toEqual(['one', 'two']);
       await k(['replace', '-f', '-'], configMap('three', 'other'));
       expect(await until(() => errors.some((e) => e.includes('has no config.json')))).toBe(true);
+      expect(source.deleted()).toBe(false);
+      // The gateway agent takes its rules away at SIGTERM only when its config was deleted.
+      await k(['delete', 'configmap', 'gw', '-n', namespace]);
+      expect(await until(() => source.deleted())).toBe(true);
+      await k(['apply', '-f', '-'], configMap('four'));
+      expect(await until(() => !source.deleted())).toBe(true);
+      expect(texts).toEqual(['one', 'two', 'four']);
     } finally {
       source.stop();
     }

@@ -1,7 +1,16 @@
-// What the NAA server tests share: pods of the test apiserver with pod-bound tokens, and the
-// association a driver would send for one of their flows.
+// What the NAA server tests share: pods of the test apiserver with pod-bound tokens, the
+// association a driver would send for one of their flows, and a stream that sends whatever a
+// test writes.
+import { Client, credentials, status, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
 import { addressToBytes } from '../../common/index.ts';
-import { Protocol, type Association, type PodRef } from '../../proto/index.ts';
+import {
+  AssociationServiceService,
+  Protocol,
+  type AssociateRequest,
+  type AssociateResponse,
+  type Association,
+  type PodRef,
+} from '../../proto/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
 
 export interface TestPod {
@@ -81,4 +90,44 @@ export function association(sourceAddress: string, sourcePort: number, processNa
     observedAt: new Date(),
     trace: undefined,
   } satisfies Association;
+}
+
+/**
+ * An NAA stream to `target` on a connection of its own (as separate pods would have), that sends
+ * what the test writes, message by message, and records the answers. `encode` replaces the
+ * protobuf encoding, for bytes a well-behaved driver never sends.
+ */
+export function openRawStream(
+  target: string,
+  encode: (m: AssociateRequest) => Buffer = AssociationServiceService.associate.requestSerialize,
+) {
+  const client = new Client(target, credentials.createInsecure(), { 'grpc.naat_test_connection': Math.random() });
+  const call: ClientDuplexStream<AssociateRequest, AssociateResponse> = client.makeBidiStreamRequest(
+    AssociationServiceService.associate.path,
+    encode,
+    AssociationServiceService.associate.responseDeserialize,
+  );
+  const received: AssociateResponse[] = [];
+  call.on('data', (m: AssociateResponse) => received.push(m));
+  const ended = new Promise<{ code: status; details: string }>((resolve) => {
+    call.on('error', (e: ServiceError) => resolve({ code: e.code, details: e.details }));
+    call.on('end', () => resolve({ code: status.OK, details: '' }));
+  });
+  let sequence = 0;
+  const send = (body: AssociateRequest['body'], seq = ++sequence) => call.write({ sequence: seq, body });
+  const hello = (pod: TestPod, overrides: Partial<{ token: string; pod: PodRef; protocolVersion: number }> = {}) =>
+    send({
+      $case: 'hello',
+      value: { protocolVersion: 1, pod: pod.ref, token: pod.token, driverVersion: 'test', mode: 1, ...overrides },
+    });
+  /** Waits for the Ack of message `seq` (the HelloAck for 1). */
+  const acked = async (seq: number) => {
+    const has = () => received.some((m) => m.body?.$case === 'ack' && m.body.value.sequence === seq);
+    const helloAcked = () => received.some((m) => m.body?.$case === 'helloAck');
+    for (let i = 0; i < 200 && !(seq === 1 ? helloAcked() : has()); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    expect(seq === 1 ? helloAcked() : has()).toBe(true);
+  };
+  return { call, client, send, hello, acked, helloAcked: () => acked(1), ended, received, next: () => sequence + 1 };
 }

@@ -4,7 +4,7 @@
 // is refused with a status that says why (unknown fields are ignored, as protobuf wants), a
 // well-behaved stream beside them carries on, each kind of refusal is logged once per period,
 // and the server's memory stays bounded. The outcomes are printed as a table at the end.
-import { Client, credentials, status, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
+import { Client, credentials, status, type ClientDuplexStream } from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { createSign, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -15,14 +15,9 @@ import { runInNewContext } from 'node:vm';
 import { TokenReviewAuthenticator, type Authenticator } from '../../dataplane/naa/auth.ts';
 import { NaaServer, type AssociationSink } from '../../dataplane/naa/server.ts';
 import type { AssociationChanges } from '../../dataplane/naa/table.ts';
-import {
-  AssociationServiceService,
-  type AssociateRequest,
-  type AssociateResponse,
-  type PodRef,
-} from '../../proto/index.ts';
+import { AssociationServiceService, type AssociateRequest, type AssociateResponse } from '../../proto/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
-import { association, makePod, podToken, type TestPod } from './naa-fixtures.ts';
+import { association, makePod, openRawStream, podToken, type TestPod } from './naa-fixtures.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-hostile-${process.pid}`;
@@ -100,43 +95,7 @@ afterAll(async () => {
 /** Appended to every message a stream sends with `unknownFields`: a varint field 999 and a bytes field 1000. */
 const unknownFields = Buffer.from([0xb8, 0x3e, 0x01, 0xc2, 0x3e, 0x03, 0x61, 0x62, 0x63]);
 
-/**
- * A raw stream on its own connection. `encode` replaces the protobuf encoding, for bytes a
- * well-behaved driver never sends.
- */
-function stream(encode: (m: AssociateRequest) => Buffer = AssociationServiceService.associate.requestSerialize) {
-  // A distinct option per client gives each its own connection, as separate pods would have.
-  const client = new Client(`127.0.0.1:${port}`, credentials.createInsecure(), {
-    'grpc.naat_test_connection': Math.random(),
-  });
-  const call: ClientDuplexStream<AssociateRequest, AssociateResponse> = client.makeBidiStreamRequest(
-    AssociationServiceService.associate.path,
-    encode,
-    AssociationServiceService.associate.responseDeserialize,
-  );
-  const received: AssociateResponse[] = [];
-  call.on('data', (m: AssociateResponse) => received.push(m));
-  const ended = new Promise<{ code: status; details: string }>((resolve) => {
-    call.on('error', (e: ServiceError) => resolve({ code: e.code, details: e.details }));
-    call.on('end', () => resolve({ code: status.OK, details: '' }));
-  });
-  let sequence = 0;
-  const send = (body: AssociateRequest['body'], seq = ++sequence) => call.write({ sequence: seq, body });
-  const hello = (pod: TestPod, overrides: Partial<{ token: string; pod: PodRef; protocolVersion: number }> = {}) =>
-    send({
-      $case: 'hello',
-      value: { protocolVersion: 1, pod: pod.ref, token: pod.token, driverVersion: 'test', mode: 1, ...overrides },
-    });
-  const acked = async (seq: number) => {
-    const has = () => received.some((m) => m.body?.$case === 'ack' && m.body.value.sequence === seq);
-    const helloAcked = () => received.some((m) => m.body?.$case === 'helloAck');
-    for (let i = 0; i < 200 && !(seq === 1 ? helloAcked() : has()); i++) {
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-    expect(seq === 1 ? helloAcked() : has()).toBe(true);
-  };
-  return { call, client, send, hello, acked, ended, received, next: () => sequence + 1 };
-}
+const stream = (encode?: (m: AssociateRequest) => Buffer) => openRawStream(`127.0.0.1:${port}`, encode);
 
 let good: ReturnType<typeof stream>;
 let goodPort = 30000;

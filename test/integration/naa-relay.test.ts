@@ -2,7 +2,10 @@
 // gateway takes a pod on another node only when its stream comes from an address of that node
 // (where the relay runs), authenticates the pod's own token itself, and applies what the pod's
 // driver sends through the relay; a pod whose node has other addresses is refused, with a message
-// that says why, while the relayed stream beside it carries on.
+// that says why, while the relayed stream beside it carries on. What a relayed stream claims is
+// held to its own pod as a direct one is: a stamp applies to the pod's addresses as the apiserver
+// knows them, and an association of any other pod's address, on the relay's node or elsewhere,
+// closes the stream.
 import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -15,7 +18,8 @@ import { AssociationServiceClient, type AssociateResponse } from '../../proto/in
 import type { Association } from '../../sidecar/associations.ts';
 import { Driver } from '../../sidecar/driver.ts';
 import { kubectl } from '../cluster/cluster.ts';
-import { association, makePod, type TestPod } from './naa-fixtures.ts';
+import { eventually } from '../eventually.ts';
+import { association, makePod, openRawStream, type TestPod } from './naa-fixtures.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-relay-${process.pid}`;
@@ -23,6 +27,8 @@ const namespace = `naa-relay-${process.pid}`;
 const relayNodeAddress = '127.0.0.1';
 
 let server: NaaServer;
+/** The stamps the gateway applied: for which addresses, which application. */
+const stamps: Array<{ addresses: readonly string[]; stamp: number; processName: string }> = [];
 let relay: NaaRelay;
 let relayPort: number;
 let port: number;
@@ -63,7 +69,12 @@ beforeAll(async () => {
   kubeConfig.loadFromFile(process.env.KUBECONFIG!);
   server = new NaaServer({
     authenticator: new TokenReviewAuthenticator(kubeConfig, 'gateway-a'),
-    sink: { apply: async () => {} },
+    sink: {
+      apply: async () => {},
+      stamp: async (addresses, stamp, application) => {
+        stamps.push({ addresses, stamp, processName: application.processName });
+      },
+    },
   });
   port = await server.listen('127.0.0.2:0');
   relay = new NaaRelay({
@@ -90,19 +101,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
   await k(['delete', 'namespace', namespace, '--wait=false']);
 });
-
-async function eventually(check: () => void, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      check();
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-}
 
 /** A stream that says hello as `pod` to `target`; resolves with how it ended, or 'accepted' at its HelloAck. */
 function hello(target: string, pod: TestPod): Promise<{ code: status; details: string } | 'accepted'> {
@@ -174,3 +172,32 @@ test('a pod on another node is served through the relay on its node, with its ow
 test('a pod on the gateway’s own node is served directly, as before', async () => {
   expect(await hello(`127.0.0.2:${port}`, near)).toBe('accepted');
 });
+
+test.each([
+  ['the gateway node', () => near],
+  ["the relay's own node", () => stray],
+])(
+  "through the relay, a pod's stamp applies to its own addresses only, and its association of the address of a pod on %s closes its stream",
+  async (_, other) => {
+    const stream = openRawStream(`${relayNodeAddress}:${relayPort}`);
+    stream.hello(far);
+    await stream.helloAcked();
+    const { application } = association(far.ip, 1);
+    stream.send({ $case: 'stamp', value: { stamp: 9, application: { ...application, processName: 'stamped' } } });
+    await eventually(() => expect(stamps.filter((s) => s.processName === 'stamped')).toHaveLength(1));
+    expect(stamps.find((s) => s.processName === 'stamped')).toEqual({
+      addresses: [far.ip],
+      stamp: 9,
+      processName: 'stamped',
+    });
+    stamps.length = 0;
+
+    stream.send({ $case: 'associate', value: association(other().ip, 3001) });
+    expect(await stream.ended).toEqual({
+      code: status.PERMISSION_DENIED,
+      details: `gateway node gateway-a: source address ${other().ip} is not an address of pod ${namespace}/far`,
+    });
+    expect(server.table.lookup('tcp', other().ip, 3001)).toEqual([]);
+    stream.client.close();
+  },
+);

@@ -1,7 +1,7 @@
 // The NAA server against the real apiserver: drivers authenticate with pod-bound tokens, their
 // associations land in the table, and every kind of bad stream is closed with a status that
 // says why while a good stream next to it carries on.
-import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { status } from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -9,16 +9,11 @@ import { join } from 'node:path';
 import { NaaServer, type AssociationSink } from '../../dataplane/naa/server.ts';
 import { TokenReviewAuthenticator } from '../../dataplane/naa/auth.ts';
 import type { AssociationChanges } from '../../dataplane/naa/table.ts';
-import {
-  AssociationServiceClient,
-  type AssociateRequest,
-  type AssociateResponse,
-  type PodRef,
-} from '../../proto/index.ts';
 import { Driver } from '../../sidecar/driver.ts';
 import type { Association } from '../../sidecar/associations.ts';
 import { kubectl } from '../cluster/cluster.ts';
-import { association, makePod, type TestPod } from './naa-fixtures.ts';
+import { eventually } from '../eventually.ts';
+import { association, makePod, openRawStream, type TestPod } from './naa-fixtures.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-${process.pid}`;
@@ -60,43 +55,7 @@ afterAll(async () => {
 });
 
 /** A raw stream, for saying what a well-behaved driver never would. */
-function rawStream() {
-  const client = new AssociationServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
-  const call = client.associate();
-  const received: AssociateResponse[] = [];
-  call.on('data', (m: AssociateResponse) => received.push(m));
-  const ended = new Promise<{ code: status; details: string }>((resolve) => {
-    call.on('error', (e: ServiceError) => resolve({ code: e.code, details: e.details }));
-    call.on('end', () => resolve({ code: status.OK, details: '' }));
-  });
-  let sequence = 0;
-  const send = (body: AssociateRequest['body'], seq = ++sequence) => call.write({ sequence: seq, body });
-  const hello = (pod: TestPod, overrides: Partial<{ token: string; pod: PodRef }> = {}) =>
-    send({
-      $case: 'hello',
-      value: { protocolVersion: 1, pod: pod.ref, token: pod.token, driverVersion: 'test', mode: 1, ...overrides },
-    });
-  const helloAcked = async () => {
-    for (let i = 0; i < 100 && !received.some((m) => m.body?.$case === 'helloAck'); i++) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    expect(received.some((m) => m.body?.$case === 'helloAck')).toBe(true);
-  };
-  return { call, client, send, hello, helloAcked, ended, received };
-}
-
-async function eventually(check: () => void, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      check();
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-}
+const rawStream = () => openRawStream(`127.0.0.1:${port}`);
 
 test('a driver with its pod-bound token streams associations that the gateway applies and acknowledges', async () => {
   const tokenFile = join(dir, 'token-a');

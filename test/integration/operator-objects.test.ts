@@ -8,7 +8,7 @@ import { apiVersion, type EgressGateway, type Uplink } from '../../crds/index.ts
 import { root } from '../../crds/generate.ts';
 import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { compileGateway } from '../../operator/compile.ts';
-import { configFile, desiredGatewayObjects, labelsOf, objectName } from '../../operator/desired.ts';
+import { configFile, desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../../operator/desired.ts';
 import { parseSettings } from '../../operator/settings.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
@@ -92,8 +92,17 @@ test('a gateway becomes a ServiceAccount, binding, ConfigMap and DaemonSet on it
   });
   expect(compiled.nodes).toEqual(['gateway-a', 'gateway-b']);
 
+  // As the operator applies them: the ConfigMap first, whose uid then also owns the DaemonSet.
+  let configUid: string | undefined;
   for (const object of desiredGatewayObjects(stored, compiled, settings, namespace)) {
-    await k(['apply', '--server-side', '--field-manager=naat-operator', '-f', '-'], JSON.stringify(object));
+    const owned = object.kind === 'DaemonSet' && configUid ? ownedByConfig(object, configUid) : object;
+    const applied = JSON.parse(
+      await k(
+        ['apply', '--server-side', '--field-manager=naat-operator', '-o', 'json', '-f', '-'],
+        JSON.stringify(owned),
+      ),
+    ) as { metadata: { uid: string } };
+    if (object.kind === 'ConfigMap') configUid = applied.metadata.uid;
   }
   const selector = Object.entries(labelsOf(gatewayName))
     .map(([key, value]) => `${key}=${value}`)
@@ -118,6 +127,12 @@ test('a gateway becomes a ServiceAccount, binding, ConfigMap and DaemonSet on it
     await k(['get', 'configmap', objectName(gatewayName), '-n', namespace, '-o', 'json']),
   ) as Manifest;
   expect(parseGatewayConfig(JSON.parse(configMap.data![configFile]!)).hash).toBe(compiled.config.hash);
+  // The garbage collector takes the DaemonSet, and so the agents, only once the ConfigMap is gone.
+  const daemonSet = JSON.parse(await k(['get', 'daemonset', objectName(gatewayName), '-n', namespace, '-o', 'json']));
+  expect(daemonSet.metadata.ownerReferences.map((o: { kind: string; uid: string }) => [o.kind, o.uid])).toEqual([
+    ['EgressGateway', stored.metadata.uid],
+    ['ConfigMap', configUid],
+  ]);
   const binding = JSON.parse(await k(['get', 'clusterrolebinding', objectName(gatewayName), '-o', 'json']));
   expect(binding.roleRef.name).toBe(settings.dataplane.clusterRoleName);
   // The dataplane may read its own config and nothing else there.

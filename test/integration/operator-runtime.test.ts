@@ -18,7 +18,7 @@ import {
 import { Controller } from '../../operator/runtime/controller.ts';
 import { Informer, apiListerWatcher, splitKey } from '../../common/kube/index.ts';
 import { LeaderElector } from '../../operator/runtime/leader.ts';
-import type { Logger } from '../../common/index.ts';
+import { jsonLines, type Logger } from '../../common/index.ts';
 import { statusCode } from '../../common/kube/index.ts';
 
 // Tests share one apiserver: everything here lives in this namespace, deleted afterwards.
@@ -30,10 +30,10 @@ const role = 'naat.dev/runtime-test';
 
 /** Log lines of the components under test, printed when a test fails. */
 const logs: string[] = [];
-const log: Logger = {
-  info: (message, fields) => logs.push(`${new Date().toISOString()} info ${message} ${JSON.stringify(fields)}`),
-  error: (message, fields) => logs.push(`${new Date().toISOString()} error ${message} ${JSON.stringify(fields)}`),
-};
+const log: Logger = jsonLines(
+  () => 'debug',
+  (line) => logs.push(line),
+);
 const cleanups: (() => Promise<unknown>)[] = [];
 
 beforeAll(async () => {

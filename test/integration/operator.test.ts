@@ -113,7 +113,7 @@ async function config(): Promise<GatewayConfig | undefined> {
 async function status(kind: string, name: string, namespace?: string) {
   const object = JSON.parse(await k(['get', kind, name, ...(namespace ? ['-n', namespace] : []), '-o', 'json']));
   return object.status as Record<string, unknown> & {
-    conditions?: Array<{ type: string; status: string; message: string }>;
+    conditions?: Array<{ type: string; status: string; reason: string; message: string }>;
   };
 }
 
@@ -199,13 +199,15 @@ test('compiles the gateway into its ConfigMap and DaemonSet, writes status, and 
     Number(new RegExp(`^${name}\\{controller="gateways",result="success"\\} (\\d+)$`, 'm').exec(metrics)?.[1] ?? 0);
   expect(metrics).toContain('# TYPE naat_operator_reconcile_duration_seconds histogram');
   expect(metrics).toMatch(
-    /^naat_operator_reconcile_duration_seconds_bucket\{controller="gateways",result="success",le="\+Inf"\} \d+$/m,
+    /^naat_operator_reconcile_duration_seconds_bucket\{le="\+Inf",controller="gateways",result="success"\} \d+$/m,
   );
   expect(reconciled('naat_operator_reconcile_duration_seconds_count')).toBeGreaterThan(0);
   expect(reconciled('naat_operator_reconcile_total')).toBe(
     reconciled('naat_operator_reconcile_duration_seconds_count'),
   );
   expect(metrics).toMatch(/^naat_operator_queue_depth\{controller="gateways"\} \d+$/m);
+  expect(metrics).toMatch(/^naat_build_info\{version="[^"]+",component="operator",node_version="v[^"]+"\} 1$/m);
+  expect(metrics).toMatch(/^nodejs_eventloop_lag_seconds [\d.e+-]+$/m);
 
   // A new pod is in the config within moments of getting its address.
   const appliedAt = Date.now();
@@ -437,5 +439,127 @@ describe('cluster-wide egress', () => {
       !(await nodeAgents()) && !(await nodeConfigs()).size ? true : undefined,
     );
     expect(await k(['get', 'clusterrolebinding', '-o', 'name'])).not.toContain(`naat-${id}-node`);
+  });
+
+  // Two gateways of one namespace: p1 (older) on gateway-a and gateway-b, p2 on gateway-b; the
+  // pods of both on worker-a, where the node agent relays each gateway at its association port.
+  const ports = `ports-${id}`;
+  const portsLabel = 'naat.dev/ports-test';
+  const gatewayOf = (name: string, app: string, nodeSelector: Record<string, string>) => ({
+    apiVersion,
+    kind: 'EgressGateway',
+    metadata: { name },
+    spec: {
+      nodeSelector,
+      uplinks: { names: [`${id}-isp`] },
+      namespaceSelector: { matchLabels: { egress: ports } },
+      podSelector: { matchLabels: { app } },
+    },
+  });
+  const portsPod = (name: string, app: string) => ({
+    ...pod(name),
+    metadata: { name, namespace: ports, labels: { app } },
+  });
+  const p1 = `${id}-p1`;
+  const p2 = `${id}-p2`;
+  afterAll(async () => {
+    await k(['delete', 'egressgateway', p1, p2, '--ignore-not-found', '--wait=false']);
+    await k(['delete', 'namespace', ports, '--ignore-not-found', '--wait=false']);
+  });
+  const steeringReports = async (gateway: string) =>
+    (
+      ((await status('egressgateway', gateway)).steering as { nodes?: Array<{ node: string }> } | undefined)?.nodes ??
+      []
+    )
+      .map((n) => n.node)
+      .sort();
+
+  test('refuses a gateway the ports another gateway holds on a node, naming both, until it has its own', async () => {
+    await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: ports, labels: { egress: ports } } });
+    await k(['label', 'node', 'gateway-b', `${portsLabel}=${id}`, '--overwrite']);
+    try {
+      await apply(gatewayOf(p1, 'one', { 'naat.dev/gateway': 'true' }));
+      await apply(gatewayOf(p2, 'two', { [portsLabel]: id }));
+      await apply(portsPod('one-1', 'one'));
+      await apply(portsPod('two-1', 'two'));
+
+      // gateway-b is p1's: p2's agent would listen at the same health, metrics and association ports.
+      const accepted = await eventually('p2 refused on gateway-b', async () => {
+        const c = condition(await status('egressgateway', p2), 'Accepted');
+        return c?.status === 'False' ? c : undefined;
+      });
+      expect(accepted).toMatchObject({ reason: 'PortConflict' });
+      expect(accepted.message).toContain(
+        `node gateway-b runs the agent of EgressGateway ${p1}, which listens at port 9091`,
+      );
+      const daemonSet = await json(['get', 'daemonset', objectName(p2), '-n', system]);
+      expect(daemonSet.spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution).toEqual(
+        {
+          nodeSelectorTerms: [{ matchFields: [{ key: 'metadata.name', operator: 'NotIn', values: ['gateway-b'] }] }],
+        },
+      );
+      expect(condition(await status('egressgateway', p1), 'Accepted')).toMatchObject({ status: 'True' });
+
+      // On worker-a both would be relayed at 7740: p1's pods are, p2's are not and say why.
+      const twoSteered = await eventually('two-1 not steered for the port', async () => {
+        const c = (
+          (await json(['get', 'pod', 'two-1', '-n', ports])).status.conditions as Array<Record<string, string>>
+        )?.find((c) => c.type === 'naat.dev/Steered');
+        return c?.reason === 'PortConflict' ? c : undefined;
+      });
+      expect(twoSteered.message).toContain(
+        `node worker-a relays the association streams of EgressGateway ${p1}'s pods at port 7740`,
+      );
+      expect(condition(await status('egressgateway', p2), 'SteeringReady')).toMatchObject({
+        status: 'False',
+        reason: 'PortConflict',
+      });
+      expect((await nodeConfigs()).get('worker-a')!.gateways.map((g) => g.gateway)).toEqual([p1]);
+
+      // Its own association port: relayed beside p1 on worker-a.
+      await k([
+        'patch',
+        'egressgateway',
+        p2,
+        '--type=merge',
+        '-p',
+        JSON.stringify({ spec: { association: { port: 7750 } } }),
+      ]);
+      const both = await eventually('worker-a relaying both', async () => {
+        const gateways = (await nodeConfigs()).get('worker-a')?.gateways ?? [];
+        return gateways.length === 2 ? gateways : undefined;
+      });
+      expect(both.map((g) => [g.gateway, g.associationPort])).toEqual([
+        [p1, 7740],
+        [p2, 7750],
+      ]);
+      await eventually('p2 waiting for its node agent', async () =>
+        condition(await status('egressgateway', p2), 'SteeringReady')?.reason === 'NotReported' ? true : undefined,
+      );
+    } finally {
+      await k(['label', 'node', 'gateway-b', `${portsLabel}-`]);
+    }
+  });
+
+  test('removes the entries of node agents that are gone from the gateway status, and only those', async () => {
+    const kubeConfig = new KubeConfig();
+    kubeConfig.loadFromFile(process.env.KUBECONFIG!);
+    const worker = (await nodeConfigs()).get('worker-a')!;
+    const current = new SteeringStatusReporter(kubeConfig, 'worker-a');
+    await current.report([{ gateway: p1, ready: true, reason: 'Applied', hash: worker.hash! }]);
+    // An agent on a node that was deleted reported before it went.
+    const retired = new SteeringStatusReporter(kubeConfig, 'retired-node');
+    await retired.report([{ gateway: p1, ready: true, reason: 'Applied', hash: 'sha256:old' }]);
+    await eventually('the retired node pruned', async () =>
+      JSON.stringify(await steeringReports(p1)) === JSON.stringify(['worker-a']) ? true : undefined,
+    );
+    await eventually('one-1 steered', async () =>
+      condition(await status('egressgateway', p1), 'SteeringReady')?.status === 'True' ? true : undefined,
+    );
+
+    // worker-a no longer hosts p1's pods: its agent would leave, and so does its entry.
+    await k(['delete', 'pod', 'one-1', '-n', ports, '--grace-period=0', '--force']);
+    await eventually("worker-a's entry pruned", async () => ((await steeringReports(p1)).length ? undefined : true));
+    expect(condition(await status('egressgateway', p1), 'SteeringReady')).toMatchObject({ reason: 'LocalOnly' });
   });
 });

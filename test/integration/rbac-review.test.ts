@@ -3,11 +3,12 @@
 // `allowed` below. That list is checked against what the code really does: a control plane of its
 // own records every request in its audit log while the operator (with the chart's ServiceAccount
 // and RBAC) runs a gateway and the dataplane agent (with the gateway's ServiceAccount) follows its
-// ConfigMap, reports its uplink and authenticates a real sidecar. Every request they made must be
+// ConfigMap, reports its uplink, authenticates a real sidecar and reviews a flow reader on its
+// secure listener, with the certificate the operator issued. Every request they made must be
 // granted, and every permission granted must have been used or say why it is needed unexercised.
 // Then the webhook: it can only ever delay the pods it selects, by at most its timeout, even when
 // its address swallows connections and never answers.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -22,6 +23,7 @@ import { freePorts, serviceAccountKubeconfig, startCluster, type Cluster } from 
 import { buildHelm, helm } from '../cluster/helm.ts';
 import { gatewayWithUplink, runnableHere } from '../cluster/operator.ts';
 import { stopProcess, until } from '../e2e/topology.ts';
+import { LoggedProcesses } from '../e2e/logged-processes.ts';
 
 const release = 'naat';
 const namespace = 'naat-system';
@@ -95,11 +97,21 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     'core/secrets list': null,
     'core/secrets watch': null,
     'core/secrets update': null,
+    // naat's CRDs at start: those there replaced, the missing one made by server-side apply.
+    'apiextensions.k8s.io/customresourcedefinitions get': null,
+    'apiextensions.k8s.io/customresourcedefinitions update': null,
+    'apiextensions.k8s.io/customresourcedefinitions patch': null,
+    'apiextensions.k8s.io/customresourcedefinitions create': null,
   },
   dataplane: {
+    // Sidecars' tokens on NAA streams, and flow readers' tokens on the secure listener.
     'authentication.k8s.io/tokenreviews create': null,
+    // Whether a flow reader may get the flows of the gateway.
+    'authorization.k8s.io/subjectaccessreviews create': null,
     // The NAA server checks that the pod a token is bound to still exists and runs on its node.
     'core/pods get': null,
+    // Stopped, whether its node still has the gateway's nodeSelector (dataplane/membership.ts).
+    'core/nodes get': null,
     'naat.dev/uplinks/status patch': null,
     'core/configmaps get': null,
     'core/configmaps watch': null,
@@ -153,18 +165,8 @@ let dir: string;
 let chart: Manifest[];
 let gatewayObjects: Manifest[];
 let nodeAgentObjects: Manifest[];
-const processes: ChildProcess[] = [];
-const logs: Record<string, string> = {};
+const processes = new LoggedProcesses();
 const netns = `naat-rbac-${process.pid}`;
-
-function spawnLogged(name: string, argv: string[], env: NodeJS.ProcessEnv): ChildProcess {
-  const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  logs[name] = '';
-  child.stdout!.on('data', (d) => (logs[name] += d));
-  child.stderr!.on('data', (d) => (logs[name] += d));
-  processes.push(child);
-  return child;
-}
 
 const inNetns = (argv: string[]) => ['ip', 'netns', 'exec', netns, ...argv];
 
@@ -220,7 +222,7 @@ beforeAll(async () => {
     metadata: { name: gateway, uid: '00000000-0000-0000-0000-000000000001' },
     spec: { nodeSelector: { 'naat.dev/gateway': 'true' }, association: { port: 7740 } },
   };
-  const compiled = { config: { version: 1, gateway } } as unknown as Compiled;
+  const compiled = { config: { version: 1, gateway, timeouts: { icmpSeconds: 30 } } } as unknown as Compiled;
   gatewayObjects = desiredGatewayObjects(
     sample as unknown as Parameters<typeof desiredGatewayObjects>[0],
     compiled,
@@ -235,7 +237,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  for (const child of processes) await stopProcess(child);
+  await processes.stopAll();
   await new Promise((resolve) => spawn('ip', ['netns', 'del', netns]).on('exit', resolve));
   await cluster?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
@@ -246,7 +248,7 @@ describe('the roles the chart and the operator grant', () => {
     [...chart, ...gatewayObjects, ...nodeAgentObjects].filter((m) => m.kind === 'Role' || m.kind === 'ClusterRole');
 
   test('grant no wildcard and no non-resource URL', () => {
-    expect(roles().length).toBe(6);
+    expect(roles().length).toBe(8);
     for (const role of roles()) {
       for (const rule of role.rules ?? []) {
         for (const value of [
@@ -281,12 +283,37 @@ describe('the roles the chart and the operator grant', () => {
   });
 });
 
+test("lets the operator delete by name alone what nothing owns: the node agents' objects, not a gateway's", () => {
+  const operatorRules = chart
+    .filter((m) => m.kind.endsWith('Role') && m.metadata.name === `${release}-operator`)
+    .flatMap((role) => role.rules ?? []);
+  const deletable = Object.fromEntries(
+    operatorRules
+      .filter((rule) => rule.verbs.includes('delete'))
+      .flatMap((rule) =>
+        (rule.resources ?? []).map((resource) => [`${rule.apiGroups![0] || 'core'}/${resource}`, rule.resourceNames]),
+      ),
+  );
+  expect(deletable).toEqual({
+    'apps/daemonsets': [nodeAgentName],
+    'core/serviceaccounts': [nodeAgentName],
+    'rbac.authorization.k8s.io/roles': [nodeAgentName],
+    'rbac.authorization.k8s.io/rolebindings': [nodeAgentName],
+    'rbac.authorization.k8s.io/clusterrolebindings': [`${release}-node`],
+    // One per node, named after it (naat-node-<node>): RBAC cannot name them in advance.
+    'core/configmaps': undefined,
+  });
+});
+
 describe('what the code does with them, in a control plane of its own', () => {
   test('the operator and the dataplane use every permission listed as used, and need none they lack', async () => {
     // The chart as `helm install` would apply it, without the Deployment (no nodes run pods here).
     const k = cluster.kubectl;
     await k(['create', 'namespace', namespace]);
-    const crds = chart.filter((m) => m.kind === 'CustomResourceDefinition');
+    // All CRDs but one, which the operator makes when it starts, as it would after a `helm install
+    // --skip-crds`; the others it replaces with its own, as after `helm upgrade`.
+    const made = 'egresspolicies.naat.dev';
+    const crds = chart.filter((m) => m.kind === 'CustomResourceDefinition' && m.metadata.name !== made);
     await k(['apply', '--server-side', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: crds }));
     await k(['wait', '--for=condition=Established', '--timeout=30s', 'crd', '--all']);
     const rest = chart.filter((m) => m.kind !== 'CustomResourceDefinition' && m.kind !== 'Deployment');
@@ -309,7 +336,7 @@ describe('what the code does with them, in a control plane of its own', () => {
       join(dir, 'operator.json'),
       JSON.stringify(runnableHere(config, { webhook, metrics, health: healthPort })),
     );
-    const operator = spawnLogged('operator', [process.execPath, join(root, 'operator', 'main.ts')], {
+    const operator = processes.capture('operator', [process.execPath, join(root, 'operator', 'main.ts')], {
       KUBECONFIG: await serviceAccountKubeconfig(
         cluster.kubeconfig,
         namespace,
@@ -329,6 +356,7 @@ describe('what the code does with them, in a control plane of its own', () => {
         )) || undefined,
     );
 
+    await k(['wait', '--for=condition=Established', '--timeout=30s', `crd/${made}`]);
     await k(['create', 'namespace', apps]);
     await k(['label', 'namespace', apps, 'naat.dev/injection=enabled', `egress=${gateway}`]);
     await k(['create', 'serviceaccount', 'default', '-n', apps]);
@@ -379,12 +407,22 @@ describe('what the code does with them, in a control plane of its own', () => {
     const relay = join(root, 'test/e2e/programs/relay.ts');
     const socket = join(dir, 'apiserver.sock');
     const { port } = new URL(cluster.server);
-    spawnLogged('relay', [process.execPath, relay, 'from-unix', socket, '127.0.0.1', port], {});
-    spawnLogged('relay-ns', inNetns([process.execPath, relay, 'to-unix', '127.0.0.1', port, socket]), {});
+    processes.capture('relay', [process.execPath, relay, 'from-unix', socket, '127.0.0.1', port], {});
+    processes.capture('relay-ns', inNetns([process.execPath, relay, 'to-unix', '127.0.0.1', port, socket]), {});
     await until('the relays', async () =>
-      logs.relay!.includes('listening') && logs['relay-ns']!.includes('listening') ? true : undefined,
+      processes.output('relay').includes('listening') && processes.output('relay-ns').includes('listening')
+        ? true
+        : undefined,
     );
-    const agent = spawnLogged(
+    // The certificate the operator issued for the gateway nodes, where the kubelet would mount it.
+    const issued = await until("the gateway agents' certificate", async () => {
+      const secret = JSON.parse(await k(['get', 'secret', `${release}-agent-tls`, '-n', namespace, '-o', 'json']));
+      return secret.data?.['tls.crt'] ? (secret.data as Record<string, string>) : undefined;
+    });
+    for (const file of ['ca.crt', 'tls.crt', 'tls.key']) {
+      await writeFile(join(dir, file), Buffer.from(issued[file]!, 'base64'));
+    }
+    const agent = processes.capture(
       'agent',
       inNetns([
         process.execPath,
@@ -399,6 +437,10 @@ describe('what the code does with them, in a control plane of its own', () => {
         '--report',
         '--report-ms',
         '300',
+        '--secure-listen',
+        '127.0.0.1:7743',
+        '--tls-dir',
+        dir,
       ]),
       {
         KUBECONFIG: await serviceAccountKubeconfig(
@@ -410,7 +452,7 @@ describe('what the code does with them, in a control plane of its own', () => {
       },
     );
     await until('the agent listening for sidecars', async () =>
-      logs.agent!.includes('Listening for NAA streams') ? true : undefined,
+      processes.output('agent').includes('Listening for NAA streams') ? true : undefined,
     );
     // A real sidecar of the pod, with a token bound to it for the naat audience.
     const token = await k(
@@ -422,7 +464,7 @@ describe('what the code does with them, in a control plane of its own', () => {
       ]),
     );
     await writeFile(join(dir, 'token'), token.trim());
-    const sidecar = spawnLogged('sidecar', inNetns([process.execPath, join(root, 'sidecar', 'main.ts')]), {
+    const sidecar = processes.capture('sidecar', inNetns([process.execPath, join(root, 'sidecar', 'main.ts')]), {
       NAAT_NAA_SERVER: '127.0.0.1:7740',
       NAAT_POD_NAMESPACE: apps,
       NAAT_POD_NAME: 'web',
@@ -430,14 +472,40 @@ describe('what the code does with them, in a control plane of its own', () => {
       NAAT_TOKEN_FILE: join(dir, 'token'),
     });
     try {
-      await until('the sidecar accepted', async () => (logs.agent!.includes('Accepted NAA stream') ? true : undefined));
+      await until('the sidecar accepted', async () =>
+        processes.output('agent').includes('Accepted NAA stream') ? true : undefined,
+      );
       await until('the uplink status reported', async () => {
         const uplink = JSON.parse(await k(['get', 'uplink', gateway, '-o', 'json']));
         return uplink.status?.nodes?.some((n: { node: string }) => n.node === 'gateway-a') ? true : undefined;
       });
+      // A ServiceAccount without the flow reader role asks for the flows: reviewed, and refused.
+      await until('the secure listener', async () =>
+        processes.output('agent').includes('Serving flow data to authorized callers') ? true : undefined,
+      );
+      const reader = await k(['create', 'token', 'default', '-n', apps, '--audience', 'naat-flows']);
+      await writeFile(join(dir, 'reader-header'), `Authorization: Bearer ${reader.trim()}`);
+      const refused = await new Promise<string>((resolve) => {
+        const argv = inNetns(['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', join(dir, 'ca.crt')]);
+        // The certificate names the node: the agent is dialled by that name.
+        argv.push('--resolve', 'gateway-a:7743:127.0.0.1', '-H', `@${join(dir, 'reader-header')}`);
+        argv.push('https://gateway-a:7743/flows');
+        let out = '';
+        const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'inherit'] });
+        child.stdout.on('data', (d) => (out += d));
+        child.on('exit', () => resolve(out));
+      });
+      expect(refused).toBe('403');
     } catch (error) {
-      throw new Error(`${(error as Error).message}\nagent:\n${logs.agent!.slice(-3000)}`, { cause: error });
+      throw new Error(`${(error as Error).message}\nagent:\n${processes.output('agent').slice(-3000)}`, {
+        cause: error,
+      });
     }
+    // Stopped as the kubelet stops it: at SIGTERM it reads its config and its node.
+    const stopped = new Promise((resolve) => agent.once('exit', resolve));
+    agent.kill('SIGTERM');
+    await stopped;
+    expect(processes.output('agent')).toContain('the kernel keeps the ruleset');
     for (const child of [sidecar, agent, operator]) await stopProcess(child);
 
     for (const [component, user] of [
@@ -465,8 +533,8 @@ describe('what the code does with them, in a control plane of its own', () => {
         listedAsUnexercisedButUsed: [],
       });
     }
-    expect(logs.operator).not.toMatch(/forbidden/i);
-    expect(logs.agent).not.toMatch(/forbidden/i);
+    expect(processes.output('operator')).not.toMatch(/forbidden/i);
+    expect(processes.output('agent')).not.toMatch(/forbidden/i);
   }, 90_000);
 });
 
@@ -492,7 +560,7 @@ describe('the sidecar-injection webhook', () => {
     const k = cluster.kubectl;
     const { timeoutSeconds } = webhook();
     // The operator would point the webhook back at itself.
-    for (const child of processes) await stopProcess(child);
+    await processes.stopAll();
     // Accepts every connection and never says a word, not even the TLS handshake.
     const held: Socket[] = [];
     const blackHole: Server = createServer((socket) => held.push(socket));

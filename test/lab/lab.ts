@@ -34,7 +34,8 @@ import {
   type Topology,
 } from '../e2e/topology.ts';
 import { startStreamServer, startWhoami } from '../e2e/traffic.ts';
-import type { ViewSources } from './view.ts';
+import { makeCa, makeServing } from '../../operator/certificates.ts';
+import { getFlowData, type FlowAccess, type ViewSources } from './view.ts';
 import { addNodes, gatewayNodes, nodeNamespaces, workerNodes, workerPodCidr, type Nodes } from './nodes.ts';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -68,6 +69,14 @@ export const workerPods = [
  * asks each for /steering at its underlay address (the operator's dataplane.healthPort).
  */
 const agentListen = { host: '0.0.0.0', port: 7741 };
+/**
+ * Where the gateway agents serve flow data to the lab (through a relay to the host's loopback):
+ * their secure listener, to the lab's flow reader (docs/security.md). The listener on every
+ * address serves no flow data.
+ */
+const agentFlows = { host: '127.0.0.1', port: 7744 };
+/** The lab's flow reader: a ServiceAccount bound to a ClusterRole like the chart's. */
+const flowReader = { name: 'naat-flow-reader', namespace: systemNamespace };
 /** Where the node agent listens inside the worker's namespace (its default). */
 const nodeAgentListen = { host: '127.0.0.1', port: 7742 };
 const naaPort = 7740;
@@ -138,11 +147,18 @@ export interface LabSettings {
   /** Starts the name of every network namespace the lab makes. */
   prefix: string;
   /**
-   * The port on the host's loopback where gateway-1's agent API (/status, /flows, …) is relayed;
-   * gateway-2's is the next port, the worker's node agent's the one after.
+   * The port on the host's loopback where gateway-1's agent API (/status, /metrics, …) is
+   * relayed; gateway-2's is the next port, the worker's node agent's the one after, and then each
+   * gateway agent's secure listener of flow data, in the same order.
    */
   agentPort: number;
 }
+
+/**
+ * How many consecutive ports from `agentPort` the lab relays to: each gateway node's agent, the
+ * worker's node agent, then each gateway node's secure listener.
+ */
+export const agentPortCount = 2 * gatewayNodes.length + 1;
 
 export function labSettings(env: NodeJS.ProcessEnv = process.env): LabSettings {
   return {
@@ -161,6 +177,10 @@ export interface LabState {
   agentUrl: string;
   /** Each gateway node's agent API, by node. */
   agents: Record<string, string>;
+  /** Each gateway node's secure listener of flow data (/flows, /attribution), by node. */
+  flowAgents: Record<string, string>;
+  /** The CA and token files with which to read them. */
+  flowAccess: FlowAccess;
   /** The worker's node agent API. */
   nodeAgentUrl: string;
   kubeconfig: string;
@@ -171,7 +191,8 @@ export const stateFile = (dir: string) => join(dir, 'lab.json');
 /** What the live view reads, for a lab described by its state. */
 export function viewSources(lab: LabState, podNodes: Map<string, string>): ViewSources {
   return {
-    gateways: Object.entries(lab.agents).map(([node, url]) => ({ node, url })),
+    gateways: Object.entries(lab.agents).map(([node, url]) => ({ node, url, flowUrl: lab.flowAgents[node]! })),
+    flowAccess: lab.flowAccess,
     nodeAgent: { node: workerNode, url: lab.nodeAgentUrl },
     podNodes,
   };
@@ -271,6 +292,10 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
     agentUrl: `http://127.0.0.1:${agentPort}`,
     agents: Object.fromEntries(gatewayNodes.map((node) => [node.name, `http://127.0.0.1:${agentPorts[node.name]}`])),
     nodeAgentUrl: `http://127.0.0.1:${agentPort + gatewayNodes.length}`,
+    flowAgents: Object.fromEntries(
+      gatewayNodes.map((node, i) => [node.name, `https://127.0.0.1:${agentPort + gatewayNodes.length + 1 + i}`]),
+    ),
+    flowAccess: { ca: join(dir, 'tls', 'ca.crt'), token: join(dir, 'flow-reader.token') },
     kubeconfig: join(dir, 'kubeconfig'),
   };
   // Written before anything is made, so that `down` finds it whatever happens next.
@@ -322,6 +347,9 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
       }),
     );
   };
+  /** A gateway agent's /flows, from its secure listener at `url`, as the lab's flow reader. */
+  const flowData = async (url: string) =>
+    JSON.parse(await getFlowData(state.flowAccess, `${url}/flows`)) as AttributedFlow[];
   const agent = async <T>(path: string, url = state.agentUrl): Promise<T> => {
     const response = await fetch(`${url}${path}`);
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
@@ -462,6 +490,49 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
       );
     });
 
+    await step(
+      "Made the gateway agents' certificate and a flow reader's token (ClusterRole naat-flow-reader)",
+      async () => {
+        // The agents' certificate names the address the lab dials them at, through the relays.
+        const validity = {
+          notBefore: new Date(Date.now() - 3_600_000),
+          notAfter: new Date(Date.now() + 7 * 86_400_000),
+        };
+        const ca = makeCa('naat-lab-agents', validity);
+        const serving = makeServing(ca, ['127.0.0.1'], validity);
+        await mkdir(join(dir, 'tls'), { recursive: true });
+        await writeFile(state.flowAccess.ca, ca.cert);
+        await writeFile(join(dir, 'tls', 'tls.crt'), serving.cert);
+        await writeFile(join(dir, 'tls', 'tls.key'), serving.key, { mode: 0o600 });
+        const { name, namespace } = flowReader;
+        await k(
+          ['apply', '-f', '-'],
+          JSON.stringify({
+            apiVersion: 'v1',
+            kind: 'List',
+            items: [
+              { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name, namespace } },
+              {
+                apiVersion: 'rbac.authorization.k8s.io/v1',
+                kind: 'ClusterRole',
+                metadata: { name },
+                rules: [{ apiGroups: ['naat.dev'], resources: ['egressgateways/flows'], verbs: ['get'] }],
+              },
+              {
+                apiVersion: 'rbac.authorization.k8s.io/v1',
+                kind: 'ClusterRoleBinding',
+                metadata: { name },
+                roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name },
+                subjects: [{ kind: 'ServiceAccount', name, namespace }],
+              },
+            ],
+          }),
+        );
+        const token = await k(['create', 'token', name, '-n', namespace, '--audience', 'naat-flows', '--duration=24h']);
+        await writeFile(state.flowAccess.token, token.trim(), { mode: 0o600 });
+      },
+    );
+
     await step('Applied manifests/gateway.yaml; the operator compiled ConfigMap naat-gw-lab', async () => {
       await k(['apply', '-f', join(manifests, 'gateway.yaml')]);
       await until('the compiled config', async () => {
@@ -490,11 +561,17 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
               join(dir, `state-${node.name}`),
               '--listen',
               `${agentListen.host}:${agentListen.port}`,
+              '--secure-listen',
+              `${agentFlows.host}:${agentFlows.port}`,
+              '--tls-dir',
+              join(dir, 'tls'),
               '--report',
             ],
             { KUBECONFIG: cluster.kubeconfig, ...otel },
           );
           await relay(name, { from: gatewayNamespaces[i]! }, '127.0.0.1', agentListen.port, agentPorts[node.name]);
+          const flowPort = Number(new URL(state.flowAgents[node.name]!).port);
+          await relay(`${name}-flows`, { from: gatewayNamespaces[i]! }, agentFlows.host, agentFlows.port, flowPort);
           await until(
             `${node.name}'s agent to apply its config`,
             async () => ((await agent<AgentReport>('/status', state.agents[node.name])).appliedHash ? true : undefined),
@@ -592,7 +669,7 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
         for (const program of programs) start(t.ns.pods[i], program.name, program.argv);
       }
       await until('a flow attributed to its application', async () =>
-        (await agent<AttributedFlow[]>('/flows')).some((f) => f.application) ? true : undefined,
+        (await flowData(state.flowAgents[gatewayNodes[0]!.name]!)).some((f) => f.application) ? true : undefined,
       );
     });
 
@@ -659,8 +736,8 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
           for (const program of programs) start(added.ns.pods[i], program.name, program.argv);
         }
         await until("a worker pod's flow at a gateway node", async () => {
-          for (const url of Object.values(state.agents)) {
-            const flows = await agent<AttributedFlow[]>('/flows', url);
+          for (const url of Object.values(state.flowAgents)) {
+            const flows = await flowData(url);
             if (flows.some((f) => onWorker.some((pod) => pod.ip === f.source))) return true;
           }
           return undefined;

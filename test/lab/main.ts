@@ -60,7 +60,8 @@ The lab is up (${((performance.now() - started) / 1000).toFixed(1)}s). In anothe
   kubectl get uplinks,egressgateways,egresspolicies -A
   ip netns exec ${settings.prefix}pod1 curl -s telnet://203.0.113.10:9000 </dev/null   # who the server sees
   ip netns exec ${settings.prefix}pod3 curl -s telnet://203.0.113.10:9000 </dev/null   # from a pod on worker-1
-  curl -s ${lab.state.agentUrl}/flows                                     # gateway-1's agent API
+  curl -s ${lab.state.agentUrl}/status                                    # gateway-1's agent API
+  curl -s --cacert ${lab.state.flowAccess.ca} -H "Authorization: Bearer $(cat ${lab.state.flowAccess.token})" ${lab.state.flowAgents['gateway-1']}/flows
   curl -s ${lab.state.nodeAgentUrl}/status                                    # worker-1's node agent
   npm run lab -- fail isp1                                                  # and: restore isp1
   npm run lab -- fail gateway-1                                             # and: restore gateway-1

@@ -1,14 +1,19 @@
 // The lab's live view: what the gateway agents report (/status, /flows, /metrics) and which
 // gateway nodes the worker's node agent sees up (its /status), as one screen of text. readView
-// asks them; renderView is pure, so tests can read what a user sees.
+// asks them; renderView is pure, so tests can read what a user sees. Flow data comes from each
+// agent's secure listener, with a flow reader's token (docs/security.md).
+import { readFile } from 'node:fs/promises';
+import { request } from 'node:https';
 import type { AttributedFlow } from '../../dataplane/agent.ts';
 import type { AgentReport } from '../../dataplane/agent-report.ts';
 import type { NodeAgentReport } from '../../dataplane/steering/node-agent.ts';
 
 /** Where the view reads from, and what it knows of the lab's pods. */
 export interface ViewSources {
-  /** Each gateway node's agent API. */
-  gateways: Array<{ node: string; url: string }>;
+  /** Each gateway node's agent API, and its secure listener of flow data. */
+  gateways: Array<{ node: string; url: string; flowUrl: string }>;
+  /** How the secure listeners are read. */
+  flowAccess: FlowAccess;
   /** The worker's node agent API, which says which gateway nodes it can steer to. */
   nodeAgent?: { node: string; url: string };
   /** The node each pod (`namespace/name`) runs on. */
@@ -69,13 +74,38 @@ async function get(url: string): Promise<string> {
   return response.text();
 }
 
+/** The files with which the lab reads flow data: the agents' CA, and a flow reader's token. */
+export interface FlowAccess {
+  ca: string;
+  token: string;
+}
+
+/** GETs `url` from a gateway agent's secure listener as the lab's flow reader. */
+export async function getFlowData(access: FlowAccess, url: string, timeoutMs = 2000): Promise<string> {
+  const [ca, token] = await Promise.all([readFile(access.ca, 'utf8'), readFile(access.token, 'utf8')]);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      { ca, headers: { authorization: `Bearer ${token.trim()}` }, signal: AbortSignal.timeout(timeoutMs) },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve(text) : reject(new Error(`${url}: HTTP ${res.statusCode}`)),
+        );
+      },
+    );
+    req.on('error', reject).end();
+  });
+}
+
 export async function readView(sources: ViewSources, memory: FlowMemory): Promise<ViewData> {
   const gateways = await Promise.all(
-    sources.gateways.map(async ({ node, url }) => {
+    sources.gateways.map(async ({ node, url, flowUrl }) => {
       try {
         const [status, flows, metrics] = await Promise.all([
           get(`${url}/status`),
-          get(`${url}/flows`),
+          getFlowData(sources.flowAccess, `${flowUrl}/flows`),
           get(`${url}/metrics`),
         ]);
         return {

@@ -116,10 +116,11 @@ test('Go versions parse and compare numerically', () => {
   expect(compareVersions('1.26', '1.26.0')).toBe(0);
 });
 
-test('only a run of the unit project alone skips the machine set-up', () => {
+test('only a run of the unit or fuzz projects alone skips the machine set-up', () => {
   expect(testsNeedMachine([])).toBe(true);
   expect(testsNeedMachine(['--selectProjects', 'unit'])).toBe(false);
   expect(testsNeedMachine(['dataplane', '--selectProjects=unit'])).toBe(false);
+  expect(testsNeedMachine(['--selectProjects', 'unit', 'fuzz'])).toBe(false);
   expect(testsNeedMachine(['--selectProjects', 'unit', 'integration'])).toBe(true);
   expect(testsNeedMachine(['test/e2e/lab.test.ts', '--selectProjects', 'integration', '-t', 'x'])).toBe(true);
 });

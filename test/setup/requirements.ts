@@ -175,9 +175,12 @@ export function planSetup(machine: Machine): SetupPlan {
   return plan;
 }
 
+/** The jest projects that need neither root, nor Go, nor the Debian packages. */
+const projectsWithoutMachine = new Set(['unit', 'fuzz']);
+
 /**
- * Whether `npm test` with these jest arguments needs the machine set up: only the unit project,
- * which needs neither root, nor Go, nor the Debian packages, runs without.
+ * Whether `npm test` with these jest arguments needs the machine set up: only the unit and fuzz
+ * projects run without.
  */
 export function testsNeedMachine(jestArgs: readonly string[]): boolean {
   const projects: string[] = [];
@@ -188,5 +191,5 @@ export function testsNeedMachine(jestArgs: readonly string[]): boolean {
       while (i + 1 < jestArgs.length && !jestArgs[i + 1]!.startsWith('-')) projects.push(jestArgs[++i]!);
     }
   }
-  return projects.length === 0 || projects.some((p) => p !== 'unit');
+  return projects.length === 0 || projects.some((p) => !projectsWithoutMachine.has(p));
 }

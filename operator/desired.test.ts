@@ -1,0 +1,102 @@
+import { validate, type EgressGateway } from '../crds/index.ts';
+import { operatorSettings } from '../test/cluster/operator.ts';
+import type { Compiled } from './compile.ts';
+import { desiredGatewayObjects } from './desired.ts';
+import { parseSettings } from './settings.ts';
+
+const settings = parseSettings(operatorSettings('naat', { metrics: 8080, health: 8081, webhook: 9443 }));
+
+function gateway(spec: Record<string, unknown> = {}): EgressGateway {
+  const result = validate('EgressGateway', {
+    apiVersion: 'naat.dev/v1alpha1',
+    kind: 'EgressGateway',
+    metadata: { name: 'egress', uid: 'uid-1' },
+    spec: { nodeSelector: { role: 'gateway' }, uplinks: { names: ['isp'] }, namespaceSelector: {}, ...spec },
+  });
+  if (!result.ok) throw new Error(result.errors.join('; '));
+  return result.value as EgressGateway;
+}
+
+/** Only the config's text goes into the objects. */
+const compiled = {
+  config: { gateway: 'egress', hash: 'sha256:0', timeouts: { icmpSeconds: 45 } },
+} as unknown as Compiled;
+
+/** The gateway agent's pod as the DaemonSet runs it. */
+function podSpec(g: EgressGateway, s = settings) {
+  const daemonSet = desiredGatewayObjects(g, compiled, s, 'naat-system').find((o) => o.kind === 'DaemonSet');
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
+  return (daemonSet as any).spec.template.spec;
+}
+
+function container(g: EgressGateway) {
+  return podSpec(g).containers[0] as { args: string[]; ports: unknown[] };
+}
+
+describe('desiredGatewayObjects', () => {
+  it("listens on every address of both families at the chart's ports, so nodes of an IPv6-only cluster reach it", () => {
+    const { args, ports } = container(gateway({ association: { port: 7750 } }));
+    expect(args).toEqual([
+      'run',
+      '--config-map',
+      'naat-system/naat-gw-egress',
+      '--state-dir',
+      '/run/naat',
+      '--listen',
+      ':9091',
+      '--metrics-listen',
+      ':9090',
+      // Flow data on the node's loopback alone, for the CLI's port-forward; no container port.
+      '--local-listen',
+      '127.0.0.1:9095',
+      '--report',
+    ]);
+    // The association server follows the config's port, on both families (the agent's default).
+    expect(ports).toEqual([
+      { name: 'health', containerPort: 9091 },
+      { name: 'metrics', containerPort: 9090 },
+      { name: 'naa', containerPort: 7750 },
+    ]);
+  });
+
+  it("writes the node's kernel settings from a privileged init container, and runs the agent without privilege", () => {
+    const spec = podSpec(gateway());
+    expect(spec.initContainers).toEqual([
+      {
+        name: 'sysctls',
+        image: settings.dataplane.image,
+        imagePullPolicy: settings.dataplane.pullPolicy,
+        // src_valid_mark for every device, and the gateway's compiled ICMP timeout.
+        args: ['sysctls', '--icmp-seconds', '45'],
+        resources: settings.dataplane.resources,
+        securityContext: { privileged: true, runAsUser: 0, readOnlyRootFilesystem: true },
+      },
+    ]);
+    expect(spec.containers[0].securityContext).toEqual({
+      runAsUser: 0,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
+    });
+  });
+
+  it('leaves the init container out when the chart says the nodes have their settings already', () => {
+    const without = { ...settings, dataplane: { ...settings.dataplane, setNodeSysctls: false } };
+    expect(podSpec(gateway(), without).initContainers).toBeUndefined();
+  });
+
+  it('runs the agents at the configured priority and pod securityContext', () => {
+    expect(podSpec(gateway()).priorityClassName).toBe('system-node-critical');
+    expect(podSpec(gateway()).securityContext).toBeUndefined();
+    const chosen = {
+      ...settings,
+      dataplane: {
+        ...settings.dataplane,
+        priorityClassName: '',
+        podSecurityContext: { seLinuxOptions: { type: 'spc_t' } },
+      },
+    };
+    expect(podSpec(gateway(), chosen).priorityClassName).toBeUndefined();
+    expect(podSpec(gateway(), chosen).securityContext).toEqual({ seLinuxOptions: { type: 'spc_t' } });
+  });
+});
