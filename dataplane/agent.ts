@@ -18,9 +18,9 @@ import type { GatewayConfig, MarkField } from '../contracts/gateway/index.ts';
 import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import { FlowEvents, podOf, podsByAddress, type PodRef } from './flow-events.ts';
-import { planFlowMapChanges, structureOf } from './flow-maps.ts';
+import { planChanges } from './nft/changes.ts';
 import { AgentMetrics } from './metrics.ts';
-import type { Nftables, Operation } from './nft/nftables.ts';
+import type { Nftables } from './nft/nftables.ts';
 import { namesOf, planSync } from './nft/nftables.ts';
 import type { Packet } from './nft/trace.ts';
 import { balancerFor, type SourceOnUplink } from './balancing/index.ts';
@@ -87,7 +87,7 @@ export class Agent {
   >;
   #pods = new Map<string, PodRef>();
   #config: GatewayConfig | undefined;
-  #applied: { rendered: Rendered; structure: string; marks: MarkField; hash?: string } | undefined;
+  #applied: { rendered: Rendered; marks: MarkField; hash?: string } | undefined;
   #lastSync: AgentReport['lastSync'];
   #checkRoutes = true;
   /** This node's underlay towards the steering sources, read again when routes are checked. */
@@ -444,7 +444,6 @@ export class Agent {
         interfaceAddresses,
         ...(config.steering && this.#o.tunnels ? { underlay: await this.#underlayOf(config.steering) } : {}),
       });
-      const structure = structureOf(rendered.table);
       const routesUnchanged = JSON.stringify(this.#applied?.rendered.routes) === JSON.stringify(rendered.routes);
       const checkRoutes = this.#checkRoutes || !routesUnchanged;
       const tunnels = rendered.steering?.tunnels ?? emptyTunnelState();
@@ -463,13 +462,13 @@ export class Agent {
         () => this.#problems.addRoutes.report('routes', undefined),
         (error: Error) => this.#problems.addRoutes.report('routes', error.message),
       );
-      let operations: Operation[];
-      if (this.#applied?.structure === structure) {
-        full = false;
-        operations = planFlowMapChanges(this.#applied.rendered.table, rendered.table);
-      } else {
-        // After a sync of its own the agent knows what the table holds; listing it costs more
-        // than the transaction on a large table, so only a fresh or failed agent asks the kernel.
+      // After a sync of its own the agent knows what the table holds and changes only what
+      // differs; a fresh or failed agent, or a change the kernel cannot make in place, refills it.
+      let operations = this.#applied && planChanges(this.#applied.rendered.table, rendered.table);
+      if (operations) full = false;
+      else {
+        // Listing the table costs more than the transaction on a large table: only a fresh or
+        // failed agent asks the kernel.
         operations = planSync(
           rendered.table,
           this.#applied ? namesOf(this.#applied.rendered.table) : await this.#o.nft.list(),
@@ -485,11 +484,11 @@ export class Agent {
       if (checkTunnels) await this.#o.tunnels?.prune(tunnels);
       // Once per value. In a DaemonSet, where /proc/sys is read-only, the init container has
       // written the compiled value (operator/desired.ts) and the write finds it in place.
-      if (full && this.#icmpSeconds !== config.timeouts.icmpSeconds) {
+      if (this.#icmpSeconds !== config.timeouts.icmpSeconds) {
         this.#icmpSeconds = config.timeouts.icmpSeconds;
         await this.#writeSysctls(icmpTimeoutSysctls(config.timeouts.icmpSeconds), this.#problems.sysctl);
       }
-      this.#applied = { rendered, structure, marks, ...(config.hash ? { hash: config.hash } : {}) };
+      this.#applied = { rendered, marks, ...(config.hash ? { hash: config.hash } : {}) };
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full };
     } catch (error) {
       const message = (error as Error).message;

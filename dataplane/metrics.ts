@@ -69,7 +69,7 @@ export class AgentMetrics {
   });
   readonly lastApplyDuration = new Gauge({
     name: 'naat_ruleset_last_apply_duration_seconds',
-    help: 'Duration of the last sync of the kernel (ruleset, routes and settings): of the whole table (full="true") or of association elements only.',
+    help: 'Duration of the last sync of the kernel (ruleset, routes and settings): of the whole table (full="true") or of what changed only.',
     labelNames: ['full'],
     registers: this.#registers,
   });
@@ -137,7 +137,7 @@ export class AgentMetrics {
   });
   readonly applyDuration = new Histogram({
     name: 'naat_ruleset_apply_duration_seconds',
-    help: 'Duration of each nftables transaction of a sync: of the whole table (full="true") or of association elements only.',
+    help: 'Duration of each nftables transaction of a sync: of the whole table (full="true") or of what changed only.',
     labelNames: ['full'],
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: this.#registers,

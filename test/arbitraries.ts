@@ -418,3 +418,13 @@ export const renderCases = validConfig
       .tuple(reportsFor(config), conditions(config))
       .map(([reports, state]) => renderInput(config, { ...reports, ...state })),
   );
+
+/** Two moments of one accepted config: other associations, stamps, health and load. */
+export const renderPairs = validConfig
+  .map((json) => parseGatewayConfig(json))
+  .chain((config) => {
+    const moment = fc
+      .tuple(reportsFor(config), conditions(config))
+      .map(([reports, state]) => renderInput(config, { ...reports, ...state }));
+    return fc.tuple(moment, moment);
+  });

@@ -7,9 +7,10 @@
 //  2. New TCP connections per second over the same set-ups, and with a 1,000-rule config. Goal:
 //     with three uplinks, at least 0.95 × one masquerade rule.
 //  3. The agent at scale (10,000 pod addresses, 1,000 rules, 3 uplinks in the full form), the
-//     Agent class driving real nft, ip and conntrack in a namespace of its own: full syncs and an
-//     incremental association update vs rendering alone; and the agent process's memory vs an
-//     idle Node.
+//     Agent class driving real nft, ip and conntrack in a namespace of its own: the first full
+//     sync, then each kind of change (a new application class, an association, a rule edited, a
+//     pod added or removed) p50/p99 against the goal of 20 ms, and a full resync after a restart
+//     against 300 ms, all beside rendering alone; and the agent process's memory vs an idle Node.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -37,7 +38,7 @@ import {
   type Topology,
 } from '../e2e/topology.ts';
 import { connectMany, startWhoami } from '../e2e/traffic.ts';
-import { median, runBenchmark, type Bench, type Goal } from './harness.ts';
+import { median, percentile, runBenchmark, type Bench, type Goal } from './harness.ts';
 import { memory } from './process.ts';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -58,6 +59,8 @@ interface Size {
   /** Pod addresses of the config at scale, in `scalePolicies` policies of 5 rules (a multiple of 20). */
   scalePods: number;
   scalePolicies: number;
+  /** How many times each kind of change is applied at scale, for its p50 and p99. */
+  changeRuns: number;
 }
 
 const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
@@ -69,6 +72,7 @@ const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
     concurrency: 200,
     scalePods: 10_000,
     scalePolicies: 200,
+    changeRuns: 20,
   },
   quick: {
     iperfSeconds: 2,
@@ -78,6 +82,7 @@ const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
     concurrency: 200,
     scalePods: 2000,
     scalePolicies: 40,
+    changeRuns: 10,
   },
   smoke: {
     iperfSeconds: 1,
@@ -87,6 +92,7 @@ const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
     concurrency: 50,
     scalePods: 200,
     scalePolicies: 20,
+    changeRuns: 3,
   },
 };
 
@@ -101,6 +107,17 @@ const connectionsGoal: Goal = {
   value: 0.95,
   of: 'connections.masquerade',
   source: 'dataplane goal: new connections/s with three uplinks at least 0.95 × one masquerade rule',
+};
+
+const changeGoal: Goal = {
+  bound: 'max',
+  value: 20,
+  source: 'dataplane goal: every change an incremental transaction, p99 ≤ 20 ms at 10k pods / 1k rules',
+};
+const resyncGoal: Goal = {
+  bound: 'max',
+  value: 300,
+  source: 'dataplane goal: a full resync ≤ 300 ms at 10k pods / 1k rules',
 };
 
 const thousands = (n: number) => n.toLocaleString('en');
@@ -157,15 +174,21 @@ const scalePod = (i: number) => `10.244.${10 + Math.floor(i / 250)}.${2 + (i % 2
  * `size.scalePods` pod addresses in `sources` (10,000 in the full form), `size.scalePolicies`
  * policies (200) with 5 rules each (1,000 rules), each of the same share of the pods: Deny
  * and Allow, TCP, UDP and ICMP, IPv4 and IPv6 destinations, port lists and ranges, an uplink
- * restriction on some, and an application rule (processName curl) in every tenth policy.
- * `changed` alters one rule's port, as an edited policy would.
+ * restriction on some, and an application rule in every tenth policy (processName curl0 in
+ * policy 0, curl1 in policy 10, …: each its own application class). `changed` alters one rule's
+ * port, as an edited policy would; `addedPod` is one more pod, selected by policy 0.
  */
-function scaleConfig(size: Size, hash: string, options: { extraSources?: string[]; changed?: boolean } = {}) {
+function scaleConfig(
+  size: Size,
+  hash: string,
+  options: { extraSources?: string[]; changed?: boolean; addedPod?: string } = {},
+) {
   const { scalePods, scalePolicies } = size;
   const podsPerPolicy = scalePods / scalePolicies;
   const rules: Record<string, unknown>[] = [];
   for (let p = 0; p < scalePolicies; p++) {
     const sources = Array.from({ length: podsPerPolicy }, (_, i) => scalePod(p * podsPerPolicy + i));
+    if (p === 0 && options.addedPod) sources.push(options.addedPod);
     const rule = (k: number, body: Record<string, unknown>) =>
       rules.push({ policy: `bench/p${p}`, rule: `r${k}`, priority: p * rulesPerPolicy + k, sources, ...body });
     const telnet = options.changed && p === scalePolicies / 2 ? 24 : 23;
@@ -184,7 +207,7 @@ function scaleConfig(size: Size, hash: string, options: { extraSources?: string[
     rule(2, { destinations: [{ cidr: `10.${p}.0.0/16`, protocol: 'UDP', ports: [{ port: 53 }] }], action: 'Allow' });
     if (p % 10 === 0)
       rule(3, {
-        applications: [{ processName: 'curl' }],
+        applications: [{ processName: `curl${p / 10}` }],
         destinations: [{ cidr: '203.0.113.0/24', protocol: 'TCP', ports: [{ port: 443 }] }],
         action: 'Deny',
       });
@@ -201,7 +224,11 @@ function scaleConfig(size: Size, hash: string, options: { extraSources?: string[
     version: 1,
     gateway: 'bench',
     hash,
-    sources: [...Array.from({ length: scalePods }, (_, i) => scalePod(i)), ...(options.extraSources ?? [])],
+    sources: [
+      ...Array.from({ length: scalePods }, (_, i) => scalePod(i)),
+      ...(options.extraSources ?? []),
+      ...(options.addedPod ? [options.addedPod] : []),
+    ],
     bypass: ['10.96.0.0/12'],
     uplinks: numbers(3).map(uplinkConfig),
     balancing: { mode: 'Weighted' },
@@ -211,20 +238,21 @@ function scaleConfig(size: Size, hash: string, options: { extraSources?: string[
   };
 }
 
-/** Connections by curl from pods of the policies with the application rule. */
+/** Connections by curl from pods of the policies with the application rule, which it matches. */
 function associations(size: Size, from: number, count: number): FlowAssociation[] {
   const { scalePods, scalePolicies } = size;
   const podsPerPolicy = scalePods / scalePolicies;
   return Array.from({ length: count }, (_, j) => {
     const i = from + j;
     const policy = 10 * (i % (scalePolicies / 10));
+    const processName = `curl${policy / 10}`;
     return {
       transport: 'tcp',
       sourceAddress: scalePod(policy * podsPerPolicy + (Math.floor(i / 20) % podsPerPolicy)),
       sourcePort: 40_000 + i,
       application: {
-        processName: 'curl',
-        executable: '/usr/bin/curl',
+        processName,
+        executable: `/usr/bin/${processName}`,
         commandLine: ['curl', 'https://example.test/'],
         containerName: 'app',
         containerId: 'c'.repeat(64),
@@ -583,7 +611,7 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
     );
 
     const nft = new TimedNftables(new ExecNftables(inNs('nft')));
-    agent = new Agent({
+    const agentOptions: ConstructorParameters<typeof Agent>[0] = {
       node: 'gw',
       nft,
       routing: new ExecRouting(inNs('ip')),
@@ -597,7 +625,8 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
         warn: () => {},
         error: (message, fields) => errors.push(`${message} ${JSON.stringify(fields)}`),
       },
-    });
+    };
+    agent = new Agent(agentOptions);
     const timed = async (work: () => Promise<unknown>) => {
       nft.reset();
       const started = performance.now();
@@ -613,51 +642,85 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
 
     const first = await timed(() => agent!.start(config));
     const sources4 = await elementCount(ns, 'set', 'sources4');
-    const second = await timed(() => agent!.configure(changed));
-    const firstClass = await timed(() => agent!.associate(associations(size, 0, 1), []));
-    const hundred = await timed(() => agent!.associate(associations(size, 1, 100), []));
+    // Each kind of change `changeRuns` times (the application classes: as many as the config has),
+    // timed from the call to the kernel holding it.
+    const times = async (runs: number, change: (run: number) => Promise<unknown>) => {
+      const samples: Array<Awaited<ReturnType<typeof timed>>> = [];
+      for (let run = 0; run < runs; run++) samples.push(await timed(() => change(run)));
+      return samples;
+    };
+    const classes = scalePolicies / 10;
+    const newClass = await times(Math.min(size.changeRuns, classes), (run) =>
+      agent!.associate(associations(size, run, 1), []),
+    );
+    // Flows of applications whose classes exist by now.
+    const association = await times(size.changeRuns, (run) =>
+      agent!.associate(associations(size, classes * (1 + run), 1), []),
+    );
+    const hundred = await timed(() => agent!.associate(associations(size, classes * 100, 100), []));
+    const policyEdit = await times(size.changeRuns, (run) => agent!.configure(run % 2 ? config : changed));
+    await agent.configure(config);
+    const podAdded = parseGatewayConfig(scaleConfig(size, 'scale-3', { addedPod: '10.244.250.2' }));
+    const podChange = await times(size.changeRuns, (run) => agent!.configure(run % 2 ? config : podAdded));
+    await agent.configure(config);
     const flows4 = await elementCount(ns, 'map', 'flows4');
-    if (sources4 !== scalePods || flows4 !== 101) {
+    const flows = newClass.length + association.length + 100;
+    if (sources4 !== scalePods || flows4 !== flows) {
       throw new Error(
-        `the kernel holds ${sources4} sources4 elements (want ${scalePods}), ${flows4} flows4 (want 101)`,
+        `the kernel holds ${sources4} sources4 elements (want ${scalePods}), ${flows4} flows4 (want ${flows})`,
       );
     }
+    // A full resync: an agent that does not know what the kernel holds (it restarted) lists the
+    // table and refills it.
+    const resync = await times(Math.min(size.changeRuns, 5), async () => {
+      await agent!.stop();
+      agent = new Agent(agentOptions);
+      await agent.start(config);
+    });
     const removeStarted = performance.now();
     await agent.remove();
     const removeMs = performance.now() - removeStarted;
     agent = undefined;
 
-    const ms = (key: string, label: string, value: number, baseline?: string, note?: string) =>
-      bench.figure({
-        key,
-        label,
-        value,
-        unit: 'ms',
-        ...(baseline ? { baseline } : {}),
-        ...(note ? { note } : {}),
-      });
+    const ms = (
+      key: string,
+      label: string,
+      value: number,
+      options: { baseline?: string; note?: string; goal?: Goal } = {},
+    ) => bench.figure({ key, label, value, unit: 'ms', ...options });
     bench.section('reading the config file (medians of 3):');
     ms('config.json-parse', 'JSON.parse of the file (baseline)', jsonMs);
-    ms('config.yaml-parse', 'yaml parse of the same config (YAML files only)', yamlMs, 'config.json-parse');
-    ms('config.check', 'parseGatewayConfig (schema, defaults, checks)', checkMs, 'config.json-parse');
-    bench.section('sync times, the Agent class with real nft/ip/conntrack (one run each):');
+    ms('config.yaml-parse', 'yaml parse of the same config (YAML files only)', yamlMs, {
+      baseline: 'config.json-parse',
+    });
+    ms('config.check', 'parseGatewayConfig (schema, defaults, checks)', checkMs, { baseline: 'config.json-parse' });
+    bench.section('sync times, the Agent class with real nft/ip/conntrack, from the call to the kernel holding it:');
     ms('sync.render', 'render() alone, pure (median of 5) (baseline)', renderMs);
-    ms('sync.first-full', 'first full sync, empty kernel (Agent.start)', first.ms, 'sync.render', describe(first));
-    ms('sync.second-full', 'second full sync, one rule changed', second.ms, 'sync.render', describe(second));
-    ms(
-      'sync.first-class',
-      '1st association of a new application class',
-      firstClass.ms,
-      'sync.render',
-      describe(firstClass),
-    );
-    ms(
-      'sync.hundred-associations',
-      '100 more associations (flow map update)',
-      hundred.ms,
-      'sync.render',
-      describe(hundred),
-    );
+    ms('sync.first-full', 'first full sync, empty kernel (Agent.start)', first.ms, {
+      baseline: 'sync.render',
+      note: describe(first),
+    });
+    const change = (key: string, label: string, samples: Awaited<ReturnType<typeof times>>, goal: Goal) => {
+      const values = samples.map((r) => r.ms);
+      const full = samples.filter((r) => r.full).length;
+      const slowest = samples.reduce((a, b) => (b.ms > a.ms ? b : a));
+      ms(key, `${label}, p99 of ${samples.length}`, percentile(values, 0.99), {
+        baseline: 'sync.render',
+        goal,
+        note:
+          `p50 ${percentile(values, 0.5).toFixed(0)} ms; ${full ? `${full} of ${samples.length} full syncs` : 'all incremental'}; ` +
+          `slowest ${describe(slowest)}`,
+      });
+    };
+    change('sync.new-class', '1st association of a new application class', newClass, changeGoal);
+    change('sync.association', 'one more association', association, changeGoal);
+    change('sync.policy-edit', 'one rule edited', policyEdit, changeGoal);
+    change('sync.pod-change', 'a pod added to a policy or removed', podChange, changeGoal);
+    change('sync.resync', 'full resync after a restart', resync, resyncGoal);
+    ms('sync.hundred-associations', '100 more associations at once', hundred.ms, {
+      baseline: 'sync.render',
+      note: describe(hundred),
+    });
     ms('sync.remove', 'Agent.remove (table and routes)', removeMs);
     if (errors.length) console.log(`  the agent logged errors (on stop):\n    ${errors.join('\n    ')}`);
 
@@ -721,7 +784,10 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
     mib('memory.agent-scale', `agent, ${scale}`, big);
     bench.section('start → config applied (main.ts):');
     ms('startup.small', 'no rules (baseline)', small.readyMs);
-    ms('startup.scale', scale, big.readyMs, 'startup.small', `of which its first sync ${big.syncMs.toFixed(0)} ms`);
+    ms('startup.scale', scale, big.readyMs, {
+      baseline: 'startup.small',
+      note: `of which its first sync ${big.syncMs.toFixed(0)} ms`,
+    });
   } finally {
     await agent?.stop().catch(() => undefined);
     for (const child of children) await stopProcess(child);
