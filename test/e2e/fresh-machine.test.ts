@@ -35,7 +35,8 @@ let missing: string[];
 beforeAll(async () => {
   if (!existsSync(image)) {
     await mkdir(cache, { recursive: true });
-    await run('mmdebstrap', ['--variant=minbase', 'bookworm', `${image}.part`, await mirror()], {
+    // The format named: mmdebstrap guesses it from the target's extension, and `.part` would make a directory.
+    await run('mmdebstrap', ['--variant=minbase', '--format=tar', 'bookworm', `${image}.part`, await mirror()], {
       maxBuffer: 1 << 26,
     });
     await rename(`${image}.part`, image);
