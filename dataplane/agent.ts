@@ -164,7 +164,9 @@ export class Agent {
     this.#setConfig(config);
     // New uplink id bits: the event stream reads flows' uplinks from them from now on.
     if (this.#watching) this.#watch();
-    await this.sync();
+    // The kernel's routes are listed only when the rendered ones changed: a policy or pod change
+    // cannot move them, and the listing costs more than the change itself on a large table.
+    await this.#queue.request();
     if (this.#watching) this.#setRenewal();
   }
 

@@ -4,7 +4,7 @@
 // refill every chain and every set of the table. Applied atomically like any transaction, so
 // packets see either the old ruleset or the new one.
 import { elementOperations, type Operation } from './nftables.ts';
-import { renderElement, type Chain, type NamedSet, type SetElement, type Table } from './model.ts';
+import type { Chain, NamedSet, SetElement, Table } from './model.ts';
 
 /**
  * The operations that make a table holding exactly `before` hold exactly `after`, or undefined
@@ -92,18 +92,22 @@ function withoutRules({ rules: _, ...chain }: Chain): Omit<Chain, 'rules'> {
   return chain;
 }
 
-/** The elements only `before` holds and those only `after` holds, told apart by their nft text. */
+/**
+ * The elements only `before` holds and those only `after` holds. Told apart by their JSON, which is
+ * cheaper to make than their nft text: two elements the kernel holds as one but written differently
+ * would only be deleted and added again in the same transaction.
+ */
 function elementChanges(
   before: readonly SetElement[],
   after: readonly SetElement[],
 ): { gone: SetElement[]; added: SetElement[] } {
-  // Most syncs leave most sets as they were: compare them whole before element by element.
-  if (before.length === after.length && JSON.stringify(before) === JSON.stringify(after))
-    return { gone: [], added: [] };
-  const was = new Set(before.map(renderElement));
-  const is = new Map(after.map((e) => [renderElement(e), e]));
-  return {
-    gone: before.filter((e) => !is.has(renderElement(e))),
-    added: [...is].filter(([text]) => !was.has(text)).map(([, e]) => e),
-  };
+  const was = before.map((e) => JSON.stringify(e));
+  const is = after.map((e) => JSON.stringify(e));
+  // Most syncs leave most sets as they were.
+  if (was.length === is.length && was.every((text, i) => text === is[i])) return { gone: [], added: [] };
+  const isSet = new Set(is);
+  // What was there already, or came earlier in `after`: added once.
+  const seen = new Set(was);
+  const added = after.filter((_, i) => !seen.has(is[i]!) && seen.add(is[i]!));
+  return { gone: before.filter((_, i) => !isSet.has(was[i]!)), added };
 }
