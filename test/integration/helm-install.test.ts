@@ -167,6 +167,14 @@ describe("the operator's ServiceAccount, as the real authorizer sees it", () => 
     expect(await can(['update', `secrets/${release}-webhook-tls`, '-n', namespace])).toBe(true);
   });
 
+  test('may approve and sign for the signer naat.dev/agent and no other', async () => {
+    for (const verb of ['approve', 'sign']) {
+      expect(await can([verb, 'signers.certificates.k8s.io/naat.dev/agent'])).toBe(true);
+      expect(await can([verb, 'signers.certificates.k8s.io/kubernetes.io/kube-apiserver-client'])).toBe(false);
+      expect(await can([verb, 'signers.certificates.k8s.io/naat.dev/other'])).toBe(false);
+    }
+  });
+
   test("may bind the dataplane's role and grant what it holds, and nothing more", async () => {
     const dryRun = (args: string[]) => k([...args, as(), '--dry-run=server']);
     await dryRun([
