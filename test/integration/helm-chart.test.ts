@@ -284,10 +284,9 @@ describe('helm template with the default values', () => {
         'pods/status',
         'events',
         'mutatingwebhookconfigurations',
-        // the signer naat.dev/agent (below)
+        // the signer naat.dev/agent, which approves and signs for itself alone (below)
         'certificatesigningrequests/approval',
         'certificatesigningrequests/status',
-        'signers',
         // naat's own, by name (below)
         'customresourcedefinitions',
         'clusterroles',
