@@ -42,8 +42,8 @@ export const utf8String = (text: string) => tlv(tag.utf8String, Buffer.from(text
 
 export function objectId(dotted: string): Buffer {
   const [a, b, ...rest] = dotted.split('.').map(Number);
-  const bytes = [a! * 40 + b!];
-  for (const arc of rest) {
+  const bytes: number[] = [];
+  for (const arc of [a! * 40 + b!, ...rest]) {
     const base128 = [arc & 0x7f];
     for (let v = arc >> 7; v > 0; v >>= 7) base128.unshift((v & 0x7f) | 0x80);
     bytes.push(...base128);
@@ -120,20 +120,23 @@ export function sequenceOf(value: DerValue | undefined, what: string, min = 0): 
 }
 
 export function readObjectId(value: DerValue | undefined, what: string): string {
-  if (!value || value.tag !== tag.objectId || !value.value.length)
+  if (!value || value.tag !== tag.objectId || !value.value.length) {
     throw new DerError(`${what} is not an OBJECT IDENTIFIER`);
-  const bytes = value.value;
-  const arcs = [Math.min(2, Math.floor(bytes[0]! / 40)), bytes[0]! - Math.min(2, Math.floor(bytes[0]! / 40)) * 40];
-  let arc = 0;
-  for (let i = 1; i < bytes.length; i++) {
-    arc = arc * 128 + (bytes[i]! & 0x7f);
-    if (arc > Number.MAX_SAFE_INTEGER / 128) throw new DerError(`${what} has an arc too large`);
-    if (!(bytes[i]! & 0x80)) {
-      arcs.push(arc);
-      arc = 0;
-    } else if (i === bytes.length - 1) throw new DerError(`${what} ends inside an arc`);
   }
-  return arcs.join('.');
+  // Base-128 subidentifiers, the last byte of each without the high bit; the first holds two arcs.
+  const subidentifiers: number[] = [];
+  let arc = 0;
+  for (const [i, byte] of value.value.entries()) {
+    arc = arc * 128 + (byte & 0x7f);
+    if (arc > Number.MAX_SAFE_INTEGER / 128) throw new DerError(`${what} has an arc too large`);
+    if (!(byte & 0x80)) {
+      subidentifiers.push(arc);
+      arc = 0;
+    } else if (i === value.value.length - 1) throw new DerError(`${what} ends inside an arc`);
+  }
+  const [first, ...rest] = subidentifiers as [number, ...number[]];
+  const top = Math.min(2, Math.floor(first / 40));
+  return [top, first - top * 40, ...rest].join('.');
 }
 
 /** The bytes of a BIT STRING whose bit count is a multiple of eight (keys and signatures). */
