@@ -94,9 +94,11 @@ beforeAll(async () => {
       JSON.stringify({ status: { addresses: addresses.map((address) => ({ type: 'InternalIP', address })) } }),
     ),
   );
-  await k(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: gatewayWithUplink(gateway) }));
   operator = await startReleaseOperator({ kubeconfig, release, namespace, dir });
   await operator.ready();
+  // The operator puts naat's CRDs in place as it starts.
+  await k(['wait', '--for=condition=Established', 'crd/uplinks.naat.dev', 'crd/egressgateways.naat.dev']);
+  await k(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: gatewayWithUplink(gateway) }));
   caBundle = await operator.eventually('the CA bundle', async () => {
     const configMap = JSON.parse(await k(['get', 'configmap', `${release}-ca`, '-n', namespace, '-o', 'json']));
     return configMap.data?.['ca.crt'] as string | undefined;

@@ -100,12 +100,14 @@ test("the operator serves cert-manager's certificate and signs the agents' with 
     ...['-p', JSON.stringify([{ op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: base64(ca.cert) }])],
   ]);
   const webhookBefore = JSON.parse(await k(['get', 'mutatingwebhookconfiguration', webhookName, '-o', 'json']));
-  await k(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: gatewayWithUplink(gateway) }));
 
   const started = await startReleaseOperator({ kubeconfig, release, namespace, dir });
   operator = started.child;
   const { eventually } = started;
   await started.ready();
+  // The operator puts naat's CRDs in place as it starts.
+  await k(['wait', '--for=condition=Established', 'crd/uplinks.naat.dev', 'crd/egressgateways.naat.dev']);
+  await k(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: gatewayWithUplink(gateway) }));
   const bundle = await eventually('the CA bundle', async () => {
     const configMap = JSON.parse(await k(['get', 'configmap', `${release}-ca`, '-n', namespace, '-o', 'json']));
     return configMap.data?.['ca.crt'] as string | undefined;
