@@ -12,7 +12,6 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createSecureServer } from 'node:https';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { Agent, type AgentOptions } from './agent.ts';
 import {
@@ -24,6 +23,7 @@ import {
 } from './attribution.ts';
 import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
 import { bearerToken, flowPaths, servesFlowsUnauthenticated } from './flow-access.ts';
+import { readTlsDir } from './identity.ts';
 import { agentConfigKey as configKey, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { parseNodeConfig, type NodeConfig } from '../contracts/gateway/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
@@ -64,9 +64,18 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
       [--local-listen ADDR:PORT]     every endpoint, flow data included, on a loopback address
                                 (in a cluster, for \`naat flows\` and \`naat who\` through the
                                 apiserver's port-forward to the agent's pod: docs/cli.md)
-      [--secure-listen ADDR:PORT --tls-dir DIR]   every endpoint over TLS (DIR holds tls.crt and
-                                tls.key), to callers whose bearer token the apiserver accepts and
-                                who may get egressgateways/flows of this gateway (docs/security.md)
+      [--tls-dir DIR [--csr CA_FILE]]   this node's identity: DIR holds ca.crt (the CA bundle
+                                that signs every agent's certificate), tls.crt (this node's
+                                certificate) and tls.key (its key), each replaced whole. With
+                                --csr (in a cluster) the agent keeps them itself: it asks the
+                                operator's signer naat.dev/agent for this node's certificate with
+                                a CertificateSigningRequest made with its pod's own token, renews
+                                it with a new key when two thirds of its life have passed, and
+                                copies the CA bundle CA_FILE (the mounted CA ConfigMap) into DIR.
+                                Without --csr, whoever runs the agent puts the files there
+      [--secure-listen ADDR:PORT]   every endpoint over TLS with the certificate of --tls-dir, to
+                                callers whose bearer token the apiserver accepts and who may get
+                                egressgateways/flows of this gateway (docs/security.md)
       [--naa-listen ADDR:PORT]  where the sidecars' NAA streams arrive (default :PORT, the
                                 config's association port)
       [--report]                write this node's uplink health into Uplink status
@@ -85,7 +94,7 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
                                 the gateway nodes' health is asked at their /steering; when its
                                 ConfigMap is gone at SIGTERM (the node left every gateway), it
                                 takes away all it put in the kernel
-      [--node NAME] [--state-dir DIR] [--reload-ms MS]
+      [--node NAME] [--state-dir DIR] [--reload-ms MS] [--tls-dir DIR [--csr CA_FILE]] (as run's)
       [--listen ADDR:PORT]      /status and /metrics (default 127.0.0.1:7742)
       [--report] [--report-ms MS]   write whether steering is ready here into the gateways' status
   node --remove                 takes away everything the node agent put in the kernel
@@ -113,6 +122,7 @@ const { positionals, values } = parseCommandLine(usage, {
     'local-listen': { type: 'string' },
     'secure-listen': { type: 'string' },
     'tls-dir': { type: 'string' },
+    csr: { type: 'string' },
     'reload-ms': { type: 'string', default: '1000' },
     report: { type: 'boolean', default: false },
     'naa-listen': { type: 'string' },
@@ -187,11 +197,24 @@ function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): 
   });
 }
 
+/**
+ * With --csr, keeps this node's certificate in --tls-dir (identity.ts); resolves with what stops
+ * that, once started.
+ */
+async function startIdentity(): Promise<() => Promise<void>> {
+  const [dir, caFile] = [values['tls-dir'], values.csr];
+  if (caFile === undefined) return async () => {};
+  if (dir === undefined) usageError(usage, '--csr needs --tls-dir');
+  const { pooledKubeConfig } = await import('../common/kube/index.ts');
+  const { ClusterIdentity } = await import('./identity.ts');
+  const identity = new ClusterIdentity({ kubeConfig: pooledKubeConfig(), node: values.node!, dir, caFile, log });
+  identity.start();
+  return () => identity.stop();
+}
+
 async function run(): Promise<void> {
   const limits = retention();
-  if (Boolean(values['secure-listen']) !== Boolean(values['tls-dir'])) {
-    usageError(usage, '--secure-listen and --tls-dir go together');
-  }
+  if (values['secure-listen'] && !values['tls-dir']) usageError(usage, '--secure-listen needs --tls-dir');
   const local = values['local-listen'];
   if (local !== undefined && !servesFlowsUnauthenticated(listenOptions(local).host ?? '')) {
     usageError(usage, '--local-listen takes a loopback address, such as 127.0.0.1:9095');
@@ -200,6 +223,7 @@ async function run(): Promise<void> {
     'k8s.node.name': values.node!,
     ...(process.env.POD_NAME ? { 'k8s.pod.name': process.env.POD_NAME } : {}),
   });
+  const stopIdentity = await startIdentity();
   const first = await firstConfig(parseConfig, 'gateway config');
   // Without telemetry, an ended flow costs nothing beyond its attribution record.
   const onFlowEnd = telemetry.enabled ? (await import('./flow-telemetry.ts')).exportFlow : undefined;
@@ -261,6 +285,7 @@ async function run(): Promise<void> {
     clearInterval(report);
     monitor.stop();
     for (const server of servers) server.close();
+    await stopIdentity();
     await naa?.close();
     const { gone, text } = await configAtStop(first.source);
     const left = gone ? undefined : await nodeLeft(text);
@@ -459,10 +484,10 @@ function listenOptions(address: string): ListenAddress {
 const certificateReloadMs = 10_000;
 
 /**
- * The secure listener: TLS with the certificate in `dir` (tls.crt, tls.key, as a kubernetes.io/tls
- * Secret mounts them), and every request from a caller the apiserver authenticates and authorizes
- * to read this gateway's flows (flow-access.ts). It listens once the certificate is there (the
- * operator may not have issued it yet: the gateway works meanwhile) and picks up a renewed pair.
+ * The secure listener: TLS with this node's certificate in `dir` (identity.ts), and every request
+ * from a caller the apiserver authenticates and authorizes to read this gateway's flows
+ * (flow-access.ts). It listens once the certificate is there (the agent may not have it yet: the
+ * gateway works meanwhile) and picks up a renewed pair.
  */
 async function serveSecure(agent: Agent, address: string, dir: string): Promise<{ close(): void }> {
   const { pooledKubeConfig } = await import('../common/kube/index.ts');
@@ -492,10 +517,11 @@ async function serveSecure(agent: Agent, address: string, dir: string): Promise<
   let loaded: string | undefined;
   let reported: string | undefined;
   const load = async () => {
-    let pair: { cert: string; key: string };
+    // Not there, or between the two renames of a renewal: the listener keeps what it has.
+    const pair = await readTlsDir(dir);
     try {
-      pair = { cert: await readFile(join(dir, 'tls.crt'), 'utf8'), key: await readFile(join(dir, 'tls.key'), 'utf8') };
-      server.setSecureContext({ ...pair, minVersion: 'TLSv1.2' });
+      if (!pair) throw new Error(`no certificate and matching key in ${dir} yet`);
+      server.setSecureContext({ cert: pair.cert, key: pair.key, minVersion: 'TLSv1.2' });
     } catch (error) {
       const message = (error as Error).message;
       if (message !== reported) log.error('Waiting for the secure listener certificate', { dir, error: message });
@@ -661,6 +687,7 @@ async function node(): Promise<void> {
     return void log.info('Removed the node agent from the kernel');
   }
   const parse = (text: string): NodeConfig => parseNodeConfig(parseText(text));
+  const stopIdentity = await startIdentity();
   const first = await firstConfig(parse, 'node config');
   const agent = nodeAgent(await naaRelays());
   await agent.start(first.config);
@@ -697,6 +724,7 @@ async function node(): Promise<void> {
     first.source.stop();
     server.close();
     clearInterval(reports);
+    await stopIdentity();
     const { gone } = await configAtStop(first.source);
     if (gone) {
       log.info('Stopping; the node config is gone, so the steering goes too', { signal, config: gone });

@@ -4,12 +4,14 @@
 import {
   AdmissionregistrationV1Api,
   AppsV1Api,
+  CertificatesV1Api,
   type ConfigurationOptions,
   CoreV1Api,
   CustomObjectsApi,
   type KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
+  type V1CertificateSigningRequest,
   type V1ConfigMap,
   type V1DaemonSet,
   type V1MutatingWebhookConfiguration,
@@ -28,6 +30,7 @@ import {
   type Uplink,
 } from '../crds/index.ts';
 import { apiListerWatcher, Informer, type ListPage } from '../common/kube/index.ts';
+import { agentSignerName } from '../contracts/index.ts';
 import type { Logger } from '../common/index.ts';
 import { nodeAgentName } from './desired.ts';
 import type { OperatorSettings } from './settings.ts';
@@ -46,14 +49,19 @@ export interface Caches {
   nodeConfigMaps: Informer<V1ConfigMap>;
 }
 
-/** The webhook's own objects, watched by name: the only ones its RBAC lets it read. */
+/**
+ * The certificates' objects: the webhook's own, watched by name (the only ones its RBAC lets it
+ * read), and the agents' requests to naat's signer with the CA bundle they trust.
+ */
 export interface WebhookCaches {
   secrets: Informer<V1Secret>;
   webhooks: Informer<V1MutatingWebhookConfiguration>;
-  /** The gateway agents' certificate Secret, when the settings name one. */
-  agentSecrets?: Informer<V1Secret>;
   /** The CA cert-manager keeps, when it issues the webhook's certificate (webhook.caSecretName). */
   caSecrets?: Informer<V1Secret>;
+  /** The CA bundle's ConfigMap, when the settings name one (dataplane.caConfigMapName). */
+  caBundles?: Informer<V1ConfigMap>;
+  /** The CertificateSigningRequests to naat.dev/agent (by a spec.signerName field selector), with caBundles. */
+  agentRequests?: Informer<V1CertificateSigningRequest>;
 }
 
 type Selectors = { labelSelector?: string; fieldSelector?: string };
@@ -63,12 +71,13 @@ export function operatorCaches(
   namespace: string,
   webhook: OperatorSettings['webhook'],
   log: Logger,
-  agentSecretName?: string,
+  caConfigMapName?: string,
 ): { caches: Caches; webhookCaches: WebhookCaches } {
   const core = kubeConfig.makeApiClient(CoreV1Api);
   const apps = kubeConfig.makeApiClient(AppsV1Api);
   const admission = kubeConfig.makeApiClient(AdmissionregistrationV1Api);
   const custom = kubeConfig.makeApiClient(CustomObjectsApi);
+  const certificates = kubeConfig.makeApiClient(CertificatesV1Api);
 
   /** A cache of one collection; `list` gets the selectors and the page among its parameters. */
   function informer<T extends KubernetesObject>(
@@ -138,8 +147,23 @@ export function operatorCaches(
         (p, o) => admission.listMutatingWebhookConfiguration(p, o),
         byName(webhook.configurationName),
       ),
-      ...(agentSecretName ? { agentSecrets: secret(agentSecretName) } : {}),
       ...(webhook.caSecretName ? { caSecrets: secret(webhook.caSecretName) } : {}),
+      ...(caConfigMapName
+        ? {
+            caBundles: informer<V1ConfigMap>(
+              'ConfigMap',
+              `/api/v1/namespaces/${namespace}/configmaps`,
+              (p, o) => core.listNamespacedConfigMap({ namespace, ...p }, o),
+              byName(caConfigMapName),
+            ),
+            agentRequests: informer<V1CertificateSigningRequest>(
+              'CertificateSigningRequest',
+              '/apis/certificates.k8s.io/v1/certificatesigningrequests',
+              (p, o) => certificates.listCertificateSigningRequest(p, o),
+              { fieldSelector: `spec.signerName=${agentSignerName}` },
+            ),
+          }
+        : {}),
     },
   };
 }

@@ -1,11 +1,15 @@
-// The webhook's certificates: a CA the apiserver trusts (its caBundle) and a serving certificate
-// it signs for the names the apiserver dials. ECDSA P-256 keys made by node:crypto; the X.509 DER
+// The operator's certificates: a CA the apiserver trusts (the webhook's caBundle) and the agents
+// trust (the CA ConfigMap), the webhook's serving certificate for the names the apiserver dials,
+// and each agent's certificate for its node. ECDSA P-256 keys made by node:crypto; the X.509 DER
 // is written here because Node can parse certificates but not make them, and the operator's
 // image carries no openssl. Only what verifiers check is written (RFC 5280 §4.1, the extensions
 // Go's crypto/x509 looks at): version 3, a random positive serial, names as a single CN,
-// basicConstraints, keyUsage, extKeyUsage serverAuth and subjectAltName.
+// basicConstraints, keyUsage, extKeyUsage and subjectAltName.
 import { createPrivateKey, generateKeyPairSync, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
+import { der } from '../common/index.ts';
+
+const { bitString, boolean, integer, objectId, oid, octetString, sequence, tlv } = der;
 
 export interface KeyPair {
   /** PEM certificate. */
@@ -38,20 +42,10 @@ export function nextLook(now: Date, certificates: readonly string[]): number {
   return Math.max(1000, Math.min(maxWait, expires - renewBefore - now.getTime()));
 }
 
-const oid = {
-  ecdsaWithSha256: '1.2.840.10045.4.3.2',
-  commonName: '2.5.4.3',
-  basicConstraints: '2.5.29.19',
-  keyUsage: '2.5.29.15',
-  extKeyUsage: '2.5.29.37',
-  subjectAltName: '2.5.29.17',
-  serverAuth: '1.3.6.1.5.5.7.3.1',
-};
-
 /** A self-signed CA that may sign certificates and nothing else. */
 export function makeCa(commonName: string, validity: Validity): KeyPair {
   const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const name = distinguishedName(commonName);
+  const name = der.commonNameOnly(commonName);
   const cert = certificate({
     issuer: name,
     subject: name,
@@ -71,22 +65,49 @@ export function makeCa(commonName: string, validity: Validity): KeyPair {
 export function makeServing(ca: KeyPair, names: readonly string[], validity: Validity): KeyPair {
   if (!names.length) throw new Error('a serving certificate needs at least one name');
   const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const issuer = Buffer.from(new X509Certificate(ca.cert).raw);
-  const cert = certificate({
-    issuer: subjectOf(issuer),
-    subject: distinguishedName(names[0]!),
-    validity,
+  const cert = leaf(ca, { commonName: names[0]!, names, publicKey, validity, usages: [oid.serverAuth] });
+  return { cert, key: pkcs8(privateKey) };
+}
+
+/**
+ * An agent's certificate for `publicKey` (from its request): CN the node's name, subjectAltName
+ * the node's name and addresses, for TLS servers and clients both (agents dial each other with it).
+ */
+export function makeAgentCertificate(
+  ca: KeyPair,
+  publicKey: KeyObject,
+  node: string,
+  addresses: readonly string[],
+  validity: Validity,
+): string {
+  return leaf(ca, {
+    commonName: node,
+    names: [node, ...addresses],
     publicKey,
+    validity,
+    usages: [oid.serverAuth, oid.clientAuth],
+  });
+}
+
+function leaf(
+  ca: KeyPair,
+  o: { commonName: string; names: readonly string[]; publicKey: KeyObject; validity: Validity; usages: string[] },
+): string {
+  const issuer = Buffer.from(new X509Certificate(ca.cert).raw);
+  return certificate({
+    issuer: subjectOf(issuer),
+    subject: der.commonNameOnly(o.commonName),
+    validity: o.validity,
+    publicKey: o.publicKey,
     signer: ca.key,
     extensions: [
       extension(oid.basicConstraints, true, sequence()),
       // digitalSignature (bit 0): an ECDHE handshake signs with the key.
       extension(oid.keyUsage, true, bitString(Buffer.from([0x80]), 7)),
-      extension(oid.extKeyUsage, false, sequence(objectId(oid.serverAuth))),
-      extension(oid.subjectAltName, false, sequence(...names.map(generalName))),
+      extension(oid.extKeyUsage, false, sequence(...o.usages.map(objectId))),
+      extension(oid.subjectAltName, false, sequence(...o.names.map(generalName))),
     ],
   });
-  return { cert, key: pkcs8(privateKey) };
 }
 
 /** Whether `ca` is a CA whose key matches and that stays valid past `until`. */
@@ -136,36 +157,30 @@ function certificate(parts: CertificateParts): string {
   const serial = randomBytes(16);
   serial[0] = (serial[0]! & 0x7f) | 0x40;
   const tbs = sequence(
-    tagged(0xa0, integer(Buffer.from([2]))),
+    tlv(0xa0, integer(Buffer.from([2]))),
     integer(serial),
     algorithm,
     parts.issuer,
     sequence(time(parts.validity.notBefore), time(parts.validity.notAfter)),
     parts.subject,
     parts.publicKey.export({ type: 'spki', format: 'der' }),
-    tagged(0xa3, sequence(...parts.extensions)),
+    tlv(0xa3, sequence(...parts.extensions)),
   );
   const signature = sign('sha256', tbs, parts.signer);
-  const der = sequence(tbs, algorithm, bitString(signature, 0));
-  const lines = der.toString('base64').match(/.{1,64}/g)!;
-  return ['-----BEGIN CERTIFICATE-----', ...lines, '-----END CERTIFICATE-----', ''].join('\n');
+  return der.toPem('CERTIFICATE', sequence(tbs, algorithm, bitString(signature, 0)));
 }
 
 const pkcs8 = (key: KeyObject) => key.export({ type: 'pkcs8', format: 'pem' }) as string;
 
-function distinguishedName(commonName: string): Buffer {
-  return sequence(set(sequence(objectId(oid.commonName), tlv(0x0c, Buffer.from(commonName, 'utf8')))));
-}
-
 /** The subject Name of a DER certificate, byte for byte, to be its children's issuer. */
-function subjectOf(der: Buffer): Buffer {
-  const tbs = children(children(der)[0]!);
+function subjectOf(certificateDer: Buffer): Buffer {
+  const tbs = der.childrenOf(der.childrenOf(der.readOne(certificateDer))[0]!);
   // version [0], serial, signature algorithm, issuer, validity, subject
-  return tbs[5]!;
+  return tbs[5]!.raw;
 }
 
 function extension(id: string, critical: boolean, value: Buffer): Buffer {
-  return sequence(objectId(id), ...(critical ? [boolean(true)] : []), tlv(0x04, value));
+  return sequence(objectId(id), ...(critical ? [boolean(true)] : []), octetString(value));
 }
 
 function generalName(name: string): Buffer {
@@ -194,53 +209,4 @@ function time(date: Date): Buffer {
     .replace(/\.\d{3}/, '')
     .replace(/[-:T]/g, '');
   return date.getUTCFullYear() < 2050 ? tlv(0x17, Buffer.from(text.slice(2))) : tlv(0x18, Buffer.from(text));
-}
-
-// --- DER ---
-
-function tlv(tag: number, value: Buffer): Buffer {
-  const n = value.length;
-  const length =
-    n < 0x80 ? Buffer.from([n]) : n < 0x100 ? Buffer.from([0x81, n]) : Buffer.from([0x82, n >> 8, n & 0xff]);
-  if (n > 0xffff) throw new Error('DER value too long');
-  return Buffer.concat([Buffer.from([tag]), length, value]);
-}
-
-const sequence = (...items: Buffer[]) => tlv(0x30, Buffer.concat(items));
-const set = (...items: Buffer[]) => tlv(0x31, Buffer.concat(items));
-const tagged = (tag: number, item: Buffer) => tlv(tag, item);
-const boolean = (value: boolean) => tlv(0x01, Buffer.from([value ? 0xff : 0]));
-const integer = (bytes: Buffer) => tlv(0x02, bytes[0]! & 0x80 ? Buffer.concat([Buffer.from([0]), bytes]) : bytes);
-const bitString = (bytes: Buffer, unusedBits: number) => tlv(0x03, Buffer.concat([Buffer.from([unusedBits]), bytes]));
-
-function objectId(dotted: string): Buffer {
-  const [a, b, ...rest] = dotted.split('.').map(Number);
-  const bytes = [a! * 40 + b!];
-  for (const arc of rest) {
-    const base128 = [arc & 0x7f];
-    for (let v = arc >> 7; v > 0; v >>= 7) base128.unshift((v & 0x7f) | 0x80);
-    bytes.push(...base128);
-  }
-  return tlv(0x06, Buffer.from(bytes));
-}
-
-/** The elements of a DER constructed value. */
-function children(der: Buffer): Buffer[] {
-  const items: Buffer[] = [];
-  const { start, end } = extent(der, 0);
-  for (let at = start; at < end;) {
-    const item = extent(der, at);
-    items.push(der.subarray(at, item.end));
-    at = item.end;
-  }
-  return items;
-}
-
-function extent(der: Buffer, at: number): { start: number; end: number } {
-  const first = der[at + 1]!;
-  if (first < 0x80) return { start: at + 2, end: at + 2 + first };
-  const octets = first & 0x7f;
-  let length = 0;
-  for (let i = 0; i < octets; i++) length = length * 256 + der[at + 2 + i]!;
-  return { start: at + 2 + octets, end: at + 2 + octets + length };
 }

@@ -11,7 +11,8 @@ import { nodeFacts, podFacts } from './reconcilers/cluster.ts';
 import { GatewayReconciler, gatewaysOf } from './reconcilers/egress-gateway.ts';
 import { SteeringReconciler, steeringKey } from './reconcilers/steering.ts';
 import { UplinkReconciler } from './reconcilers/uplink.ts';
-import { AgentCertificateReconciler } from './reconcilers/agent-certificate.ts';
+import { AgentSignerReconciler } from './reconcilers/agent-signer.ts';
+import { CaBundleReconciler } from './reconcilers/ca-bundle.ts';
 import { CertificateReconciler, pairsOf, tlsPairOf } from './reconcilers/webhook-certificate.ts';
 import { Controller, type ControllerOptions, type ReconcileResult } from './runtime/controller.ts';
 import type { Logger } from '../common/index.ts';
@@ -101,29 +102,39 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
     controllers.certificates = certificates;
   }
 
-  const agentSecrets = webhookCaches.agentSecrets;
-  const secretName = settings.dataplane.certificateSecretName;
-  if (!agentSecrets || !secretName || !caSecrets) return controllers;
-  // The gateway agents' certificate, for every gateway node: from the CA the operator keeps in the
-  // webhook's Secret, or from cert-manager's CA Certificate (its own pair, tls.crt and tls.key).
+  const { caBundles, agentRequests } = webhookCaches;
+  const configMapName = settings.dataplane.caConfigMapName;
+  if (!caBundles || !agentRequests || !configMapName || !caSecrets) return controllers;
+  // The agents' CA: the one the operator keeps in the webhook's Secret, or cert-manager's CA
+  // Certificate (its own pair, tls.crt and tls.key). It signs each agent's certificate for its
+  // node, and its certificate is published for the agents to trust.
   const caKey = `${namespace}/${caSecretName ?? settings.webhook.secretName}`;
-  const agentCertificate = new AgentCertificateReconciler({
+  const ca = () => (caSecretName ? tlsPairOf(caSecrets.get(caKey)) : pairsOf(caSecrets.get(caKey))?.ca);
+  const bundle = new CaBundleReconciler({ kubeConfig, configMaps: caBundles, ca, configMapName, namespace, log });
+  const caBundle = controller('ca-bundle', () => bundle.reconcile());
+  caBundle.watch(caSecrets, () => ['ca-bundle']);
+  caBundle.watch(caBundles, () => ['ca-bundle']);
+  const signer = new AgentSignerReconciler({
     kubeConfig,
-    secrets: agentSecrets,
+    requests: agentRequests,
     gateways: caches.gateways,
     nodes: caches.nodes,
-    ca: () => (caSecretName ? tlsPairOf(caSecrets.get(caKey)) : pairsOf(caSecrets.get(caKey))?.ca),
-    secretName,
+    ca,
     namespace,
+    maxLifetimeSeconds: settings.dataplane.certificateLifetimeSeconds,
     log,
   });
-  const agentCertificates = controller('agent-certificate', () => agentCertificate.reconcile());
-  const agents = () => ['agent-certificate'];
-  agentCertificates.watch(caSecrets, agents);
-  agentCertificates.watch(agentSecrets, agents);
-  agentCertificates.watch(caches.gateways, agents);
-  agentCertificates.watch(caches.nodes, onFactsChange(caches.nodes, nodeChange, agents));
-  return { ...controllers, agentCertificates };
+  const agentSigner = new Controller({
+    name: 'agent-signer',
+    reconcile: (key) => signer.reconcile(key),
+    around: o.around('agent-signer'),
+    // What it decides on besides the request: the agents' ServiceAccounts (from the gateways) and
+    // the requester's node. A request waiting for either is retried with backoff.
+    caches: [caches.gateways, caches.nodes],
+    log,
+  });
+  agentSigner.watch(agentRequests);
+  return { ...controllers, caBundle, agentSigner };
 }
 
 /** What the compiler reads of a node: the gateways it belongs to, its pod network, its tunnel addresses. */

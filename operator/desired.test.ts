@@ -1,7 +1,7 @@
 import { validate, type EgressGateway } from '../crds/index.ts';
 import { operatorSettings } from '../test/cluster/operator.ts';
 import type { Compiled } from './compile.ts';
-import { desiredGatewayObjects } from './desired.ts';
+import { desiredGatewayObjects, desiredNodeObjects } from './desired.ts';
 import { parseSettings } from './settings.ts';
 
 const settings = parseSettings(operatorSettings('naat', { metrics: 8080, health: 8081, webhook: 9443 }));
@@ -98,5 +98,37 @@ describe('desiredGatewayObjects', () => {
     };
     expect(podSpec(gateway(), chosen).priorityClassName).toBeUndefined();
     expect(podSpec(gateway(), chosen).securityContext).toEqual({ seLinuxOptions: { type: 'spc_t' } });
+  });
+
+  it("gives both roles their node's identity: a certificate asked for with the pod's token, kept in memory", () => {
+    const withCa = { ...settings, dataplane: { ...settings.dataplane, caConfigMapName: 'naat-ca' } };
+    const nodeAgent = desiredNodeObjects(
+      [{ version: 1, node: 'worker-a', hash: 'sha256:0', markMask: 0xe0, gateways: [] }],
+      withCa,
+      'naat-system',
+    ).find((o) => o.kind === 'DaemonSet');
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
+    const pods = [podSpec(gateway(), withCa), (nodeAgent as any).spec.template.spec];
+    for (const pod of pods) {
+      const { args, volumeMounts } = pod.containers[0];
+      expect(args.slice(-4)).toEqual(['--tls-dir', '/etc/naat/tls', '--csr', '/etc/naat/ca/ca.crt']);
+      expect(volumeMounts).toEqual(
+        expect.arrayContaining([
+          { name: 'tls', mountPath: '/etc/naat/tls' },
+          { name: 'ca', mountPath: '/etc/naat/ca', readOnly: true },
+        ]),
+      );
+      expect(pod.volumes).toEqual(
+        expect.arrayContaining([
+          { name: 'tls', emptyDir: { medium: 'Memory', sizeLimit: '1Mi' } },
+          { name: 'ca', configMap: { name: 'naat-ca' } },
+        ]),
+      );
+      // No Secret: the key never leaves the agent's pod.
+      expect(JSON.stringify(pod.volumes)).not.toContain('secret');
+    }
+    // The gateway agent serves flow data with it.
+    expect(pods[0].containers[0].args).toEqual(expect.arrayContaining(['--secure-listen', ':9094']));
+    expect(pods[0].containers[0].ports).toContainEqual({ name: 'flows', containerPort: 9094 });
   });
 });

@@ -16,7 +16,10 @@ import type { Compiled } from './compile.ts';
 import { processEnvironment, type OperatorSettings } from './settings.ts';
 
 const stateDir = '/run/naat';
+/** The agent's key and certificate, and a copy of the CA bundle: in memory, the agent's alone. */
 const tlsDir = '/etc/naat/tls';
+/** The CA ConfigMap, as the kubelet mounts it. */
+const caDir = '/etc/naat/ca';
 
 export interface ApiObject {
   apiVersion: string;
@@ -61,8 +64,8 @@ export function desiredGatewayObjects(
     ],
   });
   const dp = settings.dataplane;
-  // Flow data only on the secure listener, with the certificate the operator issues (docs/security.md).
-  const secure = dp.certificateSecretName;
+  // Flow data only on the secure listener, with the agent's own certificate (docs/security.md).
+  const secure = dp.caConfigMapName;
   return [
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: metadata(true) },
     {
@@ -132,7 +135,7 @@ export function desiredGatewayObjects(
           `:${dp.healthPort}`,
           '--metrics-listen',
           `:${dp.metricsPort}`,
-          ...(secure ? ['--secure-listen', `:${dp.flowPort}`, '--tls-dir', tlsDir] : []),
+          ...(secure ? ['--secure-listen', `:${dp.flowPort}`] : []),
           // Only the node itself reaches it, and the kubelet's port-forward for those who may
           // create pods/portforward in this namespace (the naat CLI, docs/cli.md).
           '--local-listen',
@@ -145,31 +148,11 @@ export function desiredGatewayObjects(
           ...(secure ? [{ name: 'flows', containerPort: dp.flowPort }] : []),
           { name: 'naa', containerPort: gateway.spec.association.port },
         ],
-        volumeMounts: [
-          { name: 'state', mountPath: stateDir },
-          ...(secure ? [{ name: 'tls', mountPath: tlsDir, readOnly: true }] : []),
-        ],
+        volumeMounts: [{ name: 'state', mountPath: stateDir }],
       },
       volumes: [
         // Uplink ids live as long as the node's conntrack table: until the node reboots.
         { name: 'state', hostPath: { path: `${stateDir}/${gateway.metadata.name}`, type: 'DirectoryOrCreate' } },
-        // The key only: the CA's certificate is for callers.
-        ...(secure
-          ? [
-              {
-                name: 'tls',
-                // Optional: the agent starts without it and listens once the operator issued it.
-                secret: {
-                  secretName: secure,
-                  optional: true,
-                  items: [
-                    { key: 'tls.crt', path: 'tls.crt' },
-                    { key: 'tls.key', path: 'tls.key' },
-                  ],
-                },
-              },
-            ]
-          : []),
       ],
     }),
   ];
@@ -315,6 +298,27 @@ interface AgentPod {
 /** A DaemonSet of the dataplane program in either role, a gateway's agent or a node agent. */
 function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
   const dp = settings.dataplane;
+  // Each agent asks for its own node's certificate (a CertificateSigningRequest to naat.dev/agent,
+  // with its pod's token) and keeps it, with the CA bundle, in memory (docs/security.md).
+  const identity = dp.caConfigMapName;
+  const volumeMounts = [
+    ...(o.container.volumeMounts ?? []),
+    ...(identity
+      ? [
+          { name: 'tls', mountPath: tlsDir },
+          { name: 'ca', mountPath: caDir, readOnly: true },
+        ]
+      : []),
+  ];
+  const volumes = [
+    ...(o.volumes ?? []),
+    ...(identity
+      ? [
+          { name: 'tls', emptyDir: { medium: 'Memory', sizeLimit: '1Mi' } },
+          { name: 'ca', configMap: { name: identity } },
+        ]
+      : []),
+  ];
   return {
     apiVersion: 'apps/v1',
     kind: 'DaemonSet',
@@ -360,7 +364,7 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
               name: o.container.name,
               image: dp.image,
               imagePullPolicy: dp.pullPolicy,
-              args: o.container.args,
+              args: [...o.container.args, ...(identity ? ['--tls-dir', tlsDir, '--csr', `${caDir}/ca.crt`] : [])],
               env: [
                 { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
                 { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
@@ -379,10 +383,10 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
                 : {}),
               resources: dp.resources,
               securityContext: dp.securityContext,
-              ...(o.container.volumeMounts ? { volumeMounts: o.container.volumeMounts } : {}),
+              ...(volumeMounts.length ? { volumeMounts } : {}),
             },
           ],
-          ...(o.volumes ? { volumes: o.volumes } : {}),
+          ...(volumes.length ? { volumes } : {}),
         },
       },
     },

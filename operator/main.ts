@@ -58,7 +58,7 @@ const { caches, webhookCaches } = operatorCaches(
   namespace,
   settings.webhook,
   log,
-  settings.dataplane.certificateSecretName,
+  settings.dataplane.caConfigMapName,
 );
 
 // Read at each scrape; the controllers, the webhook and the elector are made below.

@@ -61,7 +61,7 @@ export const OperatorSettings = Type.Object({
      * Set when cert-manager keeps the webhook's certificate (the chart's webhook.certManager): it
      * writes the serving pair into secretName and the CA into the webhook's caBundle, and the
      * operator only serves that pair. This Secret holds the CA (tls.crt, tls.key of a cert-manager
-     * CA Certificate), from which the operator still issues the gateway agents' certificate.
+     * CA Certificate), with which the operator still signs the agents' certificates.
      */
     caSecretName: Type.Optional(Type.String({ minLength: 1 })),
   }),
@@ -94,7 +94,7 @@ export const OperatorSettings = Type.Object({
     setNodeSysctls: Type.Boolean({ default: true }),
     metricsPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9090 }),
     healthPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9091 }),
-    /** The secure listener of flow data (docs/security.md), TLS with the certificate below. */
+    /** The secure listener of flow data (docs/security.md), TLS with the agent's own certificate. */
     flowPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9094 }),
     /**
      * Every endpoint, flow data included, on the node's loopback address (127.0.0.1): what the
@@ -102,11 +102,18 @@ export const OperatorSettings = Type.Object({
      */
     localPort: Type.Integer({ minimum: 1, maximum: 65535, default: 9095 }),
     /**
-     * The Secret the chart made empty for the gateway agents' certificate (ca.crt, tls.crt,
-     * tls.key), which the operator issues from its CA and every DaemonSet mounts; without it the
-     * agents serve no flow data in the cluster.
+     * The ConfigMap the chart made empty for the CA bundle (key ca.crt), which the operator fills
+     * and every agent's DaemonSet mounts. With it, each agent asks the operator's signer
+     * (naat.dev/agent) for its node's certificate and keeps it in its TLS directory; the gateway
+     * agents serve flow data on the secure listener with it. Without it the agents have no
+     * certificate and serve no flow data in the cluster.
      */
-    certificateSecretName: Type.Optional(Type.String({ minLength: 1 })),
+    caConfigMapName: Type.Optional(Type.String({ minLength: 1 })),
+    /**
+     * The longest an agent's certificate lasts (seconds); the agent renews it when two thirds have
+     * passed, with a new key.
+     */
+    certificateLifetimeSeconds: Type.Integer({ minimum: 10, default: 7 * 86_400 }),
   }),
   sidecar: Type.Object({ ...Image, resources: Resources, securityContext: SecurityContext(sidecarSecurityContext) }),
   /** Cluster-wide egress: the node agents and the tunnels they steer served pods' flows into. */

@@ -276,14 +276,17 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
 /**
  * Writes to `path` a kubeconfig for the cluster of `kubeconfig` that authenticates with a token
  * of ServiceAccount `namespace/account`, so that a process runs with exactly that account's RBAC.
+ * `tokenArgs` go to `kubectl create token`, e.g. to bind the token to a pod.
  */
 export async function serviceAccountKubeconfig(
   kubeconfig: string,
   namespace: string,
   account: string,
   path: string,
+  tokenArgs: string[] = [],
 ): Promise<string> {
-  const token = (await kubectl(kubeconfig, ['create', 'token', account, '-n', namespace, '--duration=1h'])).trim();
+  const create = ['create', 'token', account, '-n', namespace, '--duration=1h', ...tokenArgs];
+  const token = (await kubectl(kubeconfig, create)).trim();
   const cluster = JSON.parse(await kubectl(kubeconfig, ['config', 'view', '--raw', '--minify', '-o', 'json']))
     .clusters[0].cluster;
   await writeFile(

@@ -141,12 +141,12 @@ test('pods read flow data from the secure listener only with a naat-flows token 
       subjects: [{ kind: 'ServiceAccount', name: 'reader', namespace: readers }],
     },
   ]);
-  // The certificate the operator issued names the node's address; callers trust its CA.
+  // The agent's certificate names its node's address; callers trust the CA bundle the operator publishes.
   const ca = await until(
-    "the gateway agents' certificate for the node",
+    'the CA bundle',
     async () => {
-      const secret = JSON.parse(await k(['get', 'secret', `${release}-agent-tls`, '-n', namespace, '-o', 'json']));
-      return secret.data?.['tls.crt'] ? Buffer.from(secret.data['ca.crt'], 'base64').toString('utf8') : undefined;
+      const bundle = JSON.parse(await k(['get', 'configmap', `${release}-ca`, '-n', namespace, '-o', 'json']));
+      return bundle.data?.['ca.crt'] as string | undefined;
     },
     120_000,
   );
@@ -160,7 +160,7 @@ test('pods read flow data from the secure listener only with a naat-flows token 
   ]);
   const secure = `https://${realNode.address}:${flowPort}/flows`;
   const plain = `http://${realNode.address}:${healthPort}`;
-  // The secure listener opens once the kubelet has the Secret's new data in the agent's volume.
+  // The secure listener opens once the agent has its node's certificate from the operator's signer.
   const reader = await until(
     'the flow reader pod served',
     async () => {

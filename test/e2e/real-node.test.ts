@@ -59,7 +59,7 @@ const pods = async (ns: string, selector: string): Promise<Pod[]> =>
   JSON.parse(await k(['get', 'pods', '-n', ns, '-l', selector, '-o', 'json'])).items;
 /**
  * The agent's /flows, from its secure listener on the node's address, as a ServiceAccount bound
- * to the chart's flow reader role, verified with the CA of the certificate the operator issued.
+ * to the chart's flow reader role, verified with the CA bundle the operator publishes.
  */
 let flowReader: { token: string; ca: string } | undefined;
 async function flowsOnNode(): Promise<string> {
@@ -73,9 +73,9 @@ async function flowsOnNode(): Promise<string> {
       `--serviceaccount=${namespace}:flow-reader`,
     ]);
     const token = (await k(['create', 'token', 'flow-reader', '-n', namespace, '--audience', 'naat-flows'])).trim();
-    const secret = JSON.parse(await k(['get', 'secret', `${release}-agent-tls`, '-n', namespace, '-o', 'json']));
+    const bundle = JSON.parse(await k(['get', 'configmap', `${release}-ca`, '-n', namespace, '-o', 'json']));
     const ca = join(await mkdtemp(join(tmpdir(), 'naat-real-node-')), 'ca.crt');
-    await writeFile(ca, Buffer.from(secret.data['ca.crt'], 'base64'));
+    await writeFile(ca, bundle.data['ca.crt']);
     flowReader = { token, ca };
   }
   const { token, ca } = flowReader;

@@ -1,8 +1,8 @@
 // The chart with webhook.certManager.enabled, against the real apiserver, with what cert-manager
 // would write done by hand (the test cluster has no cert-manager): the CA Certificate's Secret,
 // the webhook's serving Secret and the injected caBundle. The operator, with exactly the chart's
-// RBAC for that mode, serves cert-manager's pair, leaves the webhook and its Secret alone, and
-// issues the gateway agents' certificate from cert-manager's CA.
+// RBAC for that mode, serves cert-manager's pair, leaves the webhook and its Secret alone,
+// publishes cert-manager's CA for the agents, and signs an agent's certificate with it.
 import type { ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -10,9 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { root } from '../../crds/generate.ts';
+import { objectName } from '../../operator/desired.ts';
 import { lifetime, makeCa, makeServing } from '../../operator/certificates.ts';
 import { servingNames } from '../../operator/reconcilers/webhook-certificate.ts';
 import { parseSettings } from '../../operator/settings.ts';
+import { askForCertificate, podBoundKubeconfig } from '../cluster/agent-identity.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
 import { gatewayWithUplink, startReleaseOperator } from '../cluster/operator.ts';
@@ -59,7 +61,7 @@ const tlsSecret = (name: string, ca: string, pair: { cert: string; key: string }
   data: { 'ca.crt': base64(ca), 'tls.crt': base64(pair.cert), 'tls.key': base64(pair.key) },
 });
 
-test("the operator serves cert-manager's certificate and issues the agents' from its CA", async () => {
+test("the operator serves cert-manager's certificate and signs the agents' with its CA", async () => {
   const rendered = await helm(await buildHelm(), [
     ...['template', release, join(root, 'charts/naat'), '--namespace', namespace],
     ...['--set', 'webhook.certManager.enabled=true'],
@@ -98,20 +100,35 @@ test("the operator serves cert-manager's certificate and issues the agents' from
     ...['-p', JSON.stringify([{ op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: base64(ca.cert) }])],
   ]);
   const webhookBefore = JSON.parse(await k(['get', 'mutatingwebhookconfiguration', webhookName, '-o', 'json']));
-  await k(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: gatewayWithUplink(gateway) }));
 
   const started = await startReleaseOperator({ kubeconfig, release, namespace, dir });
   operator = started.child;
   const { eventually } = started;
   await started.ready();
-  const issued = await eventually("the gateway agents' certificate", async () => {
-    const secret = JSON.parse(await k(['get', 'secret', `${release}-agent-tls`, '-n', namespace, '-o', 'json']));
-    return secret.data?.['tls.crt'] ? (secret.data as Record<string, string>) : undefined;
+  // The operator puts naat's CRDs in place as it starts.
+  await k(['wait', '--for=condition=Established', 'crd/uplinks.naat.dev', 'crd/egressgateways.naat.dev']);
+  await k(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: gatewayWithUplink(gateway) }));
+  const bundle = await eventually('the CA bundle', async () => {
+    const configMap = JSON.parse(await k(['get', 'configmap', `${release}-ca`, '-n', namespace, '-o', 'json']));
+    return configMap.data?.['ca.crt'] as string | undefined;
   });
-  expect(Buffer.from(issued['ca.crt']!, 'base64').toString()).toBe(ca.cert);
-  const agents = new X509Certificate(Buffer.from(issued['tls.crt']!, 'base64'));
-  expect(agents.verify(new X509Certificate(ca.cert).publicKey)).toBe(true);
-  expect(agents.checkHost('gateway-a')).toBe('gateway-a');
+  expect(bundle).toBe(ca.cert);
+  const account = objectName(gateway);
+  await eventually("the gateway's ServiceAccount", () =>
+    k(['get', 'serviceaccount', account, '-n', namespace]).then(() => true),
+  );
+  const agentKubeconfig = await podBoundKubeconfig(kubeconfig, {
+    namespace,
+    account,
+    pod: 'agent',
+    node: 'gateway-a',
+    dir,
+  });
+  const issued = await askForCertificate(agentKubeconfig, 'gateway-a');
+  if (!('certificate' in issued)) throw new Error(`the agent's request was refused: ${issued.refused}`);
+  const agent = new X509Certificate(issued.certificate);
+  expect(agent.verify(new X509Certificate(ca.cert).publicKey)).toBe(true);
+  expect(agent.checkHost('gateway-a')).toBe('gateway-a');
 
   // cert-manager's objects are left as they were.
   const webhookSecret = JSON.parse(await k(['get', 'secret', `${release}-webhook-tls`, '-n', namespace, '-o', 'json']));

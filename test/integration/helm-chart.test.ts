@@ -141,6 +141,7 @@ describe('helm template with the default values', () => {
         `ClusterRole/${release}-node`,
         `ClusterRole/${release}-operator`,
         `ClusterRoleBinding/${release}-operator`,
+        `ConfigMap/${release}-ca`,
         `ConfigMap/${release}-dashboard-naat`,
         `ConfigMap/${release}-operator`,
         `Deployment/${release}-operator`,
@@ -149,7 +150,6 @@ describe('helm template with the default values', () => {
         `Role/${release}-cli`,
         `Role/${release}-operator`,
         `RoleBinding/${release}-operator`,
-        `Secret/${release}-agent-tls`,
         `Secret/${release}-webhook-tls`,
         `Service/${release}-dataplane-metrics`,
         `Service/${release}-metrics`,
@@ -215,7 +215,8 @@ describe('helm template with the default values', () => {
       image: 'ghcr.io/naat-dev/naat-dataplane:0.1.0',
       pullPolicy: 'IfNotPresent',
       clusterRoleName: `${release}-dataplane`,
-      certificateSecretName: `${release}-agent-tls`,
+      caConfigMapName: `${release}-ca`,
+      certificateLifetimeSeconds: 7 * 86_400,
       metricsPort: 9090,
       flowPort: 9094,
       localPort: 9095,
@@ -283,6 +284,9 @@ describe('helm template with the default values', () => {
         'pods/status',
         'events',
         'mutatingwebhookconfigurations',
+        // the signer naat.dev/agent, which approves and signs for itself alone (below)
+        'certificatesigningrequests/approval',
+        'certificatesigningrequests/status',
         // naat's own, by name (below)
         'customresourcedefinitions',
         'clusterroles',
@@ -299,6 +303,13 @@ describe('helm template with the default values', () => {
       resourceNames: customResourceDefinitions().map((crd) => (crd.metadata as { name: string }).name),
       verbs: ['get', 'create', 'patch', 'update'],
     });
+    // Approving and signing for naat's signer alone.
+    expect(named('signers')).toEqual({
+      apiGroups: ['certificates.k8s.io'],
+      resources: ['signers'],
+      resourceNames: ['naat.dev/agent'],
+      verbs: ['approve', 'sign'],
+    });
     expect(named('clusterroles')).toMatchObject({
       verbs: ['bind'],
       resourceNames: [`${release}-dataplane`, `${release}-node`],
@@ -312,20 +323,27 @@ describe('helm template with the default values', () => {
         verbs: ['delete'],
       },
     ]);
+    // Each agent asks for its node's certificate and reads the request back; none reads a Secret.
+    const requests = {
+      apiGroups: ['certificates.k8s.io'],
+      resources: ['certificatesigningrequests'],
+      verbs: ['create', 'get'],
+    };
     expect((find(manifests, 'ClusterRole', '-node') as Any).rules).toEqual([
       { apiGroups: ['naat.dev'], resources: ['egressgateways/status'], verbs: ['patch'] },
+      requests,
     ]);
-    // Secrets: only the webhook's and the gateway agents' certificates, and only in the release namespace.
+    // Secrets: only the webhook's certificate and its CA, and only in the release namespace.
     expect(rules('ClusterRole').flatMap((rule) => rule.resources)).not.toContain('secrets');
     expect(rules('Role').find((rule) => rule.resources.includes('secrets')).resourceNames).toEqual([
       `${release}-webhook-tls`,
-      `${release}-agent-tls`,
     ]);
     expect((find(manifests, 'ClusterRole', '-dataplane') as Any).rules).toEqual([
       { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
       { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
       { apiGroups: [''], resources: ['pods', 'nodes'], verbs: ['get'] },
       { apiGroups: ['naat.dev'], resources: ['uplinks/status'], verbs: ['patch'] },
+      requests,
     ]);
   });
 });
@@ -493,22 +511,21 @@ describe('helm template with other values', () => {
     expect(serving.dnsNames).toEqual(servingNames(config.webhook, namespace));
     // cert-manager makes the Secret and injects the CA; the chart makes neither.
     expect(named('Secret', `${release}-webhook-tls`)).toBeUndefined();
-    expect(named('Secret', `${release}-agent-tls`)).toBeDefined();
+    expect(named('ConfigMap', `${release}-ca`)).toBeDefined();
     const webhook = find(manifests, 'MutatingWebhookConfiguration') as Any;
     expect(webhook.metadata.annotations).toEqual({
       'cert-manager.io/inject-ca-from': `${namespace}/${release}-webhook`,
     });
     expect(webhook.webhooks[0].clientConfig.caBundle).toBeUndefined();
-    // The operator reads both certificates and writes only the agents'; the webhook it only reads.
+    // The operator only reads both Secrets, the webhook's and the CA's.
     const rules = (kind: string): Any[] => (find(manifests, kind, '-operator') as Any).rules;
     expect(rules('Role').filter((rule) => rule.resources.includes('secrets'))).toEqual([
       {
         apiGroups: [''],
         resources: ['secrets'],
-        resourceNames: [`${release}-webhook-tls`, `${release}-ca`, `${release}-agent-tls`],
+        resourceNames: [`${release}-webhook-tls`, `${release}-ca`],
         verbs: ['list', 'watch'],
       },
-      { apiGroups: [''], resources: ['secrets'], resourceNames: [`${release}-agent-tls`], verbs: ['update'] },
     ]);
     expect(rules('ClusterRole').find((rule) => rule.resources.includes('mutatingwebhookconfigurations')).verbs).toEqual(
       ['list', 'watch'],

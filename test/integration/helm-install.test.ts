@@ -167,6 +167,30 @@ describe("the operator's ServiceAccount, as the real authorizer sees it", () => 
     expect(await can(['update', `secrets/${release}-webhook-tls`, '-n', namespace])).toBe(true);
   });
 
+  test('may approve and sign for the signer naat.dev/agent and no other', async () => {
+    // Signer names hold a slash, which `kubectl auth can-i` cannot pass: asked as the apiserver asks.
+    const allowed = async (verb: string, name: string) => {
+      const review = await k(
+        ['create', '-o', 'json', '-f', '-'],
+        JSON.stringify({
+          apiVersion: 'authorization.k8s.io/v1',
+          kind: 'SubjectAccessReview',
+          spec: {
+            user: `system:serviceaccount:${namespace}:${release}-operator`,
+            groups: ['system:serviceaccounts', `system:serviceaccounts:${namespace}`, 'system:authenticated'],
+            resourceAttributes: { group: 'certificates.k8s.io', resource: 'signers', name, verb },
+          },
+        }),
+      );
+      return JSON.parse(review).status.allowed === true;
+    };
+    for (const verb of ['approve', 'sign']) {
+      expect(await allowed(verb, 'naat.dev/agent')).toBe(true);
+      expect(await allowed(verb, 'naat.dev/*')).toBe(false);
+      expect(await allowed(verb, 'kubernetes.io/kube-apiserver-client')).toBe(false);
+    }
+  });
+
   test("may bind the dataplane's role and grant what it holds, and nothing more", async () => {
     const dryRun = (args: string[]) => k([...args, as(), '--dry-run=server']);
     await dryRun([

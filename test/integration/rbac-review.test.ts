@@ -4,12 +4,13 @@
 // own records every request in its audit log while the operator (with the chart's ServiceAccount
 // and RBAC) runs a gateway and the dataplane agent (with the gateway's ServiceAccount) follows its
 // ConfigMap, reports its uplink, authenticates a real sidecar and reviews a flow reader on its
-// secure listener, with the certificate the operator issued. Every request they made must be
+// secure listener, with the certificate it asked the operator's signer for with a token bound to
+// its pod. Every request they made must be
 // granted, and every permission granted must have been used or say why it is needed unexercised.
 // Then the webhook: it can only ever delay the pods it selects, by at most its timeout, even when
 // its address swallows connections and never answers.
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +20,7 @@ import { root } from '../../crds/generate.ts';
 import type { Compiled } from '../../operator/compile.ts';
 import { desiredGatewayObjects, desiredNodeObjects, nodeAgentName, objectName } from '../../operator/desired.ts';
 import { parseSettings } from '../../operator/settings.ts';
+import { podBoundKubeconfig } from '../cluster/agent-identity.ts';
 import { freePorts, serviceAccountKubeconfig, startCluster, type Cluster } from '../cluster/cluster.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
 import { gatewayWithUplink, runnableHere } from '../cluster/operator.ts';
@@ -102,6 +104,15 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     'apiextensions.k8s.io/customresourcedefinitions update': null,
     'apiextensions.k8s.io/customresourcedefinitions patch': null,
     'apiextensions.k8s.io/customresourcedefinitions create': null,
+    // The signer naat.dev/agent: requests cached, approved, signed.
+    'certificates.k8s.io/certificatesigningrequests list': null,
+    'certificates.k8s.io/certificatesigningrequests watch': null,
+    'certificates.k8s.io/certificatesigningrequests/approval update': null,
+    'certificates.k8s.io/certificatesigningrequests/status update': null,
+    'certificates.k8s.io/signers approve':
+      'authorized, not requested: the apiserver checks it for naat.dev/agent when the operator approves a request',
+    'certificates.k8s.io/signers sign':
+      'authorized, not requested: the apiserver checks it for naat.dev/agent when the operator writes a certificate',
   },
   dataplane: {
     // Sidecars' tokens on NAA streams, and flow readers' tokens on the secure listener.
@@ -115,6 +126,9 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     'naat.dev/uplinks/status patch': null,
     'core/configmaps get': null,
     'core/configmaps watch': null,
+    // Its node's certificate: asked for, and read back until signed.
+    'certificates.k8s.io/certificatesigningrequests create': null,
+    'certificates.k8s.io/certificatesigningrequests get': null,
   },
 };
 
@@ -276,9 +290,16 @@ describe('the roles the chart and the operator grant', () => {
     expect(sorted(permissions(bound(objectName(gateway), gatewayObjects)))).toEqual(
       sorted(Object.keys(allowed.dataplane)),
     );
-    // The node agents: their own node's config (by name) and their entries of gateways' status.
+    // The node agents: their own node's config (by name), their entries of gateways' status, and
+    // their node's certificate as the gateway agents get theirs.
     expect(sorted(permissions(bound(nodeAgentName, nodeAgentObjects)))).toEqual(
-      sorted(['core/configmaps get', 'core/configmaps watch', 'naat.dev/egressgateways/status patch']),
+      sorted([
+        'core/configmaps get',
+        'core/configmaps watch',
+        'naat.dev/egressgateways/status patch',
+        'certificates.k8s.io/certificatesigningrequests create',
+        'certificates.k8s.io/certificatesigningrequests get',
+      ]),
     );
   });
 });
@@ -325,6 +346,11 @@ describe('what the code does with them, in a control plane of its own', () => {
         kind: 'Node',
         metadata: { name: 'gateway-a', labels: { 'naat.dev/gateway': 'true', 'kubernetes.io/os': 'linux' } },
       }),
+    );
+    await k(
+      ['patch', 'node', 'gateway-a', '--subresource=status', '--type=merge', '-p'].concat(
+        JSON.stringify({ status: { addresses: [{ type: 'InternalIP', address: '127.0.0.1' }] } }),
+      ),
     );
 
     // The operator as a process with the release's configuration and ServiceAccount.
@@ -414,14 +440,18 @@ describe('what the code does with them, in a control plane of its own', () => {
         ? true
         : undefined,
     );
-    // The certificate the operator issued for the gateway nodes, where the kubelet would mount it.
-    const issued = await until("the gateway agents' certificate", async () => {
-      const secret = JSON.parse(await k(['get', 'secret', `${release}-agent-tls`, '-n', namespace, '-o', 'json']));
-      return secret.data?.['tls.crt'] ? (secret.data as Record<string, string>) : undefined;
+    // The CA bundle the operator published, where the kubelet would mount it.
+    const bundle = await until('the CA bundle', async () => {
+      const configMap = JSON.parse(await k(['get', 'configmap', `${release}-ca`, '-n', namespace, '-o', 'json']));
+      return configMap.data?.['ca.crt'] as string | undefined;
     });
-    for (const file of ['ca.crt', 'tls.crt', 'tls.key']) {
-      await writeFile(join(dir, file), Buffer.from(issued[file]!, 'base64'));
-    }
+    await writeFile(join(dir, 'ca.crt'), bundle);
+    await mkdir(join(dir, 'tls'));
+    // The agent runs as the gateway's ServiceAccount, with a token bound to its pod on its node,
+    // which proves that node to the signer.
+    await until("the gateway's ServiceAccount", () =>
+      k(['get', 'serviceaccount', objectName(gateway), '-n', namespace]).then(() => true),
+    );
     const agent = processes.capture(
       'agent',
       inNetns([
@@ -440,15 +470,18 @@ describe('what the code does with them, in a control plane of its own', () => {
         '--secure-listen',
         '127.0.0.1:7743',
         '--tls-dir',
-        dir,
+        join(dir, 'tls'),
+        '--csr',
+        join(dir, 'ca.crt'),
       ]),
       {
-        KUBECONFIG: await serviceAccountKubeconfig(
-          cluster.kubeconfig,
+        KUBECONFIG: await podBoundKubeconfig(cluster.kubeconfig, {
           namespace,
-          objectName(gateway),
-          join(dir, 'dataplane.kubeconfig'),
-        ),
+          account: objectName(gateway),
+          pod: 'agent-gateway-a',
+          node: 'gateway-a',
+          dir,
+        }),
       },
     );
     await until('the agent listening for sidecars', async () =>

@@ -502,6 +502,7 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
         const serving = makeServing(ca, ['127.0.0.1'], validity);
         await mkdir(join(dir, 'tls'), { recursive: true });
         await writeFile(state.flowAccess.ca, ca.cert);
+        await writeFile(join(dir, 'tls', 'ca.crt'), ca.cert);
         await writeFile(join(dir, 'tls', 'tls.crt'), serving.cert);
         await writeFile(join(dir, 'tls', 'tls.key'), serving.key, { mode: 0o600 });
         const { name, namespace } = flowReader;

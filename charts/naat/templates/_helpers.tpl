@@ -71,7 +71,7 @@ app.kubernetes.io/component: operator
 {{- define "naat.webhookSecretName" -}}{{ include "naat.fullname" . }}-webhook-tls{{- end -}}
 {{- define "naat.caSecretName" -}}{{ include "naat.fullname" . }}-ca{{- end -}}
 {{- define "naat.webhookCertificateName" -}}{{ include "naat.fullname" . }}-webhook{{- end -}}
-{{- define "naat.agentSecretName" -}}{{ include "naat.fullname" . }}-agent-tls{{- end -}}
+{{- define "naat.caConfigMapName" -}}{{ include "naat.fullname" . }}-ca{{- end -}}
 {{- define "naat.leaseName" -}}{{ include "naat.fullname" . }}-operator{{- end -}}
 {{- define "naat.dataplaneRoleName" -}}{{ include "naat.fullname" . }}-dataplane{{- end -}}
 {{- define "naat.nodeRoleName" -}}{{ include "naat.fullname" . }}-node{{- end -}}
