@@ -22,7 +22,7 @@ import { planFlowMapChanges, structureOf } from './flow-maps.ts';
 import { AgentMetrics } from './metrics.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
 import { namesOf, planSync } from './nft/nftables.ts';
-import type { Packet } from './nft/trace.ts';
+import { TableIndex, type Packet } from './nft/trace.ts';
 import { balancerFor, type SourceOnUplink } from './balancing/index.ts';
 import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation, type Rendered } from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
@@ -87,7 +87,8 @@ export class Agent {
   >;
   #pods = new Map<string, PodRef>();
   #config: GatewayConfig | undefined;
-  #applied: { rendered: Rendered; structure: string; marks: MarkField; hash?: string } | undefined;
+  /** What the kernel holds, and its table indexed for tracing new flows through it. */
+  #applied: { rendered: Rendered; index: TableIndex; structure: string; marks: MarkField; hash?: string } | undefined;
   #lastSync: AgentReport['lastSync'];
   #checkRoutes = true;
   /** This node's underlay towards the steering sources, read again when routes are checked. */
@@ -320,7 +321,7 @@ export class Agent {
   /** What the ruleset the kernel holds does with the first packet of this flow; undefined before the first sync. */
   #decide(packet: Packet): FlowVerdict | undefined {
     const applied = this.#applied;
-    return applied && traceVerdict(applied.rendered.table, packet, applied.marks, (id) => this.#ids.nameOf(id));
+    return applied && traceVerdict(applied.index, packet, applied.marks, (id) => this.#ids.nameOf(id));
   }
 
   /** The config the kernel holds now. */
@@ -489,7 +490,13 @@ export class Agent {
         this.#icmpSeconds = config.timeouts.icmpSeconds;
         await this.#writeSysctls(icmpTimeoutSysctls(config.timeouts.icmpSeconds), this.#problems.sysctl);
       }
-      this.#applied = { rendered, structure, marks, ...(config.hash ? { hash: config.hash } : {}) };
+      this.#applied = {
+        rendered,
+        index: new TableIndex(rendered.table),
+        structure,
+        marks,
+        ...(config.hash ? { hash: config.hash } : {}),
+      };
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full };
     } catch (error) {
       const message = (error as Error).message;

@@ -2,7 +2,7 @@
 // tracing the packet through it: allowed or denied, through which uplink, by which rule.
 import type { Flow } from './conntrack.ts';
 import type { L4, Table } from './nft/model.ts';
-import { trace, type Packet } from './nft/trace.ts';
+import { trace, type Packet, type TableIndex } from './nft/trace.ts';
 import { valueOf, type MarkField } from '../contracts/gateway/index.ts';
 import type { FlowAssociation } from './render.ts';
 import type { AttributionUpdate } from './attribution.ts';
@@ -51,7 +51,7 @@ export function flowPacket(flow: Flow): Packet {
  * uplink it reached is named only when no pick chose it.
  */
 export function traceVerdict(
-  table: Table,
+  table: Table | TableIndex,
   packet: Packet,
   uplinks: MarkField,
   uplinkName: (id: number) => string | undefined,
