@@ -22,7 +22,7 @@ import { planFlowMapChanges, structureOf } from './flow-maps.ts';
 import { AgentMetrics } from './metrics.ts';
 import type { Nftables, Operation } from './nft/nftables.ts';
 import { namesOf, planSync } from './nft/nftables.ts';
-import { TableIndex, type Packet } from './nft/trace.ts';
+import type { Packet } from './nft/trace.ts';
 import { balancerFor, type SourceOnUplink } from './balancing/index.ts';
 import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation, type Rendered } from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
@@ -31,7 +31,7 @@ import { emptyTunnelState, type TunnelKernel } from './steering/tunnel-kernel.ts
 import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
 import { icmpTimeoutSysctls } from './sysctls.ts';
 import { UplinkIds } from './uplink-ids.ts';
-import { associationPacket, traceVerdict, type FlowVerdict } from './verdict.ts';
+import { associationPacket, FlowVerdicts, type FlowVerdict } from './verdict.ts';
 
 export type { AgentReport, UplinkHealthState, UplinkReport } from './agent-report.ts';
 
@@ -87,8 +87,9 @@ export class Agent {
   >;
   #pods = new Map<string, PodRef>();
   #config: GatewayConfig | undefined;
-  /** What the kernel holds, and its table indexed for tracing new flows through it. */
-  #applied: { rendered: Rendered; index: TableIndex; structure: string; marks: MarkField; hash?: string } | undefined;
+  /** What the kernel holds, and what its ruleset does with new flows. */
+  #applied:
+    { rendered: Rendered; verdicts: FlowVerdicts; structure: string; marks: MarkField; hash?: string } | undefined;
   #lastSync: AgentReport['lastSync'];
   #checkRoutes = true;
   /** This node's underlay towards the steering sources, read again when routes are checked. */
@@ -320,8 +321,7 @@ export class Agent {
 
   /** What the ruleset the kernel holds does with the first packet of this flow; undefined before the first sync. */
   #decide(packet: Packet): FlowVerdict | undefined {
-    const applied = this.#applied;
-    return applied && traceVerdict(applied.index, packet, applied.marks, (id) => this.#ids.nameOf(id));
+    return this.#applied?.verdicts.of(packet);
   }
 
   /** The config the kernel holds now. */
@@ -492,7 +492,7 @@ export class Agent {
       }
       this.#applied = {
         rendered,
-        index: new TableIndex(rendered.table),
+        verdicts: new FlowVerdicts(rendered.table, marks, (id) => this.#ids.nameOf(id)),
         structure,
         marks,
         ...(config.hash ? { hash: config.hash } : {}),
