@@ -224,11 +224,14 @@ export class Agent {
     this.#watching?.stop();
     const stop = this.#o.conntrack.watch(
       marks,
-      (event) => {
-        this.#events.handle(event);
-        if (event.type === 'destroy' && event.flow.uplink) {
-          const { uplink, family, source } = event.flow;
-          this.#renewal?.ended.set(`${uplink} ${source}`, { uplink, family, source });
+      (events) => {
+        this.#events.handle(events);
+        const ended = this.#renewal?.ended;
+        if (!ended) return;
+        for (const { type, flow } of events) {
+          if (type !== 'destroy' || !flow.uplink) continue;
+          const { uplink, family, source } = flow;
+          ended.set(`${uplink} ${source}`, { uplink, family, source });
         }
       },
       (error) => this.#o.log.error('Conntrack event stream failed', { error: error.message }),

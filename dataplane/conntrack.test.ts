@@ -1,5 +1,5 @@
 import { markField } from '../contracts/gateway/index.ts';
-import { ConntrackParser, FlowTable, parseConntrackLine } from './conntrack.ts';
+import { ConntrackParser, ExecConntrack, FlowTable, parseConntrackLine, type FlowEvent } from './conntrack.ts';
 
 // As `conntrack -E -o id,extended` printed them on the gateway of the end-to-end topology (uplink
 // ids in the default mark bits, 0x0000000f).
@@ -87,6 +87,32 @@ describe('ConntrackParser', () => {
     expect(new ConntrackParser(markField(0x0000000f)).push(Buffer.from(listed('TIME_WAIT')), new Date(0))).toHaveLength(
       1,
     );
+  });
+});
+
+describe('ExecConntrack.watch', () => {
+  it('hands over the events of each family in batches, those that came together in one', async () => {
+    // A stand-in for conntrack -E: three events at once, a fourth a while later, then quiet. The
+    // family is its third argument (-E -f ipv4 ...); IPv6 prints nothing.
+    const print = (count: number) => `printf '%s\\n' ${`'${opened}' `.repeat(count)}`;
+    const script = `[ "$3" = ipv4 ] || exec sleep 60; ${print(3)}; sleep 0.2; ${print(1)}; exec sleep 60`;
+    const conntrack = new ExecConntrack(['sh', '-c', script, 'sh']);
+    const batches: FlowEvent[][] = [];
+    const errors: Error[] = [];
+    const stop = conntrack.watch(
+      markField(0x0000000f),
+      (events) => batches.push([...events]),
+      (e) => errors.push(e),
+    );
+    try {
+      const deadline = Date.now() + 5000;
+      while (batches.flat().length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(batches.map((b) => b.length)).toEqual([3, 1]);
+      expect(batches[0]![0]!.flow).toMatchObject({ id: 3735928559, uplink: 1 });
+      expect(errors).toEqual([]);
+    } finally {
+      stop();
+    }
   });
 });
 

@@ -2,7 +2,10 @@
 // conntrack events, joined with the uplink in their mark), and the removal of the flows pinned to
 // an uplink that failed so that their applications reconnect through another.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
 import { exec, type Command } from './exec.ts';
 import { sourceKey } from './flow-key.ts';
 import { defaultMarks, markField, markOf, valueOf, type MarkField } from '../contracts/gateway/index.ts';
@@ -313,8 +316,15 @@ export interface Conntrack {
   /** Deletes the flows from this source address and port; resolves with how many were deleted. */
   deleteFlow(transport: 'tcp' | 'udp', sourceAddress: string, sourcePort: number): Promise<number>;
   list(uplinks: MarkField): Promise<Flow[]>;
-  /** Streams new and destroyed flows until the returned function is called. */
-  watch(uplinks: MarkField, onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void;
+  /**
+   * Streams new and destroyed flows until the returned function is called, in batches: the events
+   * that came together, in order, so that what can be done once per batch is.
+   */
+  watch(
+    uplinks: MarkField,
+    onEvents: (events: readonly FlowEvent[]) => void,
+    onError: (error: Error) => void,
+  ): () => void;
 }
 
 const hex = (n: number) => `0x${n.toString(16)}`;
@@ -379,34 +389,94 @@ export class ExecConntrack implements Conntrack {
     });
   }
 
-  watch(uplinks: MarkField, onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void {
-    const children = new Set<ChildProcess>();
+  watch(
+    uplinks: MarkField,
+    onEvents: (events: readonly FlowEvent[]) => void,
+    onError: (error: Error) => void,
+  ): () => void {
+    const running = new Set<{ child?: ChildProcess; reader: Socket }>();
     let stopped = false;
-    const start = (family: string) => {
+    const restart = (family: string, why: string) => {
+      if (stopped) return;
+      onError(new Error(`conntrack -E -f ${family} ${why}; restarting it`));
+      setTimeout(() => stopped || void start(family), 1000).unref();
+    };
+    const start = async (family: string) => {
+      const parser = new ConntrackParser(uplinks);
+      let pair: { reader: Socket; writer: Socket };
+      try {
+        pair = await socketPair((chunk) => {
+          const events = parser.push(chunk, new Date());
+          if (events.length) onEvents(events);
+          setTimeout(() => pair.reader.resume(), eventRestMs);
+          return false;
+        });
+      } catch (error) {
+        return restart(family, `had no socket to write to (${(error as Error).message})`);
+      }
+      const stream = { reader: pair.reader, child: undefined as ChildProcess | undefined };
+      running.add(stream);
+      pair.reader.on('error', () => {});
+      if (stopped) {
+        pair.writer.destroy();
+        return stop();
+      }
       const args = ['-E', '-f', family, '-e', 'NEW,DESTROY', '-o', 'id,extended', '--buffer-size', '8388608'];
       const child = spawn(this.#conntrack[0]!, [...this.#conntrack.slice(1), ...args], {
-        stdio: ['ignore', 'pipe', 'ignore'],
+        stdio: ['ignore', pair.writer, 'ignore'],
       });
-      children.add(child);
-      const parser = new ConntrackParser(uplinks);
-      child.stdout!.on('data', (chunk: Buffer) => {
-        for (const event of parser.push(chunk, new Date())) onEvent(event);
-      });
+      // The child holds the writer now.
+      pair.writer.destroy();
+      stream.child = child;
       child.on('error', onError);
       // conntrack exits with 0 on SIGTERM, so only `stopped` tells an asked-for end from a failure.
+      // What it wrote before it exited is still read; the reader closes at the end of it.
       child.on('exit', (code, signal) => {
-        children.delete(child);
-        if (stopped) return;
-        onError(new Error(`conntrack -E -f ${family} exited (${code ?? signal}); restarting it`));
-        setTimeout(() => stopped || start(family), 1000).unref();
+        running.delete(stream);
+        restart(family, `exited (${code ?? signal})`);
       });
     };
-    start('ipv4');
-    start('ipv6');
-    return () => {
+    const stop = () => {
       stopped = true;
-      for (const child of children) child.kill('SIGTERM');
+      for (const { child, reader } of running) {
+        child?.kill('SIGTERM');
+        reader.destroy();
+      }
     };
+    void start('ipv4');
+    void start('ipv6');
+    return stop;
+  }
+}
+
+/**
+ * How long the event stream rests after each read. conntrack writes each event on its own, and
+ * read as they come each would cost the agent a wakeup, a read and a parse; resting lets the events
+ * of the next milliseconds gather in the socket to be read and handled as one batch. It is also
+ * how late an event may be handled (and its flow's start or end time taken) once the stream is busy.
+ */
+const eventRestMs = 10;
+
+/**
+ * A connected pair of Unix stream sockets, in the abstract namespace (nothing on disk): the writer
+ * for a child's stdout, the reader for the agent. The reader reads into one buffer, handed to
+ * `onRead`, and stops reading from the socket when `onRead` returns false until it is resumed
+ * (net's `onread`); a child's stdout pipe would go on being read into memory while paused.
+ */
+async function socketPair(onRead: (chunk: Buffer) => boolean): Promise<{ reader: Socket; writer: Socket }> {
+  const server = createServer();
+  try {
+    const path = `\0naat-conntrack-${process.pid}-${randomUUID()}`;
+    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(path, resolve));
+    const buffer = Buffer.alloc(256 * 1024);
+    const reader = connect({ path, onread: { buffer, callback: (n) => onRead(buffer.subarray(0, n)) } });
+    const [[writer]] = (await Promise.all([once(server, 'connection'), once(reader, 'connect')])) as [
+      [Socket],
+      unknown,
+    ];
+    return { reader, writer };
+  } finally {
+    server.close();
   }
 }
 
