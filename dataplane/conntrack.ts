@@ -396,12 +396,12 @@ export class ExecConntrack implements Conntrack {
   ): () => void {
     const running = new Set<{ child?: ChildProcess; reader: Socket }>();
     let stopped = false;
-    const restart = (family: string, why: string) => {
+    const restart = (why: string) => {
       if (stopped) return;
-      onError(new Error(`conntrack -E -f ${family} ${why}; restarting it`));
-      setTimeout(() => stopped || void start(family), 1000).unref();
+      onError(new Error(`conntrack -E ${why}; restarting it`));
+      setTimeout(() => stopped || void start(), 1000).unref();
     };
-    const start = async (family: string) => {
+    const start = async () => {
       const parser = new ConntrackParser(uplinks);
       let pair: { reader: Socket; writer: Socket };
       try {
@@ -412,7 +412,7 @@ export class ExecConntrack implements Conntrack {
           return false;
         });
       } catch (error) {
-        return restart(family, `had no socket to write to (${(error as Error).message})`);
+        return restart(`had no socket to write to (${(error as Error).message})`);
       }
       const stream = { reader: pair.reader, child: undefined as ChildProcess | undefined };
       running.add(stream);
@@ -421,7 +421,9 @@ export class ExecConntrack implements Conntrack {
         pair.writer.destroy();
         return stop();
       }
-      const args = ['-E', '-f', family, '-e', 'NEW,DESTROY', '-o', 'id,extended', '--buffer-size', '8388608'];
+      // One process for both families: every listener gets every event, and -f only filters them
+      // in conntrack itself, so a second process would receive and decode them all again.
+      const args = ['-E', '-e', 'NEW,DESTROY', '-o', 'id,extended', '--buffer-size', '8388608'];
       const child = spawn(this.#conntrack[0]!, [...this.#conntrack.slice(1), ...args], {
         stdio: ['ignore', pair.writer, 'ignore'],
       });
@@ -433,7 +435,7 @@ export class ExecConntrack implements Conntrack {
       // What it wrote before it exited is still read; the reader closes at the end of it.
       child.on('exit', (code, signal) => {
         running.delete(stream);
-        restart(family, `exited (${code ?? signal})`);
+        restart(`exited (${code ?? signal})`);
       });
     };
     const stop = () => {
@@ -443,8 +445,7 @@ export class ExecConntrack implements Conntrack {
         reader.destroy();
       }
     };
-    void start('ipv4');
-    void start('ipv6');
+    void start();
     return stop;
   }
 }
