@@ -45,9 +45,9 @@ class FakeConntrack implements Conntrack {
   }
   /** The uplink id bits of the running watch, undefined when none runs. */
   watching: MarkField | undefined;
-  watch(uplinks: MarkField, onEvent: (event: FlowEvent) => void): () => void {
+  watch(uplinks: MarkField, onEvents: (events: readonly FlowEvent[]) => void): () => void {
     this.watching = uplinks;
-    this.emit = onEvent;
+    this.emit = (event) => onEvents([event]);
     return () => (this.watching = undefined);
   }
 }

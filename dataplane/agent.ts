@@ -31,7 +31,7 @@ import { emptyTunnelState, type TunnelKernel } from './steering/tunnel-kernel.ts
 import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
 import { icmpTimeoutSysctls } from './sysctls.ts';
 import { UplinkIds } from './uplink-ids.ts';
-import { associationPacket, traceVerdict, type FlowVerdict } from './verdict.ts';
+import { associationPacket, FlowVerdicts, type FlowVerdict } from './verdict.ts';
 
 export type { AgentReport, UplinkHealthState, UplinkReport } from './agent-report.ts';
 
@@ -87,7 +87,8 @@ export class Agent {
   >;
   #pods = new Map<string, PodRef>();
   #config: GatewayConfig | undefined;
-  #applied: { rendered: Rendered; marks: MarkField; hash?: string } | undefined;
+  /** What the kernel holds, and what its ruleset does with new flows. */
+  #applied: { rendered: Rendered; verdicts: FlowVerdicts; marks: MarkField; hash?: string } | undefined;
   #lastSync: AgentReport['lastSync'];
   #checkRoutes = true;
   /** This node's underlay towards the steering sources, read again when routes are checked. */
@@ -224,11 +225,14 @@ export class Agent {
     this.#watching?.stop();
     const stop = this.#o.conntrack.watch(
       marks,
-      (event) => {
-        this.#events.handle(event);
-        if (event.type === 'destroy' && event.flow.uplink) {
-          const { uplink, family, source } = event.flow;
-          this.#renewal?.ended.set(`${uplink} ${source}`, { uplink, family, source });
+      (events) => {
+        this.#events.handle(events);
+        const ended = this.#renewal?.ended;
+        if (!ended) return;
+        for (const { type, flow } of events) {
+          if (type !== 'destroy' || !flow.uplink) continue;
+          const { uplink, family, source } = flow;
+          ended.set(`${uplink} ${source}`, { uplink, family, source });
         }
       },
       (error) => this.#o.log.error('Conntrack event stream failed', { error: error.message }),
@@ -321,8 +325,7 @@ export class Agent {
 
   /** What the ruleset the kernel holds does with the first packet of this flow; undefined before the first sync. */
   #decide(packet: Packet): FlowVerdict | undefined {
-    const applied = this.#applied;
-    return applied && traceVerdict(applied.rendered.table, packet, applied.marks, (id) => this.#ids.nameOf(id));
+    return this.#applied?.verdicts.of(packet);
   }
 
   /** The config the kernel holds now. */
@@ -490,7 +493,12 @@ export class Agent {
         this.#icmpSeconds = config.timeouts.icmpSeconds;
         await this.#writeSysctls(icmpTimeoutSysctls(config.timeouts.icmpSeconds), this.#problems.sysctl);
       }
-      this.#applied = { rendered, marks, ...(config.hash ? { hash: config.hash } : {}) };
+      this.#applied = {
+        rendered,
+        verdicts: new FlowVerdicts(rendered.table, marks, (id) => this.#ids.nameOf(id)),
+        marks,
+        ...(config.hash ? { hash: config.hash } : {}),
+      };
       this.#lastSync = { at: new Date().toISOString(), durationMs: performance.now() - started, full };
     } catch (error) {
       const message = (error as Error).message;

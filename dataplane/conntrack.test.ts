@@ -1,5 +1,5 @@
 import { markField } from '../contracts/gateway/index.ts';
-import { FlowTable, parseConntrackLine } from './conntrack.ts';
+import { ConntrackParser, ExecConntrack, FlowTable, parseConntrackLine, type FlowEvent } from './conntrack.ts';
 
 // As `conntrack -E -o id,extended` printed them on the gateway of the end-to-end topology (uplink
 // ids in the default mark bits, 0x0000000f).
@@ -57,6 +57,61 @@ describe('parseConntrackLine', () => {
 
   it('ignores what is not a flow', () => {
     expect(parseConntrackLine('conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.')).toBeUndefined();
+  });
+});
+
+describe('ConntrackParser', () => {
+  it('reads lines as they arrive in chunks, a line cut between two read once it is whole', () => {
+    const parser = new ConntrackParser(markField(0x0000000f));
+    const text = Buffer.from(`${opened}\n${closed}\n${icmp}\n`);
+    const cut = text.indexOf('dport=61001', opened.length) + 3;
+    const first = parser.push(text.subarray(0, cut), new Date(0));
+    expect(first.map((e) => e.flow.id)).toEqual([3735928559]);
+    const rest = parser.push(text.subarray(cut), new Date(1));
+    expect(rest.map((e) => [e.type, e.flow.id, e.flow.mappedPort])).toEqual([
+      ['destroy', 3735928559, 61001],
+      ['new', 17, undefined],
+    ]);
+    expect(rest[0]!.flow.startedAt).toEqual(new Date(1));
+  });
+
+  it('leaves out TCP flows that are closing when asked to, as a listing of active flows does', () => {
+    const listed = (state: string) =>
+      `ipv4     2 tcp      6 119 ${state} src=10.244.2.2 dst=203.0.113.10 sport=51234 dport=9100 src=203.0.113.10 dst=100.64.1.2 sport=9100 dport=61001 [ASSURED] mark=1 use=1 id=7\n`;
+    const active = (state: string) =>
+      new ConntrackParser(markField(0x0000000f), { skipClosing: true }).push(Buffer.from(listed(state)), new Date(0))
+        .length;
+    expect(['ESTABLISHED', 'SYN_SENT', 'FIN_WAIT', 'TIME_WAIT', 'CLOSE', 'LAST_ACK', 'CLOSE_WAIT'].map(active)).toEqual(
+      [1, 1, 0, 0, 0, 0, 0],
+    );
+    expect(new ConntrackParser(markField(0x0000000f)).push(Buffer.from(listed('TIME_WAIT')), new Date(0))).toHaveLength(
+      1,
+    );
+  });
+});
+
+describe('ExecConntrack.watch', () => {
+  it('hands over the events in batches, those that came together in one', async () => {
+    // A stand-in for conntrack -E: three events at once, a fourth a while later, then quiet.
+    const print = (count: number) => `printf '%s\\n' ${`'${opened}' `.repeat(count)}`;
+    const script = `${print(3)}; sleep 0.2; ${print(1)}; exec sleep 60`;
+    const conntrack = new ExecConntrack(['sh', '-c', script, 'sh']);
+    const batches: FlowEvent[][] = [];
+    const errors: Error[] = [];
+    const stop = conntrack.watch(
+      markField(0x0000000f),
+      (events) => batches.push([...events]),
+      (e) => errors.push(e),
+    );
+    try {
+      const deadline = Date.now() + 5000;
+      while (batches.flat().length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(batches.map((b) => b.length)).toEqual([3, 1]);
+      expect(batches[0]![0]!.flow).toMatchObject({ id: 3735928559, uplink: 1 });
+      expect(errors).toEqual([]);
+    } finally {
+      stop();
+    }
   });
 });
 

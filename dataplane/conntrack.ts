@@ -2,8 +2,10 @@
 // conntrack events, joined with the uplink in their mark), and the removal of the flows pinned to
 // an uplink that failed so that their applications reconnect through another.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
+import { connect, createServer, type Socket } from 'node:net';
 import { exec, type Command } from './exec.ts';
 import { sourceKey } from './flow-key.ts';
 import { defaultMarks, markField, markOf, valueOf, type MarkField } from '../contracts/gateway/index.ts';
@@ -47,48 +49,180 @@ export function parseConntrackLine(
   now = new Date(),
   uplinks: MarkField = markField(defaultMarks.uplinks),
 ): FlowEvent | undefined {
-  const type = line.includes('[DESTROY]') ? 'destroy' : 'new';
-  const words = line.trim().split(/\s+/);
-  const at = words.findIndex((w) => w === 'ipv4' || w === 'ipv6');
-  if (at < 0) return undefined;
-  const pairs = words.filter((w) => w.includes('=')).map((w) => w.split('=') as [string, string]);
-  const first = (key: string, nth = 0) => pairs.filter(([k]) => k === key)[nth]?.[1];
-  const src = first('src');
-  const dst = first('dst');
-  const replyDst = first('dst', 1);
-  // ICMP flows carry their identifier as id= too; the conntrack id is the last one.
-  const id = Number(pairs.filter(([k]) => k === 'id').at(-1)?.[1]);
-  if (!src || !dst || !replyDst || !Number.isFinite(id)) return undefined;
-  const port = (value: string | undefined) => (value === undefined ? undefined : Number(value));
-  const mark = Number(first('mark') ?? 0);
-  // With accounting on, each direction's tuple is followed by its packets= and bytes=.
-  const counter = (key: string, nth: number) => Number(first(key, nth));
-  const counters =
-    first('bytes', 1) === undefined
-      ? undefined
-      : {
-          packetsSent: counter('packets', 0),
-          bytesSent: counter('bytes', 0),
-          packetsReceived: counter('packets', 1),
-          bytesReceived: counter('bytes', 1),
-        };
-  return {
-    type,
-    flow: {
+  return new ConntrackParser(uplinks).push(Buffer.from(`${line}\n`, 'latin1'), now)[0];
+}
+
+/** The bytes of conntrack's text output that the parser looks for. */
+const newline = 0x0a;
+const space = 0x20;
+const equals = 0x3d;
+const bracket = 0x5b;
+
+/** The TCP states of a flow that is closing (no longer active), as conntrack names them. */
+const closingStates = new Set(['TIME_WAIT', 'CLOSE', 'LAST_ACK', 'FIN_WAIT', 'CLOSE_WAIT']);
+
+/** Protocol names as the same strings every time. */
+const protocols = new Map(['tcp', 'udp', 'icmp', 'icmpv6', 'sctp', 'dccp', 'gre', 'udplite'].map((p) => [p, p]));
+
+/** The decimal number of bytes [start, end), or NaN where that is not one. */
+function decimal(b: Buffer, start: number, end: number): number {
+  let n = 0;
+  for (let i = start; i < end; i++) {
+    const digit = b[i]! - 0x30;
+    if (digit < 0 || digit > 9) return NaN;
+    n = n * 10 + digit;
+  }
+  return n;
+}
+
+const isUpper = (byte: number) => byte >= 0x41 && byte <= 0x5a;
+
+/** Whether bytes [start, end) spell `word`. */
+function spells(b: Buffer, start: number, end: number, word: string): boolean {
+  if (end - start !== word.length) return false;
+  for (let i = 0; i < word.length; i++) if (b[start + i] !== word.charCodeAt(i)) return false;
+  return true;
+}
+
+/**
+ * Reads the lines of `conntrack -L|-E -o id,extended` as they arrive in chunks (see
+ * parseConntrackLine for one). Each line is scanned once, byte by byte, with no string per line or
+ * per word: only the addresses and the protocol become strings, made afresh so that they do not
+ * keep the chunk they came in alive. A line cut between chunks waits for the rest. Lines that are
+ * not flows are skipped, and with `skipClosing` TCP flows that are closing.
+ */
+export class ConntrackParser {
+  readonly #uplinks: MarkField;
+  readonly #skipClosing: boolean;
+  #rest: Buffer | undefined;
+
+  constructor(uplinks: MarkField, options: { skipClosing?: boolean } = {}) {
+    this.#uplinks = uplinks;
+    this.#skipClosing = options.skipClosing ?? false;
+  }
+
+  /** The events of the complete lines so far, each flow started (or ended) at `now`. */
+  push(chunk: Buffer, now: Date): FlowEvent[] {
+    const b = this.#rest ? Buffer.concat([this.#rest, chunk]) : chunk;
+    const events: FlowEvent[] = [];
+    let start = 0;
+    for (let end = b.indexOf(newline); end >= 0; end = b.indexOf(newline, start)) {
+      const event = this.#line(b, start, end, now);
+      if (event) events.push(event);
+      start = end + 1;
+    }
+    // A copy: a view would keep the whole chunk.
+    this.#rest = start < b.length ? Buffer.from(b.subarray(start)) : undefined;
+    return events;
+  }
+
+  #line(b: Buffer, start: number, end: number, now: Date): FlowEvent | undefined {
+    let type: FlowEvent['type'] = 'new';
+    let family: 4 | 6 | undefined;
+    let familyWord = -1;
+    let protocol = 'unknown';
+    let words = 0;
+    let source: string | undefined;
+    let destination: string | undefined;
+    let mappedAddress: string | undefined;
+    let sourcePort: number | undefined;
+    let destinationPort: number | undefined;
+    let mappedPort: number | undefined;
+    let mark = 0;
+    let id = NaN;
+    // Each tuple's src=, dst=, sport=, dport=, packets= and bytes= in turn: the original's, then the reply's.
+    let srcs = 0;
+    let dsts = 0;
+    let sports = 0;
+    let dports = 0;
+    let packets = 0;
+    let bytes = 0;
+    let marks = 0;
+    let packetsSent = NaN;
+    let packetsReceived = NaN;
+    let bytesSent = NaN;
+    let bytesReceived = NaN;
+    let i = start;
+    while (i < end) {
+      while (i < end && b[i] === space) i++;
+      if (i === end) break;
+      const word = i;
+      let eq = -1;
+      for (; i < end && b[i] !== space; i++) if (eq < 0 && b[i] === equals) eq = i;
+      const wordEnd = i;
+      const at = words++;
+      if (eq < 0) {
+        if (b[word] === bracket) {
+          if (spells(b, word, wordEnd, '[DESTROY]')) type = 'destroy';
+        } else if (familyWord < 0 && (spells(b, word, wordEnd, 'ipv4') || spells(b, word, wordEnd, 'ipv6'))) {
+          family = b[word + 3] === 0x34 ? 4 : 6;
+          familyWord = at;
+        } else if (familyWord >= 0 && at === familyWord + 2) {
+          const name = b.toString('latin1', word, wordEnd);
+          protocol = protocols.get(name) ?? name;
+        } else if (this.#skipClosing && isUpper(b[word]!) && closingStates.has(b.toString('latin1', word, wordEnd))) {
+          return undefined;
+        }
+        continue;
+      }
+      const value = eq + 1;
+      switch (eq - word) {
+        case 2:
+          // ICMP flows carry their identifier as id= too; the conntrack id is the last one.
+          if (spells(b, word, eq, 'id')) id = decimal(b, value, wordEnd);
+          break;
+        case 3:
+          if (spells(b, word, eq, 'src')) {
+            if (srcs++ === 0) source = b.toString('latin1', value, wordEnd);
+          } else if (spells(b, word, eq, 'dst')) {
+            const n = dsts++;
+            if (n === 0) destination = b.toString('latin1', value, wordEnd);
+            else if (n === 1) mappedAddress = b.toString('latin1', value, wordEnd);
+          }
+          break;
+        case 4:
+          if (spells(b, word, eq, 'mark') && marks++ === 0) mark = decimal(b, value, wordEnd);
+          break;
+        case 5:
+          if (spells(b, word, eq, 'sport')) {
+            if (sports++ === 0) sourcePort = decimal(b, value, wordEnd);
+          } else if (spells(b, word, eq, 'dport')) {
+            const n = dports++;
+            if (n === 0) destinationPort = decimal(b, value, wordEnd);
+            else if (n === 1) mappedPort = decimal(b, value, wordEnd);
+          } else if (spells(b, word, eq, 'bytes')) {
+            const n = bytes++;
+            if (n === 0) bytesSent = decimal(b, value, wordEnd);
+            else if (n === 1) bytesReceived = decimal(b, value, wordEnd);
+          }
+          break;
+        case 7:
+          if (spells(b, word, eq, 'packets')) {
+            const n = packets++;
+            if (n === 0) packetsSent = decimal(b, value, wordEnd);
+            else if (n === 1) packetsReceived = decimal(b, value, wordEnd);
+          }
+          break;
+      }
+    }
+    if (!family || !source || !destination || !mappedAddress || !Number.isFinite(id)) return undefined;
+    const flow: Flow = {
       id,
-      family: words[at] === 'ipv4' ? 4 : 6,
-      protocol: words[at + 2] ?? 'unknown',
-      source: src,
-      sourcePort: port(first('sport')),
-      destination: dst,
-      destinationPort: port(first('dport')),
-      mappedAddress: replyDst,
-      mappedPort: port(first('dport', 1)),
-      uplink: valueOf(uplinks, mark),
+      family,
+      protocol,
+      source,
+      sourcePort,
+      destination,
+      destinationPort,
+      mappedAddress,
+      mappedPort,
+      uplink: valueOf(this.#uplinks, mark),
       startedAt: now,
-      ...(counters ? { counters } : {}),
-    },
-  };
+    };
+    // With accounting on, each direction's tuple is followed by its packets= and bytes=.
+    if (bytes > 1) flow.counters = { packetsSent, bytesSent, packetsReceived, bytesReceived };
+    return { type, flow };
+  }
 }
 
 /**
@@ -182,8 +316,15 @@ export interface Conntrack {
   /** Deletes the flows from this source address and port; resolves with how many were deleted. */
   deleteFlow(transport: 'tcp' | 'udp', sourceAddress: string, sourcePort: number): Promise<number>;
   list(uplinks: MarkField): Promise<Flow[]>;
-  /** Streams new and destroyed flows until the returned function is called. */
-  watch(uplinks: MarkField, onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void;
+  /**
+   * Streams new and destroyed flows until the returned function is called, in batches: the events
+   * that came together, in order, so that what can be done once per batch is.
+   */
+  watch(
+    uplinks: MarkField,
+    onEvents: (events: readonly FlowEvent[]) => void,
+    onError: (error: Error) => void,
+  ): () => void;
 }
 
 const hex = (n: number) => `0x${n.toString(16)}`;
@@ -223,46 +364,120 @@ export class ExecConntrack implements Conntrack {
   async list(uplinks: MarkField): Promise<Flow[]> {
     const flows: Flow[] = [];
     for (const family of ['ipv4', 'ipv6']) {
-      const { code, stdout, stderr } = await exec(this.#conntrack, ['-L', '-f', family, '-o', 'id,extended']);
+      // A TCP flow that is closing holds its entry for a while but is no longer active.
+      const parser = new ConntrackParser(uplinks, { skipClosing: true });
+      const now = new Date();
+      const { code, stderr } = await this.#run(['-L', '-f', family, '-o', 'id,extended'], (chunk) => {
+        for (const { flow } of parser.push(chunk, now)) if (flow.uplink) flows.push(flow);
+      });
       if (code !== 0) throw new Error(`conntrack -L failed: ${stderr.trim()}`);
-      for (const line of stdout.split('\n')) {
-        // A TCP flow that is closing holds its entry for a while but is no longer active.
-        if (/ (TIME_WAIT|CLOSE|LAST_ACK|FIN_WAIT|CLOSE_WAIT) /.test(line)) continue;
-        const event = parseConntrackLine(line, new Date(), uplinks);
-        if (event?.flow.uplink) flows.push(event.flow);
-      }
     }
     return flows;
   }
 
-  watch(uplinks: MarkField, onEvent: (event: FlowEvent) => void, onError: (error: Error) => void): () => void {
-    const children = new Set<ChildProcess>();
-    let stopped = false;
-    const start = (family: string) => {
-      const args = ['-E', '-f', family, '-e', 'NEW,DESTROY', '-o', 'id,extended', '--buffer-size', '8388608'];
+  /** Runs conntrack to its end, its output to `onChunk` as it comes: a listing is parsed without holding all of its text. */
+  #run(args: string[], onChunk: (chunk: Buffer) => void): Promise<{ code: number; stderr: string }> {
+    return new Promise((resolve, reject) => {
       const child = spawn(this.#conntrack[0]!, [...this.#conntrack.slice(1), ...args], {
-        stdio: ['ignore', 'pipe', 'ignore'],
+        stdio: ['ignore', 'pipe', 'pipe'],
       });
-      children.add(child);
-      createInterface({ input: child.stdout! }).on('line', (line) => {
-        const event = parseConntrackLine(line, new Date(), uplinks);
-        if (event) onEvent(event);
+      let stderr = '';
+      child.stdout!.on('data', onChunk);
+      child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code: code ?? 1, stderr }));
+    });
+  }
+
+  watch(
+    uplinks: MarkField,
+    onEvents: (events: readonly FlowEvent[]) => void,
+    onError: (error: Error) => void,
+  ): () => void {
+    const running = new Set<{ child?: ChildProcess; reader: Socket }>();
+    let stopped = false;
+    const restart = (why: string) => {
+      if (stopped) return;
+      onError(new Error(`conntrack -E ${why}; restarting it`));
+      setTimeout(() => stopped || void start(), 1000).unref();
+    };
+    const start = async () => {
+      const parser = new ConntrackParser(uplinks);
+      let pair: { reader: Socket; writer: Socket };
+      try {
+        pair = await socketPair((chunk) => {
+          const events = parser.push(chunk, new Date());
+          if (events.length) onEvents(events);
+          setTimeout(() => pair.reader.resume(), eventRestMs);
+          return false;
+        });
+      } catch (error) {
+        return restart(`had no socket to write to (${(error as Error).message})`);
+      }
+      const stream = { reader: pair.reader, child: undefined as ChildProcess | undefined };
+      running.add(stream);
+      pair.reader.on('error', () => {});
+      if (stopped) {
+        pair.writer.destroy();
+        return stop();
+      }
+      // One process for both families: every listener gets every event, and -f only filters them
+      // in conntrack itself, so a second process would receive and decode them all again.
+      const args = ['-E', '-e', 'NEW,DESTROY', '-o', 'id,extended', '--buffer-size', '8388608'];
+      const child = spawn(this.#conntrack[0]!, [...this.#conntrack.slice(1), ...args], {
+        stdio: ['ignore', pair.writer, 'ignore'],
       });
+      // The child holds the writer now.
+      pair.writer.destroy();
+      stream.child = child;
       child.on('error', onError);
       // conntrack exits with 0 on SIGTERM, so only `stopped` tells an asked-for end from a failure.
+      // What it wrote before it exited is still read; the reader closes at the end of it.
       child.on('exit', (code, signal) => {
-        children.delete(child);
-        if (stopped) return;
-        onError(new Error(`conntrack -E -f ${family} exited (${code ?? signal}); restarting it`));
-        setTimeout(() => stopped || start(family), 1000).unref();
+        running.delete(stream);
+        restart(`exited (${code ?? signal})`);
       });
     };
-    start('ipv4');
-    start('ipv6');
-    return () => {
+    const stop = () => {
       stopped = true;
-      for (const child of children) child.kill('SIGTERM');
+      for (const { child, reader } of running) {
+        child?.kill('SIGTERM');
+        reader.destroy();
+      }
     };
+    void start();
+    return stop;
+  }
+}
+
+/**
+ * How long the event stream rests after each read. conntrack writes each event on its own, and
+ * read as they come each would cost the agent a wakeup, a read and a parse; resting lets the events
+ * of the next milliseconds gather in the socket to be read and handled as one batch. It is also
+ * how late an event may be handled (and its flow's start or end time taken) once the stream is busy.
+ */
+const eventRestMs = 10;
+
+/**
+ * A connected pair of Unix stream sockets, in the abstract namespace (nothing on disk): the writer
+ * for a child's stdout, the reader for the agent. The reader reads into one buffer, handed to
+ * `onRead`, and stops reading from the socket when `onRead` returns false until it is resumed
+ * (net's `onread`); a child's stdout pipe would go on being read into memory while paused.
+ */
+async function socketPair(onRead: (chunk: Buffer) => boolean): Promise<{ reader: Socket; writer: Socket }> {
+  const server = createServer();
+  try {
+    const path = `\0naat-conntrack-${process.pid}-${randomUUID()}`;
+    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(path, resolve));
+    const buffer = Buffer.alloc(256 * 1024);
+    const reader = connect({ path, onread: { buffer, callback: (n) => onRead(buffer.subarray(0, n)) } });
+    const [[writer]] = (await Promise.all([once(server, 'connection'), once(reader, 'connect')])) as [
+      [Socket],
+      unknown,
+    ];
+    return { reader, writer };
+  } finally {
+    server.close();
   }
 }
 

@@ -6,7 +6,7 @@
 import { valueOf, type GatewayConfig } from '../contracts/gateway/index.ts';
 import type { Application } from '../proto/index.ts';
 import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation } from './render.ts';
-import { trace } from './nft/trace.ts';
+import { TableIndex, trace } from './nft/trace.ts';
 import { allocateUplinkIds } from './uplink-ids.ts';
 import { associationPacket, traceVerdict, type FlowVerdict } from './verdict.ts';
 
@@ -68,7 +68,9 @@ export function explainFlow(
   });
   const names = new Map([...ids].map(([name, id]) => [id, name]));
   const packet = associationPacket(association)!;
-  const verdict = traceVerdict(table, packet, marks, (id) => names.get(id));
+  // Traced once per slot of the picks.
+  const index = new TableIndex(table);
+  const verdict = traceVerdict(index, packet, marks, (id) => names.get(id));
   const candidates = new Set<string>();
   // Each pick takes slot `slot` of its `numgen`/`jhash` range; the ranges are the uplinks' weights.
   let slots = 1;
@@ -77,7 +79,7 @@ export function explainFlow(
       slots = Math.min(maxSlots, Math.max(slots, total));
       return slot % total;
     };
-    const result = trace(table, 'prerouting', packet, { random: pick, hash: (_source, total) => pick(total) });
+    const result = trace(index, 'prerouting', packet, { random: pick, hash: (_source, total) => pick(total) });
     const uplink = names.get(valueOf(marks, result.ctMark));
     if (result.verdict === 'accept' && uplink !== undefined) candidates.add(uplink);
   }

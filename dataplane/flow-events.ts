@@ -63,24 +63,37 @@ export class FlowEvents {
     this.#o = options;
   }
 
-  handle(event: FlowEvent): void {
-    const { flows, metrics, attributions, associations } = this.#o;
-    flows.apply(event);
-    const uplink = this.#o.uplinkName(event.flow.uplink);
-    if (event.type === 'new') {
-      if (event.flow.uplink) this.open(event.flow);
-      return;
+  /** A batch of events in order; the bytes of the flows that ended go to the counters once per uplink. */
+  handle(events: readonly FlowEvent[]): void {
+    const bytes = new Map<string, { sent: number; received: number }>();
+    for (const event of events) {
+      this.#o.flows.apply(event);
+      if (event.type === 'new') {
+        if (event.flow.uplink) this.open(event.flow);
+      } else {
+        this.#end(event.flow, bytes);
+      }
     }
-    const counters = event.flow.counters;
-    if (uplink && counters) {
-      metrics.bytes.inc({ uplink, direction: 'sent' }, counters.bytesSent);
-      metrics.bytes.inc({ uplink, direction: 'received' }, counters.bytesReceived);
+    for (const [uplink, { sent, received }] of bytes) {
+      this.#o.metrics.bytes.inc({ uplink, direction: 'sent' }, sent);
+      this.#o.metrics.bytes.inc({ uplink, direction: 'received' }, received);
     }
-    const ended = attributions.close(event.flow.id, event.flow.startedAt, event.flow.counters);
+  }
+
+  /** Ends the record and the association of a flow, adding its bytes to those of its uplink. */
+  #end(flow: Flow, bytes: Map<string, { sent: number; received: number }>): void {
+    const { attributions, associations } = this.#o;
+    const uplink = this.#o.uplinkName(flow.uplink);
+    if (uplink && flow.counters) {
+      const counted = bytes.get(uplink) ?? { sent: 0, received: 0 };
+      counted.sent += flow.counters.bytesSent;
+      counted.received += flow.counters.bytesReceived;
+      bytes.set(uplink, counted);
+    }
+    const ended = attributions.close(flow.id, flow.startedAt, flow.counters);
     if (ended) this.#o.onFlowEnd?.(ended);
     // An association ends with its flow; the sidecar reports the socket again if it lives on.
-    const { source, protocol, sourcePort } = event.flow;
-    if (associations.expire(source, protocol, sourcePort)) this.#o.onAssociationEnded();
+    if (associations.expire(flow.source, flow.protocol, flow.sourcePort)) this.#o.onAssociationEnded();
   }
 
   /** Starts the attribution record of a flow that leaves through an uplink. */

@@ -2,8 +2,8 @@
 // tracing the packet through it: allowed or denied, through which uplink, by which rule.
 import type { Flow } from './conntrack.ts';
 import type { L4, Table } from './nft/model.ts';
-import { trace, type Packet } from './nft/trace.ts';
-import { valueOf, type MarkField } from '../contracts/gateway/index.ts';
+import { TableIndex, trace, type Packet } from './nft/trace.ts';
+import { canonicalAddress, valueOf, type MarkField } from '../contracts/gateway/index.ts';
 import type { FlowAssociation } from './render.ts';
 import type { AttributionUpdate } from './attribution.ts';
 
@@ -51,7 +51,7 @@ export function flowPacket(flow: Flow): Packet {
  * uplink it reached is named only when no pick chose it.
  */
 export function traceVerdict(
-  table: Table,
+  table: Table | TableIndex,
   packet: Packet,
   uplinks: MarkField,
   uplinkName: (id: number) => string | undefined,
@@ -64,6 +64,74 @@ export function traceVerdict(
     ...(through ? (result.picked ? { balanced: true } : { uplink }) : {}),
     ...(result.rule ? { rule: result.rule } : {}),
   };
+}
+
+/**
+ * What one ruleset does with the first packets of new flows (flowPacket, associationPacket), each
+ * kind of flow traced once. Such a packet meets the rules with its family, protocol, addresses and
+ * destination port; its source port matters only to the association maps, so flows that differ in
+ * their source port alone share a verdict unless the maps hold one of them. At most `limit` kinds
+ * are kept; past that all are forgotten and traced again.
+ */
+export class FlowVerdicts {
+  readonly #index: TableIndex;
+  readonly #marks: MarkField;
+  readonly #uplinkName: (id: number) => string | undefined;
+  readonly #limit: number;
+  readonly #verdicts = new Map<string, FlowVerdict>();
+  /** The (source address, protocol, source port) of each association map element, read when first needed. */
+  #associations: Set<string> | undefined;
+  /** Source addresses as the association maps write them (canonicalAddress). */
+  readonly #sources = new Map<string, string>();
+
+  constructor(table: Table, marks: MarkField, uplinkName: (id: number) => string | undefined, limit = 10_000) {
+    this.#index = new TableIndex(table);
+    this.#marks = marks;
+    this.#uplinkName = uplinkName;
+    this.#limit = limit;
+  }
+
+  of(packet: Packet): FlowVerdict {
+    const { family, protocol, saddr, daddr, dport } = packet;
+    const key = `${family} ${protocol} ${saddr} ${daddr} ${dport}${this.#associated(packet) ? ` ${packet.sport}` : ''}`;
+    let verdict = this.#verdicts.get(key);
+    if (!verdict) {
+      if (this.#verdicts.size >= this.#limit) {
+        this.#verdicts.clear();
+        this.#sources.clear();
+      }
+      verdict = traceVerdict(this.#index, packet, this.#marks, this.#uplinkName);
+      this.#verdicts.set(key, verdict);
+    }
+    return verdict;
+  }
+
+  /** Whether an association map holds the packet's source address and port. */
+  #associated(packet: Packet): boolean {
+    this.#associations ??= associationKeys(this.#index);
+    if (!this.#associations.size || packet.sport === undefined) return false;
+    let source = this.#sources.get(packet.saddr);
+    if (source === undefined) this.#sources.set(packet.saddr, (source = canonicalAddress(packet.saddr)));
+    return this.#associations.has(`${source} ${packet.protocol} ${packet.sport}`);
+  }
+}
+
+/** The keys of the elements of every map that `lookupFlow` statements look into. */
+function associationKeys(index: TableIndex): Set<string> {
+  const keys = new Set<string>();
+  for (const chain of index.chains.values()) {
+    for (const rule of chain.rules) {
+      for (const s of rule.then) {
+        if (s.kind !== 'lookupFlow') continue;
+        for (const { key } of index.sets.get(s.map)?.elements ?? []) {
+          const [address, protocol, port] = key;
+          if (address?.kind === 'address' && protocol?.kind === 'protocol' && port?.kind === 'port')
+            keys.add(`${address.address} ${protocol.protocol} ${port.port}`);
+        }
+      }
+    }
+  }
+  return keys;
 }
 
 /** `namespace/name#rule` as the rule's comment holds it, split. */

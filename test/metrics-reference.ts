@@ -94,6 +94,8 @@ Besides the metrics below, every component serves prom-client's default process 
 runtime metrics under their standard names, such as \`process_cpu_seconds_total\`,
 \`process_resident_memory_bytes\`, \`process_open_fds\`, \`nodejs_eventloop_lag_seconds\` and
 \`nodejs_heap_size_used_bytes\` ([the list](https://github.com/siimon/prom-client#default-metrics)).
+The event loop's delay (\`nodejs_eventloop_lag_*\`) is sampled every 100 ms rather than
+prom-client's 10 ms, which would wake an idle process 100 times a second.
 \`charts/naat/dashboards/naat.json\` charts every metric below and a few of these (a test keeps
 it in step with the code).
 

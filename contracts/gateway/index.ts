@@ -12,7 +12,7 @@ export {
   uplinkMarkMask,
 } from './config.ts';
 export { agentConfigKey, anyGatewayLabels, gatewayLabel, gatewayLabels, gatewayObjectName } from './objects.ts';
-export { canonicalAddress, contains, normalisePrefixes } from './prefixes.ts';
+export { canonicalAddress, contains, normalisePrefixes, prefixRange } from './prefixes.ts';
 export { defaultMarks, isContiguous, markField, markOf, valueOf, type MarkField } from './marks.ts';
 export {
   NodeConfig,

@@ -14,14 +14,21 @@ function bounds(prefix: Prefix): [bigint, bigint] {
   return [start, start | host];
 }
 
+/** The family and the first and last address of a prefix (a CIDR or a single address); undefined when it is neither. */
+export function prefixRange(prefix: string): { family: 4 | 6; first: bigint; last: bigint } | undefined {
+  const p = parsePrefix(prefix);
+  if (!p) return undefined;
+  const [first, last] = bounds(p);
+  return { family: p.family, first, last };
+}
+
 /** Whether `address` lies in `prefix` (a CIDR or a single address) of the same family. */
 export function contains(prefix: string, address: string): boolean {
-  const p = parsePrefix(prefix);
+  const p = prefixRange(prefix);
   const a = parsePrefix(address);
   if (!p || !a || p.family !== a.family) return false;
-  const [start, end] = bounds(p);
   const value = toBigInt(a.address);
-  return value >= start && value <= end;
+  return value >= p.first && value <= p.last;
 }
 
 /**

@@ -1,15 +1,19 @@
 // Evaluates a packet against a table in the model, the way the kernel walks the same rules: base
 // chains of a hook in priority order, jump/goto/return, sets and verdict maps. It answers "what
 // happens to this packet" for tests and explanations without a kernel.
-import { canonicalAddress, contains } from '../../contracts/gateway/index.ts';
+import { canonicalAddress, contains, prefixRange } from '../../contracts/gateway/index.ts';
 import { addressValue } from './intervals.ts';
 import {
   renderKey,
+  type Chain,
+  type ChainVerdict,
   type Family,
   type KeyPart,
   type L4,
   type Match,
+  type NamedSet,
   type Rule,
+  type SetElement,
   type Statement,
   type Table,
 } from './model.ts';
@@ -71,21 +75,181 @@ class Stop {
   }
 }
 
+/** An address as the sets hold it: its family and its number (undefined for what is not an address). */
+type AddressNumber = { family: Family; value: bigint } | undefined;
+
+/** A set's addresses and prefixes by family, for membership without a pass over its elements. */
+class AddressIndex {
+  readonly #single = { 4: new Set<bigint>(), 6: new Set<bigint>() };
+  readonly #ranges: Record<Family, Array<readonly [bigint, bigint]>> = { 4: [], 6: [] };
+
+  constructor(elements: readonly SetElement[]) {
+    for (const { key } of elements) {
+      const part = key[0];
+      const range = part?.kind === 'address' ? prefixRange(part.address) : undefined;
+      if (!range) continue;
+      if (range.first === range.last) this.#single[range.family].add(range.first);
+      else this.#ranges[range.family].push([range.first, range.last]);
+    }
+  }
+
+  has(address: AddressNumber): boolean {
+    if (!address) return false;
+    const { family, value } = address;
+    return (
+      this.#single[family].has(value) || this.#ranges[family].some(([first, last]) => value >= first && value <= last)
+    );
+  }
+}
+
+/**
+ * An interval map's elements sorted by their first field, each field's bounds as numbers: the
+ * element that holds a key is found among the few whose first field holds its first value, not by
+ * a pass over all of them. Of several that hold it, the first in the map's order wins.
+ */
+interface IntervalEntry {
+  /** The element's place in the map. */
+  order: number;
+  /** Each field's bounds; undefined where the field is of neither kind and holds nothing. */
+  lows: Array<bigint | number | undefined>;
+  highs: Array<bigint | number | undefined>;
+  value?: ChainVerdict;
+}
+
+class IntervalIndex {
+  readonly #entries: IntervalEntry[];
+  /** The highest bound of the first field among the entries up to each one. */
+  readonly #reach: Array<bigint | number> = [];
+
+  constructor(elements: readonly SetElement[]) {
+    const bound = (part: KeyPart, end: 'first' | 'last'): bigint | number | undefined =>
+      part.kind === 'addresses' ? addressValue(part[end]) : part.kind === 'ports' ? part[end] : undefined;
+    this.#entries = elements
+      .map(({ key, value }, order) => ({
+        order,
+        lows: key.map((part) => bound(part, 'first')),
+        highs: key.map((part) => bound(part, 'last')),
+        ...(value ? { value } : {}),
+      }))
+      .filter(({ lows }) => lows[0] !== undefined)
+      .sort((a, b) => (a.lows[0]! < b.lows[0]! ? -1 : a.lows[0]! > b.lows[0]! ? 1 : a.order - b.order));
+    for (const [i, { highs }] of this.#entries.entries()) {
+      const before = this.#reach[i - 1];
+      this.#reach.push(before !== undefined && before > highs[0]! ? before : highs[0]!);
+    }
+  }
+
+  find(values: ReadonlyArray<bigint | number>): IntervalEntry | undefined {
+    const [first] = values;
+    if (first === undefined) return undefined;
+    // The last entry whose first field starts at or below the value; those before it that reach it may hold it too.
+    let low = 0;
+    let high = this.#entries.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.#entries[middle]!.lows[0]! <= first) low = middle + 1;
+      else high = middle;
+    }
+    let found: IntervalEntry | undefined;
+    for (let i = low - 1; i >= 0 && this.#reach[i]! >= first; i--) {
+      const entry = this.#entries[i]!;
+      const holds = values.every((v, field) => {
+        const lowest = entry.lows[field];
+        return lowest !== undefined && v >= lowest && v <= entry.highs[field]!;
+      });
+      if (holds && (!found || entry.order < found.order)) found = entry;
+    }
+    return found;
+  }
+}
+
+/**
+ * A table made ready for many traces (the agent traces every new flow's first packet): chains
+ * and sets by name, base chains by hook, and each set and map indexed the first time a trace looks
+ * into it, so that a trace costs lookups rather than a pass over every element. The table must not
+ * change while its index is in use.
+ */
+export class TableIndex {
+  readonly chains: ReadonlyMap<string, Chain>;
+  readonly sets: ReadonlyMap<string, NamedSet>;
+  readonly #bases = new Map<string, Chain[]>();
+  readonly #addresses = new Map<string, AddressIndex>();
+  readonly #exact = new Map<string, Map<string, ChainVerdict | undefined>>();
+  readonly #intervals = new Map<string, IntervalIndex>();
+  readonly #table: Table;
+
+  constructor(table: Table) {
+    this.#table = table;
+    this.chains = new Map(table.chains.map((c) => [c.name, c]));
+    this.sets = new Map(table.sets.map((s) => [s.name, s]));
+  }
+
+  /** The base chains of a hook in priority order. */
+  bases(hook: string): Chain[] {
+    let bases = this.#bases.get(hook);
+    if (!bases) {
+      bases = this.#table.chains
+        .filter((c) => c.base?.hook === hook)
+        .sort((a, b) => a.base!.priority - b.base!.priority);
+      this.#bases.set(hook, bases);
+    }
+    return bases;
+  }
+
+  addresses(set: NamedSet): AddressIndex {
+    let index = this.#addresses.get(set.name);
+    if (!index) this.#addresses.set(set.name, (index = new AddressIndex(set.elements)));
+    return index;
+  }
+
+  /** The verdict map `name` by rendered key (its first element of each key); undefined when there is no such map. */
+  exact(name: string): Map<string, ChainVerdict | undefined> | undefined {
+    let index = this.#exact.get(name);
+    const set = this.sets.get(name);
+    if (!index && set) {
+      index = new Map();
+      for (const e of set.elements) {
+        const key = renderKey(e.key);
+        if (!index.has(key)) index.set(key, e.value);
+      }
+      this.#exact.set(name, index);
+    }
+    return index;
+  }
+
+  intervals(name: string): IntervalIndex | undefined {
+    let index = this.#intervals.get(name);
+    const set = this.sets.get(name);
+    if (!index && set) this.#intervals.set(name, (index = new IntervalIndex(set.elements)));
+    return index;
+  }
+}
+
+/** What `table` (or its index, for many traces) does with `packet` at `hook`. */
 export function trace(
-  table: Table,
+  table: Table | TableIndex,
   hook: 'prerouting' | 'postrouting',
   packet: Packet,
   options: TraceOptions = {},
 ): TraceResult {
+  const index = table instanceof TableIndex ? table : new TableIndex(table);
   const state: TraceResult = { verdict: 'accept', ctMark: packet.ctMark ?? 0, mark: packet.mark ?? 0, path: [] };
-  const chains = new Map(table.chains.map((c) => [c.name, c]));
-  const sets = new Map(table.sets.map((s) => [s.name, s]));
+  const { chains, sets } = index;
   const dynamic = options.dynamic ?? new Map<string, Set<string>>();
+  // The packet's addresses as numbers, each read once.
+  const numbers = new Map<string, AddressNumber>();
+  const numberOf = (address: string): AddressNumber => {
+    if (!numbers.has(address)) {
+      const range = prefixRange(address);
+      numbers.set(address, range && { family: range.family, value: range.first });
+    }
+    return numbers.get(address);
+  };
   const inSet = (name: string, address: string) => {
     const set = sets.get(name);
     if (!set) throw new Error(`trace: missing set ${name}`);
     if (set.dynamicTimeoutSeconds) return dynamic.get(name)?.has(address) ?? false;
-    return set.elements.some(({ key: [part] }) => part?.kind === 'address' && contains(part.address, address));
+    return index.addresses(set).has(numberOf(address));
   };
 
   const matches = (m: Match): boolean => {
@@ -169,17 +333,12 @@ export function trace(
 
   /** A verdict-map lookup: the verdict of the element keyed `key`, if there is one. */
   const lookup = (map: string, key: KeyPart[]): 'next' | 'return' | 'goto-done' => {
-    const wanted = renderKey(key);
-    const value = sets.get(map)?.elements.find((e) => renderKey(e.key) === wanted)?.value;
+    const value = index.exact(map)?.get(renderKey(key));
     return value ? execute(value) : 'next';
   };
   /** An interval verdict-map lookup: the verdict of the element whose intervals hold every value. */
   const lookupInterval = (map: string, values: Array<bigint | number>): 'next' | 'return' | 'goto-done' => {
-    const holds = (part: KeyPart | undefined, value: bigint | number) => {
-      if (part?.kind === 'addresses') return value >= addressValue(part.first) && value <= addressValue(part.last);
-      return part?.kind === 'ports' && value >= part.first && value <= part.last;
-    };
-    const element = sets.get(map)?.elements.find((e) => values.every((value, i) => holds(e.key[i], value)));
+    const element = index.intervals(map)?.find(values);
     return element?.value ? execute(element.value) : 'next';
   };
   const source = (): KeyPart => ({ kind: 'address', address: canonicalAddress(packet.saddr) });
@@ -265,8 +424,7 @@ export function trace(
     }
   };
 
-  const bases = table.chains.filter((c) => c.base?.hook === hook).sort((a, b) => a.base!.priority - b.base!.priority);
-  for (const base of bases) {
+  for (const base of index.bases(hook)) {
     try {
       run(base.name);
     } catch (error) {

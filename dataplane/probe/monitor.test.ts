@@ -102,7 +102,10 @@ describe('HealthMonitor with a fake prober and fake links', () => {
     links: string[] = [];
     watching = false;
 
+    reads: string[] = [];
+
     link = async (name: string) => {
+      this.reads.push(name);
       const up = this.up.get(name) ?? true;
       return { exists: true, up, operState: up ? 'UP' : 'DOWN' };
     };
@@ -209,6 +212,27 @@ describe('HealthMonitor with a fake prober and fake links', () => {
     // b has no IPv6 address: that target counts as unanswered, half the probes, within maxLossPercent 50.
     expect([...sources.keys()].filter((k) => k.endsWith('198.51.100.2'))).toEqual(['192.0.2.1 198.51.100.2']);
     expect(monitor!.current().get('b')).toMatchObject({ healthy: true, lossPercent: 50 });
+  });
+
+  test("reads a link at the first look, on the watcher's news and every linkPollMs, not at every round", async () => {
+    const fake = new Fake();
+    fake.own.set('if-a', { ipv4: '198.51.100.1' });
+    monitor = new HealthMonitor({
+      uplinks: [uplink('a', { healthCheck: fast })],
+      prober: fake,
+      links: fake,
+      watchLinks: fake.watch,
+      linkPollMs: 300,
+    });
+    await until(() => fake.probes.length >= 8);
+    // Rounds every 100 ms for 700 ms or more: the first look, then one read per 300 ms or so.
+    expect(fake.reads.length).toBeGreaterThanOrEqual(2);
+    expect(fake.reads.length).toBeLessThanOrEqual(fake.probes.length / 2);
+    fake.up.set('if-a', false);
+    const reads = fake.reads.length;
+    fake.emit!('if-a');
+    await until(() => monitor!.current().get('a')!.linkUp === false, 50);
+    expect(fake.reads.length).toBe(reads + 1);
   });
 
   test('update keeps the state of unchanged uplinks and drops removed ones', async () => {

@@ -34,7 +34,11 @@ export interface HealthMonitorOptions {
    * undefined when the round went well (name undefined for the link watcher, which only fails).
    */
   onError?: (name: string | undefined, error: Error | undefined) => void;
-  /** How often an uplink without a health check reads its link besides the watcher; 1000 ms. */
+  /**
+   * How often an uplink's link is read besides the watcher's news (each read runs `ip`): 10,000 ms
+   * with a watcher, which says at once when a link changes, and 1000 ms without one. A health
+   * check's rounds read it no more often than this either.
+   */
   linkPollMs?: number;
   now?: () => Date;
 }
@@ -48,6 +52,8 @@ interface Entry {
   abort: AbortController;
   linkSeq: number;
   appliedLinkSeq: number;
+  /** When the link was last read (Date.now()), 0 before the first read. */
+  linkReadAt: number;
   /** Re-reads of the link asked for by the watcher: at most one runs, one more may be pending. */
   watchRead: 'idle' | 'running' | 'again';
 }
@@ -78,7 +84,7 @@ export class HealthMonitor {
     this.onChange = options.onChange ?? (() => {});
     this.onLink = options.onLink ?? (() => {});
     this.onError = options.onError ?? (() => {});
-    this.linkPollMs = options.linkPollMs ?? 1000;
+    this.linkPollMs = options.linkPollMs ?? (this.watchLinks ? 10_000 : 1000);
     this.now = options.now ?? (() => new Date());
     this.update(options.uplinks);
     this.start();
@@ -155,8 +161,9 @@ export class HealthMonitor {
 
   private async round(entry: Entry): Promise<void> {
     const { signal } = entry.abort;
-    await this.readLink(entry);
     const check = entry.uplink.healthCheck;
+    // Without a check a round is the link's poll; a check's rounds may come more often.
+    if (!check || Date.now() - entry.linkReadAt >= this.linkPollMs) await this.readLink(entry);
     if (!check || signal.aborted) return;
     const round = entry.state.linkUp ? await this.probeAll(entry, check) : { answered: 0, sent: check.targets.length };
     if (signal.aborted) return;
@@ -198,6 +205,7 @@ export class HealthMonitor {
   /** Reads the interface and applies what it says, unless a read started later already has. */
   private async readLink(entry: Entry): Promise<void> {
     const seq = ++entry.linkSeq;
+    entry.linkReadAt = Date.now();
     const link = await this.links.link(entry.uplink.interface, entry.abort.signal);
     if (entry.abort.signal.aborted || seq < entry.appliedLinkSeq) return;
     entry.appliedLinkSeq = seq;
@@ -237,7 +245,16 @@ export class HealthMonitor {
 }
 
 function newEntry(uplink: CompiledUplink, key: string, state: UplinkHealth): Entry {
-  return { uplink, key, state, abort: new AbortController(), linkSeq: 0, appliedLinkSeq: 0, watchRead: 'idle' };
+  return {
+    uplink,
+    key,
+    state,
+    abort: new AbortController(),
+    linkSeq: 0,
+    appliedLinkSeq: 0,
+    linkReadAt: 0,
+    watchRead: 'idle',
+  };
 }
 
 function retire(entry: Entry): void {

@@ -5,7 +5,10 @@
 //     conntrack, no NAT) and one masquerade rule vs the naat agent with one uplink and with three
 //     balanced. Goal: naat's throughput at least that of one masquerade rule.
 //  2. New TCP connections per second over the same set-ups, and with a 1,000-rule config. Goal:
-//     with three uplinks, at least 0.95 × one masquerade rule.
+//     with three uplinks, at least 0.95 × one masquerade rule. The agent's CPU per new flow meanwhile
+//     (its NEW and its DESTROY event, the latter made by flushing the table after the runs). Goal:
+//     10 µs, i.e. 10 % of a core at 10,000 new flows/s. And the agent's CPU at idle, 3 uplinks.
+//     Goal: 1 % of a core.
 //  3. The agent at scale (10,000 pod addresses, 1,000 rules, 3 uplinks in the full form), the
 //     Agent class driving real nft, ip and conntrack in a namespace of its own: the first full
 //     sync, then each kind of change (a new application class, an association, a rule edited, a
@@ -56,6 +59,8 @@ interface Size {
   connections: number;
   connectionRuns: number;
   concurrency: number;
+  /** How long the agent's CPU is measured at idle. */
+  idleSeconds: number;
   /** Pod addresses of the config at scale, in `scalePolicies` policies of 5 rules (a multiple of 20). */
   scalePods: number;
   scalePolicies: number;
@@ -70,6 +75,7 @@ const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
     connections: 5000,
     connectionRuns: 5,
     concurrency: 200,
+    idleSeconds: 60,
     scalePods: 10_000,
     scalePolicies: 200,
     changeRuns: 20,
@@ -80,6 +86,7 @@ const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
     connections: 2000,
     connectionRuns: 3,
     concurrency: 200,
+    idleSeconds: 20,
     scalePods: 2000,
     scalePolicies: 40,
     changeRuns: 10,
@@ -90,6 +97,7 @@ const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
     connections: 200,
     connectionRuns: 1,
     concurrency: 50,
+    idleSeconds: 3,
     scalePods: 200,
     scalePolicies: 20,
     changeRuns: 3,
@@ -118,6 +126,16 @@ const resyncGoal: Goal = {
   bound: 'max',
   value: 300,
   source: 'dataplane goal: a full resync ≤ 300 ms at 10k pods / 1k rules',
+};
+const agentFlowGoal: Goal = {
+  bound: 'max',
+  value: 10,
+  source: 'dataplane goal: the agent at most 10 % of a core at 10,000 new flows/s, i.e. 10 µs of CPU per new flow',
+};
+const agentIdleGoal: Goal = {
+  bound: 'max',
+  value: 1,
+  source: 'dataplane goal: the agent at idle at most 1 % of a core',
 };
 
 const thousands = (n: number) => n.toLocaleString('en');
@@ -303,10 +321,14 @@ async function checkPath(t: Topology, expected: string[]): Promise<void> {
   }
 }
 
+/**
+ * CPU seconds of a process and of the programs it ran: its own, those of the children it has
+ * waited for, and those of its children still running (the agent's conntrack -E).
+ */
 async function cpuSeconds(pid: number): Promise<number> {
   const stat = async (p: number) => {
     const fields = (await readFile(`/proc/${p}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
+    return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100;
   };
   const children = (await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => ''))
     .split(' ')
@@ -317,11 +339,21 @@ async function cpuSeconds(pid: number): Promise<number> {
   return total;
 }
 
+/** The agent's CPU over a set-up's connection runs. */
+interface AgentCpu {
+  seconds: number;
+  /** New flows made meanwhile (the connections that got an answer). */
+  flows: number;
+}
+
+/** The agent's CPU per new flow, in µs. */
+const perFlowUs = (agent: AgentCpu) => (agent.seconds / agent.flows) * 1e6;
+
 interface SetupResult {
   gbits?: number;
   rate: number;
   failures: number;
-  agentCpu?: number;
+  agent?: AgentCpu;
 }
 
 async function measure(
@@ -331,25 +363,44 @@ async function measure(
   withThroughput = true,
 ): Promise<SetupResult> {
   const gbits = withThroughput ? median(await throughput(t, size)) : undefined;
-  // Every set-up starts from an empty conntrack table (a no-op before naat makes the gateway track).
-  await t.exec(t.ns.gw, ['conntrack', '-F']).catch(() => undefined);
+  // Every set-up starts from an empty conntrack table (a no-op before naat makes the gateway track);
+  // the agent has a moment to handle the DESTROY events of the flush before its CPU is read.
+  const flush = async () => {
+    await t.exec(t.ns.gw, ['conntrack', '-F']).catch(() => undefined);
+    if (agentPid) await sleep(1500);
+  };
+  await flush();
   const rates: number[] = [];
   let failures = 0;
+  let flows = 0;
   const cpuBefore = agentPid ? await cpuSeconds(agentPid) : 0;
-  let seconds = 0;
   for (let i = 0; i < size.connectionRuns; i++) {
     const result = await connectRate(t, size.connections, size.concurrency);
     failures += result.failures;
-    seconds += result.seconds;
+    flows += result.ok;
     rates.push(result.ok / result.seconds);
   }
-  const agentCpu = agentPid ? ((await cpuSeconds(agentPid)) - cpuBefore) / seconds : undefined;
+  // The flows wait in TIME_WAIT for two minutes before conntrack destroys them: a flush ends them
+  // now, so that the agent's work on their DESTROY events is counted with that on their NEW ones.
+  let agent: AgentCpu | undefined;
+  if (agentPid) {
+    await flush();
+    agent = { seconds: (await cpuSeconds(agentPid)) - cpuBefore, flows };
+  }
   return {
     ...(gbits !== undefined ? { gbits } : {}),
     rate: median(rates),
     failures,
-    ...(agentCpu !== undefined ? { agentCpu } : {}),
+    ...(agent ? { agent } : {}),
   };
+}
+
+/** The agent's CPU over `seconds` in which nothing happens, as a share of one core. */
+async function idleCpu(agentPid: number, seconds: number): Promise<number> {
+  const before = await cpuSeconds(agentPid);
+  const started = performance.now();
+  await sleep(seconds * 1000);
+  return ((await cpuSeconds(agentPid)) - before) / ((performance.now() - started) / 1000);
 }
 
 async function topologyBench(bench: Bench, size: Size, dir: string): Promise<void> {
@@ -431,6 +482,9 @@ async function topologyBench(bench: Bench, size: Size, dir: string): Promise<voi
 
     await writeFile(file, JSON.stringify(smallConfig(3, 'three')));
     await applied('three');
+    // Idle: the config applied and its uplinks' links read (the monitor's first rounds), no traffic.
+    await sleep(2000);
+    const idle = await idleCpu(agent.pid!, size.idleSeconds);
     await checkPath(t, allThree);
     const three = await measure(t, size, agent.pid);
     results.push(['naat-3-uplinks', 'naat agent, 3 uplinks balanced', three]);
@@ -471,7 +525,7 @@ async function topologyBench(bench: Bench, size: Size, dir: string): Promise<voi
     for (const [key, label, r] of results) {
       const notes = [
         r.failures ? `${r.failures} failed` : '',
-        r.agentCpu !== undefined ? `agent CPU ${(r.agentCpu * 100).toFixed(0)} % of a core` : '',
+        r.agent ? `agent CPU ${(perFlowUs(r.agent) * r.rate * 1e-4).toFixed(0)} % of a core` : '',
       ].filter(Boolean);
       bench.figure({
         key: `connections.${key}`,
@@ -484,6 +538,28 @@ async function topologyBench(bench: Bench, size: Size, dir: string): Promise<voi
         ...(notes.length ? { note: notes.join('; ') } : {}),
       });
     }
+    bench.section(
+      "the agent's CPU (its own and that of the programs it runs, /proc/PID/stat), per new flow over the " +
+        'connection runs (NEW and DESTROY) and at idle:',
+    );
+    for (const [key, label, r] of results) {
+      if (!r.agent) continue;
+      bench.figure({
+        key: `agent-cpu.${key}`,
+        label,
+        value: perFlowUs(r.agent),
+        unit: 'µs/flow',
+        goal: agentFlowGoal,
+        note: `${(perFlowUs(r.agent) * r.rate * 1e-4).toFixed(1)} % of a core at ${r.rate.toFixed(0)} new flows/s; ${r.agent.seconds.toFixed(2)} s for ${r.agent.flows} flows`,
+      });
+    }
+    bench.figure({
+      key: 'agent-cpu.idle',
+      label: `naat agent, 3 uplinks, idle for ${size.idleSeconds} s`,
+      value: idle * 100,
+      unit: '% of a core',
+      goal: agentIdleGoal,
+    });
     const ratio = (value: number, baseline: number) => `×${(value / baseline).toFixed(2)}`;
     bench.note(
       `${rules} rules passed vs none (3 uplinks): ${ratio(scale.rate, three.rate)} with the agent, ` +
