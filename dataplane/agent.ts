@@ -459,14 +459,17 @@ export class Agent {
       this.#problems.steering.report('steering', rendered.steering?.problem);
       if (checkTunnels) await this.#o.tunnels?.add(tunnels);
       if (checkRoutes) await this.#writeSysctls(rendered.sysctls, this.#problems.reversePath);
-      const none = { rules: [], routes: [] };
+      // Unchecked routes are left as they are, and so is what was said about them: a route that
+      // could not be added (its link is down) is not reported fixed by a sync that did not try.
       const routing = checkRoutes
         ? planRouting(await this.#o.routing.list(), desiredRouting(rendered.routes))
-        : { add: none, remove: none };
-      await this.#o.routing.add(routing.add).then(
-        () => this.#problems.addRoutes.report('routes', undefined),
-        (error: Error) => this.#problems.addRoutes.report('routes', error.message),
-      );
+        : undefined;
+      if (routing) {
+        await this.#o.routing.add(routing.add).then(
+          () => this.#problems.addRoutes.report('routes', undefined),
+          (error: Error) => this.#problems.addRoutes.report('routes', error.message),
+        );
+      }
       // After a sync of its own the agent knows what the table holds and changes only what
       // differs; a fresh or failed agent, or a change the kernel cannot make in place, refills it.
       let operations = this.#applied && planChanges(this.#applied.rendered.table, rendered.table);
@@ -482,10 +485,12 @@ export class Agent {
       const applying = performance.now();
       await this.#o.nft.run(operations);
       this.metrics.applyDuration.observe({ full: String(full) }, (performance.now() - applying) / 1000);
-      await this.#o.routing.remove(routing.remove).then(
-        () => this.#problems.removeRoutes.report('routes', undefined),
-        (error: Error) => this.#problems.removeRoutes.report('routes', error.message),
-      );
+      if (routing) {
+        await this.#o.routing.remove(routing.remove).then(
+          () => this.#problems.removeRoutes.report('routes', undefined),
+          (error: Error) => this.#problems.removeRoutes.report('routes', error.message),
+        );
+      }
       if (checkTunnels) await this.#o.tunnels?.prune(tunnels);
       // Once per value. In a DaemonSet, where /proc/sys is read-only, the init container has
       // written the compiled value (operator/desired.ts) and the write finds it in place.
