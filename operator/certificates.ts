@@ -3,7 +3,7 @@
 // is written here because Node can parse certificates but not make them, and the operator's
 // image carries no openssl. Only what verifiers check is written (RFC 5280 §4.1, the extensions
 // Go's crypto/x509 looks at): version 3, a random positive serial, names as a single CN,
-// basicConstraints, keyUsage, extKeyUsage serverAuth and subjectAltName.
+// basicConstraints, keyUsage, extKeyUsage serverAuth (and clientAuth when asked) and subjectAltName.
 import { createPrivateKey, generateKeyPairSync, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 
@@ -46,6 +46,7 @@ const oid = {
   extKeyUsage: '2.5.29.37',
   subjectAltName: '2.5.29.17',
   serverAuth: '1.3.6.1.5.5.7.3.1',
+  clientAuth: '1.3.6.1.5.5.7.3.2',
 };
 
 /** A self-signed CA that may sign certificates and nothing else. */
@@ -67,8 +68,17 @@ export function makeCa(commonName: string, validity: Validity): KeyPair {
   return { cert, key: pkcs8(privateKey) };
 }
 
-/** A serving certificate for `names` (DNS names or IP addresses), signed by `ca`. */
-export function makeServing(ca: KeyPair, names: readonly string[], validity: Validity): KeyPair {
+/**
+ * A serving certificate for `names` (DNS names or IP addresses), signed by `ca`, with the first
+ * name as its CN. `clientAuth`: it also proves its holder as a client (an agent's certificate,
+ * which both serves its node and dials other agents).
+ */
+export function makeServing(
+  ca: KeyPair,
+  names: readonly string[],
+  validity: Validity,
+  { clientAuth = false }: { clientAuth?: boolean } = {},
+): KeyPair {
   if (!names.length) throw new Error('a serving certificate needs at least one name');
   const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const issuer = Buffer.from(new X509Certificate(ca.cert).raw);
@@ -82,7 +92,11 @@ export function makeServing(ca: KeyPair, names: readonly string[], validity: Val
       extension(oid.basicConstraints, true, sequence()),
       // digitalSignature (bit 0): an ECDHE handshake signs with the key.
       extension(oid.keyUsage, true, bitString(Buffer.from([0x80]), 7)),
-      extension(oid.extKeyUsage, false, sequence(objectId(oid.serverAuth))),
+      extension(
+        oid.extKeyUsage,
+        false,
+        sequence(objectId(oid.serverAuth), ...(clientAuth ? [objectId(oid.clientAuth)] : [])),
+      ),
       extension(oid.subjectAltName, false, sequence(...names.map(generalName))),
     ],
   });
