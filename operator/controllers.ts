@@ -12,7 +12,7 @@ import { GatewayReconciler, gatewaysOf } from './reconcilers/egress-gateway.ts';
 import { SteeringReconciler, steeringKey } from './reconcilers/steering.ts';
 import { UplinkReconciler } from './reconcilers/uplink.ts';
 import { AgentCertificateReconciler } from './reconcilers/agent-certificate.ts';
-import { CertificateReconciler, pairsOf, tlsPairOf } from './reconcilers/webhook-certificate.ts';
+import { caPairOf, CertificateReconciler } from './reconcilers/webhook-certificate.ts';
 import { Controller, type ControllerOptions, type ReconcileResult } from './runtime/controller.ts';
 import type { Logger } from '../common/index.ts';
 import type { OperatorSettings } from './settings.ts';
@@ -112,7 +112,7 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
     secrets: agentSecrets,
     gateways: caches.gateways,
     nodes: caches.nodes,
-    ca: () => (caSecretName ? tlsPairOf(caSecrets.get(caKey)) : pairsOf(caSecrets.get(caKey))?.ca),
+    ca: () => caPairOf(caSecrets.get(caKey), Boolean(caSecretName)),
     secretName,
     namespace,
     log,
