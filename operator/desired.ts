@@ -153,7 +153,7 @@ export function desiredGatewayObjects(
       volumes: [
         // Uplink ids live as long as the node's conntrack table: until the node reboots.
         { name: 'state', hostPath: { path: `${stateDir}/${gateway.metadata.name}`, type: 'DirectoryOrCreate' } },
-        // The key only: the CA's certificate is for callers.
+        // The pair, and the CA that the links' peers' certificates must chain to (docs/security.md).
         ...(secure
           ? [
               {
@@ -163,6 +163,7 @@ export function desiredGatewayObjects(
                   secretName: secure,
                   optional: true,
                   items: [
+                    { key: 'ca.crt', path: 'ca.crt' },
                     { key: 'tls.crt', path: 'tls.crt' },
                     { key: 'tls.key', path: 'tls.key' },
                   ],
