@@ -39,8 +39,11 @@ const associationPort = 7740;
 const healthPort = 7741;
 const tunnel = { vni: 7710, port: 4791 };
 const workersUsed = [1, 2] as const;
-/** The Node objects the pods run on in the control plane, and that the workers' certificates name. */
-const nodeName = (w: number) => `${namespace}-w${w}`;
+/**
+ * The Nodes the pods run on in the control plane (two of its simulated ones, which give pods
+ * addresses), and that the workers' certificates name.
+ */
+const nodeName = (w: number) => (w === 1 ? 'worker-a' : 'gateway-b');
 const podName = (w: number) => `app-${w}`;
 const bothFamilies = (address: { v4: string; v6: string }) => [address.v4, address.v6];
 
@@ -154,11 +157,10 @@ beforeAll(async () => {
     spawnIn: (ns, argv, options) => c.spawn(ns, argv, options),
     env: { KUBECONFIG: kubeconfig },
   });
-  const k = (args: string[], input?: string) => kubectl(kubeconfig, args, input);
+  const k = (args: string[]) => kubectl(kubeconfig, args);
   await k(['create', 'namespace', namespace]);
   await k(['create', 'serviceaccount', 'app', '-n', namespace]);
   for (const w of workersUsed) {
-    await k(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: nodeName(w) } }));
     const status = { podIPs: bothFamilies(podAddress(w)), hostIPs: bothFamilies(workerAddress(w)) };
     pods.set(w, await createBoundPod(kubeconfig, namespace, podName(w), nodeName(w), status));
   }
@@ -237,7 +239,6 @@ afterAll(async () => {
   for (const s of servers) await s.stop();
   await c?.destroy();
   await kubectl(kubeconfig, ['delete', 'namespace', namespace, '--wait=false']).catch(() => {});
-  for (const w of workersUsed) await kubectl(kubeconfig, ['delete', 'node', nodeName(w), '--ignore-not-found']);
   if (dir) await rm(dir, { recursive: true, force: true });
 }, 60_000);
 
