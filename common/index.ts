@@ -6,6 +6,7 @@
 export { addressToBytes, bytesToAddress } from './address.ts';
 export { parseCommandLine, usageError } from './command-line.ts';
 export { formatListenAddress, parseListenAddress, type ListenAddress } from './listen-address.ts';
+export { ignoreIpServerNameWarning } from './server-name-warning.ts';
 export {
   errorText,
   jsonLines,

@@ -30,6 +30,7 @@ import { parseNodeConfig, type NodeConfig } from '../contracts/gateway/index.ts'
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import {
+  ignoreIpServerNameWarning,
   jsonLogger as log,
   parseCommandLine,
   parseListenAddress,
@@ -108,6 +109,7 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
   --help                        this text
 NAAT_LOG_LEVEL (debug, info, warn, error; default info) is the least severe level logged.`;
 
+ignoreIpServerNameWarning();
 const { positionals, values } = parseCommandLine(usage, {
   allowPositionals: true,
   options: {

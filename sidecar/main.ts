@@ -21,7 +21,13 @@
 // WebAssembly, Node.js cannot strip types, so this file runs that way only compiled.
 // common/'s entry point loads nothing until telemetry is wanted (the Kubernetes client has an entry
 // point of its own), and the sidecar's memory matters.
-import { jsonLogger as log, parseCommandLine, ProblemLog, startTelemetry } from '../common/index.ts';
+import {
+  ignoreIpServerNameWarning,
+  jsonLogger as log,
+  parseCommandLine,
+  ProblemLog,
+  startTelemetry,
+} from '../common/index.ts';
 import { join } from 'node:path';
 import { sidecarVariables } from '../contracts/index.ts';
 import { Action, AssociationMode } from '../proto/index.ts';
@@ -62,6 +68,8 @@ function naaServer(): string {
   const host = required(sidecarVariables.naaHost);
   return `${host.includes(':') ? `[${host}]` : host}:${required(sidecarVariables.naaPort)}`;
 }
+
+ignoreIpServerNameWarning();
 
 /** TLS to the agent, verified with the CA the webhook gave; plaintext only where none was given. */
 function channelCredentials() {

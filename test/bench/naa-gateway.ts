@@ -204,13 +204,13 @@ async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Pro
     ],
   });
   await gateway.start();
-  const { topology: t, pod, dir, agent } = gateway;
+  const { topology: t, pod, dir } = gateway;
   progress(`Created pod ${namespace}/app with address ${pod.ip}`);
   await writeFile(join(dir, 'client.py'), clientProgram);
   const listening = spawnLines(t.ns.srv, [process.execPath, '-e', holdServer, server.v4, String(serverPort)], () => {});
   await new Promise((resolve) => listening.stdout!.once('data', resolve));
   await sleep(1000);
-  const agentIdleRss = await rssOf(agent.pid!, 'main.ts');
+  const agentIdleRss = await rssOf(gateway.agent.pid!, 'main.ts');
 
   // Every element added to flows4, timestamped as the event reaches this process.
   const added: Array<{ address: string; port: number; at: number }> = [];
@@ -256,7 +256,8 @@ async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Pro
         if (line === 'done') {
           // Measured while the stream holds every association of the run.
           setTimeout(() => {
-            Promise.all([rssOf(agent.pid!, 'main.ts'), rssOf(sidecar.pid!, 'main.ts')])
+            // The agent of now: the TLS run restarts it.
+            Promise.all([rssOf(gateway!.agent.pid!, 'main.ts'), rssOf(sidecar.pid!, 'main.ts')])
               .then(([a, s]) => (rss = { agent: a, sidecar: s }))
               .catch((error: Error) => console.error(`could not read RSS: ${error.message}`));
           }, holdMs / 2);
