@@ -9,6 +9,7 @@ export * as der from './der.ts';
 export { certificationRequest, parseCertificationRequest, RequestError, type CertificationRequest } from './pkcs10.ts';
 export { parseCommandLine, usageError } from './command-line.ts';
 export { formatListenAddress, parseListenAddress, type ListenAddress } from './listen-address.ts';
+export { ignoreIpServerNameWarning } from './server-name-warning.ts';
 export {
   errorText,
   jsonLines,

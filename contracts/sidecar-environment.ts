@@ -7,6 +7,11 @@ export const sidecarVariables = {
   naaHost: 'NAAT_NAA_HOST',
   /** The gateway's association port. */
   naaPort: 'NAAT_NAA_PORT',
+  /**
+   * The CA bundle (PEM) that issued the agents' certificates: the sidecar verifies its node's
+   * agent with it (an IP SAN for the node's address). Without it the stream is plaintext.
+   */
+  naaCa: 'NAAT_NAA_CA',
   podNamespace: 'NAAT_POD_NAMESPACE',
   podName: 'NAAT_POD_NAME',
   podUid: 'NAAT_POD_UID',

@@ -3,7 +3,8 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { lifetime, makeAgentCertificate, makeCa } from '../operator/certificates.ts';
-import { readTlsDir, renewalTime, requestOutcome, writeTlsDir } from './identity.ts';
+import { renewalTime, requestOutcome, writeTlsDir } from './identity.ts';
+import { readTlsDir } from './link-tls.ts';
 
 const now = new Date('2026-12-04T12:00:00Z');
 const ca = makeCa('naat-ca', lifetime(now, 86_400_000));
@@ -25,14 +26,14 @@ describe("an agent's TLS directory", () => {
   });
 
   test('holds the bundle and the pair, and nothing else once written', async () => {
-    expect(await readTlsDir(dir)).toBeUndefined();
+    await expect(readTlsDir(dir)).rejects.toThrow(/cannot read/);
     const first = { ca: ca.cert, ...pair() };
     await writeTlsDir(dir, first);
-    expect(await readTlsDir(dir)).toEqual(first);
+    expect(await readTlsDir(dir)).toMatchObject(first);
     expect((await readdir(dir)).sort()).toEqual(['ca.crt', 'tls.crt', 'tls.key']);
     const second = { ca: ca.cert, ...pair() };
     await writeTlsDir(dir, second);
-    expect(await readTlsDir(dir)).toEqual(second);
+    expect(await readTlsDir(dir)).toMatchObject(second);
   });
 
   test('a key that does not match the certificate reads as not there yet', async () => {
@@ -40,9 +41,9 @@ describe("an agent's TLS directory", () => {
     await writeTlsDir(dir, { ca: ca.cert, ...first });
     // Between the two renames of a renewal: the new key beside the old certificate.
     await writeFile(join(dir, 'tls.key'), second.key);
-    expect(await readTlsDir(dir)).toBeUndefined();
+    await expect(readTlsDir(dir)).rejects.toThrow(/mid-rotation/);
     await writeFile(join(dir, 'tls.crt'), 'garbage');
-    expect(await readTlsDir(dir)).toBeUndefined();
+    await expect(readTlsDir(dir)).rejects.toThrow(/not a PEM certificate/);
   });
 });
 

@@ -3,7 +3,7 @@
 // with them. Each file is replaced whole (written beside it, then renamed over it), in the order
 // ca.crt, tls.key, tls.crt: the bundle first, since it holds the old CA and the new while they
 // change; then the pair, key before certificate. A reader that finds a key that does not match
-// the certificate is between the two renames and treats the pair as not there yet (readTlsDir).
+// the certificate is between the two renames and treats the pair as not there yet (link-tls.ts).
 //
 // In a cluster (--csr), the agent gets the pair itself: a new EC P-256 key, a PKCS#10 request for
 // its node's name, and a CertificateSigningRequest to the operator's signer naat.dev/agent, made
@@ -11,38 +11,14 @@
 // writes the files, and renews with a new key when two thirds of the certificate's life have
 // passed. The CA bundle comes from a file (the CA ConfigMap the DaemonSet mounts) and is copied
 // beside the pair as it changes. Outside a cluster the files are put there by whoever runs it.
-import { createPrivateKey, generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { KubeConfig, V1CertificateSigningRequest } from '@kubernetes/client-node';
 import { certificationRequest, type Logger } from '../common/index.ts';
 import { agentSignerName, agentUsages, tlsFiles } from '../contracts/index.ts';
-
-export interface TlsMaterial {
-  /** The CA bundle, PEM. */
-  ca: string;
-  /** This node's certificate, PEM. */
-  cert: string;
-  /** Its private key, PEM. */
-  key: string;
-}
-
-/**
- * The TLS directory's files, or undefined while one is missing or the key does not match the
- * certificate (a renewal between its two renames): "not yet", never half a pair.
- */
-export async function readTlsDir(dir: string): Promise<TlsMaterial | undefined> {
-  try {
-    const [ca, cert, key] = await Promise.all(
-      [tlsFiles.ca, tlsFiles.cert, tlsFiles.key].map((file) => readFile(join(dir, file), 'utf8')),
-    );
-    if (!new X509Certificate(cert!).checkPrivateKey(createPrivateKey(key!))) return undefined;
-    return { ca: ca!, cert: cert!, key: key! };
-  } catch {
-    return undefined;
-  }
-}
+import { readTlsDir, type TlsMaterial } from './link-tls.ts';
 
 /** Replaces one file of the directory whole: written beside it, then renamed over it. */
 async function replaceFile(dir: string, file: string, text: string, mode: number): Promise<void> {
@@ -52,7 +28,7 @@ async function replaceFile(dir: string, file: string, text: string, mode: number
 }
 
 /** Writes the directory in the order the header says: bundle, key, certificate. */
-export async function writeTlsDir(dir: string, material: TlsMaterial): Promise<void> {
+export async function writeTlsDir(dir: string, material: Pick<TlsMaterial, 'ca' | 'cert' | 'key'>): Promise<void> {
   await replaceFile(dir, tlsFiles.ca, material.ca, 0o644);
   await replaceFile(dir, tlsFiles.key, material.key, 0o600);
   await replaceFile(dir, tlsFiles.cert, material.cert, 0o644);
@@ -146,7 +122,7 @@ export class ClusterIdentity {
 
   /** When the pair already in the directory (a restarted container's) is due, or now. */
   async #kept(): Promise<number> {
-    const material = await readTlsDir(this.#o.dir);
+    const material = await readTlsDir(this.#o.dir).catch(() => undefined);
     if (!material) return 0;
     const cert = new X509Certificate(material.cert);
     if (cert.subject !== `CN=${this.#o.node}` || new Date(cert.validTo) <= new Date()) return 0;

@@ -9,7 +9,7 @@
 // variables turn on OpenTelemetry: a span and a log record per flow (see docs/dataplane.md), and
 // a span per association that continues its sidecar's trace (see docs/naa.md).
 import { readFile, writeFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createSecureServer } from 'node:https';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
@@ -23,12 +23,13 @@ import {
 } from './attribution.ts';
 import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
 import { bearerToken, flowPaths, servesFlowsUnauthenticated } from './flow-access.ts';
-import { readTlsDir } from './identity.ts';
+import { plainAndMutualTls, readTlsDir, TlsDir } from './link-tls.ts';
 import { agentConfigKey as configKey, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { parseNodeConfig, type NodeConfig } from '../contracts/gateway/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import {
+  ignoreIpServerNameWarning,
   jsonLogger as log,
   parseCommandLine,
   parseListenAddress,
@@ -44,7 +45,7 @@ import { localUplinks } from './render.ts';
 import { agentSysctls } from './sysctls.ts';
 import { ExecRouting } from './routing.ts';
 import { NodeAgent, type NodeAgentReport, type RelayFactory } from './steering/node-agent.ts';
-import { createPeerMonitor } from './steering/peer-monitor.ts';
+import { createPeerMonitor, steeringWatch } from './steering/peer-monitor.ts';
 import { rendezvous } from './steering/rendezvous.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
 import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
@@ -66,13 +67,17 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
                                 apiserver's port-forward to the agent's pod: docs/cli.md)
       [--tls-dir DIR [--csr CA_FILE]]   this node's identity: DIR holds ca.crt (the CA bundle
                                 that signs every agent's certificate), tls.crt (this node's
-                                certificate) and tls.key (its key), each replaced whole. With
-                                --csr (in a cluster) the agent keeps them itself: it asks the
-                                operator's signer naat.dev/agent for this node's certificate with
-                                a CertificateSigningRequest made with its pod's own token, renews
-                                it with a new key when two thirds of its life have passed, and
-                                copies the CA bundle CA_FILE (the mounted CA ConfigMap) into DIR.
-                                Without --csr, whoever runs the agent puts the files there
+                                certificate) and tls.key (its key), each replaced whole and
+                                followed as they are renewed: NAA streams over TLS, relayed ones
+                                only with the pod's node's certificate, and /steering only to
+                                agents over mutual TLS (docs/security.md); without it, both in
+                                plaintext. With --csr (in a cluster) the agent keeps them itself:
+                                it asks the operator's signer naat.dev/agent for this node's
+                                certificate with a CertificateSigningRequest made with its pod's
+                                own token, renews it with a new key when two thirds of its life
+                                have passed, and copies the CA bundle CA_FILE (the mounted CA
+                                ConfigMap) into DIR. Without --csr, whoever runs the agent puts
+                                the files there
       [--secure-listen ADDR:PORT]   every endpoint over TLS with the certificate of --tls-dir, to
                                 callers whose bearer token the apiserver accepts and who may get
                                 egressgateways/flows of this gateway (docs/security.md)
@@ -94,7 +99,9 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
                                 the gateway nodes' health is asked at their /steering; when its
                                 ConfigMap is gone at SIGTERM (the node left every gateway), it
                                 takes away all it put in the kernel
-      [--node NAME] [--state-dir DIR] [--reload-ms MS] [--tls-dir DIR [--csr CA_FILE]] (as run's)
+      [--node NAME] [--state-dir DIR] [--reload-ms MS] [--tls-dir DIR [--csr CA_FILE]] (as run's:
+                                /steering and the relayed NAA streams over mutual TLS, sidecars'
+                                streams over TLS; without it, all in plaintext)
       [--listen ADDR:PORT]      /status and /metrics (default 127.0.0.1:7742)
       [--report] [--report-ms MS]   write whether steering is ready here into the gateways' status
   node --remove                 takes away everything the node agent put in the kernel
@@ -108,6 +115,7 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
   --help                        this text
 NAAT_LOG_LEVEL (debug, info, warn, error; default info) is the least severe level logged.`;
 
+ignoreIpServerNameWarning();
 const { positionals, values } = parseCommandLine(usage, {
   allowPositionals: true,
   options: {
@@ -258,7 +266,8 @@ async function run(): Promise<void> {
     telemetry: telemetry.enabled,
   });
   const report = values.report ? await startReporting(agent) : undefined;
-  const naa = config.association ? await startNaa(agent, config.association.port, telemetry.enabled) : undefined;
+  const links = linkTls();
+  const naa = config.association ? await startNaa(agent, config.association.port, telemetry.enabled, links) : undefined;
 
   // Later versions of the config, one at a time, in order.
   let applying = Promise.resolve();
@@ -278,11 +287,12 @@ async function run(): Promise<void> {
 
   const servers: Array<{ close(): void }> = [listenAddress('gateway'), values['metrics-listen'], local]
     .filter((a) => a !== undefined)
-    .map((a) => serve(agent, a));
+    .map((a) => serve(agent, a, links));
   if (values['secure-listen']) servers.push(await serveSecure(agent, values['secure-listen'], values['tls-dir']!));
   const stop = async (signal: string) => {
     first.source.stop();
     clearInterval(report);
+    links?.stop();
     monitor.stop();
     for (const server of servers) server.close();
     await stopIdentity();
@@ -367,14 +377,17 @@ async function startNaa(
   agent: Agent,
   port: number,
   tracing: boolean,
+  tls: TlsDir | undefined,
 ): Promise<{ close(): Promise<void>; pushPolicies(): void }> {
   const { pooledKubeConfig } = await import('../common/kube/index.ts');
   const { NaaServer } = await import('./naa/server.ts');
   const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
   const { effectivePolicy } = await import('./naa/policy.ts');
+  const { naaServerCredentials } = await import('./link-tls.ts');
   const kubeConfig = pooledKubeConfig();
   const server = new NaaServer({
-    authenticator: new TokenReviewAuthenticator(kubeConfig, values.node),
+    authenticator: new TokenReviewAuthenticator(kubeConfig, values.node, { relayCertificates: tls !== undefined }),
+    credentials: naaServerCredentials(tls),
     sink: {
       apply: ({ upsert, remove }) => agent.associate(upsert, remove),
       policy: (identity) => (agent.config ? effectivePolicy(agent.config, identity.addresses) : undefined),
@@ -388,7 +401,7 @@ async function startNaa(
   });
   const address = values['naa-listen'] ?? `:${port}`;
   await server.listen(address);
-  log.info('Listening for NAA streams', { address });
+  log.info('Listening for NAA streams', { address, tls: tls !== undefined });
   return server;
 }
 
@@ -410,15 +423,27 @@ async function startReporting(agent: Agent): Promise<NodeJS.Timeout> {
 
 /**
  * Answers one request to the agent's HTTP API. `flows` says whether this listener may reveal flow
- * data (flow-access.ts): elsewhere /flows and /attribution are not found.
+ * data (flow-access.ts): elsewhere /flows and /attribution are not found. `steering` whether it
+ * answers /steering: with a TLS directory, only to node agents over mutual TLS, whose answer
+ * decides where flows go.
  */
-function respond(agent: Agent, req: IncomingMessage, res: ServerResponse, flows: boolean): void {
+function respond(
+  agent: Agent,
+  req: IncomingMessage,
+  res: ServerResponse,
+  { flows, steering }: { flows: boolean; steering: boolean },
+): void {
   const report = agent.report();
   const url = new URL(req.url ?? '/', 'http://agent');
   if (flowPaths.has(url.pathname) && !flows) {
     res.statusCode = 404;
     res.setHeader('content-type', 'application/json');
     return void res.end(`${JSON.stringify({ error: 'flow data is served on the secure listener only' })}\n`);
+  }
+  if (url.pathname === '/steering' && !steering) {
+    res.statusCode = 403;
+    res.setHeader('content-type', 'application/json');
+    return void res.end(`${JSON.stringify({ error: '/steering is answered to node agents over mutual TLS only' })}\n`);
   }
   if (url.pathname === '/attribution') {
     const query = parseAttributionQuery(url.searchParams);
@@ -463,12 +488,30 @@ function respond(agent: Agent, req: IncomingMessage, res: ServerResponse, flows:
   res.end('not found\n');
 }
 
-/** A plain HTTP listener: flow data only when bound to loopback. */
-function serve(agent: Agent, address: string): Server {
+/**
+ * A plain HTTP listener: flow data only when bound to loopback. With a TLS directory it also takes
+ * mutual TLS on the same port, and /steering is answered there alone.
+ */
+function serve(agent: Agent, address: string, tls?: TlsDir): { close(): void } {
   const listen = listenOptions(address);
   const flows = listen.host !== undefined && servesFlowsUnauthenticated(listen.host);
-  const server = createServer((req, res) => respond(agent, req, res, flows));
-  return server.listen(listen);
+  if (!tls) return createServer((req, res) => respond(agent, req, res, { flows, steering: true })).listen(listen);
+  return plainAndMutualTls(tls, (req, res, agentNode) =>
+    respond(agent, req, res, { flows: flows && !agentNode, steering: agentNode !== undefined }),
+  ).listen(listen);
+}
+
+/**
+ * The TLS directory of naat's links (--tls-dir), followed as it is renewed; undefined when none
+ * is given: then NAA and /steering run in plaintext, as asked, for a test or a hand-run.
+ */
+function linkTls(): TlsDir | undefined {
+  const dir = values['tls-dir'];
+  if (!dir) {
+    log.warn('Running naat links in plaintext: no --tls-dir given', {});
+    return undefined;
+  }
+  return new TlsDir(dir, { log: (level, message, fields) => log[level](message, fields) });
 }
 
 /** Where an HTTP server listens: `:PORT` leaves the host out, so Node listens on both families. */
@@ -498,7 +541,7 @@ async function serveSecure(agent: Agent, address: string, dir: string): Promise<
     const gateway = agent.config?.gateway ?? '';
     authorizer.authorize(bearerToken(req.headers.authorization), gateway).then(
       (access) => {
-        if (access.allowed) return respond(agent, req, res, true);
+        if (access.allowed) return respond(agent, req, res, { flows: true, steering: true });
         // Debug: a caller polling without rights would log a line a request. Its reviews are in the
         // apiserver's audit log.
         log.debug('Refused a request for flow data', { path: req.url, status: access.status, reason: access.reason });
@@ -517,10 +560,10 @@ async function serveSecure(agent: Agent, address: string, dir: string): Promise<
   let loaded: string | undefined;
   let reported: string | undefined;
   const load = async () => {
+    let pair: { cert: string; key: string };
     // Not there, or between the two renames of a renewal: the listener keeps what it has.
-    const pair = await readTlsDir(dir);
     try {
-      if (!pair) throw new Error(`no certificate and matching key in ${dir} yet`);
+      pair = await readTlsDir(dir);
       server.setSecureContext({ cert: pair.cert, key: pair.key, minVersion: 'TLSv1.2' });
     } catch (error) {
       const message = (error as Error).message;
@@ -554,8 +597,9 @@ async function remove(): Promise<void> {
   log.info('Removed naat from the kernel');
 }
 
-function nodeAgent(relays?: RelayFactory): NodeAgent {
+function nodeAgent(relays?: RelayFactory, tls?: TlsDir): NodeAgent {
   const conntrack = new ExecConntrack();
+  const watch = steeringWatch(tls && (() => tls.current()));
   return new NodeAgent({
     nft: new ExecNftables(['nft'], stateDir('node'), nodeTableName),
     tunnels: new ExecTunnelKernel(nodeTunnelOwnership, writeTunnelSysctl),
@@ -563,7 +607,7 @@ function nodeAgent(relays?: RelayFactory): NodeAgent {
     stateDir: stateDir('node'),
     // Each gateway's nodes are asked at their /steering whether they take flows.
     peerStates: (gateway) => {
-      const monitor = createPeerMonitor({ peers: gateway.peers, healthPort: gateway.healthPort });
+      const monitor = createPeerMonitor({ peers: gateway.peers, healthPort: gateway.healthPort, watch });
       monitor.start();
       return monitor;
     },
@@ -647,8 +691,11 @@ async function nodeLeft(text: string | undefined): Promise<string | undefined> {
  * The node agent's NAA relays, one per gateway: the node's sidecars dial this node at their
  * gateway's association port, and the relay carries each stream to the gateway's up nodes.
  */
-async function naaRelays(): Promise<RelayFactory> {
+async function naaRelays(tls: TlsDir | undefined): Promise<RelayFactory> {
   const { NaaRelay } = await import('./naa/relay.ts');
+  const { agentChannelCredentials, naaServerCredentials } = await import('./link-tls.ts');
+  const serverCredentials = naaServerCredentials(tls);
+  const channelCredentials = tls && agentChannelCredentials(tls);
   return (first, peers, onSynced) => {
     let gateway = first;
     const relay: InstanceType<typeof NaaRelay> = new NaaRelay({
@@ -659,6 +706,8 @@ async function naaRelays(): Promise<RelayFactory> {
       pinnedPeer: (pod) =>
         gateway.selection === 'Pod' ? rendezvous(`${pod.namespace}/${pod.name}`, relay.synced()) : undefined,
       log: (msg, fields) => log.info(msg, fields),
+      serverCredentials,
+      ...(channelCredentials && { channelCredentials }),
     });
     const address = `:${gateway.associationPort}`;
     relay.listen(address).then(
@@ -689,7 +738,8 @@ async function node(): Promise<void> {
   const parse = (text: string): NodeConfig => parseNodeConfig(parseText(text));
   const stopIdentity = await startIdentity();
   const first = await firstConfig(parse, 'node config');
-  const agent = nodeAgent(await naaRelays());
+  const links = linkTls();
+  const agent = nodeAgent(await naaRelays(links), links);
   await agent.start(first.config);
   log.info('Started the node agent', { node: first.config.node, gateways: first.config.gateways.length });
   let current = first.config;
@@ -723,6 +773,7 @@ async function node(): Promise<void> {
   const stop = async (signal: string) => {
     first.source.stop();
     server.close();
+    links?.stop();
     clearInterval(reports);
     await stopIdentity();
     const { gone } = await configAtStop(first.source);

@@ -53,6 +53,34 @@ describe('webhook certificates', () => {
     }
   });
 
+  test('a certificate with clientAuth verifies for both TLS uses, and one without it only as a server', () => {
+    const agent = makeServing(ca, ['node-a', '10.0.0.1'], validity(365), { clientAuth: true });
+    const dir = mkdtempSync(join(tmpdir(), 'naat-certs-'));
+    const verify = (cert: string, purpose: string) => {
+      writeFileSync(join(dir, 'ca.crt'), ca.cert);
+      writeFileSync(join(dir, 'tls.crt'), cert);
+      const args = ['verify', '-attime', String(Math.floor(now.getTime() / 1000)), '-purpose', purpose];
+      try {
+        return execFileSync('openssl', [...args, '-CAfile', join(dir, 'ca.crt'), join(dir, 'tls.crt')], {
+          stdio: 'pipe',
+        })
+          .toString()
+          .trim()
+          .endsWith('OK');
+      } catch {
+        return false;
+      }
+    };
+    try {
+      expect(new X509Certificate(agent.cert).subject).toBe('CN=node-a');
+      expect(verify(agent.cert, 'sslserver')).toBe(true);
+      expect(verify(agent.cert, 'sslclient')).toBe(true);
+      expect(verify(serving.cert, 'sslclient')).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
   test('usable: valid pair for the same names, and nothing else', () => {
     expect(usable(ca, serving, names, now)).toBe(true);
     expect(usable(ca, serving, [...names].reverse(), now)).toBe(true);

@@ -4,7 +4,7 @@
 // is written here because Node can parse certificates but not make them, and the operator's
 // image carries no openssl. Only what verifiers check is written (RFC 5280 §4.1, the extensions
 // Go's crypto/x509 looks at): version 3, a random positive serial, names as a single CN,
-// basicConstraints, keyUsage, extKeyUsage and subjectAltName.
+// basicConstraints, keyUsage, extKeyUsage serverAuth (and clientAuth for agents) and subjectAltName.
 import { createPrivateKey, generateKeyPairSync, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import { der } from '../common/index.ts';
@@ -61,11 +61,21 @@ export function makeCa(commonName: string, validity: Validity): KeyPair {
   return { cert, key: pkcs8(privateKey) };
 }
 
-/** A serving certificate for `names` (DNS names or IP addresses), signed by `ca`. */
-export function makeServing(ca: KeyPair, names: readonly string[], validity: Validity): KeyPair {
+/**
+ * A serving certificate for `names` (DNS names or IP addresses), signed by `ca`, with the first
+ * name as its CN. `clientAuth`: it also proves its holder as a client (an agent's certificate,
+ * which both serves its node and dials other agents).
+ */
+export function makeServing(
+  ca: KeyPair,
+  names: readonly string[],
+  validity: Validity,
+  { clientAuth = false }: { clientAuth?: boolean } = {},
+): KeyPair {
   if (!names.length) throw new Error('a serving certificate needs at least one name');
   const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const cert = leaf(ca, { commonName: names[0]!, names, publicKey, validity, usages: [oid.serverAuth] });
+  const usages = clientAuth ? [oid.serverAuth, oid.clientAuth] : [oid.serverAuth];
+  const cert = leaf(ca, { commonName: names[0]!, names, publicKey, validity, usages });
   return { cert, key: pkcs8(privateKey) };
 }
 

@@ -13,7 +13,7 @@ import { SteeringReconciler, steeringKey } from './reconcilers/steering.ts';
 import { UplinkReconciler } from './reconcilers/uplink.ts';
 import { AgentSignerReconciler } from './reconcilers/agent-signer.ts';
 import { CaBundleReconciler } from './reconcilers/ca-bundle.ts';
-import { CertificateReconciler, pairsOf, tlsPairOf } from './reconcilers/webhook-certificate.ts';
+import { caPairOf, CertificateReconciler } from './reconcilers/webhook-certificate.ts';
 import { Controller, type ControllerOptions, type ReconcileResult } from './runtime/controller.ts';
 import type { Logger } from '../common/index.ts';
 import type { OperatorSettings } from './settings.ts';
@@ -109,7 +109,7 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   // Certificate (its own pair, tls.crt and tls.key). It signs each agent's certificate for its
   // node, and its certificate is published for the agents to trust.
   const caKey = `${namespace}/${caSecretName ?? settings.webhook.secretName}`;
-  const ca = () => (caSecretName ? tlsPairOf(caSecrets.get(caKey)) : pairsOf(caSecrets.get(caKey))?.ca);
+  const ca = () => caPairOf(caSecrets.get(caKey), Boolean(caSecretName));
   const bundle = new CaBundleReconciler({ kubeConfig, configMaps: caBundles, ca, configMapName, namespace, log });
   const caBundle = controller('ca-bundle', () => bundle.reconcile());
   caBundle.watch(caSecrets, () => ['ca-bundle']);

@@ -38,6 +38,7 @@ const request = (p: V1Pod, namespaceLabels: Record<string, string> = { egress: '
     securityContext: sidecarSecurityContext,
   },
   logLevel: 'info',
+  caCertificate: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n',
   otel: {
     endpoint: '',
     protocol: 'grpc',
@@ -93,6 +94,7 @@ describe('sidecar injection', () => {
       {
         NAAT_NAA_HOST: 'status.hostIP',
         NAAT_NAA_PORT: '7741',
+        NAAT_NAA_CA: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n',
         NAAT_POD_NAMESPACE: 'metadata.namespace',
         NAAT_POD_NAME: 'metadata.name',
         NAAT_POD_UID: 'metadata.uid',

@@ -42,6 +42,12 @@ export interface InjectionRequest {
   sidecar: OperatorSettings['sidecar'];
   otel: OperatorSettings['otel'];
   logLevel: OperatorSettings['logLevel'];
+  /**
+   * The CA certificate (PEM, public) that issues the agents' certificates. The sidecar gets it
+   * in its environment: set once at admission, it needs no Secret, ConfigMap or right in the pod's
+   * namespace, and nothing in the pod can change it. A new CA reaches pods created after it.
+   */
+  caCertificate: string;
 }
 
 /**
@@ -186,7 +192,7 @@ function selects(gateway: EgressGateway, namespaceLabels: Labels, podLabels: Lab
 
 function sidecarContainer(
   gateway: EgressGateway,
-  { sidecar: settings, logLevel, otel }: InjectionRequest,
+  { sidecar: settings, logLevel, otel, caCertificate }: InjectionRequest,
   strict: boolean,
   user: { uid: number; gid: number } | undefined,
 ): V1Container {
@@ -201,6 +207,8 @@ function sidecarContainer(
       // relays the stream to the gateway's nodes.
       { name: sidecarVariables.naaHost, ...field('status.hostIP') },
       { name: sidecarVariables.naaPort, value: String(gateway.spec.association.port) },
+      // The agent there must show a certificate from this CA for the node's address.
+      { name: sidecarVariables.naaCa, value: caCertificate },
       { name: sidecarVariables.podNamespace, ...field('metadata.namespace') },
       { name: sidecarVariables.podName, ...field('metadata.name') },
       { name: sidecarVariables.podUid, ...field('metadata.uid') },

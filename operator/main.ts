@@ -19,7 +19,7 @@ import { operatorCaches } from './caches.ts';
 import { operatorControllers } from './controllers.ts';
 import { applyDefinitions } from './custom-resource-definitions.ts';
 import { OperatorMetrics } from './metrics.ts';
-import { tlsPairOf } from './reconcilers/webhook-certificate.ts';
+import { caPairOf, tlsPairOf } from './reconcilers/webhook-certificate.ts';
 import { LeaderElector } from './runtime/leader.ts';
 import { reconcileSpan } from './runtime/tracing.ts';
 import { parseSettings } from './settings.ts';
@@ -79,13 +79,22 @@ const controllers = operatorControllers({
   around: (name) => metrics.timed(name, reconcileSpan(name)),
 });
 
+/** The CA that issues the agents' certificates, which sidecars verify their agent with. */
+const { caSecretName } = settings.webhook;
+const caSecrets = caSecretName ? webhookCaches.caSecrets : webhookCaches.secrets;
+const agentsCa = () =>
+  caPairOf(caSecrets?.get(`${namespace}/${caSecretName ?? settings.webhook.secretName}`), Boolean(caSecretName));
+
 const webhook = new WebhookServer({
   port: settings.webhook.port,
   context: async (podNamespace) => {
     if (!caches.gateways.hasSynced() || !caches.namespaces.hasSynced()) throw new Error('caches not synced yet');
     // A namespace made just before its first pod may not have reached the cache yet.
     const ns = caches.namespaces.get(podNamespace) ?? (await core.readNamespace({ name: podNamespace }));
+    const caCertificate = agentsCa()?.cert;
+    if (!caCertificate) throw new Error("the operator's CA is not there yet");
     return {
+      caCertificate,
       namespaceLabels: ns.metadata?.labels,
       gateways: caches.gateways.list(),
       sidecar: settings.sidecar,

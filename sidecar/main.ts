@@ -3,6 +3,8 @@
 //   NAAT_NAA_HOST, NAAT_NAA_PORT  the NAA server on this node: the node's address (status.hostIP)
 //                        and the gateway's association port (required, unless NAAT_NAA_SERVER)
 //   NAAT_NAA_SERVER      host:port of the NAA server instead, for a sidecar run by hand
+//   NAAT_NAA_CA          the agents' CA bundle (PEM): the stream is TLS and the agent must show a
+//                        certificate from it for the address dialled; without it, plaintext (by hand)
 //   NAAT_POD_NAMESPACE, NAAT_POD_NAME, NAAT_POD_UID   the pod (required)
 //   NAAT_TOKEN_FILE      projected token with the naat audience (default /var/run/secrets/naat/token)
 //   NAAT_SCAN_INTERVAL_MS  how often to look (default 200)
@@ -19,10 +21,17 @@
 // WebAssembly, Node.js cannot strip types, so this file runs that way only compiled.
 // common/'s entry point loads nothing until telemetry is wanted (the Kubernetes client has an entry
 // point of its own), and the sidecar's memory matters.
-import { jsonLogger as log, parseCommandLine, ProblemLog, startTelemetry } from '../common/index.ts';
+import {
+  ignoreIpServerNameWarning,
+  jsonLogger as log,
+  parseCommandLine,
+  ProblemLog,
+  startTelemetry,
+} from '../common/index.ts';
 import { join } from 'node:path';
 import { sidecarVariables } from '../contracts/index.ts';
 import { Action, AssociationMode } from '../proto/index.ts';
+import { credentials } from '@grpc/grpc-js';
 import { Driver } from './driver.ts';
 import { readApplication } from './processes.ts';
 import { StampServer } from './stamps.ts';
@@ -31,6 +40,7 @@ import { Scanner } from './scanner.ts';
 parseCommandLine(
   `usage: npm run sidecar   (compiled: node sidecar/main.js); it takes no arguments, only these variables:
   NAAT_NAA_HOST, NAAT_NAA_PORT   the node's NAA server (or NAAT_NAA_SERVER=host:port)
+  NAAT_NAA_CA                    the agents' CA (PEM); without it the stream is plaintext
   NAAT_POD_NAMESPACE, NAAT_POD_NAME, NAAT_POD_UID   the pod (required)
   NAAT_TOKEN_FILE, NAAT_SCAN_INTERVAL_MS, NAAT_PROC, NAAT_STAMP_DIR, NAAT_STAMP_LIBRARY,
   NAAT_LOG_LEVEL, OTEL_*
@@ -59,6 +69,16 @@ function naaServer(): string {
   return `${host.includes(':') ? `[${host}]` : host}:${required(sidecarVariables.naaPort)}`;
 }
 
+ignoreIpServerNameWarning();
+
+/** TLS to the agent, verified with the CA the webhook gave; plaintext only where none was given. */
+function channelCredentials() {
+  const ca = process.env[sidecarVariables.naaCa];
+  if (ca) return credentials.createSsl(Buffer.from(ca));
+  log.warn('Streaming to the NAA server in plaintext: no CA given', { variable: sidecarVariables.naaCa });
+  return credentials.createInsecure();
+}
+
 const telemetry = await startTelemetry('naat-sidecar', {
   'k8s.namespace.name': pod.namespace,
   'k8s.pod.name': pod.name,
@@ -79,6 +99,7 @@ const stamps: StampServer | undefined = stampDir
   : undefined;
 const driver: Driver = new Driver({
   target: naaServer(),
+  channelCredentials: channelCredentials(),
   pod,
   tokenFile: process.env[sidecarVariables.tokenFile] ?? '/var/run/secrets/naat/token',
   version: process.env.npm_package_version ?? '0.1.0',

@@ -1,5 +1,5 @@
-// Which streams a gateway agent takes for a pod, by the node the pod runs on and the address the
-// stream comes from (the pure part of TokenReviewAuthenticator; test/integration/naa-relay.test.ts
+// Which streams a gateway agent takes for a pod, by the node the pod runs on, the address the
+// stream comes from and the agent certificate it was made with (the pure part of TokenReviewAuthenticator; test/integration/naa-relay.test.ts
 // runs it against the real apiserver).
 import type { V1Pod } from '@kubernetes/client-node';
 import { nodeRefusal, peerAddress } from './auth.ts';
@@ -11,25 +11,42 @@ const pod = (nodeName: string | undefined, hostIPs: string[]): V1Pod => ({
 });
 
 test('a pod on the gateway’s own node is taken from any address', () => {
-  expect(nodeRefusal(pod('gw-a', ['192.0.2.1']), 'gw-a', '10.0.0.5')).toBeUndefined();
-  expect(nodeRefusal(pod('gw-a', ['192.0.2.1']), 'gw-a', undefined)).toBeUndefined();
+  expect(nodeRefusal(pod('gw-a', ['192.0.2.1']), 'gw-a', { address: '10.0.0.5' }, false)).toBeUndefined();
+  expect(nodeRefusal(pod('gw-a', ['192.0.2.1']), 'gw-a', {}, false)).toBeUndefined();
 });
 
 test('a pod on another node is taken only from an address of that node, in either family', () => {
   const worker = pod('worker-1', ['192.0.2.7', '2001:db8::7']);
-  expect(nodeRefusal(worker, 'gw-a', '192.0.2.7')).toBeUndefined();
-  expect(nodeRefusal(worker, 'gw-a', '2001:db8:0:0::7')).toBeUndefined();
-  expect(nodeRefusal(worker, 'gw-a', '192.0.2.8')).toBe(
+  expect(nodeRefusal(worker, 'gw-a', { address: '192.0.2.7' }, false)).toBeUndefined();
+  expect(nodeRefusal(worker, 'gw-a', { address: '2001:db8:0:0::7' }, false)).toBeUndefined();
+  expect(nodeRefusal(worker, 'gw-a', { address: '192.0.2.8' }, false)).toBe(
     'pod shop/web-1 runs on node worker-1, not on gw-a, so its stream must come through the node agent of ' +
       'worker-1 (from 192.0.2.7 or 2001:db8::7), and this one comes from 192.0.2.8',
   );
-  expect(nodeRefusal(worker, 'gw-a', undefined)).toMatch(/and this one comes from an unknown address$/);
-  expect(nodeRefusal(pod('worker-1', []), 'gw-a', '192.0.2.7')).toMatch(
+  expect(nodeRefusal(worker, 'gw-a', {}, false)).toMatch(/and this one comes from an unknown address$/);
+  expect(nodeRefusal(pod('worker-1', []), 'gw-a', { address: '192.0.2.7' }, false)).toMatch(
     /\(from an address the pod does not report yet\)/,
   );
-  expect(nodeRefusal(pod(undefined, []), 'gw-a', '192.0.2.7')).toBe(
+  expect(nodeRefusal(pod(undefined, []), 'gw-a', { address: '192.0.2.7' }, false)).toBe(
     'pod shop/web-1 is not scheduled on a node, and this is gw-a',
   );
+});
+
+test('over TLS a relayed stream must also carry the agent certificate of the pod’s node', () => {
+  const worker = pod('worker-1', ['192.0.2.7']);
+  expect(nodeRefusal(worker, 'gw-a', { address: '192.0.2.7', agentNode: 'worker-1' }, true)).toBeUndefined();
+  expect(nodeRefusal(worker, 'gw-a', { address: '192.0.2.7', agentNode: 'worker-2' }, true)).toBe(
+    'pod shop/web-1 runs on node worker-1, not on gw-a, so its stream must come through the node agent of worker-1 ' +
+      '(with its agent certificate), and this one was made with the certificate of node worker-2',
+  );
+  expect(nodeRefusal(worker, 'gw-a', { address: '192.0.2.7' }, true)).toMatch(
+    /and this one was made with no agent certificate the CA issued$/,
+  );
+  expect(nodeRefusal(worker, 'gw-a', { address: '192.0.2.8', agentNode: 'worker-1' }, true)).toMatch(
+    /and this one comes from 192\.0\.2\.8$/,
+  );
+  // The pod's own node needs no certificate: a sidecar has none.
+  expect(nodeRefusal(pod('gw-a', ['192.0.2.1']), 'gw-a', { address: '10.0.0.5' }, true)).toBeUndefined();
 });
 
 test.each([

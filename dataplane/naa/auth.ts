@@ -5,8 +5,10 @@
 //
 // A gateway agent serves the pods of its own node, and pods on other nodes through the node agent
 // of their node (dataplane/naa/relay.ts), which forwards their streams unchanged: such a stream is
-// accepted only when it comes from an address of the node the pod runs on, so that a pod still
-// speaks only to its own node. The token remains what proves the pod.
+// accepted only when it comes from an address of the node the pod runs on and, over TLS, carries
+// that node's agent certificate (its CN names the node, dataplane/link-tls.ts), so that a pod still
+// speaks only to its own node and no other host can pose as that node's relay. The token remains
+// what proves the pod.
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { isIP } from 'node:net';
 import { tokenAudience } from '../../contracts/index.ts';
@@ -19,12 +21,17 @@ export interface PodIdentity {
   addresses: string[];
 }
 
+/** What the transport knows of a stream's other end. */
+export interface StreamPeer {
+  /** The address the stream comes from. */
+  address?: string | undefined;
+  /** The node named by the agent certificate the stream was made with (verified against the CA). */
+  agentNode?: string | undefined;
+}
+
 export interface Authenticator {
-  /**
-   * Resolves with the pod the token proves, or rejects with an AuthenticationError. `peer` is the
-   * address the stream comes from, when the transport knows it.
-   */
-  authenticate(token: string, claimed: PodRef, peer?: string): Promise<PodIdentity>;
+  /** Resolves with the pod the token proves, or rejects with an AuthenticationError. */
+  authenticate(token: string, claimed: PodRef, peer?: StreamPeer): Promise<PodIdentity>;
 }
 
 export class AuthenticationError extends Error {
@@ -40,18 +47,22 @@ export class TokenReviewAuthenticator implements Authenticator {
   readonly #auth: AuthenticationV1Api;
   readonly #core: CoreV1Api;
   readonly #nodeName: string | undefined;
+  readonly #relayCertificates: boolean;
 
   /**
    * @param nodeName when set, only pods scheduled on this node are accepted, and pods on another
    * node whose stream comes from an address of that node (its node agent's relay)
+   * @param relayCertificates the server runs TLS: a relayed stream must also carry the agent
+   * certificate of the pod's node
    */
-  constructor(kubeConfig: KubeConfig, nodeName?: string) {
+  constructor(kubeConfig: KubeConfig, nodeName?: string, { relayCertificates = false } = {}) {
     this.#auth = kubeConfig.makeApiClient(AuthenticationV1Api);
     this.#core = kubeConfig.makeApiClient(CoreV1Api);
     this.#nodeName = nodeName;
+    this.#relayCertificates = relayCertificates;
   }
 
-  async authenticate(token: string, claimed: PodRef, peer?: string): Promise<PodIdentity> {
+  async authenticate(token: string, claimed: PodRef, peer: StreamPeer = {}): Promise<PodIdentity> {
     const review = await this.#auth.createTokenReview({
       body: {
         apiVersion: 'authentication.k8s.io/v1',
@@ -86,7 +97,7 @@ export class TokenReviewAuthenticator implements Authenticator {
         `pod ${namespace}/${podName} is not the one the token is bound to any more`,
       );
     }
-    const refused = this.#nodeName && nodeRefusal(pod, this.#nodeName, peer);
+    const refused = this.#nodeName && nodeRefusal(pod, this.#nodeName, peer, this.#relayCertificates);
     if (refused) throw new AuthenticationError('denied', refused);
     const addresses = (pod.status?.podIPs ?? []).map((ip) => ip.ip).filter((ip): ip is string => !!ip);
     return { pod: { namespace, name: podName, uid: podUid }, addresses };
@@ -96,9 +107,15 @@ export class TokenReviewAuthenticator implements Authenticator {
 /**
  * Why a gateway agent on `ownNode` does not take a stream of `pod` that comes from `peer`, or
  * undefined when it does: the pod runs on this node, or on another node and the stream comes from
- * one of that node's addresses (pod.status.hostIPs), where its node agent relays.
+ * one of that node's addresses (pod.status.hostIPs), where its node agent relays, and, when
+ * `requireCertificate`, was made with that node's agent certificate.
  */
-export function nodeRefusal(pod: V1Pod, ownNode: string, peer: string | undefined): string | undefined {
+export function nodeRefusal(
+  pod: V1Pod,
+  ownNode: string,
+  peer: StreamPeer,
+  requireCertificate: boolean,
+): string | undefined {
   const node = pod.spec?.nodeName;
   const name = `${pod.metadata?.namespace}/${pod.metadata?.name}`;
   if (node === ownNode) return undefined;
@@ -108,12 +125,18 @@ export function nodeRefusal(pod: V1Pod, ownNode: string, peer: string | undefine
       .filter((a): a is string => !!a && isIP(a) !== 0)
       .map(canonicalAddress),
   );
-  const from = peer && isIP(peer) ? canonicalAddress(peer) : undefined;
-  if (from && nodeAddresses.has(from)) return undefined;
+  const from = peer.address && isIP(peer.address) ? canonicalAddress(peer.address) : undefined;
+  const relay = `pod ${name} runs on node ${node}, not on ${ownNode}, so its stream must come through the node agent of ${node}`;
+  if (!from || !nodeAddresses.has(from)) {
+    return (
+      `${relay} (from ${[...nodeAddresses].join(' or ') || 'an address the pod does not report yet'}), ` +
+      `and this one comes from ${peer.address ?? 'an unknown address'}`
+    );
+  }
+  if (!requireCertificate || peer.agentNode === node) return undefined;
   return (
-    `pod ${name} runs on node ${node}, not on ${ownNode}, so its stream must come through the node agent of ${node} ` +
-    `(from ${[...nodeAddresses].join(' or ') || 'an address the pod does not report yet'}), ` +
-    `and this one comes from ${peer ?? 'an unknown address'}`
+    `${relay} (with its agent certificate), and this one was made with ` +
+    (peer.agentNode ? `the certificate of node ${peer.agentNode}` : 'no agent certificate the CA issued')
   );
 }
 

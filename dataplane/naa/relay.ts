@@ -29,6 +29,7 @@ import {
   Server,
   credentials,
   status,
+  type ServerCredentials,
   type ChannelCredentials,
   type ClientDuplexStream,
   type ServerDuplexStream,
@@ -77,8 +78,13 @@ export interface NaaRelayOptions {
   maxMessageBytes?: number;
   /** Streams closed for the same reason are logged once per this period (server.ts). 60 s. */
   refusalLogPeriodMs?: number;
-  /** How the relay connects to the gateway nodes; insecure by default, as the sidecars to it. */
+  /**
+   * How the relay connects to the gateway nodes (link-tls.ts `agentChannelCredentials`: the
+   * gateway node verified, this node's certificate presented); plaintext when omitted.
+   */
   channelCredentials?: ChannelCredentials;
+  /** How sidecars connect to the relay (link-tls.ts `naaServerCredentials`); plaintext when omitted. */
+  serverCredentials?: ServerCredentials;
 }
 
 /** The service as the relay serves it: requests stay encoded, to be forwarded as they came. */
@@ -153,7 +159,7 @@ export class NaaRelay {
 
   /** Listens on `address` (`HOST:PORT`, `[IPV6]:PORT` or `:PORT` for both families); resolves with the port. */
   listen(address: string): Promise<number> {
-    return listen(this.#server, address);
+    return listen(this.#server, address, this.#options.serverCredentials);
   }
 
   /** Ends every stream (UNAVAILABLE, so drivers retry) and stops listening. */

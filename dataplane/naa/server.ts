@@ -3,6 +3,9 @@
 // limits); this is its shell, which performs what the machine decides: gRPC, TokenReview, the
 // table and the kernel. A stream that breaks the rules is closed with a status that says why, and
 // a bad stream never touches another.
+//
+// With credentials over TLS (dataplane/link-tls.ts) each stream's peer is known by its address and,
+// for a node agent's relay, by the node its client certificate names; the authenticator decides.
 import { Server, ServerCredentials, status, type ServerDuplexStream, type ServiceError } from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
 import { formatListenAddress, parseListenAddress } from '../../common/index.ts';
@@ -15,6 +18,7 @@ import {
   type Limits,
   type TraceContext,
 } from '../../proto/index.ts';
+import { agentNode } from '../link-tls.ts';
 import { peerAddress, type Authenticator, type PodIdentity } from './auth.ts';
 import type { FlowVerdict } from '../verdict.ts';
 import { openStream, stepStream, type StreamEffect, type StreamInput, type StreamRules } from './stream.ts';
@@ -49,6 +53,8 @@ export interface NaaServerOptions {
   refusalLogPeriodMs?: number;
   /** Continues the sidecars' traces (telemetry on); without it, associations' trace contexts are ignored. */
   tracing?: AssociationTracing;
+  /** TLS (link-tls.ts `naaServerCredentials`); plaintext when omitted. */
+  credentials?: ServerCredentials;
 }
 
 /** The gateway's spans of applied associations (tracing.ts). */
@@ -90,7 +96,7 @@ export class NaaServer {
 
   /** Listens on `address` (see `listen`); resolves with the port. */
   listen(address: string): Promise<number> {
-    return listen(this.#server, address);
+    return listen(this.#server, address, this.#options.credentials);
   }
 
   async close(): Promise<void> {
@@ -162,7 +168,10 @@ export class NaaServer {
         return;
       case 'authenticate':
         void this.#options.authenticator
-          .authenticate(effect.token, effect.pod, peerAddress(call.getPeer()))
+          .authenticate(effect.token, effect.pod, {
+            address: peerAddress(call.getPeer()),
+            agentNode: agentNode(call.getAuthContext()),
+          })
           .then(
             (identity): StreamInput => ({
               type: 'authenticated',
@@ -264,17 +273,19 @@ export function refusalLog(
 }
 
 /**
- * Binds `server`, without TLS, at `address`: `HOST:PORT`, `[IPV6]:PORT` or `:PORT` for every
- * address of both families (port 0 for any), or a Unix socket `unix:PATH`; resolves with the
- * port. `:PORT` is `[::]`, which Node binds dual-stack, or `0.0.0.0` on a host without IPv6, as
- * Node's own listen does.
+ * Binds `server` at `address` with `credentials` (plaintext when omitted): `HOST:PORT`,
+ * `[IPV6]:PORT` or `:PORT` for every address of both families (port 0 for any), or a Unix socket
+ * `unix:PATH`; resolves with the port. `:PORT` is `[::]`, which Node binds dual-stack, or
+ * `0.0.0.0` on a host without IPv6, as Node's own listen does.
  */
-export async function listen(server: Server, address: string): Promise<number> {
+export async function listen(
+  server: Server,
+  address: string,
+  credentials: ServerCredentials = ServerCredentials.createInsecure(),
+): Promise<number> {
   const bind = (target: string) =>
     new Promise<number>((resolve, reject) =>
-      server.bindAsync(target, ServerCredentials.createInsecure(), (error, bound) =>
-        error ? reject(error) : resolve(bound),
-      ),
+      server.bindAsync(target, credentials, (error, bound) => (error ? reject(error) : resolve(bound))),
     );
   if (address.startsWith('unix:')) return bind(address);
   const { host, port } = parseListenAddress(address);

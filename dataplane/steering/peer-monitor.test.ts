@@ -1,11 +1,24 @@
 // The peer monitor over a fake watch (thresholds, updates, stop, late answers), and against real
 // HTTP servers on this host, streaming as gateway agents do or answering once: one that answers 200
-// and then 503, one that stops answering, one that goes away.
+// and then 503, one that stops answering, one that goes away; and over mutual TLS, where a gateway
+// node whose certificate does not verify stays down.
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { TunnelEndpoint } from '../../contracts/gateway/index.ts';
+import { makeTestCa, writeTlsDir } from '../../test/tls.ts';
+import { plainAndMutualTls, TlsDir } from '../link-tls.ts';
 import { steeringStreamHeader } from './gateway-readiness.ts';
-import { createPeerMonitor, peerTarget, type PeerMonitor, type PeerTarget, type PeerWatch } from './peer-monitor.ts';
+import {
+  createPeerMonitor,
+  peerTarget,
+  steeringWatch,
+  type PeerMonitor,
+  type PeerTarget,
+  type PeerWatch,
+} from './peer-monitor.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const peer = (node: string, ...addresses: string[]): TunnelEndpoint => ({ node, addresses });
@@ -224,5 +237,65 @@ describe('against real HTTP servers on this host', () => {
     } finally {
       await monitor.stop();
     }
+  });
+});
+
+describe('over mutual TLS', () => {
+  const ca = makeTestCa();
+  const dirs: string[] = [];
+  const closers: Array<() => Promise<unknown>> = [];
+  afterAll(async () => {
+    for (const close of closers) await close();
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  });
+  /** A node's TLS directory from `from`, followed. */
+  async function nodeTls(node: string, from = ca): Promise<TlsDir> {
+    const dir = mkdtempSync(join(tmpdir(), 'naat-peer-tls-'));
+    dirs.push(dir);
+    writeTlsDir(dir, from, node, ['127.0.0.1']);
+    const tls = new TlsDir(dir);
+    await tls.ready();
+    closers.push(async () => tls.stop());
+    return tls;
+  }
+  /** A gateway node's health port answering /steering "ready" to agents, as the gateway agent does. */
+  async function gatewayNode(tls: TlsDir): Promise<number> {
+    const server = plainAndMutualTls(tls, (_req, res, agentNode) => {
+      res.statusCode = agentNode ? 200 : 403;
+      res.end('{"ready":true}\n');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    closers.push(() => new Promise((resolve) => server.close(resolve)));
+    return (server.address() as AddressInfo).port;
+  }
+  const monitorOf = (port: number, watch: PeerWatch) => {
+    const monitor = createPeerMonitor({ peers: [peer('gw', '127.0.0.1')], healthPort: port, watch });
+    closers.push(() => monitor.stop());
+    monitor.start();
+    return monitor;
+  };
+
+  test('a gateway node with a certificate from the CA for its address is up', async () => {
+    const node = await nodeTls('worker-1');
+    const monitor = monitorOf(
+      await gatewayNode(await nodeTls('gw')),
+      steeringWatch(() => node.current()),
+    );
+    await until(monitor, (up) => up.has('gw'));
+  });
+
+  test('one whose certificate comes from another CA, and one asked in plaintext, stay down', async () => {
+    const node = await nodeTls('worker-1');
+    const forged = monitorOf(
+      await gatewayNode(await nodeTls('gw', makeTestCa('forged'))),
+      steeringWatch(() => node.current()),
+    );
+    const plain = monitorOf(await gatewayNode(await nodeTls('gw')), steeringWatch());
+    const none = monitorOf(
+      await gatewayNode(await nodeTls('gw')),
+      steeringWatch(() => undefined),
+    );
+    await sleep(1000);
+    expect([forged.up().size, plain.up().size, none.up().size]).toEqual([0, 0, 0]);
   });
 });

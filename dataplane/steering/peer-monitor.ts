@@ -12,10 +12,17 @@
 // and down follow the uplink health check's thresholds (probe/health.ts): with the defaults a peer
 // is down two failed answers after it broke, 400 to 600 ms when it stops answering, and up again
 // at its first good answer.
+//
+// With the node's TLS directory (link-tls.ts) each connection is mutual TLS: the peer must show a
+// certificate from the CA for the address asked (an IP SAN), and this node shows its own, without
+// which the gateway agent does not answer. A peer whose certificate does not verify, or a node
+// with no key pair yet, gets no answer: a failed round, and so down.
 import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { isIP } from 'node:net';
 import type { TunnelEndpoint } from '../../contracts/gateway/index.ts';
 import { initialHealth, nextHealth, type HealthCheck, type UplinkHealth } from '../probe/index.ts';
+import { secureContextOptions, type TlsMaterial } from '../link-tls.ts';
 import { steeringStreamHeader } from './gateway-readiness.ts';
 
 export interface PeerCheck {
@@ -84,41 +91,49 @@ export function peerTarget(peer: TunnelEndpoint, port: number): PeerTarget {
 }
 
 /**
- * GET http://<target>/steering as a stream: in a stream each line's `ready` is an answer; a plain
- * answer passes on 200 only.
+ * GET <target>/steering as a stream: in a stream each line's `ready` is an answer; a plain answer
+ * passes on 200 only. Over mutual TLS with the current version of `tls` when given (none yet: no
+ * answer), else plain HTTP.
  */
-export const steeringWatch: PeerWatch = (target, intervalMs, signal, onAnswer) =>
-  new Promise((resolve) => {
-    const req = httpRequest({
-      host: target.host,
-      port: target.port,
-      path: '/steering',
-      method: 'GET',
-      family: target.family,
-      agent: false,
-      signal,
-      headers: { 'user-agent': 'naat-node', [steeringStreamHeader]: String(intervalMs) },
-    });
-    req.on('response', (res) => {
-      res.on('error', () => {});
-      res.on('close', () => resolve());
-      if (!res.headers['content-type']?.startsWith('application/x-ndjson')) {
-        res.resume();
-        return void res.on('end', () => onAnswer(res.statusCode === 200));
-      }
-      let buffered = '';
-      res.setEncoding('utf8').on('data', (chunk: string) => {
-        buffered += chunk;
-        for (let end = buffered.indexOf('\n'); end >= 0; end = buffered.indexOf('\n')) {
-          const line = buffered.slice(0, end);
-          buffered = buffered.slice(end + 1);
-          onAnswer(res.statusCode === 200 && isReady(line));
+export const steeringWatch =
+  (tls?: () => TlsMaterial | undefined): PeerWatch =>
+  (target, intervalMs, signal, onAnswer) =>
+    new Promise((resolve) => {
+      const material = tls?.();
+      if (tls && !material) return resolve();
+      const options = {
+        host: target.host,
+        port: target.port,
+        path: '/steering',
+        method: 'GET',
+        family: target.family,
+        agent: false,
+        signal,
+        headers: { 'user-agent': 'naat-node', [steeringStreamHeader]: String(intervalMs) },
+      };
+      const req = material
+        ? httpsRequest({ ...options, ...secureContextOptions(material), minVersion: 'TLSv1.2' })
+        : httpRequest(options);
+      req.on('response', (res) => {
+        res.on('error', () => {});
+        res.on('close', () => resolve());
+        if (!res.headers['content-type']?.startsWith('application/x-ndjson')) {
+          res.resume();
+          return void res.on('end', () => onAnswer(res.statusCode === 200));
         }
+        let buffered = '';
+        res.setEncoding('utf8').on('data', (chunk: string) => {
+          buffered += chunk;
+          for (let end = buffered.indexOf('\n'); end >= 0; end = buffered.indexOf('\n')) {
+            const line = buffered.slice(0, end);
+            buffered = buffered.slice(end + 1);
+            onAnswer(res.statusCode === 200 && isReady(line));
+          }
+        });
       });
+      req.on('error', () => resolve());
+      req.end();
     });
-    req.on('error', () => resolve());
-    req.end();
-  });
 
 function isReady(line: string): boolean {
   try {
@@ -155,7 +170,7 @@ class HttpPeerMonitor implements PeerMonitor {
     const check = { ...defaultPeerCheck, ...options.check };
     // The uplink health check's state machine, with one answer per round: any failure fails it.
     this.#check = { targets: [], protocol: 'HTTP', maxLossPercent: 0, ...check };
-    this.#watch = options.watch ?? steeringWatch;
+    this.#watch = options.watch ?? steeringWatch();
     this.#now = options.now ?? (() => new Date());
     this.#port = options.healthPort;
     this.update(options.peers);

@@ -58,6 +58,14 @@ export function tlsPairOf(secret: V1Secret | undefined): KeyPair | undefined {
   return cert && key ? { cert, key } : undefined;
 }
 
+/**
+ * The operator's CA as its Secret holds it: the webhook Secret's ca.crt and ca.key, or, from
+ * cert-manager (`certManager`), its CA Certificate's own pair (tls.crt, tls.key).
+ */
+export function caPairOf(secret: V1Secret | undefined, certManager: boolean): KeyPair | undefined {
+  return certManager ? tlsPairOf(secret) : pairsOf(secret)?.ca;
+}
+
 export interface CertificateReconcilerOptions {
   kubeConfig: KubeConfig;
   secrets: { get(key: string): V1Secret | undefined };

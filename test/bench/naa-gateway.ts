@@ -12,6 +12,8 @@
 //     sidecar→server leg alone, and the scan interval that bounds it.
 //  2. The share of flows whose element was in place before their first packet (observe mode: ≈ 0).
 //  3. The agent's and the sidecar's RSS, serving this one stream, vs an idle Node process.
+//  4. The same connect() → held and → element at 50 ms scans over TLS (the sidecar verifying the
+//     agent's certificate, as in a cluster) vs plaintext: the agent is restarted for each.
 // Nothing leaves the namespaces the benchmark makes; it stops everything it started, also on failure.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -184,6 +186,8 @@ async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Pro
     namespace,
     node,
     uplinks: 1,
+    // The baseline runs first; the TLS run restarts the agent with its --tls-dir.
+    plaintext: true,
     unassociatedFlows: 'PodRules',
     // Each sync's "Synced the kernel" line (debug) times the agent's leg.
     agentEnv: { NAAT_LOG_LEVEL: 'debug' },
@@ -200,13 +204,13 @@ async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Pro
     ],
   });
   await gateway.start();
-  const { topology: t, pod, dir, agent } = gateway;
+  const { topology: t, pod, dir } = gateway;
   progress(`Created pod ${namespace}/app with address ${pod.ip}`);
   await writeFile(join(dir, 'client.py'), clientProgram);
   const listening = spawnLines(t.ns.srv, [process.execPath, '-e', holdServer, server.v4, String(serverPort)], () => {});
   await new Promise((resolve) => listening.stdout!.once('data', resolve));
   await sleep(1000);
-  const agentIdleRss = await rssOf(agent.pid!, 'main.ts');
+  const agentIdleRss = await rssOf(gateway.agent.pid!, 'main.ts');
 
   // Every element added to flows4, timestamped as the event reaches this process.
   const added: Array<{ address: string; port: number; at: number }> = [];
@@ -252,7 +256,8 @@ async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Pro
         if (line === 'done') {
           // Measured while the stream holds every association of the run.
           setTimeout(() => {
-            Promise.all([rssOf(agent.pid!, 'main.ts'), rssOf(sidecar.pid!, 'main.ts')])
+            // The agent of now: the TLS run restarts it.
+            Promise.all([rssOf(gateway!.agent.pid!, 'main.ts'), rssOf(sidecar.pid!, 'main.ts')])
               .then(([a, s]) => (rss = { agent: a, sidecar: s }))
               .catch((error: Error) => console.error(`could not read RSS: ${error.message}`));
           }, holdMs / 2);
@@ -337,6 +342,10 @@ async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Pro
     progress(`Measuring with the sidecar's scan interval at ${interval ?? 'its default'}`);
     results.push({ ...(await run(interval ? `${interval}ms` : 'default', interval)), interval: interval ?? 200 });
   }
+  progress('Measuring over TLS, with the scan interval at 50 ms');
+  gateway.plaintext = false;
+  await gateway.restartAgent();
+  const tls = await run('50ms-tls', 50);
 
   const idle = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
   hostChildren.push(idle);
@@ -438,7 +447,28 @@ async function main(bench: Bench, { connections, spacingMs, holdMs }: Size): Pro
     );
     memory(`memory.${p}.sidecar`, `sidecar, scanning every ${r.interval} ms`, r.rss.sidecar);
   }
-  await gateway.printErrorsLogged(['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']);
+  bench.section('over TLS (50 ms scans), against the same in plaintext:');
+  for (const q of [0.5, 0.99]) {
+    latency(
+      'tls.connect-to-held',
+      'connect() → association held by the agent, TLS',
+      q,
+      never(tls.accepted.upper, tls.accepted.missing),
+      'scan-50ms.connect-to-held',
+    );
+  }
+  for (const q of [0.5, 0.99]) {
+    latency(
+      'tls.connect-to-kernel',
+      'connect() → element in inet naat flows4, TLS',
+      q,
+      never(tls.kernel, tls.missing),
+      'scan-50ms.connect-to-kernel',
+    );
+  }
+  memory('memory.tls.agent', `agent, one TLS stream holding ${connections} associations`, tls.rss.agent);
+  memory('memory.tls.sidecar', 'sidecar over TLS, scanning every 50 ms', tls.rss.sidecar);
+  await gateway.printErrorsLogged(['agent.log', 'sidecar-default.log', 'sidecar-50ms.log', 'sidecar-50ms-tls.log']);
 }
 
 await runBenchmark<Size>({
@@ -453,7 +483,7 @@ await runBenchmark<Size>({
     try {
       await main(bench, size);
     } catch (error) {
-      for (const log of ['agent.log', 'sidecar-default.log', 'sidecar-50ms.log']) {
+      for (const log of ['agent.log', 'sidecar-default.log', 'sidecar-50ms.log', 'sidecar-50ms-tls.log']) {
         const text = (await gateway?.log(log)) ?? '';
         if (text) console.error(`--- ${log} (last lines)\n${text.split('\n').slice(-15).join('\n')}`);
       }

@@ -1,13 +1,14 @@
 // NAA benchmarks (`npm run bench:naa`, as root; --quick, --smoke, --json: test/bench/harness.ts):
 // figures, each against a baseline measured in the same run on the same machine.
 //  1. Associations one stream sustains (driver → NAA server → acknowledged) vs a plain grpc-js
-//     bidirectional stream echoing messages of the same size.
+//     bidirectional stream echoing messages of the same size, and over TLS (as sidecars stream in
+//     a cluster, docs/security.md) vs plaintext.
 //  2. Scanning a pod with many sockets: a first scan (every owner looked up), a scan after one new
 //     connection, and a scan when nothing changed, vs reading the socket table alone. The scanner
 //     runs as in the sidecar: compiled, in a process with the sidecar image's NODE_OPTIONS.
 //  3. The real sidecar process, built and started as its image does it: connect() → association
-//     applied, memory, and CPU while idle, vs Node.js alone with the same options (and, for
-//     memory, Node.js with node:http2 loaded, the least a gRPC client needs).
+//     applied, in plaintext and over TLS, memory, and CPU while idle, vs Node.js alone with the
+//     same options (and, for memory, Node.js with node:http2 loaded, the least a gRPC client needs).
 // The pod namespaces have an address of their own besides loopback, and every connection uses it:
 // the sidecar ignores loopback sockets, which never leave the pod.
 // The sidecar image runs Node.js without WebAssembly (--jitless), which type stripping needs: what
@@ -19,7 +20,9 @@ import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { naaServerCredentials, TlsDir } from '../../dataplane/link-tls.ts';
 import { NaaServer } from '../../dataplane/naa/server.ts';
+import { makeTestCa, writeTlsDir } from '../tls.ts';
 import { median, percentile, runBenchmark, type Bench } from './harness.ts';
 import { cpuShare } from './process.ts';
 import {
@@ -72,8 +75,11 @@ function association(port: number) {
  * Sends `messages` associations on one stream to `port`, pipelined, after `first` messages of
  * set-up, and resolves with the rate at which they were acknowledged.
  */
-async function pump(port: number, first: AssociateRequest[], messages: number): Promise<number> {
-  const client = new AssociationServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+async function pump(port: number, first: AssociateRequest[], messages: number, ca?: string): Promise<number> {
+  const client = new AssociationServiceClient(
+    `127.0.0.1:${port}`,
+    ca ? credentials.createSsl(Buffer.from(ca)) : credentials.createInsecure(),
+  );
   const call = client.associate();
   const last = first.length + messages;
   const started = performance.now();
@@ -93,11 +99,12 @@ async function pump(port: number, first: AssociateRequest[], messages: number): 
   return messages / seconds;
 }
 
-async function naatStream(messages: number): Promise<number> {
+async function naatStream(messages: number, tls?: LinkTls): Promise<number> {
   const server = new NaaServer({
     authenticator: { authenticate: async (_token, pod) => ({ pod, addresses: [podIp] }) },
     sink: { apply: async () => {} },
     limits: { maxMessagesPerSecond: 10_000_000, maxAssociations: messages + 1 },
+    credentials: naaServerCredentials(tls?.dir),
   });
   const pod = { namespace: 'bench', name: 'bench', uid: 'bench' };
   const hello = { protocolVersion: 1, pod, token: 't', driverVersion: 'b', mode: 1 } as const;
@@ -105,9 +112,35 @@ async function naatStream(messages: number): Promise<number> {
     await server.listen('127.0.0.1:0'),
     [{ sequence: 1, body: { $case: 'hello', value: hello } }],
     messages,
+    tls?.ca,
   );
   await server.close();
   return rate;
+}
+
+/** A node's TLS directory as an agent follows it, and the CA a sidecar verifies it with. */
+interface LinkTls {
+  dir: TlsDir;
+  ca: string;
+}
+
+/**
+ * A TLS directory for the bench's agent, from a CA of its own, for the names a client dials here:
+ * 127.0.0.1, and localhost (what gRPC checks on a Unix socket).
+ */
+async function linkTls(): Promise<{ tls: LinkTls; remove(): Promise<void> }> {
+  const path = await mkdtemp(join(tmpdir(), 'naat-bench-tls-'));
+  const ca = makeTestCa();
+  writeTlsDir(path, ca, 'bench-node', ['localhost', '127.0.0.1']);
+  const dir = new TlsDir(path);
+  await dir.ready();
+  return {
+    tls: { dir, ca: ca.cert },
+    remove: async () => {
+      dir.stop();
+      await rm(path, { recursive: true, force: true });
+    },
+  };
 }
 
 /** The same messages through a bare bidi stream that answers each with an ack: grpc-js's own cost. */
@@ -300,6 +333,7 @@ async function sidecarBench(
   image: SidecarBuild,
   connections: number,
   idleSeconds: number,
+  tls?: LinkTls,
 ): Promise<void> {
   const ns = `naat-bench-${process.pid}`;
   const dir = await mkdtemp(join(tmpdir(), 'naat-bench-'));
@@ -312,6 +346,7 @@ async function sidecarBench(
           if (!applied.has(entry.sourcePort)) applied.set(entry.sourcePort, Date.now());
       },
     },
+    credentials: naaServerCredentials(tls?.dir),
   });
   await server.listen(`unix:${join(dir, 'naa.sock')}`);
   await writeFile(join(dir, 'token'), 'bench');
@@ -336,6 +371,7 @@ async function sidecarBench(
       NAAT_POD_NAME: 'bench',
       NAAT_POD_UID: 'bench',
       NAAT_TOKEN_FILE: join(dir, 'token'),
+      ...(tls ? { NAAT_NAA_CA: tls.ca } : {}),
     });
     while (server.sessions === 0) await new Promise((resolve) => setTimeout(resolve, 50));
     const client = inPod(
@@ -369,6 +405,21 @@ print('done'); time.sleep(600)`,
     // A connection never applied makes its latency infinite: the run then does not count.
     const latencies = [...connected].map(([port, at]) => (applied.get(port) ?? Infinity) - at);
     const unapplied = [...connected.keys()].filter((port) => !applied.has(port)).length;
+    const latency = (q: number, note?: string) =>
+      bench.figure({
+        key: `sidecar${tls ? '-tls' : ''}.connect-to-applied.p${q * 100}`,
+        label: `connect() → association applied${tls ? ' over TLS' : ''}, p${q * 100}`,
+        value: percentile(latencies, q),
+        unit: 'ms',
+        digits: 0,
+        ...(tls ? { baseline: `sidecar.connect-to-applied.p${q * 100}` } : {}),
+        ...(note ? { note } : {}),
+      });
+    if (tls) {
+      latency(0.5);
+      latency(0.99, unapplied ? `(${unapplied} of ${connections} never applied)` : undefined);
+      return;
+    }
 
     // Node.js alone, with the same options and a timer at the scan interval, measured alongside;
     // and with node:http2 loaded, the least any gRPC client in Node.js needs.
@@ -388,15 +439,6 @@ print('done'); time.sleep(600)`,
       `sidecar process in a pod namespace, as its image runs it (${[node, ...args].join(' ')}, ` +
         `NODE_OPTIONS=${image.nodeOptions || '(none)'}; scan interval 200 ms; ${connections} new connections 50 ms apart):`,
     );
-    const latency = (q: number, note?: string) =>
-      bench.figure({
-        key: `sidecar.connect-to-applied.p${q * 100}`,
-        label: `connect() → association applied, p${q * 100}`,
-        value: percentile(latencies, q),
-        unit: 'ms',
-        digits: 0,
-        ...(note ? { note } : {}),
-      });
     latency(0.5, '(the scan interval is the bound)');
     latency(0.99, unapplied ? `(${unapplied} of ${connections} never applied)` : undefined);
     bench.figure({ key: 'node.rss', label: 'Node.js alone, RSS (baseline)', value: bareRss, unit: 'MiB', digits: 0 });
@@ -469,29 +511,47 @@ await runBenchmark<Size>({
     smoke: { messages: 500, sockets: { small: 20, large: 100 }, connections: 5, idleSeconds: 1 },
   },
   async run(bench, size) {
-    const plain = await plainStream(size.messages);
-    const naat = await naatStream(size.messages);
-    bench.section(`associations on one stream (${size.messages}, pipelined, acknowledged):`);
-    bench.figure({
-      key: 'stream.plain',
-      label: 'plain grpc-js bidi echo (baseline)',
-      value: plain,
-      unit: 'messages/s',
-    });
-    bench.figure({
-      key: 'stream.naat',
-      label: 'naat NAA server',
-      value: naat,
-      unit: 'associations/s',
-      baseline: 'stream.plain',
-    });
-    const sidecar = await buildSidecar();
+    const { tls, remove } = await linkTls();
     try {
-      await scanBench(bench, sidecar, 'scan-small', size.sockets.small);
-      await scanBench(bench, sidecar, 'scan-large', size.sockets.large);
-      await sidecarBench(bench, sidecar, size.connections, size.idleSeconds);
+      await measure(bench, size, tls);
     } finally {
-      await rm(sidecar.app, { recursive: true, force: true });
+      await remove();
     }
   },
 });
+
+async function measure(bench: Bench, size: Size, tls: LinkTls): Promise<void> {
+  const plain = await plainStream(size.messages);
+  const naat = await naatStream(size.messages);
+  const naatTls = await naatStream(size.messages, tls);
+  bench.section(`associations on one stream (${size.messages}, pipelined, acknowledged):`);
+  bench.figure({
+    key: 'stream.plain',
+    label: 'plain grpc-js bidi echo (baseline)',
+    value: plain,
+    unit: 'messages/s',
+  });
+  bench.figure({
+    key: 'stream.naat',
+    label: 'naat NAA server',
+    value: naat,
+    unit: 'associations/s',
+    baseline: 'stream.plain',
+  });
+  bench.figure({
+    key: 'stream.naat-tls',
+    label: 'naat NAA server over TLS (vs plaintext)',
+    value: naatTls,
+    unit: 'associations/s',
+    baseline: 'stream.naat',
+  });
+  const sidecar = await buildSidecar();
+  try {
+    await scanBench(bench, sidecar, 'scan-small', size.sockets.small);
+    await scanBench(bench, sidecar, 'scan-large', size.sockets.large);
+    await sidecarBench(bench, sidecar, size.connections, size.idleSeconds);
+    await sidecarBench(bench, sidecar, size.connections, 0, tls);
+  } finally {
+    await rm(sidecar.app, { recursive: true, force: true });
+  }
+}

@@ -27,9 +27,11 @@ const expectedKeys: Record<string, string[]> = {
   naa: [
     'stream.plain',
     'stream.naat',
+    'stream.naat-tls',
     ...scans('scan-small'),
     ...scans('scan-large'),
     ...percentiles('sidecar.connect-to-applied'),
+    ...percentiles('sidecar-tls.connect-to-applied'),
     'node.rss',
     'node-http2.rss',
     'sidecar.rss',
@@ -46,6 +48,10 @@ const expectedKeys: Record<string, string[]> = {
     'memory.scan-default.sidecar',
     'memory.scan-50ms.agent',
     'memory.scan-50ms.sidecar',
+    ...percentiles('tls.connect-to-held'),
+    ...percentiles('tls.connect-to-kernel'),
+    'memory.tls.agent',
+    'memory.tls.sidecar',
   ],
   dataplane: [
     ...setups.map((s) => `throughput.${s}`),

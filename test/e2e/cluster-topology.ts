@@ -26,6 +26,9 @@ import {
   type ExecOptions,
 } from './topology.ts';
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { join } from 'node:path';
+import type { KeyPair } from '../../operator/certificates.ts';
+import { writeTlsDir } from '../tls.ts';
 
 export const workers = [1, 2, 3] as const;
 export const gateways = [1, 2] as const;
@@ -42,6 +45,8 @@ const podGateway = (w: number): DualStack => ({ v4: `10.244.${w}.1`, v6: `fd00:2
 export const workerAddress = (w: number): DualStack => ({ v4: `192.168.0.2${w}`, v6: `fd00:192::2${w}` });
 export const gatewayAddress = (g: number): DualStack => ({ v4: `192.168.0.1${g}`, v6: `fd00:192::1${g}` });
 const router: DualStack = { v4: '192.168.0.1', v6: 'fd00:192::1' };
+/** A host on the underlay that is no node of the cluster (addForeignHost). */
+export const foreignAddress: DualStack = { v4: '192.168.0.99', v6: 'fd00:192::99' };
 /** Gateway node g's address on its uplink to ISP i, and the ISP's (its next hop). */
 export const uplinkAddress = (g: number, i: number): DualStack => ({
   v4: `100.64.${g}${i}.2`,
@@ -86,7 +91,32 @@ export interface Cluster {
   setGatewayLink(g: number, up: boolean): Promise<void>;
   /** Packets the server saw from a pod or node address. */
   serverPacketsFromInside(): Promise<number>;
+  /**
+   * Puts a host that is no node on the underlay, at foreignAddress, routed through the underlay's
+   * router; resolves with its namespace. It goes with the cluster.
+   */
+  addForeignHost(): Promise<string>;
   destroy(): Promise<void>;
+}
+
+/**
+ * Writes each node's --tls-dir under `dir` (`tls-<node>`), from `ca`, with the certificate a node
+ * gets in a cluster: its name (or the one `names` gives it: the Node its pods report in the
+ * control plane) and its underlay addresses as IP SANs; returns where each node's is.
+ */
+export function writeClusterTls(
+  dir: string,
+  ca: KeyPair,
+  names: Partial<Record<string, string>> = {},
+): (node: string) => string {
+  const nodes: Array<[string, DualStack]> = [
+    ...workers.map((w) => [`w${w}`, workerAddress(w)] as [string, DualStack]),
+    ...gateways.map((g) => [`g${g}`, gatewayAddress(g)] as [string, DualStack]),
+  ];
+  for (const [node, address] of nodes) {
+    writeTlsDir(join(dir, `tls-${node}`), ca, names[node] ?? node, [address.v4, address.v6]);
+  }
+  return (node) => join(dir, `tls-${node}`);
 }
 
 export async function createCluster(): Promise<Cluster> {
@@ -128,6 +158,17 @@ export async function createCluster(): Promise<Cluster> {
         );
     },
     serverPacketsFromInside: () => countedPackets(ns.srv),
+    addForeignHost: async () => {
+      const name = `${prefix}fh`;
+      await run(['ip', 'netns', 'add', name]);
+      made.push(name);
+      await settings(name, false);
+      await ipBatch(ns.underlay, [`link add fh type veth peer name eth0 netns ${name}`, 'link set fh master br0 up']);
+      await ipBatch(name, addresses('eth0', foreignAddress, 24));
+      await linksUp(name);
+      await ipBatch(name, routes({ v4: 'default', v6: 'default' }, router));
+      return name;
+    },
     destroy: async () => {
       await Promise.all(children.splice(0).map(stopProcess));
       await Promise.all(made.splice(0).map(deleteNamespace));

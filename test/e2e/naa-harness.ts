@@ -5,7 +5,9 @@
 // a work folder of its own; stop() removes everything it made, also after a start that failed.
 // With `relayedFrom`, the Pod runs on a worker node and its sidecar's stream comes through a node
 // agent's NAA relay (dataplane/naa/relay.ts) from that node's address, as on a node that is not
-// one of the gateway's.
+// one of the gateway's. As in a cluster, the agent (and the relay) hold their node's --tls-dir from
+// a CA of the harness's own, and the sidecar verifies its agent with that CA; `plaintext` runs
+// the links without TLS instead, for a benchmark's baseline.
 import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -13,7 +15,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { URL } from 'node:url';
 import type { AgentReport } from '../../dataplane/agent-report.ts';
+import type { KeyPair } from '../../operator/certificates.ts';
 import { kubectl } from '../cluster/cluster.ts';
+import { makeTestCa, writeTlsDir } from '../tls.ts';
 import {
   apiserverOf,
   buildStampLibrary,
@@ -27,6 +31,7 @@ import {
   createTopology,
   podAddress,
   podGateway,
+  stopProcess,
   until,
   uplinkAddress,
   uplinkNextHop,
@@ -71,6 +76,8 @@ export interface NaaGatewayOptions {
   agentArgs?: string[];
   /** Servers on the host's loopback (http://127.0.0.1:PORT) that the agent reaches at the same address. */
   hostServices?: string[];
+  /** The links without TLS (the agent without --tls-dir, the sidecar without the CA). */
+  plaintext?: boolean;
 }
 
 export interface SidecarOptions {
@@ -94,12 +101,24 @@ export class NaaGateway {
   agent!: ChildProcess;
   /** The node agent's relay, when the Pod runs on a worker node. */
   #nodeRelay: ChildProcess | undefined;
+  /** Whether the agent and the sidecars started next run their links without TLS. */
+  plaintext: boolean;
+  /** The CA of the nodes' certificates, which the sidecar verifies its agent with. */
+  readonly ca: KeyPair = makeTestCa();
   /** What stop() undoes, in the order it was done. */
   readonly #made: Array<() => Promise<unknown>> = [];
   #processes = new LoggedProcesses();
 
   constructor(options: NaaGatewayOptions) {
     this.options = options;
+    this.plaintext = options.plaintext ?? false;
+  }
+
+  /** A node's --tls-dir: the gateway node's names the sidecar and the relay dial (podGateway, loopback). */
+  #tlsDir(node: string): string {
+    const dir = join(this.dir, `tls-${node}`);
+    if (!existsSync(dir)) writeTlsDir(dir, this.ca, node, [podGateway(1).v4, relayNodeAddress]);
+    return dir;
   }
 
   /** Makes everything and starts the agent; resolves once its NAA server listens. */
@@ -197,6 +216,7 @@ export class NaaGateway {
       node,
       '--state-dir',
       join(this.dir, 'state'),
+      ...(this.plaintext ? [] : ['--tls-dir', this.#tlsDir(node)]),
       ...(this.options.agentArgs ?? []),
     ];
     this.agent = this.#processes.spawn(
@@ -219,6 +239,7 @@ export class NaaGateway {
           join(programs, 'naa-relay.ts'),
           `${podGateway(1).v4}:${relayPort}`,
           `${relayNodeAddress}:${naaPort}`,
+          ...(this.plaintext ? [] : [this.#tlsDir(this.options.relayedFrom)]),
         ],
         'relay.log',
       );
@@ -240,8 +261,15 @@ export class NaaGateway {
         tokenFile: join(this.dir, 'token'),
         ...(options.scanIntervalMs ? { scanIntervalMs: options.scanIntervalMs } : {}),
       }),
+      ...(this.plaintext ? {} : { NAAT_NAA_CA: this.ca.cert }),
       ...options.env,
     });
+  }
+
+  /** Stops the agent and starts it again (with `plaintext` as it is now); resolves once its NAA server listens. */
+  async restartAgent(): Promise<void> {
+    await stopProcess(this.agent);
+    await this.startAgent();
   }
 
   /** Starts a sidecar in the pod namespace; resolves once the agent accepted its stream. */

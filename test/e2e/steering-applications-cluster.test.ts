@@ -8,7 +8,8 @@
 // (pod, container, application), in IPv4 and IPv6, the flow's span in the trace of the sidecar's
 // association and the gateway node's metrics, both exported as for a pod on the gateway node, and
 // strict mode's DSCP stamps, which must cross the tunnel so that the first packet is classified,
-// and never leave an uplink.
+// and never leave an uplink. Every link is TLS, as in a cluster: each node holds its --tls-dir
+// from the test's CA, and the sidecars verify their node with it.
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -29,8 +30,10 @@ import {
   podNetwork,
   uplinkAddress,
   workerAddress,
+  writeClusterTls,
   type Cluster,
 } from './cluster-topology.ts';
+import { makeTestCa } from '../tls.ts';
 import {
   apiserverOf,
   buildStampLibrary,
@@ -64,6 +67,9 @@ let otlp: OtlpReceiver;
 const pods = new Map<number, BoundPod>();
 const servers: Server[] = [];
 let processes: LoggedProcesses;
+const ca = makeTestCa();
+/** Each node's --tls-dir; the workers' certificates name the Node their pods report, worker-a. */
+let tlsDir: (node: string) => string;
 /** The environment of a program in the strict pod, as the webhook sets it. */
 let preloaded: Record<string, string>;
 
@@ -169,7 +175,10 @@ async function startSidecar(w: number, env: Record<string, string> = {}): Promis
   const pod = pods.get(w)!;
   const tokenFile = join(dir, `token-${w}`);
   await writeFile(tokenFile, pod.token);
-  const base = sidecarEnv({ host: workerAddress(w).v4, port: associationPort, namespace, pod, tokenFile });
+  const base = {
+    ...sidecarEnv({ host: workerAddress(w).v4, port: associationPort, namespace, pod, tokenFile }),
+    NAAT_NAA_CA: ca.cert,
+  };
   processes.spawn(
     c.pod(w),
     ['env', ...assignments({ ...base, NAAT_SCAN_INTERVAL_MS: '50', ...env }), process.execPath, sidecarMain],
@@ -185,6 +194,7 @@ async function startSidecar(w: number, env: Record<string, string> = {}): Promis
 beforeAll(async () => {
   c = await createCluster();
   dir = await mkdtemp(join(tmpdir(), 'naat-steering-apps-'));
+  tlsDir = writeClusterTls(dir, ca, Object.fromEntries(served.map((w) => [`w${w}`, 'worker-a'])));
   processes = new LoggedProcesses({
     dir,
     spawnIn: (ns, argv, options) => c.spawn(ns, argv, options),
@@ -231,6 +241,8 @@ beforeAll(async () => {
       // The flow data, which a listener on every address does not serve, on loopback.
       '--metrics-listen',
       '127.0.0.1:7744',
+      '--tls-dir',
+      tlsDir(`g${g}`),
     ];
     processes.spawn(
       c.gateway(g),
@@ -248,6 +260,8 @@ beforeAll(async () => {
       `w${w}`,
       '--state-dir',
       join(dir, `w${w}-state`),
+      '--tls-dir',
+      tlsDir(`w${w}`),
     ];
     processes.spawn(c.worker(w), [process.execPath, main, ...argv], `w${w}.log`);
   }

@@ -1,7 +1,8 @@
 // Cluster-wide egress in a cluster of network namespaces (cluster-topology.ts): the gateway agents
 // (`dataplane/main.ts run`) on two gateway nodes and the node agents (`dataplane/main.ts node`) on
 // three worker nodes, as users run them, each from its config file; real traffic from the pods on
-// every worker through the tunnel, the gateway nodes' uplinks and the ISPs to a server.
+// every worker through the tunnel, the gateway nodes' uplinks and the ISPs to a server. Each node
+// holds its --tls-dir from the test's CA: the node agents ask /steering over mutual TLS.
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -26,8 +27,10 @@ import {
   uplinkAddress,
   workerAddress,
   workers,
+  writeClusterTls,
   type Cluster,
 } from './cluster-topology.ts';
+import { makeTestCa } from '../tls.ts';
 import { renderedListenArgs } from './rendered-agent.ts';
 import { server, stopProcess, until } from './topology.ts';
 import { connectMany, fetchFtp, ping, startFtpServer, startWhoami, type FtpServer, type Server } from './traffic.ts';
@@ -134,6 +137,7 @@ const seenAs = (answers: string[]) => new Set(answers.map((a) => a.split(' ')[0]
 beforeAll(async () => {
   c = await createCluster();
   dir = await mkdtemp(join(tmpdir(), 'naat-steering-e2e-'));
+  const tlsDir = writeClusterTls(dir, makeTestCa());
   servers.push(await startWhoami(c, whoamiPort));
   ftp = await startFtpServer(c);
   await writeFile(join(dir, 'gateway.json'), JSON.stringify(gatewayConfig()));
@@ -143,11 +147,13 @@ beforeAll(async () => {
     // Where the operator's DaemonSet has it listen: the node agents ask every gateway node's
     // /steering, over whichever family the underlay has, whether it takes flows.
     const listen = renderedListenArgs({ health: 7741, metrics: 7749 });
-    start(`g${g}`, c.gateway(g), ['run', ...config, ...listen, '--state-dir', join(dir, `g${g}-state`)]);
+    const state = ['--state-dir', join(dir, `g${g}-state`), '--tls-dir', tlsDir(`g${g}`)];
+    start(`g${g}`, c.gateway(g), ['run', ...config, ...listen, ...state]);
   }
   for (const w of workers) {
     const config = ['--config', join(dir, `w${w}.json`), '--node', `w${w}`, '--reload-ms', '100'];
-    start(`w${w}`, c.worker(w), ['node', ...config, '--state-dir', join(dir, `w${w}-state`)]);
+    const state = ['--state-dir', join(dir, `w${w}-state`), '--tls-dir', tlsDir(`w${w}`)];
+    start(`w${w}`, c.worker(w), ['node', ...config, ...state]);
   }
   await applyAll();
   for (const g of gateways) {
