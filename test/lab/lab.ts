@@ -34,7 +34,7 @@ import {
   type Topology,
 } from '../e2e/topology.ts';
 import { startStreamServer, startWhoami } from '../e2e/traffic.ts';
-import { makeCa, makeServing } from '../../operator/certificates.ts';
+import { makeTestCa, writeTlsDir } from '../tls.ts';
 import { getFlowData, type FlowAccess, type ViewSources } from './view.ts';
 import { addNodes, gatewayNodes, nodeNamespaces, workerNodes, workerPodCidr, type Nodes } from './nodes.ts';
 
@@ -285,6 +285,8 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
   undo.push(() => rm(dir, { recursive: true, force: true }));
   const names = namespaceNames(prefix);
   const agentPorts = Object.fromEntries(gatewayNodes.map((node, i) => [node.name, agentPort + i]));
+  /** Each node agent's --tls-dir. */
+  const tlsDir = (node: string) => join(dir, 'tls', node);
   const state: LabState = {
     pid: process.pid,
     prefix,
@@ -493,18 +495,17 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
     await step(
       "Made the gateway agents' certificate and a flow reader's token (ClusterRole naat-flow-reader)",
       async () => {
-        // The agents' certificate names the address the lab dials them at, through the relays.
-        const validity = {
-          notBefore: new Date(Date.now() - 3_600_000),
-          notAfter: new Date(Date.now() + 7 * 86_400_000),
-        };
-        const ca = makeCa('naat-lab-agents', validity);
-        const serving = makeServing(ca, ['127.0.0.1'], validity);
-        await mkdir(join(dir, 'tls'), { recursive: true });
+        // Each node's certificate from the lab's CA, as the operator's signer would make it in a
+        // cluster, also naming the addresses the lab dials the node at: loopback through the
+        // relays, and the pod network's gateway addresses where the pods' sidecars reach it.
+        const ca = makeTestCa('naat-lab-agents');
+        for (const node of gatewayNodes) {
+          const podGateways =
+            node === gatewayNodes[0] ? pods.flatMap((_, i) => [podGateway(i + 1).v4, podGateway(i + 1).v6]) : [];
+          writeTlsDir(tlsDir(node.name), ca, node.name, [node.address, '127.0.0.1', ...podGateways]);
+        }
+        for (const node of workerNodes) writeTlsDir(tlsDir(node.name), ca, node.name, [node.address]);
         await writeFile(state.flowAccess.ca, ca.cert);
-        await writeFile(join(dir, 'tls', 'ca.crt'), ca.cert);
-        await writeFile(join(dir, 'tls', 'tls.crt'), serving.cert);
-        await writeFile(join(dir, 'tls', 'tls.key'), serving.key, { mode: 0o600 });
         const { name, namespace } = flowReader;
         await k(
           ['apply', '-f', '-'],
@@ -565,7 +566,7 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
               '--secure-listen',
               `${agentFlows.host}:${agentFlows.port}`,
               '--tls-dir',
-              join(dir, 'tls'),
+              tlsDir(node.name),
               '--report',
             ],
             { KUBECONFIG: cluster.kubeconfig, ...otel },
@@ -660,6 +661,7 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
           NAAT_POD_NAME: pod.name,
           NAAT_POD_UID: pod.uid,
           NAAT_TOKEN_FILE: tokenFile,
+          NAAT_NAA_CA: await readFile(state.flowAccess.ca, 'utf8'),
         });
       }
       await untilLogged('agent', 'Accepted NAA stream', created.length);
@@ -706,6 +708,8 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
           join(dir, `state-${workerNode}`),
           '--listen',
           `${nodeAgentListen.host}:${nodeAgentListen.port}`,
+          '--tls-dir',
+          tlsDir(workerNode),
           '--report',
         ],
         { KUBECONFIG: cluster.kubeconfig },
