@@ -47,6 +47,11 @@ describe('parseGatewayConfig', () => {
     ],
     ['a CIDR with a bad length', (c: GatewayConfig) => c.bypass.push('10.0.0.0/33'), /^bypass\[2\]: /],
     [
+      "a source with a zone, which names one host's link and no network",
+      (c: GatewayConfig) => c.sources.push('fe80::1%eth0/64'),
+      /^sources\[3\]: "fe80::1%eth0\/64" is not an IP address or CIDR/,
+    ],
+    [
       'an uplink listed twice',
       (c: GatewayConfig) => c.uplinks.push({ ...c.uplinks[0]! }),
       /^uplinks\[3\].name: isp-a is listed twice/,

@@ -236,7 +236,8 @@ export interface Prefix {
 export function parsePrefix(text: string): Prefix | undefined {
   const [address = '', length, extra] = text.split('/');
   const family = isIP(address);
-  if ((family !== 4 && family !== 6) || extra !== undefined) return undefined;
+  // A zone (fe80::1%eth0) names a link of one host, not a network: isIP takes it, nothing after does.
+  if ((family !== 4 && family !== 6) || extra !== undefined || address.includes('%')) return undefined;
   const max = family === 4 ? 32 : 128;
   if (length === undefined) return { family, address, length: max };
   if (!/^\d{1,3}$/.test(length) || Number(length) > max) return undefined;
