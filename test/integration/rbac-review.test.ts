@@ -503,6 +503,8 @@ describe('what the code does with them, in a control plane of its own', () => {
       NAAT_POD_NAME: 'web',
       NAAT_POD_UID: pod.metadata.uid,
       NAAT_TOKEN_FILE: join(dir, 'token'),
+      // As the webhook gives it: the CA its agent's certificate must chain to.
+      NAAT_NAA_CA: bundle,
     });
     try {
       await until('the sidecar accepted', async () =>
