@@ -33,6 +33,7 @@ export {
   defaultStickySeconds,
   EgressGatewaySpec,
   EgressGatewayStatus,
+  FailoverAddress,
   GatewayUplinks,
   maxVni,
   SidecarInjection,

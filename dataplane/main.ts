@@ -46,7 +46,7 @@ import { agentSysctls } from './sysctls.ts';
 import { ExecRouting } from './routing.ts';
 import { NodeAgent, type NodeAgentReport, type RelayFactory } from './steering/node-agent.ts';
 import { createPeerMonitor, steeringWatch } from './steering/peer-monitor.ts';
-import { rendezvous } from './steering/rendezvous.ts';
+import { rendezvous } from '../common/index.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
 import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
 import { gatewayTunnelOwnership } from './steering/gateway-plan.ts';

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../crds/index.ts';
 import { parseGatewayConfig } from '../contracts/gateway/index.ts';
-import { compileGateway, sidecarContainerName, type PodFacts, type Snapshot } from './compile.ts';
+import { compileGateway, sidecarContainerName, type NodeFacts, type PodFacts, type Snapshot } from './compile.ts';
 import type { Labels } from './selector.ts';
 
 const samples = join(import.meta.dirname, '..', 'crds', 'samples');
@@ -104,6 +104,69 @@ describe('compileGateway', () => {
     ]);
     expect(compiled.config.bypass).toEqual(['10.96.0.0/12']);
     expect(compiled.config.association?.strictSources).toEqual([]);
+  });
+
+  it('gives each away pod one failover address per family, the same on the gateway and in its node config', async () => {
+    const base = await snapshot();
+    const gateway = structuredClone(base.gateway);
+    gateway.spec.failover = {
+      addresses: [
+        { address: '203.0.113.10', uplink: 'isp-a' },
+        { address: '203.0.113.11', uplink: 'isp-a' },
+        { address: '2001:DB8::a', uplink: 'isp-b' },
+        { address: '198.51.100.9', uplink: 'gone' },
+      ],
+      leaseDurationMilliseconds: 600,
+      failback: false,
+      failbackDelaySeconds: 30,
+      drainNodes: ['gw-2'],
+    };
+    const nodes: NodeFacts[] = [
+      { name: 'gw-1', labels: { 'naat.dev/gateway': 'true' }, addresses: ['192.0.2.1'] },
+      { name: 'gw-2', labels: { 'naat.dev/gateway': 'true' }, addresses: ['192.0.2.2'] },
+      { name: 'gw-3', labels: { 'naat.dev/gateway': 'true' }, addresses: ['192.0.2.3'], unschedulable: true },
+      { name: 'worker', labels: {}, addresses: ['192.0.2.9'] },
+    ];
+    const pods = base.pods.map((p) => ({ ...p, node: 'worker' }));
+    const compiled = compileGateway({
+      ...base,
+      gateway,
+      nodes,
+      pods,
+      steering: { tunnel: { vni: 7, port: 4789 }, markMask: 0xe0 },
+    });
+    const config = parseGatewayConfig(compiled.config);
+    expect(config.failover).toEqual({
+      addresses: [
+        { address: '203.0.113.10', uplink: 'isp-a' },
+        { address: '203.0.113.11', uplink: 'isp-a' },
+        { address: '2001:db8::a', uplink: 'isp-b' },
+      ],
+      leaseDurationMs: 600,
+      failback: false,
+      failbackDelaySeconds: 30,
+      nodes: ['gw-1', 'gw-2', 'gw-3'].map((node, i) => ({ node, addresses: [`192.0.2.${i + 1}`] })),
+      draining: ['gw-2', 'gw-3'],
+    });
+    // An address on an uplink the gateway does not use is dropped and named.
+    expect(compiled.missingUplinks).toContain('gone');
+    const web = config.pods.find((p) => p.name === 'web-1')!;
+    expect(web.egress).toHaveLength(2);
+    expect(web.egress).toContain('2001:db8::a');
+    expect(['203.0.113.10', '203.0.113.11']).toContain(web.egress![0]);
+    expect(config.pods.find((p) => p.name === 'backup-1')!.egress).toHaveLength(1);
+    expect(compiled.steering?.failover).toEqual({ addresses: ['203.0.113.10', '203.0.113.11', '2001:db8::a'] });
+    expect(compiled.steering?.sources[0]!.pods.find((p) => p.name === 'web-1')!.egress).toEqual(web.egress);
+    // Pods spread over the addresses of their family.
+    const many = compileGateway({
+      ...base,
+      gateway,
+      nodes,
+      pods: Array.from({ length: 40 }, (_, i) => ({ ...pod('shop', `p-${i}`, [`10.244.3.${i}`]), node: 'worker' })),
+      steering: { tunnel: { vni: 7, port: 4789 }, markMask: 0xe0 },
+    });
+    const used = new Set(many.config.pods.map((p) => p.egress![0]));
+    expect(used).toEqual(new Set(['203.0.113.10', '203.0.113.11']));
   });
 
   it('lists the pods in strict mode that run the sidecar; a strict annotation alone is not enough', async () => {

@@ -4,9 +4,11 @@
 // snapshot gives byte-identical output, so the content hash changes only when the config does.
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
+import { rendezvous } from '../common/index.ts';
 import { matchersOverlap } from '../contracts/index.ts';
 import type { EgressGateway, EgressPolicy, Uplink } from '../crds/index.ts';
 import {
+  canonicalAddress,
   configVersion,
   contains,
   type CompiledRule,
@@ -41,6 +43,8 @@ export interface NodeFacts {
   labels?: Labels;
   /** The node's InternalIP addresses: the outer addresses of the tunnel packets it sends and receives. */
   addresses?: readonly string[];
+  /** Cordoned (spec.unschedulable): a gateway node that gives up its failover addresses. */
+  unschedulable?: boolean;
 }
 
 /** The gateway's tunnel, or the gateway that holds the VNI it would use (operator/steering.ts). */
@@ -76,6 +80,8 @@ export interface GatewaySteering {
   peers: TunnelEndpoint[];
   /** The nodes that host away pods and have an address, with their pods. */
   sources: Array<TunnelEndpoint & { pods: SteeredPod[] }>;
+  /** The gateway's failover addresses, which the away pods' egress addresses are taken from. */
+  failover?: { addresses: string[] };
 }
 
 export interface PolicyFacts {
@@ -123,6 +129,14 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     return { name: u.metadata.name, ...(on ? { nodes: on } : {}), ...u.spec };
   });
   const uplinkNames = new Set(uplinks.map((u) => u.name));
+  const floating = (spec.failover?.addresses ?? [])
+    .filter((a) => uplinkNames.has(a.uplink))
+    .map((a) => ({ address: canonicalAddress(a.address), uplink: a.uplink }));
+  missingUplinks.push(
+    ...(spec.failover?.addresses ?? [])
+      .map((a) => a.uplink)
+      .filter((u) => !uplinkNames.has(u) && !missingUplinks.includes(u)),
+  );
 
   const served = snapshot.pods
     .filter((p) => p.ips.length && p.phase !== 'Succeeded' && p.phase !== 'Failed')
@@ -135,7 +149,17 @@ export function compileGateway(snapshot: Snapshot): Compiled {
   const gatewayNodes = new Set(nodes);
   const away: AwayPod[] = served
     .filter((p) => p.node !== undefined && !gatewayNodes.has(p.node))
-    .map((p) => ({ namespace: p.namespace, name: p.name, addresses: p.ips, node: p.node! }));
+    .map((p) => {
+      const egress = egressAddresses(p, floating);
+      return {
+        namespace: p.namespace,
+        name: p.name,
+        addresses: p.ips,
+        ...(egress.length ? { egress } : {}),
+        node: p.node!,
+      };
+    });
+  const egressOf = new Map(away.filter((p) => p.egress).map((p) => [`${p.namespace}/${p.name}`, p.egress!]));
   const associated = served.filter((p) => p.containers.includes(sidecarContainerName));
 
   const policies = snapshot.policies
@@ -150,7 +174,7 @@ export function compileGateway(snapshot: Snapshot): Compiled {
   }
   markConflicts(rules, facts);
   const tunnel = snapshot.steering && 'tunnel' in snapshot.steering ? snapshot.steering : undefined;
-  const steering = tunnel && gatewaySteering(snapshot, tunnel.tunnel, nodes, uplinks, away);
+  const steering = tunnel && gatewaySteering(snapshot, tunnel.tunnel, nodes, uplinks, away, floating);
 
   const withoutHash: GatewayConfig = {
     version: configVersion,
@@ -161,6 +185,7 @@ export function compileGateway(snapshot: Snapshot): Compiled {
       name: p.name,
       addresses: p.ips,
       ...(p.node ? { node: p.node } : {}),
+      ...(egressOf.has(`${p.namespace}/${p.name}`) ? { egress: egressOf.get(`${p.namespace}/${p.name}`)! } : {}),
     })),
     bypass: [...snapshot.bypass],
     uplinks,
@@ -183,6 +208,26 @@ export function compileGateway(snapshot: Snapshot): Compiled {
         }
       : {}),
     rules,
+    ...(spec.failover && floating.length
+      ? {
+          failover: {
+            addresses: floating,
+            leaseDurationMs: spec.failover.leaseDurationMilliseconds,
+            failback: spec.failover.failback,
+            failbackDelaySeconds: spec.failover.failbackDelaySeconds,
+            nodes: nodes
+              .map((node) => ({
+                node,
+                addresses: tunnelAddresses(snapshot.nodes.find((n) => n.name === node)?.addresses ?? []),
+              }))
+              .filter((n) => n.addresses.length),
+            draining: nodes.filter(
+              (node) =>
+                spec.failover!.drainNodes?.includes(node) || snapshot.nodes.find((n) => n.name === node)?.unschedulable,
+            ),
+          },
+        }
+      : {}),
     // What the agent asks at SIGTERM: whether its node still belongs to the gateway.
     placement: { nodeSelector: spec.nodeSelector ?? {}, excludedNodes },
     ...(snapshot.marks ? { marks: { uplinks: snapshot.marks.uplinks } } : {}),
@@ -218,6 +263,7 @@ function gatewaySteering(
   nodes: readonly string[],
   uplinks: readonly CompiledUplink[],
   away: readonly AwayPod[],
+  floating: readonly { address: string }[],
 ): GatewaySteering | undefined {
   const addresses = new Map(snapshot.nodes.map((n) => [n.name, tunnelAddresses(n.addresses ?? [])]));
   const sources = [...new Set(away.map((p) => p.node))]
@@ -226,9 +272,7 @@ function gatewaySteering(
     .map((node) => ({
       node,
       addresses: addresses.get(node)!,
-      pods: away
-        .filter((p) => p.node === node)
-        .map(({ namespace, name, addresses: ips }) => ({ namespace, name, addresses: ips })),
+      pods: away.filter((p) => p.node === node).map(({ node: _, ...pod }) => pod),
     }));
   if (!sources.length) return undefined;
   const spec = snapshot.gateway.spec;
@@ -243,7 +287,24 @@ function gatewaySteering(
       .filter((node) => addresses.get(node)?.length)
       .map((node) => ({ node, addresses: addresses.get(node)! })),
     sources,
+    ...(floating.length ? { failover: { addresses: floating.map((a) => a.address) } } : {}),
   };
+}
+
+/**
+ * A pod's failover addresses, one per family it has an address of: rendezvous hashing on the pod,
+ * so that every pod keeps its address while the list stays, and a removed address moves only its
+ * own pods.
+ */
+function egressAddresses(pod: PodFacts, floating: readonly { address: string }[]): string[] {
+  return ([4, 6] as const).flatMap((family) => {
+    if (!pod.ips.some((ip) => isIP(ip) === family)) return [];
+    const chosen = rendezvous(
+      `${pod.namespace}/${pod.name}`,
+      floating.map((a) => a.address).filter((a) => isIP(a) === family),
+    );
+    return chosen ? [chosen] : [];
+  });
 }
 
 /** A node's tunnel addresses: its first InternalIP of each family, IPv4 first. */

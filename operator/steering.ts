@@ -78,6 +78,7 @@ export function desiredNodeConfigs(
         bypass: steering.bypass,
         pods: source.pods,
         peers: steering.peers,
+        ...(steering.failover ? { failover: steering.failover } : {}),
       });
       byNode.set(source.node, entries);
     }

@@ -7,6 +7,15 @@ const sample = JSON.parse(
   await readFile(join(import.meta.dirname, '..', '..', 'dataplane', 'testdata', 'gateway.json'), 'utf8'),
 ) as Record<string, unknown>;
 
+const failover: NonNullable<GatewayConfig['failover']> = {
+  addresses: [],
+  leaseDurationMs: 600,
+  failback: false,
+  failbackDelaySeconds: 30,
+  nodes: [],
+  draining: [],
+};
+
 function problems(change: (config: GatewayConfig) => void): string[] {
   const config = structuredClone(sample) as GatewayConfig;
   change(config);
@@ -145,6 +154,35 @@ describe('parseGatewayConfig', () => {
         c.steering = { tunnel: { vni: 7, port: 4789 }, markMask: 0x00000010, sources: [] };
       },
       /^marks.uplinks: 0x0000001f overlaps steering.markMask 0x00000010$/,
+    ],
+    [
+      'a failover address on an uplink the config does not have',
+      (c: GatewayConfig) => {
+        c.failover = { ...failover, addresses: [{ address: '203.0.113.10', uplink: 'nowhere' }] };
+      },
+      /^failover.addresses\[0\].uplink: no uplink named nowhere$/,
+    ],
+    [
+      'a failover address listed twice, written two ways',
+      (c: GatewayConfig) => {
+        const uplink = c.uplinks[0]!.name;
+        c.failover = {
+          ...failover,
+          addresses: [
+            { address: '2001:db8::a', uplink },
+            { address: '2001:DB8:0::A', uplink },
+          ],
+        };
+      },
+      /^failover.addresses\[1\]: 2001:DB8:0::A is listed twice$/,
+    ],
+    [
+      "a pod's egress address that is not a failover address",
+      (c: GatewayConfig) => {
+        c.failover = { ...failover, addresses: [{ address: '203.0.113.10', uplink: c.uplinks[0]!.name }] };
+        c.pods = [{ namespace: 'shop', name: 'web', addresses: ['10.244.1.10'], egress: ['203.0.113.11'] }];
+      },
+      /^pods\[0\].egress\[0\]: "203.0.113.11" is not one of failover.addresses$/,
     ],
     [
       'an unknown balancing mode',

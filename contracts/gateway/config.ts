@@ -7,10 +7,12 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { isIP } from 'node:net';
+import { addressToBytes, bytesToAddress } from '../../common/index.ts';
 import {
   Application,
   Balancing,
   Destination,
+  FailoverAddress,
   RuleUplinks,
   ruleViolations,
   Timeouts,
@@ -63,6 +65,13 @@ export const GatewayConfig = Type.Object({
       name: Name,
       addresses: Type.Array(Type.String({ minLength: 2, maxLength: 45 }), { minItems: 1 }),
       node: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'The node the pod runs on.' })),
+      egress: Type.Optional(
+        Type.Array(Type.String({ minLength: 2, maxLength: 45 }), {
+          maxItems: 2,
+          description:
+            "The pod's failover addresses, one per family: its tunnelled flows leave with the one of their family from the node that owns it.",
+        }),
+      ),
     }),
     {
       description:
@@ -134,6 +143,32 @@ export const GatewayConfig = Type.Object({
       },
     ),
   ),
+  failover: Type.Optional(
+    Type.Object(
+      {
+        addresses: Type.Array(FailoverAddress, {
+          minItems: 1,
+          maxItems: 64,
+        }),
+        leaseDurationMs: Type.Integer({ minimum: 200, maximum: 60000 }),
+        failback: Type.Boolean(),
+        failbackDelaySeconds: Type.Integer({ minimum: 0, maximum: 86400 }),
+        nodes: Type.Array(TunnelEndpoint, {
+          description:
+            "The gateway's nodes that have an address: each follows the others' /steering directly, to tell its own partition from an API server outage.",
+          default: [],
+        }),
+        draining: Type.Array(Name, {
+          description:
+            'Gateway nodes that give up their addresses and take none (failover.drainNodes, and cordoned nodes).',
+          default: [],
+        }),
+      },
+      {
+        description: "The gateway's failover addresses and how their ownership is held (EgressGateway spec.failover).",
+      },
+    ),
+  ),
   marks: Type.Optional(
     Type.Object(
       {
@@ -188,11 +223,29 @@ function semanticProblems(config: GatewayConfig): string[] {
       if (!isIP(address)) problems.push(`pods[${i}].addresses[${j}]: ${JSON.stringify(address)} is not an IP address`);
     });
   });
+  // One address written two ways (2001:db8::a, 2001:DB8:0::A) is one address.
+  const canonicalAddress = (address: string) => bytesToAddress(addressToBytes(address));
+  const floating = new Set<string>();
+  config.failover?.addresses.forEach(({ address }, i) => {
+    if (!isIP(address)) problems.push(`failover.addresses[${i}]: ${JSON.stringify(address)} is not an IP address`);
+    else if (floating.has(canonicalAddress(address)))
+      problems.push(`failover.addresses[${i}]: ${address} is listed twice`);
+    floating.add(canonicalAddress(address));
+  });
+  config.pods.forEach((pod, i) => {
+    pod.egress?.forEach((address, j) => {
+      if (!isIP(address) || !floating.has(canonicalAddress(address)))
+        problems.push(`pods[${i}].egress[${j}]: ${JSON.stringify(address)} is not one of failover.addresses`);
+    });
+  });
   const names = new Set<string>();
   config.uplinks.forEach((uplink, i) => {
     const at = `uplinks[${i}]`;
     if (names.has(uplink.name)) problems.push(`${at}.name: ${uplink.name} is listed twice`);
     names.add(uplink.name);
+  });
+  config.failover?.addresses.forEach(({ uplink }, i) => {
+    if (!names.has(uplink)) problems.push(`failover.addresses[${i}].uplink: no uplink named ${uplink}`);
   });
   problems.push(...markProblems(config));
   config.rules.forEach((rule, i) => {

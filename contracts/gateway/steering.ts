@@ -30,6 +30,13 @@ export const SteeredPod = Type.Object({
   namespace: Name,
   name: Name,
   addresses: Type.Array(Address, { minItems: 1 }),
+  egress: Type.Optional(
+    Type.Array(Address, {
+      maxItems: 2,
+      description:
+        "The pod's failover addresses, one per family (the gateway's failover.addresses): its flows of that family go to the node that owns the address.",
+    }),
+  ),
 });
 export type SteeredPod = Static<typeof SteeredPod>;
 
@@ -55,6 +62,17 @@ export const NodeGateway = Type.Object({
   bypass: Type.Array(Prefix, { description: 'Destinations never steered, such as the cluster networks.', default: [] }),
   pods: Type.Array(SteeredPod, { description: "The gateway's served pods on this node.", default: [] }),
   peers: Type.Array(TunnelEndpoint, { description: "The gateway's nodes, the candidates for its flows.", default: [] }),
+  failover: Type.Optional(
+    Type.Object(
+      {
+        addresses: Type.Array(Address, { minItems: 1, maxItems: 64 }),
+      },
+      {
+        description:
+          "The gateway's failover addresses. A pod with egress addresses is steered, per family, to the peer whose /steering answer says it owns the pod's address, and its flows follow the address when it moves.",
+      },
+    ),
+  ),
 });
 export type NodeGateway = Static<typeof NodeGateway>;
 

@@ -5,7 +5,9 @@ import { withRules } from './cel.ts';
 import {
   DefaultedObject,
   conditionColumn,
+  IpAddress,
   LabelMap,
+  ObjectName,
   LabelSelector,
   ObjectNameList,
   Port,
@@ -168,6 +170,62 @@ export const Steering = DefaultedObject(
   },
 );
 
+export const FailoverAddress = Type.Object(
+  {
+    address: IpAddress(
+      'An egress address: flows of the pods it is given to leave with it as their source, from whichever gateway node owns it.',
+      'each failover.addresses entry address',
+    ),
+    uplink: ObjectName(
+      "The Uplink whose interface carries the address on the node that owns it, one of the gateway's uplinks: the address must be routed to that interface's network.",
+    ),
+  },
+  { description: 'One egress address that moves between the gateway nodes.' },
+);
+
+export const Failover = Type.Object(
+  {
+    addresses: Type.Array(FailoverAddress, {
+      description:
+        "Egress addresses not tied to a node: one healthy gateway node owns each at a time and claims it on its uplink's network (gratuitous ARP, unsolicited neighbour advertisement). Each served pod away from the gateway's nodes is given one address per family (rendezvous hashing on the pod), and its flows go to the address's owner and leave with that address; when the owner fails, another node takes the address over with the flows' connection-tracking state.",
+      minItems: 1,
+      maxItems: 64,
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['address'],
+    }),
+    leaseDurationMilliseconds: Type.Integer({
+      description:
+        "How long a gateway node owns its addresses after its last renewal of its Lease: a node that cannot renew for this long gives them up (unless every gateway node it still hears cannot reach the API server either), and another takes them over once the Lease is this much older than its last renewal. It bounds the failover time after a node's loss; it is renewed three times in this period.",
+      minimum: 200,
+      maximum: 60000,
+      default: 600,
+    }),
+    failback: Type.Boolean({
+      description:
+        'Whether an address moves back to the node rendezvous hashing prefers for it once that node has been healthy for failbackDelaySeconds. By default an address stays with its owner while the owner is healthy, so a node that comes back takes nothing back.',
+      default: false,
+    }),
+    failbackDelaySeconds: Type.Integer({
+      description: 'How long a preferred node must stay healthy before an address moves back to it (failback only).',
+      minimum: 0,
+      maximum: 86400,
+      default: 30,
+    }),
+    drainNodes: Type.Optional(
+      Type.Array(ObjectName('A gateway node name.'), {
+        description:
+          'Gateway nodes that give up their addresses (to other healthy nodes, with their flows) and take none: a node being taken out. A cordoned node (spec.unschedulable) is drained too.',
+        maxItems: 64,
+        'x-kubernetes-list-type': 'set',
+      }),
+    ),
+  },
+  {
+    description:
+      'Gateway-node high availability for pods away from the gateway nodes: egress addresses that move between the gateway nodes, with their established flows.',
+  },
+);
+
 export const EgressGatewaySpec = withRules(
   Type.Object(
     {
@@ -194,6 +252,7 @@ export const EgressGatewaySpec = withRules(
       }),
       association: Association,
       steering: Steering,
+      failover: Type.Optional(Failover),
     },
     {
       description:
@@ -232,6 +291,64 @@ export const SteeringNodeStatus = Type.Object(
   { description: "One node's steering to this gateway, as its node agent last reported." },
 );
 
+export const FailoverStatus = Type.Object(
+  {
+    addresses: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            address: Type.String({ description: 'The egress address.', maxLength: 45 }),
+            node: Type.Optional(
+              Type.String({
+                description: 'The gateway node that owns it now; none while no node does.',
+                maxLength: 253,
+              }),
+            ),
+          },
+          { description: 'One failover address and its owner.' },
+        ),
+        {
+          description: 'Who owns each failover address, as the gateway nodes last renewed their Leases.',
+          maxItems: 64,
+          'x-kubernetes-list-type': 'map',
+          'x-kubernetes-list-map-keys': ['address'],
+        },
+      ),
+    ),
+    healthyNodes: Type.Optional(
+      Type.Array(Type.String({ description: 'A gateway node name.', maxLength: 253 }), {
+        description: 'Gateway nodes whose Lease is current and that are not drained: the candidates for an address.',
+        maxItems: 1000,
+        'x-kubernetes-list-type': 'set',
+      }),
+    ),
+    lastFailover: Type.Optional(
+      Type.Object(
+        {
+          address: Type.String({ description: 'The address that moved.', maxLength: 45 }),
+          from: Type.Optional(Type.String({ description: 'The node that owned it before.', maxLength: 253 })),
+          to: Type.String({ description: 'The node that owns it since.', maxLength: 253 }),
+          at: Type.String({ description: 'When the new owner claimed it (RFC 3339).', format: 'date-time' }),
+          reason: Type.String({
+            description:
+              'Why it moved: LeaseExpired (the owner stopped renewing), Released (the owner gave it up: drained, uplink unhealthy, or shutting down), Failback, or Unowned (nobody held it).',
+            maxLength: 64,
+          }),
+          milliseconds: Type.Optional(
+            Type.Integer({
+              description:
+                "How long the address had no owner: from the old owner's last renewal or release to the claim.",
+              minimum: 0,
+            }),
+          ),
+        },
+        { description: 'The most recent move of an address.' },
+      ),
+    ),
+  },
+  { description: 'Gateway-node high availability: who owns the failover addresses.' },
+);
+
 export const EgressGatewayStatus = StatusObject(
   'Observed state of the gateway, written by the operator and, for steering, by the node agents.',
   "Accepted: the spec resolved (its uplinks exist). Ready: at least one node applied the current configuration and has a healthy uplink. SteeringReady: every node that hosts served pods away from the gateway's nodes steers them to it with its current node config (status.steering.nodes), or there is no such pod.",
@@ -267,6 +384,7 @@ export const EgressGatewayStatus = StatusObject(
         { description: 'Cluster-wide egress: how the nodes that steer served pods to this gateway are doing.' },
       ),
     ),
+    failover: Type.Optional(FailoverStatus),
   },
 );
 export type EgressGatewayStatus = Static<typeof EgressGatewayStatus>;

@@ -14,6 +14,11 @@ export interface SteeringReadiness {
   /** Per family, whether a healthy uplink of this node carries it. */
   ipv4: boolean;
   ipv6: boolean;
+  /**
+   * The gateway's failover addresses this node owns now (canonical, sorted): a node agent steers a
+   * pod whose egress address is one of them to this node. Absent for a gateway without failover.
+   */
+  addresses?: string[];
 }
 
 /**

@@ -4,7 +4,7 @@ import { parseNodeConfig } from '../../contracts/gateway/index.ts';
 import { renderTable } from '../nft/model.ts';
 import { trace, type Packet } from '../nft/trace.ts';
 import { nodeTableName, peerKey, peerKeys, planNode, type NodePlanInput } from './node-plan.ts';
-import { rendezvous } from './rendezvous.ts';
+import { rendezvous } from '../../common/index.ts';
 import { tunnelLinkLocal, tunnelMac } from './tunnel.ts';
 
 const testdata = join(import.meta.dirname, 'testdata');

@@ -16,7 +16,7 @@ import { canonicalAddress, normalisePrefixes } from '../../contracts/gateway/ind
 import type { NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
 import type { Chain, Match, NamedSet, Rule, SetElement, Statement, Table } from '../nft/model.ts';
 import { srcValidMark } from '../sysctls.ts';
-import { rendezvous } from './rendezvous.ts';
+import { rendezvous } from '../../common/index.ts';
 import type { TunnelOwnership } from './tunnel-kernel.ts';
 import {
   outerFamily,

@@ -49,6 +49,7 @@ export function nodeFacts(node: V1Node): NodeFacts {
     name: node.metadata?.name ?? '',
     labels: node.metadata?.labels,
     addresses: (node.status?.addresses ?? []).filter((a) => a.type === 'InternalIP').map((a) => a.address),
+    ...(node.spec?.unschedulable ? { unschedulable: true } : {}),
   };
 }
 

@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { AttributedFlow } from '../../dataplane/agent.ts';
 import type { AttributionRecord } from '../../dataplane/attribution.ts';
-import { rendezvous } from '../../dataplane/steering/rendezvous.ts';
+import { rendezvous } from '../../common/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { exportTo, startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
 import {

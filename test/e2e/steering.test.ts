@@ -12,7 +12,7 @@ import { ExecConntrack } from '../../dataplane/conntrack.ts';
 import { ExecNftables } from '../../dataplane/nft/nftables.ts';
 import { NodeAgent, type PeerStates } from '../../dataplane/steering/node-agent.ts';
 import { nodeTableName, nodeTunnelOwnership } from '../../dataplane/steering/node-plan.ts';
-import { rendezvous } from '../../dataplane/steering/rendezvous.ts';
+import { rendezvous } from '../../common/index.ts';
 import { ExecTunnelKernel } from '../../dataplane/steering/tunnel-kernel.ts';
 import {
   createCluster,
