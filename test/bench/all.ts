@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { host, parseCommandLine, type BenchReport, type Form } from './harness.ts';
 
-const benchmarks = ['naa', 'naa-gateway', 'dataplane', 'operator', 'strict', 'steering', 'soak'] as const;
+const benchmarks = ['naa', 'naa-gateway', 'dataplane', 'operator', 'strict', 'steering', 'failover', 'soak'] as const;
 
 export interface AllReport {
   form: Form;

@@ -113,6 +113,11 @@ const expectedKeys: Record<string, string[]> = {
     'node-agent.idle-cpu',
     'node-agent.idle-cpu-4-peers',
   ],
+  failover: ['power-off', 'drain'].flatMap((fault) => [
+    ...['new-connection', 'udp-gap'].flatMap((k) => ['p50', 'p99', 'max'].map((q) => `${fault}.${k}.${q}`)),
+    `${fault}.streams-survived`,
+    `${fault}.double-ownership`,
+  ]),
   soak: [
     ...trends('agent-rss', 'sidecar-rss', 'agent-fds', 'sidecar-fds', 'chains', 'sets'),
     'short-flows',

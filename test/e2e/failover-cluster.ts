@@ -1,0 +1,484 @@
+// Gateway-node failover in the multi-node topology with shared uplink segments
+// (cluster-topology.ts, sharedUplinks): gateway agents on g1 and g2 run as their DaemonSet runs
+// them, reading their config from a ConfigMap of the real control plane and holding their failover
+// Leases there (the apiserver is relayed into each gateway node's namespace); the node agent on w1
+// steers its pod, whose egress addresses are the gateway's failover addresses. The faults are the
+// ones a gateway node meets: power off (links down, every process in the node SIGKILLed), its agent
+// SIGKILLed, its uplink down, a silent blackhole upstream, cut off from the other gateway node and
+// the control plane, drained. Used by the failover tests and `npm run bench:failover`.
+import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { kubectl } from '../cluster/cluster.ts';
+import { makeTestCa } from '../tls.ts';
+import { failoverFigures, type FailoverFigures, type ProbeOutput } from '../bench/failover-figures.ts';
+import {
+  createCluster,
+  gatewayAddress,
+  gateways,
+  nodeNetwork,
+  podAddress,
+  podNetwork,
+  sharedUplinkNextHop,
+  workerAddress,
+  writeClusterTls,
+  type Cluster,
+} from './cluster-topology.ts';
+import { LoggedProcesses } from './logged-processes.ts';
+import { apiserverOf, relayIntoNamespace } from './naa-pod.ts';
+import { run, server, until, type DualStack } from './topology.ts';
+import { startStreamServer, startTransfer, startWhoami, type Server, type TransferResult } from './traffic.ts';
+
+const main = join(import.meta.dirname, '..', '..', 'dataplane', 'main.ts');
+const programs = join(import.meta.dirname, 'programs');
+const whoamiPort = 9000;
+const streamPort = 9100;
+const healthPort = 7745;
+const tunnel = { vni: 7730, port: 4792 };
+const gatewayName = 'ha';
+/** The failover addresses: on ISP 1's segment, which both gateway nodes' up1 join. */
+export const floating: DualStack = { v4: '100.64.1.100', v6: 'fd00:64:1::100' };
+const both = (a: DualStack) => [a.v4, a.v6];
+
+export type Fault = 'power-off' | 'agent-kill' | 'uplink-down' | 'blackhole' | 'isolated' | 'partition' | 'drain';
+
+/** Faults after which the address stays where it is: the two gateway nodes cannot hear each other, but both still reach the control plane. */
+const staying: ReadonlySet<Fault> = new Set(['partition']);
+
+export interface FailoverClusterOptions {
+  leaseDurationMs: number;
+}
+
+/** What a pod saw across one fault, and which node owned the addresses before and after. */
+export interface FaultRun extends FailoverFigures {
+  fault: Fault;
+  from: string;
+  to: string | undefined;
+  /** Long-lived TCP streams that kept their connection and every byte. */
+  streamsSurvived: number;
+  streams: number;
+  /** How long both gateway nodes had the IPv4 failover address on their uplink at once (ms). */
+  doubleOwnershipMs: number;
+}
+
+export class FailoverCluster {
+  readonly c: Cluster;
+  readonly dir: string;
+  readonly namespace: string;
+  readonly processes: LoggedProcesses;
+  readonly #kubeconfig: string;
+  readonly #options: FailoverClusterOptions;
+  readonly #agents = new Map<number, ChildProcess>();
+  readonly #servers: Server[] = [];
+  #tlsDir!: (node: string) => string;
+  #draining: string[] = [];
+
+  private constructor(c: Cluster, dir: string, kubeconfig: string, options: FailoverClusterOptions) {
+    this.c = c;
+    this.dir = dir;
+    this.namespace = `failover-${process.pid}`;
+    this.#kubeconfig = kubeconfig;
+    this.#options = options;
+    this.processes = new LoggedProcesses({
+      dir,
+      spawnIn: (ns, argv, o) => c.spawn(ns, argv, o),
+      env: { KUBECONFIG: kubeconfig },
+    });
+  }
+
+  static async create(kubeconfig: string, options: FailoverClusterOptions): Promise<FailoverCluster> {
+    const c = await createCluster({ sharedUplinks: true });
+    const dir = await mkdtemp(join(tmpdir(), 'naat-failover-'));
+    const cluster = new FailoverCluster(c, dir, kubeconfig, options);
+    try {
+      await cluster.#start();
+    } catch (error) {
+      await cluster.destroy();
+      throw error;
+    }
+    return cluster;
+  }
+
+  #k = (args: string[], input?: string) => kubectl(this.#kubeconfig, args, input);
+
+  gatewayConfig() {
+    const uplink = (i: number) => ({
+      name: `isp${i}`,
+      interface: `up${i}`,
+      nextHop: { ipv4: sharedUplinkNextHop(i).v4, ipv6: sharedUplinkNextHop(i).v6 },
+      snat: {},
+      healthCheck: {
+        targets: [server.v4],
+        protocol: 'TCP',
+        port: whoamiPort,
+        intervalMs: 200,
+        timeoutMs: 150,
+        failureThreshold: 2,
+        successThreshold: 1,
+      },
+    });
+    return {
+      version: 1,
+      gateway: gatewayName,
+      sources: [podNetwork.v4, podNetwork.v6],
+      pods: [{ namespace: 'shop', name: 'web', addresses: both(podAddress(1)), node: 'w1', egress: both(floating) }],
+      uplinks: [uplink(1)],
+      balancing: { mode: 'Weighted' },
+      timeouts: {},
+      steering: { tunnel, markMask: 0x10, sources: [{ node: 'w1', addresses: both(workerAddress(1)) }] },
+      failover: {
+        addresses: both(floating).map((address) => ({ address, uplink: 'isp1' })),
+        leaseDurationMs: this.#options.leaseDurationMs,
+        failback: false,
+        failbackDelaySeconds: 30,
+        nodes: gateways.map((g) => ({ node: `g${g}`, addresses: both(gatewayAddress(g)) })),
+        draining: this.#draining,
+      },
+    };
+  }
+
+  nodeConfig() {
+    return {
+      version: 1,
+      node: 'w1',
+      markMask: 0xe0,
+      gateways: [
+        {
+          gateway: gatewayName,
+          tunnel,
+          selection: 'Pod',
+          associationPort: 7740,
+          healthPort,
+          bypass: [podNetwork.v4, podNetwork.v6, nodeNetwork.v4, nodeNetwork.v6],
+          pods: [{ namespace: 'shop', name: 'web', addresses: both(podAddress(1)), egress: both(floating) }],
+          peers: gateways.map((g) => ({ node: `g${g}`, addresses: both(gatewayAddress(g)) })),
+          failover: { addresses: both(floating) },
+        },
+      ],
+    };
+  }
+
+  async #applyConfigMap(name: string, config: unknown): Promise<void> {
+    const manifest = {
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: { name, namespace: this.namespace },
+      data: { 'config.json': JSON.stringify(config) },
+    };
+    await this.#k(['apply', '--server-side', '--force-conflicts', '-f', '-'], JSON.stringify(manifest));
+  }
+
+  async #start(): Promise<void> {
+    const c = this.c;
+    this.#tlsDir = writeClusterTls(this.dir, makeTestCa());
+    await this.#k(['create', 'namespace', this.namespace]);
+    await this.#applyConfigMap('gateway', this.gatewayConfig());
+    await this.#applyConfigMap('node-w1', this.nodeConfig());
+    this.#servers.push(await startWhoami(c, whoamiPort), await startStreamServer(c, streamPort));
+    const apiserver = await apiserverOf(this.#kubeconfig);
+    for (const g of gateways) await this.#relay(g, apiserver);
+    for (const g of gateways) this.startAgent(g);
+    await writeFile(join(this.dir, 'w1.json'), JSON.stringify(this.nodeConfig()));
+    this.processes.spawn(
+      c.worker(1),
+      [
+        process.execPath,
+        main,
+        'node',
+        '--config',
+        join(this.dir, 'w1.json'),
+        '--node',
+        'w1',
+        '--state-dir',
+        join(this.dir, 'w1-state'),
+        '--tls-dir',
+        this.#tlsDir('w1'),
+      ],
+      'w1.log',
+    );
+    await until(
+      'one owner of each failover address',
+      async () => ((await this.owners()).size === 2 ? true : undefined),
+      60_000,
+    );
+    await until('a connection from the pod with its failover address', async () =>
+      (await this.whoami()).startsWith(`${floating.v4} `) ? true : undefined,
+    );
+  }
+
+  async #relay(g: number, apiserver: string): Promise<void> {
+    await relayIntoNamespace(
+      this.processes.spawn,
+      this.dir,
+      this.c.gateway(g),
+      `apiserver-g${g}-${Date.now()}`,
+      apiserver,
+      new URL(apiserver).hostname,
+    );
+  }
+
+  startAgent(g: number): void {
+    const argv = [
+      'run',
+      '--config-map',
+      `${this.namespace}/gateway`,
+      '--node',
+      `g${g}`,
+      '--state-dir',
+      join(this.dir, `g${g}-state`),
+      '--listen',
+      `[::]:${healthPort}`,
+      '--metrics-listen',
+      '127.0.0.1:7744',
+      '--tls-dir',
+      this.#tlsDir(`g${g}`),
+    ];
+    this.#agents.set(g, this.processes.spawn(this.c.gateway(g), [process.execPath, main, ...argv], `g${g}.log`));
+  }
+
+  /** Waits until each failover address has one owner again and the pod connects with it. */
+  async settled(): Promise<void> {
+    await until(
+      'one owner of each failover address',
+      async () => ((await this.owners()).size === 2 ? true : undefined),
+      30_000,
+    );
+    await until('a connection from the pod with its failover address', async () =>
+      (await this.whoami()).startsWith(`${floating.v4} `) ? true : undefined,
+    );
+  }
+
+  /** The node that has each failover address on its uplink now, by address (kernel state). */
+  async owners(): Promise<Map<string, string>> {
+    const owners = new Map<string, string>();
+    for (const g of gateways) {
+      const { stdout } = await this.c.exec(this.c.gateway(g), ['ip', '-o', 'addr', 'show', 'dev', 'up1']).catch(() => ({
+        stdout: '',
+      }));
+      for (const address of both(floating)) if (stdout.includes(` ${address}/`)) owners.set(address, `g${g}`);
+    }
+    return owners;
+  }
+
+  /** The source the server sees for one new IPv4 connection from the pod ("" when it fails). */
+  async whoami(): Promise<string> {
+    const { stdout } = await this.c
+      .exec(this.c.pod(1), ['curl', '-s', '-m', '2', `telnet://${server.v4}:${whoamiPort}`], { timeoutMs: 5000 })
+      .catch(() => ({ stdout: '' }));
+    return stdout.trim();
+  }
+
+  /**
+   * Runs one fault on the node that owns the IPv4 failover address, with `streams` long-lived
+   * transfers and the probe running from the pod, and measures what the pod saw.
+   */
+  async fault(fault: Fault, streams = 20): Promise<FaultRun> {
+    const from = (await this.owners()).get(floating.v4);
+    if (!from) throw new Error('no node owns the failover address before the fault');
+    const g = Number(from.slice(1));
+    const seconds = 6;
+    const transfers = Array.from({ length: streams }, () =>
+      startTransfer(this.c, this.c.pod(1), server.v4, streamPort, {
+        seconds,
+        bytesPerSecond: 20_000,
+        idleTimeoutMs: 4000,
+      }),
+    );
+    await Promise.all(transfers.map((t) => t.receiving));
+    const monitors = gateways.map((n) => this.#addressMonitor(n, `g${n}` === from));
+    const probe = this.processes.capture(`probe-${Date.now()}`, [
+      'ip',
+      'netns',
+      'exec',
+      this.c.pod(1),
+      process.execPath,
+      join(programs, 'failover-probe.ts'),
+      server.v4,
+      String(whoamiPort),
+      '10',
+      '1',
+      '1000',
+    ]);
+    const probeOutput = collectProbe(probe);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const faultMs = performance.timeOrigin + performance.now();
+    await this.#inject(fault, g);
+    if (staying.has(fault)) await new Promise((resolve) => setTimeout(resolve, 3 * this.#options.leaseDurationMs));
+    else
+      await until(
+        'the failover address on another node',
+        async () => {
+          const owner = (await this.owners()).get(floating.v4);
+          return owner && owner !== from ? owner : undefined;
+        },
+        10_000,
+      ).catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    probe.stdin?.end();
+    const output = await probeOutput;
+    const results: TransferResult[] = await Promise.all(transfers.map((t) => t.result.catch(() => failedTransfer)));
+    const changes = await Promise.all(monitors.map((m) => m.stop()));
+    const to = (await this.owners()).get(floating.v4);
+    return {
+      fault,
+      from,
+      to,
+      ...failoverFigures(output, faultMs),
+      streamsSurvived: results.filter((r) => r.ok).length,
+      streams,
+      doubleOwnershipMs: overlap(changes[0]!, changes[1]!),
+    };
+  }
+
+  async #inject(fault: Fault, g: number): Promise<void> {
+    const ns = this.c.gateway(g);
+    switch (fault) {
+      case 'power-off': {
+        const { stdout } = await run(['ip', '-n', ns, '-o', 'link', 'show']);
+        const links = [...stdout.matchAll(/^\d+: ([^:@]+)/gm)].map((m) => m[1]!).filter((l) => l !== 'lo');
+        await Promise.all(links.map((link) => run(['ip', '-n', ns, 'link', 'set', link, 'down'])));
+        const pids = (await run(['ip', 'netns', 'pids', ns])).stdout.split('\n').filter(Boolean);
+        if (pids.length) await run(['kill', '-9', ...pids]);
+        return;
+      }
+      case 'agent-kill':
+        this.#agents.get(g)!.kill('SIGKILL');
+        return;
+      case 'uplink-down':
+        await run(['ip', '-n', ns, 'link', 'set', 'up1', 'down']);
+        return;
+      case 'blackhole':
+        // Nothing leaves by the uplink, and the link stays up: only the health check can tell.
+        await run(['tc', '-n', ns, 'qdisc', 'add', 'dev', 'up1', 'root', 'netem', 'loss', '100%']);
+        return;
+      case 'partition':
+        await this.#cutFromOtherGateway(g);
+        return;
+      case 'isolated': {
+        // Cut off from the other gateway node (underlay) and from the control plane (its relay).
+        await this.#cutFromOtherGateway(g);
+        const relays = (await run(['ip', 'netns', 'pids', ns])).stdout.split('\n').filter(Boolean);
+        for (const pid of relays) {
+          const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+          if (cmdline.includes('relay.ts')) await run(['kill', '-9', pid]);
+        }
+        return;
+      }
+      case 'drain':
+        this.#draining = [`g${g}`];
+        await this.#applyConfigMap('gateway', this.gatewayConfig());
+        return;
+    }
+  }
+
+  async #cutFromOtherGateway(g: number): Promise<void> {
+    const other = gatewayAddress(3 - g);
+    await this.c.exec(this.c.gateway(g), ['nft', '-f', '-'], {
+      input: [
+        'table inet isolation {',
+        `  chain in { type filter hook input priority -300; ip saddr ${other.v4} drop; ip6 saddr ${other.v6} drop; }`,
+        `  chain out { type filter hook output priority -300; ip daddr ${other.v4} drop; ip6 daddr ${other.v6} drop; }`,
+        '}',
+      ].join('\n'),
+    });
+  }
+
+  /** Brings a node back from a fault, and waits until its agent answers again. */
+  async restore(fault: Fault, g: number): Promise<void> {
+    const ns = this.c.gateway(g);
+    switch (fault) {
+      case 'power-off': {
+        const { stdout } = await run(['ip', '-n', ns, '-o', 'link', 'show']);
+        const links = [...stdout.matchAll(/^\d+: ([^:@]+)/gm)].map((m) => m[1]!);
+        await Promise.all(links.map((link) => run(['ip', '-n', ns, 'link', 'set', link, 'up'])));
+        await run(['ip', '-n', this.c.ns.underlay, 'link', 'set', `g${g}`, 'up']);
+        await this.#relay(g, await apiserverOf(this.#kubeconfig));
+        this.startAgent(g);
+        break;
+      }
+      case 'agent-kill':
+        this.startAgent(g);
+        break;
+      case 'uplink-down':
+        await run(['ip', '-n', ns, 'link', 'set', 'up1', 'up']);
+        break;
+      case 'blackhole':
+        await run(['tc', '-n', ns, 'qdisc', 'del', 'dev', 'up1', 'root']);
+        break;
+      case 'partition':
+        await this.c.exec(ns, ['nft', 'delete', 'table', 'inet', 'isolation']);
+        break;
+      case 'isolated':
+        await this.c.exec(ns, ['nft', 'delete', 'table', 'inet', 'isolation']);
+        await this.#relay(g, await apiserverOf(this.#kubeconfig));
+        break;
+      case 'drain':
+        this.#draining = [];
+        await this.#applyConfigMap('gateway', this.gatewayConfig());
+        break;
+    }
+    await until(`g${g}'s agent answering`, async () => {
+      await this.c.exec(ns, ['curl', '-sf', `http://127.0.0.1:7744/metrics`]);
+      return true;
+    });
+  }
+
+  /** Records when the IPv4 failover address appears on and leaves node g's uplink. */
+  #addressMonitor(g: number, present: boolean): { stop(): Promise<Array<[number, boolean]>> } {
+    const name = `monitor-g${g}-${Date.now()}`;
+    const child = this.processes.capture(name, ['ip', '-n', this.c.gateway(g), '-ts', 'monitor', 'address']);
+    const started = Date.now();
+    return {
+      stop: async () => {
+        child.kill('SIGTERM');
+        const changes: Array<[number, boolean]> = [];
+        for (const line of this.processes.output(name).split('\n')) {
+          const m = /^\[(\d{4}-\d\d-\d\dT[\d:.]+)\] (Deleted )?.*inet (\S+)\//.exec(line);
+          if (m && m[3] === floating.v4) changes.push([Date.parse(`${m[1]}Z`), !m[2]]);
+        }
+        return [[started, present], ...changes];
+      },
+    };
+  }
+
+  async destroy(): Promise<void> {
+    await this.processes.stopAll();
+    await Promise.all(this.#servers.splice(0).map((s) => s.stop()));
+    await this.c.destroy();
+    await this.#k(['delete', 'namespace', this.namespace, '--wait=false']).catch(() => {});
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+const failedTransfer: TransferResult = { ok: false, bytes: 0, expected: 1 };
+
+function collectProbe(probe: ChildProcess): Promise<ProbeOutput> {
+  let out = '';
+  probe.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  return new Promise((resolve, reject) =>
+    probe.once('exit', () => {
+      const last = out.trim().split('\n').at(-1) ?? '';
+      if (!last.startsWith('{')) return reject(new Error(`the failover probe failed: ${out}`));
+      resolve(JSON.parse(last) as ProbeOutput);
+    }),
+  );
+}
+
+/** How long two nodes had the address at once, from each node's [time, present] changes. */
+export function overlap(a: ReadonlyArray<[number, boolean]>, b: ReadonlyArray<[number, boolean]>): number {
+  const events = [...a.map(([t, on]) => [t, on, 0] as const), ...b.map(([t, on]) => [t, on, 1] as const)].sort(
+    (x, y) => x[0] - y[0],
+  );
+  const present = [false, false];
+  let since: number | undefined;
+  let total = 0;
+  for (const [t, on, who] of events) {
+    const before = present[0]! && present[1]!;
+    present[who] = on;
+    const now = present[0]! && present[1]!;
+    if (!before && now) since = t;
+    if (before && !now) total += t - since!;
+  }
+  return total;
+}

@@ -1,0 +1,59 @@
+// Gateway-node failover end to end (failover-cluster.ts): for each fault a gateway node meets, on
+// the node that owns the pod's failover address, the address moves to the other gateway node
+// (or stays, when the two only lose each other), new connections from the pod recover with the
+// same address, established TCP streams keep their connection and every byte, the UDP stream keeps
+// its translation, and no two nodes have the address at once (except, for a bounded time, a node
+// cut off from everything). The node that comes back takes nothing back. The bounds here are loose
+// (a shared CI machine); `npm run bench:failover` measures the figures.
+import { FailoverCluster, floating, type Fault } from './failover-cluster.ts';
+
+const leaseDurationMs = 600;
+let f: FailoverCluster;
+
+beforeAll(async () => {
+  f = await FailoverCluster.create(process.env.KUBECONFIG!, { leaseDurationMs });
+}, 180_000);
+
+afterAll(async () => {
+  await f?.destroy();
+}, 60_000);
+
+const moving: Array<[Fault, string]> = [
+  ['drain', 'drained (failover.drainNodes)'],
+  ['uplink-down', 'its uplink goes down'],
+  ['blackhole', 'everything it sends upstream is dropped, its link up'],
+  ['agent-kill', 'its agent is SIGKILLed'],
+  ['power-off', 'powered off: its links down and every process in it SIGKILLed'],
+  ['isolated', 'cut off from the other gateway node and the control plane'],
+];
+
+describe.each(moving)('the owner %s', (fault, _what) => {
+  it('moves the address, keeps established flows and takes nothing back when it returns', async () => {
+    const run = await f.fault(fault);
+    expect(run.to).toBeDefined();
+    expect(run.to).not.toBe(run.from);
+    expect(run.newConnectionSources).toEqual([floating.v4]);
+    expect(run.newConnectionGapMs).toBeLessThan(5000);
+    expect({ survived: run.streamsSurvived }).toEqual({ survived: run.streams });
+    // One translation for the UDP stream across the move: the server saw one source.
+    expect(run.udpSources).toHaveLength(1);
+    expect(run.udpSources[0]).toMatch(new RegExp(`^${floating.v4.replaceAll('.', '\\.')} `));
+    if (fault === 'isolated') expect(run.doubleOwnershipMs).toBeLessThanOrEqual(leaseDurationMs);
+    else expect(run.doubleOwnershipMs).toBe(0);
+
+    await f.restore(fault, Number(run.from.slice(1)));
+    await new Promise((resolve) => setTimeout(resolve, 3 * leaseDurationMs));
+    expect((await f.owners()).get(floating.v4)).toBe(run.to);
+    await f.settled();
+  });
+});
+
+it('keeps the address where it is when the gateway nodes only lose each other', async () => {
+  const run = await f.fault('partition');
+  expect(run.to).toBe(run.from);
+  expect(run.doubleOwnershipMs).toBe(0);
+  expect({ survived: run.streamsSurvived }).toEqual({ survived: run.streams });
+  expect(run.udpSources).toHaveLength(1);
+  await f.restore('partition', Number(run.from.slice(1)));
+  await f.settled();
+});
