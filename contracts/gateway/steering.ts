@@ -8,6 +8,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { isIP } from 'node:net';
 import { ConfigError, parsePrefix } from './config.ts';
+import { canonicalAddress } from './prefixes.ts';
 import { isContiguous } from './marks.ts';
 
 export { isContiguous };
@@ -118,6 +119,20 @@ function nodeConfigProblems(config: NodeConfig): string[] {
       if (!parsePrefix(p)) problems.push(`${at}.bypass[${j}]: ${JSON.stringify(p)} is not an IP address or CIDR`);
     });
     g.pods.forEach((pod, j) => pod.addresses.forEach((a, k) => address(`${at}.pods[${j}].addresses[${k}]`, a)));
+    g.failover?.addresses.forEach((a, k) => address(`${at}.failover.addresses[${k}]`, a));
+    // A pod's egress address decides where its flows of that family go: one per family, and one
+    // the gateway fails over (whose owner its nodes announce).
+    const floating = new Set(g.failover?.addresses.filter((a) => isIP(a)).map(canonicalAddress));
+    g.pods.forEach((pod, j) => {
+      const families = new Set<number>();
+      pod.egress?.forEach((a, k) => {
+        const where = `${at}.pods[${j}].egress[${k}]`;
+        if (!isIP(a) || !floating.has(canonicalAddress(a))) {
+          problems.push(`${where}: ${JSON.stringify(a)} is not one of the gateway's failover.addresses`);
+        } else if (families.has(isIP(a))) problems.push(`${where}: a second IPv${isIP(a)} egress address`);
+        families.add(isIP(a));
+      });
+    });
     g.peers.forEach((peer, j) => peer.addresses.forEach((a, k) => address(`${at}.peers[${j}].addresses[${k}]`, a)));
   });
   return problems;

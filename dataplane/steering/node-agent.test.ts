@@ -5,24 +5,28 @@ import { parseNodeConfig, type NodeConfig } from '../../contracts/gateway/index.
 import { FakeNftables } from '../nft/nftables.ts';
 import { NodeAgent, type GatewayRelay, type PeerStates, type RelayFactory } from './node-agent.ts';
 import { FakeTunnelKernel } from './tunnel-kernel.ts';
+import { tunnelLinkLocal } from './tunnel.ts';
 
-const config = parseNodeConfig(
-  JSON.parse(await readFile(join(import.meta.dirname, 'testdata', 'node.json'), 'utf8')),
-) as NodeConfig;
+const testdata = (name: string) => readFile(join(import.meta.dirname, 'testdata', name), 'utf8');
+const config = parseNodeConfig(JSON.parse(await testdata('node.json'))) as NodeConfig;
+const failover = parseNodeConfig(JSON.parse(await testdata('node-failover.json'))) as NodeConfig;
 
 /** Peer states a test sets by hand. */
 class ManualPeers implements PeerStates {
   nodes: Set<string>;
+  owned = new Map<string, string>();
   #listeners: Array<() => void> = [];
   constructor(nodes: string[]) {
     this.nodes = new Set(nodes);
   }
   up = () => this.nodes;
+  owners = () => this.owned;
   onChange(listener: () => void) {
     this.#listeners.push(listener);
   }
-  set(nodes: string[]) {
+  set(nodes: string[], owned: Record<string, string> = Object.fromEntries(this.owned)) {
     this.nodes = new Set(nodes);
+    this.owned = new Map(Object.entries(owned));
     for (const l of this.#listeners) l();
   }
 }
@@ -149,7 +153,9 @@ describe('NodeAgent', () => {
 
   it('refuses a config with more peers than the mark bits can number, and keeps the kernel as it was', async () => {
     const { node, nft } = agent();
-    await expect(node.start({ ...config, markMask: 0x60 })).rejects.toThrow(/room for fewer peers than the 4 listed/);
+    await expect(node.start({ ...config, markMask: 0x60 })).rejects.toThrow(
+      /markMask 0x60 has room for 3 ids, fewer than the 4 peers listed/,
+    );
     expect(nft.dump()).toBe('');
     await node.stop();
   });
@@ -161,5 +167,83 @@ describe('NodeAgent', () => {
     expect(nft.dump()).toBe('');
     expect(tunnels.state.devices).toEqual([]);
     expect(deleted).toEqual([0x20, 0x40, 0x60, 0x80, 0xa0, 0xc0, 0xe0]);
+  });
+
+  describe('with failover addresses', () => {
+    // web-1 leaves by one address per family, etl by one IPv4 address; the gateways' nodes say who owns them.
+    const slotOf = (node: NodeAgent, address: string) => node.report().slots!.find((s) => s.address === address)!;
+    const viaOf = (tunnels: FakeTunnelKernel, id: number) =>
+      new Set(tunnels.state.routes.filter((r) => r.table === 7800 + id).map((r) => r.via));
+
+    it("routes each address's slot to its owner and follows the owner without touching the flows", async () => {
+      const egress = new ManualPeers(['gateway-a', 'gateway-b']);
+      egress.owned = new Map([
+        ['198.51.100.10', 'gateway-a'],
+        ['2001:db8:100::10', 'gateway-a'],
+      ]);
+      const batch = new ManualPeers(['gateway-a', 'gateway-c']);
+      const { node, nft, tunnels, deleted } = agent(
+        new Map([
+          ['egress', egress],
+          ['batch', batch],
+        ]),
+      );
+      await node.start(failover);
+      const v4 = slotOf(node, '198.51.100.10');
+      expect(v4.owner).toBe('gateway-a');
+      expect(viaOf(tunnels, v4.id)).toEqual(new Set([tunnelLinkLocal('gateway-a')]));
+      const table = nft.dump();
+
+      // The address moves: its slot's route follows, nothing else changes and no flow is deleted.
+      egress.set(['gateway-a', 'gateway-b'], { '198.51.100.10': 'gateway-b', '2001:db8:100::10': 'gateway-a' });
+      await node.sync();
+      expect(slotOf(node, '198.51.100.10').owner).toBe('gateway-b');
+      expect(viaOf(tunnels, v4.id)).toEqual(new Set([tunnelLinkLocal('gateway-b')]));
+      expect(nft.dump()).toBe(table);
+      expect(deleted).toEqual([]);
+
+      // Its owner down: no route, its flows dropped and counted; the flows of gateway-b's other
+      // pods are deleted as before, the address's are kept for when an owner comes.
+      egress.set(['gateway-a']);
+      await node.sync();
+      expect(slotOf(node, '198.51.100.10').owner).toBeUndefined();
+      expect(viaOf(tunnels, v4.id)).toEqual(new Set());
+      expect(nft.dump()).toContain('counter drop comment "egress: no gateway node owns 198.51.100.10"');
+      const peerB = node.report().peers.find((p) => p.gateway === 'egress' && p.node === 'gateway-b')!.id;
+      expect(deleted).toEqual([peerB << 5]);
+      await node.stop();
+    });
+
+    it('keeps the ids of peers and addresses across a restart and a changed config', async () => {
+      const first = agent();
+      await first.node.start(failover);
+      const slotIds = (node: NodeAgent) =>
+        node
+          .report()
+          .slots!.map((s) => `${s.address} ${s.id}`)
+          .sort();
+      const ids = slotIds(first.node);
+      const peerIds = first.node.report().peers.map((p) => p.id);
+      const all = [...peerIds, ...first.node.report().slots!.map((s) => s.id)];
+      expect(new Set(all).size).toBe(7);
+      await first.node.stop();
+      // Without an owner source every address is ownerless: dropped, never untunnelled.
+      expect(first.nft.dump()).toContain('no gateway node owns 2001:db8:100::10');
+
+      const second = agent();
+      const batchFirst = { ...failover, gateways: [...failover.gateways].reverse() };
+      await second.node.start(batchFirst);
+      expect(slotIds(second.node)).toEqual(ids);
+      await second.node.stop();
+    });
+
+    it('refuses a config whose peers and addresses the mark bits cannot number', async () => {
+      const { node, nft } = agent();
+      await expect(node.start({ ...failover, markMask: 0xc0 })).rejects.toThrow(
+        /markMask 0xc0 has room for 3 ids, fewer than the 4 peers and 3 failover addresses listed/,
+      );
+      expect(nft.dump()).toBe('');
+      await node.stop();
+    });
   });
 });

@@ -3,7 +3,9 @@
 // Every change goes through one queue, so syncs never interleave. A sync adds tunnels, routes and
 // rules first, then swaps the table atomically, then deletes the conntrack entries of peers that
 // went down (their flows are re-placed on their next packet), then takes away what is no longer
-// wanted: new flows move to another peer before the old one is torn down. Stopping leaves the
+// wanted: new flows move to another peer before the old one is torn down. The flows pinned to a
+// failover address's slot are never deleted while the address is in use: when its owner changes
+// only the slot's route does, and they follow it. Stopping leaves the
 // kernel as it is; `remove` (or a config without gateways) takes every trace away, down to the
 // conntrack marks that pin flows to peers.
 import { rm } from 'node:fs/promises';
@@ -13,7 +15,7 @@ import type { Nftables } from '../nft/nftables.ts';
 import { planSync } from '../nft/nftables.ts';
 import { SyncQueue } from '../sync-queue.ts';
 import { UplinkIds } from '../uplink-ids.ts';
-import { markShift, maxPeerId, peerKey, peerKeys, planNode } from './node-plan.ts';
+import { markShift, maxPeerId, peerKey, peerKeys, planNode, slotAddresses, slotKey, slotKeys } from './node-plan.ts';
 import { emptyTunnelState, type TunnelKernel } from './tunnel-kernel.ts';
 
 /**
@@ -23,6 +25,11 @@ import { emptyTunnelState, type TunnelKernel } from './tunnel-kernel.ts';
  */
 export interface PeerStates {
   up(): ReadonlySet<string>;
+  /**
+   * The gateway's failover addresses (canonical) that an up peer owns, and that peer's name, as the
+   * peers' /steering answers say. Without it no address has an owner.
+   */
+  owners?(): ReadonlyMap<string, string>;
   onChange(listener: () => void): void;
   /** Follows a changed list of peers or health port. */
   update?(peers: NodeGateway['peers'], healthPort: number): void;
@@ -75,6 +82,8 @@ export interface NodeAgentReport {
   appliedHash?: string;
   lastSync?: { at: string; durationMs: number; error?: string };
   peers: Array<{ gateway: string; node: string; id: number; up: boolean }>;
+  /** The slot of each failover address this node's pods leave by, and the node that owns it now (after a sync). */
+  slots?: Array<{ gateway: string; address: string; id: number; owner?: string }>;
   /** Gateways that could not be set up, and why. */
   problems: Record<string, string>;
 }
@@ -184,33 +193,49 @@ export class NodeAgent {
     try {
       if (!config.gateways.length) {
         await this.#removeSteering(config.markMask);
-        this.#done(config, started, []);
+        this.#done(config, started, [], []);
         return;
       }
-      const keys = peerKeys(config);
-      const ids = await this.#ids.allocate(keys, 0xff);
-      const over = [...ids.values()].filter((id) => id > maxPeerId(config.markMask));
-      if (over.length) {
-        const mask = `0x${config.markMask.toString(16)}`;
-        throw new Error(`markMask ${mask} has room for fewer peers than the ${keys.length} listed`);
+      // Peers and slots share the mark bits and one file of ids, so neither renumbers the other.
+      const peerNames = peerKeys(config);
+      const slotNames = slotKeys(config);
+      const ids = await this.#ids.allocate([...peerNames, ...slotNames], 0xff);
+      const max = maxPeerId(config.markMask);
+      if ([...ids.values()].some((id) => id > max)) {
+        const listed = slotNames.length
+          ? `the ${peerNames.length} peers and ${slotNames.length} failover addresses listed`
+          : `the ${peerNames.length} peers listed`;
+        throw new Error(`markMask 0x${config.markMask.toString(16)} has room for ${max} ids, fewer than ${listed}`);
       }
       const up = new Set<string>();
+      const owners = new Map<string, string>();
       for (const g of config.gateways) {
-        const nodes = this.#states.get(g.gateway)?.up() ?? new Set(g.peers.map((p) => p.node));
+        const states = this.#states.get(g.gateway);
+        const nodes = states?.up() ?? new Set(g.peers.map((p) => p.node));
         // A peer that came up takes new flows once the pods' associations and stamps reached it.
         const synced = this.#relays.get(g.gateway)?.synced() ?? nodes;
         for (const p of g.peers) if (nodes.has(p.node) && synced.has(p.node)) up.add(peerKey(g.gateway, p.node));
+        // An address's flows go to its owner once it is up, synced or not: the address is nowhere
+        // else, so waiting would only drop them (a node takes over addresses long after it came up).
+        const owned = states?.owners?.() ?? new Map<string, string>();
+        for (const address of slotAddresses(g)) {
+          const owner = owned.get(address);
+          if (owner !== undefined && nodes.has(owner)) owners.set(slotKey(g.gateway, address), owner);
+        }
       }
       const addresses = config.gateways.flatMap((g) => g.peers.flatMap((p) => p.addresses));
-      const plan = planNode({ config, ids, up, underlay: await this.#o.tunnels.underlay(addresses) });
+      const plan = planNode({ config, ids, up, owners, underlay: await this.#o.tunnels.underlay(addresses) });
       await this.#o.tunnels.add(plan.tunnels);
       await this.#o.nft.run(planSync(plan.table, await this.#o.nft.list()));
       const shift = markShift(config.markMask);
-      const pinned = new Set([...up].map((key) => (ids.get(key)! << shift) >>> 0));
+      const pinned = new Set([...up, ...slotNames].map((key) => (ids.get(key)! << shift) >>> 0));
       for (const mark of this.#pinned) {
         if (pinned.has(mark)) continue;
         const deleted = await this.#o.deleteFlows(mark, config.markMask);
-        this.#o.log.info('Deleted the flows of a peer that went down', { mark: `0x${mark.toString(16)}`, deleted });
+        this.#o.log.info('Deleted the flows of a peer that went down or an address no longer used', {
+          mark: `0x${mark.toString(16)}`,
+          deleted,
+        });
       }
       this.#pinned = pinned;
       await this.#o.tunnels.prune(plan.tunnels);
@@ -224,6 +249,13 @@ export class NodeAgent {
           g.peers.map((p) => {
             const key = peerKey(g.gateway, p.node);
             return { gateway: g.gateway, node: p.node, id: ids.get(key)!, up: up.has(key) };
+          }),
+        ),
+        config.gateways.flatMap((g) =>
+          slotAddresses(g).map((address) => {
+            const key = slotKey(g.gateway, address);
+            const owner = owners.get(key);
+            return { gateway: g.gateway, address, id: ids.get(key)!, ...(owner ? { owner } : {}) };
           }),
         ),
         Object.fromEntries(plan.problems),
@@ -243,6 +275,7 @@ export class NodeAgent {
     config: NodeConfig,
     started: number,
     peers: NodeAgentReport['peers'],
+    slots: NonNullable<NodeAgentReport['slots']>,
     problems: Record<string, string> = {},
   ): void {
     const durationMs = performance.now() - started;
@@ -251,9 +284,14 @@ export class NodeAgent {
       ...(config.hash ? { appliedHash: config.hash } : {}),
       lastSync: { at: new Date().toISOString(), durationMs },
       peers,
+      slots,
       problems,
     };
     this.#syncProblems.report('sync', undefined);
-    this.#o.log.debug('Synced the node', { durationMs: Math.round(durationMs), peers: peers.length });
+    this.#o.log.debug('Synced the node', {
+      durationMs: Math.round(durationMs),
+      peers: peers.length,
+      slots: slots.length,
+    });
   }
 }

@@ -3,12 +3,25 @@ import { join } from 'node:path';
 import { parseNodeConfig } from '../../contracts/gateway/index.ts';
 import { renderTable } from '../nft/model.ts';
 import { trace, type Packet } from '../nft/trace.ts';
-import { nodeTableName, peerKey, peerKeys, planNode, type NodePlanInput } from './node-plan.ts';
+import {
+  nodeTableName,
+  peerKey,
+  peerKeys,
+  planNode,
+  slotKey,
+  slotKeys,
+  type NodePlan,
+  type NodePlanInput,
+} from './node-plan.ts';
 import { rendezvous } from '../../common/index.ts';
 import { tunnelLinkLocal, tunnelMac } from './tunnel.ts';
 
 const testdata = join(import.meta.dirname, 'testdata');
 const config = parseNodeConfig(JSON.parse(await readFile(join(testdata, 'node.json'), 'utf8')));
+// The sample config with failover addresses: web-1 leaves by one address per family (its IPv6 one
+// written otherwise than the gateway's), web-2 by none; batch (Flow selection) by one IPv4 address
+// for its pod etl.
+const failover = parseNodeConfig(JSON.parse(await readFile(join(testdata, 'node-failover.json'), 'utf8')));
 const ids = new Map(peerKeys(config).map((key, i) => [key, i + 1]));
 const underlay = new Map([[4 as const, { address: '192.168.0.1', mtu: 1500 }]]);
 const input = (change: Partial<NodePlanInput> = {}): NodePlanInput => ({
@@ -146,5 +159,136 @@ describe('planNode', () => {
     expect([...plan.problems.keys()]).toEqual(['egress', 'batch']);
     expect(plan.tunnels.devices).toEqual([]);
     expect(plan.tunnels.sysctls).toBeUndefined();
+  });
+});
+
+describe('planNode with failover addresses', () => {
+  const failoverIds = new Map([...peerKeys(failover), ...slotKeys(failover)].map((key, i) => [key, i + 1]));
+  const slot = (gateway: string, address: string) => failoverIds.get(slotKey(gateway, address))!;
+  const owned = (owners: Record<string, string>): NodePlan =>
+    planNode({
+      ...input({ config: failover, ids: failoverIds }),
+      up: new Set(peerKeys(failover)),
+      owners: new Map(
+        Object.entries(owners).map(([address, node]) => [
+          slotKey(address === '198.51.100.20' ? 'batch' : 'egress', address),
+          node,
+        ]),
+      ),
+    });
+  const all = { '198.51.100.10': 'gateway-a', '2001:db8:100::10': 'gateway-a', '198.51.100.20': 'gateway-c' };
+  const v4 = slot('egress', '198.51.100.10');
+  const v6 = slot('egress', '2001:db8:100::10');
+  const slotRoutes = (plan: NodePlan, id: number) => plan.tunnels.routes.filter((r) => r.table === 7800 + id);
+
+  it('takes one slot per egress address in use, canonical, beside the peers in the mark bits', () => {
+    expect(slotKeys(failover)).toEqual([
+      'egress/address/198.51.100.10',
+      'egress/address/2001:db8:100::10',
+      'batch/address/198.51.100.20',
+    ]);
+  });
+
+  it("pins a pod's flows of each family to its address's slot, routed into the tunnel at the owner", () => {
+    const plan = owned(all);
+    for (const [saddr, daddr, id] of [
+      ['10.244.1.2', '203.0.113.10', v4],
+      ['fd00:244:1::2', '2001:db8:113::10', v6],
+    ] as const) {
+      const result = trace(plan.table, 'prerouting', newFlow(saddr, daddr));
+      expect({ verdict: result.verdict, ctMark: result.ctMark, mark: result.mark }).toEqual({
+        verdict: 'accept',
+        ctMark: id << 5,
+        mark: id << 5,
+      });
+      expect(slotRoutes(plan, id).map((r) => [r.family, r.destination, r.device, r.via])).toEqual([
+        [4, 'default', 'naatn7700', tunnelLinkLocal('gateway-a')],
+        [6, 'default', 'naatn7700', tunnelLinkLocal('gateway-a')],
+      ]);
+      expect(plan.tunnels.rules).toContainEqual({
+        family: 4,
+        preference: 7800,
+        table: 7800 + id,
+        fwmark: { value: id << 5, mask: 0xe0 },
+      });
+    }
+  });
+
+  it('moves only the slot routes when the owner changes: the table and the marks of established flows stay', () => {
+    const before = owned(all);
+    const after = owned({ ...all, '198.51.100.10': 'gateway-b' });
+    expect(renderTable(after.table, nodeTableName)).toBe(renderTable(before.table, nodeTableName));
+    expect(after.tunnels.rules).toEqual(before.tunnels.rules);
+    const changed = after.tunnels.routes.filter(
+      (r) => !before.tunnels.routes.some((b) => JSON.stringify(b) === JSON.stringify(r)),
+    );
+    expect(changed.map((r) => [r.table, r.via])).toEqual([
+      [7800 + v4, tunnelLinkLocal('gateway-b')],
+      [7800 + v4, tunnelLinkLocal('gateway-b')],
+    ]);
+    const established = { ...newFlow('10.244.1.2', '203.0.113.10', { isNew: false }), ctMark: v4 << 5 };
+    expect(trace(after.table, 'prerouting', established).mark).toBe(v4 << 5);
+  });
+
+  it('drops and counts the flows of an address without an owner, new and established, and routes none of them', () => {
+    const plan = owned({ '2001:db8:100::10': 'gateway-b', '198.51.100.20': 'gateway-c' });
+    const fresh = trace(plan.table, 'prerouting', newFlow('10.244.1.2', '203.0.113.10'));
+    expect({ verdict: fresh.verdict, rule: fresh.rule }).toEqual({
+      verdict: 'drop',
+      rule: 'egress: no gateway node owns 198.51.100.10',
+    });
+    const established = trace(plan.table, 'prerouting', {
+      ...newFlow('10.244.1.2', '203.0.113.10', { isNew: false }),
+      ctMark: v4 << 5,
+    });
+    expect(established.verdict).toBe('drop');
+    expect(renderTable(plan.table, nodeTableName)).toMatch(
+      /counter drop comment "egress: no gateway node owns 198.51.100.10"/,
+    );
+    expect(slotRoutes(plan, v4)).toEqual([]);
+    expect(plan.tunnels.rules.filter((r) => r.table === 7800 + v4)).toEqual([]);
+    // Its other family still leaves by its owner; the pod never falls back to a peer of its own choosing.
+    expect(trace(plan.table, 'prerouting', newFlow('fd00:244:1::2', '2001:db8:113::10')).ctMark).toBe(v6 << 5);
+    // Even with no peer up at all, an owned address's flows go to its owner.
+    const none = planNode({
+      ...input({ config: failover, ids: failoverIds }),
+      up: new Set(),
+      owners: new Map([[slotKey('egress', '2001:db8:100::10'), 'gateway-b']]),
+    });
+    expect(trace(none.table, 'prerouting', newFlow('fd00:244:1::2', '2001:db8:113::10')).ctMark).toBe(v6 << 5);
+    expect(trace(none.table, 'prerouting', newFlow('10.244.1.3', '203.0.113.10')).verdict).toBe('drop');
+  });
+
+  it('leaves pods without egress addresses as they were', () => {
+    const plan = owned(all);
+    const chosen = rendezvous('shop/web-2', ['gateway-a', 'gateway-b'])!;
+    const peerId = failoverIds.get(peerKey('egress', chosen))!;
+    for (const [saddr, daddr] of [
+      ['10.244.1.3', '203.0.113.10'],
+      ['fd00:244:1::3', '2001:db8:113::10'],
+    ] as const) {
+      expect(trace(plan.table, 'prerouting', newFlow(saddr, daddr)).ctMark).toBe(peerId << 5);
+    }
+    // Bypassed destinations stay with the CNI.
+    expect(trace(plan.table, 'prerouting', newFlow('10.244.1.2', '10.96.0.1')).ctMark).toBe(0);
+  });
+
+  it('puts a Flow-selection pod with an egress address on its slot, not on a random peer', () => {
+    const plan = owned(all);
+    for (const random of [() => 0, () => 1]) {
+      expect(trace(plan.table, 'prerouting', newFlow('10.244.1.4', '203.0.113.10'), { random }).ctMark).toBe(
+        slot('batch', '198.51.100.20') << 5,
+      );
+    }
+  });
+
+  it("refuses a node config whose pod leaves by an address that is not one of its gateway's", () => {
+    const bad = structuredClone(failover) as unknown as { gateways: Array<{ pods: Array<{ egress?: string[] }> }> };
+    bad.gateways[0]!.pods[0]!.egress = ['198.51.100.99', '198.51.100.10'];
+    expect(() => parseNodeConfig(bad)).toThrow(
+      /gateways\[0\]\.pods\[0\]\.egress\[0\]: "198\.51\.100\.99" is not one of the gateway's failover\.addresses/,
+    );
+    bad.gateways[0]!.pods[0]!.egress = ['198.51.100.10', '198.51.100.10'];
+    expect(() => parseNodeConfig(bad)).toThrow(/gateways\[0\]\.pods\[0\]\.egress\[1\]: a second IPv4 egress address/);
   });
 });

@@ -10,6 +10,12 @@
 //   chosen (the pod's rendezvous peer, or one per flow) and pinned, or the flow is dropped and
 //   counted when no peer is up. Routing: `iif <tunnel> → main` (replies and arrivals go to the
 //   pod), `fwmark <id> → table 7800+id` (default routes into the tunnel towards that peer).
+// Failover addresses: a pod with an egress address of a flow's family is pinned to that address's
+// slot instead of a peer. A slot's id shares the mark bits with the peer ids; its table routes into
+// the tunnel towards the peer that owns the address now, so that when the address moves only that
+// route changes and the established flows follow it with their conntrack marks as they are. A slot
+// whose address has no up owner has no route: its new flows are dropped and counted, and so are the
+// packets of its established flows (rather than routed by the main table, past the gateway).
 // Postrouting at priority 99: an identity source NAT of steered flows, so that the CNI's
 // masquerade (priority 100, iptables or nftables) never hides the pod from the gateway.
 import { canonicalAddress, normalisePrefixes } from '../../contracts/gateway/index.ts';
@@ -56,6 +62,24 @@ export const peerKey = (gateway: string, node: string) => `${gateway}/${node}`;
 export const peerKeys = (config: NodeConfig): string[] =>
   config.gateways.flatMap((g) => g.peers.map((p) => peerKey(g.gateway, p.node)));
 
+/** The key of a slot: a failover address of one gateway (a node name holds no `/`, so no peer key is one). */
+export const slotKey = (gateway: string, address: string) => `${gateway}/address/${canonicalAddress(address)}`;
+
+/**
+ * The failover addresses that the gateway's pods on this node leave by (their egress addresses),
+ * canonical and sorted: one slot each. Only these take ids, so the mark bits need room for the
+ * addresses in use here rather than for every address of the gateway.
+ */
+export function slotAddresses(gateway: NodeGateway): string[] {
+  if (!gateway.failover) return [];
+  const addresses = new Set(gateway.pods.flatMap((pod) => (pod.egress ?? []).map(canonicalAddress)));
+  return [...addresses].sort();
+}
+
+/** Every slot key of the config. */
+export const slotKeys = (config: NodeConfig): string[] =>
+  config.gateways.flatMap((g) => slotAddresses(g).map((address) => slotKey(g.gateway, address)));
+
 /** The lowest set bit of the mask: a peer id n is n << shift in the mark. */
 export const markShift = (mask: number): number => Math.log2(mask & -mask);
 /** How many peers the mask's bits can number (ids 1 … max). */
@@ -67,6 +91,11 @@ export interface NodePlanInput {
   ids: ReadonlyMap<string, number>;
   /** Peer keys that are up; the others get no new flows. */
   up: ReadonlySet<string>;
+  /**
+   * The node that owns each slot's address now (slot key → peer node, see slotKeys); a slot without
+   * one drops its flows. None: no address has an owner.
+   */
+  owners?: ReadonlyMap<string, string>;
   /** This node's underlay per family: the tunnels' outer source addresses and MTUs. */
   underlay: ReadonlyMap<Family, Underlay>;
 }
@@ -84,6 +113,7 @@ const ret: Statement = { kind: 'verdict', verdict: 'return' };
 const familyOf = (address: string): Family => (address.includes(':') ? 6 : 4);
 const gatewayChain = (g: NodeGateway) => `gateway_${g.tunnel.vni}`;
 const peerChain = (id: number) => `peer_${id}`;
+const slotChain = (id: number) => `slot_${id}`;
 const addressType = (f: Family) => (f === 4 ? 'ipv4_addr' : 'ipv6_addr');
 
 export function planNode(input: NodePlanInput): NodePlan {
@@ -101,7 +131,33 @@ export function planNode(input: NodePlanInput): NodePlan {
   const podElements: Record<Family, SetElement[]> = { 4: [], 6: [] };
   const seenPods = new Set<string>();
   const tunnels: TunnelState = { devices: [], routes: [], rules: [] };
-  const usedIds: number[] = [];
+  /** Per id in use (peers and slots): its rule in prerouting's restore and its chain. */
+  const pinned = new Map<number, { restore: Rule; chain: Chain }>();
+  const pinTo = (id: number): Rule[] => [{ match: [], then: [{ kind: 'setMark', mask, value: markOf(id) }] }];
+  const restoreMark = (id: number): Rule => ({
+    match: [{ kind: 'ctMark', mask, value: markOf(id) }],
+    then: [{ kind: 'setPacketMark', mask, value: markOf(id) }, ret],
+  });
+  /** Routes and a rule that send the marks of `id` into the tunnel towards `linkLocal`. */
+  const routeInto = (id: number, device: string, linkLocal: string) => {
+    tunnels.routes.push(
+      ...families.map((f) => ({
+        family: f,
+        table: nodeTableBase + id,
+        destination: 'default',
+        device,
+        via: linkLocal,
+      })),
+    );
+    tunnels.rules.push(
+      ...families.map((f): TunnelRule => ({
+        family: f,
+        preference: nodeRulePreferences.peers,
+        table: nodeTableBase + id,
+        fwmark: { value: markOf(id), mask },
+      })),
+    );
+  };
 
   for (const g of config.gateways) {
     const outer = outerFamily(g.peers.map((p) => p.addresses));
@@ -121,32 +177,16 @@ export function planNode(input: NodePlanInput): NodePlan {
       peers: [],
     };
     tunnels.devices.push(device);
-    const peers: Array<{ key: string; id: number; node: string }> = [];
+    const peers: Array<{ key: string; id: number; node: string; linkLocal: string }> = [];
     for (const p of g.peers) {
       const key = peerKey(g.gateway, p.node);
       const id = ids.get(key);
       const peer = tunnelPeer(p.node, p.addresses, outer);
       if (id === undefined || !peer) continue;
       device.peers.push(peer);
-      peers.push({ key, id, node: p.node });
-      usedIds.push(id);
-      tunnels.routes.push(
-        ...families.map((f) => ({
-          family: f,
-          table: nodeTableBase + id,
-          destination: 'default',
-          device: device.name,
-          via: peer.linkLocal,
-        })),
-      );
-      tunnels.rules.push(
-        ...families.map((f): TunnelRule => ({
-          family: f,
-          preference: nodeRulePreferences.peers,
-          table: nodeTableBase + id,
-          fwmark: { value: markOf(id), mask },
-        })),
-      );
+      peers.push({ key, id, node: p.node, linkLocal: peer.linkLocal });
+      pinned.set(id, { restore: restoreMark(id), chain: { name: peerChain(id), rules: pinTo(id) } });
+      routeInto(id, device.name, peer.linkLocal);
       arrivals.push({
         match: [
           { kind: 'iifname', name: device.name },
@@ -172,7 +212,36 @@ export function planNode(input: NodePlanInput): NodePlan {
     }
     clamp.push(...mssClampRules(device.name, device.mtu));
 
-    // The gateway's chain: what stays with the CNI, then the choice of a peer.
+    // The slots of the gateway's failover addresses: routed to the owner, or dropping.
+    const slotOf = new Map<string, number>();
+    for (const address of slotAddresses(g)) {
+      const key = slotKey(g.gateway, address);
+      const id = ids.get(key);
+      if (id === undefined) continue;
+      slotOf.set(address, id);
+      const owner = peers.find((p) => p.node === input.owners?.get(key));
+      if (owner) {
+        routeInto(id, device.name, owner.linkLocal);
+        pinned.set(id, { restore: restoreMark(id), chain: { name: slotChain(id), rules: pinTo(id) } });
+        continue;
+      }
+      const drop = (why: string): Rule => ({
+        match: [],
+        then: [{ kind: 'counter' }, { kind: 'verdict', verdict: 'drop' }],
+        comment: `${g.gateway}: no gateway node owns ${address}${why}`,
+      });
+      pinned.set(id, {
+        restore: { ...drop(', established flow'), match: [{ kind: 'ctMark', mask, value: markOf(id) }] },
+        chain: { name: slotChain(id), rules: [drop('')] },
+      });
+    }
+    /** The slot of a pod's address: the pod's egress address of its family, when it has one. */
+    const slotFor = (pod: NodeGateway['pods'][number], address: string): number | undefined => {
+      const egress = pod.egress?.find((e) => familyOf(e) === familyOf(address));
+      return egress === undefined ? undefined : slotOf.get(canonicalAddress(egress));
+    };
+
+    // The gateway's chain: what stays with the CNI, then the choice of a slot or a peer.
     const up = peers.filter((p) => input.up.has(p.key));
     const rules: Rule[] = [
       ...families.map((f) => ({
@@ -189,6 +258,25 @@ export function planNode(input: NodePlanInput): NodePlan {
         elements: normalisePrefixes([...g.bypass], f).map((address) => ({ key: [{ kind: 'address', address }] })),
       });
     }
+    // Before any choice of a peer: a pod's address with an egress address of its family goes to that
+    // address's slot, whatever the selection and whoever is up.
+    const egress: Record<Family, SetElement[]> = { 4: [], 6: [] };
+    for (const pod of g.pods) {
+      for (const address of pod.addresses) {
+        const id = slotFor(pod, address);
+        if (id === undefined) continue;
+        egress[familyOf(address)].push({
+          key: [{ kind: 'address', address: canonicalAddress(address) }],
+          value: { kind: 'goto', chain: slotChain(id) },
+        });
+      }
+    }
+    for (const f of families) {
+      if (!egress[f].length) continue;
+      const name = `egress_${g.tunnel.vni}_${f}`;
+      sets.push({ name, type: `${addressType(f)} : verdict`, map: true, elements: unique(egress[f]) });
+      rules.push({ match: [family(f)], then: [{ kind: 'lookupSource', family: f, map: name }] });
+    }
     if (g.selection === 'Flow' && up.length) {
       rules.push({
         match: [],
@@ -201,6 +289,7 @@ export function planNode(input: NodePlanInput): NodePlan {
         // Keyed by the pod's identity, so that its addresses of both families share a peer.
         const chosen = rendezvous(`${pod.namespace}/${pod.name}`, byNode.keys())!;
         for (const address of pod.addresses) {
+          if (slotFor(pod, address) !== undefined) continue;
           pick[familyOf(address)].push({
             key: [{ kind: 'address', address: canonicalAddress(address) }],
             value: { kind: 'goto', chain: peerChain(byNode.get(chosen)!) },
@@ -245,13 +334,9 @@ export function planNode(input: NodePlanInput): NodePlan {
     });
   }
 
-  const pinnedIds = [...new Set(usedIds)].sort((a, b) => a - b);
-  for (const id of pinnedIds) {
-    restore.push({
-      match: [{ kind: 'ctMark', mask, value: markOf(id) }],
-      then: [{ kind: 'setPacketMark', mask, value: markOf(id) }, ret],
-    });
-    chains.push({ name: peerChain(id), rules: [{ match: [], then: [{ kind: 'setMark', mask, value: markOf(id) }] }] });
+  for (const [, { restore: rule, chain }] of [...pinned].sort(([a], [b]) => a - b)) {
+    restore.push(rule);
+    chains.push(chain);
   }
   for (const f of families) {
     sets.push({

@@ -10,9 +10,12 @@ import { join } from 'node:path';
 import type { TunnelEndpoint } from '../../contracts/gateway/index.ts';
 import { makeTestCa, writeTlsDir } from '../../test/tls.ts';
 import { plainAndMutualTls, TlsDir } from '../link-tls.ts';
+import { rendezvous } from '../../common/index.ts';
 import { steeringStreamHeader } from './gateway-readiness.ts';
 import {
+  chooseOwners,
   createPeerMonitor,
+  parseAnswer,
   peerTarget,
   steeringWatch,
   type PeerMonitor,
@@ -47,17 +50,54 @@ test('a peer is asked at its IPv4 address when it has one, at its IPv6 address o
   expect(peerTarget(peer('gw-2', 'fd00::2'), 9091)).toEqual({ node: 'gw-2', host: 'fd00::2', family: 6, port: 9091 });
 });
 
+describe('owners of failover addresses', () => {
+  const claims = (entries: Record<string, string[]>) =>
+    new Map(Object.entries(entries).map(([node, addresses]) => [node, new Set(addresses)]));
+
+  test('an address one up peer claims is its own; none claimed, no owner', () => {
+    expect(chooseOwners(new Map(), claims({ 'gw-1': ['192.0.2.10'], 'gw-2': ['2001:db8::10'] }))).toEqual(
+      new Map([
+        ['192.0.2.10', 'gw-1'],
+        ['2001:db8::10', 'gw-2'],
+      ]),
+    );
+    expect(chooseOwners(new Map([['192.0.2.10', 'gw-1']]), claims({ 'gw-1': [], 'gw-2': [] }))).toEqual(new Map());
+  });
+
+  test('claimed by two (a partition), the owner in use stays; else the same pick on every node', () => {
+    const both = claims({ 'gw-1': ['192.0.2.10'], 'gw-2': ['192.0.2.10'] });
+    expect(chooseOwners(new Map([['192.0.2.10', 'gw-2']]), both).get('192.0.2.10')).toBe('gw-2');
+    expect(chooseOwners(new Map([['192.0.2.10', 'gw-1']]), both).get('192.0.2.10')).toBe('gw-1');
+    const fresh = chooseOwners(new Map(), both).get('192.0.2.10');
+    expect(fresh).toBe(rendezvous('192.0.2.10', ['gw-2', 'gw-1']));
+    expect(chooseOwners(new Map([['192.0.2.10', 'gw-3']]), both).get('192.0.2.10')).toBe(fresh);
+  });
+
+  test('an answer gives its addresses canonical, and nothing that is not an address', () => {
+    expect(parseAnswer('{"ready":true,"addresses":["2001:DB8:0::10","192.0.2.10","x",7]}')).toEqual({
+      ready: true,
+      addresses: ['2001:db8::10', '192.0.2.10'],
+    });
+    expect(parseAnswer('{"ready":true}')).toEqual({ ready: true, addresses: [] });
+    expect(parseAnswer('null')).toEqual({ ready: false, addresses: [] });
+    expect(parseAnswer('{"ready":')).toEqual({ ready: false, addresses: [] });
+  });
+});
+
 describe('with a fake watch', () => {
   const answers = new Map<string, boolean>();
+  /** The addresses each peer says it owns. */
+  const owned = new Map<string, string[]>();
   const asked: PeerTarget[] = [];
   /** A peer that answers once per connection, as a gateway agent that does not stream. */
   const watch: PeerWatch = async (target, _intervalMs, _signal, onAnswer) => {
     asked.push(target);
-    onAnswer(answers.get(target.node) ?? false);
+    onAnswer(answers.get(target.node) ?? false, owned.get(target.node));
   };
   let monitor: PeerMonitor;
   beforeEach(() => {
     answers.clear();
+    owned.clear();
     asked.length = 0;
   });
   afterEach(() => monitor.stop());
@@ -84,6 +124,49 @@ describe('with a fake watch', () => {
     expect(asked.filter((t) => t.node === 'gw-1').length - failedAt).toBe(2);
     answers.set('gw-2', true);
     await until(monitor, (up) => up.has('gw-2'));
+  });
+
+  test('owners are the up peers that say they own an address, and every move is reported', async () => {
+    answers.set('gw-1', true);
+    answers.set('gw-2', true);
+    owned.set('gw-1', ['192.0.2.10']);
+    monitor = createPeerMonitor({
+      peers: [peer('gw-1', '192.0.2.1'), peer('gw-2', '192.0.2.2')],
+      healthPort: 9091,
+      check: { intervalMs: 20, timeoutMs: 20 },
+      watch,
+    });
+    const seen: string[] = [];
+    monitor.onChange(() => seen.push(JSON.stringify([...monitor.owners()])));
+    const owner = (expected: string | undefined) =>
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`owner is ${monitor.owners().get('192.0.2.10')}`)), 3000);
+        const check = () => {
+          if (monitor.owners().get('192.0.2.10') !== expected) return;
+          clearTimeout(timer);
+          resolve();
+        };
+        monitor.onChange(check);
+        check();
+      });
+    monitor.start();
+    await owner('gw-1');
+    // Released by one and claimed by the other, with both up all along.
+    owned.set('gw-1', []);
+    owned.set('gw-2', ['192.0.2.10']);
+    await owner('gw-2');
+    expect(monitor.up()).toEqual(new Set(['gw-1', 'gw-2']));
+    // Claimed by both: the owner in use stays.
+    owned.set('gw-1', ['192.0.2.10']);
+    await sleep(100);
+    expect(monitor.owners().get('192.0.2.10')).toBe('gw-2');
+    // Its owner down: the other claimant owns it.
+    answers.set('gw-2', false);
+    await owner('gw-1');
+    // A peer that is down owns nothing, whatever it said.
+    answers.set('gw-1', false);
+    await owner(undefined);
+    expect(seen.length).toBeGreaterThanOrEqual(4);
   });
 
   test('update adds, keeps and drops peers; a dropped peer that was up is reported', async () => {
@@ -238,6 +321,36 @@ describe('against real HTTP servers on this host', () => {
       await monitor.stop();
     }
   });
+});
+
+test('a streaming gateway node names the addresses it owns, and the monitor follows them', async () => {
+  let addresses = ['2001:DB8::10'];
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    const send = () => res.write(`${JSON.stringify({ ready: true, addresses })}\n`);
+    send();
+    const timer = setInterval(send, Number(req.headers[steeringStreamHeader]));
+    res.on('close', () => clearInterval(timer));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const monitor = createPeerMonitor({
+    peers: [peer('gw', '127.0.0.1')],
+    healthPort: (server.address() as AddressInfo).port,
+    check: { intervalMs: 50 },
+  });
+  try {
+    monitor.start();
+    await until(monitor, (up) => up.has('gw'));
+    expect(monitor.owners()).toEqual(new Map([['2001:db8::10', 'gw']]));
+    addresses = [];
+    const started = performance.now();
+    await new Promise<void>((resolve) => monitor.onChange(() => monitor.owners().size === 0 && resolve()));
+    expect(performance.now() - started).toBeLessThan(500);
+  } finally {
+    await monitor.stop();
+    server.closeAllConnections();
+    server.close();
+  }
 });
 
 describe('over mutual TLS', () => {

@@ -13,6 +13,10 @@
 // is down two failed answers after it broke, 400 to 600 ms when it stops answering, and up again
 // at its first good answer.
 //
+// Each answer also names the gateway's failover addresses the peer owns now (`addresses`), which
+// the monitor keeps per peer: `owners()` says which up peer owns which address, for the node agent
+// to route each address's flows to its owner.
+//
 // With the node's TLS directory (link-tls.ts) each connection is mutual TLS: the peer must show a
 // certificate from the CA for the address asked (an IP SAN), and this node shows its own, without
 // which the gateway agent does not answer. A peer whose certificate does not verify, or a node
@@ -20,7 +24,8 @@
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { isIP } from 'node:net';
-import type { TunnelEndpoint } from '../../contracts/gateway/index.ts';
+import { canonicalAddress, type TunnelEndpoint } from '../../contracts/gateway/index.ts';
+import { rendezvous } from '../../common/index.ts';
 import { initialHealth, nextHealth, type HealthCheck, type UplinkHealth } from '../probe/index.ts';
 import { secureContextOptions, type TlsMaterial } from '../link-tls.ts';
 import { steeringStreamHeader } from './gateway-readiness.ts';
@@ -52,15 +57,16 @@ export interface PeerTarget {
 }
 
 /**
- * Follows a peer's answers on one connection: calls `onAnswer` with each (true: the peer takes
- * flows) as it comes, and resolves, never rejects, once the connection ended, failed or `signal`
- * aborted it. A peer may send one answer and end, or keep sending one every `intervalMs`.
+ * Follows a peer's answers on one connection: calls `onAnswer` with each (ok: the peer takes flows;
+ * addresses: the failover addresses it says it owns) as it comes, and resolves, never rejects, once
+ * the connection ended, failed or `signal` aborted it. A peer may send one answer and end, or keep
+ * sending one every `intervalMs`.
  */
 export type PeerWatch = (
   target: PeerTarget,
   intervalMs: number,
   signal: AbortSignal,
-  onAnswer: (ok: boolean) => void,
+  onAnswer: (ok: boolean, addresses?: readonly string[]) => void,
 ) => Promise<void>;
 
 export interface PeerMonitor {
@@ -69,7 +75,9 @@ export interface PeerMonitor {
   stop(): Promise<void>;
   /** The names of the peers that are up. */
   up(): ReadonlySet<string>;
-  /** Called after `up()` changed; a listener must not throw. */
+  /** Each failover address an up peer owns (canonical), and that peer's name. */
+  owners(): ReadonlyMap<string, string>;
+  /** Called after `up()` or `owners()` changed; a listener must not throw. */
   onChange(listener: () => void): void;
   /** Replaces the peers (and the port of their health endpoint, unchanged when omitted). */
   update(peers: readonly TunnelEndpoint[], healthPort?: number): void;
@@ -92,7 +100,7 @@ export function peerTarget(peer: TunnelEndpoint, port: number): PeerTarget {
 
 /**
  * GET <target>/steering as a stream: in a stream each line's `ready` is an answer; a plain answer
- * passes on 200 only. Over mutual TLS with the current version of `tls` when given (none yet: no
+ * passes on 200 only. Each answer's `addresses` goes with it. Over mutual TLS with the current version of `tls` when given (none yet: no
  * answer), else plain HTTP.
  */
 export const steeringWatch =
@@ -117,35 +125,76 @@ export const steeringWatch =
       req.on('response', (res) => {
         res.on('error', () => {});
         res.on('close', () => resolve());
-        if (!res.headers['content-type']?.startsWith('application/x-ndjson')) {
-          res.resume();
-          return void res.on('end', () => onAnswer(res.statusCode === 200));
-        }
         let buffered = '';
-        res.setEncoding('utf8').on('data', (chunk: string) => {
+        res.setEncoding('utf8');
+        if (!res.headers['content-type']?.startsWith('application/x-ndjson')) {
+          // One small answer: read whole, however it is split.
+          res.on('data', (chunk: string) => (buffered = (buffered + chunk).slice(0, maxAnswerLength)));
+          return void res.on('end', () => {
+            const { addresses } = parseAnswer(buffered);
+            onAnswer(res.statusCode === 200, addresses);
+          });
+        }
+        res.on('data', (chunk: string) => {
           buffered += chunk;
           for (let end = buffered.indexOf('\n'); end >= 0; end = buffered.indexOf('\n')) {
-            const line = buffered.slice(0, end);
+            const { ready, addresses } = parseAnswer(buffered.slice(0, end));
             buffered = buffered.slice(end + 1);
-            onAnswer(res.statusCode === 200 && isReady(line));
+            onAnswer(res.statusCode === 200 && ready, addresses);
           }
+          // A line that never ends is no answer: its bytes are not kept.
+          if (buffered.length > maxAnswerLength) buffered = '';
         });
       });
       req.on('error', () => resolve());
       req.end();
     });
 
-function isReady(line: string): boolean {
+/** An answer is a few hundred bytes; 64 failover addresses of IPv6 fit well within this. */
+const maxAnswerLength = 16_384;
+
+/** A /steering answer's `ready` and `addresses` (canonical; anything that is not an IP address is left out). */
+export function parseAnswer(text: string): { ready: boolean; addresses: string[] } {
+  let answer: { ready?: unknown; addresses?: unknown };
   try {
-    return (JSON.parse(line) as { ready?: unknown }).ready === true;
+    answer = JSON.parse(text) as typeof answer;
   } catch {
-    return false;
+    return { ready: false, addresses: [] };
   }
+  const listed = Array.isArray(answer?.addresses) ? (answer.addresses as unknown[]) : [];
+  const addresses = listed.filter((a): a is string => typeof a === 'string' && isIP(a) !== 0).map(canonicalAddress);
+  return { ready: answer?.ready === true, addresses };
+}
+
+/**
+ * The owner of each address among the claims of the up peers (peer name → the addresses its last
+ * answer listed). An address one peer claims is that peer's. Two up peers claim one address while
+ * the gateway nodes are partitioned from each other (the one that lost it has not heard yet, or
+ * fences itself only after its lease): then the owner this node was using stays, so that a partition
+ * does not move flows back and forth; when it is neither of them, the one rendezvous hashing on the
+ * address prefers, the same choice on every node.
+ */
+export function chooseOwners(
+  previous: ReadonlyMap<string, string>,
+  claims: ReadonlyMap<string, ReadonlySet<string>>,
+): Map<string, string> {
+  const claimants = new Map<string, string[]>();
+  for (const [node, addresses] of claims) {
+    for (const address of addresses) claimants.set(address, [...(claimants.get(address) ?? []), node]);
+  }
+  const owners = new Map<string, string>();
+  for (const [address, nodes] of [...claimants].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    const kept = previous.get(address);
+    owners.set(address, kept !== undefined && nodes.includes(kept) ? kept : rendezvous(address, nodes)!);
+  }
+  return owners;
 }
 
 interface Entry {
   target: PeerTarget;
   state: UplinkHealth;
+  /** The failover addresses the peer's last answer listed. */
+  addresses: ReadonlySet<string>;
   /** The next connection, while none is open. */
   timer?: NodeJS.Timeout;
   /** Aborted when the entry is replaced, removed or the monitor stops: its connection ends and its answers are dropped. */
@@ -160,6 +209,7 @@ export function createPeerMonitor(options: PeerMonitorOptions): PeerMonitor {
 class HttpPeerMonitor implements PeerMonitor {
   #entries = new Map<string, Entry>();
   #port: number;
+  #owners: ReadonlyMap<string, string> = new Map();
   #running = false;
   readonly #listeners: Array<() => void> = [];
   readonly #check: HealthCheck;
@@ -200,6 +250,10 @@ class HttpPeerMonitor implements PeerMonitor {
     return new Set([...this.#entries].filter(([, e]) => e.state.healthy).map(([node]) => node));
   }
 
+  owners(): ReadonlyMap<string, string> {
+    return this.#owners;
+  }
+
   onChange(listener: () => void): void {
     this.#listeners.push(listener);
   }
@@ -212,6 +266,7 @@ class HttpPeerMonitor implements PeerMonitor {
   update(peers: readonly TunnelEndpoint[], healthPort: number = this.#port): void {
     this.#port = healthPort;
     const before = this.up();
+    const ownersBefore = this.#owners;
     const next = new Map<string, Entry>();
     for (const peer of peers) {
       const target = peerTarget(peer, healthPort);
@@ -224,13 +279,14 @@ class HttpPeerMonitor implements PeerMonitor {
       const state = old
         ? { ...old.state, consecutiveFailures: 0, consecutiveSuccesses: 0 }
         : { ...initialHealth(this.#now()), healthy: false };
-      const entry: Entry = { target, state, abort: new AbortController() };
+      const entry: Entry = { target, state, addresses: old?.addresses ?? new Set(), abort: new AbortController() };
       next.set(peer.node, entry);
       if (this.#running) this.#schedule(entry, 0);
     }
     for (const [node, old] of this.#entries) if (!next.has(node)) retire(old);
     this.#entries = next;
-    if (!sameSet(before, this.up())) this.#notify();
+    this.#owners = this.#chooseOwners();
+    if (!sameSet(before, this.up()) || !sameMap(ownersBefore, this.#owners)) this.#notify();
   }
 
   #schedule(entry: Entry, delayMs: number): void {
@@ -258,7 +314,7 @@ class HttpPeerMonitor implements PeerMonitor {
       connection.abort();
     };
     let deadline = setTimeout(onLate, this.#check.timeoutMs);
-    await this.#watch(entry.target, this.#check.intervalMs, connection.signal, (ok) => {
+    await this.#watch(entry.target, this.#check.intervalMs, connection.signal, (ok, addresses = []) => {
       if (connection.signal.aborted) return;
       if (answered) deadline.refresh();
       else {
@@ -266,7 +322,7 @@ class HttpPeerMonitor implements PeerMonitor {
         deadline = setTimeout(onLate, this.#check.intervalMs + this.#check.timeoutMs);
       }
       answered = true;
-      this.#round(entry, ok);
+      this.#round(entry, ok, addresses);
     });
     clearTimeout(deadline);
     entry.abort.signal.removeEventListener('abort', onRetire);
@@ -276,10 +332,25 @@ class HttpPeerMonitor implements PeerMonitor {
     this.#schedule(entry, late ? 0 : Math.max(0, started + this.#check.intervalMs - Date.now()));
   }
 
-  #round(entry: Entry, ok: boolean): void {
+  /**
+   * One round: an answer (with the addresses it listed) or a failure (the addresses last heard
+   * stay while the peer is still up; a peer that is down owns nothing).
+   */
+  #round(entry: Entry, ok: boolean, addresses?: readonly string[]): void {
     const was = entry.state.healthy;
     entry.state = nextHealth(entry.state, { answered: ok ? 1 : 0, sent: 1 }, this.#check, this.#now());
-    if (entry.state.healthy !== was) this.#notify();
+    if (addresses) entry.addresses = new Set(addresses);
+    const owners = this.#chooseOwners();
+    const ownersChanged = !sameMap(owners, this.#owners);
+    this.#owners = owners;
+    if (entry.state.healthy !== was || ownersChanged) this.#notify();
+  }
+
+  #chooseOwners(): Map<string, string> {
+    const claims = new Map(
+      [...this.#entries].filter(([, e]) => e.state.healthy).map(([node, e]) => [node, e.addresses]),
+    );
+    return chooseOwners(this.#owners, claims);
   }
 
   #notify(): void {
@@ -295,3 +366,5 @@ function retire(entry: Entry): void {
 
 const sameTarget = (a: PeerTarget, b: PeerTarget) => a.host === b.host && a.port === b.port;
 const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b.size && [...a].every((x) => b.has(x));
+const sameMap = (a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>) =>
+  a.size === b.size && [...a].every(([k, v]) => b.get(k) === v);

@@ -26,6 +26,7 @@ import {
   type ExecOptions,
 } from './topology.ts';
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KeyPair } from '../../operator/certificates.ts';
 import { writeTlsDir } from '../tls.ts';
@@ -117,6 +118,15 @@ export function writeClusterTls(
     writeTlsDir(join(dir, `tls-${node}`), ca, names[node] ?? node, [address.v4, address.v6]);
   }
   return (node) => join(dir, `tls-${node}`);
+}
+
+/** Prints what each node's agent logged above info (its log is `<node>.log` under `dir`), 20 lines at most each. */
+export async function printAgentErrors(dir: string, nodes: readonly string[]): Promise<void> {
+  for (const name of nodes) {
+    const log = await readFile(join(dir, `${name}.log`), 'utf8').catch(() => '');
+    const errors = log.split('\n').filter((line) => line && !line.includes('"level":"info"'));
+    if (errors.length) console.log(`${name} logged errors:\n${errors.slice(0, 20).join('\n')}`);
+  }
 }
 
 export async function createCluster(): Promise<Cluster> {

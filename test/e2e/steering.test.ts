@@ -24,6 +24,7 @@ import {
   nodeNetwork,
   podAddress,
   podNetwork,
+  printAgentErrors,
   uplinkAddress,
   workerAddress,
   workers,
@@ -169,11 +170,7 @@ afterAll(async () => {
   for (const s of servers) await s.stop();
   await ftp?.stop();
   await c?.destroy();
-  for (const name of [...workers.map((w) => `w${w}`), ...gateways.map((g) => `g${g}`)]) {
-    const log = await readFile(join(dir, `${name}.log`), 'utf8').catch(() => '');
-    const errors = log.split('\n').filter((line) => line && !line.includes('"level":"info"'));
-    if (errors.length) console.log(`${name} logged errors:\n${errors.slice(0, 20).join('\n')}`);
-  }
+  await printAgentErrors(dir, [...workers.map((w) => `w${w}`), ...gateways.map((g) => `g${g}`)]);
   await rm(dir, { recursive: true, force: true });
 });
 
