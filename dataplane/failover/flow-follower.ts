@@ -40,6 +40,8 @@ interface Peer {
   abort: AbortController;
   connected: boolean;
   timer?: NodeJS.Timeout;
+  /** The status of its last answer: a refusal is logged once, not at every retry. */
+  status?: number;
 }
 
 export class FlowFollower {
@@ -149,10 +151,10 @@ export class FlowFollower {
     req.on('close', end);
     req.on('response', (res) => {
       res.on('error', () => {});
-      if (res.statusCode !== 200) {
-        this.#log('error', 'A gateway node refused to stream its flows', { node, status: res.statusCode });
-        return void res.resume();
-      }
+      const refused = res.statusCode !== 200 && res.statusCode !== peer.status;
+      peer.status = res.statusCode;
+      if (refused) this.#log('error', 'A gateway node refused to stream its flows', { node, status: res.statusCode });
+      if (res.statusCode !== 200) return void res.resume();
       peer.connected = true;
       let roundStart = this.#now();
       let rest = '';
