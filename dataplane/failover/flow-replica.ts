@@ -194,7 +194,8 @@ interface Entry {
 /**
  * The flows of the gateway's failover addresses as their owners last sent them, bounded: an entry
  * expires with the timeout it came with (counted from when it came), and past `limit` entries the
- * one seen longest ago is forgotten (and counted in `dropped`).
+ * one seen longest ago is forgotten (and counted in `dropped`). An entry takes about 670 bytes of
+ * heap (100,000 IPv4 flows read from a stream: 67 MB), so the default limit holds up to 134 MB.
  */
 export class FlowReplica {
   readonly #entries = new Map<string, Entry>();
