@@ -25,10 +25,14 @@ describe('parseConntrackLine', () => {
         mappedAddress: '100.64.1.2',
         mappedPort: 61001,
         uplink: 1,
+        mark: 1,
+        timeoutSeconds: 120,
         startedAt: new Date(0),
       },
     });
     expect(parseConntrackLine(closed)).toMatchObject({ type: 'destroy', flow: { id: 3735928559 } });
+    // A destroy event prints no timeout: the protocol number is followed by the tuple.
+    expect(parseConntrackLine(closed)?.flow.timeoutSeconds).toBeUndefined();
   });
 
   it('reads ICMP flows, whose last id= is the conntrack id', () => {

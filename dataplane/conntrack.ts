@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, createServer, isIPv6, type Socket } from 'node:net';
 import { exec, type Command } from './exec.ts';
 import { sourceKey } from './flow-key.ts';
 import { defaultMarks, markField, markOf, valueOf, type MarkField } from '../contracts/gateway/index.ts';
@@ -23,6 +23,10 @@ export interface Flow {
   mappedPort?: number;
   /** Uplink id from the mark (under the uplink id bits it was parsed with), 0 when the flow is not naat's. */
   uplink: number;
+  /** The whole conntrack mark, as parsed from conntrack's output. */
+  mark?: number;
+  /** Seconds left before the kernel forgets the flow, as conntrack printed it (not in destroy events). */
+  timeoutSeconds?: number;
   startedAt: Date;
   /** Packets and bytes each way so far; conntrack prints them only with net.netfilter.nf_conntrack_acct=1. */
   counters?: FlowCounters;
@@ -129,6 +133,7 @@ export class ConntrackParser {
     let destinationPort: number | undefined;
     let mappedPort: number | undefined;
     let mark = 0;
+    let timeoutSeconds: number | undefined;
     let id = NaN;
     // Each tuple's src=, dst=, sport=, dport=, packets= and bytes= in turn: the original's, then the reply's.
     let srcs = 0;
@@ -160,6 +165,9 @@ export class ConntrackParser {
         } else if (familyWord >= 0 && at === familyWord + 2) {
           const name = b.toString('latin1', word, wordEnd);
           protocol = protocols.get(name) ?? name;
+        } else if (familyWord >= 0 && at === familyWord + 4) {
+          const seconds = decimal(b, word, wordEnd);
+          if (Number.isFinite(seconds)) timeoutSeconds = seconds;
         } else if (this.#skipClosing && isUpper(b[word]!) && closingStates.has(b.toString('latin1', word, wordEnd))) {
           return undefined;
         }
@@ -217,8 +225,10 @@ export class ConntrackParser {
       mappedAddress,
       mappedPort,
       uplink: valueOf(this.#uplinks, mark),
+      mark,
       startedAt: now,
     };
+    if (timeoutSeconds !== undefined) flow.timeoutSeconds = timeoutSeconds;
     // With accounting on, each direction's tuple is followed by its packets= and bytes=.
     if (bytes > 1) flow.counters = { packetsSent, bytesSent, packetsReceived, bytesReceived };
     return { type, flow };
@@ -361,13 +371,16 @@ export class ExecConntrack implements Conntrack {
     return Number(count?.[1] ?? 0);
   }
 
-  async list(uplinks: MarkField): Promise<Flow[]> {
+  /** With `replyDestination`, only the flows whose replies go to that address (translated to it). */
+  async list(uplinks: MarkField, replyDestination?: string): Promise<Flow[]> {
     const flows: Flow[] = [];
-    for (const family of ['ipv4', 'ipv6']) {
+    const filter = replyDestination === undefined ? [] : ['--reply-dst', replyDestination];
+    const families = replyDestination === undefined ? ['ipv4', 'ipv6'] : [isIPv6(replyDestination) ? 'ipv6' : 'ipv4'];
+    for (const family of families) {
       // A TCP flow that is closing holds its entry for a while but is no longer active.
       const parser = new ConntrackParser(uplinks, { skipClosing: true });
       const now = new Date();
-      const { code, stderr } = await this.#run(['-L', '-f', family, '-o', 'id,extended'], (chunk) => {
+      const { code, stderr } = await this.#run(['-L', '-f', family, '-o', 'id,extended', ...filter], (chunk) => {
         for (const { flow } of parser.push(chunk, now)) if (flow.uplink) flows.push(flow);
       });
       if (code !== 0) throw new Error(`conntrack -L failed: ${stderr.trim()}`);

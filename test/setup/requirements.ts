@@ -11,7 +11,7 @@ export interface Requirement {
 
 /**
  * Kernel tools for the dataplane (iptables for the CNI masquerades the steering tests set up),
- * traffic tools for the end-to-end tests, openssl for the test control plane's certificates, gcc
+ * traffic tools for the end-to-end tests (arping for announcing a failover address taken over), openssl for the test control plane's certificates, gcc
  * and libc headers for the sidecar's strict-mode stamping library; for the real node, its container
  * runtime (containerd, runc, the CNI plugins) and what builds the images without a Docker engine
  * (buildah, and mmdebstrap for their Debian base, which also makes the first-run test's fresh root).
@@ -23,6 +23,7 @@ export const requirements: readonly Requirement[] = [
   { package: 'iptables', probe: 'iptables-legacy' },
   { package: 'iperf3', probe: 'iperf3' },
   { package: 'iputils-ping', probe: 'ping' },
+  { package: 'iputils-arping', probe: 'arping' },
   { package: 'curl', probe: 'curl' },
   { package: 'vsftpd', probe: 'vsftpd' },
   { package: 'python3', probe: 'python3' },
