@@ -1,8 +1,8 @@
 // The naat CLI's `status` and `explain` against the real apiserver: they find a gateway's objects
 // by the names and labels the operator gives them (contracts/gateway/objects.ts), read the status
 // the operator and the agents write, and explain a pod's flows from the ConfigMap's compiled config.
-// Here the objects are written as the operator and agents would; test/e2e/real-node-cli.test.ts
-// runs the CLI against a real installation, flows and attribution included.
+// Here the objects are written as the operator and agents would; test/e2e/real-node.test.ts (its
+// CLI section) runs the CLI against a real installation, flows and attribution included.
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
