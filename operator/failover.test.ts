@@ -8,7 +8,6 @@ import {
   sight,
   type FailoverView,
   type NodeLease,
-  type Sightings,
 } from './failover.ts';
 
 /** A gateway node's Lease as its agent writes it. */
@@ -107,9 +106,8 @@ describe('reading a failover Lease', () => {
 
 describe('sightings', () => {
   test('a Lease is seen when it first shows up and again only when its version changes; gone ones are forgotten', () => {
-    let seen: Sightings = new Map();
-    seen = sight(
-      seen,
+    let seen = sight(
+      new Map(),
       [
         { lease: 'a', version: '1' },
         { lease: 'b', version: '5' },
@@ -129,6 +127,15 @@ describe('sightings', () => {
       ['b', { version: '6', at: 300 }],
     ]);
     expect([...sight(seen, [{ lease: 'b', version: '6' }], 400)]).toEqual([['b', { version: '6', at: 300 }]]);
+  });
+
+  test('the Leases there at the first look are inherited until they change', () => {
+    const first = sight(undefined, [{ lease: 'a', version: '1' }], 100);
+    expect([...first]).toEqual([['a', { version: '1', at: 100, inherited: true }]]);
+    expect([...sight(first, [{ lease: 'a', version: '1' }], 200)]).toEqual([
+      ['a', { version: '1', at: 100, inherited: true }],
+    ]);
+    expect([...sight(first, [{ lease: 'a', version: '2' }], 300)]).toEqual([['a', { version: '2', at: 300 }]]);
   });
 });
 
@@ -174,6 +181,49 @@ describe('the failover status', () => {
     expect(view(leases, {}, 0)).toEqual({
       status: { addresses: [{ address: '192.0.2.10' }, { address: '192.0.2.11' }] },
     });
+  });
+
+  test('after a restart, an unchanged Lease counts as current only if the status written before names its node', () => {
+    const leases = [node('g1', ['192.0.2.10']), node('g2', ['192.0.2.11']), node('g3')];
+    const sightings = sight(
+      undefined,
+      leases.map((l) => ({ lease: l.lease, version: '1' })),
+      1000,
+    );
+    // The status named g1 as an owner and g2 as healthy; g3 not at all (it had dropped out).
+    const previous = {
+      addresses: [{ address: '192.0.2.10', node: 'g1' }, { address: '192.0.2.11' }],
+      healthyNodes: ['g2'],
+    };
+    const status = (now: number, seen = sightings) =>
+      desiredFailoverStatus({
+        addresses: ['192.0.2.10', '192.0.2.11'],
+        leaseDurationMs: 600,
+        drained: new Set(),
+        leases,
+        sightings: seen,
+        now,
+        previous,
+      });
+    expect(status(1100)).toEqual({
+      status: {
+        addresses: [
+          { address: '192.0.2.10', node: 'g1' },
+          { address: '192.0.2.11', node: 'g2' },
+        ],
+        healthyNodes: ['g1', 'g2'],
+      },
+      recheckInMs: 501,
+    });
+    // Unless it changes within the lease duration, it goes out of date as any other.
+    expect(status(1601).status).toEqual({ addresses: [{ address: '192.0.2.10' }, { address: '192.0.2.11' }] });
+    // g3 renews: it is seen, and current.
+    const renewed = sight(
+      sightings,
+      leases.map((l) => ({ lease: l.lease, version: l.node === 'g3' ? '2' : '1' })),
+      1200,
+    );
+    expect(status(1300, renewed).status.healthyNodes).toEqual(['g1', 'g2', 'g3']);
   });
 
   test("a Lease's own duration counts over the gateway's", () => {
@@ -223,11 +273,15 @@ describe('the failover status', () => {
     };
     expect(view(leases, { g1: 0, g2: 0 }, 10).status.lastFailover).toEqual(expected);
     const earlier = { address: '192.0.2.10', to: 'g1', at: at(3), reason: 'Released' };
-    expect(view(leases, { g1: 0, g2: 0 }, 10, { previous: earlier }).status.lastFailover).toEqual(expected);
+    expect(view(leases, { g1: 0, g2: 0 }, 10, { previous: { lastFailover: earlier } }).status.lastFailover).toEqual(
+      expected,
+    );
     // The Leases no longer say it (say g2's Lease is gone): the status keeps what it said.
     const later = { ...earlier, at: at(7) };
-    expect(view(leases, { g1: 0, g2: 0 }, 10, { previous: later }).status.lastFailover).toEqual(later);
-    expect(view([], {}, 10, { previous: later }).status.lastFailover).toEqual(later);
+    expect(view(leases, { g1: 0, g2: 0 }, 10, { previous: { lastFailover: later } }).status.lastFailover).toEqual(
+      later,
+    );
+    expect(view([], {}, 10, { previous: { lastFailover: later } }).status.lastFailover).toEqual(later);
   });
 });
 

@@ -95,20 +95,28 @@ function claimProblem(text: string): string | undefined {
   return undefined;
 }
 
-/** When the operator first saw each Lease's current version (its resourceVersion), by Lease name. */
-export type Sightings = ReadonlyMap<string, { version: string; at: number }>;
+/**
+ * When the operator first saw each Lease's current version (its resourceVersion), by Lease name;
+ * `inherited` while the version is one the Lease already had when the operator first looked.
+ */
+export type Sightings = ReadonlyMap<string, { version: string; at: number; inherited?: boolean }>;
 
 /**
  * The sightings after reading `leases` at `now`: a Lease whose version changed was renewed (or
- * written) since it was last read, so it is seen now; one that is gone is forgotten. A Lease seen
- * for the first time counts as renewed now, as client-go's leader election counts it: after a
- * restart the operator gives every node a full lease duration before it calls it unhealthy.
+ * written) since it was last read, so it is seen now; one that is gone is forgotten. At the first
+ * look (no previous sightings) nothing says when the Leases were last renewed: they are inherited,
+ * and the status written before decides about them until they change (desiredFailoverStatus).
  */
-export function sight(previous: Sightings, leases: Array<{ lease: string; version: string }>, now: number): Sightings {
+export function sight(
+  previous: Sightings | undefined,
+  leases: Array<{ lease: string; version: string }>,
+  now: number,
+): Sightings {
   return new Map(
     leases.map(({ lease, version }) => {
-      const seen = previous.get(lease);
-      return [lease, seen?.version === version ? seen : { version, at: now }] as const;
+      const seen = previous?.get(lease);
+      if (seen?.version === version) return [lease, seen] as const;
+      return [lease, { version, at: now, ...(previous ? {} : { inherited: true }) }] as const;
     }),
   );
 }
@@ -124,14 +132,17 @@ export interface FailoverView {
   sightings: Sightings;
   /** The time on the sightings' clock. */
   now: number;
-  /** The status's lastFailover as last written: it stays until a later claim replaces it. */
-  previous?: LastFailover;
+  /** The status as last written: its lastFailover stays until a later claim replaces it. */
+  previous?: FailoverStatus;
 }
 
 /**
  * The gateway's status.failover, and how long until a healthy node's Lease would be out of date
  * if it is not renewed (when the status must be looked at again even if nothing changes).
- * - A Lease is current while it was seen to change within its lease duration.
+ * - A Lease is current while it was seen to change within its lease duration. An inherited one
+ *   (unchanged since the operator first looked, after a restart or a change of leader) is current
+ *   for a lease duration only if the status written before names its node, healthy or owner: a
+ *   node that was out stays out and one that was in stays in, so a new leader rewrites nothing.
  * - An address's owner is the node whose current Lease lists it; of two (the moment a node takes
  *   over from one that still renews), the one that claimed it last. None while no current Lease
  *   lists it.
@@ -143,7 +154,13 @@ export function desiredFailoverStatus(view: FailoverView): { status: FailoverSta
     const seen = view.sightings.get(l.lease);
     return seen ? seen.at + (l.durationMs ?? view.leaseDurationMs) - view.now : -1;
   };
-  const current = view.leases.filter((l) => leftMs(l) >= 0);
+  const named = new Set([
+    ...(view.previous?.healthyNodes ?? []),
+    ...(view.previous?.addresses ?? []).flatMap((a) => (a.node ? [a.node] : [])),
+  ]);
+  const current = view.leases.filter(
+    (l) => leftMs(l) >= 0 && (!view.sightings.get(l.lease)?.inherited || named.has(l.node)),
+  );
   const claimedAt = (l: NodeLease, address: string) =>
     l.lastClaim?.address === address ? Date.parse(l.lastClaim.at) : -Infinity;
   const addresses = view.addresses.map((address) => {
@@ -156,7 +173,7 @@ export function desiredFailoverStatus(view: FailoverView): { status: FailoverSta
     ...new Set(current.filter((l) => !l.draining && !view.drained.has(l.node)).map((l) => l.node)),
   ].sort();
   const lastFailover = latest([
-    ...(view.previous ? [view.previous] : []),
+    ...(view.previous?.lastFailover ? [view.previous.lastFailover] : []),
     ...view.leases.flatMap((l) => (l.lastClaim ? [lastFailoverOf(l.node, l.lastClaim)] : [])),
   ]);
   const recheck = Math.min(...current.map(leftMs));

@@ -69,12 +69,12 @@ export class FailoverReconciler {
       name,
       leases.flatMap((l) => l.problems),
     );
-    const sightings = sight(this.#sightings.get(name) ?? new Map(), leases, now);
+    const sightings = sight(this.#sightings.get(name), leases, now);
     this.#sightings.set(name, sightings);
 
     const drained = new Set(failover.drainNodes);
     for (const { node } of leases) if (caches.nodes.get(node)?.spec?.unschedulable) drained.add(node);
-    const previous = gateway.status?.failover?.lastFailover;
+    const previous = gateway.status?.failover;
     const { status, recheckInMs } = desiredFailoverStatus({
       addresses: failover.addresses.map((a) => canonicalAddress(a.address)),
       leaseDurationMs: failover.leaseDurationMilliseconds,
