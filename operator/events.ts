@@ -1,6 +1,6 @@
 // Kubernetes Events about naat's objects, for what a user should notice: a new compiled config, a
-// conflict that appeared, an uplink whose health changed, and about served pods whose flows are not
-// steered to their gateway. Each change is told once.
+// conflict that appeared, an uplink whose health changed, a failover address that moved, and about
+// served pods whose flows are not steered to their gateway. Each change is told once.
 import { EventsV1Api, V1MicroTime, type KubeConfig } from '@kubernetes/client-node';
 import { group, version, type Kind } from '../crds/index.ts';
 import { errorText, type Logger } from '../common/index.ts';
