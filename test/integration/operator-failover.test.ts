@@ -276,6 +276,17 @@ test('an owner that stops renewing drops out after the lease duration; the node 
   await new Promise((r) => setTimeout(r, 3 * leaseDurationMs));
   expect((await claimEvents()).filter((e) => e.note === note)).toEqual([{ type: 'Warning', note }]);
   expect(await claimEvents()).toHaveLength(3);
+
+  // Counted once each by the operator that told them, and the status's figures read at the scrape.
+  const metrics = await fetch('http://127.0.0.1:19400/metrics').then((r) => r.text());
+  const sample = (name: string, labels: string) =>
+    Number(new RegExp(`^${name}\\{${labels}\\} (\\S+)$`, 'm').exec(metrics)?.[1]);
+  expect(sample('naat_operator_failovers_total', `gateway="${id}",reason="Unowned"`)).toBe(2);
+  expect(sample('naat_operator_failovers_total', `gateway="${id}",reason="LeaseExpired"`)).toBe(1);
+  expect(sample('naat_operator_failover_duration_seconds_bucket', `le="1.5",gateway="${id}"`)).toBe(2);
+  expect(sample('naat_operator_failover_duration_seconds_bucket', `le="1",gateway="${id}"`)).toBe(1);
+  expect(sample('naat_operator_failover_healthy_nodes', `gateway="${id}"`)).toBe(1);
+  expect(sample('naat_operator_failover_unowned_addresses', `gateway="${id}"`)).toBe(0);
 });
 
 test('a restarted operator tells no claim again and rewrites nothing', async () => {
