@@ -6,6 +6,7 @@ import {
   AppsV1Api,
   CertificatesV1Api,
   type ConfigurationOptions,
+  CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
   type KubeConfig,
@@ -14,6 +15,7 @@ import {
   type V1CertificateSigningRequest,
   type V1ConfigMap,
   type V1DaemonSet,
+  type V1Lease,
   type V1MutatingWebhookConfiguration,
   type V1Namespace,
   type V1Node,
@@ -31,6 +33,7 @@ import {
 } from '../crds/index.ts';
 import { apiListerWatcher, Informer, type ListPage } from '../common/kube/index.ts';
 import { agentSignerName } from '../contracts/index.ts';
+import { failoverNodeLabel } from '../contracts/gateway/index.ts';
 import type { Logger } from '../common/index.ts';
 import { nodeAgentName } from './desired.ts';
 import type { OperatorSettings } from './settings.ts';
@@ -47,6 +50,8 @@ export interface Caches {
   daemonSets: Informer<V1DaemonSet>;
   /** Only the node agents' ConfigMaps (one per node), in its namespace: those to remove are found here. */
   nodeConfigMaps: Informer<V1ConfigMap>;
+  /** Only the gateway nodes' failover Leases (by their label), in its namespace. */
+  failoverLeases: Informer<V1Lease>;
 }
 
 /**
@@ -78,6 +83,7 @@ export function operatorCaches(
   const admission = kubeConfig.makeApiClient(AdmissionregistrationV1Api);
   const custom = kubeConfig.makeApiClient(CustomObjectsApi);
   const certificates = kubeConfig.makeApiClient(CertificatesV1Api);
+  const coordination = kubeConfig.makeApiClient(CoordinationV1Api);
 
   /** A cache of one collection; `list` gets the selectors and the page among its parameters. */
   function informer<T extends KubernetesObject>(
@@ -137,6 +143,12 @@ export function operatorCaches(
         `/api/v1/namespaces/${namespace}/configmaps`,
         (p, o) => core.listNamespacedConfigMap({ namespace, ...p }, o),
         { labelSelector: `${managed},app.kubernetes.io/name=${nodeAgentName}` },
+      ),
+      failoverLeases: informer(
+        'Lease',
+        `/apis/coordination.k8s.io/v1/namespaces/${namespace}/leases`,
+        (p, o) => coordination.listNamespacedLease({ namespace, ...p }, o),
+        { labelSelector: failoverNodeLabel },
       ),
     },
     webhookCaches: {

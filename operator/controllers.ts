@@ -9,6 +9,7 @@ import { AssociationModeReconciler } from './reconcilers/association-mode.ts';
 import { nodeAgentName } from './desired.ts';
 import { nodeFacts, podFacts } from './reconcilers/cluster.ts';
 import { GatewayReconciler, gatewaysOf } from './reconcilers/egress-gateway.ts';
+import { FailoverReconciler } from './reconcilers/failover.ts';
 import { SteeringReconciler, steeringKey } from './reconcilers/steering.ts';
 import { UplinkReconciler } from './reconcilers/uplink.ts';
 import { AgentSignerReconciler } from './reconcilers/agent-signer.ts';
@@ -16,6 +17,8 @@ import { CaBundleReconciler } from './reconcilers/ca-bundle.ts';
 import { caPairOf, CertificateReconciler } from './reconcilers/webhook-certificate.ts';
 import { Controller, type ControllerOptions, type ReconcileResult } from './runtime/controller.ts';
 import type { Logger } from '../common/index.ts';
+import { gatewayLabel } from '../contracts/gateway/index.ts';
+import type { LastFailover } from './failover.ts';
 import type { OperatorSettings } from './settings.ts';
 import { steeredCondition } from './status.ts';
 import { StatusWriter } from './status-writer.ts';
@@ -32,6 +35,8 @@ export interface OperatorControllersOptions {
   log: Logger;
   /** Wraps each reconcile of the named controller, e.g. in a span and a timer. */
   around: (controller: string) => ControllerOptions['around'];
+  /** Called for each failover claim told with an Event, e.g. to count it. */
+  onFailover?: (gateway: string, failover: LastFailover) => void;
 }
 
 /** The controllers by name; none runs until run() is called (by the leader). */
@@ -75,6 +80,25 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   steering.watch(caches.nodeConfigMaps, cluster);
   steering.watch(caches.daemonSets, (key) => (key === `${namespace}/${nodeAgentName}` ? [steeringKey] : []));
 
+  // Gateway-node HA: the gateway nodes' failover Leases in the gateway's status.failover and Events.
+  const failover = new FailoverReconciler({
+    caches,
+    status,
+    events,
+    log,
+    ...(o.onFailover ? { onClaim: o.onFailover } : {}),
+  });
+  const failovers = controller('failover', (key) => failover.reconcile(key));
+  failovers.watch(caches.gateways);
+  failovers.watch(caches.failoverLeases, (_key, lease) => {
+    const gateway = lease.metadata?.labels?.[gatewayLabel];
+    return gateway ? [gateway] : [];
+  });
+  failovers.watch(
+    caches.nodes,
+    onFactsChange(caches.nodes, (n) => n.spec?.unschedulable === true, affected.all),
+  );
+
   const uplink = new UplinkReconciler({ uplinks: caches.uplinks, status, events });
   const uplinks = controller('uplinks', (key) => uplink.reconcile(key));
   uplinks.watch(caches.uplinks);
@@ -84,7 +108,7 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   const pods = controller('pods', (key) => associationMode.reconcile(key));
   pods.watch(caches.pods);
 
-  const controllers: Record<string, Controller> = { gateways, uplinks, pods, steering };
+  const controllers: Record<string, Controller> = { gateways, uplinks, pods, steering, failover: failovers };
   // The webhook's certificate is the operator's own, unless cert-manager keeps it.
   const { caSecretName } = settings.webhook;
   const caSecrets = caSecretName ? webhookCaches.caSecrets : webhookCaches.secrets;

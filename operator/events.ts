@@ -1,9 +1,10 @@
 // Kubernetes Events about naat's objects, for what a user should notice: a new compiled config, a
-// conflict that appeared, an uplink whose health changed, and about served pods whose flows are not
-// steered to their gateway. Each change is told once.
+// conflict that appeared, an uplink whose health changed, a failover address that moved, and about
+// served pods whose flows are not steered to their gateway. Each change is told once.
 import { EventsV1Api, V1MicroTime, type KubeConfig } from '@kubernetes/client-node';
 import { group, version, type Kind } from '../crds/index.ts';
 import { errorText, type Logger } from '../common/index.ts';
+import { statusCode } from '../common/kube/index.ts';
 
 export interface EventRecorderOptions {
   kubeConfig: KubeConfig;
@@ -16,6 +17,7 @@ export interface EventRecorderOptions {
 type Regarding = { metadata: { name: string; namespace?: string; uid?: string } };
 /** naat's kinds, and the pods it serves. */
 type EventKind = Kind | 'Pod';
+type NamedEvent = { name: string; type: 'Normal' | 'Warning'; reason: string; action: string; note: string };
 
 export class EventRecorder {
   readonly #o: EventRecorderOptions;
@@ -29,9 +31,8 @@ export class EventRecorder {
   }
 
   /**
-   * Records an Event unless the last one of this object and reason said the same. Events of
-   * cluster-scoped objects go to the default namespace, as Kubernetes does. Never throws: an Event
-   * is a courtesy, and failing to record one must not fail the reconcile.
+   * Records an Event unless the last one of this object and reason said the same. Never throws:
+   * an Event is a courtesy, and failing to record one must not fail the reconcile.
    */
   async record(
     kind: EventKind,
@@ -45,38 +46,57 @@ export class EventRecorder {
     const told = toldKey(kind, object, reason);
     if (this.#told.get(told) === note) return;
     this.#told.set(told, note);
-    const namespace = object.metadata.namespace ?? 'default';
     const now = this.#o.now?.() ?? new Date();
     // Named as Kubernetes names its own events: the object's name and a timestamp in hex.
     const name = `${object.metadata.name}.${(now.getTime() * 1000 + Math.floor(Math.random() * 1000)).toString(16)}`;
-    await this.#events
-      .createNamespacedEvent({
-        namespace,
-        body: {
-          metadata: { name },
-          eventTime: new V1MicroTime(now.getTime()),
-          type,
-          reason,
-          action,
-          note: note.slice(0, 1024),
-          regarding: {
-            apiVersion: kind === 'Pod' ? 'v1' : `${group}/${version}`,
-            kind,
-            name: object.metadata.name,
-            ...(object.metadata.namespace ? { namespace: object.metadata.namespace } : {}),
-            ...(object.metadata.uid ? { uid: object.metadata.uid } : {}),
-          },
-          reportingController: 'naat.dev/operator',
-          reportingInstance: this.#o.identity,
+    await this.#create(kind, object, { name, type, reason, action, note }, now).catch((error: unknown) =>
+      this.#failed(reason, object, error),
+    );
+  }
+
+  /**
+   * Records an Event under a name of the caller's, which says what it tells (one claim of a
+   * failover address, say), so that it is told once whichever replica tells it and however often.
+   * Resolves `created` when this call made it, `exists` when it was there already (whoever made
+   * it), `failed` when it could not be made (logged; the caller tries again later). Never throws.
+   */
+  async recordOnce(kind: EventKind, object: Regarding, event: NamedEvent): Promise<'created' | 'exists' | 'failed'> {
+    try {
+      await this.#create(kind, object, event, this.#o.now?.() ?? new Date());
+      return 'created';
+    } catch (error) {
+      if (statusCode(error) === 409) return 'exists';
+      this.#failed(event.reason, object, error);
+      return 'failed';
+    }
+  }
+
+  async #create(kind: EventKind, object: Regarding, event: NamedEvent, now: Date): Promise<void> {
+    await this.#events.createNamespacedEvent({
+      // Events of cluster-scoped objects go to the default namespace, as Kubernetes does.
+      namespace: object.metadata.namespace ?? 'default',
+      body: {
+        metadata: { name: event.name },
+        eventTime: new V1MicroTime(now.getTime()),
+        type: event.type,
+        reason: event.reason,
+        action: event.action,
+        note: event.note.slice(0, 1024),
+        regarding: {
+          apiVersion: kind === 'Pod' ? 'v1' : `${group}/${version}`,
+          kind,
+          name: object.metadata.name,
+          ...(object.metadata.namespace ? { namespace: object.metadata.namespace } : {}),
+          ...(object.metadata.uid ? { uid: object.metadata.uid } : {}),
         },
-      })
-      .catch((error: unknown) =>
-        this.#o.log.error('Failed to record an Event', {
-          reason,
-          object: object.metadata.name,
-          error: errorText(error),
-        }),
-      );
+        reportingController: 'naat.dev/operator',
+        reportingInstance: this.#o.identity,
+      },
+    });
+  }
+
+  #failed(reason: string, object: Regarding, error: unknown): void {
+    this.#o.log.error('Failed to record an Event', { reason, object: object.metadata.name, error: errorText(error) });
   }
 
   /** Forgets what was told of this object and reason, so that its next occurrence is told again. */

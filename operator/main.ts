@@ -5,9 +5,9 @@
 // Every replica keeps its caches warm and serves the sidecar-injection webhook; only the leader
 // runs the controllers (operator/controllers.ts). Each first puts naat's CRDs of its version in
 // place (operator/custom-resource-definitions.ts). /healthz, /readyz (caches synced, certificate
-// loaded) and /metrics (reconcile durations and results, queue depth, leadership, webhook reviews:
-// operator/metrics.ts; the process, runtime and build metrics: docs/metrics.md) are served on the
-// configured health and metrics ports.
+// loaded) and /metrics (reconcile durations and results, queue depth, leadership, webhook reviews,
+// failovers: operator/metrics.ts; the process, runtime and build metrics: docs/metrics.md) are
+// served on the configured health and metrics ports.
 import { CoreV1Api } from '@kubernetes/client-node';
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
@@ -66,6 +66,10 @@ const metrics = new OperatorMetrics({
   queueDepths: () => Object.entries(controllers).map(([name, controller]) => [name, controller.queue.len] as const),
   isLeader: () => (elector ? elector.isLeader : true),
   webhookReviews: () => webhook.counts,
+  failovers: () =>
+    caches.gateways
+      .list()
+      .flatMap((g) => (g.spec.failover && g.status?.failover ? [[g.metadata.name, g.status.failover] as const] : [])),
 });
 processMetrics(metrics.registry, 'operator');
 const controllers = operatorControllers({
@@ -77,6 +81,7 @@ const controllers = operatorControllers({
   identity,
   log,
   around: (name) => metrics.timed(name, reconcileSpan(name)),
+  onFailover: (gateway, failover) => metrics.failoverClaimed(gateway, failover),
 });
 
 /** The CA that issues the agents' certificates, which sidecars verify their agent with. */

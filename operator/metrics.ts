@@ -1,7 +1,8 @@
 // The operator's /metrics: reconciles timed and counted by controller and result, the work queues'
-// depth, leadership and the webhook's reviews. Values that something else keeps (a queue's length,
-// the webhook's counts) are read at each scrape.
+// depth, leadership, the webhook's reviews, and the gateways' failovers. Values that something else
+// keeps (a queue's length, the webhook's counts, a gateway's status) are read at each scrape.
 import { Counter, Gauge, Histogram, readAtScrape, Registry } from '../common/metrics/index.ts';
+import type { FailoverStatus, LastFailover } from './failover.ts';
 import type { ControllerOptions, ReconcileResult } from './runtime/controller.ts';
 
 type Around = NonNullable<ControllerOptions['around']>;
@@ -12,6 +13,8 @@ export interface OperatorMetricSources {
   isLeader(): boolean;
   /** Admission reviews answered so far, by result. */
   webhookReviews(): Readonly<Record<string, number>>;
+  /** The status.failover of each gateway with failover addresses, by gateway name. */
+  failovers(): Iterable<readonly [string, FailoverStatus]>;
 }
 
 export class OperatorMetrics {
@@ -27,6 +30,19 @@ export class OperatorMetrics {
     name: 'naat_operator_reconcile_total',
     help: 'Reconciles finished, by controller and result: success, or error (it threw and will be retried).',
     labelNames: ['controller', 'result'],
+    registers: [this.registry],
+  });
+  readonly #failovers = new Counter({
+    name: 'naat_operator_failovers_total',
+    help: 'Failover addresses claimed by a gateway node, by gateway and reason (LeaseExpired, Released, Failback, Unowned), each counted once by the leader that told it with an Event.',
+    labelNames: ['gateway', 'reason'],
+    registers: [this.registry],
+  });
+  readonly #failoverDuration = new Histogram({
+    name: 'naat_operator_failover_duration_seconds',
+    help: "How long each claimed failover address had no owner, by gateway: from the old owner's last renewal or release to the claim, as the claiming node measured it.",
+    labelNames: ['gateway'],
+    buckets: [0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30],
     registers: [this.registry],
   });
 
@@ -55,6 +71,33 @@ export class OperatorMetrics {
       ),
       registers: [this.registry],
     });
+    const failovers = () => [...sources.failovers()];
+    new Gauge({
+      name: 'naat_operator_failover_healthy_nodes',
+      help: 'Gateway nodes that renew their failover Lease and are not drained, by gateway, as its status says: the candidates for its failover addresses.',
+      labelNames: ['gateway'],
+      collect: readAtScrape(() =>
+        failovers().map(([gateway, f]) => [{ gateway }, f.healthyNodes?.length ?? 0] as const),
+      ),
+      registers: [this.registry],
+    });
+    new Gauge({
+      name: 'naat_operator_failover_unowned_addresses',
+      help: 'Failover addresses that no gateway node with a current Lease owns, by gateway, as its status says: new flows of the pods given them are dropped until a node claims them.',
+      labelNames: ['gateway'],
+      collect: readAtScrape(() =>
+        failovers().map(([gateway, f]) => [{ gateway }, (f.addresses ?? []).filter((a) => !a.node).length] as const),
+      ),
+      registers: [this.registry],
+    });
+  }
+
+  /** Counts a claim of a failover address that was told with an Event. */
+  failoverClaimed(gateway: string, failover: LastFailover): void {
+    this.#failovers.inc({ gateway, reason: failover.reason });
+    if (failover.milliseconds !== undefined) {
+      this.#failoverDuration.observe({ gateway }, failover.milliseconds / 1000);
+    }
   }
 
   /**

@@ -17,6 +17,13 @@ import { canonical } from './canonical.ts';
 /** The field manager of everything the operator applies: objects and status. */
 export const fieldManager = 'naat-operator';
 
+/**
+ * The field manager of a gateway's status.failover, apart from the rest of its status: the
+ * failover controller and the gateway controller each apply their own part, and an apply under
+ * one manager would remove the fields that manager applied before and left out.
+ */
+export const failoverFieldManager = `${fieldManager}-failover`;
+
 export class StatusWriter {
   readonly #custom: CustomObjectsApi;
   readonly #core: CoreV1Api;
@@ -68,12 +75,29 @@ export class StatusWriter {
   }
 
   /**
+   * Applies a gateway's status.failover, or removes it (undefined), unless it already says exactly
+   * that. A gateway that is gone has nothing to write.
+   */
+  async applyFailover(
+    gateway: { metadata: { name: string }; status?: { failover?: unknown } },
+    failover: Record<string, unknown> | undefined,
+  ): Promise<void> {
+    if (canonical(gateway.status?.failover) === canonical(failover)) return;
+    await this.#applyGatewayStatus(gateway.metadata.name, failover ? { failover } : {}, failoverFieldManager);
+  }
+
+  /**
    * Removes a node agent's entry from a gateway's status.steering.nodes: applies an empty list
    * under that agent's field manager, as the agent does itself when the gateway leaves its config,
    * so the apiserver drops the entry that manager owned and leaves every other. A gateway that is
    * gone has nothing to remove.
    */
   async removeSteeringReport(gateway: string, node: string): Promise<void> {
+    await this.#applyGatewayStatus(gateway, { steering: { nodes: [] } }, nodeAgentFieldManager(node));
+  }
+
+  /** Applies part of a gateway's status under `manager`; a gateway that is gone needs none. */
+  async #applyGatewayStatus(gateway: string, status: Record<string, unknown>, manager: string): Promise<void> {
     try {
       await this.#custom.patchClusterCustomObjectStatus(
         {
@@ -85,9 +109,9 @@ export class StatusWriter {
             apiVersion: `${group}/${version}`,
             kind: egressGatewayDefinition.kind,
             metadata: { name: gateway },
-            status: { steering: { nodes: [] } },
+            status,
           },
-          fieldManager: nodeAgentFieldManager(node),
+          fieldManager: manager,
           force: true,
         },
         setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),

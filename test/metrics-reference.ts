@@ -25,8 +25,12 @@ export interface MetricDescription {
 /** Each component's own metrics and `naat_build_info`, as its main module registers them (the process metrics aside). */
 export function componentRegistries(): Record<Component, Registry> {
   const gateway = new AgentMetrics({ flows: { dropped: 0 }, attributions: { dropped: 0, size: 0 } }).registry;
-  const operator = new OperatorMetrics({ queueDepths: () => [], isLeader: () => true, webhookReviews: () => ({}) })
-    .registry;
+  const operator = new OperatorMetrics({
+    queueDepths: () => [],
+    isLeader: () => true,
+    webhookReviews: () => ({}),
+    failovers: () => [],
+  }).registry;
   const registries: Record<Component, Registry> = {
     'gateway-agent': gateway,
     'node-agent': new Registry(),

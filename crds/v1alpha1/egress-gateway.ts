@@ -415,5 +415,12 @@ export const egressGatewayDefinition = {
       description: 'Nodes that applied the current configuration.',
     },
     conditionColumn('Ready', 'Whether the gateway is serving.'),
+    {
+      name: 'Last-Failover',
+      type: 'date',
+      jsonPath: '.status.failover.lastFailover.at',
+      description: 'When a failover address last moved between gateway nodes.',
+      priority: 1,
+    },
   ],
 } satisfies KindDefinition;

@@ -94,6 +94,9 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     'core/configmaps watch': null,
     'core/configmaps delete': 'a node agent’s ConfigMap, once its node needs none',
     'coordination.k8s.io/leases create': null,
+    // The gateway nodes' failover Leases, cached by label for the gateways' status.failover.
+    'coordination.k8s.io/leases list': null,
+    'coordination.k8s.io/leases watch': null,
     'coordination.k8s.io/leases get': null,
     'coordination.k8s.io/leases update': null,
     'core/secrets list': null,
