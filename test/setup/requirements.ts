@@ -23,6 +23,7 @@ export const requirements: readonly Requirement[] = [
   { package: 'iptables', probe: 'iptables-legacy' },
   { package: 'iperf3', probe: 'iperf3' },
   { package: 'iputils-ping', probe: 'ping' },
+  { package: 'iputils-arping', probe: 'arping' },
   { package: 'curl', probe: 'curl' },
   { package: 'vsftpd', probe: 'vsftpd' },
   { package: 'python3', probe: 'python3' },
