@@ -2,8 +2,9 @@
 // (pure: config + owned addresses), what to add and remove to get there (pure), and the thin shell
 // that adds, removes and announces them with `ip`, `arping` and `ping`.
 //
-// An address is added as a host address (IPv4 /32, IPv6 /128 `nodad noprefixroute`), so that it
-// moves no route of the main table and is usable at once. naat marks its own with the address
+// An address is added as a host address (IPv4 /32, IPv6 /128 `nodad noprefixroute`, deprecated),
+// so that it moves no route of the main table, is usable at once, and is no source address the
+// kernel picks for other traffic. naat marks its own with the address
 // metric 7700 (IFA_RT_PRIORITY, which `ip -j address` reports as `metric`): a restarted agent
 // finds the addresses it added and removes those it does not own, and never touches another's.
 // iproute2 6.1 (Debian 12) cannot set an address's protocol (IFA_PROTO), and IPv6 addresses have
@@ -129,7 +130,9 @@ export class ExecFailoverAddresses implements FailoverAddresses {
   }
 
   async add({ address, interface: device }: HeldAddress): Promise<void> {
-    const v6 = familyOf(address) === 6 ? ['nodad', 'noprefixroute'] : [];
+    // Deprecated (preferred_lft 0): still answered, but never picked as the source of the node's
+    // own packets or of a masquerade, which would leak the address to flows that are not its own.
+    const v6 = familyOf(address) === 6 ? ['nodad', 'noprefixroute', 'preferred_lft', '0'] : [];
     await this.#run(this.#ip, [
       'address',
       'replace',
