@@ -18,8 +18,8 @@
 //   the entry's locktime (1 s after it was confirmed); `-A` (an ARP reply) and `-U -s <address>`
 //   did the same. Without an announcement the entry kept the old MAC. arping waits a second after
 //   its last probe before it exits, whatever `-w` says (`-i` takes whole seconds), so the claim goes
-//   on once arping has started (its first probe leaves at once) and a second probe follows a
-//   second later for a lost first one; a failure is logged.
+//   on once arping has started (its first probe leaves at once; measured below) and a second
+//   probe follows a second later for a lost first one; a failure is logged.
 // - IPv6: the kernel sends no unsolicited neighbour advertisement when a `nodad` address is added,
 //   with `ndisc_notify` at 1 on the uplink, on `all`, or both (no NA reached the ISP). It sends one
 //   only when DAD completes (an address added without `nodad`: the ISP moved after about 1–2.7 s,
@@ -34,6 +34,9 @@
 //   valid no solicitation left and the ISP kept the old MAC. Only the next hop learns this way,
 //   which is the neighbour that sends the address's traffic; a permanent entry for the next hop
 //   is left alone (nothing to announce through it then).
+// - Through this module, on the same namespaces: add + announce resolved after 7 ms (IPv4) and
+//   20 ms (IPv6), and the ISP's entry pointed at the new owner 14 ms and 25 ms after the start
+//   (polled with one `ip neigh` process at a time, about 5 ms each).
 import { spawn } from 'node:child_process';
 import { canonicalAddress, type CompiledUplink, type GatewayConfig } from '../../contracts/gateway/index.ts';
 import type { Logger } from '../../common/index.ts';
@@ -149,7 +152,7 @@ export class ExecFailoverAddresses implements FailoverAddresses {
     const args = ['address', 'del', `${address}/${prefixLength(address)}`, 'dev', device];
     const { code, stderr } = await exec(this.#ip, args);
     // Gone already (EADDRNOTAVAIL), or its interface is.
-    if (code !== 0 && !/Cannot assign requested address|Cannot find device/.test(stderr)) {
+    if (code !== 0 && !/[Aa]ddress not found|Cannot assign requested address|Cannot find device/.test(stderr)) {
       throw new Error(`ip ${args.join(' ')} failed: ${stderr.trim()}`);
     }
   }
@@ -159,7 +162,7 @@ export class ExecFailoverAddresses implements FailoverAddresses {
     if (wanted.nextHop) await this.#solicitFrom(wanted as Required<WantedAddress>);
   }
 
-  /** Resolves once arping has started (its first probe leaves then); its exit is only logged. */
+  /** Resolves once arping has started (its first probe leaves right after); its exit is only logged. */
   #gratuitousArp({ address, interface: device }: WantedAddress): Promise<void> {
     const [command, ...prefix] = this.#arping;
     const child = spawn(command!, [...prefix, '-U', '-c', '2', '-I', device, address], {
@@ -169,7 +172,8 @@ export class ExecFailoverAddresses implements FailoverAddresses {
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     return new Promise((resolve, reject) => {
       child.once('error', reject);
-      child.stdout.once('data', () => resolve());
+      // Its output is buffered until it exits (a pipe, not a terminal): its start is all there is to wait for.
+      child.once('spawn', () => resolve());
       child.once('close', (code) => {
         if (code !== 0) {
           this.#log.warn('Failed to announce a failover address', { address, interface: device, error: stderr.trim() });
