@@ -247,7 +247,8 @@ export class Agent {
     await this.#releaseAddresses(wanted);
     for (const address of claimed) await hooks.beforeClaim?.(address);
     this.#owned = wanted;
-    await this.sync();
+    // The same set again (the owner repeats it) only checks the addresses are still there.
+    if (claimed.length || released.length) await this.sync();
     await this.#claimAddresses();
     this.#held = new Set(wanted);
     if (claimed.length || released.length) {
@@ -276,7 +277,7 @@ export class Agent {
     const kernel = this.#o.failover;
     if (!kernel) return;
     const held = await kernel.list();
-    const wanted = this.#wantedAddresses(keep ?? new Set(held.map((a) => a.address)));
+    const wanted = keep?.size === 0 ? [] : this.#wantedAddresses(keep ?? new Set(held.map((a) => a.address)));
     for (const address of planAddresses(held, wanted).remove) {
       await kernel.remove(address);
       this.#o.log.info('Released a failover address', { ...address });
