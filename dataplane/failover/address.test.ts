@@ -83,12 +83,12 @@ describe('failover paths', () => {
 });
 
 describe('failover addresses on the interfaces', () => {
-  it('holds the owned addresses that fit on this node, each with the next hop that hears its claim', () => {
+  it("holds the owned addresses that fit on this node, on their uplinks' interfaces", () => {
     const owned = new Set(['100.64.1.100', 'fd00:64:1::100', '100.64.2.100', 'fd00:64:2::100', '100.64.3.100']);
     expect(desiredAddresses(config, uplinks, owned, carries)).toEqual([
-      { address: '100.64.1.100', interface: 'up1', nextHop: '100.64.1.1' },
-      { address: 'fd00:64:1::100', interface: 'up1', nextHop: 'fd00:64:1::1' },
-      { address: '100.64.2.100', interface: 'up2', nextHop: '100.64.2.1' },
+      { address: '100.64.1.100', interface: 'up1' },
+      { address: 'fd00:64:1::100', interface: 'up1' },
+      { address: '100.64.2.100', interface: 'up2' },
     ]);
   });
 
@@ -99,8 +99,8 @@ describe('failover addresses on the interfaces', () => {
       { address: '100.64.9.9', interface: 'up3' },
     ];
     const wanted = [
-      { address: '100.64.1.100', interface: 'up1', nextHop: '100.64.1.1' },
-      { address: '100.64.2.100', interface: 'up2', nextHop: '100.64.2.1' },
+      { address: '100.64.1.100', interface: 'up1' },
+      { address: '100.64.2.100', interface: 'up2' },
     ];
     expect(planAddresses(held, wanted)).toEqual({
       remove: [held[1], held[2]],

@@ -1,6 +1,6 @@
 // The failover addresses a gateway node holds on its uplinks' interfaces: which ones it should hold
 // (pure: config + owned addresses), what to add and remove to get there (pure), and the thin shell
-// that adds, removes and announces them with `ip`, `arping` and `ping`.
+// that adds, removes and announces them with `ip`, `arping` and `ndptool`.
 //
 // An address is added as a host address (IPv4 /32, IPv6 /128 `nodad noprefixroute`, deprecated),
 // so that it moves no route of the main table, is usable at once, and is no source address the
@@ -11,7 +11,7 @@
 // no labels, so the metric is the one mark both families keep.
 //
 // Announcing a claim, as measured in network namespaces (kernel 6.18, iputils 20221126, iproute2
-// 6.1): an ISP router on one bridge with both gateway nodes, holding a REACHABLE or STALE
+// 6.1, libndp 1.8): an ISP router on one bridge with both gateway nodes, holding a REACHABLE or STALE
 // neighbour entry for the address at the old owner's MAC, with the old owner's address removed.
 // - IPv4: `arping -U -I <uplink> <address>` (an unsolicited ARP request, sender = target = the
 //   address) moved the ISP's existing entry to the new owner's MAC (STALE) at once, also within
@@ -22,21 +22,19 @@
 //   probe follows a second later for a lost first one; a failure is logged.
 // - IPv6: the kernel sends no unsolicited neighbour advertisement when a `nodad` address is added,
 //   with `ndisc_notify` at 1 on the uplink, on `all`, or both (no NA reached the ISP). It sends one
-//   only when DAD completes (an address added without `nodad`: the ISP moved after about 1–2.7 s,
-//   the address unusable meanwhile) or, with `ndisc_notify`, for every address of the device when
-//   its MAC is set (setting it to the same value worked on veth; other drivers may refuse a live
-//   change or reset the link). Debian has no tool that sends an NA (`ndisc6` only solicits).
-//   What works with iproute2 and iputils-ping alone: delete the node's neighbour entry for the
-//   uplink's IPv6 next hop and ping the next hop from the address. The kernel then solicits the
-//   next hop with the address as source and its MAC in the source link-layer option, and the ISP,
-//   receiving that solicitation, sets its entry for the address to that MAC (seen as DELAY, then
-//   used, at once; the ping's answer came back to the new owner). With the next hop's entry still
-//   valid no solicitation left and the ISP kept the old MAC. Only the next hop learns this way,
-//   which is the neighbour that sends the address's traffic; a permanent entry for the next hop
-//   is left alone (nothing to announce through it then).
-// - Through this module, on the same namespaces: add + announce resolved after 7 ms (IPv4) and
-//   20 ms (IPv6), and the ISP's entry pointed at the new owner 14 ms and 25 ms after the start
-//   (polled with one `ip neigh` process at a time, about 5 ms each).
+//   with `ndisc_notify` on `all` when DAD completes (an address added without `nodad`: the ISP
+//   had moved 2.7 s later, not yet 0.2 s after; the address is unusable meanwhile), and with
+//   `ndisc_notify` for every address of a device whose MAC is set (setting it to the same value
+//   worked on veth; other drivers may refuse a live change or reset the link). What works:
+//   `ndptool -t na -U -i <uplink> -T <address> send` (Debian's libndp-tools 1.8) sends an
+//   unsolicited NA with the override flag to all nodes, which moved the ISP's entry to the new
+//   owner's MAC (STALE) at once, also within the entry's locktime, in 5 ms. (Also seen working,
+//   with iproute2 and ping alone: deleting the node's neighbour entry for the next hop and pinging
+//   it from the address, which makes the kernel solicit it with the address as source; only the
+//   next hop learns that way.)
+// - Through this module, on the same namespaces: add + announce resolved after 7–11 ms (IPv4)
+//   and 13 ms (IPv6), and the ISP's entry pointed at the new owner 14–16 ms and 19 ms after the
+//   start (polled with one `ip neigh` process at a time, about 5 ms each).
 import { spawn } from 'node:child_process';
 import { canonicalAddress, type CompiledUplink, type GatewayConfig } from '../../contracts/gateway/index.ts';
 import type { Logger } from '../../common/index.ts';
@@ -52,13 +50,8 @@ export interface HeldAddress {
   interface: string;
 }
 
-/** An address to hold, with the uplink's next hop of its family that hears its announcement. */
-export interface WantedAddress extends HeldAddress {
-  nextHop?: string;
-}
-
 /**
- * The addresses to hold: those of `owned` that the config puts on an uplink of this node
+ * The addresses to hold and where: those of `owned` that the config puts on an uplink of this node
  * (`uplinks`, localUplinks) carrying their family; others cannot be held here.
  */
 export function desiredAddresses(
@@ -66,15 +59,11 @@ export function desiredAddresses(
   uplinks: readonly CompiledUplink[],
   owned: ReadonlySet<string>,
   carries: (uplink: CompiledUplink, family: Family) => boolean,
-): WantedAddress[] {
+): HeldAddress[] {
   const byName = new Map(uplinks.map((u) => [u.name, u]));
   return localEgressAddresses(config, uplinks, carries)
     .filter((a) => owned.has(a.address))
-    .map(({ address, family, uplink }) => {
-      const u = byName.get(uplink)!;
-      const nextHop = family === 4 ? u.nextHop?.ipv4 : u.nextHop?.ipv6;
-      return { address, interface: u.interface, ...(nextHop ? { nextHop } : {}) };
-    });
+    .map(({ address, uplink }) => ({ address, interface: byName.get(uplink)!.interface }));
 }
 
 const keyOf = (a: HeldAddress) => `${a.address} ${a.interface}`;
@@ -82,8 +71,8 @@ const keyOf = (a: HeldAddress) => `${a.address} ${a.interface}`;
 /** What to remove (held, not wanted there) and what to add (wanted, not held there). */
 export function planAddresses(
   held: readonly HeldAddress[],
-  wanted: readonly WantedAddress[],
-): { remove: HeldAddress[]; add: WantedAddress[] } {
+  wanted: readonly HeldAddress[],
+): { remove: HeldAddress[]; add: HeldAddress[] } {
   const want = new Set(wanted.map(keyOf));
   const have = new Set(held.map(keyOf));
   return { remove: held.filter((a) => !want.has(keyOf(a))), add: wanted.filter((a) => !have.has(keyOf(a))) };
@@ -97,27 +86,27 @@ export interface FailoverAddresses {
   add(address: HeldAddress): Promise<void>;
   /** Removes it; an address already gone is no error. */
   remove(address: HeldAddress): Promise<void>;
-  /** Tells the uplink's neighbours (IPv4) or its next hop (IPv6) that the address is here now. */
-  announce(address: WantedAddress): Promise<void>;
+  /** Tells the uplink's neighbours that the address is here now. */
+  announce(address: HeldAddress): Promise<void>;
 }
 
 const prefixLength = (address: string) => (familyOf(address) === 4 ? 32 : 128);
 
 /**
- * Drives `ip`, `arping` and `ping`, each through its command (a prefix such as `ip netns exec NAME`
- * runs them in another network namespace).
+ * Drives `ip`, `arping` and `ndptool`, each through its command (a prefix such as `ip netns exec
+ * NAME` runs them in another network namespace).
  */
 export class ExecFailoverAddresses implements FailoverAddresses {
   readonly #ip: Command;
   readonly #arping: Command;
-  readonly #ping: Command;
+  readonly #ndptool: Command;
   readonly #log: Logger;
 
-  constructor(log: Logger, commands: { ip?: Command; arping?: Command; ping?: Command } = {}) {
+  constructor(log: Logger, commands: { ip?: Command; arping?: Command; ndptool?: Command } = {}) {
     this.#log = log;
     this.#ip = commands.ip ?? ['ip'];
     this.#arping = commands.arping ?? ['arping'];
-    this.#ping = commands.ping ?? ['ping'];
+    this.#ndptool = commands.ndptool ?? ['ndptool'];
   }
 
   async list(): Promise<HeldAddress[]> {
@@ -157,13 +146,21 @@ export class ExecFailoverAddresses implements FailoverAddresses {
     }
   }
 
-  async announce(wanted: WantedAddress): Promise<void> {
-    if (familyOf(wanted.address) === 4) return this.#gratuitousArp(wanted);
-    if (wanted.nextHop) await this.#solicitFrom(wanted as Required<WantedAddress>);
+  async announce(held: HeldAddress): Promise<void> {
+    if (familyOf(held.address) === 4) return this.#gratuitousArp(held);
+    const { address, interface: device } = held;
+    const { code, stderr, stdout } = await exec(this.#ndptool, ['-t', 'na', '-U', '-i', device, '-T', address, 'send']);
+    if (code !== 0) {
+      this.#log.warn('Failed to announce a failover address', {
+        address,
+        interface: device,
+        error: (stderr || stdout).trim(),
+      });
+    }
   }
 
   /** Resolves once arping has started (its first probe leaves right after); its exit is only logged. */
-  #gratuitousArp({ address, interface: device }: WantedAddress): Promise<void> {
+  #gratuitousArp({ address, interface: device }: HeldAddress): Promise<void> {
     const [command, ...prefix] = this.#arping;
     const child = spawn(command!, [...prefix, '-U', '-c', '2', '-I', device, address], {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -182,24 +179,6 @@ export class ExecFailoverAddresses implements FailoverAddresses {
       });
       child.stdout.resume();
     });
-  }
-
-  /** Makes the kernel solicit the next hop from the address (see the module comment). */
-  async #solicitFrom({ address, interface: device, nextHop }: Required<WantedAddress>): Promise<void> {
-    const neighbours = JSON.parse(
-      await this.#run(this.#ip, ['-6', '-j', 'neighbour', 'show', 'to', nextHop, 'dev', device]),
-    ) as Array<{ state?: string[] }>;
-    if (neighbours.some((n) => n.state?.includes('PERMANENT') || n.state?.includes('NOARP'))) return;
-    await exec(this.#ip, ['-6', 'neighbour', 'del', nextHop, 'dev', device]);
-    const { code, stdout } = await exec(this.#ping, ['-6', '-n', '-c', '1', '-W', '1', '-I', address, nextHop]);
-    if (code !== 0) {
-      this.#log.warn('The next hop did not answer a claimed failover address', {
-        address,
-        interface: device,
-        nextHop,
-        output: stdout.trim().split('\n').pop(),
-      });
-    }
   }
 
   async #run(command: Command, args: string[]): Promise<string> {
@@ -223,7 +202,7 @@ export class FakeFailoverAddresses implements FailoverAddresses {
   async remove(address: HeldAddress): Promise<void> {
     this.held = this.held.filter((a) => keyOf(a) !== keyOf(address));
   }
-  async announce(address: WantedAddress): Promise<void> {
+  async announce(address: HeldAddress): Promise<void> {
     this.announced.push(address.address);
   }
 }
