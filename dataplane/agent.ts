@@ -523,12 +523,15 @@ export class Agent {
    */
   async stop(options: { releaseFailover?: boolean } = {}): Promise<void> {
     if (options.releaseFailover) {
+      // A failure is logged and stopping goes on; a restarted agent removes what is left once told what it owns.
       await this.#exclusive(async () => {
         this.#held = new Set();
         this.#ownershipKnown = true;
         this.#owned = new Set();
         await this.#releaseAddresses(new Set());
-      });
+      }).catch((error: Error) =>
+        this.#o.log.error('Failed to release the failover addresses', { error: error.message }),
+      );
     }
     this.#watching?.stop();
     clearInterval(this.#renewal?.timer);
