@@ -26,6 +26,8 @@ export interface AgentReport {
   associations: number;
   /** The node's conntrack table: how full, and what the kernel dropped for want of room or ports. */
   conntrack?: ConntrackStats;
+  /** The failover addresses this node holds now (claimed and announced), sorted; absent without failover. */
+  failoverAddresses?: string[];
 }
 
 export interface UplinkHealthState {
@@ -73,5 +75,6 @@ export function renderReport(input: ReportInput): AgentReport {
     flows: input.flows,
     associations: input.associations,
     ...(conntrack ? { conntrack } : {}),
+    ...(input.failoverAddresses ? { failoverAddresses: input.failoverAddresses } : {}),
   };
 }

@@ -10,6 +10,7 @@ import type { Conntrack, Flow, FlowEvent } from './conntrack.ts';
 import { renderElement } from './nft/model.ts';
 import { FakeNftables } from './nft/nftables.ts';
 import { FakeRouting } from './routing.ts';
+import { FakeFailoverAddresses } from './failover/address.ts';
 import { newFlowsCounter } from './render.ts';
 
 const config = parseGatewayConfig(
@@ -368,5 +369,103 @@ describe('Agent', () => {
     expect(await k.nft.list()).toBeUndefined();
     expect(k.routing.state).toEqual({ rules: [], routes: [] });
     expect(await readdir(stateDir)).toEqual([]);
+  });
+});
+
+describe('Agent failover addresses', () => {
+  const failoverConfig = parseGatewayConfig({
+    ...structuredClone(config),
+    steering: { tunnel: { vni: 7700, port: 4790 }, markMask: 0x10, sources: [] },
+    failover: {
+      addresses: [
+        { address: '100.64.1.100', uplink: 'isp-a' },
+        { address: 'fd00:64:1::100', uplink: 'isp-a' },
+      ],
+      leaseDurationMs: 600,
+      failback: false,
+      failbackDelaySeconds: 30,
+      nodes: [],
+      draining: [],
+    },
+    pods: [
+      {
+        namespace: 'shop',
+        name: 'web',
+        addresses: ['10.244.1.2', 'fd00:244:1::2'],
+        node: 'w1',
+        egress: ['100.64.1.100', 'fd00:64:1::100'],
+      },
+    ],
+  });
+
+  const agentWith = (k: ReturnType<typeof kernel>, addresses: FakeFailoverAddresses) =>
+    new Agent({
+      node: 'node-1',
+      ...k,
+      stateDir,
+      interfaceAddresses: async () => [],
+      log: { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} },
+      failover: addresses,
+    });
+
+  /** What the kernel holds of an address now: its SNAT map element, its route rule, the address itself. */
+  const holds = (k: ReturnType<typeof kernel>, addresses: FakeFailoverAddresses, address: string) => ({
+    rules: k.nft.dump().includes(`goto snat_failover${address.includes(':') ? 6 : 4}_${address.replace(/[.:]/g, '_')}`),
+    route: k.routing.state.rules.some((r) => r.from === address),
+    address: addresses.held.some((a) => a.address === address),
+  });
+
+  it('claims in order (hook, rules and routes, address and announcement) and releases the address before its rules', async () => {
+    const k = kernel();
+    const addresses = new FakeFailoverAddresses();
+    const agent = agentWith(k, addresses);
+    await agent.start(failoverConfig);
+    const seen: Array<ReturnType<typeof holds>> = [];
+    await agent.setFailoverOwned(new Set(['100.64.1.100', 'FD00:64:1::100']), {
+      beforeClaim: async (address) => void seen.push(holds(k, addresses, address)),
+    });
+    expect(seen).toEqual([
+      { rules: false, route: false, address: false },
+      { rules: false, route: false, address: false },
+    ]);
+    expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: true, route: true, address: true });
+    expect(holds(k, addresses, 'fd00:64:1::100')).toEqual({ rules: true, route: true, address: true });
+    expect(addresses.held).toEqual([
+      { address: '100.64.1.100', interface: 'up1' },
+      { address: 'fd00:64:1::100', interface: 'up1' },
+    ]);
+    expect(addresses.announced).toEqual(['100.64.1.100', 'fd00:64:1::100']);
+    expect(agent.report().failoverAddresses).toEqual(['100.64.1.100', 'fd00:64:1::100']);
+
+    const remove = addresses.remove.bind(addresses);
+    const atRemoval: Array<ReturnType<typeof holds>> = [];
+    addresses.remove = async (a) => {
+      atRemoval.push(holds(k, addresses, a.address));
+      await remove(a);
+    };
+    await agent.setFailoverOwned(new Set(['fd00:64:1::100', '198.51.100.1']));
+    expect(atRemoval).toEqual([{ rules: true, route: true, address: true }]);
+    expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: false, route: false, address: false });
+    expect(agent.report().failoverAddresses).toEqual(['fd00:64:1::100']);
+
+    await agent.stop({ releaseFailover: true });
+    expect(addresses.held).toEqual([]);
+    expect(agent.report().failoverAddresses).toEqual([]);
+  });
+
+  it('removes at start the addresses a former run left where the config puts none, and keeps the others until told', async () => {
+    const k = kernel();
+    const addresses = new FakeFailoverAddresses();
+    addresses.held = [
+      { address: '100.64.1.100', interface: 'up1' },
+      { address: '100.64.1.100', interface: 'up2' },
+      { address: '192.0.2.1', interface: 'up1' },
+    ];
+    const agent = agentWith(k, addresses);
+    await agent.start(failoverConfig);
+    expect(addresses.held).toEqual([{ address: '100.64.1.100', interface: 'up1' }]);
+    await agent.setFailoverOwned(new Set());
+    expect(addresses.held).toEqual([]);
+    await agent.stop();
   });
 });

@@ -4,6 +4,12 @@
 // routing. Stopping leaves the kernel as it is, so a restarted agent takes over established
 // flows without a gap; only `remove` (the gateway is gone for good) takes everything away.
 //
+// Failover addresses: whoever decides which ones this node owns (the ownership loop) hands them
+// to setFailoverOwned, which puts them in place in the order that keeps their flows (a claim:
+// the caller's hook first, then rules and routes, then the address and its announcement; a
+// release: the address first, then rules and routes). The agent holds only addresses it owns:
+// stopped with `releaseFailover`, or removed, it takes them off the interfaces.
+//
 // The agent composes: the sync queue (sync-queue.ts), the uplink ids (uplink-ids.ts), the
 // associations and stamps (associations.ts), conntrack events as flows, records and counters
 // (flow-events.ts), the verdict of a flow (verdict.ts) and the report (agent-report.ts).
@@ -14,7 +20,7 @@ import { Associations, flowKey } from './associations.ts';
 import { AttributionStore, type AttributionRecord, type Retention } from './attribution.ts';
 import type { Application } from '../proto/index.ts';
 import { ProblemLog, type Logger } from '../common/index.ts';
-import type { GatewayConfig, MarkField } from '../contracts/gateway/index.ts';
+import { canonicalAddress, type GatewayConfig, type MarkField } from '../contracts/gateway/index.ts';
 import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import { FlowEvents, podOf, podsByAddress, type PodRef } from './flow-events.ts';
@@ -24,7 +30,17 @@ import type { Nftables } from './nft/nftables.ts';
 import { namesOf, planSync } from './nft/nftables.ts';
 import type { Packet } from './nft/trace.ts';
 import { balancerFor, type SourceOnUplink } from './balancing/index.ts';
-import { localUplinks, maxUplinkId, render, uplinkMarks, type FlowAssociation, type Rendered } from './render.ts';
+import { desiredAddresses, planAddresses, type FailoverAddresses } from './failover/address.ts';
+import { failoverUplinkIds } from './failover/egress.ts';
+import {
+  carries,
+  localUplinks,
+  maxUplinkId,
+  render,
+  uplinkMarks,
+  type FlowAssociation,
+  type Rendered,
+} from './render.ts';
 import { desiredRouting, planRouting, type Routing } from './routing.ts';
 import { SyncQueue } from './sync-queue.ts';
 import { emptyTunnelState, type TunnelKernel } from './steering/tunnel-kernel.ts';
@@ -68,6 +84,18 @@ export interface AgentOptions {
   onFlowEnd?: (record: AttributionRecord) => void;
   /** The steering tunnel's devices, routes and rule (config.steering); without it steering is not set up. */
   tunnels?: TunnelKernel;
+  /** The failover addresses on the uplinks' interfaces; without it setFailoverOwned moves rules and routes only. */
+  failover?: FailoverAddresses;
+}
+
+/** What setFailoverOwned calls while it claims an address. */
+export interface FailoverHooks {
+  /**
+   * Before anything of the address is in place: the replicated conntrack entries of its flows go
+   * into the kernel here, so that they continue once the address is announced. A rejection stops
+   * the change: nothing of it is claimed, what was released stays released.
+   */
+  beforeClaim?(address: string): Promise<void>;
 }
 
 export class Agent {
@@ -103,6 +131,14 @@ export class Agent {
   #renewal: { intervalMs: number; timer: NodeJS.Timeout; ended: Map<string, SourceOnUplink> } | undefined;
   /** The ICMP timeout last written (or tried). */
   #icmpSeconds: number | undefined;
+  /** The failover addresses this node owns whose rules and routes the kernel is to hold (canonical). */
+  #owned = new Set<string>();
+  /** The owned addresses claimed to the end (announced): what /steering reports. */
+  #held = new Set<string>();
+  /** Whether setFailoverOwned was called: until then the addresses found on the interfaces stay. */
+  #ownershipKnown = false;
+  /** Ownership changes, one at a time. */
+  #ownership: Promise<void> = Promise.resolve();
 
   constructor(options: AgentOptions) {
     this.#o = options;
@@ -157,6 +193,9 @@ export class Agent {
     }, this.#o.relistMs ?? 10_000);
     this.#relist.unref();
     await this.sync();
+    // Addresses a former run left where the config no longer puts them; the others stay until the
+    // owner of this node's addresses says which it owns.
+    await this.#releaseAddresses(undefined);
     this.#events.openUnrecorded();
     this.#setRenewal();
   }
@@ -167,8 +206,93 @@ export class Agent {
     if (this.#watching) this.#watch();
     // The kernel's routes are listed only when the rendered ones changed: a policy or pod change
     // cannot move them, and the listing costs more than the change itself on a large table.
-    await this.#queue.request();
+    await this.#exclusive(async () => {
+      // An owned address the config no longer puts on this node's uplinks goes, address first; one
+      // that moved to another uplink is added there once the rules are.
+      const placeable = new Set(this.#wantedAddresses(this.#owned).map((a) => a.address));
+      this.#owned = placeable;
+      this.#held = new Set([...this.#held].filter((a) => placeable.has(a)));
+      await this.#releaseAddresses(this.#ownershipKnown ? placeable : undefined);
+      await this.#queue.request();
+      await this.#claimAddresses();
+    });
     if (this.#watching) this.#setRenewal();
+  }
+
+  /**
+   * Makes this node hold exactly the failover addresses of `owned` (canonical or not) that the
+   * config puts on its uplinks; others are logged and ignored. Claims in the order of the
+   * gateway's failover design: `hooks.beforeClaim` for each new address, then the rules that
+   * translate its pods' tunnelled flows to it and its routes, then the address on its uplink's
+   * interface and its announcement (failover/address.ts). Releases the other way round: the
+   * address leaves the interface (and /steering) before its rules. Resolves once all of it is in
+   * the kernel; calls are applied one at a time, in order.
+   */
+  setFailoverOwned(owned: ReadonlySet<string>, hooks: FailoverHooks = {}): Promise<void> {
+    return this.#exclusive(() => this.#applyOwned(owned, hooks));
+  }
+
+  async #applyOwned(owned: ReadonlySet<string>, hooks: FailoverHooks): Promise<void> {
+    if (!this.#config) throw new Error('setFailoverOwned was called before the agent started');
+    const asked = new Set([...owned].map(canonicalAddress));
+    const wanted = new Set(this.#wantedAddresses(asked).map((a) => a.address));
+    const foreign = [...asked].filter((a) => !wanted.has(a));
+    if (foreign.length) {
+      this.#o.log.warn('Ignored failover addresses that are not on an uplink of this node', { addresses: foreign });
+    }
+    const claimed = [...wanted].filter((a) => !this.#owned.has(a)).sort();
+    const released = [...this.#owned].filter((a) => !wanted.has(a)).sort();
+    this.#ownershipKnown = true;
+    this.#held = new Set([...this.#held].filter((a) => wanted.has(a)));
+    await this.#releaseAddresses(wanted);
+    for (const address of claimed) await hooks.beforeClaim?.(address);
+    this.#owned = wanted;
+    // The same set again (the owner repeats it) only checks the addresses are still there.
+    if (claimed.length || released.length) await this.sync();
+    await this.#claimAddresses();
+    this.#held = new Set(wanted);
+    if (claimed.length || released.length) {
+      this.#o.log.info('Applied failover address ownership', { claimed, released, owned: [...wanted].sort() });
+    }
+  }
+
+  /** Runs `change` after the ownership changes before it. */
+  #exclusive(change: () => Promise<void>): Promise<void> {
+    const run = this.#ownership.then(change);
+    this.#ownership = run.catch(() => {});
+    return run;
+  }
+
+  /** Where the addresses of `owned` that can be held here go (failover/address.ts). */
+  #wantedAddresses(owned: ReadonlySet<string>) {
+    const config = this.#config!;
+    return desiredAddresses(config, localUplinks(config, this.#o.node), owned, carries);
+  }
+
+  /**
+   * Removes naat's failover addresses that are not to be held: those not in `keep`, or, with the
+   * ownership not known yet, those the config does not put where they are.
+   */
+  async #releaseAddresses(keep: ReadonlySet<string> | undefined): Promise<void> {
+    const kernel = this.#o.failover;
+    if (!kernel) return;
+    const held = await kernel.list();
+    const wanted = keep?.size === 0 ? [] : this.#wantedAddresses(keep ?? new Set(held.map((a) => a.address)));
+    for (const address of planAddresses(held, wanted).remove) {
+      await kernel.remove(address);
+      this.#o.log.info('Released a failover address', { ...address });
+    }
+  }
+
+  /** Adds the owned addresses that are not on their interfaces yet, and announces each. */
+  async #claimAddresses(): Promise<void> {
+    const kernel = this.#o.failover;
+    if (!kernel) return;
+    for (const address of planAddresses(await kernel.list(), this.#wantedAddresses(this.#owned)).add) {
+      await kernel.add(address);
+      await kernel.announce(address);
+      this.#o.log.info('Claimed a failover address', { ...address });
+    }
   }
 
   /** Starts, restarts or ends the balancer's renewal timer as the config asks. */
@@ -373,6 +497,7 @@ export class Agent {
       flows: this.flows.size,
       associations: this.#associations.size,
       ...(conntrack ? { conntrack } : {}),
+      ...(config?.failover ? { failoverAddresses: [...this.#held].sort() } : {}),
     });
   }
 
@@ -391,8 +516,23 @@ export class Agent {
     return this.metrics.render(this.report(), counters);
   }
 
-  /** Stops watching; the kernel keeps the ruleset and routes so traffic goes on. */
-  async stop(): Promise<void> {
+  /**
+   * Stops watching; the kernel keeps the ruleset and routes so traffic goes on. With
+   * `releaseFailover` the failover addresses leave the interfaces first: a stopped agent cannot
+   * keep its claim on them, and another node may take them over.
+   */
+  async stop(options: { releaseFailover?: boolean } = {}): Promise<void> {
+    if (options.releaseFailover) {
+      // A failure is logged and stopping goes on; a restarted agent removes what is left once told what it owns.
+      await this.#exclusive(async () => {
+        this.#held = new Set();
+        this.#ownershipKnown = true;
+        this.#owned = new Set();
+        await this.#releaseAddresses(new Set());
+      }).catch((error: Error) =>
+        this.#o.log.error('Failed to release the failover addresses', { error: error.message }),
+      );
+    }
     this.#watching?.stop();
     clearInterval(this.#renewal?.timer);
     this.#watching = undefined;
@@ -402,9 +542,9 @@ export class Agent {
     await this.#queue.stop();
   }
 
-  /** The gateway is gone: removes naat's table, routes and state. */
+  /** The gateway is gone: removes naat's failover addresses, table, routes and state. */
   async remove(): Promise<void> {
-    await this.stop();
+    await this.stop({ releaseFailover: true });
     const existing = await this.#o.nft.list();
     if (existing) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
     const current = await this.#o.routing.list();
@@ -432,6 +572,7 @@ export class Agent {
       const ids = await this.#ids.allocate(
         uplinks.map((u) => u.name),
         maxUplinkId(marks),
+        failoverUplinkIds(config),
       );
       const interfaceAddresses = new Map<string, string[]>();
       for (const u of uplinks) {
@@ -447,6 +588,7 @@ export class Agent {
         associations: this.#associations.list(),
         stamps: this.#associations.stamps(),
         interfaceAddresses,
+        owned: this.#owned,
         ...(config.steering && this.#o.tunnels ? { underlay: await this.#underlayOf(config.steering) } : {}),
       });
       const routesUnchanged = JSON.stringify(this.#applied?.rendered.routes) === JSON.stringify(rendered.routes);

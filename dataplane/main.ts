@@ -14,6 +14,7 @@ import { createServer as createSecureServer } from 'node:https';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { Agent, type AgentOptions } from './agent.ts';
+import { ExecFailoverAddresses } from './failover/address.ts';
 import {
   defaultRetention,
   describeAttribution,
@@ -199,6 +200,7 @@ function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): 
     },
     writeSysctl,
     tunnels: new ExecTunnelKernel(gatewayTunnelOwnership, writeTunnelSysctl),
+    failover: new ExecFailoverAddresses(log),
     conntrackStats: () => readConntrackStats(),
     log,
     ...options,
@@ -306,8 +308,9 @@ async function run(): Promise<void> {
       log.info('Stopping; this node left the gateway, so the ruleset and routes go too', { signal, reason: left });
       await agent.remove();
     } else {
-      log.info('Stopping; the kernel keeps the ruleset', { signal });
-      await agent.stop();
+      // A stopped agent renews no claim: its failover addresses go, for another node to take.
+      log.info('Stopping; the kernel keeps the ruleset, the failover addresses are released', { signal });
+      await agent.stop({ releaseFailover: true });
     }
     // Exports what the batch processors still hold.
     await telemetry.shutdown();

@@ -8,6 +8,7 @@ import { maxUplinkId, render, uplinkMarks, type FlowAssociation, type RenderInpu
 import { markOf, valueOf } from '../contracts/gateway/index.ts';
 import { allocateUplinkIds } from './uplink-ids.ts';
 import { leastLoadedCounts } from './balancing/least-loaded.ts';
+import { planChanges } from './nft/changes.ts';
 
 const testdata = join(import.meta.dirname, 'testdata');
 const base = parseGatewayConfig(JSON.parse(await readFile(join(testdata, 'gateway.json'), 'utf8')));
@@ -420,5 +421,116 @@ describe('render with steering', () => {
 
   it('renders the table without steering as before', () => {
     expect(renderTable(render(input(base, { underlay })).table)).toBe(renderTable(render(input()).table));
+  });
+});
+
+describe('render with failover addresses', () => {
+  const failover = withConfig((c) => {
+    c.steering = {
+      tunnel: { vni: 7700, port: 4790 },
+      markMask: 0x10,
+      sources: [{ node: 'worker-1', addresses: ['192.168.0.21'] }],
+    };
+    c.failover = {
+      addresses: [
+        { address: '100.64.1.100', uplink: 'isp-a' },
+        { address: 'FD00:64:1:0::100', uplink: 'isp-a' },
+        { address: '100.64.2.100', uplink: 'isp-b' },
+      ],
+      leaseDurationMs: 600,
+      failback: false,
+      failbackDelaySeconds: 30,
+      nodes: [],
+      draining: [],
+    };
+    c.pods = [
+      {
+        namespace: 'shop',
+        name: 'web',
+        addresses: ['10.244.1.2', 'fd00:244:1::2'],
+        node: 'worker-1',
+        egress: ['100.64.1.100', 'fd00:64:1::100'],
+      },
+      // The source of the rule that keeps flows to 192.0.2.0/24 on isp-b and backup.
+      { namespace: 'shop', name: 'backup', addresses: ['10.244.2.2'], node: 'worker-1', egress: ['100.64.1.100'] },
+    ];
+  });
+  const owned = new Set(['100.64.1.100', 'fd00:64:1::100']);
+  const tunnelled = (packet: Packet): Packet => ({ ...packet, iifname: 'naatg7700' });
+  /** Where the first packet of a flow goes, and how postrouting translates it there. */
+  const leave = (i: RenderInput, packet: Packet, random = 0) => {
+    const { table } = render(i);
+    const decided = trace(table, 'prerouting', packet, { random: () => random });
+    const uplink = uplinkOf(i, decided.ctMark);
+    const device = i.config.uplinks.find((u) => u.name === uplink)?.interface;
+    const nat = trace(table, 'postrouting', { ...packet, mark: decided.mark, oifname: device }).nat;
+    return { verdict: decided.verdict, uplink, nat };
+  };
+
+  it("sends a tunnelled flow of a pod whose egress address is owned here out of the address's uplink, translated to it", () => {
+    const i = input(failover, { owned });
+    // Whatever the balancer would pick (isp-b has twice isp-a's weight).
+    for (const random of [0, 1, 2]) {
+      expect(leave(i, tunnelled(tcp('10.244.1.2', '203.0.113.10', 443)), random)).toEqual({
+        verdict: 'accept',
+        uplink: 'isp-a',
+        nat: { kind: 'snat', address: '100.64.1.100', ports: [20000, 29999] },
+      });
+    }
+    expect(leave(i, tunnelled({ ...tcp('fd00:244:1::2', '2001:db8::10', 443), protocol: 'udp' }))).toEqual({
+      verdict: 'accept',
+      uplink: 'isp-a',
+      nat: { kind: 'snat', address: 'fd00:64:1::100', ports: [20000, 29999] },
+    });
+    const icmp = leave(i, tunnelled({ family: 4, saddr: '10.244.1.2', daddr: '203.0.113.10', protocol: 'icmp' }));
+    expect(icmp.nat).toEqual({ kind: 'snat', address: '100.64.1.100' });
+  });
+
+  it('keeps the balanced path and the uplink addresses for flows that are not tunnelled or whose address is not owned', () => {
+    const notOwned = input(failover, { owned: new Set(['100.64.2.100']) });
+    const balanced = new Set(
+      [0, 1, 2].map((r) => leave(notOwned, tunnelled(tcp('10.244.1.2', '203.0.113.10', 443)), r).uplink),
+    );
+    expect(balanced).toEqual(new Set(['isp-a', 'isp-b']));
+    expect(leave(notOwned, tunnelled(tcp('10.244.1.2', '203.0.113.10', 443)), 0).nat).toEqual({
+      kind: 'snat',
+      address: '100.64.1.2',
+      ports: [20000, 29999],
+    });
+    // The same pod address, arriving elsewhere than from the tunnel.
+    const local = leave(input(failover, { owned }), tcp('10.244.1.2', '203.0.113.10', 443), 2);
+    expect(local.uplink).toBe('isp-b');
+    expect(local.nat).toMatchObject({ kind: 'snat' });
+    expect(local.nat).not.toMatchObject({ address: '100.64.1.100' });
+  });
+
+  it("lets policies decide first: a deny drops, and a rule's allowed uplinks without the address's uplink keep the node's own SNAT", () => {
+    const i = input(failover, { owned });
+    expect(leave(i, tunnelled(tcp('10.244.1.2', '203.0.113.10', 23))).verdict).toBe('drop');
+    const restricted = leave(i, tunnelled(tcp('10.244.2.2', '192.0.2.1', 443)));
+    expect(restricted.uplink).toBe('isp-b');
+    expect(['100.64.2.2', '100.64.2.3']).toContain((restricted.nat as { address: string }).address);
+  });
+
+  it('routes an owned address by its uplink table, and moves only set elements when ownership moves', () => {
+    const held = render(input(failover, { owned }));
+    expect(held.routes.find((r) => r.uplink === 'isp-a')?.sources).toEqual([
+      '100.64.1.2',
+      'fd00:64:1::2',
+      '100.64.1.100',
+      'fd00:64:1::100',
+    ]);
+    const none = render(input(failover, { owned: new Set() }));
+    expect(none.routes.find((r) => r.uplink === 'isp-a')?.sources).toEqual(['100.64.1.2', 'fd00:64:1::2']);
+    const operations = planChanges(none.table, held.table)!;
+    expect(new Set(operations.map((o) => `${o.op} ${o.what}`))).toEqual(new Set(['add element']));
+    expect(planChanges(held.table, none.table)!.every((o) => o.op === 'delete' && o.what === 'element')).toBe(true);
+  });
+
+  it('adds nothing to the table of a gateway without failover addresses', () => {
+    const plain = withConfig((c) => {
+      c.steering = structuredClone(failover.steering);
+    });
+    expect(renderTable(render(input(plain, { owned })).table)).not.toContain('failover');
   });
 });

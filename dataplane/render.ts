@@ -9,6 +9,12 @@
 //   (or the pod-level rules) → Deny drops; Allow goes to a choice chain → an uplink chain sets the
 //   uplink's bits in the conntrack and packet marks → the fwmark rule routes it by the uplink's
 //   table → postrouting translates the source to the uplink's addresses.
+//
+// Failover addresses (config.failover): a tunnelled flow of a pod whose egress address of the flow's
+// family is owned by this node skips the balancing of its choice chain (after its rule allowed it)
+// and goes to that address's uplink, whose SNAT chain translates it to the address. Which pods
+// those are is looked up in a set and a map per uplink and family (failover/egress.ts), so that
+// ownership moving moves elements only.
 import { createHash } from 'node:crypto';
 import type { Application, TraceContext } from '../proto/index.ts';
 import { matchesApplication } from '../contracts/index.ts';
@@ -39,6 +45,7 @@ import {
   type Statement,
   type Table,
 } from './nft/model.ts';
+import { localEgressAddresses, planEgress, type EgressAddress, type UplinkEgress } from './failover/egress.ts';
 import { gatewayDevice, planGatewaySteering, type GatewaySteering } from './steering/gateway-plan.ts';
 import type { Family as TunnelFamily, Underlay } from './steering/tunnel.ts';
 import { srcValidMark, type Sysctl } from './sysctls.ts';
@@ -100,6 +107,12 @@ export interface RenderInput {
   interfaceAddresses?: ReadonlyMap<string, readonly string[]>;
   /** This node's underlay per family (config.steering): the tunnel's outer address and MTU. */
   underlay?: ReadonlyMap<TunnelFamily, Underlay>;
+  /**
+   * The failover addresses (config.failover) this node owns now, canonical: the tunnelled flows of
+   * the pods whose egress address they are leave with them. Addresses not on an uplink of this
+   * node are ignored.
+   */
+  owned?: ReadonlySet<string>;
 }
 
 export interface UplinkRoute {
@@ -157,11 +170,17 @@ interface RenderContext {
   healthy: CompiledUplink[];
   load: ReadonlyMap<string, number>;
   balancer: Balancer;
+  /** The failover paths per uplink and family (failover/egress.ts); empty without steering. */
+  egress: UplinkEgress[];
+  /** The packet mark bits of a flow that came through the steering tunnel; 0 without steering. */
+  tunnelMask: number;
 }
 
 export function render(input: RenderInput): Rendered {
   const { config } = input;
   const uplinks = localUplinks(config, input.node);
+  const egressAddresses = localEgressAddresses(config, uplinks, carries);
+  const owned = input.owned ?? new Set<string>();
   const context: RenderContext = {
     config,
     uplinks,
@@ -170,12 +189,15 @@ export function render(input: RenderInput): Rendered {
     healthy: uplinks.filter((u) => input.health.get(u.name) !== false),
     load: input.load ?? new Map(),
     balancer: balancerFor(config.balancing),
+    egress: planEgress(config, egressAddresses, owned),
+    tunnelMask: config.steering?.markMask ?? 0,
   };
   const strict = (config.association?.strictSources ?? []).length > 0;
   const parts: TableParts = { sets: renderAddressSets(config), chains: [] };
   const classOf = renderPolicyChains(context, parts);
   parts.sets.push(...renderAssociationMaps(classOf, input.associations ?? [], input.stamps ?? [], strict));
   for (const uplink of uplinks) renderUplinkChains(context, uplink, parts);
+  renderEgress(context, parts);
   const objects = conntrackObjects(config);
   objects.push(...uplinks.map((u): NftObject => ({ kind: 'counter', name: newFlowsCounter(u.name), body: '' })));
   if (strict) objects.push(...strictCounters());
@@ -190,7 +212,11 @@ export function render(input: RenderInput): Rendered {
   ];
   return {
     table: { chains, sets: parts.sets, objects },
-    routes: renderRoutes(context, input.interfaceAddresses),
+    routes: renderRoutes(
+      context,
+      input.interfaceAddresses,
+      egressAddresses.filter((a) => owned.has(a.address)),
+    ),
     sysctls: uplinks.length ? [srcValidMark] : [],
     ...(steering ? { steering } : {}),
   };
@@ -331,8 +357,9 @@ function renderChoiceRules(
   allowed: readonly string[] | undefined,
   preferred: readonly string[] | undefined,
 ): Rule[] {
-  return families.flatMap((f) =>
-    familyPickRules(
+  return families.flatMap((f) => [
+    ...egressChoiceRules(context, f, allowed),
+    ...familyPickRules(
       f,
       chooseCandidates(
         context.healthy.filter((u) => carries(u, f)),
@@ -341,7 +368,65 @@ function renderChoiceRules(
       ),
       context,
     ),
-  );
+  ]);
+}
+
+/**
+ * Before balancing: a tunnelled flow of a pod whose egress address is owned here goes to that
+ * address's uplink, when the rule allows the uplink and it is healthy (preferences do not count).
+ * Otherwise, a rule whose allowed uplinks leave it out included, the flow is balanced as any other
+ * and leaves with the node's own SNAT address.
+ */
+function egressChoiceRules(context: RenderContext, f: Family, allowed: readonly string[] | undefined): Rule[] {
+  return context.egress
+    .filter((e) => e.family === f && (!allowed || allowed.includes(e.uplink)))
+    .filter((e) => context.healthy.some((u) => u.name === e.uplink))
+    .map((e) => ({
+      match: [
+        family(f),
+        { kind: 'mark', mask: context.tunnelMask, value: context.tunnelMask } as Match,
+        { kind: 'saddr', family: f, set: egressPods(e) } as Match,
+      ],
+      then: [goto(uplinkChain(e.uplink))],
+    }));
+}
+
+/** The pods of an uplink's failover addresses of one family that are owned here (a set). */
+const egressPods = (e: UplinkEgress) => `failover${e.family}_${chainPart(e.uplink)}`;
+/** The same pods → the chain that translates to their address (a verdict map). */
+const egressSnatMap = (e: UplinkEgress) => `failover_snat${e.family}_${chainPart(e.uplink)}`;
+/** The chain that translates to a failover address. */
+const egressSnatChain = (address: string) =>
+  `snat_failover${address.includes(':') ? 6 : 4}_${address.replace(/[.:]/g, '_')}`;
+
+/**
+ * The sets, maps and SNAT chains of the failover addresses on this node's uplinks: declared for
+ * every such address whether owned or not, so that a claim or a release moves elements only.
+ */
+function renderEgress(context: RenderContext, parts: TableParts): void {
+  for (const e of context.egress) {
+    const addr = e.family === 4 ? 'ipv4_addr' : 'ipv6_addr';
+    parts.sets.push(
+      {
+        name: egressPods(e),
+        type: addr,
+        elements: e.pods.map(({ pod }) => ({ key: [{ kind: 'address', address: pod }] })),
+      },
+      {
+        name: egressSnatMap(e),
+        type: `${addr} : verdict`,
+        map: true,
+        elements: e.pods.map(({ pod, address }) => ({
+          key: [{ kind: 'address', address: pod }],
+          value: goto(egressSnatChain(address)),
+        })),
+      },
+    );
+    const uplink = context.uplinks.find((u) => u.name === e.uplink)!;
+    for (const address of e.addresses) {
+      parts.chains.push({ name: egressSnatChain(address), rules: translateRules(e.family, uplink, address) });
+    }
+  }
 }
 
 /**
@@ -422,7 +507,7 @@ function renderUplinkChains(context: RenderContext, uplink: CompiledUplink, part
   // Final: the rule chains are jumped to, and a chosen flow must not go on to later rules.
   then.push({ match: [], then: [{ kind: 'verdict', verdict: 'accept' }] });
   parts.chains.push({ name: uplinkChain(uplink.name), rules: then });
-  parts.chains.push(...snatChains(uplink));
+  parts.chains.push(...snatChains(uplink, context.egress, context.tunnelMask));
 }
 
 /** The base chain that classifies new flows of served pods and restores the uplink of known ones. */
@@ -644,8 +729,11 @@ function renderStrictClear(): Chain {
 function renderRoutes(
   { uplinks, ids, marks }: RenderContext,
   interfaceAddresses: ReadonlyMap<string, readonly string[]> | undefined,
+  owned: readonly EgressAddress[],
 ): UplinkRoute[] {
   return uplinks.map((u) => {
+    // An owned failover address answers on the uplink it lives on (ARP, NDP, pings of it).
+    const failover = owned.filter((a) => a.uplink === u.name).map((a) => a.address);
     const id = ids.get(u.name)!;
     return {
       uplink: u.name,
@@ -655,7 +743,10 @@ function renderRoutes(
       table: routeTableBase + id,
       interface: u.interface,
       nextHop: { ...u.nextHop },
-      sources: [...(u.snat.addresses?.length ? u.snat.addresses : (interfaceAddresses?.get(u.interface) ?? []))],
+      sources: [
+        ...(u.snat.addresses?.length ? u.snat.addresses : (interfaceAddresses?.get(u.interface) ?? [])),
+        ...failover,
+      ],
     };
   });
 }
@@ -717,20 +808,32 @@ function familyPickRules(f: Family, candidates: CompiledUplink[], context: Rende
   );
 }
 
-function snatChains(uplink: CompiledUplink): Chain[] {
+/** Source NAT to `text` (or a masquerade without one), TCP and UDP within the uplink's ports. */
+function translateRules(f: Family, uplink: CompiledUplink, text?: string): Rule[] {
   const ports: [number, number] = [uplink.snat.ports.min, uplink.snat.ports.max];
+  const address = text && canonicalAddress(text);
+  const withPorts: Statement = address ? { kind: 'snat', family: f, address, ports } : { kind: 'masquerade', ports };
+  const without: Statement = address ? { kind: 'snat', family: f, address } : { kind: 'masquerade' };
+  return [
+    { match: [family(f), { kind: 'l4proto', protocols: ['tcp', 'udp'] }], then: [withPorts] },
+    { match: [family(f)], then: [without] },
+  ];
+}
+
+/**
+ * An uplink's SNAT chains. A tunnelled flow of a pod with an owned failover address on the uplink
+ * is translated to that address (the map holds only those); every other flow to the uplink's own.
+ */
+function snatChains(uplink: CompiledUplink, egress: readonly UplinkEgress[], tunnelMask: number): Chain[] {
   const name = snatChain(uplink.name);
   const chains: Chain[] = [];
-  const rules: Rule[] = [];
-  const translate = (f: Family, text?: string): Rule[] => {
-    const address = text && canonicalAddress(text);
-    const withPorts: Statement = address ? { kind: 'snat', family: f, address, ports } : { kind: 'masquerade', ports };
-    const without: Statement = address ? { kind: 'snat', family: f, address } : { kind: 'masquerade' };
-    return [
-      { match: [family(f), { kind: 'l4proto', protocols: ['tcp', 'udp'] }], then: [withPorts] },
-      { match: [family(f)], then: [without] },
-    ];
-  };
+  const rules: Rule[] = egress
+    .filter((e) => e.uplink === uplink.name)
+    .map((e) => ({
+      match: [family(e.family), { kind: 'mark', mask: tunnelMask, value: tunnelMask }],
+      then: [{ kind: 'lookupSource', family: e.family, map: egressSnatMap(e) }],
+    }));
+  const translate = (f: Family, text?: string) => translateRules(f, uplink, text);
   for (const f of families.filter((f) => carries(uplink, f))) {
     const addresses = (uplink.snat.addresses ?? []).filter((a) => familyOf(a) === f);
     if (addresses.length <= 1) {

@@ -4,6 +4,25 @@ import { join } from 'node:path';
 import { allocateUplinkIds, UplinkIds } from './uplink-ids.ts';
 
 describe('allocateUplinkIds', () => {
+  it("gives failover addresses' uplinks their fixed ids over kept ones, and no other uplink those ids", () => {
+    const kept = new Map([
+      ['a', 1],
+      ['f', 3],
+    ]);
+    const fixed = new Map([
+      ['f', 1],
+      ['elsewhere', 2],
+    ]);
+    expect([...allocateUplinkIds(kept, ['a', 'f', 'z'], 15, fixed)].sort()).toEqual([
+      ['a', 3],
+      ['f', 1],
+      ['z', 4],
+    ]);
+    expect(() => allocateUplinkIds(new Map(), ['f'], 3, new Map([['f', 4]]))).toThrow(
+      'uplink f needs id 4: the uplink id mark bits hold 3',
+    );
+  });
+
   it('keeps ids across restarts and additions, and reuses freed ones', () => {
     const first = allocateUplinkIds(new Map(), ['b', 'a'], 15);
     expect([...first]).toEqual([

@@ -2,6 +2,12 @@
 // is allocated once per uplink name and kept in the state directory (/run/naat, which goes away
 // with the conntrack table on reboot), so a restart or an added uplink never renumbers the marks
 // of flows already pinned.
+//
+// The uplinks of failover addresses are the exception: their ids are fixed by the config (the same
+// on every gateway node), because a flow translated to a failover address carries its uplink id in
+// its conntrack mark, and the entry replicated to the node that takes the address over must select
+// the same uplink there. Turning failover on for an uplink can therefore renumber a node's uplinks
+// once: flows pinned to a renumbered id then leave by the uplink that holds it now and break.
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -9,18 +15,26 @@ import { join } from 'node:path';
  * Keeps the ids of uplinks that had one and gives new uplinks the lowest free ids, so that a
  * restart or an added uplink never renumbers the marks of flows already pinned. Ids run from 1 to
  * `maxId` (what the mark bits hold); a kept id above it (the bits were narrowed) is given anew.
+ * `fixed` ids (failoverUplinkIds) win over kept ones and are never given to another uplink.
  */
 export function allocateUplinkIds(
   previous: ReadonlyMap<string, number>,
   names: readonly string[],
   maxId: number,
+  fixed: ReadonlyMap<string, number> = new Map(),
 ): Map<string, number> {
   const ids = new Map<string, number>();
-  for (const name of names) {
-    const id = previous.get(name);
-    if (id !== undefined && id <= maxId) ids.set(name, id);
+  for (const [name, id] of fixed) {
+    if (id > maxId) throw new Error(`uplink ${name} needs id ${id}: the uplink id mark bits hold ${maxId}`);
   }
-  const used = new Set(ids.values());
+  const reserved = new Set(fixed.values());
+  for (const name of names) {
+    const pinned = fixed.get(name);
+    const id = previous.get(name);
+    if (pinned !== undefined) ids.set(name, pinned);
+    else if (id !== undefined && id <= maxId && !reserved.has(id)) ids.set(name, id);
+  }
+  const used = new Set([...ids.values(), ...reserved]);
   let next = 1;
   for (const name of [...names].sort()) {
     if (ids.has(name)) continue;
@@ -54,8 +68,12 @@ export class UplinkIds {
   }
 
   /** The ids of `names` (see allocateUplinkIds), saved first when they changed. */
-  async allocate(names: readonly string[], maxId: number): Promise<ReadonlyMap<string, number>> {
-    const ids = allocateUplinkIds(this.#ids, names, maxId);
+  async allocate(
+    names: readonly string[],
+    maxId: number,
+    fixed?: ReadonlyMap<string, number>,
+  ): Promise<ReadonlyMap<string, number>> {
+    const ids = allocateUplinkIds(this.#ids, names, maxId, fixed);
     if (!sameIds(ids, this.#ids)) await this.#save(ids);
     this.#ids = ids;
     return ids;

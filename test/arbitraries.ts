@@ -3,7 +3,12 @@
 // left out), each either valid by the API's rules or broken in one known way whose field the
 // parser must name, and the associations and stamps the sidecars would report for it.
 import fc from 'fast-check';
-import { canonicalAddress, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
+import {
+  canonicalAddress,
+  parseGatewayConfig,
+  uplinkMarkMask,
+  type GatewayConfig,
+} from '../contracts/gateway/index.ts';
 import {
   maxUplinkId,
   uplinkMarks,
@@ -12,6 +17,7 @@ import {
   type StampedApplication,
 } from '../dataplane/render.ts';
 import { allocateUplinkIds } from '../dataplane/uplink-ids.ts';
+import { failoverUplinkIds } from '../dataplane/failover/egress.ts';
 import type { Application } from '../proto/index.ts';
 
 /** One value from each arbitrary, in order. */
@@ -393,11 +399,40 @@ function renderInput(config: GatewayConfig, extra: Partial<RenderInput>): Render
       new Map(),
       config.uplinks.map((u) => u.name),
       maxUplinkId(uplinkMarks(config)),
+      failoverUplinkIds(config),
     ),
     health: new Map(),
     ...extra,
   };
 }
+
+/**
+ * Sometimes the config with failover addresses, an IPv4 and an IPv6 one on each of its first
+ * uplinks, steering (which they need) when it has none, and egress addresses for its pods.
+ */
+const withFailover = (config: GatewayConfig): fc.Arbitrary<GatewayConfig> =>
+  fc.boolean().map((on) => {
+    if (!on || !config.uplinks.length) return config;
+    const addresses = config.uplinks.slice(0, 4).flatMap((u, k) => [
+      { address: `198.18.255.${k + 1}`, uplink: u.name },
+      { address: `fd00:ffff::${k + 1}`, uplink: u.name },
+    ]);
+    const mask = uplinkMarkMask(config);
+    const free = [...Array(32).keys()].map((b) => (1 << b) >>> 0).find((bit) => (bit & mask) === 0)!;
+    return parseGatewayConfig({
+      ...config,
+      steering: config.steering ?? { tunnel: { vni: 4242, port: 4789 }, markMask: free, sources: [] },
+      failover: { addresses, leaseDurationMs: 600, failback: false, failbackDelaySeconds: 30, nodes: [], draining: [] },
+      pods: config.pods.map((pod, i) => {
+        const pair = addresses.slice((2 * i) % addresses.length).slice(0, 2);
+        return { ...pod, egress: pair.map((a) => a.address) };
+      }),
+    });
+  });
+
+/** Which of the config's failover addresses this node owns. */
+const ownedOf = (config: GatewayConfig) =>
+  fc.subarray((config.failover?.addresses ?? []).map((a) => canonicalAddress(a.address))).map((a) => new Set(a));
 
 /** Health and load of the config's uplinks, as the probes and the flow table might report them. */
 const conditions = (config: GatewayConfig) =>
@@ -413,18 +448,20 @@ const conditions = (config: GatewayConfig) =>
 /** Accepted configs with their reports and uplink conditions. */
 export const renderCases = validConfig
   .map((json) => parseGatewayConfig(json))
+  .chain(withFailover)
   .chain((config) =>
     fc
-      .tuple(reportsFor(config), conditions(config))
-      .map(([reports, state]) => renderInput(config, { ...reports, ...state })),
+      .tuple(reportsFor(config), conditions(config), ownedOf(config))
+      .map(([reports, state, owned]) => renderInput(config, { ...reports, ...state, owned })),
   );
 
-/** Two moments of one accepted config: other associations, stamps, health and load. */
+/** Two moments of one accepted config: other associations, stamps, health, load and owned failover addresses. */
 export const renderPairs = validConfig
   .map((json) => parseGatewayConfig(json))
+  .chain(withFailover)
   .chain((config) => {
     const moment = fc
-      .tuple(reportsFor(config), conditions(config))
-      .map(([reports, state]) => renderInput(config, { ...reports, ...state }));
+      .tuple(reportsFor(config), conditions(config), ownedOf(config))
+      .map(([reports, state, owned]) => renderInput(config, { ...reports, ...state, owned }));
     return fc.tuple(moment, moment);
   });

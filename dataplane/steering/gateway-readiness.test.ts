@@ -83,3 +83,12 @@ test('a stream is asked for with an interval in milliseconds, kept within 50 ms 
   expect(steeringStreamInterval('1')).toBe(50);
   expect(steeringStreamInterval('60000')).toBe(10_000);
 });
+
+test('names the failover addresses the agent holds, and none for a gateway without failover', () => {
+  const held = report([state('isp-a', true)], { failoverAddresses: ['100.64.1.100', 'fd00:64:1::100'] });
+  expect(steeringReadiness(held, [dualStack]).addresses).toEqual(['100.64.1.100', 'fd00:64:1::100']);
+  expect(steeringReadiness(report([state('isp-a', true)], { failoverAddresses: [] }), [dualStack]).addresses).toEqual(
+    [],
+  );
+  expect(steeringReadiness(report([state('isp-a', true)]), [dualStack])).not.toHaveProperty('addresses');
+});

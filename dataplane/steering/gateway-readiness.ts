@@ -37,6 +37,7 @@ export function steeringReadiness(report: AgentReport, uplinks: readonly Compile
     ...(report.appliedHash ? { hash: report.appliedHash } : {}),
     ipv4,
     ipv6,
+    ...(report.failoverAddresses ? { addresses: report.failoverAddresses } : {}),
   };
 }
 

@@ -12,6 +12,11 @@
 // have an uplink to both ISPs and no default route. Every node filters reverse paths strictly
 // and drops conntrack-INVALID packets in forward, as kube-proxy does. The server counts packets
 // from pod and node addresses, so that tests can assert it never saw one.
+//
+// With `sharedUplinks`, each ISP i is one L2 segment instead (a bridge `lan` in its namespace) that
+// both gateway nodes' up<i> join: the ISP at 100.64.<i>.1 / fd00:64:<i>::1, gateway node g at
+// 100.64.<i>.1<g> / fd00:64:<i>::1<g>, and failover addresses 100.64.<i>.100–103 /
+// fd00:64:<i>::100–103 on the same link, which the ISP reaches wherever they are claimed.
 import { server, type DualStack } from './topology.ts';
 import {
   countedPackets,
@@ -80,6 +85,36 @@ export const gatewayUplinks = (g: number, healthPort: number) =>
     },
   }));
 
+/** Gateway node g's address on the segment of ISP i (sharedUplinks). */
+export const sharedUplinkAddress = (g: number, i: number): DualStack => ({
+  v4: `100.64.${i}.1${g}`,
+  v6: `fd00:64:${i}::1${g}`,
+});
+/** ISP i's address on its segment, every gateway node's next hop there (sharedUplinks). */
+export const sharedNextHop = (i: number): DualStack => ({ v4: `100.64.${i}.1`, v6: `fd00:64:${i}::1` });
+/** Failover address n (0–3) on the segment of ISP i (sharedUplinks). */
+export const failoverAddress = (i: number, n: number): DualStack => ({
+  v4: `100.64.${i}.${100 + n}`,
+  v6: `fd00:64:${i}::${100 + n}`,
+});
+
+/**
+ * The uplinks of the shared segments as a gateway config lists them (`isp<i>`, dual-stack, on every
+ * gateway node): each node masquerades to its own address there.
+ */
+export const sharedUplinks = () =>
+  isps.map((i) => ({
+    name: `isp${i}`,
+    interface: `up${i}`,
+    nextHop: { ipv4: sharedNextHop(i).v4, ipv6: sharedNextHop(i).v6 },
+    snat: {},
+  }));
+
+export interface ClusterOptions {
+  /** One L2 segment per ISP that every gateway node joins, instead of a link per node and ISP. */
+  sharedUplinks?: boolean;
+}
+
 export interface Cluster {
   prefix: string;
   ns: { workers: string[]; pods: string[]; gateways: string[]; isps: string[]; srv: string; underlay: string };
@@ -129,7 +164,8 @@ export async function printAgentErrors(dir: string, nodes: readonly string[]): P
   }
 }
 
-export async function createCluster(): Promise<Cluster> {
+export async function createCluster(options: ClusterOptions = {}): Promise<Cluster> {
+  const shared = options.sharedUplinks ?? false;
   const prefix = await unusedPrefix();
   const ns = {
     workers: workers.map((w) => `${prefix}w${w}`),
@@ -209,13 +245,19 @@ export async function createCluster(): Promise<Cluster> {
       ]);
       await ipBatch(pod(w), addresses('eth0', podAddress(w), 24));
     }
+    if (shared) {
+      for (const i of isps)
+        await ipBatch(isp(i), ['link add lan type bridge', ...addresses('lan', sharedNextHop(i), 24)]);
+    }
     for (const g of gateways) {
       await ipBatch(gateway(g), [
         ...isps.map((i) => `link add up${i} type veth peer name g${g} netns ${isp(i)}`),
         ...addresses('eth0', gatewayAddress(g), 24),
-        ...isps.flatMap((i) => addresses(`up${i}`, uplinkAddress(g, i), 24)),
+        ...isps.flatMap((i) => addresses(`up${i}`, shared ? sharedUplinkAddress(g, i) : uplinkAddress(g, i), 24)),
       ]);
-      for (const i of isps) await ipBatch(isp(i), addresses(`g${g}`, uplinkNextHop(g, i), 24));
+      for (const i of isps) {
+        await ipBatch(isp(i), shared ? [`link set g${g} master lan up`] : addresses(`g${g}`, uplinkNextHop(g, i), 24));
+      }
     }
     for (const i of isps) {
       await ipBatch(ns.srv, [
@@ -248,7 +290,7 @@ export async function createCluster(): Promise<Cluster> {
       ipBatch(ns.srv, [
         ...routes(nodeNetwork, { v4: '198.19.0.1', v6: 'fd00:198:19::1' }),
         ...isps.flatMap((i) =>
-          gateways.flatMap((g) =>
+          (shared ? [''] : gateways.map(String)).flatMap((g) =>
             routes(
               { v4: `100.64.${g}${i}.0/24`, v6: `fd00:64:${g}${i}::/64` },
               { v4: `198.18.${i}.1`, v6: `fd00:198:${i}::1` },

@@ -24,6 +24,7 @@ export const requirements: readonly Requirement[] = [
   { package: 'iperf3', probe: 'iperf3' },
   { package: 'iputils-ping', probe: 'ping' },
   { package: 'iputils-arping', probe: 'arping' },
+  { package: 'libndp-tools', probe: 'ndptool' },
   { package: 'curl', probe: 'curl' },
   { package: 'vsftpd', probe: 'vsftpd' },
   { package: 'python3', probe: 'python3' },

@@ -1,0 +1,265 @@
+// A gateway node's kernel side of failover addresses, in the cluster of network namespaces with one
+// L2 segment per ISP that both gateway nodes join (cluster-topology.ts, sharedUplinks). The real
+// gateway Agent runs on g1 and g2 with the real kernel (test/e2e/programs/failover-gateway.ts), the
+// test deciding which node owns the failover addresses; the real node agents steer the workers'
+// pods to the owner. A pod with egress addresses leaves with them from the node that owns them,
+// a pod without keeps the node's own addresses; moving the addresses from g1 to g2 moves the
+// ISP's neighbour entries to g2's MAC, and new flows leave from g2 with the same addresses.
+import type { ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import {
+  createCluster,
+  failoverAddress,
+  gatewayAddress,
+  gateways,
+  nodeNetwork,
+  podAddress,
+  podNetwork,
+  sharedUplinkAddress,
+  sharedUplinks,
+  workerAddress,
+  type Cluster,
+} from './cluster-topology.ts';
+import { server, stopProcess, until } from './topology.ts';
+import { connectMany, startWhoami, type Server } from './traffic.ts';
+
+const main = join(import.meta.dirname, '..', '..', 'dataplane', 'main.ts');
+const program = join(import.meta.dirname, 'programs', 'failover-gateway.ts');
+const whoamiPort = 9000;
+const tunnel = { vni: 7700, port: 4790 };
+/** The failover addresses of the pod on w1; the pod on w2 has none. */
+const egress = failoverAddress(1, 0);
+const steered = [1, 2] as const;
+
+let c: Cluster;
+let dir: string;
+let whoami: Server;
+const gatewayAgents = new Map<number, { child: ChildProcess; answers: AsyncIterator<string> }>();
+const nodeAgents: ChildProcess[] = [];
+let generation = 0;
+
+function gatewayConfig(): Record<string, unknown> {
+  return {
+    version: 1,
+    gateway: 'egress',
+    hash: 'gw-1',
+    sources: [podNetwork.v4, podNetwork.v6],
+    pods: steered.map((w) => ({
+      namespace: 'shop',
+      name: `web-${w}`,
+      addresses: [podAddress(w).v4, podAddress(w).v6],
+      node: `w${w}`,
+      ...(w === 1 ? { egress: [egress.v4, egress.v6] } : {}),
+    })),
+    uplinks: sharedUplinks(),
+    balancing: { mode: 'Weighted' },
+    timeouts: {},
+    steering: {
+      tunnel,
+      markMask: 0x10,
+      sources: steered.map((w) => ({ node: `w${w}`, addresses: [workerAddress(w).v4, workerAddress(w).v6] })),
+    },
+    failover: {
+      addresses: [
+        { address: egress.v4, uplink: 'isp1' },
+        { address: egress.v6, uplink: 'isp1' },
+      ],
+      leaseDurationMs: 600,
+      failback: false,
+      failbackDelaySeconds: 30,
+      nodes: gateways.map((g) => ({ node: `g${g}`, addresses: [gatewayAddress(g).v4, gatewayAddress(g).v6] })),
+      draining: [],
+    },
+  };
+}
+
+/** Worker w's node config, steering its pod to gateway node `owner` alone (as source-node following would). */
+function nodeConfig(w: number, owner: number): Record<string, unknown> {
+  return {
+    version: 1,
+    node: `w${w}`,
+    hash: `node-${w}-${++generation}`,
+    markMask: 0xe0,
+    gateways: [
+      {
+        gateway: 'egress',
+        tunnel,
+        selection: 'Pod',
+        associationPort: 7740,
+        healthPort: 7741,
+        bypass: [podNetwork.v4, podNetwork.v6, nodeNetwork.v4, nodeNetwork.v6],
+        pods: [
+          {
+            namespace: 'shop',
+            name: `web-${w}`,
+            addresses: [podAddress(w).v4, podAddress(w).v6],
+            ...(w === 1 ? { egress: [egress.v4, egress.v6] } : {}),
+          },
+        ],
+        peers: [{ node: `g${owner}`, addresses: [gatewayAddress(owner).v4, gatewayAddress(owner).v6] }],
+      },
+    ],
+  };
+}
+
+async function statusOf(ns: string, port: number): Promise<Record<string, unknown>> {
+  const { stdout } = await c.exec(ns, ['curl', '-sf', `http://127.0.0.1:${port}/status`]);
+  return JSON.parse(stdout) as Record<string, unknown>;
+}
+
+/** Steers every worker's pod to gateway node `owner` and waits until the node agents see it up. */
+async function steerTo(owner: number): Promise<void> {
+  const configs = steered.map((w) => nodeConfig(w, owner));
+  for (const w of steered) await writeFile(join(dir, `w${w}.json`), JSON.stringify(configs[w - 1]));
+  for (const w of steered) {
+    await until(`w${w} steers to g${owner}`, async () => {
+      const status = await statusOf(c.worker(w), 7742);
+      const peers = (status.peers ?? []) as Array<{ up: boolean }>;
+      return status.appliedHash === configs[w - 1]!.hash && peers.length && peers.every((p) => p.up) ? true : undefined;
+    });
+  }
+}
+
+/** Hands gateway node g the failover addresses it owns; resolves once its agent applied them. */
+async function own(g: number, addresses: string[]): Promise<void> {
+  const agent = gatewayAgents.get(g)!;
+  agent.child.stdin!.write(`${JSON.stringify(addresses)}\n`);
+  const answer = JSON.parse((await agent.answers.next()).value as string) as { owned?: string[]; error?: string };
+  expect(answer).toEqual({ owned: addresses });
+}
+
+async function macOf(ns: string, device: string): Promise<string> {
+  const { stdout } = await c.exec(ns, ['cat', `/sys/class/net/${device}/address`]);
+  return stdout.trim();
+}
+
+/** The MAC ISP 1's neighbour entry for `address` holds, if any. */
+async function ispNeighbour(address: string): Promise<string | undefined> {
+  const { stdout } = await c.exec(c.ns.isps[0]!, ['ip', '-j', 'neighbour', 'show', 'to', address, 'dev', 'lan']);
+  return (JSON.parse(stdout) as Array<{ lladdr?: string }>)[0]?.lladdr;
+}
+
+async function failoverAddressesOf(g: number): Promise<string[]> {
+  const { stdout } = await c.exec(c.gateway(g), ['ip', '-j', 'address', 'show', 'dev', 'up1']);
+  const [link] = JSON.parse(stdout) as Array<{ addr_info: Array<{ local: string; metric?: number }> }>;
+  return link!.addr_info.filter((a) => a.metric === 7700).map((a) => a.local);
+}
+
+/** The source addresses the server saw for 10 connections of the pod on worker w, per family. */
+async function seenFrom(w: number): Promise<{ v4: string[]; v6: string[] }> {
+  const seen = async (address: string) => {
+    const result = await connectMany(c, c.pod(w), address, whoamiPort, 10, { concurrency: 5 });
+    expect({ failures: result.failures, error: result.error }).toEqual({ failures: 0, error: undefined });
+    return [...new Set(result.answers.map((a) => a.split(' ')[0]!))].sort();
+  };
+  return { v4: await seen(server.v4), v6: await seen(server.v6) };
+}
+
+/** Whether gateway node g's conntrack holds TCP flows of the pod on w1 translated to its egress addresses. */
+async function carries(g: number): Promise<boolean> {
+  const flows = await Promise.all(
+    (['ipv4', 'ipv6'] as const).map(async (family) => {
+      const { stdout } = await c.exec(c.gateway(g), [
+        'conntrack',
+        '-L',
+        '-f',
+        family,
+        '-p',
+        'tcp',
+        '--dport',
+        String(whoamiPort),
+      ]);
+      return stdout;
+    }),
+  );
+  return flows[0]!.includes(`dst=${egress.v4} `) && flows[1]!.includes(`dst=${egress.v6} `);
+}
+
+beforeAll(async () => {
+  c = await createCluster({ sharedUplinks: true });
+  dir = await mkdtemp(join(tmpdir(), 'naat-failover-e2e-'));
+  whoami = await startWhoami(c, whoamiPort);
+  await writeFile(join(dir, 'gateway.json'), JSON.stringify(gatewayConfig()));
+  for (const g of gateways) {
+    const log = openSync(join(dir, `g${g}.log`), 'a');
+    const argv = [join(dir, 'gateway.json'), `g${g}`, join(dir, `g${g}-state`), '::', '7741'];
+    const child = c.spawn(c.gateway(g), [process.execPath, program, ...argv], { stdio: ['pipe', 'pipe', log] });
+    closeSync(log);
+    const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+    expect(JSON.parse((await lines.next()).value as string)).toEqual({ listening: true });
+    gatewayAgents.set(g, { child, answers: lines });
+  }
+  for (const w of steered) {
+    await writeFile(join(dir, `w${w}.json`), JSON.stringify(nodeConfig(w, 1)));
+    const log = openSync(join(dir, `w${w}.log`), 'a');
+    const argv = ['node', '--config', join(dir, `w${w}.json`), '--node', `w${w}`, '--reload-ms', '100'];
+    nodeAgents.push(
+      c.spawn(c.worker(w), [process.execPath, main, ...argv, '--state-dir', join(dir, `w${w}-state`)], {
+        stdio: ['ignore', log, log],
+      }),
+    );
+    closeSync(log);
+  }
+}, 120_000);
+
+afterAll(async () => {
+  for (const agent of [...nodeAgents, ...[...gatewayAgents.values()].map((a) => a.child)]) await stopProcess(agent);
+  await whoami?.stop();
+  await c?.destroy();
+  for (const name of ['g1', 'g2', 'w1', 'w2']) {
+    const log = await readFile(join(dir, `${name}.log`), 'utf8').catch(() => '');
+    const errors = log.split('\n').filter((line) => line && !line.includes('"level":"info"'));
+    if (errors.length) console.log(`${name} logged:\n${errors.slice(0, 20).join('\n')}`);
+  }
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('failover addresses in the kernel', () => {
+  it('takes a pod with egress addresses out with them from the node that owns them, and moves them with their neighbour entries', async () => {
+    await own(1, [egress.v4, egress.v6]);
+    expect((await failoverAddressesOf(1)).sort()).toEqual([egress.v4, egress.v6].sort());
+    await steerTo(1);
+    expect(await seenFrom(1)).toEqual({ v4: [egress.v4], v6: [egress.v6] });
+    expect(await carries(1)).toBe(true);
+    // A pod without egress addresses keeps the node's own address on its uplinks.
+    const own1 = await seenFrom(2);
+    for (const seen of own1.v4) expect([sharedUplinkAddress(1, 1).v4, sharedUplinkAddress(1, 2).v4]).toContain(seen);
+    for (const seen of own1.v6) expect([sharedUplinkAddress(1, 1).v6, sharedUplinkAddress(1, 2).v6]).toContain(seen);
+    const [g1, g2] = [await macOf(c.gateway(1), 'up1'), await macOf(c.gateway(2), 'up1')];
+    expect(await ispNeighbour(egress.v4)).toBe(g1);
+    expect(await ispNeighbour(egress.v6)).toBe(g1);
+
+    await own(1, []);
+    expect(await failoverAddressesOf(1)).toEqual([]);
+    const claimed = performance.now();
+    await own(2, [egress.v4, egress.v6]);
+    // The claim announced the addresses: the ISP's entries moved before any new flow.
+    await until('the ISP reaches the addresses at g2', async () =>
+      (await ispNeighbour(egress.v4)) === g2 && (await ispNeighbour(egress.v6)) === g2 ? true : undefined,
+    );
+    console.log(`claim on g2 → ISP's neighbour entries at g2: ${Math.round(performance.now() - claimed)} ms`);
+    expect((await failoverAddressesOf(2)).sort()).toEqual([egress.v4, egress.v6].sort());
+    expect(
+      JSON.parse((await c.exec(c.gateway(2), ['curl', '-sf', 'http://127.0.0.1:7741/steering'])).stdout),
+    ).toMatchObject({
+      addresses: [egress.v4, egress.v6].sort(),
+    });
+    await steerTo(2);
+    expect(await seenFrom(1)).toEqual({ v4: [egress.v4], v6: [egress.v6] });
+    expect(await carries(2)).toBe(true);
+    const own2 = await seenFrom(2);
+    for (const seen of own2.v4) expect([sharedUplinkAddress(2, 1).v4, sharedUplinkAddress(2, 2).v4]).toContain(seen);
+  });
+
+  it('takes the failover addresses off the interfaces when the agent stops', async () => {
+    const { child } = gatewayAgents.get(2)!;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+    expect(await failoverAddressesOf(2)).toEqual([]);
+  });
+});
