@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import {
   decideOwnership,
   emptyMemory,
+  renewingOnSchedule,
   type FailoverSettings,
   type NodeLease,
   type OwnershipMemory,
@@ -103,7 +104,7 @@ class Gateway {
   step(): Map<string, Set<string>> {
     const failover = { ...this.settings, draining: [...this.draining] };
     const running = this.nodes.filter((n) => n.running);
-    const reaches = (n: SimNode) => n.renewedAt !== undefined && this.now - n.renewedAt <= L;
+    const reaches = (n: SimNode) => renewingOnSchedule(n.renewedAt, this.now, L);
     const leases = [...this.leases.values()];
     const decisions = running.map((node) => {
       const peersHeard = new Map(running.filter((p) => p !== node).map((p) => [p.name, reaches(p)]));

@@ -246,3 +246,16 @@ test('a new winner waits for the node preferred before it, which may be claiming
   const waited = decideOwnership(input(first, 5100 + L, { leases: [lease(second, 5090)] }), back.memory);
   expect(waited.claims).toEqual([{ address: X, reason: 'Unowned' }]);
 });
+
+test('a node whose watch no longer shows its own renewals claims nothing', () => {
+  const stalled = input(first, 5000, { leases: [lease(second, 3000, { addresses: [X] })] });
+  stalled.leases = [lease(second, 3000, { addresses: [X] }), lease(first, 3000)];
+  expect(decideOwnership(stalled, settled).claims).toEqual([]);
+});
+
+test('a node that falls behind its renewals says it does not reach the apiserver, and claims nothing', () => {
+  const behind = decideOwnership(input(first, 5000, { renewedAt: 5000 - L / 2 - 1 }), settled);
+  expect(behind.apiserverReachable).toBe(false);
+  expect(behind.claims).toEqual([]);
+  expect(decideOwnership(input(first, 5000, { renewedAt: 5000 - L / 2 }), settled).apiserverReachable).toBe(true);
+});

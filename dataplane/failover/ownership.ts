@@ -20,6 +20,8 @@
 //   it hears at least one other gateway node directly and none of those it hears reaches the
 //   apiserver (an apiserver outage: nobody can take over, so nothing moves). A gateway of one node
 //   keeps its addresses through an outage too.
+// - A node claims nothing while it has not seen its own Lease change for a lease duration: a watch
+//   that stalls would make every other Lease look expired.
 import { rendezvous } from '../../common/index.ts';
 import type { FailoverReason, GatewayConfig } from '../../contracts/gateway/index.ts';
 
@@ -96,11 +98,22 @@ export interface OwnershipDecision {
   owned: Set<string>;
   claims: OwnershipClaim[];
   releases: OwnershipRelease[];
-  /** Whether this node reaches the apiserver (its last renewal is fresh), for the /steering answers. */
+  /** Whether this node renews on schedule (renewingOnSchedule), for the /steering answers. */
   apiserverReachable: boolean;
   memory: OwnershipMemory;
   /** The latest time to decide again when nothing changes before: the next deadline a rule has. */
   wakeAt: number | undefined;
+}
+
+/**
+ * Whether a node reaches the apiserver as its peers hear it (and as it must to claim): its last
+ * successful renewal was sent within half a lease duration. Renewing every third of one, a node
+ * keeps to that with room for the request's latency; and when the apiserver goes away for all,
+ * each says so before the first of them reaches its fence (at least two thirds of a lease
+ * duration after the outage began), so that none mistakes the outage for its own partition.
+ */
+export function renewingOnSchedule(renewedAt: number | undefined, now: number, leaseDurationMs: number): boolean {
+  return renewedAt !== undefined && now - renewedAt <= leaseDurationMs / 2;
 }
 
 /** The decision for `input`, given the memory the previous one returned. */
@@ -109,6 +122,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   const duration = failover.leaseDurationMs;
   const deadlines: number[] = [];
   const reachable = input.renewedAt !== undefined && now - input.renewedAt <= duration;
+  const onSchedule = renewingOnSchedule(input.renewedAt, now, duration);
   if (input.renewedAt !== undefined && reachable) deadlines.push(input.renewedAt + duration + 1);
   const reachableSince = reachable ? (memory.reachableSince ?? now) : undefined;
   const settled = reachableSince !== undefined && now - reachableSince >= duration;
@@ -117,6 +131,8 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   const draining = new Set(failover.draining);
   const others = input.leases.filter((lease) => lease.node !== self);
   const published = input.leases.find((lease) => lease.node === self);
+  // This node sees its own renewals: its view of the Leases is current, not a watch that stalled.
+  const current = published !== undefined && now - published.observedAt <= duration;
   const seenAt = (lease: NodeLease) => Math.max(lease.observedAt, reachableSince ?? -Infinity);
   const alive = others.filter((lease) => {
     const live = now - seenAt(lease) <= duration;
@@ -173,7 +189,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
       else result.add(address);
       continue;
     }
-    if (reachable && settled && winner === self && listers.length === 0 && !mayBeClaiming(preference)) {
+    if (onSchedule && settled && current && winner === self && listers.length === 0 && !mayBeClaiming(preference)) {
       result.add(address);
       claims.push(claimOf(address, owners.get(address), winner, candidates));
     }
@@ -223,7 +239,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     owned: result,
     claims,
     releases,
-    apiserverReachable: reachable,
+    apiserverReachable: onSchedule,
     memory: { reachableSince, owners, preferred },
     wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
   };
