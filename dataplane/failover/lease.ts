@@ -351,7 +351,7 @@ export class OwnershipLoop {
     );
     this.#memory = decision.memory;
     clearTimeout(this.#wakeTimer);
-    if (decision.wakeAt !== undefined)
+    if (decision.wakeAt !== undefined && !this.#stopping)
       this.#wakeTimer = setTimeout(() => this.#kick(), Math.max(0, decision.wakeAt - performance.now()));
     const { claims, releases } = decision;
     if (!claims.length && !releases.length) return;
