@@ -150,7 +150,7 @@ export class AgentMetrics {
   });
   readonly failoverReleases = new Counter({
     name: 'naat_failover_releases_total',
-    help: 'Failover addresses this node gave up, by reason: drain, uplink (its uplink failed), fence (the apiserver out of reach while other gateway nodes reach it), failback or conflict (two owners after a partition).',
+    help: 'Failover addresses this node gave up, by reason: drain, uplink (its uplink failed), fence (the apiserver out of reach while other gateway nodes reach it), failback, conflict (two owners after a partition) or removed (no longer in the config).',
     labelNames: ['address', 'reason'],
     registers: this.#registers,
   });

@@ -259,3 +259,9 @@ test('a node that falls behind its renewals says it does not reach the apiserver
   expect(behind.claims).toEqual([]);
   expect(decideOwnership(input(first, 5000, { renewedAt: 5000 - L / 2 }), settled).apiserverReachable).toBe(true);
 });
+
+test('an address taken out of the config is given up at once', () => {
+  const decision = decideOwnership(input(first, 5000, { owned: new Set([X, '198.51.100.1']) }), settled);
+  expect(decision.releases).toEqual([{ address: '198.51.100.1', reason: 'removed' }]);
+  expect([...decision.owned]).toEqual([X]);
+});

@@ -59,7 +59,7 @@ export interface OwnershipInput {
 }
 
 /** Why this node gives an address up. */
-export type ReleaseReason = 'drain' | 'uplink' | 'fence' | 'failback' | 'conflict';
+export type ReleaseReason = 'drain' | 'uplink' | 'fence' | 'failback' | 'conflict' | 'removed';
 
 export interface OwnershipClaim {
   address: string;
@@ -198,6 +198,9 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   // A claim shows in the claimer's Lease only once applied. The node preferred before this one may
   // have claimed just before the preference changed: wait until its Lease changed after that (it
   // would list the address by then), it is gone, or a lease duration passed (it would be fenced).
+  // Taken out of the config: given up at once.
+  for (const address of owned) if (!uplinkOf.has(address)) releases.push({ address, reason: 'removed' });
+
   function mayBeClaiming({ since, previous }: Preference): boolean {
     const lease = alive.find((l) => l.node === previous);
     if (!lease || lease.observedAt > since || now >= since + duration) return false;
