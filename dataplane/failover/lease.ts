@@ -211,6 +211,8 @@ export class OwnershipLoop {
 
   /** The other gateway nodes heard directly, and whether each reaches the apiserver. */
   setPeersHeard(peers: ReadonlyMap<string, boolean>): void {
+    const text = (map: ReadonlyMap<string, boolean>) => JSON.stringify([...map].sort());
+    if (text(peers) === text(this.#peersHeard)) return;
     this.#peersHeard = new Map(peers);
     this.#kick();
   }

@@ -310,8 +310,8 @@ test('failover addresses have one owner, move within the lease duration, and com
   // Once more with failback on: after failbackDelaySeconds, g1 and g3 take theirs back from g2.
   const again = performance.now();
   await powerOff('g1');
-  configure(settings({ failback: true }));
   await until('g1 gone for the others', () => performance.now() > again + L + 100);
+  configure(settings({ failback: true }));
   const failbackFrom = performance.now();
   await start('g1', settings({ failback: true }));
   await until('failback', ownedBy({ [a1]: 'g1', [a3]: 'g3' }));
