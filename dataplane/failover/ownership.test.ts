@@ -173,9 +173,16 @@ describe('failback', () => {
 
   test('the owner gives the address to the preferred node once it has been eligible for the delay', () => {
     let memory = settled;
+    // The preferred node, heard saying it reaches the apiserver.
+    let peersHeard = new Map([[first, true]]);
     const at = (now: number) => {
       const decision = decideOwnership(
-        input(second, now, { failover: withFailback, owned: new Set([X]), leases: [lease(first, now - 10)] }),
+        input(second, now, {
+          failover: withFailback,
+          owned: new Set([X]),
+          leases: [lease(first, now - 10)],
+          peersHeard,
+        }),
         memory,
       );
       memory = decision.memory;
@@ -183,18 +190,27 @@ describe('failback', () => {
     };
     expect(at(10_000).releases).toEqual([]);
     expect(at(10_500).wakeAt).toBe(11_000);
+    peersHeard = new Map([[first, false]]);
+    expect(at(11_000).releases).toEqual([]);
+    peersHeard = new Map([[first, true]]);
     expect(at(11_000).releases).toEqual([{ address: X, reason: 'failback' }]);
   });
 
   test('waits at least a lease duration, so that the preferred node is past its own wait', () => {
     const soon = failover({ failback: true, failbackDelaySeconds: 0 });
+    const heard = new Map([[first, true]]);
     const first_ = decideOwnership(
-      input(second, 10_000, { failover: soon, owned: new Set([X]), leases: [lease(first, 9990)] }),
+      input(second, 10_000, { failover: soon, owned: new Set([X]), leases: [lease(first, 9990)], peersHeard: heard }),
       settled,
     );
     expect(first_.releases).toEqual([]);
     const later = decideOwnership(
-      input(second, 10_000 + L, { failover: soon, owned: new Set([X]), leases: [lease(first, 10_590)] }),
+      input(second, 10_000 + L, {
+        failover: soon,
+        owned: new Set([X]),
+        leases: [lease(first, 10_590)],
+        peersHeard: heard,
+      }),
       first_.memory,
     );
     expect(later.releases).toEqual([{ address: X, reason: 'failback' }]);

@@ -9,7 +9,8 @@
 // - Eligible for an address: alive, not draining, and the address's uplink healthy on the node.
 // - An owner keeps its address while it is eligible (no flapping). With failback, it gives it up
 //   once the rendezvous-preferred eligible node has been that for the failback delay (and for at
-//   least one lease duration, so that the preferred node is past its own wait and claims at once).
+//   least one lease duration, so that the preferred node is past its own wait and claims at once),
+//   and only while it hears that node directly saying it reaches the apiserver.
 // - A node claims an address when it is the rendezvous winner among the eligible nodes and no
 //   alive node lists it. Two refinements keep two nodes from claiming at once although a claim
 //   shows in a Lease only once applied: a node counts itself eligible only once its own Lease says
@@ -216,7 +217,10 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     // Two owners (a partition that healed): the rendezvous winner among them keeps it.
     if (listers.length > 0 && rendezvous(address, [self, ...listers]) !== self) return 'conflict';
     const favourite = preferred.get(address);
-    if (failover.failback && favourite?.node !== undefined && favourite.node !== self) {
+    // Only to a node heard directly saying it reaches the apiserver: one powered off a moment ago
+    // is still alive by its Lease, and would leave the address without an owner.
+    const heardUp = favourite?.node !== undefined && input.peersHeard.get(favourite.node) === true;
+    if (failover.failback && heardUp && favourite!.node !== self) {
       const due = favourite.since + Math.max(failover.failbackDelaySeconds * 1000, duration);
       if (now >= due) return 'failback';
       deadlines.push(due);
