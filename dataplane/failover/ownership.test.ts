@@ -281,3 +281,24 @@ test('an address taken out of the config is given up at once', () => {
   expect(decision.releases).toEqual([{ address: '198.51.100.1', reason: 'removed' }]);
   expect([...decision.owned]).toEqual([X]);
 });
+
+test('back from an apiserver outage, an owner keeps its address though a Lease long unchanged lists it too', () => {
+  const stale = lease(first, 1000, { addresses: [X] });
+  const cut = decideOwnership(
+    input(second, 9000, {
+      owned: new Set([X]),
+      renewedAt: 1000,
+      leases: [stale],
+      peersHeard: new Map([[third, false]]),
+    }),
+    settled,
+  );
+  expect([...cut.owned]).toEqual([X]);
+  const back = decideOwnership(input(second, 9100, { owned: new Set([X]), leases: [stale] }), cut.memory);
+  expect(back.releases).toEqual([]);
+  // A node that renews listing it, though, is a second owner: the rendezvous winner keeps it.
+  const renewing = lease(first, 9150, { addresses: [X] });
+  expect(
+    decideOwnership(input(second, 9200, { owned: new Set([X]), leases: [renewing] }), back.memory).releases,
+  ).toEqual([{ address: X, reason: 'conflict' }]);
+});

@@ -213,8 +213,12 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     if (fenced) return 'fence';
     if (selfDraining) return 'drain';
     if (!input.healthyUplinks.has(uplinkOf.get(address)!)) return 'uplink';
-    const listers = alive.filter((l) => l.addresses.includes(address)).map((l) => l.node);
-    // Two owners (a partition that healed): the rendezvous winner among them keeps it.
+    // Two owners (a partition that healed): the rendezvous winner among them keeps it. Only owners
+    // seen renewing since this node reaches the apiserver count: just after it regained it, every
+    // Lease looks alive, that of a node long gone too.
+    const listers = alive
+      .filter((l) => l.addresses.includes(address) && l.observedAt >= (reachableSince ?? Infinity))
+      .map((l) => l.node);
     if (listers.length > 0 && rendezvous(address, [self, ...listers]) !== self) return 'conflict';
     const favourite = preferred.get(address);
     // Only to a node heard directly saying it reaches the apiserver: one powered off a moment ago
