@@ -142,6 +142,25 @@ export class AgentMetrics {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: this.#registers,
   });
+  readonly failoverClaims = new Counter({
+    name: 'naat_failover_claims_total',
+    help: 'Failover addresses this node claimed, by reason: LeaseExpired (its owner stopped renewing), Released (its owner gave it up), Failback (given back to the preferred node) or Unowned (no owner known).',
+    labelNames: ['address', 'reason'],
+    registers: this.#registers,
+  });
+  readonly failoverReleases = new Counter({
+    name: 'naat_failover_releases_total',
+    help: 'Failover addresses this node gave up, by reason: drain, uplink (its uplink failed), fence (the apiserver out of reach while other gateway nodes reach it), failback, conflict (two owners after a partition) or removed (no longer in the config).',
+    labelNames: ['address', 'reason'],
+    registers: this.#registers,
+  });
+  readonly failoverGap = new Histogram({
+    name: 'naat_failover_gap_seconds',
+    help: "How long a failover address this node claimed had no owner, as this node measured it: from the previous owner's release, or from its Lease's last renewal when it expired; by the claim's reason.",
+    labelNames: ['reason'],
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: this.#registers,
+  });
   readonly applyFailures = new Counter({
     name: 'naat_ruleset_apply_failures_total',
     help: 'Syncs of the kernel that failed.',

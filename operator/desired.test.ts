@@ -131,4 +131,42 @@ describe('desiredGatewayObjects', () => {
     expect(pods[0].containers[0].args).toEqual(expect.arrayContaining(['--secure-listen', ':9094']));
     expect(pods[0].containers[0].ports).toContainEqual({ name: 'flows', containerPort: 9094 });
   });
+
+  it("lets the agents hold failover Leases only with failover addresses, renewing only their nodes'", () => {
+    const rules = (config: Record<string, unknown>) =>
+      desiredGatewayObjects(gateway(), { config } as unknown as Compiled, settings, 'naat-system').find(
+        (o) => o.kind === 'Role',
+      )!.rules;
+    const configMap = {
+      apiGroups: [''],
+      resources: ['configmaps'],
+      resourceNames: ['naat-gw-egress'],
+      verbs: ['get', 'watch'],
+    };
+    expect(rules(compiled.config as unknown as Record<string, unknown>)).toEqual([configMap]);
+    const failover = (nodes: string[]) => ({
+      ...(compiled.config as unknown as Record<string, unknown>),
+      failover: {
+        addresses: [{ address: '203.0.113.10', uplink: 'isp' }],
+        leaseDurationMs: 600,
+        failback: false,
+        failbackDelaySeconds: 30,
+        nodes: nodes.map((node) => ({ node, addresses: ['10.0.0.1'] })),
+        draining: [],
+      },
+    });
+    const leases = { apiGroups: ['coordination.k8s.io'], resources: ['leases'] };
+    expect(rules(failover(['gw-a', 'gw-b']))).toEqual([
+      configMap,
+      { ...leases, verbs: ['create'] },
+      { ...leases, resourceNames: ['naat-fo-egress-gw-a', 'naat-fo-egress-gw-b'], verbs: ['get', 'update'] },
+      { ...leases, verbs: ['list', 'watch'] },
+    ]);
+    // No node with an address: no rule naming none, which RBAC would read as every Lease.
+    expect(rules(failover([]))).toEqual([
+      configMap,
+      { ...leases, verbs: ['create'] },
+      { ...leases, verbs: ['list', 'watch'] },
+    ]);
+  });
 });

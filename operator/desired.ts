@@ -6,6 +6,8 @@
 // ConfigMap too (ownedByConfig), so that its agents are stopped only once their config is gone.
 import {
   agentConfigKey as configFile,
+  failoverLeaseName,
+  type GatewayConfig,
   gatewayLabels as labelsOf,
   gatewayObjectName as objectName,
   type NodeConfig,
@@ -88,7 +90,10 @@ export function desiredGatewayObjects(
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'Role',
       metadata: metadata(true),
-      rules: [{ apiGroups: [''], resources: ['configmaps'], resourceNames: [name], verbs: ['get', 'watch'] }],
+      rules: [
+        { apiGroups: [''], resources: ['configmaps'], resourceNames: [name], verbs: ['get', 'watch'] },
+        ...failoverLeaseRules(gateway.metadata.name, compiled.config.failover),
+      ],
     },
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
@@ -174,6 +179,24 @@ export function ownedByConfig(daemonSet: ApiObject, configUid: string): ApiObjec
     ...daemonSet,
     metadata: { ...daemonSet.metadata, ownerReferences: [...(daemonSet.metadata.ownerReferences ?? []), owner] },
   };
+}
+
+/**
+ * With failover addresses, each gateway agent holds its node's failover Lease: it creates it
+ * (create cannot be limited by name: RBAC knows the name only once the object exists), reads and
+ * renews only the Leases of the gateway's nodes, and lists and watches the Leases of the namespace
+ * (by label, which RBAC cannot limit) to see the others'. Without a node with an address, no
+ * get/update rule: RBAC reads an empty resourceNames as every name.
+ */
+function failoverLeaseRules(gateway: string, failover: GatewayConfig['failover']) {
+  if (!failover) return [];
+  const names = failover.nodes.map((n) => failoverLeaseName(gateway, n.node));
+  const group = { apiGroups: ['coordination.k8s.io'], resources: ['leases'] };
+  return [
+    { ...group, verbs: ['create'] },
+    ...(names.length ? [{ ...group, resourceNames: names, verbs: ['get', 'update'] }] : []),
+    { ...group, verbs: ['list', 'watch'] },
+  ];
 }
 
 /** The node agents' cluster-wide objects: DaemonSet, ServiceAccount, Role, bindings. */

@@ -5,7 +5,7 @@
 // and RBAC) runs a gateway and the dataplane agent (with the gateway's ServiceAccount) follows its
 // ConfigMap, reports its uplink, authenticates a real sidecar and reviews a flow reader on its
 // secure listener, with the certificate it asked the operator's signer for with a token bound to
-// its pod. Every request they made must be
+// its pod, and holds the gateway's failover address through its Lease. Every request they made must be
 // granted, and every permission granted must have been used or say why it is needed unexercised.
 // Then the webhook: it can only ever delay the pods it selects, by at most its timeout, even when
 // its address swallows connections and never answers.
@@ -15,7 +15,11 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
+import { KubeConfig } from '@kubernetes/client-node';
+import { failoverAnnotations, failoverLeaseName } from '../../contracts/gateway/index.ts';
 import { apiVersion } from '../../crds/index.ts';
+import { OwnershipLoop } from '../../dataplane/failover/lease.ts';
+import type { FailoverSettings } from '../../dataplane/failover/ownership.ts';
 import { root } from '../../crds/generate.ts';
 import type { Compiled } from '../../operator/compile.ts';
 import { desiredGatewayObjects, desiredNodeObjects, nodeAgentName, objectName } from '../../operator/desired.ts';
@@ -33,6 +37,16 @@ const gateway = 'rbac';
 const apps = 'rbac-apps';
 const operatorUser = `system:serviceaccount:${namespace}:${release}-operator`;
 const dataplaneUser = `system:serviceaccount:${namespace}:${objectName(gateway)}`;
+/** The gateway's one failover address, on its uplink; its one node has an address, so its agent holds a Lease. */
+const failoverAddress = '192.0.2.20';
+const failoverConfig = {
+  addresses: [{ address: failoverAddress, uplink: gateway }],
+  leaseDurationMs: 600,
+  failback: false,
+  failbackDelaySeconds: 30,
+  nodes: [{ node: 'gateway-a', addresses: ['127.0.0.1'] }],
+  draining: [],
+};
 
 /**
  * Every permission each component holds, as `group/resource verb` (`core` for the core group), and
@@ -99,6 +113,10 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     'coordination.k8s.io/leases watch': null,
     'coordination.k8s.io/leases get': null,
     'coordination.k8s.io/leases update': null,
+    'coordination.k8s.io/leases list':
+      'not requested: RBAC lets the operator make the Role by which gateway agents list and watch the failover Leases only because it holds those verbs itself',
+    'coordination.k8s.io/leases watch':
+      'not requested: RBAC lets the operator make the Role by which gateway agents list and watch the failover Leases only because it holds those verbs itself',
     'core/secrets list': null,
     'core/secrets watch': null,
     'core/secrets update': null,
@@ -132,6 +150,13 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     // Its node's certificate: asked for, and read back until signed.
     'certificates.k8s.io/certificatesigningrequests create': null,
     'certificates.k8s.io/certificatesigningrequests get': null,
+    // With failover addresses: its node's failover Lease, created, read and renewed, and the
+    // gateway's Leases listed and watched.
+    'coordination.k8s.io/leases create': null,
+    'coordination.k8s.io/leases get': null,
+    'coordination.k8s.io/leases update': null,
+    'coordination.k8s.io/leases list': null,
+    'coordination.k8s.io/leases watch': null,
   },
 };
 
@@ -239,7 +264,9 @@ beforeAll(async () => {
     metadata: { name: gateway, uid: '00000000-0000-0000-0000-000000000001' },
     spec: { nodeSelector: { 'naat.dev/gateway': 'true' }, association: { port: 7740 } },
   };
-  const compiled = { config: { version: 1, gateway, timeouts: { icmpSeconds: 30 } } } as unknown as Compiled;
+  const compiled = {
+    config: { version: 1, gateway, timeouts: { icmpSeconds: 30 }, failover: failoverConfig },
+  } as unknown as Compiled;
   gatewayObjects = desiredGatewayObjects(
     sample as unknown as Parameters<typeof desiredGatewayObjects>[0],
     compiled,
@@ -395,7 +422,20 @@ describe('what the code does with them, in a control plane of its own', () => {
         apiVersion: 'v1',
         kind: 'List',
         items: [
-          ...gatewayWithUplink(gateway),
+          ...gatewayWithUplink(gateway).map((object) =>
+            object.kind === 'EgressGateway'
+              ? {
+                  ...object,
+                  spec: {
+                    ...object.spec,
+                    failover: {
+                      addresses: [{ address: failoverAddress, uplink: gateway }],
+                      leaseDurationMilliseconds: 600,
+                    },
+                  },
+                }
+              : object,
+          ),
           {
             apiVersion,
             kind: 'EgressPolicy',
@@ -455,6 +495,13 @@ describe('what the code does with them, in a control plane of its own', () => {
     await until("the gateway's ServiceAccount", () =>
       k(['get', 'serviceaccount', objectName(gateway), '-n', namespace]).then(() => true),
     );
+    const agentKubeconfig = await podBoundKubeconfig(cluster.kubeconfig, {
+      namespace,
+      account: objectName(gateway),
+      pod: 'agent-gateway-a',
+      node: 'gateway-a',
+      dir,
+    });
     const agent = processes.capture(
       'agent',
       inNetns([
@@ -477,15 +524,7 @@ describe('what the code does with them, in a control plane of its own', () => {
         '--csr',
         join(dir, 'ca.crt'),
       ]),
-      {
-        KUBECONFIG: await podBoundKubeconfig(cluster.kubeconfig, {
-          namespace,
-          account: objectName(gateway),
-          pod: 'agent-gateway-a',
-          node: 'gateway-a',
-          dir,
-        }),
-      },
+      { KUBECONFIG: agentKubeconfig },
     );
     await until('the agent listening for sidecars', async () =>
       processes.output('agent').includes('Listening for NAA streams') ? true : undefined,
@@ -534,6 +573,34 @@ describe('what the code does with them, in a control plane of its own', () => {
         child.on('exit', () => resolve(out));
       });
       expect(refused).toBe('403');
+
+      // The agent's hold on the gateway's failover address, with its identity, once the operator
+      // granted it: its Lease created, read and renewed, the gateway's Leases listed and watched.
+      const compiledFailover = await until('the Role for failover Leases and the config', async () => {
+        const role = JSON.parse(await k(['get', 'role', objectName(gateway), '-n', namespace, '-o', 'json']));
+        const configMap = JSON.parse(await k(['get', 'configmap', objectName(gateway), '-n', namespace, '-o', 'json']));
+        const leases = (role.rules as Rule[]).some((rule) => rule.resources?.includes('leases'));
+        return leases ? (JSON.parse(configMap.data['config.json']).failover as FailoverSettings) : undefined;
+      });
+      const agentConfig = new KubeConfig();
+      agentConfig.loadFromFile(agentKubeconfig);
+      const ownership = new OwnershipLoop({
+        kubeConfig: agentConfig,
+        namespace,
+        gateway,
+        node: 'gateway-a',
+        failover: compiledFailover,
+        apply: async () => {},
+        healthyUplinks: [gateway],
+      });
+      await ownership.start();
+      await until('the failover address held in the Lease', async () => {
+        const lease = JSON.parse(
+          await k(['get', 'lease', failoverLeaseName(gateway, 'gateway-a'), '-n', namespace, '-o', 'json']),
+        );
+        return lease.metadata.annotations?.[failoverAnnotations.addresses] === failoverAddress ? true : undefined;
+      });
+      await ownership.stop({ release: true });
     } catch (error) {
       throw new Error(`${(error as Error).message}\nagent:\n${processes.output('agent').slice(-3000)}`, {
         cause: error,

@@ -1,0 +1,396 @@
+// The gateway agent's hold on its failover addresses, through the apiserver: it renews its own
+// failover Lease every third of the lease duration (owned addresses, healthy uplinks, draining in
+// its annotations), watches the gateway's failover Leases, and on every change and at every
+// deadline decides with decideOwnership which addresses it owns. `apply` puts a decision into the
+// kernel; only once it has resolved does a claimed address go into the Lease (and owned()), and a
+// released one out of them, so that the Lease never names an address the node does not carry.
+//
+// Times are this process's monotonic clock (performance.now()): when a Lease was seen changing and
+// when a renewal request was sent. A renewal counts from when it was sent, not answered, so that
+// the fence falls no later than any other node can see the Lease expire.
+import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from '@kubernetes/client-node';
+import { errorText, jsonLogger, type Logger } from '../../common/index.ts';
+import { apiListerWatcher, Informer, statusCode, withSignal } from '../../common/kube/index.ts';
+import {
+  failoverAnnotations,
+  failoverLeaseLabels,
+  failoverLeaseName,
+  failoverNodeLabel,
+  gatewayLabel,
+  type FailoverClaim,
+} from '../../contracts/gateway/index.ts';
+import type { AgentMetrics } from '../metrics.ts';
+import {
+  decideOwnership,
+  emptyMemory,
+  renewingOnSchedule,
+  type FailoverSettings,
+  type NodeLease,
+  type OwnershipClaim,
+  type OwnershipRelease,
+} from './ownership.ts';
+
+/** Puts a decision into the kernel: `owned` is the whole set to own once it resolves. */
+export type ApplyOwnership = (
+  owned: ReadonlySet<string>,
+  claims: readonly OwnershipClaim[],
+  releases: readonly OwnershipRelease[],
+) => Promise<void>;
+
+export interface OwnershipLoopOptions {
+  kubeConfig: KubeConfig;
+  /** The agent's (and the operator's) namespace, where the failover Leases live. */
+  namespace: string;
+  gateway: string;
+  node: string;
+  failover: FailoverSettings;
+  apply: ApplyOwnership;
+  /** The uplinks healthy at start; none until told otherwise. */
+  healthyUplinks?: Iterable<string>;
+  metrics?: Pick<AgentMetrics, 'failoverClaims' | 'failoverReleases' | 'failoverGap'>;
+  log?: Logger;
+}
+
+const split = (text: string | undefined) => (text ? text.split(',').filter(Boolean) : []);
+
+/** What a failover Lease says of its node, seen changing at `observedAt`; undefined without a holder. */
+export function nodeLease(lease: V1Lease, observedAt: number): NodeLease | undefined {
+  const node = lease.spec?.holderIdentity;
+  if (!node) return undefined;
+  const annotations = lease.metadata?.annotations ?? {};
+  return {
+    node,
+    addresses: split(annotations[failoverAnnotations.addresses]),
+    healthyUplinks: split(annotations[failoverAnnotations.uplinks]),
+    draining: annotations[failoverAnnotations.draining] === 'true',
+    observedAt,
+  };
+}
+
+/** The metadata and spec of a node's failover Lease, renewed now. */
+export function failoverLeaseBody(
+  namespace: string,
+  gateway: string,
+  node: string,
+  state: { owned: Iterable<string>; healthyUplinks: Iterable<string>; draining: boolean; leaseDurationMs: number },
+  lastClaim: FailoverClaim | undefined,
+): V1Lease {
+  return {
+    apiVersion: 'coordination.k8s.io/v1',
+    kind: 'Lease',
+    metadata: {
+      name: failoverLeaseName(gateway, node),
+      namespace,
+      labels: failoverLeaseLabels(gateway, node),
+      annotations: {
+        [failoverAnnotations.addresses]: [...state.owned].sort().join(','),
+        [failoverAnnotations.uplinks]: [...state.healthyUplinks].sort().join(','),
+        [failoverAnnotations.draining]: String(state.draining),
+        [failoverAnnotations.durationMs]: String(state.leaseDurationMs),
+        ...(lastClaim ? { [failoverAnnotations.lastClaim]: JSON.stringify(lastClaim) } : {}),
+      },
+    },
+    spec: {
+      holderIdentity: node,
+      leaseDurationSeconds: Math.max(1, Math.ceil(state.leaseDurationMs / 1000)),
+      renewTime: new V1MicroTime(),
+    },
+  };
+}
+
+export class OwnershipLoop {
+  readonly #api: CoordinationV1Api;
+  readonly #namespace: string;
+  readonly #gateway: string;
+  readonly #node: string;
+  readonly #name: string;
+  readonly #apply: ApplyOwnership;
+  readonly #metrics: OwnershipLoopOptions['metrics'];
+  readonly #log: Logger;
+  readonly #informer: Informer<V1Lease>;
+  /** When each Lease (by cache key) was last seen changing. */
+  readonly #observed = new Map<string, number>();
+  #failover: FailoverSettings;
+  #owned = new Set<string>();
+  #healthyUplinks: Set<string>;
+  #draining = false;
+  #peersHeard: ReadonlyMap<string, boolean> = new Map();
+  #memory = emptyMemory;
+  #renewedAt: number | undefined;
+  #lastClaim: FailoverClaim | undefined;
+  /** The Lease as last written or read, whose resourceVersion the next write is based on. */
+  #lease: V1Lease | undefined;
+  #renewFailing = false;
+  /** Renewals, one after another. */
+  #renewal: Promise<void> = Promise.resolve();
+  #deciding: Promise<void> | undefined;
+  #again = false;
+  #wakeTimer: NodeJS.Timeout | undefined;
+  #renewTimer: NodeJS.Timeout | undefined;
+  #started = false;
+  #stopping = false;
+  readonly #stop = new AbortController();
+
+  constructor(options: OwnershipLoopOptions) {
+    this.#api = options.kubeConfig.makeApiClient(CoordinationV1Api);
+    this.#namespace = options.namespace;
+    this.#gateway = options.gateway;
+    this.#node = options.node;
+    this.#name = failoverLeaseName(options.gateway, options.node);
+    this.#failover = options.failover;
+    this.#apply = options.apply;
+    this.#metrics = options.metrics;
+    this.#log = options.log ?? jsonLogger;
+    this.#healthyUplinks = new Set(options.healthyUplinks ?? []);
+    const { namespace } = options;
+    const labelSelector = `${gatewayLabel}=${options.gateway},${failoverNodeLabel}`;
+    const duration = options.failover.leaseDurationMs;
+    this.#informer = new Informer(
+      apiListerWatcher<V1Lease>(options.kubeConfig, {
+        path: `/apis/coordination.k8s.io/v1/namespaces/${namespace}/leases`,
+        labelSelector,
+        list: (page, config) => this.#api.listNamespacedLease({ namespace, labelSelector, ...page }, config),
+      }),
+      {
+        kind: 'Lease',
+        // Its own renewals arrive every third of a lease duration: silence is a stalled watch.
+        silenceMs: Math.max(3 * duration, 2000),
+        // Back soon after the apiserver is: until then this node claims nothing.
+        initialBackoffMs: Math.min(duration, 1000),
+        maxBackoffMs: 5000,
+        log: this.#log,
+      },
+    );
+    this.#informer.onChange((key) => {
+      if (this.#informer.get(key)) this.#observed.set(key, performance.now());
+      else this.#observed.delete(key);
+      this.#kick();
+    });
+  }
+
+  /** Creates or renews the Lease, starts watching, and decides once the Leases are listed. */
+  async start(): Promise<void> {
+    if (this.#started) return;
+    this.#started = true;
+    this.#informer.start();
+    this.#scheduleRenewal(0);
+    if (await this.#informer.waitForSync()) this.#kick();
+  }
+
+  /** The failover addresses this node owns: applied, and recorded (or being recorded) in its Lease. */
+  owned(): ReadonlySet<string> {
+    return new Set(this.#owned);
+  }
+
+  /** Whether this node reaches the apiserver, as its /steering answers tell its peers (renewingOnSchedule). */
+  apiserverReachable(): boolean {
+    return renewingOnSchedule(this.#renewedAt, performance.now(), this.#failover.leaseDurationMs);
+  }
+
+  setFailover(failover: FailoverSettings): void {
+    this.#failover = failover;
+    this.#kick();
+  }
+
+  /** The uplinks that pass their health checks: published at once, and an owner gives up the addresses of the others. */
+  setHealthyUplinks(uplinks: Iterable<string>): void {
+    const next = new Set(uplinks);
+    if ([...next].sort().join() === [...this.#healthyUplinks].sort().join()) return;
+    this.#healthyUplinks = next;
+    this.#kick();
+    void this.#renew();
+  }
+
+  /** Draining: this node gives up its addresses at once and takes none. */
+  setDraining(draining: boolean): void {
+    if (draining === this.#draining) return;
+    this.#draining = draining;
+    this.#kick();
+    void this.#renew();
+  }
+
+  /** The other gateway nodes heard directly, and whether each reaches the apiserver. */
+  setPeersHeard(peers: ReadonlyMap<string, boolean>): void {
+    const text = (map: ReadonlyMap<string, boolean>) => JSON.stringify([...map].sort());
+    if (text(peers) === text(this.#peersHeard)) return;
+    this.#peersHeard = new Map(peers);
+    this.#kick();
+  }
+
+  /**
+   * Stops renewing and watching. With `release`, first gives up every address (applied, then
+   * recorded with the draining flag, so the successors claim them at once); without, the Lease is
+   * left to expire, as after a crash.
+   */
+  async stop({ release }: { release: boolean }): Promise<void> {
+    this.#stopping = true;
+    clearTimeout(this.#wakeTimer);
+    clearTimeout(this.#renewTimer);
+    if (!release) this.#stop.abort();
+    await this.#deciding;
+    if (release) {
+      this.#draining = true;
+      const releases = [...this.#owned].map((address): OwnershipRelease => ({ address, reason: 'drain' }));
+      if (releases.length) {
+        await this.#apply(new Set(), [], releases).then(
+          () => this.#released(releases),
+          (error: unknown) => this.#log.error('Failed to release failover addresses', { error: errorText(error) }),
+        );
+      }
+      await this.#renew();
+      this.#stop.abort();
+    }
+    await this.#renewal;
+    await this.#informer.stop();
+  }
+
+  #scheduleRenewal(delayMs: number): void {
+    if (this.#stopping) return;
+    this.#renewTimer = setTimeout(() => {
+      const began = performance.now();
+      void this.#renew().then(() =>
+        this.#scheduleRenewal(Math.max(0, began + this.#failover.leaseDurationMs / 3 - performance.now())),
+      );
+    }, delayMs);
+  }
+
+  /** Writes the Lease with the current state; a failure is logged and left to the next renewal. */
+  #renew(): Promise<void> {
+    this.#renewal = this.#renewal.then(() => this.#write());
+    return this.#renewal;
+  }
+
+  async #write(): Promise<void> {
+    if (this.#stop.signal.aborted) return;
+    const sentAt = performance.now();
+    const duration = this.#failover.leaseDurationMs;
+    // A request that hangs past the lease duration could not keep the fence away anyway.
+    const options = withSignal(AbortSignal.any([this.#stop.signal, AbortSignal.timeout(duration)]));
+    const namespace = this.#namespace;
+    const body = failoverLeaseBody(
+      namespace,
+      this.#gateway,
+      this.#node,
+      { owned: this.#owned, healthyUplinks: this.#healthyUplinks, draining: this.#draining, leaseDurationMs: duration },
+      this.#lastClaim,
+    );
+    try {
+      if (!this.#lease) {
+        this.#lease = await this.#api.readNamespacedLease({ namespace, name: this.#name }, options).catch((error) => {
+          if (statusCode(error) === 404) return undefined;
+          throw error;
+        });
+      }
+      if (this.#lease) {
+        // What others put on it (owner references, say) stays.
+        const before = this.#lease.metadata ?? {};
+        const metadata = {
+          ...before,
+          labels: { ...before.labels, ...body.metadata!.labels },
+          annotations: { ...before.annotations, ...body.metadata!.annotations },
+        };
+        const spec = { ...this.#lease.spec, ...body.spec };
+        this.#lease = await this.#api.replaceNamespacedLease(
+          { namespace, name: this.#name, body: { ...body, metadata, spec } },
+          options,
+        );
+      } else {
+        const spec = { ...body.spec, acquireTime: body.spec!.renewTime };
+        this.#lease = await this.#api.createNamespacedLease({ namespace, body: { ...body, spec } }, options);
+        this.#log.info('Failover Lease created', { lease: `${namespace}/${this.#name}` });
+      }
+      this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
+      if (this.#renewFailing) this.#log.info('Failover Lease renewed again', { lease: `${namespace}/${this.#name}` });
+      this.#renewFailing = false;
+      this.#kick();
+    } catch (error) {
+      if (this.#stop.signal.aborted) return;
+      // 409: written by something else since; read afresh at the next renewal.
+      if (statusCode(error) === 409) this.#lease = undefined;
+      if (!this.#renewFailing)
+        this.#log.error('Failed to renew failover Lease', {
+          lease: `${namespace}/${this.#name}`,
+          error: errorText(error),
+        });
+      this.#renewFailing = true;
+    }
+  }
+
+  /** Decides again, at once or right after the decision in progress. */
+  #kick(): void {
+    if (this.#stopping || !this.#informer.hasSynced()) return;
+    if (this.#deciding) {
+      this.#again = true;
+      return;
+    }
+    this.#deciding = (async () => {
+      do {
+        this.#again = false;
+        await this.#decide();
+      } while (this.#again && !this.#stopping);
+    })().finally(() => (this.#deciding = undefined));
+  }
+
+  async #decide(): Promise<void> {
+    const leases = this.#informer.list().flatMap((lease) => {
+      const key = `${lease.metadata?.namespace}/${lease.metadata?.name}`;
+      const parsed = nodeLease(lease, this.#observed.get(key) ?? performance.now());
+      return parsed ? [parsed] : [];
+    });
+    const decision = decideOwnership(
+      {
+        failover: this.#failover,
+        node: this.#node,
+        now: performance.now(),
+        leases,
+        owned: this.#owned,
+        renewedAt: this.#renewedAt,
+        healthyUplinks: this.#healthyUplinks,
+        draining: this.#draining,
+        peersHeard: this.#peersHeard,
+      },
+      this.#memory,
+    );
+    this.#memory = decision.memory;
+    clearTimeout(this.#wakeTimer);
+    if (decision.wakeAt !== undefined && !this.#stopping)
+      this.#wakeTimer = setTimeout(() => this.#kick(), Math.max(0, decision.wakeAt - performance.now()));
+    const { claims, releases } = decision;
+    if (!claims.length && !releases.length) return;
+    try {
+      await this.#apply(decision.owned, claims, releases);
+    } catch (error) {
+      this.#log.error('Failed to apply failover addresses', {
+        claims: claims.map((c) => c.address),
+        releases: releases.map((r) => r.address),
+        error: errorText(error),
+      });
+      // Tried again at the next renewal, which decides again.
+      return;
+    }
+    this.#owned = decision.owned;
+    this.#released(releases);
+    for (const claim of claims) {
+      this.#metrics?.failoverClaims.inc({ address: claim.address, reason: claim.reason });
+      if (claim.gapMs !== undefined) this.#metrics?.failoverGap.observe({ reason: claim.reason }, claim.gapMs / 1000);
+      this.#lastClaim = {
+        address: claim.address,
+        ...(claim.from !== undefined ? { from: claim.from } : {}),
+        at: new Date().toISOString(),
+        reason: claim.reason,
+        ...(claim.gapMs !== undefined ? { milliseconds: Math.round(claim.gapMs) } : {}),
+      };
+      this.#log.info('Claimed failover address', { gateway: this.#gateway, ...this.#lastClaim });
+    }
+    // Not awaited: a renewal that hangs must not hold up the next decision, the fence above all.
+    void this.#renew();
+  }
+
+  #released(releases: readonly OwnershipRelease[]): void {
+    for (const { address, reason } of releases) {
+      this.#owned.delete(address);
+      this.#metrics?.failoverReleases.inc({ address, reason });
+      this.#log.info('Released failover address', { gateway: this.#gateway, address, reason });
+    }
+  }
+}

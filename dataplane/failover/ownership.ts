@@ -1,0 +1,299 @@
+// Which failover addresses this gateway node owns, decided from what it sees of the gateway's
+// failover Leases (HA design, "Ownership"). Pure: the shell (lease.ts) brings the Leases, the
+// clock and what it heard from its peers, applies the decision and keeps the memory it returns.
+//
+// The rules:
+// - A node is alive for this one while this one saw its Lease change within the lease duration, on
+//   this node's own clock (no two clocks are compared). Just after this node (re)gains the
+//   apiserver, every Lease counts as seen then: it takes nothing over for a full lease duration.
+// - Eligible for an address: alive, not draining, and the address's uplink healthy on the node.
+// - An owner keeps its address while it is eligible (no flapping). With failback, it gives it up
+//   once the rendezvous-preferred eligible node has been that for the failback delay (and for at
+//   least one lease duration, so that the preferred node is past its own wait and claims at once),
+//   and only while it hears that node directly saying it reaches the apiserver.
+// - A node claims an address when it is the rendezvous winner among the eligible nodes and no
+//   alive node lists it. Two refinements keep two nodes from claiming at once although a claim
+//   shows in a Lease only once applied: a node counts itself eligible only once its own Lease says
+//   so (as the others see it), and a new winner waits for the node preferred before it (see
+//   mayBeClaiming).
+// - Fence: a node whose last successful renewal request was sent more than a lease duration ago
+//   gives up everything, since the others may already have taken its addresses over; except when
+//   it hears at least one other gateway node directly and none of those it hears reaches the
+//   apiserver (an apiserver outage: nobody can take over, so nothing moves). A gateway of one node
+//   keeps its addresses through an outage too.
+// - A node claims nothing while it has not seen its own Lease change for a lease duration: a watch
+//   that stalls would make every other Lease look expired.
+import { rendezvous } from '../../common/index.ts';
+import type { FailoverReason, GatewayConfig } from '../../contracts/gateway/index.ts';
+
+export type FailoverSettings = NonNullable<GatewayConfig['failover']>;
+
+/** What this node sees of another gateway node's failover Lease. */
+export interface NodeLease {
+  node: string;
+  /** The addresses it lists as owned. */
+  addresses: readonly string[];
+  healthyUplinks: readonly string[];
+  draining: boolean;
+  /** When this node last saw the Lease change, in milliseconds on this node's clock. */
+  observedAt: number;
+}
+
+export interface OwnershipInput {
+  failover: FailoverSettings;
+  /** This node. */
+  node: string;
+  /** Milliseconds on this node's (monotonic) clock. */
+  now: number;
+  /** The gateway's failover Leases as this node sees them, its own among them (what the others know of it). */
+  leases: readonly NodeLease[];
+  /** The addresses this node owns now. */
+  owned: ReadonlySet<string>;
+  /** When this node sent its last renewal request that succeeded; undefined before the first. */
+  renewedAt: number | undefined;
+  /** This node's uplinks that are healthy. */
+  healthyUplinks: ReadonlySet<string>;
+  /** This node gives up its addresses and takes none (SIGTERM with the node leaving), besides config.draining. */
+  draining: boolean;
+  /** The other gateway nodes this node hears directly, and whether each says it reaches the apiserver. */
+  peersHeard: ReadonlyMap<string, boolean>;
+}
+
+/** Why this node gives an address up. */
+export type ReleaseReason = 'drain' | 'uplink' | 'fence' | 'failback' | 'conflict' | 'removed';
+
+export interface OwnershipClaim {
+  address: string;
+  reason: FailoverReason;
+  /** The node that owned it before, when this node knows one. */
+  from?: string;
+  /** How long the address had no owner, as this node measured it; without a previous owner, unknown. */
+  gapMs?: number;
+}
+
+export interface OwnershipRelease {
+  address: string;
+  reason: ReleaseReason;
+}
+
+/** What a decision remembers for the next: carried by the shell, never read by it. */
+export interface OwnershipMemory {
+  /** Whether this node reached the apiserver at the last decision, and since when it does. */
+  reachableSince: number | undefined;
+  /** Per address, the node last seen listing it (this one included) and when that ended, if it did. */
+  owners: ReadonlyMap<string, { node: string; goneAt?: number; reason?: FailoverReason }>;
+  /** Per address, the rendezvous-preferred eligible node (if any), since when, and the one preferred before. */
+  preferred: ReadonlyMap<string, Preference>;
+}
+
+export interface Preference {
+  node: string | undefined;
+  since: number;
+  previous: string | undefined;
+}
+
+export const emptyMemory: OwnershipMemory = { reachableSince: undefined, owners: new Map(), preferred: new Map() };
+
+export interface OwnershipDecision {
+  /** The addresses this node should own now. */
+  owned: Set<string>;
+  claims: OwnershipClaim[];
+  releases: OwnershipRelease[];
+  /** Whether this node renews on schedule (renewingOnSchedule), for the /steering answers. */
+  apiserverReachable: boolean;
+  memory: OwnershipMemory;
+  /** The latest time to decide again when nothing changes before: the next deadline a rule has. */
+  wakeAt: number | undefined;
+}
+
+/**
+ * Whether a node reaches the apiserver as its peers hear it (and as it must to claim): its last
+ * successful renewal was sent within half a lease duration. Renewing every third of one, a node
+ * keeps to that with room for the request's latency; and when the apiserver goes away for all,
+ * each says so before the first of them reaches its fence (at least two thirds of a lease
+ * duration after the outage began), so that none mistakes the outage for its own partition.
+ */
+export function renewingOnSchedule(renewedAt: number | undefined, now: number, leaseDurationMs: number): boolean {
+  return renewedAt !== undefined && now - renewedAt <= leaseDurationMs / 2;
+}
+
+/** The decision for `input`, given the memory the previous one returned. */
+export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory): OwnershipDecision {
+  const { failover, node: self, now, owned } = input;
+  const duration = failover.leaseDurationMs;
+  const deadlines: number[] = [];
+  const reachable = input.renewedAt !== undefined && now - input.renewedAt <= duration;
+  const onSchedule = renewingOnSchedule(input.renewedAt, now, duration);
+  if (input.renewedAt !== undefined && reachable) deadlines.push(input.renewedAt + duration + 1);
+  const reachableSince = reachable ? (memory.reachableSince ?? now) : undefined;
+  const settled = reachableSince !== undefined && now - reachableSince >= duration;
+  if (reachableSince !== undefined && !settled) deadlines.push(reachableSince + duration);
+
+  const draining = new Set(failover.draining);
+  const others = input.leases.filter((lease) => lease.node !== self);
+  const published = input.leases.find((lease) => lease.node === self);
+  // This node sees its own renewals: its view of the Leases is current, not a watch that stalled.
+  const current = published !== undefined && now - published.observedAt <= duration;
+  const seenAt = (lease: NodeLease) => Math.max(lease.observedAt, reachableSince ?? -Infinity);
+  const alive = others.filter((lease) => {
+    const live = now - seenAt(lease) <= duration;
+    if (live) deadlines.push(seenAt(lease) + duration + 1);
+    return live;
+  });
+  const uplinkOf = new Map(failover.addresses.map((a) => [a.address, a.uplink]));
+  const selfDraining = input.draining || draining.has(self);
+  const eligible = (address: string): string[] => {
+    const uplink = uplinkOf.get(address)!;
+    const nodes = alive
+      .filter((l) => !l.draining && !draining.has(l.node) && l.healthyUplinks.includes(uplink))
+      .map((l) => l.node);
+    // The others see this node alive only while it renews, and eligible only once its Lease says
+    // so: counting on an uplink that came back before the others know would make two winners.
+    if (
+      reachable &&
+      !selfDraining &&
+      input.healthyUplinks.has(uplink) &&
+      published &&
+      !published.draining &&
+      published.healthyUplinks.includes(uplink)
+    )
+      nodes.push(self);
+    return nodes;
+  };
+
+  // Heard directly: an outage of the apiserver, not of this node, when none of them reaches it.
+  const otherNodes = failover.nodes.filter((n) => n.node !== self);
+  const heard = [...input.peersHeard].filter(([peer]) => peer !== self);
+  const outage = otherNodes.length === 0 || (heard.length > 0 && heard.every(([, reaches]) => !reaches));
+  const fenced = !reachable && !outage;
+
+  const owners = new Map(memory.owners);
+  const preferred = new Map<string, Preference>();
+  const result = new Set<string>();
+  const claims: OwnershipClaim[] = [];
+  const releases: OwnershipRelease[] = [];
+  for (const { address } of failover.addresses) {
+    const candidates = eligible(address);
+    const winner = rendezvous(address, candidates);
+    const before = memory.preferred.get(address);
+    const preference =
+      before && before.node === winner
+        ? before
+        : { node: winner, since: now, previous: before?.node ?? before?.previous };
+    preferred.set(address, preference);
+    const listers = alive.filter((l) => l.addresses.includes(address));
+    trackOwner(owners, address, self, owned.has(address), others, listers, now);
+
+    if (owned.has(address)) {
+      const release = releaseReason(address);
+      if (release) releases.push({ address, reason: release });
+      else result.add(address);
+      continue;
+    }
+    if (onSchedule && settled && current && winner === self && listers.length === 0 && !mayBeClaiming(preference)) {
+      result.add(address);
+      claims.push(claimOf(address, owners.get(address), winner, candidates));
+    }
+  }
+
+  // A claim shows in the claimer's Lease only once applied. The node preferred before this one may
+  // have claimed just before the preference changed: wait until its Lease changed after that (it
+  // would list the address by then), it is gone, or a lease duration passed (it would be fenced).
+  // Taken out of the config: given up at once.
+  for (const address of owned) if (!uplinkOf.has(address)) releases.push({ address, reason: 'removed' });
+
+  function mayBeClaiming({ since, previous }: Preference): boolean {
+    const lease = alive.find((l) => l.node === previous);
+    if (!lease || lease.observedAt > since || now >= since + duration) return false;
+    deadlines.push(since + duration);
+    return true;
+  }
+
+  function releaseReason(address: string): ReleaseReason | undefined {
+    if (fenced) return 'fence';
+    if (selfDraining) return 'drain';
+    if (!input.healthyUplinks.has(uplinkOf.get(address)!)) return 'uplink';
+    // Two owners (a partition that healed): the rendezvous winner among them keeps it. Only owners
+    // seen renewing since this node reaches the apiserver count: just after it regained it, every
+    // Lease looks alive, that of a node long gone too.
+    const listers = alive
+      .filter((l) => l.addresses.includes(address) && l.observedAt >= (reachableSince ?? Infinity))
+      .map((l) => l.node);
+    if (listers.length > 0 && rendezvous(address, [self, ...listers]) !== self) return 'conflict';
+    const favourite = preferred.get(address);
+    // Only to a node heard directly saying it reaches the apiserver: one powered off a moment ago
+    // is still alive by its Lease, and would leave the address without an owner.
+    const heardUp = favourite?.node !== undefined && input.peersHeard.get(favourite.node) === true;
+    if (failover.failback && heardUp && favourite!.node !== self) {
+      const due = favourite.since + Math.max(failover.failbackDelaySeconds * 1000, duration);
+      if (now >= due) return 'failback';
+      deadlines.push(due);
+    }
+    return undefined;
+  }
+
+  function claimOf(
+    address: string,
+    before: { node: string; goneAt?: number; reason?: FailoverReason } | undefined,
+    winner: string,
+    candidates: string[],
+  ): OwnershipClaim {
+    if (!before || before.goneAt === undefined) return { address, reason: 'Unowned' };
+    let reason = before.reason ?? 'Released';
+    // Given up while it could have kept it: the preferred node takes it back.
+    if (reason === 'Released' && failover.failback && candidates.includes(before.node) && winner !== before.node)
+      reason = 'Failback';
+    return { address, reason, from: before.node, gapMs: Math.max(0, now - before.goneAt) };
+  }
+
+  return {
+    owned: result,
+    claims,
+    releases,
+    apiserverReachable: onSchedule,
+    memory: { reachableSince, owners, preferred },
+    wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
+  };
+}
+
+/**
+ * Keeps, per address, who was seen owning it last and when that ended: for a claim's reason, its
+ * previous owner and the time the address had none. A Lease that stops listing it ended it when
+ * that change was seen (Released); one that listed it until it expired, at its last change
+ * (LeaseExpired), the last sign of life of its owner.
+ */
+function trackOwner(
+  owners: Map<string, { node: string; goneAt?: number; reason?: FailoverReason }>,
+  address: string,
+  self: string,
+  ownedHere: boolean,
+  leases: readonly NodeLease[],
+  listers: readonly NodeLease[],
+  now: number,
+): void {
+  if (ownedHere) {
+    owners.set(address, { node: self });
+    return;
+  }
+  const lister = listers[0];
+  if (lister) {
+    owners.set(address, { node: lister.node });
+    return;
+  }
+  const before = owners.get(address);
+  if (!before) {
+    // Nobody seen owning it yet: an expired Lease that still lists it is its last owner.
+    const expired = leases.find((l) => l.addresses.includes(address));
+    if (expired) owners.set(address, { node: expired.node, goneAt: expired.observedAt, reason: 'LeaseExpired' });
+    return;
+  }
+  if (before.goneAt !== undefined) return;
+  if (before.node === self) {
+    owners.set(address, { node: self, goneAt: now, reason: 'Released' });
+    return;
+  }
+  const lease = leases.find((l) => l.node === before.node);
+  if (lease?.addresses.includes(address))
+    owners.set(address, { node: before.node, goneAt: lease.observedAt, reason: 'LeaseExpired' });
+  else owners.set(address, { node: before.node, goneAt: lease?.observedAt ?? now, reason: 'Released' });
+}
