@@ -21,7 +21,7 @@ import { AttributionStore, type AttributionRecord, type Retention } from './attr
 import type { Application } from '../proto/index.ts';
 import { ProblemLog, type Logger } from '../common/index.ts';
 import { canonicalAddress, type GatewayConfig, type MarkField } from '../contracts/gateway/index.ts';
-import type { Conntrack, ConntrackStats, Flow } from './conntrack.ts';
+import type { Conntrack, ConntrackStats, Flow, FlowEvent } from './conntrack.ts';
 import { FlowTable } from './conntrack.ts';
 import { FlowEvents, podOf, podsByAddress, type PodRef } from './flow-events.ts';
 import { planChanges } from './nft/changes.ts';
@@ -82,6 +82,8 @@ export interface AgentOptions {
   retention?: Retention;
   /** Called with each attribution record as its flow ends (telemetry exports it); per-flow work, so optional. */
   onFlowEnd?: (record: AttributionRecord) => void;
+  /** Every batch of conntrack events the agent reads, after it took them (failover replication follows them). */
+  onConntrackEvents?: (events: readonly FlowEvent[]) => void;
   /** The steering tunnel's devices, routes and rule (config.steering); without it steering is not set up. */
   tunnels?: TunnelKernel;
   /** The failover addresses on the uplinks' interfaces; without it setFailoverOwned moves rules and routes only. */
@@ -351,6 +353,7 @@ export class Agent {
       marks,
       (events) => {
         this.#events.handle(events);
+        this.#o.onConntrackEvents?.(events);
         const ended = this.#renewal?.ended;
         if (!ended) return;
         for (const { type, flow } of events) {

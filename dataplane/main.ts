@@ -15,6 +15,8 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { Agent, type AgentOptions } from './agent.ts';
 import { ExecFailoverAddresses } from './failover/address.ts';
+import { GatewayFailover } from './failover/gateway-failover.ts';
+import { flowsPath } from './failover/flow-source.ts';
 import {
   defaultRetention,
   describeAttribution,
@@ -186,7 +188,7 @@ const writeTunnelSysctl = (path: string, value: string) =>
     (error: Error) => tunnelSysctlProblems.report(path, error.message, { path }),
   );
 
-function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): Agent {
+function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd' | 'onConntrackEvents'> = {}): Agent {
   const links = new IpLinkReader();
   return new Agent({
     node: values.node!,
@@ -211,6 +213,41 @@ function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd'> = {}): 
  * With --csr, keeps this node's certificate in --tls-dir (identity.ts); resolves with what stops
  * that, once started.
  */
+/**
+ * Holds this node's share of the gateway's failover addresses (failover/gateway-failover.ts), which
+ * needs the apiserver: the config must come from --config-map, whose namespace holds the Leases. An
+ * address left on an interface by an agent that did not stop cleanly goes first: a restarted agent
+ * takes nothing back, its Lease having lapsed or named nothing.
+ */
+async function startFailover(
+  agent: Agent,
+  config: GatewayConfig & { failover: NonNullable<GatewayConfig['failover']> },
+  links: TlsDir | undefined,
+  healthyUplinks: string[],
+): Promise<GatewayFailover | undefined> {
+  const namespace = values['config-map']?.split('/')[0];
+  if (!namespace) {
+    log.error('Holding no failover address: they need the apiserver (run with --config-map)', {});
+    return undefined;
+  }
+  await agent.setFailoverOwned(new Set());
+  const { pooledKubeConfig } = await import('../common/kube/index.ts');
+  const failover = new GatewayFailover({
+    agent,
+    kubeConfig: pooledKubeConfig(),
+    namespace,
+    node: values.node!,
+    config,
+    port: listenOptions(listenAddress('gateway')).port,
+    tls: () => links?.current(),
+    healthyUplinks,
+    log,
+  });
+  await failover.start();
+  log.info('Holding failover addresses through the Leases', { namespace, addresses: config.failover.addresses.length });
+  return failover;
+}
+
 async function startIdentity(): Promise<() => Promise<void>> {
   const [dir, caFile] = [values['tls-dir'], values.csr];
   if (caFile === undefined) return async () => {};
@@ -237,7 +274,12 @@ async function run(): Promise<void> {
   const first = await firstConfig(parseConfig, 'gateway config');
   // Without telemetry, an ended flow costs nothing beyond its attribution record.
   const onFlowEnd = telemetry.enabled ? (await import('./flow-telemetry.ts')).exportFlow : undefined;
-  const agent = agentFor({ retention: limits, ...(onFlowEnd ? { onFlowEnd } : {}) });
+  let failover: GatewayFailover | undefined;
+  const agent = agentFor({
+    retention: limits,
+    ...(onFlowEnd ? { onFlowEnd } : {}),
+    onConntrackEvents: (events) => failover?.onConntrackEvents(events),
+  });
   processMetrics(agent.metrics.registry, 'gateway-agent');
   let config = first.config;
   const linkProblems = new ProblemLog(log, 'Failed to read an uplink interface', 'Read an uplink interface again');
@@ -245,6 +287,7 @@ async function run(): Promise<void> {
     uplinks: localUplinks(config, values.node!),
     onChange: (name, health) => {
       agent.setHealth(name, health).catch(() => {});
+      failover?.setHealthyUplinks(healthyUplinks());
     },
     // The kernel drops an uplink's routes when its link goes down and does not bring them back.
     onLink: (name, up) => {
@@ -269,6 +312,22 @@ async function run(): Promise<void> {
   });
   const report = values.report ? await startReporting(agent) : undefined;
   const links = linkTls();
+  // Uplinks count as healthy until their first probe rounds say otherwise, as in the agent.
+  const healthyUplinks = () =>
+    localUplinks(config, values.node!)
+      .filter((u) => monitor.current().get(u.name)?.healthy !== false)
+      .map((u) => u.name);
+  const followFailover = async () => {
+    if (!config.failover) {
+      await failover?.stop({ release: true });
+      failover = undefined;
+      return;
+    }
+    const withFailover = { ...config, failover: config.failover };
+    if (failover) return failover.update(withFailover);
+    failover = await startFailover(agent, withFailover, links, healthyUplinks());
+  };
+  await followFailover();
   const naa = config.association ? await startNaa(agent, config.association.port, telemetry.enabled, links) : undefined;
 
   // Later versions of the config, one at a time, in order.
@@ -279,6 +338,7 @@ async function run(): Promise<void> {
         config = parseConfig(text);
         monitor.update(localUplinks(config, values.node!));
         await agent.configure(config);
+        await followFailover();
         naa?.pushPolicies();
         log.info('Applied a new gateway config', { gateway: config.gateway, hash: config.hash });
       } catch (error) {
@@ -289,7 +349,7 @@ async function run(): Promise<void> {
 
   const servers: Array<{ close(): void }> = [listenAddress('gateway'), values['metrics-listen'], local]
     .filter((a) => a !== undefined)
-    .map((a) => serve(agent, a, links));
+    .map((a) => serve(agent, a, links, () => failover));
   if (values['secure-listen']) servers.push(await serveSecure(agent, values['secure-listen'], values['tls-dir']!));
   const stop = async (signal: string) => {
     first.source.stop();
@@ -299,6 +359,9 @@ async function run(): Promise<void> {
     for (const server of servers) server.close();
     await stopIdentity();
     await naa?.close();
+    // A stopped agent renews no claim: its failover addresses go first, with their flows, for another
+    // node to take at once.
+    await failover?.stop({ release: true });
     const { gone, text } = await configAtStop(first.source);
     const left = gone ? undefined : await nodeLeft(text);
     if (gone) {
@@ -428,13 +491,15 @@ async function startReporting(agent: Agent): Promise<NodeJS.Timeout> {
  * Answers one request to the agent's HTTP API. `flows` says whether this listener may reveal flow
  * data (flow-access.ts): elsewhere /flows and /attribution are not found. `steering` whether it
  * answers /steering: with a TLS directory, only to node agents over mutual TLS, whose answer
- * decides where flows go.
+ * decides where flows go. `agentNode` is the node a caller's certificate names (mutual TLS), to
+ * whom alone `failover` serves the flows of its addresses.
  */
 function respond(
   agent: Agent,
   req: IncomingMessage,
   res: ServerResponse,
-  { flows, steering }: { flows: boolean; steering: boolean },
+  { flows, steering, agentNode }: { flows: boolean; steering: boolean; agentNode?: string },
+  failover?: GatewayFailover,
 ): void {
   const report = agent.report();
   const url = new URL(req.url ?? '/', 'http://agent');
@@ -463,8 +528,16 @@ function respond(
     res.statusCode = ok ? 200 : 503;
     return void res.end(ok ? 'ok\n' : 'not synced\n');
   }
+  if (url.pathname === flowsPath) {
+    if (failover) return failover.handleFlows(req, res, agentNode);
+    res.statusCode = 404;
+    return void res.end('not found\n');
+  }
   if (req.url === '/steering') {
-    const now = () => steeringReadiness(agent.report(), agent.config ? localUplinks(agent.config, values.node!) : []);
+    const now = () => ({
+      ...steeringReadiness(agent.report(), agent.config ? localUplinks(agent.config, values.node!) : []),
+      ...(failover ? { apiserver: failover.apiserverReachable() } : {}),
+    });
     const intervalMs = steeringStreamInterval(req.headers[steeringStreamHeader]);
     if (intervalMs !== undefined) {
       res.writeHead(200, { 'content-type': 'application/x-ndjson' });
@@ -495,12 +568,24 @@ function respond(
  * A plain HTTP listener: flow data only when bound to loopback. With a TLS directory it also takes
  * mutual TLS on the same port, and /steering is answered there alone.
  */
-function serve(agent: Agent, address: string, tls?: TlsDir): { close(): void } {
+function serve(
+  agent: Agent,
+  address: string,
+  tls?: TlsDir,
+  failover: () => GatewayFailover | undefined = () => undefined,
+): { close(): void } {
   const listen = listenOptions(address);
   const flows = listen.host !== undefined && servesFlowsUnauthenticated(listen.host);
-  if (!tls) return createServer((req, res) => respond(agent, req, res, { flows, steering: true })).listen(listen);
+  if (!tls)
+    return createServer((req, res) => respond(agent, req, res, { flows, steering: true }, failover())).listen(listen);
   return plainAndMutualTls(tls, (req, res, agentNode) =>
-    respond(agent, req, res, { flows: flows && !agentNode, steering: agentNode !== undefined }),
+    respond(
+      agent,
+      req,
+      res,
+      { flows: flows && !agentNode, steering: agentNode !== undefined, ...(agentNode ? { agentNode } : {}) },
+      failover(),
+    ),
   ).listen(listen);
 }
 

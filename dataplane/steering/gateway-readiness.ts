@@ -19,6 +19,12 @@ export interface SteeringReadiness {
    * pod whose egress address is one of them to this node. Absent for a gateway without failover.
    */
   addresses?: string[];
+  /**
+   * Whether this node renews its failover Lease on schedule, so reaches the API server (a gateway
+   * with failover addresses only): the other gateway nodes keep their addresses through an outage
+   * of the API server only while every node they hear has lost it too.
+   */
+  apiserver?: boolean;
 }
 
 /**

@@ -77,10 +77,16 @@ describe('owners of failover addresses', () => {
     expect(parseAnswer('{"ready":true,"addresses":["2001:DB8:0::10","192.0.2.10","x",7]}')).toEqual({
       ready: true,
       addresses: ['2001:db8::10', '192.0.2.10'],
+      apiserver: false,
     });
-    expect(parseAnswer('{"ready":true}')).toEqual({ ready: true, addresses: [] });
-    expect(parseAnswer('null')).toEqual({ ready: false, addresses: [] });
-    expect(parseAnswer('{"ready":')).toEqual({ ready: false, addresses: [] });
+    expect(parseAnswer('{"ready":true}')).toEqual({ ready: true, addresses: [], apiserver: false });
+    expect(parseAnswer('null')).toEqual({ ready: false, addresses: [], apiserver: false });
+    expect(parseAnswer('{"ready":')).toEqual({ ready: false, addresses: [], apiserver: false });
+  });
+
+  test('an answer says the peer reaches the API server only when it says so, and true alone counts', () => {
+    expect(parseAnswer('{"ready":true,"apiserver":true}').apiserver).toBe(true);
+    expect(parseAnswer('{"ready":true,"apiserver":"yes"}').apiserver).toBe(false);
   });
 });
 
@@ -88,16 +94,19 @@ describe('with a fake watch', () => {
   const answers = new Map<string, boolean>();
   /** The addresses each peer says it owns. */
   const owned = new Map<string, string[]>();
+  /** Which peers say they reach the API server. */
+  const apiserver = new Set<string>();
   const asked: PeerTarget[] = [];
   /** A peer that answers once per connection, as a gateway agent that does not stream. */
   const watch: PeerWatch = async (target, _intervalMs, _signal, onAnswer) => {
     asked.push(target);
-    onAnswer(answers.get(target.node) ?? false, owned.get(target.node));
+    onAnswer(answers.get(target.node) ?? false, owned.get(target.node), apiserver.has(target.node));
   };
   let monitor: PeerMonitor;
   beforeEach(() => {
     answers.clear();
     owned.clear();
+    apiserver.clear();
     asked.length = 0;
   });
   afterEach(() => monitor.stop());
@@ -124,6 +133,37 @@ describe('with a fake watch', () => {
     expect(asked.filter((t) => t.node === 'gw-1').length - failedAt).toBe(2);
     answers.set('gw-2', true);
     await until(monitor, (up) => up.has('gw-2'));
+  });
+
+  test('says which up peers reach the API server, and reports a change of what one says', async () => {
+    answers.set('gw-1', true);
+    answers.set('gw-2', true);
+    apiserver.add('gw-1');
+    monitor = createPeerMonitor({
+      peers: [peer('gw-1', '192.0.2.1'), peer('gw-2', '192.0.2.2')],
+      healthPort: 9091,
+      check: { intervalMs: 20, timeoutMs: 20 },
+      watch,
+    });
+    let changes = 0;
+    monitor.onChange(() => changes++);
+    monitor.start();
+    await until(monitor, (up) => up.size === 2);
+    expect(monitor.apiservers()).toEqual(
+      new Map([
+        ['gw-1', true],
+        ['gw-2', false],
+      ]),
+    );
+    const before = changes;
+    apiserver.delete('gw-1');
+    await sleep(100);
+    expect(monitor.apiservers().get('gw-1')).toBe(false);
+    expect(changes).toBeGreaterThan(before);
+    // A peer that is down is not heard at all.
+    answers.set('gw-2', false);
+    await until(monitor, (up) => !up.has('gw-2'));
+    expect([...monitor.apiservers().keys()]).toEqual(['gw-1']);
   });
 
   test('owners are the up peers that say they own an address, and every move is reported', async () => {

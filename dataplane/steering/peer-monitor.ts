@@ -66,7 +66,7 @@ export type PeerWatch = (
   target: PeerTarget,
   intervalMs: number,
   signal: AbortSignal,
-  onAnswer: (ok: boolean, addresses?: readonly string[]) => void,
+  onAnswer: (ok: boolean, addresses?: readonly string[], apiserver?: boolean) => void,
 ) => Promise<void>;
 
 export interface PeerMonitor {
@@ -77,6 +77,11 @@ export interface PeerMonitor {
   up(): ReadonlySet<string>;
   /** Each failover address an up peer owns (canonical), and that peer's name. */
   owners(): ReadonlyMap<string, string>;
+  /**
+   * The up peers, and whether each said in its last answer that it reaches the API server (gateway
+   * nodes of a gateway with failover addresses follow each other: see failover/ownership.ts).
+   */
+  apiservers(): ReadonlyMap<string, boolean>;
   /** Called after `up()` or `owners()` changed; a listener must not throw. */
   onChange(listener: () => void): void;
   /** Replaces the peers (and the port of their health endpoint, unchanged when omitted). */
@@ -131,16 +136,16 @@ export const steeringWatch =
           // One small answer: read whole, however it is split.
           res.on('data', (chunk: string) => (buffered = (buffered + chunk).slice(0, maxAnswerLength)));
           return void res.on('end', () => {
-            const { addresses } = parseAnswer(buffered);
-            onAnswer(res.statusCode === 200, addresses);
+            const { addresses, apiserver } = parseAnswer(buffered);
+            onAnswer(res.statusCode === 200, addresses, apiserver);
           });
         }
         res.on('data', (chunk: string) => {
           buffered += chunk;
           for (let end = buffered.indexOf('\n'); end >= 0; end = buffered.indexOf('\n')) {
-            const { ready, addresses } = parseAnswer(buffered.slice(0, end));
+            const { ready, addresses, apiserver } = parseAnswer(buffered.slice(0, end));
             buffered = buffered.slice(end + 1);
-            onAnswer(res.statusCode === 200 && ready, addresses);
+            onAnswer(res.statusCode === 200 && ready, addresses, apiserver);
           }
           // A line that never ends is no answer: its bytes are not kept.
           if (buffered.length > maxAnswerLength) buffered = '';
@@ -153,17 +158,20 @@ export const steeringWatch =
 /** An answer is a few hundred bytes; 64 failover addresses of IPv6 fit well within this. */
 const maxAnswerLength = 16_384;
 
-/** A /steering answer's `ready` and `addresses` (canonical; anything that is not an IP address is left out). */
-export function parseAnswer(text: string): { ready: boolean; addresses: string[] } {
-  let answer: { ready?: unknown; addresses?: unknown };
+/**
+ * A /steering answer's `ready`, `addresses` (canonical; anything that is not an IP address is left
+ * out) and `apiserver` (true only when the answer says so).
+ */
+export function parseAnswer(text: string): { ready: boolean; addresses: string[]; apiserver: boolean } {
+  let answer: { ready?: unknown; addresses?: unknown; apiserver?: unknown };
   try {
     answer = JSON.parse(text) as typeof answer;
   } catch {
-    return { ready: false, addresses: [] };
+    return { ready: false, addresses: [], apiserver: false };
   }
   const listed = Array.isArray(answer?.addresses) ? (answer.addresses as unknown[]) : [];
   const addresses = listed.filter((a): a is string => typeof a === 'string' && isIP(a) !== 0).map(canonicalAddress);
-  return { ready: answer?.ready === true, addresses };
+  return { ready: answer?.ready === true, addresses, apiserver: answer?.apiserver === true };
 }
 
 /**
@@ -195,6 +203,8 @@ interface Entry {
   state: UplinkHealth;
   /** The failover addresses the peer's last answer listed. */
   addresses: ReadonlySet<string>;
+  /** Whether its last answer said it reaches the API server. */
+  apiserver: boolean;
   /** The next connection, while none is open. */
   timer?: NodeJS.Timeout;
   /** Aborted when the entry is replaced, removed or the monitor stops: its connection ends and its answers are dropped. */
@@ -254,6 +264,10 @@ class HttpPeerMonitor implements PeerMonitor {
     return this.#owners;
   }
 
+  apiservers(): ReadonlyMap<string, boolean> {
+    return new Map([...this.#entries].filter(([, e]) => e.state.healthy).map(([node, e]) => [node, e.apiserver]));
+  }
+
   onChange(listener: () => void): void {
     this.#listeners.push(listener);
   }
@@ -279,7 +293,13 @@ class HttpPeerMonitor implements PeerMonitor {
       const state = old
         ? { ...old.state, consecutiveFailures: 0, consecutiveSuccesses: 0 }
         : { ...initialHealth(this.#now()), healthy: false };
-      const entry: Entry = { target, state, addresses: old?.addresses ?? new Set(), abort: new AbortController() };
+      const entry: Entry = {
+        target,
+        state,
+        addresses: old?.addresses ?? new Set(),
+        apiserver: old?.apiserver ?? false,
+        abort: new AbortController(),
+      };
       next.set(peer.node, entry);
       if (this.#running) this.#schedule(entry, 0);
     }
@@ -314,7 +334,7 @@ class HttpPeerMonitor implements PeerMonitor {
       connection.abort();
     };
     let deadline = setTimeout(onLate, this.#check.timeoutMs);
-    await this.#watch(entry.target, this.#check.intervalMs, connection.signal, (ok, addresses = []) => {
+    await this.#watch(entry.target, this.#check.intervalMs, connection.signal, (ok, addresses = [], apiserver) => {
       if (connection.signal.aborted) return;
       if (answered) deadline.refresh();
       else {
@@ -322,7 +342,7 @@ class HttpPeerMonitor implements PeerMonitor {
         deadline = setTimeout(onLate, this.#check.intervalMs + this.#check.timeoutMs);
       }
       answered = true;
-      this.#round(entry, ok, addresses);
+      this.#round(entry, ok, addresses, apiserver);
     });
     clearTimeout(deadline);
     entry.abort.signal.removeEventListener('abort', onRetire);
@@ -336,14 +356,16 @@ class HttpPeerMonitor implements PeerMonitor {
    * One round: an answer (with the addresses it listed) or a failure (the addresses last heard
    * stay while the peer is still up; a peer that is down owns nothing).
    */
-  #round(entry: Entry, ok: boolean, addresses?: readonly string[]): void {
+  #round(entry: Entry, ok: boolean, addresses?: readonly string[], apiserver?: boolean): void {
     const was = entry.state.healthy;
+    const reached = entry.apiserver;
     entry.state = nextHealth(entry.state, { answered: ok ? 1 : 0, sent: 1 }, this.#check, this.#now());
     if (addresses) entry.addresses = new Set(addresses);
+    if (apiserver !== undefined) entry.apiserver = apiserver;
     const owners = this.#chooseOwners();
     const ownersChanged = !sameMap(owners, this.#owners);
     this.#owners = owners;
-    if (entry.state.healthy !== was || ownersChanged) this.#notify();
+    if (entry.state.healthy !== was || ownersChanged || entry.apiserver !== reached) this.#notify();
   }
 
   #chooseOwners(): Map<string, string> {

@@ -20,7 +20,8 @@ import {
   nodeNetwork,
   podAddress,
   podNetwork,
-  sharedUplinkNextHop,
+  failoverAddress,
+  sharedUplinks,
   workerAddress,
   writeClusterTls,
   type Cluster,
@@ -38,7 +39,7 @@ const healthPort = 7745;
 const tunnel = { vni: 7730, port: 4792 };
 const gatewayName = 'ha';
 /** The failover addresses: on ISP 1's segment, which both gateway nodes' up1 join. */
-export const floating: DualStack = { v4: '100.64.1.100', v6: 'fd00:64:1::100' };
+export const floating: DualStack = failoverAddress(1, 0);
 const both = (a: DualStack) => [a.v4, a.v6];
 
 export type Fault = 'power-off' | 'agent-kill' | 'uplink-down' | 'blackhole' | 'isolated' | 'partition' | 'drain';
@@ -103,11 +104,9 @@ export class FailoverCluster {
   #k = (args: string[], input?: string) => kubectl(this.#kubeconfig, args, input);
 
   gatewayConfig() {
-    const uplink = (i: number) => ({
-      name: `isp${i}`,
-      interface: `up${i}`,
-      nextHop: { ipv4: sharedUplinkNextHop(i).v4, ipv6: sharedUplinkNextHop(i).v6 },
-      snat: {},
+    const [isp1] = sharedUplinks();
+    const uplink = {
+      ...isp1!,
       healthCheck: {
         targets: [server.v4],
         protocol: 'TCP',
@@ -117,13 +116,13 @@ export class FailoverCluster {
         failureThreshold: 2,
         successThreshold: 1,
       },
-    });
+    };
     return {
       version: 1,
       gateway: gatewayName,
       sources: [podNetwork.v4, podNetwork.v6],
       pods: [{ namespace: 'shop', name: 'web', addresses: both(podAddress(1)), node: 'w1', egress: both(floating) }],
-      uplinks: [uplink(1)],
+      uplinks: [uplink],
       balancing: { mode: 'Weighted' },
       timeouts: {},
       steering: { tunnel, markMask: 0x10, sources: [{ node: 'w1', addresses: both(workerAddress(1)) }] },

@@ -160,10 +160,13 @@ describe("the operator's ServiceAccount, as the real authorizer sees it", () => 
     expect(await can(['delete', `customresourcedefinitions.apiextensions.k8s.io/uplinks.${group}`])).toBe(false);
   });
 
-  test('may touch its own webhook, Lease and certificate Secret only', async () => {
+  test('may touch its own webhook and certificate Secret only, and Leases of its namespace only', async () => {
     expect(await can(['update', `mutatingwebhookconfigurations/${webhookName}`])).toBe(true);
     expect(await can(['update', `leases/${release}-operator`, '-n', namespace])).toBe(true);
-    expect(await can(['update', 'leases/other', '-n', namespace])).toBe(false);
+    // The gateway nodes' failover Leases, named after gateways and nodes, are renewed through a Role it makes.
+    expect(await can(['update', 'leases/naat-fo-egress-node-1', '-n', namespace])).toBe(true);
+    expect(await can(['update', `leases/${release}-operator`, '-n', 'default'])).toBe(false);
+    expect(await can(['list', 'leases', '-n', 'kube-node-lease'])).toBe(false);
     expect(await can(['update', `secrets/${release}-webhook-tls`, '-n', namespace])).toBe(true);
   });
 

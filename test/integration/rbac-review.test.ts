@@ -113,10 +113,6 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     'coordination.k8s.io/leases watch': null,
     'coordination.k8s.io/leases get': null,
     'coordination.k8s.io/leases update': null,
-    'coordination.k8s.io/leases list':
-      'not requested: RBAC lets the operator make the Role by which gateway agents list and watch the failover Leases only because it holds those verbs itself',
-    'coordination.k8s.io/leases watch':
-      'not requested: RBAC lets the operator make the Role by which gateway agents list and watch the failover Leases only because it holds those verbs itself',
     'core/secrets list': null,
     'core/secrets watch': null,
     'core/secrets update': null,

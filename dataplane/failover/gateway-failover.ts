@@ -1,0 +1,139 @@
+// A gateway node's share of failover, put together for the agent (main.ts): its failover Lease and
+// the decision of which addresses it owns (lease.ts, ownership.ts); the gateway's other nodes,
+// followed directly at their /steering, whose answers say whether each reaches the API server (the
+// fence's exception); the flows of its own addresses streamed to those nodes, and theirs followed
+// (flow-source.ts, flow-follower.ts); and the kernel side (Agent.setFailoverOwned), where a claim
+// loads the replica of the address's flows before anything else of the address is in place.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { KubeConfig } from '@kubernetes/client-node';
+import type { Logger } from '../../common/index.ts';
+import type { GatewayConfig } from '../../contracts/gateway/index.ts';
+import type { Agent } from '../agent.ts';
+import { ExecConntrack, type FlowEvent } from '../conntrack.ts';
+import type { TlsMaterial } from '../link-tls.ts';
+import { uplinkMarks } from '../render.ts';
+import { createPeerMonitor, steeringWatch, type PeerMonitor } from '../steering/peer-monitor.ts';
+import { FlowFollower } from './flow-follower.ts';
+import { FlowSource } from './flow-source.ts';
+import { OwnershipLoop } from './lease.ts';
+
+export interface GatewayFailoverOptions {
+  agent: Agent;
+  kubeConfig: KubeConfig;
+  /** Where the failover Leases live: the agent's own namespace. */
+  namespace: string;
+  node: string;
+  config: GatewayConfig & { failover: NonNullable<GatewayConfig['failover']> };
+  /** The port of the agents' /steering (and /failover/flows): the same on every gateway node. */
+  port: number;
+  tls: () => TlsMaterial | undefined;
+  /** The uplinks healthy now, by name. */
+  healthyUplinks: Iterable<string>;
+  log: Logger;
+}
+
+export class GatewayFailover {
+  readonly #o: GatewayFailoverOptions;
+  readonly #loop: OwnershipLoop;
+  readonly #peers: PeerMonitor;
+  readonly #source: FlowSource;
+  readonly #follower: FlowFollower;
+  #config: GatewayFailoverOptions['config'];
+
+  constructor(options: GatewayFailoverOptions) {
+    this.#o = options;
+    this.#config = options.config;
+    const { agent, node, log } = options;
+    const logTo = (level: 'info' | 'error', message: string, fields: Record<string, unknown>) =>
+      log[level](message, fields);
+    const conntrack = new ExecConntrack();
+    this.#source = new FlowSource({
+      list: (address) => conntrack.list(uplinkMarks(this.#config), address),
+      log: logTo,
+    });
+    this.#follower = new FlowFollower({
+      peers: this.#others(),
+      port: options.port,
+      addresses: this.#addresses(),
+      tls: options.tls,
+      log: logTo,
+    });
+    this.#loop = new OwnershipLoop({
+      kubeConfig: options.kubeConfig,
+      namespace: options.namespace,
+      gateway: options.config.gateway,
+      node,
+      failover: options.config.failover,
+      healthyUplinks: options.healthyUplinks,
+      metrics: agent.metrics,
+      log,
+      apply: async (owned) => {
+        await agent.setFailoverOwned(owned, {
+          beforeClaim: async (address) => {
+            const loaded = await this.#follower.inject(address);
+            log.info('Loaded the replicated flows of a failover address', { address, ...loaded });
+          },
+        });
+        this.#source.setOwned([...owned]);
+      },
+    });
+    // The other gateway nodes, heard directly: which are up and whether each reaches the API server.
+    this.#peers = createPeerMonitor({
+      peers: this.#others(),
+      healthPort: options.port,
+      watch: steeringWatch(options.tls),
+    });
+    this.#peers.onChange(() => this.#loop.setPeersHeard(this.#peers.apiservers()));
+  }
+
+  async start(): Promise<void> {
+    this.#source.setPeers(this.#others().map((p) => p.node));
+    this.#source.start();
+    this.#follower.start();
+    this.#peers.start();
+    await this.#loop.start();
+  }
+
+  /** A new config with failover addresses. */
+  update(config: GatewayFailoverOptions['config']): void {
+    this.#config = config;
+    this.#loop.setFailover(config.failover);
+    this.#peers.update(this.#others());
+    this.#source.setPeers(this.#others().map((p) => p.node));
+    this.#follower.update(this.#others(), this.#addresses());
+  }
+
+  setHealthyUplinks(names: Iterable<string>): void {
+    this.#loop.setHealthyUplinks(names);
+  }
+
+  onConntrackEvents(events: readonly FlowEvent[]): void {
+    this.#source.onEvents(events);
+  }
+
+  /** Whether this node reaches the API server, for its /steering answers. */
+  apiserverReachable(): boolean {
+    return this.#loop.apiserverReachable();
+  }
+
+  /** Serves /failover/flows to the gateway's other nodes (`agentNode`: the caller's certificate). */
+  handleFlows(req: IncomingMessage, res: ServerResponse, agentNode: string | undefined): void {
+    this.#source.handle(req, res, agentNode);
+  }
+
+  /** Stops; `release` gives the addresses up first, for another node to take them with their flows. */
+  async stop({ release }: { release: boolean }): Promise<void> {
+    await this.#loop.stop({ release });
+    await this.#peers.stop();
+    this.#follower.stop();
+    this.#source.stop();
+  }
+
+  #others() {
+    return this.#config.failover.nodes.filter((n) => n.node !== this.#o.node);
+  }
+
+  #addresses() {
+    return this.#config.failover.addresses.map((a) => a.address);
+  }
+}
