@@ -326,6 +326,8 @@ async function run(): Promise<void> {
     const withFailover = { ...config, failover: config.failover };
     if (failover) return failover.update(withFailover);
     failover = await startFailover(agent, withFailover, links, healthyUplinks());
+    // What the probes said while it started.
+    failover?.setHealthyUplinks(healthyUplinks());
   };
   await followFailover();
   const naa = config.association ? await startNaa(agent, config.association.port, telemetry.enabled, links) : undefined;

@@ -486,18 +486,18 @@ describe('render with failover addresses', () => {
     expect(icmp.nat).toEqual({ kind: 'snat', address: '100.64.1.100' });
   });
 
-  it('keeps the balanced path and the uplink addresses for flows that are not tunnelled or whose address is not owned', () => {
+  it('never lets a tunnelled flow leave with another address: one whose address another node owns waits (dropped)', () => {
     const notOwned = input(failover, { owned: new Set(['100.64.2.100']) });
-    const balanced = new Set(
-      [0, 1, 2].map((r) => leave(notOwned, tunnelled(tcp('10.244.1.2', '203.0.113.10', 443)), r).uplink),
-    );
-    expect(balanced).toEqual(new Set(['isp-a', 'isp-b']));
-    expect(leave(notOwned, tunnelled(tcp('10.244.1.2', '203.0.113.10', 443)), 0).nat).toEqual({
-      kind: 'snat',
-      address: '100.64.1.2',
-      ports: [20000, 29999],
-    });
-    // The same pod address, arriving elsewhere than from the tunnel.
+    for (const random of [0, 1, 2]) {
+      expect(leave(notOwned, tunnelled(tcp('10.244.1.2', '203.0.113.10', 443)), random).verdict).toBe('drop');
+    }
+    // Owned, but its uplink down here (the node gives the address up): dropped too, not balanced.
+    const down = input(failover, { owned, health: new Map([['isp-a', false]]) });
+    expect(leave(down, tunnelled(tcp('10.244.1.2', '203.0.113.10', 443))).verdict).toBe('drop');
+  });
+
+  it('keeps the balanced path and the uplink addresses for flows that do not come through the tunnel', () => {
+    // The pod address, arriving elsewhere than from the tunnel.
     const local = leave(input(failover, { owned }), tcp('10.244.1.2', '203.0.113.10', 443), 2);
     expect(local.uplink).toBe('isp-b');
     expect(local.nat).toMatchObject({ kind: 'snat' });
@@ -523,8 +523,9 @@ describe('render with failover addresses', () => {
     const none = render(input(failover, { owned: new Set() }));
     expect(none.routes.find((r) => r.uplink === 'isp-a')?.sources).toEqual(['100.64.1.2', 'fd00:64:1::2']);
     const operations = planChanges(none.table, held.table)!;
-    expect(new Set(operations.map((o) => `${o.op} ${o.what}`))).toEqual(new Set(['add element']));
-    expect(planChanges(held.table, none.table)!.every((o) => o.op === 'delete' && o.what === 'element')).toBe(true);
+    // The pods move from the waiting set into the owned set and map.
+    expect(new Set(operations.map((o) => `${o.op} ${o.what}`))).toEqual(new Set(['add element', 'delete element']));
+    expect(planChanges(held.table, none.table)!.every((o) => o.what === 'element')).toBe(true);
   });
 
   it('adds nothing to the table of a gateway without failover addresses', () => {

@@ -373,26 +373,33 @@ function renderChoiceRules(
 
 /**
  * Before balancing: a tunnelled flow of a pod whose egress address is owned here goes to that
- * address's uplink, when the rule allows the uplink and it is healthy (preferences do not count).
- * Otherwise, a rule whose allowed uplinks leave it out included, the flow is balanced as any other
- * and leaves with the node's own SNAT address.
+ * address's uplink when it is healthy (preferences do not count). A pod's flow never leaves with
+ * another source address than its failover address: while another node owns the address (the
+ * source node has not followed a move yet), or this node's uplink of it is down (this node gives
+ * the address up), the flow is dropped and counted, and its retransmission reaches the owner. Only a
+ * rule whose allowed uplinks leave the address's uplink out balances it as any other flow, with the
+ * node's own SNAT address: the policy's choice.
  */
 function egressChoiceRules(context: RenderContext, f: Family, allowed: readonly string[] | undefined): Rule[] {
   return context.egress
     .filter((e) => e.family === f && (!allowed || allowed.includes(e.uplink)))
-    .filter((e) => context.healthy.some((u) => u.name === e.uplink))
-    .map((e) => ({
-      match: [
-        family(f),
-        { kind: 'mark', mask: context.tunnelMask, value: context.tunnelMask } as Match,
-        { kind: 'saddr', family: f, set: egressPods(e) } as Match,
-      ],
-      then: [goto(uplinkChain(e.uplink))],
-    }));
+    .flatMap((e) => {
+      const tunnelled = [family(f), { kind: 'mark', mask: context.tunnelMask, value: context.tunnelMask } as Match];
+      const healthy = context.healthy.some((u) => u.name === e.uplink);
+      return [
+        {
+          match: [...tunnelled, { kind: 'saddr', family: f, set: egressPods(e) } as Match],
+          then: healthy ? [goto(uplinkChain(e.uplink))] : drop,
+        },
+        { match: [...tunnelled, { kind: 'saddr', family: f, set: egressWaiting(e) } as Match], then: drop },
+      ];
+    });
 }
 
 /** The pods of an uplink's failover addresses of one family that are owned here (a set). */
 const egressPods = (e: UplinkEgress) => `failover${e.family}_${chainPart(e.uplink)}`;
+/** The pods of an uplink's failover addresses of one family that another node owns (a set). */
+const egressWaiting = (e: UplinkEgress) => `failover_wait${e.family}_${chainPart(e.uplink)}`;
 /** The same pods → the chain that translates to their address (a verdict map). */
 const egressSnatMap = (e: UplinkEgress) => `failover_snat${e.family}_${chainPart(e.uplink)}`;
 /** The chain that translates to a failover address. */
@@ -411,6 +418,11 @@ function renderEgress(context: RenderContext, parts: TableParts): void {
         name: egressPods(e),
         type: addr,
         elements: e.pods.map(({ pod }) => ({ key: [{ kind: 'address', address: pod }] })),
+      },
+      {
+        name: egressWaiting(e),
+        type: addr,
+        elements: e.waiting.map((pod) => ({ key: [{ kind: 'address', address: pod }] })),
       },
       {
         name: egressSnatMap(e),

@@ -53,22 +53,24 @@ const config: GatewayConfig = parseGatewayConfig({
 const uplinks = localUplinks(config, 'g1');
 
 describe('failover paths', () => {
-  it('groups the owned addresses of local uplinks with the pods that leave with them', () => {
+  it('groups the owned addresses of local uplinks with the pods that leave with them, and the others with the pods that wait', () => {
     const local = localEgressAddresses(config, uplinks, carries);
     expect(local.map((a) => a.address)).toEqual(['100.64.1.100', 'fd00:64:1::100', '100.64.2.100']);
     expect(planEgress(config, local, new Set(['fd00:64:1::100', '100.64.2.100', '100.64.3.100']))).toEqual([
-      { uplink: 'isp1', family: 4, addresses: ['100.64.1.100'], pods: [] },
+      { uplink: 'isp1', family: 4, addresses: ['100.64.1.100'], pods: [], waiting: ['10.244.1.2'] },
       {
         uplink: 'isp1',
         family: 6,
         addresses: ['fd00:64:1::100'],
         pods: [{ pod: 'fd00:244:1::2', address: 'fd00:64:1::100' }],
+        waiting: [],
       },
       {
         uplink: 'isp2',
         family: 4,
         addresses: ['100.64.2.100'],
         pods: [{ pod: '10.244.1.3', address: '100.64.2.100' }],
+        waiting: [],
       },
     ]);
   });

@@ -21,6 +21,11 @@ export interface UplinkEgress {
   addresses: string[];
   /** Pod address → the owned failover address its tunnelled flows of this family leave with (canonical, sorted). */
   pods: Array<{ pod: string; address: string }>;
+  /**
+   * Pod addresses whose failover address of this family is on this uplink but owned by another node
+   * (or none): their tunnelled flows wait for the source node to send them to the owner (sorted).
+   */
+  waiting: string[];
 }
 
 export const familyOf = (address: string): Family => (address.includes(':') ? 6 : 4);
@@ -45,7 +50,8 @@ export function localEgressAddresses(
 
 /**
  * Per uplink and family with a failover address, the pods whose tunnelled flows leave with an owned
- * one: a pod's `egress` address of the family, when `owned` holds it. A pod address listed twice
+ * one: a pod's `egress` address of the family, when `owned` holds it; and those whose address there
+ * another node owns. A pod address listed twice
  * belongs to the first pod, as everywhere in the config. Only with steering: without a tunnel no
  * flow is tunnelled.
  */
@@ -61,11 +67,11 @@ export function planEgress(
     const key = `${a.uplink} ${a.family}`;
     let group = groups.get(key);
     if (!group) {
-      group = { uplink: a.uplink, family: a.family, addresses: [], pods: [] };
+      group = { uplink: a.uplink, family: a.family, addresses: [], pods: [], waiting: [] };
       groups.set(key, group);
     }
     group.addresses.push(a.address);
-    if (owned.has(a.address)) byAddress.set(a.address, group);
+    byAddress.set(a.address, group);
   }
   const seen = new Set<string>();
   for (const pod of config.pods) {
@@ -75,7 +81,11 @@ export function planEgress(
       const address = canonicalAddress(egress);
       const group = byAddress.get(address);
       if (!group) continue;
-      for (const p of mine) if (familyOf(p) === group.family) group.pods.push({ pod: p, address });
+      for (const p of mine) {
+        if (familyOf(p) !== group.family) continue;
+        if (owned.has(address)) group.pods.push({ pod: p, address });
+        else group.waiting.push(p);
+      }
     }
   }
   const ordered = [...groups.values()].sort((a, b) =>
@@ -84,6 +94,7 @@ export function planEgress(
   for (const group of ordered) {
     group.addresses.sort();
     group.pods.sort((a, b) => (a.pod < b.pod ? -1 : a.pod > b.pod ? 1 : 0));
+    group.waiting.sort();
   }
   return ordered;
 }

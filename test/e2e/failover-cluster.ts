@@ -286,19 +286,12 @@ export class FailoverCluster {
     );
     await Promise.all(transfers.map((t) => t.receiving));
     const monitors = gateways.map((n) => this.#addressMonitor(n, `g${n}` === from));
-    const probe = this.processes.capture(`probe-${Date.now()}`, [
-      'ip',
-      'netns',
-      'exec',
+    // Its stdin open: the probe runs until the harness ends it.
+    const probe = this.c.spawn(
       this.c.pod(1),
-      process.execPath,
-      join(programs, 'failover-probe.ts'),
-      server.v4,
-      String(whoamiPort),
-      '10',
-      '1',
-      '1000',
-    ]);
+      [process.execPath, join(programs, 'failover-probe.ts'), server.v4, String(whoamiPort), '10', '1', '1000'],
+      { stdio: ['pipe', 'pipe', 'pipe'] },
+    );
     const probeOutput = collectProbe(probe);
     await new Promise((resolve) => setTimeout(resolve, 500));
     const faultMs = performance.timeOrigin + performance.now();
@@ -446,7 +439,8 @@ export class FailoverCluster {
     await Promise.all(this.#servers.splice(0).map((s) => s.stop()));
     await this.c.destroy();
     await this.#k(['delete', 'namespace', this.namespace, '--wait=false']).catch(() => {});
-    await rm(this.dir, { recursive: true, force: true });
+    if (!process.env.KEEP_FAILOVER_LOGS) await rm(this.dir, { recursive: true, force: true });
+    else console.log(`failover logs in ${this.dir}`);
   }
 }
 

@@ -30,6 +30,7 @@ const moving: Array<[Fault, string]> = [
 describe.each(moving)('the owner %s', (fault, _what) => {
   it('moves the address, keeps established flows and takes nothing back when it returns', async () => {
     const run = await f.fault(fault);
+    console.log(`${fault}: ${JSON.stringify(run)}`);
     expect(run.to).toBeDefined();
     expect(run.to).not.toBe(run.from);
     expect(run.newConnectionSources).toEqual([floating.v4]);
