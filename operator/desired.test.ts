@@ -1,7 +1,13 @@
 import { validate, type EgressGateway } from '../crds/index.ts';
 import { operatorSettings } from '../test/cluster/operator.ts';
 import type { Compiled } from './compile.ts';
-import { desiredGatewayObjects, desiredNodeObjects } from './desired.ts';
+import {
+  agentAttributionRecords,
+  agentHeapMiB,
+  agentNodeOptions,
+  desiredGatewayObjects,
+  desiredNodeObjects,
+} from './desired.ts';
 import { parseSettings } from './settings.ts';
 
 const settings = parseSettings(operatorSettings('naat', { metrics: 8080, health: 8081, webhook: 9443 }));
@@ -50,6 +56,8 @@ describe('desiredGatewayObjects', () => {
       '--local-listen',
       '127.0.0.1:9095',
       '--report',
+      '--attribution-records',
+      '100000',
     ]);
     // The association server follows the config's port, on both families (the agent's default).
     expect(ports).toEqual([
@@ -57,6 +65,25 @@ describe('desiredGatewayObjects', () => {
       { name: 'metrics', containerPort: 9090 },
       { name: 'naa', containerPort: 7750 },
     ]);
+  });
+
+  it("bounds the gateway agent's heap to what its attribution log needs, and the node agent's not", () => {
+    const env = (pod: { containers: Array<{ env: Array<{ name: string; value?: string }> }> }) =>
+      pod.containers[0]!.env.find((e) => e.name === 'NODE_OPTIONS')?.value;
+    const options = env(podSpec(gateway()));
+    expect(options).toBe(agentNodeOptions);
+    const bound = Number(/^--max-old-space-size=(\d+)$/.exec(options ?? '')?.[1]);
+    expect(bound).toBe(agentHeapMiB(agentAttributionRecords));
+    // A log twice as long needs a higher bound, and the agent's heap fits in its memory limit.
+    expect(agentHeapMiB(2 * agentAttributionRecords)).toBeGreaterThan(bound);
+    expect(bound).toBeLessThan(512);
+    const nodeAgent = desiredNodeObjects(
+      [{ version: 1, node: 'worker-a', hash: 'sha256:0', markMask: 0xe0, gateways: [] }],
+      settings,
+      'naat-system',
+    ).find((o) => o.kind === 'DaemonSet');
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
+    expect(env((nodeAgent as any).spec.template.spec)).toBeUndefined();
   });
 
   it("writes the node's kernel settings from a privileged init container, and runs the agent without privilege", () => {

@@ -23,6 +23,29 @@ const tlsDir = '/etc/naat/tls';
 /** The CA ConfigMap, as the kubelet mounts it. */
 const caDir = '/etc/naat/ca';
 
+/**
+ * The records of each gateway agent's attribution log (its --attribution-records; the agent's own
+ * default, given explicitly because the heap bound below is matched to it).
+ */
+export const agentAttributionRecords = 100_000;
+
+/**
+ * The gateway agent's V8 heap bound (MiB), matched to its attribution log of `records` records.
+ * Without one V8 sizes its heap from the node's memory and lets garbage pile up far past what the
+ * agent holds: at its goal (10,000 pods, 1,000 rules, 100,000 flows, the log full: `npm run
+ * bench:dataplane`, figure memory.agent-goal) its heap grew to 470 MiB and its RSS to 675 MiB,
+ * past the chart's limit of 512 MiB, with 115 MiB live. The live heap (heap snapshots of the
+ * compiled agent) is 31 MiB at that scale without flows, and about 900 bytes more per record,
+ * each with its flow in the flow table (every open flow has a record, so a full log of open flows
+ * is the most the two hold together). The bound is twice that: the flow table is listed afresh
+ * every 10 s (a second table of every flow while the new one is built), and a config change holds
+ * the old compiled config and the new one at once.
+ */
+export const agentHeapMiB = (records: number): number => Math.ceil(2 * (32 + (records * 900) / 2 ** 20));
+
+/** The gateway agent's NODE_OPTIONS: its heap bound, for the log of agentAttributionRecords records. */
+export const agentNodeOptions = `--max-old-space-size=${agentHeapMiB(agentAttributionRecords)}`;
+
 export interface ApiObject {
   apiVersion: string;
   kind: string;
@@ -146,7 +169,10 @@ export function desiredGatewayObjects(
           '--local-listen',
           `127.0.0.1:${dp.localPort}`,
           '--report',
+          '--attribution-records',
+          String(agentAttributionRecords),
         ],
+        env: [{ name: 'NODE_OPTIONS', value: agentNodeOptions }],
         ports: [
           { name: 'health', containerPort: dp.healthPort },
           { name: 'metrics', containerPort: dp.metricsPort },
@@ -311,6 +337,8 @@ interface AgentPod {
     /** Its OpenTelemetry service name. */
     service: string;
     args: string[];
+    /** Variables of its own, after those every agent gets. */
+    env?: Array<{ name: string; value: string }>;
     /** `health`, when there is one, serves /healthz and /readyz, which the kubelet probes. */
     ports?: Array<{ name: string; containerPort: number }>;
     volumeMounts?: unknown[];
@@ -392,6 +420,7 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
                 { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
                 { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
                 ...processEnvironment(settings, o.container.service),
+                ...(o.container.env ?? []),
               ],
               ...(o.container.ports ? { ports: o.container.ports } : {}),
               ...(o.container.ports?.some((p) => p.name === 'health')

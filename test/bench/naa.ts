@@ -15,14 +15,14 @@
 // runs that way is the compiled JavaScript, built here as the image build does.
 import { credentials, Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFile, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { naaServerCredentials, TlsDir } from '../../dataplane/link-tls.ts';
 import { NaaServer } from '../../dataplane/naa/server.ts';
 import { makeTestCa, writeTlsDir } from '../tls.ts';
+import { buildImage, imageArgv, type ImageBuild } from './image.ts';
 import { median, percentile, runBenchmark, type Bench } from './harness.ts';
 import { cpuShare } from './process.ts';
 import {
@@ -34,7 +34,6 @@ import {
 } from '../../proto/index.ts';
 import { addressToBytes } from '../../common/index.ts';
 
-const root = join(import.meta.dirname, '..', '..');
 const podIp = '10.244.0.10';
 
 interface Size {
@@ -160,13 +159,6 @@ async function plainStream(messages: number): Promise<number> {
   return rate;
 }
 
-interface SidecarBuild {
-  /** What the image holds in its working directory: dist/, package.json, node_modules. */
-  app: string;
-  command: string[];
-  nodeOptions: string;
-}
-
 /**
  * A network namespace standing for a pod: loopback, and the pod's address on one end of a veth
  * pair whose other end stays in the namespace too (the kernel here may lack dummy links).
@@ -188,7 +180,7 @@ function addPodNamespace(ns: string): void {
   }
 }
 
-async function scanBench(bench: Bench, sidecar: SidecarBuild, key: string, sockets: number): Promise<void> {
+async function scanBench(bench: Bench, sidecar: ImageBuild, key: string, sockets: number): Promise<void> {
   const ns = `naat-bench-${process.pid}`;
   addPodNamespace(ns);
   // Holds `sockets` connections, and opens one more for each line it reads.
@@ -292,35 +284,6 @@ for await (const line of createInterface({ input: process.stdin })) {
   }
 }
 
-/**
- * Builds what the sidecar image holds in its working directory (the `npm run build` output,
- * package.json and the modules) into a temporary directory, and reads from images/Dockerfile how
- * the image starts it: its command and NODE_OPTIONS.
- */
-async function buildSidecar(): Promise<SidecarBuild> {
-  const dockerfile = await readFile(join(root, 'images', 'Dockerfile'), 'utf8');
-  const stage = /^FROM \S+ AS sidecar$([\s\S]*?)(?=^FROM |$(?![\s\S]))/m.exec(dockerfile)?.[1] ?? '';
-  const command = /^ENTRYPOINT (\[.*\])$/m.exec(stage)?.[1];
-  if (!command) throw new Error('images/Dockerfile has no sidecar stage with an ENTRYPOINT');
-  const app = await mkdtemp(join(tmpdir(), 'naat-bench-app-'));
-  try {
-    const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
-    // Emitting only: type checking is `npm run typecheck`'s job.
-    const build = ['-p', join(root, 'tsconfig.build.json'), '--outDir', join(app, 'dist'), '--noCheck'];
-    execFileSync(process.execPath, [tsc, ...build], { stdio: 'inherit' });
-    await copyFile(join(root, 'package.json'), join(app, 'package.json'));
-    await symlink(join(root, 'node_modules'), join(app, 'node_modules'));
-  } catch (error) {
-    await rm(app, { recursive: true, force: true });
-    throw error;
-  }
-  return {
-    app,
-    command: JSON.parse(command) as string[],
-    nodeOptions: /^ENV NODE_OPTIONS="([^"]*)"$/m.exec(stage)?.[1] ?? '',
-  };
-}
-
 const megabytes = async (pid: number, field: string) =>
   Number(new RegExp(`${field}:\\s+(\\d+)`).exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
 
@@ -330,7 +293,7 @@ const megabytes = async (pid: number, field: string) =>
  */
 async function sidecarBench(
   bench: Bench,
-  image: SidecarBuild,
+  image: ImageBuild,
   connections: number,
   idleSeconds: number,
   tls?: LinkTls,
@@ -363,9 +326,7 @@ async function sidecarBench(
     return child;
   };
   try {
-    const [node, ...args] = image.command;
-    if (node !== 'node') throw new Error(`the sidecar image runs ${node}, not node`);
-    const sidecar = inPod([process.execPath, ...args], {
+    const sidecar = inPod(imageArgv(image), {
       NAAT_NAA_SERVER: `unix:${join(dir, 'naa.sock')}`,
       NAAT_POD_NAMESPACE: 'bench',
       NAAT_POD_NAME: 'bench',
@@ -436,7 +397,7 @@ print('done'); time.sleep(600)`,
     const bareRss = await megabytes(bare.pid!, 'VmRSS');
     const http2Rss = await megabytes(http2.pid!, 'VmRSS');
     bench.section(
-      `sidecar process in a pod namespace, as its image runs it (${[node, ...args].join(' ')}, ` +
+      `sidecar process in a pod namespace, as its image runs it (${image.command.join(' ')}, ` +
         `NODE_OPTIONS=${image.nodeOptions || '(none)'}; scan interval 200 ms; ${connections} new connections 50 ms apart):`,
     );
     latency(0.5, '(the scan interval is the bound)');
@@ -545,7 +506,7 @@ async function measure(bench: Bench, size: Size, tls: LinkTls): Promise<void> {
     unit: 'associations/s',
     baseline: 'stream.naat',
   });
-  const sidecar = await buildSidecar();
+  const sidecar = await buildImage('sidecar');
   try {
     await scanBench(bench, sidecar, 'scan-small', size.sockets.small);
     await scanBench(bench, sidecar, 'scan-large', size.sockets.large);

@@ -72,6 +72,7 @@ const expectedKeys: Record<string, string[]> = {
     'memory.idle-node',
     'memory.agent-small',
     'memory.agent-scale',
+    'memory.agent-goal',
     'startup.small',
     'startup.scale',
   ],
