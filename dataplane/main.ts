@@ -286,8 +286,8 @@ async function run(): Promise<void> {
   const monitor = new HealthMonitor({
     uplinks: localUplinks(config, values.node!),
     onChange: (name, health) => {
-      agent.setHealth(name, health).catch(() => {});
       failover?.setHealthyUplinks(healthyUplinks());
+      agent.setHealth(name, health).catch(() => {});
     },
     // The kernel drops an uplink's routes when its link goes down and does not bring them back.
     onLink: (name, up) => {

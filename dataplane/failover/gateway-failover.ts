@@ -103,8 +103,16 @@ export class GatewayFailover {
     this.#follower.update(this.#others(), this.#addresses());
   }
 
+  /**
+   * Called before the agent hears of a change of health: an address whose uplink failed stops being
+   * streamed at once, so that the agent's deletion of that uplink's flows does not reach the replicas
+   * the node taking the address over will load.
+   */
   setHealthyUplinks(names: Iterable<string>): void {
-    this.#loop.setHealthyUplinks(names);
+    const healthy = new Set(names);
+    this.#loop.setHealthyUplinks(healthy);
+    const uplinkOf = new Map(this.#config.failover.addresses.map((a) => [a.address, a.uplink]));
+    this.#source.setOwned([...this.#loop.owned()].filter((a) => healthy.has(uplinkOf.get(a)!)));
   }
 
   onConntrackEvents(events: readonly FlowEvent[]): void {

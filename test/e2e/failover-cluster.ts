@@ -171,6 +171,13 @@ export class FailoverCluster {
   async #start(): Promise<void> {
     const c = this.c;
     this.#tlsDir = writeClusterTls(this.dir, makeTestCa());
+    // A gateway node powered off and on comes back with its addresses, as a rebooted node's network
+    // configuration gives it them again (Linux drops IPv6 addresses with the link by default).
+    for (const g of gateways) {
+      for (const conf of ['all', 'default', 'eth0', 'up1', 'up2']) {
+        await c.exec(c.gateway(g), ['sysctl', '-qw', `net.ipv6.conf.${conf}.keep_addr_on_down=1`]);
+      }
+    }
     await this.#k(['create', 'namespace', this.namespace]);
     await this.#applyConfigMap('gateway', this.gatewayConfig());
     await this.#applyConfigMap('node-w1', this.nodeConfig());
@@ -248,16 +255,26 @@ export class FailoverCluster {
     );
   }
 
-  /** The node that has each failover address on its uplink now, by address (kernel state). */
-  async owners(): Promise<Map<string, string>> {
-    const owners = new Map<string, string>();
+  /** The nodes that have each failover address on their uplink now, by address (kernel state). */
+  async holders(): Promise<Map<string, string[]>> {
+    const holders = new Map<string, string[]>();
     for (const g of gateways) {
-      const { stdout } = await this.c.exec(this.c.gateway(g), ['ip', '-o', 'addr', 'show', 'dev', 'up1']).catch(() => ({
-        stdout: '',
-      }));
-      for (const address of both(floating)) if (stdout.includes(` ${address}/`)) owners.set(address, `g${g}`);
+      // Only a running uplink counts: a node powered off keeps its addresses in a kernel that answers nothing.
+      const { stdout } = await this.c
+        .exec(this.c.gateway(g), ['ip', '-o', 'addr', 'show', 'up', 'dev', 'up1'])
+        .catch(() => ({
+          stdout: '',
+        }));
+      for (const address of both(floating)) {
+        if (stdout.includes(` ${address}/`)) holders.set(address, [...(holders.get(address) ?? []), `g${g}`]);
+      }
     }
-    return owners;
+    return holders;
+  }
+
+  /** The node that has each failover address on its uplink now, by address; the last when two have it. */
+  async owners(): Promise<Map<string, string>> {
+    return new Map([...(await this.holders())].map(([address, nodes]) => [address, nodes.at(-1)!]));
   }
 
   /** The source the server sees for one new IPv4 connection from the pod ("" when it fails). */
@@ -294,15 +311,16 @@ export class FailoverCluster {
     );
     const probeOutput = collectProbe(probe);
     await new Promise((resolve) => setTimeout(resolve, 500));
-    const faultMs = performance.timeOrigin + performance.now();
     await this.#inject(fault, g);
+    // From when the fault is in place: connections opened while it was being made may still pass.
+    const faultMs = performance.timeOrigin + performance.now();
     if (staying.has(fault)) await new Promise((resolve) => setTimeout(resolve, 3 * this.#options.leaseDurationMs));
     else
       await until(
         'the failover address on another node',
         async () => {
-          const owner = (await this.owners()).get(floating.v4);
-          return owner && owner !== from ? owner : undefined;
+          const other = (await this.holders()).get(floating.v4)?.find((node) => node !== from);
+          return other;
         },
         10_000,
       ).catch(() => undefined);
@@ -311,7 +329,9 @@ export class FailoverCluster {
     const output = await probeOutput;
     const results: TransferResult[] = await Promise.all(transfers.map((t) => t.result.catch(() => failedTransfer)));
     const changes = await Promise.all(monitors.map((m) => m.stop()));
-    const to = (await this.owners()).get(floating.v4);
+    // The owner now: the node that took the address, else the one that kept it.
+    const holding = (await this.holders()).get(floating.v4) ?? [];
+    const to = holding.find((node) => node !== from) ?? holding[0];
     return {
       fault,
       from,
@@ -319,7 +339,13 @@ export class FailoverCluster {
       ...failoverFigures(output, faultMs),
       streamsSurvived: results.filter((r) => r.ok).length,
       streams,
-      doubleOwnershipMs: overlap(changes[0]!, changes[1]!),
+      // A node powered off answers for nothing from the fault on (its monitor died with it).
+      doubleOwnershipMs: overlap(
+        ...(changes.map((c, i) => (fault === 'power-off' && i === g - 1 ? [...c, [faultMs, false]] : c)) as [
+          Array<[number, boolean]>,
+          Array<[number, boolean]>,
+        ]),
+      ),
     };
   }
 
@@ -330,8 +356,15 @@ export class FailoverCluster {
         const { stdout } = await run(['ip', '-n', ns, '-o', 'link', 'show']);
         const links = [...stdout.matchAll(/^\d+: ([^:@]+)/gm)].map((m) => m[1]!).filter((l) => l !== 'lo');
         await Promise.all(links.map((link) => run(['ip', '-n', ns, 'link', 'set', link, 'down'])));
+        // Some of them (an nft or ip the agent ran) may end on their own meanwhile.
         const pids = (await run(['ip', 'netns', 'pids', ns])).stdout.split('\n').filter(Boolean);
-        if (pids.length) await run(['kill', '-9', ...pids]);
+        for (const pid of pids) {
+          try {
+            process.kill(Number(pid), 'SIGKILL');
+          } catch {
+            // Gone already.
+          }
+        }
         return;
       }
       case 'agent-kill':
@@ -342,7 +375,16 @@ export class FailoverCluster {
         return;
       case 'blackhole':
         // Nothing leaves by the uplink, and the link stays up: only the health check can tell.
-        await run(['tc', '-n', ns, 'qdisc', 'add', 'dev', 'up1', 'root', 'netem', 'loss', '100%']);
+        await this.c.exec(ns, ['nft', '-f', '-'], {
+          input: [
+            'table inet blackhole {',
+            '  chain out {',
+            '    type filter hook postrouting priority 300;',
+            '    oifname "up1" drop',
+            '  }',
+            '}',
+          ].join('\n'),
+        });
         return;
       case 'partition':
         await this.#cutFromOtherGateway(g);
@@ -396,7 +438,7 @@ export class FailoverCluster {
         await run(['ip', '-n', ns, 'link', 'set', 'up1', 'up']);
         break;
       case 'blackhole':
-        await run(['tc', '-n', ns, 'qdisc', 'del', 'dev', 'up1', 'root']);
+        await this.c.exec(ns, ['nft', 'delete', 'table', 'inet', 'blackhole']);
         break;
       case 'partition':
         await this.c.exec(ns, ['nft', 'delete', 'table', 'inet', 'isolation']);
@@ -439,8 +481,7 @@ export class FailoverCluster {
     await Promise.all(this.#servers.splice(0).map((s) => s.stop()));
     await this.c.destroy();
     await this.#k(['delete', 'namespace', this.namespace, '--wait=false']).catch(() => {});
-    if (!process.env.KEEP_FAILOVER_LOGS) await rm(this.dir, { recursive: true, force: true });
-    else console.log(`failover logs in ${this.dir}`);
+    await rm(this.dir, { recursive: true, force: true });
   }
 }
 

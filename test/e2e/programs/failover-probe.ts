@@ -54,7 +54,8 @@ process.stdin.on('end', async () => {
   while (open > 0) await new Promise((resolve) => setTimeout(resolve, 20));
   await new Promise((resolve) => setTimeout(resolve, 200));
   udp.close();
-  console.log(JSON.stringify({ attempts, udp: { sent, answers, sources: Object.fromEntries(sources) } }));
-  process.exit(0);
+  // Written whole before the process ends: a pipe takes a long line in several writes.
+  const result = JSON.stringify({ attempts, udp: { sent, answers, sources: Object.fromEntries(sources) } });
+  process.stdout.write(`${result}\n`, () => process.exit(0));
 });
 console.log('probing');
