@@ -77,7 +77,7 @@ function gatewayConfig(): Record<string, unknown> {
   };
 }
 
-/** Worker w's node config, steering its pod to gateway node `owner` alone (as source-node following would). */
+/** Worker w's node config, with gateway node `owner` its only peer (its pod's addresses follow that node's answers). */
 function nodeConfig(w: number, owner: number): Record<string, unknown> {
   return {
     version: 1,
@@ -101,6 +101,7 @@ function nodeConfig(w: number, owner: number): Record<string, unknown> {
           },
         ],
         peers: [{ node: `g${owner}`, addresses: [gatewayAddress(owner).v4, gatewayAddress(owner).v6] }],
+        failover: { addresses: [egress.v4, egress.v6] },
       },
     ],
   };
