@@ -340,9 +340,12 @@ async function run(): Promise<void> {
         config = parseConfig(text);
         monitor.update(localUplinks(config, values.node!));
         await agent.configure(config);
-        await followFailover();
         naa?.pushPolicies();
         log.info('Applied a new gateway config', { gateway: config.gateway, hash: config.hash });
+        // After the kernel holds the config: a drain or a new failover address starts from it.
+        await followFailover().catch((error: Error) =>
+          log.error('Failed to follow the failover addresses of the new config', { error: error.message }),
+        );
       } catch (error) {
         log.error('Kept the last good gateway config', { error: (error as Error).message });
       }
