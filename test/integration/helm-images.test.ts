@@ -203,7 +203,7 @@ test.each([
   expect(user!.args.startsWith('0:')).toBe(asRoot);
 });
 
-test('only the dataplane image adds packages, and only the kernel tools it drives', () => {
+test('only the dataplane image adds packages, and only the kernel tools it drives and the announcers of failover addresses', () => {
   const installs = (name: string) =>
     stage(name)
       .instructions.filter((i) => i.keyword === 'RUN' && i.args.includes('apt-get install'))
@@ -211,7 +211,7 @@ test('only the dataplane image adds packages, and only the kernel tools it drive
       .flatMap((command) => command.split('&&')[0]!.trim().split(/\s+/))
       // Options, and the release that `-t` names, are not packages.
       .filter((word, at, words) => !word.startsWith('-') && words[at - 1] !== '-t');
-  expect(installs('dataplane').sort()).toEqual(['conntrack', 'iproute2', 'nftables']);
+  expect(installs('dataplane').sort()).toEqual(['conntrack', 'iproute2', 'iputils-arping', 'libndp-tools', 'nftables']);
   expect(installs('operator')).toEqual([]);
   expect(installs('sidecar')).toEqual([]);
   expect(installs('runtime')).toEqual([]);
