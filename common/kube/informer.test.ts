@@ -212,6 +212,19 @@ test('a failing first list is retried until the cache syncs', async () => {
   expect(informer.get('ns/a')?.data).toBe('one');
 });
 
+test('retryNow ends the wait after a failure at once', async () => {
+  const server = new FakeServer();
+  server.put('a', 'one');
+  server.failLists = 1;
+  const informer = new Informer(server, { kind: 'Item', initialBackoffMs: 60_000, log: quiet });
+  informers.push(informer);
+  informer.start();
+  await until(() => server.lists === 1, 'the first list');
+  informer.retryNow();
+  expect(await informer.waitForSync()).toBe(true);
+  expect(informer.get('ns/a')?.data).toBe('one');
+});
+
 test('410 Gone relists, and objects deleted meanwhile are reported as gone', async () => {
   const server = new FakeServer();
   server.put('a', 'one');

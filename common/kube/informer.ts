@@ -178,6 +178,8 @@ export class Informer<T extends KubernetesObject> {
   #attempt: AbortController | undefined;
   #silenceTimer: NodeJS.Timeout | undefined;
   #relistWanted = false;
+  /** Ends the wait after a failure early (retryNow). */
+  #backoff: AbortController | undefined;
   readonly #counts = { lists: 0, watches: 0, failures: 0 };
 
   constructor(source: ListerWatcher<T>, options: InformerOptions) {
@@ -204,6 +206,15 @@ export class Informer<T extends KubernetesObject> {
     clearTimeout(this.#silenceTimer);
     this.#settleSync(false);
     await this.#loop;
+  }
+
+  /**
+   * Ends the wait after failures at once, for a caller that knows the apiserver answers again (a
+   * request of its own went through): without it, a watch that failed for a while waits up to
+   * maxBackoffMs more before it tries again.
+   */
+  retryNow(): void {
+    this.#backoff?.abort();
   }
 
   /** Whether the first list has filled the cache (it stays filled through later relists). */
@@ -301,7 +312,11 @@ export class Informer<T extends KubernetesObject> {
           error: errorText(error),
           retryInMs: delay,
         });
-        await sleep(delay, undefined, { signal: this.#stop.signal }).catch(() => {});
+        this.#backoff = new AbortController();
+        await sleep(delay, undefined, { signal: AbortSignal.any([this.#stop.signal, this.#backoff.signal]) }).catch(
+          () => {},
+        );
+        this.#backoff = undefined;
       }
     }
   }
