@@ -209,12 +209,15 @@ export class Informer<T extends KubernetesObject> {
   }
 
   /**
-   * Ends the wait after failures at once, for a caller that knows the apiserver answers again (a
-   * request of its own went through): without it, a watch that failed for a while waits up to
-   * maxBackoffMs more before it tries again.
+   * Tries again at once, for a caller that knows the apiserver answers again (a request of its own
+   * went through after failures): ends the wait after failures, which may last up to maxBackoffMs,
+   * or else relists in place of the request in flight, which may be one sent while the apiserver
+   * could not be reached, hanging until silenceMs.
    */
   retryNow(): void {
-    this.#backoff?.abort();
+    if (this.#backoff) return this.#backoff.abort();
+    this.#relistWanted = true;
+    this.#attempt?.abort(silence);
   }
 
   /** Whether the first list has filled the cache (it stays filled through later relists). */
