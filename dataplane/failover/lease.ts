@@ -300,7 +300,11 @@ export class OwnershipLoop {
         this.#log.info('Failover Lease created', { lease: `${namespace}/${this.#name}` });
       }
       this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
-      if (this.#renewFailing) this.#log.info('Failover Lease renewed again', { lease: `${namespace}/${this.#name}` });
+      if (this.#renewFailing) {
+        this.#log.info('Failover Lease renewed again', { lease: `${namespace}/${this.#name}` });
+        // The watch may have failed meanwhile: until it is back this node claims nothing.
+        this.#informer.retryNow();
+      }
       this.#renewFailing = false;
       this.#kick();
     } catch (error) {
