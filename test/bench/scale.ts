@@ -170,6 +170,25 @@ async function servedPods(bc: BenchCluster): Promise<ServedPod[]> {
     .map(([node, , ip]) => ({ node: node!, ip: ip! }));
 }
 
+/**
+ * Rejects once the operator logs that the apiserver refused an object as too large (a ConfigMap's
+ * data over 1 MiB, an object over etcd's limit): the size at which today's design stops working.
+ */
+async function refused(op: OperatorProcess): Promise<never> {
+  const tooLarge = /must have at most \d+ bytes|request entity too large|request is too large/i;
+  for (;;) {
+    const line = op.lines.find((l) => l.entry?.level === 'error' && tooLarge.test(String(l.entry.error ?? '')));
+    if (line) {
+      const error = String(line.entry!.error).replace(/[\\"]/g, '');
+      const at = error.search(tooLarge);
+      const message = error.slice(Math.max(0, error.lastIndexOf('message:', at)), at + 40);
+      throw new Error(`the apiserver refused what the ${String(line.entry!.controller)} controller wrote: ${message}`);
+    }
+    if (op.child.exitCode !== null) return new Promise<never>(() => {});
+    await sleep(1000);
+  }
+}
+
 const sum = (values: readonly number[]) => values.reduce((a, b) => a + b, 0);
 
 class ScaleRun {
@@ -287,10 +306,12 @@ class ScaleRun {
       const exited = new Promise<never>((_, reject) =>
         op.child.once('exit', (code, signal) => reject(new Error(`the operator exited (${code ?? signal})`))),
       );
-      exited.catch(() => undefined);
+      const refusal = refused(op);
+      for (const ending of [exited, refusal]) ending.catch(() => undefined);
       await Promise.race([
         this.#until('every watcher to hold its complete data', () => this.#complete(pods, shape.policies), 600_000),
         exited,
+        refusal,
       ]);
       await this.#measureResync(shape, op, key);
       await quiet(pid, 300_000);
