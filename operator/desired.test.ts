@@ -46,9 +46,8 @@ describe('desiredGatewayObjects', () => {
       (o) => o.kind === 'DaemonSet',
     );
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
-    expect(
-      (daemonSet as any).spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution,
-    ).toEqual({
+    const pod = (daemonSet as any).spec.template.spec;
+    expect(pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution).toEqual({
       nodeSelectorTerms: [
         {
           matchFields: [
