@@ -175,7 +175,8 @@ async function servedPods(bc: BenchCluster): Promise<ServedPod[]> {
  * data over 1 MiB, an object over etcd's limit): the size at which today's design stops working.
  */
 async function refused(op: OperatorProcess): Promise<never> {
-  const tooLarge = /must have at most \d+ bytes|request entity too large|request is too large/i;
+  const tooLarge =
+    /must have at most \d+ bytes|may not be more than \d+ bytes|request entity too large|request is too large/i;
   for (;;) {
     const line = op.lines.find((l) => l.entry?.level === 'error' && tooLarge.test(String(l.entry.error ?? '')));
     if (line) {
