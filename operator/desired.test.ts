@@ -40,6 +40,25 @@ function container(g: EgressGateway) {
 }
 
 describe('desiredGatewayObjects', () => {
+  it('nodes another gateway holds are left out one requirement each: the apiserver takes one name per requirement', () => {
+    const excluded = { ...compiled, excludedNodes: ['gw-2', 'gw-3'] } as unknown as Compiled;
+    const daemonSet = desiredGatewayObjects(gateway(), excluded, settings, 'naat-system').find(
+      (o) => o.kind === 'DaemonSet',
+    );
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
+    const pod = (daemonSet as any).spec.template.spec;
+    expect(pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution).toEqual({
+      nodeSelectorTerms: [
+        {
+          matchFields: [
+            { key: 'metadata.name', operator: 'NotIn', values: ['gw-2'] },
+            { key: 'metadata.name', operator: 'NotIn', values: ['gw-3'] },
+          ],
+        },
+      ],
+    });
+  });
+
   it("listens on every address of both families at the chart's ports, so nodes of an IPv6-only cluster reach it", () => {
     const { args, ports } = container(gateway({ association: { port: 7750 } }));
     expect(args).toEqual([

@@ -131,14 +131,22 @@ export function desiredGatewayObjects(
       serviceAccountName: name,
       placement: {
         nodeSelector: { 'kubernetes.io/os': 'linux', ...gateway.spec.nodeSelector },
-        // Nodes where another gateway's agent holds its ports (operator/host-ports.ts).
+        // Nodes where another gateway's agent holds its ports (operator/host-ports.ts). The
+        // apiserver takes one value per metadata.name requirement: one requirement per node,
+        // which a term ANDs.
         ...(compiled.excludedNodes?.length
           ? {
               affinity: {
                 nodeAffinity: {
                   requiredDuringSchedulingIgnoredDuringExecution: {
                     nodeSelectorTerms: [
-                      { matchFields: [{ key: 'metadata.name', operator: 'NotIn', values: compiled.excludedNodes }] },
+                      {
+                        matchFields: compiled.excludedNodes.map((node) => ({
+                          key: 'metadata.name',
+                          operator: 'NotIn',
+                          values: [node],
+                        })),
+                      },
                     ],
                   },
                 },
@@ -303,10 +311,14 @@ export function desiredNodeObjects(
       placement: {
         nodeSelector: { 'kubernetes.io/os': 'linux' },
         // Exactly the nodes with a NodeConfig, by name: nodes join and leave with their served pods.
+        // The apiserver takes one value per metadata.name requirement: one term per node, which
+        // the scheduler ORs (as the DaemonSet controller pins each of its pods).
         affinity: {
           nodeAffinity: {
             requiredDuringSchedulingIgnoredDuringExecution: {
-              nodeSelectorTerms: [{ matchFields: [{ key: 'metadata.name', operator: 'In', values: nodes }] }],
+              nodeSelectorTerms: nodes.map((node) => ({
+                matchFields: [{ key: 'metadata.name', operator: 'In', values: [node] }],
+              })),
             },
           },
         },

@@ -325,7 +325,8 @@ describe('desiredNodeObjects', () => {
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
     const pod = (of('DaemonSet')[0] as any).spec.template.spec;
     expect(pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms).toEqual([
-      { matchFields: [{ key: 'metadata.name', operator: 'In', values: ['worker-1', 'worker-2'] }] },
+      { matchFields: [{ key: 'metadata.name', operator: 'In', values: ['worker-1'] }] },
+      { matchFields: [{ key: 'metadata.name', operator: 'In', values: ['worker-2'] }] },
     ]);
     expect(pod.hostNetwork).toBe(true);
     const [container] = pod.containers;

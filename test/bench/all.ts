@@ -8,7 +8,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { host, parseCommandLine, type BenchReport, type Form } from './harness.ts';
 
-const benchmarks = ['naa', 'naa-gateway', 'dataplane', 'operator', 'strict', 'steering', 'failover', 'soak'] as const;
+const benchmarks = [
+  'naa',
+  'naa-gateway',
+  'dataplane',
+  'operator',
+  'strict',
+  'steering',
+  'failover',
+  'scale',
+  'soak',
+] as const;
 
 export interface AllReport {
   form: Form;

@@ -272,13 +272,22 @@ export interface BenchmarkSpec<Size> {
   name: string;
   /** The sizes of each form. */
   sizes: Record<Form, Size>;
+  /** Options of the benchmark's own, which change the size of the form asked for. */
+  options?: SizeOptions<Size>;
   run(bench: Bench, size: Size): Promise<void>;
+}
+
+export interface SizeOptions<Size> {
+  /** By option name (without the dashes), each taking a value: its line of the usage. */
+  usage: Record<string, string>;
+  /** The form's size as the options given change it; throws an Error naming a bad value. */
+  apply(size: Size, values: Record<string, string>): Size;
 }
 
 /** The npm script that runs a benchmark (`bench:naa`, `soak`) or all of them (`bench`, for `all`). */
 const npmScript = (script: string) => (script === 'all' ? 'bench' : script === 'soak' ? 'soak' : `bench:${script}`);
 
-const usage = (script: string, defaultForm: Form) =>
+const usage = (script: string, defaultForm: Form, own: Record<string, string> = {}) =>
   [
     `usage: npm run ${npmScript(script)} -- [--full | --quick | --smoke] [--json FILE] [--strict-goals]`,
     `  --full           the sizes the figures are quoted at${defaultForm === 'full' ? ' (the default)' : ''}`,
@@ -286,20 +295,30 @@ const usage = (script: string, defaultForm: Form) =>
     '  --smoke          the smallest form, seconds long (CI)',
     '  --json FILE      also write the figures as JSON to FILE',
     '  --strict-goals   exit 1 when a goal is missed, not only when a figure was not measured',
+    ...Object.values(own),
   ].join('\n');
 
 export interface CommandLine {
   form: Form;
   json?: string;
   strictGoals: boolean;
+  /** The values of the benchmark's own options that were given. */
+  own: Record<string, string>;
 }
 
 /** The command line of a benchmark or of `all.ts`; exits 2 with the usage on a bad one. */
-export function parseCommandLine(script: string, argv: string[], defaultForm: Form = 'full'): CommandLine {
-  const text = usage(script, defaultForm);
+export function parseCommandLine(
+  script: string,
+  argv: string[],
+  defaultForm: Form = 'full',
+  ownUsage: Record<string, string> = {},
+): CommandLine {
+  const text = usage(script, defaultForm, ownUsage);
+  const ownOptions = Object.fromEntries(Object.keys(ownUsage).map((name) => [name, { type: 'string' as const }]));
   const { values } = parseProgramArgs(text, {
     args: argv,
     options: {
+      ...ownOptions,
       full: { type: 'boolean' },
       quick: { type: 'boolean' },
       smoke: { type: 'boolean' },
@@ -313,6 +332,12 @@ export function parseCommandLine(script: string, argv: string[], defaultForm: Fo
     form: values.smoke ? 'smoke' : values.quick ? 'quick' : values.full ? 'full' : defaultForm,
     ...(typeof values.json === 'string' ? { json: values.json } : {}),
     strictGoals: values['strict-goals'] === true,
+    own: Object.fromEntries(
+      Object.keys(ownUsage).flatMap((name) => {
+        const value = (values as Record<string, unknown>)[name];
+        return typeof value === 'string' ? [[name, value]] : [];
+      }),
+    ),
   };
 }
 
@@ -321,13 +346,21 @@ export function parseCommandLine(script: string, argv: string[], defaultForm: Fo
  * writes the JSON when asked and sets the exit status.
  */
 export async function runBenchmark<Size>(spec: BenchmarkSpec<Size>): Promise<BenchReport> {
-  const args = parseCommandLine(spec.name, process.argv.slice(2));
+  const args = parseCommandLine(spec.name, process.argv.slice(2), 'full', spec.options?.usage);
+  let size = spec.sizes[args.form];
+  if (spec.options) {
+    try {
+      size = spec.options.apply(size, args.own);
+    } catch (error) {
+      usageError(usage(spec.name, 'full', spec.options.usage), (error as Error).message);
+    }
+  }
   const bench = new Bench(args.form);
   const startedAt = new Date();
   const started = performance.now();
   let error: string | undefined;
   try {
-    await spec.run(bench, spec.sizes[args.form]);
+    await spec.run(bench, size);
   } catch (thrown) {
     console.error(thrown);
     error = thrown instanceof Error ? thrown.message : String(thrown);

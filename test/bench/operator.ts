@@ -20,31 +20,42 @@
 //  4. The compiled config's size against the 1 MiB a ConfigMap may hold.
 // Nothing leaves loopback; it stops what it started and removes its folders, also on failure and
 // on SIGINT/SIGTERM.
-import { KubeConfig, Watch } from '@kubernetes/client-node';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { apiVersion, type EgressGateway, type EgressPolicy, type Uplink } from '../../crds/index.ts';
+import type { EgressGateway, EgressPolicy, Uplink } from '../../crds/index.ts';
 import type { GatewayConfig } from '../../contracts/gateway/index.ts';
-import { compileGateway, sidecarContainerName, type Snapshot } from '../../operator/compile.ts';
+import { compileGateway, type Snapshot } from '../../operator/compile.ts';
 import { configFile, objectName } from '../../operator/desired.ts';
 import { podFacts } from '../../operator/reconcilers/cluster.ts';
-import { freePorts, startCluster, type Cluster } from '../cluster/cluster.ts';
-import { installCrds } from '../cluster/crds.ts';
+import { freePorts } from '../cluster/cluster.ts';
 import { terminate } from '../cluster/processes.ts';
-import { operatorSettings, webhookObjects, type OperatorPorts } from '../cluster/operator.ts';
 import { percentile, runBenchmark, type Bench, type Goal } from './harness.ts';
-import { memory as vm } from './process.ts';
+import {
+  BenchCluster,
+  configMapLimit,
+  gatewayName,
+  gatewayObject,
+  list,
+  ms,
+  namespaceName,
+  now,
+  podObject,
+  policyObject,
+  quiet,
+  rulesPerPolicy,
+  seconds,
+  sleep,
+  sockets,
+  system,
+  until,
+  uplinkObject,
+  type Layout,
+} from './operator-cluster.ts';
+import { cpuSeconds, memory as vm } from './process.ts';
 
 const root = join(import.meta.dirname, '..', '..');
 
-interface Size {
-  namespaces: number;
-  podsPerNamespace: number;
-  /** Apps (and policies) per namespace: a divisor of podsPerNamespace. */
-  appsPerNamespace: number;
+interface Size extends Layout {
   /** Policy changes, each following the previous one; with idleChanges at most the policies. */
   changes: number;
   /** Changes applied only once the operator has been idle, to tell its own latency from queueing. */
@@ -57,319 +68,15 @@ const applyToConfigGoal: Goal = {
   source: 'operator goal: apply → config p99 ≤ 200 ms at 1,000 pods',
 };
 
-const rulesPerPolicy = 5;
 /** Between one change's last effect and the next apply, so that each is measured on its own. */
 const settleMs = 300;
-const gatewayName = 'bench';
-const system = 'naat-system';
-const servedLabel = 'naat.dev/bench';
+const progress = (text: string) => process.stderr.write(`  ${text}\n`);
 const workers = ['worker-1', 'worker-2', 'worker-3', 'worker-4'];
 const nodes = [
   { name: 'gateway-a', labels: { 'naat.dev/gateway': 'true' } },
   { name: 'gateway-b', labels: { 'naat.dev/gateway': 'true' } },
   ...workers.map((name) => ({ name })),
 ];
-const configMapLimit = 1024 * 1024;
-const now = () => performance.now();
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const namespaceName = (n: number) => `bench-${String(n).padStart(2, '0')}`;
-
-// ---------------------------------------------------------------------------------------------
-// The objects
-
-function namespaceObject(n: number) {
-  return {
-    apiVersion: 'v1',
-    kind: 'Namespace',
-    metadata: { name: namespaceName(n), labels: { [servedLabel]: 'served' } },
-  };
-}
-
-/** Pod `i` of a namespace: app `i % 10`, on a worker; every fifth app runs the NAA sidecar. */
-function podObject({ appsPerNamespace, podsPerNamespace }: Size, n: number, i: number) {
-  const app = i % appsPerNamespace;
-  const containers = [{ name: 'app', image: 'app:bench' }];
-  if (app % 5 === 0) containers.push({ name: sidecarContainerName, image: 'naat-sidecar:bench' });
-  return {
-    apiVersion: 'v1',
-    kind: 'Pod',
-    metadata: {
-      name: `app-${app}-${i}`,
-      namespace: namespaceName(n),
-      labels: { app: `app-${app}`, [servedLabel]: 'pod' },
-    },
-    spec: {
-      nodeName: workers[(n * podsPerNamespace + i) % workers.length]!,
-      automountServiceAccountToken: false,
-      terminationGracePeriodSeconds: 0,
-      containers,
-    },
-  };
-}
-
-function uplinkObject(n: number) {
-  return {
-    apiVersion,
-    kind: 'Uplink',
-    metadata: { name: `isp${n}` },
-    spec: {
-      interface: `eth${n}`,
-      nextHop: { ipv4: `192.0.2.${n}` },
-      snat: { addresses: [`198.51.100.${n}`] },
-      healthCheck: { targets: ['9.9.9.9'] },
-    },
-  };
-}
-
-const gatewayObject = {
-  apiVersion,
-  kind: 'EgressGateway',
-  metadata: { name: gatewayName },
-  spec: {
-    nodeSelector: { 'naat.dev/gateway': 'true' },
-    uplinks: { names: ['isp1', 'isp2', 'isp3'] },
-    namespaceSelector: { matchLabels: { [servedLabel]: 'served' } },
-  },
-};
-
-/**
- * Policy `app-k` of a namespace selects the 5 pods of app k: Deny telnet (the port the changes
- * flip), Allow HTTPS to a network of its own (through isp1 or isp2 in a third of them), Allow DNS,
- * Deny curl and wget to 203.0.113.0/24 in every fifth (ICMP to a network of its own in the
- * others), Allow IPv6 web traffic (through isp3 only in a quarter).
- */
-function policyObject({ appsPerNamespace }: Size, n: number, k: number, telnet = 23) {
-  const p = n * appsPerNamespace + k;
-  const rules: Record<string, unknown>[] = [
-    { name: 'telnet', action: 'Deny', destinations: [{ protocol: 'TCP', ports: [{ port: telnet }, { port: 2323 }] }] },
-    {
-      name: 'https',
-      action: 'Allow',
-      destinations: [
-        {
-          cidr: `172.${16 + (p % 16)}.${p}.0/24`,
-          protocol: 'TCP',
-          ports: [{ port: 443 }, { port: 8000, endPort: 8080 }],
-        },
-      ],
-      ...(p % 3 === 0 ? { uplinks: { allowed: ['isp1', 'isp2'], preferred: ['isp1'] } } : {}),
-    },
-    {
-      name: 'dns',
-      action: 'Allow',
-      destinations: [{ cidr: `10.${p}.0.0/16`, protocol: 'UDP', ports: [{ port: 53 }] }],
-    },
-    p % 5 === 0
-      ? {
-          name: 'no-downloaders',
-          action: 'Deny',
-          applications: [{ processName: 'curl' }, { executable: '/usr/bin/wget' }],
-          destinations: [{ cidr: '203.0.113.0/24', protocol: 'TCP', ports: [{ port: 443 }] }],
-        }
-      : { name: 'icmp', action: 'Deny', destinations: [{ cidr: `192.168.${p}.0/24`, protocol: 'ICMP' }] },
-    {
-      name: 'web6',
-      action: 'Allow',
-      destinations: [
-        { cidr: `2001:db8:${p.toString(16)}::/48`, protocol: 'TCP', ports: [{ port: 80 }, { port: 443 }] },
-      ],
-      ...(p % 4 === 0 ? { uplinks: { allowed: ['isp3'] } } : {}),
-    },
-  ];
-  return {
-    apiVersion,
-    kind: 'EgressPolicy',
-    metadata: { name: `app-${k}`, namespace: namespaceName(n) },
-    spec: { gateway: gatewayName, podSelector: { matchLabels: { app: `app-${k}` } }, priority: 100 + k, rules },
-  };
-}
-
-const list = (items: unknown[]) => JSON.stringify({ apiVersion: 'v1', kind: 'List', items });
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-
-let cluster: Cluster | undefined;
-let dir: string | undefined;
-let operator: ChildProcess | undefined;
-const children: ChildProcess[] = [];
-const watches: ResumingWatch[] = [];
-let cleaning: Promise<void> | undefined;
-
-function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    const step = async (what: string, work: () => Promise<unknown>) =>
-      work().catch((error: Error) => console.error(`cleanup: ${what}: ${error.message}`));
-    for (const watch of watches) watch.stop();
-    for (const child of children.reverse()) await step('a process', () => terminate(child));
-    await step('the control plane', async () => cluster?.stop());
-    await step('the temporary folder', async () => dir && rm(dir, { recursive: true, force: true }));
-  })();
-  return cleaning;
-}
-
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => void cleanup().then(() => process.exit(130)));
-}
-
-const k = (args: string[], input?: string) => cluster!.kubectl(args, input);
-const apply = (input: string) => k(['apply', '--server-side', '--field-manager=bench', '-f', '-'], input);
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number, everyMs = 200) {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    }
-    await sleep(everyMs);
-  }
-}
-
-/** User + system CPU seconds of a process so far. */
-async function cpuSeconds(pid: number): Promise<number> {
-  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-/** Sockets the process holds open (its connections to the apiserver, its listeners). */
-async function sockets(pid: number): Promise<number> {
-  const fds = await readdir(`/proc/${pid}/fd`);
-  const links = await Promise.all(fds.map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
-  return links.filter((l) => l.startsWith('socket:')).length;
-}
-
-/** Waits until the process has used at most one clock tick of CPU in 500 ms; resolves with the wait. */
-async function quiet(pid: number, timeoutMs = 30_000): Promise<number> {
-  const started = now();
-  const window: number[] = [];
-  while (now() - started < timeoutMs) {
-    window.push(await cpuSeconds(pid));
-    if (window.length > 6) window.shift();
-    if (window.length === 6 && window[5]! - window[0]! <= 0.01) return now() - started;
-    await sleep(100);
-  }
-  throw new Error(`the operator was still busy after ${timeoutMs / 1000} s`);
-}
-
-const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(Math.abs(value) < 10 ? 1 : 0)} ms` : '—');
-const seconds = (value: number) => `${(value / 1000).toFixed(2)} s`;
-
-/**
- * A watch of one collection through client-node's Watch, each event timestamped as it arrives.
- * Resumes from the last resourceVersion when the server or client-node's 30 s inactivity timeout
- * ends it.
- */
-class ResumingWatch {
-  readonly #watch: Watch;
-  readonly #path: string;
-  readonly #query: Record<string, string>;
-  readonly #onEvent: (type: string, object: Record<string, unknown>, at: number) => void;
-  #resourceVersion: string | undefined;
-  #controller: AbortController | undefined;
-  #stopped = false;
-  restarts = 0;
-
-  constructor(
-    kubeConfig: KubeConfig,
-    path: string,
-    query: Record<string, string>,
-    onEvent: (type: string, object: Record<string, unknown>, at: number) => void,
-  ) {
-    this.#watch = new Watch(kubeConfig);
-    this.#path = path;
-    this.#query = query;
-    this.#onEvent = onEvent;
-    watches.push(this);
-  }
-
-  /** Resolves once the apiserver has begun the response, so that no later change is missed. */
-  async start(): Promise<void> {
-    const query = {
-      ...this.#query,
-      allowWatchBookmarks: 'true',
-      ...(this.#resourceVersion ? { resourceVersion: this.#resourceVersion } : {}),
-    };
-    this.#controller = await this.#watch.watch(
-      this.#path,
-      query,
-      (type, object: Record<string, unknown> & { metadata?: { resourceVersion?: string } }) => {
-        const at = now();
-        this.#resourceVersion = object.metadata?.resourceVersion ?? this.#resourceVersion;
-        if (type === 'ERROR') console.error(`watch of ${this.#path}: ${JSON.stringify(object)}`);
-        else if (type !== 'BOOKMARK') this.#onEvent(type, object, at);
-      },
-      (error) => {
-        if (this.#stopped) return;
-        this.restarts++;
-        if (error && (error as Error).name !== 'TimeoutError') {
-          console.error(`watch of ${this.#path} ended: ${(error as Error).message}; resuming`);
-        }
-        this.start().catch((e: Error) => console.error(`watch of ${this.#path} could not resume: ${e.message}`));
-      },
-    );
-  }
-
-  stop(): void {
-    this.#stopped = true;
-    this.#controller?.abort();
-  }
-}
-
-/** The operator as the chart runs it; its log lines are kept with their arrival times. */
-async function startOperator(ports: OperatorPorts) {
-  const settings = operatorSettings('naat-operator', ports);
-  const file = join(dir!, 'operator.json');
-  await writeFile(file, JSON.stringify(settings));
-  const lines: Array<{ at: number; text: string; entry?: Record<string, unknown> }> = [];
-  const startedAt = now();
-  const child = spawn(process.execPath, [join(root, 'operator', 'main.ts')], {
-    env: {
-      ...process.env,
-      KUBECONFIG: cluster!.kubeconfig,
-      NAAT_CONFIG: file,
-      NAAT_NAMESPACE: system,
-      NAAT_POD_NAME: 'operator-bench',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(child);
-  const keep = (text: string) => {
-    const at = now();
-    let entry: Record<string, unknown> | undefined;
-    try {
-      entry = JSON.parse(text) as Record<string, unknown>;
-    } catch {
-      // Not one of its JSON lines (a Node warning, a stack).
-    }
-    lines.push({ at, text, ...(entry ? { entry } : {}) });
-  };
-  createInterface({ input: child.stdout! }).on('line', keep);
-  createInterface({ input: child.stderr! }).on('line', keep);
-  /** When the first line whose message is `msg` (and whose fields include `fields`) arrived. */
-  const logged = (msg: string, fields: Record<string, unknown> = {}) =>
-    lines.find((l) => l.entry?.msg === msg && Object.entries(fields).every(([key, v]) => l.entry![key] === v))?.at;
-  return { child, startedAt, lines, logged };
-}
-
-/** Sums the apiserver's request counter over the series whose labels include `labels`. */
-async function requests(labels: Record<string, string>): Promise<number> {
-  const text = await k(['get', '--raw', '/metrics']);
-  let sum = 0;
-  for (const row of text.split('\n')) {
-    if (!row.startsWith('apiserver_request_total{')) continue;
-    if (Object.entries(labels).every(([key, value]) => row.includes(`${key}="${value}"`))) {
-      sum += Number(row.slice(row.lastIndexOf(' ') + 1));
-    }
-  }
-  return sum;
-}
 
 interface KubeList<T> {
   items: T[];
@@ -383,58 +90,24 @@ interface PolicyObject {
 
 // ---------------------------------------------------------------------------------------------
 
-async function main(bench: Bench, size: Size): Promise<void> {
+async function main(bench: Bench, size: Size, bc: BenchCluster, clusterMs: number): Promise<void> {
   const { namespaces, podsPerNamespace, appsPerNamespace, changes, idleChanges } = size;
   const pods = namespaces * podsPerNamespace;
   const policies = namespaces * appsPerNamespace;
-  const progress = (text: string) => process.stderr.write(`  ${text}\n`);
-  const began = now();
-  dir = await mkdtemp(join(tmpdir(), 'naat-bench-operator-'));
-  cluster = await startCluster({ workloads: true, nodes, progress });
-  const clusterMs = now() - began;
-  const kubeConfig = new KubeConfig();
-  kubeConfig.loadFromFile(cluster.kubeconfig);
-  await installCrds(cluster.kubeconfig);
-  await k(['create', 'namespace', system]);
-  await apply(list(webhookObjects('naat-operator', system)));
+  const { k, apply } = bc;
+  const cluster = bc.cluster;
 
-  // The pods: namespaces, their default ServiceAccount (the admission plugin wants it), then every
-  // pod in one apply, until kwok has made each Running with an address.
+  // The pods: namespaces, then every pod, until kwok has made each Running with an address.
   let stepAt = now();
-  await apply(list(Array.from({ length: namespaces }, (_, n) => namespaceObject(n))));
-  await until(
-    'the default ServiceAccount of every namespace',
-    async () => {
-      const out = await k(['get', 'serviceaccounts', '-A', '--field-selector=metadata.name=default', '-o', 'name']);
-      return out.split('\n').filter(Boolean).length >= namespaces + 1 ? true : undefined;
-    },
-    60_000,
-  );
+  await bc.namespaces(0, namespaces);
   const podObjects = Array.from({ length: namespaces }, (_, n) =>
-    Array.from({ length: podsPerNamespace }, (_, i) => podObject(size, n, i)),
+    Array.from({ length: podsPerNamespace }, (_, i) =>
+      podObject(size, n, i, workers[(n * podsPerNamespace + i) % workers.length]!),
+    ),
   ).flat();
-  await apply(list(podObjects));
+  await bc.applyAll(podObjects);
   const podsAppliedMs = now() - stepAt;
-  const podIps = await until(
-    `${pods} pods Running with addresses`,
-    async () => {
-      const out = await k([
-        'get',
-        'pods',
-        '-A',
-        '-l',
-        `${servedLabel}=pod`,
-        '-o',
-        'jsonpath={range .items[*]}{.status.phase} {.status.podIP}{"\\n"}{end}',
-      ]);
-      const rows = out.split('\n').filter(Boolean);
-      const running = rows.filter((r) => /^Running \S+$/.test(r)).map((r) => r.split(' ')[1]!);
-      return running.length === pods ? new Set(running) : undefined;
-    },
-    180_000,
-    1000,
-  );
-  if (podIps.size !== pods) throw new Error(`kwok gave ${pods} pods only ${podIps.size} distinct addresses`);
+  const podIps = await bc.runningPods(pods, 180_000);
   const podsRunningMs = now() - stepAt;
   progress(
     `Created ${pods} pods (${(podsAppliedMs / 1000).toFixed(1)}s), Running (${(podsRunningMs / 1000).toFixed(1)}s)`,
@@ -454,8 +127,7 @@ async function main(bench: Bench, size: Size): Promise<void> {
   // Watches: the gateway's ConfigMap and every EgressPolicy, each event timestamped on arrival.
   const configs: Array<{ at: number; bytes: number; config: GatewayConfig; resourceVersion: string }> = [];
   let onConfig: ((config: GatewayConfig, at: number) => void) | undefined;
-  const configWatch = new ResumingWatch(
-    kubeConfig,
+  const configWatch = await bc.watch(
     `/api/v1/namespaces/${system}/configmaps`,
     { fieldSelector: `metadata.name=${objectName(gatewayName)}` },
     (type, object, at) => {
@@ -472,22 +144,15 @@ async function main(bench: Bench, size: Size): Promise<void> {
   /** Watch events of a policy whose generation did not change: its status changed. */
   let statusEvents = 0;
   let onPolicy: ((policy: PolicyObject, at: number) => void) | undefined;
-  const policyWatch = new ResumingWatch(
-    kubeConfig,
-    `/apis/naat.dev/v1alpha1/egresspolicies`,
-    {},
-    (type, object, at) => {
-      const policy = object as unknown as PolicyObject;
-      const key = `${policy.metadata.namespace}/${policy.metadata.name}`;
-      const previous = policyState.get(key);
-      if (type === 'MODIFIED' && previous?.metadata.generation === policy.metadata.generation) statusEvents++;
-      if (type === 'DELETED') policyState.delete(key);
-      else policyState.set(key, policy);
-      onPolicy?.(policy, at);
-    },
-  );
-  await configWatch.start();
-  await policyWatch.start();
+  const policyWatch = await bc.watch(`/apis/naat.dev/v1alpha1/egresspolicies`, {}, (type, object, at) => {
+    const policy = object as unknown as PolicyObject;
+    const key = `${policy.metadata.namespace}/${policy.metadata.name}`;
+    const previous = policyState.get(key);
+    if (type === 'MODIFIED' && previous?.metadata.generation === policy.metadata.generation) statusEvents++;
+    if (type === 'DELETED') policyState.delete(key);
+    else policyState.set(key, policy);
+    onPolicy?.(policy, at);
+  });
   await until(
     'the policy watch to list every policy',
     async () => (policyState.size === policies ? true : undefined),
@@ -522,10 +187,10 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
     const out = await new Promise<string>((resolve, reject) => {
       const child = spawn(process.execPath, ['--input-type=module', '-e', lister], {
         cwd: root,
-        env: { ...process.env, KUBECONFIG: cluster!.kubeconfig },
+        env: { ...process.env, KUBECONFIG: cluster.kubeconfig },
         stdio: ['ignore', 'pipe', 'inherit'],
       });
-      children.push(child);
+      bc.track(child);
       let text = '';
       child.stdout!.on('data', (d) => (text += d));
       child.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`the lister exited with ${code}`))));
@@ -536,7 +201,7 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
 
   // The idle Node process, for memory.
   const idle = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
-  children.push(idle);
+  bc.track(idle);
   await sleep(1000);
   const idleVm = await vm(idle.pid!);
   await terminate(idle);
@@ -546,8 +211,8 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
   const applyCounter = { resource: 'configmaps', verb: 'APPLY' };
   const statusCounter = { resource: 'egresspolicies', subresource: 'status', verb: 'APPLY' };
   const counters = async () => ({
-    configMaps: await requests(applyCounter),
-    statuses: await requests(statusCounter),
+    configMaps: await bc.requests(applyCounter),
+    statuses: await bc.requests(statusCounter),
     statusEvents,
   });
   const before = await counters();
@@ -571,8 +236,8 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
     );
     resolveComplete();
   };
-  const op = await startOperator({ metrics: metricsPort!, health: healthPort!, webhook: webhookPort! });
-  operator = op.child;
+  const op = await bc.startOperator({ metrics: metricsPort!, health: healthPort!, webhook: webhookPort! });
+  const operator = op.child;
   let readyAt: number | undefined;
   const readyz = (async () => {
     while (readyAt === undefined && op.child.exitCode === null) {
@@ -585,7 +250,7 @@ console.log(JSON.stringify({ imported, listed: performance.now(), items: lists.m
     }
   })();
   const exited = new Promise<never>((_, reject) =>
-    operator!.once('exit', (code, signal) => reject(new Error(`the operator exited (${code ?? signal})`))),
+    operator.once('exit', (code, signal) => reject(new Error(`the operator exited (${code ?? signal})`))),
   );
   exited.catch(() => undefined);
   await Promise.race([
@@ -961,10 +626,12 @@ await runBenchmark<Size>({
     smoke: { namespaces: 2, podsPerNamespace: 10, appsPerNamespace: 5, changes: 5, idleChanges: 2 },
   },
   async run(bench, size) {
+    const began = now();
+    const bc = await BenchCluster.start('operator', nodes, progress);
     try {
-      await main(bench, size);
+      await main(bench, size, bc, now() - began);
     } finally {
-      await cleanup();
+      await bc.cleanup();
     }
   },
 });

@@ -20,6 +20,21 @@ const gatewayRun = (key: string) => [
   `${key}.syncs`,
   `${key}.early`,
 ];
+const scaleSize = (pods: number) =>
+  [
+    ...['gateway-nodes', 'nodes', 'gateway-node-received', 'node-received'].map((k) => `resync.${k}`),
+    ...['largest', 'gateway-config', 'node-config', 'node-role', 'node-daemonset', 'gateway'].map(
+      (k) => `objects.${k}`,
+    ),
+    ...percentiles('apply.to-nodes'),
+    ...['gateway-needed', 'gateway-received', 'operator-cpu'].map((k) => `apply.${k}`),
+    ...['settle', 'gateway-versions', 'gateway-needed', 'gateway-received', 'nodes-needed', 'nodes-received'].map(
+      (k) => `churn.${k}`,
+    ),
+    'churn.operator-cpu',
+    'operator.rss-resync',
+    'operator.rss-end',
+  ].map((k) => `${pods}-pods.${k}`);
 const trends = (...keys: string[]) => keys.flatMap((key) => [`${key}.warm`, `${key}.end`]);
 const setups = ['plain', 'masquerade', 'naat-1-uplink', 'naat-3-uplinks'];
 
@@ -119,6 +134,8 @@ const expectedKeys: Record<string, string[]> = {
     `${fault}.streams-survived`,
     `${fault}.double-ownership`,
   ]),
+  // The smoke form's two sizes.
+  scale: [...scaleSize(100), ...scaleSize(200)],
   soak: [
     ...trends('agent-rss', 'sidecar-rss', 'agent-fds', 'sidecar-fds', 'chains', 'sets'),
     'short-flows',

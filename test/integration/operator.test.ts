@@ -329,7 +329,7 @@ describe('cluster-wide egress', () => {
       ds.spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution as {
         nodeSelectorTerms: Array<{ matchFields: Array<{ values: string[] }> }>;
       }
-    ).nodeSelectorTerms[0]!.matchFields[0]!.values;
+    ).nodeSelectorTerms.flatMap((term) => term.matchFields[0]!.values);
   const steered = async (name: string) =>
     ((await json(['get', 'pod', name, '-n', apps])).status.conditions as Array<Record<string, string>>).find(
       (c) => c.type === 'naat.dev/Steered',
