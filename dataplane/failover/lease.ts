@@ -21,8 +21,10 @@ import {
 } from '../../contracts/gateway/index.ts';
 import type { AgentMetrics } from '../metrics.ts';
 import {
+  apiserverOutage,
   decideOwnership,
   emptyMemory,
+  fenceDeadline,
   renewingOnSchedule,
   type FailoverSettings,
   type NodeLease,
@@ -45,6 +47,12 @@ export interface OwnershipLoopOptions {
   node: string;
   failover: FailoverSettings;
   apply: ApplyOwnership;
+  /**
+   * Told until when the kernel may answer for the owned addresses should this process stop
+   * (fenceDeadline, on performance.now()'s clock): after every successful renewal, and every third
+   * of a lease duration (an apiserver outage extends it without renewals); not once it has passed.
+   */
+  fence?: (until: number) => void;
   /** The uplinks healthy at start; none until told otherwise. */
   healthyUplinks?: Iterable<string>;
   metrics?: Pick<AgentMetrics, 'failoverClaims' | 'failoverReleases' | 'failoverGap'>;
@@ -105,6 +113,7 @@ export class OwnershipLoop {
   readonly #node: string;
   readonly #name: string;
   readonly #apply: ApplyOwnership;
+  readonly #fence: OwnershipLoopOptions['fence'];
   readonly #metrics: OwnershipLoopOptions['metrics'];
   readonly #log: Logger;
   readonly #informer: Informer<V1Lease>;
@@ -127,6 +136,7 @@ export class OwnershipLoop {
   #again = false;
   #wakeTimer: NodeJS.Timeout | undefined;
   #renewTimer: NodeJS.Timeout | undefined;
+  #fenceTimer: NodeJS.Timeout | undefined;
   #started = false;
   #stopping = false;
   readonly #stop = new AbortController();
@@ -139,6 +149,7 @@ export class OwnershipLoop {
     this.#name = failoverLeaseName(options.gateway, options.node);
     this.#failover = options.failover;
     this.#apply = options.apply;
+    this.#fence = options.fence;
     this.#metrics = options.metrics;
     this.#log = options.log ?? jsonLogger;
     this.#healthyUplinks = new Set(options.healthyUplinks ?? []);
@@ -174,6 +185,7 @@ export class OwnershipLoop {
     this.#started = true;
     this.#informer.start();
     this.#scheduleRenewal(0);
+    if (this.#fence) this.#scheduleFence();
     if (await this.#informer.waitForSync()) this.#kick();
   }
 
@@ -226,6 +238,7 @@ export class OwnershipLoop {
     this.#stopping = true;
     clearTimeout(this.#wakeTimer);
     clearTimeout(this.#renewTimer);
+    clearTimeout(this.#fenceTimer);
     if (!release) this.#stop.abort();
     await this.#deciding;
     if (release) {
@@ -302,6 +315,7 @@ export class OwnershipLoop {
       this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
       if (this.#renewFailing) this.#log.info('Failover Lease renewed again', { lease: `${namespace}/${this.#name}` });
       this.#renewFailing = false;
+      this.#extendFence();
       this.#kick();
     } catch (error) {
       if (this.#stop.signal.aborted) return;
@@ -314,6 +328,20 @@ export class OwnershipLoop {
         });
       this.#renewFailing = true;
     }
+  }
+
+  #scheduleFence(): void {
+    this.#fenceTimer = setTimeout(() => {
+      this.#extendFence();
+      if (!this.#stopping) this.#scheduleFence();
+    }, this.#failover.leaseDurationMs / 3);
+  }
+
+  #extendFence(): void {
+    const now = performance.now();
+    const outage = apiserverOutage(this.#failover, this.#node, this.#peersHeard);
+    const until = fenceDeadline(this.#renewedAt, now, this.#failover.leaseDurationMs, outage);
+    if (until !== undefined) this.#fence?.(until);
   }
 
   /** Decides again, at once or right after the decision in progress. */
