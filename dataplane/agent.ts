@@ -146,6 +146,8 @@ export class Agent {
   #ownershipKnown = false;
   /** Until when (performance.now()'s clock) the kernel may answer for the owned addresses: setFailoverFence. */
   #fenceUntil: number | undefined;
+  /** What the fence guards, as last applied (#guard). */
+  #guarded: string | undefined;
   /** Ownership changes, one at a time. */
   #ownership: Promise<void> = Promise.resolve();
 
@@ -225,7 +227,6 @@ export class Agent {
       this.#owned = placeable;
       this.#held = new Set([...this.#held].filter((a) => placeable.has(a)));
       await this.#guard();
-      await this.#allowOwned();
       await this.#releaseAddresses(this.#ownershipKnown ? placeable : undefined);
       await this.#queue.request();
       await this.#claimAddresses();
@@ -301,10 +302,15 @@ export class Agent {
   async #guard(options: { reset?: boolean } = {}): Promise<void> {
     const fence = this.#o.fence;
     const failover = this.#config?.failover;
-    if (!fence) return;
-    if (!failover) return fence.remove();
-    const shared = failover.nodes.some((n) => n.node !== this.#o.node);
-    await fence.guard(shared ? failover.addresses.map((a) => a.address) : [], options);
+    const shared = failover?.nodes.some((n) => n.node !== this.#o.node);
+    const guarded = failover ? (shared ? failover.addresses.map((a) => a.address) : []) : undefined;
+    // A config change that leaves them as they are (a pod came or went) costs no nft run.
+    const key = JSON.stringify(guarded ?? null);
+    if (!fence || (key === this.#guarded && !options.reset)) return;
+    if (guarded) await fence.guard(guarded, options);
+    else await fence.remove();
+    this.#guarded = key;
+    await this.#allowOwned();
   }
 
   /** Runs `change` after the ownership changes before it. */
@@ -599,6 +605,7 @@ export class Agent {
   async remove(): Promise<void> {
     await this.stop({ releaseFailover: true });
     await this.#o.fence?.remove();
+    this.#guarded = undefined;
     const existing = await this.#o.nft.list();
     if (existing) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
     const current = await this.#o.routing.list();
