@@ -146,6 +146,8 @@ export class Agent {
   #ownershipKnown = false;
   /** Until when (performance.now()'s clock) the kernel may answer for the owned addresses: setFailoverFence. */
   #fenceUntil: number | undefined;
+  /** The extension of the fence waiting its turn, if any. */
+  #fenceExtension: Promise<void> | undefined;
   /** What the fence guards, as last applied (#guard). */
   #guarded: string | undefined;
   /** Ownership changes, one at a time. */
@@ -279,13 +281,15 @@ export class Agent {
    * Until when (performance.now()'s clock) the kernel may answer for the owned addresses should this
    * process stop deciding (the ownership loop's fenceDeadline): extends their allowance in the
    * kernel's fence. Applied in turn with the ownership changes, so that it never allows again an
-   * address released meanwhile.
+   * address released meanwhile; calls made while one waits its turn join it (one kernel write).
    */
   setFailoverFence(until: number): Promise<void> {
-    return this.#exclusive(async () => {
-      this.#fenceUntil = until;
+    this.#fenceUntil = until;
+    this.#fenceExtension ??= this.#exclusive(async () => {
+      this.#fenceExtension = undefined;
       await this.#allowOwned();
     });
+    return this.#fenceExtension;
   }
 
   /** Allows the owned addresses until #fenceUntil; a deadline passed allows nothing (the owner's fence has fallen). */

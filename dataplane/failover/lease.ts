@@ -137,6 +137,8 @@ export class OwnershipLoop {
   #wakeTimer: NodeJS.Timeout | undefined;
   #renewTimer: NodeJS.Timeout | undefined;
   #fenceTimer: NodeJS.Timeout | undefined;
+  /** The fence deadline last told. */
+  #fenceUntil: number | undefined;
   #started = false;
   #stopping = false;
   readonly #stop = new AbortController();
@@ -341,7 +343,10 @@ export class OwnershipLoop {
     const now = performance.now();
     const outage = apiserverOutage(this.#failover, this.#node, this.#peersHeard);
     const until = fenceDeadline(this.#renewedAt, now, this.#failover.leaseDurationMs, outage);
-    if (until !== undefined) this.#fence?.(until);
+    // The timer between renewals that succeed finds the deadline told already: no kernel write.
+    if (until === undefined || until === this.#fenceUntil) return;
+    this.#fenceUntil = until;
+    this.#fence?.(until);
   }
 
   /** Decides again, at once or right after the decision in progress. */
