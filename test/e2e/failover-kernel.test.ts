@@ -318,7 +318,25 @@ describe('failover addresses in the kernel', () => {
       });
       expect(lastAnswers(probe.answers, g1, alive)).toEqual({ v4: undefined, v6: undefined });
 
+      // An agent that hangs (stopped) extends nothing either; once it runs again, it does.
       const { child } = gatewayAgents.get(2)!;
+      const hung = monotonicMs();
+      child.kill('SIGSTOP');
+      await sleep(leaseMs + 600);
+      const silentAfterHang = lastAnswers(probe.answers, g2, hung);
+      console.log(
+        `SIGSTOP of g2's agent → g2's last answer: IPv4 ${silentAfterHang.v4} ms, IPv6 ${silentAfterHang.v6} ms`,
+      );
+      expect(silentAfterHang.v4).toBeLessThanOrEqual(leaseMs + 100);
+      expect(silentAfterHang.v6).toBeLessThanOrEqual(leaseMs + 100);
+      const resumed = monotonicMs();
+      child.kill('SIGCONT');
+      await sleep(2 * leaseMs);
+      expect(lastAnswers(probe.answers, g2, resumed + leaseMs)).toEqual({
+        v4: expect.any(Number),
+        v6: expect.any(Number),
+      });
+
       const exited = new Promise((resolve) => child.once('exit', resolve));
       const killed = monotonicMs();
       child.kill('SIGKILL');
