@@ -1,7 +1,13 @@
 // The operator's controllers, wired in one place: the reconciler each runs and the changes that
 // enqueue its keys. Change handlers only map a change to keys; no reconciler learns what the
 // change was.
-import type { KubeConfig, KubernetesObject, V1Node, V1Pod } from '@kubernetes/client-node';
+import {
+  CoordinationV1Api,
+  type KubeConfig,
+  type KubernetesObject,
+  type V1Node,
+  type V1Pod,
+} from '@kubernetes/client-node';
 import type { Caches, WebhookCaches } from './caches.ts';
 import { canonical } from './canonical.ts';
 import { EventRecorder } from './events.ts';
@@ -83,6 +89,8 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   // Gateway-node HA: the gateway nodes' failover Leases in the gateway's status.failover and Events.
   const failover = new FailoverReconciler({
     caches,
+    leases: kubeConfig.makeApiClient(CoordinationV1Api),
+    namespace,
     status,
     events,
     log,
@@ -96,7 +104,12 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   });
   failovers.watch(
     caches.nodes,
-    onFactsChange(caches.nodes, (n) => n.spec?.unschedulable === true, affected.all),
+    // Cordoned nodes are drained; a node relabelled out of a gateway leaves a Lease behind.
+    onFactsChange(
+      caches.nodes,
+      (n) => ({ cordoned: n.spec?.unschedulable === true, labels: n.metadata?.labels }),
+      affected.all,
+    ),
   );
 
   const uplink = new UplinkReconciler({ uplinks: caches.uplinks, status, events });

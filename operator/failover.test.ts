@@ -4,6 +4,7 @@ import {
   claimEventName,
   claimNote,
   desiredFailoverStatus,
+  leftoverLeases,
   readFailoverLease,
   sight,
   type FailoverView,
@@ -282,6 +283,55 @@ describe('the failover status', () => {
       later,
     );
     expect(view([], {}, 10, { previous: { lastFailover: later } }).status.lastFailover).toEqual(later);
+  });
+});
+
+describe('Leases left behind', () => {
+  const leases = [
+    { lease: 'l-g1', node: 'g1', durationMs: 600 },
+    { lease: 'l-g2', node: 'g2', durationMs: 600 },
+    { lease: 'l-g3', node: 'g3' },
+  ];
+  const sightings = new Map([
+    ['l-g1', { version: '1', at: 0 }],
+    ['l-g2', { version: '1', at: 1000 }],
+    ['l-g3', { version: '1', at: 0 }],
+  ]);
+  const view = { leases, leaseDurationMs: 5000, sightings };
+
+  test('of gateway nodes are kept however long they went unrenewed', () => {
+    expect(leftoverLeases({ ...view, gatewayNodes: new Set(['g1', 'g2', 'g3']), now: 1e9 })).toEqual({
+      leftover: [],
+    });
+  });
+
+  test('of other nodes go once unrenewed for twice their lease duration, and the next is looked at in time', () => {
+    expect(leftoverLeases({ ...view, gatewayNodes: new Set(['g3']), now: 1500 })).toEqual({
+      leftover: ['l-g1'],
+      recheckInMs: 701,
+    });
+    expect(leftoverLeases({ ...view, gatewayNodes: new Set(['g3']), now: 2201 })).toEqual({
+      leftover: ['l-g1', 'l-g2'],
+    });
+  });
+
+  test('of a gateway gone go too, a Lease without its own duration after twice the one given', () => {
+    expect(leftoverLeases({ ...view, gatewayNodes: new Set(), now: 9999 })).toEqual({
+      leftover: ['l-g1', 'l-g2'],
+      recheckInMs: 2,
+    });
+    expect(leftoverLeases({ ...view, gatewayNodes: new Set(), now: 10_001 }).leftover).toEqual([
+      'l-g1',
+      'l-g2',
+      'l-g3',
+    ]);
+  });
+
+  test('never seen are given their full time from now', () => {
+    expect(leftoverLeases({ ...view, sightings: new Map(), gatewayNodes: new Set(), now: 50 })).toEqual({
+      leftover: [],
+      recheckInMs: 1201,
+    });
   });
 });
 

@@ -188,6 +188,34 @@ export function desiredFailoverStatus(view: FailoverView): { status: FailoverSta
   };
 }
 
+/**
+ * The failover Leases left behind: those of nodes that are no longer gateway nodes of their
+ * gateway (or whose gateway, or its failover, is gone), once they went unrenewed for twice their
+ * lease duration as the sightings saw it. Earlier, the node's agent may still hold addresses
+ * through it, and the other nodes would take a deleted Lease for a node lost at once. Also how
+ * long until the next of the others may go.
+ */
+export function leftoverLeases(view: {
+  leases: Array<Pick<NodeLease, 'lease' | 'node' | 'durationMs'>>;
+  /** The gateway's nodes; none when the gateway or its failover is gone. */
+  gatewayNodes: ReadonlySet<string>;
+  /** For Leases that do not say theirs. */
+  leaseDurationMs: number;
+  sightings: Sightings;
+  now: number;
+}): { leftover: string[]; recheckInMs?: number } {
+  const leftover: string[] = [];
+  let recheck = Infinity;
+  for (const l of view.leases) {
+    if (view.gatewayNodes.has(l.node)) continue;
+    const seen = view.sightings.get(l.lease)?.at ?? view.now;
+    const leftMs = seen + 2 * (l.durationMs ?? view.leaseDurationMs) - view.now;
+    if (leftMs < 0) leftover.push(l.lease);
+    else recheck = Math.min(recheck, leftMs);
+  }
+  return { leftover, ...(recheck < Infinity ? { recheckInMs: Math.floor(recheck) + 1 } : {}) };
+}
+
 /** The latest of these failovers by their time; the earlier-listed of two at the same time. */
 function latest(failovers: LastFailover[]): LastFailover | undefined {
   return failovers.reduce<LastFailover | undefined>(

@@ -212,6 +212,19 @@ test('a failing first list is retried until the cache syncs', async () => {
   expect(informer.get('ns/a')?.data).toBe('one');
 });
 
+test('retryNow ends the wait after a failure at once', async () => {
+  const server = new FakeServer();
+  server.put('a', 'one');
+  server.failLists = 1;
+  const informer = new Informer(server, { kind: 'Item', initialBackoffMs: 60_000, log: quiet });
+  informers.push(informer);
+  informer.start();
+  await until(() => server.lists === 1, 'the first list');
+  informer.retryNow();
+  expect(await informer.waitForSync()).toBe(true);
+  expect(informer.get('ns/a')?.data).toBe('one');
+});
+
 test('410 Gone relists, and objects deleted meanwhile are reported as gone', async () => {
   const server = new FakeServer();
   server.put('a', 'one');
@@ -245,14 +258,18 @@ test('a watch the server ends is resumed at once from where it was, without a re
   expect(informer.counts).toEqual({ lists: 1, watches: 2, failures: 0 });
 });
 
-test('a watch that goes silent is abandoned and the resource relisted', async () => {
+test.each([
+  ['its silence timer', 100, false],
+  ['retryNow, at once', 60_000, true],
+])('a watch that goes silent is abandoned and the resource relisted by %s', async (_by, silenceMs, retry) => {
   const server = new FakeServer();
   server.put('a', 'one');
-  const { informer, data } = start(server, { silenceMs: 100 });
+  const { informer, data } = start(server, { silenceMs });
   await informer.waitForSync();
 
   // The watch stays open but says nothing: without the relist this change is never seen.
   server.silence();
+  if (retry) informer.retryNow();
   server.put('a', 'two');
   server.put('b', 'new');
   await until(() => data()['ns/b'] === 'new', 'the relist after the silence');

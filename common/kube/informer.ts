@@ -178,6 +178,8 @@ export class Informer<T extends KubernetesObject> {
   #attempt: AbortController | undefined;
   #silenceTimer: NodeJS.Timeout | undefined;
   #relistWanted = false;
+  /** Ends the wait after a failure early (retryNow). */
+  #backoff: AbortController | undefined;
   readonly #counts = { lists: 0, watches: 0, failures: 0 };
 
   constructor(source: ListerWatcher<T>, options: InformerOptions) {
@@ -204,6 +206,18 @@ export class Informer<T extends KubernetesObject> {
     clearTimeout(this.#silenceTimer);
     this.#settleSync(false);
     await this.#loop;
+  }
+
+  /**
+   * Tries again at once, for a caller that knows the apiserver answers again (a request of its own
+   * went through after failures): ends the wait after failures, which may last up to maxBackoffMs,
+   * or else relists in place of the request in flight, which may be one sent while the apiserver
+   * could not be reached, hanging until silenceMs.
+   */
+  retryNow(): void {
+    if (this.#backoff) return this.#backoff.abort();
+    this.#relistWanted = true;
+    this.#attempt?.abort(silence);
   }
 
   /** Whether the first list has filled the cache (it stays filled through later relists). */
@@ -301,7 +315,11 @@ export class Informer<T extends KubernetesObject> {
           error: errorText(error),
           retryInMs: delay,
         });
-        await sleep(delay, undefined, { signal: this.#stop.signal }).catch(() => {});
+        this.#backoff = new AbortController();
+        await sleep(delay, undefined, { signal: AbortSignal.any([this.#stop.signal, this.#backoff.signal]) }).catch(
+          () => {},
+        );
+        this.#backoff = undefined;
       }
     }
   }

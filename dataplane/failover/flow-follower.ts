@@ -1,7 +1,9 @@
 // The other gateway nodes' side of flow replication (flow-replica.ts): each follows every peer's
 // GET /failover/flows (flow-source.ts) over mutual TLS on one long-lived connection, opened again
-// `retryMs` after it ends or fails, and keeps what they send in one replica; `inject(address)`
-// loads the replica of an address into this node's table when it claims the address.
+// `retryMs` after it ends or fails, or at once when told the peer is heard again after a cut
+// (reconnect), and keeps what they send in one replica; `inject(address)` loads the replica of an
+// address into this node's table when it claims the address. A peer that goes silent keeps its
+// flows in the replica until their timeouts: its silence is when they are needed.
 //
 // A line that does not parse, or names an address that is not one of the gateway's failover
 // addresses, is refused (counted and logged) and the stream goes on; a line longer than
@@ -103,6 +105,21 @@ export class FlowFollower {
     }
     for (const [node, old] of this.#peers) if (!next.has(node)) retire(old);
     this.#peers = next;
+  }
+
+  /**
+   * Opens the stream of `node` anew, its replica kept until the new stream's first round ends. For
+   * a peer heard again after a cut: the stream that lived through it is still open but silent, and
+   * TCP retransmits into it only after a backoff that grows with the cut (seconds), so the flows
+   * the peer streamed meanwhile would reach this node only then.
+   */
+  reconnect(node: string): void {
+    const old = this.#peers.get(node);
+    if (!old) return;
+    retire(old);
+    const peer: Peer = { target: old.target, abort: new AbortController(), connected: false };
+    this.#peers.set(node, peer);
+    if (this.#running) this.#follow(peer);
   }
 
   /** The peers whose stream is open now. */

@@ -111,6 +111,34 @@ describe('/failover/flows', () => {
     expect(b.refused + c.refused).toBe(0);
   });
 
+  it('keeps a silent peer’s flows, and takes its whole round on the stream opened when it is heard again', async () => {
+    let connections = 0;
+    const port = await listen((_req, res) => {
+      connections++;
+      // The first stream goes silent after its round (a cut); the second is never answered (the
+      // peer still cut off); the third carries the peer's flows now.
+      if (connections === 2) return;
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      if (connections === 1) res.write('["flow","tcp","10.244.2.2",1,"203.0.113.10",443,"100.64.1.100",20001,1,300]\n');
+      else res.write('["flow","tcp","10.244.2.2",2,"203.0.113.10",443,"100.64.1.100",20002,1,300]\n');
+      res.write('["synced"]\n');
+    });
+    const b = follower('b', port);
+    const ports = () =>
+      b.replica
+        .flows(address, Date.now())
+        .map((f) => f.sourcePort)
+        .join();
+    await eventually(() => ports() === '1');
+    b.reconnect('a');
+    await eventually(() => connections === 2);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(ports()).toBe('1');
+    b.reconnect('a');
+    await eventually(() => ports() === '2');
+    expect(connections).toBe(3);
+  });
+
   it('is answered to the gateway’s other nodes over mutual TLS only', async () => {
     const source = new FlowSource({ list: async () => [flow(1)] });
     source.setOwned([address]);

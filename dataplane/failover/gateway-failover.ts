@@ -1,7 +1,8 @@
 // A gateway node's share of failover, put together for the agent (main.ts): its failover Lease and
 // the decision of which addresses it owns (lease.ts, ownership.ts); the gateway's other nodes,
 // followed directly at their /steering, whose answers say whether each reaches the API server (the
-// fence's exception); the flows of its own addresses streamed to those nodes, and theirs followed
+// fence's exception) and when one is heard again after a cut (its flow stream is then opened
+// anew); the flows of its own addresses streamed to those nodes, and theirs followed
 // (flow-source.ts, flow-follower.ts); and the kernel side (Agent.setFailoverOwned), where a claim
 // loads the replica of the address's flows before anything else of the address is in place, and
 // the kernel's fence, extended as the Lease is renewed (Agent.setFailoverFence).
@@ -39,6 +40,9 @@ export class GatewayFailover {
   readonly #peers: PeerMonitor;
   readonly #source: FlowSource;
   readonly #follower: FlowFollower;
+  /** The peers heard up at the last change, and those heard before that are not now. */
+  #up: ReadonlySet<string> = new Set();
+  readonly #lost = new Set<string>();
   #config: GatewayFailoverOptions['config'];
 
   constructor(options: GatewayFailoverOptions) {
@@ -89,7 +93,10 @@ export class GatewayFailover {
       healthPort: options.port,
       watch: steeringWatch(options.tls),
     });
-    this.#peers.onChange(() => this.#loop.setPeersHeard(this.#peers.apiservers()));
+    this.#peers.onChange(() => {
+      this.#loop.setPeersHeard(this.#peers.apiservers());
+      this.#followAgain(this.#peers.up());
+    });
   }
 
   async start(): Promise<void> {
@@ -141,6 +148,15 @@ export class GatewayFailover {
     await this.#peers.stop();
     this.#follower.stop();
     this.#source.stop();
+  }
+
+  /** A peer heard again after it went silent: its flow stream, silent since, is opened anew. */
+  #followAgain(up: ReadonlySet<string>): void {
+    for (const node of this.#up) if (!up.has(node)) this.#lost.add(node);
+    for (const node of up) {
+      if (this.#lost.delete(node)) this.#follower.reconnect(node);
+    }
+    this.#up = new Set(up);
   }
 
   #others() {

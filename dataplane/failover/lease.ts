@@ -315,14 +315,19 @@ export class OwnershipLoop {
         this.#log.info('Failover Lease created', { lease: `${namespace}/${this.#name}` });
       }
       this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
-      if (this.#renewFailing) this.#log.info('Failover Lease renewed again', { lease: `${namespace}/${this.#name}` });
+      if (this.#renewFailing) {
+        this.#log.info('Failover Lease renewed again', { lease: `${namespace}/${this.#name}` });
+        // The watch may have failed meanwhile: until it is back this node claims nothing.
+        this.#informer.retryNow();
+      }
       this.#renewFailing = false;
       this.#extendFence();
       this.#kick();
     } catch (error) {
       if (this.#stop.signal.aborted) return;
-      // 409: written by something else since; read afresh at the next renewal.
-      if (statusCode(error) === 409) this.#lease = undefined;
+      // 409: written by something else since; 404: deleted (the operator deletes the Leases of
+      // nodes that left the gateway). Read afresh, or made again, at the next renewal.
+      if (statusCode(error) === 409 || statusCode(error) === 404) this.#lease = undefined;
       if (!this.#renewFailing)
         this.#log.error('Failed to renew failover Lease', {
           lease: `${namespace}/${this.#name}`,

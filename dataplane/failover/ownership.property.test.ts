@@ -1,7 +1,10 @@
-// Gateway nodes that share one consistent view of the failover Leases (each change seen by all at
-// the instant it is written) go through random sequences of power-offs, returns, apiserver losses,
-// drains and uplink failures. At every instant, no two running nodes decide to own the same
-// address; and once everything is back and quiet, every address has exactly one owner.
+// Gateway nodes that see the failover Leases through their watches (each change seen by all at the
+// instant it is written, but by a node whose watch stalls: it sees nothing until its watch comes
+// back, and then decides once with every Lease as it is now but only its own marked as seen then,
+// as when a relist marks them one at a time) go through random sequences of power-offs, returns,
+// apiserver losses, stalled watches, drains and uplink failures. At every instant, no two running
+// nodes decide to own the same address; and once everything is back and quiet, every address has
+// exactly one owner.
 import fc from 'fast-check';
 import {
   decideOwnership,
@@ -22,14 +25,14 @@ const uplinks = ['isp1', 'isp2'];
 
 type Event =
   | { kind: 'tick'; ms: number }
-  | { kind: 'power' | 'apiserver' | 'drain' | 'leaving'; node: number; on: boolean }
+  | { kind: 'power' | 'apiserver' | 'watch' | 'drain' | 'leaving'; node: number; on: boolean }
   | { kind: 'uplink'; node: number; uplink: string; on: boolean };
 
 const event = (nodes: number): fc.Arbitrary<Event> => {
   const node = fc.nat(nodes - 1);
   return fc.oneof(
     { weight: 4, arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: L / 2 }) }) },
-    fc.record({ kind: fc.constantFrom('power', 'apiserver', 'drain', 'leaving'), node, on: fc.boolean() }),
+    fc.record({ kind: fc.constantFrom('power', 'apiserver', 'watch', 'drain', 'leaving'), node, on: fc.boolean() }),
     fc.record({ kind: fc.constant('uplink' as const), node, uplink: fc.constantFrom(...uplinks), on: fc.boolean() }),
   );
 };
@@ -43,12 +46,21 @@ interface SimNode {
   owned: Set<string>;
   memory: OwnershipMemory;
   renewedAt: number | undefined;
+  watching: boolean;
+  /** Its watch came back since its last decision. */
+  back: boolean;
+  /** The Leases as its watch delivered them: each with its version, and when it saw that version. */
+  seen: Map<string, { lease: Omit<NodeLease, 'observedAt'>; version: number; observedAt: number }>;
 }
+
+type Written = Omit<NodeLease, 'observedAt'>;
 
 class Gateway {
   now = 0;
   readonly nodes: SimNode[];
-  readonly leases = new Map<string, NodeLease>();
+  /** The Leases as written, each with a version. */
+  readonly leases = new Map<string, { lease: Written; version: number }>();
+  #version = 0;
   readonly draining = new Set<string>();
   readonly settings: Omit<FailoverSettings, 'draining'>;
 
@@ -62,6 +74,9 @@ class Gateway {
       owned: new Set<string>(),
       memory: emptyMemory,
       renewedAt: undefined,
+      watching: true,
+      back: false,
+      seen: new Map(),
     }));
     this.settings = {
       addresses,
@@ -81,11 +96,18 @@ class Gateway {
     if (!node) return;
     switch (e.kind) {
       case 'power':
-        if (e.on && !node.running) Object.assign(node, { owned: new Set(), memory: emptyMemory, renewedAt: undefined });
+        if (e.on && !node.running) {
+          Object.assign(node, { owned: new Set(), memory: emptyMemory, renewedAt: undefined });
+          Object.assign(node, { watching: true, back: false, seen: new Map() });
+        }
         node.running = e.on;
         break;
       case 'apiserver':
         node.apiserver = e.on;
+        break;
+      case 'watch':
+        if (e.on && !node.watching) node.back = true;
+        node.watching = e.on;
         break;
       case 'leaving':
         node.leaving = e.on;
@@ -100,12 +122,30 @@ class Gateway {
     }
   }
 
-  /** Every running node decides on the same view; then those that reach the apiserver write their Lease. */
+  /** What `node` sees of the Leases now (and what it records as seen). */
+  view(node: SimNode): NodeLease[] {
+    if (node.watching) {
+      for (const [name, { lease, version }] of this.leases) {
+        const seen = node.seen.get(name);
+        if (seen?.version === version) continue;
+        if (node.back && name !== node.name) {
+          // Delivered, but not yet marked as seen when the node decides.
+          node.seen.set(name, { lease, version: -1, observedAt: seen?.observedAt ?? this.now });
+          continue;
+        }
+        node.seen.set(name, { lease, version, observedAt: this.now });
+      }
+      node.back = false;
+    }
+    return [...node.seen.values()].map(({ lease, observedAt }) => ({ ...lease, observedAt }));
+  }
+
+  /** Every running node decides on its view; then those that reach the apiserver write their Lease. */
   step(): Map<string, Set<string>> {
     const failover = { ...this.settings, draining: [...this.draining] };
     const running = this.nodes.filter((n) => n.running);
     const reaches = (n: SimNode) => renewingOnSchedule(n.renewedAt, this.now, L);
-    const leases = [...this.leases.values()];
+    const views = new Map(running.map((node) => [node, this.view(node)]));
     const decisions = running.map((node) => {
       const peersHeard = new Map(running.filter((p) => p !== node).map((p) => [p.name, reaches(p)]));
       const decision = decideOwnership(
@@ -113,7 +153,7 @@ class Gateway {
           failover,
           node: node.name,
           now: this.now,
-          leases,
+          leases: views.get(node)!,
           owned: node.owned,
           renewedAt: node.renewedAt,
           healthyUplinks: node.uplinks,
@@ -129,13 +169,13 @@ class Gateway {
       node.memory = decision.memory;
       if (!node.apiserver) continue;
       node.renewedAt = this.now;
-      this.leases.set(node.name, {
+      const lease = {
         node: node.name,
         addresses: [...node.owned].sort(),
         healthyUplinks: [...node.uplinks].sort(),
         draining: node.leaving,
-        observedAt: this.now,
-      });
+      };
+      this.leases.set(node.name, { lease, version: ++this.#version });
     }
     return new Map(decisions.map(({ node, decision }) => [node.name, decision.owned]));
   }
@@ -165,7 +205,7 @@ test('no two running nodes own one address at the same instant, and all is owned
         if (doubleOwners(decided).length) throw new Error(`at ${gateway.now}: ${doubleOwners(decided).join('; ')}`);
       }
       for (let i = 0; i < count; i++) {
-        for (const kind of ['power', 'apiserver'] as const) gateway.apply({ kind, node: i, on: true });
+        for (const kind of ['power', 'apiserver', 'watch'] as const) gateway.apply({ kind, node: i, on: true });
         for (const kind of ['drain', 'leaving'] as const) gateway.apply({ kind, node: i, on: false });
         for (const uplink of uplinks) gateway.apply({ kind: 'uplink', node: i, uplink, on: true });
       }

@@ -38,7 +38,7 @@ const lease = (node: string, observedAt: number, overrides: Partial<NodeLease> =
 });
 
 /** A settled node at `now`: renewing, and reaching the apiserver for longer than a lease duration. */
-const settled: OwnershipMemory = { ...emptyMemory, reachableSince: 0 };
+const settled: OwnershipMemory = { ...emptyMemory, reachableSince: 0, currentSince: 0 };
 
 function input(node: string, now: number, overrides: Partial<OwnershipInput> = {}): OwnershipInput {
   return {
@@ -269,6 +269,27 @@ test('a node whose watch no longer shows its own renewals claims nothing', () =>
   const stalled = input(first, 5000, { leases: [lease(second, 3000, { addresses: [X] })] });
   stalled.leases = [lease(second, 3000, { addresses: [X] }), lease(first, 3000)];
   expect(decideOwnership(stalled, settled).claims).toEqual([]);
+});
+
+test('a node whose watch comes back takes nothing over for a lease duration, though its own Lease is seen first', () => {
+  // It renewed all along but saw no change for seconds; then the watch delivers its own Lease
+  // before the other's, which lists X but was last seen changing long ago.
+  const other = lease(second, 3000, { addresses: [X] });
+  const stalled = input(first, 6000, { leases: [other] });
+  stalled.leases = [other, lease(first, 3000)];
+  const during = decideOwnership(stalled, settled);
+  expect(during.claims).toEqual([]);
+  const back = decideOwnership(input(first, 6100, { leases: [other] }), during.memory);
+  expect(back.claims).toEqual([]);
+  expect(back.wakeAt).toBeLessThanOrEqual(6100 + L);
+  // The other's Lease comes next, still listing X: it keeps it.
+  const caughtUp = decideOwnership(input(first, 6150, { leases: [{ ...other, observedAt: 6150 }] }), back.memory);
+  expect(caughtUp.claims).toEqual([]);
+  expect(caughtUp.releases).toEqual([]);
+  // Had the other stopped renewing, a lease duration after the watch came back it is taken over.
+  expect(decideOwnership(input(first, 6101 + L, { leases: [other] }), back.memory).claims).toEqual([
+    { address: X, reason: 'LeaseExpired', from: second, gapMs: 6101 + L - 3000 },
+  ]);
 });
 
 test('a node that falls behind its renewals says it does not reach the apiserver, and claims nothing', () => {

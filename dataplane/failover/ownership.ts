@@ -22,7 +22,10 @@
 //   apiserver (an apiserver outage: nobody can take over, so nothing moves). A gateway of one node
 //   keeps its addresses through an outage too.
 // - A node claims nothing while it has not seen its own Lease change for a lease duration: a watch
-//   that stalls would make every other Lease look expired.
+//   that stalls would make every other Lease look expired. Once it sees its own Lease again, every
+//   Lease counts as seen then, as after regaining the apiserver: a watch that comes back delivers
+//   what it missed one Lease at a time (a relist too, as far as when each was seen goes), and its
+//   own may come first, fresh beside another's that only looks expired.
 import { rendezvous } from '../../common/index.ts';
 import type { FailoverReason, GatewayConfig } from '../../contracts/gateway/index.ts';
 
@@ -80,6 +83,8 @@ export interface OwnershipRelease {
 export interface OwnershipMemory {
   /** Whether this node reached the apiserver at the last decision, and since when it does. */
   reachableSince: number | undefined;
+  /** Whether this node saw its own Lease change within a lease duration at the last decision, and since when it does. */
+  currentSince: number | undefined;
   /** Per address, the node last seen listing it (this one included) and when that ended, if it did. */
   owners: ReadonlyMap<string, { node: string; goneAt?: number; reason?: FailoverReason }>;
   /** Per address, the rendezvous-preferred eligible node (if any), since when, and the one preferred before. */
@@ -92,7 +97,12 @@ export interface Preference {
   previous: string | undefined;
 }
 
-export const emptyMemory: OwnershipMemory = { reachableSince: undefined, owners: new Map(), preferred: new Map() };
+export const emptyMemory: OwnershipMemory = {
+  reachableSince: undefined,
+  currentSince: undefined,
+  owners: new Map(),
+  preferred: new Map(),
+};
 
 export interface OwnershipDecision {
   /** The addresses this node should own now. */
@@ -160,15 +170,20 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   const onSchedule = renewingOnSchedule(input.renewedAt, now, duration);
   if (input.renewedAt !== undefined && reachable) deadlines.push(input.renewedAt + duration + 1);
   const reachableSince = reachable ? (memory.reachableSince ?? now) : undefined;
-  const settled = reachableSince !== undefined && now - reachableSince >= duration;
-  if (reachableSince !== undefined && !settled) deadlines.push(reachableSince + duration);
-
   const draining = new Set(failover.draining);
   const others = input.leases.filter((lease) => lease.node !== self);
   const published = input.leases.find((lease) => lease.node === self);
   // This node sees its own renewals: its view of the Leases is current, not a watch that stalled.
   const current = published !== undefined && now - published.observedAt <= duration;
-  const seenAt = (lease: NodeLease) => Math.max(lease.observedAt, reachableSince ?? -Infinity);
+  const currentSince = current ? (memory.currentSince ?? now) : undefined;
+  if (current) deadlines.push(published.observedAt + duration + 1);
+  // Since when both hold: what this node saw of a Lease before then may be stale.
+  const since =
+    reachableSince !== undefined && currentSince !== undefined ? Math.max(reachableSince, currentSince) : undefined;
+  const settled = since !== undefined && now - since >= duration;
+  if (since !== undefined && !settled) deadlines.push(since + duration);
+  const seenAt = (lease: NodeLease) =>
+    Math.max(lease.observedAt, reachableSince ?? -Infinity, currentSince ?? -Infinity);
   const alive = others.filter((lease) => {
     const live = now - seenAt(lease) <= duration;
     if (live) deadlines.push(seenAt(lease) + duration + 1);
@@ -220,7 +235,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
       else result.add(address);
       continue;
     }
-    if (onSchedule && settled && current && winner === self && listers.length === 0 && !mayBeClaiming(preference)) {
+    if (onSchedule && settled && winner === self && listers.length === 0 && !mayBeClaiming(preference)) {
       result.add(address);
       claims.push(claimOf(address, owners.get(address), winner, candidates));
     }
@@ -244,10 +259,10 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     if (selfDraining) return 'drain';
     if (!input.healthyUplinks.has(uplinkOf.get(address)!)) return 'uplink';
     // Two owners (a partition that healed): the rendezvous winner among them keeps it. Only owners
-    // seen renewing since this node reaches the apiserver count: just after it regained it, every
-    // Lease looks alive, that of a node long gone too.
+    // seen renewing since this node reaches the apiserver and sees its own Lease count: just after
+    // either, every Lease looks alive, that of a node long gone too.
     const listers = alive
-      .filter((l) => l.addresses.includes(address) && l.observedAt >= (reachableSince ?? Infinity))
+      .filter((l) => l.addresses.includes(address) && l.observedAt >= (since ?? Infinity))
       .map((l) => l.node);
     if (listers.length > 0 && rendezvous(address, [self, ...listers]) !== self) return 'conflict';
     const favourite = preferred.get(address);
@@ -281,7 +296,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     claims,
     releases,
     apiserverReachable: onSchedule,
-    memory: { reachableSince, owners, preferred },
+    memory: { reachableSince, currentSince, owners, preferred },
     wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
   };
 }

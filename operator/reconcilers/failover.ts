@@ -4,7 +4,11 @@
 // their Leases every third of the lease duration, so this runs often and reads only the caches;
 // the status is written only when it changes. With nothing renewed, it looks again just after the
 // first healthy node's Lease would go out of date, so that a silent node drops out on time.
-import type { Logger } from '../../common/index.ts';
+// The Leases of nodes that are no longer gateway nodes (or whose gateway is gone) are deleted once
+// their nodes stopped renewing them.
+import type { CoordinationV1Api } from '@kubernetes/client-node';
+import { errorText, type Logger } from '../../common/index.ts';
+import { statusCode } from '../../common/kube/index.ts';
 import { canonicalAddress, gatewayLabel } from '../../contracts/gateway/index.ts';
 import type { EgressGateway } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
@@ -14,16 +18,27 @@ import {
   claimNote,
   desiredFailoverStatus,
   lastFailoverOf,
+  leftoverLeases,
   readFailoverLease,
   sight,
   type LastFailover,
   type Sightings,
 } from '../failover.ts';
+import { selectedNodes } from '../compile.ts';
 import type { ReconcileResult } from '../runtime/controller.ts';
+import { nodeFacts } from './cluster.ts';
 import type { StatusWriter } from '../status-writer.ts';
+
+// The longest lease duration a gateway may set: how long a Lease that does not say its own may
+// still be renewed by its node after its gateway is gone.
+const maxLeaseDurationMs = 60_000;
 
 export interface FailoverReconcilerOptions {
   caches: Pick<Caches, 'gateways' | 'failoverLeases' | 'nodes'>;
+  /** Deletes the Leases of nodes that are no longer gateway nodes. */
+  leases: Pick<CoordinationV1Api, 'deleteNamespacedLease'>;
+  /** Where the failover Leases are: the operator's namespace. */
+  namespace: string;
   status: StatusWriter;
   events: EventRecorder;
   log: Logger;
@@ -50,13 +65,6 @@ export class FailoverReconciler {
     const { caches } = this.#o;
     const gateway = caches.gateways.get(name);
     const failover = gateway?.spec.failover;
-    if (!gateway || !failover) {
-      this.#sightings.delete(name);
-      this.#told.delete(name);
-      this.#problems.delete(name);
-      if (gateway) await this.#o.status.applyFailover(gateway, undefined);
-      return;
-    }
     const now = this.#now();
     const leases = caches.failoverLeases
       .list()
@@ -65,12 +73,27 @@ export class FailoverReconciler {
         const read = readFailoverLease(l);
         return read ? [{ ...read, version: l.metadata?.resourceVersion ?? '' }] : [];
       });
+    const sightings = sight(this.#sightings.get(name), leases, now);
+    this.#sightings.set(name, sightings);
+    const leftover = leftoverLeases({
+      leases,
+      gatewayNodes: new Set(gateway && failover ? selectedNodes(gateway, caches.nodes.list().map(nodeFacts)) : []),
+      leaseDurationMs: failover?.leaseDurationMilliseconds ?? maxLeaseDurationMs,
+      sightings,
+      now,
+    });
+    await this.#remove(leftover.leftover, leases);
+    if (!gateway || !failover) {
+      if (leases.length === leftover.leftover.length) this.#sightings.delete(name);
+      this.#told.delete(name);
+      this.#problems.delete(name);
+      if (gateway) await this.#o.status.applyFailover(gateway, undefined);
+      return leftover.recheckInMs === undefined ? undefined : { requeueAfterMs: leftover.recheckInMs };
+    }
     this.#logProblems(
       name,
       leases.flatMap((l) => l.problems),
     );
-    const sightings = sight(this.#sightings.get(name), leases, now);
-    this.#sightings.set(name, sightings);
 
     const drained = new Set(failover.drainNodes);
     for (const { node } of leases) if (caches.nodes.get(node)?.spec?.unschedulable) drained.add(node);
@@ -91,7 +114,29 @@ export class FailoverReconciler {
       leases.flatMap((l) => (l.lastClaim ? [lastFailoverOf(l.node, l.lastClaim)] : [])),
     );
     await this.#o.status.applyFailover(gateway, status);
-    return recheckInMs === undefined ? undefined : { requeueAfterMs: recheckInMs };
+    const requeueAfterMs = Math.min(recheckInMs ?? Infinity, leftover.recheckInMs ?? Infinity);
+    return requeueAfterMs === Infinity ? undefined : { requeueAfterMs };
+  }
+
+  /** Deletes these Leases, each only as the version read: one renewed since stays. */
+  async #remove(names: string[], leases: Array<{ lease: string; node: string; version: string }>): Promise<void> {
+    for (const name of names) {
+      const lease = leases.find((l) => l.lease === name)!;
+      try {
+        await this.#o.leases.deleteNamespacedLease({
+          name,
+          namespace: this.#o.namespace,
+          body: { preconditions: { resourceVersion: lease.version } },
+        });
+        this.#o.log.info('Deleted the failover Lease of a node no longer a gateway node', {
+          lease: name,
+          node: lease.node,
+        });
+      } catch (error) {
+        if (statusCode(error) === 404 || statusCode(error) === 409) continue;
+        this.#o.log.warn('Failed to delete a failover Lease left behind', { lease: name, error: errorText(error) });
+      }
+    }
   }
 
   /**

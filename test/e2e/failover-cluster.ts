@@ -7,7 +7,8 @@
 // SIGKILLed, its uplink down, a silent blackhole upstream, cut off from the other gateway node and
 // the control plane, drained. Used by the failover tests and `npm run bench:failover`.
 import type { ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { kubectl } from '../cluster/cluster.ts';
@@ -98,6 +99,9 @@ export class FailoverCluster {
   readonly #options: FailoverClusterOptions;
   readonly #agents = new Map<number, ChildProcess>();
   readonly #servers: Server[] = [];
+  /** The host's end of each gateway node's relay to the apiserver (the other end runs in the node). */
+  readonly #relays = new Map<number, ChildProcess>();
+  #apiserver!: URL;
   #tlsDir!: (node: string) => string;
   #draining: string[] = [];
 
@@ -208,8 +212,8 @@ export class FailoverCluster {
     await this.#applyConfigMap('gateway', this.gatewayConfig());
     await this.#applyConfigMap('node-w1', this.nodeConfig());
     this.#servers.push(await startWhoami(c, whoamiPort), await startStreamServer(c, streamPort));
-    const apiserver = await apiserverOf(this.#kubeconfig);
-    for (const g of gateways) await this.#relay(g, apiserver);
+    this.#apiserver = new URL(await apiserverOf(this.#kubeconfig));
+    for (const g of gateways) await this.#relay(g);
     for (const g of gateways) this.startAgent(g);
     await writeFile(join(this.dir, 'w1.json'), JSON.stringify(this.nodeConfig()));
     this.processes.spawn(
@@ -239,15 +243,18 @@ export class FailoverCluster {
     );
   }
 
-  async #relay(g: number, apiserver: string): Promise<void> {
-    await relayIntoNamespace(
+  /** Relays the apiserver into node g; a relay it had before (whose end in the node is gone with a power-off) ends. */
+  async #relay(g: number): Promise<void> {
+    this.#relays.get(g)?.kill('SIGTERM');
+    const relay = await relayIntoNamespace(
       this.processes.spawn,
       this.dir,
       this.c.gateway(g),
       `apiserver-g${g}-${Date.now()}`,
-      apiserver,
-      new URL(apiserver).hostname,
+      this.#apiserver.href,
+      this.#apiserver.hostname,
     );
+    this.#relays.set(g, relay);
   }
 
   startAgent(g: number): void {
@@ -429,18 +436,11 @@ export class FailoverCluster {
         });
         return;
       case 'partition':
-        await this.#cutFromOtherGateway(g);
+        await this.#cut(g, { apiserver: false });
         return;
-      case 'isolated': {
-        // Cut off from the other gateway node (underlay) and from the control plane (its relay).
-        await this.#cutFromOtherGateway(g);
-        const relays = (await run(['ip', 'netns', 'pids', ns])).stdout.split('\n').filter(Boolean);
-        for (const pid of relays) {
-          const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-          if (cmdline.includes('relay.ts')) await run(['kill', '-9', pid]);
-        }
+      case 'isolated':
+        await this.#cut(g, { apiserver: true });
         return;
-      }
       case 'drain':
         this.#draining = [`g${g}`];
         await this.#applyConfigMap('gateway', this.gatewayConfig());
@@ -448,13 +448,24 @@ export class FailoverCluster {
     }
   }
 
-  async #cutFromOtherGateway(g: number): Promise<void> {
+  /**
+   * Cuts node g off from the other gateway node (underlay), and with `apiserver` from the control
+   * plane too (its end of the relay, on the node's loopback), in one nft transaction: both at once,
+   * its processes running, its connections silent as with links cut. Deleting the table heals it.
+   */
+  async #cut(g: number, { apiserver }: { apiserver: boolean }): Promise<void> {
     const other = gatewayAddress(3 - g);
+    const host = this.#apiserver.hostname.replace(/^\[(.*)\]$/, '$1');
+    const ip = isIP(host) === 6 ? 'ip6' : 'ip';
+    const port = this.#apiserver.port;
+    const control = apiserver
+      ? ` ${ip} daddr ${host} tcp dport ${port} drop; ${ip} saddr ${host} tcp sport ${port} drop;`
+      : '';
     await this.c.exec(this.c.gateway(g), ['nft', '-f', '-'], {
       input: [
         'table inet isolation {',
         `  chain in { type filter hook input priority -300; ip saddr ${other.v4} drop; ip6 saddr ${other.v6} drop; }`,
-        `  chain out { type filter hook output priority -300; ip daddr ${other.v4} drop; ip6 daddr ${other.v6} drop; }`,
+        `  chain out { type filter hook output priority -300; ip daddr ${other.v4} drop; ip6 daddr ${other.v6} drop;${control} }`,
         '}',
       ].join('\n'),
     });
@@ -469,7 +480,7 @@ export class FailoverCluster {
         const links = [...stdout.matchAll(/^\d+: ([^:@]+)/gm)].map((m) => m[1]!);
         await Promise.all(links.map((link) => run(['ip', '-n', ns, 'link', 'set', link, 'up'])));
         await run(['ip', '-n', this.c.ns.underlay, 'link', 'set', `g${g}`, 'up']);
-        await this.#relay(g, await apiserverOf(this.#kubeconfig));
+        await this.#relay(g);
         this.startAgent(g);
         break;
       }
@@ -483,11 +494,8 @@ export class FailoverCluster {
         await this.c.exec(ns, ['nft', 'delete', 'table', 'inet', 'blackhole']);
         break;
       case 'partition':
-        await this.c.exec(ns, ['nft', 'delete', 'table', 'inet', 'isolation']);
-        break;
       case 'isolated':
         await this.c.exec(ns, ['nft', 'delete', 'table', 'inet', 'isolation']);
-        await this.#relay(g, await apiserverOf(this.#kubeconfig));
         break;
       case 'drain':
         this.#draining = [];

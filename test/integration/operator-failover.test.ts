@@ -27,6 +27,8 @@ const id = `fo${process.pid}`;
 const system = `naat-${id}`;
 const leaseDurationMs = 1000;
 const [first, second] = ['192.0.2.30', '192.0.2.31'] as const;
+// The gateway nodes, as Node objects its nodeSelector matches, named for this run.
+const [nodeA, nodeB, nodeC] = ['a', 'b', 'c'].map((n) => `${id}-gateway-${n}`) as [string, string, string];
 let dir: string;
 let operator: (ChildProcess & { output: string }) | undefined;
 let leases: CoordinationV1Api;
@@ -178,9 +180,9 @@ async function claimEvents(): Promise<Array<{ type: string; note: string }>> {
 }
 
 const nodes = {
-  a: new GatewayNode('gateway-a'),
-  b: new GatewayNode('gateway-b'),
-  c: new GatewayNode('gateway-c'),
+  a: new GatewayNode(nodeA),
+  b: new GatewayNode(nodeB),
+  c: new GatewayNode(nodeC),
 };
 
 beforeAll(async () => {
@@ -198,6 +200,9 @@ beforeAll(async () => {
     leaseDurationMilliseconds: leaseDurationMs,
   };
   for (const object of [uplink, gateway]) await apply(object);
+  for (const name of [nodeA, nodeB, nodeC]) {
+    await apply({ apiVersion: 'v1', kind: 'Node', metadata: { name, labels: { 'naat.dev/gateway': 'true' } } });
+  }
   await startOperator('operator-a');
 }, 120_000);
 
@@ -208,6 +213,7 @@ afterAll(async () => {
   await k(['delete', 'egressgateway', id, '--ignore-not-found', '--wait=false']);
   await k(['delete', 'uplink', id, '--ignore-not-found', '--wait=false']);
   await k(['delete', 'namespace', system, '--wait=false']);
+  await k(['delete', 'node', nodeA, nodeB, nodeC, '--ignore-not-found', '--wait=false']);
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -222,17 +228,17 @@ test('the status names each address’s owner and the healthy nodes, and an Even
   });
   expect(status).toEqual({
     addresses: [
-      { address: first, node: 'gateway-a' },
-      { address: second, node: 'gateway-b' },
+      { address: first, node: nodeA },
+      { address: second, node: nodeB },
     ],
-    healthyNodes: ['gateway-a', 'gateway-b'],
+    healthyNodes: [nodeA, nodeB],
     // The later of the two claims.
-    lastFailover: { address: second, to: 'gateway-b', at: nodes.b.lastClaim!.at, reason: 'Unowned', milliseconds: 0 },
+    lastFailover: { address: second, to: nodeB, at: nodes.b.lastClaim!.at, reason: 'Unowned', milliseconds: 0 },
   });
   await eventually('the claims told', async () => ((await claimEvents()).length === 2 ? true : undefined));
   expect((await claimEvents()).sort((x, y) => x.note.localeCompare(y.note))).toEqual([
-    { type: 'Normal', note: `address ${first} claimed by gateway-a (Unowned)` },
-    { type: 'Normal', note: `address ${second} claimed by gateway-b (Unowned) after 0 ms` },
+    { type: 'Normal', note: `address ${first} claimed by ${nodeA} (Unowned)` },
+    { type: 'Normal', note: `address ${second} claimed by ${nodeB} (Unowned) after 0 ms` },
   ]);
   // The gateway controller's part of the status stays beside it.
   const whole = await gatewayStatus();
@@ -251,24 +257,24 @@ test('an owner that stops renewing drops out after the lease duration; the node 
   // Not before the lease duration from the operator's sighting of that renewal, and soon after.
   expect(after).toBeGreaterThanOrEqual(leaseDurationMs);
   expect(after).toBeLessThan(leaseDurationMs + 3000);
-  expect(dropped.healthyNodes).toEqual(['gateway-b']);
+  expect(dropped.healthyNodes).toEqual([nodeB]);
   // Its Lease still lists the address, but is out of date: nobody owns it.
-  expect(owners(dropped)).toEqual({ [first]: undefined, [second]: 'gateway-b' });
+  expect(owners(dropped)).toEqual({ [first]: undefined, [second]: nodeB });
 
-  await nodes.b.claim(first, 'LeaseExpired', 'gateway-a', 1040);
+  await nodes.b.claim(first, 'LeaseExpired', nodeA, 1040);
   const moved = await eventually('the address taken over', async () => {
     const f = await failover();
-    return owners(f)[first] === 'gateway-b' ? f : undefined;
+    return owners(f)[first] === nodeB ? f : undefined;
   });
   expect(moved.lastFailover).toEqual({
     address: first,
-    from: 'gateway-a',
-    to: 'gateway-b',
+    from: nodeA,
+    to: nodeB,
     at: nodes.b.lastClaim!.at,
     reason: 'LeaseExpired',
     milliseconds: 1040,
   });
-  const note = `address ${first} moved from gateway-a to gateway-b (LeaseExpired) after 1040 ms`;
+  const note = `address ${first} moved from ${nodeA} to ${nodeB} (LeaseExpired) after 1040 ms`;
   await eventually('the failover told', async () =>
     (await claimEvents()).some((e) => e.note === note) ? true : undefined,
   );
@@ -311,10 +317,29 @@ test('a restarted operator tells no claim again and rewrites nothing', async () 
   expect({ written: await written(), failover: await failover() }).toEqual(before);
 });
 
+/** The names of the gateway's failover Leases there are. */
+const leaseNames = async () =>
+  (await leases.listNamespacedLease({ namespace: system, labelSelector: `naat.dev/gateway=${id}` })).items
+    .map((l) => l.metadata!.name!)
+    .sort();
+
+test('a gateway node’s Lease stays however long it is not renewed; a node relabelled out of the gateway loses its Lease', async () => {
+  // gateway-a stopped renewing several lease durations ago, but is still a gateway node.
+  expect(Date.now() - nodes.a.renewedAt).toBeGreaterThan(3 * leaseDurationMs);
+  expect(await leaseNames()).toEqual([nodeA, nodeB].map((n) => failoverLeaseName(id, n)).sort());
+  const relabelled = Date.now();
+  await k(['label', 'node', nodeA, 'naat.dev/gateway-']);
+  await eventually('the Lease of the node out of the gateway deleted', async () =>
+    (await leaseNames()).includes(failoverLeaseName(id, nodeA)) ? undefined : true,
+  );
+  console.log(`a stopped node's Lease was deleted ${Date.now() - relabelled} ms after its node left the gateway`);
+  expect(await leaseNames()).toEqual([failoverLeaseName(id, nodeB)]);
+});
+
 test('a drained node is not healthy; the node that takes over what it released is the last failover', async () => {
   await nodes.c.start();
   await eventually('gateway-c healthy', async () =>
-    (await failover())?.healthyNodes?.includes('gateway-c') ? true : undefined,
+    (await failover())?.healthyNodes?.includes(nodeC) ? true : undefined,
   );
   // Drained by the gateway: not a candidate any more, though it still owns its addresses.
   await k([
@@ -323,27 +348,27 @@ test('a drained node is not healthy; the node that takes over what it released i
     id,
     '--type=merge',
     '-p',
-    JSON.stringify({ spec: { failover: { drainNodes: ['gateway-b'] } } }),
+    JSON.stringify({ spec: { failover: { drainNodes: [nodeB] } } }),
   ]);
   const drained = await eventually('gateway-b drained', async () => {
     const f = await failover();
-    return f?.healthyNodes?.join() === 'gateway-c' ? f : undefined;
+    return f?.healthyNodes?.join() === nodeC ? f : undefined;
   });
-  expect(owners(drained)).toEqual({ [first]: 'gateway-b', [second]: 'gateway-b' });
+  expect(owners(drained)).toEqual({ [first]: nodeB, [second]: nodeB });
   // Its agent gives the address up and another takes it; its own flag says it drains too.
   nodes.b.draining = true;
   await nodes.b.release(second);
-  await nodes.c.claim(second, 'Released', 'gateway-b', 12);
+  await nodes.c.claim(second, 'Released', nodeB, 12);
   const taken = await eventually('the released address taken over', async () => {
     const f = await failover();
-    return owners(f)[second] === 'gateway-c' ? f : undefined;
+    return owners(f)[second] === nodeC ? f : undefined;
   });
-  expect(taken.healthyNodes).toEqual(['gateway-c']);
-  expect(taken.lastFailover).toMatchObject({ address: second, from: 'gateway-b', to: 'gateway-c', reason: 'Released' });
+  expect(taken.healthyNodes).toEqual([nodeC]);
+  expect(taken.lastFailover).toMatchObject({ address: second, from: nodeB, to: nodeC, reason: 'Released' });
   await eventually('the release told', async () =>
     (await claimEvents()).some(
       (e) =>
-        e.type === 'Normal' && e.note === `address ${second} moved from gateway-b to gateway-c (Released) after 12 ms`,
+        e.type === 'Normal' && e.note === `address ${second} moved from ${nodeB} to ${nodeC} (Released) after 12 ms`,
     )
       ? true
       : undefined,
@@ -361,4 +386,13 @@ test('a drained node is not healthy; the node that takes over what it released i
   expect((await gatewayStatus()).conditions).toEqual(
     expect.arrayContaining([expect.objectContaining({ type: 'Accepted' })]),
   );
+});
+
+test('once the gateway has no failover, its nodes’ Leases are deleted when they stop renewing them', async () => {
+  // Still renewed: kept.
+  await new Promise((r) => setTimeout(r, 3 * leaseDurationMs));
+  expect(await leaseNames()).toEqual([nodeB, nodeC].map((n) => failoverLeaseName(id, n)).sort());
+  await nodes.b.stop();
+  await nodes.c.stop();
+  await eventually('no failover Lease left', async () => ((await leaseNames()).length ? undefined : true));
 });

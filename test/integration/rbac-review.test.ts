@@ -113,6 +113,8 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     'coordination.k8s.io/leases watch': null,
     'coordination.k8s.io/leases get': null,
     'coordination.k8s.io/leases update': null,
+    'coordination.k8s.io/leases delete':
+      'the failover Lease of a node that left its gateway, once unrenewed (test/integration/operator-failover.test.ts)',
     'core/secrets list': null,
     'core/secrets watch': null,
     'core/secrets update': null,
