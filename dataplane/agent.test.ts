@@ -11,6 +11,7 @@ import { renderElement } from './nft/model.ts';
 import { FakeNftables } from './nft/nftables.ts';
 import { FakeRouting } from './routing.ts';
 import { FakeFailoverAddresses } from './failover/address.ts';
+import { FakeFailoverFence } from './failover/fence.ts';
 import { newFlowsCounter } from './render.ts';
 
 const config = parseGatewayConfig(
@@ -398,7 +399,7 @@ describe('Agent failover addresses', () => {
     ],
   });
 
-  const agentWith = (k: ReturnType<typeof kernel>, addresses: FakeFailoverAddresses) =>
+  const agentWith = (k: ReturnType<typeof kernel>, addresses: FakeFailoverAddresses, fence?: FakeFailoverFence) =>
     new Agent({
       node: 'node-1',
       ...k,
@@ -406,6 +407,7 @@ describe('Agent failover addresses', () => {
       interfaceAddresses: async () => [],
       log: { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} },
       failover: addresses,
+      ...(fence ? { fence } : {}),
     });
 
   /** What the kernel holds of an address now: its SNAT map element, its route rule, the address itself. */
@@ -467,5 +469,60 @@ describe('Agent failover addresses', () => {
     await agent.setFailoverOwned(new Set());
     expect(addresses.held).toEqual([]);
     await agent.stop();
+  });
+
+  it('lets the kernel answer for an address only while its owner extends the fence: allowed before the announcement, silent before the release', async () => {
+    const shared = parseGatewayConfig({
+      ...structuredClone(failoverConfig),
+      failover: {
+        ...failoverConfig.failover!,
+        nodes: ['node-1', 'node-2'].map((node) => ({ node, addresses: ['192.0.2.1'] })),
+      },
+    });
+    const k = kernel();
+    const addresses = new FakeFailoverAddresses();
+    const fence = new FakeFailoverFence();
+    // A former run's allowance goes at start.
+    await fence.guard(['100.64.1.100']);
+    await fence.allow(['100.64.1.100'], 60_000);
+    const agent = agentWith(k, addresses, fence);
+    await agent.start(shared);
+    expect(fence.guarded).toEqual(['100.64.1.100', 'fd00:64:1::100']);
+    expect(fence.answers('100.64.1.100')).toBe(false);
+
+    await agent.setFailoverFence(performance.now() + 600);
+    const announce = addresses.announce.bind(addresses);
+    const atAnnouncement: boolean[] = [];
+    addresses.announce = async (a) => {
+      atAnnouncement.push(fence.answers(a.address));
+      await announce(a);
+    };
+    await agent.setFailoverOwned(new Set(['100.64.1.100', 'fd00:64:1::100']));
+    expect(atAnnouncement).toEqual([true, true]);
+    const until = fence.allowed.get('100.64.1.100')!;
+    expect(until - performance.now()).toBeGreaterThan(500);
+
+    // Extended by the owner; a deadline that passed extends nothing.
+    await agent.setFailoverFence(performance.now() + 60_000);
+    expect(fence.allowed.get('fd00:64:1::100')! - performance.now()).toBeGreaterThan(59_000);
+    await agent.setFailoverFence(performance.now() - 1);
+    expect(fence.allowed.get('fd00:64:1::100')! - performance.now()).toBeGreaterThan(59_000);
+
+    const remove = addresses.remove.bind(addresses);
+    const atRemoval: boolean[] = [];
+    addresses.remove = async (a) => {
+      atRemoval.push(fence.answers(a.address));
+      await remove(a);
+    };
+    await agent.setFailoverOwned(new Set(['fd00:64:1::100']));
+    expect(atRemoval).toEqual([false]);
+    expect(fence.answers('fd00:64:1::100')).toBe(true);
+
+    // A gateway of one node guards nothing: nobody else answers for its addresses.
+    await agent.configure(failoverConfig);
+    expect(fence.guarded).toEqual([]);
+    await agent.remove();
+    expect(fence.guarded).toBeUndefined();
+    expect(fence.allowed.size).toBe(0);
   });
 });

@@ -8,7 +8,9 @@
 // to setFailoverOwned, which puts them in place in the order that keeps their flows (a claim:
 // the caller's hook first, then rules and routes, then the address and its announcement; a
 // release: the address first, then rules and routes). The agent holds only addresses it owns:
-// stopped with `releaseFailover`, or removed, it takes them off the interfaces.
+// stopped with `releaseFailover`, or removed, it takes them off the interfaces. The kernel answers
+// ARP and neighbour solicitations for them only while the owner keeps extending their allowance
+// (setFailoverFence, failover/fence.ts): an agent SIGKILLed or hung goes silent for them.
 //
 // The agent composes: the sync queue (sync-queue.ts), the uplink ids (uplink-ids.ts), the
 // associations and stamps (associations.ts), conntrack events as flows, records and counters
@@ -32,6 +34,7 @@ import type { Packet } from './nft/trace.ts';
 import { balancerFor, type SourceOnUplink } from './balancing/index.ts';
 import { desiredAddresses, planAddresses, type FailoverAddresses } from './failover/address.ts';
 import { failoverUplinkIds } from './failover/egress.ts';
+import type { FailoverFence } from './failover/fence.ts';
 import {
   carries,
   localUplinks,
@@ -88,6 +91,8 @@ export interface AgentOptions {
   tunnels?: TunnelKernel;
   /** The failover addresses on the uplinks' interfaces; without it setFailoverOwned moves rules and routes only. */
   failover?: FailoverAddresses;
+  /** The kernel's fence on the failover addresses; without it the kernel answers for a held address until it is removed. */
+  fence?: FailoverFence;
 }
 
 /** What setFailoverOwned calls while it claims an address. */
@@ -139,6 +144,12 @@ export class Agent {
   #held = new Set<string>();
   /** Whether setFailoverOwned was called: until then the addresses found on the interfaces stay. */
   #ownershipKnown = false;
+  /** Until when (performance.now()'s clock) the kernel may answer for the owned addresses: setFailoverFence. */
+  #fenceUntil: number | undefined;
+  /** The extension of the fence waiting its turn, if any. */
+  #fenceExtension: Promise<void> | undefined;
+  /** What the fence guards, as last applied (#guard). */
+  #guarded: string | undefined;
   /** Ownership changes, one at a time. */
   #ownership: Promise<void> = Promise.resolve();
 
@@ -194,6 +205,8 @@ export class Agent {
         .catch((error: Error) => this.#problems.relist.report('relist', error.message));
     }, this.#o.relistMs ?? 10_000);
     this.#relist.unref();
+    // A former run's allowances go: this run owns nothing until told, and stays silent until then.
+    await this.#guard({ reset: true });
     await this.sync();
     // Addresses a former run left where the config no longer puts them; the others stay until the
     // owner of this node's addresses says which it owns.
@@ -212,8 +225,10 @@ export class Agent {
       // An owned address the config no longer puts on this node's uplinks goes, address first; one
       // that moved to another uplink is added there once the rules are.
       const placeable = new Set(this.#wantedAddresses(this.#owned).map((a) => a.address));
+      await this.#o.fence?.revoke([...this.#owned].filter((a) => !placeable.has(a)));
       this.#owned = placeable;
       this.#held = new Set([...this.#held].filter((a) => placeable.has(a)));
+      await this.#guard();
       await this.#releaseAddresses(this.#ownershipKnown ? placeable : undefined);
       await this.#queue.request();
       await this.#claimAddresses();
@@ -246,16 +261,60 @@ export class Agent {
     const released = [...this.#owned].filter((a) => !wanted.has(a)).sort();
     this.#ownershipKnown = true;
     this.#held = new Set([...this.#held].filter((a) => wanted.has(a)));
+    // Silent at once for a released address, before it leaves the interface.
+    await this.#o.fence?.revoke(released);
     await this.#releaseAddresses(wanted);
     for (const address of claimed) await hooks.beforeClaim?.(address);
     this.#owned = wanted;
     // The same set again (the owner repeats it) only checks the addresses are still there.
     if (claimed.length || released.length) await this.sync();
+    // Allowed before the announcement, which the fence would drop otherwise.
+    if (claimed.length) await this.#allowOwned();
     await this.#claimAddresses();
     this.#held = new Set(wanted);
     if (claimed.length || released.length) {
       this.#o.log.info('Applied failover address ownership', { claimed, released, owned: [...wanted].sort() });
     }
+  }
+
+  /**
+   * Until when (performance.now()'s clock) the kernel may answer for the owned addresses should this
+   * process stop deciding (the ownership loop's fenceDeadline): extends their allowance in the
+   * kernel's fence. Applied in turn with the ownership changes, so that it never allows again an
+   * address released meanwhile; calls made while one waits its turn join it (one kernel write).
+   */
+  setFailoverFence(until: number): Promise<void> {
+    this.#fenceUntil = until;
+    this.#fenceExtension ??= this.#exclusive(async () => {
+      this.#fenceExtension = undefined;
+      await this.#allowOwned();
+    });
+    return this.#fenceExtension;
+  }
+
+  /** Allows the owned addresses until #fenceUntil; a deadline passed allows nothing (the owner's fence has fallen). */
+  async #allowOwned(): Promise<void> {
+    const forMs = (this.#fenceUntil ?? -Infinity) - performance.now();
+    if (this.#owned.size && forMs > 0) await this.#o.fence?.allow([...this.#owned], forMs);
+  }
+
+  /**
+   * The fence guards the config's failover addresses when another node may take them over; on a
+   * gateway of one node it guards none (nobody else can answer for them, and silence after a crash
+   * would only cut the address off until the agent is back), and without failover its tables go.
+   */
+  async #guard(options: { reset?: boolean } = {}): Promise<void> {
+    const fence = this.#o.fence;
+    const failover = this.#config?.failover;
+    const shared = failover?.nodes.some((n) => n.node !== this.#o.node);
+    const guarded = failover ? (shared ? failover.addresses.map((a) => a.address) : []) : undefined;
+    // A config change that leaves them as they are (a pod came or went) costs no nft run.
+    const key = JSON.stringify(guarded ?? null);
+    if (!fence || (key === this.#guarded && !options.reset)) return;
+    if (guarded) await fence.guard(guarded, options);
+    else await fence.remove();
+    this.#guarded = key;
+    await this.#allowOwned();
   }
 
   /** Runs `change` after the ownership changes before it. */
@@ -530,6 +589,7 @@ export class Agent {
       await this.#exclusive(async () => {
         this.#held = new Set();
         this.#ownershipKnown = true;
+        await this.#o.fence?.revoke([...this.#owned]);
         this.#owned = new Set();
         await this.#releaseAddresses(new Set());
       }).catch((error: Error) =>
@@ -548,6 +608,8 @@ export class Agent {
   /** The gateway is gone: removes naat's failover addresses, table, routes and state. */
   async remove(): Promise<void> {
     await this.stop({ releaseFailover: true });
+    await this.#o.fence?.remove();
+    this.#guarded = undefined;
     const existing = await this.#o.nft.list();
     if (existing) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
     const current = await this.#o.routing.list();

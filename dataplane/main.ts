@@ -15,6 +15,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { Agent, type AgentOptions } from './agent.ts';
 import { ExecFailoverAddresses } from './failover/address.ts';
+import { ExecFailoverFence } from './failover/fence.ts';
 import { GatewayFailover } from './failover/gateway-failover.ts';
 import { flowsPath } from './failover/flow-source.ts';
 import {
@@ -203,6 +204,7 @@ function agentFor(options: Pick<AgentOptions, 'retention' | 'onFlowEnd' | 'onCon
     writeSysctl,
     tunnels: new ExecTunnelKernel(gatewayTunnelOwnership, writeTunnelSysctl),
     failover: new ExecFailoverAddresses(log),
+    fence: new ExecFailoverFence(),
     conntrackStats: () => readConntrackStats(),
     log,
     ...options,

@@ -4,7 +4,8 @@
 // fence's exception) and when one is heard again after a cut (its flow stream is then opened
 // anew); the flows of its own addresses streamed to those nodes, and theirs followed
 // (flow-source.ts, flow-follower.ts); and the kernel side (Agent.setFailoverOwned), where a claim
-// loads the replica of the address's flows before anything else of the address is in place.
+// loads the replica of the address's flows before anything else of the address is in place, and
+// the kernel's fence, extended as the Lease is renewed (Agent.setFailoverFence).
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from '../../common/index.ts';
@@ -71,6 +72,11 @@ export class GatewayFailover {
       healthyUplinks: options.healthyUplinks,
       metrics: agent.metrics,
       log,
+      fence: (until) => {
+        agent
+          .setFailoverFence(until)
+          .catch((error: Error) => log.error('Failed to extend the failover fence', { error: error.message }));
+      },
       apply: async (owned) => {
         await agent.setFailoverOwned(owned, {
           beforeClaim: async (address) => {

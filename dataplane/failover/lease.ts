@@ -21,8 +21,10 @@ import {
 } from '../../contracts/gateway/index.ts';
 import type { AgentMetrics } from '../metrics.ts';
 import {
+  apiserverOutage,
   decideOwnership,
   emptyMemory,
+  fenceDeadline,
   renewingOnSchedule,
   type FailoverSettings,
   type NodeLease,
@@ -45,6 +47,12 @@ export interface OwnershipLoopOptions {
   node: string;
   failover: FailoverSettings;
   apply: ApplyOwnership;
+  /**
+   * Told until when the kernel may answer for the owned addresses should this process stop
+   * (fenceDeadline, on performance.now()'s clock): after every successful renewal, and every third
+   * of a lease duration (an apiserver outage extends it without renewals); not once it has passed.
+   */
+  fence?: (until: number) => void;
   /** The uplinks healthy at start; none until told otherwise. */
   healthyUplinks?: Iterable<string>;
   metrics?: Pick<AgentMetrics, 'failoverClaims' | 'failoverReleases' | 'failoverGap'>;
@@ -105,6 +113,7 @@ export class OwnershipLoop {
   readonly #node: string;
   readonly #name: string;
   readonly #apply: ApplyOwnership;
+  readonly #fence: OwnershipLoopOptions['fence'];
   readonly #metrics: OwnershipLoopOptions['metrics'];
   readonly #log: Logger;
   readonly #informer: Informer<V1Lease>;
@@ -127,6 +136,9 @@ export class OwnershipLoop {
   #again = false;
   #wakeTimer: NodeJS.Timeout | undefined;
   #renewTimer: NodeJS.Timeout | undefined;
+  #fenceTimer: NodeJS.Timeout | undefined;
+  /** The fence deadline last told. */
+  #fenceUntil: number | undefined;
   #started = false;
   #stopping = false;
   readonly #stop = new AbortController();
@@ -139,6 +151,7 @@ export class OwnershipLoop {
     this.#name = failoverLeaseName(options.gateway, options.node);
     this.#failover = options.failover;
     this.#apply = options.apply;
+    this.#fence = options.fence;
     this.#metrics = options.metrics;
     this.#log = options.log ?? jsonLogger;
     this.#healthyUplinks = new Set(options.healthyUplinks ?? []);
@@ -174,6 +187,7 @@ export class OwnershipLoop {
     this.#started = true;
     this.#informer.start();
     this.#scheduleRenewal(0);
+    if (this.#fence) this.#scheduleFence();
     if (await this.#informer.waitForSync()) this.#kick();
   }
 
@@ -226,6 +240,7 @@ export class OwnershipLoop {
     this.#stopping = true;
     clearTimeout(this.#wakeTimer);
     clearTimeout(this.#renewTimer);
+    clearTimeout(this.#fenceTimer);
     if (!release) this.#stop.abort();
     await this.#deciding;
     if (release) {
@@ -306,6 +321,7 @@ export class OwnershipLoop {
         this.#informer.retryNow();
       }
       this.#renewFailing = false;
+      this.#extendFence();
       this.#kick();
     } catch (error) {
       if (this.#stop.signal.aborted) return;
@@ -319,6 +335,23 @@ export class OwnershipLoop {
         });
       this.#renewFailing = true;
     }
+  }
+
+  #scheduleFence(): void {
+    this.#fenceTimer = setTimeout(() => {
+      this.#extendFence();
+      if (!this.#stopping) this.#scheduleFence();
+    }, this.#failover.leaseDurationMs / 3);
+  }
+
+  #extendFence(): void {
+    const now = performance.now();
+    const outage = apiserverOutage(this.#failover, this.#node, this.#peersHeard);
+    const until = fenceDeadline(this.#renewedAt, now, this.#failover.leaseDurationMs, outage);
+    // The timer between renewals that succeed finds the deadline told already: no kernel write.
+    if (until === undefined || until === this.#fenceUntil) return;
+    this.#fenceUntil = until;
+    this.#fence?.(until);
   }
 
   /** Decides again, at once or right after the decision in progress. */

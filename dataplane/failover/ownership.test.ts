@@ -1,7 +1,9 @@
 import { rendezvous } from '../../common/index.ts';
 import {
+  apiserverOutage,
   decideOwnership,
   emptyMemory,
+  fenceDeadline,
   type FailoverSettings,
   type NodeLease,
   type OwnershipInput,
@@ -322,4 +324,36 @@ test('back from an apiserver outage, an owner keeps its address though a Lease l
   expect(
     decideOwnership(input(second, 9200, { owned: new Set([X]), leases: [renewing] }), back.memory).releases,
   ).toEqual([{ address: X, reason: 'conflict' }]);
+});
+
+describe('the kernel fence deadline', () => {
+  it('is a lease duration after the last successful renewal request, which no other node claims before', () => {
+    expect(fenceDeadline(1000, 1200, L, false)).toBe(1000 + L);
+    // Passed: the agent's own fence falls now, nothing is extended.
+    expect(fenceDeadline(1000, 1000 + L, L, false)).toBeUndefined();
+    expect(fenceDeadline(undefined, 1200, L, false)).toBeUndefined();
+  });
+
+  it('moves on without renewals through an apiserver outage, which keeps the addresses', () => {
+    expect(fenceDeadline(1000, 5000, L, true)).toBe(5000 + L);
+    expect(fenceDeadline(undefined, 5000, L, true)).toBe(5000 + L);
+  });
+
+  it('counts an outage when the other nodes heard directly all fail to reach the apiserver, or there are none', () => {
+    const settings = failover();
+    expect(apiserverOutage(settings, 'g1', new Map([['g2', false]]))).toBe(true);
+    expect(
+      apiserverOutage(
+        settings,
+        'g1',
+        new Map([
+          ['g2', false],
+          ['g3', true],
+        ]),
+      ),
+    ).toBe(false);
+    // Hearing nobody is this node's partition, not an outage.
+    expect(apiserverOutage(settings, 'g1', new Map())).toBe(false);
+    expect(apiserverOutage(failover({ nodes: [{ node: 'g1', addresses: ['10.0.0.1'] }] }), 'g1', new Map())).toBe(true);
+  });
 });

@@ -127,6 +127,40 @@ export function renewingOnSchedule(renewedAt: number | undefined, now: number, l
   return renewedAt !== undefined && now - renewedAt <= leaseDurationMs / 2;
 }
 
+/**
+ * An outage of the apiserver, not of this node: it hears at least one other gateway node directly
+ * and none of those reaches the apiserver (or the gateway has no other node). Nobody can take over
+ * then, so the fence does not fall.
+ */
+export function apiserverOutage(
+  failover: Pick<FailoverSettings, 'nodes'>,
+  self: string,
+  peersHeard: ReadonlyMap<string, boolean>,
+): boolean {
+  const heard = [...peersHeard].filter(([peer]) => peer !== self);
+  return !failover.nodes.some((n) => n.node !== self) || (heard.length > 0 && heard.every(([, reaches]) => !reaches));
+}
+
+/**
+ * Until when the kernel may answer for this node's addresses should its agent stop deciding
+ * (SIGKILL, a hang): no later than any other node may claim them, a lease duration after the last
+ * successful renewal request was sent; through an apiserver outage, which keeps the addresses, a
+ * lease duration after now (the others take nothing over before a full lease duration after they
+ * regain the apiserver). Undefined when neither holds: the agent's fence has fallen or is due.
+ */
+export function fenceDeadline(
+  renewedAt: number | undefined,
+  now: number,
+  leaseDurationMs: number,
+  outage: boolean,
+): number | undefined {
+  const deadlines = [
+    ...(renewedAt !== undefined && renewedAt + leaseDurationMs > now ? [renewedAt + leaseDurationMs] : []),
+    ...(outage ? [now + leaseDurationMs] : []),
+  ];
+  return deadlines.length ? Math.max(...deadlines) : undefined;
+}
+
 /** The decision for `input`, given the memory the previous one returned. */
 export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory): OwnershipDecision {
   const { failover, node: self, now, owned } = input;
@@ -176,11 +210,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     return nodes;
   };
 
-  // Heard directly: an outage of the apiserver, not of this node, when none of them reaches it.
-  const otherNodes = failover.nodes.filter((n) => n.node !== self);
-  const heard = [...input.peersHeard].filter(([peer]) => peer !== self);
-  const outage = otherNodes.length === 0 || (heard.length > 0 && heard.every(([, reaches]) => !reaches));
-  const fenced = !reachable && !outage;
+  const fenced = !reachable && !apiserverOutage(failover, self, input.peersHeard);
 
   const owners = new Map(memory.owners);
   const preferred = new Map<string, Preference>();

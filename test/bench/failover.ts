@@ -74,6 +74,13 @@ function record(bench: Bench, fault: Fault, runs: readonly FaultRun[]): void {
     unit: 'ms',
     ...(fault === 'isolated' ? {} : { goal: maxGoal(0) }),
   });
+  bench.figure({
+    key: `${fault}.double-answering`,
+    label: 'longest time two nodes answered ARP or ND for the address',
+    value: Math.max(...runs.map((r) => r.answeringOverlapMs)),
+    unit: 'ms',
+    ...(fault === 'isolated' ? {} : { goal: maxGoal(0) }),
+  });
 }
 
 await runBenchmark<Size>({

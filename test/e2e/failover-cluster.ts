@@ -19,6 +19,7 @@ import {
   gatewayAddress,
   gateways,
   nodeNetwork,
+  sharedNextHop,
   podAddress,
   podNetwork,
   failoverAddress,
@@ -62,6 +63,31 @@ export interface FaultRun extends FailoverFigures {
   streams: number;
   /** How long both gateway nodes had the IPv4 failover address on their uplink at once (ms). */
   doubleOwnershipMs: number;
+  /**
+   * How long both answered who-has for a failover address on the segment at once (ms, either
+   * family, to the probe's 20 ms): the old owner's last answer after the new owner's first.
+   */
+  answeringOverlapMs: number;
+  /** The nodes that answered for both failover addresses in the last half second of the run. */
+  answering: string[];
+}
+
+interface NeighbourAnswer {
+  at: number;
+  family: 4 | 6;
+  mac: string;
+}
+
+/** How long `from` went on answering after `to` first answered, in either family (0: never both). */
+function answeringOverlap(answers: readonly NeighbourAnswer[], from: string, to: string): number {
+  return Math.max(
+    0,
+    ...([4, 6] as const).map((family) => {
+      const times = (mac: string) => answers.filter((a) => a.family === family && a.mac === mac).map((a) => a.at);
+      const [old, next] = [times(from), times(to)];
+      return old.length && next.length ? Math.round(Math.max(...old) - Math.min(...next)) : 0;
+    }),
+  );
 }
 
 export class FailoverCluster {
@@ -310,6 +336,7 @@ export class FailoverCluster {
     );
     await Promise.all(transfers.map((t) => t.receiving));
     const monitors = gateways.map((n) => this.#addressMonitor(n, `g${n}` === from));
+    const neighbours = this.#neighbourProbe();
     // Its stdin open: the probe runs until the harness ends it.
     const probe = this.c.spawn(
       this.c.pod(1),
@@ -336,9 +363,22 @@ export class FailoverCluster {
     const output = await probeOutput;
     const results: TransferResult[] = await Promise.all(transfers.map((t) => t.result.catch(() => failedTransfer)));
     const changes = await Promise.all(monitors.map((m) => m.stop()));
+    const answers = await neighbours.stop();
     // The owner now: the node that took the address, else the one that kept it.
     const holding = (await this.holders()).get(floating.v4) ?? [];
     const to = holding.find((node) => node !== from) ?? holding[0];
+    const macs = new Map<string, string>();
+    for (const n of gateways) {
+      const { stdout } = await this.c.exec(this.c.gateway(n), ['cat', '/sys/class/net/up1/address']);
+      macs.set(`g${n}`, stdout.trim());
+    }
+    const answeringOverlapMs = to && to !== from ? answeringOverlap(answers, macs.get(from)!, macs.get(to)!) : 0;
+    const end = Math.max(...answers.map((a) => a.at)) - 500;
+    const answering = [...macs]
+      .filter(([, mac]) =>
+        ([4, 6] as const).every((family) => answers.some((a) => a.family === family && a.mac === mac && a.at >= end)),
+      )
+      .map(([node]) => node);
     return {
       fault,
       from,
@@ -353,6 +393,8 @@ export class FailoverCluster {
           Array<[number, boolean]>,
         ]),
       ),
+      answeringOverlapMs,
+      answering,
     };
   }
 
@@ -464,6 +506,25 @@ export class FailoverCluster {
       await this.c.exec(ns, ['curl', '-sf', `http://127.0.0.1:7744/metrics`]);
       return true;
     });
+  }
+
+  /** Asks ISP 1's segment who has the failover addresses every 20 ms and collects who answered (neighbour-probe.py). */
+  #neighbourProbe(): { stop(): Promise<NeighbourAnswer[]> } {
+    const name = `neighbours-${Date.now()}`;
+    const own = sharedNextHop(1);
+    const probe = join(programs, 'neighbour-probe.py');
+    const argv = ['python3', probe, 'lan', own.v4, own.v6, floating.v4, floating.v6, '20'];
+    const child = this.processes.capture(name, ['ip', 'netns', 'exec', this.c.ns.isps[0]!, ...argv]);
+    return {
+      stop: async () => {
+        child.kill('SIGTERM');
+        return this.processes
+          .output(name)
+          .split('\n')
+          .filter((line) => line.startsWith('{"at"'))
+          .map((line) => JSON.parse(line) as NeighbourAnswer);
+      },
+    };
   }
 
   /** Records when the IPv4 failover address appears on and leaves node g's uplink. */

@@ -4,7 +4,9 @@
 // test deciding which node owns the failover addresses; the real node agents steer the workers'
 // pods to the owner. A pod with egress addresses leaves with them from the node that owns them,
 // a pod without keeps the node's own addresses; moving the addresses from g1 to g2 moves the
-// ISP's neighbour entries to g2's MAC, and new flows leave from g2 with the same addresses.
+// ISP's neighbour entries to g2's MAC, and new flows leave from g2 with the same addresses. A node
+// whose agent is SIGKILLed keeps the addresses on its interface, but its kernel's fence stops it
+// answering ARP and neighbour solicitations for them within the lease (dataplane/failover/fence.ts).
 import type { ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -13,6 +15,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import {
   createCluster,
+  sharedNextHop,
   failoverAddress,
   gatewayAddress,
   gateways,
@@ -29,6 +32,8 @@ import { connectMany, startWhoami, type Server } from './traffic.ts';
 
 const main = join(import.meta.dirname, '..', '..', 'dataplane', 'main.ts');
 const program = join(import.meta.dirname, 'programs', 'failover-gateway.ts');
+const neighbourProbe = join(import.meta.dirname, 'programs', 'neighbour-probe.py');
+const leaseMs = 600;
 const whoamiPort = 9000;
 const tunnel = { vni: 7700, port: 4790 };
 /** The failover addresses of the pod on w1; the pod on w2 has none. */
@@ -68,7 +73,7 @@ function gatewayConfig(): Record<string, unknown> {
         { address: egress.v4, uplink: 'isp1' },
         { address: egress.v6, uplink: 'isp1' },
       ],
-      leaseDurationMs: 600,
+      leaseDurationMs: leaseMs,
       failback: false,
       failbackDelaySeconds: 30,
       nodes: gateways.map((g) => ({ node: `g${g}`, addresses: [gatewayAddress(g).v4, gatewayAddress(g).v6] })),
@@ -180,20 +185,64 @@ async function carries(g: number): Promise<boolean> {
   return flows[0]!.includes(`dst=${egress.v4} `) && flows[1]!.includes(`dst=${egress.v6} `);
 }
 
+/** Starts the gateway agent of node g (again), its state kept across restarts. */
+async function startGateway(g: number): Promise<void> {
+  const log = openSync(join(dir, `g${g}.log`), 'a');
+  const argv = [join(dir, 'gateway.json'), `g${g}`, join(dir, `g${g}-state`), '::', '7741'];
+  const child = c.spawn(c.gateway(g), [process.execPath, program, ...argv], { stdio: ['pipe', 'pipe', log] });
+  closeSync(log);
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  expect(JSON.parse((await lines.next()).value as string)).toEqual({ listening: true });
+  gatewayAgents.set(g, { child, answers: lines });
+}
+
+/** Milliseconds on CLOCK_MONOTONIC, the clock of the neighbour probe's answers. */
+const monotonicMs = () => Number(process.hrtime.bigint()) / 1e6;
+
+interface NeighbourAnswer {
+  at: number;
+  family: 4 | 6;
+  mac: string;
+}
+
+/**
+ * Asks ISP 1's segment who has the egress addresses every 20 ms (neighbour-probe.py) and collects
+ * every answer with the MAC it came from.
+ */
+async function probeNeighbours(): Promise<{ answers: NeighbourAnswer[]; stop: () => Promise<void> }> {
+  const own = sharedNextHop(1);
+  const argv = ['python3', neighbourProbe, 'lan', own.v4, own.v6, egress.v4, egress.v6, '20'];
+  const child = c.spawn(c.ns.isps[0]!, argv, { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! });
+  const answers: NeighbourAnswer[] = [];
+  const ready = new Promise<void>((resolve) =>
+    lines.on('line', (line) => {
+      const parsed = JSON.parse(line) as NeighbourAnswer | { ready: true };
+      if ('ready' in parsed) resolve();
+      else answers.push(parsed);
+    }),
+  );
+  await ready;
+  return { answers, stop: () => stopProcess(child) };
+}
+
+/** The last answer per family from `mac` in `answers`, in milliseconds after `since` (undefined: none after it). */
+function lastAnswers(answers: readonly NeighbourAnswer[], mac: string, since: number) {
+  const last = (family: 4 | 6) => {
+    const times = answers.filter((a) => a.family === family && a.mac === mac && a.at >= since).map((a) => a.at);
+    return times.length ? Math.round(Math.max(...times) - since) : undefined;
+  };
+  return { v4: last(4), v6: last(6) };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
 beforeAll(async () => {
   c = await createCluster({ sharedUplinks: true });
   dir = await mkdtemp(join(tmpdir(), 'naat-failover-e2e-'));
   whoami = await startWhoami(c, whoamiPort);
   await writeFile(join(dir, 'gateway.json'), JSON.stringify(gatewayConfig()));
-  for (const g of gateways) {
-    const log = openSync(join(dir, `g${g}.log`), 'a');
-    const argv = [join(dir, 'gateway.json'), `g${g}`, join(dir, `g${g}-state`), '::', '7741'];
-    const child = c.spawn(c.gateway(g), [process.execPath, program, ...argv], { stdio: ['pipe', 'pipe', log] });
-    closeSync(log);
-    const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
-    expect(JSON.parse((await lines.next()).value as string)).toEqual({ listening: true });
-    gatewayAgents.set(g, { child, answers: lines });
-  }
+  for (const g of gateways) await startGateway(g);
   for (const w of steered) {
     await writeFile(join(dir, `w${w}.json`), JSON.stringify(nodeConfig(w, 1)));
     const log = openSync(join(dir, `w${w}.log`), 'a');
@@ -256,11 +305,97 @@ describe('failover addresses in the kernel', () => {
     for (const seen of own2.v4) expect([sharedUplinkAddress(2, 1).v4, sharedUplinkAddress(2, 2).v4]).toContain(seen);
   });
 
+  it('silences a node whose agent was SIGKILLed for the addresses it keeps, within the lease', async () => {
+    const [g1, g2] = [await macOf(c.gateway(1), 'up1'), await macOf(c.gateway(2), 'up1')];
+    const probe = await probeNeighbours();
+    try {
+      // A live agent keeps extending the fence: g2 answers for three lease durations and more.
+      const alive = monotonicMs();
+      await sleep(4 * leaseMs);
+      expect(lastAnswers(probe.answers, g2, alive + 3 * leaseMs)).toEqual({
+        v4: expect.any(Number),
+        v6: expect.any(Number),
+      });
+      expect(lastAnswers(probe.answers, g1, alive)).toEqual({ v4: undefined, v6: undefined });
+
+      // An agent that hangs (stopped) extends nothing either; once it runs again, it does.
+      const { child } = gatewayAgents.get(2)!;
+      const hung = monotonicMs();
+      child.kill('SIGSTOP');
+      await sleep(leaseMs + 600);
+      const silentAfterHang = lastAnswers(probe.answers, g2, hung);
+      console.log(
+        `SIGSTOP of g2's agent → g2's last answer: IPv4 ${silentAfterHang.v4} ms, IPv6 ${silentAfterHang.v6} ms`,
+      );
+      expect(silentAfterHang.v4).toBeLessThanOrEqual(leaseMs + 100);
+      expect(silentAfterHang.v6).toBeLessThanOrEqual(leaseMs + 100);
+      const resumed = monotonicMs();
+      child.kill('SIGCONT');
+      await sleep(2 * leaseMs);
+      expect(lastAnswers(probe.answers, g2, resumed + leaseMs)).toEqual({
+        v4: expect.any(Number),
+        v6: expect.any(Number),
+      });
+
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      const killed = monotonicMs();
+      child.kill('SIGKILL');
+      await exited;
+      await sleep(leaseMs + 600);
+      // The addresses stay on the interface, but the kernel no longer answers for them.
+      expect((await failoverAddressesOf(2)).sort()).toEqual([egress.v4, egress.v6].sort());
+      const silentAfter = lastAnswers(probe.answers, g2, killed);
+      console.log(`SIGKILL of g2's agent → g2's last answer: IPv4 ${silentAfter.v4} ms, IPv6 ${silentAfter.v6} ms`);
+      expect(silentAfter.v4).toBeLessThanOrEqual(leaseMs + 100);
+      expect(silentAfter.v6).toBeLessThanOrEqual(leaseMs + 100);
+      const quiet = monotonicMs();
+      await sleep(300);
+      expect(lastAnswers(probe.answers, g2, quiet)).toEqual({ v4: undefined, v6: undefined });
+
+      // The new owner answers, alone.
+      const claimed = monotonicMs();
+      await own(1, [egress.v4, egress.v6]);
+      await sleep(4 * leaseMs);
+      expect(lastAnswers(probe.answers, g1, claimed + 3 * leaseMs)).toEqual({
+        v4: expect.any(Number),
+        v6: expect.any(Number),
+      });
+      expect(lastAnswers(probe.answers, g2, claimed)).toEqual({ v4: undefined, v6: undefined });
+      await until('the ISP reaches the addresses at g1', async () =>
+        (await ispNeighbour(egress.v4)) === g1 && (await ispNeighbour(egress.v6)) === g1 ? true : undefined,
+      );
+
+      // Restarted, g2's agent allows nothing until told what it owns, and then removes the addresses.
+      const restarted = monotonicMs();
+      await startGateway(2);
+      await own(2, []);
+      expect(await failoverAddressesOf(2)).toEqual([]);
+      await sleep(2 * leaseMs);
+      expect(lastAnswers(probe.answers, g2, restarted)).toEqual({ v4: undefined, v6: undefined });
+      expect(lastAnswers(probe.answers, g1, restarted + leaseMs)).toEqual({
+        v4: expect.any(Number),
+        v6: expect.any(Number),
+      });
+      // The restart made the fence afresh: both tables, guarding the addresses, allowing none.
+      for (const family of ['arp', 'inet']) {
+        const sets = await Promise.all(
+          ['guarded', 'allowed'].map(
+            async (set) => (await c.exec(c.gateway(2), ['nft', 'list', 'set', family, 'naat-fence', set])).stdout,
+          ),
+        );
+        expect(sets[0]).toContain(family === 'arp' ? egress.v4 : egress.v6);
+        expect(sets[1]).not.toContain('elements');
+      }
+    } finally {
+      await probe.stop();
+    }
+  });
+
   it('takes the failover addresses off the interfaces when the agent stops', async () => {
-    const { child } = gatewayAgents.get(2)!;
+    const { child } = gatewayAgents.get(1)!;
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.kill('SIGTERM');
     await exited;
-    expect(await failoverAddressesOf(2)).toEqual([]);
+    expect(await failoverAddressesOf(1)).toEqual([]);
   });
 });

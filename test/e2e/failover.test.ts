@@ -50,10 +50,13 @@ describe.each(moving)('the owner %s', (fault, _what) => {
     // One translation for the UDP stream across the move: the server saw one source.
     expect(run.udpSources).toHaveLength(1);
     expect(run.udpSources[0]).toMatch(new RegExp(`^${floating.v4.replaceAll('.', '\\.')} `));
-    // An agent SIGKILLed cannot take its addresses off the interface: they stay there, answering ARP
-    // beside the new owner's, until its restart (next line), so that overlap is not asserted here.
+    // An agent SIGKILLed cannot take its addresses off the interface: they stay there until its
+    // restart (next line), but its kernel's fence silences them before the new owner claims them.
     if (fault === 'isolated') expect(run.doubleOwnershipMs).toBeLessThan(leaseDurationMs);
     else if (fault !== 'agent-kill') expect(run.doubleOwnershipMs).toBe(0);
+    if (fault === 'isolated') expect(run.answeringOverlapMs).toBeLessThan(leaseDurationMs);
+    else expect(run.answeringOverlapMs).toBe(0);
+    expect(run.answering).toEqual([run.to]);
     // The node that came back took nothing back, and no node but the owner had the address (but
     // the SIGKILLed agent's leftover, until it restarted).
     const owner = JSON.stringify([run.to]);
@@ -70,6 +73,8 @@ it('keeps the address where it is when the gateway nodes only lose each other', 
   await f.settled();
   expect(run.to).toBe(run.from);
   expect(run.doubleOwnershipMs).toBe(0);
+  expect(run.answeringOverlapMs).toBe(0);
+  expect(run.answering).toEqual([run.from]);
   expect({ survived: run.streamsSurvived }).toEqual({ survived: run.streams });
   expect(run.udpSources).toHaveLength(1);
 });

@@ -3,7 +3,8 @@
 // as node agents ask for it) and /status, and taking the addresses it owns from its standard
 // input, one JSON array per line, which it applies with setFailoverOwned and then prints back as
 // `{"owned":[...]}` (or `{"error":"..."}`); it logs on standard error. It stands in for the ownership loop, which decides
-// that in a cluster. SIGTERM stops it as the entry point does: its failover addresses go.
+// that in a cluster, and as the loop renews its Lease, it extends the kernel's fence every third of
+// a lease duration by a lease duration. SIGTERM stops it as the entry point does: its failover addresses go.
 //
 // failover-gateway.ts <config.json> <node> <state-dir> <listen host> <port>
 import { readFile, writeFile } from 'node:fs/promises';
@@ -12,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { Agent } from '../../../dataplane/agent.ts';
 import { ExecConntrack } from '../../../dataplane/conntrack.ts';
 import { ExecFailoverAddresses } from '../../../dataplane/failover/address.ts';
+import { ExecFailoverFence } from '../../../dataplane/failover/fence.ts';
 import { ExecNftables } from '../../../dataplane/nft/nftables.ts';
 import { IpLinkReader } from '../../../dataplane/probe/index.ts';
 import { localUplinks } from '../../../dataplane/render.ts';
@@ -48,9 +50,17 @@ const agent = new Agent({
   writeSysctl,
   tunnels: new ExecTunnelKernel(gatewayTunnelOwnership, writeSysctl),
   failover: new ExecFailoverAddresses(log),
+  fence: new ExecFailoverFence(),
   log,
 });
 await agent.start(config);
+const lease = config.failover?.leaseDurationMs ?? 600;
+const extendFence = () =>
+  agent
+    .setFailoverFence(performance.now() + lease)
+    .catch((error: Error) => log.error('Failed to extend the failover fence', { error: error.message }));
+await extendFence();
+setInterval(() => void extendFence(), lease / 3);
 
 const server = createServer((req, res) => {
   if (req.url === '/status') return void res.end(`${JSON.stringify(agent.report())}\n`);
