@@ -79,13 +79,16 @@ function record(bench: Bench, fault: Fault, runs: readonly FaultRun[]): void {
 await runBenchmark<Size>({
   name: 'failover',
   sizes,
-  async run(bench, size) {
+  parts: { flag: 'fault', names: allFaults },
+  async run(bench, size, only) {
+    const faults = only ? size.faults.filter((fault) => only.includes(fault)) : size.faults;
+    if (faults.length === 0) throw new Error(`the ${bench.form} form runs none of the faults ${only!.join(', ')}`);
     const control = await startCluster();
     let cluster: FailoverCluster | undefined;
     try {
       cluster = await FailoverCluster.create(control.kubeconfig, { leaseDurationMs: size.leaseDurationMs });
       bench.note(`lease duration ${size.leaseDurationMs} ms; ${size.runs} runs of each fault`);
-      for (const fault of size.faults) {
+      for (const fault of faults) {
         const runs: FaultRun[] = [];
         for (let i = 0; i < size.runs; i++) {
           const run = await cluster.fault(fault);

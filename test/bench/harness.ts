@@ -272,31 +272,52 @@ export interface BenchmarkSpec<Size> {
   name: string;
   /** The sizes of each form. */
   sizes: Record<Form, Size>;
-  run(bench: Bench, size: Size): Promise<void>;
+  /** Parts a run can be limited to from the command line (`--fault power-off`), when it has any. */
+  parts?: Parts;
+  /** `only`: the parts asked for on the command line, in the benchmark's order; all when none was. */
+  run(bench: Bench, size: Size, only?: readonly string[]): Promise<void>;
+}
+
+/** A benchmark's named parts, selected with a repeatable flag. */
+export interface Parts {
+  /** The flag without its dashes: fault. */
+  flag: string;
+  names: readonly string[];
 }
 
 /** The npm script that runs a benchmark (`bench:naa`, `soak`) or all of them (`bench`, for `all`). */
 const npmScript = (script: string) => (script === 'all' ? 'bench' : script === 'soak' ? 'soak' : `bench:${script}`);
 
-const usage = (script: string, defaultForm: Form) =>
+const usage = (script: string, defaultForm: Form, parts?: Parts) =>
   [
-    `usage: npm run ${npmScript(script)} -- [--full | --quick | --smoke] [--json FILE] [--strict-goals]`,
+    `usage: npm run ${npmScript(script)} -- [--full | --quick | --smoke] [--json FILE] [--strict-goals]` +
+      (parts ? ` [--${parts.flag} NAME]...` : ''),
     `  --full           the sizes the figures are quoted at${defaultForm === 'full' ? ' (the default)' : ''}`,
     `  --quick          smaller counts and durations (what \`npm run bench\` runs)${defaultForm === 'quick' ? ' (the default)' : ''}`,
     '  --smoke          the smallest form, seconds long (CI)',
     '  --json FILE      also write the figures as JSON to FILE',
     '  --strict-goals   exit 1 when a goal is missed, not only when a figure was not measured',
+    ...(parts
+      ? [`  --${parts.flag} NAME`.padEnd(19) + `only this ${parts.flag}, repeatable: ${parts.names.join(', ')}`]
+      : []),
   ].join('\n');
 
 export interface CommandLine {
   form: Form;
   json?: string;
   strictGoals: boolean;
+  /** The parts asked for (`--fault`), in the benchmark's order; absent when none was. */
+  only?: string[];
 }
 
 /** The command line of a benchmark or of `all.ts`; exits 2 with the usage on a bad one. */
-export function parseCommandLine(script: string, argv: string[], defaultForm: Form = 'full'): CommandLine {
-  const text = usage(script, defaultForm);
+export function parseCommandLine(
+  script: string,
+  argv: string[],
+  defaultForm: Form = 'full',
+  parts?: Parts,
+): CommandLine {
+  const text = usage(script, defaultForm, parts);
   const { values } = parseProgramArgs(text, {
     args: argv,
     options: {
@@ -305,14 +326,19 @@ export function parseCommandLine(script: string, argv: string[], defaultForm: Fo
       smoke: { type: 'boolean' },
       json: { type: 'string' },
       'strict-goals': { type: 'boolean' },
+      ...(parts ? { [parts.flag]: { type: 'string', multiple: true } as const } : {}),
     },
   });
+  const asked = parts ? ((values as Record<string, string[] | undefined>)[parts.flag] ?? []) : [];
+  const unknown = asked.filter((name) => !parts!.names.includes(name));
+  if (unknown.length > 0) usageError(text, `unknown ${parts!.flag} ${unknown.join(', ')}`);
   const forms = (['full', 'quick', 'smoke'] as const).filter((form) => values[form]);
   if (forms.length > 1) usageError(text, `${forms.map((f) => `--${f}`).join(' and ')} exclude each other`);
   return {
     form: values.smoke ? 'smoke' : values.quick ? 'quick' : values.full ? 'full' : defaultForm,
     ...(typeof values.json === 'string' ? { json: values.json } : {}),
     strictGoals: values['strict-goals'] === true,
+    ...(asked.length > 0 ? { only: parts!.names.filter((name) => asked.includes(name)) } : {}),
   };
 }
 
@@ -321,13 +347,13 @@ export function parseCommandLine(script: string, argv: string[], defaultForm: Fo
  * writes the JSON when asked and sets the exit status.
  */
 export async function runBenchmark<Size>(spec: BenchmarkSpec<Size>): Promise<BenchReport> {
-  const args = parseCommandLine(spec.name, process.argv.slice(2));
+  const args = parseCommandLine(spec.name, process.argv.slice(2), 'full', spec.parts);
   const bench = new Bench(args.form);
   const startedAt = new Date();
   const started = performance.now();
   let error: string | undefined;
   try {
-    await spec.run(bench, spec.sizes[args.form]);
+    await spec.run(bench, spec.sizes[args.form], args.only);
   } catch (thrown) {
     console.error(thrown);
     error = thrown instanceof Error ? thrown.message : String(thrown);
