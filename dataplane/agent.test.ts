@@ -420,6 +420,11 @@ describe('Agent failover addresses', () => {
     const addresses = new FakeFailoverAddresses();
     const agent = agentWith(k, addresses);
     await agent.start(failoverConfig);
+    // What /steering streams would send at once: the addresses held at each change, with the kernel's state of the first.
+    const told: Array<{ held: string[] | undefined; kernel: ReturnType<typeof holds> }> = [];
+    agent.onFailoverHeld(() =>
+      told.push({ held: agent.report().failoverAddresses, kernel: holds(k, addresses, '100.64.1.100') }),
+    );
     const seen: Array<ReturnType<typeof holds>> = [];
     await agent.setFailoverOwned(new Set(['100.64.1.100', 'FD00:64:1::100']), {
       beforeClaim: async (address) => void seen.push(holds(k, addresses, address)),
@@ -447,6 +452,12 @@ describe('Agent failover addresses', () => {
     expect(atRemoval).toEqual([{ rules: true, route: true, address: true }]);
     expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: false, route: false, address: false });
     expect(agent.report().failoverAddresses).toEqual(['fd00:64:1::100']);
+    // Told once per change: when claimed addresses are in place, and before a released one leaves; a repeat tells nothing.
+    await agent.setFailoverOwned(new Set(['fd00:64:1::100']));
+    expect(told).toEqual([
+      { held: ['100.64.1.100', 'fd00:64:1::100'], kernel: { rules: true, route: true, address: true } },
+      { held: ['fd00:64:1::100'], kernel: { rules: true, route: true, address: true } },
+    ]);
 
     await agent.stop({ releaseFailover: true });
     expect(addresses.held).toEqual([]);

@@ -137,6 +137,8 @@ export class Agent {
   #owned = new Set<string>();
   /** The owned addresses claimed to the end (announced): what /steering reports. */
   #held = new Set<string>();
+  /** Called when #held changed: /steering streams answer at once. */
+  readonly #heldListeners = new Set<() => void>();
   /** Whether setFailoverOwned was called: until then the addresses found on the interfaces stay. */
   #ownershipKnown = false;
   /** Ownership changes, one at a time. */
@@ -213,7 +215,7 @@ export class Agent {
       // that moved to another uplink is added there once the rules are.
       const placeable = new Set(this.#wantedAddresses(this.#owned).map((a) => a.address));
       this.#owned = placeable;
-      this.#held = new Set([...this.#held].filter((a) => placeable.has(a)));
+      this.#setHeld(new Set([...this.#held].filter((a) => placeable.has(a))));
       await this.#releaseAddresses(this.#ownershipKnown ? placeable : undefined);
       await this.#queue.request();
       await this.#claimAddresses();
@@ -245,17 +247,49 @@ export class Agent {
     const claimed = [...wanted].filter((a) => !this.#owned.has(a)).sort();
     const released = [...this.#owned].filter((a) => !wanted.has(a)).sort();
     this.#ownershipKnown = true;
-    this.#held = new Set([...this.#held].filter((a) => wanted.has(a)));
+    this.#setHeld(new Set([...this.#held].filter((a) => wanted.has(a))));
+    const milliseconds: Record<string, number> = {};
+    let stepStarted = performance.now();
+    const step = (name: string) => {
+      const now = performance.now();
+      milliseconds[name] = Math.round(now - stepStarted);
+      stepStarted = now;
+    };
     await this.#releaseAddresses(wanted);
+    step('release');
     for (const address of claimed) await hooks.beforeClaim?.(address);
+    step('beforeClaim');
     this.#owned = wanted;
     // The same set again (the owner repeats it) only checks the addresses are still there.
     if (claimed.length || released.length) await this.sync();
+    step('sync');
     await this.#claimAddresses();
-    this.#held = new Set(wanted);
+    step('addresses');
+    this.#setHeld(wanted);
     if (claimed.length || released.length) {
-      this.#o.log.info('Applied failover address ownership', { claimed, released, owned: [...wanted].sort() });
+      this.#o.log.info('Applied failover address ownership', {
+        claimed,
+        released,
+        owned: [...wanted].sort(),
+        milliseconds,
+      });
     }
+  }
+
+  /**
+   * Calls `listener` each time the failover addresses held here (the report's failoverAddresses)
+   * changed, so that /steering streams tell node agents at once rather than at their next answer;
+   * returns what stops it.
+   */
+  onFailoverHeld(listener: () => void): () => void {
+    this.#heldListeners.add(listener);
+    return () => this.#heldListeners.delete(listener);
+  }
+
+  #setHeld(held: Set<string>): void {
+    const changed = held.size !== this.#held.size || [...held].some((a) => !this.#held.has(a));
+    this.#held = held;
+    if (changed) for (const listener of this.#heldListeners) listener();
   }
 
   /** Runs `change` after the ownership changes before it. */
@@ -528,7 +562,7 @@ export class Agent {
     if (options.releaseFailover) {
       // A failure is logged and stopping goes on; a restarted agent removes what is left once told what it owns.
       await this.#exclusive(async () => {
-        this.#held = new Set();
+        this.#setHeld(new Set());
         this.#ownershipKnown = true;
         this.#owned = new Set();
         await this.#releaseAddresses(new Set());
