@@ -324,11 +324,17 @@ export class Agent {
   async #claimAddresses(): Promise<void> {
     const kernel = this.#o.failover;
     if (!kernel) return;
-    for (const address of planAddresses(await kernel.list(), this.#wantedAddresses(this.#owned)).add) {
-      await kernel.add(address);
-      await kernel.announce(address);
-      this.#o.log.info('Claimed a failover address', { ...address });
-    }
+    // Each address on its own: the second's announcement need not wait for the first's. All have
+    // ended before a failure is thrown, so that no claim goes on beside the next change.
+    const results = await Promise.allSettled(
+      planAddresses(await kernel.list(), this.#wantedAddresses(this.#owned)).add.map(async (address) => {
+        await kernel.add(address);
+        await kernel.announce(address);
+        this.#o.log.info('Claimed a failover address', { ...address });
+      }),
+    );
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   /** Starts, restarts or ends the balancer's renewal timer as the config asks. */
