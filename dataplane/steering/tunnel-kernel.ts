@@ -205,10 +205,8 @@ export class ExecTunnelKernel implements TunnelKernel {
 
   async #rules(): Promise<TunnelRule[]> {
     const rules: TunnelRule[] = [];
-    for (const family of [4, 6] as const) {
-      const listed = JSON.parse(await this.#run(this.#ip, [`-${family}`, '-j', 'rule', 'show'])) as Array<
-        Record<string, string | number>
-      >;
+    for (const [family, text] of await this.#listBoth(['rule', 'show'])) {
+      const listed = JSON.parse(text) as Array<Record<string, string | number>>;
       for (const r of listed) {
         const preference = Number(r.priority);
         if (!this.#own.preferences.includes(preference)) continue;
@@ -231,10 +229,14 @@ export class ExecTunnelKernel implements TunnelKernel {
 
   async #routes(): Promise<TunnelRoute[]> {
     const routes: TunnelRoute[] = [];
-    for (const family of [4, 6] as const) {
-      const listed = JSON.parse(
-        await this.#run(this.#ip, [`-${family}`, '-j', 'route', 'show', 'table', 'all']),
-      ) as Array<{ dst: string; table?: string; dev?: string; gateway?: string; via?: { host: string } }>;
+    for (const [family, text] of await this.#listBoth(['route', 'show', 'table', 'all'])) {
+      const listed = JSON.parse(text) as Array<{
+        dst: string;
+        table?: string;
+        dev?: string;
+        gateway?: string;
+        via?: { host: string };
+      }>;
       for (const r of listed) {
         const table = Number(r.table);
         if (!this.#own.ownsTable(table)) continue;
@@ -244,6 +246,16 @@ export class ExecTunnelKernel implements TunnelKernel {
       }
     }
     return routes;
+  }
+
+  /** `ip -j <args>` of both families, listed at once. */
+  async #listBoth(args: string[]): Promise<Array<[Family, string]>> {
+    return Promise.all(
+      ([4, 6] as const).map(async (family): Promise<[Family, string]> => [
+        family,
+        await this.#run(this.#ip, [`-${family}`, '-j', ...args]),
+      ]),
+    );
   }
 
   // -force goes on past a failed line (a route whose device is gone already); what matters is
