@@ -10,6 +10,8 @@ import type { Conntrack, Flow, FlowEvent } from './conntrack.ts';
 import { renderElement } from './nft/model.ts';
 import { FakeNftables } from './nft/nftables.ts';
 import { FakeRouting } from './routing.ts';
+import { FakeTunnelKernel } from './steering/tunnel-kernel.ts';
+import type { TunnelState } from './steering/tunnel.ts';
 import { FakeFailoverAddresses } from './failover/address.ts';
 import { newFlowsCounter } from './render.ts';
 
@@ -398,7 +400,24 @@ describe('Agent failover addresses', () => {
     ],
   });
 
-  const agentWith = (k: ReturnType<typeof kernel>, addresses: FakeFailoverAddresses) =>
+  /** The steering tunnel's kernel, counting the calls that list or rewrite it. */
+  class CountingTunnels extends FakeTunnelKernel {
+    calls = 0;
+    override async add(desired: TunnelState) {
+      this.calls++;
+      return super.add(desired);
+    }
+    override async prune(desired: TunnelState) {
+      this.calls++;
+      return super.prune(desired);
+    }
+    override async underlay() {
+      this.calls++;
+      return super.underlay();
+    }
+  }
+
+  const agentWith = (k: ReturnType<typeof kernel>, addresses: FakeFailoverAddresses, tunnels = new CountingTunnels()) =>
     new Agent({
       node: 'node-1',
       ...k,
@@ -406,6 +425,7 @@ describe('Agent failover addresses', () => {
       interfaceAddresses: async () => [],
       log: { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} },
       failover: addresses,
+      tunnels,
     });
 
   /** What the kernel holds of an address now: its SNAT map element, its route rule, the address itself. */
@@ -418,8 +438,10 @@ describe('Agent failover addresses', () => {
   it('claims in order (hook, rules and routes, address and announcement) and releases the address before its rules', async () => {
     const k = kernel();
     const addresses = new FakeFailoverAddresses();
-    const agent = agentWith(k, addresses);
+    const tunnels = new CountingTunnels();
+    const agent = agentWith(k, addresses, tunnels);
     await agent.start(failoverConfig);
+    const tunnelCalls = tunnels.calls;
     // What /steering streams would send at once: the addresses held at each change, with the kernel's state of the first.
     const told: Array<{ held: string[] | undefined; kernel: ReturnType<typeof holds> }> = [];
     agent.onFailoverHeld(() =>
@@ -441,6 +463,8 @@ describe('Agent failover addresses', () => {
     ]);
     expect(addresses.announced).toEqual(['100.64.1.100', 'fd00:64:1::100']);
     expect(agent.report().failoverAddresses).toEqual(['100.64.1.100', 'fd00:64:1::100']);
+    // The claim waited for its own rules and routes, not for a check of the steering tunnel.
+    expect(tunnels.calls).toBe(tunnelCalls);
 
     const remove = addresses.remove.bind(addresses);
     const atRemoval: Array<ReturnType<typeof holds>> = [];

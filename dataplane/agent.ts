@@ -260,8 +260,10 @@ export class Agent {
     for (const address of claimed) await hooks.beforeClaim?.(address);
     step('beforeClaim');
     this.#owned = wanted;
-    // The same set again (the owner repeats it) only checks the addresses are still there.
-    if (claimed.length || released.length) await this.sync();
+    // The same set again (the owner repeats it) only checks the addresses are still there. The
+    // sync checks the routes the claim changed, not the tunnels and every route as sync() would:
+    // the address waits for it.
+    if (claimed.length || released.length) await this.#queue.request();
     step('sync');
     await this.#claimAddresses();
     step('addresses');
