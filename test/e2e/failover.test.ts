@@ -5,9 +5,11 @@
 // its translation, and no two nodes have the address at once (except, for a bounded time, a node
 // cut off from everything). The node that comes back takes nothing back. The bounds here are loose
 // (a shared CI machine); `npm run bench:failover` measures the figures.
+import { Failover } from '../../crds/v1alpha1/egress-gateway.ts';
 import { FailoverCluster, floating, type Fault } from './failover-cluster.ts';
 
-const leaseDurationMs = 600;
+/** As a gateway gets by default. */
+const leaseDurationMs: number = Failover.properties.leaseDurationMilliseconds.default;
 let f: FailoverCluster;
 
 beforeAll(async () => {
