@@ -451,9 +451,10 @@ describe('Agent failover addresses', () => {
     await agent.setFailoverOwned(new Set(['100.64.1.100', 'FD00:64:1::100']), {
       beforeClaim: async (address) => void seen.push(holds(k, addresses, address)),
     });
+    // The address's route is there whether it is owned or not: a claim waits for no route.
     expect(seen).toEqual([
-      { rules: false, route: false, address: false },
-      { rules: false, route: false, address: false },
+      { rules: false, route: true, address: false },
+      { rules: false, route: true, address: false },
     ]);
     expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: true, route: true, address: true });
     expect(holds(k, addresses, 'fd00:64:1::100')).toEqual({ rules: true, route: true, address: true });
@@ -474,7 +475,7 @@ describe('Agent failover addresses', () => {
     };
     await agent.setFailoverOwned(new Set(['fd00:64:1::100', '198.51.100.1']));
     expect(atRemoval).toEqual([{ rules: true, route: true, address: true }]);
-    expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: false, route: false, address: false });
+    expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: false, route: true, address: false });
     expect(agent.report().failoverAddresses).toEqual(['fd00:64:1::100']);
     // Told once per change: when claimed addresses are in place, and before a released one leaves; a repeat tells nothing.
     await agent.setFailoverOwned(new Set(['fd00:64:1::100']));

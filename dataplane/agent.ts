@@ -6,8 +6,9 @@
 //
 // Failover addresses: whoever decides which ones this node owns (the ownership loop) hands them
 // to setFailoverOwned, which puts them in place in the order that keeps their flows (a claim:
-// the caller's hook first, then rules and routes, then the address and its announcement; a
-// release: the address first, then rules and routes). The agent holds only addresses it owns:
+// the caller's hook first, then its rules, then the address and its announcement; a release: the
+// address first, then its rules; the address's route is there whether it is owned or not, so that
+// neither waits for routing). The agent holds only addresses it owns:
 // stopped with `releaseFailover`, or removed, it takes them off the interfaces.
 //
 // The agent composes: the sync queue (sync-queue.ts), the uplink ids (uplink-ids.ts), the
@@ -227,7 +228,7 @@ export class Agent {
    * Makes this node hold exactly the failover addresses of `owned` (canonical or not) that the
    * config puts on its uplinks; others are logged and ignored. Claims in the order of the
    * gateway's failover design: `hooks.beforeClaim` for each new address, then the rules that
-   * translate its pods' tunnelled flows to it and its routes, then the address on its uplink's
+   * translate its pods' tunnelled flows to it (its route is in place already), then the address on its uplink's
    * interface and its announcement (failover/address.ts). Releases the other way round: the
    * address leaves the interface (and /steering) before its rules. Resolves once all of it is in
    * the kernel; calls are applied one at a time, in order.
