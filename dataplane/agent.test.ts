@@ -10,6 +10,8 @@ import type { Conntrack, Flow, FlowEvent } from './conntrack.ts';
 import { renderElement } from './nft/model.ts';
 import { FakeNftables } from './nft/nftables.ts';
 import { FakeRouting } from './routing.ts';
+import { FakeTunnelKernel } from './steering/tunnel-kernel.ts';
+import type { TunnelState } from './steering/tunnel.ts';
 import { FakeFailoverAddresses } from './failover/address.ts';
 import { FakeFailoverFence } from './failover/fence.ts';
 import { newFlowsCounter } from './render.ts';
@@ -399,7 +401,28 @@ describe('Agent failover addresses', () => {
     ],
   });
 
-  const agentWith = (k: ReturnType<typeof kernel>, addresses: FakeFailoverAddresses, fence?: FakeFailoverFence) =>
+  /** The steering tunnel's kernel, counting the calls that list or rewrite it. */
+  class CountingTunnels extends FakeTunnelKernel {
+    calls = 0;
+    override async add(desired: TunnelState) {
+      this.calls++;
+      return super.add(desired);
+    }
+    override async prune(desired: TunnelState) {
+      this.calls++;
+      return super.prune(desired);
+    }
+    override async underlay() {
+      this.calls++;
+      return super.underlay();
+    }
+  }
+
+  const agentWith = (
+    k: ReturnType<typeof kernel>,
+    addresses: FakeFailoverAddresses,
+    { tunnels = new CountingTunnels(), fence }: { tunnels?: CountingTunnels; fence?: FakeFailoverFence } = {},
+  ) =>
     new Agent({
       node: 'node-1',
       ...k,
@@ -407,6 +430,7 @@ describe('Agent failover addresses', () => {
       interfaceAddresses: async () => [],
       log: { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} },
       failover: addresses,
+      tunnels,
       ...(fence ? { fence } : {}),
     });
 
@@ -420,15 +444,23 @@ describe('Agent failover addresses', () => {
   it('claims in order (hook, rules and routes, address and announcement) and releases the address before its rules', async () => {
     const k = kernel();
     const addresses = new FakeFailoverAddresses();
-    const agent = agentWith(k, addresses);
+    const tunnels = new CountingTunnels();
+    const agent = agentWith(k, addresses, { tunnels });
     await agent.start(failoverConfig);
+    const tunnelCalls = tunnels.calls;
+    // What /steering streams would send at once: the addresses held at each change, with the kernel's state of the first.
+    const told: Array<{ held: string[] | undefined; kernel: ReturnType<typeof holds> }> = [];
+    agent.onFailoverHeld(() =>
+      told.push({ held: agent.report().failoverAddresses, kernel: holds(k, addresses, '100.64.1.100') }),
+    );
     const seen: Array<ReturnType<typeof holds>> = [];
     await agent.setFailoverOwned(new Set(['100.64.1.100', 'FD00:64:1::100']), {
       beforeClaim: async (address) => void seen.push(holds(k, addresses, address)),
     });
+    // The address's route is there whether it is owned or not: a claim waits for no route.
     expect(seen).toEqual([
-      { rules: false, route: false, address: false },
-      { rules: false, route: false, address: false },
+      { rules: false, route: true, address: false },
+      { rules: false, route: true, address: false },
     ]);
     expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: true, route: true, address: true });
     expect(holds(k, addresses, 'fd00:64:1::100')).toEqual({ rules: true, route: true, address: true });
@@ -438,6 +470,8 @@ describe('Agent failover addresses', () => {
     ]);
     expect(addresses.announced).toEqual(['100.64.1.100', 'fd00:64:1::100']);
     expect(agent.report().failoverAddresses).toEqual(['100.64.1.100', 'fd00:64:1::100']);
+    // The claim waited for its own rules and routes, not for a check of the steering tunnel.
+    expect(tunnels.calls).toBe(tunnelCalls);
 
     const remove = addresses.remove.bind(addresses);
     const atRemoval: Array<ReturnType<typeof holds>> = [];
@@ -447,8 +481,14 @@ describe('Agent failover addresses', () => {
     };
     await agent.setFailoverOwned(new Set(['fd00:64:1::100', '198.51.100.1']));
     expect(atRemoval).toEqual([{ rules: true, route: true, address: true }]);
-    expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: false, route: false, address: false });
+    expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: false, route: true, address: false });
     expect(agent.report().failoverAddresses).toEqual(['fd00:64:1::100']);
+    // Told once per change: when claimed addresses are in place, and before a released one leaves; a repeat tells nothing.
+    await agent.setFailoverOwned(new Set(['fd00:64:1::100']));
+    expect(told).toEqual([
+      { held: ['100.64.1.100', 'fd00:64:1::100'], kernel: { rules: true, route: true, address: true } },
+      { held: ['fd00:64:1::100'], kernel: { rules: true, route: true, address: true } },
+    ]);
 
     await agent.stop({ releaseFailover: true });
     expect(addresses.held).toEqual([]);
@@ -485,7 +525,7 @@ describe('Agent failover addresses', () => {
     // A former run's allowance goes at start.
     await fence.guard(['100.64.1.100']);
     await fence.allow(['100.64.1.100'], 60_000);
-    const agent = agentWith(k, addresses, fence);
+    const agent = agentWith(k, addresses, { fence });
     await agent.start(shared);
     expect(fence.guarded).toEqual(['100.64.1.100', 'fd00:64:1::100']);
     expect(fence.answers('100.64.1.100')).toBe(false);

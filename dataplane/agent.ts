@@ -6,10 +6,11 @@
 //
 // Failover addresses: whoever decides which ones this node owns (the ownership loop) hands them
 // to setFailoverOwned, which puts them in place in the order that keeps their flows (a claim:
-// the caller's hook first, then rules and routes, then the address and its announcement; a
-// release: the address first, then rules and routes). The agent holds only addresses it owns:
-// stopped with `releaseFailover`, or removed, it takes them off the interfaces. The kernel answers
-// ARP and neighbour solicitations for them only while the owner keeps extending their allowance
+// the caller's hook first, then its rules, then the address and its announcement; a release: the
+// address first, then its rules; the address's route is there whether it is owned or not, so that
+// neither waits for routing). The agent holds only addresses it owns: stopped with
+// `releaseFailover`, or removed, it takes them off the interfaces. The kernel answers ARP and
+// neighbour solicitations for them only while the owner keeps extending their allowance
 // (setFailoverFence, failover/fence.ts): an agent SIGKILLed or hung goes silent for them.
 //
 // The agent composes: the sync queue (sync-queue.ts), the uplink ids (uplink-ids.ts), the
@@ -142,6 +143,8 @@ export class Agent {
   #owned = new Set<string>();
   /** The owned addresses claimed to the end (announced): what /steering reports. */
   #held = new Set<string>();
+  /** Called when #held changed: /steering streams answer at once. */
+  readonly #heldListeners = new Set<() => void>();
   /** Whether setFailoverOwned was called: until then the addresses found on the interfaces stay. */
   #ownershipKnown = false;
   /** Until when (performance.now()'s clock) the kernel may answer for the owned addresses: setFailoverFence. */
@@ -227,7 +230,7 @@ export class Agent {
       const placeable = new Set(this.#wantedAddresses(this.#owned).map((a) => a.address));
       await this.#o.fence?.revoke([...this.#owned].filter((a) => !placeable.has(a)));
       this.#owned = placeable;
-      this.#held = new Set([...this.#held].filter((a) => placeable.has(a)));
+      this.#setHeld(new Set([...this.#held].filter((a) => placeable.has(a))));
       await this.#guard();
       await this.#releaseAddresses(this.#ownershipKnown ? placeable : undefined);
       await this.#queue.request();
@@ -240,7 +243,7 @@ export class Agent {
    * Makes this node hold exactly the failover addresses of `owned` (canonical or not) that the
    * config puts on its uplinks; others are logged and ignored. Claims in the order of the
    * gateway's failover design: `hooks.beforeClaim` for each new address, then the rules that
-   * translate its pods' tunnelled flows to it and its routes, then the address on its uplink's
+   * translate its pods' tunnelled flows to it (its route is in place already), then the address on its uplink's
    * interface and its announcement (failover/address.ts). Releases the other way round: the
    * address leaves the interface (and /steering) before its rules. Resolves once all of it is in
    * the kernel; calls are applied one at a time, in order.
@@ -260,20 +263,38 @@ export class Agent {
     const claimed = [...wanted].filter((a) => !this.#owned.has(a)).sort();
     const released = [...this.#owned].filter((a) => !wanted.has(a)).sort();
     this.#ownershipKnown = true;
-    this.#held = new Set([...this.#held].filter((a) => wanted.has(a)));
+    this.#setHeld(new Set([...this.#held].filter((a) => wanted.has(a))));
     // Silent at once for a released address, before it leaves the interface.
     await this.#o.fence?.revoke(released);
+    const milliseconds: Record<string, number> = {};
+    let stepStarted = performance.now();
+    const step = (name: string) => {
+      const now = performance.now();
+      milliseconds[name] = Math.round(now - stepStarted);
+      stepStarted = now;
+    };
     await this.#releaseAddresses(wanted);
+    step('release');
     for (const address of claimed) await hooks.beforeClaim?.(address);
+    step('beforeClaim');
     this.#owned = wanted;
-    // The same set again (the owner repeats it) only checks the addresses are still there.
-    if (claimed.length || released.length) await this.sync();
+    // The same set again (the owner repeats it) only checks the addresses are still there. The
+    // sync checks the routes the claim changed, not the tunnels and every route as sync() would:
+    // the address waits for it.
+    if (claimed.length || released.length) await this.#queue.request();
+    step('sync');
     // Allowed before the announcement, which the fence would drop otherwise.
     if (claimed.length) await this.#allowOwned();
     await this.#claimAddresses();
-    this.#held = new Set(wanted);
+    step('addresses');
+    this.#setHeld(wanted);
     if (claimed.length || released.length) {
-      this.#o.log.info('Applied failover address ownership', { claimed, released, owned: [...wanted].sort() });
+      this.#o.log.info('Applied failover address ownership', {
+        claimed,
+        released,
+        owned: [...wanted].sort(),
+        milliseconds,
+      });
     }
   }
 
@@ -317,6 +338,22 @@ export class Agent {
     await this.#allowOwned();
   }
 
+  /**
+   * Calls `listener` each time the failover addresses held here (the report's failoverAddresses)
+   * changed, so that /steering streams tell node agents at once rather than at their next answer;
+   * returns what stops it.
+   */
+  onFailoverHeld(listener: () => void): () => void {
+    this.#heldListeners.add(listener);
+    return () => this.#heldListeners.delete(listener);
+  }
+
+  #setHeld(held: Set<string>): void {
+    const changed = held.size !== this.#held.size || [...held].some((a) => !this.#held.has(a));
+    this.#held = held;
+    if (changed) for (const listener of this.#heldListeners) listener();
+  }
+
   /** Runs `change` after the ownership changes before it. */
   #exclusive(change: () => Promise<void>): Promise<void> {
     const run = this.#ownership.then(change);
@@ -349,11 +386,17 @@ export class Agent {
   async #claimAddresses(): Promise<void> {
     const kernel = this.#o.failover;
     if (!kernel) return;
-    for (const address of planAddresses(await kernel.list(), this.#wantedAddresses(this.#owned)).add) {
-      await kernel.add(address);
-      await kernel.announce(address);
-      this.#o.log.info('Claimed a failover address', { ...address });
-    }
+    // Each address on its own: the second's announcement need not wait for the first's. All have
+    // ended before a failure is thrown, so that no claim goes on beside the next change.
+    const results = await Promise.allSettled(
+      planAddresses(await kernel.list(), this.#wantedAddresses(this.#owned)).add.map(async (address) => {
+        await kernel.add(address);
+        await kernel.announce(address);
+        this.#o.log.info('Claimed a failover address', { ...address });
+      }),
+    );
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   /** Starts, restarts or ends the balancer's renewal timer as the config asks. */
@@ -587,7 +630,7 @@ export class Agent {
     if (options.releaseFailover) {
       // A failure is logged and stopping goes on; a restarted agent removes what is left once told what it owns.
       await this.#exclusive(async () => {
-        this.#held = new Set();
+        this.#setHeld(new Set());
         this.#ownershipKnown = true;
         await this.#o.fence?.revoke([...this.#owned]);
         this.#owned = new Set();

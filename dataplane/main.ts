@@ -54,7 +54,12 @@ import { rendezvous } from '../common/index.ts';
 import { nodeTableName, nodeTunnelOwnership } from './steering/node-plan.ts';
 import { ExecTunnelKernel } from './steering/tunnel-kernel.ts';
 import { gatewayTunnelOwnership } from './steering/gateway-plan.ts';
-import { steeringReadiness, steeringStreamHeader, steeringStreamInterval } from './steering/gateway-readiness.ts';
+import {
+  steeringReadiness,
+  steeringStreamHeader,
+  steeringStreamInterval,
+  streamSteering,
+} from './steering/gateway-readiness.ts';
 
 const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node dataplane/main.js COMMAND …)
   run --config FILE | --config-map NAMESPACE/NAME
@@ -546,13 +551,8 @@ function respond(
       ...(failover ? { apiserver: failover.apiserverReachable() } : {}),
     });
     const intervalMs = steeringStreamInterval(req.headers[steeringStreamHeader]);
-    if (intervalMs !== undefined) {
-      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-      const send = () => res.write(`${JSON.stringify(now())}\n`);
-      send();
-      const timer = setInterval(send, intervalMs);
-      return void res.on('close', () => clearInterval(timer));
-    }
+    if (intervalMs !== undefined)
+      return streamSteering(res, intervalMs, now, (listener) => agent.onFailoverHeld(listener));
     const readiness = now();
     res.statusCode = readiness.ready ? 200 : 503;
     res.setHeader('content-type', 'application/json');

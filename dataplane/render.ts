@@ -212,11 +212,7 @@ export function render(input: RenderInput): Rendered {
   ];
   return {
     table: { chains, sets: parts.sets, objects },
-    routes: renderRoutes(
-      context,
-      input.interfaceAddresses,
-      egressAddresses.filter((a) => owned.has(a.address)),
-    ),
+    routes: renderRoutes(context, input.interfaceAddresses, egressAddresses),
     sysctls: uplinks.length ? [srcValidMark] : [],
     ...(steering ? { steering } : {}),
   };
@@ -741,11 +737,13 @@ function renderStrictClear(): Chain {
 function renderRoutes(
   { uplinks, ids, marks }: RenderContext,
   interfaceAddresses: ReadonlyMap<string, readonly string[]> | undefined,
-  owned: readonly EgressAddress[],
+  egress: readonly EgressAddress[],
 ): UplinkRoute[] {
   return uplinks.map((u) => {
-    // An owned failover address answers on the uplink it lives on (ARP, NDP, pings of it).
-    const failover = owned.filter((a) => a.uplink === u.name).map((a) => a.address);
+    // A failover address answers on the uplink it lives on (ARP, NDP, pings of it). Its rule is
+    // there whether this node owns it or not (without the address here, nothing leaves from it),
+    // so that a claim moves no route: the address is announced only once its routing is in place.
+    const failover = egress.filter((a) => a.uplink === u.name).map((a) => a.address);
     const id = ids.get(u.name)!;
     return {
       uplink: u.name,

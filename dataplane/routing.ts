@@ -109,8 +109,18 @@ export class ExecRouting implements Routing {
 
   async list(): Promise<RoutingState> {
     const state: RoutingState = { rules: [], routes: [] };
-    for (const family of [4, 6] as const) {
-      const rules = JSON.parse(await this.#run([`-${family}`, '-j', 'rule', 'show'])) as Array<Record<string, unknown>>;
+    // The four listings at once: a claim of a failover address waits for them.
+    const listed = await Promise.all(
+      ([4, 6] as const).map(async (family) => {
+        const [rules, routes] = await Promise.all([
+          this.#run([`-${family}`, '-j', 'rule', 'show']),
+          this.#run([`-${family}`, '-j', 'route', 'show', 'table', 'all']),
+        ]);
+        return { family, rules, routes };
+      }),
+    );
+    for (const { family, rules: rulesText, routes: routesText } of listed) {
+      const rules = JSON.parse(rulesText) as Array<Record<string, unknown>>;
       for (const r of rules) {
         if (r.priority === mainRulePreference) {
           if (r.table !== 'main' || r.suppress_prefixlen !== 0) continue;
@@ -125,9 +135,7 @@ export class ExecRouting implements Routing {
         if (r.fwmark !== undefined) state.rules.push({ family, table, mark: Number(r.fwmark), mask });
         else if (typeof r.src === 'string') state.rules.push({ family, table, from: r.src });
       }
-      const routes = JSON.parse(await this.#run([`-${family}`, '-j', 'route', 'show', 'table', 'all'])) as Array<
-        Record<string, unknown>
-      >;
+      const routes = JSON.parse(routesText) as Array<Record<string, unknown>>;
       for (const r of routes) {
         const table = Number(r.table);
         if (!ownTable(table) || r.dst !== 'default') continue;
@@ -169,16 +177,19 @@ export class ExecRouting implements Routing {
     return stdout;
   }
 
-  // Routes go in before the rules that lead to them and leave after them.
+  // Routes go in before the rules that lead to them and leave after them. The families' batches
+  // run at once: a rule of one never leads to a table of the other.
   async #batch(state: RoutingState, route: (r: IpRoute) => string, rule: (r: IpRule) => string, routesFirst: boolean) {
-    for (const family of [4, 6] as const) {
-      const routes = state.routes.filter((r) => r.family === family).map(route);
-      const rules = state.rules.filter((r) => r.family === family).map(rule);
-      const lines = routesFirst ? [...routes, ...rules] : [...rules, ...routes];
-      // -force goes on past a failed line, so one broken uplink does not hold back the others;
-      // the caller lists the state afterwards to learn what is in place.
-      if (lines.length) await this.#run([`-${family}`, '-force', '-batch', '-'], `${lines.join('\n')}\n`);
-    }
+    await Promise.all(
+      ([4, 6] as const).map(async (family) => {
+        const routes = state.routes.filter((r) => r.family === family).map(route);
+        const rules = state.rules.filter((r) => r.family === family).map(rule);
+        const lines = routesFirst ? [...routes, ...rules] : [...rules, ...routes];
+        // -force goes on past a failed line, so one broken uplink does not hold back the others;
+        // the caller lists the state afterwards to learn what is in place.
+        if (lines.length) await this.#run([`-${family}`, '-force', '-batch', '-'], `${lines.join('\n')}\n`);
+      }),
+    );
   }
 }
 

@@ -1,6 +1,14 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { CompiledUplink } from '../../contracts/gateway/index.ts';
 import type { AgentReport, UplinkReport } from '../agent-report.ts';
-import { steeringReadiness, steeringStreamInterval } from './gateway-readiness.ts';
+import {
+  steeringReadiness,
+  steeringStreamInterval,
+  streamSteering,
+  type SteeringReadiness,
+} from './gateway-readiness.ts';
+import { steeringWatch } from './peer-monitor.ts';
 
 const uplink = (name: string, nextHop?: CompiledUplink['nextHop']): CompiledUplink => ({
   name,
@@ -91,4 +99,45 @@ test('names the failover addresses the agent holds, and none for a gateway witho
     [],
   );
   expect(steeringReadiness(report([state('isp-a', true)]), [dualStack])).not.toHaveProperty('addresses');
+});
+
+test('a stream answers at once when the held addresses change, not only at its interval', async () => {
+  let addresses: string[] = [];
+  const listeners = new Set<() => void>();
+  const follow = (listener: () => void) => {
+    listeners.add(listener);
+    return () => listeners.delete(listener);
+  };
+  const answer = (): SteeringReadiness => ({ ready: true, ipv4: true, ipv6: false, addresses });
+  const server = createServer((req, res) => streamSteering(res, 10_000, answer, follow));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  const abort = new AbortController();
+  const heard: Array<{ addresses: readonly string[] | undefined; ms: number }> = [];
+  let changedAt = 0;
+  const first = new Promise<void>((resolve) => {
+    void steeringWatch()({ node: 'gw-1', host: '127.0.0.1', family: 4, port }, 10_000, abort.signal, (_ok, listed) => {
+      heard.push({ addresses: listed, ms: performance.now() - changedAt });
+      resolve();
+    });
+  });
+  try {
+    await first;
+    expect(listeners.size).toBe(1);
+    const told = new Promise<void>((resolve) => {
+      const check = setInterval(() => heard.length === 2 && (clearInterval(check), resolve()), 5);
+    });
+    addresses = ['100.64.1.100'];
+    changedAt = performance.now();
+    for (const listener of listeners) listener();
+    await told;
+    expect(heard[1]!.addresses).toEqual(['100.64.1.100']);
+    expect(heard[1]!.ms).toBeLessThan(1000);
+  } finally {
+    abort.abort();
+    await new Promise((resolve) => server.close(resolve));
+  }
+  // The connection gone, nothing listens any more.
+  for (let i = 0; i < 100 && listeners.size; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  expect(listeners.size).toBe(0);
 });

@@ -2,6 +2,7 @@
 // `GET /steering`: the status code is the contract (200 ready, 503 not), the body says why for
 // people and logs. The body holds no flow, pod or uplink detail: node agents anywhere in the
 // cluster may read it.
+import type { ServerResponse } from 'node:http';
 import type { CompiledUplink } from '../../contracts/gateway/index.ts';
 import type { AgentReport } from '../agent-report.ts';
 import { carries } from '../render.ts';
@@ -60,4 +61,28 @@ export function steeringStreamInterval(value: string | string[] | undefined): nu
   const ms = Number(Array.isArray(value) ? value[0] : value);
   if (value === undefined || !Number.isFinite(ms) || ms <= 0) return undefined;
   return Math.min(10_000, Math.max(50, Math.round(ms)));
+}
+
+/**
+ * Streams `/steering` answers on `res` (the request asked for them with steeringStreamHeader): the
+ * first at once, then one every `intervalMs`, and one at once whenever `follow` calls its
+ * listener (a claim or release of a failover address), so that node agents move an address's flows
+ * without waiting for the next interval. `follow` returns what stops the listening; both end when
+ * the connection does.
+ */
+export function streamSteering(
+  res: ServerResponse,
+  intervalMs: number,
+  answer: () => SteeringReadiness,
+  follow?: (listener: () => void) => () => void,
+): void {
+  res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+  const send = () => res.write(`${JSON.stringify(answer())}\n`);
+  send();
+  const timer = setInterval(send, intervalMs);
+  const unfollow = follow?.(send);
+  res.on('close', () => {
+    clearInterval(timer);
+    unfollow?.();
+  });
 }

@@ -31,13 +31,46 @@ class ManualPeers implements PeerStates {
   }
 }
 
+/** A kernel that records which calls the agent made: listings and full rewrites, or routes alone. */
+class RecordingTunnels extends FakeTunnelKernel {
+  calls: string[] = [];
+  override async add(desired: Parameters<FakeTunnelKernel['add']>[0]) {
+    this.calls.push('add');
+    return super.add(desired);
+  }
+  override async prune(desired: Parameters<FakeTunnelKernel['prune']>[0]) {
+    this.calls.push('prune');
+    return super.prune(desired);
+  }
+  override async underlay() {
+    this.calls.push('underlay');
+    return super.underlay();
+  }
+  override async replaceRoutes(routes: Parameters<FakeTunnelKernel['replaceRoutes']>[0]) {
+    this.calls.push(`replace ${routes.length}`);
+    return super.replaceRoutes(routes);
+  }
+  override async removeRoutes(routes: Parameters<FakeTunnelKernel['removeRoutes']>[0]) {
+    this.calls.push(`remove ${routes.length}`);
+    return super.removeRoutes(routes);
+  }
+}
+
+class RecordingNftables extends FakeNftables {
+  lists = 0;
+  override async list() {
+    this.lists++;
+    return super.list();
+  }
+}
+
 let dir: string;
 beforeEach(async () => (dir = await mkdtemp(join(tmpdir(), 'naat-node-'))));
 afterEach(() => rm(dir, { recursive: true, force: true }));
 
-function agent(peers?: Map<string, ManualPeers>, relays?: RelayFactory) {
-  const nft = new FakeNftables();
-  const tunnels = new FakeTunnelKernel();
+function agent(peers?: Map<string, ManualPeers>, relays?: RelayFactory, stateDir = dir) {
+  const nft = new RecordingNftables();
+  const tunnels = new RecordingTunnels();
   const deleted: number[] = [];
   const node = new NodeAgent({
     nft,
@@ -46,7 +79,7 @@ function agent(peers?: Map<string, ManualPeers>, relays?: RelayFactory) {
       deleted.push(value);
       return 1;
     },
-    stateDir: dir,
+    stateDir,
     log: { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} },
     ...(peers ? { peerStates: (g) => peers.get(g.gateway)! } : {}),
     ...(relays ? { relays } : {}),
@@ -211,6 +244,72 @@ describe('NodeAgent', () => {
       expect(nft.dump()).toContain('counter drop comment "egress: no gateway node owns 198.51.100.10"');
       const peerB = node.report().peers.find((p) => p.gateway === 'egress' && p.node === 'gateway-b')!.id;
       expect(deleted).toEqual([peerB << 5]);
+      await node.stop();
+    });
+
+    it("applies an owner change alone as the moved slot's routes and chains, to the same kernel a full sync makes", async () => {
+      const owners = (v4: string, v6: string) => ({ '198.51.100.10': v4, '2001:db8:100::10': v6 });
+      const egress = new ManualPeers(['gateway-a', 'gateway-b']);
+      egress.owned = new Map(Object.entries(owners('gateway-a', 'gateway-a')));
+      const batch = new ManualPeers(['gateway-a', 'gateway-c']);
+      const states = new Map([
+        ['egress', egress],
+        ['batch', batch],
+      ]);
+      const { node, nft, tunnels, deleted } = agent(states);
+      await node.start(failover);
+      const v4 = slotOf(node, '198.51.100.10');
+      /** The kernel a fresh agent makes with one full sync from the same peer states. */
+      const fresh = async () => {
+        const other = agent(states, undefined, await mkdtemp(join(dir, 'fresh-')));
+        await other.node.start(failover);
+        await other.node.stop();
+        return { table: other.nft.dump(), routes: other.tunnels.state.routes, rules: other.tunnels.state.rules };
+      };
+      const kernel = () => ({ table: nft.dump(), routes: tunnels.state.routes, rules: tunnels.state.rules });
+      const sortRoutes = (k: Awaited<ReturnType<typeof fresh>>) => ({
+        ...k,
+        routes: [...k.routes].sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b))),
+      });
+
+      // Moved to another owner: two routes replaced, nothing listed, no table or tunnel rewritten.
+      tunnels.calls = [];
+      const lists = nft.lists;
+      const transactions = nft.transactions;
+      egress.set(['gateway-a', 'gateway-b'], owners('gateway-b', 'gateway-a'));
+      await node.sync();
+      expect(tunnels.calls).toEqual(['replace 2', 'remove 0']);
+      expect([nft.lists, nft.transactions]).toEqual([lists, transactions]);
+      expect(node.report().lastOwnerChange).toMatchObject({ durationMs: expect.any(Number) });
+      expect(viaOf(tunnels, v4.id)).toEqual(new Set([tunnelLinkLocal('gateway-b')]));
+      expect(slotOf(node, '198.51.100.10').owner).toBe('gateway-b');
+      expect(sortRoutes(kernel())).toEqual(sortRoutes(await fresh()));
+
+      // No owner, then an owner again: the slot's chains change in one small transaction, its routes go and come.
+      tunnels.calls = [];
+      egress.set(['gateway-a', 'gateway-b'], { '2001:db8:100::10': 'gateway-a' });
+      await node.sync();
+      expect(tunnels.calls).toEqual(['replace 0', 'remove 2']);
+      expect(nft.dump()).toContain('counter drop comment "egress: no gateway node owns 198.51.100.10"');
+      expect(sortRoutes(kernel())).toEqual(sortRoutes(await fresh()));
+      tunnels.calls = [];
+      egress.set(['gateway-a', 'gateway-b'], owners('gateway-a', 'gateway-a'));
+      await node.sync();
+      expect(tunnels.calls).toEqual(['replace 2', 'remove 0']);
+      expect([nft.lists, nft.transactions]).toEqual([lists, transactions + 2]);
+      expect(sortRoutes(kernel())).toEqual(sortRoutes(await fresh()));
+      expect(deleted).toEqual([]);
+
+      // The owner goes down as its address moves: the slot moves first, then a full sync deletes the
+      // flows of the peer that went down; the address's own flows stay.
+      tunnels.calls = [];
+      egress.set(['gateway-b'], owners('gateway-b', 'gateway-b'));
+      await node.sync();
+      expect(tunnels.calls.slice(0, 3)).toEqual(['replace 4', 'remove 0', 'underlay']);
+      expect(tunnels.calls).toContain('prune');
+      const peerA = node.report().peers.find((p) => p.gateway === 'egress' && p.node === 'gateway-a')!.id;
+      expect(deleted).toEqual([peerA << 5]);
+      expect(sortRoutes(kernel())).toEqual(sortRoutes(await fresh()));
       await node.stop();
     });
 

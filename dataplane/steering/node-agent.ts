@@ -5,7 +5,11 @@
 // went down (their flows are re-placed on their next packet), then takes away what is no longer
 // wanted: new flows move to another peer before the old one is torn down. The flows pinned to a
 // failover address's slot are never deleted while the address is in use: when its owner changes
-// only the slot's route does, and they follow it. Stopping leaves the
+// only the slot's route does, and they follow it. A change of owners alone is applied as such,
+// against what the last sync applied: the routes of the slots that moved (and their chains, when
+// a slot gains or loses its owner), without listing the kernel or refilling the table, so that
+// an address's flows reach its new owner within a few milliseconds of its /steering answer; a
+// peer's health changed at the same time is applied by a full sync right after. Stopping leaves the
 // kernel as it is; `remove` (or a config without gateways) takes every trace away, down to the
 // conntrack marks that pin flows to peers.
 import { rm } from 'node:fs/promises';
@@ -13,10 +17,22 @@ import { ProblemLog, type Logger } from '../../common/index.ts';
 import type { NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
 import type { Nftables } from '../nft/nftables.ts';
 import { planSync } from '../nft/nftables.ts';
+import { planChanges } from '../nft/changes.ts';
 import { SyncQueue } from '../sync-queue.ts';
 import { UplinkIds } from '../uplink-ids.ts';
-import { markShift, maxPeerId, peerKey, peerKeys, planNode, slotAddresses, slotKey, slotKeys } from './node-plan.ts';
+import {
+  markShift,
+  maxPeerId,
+  peerKey,
+  peerKeys,
+  planNode,
+  slotAddresses,
+  slotKey,
+  slotKeys,
+  type NodePlan,
+} from './node-plan.ts';
 import { emptyTunnelState, type TunnelKernel } from './tunnel-kernel.ts';
+import { routeChanges, type Family, type Underlay } from './tunnel.ts';
 
 /**
  * The health of one gateway's peers, as the node agent takes it: the names of its gateway nodes
@@ -81,11 +97,23 @@ export interface NodeAgentReport {
   node?: string;
   appliedHash?: string;
   lastSync?: { at: string; durationMs: number; error?: string };
+  /** The last change of slot owners applied on its own (routes and chains of the slots that moved). */
+  lastOwnerChange?: { at: string; durationMs: number };
   peers: Array<{ gateway: string; node: string; id: number; up: boolean }>;
   /** The slot of each failover address this node's pods leave by, and the node that owns it now (after a sync). */
   slots?: Array<{ gateway: string; address: string; id: number; owner?: string }>;
   /** Gateways that could not be set up, and why. */
   problems: Record<string, string>;
+}
+
+/** What the kernel holds after a sync: the plan and what it was made from. */
+interface Applied {
+  config: NodeConfig;
+  ids: ReadonlyMap<string, number>;
+  up: ReadonlySet<string>;
+  owners: ReadonlyMap<string, string>;
+  underlay: ReadonlyMap<Family, Underlay>;
+  plan: NodePlan;
 }
 
 export class NodeAgent {
@@ -97,6 +125,9 @@ export class NodeAgent {
   #config: NodeConfig | undefined;
   /** Marks of the peers that were up at the last sync: their flows are deleted once they are not. */
   #pinned = new Set<number>();
+  /** What the last sync applied; undefined before one, after a failed one and once removed. */
+  #applied: Applied | undefined;
+  #lastOwnerChange: NodeAgentReport['lastOwnerChange'];
   #report: NodeAgentReport = { peers: [], problems: {} };
   readonly #syncProblems: ProblemLog;
   readonly #gatewayProblems: ProblemLog;
@@ -173,6 +204,7 @@ export class NodeAgent {
   }
 
   async #removeSteering(markMask: number | undefined): Promise<void> {
+    this.#applied = undefined;
     if (await this.#o.nft.list()) await this.#o.nft.run([{ op: 'delete', what: 'table' }]);
     await this.#o.tunnels.prune(emptyTunnelState());
     this.#pinned.clear();
@@ -193,7 +225,7 @@ export class NodeAgent {
     try {
       if (!config.gateways.length) {
         await this.#removeSteering(config.markMask);
-        this.#done(config, started, [], []);
+        this.#done(config, started, [], [], {}, 'full');
         return;
       }
       // Peers and slots share the mark bits and one file of ids, so neither renumbers the other.
@@ -223,8 +255,14 @@ export class NodeAgent {
           if (owner !== undefined && nodes.has(owner)) owners.set(slotKey(g.gateway, address), owner);
         }
       }
+      // The owners first, on their own: a peer that went down is applied right after.
+      if (await this.#moveSlots(config, ids, owners)) {
+        if (sameSet(up, this.#applied!.up)) return this.#record(started, 'owners');
+      }
       const addresses = config.gateways.flatMap((g) => g.peers.flatMap((p) => p.addresses));
-      const plan = planNode({ config, ids, up, owners, underlay: await this.#o.tunnels.underlay(addresses) });
+      const underlay = await this.#o.tunnels.underlay(addresses);
+      const plan = planNode({ config, ids, up, owners, underlay });
+      this.#applied = undefined;
       await this.#o.tunnels.add(plan.tunnels);
       await this.#o.nft.run(planSync(plan.table, await this.#o.nft.list()));
       const shift = markShift(config.markMask);
@@ -242,25 +280,10 @@ export class NodeAgent {
       for (const { gateway } of config.gateways) {
         this.#gatewayProblems.report(gateway, plan.problems.get(gateway), { gateway });
       }
-      this.#done(
-        config,
-        started,
-        config.gateways.flatMap((g) =>
-          g.peers.map((p) => {
-            const key = peerKey(g.gateway, p.node);
-            return { gateway: g.gateway, node: p.node, id: ids.get(key)!, up: up.has(key) };
-          }),
-        ),
-        config.gateways.flatMap((g) =>
-          slotAddresses(g).map((address) => {
-            const key = slotKey(g.gateway, address);
-            const owner = owners.get(key);
-            return { gateway: g.gateway, address, id: ids.get(key)!, ...(owner ? { owner } : {}) };
-          }),
-        ),
-        Object.fromEntries(plan.problems),
-      );
+      this.#applied = { config, ids, up, owners, underlay, plan };
+      this.#record(started, 'full');
     } catch (error) {
+      this.#applied = undefined;
       const message = (error as Error).message;
       this.#report = {
         ...this.#report,
@@ -271,27 +294,86 @@ export class NodeAgent {
     }
   }
 
+  /**
+   * Applies a change of the slots' owners alone, when the config and the ids are those of the last
+   * sync: the routes of the slots that moved, and the chains of those that gained or lost their
+   * owner, planned with the peers that sync saw up. False when there is no such change or it
+   * cannot be made so (nothing is changed then).
+   */
+  async #moveSlots(
+    config: NodeConfig,
+    ids: ReadonlyMap<string, number>,
+    owners: ReadonlyMap<string, string>,
+  ): Promise<boolean> {
+    const last = this.#applied;
+    if (!last || last.config !== config || !sameMap(last.ids, ids) || sameMap(last.owners, owners)) return false;
+    const started = performance.now();
+    const plan = planNode({ config, ids, up: last.up, owners, underlay: last.underlay });
+    const routes = routeChanges(last.plan.tunnels, plan.tunnels);
+    const table = planChanges(last.plan.table, plan.table);
+    if (!routes || !table) return false;
+    // Make before break: a flow is never pinned to a slot whose route is not there yet.
+    this.#applied = undefined;
+    await this.#o.tunnels.replaceRoutes(routes.replace);
+    if (table.length) await this.#o.nft.run(table);
+    await this.#o.tunnels.removeRoutes(routes.remove);
+    this.#applied = { ...last, owners, plan };
+    this.#lastOwnerChange = { at: new Date().toISOString(), durationMs: performance.now() - started };
+    return true;
+  }
+
+  /** The report of what the kernel holds now (this.#applied), after a sync of `kind`. */
+  #record(started: number, kind: 'full' | 'owners'): void {
+    const { config, ids, up, owners, plan } = this.#applied!;
+    this.#done(
+      config,
+      started,
+      config.gateways.flatMap((g) =>
+        g.peers.map((p) => {
+          const key = peerKey(g.gateway, p.node);
+          return { gateway: g.gateway, node: p.node, id: ids.get(key)!, up: up.has(key) };
+        }),
+      ),
+      config.gateways.flatMap((g) =>
+        slotAddresses(g).map((address) => {
+          const key = slotKey(g.gateway, address);
+          const owner = owners.get(key);
+          return { gateway: g.gateway, address, id: ids.get(key)!, ...(owner ? { owner } : {}) };
+        }),
+      ),
+      Object.fromEntries(plan.problems),
+      kind,
+    );
+  }
+
   #done(
     config: NodeConfig,
     started: number,
     peers: NodeAgentReport['peers'],
     slots: NonNullable<NodeAgentReport['slots']>,
-    problems: Record<string, string> = {},
+    problems: Record<string, string>,
+    kind: 'full' | 'owners',
   ): void {
     const durationMs = performance.now() - started;
     this.#report = {
       node: config.node,
       ...(config.hash ? { appliedHash: config.hash } : {}),
       lastSync: { at: new Date().toISOString(), durationMs },
+      ...(this.#lastOwnerChange ? { lastOwnerChange: this.#lastOwnerChange } : {}),
       peers,
       slots,
       problems,
     };
     this.#syncProblems.report('sync', undefined);
     this.#o.log.debug('Synced the node', {
+      kind,
       durationMs: Math.round(durationMs),
       peers: peers.length,
       slots: slots.length,
     });
   }
 }
+
+const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b.size && [...a].every((x) => b.has(x));
+const sameMap = <T>(a: ReadonlyMap<string, T>, b: ReadonlyMap<string, T>) =>
+  a.size === b.size && [...a].every(([k, v]) => b.get(k) === v);

@@ -14,7 +14,7 @@ import {
   type NodePlanInput,
 } from './node-plan.ts';
 import { rendezvous } from '../../common/index.ts';
-import { tunnelLinkLocal, tunnelMac } from './tunnel.ts';
+import { routeChanges, tunnelLinkLocal, tunnelMac } from './tunnel.ts';
 
 const testdata = join(import.meta.dirname, 'testdata');
 const config = parseNodeConfig(JSON.parse(await readFile(join(testdata, 'node.json'), 'utf8')));
@@ -226,6 +226,7 @@ describe('planNode with failover addresses', () => {
       [7800 + v4, tunnelLinkLocal('gateway-b')],
       [7800 + v4, tunnelLinkLocal('gateway-b')],
     ]);
+    expect(routeChanges(before.tunnels, after.tunnels)).toEqual({ replace: changed, remove: [] });
     const established = { ...newFlow('10.244.1.2', '203.0.113.10', { isNew: false }), ctMark: v4 << 5 };
     expect(trace(after.table, 'prerouting', established).mark).toBe(v4 << 5);
   });
@@ -246,7 +247,14 @@ describe('planNode with failover addresses', () => {
       /counter drop comment "egress: no gateway node owns 198.51.100.10"/,
     );
     expect(slotRoutes(plan, v4)).toEqual([]);
-    expect(plan.tunnels.rules.filter((r) => r.table === 7800 + v4)).toEqual([]);
+    // Its rule stays, so that an owner coming back is a change of routes and chains alone.
+    const withOwner = owned({
+      '198.51.100.10': 'gateway-a',
+      '2001:db8:100::10': 'gateway-b',
+      '198.51.100.20': 'gateway-c',
+    });
+    expect(plan.tunnels.rules).toEqual(withOwner.tunnels.rules);
+    expect(routeChanges(withOwner.tunnels, plan.tunnels)).toEqual({ replace: [], remove: slotRoutes(withOwner, v4) });
     // Its other family still leaves by its owner; the pod never falls back to a peer of its own choosing.
     expect(trace(plan.table, 'prerouting', newFlow('fd00:244:1::2', '2001:db8:113::10')).ctMark).toBe(v6 << 5);
     // Even with no peer up at all, an owned address's flows go to its owner.

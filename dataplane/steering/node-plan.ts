@@ -14,8 +14,9 @@
 // slot instead of a peer. A slot's id shares the mark bits with the peer ids; its table routes into
 // the tunnel towards the peer that owns the address now, so that when the address moves only that
 // route changes and the established flows follow it with their conntrack marks as they are. A slot
-// whose address has no up owner has no route: its new flows are dropped and counted, and so are the
-// packets of its established flows (rather than routed by the main table, past the gateway).
+// whose address has no up owner has no route (its rule stays): its new flows are dropped and
+// counted, and so are the packets of its established flows (rather than routed by the main table,
+// past the gateway).
 // Postrouting at priority 99: an identity source NAT of steered flows, so that the CNI's
 // masquerade (priority 100, iptables or nftables) never hides the pod from the gateway.
 import { canonicalAddress, normalisePrefixes } from '../../contracts/gateway/index.ts';
@@ -138,8 +139,18 @@ export function planNode(input: NodePlanInput): NodePlan {
     match: [{ kind: 'ctMark', mask, value: markOf(id) }],
     then: [{ kind: 'setPacketMark', mask, value: markOf(id) }, ret],
   });
-  /** Routes and a rule that send the marks of `id` into the tunnel towards `linkLocal`. */
-  const routeInto = (id: number, device: string, linkLocal: string) => {
+  /** The rule that sends the marks of `id` to its table. */
+  const ruleFor = (id: number) =>
+    tunnels.rules.push(
+      ...families.map((f): TunnelRule => ({
+        family: f,
+        preference: nodeRulePreferences.peers,
+        table: nodeTableBase + id,
+        fwmark: { value: markOf(id), mask },
+      })),
+    );
+  /** The routes of the table of `id`: into the tunnel towards `linkLocal`. */
+  const routeTo = (id: number, device: string, linkLocal: string) =>
     tunnels.routes.push(
       ...families.map((f) => ({
         family: f,
@@ -149,15 +160,6 @@ export function planNode(input: NodePlanInput): NodePlan {
         via: linkLocal,
       })),
     );
-    tunnels.rules.push(
-      ...families.map((f): TunnelRule => ({
-        family: f,
-        preference: nodeRulePreferences.peers,
-        table: nodeTableBase + id,
-        fwmark: { value: markOf(id), mask },
-      })),
-    );
-  };
 
   for (const g of config.gateways) {
     const outer = outerFamily(g.peers.map((p) => p.addresses));
@@ -186,7 +188,8 @@ export function planNode(input: NodePlanInput): NodePlan {
       device.peers.push(peer);
       peers.push({ key, id, node: p.node, linkLocal: peer.linkLocal });
       pinned.set(id, { restore: restoreMark(id), chain: { name: peerChain(id), rules: pinTo(id) } });
-      routeInto(id, device.name, peer.linkLocal);
+      ruleFor(id);
+      routeTo(id, device.name, peer.linkLocal);
       arrivals.push({
         match: [
           { kind: 'iifname', name: device.name },
@@ -219,9 +222,11 @@ export function planNode(input: NodePlanInput): NodePlan {
       const id = ids.get(key);
       if (id === undefined) continue;
       slotOf.set(address, id);
+      // The rule stays whoever owns the address, so that a change of owner is a change of routes.
+      ruleFor(id);
       const owner = peers.find((p) => p.node === input.owners?.get(key));
       if (owner) {
-        routeInto(id, device.name, owner.linkLocal);
+        routeTo(id, device.name, owner.linkLocal);
         pinned.set(id, { restore: restoreMark(id), chain: { name: slotChain(id), rules: pinTo(id) } });
         continue;
       }

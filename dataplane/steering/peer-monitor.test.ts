@@ -73,6 +73,16 @@ describe('owners of failover addresses', () => {
     expect(chooseOwners(new Map([['192.0.2.10', 'gw-3']]), both).get('192.0.2.10')).toBe(fresh);
   });
 
+  test('claimed by two, one whose answers stopped yields to one that answers, whatever was in use', () => {
+    const both = claims({ 'gw-1': ['192.0.2.10'], 'gw-2': ['192.0.2.10'] });
+    const inUse = new Map([['192.0.2.10', 'gw-1']]);
+    expect(chooseOwners(inUse, both, new Set(['gw-2'])).get('192.0.2.10')).toBe('gw-2');
+    expect(chooseOwners(inUse, both, new Set(['gw-1', 'gw-2'])).get('192.0.2.10')).toBe('gw-1');
+    // Neither answers: as if both did. One claimant alone keeps its address while it is up.
+    expect(chooseOwners(inUse, both, new Set()).get('192.0.2.10')).toBe('gw-1');
+    expect(chooseOwners(inUse, claims({ 'gw-1': ['192.0.2.10'] }), new Set()).get('192.0.2.10')).toBe('gw-1');
+  });
+
   test('an answer gives its addresses canonical, and nothing that is not an address', () => {
     expect(parseAnswer('{"ready":true,"addresses":["2001:DB8:0::10","192.0.2.10","x",7]}')).toEqual({
       ready: true,
@@ -286,6 +296,46 @@ describe('with a fake watch', () => {
     streaming = true;
     await until(monitor, (up) => up.has('gw-1'));
   });
+});
+
+test('an owner whose answers are late loses its address to the node that took it over before it is down', async () => {
+  const silent = new Set<string>();
+  const owned = new Map([['gw-1', ['192.0.2.10']]]);
+  const streamed: PeerWatch = (target, intervalMs, signal, onAnswer) =>
+    new Promise((resolve) => {
+      const send = () => (silent.has(target.node) ? undefined : onAnswer(true, owned.get(target.node) ?? []));
+      send();
+      const timer = setInterval(send, intervalMs);
+      signal.addEventListener('abort', () => {
+        clearInterval(timer);
+        resolve();
+      });
+    });
+  // Late 70 ms after its last answer, down only after three late answers (170 ms).
+  const monitor = createPeerMonitor({
+    peers: [peer('gw-1', '192.0.2.1'), peer('gw-2', '192.0.2.2')],
+    healthPort: 9091,
+    check: { intervalMs: 20, timeoutMs: 50, failureThreshold: 3 },
+    watch: streamed,
+  });
+  try {
+    monitor.start();
+    await until(monitor, (up) => up.size === 2);
+    await sleep(50);
+    expect(monitor.owners().get('192.0.2.10')).toBe('gw-1');
+    // Powered off: gw-1 says nothing more; gw-2 claims the address a moment later.
+    silent.add('gw-1');
+    await sleep(20);
+    owned.set('gw-2', ['192.0.2.10']);
+    // Both claim it while gw-1 is not late yet: the owner in use stays.
+    await sleep(20);
+    expect(monitor.owners().get('192.0.2.10')).toBe('gw-1');
+    await sleep(80);
+    expect(monitor.up()).toEqual(new Set(['gw-1', 'gw-2']));
+    expect(monitor.owners().get('192.0.2.10')).toBe('gw-2');
+  } finally {
+    await monitor.stop();
+  }
 });
 
 describe('against real HTTP servers on this host', () => {

@@ -178,20 +178,26 @@ export function parseAnswer(text: string): { ready: boolean; addresses: string[]
  * The owner of each address among the claims of the up peers (peer name → the addresses its last
  * answer listed). An address one peer claims is that peer's. Two up peers claim one address while
  * the gateway nodes are partitioned from each other (the one that lost it has not heard yet, or
- * fences itself only after its lease): then the owner this node was using stays, so that a partition
- * does not move flows back and forth; when it is neither of them, the one rendezvous hashing on the
- * address prefers, the same choice on every node.
+ * fences itself only after its lease), or when the owner died and another took the address over
+ * before this node counted the dead one down: then a claimant whose answers stopped (not in
+ * `answering`) yields to one that answers, since a node takes an address over only once its owner
+ * has let its Lease lapse; among those that answer, the owner this node was using stays, so that a
+ * partition does not move flows back and forth; when it is none of them, the one rendezvous
+ * hashing on the address prefers, the same choice on every node.
  */
 export function chooseOwners(
   previous: ReadonlyMap<string, string>,
   claims: ReadonlyMap<string, ReadonlySet<string>>,
+  answering: ReadonlySet<string> = new Set(claims.keys()),
 ): Map<string, string> {
   const claimants = new Map<string, string[]>();
   for (const [node, addresses] of claims) {
     for (const address of addresses) claimants.set(address, [...(claimants.get(address) ?? []), node]);
   }
   const owners = new Map<string, string>();
-  for (const [address, nodes] of [...claimants].sort(([a], [b]) => (a < b ? -1 : 1))) {
+  for (const [address, all] of [...claimants].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    const live = all.filter((node) => answering.has(node));
+    const nodes = all.length > 1 && live.length ? live : all;
     const kept = previous.get(address);
     owners.set(address, kept !== undefined && nodes.includes(kept) ? kept : rendezvous(address, nodes)!);
   }
@@ -205,6 +211,8 @@ interface Entry {
   addresses: ReadonlySet<string>;
   /** Whether its last answer said it reaches the API server. */
   apiserver: boolean;
+  /** When its last answer came (ms); undefined before the first. */
+  answeredAt?: number;
   /** The next connection, while none is open. */
   timer?: NodeJS.Timeout;
   /** Aborted when the entry is replaced, removed or the monitor stops: its connection ends and its answers are dropped. */
@@ -298,6 +306,7 @@ class HttpPeerMonitor implements PeerMonitor {
         state,
         addresses: old?.addresses ?? new Set(),
         apiserver: old?.apiserver ?? false,
+        ...(old?.answeredAt !== undefined ? { answeredAt: old.answeredAt } : {}),
         abort: new AbortController(),
       };
       next.set(peer.node, entry);
@@ -362,6 +371,7 @@ class HttpPeerMonitor implements PeerMonitor {
     entry.state = nextHealth(entry.state, { answered: ok ? 1 : 0, sent: 1 }, this.#check, this.#now());
     if (addresses) entry.addresses = new Set(addresses);
     if (apiserver !== undefined) entry.apiserver = apiserver;
+    if (ok) entry.answeredAt = this.#now().getTime();
     const owners = this.#chooseOwners();
     const ownersChanged = !sameMap(owners, this.#owners);
     this.#owners = owners;
@@ -369,10 +379,11 @@ class HttpPeerMonitor implements PeerMonitor {
   }
 
   #chooseOwners(): Map<string, string> {
-    const claims = new Map(
-      [...this.#entries].filter(([, e]) => e.state.healthy).map(([node, e]) => [node, e.addresses]),
-    );
-    return chooseOwners(this.#owners, claims);
+    const up = [...this.#entries].filter(([, e]) => e.state.healthy);
+    // Answering: its last answer is not late (see #follow), though one late answer does not take it down yet.
+    const since = this.#now().getTime() - this.#check.intervalMs - this.#check.timeoutMs;
+    const answering = new Set(up.filter(([, e]) => (e.answeredAt ?? -Infinity) >= since).map(([node]) => node));
+    return chooseOwners(this.#owners, new Map(up.map(([node, e]) => [node, e.addresses])), answering);
   }
 
   #notify(): void {

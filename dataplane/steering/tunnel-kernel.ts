@@ -26,6 +26,10 @@ export interface TunnelKernel {
   add(desired: TunnelState): Promise<void>;
   /** Removes what the role owns beyond `desired` (everything, given an empty state). */
   prune(desired: TunnelState): Promise<void>;
+  /** Adds or replaces these routes alone: nothing is listed or checked first. */
+  replaceRoutes(routes: readonly TunnelRoute[]): Promise<void>;
+  /** Removes these routes alone; one already gone is no error. */
+  removeRoutes(routes: readonly TunnelRoute[]): Promise<void>;
   /** This node's underlay address and MTU per family, as routing reaches these addresses. */
   underlay(towards: readonly string[]): Promise<Map<Family, Underlay>>;
 }
@@ -33,6 +37,8 @@ export interface TunnelKernel {
 export const emptyTunnelState = (): TunnelState => ({ devices: [], routes: [], rules: [] });
 
 const routeKey = (r: TunnelRoute) => `${r.family} ${r.table} ${r.destination} ${r.device} ${r.via}`;
+/** What `ip route replace` replaces: the route of one destination in one table. */
+const routeSlot = (r: TunnelRoute) => `${r.family} ${r.table} ${r.destination}`;
 const ruleKey = (r: TunnelRule) =>
   `${r.family} ${r.preference} ${r.table} ${r.fwmark ? `${r.fwmark.value}/${r.fwmark.mask}` : ''} ${r.iif ?? ''} ${r.from ?? ''}`;
 /** An `ip -batch` line and the family it runs under (`ip -4`/`ip -6`). */
@@ -70,10 +76,7 @@ export class ExecTunnelKernel implements TunnelKernel {
     const links = new Map((await this.#devices()).map((l) => [l.ifname, l]));
     for (const device of desired.devices) await this.#ensureDevice(device, links.get(device.name));
     for (const [path, value] of desired.sysctls ?? []) await this.#writeSysctl(path, value);
-    const routes = desired.routes.map((r): Line => [
-      r.family,
-      `route replace ${r.destination} via ${r.family === 4 ? 'inet6 ' : ''}${r.via} dev ${r.device} table ${r.table}`,
-    ]);
+    const routes = desired.routes.map((r) => routeLine('replace', r));
     const have = new Set((await this.#rules()).map(ruleKey));
     const rules = desired.rules
       .filter((r) => !have.has(ruleKey(r)))
@@ -88,18 +91,21 @@ export class ExecTunnelKernel implements TunnelKernel {
     await this.#lines(rules.map((r): Line => [r.family, `rule del ${ruleSelector(r)}`]));
     const wantRoutes = new Set(desired.routes.map(routeKey));
     const routes = (await this.#routes()).filter((r) => !wantRoutes.has(routeKey(r)));
-    await this.#lines(
-      routes.map((r): Line => [
-        r.family,
-        `route del ${r.destination} via ${r.family === 4 ? 'inet6 ' : ''}${r.via} dev ${r.device} table ${r.table}`,
-      ]),
-    );
+    await this.removeRoutes(routes);
     const wanted = new Map(desired.devices.map((d) => [d.name, d]));
     for (const link of await this.#devices()) {
       const device = wanted.get(link.ifname);
       if (!device) await this.#run(this.#ip, ['link', 'del', link.ifname]);
       else await this.#prunePeers(device);
     }
+  }
+
+  async replaceRoutes(routes: readonly TunnelRoute[]): Promise<void> {
+    await this.#lines(routes.map((r) => routeLine('replace', r)));
+  }
+
+  async removeRoutes(routes: readonly TunnelRoute[]): Promise<void> {
+    await this.#lines(routes.map((r) => routeLine('del', r)));
   }
 
   async underlay(towards: readonly string[]): Promise<Map<Family, Underlay>> {
@@ -199,10 +205,8 @@ export class ExecTunnelKernel implements TunnelKernel {
 
   async #rules(): Promise<TunnelRule[]> {
     const rules: TunnelRule[] = [];
-    for (const family of [4, 6] as const) {
-      const listed = JSON.parse(await this.#run(this.#ip, [`-${family}`, '-j', 'rule', 'show'])) as Array<
-        Record<string, string | number>
-      >;
+    for (const [family, text] of await this.#listBoth(['rule', 'show'])) {
+      const listed = JSON.parse(text) as Array<Record<string, string | number>>;
       for (const r of listed) {
         const preference = Number(r.priority);
         if (!this.#own.preferences.includes(preference)) continue;
@@ -225,10 +229,14 @@ export class ExecTunnelKernel implements TunnelKernel {
 
   async #routes(): Promise<TunnelRoute[]> {
     const routes: TunnelRoute[] = [];
-    for (const family of [4, 6] as const) {
-      const listed = JSON.parse(
-        await this.#run(this.#ip, [`-${family}`, '-j', 'route', 'show', 'table', 'all']),
-      ) as Array<{ dst: string; table?: string; dev?: string; gateway?: string; via?: { host: string } }>;
+    for (const [family, text] of await this.#listBoth(['route', 'show', 'table', 'all'])) {
+      const listed = JSON.parse(text) as Array<{
+        dst: string;
+        table?: string;
+        dev?: string;
+        gateway?: string;
+        via?: { host: string };
+      }>;
       for (const r of listed) {
         const table = Number(r.table);
         if (!this.#own.ownsTable(table)) continue;
@@ -240,13 +248,26 @@ export class ExecTunnelKernel implements TunnelKernel {
     return routes;
   }
 
+  /** `ip -j <args>` of both families, listed at once. */
+  async #listBoth(args: string[]): Promise<Array<[Family, string]>> {
+    return Promise.all(
+      ([4, 6] as const).map(async (family): Promise<[Family, string]> => [
+        family,
+        await this.#run(this.#ip, [`-${family}`, '-j', ...args]),
+      ]),
+    );
+  }
+
   // -force goes on past a failed line (a route whose device is gone already); what matters is
-  // the state afterwards, which the next sync reads again.
+  // the state afterwards, which the next sync reads again. The two families' batches run at once:
+  // a line of one never depends on one of the other.
   async #lines(lines: Line[]): Promise<void> {
-    for (const family of [4, 6] as const) {
-      const text = lines.filter(([f]) => f === family).map(([, line]) => line);
-      if (text.length) await this.#run(this.#ip, [`-${family}`, '-force', '-batch', '-'], `${text.join('\n')}\n`);
-    }
+    await Promise.all(
+      ([4, 6] as const).map(async (family) => {
+        const text = lines.filter(([f]) => f === family).map(([, line]) => line);
+        if (text.length) await this.#run(this.#ip, [`-${family}`, '-force', '-batch', '-'], `${text.join('\n')}\n`);
+      }),
+    );
   }
 
   async #run(command: Command, args: string[], input?: string): Promise<string> {
@@ -254,6 +275,14 @@ export class ExecTunnelKernel implements TunnelKernel {
     if (code !== 0) throw new Error(`${[...command, ...args].join(' ')} failed: ${stderr.trim()}`);
     return stdout;
   }
+}
+
+/** The `ip -batch` line that replaces or deletes a route. */
+function routeLine(verb: 'replace' | 'del', r: TunnelRoute): Line {
+  return [
+    r.family,
+    `route ${verb} ${r.destination} via ${r.family === 4 ? 'inet6 ' : ''}${r.via} dev ${r.device} table ${r.table}`,
+  ];
 }
 
 function ruleSelector(r: TunnelRule): string {
@@ -291,6 +320,19 @@ export class FakeTunnelKernel implements TunnelKernel {
       routes: this.state.routes.filter((r) => routes.has(routeKey(r)) && devices.has(r.device)),
       rules: this.state.rules.filter((r) => rules.has(ruleKey(r))),
     };
+  }
+
+  async replaceRoutes(routes: readonly TunnelRoute[]): Promise<void> {
+    const replaced = new Set(routes.map(routeSlot));
+    this.state = {
+      ...this.state,
+      routes: [...this.state.routes.filter((r) => !replaced.has(routeSlot(r))), ...routes],
+    };
+  }
+
+  async removeRoutes(routes: readonly TunnelRoute[]): Promise<void> {
+    const gone = new Set(routes.map(routeKey));
+    this.state = { ...this.state, routes: this.state.routes.filter((r) => !gone.has(routeKey(r))) };
   }
 
   async underlay(): Promise<Map<Family, Underlay>> {

@@ -1,4 +1,14 @@
-import { outerFamily, tunnelDeviceName, tunnelLinkLocal, tunnelMac, tunnelMss, tunnelMtu } from './tunnel.ts';
+import {
+  outerFamily,
+  routeChanges,
+  tunnelDeviceName,
+  tunnelLinkLocal,
+  tunnelMac,
+  tunnelMss,
+  tunnelMtu,
+  type TunnelRoute,
+  type TunnelState,
+} from './tunnel.ts';
 
 describe('tunnel addressing', () => {
   it('derives a locally administered unicast MAC and a link-local address from the node name alone', () => {
@@ -24,5 +34,39 @@ describe('tunnel addressing', () => {
   it('tunnels over IPv4 when every peer has an IPv4 address, else over IPv6', () => {
     expect(outerFamily([['192.0.2.1', '2001:db8::1'], ['192.0.2.2']])).toBe(4);
     expect(outerFamily([['192.0.2.1'], ['2001:db8::2']])).toBe(6);
+  });
+});
+
+describe('routeChanges', () => {
+  const route = (table: number, via: string, family: 4 | 6 = 4): TunnelRoute => ({
+    family,
+    table,
+    destination: 'default',
+    device: 'naatn1',
+    via,
+  });
+  const state = (...routes: TunnelRoute[]): TunnelState => ({
+    devices: [],
+    routes,
+    rules: [{ family: 4, preference: 7800, table: 7801, fwmark: { value: 0x20, mask: 0xe0 } }],
+  });
+
+  it('replaces the routes that changed or came and removes those that went, by table and destination', () => {
+    const before = state(route(7801, 'fe80::a'), route(7802, 'fe80::a'), route(7803, 'fe80::b'));
+    const after = state(
+      route(7801, 'fe80::a'),
+      route(7802, 'fe80::b'),
+      route(7804, 'fe80::b'),
+      route(7801, 'fe80::a', 6),
+    );
+    expect(routeChanges(before, after)).toEqual({
+      replace: [route(7802, 'fe80::b'), route(7804, 'fe80::b'), route(7801, 'fe80::a', 6)],
+      remove: [route(7803, 'fe80::b')],
+    });
+  });
+
+  it('needs a full sync when anything but routes differs', () => {
+    expect(routeChanges(state(), { ...state(), rules: [] })).toBeUndefined();
+    expect(routeChanges(state(), { ...state(), sysctls: [['net/ipv4/conf/all/src_valid_mark', '1']] })).toBeUndefined();
   });
 });

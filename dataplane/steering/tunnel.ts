@@ -60,6 +60,27 @@ export interface TunnelState {
   sysctls?: Sysctl[];
 }
 
+/**
+ * The routes to replace and to remove that turn the state `before` into `after`, when nothing else
+ * differs (devices, their peers, rules, settings); undefined when something else does. A route is
+ * known by its family, table and destination, as `ip route replace` knows it.
+ */
+export function routeChanges(
+  before: TunnelState,
+  after: TunnelState,
+): { replace: TunnelRoute[]; remove: TunnelRoute[] } | undefined {
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  if (!same(before.devices, after.devices) || !same(before.rules, after.rules) || !same(before.sysctls, after.sysctls))
+    return undefined;
+  const key = (r: TunnelRoute) => `${r.family} ${r.table} ${r.destination}`;
+  const was = new Map(before.routes.map((r) => [key(r), r]));
+  const is = new Set(after.routes.map(key));
+  return {
+    replace: after.routes.filter((r) => !same(was.get(key(r)), r)),
+    remove: before.routes.filter((r) => !is.has(key(r))),
+  };
+}
+
 /** VXLAN header (8) + UDP (8) + outer IP (20 or 40) + inner Ethernet (14). */
 export const tunnelOverhead: Record<Family, number> = { 4: 50, 6: 70 };
 

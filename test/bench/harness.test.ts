@@ -1,4 +1,13 @@
-import { benchReport, figureLine, figureProblem, figureReport, goalMet, percentile, type Figure } from './harness.ts';
+import {
+  benchReport,
+  figureLine,
+  figureProblem,
+  figureReport,
+  goalMet,
+  parseCommandLine,
+  percentile,
+  type Figure,
+} from './harness.ts';
 
 const host = { hostname: 'h', cpus: 2, cpuModel: 'cpu', memoryGiB: 4, kernel: '6.1', node: 'v24' };
 const facts = {
@@ -137,4 +146,21 @@ test('percentile is nearest rank, NaN without values', () => {
   expect(percentile(values, 0.5)).toBe(50);
   expect(percentile(values, 0.99)).toBe(99);
   expect(percentile([], 0.5)).toBeNaN();
+});
+
+describe('parseCommandLine with parts', () => {
+  const parts = { flag: 'fault', names: ['power-off', 'agent-kill', 'drain'] };
+
+  test('the parts asked for, in the benchmark order, each once', () => {
+    const args = ['--quick', '--fault', 'drain', '--fault', 'power-off', '--fault', 'drain'];
+    expect(parseCommandLine('failover', args, 'full', { parts })).toEqual({
+      form: 'quick',
+      strictGoals: false,
+      only: ['power-off', 'drain'],
+    });
+  });
+
+  test('none asked for: no limit', () => {
+    expect(parseCommandLine('failover', ['--smoke'], 'full', { parts })).toEqual({ form: 'smoke', strictGoals: false });
+  });
 });

@@ -274,7 +274,17 @@ export interface BenchmarkSpec<Size> {
   sizes: Record<Form, Size>;
   /** Options of the benchmark's own, which change the size of the form asked for. */
   options?: SizeOptions<Size>;
-  run(bench: Bench, size: Size): Promise<void>;
+  /** Parts a run can be limited to from the command line (`--fault power-off`), when it has any. */
+  parts?: Parts;
+  /** `only`: the parts asked for on the command line, in the benchmark's order; all when none was. */
+  run(bench: Bench, size: Size, only?: readonly string[]): Promise<void>;
+}
+
+/** A benchmark's named parts, selected with a repeatable flag. */
+export interface Parts {
+  /** The flag without its dashes: fault. */
+  flag: string;
+  names: readonly string[];
 }
 
 export interface SizeOptions<Size> {
@@ -284,26 +294,47 @@ export interface SizeOptions<Size> {
   apply(size: Size, values: Record<string, string>): Size;
 }
 
+/** The given values of a benchmark's own options, as `own` when any was. */
+function ownValues(ownUsage: Record<string, string>, values: Record<string, unknown>): { own?: Record<string, string> } {
+  const own = Object.fromEntries(
+    Object.keys(ownUsage).flatMap((name) => (typeof values[name] === 'string' ? [[name, values[name]]] : [])),
+  );
+  return Object.keys(own).length ? { own } : {};
+}
+
 /** The npm script that runs a benchmark (`bench:naa`, `soak`) or all of them (`bench`, for `all`). */
 const npmScript = (script: string) => (script === 'all' ? 'bench' : script === 'soak' ? 'soak' : `bench:${script}`);
 
-const usage = (script: string, defaultForm: Form, own: Record<string, string> = {}) =>
+/** What a benchmark takes on its command line beyond what every one does. */
+export interface CommandLineExtras {
+  /** Its own options, each taking a value: by name (without the dashes), its line of the usage. */
+  own?: Record<string, string>;
+  parts?: Parts;
+}
+
+const usage = (script: string, defaultForm: Form, { own = {}, parts }: CommandLineExtras = {}) =>
   [
-    `usage: npm run ${npmScript(script)} -- [--full | --quick | --smoke] [--json FILE] [--strict-goals]`,
+    `usage: npm run ${npmScript(script)} -- [--full | --quick | --smoke] [--json FILE] [--strict-goals]` +
+      (parts ? ` [--${parts.flag} NAME]...` : ''),
     `  --full           the sizes the figures are quoted at${defaultForm === 'full' ? ' (the default)' : ''}`,
     `  --quick          smaller counts and durations (what \`npm run bench\` runs)${defaultForm === 'quick' ? ' (the default)' : ''}`,
     '  --smoke          the smallest form, seconds long (CI)',
     '  --json FILE      also write the figures as JSON to FILE',
     '  --strict-goals   exit 1 when a goal is missed, not only when a figure was not measured',
     ...Object.values(own),
+    ...(parts
+      ? [`  --${parts.flag} NAME`.padEnd(19) + `only this ${parts.flag}, repeatable: ${parts.names.join(', ')}`]
+      : []),
   ].join('\n');
 
 export interface CommandLine {
   form: Form;
   json?: string;
   strictGoals: boolean;
-  /** The values of the benchmark's own options that were given. */
-  own: Record<string, string>;
+  /** The values of the benchmark's own options that were given, when any was. */
+  own?: Record<string, string>;
+  /** The parts asked for (`--fault`), in the benchmark's order; absent when none was. */
+  only?: string[];
 }
 
 /** The command line of a benchmark or of `all.ts`; exits 2 with the usage on a bad one. */
@@ -311,9 +342,10 @@ export function parseCommandLine(
   script: string,
   argv: string[],
   defaultForm: Form = 'full',
-  ownUsage: Record<string, string> = {},
+  extras: CommandLineExtras = {},
 ): CommandLine {
-  const text = usage(script, defaultForm, ownUsage);
+  const text = usage(script, defaultForm, extras);
+  const { own: ownUsage = {}, parts } = extras;
   const ownOptions = Object.fromEntries(Object.keys(ownUsage).map((name) => [name, { type: 'string' as const }]));
   const { values } = parseProgramArgs(text, {
     args: argv,
@@ -324,20 +356,20 @@ export function parseCommandLine(
       smoke: { type: 'boolean' },
       json: { type: 'string' },
       'strict-goals': { type: 'boolean' },
+      ...(parts ? { [parts.flag]: { type: 'string', multiple: true } as const } : {}),
     },
   });
+  const asked = parts ? ((values as Record<string, string[] | undefined>)[parts.flag] ?? []) : [];
+  const unknown = asked.filter((name) => !parts!.names.includes(name));
+  if (unknown.length > 0) usageError(text, `unknown ${parts!.flag} ${unknown.join(', ')}`);
   const forms = (['full', 'quick', 'smoke'] as const).filter((form) => values[form]);
   if (forms.length > 1) usageError(text, `${forms.map((f) => `--${f}`).join(' and ')} exclude each other`);
   return {
     form: values.smoke ? 'smoke' : values.quick ? 'quick' : values.full ? 'full' : defaultForm,
     ...(typeof values.json === 'string' ? { json: values.json } : {}),
     strictGoals: values['strict-goals'] === true,
-    own: Object.fromEntries(
-      Object.keys(ownUsage).flatMap((name) => {
-        const value = (values as Record<string, unknown>)[name];
-        return typeof value === 'string' ? [[name, value]] : [];
-      }),
-    ),
+    ...ownValues(ownUsage, values),
+    ...(asked.length > 0 ? { only: parts!.names.filter((name) => asked.includes(name)) } : {}),
   };
 }
 
@@ -346,13 +378,14 @@ export function parseCommandLine(
  * writes the JSON when asked and sets the exit status.
  */
 export async function runBenchmark<Size>(spec: BenchmarkSpec<Size>): Promise<BenchReport> {
-  const args = parseCommandLine(spec.name, process.argv.slice(2), 'full', spec.options?.usage);
+  const extras = { ...(spec.options ? { own: spec.options.usage } : {}), ...(spec.parts ? { parts: spec.parts } : {}) };
+  const args = parseCommandLine(spec.name, process.argv.slice(2), 'full', extras);
   let size = spec.sizes[args.form];
   if (spec.options) {
     try {
-      size = spec.options.apply(size, args.own);
+      size = spec.options.apply(size, args.own ?? {});
     } catch (error) {
-      usageError(usage(spec.name, 'full', spec.options.usage), (error as Error).message);
+      usageError(usage(spec.name, 'full', extras), (error as Error).message);
     }
   }
   const bench = new Bench(args.form);
@@ -360,7 +393,7 @@ export async function runBenchmark<Size>(spec: BenchmarkSpec<Size>): Promise<Ben
   const started = performance.now();
   let error: string | undefined;
   try {
-    await spec.run(bench, size);
+    await spec.run(bench, size, args.only);
   } catch (thrown) {
     console.error(thrown);
     error = thrown instanceof Error ? thrown.message : String(thrown);

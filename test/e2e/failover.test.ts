@@ -6,9 +6,11 @@
 // it up within the lease duration, before the other can take it: at most the time their kernels take
 // apart). The node that comes back takes nothing back, at no moment. The bounds here are loose
 // (a shared CI machine); `npm run bench:failover` measures the figures.
+import { Failover } from '../../crds/v1alpha1/egress-gateway.ts';
 import { FailoverCluster, floating, type Fault } from './failover-cluster.ts';
 
-const leaseDurationMs = 600;
+/** As a gateway gets by default. */
+const leaseDurationMs: number = Failover.properties.leaseDurationMilliseconds.default;
 let f: FailoverCluster;
 
 beforeAll(async () => {

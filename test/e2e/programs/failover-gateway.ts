@@ -23,6 +23,7 @@ import {
   steeringReadiness,
   steeringStreamHeader,
   steeringStreamInterval,
+  streamSteering,
 } from '../../../dataplane/steering/gateway-readiness.ts';
 import { ExecTunnelKernel } from '../../../dataplane/steering/tunnel-kernel.ts';
 import { jsonLines } from '../../../common/index.ts';
@@ -65,14 +66,10 @@ setInterval(() => void extendFence(), lease / 3);
 const server = createServer((req, res) => {
   if (req.url === '/status') return void res.end(`${JSON.stringify(agent.report())}\n`);
   if (req.url !== '/steering') return void res.writeHead(404).end();
-  const now = () => JSON.stringify(steeringReadiness(agent.report(), localUplinks(config, node)));
+  const now = () => steeringReadiness(agent.report(), localUplinks(config, node));
   const intervalMs = steeringStreamInterval(req.headers[steeringStreamHeader]);
-  if (intervalMs === undefined) return void res.end(`${now()}\n`);
-  res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-  const send = () => res.write(`${now()}\n`);
-  send();
-  const timer = setInterval(send, intervalMs);
-  res.on('close', () => clearInterval(timer));
+  if (intervalMs === undefined) return void res.end(`${JSON.stringify(now())}\n`);
+  streamSteering(res, intervalMs, now, (listener) => agent.onFailoverHeld(listener));
 });
 server.listen(Number(port), host, () => console.log(JSON.stringify({ listening: true })));
 
