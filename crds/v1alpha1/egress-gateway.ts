@@ -198,7 +198,7 @@ export const Failover = Type.Object(
         "How long a gateway node owns its addresses after its last renewal of its Lease: a node that cannot renew for this long gives them up (unless every gateway node it still hears cannot reach the API server either), and another takes them over once the Lease is this much older than its last renewal. It bounds the failover time after a node's loss; it is renewed three times in this period.",
       minimum: 200,
       maximum: 60000,
-      default: 300,
+      default: 600,
     }),
     failback: Type.Boolean({
       description:

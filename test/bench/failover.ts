@@ -15,7 +15,7 @@
 import { Failover } from '../../crds/v1alpha1/egress-gateway.ts';
 import { startCluster } from '../cluster/cluster.ts';
 import { FailoverCluster, type Fault, type FaultRun } from '../e2e/failover-cluster.ts';
-import { percentile, runBenchmark, type Bench, type Goal } from './harness.ts';
+import { percentile, positiveInteger, runBenchmark, type Bench, type Goal } from './harness.ts';
 
 interface Size {
   /** Runs of each fault. */
@@ -25,7 +25,7 @@ interface Size {
 }
 
 const allFaults: Fault[] = ['power-off', 'agent-kill', 'uplink-down', 'blackhole', 'isolated', 'partition', 'drain'];
-/** The figures are those of a gateway that leaves the lease duration to its default. */
+/** The figures are those of a gateway that leaves the lease duration to its default, unless --lease-ms says another. */
 const leaseDurationMs: number = Failover.properties.leaseDurationMilliseconds.default;
 const sizes: Record<'full' | 'quick' | 'smoke', Size> = {
   full: { runs: 50, faults: allFaults, leaseDurationMs },
@@ -90,6 +90,13 @@ await runBenchmark<Size>({
   name: 'failover',
   sizes,
   parts: { flag: 'fault', names: allFaults },
+  options: {
+    usage: { 'lease-ms': `  --lease-ms MS      the gateway's leaseDurationMilliseconds (default ${leaseDurationMs})` },
+    apply: (size, values) =>
+      values['lease-ms'] === undefined
+        ? size
+        : { ...size, leaseDurationMs: positiveInteger('lease-ms', values['lease-ms']) },
+  },
   async run(bench, size, only) {
     const faults = only ? size.faults.filter((fault) => only.includes(fault)) : size.faults;
     if (faults.length === 0) throw new Error(`the ${bench.form} form runs none of the faults ${only!.join(', ')}`);

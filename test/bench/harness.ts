@@ -294,8 +294,18 @@ export interface SizeOptions<Size> {
   apply(size: Size, values: Record<string, string>): Size;
 }
 
+/** A positive integer option's value, or an error naming the option. */
+export function positiveInteger(name: string, text: string): number {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} ${text}: not a positive integer`);
+  return value;
+}
+
 /** The given values of a benchmark's own options, as `own` when any was. */
-function ownValues(ownUsage: Record<string, string>, values: Record<string, unknown>): { own?: Record<string, string> } {
+function ownValues(
+  ownUsage: Record<string, string>,
+  values: Record<string, unknown>,
+): { own?: Record<string, string> } {
   const own = Object.fromEntries(
     Object.keys(ownUsage).flatMap((name) => (typeof values[name] === 'string' ? [[name, values[name]]] : [])),
   );

@@ -1,4 +1,5 @@
-import { changedBytes, parseSizes, pieces, positiveInteger, shapeOf, sizeAgainstLimit } from './scale-figures.ts';
+import { positiveInteger } from './harness.ts';
+import { changedBytes, parseSizes, pieces, shapeOf, sizeAgainstLimit } from './scale-figures.ts';
 
 test('a size sets the shape in the issue’s proportions: 50 pods a node, 10 a policy', () => {
   expect(shapeOf(50_000)).toEqual({

@@ -49,13 +49,6 @@ export function parseSizes(text: string): number[] {
   return sizes;
 }
 
-/** A positive integer option's value, or an error naming the option. */
-export function positiveInteger(name: string, text: string): number {
-  const value = Number(text);
-  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} ${text}: not a positive integer`);
-  return value;
-}
-
 /** Fields that name an element of a list: rules by policy and rule, pods by namespace and name, … */
 const identities = ['policy', 'rule', 'namespace', 'name', 'gateway', 'node'];
 

@@ -25,7 +25,7 @@ import type { GatewayConfig, NodeConfig } from '../../contracts/gateway/index.ts
 import { configFile, nodeConfigName, objectName } from '../../operator/desired.ts';
 import { applyKwokNodes, freePorts, nodesReady, type NodeSpec } from '../cluster/cluster.ts';
 import { terminate, waitFor } from '../cluster/processes.ts';
-import { percentile, runBenchmark, type Bench, type Goal } from './harness.ts';
+import { percentile, positiveInteger, runBenchmark, type Bench, type Goal } from './harness.ts';
 import {
   BenchCluster,
   gatewayName,
@@ -49,7 +49,6 @@ import {
   gatewayNodes,
   parseSizes,
   pieces,
-  positiveInteger,
   shapeOf,
   sizeAgainstLimit,
   type Shape,
