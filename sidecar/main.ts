@@ -32,10 +32,8 @@ import { join } from 'node:path';
 import { sidecarVariables } from '../contracts/index.ts';
 import { Action, AssociationMode } from '../proto/index.ts';
 import { credentials } from '@grpc/grpc-js';
-import { Driver } from './driver.ts';
-import { readApplication } from './processes.ts';
+import { Driver, readApplication, Scanner } from '../contracts/naa/index.ts';
 import { StampServer } from './stamps.ts';
-import { Scanner } from './scanner.ts';
 
 parseCommandLine(
   `usage: npm run sidecar   (compiled: node sidecar/main.js); it takes no arguments, only these variables:

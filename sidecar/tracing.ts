@@ -13,8 +13,7 @@ import {
   type Attributes,
 } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import type { Association } from './associations.ts';
-import type { AssociationTracer } from './driver.ts';
+import type { Association, AssociationTracer } from '../contracts/naa/index.ts';
 
 const propagator = new W3CTraceContextPropagator();
 

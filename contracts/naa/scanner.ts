@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
 import { parseSocketTable, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
-import type { Application } from '../proto/index.ts';
+import type { Application } from '../../proto/index.ts';
 import { readApplication, socketOwners } from './processes.ts';
 
 const tables: [string, Transport, 4 | 6][] = [

@@ -3,8 +3,8 @@
 import { readdirSync, readlinkSync } from 'node:fs';
 import { readFile, readlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { containerNameVariable } from '../contracts/index.ts';
-import type { Application } from '../proto/index.ts';
+import { containerNameVariable } from '../sidecar-environment.ts';
+import type { Application } from '../../proto/index.ts';
 
 /**
  * Maps each wanted socket inode to the pid holding it. When several processes share a socket
