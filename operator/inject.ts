@@ -12,7 +12,7 @@
 // to uid 0 (no ambient capabilities; no privilege escalation rules out file capabilities).
 import type { V1Container, V1Pod, V1PodSpec, V1SecurityContext, V1Volume } from '@kubernetes/client-node';
 import type { EgressGateway } from '../crds/index.ts';
-import { containerNameVariable, sidecarVariables, tokenAudience } from '../contracts/index.ts';
+import { containerNameVariable, sidecarVariables, tokenAudience, tokenVolume } from '../contracts/index.ts';
 import { sidecarContainerName } from './compile.ts';
 import { matchesSelector, type Labels } from './selector.ts';
 import { processEnvironment, type OperatorSettings } from './settings.ts';
@@ -26,7 +26,6 @@ export const modeReasonAnnotation = 'naat.dev/association-mode-reason';
 export const driverAnnotation = 'naat.dev/association-driver';
 /** Why the webhook left out the sidecar of a pod its gateway selects, when the pod's owner should know. */
 export const skippedAnnotation = 'naat.dev/sidecar-skipped';
-export const tokenVolume = 'naat-token';
 export const tokenDir = '/var/run/secrets/naat';
 /** Strict mode: the folder the sidecar shares with the pod's programs (library and socket). */
 export const runVolume = 'naat-run';

@@ -112,7 +112,7 @@ const driver: Driver = new Driver({
       configHash: policy.configHash,
       rules: policy.rules.map((rule) => `${rule.rule} ${rule.action === Action.ACTION_DENY ? 'Deny' : 'Allow'}`),
     }),
-  ...(telemetry.enabled ? { tracer: (await import('./tracing.ts')).associationTracer } : {}),
+  ...(telemetry.enabled ? { tracer: (await import('../contracts/naa/tracing/index.ts')).associationTracer } : {}),
   ...(stamps
     ? { mode: AssociationMode.ASSOCIATION_MODE_STRICT, stamps: () => stamps.stamps }
     : { mode: AssociationMode.ASSOCIATION_MODE_OBSERVE }),

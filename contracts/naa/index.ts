@@ -7,5 +7,7 @@ export { Driver, flowKey as protoFlowKey } from './driver.ts';
 export type { AssociationSpan, AssociationTracer, DriverOptions, DriverState } from './driver.ts';
 export { parseSocketTable, tcpChangeMarker, tcpState } from './proc-net.ts';
 export type { SocketEntry, Transport } from './proc-net.ts';
-export { containerIdFromCgroup, readApplication, socketOwners } from './processes.ts';
+export { allPids, containerIdFromCgroup, podOfCgroup, readApplication, socketOwners } from './processes.ts';
+export type { PodPlace } from './processes.ts';
 export { Scanner } from './scanner.ts';
+export type { Owners } from './scanner.ts';
