@@ -3,7 +3,7 @@
 // exporter is named: a process without a collector neither loads the SDK nor tries to export.
 // This module imports nothing until the SDK is wanted, so the sidecar, whose memory matters, can
 // import it directly; the modules that make spans (flow-telemetry.ts, naa/tracing.ts,
-// sidecar/tracing.ts) are loaded only when it runs.
+// contracts/naa/tracing/) are loaded only when it runs.
 
 export interface Telemetry {
   /** Whether the SDK runs: without it there is nothing to export to, and no reason to build spans. */

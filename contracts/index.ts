@@ -5,5 +5,5 @@
 // is validated against the API's schemas, has its own entry point, gateway/index.ts.
 export { agentSignerName, agentUsages, caBundleKey, tlsFiles } from './agent-identity.ts';
 export { matchersOverlap, matchesApplication, toApplicationMatch } from './applications.ts';
-export { containerNameVariable, sidecarVariables } from './sidecar-environment.ts';
+export { containerNameVariable, sidecarVariables, tokenVolume } from './sidecar-environment.ts';
 export { flowsTokenAudience, tokenAudience } from './token-audience.ts';

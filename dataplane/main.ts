@@ -12,6 +12,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createSecureServer } from 'node:https';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { Agent, type AgentOptions } from './agent.ts';
 import { ExecFailoverAddresses } from './failover/address.ts';
@@ -29,7 +30,7 @@ import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts
 import { bearerToken, flowPaths, servesFlowsUnauthenticated } from './flow-access.ts';
 import { plainAndMutualTls, readTlsDir, TlsDir } from './link-tls.ts';
 import { agentConfigKey as configKey, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
-import { parseNodeConfig, type NodeConfig } from '../contracts/gateway/index.ts';
+import { parseNodeConfig, type NodeConfig, type NodeGateway } from '../contracts/gateway/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import {
@@ -113,6 +114,10 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
                                 streams over TLS; without it, all in plaintext)
       [--listen ADDR:PORT]      /status and /metrics (default 127.0.0.1:7742)
       [--report] [--report-ms MS]   write whether steering is ready here into the gateways' status
+      [--associate-pods DIR]    be the NAA driver of the node's pods whose gateway gives them the
+                                Node driver, from the host's /proc (it must run in the host's
+                                process namespace), with their tokens from the kubelet's folder
+                                of pods DIR (/var/lib/kubelet/pods)
   node --remove                 takes away everything the node agent put in the kernel
   sysctls [--icmp-seconds S]    writes the kernel settings the agents need and exits (the
                                 DaemonSets' privileged init container): src_valid_mark for all
@@ -143,6 +148,7 @@ const { positionals, values } = parseCommandLine(usage, {
     'reload-ms': { type: 'string', default: '1000' },
     report: { type: 'boolean', default: false },
     'naa-listen': { type: 'string' },
+    'associate-pods': { type: 'string' },
     'report-ms': { type: 'string', default: '5000' },
     'attribution-records': { type: 'string', default: String(defaultRetention.maxRecords) },
     'attribution-minutes': { type: 'string', default: String(defaultRetention.maxAgeMs / 60_000) },
@@ -786,7 +792,7 @@ async function nodeLeft(text: string | undefined): Promise<string | undefined> {
  * The node agent's NAA relays, one per gateway: the node's sidecars dial this node at their
  * gateway's association port, and the relay carries each stream to the gateway's up nodes.
  */
-async function naaRelays(tls: TlsDir | undefined): Promise<RelayFactory> {
+async function naaRelays(tls: TlsDir | undefined, local: boolean): Promise<RelayFactory> {
   const { NaaRelay } = await import('./naa/relay.ts');
   const { agentChannelCredentials, naaServerCredentials } = await import('./link-tls.ts');
   const serverCredentials = naaServerCredentials(tls);
@@ -810,6 +816,16 @@ async function naaRelays(tls: TlsDir | undefined): Promise<RelayFactory> {
       (error: Error) =>
         log.error('Failed to listen for NAA streams', { gateway: gateway.gateway, address, error: error.message }),
     );
+    if (local) {
+      const path = localRelayPath(gateway);
+      relay.listenLocal(path).catch((error: Error) =>
+        log.error('Failed to listen for the node agent’s own NAA streams', {
+          gateway: gateway.gateway,
+          path,
+          error: error.message,
+        }),
+      );
+    }
     return {
       synced: () => relay.synced(),
       update: (next) => {
@@ -819,6 +835,27 @@ async function naaRelays(tls: TlsDir | undefined): Promise<RelayFactory> {
       close: () => relay.close(),
     };
   };
+}
+
+/** Where a gateway's relay takes the node agent's own streams: by port, which is the gateway's on this node. */
+const localRelayPath = (gateway: NodeGateway) => join(stateDir('node'), `naa-${gateway.associationPort}.sock`);
+
+/** With --associate-pods: the node agent drives the association of the node's pods that have the Node driver. */
+async function startNodeDriver(config: NodeConfig, tracing: boolean) {
+  const podsDir = values['associate-pods'];
+  if (!podsDir) return undefined;
+  const { NodeDriver } = await import('./naa/node-driver.ts');
+  const driver = new NodeDriver({
+    podsDir,
+    target: (gateway) => `unix:${localRelayPath(gateway)}`,
+    version: process.env.npm_package_version ?? '0.1.0',
+    log,
+    ...(tracing ? { tracer: (await import('../contracts/naa/tracing/index.ts')).associationTracer } : {}),
+  });
+  driver.configure(config);
+  driver.start();
+  log.info('Driving the association of the node’s pods', { podsDir });
+  return driver;
 }
 
 /**
@@ -834,8 +871,10 @@ async function node(): Promise<void> {
   const stopIdentity = await startIdentity();
   const first = await firstConfig(parse, 'node config');
   const links = linkTls();
-  const agent = nodeAgent(await naaRelays(links), links);
+  const agent = nodeAgent(await naaRelays(links, values['associate-pods'] !== undefined), links);
   await agent.start(first.config);
+  const telemetry = await startTelemetry('naat-node', { 'k8s.node.name': first.config.node });
+  const pods = await startNodeDriver(first.config, telemetry.enabled);
   log.info('Started the node agent', { node: first.config.node, gateways: first.config.gateways.length });
   let current = first.config;
   const reports = values.report
@@ -847,6 +886,7 @@ async function node(): Promise<void> {
       try {
         const config = parse(text);
         await agent.configure(config);
+        pods?.configure(config);
         current = config;
         log.info('Applied a new node config', { node: config.node, hash: config.hash });
       } catch (error) {
@@ -870,6 +910,8 @@ async function node(): Promise<void> {
     server.close();
     links?.stop();
     clearInterval(reports);
+    pods?.stop();
+    await telemetry.shutdown();
     await stopIdentity();
     const { gone } = await configAtStop(first.source);
     if (gone) {

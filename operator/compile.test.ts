@@ -106,6 +106,35 @@ describe('compileGateway', () => {
     expect(compiled.config.association?.strictSources).toEqual([]);
   });
 
+  it("counts a Node-driven pod as associated, and gives its node agent the pod's uid and containers", async () => {
+    const base = await snapshot();
+    const containers = [{ id: 'c'.repeat(64), name: 'app' }];
+    const pods = base.pods.map((p) =>
+      p.name === 'backup-1' ? { ...p, node: 'worker', nodeAssociation: { uid: 'uid-backup', containers } } : p,
+    );
+    const compiled = compileGateway({
+      ...base,
+      pods,
+      nodes: base.nodes.map((n) => ({ ...n, addresses: [n.name === 'worker' ? '192.0.2.9' : '192.0.2.1'] })),
+      steering: { tunnel: { vni: 7, port: 4789 }, markMask: 0xe0 },
+    });
+    expect(compiled.config.association?.sidecarSources).toEqual(['10.244.1.11', '10.244.1.10', 'fd00::10']);
+    expect(compiled.steering?.sources).toEqual([
+      {
+        node: 'worker',
+        addresses: ['192.0.2.9'],
+        pods: [
+          {
+            namespace: 'shop',
+            name: 'backup-1',
+            addresses: ['10.244.1.11'],
+            association: { uid: 'uid-backup', containers },
+          },
+        ],
+      },
+    ]);
+  });
+
   it('gives each away pod one failover address per family, the same on the gateway and in its node config', async () => {
     const base = await snapshot();
     const gateway = structuredClone(base.gateway);

@@ -14,6 +14,7 @@ import {
   type CompiledRule,
   type CompiledUplink,
   type GatewayConfig,
+  type NodeAssociation,
   type SteeredPod,
   type Tunnel,
   type TunnelEndpoint,
@@ -30,6 +31,11 @@ export interface PodFacts {
   /** status.podIPs; a pod without addresses yet is left out until it has them. */
   ips: string[];
   containers: string[];
+  /**
+   * When the webhook made the node agent the pod's association driver: the pod's uid and its
+   * running containers by the runtime's id.
+   */
+  nodeAssociation?: NodeAssociation;
   /** Whether the webhook put the pod in strict association mode (its programs stamp their packets). */
   strict?: boolean;
   /** Succeeded or Failed pods hold no flows. */
@@ -156,11 +162,12 @@ export function compileGateway(snapshot: Snapshot): Compiled {
         name: p.name,
         addresses: p.ips,
         ...(egress.length ? { egress } : {}),
+        ...(p.nodeAssociation ? { association: p.nodeAssociation } : {}),
         node: p.node!,
       };
     });
   const egressOf = new Map(away.filter((p) => p.egress).map((p) => [`${p.namespace}/${p.name}`, p.egress!]));
-  const associated = served.filter((p) => p.containers.includes(sidecarContainerName));
+  const associated = served.filter((p) => p.containers.includes(sidecarContainerName) || p.nodeAssociation);
 
   const policies = snapshot.policies
     .filter((p) => p.spec.gateway === gateway.metadata.name)

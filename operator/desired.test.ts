@@ -216,3 +216,63 @@ describe('desiredGatewayObjects', () => {
     ]);
   });
 });
+
+describe('the node agent as association driver', () => {
+  const nodeConfig = (association?: { uid: string; containers: [] }) => ({
+    version: 1 as const,
+    node: 'worker-a',
+    hash: 'sha256:0',
+    markMask: 0xe0,
+    gateways: [
+      {
+        gateway: 'egress',
+        tunnel: { vni: 7, port: 4789 },
+        selection: 'Pod' as const,
+        associationPort: 7740,
+        healthPort: 7741,
+        bypass: [],
+        pods: [{ namespace: 'shop', name: 'web', addresses: ['10.244.1.10'], ...(association && { association }) }],
+        peers: [],
+      },
+    ],
+  });
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
+  const agentPod = (config: ReturnType<typeof nodeConfig>): any =>
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
+    (desiredNodeObjects([config], settings, 'naat-system').find((o) => o.kind === 'DaemonSet') as any).spec.template
+      .spec;
+
+  it("gets the host's processes, the capabilities to read their sockets and the pods' tokens only while a pod needs it", () => {
+    const driving = agentPod(nodeConfig({ uid: 'uid-web', containers: [] }));
+    expect(driving.hostPID).toBe(true);
+    const [agent] = driving.containers;
+    expect(agent.args.slice(-2)).toEqual(['--associate-pods', '/var/lib/kubelet/pods']);
+    expect(agent.securityContext.capabilities).toEqual({
+      drop: ['ALL'],
+      add: ['NET_ADMIN', 'NET_RAW', 'DAC_READ_SEARCH', 'SYS_PTRACE'],
+    });
+    expect(agent.volumeMounts).toEqual([
+      {
+        name: 'kubelet-pods',
+        mountPath: '/var/lib/kubelet/pods',
+        readOnly: true,
+        mountPropagation: 'HostToContainer',
+      },
+    ]);
+    expect(driving.volumes).toEqual([
+      { name: 'kubelet-pods', hostPath: { path: '/var/lib/kubelet/pods', type: 'Directory' } },
+    ]);
+
+    const steeringOnly = agentPod(nodeConfig());
+    expect(steeringOnly.hostPID).toBeUndefined();
+    expect(steeringOnly.volumes).toBeUndefined();
+    expect(steeringOnly.containers[0].args).not.toContain('--associate-pods');
+    expect(steeringOnly.containers[0].securityContext.capabilities.add).toEqual(['NET_ADMIN', 'NET_RAW']);
+  });
+
+  it("adds no right in the apiserver: the node's config and its pods' tokens are all it needs", () => {
+    const rules = (config: ReturnType<typeof nodeConfig>) =>
+      desiredNodeObjects([config], settings, 'naat-system').filter((o) => /Role/.test(o.kind));
+    expect(rules(nodeConfig({ uid: 'uid-web', containers: [] }))).toEqual(rules(nodeConfig()));
+  });
+});

@@ -265,6 +265,7 @@ export function desiredNodeObjects(
   });
   const subjects = [{ kind: 'ServiceAccount', name: nodeAgentName, namespace }];
   const { steering } = settings;
+  const associating = configs.some((c) => c.gateways.some((g) => g.pods.some((p) => p.association)));
   return [
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: metadata(nodeAgentName) },
     // Each agent reads its own node's config: get, then a watch by a metadata.name field selector,
@@ -330,11 +331,41 @@ export function desiredNodeObjects(
         // Its /status stays on loopback: the node agent has no port to offer the network. It
         // reports whether steering is ready into the gateways' status, which SteeringReady and
         // the pods' naat.dev/Steered condition are made from.
-        args: ['node', '--config-map', `${namespace}/${nodeConfigName('$(NODE_NAME)')}`, '--report'],
+        args: [
+          'node',
+          '--config-map',
+          `${namespace}/${nodeConfigName('$(NODE_NAME)')}`,
+          '--report',
+          ...(associating ? ['--associate-pods', kubeletPods] : []),
+        ],
+        ...(associating
+          ? {
+              // The kubelet mounts each pod's token after the agent started: they must reach it.
+              volumeMounts: [
+                { name: 'kubelet-pods', mountPath: kubeletPods, readOnly: true, mountPropagation: 'HostToContainer' },
+              ],
+            }
+          : {}),
       },
+      ...(associating ? nodeDriverPod : {}),
     }),
   ];
 }
+
+const kubeletPods = '/var/lib/kubelet/pods';
+
+/**
+ * What the node agent needs only while it drives association for a pod of some node (the Node
+ * driver, docs/naa.md): the host's processes (hostPID) and which sockets each holds (reading any
+ * user's /proc/<pid>/fd: CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, as the root sidecar has in a pod),
+ * and the pods' tokens, read-only, from the kubelet's folder. No right in the apiserver: the pods
+ * are in its node config, and their tokens prove them to the gateways.
+ */
+const nodeDriverPod: Pick<AgentPod, 'hostPID' | 'capabilities' | 'volumes'> = {
+  hostPID: true,
+  capabilities: ['DAC_READ_SEARCH', 'SYS_PTRACE'],
+  volumes: [{ name: 'kubelet-pods', hostPath: { path: kubeletPods, type: 'Directory' } }],
+};
 
 interface AgentPod {
   metadata: ApiObject['metadata'];
@@ -356,6 +387,10 @@ interface AgentPod {
     volumeMounts?: unknown[];
   };
   volumes?: unknown[];
+  /** Runs in the host's process namespace. */
+  hostPID?: boolean;
+  /** Capabilities added to the container's securityContext. */
+  capabilities?: string[];
 }
 
 /** A DaemonSet of the dataplane program in either role, a gateway's agent or a node agent. */
@@ -395,6 +430,7 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
           serviceAccountName: o.serviceAccountName,
           // The agents program the node's own network stack.
           hostNetwork: true,
+          ...(o.hostPID ? { hostPID: true } : {}),
           dnsPolicy: 'ClusterFirstWithHostNet',
           ...o.placement,
           tolerations: dp.tolerations,
@@ -446,7 +482,9 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
                   }
                 : {}),
               resources: dp.resources,
-              securityContext: dp.securityContext,
+              securityContext: o.capabilities
+                ? withCapabilities(dp.securityContext, o.capabilities)
+                : dp.securityContext,
               ...(volumeMounts.length ? { volumeMounts } : {}),
             },
           ],
@@ -455,4 +493,10 @@ function agentDaemonSet(settings: OperatorSettings, o: AgentPod): ApiObject {
       },
     },
   };
+}
+
+/** `context` with `added` capabilities besides its own. */
+function withCapabilities(context: Record<string, unknown>, added: string[]): Record<string, unknown> {
+  const capabilities = (context.capabilities ?? {}) as { add?: string[] };
+  return { ...context, capabilities: { ...capabilities, add: [...(capabilities.add ?? []), ...added] } };
 }

@@ -1,7 +1,7 @@
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import { validate, type EgressGateway } from '../crds/index.ts';
 import { sidecarContainerName } from './compile.ts';
-import { injection, podUser, type InjectionRequest } from './inject.ts';
+import { injection, podSecurityEnforceLabel, podUser, type InjectionRequest } from './inject.ts';
 import { sidecarSecurityContext } from './settings.ts';
 
 function gateway(name: string, spec: Record<string, unknown>): EgressGateway {
@@ -337,5 +337,86 @@ describe('Pod Security Admission', () => {
       inject: false,
       reason: 'no gateway injects this pod',
     });
+  });
+});
+
+describe('the Node driver', () => {
+  const nodeOffice = gateway('office', {
+    namespaceSelector: { matchLabels: { egress: 'office' } },
+    association: { port: 7741, driver: 'Node', sidecar: { podSelector: { matchLabels: { naa: 'on' } } } },
+  });
+  const withGateways = (p: V1Pod, gateways: EgressGateway[], labels?: Record<string, string>): InjectionRequest => ({
+    ...request(p, labels),
+    gateways,
+  });
+
+  test('a pod the gateway selects gets no sidecar and no shared process namespace, only its token for the node agent', () => {
+    const original = pod({ naa: 'on' }, { volumes: [{ name: 'data', emptyDir: {} }] });
+    const decision = injection(withGateways(original, [nodeOffice]));
+    if (!decision.inject) throw new Error(decision.reason);
+    const patched = apply(original, decision.patch);
+    expect(patched.spec).toEqual({
+      containers: [{ name: 'app', image: 'app:1' }],
+      volumes: [
+        { name: 'data', emptyDir: {} },
+        {
+          name: 'naat-token',
+          projected: {
+            sources: [{ serviceAccountToken: { audience: 'naat', expirationSeconds: 3600, path: 'token' } }],
+          },
+        },
+      ],
+    });
+    expect(patched.metadata!.annotations).toEqual({
+      'naat.dev/sidecar-gateway': 'office',
+      'naat.dev/association-driver': 'Node',
+      'naat.dev/association-mode': 'Observe',
+      'naat.dev/association-mode-reason': 'EgressGateway office association.mode',
+    });
+  });
+
+  test("the pod's annotation wins over its gateway's driver, either way", () => {
+    const asksNode = pod({ naa: 'on' });
+    asksNode.metadata!.annotations = { 'naat.dev/association-driver': 'Node' };
+    const toNode = injection(request(asksNode));
+    if (!toNode.inject) throw new Error(toNode.reason);
+    expect(apply(asksNode, toNode.patch).spec!.initContainers).toBeUndefined();
+
+    const asksSidecar = pod({ naa: 'on' });
+    asksSidecar.metadata!.annotations = { 'naat.dev/association-driver': 'Sidecar' };
+    const toSidecar = injection(withGateways(asksSidecar, [nodeOffice]));
+    if (!toSidecar.inject) throw new Error(toSidecar.reason);
+    expect(apply(asksSidecar, toSidecar.patch).spec!.initContainers!.map((c) => c.name)).toEqual([
+      sidecarContainerName,
+    ]);
+  });
+
+  test('a pod that asks for Strict is associated in Observe mode, and says why', () => {
+    const strict = pod({ naa: 'on' });
+    strict.metadata!.annotations = { 'naat.dev/association-mode': 'Strict' };
+    const decision = injection(withGateways(strict, [nodeOffice]));
+    if (!decision.inject) throw new Error(decision.reason);
+    const patched = apply(strict, decision.patch);
+    expect(patched.metadata!.annotations!['naat.dev/association-mode']).toBe('Observe');
+    expect(patched.metadata!.annotations!['naat.dev/association-mode-reason']).toBe(
+      "the pod's naat.dev/association-mode annotation asks for Strict, which the Node driver does not offer",
+    );
+    expect(patched.spec!.containers[0]!.env).toBeUndefined();
+  });
+
+  test('Pod Security has nothing to forbid: no sidecar runs in the pod', () => {
+    const decision = injection(
+      withGateways(pod({ naa: 'on' }), [nodeOffice], { egress: 'office', [podSecurityEnforceLabel]: 'restricted' }),
+    );
+    expect(decision.inject).toBe(true);
+  });
+
+  test('a gateway cannot ask for Strict mode with the Node driver', () => {
+    expect(() =>
+      gateway('strict-node', { namespaceSelector: {}, association: { driver: 'Node', mode: 'Strict' } }),
+    ).toThrow(
+      'association.mode Strict needs association.driver Sidecar: the node agent does not hand out stamps to programs',
+    );
+    expect(() => gateway('bad', { namespaceSelector: {}, association: { driver: 'Pod' } })).toThrow(/driver/);
   });
 });

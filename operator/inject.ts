@@ -12,7 +12,7 @@
 // to uid 0 (no ambient capabilities; no privilege escalation rules out file capabilities).
 import type { V1Container, V1Pod, V1PodSpec, V1SecurityContext, V1Volume } from '@kubernetes/client-node';
 import type { EgressGateway } from '../crds/index.ts';
-import { containerNameVariable, sidecarVariables, tokenAudience } from '../contracts/index.ts';
+import { containerNameVariable, sidecarVariables, tokenAudience, tokenVolume } from '../contracts/index.ts';
 import { sidecarContainerName } from './compile.ts';
 import { matchesSelector, type Labels } from './selector.ts';
 import { processEnvironment, type OperatorSettings } from './settings.ts';
@@ -22,9 +22,10 @@ export const injectedAnnotation = 'naat.dev/sidecar-gateway';
 /** Observe or Strict, as the webhook decided; a pod may also ask by setting it itself. */
 export const modeAnnotation = 'naat.dev/association-mode';
 export const modeReasonAnnotation = 'naat.dev/association-mode-reason';
+/** Sidecar or Node, as the webhook decided; a pod may also ask by setting it itself. */
+export const driverAnnotation = 'naat.dev/association-driver';
 /** Why the webhook left out the sidecar of a pod its gateway selects, when the pod's owner should know. */
 export const skippedAnnotation = 'naat.dev/sidecar-skipped';
-export const tokenVolume = 'naat-token';
 export const tokenDir = '/var/run/secrets/naat';
 /** Strict mode: the folder the sidecar shares with the pod's programs (library and socket). */
 export const runVolume = 'naat-run';
@@ -98,6 +99,7 @@ export function injection(request: InjectionRequest): Injection {
     .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))
     .find((g) => selects(g, request.namespaceLabels, pod.metadata?.labels));
   if (!gateway) return { inject: false, reason: 'no gateway injects this pod' };
+  if (associationDriver(gateway, pod) === 'Node') return nodeDriven(gateway, pod);
   // Where the namespace's Pod Security level admits it, the root sidecar keeps the pod's programs
   // out of its own process (they cannot read its token through /proc); elsewhere the sidecar runs
   // as the pod's user without capabilities, if the pod has one. A pod the level would reject with
@@ -152,6 +154,37 @@ export function injection(request: InjectionRequest): Injection {
     ...annotate(pod, annotations),
   ];
   return { inject: true, gateway: gateway.metadata.name, patch };
+}
+
+/**
+ * The node agent drives the pod: no sidecar, no shared process namespace, no capability, so Pod
+ * Security has nothing to forbid. The pod gets only its naat token, which no container mounts: the
+ * kubelet writes it into the pod's folder on the node, where the node agent reads it to prove the
+ * pod to the gateway exactly as a sidecar would. Strict mode needs the sidecar's stamps, so the
+ * pod is associated in Observe mode and says why.
+ */
+function nodeDriven(gateway: EgressGateway, pod: V1Pod): Injection {
+  const chosen = associationMode(gateway, pod);
+  const { mode, reason } =
+    chosen.mode === 'Strict'
+      ? { mode: 'Observe', reason: `${chosen.reason} asks for Strict, which the Node driver does not offer` }
+      : chosen;
+  const patch: PatchOperation[] = [
+    ...append('/spec/volumes', pod.spec?.volumes, [tokenVolumeOf()]),
+    ...annotate(pod, {
+      [injectedAnnotation]: gateway.metadata.name,
+      [driverAnnotation]: 'Node',
+      [modeAnnotation]: mode,
+      [modeReasonAnnotation]: reason,
+    }),
+  ];
+  return { inject: true, gateway: gateway.metadata.name, patch };
+}
+
+/** The pod's own choice of driver (its annotation) wins over its gateway's. */
+export function associationDriver(gateway: EgressGateway, pod: V1Pod): 'Sidecar' | 'Node' {
+  const asked = pod.metadata?.annotations?.[driverAnnotation];
+  return asked === 'Sidecar' || asked === 'Node' ? asked : gateway.spec.association.driver;
 }
 
 function annotate(pod: V1Pod, annotations: Record<string, string>): PatchOperation[] {

@@ -56,6 +56,15 @@ describe('association mode condition', () => {
     });
   });
 
+  test('says when the node agent is the driver', () => {
+    expect(associationModeCondition({ [injectedAnnotation]: 'gw', 'naat.dev/association-driver': 'Node' })).toEqual({
+      type: 'naat.dev/AssociationMode',
+      status: 'True',
+      reason: 'Observe',
+      message: 'Observe association, chosen by EgressGateway gw: the node agent reports sockets as it sees them',
+    });
+  });
+
   test('says nothing of a pod without the sidecar', () => {
     expect(
       associationModeCondition({ 'naat.dev/sidecar-skipped': 'namespace shop enforces Pod Security level baseline' }),

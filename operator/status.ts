@@ -4,7 +4,13 @@ import type { Condition } from '../crds/index.ts';
 import type { Compiled, PolicyFacts } from './compile.ts';
 import { describeConflict, type PortConflict } from './host-ports.ts';
 import type { NodeSteering } from './steering.ts';
-import { injectedAnnotation, modeAnnotation, modeReasonAnnotation, skippedAnnotation } from './inject.ts';
+import {
+  driverAnnotation,
+  injectedAnnotation,
+  modeAnnotation,
+  modeReasonAnnotation,
+  skippedAnnotation,
+} from './inject.ts';
 
 export interface DataplaneRollout {
   /** Nodes that should run the gateway's dataplane (the DaemonSet's desiredNumberScheduled). */
@@ -211,7 +217,9 @@ export function associationModeCondition(
     mode === 'Strict'
       ? `Strict association, chosen by ${why}: the pod's programs stamp their connections for the gateway; ` +
         'programs that cannot preload the stamping library (static binaries) are associated as in Observe mode'
-      : `Observe association, chosen by ${why}: the sidecar reports sockets as it sees them`;
+      : annotations[driverAnnotation] === 'Node'
+        ? `Observe association, chosen by ${why}: the node agent reports sockets as it sees them`
+        : `Observe association, chosen by ${why}: the sidecar reports sockets as it sees them`;
   return { type: associationCondition, status: 'True', reason: mode, message };
 }
 

@@ -32,10 +32,8 @@ import { join } from 'node:path';
 import { sidecarVariables } from '../contracts/index.ts';
 import { Action, AssociationMode } from '../proto/index.ts';
 import { credentials } from '@grpc/grpc-js';
-import { Driver } from './driver.ts';
-import { readApplication } from './processes.ts';
+import { Driver, readApplication, Scanner } from '../contracts/naa/index.ts';
 import { StampServer } from './stamps.ts';
-import { Scanner } from './scanner.ts';
 
 parseCommandLine(
   `usage: npm run sidecar   (compiled: node sidecar/main.js); it takes no arguments, only these variables:
@@ -114,7 +112,7 @@ const driver: Driver = new Driver({
       configHash: policy.configHash,
       rules: policy.rules.map((rule) => `${rule.rule} ${rule.action === Action.ACTION_DENY ? 'Deny' : 'Allow'}`),
     }),
-  ...(telemetry.enabled ? { tracer: (await import('./tracing.ts')).associationTracer } : {}),
+  ...(telemetry.enabled ? { tracer: (await import('../contracts/naa/tracing/index.ts')).associationTracer } : {}),
   ...(stamps
     ? { mode: AssociationMode.ASSOCIATION_MODE_STRICT, stamps: () => stamps.stamps }
     : { mode: AssociationMode.ASSOCIATION_MODE_OBSERVE }),

@@ -27,6 +27,7 @@ export {
   NodeConfig,
   nodeAgentFieldManager,
   nodeConfigVersion,
+  NodeAssociation,
   NodeGateway,
   parseNodeConfig,
   SteeredPod,

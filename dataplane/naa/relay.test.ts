@@ -19,8 +19,8 @@ import {
   type Application,
   type PodRef,
 } from '../../proto/index.ts';
-import { Driver } from '../../sidecar/driver.ts';
-import type { Association } from '../../sidecar/associations.ts';
+import { Driver } from '../../contracts/naa/index.ts';
+import type { Association } from '../../contracts/naa/index.ts';
 import { AuthenticationError, type PodIdentity } from './auth.ts';
 import { NaaRelay, type RelayPeers } from './relay.ts';
 import { NaaServer } from './server.ts';

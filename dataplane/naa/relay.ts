@@ -27,9 +27,9 @@
 import {
   Client,
   Server,
+  ServerCredentials,
   credentials,
   status,
-  type ServerCredentials,
   type ChannelCredentials,
   type ClientDuplexStream,
   type ServerDuplexStream,
@@ -37,6 +37,7 @@ import {
   type ServiceError,
   type StatusObject,
 } from '@grpc/grpc-js';
+import { rm } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
 import type { NodeGateway } from '../../contracts/gateway/index.ts';
 import {
@@ -160,6 +161,16 @@ export class NaaRelay {
   /** Listens on `address` (`HOST:PORT`, `[IPV6]:PORT` or `:PORT` for both families); resolves with the port. */
   listen(address: string): Promise<number> {
     return listen(this.#server, address, this.#options.serverCredentials);
+  }
+
+  /**
+   * Also takes streams in plaintext on the Unix socket `path` (an old one there is replaced): where
+   * the node agent's own drivers of the node's pods (node-driver.ts) reach it. Only the node's root
+   * can reach the socket; the streams carry the pods' own tokens all the same.
+   */
+  async listenLocal(path: string): Promise<void> {
+    await rm(path, { force: true });
+    await listen(this.#server, `unix:${path}`, ServerCredentials.createInsecure());
   }
 
   /** Ends every stream (UNAVAILABLE, so drivers retry) and stops listening. */

@@ -15,7 +15,7 @@ import {
   type TunnelFacts,
 } from '../compile.ts';
 import { gatewayNodeConflicts, relayConflicts, type PortClaimant, type PortConflict } from '../host-ports.ts';
-import { modeAnnotation } from '../inject.ts';
+import { driverAnnotation, modeAnnotation } from '../inject.ts';
 import type { OperatorSettings } from '../settings.ts';
 import {
   desiredNodeConfigs,
@@ -37,10 +37,24 @@ export function podFacts(pod: V1Pod): PodFacts {
       ...(pod.spec?.initContainers ?? []).filter((c) => c.restartPolicy === 'Always'),
       ...(pod.spec?.containers ?? []),
     ].map((c) => c.name),
+    ...(pod.metadata?.annotations?.[driverAnnotation] === 'Node' && pod.metadata.uid
+      ? { nodeAssociation: { uid: pod.metadata.uid, containers: runningContainers(pod) } }
+      : {}),
     ...(pod.metadata?.annotations?.[modeAnnotation] === 'Strict' ? { strict: true } : {}),
     ...(pod.status?.phase ? { phase: pod.status.phase } : {}),
     ...(pod.spec?.nodeName ? { node: pod.spec.nodeName } : {}),
   };
+}
+
+/**
+ * The pod's containers that have a runtime id, by that id (status.containerStatuses gives it as
+ * `runtime://id`): what names a container its processes' cgroups point at.
+ */
+function runningContainers(pod: V1Pod): Array<{ id: string; name: string }> {
+  return [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])]
+    .map((c) => ({ id: /^[a-z0-9.-]+:\/\/([0-9a-f]{64})$/.exec(c.containerID ?? '')?.[1], name: c.name }))
+    .filter((c): c is { id: string; name: string } => c.id !== undefined)
+    .sort((a, b) => a.id.localeCompare(b.id));
 }
 
 /** What the compiler reads of a node. */

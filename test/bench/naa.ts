@@ -212,7 +212,7 @@ for line in sys.stdin: connect(); print('connected',flush=True)`,
       '--input-type=module',
       '-e',
       `import { createInterface } from 'node:readline';
-import { Scanner } from './dist/sidecar/scanner.js';
+import { Scanner } from './dist/contracts/naa/scanner.js';
 const scanner = new Scanner('/proc', Number(process.argv[1]));
 for await (const line of createInterface({ input: process.stdin })) {
   const started = performance.now();

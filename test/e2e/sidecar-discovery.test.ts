@@ -1,8 +1,7 @@
 // The driver's scanner finds, in a real network namespace, which real program owns each
 // outbound socket, and notices when one goes away.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { diffAssociations } from '../../sidecar/associations.ts';
-import { Scanner } from '../../sidecar/scanner.ts';
+import { diffAssociations, Scanner } from '../../contracts/naa/index.ts';
 
 const ns = `naat-scan-${process.pid}`;
 const pod = '10.200.0.1';

@@ -1,6 +1,6 @@
 // The pure core of the driver: which sockets are outbound flows, and what changed between two
 // looks at the pod.
-import type { Application } from '../proto/index.ts';
+import type { Application } from '../../proto/index.ts';
 import { tcpState, type SocketEntry, type Transport } from './proc-net.ts';
 
 export interface Flow {

@@ -1,6 +1,6 @@
 import { diffAssociations, flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
 import type { SocketEntry } from './proc-net.ts';
-import type { Application } from '../proto/index.ts';
+import type { Application } from '../../proto/index.ts';
 
 const socket = (overrides: Partial<SocketEntry>): SocketEntry => ({
   transport: 'tcp',

@@ -1,7 +1,7 @@
-// The sidecar's half of an association's trace (loaded only when telemetry runs; see
-// ../common/telemetry.ts): a span `associate` per new association, from when the socket was
-// first seen to when the gateway acknowledged the message that carried it, whose W3C context
-// travels in the message (Association.trace) so that the gateway's spans join the trace. It is
+// The driver's half of an association's trace, the sidecar's or the node agent's (loaded only
+// when telemetry runs; see common/telemetry.ts): a span `associate` per new association, from when
+// the socket was first seen to when the gateway acknowledged the message that carried it, whose W3C
+// context travels in the message (Association.trace) so that the gateway's spans join the trace. It is
 // written with the W3C propagator itself, not the global one that OTEL_PROPAGATORS chooses: the
 // protocol says W3C.
 import {
@@ -13,8 +13,7 @@ import {
   type Attributes,
 } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import type { Association } from './associations.ts';
-import type { AssociationTracer } from './driver.ts';
+import type { Association, AssociationTracer } from '../index.ts';
 
 const propagator = new W3CTraceContextPropagator();
 

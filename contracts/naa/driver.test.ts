@@ -4,11 +4,11 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NaaServer } from '../dataplane/naa/server.ts';
-import type { AssociationEntry } from '../dataplane/naa/table.ts';
+import { NaaServer } from '../../dataplane/naa/server.ts';
+import type { AssociationEntry } from '../../dataplane/naa/table.ts';
 import type { Association } from './associations.ts';
 import { Driver, type AssociationTracer } from './driver.ts';
-import { eventually } from '../test/eventually.ts';
+import { eventually } from '../../test/eventually.ts';
 
 const pod = { namespace: 'shop', name: 'web-1', uid: 'uid-1' };
 

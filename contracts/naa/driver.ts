@@ -18,8 +18,8 @@ import {
   type EffectivePolicy,
   type TraceContext,
   type Verdict,
-} from '../proto/index.ts';
-import { addressToBytes } from '../common/index.ts';
+} from '../../proto/index.ts';
+import { addressToBytes } from '../../common/index.ts';
 import { diffAssociations, flowKey as associationKey, type Association, type Flow } from './associations.ts';
 
 /** Starts the span of an association as it is first sent (tracing.ts); undefined leaves it untraced. */

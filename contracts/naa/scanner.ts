@@ -8,8 +8,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
 import { parseSocketTable, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
-import type { Application } from '../proto/index.ts';
-import { readApplication, socketOwners } from './processes.ts';
+import type { Application } from '../../proto/index.ts';
+import { allPids, readApplication, socketOwners } from './processes.ts';
 
 const tables: [string, Transport, 4 | 6][] = [
   ['tcp', 'tcp', 4],
@@ -18,10 +18,20 @@ const tables: [string, Transport, 4 | 6][] = [
   ['udp6', 'udp', 6],
 ];
 
+/**
+ * Which processes may own the namespace's sockets, and who each is. By default every process
+ * procfs shows (the sidecar's view of its pod), as `readApplication` reads them.
+ */
+export interface Owners {
+  pids(): Iterable<number>;
+  identify(pid: number): Promise<Application | undefined>;
+}
+
 export class Scanner {
   readonly #proc: string;
   readonly #netDir: string;
   readonly #tcpRereadMs: number;
+  readonly #owners: Owners;
   #applications = new Map<number, Application>();
   #current = new Map<string, Association>();
   /** Each table's text as last read, and its rows. */
@@ -36,11 +46,13 @@ export class Scanner {
    *   nothing changed: a safety net for what the counters do not show at once (a connection that
    *   its process closes after the peer did loses its owner at once, but moves the counters only
    *   when its last ACK arrives)
+   * @param owners the processes that may own its sockets (the node agent's: those of one pod)
    */
-  constructor(proc = '/proc', netPid: number | 'self' = 'self', tcpRereadMs = 5_000) {
+  constructor(proc = '/proc', netPid: number | 'self' = 'self', tcpRereadMs = 5_000, owners?: Owners) {
     this.#proc = proc;
     this.#netDir = join(proc, String(netPid), 'net');
     this.#tcpRereadMs = tcpRereadMs;
+    this.#owners = owners ?? { pids: () => allPids(proc), identify: (pid) => readApplication(proc, pid) };
   }
 
   /**
@@ -58,10 +70,10 @@ export class Scanner {
 
     const sockets = outboundSockets(tables.flatMap(([name]) => this.#tables.get(name)?.entries ?? []));
     const unknown = new Set(sockets.map((s) => s.inode).filter((inode) => !this.#applications.has(inode)));
-    const owners = socketOwners(this.#proc, unknown);
+    const owners = socketOwners(this.#proc, unknown, unknown.size ? this.#owners.pids() : []);
     const byPid = new Map<number, Promise<Application | undefined>>();
     for (const [inode, pid] of owners) {
-      if (!byPid.has(pid)) byPid.set(pid, readApplication(this.#proc, pid));
+      if (!byPid.has(pid)) byPid.set(pid, this.#owners.identify(pid));
       const application = await byPid.get(pid);
       if (application) this.#applications.set(inode, application);
     }

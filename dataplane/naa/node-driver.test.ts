@@ -1,0 +1,65 @@
+import type { NodeConfig } from '../../contracts/gateway/index.ts';
+import { podProcesses, wantedPods, type ProcessPlace } from './node-driver.ts';
+
+const id = (c: string) => c.repeat(64);
+const place = (podUid: string | undefined, netns: string, container = 'a'): ProcessPlace => ({
+  pod: podUid ? { podUid, containerId: id(container) } : undefined,
+  netns,
+});
+
+describe("a pod's processes", () => {
+  test('are those its cgroup names, in the namespace most of them share, looked at through the lowest pid there', () => {
+    const places = new Map<number, ProcessPlace>([
+      [1, place(undefined, 'net:[1]')],
+      [40, place('web', 'net:[9]', 'b')],
+      [10, place('web', 'net:[5]', 'p')],
+      [12, place('web', 'net:[5]', 'a')],
+      [30, place('web', 'net:[5]', 'a')],
+      [20, place('db', 'net:[6]')],
+      [21, place('other', 'net:[7]')],
+    ]);
+    expect(podProcesses(places, new Set(['web', 'db', 'gone']))).toEqual(
+      new Map([
+        ['web', { netns: 'net:[5]', netPid: 10, pids: [10, 12, 30] }],
+        ['db', { netns: 'net:[6]', netPid: 20, pids: [20] }],
+      ]),
+    );
+  });
+
+  test('on a tie, the namespace of the oldest process wins', () => {
+    const places = new Map<number, ProcessPlace>([
+      [50, place('web', 'net:[9]')],
+      [7, place('web', 'net:[5]')],
+    ]);
+    expect(podProcesses(places, new Set(['web'])).get('web')).toEqual({ netns: 'net:[5]', netPid: 7, pids: [7] });
+  });
+});
+
+test('the node agent drives the pods its node config gives the Node driver, and no other', () => {
+  const gateway = {
+    gateway: 'egress',
+    tunnel: { vni: 7, port: 4789 },
+    selection: 'Pod',
+    associationPort: 7740,
+    healthPort: 7741,
+    bypass: [],
+    peers: [],
+    pods: [
+      {
+        namespace: 'shop',
+        name: 'web',
+        addresses: ['10.244.1.10'],
+        association: { uid: 'uid-web', containers: [{ id: id('c'), name: 'app' }] },
+      },
+      { namespace: 'shop', name: 'sidecar-driven', addresses: ['10.244.1.11'] },
+    ],
+  } satisfies NodeConfig['gateways'][number];
+  const wanted = wantedPods({ version: 1, node: 'worker-a', markMask: 0xe0, gateways: [gateway] });
+  expect([...wanted.keys()]).toEqual(['uid-web']);
+  expect(wanted.get('uid-web')).toEqual({
+    gateway,
+    ref: { namespace: 'shop', name: 'web', uid: 'uid-web' },
+    addresses: new Set(['10.244.1.10']),
+    containers: new Map([[id('c'), 'app']]),
+  });
+});

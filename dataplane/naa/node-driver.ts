@@ -1,0 +1,267 @@
+// The node agent as the NAA driver of every pod of its node that its gateway gives the Node
+// driver (association.driver Node, docs/naa.md): no sidecar in the pod. From the host's process
+// view it finds each such pod's processes by their cgroup (the pod's uid and the container's
+// runtime id, which the kubelet and the runtime set and the pod cannot change) and its network
+// namespace (where most of them are), and looks at that namespace's sockets with the sidecar's
+// own scanner, counting only the pod's processes as owners. Each pod gets the sidecar's own
+// driver and stream, with the pod's own token (which the kubelet keeps in the pod's folder on the
+// node), to the relay of its gateway on this node: the gateways authenticate the pod and hold it to
+// its own addresses exactly as they do a sidecar's stream, and accept it only from this node.
+import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { ProblemLog, type Logger } from '../../common/index.ts';
+import { tokenVolume } from '../../contracts/index.ts';
+import type { NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
+import {
+  allPids,
+  Driver,
+  podOfCgroup,
+  readApplication,
+  Scanner,
+  type Association,
+  type AssociationTracer,
+  type PodPlace,
+} from '../../contracts/naa/index.ts';
+import { AssociationMode, type PodRef } from '../../proto/index.ts';
+
+/** Where a process is: its pod and container (undefined outside the kubelet's pods) and its network namespace. */
+export interface ProcessPlace {
+  pod: PodPlace | undefined;
+  /** The namespace's identity, as /proc/<pid>/ns/net links to it (`net:[inode]`). */
+  netns: string;
+}
+
+/** A pod's processes in its network namespace, and one of them to look at the namespace through. */
+export interface PodProcesses {
+  netns: string;
+  /** The lowest pid there: the longest-lived, most often the pod's sandbox. */
+  netPid: number;
+  pids: number[];
+}
+
+/**
+ * Each wanted pod's processes in its network namespace: the namespace most of the pod's processes
+ * are in (a pod's containers share the sandbox's; a program that made a namespace of its own has
+ * no pod address there), the lowest pid first on a tie. Pods without a process are left out.
+ */
+export function podProcesses(
+  places: ReadonlyMap<number, ProcessPlace>,
+  wanted: ReadonlySet<string>,
+): Map<string, PodProcesses> {
+  const byPod = new Map<string, Map<string, number[]>>();
+  for (const [pid, { pod, netns }] of places) {
+    if (!pod || !wanted.has(pod.podUid)) continue;
+    const namespaces = byPod.get(pod.podUid) ?? new Map<string, number[]>();
+    namespaces.set(netns, [...(namespaces.get(netns) ?? []), pid]);
+    byPod.set(pod.podUid, namespaces);
+  }
+  const result = new Map<string, PodProcesses>();
+  for (const [uid, namespaces] of byPod) {
+    const [netns, pids] = [...namespaces]
+      .map(([netns, pids]) => [netns, pids.sort((a, b) => a - b)] as const)
+      .sort(([, a], [, b]) => b.length - a.length || a[0]! - b[0]!)[0]!;
+    result.set(uid, { netns, netPid: pids[0]!, pids });
+  }
+  return result;
+}
+
+/** A pod the node agent drives, as its node config gives it. */
+interface WantedPod {
+  gateway: NodeGateway;
+  ref: PodRef;
+  addresses: ReadonlySet<string>;
+  /** Container names by the runtime's id. */
+  containers: ReadonlyMap<string, string>;
+}
+
+/** The pods of a node config that have the Node driver, by uid. */
+export function wantedPods(config: NodeConfig): Map<string, WantedPod> {
+  const pods = new Map<string, WantedPod>();
+  for (const gateway of config.gateways) {
+    for (const pod of gateway.pods) {
+      if (!pod.association) continue;
+      pods.set(pod.association.uid, {
+        gateway,
+        ref: { namespace: pod.namespace, name: pod.name, uid: pod.association.uid },
+        addresses: new Set(pod.addresses),
+        containers: new Map(pod.association.containers.map((c) => [c.id, c.name])),
+      });
+    }
+  }
+  return pods;
+}
+
+export interface NodeDriverOptions {
+  /** Where the host's procfs is (the node agent runs in the host's process namespace). */
+  proc?: string;
+  /** The kubelet's folder of pods (`/var/lib/kubelet/pods`), where each pod's token is. */
+  podsDir: string;
+  /** Where this node's relay of `gateway` takes the node agent's own streams. */
+  target(gateway: NodeGateway): string;
+  channelCredentials?: ChannelCredentials;
+  version: string;
+  /** How often to look (200 ms, as the sidecar). */
+  scanIntervalMs?: number;
+  /** Every process's place is read again at least this often, in case a pid was reused (5 s). */
+  rereadMs?: number;
+  /** Traces associations as the sidecar does (telemetry on). */
+  tracer?: AssociationTracer;
+  log: Logger;
+}
+
+/** One driven pod: its stream, and its scanner while it has processes. */
+interface Driven {
+  pod: WantedPod;
+  driver: Driver;
+  target: string;
+  scanner?: { netns: string; netPid: number; scanner: Scanner; pids: number[] };
+}
+
+export class NodeDriver {
+  readonly #o: NodeDriverOptions;
+  readonly #proc: string;
+  #wanted = new Map<string, WantedPod>();
+  readonly #driven = new Map<string, Driven>();
+  /** Every process's place, as last read. */
+  #places = new Map<number, ProcessPlace>();
+  #placesReadAt = -Infinity;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  readonly #problems: ProblemLog;
+
+  constructor(options: NodeDriverOptions) {
+    this.#o = options;
+    this.#proc = options.proc ?? '/proc';
+    this.#problems = new ProblemLog(options.log, 'Failed to look at a pod', 'Looked at a pod again');
+  }
+
+  /** Follows a new node config: pods that left it lose their streams at once. */
+  configure(config: NodeConfig): void {
+    this.#wanted = wantedPods(config);
+    for (const [uid, driven] of this.#driven) {
+      const pod = this.#wanted.get(uid);
+      if (pod && this.#o.target(pod.gateway) === driven.target) driven.pod = pod;
+      else this.#drop(uid);
+    }
+  }
+
+  start(): void {
+    void this.#tick();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    for (const uid of [...this.#driven.keys()]) this.#drop(uid);
+  }
+
+  /** Number of pods driven. */
+  get pods(): number {
+    return this.#driven.size;
+  }
+
+  /** Looks at every wanted pod once and sends what changed. */
+  async scan(now = new Date()): Promise<void> {
+    const found = podProcesses(this.#readPlaces(now.getTime()), new Set(this.#wanted.keys()));
+    for (const [uid, pod] of this.#wanted) {
+      const driven = this.#driven.get(uid) ?? this.#drive(uid, pod);
+      const processes = found.get(uid);
+      try {
+        driven.driver.update(processes ? await this.#scanPod(driven, processes, now) : new Map());
+        this.#problems.report(uid, undefined, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
+      } catch (error) {
+        this.#problems.report(uid, (error as Error).message, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
+      }
+    }
+  }
+
+  async #tick(): Promise<void> {
+    await this.scan();
+    if (!this.#stopped) this.#timer = setTimeout(() => void this.#tick(), this.#o.scanIntervalMs ?? 200);
+  }
+
+  #drive(uid: string, pod: WantedPod): Driven {
+    const target = this.#o.target(pod.gateway);
+    const driver: Driver = new Driver({
+      target,
+      pod: pod.ref,
+      tokenFile: join(this.#o.podsDir, uid, 'volumes', 'kubernetes.io~projected', tokenVolume, 'token'),
+      version: this.#o.version,
+      mode: AssociationMode.ASSOCIATION_MODE_OBSERVE,
+      channelCredentials: this.#o.channelCredentials ?? credentials.createInsecure(),
+      onState: (state) =>
+        this.#o.log.debug(`Driver ${state}`, {
+          pod: `${pod.ref.namespace}/${pod.ref.name}`,
+          ...(state === 'disconnected' ? { error: driver.lastError?.message } : {}),
+        }),
+      ...(this.#o.tracer ? { tracer: this.#o.tracer } : {}),
+    });
+    const driven: Driven = { pod, driver, target };
+    this.#driven.set(uid, driven);
+    driver.start();
+    return driven;
+  }
+
+  #drop(uid: string): void {
+    this.#driven.get(uid)?.driver.stop();
+    this.#driven.delete(uid);
+  }
+
+  /**
+   * The pod's associations now. Its scanner looks through one of its processes, and is made anew
+   * when that process is gone (or the pod has another namespace): the new one finds the same flows.
+   * Flows of addresses that are not the pod's are left out: the gateway would refuse them all.
+   */
+  async #scanPod(driven: Driven, processes: PodProcesses, now: Date): Promise<Map<string, Association>> {
+    const kept = driven.scanner;
+    if (!kept || kept.netns !== processes.netns || !processes.pids.includes(kept.netPid)) {
+      const state = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids };
+      const scanner = new Scanner(this.#proc, processes.netPid, undefined, {
+        pids: () => state.pids,
+        identify: (pid) => this.#identify(driven, pid),
+      });
+      driven.scanner = { ...state, scanner };
+    }
+    driven.scanner!.pids = processes.pids;
+    const scanned = await driven.scanner!.scanner.scan(now);
+    const addresses = driven.pod.addresses;
+    if ([...scanned.values()].every((a) => !a.flow.sourceAddress || addresses.has(a.flow.sourceAddress)))
+      return scanned;
+    return new Map([...scanned].filter(([, a]) => !a.flow.sourceAddress || addresses.has(a.flow.sourceAddress)));
+  }
+
+  /** Who a process is, its container named from the runtime id its cgroup shows, not from anything it says. */
+  async #identify(driven: Driven, pid: number) {
+    const application = await readApplication(this.#proc, pid);
+    if (!application) return undefined;
+    return { ...application, containerName: driven.pod.containers.get(application.containerId) ?? '' };
+  }
+
+  /**
+   * Every process's place: new processes are read at each scan, all of them every `rereadMs` (a
+   * pid that was reused in between keeps its old place until then).
+   */
+  #readPlaces(now: number): Map<number, ProcessPlace> {
+    const all = now - this.#placesReadAt >= (this.#o.rereadMs ?? 5_000) || now < this.#placesReadAt;
+    if (all) this.#placesReadAt = now;
+    const places = new Map<number, ProcessPlace>();
+    for (const pid of allPids(this.#proc)) {
+      const known = all ? undefined : this.#places.get(pid);
+      const place = known ?? readPlace(this.#proc, pid);
+      if (place) places.set(pid, place);
+    }
+    this.#places = places;
+    return places;
+  }
+}
+
+/** A process's place; undefined when it exited meanwhile. */
+function readPlace(proc: string, pid: number): ProcessPlace | undefined {
+  try {
+    const pod = podOfCgroup(readFileSync(join(proc, String(pid), 'cgroup'), 'utf8'));
+    return { pod, netns: pod ? readlinkSync(join(proc, String(pid), 'ns', 'net')) : '' };
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,203 @@
+// The node agent as a pod's NAA driver (association.driver Node): no sidecar in the pod. Real
+// programs run in the pod's network namespace and in the cgroup the kubelet would give its
+// container (cgroup v1, /kubepods/besteffort/pod<uid>/<container id>); the node agent finds them
+// from the host's /proc, streams with the pod's own token (where the kubelet keeps it) through the
+// relay of its node to a gateway node's NAA server, which authenticates the pod with the real
+// apiserver. The gateway gets each flow of the pod with its program and container; a program in the
+// same namespace that is not one of the pod's is no one's, and a pod that leaves the node config
+// loses its stream.
+import { KubeConfig } from '@kubernetes/client-node';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Logger } from '../../common/index.ts';
+import type { NodeConfig } from '../../contracts/gateway/index.ts';
+import { TokenReviewAuthenticator } from '../../dataplane/naa/auth.ts';
+import { NodeDriver } from '../../dataplane/naa/node-driver.ts';
+import { NaaRelay } from '../../dataplane/naa/relay.ts';
+import { NaaServer } from '../../dataplane/naa/server.ts';
+import { kubectl } from '../cluster/cluster.ts';
+import { eventually } from '../eventually.ts';
+import { makePod, type TestPod } from '../integration/naa-fixtures.ts';
+
+const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
+const namespace = `naa-node-${process.pid}`;
+const ns = `naat-node-${process.pid}`;
+/** The relay's node: its connections to the gateway node (127.0.0.2) leave from 127.0.0.1. */
+const relayNodeAddress = '127.0.0.1';
+const silent: Logger = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
+
+let web: TestPod;
+let server: NaaServer;
+let relay: NaaRelay;
+let driver: NodeDriver;
+let dir: string;
+const containerId = randomBytes(32).toString('hex');
+/** Its container's cgroup, as the kubelet names it (cgroupfs driver, BestEffort), once the pod has a uid. */
+let podCgroup: string | undefined;
+const programs: ChildProcess[] = [];
+
+const gateway = (pods: NodeConfig['gateways'][number]['pods']): NodeConfig => ({
+  version: 1,
+  node: 'worker-a',
+  markMask: 0xe0,
+  gateways: [
+    {
+      gateway: 'egress',
+      tunnel: { vni: 7, port: 4789 },
+      selection: 'Pod',
+      associationPort: 7740,
+      healthPort: 7741,
+      bypass: [],
+      pods,
+      peers: [{ node: 'gateway-a', addresses: ['127.0.0.2'] }],
+    },
+  ],
+});
+
+/**
+ * A program in the pod's network namespace, in the container's cgroup when `inContainer`, once it
+ * printed its port.
+ */
+async function program(script: string, inContainer: boolean): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn('ip', ['netns', 'exec', ns, 'python3', '-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  programs.push(child);
+  if (inContainer) writeFileSync(join(podCgroup!, containerId, 'cgroup.procs'), String(child.pid));
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout!.once('data', (data: Buffer) => resolve(Number(data.toString().trim())));
+    child.once('exit', (code) => reject(new Error(`exited with ${code} before it was ready`)));
+  });
+  return { child, port };
+}
+
+/** Connects to the listener from the pod's address, says its source port, and holds the connection. */
+const connect = (destination: string) => `import socket,time
+c=socket.create_connection(('${destination}',443),source_address=('${'$'}POD',0))
+print(c.getsockname()[1],flush=True); time.sleep(600)`;
+
+beforeAll(async () => {
+  await k(['create', 'namespace', namespace]);
+  await k(['create', 'serviceaccount', 'app', '-n', namespace]);
+  web = await makePod(namespace, 'web', 'worker-a');
+  podCgroup = `/sys/fs/cgroup/pids/kubepods/besteffort/pod${web.ref.uid}`;
+  await k([
+    'patch',
+    'pod',
+    'web',
+    '-n',
+    namespace,
+    '--subresource=status',
+    '--type=merge',
+    '-p',
+    JSON.stringify({ status: { hostIP: relayNodeAddress, hostIPs: [{ ip: relayNodeAddress }] } }),
+  ]);
+
+  // The pod's network namespace, with its address and a destination to connect to.
+  execFileSync('ip', ['netns', 'add', ns]);
+  execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  execFileSync('ip', ['-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'peer0']);
+  execFileSync('ip', ['-n', ns, 'addr', 'add', `${web.ip}/32`, 'dev', 'eth0']);
+  execFileSync('ip', ['-n', ns, 'addr', 'add', '203.0.113.10/32', 'dev', 'eth0']);
+  for (const link of ['eth0', 'peer0']) execFileSync('ip', ['-n', ns, 'link', 'set', link, 'up']);
+  mkdirSync(join(podCgroup, containerId), { recursive: true });
+
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromFile(process.env.KUBECONFIG!);
+  server = new NaaServer({
+    authenticator: new TokenReviewAuthenticator(kubeConfig, 'gateway-a'),
+    sink: { apply: async () => {} },
+  });
+  const port = await server.listen('127.0.0.2:0');
+  const config = gateway([]);
+  relay = new NaaRelay({
+    gateway: { ...config.gateways[0]!, associationPort: port },
+    peers: { up: () => new Set(['gateway-a']), onChange: () => {} },
+    pinnedPeer: () => undefined,
+  });
+  dir = await mkdtemp(join(tmpdir(), 'naat-node-driver-'));
+  await relay.listenLocal(join(dir, 'naa.sock'));
+  // The pod's token where the kubelet keeps its projected volume.
+  const tokenDir = join(dir, 'pods', web.ref.uid, 'volumes', 'kubernetes.io~projected', 'naat-token');
+  mkdirSync(tokenDir, { recursive: true });
+  writeFileSync(join(tokenDir, 'token'), web.token);
+  driver = new NodeDriver({
+    podsDir: join(dir, 'pods'),
+    target: () => `unix:${join(dir, 'naa.sock')}`,
+    version: 'test',
+    scanIntervalMs: 50,
+    log: silent,
+  });
+});
+
+afterAll(async () => {
+  driver?.stop();
+  await Promise.all(
+    programs.map((child) =>
+      child.exitCode === null ? new Promise((resolve) => child.once('exit', resolve).kill('SIGKILL')) : undefined,
+    ),
+  );
+  if (podCgroup) for (const path of [join(podCgroup, containerId), podCgroup]) rmdirSync(path);
+  // The kubepods folders above, unless another test's pods are in them.
+  for (const path of ['/sys/fs/cgroup/pids/kubepods/besteffort', '/sys/fs/cgroup/pids/kubepods']) {
+    try {
+      rmdirSync(path);
+    } catch {
+      break;
+    }
+  }
+  execFileSync('ip', ['netns', 'delete', ns]);
+  await relay?.close();
+  await server?.close();
+  await rm(dir, { recursive: true, force: true });
+  await k(['delete', 'namespace', namespace, '--wait=false']);
+});
+
+test("the node agent tells the gateway, with the pod's own token, which of the pod's programs and containers owns each flow", async () => {
+  // The destination, in the same namespace: it answers, so the connections are established.
+  await program(
+    `import socket,time
+s=socket.socket(); s.bind(('203.0.113.10',443)); s.listen(); print(443,flush=True)
+held=[s.accept() for _ in range(2)]; time.sleep(600)`,
+    false,
+  );
+  const script = connect('203.0.113.10').replace('$POD', web.ip);
+  const app = await program(script, true);
+  // In the pod's network namespace, but not one of its containers' processes.
+  const stranger = await program(script, false);
+
+  driver.configure(
+    gateway([
+      {
+        namespace,
+        name: 'web',
+        addresses: [web.ip],
+        association: { uid: web.ref.uid, containers: [{ id: containerId, name: 'app' }] },
+      },
+    ]),
+  );
+  driver.start();
+
+  await eventually(() => expect(server.table.lookup('tcp', web.ip, app.port)).toHaveLength(1));
+  const [entry] = server.table.lookup('tcp', web.ip, app.port);
+  expect(entry!.pod).toEqual(web.ref);
+  expect({ ...entry!.application, commandLine: entry!.application.commandLine.slice(0, 2) }).toEqual({
+    processName: 'python3',
+    executable: expect.stringMatching(/python3/),
+    commandLine: [expect.stringMatching(/(^|\/)python3$/), '-c'],
+    containerName: 'app',
+    containerId,
+    uid: 0,
+    pid: app.child.pid,
+  });
+  expect(entry!.destinationAddress).toBe('203.0.113.10');
+  expect(server.table.lookup('tcp', web.ip, stranger.port)).toEqual([]);
+  expect(driver.pods).toBe(1);
+
+  // The pod leaves the node's config (deleted, or moved to the sidecar): its stream ends.
+  driver.configure(gateway([]));
+  expect(driver.pods).toBe(0);
+  await eventually(() => expect(server.sessions).toBe(0));
+});
