@@ -12,7 +12,7 @@ import type { AttributionRecord } from '../../dataplane/attribution.ts';
 import { startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
 import { NaaGateway } from './naa-harness.ts';
 import { server, stopProcess, until } from './topology.ts';
-import { startStreamServer, type Server } from './traffic.ts';
+import { pythonDownload, startStreamServer, type Server } from './traffic.ts';
 
 const namespace = `attribution-${process.pid}`;
 const streamPort = 9100;
@@ -78,20 +78,7 @@ describe('the NAT attribution log', () => {
     // Six seconds of 10 kB/s: long enough to be asked about while open, and for the sidecar to report it.
     const download = topology.spawn(
       pod.netns,
-      [
-        'python3',
-        '-c',
-        `import socket
-s=socket.create_connection(('${server.v4}',${streamPort}),timeout=10,source_address=('${pod.ip}',0))
-print(s.getsockname()[1],flush=True)
-s.sendall(b'6 10000\\n')
-n=0
-while True:
-  d=s.recv(65536)
-  if not d: break
-  n+=len(d)
-print(n,flush=True)`,
-      ],
+      ['python3', '-c', pythonDownload(server.v4, streamPort, 6, 10_000, pod.ip)],
       { stdio: ['ignore', 'pipe', 'inherit'] },
     );
     const lines = createInterface({ input: download.stdout! })[Symbol.asyncIterator]();

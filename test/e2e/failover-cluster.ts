@@ -5,13 +5,17 @@
 // steers its pod, whose egress addresses are the gateway's failover addresses. The faults are the
 // ones a gateway node meets: power off (links down, every process in the node SIGKILLed), its agent
 // SIGKILLed, its uplink down, a silent blackhole upstream, cut off from the other gateway node and
-// the control plane, drained. Used by the failover tests and `npm run bench:failover`.
+// the control plane, drained. With `applications`, the pod is a real Pod of the control plane with
+// its sidecar in strict mode, relayed by the node agent to both gateway nodes, and the gateway has
+// per-application rules. Used by the failover tests and `npm run bench:failover`.
 import type { ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { kubectl } from '../cluster/cluster.ts';
+import type { KeyPair } from '../../operator/certificates.ts';
 import { makeTestCa } from '../tls.ts';
 import { failoverFigures, type FailoverFigures, type ProbeOutput } from '../bench/failover-figures.ts';
 import {
@@ -29,7 +33,14 @@ import {
   type Cluster,
 } from './cluster-topology.ts';
 import { LoggedProcesses } from './logged-processes.ts';
-import { apiserverOf, relayIntoNamespace } from './naa-pod.ts';
+import {
+  apiserverOf,
+  buildStampLibrary,
+  createBoundPod,
+  relayIntoNamespace,
+  sidecarEnv,
+  sidecarMain,
+} from './naa-pod.ts';
 import { run, server, until, type DualStack } from './topology.ts';
 import { startStreamServer, startTransfer, startWhoami, type Server, type TransferResult } from './traffic.ts';
 
@@ -39,6 +50,9 @@ const whoamiPort = 9000;
 const streamPort = 9100;
 const healthPort = 7745;
 const tunnel = { vni: 7730, port: 4792 };
+const associationPort = 7740;
+/** The steered pod, on worker 1; with `applications` a Pod of that name in the cluster's namespace, on the Node worker-a. */
+const podName = 'web';
 const gatewayName = 'ha';
 /** The failover addresses: on ISP 1's segment, which both gateway nodes' up1 join. */
 export const floating: DualStack = failoverAddress(1, 0);
@@ -51,6 +65,12 @@ const staying: ReadonlySet<Fault> = new Set(['partition']);
 
 export interface FailoverClusterOptions {
   leaseDurationMs: number;
+  /**
+   * The gateway's policy rules for the pod; with them the pod runs its sidecar in strict mode
+   * (programs started with `preloaded` stamp their flows), unassociated flows are held, and the
+   * gateway has ISP 2 as well, for rules that route an application there.
+   */
+  applications?: { rules: unknown[] };
 }
 
 /** What a pod saw across one fault, and which node owned the addresses before and after. */
@@ -103,7 +123,16 @@ export class FailoverCluster {
   readonly #relays = new Map<number, ChildProcess>();
   #apiserver!: URL;
   #tlsDir!: (node: string) => string;
+  readonly #ca: KeyPair = makeTestCa();
   #draining: string[] = [];
+  /** The environment of a program in the pod that stamps its flows (with `applications`). */
+  preloaded: Record<string, string> = {};
+  /**
+   * How the drain fault drains gateway node `node`, and `restore` undrains it: resolves with the
+   * nodes the gateway config lists as draining then: by default the node alone, as the operator
+   * compiles a gateway that names it in failover.drainNodes.
+   */
+  drainWith: (node: string, drained: boolean) => Promise<string[]> = async (node, drained) => (drained ? [node] : []);
 
   private constructor(c: Cluster, dir: string, kubeconfig: string, options: FailoverClusterOptions) {
     this.c = c;
@@ -134,9 +163,8 @@ export class FailoverCluster {
   #k = (args: string[], input?: string) => kubectl(this.#kubeconfig, args, input);
 
   gatewayConfig() {
-    const [isp1] = sharedUplinks();
-    const uplink = {
-      ...isp1!,
+    const healthChecked = (uplink: ReturnType<typeof sharedUplinks>[number]) => ({
+      ...uplink,
       healthCheck: {
         targets: [server.v4],
         protocol: 'TCP',
@@ -146,15 +174,22 @@ export class FailoverCluster {
         failureThreshold: 2,
         successThreshold: 1,
       },
-    };
+    });
+    const [isp1, isp2] = sharedUplinks().map(healthChecked);
+    const applications = this.#options.applications;
+    const pod = both(podAddress(1));
     return {
       version: 1,
       gateway: gatewayName,
       sources: [podNetwork.v4, podNetwork.v6],
-      pods: [{ namespace: 'shop', name: 'web', addresses: both(podAddress(1)), node: 'w1', egress: both(floating) }],
-      uplinks: [uplink],
+      pods: [{ namespace: this.namespace, name: podName, addresses: pod, node: 'w1', egress: both(floating) }],
+      uplinks: applications ? [isp1!, isp2!] : [isp1!],
       balancing: { mode: 'Weighted' },
       timeouts: {},
+      ...(applications && {
+        association: { port: associationPort, unassociatedFlows: 'Hold', sidecarSources: pod, strictSources: pod },
+        rules: applications.rules,
+      }),
       steering: { tunnel, markMask: 0x10, sources: [{ node: 'w1', addresses: both(workerAddress(1)) }] },
       failover: {
         addresses: both(floating).map((address) => ({ address, uplink: 'isp1' })),
@@ -177,10 +212,10 @@ export class FailoverCluster {
           gateway: gatewayName,
           tunnel,
           selection: 'Pod',
-          associationPort: 7740,
+          associationPort,
           healthPort,
           bypass: [podNetwork.v4, podNetwork.v6, nodeNetwork.v4, nodeNetwork.v6],
-          pods: [{ namespace: 'shop', name: 'web', addresses: both(podAddress(1)), egress: both(floating) }],
+          pods: [{ namespace: this.namespace, name: podName, addresses: both(podAddress(1)), egress: both(floating) }],
           peers: gateways.map((g) => ({ node: `g${g}`, addresses: both(gatewayAddress(g)) })),
           failover: { addresses: both(floating) },
         },
@@ -200,7 +235,8 @@ export class FailoverCluster {
 
   async #start(): Promise<void> {
     const c = this.c;
-    this.#tlsDir = writeClusterTls(this.dir, makeTestCa());
+    // With `applications`, w1's certificate names the Node its Pod is on, as in a cluster.
+    this.#tlsDir = writeClusterTls(this.dir, this.#ca, this.#options.applications ? { w1: 'worker-a' } : {});
     // A gateway node powered off and on comes back with its addresses, as a rebooted node's network
     // configuration gives it them again (Linux drops IPv6 addresses with the link by default).
     for (const g of gateways) {
@@ -238,9 +274,49 @@ export class FailoverCluster {
       async () => ((await this.owners()).size === 2 ? true : undefined),
       60_000,
     );
+    if (this.#options.applications) await this.#startSidecar();
     await until('a connection from the pod with its failover address', async () =>
       (await this.whoami()).startsWith(`${floating.v4} `) ? true : undefined,
     );
+  }
+
+  /**
+   * The pod's sidecar, dialling the node agent on w1 as in a cluster, in strict mode; resolves
+   * once both gateway nodes accepted its stream and programs can be given their stamps.
+   */
+  async #startSidecar(): Promise<void> {
+    await this.#k(['create', 'serviceaccount', 'app', '-n', this.namespace]);
+    const status = { podIPs: both(podAddress(1)), hostIPs: both(workerAddress(1)) };
+    const pod = await createBoundPod(this.#kubeconfig, this.namespace, podName, 'worker-a', status);
+    const tokenFile = join(this.dir, 'token');
+    await writeFile(tokenFile, pod.token);
+    const stampDir = join(this.dir, 'run');
+    await mkdir(stampDir, { recursive: true });
+    const library = join(this.dir, 'libnaat_stamp.so');
+    await buildStampLibrary(library);
+    const env = {
+      ...sidecarEnv({
+        host: workerAddress(1).v4,
+        port: associationPort,
+        namespace: this.namespace,
+        pod,
+        tokenFile,
+        scanIntervalMs: 50,
+      }),
+      NAAT_NAA_CA: this.#ca.cert,
+      NAAT_STAMP_DIR: stampDir,
+      NAAT_STAMP_LIBRARY: library,
+    };
+    const assignments = Object.entries(env).map(([name, value]) => `${name}=${value}`);
+    this.processes.spawn(this.c.pod(1), ['env', ...assignments, process.execPath, sidecarMain], 'sidecar.log');
+    for (const g of gateways) {
+      await until(`g${g} to accept the pod's stream`, async () =>
+        (await this.processes.log(`g${g}.log`)).includes(`"pod":"${this.namespace}/${podName}"`) ? true : undefined,
+      );
+    }
+    const socket = join(stampDir, 'stamp.sock');
+    await until('the stamping socket', async () => existsSync(socket) || undefined);
+    this.preloaded = { LD_PRELOAD: library, NAAT_STAMP_SOCKET: socket };
   }
 
   /** Relays the apiserver into node g; a relay it had before (whose end in the node is gone with a power-off) ends. */
@@ -442,7 +518,7 @@ export class FailoverCluster {
         await this.#cut(g, { apiserver: true });
         return;
       case 'drain':
-        this.#draining = [`g${g}`];
+        this.#draining = await this.drainWith(`g${g}`, true);
         await this.#applyConfigMap('gateway', this.gatewayConfig());
         return;
     }
@@ -498,7 +574,7 @@ export class FailoverCluster {
         await this.c.exec(ns, ['nft', 'delete', 'table', 'inet', 'isolation']);
         break;
       case 'drain':
-        this.#draining = [];
+        this.#draining = await this.drainWith(`g${g}`, false);
         await this.#applyConfigMap('gateway', this.gatewayConfig());
         break;
     }

@@ -353,6 +353,28 @@ function said(output: Output): string {
 }
 
 /**
+ * A python3 program (for `python3 -c`) that downloads `seconds` of `bytesPerSecond` from a stream
+ * server at `address`, from `sourceAddress` if given: it prints its source port once connected,
+ * and the bytes it received once the server closed the connection.
+ */
+export const pythonDownload = (
+  address: string,
+  port: number,
+  seconds: number,
+  bytesPerSecond: number,
+  sourceAddress?: string,
+): string => `import socket
+s=socket.create_connection(('${address}',${port}),timeout=10${sourceAddress ? `,source_address=('${sourceAddress}',0)` : ''})
+print(s.getsockname()[1],flush=True)
+s.sendall(b'${seconds} ${bytesPerSecond}\\n')
+n=0
+while True:
+  d=s.recv(65536)
+  if not d: break
+  n+=len(d)
+print(n,flush=True)`;
+
+/**
  * A shell script for a pod: `count` python3 connections to the server's `address` (IPv4 by
  * default) at `port`, one after another, printing the address the whoami server saw for each.
  */
