@@ -133,6 +133,7 @@ const expectedKeys: Record<string, string[]> = {
     ...['new-connection', 'udp-gap'].flatMap((k) => ['p50', 'p99', 'max'].map((q) => `${fault}.${k}.${q}`)),
     `${fault}.streams-survived`,
     `${fault}.double-ownership`,
+    `${fault}.double-answering`,
   ]),
   // The smoke form's two sizes.
   scale: [...scaleSize(100), ...scaleSize(200)],
