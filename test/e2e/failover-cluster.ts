@@ -137,7 +137,9 @@ export class FailoverCluster {
   private constructor(c: Cluster, dir: string, kubeconfig: string, options: FailoverClusterOptions) {
     this.c = c;
     this.dir = dir;
-    this.namespace = `failover-${process.pid}`;
+    // Its own, by the time it is made: one test file's cluster, its namespace deleted in the
+    // background, may still be terminating when the next file of the same worker makes its own.
+    this.namespace = `failover-${process.pid}-${Date.now().toString(36)}`;
     this.#kubeconfig = kubeconfig;
     this.#options = options;
     this.processes = new LoggedProcesses({
