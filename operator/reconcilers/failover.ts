@@ -24,9 +24,8 @@ import {
   type LastFailover,
   type Sightings,
 } from '../failover.ts';
-import { selectedNodes } from '../compile.ts';
 import type { ReconcileResult } from '../runtime/controller.ts';
-import { nodeFacts } from './cluster.ts';
+import { matchesLabels } from '../selector.ts';
 import type { StatusWriter } from '../status-writer.ts';
 
 // The longest lease duration a gateway may set: how long a Lease that does not say its own may
@@ -77,7 +76,17 @@ export class FailoverReconciler {
     this.#sightings.set(name, sightings);
     const leftover = leftoverLeases({
       leases,
-      gatewayNodes: new Set(gateway && failover ? selectedNodes(gateway, caches.nodes.list().map(nodeFacts)) : []),
+      // Only the Leases' nodes are looked up: this runs at every renewal, and the cluster may have many nodes.
+      gatewayNodes: new Set(
+        gateway && failover
+          ? leases
+              .map((l) => l.node)
+              .filter((node) => {
+                const known = caches.nodes.get(node);
+                return known !== undefined && matchesLabels(gateway.spec.nodeSelector, known.metadata?.labels);
+              })
+          : [],
+      ),
       leaseDurationMs: failover?.leaseDurationMilliseconds ?? maxLeaseDurationMs,
       sightings,
       now,
