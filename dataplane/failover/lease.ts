@@ -126,6 +126,7 @@ export class OwnershipLoop {
   #peersHeard: ReadonlyMap<string, boolean> = new Map();
   #memory = emptyMemory;
   #renewedAt: number | undefined;
+  #renewingSince: number | undefined;
   #lastClaim: FailoverClaim | undefined;
   /** The Lease as last written or read, whose resourceVersion the next write is based on. */
   #lease: V1Lease | undefined;
@@ -314,6 +315,8 @@ export class OwnershipLoop {
         this.#lease = await this.#api.createNamespacedLease({ namespace, body: { ...body, spec } }, options);
         this.#log.info('Failover Lease created', { lease: `${namespace}/${this.#name}` });
       }
+      const answeredAt = performance.now();
+      if (!renewingOnSchedule(this.#renewedAt, answeredAt, duration)) this.#renewingSince = answeredAt;
       this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
       if (this.#renewFailing) {
         this.#log.info('Failover Lease renewed again', { lease: `${namespace}/${this.#name}` });
@@ -383,6 +386,7 @@ export class OwnershipLoop {
         leases,
         owned: this.#owned,
         renewedAt: this.#renewedAt,
+        renewingSince: this.#renewingSince,
         healthyUplinks: this.#healthyUplinks,
         draining: this.#draining,
         peersHeard: this.#peersHeard,

@@ -46,6 +46,7 @@ interface SimNode {
   owned: Set<string>;
   memory: OwnershipMemory;
   renewedAt: number | undefined;
+  renewingSince: number | undefined;
   watching: boolean;
   /** Its watch came back since its last decision. */
   back: boolean;
@@ -74,6 +75,7 @@ class Gateway {
       owned: new Set<string>(),
       memory: emptyMemory,
       renewedAt: undefined,
+      renewingSince: undefined,
       watching: true,
       back: false,
       seen: new Map(),
@@ -97,7 +99,12 @@ class Gateway {
     switch (e.kind) {
       case 'power':
         if (e.on && !node.running) {
-          Object.assign(node, { owned: new Set(), memory: emptyMemory, renewedAt: undefined });
+          Object.assign(node, {
+            owned: new Set(),
+            memory: emptyMemory,
+            renewedAt: undefined,
+            renewingSince: undefined,
+          });
           Object.assign(node, { watching: true, back: false, seen: new Map() });
         }
         node.running = e.on;
@@ -156,6 +163,7 @@ class Gateway {
           leases: views.get(node)!,
           owned: node.owned,
           renewedAt: node.renewedAt,
+          renewingSince: node.renewingSince,
           healthyUplinks: node.uplinks,
           draining: node.leaving,
           peersHeard,
@@ -168,6 +176,7 @@ class Gateway {
       node.owned = decision.owned;
       node.memory = decision.memory;
       if (!node.apiserver) continue;
+      if (!reaches(node)) node.renewingSince = this.now;
       node.renewedAt = this.now;
       const lease = {
         node: node.name,

@@ -158,6 +158,44 @@ describe('the fence', () => {
     expect(owner({ failover: alone }).releases).toEqual([]);
   });
 
+  test('after an outage, holds for half a lease duration while a peer that renewed first is heard', () => {
+    const renewedAt = 1000;
+    const during = decideOwnership(
+      input(first, 5000, { owned: new Set([X]), renewedAt, peersHeard: new Map([[second, false]]) }),
+      settled,
+    );
+    expect(during.releases).toEqual([]);
+    const peerBack = new Map([[second, true]]);
+    const after = (now: number, memory: OwnershipMemory, overrides: Partial<OwnershipInput> = {}) =>
+      decideOwnership(
+        input(first, now, { owned: new Set([X]), renewedAt, peersHeard: peerBack, ...overrides }),
+        memory,
+      );
+    const held = after(5010, during.memory);
+    expect(held.releases).toEqual([]);
+    expect(held.wakeAt).toBe(5010 + L / 2);
+    // Its own renewal succeeds within that time: nothing moved.
+    expect(after(5200, held.memory, { renewedAt: 5150 }).releases).toEqual([]);
+    // It does not: the fence falls, before the peer can claim.
+    expect(after(5010 + L / 2 - 1, held.memory).releases).toEqual([]);
+    expect(after(5010 + L / 2, held.memory).releases).toEqual([{ address: X, reason: 'fence' }]);
+  });
+
+  test('a node back on its renewal schedule claims nothing for a lease duration', () => {
+    const expired = lease(second, 1000, { addresses: [X] });
+    // Off schedule for a moment between two decisions: the answer that ended it came at 5048.
+    const back = decideOwnership(
+      input(first, 5050, { leases: [expired], renewedAt: 5045, renewingSince: 5048 }),
+      settled,
+    );
+    expect(back.claims).toEqual([]);
+    const waited = decideOwnership(
+      input(first, 5048 + L + 1, { leases: [expired], renewedAt: 5045 + L, renewingSince: 5048 }),
+      back.memory,
+    );
+    expect(waited.claims).toEqual([{ address: X, reason: 'LeaseExpired', from: second, gapMs: 5048 + L + 1 - 1000 }]);
+  });
+
   test('claims nothing without the apiserver, and waits a lease duration after regaining it', () => {
     const stale = lease(second, 1000, { addresses: [X] });
     const cut = decideOwnership(input(first, 9000, { leases: [stale], renewedAt: 1000 }), settled);

@@ -20,7 +20,10 @@
 //   gives up everything, since the others may already have taken its addresses over; except when
 //   it hears at least one other gateway node directly and none of those it hears reaches the
 //   apiserver (an apiserver outage: nobody can take over, so nothing moves). A gateway of one node
-//   keeps its addresses through an outage too.
+//   keeps its addresses through an outage too. When the outage ends, the peers seldom renew in the
+//   same instant: a node that held through it keeps holding for half a lease duration after it
+//   stopped counting the outage, time for its own renewal to succeed. No peer can claim before then: a
+//   node settles (and may claim) only a lease duration after it regained its renewal schedule.
 // - A node claims nothing while it has not seen its own Lease change for a lease duration: a watch
 //   that stalls would make every other Lease look expired. Once it sees its own Lease again, every
 //   Lease counts as seen then, as after regaining the apiserver: a watch that comes back delivers
@@ -54,6 +57,11 @@ export interface OwnershipInput {
   owned: ReadonlySet<string>;
   /** When this node sent its last renewal request that succeeded; undefined before the first. */
   renewedAt: number | undefined;
+  /**
+   * When the answer came that put this node back on its renewal schedule (renewingOnSchedule) after
+   * it was off it, or began it; a lapse between two decisions is seen through this.
+   */
+  renewingSince?: number;
   /** This node's uplinks that are healthy. */
   healthyUplinks: ReadonlySet<string>;
   /** This node gives up its addresses and takes none (SIGTERM with the node leaving), besides config.draining. */
@@ -81,8 +89,12 @@ export interface OwnershipRelease {
 
 /** What a decision remembers for the next: carried by the shell, never read by it. */
 export interface OwnershipMemory {
-  /** Whether this node reached the apiserver at the last decision, and since when it does. */
+  /** Whether this node renewed on schedule at the last decision (renewingOnSchedule), and since when it does. */
   reachableSince: number | undefined;
+  /** Whether the last decision counted an apiserver outage (apiserverOutage). */
+  outage: boolean;
+  /** Until when this node keeps its addresses without renewing, the outage it counted over. */
+  holdUntil: number | undefined;
   /** Whether this node saw its own Lease change within a lease duration at the last decision, and since when it does. */
   currentSince: number | undefined;
   /** Per address, the node last seen listing it (this one included) and when that ended, if it did. */
@@ -99,6 +111,8 @@ export interface Preference {
 
 export const emptyMemory: OwnershipMemory = {
   reachableSince: undefined,
+  outage: false,
+  holdUntil: undefined,
   currentSince: undefined,
   owners: new Map(),
   preferred: new Map(),
@@ -169,7 +183,11 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   const reachable = input.renewedAt !== undefined && now - input.renewedAt <= duration;
   const onSchedule = renewingOnSchedule(input.renewedAt, now, duration);
   if (input.renewedAt !== undefined && reachable) deadlines.push(input.renewedAt + duration + 1);
-  const reachableSince = reachable ? (memory.reachableSince ?? now) : undefined;
+  // Off schedule, a node's peers may hear that it does not reach the apiserver and count an outage;
+  // back on schedule, it waits a full lease duration again before claiming (see the fence).
+  const reachableSince = onSchedule
+    ? Math.max(memory.reachableSince ?? now, input.renewingSince ?? -Infinity)
+    : undefined;
   const draining = new Set(failover.draining);
   const others = input.leases.filter((lease) => lease.node !== self);
   const published = input.leases.find((lease) => lease.node === self);
@@ -210,7 +228,12 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     return nodes;
   };
 
-  const fenced = !reachable && !apiserverOutage(failover, self, input.peersHeard);
+  // Hearing changes brings a decision at once: an outage counted at the last one lasted until now.
+  const outage = apiserverOutage(failover, self, input.peersHeard);
+  const holdUntil = outage ? undefined : memory.outage ? now + duration / 2 : memory.holdUntil;
+  const holding = holdUntil !== undefined && now < holdUntil;
+  if (holding) deadlines.push(holdUntil);
+  const fenced = !reachable && !outage && !holding;
 
   const owners = new Map(memory.owners);
   const preferred = new Map<string, Preference>();
@@ -296,7 +319,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     claims,
     releases,
     apiserverReachable: onSchedule,
-    memory: { reachableSince, currentSince, owners, preferred },
+    memory: { reachableSince, outage, holdUntil, currentSince, owners, preferred },
     wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
   };
 }
