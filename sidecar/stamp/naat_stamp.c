@@ -4,8 +4,9 @@
 // included, tells the gateway which application sent it. The stamp comes from the NAA sidecar,
 // asked once per process over a Unix socket; the sidecar answers only after the gateway has
 // confirmed it classifies that stamp. If the sidecar does not answer within the bound
-// (NAAT_STAMP_TIMEOUT_MS, 1000 by default) the socket goes unstamped and its flow is handled as
-// in Observe mode. Programs that do not load shared libraries (static binaries) are never
+// (NAAT_STAMP_TIMEOUT_MS, 3000 by default: the first connection of a new application waits for
+// the gateway to classify it, which on a busy gateway takes over a second) the socket goes
+// unstamped and its flow is handled as in Observe mode. Programs that do not load shared libraries (static binaries) are never
 // stamped. Build: gcc -O2 -shared -fPIC -o libnaat_stamp.so naat_stamp.c -ldl
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -38,7 +39,7 @@ static long now_ms(void) {
 static int ask(connect_fn real_connect) {
   const char *path = getenv("NAAT_STAMP_SOCKET");
   const char *timeout_text = getenv("NAAT_STAMP_TIMEOUT_MS");
-  long timeout = timeout_text ? atol(timeout_text) : 1000;
+  long timeout = timeout_text ? atol(timeout_text) : 3000;
   struct sockaddr_un address = {.sun_family = AF_UNIX};
   snprintf(address.sun_path, sizeof address.sun_path, "%s", path ? path : "/var/run/naat/stamp.sock");
 
