@@ -364,6 +364,11 @@ export class ExecConntrack implements Conntrack {
     return this.#deleted(args);
   }
 
+  /** Deletes the flows whose replies go to `address` (translated to it); resolves with how many. */
+  async deleteTranslatedTo(address: string): Promise<number> {
+    return this.#deleted(['-D', '-f', isIPv6(address) ? 'ipv6' : 'ipv4', '--reply-dst', address]);
+  }
+
   async #deleted(args: string[]): Promise<number> {
     const { code, stderr } = await exec(this.#conntrack, args);
     const count = /(\d+) flow entries have been deleted/.exec(stderr);

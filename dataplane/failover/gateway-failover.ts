@@ -9,7 +9,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from '../../common/index.ts';
-import type { GatewayConfig } from '../../contracts/gateway/index.ts';
+import { canonicalAddress, type GatewayConfig } from '../../contracts/gateway/index.ts';
 import type { Agent } from '../agent.ts';
 import { ExecConntrack, type FlowEvent } from '../conntrack.ts';
 import type { TlsMaterial } from '../link-tls.ts';
@@ -77,11 +77,20 @@ export class GatewayFailover {
           .setFailoverFence(until)
           .catch((error: Error) => log.error('Failed to extend the failover fence', { error: error.message }));
       },
-      apply: async (owned) => {
+      apply: async (owned, claims) => {
+        // Entries this node kept from when it owned an address before another node did are stale:
+        // their flows went on elsewhere, past the TCP windows these entries last saw, so that
+        // their packets would be invalid here and leave untranslated. The replica replaces them.
+        // An address nobody else held since (an agent restarted on a gateway of one node) keeps
+        // its entries: its flows are live in this kernel.
+        const movedHere = new Set(
+          claims.filter((c) => c.from !== undefined && c.from !== node).map((c) => canonicalAddress(c.address)),
+        );
         await agent.setFailoverOwned(owned, {
           beforeClaim: async (address) => {
+            const stale = movedHere.has(address) ? await conntrack.deleteTranslatedTo(address) : 0;
             const loaded = await this.#follower.inject(address);
-            log.info('Loaded the replicated flows of a failover address', { address, ...loaded });
+            log.info('Loaded the replicated flows of a failover address', { address, stale, ...loaded });
           },
         });
         this.#source.setOwned([...owned]);
