@@ -24,8 +24,5 @@ export const sidecarVariables = {
 /** The variable the webhook sets in every container of a selected pod to its container's name. */
 export const containerNameVariable = 'NAAT_CONTAINER_NAME';
 
-/**
- * The pod volume that holds its token for the naat audience. With the Node driver no container
- * mounts it: the node agent reads it where the kubelet keeps the pod's volumes.
- */
+/** The pod volume that holds its token for the naat audience, which the sidecar mounts. */
 export const tokenVolume = 'naat-token';

@@ -162,6 +162,9 @@ describe('the NAA server over TLS', () => {
           peers.push(peer ?? {});
           return { pod: claimed, addresses: ['10.0.0.5'] };
         },
+        authenticateNodeDriven: async () => {
+          throw new Error('unused');
+        },
       },
       sink: { apply: async () => {} },
       credentials: naaServerCredentials(tls),
@@ -182,7 +185,10 @@ describe('the NAA server over TLS', () => {
     call.on('error', (e: ServiceError) => errors.push(e));
     call.write({
       sequence: 1,
-      body: { $case: 'hello', value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1 } },
+      body: {
+        $case: 'hello',
+        value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1, nodeDriven: false },
+      },
     });
     return { call, errors, received };
   }

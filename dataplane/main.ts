@@ -114,10 +114,10 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
                                 streams over TLS; without it, all in plaintext)
       [--listen ADDR:PORT]      /status and /metrics (default 127.0.0.1:7742)
       [--report] [--report-ms MS]   write whether steering is ready here into the gateways' status
-      [--associate-pods DIR]    be the NAA driver of the node's pods whose gateway gives them the
+      [--associate-pods]        be the NAA driver of the node's pods whose gateway gives them the
                                 Node driver, from the host's /proc (it must run in the host's
-                                process namespace), with their tokens from the kubelet's folder
-                                of pods DIR (/var/lib/kubelet/pods)
+                                process namespace); the gateways take its streams by this node's
+                                agent certificate, so it needs --tls-dir
   node --remove                 takes away everything the node agent put in the kernel
   sysctls [--icmp-seconds S]    writes the kernel settings the agents need and exits (the
                                 DaemonSets' privileged init container): src_valid_mark for all
@@ -148,7 +148,7 @@ const { positionals, values } = parseCommandLine(usage, {
     'reload-ms': { type: 'string', default: '1000' },
     report: { type: 'boolean', default: false },
     'naa-listen': { type: 'string' },
-    'associate-pods': { type: 'string' },
+    'associate-pods': { type: 'boolean' },
     'report-ms': { type: 'string', default: '5000' },
     'attribution-records': { type: 'string', default: String(defaultRetention.maxRecords) },
     'attribution-minutes': { type: 'string', default: String(defaultRetention.maxAgeMs / 60_000) },
@@ -842,11 +842,14 @@ const localRelayPath = (gateway: NodeGateway) => join(stateDir('node'), `naa-${g
 
 /** With --associate-pods: the node agent drives the association of the node's pods that have the Node driver. */
 async function startNodeDriver(config: NodeConfig, tracing: boolean) {
-  const podsDir = values['associate-pods'];
-  if (!podsDir) return undefined;
+  if (!values['associate-pods']) return undefined;
+  if (!values['tls-dir']) {
+    log.warn('The gateways refuse the node’s pods’ streams: they take them only with this node’s certificate', {
+      missing: '--tls-dir',
+    });
+  }
   const { NodeDriver } = await import('./naa/node-driver.ts');
   const driver = new NodeDriver({
-    podsDir,
     target: (gateway) => `unix:${localRelayPath(gateway)}`,
     version: process.env.npm_package_version ?? '0.1.0',
     log,
@@ -854,7 +857,7 @@ async function startNodeDriver(config: NodeConfig, tracing: boolean) {
   });
   driver.configure(config);
   driver.start();
-  log.info('Driving the association of the node’s pods', { podsDir });
+  log.info('Driving the association of the node’s pods', {});
   return driver;
 }
 
@@ -871,7 +874,7 @@ async function node(): Promise<void> {
   const stopIdentity = await startIdentity();
   const first = await firstConfig(parse, 'node config');
   const links = linkTls();
-  const agent = nodeAgent(await naaRelays(links, values['associate-pods'] !== undefined), links);
+  const agent = nodeAgent(await naaRelays(links, values['associate-pods'] === true), links);
   await agent.start(first.config);
   const telemetry = await startTelemetry('naat-node', { 'k8s.node.name': first.config.node });
   const pods = await startNodeDriver(first.config, telemetry.enabled);

@@ -242,26 +242,17 @@ describe('the node agent as association driver', () => {
     (desiredNodeObjects([config], settings, 'naat-system').find((o) => o.kind === 'DaemonSet') as any).spec.template
       .spec;
 
-  it("gets the host's processes, the capabilities to read their sockets and the pods' tokens only while a pod needs it", () => {
+  it("gets the host's processes and the capabilities to read their sockets only while a pod needs it, and no pod's token", () => {
     const driving = agentPod(nodeConfig({ uid: 'uid-web', containers: [] }));
     expect(driving.hostPID).toBe(true);
     const [agent] = driving.containers;
-    expect(agent.args.slice(-2)).toEqual(['--associate-pods', '/var/lib/kubelet/pods']);
+    expect(agent.args.at(-1)).toBe('--associate-pods');
     expect(agent.securityContext.capabilities).toEqual({
       drop: ['ALL'],
       add: ['NET_ADMIN', 'NET_RAW', 'DAC_READ_SEARCH', 'SYS_PTRACE'],
     });
-    expect(agent.volumeMounts).toEqual([
-      {
-        name: 'kubelet-pods',
-        mountPath: '/var/lib/kubelet/pods',
-        readOnly: true,
-        mountPropagation: 'HostToContainer',
-      },
-    ]);
-    expect(driving.volumes).toEqual([
-      { name: 'kubelet-pods', hostPath: { path: '/var/lib/kubelet/pods', type: 'Directory' } },
-    ]);
+    expect(agent.volumeMounts).toBeUndefined();
+    expect(driving.volumes).toBeUndefined();
 
     const steeringOnly = agentPod(nodeConfig());
     expect(steeringOnly.hostPID).toBeUndefined();
@@ -270,7 +261,7 @@ describe('the node agent as association driver', () => {
     expect(steeringOnly.containers[0].securityContext.capabilities.add).toEqual(['NET_ADMIN', 'NET_RAW']);
   });
 
-  it("adds no right in the apiserver: the node's config and its pods' tokens are all it needs", () => {
+  it("adds no right in the apiserver: the node's config and its node's certificate are all it needs", () => {
     const rules = (config: ReturnType<typeof nodeConfig>) =>
       desiredNodeObjects([config], settings, 'naat-system').filter((o) => /Role/.test(o.kind));
     expect(rules(nodeConfig({ uid: 'uid-web', containers: [] }))).toEqual(rules(nodeConfig()));

@@ -336,35 +336,24 @@ export function desiredNodeObjects(
           '--config-map',
           `${namespace}/${nodeConfigName('$(NODE_NAME)')}`,
           '--report',
-          ...(associating ? ['--associate-pods', kubeletPods] : []),
+          ...(associating ? ['--associate-pods'] : []),
         ],
-        ...(associating
-          ? {
-              // The kubelet mounts each pod's token after the agent started: they must reach it.
-              volumeMounts: [
-                { name: 'kubelet-pods', mountPath: kubeletPods, readOnly: true, mountPropagation: 'HostToContainer' },
-              ],
-            }
-          : {}),
       },
       ...(associating ? nodeDriverPod : {}),
     }),
   ];
 }
 
-const kubeletPods = '/var/lib/kubelet/pods';
-
 /**
  * What the node agent needs only while it drives association for a pod of some node (the Node
  * driver, docs/naa.md): the host's processes (hostPID) and which sockets each holds (reading any
- * user's /proc/<pid>/fd: CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, as the root sidecar has in a pod),
- * and the pods' tokens, read-only, from the kubelet's folder. No right in the apiserver: the pods
- * are in its node config, and their tokens prove them to the gateways.
+ * user's /proc/<pid>/fd: CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, as the root sidecar has in a pod).
+ * No pod's token and no right in the apiserver: the pods are in its node config, and its node's
+ * agent certificate proves its streams to the gateways.
  */
-const nodeDriverPod: Pick<AgentPod, 'hostPID' | 'capabilities' | 'volumes'> = {
+const nodeDriverPod: Pick<AgentPod, 'hostPID' | 'capabilities'> = {
   hostPID: true,
   capabilities: ['DAC_READ_SEARCH', 'SYS_PTRACE'],
-  volumes: [{ name: 'kubelet-pods', hostPath: { path: kubeletPods, type: 'Directory' } }],
 };
 
 interface AgentPod {

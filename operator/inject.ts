@@ -12,7 +12,13 @@
 // to uid 0 (no ambient capabilities; no privilege escalation rules out file capabilities).
 import type { V1Container, V1Pod, V1PodSpec, V1SecurityContext, V1Volume } from '@kubernetes/client-node';
 import type { EgressGateway } from '../crds/index.ts';
-import { containerNameVariable, sidecarVariables, tokenAudience, tokenVolume } from '../contracts/index.ts';
+import {
+  containerNameVariable,
+  driverAnnotation,
+  sidecarVariables,
+  tokenAudience,
+  tokenVolume,
+} from '../contracts/index.ts';
 import { sidecarContainerName } from './compile.ts';
 import { matchesSelector, type Labels } from './selector.ts';
 import { processEnvironment, type OperatorSettings } from './settings.ts';
@@ -22,8 +28,6 @@ export const injectedAnnotation = 'naat.dev/sidecar-gateway';
 /** Observe or Strict, as the webhook decided; a pod may also ask by setting it itself. */
 export const modeAnnotation = 'naat.dev/association-mode';
 export const modeReasonAnnotation = 'naat.dev/association-mode-reason';
-/** Sidecar or Node, as the webhook decided; a pod may also ask by setting it itself. */
-export const driverAnnotation = 'naat.dev/association-driver';
 /** Why the webhook left out the sidecar of a pod its gateway selects, when the pod's owner should know. */
 export const skippedAnnotation = 'naat.dev/sidecar-skipped';
 export const tokenDir = '/var/run/secrets/naat';
@@ -157,11 +161,10 @@ export function injection(request: InjectionRequest): Injection {
 }
 
 /**
- * The node agent drives the pod: no sidecar, no shared process namespace, no capability, so Pod
- * Security has nothing to forbid. The pod gets only its naat token, which no container mounts: the
- * kubelet writes it into the pod's folder on the node, where the node agent reads it to prove the
- * pod to the gateway exactly as a sidecar would. Strict mode needs the sidecar's stamps, so the
- * pod is associated in Observe mode and says why.
+ * The node agent drives the pod: no sidecar, no shared process namespace, no capability, no
+ * volume, so Pod Security has nothing to forbid. The pod gets only its annotations, which say it
+ * is node-driven: the gateways take its node agent's stream for it only then. Strict mode needs
+ * the sidecar's stamps, so the pod is associated in Observe mode and says why.
  */
 function nodeDriven(gateway: EgressGateway, pod: V1Pod): Injection {
   const chosen = associationMode(gateway, pod);
@@ -169,15 +172,12 @@ function nodeDriven(gateway: EgressGateway, pod: V1Pod): Injection {
     chosen.mode === 'Strict'
       ? { mode: 'Observe', reason: `${chosen.reason} asks for Strict, which the Node driver does not offer` }
       : chosen;
-  const patch: PatchOperation[] = [
-    ...append('/spec/volumes', pod.spec?.volumes, [tokenVolumeOf()]),
-    ...annotate(pod, {
-      [injectedAnnotation]: gateway.metadata.name,
-      [driverAnnotation]: 'Node',
-      [modeAnnotation]: mode,
-      [modeReasonAnnotation]: reason,
-    }),
-  ];
+  const patch = annotate(pod, {
+    [injectedAnnotation]: gateway.metadata.name,
+    [driverAnnotation]: 'Node',
+    [modeAnnotation]: mode,
+    [modeReasonAnnotation]: reason,
+  });
   return { inject: true, gateway: gateway.metadata.name, patch };
 }
 

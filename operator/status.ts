@@ -1,16 +1,11 @@
 // What each object's status should say, from what the operator compiled and observed. Pure:
 // conditions keep their lastTransitionTime while their status does not change.
+import { driverAnnotation } from '../contracts/index.ts';
 import type { Condition } from '../crds/index.ts';
 import type { Compiled, PolicyFacts } from './compile.ts';
 import { describeConflict, type PortConflict } from './host-ports.ts';
 import type { NodeSteering } from './steering.ts';
-import {
-  driverAnnotation,
-  injectedAnnotation,
-  modeAnnotation,
-  modeReasonAnnotation,
-  skippedAnnotation,
-} from './inject.ts';
+import { injectedAnnotation, modeAnnotation, modeReasonAnnotation, skippedAnnotation } from './inject.ts';
 
 export interface DataplaneRollout {
   /** Nodes that should run the gateway's dataplane (the DaemonSet's desiredNumberScheduled). */

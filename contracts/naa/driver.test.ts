@@ -56,7 +56,10 @@ test('each association carries its own span’s context, ended by the Ack; a rec
   // One message a second, with a burst of two per stream: a hello and a snapshot. The associate
   // message after them closes the stream (RESOURCE_EXHAUSTED); the next stream starts afresh.
   const server = new NaaServer({
-    authenticator: { authenticate: async (_token, claimed) => ({ pod: claimed, addresses: ['10.0.0.5'] }) },
+    authenticator: {
+      authenticate: async (_token, claimed) => ({ pod: claimed, addresses: ['10.0.0.5'] }),
+      authenticateNodeDriven: async (claimed) => ({ pod: claimed, addresses: ['10.0.0.5'] }),
+    },
     sink: { apply: async ({ upsert }) => void received.push(...upsert) },
     limits: { maxMessagesPerSecond: 1 },
     tracing: { context: (trace) => trace, applied: () => {} },

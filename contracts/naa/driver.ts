@@ -45,8 +45,12 @@ export interface DriverOptions {
   /** host:port of the NAA server. */
   target: string;
   pod: PodRef;
-  /** The projected service-account token; read anew on every connect, as the kubelet rotates it. */
-  tokenFile: string;
+  /**
+   * The projected service-account token; read anew on every connect, as the kubelet rotates it.
+   * Without it the Hello is node-driven (the node agent drives the pod, docs/naa.md): it carries
+   * no token, and the gateways judge the stream by the node agent it comes from.
+   */
+  tokenFile?: string;
   version: string;
   mode?: AssociationMode;
   channelCredentials?: ChannelCredentials;
@@ -173,9 +177,10 @@ export class Driver {
   async #connect(): Promise<void> {
     if (this.#stopped) return;
     this.#options.onState?.('connecting');
-    let token: string;
+    const { tokenFile } = this.#options;
+    let token = '';
     try {
-      token = (await readFile(this.#options.tokenFile, 'utf8')).trim();
+      if (tokenFile) token = (await readFile(tokenFile, 'utf8')).trim();
     } catch (error) {
       this.#retry(error as Error);
       return;
@@ -197,6 +202,7 @@ export class Driver {
         token,
         driverVersion: this.#options.version,
         mode: this.#options.mode ?? AssociationMode.ASSOCIATION_MODE_OBSERVE,
+        nodeDriven: !tokenFile,
       },
     });
   }

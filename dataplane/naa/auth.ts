@@ -9,9 +9,16 @@
 // that node's agent certificate (its CN names the node, dataplane/link-tls.ts), so that a pod still
 // speaks only to its own node and no other host can pose as that node's relay. The token remains
 // what proves the pod.
+//
+// A node-driven stream (the node agent of the pod's node drives the pod, docs/naa.md) carries no
+// token: the node agent speaks for the pods of its node. It is accepted only from that node agent,
+// through its node's relay with its node's agent certificate (the relay forwards a node-driven
+// hello only from the node agent's own local socket), or, for a pod of the gateway agent's own
+// node, on the gateway agent's own local socket; and only for a pod that runs on that node and
+// says it is node-driven (the annotation the webhook sets).
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { isIP } from 'node:net';
-import { tokenAudience } from '../../contracts/index.ts';
+import { driverAnnotation, tokenAudience } from '../../contracts/index.ts';
 import { canonicalAddress } from '../../contracts/gateway/index.ts';
 import type { PodRef } from '../../proto/index.ts';
 
@@ -27,11 +34,18 @@ export interface StreamPeer {
   address?: string | undefined;
   /** The node named by the agent certificate the stream was made with (verified against the CA). */
   agentNode?: string | undefined;
+  /** The stream came in on the server's local socket, which only its node's root can reach. */
+  local?: boolean;
 }
 
 export interface Authenticator {
   /** Resolves with the pod the token proves, or rejects with an AuthenticationError. */
   authenticate(token: string, claimed: PodRef, peer?: StreamPeer): Promise<PodIdentity>;
+  /**
+   * Resolves with the pod a node-driven hello names when the stream comes from the node agent of
+   * the pod's node and the pod is node-driven, or rejects with an AuthenticationError.
+   */
+  authenticateNodeDriven(claimed: PodRef, peer: StreamPeer): Promise<PodIdentity>;
 }
 
 export class AuthenticationError extends Error {
@@ -99,9 +113,69 @@ export class TokenReviewAuthenticator implements Authenticator {
     }
     const refused = this.#nodeName && nodeRefusal(pod, this.#nodeName, peer, this.#relayCertificates);
     if (refused) throw new AuthenticationError('denied', refused);
-    const addresses = (pod.status?.podIPs ?? []).map((ip) => ip.ip).filter((ip): ip is string => !!ip);
-    return { pod: { namespace, name: podName, uid: podUid }, addresses };
+    return identityOf(pod, { namespace, name: podName, uid: podUid });
   }
+
+  async authenticateNodeDriven(claimed: PodRef, peer: StreamPeer): Promise<PodIdentity> {
+    const name = `${claimed.namespace}/${claimed.name}`;
+    if (!this.#nodeName) {
+      throw new AuthenticationError(
+        'denied',
+        `the hello of pod ${name} is node-driven, and this gateway agent knows no node name to judge where it comes from`,
+      );
+    }
+    let pod: V1Pod;
+    try {
+      pod = await this.#core.readNamespacedPod({ name: claimed.name, namespace: claimed.namespace });
+    } catch (error) {
+      if ((error as { code?: number }).code !== 404) throw error;
+      throw new AuthenticationError('denied', `the node-driven hello names pod ${name}, which does not exist`);
+    }
+    if (pod.metadata?.uid !== claimed.uid) {
+      throw new AuthenticationError(
+        'denied',
+        `the node-driven hello names pod ${name} with uid ${claimed.uid}, but that pod is ${pod.metadata?.uid} now`,
+      );
+    }
+    const refused = nodeDrivenRefusal(pod, this.#nodeName, peer);
+    if (refused) throw new AuthenticationError('denied', refused);
+    return identityOf(pod, claimed);
+  }
+}
+
+/** The pod as a stream speaks for it: the addresses its associations must start from. */
+function identityOf(pod: V1Pod, ref: PodRef): PodIdentity {
+  const addresses = (pod.status?.podIPs ?? []).map((ip) => ip.ip).filter((ip): ip is string => !!ip);
+  return { pod: ref, addresses };
+}
+
+/**
+ * Why a gateway agent on `ownNode` does not take a node-driven stream of `pod` that comes from
+ * `peer`, or undefined when it does: the pod is node-driven and runs on a node, and the stream
+ * comes from that node's agent: on this agent's local socket for a pod of this node; otherwise
+ * from that node's relay, with its agent certificate (`nodeRefusal`).
+ */
+export function nodeDrivenRefusal(pod: V1Pod, ownNode: string, peer: StreamPeer): string | undefined {
+  const name = `${pod.metadata?.namespace}/${pod.metadata?.name}`;
+  const driver = pod.metadata?.annotations?.[driverAnnotation];
+  if (driver !== 'Node') {
+    return (
+      `pod ${name} is not node-driven (its annotation ${driverAnnotation} is ${driver ? `'${driver}'` : 'not set'}, ` +
+      `not 'Node'), so only its own driver speaks for it, with its token`
+    );
+  }
+  const node = pod.spec?.nodeName;
+  if (!node) return `pod ${name} is not scheduled on a node, so no node agent drives it`;
+  if (node === ownNode) {
+    return peer.local
+      ? undefined
+      : `pod ${name} runs on this gateway node ${ownNode}, whose node agent speaks for it only on this agent's local ` +
+          `socket, and this stream comes from ${peer.address ?? 'an unknown address'}`;
+  }
+  if (peer.local) {
+    return `pod ${name} runs on node ${node}, and this stream comes from the local socket of node ${ownNode}`;
+  }
+  return nodeRefusal(pod, ownNode, peer, true);
 }
 
 /**

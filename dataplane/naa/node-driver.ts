@@ -4,14 +4,14 @@
 // runtime id, which the kubelet and the runtime set and the pod cannot change) and its network
 // namespace (where most of them are), and looks at that namespace's sockets with the sidecar's
 // own scanner, counting only the pod's processes as owners. Each pod gets the sidecar's own
-// driver and stream, with the pod's own token (which the kubelet keeps in the pod's folder on the
-// node), to the relay of its gateway on this node: the gateways authenticate the pod and hold it to
-// its own addresses exactly as they do a sidecar's stream, and accept it only from this node.
+// driver and stream, node-driven (no token: the node agent speaks for its node's pods), to the
+// local socket of its gateway's relay on this node: the gateways take it only from this node's
+// agent (the relay's agent certificate), for a node-driven pod of this node, and hold it to the
+// pod's own addresses exactly as they do a sidecar's stream.
 import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
 import { readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { ProblemLog, type Logger } from '../../common/index.ts';
-import { tokenVolume } from '../../contracts/index.ts';
 import type { NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
 import {
   allPids,
@@ -95,8 +95,6 @@ export function wantedPods(config: NodeConfig): Map<string, WantedPod> {
 export interface NodeDriverOptions {
   /** Where the host's procfs is (the node agent runs in the host's process namespace). */
   proc?: string;
-  /** The kubelet's folder of pods (`/var/lib/kubelet/pods`), where each pod's token is. */
-  podsDir: string;
   /** Where this node's relay of `gateway` takes the node agent's own streams. */
   target(gateway: NodeGateway): string;
   channelCredentials?: ChannelCredentials;
@@ -186,7 +184,6 @@ export class NodeDriver {
     const driver: Driver = new Driver({
       target,
       pod: pod.ref,
-      tokenFile: join(this.#o.podsDir, uid, 'volumes', 'kubernetes.io~projected', tokenVolume, 'token'),
       version: this.#o.version,
       mode: AssociationMode.ASSOCIATION_MODE_OBSERVE,
       channelCredentials: this.#o.channelCredentials ?? credentials.createInsecure(),

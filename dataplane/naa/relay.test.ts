@@ -53,6 +53,8 @@ class GatewayNode {
   refuse = new Set<string>();
   /** While set, token checks wait for it. */
   authenticating: Promise<void> | undefined;
+  /** The pods of the node-driven hellos this node was asked to take. */
+  nodeDriven: string[] = [];
 
   readonly #limits: typeof limits;
 
@@ -68,6 +70,10 @@ class GatewayNode {
         authenticate: async (_token: string, claimed: PodRef): Promise<PodIdentity> => {
           await this.authenticating;
           if (this.refuse.has(claimed.name)) throw new AuthenticationError('denied', `pod ${claimed.name} is refused`);
+          return { pod: claimed, addresses: [podIp] };
+        },
+        authenticateNodeDriven: async (claimed: PodRef): Promise<PodIdentity> => {
+          this.nodeDriven.push(claimed.name);
           return { pod: claimed, addresses: [podIp] };
         },
       },
@@ -374,6 +380,40 @@ test('a node that refuses the pod or does not answer ends the stream, saying whi
  * A raw stream to the relay on a connection of its own, speaking for `as`; `encode` replaces the
  * protobuf encoding.
  */
+test('a node-driven hello is forwarded from the node agent’s local socket, and refused from the network', async () => {
+  await relay.listenLocal(join(dir, 'naa.sock'));
+  const { driver: d } = driver({
+    target: `unix:${join(dir, 'naa.sock')}`,
+    tokenFile: undefined,
+    mode: AssociationMode.ASSOCIATION_MODE_OBSERVE,
+  });
+  d.update(scanned([1001]));
+  d.start();
+  try {
+    await eventually(() => expect(d.progress).toEqual({ acked: 2, sent: 2 }));
+    expect(a.nodeDriven).toEqual([pod.name]);
+    expect(b.nodeDriven).toEqual([pod.name]);
+    expect(a.held()).toEqual([1001]);
+  } finally {
+    d.stop();
+  }
+
+  // A pod that dials the relay's port and says it is node-driven, to pose as the node agent.
+  const posing = rawStream({ ...pod, name: 'posing' });
+  posing.send({
+    $case: 'hello',
+    value: { protocolVersion: 1, pod: posing.pod, token: '', driverVersion: 'test', mode: 1, nodeDriven: true },
+  });
+  expect(await posing.ended).toEqual({
+    code: status.PERMISSION_DENIED,
+    details:
+      "the hello of pod shop/posing says it is node-driven, which only this node's agent may say, on its local " +
+      'socket; a stream from the network proves its pod with its token',
+  });
+  posing.close();
+  expect([...a.nodeDriven, ...b.nodeDriven]).toEqual([pod.name, pod.name]);
+});
+
 function rawStream(
   as: PodRef = pod,
   encode: (m: AssociateRequest) => Buffer = AssociationServiceService.associate.requestSerialize,
@@ -408,11 +448,15 @@ function rawStreamTo(
   const send = (body: AssociateRequest['body']): boolean => call.write({ sequence: ++sequence, body });
   return {
     call,
+    pod: as,
     received,
     ended,
     send,
     hello: () =>
-      send({ $case: 'hello', value: { protocolVersion: 1, pod: as, token: 't', driverVersion: 'test', mode: 2 } }),
+      send({
+        $case: 'hello',
+        value: { protocolVersion: 1, pod: as, token: 't', driverVersion: 'test', mode: 2, nodeDriven: false },
+      }),
     /** The next response of this kind not taken yet. */
     async next(kind: NonNullable<AssociateResponse['body']>['$case']): Promise<AssociateResponse> {
       for (;;) {

@@ -6,8 +6,11 @@
 // Contract (the protocol is unchanged, see proto/naat/naa/v1/naa.proto):
 // - The first message must be a Hello; it is the only one the relay decodes (for the pod's name).
 //   Then one Associate stream is opened to each up gateway node, and every message goes to each as
-//   the bytes it came as: the Hello carries the pod's own token, so every gateway authenticates the
-//   pod itself, and the relay holds no rights of its own.
+//   the bytes it came as: a sidecar's Hello carries the pod's own token, so every gateway
+//   authenticates the pod itself. A node-driven Hello (no token: the node agent speaks for its
+//   node's pods, docs/naa.md) is forwarded only from the node agent's own local socket; from the
+//   network (a sidecar, any pod) it is refused, since the gateways take it on the strength of this
+//   node's agent certificate, which the relay's connections carry.
 // - The driver gets one HelloAck once every gateway node answered its Hello (that of the node the
 //   pod is pinned to, with the tightest limits of all), an Ack only for a sequence every one of them
 //   acknowledged, and the verdicts and policies of the pinned node alone.
@@ -26,18 +29,17 @@
 //   the node agent steers new flows to a node only once that node can classify them.
 import {
   Client,
-  Server,
-  ServerCredentials,
   credentials,
   status,
   type ChannelCredentials,
   type ClientDuplexStream,
+  type Server,
+  type ServerCredentials,
   type ServerDuplexStream,
   type ServiceDefinition,
   type ServiceError,
   type StatusObject,
 } from '@grpc/grpc-js';
-import { rm } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
 import type { NodeGateway } from '../../contracts/gateway/index.ts';
 import {
@@ -49,7 +51,7 @@ import {
   type Limits,
   type PodRef,
 } from '../../proto/index.ts';
-import { defaultLimits, listen, refusalLog } from './server.ts';
+import { defaultLimits, listen, listenUnix, naaGrpcServer, refusalLog } from './server.ts';
 import { fullBucket, takeToken, type RateBucket } from './stream.ts';
 
 /** The gateway's nodes as the node agent's probes see them. */
@@ -118,6 +120,8 @@ interface Peer {
 export class NaaRelay {
   readonly #options: NaaRelayOptions;
   readonly #server: Server;
+  /** The server of the node agent's local socket, once it listens there. */
+  #local: Server | undefined;
   readonly #streams = new Set<RelayedStream>();
   #closed = false;
   readonly #logRefusal: (code: status, fields: Record<string, unknown>) => void;
@@ -136,12 +140,7 @@ export class NaaRelay {
     this.#options = options;
     this.#gateway = options.gateway;
     this.#logRefusal = refusalLog(options.log ?? (() => {}), options.refusalLogPeriodMs ?? 60_000);
-    this.#server = new Server({
-      'grpc.max_receive_message_length': options.maxMessageBytes ?? defaultLimits.maxMessageBytes,
-      'grpc.keepalive_time_ms': 20_000,
-      'grpc.keepalive_permit_without_calls': 1,
-    });
-    this.#server.addService(relayedService, { associate: (call: Downstream) => this.#serve(call) });
+    this.#server = this.#grpcServer(false);
     this.#peers = this.#connect(options.gateway, new Map());
     this.#up = this.#upPeers();
     options.peers.onChange(() => {
@@ -163,14 +162,21 @@ export class NaaRelay {
     return listen(this.#server, address, this.#options.serverCredentials);
   }
 
+  /** `local`: the server of the node agent's local socket, the only one that forwards node-driven hellos. */
+  #grpcServer(local: boolean): Server {
+    return naaGrpcServer(this.#options.maxMessageBytes ?? defaultLimits.maxMessageBytes, relayedService, {
+      associate: (call: Downstream) => this.#serve(call, local),
+    });
+  }
+
   /**
    * Also takes streams in plaintext on the Unix socket `path` (an old one there is replaced): where
-   * the node agent's own drivers of the node's pods (node-driver.ts) reach it. Only the node's root
-   * can reach the socket; the streams carry the pods' own tokens all the same.
+   * the node agent's own drivers of the node's pods (node-driver.ts) reach it, with node-driven
+   * hellos. Only the node's root can reach the socket.
    */
   async listenLocal(path: string): Promise<void> {
-    await rm(path, { force: true });
-    await listen(this.#server, `unix:${path}`, ServerCredentials.createInsecure());
+    this.#local ??= this.#grpcServer(true);
+    await listenUnix(this.#local, path);
   }
 
   /** Ends every stream (UNAVAILABLE, so drivers retry) and stops listening. */
@@ -179,6 +185,7 @@ export class NaaRelay {
     for (const { timer } of this.#unsynced.values()) clearTimeout(timer);
     for (const stream of this.#streams) stream.refuse(status.UNAVAILABLE, 'the node agent is stopping');
     this.#server.forceShutdown();
+    this.#local?.forceShutdown();
     for (const peer of this.#peers.values()) peer.client.close();
   }
 
@@ -274,8 +281,9 @@ export class NaaRelay {
     if (this.#up.includes(name)) this.#options.onSynced?.();
   }
 
-  #serve(call: Downstream): void {
+  #serve(call: Downstream, local: boolean): void {
     const stream = new RelayedStream(call, {
+      local,
       helloTimeoutMs: this.#options.helloTimeoutMs ?? 10_000,
       open: (pod) => {
         const up = this.#upPeers();
@@ -305,6 +313,8 @@ export class NaaRelay {
 }
 
 interface StreamHooks {
+  /** The stream came in on the node agent's local socket: it may say it is node-driven. */
+  local: boolean;
   helloTimeoutMs: number;
   /** The gateway nodes to open the pod's streams to and the one it is pinned to, or why there are none. */
   open(pod: PodRef): { peers: Array<{ name: string; client: Client }>; pinned: string } | string;
@@ -416,6 +426,13 @@ class RelayedStream {
     const pod = body.value.pod;
     if (!pod?.uid || !pod.name || !pod.namespace) {
       return this.refuse(status.INVALID_ARGUMENT, 'the hello must name the pod: namespace, name and uid');
+    }
+    if (body.value.nodeDriven && !this.#hooks.local) {
+      return this.refuse(
+        status.PERMISSION_DENIED,
+        `the hello of pod ${pod.namespace}/${pod.name} says it is node-driven, which only this node's agent may ` +
+          `say, on its local socket; a stream from the network proves its pod with its token`,
+      );
     }
     this.#pod = pod;
     const opened = this.#hooks.open(pod);

@@ -1,11 +1,11 @@
 // The NAA server's shell over loopback gRPC, with an authenticator the test answers by hand.
-import { credentials, Server as Grpc, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Server as Grpc, status, type ServiceError } from '@grpc/grpc-js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AssociationServiceClient, type AssociateResponse, type PodRef } from '../../proto/index.ts';
-import type { PodIdentity } from './auth.ts';
+import { AuthenticationError, type PodIdentity, type StreamPeer } from './auth.ts';
 import { listen, NaaServer } from './server.ts';
 
 const pod = { namespace: 'shop', name: 'web-1', uid: 'uid-1' };
@@ -16,6 +16,9 @@ test('a stream that goes away while its token is checked neither takes the podâ€
     authenticator: {
       authenticate: (_token: string, claimed: PodRef) =>
         new Promise<PodIdentity>((resolve) => answers.push(() => resolve({ pod: claimed, addresses: ['10.0.0.5'] }))),
+      authenticateNodeDriven: async () => {
+        throw new Error('unused');
+      },
     },
     sink: { apply: async () => {} },
   });
@@ -29,7 +32,10 @@ test('a stream that goes away while its token is checked neither takes the podâ€
     call.on('error', (e: ServiceError) => errors.push(e));
     call.write({
       sequence: 1,
-      body: { $case: 'hello', value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1 } },
+      body: {
+        $case: 'hello',
+        value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1, nodeDriven: false },
+      },
     });
     return { call, received, errors };
   };
@@ -101,6 +107,55 @@ test('listens on a Unix socket given as unix:PATH', async () => {
     expect(reached).toBe(true);
   } finally {
     server.forceShutdown();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a node-driven hello is judged knowing whether it came in on the local socket or from the network', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'naat-naa-local-'));
+  const peers: StreamPeer[] = [];
+  const server = new NaaServer({
+    authenticator: {
+      authenticate: async () => {
+        throw new Error('unused');
+      },
+      authenticateNodeDriven: async (claimed: PodRef, peer: StreamPeer) => {
+        peers.push(peer);
+        if (!peer.local) throw new AuthenticationError('denied', 'not from the local socket');
+        return { pod: claimed, addresses: ['10.0.0.5'] };
+      },
+    },
+    sink: { apply: async () => {} },
+  });
+  /** Says a node-driven hello at `target`; resolves with the first answer or how the stream ended. */
+  const hello = async (target: string) => {
+    const client = new AssociationServiceClient(target, credentials.createInsecure());
+    const call = client.associate();
+    try {
+      return await new Promise<string>((resolve) => {
+        call.on('data', (m: AssociateResponse) => resolve(m.body?.$case ?? 'empty'));
+        call.on('error', (e: ServiceError) => resolve(`${status[e.code]}: ${e.details}`));
+        call.write({
+          sequence: 1,
+          body: {
+            $case: 'hello',
+            value: { protocolVersion: 1, pod, token: '', driverVersion: 'test', mode: 1, nodeDriven: true },
+          },
+        });
+      });
+    } finally {
+      call.cancel();
+      client.close();
+    }
+  };
+  try {
+    const port = await server.listen('127.0.0.1:0');
+    await server.listenLocal(join(dir, 'naa.sock'));
+    expect(await hello(`unix:${join(dir, 'naa.sock')}`)).toBe('helloAck');
+    expect(await hello(`127.0.0.1:${port}`)).toBe('PERMISSION_DENIED: not from the local socket');
+    expect(peers).toEqual([{ local: true }, { address: '127.0.0.1', agentNode: undefined }]);
+  } finally {
+    await server.close();
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -5,9 +5,19 @@
 // a bad stream never touches another.
 //
 // With credentials over TLS (dataplane/link-tls.ts) each stream's peer is known by its address and,
-// for a node agent's relay, by the node its client certificate names; the authenticator decides.
-import { Server, ServerCredentials, status, type ServerDuplexStream, type ServiceError } from '@grpc/grpc-js';
+// for a node agent's relay, by the node its client certificate names; a stream on the local socket
+// (`listenLocal`) is known to come from the node itself. The authenticator decides.
+import {
+  Server,
+  ServerCredentials,
+  status,
+  type ServerDuplexStream,
+  type ServiceDefinition,
+  type ServiceError,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
+import { rm } from 'node:fs/promises';
 import { formatListenAddress, parseListenAddress } from '../../common/index.ts';
 import {
   AssociationServiceService,
@@ -19,7 +29,7 @@ import {
   type TraceContext,
 } from '../../proto/index.ts';
 import { agentNode } from '../link-tls.ts';
-import { peerAddress, type Authenticator, type PodIdentity } from './auth.ts';
+import { peerAddress, type Authenticator, type PodIdentity, type StreamPeer } from './auth.ts';
 import type { FlowVerdict } from '../verdict.ts';
 import { openStream, stepStream, type StreamEffect, type StreamInput, type StreamRules } from './stream.ts';
 import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
@@ -74,6 +84,8 @@ export class NaaServer {
   readonly #options: NaaServerOptions;
   readonly #rules: StreamRules;
   readonly #server: Server;
+  /** The server of the local socket, once it listens there. */
+  #local: Server | undefined;
   /** The live stream of each pod (by uid); a newer stream of the same pod replaces the older. */
   readonly #sessions = new Map<string, { call: Call; identity: PodIdentity }>();
   /** Applies to the sink in order, so that a later change never overtakes an earlier one. */
@@ -86,12 +98,13 @@ export class NaaServer {
     const tracing = options.tracing;
     this.#rules = { limits, ...(tracing && { trace: (carried: TraceContext) => tracing.context(carried) }) };
     this.#logRefusal = refusalLog(options.log ?? (() => {}), options.refusalLogPeriodMs ?? 60_000);
-    this.#server = new Server({
-      'grpc.max_receive_message_length': limits.maxMessageBytes,
-      'grpc.keepalive_time_ms': 20_000,
-      'grpc.keepalive_permit_without_calls': 1,
+    this.#server = this.#grpcServer(false);
+  }
+
+  #grpcServer(local: boolean): Server {
+    return naaGrpcServer(this.#rules.limits.maxMessageBytes, AssociationServiceService, {
+      associate: (call: Call) => this.#serve(call, local),
     });
-    this.#server.addService(AssociationServiceService, { associate: (call: Call) => this.#serve(call) });
   }
 
   /** Listens on `address` (see `listen`); resolves with the port. */
@@ -99,8 +112,22 @@ export class NaaServer {
     return listen(this.#server, address, this.#options.credentials);
   }
 
+  /**
+   * Also takes streams in plaintext on the Unix socket `path` (an old one there is replaced), which
+   * only the node's root can reach: there the node agent of this node speaks for its node-driven
+   * pods (auth.ts).
+   */
+  async listenLocal(path: string): Promise<void> {
+    this.#local ??= this.#grpcServer(true);
+    await listenUnix(this.#local, path);
+  }
+
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve()));
+    await Promise.all(
+      [this.#server, this.#local].map(
+        (server) => server && new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+      ),
+    );
   }
 
   /** Sends every connected driver the rules that apply to its pod now (after a config change). */
@@ -123,7 +150,7 @@ export class NaaServer {
    * performed here. Inputs are taken one at a time: an input that arrives while the effects of the
    * last are performed (a resumed stream reads at once) waits for them.
    */
-  #serve(call: Call): void {
+  #serve(call: Call, local: boolean): void {
     let state = openStream(this.#rules, performance.now());
     const inputs: StreamInput[] = [];
     let stepping = false;
@@ -142,7 +169,7 @@ export class NaaServer {
           if (state.phase !== 'hello') clearTimeout(helloTimer);
           for (const effect of step.effects) {
             try {
-              this.#perform(effect, call, take);
+              this.#perform(effect, call, take, local);
             } catch (error) {
               inputs.unshift({ type: 'failed', error });
               break;
@@ -160,18 +187,21 @@ export class NaaServer {
     call.on('close', () => take({ type: 'gone' }));
   }
 
-  #perform(effect: StreamEffect, call: Call, take: (input: StreamInput) => void): void {
-    const { sink, tracing } = this.#options;
+  #perform(effect: StreamEffect, call: Call, take: (input: StreamInput) => void, local: boolean): void {
+    const { sink, tracing, authenticator } = this.#options;
     switch (effect.type) {
       case 'send':
         call.write(effect.response);
         return;
-      case 'authenticate':
-        void this.#options.authenticator
-          .authenticate(effect.token, effect.pod, {
-            address: peerAddress(call.getPeer()),
-            agentNode: agentNode(call.getAuthContext()),
-          })
+      case 'authenticate': {
+        const peer: StreamPeer = local
+          ? { local: true }
+          : { address: peerAddress(call.getPeer()), agentNode: agentNode(call.getAuthContext()) };
+        void (
+          'token' in effect
+            ? authenticator.authenticate(effect.token, effect.pod, peer)
+            : authenticator.authenticateNodeDriven(effect.pod, peer)
+        )
           .then(
             (identity): StreamInput => ({
               type: 'authenticated',
@@ -183,6 +213,7 @@ export class NaaServer {
           )
           .then(take, (error) => take({ type: 'failed', error }));
         return;
+      }
       case 'accept': {
         const { identity } = effect;
         const previous = this.#sessions.get(identity.pod.uid)?.call;
@@ -270,6 +301,27 @@ export function refusalLog(
     byCode.set(code, { until: now + periodMs, suppressed: 0 });
     log('Closed NAA stream', { ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) });
   };
+}
+
+/** A gRPC server of `service` with what every NAA listener holds to. */
+export function naaGrpcServer(
+  maxMessageBytes: number,
+  service: ServiceDefinition,
+  implementation: UntypedServiceImplementation,
+): Server {
+  const server = new Server({
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.keepalive_time_ms': 20_000,
+    'grpc.keepalive_permit_without_calls': 1,
+  });
+  server.addService(service, implementation);
+  return server;
+}
+
+/** Binds `server` in plaintext at the Unix socket `path`, replacing an old one there. */
+export async function listenUnix(server: Server, path: string): Promise<void> {
+  await rm(path, { force: true });
+  await listen(server, `unix:${path}`);
 }
 
 /**

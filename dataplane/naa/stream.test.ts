@@ -55,7 +55,10 @@ function stream(rules: StreamRules = { limits }, table = new AssociationTable())
     take,
     send,
     hello: (token = 'token') =>
-      send({ $case: 'hello', value: { protocolVersion: 1, pod, token, driverVersion: 'test', mode: 1 } }),
+      send({
+        $case: 'hello',
+        value: { protocolVersion: 1, pod, token, driverVersion: 'test', mode: 1, nodeDriven: false },
+      }),
     /** Says hello and is authenticated as `identity`. */
     open(strict = false) {
       this.hello();
@@ -115,6 +118,16 @@ describe('hello', () => {
     expect(ports(s.table)).toEqual(['web-1:1000']);
   });
 
+  it('has the node agent it comes from checked when it is node-driven, with no token', () => {
+    const s = stream();
+    const effects = s.send({
+      $case: 'hello',
+      value: { protocolVersion: 1, pod, token: '', driverVersion: 'test', mode: 1, nodeDriven: true },
+    });
+    expect(effects).toEqual([{ type: 'authenticate', nodeDriven: true, pod }]);
+    expect(s.state).toMatchObject({ phase: 'hello', waiting: 'authentication' });
+  });
+
   it('is answered in strict mode when the gateway classifies the pod by stamps', () => {
     const [helloAck] = sent(stream().open(true));
     expect(helloAck).toMatchObject({ value: { mode: AssociationMode.ASSOCIATION_MODE_STRICT } });
@@ -125,11 +138,12 @@ describe('hello', () => {
     [{ pod: { ...pod, uid: '' } }, status.INVALID_ARGUMENT, 'the hello must name the pod: namespace, name and uid'],
     [{ pod: undefined }, status.INVALID_ARGUMENT, 'the hello must name the pod: namespace, name and uid'],
     [{ token: '' }, status.UNAUTHENTICATED, 'the hello carries no token'],
+    [{ nodeDriven: true }, status.INVALID_ARGUMENT, 'a node-driven hello carries no token: its node agent proves it'],
   ])('with %j is refused before its token is checked', (overrides, code, details) => {
     const s = stream();
     const effects = s.send({
       $case: 'hello',
-      value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1, ...overrides },
+      value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1, nodeDriven: false, ...overrides },
     });
     expect(effects).toEqual([{ type: 'refuse', code, details }]);
   });

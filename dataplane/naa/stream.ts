@@ -2,10 +2,11 @@
 // input (a message from the driver, the result of an authentication or of an apply, the hello's
 // deadline, the end of the stream) and returns the next state and the effects the server performs,
 // in order (server.ts is the shell that does them). The protocol's rules live here: a hello first,
-// whose token is proved before anything else is looked at; associations only for the pod's own
-// addresses and within its limits; one message handled at a time, in order; the driver no longer
-// read while too many messages wait; and the first broken rule closes the stream with a status
-// that says why. A closed stream takes no input but its end.
+// whose token (or, node-driven, the node agent it comes from) is proved before anything else is
+// looked at; associations only for the pod's own addresses and within its limits; one message
+// handled at a time, in order; the driver no longer read while too many messages wait; and the
+// first broken rule closes the stream with a status that says why. A closed stream takes no input
+// but its end.
 import { status } from '@grpc/grpc-js';
 import { isIPv4 } from 'node:net';
 import {
@@ -80,8 +81,12 @@ export type StreamInput =
 
 export type StreamEffect =
   | { type: 'send'; response: AssociateResponse }
-  /** Check the hello's token; the answer comes back as 'authenticated' or 'authenticationFailed'. */
+  /**
+   * Prove the hello's pod by its token, or, for a node-driven hello, by the node agent the stream
+   * comes from; the answer comes back as 'authenticated' or 'authenticationFailed'.
+   */
   | { type: 'authenticate'; token: string; pod: PodRef }
+  | { type: 'authenticate'; nodeDriven: true; pod: PodRef }
   /** This is now the pod's live stream: an older stream of the same pod is closed (ABORTED). */
   | { type: 'accept'; identity: PodIdentity }
   /** Send the rules that apply to the pod, if the gateway has any for it. */
@@ -375,8 +380,15 @@ class Step {
     if (!hello.pod?.uid || !hello.pod.name || !hello.pod.namespace) {
       throw new Refusal(status.INVALID_ARGUMENT, 'the hello must name the pod: namespace, name and uid');
     }
-    if (!hello.token) throw new Refusal(status.UNAUTHENTICATED, 'the hello carries no token');
-    this.effects.push({ type: 'authenticate', token: hello.token, pod: hello.pod });
+    if (hello.nodeDriven) {
+      if (hello.token) {
+        throw new Refusal(status.INVALID_ARGUMENT, 'a node-driven hello carries no token: its node agent proves it');
+      }
+      this.effects.push({ type: 'authenticate', nodeDriven: true, pod: hello.pod });
+    } else {
+      if (!hello.token) throw new Refusal(status.UNAUTHENTICATED, 'the hello carries no token');
+      this.effects.push({ type: 'authenticate', token: hello.token, pod: hello.pod });
+    }
     this.state.waiting = 'authentication';
   }
 

@@ -49,7 +49,10 @@ test('the NAA server ignores a garbage trace context: the stream stays up and th
   };
   const pod = { namespace: 'shop', name: 'web-1', uid: 'uid-1' };
   const server = new NaaServer({
-    authenticator: { authenticate: async (_token, claimed) => ({ pod: claimed, addresses: ['10.0.0.5'] }) },
+    authenticator: {
+      authenticate: async (_token, claimed) => ({ pod: claimed, addresses: ['10.0.0.5'] }),
+      authenticateNodeDriven: async (claimed) => ({ pod: claimed, addresses: ['10.0.0.5'] }),
+    },
     sink: { apply: async ({ upsert }) => upsert.map(() => ({ allowed: true, uplink: 'isp-a' })) },
     tracing,
   });
@@ -83,7 +86,10 @@ test('the NAA server ignores a garbage trace context: the stream stays up and th
   try {
     call.write({
       sequence: 1,
-      body: { $case: 'hello', value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1 } },
+      body: {
+        $case: 'hello',
+        value: { protocolVersion: 1, pod, token: 't', driverVersion: 'test', mode: 1, nodeDriven: false },
+      },
     });
     const garbage = ['garbage', `00-${traceId}-${spanId}-01-extra`, '\u0000'.repeat(100_000)];
     garbage.forEach((traceparent, i) =>

@@ -4,6 +4,7 @@
 // nor the node agents' objects can be judged from one gateway alone.
 import type { V1Node, V1Pod } from '@kubernetes/client-node';
 import type { NodeConfig } from '../../contracts/gateway/index.ts';
+import { driverAnnotation } from '../../contracts/index.ts';
 import type { EgressGateway } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
 import {
@@ -15,7 +16,7 @@ import {
   type TunnelFacts,
 } from '../compile.ts';
 import { gatewayNodeConflicts, relayConflicts, type PortClaimant, type PortConflict } from '../host-ports.ts';
-import { driverAnnotation, modeAnnotation } from '../inject.ts';
+import { modeAnnotation } from '../inject.ts';
 import type { OperatorSettings } from '../settings.ts';
 import {
   desiredNodeConfigs,

@@ -100,13 +100,16 @@ async function pump(port: number, first: AssociateRequest[], messages: number, c
 
 async function naatStream(messages: number, tls?: LinkTls): Promise<number> {
   const server = new NaaServer({
-    authenticator: { authenticate: async (_token, pod) => ({ pod, addresses: [podIp] }) },
+    authenticator: {
+      authenticate: async (_token, pod) => ({ pod, addresses: [podIp] }),
+      authenticateNodeDriven: async (pod) => ({ pod, addresses: [podIp] }),
+    },
     sink: { apply: async () => {} },
     limits: { maxMessagesPerSecond: 10_000_000, maxAssociations: messages + 1 },
     credentials: naaServerCredentials(tls?.dir),
   });
   const pod = { namespace: 'bench', name: 'bench', uid: 'bench' };
-  const hello = { protocolVersion: 1, pod, token: 't', driverVersion: 'b', mode: 1 } as const;
+  const hello = { protocolVersion: 1, pod, token: 't', driverVersion: 'b', mode: 1, nodeDriven: false } as const;
   const rate = await pump(
     await server.listen('127.0.0.1:0'),
     [{ sequence: 1, body: { $case: 'hello', value: hello } }],
@@ -302,7 +305,10 @@ async function sidecarBench(
   const dir = await mkdtemp(join(tmpdir(), 'naat-bench-'));
   const applied = new Map<number, number>();
   const server = new NaaServer({
-    authenticator: { authenticate: async (_token, pod) => ({ pod, addresses: [podIp] }) },
+    authenticator: {
+      authenticate: async (_token, pod) => ({ pod, addresses: [podIp] }),
+      authenticateNodeDriven: async (pod) => ({ pod, addresses: [podIp] }),
+    },
     sink: {
       apply: async (changes) => {
         for (const entry of changes.upsert)

@@ -1,11 +1,12 @@
 // The node agent as a pod's NAA driver (association.driver Node): no sidecar in the pod. Real
 // programs run in the pod's network namespace and in the cgroup the kubelet would give its
 // container (cgroup v1, /kubepods/besteffort/pod<uid>/<container id>); the node agent finds them
-// from the host's /proc, streams with the pod's own token (where the kubelet keeps it) through the
-// relay of its node to a gateway node's NAA server, which authenticates the pod with the real
-// apiserver. The gateway gets each flow of the pod with its program and container; a program in the
-// same namespace that is not one of the pod's is no one's, and a pod that leaves the node config
-// loses its stream.
+// from the host's /proc and streams, node-driven and without any token, on its relay's local
+// socket; the relay carries the stream with its node's agent certificate to a gateway node's NAA
+// server over TLS, which takes it because the certificate names the node the pod runs on (as the
+// real apiserver says) and the pod is node-driven. The gateway gets each flow of the pod with its
+// program and container; a program in the same namespace that is not one of the pod's is no one's,
+// and a pod that leaves the node config loses its stream.
 import { KubeConfig } from '@kubernetes/client-node';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -15,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from '../../common/index.ts';
 import type { NodeConfig } from '../../contracts/gateway/index.ts';
+import { agentChannelCredentials, naaServerCredentials, TlsDir } from '../../dataplane/link-tls.ts';
 import { TokenReviewAuthenticator } from '../../dataplane/naa/auth.ts';
 import { NodeDriver } from '../../dataplane/naa/node-driver.ts';
 import { NaaRelay } from '../../dataplane/naa/relay.ts';
@@ -22,6 +24,7 @@ import { NaaServer } from '../../dataplane/naa/server.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { eventually } from '../eventually.ts';
 import { makePod, type TestPod } from '../integration/naa-fixtures.ts';
+import { makeTestCa, writeTlsDir } from '../tls.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-node-${process.pid}`;
@@ -35,6 +38,8 @@ let server: NaaServer;
 let relay: NaaRelay;
 let driver: NodeDriver;
 let dir: string;
+/** The agents' certificates: the gateway node's, and the relay's node's. */
+let tls: TlsDir[] = [];
 const containerId = randomBytes(32).toString('hex');
 /** Its container's cgroup, as the kubelet names it (cgroupfs driver, BestEffort), once the pod has a uid. */
 let podCgroup: string | undefined;
@@ -82,6 +87,8 @@ beforeAll(async () => {
   await k(['create', 'namespace', namespace]);
   await k(['create', 'serviceaccount', 'app', '-n', namespace]);
   web = await makePod(namespace, 'web', 'worker-a');
+  // As the webhook marks a pod whose gateway gives it the Node driver.
+  await k(['annotate', 'pod', 'web', '-n', namespace, 'naat.dev/association-driver=Node']);
   podCgroup = `/sys/fs/cgroup/pids/kubepods/besteffort/pod${web.ref.uid}`;
   await k([
     'patch',
@@ -104,11 +111,18 @@ beforeAll(async () => {
   for (const link of ['eth0', 'peer0']) execFileSync('ip', ['-n', ns, 'link', 'set', link, 'up']);
   mkdirSync(join(podCgroup, containerId), { recursive: true });
 
+  dir = await mkdtemp(join(tmpdir(), 'naat-node-driver-'));
+  const ca = makeTestCa();
+  writeTlsDir(join(dir, 'gateway-a'), ca, 'gateway-a', ['127.0.0.2']);
+  writeTlsDir(join(dir, 'worker-a'), ca, 'worker-a', [relayNodeAddress]);
+  tls = [new TlsDir(join(dir, 'gateway-a')), new TlsDir(join(dir, 'worker-a'))];
+  await Promise.all(tls.map((t) => t.ready()));
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromFile(process.env.KUBECONFIG!);
   server = new NaaServer({
-    authenticator: new TokenReviewAuthenticator(kubeConfig, 'gateway-a'),
+    authenticator: new TokenReviewAuthenticator(kubeConfig, 'gateway-a', { relayCertificates: true }),
     sink: { apply: async () => {} },
+    credentials: naaServerCredentials(tls[0]),
   });
   const port = await server.listen('127.0.0.2:0');
   const config = gateway([]);
@@ -116,15 +130,10 @@ beforeAll(async () => {
     gateway: { ...config.gateways[0]!, associationPort: port },
     peers: { up: () => new Set(['gateway-a']), onChange: () => {} },
     pinnedPeer: () => undefined,
+    channelCredentials: agentChannelCredentials(tls[1]!),
   });
-  dir = await mkdtemp(join(tmpdir(), 'naat-node-driver-'));
   await relay.listenLocal(join(dir, 'naa.sock'));
-  // The pod's token where the kubelet keeps its projected volume.
-  const tokenDir = join(dir, 'pods', web.ref.uid, 'volumes', 'kubernetes.io~projected', 'naat-token');
-  mkdirSync(tokenDir, { recursive: true });
-  writeFileSync(join(tokenDir, 'token'), web.token);
   driver = new NodeDriver({
-    podsDir: join(dir, 'pods'),
     target: () => `unix:${join(dir, 'naa.sock')}`,
     version: 'test',
     scanIntervalMs: 50,
@@ -151,11 +160,12 @@ afterAll(async () => {
   execFileSync('ip', ['netns', 'delete', ns]);
   await relay?.close();
   await server?.close();
+  for (const t of tls) t.stop();
   await rm(dir, { recursive: true, force: true });
   await k(['delete', 'namespace', namespace, '--wait=false']);
 });
 
-test("the node agent tells the gateway, with the pod's own token, which of the pod's programs and containers owns each flow", async () => {
+test("the node agent tells the gateway, with its node's certificate and no token, which of the pod's programs and containers owns each flow", async () => {
   // The destination, in the same namespace: it answers, so the connections are established.
   await program(
     `import socket,time

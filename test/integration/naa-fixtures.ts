@@ -9,6 +9,7 @@ import {
   type AssociateRequest,
   type AssociateResponse,
   type Association,
+  type Hello,
   type PodRef,
 } from '../../proto/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
@@ -68,6 +69,11 @@ export async function makePod(
   throw new Error(`pod ${name} got no IP`);
 }
 
+/** The Hello of a driver of `pod`, with its token. */
+export function helloOf(pod: TestPod): Hello {
+  return { protocolVersion: 1, pod: pod.ref, token: pod.token, driverVersion: 'test', mode: 1, nodeDriven: false };
+}
+
 /** A TCP flow from `sourceAddress:sourcePort` to 203.0.113.10:443 of `processName`. */
 export function association(sourceAddress: string, sourcePort: number, processName = 'curl') {
   return {
@@ -116,10 +122,7 @@ export function openRawStream(
   let sequence = 0;
   const send = (body: AssociateRequest['body'], seq = ++sequence) => call.write({ sequence: seq, body });
   const hello = (pod: TestPod, overrides: Partial<{ token: string; pod: PodRef; protocolVersion: number }> = {}) =>
-    send({
-      $case: 'hello',
-      value: { protocolVersion: 1, pod: pod.ref, token: pod.token, driverVersion: 'test', mode: 1, ...overrides },
-    });
+    send({ $case: 'hello', value: { ...helloOf(pod), ...overrides } });
   /** Waits for the Ack of message `seq` (the HelloAck for 1). */
   const acked = async (seq: number) => {
     const has = () => received.some((m) => m.body?.$case === 'ack' && m.body.value.sequence === seq);

@@ -17,7 +17,7 @@ import { NaaServer, type AssociationSink } from '../../dataplane/naa/server.ts';
 import type { AssociationChanges } from '../../dataplane/naa/table.ts';
 import { AssociationServiceService, type AssociateRequest, type AssociateResponse } from '../../proto/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
-import { association, makePod, openRawStream, podToken, type TestPod } from './naa-fixtures.ts';
+import { association, helloOf, makePod, openRawStream, podToken, type TestPod } from './naa-fixtures.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-hostile-${process.pid}`;
@@ -367,7 +367,7 @@ test.each([
     'a second hello',
     (): AssociateRequest['body'] => ({
       $case: 'hello',
-      value: { protocolVersion: 1, pod: podA.ref, token: podA.token, driverVersion: 't', mode: 1 },
+      value: helloOf(podA),
     }),
     status.INVALID_ARGUMENT,
     () => /^a stream says hello only once$/,
@@ -427,7 +427,7 @@ test('1,000 hostile streams leave the heap and the sessions as they were, and lo
       s.send(
         {
           $case: 'hello',
-          value: { protocolVersion: 1, pod: podA.ref, token: podA.token, driverVersion: 't', mode: 1 },
+          value: helloOf(podA),
         },
         9,
       ),
@@ -460,7 +460,7 @@ test('1,000 hostile streams leave the heap and the sessions as they were, and lo
                 sequence: ++sequence,
                 body: {
                   $case: 'hello',
-                  value: { protocolVersion: 1, pod: pod.ref, token: pod.token, driverVersion: 't', mode: 1, ...o },
+                  value: { ...helloOf(pod), ...o },
                 },
               }),
           } as unknown as ReturnType<typeof stream>);
@@ -494,6 +494,9 @@ test('a refusal logged again after its period says how many were left out', asyn
   const lines: Array<Record<string, unknown>> = [];
   const refuseAll: Authenticator = {
     authenticate: async () => {
+      throw new Error('unused');
+    },
+    authenticateNodeDriven: async () => {
       throw new Error('unused');
     },
   };

@@ -5,7 +5,9 @@
 // that says why, while the relayed stream beside it carries on. What a relayed stream claims is
 // held to its own pod as a direct one is: a stamp applies to the pod's addresses as the apiserver
 // knows them, and an association of any other pod's address, on the relay's node or elsewhere,
-// closes the stream.
+// closes the stream. A node-driven stream (no token) is taken only from the node agent of the
+// pod's node and only for a pod that is node-driven: on the gateway agent's own local socket for a
+// pod of its node, and never from the relay without that node's agent certificate.
 import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -19,7 +21,7 @@ import type { Association } from '../../contracts/naa/index.ts';
 import { Driver } from '../../contracts/naa/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { eventually } from '../eventually.ts';
-import { association, makePod, openRawStream, type TestPod } from './naa-fixtures.ts';
+import { association, helloOf, makePod, openRawStream, type TestPod } from './naa-fixtures.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-relay-${process.pid}`;
@@ -102,8 +104,15 @@ afterAll(async () => {
   await k(['delete', 'namespace', namespace, '--wait=false']);
 });
 
-/** A stream that says hello as `pod` to `target`; resolves with how it ended, or 'accepted' at its HelloAck. */
-function hello(target: string, pod: TestPod): Promise<{ code: status; details: string } | 'accepted'> {
+/**
+ * A stream that says hello as `pod` to `target`, with its token or node-driven; resolves with how it
+ * ended, or 'accepted' at its HelloAck.
+ */
+function hello(
+  target: string,
+  pod: TestPod,
+  { nodeDriven = false } = {},
+): Promise<{ code: status; details: string } | 'accepted'> {
   const client = new AssociationServiceClient(target, credentials.createInsecure());
   const call = client.associate();
   return new Promise((resolve) => {
@@ -117,7 +126,7 @@ function hello(target: string, pod: TestPod): Promise<{ code: status; details: s
       sequence: 1,
       body: {
         $case: 'hello',
-        value: { protocolVersion: 1, pod: pod.ref, token: pod.token, driverVersion: 't', mode: 1 },
+        value: { ...helloOf(pod), ...(nodeDriven && { token: '', nodeDriven }) },
       },
     });
   }).finally(() => client.close()) as Promise<{ code: status; details: string } | 'accepted'>;
@@ -201,3 +210,63 @@ test.each([
     stream.client.close();
   },
 );
+
+test("a node-driven stream is taken only from the node agent of the pod's node, for a node-driven pod", async () => {
+  const gatewaySocket = join(dir, 'gateway.sock');
+  const relaySocket = join(dir, 'relay.sock');
+  await server.listenLocal(gatewaySocket);
+  await relay.listenLocal(relaySocket);
+  const denied = (details: string | RegExp) => ({
+    code: status.PERMISSION_DENIED,
+    details: typeof details === 'string' ? details : expect.stringMatching(details),
+  });
+  const nodeDriven = { nodeDriven: true };
+
+  // A pod of the gateway's own node: on the gateway agent's local socket, once the pod is node-driven.
+  expect(await hello(`unix:${gatewaySocket}`, near, nodeDriven)).toEqual(
+    denied(
+      `pod ${namespace}/near is not node-driven (its annotation naat.dev/association-driver is not set, not 'Node'), ` +
+        'so only its own driver speaks for it, with its token',
+    ),
+  );
+  await k(['annotate', 'pod', 'near', '-n', namespace, 'naat.dev/association-driver=Node']);
+  await k(['annotate', 'pod', 'far', '-n', namespace, 'naat.dev/association-driver=Node']);
+  expect(await hello(`unix:${gatewaySocket}`, near, nodeDriven)).toBe('accepted');
+  expect(await hello(`127.0.0.2:${port}`, near, nodeDriven)).toEqual(
+    denied(
+      new RegExp(
+        `^pod ${namespace}/near runs on this gateway node gateway-a, whose node agent speaks for it only on this ` +
+          `agent's local socket, and this stream comes from 127\\.0\\.0\\.\\d+$`,
+      ),
+    ),
+  );
+  expect(
+    await hello(`unix:${gatewaySocket}`, { ...near, ref: { ...near.ref, uid: 'another-uid' } }, nodeDriven),
+  ).toEqual(
+    denied(
+      `the node-driven hello names pod ${namespace}/near with uid another-uid, but that pod is ${near.ref.uid} now`,
+    ),
+  );
+  expect(await hello(`unix:${gatewaySocket}`, { ...near, ref: { ...near.ref, name: 'gone' } }, nodeDriven)).toEqual(
+    denied(`the node-driven hello names pod ${namespace}/gone, which does not exist`),
+  );
+  expect(await hello(`unix:${gatewaySocket}`, far, nodeDriven)).toEqual(
+    denied(`pod ${namespace}/far runs on node worker-a, and this stream comes from the local socket of node gateway-a`),
+  );
+
+  // A pod of the relay's node: the relay forwards the node agent's hello, but this relay has no agent certificate.
+  expect(await hello(`unix:${relaySocket}`, far, nodeDriven)).toEqual(
+    denied(
+      `gateway node gateway-a: pod ${namespace}/far runs on node worker-a, not on gateway-a, so its stream must come ` +
+        'through the node agent of worker-a (with its agent certificate), and this one was made with no agent ' +
+        'certificate the CA issued',
+    ),
+  );
+  // A pod dialling the relay's port cannot pose as its node agent.
+  expect(await hello(`${relayNodeAddress}:${relayPort}`, far, nodeDriven)).toEqual(
+    denied(
+      `the hello of pod ${namespace}/far says it is node-driven, which only this node's agent may say, on its ` +
+        'local socket; a stream from the network proves its pod with its token',
+    ),
+  );
+});

@@ -13,7 +13,7 @@ import { Driver } from '../../contracts/naa/index.ts';
 import type { Association } from '../../contracts/naa/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { eventually } from '../eventually.ts';
-import { association, makePod, openRawStream, type TestPod } from './naa-fixtures.ts';
+import { association, helloOf, makePod, openRawStream, type TestPod } from './naa-fixtures.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-${process.pid}`;
@@ -141,24 +141,13 @@ test.each([
   ],
   [
     'a sequence that skips',
-    (s: ReturnType<typeof rawStream>) =>
-      s.send(
-        {
-          $case: 'hello',
-          value: { protocolVersion: 1, pod: podA.ref, token: podA.token, driverVersion: 't', mode: 1 },
-        },
-        5,
-      ),
+    (s: ReturnType<typeof rawStream>) => s.send({ $case: 'hello', value: helloOf(podA) }, 5),
     status.INVALID_ARGUMENT,
     /message sequence 5 does not follow 0/,
   ],
   [
     'an unknown protocol version',
-    (s: ReturnType<typeof rawStream>) =>
-      s.send({
-        $case: 'hello',
-        value: { protocolVersion: 9, pod: podA.ref, token: podA.token, driverVersion: 't', mode: 1 },
-      }),
+    (s: ReturnType<typeof rawStream>) => s.send({ $case: 'hello', value: { ...helloOf(podA), protocolVersion: 9 } }),
     status.INVALID_ARGUMENT,
     /protocol version 9 is not spoken here/,
   ],

@@ -138,7 +138,8 @@ const allowed: Record<'operator' | 'dataplane', Record<string, string | null>> =
     'authentication.k8s.io/tokenreviews create': null,
     // Whether a flow reader may get the flows of the gateway.
     'authorization.k8s.io/subjectaccessreviews create': null,
-    // The NAA server checks that the pod a token is bound to still exists and runs on its node.
+    // The NAA server reads the pod a token is bound to, or a node-driven stream names: that it still
+    // exists, where it runs and, for a node-driven stream, that its driver is the node agent.
     'core/pods get': null,
     // Stopped, whether its node still has the gateway's nodeSelector (dataplane/membership.ts).
     'core/nodes get': null,

@@ -79,6 +79,7 @@ call.write({
       token: readFileSync(options.tokenFile, 'utf8').trim(),
       driverVersion: 'naa-client',
       mode: 1,
+      nodeDriven: false,
     },
   },
 });

@@ -198,13 +198,21 @@ export interface Hello {
     | undefined;
   /**
    * A projected service-account token of the pod with the naat audience. The gateway trusts
-   * the pod identity only as far as this token proves it.
+   * the pod identity only as far as this token proves it. Empty when node_driven.
    */
   token: string;
   /** The driver's software version, for logs. */
   driverVersion: string;
   /** The association mode the driver runs in. */
   mode: AssociationMode;
+  /**
+   * The node agent of the pod's node drives the pod (association driver Node) and carries no
+   * token: the gateway accepts the stream only from that node agent (through its node's relay,
+   * with its node's agent certificate, or on the gateway agent's own local socket), for a pod
+   * that runs on that node in Node driver mode. A relay forwards such a hello only from its
+   * node agent's own local socket.
+   */
+  nodeDriven: boolean;
 }
 
 export interface PodRef {
@@ -690,7 +698,7 @@ export const AssociateResponse: MessageFns<AssociateResponse> = {
 };
 
 function createBaseHello(): Hello {
-  return { protocolVersion: 0, pod: undefined, token: "", driverVersion: "", mode: 0 };
+  return { protocolVersion: 0, pod: undefined, token: "", driverVersion: "", mode: 0, nodeDriven: false };
 }
 
 export const Hello: MessageFns<Hello> = {
@@ -709,6 +717,9 @@ export const Hello: MessageFns<Hello> = {
     }
     if (message.mode !== 0) {
       writer.uint32(40).int32(message.mode);
+    }
+    if (message.nodeDriven !== false) {
+      writer.uint32(48).bool(message.nodeDriven);
     }
     return writer;
   },
@@ -766,6 +777,14 @@ export const Hello: MessageFns<Hello> = {
             message.mode = reader.int32() as any;
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.nodeDriven = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -793,6 +812,11 @@ export const Hello: MessageFns<Hello> = {
         ? globalThis.String(object.driver_version)
         : "",
       mode: isSet(object.mode) ? associationModeFromJSON(object.mode) : 0,
+      nodeDriven: isSet(object.nodeDriven)
+        ? globalThis.Boolean(object.nodeDriven)
+        : isSet(object.node_driven)
+        ? globalThis.Boolean(object.node_driven)
+        : false,
     };
   },
 
@@ -813,6 +837,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.mode !== 0) {
       obj.mode = associationModeToJSON(message.mode);
     }
+    if (message.nodeDriven !== false) {
+      obj.nodeDriven = message.nodeDriven;
+    }
     return obj;
   },
 
@@ -826,6 +853,7 @@ export const Hello: MessageFns<Hello> = {
     message.token = object.token ?? "";
     message.driverVersion = object.driverVersion ?? "";
     message.mode = object.mode ?? 0;
+    message.nodeDriven = object.nodeDriven ?? false;
     return message;
   },
 };
@@ -2700,7 +2728,8 @@ export const AssociationServiceService = {
    *
    * Contract:
    * - The driver's first message is a Hello. The gateway verifies its token (TokenReview, naat
-   *   audience) and the pod it names, then answers HelloAck; otherwise it closes the stream with
+   *   audience), or for a node-driven Hello where the stream comes from, and the pod it names,
+   *   then answers HelloAck; otherwise it closes the stream with
    *   UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT and a message that says why.
    * - After HelloAck the driver sends a Snapshot of every association it knows (in one or more
    *   chunks), then Associate and Dissociate messages as sockets come and go. On every
@@ -2730,7 +2759,8 @@ export interface AssociationServiceServer extends UntypedServiceImplementation {
    *
    * Contract:
    * - The driver's first message is a Hello. The gateway verifies its token (TokenReview, naat
-   *   audience) and the pod it names, then answers HelloAck; otherwise it closes the stream with
+   *   audience), or for a node-driven Hello where the stream comes from, and the pod it names,
+   *   then answers HelloAck; otherwise it closes the stream with
    *   UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT and a message that says why.
    * - After HelloAck the driver sends a Snapshot of every association it knows (in one or more
    *   chunks), then Associate and Dissociate messages as sockets come and go. On every
@@ -2752,7 +2782,8 @@ export interface AssociationServiceClient extends Client {
    *
    * Contract:
    * - The driver's first message is a Hello. The gateway verifies its token (TokenReview, naat
-   *   audience) and the pod it names, then answers HelloAck; otherwise it closes the stream with
+   *   audience), or for a node-driven Hello where the stream comes from, and the pod it names,
+   *   then answers HelloAck; otherwise it closes the stream with
    *   UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT and a message that says why.
    * - After HelloAck the driver sends a Snapshot of every association it knows (in one or more
    *   chunks), then Associate and Dissociate messages as sockets come and go. On every
