@@ -407,9 +407,14 @@ describe('faults injected into a running gateway', () => {
     await apply(config((c) => (c.uplinks = [uplink(1), uplink(2, { weight: 3 })])));
     await t.exec(t.ns.gw, ['ip', 'link', 'set', 'up2', 'up']);
     await apply(config());
-    await apply(config());
-    const lines = (await readFile(join(dir, 'agent.log'), 'utf8'))
-      .slice(logBefore)
+    const last = config();
+    await apply(last);
+    // The agent says a config is applied at /status just before it logs so.
+    const log = await until('the last config logged', async () => {
+      const text = (await readFile(join(dir, 'agent.log'), 'utf8')).slice(logBefore);
+      return text.includes(`"hash":"${String(last.hash)}"`) ? text : undefined;
+    });
+    const lines = log
       .split('\n')
       .filter((line) => line.startsWith('{'))
       .map((line) => JSON.parse(line) as { level: string; msg: string; error?: string });
