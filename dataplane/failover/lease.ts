@@ -291,30 +291,14 @@ export class OwnershipLoop {
       this.#lastClaim,
     );
     try {
-      if (!this.#lease) {
-        this.#lease = await this.#api.readNamespacedLease({ namespace, name: this.#name }, options).catch((error) => {
-          if (statusCode(error) === 404) return undefined;
-          throw error;
-        });
-      }
-      if (this.#lease) {
-        // What others put on it (owner references, say) stays.
-        const before = this.#lease.metadata ?? {};
-        const metadata = {
-          ...before,
-          labels: { ...before.labels, ...body.metadata!.labels },
-          annotations: { ...before.annotations, ...body.metadata!.annotations },
-        };
-        const spec = { ...this.#lease.spec, ...body.spec };
-        this.#lease = await this.#api.replaceNamespacedLease(
-          { namespace, name: this.#name, body: { ...body, metadata, spec } },
-          options,
-        );
-      } else {
-        const spec = { ...body.spec, acquireTime: body.spec!.renewTime };
-        this.#lease = await this.#api.createNamespacedLease({ namespace, body: { ...body, spec } }, options);
-        this.#log.info('Failover Lease created', { lease: `${namespace}/${this.#name}` });
-      }
+      await this.#send(body, options).catch(async (error: unknown) => {
+        // 409: written by something else since; 404: deleted (the operator deletes the Leases of
+        // nodes that left the gateway). Read afresh, or made again, at once: a conflict is no
+        // outage, and waiting for the next renewal would take this node off its schedule.
+        if (statusCode(error) !== 409 && statusCode(error) !== 404) throw error;
+        this.#lease = undefined;
+        await this.#send(body, options);
+      });
       const answeredAt = performance.now();
       if (!renewingOnSchedule(this.#renewedAt, answeredAt, duration)) this.#renewingSince = answeredAt;
       this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
@@ -328,8 +312,6 @@ export class OwnershipLoop {
       this.#kick();
     } catch (error) {
       if (this.#stop.signal.aborted) return;
-      // 409: written by something else since; 404: deleted (the operator deletes the Leases of
-      // nodes that left the gateway). Read afresh, or made again, at the next renewal.
       if (statusCode(error) === 409 || statusCode(error) === 404) this.#lease = undefined;
       if (!this.#renewFailing)
         this.#log.error('Failed to renew failover Lease', {
@@ -337,6 +319,35 @@ export class OwnershipLoop {
           error: errorText(error),
         });
       this.#renewFailing = true;
+    }
+  }
+
+  /** Replaces the Lease as last written or read with `body` (reading it first if unknown), or creates it. */
+  async #send(body: V1Lease, options: ReturnType<typeof withSignal>): Promise<void> {
+    const namespace = this.#namespace;
+    if (!this.#lease) {
+      this.#lease = await this.#api.readNamespacedLease({ namespace, name: this.#name }, options).catch((error) => {
+        if (statusCode(error) === 404) return undefined;
+        throw error;
+      });
+    }
+    if (this.#lease) {
+      // What others put on it (owner references, say) stays.
+      const before = this.#lease.metadata ?? {};
+      const metadata = {
+        ...before,
+        labels: { ...before.labels, ...body.metadata!.labels },
+        annotations: { ...before.annotations, ...body.metadata!.annotations },
+      };
+      const spec = { ...this.#lease.spec, ...body.spec };
+      this.#lease = await this.#api.replaceNamespacedLease(
+        { namespace, name: this.#name, body: { ...body, metadata, spec } },
+        options,
+      );
+    } else {
+      const spec = { ...body.spec, acquireTime: body.spec!.renewTime };
+      this.#lease = await this.#api.createNamespacedLease({ namespace, body: { ...body, spec } }, options);
+      this.#log.info('Failover Lease created', { lease: `${namespace}/${this.#name}` });
     }
   }
 

@@ -230,3 +230,23 @@ test('no two running nodes own one address at the same instant, and all is owned
     { numRuns: 200 },
   );
 });
+
+// Found by the property above: g1's watch stalls just before g2's uplink comes back, and both
+// settle at the same instant, g1 seeing g2 not yet eligible and g2 seeing itself the winner.
+test('a node whose view lags claims nothing beside a node that became eligible unseen', () => {
+  const events: Event[] = [
+    { kind: 'uplink', node: 1, uplink: 'isp2', on: false },
+    { kind: 'leaving', node: 2, on: true },
+    { kind: 'tick', ms: 1 },
+    { kind: 'watch', node: 0, on: false },
+    ...[9, 27, 63].map((ms): Event => ({ kind: 'tick', ms })),
+    { kind: 'uplink', node: 1, uplink: 'isp2', on: true },
+    // Up to 301: a lease duration after g1 last saw its own Lease, the last moment it counts as current.
+    ...[74, 50, 77, 100, 100].map((ms): Event => ({ kind: 'tick', ms })),
+  ];
+  const gateway = new Gateway(3, false, 0);
+  for (const e of events) {
+    gateway.apply(e);
+    expect(doubleOwners(gateway.step())).toEqual([]);
+  }
+});

@@ -38,7 +38,12 @@ const lease = (node: string, observedAt: number, overrides: Partial<NodeLease> =
 });
 
 /** A settled node at `now`: renewing, and reaching the apiserver for longer than a lease duration. */
-const settled: OwnershipMemory = { ...emptyMemory, reachableSince: 0, currentSince: 0 };
+const settled: OwnershipMemory = {
+  ...emptyMemory,
+  reachableSince: 0,
+  currentSince: 0,
+  eligibleSince: new Map([['isp1', 0]]),
+};
 
 function input(node: string, now: number, overrides: Partial<OwnershipInput> = {}): OwnershipInput {
   return {
@@ -61,9 +66,16 @@ test('a node claims nothing for a lease duration after it first reaches the apis
   const start = decideOwnership(input(first, 1000, { leases, renewedAt: 1000 }), emptyMemory);
   expect(start.claims).toEqual([]);
   expect(start.wakeAt).toBe(1000 + L);
-  const later = decideOwnership(
+  // Eligible itself only once its own Lease has said so for a lease duration: until then another
+  // node was preferred, which may have been claiming; its next renewal shows it was not.
+  const settling = decideOwnership(
     input(first, 1000 + L, { leases: leases.map((l) => ({ ...l, observedAt: 1000 + L - 50 })) }),
     start.memory,
+  );
+  expect(settling.claims).toEqual([]);
+  const later = decideOwnership(
+    input(first, 1000 + L + 20, { leases: leases.map((l) => ({ ...l, observedAt: 1000 + L + 10 })) }),
+    settling.memory,
   );
   expect(later.claims).toEqual([{ address: X, reason: 'Unowned' }]);
   expect([...later.owned]).toEqual([X]);

@@ -13,9 +13,9 @@
 //   and only while it hears that node directly saying it reaches the apiserver.
 // - A node claims an address when it is the rendezvous winner among the eligible nodes and no
 //   alive node lists it. Two refinements keep two nodes from claiming at once although a claim
-//   shows in a Lease only once applied: a node counts itself eligible only once its own Lease says
-//   so (as the others see it), and a new winner waits for the node preferred before it (see
-//   mayBeClaiming).
+//   shows in a Lease only once applied: a node counts itself eligible only once its own Lease has
+//   said so (as the others see it) for a lease duration, so that a node whose view lags knows it
+//   too, and a new winner waits for the node preferred before it (see mayBeClaiming).
 // - Fence: a node whose last successful renewal request was sent more than a lease duration ago
 //   gives up everything, since the others may already have taken its addresses over; except when
 //   it hears at least one other gateway node directly and none of those it hears reaches the
@@ -99,6 +99,8 @@ export interface OwnershipMemory {
   currentSince: number | undefined;
   /** Per address, the node last seen listing it (this one included) and when that ended, if it did. */
   owners: ReadonlyMap<string, { node: string; goneAt?: number; reason?: FailoverReason }>;
+  /** Per uplink, since when this node's own Lease has said without a break that it may carry its addresses. */
+  eligibleSince: ReadonlyMap<string, number>;
   /** Per address, the rendezvous-preferred eligible node (if any), since when, and the one preferred before. */
   preferred: ReadonlyMap<string, Preference>;
 }
@@ -114,6 +116,7 @@ export const emptyMemory: OwnershipMemory = {
   outage: false,
   holdUntil: undefined,
   currentSince: undefined,
+  eligibleSince: new Map(),
   owners: new Map(),
   preferred: new Map(),
 };
@@ -209,20 +212,29 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   });
   const uplinkOf = new Map(failover.addresses.map((a) => [a.address, a.uplink]));
   const selfDraining = input.draining || draining.has(self);
+  // Since when this node's own Lease has said, without a break, that it may carry each uplink's
+  // addresses (healthy there, not draining).
+  const eligibleSince = new Map<string, number>();
+  if (published && !published.draining) {
+    for (const uplink of published.healthyUplinks) eligibleSince.set(uplink, memory.eligibleSince.get(uplink) ?? now);
+  }
   const eligible = (address: string): string[] => {
     const uplink = uplinkOf.get(address)!;
     const nodes = alive
       .filter((l) => !l.draining && !draining.has(l.node) && l.healthyUplinks.includes(uplink))
       .map((l) => l.node);
     // The others see this node alive only while it renews, and eligible only once its Lease says
-    // so: counting on an uplink that came back before the others know would make two winners.
+    // so: counting on an uplink that came back before the others know would make two winners. And
+    // a node whose view lags, by up to a lease duration while it still sees its own renewals, may
+    // not know yet: it must have seen this node eligible before this node may win over it.
+    const since = eligibleSince.get(uplink);
+    if (since !== undefined && now - since < duration) deadlines.push(since + duration);
     if (
       reachable &&
       !selfDraining &&
       input.healthyUplinks.has(uplink) &&
-      published &&
-      !published.draining &&
-      published.healthyUplinks.includes(uplink)
+      since !== undefined &&
+      now - since >= duration
     )
       nodes.push(self);
     return nodes;
@@ -319,7 +331,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     claims,
     releases,
     apiserverReachable: onSchedule,
-    memory: { reachableSince, outage, holdUntil, currentSince, owners, preferred },
+    memory: { reachableSince, outage, holdUntil, currentSince, eligibleSince, owners, preferred },
     wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
   };
 }
