@@ -592,14 +592,18 @@ describe('what the code does with them, in a control plane of its own', () => {
         apply: async () => {},
         healthyUplinks: [gateway],
       });
-      await ownership.start();
-      await until('the failover address held in the Lease', async () => {
-        const lease = JSON.parse(
-          await k(['get', 'lease', failoverLeaseName(gateway, 'gateway-a'), '-n', namespace, '-o', 'json']),
-        );
-        return lease.metadata.annotations?.[failoverAnnotations.addresses] === failoverAddress ? true : undefined;
-      });
-      await ownership.stop({ release: true });
+      // Stopped whatever happens: a loop left running keeps the test process alive.
+      try {
+        await ownership.start();
+        await until('the failover address held in the Lease', async () => {
+          const lease = JSON.parse(
+            await k(['get', 'lease', failoverLeaseName(gateway, 'gateway-a'), '-n', namespace, '-o', 'json']),
+          );
+          return lease.metadata.annotations?.[failoverAnnotations.addresses] === failoverAddress ? true : undefined;
+        });
+      } finally {
+        await ownership.stop({ release: true });
+      }
     } catch (error) {
       throw new Error(`${(error as Error).message}\nagent:\n${processes.output('agent').slice(-3000)}`, {
         cause: error,
