@@ -67,6 +67,12 @@ const expectedKeys: Record<string, string[]> = {
     ...percentiles('tls.connect-to-kernel'),
     'memory.tls.agent',
     'memory.tls.sidecar',
+    ...percentiles('node-driver.sidecar.connect-to-kernel'),
+    ...percentiles('node-driver.connect-to-kernel'),
+    // The smoke form's two numbers of node-driven pods.
+    ...[1, 2].flatMap((pods) => ['base', 'added'].map((k) => `node-driver.memory.${pods}-pods.${k}`)),
+    'node-driver.memory.per-pod',
+    'node-driver.idle-cpu',
   ],
   dataplane: [
     ...setups.map((s) => `throughput.${s}`),

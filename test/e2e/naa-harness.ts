@@ -115,7 +115,7 @@ export class NaaGateway {
   }
 
   /** A node's --tls-dir: the gateway node's names the sidecar and the relay dial (podGateway, loopback). */
-  #tlsDir(node: string): string {
+  tlsDir(node: string): string {
     const dir = join(this.dir, `tls-${node}`);
     if (!existsSync(dir)) writeTlsDir(dir, this.ca, node, [podGateway(1).v4, relayNodeAddress]);
     return dir;
@@ -216,7 +216,7 @@ export class NaaGateway {
       node,
       '--state-dir',
       join(this.dir, 'state'),
-      ...(this.plaintext ? [] : ['--tls-dir', this.#tlsDir(node)]),
+      ...(this.plaintext ? [] : ['--tls-dir', this.tlsDir(node)]),
       ...(this.options.agentArgs ?? []),
     ];
     this.agent = this.#processes.spawn(
@@ -239,7 +239,7 @@ export class NaaGateway {
           join(programs, 'naa-relay.ts'),
           `${podGateway(1).v4}:${relayPort}`,
           `${relayNodeAddress}:${naaPort}`,
-          ...(this.plaintext ? [] : [this.#tlsDir(this.options.relayedFrom)]),
+          ...(this.plaintext ? [] : [this.tlsDir(this.options.relayedFrom)]),
         ],
         'relay.log',
       );

@@ -10,7 +10,6 @@
 import { KubeConfig } from '@kubernetes/client-node';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +24,7 @@ import { kubectl } from '../cluster/cluster.ts';
 import { eventually } from '../eventually.ts';
 import { makePod, type TestPod } from '../integration/naa-fixtures.ts';
 import { makeTestCa, writeTlsDir } from '../tls.ts';
+import { ContainerCgroup, markNodeDriven } from './node-driven.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-node-${process.pid}`;
@@ -41,8 +41,8 @@ let dir: string;
 /** The agents' certificates: the gateway node's, and the relay's node's. */
 let tls: TlsDir[] = [];
 const containerId = randomBytes(32).toString('hex');
-/** Its container's cgroup, as the kubelet names it (cgroupfs driver, BestEffort), once the pod has a uid. */
-let podCgroup: string | undefined;
+/** Its container's cgroup, once the pod has a uid. */
+let container: ContainerCgroup | undefined;
 const programs: ChildProcess[] = [];
 
 const gateway = (pods: NodeConfig['gateways'][number]['pods']): NodeConfig => ({
@@ -70,7 +70,7 @@ const gateway = (pods: NodeConfig['gateways'][number]['pods']): NodeConfig => ({
 async function program(script: string, inContainer: boolean): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn('ip', ['netns', 'exec', ns, 'python3', '-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
   programs.push(child);
-  if (inContainer) writeFileSync(join(podCgroup!, containerId, 'cgroup.procs'), String(child.pid));
+  if (inContainer) container!.place(child.pid!);
   const port = await new Promise<number>((resolve, reject) => {
     child.stdout!.once('data', (data: Buffer) => resolve(Number(data.toString().trim())));
     child.once('exit', (code) => reject(new Error(`exited with ${code} before it was ready`)));
@@ -88,19 +88,7 @@ beforeAll(async () => {
   await k(['create', 'serviceaccount', 'app', '-n', namespace]);
   web = await makePod(namespace, 'web', 'worker-a');
   // As the webhook marks a pod whose gateway gives it the Node driver.
-  await k(['annotate', 'pod', 'web', '-n', namespace, 'naat.dev/association-driver=Node']);
-  podCgroup = `/sys/fs/cgroup/pids/kubepods/besteffort/pod${web.ref.uid}`;
-  await k([
-    'patch',
-    'pod',
-    'web',
-    '-n',
-    namespace,
-    '--subresource=status',
-    '--type=merge',
-    '-p',
-    JSON.stringify({ status: { hostIP: relayNodeAddress, hostIPs: [{ ip: relayNodeAddress }] } }),
-  ]);
+  await markNodeDriven(process.env.KUBECONFIG!, namespace, 'web', relayNodeAddress);
 
   // The pod's network namespace, with its address and a destination to connect to.
   execFileSync('ip', ['netns', 'add', ns]);
@@ -109,7 +97,7 @@ beforeAll(async () => {
   execFileSync('ip', ['-n', ns, 'addr', 'add', `${web.ip}/32`, 'dev', 'eth0']);
   execFileSync('ip', ['-n', ns, 'addr', 'add', '203.0.113.10/32', 'dev', 'eth0']);
   for (const link of ['eth0', 'peer0']) execFileSync('ip', ['-n', ns, 'link', 'set', link, 'up']);
-  mkdirSync(join(podCgroup, containerId), { recursive: true });
+  container = new ContainerCgroup(web.ref.uid, containerId);
 
   dir = await mkdtemp(join(tmpdir(), 'naat-node-driver-'));
   const ca = makeTestCa();
@@ -148,15 +136,7 @@ afterAll(async () => {
       child.exitCode === null ? new Promise((resolve) => child.once('exit', resolve).kill('SIGKILL')) : undefined,
     ),
   );
-  if (podCgroup) for (const path of [join(podCgroup, containerId), podCgroup]) rmdirSync(path);
-  // The kubepods folders above, unless another test's pods are in them.
-  for (const path of ['/sys/fs/cgroup/pids/kubepods/besteffort', '/sys/fs/cgroup/pids/kubepods']) {
-    try {
-      rmdirSync(path);
-    } catch {
-      break;
-    }
-  }
+  await container?.remove();
   execFileSync('ip', ['netns', 'delete', ns]);
   await relay?.close();
   await server?.close();
