@@ -22,8 +22,8 @@
 //   apiserver (an apiserver outage: nobody can take over, so nothing moves). A gateway of one node
 //   keeps its addresses through an outage too. When the outage ends, the peers seldom renew in the
 //   same instant: a node that held through it keeps holding for half a lease duration after it
-//   stopped counting the outage, time for its own renewal to succeed. No peer can claim before then: a
-//   node settles (and may claim) only a lease duration after it regained its renewal schedule.
+//   stopped counting the outage, time for its own renewal to succeed. No peer can claim before
+//   then: a node settles (and may claim) only a lease duration after it regained its schedule.
 // - A node claims nothing while it has not seen its own Lease change for a lease duration: a watch
 //   that stalls would make every other Lease look expired. Once it sees its own Lease again, every
 //   Lease counts as seen then, as after regaining the apiserver: a watch that comes back delivers
@@ -227,14 +227,14 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     // so: counting on an uplink that came back before the others know would make two winners. And
     // a node whose view lags, by up to a lease duration while it still sees its own renewals, may
     // not know yet: it must have seen this node eligible before this node may win over it.
-    const since = eligibleSince.get(uplink);
-    if (since !== undefined && now - since < duration) deadlines.push(since + duration);
+    const eligibleFrom = eligibleSince.get(uplink);
+    if (eligibleFrom !== undefined && now - eligibleFrom < duration) deadlines.push(eligibleFrom + duration);
     if (
       reachable &&
       !selfDraining &&
       input.healthyUplinks.has(uplink) &&
-      since !== undefined &&
-      now - since >= duration
+      eligibleFrom !== undefined &&
+      now - eligibleFrom >= duration
     )
       nodes.push(self);
     return nodes;
