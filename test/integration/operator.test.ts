@@ -330,6 +330,28 @@ describe('cluster-wide egress', () => {
         nodeSelectorTerms: Array<{ matchFields: Array<{ values: string[] }> }>;
       }
     ).nodeSelectorTerms.flatMap((term) => term.matchFields[0]!.values);
+  /** The nodes and the gateways as the operator reads them, for a failure's message. */
+  const clusterFacts = async () => {
+    const nodes = (await json(['get', 'nodes'])).items as Array<{
+      metadata: { name: string; labels?: Record<string, string> };
+      spec: { unschedulable?: boolean };
+      status: { addresses?: unknown[] };
+    }>;
+    const gateways = (await json(['get', 'egressgateways'])).items as Array<{
+      metadata: { name: string; creationTimestamp: string };
+      spec: { nodeSelector?: unknown };
+      status?: { conditions?: unknown[] };
+    }>;
+    return JSON.stringify({
+      nodes: nodes.map((n) => [n.metadata.name, n.metadata.labels, n.spec.unschedulable, n.status.addresses]),
+      gateways: gateways.map((g) => [
+        g.metadata.name,
+        g.metadata.creationTimestamp,
+        g.spec.nodeSelector,
+        g.status?.conditions,
+      ]),
+    });
+  };
   const steered = async (name: string) =>
     ((await json(['get', 'pod', name, '-n', apps])).status.conditions as Array<Record<string, string>>).find(
       (c) => c.type === 'naat.dev/Steered',
@@ -346,9 +368,13 @@ describe('cluster-wide egress', () => {
   test('node agents land where served pods run, with only their pods, and leave when the pods or the gateway go', async () => {
     await startOperator('operator-c', 19300);
     // web-1, web-2 and web-3 run on worker-a; the gateway's nodes are gateway-a and gateway-b.
+    // Both gateway nodes as peers too: should one be missing for good, the timeout says why.
     const configs = await eventually('the node config of worker-a', async () => {
       const c = await nodeConfigs();
-      return c.get('worker-a')?.gateways[0]?.pods.length === 3 ? c : undefined;
+      const gateway = c.get('worker-a')?.gateways[0];
+      if (gateway?.pods.length !== 3) return undefined;
+      if (gateway.peers.length === 2) return c;
+      throw new Error(`peers ${JSON.stringify(gateway.peers)}; ${await clusterFacts()}`);
     });
     expect([...configs.keys()]).toEqual(['worker-a']);
     const worker = configs.get('worker-a')!;
