@@ -51,6 +51,8 @@ export class FlowFollower {
   /** Lines refused, of every peer. */
   refused = 0;
   #peers = new Map<string, Peer>();
+  /** The peers that sent a whole round since this follower started: their replicas are complete. */
+  readonly #synced = new Set<string>();
   #port: number;
   #addresses: ReadonlySet<string>;
   #running = false;
@@ -127,6 +129,11 @@ export class FlowFollower {
     return [...this.#peers].filter(([, peer]) => peer.connected).map(([node]) => node);
   }
 
+  /** The peers that have sent every flow of theirs at least once since this follower started. */
+  synced(): ReadonlySet<string> {
+    return this.#synced;
+  }
+
   /**
    * Loads the replica of `address` into this node's conntrack table, in one `conntrack -R` (more
    * only where entries were already there), then forgets it: from now on this node owns them.
@@ -187,7 +194,10 @@ export class FlowFollower {
         let start = 0;
         for (let end = text.indexOf('\n'); end >= 0; end = text.indexOf('\n', start)) {
           this.#line(text.slice(start, end), node, roundStart, refuse);
-          if (text.charCodeAt(start) === 0x5b && text.startsWith('["synced"]', start)) roundStart = this.#now();
+          if (text.charCodeAt(start) === 0x5b && text.startsWith('["synced"]', start)) {
+            roundStart = this.#now();
+            this.#synced.add(node);
+          }
           start = end + 1;
         }
         text = text.slice(start);

@@ -4,7 +4,8 @@
 // port, over mutual TLS only (plainAndMutualTls in link-tls.ts gives the node of the client's
 // certificate) and only to the nodes of config.failover.nodes.
 //
-// A stream opens with every flow known (its first round) and `synced`; then carries each flow as
+// A stream opens with every flow known (its first round) and `synced`, once each owned address
+// has been listed (until then the next whole round ends with it); then carries each flow as
 // it starts or ends, and every `refreshMs` every flow again (with the timeout it has left, which
 // keeps an idle UDP flow alive in the replicas as long as in the kernel) and `synced`. A peer that
 // reads too slowly is cut once `maxBufferedBytes` wait for it: it connects again and gets a whole
@@ -38,6 +39,8 @@ const self = '';
 
 export class FlowSource {
   #owned = new Set<string>();
+  /** The owned addresses a round has listed since they became this node's: the table is whole for them. */
+  readonly #listed = new Set<string>();
   #peers = new Set<string>();
   readonly #table: FlowReplica;
   readonly #streams = new Set<Stream>();
@@ -61,7 +64,11 @@ export class FlowSource {
   /** The addresses this node owns now; a new one is listed at once, one given up is forgotten. */
   setOwned(addresses: readonly string[]): void {
     const next = new Set(addresses);
-    for (const address of this.#owned) if (!next.has(address)) this.#table.forget(address);
+    for (const address of this.#owned) {
+      if (next.has(address)) continue;
+      this.#table.forget(address);
+      this.#listed.delete(address);
+    }
     const added = [...next].some((address) => !this.#owned.has(address));
     this.#owned = next;
     if (added && this.#timer) void this.refresh();
@@ -125,6 +132,7 @@ export class FlowSource {
     const now = this.#now();
     for (const message of messages) this.#table.apply(self, message, now);
     this.#table.synced(self, started);
+    for (const address of owned) if (this.#owned.has(address)) this.#listed.add(address);
     this.#send([...messages, { op: 'synced' }]);
   }
 
@@ -144,7 +152,10 @@ export class FlowSource {
     const first: FlowMessage[] = [];
     for (const address of this.#owned)
       for (const flow of this.#table.flows(address, now)) first.push({ op: 'flow', flow });
-    first.push({ op: 'synced' });
+    // `synced` would tell the peer that what it was not sent is gone: before this node has listed
+    // an address it owns (its agent just started, or it just claimed it) its table lacks flows
+    // that the peer's replica holds, and the next whole round says `synced` instead.
+    if ([...this.#owned].every((address) => this.#listed.has(address))) first.push({ op: 'synced' });
     this.#write(stream, first.map(encodeMessage).join(''));
   }
 

@@ -111,6 +111,72 @@ describe('/failover/flows', () => {
     expect(b.refused + c.refused).toBe(0);
   });
 
+  it('counts a peer synced once its first whole round arrived, not when its stream opens', async () => {
+    let listed: () => void = () => {};
+    const listing = new Promise<void>((resolve) => (listed = resolve));
+    const source = new FlowSource({
+      list: async () => {
+        await listing;
+        return [flow(1)];
+      },
+      refreshMs: 60_000,
+    });
+    source.setOwned([address]);
+    source.setPeers(['b']);
+    source.start();
+    closers.push(() => source.stop());
+    const port = await listen((req, res, node) => source.handle(req, res, node));
+    const b = follower('b', port);
+    await eventually(() => b.connected().length === 1);
+    expect([...b.synced()]).toEqual([]);
+    listed();
+    await eventually(() => b.synced().has('a'));
+    expect(b.replica.size).toBe(1);
+  });
+
+  it('keeps the replica of an owner whose restarted agent streams before it has listed its flows', async () => {
+    const first = new FlowSource({ list: async () => [flow(1), flow(2)], refreshMs: 60_000 });
+    first.setOwned([address]);
+    first.setPeers(['b']);
+    first.start();
+    let current = first;
+    let streams = 0;
+    const port = await listen((req, res, node) => {
+      streams++;
+      current.handle(req, res, node);
+    });
+    const b = follower('b', port);
+    await eventually(() => b.replica.size === 2);
+    // The owner's agent restarts: the new one knows no flow until its listing, which is slow.
+    let listed: () => void = () => {};
+    const listing = new Promise<void>((resolve) => (listed = resolve));
+    const second = new FlowSource({
+      list: async () => {
+        await listing;
+        return [flow(2), flow(3)];
+      },
+      refreshMs: 60_000,
+    });
+    second.setOwned([address]);
+    second.setPeers(['b']);
+    second.start();
+    closers.push(() => second.stop());
+    current = second;
+    first.stop();
+    await eventually(() => streams === 2 && b.connected().length === 1);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(b.replica.flows(address, Date.now()).map((f) => f.sourcePort)).toEqual([1, 2]);
+    // Its first whole round replaces them.
+    listed();
+    await eventually(
+      () =>
+        b.replica
+          .flows(address, Date.now())
+          .map((f) => f.sourcePort)
+          .join() === '2,3',
+    );
+  });
+
   it('keeps a silent peer’s flows, and takes its whole round on the stream opened when it is heard again', async () => {
     let connections = 0;
     const port = await listen((_req, res) => {
