@@ -542,9 +542,9 @@ function respond(
   }
   if (req.url === '/healthz') return void res.end('ok\n');
   if (req.url === '/readyz') {
-    const ok = report.lastSync !== undefined && !report.lastSync.error;
-    res.statusCode = ok ? 200 : 503;
-    return void res.end(ok ? 'ok\n' : 'not synced\n');
+    const reason = report.lastSync === undefined || report.lastSync.error ? 'not synced' : failover?.notReady();
+    res.statusCode = reason ? 503 : 200;
+    return void res.end(`${reason ?? 'ok'}\n`);
   }
   if (url.pathname === flowsPath) {
     if (failover) return failover.handleFlows(req, res, agentNode);

@@ -34,6 +34,27 @@ export interface GatewayFailoverOptions {
   log: Logger;
 }
 
+/** How long after its start a node waits for its peers' flows before it says it is ready anyway. */
+export const replicaCatchUpMs = 10_000;
+
+/**
+ * Why this node is not ready yet, or undefined when it is: it could take over the addresses of
+ * its peers with their flows only once each of them has sent it every flow of theirs (a round).
+ * A peer that is down or cannot stream never sends one: `catchUpMs` after its start the node is
+ * ready without it. The agent's readiness waits for it, so that a rolling update restarts the
+ * next gateway node only once this one holds the flows it would take over.
+ */
+export function replicaReadiness(
+  peers: readonly string[],
+  synced: ReadonlySet<string>,
+  sinceStartMs: number,
+  catchUpMs = replicaCatchUpMs,
+): string | undefined {
+  const waiting = peers.filter((node) => !synced.has(node));
+  if (!waiting.length || sinceStartMs >= catchUpMs) return undefined;
+  return `waiting for the flows of gateway node${waiting.length > 1 ? 's' : ''} ${waiting.join(', ')} (at most ${Math.ceil((catchUpMs - sinceStartMs) / 1000)} s more)`;
+}
+
 export class GatewayFailover {
   readonly #o: GatewayFailoverOptions;
   readonly #loop: OwnershipLoop;
@@ -44,6 +65,7 @@ export class GatewayFailover {
   #up: ReadonlySet<string> = new Set();
   readonly #lost = new Set<string>();
   #config: GatewayFailoverOptions['config'];
+  readonly #startedAt = performance.now();
 
   constructor(options: GatewayFailoverOptions) {
     this.#o = options;
@@ -139,6 +161,15 @@ export class GatewayFailover {
 
   onConntrackEvents(events: readonly FlowEvent[]): void {
     this.#source.onEvents(events);
+  }
+
+  /** Why this node is not ready to take over its peers' addresses yet (replicaReadiness), or undefined. */
+  notReady(): string | undefined {
+    return replicaReadiness(
+      this.#others().map((p) => p.node),
+      this.#follower.synced(),
+      performance.now() - this.#startedAt,
+    );
   }
 
   /** Whether this node reaches the API server, for its /steering answers. */

@@ -398,13 +398,15 @@ export class FailoverCluster {
 
   /**
    * Runs one fault on the node that owns the IPv4 failover address, with `streams` long-lived
-   * transfers and the probe running from the pod, and measures what the pod saw.
+   * transfers and the probe running from the pod, and measures what the pod saw. `beforeFault`
+   * runs once the streams and the probe run, just before the fault.
    */
-  async fault(fault: Fault, streams = 20): Promise<FaultRun> {
+  async fault(fault: Fault, streams = 20, options: { beforeFault?: () => Promise<void> } = {}): Promise<FaultRun> {
     const from = (await this.owners()).get(floating.v4);
     if (!from) throw new Error('no node owns the failover address before the fault');
     const g = Number(from.slice(1));
-    const seconds = 6;
+    // Long enough for what happens before the fault too (a restart takes seconds).
+    const seconds = options.beforeFault ? 15 : 6;
     const transfers = Array.from({ length: streams }, () =>
       startTransfer(this.c, this.c.pod(1), server.v4, streamPort, {
         seconds,
@@ -423,6 +425,7 @@ export class FailoverCluster {
     );
     const probeOutput = collectProbe(probe);
     await new Promise((resolve) => setTimeout(resolve, 500));
+    await options.beforeFault?.();
     await this.#inject(fault, g);
     // From when the fault is in place: connections opened while it was being made may still pass.
     const faultMs = performance.timeOrigin + performance.now();
@@ -580,10 +583,30 @@ export class FailoverCluster {
         await this.#applyConfigMap('gateway', this.gatewayConfig());
         break;
     }
-    await until(`g${g}'s agent answering`, async () => {
-      await this.c.exec(ns, ['curl', '-sf', `http://127.0.0.1:7744/metrics`]);
-      return true;
-    });
+    await this.ready(g);
+  }
+
+  /**
+   * Waits until node g's agent says it is ready at /readyz, as the kubelet's probe reads it: a
+   * rolling update moves on to the next node only then.
+   */
+  async ready(g: number): Promise<void> {
+    await until(
+      `g${g}'s agent ready`,
+      async () => {
+        await this.c.exec(this.c.gateway(g), ['curl', '-sf', `http://127.0.0.1:${healthPort}/readyz`]);
+        return true;
+      },
+      20_000,
+    );
+  }
+
+  /** Restarts node g's agent as a rolling update does (SIGTERM, then a new one), and waits until it is ready. */
+  async restartAgent(g: number): Promise<void> {
+    const agent = this.#agents.get(g)!;
+    if (agent.exitCode === null) await new Promise((resolve) => agent.once('exit', resolve).kill('SIGTERM'));
+    this.startAgent(g);
+    await this.ready(g);
   }
 
   /** Asks ISP 1's segment who has the failover addresses every 20 ms and collects who answered (neighbour-probe.py). */

@@ -90,3 +90,17 @@ it('keeps the address where it is when the gateway nodes only lose each other', 
   expect({ survived: run.streamsSurvived }).toEqual({ survived: run.streams });
   expect(run.udpSources).toHaveLength(1);
 });
+
+it('keeps every stream when a rolling update restarts the other node, and the owner then fails', async () => {
+  const owner = (await f.owners()).get(floating.v4)!;
+  const other = owner === 'g1' ? 2 : 1;
+  // The other node's agent restarts while the streams flow; once it says it is ready, it holds
+  // them in its replica (its /readyz waits for the owner's whole round), and the owner fails.
+  const run = await f.fault('power-off', 20, { beforeFault: () => f.restartAgent(other) });
+  console.log(`power-off after a restart of the other node: ${JSON.stringify(run)}`);
+  await f.restore('power-off', Number(run.from.slice(1)));
+  await f.settled();
+  expect(run.to).toBe(`g${other}`);
+  expect({ survived: run.streamsSurvived }).toEqual({ survived: run.streams });
+  expect(run.udpSources).toHaveLength(1);
+});
