@@ -31,6 +31,7 @@ import { bearerToken, flowPaths, servesFlowsUnauthenticated } from './flow-acces
 import { plainAndMutualTls, readTlsDir, TlsDir } from './link-tls.ts';
 import { agentConfigKey as configKey, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { parseNodeConfig, type NodeConfig, type NodeGateway } from '../contracts/gateway/index.ts';
+import type { WantedPod } from './naa/node-driver.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import {
@@ -93,6 +94,10 @@ const usage = `usage: npm run dataplane -- COMMAND [options]   (compiled: node d
                                 egressgateways/flows of this gateway (docs/security.md)
       [--naa-listen ADDR:PORT]  where the sidecars' NAA streams arrive (default :PORT, the
                                 config's association port)
+      [--associate-pods]        be the NAA driver of this node's pods whose gateway gives them
+                                the Node driver, from the host's /proc (it must run in the
+                                host's process namespace), streaming on the NAA server's local
+                                socket in --state-dir, the only place it takes them from
       [--report]                write this node's uplink health into Uplink status
                                 when its ConfigMap is gone at SIGTERM (the gateway was deleted),
                                 or its node left the gateway (no longer matches its nodeSelector,
@@ -344,6 +349,7 @@ async function run(): Promise<void> {
   };
   await followFailover();
   const naa = config.association ? await startNaa(agent, config.association.port, telemetry.enabled, links) : undefined;
+  const pods = await startGatewayDriver(naa, config, telemetry.enabled);
 
   // Later versions of the config, one at a time, in order.
   let applying = Promise.resolve();
@@ -354,6 +360,7 @@ async function run(): Promise<void> {
         monitor.update(localUplinks(config, values.node!));
         await agent.configure(config);
         naa?.pushPolicies();
+        pods?.configure(config);
         log.info('Applied a new gateway config', { gateway: config.gateway, hash: config.hash });
         // After the kernel holds the config: a drain or a new failover address starts from it.
         await followFailover().catch((error: Error) =>
@@ -376,6 +383,7 @@ async function run(): Promise<void> {
     monitor.stop();
     for (const server of servers) server.close();
     await stopIdentity();
+    pods?.stop();
     await naa?.close();
     // A stopped agent renews no claim: its failover addresses go first, with their flows, for another
     // node to take at once.
@@ -462,7 +470,7 @@ async function startNaa(
   port: number,
   tracing: boolean,
   tls: TlsDir | undefined,
-): Promise<{ close(): Promise<void>; pushPolicies(): void }> {
+): Promise<{ close(): Promise<void>; pushPolicies(): void; listenLocal(path: string): Promise<void> }> {
   const { pooledKubeConfig } = await import('../common/kube/index.ts');
   const { NaaServer } = await import('./naa/server.ts');
   const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
@@ -848,17 +856,48 @@ async function startNodeDriver(config: NodeConfig, tracing: boolean) {
       missing: '--tls-dir',
     });
   }
+  const { nodeAgentPods } = await import('./naa/node-driver.ts');
+  return startDriver(config, (c) => nodeAgentPods(c, (gateway) => `unix:${localRelayPath(gateway)}`), tracing);
+}
+
+/**
+ * With --associate-pods: the gateway agent drives the association of its own node's pods that have
+ * the Node driver, on its NAA server's local socket in its state folder, where the server takes a
+ * node-driven stream of a pod of this node (naa/auth.ts); its network port never does.
+ */
+async function startGatewayDriver(
+  naa: { listenLocal(path: string): Promise<void> } | undefined,
+  config: GatewayConfig,
+  tracing: boolean,
+) {
+  if (!values['associate-pods']) return undefined;
+  if (!naa) {
+    log.error('Driving no pod’s association: the gateway config has no association block', {});
+    return undefined;
+  }
+  const path = join(stateDir('gateway'), 'naa.sock');
+  await naa.listenLocal(path);
+  log.info('Listening for the gateway agent’s own NAA streams', { path });
+  const { gatewayAgentPods } = await import('./naa/node-driver.ts');
+  return startDriver(config, (c) => gatewayAgentPods(c, values.node!, `unix:${path}`), tracing);
+}
+
+/** Drives the Node-driven pods that `pods` picks from each version of the agent's config. */
+async function startDriver<C>(
+  config: C,
+  pods: (config: C) => ReadonlyMap<string, WantedPod>,
+  tracing: boolean,
+): Promise<{ configure(config: C): void; stop(): void }> {
   const { NodeDriver } = await import('./naa/node-driver.ts');
   const driver = new NodeDriver({
-    target: (gateway) => `unix:${localRelayPath(gateway)}`,
     version: process.env.npm_package_version ?? '0.1.0',
     log,
     ...(tracing ? { tracer: (await import('../contracts/naa/tracing/index.ts')).associationTracer } : {}),
   });
-  driver.configure(config);
+  driver.configure(pods(config));
   driver.start();
   log.info('Driving the association of the node’s pods', {});
-  return driver;
+  return { configure: (next) => driver.configure(pods(next)), stop: () => driver.stop() };
 }
 
 /**

@@ -135,6 +135,36 @@ describe('compileGateway', () => {
     ]);
   });
 
+  it("gives the gateway agents the uid and containers of the Node-driven pods of the gateway's nodes, and of no other", async () => {
+    const base = await snapshot();
+    const containers = [{ id: 'c'.repeat(64), name: 'app' }];
+    const backupUid = '0b5e2d4c-0000-4000-8000-00000000000a';
+    const pods = base.pods.map((p) =>
+      p.name === 'backup-1'
+        ? { ...p, node: 'gw-1', nodeAssociation: { uid: backupUid, containers } }
+        : p.name === 'web-1'
+          ? { ...p, node: 'worker', nodeAssociation: { uid: '0b5e2d4c-0000-4000-8000-00000000000b', containers: [] } }
+          : p,
+    );
+    const compiled = compileGateway({ ...base, pods });
+    expect(compiled.config.pods).toEqual([
+      {
+        namespace: 'shop',
+        name: 'backup-1',
+        addresses: ['10.244.1.11'],
+        node: 'gw-1',
+        association: { uid: backupUid, containers },
+      },
+      // Away: its node agent drives it, from its NodeConfig.
+      { namespace: 'shop', name: 'web-1', addresses: ['10.244.1.10', 'fd00::10'], node: 'worker' },
+    ]);
+    expect(parseGatewayConfig(compiled.config).pods[0]!.association).toEqual({ uid: backupUid, containers });
+    // A node excluded from the gateway (another gateway holds it) runs no agent of this gateway.
+    const excluded = compileGateway({ ...base, pods, excludedNodes: ['gw-1'] });
+    expect(excluded.config.pods[0]).not.toHaveProperty('association');
+    expect(excluded.away.find((p) => p.name === 'backup-1')?.association).toEqual({ uid: backupUid, containers });
+  });
+
   it('gives each away pod one failover address per family, the same on the gateway and in its node config', async () => {
     const base = await snapshot();
     const gateway = structuredClone(base.gateway);

@@ -192,6 +192,9 @@ export function compileGateway(snapshot: Snapshot): Compiled {
       name: p.name,
       addresses: p.ips,
       ...(p.node ? { node: p.node } : {}),
+      // A node-driven pod of one of the gateway's nodes: that node's gateway agent drives it (away
+      // pods are their node agent's, in its NodeConfig).
+      ...(p.nodeAssociation && p.node && gatewayNodes.has(p.node) ? { association: p.nodeAssociation } : {}),
       ...(egressOf.has(`${p.namespace}/${p.name}`) ? { egress: egressOf.get(`${p.namespace}/${p.name}`)! } : {}),
     })),
     bypass: [...snapshot.bypass],

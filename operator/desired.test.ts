@@ -25,12 +25,12 @@ function gateway(spec: Record<string, unknown> = {}): EgressGateway {
 
 /** Only the config's text goes into the objects. */
 const compiled = {
-  config: { gateway: 'egress', hash: 'sha256:0', timeouts: { icmpSeconds: 45 } },
+  config: { gateway: 'egress', hash: 'sha256:0', timeouts: { icmpSeconds: 45 }, pods: [] },
 } as unknown as Compiled;
 
 /** The gateway agent's pod as the DaemonSet runs it. */
-function podSpec(g: EgressGateway, s = settings) {
-  const daemonSet = desiredGatewayObjects(g, compiled, s, 'naat-system').find((o) => o.kind === 'DaemonSet');
+function podSpec(g: EgressGateway, s = settings, c = compiled) {
+  const daemonSet = desiredGatewayObjects(g, c, s, 'naat-system').find((o) => o.kind === 'DaemonSet');
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a DaemonSet walked field by field
   return (daemonSet as any).spec.template.spec;
 }
@@ -124,6 +124,38 @@ describe('desiredGatewayObjects', () => {
       readOnlyRootFilesystem: true,
       capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
     });
+  });
+
+  it("drives the Node-driven pods of the gateway's nodes with the host's processes and the capabilities to read their sockets, only while there are some", () => {
+    const withPod = (association?: object) =>
+      ({
+        config: {
+          ...compiled.config,
+          pods: [
+            {
+              namespace: 'shop',
+              name: 'web',
+              addresses: ['10.0.0.1'],
+              node: 'gw-1',
+              ...(association && { association }),
+            },
+          ],
+        },
+      }) as unknown as Compiled;
+    const driving = podSpec(gateway(), settings, withPod({ uid: 'uid-web', containers: [] }));
+    expect(driving.hostPID).toBe(true);
+    expect(driving.containers[0].args).toContain('--associate-pods');
+    expect(driving.containers[0].securityContext.capabilities).toEqual({
+      drop: ['ALL'],
+      add: ['NET_ADMIN', 'NET_RAW', 'DAC_READ_SEARCH', 'SYS_PTRACE'],
+    });
+    // No pod's token: only the state folder it had already, where its local socket is.
+    expect(driving.containers[0].volumeMounts).toEqual([{ name: 'state', mountPath: '/run/naat' }]);
+
+    const sidecarsOnly = podSpec(gateway(), settings, withPod());
+    expect(sidecarsOnly.hostPID).toBeUndefined();
+    expect(sidecarsOnly.containers[0].args).not.toContain('--associate-pods');
+    expect(sidecarsOnly.containers[0].securityContext.capabilities.add).toEqual(['NET_ADMIN', 'NET_RAW']);
   });
 
   it('leaves the init container out when the chart says the nodes have their settings already', () => {

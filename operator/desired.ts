@@ -91,6 +91,8 @@ export function desiredGatewayObjects(
   const dp = settings.dataplane;
   // Flow data only on the secure listener, with the agent's own certificate (docs/security.md).
   const secure = dp.caConfigMapName;
+  // Node-driven pods on the gateway's nodes: their node's gateway agent drives them.
+  const associating = compiled.config.pods.some((p) => p.association);
   return [
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: metadata(true) },
     {
@@ -179,6 +181,7 @@ export function desiredGatewayObjects(
           '--report',
           '--attribution-records',
           String(agentAttributionRecords),
+          ...(associating ? ['--associate-pods'] : []),
         ],
         env: [{ name: 'NODE_OPTIONS', value: agentNodeOptions }],
         ports: [
@@ -193,6 +196,7 @@ export function desiredGatewayObjects(
         // Uplink ids live as long as the node's conntrack table: until the node reboots.
         { name: 'state', hostPath: { path: `${stateDir}/${gateway.metadata.name}`, type: 'DirectoryOrCreate' } },
       ],
+      ...(associating ? nodeDriverPod : {}),
     }),
   ];
 }
@@ -345,11 +349,12 @@ export function desiredNodeObjects(
 }
 
 /**
- * What the node agent needs only while it drives association for a pod of some node (the Node
- * driver, docs/naa.md): the host's processes (hostPID) and which sockets each holds (reading any
- * user's /proc/<pid>/fd: CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, as the root sidecar has in a pod).
- * No pod's token and no right in the apiserver: the pods are in its node config, and its node's
- * agent certificate proves its streams to the gateways.
+ * What an agent needs only while it drives association for a pod of its node (the Node driver,
+ * docs/naa.md), a node agent or a gateway agent: the host's processes (hostPID) and which sockets
+ * each holds (reading any user's /proc/<pid>/fd: CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, as the root
+ * sidecar has in a pod). No pod's token and no right in the apiserver: the pods are in its config;
+ * a node agent's streams are proven to the gateways by its node's agent certificate, and a gateway
+ * agent's by coming in on its own local socket.
  */
 const nodeDriverPod: Pick<AgentPod, 'hostPID' | 'capabilities'> = {
   hostPID: true,

@@ -21,6 +21,7 @@ import {
   withRules,
 } from '../../crds/index.ts';
 import { defaultMarks, hexMark as hex, isContiguous, markField } from './marks.ts';
+import { NodeAssociation } from './node-association.ts';
 import { Tunnel, TunnelEndpoint } from './tunnel.ts';
 
 export const configVersion = 1;
@@ -65,6 +66,7 @@ export const GatewayConfig = Type.Object({
       name: Name,
       addresses: Type.Array(Type.String({ minLength: 2, maxLength: 45 }), { minItems: 1 }),
       node: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'The node the pod runs on.' })),
+      association: Type.Optional(NodeAssociation),
       egress: Type.Optional(
         Type.Array(Type.String({ minLength: 2, maxLength: 45 }), {
           maxItems: 2,

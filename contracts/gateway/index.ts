@@ -27,9 +27,9 @@ export {
   NodeConfig,
   nodeAgentFieldManager,
   nodeConfigVersion,
-  NodeAssociation,
   NodeGateway,
   parseNodeConfig,
   SteeredPod,
 } from './steering.ts';
+export { NodeAssociation } from './node-association.ts';
 export { Tunnel, TunnelEndpoint } from './tunnel.ts';

@@ -10,6 +10,7 @@ import { isIP } from 'node:net';
 import { ConfigError, parsePrefix } from './config.ts';
 import { canonicalAddress } from './prefixes.ts';
 import { isContiguous } from './marks.ts';
+import { NodeAssociation } from './node-association.ts';
 
 export { isContiguous };
 import { Tunnel, TunnelEndpoint } from './tunnel.ts';
@@ -26,23 +27,6 @@ export const nodeAgentFieldManager = (node: string) => `naat-node-${node}`;
 const Name = Type.String({ minLength: 1, maxLength: 253, pattern: '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$' });
 const Prefix = Type.String({ description: 'An IPv4 or IPv6 address or CIDR.', minLength: 2, maxLength: 49 });
 const Address = Type.String({ description: 'An IPv4 or IPv6 address.', minLength: 2, maxLength: 45 });
-
-const ContainerId = Type.String({ minLength: 64, maxLength: 64, pattern: '^[0-9a-f]{64}$' });
-
-export const NodeAssociation = Type.Object(
-  {
-    uid: Type.String({ minLength: 1, maxLength: 64, pattern: '^[0-9a-f-]+$' }),
-    containers: Type.Array(Type.Object({ id: ContainerId, name: Name }), {
-      default: [],
-      description: "The pod's running containers by the runtime's id, which its processes' cgroups name.",
-    }),
-  },
-  {
-    description:
-      "Present when the node agent is the pod's association driver (association.driver Node): the pod's uid, which its processes' cgroups and its token's folder name, and its containers.",
-  },
-);
-export type NodeAssociation = Static<typeof NodeAssociation>;
 
 export const SteeredPod = Type.Object({
   namespace: Name,

@@ -126,7 +126,7 @@ export const Association = withRules(
     {
       driver: StringEnum(['Sidecar', 'Node'], {
         description:
-          "What finds which process owns each socket of a selected pod. Sidecar: a sidecar injected into the pod (it needs SYS_PTRACE and a shared process namespace, and costs each pod its memory). Node: the node agent of the pod's node, for every selected pod of that node at once, from the host's process view; it drives pods on nodes that are not this gateway's nodes, and Strict mode needs the sidecar. A pod can choose for itself with the annotation naat.dev/association-driver: Sidecar or Node.",
+          "What finds which process owns each socket of a selected pod. Sidecar: a sidecar injected into the pod (it needs SYS_PTRACE and a shared process namespace, and costs each pod its memory). Node: the agent of the pod's node (its node agent, or on this gateway's own nodes its gateway agent), for every selected pod of that node at once, from the host's process view; Strict mode needs the sidecar. A pod can choose for itself with the annotation naat.dev/association-driver: Sidecar or Node.",
         default: 'Sidecar',
       }),
       mode: StringEnum(['Observe', 'Strict'], {

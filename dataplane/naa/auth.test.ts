@@ -82,8 +82,8 @@ describe('a node-driven stream', () => {
     const near = pod('gw-a', ['192.0.2.1'], 'Node');
     expect(nodeDrivenRefusal(near, 'gw-a', { local: true })).toBeUndefined();
     expect(nodeDrivenRefusal(near, 'gw-a', { address: '192.0.2.1', agentNode: 'gw-a' })).toBe(
-      "pod shop/web-1 runs on this gateway node gw-a, whose node agent speaks for it only on this agent's local " +
-        'socket, and this stream comes from 192.0.2.1',
+      'pod shop/web-1 runs on this gateway node gw-a, whose gateway agent drives it on its own local socket only, ' +
+        'and this stream comes from 192.0.2.1',
     );
   });
 

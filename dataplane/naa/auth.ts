@@ -10,12 +10,13 @@
 // speaks only to its own node and no other host can pose as that node's relay. The token remains
 // what proves the pod.
 //
-// A node-driven stream (the node agent of the pod's node drives the pod, docs/naa.md) carries no
-// token: the node agent speaks for the pods of its node. It is accepted only from that node agent,
-// through its node's relay with its node's agent certificate (the relay forwards a node-driven
-// hello only from the node agent's own local socket), or, for a pod of the gateway agent's own
-// node, on the gateway agent's own local socket; and only for a pod that runs on that node and
-// says it is node-driven (the annotation the webhook sets).
+// A node-driven stream (the agent of the pod's node drives the pod, docs/naa.md) carries no token:
+// that agent speaks for the pods of its node. For a pod of another node it is accepted only from
+// that node's agent, through its node's relay with its node's agent certificate (the relay forwards
+// a node-driven hello only from the node agent's own local socket); for a pod of the gateway
+// agent's own node, which the gateway agent drives itself, only on the gateway agent's own local
+// socket, never from its network port, whatever certificate comes with it. Either way only for a
+// pod that runs on that node and says it is node-driven (the annotation the webhook sets).
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { isIP } from 'node:net';
 import { driverAnnotation, tokenAudience } from '../../contracts/index.ts';
@@ -169,8 +170,8 @@ export function nodeDrivenRefusal(pod: V1Pod, ownNode: string, peer: StreamPeer)
   if (node === ownNode) {
     return peer.local
       ? undefined
-      : `pod ${name} runs on this gateway node ${ownNode}, whose node agent speaks for it only on this agent's local ` +
-          `socket, and this stream comes from ${peer.address ?? 'an unknown address'}`;
+      : `pod ${name} runs on this gateway node ${ownNode}, whose gateway agent drives it on its own local socket ` +
+          `only, and this stream comes from ${peer.address ?? 'an unknown address'}`;
   }
   if (peer.local) {
     return `pod ${name} runs on node ${node}, and this stream comes from the local socket of node ${ownNode}`;

@@ -1,5 +1,5 @@
-import type { NodeConfig } from '../../contracts/gateway/index.ts';
-import { podProcesses, wantedPods, type ProcessPlace } from './node-driver.ts';
+import type { GatewayConfig, NodeConfig } from '../../contracts/gateway/index.ts';
+import { gatewayAgentPods, nodeAgentPods, podProcesses, type ProcessPlace } from './node-driver.ts';
 
 const id = (c: string) => c.repeat(64);
 const place = (podUid: string | undefined, netns: string, container = 'a'): ProcessPlace => ({
@@ -54,12 +54,53 @@ test('the node agent drives the pods its node config gives the Node driver, and 
       { namespace: 'shop', name: 'sidecar-driven', addresses: ['10.244.1.11'] },
     ],
   } satisfies NodeConfig['gateways'][number];
-  const wanted = wantedPods({ version: 1, node: 'worker-a', markMask: 0xe0, gateways: [gateway] });
-  expect([...wanted.keys()]).toEqual(['uid-web']);
-  expect(wanted.get('uid-web')).toEqual({
-    gateway,
-    ref: { namespace: 'shop', name: 'web', uid: 'uid-web' },
-    addresses: new Set(['10.244.1.10']),
-    containers: new Map([[id('c'), 'app']]),
-  });
+  const config: NodeConfig = { version: 1, node: 'worker-a', markMask: 0xe0, gateways: [gateway] };
+  const wanted = nodeAgentPods(config, (g) => `unix:/run/naat-node/naa-${g.associationPort}.sock`);
+  expect(wanted).toEqual(
+    new Map([
+      [
+        'uid-web',
+        {
+          ref: { namespace: 'shop', name: 'web', uid: 'uid-web' },
+          addresses: new Set(['10.244.1.10']),
+          containers: new Map([[id('c'), 'app']]),
+          target: 'unix:/run/naat-node/naa-7740.sock',
+        },
+      ],
+    ]),
+  );
+});
+
+test("the gateway agent drives the pods of its gateway's config that have the Node driver and run on its own node", () => {
+  const pods: GatewayConfig['pods'] = [
+    {
+      namespace: 'shop',
+      name: 'here',
+      addresses: ['10.244.0.10'],
+      node: 'gw-a',
+      association: { uid: 'uid-here', containers: [{ id: id('c'), name: 'app' }] },
+    },
+    {
+      namespace: 'shop',
+      name: 'on-another-gateway-node',
+      addresses: ['10.244.2.10'],
+      node: 'gw-b',
+      association: { uid: 'uid-there', containers: [] },
+    },
+    { namespace: 'shop', name: 'sidecar-driven', addresses: ['10.244.0.11'], node: 'gw-a' },
+  ];
+  const wanted = gatewayAgentPods({ pods } as GatewayConfig, 'gw-a', 'unix:/run/naat/naa.sock');
+  expect(wanted).toEqual(
+    new Map([
+      [
+        'uid-here',
+        {
+          ref: { namespace: 'shop', name: 'here', uid: 'uid-here' },
+          addresses: new Set(['10.244.0.10']),
+          containers: new Map([[id('c'), 'app']]),
+          target: 'unix:/run/naat/naa.sock',
+        },
+      ],
+    ]),
+  );
 });

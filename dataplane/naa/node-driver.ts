@@ -1,18 +1,20 @@
-// The node agent as the NAA driver of every pod of its node that its gateway gives the Node
-// driver (association.driver Node, docs/naa.md): no sidecar in the pod. From the host's process
-// view it finds each such pod's processes by their cgroup (the pod's uid and the container's
-// runtime id, which the kubelet and the runtime set and the pod cannot change) and its network
-// namespace (where most of them are), and looks at that namespace's sockets with the sidecar's
-// own scanner, counting only the pod's processes as owners. Each pod gets the sidecar's own
-// driver and stream, node-driven (no token: the node agent speaks for its node's pods), to the
-// local socket of its gateway's relay on this node: the gateways take it only from this node's
-// agent (the relay's agent certificate), for a node-driven pod of this node, and hold it to the
-// pod's own addresses exactly as they do a sidecar's stream.
+// An agent as the NAA driver of every pod of its node that its gateway gives the Node driver
+// (association.driver Node, docs/naa.md): no sidecar in the pod. The node agent drives such pods on
+// the nodes that are not the gateway's, the gateway agent those on its own node. From the host's
+// process view it finds each such pod's processes by their cgroup (the pod's uid and the
+// container's runtime id, which the kubelet and the runtime set and the pod cannot change) and its
+// network namespace (where most of them are), and looks at that namespace's sockets with the
+// sidecar's own scanner, counting only the pod's processes as owners. Each pod gets the sidecar's
+// own driver and stream, node-driven (no token: the agent speaks for its node's pods), to a local
+// socket that only the node's root reaches: the node agent's to the local socket of its gateway's
+// relay on this node, which the gateways take only from this node's agent (the relay's agent
+// certificate); the gateway agent's to its own NAA server's local socket. Either way only for a
+// node-driven pod of this node, held to the pod's own addresses exactly as a sidecar's stream is.
 import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
 import { readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { ProblemLog, type Logger } from '../../common/index.ts';
-import type { NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
+import type { GatewayConfig, NodeAssociation, NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
 import {
   allPids,
   Driver,
@@ -66,37 +68,58 @@ export function podProcesses(
   return result;
 }
 
-/** A pod the node agent drives, as its node config gives it. */
-interface WantedPod {
-  gateway: NodeGateway;
+/** A pod to drive, as its agent's config gives it. */
+export interface WantedPod {
   ref: PodRef;
   addresses: ReadonlySet<string>;
   /** Container names by the runtime's id. */
   containers: ReadonlyMap<string, string>;
+  /** Where its stream goes: the local socket that takes this agent's own node-driven streams. */
+  target: string;
 }
 
-/** The pods of a node config that have the Node driver, by uid. */
-export function wantedPods(config: NodeConfig): Map<string, WantedPod> {
-  const pods = new Map<string, WantedPod>();
-  for (const gateway of config.gateways) {
-    for (const pod of gateway.pods) {
-      if (!pod.association) continue;
-      pods.set(pod.association.uid, {
-        gateway,
-        ref: { namespace: pod.namespace, name: pod.name, uid: pod.association.uid },
-        addresses: new Set(pod.addresses),
-        containers: new Map(pod.association.containers.map((c) => [c.id, c.name])),
-      });
-    }
-  }
-  return pods;
+type ConfigPod = { namespace: string; name: string; addresses: readonly string[]; association?: NodeAssociation };
+
+function wanted(pod: ConfigPod & { association: NodeAssociation }, target: string): WantedPod {
+  const { uid, containers } = pod.association;
+  return {
+    ref: { namespace: pod.namespace, name: pod.name, uid },
+    addresses: new Set(pod.addresses),
+    containers: new Map(containers.map((c) => [c.id, c.name])),
+    target,
+  };
+}
+
+const isNodeDriven = <P extends ConfigPod>(pod: P): pod is P & { association: NodeAssociation } => !!pod.association;
+
+/**
+ * The node agent's: the pods of its node config that have the Node driver, by uid, each to the local
+ * socket of its gateway's relay (`target`).
+ */
+export function nodeAgentPods(config: NodeConfig, target: (gateway: NodeGateway) => string): Map<string, WantedPod> {
+  return new Map(
+    config.gateways.flatMap((gateway) =>
+      gateway.pods.filter(isNodeDriven).map((pod) => [pod.association.uid, wanted(pod, target(gateway))] as const),
+    ),
+  );
+}
+
+/**
+ * The gateway agent's: the pods of its gateway's config that have the Node driver and run on its
+ * own node `node`, by uid, each to the agent's own local socket (`target`).
+ */
+export function gatewayAgentPods(config: GatewayConfig, node: string, target: string): Map<string, WantedPod> {
+  return new Map(
+    config.pods
+      .filter(isNodeDriven)
+      .filter((pod) => pod.node === node)
+      .map((pod) => [pod.association.uid, wanted(pod, target)] as const),
+  );
 }
 
 export interface NodeDriverOptions {
   /** Where the host's procfs is (the node agent runs in the host's process namespace). */
   proc?: string;
-  /** Where this node's relay of `gateway` takes the node agent's own streams. */
-  target(gateway: NodeGateway): string;
   channelCredentials?: ChannelCredentials;
   version: string;
   /** How often to look (200 ms, as the sidecar). */
@@ -119,7 +142,7 @@ interface Driven {
 export class NodeDriver {
   readonly #o: NodeDriverOptions;
   readonly #proc: string;
-  #wanted = new Map<string, WantedPod>();
+  #wanted: ReadonlyMap<string, WantedPod> = new Map();
   readonly #driven = new Map<string, Driven>();
   /** Every process's place, as last read. */
   #places = new Map<number, ProcessPlace>();
@@ -134,12 +157,15 @@ export class NodeDriver {
     this.#problems = new ProblemLog(options.log, 'Failed to look at a pod', 'Looked at a pod again');
   }
 
-  /** Follows a new node config: pods that left it lose their streams at once. */
-  configure(config: NodeConfig): void {
-    this.#wanted = wantedPods(config);
+  /**
+   * Follows a new config's pods (`nodeAgentPods`, `gatewayAgentPods`): pods that left it, or whose
+   * stream goes elsewhere now, lose their streams at once.
+   */
+  configure(pods: ReadonlyMap<string, WantedPod>): void {
+    this.#wanted = pods;
     for (const [uid, driven] of this.#driven) {
       const pod = this.#wanted.get(uid);
-      if (pod && this.#o.target(pod.gateway) === driven.target) driven.pod = pod;
+      if (pod && pod.target === driven.target) driven.pod = pod;
       else this.#drop(uid);
     }
   }
@@ -180,9 +206,8 @@ export class NodeDriver {
   }
 
   #drive(uid: string, pod: WantedPod): Driven {
-    const target = this.#o.target(pod.gateway);
     const driver: Driver = new Driver({
-      target,
+      target: pod.target,
       pod: pod.ref,
       version: this.#o.version,
       mode: AssociationMode.ASSOCIATION_MODE_OBSERVE,
@@ -194,7 +219,7 @@ export class NodeDriver {
         }),
       ...(this.#o.tracer ? { tracer: this.#o.tracer } : {}),
     });
-    const driven: Driven = { pod, driver, target };
+    const driven: Driven = { pod, driver, target: pod.target };
     this.#driven.set(uid, driven);
     driver.start();
     return driven;

@@ -1,6 +1,6 @@
 // The NAA server's shell over loopback gRPC, with an authenticator the test answers by hand.
 import { credentials, Server as Grpc, status, type ServiceError } from '@grpc/grpc-js';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -151,6 +151,8 @@ test('a node-driven hello is judged knowing whether it came in on the local sock
   try {
     const port = await server.listen('127.0.0.1:0');
     await server.listenLocal(join(dir, 'naa.sock'));
+    // Its owner's alone: another user of the node may not connect.
+    expect((await stat(join(dir, 'naa.sock'))).mode & 0o777).toBe(0o600);
     expect(await hello(`unix:${join(dir, 'naa.sock')}`)).toBe('helloAck');
     expect(await hello(`127.0.0.1:${port}`)).toBe('PERMISSION_DENIED: not from the local socket');
     expect(peers).toEqual([{ local: true }, { address: '127.0.0.1', agentNode: undefined }]);

@@ -17,7 +17,8 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
-import { rm } from 'node:fs/promises';
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { formatListenAddress, parseListenAddress } from '../../common/index.ts';
 import {
   AssociationServiceService,
@@ -318,10 +319,15 @@ export function naaGrpcServer(
   return server;
 }
 
-/** Binds `server` in plaintext at the Unix socket `path`, replacing an old one there. */
+/**
+ * Binds `server` in plaintext at the Unix socket `path`, replacing an old one there, which only its
+ * owner (the node's root) may then connect to, whatever the umask.
+ */
 export async function listenUnix(server: Server, path: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
   await rm(path, { force: true });
   await listen(server, `unix:${path}`);
+  await chmod(path, 0o600);
 }
 
 /**

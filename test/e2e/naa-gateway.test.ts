@@ -5,7 +5,7 @@
 // (Hold mode), and the agent attributes each flow to its program and pod.
 import type { ChildProcess } from 'node:child_process';
 import type { AttributedFlow } from '../../dataplane/agent.ts';
-import { NaaGateway } from './naa-harness.ts';
+import { applicationRules, connectionBy, NaaGateway } from './naa-harness.ts';
 import { server, stopProcess, until, uplinkAddress } from './topology.ts';
 import { startWhoami, type Server } from './traffic.ts';
 
@@ -19,26 +19,7 @@ const gateway = new NaaGateway({
   node: 'gateway-a',
   uplinks: 2,
   unassociatedFlows: 'Hold',
-  rules: (podIp) => [
-    {
-      policy: `${namespace}/apps`,
-      rule: 'no-curl',
-      priority: 1,
-      sources: [podIp],
-      applications: [{ processName: 'curl' }],
-      destinations: [{ cidr: `${server.v4}/32`, protocol: 'TCP', ports: [{ port: whoamiPort }] }],
-      action: 'Deny',
-    },
-    {
-      policy: `${namespace}/apps`,
-      rule: 'python-via-isp2',
-      priority: 2,
-      sources: [podIp],
-      applications: [{ processName: 'python3' }],
-      action: 'Allow',
-      uplinks: { allowed: ['isp2'] },
-    },
-  ],
+  rules: applicationRules(namespace, whoamiPort),
 });
 
 const sidecarOptions = { log: 'sidecar.log', scanIntervalMs: 50 };
@@ -49,18 +30,7 @@ let sidecar: ChildProcess;
 async function fetchAs(program: 'python3' | 'curl' | 'node'): Promise<string | undefined> {
   const { pod, topology } = gateway;
   const node = `require('net').connect(${whoamiPort}, '${server.v4}').setTimeout(4000, () => process.exit(1)).on('data', (d) => console.log(String(d)))`;
-  const argv =
-    program === 'node'
-      ? [process.execPath, '-e', node]
-      : program === 'python3'
-        ? [
-            'python3',
-            '-c',
-            `import socket
-s=socket.create_connection(('${server.v4}',${whoamiPort}),timeout=4,source_address=('${pod.ip}',0))
-print(s.recv(100).decode().strip())`,
-          ]
-        : ['curl', '-s', '-m', '4', '--interface', pod.ip, `telnet://${server.v4}:${whoamiPort}`];
+  const argv = program === 'node' ? [process.execPath, '-e', node] : connectionBy(program, pod.ip, whoamiPort);
   try {
     const { stdout } = await topology.exec(pod.netns, argv, { timeoutMs: 10_000, input: '' });
     return stdout.trim() || undefined;

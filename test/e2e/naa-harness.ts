@@ -7,7 +7,8 @@
 // agent's NAA relay (dataplane/naa/relay.ts) from that node's address, as on a node that is not
 // one of the gateway's. As in a cluster, the agent (and the relay) hold their node's --tls-dir from
 // a CA of the harness's own, and the sidecar verifies its agent with that CA; `plaintext` runs
-// the links without TLS instead, for a benchmark's baseline.
+// the links without TLS instead, for a benchmark's baseline. With `nodeDriven`, the Pod has the Node
+// driver on the gateway node: no sidecar, the agent itself drives it.
 import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -16,6 +17,7 @@ import { join } from 'node:path';
 import { URL } from 'node:url';
 import type { AgentReport } from '../../dataplane/agent-report.ts';
 import type { KeyPair } from '../../operator/certificates.ts';
+import { driverAnnotation } from '../../contracts/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { makeTestCa, writeTlsDir } from '../tls.ts';
 import {
@@ -31,6 +33,7 @@ import {
   createTopology,
   podAddress,
   podGateway,
+  server,
   stopProcess,
   until,
   uplinkAddress,
@@ -78,6 +81,13 @@ export interface NaaGatewayOptions {
   hostServices?: string[];
   /** The links without TLS (the agent without --tls-dir, the sidecar without the CA). */
   plaintext?: boolean;
+  /**
+   * The Pod has the Node driver, with these containers (runtime id and name): annotated as the
+   * webhook annotates it, and listed with its uid and containers in the gateway config, as the
+   * operator lists a node-driven pod of a gateway node; the agent runs with --associate-pods and
+   * drives it. The test starts no sidecar then.
+   */
+  nodeDriven?: Array<{ id: string; name: string }>;
 }
 
 export interface SidecarOptions {
@@ -140,6 +150,8 @@ export class NaaGateway {
       this.options.relayedFrom ? { podIPs: [], hostIPs: [relayNodeAddress] } : undefined,
     );
     await writeFile(join(this.dir, 'token'), pod.token);
+    const containers = this.options.nodeDriven;
+    if (containers) await k(['annotate', 'pod', 'app', '-n', namespace, `${driverAnnotation}=Node`]);
 
     const t = await createTopology({ pods: 1, uplinks: this.options.uplinks });
     this.#made.push(() => t.destroy());
@@ -185,7 +197,14 @@ export class NaaGateway {
       hash: 'naa-1',
       sources: [pod.ip],
       uplinks: Array.from({ length: this.options.uplinks }, (_, i) => uplink(i + 1)),
-      pods: [{ namespace, name: 'app', addresses: [pod.ip] }],
+      pods: [
+        {
+          namespace,
+          name: 'app',
+          addresses: [pod.ip],
+          ...(containers && { node, association: { uid: pod.uid, containers } }),
+        },
+      ],
       balancing: {},
       timeouts: this.options.timeouts ?? {},
       association: {
@@ -217,6 +236,7 @@ export class NaaGateway {
       '--state-dir',
       join(this.dir, 'state'),
       ...(this.plaintext ? [] : ['--tls-dir', this.tlsDir(node)]),
+      ...(this.options.nodeDriven ? ['--associate-pods'] : []),
       ...(this.options.agentArgs ?? []),
     ];
     this.agent = this.#processes.spawn(
@@ -372,6 +392,43 @@ export class NaaGateway {
   async #occurrences(log: string, text: string): Promise<number> {
     return (await this.log(log)).split(text).length - 1;
   }
+}
+
+/** The rules the application tests give the Pod: curl may not reach the server at `port`, python3 leaves by isp2 alone. */
+export const applicationRules =
+  (namespace: string, port: number) =>
+  (podIp: string): object[] => [
+    {
+      policy: `${namespace}/apps`,
+      rule: 'no-curl',
+      priority: 1,
+      sources: [podIp],
+      applications: [{ processName: 'curl' }],
+      destinations: [{ cidr: `${server.v4}/32`, protocol: 'TCP', ports: [{ port }] }],
+      action: 'Deny',
+    },
+    {
+      policy: `${namespace}/apps`,
+      rule: 'python-via-isp2',
+      priority: 2,
+      sources: [podIp],
+      applications: [{ processName: 'python3' }],
+      action: 'Allow',
+      uplinks: { allowed: ['isp2'] },
+    },
+  ];
+
+/** One connection by `program` from the Pod's address to the server at `port`, printing what the server saw. */
+export function connectionBy(program: 'python3' | 'curl', podIp: string, port: number): string[] {
+  return program === 'python3'
+    ? [
+        'python3',
+        '-c',
+        `import socket
+s=socket.create_connection(('${server.v4}',${port}),timeout=4,source_address=('${podIp}',0))
+print(s.recv(100).decode().strip())`,
+      ]
+    : ['curl', '-s', '-m', '4', '--interface', podIp, `telnet://${server.v4}:${port}`];
 }
 
 /** The sum of the samples named `name` whose labels include `labels`, in a Prometheus text exposition. */

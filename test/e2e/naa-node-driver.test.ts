@@ -17,7 +17,7 @@ import type { Logger } from '../../common/index.ts';
 import type { NodeConfig } from '../../contracts/gateway/index.ts';
 import { agentChannelCredentials, naaServerCredentials, TlsDir } from '../../dataplane/link-tls.ts';
 import { TokenReviewAuthenticator } from '../../dataplane/naa/auth.ts';
-import { NodeDriver } from '../../dataplane/naa/node-driver.ts';
+import { NodeDriver, nodeAgentPods } from '../../dataplane/naa/node-driver.ts';
 import { NaaRelay } from '../../dataplane/naa/relay.ts';
 import { NaaServer } from '../../dataplane/naa/server.ts';
 import { kubectl } from '../cluster/cluster.ts';
@@ -62,6 +62,10 @@ const gateway = (pods: NodeConfig['gateways'][number]['pods']): NodeConfig => ({
     },
   ],
 });
+
+/** The node agent's pods of a node config with `pods`, streamed to the relay's local socket. */
+const drivenPods = (pods: NodeConfig['gateways'][number]['pods']) =>
+  nodeAgentPods(gateway(pods), () => `unix:${join(dir, 'naa.sock')}`);
 
 /**
  * A program in the pod's network namespace, in the container's cgroup when `inContainer`, once it
@@ -122,7 +126,6 @@ beforeAll(async () => {
   });
   await relay.listenLocal(join(dir, 'naa.sock'));
   driver = new NodeDriver({
-    target: () => `unix:${join(dir, 'naa.sock')}`,
     version: 'test',
     scanIntervalMs: 50,
     log: silent,
@@ -159,7 +162,7 @@ held=[s.accept() for _ in range(2)]; time.sleep(600)`,
   const stranger = await program(script, false);
 
   driver.configure(
-    gateway([
+    drivenPods([
       {
         namespace,
         name: 'web',
@@ -187,7 +190,7 @@ held=[s.accept() for _ in range(2)]; time.sleep(600)`,
   expect(driver.pods).toBe(1);
 
   // The pod leaves the node's config (deleted, or moved to the sidecar): its stream ends.
-  driver.configure(gateway([]));
+  driver.configure(drivenPods([]));
   expect(driver.pods).toBe(0);
   await eventually(() => expect(server.sessions).toBe(0));
 });

@@ -11,33 +11,14 @@ import { createInterface } from 'node:readline';
 import type { AttributionRecord } from '../../dataplane/attribution.ts';
 import type { AttributedFlow } from '../../dataplane/agent.ts';
 import { exportTo, startOtlpReceiver, type OtlpReceiver } from '../cluster/otlp.ts';
-import { NaaGateway } from './naa-harness.ts';
+import { applicationRules, NaaGateway } from './naa-harness.ts';
 import { server, stopProcess, until, uplinkAddress } from './topology.ts';
 import { curlConnects, pythonConnects, startStreamServer, startWhoami, type Server } from './traffic.ts';
 
 const ports = { stream: 9300, allowed: 9301, denied: 9302 };
 
 /** Rules for the Pod: python3 leaves through isp2 only; curl may not reach the denied port. */
-const rules = (namespace: string) => (podIp: string) => [
-  {
-    policy: `${namespace}/apps`,
-    rule: 'no-curl',
-    priority: 1,
-    sources: [podIp],
-    applications: [{ processName: 'curl' }],
-    destinations: [{ cidr: `${server.v4}/32`, protocol: 'TCP', ports: [{ port: ports.denied }] }],
-    action: 'Deny',
-  },
-  {
-    policy: `${namespace}/apps`,
-    rule: 'python-via-isp2',
-    priority: 2,
-    sources: [podIp],
-    applications: [{ processName: 'python3' }],
-    action: 'Allow',
-    uplinks: { allowed: ['isp2'] },
-  },
-];
+const rules = (namespace: string) => applicationRules(namespace, ports.denied);
 
 /** Runs a shell script in the Pod's namespace with `env`; resolves with its output. */
 async function inPod(gateway: NaaGateway, script: string, env: Record<string, string> = {}): Promise<string> {

@@ -235,8 +235,8 @@ test("a node-driven stream is taken only from the node agent of the pod's node, 
   expect(await hello(`127.0.0.2:${port}`, near, nodeDriven)).toEqual(
     denied(
       new RegExp(
-        `^pod ${namespace}/near runs on this gateway node gateway-a, whose node agent speaks for it only on this ` +
-          `agent's local socket, and this stream comes from 127\\.0\\.0\\.\\d+$`,
+        `^pod ${namespace}/near runs on this gateway node gateway-a, whose gateway agent drives it on its own ` +
+          `local socket only, and this stream comes from 127\\.0\\.0\\.\\d+$`,
       ),
     ),
   );

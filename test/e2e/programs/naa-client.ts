@@ -1,6 +1,7 @@
 // An NAA client for the links' security tests, standing for whoever dials an NAA port: it says
-// Hello for a pod with a token and prints, as one JSON line, whether a HelloAck came or the status
-// the stream ended with. With `record`, it dials through a TCP proxy of its own that writes every
+// Hello for a pod with a token, or node-driven without one (as only a node's agent may, on its
+// local socket), and prints, as one JSON line, whether a HelloAck came or the status the stream
+// ended with. With `record`, it dials through a TCP proxy of its own that writes every
 // byte the client sent to that file (a real TLS session, to replay).
 //
 // naa-client.ts '<JSON of Options>'
@@ -20,7 +21,8 @@ interface Options {
   /** The name the server's certificate must carry, when dialling through the recording proxy. */
   serverName?: string;
   pod: { namespace: string; name: string; uid: string };
-  tokenFile: string;
+  /** The pod's token; a node-driven Hello when omitted. */
+  tokenFile?: string;
   record?: string;
 }
 
@@ -76,10 +78,10 @@ call.write({
     value: {
       protocolVersion: 1,
       pod: options.pod,
-      token: readFileSync(options.tokenFile, 'utf8').trim(),
+      token: options.tokenFile ? readFileSync(options.tokenFile, 'utf8').trim() : '',
       driverVersion: 'naa-client',
       mode: 1,
-      nodeDriven: false,
+      nodeDriven: !options.tokenFile,
     },
   },
 });
