@@ -2,7 +2,8 @@
 // the config, the uplinks' health and the known associations call for. Every change goes through
 // one queue, so syncs never interleave; a sync is atomic in nftables and make-before-break in
 // routing. Stopping leaves the kernel as it is, so a restarted agent takes over established
-// flows without a gap; only `remove` (the gateway is gone for good) takes everything away.
+// flows without a gap, and may leave the attribution log in the state folder for the next run to
+// take back; only `remove` (the gateway is gone for good) takes everything away.
 //
 // Failover addresses: whoever decides which ones this node owns (the ownership loop) hands them
 // to setFailoverOwned, which puts them in place in the order that keeps their flows (a claim:
@@ -16,11 +17,15 @@
 // The agent composes: the sync queue (sync-queue.ts), the uplink ids (uplink-ids.ts), the
 // associations and stamps (associations.ts), conntrack events as flows, records and counters
 // (flow-events.ts), the verdict of a flow (verdict.ts) and the report (agent-report.ts).
-import { readdir, rm } from 'node:fs/promises';
+import { once } from 'node:events';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { finished } from 'node:stream/promises';
 import { renderReport, type AgentReport, type UplinkHealthState } from './agent-report.ts';
 import { Associations, flowKey } from './associations.ts';
-import { AttributionStore, type AttributionRecord, type Retention } from './attribution.ts';
+import { AttributionStore, decodeRecord, encodeRecord, type AttributionRecord, type Retention } from './attribution.ts';
 import type { Application } from '../proto/index.ts';
 import { ProblemLog, type Logger } from '../common/index.ts';
 import { canonicalAddress, type GatewayConfig, type MarkField } from '../contracts/gateway/index.ts';
@@ -104,6 +109,23 @@ export interface FailoverHooks {
    * the change: nothing of it is claimed, what was released stays released.
    */
   beforeClaim?(address: string): Promise<void>;
+}
+
+/** The attribution log a stopped agent leaves in its state folder, for the next run to take back. */
+const attributionFile = 'attribution.jsonl';
+
+/** Whether a kept record is of `flow`: conntrack reuses ids, so its tuples must be the same too. */
+function sameFlow(record: AttributionRecord, flow: Flow | undefined): boolean {
+  return (
+    flow !== undefined &&
+    flow.protocol === record.protocol &&
+    flow.source === record.source &&
+    flow.sourcePort === record.sourcePort &&
+    flow.destination === record.destination &&
+    flow.destinationPort === record.destinationPort &&
+    flow.mappedAddress === record.mappedAddress &&
+    flow.mappedPort === record.mappedPort
+  );
 }
 
 export class Agent {
@@ -192,6 +214,7 @@ export class Agent {
     await this.#ids.load();
     this.#setConfig(config);
     this.flows.replace(await this.#o.conntrack.list(this.#marks()));
+    await this.#takeBackAttribution();
     this.#watch();
     this.#rebalance = setInterval(() => this.#maybeRebalance(), this.#o.rebalanceMs ?? 1000);
     this.#rebalance.unref();
@@ -626,7 +649,12 @@ export class Agent {
    * `releaseFailover` the failover addresses leave the interfaces first: a stopped agent cannot
    * keep its claim on them, and another node may take them over.
    */
-  async stop(options: { releaseFailover?: boolean } = {}): Promise<void> {
+  /**
+   * Stops following the kernel. `releaseFailover` gives the failover addresses up first;
+   * `keepAttribution` leaves the attribution log in the state folder for the next run on this
+   * node to take back (a restart or a rolling update loses no record of it).
+   */
+  async stop(options: { releaseFailover?: boolean; keepAttribution?: boolean } = {}): Promise<void> {
     if (options.releaseFailover) {
       // A failure is logged and stopping goes on; a restarted agent removes what is left once told what it owns.
       await this.#exclusive(async () => {
@@ -646,6 +674,60 @@ export class Agent {
     clearInterval(this.#relist);
     clearTimeout(this.#expiry);
     await this.#queue.stop();
+    if (options.keepAttribution) {
+      await this.#keepAttribution().catch((error: Error) =>
+        this.#o.log.error('Failed to keep the attribution log for the next run', { error: error.message }),
+      );
+    }
+  }
+
+  /** Writes the attribution log, a record a line, whole before it takes the file's name. */
+  async #keepAttribution(): Promise<void> {
+    const path = join(this.#o.stateDir, attributionFile);
+    const out = createWriteStream(`${path}.partial`, { mode: 0o600 });
+    const records = this.attributions.records();
+    for (const record of records) {
+      if (!out.write(`${encodeRecord(record)}\n`)) await once(out, 'drain');
+    }
+    out.end();
+    await finished(out);
+    await rename(`${path}.partial`, path);
+    this.#o.log.info('Kept the attribution log for the next run', { records: records.length });
+  }
+
+  /**
+   * Takes back the attribution log a former run on this node kept, and removes it: a record whose
+   * flow is still in the kernel (same conntrack id and tuples) stays open. A line that cannot be
+   * read is skipped, and said.
+   */
+  async #takeBackAttribution(): Promise<void> {
+    const path = join(this.#o.stateDir, attributionFile);
+    const records: AttributionRecord[] = [];
+    const refused: string[] = [];
+    try {
+      let number = 0;
+      for await (const line of createInterface({ input: createReadStream(path), crlfDelay: Infinity })) {
+        number++;
+        try {
+          records.push(decodeRecord(line));
+        } catch (error) {
+          refused.push(`line ${number}: ${(error as Error).message}`);
+        }
+      }
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      this.#o.log.error('Failed to read the attribution log a former run kept', { error: (error as Error).message });
+    }
+    await rm(path, { force: true });
+    const live = new Map([...this.flows.flows()].map((flow) => [flow.id, flow]));
+    this.attributions.restore(records, (r) => sameFlow(r, live.get(r.id)), new Date());
+    if (refused.length) {
+      this.#o.log.error('Skipped lines of the attribution log a former run kept', {
+        lines: refused.length,
+        first: refused[0],
+      });
+    }
+    this.#o.log.info('Took back the attribution log of the former run', { records: records.length });
   }
 
   /** The gateway is gone: removes naat's failover addresses, table, routes and state. */

@@ -1,4 +1,11 @@
-import { AttributionStore, describeAttribution, parseAttributionQuery, type AttributionRecord } from './attribution.ts';
+import {
+  AttributionStore,
+  decodeRecord,
+  describeAttribution,
+  encodeRecord,
+  parseAttributionQuery,
+  type AttributionRecord,
+} from './attribution.ts';
 
 const t0 = Date.parse('2026-05-01T10:00:00Z');
 const at = (seconds: number) => new Date(t0 + seconds * 1000);
@@ -84,6 +91,59 @@ describe('AttributionStore', () => {
     expect(ids(store.query({ ...held, at: at(1.5) }, at(61)))).toEqual([2, 1]);
     expect(ids(store.query({ ...held, at: at(1.5) }, at(63)))).toEqual([1]);
     expect(store.size).toBe(1);
+  });
+});
+
+describe('the log across a restart of the agent', () => {
+  const kept = () => {
+    const store = new AttributionStore();
+    store.open(record(1, 0, { application: { processName: 'curl', executable: '/usr/bin/curl', uid: 1000 } }));
+    store.open(record(2, 1, { mappedPort: 20001, trace: { traceparent: '00-ab-cd-01', tracestate: '' } }));
+    store.open(record(3, 2, { mappedPort: 20002 }));
+    store.close(1, at(5), { packetsSent: 3, bytesSent: 180, packetsReceived: 2, bytesReceived: 120 });
+    return store.records().map(encodeRecord);
+  };
+
+  it('takes every record back as it was, its times as times', () => {
+    const lines = kept();
+    const store = new AttributionStore();
+    store.restore(lines.map(decodeRecord), () => true, at(10));
+    const [ended] = store.query({ ...held, at: at(3) }, at(10));
+    expect(ended).toMatchObject({ id: 1, start: at(0), end: at(5), counters: { bytesSent: 180 } });
+    expect(ended!.application).toEqual({ processName: 'curl', executable: '/usr/bin/curl', uid: 1000 });
+    expect(store.isOpen(2) && store.isOpen(3)).toBe(true);
+    // A flow that stayed open across the restart is one record, ended by its end event; its flow
+    // span will still have the sidecar's span as its parent.
+    expect(store.close(2, at(30))).toMatchObject({ start: at(1), end: at(30), trace: { traceparent: '00-ab-cd-01' } });
+  });
+
+  it('ends at the restart a record whose flow ended while no agent ran, so that it still answers for the gap', () => {
+    const store = new AttributionStore();
+    store.restore(kept().map(decodeRecord), (r) => r.id === 2, at(40));
+    expect(store.isOpen(3)).toBe(false);
+    expect(store.query({ ...held, port: 20002, at: at(39) }, at(40))).toMatchObject([{ id: 3, end: at(40) }]);
+    expect(store.isOpen(2)).toBe(true);
+  });
+
+  it('keeps its bounds: records past their age or count are not taken back', () => {
+    const store = new AttributionStore({ maxRecords: 1, maxAgeMs: 60_000 });
+    store.restore(kept().map(decodeRecord), () => true, at(100));
+    // Record 1 ended 95 s before: gone by age; of the two open ones the older goes by count.
+    expect(store.records().map((r) => r.id)).toEqual([3]);
+    expect(store.dropped).toBe(1);
+  });
+
+  it('refuses a line that is not a record, naming what is wrong', () => {
+    expect(() => decodeRecord('not json')).toThrow(SyntaxError);
+    expect(() => decodeRecord('[1]')).toThrow('not a JSON object');
+    const line = JSON.parse(encodeRecord(record(1, 0))) as Record<string, unknown>;
+    expect(() => decodeRecord(JSON.stringify({ ...line, id: '1' }))).toThrow('id: "1" is not a number');
+    expect(() => decodeRecord(JSON.stringify({ ...line, start: 'yesterday' }))).toThrow(
+      'start: "yesterday" is not a time',
+    );
+    expect(() => decodeRecord(JSON.stringify({ ...line, mappedAddress: undefined }))).toThrow(
+      'mappedAddress: undefined is not a string',
+    );
   });
 });
 

@@ -3,7 +3,8 @@
 // what decided (policy rule, verdict) and where it went (uplink, mapped address and port). It
 // answers "who used this public address and port at this time" after the flow has ended, which
 // conntrack cannot. Pure and bounded: at most `maxRecords` records, and ended ones only for
-// `maxAgeMs`; past that the oldest go first and are counted.
+// `maxAgeMs`; past that the oldest go first and are counted. A record a line of JSON
+// (encodeRecord, decodeRecord) is how a stopped agent keeps the log for its next run (restore).
 import { isIP } from 'node:net';
 import { addressToBytes, bytesToAddress } from '../common/index.ts';
 import type { TraceContext } from '../proto/index.ts';
@@ -99,12 +100,29 @@ export class AttributionStore {
     this.close(record.id, record.start);
     this.#open.set(record.id, record);
     this.#expire(record.start);
-    if (this.size > this.#retention.maxRecords) {
-      const oldest = this.#ended.values().next().value;
-      if (oldest) this.#ended.delete(oldest);
-      else this.#open.delete(this.#open.keys().next().value!);
-      this.dropped++;
+    this.#trim();
+  }
+
+  /** Every record: the ended ones, oldest end first, then the open ones, oldest start first. */
+  records(): AttributionRecord[] {
+    return [...this.#ended, ...this.#open.values()];
+  }
+
+  /**
+   * Takes back the records a former run of the agent kept, before this run records any: an open
+   * one whose flow is still in the kernel (`live`) stays open, for the flow's end to close it; one
+   * whose flow ended while no agent ran is closed at `now`, the first moment known to be after
+   * its end (so that a question about the time in between still finds it).
+   */
+  restore(records: Iterable<AttributionRecord>, live: (record: AttributionRecord) => boolean, now: Date): void {
+    const ended: AttributionRecord[] = [];
+    for (const record of records) {
+      if (!record.end && live(record)) this.#open.set(record.id, record);
+      else ended.push(record.end ? record : { ...record, end: now });
     }
+    for (const record of ended.sort((a, b) => a.end!.getTime() - b.end!.getTime())) this.#ended.add(record);
+    this.#expire(now);
+    this.#trim();
   }
 
   /** The open record of a flow, updated in place; undefined when the flow is not open. */
@@ -147,6 +165,16 @@ export class AttributionStore {
     return this.#open.size + this.#ended.size;
   }
 
+  /** Past maxRecords, the oldest ended record goes, else the oldest open one. */
+  #trim(): void {
+    while (this.size > this.#retention.maxRecords) {
+      const oldest = this.#ended.values().next().value;
+      if (oldest) this.#ended.delete(oldest);
+      else this.#open.delete(this.#open.keys().next().value!);
+      this.dropped++;
+    }
+  }
+
   #expire(now: Date): void {
     const cutoff = now.getTime() - this.#retention.maxAgeMs;
     for (const record of this.#ended) {
@@ -154,6 +182,33 @@ export class AttributionStore {
       this.#ended.delete(record);
     }
   }
+}
+
+/** A record as a line of JSON, for the agent's next run on the node to take back: its times in ISO 8601. */
+export function encodeRecord(record: AttributionRecord): string {
+  return JSON.stringify(record);
+}
+
+/** A line encodeRecord wrote, or an error that names what is wrong with it. */
+export function decodeRecord(line: string): AttributionRecord {
+  const value: unknown = JSON.parse(line);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error('not a JSON object');
+  const record = value as Record<string, unknown>;
+  for (const key of ['id', 'family'])
+    if (typeof record[key] !== 'number') throw new Error(`${key}: ${JSON.stringify(record[key])} is not a number`);
+  for (const key of ['protocol', 'source', 'destination', 'mappedAddress', 'verdict'])
+    if (typeof record[key] !== 'string') throw new Error(`${key}: ${JSON.stringify(record[key])} is not a string`);
+  const time = (key: 'start' | 'end') => {
+    const at = new Date(record[key] as string);
+    if (typeof record[key] !== 'string' || Number.isNaN(at.getTime()))
+      throw new Error(`${key}: ${JSON.stringify(record[key])} is not a time`);
+    return at;
+  };
+  return {
+    ...(record as unknown as AttributionRecord),
+    start: time('start'),
+    ...(record.end === undefined ? {} : { end: time('end') }),
+  };
 }
 
 /** The answer as people read it: one paragraph per translation, the most likely first. */

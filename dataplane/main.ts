@@ -399,7 +399,7 @@ async function run(): Promise<void> {
     } else {
       // A stopped agent renews no claim: its failover addresses go, for another node to take.
       log.info('Stopping; the kernel keeps the ruleset, the failover addresses are released', { signal });
-      await agent.stop({ releaseFailover: true });
+      await agent.stop({ releaseFailover: true, keepAttribution: true });
     }
     // Exports what the batch processors still hold.
     await telemetry.shutdown();

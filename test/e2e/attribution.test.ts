@@ -159,6 +159,68 @@ describe('the NAT attribution log', () => {
     expect(log.attributes['naat.bytes.sent']).toBeGreaterThan(0);
   });
 
+  it('keeps the log through a restart of the agent: an ended flow is still answered, an open one stays one record', async () => {
+    const { pod, topology } = gateway;
+    /** A download from the pod by python3, once the agent knows its flow as python3's. */
+    const download = async (seconds: number) => {
+      const child = topology.spawn(
+        pod.netns,
+        ['python3', '-c', pythonDownload(server.v4, streamPort, seconds, 10_000, pod.ip)],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+      const sourcePort = Number((await lines.next()).value);
+      const flow = await until(`the flow from port ${sourcePort}, known to be python3`, async () =>
+        (await gateway.agentGet<AttributedFlow[]>('/flows')).find(
+          (f) => f.sourcePort === sourcePort && f.application?.processName === 'python3',
+        ),
+      );
+      return { child, lines, mapped: { address: flow.mappedAddress, port: flow.mappedPort! } };
+    };
+    const short = await download(1);
+    const long = await download(60);
+    const [shortOpen] = await ask(short.mapped, new Date());
+    const [longOpen] = await ask(long.mapped, new Date());
+    expect(longOpen).toMatchObject({ application: { processName: 'python3' } });
+    // Asked at a moment each flow held its port: just after its start.
+    const during = (record: Answer) => new Date(Date.parse(record.start) + 500);
+    expect(Number((await short.lines.next()).value)).toBe(10_000);
+    const [shortEnded] = await until(
+      'the end of the short flow',
+      async () => {
+        const records = await ask(short.mapped, during(shortOpen!));
+        return records[0]?.end ? records : undefined;
+      },
+      45_000,
+    );
+
+    // A restart as a rolling update makes it: SIGTERM, and a new agent on the same state folder.
+    const stopped = new Promise((resolve) => gateway.agent.once('exit', resolve));
+    gateway.agent.kill('SIGTERM');
+    await stopped;
+    await gateway.startAgent();
+
+    expect(await gateway.log('agent.log')).toMatch(
+      /"msg":"Took back the attribution log of the former run","records":\d+/,
+    );
+    // The flow that stayed open is still the one record, from its start, with its application.
+    const [longAfter] = await ask(long.mapped, new Date());
+    expect(longAfter).toMatchObject({ start: longOpen!.start, application: { processName: 'python3' } });
+    expect(longAfter!.end).toBeUndefined();
+    // The flow that ended before is answered as it was.
+    expect(await ask(short.mapped, during(shortOpen!))).toEqual([shortEnded]);
+    await stopProcess(long.child);
+    const [longEnded] = await until(
+      'the end of the long flow',
+      async () => {
+        const records = await ask(long.mapped, during(longOpen!));
+        return records[0]?.end ? records : undefined;
+      },
+      45_000,
+    );
+    expect(longEnded).toMatchObject({ start: longOpen!.start, pod: { namespace, name: 'app' } });
+  });
+
   it('counts flows by uplink and application, their bytes, association latency and ruleset applies in /metrics', async () => {
     const { pod, topology } = gateway;
     const uplinks = (await gateway.agentGet<AgentReport>('/status')).uplinks.map((u) => u.name);
