@@ -185,14 +185,17 @@ describe('the NAT attribution log', () => {
     // Asked at a moment each flow held its port: just after its start.
     const during = (record: Answer) => new Date(Date.parse(record.start) + 500);
     expect(Number((await short.lines.next()).value)).toBe(10_000);
-    const [shortEnded] = await until(
-      'the end of the short flow',
-      async () => {
-        const records = await ask(short.mapped, during(shortOpen!));
-        return records[0]?.end ? records : undefined;
-      },
-      45_000,
-    );
+    /** The records of a flow once it ended. */
+    const ended = (mapped: { address: string; port: number }, open: Answer) =>
+      until(
+        `the end of the flow at port ${mapped.port}`,
+        async () => {
+          const records = await ask(mapped, during(open));
+          return records[0]?.end ? records : undefined;
+        },
+        45_000,
+      );
+    const [shortEnded] = await ended(short.mapped, shortOpen!);
 
     // A restart as a rolling update makes it: SIGTERM, and a new agent on the same state folder.
     const stopped = new Promise((resolve) => gateway.agent.once('exit', resolve));
@@ -210,14 +213,7 @@ describe('the NAT attribution log', () => {
     // The flow that ended before is answered as it was.
     expect(await ask(short.mapped, during(shortOpen!))).toEqual([shortEnded]);
     await stopProcess(long.child);
-    const [longEnded] = await until(
-      'the end of the long flow',
-      async () => {
-        const records = await ask(long.mapped, during(longOpen!));
-        return records[0]?.end ? records : undefined;
-      },
-      45_000,
-    );
+    const [longEnded] = await ended(long.mapped, longOpen!);
     expect(longEnded).toMatchObject({ start: longOpen!.start, pod: { namespace, name: 'app' } });
   });
 
