@@ -15,6 +15,7 @@ import { apiVersion } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import { sidecarContainerName } from '../../operator/compile.ts';
 import { objectName } from '../../operator/desired.ts';
+import { driverAnnotation } from '../../contracts/association-driver.ts';
 import { serviceAccountKubeconfig, startCluster, type Cluster } from '../cluster/cluster.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
 import { buildImages, helmImageValues, imageRepository, imageTag } from '../cluster/images.ts';
@@ -38,7 +39,7 @@ const uplinkAddress = '172.30.250.3';
 
 interface Pod {
   metadata: { name: string; annotations?: Record<string, string> };
-  spec: { nodeName?: string; initContainers?: { name: string }[] };
+  spec: { nodeName?: string; initContainers?: { name: string }[]; containers: { name: string }[] };
   status: {
     phase: string;
     conditions?: { type: string; status: string }[];
@@ -531,7 +532,7 @@ describe('a Strict gateway', () => {
    * to the chart's flow reader role, verified with the CA bundle the operator publishes.
    */
   let flowReader: { token: string; ca: string } | undefined;
-  async function flowsOnNode(): Promise<string> {
+  async function flowsOnNode(path = '/flows'): Promise<string> {
     if (!flowReader) {
       await k(['create', 'serviceaccount', 'flow-reader', '-n', namespace]);
       await k([
@@ -548,7 +549,7 @@ describe('a Strict gateway', () => {
       flowReader = { token, ca };
     }
     const { token, ca } = flowReader;
-    const url = `https://${realNode.address}:${flowPort}/flows`;
+    const url = `https://${realNode.address}:${flowPort}${path}`;
     return cluster.node!.exec('curl', ['-s', '--cacert', ca, '-H', `Authorization: Bearer ${token}`, url]);
   }
 
@@ -660,8 +661,49 @@ describe('a Strict gateway', () => {
       await Promise.all([server, echo].map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     });
 
-    /** Runs a Node.js program in the app pod's container; resolves with its output. */
-    const nodeInApp = (script: string) => k(['exec', '-n', apps, 'app', '-c', 'app', '--', 'node', '-e', script]);
+    /** Runs a Node.js program in the app container of `pod`; resolves with its output. */
+    const nodeInApp = (script: string, pod = 'app') =>
+      k(['exec', '-n', apps, pod, '-c', 'app', '--', 'node', '-e', script]);
+
+    interface FlowOnNode {
+      mappedPort?: number;
+      application?: unknown;
+      counters?: unknown;
+      startedAt?: string;
+    }
+
+    /**
+     * A connection the app container of `pod` holds open to the echo server, and the agent's flow
+     * of it once the agent knows its application (and its counts, with `counted`); the
+     * connection ends when the returned `end` is called.
+     */
+    async function heldFlow(pod: string, counted: boolean): Promise<{ flow: FlowOnNode; end(): Promise<void> }> {
+      const earlier = new Set(echoed);
+      const held = nodeInApp(
+        `const s = require('net').connect(${serverPort + 1}, '${realNode.hostAddress}', () => s.write('attributed'));
+s.on('data', (d) => { if (String(d).includes('bye')) process.exit(0); });
+s.on('error', () => process.exit(1));
+setTimeout(() => process.exit(0), 30000);`,
+        pod,
+      ).catch(() => undefined);
+      // This flow, not an earlier one to the same server: by the port the server sees, the mapped one.
+      const socket = await until('the held connection', async () => [...echoed].find((s) => !earlier.has(s)));
+      const flow = await until(
+        'the attributed flow',
+        async () =>
+          (JSON.parse(await flowsOnNode()) as FlowOnNode[]).find(
+            (f) => f.mappedPort === socket.remotePort && f.application && (!counted || f.counters),
+          ),
+        25_000,
+      );
+      return {
+        flow,
+        end: async () => {
+          socket.write('bye\n');
+          await held;
+        },
+      };
+    }
 
     /** What the server saw of one connection by `program` in the app container, or undefined. */
     const connectAs = async (program: 'node' | 'perl', pod = 'app'): Promise<string | undefined> => {
@@ -722,28 +764,8 @@ setInterval(() => { if (Date.now() - last > 5000) { console.log('stalled'); proc
     // counts, which show that conntrack accounting is on although the container cannot write
     // /proc/sys. Its program runs as another user than the sidecar (uid 1000).
     test('the agent attributes a flow to its program, container and pod, with its packet and byte counts', async () => {
-      const earlier = new Set(echoed);
-      const held = nodeInApp(
-        `const s = require('net').connect(${serverPort + 1}, '${realNode.hostAddress}', () => s.write('attributed'));
-s.on('data', (d) => { if (String(d).includes('bye')) process.exit(0); });
-s.on('error', () => process.exit(1));
-setTimeout(() => process.exit(0), 30000);`,
-      ).catch(() => undefined);
-      // This flow, not an earlier one to the same server: by the port the server sees, the mapped one.
-      const socket = await until('the held connection', async () => [...echoed].find((s) => !earlier.has(s)));
-      const flow = await until(
-        'the attributed flow',
-        async () => {
-          const flows = JSON.parse(await flowsOnNode()) as {
-            mappedPort?: number;
-            application?: unknown;
-            counters?: unknown;
-          }[];
-          return flows.find((f) => f.mappedPort === socket.remotePort && f.application && f.counters);
-        },
-        25_000,
-      );
-      socket.write('bye\n');
+      const { flow, end } = await heldFlow('app', true);
+      await end();
       expect(flow).toMatchObject({
         destinationPort: serverPort + 1,
         mappedAddress: uplinkAddress,
@@ -752,8 +774,74 @@ setTimeout(() => process.exit(0), 30000);`,
         pod: { namespace: apps, name: 'app' },
         counters: { packetsSent: expect.any(Number), bytesSent: expect.any(Number) },
       });
-      await held;
     }, 60_000);
+
+    // The app pod moves from the sidecar to the Node driver, as a workload would: its annotation
+    // changes and the pod is made anew. The new pod runs no sidecar; the gateway's agent on its node
+    // (this node) drives it from the host's processes; its flows are attributed as before, and what
+    // the gateway knew of the pod's flows before the move is still answered after the agents
+    // restarted to drive it. (Last of the app pod's tests: it leaves the pod in Node mode.)
+    test('a pod that moves to the Node driver runs no sidecar, and the gateway attributes its flows as before, losing no record', async () => {
+      const before = await heldFlow('app', false);
+      await before.end();
+      const expected = {
+        mappedAddress: uplinkAddress,
+        application: { processName: 'node', executable: '/usr/local/bin/node', containerName: 'app', uid: 1000 },
+        pod: { namespace: apps, name: 'app' },
+      };
+      expect(before.flow).toMatchObject(expected);
+      // An attribution record names the container beside the application.
+      const recorded = {
+        ...expected,
+        container: 'app',
+        application: { processName: 'node', executable: '/usr/local/bin/node', uid: 1000 },
+      };
+      const attribution = async (flow: FlowOnNode) =>
+        JSON.parse(
+          await flowsOnNode(
+            `/attribution?address=${uplinkAddress}&port=${flow.mappedPort}&at=${encodeURIComponent(new Date(Date.parse(flow.startedAt!) + 100).toISOString())}`,
+          ),
+        ) as unknown[];
+      expect(await attribution(before.flow)).toMatchObject([recorded]);
+
+      await k(['delete', 'pod', 'app', '-n', apps, '--wait']);
+      const manifest = appPod('app');
+      await apply([{ ...manifest, metadata: { ...manifest.metadata, annotations: { [driverAnnotation]: 'Node' } } }]);
+      await k(['wait', '--for=condition=Ready', 'pod/app', '-n', apps, '--timeout=120s']);
+      const moved = JSON.parse(await k(['get', 'pod', 'app', '-n', apps, '-o', 'json'])) as Pod;
+      expect(moved.metadata.annotations?.[driverAnnotation]).toBe('Node');
+      expect([...(moved.spec.initContainers ?? []), ...moved.spec.containers].map((c) => c.name)).toEqual(['app']);
+      // Its gateway's agents now drive pods of their own node: a rolling update gives them the
+      // host's process view.
+      const daemonSet = `daemonset/${objectName(gateway)}`;
+      await until(
+        'the gateway agents driving pods',
+        async () =>
+          (await k(['get', daemonSet, '-n', namespace, '-o', 'jsonpath={.spec.template.spec.hostPID}'])) === 'true' ||
+          undefined,
+        60_000,
+      );
+      await k(['rollout', 'status', daemonSet, '-n', namespace, '--timeout=120s']);
+      const after = await until(
+        'a flow of the moved pod, attributed',
+        () => heldFlow('app', false).catch(() => undefined),
+        90_000,
+      );
+      await after.end();
+      expect(after.flow).toMatchObject(expected);
+      // The record of the flow before the move, from the agent that ran then.
+      expect(await attribution(before.flow)).toMatchObject([recorded]);
+
+      await k(['delete', 'pod', 'app', '-n', apps, '--wait']);
+      await until(
+        'the gateway agents without the host’s processes',
+        async () =>
+          (await k(['get', daemonSet, '-n', namespace, '-o', 'jsonpath={.spec.template.spec.hostPID}'])) !== 'true' ||
+          undefined,
+        60_000,
+      );
+      await k(['rollout', 'status', daemonSet, '-n', namespace, '--timeout=120s']);
+    }, 420_000);
   });
 
   describe('Pod Security Admission', () => {
