@@ -1,15 +1,17 @@
 // Looks at the pod: its network namespace's socket tables and the processes that hold them.
 // Only sockets it has not seen before cost a walk of /proc/<pid>/fd. A quiet pod costs a few
 // small file reads per scan: the UDP tables, and counters that say whether the TCP tables
-// changed. The TCP tables themselves are read only when they did, or when `tcpRereadMs` has
-// passed since they were last read: reading them walks the kernel's whole connection hash table,
-// which all namespaces of the node share, and costs milliseconds even for an empty pod.
+// changed. The TCP tables themselves are read only when they did, or, every `tcpRereadMs`, when
+// a descriptor that held one of the pod's associated TCP sockets no longer does: reading them
+// walks the kernel's whole connection hash table, which all namespaces of the node share, and
+// costs milliseconds even for an empty pod (a node agent driving a hundred pods spent most of its
+// idle CPU there when it read them every 5 s), while a descriptor costs a microsecond.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
 import { parseSocketTable, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
 import type { Application } from '../../proto/index.ts';
-import { allPids, readApplication, socketOwners } from './processes.ts';
+import { allPids, readApplication, socketOwners, stillHolds, type SocketHolder } from './processes.ts';
 
 const tables: [string, Transport, 4 | 6][] = [
   ['tcp', 'tcp', 4],
@@ -32,20 +34,27 @@ export class Scanner {
   readonly #netDir: string;
   readonly #tcpRereadMs: number;
   readonly #owners: Owners;
-  #applications = new Map<number, Application>();
+  /** Each associated socket's application, and where its owner was last seen holding it, by inode. */
+  #owned = new Map<number, { application: Application; holder: SocketHolder }>();
+  /** The inodes of the TCP sockets among the current associations. */
+  #tcpOwned: number[] = [];
   #current = new Map<string, Association>();
   /** Each table's text as last read, and its rows. */
   #tables = new Map<string, { text: string; entries: SocketEntry[] }>();
-  /** The TCP change marker read just before the TCP tables were last read, and when that was. */
+  /**
+   * The TCP change marker read just before the TCP tables were last read, and when they were read
+   * or their associated sockets last found held.
+   */
   #tcpRead: { marker: string | undefined; at: number } | undefined;
 
   /**
    * @param proc where procfs is mounted
    * @param netPid a process in the network namespace to look at ('self' for the scanner's own)
-   * @param tcpRereadMs the longest time between two reads of the TCP tables when the counters say
-   *   nothing changed: a safety net for what the counters do not show at once (a connection that
-   *   its process closes after the peer did loses its owner at once, but moves the counters only
-   *   when its last ACK arrives)
+   * @param tcpRereadMs how often, when the counters say nothing changed, the associated TCP sockets
+   *   are looked for in their owners' descriptors, and the TCP tables read when one is not there: a
+   *   safety net for what the counters do not show at once (a connection that its process closes
+   *   after the peer did loses its owner at once, but moves the counters only when its last ACK
+   *   arrives)
    * @param owners the processes that may own its sockets (the node agent's: those of one pod)
    */
   constructor(proc = '/proc', netPid: number | 'self' = 'self', tcpRereadMs = 5_000, owners?: Owners) {
@@ -69,43 +78,65 @@ export class Scanner {
     if (!changed) return this.#current;
 
     const sockets = outboundSockets(tables.flatMap(([name]) => this.#tables.get(name)?.entries ?? []));
-    const unknown = new Set(sockets.map((s) => s.inode).filter((inode) => !this.#applications.has(inode)));
+    const unknown = new Set(sockets.map((s) => s.inode).filter((inode) => !this.#owned.has(inode)));
     const owners = socketOwners(this.#proc, unknown, unknown.size ? this.#owners.pids() : []);
     const byPid = new Map<number, Promise<Application | undefined>>();
-    for (const [inode, pid] of owners) {
-      if (!byPid.has(pid)) byPid.set(pid, this.#owners.identify(pid));
-      const application = await byPid.get(pid);
-      if (application) this.#applications.set(inode, application);
+    for (const [inode, holder] of owners) {
+      if (!byPid.has(holder.pid)) byPid.set(holder.pid, this.#owners.identify(holder.pid));
+      const application = await byPid.get(holder.pid);
+      if (application) this.#owned.set(inode, { application, holder });
     }
 
     const next = new Map<string, Association>();
     const live = new Set<number>();
+    this.#tcpOwned = [];
     for (const socket of sockets) {
-      const application = this.#applications.get(socket.inode);
+      const application = this.#owned.get(socket.inode)?.application;
       if (!application) continue;
       live.add(socket.inode);
+      if (socket.transport === 'tcp') this.#tcpOwned.push(socket.inode);
       const flow = flowOf(socket);
       const key = flowKey(flow);
       next.set(key, { flow, application, observedAt: this.#current.get(key)?.observedAt ?? now });
     }
-    for (const inode of this.#applications.keys()) if (!live.has(inode)) this.#applications.delete(inode);
+    for (const inode of this.#owned.keys()) if (!live.has(inode)) this.#owned.delete(inode);
     this.#current = next;
     return next;
   }
 
   /**
-   * Whether the TCP tables must be read: the marker changed, cannot be read, or the tables were
-   * read too long ago (or the clock went back). The marker is read before the tables, so that a
-   * socket appearing between the two reads changes the marker against the one kept and is seen
-   * at the next scan.
+   * Whether the TCP tables must be read: the marker changed or cannot be read, the clock went
+   * back, or the safety interval has passed and an associated socket is no longer where its owner
+   * held it. The marker is read before the tables, so that a socket appearing between the two
+   * reads changes the marker against the one kept and is seen at the next scan.
    */
   #tcpMayHaveChanged(now: number): boolean {
     const marker = tcpChangeMarker(this.#read('snmp'), this.#read('sockstat'), this.#read('sockstat6'));
     const last = this.#tcpRead;
-    const recent = last !== undefined && now >= last.at && now - last.at < this.#tcpRereadMs;
-    if (recent && marker !== undefined && marker === last.marker) return false;
+    if (last !== undefined && marker !== undefined && marker === last.marker && now >= last.at) {
+      if (now - last.at < this.#tcpRereadMs) return false;
+      if (this.#tcpStillHeld()) {
+        last.at = now;
+        return false;
+      }
+    }
     this.#tcpRead = { marker, at: now };
     return true;
+  }
+
+  /**
+   * Whether every associated TCP socket is still held by one of the owners' processes: then none
+   * lost its owner, which is what the counters may not show yet (what else of a held socket they
+   * do not show, its queues and timers, does not change its association).
+   * A socket no longer at its descriptor (closed there, but held by a forked child, say) is looked
+   * for again among the owners' processes, and is found there next time.
+   */
+  #tcpStillHeld(): boolean {
+    const moved = new Set(this.#tcpOwned.filter((inode) => !stillHolds(this.#owned.get(inode)!.holder, inode)));
+    if (moved.size === 0) return true;
+    const found = socketOwners(this.#proc, moved, this.#owners.pids());
+    for (const [inode, holder] of found) this.#owned.get(inode)!.holder = holder;
+    return found.size === moved.size;
   }
 
   /** Reads a table; returns whether its text changed since it was last read. */
