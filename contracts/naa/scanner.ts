@@ -6,7 +6,7 @@
 // walks the kernel's whole connection hash table, which all namespaces of the node share, and
 // costs milliseconds even for an empty pod (a node agent driving a hundred pods spent most of its
 // idle CPU there when it read them every 5 s), while a descriptor costs a microsecond.
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
 import { parseSocketTable, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
@@ -46,6 +46,8 @@ export class Scanner {
    * or their associated sockets last found held.
    */
   #tcpRead: { marker: string | undefined; at: number } | undefined;
+  /** The namespace's /proc/net files by name, as opened (null: missing). */
+  readonly #files = new Map<string, number | null>();
 
   /**
    * @param proc where procfs is mounted
@@ -149,15 +151,44 @@ export class Scanner {
 
   /**
    * A file of the namespace's /proc/net; empty when missing (a family disabled in the namespace).
-   * Read synchronously: procfs answers from memory without waiting, while a promise-based read
-   * costs several thread-pool round trips, which at five scans a second was most of the CPU an
-   * idle sidecar used.
+   * Each file is opened once and read from its start at every scan: opening one costs about as
+   * much as reading it (a scan of an idle pod took 117 µs with its files opened each time, 81 µs
+   * without), which a node agent pays for each pod it drives. Read synchronously: procfs answers
+   * from memory without waiting, while a promise-based read costs several thread-pool round trips,
+   * which at five scans a second was most of the CPU an idle sidecar used.
    */
   #read(name: string): string {
+    let fd = this.#files.get(name);
+    if (fd === undefined) {
+      try {
+        fd = openSync(join(this.#netDir, name), 'r');
+      } catch {
+        fd = null;
+      }
+      this.#files.set(name, fd);
+    }
     try {
-      return readFileSync(join(this.#netDir, name), 'utf8');
+      return fd === null ? '' : readAll(fd);
     } catch {
       return '';
     }
   }
+
+  /** Closes the namespace's files: while they are open, they hold the namespace. */
+  close(): void {
+    for (const fd of this.#files.values()) if (fd !== null) closeSync(fd);
+    this.#files.clear();
+  }
+}
+
+const chunk = Buffer.allocUnsafe(64 * 1024);
+
+/** A file's whole text, read from its start: a procfs file is made anew at each read from offset 0. */
+function readAll(fd: number): string {
+  const parts: Buffer[] = [];
+  let length = 0;
+  for (let read; (read = readSync(fd, chunk, 0, chunk.length, length)) > 0; length += read) {
+    parts.push(Buffer.from(chunk.subarray(0, read)));
+  }
+  return Buffer.concat(parts, length).toString('utf8');
 }

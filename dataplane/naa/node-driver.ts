@@ -191,6 +191,7 @@ export class NodeDriver {
     for (const [uid, pod] of this.#wanted) {
       const driven = this.#driven.get(uid) ?? this.#drive(uid, pod);
       const processes = found.get(uid);
+      if (!processes) this.#forget(driven);
       try {
         driven.driver.update(processes ? await this.#scanPod(driven, processes, now) : new Map());
         this.#problems.report(uid, undefined, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
@@ -226,8 +227,17 @@ export class NodeDriver {
   }
 
   #drop(uid: string): void {
-    this.#driven.get(uid)?.driver.stop();
+    const driven = this.#driven.get(uid);
+    if (!driven) return;
+    driven.driver.stop();
+    this.#forget(driven);
     this.#driven.delete(uid);
+  }
+
+  /** Lets the pod's scanner go: its open files would hold a namespace that may be gone. */
+  #forget(driven: Driven): void {
+    driven.scanner?.scanner.close();
+    delete driven.scanner;
   }
 
   /**
@@ -238,6 +248,7 @@ export class NodeDriver {
   async #scanPod(driven: Driven, processes: PodProcesses, now: Date): Promise<Map<string, Association>> {
     const kept = driven.scanner;
     if (!kept || kept.netns !== processes.netns || !processes.pids.includes(kept.netPid)) {
+      this.#forget(driven);
       const state = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids };
       const scanner = new Scanner(this.#proc, processes.netPid, undefined, {
         pids: () => state.pids,
