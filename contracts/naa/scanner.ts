@@ -1,15 +1,16 @@
 // Looks at the pod: its network namespace's socket tables and the processes that hold them.
 // Only sockets it has not seen before cost a walk of /proc/<pid>/fd. A quiet pod costs a few
 // small file reads per scan: the UDP tables, and counters that say whether the TCP tables
-// changed. The TCP tables themselves are read only when they did, or, every `tcpRereadMs`, when
-// a descriptor that held one of the pod's associated TCP sockets no longer does: reading them
-// walks the kernel's whole connection hash table, which all namespaces of the node share, and
-// costs milliseconds even for an empty pod (a node agent driving a hundred pods spent most of its
-// idle CPU there when it read them every 5 s), while a descriptor costs a microsecond.
+// changed (with `skipQuiet`, only the namespace's packet and socket counts, until they move).
+// The TCP tables themselves are read only when they did, or, every `rereadMs`, when a descriptor
+// that held one of the pod's associated TCP sockets no longer does: reading them walks the
+// kernel's whole connection hash table, which all namespaces of the node share, and costs
+// milliseconds even for an empty pod (a node agent driving a hundred pods spent most of its idle
+// CPU there when it read them every 5 s), while a descriptor costs a microsecond.
 import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
-import { parseSocketTable, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
+import { parseSocketTable, quietMarker, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
 import type { Application } from '../../proto/index.ts';
 import { allPids, readApplication, socketOwners, stillHolds, type SocketHolder } from './processes.ts';
 
@@ -29,11 +30,33 @@ export interface Owners {
   identify(pid: number): Promise<Application | undefined>;
 }
 
+export interface ScannerOptions {
+  /**
+   * How often, at the longest, the scanner looks at what its cheap checks say did not change:
+   * the associated TCP sockets in their owners' descriptors (the TCP tables are read when one is
+   * not there), and with `skipQuiet` the namespace itself. A safety net for what the counters do
+   * not show at once: a connection that its process closes after the peer did loses its owner at
+   * once, but moves the TCP counters only when its last ACK arrives. 5 s.
+   */
+  rereadMs?: number;
+  /** The processes that may own its sockets (the node agent's: those of one pod). */
+  owners?: Owners;
+  /**
+   * Whether a scan returns at once what the last one did while the namespace's packet and socket
+   * counters stand still (`quietMarker`), until `rereadMs` has passed: a few microseconds instead
+   * of the tens that the TCP counters and the UDP tables cost, for a node agent that scans a
+   * hundred pods five times a second. A UDP socket bound already that connects without sending
+   * is then seen at its first datagram or within `rereadMs`, instead of at the next scan.
+   */
+  skipQuiet?: boolean;
+}
+
 export class Scanner {
   readonly #proc: string;
   readonly #netDir: string;
-  readonly #tcpRereadMs: number;
+  readonly #rereadMs: number;
   readonly #owners: Owners;
+  readonly #skipQuiet: boolean;
   /** Each associated socket's application, and where its owner was last seen holding it, by inode. */
   #owned = new Map<number, { application: Application; holder: SocketHolder }>();
   /** The inodes of the TCP sockets among the current associations. */
@@ -46,24 +69,21 @@ export class Scanner {
    * or their associated sockets last found held.
    */
   #tcpRead: { marker: string | undefined; at: number } | undefined;
+  /** With `skipQuiet`: the quiet marker read just before the last scan that looked, and when that was. */
+  #looked: { marker: string | undefined; at: number } | undefined;
   /** The namespace's /proc/net files by name, as opened (null: missing). */
   readonly #files = new Map<string, number | null>();
 
   /**
    * @param proc where procfs is mounted
    * @param netPid a process in the network namespace to look at ('self' for the scanner's own)
-   * @param tcpRereadMs how often, when the counters say nothing changed, the associated TCP sockets
-   *   are looked for in their owners' descriptors, and the TCP tables read when one is not there: a
-   *   safety net for what the counters do not show at once (a connection that its process closes
-   *   after the peer did loses its owner at once, but moves the counters only when its last ACK
-   *   arrives)
-   * @param owners the processes that may own its sockets (the node agent's: those of one pod)
    */
-  constructor(proc = '/proc', netPid: number | 'self' = 'self', tcpRereadMs = 5_000, owners?: Owners) {
+  constructor(proc = '/proc', netPid: number | 'self' = 'self', options: ScannerOptions = {}) {
     this.#proc = proc;
     this.#netDir = join(proc, String(netPid), 'net');
-    this.#tcpRereadMs = tcpRereadMs;
-    this.#owners = owners ?? { pids: () => allPids(proc), identify: (pid) => readApplication(proc, pid) };
+    this.#rereadMs = options.rereadMs ?? 5_000;
+    this.#owners = options.owners ?? { pids: () => allPids(proc), identify: (pid) => readApplication(proc, pid) };
+    this.#skipQuiet = options.skipQuiet ?? false;
   }
 
   /**
@@ -72,6 +92,7 @@ export class Scanner {
    * looked for again at the next change).
    */
   async scan(now = new Date()): Promise<Map<string, Association>> {
+    if (this.#skipQuiet && this.#stillQuiet(now.getTime())) return this.#current;
     const readTcp = this.#tcpMayHaveChanged(now.getTime());
     let changed = false;
     for (const [name, transport, family] of tables) {
@@ -116,7 +137,7 @@ export class Scanner {
     const marker = tcpChangeMarker(this.#read('snmp'), this.#read('sockstat'), this.#read('sockstat6'));
     const last = this.#tcpRead;
     if (last !== undefined && marker !== undefined && marker === last.marker && now >= last.at) {
-      if (now - last.at < this.#tcpRereadMs) return false;
+      if (now - last.at < this.#rereadMs) return false;
       if (this.#tcpStillHeld()) {
         last.at = now;
         return false;
@@ -124,6 +145,20 @@ export class Scanner {
     }
     this.#tcpRead = { marker, at: now };
     return true;
+  }
+
+  /**
+   * Whether the namespace's packet and socket counters have not moved since the last scan that
+   * looked, and that scan is recent (and the clock did not go back). The marker is read before
+   * anything else, so that what happens during a scan moves it against the one kept.
+   */
+  #stillQuiet(now: number): boolean {
+    const marker = quietMarker(this.#read('dev'), this.#read('sockstat'), this.#read('sockstat6'));
+    const last = this.#looked;
+    if (last && marker !== undefined && marker === last.marker && now >= last.at && now - last.at < this.#rereadMs)
+      return true;
+    this.#looked = { marker, at: now };
+    return false;
   }
 
   /**
@@ -183,12 +218,14 @@ export class Scanner {
 
 const chunk = Buffer.allocUnsafe(64 * 1024);
 
-/** A file's whole text, read from its start: a procfs file is made anew at each read from offset 0. */
+/**
+ * A file's whole text, read from its start (a procfs file is made anew at each read from offset 0),
+ * one character per byte.
+ */
 function readAll(fd: number): string {
-  const parts: Buffer[] = [];
-  let length = 0;
-  for (let read; (read = readSync(fd, chunk, 0, chunk.length, length)) > 0; length += read) {
-    parts.push(Buffer.from(chunk.subarray(0, read)));
+  let text = '';
+  for (let read, length = 0; (read = readSync(fd, chunk, 0, chunk.length, length)) > 0; length += read) {
+    text += chunk.toString('latin1', 0, read);
   }
-  return Buffer.concat(parts, length).toString('utf8');
+  return text;
 }

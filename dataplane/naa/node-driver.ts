@@ -250,9 +250,9 @@ export class NodeDriver {
     if (!kept || kept.netns !== processes.netns || !processes.pids.includes(kept.netPid)) {
       this.#forget(driven);
       const state = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids };
-      const scanner = new Scanner(this.#proc, processes.netPid, undefined, {
-        pids: () => state.pids,
-        identify: (pid) => this.#identify(driven, pid),
+      const scanner = new Scanner(this.#proc, processes.netPid, {
+        owners: { pids: () => state.pids, identify: (pid) => this.#identify(driven, pid) },
+        skipQuiet: true,
       });
       driven.scanner = { ...state, scanner };
     }
