@@ -68,6 +68,16 @@ export function podProcesses(
   return result;
 }
 
+/**
+ * The flows of the pod's own addresses, or of none (a socket bound to every address): the gateway
+ * would refuse every other. The very map given when that is all of them.
+ */
+export function ownFlows(flows: Map<string, Association>, addresses: ReadonlySet<string>): Map<string, Association> {
+  const own = (a: Association) => !a.flow.sourceAddress || addresses.has(a.flow.sourceAddress);
+  if ([...flows.values()].every(own)) return flows;
+  return new Map([...flows].filter(([, a]) => own(a)));
+}
+
 /** A pod to drive, as its agent's config gives it. */
 export interface WantedPod {
   ref: PodRef;
@@ -136,7 +146,14 @@ interface Driven {
   pod: WantedPod;
   driver: Driver;
   target: string;
-  scanner?: { netns: string; netPid: number; scanner: Scanner; pids: number[] };
+  scanner?: {
+    netns: string;
+    netPid: number;
+    scanner: Scanner;
+    pids: number[];
+    /** The last scan, the pod's addresses then, and its flows of those addresses. */
+    own?: { scanned: Map<string, Association>; addresses: ReadonlySet<string>; flows: Map<string, Association> };
+  };
 }
 
 export class NodeDriver {
@@ -243,7 +260,7 @@ export class NodeDriver {
   /**
    * The pod's associations now. Its scanner looks through one of its processes, and is made anew
    * when that process is gone (or the pod has another namespace): the new one finds the same flows.
-   * Flows of addresses that are not the pod's are left out: the gateway would refuse them all.
+   * Flows of addresses that are not the pod's are left out (`ownFlows`).
    */
   async #scanPod(driven: Driven, processes: PodProcesses, now: Date): Promise<Map<string, Association>> {
     const kept = driven.scanner;
@@ -256,12 +273,14 @@ export class NodeDriver {
       });
       driven.scanner = { ...state, scanner };
     }
-    driven.scanner!.pids = processes.pids;
-    const scanned = await driven.scanner!.scanner.scan(now);
-    const addresses = driven.pod.addresses;
-    if ([...scanned.values()].every((a) => !a.flow.sourceAddress || addresses.has(a.flow.sourceAddress)))
-      return scanned;
-    return new Map([...scanned].filter(([, a]) => !a.flow.sourceAddress || addresses.has(a.flow.sourceAddress)));
+    const scanning = driven.scanner!;
+    scanning.pids = processes.pids;
+    const scanned = await scanning.scanner.scan(now);
+    // The scanner hands back the same map when nothing changed: so does this, and the driver compares nothing.
+    const last = scanning.own;
+    if (last?.scanned === scanned && last.addresses === driven.pod.addresses) return last.flows;
+    scanning.own = { scanned, addresses: driven.pod.addresses, flows: ownFlows(scanned, driven.pod.addresses) };
+    return scanning.own.flows;
   }
 
   /** Who a process is, its container named from the runtime id its cgroup shows, not from anything it says. */
