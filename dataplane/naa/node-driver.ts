@@ -266,12 +266,12 @@ export class NodeDriver {
     const kept = driven.scanner;
     if (!kept || kept.netns !== processes.netns || !processes.pids.includes(kept.netPid)) {
       this.#forget(driven);
-      const state = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids };
       const scanner = new Scanner(this.#proc, processes.netPid, {
-        owners: { pids: () => state.pids, identify: (pid) => this.#identify(driven, pid) },
+        // The pod's processes of the latest scan: a container that starts later owns its sockets too.
+        owners: { pids: () => driven.scanner?.pids ?? [], identify: (pid) => this.#identify(driven, pid) },
         skipQuiet: true,
       });
-      driven.scanner = { ...state, scanner };
+      driven.scanner = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids, scanner };
     }
     const scanning = driven.scanner!;
     scanning.pids = processes.pids;
