@@ -1,4 +1,4 @@
-import { parseSocketTable, tcpChangeMarker } from './proc-net.ts';
+import { parseSocketTable, quietMarker, tcpChangeMarker } from './proc-net.ts';
 
 const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
 
@@ -61,4 +61,34 @@ test('the TCP change marker is undefined when the counters cannot be read, so th
   expect(tcpChangeMarker(snmp('3 1 0 0 2 100 90'), '', sockstat6(0))).toBeUndefined();
   // Without IPv6 in the namespace there is no sockstat6, and no tcp6 table either.
   expect(tcpChangeMarker(snmp('3 1 0 0 2 100 90'), sockstat(3), '')).toBeDefined();
+});
+
+const dev = (loPackets: number, eth0Packets: number) =>
+  'Inter-|   Receive                                                |  Transmit\n' +
+  ' face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n' +
+  `    lo:  ${loPackets * 60} ${loPackets} 0 0 0 0 0 0 ${loPackets * 60} ${loPackets} 0 0 0 0 0 0\n` +
+  `  eth0:  ${eth0Packets * 60} ${eth0Packets} 0 0 0 0 0 0 ${eth0Packets * 60} ${eth0Packets} 0 0 0 0 0 0\n`;
+const quietSockstat = (used: number, tcp: number, tw: number, udp: number, nodeWide = 7) =>
+  `sockets: used ${used}\nTCP: inuse ${tcp} orphan ${nodeWide} tw ${tw} alloc ${nodeWide} mem ${nodeWide}\n` +
+  `UDP: inuse ${udp} mem ${nodeWide}\nUDPLITE: inuse 0\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n`;
+
+test('the quiet marker moves with any packet and any socket of the namespace, not with the rest of the node', () => {
+  const marker = quietMarker(dev(4, 10), quietSockstat(3, 2, 0, 1), sockstat6(0));
+  expect(marker).toBeDefined();
+  // Orphans, allocated sockets and memory are counted for the whole node.
+  expect(quietMarker(dev(4, 10), quietSockstat(3, 2, 0, 1, 9), sockstat6(0))).toBe(marker);
+  // A packet on loopback or on the pod's interface.
+  expect(quietMarker(dev(5, 10), quietSockstat(3, 2, 0, 1), sockstat6(0))).not.toBe(marker);
+  expect(quietMarker(dev(4, 11), quietSockstat(3, 2, 0, 1), sockstat6(0))).not.toBe(marker);
+  // A socket made; one in TIME_WAIT; a UDP socket bound; an IPv6 listener.
+  expect(quietMarker(dev(4, 10), quietSockstat(4, 2, 0, 1), sockstat6(0))).not.toBe(marker);
+  expect(quietMarker(dev(4, 10), quietSockstat(3, 2, 1, 1), sockstat6(0))).not.toBe(marker);
+  expect(quietMarker(dev(4, 10), quietSockstat(3, 2, 0, 2), sockstat6(0))).not.toBe(marker);
+  expect(quietMarker(dev(4, 10), quietSockstat(3, 2, 0, 1), sockstat6(1))).not.toBe(marker);
+});
+
+test('the quiet marker is undefined when the files do not say, so the namespace is looked at', () => {
+  expect(quietMarker('', quietSockstat(3, 2, 0, 1), sockstat6(0))).toBeUndefined();
+  expect(quietMarker(dev(4, 10), '', sockstat6(0))).toBeUndefined();
+  expect(quietMarker(dev(4, 10), quietSockstat(3, 2, 0, 1), '')).toBeDefined();
 });

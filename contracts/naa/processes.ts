@@ -6,8 +6,15 @@ import { basename, join } from 'node:path';
 import { containerNameVariable } from '../sidecar-environment.ts';
 import type { Application } from '../../proto/index.ts';
 
+/** A process that holds a socket, and the descriptor through which it does. */
+export interface SocketHolder {
+  pid: number;
+  /** The descriptor's path, /proc/<pid>/fd/<n>: it links to `socket:[<inode>]` while the process holds it. */
+  fd: string;
+}
+
 /**
- * Maps each wanted socket inode to the pid holding it. When several processes share a socket
+ * Maps each wanted socket inode to the process holding it. When several processes share a socket
  * (a parent that forked), the highest pid wins: the child is the more specific application.
  * It reads synchronously: a pod's processes may hold thousands of descriptors, procfs answers
  * each readlink from memory, and a promise per descriptor made a walk of 10,000 of them four
@@ -17,19 +24,30 @@ export function socketOwners(
   proc: string,
   inodes: ReadonlySet<number>,
   pids: Iterable<number> = allPids(proc),
-): Map<number, number> {
-  const owners = new Map<number, number>();
+): Map<number, SocketHolder> {
+  const owners = new Map<number, SocketHolder>();
   if (inodes.size === 0) return owners;
   for (const pid of pids) {
     const fdDir = join(proc, String(pid), 'fd');
-    for (const fd of readdirOrNothing(fdDir)) {
-      const match = /^socket:\[(\d+)\]$/.exec(readlinkOrNothing(join(fdDir, fd)));
-      if (!match) continue;
-      const inode = Number(match[1]);
-      if (inodes.has(inode) && (owners.get(inode) ?? -1) < pid) owners.set(inode, pid);
+    for (const name of readdirOrNothing(fdDir)) {
+      const fd = join(fdDir, name);
+      const inode = socketInode(readlinkOrNothing(fd));
+      if (inode !== undefined && inodes.has(inode) && (owners.get(inode)?.pid ?? -1) < pid)
+        owners.set(inode, { pid, fd });
     }
   }
   return owners;
+}
+
+/** Whether the process still holds the socket through that descriptor (not closed, nor reused for another file). */
+export function stillHolds(holder: SocketHolder, inode: number): boolean {
+  return socketInode(readlinkOrNothing(holder.fd)) === inode;
+}
+
+/** The inode of a descriptor's link target `socket:[<inode>]`; undefined for any other file. */
+function socketInode(target: string): number | undefined {
+  const match = /^socket:\[(\d+)\]$/.exec(target);
+  return match ? Number(match[1]) : undefined;
 }
 
 /** The pids of every process procfs shows. */

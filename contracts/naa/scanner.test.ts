@@ -1,5 +1,5 @@
 // The scanner against a procfs laid out in a temporary directory: which tables it reads when.
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Scanner } from './scanner.ts';
@@ -42,8 +42,8 @@ beforeEach(async () => {
 
 afterEach(() => rm(proc, { recursive: true, force: true }));
 
-test('reads the TCP tables again only when the TCP counters move, or when the safety interval has passed', async () => {
-  const scanner = new Scanner(proc, 7, 5_000);
+test('reads the TCP tables again only when the TCP counters move, or when an associated socket left its descriptor', async () => {
+  const scanner = new Scanner(proc, 7, { rereadMs: 5_000 });
   const first = await scanner.scan(new Date(0));
   expect(ports(first)).toEqual(['tcp 40000']);
   expect(first.get([...first.keys()][0]!)!.application).toMatchObject({ processName: 'curl', containerName: 'app' });
@@ -55,9 +55,29 @@ test('reads the TCP tables again only when the TCP counters move, or when the sa
   await net('snmp', counters(2));
   expect(ports(await scanner.scan(new Date(400)))).toEqual(['tcp 40000', 'tcp 40001']);
 
+  // Its process closed the first connection after the peer did: the counters have not moved yet.
   await net('tcp', header + connection(40001, 1002));
+  await unlink(join(proc, '42', 'fd', '3'));
   expect(ports(await scanner.scan(new Date(5_300)))).toEqual(['tcp 40000', 'tcp 40001']);
   expect(ports(await scanner.scan(new Date(5_400)))).toEqual(['tcp 40001']);
+});
+
+test('at the safety interval, reads no TCP table while every associated socket is still held', async () => {
+  const scanner = new Scanner(proc, 7, { rereadMs: 5_000 });
+  const first = await scanner.scan(new Date(0));
+  // What the tables say now does not matter while the counters stand still and the descriptors hold.
+  await net('tcp', header);
+  expect(await scanner.scan(new Date(5_000))).toBe(first);
+
+  // Its process forked, and the parent closed its descriptor: the child holds the socket on.
+  await unlink(join(proc, '42', 'fd', '3'));
+  await mkdir(join(proc, '43', 'fd'), { recursive: true });
+  await symlink(`socket:[1001]`, join(proc, '43', 'fd', '7'));
+  expect(await scanner.scan(new Date(10_000))).toBe(first);
+
+  // The child closes it: the tables are read again.
+  await unlink(join(proc, '43', 'fd', '7'));
+  expect(ports(await scanner.scan(new Date(15_000)))).toEqual([]);
 });
 
 test('reads the UDP tables at every scan, and the TCP tables when the counters cannot be read', async () => {
@@ -69,4 +89,34 @@ test('reads the UDP tables at every scan, and the TCP tables when the counters c
   await net('snmp', '');
   await net('tcp', header);
   expect(ports(await scanner.scan(new Date(400)))).toEqual(['udp 5353']);
+});
+
+test('with skipQuiet, looks at the namespace only when its packet or socket counters move, or when the safety interval has passed', async () => {
+  const dev = (packets: number) =>
+    'Inter-|   Receive |  Transmit\n face |bytes packets|bytes packets\n' +
+    `  eth0: ${packets * 60} ${packets} 0 0 0 0 0 0 ${packets * 60} ${packets} 0 0 0 0 0 0\n`;
+  await net('dev', dev(3));
+  await net('sockstat', 'sockets: used 3\nTCP: inuse 1 orphan 0 tw 0 alloc 1 mem 1\nUDP: inuse 0 mem 0\n');
+  const scanner = new Scanner(proc, 7, { rereadMs: 5_000, skipQuiet: true });
+  const first = await scanner.scan(new Date(0));
+  expect(ports(first)).toEqual(['tcp 40000']);
+
+  // A UDP socket bound already connects: nothing moved, the namespace is not looked at.
+  await net('udp', header + datagram(5353, 1003));
+  expect(await scanner.scan(new Date(200))).toBe(first);
+  // Its first datagram.
+  await net('dev', dev(4));
+  expect(ports(await scanner.scan(new Date(400)))).toEqual(['tcp 40000', 'udp 5353']);
+
+  // A new connection is looked for once the namespace's counters move: here with its SYN.
+  await net('tcp', header + connection(40000, 1001) + connection(40001, 1002));
+  await net('snmp', counters(2));
+  expect(ports(await scanner.scan(new Date(600)))).toEqual(['tcp 40000', 'udp 5353']);
+  await net('dev', dev(5));
+  expect(ports(await scanner.scan(new Date(800)))).toEqual(['tcp 40000', 'tcp 40001', 'udp 5353']);
+
+  // The socket goes without a word of the counters: seen once the safety interval has passed.
+  await net('udp', header);
+  expect(ports(await scanner.scan(new Date(5_700)))).toEqual(['tcp 40000', 'tcp 40001', 'udp 5353']);
+  expect(ports(await scanner.scan(new Date(5_800)))).toEqual(['tcp 40000', 'tcp 40001']);
 });

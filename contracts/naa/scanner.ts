@@ -1,15 +1,18 @@
 // Looks at the pod: its network namespace's socket tables and the processes that hold them.
 // Only sockets it has not seen before cost a walk of /proc/<pid>/fd. A quiet pod costs a few
 // small file reads per scan: the UDP tables, and counters that say whether the TCP tables
-// changed. The TCP tables themselves are read only when they did, or when `tcpRereadMs` has
-// passed since they were last read: reading them walks the kernel's whole connection hash table,
-// which all namespaces of the node share, and costs milliseconds even for an empty pod.
-import { readFileSync } from 'node:fs';
+// changed (with `skipQuiet`, only the namespace's packet and socket counts, until they move).
+// The TCP tables themselves are read only when they did, or, every `rereadMs`, when a descriptor
+// that held one of the pod's associated TCP sockets no longer does: reading them walks the
+// kernel's whole connection hash table, which all namespaces of the node share, and costs
+// milliseconds even for an empty pod (a node agent driving a hundred pods spent most of its idle
+// CPU there when it read them every 5 s), while a descriptor costs a microsecond.
+import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
-import { parseSocketTable, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
+import { parseSocketTable, quietMarker, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
 import type { Application } from '../../proto/index.ts';
-import { allPids, readApplication, socketOwners } from './processes.ts';
+import { allPids, readApplication, socketOwners, stillHolds, type SocketHolder } from './processes.ts';
 
 const tables: [string, Transport, 4 | 6][] = [
   ['tcp', 'tcp', 4],
@@ -27,32 +30,60 @@ export interface Owners {
   identify(pid: number): Promise<Application | undefined>;
 }
 
+export interface ScannerOptions {
+  /**
+   * How often, at the longest, the scanner looks at what its cheap checks say did not change:
+   * the associated TCP sockets in their owners' descriptors (the TCP tables are read when one is
+   * not there), and with `skipQuiet` the namespace itself. A safety net for what the counters do
+   * not show at once: a connection that its process closes after the peer did loses its owner at
+   * once, but moves the TCP counters only when its last ACK arrives. 5 s.
+   */
+  rereadMs?: number;
+  /** The processes that may own its sockets (the node agent's: those of one pod). */
+  owners?: Owners;
+  /**
+   * Whether a scan returns at once what the last one did while the namespace's packet and socket
+   * counters stand still (`quietMarker`), until `rereadMs` has passed: a few microseconds instead
+   * of the tens that the TCP counters and the UDP tables cost, for a node agent that scans a
+   * hundred pods five times a second. A UDP socket bound already that connects without sending
+   * is then seen at its first datagram or within `rereadMs`, instead of at the next scan.
+   */
+  skipQuiet?: boolean;
+}
+
 export class Scanner {
   readonly #proc: string;
   readonly #netDir: string;
-  readonly #tcpRereadMs: number;
+  readonly #rereadMs: number;
   readonly #owners: Owners;
-  #applications = new Map<number, Application>();
+  readonly #skipQuiet: boolean;
+  /** Each associated socket's application, and where its owner was last seen holding it, by inode. */
+  #owned = new Map<number, { application: Application; holder: SocketHolder }>();
+  /** The inodes of the TCP sockets among the current associations. */
+  #tcpOwned: number[] = [];
   #current = new Map<string, Association>();
   /** Each table's text as last read, and its rows. */
   #tables = new Map<string, { text: string; entries: SocketEntry[] }>();
-  /** The TCP change marker read just before the TCP tables were last read, and when that was. */
+  /**
+   * The TCP change marker read just before the TCP tables were last read, and when they were read
+   * or their associated sockets last found held.
+   */
   #tcpRead: { marker: string | undefined; at: number } | undefined;
+  /** With `skipQuiet`: the quiet marker read just before the last scan that looked, and when that was. */
+  #looked: { marker: string | undefined; at: number } | undefined;
+  /** The namespace's /proc/net files by name, as opened (null: missing). */
+  readonly #files = new Map<string, number | null>();
 
   /**
    * @param proc where procfs is mounted
    * @param netPid a process in the network namespace to look at ('self' for the scanner's own)
-   * @param tcpRereadMs the longest time between two reads of the TCP tables when the counters say
-   *   nothing changed: a safety net for what the counters do not show at once (a connection that
-   *   its process closes after the peer did loses its owner at once, but moves the counters only
-   *   when its last ACK arrives)
-   * @param owners the processes that may own its sockets (the node agent's: those of one pod)
    */
-  constructor(proc = '/proc', netPid: number | 'self' = 'self', tcpRereadMs = 5_000, owners?: Owners) {
+  constructor(proc = '/proc', netPid: number | 'self' = 'self', options: ScannerOptions = {}) {
     this.#proc = proc;
     this.#netDir = join(proc, String(netPid), 'net');
-    this.#tcpRereadMs = tcpRereadMs;
-    this.#owners = owners ?? { pids: () => allPids(proc), identify: (pid) => readApplication(proc, pid) };
+    this.#rereadMs = options.rereadMs ?? 5_000;
+    this.#owners = options.owners ?? { pids: () => allPids(proc), identify: (pid) => readApplication(proc, pid) };
+    this.#skipQuiet = options.skipQuiet ?? false;
   }
 
   /**
@@ -61,6 +92,7 @@ export class Scanner {
    * looked for again at the next change).
    */
   async scan(now = new Date()): Promise<Map<string, Association>> {
+    if (this.#skipQuiet && this.#stillQuiet(now.getTime())) return this.#current;
     const readTcp = this.#tcpMayHaveChanged(now.getTime());
     let changed = false;
     for (const [name, transport, family] of tables) {
@@ -69,43 +101,79 @@ export class Scanner {
     if (!changed) return this.#current;
 
     const sockets = outboundSockets(tables.flatMap(([name]) => this.#tables.get(name)?.entries ?? []));
-    const unknown = new Set(sockets.map((s) => s.inode).filter((inode) => !this.#applications.has(inode)));
+    const unknown = new Set(sockets.map((s) => s.inode).filter((inode) => !this.#owned.has(inode)));
     const owners = socketOwners(this.#proc, unknown, unknown.size ? this.#owners.pids() : []);
     const byPid = new Map<number, Promise<Application | undefined>>();
-    for (const [inode, pid] of owners) {
-      if (!byPid.has(pid)) byPid.set(pid, this.#owners.identify(pid));
-      const application = await byPid.get(pid);
-      if (application) this.#applications.set(inode, application);
+    for (const [inode, holder] of owners) {
+      if (!byPid.has(holder.pid)) byPid.set(holder.pid, this.#owners.identify(holder.pid));
+      const application = await byPid.get(holder.pid);
+      if (application) this.#owned.set(inode, { application, holder });
     }
 
     const next = new Map<string, Association>();
     const live = new Set<number>();
+    this.#tcpOwned = [];
     for (const socket of sockets) {
-      const application = this.#applications.get(socket.inode);
+      const application = this.#owned.get(socket.inode)?.application;
       if (!application) continue;
       live.add(socket.inode);
+      if (socket.transport === 'tcp') this.#tcpOwned.push(socket.inode);
       const flow = flowOf(socket);
       const key = flowKey(flow);
       next.set(key, { flow, application, observedAt: this.#current.get(key)?.observedAt ?? now });
     }
-    for (const inode of this.#applications.keys()) if (!live.has(inode)) this.#applications.delete(inode);
+    for (const inode of this.#owned.keys()) if (!live.has(inode)) this.#owned.delete(inode);
     this.#current = next;
     return next;
   }
 
   /**
-   * Whether the TCP tables must be read: the marker changed, cannot be read, or the tables were
-   * read too long ago (or the clock went back). The marker is read before the tables, so that a
-   * socket appearing between the two reads changes the marker against the one kept and is seen
-   * at the next scan.
+   * Whether the TCP tables must be read: the marker changed or cannot be read, the clock went
+   * back, or the safety interval has passed and an associated socket is no longer where its owner
+   * held it. The marker is read before the tables, so that a socket appearing between the two
+   * reads changes the marker against the one kept and is seen at the next scan.
    */
   #tcpMayHaveChanged(now: number): boolean {
     const marker = tcpChangeMarker(this.#read('snmp'), this.#read('sockstat'), this.#read('sockstat6'));
     const last = this.#tcpRead;
-    const recent = last !== undefined && now >= last.at && now - last.at < this.#tcpRereadMs;
-    if (recent && marker !== undefined && marker === last.marker) return false;
+    if (last !== undefined && marker !== undefined && marker === last.marker && now >= last.at) {
+      if (now - last.at < this.#rereadMs) return false;
+      if (this.#tcpStillHeld()) {
+        last.at = now;
+        return false;
+      }
+    }
     this.#tcpRead = { marker, at: now };
     return true;
+  }
+
+  /**
+   * Whether the namespace's packet and socket counters have not moved since the last scan that
+   * looked, and that scan is recent (and the clock did not go back). The marker is read before
+   * anything else, so that what happens during a scan moves it against the one kept.
+   */
+  #stillQuiet(now: number): boolean {
+    const marker = quietMarker(this.#read('dev'), this.#read('sockstat'), this.#read('sockstat6'));
+    const last = this.#looked;
+    if (last && marker !== undefined && marker === last.marker && now >= last.at && now - last.at < this.#rereadMs)
+      return true;
+    this.#looked = { marker, at: now };
+    return false;
+  }
+
+  /**
+   * Whether every associated TCP socket is still held by one of the owners' processes: then none
+   * lost its owner, which is what the counters may not show yet (what else of a held socket they
+   * do not show, its queues and timers, does not change its association).
+   * A socket no longer at its descriptor (closed there, but held by a forked child, say) is looked
+   * for again among the owners' processes, and is found there next time.
+   */
+  #tcpStillHeld(): boolean {
+    const moved = new Set(this.#tcpOwned.filter((inode) => !stillHolds(this.#owned.get(inode)!.holder, inode)));
+    if (moved.size === 0) return true;
+    const found = socketOwners(this.#proc, moved, this.#owners.pids());
+    for (const [inode, holder] of found) this.#owned.get(inode)!.holder = holder;
+    return found.size === moved.size;
   }
 
   /** Reads a table; returns whether its text changed since it was last read. */
@@ -118,15 +186,46 @@ export class Scanner {
 
   /**
    * A file of the namespace's /proc/net; empty when missing (a family disabled in the namespace).
-   * Read synchronously: procfs answers from memory without waiting, while a promise-based read
-   * costs several thread-pool round trips, which at five scans a second was most of the CPU an
-   * idle sidecar used.
+   * Each file is opened once and read from its start at every scan: opening one costs about as
+   * much as reading it (a scan of an idle pod took 117 µs with its files opened each time, 81 µs
+   * without), which a node agent pays for each pod it drives. Read synchronously: procfs answers
+   * from memory without waiting, while a promise-based read costs several thread-pool round trips,
+   * which at five scans a second was most of the CPU an idle sidecar used.
    */
   #read(name: string): string {
+    let fd = this.#files.get(name);
+    if (fd === undefined) {
+      try {
+        fd = openSync(join(this.#netDir, name), 'r');
+      } catch {
+        fd = null;
+      }
+      this.#files.set(name, fd);
+    }
     try {
-      return readFileSync(join(this.#netDir, name), 'utf8');
+      return fd === null ? '' : readAll(fd);
     } catch {
       return '';
     }
   }
+
+  /** Closes the namespace's files: while they are open, they hold the namespace. */
+  close(): void {
+    for (const fd of this.#files.values()) if (fd !== null) closeSync(fd);
+    this.#files.clear();
+  }
+}
+
+const chunk = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * A file's whole text, read from its start (a procfs file is made anew at each read from offset 0),
+ * one character per byte.
+ */
+function readAll(fd: number): string {
+  let text = '';
+  for (let read, length = 0; (read = readSync(fd, chunk, 0, chunk.length, length)) > 0; length += read) {
+    text += chunk.toString('latin1', 0, read);
+  }
+  return text;
 }

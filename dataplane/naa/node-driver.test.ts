@@ -1,5 +1,6 @@
 import type { GatewayConfig, NodeConfig } from '../../contracts/gateway/index.ts';
-import { gatewayAgentPods, nodeAgentPods, podProcesses, type ProcessPlace } from './node-driver.ts';
+import type { Association } from '../../contracts/naa/index.ts';
+import { gatewayAgentPods, nodeAgentPods, ownFlows, podProcesses, type ProcessPlace } from './node-driver.ts';
 
 const id = (c: string) => c.repeat(64);
 const place = (podUid: string | undefined, netns: string, container = 'a'): ProcessPlace => ({
@@ -103,4 +104,27 @@ test("the gateway agent drives the pods of its gateway's config that have the No
       ],
     ]),
   );
+});
+
+test("a pod's flows are those of its own addresses or of none, and the same map when that is all of them", () => {
+  const association = (sourceAddress: string, sourcePort: number): [string, Association] => [
+    `${sourceAddress}:${sourcePort}`,
+    {
+      flow: { transport: 'udp', family: 4, sourceAddress, sourcePort, destinationAddress: '', destinationPort: 0 },
+      application: {
+        processName: 'dns',
+        executable: '',
+        commandLine: [],
+        containerName: '',
+        containerId: '',
+        uid: 0,
+        pid: 9,
+      },
+      observedAt: new Date(0),
+    },
+  ];
+  const own = new Map([association('10.244.1.10', 53), association('', 5353)]);
+  expect(ownFlows(own, new Set(['10.244.1.10']))).toBe(own);
+  const spoofed = new Map([...own, association('10.244.1.99', 53)]);
+  expect([...ownFlows(spoofed, new Set(['10.244.1.10'])).keys()]).toEqual(['10.244.1.10:53', ':5353']);
 });

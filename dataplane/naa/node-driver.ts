@@ -68,6 +68,16 @@ export function podProcesses(
   return result;
 }
 
+/**
+ * The flows of the pod's own addresses, or of none (a socket bound to every address): the gateway
+ * would refuse every other. The very map given when that is all of them.
+ */
+export function ownFlows(flows: Map<string, Association>, addresses: ReadonlySet<string>): Map<string, Association> {
+  const own = (a: Association) => !a.flow.sourceAddress || addresses.has(a.flow.sourceAddress);
+  if ([...flows.values()].every(own)) return flows;
+  return new Map([...flows].filter(([, a]) => own(a)));
+}
+
 /** A pod to drive, as its agent's config gives it. */
 export interface WantedPod {
   ref: PodRef;
@@ -136,7 +146,14 @@ interface Driven {
   pod: WantedPod;
   driver: Driver;
   target: string;
-  scanner?: { netns: string; netPid: number; scanner: Scanner; pids: number[] };
+  scanner?: {
+    netns: string;
+    netPid: number;
+    scanner: Scanner;
+    pids: number[];
+    /** The last scan, the pod's addresses then, and its flows of those addresses. */
+    own?: { scanned: Map<string, Association>; addresses: ReadonlySet<string>; flows: Map<string, Association> };
+  };
 }
 
 export class NodeDriver {
@@ -191,6 +208,7 @@ export class NodeDriver {
     for (const [uid, pod] of this.#wanted) {
       const driven = this.#driven.get(uid) ?? this.#drive(uid, pod);
       const processes = found.get(uid);
+      if (!processes) this.#forget(driven);
       try {
         driven.driver.update(processes ? await this.#scanPod(driven, processes, now) : new Map());
         this.#problems.report(uid, undefined, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
@@ -226,31 +244,43 @@ export class NodeDriver {
   }
 
   #drop(uid: string): void {
-    this.#driven.get(uid)?.driver.stop();
+    const driven = this.#driven.get(uid);
+    if (!driven) return;
+    driven.driver.stop();
+    this.#forget(driven);
     this.#driven.delete(uid);
+  }
+
+  /** Lets the pod's scanner go: its open files would hold a namespace that may be gone. */
+  #forget(driven: Driven): void {
+    driven.scanner?.scanner.close();
+    delete driven.scanner;
   }
 
   /**
    * The pod's associations now. Its scanner looks through one of its processes, and is made anew
    * when that process is gone (or the pod has another namespace): the new one finds the same flows.
-   * Flows of addresses that are not the pod's are left out: the gateway would refuse them all.
+   * Flows of addresses that are not the pod's are left out (`ownFlows`).
    */
   async #scanPod(driven: Driven, processes: PodProcesses, now: Date): Promise<Map<string, Association>> {
     const kept = driven.scanner;
     if (!kept || kept.netns !== processes.netns || !processes.pids.includes(kept.netPid)) {
-      const state = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids };
-      const scanner = new Scanner(this.#proc, processes.netPid, undefined, {
-        pids: () => state.pids,
-        identify: (pid) => this.#identify(driven, pid),
+      this.#forget(driven);
+      const scanner = new Scanner(this.#proc, processes.netPid, {
+        // The pod's processes of the latest scan: a container that starts later owns its sockets too.
+        owners: { pids: () => driven.scanner?.pids ?? [], identify: (pid) => this.#identify(driven, pid) },
+        skipQuiet: true,
       });
-      driven.scanner = { ...state, scanner };
+      driven.scanner = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids, scanner };
     }
-    driven.scanner!.pids = processes.pids;
-    const scanned = await driven.scanner!.scanner.scan(now);
-    const addresses = driven.pod.addresses;
-    if ([...scanned.values()].every((a) => !a.flow.sourceAddress || addresses.has(a.flow.sourceAddress)))
-      return scanned;
-    return new Map([...scanned].filter(([, a]) => !a.flow.sourceAddress || addresses.has(a.flow.sourceAddress)));
+    const scanning = driven.scanner!;
+    scanning.pids = processes.pids;
+    const scanned = await scanning.scanner.scan(now);
+    // The scanner hands back the same map when nothing changed: so does this, and the driver compares nothing.
+    const last = scanning.own;
+    if (last?.scanned === scanned && last.addresses === driven.pod.addresses) return last.flows;
+    scanning.own = { scanned, addresses: driven.pod.addresses, flows: ownFlows(scanned, driven.pod.addresses) };
+    return scanning.own.flows;
   }
 
   /** Who a process is, its container named from the runtime id its cgroup shows, not from anything it says. */

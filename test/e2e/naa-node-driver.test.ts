@@ -153,7 +153,7 @@ test("the node agent tells the gateway, with its node's certificate and no token
   await program(
     `import socket,time
 s=socket.socket(); s.bind(('203.0.113.10',443)); s.listen(); print(443,flush=True)
-held=[s.accept() for _ in range(2)]; time.sleep(600)`,
+held=[s.accept() for _ in range(3)]; time.sleep(600)`,
     false,
   );
   const script = connect('203.0.113.10').replace('$POD', web.ip);
@@ -188,6 +188,15 @@ held=[s.accept() for _ in range(2)]; time.sleep(600)`,
   expect(entry!.destinationAddress).toBe('203.0.113.10');
   expect(server.table.lookup('tcp', web.ip, stranger.port)).toEqual([]);
   expect(driver.pods).toBe(1);
+
+  // A process of the pod that starts once the node agent looks at the pod (an app container after
+  // the sandbox) owns its flows too.
+  const later = await program(script, true);
+  await eventually(() =>
+    expect(server.table.lookup('tcp', web.ip, later.port)).toEqual([
+      expect.objectContaining({ application: expect.objectContaining({ pid: later.child.pid, containerName: 'app' }) }),
+    ]),
+  );
 
   // The pod leaves the node's config (deleted, or moved to the sidecar): its stream ends.
   driver.configure(drivenPods([]));
