@@ -336,6 +336,29 @@ export class NaaGateway {
     return strictCounters((argv) => this.topology.exec(this.topology.ns.gw, argv));
   }
 
+  /** New flows the gateway placed on each uplink so far (the ruleset's counters, as the agent's metrics report them). */
+  async newFlows(): Promise<number[]> {
+    const uplinks = Array.from({ length: this.options.uplinks }, (_, i) => `isp${i + 1}`);
+    return Promise.all(uplinks.map((uplink) => this.metric('naat_uplink_new_flows_total', { uplink })));
+  }
+
+  /**
+   * Runs `phase`, then waits (30 s at most) for the gateway to have counted as many more new flows
+   * as `expected` sums to; resolves with how many more it counted on each uplink.
+   */
+  async counted(phase: () => Promise<unknown>, expected: number[]): Promise<number[]> {
+    const before = await this.newFlows();
+    await phase();
+    const delta = async () => (await this.newFlows()).map((n, i) => n - before[i]!);
+    const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
+    await until(
+      'the gateway to count the flows',
+      async () => (sum(await delta()) >= sum(expected) ? true : undefined),
+      30_000,
+    ).catch(() => undefined);
+    return delta();
+  }
+
   /** The sum of the agent's /metrics samples named `name` whose labels include `labels`. */
   async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
     return metricSum(await this.agentText('/metrics'), name, labels);
