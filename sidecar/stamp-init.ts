@@ -46,7 +46,9 @@ const path = join(dir, stampSocketName);
 const deadline = Date.now() + waitMs;
 while (!(await answers(path))) {
   if (Date.now() >= deadline) {
-    log.warn('No node agent answers for stamps: the pod starts, its flows unstamped until one does', { waitMs });
+    log.warn('No node agent answers for stamps: the pod starts, and its programs go unstamped until one does', {
+      waitMs,
+    });
     process.exit(0);
   }
   await sleep(100);

@@ -11,7 +11,7 @@
 // node agent maps to the host's pid by NSpid. Under PodRules (an unclassified flow would take any
 // uplink and pass any port), every flow must leave through its application's uplink, the denied
 // program's SYNs must never get through, and the gateway's counters must show every new flow
-// stamped.
+// stamped. A process that reaches the socket but is not one of the pod's gets no stamp.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { DriverNode, steeringListen, type DrivenPod } from '../bench/driver-node.ts';
@@ -40,7 +40,7 @@ const running: ChildProcess[] = [];
  * Starts `argv` as a process of the pod's container: in its cgroup (placed before it runs
  * anything), its network namespace and, once the holder runs, its mount namespace.
  */
-function spawnInPod(argv: string[], env: Record<string, string> = {}): ChildProcess {
+function spawnInPod(argv: string[], env: Record<string, string> = {}, inContainer = true): ChildProcess {
   const assignments = Object.entries(env).map(([name, value]) => `${name}=${value}`);
   const mount = holder ? ['nsenter', `--mount=/proc/${holder.pid}/ns/mnt`, '--'] : [];
   const child = spawn(
@@ -61,14 +61,14 @@ function spawnInPod(argv: string[], env: Record<string, string> = {}): ChildProc
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   running.push(child);
-  pod.container.place(child.pid!);
+  if (inContainer) pod.container.place(child.pid!);
   child.stdin!.end('go\n');
   return child;
 }
 
 /** Runs a shell script as a program of the pod; resolves with what it printed. */
-async function inPod(script: string, env: Record<string, string> = {}): Promise<string> {
-  const child = spawnInPod(['sh', '-c', script], env);
+async function inPod(script: string, env: Record<string, string> = {}, inContainer = true): Promise<string> {
+  const child = spawnInPod(['sh', '-c', script], env, inContainer);
   let stdout = '';
   child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   const code = await new Promise((resolve) => child.once('exit', resolve));
@@ -154,7 +154,22 @@ test("a node-driven strict pod's programs get their stamps from the node agent, 
   // Every new-flow packet of the pod arrived stamped (the denied SYNs and their retries included).
   expect(counters.newFlows).toBeGreaterThanOrEqual(3 * connections);
   expect(counters.stamped).toBe(counters.newFlows);
+  console.log(
+    `strict, Node driver: ${connections} curl + ${connections} python3 + ${connections} denied connections; ` +
+      `${counters.stamped}/${counters.newFlows} new-flow packets stamped at the gateway`,
+  );
   // The node agent stamped each application once, named from the node config's container.
   const log = await gateway.log('node-agent.log');
   expect(log.split('Stamped an application').length - 1).toBe(2);
+
+  // A process that reaches the pod's socket but is none of the pod's processes (not in its cgroup)
+  // gets no stamp: its flows arrive unstamped, and the pod's rules (any uplink) decide them.
+  const strangerFlows = await gateway.counted(
+    () => inPod(pythonConnects(strictPorts.unstamped, connections), preloaded, false),
+    [connections / 2, connections / 2],
+  );
+  const after = await gateway.strictCounters();
+  expect(strangerFlows[0]! + strangerFlows[1]!).toBe(connections);
+  expect(after.newFlows - counters.newFlows).toBe(connections);
+  expect(after.stamped).toBe(counters.stamped);
 }, 300_000);
