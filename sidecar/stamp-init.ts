@@ -1,14 +1,15 @@
 // Strict mode for a node-driven pod (docs/naa.md): the pod's first init container, from the
 // sidecar's image. There is no sidecar to place the stamping library in the folder the pod's
 // containers share and to answer their programs: this places the library, then waits until the
-// node agent of the pod's node answers on the folder's stamp socket, so that the kubelet starts
+// agent that drives the pod (the node agent, or on a gateway node the gateway agent) answers on
+// the folder's stamp socket, so that the kubelet starts
 // the pod's programs only then and their first connect() is stamped. It never holds the pod back
 // for good: after NAAT_STAMP_WAIT_MS (30,000) it lets the pod start, and each program's flows go
-// unstamped (Observe mode's handling) while no node agent answers.
+// unstamped (Observe mode's handling) while no agent answers.
 // Configured by environment (the admission webhook sets them):
 //   NAAT_STAMP_DIR       the folder shared with the pod's programs (required)
 //   NAAT_STAMP_LIBRARY   the built library (default stamp/libnaat_stamp.so beside this file)
-//   NAAT_STAMP_WAIT_MS   how long to wait for the node agent (default 30000)
+//   NAAT_STAMP_WAIT_MS   how long to wait for the agent (default 30000)
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -46,11 +47,11 @@ const path = join(dir, stampSocketName);
 const deadline = Date.now() + waitMs;
 while (!(await answers(path))) {
   if (Date.now() >= deadline) {
-    log.warn('No node agent answers for stamps: the pod starts, and its programs go unstamped until one does', {
+    log.warn('No agent answers for stamps: the pod starts, and its programs go unstamped until one does', {
       waitMs,
     });
     process.exit(0);
   }
   await sleep(100);
 }
-log.info('The node agent answers for stamps', { path });
+log.info('The agent answers for stamps', { path });

@@ -202,7 +202,10 @@ export class NaaGateway {
           namespace,
           name: 'app',
           addresses: [pod.ip],
-          ...(containers && { node, association: { uid: pod.uid, containers } }),
+          ...(containers && {
+            node,
+            association: { uid: pod.uid, containers, ...(this.options.strict ? { strict: true } : {}) },
+          }),
         },
       ],
       balancing: {},

@@ -86,3 +86,29 @@ time.sleep(1.5)
 _, writable, _ = select.select([], socks, [], 0)
 print(sum(1 for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (0, 111)))
 EOF`;
+
+/** What a strict run observed: each program's new flows per uplink, and the gateway's strict counters. */
+export interface StrictOutcome {
+  curlFailures: string;
+  curlFlows: number[];
+  pythonFlows: number[];
+  deniedFlows: number[];
+  /** What `deniedConnects` printed. */
+  denied: string;
+  counters: { newFlows: number; stamped: number };
+}
+
+/**
+ * `connections` of each program each left through its application's uplink, none of the denied
+ * SYNs got through, and every new-flow packet of the pod arrived stamped (the denied SYNs and
+ * their retries included).
+ */
+export function expectClassified(outcome: StrictOutcome, connections: number): void {
+  expect(outcome.curlFailures).toBe('');
+  expect(outcome.curlFlows).toEqual([connections, 0]);
+  expect(outcome.pythonFlows).toEqual([0, connections]);
+  expect(outcome.deniedFlows).toEqual([0, 0]);
+  expect(Number(outcome.denied.trim())).toBe(0);
+  expect(outcome.counters.newFlows).toBeGreaterThanOrEqual(3 * connections);
+  expect(outcome.counters.stamped).toBe(outcome.counters.newFlows);
+}
