@@ -6,5 +6,12 @@
 export { agentSignerName, agentUsages, caBundleKey, tlsFiles } from './agent-identity.ts';
 export { driverAnnotation } from './association-driver.ts';
 export { matchersOverlap, matchesApplication, toApplicationMatch } from './applications.ts';
-export { containerNameVariable, sidecarVariables, tokenVolume } from './sidecar-environment.ts';
+export {
+  containerNameVariable,
+  sidecarVariables,
+  stampFolder,
+  stampLibraryName,
+  stampSocketName,
+  tokenVolume,
+} from './sidecar-environment.ts';
 export { flowsTokenAudience, tokenAudience } from './token-audience.ts';

@@ -26,3 +26,12 @@ export const containerNameVariable = 'NAAT_CONTAINER_NAME';
 
 /** The pod volume that holds its token for the naat audience, which the sidecar mounts. */
 export const tokenVolume = 'naat-token';
+
+/**
+ * Strict mode: the folder every container of the pod mounts (an emptyDir), where the stamping
+ * library is placed and its driver (the sidecar, or the node agent of a node-driven pod) listens
+ * on the socket the library asks on.
+ */
+export const stampFolder = '/var/run/naat';
+export const stampSocketName = 'stamp.sock';
+export const stampLibraryName = 'libnaat_stamp.so';

@@ -8,7 +8,7 @@
 // left the gateway: then it takes away what it put in the kernel. `remove` does that by hand, for a gateway that is gone for good. The standard OTEL_*
 // variables turn on OpenTelemetry: a span and a log record per flow (see docs/dataplane.md), and
 // a span per association that continues its sidecar's trace (see docs/naa.md).
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createSecureServer } from 'node:https';
 import { hostname } from 'node:os';
@@ -857,7 +857,12 @@ async function startNodeDriver(config: NodeConfig, tracing: boolean) {
     });
   }
   const { nodeAgentPods } = await import('./naa/node-driver.ts');
-  return startDriver(config, (c) => nodeAgentPods(c, (gateway) => `unix:${localRelayPath(gateway)}`), tracing);
+  return startDriver(
+    config,
+    (c) => nodeAgentPods(c, (gateway) => `unix:${localRelayPath(gateway)}`),
+    join(stateDir('node'), 'stamps'),
+    tracing,
+  );
 }
 
 /**
@@ -879,18 +884,29 @@ async function startGatewayDriver(
   await naa.listenLocal(path);
   log.info('Listening for the gateway agent’s own NAA streams', { path });
   const { gatewayAgentPods } = await import('./naa/node-driver.ts');
-  return startDriver(config, (c) => gatewayAgentPods(c, values.node!, `unix:${path}`), tracing);
+  return startDriver(
+    config,
+    (c) => gatewayAgentPods(c, values.node!, `unix:${path}`),
+    join(stateDir('gateway'), 'stamps'),
+    tracing,
+  );
 }
 
-/** Drives the Node-driven pods that `pods` picks from each version of the agent's config. */
+/**
+ * Drives the Node-driven pods that `pods` picks from each version of the agent's config, keeping
+ * strict pods' stamps in `stampDir` across restarts: their running programs cached them.
+ */
 async function startDriver<C>(
   config: C,
   pods: (config: C) => ReadonlyMap<string, WantedPod>,
+  stampDir: string,
   tracing: boolean,
 ): Promise<{ configure(config: C): void; stop(): void }> {
   const { NodeDriver } = await import('./naa/node-driver.ts');
+  await mkdir(stampDir, { recursive: true });
   const driver = new NodeDriver({
     version: process.env.npm_package_version ?? '0.1.0',
+    stampDir,
     log,
     ...(tracing ? { tracer: (await import('../contracts/naa/tracing/index.ts')).associationTracer } : {}),
   });

@@ -283,8 +283,11 @@ describe('the node agent as association driver', () => {
       drop: ['ALL'],
       add: ['NET_ADMIN', 'NET_RAW', 'DAC_READ_SEARCH', 'SYS_PTRACE'],
     });
-    expect(agent.volumeMounts).toBeUndefined();
-    expect(driving.volumes).toBeUndefined();
+    // Only the host folder of the strict pods' stamps, which outlive a restart of the node agent.
+    expect(agent.volumeMounts).toEqual([{ name: 'stamps', mountPath: '/run/naat-node/stamps' }]);
+    expect(driving.volumes).toEqual([
+      { name: 'stamps', hostPath: { path: '/run/naat-node/stamps', type: 'DirectoryOrCreate' } },
+    ]);
 
     const steeringOnly = agentPod(nodeConfig());
     expect(steeringOnly.hostPID).toBeUndefined();

@@ -342,8 +342,14 @@ export function desiredNodeObjects(
           '--report',
           ...(associating ? ['--associate-pods'] : []),
         ],
+        ...(associating ? { volumeMounts: [{ name: 'stamps', mountPath: nodeStampDir }] } : {}),
       },
-      ...(associating ? nodeDriverPod : {}),
+      ...(associating
+        ? {
+            ...nodeDriverPod,
+            volumes: [{ name: 'stamps', hostPath: { path: nodeStampDir, type: 'DirectoryOrCreate' } }],
+          }
+        : {}),
     }),
   ];
 }
@@ -356,6 +362,13 @@ export function desiredNodeObjects(
  * a node agent's streams are proven to the gateways by its node's agent certificate, and a gateway
  * agent's by coming in on its own local socket.
  */
+/**
+ * Where the node agent keeps the stamps of the strict pods it drives (docs/naa.md): a host folder
+ * (in memory, under /run), so that a restarted node agent gives the same numbers that the pods'
+ * running programs cached. Its default state folder, of which this is part, is the container's own.
+ */
+const nodeStampDir = '/run/naat-node/stamps';
+
 const nodeDriverPod: Pick<AgentPod, 'hostPID' | 'capabilities'> = {
   hostPID: true,
   capabilities: ['DAC_READ_SEARCH', 'SYS_PTRACE'],

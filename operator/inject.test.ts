@@ -61,6 +61,7 @@ function apply(target: V1Pod, patch: Array<{ op: string; path: string; value: un
     let at = copy as Record<string, unknown>;
     for (const part of parts) at = at[part] as Record<string, unknown>;
     if (Array.isArray(at) && last === '-') at.push(value);
+    else if (Array.isArray(at)) at.splice(Number(last), 0, value);
     else at[last] = value;
   }
   return copy as V1Pod;
@@ -380,17 +381,72 @@ describe('the Node driver', () => {
     ]);
   });
 
-  test('a pod that asks for Strict is associated in Observe mode, and says why', () => {
-    const strict = pod({ naa: 'on' });
+  test('a strict pod gets the shared folder in every container, the library preloaded from it, and a first init container that waits for the node agent', () => {
+    const strict = pod(
+      { naa: 'on' },
+      {
+        initContainers: [{ name: 'setup', image: 'setup:1' }],
+        containers: [{ name: 'app', image: 'app:1', env: [{ name: 'A', value: '1' }] }],
+        volumes: [{ name: 'data', emptyDir: {} }],
+      },
+    );
+    strict.metadata!.annotations = { 'naat.dev/association-mode': 'Strict' };
+    const decision = injection(
+      withGateways(strict, [nodeOffice], { egress: 'office', [podSecurityEnforceLabel]: 'restricted' }),
+    );
+    if (!decision.inject) throw new Error(decision.reason);
+    const patched = apply(strict, decision.patch);
+    expect(patched.metadata!.annotations).toEqual({
+      'naat.dev/sidecar-gateway': 'office',
+      'naat.dev/association-driver': 'Node',
+      'naat.dev/association-mode': 'Strict',
+      'naat.dev/association-mode-reason': "the pod's naat.dev/association-mode annotation",
+    });
+    const mount = { name: 'naat-run', mountPath: '/var/run/naat' };
+    const preload = { name: 'LD_PRELOAD', value: '/var/run/naat/libnaat_stamp.so' };
+    expect(patched.spec!.volumes).toEqual([
+      { name: 'data', emptyDir: {} },
+      { name: 'naat-run', emptyDir: { medium: 'Memory' } },
+    ]);
+    expect(patched.spec!.initContainers).toEqual([
+      {
+        name: 'naat-stamp-init',
+        image: 'naat-sidecar:1',
+        imagePullPolicy: 'IfNotPresent',
+        command: ['node', 'dist/sidecar/stamp-init.js'],
+        env: [
+          { name: 'NAAT_STAMP_DIR', value: '/var/run/naat' },
+          { name: 'NAAT_LOG_LEVEL', value: 'info' },
+        ],
+        resources: { requests: { memory: '48Mi' } },
+        // Pod Security restricted admits it.
+        securityContext: {
+          allowPrivilegeEscalation: false,
+          readOnlyRootFilesystem: true,
+          runAsUser: 1000,
+          runAsGroup: 1000,
+          runAsNonRoot: true,
+          capabilities: { drop: ['ALL'] },
+          seccompProfile: { type: 'RuntimeDefault' },
+        },
+        volumeMounts: [mount],
+      },
+      { name: 'setup', image: 'setup:1', env: [preload], volumeMounts: [mount] },
+    ]);
+    expect(patched.spec!.containers).toEqual([
+      { name: 'app', image: 'app:1', env: [{ name: 'A', value: '1' }, preload], volumeMounts: [mount] },
+    ]);
+    // Nothing else: no sidecar, no shared process namespace, no token.
+    expect(patched.spec!.shareProcessNamespace).toBeUndefined();
+  });
+
+  test("the stamp init container runs as the pod's own user when it has one", () => {
+    const strict = pod({ naa: 'on' }, { securityContext: { runAsUser: 2000, runAsGroup: 3000 } });
     strict.metadata!.annotations = { 'naat.dev/association-mode': 'Strict' };
     const decision = injection(withGateways(strict, [nodeOffice]));
     if (!decision.inject) throw new Error(decision.reason);
-    const patched = apply(strict, decision.patch);
-    expect(patched.metadata!.annotations!['naat.dev/association-mode']).toBe('Observe');
-    expect(patched.metadata!.annotations!['naat.dev/association-mode-reason']).toBe(
-      "the pod's naat.dev/association-mode annotation asks for Strict, which the Node driver does not offer",
-    );
-    expect(patched.spec!.containers[0]!.env).toBeUndefined();
+    const [init] = apply(strict, decision.patch).spec!.initContainers!;
+    expect(init!.securityContext).toMatchObject({ runAsUser: 2000, runAsGroup: 3000 });
   });
 
   test('Pod Security has nothing to forbid: no sidecar runs in the pod', () => {
@@ -400,12 +456,12 @@ describe('the Node driver', () => {
     expect(decision.inject).toBe(true);
   });
 
-  test('a gateway cannot ask for Strict mode with the Node driver', () => {
-    expect(() =>
-      gateway('strict-node', { namespaceSelector: {}, association: { driver: 'Node', mode: 'Strict' } }),
-    ).toThrow(
-      'association.mode Strict needs association.driver Sidecar: the node agent does not hand out stamps to programs',
-    );
+  test('a gateway can ask for Strict mode with the Node driver, and for no other driver', () => {
+    const strictNode = gateway('strict-node', {
+      namespaceSelector: {},
+      association: { driver: 'Node', mode: 'Strict' },
+    });
+    expect(strictNode.spec.association).toMatchObject({ driver: 'Node', mode: 'Strict' });
     expect(() => gateway('bad', { namespaceSelector: {}, association: { driver: 'Pod' } })).toThrow(/driver/);
   });
 });

@@ -11,11 +11,14 @@
 // for anyone else's it needs CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, which Kubernetes grants only
 // to uid 0 (no ambient capabilities; no privilege escalation rules out file capabilities).
 import type { V1Container, V1Pod, V1PodSpec, V1SecurityContext, V1Volume } from '@kubernetes/client-node';
+import { logLevelVariable } from '../common/index.ts';
 import type { EgressGateway } from '../crds/index.ts';
 import {
   containerNameVariable,
   driverAnnotation,
   sidecarVariables,
+  stampFolder,
+  stampLibraryName,
   tokenAudience,
   tokenVolume,
 } from '../contracts/index.ts';
@@ -33,8 +36,12 @@ export const skippedAnnotation = 'naat.dev/sidecar-skipped';
 export const tokenDir = '/var/run/secrets/naat';
 /** Strict mode: the folder the sidecar shares with the pod's programs (library and socket). */
 export const runVolume = 'naat-run';
-export const runDir = '/var/run/naat';
-export const stampLibrary = `${runDir}/libnaat_stamp.so`;
+export const runDir = stampFolder;
+export const stampLibrary = `${runDir}/${stampLibraryName}`;
+/** Strict mode with the Node driver: the first init container, which places the library and waits for the node agent. */
+export const stampInitContainerName = 'naat-stamp-init';
+/** The user of the sidecar's image, for the stamp init container of a pod whose containers do not all run as one. */
+const imageUser = { uid: 1000, gid: 1000 };
 
 export type PatchOperation = { op: 'add'; path: string; value: unknown };
 
@@ -94,7 +101,7 @@ export function injection(request: InjectionRequest): Injection {
   const spec = pod.spec;
   if (!spec) return { inject: false, reason: 'the pod has no spec' };
   const containers = [...(spec.initContainers ?? []), ...spec.containers];
-  if (containers.some((c) => c.name === sidecarContainerName))
+  if (containers.some((c) => c.name === sidecarContainerName || c.name === stampInitContainerName))
     return { inject: false, reason: 'the pod already has the sidecar' };
   // Host-network pods share the node's sockets: a sidecar would report the node's, not the pod's.
   if (spec.hostNetwork) return { inject: false, reason: 'host-network pods are not associated' };
@@ -103,7 +110,7 @@ export function injection(request: InjectionRequest): Injection {
     .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))
     .find((g) => selects(g, request.namespaceLabels, pod.metadata?.labels));
   if (!gateway) return { inject: false, reason: 'no gateway injects this pod' };
-  if (associationDriver(gateway, pod) === 'Node') return nodeDriven(gateway, pod);
+  if (associationDriver(gateway, pod) === 'Node') return nodeDriven(gateway, request, spec);
   // Where the namespace's Pod Security level admits it, the root sidecar keeps the pod's programs
   // out of its own process (they cannot read its token through /proc); elsewhere the sidecar runs
   // as the pod's user without capabilities, if the pod has one. A pod the level would reject with
@@ -144,41 +151,83 @@ export function injection(request: InjectionRequest): Injection {
     ...append('/spec/volumes', spec.volumes, volumes),
     // Each container names itself to the sidecar (which reads it from its processes' environment);
     // in strict mode, every program also preloads the stamping library from the sidecar's folder.
-    ...(['initContainers', 'containers'] as const).flatMap((list) =>
-      (spec[list] ?? []).flatMap((container, i) => [
-        ...append(`/spec/${list}/${i}/env`, container.env, [
-          { name: containerNameVariable, value: container.name },
-          ...(strict ? [{ name: 'LD_PRELOAD', value: stampLibrary }] : []),
-        ]),
-        ...(strict
-          ? append(`/spec/${list}/${i}/volumeMounts`, container.volumeMounts, [{ name: runVolume, mountPath: runDir }])
-          : []),
-      ]),
-    ),
+    ...eachContainer(spec, strict, (container) => [{ name: containerNameVariable, value: container.name }]),
     ...annotate(pod, annotations),
   ];
   return { inject: true, gateway: gateway.metadata.name, patch };
 }
 
 /**
- * The node agent drives the pod: no sidecar, no shared process namespace, no capability, no
- * volume, so Pod Security has nothing to forbid. The pod gets only its annotations, which say it
- * is node-driven: the gateways take its node agent's stream for it only then. Strict mode needs
- * the sidecar's stamps, so the pod is associated in Observe mode and says why.
+ * Patches every container of the pod (init containers included) with `env`, and in strict mode
+ * with the stamping library preloaded from the shared folder, which it mounts.
  */
-function nodeDriven(gateway: EgressGateway, pod: V1Pod): Injection {
-  const chosen = associationMode(gateway, pod);
-  const { mode, reason } =
-    chosen.mode === 'Strict'
-      ? { mode: 'Observe', reason: `${chosen.reason} asks for Strict, which the Node driver does not offer` }
-      : chosen;
-  const patch = annotate(pod, {
+function eachContainer(
+  spec: V1PodSpec,
+  strict: boolean,
+  env: (container: V1Container) => Array<{ name: string; value: string }>,
+): PatchOperation[] {
+  return (['initContainers', 'containers'] as const).flatMap((list) =>
+    (spec[list] ?? []).flatMap((container, i) => {
+      const variables = [...env(container), ...(strict ? [{ name: 'LD_PRELOAD', value: stampLibrary }] : [])];
+      return [
+        ...(variables.length ? append(`/spec/${list}/${i}/env`, container.env, variables) : []),
+        ...(strict
+          ? append(`/spec/${list}/${i}/volumeMounts`, container.volumeMounts, [{ name: runVolume, mountPath: runDir }])
+          : []),
+      ];
+    }),
+  );
+}
+
+/**
+ * The node agent drives the pod: no sidecar, no shared process namespace, no capability, so Pod
+ * Security has nothing to forbid. The pod gets its annotations, which say it is node-driven: the
+ * gateways take its node agent's stream for it only then. In strict mode it also gets the shared
+ * folder (a memory emptyDir) in every container, the library preloaded from it, and a first init
+ * container that places the library there and waits for the node agent to answer on the folder's
+ * stamp socket (sidecar/stamp-init.ts); it runs as a non-root user without capabilities, which
+ * Pod Security restricted admits.
+ */
+function nodeDriven(gateway: EgressGateway, request: InjectionRequest, spec: V1PodSpec): Injection {
+  const { pod } = request;
+  const { mode, reason } = associationMode(gateway, pod);
+  const annotations = annotate(pod, {
     [injectedAnnotation]: gateway.metadata.name,
     [driverAnnotation]: 'Node',
     [modeAnnotation]: mode,
     [modeReasonAnnotation]: reason,
   });
+  if (mode !== 'Strict') return { inject: true, gateway: gateway.metadata.name, patch: annotations };
+  const init = stampInitContainer(request, podUser(spec) ?? imageUser);
+  const patch: PatchOperation[] = [
+    ...append('/spec/volumes', spec.volumes, [{ name: runVolume, emptyDir: { medium: 'Memory' } }]),
+    ...eachContainer(spec, true, () => []),
+    // Last, at the front: the operations above name the init containers by their places before it.
+    spec.initContainers
+      ? { op: 'add', path: '/spec/initContainers/0', value: init }
+      : { op: 'add', path: '/spec/initContainers', value: [init] },
+    ...annotations,
+  ];
   return { inject: true, gateway: gateway.metadata.name, patch };
+}
+
+function stampInitContainer(
+  { sidecar: settings, logLevel }: InjectionRequest,
+  user: { uid: number; gid: number },
+): V1Container {
+  return {
+    name: stampInitContainerName,
+    image: settings.image,
+    imagePullPolicy: settings.pullPolicy,
+    command: ['node', 'dist/sidecar/stamp-init.js'],
+    env: [
+      { name: sidecarVariables.stampDir, value: runDir },
+      { name: logLevelVariable, value: logLevel },
+    ],
+    resources: settings.resources,
+    securityContext: podUserSecurity(user),
+    volumeMounts: [{ name: runVolume, mountPath: runDir }],
+  };
 }
 
 /** The pod's own choice of driver (its annotation) wins over its gateway's. */

@@ -15,10 +15,11 @@ const app = (processName: string, pid: number): Application => ({
   pid,
 });
 
-/** Asks as the preloaded library does: "<pid>\n" → "<stamp>\n". */
-const ask = (dir: string, pid: number) =>
+/** Asks as the preloaded library does: "<pid> <pid namespace>\n" (or an older one's "<pid>\n") → "<stamp>\n". */
+const ask = (dir: string, pid: number, pidNamespace?: string) =>
   new Promise<number>((resolve, reject) => {
-    const socket = createConnection(join(dir, 'stamp.sock'), () => socket.write(`${pid}\n`));
+    const line = pidNamespace ? `${pid} ${pidNamespace}\n` : `${pid}\n`;
+    const socket = createConnection(join(dir, 'stamp.sock'), () => socket.write(line));
     let text = '';
     socket.on('data', (d) => (text += d));
     socket.on('end', () => resolve(Number(text.trim())));
@@ -58,7 +59,7 @@ test('one stamp per application identity, announced once, and 0 for a process th
   const stamps = server();
   await stamps.listen();
   expect(await ask(dir, 10)).toBe(1);
-  expect(await ask(dir, 11)).toBe(1); // another run of curl
+  expect(await ask(dir, 11, 'pid:[4026531836]')).toBe(1); // another run of curl, from today's library
   expect(await ask(dir, 12)).toBe(2);
   expect(await ask(dir, 99)).toBe(0);
   expect(announced).toEqual([

@@ -201,7 +201,6 @@ describe('parseGatewayConfig', () => {
     { message: 'spec must set podSelector, namespaceSelector or both', why: 'selectors are resolved to sources' },
     { message: 'association.sidecar must set podSelector, namespaceSelector or both', why: 'the webhook injects' },
     { message: 'values must be non-empty for operators In and NotIn', why: 'selectors are resolved to sources' },
-    { message: 'association.mode Strict needs association.driver Sidecar', why: 'the webhook decides the driver' },
   ];
 
   it('enforces every CEL rule of the API whose subject the compiled config holds', () => {

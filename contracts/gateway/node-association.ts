@@ -14,6 +14,12 @@ export const NodeAssociation = Type.Object(
       default: [],
       description: "The pod's running containers by the runtime's id, which its processes' cgroups name.",
     }),
+    strict: Type.Optional(
+      Type.Boolean({
+        description:
+          "Strict association mode: the agent answers the pod's programs' requests for a stamp, on the socket in the pod's shared folder.",
+      }),
+    ),
   },
   {
     description:

@@ -11,3 +11,5 @@ export { allPids, containerIdFromCgroup, podOfCgroup, readApplication, socketOwn
 export type { PodPlace } from './processes.ts';
 export { Scanner } from './scanner.ts';
 export type { Owners } from './scanner.ts';
+export { identityOf, maxStamp, parseStampRequest, Stamps } from './stamps.ts';
+export type { StampRequest, StampsOptions } from './stamps.ts';

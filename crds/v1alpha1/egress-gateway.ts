@@ -121,40 +121,32 @@ export const SidecarInjection = withRules(
   },
 );
 
-export const Association = withRules(
-  DefaultedObject(
-    {
-      driver: StringEnum(['Sidecar', 'Node'], {
-        description:
-          "What finds which process owns each socket of a selected pod. Sidecar: a sidecar injected into the pod (it needs SYS_PTRACE and a shared process namespace, and costs each pod its memory). Node: the agent of the pod's node (its node agent, or on this gateway's own nodes its gateway agent), for every selected pod of that node at once, from the host's process view; Strict mode needs the sidecar. A pod can choose for itself with the annotation naat.dev/association-driver: Sidecar or Node.",
-        default: 'Sidecar',
-      }),
-      mode: StringEnum(['Observe', 'Strict'], {
-        description:
-          "How flows are associated with the application that opened them. Observe: the sidecar reports each socket as it sees it, so a flow can start before its association arrives (see unassociatedFlows). Strict: a library preloaded into the pod's programs stamps each socket with its application before connect(), so the gateway classifies every new flow from its first packet (programs that cannot preload it, such as static binaries, fall back to Observe). A pod can choose for itself with the annotation naat.dev/association-mode: Observe or Strict.",
-        default: 'Observe',
-      }),
-      unassociatedFlows: StringEnum(['PodRules', 'Hold'], {
-        description:
-          "What a flow gets while its application is not known yet. PodRules: the pod's rules that name no applications decide, then defaultAction; when the association arrives the flow is evaluated again and ended if now denied. Hold: the flow's packets are dropped until the association arrives, so TCP connects are delayed by a SYN retransmission (about one second) instead of racing the association; flows of pods without the sidecar are never associated and never leave.",
-        default: 'PodRules',
-      }),
-      port: Port(
-        'Port the association server listens on at each gateway node, and the node agent relays the sidecars at on other nodes; the sidecars connect to it. Gateways whose pods or nodes can share a node need distinct ports: the younger one is kept off a node where another holds its port (PortConflict).',
-        7740,
-      ),
-      sidecar: Type.Optional(SidecarInjection),
-    },
-    {
-      description:
-        'Network application association: a driver (a sidecar in each selected pod, or the node agent of its node) tells the gateway which process, executable, container and user owns each outbound socket, so that rules can match applications.',
-    },
-  ),
+export const Association = DefaultedObject(
   {
-    rule: "self.driver != 'Node' || self.mode != 'Strict'",
-    message:
-      'association.mode Strict needs association.driver Sidecar: the node agent does not hand out stamps to programs',
-    holds: (self) => self.driver !== 'Node' || self.mode !== 'Strict',
+    driver: StringEnum(['Sidecar', 'Node'], {
+      description:
+        "What finds which process owns each socket of a selected pod. Sidecar: a sidecar injected into the pod (it needs SYS_PTRACE and a shared process namespace, and costs each pod its memory). Node: the agent of the pod's node (its node agent, or on this gateway's own nodes its gateway agent), for every selected pod of that node at once, from the host's process view, in Observe or Strict mode. A pod can choose for itself with the annotation naat.dev/association-driver: Sidecar or Node.",
+      default: 'Sidecar',
+    }),
+    mode: StringEnum(['Observe', 'Strict'], {
+      description:
+        "How flows are associated with the application that opened them. Observe: the driver reports each socket as it sees it, so a flow can start before its association arrives (see unassociatedFlows). Strict: a library preloaded into the pod's programs stamps each socket with its application before connect(), so the gateway classifies every new flow from its first packet (programs that cannot preload it, such as static binaries, fall back to Observe). A pod can choose for itself with the annotation naat.dev/association-mode: Observe or Strict.",
+      default: 'Observe',
+    }),
+    unassociatedFlows: StringEnum(['PodRules', 'Hold'], {
+      description:
+        "What a flow gets while its application is not known yet. PodRules: the pod's rules that name no applications decide, then defaultAction; when the association arrives the flow is evaluated again and ended if now denied. Hold: the flow's packets are dropped until the association arrives, so TCP connects are delayed by a SYN retransmission (about one second) instead of racing the association; flows of pods without the sidecar are never associated and never leave.",
+      default: 'PodRules',
+    }),
+    port: Port(
+      'Port the association server listens on at each gateway node, and the node agent relays the sidecars at on other nodes; the sidecars connect to it. Gateways whose pods or nodes can share a node need distinct ports: the younger one is kept off a node where another holds its port (PortConflict).',
+      7740,
+    ),
+    sidecar: Type.Optional(SidecarInjection),
+  },
+  {
+    description:
+      'Network application association: a driver (a sidecar in each selected pod, or the node agent of its node) tells the gateway which process, executable, container and user owns each outbound socket, so that rules can match applications.',
   },
 );
 

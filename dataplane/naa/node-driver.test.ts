@@ -53,6 +53,12 @@ test('the node agent drives the pods its node config gives the Node driver, and 
         association: { uid: 'uid-web', containers: [{ id: id('c'), name: 'app' }] },
       },
       { namespace: 'shop', name: 'sidecar-driven', addresses: ['10.244.1.11'] },
+      {
+        namespace: 'shop',
+        name: 'strict',
+        addresses: ['10.244.1.12'],
+        association: { uid: 'uid-strict', containers: [], strict: true },
+      },
     ],
   } satisfies NodeConfig['gateways'][number];
   const config: NodeConfig = { version: 1, node: 'worker-a', markMask: 0xe0, gateways: [gateway] };
@@ -66,6 +72,17 @@ test('the node agent drives the pods its node config gives the Node driver, and 
           addresses: new Set(['10.244.1.10']),
           containers: new Map([[id('c'), 'app']]),
           target: 'unix:/run/naat-node/naa-7740.sock',
+          strict: false,
+        },
+      ],
+      [
+        'uid-strict',
+        {
+          ref: { namespace: 'shop', name: 'strict', uid: 'uid-strict' },
+          addresses: new Set(['10.244.1.12']),
+          containers: new Map(),
+          target: 'unix:/run/naat-node/naa-7740.sock',
+          strict: true,
         },
       ],
     ]),
@@ -100,6 +117,7 @@ test("the gateway agent drives the pods of its gateway's config that have the No
           addresses: new Set(['10.244.0.10']),
           containers: new Map([[id('c'), 'app']]),
           target: 'unix:/run/naat/naa.sock',
+          strict: false,
         },
       ],
     ]),

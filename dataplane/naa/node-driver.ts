@@ -10,9 +10,13 @@
 // relay on this node, which the gateways take only from this node's agent (the relay's agent
 // certificate); the gateway agent's to its own NAA server's local socket. Either way only for a
 // node-driven pod of this node, held to the pod's own addresses exactly as a sidecar's stream is.
+// A strict pod's stream is strict, and the agent answers its programs' requests for a stamp
+// (node-stamps.ts).
 import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ProblemLog, type Logger } from '../../common/index.ts';
 import type { GatewayConfig, NodeAssociation, NodeConfig, NodeGateway } from '../../contracts/gateway/index.ts';
 import {
@@ -21,11 +25,15 @@ import {
   podOfCgroup,
   readApplication,
   Scanner,
+  Stamps,
   type Association,
   type AssociationTracer,
   type PodPlace,
+  type StampRequest,
 } from '../../contracts/naa/index.ts';
-import { AssociationMode, type PodRef } from '../../proto/index.ts';
+import { stampFolder, stampSocketName } from '../../contracts/index.ts';
+import { AssociationMode, type Application, type PodRef } from '../../proto/index.ts';
+import { hostPidOf, listenInPod } from './node-stamps.ts';
 
 /** Where a process is: its pod and container (undefined outside the kubelet's pods) and its network namespace. */
 export interface ProcessPlace {
@@ -86,17 +94,20 @@ export interface WantedPod {
   containers: ReadonlyMap<string, string>;
   /** Where its stream goes: the local socket that takes this agent's own node-driven streams. */
   target: string;
+  /** Strict association mode: its programs ask for stamps. */
+  strict: boolean;
 }
 
 type ConfigPod = { namespace: string; name: string; addresses: readonly string[]; association?: NodeAssociation };
 
 function wanted(pod: ConfigPod & { association: NodeAssociation }, target: string): WantedPod {
-  const { uid, containers } = pod.association;
+  const { uid, containers, strict } = pod.association;
   return {
     ref: { namespace: pod.namespace, name: pod.name, uid },
     addresses: new Set(pod.addresses),
     containers: new Map(containers.map((c) => [c.id, c.name])),
     target,
+    strict: strict === true,
   };
 }
 
@@ -136,6 +147,13 @@ export interface NodeDriverOptions {
   scanIntervalMs?: number;
   /** Every process's place is read again at least this often, in case a pid was reused (5 s). */
   rereadMs?: number;
+  /** Where the stamps of strict pods are kept across restarts, a file per pod. */
+  stampDir: string;
+  /**
+   * How long a request for a stamp waits for the config to name a container that just started
+   * (2 s: the library waits 3 s at most), before it is answered unstamped.
+   */
+  containerWaitMs?: number;
   /** Traces associations as the sidecar does (telemetry on). */
   tracer?: AssociationTracer;
   log: Logger;
@@ -154,6 +172,11 @@ interface Driven {
     /** The last scan, the pod's addresses then, and its flows of those addresses. */
     own?: { scanned: Map<string, Association>; addresses: ReadonlySet<string>; flows: Map<string, Association> };
   };
+  /**
+   * Strict mode: the pod's stamps, and the server its programs ask on, once it listens in the pod's
+   * folder (or while it tries).
+   */
+  stamps?: { book: Stamps; server: Server; listening?: Promise<string | undefined> };
 }
 
 export class NodeDriver {
@@ -182,8 +205,10 @@ export class NodeDriver {
     this.#wanted = pods;
     for (const [uid, driven] of this.#driven) {
       const pod = this.#wanted.get(uid);
-      if (pod && pod.target === driven.target) driven.pod = pod;
+      // Another mode needs another stream: its Hello says the mode.
+      if (pod && pod.target === driven.target && pod.strict === driven.pod.strict) driven.pod = pod;
       else this.#drop(uid);
+      if (!pod) rmSync(this.#stampFile(uid), { force: true });
     }
   }
 
@@ -209,6 +234,7 @@ export class NodeDriver {
       const driven = this.#driven.get(uid) ?? this.#drive(uid, pod);
       const processes = found.get(uid);
       if (!processes) this.#forget(driven);
+      else if (driven.stamps) this.#listenForStamps(uid, driven, processes.pids);
       try {
         driven.driver.update(processes ? await this.#scanPod(driven, processes, now) : new Map());
         this.#problems.report(uid, undefined, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
@@ -224,11 +250,21 @@ export class NodeDriver {
   }
 
   #drive(uid: string, pod: WantedPod): Driven {
+    const book = pod.strict
+      ? new Stamps({
+          file: this.#stampFile(uid),
+          application: (request) => this.#stampApplication(uid, request),
+          announce: (stamp, application) => driver.stamp(stamp, application),
+          log: (msg, fields) => this.#o.log.info(msg, { pod: `${pod.ref.namespace}/${pod.ref.name}`, ...fields }),
+        })
+      : undefined;
     const driver: Driver = new Driver({
       target: pod.target,
       pod: pod.ref,
       version: this.#o.version,
-      mode: AssociationMode.ASSOCIATION_MODE_OBSERVE,
+      ...(book
+        ? { mode: AssociationMode.ASSOCIATION_MODE_STRICT, stamps: () => book.stamps }
+        : { mode: AssociationMode.ASSOCIATION_MODE_OBSERVE }),
       channelCredentials: this.#o.channelCredentials ?? credentials.createInsecure(),
       onState: (state) =>
         this.#o.log.debug(`Driver ${state}`, {
@@ -237,7 +273,12 @@ export class NodeDriver {
         }),
       ...(this.#o.tracer ? { tracer: this.#o.tracer } : {}),
     });
-    const driven: Driven = { pod, driver, target: pod.target };
+    const driven: Driven = {
+      pod,
+      driver,
+      target: pod.target,
+      ...(book ? { stamps: { book, server: createServer((socket) => book.serve(socket)) } } : {}),
+    };
     this.#driven.set(uid, driven);
     driver.start();
     return driven;
@@ -247,6 +288,7 @@ export class NodeDriver {
     const driven = this.#driven.get(uid);
     if (!driven) return;
     driven.driver.stop();
+    driven.stamps?.server.close();
     this.#forget(driven);
     this.#driven.delete(uid);
   }
@@ -255,6 +297,59 @@ export class NodeDriver {
   #forget(driven: Driven): void {
     driven.scanner?.scanner.close();
     delete driven.scanner;
+  }
+
+  #stampFile(uid: string): string {
+    return join(this.#o.stampDir, `${uid}.json`);
+  }
+
+  /**
+   * Strict mode: listens for the pod's programs in its folder once one of its processes mounts it
+   * (the pod's first container does; the kubelet starts the next ones once the socket answers).
+   */
+  #listenForStamps(uid: string, driven: Driven, pids: readonly number[]): void {
+    const stamps = driven.stamps!;
+    if (stamps.listening) return;
+    const where = { pod: `${driven.pod.ref.namespace}/${driven.pod.ref.name}` };
+    const listening = listenInPod(stamps.server, this.#proc, pids, stampFolder, stampSocketName);
+    stamps.listening = listening;
+    listening.then(
+      (path) => {
+        // Not yet: the next scan tries again.
+        if (!path) return void (stamps.listening = undefined);
+        // The pod left meanwhile.
+        if (this.#driven.get(uid) !== driven) return void stamps.server.close();
+        this.#problems.report(`${uid} stamps`, undefined, where);
+        this.#o.log.info('Listening for stamp requests', { ...where, path });
+      },
+      (error: Error) => {
+        stamps.listening = undefined;
+        this.#problems.report(`${uid} stamps`, error.message, where);
+      },
+    );
+  }
+
+  /**
+   * Who asked for a stamp on the pod's socket: a process of the pod (by its cgroup, read again
+   * now, since a program asks as it starts), found by its pid and pid namespace; undefined for
+   * anyone else. Its container is named by the agent's config, which may name a container that
+   * just started a moment later: the answer waits for it, within a bound.
+   */
+  async #stampApplication(uid: string, request: StampRequest): Promise<Application | undefined> {
+    const processes = podProcesses(this.#readPlaces(Date.now()), new Set([uid])).get(uid);
+    const pid = processes && hostPidOf(this.#proc, processes.pids, request);
+    if (pid === undefined || readPlace(this.#proc, pid)?.pod?.podUid !== uid) return undefined;
+    const application = await readApplication(this.#proc, pid);
+    if (!application) return undefined;
+    const deadline = Date.now() + (this.#o.containerWaitMs ?? 2_000);
+    for (;;) {
+      const driven = this.#driven.get(uid);
+      if (!driven) return undefined;
+      const containerName = driven.pod.containers.get(application.containerId);
+      if (containerName !== undefined) return { ...application, containerName };
+      if (Date.now() >= deadline) return undefined;
+      await sleep(50);
+    }
   }
 
   /**

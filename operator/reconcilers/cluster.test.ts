@@ -39,3 +39,19 @@ test("a Node-driven pod's facts carry its uid and its running containers by runt
   });
   expect(podFacts({ metadata: { namespace: 'shop', name: 'web', uid: 'uid-web' } }).nodeAssociation).toBeUndefined();
 });
+
+test('a Node-driven strict pod tells its node agent to answer its programs for stamps', () => {
+  const pod = (mode: string) =>
+    podFacts({
+      metadata: {
+        namespace: 'shop',
+        name: 'web',
+        uid: 'uid-web',
+        annotations: { 'naat.dev/association-driver': 'Node', 'naat.dev/association-mode': mode },
+      },
+      spec: { nodeName: 'worker', containers: [{ name: 'app' }] },
+    });
+  expect(pod('Strict').nodeAssociation).toEqual({ uid: 'uid-web', containers: [], strict: true });
+  expect(pod('Strict').strict).toBe(true);
+  expect(pod('Observe').nodeAssociation).toEqual({ uid: 'uid-web', containers: [] });
+});

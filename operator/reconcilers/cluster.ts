@@ -39,7 +39,13 @@ export function podFacts(pod: V1Pod): PodFacts {
       ...(pod.spec?.containers ?? []),
     ].map((c) => c.name),
     ...(pod.metadata?.annotations?.[driverAnnotation] === 'Node' && pod.metadata.uid
-      ? { nodeAssociation: { uid: pod.metadata.uid, containers: runningContainers(pod) } }
+      ? {
+          nodeAssociation: {
+            uid: pod.metadata.uid,
+            containers: runningContainers(pod),
+            ...(pod.metadata.annotations[modeAnnotation] === 'Strict' ? { strict: true } : {}),
+          },
+        }
       : {}),
     ...(pod.metadata?.annotations?.[modeAnnotation] === 'Strict' ? { strict: true } : {}),
     ...(pod.status?.phase ? { phase: pod.status.phase } : {}),

@@ -1,9 +1,10 @@
 // The strict-mode stamping library, preloaded into every program of a pod (LD_PRELOAD, set by the
 // admission webhook). Before an IPv4 or IPv6 socket connects, it writes the program's stamp into
 // the socket's DSCP bits (IP_TOS, IPV6_TCLASS), so that every packet of the flow, the first SYN
-// included, tells the gateway which application sent it. The stamp comes from the NAA sidecar,
-// asked once per process over a Unix socket; the sidecar answers only after the gateway has
-// confirmed it classifies that stamp. If the sidecar does not answer within the bound
+// included, tells the gateway which application sent it. The stamp comes from the pod's NAA driver
+// (the sidecar, or the node agent of a node-driven pod), asked once per process over a Unix socket
+// in the folder the pod's containers share; the driver answers only after the gateway has confirmed
+// it classifies that stamp. If the driver does not answer within the bound
 // (NAAT_STAMP_TIMEOUT_MS, 3000 by default: the first connection of a new application waits for
 // the gateway to classify it, which on a busy gateway takes over a second) the socket goes
 // unstamped and its flow is handled as in Observe mode. Programs that do not load shared libraries (static binaries) are never
@@ -35,7 +36,8 @@ static long now_ms(void) {
   return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
 }
 
-// Asks the sidecar for this process's stamp: sends "<pid>\n", reads "<stamp>\n". 0 on any failure.
+// Asks the driver for this process's stamp: sends "<pid> <pid namespace>\n" (the node agent, in the
+// host's process namespace, finds the process by both), reads "<stamp>\n". 0 on any failure.
 static int ask(connect_fn real_connect) {
   const char *path = getenv("NAAT_STAMP_SOCKET");
   const char *timeout_text = getenv("NAAT_STAMP_TIMEOUT_MS");
@@ -48,8 +50,12 @@ static int ask(connect_fn real_connect) {
   int result = 0;
   if (fd < 0) goto out;
   if (real_connect(fd, (struct sockaddr *)&address, sizeof address) != 0) goto out;
-  char line[32];
-  int length = snprintf(line, sizeof line, "%d\n", (int)getpid());
+  char namespace[48] = "";
+  ssize_t namespace_length = readlink("/proc/self/ns/pid", namespace, sizeof namespace - 1);
+  namespace[namespace_length > 0 ? namespace_length : 0] = '\0';
+  char line[80];
+  int length = namespace_length > 0 ? snprintf(line, sizeof line, "%d %s\n", (int)getpid(), namespace)
+                                     : snprintf(line, sizeof line, "%d\n", (int)getpid());
   if (write(fd, line, length) != length) goto out;
 
   long deadline = now_ms() + timeout;

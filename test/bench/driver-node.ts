@@ -103,8 +103,8 @@ export class DriverNode {
     return child;
   }
 
-  /** The worker's node config: `pods` served, driven by the node agent when `associate`. */
-  async writeConfig(pods: readonly DrivenPod[], associate: boolean): Promise<void> {
+  /** The worker's node config: `pods` served, driven by the node agent when `associate`, in strict mode when `strict`. */
+  async writeConfig(pods: readonly DrivenPod[], associate: boolean, strict = false): Promise<void> {
     const config: NodeConfig = {
       version: 1,
       node: workerNode,
@@ -122,7 +122,13 @@ export class DriverNode {
             name: pod.name,
             addresses: [pod.ip],
             ...(associate
-              ? { association: { uid: pod.uid, containers: [{ id: pod.container.containerId, name: 'app' }] } }
+              ? {
+                  association: {
+                    uid: pod.uid,
+                    containers: [{ id: pod.container.containerId, name: 'app' }],
+                    ...(strict ? { strict } : {}),
+                  },
+                }
               : {}),
           })),
           peers: [{ node: this.#gateway.options.node, addresses: [podGateway(1).v4] }],

@@ -202,7 +202,10 @@ export class NaaGateway {
           namespace,
           name: 'app',
           addresses: [pod.ip],
-          ...(containers && { node, association: { uid: pod.uid, containers } }),
+          ...(containers && {
+            node,
+            association: { uid: pod.uid, containers, ...(this.options.strict ? { strict: true } : {}) },
+          }),
         },
       ],
       balancing: {},
@@ -334,6 +337,29 @@ export class NaaGateway {
   /** Strict mode: the gateway's named counters of new flows of strict pods, and of those that came stamped. */
   async strictCounters(): Promise<{ newFlows: number; stamped: number }> {
     return strictCounters((argv) => this.topology.exec(this.topology.ns.gw, argv));
+  }
+
+  /** New flows the gateway placed on each uplink so far (the ruleset's counters, as the agent's metrics report them). */
+  async newFlows(): Promise<number[]> {
+    const uplinks = Array.from({ length: this.options.uplinks }, (_, i) => `isp${i + 1}`);
+    return Promise.all(uplinks.map((uplink) => this.metric('naat_uplink_new_flows_total', { uplink })));
+  }
+
+  /**
+   * Runs `phase`, then waits (30 s at most) for the gateway to have counted as many more new flows
+   * as `expected` sums to; resolves with how many more it counted on each uplink.
+   */
+  async counted(phase: () => Promise<unknown>, expected: number[]): Promise<number[]> {
+    const before = await this.newFlows();
+    await phase();
+    const delta = async () => (await this.newFlows()).map((n, i) => n - before[i]!);
+    const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
+    await until(
+      'the gateway to count the flows',
+      async () => (sum(await delta()) >= sum(expected) ? true : undefined),
+      30_000,
+    ).catch(() => undefined);
+    return delta();
   }
 
   /** The sum of the agent's /metrics samples named `name` whose labels include `labels`. */

@@ -127,6 +127,7 @@ beforeAll(async () => {
   await relay.listenLocal(join(dir, 'naa.sock'));
   driver = new NodeDriver({
     version: 'test',
+    stampDir: join(dir, 'stamps'),
     scanIntervalMs: 50,
     log: silent,
   });

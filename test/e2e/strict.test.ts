@@ -6,50 +6,20 @@
 // flow stamped, and no stamp may reach the server. Everything is counted at the gateway (its
 // conntrack table and counters) and at the server's link, not inferred from the clients.
 import type { ChildProcess } from 'node:child_process';
-import { NaaGateway } from './naa-harness.ts';
-import { server, until } from './topology.ts';
+import {
+  curlConnects,
+  deniedConnects,
+  expectClassified,
+  pythonConnects,
+  strictGateway,
+  strictPorts,
+} from './strict-programs.ts';
 import { startWhoami, type Server } from './traffic.ts';
 
 const namespace = `naa-strict-${process.pid}`;
-const ports = { curl: 8080, python: 8082, denied: 8081, unstamped: 8083 };
+const ports = strictPorts;
 const connections = 1000;
-const gateway = new NaaGateway({
-  kubeconfig: process.env.KUBECONFIG!,
-  namespace,
-  node: 'gateway-a',
-  uplinks: 2,
-  unassociatedFlows: 'PodRules',
-  strict: true,
-  rules: (podIp) => [
-    {
-      policy: `${namespace}/apps`,
-      rule: 'python-not-8081',
-      priority: 1,
-      sources: [podIp],
-      applications: [{ processName: 'python3' }],
-      destinations: [{ cidr: `${server.v4}/32`, protocol: 'TCP', ports: [{ port: ports.denied }] }],
-      action: 'Deny',
-    },
-    {
-      policy: `${namespace}/apps`,
-      rule: 'curl-via-isp1',
-      priority: 2,
-      sources: [podIp],
-      applications: [{ processName: 'curl' }],
-      action: 'Allow',
-      uplinks: { allowed: ['isp1'] },
-    },
-    {
-      policy: `${namespace}/apps`,
-      rule: 'python-via-isp2',
-      priority: 3,
-      sources: [podIp],
-      applications: [{ processName: 'python3' }],
-      action: 'Allow',
-      uplinks: { allowed: ['isp2'] },
-    },
-  ],
-});
+const gateway = strictGateway(namespace);
 
 const servers: Server[] = [];
 let sidecar: ChildProcess;
@@ -63,46 +33,6 @@ async function inPod(script: string, env: Record<string, string> = {}): Promise<
     timeoutMs: 240_000,
   });
   return stdout;
-}
-
-/** Python: `count` sequential connections, each closed once the server answered; prints connect() times (ms). */
-const pythonConnects = (port: number, count: number) => `python3 - <<'EOF'
-import socket, time
-times = []
-for _ in range(${count}):
-    started = time.perf_counter()
-    s = socket.create_connection(('${server.v4}', ${port}), timeout=4)
-    times.append((time.perf_counter() - started) * 1000)
-    s.recv(100)
-    s.close()
-print(' '.join('%.3f' % t for t in times))
-EOF`;
-
-/** New flows the gateway placed on each uplink so far (the ruleset's counters, as the agent's metrics report them). */
-async function newFlows(): Promise<[number, number]> {
-  return [
-    await gateway.metric('naat_uplink_new_flows_total', { uplink: 'isp1' }),
-    await gateway.metric('naat_uplink_new_flows_total', { uplink: 'isp2' }),
-  ];
-}
-
-/** Runs `phase`, then waits for the gateway to have counted `expected` more new flows on each uplink. */
-async function counted(phase: () => Promise<unknown>, expected: [number, number]): Promise<[number, number]> {
-  const before = await newFlows();
-  await phase();
-  const delta = async (): Promise<[number, number]> => {
-    const now = await newFlows();
-    return [now[0] - before[0], now[1] - before[1]];
-  };
-  await until(
-    'the gateway to count the flows',
-    async () => {
-      const d = await delta();
-      return d[0] + d[1] >= expected[0] + expected[1] || undefined;
-    },
-    30_000,
-  ).catch(() => undefined);
-  return delta();
 }
 
 const percentile = (values: number[], q: number) =>
@@ -131,55 +61,32 @@ afterAll(async () => {
 test('1,000 connections of each program are classified from their first packet at the gateway', async () => {
   // curl: a new process per connection, eight at a time.
   let curlFailures = '';
-  const curlFlows = await counted(async () => {
-    curlFailures = await inPod(
-      `for i in $(seq ${connections}); do (curl -s -m 4 -o /dev/null telnet://${server.v4}:${ports.curl} </dev/null || echo x) & ` +
-        `[ $((i % 8)) -eq 0 ] && wait; done; wait`,
-      preloaded(),
-    );
+  const curlFlows = await gateway.counted(async () => {
+    curlFailures = await inPod(curlConnects(connections), preloaded());
   }, [connections, 0]);
   let stampedTimes: number[] = [];
-  const pythonFlows = await counted(async () => {
+  const pythonFlows = await gateway.counted(async () => {
     stampedTimes = (await inPod(pythonConnects(ports.python, connections), preloaded())).trim().split(' ').map(Number);
   }, [0, connections]);
   // The denied program's SYNs are dropped at the gateway: none connects, none is refused by the server.
   let denied = '';
-  const deniedFlows = await counted(async () => {
-    denied = await inPod(
-      `python3 - <<'EOF'
-import socket, select, time
-socks = []
-for _ in range(${connections}):
-    s = socket.socket(); s.setblocking(False)
-    s.connect_ex(('${server.v4}', ${ports.denied})); socks.append(s)
-time.sleep(1.5)
-_, writable, _ = select.select([], socks, [], 0)
-print(sum(1 for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (0, 111)))
-EOF`,
-      preloaded(),
-    );
+  const deniedFlows = await gateway.counted(async () => {
+    denied = await inPod(deniedConnects(connections), preloaded());
   }, [0, 0]);
   const counters = await gateway.strictCounters();
 
-  expect(curlFailures).toBe('');
-  expect(curlFlows).toEqual([connections, 0]);
-  expect(pythonFlows).toEqual([0, connections]);
-  expect(deniedFlows).toEqual([0, 0]);
-  expect(Number(denied.trim())).toBe(0);
-  // Every new-flow packet of the pod arrived stamped (the denied SYNs and their retries included).
-  expect(counters.newFlows).toBeGreaterThanOrEqual(3 * connections);
-  expect(counters.stamped).toBe(counters.newFlows);
+  expectClassified({ curlFailures, curlFlows, pythonFlows, deniedFlows, denied, counters }, connections);
 
   // The same program without the library: its flows arrive unstamped, counted as such, and the
   // pod's rules (any uplink) decide them.
   let plainTimes: number[] = [];
-  const plainFlows = await counted(async () => {
+  const plainFlows = await gateway.counted(async () => {
     plainTimes = (await inPod(pythonConnects(ports.unstamped, connections))).trim().split(' ').map(Number);
   }, [connections / 2, connections / 2]);
   const after = await gateway.strictCounters();
   expect(after.newFlows - counters.newFlows).toBe(connections);
   expect(after.stamped).toBe(counters.stamped);
-  expect(plainFlows[0] + plainFlows[1]).toBe(connections);
+  expect(plainFlows[0]! + plainFlows[1]!).toBe(connections);
   expect(Math.min(...plainFlows)).toBeGreaterThan(0);
 
   // Nothing set inside the pod reached the server.

@@ -2,7 +2,8 @@
 // issues its certificate into the webhook Secret and the CA into the MutatingWebhookConfiguration,
 // and the real apiserver then has it inject the NAA sidecar into the pods a gateway selects
 // (and into nothing else), admits pods unchanged while the operator is down, and a restarted
-// operator keeps the certificate it made.
+// operator keeps the certificate it made. Pod Security restricted admits a node-driven strict pod
+// as the webhook patches it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { request } from 'node:https';
@@ -259,4 +260,60 @@ test('each reconcile is a span exported over OTLP, with the operator as its reso
   expect(gateway?.status?.code ?? 0).not.toBe(2);
   const certificate = spans.find((s) => s.name === 'reconcile webhook-certificate');
   expect(Number(certificate?.attributes['naat.requeue_after_ms'])).toBeGreaterThan(0);
+});
+
+test('Pod Security restricted admits a node-driven strict pod as the webhook patches it', async () => {
+  const namespace = `restricted-${id}`;
+  await apply({
+    apiVersion: 'v1',
+    kind: 'Namespace',
+    metadata: {
+      name: namespace,
+      labels: { 'naat.dev/injection': 'enabled', egress: id, 'pod-security.kubernetes.io/enforce': 'restricted' },
+    },
+  });
+  const pod = {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name: 'web',
+      namespace,
+      labels: { naa: 'on' },
+      annotations: { 'naat.dev/association-driver': 'Node', 'naat.dev/association-mode': 'Strict' },
+    },
+    spec: {
+      nodeName: 'worker-a',
+      securityContext: { runAsNonRoot: true, runAsUser: 2000, seccompProfile: { type: 'RuntimeDefault' } },
+      containers: [
+        {
+          name: 'app',
+          image: 'app:test',
+          securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
+        },
+      ],
+    },
+  };
+  try {
+    await k(['create', '-f', '-'], JSON.stringify(pod));
+    const admitted = JSON.parse(await k(['get', 'pod', 'web', '-n', namespace, '-o', 'json'])) as {
+      metadata: { annotations: Record<string, string> };
+      spec: {
+        initContainers?: Array<{ name: string }>;
+        containers: Array<{ env?: Array<{ name: string; value?: string }> }>;
+        volumes?: Array<{ name: string; emptyDir?: unknown }>;
+      };
+    };
+    expect(admitted.metadata.annotations['naat.dev/association-mode']).toBe('Strict');
+    expect(admitted.spec.initContainers?.map((c) => c.name)).toEqual(['naat-stamp-init']);
+    expect(admitted.spec.containers[0]!.env).toContainEqual({
+      name: 'LD_PRELOAD',
+      value: '/var/run/naat/libnaat_stamp.so',
+    });
+    expect(admitted.spec.volumes?.find((v) => v.name === 'naat-run')?.emptyDir).toEqual({ medium: 'Memory' });
+    // The level is enforced here: a pod that does not meet it is refused.
+    const loose = { ...pod, metadata: { name: 'loose', namespace }, spec: { ...pod.spec, securityContext: {} } };
+    await expect(k(['create', '-f', '-'], JSON.stringify(loose))).rejects.toThrow(/violates PodSecurity "restricted/);
+  } finally {
+    await k(['delete', 'namespace', namespace, '--wait=false']);
+  }
 });

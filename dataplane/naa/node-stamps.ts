@@ -1,0 +1,109 @@
+// Strict mode for a node-driven pod: the node agent answers the pod's programs' requests for a
+// stamp (contracts/naa/stamps.ts), as the sidecar does for its pod, on a socket in the folder the
+// pod's containers share (an emptyDir of the pod's own, which no other pod mounts): a request that
+// comes in on a pod's socket comes from that pod. A program's pid is its own pid namespace's (no
+// sidecar shares the pod's processes): the node agent finds the process among the pod's own (by
+// their cgroups) by that namespace and the last field of NSpid in /proc/<pid>/status, which is the
+// pid as the process's own namespace numbers it. At worst a program names another process of its
+// own pod, and gets that one's stamp, as it could from the sidecar.
+import { chmodSync, lstatSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import type { Server } from 'node:net';
+import { dirname, join } from 'node:path';
+import type { StampRequest } from '../../contracts/naa/index.ts';
+
+/** The pid as the process's innermost pid namespace numbers it: the last field of `NSpid:`. */
+export function innermostPid(status: string): number | undefined {
+  const line = /^NSpid:\s*(.*)$/m.exec(status)?.[1]?.trim();
+  const last = line?.split(/\s+/).at(-1);
+  return last && /^\d+$/.test(last) ? Number(last) : undefined;
+}
+
+/**
+ * The host pid of the process that asked, among `pids` (the pod's processes, by the host's
+ * numbers); undefined when none of them is in that pid namespace with that pid there.
+ */
+export function hostPidOf(proc: string, pids: readonly number[], request: StampRequest): number | undefined {
+  if (!request.pidNamespace) return undefined;
+  for (const pid of pids) {
+    try {
+      if (readlinkSync(join(proc, String(pid), 'ns', 'pid')) !== request.pidNamespace) continue;
+      if (innermostPid(readFileSync(join(proc, String(pid), 'status'), 'utf8')) === request.pid) return pid;
+    } catch {
+      // Exited meanwhile.
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Listens on the stamp socket in the pod's shared folder, reached through the root of one of the
+ * pod's processes that mounts it there (/proc/<pid>/root: the container's own view of its files;
+ * the sandbox's process mounts nothing), as the sidecar listens there; resolves with the path, or
+ * undefined when none of `pids` mounts the folder yet. Root, with the node agent's
+ * CAP_SYS_PTRACE, enters any process's root; no namespace is joined.
+ */
+export async function listenInPod(
+  server: Server,
+  proc: string,
+  pids: readonly number[],
+  folder: string,
+  socketName: string,
+): Promise<string | undefined> {
+  for (const pid of pids) {
+    const root = join(proc, String(pid), 'root');
+    const dir = resolveWithin(root, folder);
+    if (!dir) continue;
+    try {
+      // The pod's volume is mounted there: a folder of the container's own files is not it.
+      if (!statSync(dir).isDirectory() || statSync(dirname(dir)).dev === statSync(dir).dev) continue;
+    } catch {
+      continue;
+    }
+    const path = join(dir, socketName);
+    // A socket left by an earlier node agent, or by the pod.
+    rmSync(path, { force: true });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    // The pod's programs run as any user.
+    chmodSync(path, 0o666);
+    return path;
+  }
+  return undefined;
+}
+
+/**
+ * `path` as a process whose root is `root` sees it: its symbolic links (an image's /var/run →
+ * /run) followed within that root, never above it. The kernel would follow an absolute link from
+ * the node agent's own root instead. Undefined for a loop or a part that does not exist.
+ */
+export function resolveWithin(root: string, path: string): string | undefined {
+  const todo = path.split('/').filter(Boolean);
+  const done: string[] = [];
+  for (let links = 0; todo.length;) {
+    const part = todo.shift()!;
+    if (part === '.') continue;
+    if (part === '..') {
+      done.pop();
+      continue;
+    }
+    const at = join(root, ...done, part);
+    try {
+      if (!lstatSync(at).isSymbolicLink()) {
+        done.push(part);
+        continue;
+      }
+      if (++links > 40) return undefined;
+      const target = readlinkSync(at);
+      if (target.startsWith('/')) done.length = 0;
+      todo.unshift(...target.split('/').filter(Boolean));
+    } catch {
+      return undefined;
+    }
+  }
+  return join(root, ...done);
+}
