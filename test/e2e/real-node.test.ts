@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { apiVersion } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
 import { sidecarContainerName } from '../../operator/compile.ts';
+import { stampInitContainerName } from '../../operator/inject.ts';
 import { objectName } from '../../operator/desired.ts';
 import { driverAnnotation } from '../../contracts/association-driver.ts';
 import { serviceAccountKubeconfig, startCluster, type Cluster } from '../cluster/cluster.ts';
@@ -810,7 +811,10 @@ setInterval(() => { if (Date.now() - last > 5000) { console.log('stalled'); proc
       await k(['wait', '--for=condition=Ready', 'pod/app', '-n', apps, '--timeout=120s']);
       const moved = JSON.parse(await k(['get', 'pod', 'app', '-n', apps, '-o', 'json'])) as Pod;
       expect(moved.metadata.annotations?.[driverAnnotation]).toBe('Node');
-      expect([...(moved.spec.initContainers ?? []), ...moved.spec.containers].map((c) => c.name)).toEqual(['app']);
+      expect(moved.spec.containers.map((c) => c.name)).toEqual(['app']);
+      // Still Strict: a stamp init container, not the sidecar, readies its programs' stamps.
+      expect((moved.spec.initContainers ?? []).map((c) => c.name)).toEqual([stampInitContainerName]);
+      expect(moved.metadata.annotations?.['naat.dev/association-mode']).toBe('Strict');
       // Its gateway's agents now drive pods of their own node: a rolling update gives them the
       // host's process view.
       const daemonSet = `daemonset/${objectName(gateway)}`;
