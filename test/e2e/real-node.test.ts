@@ -670,7 +670,6 @@ describe('a Strict gateway', () => {
       mappedPort?: number;
       application?: unknown;
       counters?: unknown;
-      startedAt?: string;
     }
 
     /**
@@ -678,7 +677,10 @@ describe('a Strict gateway', () => {
      * of it once the agent knows its application (and its counts, with `counted`); the
      * connection ends when the returned `end` is called.
      */
-    async function heldFlow(pod: string, counted: boolean): Promise<{ flow: FlowOnNode; end(): Promise<void> }> {
+    async function heldFlow(
+      pod: string,
+      counted: boolean,
+    ): Promise<{ flow: FlowOnNode; heldAt: Date; end(): Promise<void> }> {
       const earlier = new Set(echoed);
       const held = nodeInApp(
         `const s = require('net').connect(${serverPort + 1}, '${realNode.hostAddress}', () => s.write('attributed'));
@@ -699,6 +701,8 @@ setTimeout(() => process.exit(0), 30000);`,
       );
       return {
         flow,
+        // A moment the connection was open, and so its translation held.
+        heldAt: new Date(),
         end: async () => {
           socket.write('bye\n');
           await held;
@@ -797,13 +801,15 @@ setInterval(() => { if (Date.now() - last > 5000) { console.log('stalled'); proc
         container: 'app',
         application: { processName: 'node', executable: '/usr/local/bin/node', uid: 1000 },
       };
-      const attribution = async (flow: FlowOnNode) =>
+      // Who held the flow's translation at a moment it was open (its start as /flows gives it may
+      // be when a listing found it, later than the record's).
+      const attribution = async ({ flow, heldAt }: { flow: FlowOnNode; heldAt: Date }) =>
         JSON.parse(
           await flowsOnNode(
-            `/attribution?address=${uplinkAddress}&port=${flow.mappedPort}&at=${encodeURIComponent(new Date(Date.parse(flow.startedAt!) + 100).toISOString())}`,
+            `/attribution?address=${uplinkAddress}&port=${flow.mappedPort}&at=${encodeURIComponent(heldAt.toISOString())}`,
           ),
         ) as unknown[];
-      expect(await attribution(before.flow)).toMatchObject([recorded]);
+      expect(await attribution(before)).toMatchObject([recorded]);
 
       await k(['delete', 'pod', 'app', '-n', apps, '--wait']);
       const manifest = appPod('app');
@@ -834,7 +840,7 @@ setInterval(() => { if (Date.now() - last > 5000) { console.log('stalled'); proc
       await after.end();
       expect(after.flow).toMatchObject(expected);
       // The record of the flow before the move, from the agent that ran then.
-      expect(await attribution(before.flow)).toMatchObject([recorded]);
+      expect(await attribution(before)).toMatchObject([recorded]);
 
       await k(['delete', 'pod', 'app', '-n', apps, '--wait']);
       await until(
