@@ -1,7 +1,8 @@
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { hostPidOf, innermostPid, resolveWithin } from './node-stamps.ts';
+import { hostPidOf, innermostPid, listenForAll, resolveWithin } from './node-stamps.ts';
 
 test('the innermost pid is the last field of NSpid', () => {
   expect(innermostPid('Name:\tcurl\nPid:\t4242\nNSpid:\t4242\t17\t1\nNSpgid:\t4242\n')).toBe(1);
@@ -49,4 +50,37 @@ test("a container's folder is found by following its links within its own root, 
   expect(resolveWithin(root, '/run/up/run/naat')).toBe(join(root, 'run', 'naat'));
   expect(resolveWithin(root, '/loop/naat')).toBeUndefined();
   expect(resolveWithin(root, '/var/missing/naat')).toBeUndefined();
+});
+
+describe('listenForAll', () => {
+  it('binds a socket every user may connect to, without a chmod, and leaves the process umask as it was', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'naat-listen-'));
+    const server = createServer();
+    const before = process.umask();
+    try {
+      await listenForAll(server, join(dir, 'stamp.sock'));
+      const stat = lstatSync(join(dir, 'stamp.sock'));
+      expect(stat.isSocket()).toBe(true);
+      expect(stat.mode & 0o777).toBe(0o666);
+      expect(process.umask()).toBe(before);
+    } finally {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a path something already holds, a link included, rather than follow it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'naat-listen-'));
+    const victim = join(dir, 'agent-file');
+    writeFileSync(victim, 'x', { mode: 0o600 });
+    symlinkSync(victim, join(dir, 'stamp.sock'));
+    const server = createServer();
+    try {
+      await expect(listenForAll(server, join(dir, 'stamp.sock'))).rejects.toThrow(/EADDRINUSE/);
+      expect(lstatSync(victim).mode & 0o777).toBe(0o600);
+    } finally {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

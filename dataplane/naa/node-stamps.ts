@@ -6,7 +6,7 @@
 // their cgroups) by that namespace and the last field of NSpid in /proc/<pid>/status, which is the
 // pid as the process's own namespace numbers it. At worst a program names another process of its
 // own pod, and gets that one's stamp, as it could from the sidecar.
-import { chmodSync, lstatSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { lstatSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import type { Server } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { StampRequest } from '../../contracts/naa/index.ts';
@@ -62,18 +62,31 @@ export async function listenInPod(
     const path = join(dir, socketName);
     // A socket left by an earlier node agent, or by the pod.
     rmSync(path, { force: true });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+    await listenForAll(server, path);
+    return path;
+  }
+  return undefined;
+}
+
+/**
+ * Listens on a Unix socket at `path` that every user may connect to (the pod's programs run as
+ * any user). It is made so as it is bound (listen binds before it returns), not by a chmod
+ * afterwards: the pod writes in the folder, and could put a link in the socket's place meanwhile,
+ * which a chmod would follow to whatever file of the agent's it names.
+ */
+export function listenForAll(server: Server, path: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    const umask = process.umask(0o111);
+    try {
       server.listen(path, () => {
         server.off('error', reject);
         resolve();
       });
-    });
-    // The pod's programs run as any user.
-    chmodSync(path, 0o666);
-    return path;
-  }
-  return undefined;
+    } finally {
+      process.umask(umask);
+    }
+  });
 }
 
 /**
