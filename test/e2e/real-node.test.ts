@@ -732,6 +732,21 @@ setTimeout(() => process.exit(0), 30000);`,
     };
 
     test('an allowed program is translated to the uplink, a denied one never connects, from their first packets', async () => {
+      // The operator may have compiled the gateway before it saw the policy: the denial is judged
+      // once the node's agent holds a config with the policy's rule in its kernel.
+      await until(
+        'the policy in the kernel',
+        async () => {
+          const map = JSON.parse(await k(['get', 'configmap', objectName(gateway), '-n', namespace, '-o', 'json']));
+          const config = JSON.parse(map.data['config.json']) as { hash?: string; rules: { rule: string }[] };
+          if (!config.hash || !config.rules.some((r) => r.rule === 'deny-perl')) return undefined;
+          const report = JSON.parse(
+            await cluster.node!.exec('curl', ['-s', `http://${realNode.address}:${healthPort}/status`]),
+          ) as { appliedHash?: string };
+          return report.appliedHash === config.hash || undefined;
+        },
+        60_000,
+      );
       expect(await connectAs('node')).toBe(uplinkAddress);
       expect(await connectAs('perl')).toBeUndefined();
       expect(await connectAs('node')).toBe(uplinkAddress);
