@@ -30,7 +30,7 @@ import type { Application } from '../proto/index.ts';
 import { ProblemLog, type Logger } from '../common/index.ts';
 import { canonicalAddress, type GatewayConfig, type MarkField } from '../contracts/gateway/index.ts';
 import type { Conntrack, ConntrackStats, Flow, FlowEvent } from './conntrack.ts';
-import { FlowTable } from './conntrack.ts';
+import { FlowTable, sameTuples } from './conntrack.ts';
 import { FlowEvents, podOf, podsByAddress, type PodRef } from './flow-events.ts';
 import { planChanges } from './nft/changes.ts';
 import { AgentMetrics } from './metrics.ts';
@@ -113,20 +113,6 @@ export interface FailoverHooks {
 
 /** The attribution log a stopped agent leaves in its state folder, for the next run to take back. */
 const attributionFile = 'attribution.jsonl';
-
-/** Whether a kept record is of `flow`: conntrack reuses ids, so its tuples must be the same too. */
-function sameFlow(record: AttributionRecord, flow: Flow | undefined): boolean {
-  return (
-    flow !== undefined &&
-    flow.protocol === record.protocol &&
-    flow.source === record.source &&
-    flow.sourcePort === record.sourcePort &&
-    flow.destination === record.destination &&
-    flow.destinationPort === record.destinationPort &&
-    flow.mappedAddress === record.mappedAddress &&
-    flow.mappedPort === record.mappedPort
-  );
-}
 
 export class Agent {
   readonly #o: AgentOptions;
@@ -719,8 +705,14 @@ export class Agent {
       this.#o.log.error('Failed to read the attribution log a former run kept', { error: (error as Error).message });
     }
     await rm(path, { force: true });
-    const live = new Map([...this.flows.flows()].map((flow) => [flow.id, flow]));
-    this.attributions.restore(records, (r) => sameFlow(r, live.get(r.id)), new Date());
+    this.attributions.restore(
+      records,
+      (r) => {
+        const flow = this.flows.get(r.id);
+        return flow !== undefined && sameTuples(r, flow);
+      },
+      new Date(),
+    );
     if (refused.length) {
       this.#o.log.error('Skipped lines of the attribution log a former run kept', {
         lines: refused.length,

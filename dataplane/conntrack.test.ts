@@ -137,4 +137,21 @@ describe('FlowTable', () => {
     expect(table.size).toBe(2);
     expect(table.dropped).toBe(1);
   });
+
+  it('keeps the start a flow was first seen at when a listing or its late NEW event sees it again', () => {
+    const table = new FlowTable();
+    const seen = (line: string, seconds: number) => parseConntrackLine(line, new Date(seconds * 1000))!.flow;
+    // A listing found the flow before its NEW event was handled; listings come every 10 s.
+    table.replace([seen(opened, 10)]);
+    table.apply({ type: 'new', flow: seen(opened, 11) });
+    table.replace([seen(opened, 20), seen(icmp, 20)]);
+    expect(table.get(3735928559)!.startedAt).toEqual(new Date(10_000));
+    expect(table.get(17)!.startedAt).toEqual(new Date(20_000));
+    // A listing without a flow forgets it; the same id for other tuples is another flow.
+    table.replace([seen(opened.replace('sport=51234', 'sport=51235'), 30)]);
+    expect(table.get(17)).toBeUndefined();
+    expect(table.get(3735928559)).toMatchObject({ sourcePort: 51235, startedAt: new Date(30_000) });
+    expect(table.fromSource('tcp', '10.244.2.2', 51235)).toBe(table.get(3735928559));
+    expect(table.fromSource('tcp', '10.244.2.2', 51234)).toBeUndefined();
+  });
 });

@@ -235,6 +235,24 @@ export class ConntrackParser {
   }
 }
 
+/** Whether two sightings are of one flow: conntrack reuses ids, so the tuples must be the same too. */
+export function sameTuples(a: FlowTuples, b: FlowTuples): boolean {
+  return (
+    a.protocol === b.protocol &&
+    a.source === b.source &&
+    a.sourcePort === b.sourcePort &&
+    a.destination === b.destination &&
+    a.destinationPort === b.destinationPort &&
+    a.mappedAddress === b.mappedAddress &&
+    a.mappedPort === b.mappedPort
+  );
+}
+
+type FlowTuples = Pick<
+  Flow,
+  'protocol' | 'source' | 'sourcePort' | 'destination' | 'destinationPort' | 'mappedAddress' | 'mappedPort'
+>;
+
 /**
  * naat's flows by conntrack id, bounded: past `limit` the oldest are forgotten (and counted), so a
  * flood of flows cannot grow the agent without bound.
@@ -250,13 +268,23 @@ export class FlowTable {
     this.#limit = limit;
   }
 
+  /**
+   * A flow seen again (a listing, or its NEW event after a listing found it) keeps the start it was
+   * first seen at: each sighting is stamped with the moment it was parsed.
+   */
   apply(event: FlowEvent): void {
     if (event.type === 'destroy') {
       this.#forget(event.flow.id);
       return;
     }
-    const flow = event.flow;
-    if (!flow.uplink) return;
+    if (!event.flow.uplink) return;
+    const known = this.#flows.get(event.flow.id);
+    // The id reused for another flow: the one it named is gone.
+    if (known && !sameTuples(known, event.flow)) this.#forget(known.id);
+    const flow =
+      known && sameTuples(known, event.flow) && known.startedAt < event.flow.startedAt
+        ? { ...event.flow, startedAt: known.startedAt }
+        : event.flow;
     this.#flows.set(flow.id, flow);
     this.#bySource.set(sourceKey(flow.protocol, flow.source, flow.sourcePort), flow);
     if (this.#flows.size > this.#limit) {
@@ -273,10 +301,15 @@ export class FlowTable {
     if (this.#bySource.get(key)?.id === id) this.#bySource.delete(key);
   }
 
+  /** The kernel's flows now (a listing): the others are forgotten, those known keep their start. */
   replace(flows: Flow[]): void {
-    this.#flows.clear();
-    this.#bySource.clear();
+    const listed = new Set(flows.map((flow) => flow.id));
+    for (const id of [...this.#flows.keys()]) if (!listed.has(id)) this.#forget(id);
     for (const flow of flows) this.apply({ type: 'new', flow });
+  }
+
+  get(id: number): Flow | undefined {
+    return this.#flows.get(id);
   }
 
   /** The open flow from this source address and port, if naat routes one. */

@@ -69,7 +69,8 @@ export class FlowEvents {
     for (const event of events) {
       this.#o.flows.apply(event);
       if (event.type === 'new') {
-        if (event.flow.uplink) this.open(event.flow);
+        // As the table has it: a listing may have found the flow before its NEW event came.
+        if (event.flow.uplink) this.open(this.#o.flows.get(event.flow.id) ?? event.flow);
       } else {
         this.#end(event.flow, bytes);
       }
