@@ -357,7 +357,7 @@ function agentPod(manifests: Manifest[]): Any {
     spec: { nodeSelector: { role: 'gateway' }, uplinks: { names: ['isp'] }, namespaceSelector: {} },
   });
   if (!gateway.ok) throw new Error(gateway.errors.join('; '));
-  const compiled = { config: { timeouts: { icmpSeconds: 30 } } } as unknown as Compiled;
+  const compiled = { config: { timeouts: { icmpSeconds: 30 }, pods: [] } } as unknown as Compiled;
   const objects = desiredGatewayObjects(
     gateway.value as EgressGateway,
     compiled,

@@ -261,7 +261,7 @@ beforeAll(async () => {
     spec: { nodeSelector: { 'naat.dev/gateway': 'true' }, association: { port: 7740 } },
   };
   const compiled = {
-    config: { version: 1, gateway, timeouts: { icmpSeconds: 30 }, failover: failoverConfig },
+    config: { version: 1, gateway, timeouts: { icmpSeconds: 30 }, failover: failoverConfig, pods: [] },
   } as unknown as Compiled;
   gatewayObjects = desiredGatewayObjects(
     sample as unknown as Parameters<typeof desiredGatewayObjects>[0],
