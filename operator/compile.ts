@@ -19,6 +19,7 @@ import {
   type Tunnel,
   type TunnelEndpoint,
 } from '../contracts/gateway/index.ts';
+import { compare } from './canonical.ts';
 import { matchesLabels, matchesSelector, type Labels } from './selector.ts';
 
 /** The name of the container the admission webhook injects; pods that have it are associated. */
@@ -117,8 +118,7 @@ export interface Compiled {
 
 const key = (o: { metadata: { namespace?: string; name: string } }) =>
   o.metadata.namespace ? `${o.metadata.namespace}/${o.metadata.name}` : o.metadata.name;
-const byName = <T extends { metadata: { namespace?: string; name: string } }>(a: T, b: T) =>
-  key(a).localeCompare(key(b));
+const byName = <T extends { metadata: { namespace?: string; name: string } }>(a: T, b: T) => compare(key(a), key(b));
 
 export function compileGateway(snapshot: Snapshot): Compiled {
   const { gateway } = snapshot;
@@ -150,7 +150,9 @@ export function compileGateway(snapshot: Snapshot): Compiled {
       (p) => !spec.namespaceSelector || matchesSelector(spec.namespaceSelector, snapshot.namespaces.get(p.namespace)),
     )
     .filter((p) => !spec.podSelector || matchesSelector(spec.podSelector, p.labels))
-    .sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`));
+    .map((p) => ({ p, key: `${p.namespace}/${p.name}` }))
+    .sort((a, b) => compare(a.key, b.key))
+    .map(({ p }) => p);
   const sources = served.flatMap((p) => p.ips);
   const gatewayNodes = new Set(nodes);
   const away: AwayPod[] = served
@@ -172,10 +174,12 @@ export function compileGateway(snapshot: Snapshot): Compiled {
   const policies = snapshot.policies
     .filter((p) => p.spec.gateway === gateway.metadata.name)
     .sort((a, b) => a.spec.priority - b.spec.priority || byName(a, b));
+  // A policy selects pods of its own namespace only.
+  const servedIn = Map.groupBy(served, (p) => p.namespace);
   const facts = new Map<string, PolicyFacts>();
   const rules: CompiledRule[] = [];
   for (const policy of policies) {
-    const compiled = compilePolicy(policy, served, uplinkNames);
+    const compiled = compilePolicy(policy, servedIn.get(policy.metadata.namespace!) ?? [], uplinkNames);
     rules.push(...compiled.rules);
     facts.set(key(policy), compiled.facts);
   }
@@ -276,13 +280,14 @@ function gatewaySteering(
   floating: readonly { address: string }[],
 ): GatewaySteering | undefined {
   const addresses = new Map(snapshot.nodes.map((n) => [n.name, tunnelAddresses(n.addresses ?? [])]));
-  const sources = [...new Set(away.map((p) => p.node))]
+  const awayOn = Map.groupBy(away, (p) => p.node);
+  const sources = [...awayOn.keys()]
     .sort()
     .filter((node) => addresses.get(node)?.length)
     .map((node) => ({
       node,
       addresses: addresses.get(node)!,
-      pods: away.filter((p) => p.node === node).map(({ node: _, ...pod }) => pod),
+      pods: awayOn.get(node)!.map(({ node: _, ...pod }) => pod),
     }));
   if (!sources.length) return undefined;
   const spec = snapshot.gateway.spec;
@@ -339,9 +344,7 @@ function compilePolicy(
   served: readonly PodFacts[],
   uplinkNames: Set<string>,
 ): { rules: CompiledRule[]; facts: PolicyFacts } {
-  const pods = served.filter(
-    (p) => p.namespace === policy.metadata.namespace && matchesSelector(policy.spec.podSelector, p.labels),
-  );
+  const pods = served.filter((p) => matchesSelector(policy.spec.podSelector, p.labels));
   const sources = pods.flatMap((p) => p.ips);
   const missing = new Set<string>();
   const rules: CompiledRule[] = [];
@@ -384,12 +387,33 @@ function compileRule(policy: EgressPolicy, rule: ApiRule, sources: string[], upl
  * policies say so rather than leaving it silent.
  */
 function markConflicts(rules: CompiledRule[], facts: Map<string, PolicyFacts>): void {
-  for (let i = 0; i < rules.length; i++) {
-    for (let j = i + 1; j < rules.length; j++) {
+  // Only rules with a source in common can conflict: pairs are found through their sources rather
+  // than by comparing every rule with every other, which grows with the square of the policies.
+  const rulesOf = new Map<string, number[]>();
+  rules.forEach((rule, i) => {
+    for (const source of rule.sources) {
+      const list = rulesOf.get(source);
+      if (list) list.push(i);
+      else rulesOf.set(source, [i]);
+    }
+  });
+  const later = new Map<number, Set<number>>();
+  for (const list of rulesOf.values()) {
+    for (const [n, i] of list.entries()) {
+      const a = rules[i]!;
+      for (const j of list.slice(n + 1)) {
+        const b = rules[j]!;
+        if (a.policy === b.policy || a.priority !== b.priority || a.action === b.action) continue;
+        later.set(i, (later.get(i) ?? new Set()).add(j));
+      }
+    }
+  }
+  // In the order of the rules, as every policy's conflicts are listed.
+  for (const i of [...later.keys()].sort((x, y) => x - y)) {
+    for (const j of [...later.get(i)!].sort((x, y) => x - y)) {
       const a = rules[i]!;
       const b = rules[j]!;
-      if (a.policy === b.policy || a.priority !== b.priority || a.action === b.action) continue;
-      if (!a.sources.some((s) => b.sources.includes(s)) || !overlap(a, b)) continue;
+      if (!overlap(a, b)) continue;
       facts.get(a.policy)?.conflicts.push(`rule ${a.rule} overlaps ${b.policy}#${b.rule}, which it shadows`);
       facts.get(b.policy)?.conflicts.push(`rule ${b.rule} is shadowed by ${a.policy}#${a.rule}`);
     }
