@@ -98,7 +98,7 @@ export function operatorCaches(
         list: (page, options) => list({ ...selectors, ...page }, options),
         ...selectors,
       }),
-      { kind, log },
+      { kind, log, trim: withoutManagedFields },
     );
   }
 
@@ -178,4 +178,15 @@ export function operatorCaches(
         : {}),
     },
   };
+}
+
+/**
+ * The object without metadata.managedFields, which no reconciler reads: they are a large share of
+ * a pod's or a node's object as stored, and the operator caches every pod and node of the cluster.
+ */
+function withoutManagedFields<T extends KubernetesObject>(object: T): T {
+  if (!object.metadata?.managedFields) return object;
+  const metadata = { ...object.metadata };
+  delete metadata.managedFields;
+  return { ...object, metadata };
 }

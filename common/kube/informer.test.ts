@@ -124,7 +124,7 @@ async function until(condition: () => boolean, what: string, ms = 3000): Promise
 
 const informers: Informer<Item>[] = [];
 
-function start(server: FakeServer, options: { silenceMs?: number } = {}) {
+function start(server: FakeServer, options: { silenceMs?: number; trim?: (item: Item) => Item } = {}) {
   const informer = new Informer(server, {
     kind: 'Item',
     initialBackoffMs: 1,
@@ -172,6 +172,21 @@ test('the cache fills from the list, follows the watch, and handlers see every v
     ['ns/b', '4'],
   ]);
   expect(data()).toEqual({ 'ns/a': 'three' });
+});
+
+test('what trim keeps of each object is what the cache holds and every handler sees, listed or watched', async () => {
+  const server = new FakeServer();
+  server.put('a', 'one');
+  const { informer, data } = start(server, { trim: ({ data, ...item }) => ({ ...item, data: data?.slice(0, 1) }) });
+  const seen: (string | undefined)[] = [];
+  informer.onChange((_key, item) => seen.push(item.data));
+  await informer.waitForSync();
+  server.put('a', 'three');
+  server.put('b', 'two');
+  server.delete('b');
+  await until(() => seen.length === 5, 'the watch events');
+  expect(seen).toEqual(['o', 'o', 't', 't', 't']);
+  expect(data()).toEqual({ 'ns/a': 't' });
 });
 
 test('a handler added late is told about the objects already cached', async () => {

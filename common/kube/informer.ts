@@ -144,7 +144,7 @@ export function splitKey(key: string): { namespace?: string; name: string } {
  */
 export type ChangeHandler<T> = (key: string, object: T) => void;
 
-export interface InformerOptions {
+export interface InformerOptions<T = unknown> {
   /** The resource's kind, for logs. */
   kind: string;
   /** Relist after this long without hearing anything. 5 minutes. */
@@ -154,6 +154,11 @@ export interface InformerOptions {
   /** The longest delay after failures. 30 s. */
   maxBackoffMs?: number;
   log?: Logger;
+  /**
+   * What of each object to keep, applied before it is cached and handed to handlers: a cache of
+   * every pod of a large cluster is mostly fields nobody here reads.
+   */
+  trim?: (object: T) => T;
 }
 
 const silence = new Error('Nothing heard from the watch');
@@ -167,6 +172,7 @@ export class Informer<T extends KubernetesObject> {
   readonly #initialBackoffMs: number;
   readonly #maxBackoffMs: number;
   readonly #log: Logger;
+  readonly #trim: (object: T) => T;
   #objects = new Map<string, T>();
   readonly #handlers: ChangeHandler<T>[] = [];
   #synced = false;
@@ -182,13 +188,14 @@ export class Informer<T extends KubernetesObject> {
   #backoff: AbortController | undefined;
   readonly #counts = { lists: 0, watches: 0, failures: 0 };
 
-  constructor(source: ListerWatcher<T>, options: InformerOptions) {
+  constructor(source: ListerWatcher<T>, options: InformerOptions<T>) {
     this.#source = source;
     this.#kind = options.kind;
     this.#silenceMs = options.silenceMs ?? 5 * 60_000;
     this.#initialBackoffMs = options.initialBackoffMs ?? 1000;
     this.#maxBackoffMs = options.maxBackoffMs ?? 30_000;
     this.#log = options.log ?? jsonLogger;
+    this.#trim = options.trim ?? ((object) => object);
   }
 
   /** Starts listing and watching; a no-op if started before. */
@@ -346,7 +353,7 @@ export class Informer<T extends KubernetesObject> {
 
   #replace(items: T[]): void {
     const previous = this.#objects;
-    this.#objects = new Map(items.map((item) => [objectKey(item), item]));
+    this.#objects = new Map(items.map((item) => [objectKey(item), this.#trim(item)]));
     for (const [key, item] of this.#objects) {
       const old = previous.get(key);
       if (old) {
@@ -358,7 +365,8 @@ export class Informer<T extends KubernetesObject> {
     for (const [key, old] of previous) if (!this.#objects.has(key)) this.#notify(key, old);
   }
 
-  #upsert(item: T): void {
+  #upsert(received: T): void {
+    const item = this.#trim(received);
     const key = objectKey(item);
     const old = this.#objects.get(key);
     if (old && old.metadata?.resourceVersion === item.metadata?.resourceVersion) return;
@@ -367,7 +375,8 @@ export class Informer<T extends KubernetesObject> {
     this.#notify(key, item);
   }
 
-  #remove(item: T): void {
+  #remove(received: T): void {
+    const item = this.#trim(received);
     const key = objectKey(item);
     this.#objects.delete(key);
     this.#notify(key, item);
