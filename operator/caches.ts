@@ -19,6 +19,7 @@ import {
   type V1MutatingWebhookConfiguration,
   type V1Namespace,
   type V1Node,
+  type V1ContainerStatus,
   type V1Pod,
   type V1Secret,
 } from '@kubernetes/client-node';
@@ -36,6 +37,7 @@ import { agentSignerName } from '../contracts/index.ts';
 import { failoverNodeLabel } from '../contracts/gateway/index.ts';
 import type { Logger } from '../common/index.ts';
 import { nodeAgentName } from './desired.ts';
+import { podConditionPrefix } from './status.ts';
 import type { OperatorSettings } from './settings.ts';
 
 /** What the reconcilers of gateways, uplinks and pods read. */
@@ -91,6 +93,7 @@ export function operatorCaches(
     path: string,
     list: (params: Selectors & ListPage, options: ConfigurationOptions) => Promise<KubernetesListObject<T>>,
     selectors: Selectors = {},
+    trim: (object: T) => T = withoutManagedFields,
   ) {
     return new Informer<T>(
       apiListerWatcher<T>(kubeConfig, {
@@ -98,7 +101,7 @@ export function operatorCaches(
         list: (page, options) => list({ ...selectors, ...page }, options),
         ...selectors,
       }),
-      { kind, log, trim: withoutManagedFields },
+      { kind, log, trim },
     );
   }
 
@@ -129,7 +132,7 @@ export function operatorCaches(
       gateways: naatInformer('EgressGateway'),
       uplinks: naatInformer('Uplink'),
       policies: naatInformer('EgressPolicy'),
-      pods: informer('Pod', '/api/v1/pods', (p, o) => core.listPodForAllNamespaces(p, o)),
+      pods: informer('Pod', '/api/v1/pods', (p, o) => core.listPodForAllNamespaces(p, o), {}, podProjection),
       namespaces: informer('Namespace', '/api/v1/namespaces', (p, o) => core.listNamespace(p, o)),
       nodes: informer('Node', '/api/v1/nodes', (p, o) => core.listNode(p, o)),
       daemonSets: informer(
@@ -189,4 +192,37 @@ function withoutManagedFields<T extends KubernetesObject>(object: T): T {
   const metadata = { ...object.metadata };
   delete metadata.managedFields;
   return { ...object, metadata };
+}
+
+/**
+ * What the reconcilers read of a pod (its facts for the compiler, naat's conditions on it, its
+ * containers' runtime ids): the operator caches every pod of the cluster, and the rest of a pod
+ * (its containers' specs, volumes, most of its status) is most of its size.
+ */
+export function podProjection(pod: V1Pod): V1Pod {
+  const { metadata, spec, status } = pod;
+  const containerIds = (list: V1ContainerStatus[] | undefined) =>
+    list?.map(({ name, containerID }) => ({ name, containerID }) as V1ContainerStatus);
+  return {
+    metadata: metadata && {
+      name: metadata.name,
+      namespace: metadata.namespace,
+      uid: metadata.uid,
+      resourceVersion: metadata.resourceVersion,
+      labels: metadata.labels,
+      annotations: metadata.annotations,
+    },
+    spec: spec && {
+      nodeName: spec.nodeName,
+      containers: spec.containers.map(({ name }) => ({ name })),
+      initContainers: spec.initContainers?.map(({ name, restartPolicy }) => ({ name, restartPolicy })),
+    },
+    status: status && {
+      phase: status.phase,
+      podIPs: status.podIPs,
+      conditions: status.conditions?.filter((c) => c.type.startsWith(podConditionPrefix)),
+      containerStatuses: containerIds(status.containerStatuses),
+      initContainerStatuses: containerIds(status.initContainerStatuses),
+    },
+  };
 }

@@ -184,8 +184,11 @@ export function uplinkSummary(status: UplinkNodes | undefined): {
   return { healthyNodes, activeFlows, ready, ports };
 }
 
+/** The start of the type of every condition naat writes on pods. */
+export const podConditionPrefix = 'naat.dev/';
+
 /** The pod condition that tells which association mode a pod with the sidecar is in, and why. */
-export const associationCondition = 'naat.dev/AssociationMode';
+export const associationCondition = `${podConditionPrefix}AssociationMode`;
 
 /**
  * What the status of a pod the webhook gave the sidecar should say of its association mode, or of
@@ -254,7 +257,7 @@ export function steeringReadyCondition(nodes: readonly NodeSteering[]): NewCondi
 }
 
 /** The pod condition that tells whether a served pod away from its gateway's nodes is steered to it. */
-export const steeredCondition = 'naat.dev/Steered';
+export const steeredCondition = `${podConditionPrefix}Steered`;
 
 /**
  * The Steered condition of every served pod away from a gateway's nodes, by namespace/name: false
