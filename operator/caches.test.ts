@@ -1,6 +1,7 @@
-import type { V1Pod } from '@kubernetes/client-node';
-import { podProjection } from './caches.ts';
-import { podFacts } from './reconcilers/cluster.ts';
+import type { V1Node, V1Pod } from '@kubernetes/client-node';
+import { internalAddresses } from './agent-signer.ts';
+import { nodeProjection, podProjection } from './caches.ts';
+import { nodeFacts, podFacts } from './reconcilers/cluster.ts';
 import { associationCondition, steeredCondition } from './status.ts';
 
 const condition = (type: string) => ({ type, status: 'True', lastTransitionTime: new Date(0) });
@@ -86,5 +87,36 @@ describe('podProjection', () => {
     expect(podProjection({ metadata: { name: 'p', namespace: 'n' } })).toEqual({
       metadata: { name: 'p', namespace: 'n' },
     });
+  });
+});
+
+describe('nodeProjection', () => {
+  const node: V1Node = {
+    metadata: {
+      name: 'gw-1',
+      uid: 'u',
+      resourceVersion: '7',
+      labels: { 'naat.dev/gateway': 'a' },
+      annotations: { x: 'y' },
+    },
+    spec: { unschedulable: true, podCIDRs: ['10.244.1.0/24'], taints: [{ key: 'k', effect: 'NoSchedule' }] },
+    status: {
+      addresses: [
+        { type: 'InternalIP', address: '192.0.2.1' },
+        { type: 'InternalIP', address: '2001:db8::1' },
+        { type: 'Hostname', address: 'gw-1' },
+      ],
+      images: [{ names: ['registry.example/app:1'], sizeBytes: 1 }],
+      conditions: [{ type: 'Ready', status: 'True' }],
+    },
+  };
+
+  it('keeps every fact the reconcilers read of a node, and drops the rest', () => {
+    const projected = nodeProjection(node);
+    expect(nodeFacts(projected)).toEqual(nodeFacts(node));
+    expect(nodeFacts(node)).toMatchObject({ unschedulable: true, addresses: ['192.0.2.1', '2001:db8::1'] });
+    expect(internalAddresses(projected)).toEqual(internalAddresses(node));
+    expect(projected.spec?.podCIDRs).toEqual(['10.244.1.0/24']);
+    expect(JSON.stringify(projected)).not.toMatch(/images|taints|Ready|annotations/);
   });
 });

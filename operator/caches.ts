@@ -134,7 +134,7 @@ export function operatorCaches(
       policies: naatInformer('EgressPolicy'),
       pods: informer('Pod', '/api/v1/pods', (p, o) => core.listPodForAllNamespaces(p, o), {}, podProjection),
       namespaces: informer('Namespace', '/api/v1/namespaces', (p, o) => core.listNamespace(p, o)),
-      nodes: informer('Node', '/api/v1/nodes', (p, o) => core.listNode(p, o)),
+      nodes: informer('Node', '/api/v1/nodes', (p, o) => core.listNode(p, o), {}, nodeProjection),
       daemonSets: informer(
         'DaemonSet',
         `/apis/apps/v1/namespaces/${namespace}/daemonsets`,
@@ -224,5 +224,23 @@ export function podProjection(pod: V1Pod): V1Pod {
       containerStatuses: containerIds(status.containerStatuses),
       initContainerStatuses: containerIds(status.initContainerStatuses),
     },
+  };
+}
+
+/**
+ * What the reconcilers read of a node (its labels, addresses, pod networks and cordon): a node's
+ * status also lists its images and much else, at every node of the cluster.
+ */
+export function nodeProjection(node: V1Node): V1Node {
+  const { metadata, spec, status } = node;
+  return {
+    metadata: metadata && {
+      name: metadata.name,
+      uid: metadata.uid,
+      resourceVersion: metadata.resourceVersion,
+      labels: metadata.labels,
+    },
+    spec: spec && { unschedulable: spec.unschedulable, podCIDRs: spec.podCIDRs },
+    status: status && { addresses: status.addresses },
   };
 }
