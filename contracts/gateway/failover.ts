@@ -19,6 +19,11 @@ export const failoverAnnotations = {
   uplinks: 'naat.dev/healthy-uplinks',
   /** "true" while the node gives up its addresses and takes none. */
   draining: 'naat.dev/draining',
+  /**
+   * "false" while the node's replica of the other nodes' flows is not complete yet (just started):
+   * the others are preferred to take an address over. A Lease without it counts as complete.
+   */
+  replicaReady: 'naat.dev/replica-ready',
   /** The lease duration in milliseconds the node renews with (the Lease's own field counts seconds). */
   durationMs: 'naat.dev/lease-duration-ms',
   /** JSON FailoverClaim of the node's most recent claim of an address. */

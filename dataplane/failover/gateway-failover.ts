@@ -92,6 +92,7 @@ export class GatewayFailover {
       node,
       failover: options.config.failover,
       healthyUplinks: options.healthyUplinks,
+      replicaReady: () => this.notReady() === undefined,
       metrics: agent.metrics,
       log,
       fence: (until) => {

@@ -11,6 +11,7 @@ test("a node's failover Lease says what it owns, its healthy uplinks and whether
       owned: ['203.0.113.11', '203.0.113.10'],
       healthyUplinks: ['isp2', 'isp1'],
       draining: false,
+      replicaReady: false,
       leaseDurationMs: 600,
     },
     claim,
@@ -23,6 +24,7 @@ test("a node's failover Lease says what it owns, its healthy uplinks and whether
       [failoverAnnotations.addresses]: '203.0.113.10,203.0.113.11',
       [failoverAnnotations.uplinks]: 'isp1,isp2',
       [failoverAnnotations.draining]: 'false',
+      [failoverAnnotations.replicaReady]: 'false',
       [failoverAnnotations.durationMs]: '600',
       [failoverAnnotations.lastClaim]: JSON.stringify(claim),
     },
@@ -33,15 +35,19 @@ test("a node's failover Lease says what it owns, its healthy uplinks and whether
     addresses: ['203.0.113.10', '203.0.113.11'],
     healthyUplinks: ['isp1', 'isp2'],
     draining: false,
+    replicaReady: false,
     observedAt: 42,
   });
   const empty = failoverLeaseBody(
     'naat-system',
     'egress',
     'g1',
-    { owned: [], healthyUplinks: [], draining: true, leaseDurationMs: 600 },
+    { owned: [], healthyUplinks: [], draining: true, replicaReady: true, leaseDurationMs: 600 },
     undefined,
   );
-  expect(nodeLease(empty, 0)).toMatchObject({ addresses: [], healthyUplinks: [], draining: true });
+  expect(nodeLease(empty, 0)).toMatchObject({ addresses: [], healthyUplinks: [], draining: true, replicaReady: true });
+  // A Lease that does not say (an agent of a version before it did) counts as complete.
+  delete empty.metadata!.annotations![failoverAnnotations.replicaReady];
+  expect(nodeLease(empty, 0)?.replicaReady).toBe(true);
   expect(nodeLease({ metadata: {}, spec: {} }, 0)).toBeUndefined();
 });

@@ -55,6 +55,8 @@ export interface OwnershipLoopOptions {
   fence?: (until: number) => void;
   /** The uplinks healthy at start; none until told otherwise. */
   healthyUplinks?: Iterable<string>;
+  /** Whether this node's replica of the other nodes' flows is complete; asked at every renewal and decision. */
+  replicaReady?: () => boolean;
   metrics?: Pick<AgentMetrics, 'failoverClaims' | 'failoverReleases' | 'failoverGap'>;
   log?: Logger;
 }
@@ -71,6 +73,7 @@ export function nodeLease(lease: V1Lease, observedAt: number): NodeLease | undef
     addresses: split(annotations[failoverAnnotations.addresses]),
     healthyUplinks: split(annotations[failoverAnnotations.uplinks]),
     draining: annotations[failoverAnnotations.draining] === 'true',
+    replicaReady: annotations[failoverAnnotations.replicaReady] !== 'false',
     observedAt,
   };
 }
@@ -80,7 +83,13 @@ export function failoverLeaseBody(
   namespace: string,
   gateway: string,
   node: string,
-  state: { owned: Iterable<string>; healthyUplinks: Iterable<string>; draining: boolean; leaseDurationMs: number },
+  state: {
+    owned: Iterable<string>;
+    healthyUplinks: Iterable<string>;
+    draining: boolean;
+    replicaReady: boolean;
+    leaseDurationMs: number;
+  },
   lastClaim: FailoverClaim | undefined,
 ): V1Lease {
   return {
@@ -94,6 +103,7 @@ export function failoverLeaseBody(
         [failoverAnnotations.addresses]: [...state.owned].sort().join(','),
         [failoverAnnotations.uplinks]: [...state.healthyUplinks].sort().join(','),
         [failoverAnnotations.draining]: String(state.draining),
+        [failoverAnnotations.replicaReady]: String(state.replicaReady),
         [failoverAnnotations.durationMs]: String(state.leaseDurationMs),
         ...(lastClaim ? { [failoverAnnotations.lastClaim]: JSON.stringify(lastClaim) } : {}),
       },
@@ -114,6 +124,7 @@ export class OwnershipLoop {
   readonly #name: string;
   readonly #apply: ApplyOwnership;
   readonly #fence: OwnershipLoopOptions['fence'];
+  readonly #replicaReady: () => boolean;
   readonly #metrics: OwnershipLoopOptions['metrics'];
   readonly #log: Logger;
   readonly #informer: Informer<V1Lease>;
@@ -153,6 +164,7 @@ export class OwnershipLoop {
     this.#failover = options.failover;
     this.#apply = options.apply;
     this.#fence = options.fence;
+    this.#replicaReady = options.replicaReady ?? (() => true);
     this.#metrics = options.metrics;
     this.#log = options.log ?? jsonLogger;
     this.#healthyUplinks = new Set(options.healthyUplinks ?? []);
@@ -287,7 +299,13 @@ export class OwnershipLoop {
       namespace,
       this.#gateway,
       this.#node,
-      { owned: this.#owned, healthyUplinks: this.#healthyUplinks, draining: this.#draining, leaseDurationMs: duration },
+      {
+        owned: this.#owned,
+        healthyUplinks: this.#healthyUplinks,
+        draining: this.#draining,
+        replicaReady: this.#replicaReady(),
+        leaseDurationMs: duration,
+      },
       this.#lastClaim,
     );
     try {
@@ -400,6 +418,7 @@ export class OwnershipLoop {
         renewingSince: this.#renewingSince,
         healthyUplinks: this.#healthyUplinks,
         draining: this.#draining,
+        replicaReady: this.#replicaReady(),
         peersHeard: this.#peersHeard,
       },
       this.#memory,

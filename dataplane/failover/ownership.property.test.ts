@@ -2,7 +2,8 @@
 // instant it is written, but by a node whose watch stalls: it sees nothing until its watch comes
 // back, and then decides once with every Lease as it is now but only its own marked as seen then,
 // as when a relist marks them one at a time) go through random sequences of power-offs, returns,
-// apiserver losses, stalled watches, drains and uplink failures. At every instant, no two running
+// apiserver losses, stalled watches, drains, uplink failures and replicas that become complete
+// (a node that starts has none). At every instant, no two running
 // nodes decide to own the same address; and once everything is back and quiet, every address has
 // exactly one owner.
 import fc from 'fast-check';
@@ -25,14 +26,18 @@ const uplinks = ['isp1', 'isp2'];
 
 type Event =
   | { kind: 'tick'; ms: number }
-  | { kind: 'power' | 'apiserver' | 'watch' | 'drain' | 'leaving'; node: number; on: boolean }
+  | { kind: 'power' | 'apiserver' | 'watch' | 'drain' | 'leaving' | 'replica'; node: number; on: boolean }
   | { kind: 'uplink'; node: number; uplink: string; on: boolean };
 
 const event = (nodes: number): fc.Arbitrary<Event> => {
   const node = fc.nat(nodes - 1);
   return fc.oneof(
     { weight: 4, arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: L / 2 }) }) },
-    fc.record({ kind: fc.constantFrom('power', 'apiserver', 'watch', 'drain', 'leaving'), node, on: fc.boolean() }),
+    fc.record({
+      kind: fc.constantFrom('power', 'apiserver', 'watch', 'drain', 'leaving', 'replica'),
+      node,
+      on: fc.boolean(),
+    }),
     fc.record({ kind: fc.constant('uplink' as const), node, uplink: fc.constantFrom(...uplinks), on: fc.boolean() }),
   );
 };
@@ -42,6 +47,7 @@ interface SimNode {
   running: boolean;
   apiserver: boolean;
   leaving: boolean;
+  replicaReady: boolean;
   uplinks: Set<string>;
   owned: Set<string>;
   memory: OwnershipMemory;
@@ -71,6 +77,7 @@ class Gateway {
       running: true,
       apiserver: true,
       leaving: false,
+      replicaReady: true,
       uplinks: new Set(uplinks),
       owned: new Set<string>(),
       memory: emptyMemory,
@@ -104,6 +111,7 @@ class Gateway {
             memory: emptyMemory,
             renewedAt: undefined,
             renewingSince: undefined,
+            replicaReady: false,
           });
           Object.assign(node, { watching: true, back: false, seen: new Map() });
         }
@@ -118,6 +126,9 @@ class Gateway {
         break;
       case 'leaving':
         node.leaving = e.on;
+        break;
+      case 'replica':
+        node.replicaReady = e.on;
         break;
       case 'drain':
         if (e.on) this.draining.add(node.name);
@@ -166,6 +177,7 @@ class Gateway {
           renewingSince: node.renewingSince,
           healthyUplinks: node.uplinks,
           draining: node.leaving,
+          replicaReady: node.replicaReady,
           peersHeard,
         },
         node.memory,
@@ -183,6 +195,7 @@ class Gateway {
         addresses: [...node.owned].sort(),
         healthyUplinks: [...node.uplinks].sort(),
         draining: node.leaving,
+        replicaReady: node.replicaReady,
       };
       this.leases.set(node.name, { lease, version: ++this.#version });
     }

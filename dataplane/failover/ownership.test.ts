@@ -33,6 +33,7 @@ const lease = (node: string, observedAt: number, overrides: Partial<NodeLease> =
   addresses: [],
   healthyUplinks: ['isp1'],
   draining: false,
+  replicaReady: true,
   observedAt,
   ...overrides,
 });
@@ -43,6 +44,7 @@ const settled: OwnershipMemory = {
   reachableSince: 0,
   currentSince: 0,
   eligibleSince: new Map([['isp1', 0]]),
+  replicaReadySince: 0,
 };
 
 function input(node: string, now: number, overrides: Partial<OwnershipInput> = {}): OwnershipInput {
@@ -54,6 +56,7 @@ function input(node: string, now: number, overrides: Partial<OwnershipInput> = {
     renewedAt: now - 10,
     healthyUplinks: new Set(['isp1']),
     draining: false,
+    replicaReady: true,
     peersHeard: new Map(),
     ...overrides,
     // Its own Lease, as the others see it: renewed just now.
@@ -132,6 +135,52 @@ test('an owner releases at once when draining, by config or by itself, or when t
     settled,
   );
   expect(next.claims).toEqual([{ address: X, reason: 'Unowned' }]);
+});
+
+describe('a replica that is not complete yet', () => {
+  const owner = lease(third, 4000, { addresses: [X] });
+  const expired = 4000 + L + 1;
+
+  it('makes way for an eligible node whose replica is complete, though rendezvous prefers it', () => {
+    const fresh = lease(first, expired - 10, { replicaReady: false });
+    const complete = decideOwnership(input(second, expired, { leases: [owner, fresh] }), settled);
+    expect(complete.claims).toEqual([{ address: X, reason: 'LeaseExpired', from: third, gapMs: L + 1 }]);
+    const starting = decideOwnership(
+      input(first, expired, { leases: [owner, lease(second, expired - 10)], replicaReady: false }),
+      settled,
+    );
+    expect(starting.claims).toEqual([]);
+  });
+
+  it('still takes an address over when no eligible node has a complete one', () => {
+    const alone = decideOwnership(
+      input(first, expired, {
+        leases: [owner, lease(second, expired - 10, { replicaReady: false })],
+        replicaReady: false,
+      }),
+      settled,
+    );
+    expect(alone.claims).toEqual([{ address: X, reason: 'LeaseExpired', from: third, gapMs: L + 1 }]);
+  });
+
+  it('counts as complete on the node itself only once its own Lease has said so for a lease duration', () => {
+    // The others see the node complete only once its Lease says so, and may see that late.
+    const leases = [owner, lease(second, expired - 10)];
+    const notYet = decideOwnership(input(first, expired, { leases }), { ...settled, replicaReadySince: undefined });
+    expect(notYet.claims).toEqual([]);
+    expect(notYet.memory.replicaReadySince).toBe(expired);
+    const after = decideOwnership(
+      input(first, expired + L, { leases: leases.map((l) => ({ ...l, observedAt: expired + L - 10 })) }),
+      notYet.memory,
+    );
+    expect(after.memory.replicaReadySince).toBe(expired);
+    // Its own Lease saying it is not complete (an agent that restarted) starts the wait again.
+    const restarted = decideOwnership(
+      input(first, expired + L, { leases: [lease(first, expired + L, { replicaReady: false })] }),
+      notYet.memory,
+    );
+    expect(restarted.memory.replicaReadySince).toBeUndefined();
+  });
 });
 
 describe('the fence', () => {

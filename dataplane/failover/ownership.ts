@@ -7,6 +7,10 @@
 //   this node's own clock (no two clocks are compared). Just after this node (re)gains the
 //   apiserver, every Lease counts as seen then: it takes nothing over for a full lease duration.
 // - Eligible for an address: alive, not draining, and the address's uplink healthy on the node.
+//   Among the eligible, those whose replica of the others' flows is complete come first: a node
+//   that has just started would take an address over without its flows. Only when none is does
+//   the choice fall on the others. A node counts itself complete, as eligible, only once its own
+//   Lease has said so for a lease duration.
 // - An owner keeps its address while it is eligible (no flapping). With failback, it gives it up
 //   once the rendezvous-preferred eligible node has been that for the failback delay (and for at
 //   least one lease duration, so that the preferred node is past its own wait and claims at once),
@@ -41,6 +45,8 @@ export interface NodeLease {
   addresses: readonly string[];
   healthyUplinks: readonly string[];
   draining: boolean;
+  /** Whether its replica of the other nodes' flows is complete (each sent it a whole round, or it waited long enough). */
+  replicaReady: boolean;
   /** When this node last saw the Lease change, in milliseconds on this node's clock. */
   observedAt: number;
 }
@@ -66,6 +72,8 @@ export interface OwnershipInput {
   healthyUplinks: ReadonlySet<string>;
   /** This node gives up its addresses and takes none (SIGTERM with the node leaving), besides config.draining. */
   draining: boolean;
+  /** Whether this node's replica of the other nodes' flows is complete. */
+  replicaReady: boolean;
   /** The other gateway nodes this node hears directly, and whether each says it reaches the apiserver. */
   peersHeard: ReadonlyMap<string, boolean>;
 }
@@ -101,6 +109,8 @@ export interface OwnershipMemory {
   owners: ReadonlyMap<string, { node: string; goneAt?: number; reason?: FailoverReason }>;
   /** Per uplink, since when this node's own Lease has said without a break that it may carry its addresses. */
   eligibleSince: ReadonlyMap<string, number>;
+  /** Since when this node's own Lease has said without a break that its replica is complete. */
+  replicaReadySince: number | undefined;
   /** Per address, the rendezvous-preferred eligible node (if any), since when, and the one preferred before. */
   preferred: ReadonlyMap<string, Preference>;
 }
@@ -117,6 +127,7 @@ export const emptyMemory: OwnershipMemory = {
   holdUntil: undefined,
   currentSince: undefined,
   eligibleSince: new Map(),
+  replicaReadySince: undefined,
   owners: new Map(),
   preferred: new Map(),
 };
@@ -218,6 +229,14 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   if (published && !published.draining) {
     for (const uplink of published.healthyUplinks) eligibleSince.set(uplink, memory.eligibleSince.get(uplink) ?? now);
   }
+  const replicaReadySince =
+    published?.replicaReady && input.replicaReady ? (memory.replicaReadySince ?? now) : undefined;
+  const selfReplicaReady = replicaReadySince !== undefined && now - replicaReadySince >= duration;
+  if (replicaReadySince !== undefined && !selfReplicaReady) deadlines.push(replicaReadySince + duration);
+  const replicaReady = new Set([
+    ...alive.filter((l) => l.replicaReady).map((l) => l.node),
+    ...(selfReplicaReady ? [self] : []),
+  ]);
   const eligible = (address: string): string[] => {
     const uplink = uplinkOf.get(address)!;
     const nodes = alive
@@ -254,7 +273,8 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   const releases: OwnershipRelease[] = [];
   for (const { address } of failover.addresses) {
     const candidates = eligible(address);
-    const winner = rendezvous(address, candidates);
+    const complete = candidates.filter((node) => replicaReady.has(node));
+    const winner = rendezvous(address, complete.length ? complete : candidates);
     const before = memory.preferred.get(address);
     const preference =
       before && before.node === winner
@@ -331,7 +351,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     claims,
     releases,
     apiserverReachable: onSchedule,
-    memory: { reachableSince, outage, holdUntil, currentSince, eligibleSince, owners, preferred },
+    memory: { reachableSince, outage, holdUntil, currentSince, eligibleSince, replicaReadySince, owners, preferred },
     wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
   };
 }
