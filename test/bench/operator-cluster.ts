@@ -4,10 +4,11 @@
 // chart runs it, and the cleanup of all of it, also on failure and on SIGINT/SIGTERM.
 import { KubeConfig, Watch } from '@kubernetes/client-node';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readdir, readlink, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { parse } from 'yaml';
 import { apiVersion } from '../../crds/index.ts';
 import { sidecarContainerName } from '../../operator/compile.ts';
 import { startCluster, type Cluster, type NodeSpec } from '../cluster/cluster.ts';
@@ -392,10 +393,17 @@ export class BenchCluster {
     return sum;
   }
 
-  /** The operator as the chart runs it (leader election on); its log lines are kept with their arrival times. */
+  /**
+   * The operator as the chart runs it (leader election on, the chart's heap bound); its log lines
+   * are kept with their arrival times.
+   */
   async startOperator(ports: OperatorPorts): Promise<OperatorProcess> {
     const file = join(this.dir, 'operator.json');
     await writeFile(file, JSON.stringify(operatorSettings('naat-operator', ports)));
+    const values = parse(await readFile(join(root, 'charts', 'naat', 'values.yaml'), 'utf8')) as {
+      operator: { heapLimitMiB: number };
+    };
+    const heapBound = `--max-old-space-size=${values.operator.heapLimitMiB}`;
     const lines: OperatorProcess['lines'] = [];
     const startedAt = now();
     const child = this.track(
@@ -406,6 +414,7 @@ export class BenchCluster {
           NAAT_CONFIG: file,
           NAAT_NAMESPACE: system,
           NAAT_POD_NAME: 'operator-bench',
+          NODE_OPTIONS: [process.env.NODE_OPTIONS, heapBound].filter(Boolean).join(' '),
         },
         stdio: ['ignore', 'pipe', 'pipe'],
       }),
