@@ -213,8 +213,11 @@ export class NodeDriver {
     for (const [uid, driven] of this.#driven) {
       const pod = this.#wanted.get(uid);
       // Another mode needs another stream: its Hello says the mode.
-      if (pod && pod.target === driven.target && pod.strict === driven.pod.strict) driven.pod = pod;
-      else this.#drop(uid);
+      if (pod && pod.target === driven.target && pod.strict === driven.pod.strict) {
+        // Looked at by the next scan, which holds its flows to its addresses now.
+        if (driven.pod !== pod) delete driven.lookedAt;
+        driven.pod = pod;
+      } else this.#drop(uid);
       if (!pod) rmSync(this.#stampFile(uid), { force: true });
     }
   }
