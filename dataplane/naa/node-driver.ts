@@ -150,6 +150,16 @@ export interface NodeDriverOptions {
   quietIntervalMs?: number;
   /** Every process's place is read again at least this often, in case a pid was reused (5 s). */
   rereadMs?: number;
+  /**
+   * How often, at the longest, a pod's scanner looks past what its counters say did not change
+   * (`ScannerOptions.rereadMs`; the sidecar's 5 s): 15 s. Why longer: at a hundred pods of fifty
+   * connections, looking for each associated socket in its owner's descriptors every 5 s was a
+   * thousand `readlink`s a second, and the agent's idle CPU went from 1.6–2.0 % of a core to
+   * 1.2–1.3 % at 15 s (docs/naa.md). What waits for it is what the counters do not show: a
+   * connection its process closed after the peer did (its association stays until then), and a
+   * UDP socket bound already that connects without sending.
+   */
+  safetyNetMs?: number;
   /** Where the stamps of strict pods are kept across restarts, a file per pod. */
   stampDir: string;
   /**
@@ -415,6 +425,7 @@ export class NodeDriver {
         // The pod's processes of the latest scan: a container that starts later owns its sockets too.
         owners: { pids: () => driven.scanner?.pids ?? [], identify: (pid) => this.#identify(driven, pid) },
         skipQuiet: true,
+        rereadMs: this.#o.safetyNetMs ?? 15_000,
       });
       driven.scanner = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids, scanner };
     }
