@@ -250,7 +250,8 @@ export class NodeDriver {
   /**
    * Looks at the wanted pods that are due and sends what changed: every pod when the node's TCP
    * socket count moved since the last scan (`nodeTcpSockets`, one small read), else those not
-   * looked at for `quietIntervalMs` (and new pods, and strict pods not yet listening for stamps).
+   * looked at for `quietIntervalMs` (and new pods, pods whose config changed, and strict pods not
+   * yet listening for stamps).
    *
    * Why: looking at a pod costs a few reads of its namespace's counters (tens of µs of kernel and
    * JavaScript time), which at five scans a second was most of the idle CPU of an agent driving a
@@ -258,11 +259,12 @@ export class NodeDriver {
    * sees the count moved and looks at every pod, as often as before: the latency is the sidecar's.
    * What the count does not show waits for the pod's next look, within `quietIntervalMs`: a UDP
    * socket, a TCP socket made in the same scan interval as another one anywhere on the node was
-   * freed, and sockets that close. On a node whose sockets come and go all the time, the count
+   * freed, and a socket its process closes while the kernel keeps it. On a node whose sockets come and go all the time, the count
    * moves at most scans, and every pod is looked at every time, as before.
    * Considered too: conntrack's NEW events in the node's namespace would name the pod whose flow
    * leaves the node, but cost a conntrack process and a parsed line for each of the node's flows;
-   * and sock_diag dumps by namespace need a socket in each pod's namespace, which Node.js cannot make.
+   * and sock_diag dumps by namespace need a netlink socket in each pod's namespace, which Node.js
+   * cannot open.
    */
   async scan(now = new Date()): Promise<void> {
     const at = now.getTime();
