@@ -1,4 +1,4 @@
-import { parseSocketTable, quietMarker, tcpChangeMarker } from './proc-net.ts';
+import { nodeTcpSockets, parseSocketTable, quietMarker, tcpChangeMarker } from './proc-net.ts';
 
 const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
 
@@ -91,4 +91,11 @@ test('the quiet marker is undefined when the files do not say, so the namespace 
   expect(quietMarker('', quietSockstat(3, 2, 0, 1), sockstat6(0))).toBeUndefined();
   expect(quietMarker(dev(4, 10), '', sockstat6(0))).toBeUndefined();
   expect(quietMarker(dev(4, 10), quietSockstat(3, 2, 0, 1), '')).toBeDefined();
+});
+
+test("the node's TCP socket count is the one sockstat prints for the whole node, not the namespace's", () => {
+  expect(nodeTcpSockets(quietSockstat(3, 2, 0, 1, 308))).toBe(308);
+  expect(nodeTcpSockets(quietSockstat(9, 8, 7, 6, 308))).toBe(308);
+  expect(nodeTcpSockets('sockets: used 3\nTCP: inuse 2\n')).toBeUndefined();
+  expect(nodeTcpSockets('')).toBeUndefined();
 });

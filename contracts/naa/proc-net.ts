@@ -111,6 +111,18 @@ export function quietMarker(dev: string, sockstat: string, sockstat6: string): s
   return `${interfaces}${counts.join(' ')}`;
 }
 
+/**
+ * The node's count of TCP sockets, which any namespace's /proc/net/sockstat prints (`alloc`: the
+ * kernel keeps one count for IPv4 and IPv6 of every namespace); undefined when the file does not
+ * say. It moves when a TCP socket is made anywhere on the node, which is the first thing a pod's
+ * connect() needs, or freed: one small read tells a driver of many pods whether any of them may
+ * have a new connection. A socket made while another is freed leaves it where it was.
+ */
+export function nodeTcpSockets(sockstat: string): number | undefined {
+  const count = /^TCP: .*\balloc (\d+)/m.exec(sockstat)?.[1];
+  return count === undefined ? undefined : Number(count);
+}
+
 // The kernel prints each 32-bit word of an address in host byte order (little-endian here).
 function words(hex: string): number[][] {
   const result: number[][] = [];

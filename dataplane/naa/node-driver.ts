@@ -22,6 +22,7 @@ import type { GatewayConfig, NodeAssociation, NodeConfig, NodeGateway } from '..
 import {
   allPids,
   Driver,
+  nodeTcpSockets,
   podOfCgroup,
   readApplication,
   Scanner,
@@ -143,10 +144,22 @@ export interface NodeDriverOptions {
   proc?: string;
   channelCredentials?: ChannelCredentials;
   version: string;
-  /** How often to look (200 ms, as the sidecar). */
+  /** How often to look (200 ms, as the sidecar), at every pod while the node's TCP socket count moves. */
   scanIntervalMs?: number;
+  /** How often, at the longest, a pod is looked at while the node's TCP socket count stands still (1 s). */
+  quietIntervalMs?: number;
   /** Every process's place is read again at least this often, in case a pid was reused (5 s). */
   rereadMs?: number;
+  /**
+   * How often, at the longest, a pod's scanner looks past what its counters say did not change
+   * (`ScannerOptions.rereadMs`; the sidecar's 5 s): 15 s. Why longer: at a hundred pods of fifty
+   * connections, looking for each associated socket in its owner's descriptors every 5 s was a
+   * thousand `readlink`s a second, and the agent's idle CPU went from 1.6–2.0 % of a core to
+   * 1.2–1.3 % at 15 s (docs/naa.md). What waits for it is what the counters do not show: a
+   * connection its process closed after the peer did (its association stays until then), and a
+   * UDP socket bound already that connects without sending.
+   */
+  safetyNetMs?: number;
   /** Where the stamps of strict pods are kept across restarts, a file per pod. */
   stampDir: string;
   /**
@@ -164,6 +177,8 @@ interface Driven {
   pod: WantedPod;
   driver: Driver;
   target: string;
+  /** When it was last looked at (ms since the epoch). */
+  lookedAt?: number;
   scanner?: {
     netns: string;
     netPid: number;
@@ -187,6 +202,8 @@ export class NodeDriver {
   /** Every process's place, as last read. */
   #places = new Map<number, ProcessPlace>();
   #placesReadAt = -Infinity;
+  /** The node's TCP socket count as read at the last scan. */
+  #nodeSockets: number | undefined;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   readonly #problems: ProblemLog;
@@ -206,8 +223,11 @@ export class NodeDriver {
     for (const [uid, driven] of this.#driven) {
       const pod = this.#wanted.get(uid);
       // Another mode needs another stream: its Hello says the mode.
-      if (pod && pod.target === driven.target && pod.strict === driven.pod.strict) driven.pod = pod;
-      else this.#drop(uid);
+      if (pod && pod.target === driven.target && pod.strict === driven.pod.strict) {
+        // Looked at by the next scan, which holds its flows to its addresses now.
+        if (driven.pod !== pod) delete driven.lookedAt;
+        driven.pod = pod;
+      } else this.#drop(uid);
       if (!pod) rmSync(this.#stampFile(uid), { force: true });
     }
   }
@@ -227,11 +247,36 @@ export class NodeDriver {
     return this.#driven.size;
   }
 
-  /** Looks at every wanted pod once and sends what changed. */
+  /**
+   * Looks at the wanted pods that are due and sends what changed: every pod when the node's TCP
+   * socket count moved since the last scan (`nodeTcpSockets`, one small read), else those not
+   * looked at for `quietIntervalMs` (and new pods, pods whose config changed, and strict pods not
+   * yet listening for stamps).
+   *
+   * Why: looking at a pod costs a few reads of its namespace's counters (tens of µs of kernel and
+   * JavaScript time), which at five scans a second was most of the idle CPU of an agent driving a
+   * hundred pods. Every new connection makes a TCP socket first, so a scan after a pod's connect()
+   * sees the count moved and looks at every pod, as often as before: the latency is the sidecar's.
+   * What the count does not show waits for the pod's next look, within `quietIntervalMs`: a UDP
+   * socket, a TCP socket made in the same scan interval as another one anywhere on the node was
+   * freed, and a socket its process closes while the kernel keeps it. On a node whose sockets come and go all the time, the count
+   * moves at most scans, and every pod is looked at every time, as before.
+   * Considered too: conntrack's NEW events in the node's namespace would name the pod whose flow
+   * leaves the node, but cost a conntrack process and a parsed line for each of the node's flows;
+   * and sock_diag dumps by namespace need a netlink socket in each pod's namespace, which Node.js
+   * cannot open.
+   */
   async scan(now = new Date()): Promise<void> {
-    const found = podProcesses(this.#readPlaces(now.getTime()), new Set(this.#wanted.keys()));
-    for (const [uid, pod] of this.#wanted) {
+    const at = now.getTime();
+    const nodeSockets = this.#readNodeSockets();
+    const moved = nodeSockets === undefined || nodeSockets !== this.#nodeSockets;
+    this.#nodeSockets = nodeSockets;
+    const due = [...this.#wanted].filter(([uid]) => moved || this.#due(this.#driven.get(uid), at));
+    if (due.length === 0) return;
+    const found = podProcesses(this.#readPlaces(at), new Set(this.#wanted.keys()));
+    for (const [uid, pod] of due) {
       const driven = this.#driven.get(uid) ?? this.#drive(uid, pod);
+      driven.lookedAt = at;
       const processes = found.get(uid);
       if (!processes) this.#forget(driven);
       else if (driven.stamps) this.#listenForStamps(uid, driven, processes.pids);
@@ -241,6 +286,23 @@ export class NodeDriver {
       } catch (error) {
         this.#problems.report(uid, (error as Error).message, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
       }
+    }
+  }
+
+  /** Whether a pod must be looked at although the node's TCP socket count did not move. */
+  #due(driven: Driven | undefined, now: number): boolean {
+    if (driven?.lookedAt === undefined || now < driven.lookedAt) return true;
+    // A strict pod's programs wait for its stamp socket: it is tried at every scan until it listens.
+    if (driven.stamps && !driven.stamps.server.listening) return true;
+    return now - driven.lookedAt >= (this.#o.quietIntervalMs ?? 1_000);
+  }
+
+  /** The node's TCP socket count; undefined when it cannot be read (then every pod is looked at). */
+  #readNodeSockets(): number | undefined {
+    try {
+      return nodeTcpSockets(readFileSync(join(this.#proc, 'net', 'sockstat'), 'latin1'));
+    } catch {
+      return undefined;
     }
   }
 
@@ -365,6 +427,7 @@ export class NodeDriver {
         // The pod's processes of the latest scan: a container that starts later owns its sockets too.
         owners: { pids: () => driven.scanner?.pids ?? [], identify: (pid) => this.#identify(driven, pid) },
         skipQuiet: true,
+        rereadMs: this.#o.safetyNetMs ?? 15_000,
       });
       driven.scanner = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids, scanner };
     }
