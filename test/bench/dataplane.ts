@@ -140,6 +140,12 @@ const rulesGoal: Goal = {
   source: 'dataplane goal: new connections/s with 1,000 rules at least 0.9 × the same set-up with one rule',
 };
 
+const rulesKernelGoal: Goal = {
+  ...rulesGoal,
+  of: 'connections.naat-one-rule-kernel',
+  source: `${rulesGoal.source}, kernel alone`,
+};
+
 const changeGoal: Goal = {
   bound: 'max',
   value: 20,
@@ -519,11 +525,11 @@ function agentRunner(t: Topology, dir: string): AgentRunner {
 
 const allThree = [1, 2, 3].map((n) => uplinkAddress(n).v4);
 
-/** The new-connection figures of the set-ups measured, each against `baseline` (a key). */
+/** The new-connection figures of the set-ups measured, each against the set-up `baseline` names. */
 function connectionFigures(
   bench: Bench,
   results: ReadonlyArray<[string, string, SetupResult]>,
-  baseline: string,
+  baseline: (key: string) => string,
   goals: Readonly<Record<string, Goal>>,
 ): void {
   for (const [key, label, r] of results) {
@@ -537,7 +543,7 @@ function connectionFigures(
       value: r.rate,
       unit: '/s',
       digits: 0,
-      ...(key === baseline ? {} : { baseline: `connections.${baseline}` }),
+      ...(key === baseline(key) ? {} : { baseline: `connections.${baseline(key)}` }),
       ...(goals[key] ? { goal: goals[key] } : {}),
       ...(notes.length ? { note: notes.join('; ') } : {}),
     });
@@ -634,7 +640,7 @@ async function trafficBench(bench: Bench, size: Size, dir: string): Promise<void
       });
     }
     bench.section('new TCP connections per second (connect, read the answer, close):');
-    connectionFigures(bench, results, 'plain', { 'naat-3-uplinks': connectionsGoal });
+    connectionFigures(bench, results, () => 'plain', { 'naat-3-uplinks': connectionsGoal });
     bench.section(
       "the agent's CPU (its own and that of the programs it runs, /proc/PID/stat), per new flow over the " +
         'connection runs (NEW and DESTROY) and at idle:',
@@ -661,39 +667,68 @@ async function rulesBench(bench: Bench, size: Size, dir: string): Promise<void> 
   const rules = thousands(size.scalePolicies * rulesPerPolicy);
   bench.section(
     `new TCP connections per second, pod1 → server, 3 uplinks, one rule vs ${rules} ` +
-      `(${size.connectionRuns} × ${size.connections} connections, ${size.concurrency} at a time; medians):`,
+      `(${size.connectionRuns} × ${size.connections} connections each, ${size.concurrency} at a time, ` +
+      'the two configs in turn; medians):',
   );
+  const setUps = [
+    { key: 'naat-one-rule', label: 'naat agent, 3 uplinks, one rule (baseline)', config: oneRuleConfig() },
+    {
+      key: 'naat-rules',
+      label: `naat agent, 3 uplinks, ${rules} rules`,
+      config: scaleConfig(size, 'scale', { everyPolicy: podAddress(1).v4 }),
+    },
+  ];
   await withTopology(dir, async (t, agents) => {
-    const results: Array<[string, string, SetupResult]> = [];
-    // Each config with the agent, then the same ruleset with the agent stopped (kernel alone).
-    const setUp = async (key: string, label: string, config: Record<string, unknown>) => {
-      const pid = await agents.start(config);
-      await checkPath(t, allThree);
-      results.push([key, label, await measure(t, size, pid, false)]);
-      await agents.stop();
-      await checkPath(t, allThree);
-      results.push([
-        `${key}-kernel`,
-        '  same ruleset, agent stopped (kernel alone)',
-        await measure(t, size, undefined, false),
-      ]);
+    // The configs take turns run by run, first one then the other first, so that a machine that
+    // slows down or speeds up during the benchmark weighs on both alike. With the agent, it is
+    // given the other config; kernel alone, an agent applies it and is stopped.
+    const inTurn = async (kernelAlone: boolean) => {
+      const runs = new Map(setUps.map(({ key }) => [key, [] as SetupResult[]]));
+      let pid: number | undefined;
+      for (let run = 0; run < size.connectionRuns; run++) {
+        for (const { key, config } of run % 2 ? [...setUps].reverse() : setUps) {
+          if (kernelAlone) {
+            await agents.start(config);
+            await agents.stop();
+          } else if (pid === undefined) pid = await agents.start(config);
+          else await agents.apply(config);
+          if (run === 0) await checkPath(t, allThree);
+          runs.get(key)!.push(await measure(t, { ...size, connectionRuns: 1 }, pid, false));
+        }
+      }
+      if (!kernelAlone) await agents.stop();
+      return runs;
     };
-    await setUp('naat-one-rule', 'naat agent, 3 uplinks, one rule (baseline)', oneRuleConfig());
-    await setUp(
-      'naat-rules',
-      `naat agent, 3 uplinks, ${rules} rules`,
-      scaleConfig(size, 'scale', { everyPolicy: podAddress(1).v4 }),
-    );
-    connectionFigures(bench, results, 'naat-one-rule', { 'naat-rules': rulesGoal });
-    const [one, oneKernel, many, manyKernel] = results.map(([, , r]) => r.rate);
-    const ratio = (value: number, baseline: number) => `×${(value / baseline).toFixed(2)}`;
-    bench.note(
-      `${rules} rules vs one (3 uplinks): ${ratio(many!, one!)} with the agent, ` +
-        `${ratio(manyKernel!, oneKernel!)} kernel alone`,
-    );
+    const withAgent = await inTurn(false);
+    const kernel = await inTurn(true);
+    const results: Array<[string, string, SetupResult]> = setUps.flatMap(({ key, label }) => [
+      [key, label, combined(withAgent.get(key)!)],
+      [`${key}-kernel`, '  same ruleset, agent stopped (kernel alone)', combined(kernel.get(key)!)],
+    ]);
+    connectionFigures(bench, results, (key) => (key.endsWith('-kernel') ? 'naat-one-rule-kernel' : 'naat-one-rule'), {
+      'naat-rules': rulesGoal,
+      'naat-rules-kernel': rulesKernelGoal,
+    });
     bench.section("the agent's CPU per new flow over the connection runs (NEW and DESTROY):");
     agentCpuFigures(bench, results);
   });
+}
+
+/** The runs of a set-up as one: the median rate, the failures and the agent's CPU of all. */
+function combined(runs: readonly SetupResult[]): SetupResult {
+  const agents = runs.flatMap((r) => (r.agent ? [r.agent] : []));
+  return {
+    rate: median(runs.map((r) => r.rate)),
+    failures: runs.reduce((sum, r) => sum + r.failures, 0),
+    ...(agents.length
+      ? {
+          agent: {
+            seconds: agents.reduce((sum, a) => sum + a.seconds, 0),
+            flows: agents.reduce((sum, a) => sum + a.flows, 0),
+          },
+        }
+      : {}),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
