@@ -1,14 +1,16 @@
 // Dataplane benchmarks (`npm run bench:dataplane`, as root; --quick, --smoke, --json:
-// test/bench/harness.ts): figures, each against a baseline measured in the same run on the same
-// machine. All traffic stays inside network namespaces this script creates and deletes.
+// test/bench/harness.ts; `--part traffic|rules|scale`, repeatable, runs only those parts): figures,
+// each against a baseline measured in the same run on the same machine. All traffic stays inside
+// network namespaces this script creates and deletes.
 //  1. TCP throughput pod → server through the e2e topology: plain forwarding (static routes, no
 //     conntrack, no NAT) and one masquerade rule vs the naat agent with one uplink and with three
 //     balanced. Goal: naat's throughput at least that of one masquerade rule.
-//  2. New TCP connections per second over the same set-ups, and with a 1,000-rule config. Goal:
-//     with three uplinks, at least 0.95 × one masquerade rule. The agent's CPU per new flow meanwhile
-//     (its NEW and its DESTROY event, the latter made by flushing the table after the runs). Goal:
-//     10 µs, i.e. 10 % of a core at 10,000 new flows/s. And the agent's CPU at idle, 3 uplinks.
-//     Goal: 1 % of a core.
+//  2. New TCP connections per second over the same set-ups. Goal: with three uplinks, at least
+//     0.95 × one masquerade rule. The agent's CPU per new flow meanwhile (its NEW and its DESTROY
+//     event, the latter made by flushing the table after the runs). Goal: 10 µs, i.e. 10 % of a
+//     core at 10,000 new flows/s. And the agent's CPU at idle, 3 uplinks. Goal: 1 % of a core.
+//  2b. (`--part rules`) New TCP connections per second with the config at scale (1,000 rules in
+//     the full form) against the same set-up with one rule. Goal: at least 0.9 × one rule.
 //  3. The agent at scale (10,000 pod addresses, 1,000 rules, 3 uplinks in the full form), the
 //     Agent class driving real nft, ip and conntrack in a namespace of its own: the first full
 //     sync, then each kind of change (a new application class, an association, a rule edited, a
@@ -131,6 +133,19 @@ const connectionsGoal: Goal = {
   source: 'dataplane goal: new connections/s with three uplinks at least 0.95 × one masquerade rule',
 };
 
+const rulesGoal: Goal = {
+  bound: 'min',
+  value: 0.9,
+  of: 'connections.naat-one-rule',
+  source: 'dataplane goal: new connections/s with 1,000 rules at least 0.9 × the same set-up with one rule',
+};
+
+const rulesKernelGoal: Goal = {
+  ...rulesGoal,
+  of: 'connections.naat-one-rule-kernel',
+  source: `${rulesGoal.source}, kernel alone`,
+};
+
 const changeGoal: Goal = {
   bound: 'max',
   value: 20,
@@ -156,6 +171,9 @@ const agentIdleGoal: Goal = {
   value: 1,
   source: 'dataplane goal: the agent at idle at most 1 % of a core',
 };
+
+/** What `--part` can limit a run to: sections 1 and 2, 2b, and 3 of the header. */
+const parts = ['traffic', 'rules', 'scale'];
 
 const thousands = (n: number) => n.toLocaleString('en');
 const numbers = (count: number) => Array.from({ length: count }, (_, i) => i + 1);
@@ -204,6 +222,19 @@ function smallConfig(uplinks: number, hash: string): Record<string, unknown> {
   };
 }
 
+/** Three uplinks and one rule of which pod1 is a source and which its flows do not match (telnet denied). */
+function oneRuleConfig(): Record<string, unknown> {
+  const rule = {
+    policy: 'bench/p0',
+    rule: 'r0',
+    priority: 0,
+    sources: [scalePod(0), podAddress(1).v4],
+    destinations: [{ protocol: 'TCP', ports: [{ port: 23 }] }],
+    action: 'Deny',
+  };
+  return { ...smallConfig(3, 'one-rule'), rules: [rule] };
+}
+
 /** Pod `i` of the config at scale: 10.244.10.2 … 10.244.49.251, clear of the topology's pods. */
 const scalePod = (i: number) => `10.244.${10 + Math.floor(i / 250)}.${2 + (i % 250)}`;
 
@@ -213,12 +244,13 @@ const scalePod = (i: number) => `10.244.${10 + Math.floor(i / 250)}.${2 + (i % 2
  * and Allow, TCP, UDP and ICMP, IPv4 and IPv6 destinations, port lists and ranges, an uplink
  * restriction on some, and an application rule in every tenth policy (processName curl0 in
  * policy 0, curl1 in policy 10, …: each its own application class). `changed` alters one rule's
- * port, as an edited policy would; `addedPod` is one more pod, selected by policy 0.
+ * port, as an edited policy would; `addedPod` is one more pod, selected by policy 0;
+ * `everyPolicy` one more, selected by every policy.
  */
 function scaleConfig(
   size: Size,
   hash: string,
-  options: { extraSources?: string[]; changed?: boolean; addedPod?: string } = {},
+  options: { changed?: boolean; addedPod?: string; everyPolicy?: string } = {},
 ) {
   const { scalePods, scalePolicies } = size;
   const podsPerPolicy = scalePods / scalePolicies;
@@ -226,6 +258,7 @@ function scaleConfig(
   for (let p = 0; p < scalePolicies; p++) {
     const sources = Array.from({ length: podsPerPolicy }, (_, i) => scalePod(p * podsPerPolicy + i));
     if (p === 0 && options.addedPod) sources.push(options.addedPod);
+    if (options.everyPolicy) sources.push(options.everyPolicy);
     const rule = (k: number, body: Record<string, unknown>) =>
       rules.push({ policy: `bench/p${p}`, rule: `r${k}`, priority: p * rulesPerPolicy + k, sources, ...body });
     const telnet = options.changed && p === scalePolicies / 2 ? 24 : 23;
@@ -263,7 +296,7 @@ function scaleConfig(
     hash,
     sources: [
       ...Array.from({ length: scalePods }, (_, i) => scalePod(i)),
-      ...(options.extraSources ?? []),
+      ...(options.everyPolicy ? [options.everyPolicy] : []),
       ...(options.addedPod ? [options.addedPod] : []),
     ],
     bypass: ['10.96.0.0/12'],
@@ -422,15 +455,123 @@ async function idleCpu(agentPid: number, seconds: number): Promise<number> {
   return ((await cpuSeconds(agentPid)) - before) / ((performance.now() - started) / 1000);
 }
 
-async function topologyBench(bench: Bench, size: Size, dir: string): Promise<void> {
+/** The topology of the traffic figures, its whoami server up; `work` runs with it and its end destroys it. */
+async function withTopology(dir: string, work: (t: Topology, agents: AgentRunner) => Promise<void>): Promise<void> {
+  const t = await createTopology({ pods: 1, uplinks: 3 });
+  const agents = agentRunner(t, dir);
+  try {
+    await startWhoami(t, whoamiPort);
+    await work(t, agents);
+    const leaked = (await t.serverPacketsFromPods()) - agents.fromPods;
+    if (leaked) throw new Error(`${leaked} packets reached the server with a pod's address while naat ran`);
+  } catch (error) {
+    const log = await readFile(join(dir, 'agent.log'), 'utf8').catch(() => '');
+    if (log) console.log(`agent log:\n${log}`);
+    throw error;
+  } finally {
+    await agents.stop().catch(() => undefined);
+    await t.destroy();
+  }
+}
+
+/** The naat agent run from its sources in the gateway's namespace, from a config file it reloads. */
+interface AgentRunner {
+  /** Packets from the pods' own addresses the server had seen before naat ran. */
+  fromPods: number;
+  start(config: Record<string, unknown>): Promise<number>;
+  /** A new config for the running agent, applied. */
+  apply(config: Record<string, unknown>): Promise<void>;
+  /** SIGTERM: the kernel keeps the agent's ruleset. */
+  stop(): Promise<void>;
+}
+
+function agentRunner(t: Topology, dir: string): AgentRunner {
+  const file = join(dir, 'gateway.json');
+  let agent: ChildProcess | undefined;
+  let started = false;
+  const status = async () =>
+    JSON.parse((await t.exec(t.ns.gw, ['curl', '-sf', 'http://127.0.0.1:7741/status'])).stdout) as AgentReport;
+  const applied = (hash: string) =>
+    until(`config ${hash}`, async () => ((await status()).appliedHash === hash ? true : undefined), 120_000);
+  const runner: AgentRunner = {
+    fromPods: 0,
+    async start(config) {
+      if (!started) runner.fromPods = await t.serverPacketsFromPods();
+      started = true;
+      await writeFile(file, JSON.stringify(config));
+      const log = openSync(join(dir, 'agent.log'), 'a');
+      const argv = ['run', '--config', file, '--node', 'gw', '--state-dir', join(dir, 'state'), '--reload-ms', '100'];
+      agent = t.spawn(t.ns.gw, [process.execPath, main, ...argv], { stdio: ['ignore', log, log] });
+      closeSync(log);
+      await applied(String(config.hash));
+      return agent.pid!;
+    },
+    async apply(config) {
+      await writeFile(file, JSON.stringify(config));
+      await applied(String(config.hash));
+    },
+    async stop() {
+      const child = agent;
+      agent = undefined;
+      if (!child) return;
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error('the agent had exited');
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+  return runner;
+}
+
+const allThree = [1, 2, 3].map((n) => uplinkAddress(n).v4);
+
+/** The new-connection figures of the set-ups measured, each against the set-up `baseline` names. */
+function connectionFigures(
+  bench: Bench,
+  results: ReadonlyArray<[string, string, SetupResult]>,
+  baseline: (key: string) => string,
+  goals: Readonly<Record<string, Goal>>,
+): void {
+  for (const [key, label, r] of results) {
+    const notes = [
+      r.failures ? `${r.failures} failed` : '',
+      r.agent ? `agent CPU ${(perFlowUs(r.agent) * r.rate * 1e-4).toFixed(0)} % of a core` : '',
+    ].filter(Boolean);
+    bench.figure({
+      key: `connections.${key}`,
+      label,
+      value: r.rate,
+      unit: '/s',
+      digits: 0,
+      ...(key === baseline(key) ? {} : { baseline: `connections.${baseline(key)}` }),
+      ...(goals[key] ? { goal: goals[key] } : {}),
+      ...(notes.length ? { note: notes.join('; ') } : {}),
+    });
+  }
+}
+
+/** The agent's CPU per new flow of the set-ups it ran in. */
+function agentCpuFigures(bench: Bench, results: ReadonlyArray<[string, string, SetupResult]>): void {
+  for (const [key, label, r] of results) {
+    if (!r.agent) continue;
+    bench.figure({
+      key: `agent-cpu.${key}`,
+      label,
+      value: perFlowUs(r.agent),
+      unit: 'µs/flow',
+      goal: agentFlowGoal,
+      note: `${(perFlowUs(r.agent) * r.rate * 1e-4).toFixed(1)} % of a core at ${r.rate.toFixed(0)} new flows/s; ${r.agent.seconds.toFixed(2)} s for ${r.agent.flows} flows`,
+    });
+  }
+}
+
+/** Throughput and new connections of plain forwarding, one masquerade rule and the agent without rules. */
+async function trafficBench(bench: Bench, size: Size, dir: string): Promise<void> {
   bench.section(
     `traffic pod1 → server (iperf3 -P ${iperfStreams}, ${size.iperfRuns} × ${size.iperfSeconds} s; ` +
       `${size.connectionRuns} × ${size.connections} connections, ${size.concurrency} at a time; medians):`,
   );
-  const t = await createTopology({ pods: 1, uplinks: 3 });
-  let agent: ChildProcess | undefined;
-  try {
-    await startWhoami(t, whoamiPort);
+  await withTopology(dir, async (t, agents) => {
     t.spawn(t.ns.srv, ['iperf3', '-s', '-B', server.v4, '-p', String(iperfPort)], { stdio: 'ignore' });
     await until(
       'the iperf3 server',
@@ -453,7 +594,6 @@ async function topologyBench(bench: Bench, size: Size, dir: string): Promise<voi
     // Each set-up by the key of its figures and its words.
     const results: Array<[string, string, SetupResult]> = [['plain', 'plain forwarding, no naat (baseline)', plain]];
     for (const [ns, route] of plainRoutes) await t.exec(ns, ['ip', 'route', 'del', ...route]);
-    const fromPods = await t.serverPacketsFromPods();
 
     // (a2) The least any NAT gateway does: the static route and one masquerade rule, so that
     // conntrack and translation are paid for but none of naat's own rules and routing.
@@ -472,61 +612,20 @@ async function topologyBench(bench: Bench, size: Size, dir: string): Promise<voi
     // (b) The naat agent with isp1 only; (c) three uplinks of weight 1, then the same ruleset
     // with the agent stopped (the kernel keeps it), which leaves out the agent's own CPU (it
     // reads every conntrack event).
-    const file = join(dir, 'gateway.json');
-    const status = async () =>
-      JSON.parse((await t.exec(t.ns.gw, ['curl', '-sf', 'http://127.0.0.1:7741/status'])).stdout) as AgentReport;
-    const applied = (hash: string) =>
-      until(`config ${hash}`, async () => ((await status()).appliedHash === hash ? true : undefined), 120_000);
-    const startAgent = async (config: Record<string, unknown>) => {
-      await writeFile(file, JSON.stringify(config));
-      const log = openSync(join(dir, 'agent.log'), 'a');
-      const argv = ['run', '--config', file, '--node', 'gw', '--state-dir', join(dir, 'state'), '--reload-ms', '100'];
-      const child = t.spawn(t.ns.gw, [process.execPath, main, ...argv], { stdio: ['ignore', log, log] });
-      closeSync(log);
-      await applied(String(config.hash));
-      return child;
-    };
-    const stopAgent = async () => {
-      const child = agent!;
-      agent = undefined;
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error('the agent had exited');
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGTERM');
-      await exited;
-    };
-    const allThree = [1, 2, 3].map((n) => uplinkAddress(n).v4);
-    agent = await startAgent(smallConfig(1, 'one'));
+    const pid = await agents.start(smallConfig(1, 'one'));
     await checkPath(t, [uplinkAddress(1).v4]);
-    results.push(['naat-1-uplink', 'naat agent, 1 uplink', await measure(t, size, agent.pid)]);
+    results.push(['naat-1-uplink', 'naat agent, 1 uplink', await measure(t, size, pid)]);
 
-    await writeFile(file, JSON.stringify(smallConfig(3, 'three')));
-    await applied('three');
+    await agents.apply(smallConfig(3, 'three'));
     // Idle: the config applied and its uplinks' links read (the monitor's first rounds), no traffic.
     await sleep(2000);
-    const idle = await idleCpu(agent.pid!, size.idleSeconds);
+    const idle = await idleCpu(pid, size.idleSeconds);
     await checkPath(t, allThree);
-    const three = await measure(t, size, agent.pid);
-    results.push(['naat-3-uplinks', 'naat agent, 3 uplinks balanced', three]);
-    await stopAgent();
+    results.push(['naat-3-uplinks', 'naat agent, 3 uplinks balanced', await measure(t, size, pid)]);
+    await agents.stop();
     await checkPath(t, allThree);
     const threeKernel = await measure(t, size, undefined, false);
     results.push(['naat-3-uplinks-kernel', '  same ruleset, agent stopped (kernel alone)', threeKernel]);
-
-    // (d) Three uplinks behind the config at scale (1,000 rules in the full form); pod1 is in no
-    // rule's sources, so each new flow passes every rule before the default Allow (the worst
-    // case). Throughput is left out: rules are evaluated for a flow's first packet only.
-    const rules = thousands(size.scalePolicies * rulesPerPolicy);
-    agent = await startAgent(scaleConfig(size, 'scale', { extraSources: [podAddress(1).v4] }));
-    await checkPath(t, allThree);
-    const scale = await measure(t, size, agent.pid, false);
-    results.push(['naat-rules', `naat agent, 3 uplinks, ${rules} rules passed`, scale]);
-    await stopAgent();
-    await checkPath(t, allThree);
-    const scaleKernel = await measure(t, size, undefined, false);
-    results.push(['naat-rules-kernel', '  same ruleset, agent stopped (kernel alone)', scaleKernel]);
-
-    const leaked = (await t.serverPacketsFromPods()) - fromPods;
-    if (leaked) throw new Error(`${leaked} packets reached the server with a pod's address while naat ran`);
 
     bench.section('TCP throughput, pod1 → server:');
     for (const [key, label, r] of results) {
@@ -541,37 +640,12 @@ async function topologyBench(bench: Bench, size: Size, dir: string): Promise<voi
       });
     }
     bench.section('new TCP connections per second (connect, read the answer, close):');
-    for (const [key, label, r] of results) {
-      const notes = [
-        r.failures ? `${r.failures} failed` : '',
-        r.agent ? `agent CPU ${(perFlowUs(r.agent) * r.rate * 1e-4).toFixed(0)} % of a core` : '',
-      ].filter(Boolean);
-      bench.figure({
-        key: `connections.${key}`,
-        label,
-        value: r.rate,
-        unit: '/s',
-        digits: 0,
-        ...(r === plain ? {} : { baseline: 'connections.plain' }),
-        ...(key === 'naat-3-uplinks' ? { goal: connectionsGoal } : {}),
-        ...(notes.length ? { note: notes.join('; ') } : {}),
-      });
-    }
+    connectionFigures(bench, results, () => 'plain', { 'naat-3-uplinks': connectionsGoal });
     bench.section(
       "the agent's CPU (its own and that of the programs it runs, /proc/PID/stat), per new flow over the " +
         'connection runs (NEW and DESTROY) and at idle:',
     );
-    for (const [key, label, r] of results) {
-      if (!r.agent) continue;
-      bench.figure({
-        key: `agent-cpu.${key}`,
-        label,
-        value: perFlowUs(r.agent),
-        unit: 'µs/flow',
-        goal: agentFlowGoal,
-        note: `${(perFlowUs(r.agent) * r.rate * 1e-4).toFixed(1)} % of a core at ${r.rate.toFixed(0)} new flows/s; ${r.agent.seconds.toFixed(2)} s for ${r.agent.flows} flows`,
-      });
-    }
+    agentCpuFigures(bench, results);
     bench.figure({
       key: 'agent-cpu.idle',
       label: `naat agent, 3 uplinks, idle for ${size.idleSeconds} s`,
@@ -579,19 +653,82 @@ async function topologyBench(bench: Bench, size: Size, dir: string): Promise<voi
       unit: '% of a core',
       goal: agentIdleGoal,
     });
-    const ratio = (value: number, baseline: number) => `×${(value / baseline).toFixed(2)}`;
-    bench.note(
-      `${rules} rules passed vs none (3 uplinks): ${ratio(scale.rate, three.rate)} with the agent, ` +
-        `${ratio(scaleKernel.rate, threeKernel.rate)} kernel alone`,
-    );
-  } catch (error) {
-    const log = await readFile(join(dir, 'agent.log'), 'utf8').catch(() => '');
-    if (log) console.log(`agent log:\n${log}`);
-    throw error;
-  } finally {
-    await stopProcess(agent);
-    await t.destroy();
-  }
+  });
+}
+
+/**
+ * New connections with the policy rules at scale (1,000 in the full form) against the same
+ * set-up with one rule, three uplinks each. pod1 is in the sources of every policy and matches
+ * none of their rules, so its flows are decided by the default Allow after every rule was ruled
+ * out: the most a new flow's lookups have to tell apart. Throughput is left out: rules are
+ * evaluated for a flow's first packet only.
+ */
+async function rulesBench(bench: Bench, size: Size, dir: string): Promise<void> {
+  const rules = thousands(size.scalePolicies * rulesPerPolicy);
+  bench.section(
+    `new TCP connections per second, pod1 → server, 3 uplinks, one rule vs ${rules} ` +
+      `(${size.connectionRuns} × ${size.connections} connections each, ${size.concurrency} at a time, ` +
+      'the two configs in turn; medians):',
+  );
+  const setUps = [
+    { key: 'naat-one-rule', label: 'naat agent, 3 uplinks, one rule (baseline)', config: oneRuleConfig() },
+    {
+      key: 'naat-rules',
+      label: `naat agent, 3 uplinks, ${rules} rules`,
+      config: scaleConfig(size, 'scale', { everyPolicy: podAddress(1).v4 }),
+    },
+  ];
+  await withTopology(dir, async (t, agents) => {
+    // The configs take turns run by run, first one then the other first, so that a machine that
+    // slows down or speeds up during the benchmark weighs on both alike. With the agent, it is
+    // given the other config; kernel alone, an agent applies it and is stopped.
+    const inTurn = async (kernelAlone: boolean) => {
+      const runs = new Map(setUps.map(({ key }) => [key, [] as SetupResult[]]));
+      let pid: number | undefined;
+      for (let run = 0; run < size.connectionRuns; run++) {
+        for (const { key, config } of run % 2 ? [...setUps].reverse() : setUps) {
+          if (kernelAlone) {
+            await agents.start(config);
+            await agents.stop();
+          } else if (pid === undefined) pid = await agents.start(config);
+          else await agents.apply(config);
+          if (run === 0) await checkPath(t, allThree);
+          runs.get(key)!.push(await measure(t, { ...size, connectionRuns: 1 }, pid, false));
+        }
+      }
+      if (!kernelAlone) await agents.stop();
+      return runs;
+    };
+    const withAgent = await inTurn(false);
+    const kernel = await inTurn(true);
+    const results: Array<[string, string, SetupResult]> = setUps.flatMap(({ key, label }) => [
+      [key, label, combined(withAgent.get(key)!)],
+      [`${key}-kernel`, '  same ruleset, agent stopped (kernel alone)', combined(kernel.get(key)!)],
+    ]);
+    connectionFigures(bench, results, (key) => (key.endsWith('-kernel') ? 'naat-one-rule-kernel' : 'naat-one-rule'), {
+      'naat-rules': rulesGoal,
+      'naat-rules-kernel': rulesKernelGoal,
+    });
+    bench.section("the agent's CPU per new flow over the connection runs (NEW and DESTROY):");
+    agentCpuFigures(bench, results);
+  });
+}
+
+/** The runs of a set-up as one: the median rate, the failures and the agent's CPU of all. */
+function combined(runs: readonly SetupResult[]): SetupResult {
+  const agents = runs.flatMap((r) => (r.agent ? [r.agent] : []));
+  return {
+    rate: median(runs.map((r) => r.rate)),
+    failures: runs.reduce((sum, r) => sum + r.failures, 0),
+    ...(agents.length
+      ? {
+          agent: {
+            seconds: agents.reduce((sum, a) => sum + a.seconds, 0),
+            flows: agents.reduce((sum, a) => sum + a.flows, 0),
+          },
+        }
+      : {}),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -956,11 +1093,13 @@ async function scaleBench(bench: Bench, size: Size, dir: string): Promise<void> 
 await runBenchmark<Size>({
   name: 'dataplane',
   sizes,
-  async run(bench, size) {
+  parts: { flag: 'part', names: parts },
+  async run(bench, size, only = parts) {
     const dir = await mkdtemp(join(tmpdir(), 'naat-bench-dataplane-'));
     try {
-      await topologyBench(bench, size, dir);
-      await scaleBench(bench, size, dir);
+      if (only.includes('traffic')) await trafficBench(bench, size, dir);
+      if (only.includes('rules')) await rulesBench(bench, size, dir);
+      if (only.includes('scale')) await scaleBench(bench, size, dir);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -76,8 +76,9 @@ const expectedKeys: Record<string, string[]> = {
   ],
   dataplane: [
     ...setups.map((s) => `throughput.${s}`),
-    ...[...setups, 'naat-3-uplinks-kernel', 'naat-rules', 'naat-rules-kernel'].map((s) => `connections.${s}`),
-    ...['naat-1-uplink', 'naat-3-uplinks', 'naat-rules', 'idle'].map((s) => `agent-cpu.${s}`),
+    ...[...setups, 'naat-3-uplinks-kernel'].map((s) => `connections.${s}`),
+    ...['naat-one-rule', 'naat-one-rule-kernel', 'naat-rules', 'naat-rules-kernel'].map((s) => `connections.${s}`),
+    ...['naat-1-uplink', 'naat-3-uplinks', 'naat-one-rule', 'naat-rules', 'idle'].map((s) => `agent-cpu.${s}`),
     'config.json-parse',
     'config.yaml-parse',
     'config.check',

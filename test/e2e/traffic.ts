@@ -37,6 +37,8 @@ export interface ConnectOptions {
   /** How long each may take; 2 s by default. */
   timeoutMs?: number;
   transport?: 'tcp' | 'udp';
+  /** Every ask from this source port, one at a time; a new one each time by default. */
+  sourcePort?: number;
 }
 
 export interface Answers {
@@ -49,7 +51,7 @@ export interface Answers {
   seconds: number;
 }
 
-/** Asks a whoami server `count` times from namespace `ns`, each time from a new source port. */
+/** Asks a whoami server `count` times from namespace `ns`, each time from a new source port unless one is given. */
 export async function connectMany(
   topology: TrafficTopology,
   ns: string,
@@ -58,7 +60,7 @@ export async function connectMany(
   count: number,
   options: ConnectOptions = {},
 ): Promise<Answers> {
-  const concurrency = options.concurrency ?? 100;
+  const concurrency = options.sourcePort ? 1 : (options.concurrency ?? 100);
   const timeoutMs = options.timeoutMs ?? 2000;
   const { stdout } = await topology.exec(
     ns,
@@ -71,6 +73,7 @@ export async function connectMany(
       String(count),
       String(concurrency),
       String(timeoutMs),
+      ...(options.sourcePort ? [String(options.sourcePort)] : []),
     ],
     { timeoutMs: Math.ceil(count / concurrency) * timeoutMs + 30_000 },
   );

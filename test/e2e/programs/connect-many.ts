@@ -2,18 +2,18 @@
 // a time, and prints {"answers": [...], "failures": n, "error": "first failure", "seconds": s} as
 // JSON, `seconds` from the first ask to the last answer (without Node's start-up, so that rates
 // can be measured with it). Over TCP each ask is a connection; over UDP it is a datagram from a
-// new socket.
-// Usage: node connect-many.ts tcp|udp <address> <port> <count> <concurrency> <timeoutMs>
+// new socket; with a source port, every ask is sent from it (one at a time).
+// Usage: node connect-many.ts tcp|udp <address> <port> <count> <concurrency> <timeoutMs> [sourcePort]
 import { createSocket } from 'node:dgram';
 import { connect, isIPv6 } from 'node:net';
 
 const [transport, address = '', ...numbers] = process.argv.slice(2);
-const [port = 0, count = 0, concurrency = 1, timeoutMs = 0] = numbers.map(Number);
+const [port = 0, count = 0, concurrency = 1, timeoutMs = 0, sourcePort] = numbers.map(Number);
 
 function tcp(): Promise<string> {
   return new Promise((resolve, reject) => {
     let answer = '';
-    const socket = connect({ host: address, port });
+    const socket = connect({ host: address, port, ...(sourcePort ? { localPort: sourcePort } : {}) });
     socket.setEncoding('utf8');
     socket.setTimeout(timeoutMs, () => socket.destroy(new Error('timed out')));
     socket.on('data', (data) => (answer += data));
@@ -34,7 +34,8 @@ function udp(): Promise<string> {
     const timer = setTimeout(() => finish(new Error('timed out')), timeoutMs);
     socket.once('message', (message) => finish(null, message.toString()));
     socket.once('error', finish);
-    socket.send('?', port, address);
+    if (sourcePort) socket.bind(sourcePort, () => socket.send('?', port, address));
+    else socket.send('?', port, address);
   });
 }
 
