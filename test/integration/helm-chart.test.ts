@@ -232,9 +232,12 @@ describe('helm template with the default values', () => {
       'NAAT_CONFIG',
       'NAAT_NAMESPACE',
       'NAAT_POD_NAME',
+      'NODE_OPTIONS',
       'OTEL_SDK_DISABLED',
       'OTEL_SERVICE_NAME',
     ]);
+    // The operator's heap bound (operator.heapLimitMiB).
+    expect(env(manifests).NODE_OPTIONS).toBe('--max-old-space-size=256');
   });
 
   test('sends the webhook only opted-in pods, never blocks them and leaves caBundle to the operator', () => {
