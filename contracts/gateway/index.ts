@@ -26,6 +26,7 @@ export {
   anyGatewayLabels,
   configIndexKey,
   configSliceKey,
+  configSliceLabel,
   gatewayLabel,
   gatewayLabels,
   gatewayObjectName,

@@ -27,6 +27,9 @@ export const configSliceKey = 'slice.json';
  */
 export const gatewaySliceName = (gateway: string, n: number) => `naat-gws-${n}-${gateway}`;
 
+/** The label of a gateway's config slices: its value is the slice's number. */
+export const configSliceLabel = 'naat.dev/config-slice';
+
 /** The label that names the gateway of an object (its agent pods included). */
 export const gatewayLabel = 'naat.dev/gateway';
 
