@@ -15,7 +15,7 @@ import { SteeringStatusReporter } from '../../dataplane/steering/report.ts';
 import { nodeAgentName, nodeConfigName, objectName } from '../../operator/desired.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
-import { operatorSettings, webhookObjects } from '../cluster/operator.ts';
+import { operatorSettings, storedGatewayConfig, webhookObjects } from '../cluster/operator.ts';
 import { testNodes } from './global-setup.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
@@ -105,10 +105,7 @@ async function eventually<T>(what: string, check: () => Promise<T | undefined>, 
   }
 }
 
-async function config(): Promise<GatewayConfig | undefined> {
-  const cm = JSON.parse(await k(['get', 'configmap', objectName(id), '-n', system, '-o', 'json']));
-  return JSON.parse(cm.data['config.json']) as GatewayConfig;
-}
+const config = (): Promise<GatewayConfig | undefined> => storedGatewayConfig(k, system, id);
 
 async function status(kind: string, name: string, namespace?: string) {
   const object = JSON.parse(await k(['get', kind, name, ...(namespace ? ['-n', namespace] : []), '-o', 'json']));
