@@ -274,7 +274,7 @@ export class BenchCluster {
   readonly dir: string;
   readonly kubeConfig: KubeConfig;
   readonly #children: ChildProcess[] = [];
-  readonly #watches: ResumingWatch[] = [];
+  readonly #watches: Array<{ stop(): void }> = [];
   #cleaning: Promise<void> | undefined;
 
   private constructor(cluster: Cluster, dir: string) {
@@ -378,6 +378,11 @@ export class BenchCluster {
     this.#watches.push(watch);
     await watch.start();
     return watch;
+  }
+
+  /** Stops `watch` (such as an agent's config source) at cleanup, with the watches started here. */
+  stopAtCleanup(watch: { stop(): void }): void {
+    this.#watches.push(watch);
   }
 
   /** Sums the apiserver's request counter over the series whose labels include `labels`. */
