@@ -18,6 +18,33 @@ export interface OperatorPorts {
 }
 
 /**
+ * A gateway `id` on the test cluster's gateway nodes (labelled naat.dev/gateway=true) through its
+ * Uplink `<id>-isp`, serving the pods of the namespaces labelled egress=<id>, given first: the
+ * namespace `apps`, the Uplink and the gateway, to apply in that order.
+ */
+export function servedGateway(id: string, apps: string): unknown[] {
+  return [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: apps, labels: { egress: id } } },
+    {
+      apiVersion,
+      kind: 'Uplink',
+      metadata: { name: `${id}-isp` },
+      spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: { addresses: ['192.0.2.10'] } },
+    },
+    {
+      apiVersion,
+      kind: 'EgressGateway',
+      metadata: { name: id },
+      spec: {
+        nodeSelector: { 'naat.dev/gateway': 'true' },
+        uplinks: { names: [`${id}-isp`] },
+        namespaceSelector: { matchLabels: { egress: id } },
+      },
+    },
+  ];
+}
+
+/**
  * A gateway's compiled config as the operator stored it in `namespace` (its index and slices,
  * assembled), read with kubectl; undefined while there is none. Retried while a slice changes
  * between the reads.

@@ -27,7 +27,8 @@ import { root } from '../../crds/generate.ts';
 import { watchGatewayConfig, type ConfigSource } from '../../dataplane/config-source.ts';
 import { kubectl, serviceAccountKubeconfig } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
-import { operatorSettings, webhookObjects } from '../cluster/operator.ts';
+import { operatorSettings, servedGateway, webhookObjects } from '../cluster/operator.ts';
+import { until } from '../e2e/topology.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const id = `sl${process.pid}`;
@@ -65,22 +66,6 @@ const policy = (i: number) => ({
   },
 });
 
-async function until<T>(what: string, check: () => Promise<T | undefined> | T | undefined, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > end)
-      throw new Error(`timed out waiting for ${what} (${String(last ?? '')})\n${output.slice(-3000)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 interface StoredConfigMap {
   metadata: { name: string; resourceVersion: string; labels?: Record<string, string> };
   data: Record<string, string>;
@@ -111,23 +96,7 @@ beforeAll(async () => {
   await installCrds(process.env.KUBECONFIG!);
   await k(['create', 'namespace', system]);
   for (const object of webhookObjects(`naat-${id}`, system)) await apply(object);
-  await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: apps, labels: { egress: id } } });
-  await apply({
-    apiVersion,
-    kind: 'Uplink',
-    metadata: { name: `${id}-isp` },
-    spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: {} },
-  });
-  await apply({
-    apiVersion,
-    kind: 'EgressGateway',
-    metadata: { name: id },
-    spec: {
-      nodeSelector: { 'naat.dev/gateway': 'true' },
-      uplinks: { names: [`${id}-isp`] },
-      namespaceSelector: { matchLabels: { egress: id } },
-    },
-  });
+  for (const object of servedGateway(id, apps)) await apply(object);
   const items = [
     ...Array.from({ length: 20 }, (_, i) => pod(`web-${i}`, 'web')),
     ...Array.from({ length: 24 }, (_, i) => policy(i)),
@@ -156,7 +125,16 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-test('the agent assembles the sliced config; one pod rewrites one slice; a half-written set waits', async () => {
+test(
+  'the agent assembles the sliced config; one pod rewrites one slice; a half-written set waits',
+  () =>
+    slicedConfigDelivered().catch((error: Error) => {
+      throw new Error(`${error.message}\noperator:\n${output.slice(-3000)}`, { cause: error });
+    }),
+  180_000,
+);
+
+async function slicedConfigDelivered(): Promise<void> {
   // The agent's config source, as the gateway's ServiceAccount: its Role alone lets it read.
   await until('the gateway ServiceAccount', () =>
     k(['get', 'serviceaccount', gatewayObjectName(id), '-n', system]).then(() => true),
@@ -179,8 +157,10 @@ test('the agent assembles the sliced config; one pod rewrites one slice; a half-
     (text) => delivered.push(parseGatewayConfig(JSON.parse(text))),
     (error) => errors.push(error.message),
   );
-  const first = await until('the config with every pod and rule at the agent', () =>
-    delivered.find((c) => c.pods.length === 20 && c.rules.length === 24 * 50),
+  const first = await until(
+    'the config with every pod and rule at the agent',
+    async () => delivered.find((c) => c.pods.length === 20 && c.rules.length === 24 * 50),
+    60_000,
   );
   expect(first.rules[0]!.sources).toHaveLength(20);
   // The compiled config itself, as the gateway's status names it, held in several slices.
@@ -195,7 +175,7 @@ test('the agent assembles the sliced config; one pod rewrites one slice; a half-
   // A pod no policy selects: its slice alone is rewritten (and the index, which names its hash).
   const before = await slices();
   await apply(pod('other-0', 'other'));
-  const withPod = await until('the new pod at the agent', () =>
+  const withPod = await until('the new pod at the agent', async () =>
     delivered.find((c) => c.pods.some((p) => p.name === 'other-0')),
   );
   expect(withPod.rules).toEqual(first.rules);
@@ -235,10 +215,10 @@ test('the agent assembles the sliced config; one pod rewrites one slice; a half-
   const next = await index();
   next.slices = next.slices.map((s) => (s.name === name ? { ...s, hash: sliceHash(text) } : s));
   await patch(gatewayObjectName(id), { [configIndexKey]: JSON.stringify(next) });
-  const without = await until('the new version at the agent', () =>
+  const without = await until('the new version at the agent', async () =>
     delivered.length > count ? delivered.at(-1) : undefined,
   );
   expect(without.pods.map((p) => p.name)).not.toContain('web-0');
   expect(without.pods).toHaveLength(one.config.pods.length - 1);
   expect(errors).toEqual([]);
-}, 180_000);
+}
