@@ -8,7 +8,7 @@ import { configSliceKey, configSliceLabel, gatewayLabel, sliceConfig } from '../
 import type { EgressGateway, EgressPolicy } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
 import type { Compiled, PolicyFacts } from '../compile.ts';
-import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../desired.ts';
+import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig, type ApiObject } from '../desired.ts';
 import type { EventRecorder } from '../events.ts';
 import { compileCluster } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
@@ -54,7 +54,7 @@ export function gatewaysOf(caches: Pick<Caches, 'gateways'>) {
 export class GatewayReconciler {
   readonly #o: GatewayReconcilerOptions;
   readonly #objects: KubernetesObjectApi;
-  /** The text of each config slice as this operator last wrote it. */
+  /** The hash of each config slice as this operator last wrote it. */
   readonly #writtenSlices = new Map<string, string>();
 
   constructor(options: GatewayReconcilerOptions) {
@@ -124,16 +124,17 @@ export class GatewayReconciler {
       .filter((cm) => cm.metadata?.labels?.[gatewayLabel] === gateway.metadata.name);
     const stale = existing.map((cm) => cm.metadata!.name!).filter((slice) => !sliced.slices.has(slice));
     const objects = desiredGatewayObjects(gateway, compiled, settings, namespace, sliced, stale);
+    const hashes = new Map(sliced.index.slices.map((s) => [s.name, s.hash]));
     let configUid: string | undefined;
     for (const object of objects) {
-      const slice = object.metadata.labels?.[configSliceLabel] !== undefined;
-      const text = slice ? (object.data as Record<string, string>)[configSliceKey] : undefined;
-      if (slice && this.#unchanged(object.metadata.name, text!)) continue;
+      const hash =
+        object.metadata.labels?.[configSliceLabel] !== undefined ? hashes.get(object.metadata.name) : undefined;
+      if (hash && this.#unchanged(object, hash)) continue;
       const applied = await applyObject(
         this.#objects,
         object.kind === 'DaemonSet' && configUid ? ownedByConfig(object, configUid) : object,
       );
-      if (slice) this.#writtenSlices.set(object.metadata.name, text!);
+      if (hash) this.#writtenSlices.set(object.metadata.name, hash);
       if (object.kind === 'ConfigMap' && object.metadata.name === name) configUid = applied.metadata?.uid;
     }
     if (!stale.length) return;
@@ -146,13 +147,15 @@ export class GatewayReconciler {
   }
 
   /**
-   * Whether the slice holds `text` already: this operator wrote it so, and the cache has it so. The
-   * cache alone could be behind a write of this operator's (a slice changed and changed back), and
-   * what was written alone says nothing of a slice deleted since.
+   * Whether the slice is stored as desired already (its text of that `hash`): this operator wrote
+   * it so, and the cache has it so. The cache alone could be behind a write of this operator's (a
+   * slice changed and changed back), and what was written alone says nothing of a slice deleted or
+   * edited since.
    */
-  #unchanged(slice: string, text: string): boolean {
-    const cached = this.#o.caches.gatewayConfigSlices.get(`${this.#o.namespace}/${slice}`);
-    return this.#writtenSlices.get(slice) === text && cached?.data?.[configSliceKey] === text;
+  #unchanged(slice: ApiObject, hash: string): boolean {
+    const cached = this.#o.caches.gatewayConfigSlices.get(`${this.#o.namespace}/${slice.metadata.name}`);
+    const text = (slice.data as Record<string, string>)[configSliceKey];
+    return this.#writtenSlices.get(slice.metadata.name) === hash && cached?.data?.[configSliceKey] === text;
   }
 
   async #policyStatus(
