@@ -4,7 +4,7 @@
 // 1000,10000,50000]`. For each size: the whole config, the index, the slices (how many, the
 // largest), the Role that names them, what one pod's change rewrites, and the time to compile
 // and to slice. Prints one JSON line per size.
-import { parseArgs } from 'node:util';
+import { parseCommandLine, usageError } from '../../common/index.ts';
 import { sliceConfig, type GatewayConfig } from '../../contracts/gateway/index.ts';
 import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../../crds/index.ts';
 import { compileGateway, type PodFacts, type Snapshot } from '../../operator/compile.ts';
@@ -75,9 +75,20 @@ function snapshotOf(pods: number): Snapshot {
 
 const bytes = (value: unknown) => Buffer.byteLength(typeof value === 'string' ? value : JSON.stringify(value));
 
-const { values } = parseArgs({ options: { pods: { type: 'string', default: '1000,4000,10000,50000' } } });
+const usage = `usage: npm run bench:scale-sizes [-- --pods 1000,4000,10000,50000]
+  prints, for each size in served pods (nodes and policies as bench:scale grows them), one JSON
+  line: the whole config, its index, its slices, their Role, what one pod's change rewrites`;
+const { values } = parseCommandLine(usage, {
+  options: { pods: { type: 'string', default: '1000,4000,10000,50000' } },
+});
 const settings = parseSettings(operatorSettings('naat', { metrics: 9090, health: 9091, webhook: 9443 }));
-for (const pods of parseSizes(values.pods)) {
+let sizes: number[];
+try {
+  sizes = parseSizes(values.pods);
+} catch (error) {
+  usageError(usage, (error as Error).message);
+}
+for (const pods of sizes) {
   const snapshot = snapshotOf(pods);
   let started = performance.now();
   const compiled = compileGateway(snapshot);
