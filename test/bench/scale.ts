@@ -1,11 +1,11 @@
 // Scale benchmark (`npm run bench:scale`; --quick, --smoke, --json: test/bench/harness.ts; --pods,
-// --changes, --churn-seconds below): how today's distribution of the compiled configs grows with
+// --changes, --churn-seconds below): how the distribution of the compiled configs grows with
 // served pods, policies and nodes. A real control plane on loopback with kwok (test/cluster) grows
 // through the sizes asked for (served pods; nodes and policies in the issue's proportions: 50 pods
 // a node, 10 a policy, 5 rules each; test/bench/scale-figures.ts), one EgressGateway on 2 gateway
 // nodes serves every pod, and every other node hosts served pods. The agents are stood in for by
-// watchers that read what each agent reads today, timestamping each event: one per gateway node
-// on the gateway's ConfigMap, one per other node on its node's ConfigMap. At each size a fresh
+// watchers that read what each agent reads, timestamping each event: one per gateway node on the
+// gateway's index and each slice it names, one per other node on its node's ConfigMap. At each size a fresh
 // operator (node operator/main.ts, as the chart runs it) resyncs, and then:
 //  1. objects: the largest object the operator writes against the limit the apiserver holds it to
 //     (a ConfigMap's data 1 MiB, any object 1.5 MiB as etcd takes it);
