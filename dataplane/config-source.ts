@@ -142,11 +142,14 @@ export async function watchGatewayConfig(
       }
       if (indexText === undefined)
         return onError(new Error(`configmap ${namespace}/${name} has neither ${configIndexKey} nor ${agentConfigKey}`));
+      let parsed: ConfigIndex;
       try {
-        index = JSON.parse(indexText) as ConfigIndex;
+        parsed = JSON.parse(indexText) as ConfigIndex;
+        if (!Array.isArray(parsed.slices)) throw new Error('it names no slices');
       } catch (error) {
         return onError(new Error(`configmap ${namespace}/${name}: ${configIndexKey}: ${(error as Error).message}`));
       }
+      index = parsed;
       const named = new Set(index.slices.map((s) => s.name));
       for (const slice of [...slices.keys()]) if (!named.has(slice)) unfollow(slice);
       for (const slice of named) if (!slices.has(slice)) follow(slice);
