@@ -1,9 +1,9 @@
 // The sizes of a gateway's stored config at the scale goal and on the way, computed by the
 // operator's own pure functions (compileGateway, sliceConfig, desiredGatewayObjects) on the
-// objects bench:scale makes, without a cluster: `node test/bench/scale-sizes.ts [--pods
+// objects bench:scale makes, without a cluster: `npm run bench:scale-sizes [-- --pods
 // 1000,10000,50000]`. For each size: the whole config, the index, the slices (how many, the
-// largest), the Role that names them, what one pod's change rewrites, and the time to compile
-// and to slice. Prints one JSON line per size.
+// largest, all together), the index's bypass, the Role that names them, what one pod's change
+// rewrites, and the time to compile and to slice. Prints one JSON line per size.
 import { parseCommandLine, usageError } from '../../common/index.ts';
 import { sliceConfig, type GatewayConfig } from '../../contracts/gateway/index.ts';
 import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../../crds/index.ts';
@@ -115,6 +115,8 @@ for (const pods of sizes) {
       slices: slices.length,
       largestSlice: slices.at(-1),
       medianSlice: slices[slices.length >> 1],
+      allSlices: slices.reduce((sum, size) => sum + size, 0),
+      bypass: bytes(compiled.config.bypass),
       role: bytes(objects.find((o) => o.kind === 'Role')),
       podChange: {
         slices: rewritten.length,
