@@ -230,7 +230,10 @@ export class ResumingWatch {
       query,
       (type, object: Record<string, unknown> & { metadata?: { resourceVersion?: string } }) => {
         const at = now();
-        this.#resourceVersion = object.metadata?.resourceVersion ?? this.#resourceVersion;
+        // A version compacted away (410 Gone) cannot be resumed from: the next start reads the
+        // current state afresh, as an informer relists, rather than asking for it again and again.
+        if (type === 'ERROR' && (object as { code?: number }).code === 410) this.#resourceVersion = undefined;
+        else this.#resourceVersion = object.metadata?.resourceVersion ?? this.#resourceVersion;
         if (type === 'ERROR') console.error(`watch of ${this.#path}: ${JSON.stringify(object)}`);
         else if (type !== 'BOOKMARK') this.#onEvent(type, object, at);
       },
