@@ -9,10 +9,10 @@ import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { statusCode } from '../common/kube/index.ts';
 import {
-  agentConfigKey,
   anyGatewayLabels,
   gatewayLabel,
   parseGatewayConfig,
+  readGatewayConfig,
   type GatewayConfig,
 } from '../contracts/gateway/index.ts';
 import { definitionOf, group, version, type EgressGateway, type Uplink } from '../crds/index.ts';
@@ -24,7 +24,7 @@ export interface AgentTarget extends AgentPod {
   localPort?: number;
 }
 
-/** Every gateway's ConfigMap and agent pods. */
+/** Every gateway's ConfigMaps (index and slices) and agent pods. */
 const agentSelector = Object.entries(anyGatewayLabels)
   .map(([key, value]) => `${key}=${value}`)
   .join(',');
@@ -78,16 +78,20 @@ export class NaatCluster {
     return (list as { items: T[] }).items;
   }
 
-  /** Each gateway's compiled config, by gateway; a ConfigMap that does not parse is left out. */
+  /**
+   * Each gateway's compiled config, by gateway, assembled from its index and slices (one list of
+   * the gateways' ConfigMaps holds both); a config that does not parse or assemble is left out.
+   */
   async configs(): Promise<Map<string, GatewayConfig>> {
     const list = await this.#core.listNamespacedConfigMap({ namespace: this.namespace, labelSelector: agentSelector });
+    const data = new Map(list.items.map((configMap) => [configMap.metadata?.name ?? '', configMap.data ?? {}]));
+    const gateways = new Set(list.items.map((configMap) => configMap.metadata?.labels?.[gatewayLabel]));
     const configs = new Map<string, GatewayConfig>();
-    for (const configMap of list.items) {
-      const gateway = configMap.metadata?.labels?.[gatewayLabel];
-      const text = configMap.data?.[agentConfigKey];
-      if (!gateway || text === undefined) continue;
+    for (const gateway of gateways) {
+      if (!gateway) continue;
       try {
-        configs.set(gateway, parseGatewayConfig(JSON.parse(text)));
+        const config = await readGatewayConfig(gateway, (name) => Promise.resolve(data.get(name)));
+        if (config) configs.set(gateway, parseGatewayConfig(config));
       } catch {
         // The agents keep their last good config; so does the CLI's explanation, by leaving it out.
       }

@@ -26,10 +26,15 @@ import {
   type AttributionRecord,
   type Retention,
 } from './attribution.ts';
-import { watchConfigMap, watchFile, type ConfigSource } from './config-source.ts';
+import { watchConfigMap, watchFile, watchGatewayConfig, type ConfigSource } from './config-source.ts';
 import { bearerToken, flowPaths, servesFlowsUnauthenticated } from './flow-access.ts';
 import { plainAndMutualTls, readTlsDir, TlsDir } from './link-tls.ts';
-import { agentConfigKey as configKey, parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
+import {
+  agentConfigKey as configKey,
+  configIndexKey,
+  parseGatewayConfig,
+  type GatewayConfig,
+} from '../contracts/gateway/index.ts';
 import { parseNodeConfig, type NodeConfig, type NodeGateway } from '../contracts/gateway/index.ts';
 import type { WantedPod } from './naa/node-driver.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
@@ -289,7 +294,7 @@ async function run(): Promise<void> {
     ...(process.env.POD_NAME ? { 'k8s.pod.name': process.env.POD_NAME } : {}),
   });
   const stopIdentity = await startIdentity();
-  const first = await firstConfig(parseConfig, 'gateway config');
+  const first = await firstConfig(parseConfig, 'gateway config', 'gateway');
   // Without telemetry, an ended flow costs nothing beyond its attribution record.
   const onFlowEnd = telemetry.enabled ? (await import('./flow-telemetry.ts')).exportFlow : undefined;
   let failover: GatewayFailover | undefined;
@@ -410,13 +415,14 @@ async function run(): Promise<void> {
 }
 
 /**
- * Starts watching the config (--config FILE or --config-map NAMESPACE/NAME) and resolves with its
- * first valid version; later versions go to the callback given to `later`. An invalid first
- * version is logged and waited out.
+ * Starts watching the config (--config FILE or --config-map NAMESPACE/NAME: a gateway's index and
+ * slices, or a node's config) and resolves with its first valid version; later versions go to the
+ * callback given to `later`. An invalid first version is logged and waited out.
  */
 async function firstConfig<T>(
   parse: (text: string) => T,
   what: string,
+  role: 'gateway' | 'node',
 ): Promise<{
   config: T;
   source: ConfigSource;
@@ -444,7 +450,10 @@ async function firstConfig<T>(
     if (!namespace || !name) usageError(usage, '--config-map takes NAMESPACE/NAME');
     const { pooledKubeConfig } = await import('../common/kube/index.ts');
     const kubeConfig = pooledKubeConfig();
-    source = await watchConfigMap(kubeConfig, namespace, name, configKey, onText, onError);
+    source =
+      role === 'gateway'
+        ? await watchGatewayConfig(kubeConfig, namespace, name, onText, onError)
+        : await watchConfigMap(kubeConfig, namespace, name, configKey, onText, onError);
   } else if (values.config) {
     source = watchFile(values.config, Number(values['reload-ms']), onText, onError);
   } else {
@@ -763,7 +772,8 @@ async function configAtStop(source: ConfigSource): Promise<{ gone?: string; text
   const { CoreV1Api } = await import('@kubernetes/client-node');
   try {
     const configMap = await pooledKubeConfig().makeApiClient(CoreV1Api).readNamespacedConfigMap({ name, namespace });
-    return { text: configMap.data?.[configKey] };
+    // A gateway's index holds its placement as the whole config does (contracts/gateway/slices.ts).
+    return { text: configMap.data?.[configKey] ?? configMap.data?.[configIndexKey] };
   } catch (error) {
     const code = (error as { code?: number }).code;
     return code === 404 ? { gone: 'not found' } : code === 403 ? { gone: 'forbidden' } : {};
@@ -927,7 +937,7 @@ async function node(): Promise<void> {
   }
   const parse = (text: string): NodeConfig => parseNodeConfig(parseText(text));
   const stopIdentity = await startIdentity();
-  const first = await firstConfig(parse, 'node config');
+  const first = await firstConfig(parse, 'node config', 'node');
   const links = linkTls();
   const agent = nodeAgent(await naaRelays(links, values['associate-pods'] === true), links);
   await agent.start(first.config);

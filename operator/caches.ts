@@ -34,7 +34,7 @@ import {
 } from '../crds/index.ts';
 import { apiListerWatcher, Informer, type ListPage } from '../common/kube/index.ts';
 import { agentSignerName } from '../contracts/index.ts';
-import { failoverNodeLabel } from '../contracts/gateway/index.ts';
+import { configSliceLabel, failoverNodeLabel } from '../contracts/gateway/index.ts';
 import type { Logger } from '../common/index.ts';
 import { nodeAgentName } from './desired.ts';
 import { podConditionPrefix } from './status.ts';
@@ -52,6 +52,8 @@ export interface Caches {
   daemonSets: Informer<V1DaemonSet>;
   /** Only the node agents' ConfigMaps (one per node), in its namespace: those to remove are found here. */
   nodeConfigMaps: Informer<V1ConfigMap>;
+  /** Only the gateways' config slices, in its namespace: unchanged ones are not written again, stale ones removed. */
+  gatewayConfigSlices: Informer<V1ConfigMap>;
   /** Only the gateway nodes' failover Leases (by their label), in its namespace. */
   failoverLeases: Informer<V1Lease>;
 }
@@ -146,6 +148,12 @@ export function operatorCaches(
         `/api/v1/namespaces/${namespace}/configmaps`,
         (p, o) => core.listNamespacedConfigMap({ namespace, ...p }, o),
         { labelSelector: `${managed},app.kubernetes.io/name=${nodeAgentName}` },
+      ),
+      gatewayConfigSlices: informer(
+        'ConfigMap',
+        `/api/v1/namespaces/${namespace}/configmaps`,
+        (p, o) => core.listNamespacedConfigMap({ namespace, ...p }, o),
+        { labelSelector: `${managed},${configSliceLabel}` },
       ),
       failoverLeases: informer(
         'Lease',

@@ -1,10 +1,16 @@
 // Properties of compileGateway over random snapshots of the API (gateways, uplinks, policies,
 // pods, namespaces and nodes, each valid by the CRDs' schemas): the dataplane accepts every
-// config it compiles, the same snapshot in any order compiles to the same hash, and a conflict
-// is reported on both policies it involves.
+// config it compiles, and its slices restore its order without positions; the same snapshot in
+// any order compiles to the same hash, and a conflict is reported on both policies it involves.
 import fc from 'fast-check';
 import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../crds/index.ts';
-import { parseGatewayConfig, parseNodeConfig } from '../contracts/gateway/index.ts';
+import {
+  assembleConfig,
+  parseGatewayConfig,
+  parseNodeConfig,
+  sliceConfig,
+  type ConfigSlice,
+} from '../contracts/gateway/index.ts';
 import { each } from '../test/arbitraries.ts';
 import { compileGateway, sidecarContainerName, type PodFacts, type Snapshot, type TunnelFacts } from './compile.ts';
 import { desiredNodeConfigs } from './steering.ts';
@@ -264,6 +270,22 @@ describe('compileGateway, for any snapshot', () => {
       fc.property(snapshot, (s) => {
         const { config } = compileGateway(s);
         expect(parseGatewayConfig(JSON.parse(JSON.stringify(config)))).toEqual(config);
+      }),
+      { numRuns: 150 },
+    );
+  });
+
+  it('compiles a config in the order its slices restore: none carries a position, all lists derive', () => {
+    fc.assert(
+      fc.property(snapshot, fc.integer({ min: 300, max: 3000 }), (s, budget) => {
+        const { config } = compileGateway(s);
+        const { index, slices } = sliceConfig(config, budget);
+        const entries = [...slices.values()]
+          .map((text) => JSON.parse(text) as ConfigSlice)
+          .flatMap((slice) => [...slice.pods, ...slice.policies, ...slice.steering]);
+        expect(entries.filter((e) => e.at !== undefined)).toEqual([]);
+        expect(index.derived).toEqual({ sources: true, sidecarSources: true, strictSources: true });
+        expect(assembleConfig(index, slices)).toEqual(config);
       }),
       { numRuns: 150 },
     );

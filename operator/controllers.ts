@@ -59,6 +59,11 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   gateways.watch(caches.gateways);
   gateways.watch(caches.policies, (_key, policy) => affected.ofPolicy(policy));
   gateways.watch(caches.daemonSets, (_key, daemonSet) => affected.ofDaemonSet(daemonSet));
+  // A config slice deleted by another hand is written again; the operator's own writes need nothing.
+  gateways.watch(caches.gatewayConfigSlices, (key, slice) => {
+    const gateway = slice.metadata?.labels?.[gatewayLabel];
+    return gateway && !caches.gatewayConfigSlices.get(key) ? [gateway] : [];
+  });
   // Uplinks, pods, namespaces and nodes can change what any gateway selects: every gateway looks.
   gateways.watch(caches.uplinks, affected.all);
   gateways.watch(caches.pods, onFactsChange(caches.pods, podFacts, affected.all));

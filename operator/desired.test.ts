@@ -1,3 +1,12 @@
+import {
+  assembleConfig,
+  configIndexKey,
+  configSliceKey,
+  configSliceLabel,
+  gatewayLabels,
+  sliceConfig,
+  type GatewayConfig,
+} from '../contracts/gateway/index.ts';
 import { validate, type EgressGateway } from '../crds/index.ts';
 import { operatorSettings } from '../test/cluster/operator.ts';
 import type { Compiled } from './compile.ts';
@@ -6,6 +15,7 @@ import {
   agentHeapMiB,
   agentNodeOptions,
   desiredGatewayObjects,
+  type ApiObject,
   desiredNodeObjects,
 } from './desired.ts';
 import { parseSettings } from './settings.ts';
@@ -23,9 +33,9 @@ function gateway(spec: Record<string, unknown> = {}): EgressGateway {
   return result.value as EgressGateway;
 }
 
-/** Only the config's text goes into the objects. */
+/** Only the config's text goes into the objects, as an index and slices. */
 const compiled = {
-  config: { gateway: 'egress', hash: 'sha256:0', timeouts: { icmpSeconds: 45 }, pods: [] },
+  config: { gateway: 'egress', hash: 'sha256:0', timeouts: { icmpSeconds: 45 }, sources: [], pods: [], rules: [] },
 } as unknown as Compiled;
 
 /** The gateway agent's pod as the DaemonSet runs it. */
@@ -210,6 +220,53 @@ describe('desiredGatewayObjects', () => {
     expect(pods[0].containers[0].ports).toContainEqual({ name: 'flows', containerPort: 9094 });
   });
 
+  it('stores the config as an index and slices, each slice granted to the agents before the index names it', () => {
+    const pods = Array.from({ length: 400 }, (_, i) => ({
+      namespace: 'shop',
+      name: `pod-${String(i).padStart(3, '0')}`,
+      addresses: [`10.1.${i >> 8}.${i & 255}`],
+    }));
+    const config = { ...compiled.config, pods, sources: pods.flatMap((p) => p.addresses) };
+    const sliced = sliceConfig(config as unknown as GatewayConfig, 8 * 1024);
+    const objects = desiredGatewayObjects(
+      gateway(),
+      { config } as unknown as Compiled,
+      settings,
+      'naat-system',
+      sliced,
+      ['naat-gws-9-egress'],
+    );
+    const order = objects.map((o) => `${o.kind} ${o.metadata.name}`);
+    const slices = [...sliced.slices.keys()];
+    expect(slices.length).toBeGreaterThan(2);
+    expect(order).toEqual([
+      'ServiceAccount naat-gw-egress',
+      'ClusterRoleBinding naat-gw-egress',
+      'Role naat-gw-egress',
+      'RoleBinding naat-gw-egress',
+      ...slices.map((name) => `ConfigMap ${name}`),
+      'ConfigMap naat-gw-egress',
+      'DaemonSet naat-gw-egress',
+    ]);
+    const role = objects.find((o) => o.kind === 'Role')! as unknown as { rules: Array<{ resourceNames: string[] }> };
+    // The slices the index being replaced still names, until they are deleted.
+    expect(role.rules[0]!.resourceNames).toEqual(['naat-gw-egress', ...slices, 'naat-gws-9-egress']);
+    const data = (o: ApiObject) => o.data as Record<string, string>;
+    const index = JSON.parse(
+      data(objects.find((o) => o.metadata.name === 'naat-gw-egress' && o.kind === 'ConfigMap')!)[configIndexKey]!,
+    );
+    const texts = new Map(
+      objects
+        .filter((o) => o.metadata.labels?.[configSliceLabel])
+        .map((o) => [o.metadata.name, data(o)[configSliceKey]!]),
+    );
+    expect(assembleConfig(index, texts)).toEqual(config);
+    expect(objects.find((o) => o.metadata.name === slices[1])!.metadata.labels).toEqual({
+      ...gatewayLabels('egress'),
+      [configSliceLabel]: '1',
+    });
+  });
+
   it("lets the agents hold failover Leases only with failover addresses, renewing only their nodes'", () => {
     const rules = (config: Record<string, unknown>) =>
       desiredGatewayObjects(gateway(), { config } as unknown as Compiled, settings, 'naat-system').find(
@@ -218,7 +275,7 @@ describe('desiredGatewayObjects', () => {
     const configMap = {
       apiGroups: [''],
       resources: ['configmaps'],
-      resourceNames: ['naat-gw-egress'],
+      resourceNames: ['naat-gw-egress', 'naat-gws-0-egress'],
       verbs: ['get', 'watch'],
     };
     expect(rules(compiled.config as unknown as Record<string, unknown>)).toEqual([configMap]);

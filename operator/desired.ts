@@ -1,16 +1,22 @@
 // What the operator runs for one EgressGateway, as plain objects to server-side apply: the
-// dataplane's ServiceAccount, its binding to the chart's dataplane ClusterRole, the ConfigMap
-// holding the compiled config with a Role that lets the dataplane read that one ConfigMap, and
-// the DaemonSet on the gateway's nodes. All are owned by the
-// gateway, so deleting it lets the garbage collector remove them; the DaemonSet is owned by the
-// ConfigMap too (ownedByConfig), so that its agents are stopped only once their config is gone.
+// dataplane's ServiceAccount, its binding to the chart's dataplane ClusterRole, the ConfigMaps
+// holding the compiled config (an index and its slices, contracts/gateway/slices.ts) with a Role
+// that lets the dataplane read those ConfigMaps only, and the DaemonSet on the gateway's nodes.
+// All are owned by the gateway, so deleting it lets the garbage collector remove them; the
+// DaemonSet is owned by the index ConfigMap too (ownedByConfig), so that its agents are stopped
+// only once their config is gone.
 import {
   agentConfigKey as configFile,
+  configIndexKey,
+  configSliceKey,
+  configSliceLabel,
   failoverLeaseName,
   type GatewayConfig,
   gatewayLabels as labelsOf,
   gatewayObjectName as objectName,
   type NodeConfig,
+  sliceConfig,
+  type SlicedConfig,
 } from '../contracts/gateway/index.ts';
 import type { EgressGateway } from '../crds/index.ts';
 import { apiVersion } from '../crds/index.ts';
@@ -65,18 +71,26 @@ export {
   gatewayObjectName as objectName,
 } from '../contracts/gateway/index.ts';
 
+/**
+ * The gateway's objects, in the order to apply them: the Role before the config, so that the
+ * agents may read each slice before the index names it (`readable` names slices the Role is to
+ * grant besides the index's: those the index that is being replaced still names); the slices
+ * before the index that names them; the DaemonSet last.
+ */
 export function desiredGatewayObjects(
   gateway: EgressGateway,
   compiled: Compiled,
   settings: OperatorSettings,
   namespace: string,
+  sliced: SlicedConfig = sliceConfig(compiled.config),
+  readable: readonly string[] = [],
 ): ApiObject[] {
   const name = objectName(gateway.metadata.name);
   const labels = labelsOf(gateway.metadata.name);
-  const metadata = (namespaced: boolean) => ({
-    name,
+  const metadata = (namespaced: boolean, object = name, extraLabels: Record<string, string> = {}) => ({
+    name: object,
     ...(namespaced ? { namespace } : {}),
-    labels,
+    labels: { ...labels, ...extraLabels },
     ownerReferences: [
       {
         apiVersion,
@@ -102,21 +116,21 @@ export function desiredGatewayObjects(
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: dp.clusterRoleName },
       subjects: [{ kind: 'ServiceAccount', name, namespace }],
     },
-    {
-      apiVersion: 'v1',
-      kind: 'ConfigMap',
-      metadata: metadata(true),
-      data: { [configFile]: JSON.stringify(compiled.config) },
-    },
     // The dataplane watches its config through the apiserver (a change reaches it in
     // milliseconds, not at the kubelet's next volume sync), and may read nothing else: a get, then
     // a watch by a metadata.name field selector, which the apiserver authorizes by resourceNames.
+    // Not list: that would show it every ConfigMap of the namespace, other gateways' configs too.
     {
       apiVersion: 'rbac.authorization.k8s.io/v1',
       kind: 'Role',
       metadata: metadata(true),
       rules: [
-        { apiGroups: [''], resources: ['configmaps'], resourceNames: [name], verbs: ['get', 'watch'] },
+        {
+          apiGroups: [''],
+          resources: ['configmaps'],
+          resourceNames: [name, ...new Set([...sliced.slices.keys(), ...readable])],
+          verbs: ['get', 'watch'],
+        },
         ...failoverLeaseRules(gateway.metadata.name, compiled.config.failover),
       ],
     },
@@ -126,6 +140,18 @@ export function desiredGatewayObjects(
       metadata: metadata(true),
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name },
       subjects: [{ kind: 'ServiceAccount', name, namespace }],
+    },
+    ...[...sliced.slices].map(([slice, text], n) => ({
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: metadata(true, slice, { [configSliceLabel]: String(n) }),
+      data: { [configSliceKey]: text },
+    })),
+    {
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: metadata(true),
+      data: { [configIndexKey]: JSON.stringify(sliced.index) },
     },
     agentDaemonSet(settings, {
       metadata: metadata(true),

@@ -1,7 +1,8 @@
 // The compiled gateway config: the contract between the operator, which writes it, and the
 // dataplane agent, which applies it; the prefix arithmetic both sides do on its addresses; and the
 // node config of cluster-wide egress (steering.ts), which the operator writes for node agents; and
-// the names and labels that find a gateway's objects (objects.ts); and the Leases through which gateway
+// the names and labels that find a gateway's objects (objects.ts), and the index and slices its
+// config is stored in (slices.ts); and the Leases through which gateway
 // nodes hold their failover addresses (failover.ts).
 export {
   CompiledRule,
@@ -20,7 +21,27 @@ export {
   type FailoverClaim,
   type FailoverReason,
 } from './failover.ts';
-export { agentConfigKey, anyGatewayLabels, gatewayLabel, gatewayLabels, gatewayObjectName } from './objects.ts';
+export {
+  agentConfigKey,
+  anyGatewayLabels,
+  configIndexKey,
+  configSliceKey,
+  configSliceLabel,
+  gatewayLabel,
+  gatewayLabels,
+  gatewayObjectName,
+  gatewaySliceName,
+} from './objects.ts';
+export {
+  assembleConfig,
+  readGatewayConfig,
+  sliceBudgetBytes,
+  sliceConfig,
+  sliceHash,
+  type ConfigIndex,
+  type ConfigSlice,
+  type SlicedConfig,
+} from './slices.ts';
 export { canonicalAddress, contains, normalisePrefixes, prefixRange } from './prefixes.ts';
 export { defaultMarks, isContiguous, markField, markOf, valueOf, type MarkField } from './marks.ts';
 export {

@@ -5,8 +5,30 @@
 /** The name of a gateway's namespaced objects (ServiceAccount, ConfigMap, Role, DaemonSet). */
 export const gatewayObjectName = (gateway: string) => `naat-gw-${gateway}`;
 
-/** The key of the config (JSON) in the ConfigMaps the operator writes for agents, a gateway's or a node's. */
+/**
+ * The key of a whole config (JSON) in a ConfigMap an agent reads: a node's NodeConfig, which the
+ * operator writes so, or a gateway's config written by hand.
+ */
 export const agentConfigKey = 'config.json';
+
+/**
+ * The key of a gateway's config index (contracts/gateway/slices.ts) in its ConfigMap
+ * (gatewayObjectName), as the operator writes it: the config without its long lists, and the
+ * name and hash of each slice that holds them.
+ */
+export const configIndexKey = 'index.json';
+
+/** The key of a slice in its ConfigMap (gatewaySliceName). */
+export const configSliceKey = 'slice.json';
+
+/**
+ * The ConfigMap of a gateway's config slice `n`. Its own prefix: a suffix on the gateway's name
+ * would be another gateway's name (the slice 1 of `corp` and the index of `corp-1`).
+ */
+export const gatewaySliceName = (gateway: string, n: number) => `naat-gws-${n}-${gateway}`;
+
+/** The label of a gateway's config slices: its value is the slice's number. */
+export const configSliceLabel = 'naat.dev/config-slice';
 
 /** The label that names the gateway of an object (its agent pods included). */
 export const gatewayLabel = 'naat.dev/gateway';

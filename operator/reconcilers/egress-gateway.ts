@@ -3,20 +3,16 @@
 // that name it (operator/status.ts). Policies are reconciled here because a gateway compiles
 // all of its policies together: whether a policy is accepted, programmed or conflicting is known
 // only from the compiled whole.
-import {
-  KubernetesObjectApi,
-  PatchStrategy,
-  type KubeConfig,
-  type KubernetesObject,
-  type V1DaemonSet,
-} from '@kubernetes/client-node';
-import type { EgressPolicy } from '../../crds/index.ts';
+import { KubernetesObjectApi, type KubeConfig, type V1DaemonSet } from '@kubernetes/client-node';
+import { configSliceKey, configSliceLabel, gatewayLabel, sliceConfig } from '../../contracts/gateway/index.ts';
+import type { EgressGateway, EgressPolicy } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
-import type { PolicyFacts } from '../compile.ts';
-import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../desired.ts';
+import type { Compiled, PolicyFacts } from '../compile.ts';
+import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig, type ApiObject } from '../desired.ts';
 import type { EventRecorder } from '../events.ts';
 import { compileCluster } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
+import { applyObject, deleteObject } from './objects.ts';
 import type { OperatorSettings } from '../settings.ts';
 import {
   conditions,
@@ -25,7 +21,7 @@ import {
   steeringReadyCondition,
   type DataplaneRollout,
 } from '../status.ts';
-import { fieldManager, type StatusWriter } from '../status-writer.ts';
+import type { StatusWriter } from '../status-writer.ts';
 
 export interface GatewayReconcilerOptions {
   kubeConfig: KubeConfig;
@@ -58,6 +54,8 @@ export function gatewaysOf(caches: Pick<Caches, 'gateways'>) {
 export class GatewayReconciler {
   readonly #o: GatewayReconcilerOptions;
   readonly #objects: KubernetesObjectApi;
+  /** The hash of each config slice as this operator last wrote it. */
+  readonly #writtenSlices = new Map<string, string>();
 
   constructor(options: GatewayReconcilerOptions) {
     this.#o = options;
@@ -76,19 +74,7 @@ export class GatewayReconciler {
     // Every gateway, because a node's config (whose hash says whether steering is current there)
     // holds the pods of every gateway that steers from that node.
     const { compiled, steering, nodeConflicts } = compileCluster(caches, this.#o.settings).gateways.get(name)!;
-    // The ConfigMap comes before the DaemonSet, which its uid then owns too (ownedByConfig).
-    let configUid: string | undefined;
-    for (const object of desiredGatewayObjects(gateway, compiled, this.#o.settings, this.#o.namespace)) {
-      const applied = await this.#objects.patch(
-        (object.kind === 'DaemonSet' && configUid ? ownedByConfig(object, configUid) : object) as KubernetesObject,
-        undefined,
-        undefined,
-        fieldManager,
-        true,
-        PatchStrategy.ServerSideApply,
-      );
-      if (object.kind === 'ConfigMap') configUid = applied.metadata?.uid;
-    }
+    await this.#applyObjects(gateway, compiled);
     const daemonSet = caches.daemonSets.get(`${this.#o.namespace}/${objectName(name)}`);
     const rollout = {
       desired: daemonSet?.status?.desiredNumberScheduled ?? 0,
@@ -120,6 +106,56 @@ export class GatewayReconciler {
     for (const policy of policies) {
       await this.#policyStatus(policy, compiled.policies.get(objectKey(policy)), true, rollout);
     }
+  }
+
+  /**
+   * The gateway's objects, with its config as an index and slices: the Role first, granting the
+   * new slices and those the current index names; the slices whose content changed, then the
+   * index; then the slices no index names any more are deleted and the Role stops naming them.
+   * An agent so never finds a slice it may not read, nor the index naming one that is not there.
+   * The index comes before the DaemonSet, which its uid then owns too (ownedByConfig).
+   */
+  async #applyObjects(gateway: EgressGateway, compiled: Compiled): Promise<void> {
+    const { caches, settings, namespace } = this.#o;
+    const name = objectName(gateway.metadata.name);
+    const sliced = sliceConfig(compiled.config);
+    const existing = caches.gatewayConfigSlices
+      .list()
+      .filter((cm) => cm.metadata?.labels?.[gatewayLabel] === gateway.metadata.name);
+    const stale = existing.map((cm) => cm.metadata!.name!).filter((slice) => !sliced.slices.has(slice));
+    const objects = desiredGatewayObjects(gateway, compiled, settings, namespace, sliced, stale);
+    const hashes = new Map(sliced.index.slices.map((s) => [s.name, s.hash]));
+    let configUid: string | undefined;
+    for (const object of objects) {
+      const hash =
+        object.metadata.labels?.[configSliceLabel] !== undefined ? hashes.get(object.metadata.name) : undefined;
+      if (hash && this.#unchanged(object, hash)) continue;
+      const applied = await applyObject(
+        this.#objects,
+        object.kind === 'DaemonSet' && configUid ? ownedByConfig(object, configUid) : object,
+      );
+      if (hash) this.#writtenSlices.set(object.metadata.name, hash);
+      if (object.kind === 'ConfigMap' && object.metadata.name === name) configUid = applied.metadata?.uid;
+    }
+    if (!stale.length) return;
+    for (const slice of stale) {
+      this.#writtenSlices.delete(slice);
+      await deleteObject(this.#objects, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: slice, namespace } });
+    }
+    const role = desiredGatewayObjects(gateway, compiled, settings, namespace, sliced).find((o) => o.kind === 'Role')!;
+    await applyObject(this.#objects, role);
+  }
+
+  /**
+   * Whether the slice is stored as desired already (its text of that `hash`): this operator wrote
+   * it so, and the cache has it so. The cache alone could be behind a write of this operator's (a
+   * slice changed and changed back), and what was written alone says nothing of a slice deleted or
+   * edited since.
+   */
+  #unchanged(slice: ApiObject, hash: string): boolean {
+    const cached = this.#o.caches.gatewayConfigSlices.get(`${this.#o.namespace}/${slice.metadata.name}`);
+    const text = (slice.data as Record<string, string>)[configSliceKey];
+    return this.#writtenSlices.get(slice.metadata.name) === hash && cached?.data?.[configSliceKey] === text;
   }
 
   async #policyStatus(

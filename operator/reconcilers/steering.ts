@@ -3,12 +3,12 @@
 // one removed, the status entries of node agents that are gone removed from the gateways, and the
 // Steered condition of every served pod away from its gateway's nodes, with an Event when it
 // changes, so that a pod whose flows cannot be steered is never silently unserved.
-import { KubernetesObjectApi, PatchStrategy, type KubernetesObject, type V1Pod } from '@kubernetes/client-node';
-import { statusCode } from '../../common/kube/index.ts';
+import { KubernetesObjectApi, type V1Pod } from '@kubernetes/client-node';
 import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
 import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
 import { fieldManager } from '../status-writer.ts';
+import { applyObject, deleteObject } from './objects.ts';
 import { compileCluster } from './cluster.ts';
 import type { GatewayReconcilerOptions } from './egress-gateway.ts';
 
@@ -132,23 +132,11 @@ export class SteeringReconciler {
   }
 
   async #apply(object: ApiObject): Promise<void> {
-    await this.#objects.patch(
-      object as KubernetesObject,
-      undefined,
-      undefined,
-      fieldManager,
-      true,
-      PatchStrategy.ServerSideApply,
-    );
+    await applyObject(this.#objects, object);
   }
 
-  /** Deletes the object; one already gone is what was wanted. */
-  async #delete(object: ApiObject): Promise<void> {
-    try {
-      await this.#objects.delete(object as KubernetesObject);
-    } catch (error) {
-      if (statusCode(error) !== 404) throw error;
-    }
+  #delete(object: ApiObject): Promise<void> {
+    return deleteObject(this.#objects, object);
   }
 
   #now(): Date {

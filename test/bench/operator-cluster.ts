@@ -230,7 +230,10 @@ export class ResumingWatch {
       query,
       (type, object: Record<string, unknown> & { metadata?: { resourceVersion?: string } }) => {
         const at = now();
-        this.#resourceVersion = object.metadata?.resourceVersion ?? this.#resourceVersion;
+        // A version compacted away (410 Gone) cannot be resumed from: the next start reads the
+        // current state afresh, as an informer relists, rather than asking for it again and again.
+        if (type === 'ERROR' && (object as { code?: number }).code === 410) this.#resourceVersion = undefined;
+        else this.#resourceVersion = object.metadata?.resourceVersion ?? this.#resourceVersion;
         if (type === 'ERROR') console.error(`watch of ${this.#path}: ${JSON.stringify(object)}`);
         else if (type !== 'BOOKMARK') this.#onEvent(type, object, at);
       },
@@ -274,7 +277,7 @@ export class BenchCluster {
   readonly dir: string;
   readonly kubeConfig: KubeConfig;
   readonly #children: ChildProcess[] = [];
-  readonly #watches: ResumingWatch[] = [];
+  readonly #watches: Array<{ stop(): void }> = [];
   #cleaning: Promise<void> | undefined;
 
   private constructor(cluster: Cluster, dir: string) {
@@ -378,6 +381,11 @@ export class BenchCluster {
     this.#watches.push(watch);
     await watch.start();
     return watch;
+  }
+
+  /** Stops `watch` (such as an agent's config source) at cleanup, with the watches started here. */
+  stopAtCleanup(watch: { stop(): void }): void {
+    this.#watches.push(watch);
   }
 
   /** Sums the apiserver's request counter over the series whose labels include `labels`. */

@@ -106,7 +106,7 @@ export const etcdRequestLimit = 1.5 * 1024 * 1024;
 
 export interface StoredObject {
   kind: string;
-  metadata: { name: string; namespace?: string };
+  metadata: { name: string; namespace?: string; labels?: Record<string, string> };
   data?: Record<string, string>;
 }
 

@@ -1,11 +1,11 @@
 // Scale benchmark (`npm run bench:scale`; --quick, --smoke, --json: test/bench/harness.ts; --pods,
-// --changes, --churn-seconds below): how today's distribution of the compiled configs grows with
+// --changes, --churn-seconds below): how the distribution of the compiled configs grows with
 // served pods, policies and nodes. A real control plane on loopback with kwok (test/cluster) grows
 // through the sizes asked for (served pods; nodes and policies in the issue's proportions: 50 pods
 // a node, 10 a policy, 5 rules each; test/bench/scale-figures.ts), one EgressGateway on 2 gateway
 // nodes serves every pod, and every other node hosts served pods. The agents are stood in for by
-// watchers that read what each agent reads today, timestamping each event: one per gateway node
-// on the gateway's ConfigMap, one per other node on its node's ConfigMap. At each size a fresh
+// watchers that read what each agent reads, timestamping each event: one per gateway node on the
+// gateway's index and each slice it names, one per other node on its node's ConfigMap. At each size a fresh
 // operator (node operator/main.ts, as the chart runs it) resyncs, and then:
 //  1. objects: the largest object the operator writes against the limit the apiserver holds it to
 //     (a ConfigMap's data 1 MiB, any object 1.5 MiB as etcd takes it);
@@ -21,8 +21,18 @@
 // A figure that could not be measured fails the run (test/bench/harness.ts). Nothing leaves
 // loopback; it stops what it started and removes its folders, also on failure and on SIGINT/SIGTERM.
 import { CoreV1Api } from '@kubernetes/client-node';
-import type { GatewayConfig, NodeConfig } from '../../contracts/gateway/index.ts';
-import { configFile, nodeConfigName, objectName } from '../../operator/desired.ts';
+import {
+  agentConfigKey,
+  assembleConfig,
+  configIndexKey,
+  configSliceKey,
+  configSliceLabel,
+  sliceHash,
+  type ConfigIndex,
+  type GatewayConfig,
+  type NodeConfig,
+} from '../../contracts/gateway/index.ts';
+import { nodeConfigName, objectName } from '../../operator/desired.ts';
 import { applyKwokNodes, freePorts, nodesReady, type NodeSpec } from '../cluster/cluster.ts';
 import { terminate, waitFor } from '../cluster/processes.ts';
 import { percentile, positiveInteger, runBenchmark, type Bench, type Goal } from './harness.ts';
@@ -108,11 +118,15 @@ interface Delivery {
   /** The bytes of the pieces of the config that changed (scale-figures.ts). */
   needed: number;
   hash: string | undefined;
+  /** The ConfigMap the event was of. */
+  configMap: string;
 }
 
 /**
- * Stands in for one agent: watches the one ConfigMap that agent reads (get and watch by name, as
- * its Role allows) and records each delivery.
+ * Stands in for one agent: watches the ConfigMaps that agent reads (get and watch by name, as its
+ * Role allows) and records each delivery. A node agent reads its node's ConfigMap; a gateway agent
+ * its gateway's index and each slice the index names, and holds a new config once every slice
+ * matches the index (dataplane/config-source.ts).
  */
 class AgentWatcher {
   readonly node: string;
@@ -121,24 +135,59 @@ class AgentWatcher {
   readonly deliveries: Delivery[] = [];
   latest: GatewayConfig | NodeConfig | undefined;
   #pieces = new Map<string, number>();
+  #index: ConfigIndex | undefined;
+  readonly #slices = new Map<string, { text: string; hash: string }>();
+  /** Starts a watch of a slice the index names, once. */
+  readonly #follow: (configMap: string) => void;
 
-  constructor(node: string, role: 'gateway' | 'source') {
+  constructor(node: string, role: 'gateway' | 'source', follow: (configMap: string) => void) {
     this.node = node;
     this.role = role;
     this.configMap = role === 'gateway' ? objectName(gatewayName) : nodeConfigName(node);
+    this.#follow = follow;
   }
 
   receive(type: string, object: Record<string, unknown>, at: number): void {
-    const text = type === 'DELETED' ? undefined : (object.data as Record<string, string> | undefined)?.[configFile];
-    this.latest = text === undefined ? undefined : (JSON.parse(text) as GatewayConfig | NodeConfig);
-    const next = this.latest ? pieces(this.latest) : new Map<string, number>();
+    const data = type === 'DELETED' ? undefined : (object.data as Record<string, string> | undefined);
+    const name = (object.metadata as { name: string }).name;
+    const next = this.role === 'gateway' ? this.#gatewayConfig(name, data) : this.#nodeConfig(data);
+    let needed = 0;
+    if (next !== this.latest) {
+      this.latest = next;
+      const now = next ? pieces(next) : new Map<string, number>();
+      needed = changedBytes(this.#pieces, now);
+      this.#pieces = now;
+    }
     this.deliveries.push({
       at,
       bytes: Buffer.byteLength(JSON.stringify({ type, object })),
-      needed: changedBytes(this.#pieces, next),
+      needed,
       hash: this.latest?.hash,
+      configMap: name,
     });
-    this.#pieces = next;
+  }
+
+  #nodeConfig(data: Record<string, string> | undefined): NodeConfig | undefined {
+    const text = data?.[agentConfigKey];
+    return text === undefined ? undefined : (JSON.parse(text) as NodeConfig);
+  }
+
+  /** The config the gateway agent holds after this event: a new one only once its slices are complete. */
+  #gatewayConfig(name: string, data: Record<string, string> | undefined): GatewayConfig | NodeConfig | undefined {
+    if (name === this.configMap) {
+      const text = data?.[configIndexKey];
+      if (text === undefined) return (this.#index = undefined);
+      this.#index = JSON.parse(text) as ConfigIndex;
+      for (const slice of this.#index.slices) this.#follow(slice.name);
+    } else {
+      const text = data?.[configSliceKey];
+      if (text === undefined) this.#slices.delete(name);
+      else this.#slices.set(name, { text, hash: sliceHash(text) });
+    }
+    const index = this.#index;
+    if (!index || !index.slices.every((s) => this.#slices.get(s.name)?.hash === s.hash)) return this.latest;
+    if (this.latest?.hash === index.hash) return this.latest;
+    return assembleConfig(index, new Map(index.slices.map((s) => [s.name, this.#slices.get(s.name)!.text])));
   }
 
   since(at: number): Delivery[] {
@@ -197,6 +246,8 @@ class ScaleRun {
   readonly #size: Size;
   readonly #watchers = new Map<string, AgentWatcher>();
   #wake: () => void = () => {};
+  /** Watches that could not start: a run with any fails. */
+  readonly #failures: string[] = [];
   #shape: Shape | undefined;
   #changeCount = 0;
   readonly summary: string[] = [];
@@ -213,22 +264,30 @@ class ScaleRun {
 
   async #watchAgent(node: string, role: AgentWatcher['role']): Promise<void> {
     if (this.#watchers.has(node)) return;
-    const watcher = new AgentWatcher(node, role);
+    const followed = new Set<string>();
+    const watch = (configMap: string) =>
+      this.#bc.watch(
+        `/api/v1/namespaces/${system}/configmaps`,
+        { fieldSelector: `metadata.name=${configMap}` },
+        (type, object, at) => {
+          watcher.receive(type, object, at);
+          this.#wake();
+        },
+      );
+    const watcher: AgentWatcher = new AgentWatcher(node, role, (slice) => {
+      if (followed.has(slice)) return;
+      followed.add(slice);
+      watch(slice).catch((error: Error) => this.#failures.push(`watch of ${slice}: ${error.message}`));
+    });
     this.#watchers.set(node, watcher);
-    await this.#bc.watch(
-      `/api/v1/namespaces/${system}/configmaps`,
-      { fieldSelector: `metadata.name=${watcher.configMap}` },
-      (type, object, at) => {
-        watcher.receive(type, object, at);
-        this.#wake();
-      },
-    );
+    await watch(watcher.configMap);
   }
 
   /** Resolves once `done` holds, checked at each delivery and every second; rejects after timeoutMs. */
   async #until(what: string, done: () => boolean, timeoutMs: number): Promise<void> {
     const deadline = now() + timeoutMs;
     while (!done()) {
+      if (this.#failures.length) throw new Error(this.#failures.join('; '));
       if (now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
       await new Promise<void>((resolve) => {
         this.#wake = resolve;
@@ -396,6 +455,9 @@ class ScaleRun {
     const largest = sized[0]!;
     const named = (s: (typeof sized)[number]) => `${s.o.kind} ${s.o.metadata.name}`;
     const gatewayConfig = sized.find((s) => s.o.kind === 'ConfigMap' && s.o.metadata.name === objectName(gatewayName));
+    const slices = sized.filter(
+      (s) => s.o.kind === 'ConfigMap' && s.o.metadata.labels?.[configSliceLabel] !== undefined,
+    );
     const nodeConfigs = sized.filter((s) => s.o.kind === 'ConfigMap' && s.o.metadata.name.startsWith('naat-node-'));
     const byName = (kind: string, name: string) => sized.find((s) => s.o.kind === kind && s.o.metadata.name === name);
     bench.section('  objects (as the apiserver stores them, against their limit):');
@@ -419,13 +481,14 @@ class ScaleRun {
     const config = this.#watcherList.find((w) => w.role === 'gateway')?.latest as GatewayConfig | undefined;
     size(
       'gateway-config',
-      `ConfigMap ${objectName(gatewayName)} (data)`,
+      `ConfigMap ${objectName(gatewayName)} (the config's index)`,
       gatewayConfig,
       config
-        ? `pods ${Buffer.byteLength(JSON.stringify(config.pods))} B, rules ${Buffer.byteLength(JSON.stringify(config.rules))} B, ` +
-            `bypass ${Buffer.byteLength(JSON.stringify(config.bypass))} B`
+        ? `the whole config: ${Buffer.byteLength(JSON.stringify(config))} B; pods ${Buffer.byteLength(JSON.stringify(config.pods))} B, ` +
+            `rules ${Buffer.byteLength(JSON.stringify(config.rules))} B, bypass ${Buffer.byteLength(JSON.stringify(config.bypass))} B`
         : '',
     );
+    size('gateway-slice', "the largest of the config's slices", slices[0], `${slices.length} slices`);
     const largestNode = nodeConfigs[0];
     size('node-config', 'the largest node ConfigMap (data)', largestNode, `${nodeConfigs.length} of them`);
     size('node-role', 'Role naat-node (resourceNames: every node ConfigMap)', byName('Role', 'naat-node'));
@@ -583,14 +646,15 @@ class ScaleRun {
       unit: 'ms',
       goal: settleGoal,
     });
-    const versions = during(gateway[0]!).length;
+    const versions = during(gateway[0]!);
+    const ofIndex = versions.filter((d) => d.configMap === objectName(gatewayName)).length;
     bench.figure({
       key: key('churn.gateway-versions'),
-      label: `gateway config versions one gateway node received for ${2 * count} pod changes`,
-      value: versions,
+      label: `ConfigMap versions one gateway node received for ${2 * count} pod changes`,
+      value: versions.length,
       unit: '',
       digits: 0,
-      note: `each the whole config: its rules rewritten ${versions} times`,
+      note: `${ofIndex} of the index, ${versions.length - ofIndex} of slices`,
     });
     const needed = (list: AgentWatcher[]) => sum(list.flatMap((w) => during(w).map((d) => d.needed)));
     const received = (list: AgentWatcher[]) => sum(list.flatMap((w) => during(w).map((d) => d.bytes)));

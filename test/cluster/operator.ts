@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { readGatewayConfig, type GatewayConfig } from '../../contracts/gateway/index.ts';
 import { root } from '../../crds/generate.ts';
 import { apiVersion } from '../../crds/index.ts';
 import { until } from '../e2e/topology.ts';
@@ -14,6 +15,56 @@ export interface OperatorPorts {
   metrics: number;
   health: number;
   webhook: number;
+}
+
+/**
+ * A gateway `id` on the test cluster's gateway nodes (labelled naat.dev/gateway=true) through its
+ * Uplink `<id>-isp`, serving the pods of the namespaces labelled egress=<id>, given first: the
+ * namespace `apps`, the Uplink and the gateway, to apply in that order.
+ */
+export function servedGateway(id: string, apps: string): unknown[] {
+  return [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: apps, labels: { egress: id } } },
+    {
+      apiVersion,
+      kind: 'Uplink',
+      metadata: { name: `${id}-isp` },
+      spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: { addresses: ['192.0.2.10'] } },
+    },
+    {
+      apiVersion,
+      kind: 'EgressGateway',
+      metadata: { name: id },
+      spec: {
+        nodeSelector: { 'naat.dev/gateway': 'true' },
+        uplinks: { names: [`${id}-isp`] },
+        namespaceSelector: { matchLabels: { egress: id } },
+      },
+    },
+  ];
+}
+
+/**
+ * A gateway's compiled config as the operator stored it in `namespace` (its index and slices,
+ * assembled), read with kubectl; undefined while there is none. Retried while a slice changes
+ * between the reads.
+ */
+export async function storedGatewayConfig(
+  kubectl: (args: string[]) => Promise<string>,
+  namespace: string,
+  gateway: string,
+): Promise<GatewayConfig | undefined> {
+  const read = async (name: string) => {
+    const got = await kubectl(['get', 'configmap', name, '-n', namespace, '-o', 'json', '--ignore-not-found']);
+    return got.trim() ? (JSON.parse(got).data as Record<string, string>) : undefined;
+  };
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await readGatewayConfig(gateway, read);
+    } catch (error) {
+      if (attempt === 5) throw error;
+    }
+  }
 }
 
 /** Settings for operator/main.ts; `name` names the Lease and the webhook's objects. */

@@ -21,6 +21,7 @@ import { serviceAccountKubeconfig, startCluster, type Cluster } from '../cluster
 import { buildHelm, helm } from '../cluster/helm.ts';
 import { buildImages, helmImageValues, imageRepository, imageTag } from '../cluster/images.ts';
 import { realNode } from '../cluster/node.ts';
+import { storedGatewayConfig } from '../cluster/operator.ts';
 import { sleep } from '../cluster/processes.ts';
 import { until } from './topology.ts';
 
@@ -737,9 +738,8 @@ setTimeout(() => process.exit(0), 30000);`,
       await until(
         'the policy in the kernel',
         async () => {
-          const map = JSON.parse(await k(['get', 'configmap', objectName(gateway), '-n', namespace, '-o', 'json']));
-          const config = JSON.parse(map.data['config.json']) as { hash?: string; rules: { rule: string }[] };
-          if (!config.hash || !config.rules.some((r) => r.rule === 'deny-perl')) return undefined;
+          const config = await storedGatewayConfig(k, namespace, gateway);
+          if (!config?.hash || !config.rules.some((r) => r.rule === 'deny-perl')) return undefined;
           const report = JSON.parse(
             await cluster.node!.exec('curl', ['-s', `http://${realNode.address}:${healthPort}/status`]),
           ) as { appliedHash?: string };

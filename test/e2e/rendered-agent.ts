@@ -32,7 +32,9 @@ export function renderedListenArgs(ports: { health: number; metrics: number }): 
     spec: { nodeSelector: {}, uplinks: { names: ['isp'] }, namespaceSelector: {} },
   });
   if (!gateway.ok) throw new Error(gateway.errors.join('; '));
-  const compiled = { config: { timeouts: { icmpSeconds: 30 }, pods: [] } } as unknown as Compiled;
+  const compiled = {
+    config: { gateway: 'egress', timeouts: { icmpSeconds: 30 }, sources: [], pods: [], rules: [] },
+  } as unknown as Compiled;
   const daemonSet = desiredGatewayObjects(gateway.value as EgressGateway, compiled, settings, 'naat-system').find(
     (o) => o.kind === 'DaemonSet',
   ) as unknown as { spec: { template: { spec: { containers: Array<{ args: string[] }> } } } };

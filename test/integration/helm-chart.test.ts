@@ -360,7 +360,9 @@ function agentPod(manifests: Manifest[]): Any {
     spec: { nodeSelector: { role: 'gateway' }, uplinks: { names: ['isp'] }, namespaceSelector: {} },
   });
   if (!gateway.ok) throw new Error(gateway.errors.join('; '));
-  const compiled = { config: { timeouts: { icmpSeconds: 30 }, pods: [] } } as unknown as Compiled;
+  const compiled = {
+    config: { gateway: 'egress', timeouts: { icmpSeconds: 30 }, sources: [], pods: [], rules: [] },
+  } as unknown as Compiled;
   const objects = desiredGatewayObjects(
     gateway.value as EgressGateway,
     compiled,

@@ -1,18 +1,19 @@
 // What the operator makes for a gateway, against the real apiserver: the chart's operator
 // configuration is what the operator reads, the compiled config and objects of a sample gateway
 // are accepted by server-side apply, the dataplane pods land on the gateway's nodes only, the
-// ConfigMap holds a config the dataplane accepts, and deleting the gateway takes it all away.
+// ConfigMaps (index and slices) hold a config the dataplane accepts, and deleting the gateway takes it all away.
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { apiVersion, type EgressGateway, type Uplink } from '../../crds/index.ts';
 import { root } from '../../crds/generate.ts';
-import { parseGatewayConfig } from '../../contracts/gateway/index.ts';
+import { gatewaySliceName, parseGatewayConfig } from '../../contracts/gateway/index.ts';
 import { compileGateway } from '../../operator/compile.ts';
-import { configFile, desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../../operator/desired.ts';
+import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../../operator/desired.ts';
 import { parseSettings } from '../../operator/settings.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
 import { buildHelm, helm } from '../cluster/helm.ts';
+import { storedGatewayConfig } from '../cluster/operator.ts';
 import { testNodes } from './global-setup.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
@@ -102,7 +103,8 @@ test('a gateway becomes a ServiceAccount, binding, ConfigMap and DaemonSet on it
         JSON.stringify(owned),
       ),
     ) as { metadata: { uid: string } };
-    if (object.kind === 'ConfigMap') configUid = applied.metadata.uid;
+    if (object.kind === 'ConfigMap' && object.metadata.name === objectName(gatewayName))
+      configUid = applied.metadata.uid;
   }
   const selector = Object.entries(labelsOf(gatewayName))
     .map(([key, value]) => `${key}=${value}`)
@@ -123,10 +125,8 @@ test('a gateway becomes a ServiceAccount, binding, ConfigMap and DaemonSet on it
   }
   expect(nodes).toEqual(['gateway-a', 'gateway-b']);
 
-  const configMap = JSON.parse(
-    await k(['get', 'configmap', objectName(gatewayName), '-n', namespace, '-o', 'json']),
-  ) as Manifest;
-  expect(parseGatewayConfig(JSON.parse(configMap.data![configFile]!)).hash).toBe(compiled.config.hash);
+  // The index and its slices, which the agents assemble, give back the compiled config.
+  expect(parseGatewayConfig(await storedGatewayConfig(k, namespace, gatewayName)).hash).toBe(compiled.config.hash);
   // The garbage collector takes the DaemonSet, and so the agents, only once the ConfigMap is gone.
   const daemonSet = JSON.parse(await k(['get', 'daemonset', objectName(gatewayName), '-n', namespace, '-o', 'json']));
   expect(daemonSet.metadata.ownerReferences.map((o: { kind: string; uid: string }) => [o.kind, o.uid])).toEqual([
@@ -143,7 +143,9 @@ test('a gateway becomes a ServiceAccount, binding, ConfigMap and DaemonSet on it
       () => false,
     );
   expect(await can(['watch', `configmaps/${objectName(gatewayName)}`])).toBe(true);
+  expect(await can(['watch', `configmaps/${gatewaySliceName(gatewayName, 0)}`])).toBe(true);
   expect(await can(['get', 'configmaps/other'])).toBe(false);
+  expect(await can(['list', 'configmaps'])).toBe(false);
   expect(await can(['patch', 'uplinks.naat.dev/any', '--subresource=status'])).toBe(true);
 
   await k(['delete', 'egressgateway', gatewayName, '--wait=true']);

@@ -15,7 +15,7 @@ import { SteeringStatusReporter } from '../../dataplane/steering/report.ts';
 import { nodeAgentName, nodeConfigName, objectName } from '../../operator/desired.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
-import { operatorSettings, webhookObjects } from '../cluster/operator.ts';
+import { operatorSettings, servedGateway, storedGatewayConfig, webhookObjects } from '../cluster/operator.ts';
 import { testNodes } from './global-setup.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
@@ -105,10 +105,7 @@ async function eventually<T>(what: string, check: () => Promise<T | undefined>, 
   }
 }
 
-async function config(): Promise<GatewayConfig | undefined> {
-  const cm = JSON.parse(await k(['get', 'configmap', objectName(id), '-n', system, '-o', 'json']));
-  return JSON.parse(cm.data['config.json']) as GatewayConfig;
-}
+const config = (): Promise<GatewayConfig | undefined> => storedGatewayConfig(k, system, id);
 
 async function status(kind: string, name: string, namespace?: string) {
   const object = JSON.parse(await k(['get', kind, name, ...(namespace ? ['-n', namespace] : []), '-o', 'json']));
@@ -130,23 +127,7 @@ beforeAll(async () => {
   await installCrds(process.env.KUBECONFIG!);
   await k(['create', 'namespace', system]);
   for (const object of webhookObjects(`naat-${id}`, system)) await apply(object);
-  await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: apps, labels: { egress: id } } });
-  await apply({
-    apiVersion,
-    kind: 'Uplink',
-    metadata: { name: `${id}-isp` },
-    spec: { interface: 'eth1', nextHop: { ipv4: '192.0.2.1' }, snat: { addresses: ['192.0.2.10'] } },
-  });
-  await apply({
-    apiVersion,
-    kind: 'EgressGateway',
-    metadata: { name: id },
-    spec: {
-      nodeSelector: { 'naat.dev/gateway': 'true' },
-      uplinks: { names: [`${id}-isp`] },
-      namespaceSelector: { matchLabels: { egress: id } },
-    },
-  });
+  for (const object of servedGateway(id, apps)) await apply(object);
   await apply(pod('web-1'));
   await apply(policy('deny-https', 10, 'Deny'));
 }, 120_000);

@@ -261,7 +261,15 @@ beforeAll(async () => {
     spec: { nodeSelector: { 'naat.dev/gateway': 'true' }, association: { port: 7740 } },
   };
   const compiled = {
-    config: { version: 1, gateway, timeouts: { icmpSeconds: 30 }, failover: failoverConfig, pods: [] },
+    config: {
+      version: 1,
+      gateway,
+      timeouts: { icmpSeconds: 30 },
+      failover: failoverConfig,
+      sources: [],
+      pods: [],
+      rules: [],
+    },
   } as unknown as Compiled;
   gatewayObjects = desiredGatewayObjects(
     sample as unknown as Parameters<typeof desiredGatewayObjects>[0],

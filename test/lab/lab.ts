@@ -20,7 +20,7 @@ import type { GatewayConfig } from '../../contracts/gateway/index.ts';
 import type { NodeAgentReport } from '../../dataplane/steering/node-agent.ts';
 import { startCluster, freePorts, type Cluster } from '../cluster/cluster.ts';
 import { installCrds } from '../cluster/crds.ts';
-import { operatorSettings, webhookObjects } from '../cluster/operator.ts';
+import { operatorSettings, storedGatewayConfig, webhookObjects } from '../cluster/operator.ts';
 import { startOtlpReceiver } from '../cluster/otlp.ts';
 import {
   createTopology,
@@ -52,7 +52,7 @@ const nodes = [
   ...workerNodes.map((node) => ({ name: node.name, addresses: [node.address], podCIDR: workerPodCidr })),
 ];
 const workerNode = workerNodes[0]!.name;
-/** The operator's namespace, where it keeps the compiled config `naat-gw-lab`. */
+/** The operator's namespace, where it keeps the compiled config `naat-gw-lab` (an index) and its slices. */
 const systemNamespace = 'naat-system';
 /** The lab's pods on gateway-1, with sidecars (manifests/pods.yaml), in the order of their namespaces pod1, pod2. */
 export const pods = [
@@ -374,8 +374,8 @@ export async function startLab(settings: LabSettings, options: StartOptions): Pr
     /** Waits until the operator compiled a config that passes `check` and the agent applied it. */
     const untilApplied = (what: string, check: (config: GatewayConfig) => boolean) =>
       until(`${what} in the config the agent applied`, async () => {
-        const configMap = JSON.parse(await k(['get', 'configmap', 'naat-gw-lab', '-n', systemNamespace, '-o', 'json']));
-        const config = JSON.parse(configMap.data['config.json']) as GatewayConfig;
+        const config = await storedGatewayConfig(k, systemNamespace, 'lab');
+        if (!config) return undefined;
         const status = await agent<AgentReport>('/status');
         return check(config) && status.appliedHash === config.hash ? true : undefined;
       });
