@@ -180,7 +180,7 @@ describe('helm template with the default values', () => {
     });
     expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'health' });
     expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'health' });
-    expect(container.resources.requests).toEqual({ cpu: '50m', memory: '256Mi' });
+    expect(container.resources.requests).toEqual({ cpu: '50m', memory: '384Mi' });
     expect(operatorConfig(manifests).leaderElection).toMatchObject({ enabled: true, leaseName: `${release}-operator` });
     expect(env(manifests)).toMatchObject({ OTEL_SDK_DISABLED: 'true', NAAT_CONFIG: '/etc/naat/operator/config.json' });
   });
@@ -237,7 +237,7 @@ describe('helm template with the default values', () => {
       'OTEL_SERVICE_NAME',
     ]);
     // The operator's heap bound (operator.heapLimitMiB).
-    expect(env(manifests).NODE_OPTIONS).toBe('--max-old-space-size=256');
+    expect(env(manifests).NODE_OPTIONS).toBe('--max-old-space-size=512');
   });
 
   test('sends the webhook only opted-in pods, never blocks them and leaves caBundle to the operator', () => {
