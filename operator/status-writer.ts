@@ -124,27 +124,31 @@ export class StatusWriter {
   /**
    * Applies one condition to a pod's status; the caller decides whether it changed. Each condition
    * type needs a field manager of its own: an apply under one manager drops the conditions that
-   * manager applied before and left out.
+   * manager applied before and left out. A pod deleted since the cache saw it is passed over.
    */
   async applyPodCondition(
     pod: { name: string; namespace: string },
     condition: V1PodCondition,
     manager = fieldManager,
   ): Promise<void> {
-    await this.#core.patchNamespacedPodStatus(
-      {
-        name: pod.name,
-        namespace: pod.namespace,
-        body: {
-          apiVersion: 'v1',
-          kind: 'Pod',
-          metadata: { name: pod.name, namespace: pod.namespace },
-          status: { conditions: [condition] },
+    try {
+      await this.#core.patchNamespacedPodStatus(
+        {
+          name: pod.name,
+          namespace: pod.namespace,
+          body: {
+            apiVersion: 'v1',
+            kind: 'Pod',
+            metadata: { name: pod.name, namespace: pod.namespace },
+            status: { conditions: [condition] },
+          },
+          fieldManager: manager,
+          force: true,
         },
-        fieldManager: manager,
-        force: true,
-      },
-      setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
-    );
+        setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
+      );
+    } catch (error) {
+      if (statusCode(error) !== 404) throw error;
+    }
   }
 }
