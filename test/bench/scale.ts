@@ -706,7 +706,7 @@ class ScaleRun {
     resyncCpu: number,
   ): void {
     const bench = this.#bench;
-    bench.section('  the operator (no heap bound set, as the chart runs it today):');
+    bench.section("  the operator (with the chart's heap bound, as the chart runs it):");
     bench.figure({
       key: key('operator.rss-resync'),
       label: 'VmRSS after its resync',
