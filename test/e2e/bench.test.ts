@@ -23,7 +23,7 @@ const gatewayRun = (key: string) => [
 const scaleSize = (pods: number) =>
   [
     ...['gateway-nodes', 'nodes', 'gateway-node-received', 'node-received'].map((k) => `resync.${k}`),
-    ...['largest', 'gateway-config', 'node-config', 'node-role', 'node-daemonset', 'gateway'].map(
+    ...['largest', 'gateway-config', 'gateway-slice', 'node-config', 'node-role', 'node-daemonset', 'gateway'].map(
       (k) => `objects.${k}`,
     ),
     ...percentiles('apply.to-nodes'),
