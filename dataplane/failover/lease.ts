@@ -136,6 +136,7 @@ export class OwnershipLoop {
   #draining = false;
   #peersHeard: ReadonlyMap<string, boolean> = new Map();
   #memory = emptyMemory;
+  #alive: readonly string[] = [];
   #renewedAt: number | undefined;
   #renewingSince: number | undefined;
   #lastClaim: FailoverClaim | undefined;
@@ -212,6 +213,11 @@ export class OwnershipLoop {
   /** Whether this node reaches the apiserver, as its /steering answers tell its peers (renewingOnSchedule). */
   apiserverReachable(): boolean {
     return renewingOnSchedule(this.#renewedAt, performance.now(), this.#failover.leaseDurationMs);
+  }
+
+  /** The other gateway nodes this one counted alive at its last decision. */
+  alivePeers(): readonly string[] {
+    return this.#alive;
   }
 
   setFailover(failover: FailoverSettings): void {
@@ -424,6 +430,7 @@ export class OwnershipLoop {
       this.#memory,
     );
     this.#memory = decision.memory;
+    this.#alive = decision.alive;
     clearTimeout(this.#wakeTimer);
     if (decision.wakeAt !== undefined && !this.#stopping)
       this.#wakeTimer = setTimeout(() => this.#kick(), Math.max(0, decision.wakeAt - performance.now()));

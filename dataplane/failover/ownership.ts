@@ -140,6 +140,8 @@ export interface OwnershipDecision {
   /** Whether this node renews on schedule (renewingOnSchedule), for the /steering answers. */
   apiserverReachable: boolean;
   memory: OwnershipMemory;
+  /** The other nodes this one counts alive. */
+  alive: string[];
   /** The latest time to decide again when nothing changes before: the next deadline a rule has. */
   wakeAt: number | undefined;
 }
@@ -352,6 +354,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     releases,
     apiserverReachable: onSchedule,
     memory: { reachableSince, outage, holdUntil, currentSince, eligibleSince, replicaReadySince, owners, preferred },
+    alive: alive.map((l) => l.node),
     wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
   };
 }

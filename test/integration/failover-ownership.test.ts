@@ -311,7 +311,12 @@ test('failover addresses have one owner, move within the lease duration, and com
   // Once more with failback on: after failbackDelaySeconds, g1 and g3 take theirs back from g2.
   const again = performance.now();
   await powerOff('g1');
+  // Gone as the others decide, not only by the clock: a node whose view was not current counts a
+  // Lease as seen later, and would still prefer g1 since before it went, failing back at once.
   await until('g1 gone for the others', () => performance.now() > again + L + 100);
+  await until('g1 gone in the others’ decisions', () =>
+    [...loops.values()].every(({ loop }) => !loop.alivePeers().includes('g1')),
+  );
   configure(settings({ failback: true }));
   const failbackFrom = performance.now();
   await start('g1', settings({ failback: true }));
