@@ -1,8 +1,28 @@
-import { lstatSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import {
+  closeSync,
+  constants,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { hostPidOf, innermostPid, listenForAll, resolveWithin } from './node-stamps.ts';
+import {
+  fdMountId,
+  hostPidOf,
+  innermostPid,
+  listenForAll,
+  listenInPod,
+  mountPointsOf,
+  resolveWithin,
+} from './node-stamps.ts';
 
 test('the innermost pid is the last field of NSpid', () => {
   expect(innermostPid('Name:\tcurl\nPid:\t4242\nNSpid:\t4242\t17\t1\nNSpgid:\t4242\n')).toBe(1);
@@ -82,5 +102,66 @@ describe('listenForAll', () => {
       server.close();
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+test('a mount table gives each mount point by its id, escapes undone', () => {
+  const points = mountPointsOf(
+    [
+      '27 1 254:0 / / rw,relatime - ext4 /dev/vda rw',
+      '812 27 0:96 / /run/naat rw,nosuid - tmpfs naat-run rw',
+      '813 27 0:97 /pods/x /my\\040folder rw - tmpfs t rw',
+      '',
+    ].join('\n'),
+  );
+  expect(points).toEqual(
+    new Map([
+      [27, '/'],
+      [812, '/run/naat'],
+      [813, '/my folder'],
+    ]),
+  );
+  expect(fdMountId('pos:\t0\nflags:\t02300000\nmnt_id:\t27\nino:\t10839759\n')).toBe(27);
+  expect(fdMountId('pos:\t0\n')).toBeUndefined();
+});
+
+describe('listenInPod', () => {
+  /** The real mount of a folder of this machine, as its own fdinfo names it. */
+  const mountOf = (path: string) => {
+    const fd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      return fdMountId(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))!;
+    } finally {
+      closeSync(fd);
+    }
+  };
+  const folder = () => join(proc, '100', 'root', 'run', 'naat');
+  const request = (path: string) =>
+    new Promise<string>((resolve, reject) =>
+      connect(path)
+        .on('data', (data) => resolve(String(data)))
+        .on('error', reject),
+    );
+
+  it("binds in the folder when the process's own mount table has a mount there, and the socket goes with the server", async () => {
+    mkdirSync(folder(), { recursive: true });
+    writeFileSync(join(proc, '100', 'mountinfo'), `${mountOf(folder())} 1 0:96 / /run/naat rw - tmpfs naat-run rw\n`);
+    writeFileSync(join(folder(), 'stamp.sock'), 'left by the pod');
+    const server = createServer((socket) => socket.end('stamp'));
+    const path = await listenInPod(server, proc, [200, 100], '/run/naat', 'stamp.sock');
+    expect(path).toBe(join(folder(), 'stamp.sock'));
+    expect(await request(path!)).toBe('stamp');
+    await new Promise((resolve) => server.close(resolve));
+    expect(existsSync(join(folder(), 'stamp.sock'))).toBe(false);
+  });
+
+  it('refuses a folder whose mount is not mounted at that folder in the process (another mount, or its own files)', async () => {
+    mkdirSync(folder(), { recursive: true });
+    const elsewhere = `${mountOf(folder())} 1 0:96 / /elsewhere rw - tmpfs t rw\n`;
+    writeFileSync(join(proc, '100', 'mountinfo'), `1 0 0:1 / / rw - ext4 x rw\n${elsewhere}`);
+    const server = createServer();
+    expect(await listenInPod(server, proc, [100], '/run/naat', 'stamp.sock')).toBeUndefined();
+    expect(existsSync(join(folder(), 'stamp.sock'))).toBe(false);
+    expect(server.listening).toBe(false);
   });
 });

@@ -6,9 +6,9 @@
 // their cgroups) by that namespace and the last field of NSpid in /proc/<pid>/status, which is the
 // pid as the process's own namespace numbers it. At worst a program names another process of its
 // own pod, and gets that one's stamp, as it could from the sidecar.
-import { lstatSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { closeSync, constants, lstatSync, openSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import type { Server } from 'node:net';
-import { dirname, join } from 'node:path';
+import { join, relative } from 'node:path';
 import type { StampRequest } from '../../contracts/naa/index.ts';
 
 /** The pid as the process's innermost pid namespace numbers it: the last field of `NSpid:`. */
@@ -41,6 +41,14 @@ export function hostPidOf(proc: string, pids: readonly number[], request: StampR
  * the sandbox's process mounts nothing), as the sidecar listens there; resolves with the path, or
  * undefined when none of `pids` mounts the folder yet. Root, with the node agent's
  * CAP_SYS_PTRACE, enters any process's root; no namespace is joined.
+ *
+ * The pod can change its own files while this runs: a folder on the way swapped for an absolute
+ * link would be followed from the agent's root, to another pod's folder or the agent's own files.
+ * So the folder is opened once, the mount it is on must be one mounted at that folder in the
+ * process's own mount table (no other pod's or the agent's mount is in it), and the socket is
+ * removed and bound through the open folder (/proc/self/fd/<fd>), which no later swap can move.
+ * The folder stays open while the server listens: the socket is unlinked by that same path when
+ * the server closes.
  */
 export async function listenInPod(
   server: Server,
@@ -53,19 +61,52 @@ export async function listenInPod(
     const root = join(proc, String(pid), 'root');
     const dir = resolveWithin(root, folder);
     if (!dir) continue;
+    let fd: number;
     try {
-      // The pod's volume is mounted there: a folder of the container's own files is not it.
-      if (!statSync(dir).isDirectory() || statSync(dirname(dir)).dev === statSync(dir).dev) continue;
+      fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
     } catch {
       continue;
     }
-    const path = join(dir, socketName);
-    // A socket left by an earlier node agent, or by the pod.
-    rmSync(path, { force: true });
-    await listenForAll(server, path);
-    return path;
+    try {
+      const mountId = fdMountId(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+      const mountPoints = mountPointsOf(readFileSync(join(proc, String(pid), 'mountinfo'), 'utf8'));
+      // The pod's volume is mounted there: a folder of the container's own files is not it.
+      if (mountId === undefined || mountPoints.get(mountId) !== '/' + relative(root, dir)) {
+        closeSync(fd);
+        continue;
+      }
+      const path = `/proc/self/fd/${fd}/${socketName}`;
+      // A socket left by an earlier node agent, or by the pod.
+      rmSync(path, { force: true });
+      await listenForAll(server, path);
+    } catch (error) {
+      closeSync(fd);
+      throw error;
+    }
+    server.once('close', () => closeSync(fd));
+    return join(dir, socketName);
   }
   return undefined;
+}
+
+/** The mount an open file is on, by its fdinfo (`mnt_id:`). */
+export function fdMountId(fdinfo: string): number | undefined {
+  const id = /^mnt_id:\s*(\d+)$/m.exec(fdinfo)?.[1];
+  return id === undefined ? undefined : Number(id);
+}
+
+/** Each mount's mount point by its id, from a process's mountinfo (its octal escapes undone). */
+export function mountPointsOf(mountinfo: string): Map<number, string> {
+  const points = new Map<number, string>();
+  for (const line of mountinfo.split('\n')) {
+    const [id, , , , point] = line.split(' ');
+    if (!id || point === undefined) continue;
+    points.set(
+      Number(id),
+      point.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))),
+    );
+  }
+  return points;
 }
 
 /**
