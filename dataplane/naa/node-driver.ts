@@ -5,11 +5,12 @@
 // container's runtime id, which the kubelet and the runtime set and the pod cannot change) and its
 // network namespace (where most of them are), and looks at that namespace's sockets with the
 // sidecar's own scanner, counting only the pod's processes as owners. Each pod gets the sidecar's
-// own driver and stream, node-driven (no token: the agent speaks for its node's pods), to a local
-// socket that only the node's root reaches: the node agent's to the local socket of its gateway's
-// relay on this node, which the gateways take only from this node's agent (the relay's agent
-// certificate); the gateway agent's to its own NAA server's local socket. Either way only for a
-// node-driven pod of this node, held to the pod's own addresses exactly as a sidecar's stream is.
+// own driver and stream, node-driven (no token: the agent speaks for its node's pods), that nothing
+// but the agent can open: the node agent's handed to its gateway's relay in the process
+// (`NaaRelay.openLocal`), which the gateways take only from this node's agent (the relay's agent
+// certificate); the gateway agent's to its own NAA server's local socket, which only the node's
+// root reaches. Either way only for a node-driven pod of this node, held to the pod's own
+// addresses exactly as a sidecar's stream is.
 // A strict pod's stream is strict, and the agent answers its programs' requests for a stamp
 // (node-stamps.ts).
 import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
@@ -27,6 +28,7 @@ import {
   readApplication,
   Scanner,
   Stamps,
+  type AssociateStream,
   type Association,
   type AssociationTracer,
   type PodPlace,
@@ -93,7 +95,10 @@ export interface WantedPod {
   addresses: ReadonlySet<string>;
   /** Container names by the runtime's id. */
   containers: ReadonlyMap<string, string>;
-  /** Where its stream goes: the local socket that takes this agent's own node-driven streams. */
+  /**
+   * Where its stream goes, which takes only this agent's own node-driven streams: the node agent's
+   * relay of the pod's gateway (its name, `NodeDriverOptions.open`), the gateway agent's local socket.
+   */
   target: string;
   /** Strict association mode: its programs ask for stamps. */
   strict: boolean;
@@ -115,8 +120,8 @@ function wanted(pod: ConfigPod & { association: NodeAssociation }, target: strin
 const isNodeDriven = <P extends ConfigPod>(pod: P): pod is P & { association: NodeAssociation } => !!pod.association;
 
 /**
- * The node agent's: the pods of its node config that have the Node driver, by uid, each to the local
- * socket of its gateway's relay (`target`).
+ * The node agent's: the pods of its node config that have the Node driver, by uid, each to its
+ * gateway's relay (`target`).
  */
 export function nodeAgentPods(config: NodeConfig, target: (gateway: NodeGateway) => string): Map<string, WantedPod> {
   return new Map(
@@ -142,6 +147,11 @@ export function gatewayAgentPods(config: GatewayConfig, node: string, target: st
 export interface NodeDriverOptions {
   /** Where the host's procfs is (the node agent runs in the host's process namespace). */
   proc?: string;
+  /**
+   * Opens a pod's stream to its `target` in this process (the node agent's relays,
+   * `NaaRelay.openLocal`); without it, the target is a gRPC server's address.
+   */
+  open?: (target: string) => AssociateStream;
   channelCredentials?: ChannelCredentials;
   version: string;
   /** How often to look (200 ms, as the sidecar), at every pod while the node's TCP socket count moves. */
@@ -320,8 +330,9 @@ export class NodeDriver {
           log: (msg, fields) => this.#o.log.info(msg, { pod: `${pod.ref.namespace}/${pod.ref.name}`, ...fields }),
         })
       : undefined;
+    const { open } = this.#o;
     const driver: Driver = new Driver({
-      target: pod.target,
+      target: open ? () => open(pod.target) : pod.target,
       pod: pod.ref,
       version: this.#o.version,
       ...(book
