@@ -165,9 +165,10 @@ export interface NodeDriverOptions {
    * (`ScannerOptions.rereadMs`; the sidecar's 5 s): 15 s. Why longer: at a hundred pods of fifty
    * connections, looking for each associated socket in its owner's descriptors every 5 s was a
    * thousand `readlink`s a second, and the agent's idle CPU went from 1.6–2.0 % of a core to
-   * 1.2–1.3 % at 15 s (docs/naa.md). What waits for it is what the counters do not show: a
-   * connection its process closed after the peer did (its association stays until then), and a
-   * UDP socket bound already that connects without sending.
+   * 1.2–1.3 % at 15 s (docs/naa.md); where the kernel counts descriptors, a process whose count
+   * did not move costs one `stat` instead (all are looked at every fourth time). What waits for it
+   * is what the counters do not show: a connection its process closed after the peer did (its
+   * association stays until then), and a UDP socket bound already that connects without sending.
    */
   safetyNetMs?: number;
   /** Where the stamps of strict pods are kept across restarts, a file per pod. */
