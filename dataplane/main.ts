@@ -38,6 +38,7 @@ import {
 import { parseNodeConfig, type NodeConfig } from '../contracts/gateway/index.ts';
 import type { NodeDriverOptions, WantedPod } from './naa/node-driver.ts';
 import type { NaaRelay } from './naa/relay.ts';
+import type { AssociateStream } from '../contracts/naa/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import {
@@ -480,7 +481,7 @@ async function startNaa(
   port: number,
   tracing: boolean,
   tls: TlsDir | undefined,
-): Promise<{ close(): Promise<void>; pushPolicies(): void; listenLocal(path: string): Promise<void> }> {
+): Promise<{ close(): Promise<void>; pushPolicies(): void; openLocal(): AssociateStream }> {
   const { pooledKubeConfig } = await import('../common/kube/index.ts');
   const { NaaServer } = await import('./naa/server.ts');
   const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
@@ -880,11 +881,11 @@ async function startNodeDriver(config: NodeConfig, tracing: boolean, relays: Rea
 
 /**
  * With --associate-pods: the gateway agent drives the association of its own node's pods that have
- * the Node driver, on its NAA server's local socket in its state folder, where the server takes a
- * node-driven stream of a pod of this node (naa/auth.ts); its network port never does.
+ * the Node driver, handing each pod's stream to its NAA server in the process, where the server
+ * takes a node-driven stream of a pod of this node (naa/auth.ts); its network port never does.
  */
 async function startGatewayDriver(
-  naa: { listenLocal(path: string): Promise<void> } | undefined,
+  naa: { openLocal(): AssociateStream } | undefined,
   config: GatewayConfig,
   tracing: boolean,
 ) {
@@ -893,15 +894,13 @@ async function startGatewayDriver(
     log.error('Driving no pod’s association: the gateway config has no association block', {});
     return undefined;
   }
-  const path = join(stateDir('gateway'), 'naa.sock');
-  await naa.listenLocal(path);
-  log.info('Listening for the gateway agent’s own NAA streams', { path });
   const { gatewayAgentPods } = await import('./naa/node-driver.ts');
   return startDriver(
     config,
-    (c) => gatewayAgentPods(c, values.node!, `unix:${path}`),
+    (c) => gatewayAgentPods(c, values.node!, 'naa'),
     join(stateDir('gateway'), 'stamps'),
     tracing,
+    () => naa.openLocal(),
   );
 }
 
@@ -914,7 +913,7 @@ async function startDriver<C>(
   pods: (config: C) => ReadonlyMap<string, WantedPod>,
   stampDir: string,
   tracing: boolean,
-  open?: NodeDriverOptions['open'],
+  open: NodeDriverOptions['open'],
 ): Promise<{ configure(config: C): void; stop(): void }> {
   const { NodeDriver } = await import('./naa/node-driver.ts');
   await mkdir(stampDir, { recursive: true });
@@ -922,7 +921,7 @@ async function startDriver<C>(
     version: process.env.npm_package_version ?? '0.1.0',
     stampDir,
     log,
-    ...(open && { open }),
+    open,
     ...(tracing ? { tracer: (await import('../contracts/naa/tracing/index.ts')).associationTracer } : {}),
   });
   driver.configure(pods(config));

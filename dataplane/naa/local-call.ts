@@ -1,15 +1,17 @@
-// An Associate stream between a driver and a relay in the same process: the node agent's drivers
-// of its node's pods (node-driver.ts) hand their messages to its relay without a socket between
-// them. Over a socket each pod's stream was two gRPC calls in the one process (the driver's and the
-// relay's end), each keeping its last socket read alive in its message decoder (tens of KiB a pod,
-// docs/naa.md); here it is two queues.
+// An Associate stream between a driver and the server of its stream in the same process: the
+// agents' drivers of their node's pods (node-driver.ts) hand their messages to the node agent's
+// relay, or to the gateway agent's NAA server, without a socket between them. Over a socket each
+// pod's stream was two gRPC calls in the one process (the driver's end and the server's), each
+// keeping its last socket read alive in its message decoder (tens of KiB a pod, docs/naa.md); here
+// it is two queues.
 //
-// Each end behaves as the grpc-js call it stands for, as far as the driver and the relay use it:
+// Each end behaves as the grpc-js call it stands for, as far as the driver and the server use it:
 // - the driver's end (`AssociateStream`): `write` a request, `end` (half-close), `cancel`; 'data'
-//   for each response, then 'end' when the relay ends the stream well or 'error' with its status;
-// - the relay's end (`ServerCall`): 'data' for each request (encoded, as the relay forwards it),
-//   'end' after the last, 'cancelled' when the driver cancels; `write` a response, `end`, and a
-//   status sent by emitting 'error' with its code and details; `pause` and `resume` reading.
+//   for each response, then 'end' when the server ends the stream well or 'error' with its status;
+// - the server's end (`ServerCall`): 'data' for each request (encoded as on the wire, then decoded
+//   as the server's gRPC service would: the relay keeps the bytes), 'end' after the last,
+//   'cancelled' when the driver cancels; `write` a response, `end`, and a status sent by emitting
+//   'error' with its code and details; `pause` and `resume` reading.
 // Messages go in order and on a later turn of the event loop, never within the call that sent them,
 // as a socket would deliver them. A write returns false once `highWater` messages wait, and the end
 // that wrote it gets 'drain' when they were taken; nothing is dropped.
@@ -18,7 +20,7 @@ import { EventEmitter } from 'node:events';
 import type { AssociateStream } from '../../contracts/naa/index.ts';
 import { AssociationServiceService, type AssociateRequest, type AssociateResponse } from '../../proto/index.ts';
 
-/** What the relay uses of a grpc-js server call, which the relay's end of a local call is too. */
+/** What the relay and the server use of a grpc-js server call, which the server's end of a local call is too. */
 export interface ServerCall<In> {
   on(event: 'data', listener: (message: In) => void): this;
   on(event: 'end' | 'drain' | 'cancelled' | 'close', listener: () => void): this;
@@ -91,11 +93,11 @@ class Pipe<T> {
   }
 }
 
-/** The relay's end: requests arrive as the bytes a gRPC call would give a relay that decodes nothing. */
-class RelayEnd extends EventEmitter implements ServerCall<Buffer> {
-  readonly #call: LocalCall;
+/** The server's end. */
+class ServerEnd<In> extends EventEmitter implements ServerCall<In> {
+  readonly #call: LocalCall<In>;
 
-  constructor(call: LocalCall) {
+  constructor(call: LocalCall<In>) {
     super();
     this.#call = call;
     // As grpc-js's server call does: emitting an error sends its status, after what was written.
@@ -124,10 +126,10 @@ class RelayEnd extends EventEmitter implements ServerCall<Buffer> {
 }
 
 /** The driver's end. */
-class DriverEnd extends EventEmitter implements AssociateStream {
-  readonly #call: LocalCall;
+class DriverEnd<In> extends EventEmitter implements AssociateStream {
+  readonly #call: LocalCall<In>;
 
-  constructor(call: LocalCall) {
+  constructor(call: LocalCall<In>) {
     super();
     this.#call = call;
   }
@@ -145,28 +147,31 @@ class DriverEnd extends EventEmitter implements AssociateStream {
   }
 }
 
-/** Both ends of one local call. */
-export class LocalCall {
+/**
+ * Both ends of one local call; `decode` makes of a request's bytes what the server's gRPC service
+ * would give it (the relay's keeps them as they are).
+ */
+export class LocalCall<In> {
   readonly driver: AssociateStream;
-  readonly relay: ServerCall<Buffer>;
-  /** Requests on their way to the relay. */
+  readonly server: ServerCall<In>;
+  /** Requests on their way to the server. */
   readonly requests: Pipe<Buffer>;
   /** Responses on their way to the driver. */
   readonly #responses: Pipe<AssociateResponse>;
-  readonly #relay: RelayEnd;
-  /** Whether the relay ended the stream (its status is on its way) or the driver cancelled it. */
+  readonly #server: ServerEnd<In>;
+  /** Whether the server ended the stream (its status is on its way) or the driver cancelled it. */
   #over = false;
 
-  constructor() {
+  constructor(decode: (bytes: Buffer) => In) {
     const driver = new DriverEnd(this);
-    const relay = new RelayEnd(this);
+    const server = new ServerEnd(this);
     this.driver = driver;
-    this.relay = relay;
-    this.#relay = relay;
+    this.server = server;
+    this.#server = server;
     this.requests = new Pipe<Buffer>(
       (item) => {
-        if ('message' in item) relay.emit('data', item.message);
-        else relay.emit('end');
+        if ('message' in item) server.emit('data', decode(item.message));
+        else server.emit('end');
       },
       () => driver.emit('drain'),
     );
@@ -176,14 +181,14 @@ export class LocalCall {
         else if ('end' in item || item.status.code === status.OK) driver.emit('end');
         else driver.emit('error', serviceError(item.status.code, item.status.details));
       },
-      () => relay.emit('drain'),
+      () => server.emit('drain'),
     );
   }
 
-  /** A stream that the relay ends at once with `code`: there is no relay to take it. */
+  /** A stream that its server ends at once with `code`: there is none to take it. */
   static refused(code: status, details: string): AssociateStream {
-    const call = new LocalCall();
-    call.relay.emit('error', { code, details } as ServiceError);
+    const call = new LocalCall((bytes) => bytes);
+    call.server.emit('error', { code, details } as ServiceError);
     return call.driver;
   }
 
@@ -205,7 +210,7 @@ export class LocalCall {
     this.#over = true;
     this.requests.clear();
     this.#responses.clear();
-    setImmediate(() => this.#relay.emit('cancelled'));
+    setImmediate(() => this.#server.emit('cancelled'));
   }
 }
 

@@ -5,15 +5,14 @@
 // container's runtime id, which the kubelet and the runtime set and the pod cannot change) and its
 // network namespace (where most of them are), and looks at that namespace's sockets with the
 // sidecar's own scanner, counting only the pod's processes as owners. Each pod gets the sidecar's
-// own driver and stream, node-driven (no token: the agent speaks for its node's pods), that nothing
-// but the agent can open: the node agent's handed to its gateway's relay in the process
+// own driver and stream, node-driven (no token: the agent speaks for its node's pods), handed over
+// in the agent's process, where nothing else can open one: the node agent's to its gateway's relay
 // (`NaaRelay.openLocal`), which the gateways take only from this node's agent (the relay's agent
-// certificate); the gateway agent's to its own NAA server's local socket, which only the node's
-// root reaches. Either way only for a node-driven pod of this node, held to the pod's own
-// addresses exactly as a sidecar's stream is.
+// certificate); the gateway agent's to its own NAA server (`NaaServer.openLocal`). Either way only
+// for a node-driven pod of this node, held to the pod's own addresses exactly as a sidecar's
+// stream is.
 // A strict pod's stream is strict, and the agent answers its programs' requests for a stamp
 // (node-stamps.ts).
-import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
 import { readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -96,8 +95,8 @@ export interface WantedPod {
   /** Container names by the runtime's id. */
   containers: ReadonlyMap<string, string>;
   /**
-   * Where its stream goes, which takes only this agent's own node-driven streams: the node agent's
-   * relay of the pod's gateway (its name, `NodeDriverOptions.open`), the gateway agent's local socket.
+   * What takes its stream in the agent's process (`NodeDriverOptions.open`): the node agent's relay
+   * of the pod's gateway, by the gateway's name; the gateway agent's own NAA server.
    */
   target: string;
   /** Strict association mode: its programs ask for stamps. */
@@ -133,7 +132,7 @@ export function nodeAgentPods(config: NodeConfig, target: (gateway: NodeGateway)
 
 /**
  * The gateway agent's: the pods of its gateway's config that have the Node driver and run on its
- * own node `node`, by uid, each to the agent's own local socket (`target`).
+ * own node `node`, by uid, each to the agent's own NAA server (`target`).
  */
 export function gatewayAgentPods(config: GatewayConfig, node: string, target: string): Map<string, WantedPod> {
   return new Map(
@@ -148,11 +147,10 @@ export interface NodeDriverOptions {
   /** Where the host's procfs is (the node agent runs in the host's process namespace). */
   proc?: string;
   /**
-   * Opens a pod's stream to its `target` in this process (the node agent's relays,
-   * `NaaRelay.openLocal`); without it, the target is a gRPC server's address.
+   * Opens a pod's stream to its `target` in this process (`NaaRelay.openLocal`,
+   * `NaaServer.openLocal`); it may throw while there is none, and the pod's driver tries again.
    */
-  open?: (target: string) => AssociateStream;
-  channelCredentials?: ChannelCredentials;
+  open: (target: string) => AssociateStream;
   version: string;
   /** How often to look (200 ms, as the sidecar), at every pod while the node's TCP socket count moves. */
   scanIntervalMs?: number;
@@ -331,15 +329,13 @@ export class NodeDriver {
           log: (msg, fields) => this.#o.log.info(msg, { pod: `${pod.ref.namespace}/${pod.ref.name}`, ...fields }),
         })
       : undefined;
-    const { open } = this.#o;
     const driver: Driver = new Driver({
-      target: open ? () => open(pod.target) : pod.target,
+      target: () => this.#o.open(pod.target),
       pod: pod.ref,
       version: this.#o.version,
       ...(book
         ? { mode: AssociationMode.ASSOCIATION_MODE_STRICT, stamps: () => book.stamps }
         : { mode: AssociationMode.ASSOCIATION_MODE_OBSERVE }),
-      channelCredentials: this.#o.channelCredentials ?? credentials.createInsecure(),
       onState: (state) =>
         this.#o.log.debug(`Driver ${state}`, {
           pod: `${pod.ref.namespace}/${pod.ref.name}`,

@@ -172,8 +172,8 @@ export class NaaRelay {
    */
   openLocal(): AssociateStream {
     if (this.#closed) return LocalCall.refused(status.UNAVAILABLE, 'the node agent is stopping');
-    const call = new LocalCall();
-    this.#serve(call.relay, true);
+    const call = new LocalCall((bytes) => bytes);
+    this.#serve(call.server, true);
     return call.driver;
   }
 

@@ -6,8 +6,8 @@
 // held to its own pod as a direct one is: a stamp applies to the pod's addresses as the apiserver
 // knows them, and an association of any other pod's address, on the relay's node or elsewhere,
 // closes the stream. A node-driven stream (no token) is taken only from the node agent of the
-// pod's node and only for a pod that is node-driven: on the gateway agent's own local socket for a
-// pod of its node, and never from the relay without that node's agent certificate.
+// pod's node and only for a pod that is node-driven: from the gateway agent itself for a pod of
+// its node, and never from the relay without that node's agent certificate.
 import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -216,16 +216,14 @@ test.each([
 );
 
 test("a node-driven stream is taken only from the node agent of the pod's node, for a node-driven pod", async () => {
-  const gatewaySocket = join(dir, 'gateway.sock');
-  await server.listenLocal(gatewaySocket);
   const denied = (details: string | RegExp) => ({
     code: status.PERMISSION_DENIED,
     details: typeof details === 'string' ? details : expect.stringMatching(details),
   });
   const nodeDriven = { nodeDriven: true };
 
-  // A pod of the gateway's own node: on the gateway agent's local socket, once the pod is node-driven.
-  expect(await hello(`unix:${gatewaySocket}`, near, nodeDriven)).toEqual(
+  // A pod of the gateway's own node: from the gateway agent itself, once the pod is node-driven.
+  expect(await hello(() => server.openLocal(), near, nodeDriven)).toEqual(
     denied(
       `pod ${namespace}/near is not node-driven (its annotation naat.dev/association-driver is not set, not 'Node'), ` +
         'so only its own driver speaks for it, with its token',
@@ -233,27 +231,29 @@ test("a node-driven stream is taken only from the node agent of the pod's node, 
   );
   await k(['annotate', 'pod', 'near', '-n', namespace, 'naat.dev/association-driver=Node']);
   await k(['annotate', 'pod', 'far', '-n', namespace, 'naat.dev/association-driver=Node']);
-  expect(await hello(`unix:${gatewaySocket}`, near, nodeDriven)).toBe('accepted');
+  expect(await hello(() => server.openLocal(), near, nodeDriven)).toBe('accepted');
   expect(await hello(`127.0.0.2:${port}`, near, nodeDriven)).toEqual(
     denied(
       new RegExp(
-        `^pod ${namespace}/near runs on this gateway node gateway-a, whose gateway agent drives it on its own ` +
-          `local socket only, and this stream comes from 127\\.0\\.0\\.\\d+$`,
+        `^pod ${namespace}/near runs on this gateway node gateway-a, whose gateway agent drives it from within ` +
+          `itself only, and this stream comes from 127\\.0\\.0\\.\\d+$`,
       ),
     ),
   );
   expect(
-    await hello(`unix:${gatewaySocket}`, { ...near, ref: { ...near.ref, uid: 'another-uid' } }, nodeDriven),
+    await hello(() => server.openLocal(), { ...near, ref: { ...near.ref, uid: 'another-uid' } }, nodeDriven),
   ).toEqual(
     denied(
       `the node-driven hello names pod ${namespace}/near with uid another-uid, but that pod is ${near.ref.uid} now`,
     ),
   );
-  expect(await hello(`unix:${gatewaySocket}`, { ...near, ref: { ...near.ref, name: 'gone' } }, nodeDriven)).toEqual(
+  expect(await hello(() => server.openLocal(), { ...near, ref: { ...near.ref, name: 'gone' } }, nodeDriven)).toEqual(
     denied(`the node-driven hello names pod ${namespace}/gone, which does not exist`),
   );
-  expect(await hello(`unix:${gatewaySocket}`, far, nodeDriven)).toEqual(
-    denied(`pod ${namespace}/far runs on node worker-a, and this stream comes from the local socket of node gateway-a`),
+  expect(await hello(() => server.openLocal(), far, nodeDriven)).toEqual(
+    denied(
+      `pod ${namespace}/far runs on node worker-a, and this stream comes from the gateway agent of node gateway-a`,
+    ),
   );
 
   // A pod of the relay's node: the relay forwards the node agent's hello, but this relay has no agent certificate.
