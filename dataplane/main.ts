@@ -939,6 +939,12 @@ async function node(): Promise<void> {
     await nodeAgent().remove();
     return void log.info('Removed the node agent from the kernel');
   }
+  // The relay's gRPC call to a gateway node keeps the last message it wrote until the next one
+  // (grpc-js frees a written message only at the following write), and grpc-js copies each message
+  // into a Buffer from Node's shared pool: an idle pod's stream kept a whole 64 KiB slab of it alive,
+  // 6 MiB at a hundred node-driven pods (docs/naa.md). Slabs of 8 KiB, Node 20's default (24's is 64),
+  // bound that to 8 KiB a pod; a message of more than 4 KiB gets a buffer of its own.
+  Buffer.poolSize = 8 * 1024;
   const parse = (text: string): NodeConfig => parseNodeConfig(parseText(text));
   const stopIdentity = await startIdentity();
   const first = await firstConfig(parse, 'node config', 'node');
