@@ -43,8 +43,9 @@ const maxPendingSpans = 1_024;
 
 /**
  * The driver's end of one Associate stream, as it uses it: a grpc-js client call, or a stream
- * handed to a relay in the same process (the node agent's, dataplane/naa/local-call.ts). 'error'
- * carries the status the other end closed it with; 'end' comes when it ended the stream well.
+ * handed over within an agent's process (the node agent's relay, the gateway agent's NAA server:
+ * dataplane/naa/local-call.ts). 'error' carries the status the other end closed it with; 'end'
+ * comes when it ended the stream well.
  */
 export interface AssociateStream {
   write(request: AssociateRequest): boolean;
@@ -58,8 +59,9 @@ export interface AssociateStream {
 
 export interface DriverOptions {
   /**
-   * host:port (or unix:path) of the NAA server, or what opens a stream to a relay in this process
-   * (the node agent's own drivers): then there is no gRPC client, and `channelCredentials` is unused.
+   * host:port (or unix:path) of the NAA server, or what opens a stream within this process (an
+   * agent's own drivers of its node's pods): then there is no gRPC client, and `channelCredentials`
+   * is unused.
    */
   target: string | (() => AssociateStream);
   pod: PodRef;
