@@ -35,8 +35,10 @@ import {
   parseGatewayConfig,
   type GatewayConfig,
 } from '../contracts/gateway/index.ts';
-import { parseNodeConfig, type NodeConfig, type NodeGateway } from '../contracts/gateway/index.ts';
-import type { WantedPod } from './naa/node-driver.ts';
+import { parseNodeConfig, type NodeConfig } from '../contracts/gateway/index.ts';
+import type { NodeDriverOptions, WantedPod } from './naa/node-driver.ts';
+import type { NaaRelay } from './naa/relay.ts';
+import type { AssociateStream } from '../contracts/naa/index.ts';
 import { ExecConntrack, readConntrackStats } from './conntrack.ts';
 import { ExecNftables } from './nft/nftables.ts';
 import {
@@ -479,7 +481,7 @@ async function startNaa(
   port: number,
   tracing: boolean,
   tls: TlsDir | undefined,
-): Promise<{ close(): Promise<void>; pushPolicies(): void; listenLocal(path: string): Promise<void> }> {
+): Promise<{ close(): Promise<void>; pushPolicies(): void; openLocal(): AssociateStream }> {
   const { pooledKubeConfig } = await import('../common/kube/index.ts');
   const { NaaServer } = await import('./naa/server.ts');
   const { TokenReviewAuthenticator } = await import('./naa/auth.ts');
@@ -808,16 +810,18 @@ async function nodeLeft(text: string | undefined): Promise<string | undefined> {
 
 /**
  * The node agent's NAA relays, one per gateway: the node's sidecars dial this node at their
- * gateway's association port, and the relay carries each stream to the gateway's up nodes.
+ * gateway's association port, and the relay carries each stream to the gateway's up nodes. Each is
+ * in `local` by its gateway's name while it is open: the node agent's own drivers hand it their
+ * streams there.
  */
-async function naaRelays(tls: TlsDir | undefined, local: boolean): Promise<RelayFactory> {
+async function naaRelays(tls: TlsDir | undefined, local: Map<string, NaaRelay>): Promise<RelayFactory> {
   const { NaaRelay } = await import('./naa/relay.ts');
   const { agentChannelCredentials, naaServerCredentials } = await import('./link-tls.ts');
   const serverCredentials = naaServerCredentials(tls);
   const channelCredentials = tls && agentChannelCredentials(tls);
   return (first, peers, onSynced) => {
     let gateway = first;
-    const relay: InstanceType<typeof NaaRelay> = new NaaRelay({
+    const relay: NaaRelay = new NaaRelay({
       gateway,
       peers,
       onSynced,
@@ -834,32 +838,26 @@ async function naaRelays(tls: TlsDir | undefined, local: boolean): Promise<Relay
       (error: Error) =>
         log.error('Failed to listen for NAA streams', { gateway: gateway.gateway, address, error: error.message }),
     );
-    if (local) {
-      const path = localRelayPath(gateway);
-      relay.listenLocal(path).catch((error: Error) =>
-        log.error('Failed to listen for the node agent’s own NAA streams', {
-          gateway: gateway.gateway,
-          path,
-          error: error.message,
-        }),
-      );
-    }
+    local.set(first.gateway, relay);
     return {
       synced: () => relay.synced(),
       update: (next) => {
         gateway = next;
         relay.update(next);
       },
-      close: () => relay.close(),
+      close: () => {
+        if (local.get(first.gateway) === relay) local.delete(first.gateway);
+        return relay.close();
+      },
     };
   };
 }
 
-/** Where a gateway's relay takes the node agent's own streams: by port, which is the gateway's on this node. */
-const localRelayPath = (gateway: NodeGateway) => join(stateDir('node'), `naa-${gateway.associationPort}.sock`);
-
-/** With --associate-pods: the node agent drives the association of the node's pods that have the Node driver. */
-async function startNodeDriver(config: NodeConfig, tracing: boolean) {
+/**
+ * With --associate-pods: the node agent drives the association of the node's pods that have the
+ * Node driver, handing each pod's stream to its gateway's relay in `relays`.
+ */
+async function startNodeDriver(config: NodeConfig, tracing: boolean, relays: ReadonlyMap<string, NaaRelay>) {
   if (!values['associate-pods']) return undefined;
   if (!values['tls-dir']) {
     log.warn('The gateways refuse the node’s pods’ streams: they take them only with this node’s certificate', {
@@ -869,19 +867,25 @@ async function startNodeDriver(config: NodeConfig, tracing: boolean) {
   const { nodeAgentPods } = await import('./naa/node-driver.ts');
   return startDriver(
     config,
-    (c) => nodeAgentPods(c, (gateway) => `unix:${localRelayPath(gateway)}`),
+    (c) => nodeAgentPods(c, (gateway) => gateway.gateway),
     join(stateDir('node'), 'stamps'),
     tracing,
+    (gateway) => {
+      const relay = relays.get(gateway);
+      // The driver tries again later: the relay comes with the config that names the gateway.
+      if (!relay) throw new Error(`no relay of gateway ${gateway} on this node`);
+      return relay.openLocal();
+    },
   );
 }
 
 /**
  * With --associate-pods: the gateway agent drives the association of its own node's pods that have
- * the Node driver, on its NAA server's local socket in its state folder, where the server takes a
- * node-driven stream of a pod of this node (naa/auth.ts); its network port never does.
+ * the Node driver, handing each pod's stream to its NAA server in the process, where the server
+ * takes a node-driven stream of a pod of this node (naa/auth.ts); its network port never does.
  */
 async function startGatewayDriver(
-  naa: { listenLocal(path: string): Promise<void> } | undefined,
+  naa: { openLocal(): AssociateStream } | undefined,
   config: GatewayConfig,
   tracing: boolean,
 ) {
@@ -890,15 +894,13 @@ async function startGatewayDriver(
     log.error('Driving no pod’s association: the gateway config has no association block', {});
     return undefined;
   }
-  const path = join(stateDir('gateway'), 'naa.sock');
-  await naa.listenLocal(path);
-  log.info('Listening for the gateway agent’s own NAA streams', { path });
   const { gatewayAgentPods } = await import('./naa/node-driver.ts');
   return startDriver(
     config,
-    (c) => gatewayAgentPods(c, values.node!, `unix:${path}`),
+    (c) => gatewayAgentPods(c, values.node!, 'naa'),
     join(stateDir('gateway'), 'stamps'),
     tracing,
+    () => naa.openLocal(),
   );
 }
 
@@ -911,6 +913,7 @@ async function startDriver<C>(
   pods: (config: C) => ReadonlyMap<string, WantedPod>,
   stampDir: string,
   tracing: boolean,
+  open: NodeDriverOptions['open'],
 ): Promise<{ configure(config: C): void; stop(): void }> {
   const { NodeDriver } = await import('./naa/node-driver.ts');
   await mkdir(stampDir, { recursive: true });
@@ -918,6 +921,7 @@ async function startDriver<C>(
     version: process.env.npm_package_version ?? '0.1.0',
     stampDir,
     log,
+    open,
     ...(tracing ? { tracer: (await import('../contracts/naa/tracing/index.ts')).associationTracer } : {}),
   });
   driver.configure(pods(config));
@@ -935,14 +939,21 @@ async function node(): Promise<void> {
     await nodeAgent().remove();
     return void log.info('Removed the node agent from the kernel');
   }
+  // The relay's gRPC call to a gateway node keeps the last message it wrote until the next one
+  // (grpc-js frees a written message only at the following write), and grpc-js copies each message
+  // into a Buffer from Node's shared pool: an idle pod's stream kept a whole 64 KiB slab of it alive,
+  // 6 MiB at a hundred node-driven pods (docs/naa.md). Slabs of 8 KiB, Node 20's default (24's is 64),
+  // bound that to 8 KiB a pod; a message of more than 4 KiB gets a buffer of its own.
+  Buffer.poolSize = 8 * 1024;
   const parse = (text: string): NodeConfig => parseNodeConfig(parseText(text));
   const stopIdentity = await startIdentity();
   const first = await firstConfig(parse, 'node config', 'node');
   const links = linkTls();
-  const agent = nodeAgent(await naaRelays(links, values['associate-pods'] === true), links);
+  const relays = new Map<string, NaaRelay>();
+  const agent = nodeAgent(await naaRelays(links, relays), links);
   await agent.start(first.config);
   const telemetry = await startTelemetry('naat-node', { 'k8s.node.name': first.config.node });
-  const pods = await startNodeDriver(first.config, telemetry.enabled);
+  const pods = await startNodeDriver(first.config, telemetry.enabled, relays);
   log.info('Started the node agent', { node: first.config.node, gateways: first.config.gateways.length });
   let current = first.config;
   const reports = values.report

@@ -159,7 +159,7 @@ describe('desiredGatewayObjects', () => {
       drop: ['ALL'],
       add: ['NET_ADMIN', 'NET_RAW', 'DAC_READ_SEARCH', 'SYS_PTRACE'],
     });
-    // No pod's token: only the state folder it had already, where its local socket is.
+    // No pod's token: only the state folder it had already.
     expect(driving.containers[0].volumeMounts).toEqual([{ name: 'state', mountPath: '/run/naat' }]);
 
     const sidecarsOnly = podSpec(gateway(), settings, withPod());

@@ -386,7 +386,7 @@ export function desiredNodeObjects(
  * each holds (reading any user's /proc/<pid>/fd: CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, as the root
  * sidecar has in a pod). No pod's token and no right in the apiserver: the pods are in its config;
  * a node agent's streams are proven to the gateways by its node's agent certificate, and a gateway
- * agent's by coming in on its own local socket.
+ * agent's by being opened within itself.
  */
 /**
  * Where the node agent keeps the stamps of the strict pods it drives (docs/naa.md): a host folder

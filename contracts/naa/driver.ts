@@ -3,7 +3,7 @@
 // they happen. It never gives up: a lost stream is retried with capped, jittered backoff.
 // With a tracer (telemetry on), each association is traced from when its socket was seen to the
 // gateway's acknowledgement, and carries its span's context so that the gateway's spans join it.
-import { credentials, type ChannelCredentials, type ClientDuplexStream } from '@grpc/grpc-js';
+import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
 import { readFile } from 'node:fs/promises';
 import {
   AssociationMode,
@@ -41,9 +41,29 @@ export interface AssociationSpan {
  */
 const maxPendingSpans = 1_024;
 
+/**
+ * The driver's end of one Associate stream, as it uses it: a grpc-js client call, or a stream
+ * handed over within an agent's process (the node agent's relay, the gateway agent's NAA server:
+ * dataplane/naa/local-call.ts). 'error' carries the status the other end closed it with; 'end'
+ * comes when it ended the stream well.
+ */
+export interface AssociateStream {
+  write(request: AssociateRequest): boolean;
+  /** Ends the driver's side; the other end finishes its own. */
+  end(): void;
+  cancel(): void;
+  on(event: 'data', listener: (response: AssociateResponse) => void): this;
+  on(event: 'error', listener: (error: Error) => void): this;
+  on(event: 'end', listener: () => void): this;
+}
+
 export interface DriverOptions {
-  /** host:port of the NAA server. */
-  target: string;
+  /**
+   * host:port (or unix:path) of the NAA server, or what opens a stream within this process (an
+   * agent's own drivers of its node's pods): then there is no gRPC client, and `channelCredentials`
+   * is unused.
+   */
+  target: string | (() => AssociateStream);
   pod: PodRef;
   /**
    * The projected service-account token; read anew on every connect, as the kubelet rotates it.
@@ -81,8 +101,10 @@ interface StampWaiter {
 
 export class Driver {
   readonly #options: DriverOptions;
-  readonly #client: InstanceType<typeof AssociationServiceClient>;
-  #stream: ClientDuplexStream<AssociateRequest, AssociateResponse> | undefined;
+  /** Opens a stream: a call of the gRPC client, or the target's own. */
+  readonly #open: () => AssociateStream;
+  readonly #client: InstanceType<typeof AssociationServiceClient> | undefined;
+  #stream: AssociateStream | undefined;
   #ready = false;
   #sequence = 0;
   #acked = 0;
@@ -106,11 +128,15 @@ export class Driver {
   constructor(options: DriverOptions) {
     this.#options = options;
     this.#retryMs = options.backoff?.initialMs ?? 100;
-    this.#client = new AssociationServiceClient(
-      options.target,
-      options.channelCredentials ?? credentials.createInsecure(),
-      { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000 },
-    );
+    const { target } = options;
+    if (typeof target === 'string') {
+      const client = new AssociationServiceClient(target, options.channelCredentials ?? credentials.createInsecure(), {
+        'grpc.keepalive_time_ms': 10_000,
+        'grpc.keepalive_timeout_ms': 5_000,
+      });
+      this.#client = client;
+      this.#open = () => client.associate();
+    } else this.#open = target;
   }
 
   start(): void {
@@ -170,7 +196,7 @@ export class Driver {
     clearTimeout(this.#timer);
     this.#endSpans(Infinity, 'the sidecar stopped before the gateway acknowledged');
     this.#stream?.end();
-    this.#client.close();
+    this.#client?.close();
     this.#options.onState?.('stopped');
   }
 
@@ -187,7 +213,13 @@ export class Driver {
     }
     // stop() may have come while the token was read, and closed the client.
     if (this.#stopped) return;
-    const stream = this.#client.associate();
+    let stream: AssociateStream;
+    try {
+      stream = this.#open();
+    } catch (error) {
+      this.#retry(error as Error);
+      return;
+    }
     this.#stream = stream;
     this.#sequence = 0;
     this.#acked = 0;
@@ -289,7 +321,7 @@ export class Driver {
     this.#stream?.write({ sequence: ++this.#sequence, body });
   }
 
-  #lost(stream: ClientDuplexStream<AssociateRequest, AssociateResponse>, error: Error): void {
+  #lost(stream: AssociateStream, error: Error): void {
     if (stream !== this.#stream) return;
     this.#stream = undefined;
     this.#ready = false;

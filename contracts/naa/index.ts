@@ -4,7 +4,7 @@
 export { diffAssociations, flowKey, flowOf, outboundSockets } from './associations.ts';
 export type { Association, AssociationChanges, Flow } from './associations.ts';
 export { Driver, flowKey as protoFlowKey } from './driver.ts';
-export type { AssociationSpan, AssociationTracer, DriverOptions, DriverState } from './driver.ts';
+export type { AssociateStream, AssociationSpan, AssociationTracer, DriverOptions, DriverState } from './driver.ts';
 export { nodeTcpSockets, parseSocketTable, tcpChangeMarker, tcpState } from './proc-net.ts';
 export type { SocketEntry, Transport } from './proc-net.ts';
 export { allPids, containerIdFromCgroup, podOfCgroup, readApplication, socketOwners } from './processes.ts';

@@ -1,4 +1,7 @@
-import { containerIdFromCgroup, podOfCgroup } from './processes.ts';
+import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { containerIdFromCgroup, descriptorCounter, podOfCgroup } from './processes.ts';
 
 test('finds the container id in the cgroup paths of containerd, CRI-O and cgroupfs', () => {
   const id = 'a'.repeat(32) + '0123456789abcdef'.repeat(2);
@@ -38,4 +41,24 @@ describe("a process's pod and container from its cgroup", () => {
   ])('%s has no pod', (_what, cgroup) => {
     expect(podOfCgroup(cgroup)).toBeUndefined();
   });
+});
+
+test("counts a process's open descriptors with one stat of the real /proc, and nothing from a folder that is not a procfs", () => {
+  const count = descriptorCounter('/proc');
+  // The kernel here is 6.2 or later: it counts.
+  expect(count).toBeDefined();
+  const before = count!(process.pid)!;
+  expect(before).toBeGreaterThan(0);
+  const fds = [openSync('/proc/self/stat', 'r'), openSync('/proc/self/status', 'r')];
+  expect(count!(process.pid)).toBe(before + 2);
+  fds.forEach((fd) => closeSync(fd));
+  expect(count!(process.pid)).toBe(before);
+  expect(count!(2 ** 22 + 1)).toBeUndefined();
+
+  const fake = mkdtempSync(join(tmpdir(), 'naat-proc-'));
+  try {
+    expect(descriptorCounter(fake)).toBeUndefined();
+  } finally {
+    rmSync(fake, { recursive: true });
+  }
 });

@@ -1,6 +1,6 @@
 // Finds which process holds which socket, and who that process is, from /proc. The sidecar
 // shares its pod's process namespace, so /proc shows every container's processes.
-import { readdirSync, readlinkSync } from 'node:fs';
+import { readdirSync, readlinkSync, statfsSync, statSync } from 'node:fs';
 import { readFile, readlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { containerNameVariable } from '../sidecar-environment.ts';
@@ -42,6 +42,30 @@ export function socketOwners(
 /** Whether the process still holds the socket through that descriptor (not closed, nor reused for another file). */
 export function stillHolds(holder: SocketHolder, inode: number): boolean {
   return socketInode(readlinkOrNothing(holder.fd)) === inode;
+}
+
+/** procfs's magic number, as statfs(2) gives it. */
+const procSuperMagic = 0x9fa0;
+
+/**
+ * What counts a process's open descriptors with one `stat` of /proc/<pid>/fd, whose size Linux 6.2
+ * and later set to that count: a call where looking at each descriptor takes one per descriptor.
+ * Undefined where the size says nothing: a kernel before 6.2 (it is 0), or a `proc` that is not a
+ * procfs (a directory's size on disk). A process that is gone counts as undefined.
+ */
+export function descriptorCounter(proc: string): ((pid: number) => number | undefined) | undefined {
+  try {
+    if (statfsSync(proc).type !== procSuperMagic || statSync(join(proc, 'self', 'fd')).size === 0) return undefined;
+  } catch {
+    return undefined;
+  }
+  return (pid) => {
+    try {
+      return statSync(join(proc, String(pid), 'fd')).size;
+    } catch {
+      return undefined;
+    }
+  };
 }
 
 /** The inode of a descriptor's link target `socket:[<inode>]`; undefined for any other file. */

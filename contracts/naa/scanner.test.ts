@@ -2,7 +2,7 @@
 import { mkdir, mkdtemp, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Scanner } from './scanner.ts';
+import { fullLookEvery, Scanner } from './scanner.ts';
 
 const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
 // 10.244.1.2:<port> → 203.0.113.10:9000, established, held by socket inode <inode>.
@@ -78,6 +78,49 @@ test('at the safety interval, reads no TCP table while every associated socket i
   // The child closes it: the tables are read again.
   await unlink(join(proc, '43', 'fd', '7'));
   expect(ports(await scanner.scan(new Date(15_000)))).toEqual([]);
+});
+
+test('at the safety interval, looks at the descriptors of a process whose descriptor count moved, and of all at a full look', async () => {
+  // What the kernel says of each process's descriptor count (descriptorCounter, processes.test.ts).
+  const counts = new Map([[42, 3]]);
+  const scanner = new Scanner(proc, 7, { rereadMs: 5_000, descriptors: (pid) => counts.get(pid) });
+  const first = await scanner.scan(new Date(0));
+  // The first look at the descriptors finds the socket held, and keeps the count.
+  expect(await scanner.scan(new Date(5_000))).toBe(first);
+
+  // The process closed the connection after the peer did, and opened a file: its count stands still.
+  await net('tcp', header);
+  await unlink(join(proc, '42', 'fd', '3'));
+  expect(await scanner.scan(new Date(10_000))).toBe(first);
+  expect(await scanner.scan(new Date(20_000))).toBe(first);
+  // The full look, fullLookEvery intervals after the last one, sees it.
+  expect(ports(await scanner.scan(new Date(5_000 + fullLookEvery * 5_000)))).toEqual([]);
+
+  // A new connection; then it is closed, and the count moves: seen at the next interval.
+  await net('tcp', header + connection(40001, 1002));
+  await net('snmp', counters(2));
+  const second = await scanner.scan(new Date(30_000));
+  expect(ports(second)).toEqual(['tcp 40001']);
+  expect(await scanner.scan(new Date(35_000))).toBe(second);
+  await net('tcp', header);
+  await unlink(join(proc, '42', 'fd', '4'));
+  counts.set(42, 2);
+  expect(ports(await scanner.scan(new Date(40_000)))).toEqual([]);
+});
+
+test('a count taken before the associations changed says nothing of the new ones', async () => {
+  const counts = new Map([[42, 3]]);
+  const scanner = new Scanner(proc, 7, { rereadMs: 5_000, descriptors: (pid) => counts.get(pid) });
+  await scanner.scan(new Date(0));
+  expect(ports(await scanner.scan(new Date(5_000)))).toEqual(['tcp 40000']);
+  // A new connection, seen by its counters; the process then closes it after the peer did, and
+  // meanwhile its count came back to what it was when its sockets were last found held.
+  await net('tcp', header + connection(40000, 1001) + connection(40001, 1002));
+  await net('snmp', counters(2));
+  expect(ports(await scanner.scan(new Date(6_000)))).toEqual(['tcp 40000', 'tcp 40001']);
+  await net('tcp', header + connection(40000, 1001));
+  await unlink(join(proc, '42', 'fd', '4'));
+  expect(ports(await scanner.scan(new Date(11_000)))).toEqual(['tcp 40000']);
 });
 
 test('reads the UDP tables at every scan, and the TCP tables when the counters cannot be read', async () => {

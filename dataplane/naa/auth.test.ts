@@ -74,15 +74,15 @@ describe('a node-driven stream', () => {
       /and this one comes from 192\.0\.2\.8$/,
     );
     expect(nodeDrivenRefusal(worker, 'gw-a', { local: true })).toBe(
-      'pod shop/web-1 runs on node worker-1, and this stream comes from the local socket of node gw-a',
+      'pod shop/web-1 runs on node worker-1, and this stream comes from the gateway agent of node gw-a',
     );
   });
 
-  test('of a pod of the gateway’s own node is taken only on the gateway agent’s local socket', () => {
+  test('of a pod of the gateway’s own node is taken only from the gateway agent itself', () => {
     const near = pod('gw-a', ['192.0.2.1'], 'Node');
     expect(nodeDrivenRefusal(near, 'gw-a', { local: true })).toBeUndefined();
     expect(nodeDrivenRefusal(near, 'gw-a', { address: '192.0.2.1', agentNode: 'gw-a' })).toBe(
-      'pod shop/web-1 runs on this gateway node gw-a, whose gateway agent drives it on its own local socket only, ' +
+      'pod shop/web-1 runs on this gateway node gw-a, whose gateway agent drives it from within itself only, ' +
         'and this stream comes from 192.0.2.1',
     );
   });

@@ -13,10 +13,11 @@
 // A node-driven stream (the agent of the pod's node drives the pod, docs/naa.md) carries no token:
 // that agent speaks for the pods of its node. For a pod of another node it is accepted only from
 // that node's agent, through its node's relay with its node's agent certificate (the relay forwards
-// a node-driven hello only from the node agent's own local socket); for a pod of the gateway
-// agent's own node, which the gateway agent drives itself, only on the gateway agent's own local
-// socket, never from its network port, whatever certificate comes with it. Either way only for a
-// pod that runs on that node and says it is node-driven (the annotation the webhook sets).
+// a node-driven hello only from the node agent's own drivers, in its process); for a pod of the
+// gateway agent's own node, which the gateway agent drives itself, only from the gateway agent's
+// own drivers, in its process, never from its network port, whatever certificate comes with it.
+// Either way only for a pod that runs on that node and says it is node-driven (the annotation the
+// webhook sets).
 import { AuthenticationV1Api, CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { isIP } from 'node:net';
 import { driverAnnotation, tokenAudience } from '../../contracts/index.ts';
@@ -35,7 +36,7 @@ export interface StreamPeer {
   address?: string | undefined;
   /** The node named by the agent certificate the stream was made with (verified against the CA). */
   agentNode?: string | undefined;
-  /** The stream came in on the server's local socket, which only its node's root can reach. */
+  /** The agent's own driver opened the stream in its process (`NaaServer.openLocal`): it is the node's. */
   local?: boolean;
 }
 
@@ -153,7 +154,7 @@ function identityOf(pod: V1Pod, ref: PodRef): PodIdentity {
 /**
  * Why a gateway agent on `ownNode` does not take a node-driven stream of `pod` that comes from
  * `peer`, or undefined when it does: the pod is node-driven and runs on a node, and the stream
- * comes from that node's agent: on this agent's local socket for a pod of this node; otherwise
+ * comes from that node's agent: this agent itself for a pod of this node; otherwise
  * from that node's relay, with its agent certificate (`nodeRefusal`).
  */
 export function nodeDrivenRefusal(pod: V1Pod, ownNode: string, peer: StreamPeer): string | undefined {
@@ -170,11 +171,11 @@ export function nodeDrivenRefusal(pod: V1Pod, ownNode: string, peer: StreamPeer)
   if (node === ownNode) {
     return peer.local
       ? undefined
-      : `pod ${name} runs on this gateway node ${ownNode}, whose gateway agent drives it on its own local socket ` +
+      : `pod ${name} runs on this gateway node ${ownNode}, whose gateway agent drives it from within itself ` +
           `only, and this stream comes from ${peer.address ?? 'an unknown address'}`;
   }
   if (peer.local) {
-    return `pod ${name} runs on node ${node}, and this stream comes from the local socket of node ${ownNode}`;
+    return `pod ${name} runs on node ${node}, and this stream comes from the gateway agent of node ${ownNode}`;
   }
   return nodeRefusal(pod, ownNode, peer, true);
 }

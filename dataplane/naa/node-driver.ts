@@ -5,14 +5,14 @@
 // container's runtime id, which the kubelet and the runtime set and the pod cannot change) and its
 // network namespace (where most of them are), and looks at that namespace's sockets with the
 // sidecar's own scanner, counting only the pod's processes as owners. Each pod gets the sidecar's
-// own driver and stream, node-driven (no token: the agent speaks for its node's pods), to a local
-// socket that only the node's root reaches: the node agent's to the local socket of its gateway's
-// relay on this node, which the gateways take only from this node's agent (the relay's agent
-// certificate); the gateway agent's to its own NAA server's local socket. Either way only for a
-// node-driven pod of this node, held to the pod's own addresses exactly as a sidecar's stream is.
+// own driver and stream, node-driven (no token: the agent speaks for its node's pods), handed over
+// in the agent's process, where nothing else can open one: the node agent's to its gateway's relay
+// (`NaaRelay.openLocal`), which the gateways take only from this node's agent (the relay's agent
+// certificate); the gateway agent's to its own NAA server (`NaaServer.openLocal`). Either way only
+// for a node-driven pod of this node, held to the pod's own addresses exactly as a sidecar's
+// stream is.
 // A strict pod's stream is strict, and the agent answers its programs' requests for a stamp
 // (node-stamps.ts).
-import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
 import { readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -27,6 +27,7 @@ import {
   readApplication,
   Scanner,
   Stamps,
+  type AssociateStream,
   type Association,
   type AssociationTracer,
   type PodPlace,
@@ -93,7 +94,10 @@ export interface WantedPod {
   addresses: ReadonlySet<string>;
   /** Container names by the runtime's id. */
   containers: ReadonlyMap<string, string>;
-  /** Where its stream goes: the local socket that takes this agent's own node-driven streams. */
+  /**
+   * What takes its stream in the agent's process (`NodeDriverOptions.open`): the node agent's relay
+   * of the pod's gateway, by the gateway's name; the gateway agent's own NAA server.
+   */
   target: string;
   /** Strict association mode: its programs ask for stamps. */
   strict: boolean;
@@ -115,8 +119,8 @@ function wanted(pod: ConfigPod & { association: NodeAssociation }, target: strin
 const isNodeDriven = <P extends ConfigPod>(pod: P): pod is P & { association: NodeAssociation } => !!pod.association;
 
 /**
- * The node agent's: the pods of its node config that have the Node driver, by uid, each to the local
- * socket of its gateway's relay (`target`).
+ * The node agent's: the pods of its node config that have the Node driver, by uid, each to its
+ * gateway's relay (`target`).
  */
 export function nodeAgentPods(config: NodeConfig, target: (gateway: NodeGateway) => string): Map<string, WantedPod> {
   return new Map(
@@ -128,7 +132,7 @@ export function nodeAgentPods(config: NodeConfig, target: (gateway: NodeGateway)
 
 /**
  * The gateway agent's: the pods of its gateway's config that have the Node driver and run on its
- * own node `node`, by uid, each to the agent's own local socket (`target`).
+ * own node `node`, by uid, each to the agent's own NAA server (`target`).
  */
 export function gatewayAgentPods(config: GatewayConfig, node: string, target: string): Map<string, WantedPod> {
   return new Map(
@@ -142,7 +146,11 @@ export function gatewayAgentPods(config: GatewayConfig, node: string, target: st
 export interface NodeDriverOptions {
   /** Where the host's procfs is (the node agent runs in the host's process namespace). */
   proc?: string;
-  channelCredentials?: ChannelCredentials;
+  /**
+   * Opens a pod's stream to its `target` in this process (`NaaRelay.openLocal`,
+   * `NaaServer.openLocal`); it may throw while there is none, and the pod's driver tries again.
+   */
+  open: (target: string) => AssociateStream;
   version: string;
   /** How often to look (200 ms, as the sidecar), at every pod while the node's TCP socket count moves. */
   scanIntervalMs?: number;
@@ -155,9 +163,10 @@ export interface NodeDriverOptions {
    * (`ScannerOptions.rereadMs`; the sidecar's 5 s): 15 s. Why longer: at a hundred pods of fifty
    * connections, looking for each associated socket in its owner's descriptors every 5 s was a
    * thousand `readlink`s a second, and the agent's idle CPU went from 1.6–2.0 % of a core to
-   * 1.2–1.3 % at 15 s (docs/naa.md). What waits for it is what the counters do not show: a
-   * connection its process closed after the peer did (its association stays until then), and a
-   * UDP socket bound already that connects without sending.
+   * 1.2–1.3 % at 15 s (docs/naa.md); where the kernel counts descriptors, a process whose count
+   * did not move costs one `stat` instead (all are looked at every fourth time). What waits for it
+   * is what the counters do not show: a connection its process closed after the peer did (its
+   * association stays until then), and a UDP socket bound already that connects without sending.
    */
   safetyNetMs?: number;
   /** Where the stamps of strict pods are kept across restarts, a file per pod. */
@@ -321,13 +330,12 @@ export class NodeDriver {
         })
       : undefined;
     const driver: Driver = new Driver({
-      target: pod.target,
+      target: () => this.#o.open(pod.target),
       pod: pod.ref,
       version: this.#o.version,
       ...(book
         ? { mode: AssociationMode.ASSOCIATION_MODE_STRICT, stamps: () => book.stamps }
         : { mode: AssociationMode.ASSOCIATION_MODE_OBSERVE }),
-      channelCredentials: this.#o.channelCredentials ?? credentials.createInsecure(),
       onState: (state) =>
         this.#o.log.debug(`Driver ${state}`, {
           pod: `${pod.ref.namespace}/${pod.ref.name}`,

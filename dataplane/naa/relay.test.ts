@@ -73,6 +73,7 @@ class GatewayNode {
           return { pod: claimed, addresses: [podIp] };
         },
         authenticateNodeDriven: async (claimed: PodRef): Promise<PodIdentity> => {
+          if (this.refuse.has(claimed.name)) throw new AuthenticationError('denied', `pod ${claimed.name} is refused`);
           this.nodeDriven.push(claimed.name);
           return { pod: claimed, addresses: [podIp] };
         },
@@ -376,14 +377,9 @@ test('a node that refuses the pod or does not answer ends the stream, saying whi
   expect(await none.ended).toEqual({ code: status.UNAVAILABLE, details: 'no node of gateway egress is up' });
 });
 
-/**
- * A raw stream to the relay on a connection of its own, speaking for `as`; `encode` replaces the
- * protobuf encoding.
- */
-test('a node-driven hello is forwarded from the node agent’s local socket, and refused from the network', async () => {
-  await relay.listenLocal(join(dir, 'naa.sock'));
+test('a node-driven hello is forwarded from the node agent’s own drivers, and refused from the network', async () => {
   const { driver: d } = driver({
-    target: `unix:${join(dir, 'naa.sock')}`,
+    target: () => relay.openLocal(),
     tokenFile: undefined,
     mode: AssociationMode.ASSOCIATION_MODE_OBSERVE,
   });
@@ -407,11 +403,94 @@ test('a node-driven hello is forwarded from the node agent’s local socket, and
   expect(await posing.ended).toEqual({
     code: status.PERMISSION_DENIED,
     details:
-      "the hello of pod shop/posing says it is node-driven, which only this node's agent may say, on its local " +
-      'socket; a stream from the network proves its pod with its token',
+      "the hello of pod shop/posing says it is node-driven, which only this node's agent may say, from within " +
+      'itself; a stream from the network proves its pod with its token',
   });
   posing.close();
   expect([...a.nodeDriven, ...b.nodeDriven]).toEqual([pod.name, pod.name]);
+});
+
+/**
+ * A raw stream to the relay on a connection of its own, speaking for `as`; `encode` replaces the
+ * protobuf encoding.
+ */
+describe("the node agent's own drivers, their streams handed to the relay in its process", () => {
+  const nodeDriver = () =>
+    driver({ target: () => relay.openLocal(), tokenFile: undefined, mode: AssociationMode.ASSOCIATION_MODE_OBSERVE });
+
+  test('a pod’s associations reach every up gateway node and are acknowledged once both applied them', async () => {
+    const { driver: d, policiesFrom } = nodeDriver();
+    d.update(scanned([1001, 1002]));
+    d.start();
+    try {
+      await eventually(() => expect(d.progress).toEqual({ acked: 2, sent: 2 }));
+      expect(a.held()).toEqual([1001, 1002]);
+      expect(b.held()).toEqual([1001, 1002]);
+      d.update(scanned([1002, 1003]));
+      await eventually(() => expect(d.progress).toEqual({ acked: 3, sent: 3 }));
+      expect(a.held()).toEqual([1002, 1003]);
+      expect(b.held()).toEqual([1002, 1003]);
+      expect(policiesFrom).toEqual(['gw-a']);
+      expect(relay.streams).toBe(1);
+    } finally {
+      d.stop();
+    }
+    // Its end goes through the relay to both nodes, which end theirs.
+    await eventually(() => expect([relay.streams, a.server.sessions, b.server.sessions]).toEqual([0, 0, 0]));
+  });
+
+  test('a gateway node’s refusal reaches the driver as it is, naming the node', async () => {
+    b.refuse.add(pod.name);
+    const { driver: d, states } = nodeDriver();
+    d.start();
+    try {
+      await eventually(() => expect(states).toContain('disconnected'));
+      expect(d.lastError).toMatchObject({
+        code: status.PERMISSION_DENIED,
+        details: 'gateway node gw-b: pod web-1 is refused',
+        message: '7 PERMISSION_DENIED: gateway node gw-b: pod web-1 is refused',
+      });
+      // It keeps trying, and is taken once the node takes the pod.
+      b.refuse.clear();
+      await eventually(() => expect(states).toContain('connected'));
+      await eventually(() => expect(d.progress.acked).toBe(d.progress.sent));
+    } finally {
+      d.stop();
+    }
+  });
+
+  test('a change of the up nodes makes the driver reconnect and send its whole snapshot to the nodes up now', async () => {
+    const { driver: d, states } = nodeDriver();
+    d.update(scanned([4001, 4002]));
+    d.start();
+    try {
+      await eventually(() => expect(d.progress).toEqual({ acked: 2, sent: 2 }));
+      peers.set(['gw-b']);
+      await eventually(() => expect(states.filter((s) => s === 'connected')).toHaveLength(2));
+      expect(d.lastError?.message).toMatch(/up nodes of gateway egress changed \(gw-a, gw-b → gw-b\)/);
+      d.update(scanned([4001, 4002, 4003]));
+      await eventually(() => expect(d.progress.acked).toBe(d.progress.sent));
+      expect(b.held()).toEqual([4001, 4002, 4003]);
+      expect(b.server.sessions).toBe(1);
+      // gw-a dropped the pod's stream when the relay ended it, and got nothing since.
+      await eventually(() => expect(a.server.sessions).toBe(0));
+      expect(a.appliedPorts()).not.toContain(4003);
+    } finally {
+      d.stop();
+    }
+  });
+
+  test('a relay that closed refuses new streams, and the driver tries again', async () => {
+    await relay.close();
+    const { driver: d, states } = nodeDriver();
+    d.start();
+    try {
+      await eventually(() => expect(states.filter((s) => s === 'disconnected').length).toBeGreaterThanOrEqual(2));
+      expect(d.lastError).toMatchObject({ code: status.UNAVAILABLE, details: 'the node agent is stopping' });
+    } finally {
+      d.stop();
+    }
+  });
 });
 
 function rawStream(

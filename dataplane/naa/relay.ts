@@ -8,9 +8,10 @@
 //   Then one Associate stream is opened to each up gateway node, and every message goes to each as
 //   the bytes it came as: a sidecar's Hello carries the pod's own token, so every gateway
 //   authenticates the pod itself. A node-driven Hello (no token: the node agent speaks for its
-//   node's pods, docs/naa.md) is forwarded only from the node agent's own local socket; from the
-//   network (a sidecar, any pod) it is refused, since the gateways take it on the strength of this
-//   node's agent certificate, which the relay's connections carry.
+//   node's pods, docs/naa.md) is forwarded only on a stream the node agent's own drivers opened in
+//   its process (`openLocal`); from the network (a sidecar, any pod) it is refused, since the
+//   gateways take it on the strength of this node's agent certificate, which the relay's
+//   connections carry.
 // - The driver gets one HelloAck once every gateway node answered its Hello (that of the node the
 //   pod is pinned to, with the tightest limits of all), an Ack only for a sequence every one of them
 //   acknowledged, and the verdicts and policies of the pinned node alone.
@@ -35,13 +36,13 @@ import {
   type ClientDuplexStream,
   type Server,
   type ServerCredentials,
-  type ServerDuplexStream,
   type ServiceDefinition,
   type ServiceError,
   type StatusObject,
 } from '@grpc/grpc-js';
 import { isIPv4 } from 'node:net';
 import type { NodeGateway } from '../../contracts/gateway/index.ts';
+import type { AssociateStream } from '../../contracts/naa/index.ts';
 import {
   AssociateRequest,
   AssociationServiceService,
@@ -51,7 +52,8 @@ import {
   type Limits,
   type PodRef,
 } from '../../proto/index.ts';
-import { defaultLimits, listen, listenUnix, naaGrpcServer, refusalLog } from './server.ts';
+import { LocalCall, type ServerCall } from './local-call.ts';
+import { defaultLimits, listen, naaGrpcServer, refusalLog } from './server.ts';
 import { fullBucket, takeToken, type RateBucket } from './stream.ts';
 
 /** The gateway's nodes as the node agent's probes see them. */
@@ -104,7 +106,8 @@ const refusals: ReadonlySet<status> = new Set([
   status.RESOURCE_EXHAUSTED,
 ]);
 
-type Downstream = ServerDuplexStream<Buffer, AssociateResponse>;
+/** The driver's stream: a gRPC call from the network, or one of the node agent's own (local-call.ts). */
+type Downstream = ServerCall<Buffer>;
 type Upstream = ClientDuplexStream<Buffer, AssociateResponse>;
 type Log = (message: string, fields: Record<string, unknown>) => void;
 
@@ -120,8 +123,6 @@ interface Peer {
 export class NaaRelay {
   readonly #options: NaaRelayOptions;
   readonly #server: Server;
-  /** The server of the node agent's local socket, once it listens there. */
-  #local: Server | undefined;
   readonly #streams = new Set<RelayedStream>();
   #closed = false;
   readonly #logRefusal: (code: status, fields: Record<string, unknown>) => void;
@@ -140,7 +141,9 @@ export class NaaRelay {
     this.#options = options;
     this.#gateway = options.gateway;
     this.#logRefusal = refusalLog(options.log ?? (() => {}), options.refusalLogPeriodMs ?? 60_000);
-    this.#server = this.#grpcServer(false);
+    this.#server = naaGrpcServer(options.maxMessageBytes ?? defaultLimits.maxMessageBytes, relayedService, {
+      associate: (call: Downstream) => this.#serve(call, false),
+    });
     this.#peers = this.#connect(options.gateway, new Map());
     this.#up = this.#upPeers();
     options.peers.onChange(() => {
@@ -162,21 +165,16 @@ export class NaaRelay {
     return listen(this.#server, address, this.#options.serverCredentials);
   }
 
-  /** `local`: the server of the node agent's local socket, the only one that forwards node-driven hellos. */
-  #grpcServer(local: boolean): Server {
-    return naaGrpcServer(this.#options.maxMessageBytes ?? defaultLimits.maxMessageBytes, relayedService, {
-      associate: (call: Downstream) => this.#serve(call, local),
-    });
-  }
-
   /**
-   * Also takes streams in plaintext on the Unix socket `path` (an old one there is replaced): where
-   * the node agent's own drivers of the node's pods (node-driver.ts) reach it, with node-driven
-   * hellos. Only the node's root can reach the socket.
+   * A stream of one of the node agent's own drivers of the node's pods (node-driver.ts), handed over
+   * in the process: the only streams whose node-driven hellos the relay forwards. Nothing outside
+   * the node agent's process can open one.
    */
-  async listenLocal(path: string): Promise<void> {
-    this.#local ??= this.#grpcServer(true);
-    await listenUnix(this.#local, path);
+  openLocal(): AssociateStream {
+    if (this.#closed) return LocalCall.refused(status.UNAVAILABLE, 'the node agent is stopping');
+    const call = new LocalCall((bytes) => bytes);
+    this.#serve(call.server, true);
+    return call.driver;
   }
 
   /** Ends every stream (UNAVAILABLE, so drivers retry) and stops listening. */
@@ -185,7 +183,6 @@ export class NaaRelay {
     for (const { timer } of this.#unsynced.values()) clearTimeout(timer);
     for (const stream of this.#streams) stream.refuse(status.UNAVAILABLE, 'the node agent is stopping');
     this.#server.forceShutdown();
-    this.#local?.forceShutdown();
     for (const peer of this.#peers.values()) peer.client.close();
   }
 
@@ -313,7 +310,7 @@ export class NaaRelay {
 }
 
 interface StreamHooks {
-  /** The stream came in on the node agent's local socket: it may say it is node-driven. */
+  /** The stream is one of the node agent's own (`openLocal`): it may say it is node-driven. */
   local: boolean;
   helloTimeoutMs: number;
   /** The gateway nodes to open the pod's streams to and the one it is pinned to, or why there are none. */
@@ -431,7 +428,7 @@ class RelayedStream {
       return this.refuse(
         status.PERMISSION_DENIED,
         `the hello of pod ${pod.namespace}/${pod.name} says it is node-driven, which only this node's agent may ` +
-          `say, on its local socket; a stream from the network proves its pod with its token`,
+          `say, from within itself; a stream from the network proves its pod with its token`,
       );
     }
     this.#pod = pod;

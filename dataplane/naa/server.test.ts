@@ -1,9 +1,10 @@
 // The NAA server's shell over loopback gRPC, with an authenticator the test answers by hand.
 import { credentials, Server as Grpc, status, type ServiceError } from '@grpc/grpc-js';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { AssociateStream } from '../../contracts/naa/index.ts';
 import { AssociationServiceClient, type AssociateResponse, type PodRef } from '../../proto/index.ts';
 import { AuthenticationError, type PodIdentity, type StreamPeer } from './auth.ts';
 import { listen, NaaServer } from './server.ts';
@@ -111,8 +112,7 @@ test('listens on a Unix socket given as unix:PATH', async () => {
   }
 });
 
-test('a node-driven hello is judged knowing whether it came in on the local socket or from the network', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'naat-naa-local-'));
+test('a node-driven hello is judged knowing whether the agent opened its stream in its process or it came from the network', async () => {
   const peers: StreamPeer[] = [];
   const server = new NaaServer({
     authenticator: {
@@ -121,20 +121,24 @@ test('a node-driven hello is judged knowing whether it came in on the local sock
       },
       authenticateNodeDriven: async (claimed: PodRef, peer: StreamPeer) => {
         peers.push(peer);
-        if (!peer.local) throw new AuthenticationError('denied', 'not from the local socket');
+        if (!peer.local) throw new AuthenticationError('denied', 'not from the agent itself');
         return { pod: claimed, addresses: ['10.0.0.5'] };
       },
     },
     sink: { apply: async () => {} },
   });
-  /** Says a node-driven hello at `target`; resolves with the first answer or how the stream ended. */
-  const hello = async (target: string) => {
-    const client = new AssociationServiceClient(target, credentials.createInsecure());
-    const call = client.associate();
+  /** Says a node-driven hello on `target`; resolves with the first answer or how the stream ended. */
+  const hello = async (target: string | (() => AssociateStream)) => {
+    const client =
+      typeof target === 'string' ? new AssociationServiceClient(target, credentials.createInsecure()) : undefined;
+    const call: AssociateStream = client ? client.associate() : (target as () => AssociateStream)();
     try {
       return await new Promise<string>((resolve) => {
         call.on('data', (m: AssociateResponse) => resolve(m.body?.$case ?? 'empty'));
-        call.on('error', (e: ServiceError) => resolve(`${status[e.code]}: ${e.details}`));
+        call.on('error', (error) => {
+          const { code, details } = error as ServiceError;
+          resolve(`${status[code]}: ${details}`);
+        });
         call.write({
           sequence: 1,
           body: {
@@ -145,19 +149,15 @@ test('a node-driven hello is judged knowing whether it came in on the local sock
       });
     } finally {
       call.cancel();
-      client.close();
+      client?.close();
     }
   };
   try {
     const port = await server.listen('127.0.0.1:0');
-    await server.listenLocal(join(dir, 'naa.sock'));
-    // Its owner's alone: another user of the node may not connect.
-    expect((await stat(join(dir, 'naa.sock'))).mode & 0o777).toBe(0o600);
-    expect(await hello(`unix:${join(dir, 'naa.sock')}`)).toBe('helloAck');
-    expect(await hello(`127.0.0.1:${port}`)).toBe('PERMISSION_DENIED: not from the local socket');
+    expect(await hello(() => server.openLocal())).toBe('helloAck');
+    expect(await hello(`127.0.0.1:${port}`)).toBe('PERMISSION_DENIED: not from the agent itself');
     expect(peers).toEqual([{ local: true }, { address: '127.0.0.1', agentNode: undefined }]);
   } finally {
     await server.close();
-    await rm(dir, { recursive: true, force: true });
   }
 });

@@ -5,8 +5,9 @@
 // a bad stream never touches another.
 //
 // With credentials over TLS (dataplane/link-tls.ts) each stream's peer is known by its address and,
-// for a node agent's relay, by the node its client certificate names; a stream on the local socket
-// (`listenLocal`) is known to come from the node itself. The authenticator decides.
+// for a node agent's relay, by the node its client certificate names; a stream the agent's own
+// driver opened in its process (`openLocal`) is known to come from the node itself. The
+// authenticator decides.
 import {
   Server,
   ServerCredentials,
@@ -17,12 +18,11 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
 import { formatListenAddress, parseListenAddress } from '../../common/index.ts';
+import type { AssociateStream } from '../../contracts/naa/index.ts';
 import {
   AssociationServiceService,
-  type AssociateRequest,
+  AssociateRequest,
   type AssociateResponse,
   type Application,
   type EffectivePolicy,
@@ -31,6 +31,7 @@ import {
 } from '../../proto/index.ts';
 import { agentNode } from '../link-tls.ts';
 import { peerAddress, type Authenticator, type PodIdentity, type StreamPeer } from './auth.ts';
+import { LocalCall, type ServerCall } from './local-call.ts';
 import type { FlowVerdict } from '../verdict.ts';
 import { openStream, stepStream, type StreamEffect, type StreamInput, type StreamRules } from './stream.ts';
 import { AssociationTable, type AssociationChanges, type AssociationEntry } from './table.ts';
@@ -78,15 +79,14 @@ export interface AssociationTracing {
 
 export const defaultLimits: Limits = { maxMessageBytes: 1 << 20, maxAssociations: 10_000, maxMessagesPerSecond: 1_000 };
 
-type Call = ServerDuplexStream<AssociateRequest, AssociateResponse>;
+/** A driver's stream: a gRPC call from the network, or one of the agent's own (local-call.ts). */
+type Call = ServerCall<AssociateRequest>;
 
 export class NaaServer {
   readonly table = new AssociationTable();
   readonly #options: NaaServerOptions;
   readonly #rules: StreamRules;
   readonly #server: Server;
-  /** The server of the local socket, once it listens there. */
-  #local: Server | undefined;
   /** The live stream of each pod (by uid); a newer stream of the same pod replaces the older. */
   readonly #sessions = new Map<string, { call: Call; identity: PodIdentity }>();
   /** Applies to the sink in order, so that a later change never overtakes an earlier one. */
@@ -99,12 +99,12 @@ export class NaaServer {
     const tracing = options.tracing;
     this.#rules = { limits, ...(tracing && { trace: (carried: TraceContext) => tracing.context(carried) }) };
     this.#logRefusal = refusalLog(options.log ?? (() => {}), options.refusalLogPeriodMs ?? 60_000);
-    this.#server = this.#grpcServer(false);
-  }
-
-  #grpcServer(local: boolean): Server {
-    return naaGrpcServer(this.#rules.limits.maxMessageBytes, AssociationServiceService, {
-      associate: (call: Call) => this.#serve(call, local),
+    this.#server = naaGrpcServer(this.#rules.limits.maxMessageBytes, AssociationServiceService, {
+      associate: (call: ServerDuplexStream<AssociateRequest, AssociateResponse>) =>
+        this.#serve(call, () => ({
+          address: peerAddress(call.getPeer()),
+          agentNode: agentNode(call.getAuthContext()),
+        })),
     });
   }
 
@@ -114,21 +114,18 @@ export class NaaServer {
   }
 
   /**
-   * Also takes streams in plaintext on the Unix socket `path` (an old one there is replaced), which
-   * only the node's root can reach: there the node agent of this node speaks for its node-driven
-   * pods (auth.ts).
+   * A stream of the agent's own driver of a pod of its node (node-driver.ts), handed over in the
+   * process: there the gateway agent speaks for its node-driven pods (auth.ts). Nothing outside the
+   * agent's process can open one.
    */
-  async listenLocal(path: string): Promise<void> {
-    this.#local ??= this.#grpcServer(true);
-    await listenUnix(this.#local, path);
+  openLocal(): AssociateStream {
+    const call = new LocalCall((bytes) => AssociateRequest.decode(bytes));
+    this.#serve(call.server, () => ({ local: true }));
+    return call.driver;
   }
 
   async close(): Promise<void> {
-    await Promise.all(
-      [this.#server, this.#local].map(
-        (server) => server && new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
-      ),
-    );
+    await new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve()));
   }
 
   /** Sends every connected driver the rules that apply to its pod now (after a config change). */
@@ -147,11 +144,11 @@ export class NaaServer {
   }
 
   /**
-   * Runs one stream: its events become inputs of its state machine (stream.ts), whose effects are
-   * performed here. Inputs are taken one at a time: an input that arrives while the effects of the
+   * Runs one stream, coming from `peer`: its events become inputs of its state machine (stream.ts),
+   * whose effects are performed here. Inputs are taken one at a time: an input that arrives while the effects of the
    * last are performed (a resumed stream reads at once) waits for them.
    */
-  #serve(call: Call, local: boolean): void {
+  #serve(call: Call, peer: () => StreamPeer): void {
     let state = openStream(this.#rules, performance.now());
     const inputs: StreamInput[] = [];
     let stepping = false;
@@ -170,7 +167,7 @@ export class NaaServer {
           if (state.phase !== 'hello') clearTimeout(helloTimer);
           for (const effect of step.effects) {
             try {
-              this.#perform(effect, call, take, local);
+              this.#perform(effect, call, take, peer);
             } catch (error) {
               inputs.unshift({ type: 'failed', error });
               break;
@@ -188,16 +185,14 @@ export class NaaServer {
     call.on('close', () => take({ type: 'gone' }));
   }
 
-  #perform(effect: StreamEffect, call: Call, take: (input: StreamInput) => void, local: boolean): void {
+  #perform(effect: StreamEffect, call: Call, take: (input: StreamInput) => void, from: () => StreamPeer): void {
     const { sink, tracing, authenticator } = this.#options;
     switch (effect.type) {
       case 'send':
         call.write(effect.response);
         return;
       case 'authenticate': {
-        const peer: StreamPeer = local
-          ? { local: true }
-          : { address: peerAddress(call.getPeer()), agentNode: agentNode(call.getAuthContext()) };
+        const peer = from();
         void (
           'token' in effect
             ? authenticator.authenticate(effect.token, effect.pod, peer)
@@ -317,17 +312,6 @@ export function naaGrpcServer(
   });
   server.addService(service, implementation);
   return server;
-}
-
-/**
- * Binds `server` in plaintext at the Unix socket `path`, replacing an old one there, which only its
- * owner (the node's root) may then connect to, whatever the umask.
- */
-export async function listenUnix(server: Server, path: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
-  await rm(path, { force: true });
-  await listen(server, `unix:${path}`);
-  await chmod(path, 0o600);
 }
 
 /**

@@ -218,8 +218,17 @@ function spawnLines(
 const acceptedStreams = async () => (await gateway!.log('agent.log')).split('Accepted NAA stream').length - 1;
 
 interface NodeCost {
-  /** The node agent's VmRSS (MiB) serving `pods` without driving them, then driving them. */
-  memory: Array<{ pods: number; sockets: number; base: number; driving: number }>;
+  /**
+   * The node agent's VmRSS (MiB) serving `pods` without driving them, then driving them, and its
+   * heap spaces in use and memory outside the heap (MiB, `heapOf`) at each.
+   */
+  memory: Array<{
+    pods: number;
+    sockets: number;
+    base: number;
+    driving: number;
+    heap: { base: Record<string, number>; driving: Record<string, number> };
+  }>;
   /** The share of a core it used, idle, driving the most pods. */
   idleCpu: number;
 }
@@ -263,6 +272,7 @@ async function measureNodeCost(worker: DriverNode, size: Size, progress: (line: 
     const agent = await worker.startAgent();
     await sleep(size.settleMs);
     const base = await rssOf(agent.pid!, 'main.ts');
+    const baseHeap = await heapOf(worker);
     const streams = await acceptedStreams();
     await worker.writeConfig(served, true);
     await until(
@@ -279,11 +289,33 @@ async function measureNodeCost(worker: DriverNode, size: Size, progress: (line: 
     );
     await sleep(size.settleMs);
     const driving = await rssOf(agent.pid!, 'main.ts');
-    memory.push({ pods: count, sockets: count * size.socketsPerPod, base, driving });
+    memory.push({
+      pods: count,
+      sockets: count * size.socketsPerPod,
+      base,
+      driving,
+      heap: { base: baseHeap, driving: await heapOf(worker) },
+    });
     if (count === most) idleCpu = await cpuShare(agent.pid!, size.idleSeconds);
     await worker.stopAgent();
   }
   return { memory, idleCpu };
+}
+
+/**
+ * The worker's node agent's V8 heap spaces in use and its memory outside the heap, in MiB by name
+ * (`old`, `new`, `code`, …, `external`), from its /metrics (prom-client's nodejs_heap_space_* and
+ * nodejs_external_memory_bytes): where its RSS goes.
+ */
+async function heapOf(worker: DriverNode): Promise<Record<string, number>> {
+  const { stdout } = await gateway!.topology.exec(worker.ns, ['curl', '-sf', 'http://127.0.0.1:7742/metrics']);
+  const mib: Record<string, number> = {};
+  for (const [, space, bytes] of stdout.matchAll(/^nodejs_heap_space_size_used_bytes\{space="(\w+)"[^}]*\} (\S+)$/gm)) {
+    mib[space!] = Number(bytes) / 2 ** 20;
+  }
+  const external = /^nodejs_external_memory_bytes(?:\{[^}]*\})? (\S+)$/m.exec(stdout)?.[1];
+  if (external !== undefined) mib.external = Number(external) / 2 ** 20;
+  return mib;
 }
 
 /** VmRSS in MiB of a child that `ip netns exec` started (it execs, so the pid is the program's). */
@@ -294,6 +326,7 @@ async function rssOf(pid: number, expected: string): Promise<number> {
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]) / 1024;
 }
 
+const signed = (value: number) => `${value < 0 ? '' : '+'}${value.toFixed(1)}`;
 const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 10 ? 1 : 0)} ms` : '—');
 const spread = (values: number[]) =>
   `p50 ${ms(percentile(values, 0.5))}  p90 ${ms(percentile(values, 0.9))}  p99 ${ms(percentile(values, 0.99))}  max ${ms(Math.max(...values))}`;
@@ -689,6 +722,15 @@ async function main(bench: Bench, size: Size): Promise<void> {
       goal: goal(80),
       note: `${m.driving.toFixed(1)} MiB in all`,
     });
+    // The spaces that moved by at least 0.1 MiB: most of V8's dozen stay empty.
+    const spaces = Object.keys(m.heap.driving).filter(
+      (space) => space in m.heap.base && Math.abs(m.heap.driving[space]! - m.heap.base[space]!) >= 0.1,
+    );
+    bench.note(
+      `  in use, driving against serving: ${spaces
+        .map((space) => `${space} ${signed(m.heap.driving[space]! - m.heap.base[space]!)}`)
+        .join(', ')} MiB`,
+    );
   }
   const [fewest, most] = [nodeCost.memory[0]!, nodeCost.memory.at(-1)!];
   bench.figure({

@@ -1,8 +1,8 @@
 // The node agent as a pod's NAA driver (association.driver Node): no sidecar in the pod. Real
 // programs run in the pod's network namespace and in the cgroup the kubelet would give its
 // container (cgroup v1, /kubepods/besteffort/pod<uid>/<container id>); the node agent finds them
-// from the host's /proc and streams, node-driven and without any token, on its relay's local
-// socket; the relay carries the stream with its node's agent certificate to a gateway node's NAA
+// from the host's /proc and streams, node-driven and without any token, to its relay in its own
+// process; the relay carries the stream with its node's agent certificate to a gateway node's NAA
 // server over TLS, which takes it because the certificate names the node the pod runs on (as the
 // real apiserver says) and the pod is node-driven. The gateway gets each flow of the pod with its
 // program and container; a program in the same namespace that is not one of the pod's is no one's,
@@ -63,9 +63,8 @@ const gateway = (pods: NodeConfig['gateways'][number]['pods']): NodeConfig => ({
   ],
 });
 
-/** The node agent's pods of a node config with `pods`, streamed to the relay's local socket. */
-const drivenPods = (pods: NodeConfig['gateways'][number]['pods']) =>
-  nodeAgentPods(gateway(pods), () => `unix:${join(dir, 'naa.sock')}`);
+/** The node agent's pods of a node config with `pods`, streamed to their gateway's relay. */
+const drivenPods = (pods: NodeConfig['gateways'][number]['pods']) => nodeAgentPods(gateway(pods), (g) => g.gateway);
 
 /**
  * A program in the pod's network namespace, in the container's cgroup when `inContainer`, once it
@@ -124,8 +123,12 @@ beforeAll(async () => {
     pinnedPeer: () => undefined,
     channelCredentials: agentChannelCredentials(tls[1]!),
   });
-  await relay.listenLocal(join(dir, 'naa.sock'));
   driver = new NodeDriver({
+    // As the node agent hands its streams to the relay of each pod's gateway.
+    open: (target) => {
+      expect(target).toBe('egress');
+      return relay.openLocal();
+    },
     version: 'test',
     stampDir: join(dir, 'stamps'),
     scanIntervalMs: 50,

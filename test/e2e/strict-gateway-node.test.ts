@@ -1,8 +1,8 @@
 // Strict association with the Node driver end to end, driven by the gateway agent: a node-driven
 // strict pod on a gateway node (node-strict-pod.ts has its processes). The real gateway agent
 // (`dataplane run --associate-pods`) finds it from the host's /proc, listens on the pod folder's
-// stamp socket through the pod's process, and streams in strict mode on its own NAA server's
-// local socket. The same checks as with the node agent (strict-node.test.ts).
+// stamp socket through the pod's process, and streams in strict mode to its own NAA server within
+// its process. The same checks as with the node agent (strict-node.test.ts).
 import { randomBytes } from 'node:crypto';
 import { ContainerCgroup } from './node-driven.ts';
 import { NodeStrictPod, strictScenario } from './node-strict-pod.ts';

@@ -6,8 +6,8 @@
 // held to its own pod as a direct one is: a stamp applies to the pod's addresses as the apiserver
 // knows them, and an association of any other pod's address, on the relay's node or elsewhere,
 // closes the stream. A node-driven stream (no token) is taken only from the node agent of the
-// pod's node and only for a pod that is node-driven: on the gateway agent's own local socket for a
-// pod of its node, and never from the relay without that node's agent certificate.
+// pod's node and only for a pod that is node-driven: from the gateway agent itself for a pod of
+// its node, and never from the relay without that node's agent certificate.
 import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -17,7 +17,7 @@ import { TokenReviewAuthenticator } from '../../dataplane/naa/auth.ts';
 import { NaaRelay } from '../../dataplane/naa/relay.ts';
 import { NaaServer } from '../../dataplane/naa/server.ts';
 import { AssociationServiceClient, type AssociateResponse } from '../../proto/index.ts';
-import type { Association } from '../../contracts/naa/index.ts';
+import type { AssociateStream, Association } from '../../contracts/naa/index.ts';
 import { Driver } from '../../contracts/naa/index.ts';
 import { kubectl } from '../cluster/cluster.ts';
 import { eventually } from '../eventually.ts';
@@ -105,23 +105,27 @@ afterAll(async () => {
 });
 
 /**
- * A stream that says hello as `pod` to `target`, with its token or node-driven; resolves with how it
- * ended, or 'accepted' at its HelloAck.
+ * A stream that says hello as `pod` to `target` (a gRPC address, or a stream opened in this process),
+ * with its token or node-driven; resolves with how it ended, or 'accepted' at its HelloAck.
  */
 function hello(
-  target: string,
+  target: string | (() => AssociateStream),
   pod: TestPod,
   { nodeDriven = false } = {},
 ): Promise<{ code: status; details: string } | 'accepted'> {
-  const client = new AssociationServiceClient(target, credentials.createInsecure());
-  const call = client.associate();
+  const client =
+    typeof target === 'string' ? new AssociationServiceClient(target, credentials.createInsecure()) : undefined;
+  const call: AssociateStream = client ? client.associate() : (target as () => AssociateStream)();
   return new Promise((resolve) => {
     call.on('data', (m: AssociateResponse) => {
       if (m.body?.$case !== 'helloAck') return;
       resolve('accepted');
       call.cancel();
     });
-    call.on('error', (e: ServiceError) => resolve({ code: e.code, details: e.details }));
+    call.on('error', (error) => {
+      const { code, details } = error as ServiceError;
+      resolve({ code, details });
+    });
     call.write({
       sequence: 1,
       body: {
@@ -129,7 +133,7 @@ function hello(
         value: { ...helloOf(pod), ...(nodeDriven && { token: '', nodeDriven }) },
       },
     });
-  }).finally(() => client.close()) as Promise<{ code: status; details: string } | 'accepted'>;
+  }).finally(() => client?.close()) as Promise<{ code: status; details: string } | 'accepted'>;
 }
 
 test('a pod on another node is served through the relay on its node, with its own token', async () => {
@@ -212,18 +216,14 @@ test.each([
 );
 
 test("a node-driven stream is taken only from the node agent of the pod's node, for a node-driven pod", async () => {
-  const gatewaySocket = join(dir, 'gateway.sock');
-  const relaySocket = join(dir, 'relay.sock');
-  await server.listenLocal(gatewaySocket);
-  await relay.listenLocal(relaySocket);
   const denied = (details: string | RegExp) => ({
     code: status.PERMISSION_DENIED,
     details: typeof details === 'string' ? details : expect.stringMatching(details),
   });
   const nodeDriven = { nodeDriven: true };
 
-  // A pod of the gateway's own node: on the gateway agent's local socket, once the pod is node-driven.
-  expect(await hello(`unix:${gatewaySocket}`, near, nodeDriven)).toEqual(
+  // A pod of the gateway's own node: from the gateway agent itself, once the pod is node-driven.
+  expect(await hello(() => server.openLocal(), near, nodeDriven)).toEqual(
     denied(
       `pod ${namespace}/near is not node-driven (its annotation naat.dev/association-driver is not set, not 'Node'), ` +
         'so only its own driver speaks for it, with its token',
@@ -231,31 +231,33 @@ test("a node-driven stream is taken only from the node agent of the pod's node, 
   );
   await k(['annotate', 'pod', 'near', '-n', namespace, 'naat.dev/association-driver=Node']);
   await k(['annotate', 'pod', 'far', '-n', namespace, 'naat.dev/association-driver=Node']);
-  expect(await hello(`unix:${gatewaySocket}`, near, nodeDriven)).toBe('accepted');
+  expect(await hello(() => server.openLocal(), near, nodeDriven)).toBe('accepted');
   expect(await hello(`127.0.0.2:${port}`, near, nodeDriven)).toEqual(
     denied(
       new RegExp(
-        `^pod ${namespace}/near runs on this gateway node gateway-a, whose gateway agent drives it on its own ` +
-          `local socket only, and this stream comes from 127\\.0\\.0\\.\\d+$`,
+        `^pod ${namespace}/near runs on this gateway node gateway-a, whose gateway agent drives it from within ` +
+          `itself only, and this stream comes from 127\\.0\\.0\\.\\d+$`,
       ),
     ),
   );
   expect(
-    await hello(`unix:${gatewaySocket}`, { ...near, ref: { ...near.ref, uid: 'another-uid' } }, nodeDriven),
+    await hello(() => server.openLocal(), { ...near, ref: { ...near.ref, uid: 'another-uid' } }, nodeDriven),
   ).toEqual(
     denied(
       `the node-driven hello names pod ${namespace}/near with uid another-uid, but that pod is ${near.ref.uid} now`,
     ),
   );
-  expect(await hello(`unix:${gatewaySocket}`, { ...near, ref: { ...near.ref, name: 'gone' } }, nodeDriven)).toEqual(
+  expect(await hello(() => server.openLocal(), { ...near, ref: { ...near.ref, name: 'gone' } }, nodeDriven)).toEqual(
     denied(`the node-driven hello names pod ${namespace}/gone, which does not exist`),
   );
-  expect(await hello(`unix:${gatewaySocket}`, far, nodeDriven)).toEqual(
-    denied(`pod ${namespace}/far runs on node worker-a, and this stream comes from the local socket of node gateway-a`),
+  expect(await hello(() => server.openLocal(), far, nodeDriven)).toEqual(
+    denied(
+      `pod ${namespace}/far runs on node worker-a, and this stream comes from the gateway agent of node gateway-a`,
+    ),
   );
 
   // A pod of the relay's node: the relay forwards the node agent's hello, but this relay has no agent certificate.
-  expect(await hello(`unix:${relaySocket}`, far, nodeDriven)).toEqual(
+  expect(await hello(() => relay.openLocal(), far, nodeDriven)).toEqual(
     denied(
       `gateway node gateway-a: pod ${namespace}/far runs on node worker-a, not on gateway-a, so its stream must come ` +
         'through the node agent of worker-a (with its agent certificate), and this one was made with no agent ' +
@@ -265,8 +267,8 @@ test("a node-driven stream is taken only from the node agent of the pod's node, 
   // A pod dialling the relay's port cannot pose as its node agent.
   expect(await hello(`${relayNodeAddress}:${relayPort}`, far, nodeDriven)).toEqual(
     denied(
-      `the hello of pod ${namespace}/far says it is node-driven, which only this node's agent may say, on its ` +
-        'local socket; a stream from the network proves its pod with its token',
+      `the hello of pod ${namespace}/far says it is node-driven, which only this node's agent may say, from ` +
+        'within itself; a stream from the network proves its pod with its token',
     ),
   );
 });

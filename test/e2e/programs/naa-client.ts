@@ -1,6 +1,6 @@
 // An NAA client for the links' security tests, standing for whoever dials an NAA port: it says
-// Hello for a pod with a token, or node-driven without one (as only a node's agent may, on its
-// local socket), and prints, as one JSON line, whether a HelloAck came or the status the stream
+// Hello for a pod with a token, or node-driven without one (as only a node's agent may, from
+// within itself), and prints, as one JSON line, whether a HelloAck came or the status the stream
 // ended with. With `record`, it dials through a TCP proxy of its own that writes every
 // byte the client sent to that file (a real TLS session, to replay).
 //

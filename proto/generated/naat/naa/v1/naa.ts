@@ -208,9 +208,9 @@ export interface Hello {
   /**
    * The node agent of the pod's node drives the pod (association driver Node) and carries no
    * token: the gateway accepts the stream only from that node agent (through its node's relay,
-   * with its node's agent certificate, or on the gateway agent's own local socket), for a pod
+   * with its node's agent certificate, or from within the gateway agent itself), for a pod
    * that runs on that node in Node driver mode. A relay forwards such a hello only from its
-   * node agent's own local socket.
+   * node agent's own drivers, within the node agent.
    */
   nodeDriven: boolean;
 }
