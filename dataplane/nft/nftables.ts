@@ -220,12 +220,10 @@ export class ExecNftables implements Nftables {
   async run(operations: Operation[]): Promise<void> {
     if (!operations.length) return;
     const commands = operations.map((o) => operationIn(o, this.#table));
-    const script = () => `${commands.join('\n')}\n`;
-    const { code, stderr } = sessionTakes(commands)
-      ? await this.#session.run(commands)
-      : this.#scriptDir
-        ? await this.#runFile(this.#scriptDir, script())
-        : await exec(this.#nft, ['-f', '-'], script());
+    const { code, stderr } =
+      this.#scriptDir && !sessionTakes(commands)
+        ? await this.#runFile(this.#scriptDir, `${commands.join('\n')}\n`)
+        : await this.#session.run(commands);
     if (code !== 0) throw new NftError(`nft transaction failed: ${stderr.trim()}`);
   }
 

@@ -4,7 +4,7 @@
 // refuses with an error that echoes it, tells where the transaction's own error text ends.
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
-import type { Command, ExecResult } from '../exec.ts';
+import { exec, type Command, type ExecResult } from '../exec.ts';
 
 /**
  * The longest transaction line the session takes, in bytes. With its marker it stays within the
@@ -107,12 +107,11 @@ export class NftSession {
 
   /**
    * Applies `commands` as one transaction: code 0 when nft committed it, else 1 and nft's errors,
-   * or why nft gave no answer.
+   * or why nft gave no answer. A transaction too long for one line goes to an nft of its own, on
+   * its standard input.
    */
   run(commands: readonly string[]): Promise<ExecResult> {
-    if (!sessionTakes(commands)) {
-      return Promise.reject(new NftSessionError(`nft transaction too long for one line (${sessionLineBytes} bytes)`));
-    }
+    if (!sessionTakes(commands)) return exec(this.#command, ['-f', '-'], `${commands.join('\n')}\n`);
     const line = transactionLine(commands);
     const result = this.#queue.then(() => this.#send(line, commands));
     this.#queue = result.catch(() => {});
