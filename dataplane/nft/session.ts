@@ -15,6 +15,12 @@ import { exec, type Command, type ExecResult } from '../exec.ts';
  */
 export const sessionLineBytes = 4000;
 
+/**
+ * Transactions one nft applies before the next one takes over: nft -i keeps every line in its
+ * history, in memory, for as long as it runs (about 0.5 kB a transaction, 10 MB after 20,000).
+ */
+export const sessionTransactions = 1000;
+
 export class NftSessionError extends Error {}
 
 /** Whether `commands` fit on one line of the session. */
@@ -84,6 +90,7 @@ interface Pending {
 
 interface Running {
   child: ChildProcess;
+  transactions: number;
   output: string;
   pending: Pending | undefined;
   ended: boolean;
@@ -98,7 +105,7 @@ export class NftSession {
   readonly #command: Command;
   #running: Running | undefined;
   #queue: Promise<unknown> = Promise.resolve();
-  #transactions = 0;
+  #markers = 0;
 
   /** `command` runs nft (with a prefix such as `ip netns exec NAME`); the session adds `-i`. */
   constructor(command: Command) {
@@ -111,9 +118,11 @@ export class NftSession {
    * its standard input.
    */
   run(commands: readonly string[]): Promise<ExecResult> {
-    if (!sessionTakes(commands)) return exec(this.#command, ['-f', '-'], `${commands.join('\n')}\n`);
-    const line = transactionLine(commands);
-    const result = this.#queue.then(() => this.#send(line, commands));
+    const line = sessionTakes(commands) ? transactionLine(commands) : undefined;
+    // In the order asked for, whichever nft applies them.
+    const result = this.#queue.then(() =>
+      line === undefined ? exec(this.#command, ['-f', '-'], `${commands.join('\n')}\n`) : this.#send(line, commands),
+    );
     this.#queue = result.catch(() => {});
     return result;
   }
@@ -133,8 +142,13 @@ export class NftSession {
   }
 
   #send(line: string, commands: readonly string[]): Promise<ExecResult> {
+    if (this.#running && this.#running.transactions >= sessionTransactions) {
+      this.#running.child.stdin!.end();
+      this.#running = undefined;
+    }
     const running = this.#running ?? this.#start();
-    const marker = `naat-transaction-${++this.#transactions}-done`;
+    running.transactions++;
+    const marker = `naat-transaction-${++this.#markers}-done`;
     return new Promise((resolve) => {
       running.pending = { marker, commands, resolve };
       hold(running.child, true);
@@ -144,8 +158,13 @@ export class NftSession {
 
   #start(): Running {
     const [file, ...prefix] = this.#command;
-    const child = spawn(file!, [...prefix, '-i'], { stdio: ['pipe', 'ignore', 'pipe'] });
-    const running: Running = { child, output: '', pending: undefined, ended: false };
+    // nft -i writes its history to $HOME/.nft.history when its input ends: a HOME that can hold no
+    // file keeps the transactions out of root's history.
+    const child = spawn(file!, [...prefix, '-i'], {
+      stdio: ['pipe', 'ignore', 'pipe'],
+      env: { ...process.env, HOME: '/dev/null' },
+    });
+    const running: Running = { child, transactions: 0, output: '', pending: undefined, ended: false };
     this.#running = running;
     hold(child, false);
     child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {

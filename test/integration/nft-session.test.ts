@@ -2,12 +2,12 @@
 // its long-lived nft (dataplane/nft/session.ts), long ones through an nft of their own, each
 // atomic, each failure naming what failed, and the long-lived nft started again when it died.
 // Needs root.
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exec } from '../../dataplane/exec.ts';
 import { ExecNftables, type Operation } from '../../dataplane/nft/nftables.ts';
-import { sessionLineBytes } from '../../dataplane/nft/session.ts';
+import { sessionLineBytes, sessionTransactions } from '../../dataplane/nft/session.ts';
 import { tableFamily, tableName } from '../../dataplane/nft/model.ts';
 
 const namespace = `naat-nft-session-${process.pid}`;
@@ -130,4 +130,26 @@ test('a transaction at the longest line the session takes is applied', async () 
   await nft.run([add(...addresses)]);
   expect((await elements()).length).toBe(addresses.length);
   expect(await nftChildren()).toHaveLength(1);
+});
+
+test('another nft takes over after a bounded number of transactions, and none leaves a history file', async () => {
+  const home = process.env.HOME;
+  process.env.HOME = dir;
+  try {
+    const [first] = await nftChildren();
+    for (let i = 1; i <= sessionTransactions; i++) await nft.run([add(`10.2.${i >> 8}.${i & 255}`)]);
+    // The first one ends once its input does.
+    let children = await nftChildren();
+    for (let tries = 0; children.includes(first!) && tries < 100; tries++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      children = await nftChildren();
+    }
+    expect(children).toHaveLength(1);
+    expect(children).not.toContain(first);
+    expect((await elements()).length).toBe(sessionTransactions);
+    await nft.close();
+    await expect(stat(join(dir, '.nft.history'))).rejects.toThrow('ENOENT');
+  } finally {
+    process.env.HOME = home;
+  }
 });
