@@ -134,6 +134,7 @@ export class NftSession {
       this.#running = undefined;
       if (!running || running.ended) return;
       const exited = new Promise((resolve) => running.child.once('close', resolve));
+      hold(running.child, true);
       running.child.stdin!.end();
       await exited;
     });

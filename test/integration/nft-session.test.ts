@@ -153,3 +153,18 @@ test('another nft takes over after a bounded number of transactions, and none le
     process.env.HOME = home;
   }
 });
+
+test('a process waits for close to end nft, and exits with its session idle', async () => {
+  const script = `
+    const { NftSession } = await import(${JSON.stringify(join(import.meta.dirname, '../../dataplane/nft/session.ts'))});
+    const session = new NftSession(${JSON.stringify(nftCommand)});
+    const add = (name) => session.run([\`add chain inet naat \${name}\`]);
+    await add('closed');
+    await session.close();
+    console.log('closed');
+    await add('left');
+  `;
+  const { code, stdout, stderr } = await exec([process.execPath], ['--input-type=module', '-e', script]);
+  expect({ code, stdout, stderr }).toEqual({ code: 0, stdout: 'closed\n', stderr: '' });
+  expect((await nft.list())?.chains.sort()).toEqual(['c', 'closed', 'left']);
+});
