@@ -55,15 +55,18 @@ async function elements(): Promise<string[]> {
   return (set?.set?.elem ?? []).sort();
 }
 
-/** The pids of this process's children that run nft (`ip netns exec` becomes nft). */
+/** The pids of this process's children that run nft in the test's namespace (`ip netns exec` becomes nft). */
 async function nftChildren(): Promise<number[]> {
+  const { ino } = await stat(`/run/netns/${namespace}`);
   const pids: number[] = [];
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    const status = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
     // pid (comm) state ppid …
-    const found = /^\d+ \((.*)\) \S+ (\d+)/.exec(stat);
-    if (found?.[1] === 'nft' && Number(found[2]) === process.pid) pids.push(Number(entry));
+    const found = /^\d+ \((.*)\) \S+ (\d+)/.exec(status);
+    if (found?.[1] !== 'nft' || Number(found[2]) !== process.pid) continue;
+    const net = await stat(`/proc/${entry}/ns/net`).catch(() => undefined);
+    if (net?.ino === ino) pids.push(Number(entry));
   }
   return pids;
 }
