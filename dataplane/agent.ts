@@ -660,6 +660,7 @@ export class Agent {
     clearInterval(this.#relist);
     clearTimeout(this.#expiry);
     await this.#queue.stop();
+    await Promise.all([this.#o.nft.close(), this.#o.fence?.close()]);
     if (options.keepAttribution) {
       await this.#keepAttribution().catch((error: Error) =>
         this.#o.log.error('Failed to keep the attribution log for the next run', { error: error.message }),
@@ -732,6 +733,7 @@ export class Agent {
     const current = await this.#o.routing.list();
     await this.#o.routing.remove(current);
     await this.#o.tunnels?.prune(emptyTunnelState());
+    await Promise.all([this.#o.nft.close(), this.#o.fence?.close()]);
     // What the folder holds, not the folder: in a DaemonSet it is a mounted host folder.
     const entries = await readdir(this.#o.stateDir).catch(() => [] as string[]);
     await Promise.all(entries.map((entry) => rm(join(this.#o.stateDir, entry), { recursive: true, force: true })));

@@ -25,7 +25,8 @@
 // which sets the new timeout whatever the kernel version (kernels before 6.10 leave an existing
 // element's timeout unchanged on a plain `add`).
 import { canonicalAddress } from '../../contracts/gateway/index.ts';
-import { exec, type Command } from '../exec.ts';
+import type { Command } from '../exec.ts';
+import { NftSession } from '../nft/session.ts';
 import { familyOf, type Family } from './egress.ts';
 
 export const fenceTableName = 'naat-fence';
@@ -49,34 +50,30 @@ const byFamily = (addresses: readonly string[]) =>
   families.map((family) => ({ family, addresses: addresses.filter((a) => familyOf(a) === family) }));
 
 /**
- * The script that makes the fence tables guard exactly `guarded`: both tables created when missing,
- * their rule written afresh, the guarded sets replaced. The allowed sets are kept, unless `reset`
- * (an agent that starts owns nothing yet, whatever a former run allowed).
+ * The commands that make the fence tables guard exactly `guarded`: both tables created when
+ * missing, their rule written afresh, the guarded sets replaced. The allowed sets are kept, unless
+ * `reset` (an agent that starts owns nothing yet, whatever a former run allowed).
  */
-export function renderFence(guarded: readonly string[], { reset = false } = {}): string {
-  return byFamily(guarded)
-    .flatMap(({ family, addresses }) => {
-      const { type, messages, sender } = tables[family];
-      const table = ref(family);
-      return [
-        `table ${table} {`,
-        `  set guarded { type ${type}; }`,
-        `  set allowed { type ${type}; flags timeout; }`,
-        '  chain output { type filter hook output priority filter; policy accept; }',
-        '}',
-        `flush chain ${table} output`,
-        `add rule ${table} output ${messages}${sender} @guarded ${sender} != @allowed counter drop`,
-        `flush set ${table} guarded`,
-        ...(reset ? [`flush set ${table} allowed`] : []),
-        ...(addresses.length ? [`add element ${table} guarded ${elements(addresses)}`] : []),
-      ];
-    })
-    .join('\n')
-    .concat('\n');
+export function renderFence(guarded: readonly string[], { reset = false } = {}): string[] {
+  return byFamily(guarded).flatMap(({ family, addresses }) => {
+    const { type, messages, sender } = tables[family];
+    const table = ref(family);
+    return [
+      `add table ${table}`,
+      `add set ${table} guarded { type ${type}; }`,
+      `add set ${table} allowed { type ${type}; flags timeout; }`,
+      `add chain ${table} output { type filter hook output priority filter; policy accept; }`,
+      `flush chain ${table} output`,
+      `add rule ${table} output ${messages}${sender} @guarded ${sender} != @allowed counter drop`,
+      `flush set ${table} guarded`,
+      ...(reset ? [`flush set ${table} allowed`] : []),
+      ...(addresses.length ? [`add element ${table} guarded ${elements(addresses)}`] : []),
+    ];
+  });
 }
 
-/** The script that allows `addresses` for `forMs` milliseconds from when it runs. */
-export function renderAllow(addresses: readonly string[], forMs: number): string {
+/** The commands that allow `addresses` for `forMs` milliseconds from when they run. */
+export function renderAllow(addresses: readonly string[], forMs: number): string[] {
   const timeout = ` timeout ${Math.max(1, Math.round(forMs))}ms`;
   return byFamily(addresses)
     .filter(({ addresses }) => addresses.length)
@@ -84,26 +81,22 @@ export function renderAllow(addresses: readonly string[], forMs: number): string
       `add element ${ref(family)} allowed ${elements(addresses, timeout)}`,
       `delete element ${ref(family)} allowed ${elements(addresses)}`,
       `add element ${ref(family)} allowed ${elements(addresses, timeout)}`,
-    ])
-    .join('\n')
-    .concat('\n');
+    ]);
 }
 
-/** The script that takes the allowance of `addresses` back at once (allowed or not before). */
-export function renderRevoke(addresses: readonly string[]): string {
+/** The commands that take the allowance of `addresses` back at once (allowed or not before). */
+export function renderRevoke(addresses: readonly string[]): string[] {
   return byFamily(addresses)
     .filter(({ addresses }) => addresses.length)
     .flatMap(({ family, addresses }) => [
       `add element ${ref(family)} allowed ${elements(addresses)}`,
       `delete element ${ref(family)} allowed ${elements(addresses)}`,
-    ])
-    .join('\n')
-    .concat('\n');
+    ]);
 }
 
-/** The script that removes both fence tables, whether they exist or not. */
-export function renderFenceRemoval(): string {
-  return families.map((family) => `table ${ref(family)} {}\ndelete table ${ref(family)}\n`).join('');
+/** The commands that remove both fence tables, whether they exist or not. */
+export function renderFenceRemoval(): string[] {
+  return families.flatMap((family) => [`add table ${ref(family)}`, `delete table ${ref(family)}`]);
 }
 
 /** The kernel side of the fence; every call is one nftables transaction. */
@@ -116,14 +109,20 @@ export interface FailoverFence {
   revoke(addresses: readonly string[]): Promise<void>;
   /** Removes the fence tables (a node without failover addresses, or leaving the gateway). */
   remove(): Promise<void>;
+  /** Ends what the implementation keeps running; a later call starts it again. */
+  close(): Promise<void>;
 }
 
-/** Drives `nft` through its command (a prefix such as `ip netns exec NAME` runs it in another network namespace). */
+/**
+ * Drives one long-lived `nft` (nft/session.ts) through its command (a prefix such as `ip netns
+ * exec NAME` runs it in another network namespace): a claim extends or revokes allowances while
+ * packets wait, and a process start per transaction was most of its time.
+ */
 export class ExecFailoverFence implements FailoverFence {
-  readonly #nft: Command;
+  readonly #nft: NftSession;
 
   constructor(nft: Command = ['nft']) {
-    this.#nft = nft;
+    this.#nft = new NftSession(nft);
   }
 
   guard(guarded: readonly string[], options: { reset?: boolean } = {}): Promise<void> {
@@ -142,8 +141,12 @@ export class ExecFailoverFence implements FailoverFence {
     return this.#run(renderFenceRemoval());
   }
 
-  async #run(script: string): Promise<void> {
-    const { code, stderr } = await exec(this.#nft, ['-f', '-'], script);
+  close(): Promise<void> {
+    return this.#nft.close();
+  }
+
+  async #run(commands: string[]): Promise<void> {
+    const { code, stderr } = await this.#nft.run(commands);
     if (code !== 0) throw new Error(`nft failed on the failover fence: ${stderr.trim()}`);
   }
 }
@@ -170,6 +173,7 @@ export class FakeFailoverFence implements FailoverFence {
     this.guarded = undefined;
     this.allowed.clear();
   }
+  async close(): Promise<void> {}
   /** Whether the node answers for `address` now. */
   answers(address: string): boolean {
     const a = canonicalAddress(address);

@@ -4,6 +4,7 @@
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exec, type Command } from '../exec.ts';
+import { NftSession, sessionTakes } from './session.ts';
 import {
   baseDeclaration,
   renderElement,
@@ -50,6 +51,8 @@ export interface Nftables {
   run(operations: Operation[]): Promise<void>;
   /** The packets each named counter of the table counted, by name; empty when naat has no table. */
   counters(): Promise<Map<string, number>>;
+  /** Ends what the implementation keeps running; a later call starts it again. */
+  close(): Promise<void>;
 }
 
 /** What a table made exactly as `table` holds, as `list` would name it. */
@@ -155,11 +158,16 @@ export function planSync(desired: Table, existing: TableNames | undefined): Oper
 
 export class NftError extends Error {}
 
-/** Drives the `nft` binary: one process per transaction, the script on its standard input. */
+/**
+ * Drives the `nft` binary. A transaction that fits on a line goes through one long-lived nft (a
+ * process start and nft's setup cost more than most incremental changes); a longer one, such as a
+ * full sync, through an nft of its own reading a script, which takes long input faster.
+ */
 export class ExecNftables implements Nftables {
   readonly #nft: Command;
   readonly #scriptDir: string | undefined;
   readonly #table: string;
+  readonly #session: NftSession;
   /**
    * With `scriptDir`, each transaction is written to a file there first and nft reads that file:
    * nft commits whatever it has parsed when its input ends, so an agent killed while it pipes a
@@ -170,6 +178,7 @@ export class ExecNftables implements Nftables {
     this.#nft = nft;
     this.#scriptDir = scriptDir;
     this.#table = table;
+    this.#session = new NftSession(nft);
   }
 
   async list(): Promise<TableNames | undefined> {
@@ -210,11 +219,16 @@ export class ExecNftables implements Nftables {
 
   async run(operations: Operation[]): Promise<void> {
     if (!operations.length) return;
-    const script = `${operations.map((o) => operationIn(o, this.#table)).join('\n')}\n`;
-    const { code, stderr } = this.#scriptDir
-      ? await this.#runFile(this.#scriptDir, script)
-      : await exec(this.#nft, ['-f', '-'], script);
+    const commands = operations.map((o) => operationIn(o, this.#table));
+    const { code, stderr } =
+      this.#scriptDir && !sessionTakes(commands)
+        ? await this.#runFile(this.#scriptDir, `${commands.join('\n')}\n`)
+        : await this.#session.run(commands);
     if (code !== 0) throw new NftError(`nft transaction failed: ${stderr.trim()}`);
+  }
+
+  close(): Promise<void> {
+    return this.#session.close();
   }
 
   // Renamed into place, so that an nft left running by a killed agent keeps reading its own file.
@@ -237,6 +251,8 @@ export class FakeNftables implements Nftables {
   /** Packets of the named counters, as a test counts them in place of the kernel. */
   readonly #packets = new Map<string, number>();
   transactions = 0;
+
+  async close(): Promise<void> {}
 
   /** Counts `packets` in the named counter, as a packet through a rule that names it would. */
   count(name: string, packets = 1): void {

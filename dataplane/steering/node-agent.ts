@@ -187,6 +187,7 @@ export class NodeAgent {
 
   async stop(): Promise<void> {
     await this.#queue.stop();
+    await this.#o.nft.close();
     await Promise.all([...this.#relays.values()].map((r) => r.close()));
     this.#relays.clear();
     await Promise.all([...this.#states.values()].map((s) => s.stop?.()));
@@ -200,6 +201,7 @@ export class NodeAgent {
   async remove(): Promise<void> {
     await this.stop();
     await this.#removeSteering(this.#config?.markMask);
+    await this.#o.nft.close();
     await rm(this.#o.stateDir, { recursive: true, force: true });
   }
 

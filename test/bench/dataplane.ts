@@ -791,6 +791,9 @@ class TimedNftables implements Nftables {
   counters() {
     return this.inner.counters();
   }
+  close() {
+    return this.inner.close();
+  }
   async run(operations: Operation[]) {
     this.bytes += operations.map(operationText).join('\n').length;
     const started = performance.now();

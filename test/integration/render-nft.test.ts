@@ -15,6 +15,7 @@ const namespace = `naat-render-${process.pid}`;
 const other = `naat-render-full-${process.pid}`;
 const nftIn = (name: string) => new ExecNftables(['ip', 'netns', 'exec', name, 'nft']);
 const nft = nftIn(namespace);
+const otherNft = nftIn(other);
 
 beforeAll(async () => {
   for (const name of [namespace, other]) {
@@ -24,6 +25,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await Promise.all([nft.close(), otherNft.close()]);
   for (const name of [namespace, other]) await exec(['ip'], ['netns', 'delete', name]);
 });
 
@@ -86,7 +88,7 @@ test('a change made in place leaves the kernel holding what a full sync of the n
       const ops = planChanges(before, after);
       if (ops) inPlace++;
       await nft.run(ops ?? planSync(after, namesOf(before)));
-      await nftIn(other).run(planSync(after, undefined));
+      await otherNft.run(planSync(after, undefined));
       expect(await kernelHolds(namespace)).toEqual(await kernelHolds(other));
     }),
     { numRuns: 60 },
