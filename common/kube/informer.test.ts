@@ -1,4 +1,6 @@
 import type { KubernetesObject } from '@kubernetes/client-node';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Informer, objectKey, splitKey, type ListerWatcher } from './informer.ts';
 import type { Logger } from '../log.ts';
 
@@ -187,6 +189,27 @@ test('what trim keeps of each object is what the cache holds and every handler s
   await until(() => seen.length === 5, 'the watch events');
   expect(seen).toEqual(['o', 'o', 't', 't', 't']);
   expect(data()).toEqual({ 'ns/a': 't' });
+});
+
+test('the list, as the apiserver sent it, is not kept once the cache holds what trim keeps of it', async () => {
+  // A collector to call: the list must be garbage while the watch that follows it runs.
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const server = new FakeServer();
+  server.put('a', 'one');
+  let listed: WeakRef<object> | undefined;
+  const list = server.list.bind(server);
+  server.list = async () => {
+    const result = await list();
+    listed = new WeakRef(result);
+    return result;
+  };
+  const { informer } = start(server, { trim: ({ metadata }) => ({ metadata }) });
+  await informer.waitForSync();
+  await until(() => server.watchedFrom.length === 1, 'the watch');
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  gc();
+  expect(listed?.deref()).toBeUndefined();
 });
 
 test('a handler added late is told about the objects already cached', async () => {

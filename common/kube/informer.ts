@@ -271,11 +271,7 @@ export class Informer<T extends KubernetesObject> {
       const began = performance.now();
       try {
         if (resourceVersion === '') {
-          this.#counts.lists++;
-          const list = await this.#source.list(attempt.signal);
-          if (attempt.signal.aborted) throw attempt.signal.reason;
-          this.#replace(list.items);
-          resourceVersion = list.resourceVersion;
+          resourceVersion = await this.#relist(attempt.signal);
           failures = 0;
           this.#resetSilence();
           this.#settleSync(true);
@@ -329,6 +325,19 @@ export class Informer<T extends KubernetesObject> {
         this.#backoff = undefined;
       }
     }
+  }
+
+  /**
+   * Lists into the cache and returns the resourceVersion to watch from. A function of its own so
+   * that the list, every object as the apiserver sent it, is garbage once the cache holds it: a
+   * variable of #run's would keep it for as long as the watch that follows runs.
+   */
+  async #relist(signal: AbortSignal): Promise<string> {
+    this.#counts.lists++;
+    const list = await this.#source.list(signal);
+    if (signal.aborted) throw signal.reason;
+    this.#replace(list.items);
+    return list.resourceVersion;
   }
 
   /** Starts the silence clock again: at start, and whenever something comes from the apiserver. */
