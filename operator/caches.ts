@@ -101,6 +101,7 @@ export function operatorCaches(
       apiListerWatcher<T>(kubeConfig, {
         path,
         list: (page, options) => list({ ...selectors, ...page }, options),
+        trim,
         ...selectors,
       }),
       { kind, log, trim },

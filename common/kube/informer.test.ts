@@ -1,7 +1,7 @@
-import type { KubernetesObject } from '@kubernetes/client-node';
+import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { Informer, objectKey, splitKey, type ListerWatcher } from './informer.ts';
+import { apiListerWatcher, Informer, objectKey, splitKey, type ListerWatcher } from './informer.ts';
 import type { Logger } from '../log.ts';
 
 interface Item extends KubernetesObject {
@@ -210,6 +210,25 @@ test('the list, as the apiserver sent it, is not kept once the cache holds what 
   await new Promise((resolve) => setTimeout(resolve, 10));
   gc();
   expect(listed?.deref()).toBeUndefined();
+});
+
+test("apiListerWatcher's list holds what trim keeps of each object of every page", async () => {
+  const pages = [
+    { items: [{ metadata: { name: 'a' }, data: 'one' }], metadata: { _continue: 'next' } },
+    { items: [{ metadata: { name: 'b' }, data: 'two' }], metadata: { resourceVersion: '7' } },
+  ];
+  const source = apiListerWatcher<Item>(new KubeConfig(), {
+    path: '/api/v1/items',
+    list: async (page) => pages[page._continue ? 1 : 0]!,
+    trim: ({ data, ...item }) => ({ ...item, data: data?.slice(0, 1) }),
+  });
+  expect(await source.list(new AbortController().signal)).toEqual({
+    items: [
+      { metadata: { name: 'a' }, data: 'o' },
+      { metadata: { name: 'b' }, data: 't' },
+    ],
+    resourceVersion: '7',
+  });
 });
 
 test('a handler added late is told about the objects already cached', async () => {
