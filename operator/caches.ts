@@ -101,6 +101,7 @@ export function operatorCaches(
       apiListerWatcher<T>(kubeConfig, {
         path,
         list: (page, options) => list({ ...selectors, ...page }, options),
+        trim,
         ...selectors,
       }),
       { kind, log, trim },
@@ -203,9 +204,10 @@ function withoutManagedFields<T extends KubernetesObject>(object: T): T {
 }
 
 /**
- * What the reconcilers read of a pod (its facts for the compiler, naat's conditions on it, its
- * containers' runtime ids): the operator caches every pod of the cluster, and the rest of a pod
- * (its containers' specs, volumes, most of its status) is most of its size.
+ * What the reconcilers read of a pod (its facts for the compiler, naat's annotations and
+ * conditions on it, its containers' runtime ids): the operator caches every pod of the cluster,
+ * and the rest of a pod (its containers' specs, volumes, most of its status, other tools'
+ * annotations) is most of its size.
  */
 export function podProjection(pod: V1Pod): V1Pod {
   const { metadata, spec, status } = pod;
@@ -218,7 +220,7 @@ export function podProjection(pod: V1Pod): V1Pod {
       uid: metadata.uid,
       resourceVersion: metadata.resourceVersion,
       labels: metadata.labels,
-      annotations: metadata.annotations,
+      annotations: metadata.annotations && naatAnnotations(metadata.annotations),
     },
     spec: spec && {
       nodeName: spec.nodeName,
@@ -233,6 +235,11 @@ export function podProjection(pod: V1Pod): V1Pod {
       initContainerStatuses: containerIds(status.initContainerStatuses),
     },
   };
+}
+
+/** The annotations of naat's group (the webhook's, the association driver's): the only ones read. */
+function naatAnnotations(annotations: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(annotations).filter(([key]) => key.startsWith(`${group}/`)));
 }
 
 /**

@@ -8,6 +8,7 @@ import {
   type V1Node,
   type V1Pod,
 } from '@kubernetes/client-node';
+import { createHash } from 'node:crypto';
 import type { Caches, WebhookCaches } from './caches.ts';
 import { canonical } from './canonical.ts';
 import { EventRecorder } from './events.ts';
@@ -191,7 +192,9 @@ const steeringPodChange = (pod: V1Pod) => ({
 /**
  * Passes a change of `cache` on to `then` only when the facts the compiler reads of the object
  * changed (or it went away): pods' status conditions and nodes' heartbeats change nothing a
- * compiled config holds, and with many pods they would keep every gateway recompiling.
+ * compiled config holds, and with many pods they would keep every gateway recompiling. What was
+ * seen is kept as a digest of the facts: their text, kept for every pod by two such handlers, took
+ * 0.47 MiB each at 1,000 pods in a heap snapshot, against 1.16 MiB for the pod cache itself.
  */
 function onFactsChange<T extends KubernetesObject>(
   cache: { get(key: string): T | undefined },
@@ -204,7 +207,9 @@ function onFactsChange<T extends KubernetesObject>(
       seen.delete(key);
       return then();
     }
-    const now = canonical(facts(object));
+    const now = createHash('sha256')
+      .update(canonical(facts(object)))
+      .digest('base64');
     if (seen.get(key) === now) return [];
     seen.set(key, now);
     return then();

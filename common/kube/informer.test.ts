@@ -1,5 +1,7 @@
-import type { KubernetesObject } from '@kubernetes/client-node';
-import { Informer, objectKey, splitKey, type ListerWatcher } from './informer.ts';
+import { KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { apiListerWatcher, Informer, objectKey, splitKey, type ListerWatcher } from './informer.ts';
 import type { Logger } from '../log.ts';
 
 interface Item extends KubernetesObject {
@@ -187,6 +189,46 @@ test('what trim keeps of each object is what the cache holds and every handler s
   await until(() => seen.length === 5, 'the watch events');
   expect(seen).toEqual(['o', 'o', 't', 't', 't']);
   expect(data()).toEqual({ 'ns/a': 't' });
+});
+
+test('the list, as the apiserver sent it, is not kept once the cache holds what trim keeps of it', async () => {
+  // A collector to call: the list must be garbage while the watch that follows it runs.
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const server = new FakeServer();
+  server.put('a', 'one');
+  let listed: WeakRef<object> | undefined;
+  const list = server.list.bind(server);
+  server.list = async () => {
+    const result = await list();
+    listed = new WeakRef(result);
+    return result;
+  };
+  const { informer } = start(server, { trim: ({ metadata }) => ({ metadata }) });
+  await informer.waitForSync();
+  await until(() => server.watchedFrom.length === 1, 'the watch');
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  gc();
+  expect(listed?.deref()).toBeUndefined();
+});
+
+test("apiListerWatcher's list holds what trim keeps of each object of every page", async () => {
+  const pages = [
+    { items: [{ metadata: { name: 'a' }, data: 'one' }], metadata: { _continue: 'next' } },
+    { items: [{ metadata: { name: 'b' }, data: 'two' }], metadata: { resourceVersion: '7' } },
+  ];
+  const source = apiListerWatcher<Item>(new KubeConfig(), {
+    path: '/api/v1/items',
+    list: async (page) => pages[page._continue ? 1 : 0]!,
+    trim: ({ data, ...item }) => ({ ...item, data: data?.slice(0, 1) }),
+  });
+  expect(await source.list(new AbortController().signal)).toEqual({
+    items: [
+      { metadata: { name: 'a' }, data: 'o' },
+      { metadata: { name: 'b' }, data: 't' },
+    ],
+    resourceVersion: '7',
+  });
 });
 
 test('a handler added late is told about the objects already cached', async () => {

@@ -64,6 +64,11 @@ export interface ApiListerWatcherOptions<T extends KubernetesObject> {
   list: (page: ListPage, options: ConfigurationOptions) => Promise<KubernetesListObject<T>>;
   /** Objects per list page; 500, like client-go's pager, so a big collection is not one response. */
   pageSize?: number;
+  /**
+   * What of each listed object to keep, applied to each page as it arrives (the informer's own
+   * trim), so that a big collection is never held whole as the apiserver sent it.
+   */
+  trim?: (object: T) => T;
   labelSelector?: string;
   fieldSelector?: string;
   /** How long the server keeps a watch open; random between 5 and 10 minutes, like client-go's. */
@@ -83,7 +88,7 @@ export function apiListerWatcher<T extends KubernetesObject>(
       let page: ListPage = { limit: options.pageSize ?? 500 };
       for (;;) {
         const list = await options.list(page, withSignal(signal));
-        items.push(...list.items);
+        items.push(...(options.trim ? list.items.map(options.trim) : list.items));
         const next = list.metadata?._continue;
         if (!next) return { items, resourceVersion: list.metadata?.resourceVersion ?? '' };
         page = { ...page, _continue: next };
@@ -271,11 +276,7 @@ export class Informer<T extends KubernetesObject> {
       const began = performance.now();
       try {
         if (resourceVersion === '') {
-          this.#counts.lists++;
-          const list = await this.#source.list(attempt.signal);
-          if (attempt.signal.aborted) throw attempt.signal.reason;
-          this.#replace(list.items);
-          resourceVersion = list.resourceVersion;
+          resourceVersion = await this.#relist(attempt.signal);
           failures = 0;
           this.#resetSilence();
           this.#settleSync(true);
@@ -329,6 +330,19 @@ export class Informer<T extends KubernetesObject> {
         this.#backoff = undefined;
       }
     }
+  }
+
+  /**
+   * Lists into the cache and returns the resourceVersion to watch from. A function of its own so
+   * that the list, every object as the apiserver sent it, is garbage once the cache holds it: a
+   * variable of #run's would keep it for as long as the watch that follows runs.
+   */
+  async #relist(signal: AbortSignal): Promise<string> {
+    this.#counts.lists++;
+    const list = await this.#source.list(signal);
+    if (signal.aborted) throw signal.reason;
+    this.#replace(list.items);
+    return list.resourceVersion;
   }
 
   /** Starts the silence clock again: at start, and whenever something comes from the apiserver. */

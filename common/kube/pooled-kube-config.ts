@@ -17,13 +17,35 @@ export function pooledKubeConfig(): KubeConfig {
   const internals = config as unknown as { createDispatcher: CreateDispatcher };
   const create = internals.createDispatcher.bind(config);
   const pools = new Map<string, unknown>();
+  // The material of the last call, compared as it is: hashing it is most of what this costs a
+  // call (a Buffer's JSON is an array of its bytes), and it changes only when a file is rotated.
+  let last: { parts: unknown[]; pool: unknown } | undefined;
   internals.createDispatcher = (cluster, options) => {
+    const { ca, cert, key: privateKey, pfx, servername } = options;
+    const parts = [
+      config.getCurrentCluster()?.server,
+      config.getCurrentUser()?.name,
+      ca,
+      cert,
+      privateKey,
+      pfx,
+      servername,
+    ];
+    if (last && parts.every((part, i) => same(part, last!.parts[i]))) return last.pool;
     const tls = createHash('sha256')
-      .update(JSON.stringify([options.ca, options.cert, options.key, options.pfx, options.servername]))
+      .update(JSON.stringify(parts.slice(2)))
       .digest('hex');
-    const key = JSON.stringify([config.getCurrentCluster()?.server, config.getCurrentUser()?.name, tls]);
+    const key = JSON.stringify([...parts.slice(0, 2), tls]);
     if (!pools.has(key)) pools.set(key, create(cluster, options));
-    return pools.get(key);
+    last = { parts, pool: pools.get(key) };
+    return last.pool;
   };
   return config;
+}
+
+/** Whether two pieces of TLS material (strings, Buffers, lists of them) are the same. */
+function same(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (Buffer.isBuffer(a) && Buffer.isBuffer(b)) return a.equals(b);
+  return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((item, i) => same(item, b[i]));
 }

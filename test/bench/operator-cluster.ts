@@ -1,7 +1,7 @@
 // What the operator's benchmarks share (bench:operator, bench:scale): a real control plane on
 // loopback with kwok (test/cluster), the API objects of one EgressGateway serving many pods
 // through many EgressPolicies, watches that timestamp each event as it arrives, the operator as the
-// chart runs it, and the cleanup of all of it, also on failure and on SIGINT/SIGTERM.
+// chart runs it from its image, and the cleanup of all of it, also on failure and on SIGINT/SIGTERM.
 import { KubeConfig, Watch } from '@kubernetes/client-node';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
@@ -15,6 +15,7 @@ import { startCluster, type Cluster, type NodeSpec } from '../cluster/cluster.ts
 import { installCrds } from '../cluster/crds.ts';
 import { terminate } from '../cluster/processes.ts';
 import { operatorSettings, webhookObjects, type OperatorPorts } from '../cluster/operator.ts';
+import { buildImage, imageArgv, type ImageBuild } from './image.ts';
 import { cpuSeconds } from './process.ts';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -278,6 +279,8 @@ export class BenchCluster {
   readonly kubeConfig: KubeConfig;
   readonly #children: ChildProcess[] = [];
   readonly #watches: Array<{ stop(): void }> = [];
+  /** The operator's image, built at its first start. */
+  #image: Promise<ImageBuild> | undefined;
   #cleaning: Promise<void> | undefined;
 
   private constructor(cluster: Cluster, dir: string) {
@@ -402,27 +405,34 @@ export class BenchCluster {
   }
 
   /**
-   * The operator as the chart runs it (leader election on, the chart's heap bound); its log lines
-   * are kept with their arrival times.
+   * The operator as the chart runs it (its image's compiled program, leader election on, the
+   * chart's heap bound and young generation); its log lines are kept with their arrival times.
    */
   async startOperator(ports: OperatorPorts): Promise<OperatorProcess> {
     const file = join(this.dir, 'operator.json');
     await writeFile(file, JSON.stringify(operatorSettings('naat-operator', ports)));
     const values = parse(await readFile(join(root, 'charts', 'naat', 'values.yaml'), 'utf8')) as {
-      operator: { heapLimitMiB: number };
+      operator: { heapLimitMiB: number; semiSpaceMiB: number };
     };
-    const heapBound = `--max-old-space-size=${values.operator.heapLimitMiB}`;
+    const heap = [
+      `--max-old-space-size=${values.operator.heapLimitMiB}`,
+      `--max-semi-space-size=${values.operator.semiSpaceMiB}`,
+    ];
+    const image = await (this.#image ??= buildImage('operator'));
+    const [node, ...args] = imageArgv(image);
     const lines: OperatorProcess['lines'] = [];
     const startedAt = now();
     const child = this.track(
-      spawn(process.execPath, [join(root, 'operator', 'main.ts')], {
+      spawn(node!, args, {
+        cwd: image.app,
         env: {
           ...process.env,
+          ...image.env,
           KUBECONFIG: this.cluster.kubeconfig,
           NAAT_CONFIG: file,
           NAAT_NAMESPACE: system,
           NAAT_POD_NAME: 'operator-bench',
-          NODE_OPTIONS: [process.env.NODE_OPTIONS, heapBound].filter(Boolean).join(' '),
+          NODE_OPTIONS: [process.env.NODE_OPTIONS, image.nodeOptions, ...heap].filter(Boolean).join(' '),
         },
         stdio: ['ignore', 'pipe', 'pipe'],
       }),
@@ -452,6 +462,8 @@ export class BenchCluster {
       for (const child of this.#children.reverse()) await step('a process', () => terminate(child));
       await step('the control plane', () => this.cluster.stop());
       await step('the temporary folder', () => rm(this.dir, { recursive: true, force: true }));
+      const image = await this.#image?.catch(() => undefined);
+      if (image) await step("the operator's image", () => rm(image.app, { recursive: true, force: true }));
     })();
     return this.#cleaning;
   }

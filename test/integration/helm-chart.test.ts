@@ -236,8 +236,8 @@ describe('helm template with the default values', () => {
       'OTEL_SDK_DISABLED',
       'OTEL_SERVICE_NAME',
     ]);
-    // The operator's heap bound (operator.heapLimitMiB).
-    expect(env(manifests).NODE_OPTIONS).toBe('--max-old-space-size=512');
+    // The operator's heap bound and young generation (operator.heapLimitMiB, operator.semiSpaceMiB).
+    expect(env(manifests).NODE_OPTIONS).toBe('--max-old-space-size=512 --max-semi-space-size=16');
   });
 
   test('sends the webhook only opted-in pods, never blocks them and leaves caBundle to the operator', () => {
