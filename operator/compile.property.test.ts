@@ -284,7 +284,12 @@ describe('compileGateway, for any snapshot', () => {
           .map((text) => JSON.parse(text) as ConfigSlice)
           .flatMap((slice) => [...slice.pods, ...slice.policies, ...slice.steering]);
         expect(entries.filter((e) => e.at !== undefined)).toEqual([]);
-        expect(index.derived).toEqual({ sources: true, sidecarSources: true, strictSources: true });
+        // Where pods share an address (one going as another comes), which pods a list came from
+        // may not be found again: the index then keeps that list itself.
+        const addresses = config.pods.flatMap((p) => p.addresses);
+        if (new Set(addresses).size === addresses.length) {
+          expect(index.derived).toEqual({ sources: true, sidecarSources: true, strictSources: true });
+        }
         expect(assembleConfig(index, slices)).toEqual(config);
       }),
       { numRuns: 150 },
