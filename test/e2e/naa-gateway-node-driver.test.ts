@@ -48,9 +48,17 @@ function inContainer(argv: string[]): ChildProcess {
   return child;
 }
 
+/**
+ * In Hold mode a new program's first SYN waits until the agent has seen the program (its listing of
+ * the host's processes, once a second) and its association reached the kernel: often past the
+ * retransmission at 1 s, and on a loaded machine past the one at 3 s. A connection that is let
+ * through then still succeeds within 8 s (the retransmission at 7 s); a denied one never does.
+ */
+const connectSeconds = 8;
+
 /** One connection from the pod's container, by a program; resolves with what the server saw, or undefined. */
 async function fetchAs(program: 'python3' | 'curl'): Promise<string | undefined> {
-  const child = inContainer(connectionBy(program, gateway.pod.ip, whoamiPort));
+  const child = inContainer(connectionBy(program, gateway.pod.ip, whoamiPort, connectSeconds));
   let stdout = '';
   child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   await new Promise((resolve) => child.once('exit', resolve));
@@ -96,7 +104,7 @@ describe('a node-driven pod on a gateway node', () => {
       'python3',
       '-c',
       `import socket,time
-s=socket.create_connection(('${server.v4}',${whoamiPort}),timeout=4,source_address=('${pod.ip}',0))
+s=socket.create_connection(('${server.v4}',${whoamiPort}),timeout=${connectSeconds},source_address=('${pod.ip}',0))
 time.sleep(30)`,
     ]);
     const flow = await until('the attributed flow', async () =>

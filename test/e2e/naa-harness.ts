@@ -445,16 +445,16 @@ export const applicationRules =
   ];
 
 /** One connection by `program` from the Pod's address to the server at `port`, printing what the server saw. */
-export function connectionBy(program: 'python3' | 'curl', podIp: string, port: number): string[] {
+export function connectionBy(program: 'python3' | 'curl', podIp: string, port: number, timeoutSeconds = 4): string[] {
   return program === 'python3'
     ? [
         'python3',
         '-c',
         `import socket
-s=socket.create_connection(('${server.v4}',${port}),timeout=4,source_address=('${podIp}',0))
+s=socket.create_connection(('${server.v4}',${port}),timeout=${timeoutSeconds},source_address=('${podIp}',0))
 print(s.recv(100).decode().strip())`,
       ]
-    : ['curl', '-s', '-m', '4', '--interface', podIp, `telnet://${server.v4}:${port}`];
+    : ['curl', '-s', '-m', String(timeoutSeconds), '--interface', podIp, `telnet://${server.v4}:${port}`];
 }
 
 /** The sum of the samples named `name` whose labels include `labels`, in a Prometheus text exposition. */
