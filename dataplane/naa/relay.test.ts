@@ -410,10 +410,6 @@ test('a node-driven hello is forwarded from the node agent’s own drivers, and 
   expect([...a.nodeDriven, ...b.nodeDriven]).toEqual([pod.name, pod.name]);
 });
 
-/**
- * A raw stream to the relay on a connection of its own, speaking for `as`; `encode` replaces the
- * protobuf encoding.
- */
 describe("the node agent's own drivers, their streams handed to the relay in its process", () => {
   const nodeDriver = () =>
     driver({ target: () => relay.openLocal(), tokenFile: undefined, mode: AssociationMode.ASSOCIATION_MODE_OBSERVE });
@@ -493,6 +489,10 @@ describe("the node agent's own drivers, their streams handed to the relay in its
   });
 });
 
+/**
+ * A raw stream to the relay on a connection of its own, speaking for `as`; `encode` replaces the
+ * protobuf encoding.
+ */
 function rawStream(
   as: PodRef = pod,
   encode: (m: AssociateRequest) => Buffer = AssociationServiceService.associate.requestSerialize,
