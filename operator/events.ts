@@ -4,7 +4,7 @@
 import { EventsV1Api, V1MicroTime, type KubeConfig } from '@kubernetes/client-node';
 import { group, version, type Kind } from '../crds/index.ts';
 import { errorText, type Logger } from '../common/index.ts';
-import { statusCode } from '../common/kube/index.ts';
+import { namespaceTerminating, statusCode } from '../common/kube/index.ts';
 
 export interface EventRecorderOptions {
   kubeConfig: KubeConfig;
@@ -96,6 +96,15 @@ export class EventRecorder {
   }
 
   #failed(reason: string, object: Regarding, error: unknown): void {
+    // A pod's namespace being deleted takes its Events with it: no one is left to read this one.
+    if (namespaceTerminating(error)) {
+      this.#o.log.debug('Dropped an Event for a namespace being deleted', {
+        reason,
+        object: object.metadata.name,
+        namespace: object.metadata.namespace,
+      });
+      return;
+    }
     this.#o.log.error('Failed to record an Event', { reason, object: object.metadata.name, error: errorText(error) });
   }
 

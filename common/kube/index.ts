@@ -13,4 +13,4 @@ export {
   type ListPage,
 } from './informer.ts';
 export { pooledKubeConfig } from './pooled-kube-config.ts';
-export { statusCode, withSignal } from './request.ts';
+export { namespaceTerminating, statusCode, withSignal } from './request.ts';

@@ -32,3 +32,22 @@ export function statusCode(error: unknown): number | undefined {
   if (typeof statusCode === 'number') return statusCode;
   return undefined;
 }
+
+/**
+ * Whether the apiserver refused a create because the object's namespace is being deleted (a 403
+ * whose Status names the NamespaceTerminating cause): nothing is wrong with the caller's rights.
+ */
+export function namespaceTerminating(error: unknown): boolean {
+  if (statusCode(error) !== 403) return false;
+  const { body } = (error ?? {}) as { body?: unknown };
+  let status: unknown = body;
+  if (typeof body === 'string') {
+    try {
+      status = JSON.parse(body);
+    } catch {
+      return false;
+    }
+  }
+  const causes = (status as { details?: { causes?: { reason?: unknown }[] } } | undefined)?.details?.causes;
+  return Array.isArray(causes) && causes.some((cause) => cause?.reason === 'NamespaceTerminating');
+}

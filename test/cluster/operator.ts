@@ -189,6 +189,10 @@ export interface ReleaseOperator {
   output(): string;
 }
 
+/** The lines of an operator's output that say it was refused something or a reconcile failed. */
+export const problemLines = (output: string): string[] =>
+  output.split('\n').filter((line) => /forbidden|Reconcile failed/i.test(line));
+
 /**
  * The operator as a Helm release configures it (its ConfigMap), run here as a process
  * authenticated as the release's ServiceAccount, so with exactly the chart's RBAC; the release's
