@@ -22,8 +22,8 @@ type NamedEvent = { name: string; type: 'Normal' | 'Warning'; reason: string; ac
 export class EventRecorder {
   readonly #o: EventRecorderOptions;
   readonly #events: EventsV1Api;
-  /** The last Event note of each object and reason, so that one change is told once. */
-  readonly #told = new Map<string, string>();
+  /** The last Event note of each object by reason, so that one change is told once. */
+  readonly #told = new Map<string, Map<string, string>>();
 
   constructor(options: EventRecorderOptions) {
     this.#o = options;
@@ -43,9 +43,11 @@ export class EventRecorder {
     note: string,
   ): Promise<void> {
     // The caches may not show the status this replica just wrote: remember what was told.
-    const told = toldKey(kind, object, reason);
-    if (this.#told.get(told) === note) return;
-    this.#told.set(told, note);
+    const key = toldKey(kind, object.metadata);
+    let told = this.#told.get(key);
+    if (told?.get(reason) === note) return;
+    if (!told) this.#told.set(key, (told = new Map()));
+    told.set(reason, note);
     const now = this.#o.now?.() ?? new Date();
     // Named as Kubernetes names its own events: the object's name and a timestamp in hex.
     const name = `${object.metadata.name}.${(now.getTime() * 1000 + Math.floor(Math.random() * 1000)).toString(16)}`;
@@ -110,9 +112,17 @@ export class EventRecorder {
 
   /** Forgets what was told of this object and reason, so that its next occurrence is told again. */
   forget(kind: EventKind, object: Regarding, reason: string): void {
-    this.#told.delete(toldKey(kind, object, reason));
+    this.#told.get(toldKey(kind, object.metadata))?.delete(reason);
+  }
+
+  /**
+   * Forgets all that was told of an object that is gone, so that what is remembered follows the
+   * objects that exist: a pod made again under the same name is a new pod, told afresh.
+   */
+  forgetObject(kind: EventKind, object: { namespace?: string; name: string }): void {
+    this.#told.delete(toldKey(kind, object));
   }
 }
 
-const toldKey = (kind: EventKind, object: Regarding, reason: string) =>
-  `${kind}/${object.metadata.namespace ?? ''}/${object.metadata.name}/${reason}`;
+const toldKey = (kind: EventKind, object: { namespace?: string; name: string }) =>
+  `${kind}/${object.namespace ?? ''}/${object.name}`;

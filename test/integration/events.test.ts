@@ -1,6 +1,7 @@
 // The operator's Events against the real apiserver: an Event about a pod is created once for one
-// change; one for a pod whose namespace is being deleted (which the apiserver refuses with 403) is
-// dropped quietly, since its reader goes with the namespace, while any other refusal is an error.
+// change, and again for a pod made anew under the same name; one for a pod whose namespace is
+// being deleted (which the apiserver refuses with 403) is dropped quietly, since its reader goes
+// with the namespace, while any other refusal is an error.
 import { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from '../../common/index.ts';
 import { EventRecorder } from '../../operator/events.ts';
@@ -61,6 +62,15 @@ test('an Event about a pod is created once for one change', async () => {
     }),
   ]);
   expect(logged).toEqual([]);
+});
+
+test('a pod made again under the same name is told afresh once the old one is forgotten', async () => {
+  const again = { metadata: { name: 'again', namespace: live } };
+  await recorder.record('Pod', again, 'Warning', 'NotSteered', 'Steer', 'no gateway node');
+  recorder.forgetObject('Pod', again.metadata);
+  await recorder.record('Pod', again, 'Warning', 'NotSteered', 'Steer', 'no gateway node');
+  const told = (await events(live)).filter((event) => event.regarding.name === 'again');
+  expect(told.map((event) => event.reason)).toEqual(['NotSteered', 'NotSteered']);
 });
 
 test("an Event refused because its pod's namespace is being deleted is dropped without an error", async () => {
