@@ -92,22 +92,24 @@ export function tcpChangeMarker(snmp: string, sockstat: string, sockstat6: strin
 }
 
 /**
- * A value that changes whenever anything that could change the namespace's socket tables
+ * A value that changes whenever anything that could change the namespace's outbound flows
  * happens there, bar one; undefined when the files do not say. It is made of the namespace's
  * interfaces' counters, from /proc/net/dev (every packet the pod sends or receives: a SYN, a FIN,
  * a reset, a datagram, on loopback too), and of its own socket counts, from /proc/net/sockstat
- * and sockstat6 (sockets made and closed, and per protocol those bound, listening, connected, in
- * TIME_WAIT), not of the node-wide figures printed beside them (orphans, allocated, memory),
- * which move with every other pod. The one change it misses: a UDP socket that was bound already
- * connects, or disconnects, without sending; its first datagram moves the counters. Reading
- * these costs a few microseconds, where /proc/net/snmp and the UDP tables cost tens, each of
- * which the kernel makes by walking node-wide data.
+ * (sockets of any family made and closed, and per IPv4 protocol those bound, listening,
+ * connected, in TIME_WAIT), not of the node-wide figures printed beside them (orphans, allocated,
+ * memory), which move with every other pod. IPv6's own counts (sockstat6) add nothing an
+ * outbound flow needs: its socket moves `sockets: used` when made, and its first packet the
+ * interfaces' counters. The one change it misses: a UDP socket that was bound already connects,
+ * or disconnects, without sending; its first datagram moves the counters. Reading these costs a
+ * few microseconds, where /proc/net/snmp and the UDP tables cost tens, each of which the kernel
+ * makes by walking node-wide data.
  */
-export function quietMarker(dev: string, sockstat: string, sockstat6: string): string | undefined {
+export function quietMarker(dev: string, sockstat: string): string | undefined {
   const interfaces = dev.slice(dev.indexOf('\n', dev.indexOf('\n') + 1) + 1);
   if (!interfaces.includes(':') || !sockstat.startsWith('sockets: used ')) return undefined;
   // Each count is named by its place: the kernel prints the same lines in the same order each time.
-  const counts = `${sockstat}${sockstat6}`.match(/\b(?:used|inuse|tw) \d+/g)!;
+  const counts = sockstat.match(/\b(?:used|inuse|tw) \d+/g)!;
   return `${interfaces}${counts.join(' ')}`;
 }
 

@@ -210,6 +210,8 @@ export class NodeDriver {
   readonly #driven = new Map<string, Driven>();
   /** Every process's place, as last read. */
   #places = new Map<number, ProcessPlace>();
+  /** The wanted pods' processes by pod uid, as the last listing found them. */
+  #found = new Map<string, PodProcesses>();
   #placesReadAt = -Infinity;
   /** The node's TCP socket count as read at the last scan. */
   #nodeSockets: number | undefined;
@@ -282,7 +284,10 @@ export class NodeDriver {
     this.#nodeSockets = nodeSockets;
     const due = [...this.#wanted].filter(([uid]) => moved || this.#due(this.#driven.get(uid), at));
     if (due.length === 0) return;
-    const found = podProcesses(this.#readPlaces(at), new Set(this.#wanted.keys()));
+    if (due.some(([uid]) => this.#needsProcesses(uid, now))) {
+      this.#found = podProcesses(this.#readPlaces(at), new Set(this.#wanted.keys()));
+    }
+    const found = this.#found;
     for (const [uid, pod] of due) {
       const driven = this.#driven.get(uid) ?? this.#drive(uid, pod);
       driven.lookedAt = at;
@@ -296,6 +301,20 @@ export class NodeDriver {
         this.#problems.report(uid, (error as Error).message, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
       }
     }
+  }
+
+  /**
+   * Whether a due pod's look needs the host's processes listed afresh: it is new, its config
+   * changed, the last listing did not find it, its stamp socket is not listening yet, or its
+   * namespace's counters moved (a process that makes a socket or sends moves them). The others,
+   * quiet or due for their safety net, are looked at with the processes the last listing found,
+   * which at a hundred idle pods saves listing the host's processes several times a second.
+   */
+  #needsProcesses(uid: string, now: Date): boolean {
+    const driven = this.#driven.get(uid);
+    if (!driven?.scanner || driven.lookedAt === undefined || !this.#found.has(uid)) return true;
+    if (driven.stamps && !driven.stamps.server.listening) return true;
+    return driven.scanner.scanner.moved(now);
   }
 
   /** Whether a pod must be looked at although the node's TCP socket count did not move. */
