@@ -73,6 +73,7 @@ const expectedKeys: Record<string, string[]> = {
     ...[1, 2].flatMap((pods) => ['base', 'added'].map((k) => `node-driver.memory.${pods}-pods.${k}`)),
     'node-driver.memory.per-pod',
     'node-driver.idle-cpu',
+    'node-driver.idle-cpu.serving',
   ],
   dataplane: [
     ...setups.map((s) => `throughput.${s}`),
