@@ -49,9 +49,10 @@ function inContainer(argv: string[]): ChildProcess {
 }
 
 /**
- * In Hold mode a new program's first SYN waits until the agent has seen the program (its listing of
- * the host's processes, once a second) and its association reached the kernel: often past the
- * retransmission at 1 s, and on a loaded machine past the one at 3 s. A connection that is let
+ * In Hold mode a new program's first SYN waits until the agent has seen the program (at a look at
+ * the pod after the SYN moved its counters, with the host's processes listed afresh) and its
+ * association reached the kernel: often past the retransmission at 1 s, and on a loaded machine
+ * past the one at 3 s. A connection that is let
  * through then still succeeds within 8 s (the retransmission at 7 s); a denied one never does.
  */
 const connectSeconds = 8;
