@@ -51,8 +51,10 @@ export interface ScannerOptions {
    * How often, at the longest, the scanner looks at what its cheap checks say did not change:
    * the associated TCP sockets in their owners' descriptors (the TCP tables are read when one is
    * not there), and with `skipQuiet` the namespace itself. A safety net for what the counters do
-   * not show at once: a connection that its process closes after the peer did loses its owner at
-   * once, but moves the TCP counters only when its last ACK arrives. 5 s.
+   * not show at once: a socket handed to another process; and a connection that its process closes
+   * after the peer did, which loses its owner at once, but where CurrEstab does not count
+   * CLOSE_WAIT moves the TCP counters only when its last ACK arrives (on Linux 6.18 the close
+   * moves CurrEstab and `sockets: used` at once, measured with the FIN dropped). 5 s.
    *
    * Where the kernel counts descriptors (`descriptors`), a process whose count did not move since
    * all its sockets were last found held is taken to hold them still: that saves a `readlink` per

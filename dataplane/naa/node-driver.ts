@@ -160,13 +160,16 @@ export interface NodeDriverOptions {
   rereadMs?: number;
   /**
    * How often, at the longest, a pod's scanner looks past what its counters say did not change
-   * (`ScannerOptions.rereadMs`; the sidecar's 5 s): 15 s. Why longer: at a hundred pods of fifty
-   * connections, looking for each associated socket in its owner's descriptors every 5 s was a
-   * thousand `readlink`s a second, and the agent's idle CPU went from 1.6–2.0 % of a core to
-   * 1.2–1.3 % at 15 s (docs/naa.md); where the kernel counts descriptors, a process whose count
-   * did not move costs one `stat` instead (all are looked at every fourth time). What waits for it
-   * is what the counters do not show: a connection its process closed after the peer did (its
-   * association stays until then), and a UDP socket bound already that connects without sending.
+   * (`ScannerOptions.rereadMs`; the sidecar's 5 s): 60 s. Why longer: the quiet looks every
+   * `quietIntervalMs` already see what an outbound flow does. A connection its process closes after
+   * the peer did sends a FIN (the interfaces' counters) and leaves CLOSE_WAIT (CurrEstab, measured
+   * on Linux 6.18; where that count does not move, the last ACK frees the socket, which moves the
+   * socket counts); a UDP socket bound already that connects is seen at its first datagram. What
+   * waits for the safety net is what no counter shows: a socket handed to another process of the
+   * pod, and a connection whose peer vanished before its last ACK, as long as the kernel retries.
+   * At a hundred pods of fifty connections the safety net every 15 s (each a read of the pod's
+   * TCP counters and UDP tables, and a `stat` of each owner's descriptors) was about a fifth of
+   * what the agent's scans cost (docs/naa.md).
    */
   safetyNetMs?: number;
   /** Where the stamps of strict pods are kept across restarts, a file per pod. */
@@ -278,6 +281,7 @@ export class NodeDriver {
    * cannot open.
    */
   async scan(now = new Date()): Promise<void> {
+    if (this.#wanted.size === 0) return;
     const at = now.getTime();
     const nodeSockets = this.#readNodeSockets();
     const moved = nodeSockets === undefined || nodeSockets !== this.#nodeSockets;
@@ -454,7 +458,7 @@ export class NodeDriver {
         // The pod's processes of the latest scan: a container that starts later owns its sockets too.
         owners: { pids: () => driven.scanner?.pids ?? [], identify: (pid) => this.#identify(driven, pid) },
         skipQuiet: true,
-        rereadMs: this.#o.safetyNetMs ?? 15_000,
+        rereadMs: this.#o.safetyNetMs ?? 60_000,
       });
       driven.scanner = { netns: processes.netns, netPid: processes.netPid, pids: processes.pids, scanner };
     }
