@@ -74,6 +74,8 @@ const expectedKeys: Record<string, string[]> = {
     'node-driver.memory.per-pod',
     'node-driver.idle-cpu',
     'node-driver.idle-cpu.serving',
+    'node-driver.idle-cpu.warm',
+    'node-driver.idle-cpu.serving.warm',
   ],
   dataplane: [
     ...setups.map((s) => `throughput.${s}`),
