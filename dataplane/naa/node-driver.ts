@@ -168,8 +168,8 @@ export interface NodeDriverOptions {
    * waits for the safety net is what no counter shows: a socket handed to another process of the
    * pod, and a connection whose peer vanished before its last ACK, as long as the kernel retries.
    * At a hundred pods of fifty connections the safety net every 15 s (each a read of the pod's
-   * TCP counters and UDP tables, and a `stat` of each owner's descriptors) was about a fifth of
-   * what the agent's scans cost (docs/naa.md).
+   * TCP counters and UDP tables, and a `stat` of each owner's descriptors) was about a third of
+   * the agent's scans' samples in a profile.
    */
   safetyNetMs?: number;
   /** Where the stamps of strict pods are kept across restarts, a file per pod. */
