@@ -9,6 +9,7 @@ export { nodeTcpSockets, parseSocketTable, tcpChangeMarker, tcpState } from './p
 export type { SocketEntry, Transport } from './proc-net.ts';
 export { allPids, containerIdFromCgroup, podOfCgroup, readApplication, socketOwners } from './processes.ts';
 export type { PodPlace } from './processes.ts';
+export { ProcFile } from './proc-file.ts';
 export { Scanner } from './scanner.ts';
 export type { Owners } from './scanner.ts';
 export { identityOf, maxStamp, parseStampRequest, Stamps } from './stamps.ts';

@@ -9,9 +9,9 @@
 // CPU there when it read them every 5 s), while a descriptor costs a microsecond. Where the kernel
 // counts a process's descriptors (Linux 6.2 and later), only the descriptors of a process whose
 // count moved are looked at, and all of them every `fullLookEvery` intervals.
-import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { flowKey, flowOf, outboundSockets, type Association } from './associations.ts';
+import { ProcFile } from './proc-file.ts';
 import { parseSocketTable, quietMarker, tcpChangeMarker, type SocketEntry, type Transport } from './proc-net.ts';
 import type { Application } from '../../proto/index.ts';
 import {
@@ -111,8 +111,8 @@ export class Scanner {
   #looked: { marker: string | undefined; at: number } | undefined;
   /** The quiet marker as `moved` read it, and at which instant: a scan at that instant takes it. */
   #quiet: { marker: string | undefined; at: number } | undefined;
-  /** The namespace's /proc/net files by name, as opened (null: missing). */
-  readonly #files = new Map<string, number | null>();
+  /** The namespace's /proc/net files by name, kept open. */
+  readonly #files = new Map<string, ProcFile>();
 
   /**
    * @param proc where procfs is mounted
@@ -263,46 +263,17 @@ export class Scanner {
 
   /**
    * A file of the namespace's /proc/net; empty when missing (a family disabled in the namespace).
-   * Each file is opened once and read from its start at every scan: opening one costs about as
-   * much as reading it (a scan of an idle pod took 117 µs with its files opened each time, 81 µs
-   * without), which a node agent pays for each pod it drives. Read synchronously: procfs answers
-   * from memory without waiting, while a promise-based read costs several thread-pool round trips,
-   * which at five scans a second was most of the CPU an idle sidecar used.
+   * Kept open (`ProcFile`): a node agent reads them for each pod it drives.
    */
   #read(name: string): string {
-    let fd = this.#files.get(name);
-    if (fd === undefined) {
-      try {
-        fd = openSync(join(this.#netDir, name), 'r');
-      } catch {
-        fd = null;
-      }
-      this.#files.set(name, fd);
-    }
-    try {
-      return fd === null ? '' : readAll(fd);
-    } catch {
-      return '';
-    }
+    let file = this.#files.get(name);
+    if (!file) this.#files.set(name, (file = new ProcFile(join(this.#netDir, name))));
+    return file.read();
   }
 
   /** Closes the namespace's files: while they are open, they hold the namespace. */
   close(): void {
-    for (const fd of this.#files.values()) if (fd !== null) closeSync(fd);
+    for (const file of this.#files.values()) file.close();
     this.#files.clear();
   }
-}
-
-const chunk = Buffer.allocUnsafe(64 * 1024);
-
-/**
- * A file's whole text, read from its start (a procfs file is made anew at each read from offset 0),
- * one character per byte.
- */
-function readAll(fd: number): string {
-  let text = '';
-  for (let read, length = 0; (read = readSync(fd, chunk, 0, chunk.length, length)) > 0; length += read) {
-    text += chunk.toString('latin1', 0, read);
-  }
-  return text;
 }

@@ -24,6 +24,7 @@ import {
   Driver,
   nodeTcpSockets,
   podOfCgroup,
+  ProcFile,
   readApplication,
   Scanner,
   Stamps,
@@ -218,6 +219,14 @@ export class NodeDriver {
   #placesReadAt = -Infinity;
   /** The node's TCP socket count as read at the last scan. */
   #nodeSockets: number | undefined;
+  /** Where the agent reads that count: its own namespace's sockstat, kept open. */
+  readonly #sockstat: ProcFile;
+  /**
+   * When the last scan was, and the earliest moment a pod is due after it while the node's TCP
+   * socket count stands still (`#due`): a scan before then reads that count alone.
+   */
+  #scannedAt = -Infinity;
+  #nextDueAt = -Infinity;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   readonly #problems: ProblemLog;
@@ -225,6 +234,7 @@ export class NodeDriver {
   constructor(options: NodeDriverOptions) {
     this.#o = options;
     this.#proc = options.proc ?? '/proc';
+    this.#sockstat = new ProcFile(join(this.#proc, 'net', 'sockstat'));
     this.#problems = new ProblemLog(options.log, 'Failed to look at a pod', 'Looked at a pod again');
   }
 
@@ -234,6 +244,7 @@ export class NodeDriver {
    */
   configure(pods: ReadonlyMap<string, WantedPod>): void {
     this.#wanted = pods;
+    this.#nextDueAt = -Infinity;
     for (const [uid, driven] of this.#driven) {
       const pod = this.#wanted.get(uid);
       // Another mode needs another stream: its Hello says the mode.
@@ -254,6 +265,7 @@ export class NodeDriver {
     this.#stopped = true;
     clearTimeout(this.#timer);
     for (const uid of [...this.#driven.keys()]) this.#drop(uid);
+    this.#sockstat.close();
   }
 
   /** Number of pods driven. */
@@ -265,7 +277,8 @@ export class NodeDriver {
    * Looks at the wanted pods that are due and sends what changed: every pod when the node's TCP
    * socket count moved since the last scan (`nodeTcpSockets`, one small read), else those not
    * looked at for `quietIntervalMs` (and new pods, pods whose config changed, and strict pods not
-   * yet listening for stamps).
+   * yet listening for stamps). Until one of those is due, a scan reads that count alone: it walks
+   * no list of pods five times a second.
    *
    * Why: looking at a pod costs a few reads of its namespace's counters (tens of µs of kernel and
    * JavaScript time), which at five scans a second was most of the idle CPU of an agent driving a
@@ -286,8 +299,9 @@ export class NodeDriver {
     const nodeSockets = this.#readNodeSockets();
     const moved = nodeSockets === undefined || nodeSockets !== this.#nodeSockets;
     this.#nodeSockets = nodeSockets;
+    if (!moved && at >= this.#scannedAt && at < this.#nextDueAt) return;
+    this.#scannedAt = at;
     const due = [...this.#wanted].filter(([uid]) => moved || this.#due(this.#driven.get(uid), at));
-    if (due.length === 0) return;
     if (due.some(([uid]) => this.#needsProcesses(uid, now))) {
       this.#found = podProcesses(this.#readPlaces(at), new Set(this.#wanted.keys()));
     }
@@ -305,6 +319,22 @@ export class NodeDriver {
         this.#problems.report(uid, (error as Error).message, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
       }
     }
+    this.#nextDueAt = this.#nextDue(at);
+  }
+
+  /**
+   * The earliest moment a pod is due (`#due`) after a scan at `at`, from what the pods are now (a
+   * config that came during the scan counts).
+   */
+  #nextDue(at: number): number {
+    let next = Infinity;
+    for (const uid of this.#wanted.keys()) {
+      const driven = this.#driven.get(uid);
+      if (driven?.lookedAt === undefined) return -Infinity;
+      if (driven.stamps && !driven.stamps.server.listening) return at;
+      next = Math.min(next, driven.lookedAt + (this.#o.quietIntervalMs ?? 1_000));
+    }
+    return next;
   }
 
   /**
@@ -331,11 +361,7 @@ export class NodeDriver {
 
   /** The node's TCP socket count; undefined when it cannot be read (then every pod is looked at). */
   #readNodeSockets(): number | undefined {
-    try {
-      return nodeTcpSockets(readFileSync(join(this.#proc, 'net', 'sockstat'), 'latin1'));
-    } catch {
-      return undefined;
-    }
+    return nodeTcpSockets(this.#sockstat.read());
   }
 
   async #tick(): Promise<void> {
