@@ -6,11 +6,12 @@
 // server over TLS, which takes it because the certificate names the node the pod runs on (as the
 // real apiserver says) and the pod is node-driven. The gateway gets each flow of the pod with its
 // program and container; a program in the same namespace that is not one of the pod's is no one's,
-// and a pod that leaves the node config loses its stream.
+// and a pod that leaves the node config loses its stream. A UDP flow, which no count of the node's
+// TCP sockets shows, is seen at the pod's next quiet look.
 import { KubeConfig } from '@kubernetes/client-node';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from '../../common/index.ts';
@@ -65,6 +66,17 @@ const gateway = (pods: NodeConfig['gateways'][number]['pods']): NodeConfig => ({
 
 /** The node agent's pods of a node config with `pods`, streamed to their gateway's relay. */
 const drivenPods = (pods: NodeConfig['gateways'][number]['pods']) => nodeAgentPods(gateway(pods), (g) => g.gateway);
+
+/** The node agent's pods when the node config lists the pod `web`, its one container `app`. */
+const drivenWeb = () =>
+  drivenPods([
+    {
+      namespace,
+      name: 'web',
+      addresses: [web.ip],
+      association: { uid: web.ref.uid, containers: [{ id: containerId, name: 'app' }] },
+    },
+  ]);
 
 /**
  * A program in the pod's network namespace, in the container's cgroup when `inContainer`, once it
@@ -168,16 +180,7 @@ held=[s.accept() for _ in range(3)]; time.sleep(600)`,
   // In the pod's network namespace, but not one of its containers' processes.
   const stranger = await program(script, false);
 
-  driver.configure(
-    drivenPods([
-      {
-        namespace,
-        name: 'web',
-        addresses: [web.ip],
-        association: { uid: web.ref.uid, containers: [{ id: containerId, name: 'app' }] },
-      },
-    ]),
-  );
+  driver.configure(drivenWeb());
   driver.start();
 
   await eventually(() => expect(server.table.lookup('tcp', web.ip, app.port)).toHaveLength(1));
@@ -208,5 +211,48 @@ held=[s.accept() for _ in range(3)]; time.sleep(600)`,
   // The pod leaves the node's config (deleted, or moved to the sidecar): its stream ends.
   driver.configure(drivenPods([]));
   expect(driver.pods).toBe(0);
+  await eventually(() => expect(server.sessions).toBe(0));
+});
+
+test("a UDP flow, which moves no count of the node's TCP sockets, is seen at the pod's next quiet look", async () => {
+  // The host's /proc as the agent sees it, but for the node's socket counts, which stand still
+  // here, and for its processes, which are the pod's programs alone.
+  const proc = join(dir, 'proc');
+  await mkdir(join(proc, 'net'), { recursive: true });
+  await writeFile(join(proc, 'net', 'sockstat'), await readFile('/proc/net/sockstat'));
+  const shown = async (pid: number) => symlink(`/proc/${pid}`, join(proc, String(pid)));
+  const quiet = new NodeDriver({
+    proc,
+    open: () => relay.openLocal(),
+    version: 'test',
+    stampDir: join(dir, 'stamps'),
+    scanIntervalMs: 50,
+    quietIntervalMs: 300,
+    log: silent,
+  });
+  try {
+    await shown((await program('print(0,flush=True)\nimport time; time.sleep(600)', true)).child.pid!);
+    quiet.configure(drivenWeb());
+    quiet.start();
+    // It looked at the pod once: the datagram's socket comes after that look.
+    await eventually(() => expect(server.sessions).toBe(1));
+    const udp = await program(
+      `import socket,time
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('${web.ip}',0)); s.connect(('203.0.113.10',53)); s.send(b'?')
+print(s.getsockname()[1],flush=True); time.sleep(600)`,
+      true,
+    );
+    await shown(udp.child.pid!);
+    await eventually(() =>
+      expect(server.table.lookup('udp', web.ip, udp.port)).toEqual([
+        expect.objectContaining({
+          destinationAddress: '203.0.113.10',
+          application: expect.objectContaining({ pid: udp.child.pid, containerName: 'app' }),
+        }),
+      ]),
+    );
+  } finally {
+    quiet.stop();
+  }
   await eventually(() => expect(server.sessions).toBe(0));
 });
