@@ -54,7 +54,8 @@ export interface ScannerOptions {
    * not show at once: a socket handed to another process; and a connection that its process closes
    * after the peer did, which loses its owner at once, but where CurrEstab does not count
    * CLOSE_WAIT moves the TCP counters only when its last ACK arrives (on Linux 6.18 the close
-   * moves CurrEstab and `sockets: used` at once, measured with the FIN dropped). 5 s.
+   * moves CurrEstab at once, measured with the FIN dropped; not `sockets: used`, which counts the
+   * kernel's socket until it is freed). 5 s.
    *
    * Where the kernel counts descriptors (`descriptors`), a process whose count did not move since
    * all its sockets were last found held is taken to hold them still: that saves a `readlink` per
