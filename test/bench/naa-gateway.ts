@@ -52,10 +52,10 @@ interface Size {
   idleSeconds: number;
   /**
    * When the node agent's idle CPU is sampled again, warmed up (`after` seconds after it started,
-   * and after it began to drive the pods, over `over` seconds): for its first minute V8 compiles its hot code in background threads
-   * (0.29 % of a core 5–35 s after start, 0.04 % 60–90 s after, at 100 pods). Over a whole
-   * period of the node agent's safety net (60 s), which looks at every pod at about the same
-   * moment when all began together.
+   * and after it began to drive the pods, over `over` seconds): for its first minute V8 compiles
+   * its hot code in background threads (0.29 % of a core 5–35 s after start, 0.04 % 60–90 s
+   * after, at 100 pods). Over a whole period of the node agent's safety net (60 s), which looks at
+   * every pod at about the same moment when all began together.
    */
   warm: { after: number; over: number };
 }
