@@ -323,17 +323,12 @@ export class NodeDriver {
   }
 
   /**
-   * The earliest moment a pod is due (`#due`) after a scan at `at`, from what the pods are now (a
+   * The earliest moment a pod is due (`#dueAt`) after a scan at `at`, from what the pods are now (a
    * config that came during the scan counts).
    */
   #nextDue(at: number): number {
     let next = Infinity;
-    for (const uid of this.#wanted.keys()) {
-      const driven = this.#driven.get(uid);
-      if (driven?.lookedAt === undefined) return -Infinity;
-      if (driven.stamps && !driven.stamps.server.listening) return at;
-      next = Math.min(next, driven.lookedAt + (this.#o.quietIntervalMs ?? 1_000));
-    }
+    for (const uid of this.#wanted.keys()) next = Math.min(next, this.#dueAt(this.#driven.get(uid), at));
     return next;
   }
 
@@ -353,10 +348,19 @@ export class NodeDriver {
 
   /** Whether a pod must be looked at although the node's TCP socket count did not move. */
   #due(driven: Driven | undefined, now: number): boolean {
-    if (driven?.lookedAt === undefined || now < driven.lookedAt) return true;
+    // A look stamped later than now: the clock went back.
+    return now < (driven?.lookedAt ?? -Infinity) || now >= this.#dueAt(driven, now);
+  }
+
+  /**
+   * When a pod is next due while the node's TCP socket count stands still: at once when it was
+   * never looked at, `quietIntervalMs` after its last look otherwise.
+   */
+  #dueAt(driven: Driven | undefined, now: number): number {
+    if (driven?.lookedAt === undefined) return -Infinity;
     // A strict pod's programs wait for its stamp socket: it is tried at every scan until it listens.
-    if (driven.stamps && !driven.stamps.server.listening) return true;
-    return now - driven.lookedAt >= (this.#o.quietIntervalMs ?? 1_000);
+    if (driven.stamps && !driven.stamps.server.listening) return now;
+    return driven.lookedAt + (this.#o.quietIntervalMs ?? 1_000);
   }
 
   /** The node's TCP socket count; undefined when it cannot be read (then every pod is looked at). */

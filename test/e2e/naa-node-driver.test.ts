@@ -220,7 +220,7 @@ test("a UDP flow, which moves no count of the node's TCP sockets, is seen at the
   const proc = join(dir, 'proc');
   await mkdir(join(proc, 'net'), { recursive: true });
   await writeFile(join(proc, 'net', 'sockstat'), await readFile('/proc/net/sockstat'));
-  const shown = async (pid: number) => symlink(`/proc/${pid}`, join(proc, String(pid)));
+  const shown = (pid: number) => symlink(`/proc/${pid}`, join(proc, String(pid)));
   const quiet = new NodeDriver({
     proc,
     open: () => relay.openLocal(),
