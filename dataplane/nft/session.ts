@@ -23,11 +23,17 @@ export const sessionTransactions = 1000;
 
 export class NftSessionError extends Error {}
 
-/** Whether `commands` fit on one line of the session. */
+/**
+ * Whether `commands` go on one line of the session: ASCII only, as nft -i's line editor (libedit)
+ * silently drops every other character (a rule named in another script would lose its name in the
+ * kernel), and within the longest line.
+ */
 export function sessionTakes(commands: readonly string[]): boolean {
   let bytes = -2;
   for (const command of commands) {
-    bytes += Buffer.byteLength(command) + 2;
+    // Only ASCII takes one UTF-8 byte a UTF-16 unit.
+    if (Buffer.byteLength(command) !== command.length) return false;
+    bytes += command.length + 2;
     if (bytes > sessionLineBytes) return false;
   }
   return commands.length > 0;

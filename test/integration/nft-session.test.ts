@@ -79,6 +79,16 @@ test('small transactions go through one nft, each applied', async () => {
   expect(await nftChildren()).toHaveLength(1);
 });
 
+test('a rule named in any script keeps its name in the kernel, though nft -i would drop all but ASCII', async () => {
+  const names = ['shop/a0#egress', 'shop/a0#sortie-été', 'shop/a0#出口', 'shop/a0#😀'];
+  for (const comment of names) {
+    await nft.run([{ op: 'add', what: 'rule', chain: 'c', rule: { match: [], then: [{ kind: 'counter' }], comment } }]);
+  }
+  const { stdout } = await exec(nftCommand, ['-j', 'list', 'chain', tableFamily, tableName, 'c']);
+  const rules = (JSON.parse(stdout) as { nftables: Array<{ rule?: { comment?: string } }> }).nftables;
+  expect(rules.flatMap(({ rule }) => (rule ? [rule.comment] : []))).toEqual(names);
+});
+
 test('a failing transaction names the failing command, applies nothing, and the next one is applied', async () => {
   const failing = nft.run([add('10.0.0.1'), elementsOf('nosuch', ['10.0.0.2'])]);
   await expect(failing).rejects.toThrow(
