@@ -2,6 +2,7 @@
 import { mkdir, mkdtemp, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { readApplication } from './processes.ts';
 import { fullLookEvery, Scanner } from './scanner.ts';
 
 const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
@@ -200,4 +201,29 @@ test('with skipQuiet, says whether the counters moved since the last scan that l
   // Counters that cannot be read say nothing stood still.
   await net('dev', '');
   expect(scanner.moved(new Date(1_400))).toBe(true);
+});
+
+test("a socket whose owner is not among the owners' processes is looked for again once they are others, quiet or not", async () => {
+  await net(
+    'dev',
+    'Inter-|   Receive |  Transmit\n face |bytes packets|bytes packets\n  eth0: 60 1 0 0 0 0 0 0 60 1 0 0 0 0 0 0\n',
+  );
+  await net('sockstat', 'sockets: used 3\nTCP: inuse 1 orphan 0 tw 0 alloc 1 mem 1\nUDP: inuse 0 mem 0\n');
+  let pids: number[] = [];
+  const scanner = new Scanner(proc, 7, {
+    rereadMs: 5_000,
+    skipQuiet: true,
+    owners: {
+      pids: () => pids,
+      identify: (pid) => readApplication(proc, pid),
+    },
+  });
+  expect(ports(await scanner.scan(new Date(0)))).toEqual([]);
+  expect(scanner.unowned).toBe(true);
+  // The same processes: nothing to look for again, and nothing moved.
+  expect(ports(await scanner.scan(new Date(200)))).toEqual([]);
+  // Its owner is named now, though no count moved and no table changed.
+  pids = [42];
+  expect(ports(await scanner.scan(new Date(400)))).toEqual(['tcp 40000']);
+  expect(scanner.unowned).toBe(false);
 });

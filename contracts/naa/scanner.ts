@@ -112,6 +112,11 @@ export class Scanner {
   #looked: { marker: string | undefined; at: number } | undefined;
   /** The quiet marker as `moved` read it, and at which instant: a scan at that instant takes it. */
   #quiet: { marker: string | undefined; at: number } | undefined;
+  /**
+   * The outbound sockets whose owner the last look did not find, and the owners' processes it
+   * looked among: looked for again once those processes are others.
+   */
+  #unowned: { inodes: ReadonlySet<number>; pids: string } = { inodes: new Set(), pids: '' };
   /** The namespace's /proc/net files by name, kept open. */
   readonly #files = new Map<string, ProcFile>();
 
@@ -134,17 +139,18 @@ export class Scanner {
    * looked for again at the next change).
    */
   async scan(now = new Date()): Promise<Map<string, Association>> {
-    if (this.#skipQuiet && this.#stillQuiet(now.getTime())) return this.#current;
+    if (this.#skipQuiet && this.#stillQuiet(now.getTime()) && !this.#newOwners()) return this.#current;
     const readTcp = this.#tcpMayHaveChanged(now.getTime());
     let changed = false;
     for (const [name, transport, family] of tables) {
       if (transport === 'udp' || readTcp) changed = this.#readTable(name, transport, family) || changed;
     }
-    if (!changed) return this.#current;
+    if (!changed && !this.#newOwners()) return this.#current;
 
     const sockets = outboundSockets(tables.flatMap(([name]) => this.#tables.get(name)?.entries ?? []));
     const unknown = new Set(sockets.map((s) => s.inode).filter((inode) => !this.#owned.has(inode)));
-    const owners = socketOwners(this.#proc, unknown, unknown.size ? this.#owners.pids() : []);
+    const pids = unknown.size ? [...this.#owners.pids()] : [];
+    const owners = socketOwners(this.#proc, unknown, pids);
     const byPid = new Map<number, Promise<Application | undefined>>();
     for (const [inode, holder] of owners) {
       if (!byPid.has(holder.pid)) byPid.set(holder.pid, this.#owners.identify(holder.pid));
@@ -167,8 +173,23 @@ export class Scanner {
       next.set(key, { flow, application, observedAt: this.#current.get(key)?.observedAt ?? now });
     }
     for (const inode of this.#owned.keys()) if (!live.has(inode)) this.#owned.delete(inode);
+    this.#unowned = { inodes: new Set([...unknown].filter((inode) => !live.has(inode))), pids: pids.join(',') };
     this.#current = next;
     return next;
+  }
+
+  /**
+   * Whether the last look left an outbound socket whose owner it did not find among the owners'
+   * processes: a process the owners do not include yet (the node agent's listing of a pod's
+   * processes is what names them), or one that exited.
+   */
+  get unowned(): boolean {
+    return this.#unowned.inodes.size > 0;
+  }
+
+  /** Whether a socket's owner was not found and the owners' processes are others now: look again. */
+  #newOwners(): boolean {
+    return this.unowned && [...this.#owners.pids()].join(',') !== this.#unowned.pids;
   }
 
   /**

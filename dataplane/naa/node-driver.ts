@@ -214,6 +214,12 @@ export class NodeDriver {
   readonly #driven = new Map<string, Driven>();
   /** Every process's place, as last read. */
   #places = new Map<number, ProcessPlace>();
+  /**
+   * The processes the last listing found first, whose place the next one reads again: a runtime
+   * forks a container's first process and moves it into the pod's cgroup after, and a listing in
+   * between would keep the runtime's place for it until every place is read again.
+   */
+  #unsettled = new Set<number>();
   /** The wanted pods' processes by pod uid, as the last listing found them. */
   #found = new Map<string, PodProcesses>();
   #placesReadAt = -Infinity;
@@ -302,8 +308,9 @@ export class NodeDriver {
     if (!moved && at >= this.#scannedAt && at < this.#nextDueAt) return;
     this.#scannedAt = at;
     const due = [...this.#wanted].filter(([uid]) => moved || this.#due(this.#driven.get(uid), at));
-    if (due.some(([uid]) => this.#needsProcesses(uid, now))) {
-      this.#found = podProcesses(this.#readPlaces(at), new Set(this.#wanted.keys()));
+    const fresh = due.some(([uid]) => this.#ownerMissing(this.#driven.get(uid)));
+    if (fresh || due.some(([uid]) => this.#needsProcesses(uid, now))) {
+      this.#found = podProcesses(this.#readPlaces(at, fresh), new Set(this.#wanted.keys()));
     }
     const found = this.#found;
     for (const [uid, pod] of due) {
@@ -360,7 +367,21 @@ export class NodeDriver {
     if (driven?.lookedAt === undefined) return -Infinity;
     // A strict pod's programs wait for its stamp socket: it is tried at every scan until it listens.
     if (driven.stamps && !driven.stamps.server.listening) return now;
-    return driven.lookedAt + (this.#o.quietIntervalMs ?? 1_000);
+    const quiet = this.#o.quietIntervalMs ?? 1_000;
+    if (this.#ownerMissing(driven)) return this.#placesReadAt + quiet;
+    return driven.lookedAt + quiet;
+  }
+
+  /**
+   * Whether the pod's last look found a socket of it whose owner is not among its processes, and
+   * no listing read every process's place since: a pid reused since a listing saw it keeps the
+   * place it had then (another pod's, or none) until one does. Such a pod is due, and the listing
+   * reads every place afresh, `quietIntervalMs` after the last one that did; where the owner is
+   * still not found after that (a process outside the pod holds the socket), again after the pod's
+   * next look, at most that often.
+   */
+  #ownerMissing(driven: Driven | undefined): boolean {
+    return !!driven?.scanner?.scanner.unowned && driven.lookedAt! > this.#placesReadAt;
   }
 
   /** The node's TCP socket count; undefined when it cannot be read (then every pod is looked at). */
@@ -510,19 +531,27 @@ export class NodeDriver {
   }
 
   /**
-   * Every process's place: new processes are read at each scan, all of them every `rereadMs` (a
-   * pid that was reused in between keeps its old place until then).
+   * Every process's place: new processes are read at the listing that finds them and at the next
+   * one (`#unsettled`); all of them every `rereadMs` (a pid reused in between keeps its old place
+   * until then), and when `fresh`, a pod's socket having no owner among its processes
+   * (`#ownerMissing`), at most every `quietIntervalMs`.
    */
-  #readPlaces(now: number): Map<number, ProcessPlace> {
-    const all = now - this.#placesReadAt >= (this.#o.rereadMs ?? 5_000) || now < this.#placesReadAt;
+  #readPlaces(now: number, fresh = false): Map<number, ProcessPlace> {
+    const since = now - this.#placesReadAt;
+    const all =
+      since >= (this.#o.rereadMs ?? 5_000) || since < 0 || (fresh && since >= (this.#o.quietIntervalMs ?? 1_000));
     if (all) this.#placesReadAt = now;
     const places = new Map<number, ProcessPlace>();
+    const unsettled = new Set<number>();
     for (const pid of allPids(this.#proc)) {
-      const known = all ? undefined : this.#places.get(pid);
+      const known = all || this.#unsettled.has(pid) ? undefined : this.#places.get(pid);
       const place = known ?? readPlace(this.#proc, pid);
-      if (place) places.set(pid, place);
+      if (!place) continue;
+      places.set(pid, place);
+      if (!this.#places.has(pid)) unsettled.add(pid);
     }
     this.#places = places;
+    this.#unsettled = unsettled;
     return places;
   }
 }

@@ -7,11 +7,12 @@
 // real apiserver says) and the pod is node-driven. The gateway gets each flow of the pod with its
 // program and container; a program in the same namespace that is not one of the pod's is no one's,
 // and a pod that leaves the node config loses its stream. A UDP flow, which no count of the node's
-// TCP sockets shows, is seen at the pod's next quiet look.
+// TCP sockets shows, is seen at the pod's next quiet look. A pod's process with a pid that a host
+// process had at the agent's last listing is found within a quiet interval.
 import { KubeConfig } from '@kubernetes/client-node';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from '../../common/index.ts';
@@ -97,6 +98,35 @@ async function program(script: string, inContainer: boolean): Promise<{ child: C
 const connect = (destination: string) => `import socket,time
 c=socket.create_connection(('${destination}',443),source_address=('${'$'}POD',0))
 print(c.getsockname()[1],flush=True); time.sleep(600)`;
+
+/**
+ * The host's /proc as the agent sees it, made under `name`, but for the node's socket counts,
+ * which stand still there, and for its processes, which are those linked into it.
+ */
+async function standingProc(name: string): Promise<string> {
+  const proc = join(dir, name);
+  await mkdir(join(proc, 'net'), { recursive: true });
+  await writeFile(join(proc, 'net', 'sockstat'), await readFile('/proc/net/sockstat'));
+  return proc;
+}
+
+/** A node agent that reads `proc`, looks at a quiet pod every 300 ms, and reads every process's place every `rereadMs`. */
+const quietDriver = (proc: string, rereadMs?: number) =>
+  new NodeDriver({
+    proc,
+    open: () => relay.openLocal(),
+    version: 'test',
+    stampDir: join(dir, 'stamps'),
+    scanIntervalMs: 50,
+    quietIntervalMs: 300,
+    ...(rereadMs === undefined ? {} : { rereadMs }),
+    log: silent,
+  });
+
+/** Sends a datagram to 203.0.113.10 from the pod's address, says its source port, and keeps the socket. */
+const datagram = () => `import socket,time
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('${web.ip}',0)); s.connect(('203.0.113.10',53)); s.send(b'?')
+print(s.getsockname()[1],flush=True); time.sleep(600)`;
 
 beforeAll(async () => {
   await k(['create', 'namespace', namespace]);
@@ -215,33 +245,17 @@ held=[s.accept() for _ in range(3)]; time.sleep(600)`,
 });
 
 test("a UDP flow, which moves no count of the node's TCP sockets, is seen at the pod's next quiet look", async () => {
-  // The host's /proc as the agent sees it, but for the node's socket counts, which stand still
-  // here, and for its processes, which are the pod's programs alone.
-  const proc = join(dir, 'proc');
-  await mkdir(join(proc, 'net'), { recursive: true });
-  await writeFile(join(proc, 'net', 'sockstat'), await readFile('/proc/net/sockstat'));
+  // Its processes are the pod's programs alone.
+  const proc = await standingProc('proc');
   const shown = (pid: number) => symlink(`/proc/${pid}`, join(proc, String(pid)));
-  const quiet = new NodeDriver({
-    proc,
-    open: () => relay.openLocal(),
-    version: 'test',
-    stampDir: join(dir, 'stamps'),
-    scanIntervalMs: 50,
-    quietIntervalMs: 300,
-    log: silent,
-  });
+  const quiet = quietDriver(proc);
   try {
     await shown((await program('print(0,flush=True)\nimport time; time.sleep(600)', true)).child.pid!);
     quiet.configure(drivenWeb());
     quiet.start();
     // It looked at the pod once: the datagram's socket comes after that look.
     await eventually(() => expect(server.sessions).toBe(1));
-    const udp = await program(
-      `import socket,time
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('${web.ip}',0)); s.connect(('203.0.113.10',53)); s.send(b'?')
-print(s.getsockname()[1],flush=True); time.sleep(600)`,
-      true,
-    );
+    const udp = await program(datagram(), true);
     await shown(udp.child.pid!);
     await eventually(() =>
       expect(server.table.lookup('udp', web.ip, udp.port)).toEqual([
@@ -253,6 +267,39 @@ print(s.getsockname()[1],flush=True); time.sleep(600)`,
     );
   } finally {
     quiet.stop();
+  }
+  await eventually(() => expect(server.sessions).toBe(0));
+});
+
+test("a pod's process with a pid that a host process had at the agent's last listing owns its flows within a quiet interval", async () => {
+  // Its processes are the pod's first program, and a pid that first names a host process, then,
+  // reused, the pod's next one.
+  const proc = await standingProc('proc-reused');
+  const reused = join(proc, '4000000');
+  const host = spawn('sleep', ['600']);
+  programs.push(host);
+  await symlink(`/proc/${host.pid}`, reused);
+  const first = await program('print(0,flush=True)\nimport time; time.sleep(600)', true);
+  await symlink(`/proc/${first.child.pid}`, join(proc, String(first.child.pid)));
+  // Far beyond this test: only a look that misses an owner may read the places again.
+  const reader = quietDriver(proc, 600_000);
+  try {
+    reader.configure(drivenWeb());
+    reader.start();
+    // It listed the processes and looked at the pod; pings in the pod move its counters, so that
+    // it lists them at its next looks too, and settles on the pid being a host process's.
+    await eventually(() => expect(server.sessions).toBe(1));
+    execFileSync('ip', ['netns', 'exec', ns, 'ping', '-q', '-c', '6', '-i', '0.2', '203.0.113.10']);
+    const next = await program(datagram(), true);
+    await unlink(reused);
+    await symlink(`/proc/${next.child.pid}`, reused);
+    await eventually(() =>
+      expect(server.table.lookup('udp', web.ip, next.port)).toEqual([
+        expect.objectContaining({ application: expect.objectContaining({ pid: 4000000, containerName: 'app' }) }),
+      ]),
+    );
+  } finally {
+    reader.stop();
   }
   await eventually(() => expect(server.sessions).toBe(0));
 });
