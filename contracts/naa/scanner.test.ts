@@ -165,44 +165,6 @@ test('with skipQuiet, looks at the namespace only when its packet or socket coun
   expect(ports(await scanner.scan(new Date(5_800)))).toEqual(['tcp 40000', 'tcp 40001']);
 });
 
-test('with skipQuiet, says whether the counters moved since the last scan that looked, and the scan after it takes that read', async () => {
-  const dev = (packets: number) =>
-    'Inter-|   Receive |  Transmit\n face |bytes packets|bytes packets\n' +
-    `  eth0: ${packets * 60} ${packets} 0 0 0 0 0 0 ${packets * 60} ${packets} 0 0 0 0 0 0\n`;
-  const sockstat = (used: number) =>
-    `sockets: used ${used}\nTCP: inuse 1 orphan 0 tw 0 alloc 1 mem 1\nUDP: inuse 0 mem 0\n`;
-  await net('dev', dev(3));
-  await net('sockstat', sockstat(3));
-  const scanner = new Scanner(proc, 7, { rereadMs: 5_000, skipQuiet: true });
-  // Nothing looked yet.
-  expect(scanner.moved(new Date(0))).toBe(true);
-  const first = await scanner.scan(new Date(0));
-  expect(scanner.moved(new Date(200))).toBe(false);
-  expect(await scanner.scan(new Date(200))).toBe(first);
-
-  // A socket made (of any family): moved, until a scan looks.
-  await net('sockstat', sockstat(4));
-  expect(scanner.moved(new Date(400))).toBe(true);
-  await net('tcp', header + connection(40000, 1001) + connection(40001, 1002));
-  await net('snmp', counters(2));
-  expect(ports(await scanner.scan(new Date(400)))).toEqual(['tcp 40000', 'tcp 40001']);
-  expect(scanner.moved(new Date(600))).toBe(false);
-
-  // What moves between the read that said "moved" and the scan at that instant is seen by the
-  // next scan, as if it came during the scan.
-  await net('dev', dev(4));
-  expect(scanner.moved(new Date(800))).toBe(true);
-  await net('dev', dev(5));
-  await scanner.scan(new Date(800));
-  expect(scanner.moved(new Date(1_000))).toBe(true);
-  await scanner.scan(new Date(1_000));
-  expect(scanner.moved(new Date(1_200))).toBe(false);
-
-  // Counters that cannot be read say nothing stood still.
-  await net('dev', '');
-  expect(scanner.moved(new Date(1_400))).toBe(true);
-});
-
 test("a socket whose owner is not among the owners' processes is looked for again once they are others, quiet or not", async () => {
   await net(
     'dev',

@@ -110,8 +110,6 @@ export class Scanner {
   #tcpRead: { marker: string | undefined; at: number } | undefined;
   /** With `skipQuiet`: the quiet marker read just before the last scan that looked, and when that was. */
   #looked: { marker: string | undefined; at: number } | undefined;
-  /** The quiet marker as `moved` read it, and at which instant: a scan at that instant takes it. */
-  #quiet: { marker: string | undefined; at: number } | undefined;
   /**
    * The outbound sockets whose owner the last look did not find, and the owners' processes it
    * looked among: looked for again once those processes are others.
@@ -193,22 +191,6 @@ export class Scanner {
   }
 
   /**
-   * With `skipQuiet`: whether the namespace's packet or socket counters moved since the last scan
-   * that looked (or cannot be read, or no scan looked yet), so that a scan at `now` looks at its
-   * tables. A scan at the same instant reads them no more: it takes this read.
-   */
-  moved(now = new Date()): boolean {
-    const marker = this.#quietMarker(now.getTime());
-    return marker === undefined || marker !== this.#looked?.marker;
-  }
-
-  #quietMarker(now: number): string | undefined {
-    if (this.#quiet?.at !== now)
-      this.#quiet = { marker: quietMarker(this.#read('dev'), this.#read('sockstat')), at: now };
-    return this.#quiet.marker;
-  }
-
-  /**
    * Whether the TCP tables must be read: the marker changed or cannot be read, the clock went
    * back, or the safety interval has passed and an associated socket is no longer where its owner
    * held it. The marker is read before the tables, so that a socket appearing between the two
@@ -234,8 +216,7 @@ export class Scanner {
    * anything else, so that what happens during a scan moves it against the one kept.
    */
   #stillQuiet(now: number): boolean {
-    const marker = this.#quietMarker(now);
-    this.#quiet = undefined;
+    const marker = quietMarker(this.#read('dev'), this.#read('sockstat'));
     const last = this.#looked;
     if (last && marker !== undefined && marker === last.marker && now >= last.at && now - last.at < this.#rereadMs)
       return true;

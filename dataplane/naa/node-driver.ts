@@ -292,8 +292,10 @@ export class NodeDriver {
    * sees the count moved and looks at every pod, as often as before: the latency is the sidecar's.
    * What the count does not show waits for the pod's next look, within `quietIntervalMs`: a UDP
    * socket, a TCP socket made in the same scan interval as another one anywhere on the node was
-   * freed, and a socket its process closes while the kernel keeps it. On a node whose sockets come and go all the time, the count
-   * moves at most scans, and every pod is looked at every time, as before.
+   * freed, and a socket its process closes while the kernel keeps it. On a node whose sockets
+   * come and go all the time, the count moves at most scans, and every pod is looked at every
+   * time, as before. The host's processes are listed only for a look that needs them
+   * (`#needsProcesses`), or once a look finds a socket none of the pod's known processes holds.
    * Considered too: conntrack's NEW events in the node's namespace would name the pod whose flow
    * leaves the node, but cost a conntrack process and a parsed line for each of the node's flows;
    * and sock_diag dumps by namespace need a netlink socket in each pod's namespace, which Node.js
@@ -309,18 +311,25 @@ export class NodeDriver {
     this.#scannedAt = at;
     const due = [...this.#wanted].filter(([uid]) => moved || this.#due(this.#driven.get(uid), at));
     const fresh = due.some(([uid]) => this.#ownerMissing(this.#driven.get(uid)));
-    if (fresh || due.some(([uid]) => this.#needsProcesses(uid, now))) {
+    let listed = false;
+    const list = () => {
       this.#found = podProcesses(this.#readPlaces(at, fresh), new Set(this.#wanted.keys()));
-    }
-    const found = this.#found;
+      listed = true;
+    };
+    if (fresh || due.some(([uid]) => this.#needsProcesses(uid))) list();
     for (const [uid, pod] of due) {
       const driven = this.#driven.get(uid) ?? this.#drive(uid, pod);
       driven.lookedAt = at;
-      const processes = found.get(uid);
-      if (!processes) this.#forget(driven);
-      else if (driven.stamps) this.#listenForStamps(uid, driven, processes.pids);
       try {
-        driven.driver.update(processes ? await this.#scanPod(driven, processes, now) : new Map());
+        let flows = await this.#lookAt(uid, driven, now);
+        // A socket none of the pod's known processes holds: one that started since the last
+        // listing made it. Listing now, in this scan, makes its association as prompt as listing
+        // at every look would.
+        if (!listed && driven.scanner?.scanner.unowned) {
+          list();
+          flows = await this.#lookAt(uid, driven, now);
+        }
+        driven.driver.update(flows);
         this.#problems.report(uid, undefined, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
       } catch (error) {
         this.#problems.report(uid, (error as Error).message, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
@@ -340,17 +349,28 @@ export class NodeDriver {
   }
 
   /**
-   * Whether a due pod's look needs the host's processes listed afresh: it is new, its config
-   * changed, the last listing did not find it, its stamp socket is not listening yet, or its
-   * namespace's counters moved (a process that makes a socket or sends moves them). The others,
-   * quiet or due for their safety net, are looked at with the processes the last listing found,
-   * which at a hundred idle pods saves listing the host's processes several times a second.
+   * Whether a due pod's look needs the host's processes listed first: it is new, its config
+   * changed, the last listing did not find it, or its stamp socket is not listening yet. The
+   * others are looked at with the processes the last listing found, and the host's processes are
+   * listed only when that look finds a socket none of them holds: a pod's counters move with
+   * every packet, its interface's router solicitations and MLD reports too, which at a hundred
+   * idle pods made several listings a second.
    */
-  #needsProcesses(uid: string, now: Date): boolean {
+  #needsProcesses(uid: string): boolean {
     const driven = this.#driven.get(uid);
     if (!driven?.scanner || driven.lookedAt === undefined || !this.#found.has(uid)) return true;
-    if (driven.stamps && !driven.stamps.server.listening) return true;
-    return driven.scanner.scanner.moved(now);
+    return !!driven.stamps && !driven.stamps.server.listening;
+  }
+
+  /** The pod's associations now, with its processes as the last listing found them (none: no flows). */
+  async #lookAt(uid: string, driven: Driven, now: Date): Promise<Map<string, Association>> {
+    const processes = this.#found.get(uid);
+    if (!processes) {
+      this.#forget(driven);
+      return new Map();
+    }
+    if (driven.stamps) this.#listenForStamps(uid, driven, processes.pids);
+    return this.#scanPod(driven, processes, now);
   }
 
   /** Whether a pod must be looked at although the node's TCP socket count did not move. */
