@@ -20,7 +20,9 @@
 //     Goal: no slower, p50 and p99.
 //  6. That node agent's RSS driving the association of 1, 10 and 100 pods (each a namespace whose
 //     one process holds 100 sockets), each time vs the same agent serving the same pods without
-//     driving them. Goal: ≤ 80 MiB added at 100 pods and 10,000 sockets, and flat in pods.
+//     driving them, and of 10 pods holding the same 10,000 sockets (1,000 each), which tells what
+//     a further pod costs with the sockets unchanged. Goal: ≤ 80 MiB added at 100 pods and 10,000
+//     sockets, and flat in pods.
 //  7. Its CPU while it drives the most pods and nothing happens, vs the same agent serving them
 //     without driving them: just after it started (or began to drive them), and once it ran a
 //     while (`Size.warm`) and V8 compiled its hot code. Goal: ≤ 1 % of a core, the whole of it,
@@ -47,6 +49,11 @@ interface Size {
   nodePods: number[];
   /** Sockets each of those pods holds (half of them connected to the other half). */
   socketsPerPod: number;
+  /**
+   * As many pods, fewer than the most of `nodePods`, holding together the same sockets as those:
+   * what driving costs a further pod, with the sockets unchanged.
+   */
+  fewerPods: number;
   /** How long the node agent settles before its memory is read, and its idle CPU is sampled. */
   settleMs: number;
   idleSeconds: number;
@@ -228,18 +235,22 @@ function spawnLines(
 /** The NAA streams the gateway agent accepted so far. */
 const acceptedStreams = async () => (await gateway!.log('agent.log')).split('Accepted NAA stream').length - 1;
 
+interface NodeMemory {
+  pods: number;
+  sockets: number;
+  base: number;
+  driving: number;
+  heap: { base: Record<string, number>; driving: Record<string, number> };
+}
+
 interface NodeCost {
   /**
    * The node agent's VmRSS (MiB) serving `pods` without driving them, then driving them, and its
    * heap spaces in use and memory outside the heap (MiB, `heapOf`) at each.
    */
-  memory: Array<{
-    pods: number;
-    sockets: number;
-    base: number;
-    driving: number;
-    heap: { base: Record<string, number>; driving: Record<string, number> };
-  }>;
+  memory: NodeMemory[];
+  /** The same, for the most pods' sockets held by `Size.fewerPods` pods. */
+  sameSockets: NodeMemory;
   /**
    * The share of a core it used, idle, serving the most pods without driving them, then driving
    * them: just after it started (or started driving them), and warmed up (`Size.warm`).
@@ -270,74 +281,81 @@ async function servedPod(worker: DriverNode, i: number, connections: number): Pr
 async function measureNodeCost(worker: DriverNode, size: Size, progress: (line: string) => void): Promise<NodeCost> {
   const most = size.nodePods.at(-1)!;
   const connections = size.socketsPerPod / 2;
-  progress(`Making ${most} node-driven pods of ${size.socketsPerPod} sockets each`);
-  const pods: DrivenPod[] = [];
-  // Ten at a time: the control plane gives each its address.
-  for (let i = 0; i < most; i += 10) {
-    const batch = Array.from({ length: Math.min(10, most - i) }, (_, j) => servedPod(worker, i + j, connections));
-    // Every one settled before a failure stops the run: what each made is then on the worker's list to remove.
-    const settled = await Promise.allSettled(batch);
-    for (const result of settled) if (result.status === 'rejected') throw result.reason;
-    pods.push(...settled.map((result) => (result as PromiseFulfilledResult<DrivenPod>).value));
-  }
-  /** Starts a fresh agent serving the first `count` pods, none node-driven. */
-  const serve = async (count: number) => {
-    await worker.writeConfig(pods.slice(0, count), false);
+  const fewerConnections = (most * connections) / size.fewerPods;
+  progress(
+    `Making ${most} node-driven pods of ${size.socketsPerPod} sockets each, and ${size.fewerPods} of ${2 * fewerConnections}`,
+  );
+  /** Pods of `each` connections, ten at a time: the control plane gives each its address. */
+  const make = async (first: number, count: number, each: number) => {
+    const made: DrivenPod[] = [];
+    for (let i = 0; i < count; i += 10) {
+      const batch = Array.from({ length: Math.min(10, count - i) }, (_, j) => servedPod(worker, first + i + j, each));
+      // Every one settled before a failure stops the run: what each made is then on the worker's list to remove.
+      const settled = await Promise.allSettled(batch);
+      for (const result of settled) if (result.status === 'rejected') throw result.reason;
+      made.push(...settled.map((result) => (result as PromiseFulfilledResult<DrivenPod>).value));
+    }
+    return made;
+  };
+  const pods = await make(0, most, connections);
+  const fewer = await make(most, size.fewerPods, fewerConnections);
+  /** Starts a fresh agent serving `served`, none node-driven. */
+  const serve = async (served: DrivenPod[]) => {
+    await worker.writeConfig(served, false);
     return worker.startAgent();
   };
-  /** Has the agent drive the first `count` pods; resolves once the gateway holds all their associations. */
-  const drive = async (count: number) => {
+  /** Has the agent drive `driven`, of `each` connections; resolves once the gateway holds all their associations. */
+  const drive = async (driven: DrivenPod[], each: number) => {
     const streams = await acceptedStreams();
-    await worker.writeConfig(pods.slice(0, count), true);
+    await worker.writeConfig(driven, true);
     await until(
-      `${count} node-driven streams`,
-      async () => ((await acceptedStreams()) >= streams + count ? true : undefined),
+      `${driven.length} node-driven streams`,
+      async () => ((await acceptedStreams()) >= streams + driven.length ? true : undefined),
       60_000,
     );
     // Each pod's connecting sockets at least.
     await until(
-      `the associations of ${count} pods`,
+      `the associations of ${driven.length} pods`,
       async () =>
-        (await gateway!.agentGet<AgentReport>('/status')).associations >= count * connections ? true : undefined,
+        (await gateway!.agentGet<AgentReport>('/status')).associations >= driven.length * each ? true : undefined,
       60_000,
     );
   };
-  const memory: NodeCost['memory'] = [];
   const idleCpu: NodeCost['idleCpu'] = {
     serving: { started: NaN, warm: NaN },
     driving: { started: NaN, warm: NaN },
   };
-  for (const count of size.nodePods) {
-    progress(`The node agent serving ${count} pods, then driving them`);
-    const agent = await serve(count);
+  /** A fresh agent's memory serving `served`, then driving them; at the most pods, its idle CPU too. */
+  const measure = async (served: DrivenPod[], each: number): Promise<NodeMemory> => {
+    progress(`The node agent serving ${served.length} pods of ${2 * each} sockets, then driving them`);
+    const sampleCpu = served.length === most && each === connections;
+    const agent = await serve(served);
     await sleep(size.settleMs);
     const base = await rssOf(agent.pid!, 'main.ts');
     const baseHeap = await heapOf(worker);
-    if (count === most) idleCpu.serving.started = await cpuShare(agent.pid!, size.idleSeconds);
-    await drive(count);
+    if (sampleCpu) idleCpu.serving.started = await cpuShare(agent.pid!, size.idleSeconds);
+    await drive(served, each);
     await sleep(size.settleMs);
     const driving = await rssOf(agent.pid!, 'main.ts');
-    memory.push({
-      pods: count,
-      sockets: count * size.socketsPerPod,
-      base,
-      driving,
-      heap: { base: baseHeap, driving: await heapOf(worker) },
-    });
-    if (count === most) idleCpu.driving.started = await cpuShare(agent.pid!, size.idleSeconds);
+    const heap = { base: baseHeap, driving: await heapOf(worker) };
+    if (sampleCpu) idleCpu.driving.started = await cpuShare(agent.pid!, size.idleSeconds);
     await worker.stopAgent();
-  }
+    return { pods: served.length, sockets: served.length * 2 * each, base, driving, heap };
+  };
+  const memory: NodeMemory[] = [];
+  for (const count of size.nodePods) memory.push(await measure(pods.slice(0, count), connections));
+  const sameSockets = await measure(fewer, fewerConnections);
   progress(
     `The node agent serving ${most} pods, then driving them, each for ${size.warm.after} s before its CPU is sampled`,
   );
-  const agent = await serve(most);
+  const agent = await serve(pods);
   await sleep(size.warm.after * 1000);
   idleCpu.serving.warm = await cpuShare(agent.pid!, size.warm.over);
-  await drive(most);
+  await drive(pods, connections);
   await sleep(size.warm.after * 1000);
   idleCpu.driving.warm = await cpuShare(agent.pid!, size.warm.over);
   await worker.stopAgent();
-  return { memory, idleCpu };
+  return { memory, sameSockets, idleCpu };
 }
 
 /**
@@ -778,6 +796,24 @@ async function main(bench: Bench, size: Size): Promise<void> {
     unit: 'MiB',
     digits: 2,
   });
+  // The pods above each hold as many sockets, so that a further pod brings its sockets too: the
+  // same sockets on fewer pods tell what a pod itself costs.
+  const same = nodeCost.sameSockets;
+  bench.figure({
+    key: 'node-driver.memory.same-sockets.added',
+    label: `added by driving ${same.pods} pods of ${same.sockets / same.pods} sockets (${same.sockets} sockets)`,
+    value: addedBy(same),
+    unit: 'MiB',
+    digits: 1,
+    note: `${same.driving.toFixed(1)} MiB in all`,
+  });
+  bench.figure({
+    key: 'node-driver.memory.per-pod.same-sockets',
+    label: `added per further pod, the same ${most.sockets} sockets on ${same.pods} → ${most.pods} pods (flat: about 0)`,
+    value: (addedBy(most) - addedBy(same)) / (most.pods - same.pods),
+    unit: 'MiB',
+    digits: 2,
+  });
   // What the agent costs idle without association (its peers' heartbeats and answers, say) is
   // measured too, so that the share the association adds shows; the goal is on the whole, once
   // the agent has warmed up. Just after it started, V8 still compiles its hot code.
@@ -830,6 +866,7 @@ await runBenchmark<Size>({
       holdMs: 3000,
       nodePods: [1, 10, 100],
       socketsPerPod: 100,
+      fewerPods: 10,
       settleMs: 3000,
       idleSeconds: 10,
       warm: { after: 60, over: 60 },
@@ -840,6 +877,7 @@ await runBenchmark<Size>({
       holdMs: 2000,
       nodePods: [1, 10],
       socketsPerPod: 100,
+      fewerPods: 1,
       settleMs: 2000,
       idleSeconds: 5,
       warm: { after: 20, over: 10 },
@@ -851,6 +889,7 @@ await runBenchmark<Size>({
       holdMs: 1000,
       nodePods: [1, 2],
       socketsPerPod: 20,
+      fewerPods: 1,
       settleMs: 1000,
       idleSeconds: 2,
       warm: { after: 4, over: 2 },

@@ -72,6 +72,8 @@ const expectedKeys: Record<string, string[]> = {
     // The smoke form's two numbers of node-driven pods.
     ...[1, 2].flatMap((pods) => ['base', 'added'].map((k) => `node-driver.memory.${pods}-pods.${k}`)),
     'node-driver.memory.per-pod',
+    'node-driver.memory.same-sockets.added',
+    'node-driver.memory.per-pod.same-sockets',
     'node-driver.idle-cpu',
     'node-driver.idle-cpu.serving',
     'node-driver.idle-cpu.warm',
