@@ -177,17 +177,17 @@ export class Scanner {
   }
 
   /**
-   * Whether the last look left an outbound socket whose owner it did not find among the owners'
+   * The outbound sockets, by inode, whose owner the last look did not find among the owners'
    * processes: a process the owners do not include yet (the node agent's listing of a pod's
-   * processes is what names them), or one that exited.
+   * processes is what names them), one that exited, or one that is not the pod's.
    */
-  get unowned(): boolean {
-    return this.#unowned.inodes.size > 0;
+  get unowned(): ReadonlySet<number> {
+    return this.#unowned.inodes;
   }
 
   /** Whether a socket's owner was not found and the owners' processes are others now: look again. */
   #newOwners(): boolean {
-    return this.unowned && [...this.#owners.pids()].join(',') !== this.#unowned.pids;
+    return this.#unowned.inodes.size > 0 && [...this.#owners.pids()].join(',') !== this.#unowned.pids;
   }
 
   /**

@@ -199,6 +199,13 @@ interface Driven {
     pids: number[];
     /** The last scan, the pod's addresses then, and its flows of those addresses. */
     own?: { scanned: Map<string, Association>; addresses: ReadonlySet<string>; flows: Map<string, Association> };
+    /**
+     * The sockets without an owner (`Scanner.unowned`) as a look after a listing of the host's
+     * processes left them, and as one after a listing that read every process's place afresh:
+     * looked for already, they make no further listing.
+     */
+    listedFor?: ReadonlySet<number>;
+    rereadFor?: ReadonlySet<number>;
   };
   /**
    * Strict mode: the pod's stamps, and the server its programs ask on, once it listens in the pod's
@@ -311,24 +318,27 @@ export class NodeDriver {
     this.#scannedAt = at;
     const due = [...this.#wanted].filter(([uid]) => moved || this.#due(this.#driven.get(uid), at));
     const fresh = due.some(([uid]) => this.#ownerMissing(this.#driven.get(uid)));
-    let listed = false;
-    const list = () => {
+    /** Lists the host's processes: says whether it read every process's place afresh. */
+    const list = (): 'yes' | 'afresh' => {
       this.#found = podProcesses(this.#readPlaces(at, fresh), new Set(this.#wanted.keys()));
-      listed = true;
+      return this.#placesReadAt === at ? 'afresh' : 'yes';
     };
-    if (fresh || due.some(([uid]) => this.#needsProcesses(uid))) list();
+    let listed = fresh || due.some(([uid]) => this.#needsProcesses(uid)) ? list() : 'no';
     for (const [uid, pod] of due) {
       const driven = this.#driven.get(uid) ?? this.#drive(uid, pod);
       driven.lookedAt = at;
       try {
         let flows = await this.#lookAt(uid, driven, now);
-        // A socket none of the pod's known processes holds: one that started since the last
-        // listing made it. Listing now, in this scan, makes its association as prompt as listing
-        // at every look would.
-        if (!listed && driven.scanner?.scanner.unowned) {
-          list();
+        // A socket none of the pod's known processes holds, new since the last listing looked for
+        // its owner: a process that started since made it. Listing now, in this scan, makes its
+        // association as prompt as listing at every look would.
+        if (listed === 'no' && !within(driven.scanner?.scanner.unowned, driven.scanner?.listedFor)) {
+          listed = list();
           flows = await this.#lookAt(uid, driven, now);
         }
+        const scanning = driven.scanner;
+        if (scanning && listed !== 'no') scanning.listedFor = scanning.scanner.unowned;
+        if (scanning && listed === 'afresh') scanning.rereadFor = scanning.scanner.unowned;
         driven.driver.update(flows);
         this.#problems.report(uid, undefined, { pod: `${pod.ref.namespace}/${pod.ref.name}` });
       } catch (error) {
@@ -394,14 +404,14 @@ export class NodeDriver {
 
   /**
    * Whether the pod's last look found a socket of it whose owner is not among its processes, and
-   * no listing read every process's place since: a pid reused since a listing saw it keeps the
-   * place it had then (another pod's, or none) until one does. Such a pod is due, and the listing
-   * reads every place afresh, `quietIntervalMs` after the last one that did; where the owner is
-   * still not found after that (a process outside the pod holds the socket), again after the pod's
-   * next look, at most that often.
+   * no look after a listing that read every process's place afresh looked for it: a pid reused
+   * since a listing saw it keeps the place it had then (another pod's, or none) until one does.
+   * Such a pod is due, and the listing reads every place afresh, `quietIntervalMs` after the last
+   * one that did. A socket still without an owner after that (held by a process that is not the
+   * pod's, or by the kernel) makes no further one.
    */
   #ownerMissing(driven: Driven | undefined): boolean {
-    return !!driven?.scanner?.scanner.unowned && driven.lookedAt! > this.#placesReadAt;
+    return !within(driven?.scanner?.scanner.unowned, driven?.scanner?.rereadFor);
   }
 
   /** The node's TCP socket count; undefined when it cannot be read (then every pod is looked at). */
@@ -574,6 +584,12 @@ export class NodeDriver {
     this.#unsettled = unsettled;
     return places;
   }
+}
+
+/** Whether every one of `sockets` is among `sought` (none is). */
+function within(sockets: ReadonlySet<number> | undefined, sought: ReadonlySet<number> | undefined): boolean {
+  for (const inode of sockets ?? []) if (!sought?.has(inode)) return false;
+  return true;
 }
 
 /** A process's place; undefined when it exited meanwhile. */
