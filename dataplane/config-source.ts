@@ -191,10 +191,10 @@ async function watchData(
 ): Promise<ConfigSource> {
   // Loaded here: a standalone agent, which reads a file, does without the Kubernetes client.
   const { CoreV1Api } = await import('@kubernetes/client-node');
-  const { apiListerWatcher, Informer } = await import('../common/kube/index.ts');
+  const { apiListerWatcher, Informer, statusCode } = await import('../common/kube/index.ts');
   const core = kubeConfig.makeApiClient(CoreV1Api);
   let deleted = false;
-  const source = apiListerWatcher<V1ConfigMap>(kubeConfig, {
+  const byName = apiListerWatcher<V1ConfigMap>(kubeConfig, {
     path: `/api/v1/namespaces/${namespace}/configmaps`,
     fieldSelector: `metadata.name=${name}`,
     // The agent's Role grants get and watch on its ConfigMaps by name, not list: the "list" reads it.
@@ -206,6 +206,32 @@ async function watchData(
       return { items: [configMap], metadata: { resourceVersion: configMap.metadata?.resourceVersion ?? '' } };
     },
   });
+  // The "list" gives the object's own resourceVersion, not the collection's. Once the apiserver
+  // holds no changes from it (the object unchanged for long, or its watch cache fresh after a
+  // restart), a watch from it ends at once in 410 Gone and reading the object again gives the same
+  // version: every agent would ask again and again. A watch from such a version starts at "0"
+  // instead: the apiserver sends the object as it holds it now, then its changes.
+  let expired: string | undefined;
+  const source: typeof byName = {
+    list: (signal) => byName.list(signal),
+    watch: (resourceVersion, onEvent, signal) => {
+      const gone = () => (expired = resourceVersion);
+      const from = resourceVersion === expired ? '0' : resourceVersion;
+      return byName
+        .watch(
+          from,
+          (type, object) => {
+            if (type === 'ERROR' && (object as { code?: number }).code === 410) gone();
+            onEvent(type, object);
+          },
+          signal,
+        )
+        .catch((error: unknown) => {
+          if (statusCode(error) === 410) gone();
+          throw error;
+        });
+    },
+  };
   const informer = new Informer(source, { kind: 'ConfigMap', silenceMs: resyncMs });
   // Called for each version a change involves; only the one now cached counts, and none when the
   // ConfigMap was deleted.
