@@ -4,15 +4,15 @@
 // all of its policies together: whether a policy is accepted, programmed or conflicting is known
 // only from the compiled whole.
 import { KubernetesObjectApi, type KubeConfig, type V1DaemonSet } from '@kubernetes/client-node';
-import { configSliceKey, configSliceLabel, gatewayLabel, sliceConfig } from '../../contracts/gateway/index.ts';
+import { configSliceLabel, gatewayLabel, sliceConfig } from '../../contracts/gateway/index.ts';
 import type { EgressGateway, EgressPolicy } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
 import type { Compiled, PolicyFacts } from '../compile.ts';
-import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig, type ApiObject } from '../desired.ts';
+import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../desired.ts';
 import type { EventRecorder } from '../events.ts';
 import { compileCluster } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
-import { applyObject, deleteObject } from './objects.ts';
+import { applyObject, ConfigMapWriter } from './objects.ts';
 import type { OperatorSettings } from '../settings.ts';
 import {
   conditions,
@@ -54,12 +54,12 @@ export function gatewaysOf(caches: Pick<Caches, 'gateways'>) {
 export class GatewayReconciler {
   readonly #o: GatewayReconcilerOptions;
   readonly #objects: KubernetesObjectApi;
-  /** The hash of each config slice as this operator last wrote it. */
-  readonly #writtenSlices = new Map<string, string>();
+  readonly #slices: ConfigMapWriter;
 
   constructor(options: GatewayReconcilerOptions) {
     this.#o = options;
     this.#objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
+    this.#slices = new ConfigMapWriter(this.#objects, options.caches.gatewayConfigSlices);
   }
 
   /** A deleted gateway needs nothing but its policies' status: its objects are garbage-collected. */
@@ -127,35 +127,23 @@ export class GatewayReconciler {
     const hashes = new Map(sliced.index.slices.map((s) => [s.name, s.hash]));
     let configUid: string | undefined;
     for (const object of objects) {
-      const hash =
-        object.metadata.labels?.[configSliceLabel] !== undefined ? hashes.get(object.metadata.name) : undefined;
-      if (hash && this.#unchanged(object, hash)) continue;
+      const hash = object.metadata.labels?.[configSliceLabel] !== undefined && hashes.get(object.metadata.name);
+      if (hash) {
+        await this.#slices.apply(object, hash);
+        continue;
+      }
       const applied = await applyObject(
         this.#objects,
         object.kind === 'DaemonSet' && configUid ? ownedByConfig(object, configUid) : object,
       );
-      if (hash) this.#writtenSlices.set(object.metadata.name, hash);
       if (object.kind === 'ConfigMap' && object.metadata.name === name) configUid = applied.metadata?.uid;
     }
     if (!stale.length) return;
     for (const slice of stale) {
-      this.#writtenSlices.delete(slice);
-      await deleteObject(this.#objects, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: slice, namespace } });
+      await this.#slices.delete({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: slice, namespace } });
     }
     const role = desiredGatewayObjects(gateway, compiled, settings, namespace, sliced).find((o) => o.kind === 'Role')!;
     await applyObject(this.#objects, role);
-  }
-
-  /**
-   * Whether the slice is stored as desired already (its text of that `hash`): this operator wrote
-   * it so, and the cache has it so. The cache alone could be behind a write of this operator's (a
-   * slice changed and changed back), and what was written alone says nothing of a slice deleted or
-   * edited since.
-   */
-  #unchanged(slice: ApiObject, hash: string): boolean {
-    const cached = this.#o.caches.gatewayConfigSlices.get(`${this.#o.namespace}/${slice.metadata.name}`);
-    const text = (slice.data as Record<string, string>)[configSliceKey];
-    return this.#writtenSlices.get(slice.metadata.name) === hash && cached?.data?.[configSliceKey] === text;
   }
 
   async #policyStatus(

@@ -8,7 +8,7 @@ import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } fro
 import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
 import { fieldManager } from '../status-writer.ts';
-import { applyObject, deleteObject } from './objects.ts';
+import { applyObject, ConfigMapWriter, deleteObject } from './objects.ts';
 import { compileCluster } from './cluster.ts';
 import type { GatewayReconcilerOptions } from './egress-gateway.ts';
 
@@ -24,25 +24,30 @@ export const steeringKey = 'cluster';
 export class SteeringReconciler {
   readonly #o: SteeringReconcilerOptions;
   readonly #objects: KubernetesObjectApi;
+  readonly #configs: ConfigMapWriter;
 
   constructor(options: SteeringReconcilerOptions) {
     this.#o = options;
     this.#objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
+    this.#configs = new ConfigMapWriter(this.#objects, options.caches.nodeConfigMaps);
   }
 
   async reconcile(): Promise<void> {
     const { caches, settings, namespace } = this.#o;
     const cluster = compileCluster(caches, settings);
     const desired = desiredNodeObjects(cluster.nodeConfigs, settings, namespace);
-    const wanted = new Set(cluster.nodeConfigs.map((c) => nodeConfigName(c.node)));
-    const orphans = caches.nodeConfigMaps.list().filter((cm) => !wanted.has(cm.metadata?.name ?? ''));
+    const hashes = new Map(cluster.nodeConfigs.map((c) => [nodeConfigName(c.node), c.hash!]));
+    const orphans = caches.nodeConfigMaps.list().filter((cm) => !hashes.has(cm.metadata?.name ?? ''));
 
     // A node's ConfigMap goes before its agent does: the agent learns from its config's deletion
     // that it is to clear the node, and the Role stops naming the ConfigMap only once it is gone.
     const [early, late] = partition(desired, (o) => o.kind === 'ServiceAccount' || o.kind === 'ConfigMap');
-    for (const object of early) await this.#apply(object);
+    for (const object of early) {
+      if (object.kind === 'ConfigMap') await this.#configs.apply(object, hashes.get(object.metadata.name)!);
+      else await this.#apply(object);
+    }
     for (const orphan of orphans) {
-      await this.#delete({
+      await this.#configs.delete({
         apiVersion: 'v1',
         kind: 'ConfigMap',
         metadata: { name: orphan.metadata!.name!, namespace },

@@ -402,6 +402,24 @@ describe('cluster-wide egress', () => {
       reason: 'Ready',
     });
 
+    // A node config edited by another hand is written back as compiled, though nothing the
+    // operator compiles from changed.
+    const edited = JSON.stringify({ ...worker, gateways: [], hash: 'sha256:edited' });
+    await k([
+      'patch',
+      'configmap',
+      nodeConfigName('worker-a'),
+      '-n',
+      system,
+      '--type=merge',
+      '-p',
+      JSON.stringify({ data: { 'config.json': edited } }),
+    ]);
+    await eventually('the node config written back', async () =>
+      (await nodeConfigs()).get('worker-a')?.hash === worker.hash ? true : undefined,
+    );
+    expect((await nodeConfigs()).get('worker-a')).toEqual(worker);
+
     // A pod on a gateway node takes the local path: no node config for it; worker-a's changes and
     // is stale until its agent applies it.
     await apply(pod('local-1', 'gateway-a'));
