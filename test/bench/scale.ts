@@ -333,15 +333,25 @@ class ScaleRun {
 
   /** Whether every watcher holds the data its agent needs for the pods and policies now Running. */
   #complete(pods: readonly ServedPod[], policies: number): boolean {
+    return this.#incomplete(pods, policies).length === 0;
+  }
+
+  /** The watchers that lack some of that data, each with what it holds against what it needs. */
+  #incomplete(pods: readonly ServedPod[], policies: number): string[] {
     const perNode = new Map<string, number>();
     for (const pod of pods) perNode.set(pod.node, (perNode.get(pod.node) ?? 0) + 1);
-    return this.#watcherList.every((w) => {
+    return this.#watcherList.flatMap((w) => {
       if (w.role === 'gateway') {
         const config = w.latest as GatewayConfig | undefined;
-        return config?.sources.length === pods.length && config.rules.length === policies * rulesPerPolicy;
+        const sources = config?.sources.length ?? 0;
+        const rules = config?.rules.length ?? 0;
+        return sources === pods.length && rules === policies * rulesPerPolicy
+          ? []
+          : [`${w.node}: ${sources} of ${pods.length} sources, ${rules} of ${policies * rulesPerPolicy} rules`];
       }
-      const config = w.latest as NodeConfig | undefined;
-      return sum(config?.gateways.map((g) => g.pods.length) ?? []) === (perNode.get(w.node) ?? 0);
+      const held = sum((w.latest as NodeConfig | undefined)?.gateways.map((g) => g.pods.length) ?? []);
+      const needed = perNode.get(w.node) ?? 0;
+      return held === needed ? [] : [`${w.node}: ${held} of ${needed} pods`];
     });
   }
 
@@ -368,7 +378,18 @@ class ScaleRun {
       const refusal = refused(op);
       for (const ending of [exited, refusal]) ending.catch(() => undefined);
       await Promise.race([
-        this.#until('every watcher to hold its complete data', () => this.#complete(pods, shape.policies), 600_000),
+        this.#until(
+          'every watcher to hold its complete data',
+          () => this.#complete(pods, shape.policies),
+          600_000,
+        ).catch((error: Error) => {
+          const short = this.#incomplete(pods, shape.policies);
+          const last = op.lines.slice(-5).map((l) => l.text.slice(0, 400));
+          throw new Error(
+            `${error.message}: ${short.length} watchers short (${short.slice(0, 5).join('; ')}); ` +
+              `the operator's last lines:\n${last.join('\n')}`,
+          );
+        }),
         exited,
         refusal,
       ]);
