@@ -75,6 +75,29 @@ export interface WebhookCaches {
 
 type Selectors = { labelSelector?: string; fieldSelector?: string };
 
+/**
+ * Lists one page of one of naat's kinds, as the typed lists of built-in kinds are: the custom
+ * objects API hands on the list as the apiserver sent it, whose metadata names the next page
+ * `continue` where the typed lists (and so the informer) name it `_continue`. Read as it came,
+ * every list ended after its first page: a cluster's first 500 EgressPolicies only.
+ */
+export function naatListPage<T extends KubernetesObject>(custom: CustomObjectsApi, kind: Kind) {
+  const plural = definitionOf[kind].plural;
+  return async (page: ListPage, options: ConfigurationOptions): Promise<KubernetesListObject<T>> => {
+    const list = (await (definitionOf[kind].scope === 'Cluster'
+      ? custom.listClusterCustomObject({ group, version, plural, ...page }, options)
+      : custom.listCustomObjectForAllNamespaces({ group, version, resourcePlural: plural, ...page }, options))) as {
+      items: T[];
+      metadata?: { resourceVersion?: string; continue?: string };
+    };
+    const { resourceVersion, continue: next } = list.metadata ?? {};
+    return {
+      items: list.items,
+      metadata: { ...(resourceVersion ? { resourceVersion } : {}), ...(next ? { _continue: next } : {}) },
+    };
+  };
+}
+
 export function operatorCaches(
   kubeConfig: KubeConfig,
   namespace: string,
@@ -110,15 +133,7 @@ export function operatorCaches(
 
   /** The objects of one of naat's kinds; the caches hold them as the apiserver stored them. */
   function naatInformer<T extends KubernetesObject>(kind: Kind) {
-    const plural = definitionOf[kind].plural;
-    const list = (page: ListPage, options: ConfigurationOptions) =>
-      (definitionOf[kind].scope === 'Cluster'
-        ? custom.listClusterCustomObject({ group, version, plural, ...page }, options)
-        : custom.listCustomObjectForAllNamespaces(
-            { group, version, resourcePlural: plural, ...page },
-            options,
-          )) as Promise<KubernetesListObject<T>>;
-    return informer<T>(kind, `/apis/${group}/${version}/${plural}`, list);
+    return informer<T>(kind, `/apis/${group}/${version}/${definitionOf[kind].plural}`, naatListPage<T>(custom, kind));
   }
 
   const managed = 'app.kubernetes.io/managed-by=naat-operator';

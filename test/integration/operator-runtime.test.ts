@@ -10,6 +10,7 @@ import { isDeepStrictEqual } from 'node:util';
 import {
   CoordinationV1Api,
   CoreV1Api,
+  CustomObjectsApi,
   KubeConfig,
   PatchStrategy,
   setHeaderOptions,
@@ -20,6 +21,9 @@ import { Informer, apiListerWatcher, splitKey } from '../../common/kube/index.ts
 import { LeaderElector } from '../../operator/runtime/leader.ts';
 import { jsonLines, type Logger } from '../../common/index.ts';
 import { statusCode } from '../../common/kube/index.ts';
+import { naatListPage } from '../../operator/caches.ts';
+import { apiVersion, group, version, type EgressPolicy } from '../../crds/index.ts';
+import { installCrds } from '../cluster/crds.ts';
 
 // Tests share one apiserver: everything here lives in this namespace, deleted afterwards.
 const namespace = `naat-runtime${process.pid}`;
@@ -309,6 +313,52 @@ test('an informer lists a big collection in pages and then follows it', async ()
     () => expect(informer.get(`${namespace}/paged-7`)?.data).toEqual({ i: '7' }),
     'the watch after the paged list',
   );
+});
+
+test("the operator's informers list naat's kinds in pages too, as the custom objects API names the next page", async () => {
+  await installCrds(process.env.KUBECONFIG!);
+  const custom = kubeConfig.makeApiClient(CustomObjectsApi);
+  const names = Array.from({ length: 7 }, (_, i) => `paged-${i}`);
+  for (const name of names) {
+    await custom.createNamespacedCustomObject({
+      group,
+      version,
+      namespace,
+      plural: 'egresspolicies',
+      body: {
+        apiVersion,
+        kind: 'EgressPolicy',
+        metadata: { name, namespace },
+        spec: { gateway: 'paged', rules: [{ name: 'dns', action: 'Allow', destinations: [{ protocol: 'UDP' }] }] },
+      },
+    });
+  }
+  const pages: Array<string | undefined> = [];
+  const list = naatListPage<EgressPolicy & { metadata: { name: string } }>(custom, 'EgressPolicy');
+  const informer = new Informer(
+    apiListerWatcher(kubeConfig, {
+      path: `/apis/${group}/${version}/egresspolicies`,
+      pageSize: 3,
+      list: (page, requestOptions) => {
+        pages.push(page._continue);
+        return list(page, requestOptions);
+      },
+    }),
+    { kind: 'EgressPolicy', log },
+  );
+  cleanups.push(() => informer.stop());
+  informer.start();
+  expect(await informer.waitForSync()).toBe(true);
+  expect(
+    informer
+      .list()
+      .filter((p) => p.metadata.namespace === namespace)
+      .map((p) => p.metadata.name)
+      .sort(),
+  ).toEqual(names);
+  expect(pages.length).toBeGreaterThanOrEqual(3);
+  expect(pages[0]).toBeUndefined();
+  expect(pages.slice(1)).toEqual(pages.slice(1).map(() => expect.any(String)));
 });
 
 test('an informer survives reset connections and an apiserver that refuses connections, and catches up', async () => {
