@@ -200,6 +200,18 @@ interface ServedPod {
   ip: string;
 }
 
+/** The operator's reconciles so far by controller, from its metrics. */
+async function reconciles(metricsPort: number): Promise<Map<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  const counts = new Map<string, number>();
+  for (const [, controller, count] of text.matchAll(
+    /^naat_operator_reconcile_total\{[^}]*controller="([^"]+)"[^}]*\} (\S+)$/gm,
+  )) {
+    counts.set(controller!, (counts.get(controller!) ?? 0) + Number(count));
+  }
+  return counts;
+}
+
 /** The served pods Running with an address, as the apiserver has them. */
 async function servedPods(bc: BenchCluster): Promise<ServedPod[]> {
   const out = await bc.k([
@@ -398,7 +410,7 @@ class ScaleRun {
       const resyncVm = await memory(pid);
       const resyncCpu = await cpuSeconds(pid);
       await this.#objects(key);
-      await this.#changes(shape, op, key);
+      await this.#changes(shape, op, metricsPort!, key);
       await this.#churn(shape, pid, key);
       const endVm = await memory(pid);
       this.#memoryFigures(shape, key, resyncVm, endVm, resyncCpu);
@@ -518,9 +530,10 @@ class ScaleRun {
   }
 
   /** 3. Policy changes, each once the operator is idle. */
-  async #changes(shape: Shape, op: OperatorProcess, key: (name: string) => string): Promise<void> {
+  async #changes(shape: Shape, op: OperatorProcess, metricsPort: number, key: (name: string) => string): Promise<void> {
     const bench = this.#bench;
     const pid = op.child.pid!;
+    const reconcilesBefore = await reconciles(metricsPort);
     const gateway = this.#watcherList.filter((w) => w.role === 'gateway');
     const nodes = this.#watcherList.filter((w) => w.role === 'source');
     const samples: Array<{ toNodes: number; fromStart: number; received: number; needed: number }> = [];
@@ -594,11 +607,20 @@ class ScaleRun {
       baseline: key('apply.gateway-needed'),
       note: `other nodes received ${unneeded} events during the changes (they need none: node configs hold no rules)`,
     });
+    const reconcilesAfter = await reconciles(metricsPort);
+    const perChange = [...reconcilesAfter]
+      .map(
+        ([controller, count]) =>
+          [controller, (count - (reconcilesBefore.get(controller) ?? 0)) / samples.length] as const,
+      )
+      .filter(([, count]) => count > 0)
+      .map(([controller, count]) => `${controller} ${count.toFixed(1)}`);
     bench.figure({
       key: key('apply.operator-cpu'),
       label: 'operator CPU per change (apply → idle again)',
       value: (1000 * cpu) / samples.length,
       unit: 'ms',
+      note: `reconciles per change: ${perChange.join(', ') || 'none'}`,
     });
   }
 
