@@ -26,6 +26,7 @@ import { Controller, type ControllerOptions, type ReconcileResult } from './runt
 import type { Logger } from '../common/index.ts';
 import { splitKey } from '../common/kube/index.ts';
 import { gatewayLabel } from '../contracts/gateway/index.ts';
+import type { EgressGateway } from '../crds/index.ts';
 import type { LastFailover } from './failover.ts';
 import type { OperatorSettings } from './settings.ts';
 import { steeredCondition } from './status.ts';
@@ -80,13 +81,15 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   gateways.watch(caches.nodes, onFactsChange(caches.nodes, nodeChange, affected.all));
 
   // Cluster-wide egress: the node agents and their configs, and served pods' Steered condition.
-  // Everything the gateways compile from can move a pod onto or off a node's config; the gateways'
-  // status holds the node agents' reports; the ConfigMaps and DaemonSet are its own, to restore.
+  // What selects pods, places them and places the gateways can move a pod onto or off a node's
+  // config; the gateways' status holds the node agents' reports; the ConfigMaps and DaemonSet are
+  // its own, to restore. Not policies, nor the status the gateway controller writes: they decide
+  // flows, not which pods are steered, and each policy status written would compile the cluster
+  // and look at every pod again (1,000 policies, 1,000 times at an operator's start).
   const steeringReconciler = new SteeringReconciler({ kubeConfig, caches, settings, namespace, status, events });
   const steering = controller('steering', () => steeringReconciler.reconcile());
   const cluster = () => [steeringKey];
-  steering.watch(caches.gateways, cluster);
-  steering.watch(caches.policies, cluster);
+  steering.watch(caches.gateways, onFactsChange(caches.gateways, steeringGatewayChange, cluster));
   steering.watch(caches.uplinks, cluster);
   steering.watch(caches.pods, onFactsChange(caches.pods, steeringPodChange, cluster));
   steering.watch(
@@ -187,6 +190,13 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
 
 /** What the compiler reads of a node: the gateways it belongs to, its pod network, its tunnel addresses. */
 const nodeChange = (n: V1Node) => ({ ...nodeFacts(n), podCIDRs: n.spec?.podCIDRs });
+
+/** What the steering controller reads of a gateway: its spec and age, and the node agents' reports. */
+const steeringGatewayChange = (gateway: EgressGateway & KubernetesObject) => ({
+  spec: gateway.spec,
+  created: gateway.metadata?.creationTimestamp,
+  reports: gateway.status?.steering,
+});
 
 /** A pod's facts and its Steered condition, which the steering controller restores if changed. */
 const steeringPodChange = (pod: V1Pod) => ({
