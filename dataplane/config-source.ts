@@ -213,7 +213,7 @@ async function watchData(
   // instead: the apiserver sends the object as it holds it now, then its changes.
   let expired: string | undefined;
   const source: typeof byName = {
-    list: (signal) => byName.list(signal),
+    ...byName,
     watch: (resourceVersion, onEvent, signal) => {
       const gone = () => (expired = resourceVersion);
       const from = resourceVersion === expired ? '0' : resourceVersion;

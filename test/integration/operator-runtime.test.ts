@@ -14,10 +14,11 @@ import {
   KubeConfig,
   PatchStrategy,
   setHeaderOptions,
+  type KubernetesObject,
   type V1ConfigMap,
 } from '@kubernetes/client-node';
 import { Controller } from '../../operator/runtime/controller.ts';
-import { Informer, apiListerWatcher, splitKey } from '../../common/kube/index.ts';
+import { Informer, apiListerWatcher, splitKey, type ApiListerWatcherOptions } from '../../common/kube/index.ts';
 import { LeaderElector } from '../../operator/runtime/leader.ts';
 import { jsonLines, type Logger } from '../../common/index.ts';
 import { statusCode } from '../../common/kube/index.ts';
@@ -277,25 +278,41 @@ test('an informer-driven controller converges: each source ConfigMap has a mirro
   await run;
 });
 
+/** A started informer that lists in pages of 3 through `list`, and the continue token each page was asked with. */
+function pagedInformer<T extends KubernetesObject>(
+  kind: string,
+  path: string,
+  list: ApiListerWatcherOptions<T>['list'],
+  labelSelector?: string,
+) {
+  const pages: Array<string | undefined> = [];
+  const informer = new Informer<T>(
+    apiListerWatcher(kubeConfig, {
+      path,
+      ...(labelSelector ? { labelSelector } : {}),
+      pageSize: 3,
+      list: (page, requestOptions) => {
+        pages.push(page._continue);
+        return list(page, requestOptions);
+      },
+    }),
+    { kind, log },
+  );
+  cleanups.push(() => informer.stop());
+  informer.start();
+  return { informer, pages };
+}
+
 test('an informer lists a big collection in pages and then follows it', async () => {
   const api = kubeConfig.makeApiClient(CoreV1Api);
   const labelSelector = 'naat-test=paged';
   for (let i = 0; i < 7; i++) await put(`paged-${i}`, { 'naat-test': 'paged' }, { i: String(i) });
-  const pages: Array<string | undefined> = [];
-  const informer = new Informer<V1ConfigMap>(
-    apiListerWatcher(kubeConfig, {
-      path: `/api/v1/namespaces/${namespace}/configmaps`,
-      labelSelector,
-      pageSize: 3,
-      list: (page, requestOptions) => {
-        pages.push(page._continue);
-        return api.listNamespacedConfigMap({ namespace, labelSelector, ...page }, requestOptions);
-      },
-    }),
-    { kind: 'ConfigMap', log },
+  const { informer, pages } = pagedInformer<V1ConfigMap>(
+    'ConfigMap',
+    `/api/v1/namespaces/${namespace}/configmaps`,
+    (page, requestOptions) => api.listNamespacedConfigMap({ namespace, labelSelector, ...page }, requestOptions),
+    labelSelector,
   );
-  cleanups.push(() => informer.stop());
-  informer.start();
   expect(await informer.waitForSync()).toBe(true);
   expect(
     informer
@@ -333,21 +350,11 @@ test("the operator's informers list naat's kinds in pages too, as the custom obj
       },
     });
   }
-  const pages: Array<string | undefined> = [];
-  const list = naatListPage<EgressPolicy & { metadata: { name: string } }>(custom, 'EgressPolicy');
-  const informer = new Informer(
-    apiListerWatcher(kubeConfig, {
-      path: `/apis/${group}/${version}/egresspolicies`,
-      pageSize: 3,
-      list: (page, requestOptions) => {
-        pages.push(page._continue);
-        return list(page, requestOptions);
-      },
-    }),
-    { kind: 'EgressPolicy', log },
+  const { informer, pages } = pagedInformer(
+    'EgressPolicy',
+    `/apis/${group}/${version}/egresspolicies`,
+    naatListPage<EgressPolicy & { metadata: { name: string } }>(custom, 'EgressPolicy'),
   );
-  cleanups.push(() => informer.stop());
-  informer.start();
   expect(await informer.waitForSync()).toBe(true);
   expect(
     informer
