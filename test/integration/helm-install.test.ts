@@ -296,6 +296,19 @@ test('the installed operator, with only its chart RBAC, issues its certificate, 
   expect(problemLines(output)).toEqual([]);
 }, 180_000);
 
+/**
+ * A helm command run with --debug that waits for the operator's pods: when it fails, the failure
+ * says what helm was waiting for (its last debug lines) and what the pods were doing.
+ */
+const rollout = (command: Promise<string>) =>
+  command.catch(async (error: Error) => {
+    const state = await k(['get', 'deployments,replicasets,pods', '-n', namespace, '-o', 'wide']).catch(String);
+    const events = await k(['get', 'events', '-n', namespace, '--sort-by=.lastTimestamp']).catch(String);
+    const lines = error.message.split('\n');
+    const waits = lines.filter((line) => line.includes('[debug]')).slice(-15);
+    throw new Error([lines[0], ...waits, state, events.split('\n').slice(-40).join('\n')].join('\n'));
+  });
+
 test('helm upgrade applies changed values and keeps what the operator wrote', async () => {
   // The operator moves into the cluster: run with the release's own configuration, it points the
   // webhook at its Service again, keeping its CA.
@@ -311,22 +324,25 @@ test('helm upgrade applies changed values and keeps what the operator wrote', as
     caBundle: JSON.parse(await k(['get', 'mutatingwebhookconfiguration', webhookName, '-o', 'json'])).webhooks[0]
       .clientConfig.caBundle,
   };
-  await h([
-    'upgrade',
-    release,
-    chart,
-    '--reuse-values',
-    '--set',
-    'operator.replicas=3',
-    '--set',
-    'logLevel=debug',
-    '--set',
-    'sidecarInjection.timeoutSeconds=3',
-    '--wait',
-    // Three replicas roll one by one on the simulated nodes; under a loaded CI run that took over 90 s.
-    '--timeout',
-    '240s',
-  ]);
+  await rollout(
+    h([
+      'upgrade',
+      release,
+      chart,
+      '--reuse-values',
+      '--set',
+      'operator.replicas=3',
+      '--set',
+      'logLevel=debug',
+      '--set',
+      'sidecarInjection.timeoutSeconds=3',
+      '--debug',
+      '--wait',
+      // Three replicas roll one by one on the simulated nodes; under a loaded CI run that took over 90 s.
+      '--timeout',
+      '240s',
+    ]),
+  );
 
   const webhook = JSON.parse(await k(['get', 'mutatingwebhookconfiguration', webhookName, '-o', 'json']));
   expect(webhook.webhooks[0].timeoutSeconds).toBe(3);
