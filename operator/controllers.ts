@@ -1,20 +1,13 @@
 // The operator's controllers, wired in one place: the reconciler each runs and the changes that
 // enqueue its keys. Change handlers only map a change to keys; no reconciler learns what the
 // change was.
-import {
-  CoordinationV1Api,
-  type KubeConfig,
-  type KubernetesObject,
-  type V1Node,
-  type V1Pod,
-} from '@kubernetes/client-node';
-import { createHash } from 'node:crypto';
+import { CoordinationV1Api, type KubeConfig, type KubernetesObject, type V1Pod } from '@kubernetes/client-node';
 import type { Caches, WebhookCaches } from './caches.ts';
-import { canonical } from './canonical.ts';
 import { EventRecorder } from './events.ts';
 import { AssociationModeReconciler } from './reconcilers/association-mode.ts';
 import { nodeAgentName } from './desired.ts';
-import { nodeFacts, podFacts } from './reconcilers/cluster.ts';
+import { clusterCompiler, compiledFacts } from './reconcilers/cluster.ts';
+import { factsChanged, factsDigest } from './facts.ts';
 import { GatewayReconciler, gatewaysOf } from './reconcilers/egress-gateway.ts';
 import { FailoverReconciler } from './reconcilers/failover.ts';
 import { SteeringReconciler, steeringKey } from './reconcilers/steering.ts';
@@ -26,7 +19,7 @@ import { Controller, type ControllerOptions, type ReconcileResult } from './runt
 import type { Logger } from '../common/index.ts';
 import { splitKey } from '../common/kube/index.ts';
 import { gatewayLabel } from '../contracts/gateway/index.ts';
-import type { EgressGateway } from '../crds/index.ts';
+import type { EgressPolicy } from '../crds/index.ts';
 import type { LastFailover } from './failover.ts';
 import type { OperatorSettings } from './settings.ts';
 import { steeredCondition } from './status.ts';
@@ -60,11 +53,17 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   const controller = (name: string, reconcile: (key: string) => Promise<ReconcileResult>) =>
     new Controller({ name, reconcile, around: o.around(name), log });
 
-  const gateway = new GatewayReconciler({ kubeConfig, caches, settings, namespace, status, events });
+  const cluster = clusterCompiler(caches, settings);
+  const gateway = new GatewayReconciler({ kubeConfig, caches, settings, namespace, status, events, cluster });
   const affected = gatewaysOf(caches);
   const gateways = controller('gateways', (key) => gateway.reconcile(key));
-  gateways.watch(caches.gateways);
-  gateways.watch(caches.policies, (_key, policy) => affected.ofPolicy(policy));
+  // Not the status this controller writes itself (a gateway's hash and conditions, each policy's
+  // matched pods): each write would compile the whole cluster once more, for nothing.
+  gateways.watch(
+    caches.gateways,
+    onFactsChange(caches.gateways, compiledFacts.gateways, (key) => [key]),
+  );
+  gateways.watch(caches.policies, policyGateways(caches.policies));
   gateways.watch(caches.daemonSets, (_key, daemonSet) => affected.ofDaemonSet(daemonSet));
   // A config slice deleted by another hand is written again; the operator's own writes need nothing.
   gateways.watch(caches.gatewayConfigSlices, (key, slice) => {
@@ -72,13 +71,10 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
     return gateway && !caches.gatewayConfigSlices.get(key) ? [gateway] : [];
   });
   // Uplinks, pods, namespaces and nodes can change what any gateway selects: every gateway looks.
-  gateways.watch(caches.uplinks, affected.all);
-  gateways.watch(caches.pods, onFactsChange(caches.pods, podFacts, affected.all));
-  gateways.watch(
-    caches.namespaces,
-    onFactsChange(caches.namespaces, (n) => n.metadata?.labels, affected.all),
-  );
-  gateways.watch(caches.nodes, onFactsChange(caches.nodes, nodeChange, affected.all));
+  gateways.watch(caches.uplinks, onFactsChange(caches.uplinks, compiledFacts.uplinks, affected.all));
+  gateways.watch(caches.pods, onFactsChange(caches.pods, compiledFacts.pods, affected.all));
+  gateways.watch(caches.namespaces, onFactsChange(caches.namespaces, compiledFacts.namespaces, affected.all));
+  gateways.watch(caches.nodes, onFactsChange(caches.nodes, compiledFacts.nodes, affected.all));
 
   // Cluster-wide egress: the node agents and their configs, and served pods' Steered condition.
   // What selects pods, places them and places the gateways can move a pod onto or off a node's
@@ -86,18 +82,23 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   // its own, to restore. Not policies, nor the status the gateway controller writes: they decide
   // flows, not which pods are steered, and each policy status written would compile the cluster
   // and look at every pod again (1,000 policies, 1,000 times at an operator's start).
-  const steeringReconciler = new SteeringReconciler({ kubeConfig, caches, settings, namespace, status, events });
+  const steeringReconciler = new SteeringReconciler({
+    kubeConfig,
+    caches,
+    settings,
+    namespace,
+    status,
+    events,
+    cluster,
+  });
   const steering = controller('steering', () => steeringReconciler.reconcile());
-  const cluster = () => [steeringKey];
-  steering.watch(caches.gateways, onFactsChange(caches.gateways, steeringGatewayChange, cluster));
-  steering.watch(caches.uplinks, cluster);
-  steering.watch(caches.pods, onFactsChange(caches.pods, steeringPodChange, cluster));
-  steering.watch(
-    caches.namespaces,
-    onFactsChange(caches.namespaces, (n) => n.metadata?.labels, cluster),
-  );
-  steering.watch(caches.nodes, onFactsChange(caches.nodes, nodeChange, cluster));
-  steering.watch(caches.nodeConfigMaps, cluster);
+  const toSteering = () => [steeringKey];
+  steering.watch(caches.gateways, onFactsChange(caches.gateways, compiledFacts.gateways, toSteering));
+  steering.watch(caches.uplinks, onFactsChange(caches.uplinks, compiledFacts.uplinks, toSteering));
+  steering.watch(caches.pods, onFactsChange(caches.pods, steeringPodChange, toSteering));
+  steering.watch(caches.namespaces, onFactsChange(caches.namespaces, compiledFacts.namespaces, toSteering));
+  steering.watch(caches.nodes, onFactsChange(caches.nodes, compiledFacts.nodes, toSteering));
+  steering.watch(caches.nodeConfigMaps, toSteering);
   steering.watch(caches.daemonSets, (key) => (key === `${namespace}/${nodeAgentName}` ? [steeringKey] : []));
 
   // Gateway-node HA: the gateway nodes' failover Leases in the gateway's status.failover and Events.
@@ -188,45 +189,40 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   return { ...controllers, caBundle, agentSigner };
 }
 
-/** What the compiler reads of a node: the gateways it belongs to, its pod network, its tunnel addresses. */
-const nodeChange = (n: V1Node) => ({ ...nodeFacts(n), podCIDRs: n.spec?.podCIDRs });
-
-/** What the steering controller reads of a gateway: its spec and age, and the node agents' reports. */
-const steeringGatewayChange = (gateway: EgressGateway & KubernetesObject) => ({
-  spec: gateway.spec,
-  created: gateway.metadata?.creationTimestamp,
-  reports: gateway.status?.steering,
-});
-
 /** A pod's facts and its Steered condition, which the steering controller restores if changed. */
 const steeringPodChange = (pod: V1Pod) => ({
-  facts: podFacts(pod),
+  facts: compiledFacts.pods(pod),
   steered: pod.status?.conditions?.find((c) => c.type === steeredCondition),
 });
 
-/**
- * Passes a change of `cache` on to `then` only when the facts the compiler reads of the object
- * changed (or it went away): pods' status conditions and nodes' heartbeats change nothing a
- * compiled config holds, and with many pods they would keep every gateway recompiling. What was
- * seen is kept as a digest of the facts: their text, kept for every pod by two such handlers, took
- * 0.47 MiB each at 1,000 pods in a heap snapshot, against 1.16 MiB for the pod cache itself.
- */
+/** Passes a change of `cache` on to `then` only when the facts `facts` takes of the object changed. */
 function onFactsChange<T extends KubernetesObject>(
   cache: { get(key: string): T | undefined },
   facts: (object: T) => unknown,
-  then: () => string[],
+  then: (key: string) => string[],
 ): (key: string, object: T) => string[] {
-  const seen = new Map<string, string>();
-  return (key, object) => {
+  const changed = factsChanged(cache, facts);
+  return (key, object) => (changed(key, object) ? then(key) : []);
+}
+
+/**
+ * The gateways a policy's change concerns: the one it names and, when it moved, the one it left,
+ * which still holds its rules. Only what the compiler reads of it counts, as in onFactsChange.
+ */
+function policyGateways(cache: {
+  get(key: string): EgressPolicy | undefined;
+}): (key: string, policy: EgressPolicy) => string[] {
+  const seen = new Map<string, { spec: string; gateway: string }>();
+  return (key, policy) => {
+    const before = seen.get(key);
+    const concerned = [...new Set([before?.gateway ?? policy.spec.gateway, policy.spec.gateway])];
     if (!cache.get(key)) {
       seen.delete(key);
-      return then();
+      return concerned;
     }
-    const now = createHash('sha256')
-      .update(canonical(facts(object)))
-      .digest('base64');
-    if (seen.get(key) === now) return [];
-    seen.set(key, now);
-    return then();
+    const spec = factsDigest(compiledFacts.policies(policy));
+    if (before?.spec === spec) return [];
+    seen.set(key, { spec, gateway: policy.spec.gateway });
+    return concerned;
   };
 }

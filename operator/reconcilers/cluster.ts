@@ -2,10 +2,12 @@
 // what the node agents reported: one node's config holds the pods of every gateway that steers
 // from it, so neither a gateway's SteeringReady condition (is the node's current config applied?)
 // nor the node agents' objects can be judged from one gateway alone.
-import type { V1Node, V1Pod } from '@kubernetes/client-node';
+import type { KubernetesObject, V1Namespace, V1Node, V1Pod } from '@kubernetes/client-node';
+import type { Informer } from '../../common/kube/index.ts';
 import type { NodeConfig } from '../../contracts/gateway/index.ts';
 import { driverAnnotation } from '../../contracts/index.ts';
-import type { EgressGateway } from '../../crds/index.ts';
+import type { EgressGateway, EgressPolicy, Uplink } from '../../crds/index.ts';
+import { factsChanged } from '../facts.ts';
 import type { Caches } from '../caches.ts';
 import {
   compileGateway,
@@ -157,6 +159,50 @@ export function compileCluster(caches: Caches, settings: OperatorSettings): Comp
     ),
     nodeConfigs,
   };
+}
+
+/**
+ * What compileCluster reads of each kind, so that a change that leaves these facts as they were
+ * (a status the operator wrote, a node's heartbeat) compiles nothing again.
+ */
+export const compiledFacts = {
+  /** Its spec and age, and the node agents' reports. */
+  gateways: (gateway: EgressGateway & KubernetesObject) => ({
+    spec: gateway.spec,
+    created: gateway.metadata?.creationTimestamp,
+    reports: gateway.status?.steering,
+  }),
+  /** Its spec and the labels a gateway's uplink selector matches. */
+  uplinks: (uplink: Uplink & KubernetesObject) => ({ spec: uplink.spec, labels: uplink.metadata?.labels }),
+  policies: (policy: EgressPolicy) => policy.spec,
+  pods: podFacts,
+  namespaces: (namespace: V1Namespace) => namespace.metadata?.labels,
+  /** The gateways it belongs to, its pod network, its tunnel addresses. */
+  nodes: (node: V1Node) => ({ ...nodeFacts(node), podCIDRs: node.spec?.podCIDRs }),
+};
+
+/**
+ * compileCluster of the caches as they are now, compiled once until what it reads of them
+ * changes: the gateway controller (for each gateway) and the steering controller would otherwise
+ * each compile the same cluster again, a pass over every pod and policy. Caches call their
+ * handlers as they change, before any reconcile can read them, so no reconcile gets the compile
+ * of an older state.
+ */
+export function clusterCompiler(caches: Caches, settings: OperatorSettings): () => CompiledCluster {
+  let last: CompiledCluster | undefined;
+  const follow = <T extends KubernetesObject>(cache: Informer<T>, facts: (object: T) => unknown) => {
+    const changed = factsChanged(cache, facts);
+    cache.onChange((key, object) => {
+      if (changed(key, object)) last = undefined;
+    });
+  };
+  follow(caches.gateways, compiledFacts.gateways);
+  follow(caches.uplinks, compiledFacts.uplinks);
+  follow(caches.policies, compiledFacts.policies);
+  follow(caches.pods, compiledFacts.pods);
+  follow(caches.namespaces, compiledFacts.namespaces);
+  follow(caches.nodes, compiledFacts.nodes);
+  return () => (last ??= compileCluster(caches, settings));
 }
 
 /** A gateway as host ports are decided: the older one keeps a port both want (operator/host-ports.ts). */

@@ -10,7 +10,7 @@ import type { Caches } from '../caches.ts';
 import type { Compiled, PolicyFacts } from '../compile.ts';
 import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../desired.ts';
 import type { EventRecorder } from '../events.ts';
-import { compileCluster } from './cluster.ts';
+import type { CompiledCluster } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
 import { applyObject, ConfigMapWriter } from './objects.ts';
 import type { OperatorSettings } from '../settings.ts';
@@ -31,6 +31,8 @@ export interface GatewayReconcilerOptions {
   namespace: string;
   status: StatusWriter;
   events: EventRecorder;
+  /** Every gateway compiled from the caches as they are now (clusterCompiler). */
+  cluster: () => CompiledCluster;
   now?: () => Date;
 }
 
@@ -39,7 +41,6 @@ export function gatewaysOf(caches: Pick<Caches, 'gateways'>) {
   const all = () => caches.gateways.list().map((g) => g.metadata.name);
   return {
     all,
-    ofPolicy: (policy: EgressPolicy) => [policy.spec.gateway],
     ofDaemonSet: (daemonSet: V1DaemonSet) => {
       const gateway = daemonSet.metadata?.labels?.['naat.dev/gateway'];
       return gateway &&
@@ -73,7 +74,7 @@ export class GatewayReconciler {
     }
     // Every gateway, because a node's config (whose hash says whether steering is current there)
     // holds the pods of every gateway that steers from that node.
-    const { compiled, steering, nodeConflicts } = compileCluster(caches, this.#o.settings).gateways.get(name)!;
+    const { compiled, steering, nodeConflicts } = this.#o.cluster().gateways.get(name)!;
     await this.#applyObjects(gateway, compiled);
     const daemonSet = caches.daemonSets.get(`${this.#o.namespace}/${objectName(name)}`);
     const rollout = {

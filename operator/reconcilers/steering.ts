@@ -9,7 +9,6 @@ import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
 import { fieldManager } from '../status-writer.ts';
 import { applyObject, ConfigMapWriter, deleteObject } from './objects.ts';
-import { compileCluster } from './cluster.ts';
 import type { GatewayReconcilerOptions } from './egress-gateway.ts';
 
 /** As a gateway's: the node agents' namespaced objects live in the operator's namespace too. */
@@ -34,7 +33,7 @@ export class SteeringReconciler {
 
   async reconcile(): Promise<void> {
     const { caches, settings, namespace } = this.#o;
-    const cluster = compileCluster(caches, settings);
+    const cluster = this.#o.cluster();
     const desired = desiredNodeObjects(cluster.nodeConfigs, settings, namespace);
     const hashes = new Map(cluster.nodeConfigs.map((c) => [nodeConfigName(c.node), c.hash!]));
     const orphans = caches.nodeConfigMaps.list().filter((cm) => !hashes.has(cm.metadata?.name ?? ''));

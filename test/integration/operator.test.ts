@@ -234,6 +234,18 @@ test('compiles the gateway into its ConfigMap and DaemonSet, writes status, and 
   await eventually('the events', async () => ((await events('default', id)).length >= 2 ? true : undefined));
   expect((await events('default', id)).every((e) => /^ConfigCompiled: compiled config sha256:/.test(e))).toBe(true);
   expect(await events(apps, 'allow-https')).toEqual([expect.stringMatching(/^Conflicting: rule https overlaps/)]);
+
+  // A policy moved to another gateway leaves this one's config, and no longer shadows anything here.
+  const elsewhere = JSON.stringify({ spec: { gateway: `${id}-other` } });
+  await k(['patch', 'egresspolicy', 'allow-https', '-n', apps, '--type=merge', '-p', elsewhere]);
+  const moved = await eventually('the moved policy gone from the config', async () => {
+    const c = await config();
+    return c && !c.rules.some((r) => r.policy === `${apps}/allow-https`) ? c : undefined;
+  });
+  expect(moved.rules.map((r) => r.policy)).toEqual([`${apps}/deny-https`, `${apps}/via-nowhere`]);
+  await eventually('the conflict gone', async () =>
+    condition(await status('egresspolicy', 'deny-https', apps), 'Conflicting')?.status === 'False' ? true : undefined,
+  );
 });
 
 test('restarting the operator changes nothing that was right', async () => {
