@@ -21,7 +21,8 @@ import {
   steeringReadyCondition,
   type DataplaneRollout,
 } from '../status.ts';
-import type { StatusWriter } from '../status-writer.ts';
+import { statusWritesAtOnce, type StatusWriter } from '../status-writer.ts';
+import { eachAtMost } from '../../common/index.ts';
 
 export interface GatewayReconcilerOptions {
   kubeConfig: KubeConfig;
@@ -69,7 +70,8 @@ export class GatewayReconciler {
     const gateway = caches.gateways.get(name);
     const policies = caches.policies.list().filter((p) => p.spec.gateway === name);
     if (!gateway) {
-      for (const policy of policies) await this.#policyStatus(policy, undefined, false, { desired: 0, ready: 0 });
+      const none = { desired: 0, ready: 0 };
+      await eachAtMost(policies, statusWritesAtOnce, (policy) => this.#policyStatus(policy, undefined, false, none));
       return;
     }
     // Every gateway, because a node's config (whose hash says whether steering is current there)
@@ -104,9 +106,9 @@ export class GatewayReconciler {
         steeringReadyCondition(steering),
       ]),
     });
-    for (const policy of policies) {
-      await this.#policyStatus(policy, compiled.policies.get(objectKey(policy)), true, rollout);
-    }
+    await eachAtMost(policies, statusWritesAtOnce, (policy) =>
+      this.#policyStatus(policy, compiled.policies.get(objectKey(policy)), true, rollout),
+    );
   }
 
   /**

@@ -7,7 +7,8 @@ import { KubernetesObjectApi, type V1Pod } from '@kubernetes/client-node';
 import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
 import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
-import { fieldManager } from '../status-writer.ts';
+import { fieldManager, statusWritesAtOnce } from '../status-writer.ts';
+import { eachAtMost } from '../../common/index.ts';
 import { applyObject, ConfigMapWriter, deleteObject } from './objects.ts';
 import type { GatewayReconcilerOptions } from './egress-gateway.ts';
 
@@ -67,7 +68,7 @@ export class SteeringReconciler {
     }
 
     const pods = steeredPodConditions([...cluster.gateways.values()]);
-    for (const pod of caches.pods.list()) await this.#podCondition(pod, pods);
+    await eachAtMost(caches.pods.list(), statusWritesAtOnce, (pod) => this.#podCondition(pod, pods));
   }
 
   /** No node needs an agent: every object of theirs goes, the DaemonSet last, so a failure is retried. */
