@@ -8,7 +8,7 @@ import { configSliceLabel, gatewayLabel, sliceConfig } from '../../contracts/gat
 import type { EgressGateway, EgressPolicy } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
 import type { Compiled, PolicyFacts } from '../compile.ts';
-import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig } from '../desired.ts';
+import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig, type ApiObject } from '../desired.ts';
 import type { EventRecorder } from '../events.ts';
 import type { CompiledCluster } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
@@ -21,7 +21,7 @@ import {
   steeringReadyCondition,
   type DataplaneRollout,
 } from '../status.ts';
-import { statusWritesAtOnce, type StatusWriter } from '../status-writer.ts';
+import { writesAtOnce, type StatusWriter } from '../status-writer.ts';
 import { eachAtMost } from '../../common/index.ts';
 
 export interface GatewayReconcilerOptions {
@@ -71,7 +71,7 @@ export class GatewayReconciler {
     const policies = caches.policies.list().filter((p) => p.spec.gateway === name);
     if (!gateway) {
       const none = { desired: 0, ready: 0 };
-      await eachAtMost(policies, statusWritesAtOnce, (policy) => this.#policyStatus(policy, undefined, false, none));
+      await eachAtMost(policies, writesAtOnce, (policy) => this.#policyStatus(policy, undefined, false, none));
       return;
     }
     // Every gateway, because a node's config (whose hash says whether steering is current there)
@@ -106,7 +106,7 @@ export class GatewayReconciler {
         steeringReadyCondition(steering),
       ]),
     });
-    await eachAtMost(policies, statusWritesAtOnce, (policy) =>
+    await eachAtMost(policies, writesAtOnce, (policy) =>
       this.#policyStatus(policy, compiled.policies.get(objectKey(policy)), true, rollout),
     );
   }
@@ -128,13 +128,17 @@ export class GatewayReconciler {
     const stale = existing.map((cm) => cm.metadata!.name!).filter((slice) => !sliced.slices.has(slice));
     const objects = desiredGatewayObjects(gateway, compiled, settings, namespace, sliced, stale);
     const hashes = new Map(sliced.index.slices.map((s) => [s.name, s.hash]));
+    const isSlice = (o: ApiObject) =>
+      o.metadata.labels?.[configSliceLabel] !== undefined && hashes.has(o.metadata.name);
+    const others = objects.filter((o) => !isSlice(o));
+    const index = others.findIndex((o) => o.kind === 'ConfigMap' && o.metadata.name === name);
+    for (const object of others.slice(0, index)) await applyObject(this.#objects, object);
+    // The slices depend on none but the Role before them; the index, which names them, follows.
+    await eachAtMost(objects.filter(isSlice), writesAtOnce, async (slice) => {
+      await this.#slices.apply(slice, hashes.get(slice.metadata.name)!);
+    });
     let configUid: string | undefined;
-    for (const object of objects) {
-      const hash = object.metadata.labels?.[configSliceLabel] !== undefined && hashes.get(object.metadata.name);
-      if (hash) {
-        await this.#slices.apply(object, hash);
-        continue;
-      }
+    for (const object of others.slice(index)) {
       const applied = await applyObject(
         this.#objects,
         object.kind === 'DaemonSet' && configUid ? ownedByConfig(object, configUid) : object,

@@ -7,7 +7,7 @@ import { KubernetesObjectApi, type V1Pod } from '@kubernetes/client-node';
 import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
 import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
-import { fieldManager, statusWritesAtOnce } from '../status-writer.ts';
+import { fieldManager, writesAtOnce } from '../status-writer.ts';
 import { eachAtMost } from '../../common/index.ts';
 import { applyObject, ConfigMapWriter, deleteObject } from './objects.ts';
 import type { GatewayReconcilerOptions } from './egress-gateway.ts';
@@ -42,10 +42,11 @@ export class SteeringReconciler {
     // A node's ConfigMap goes before its agent does: the agent learns from its config's deletion
     // that it is to clear the node, and the Role stops naming the ConfigMap only once it is gone.
     const [early, late] = partition(desired, (o) => o.kind === 'ServiceAccount' || o.kind === 'ConfigMap');
-    for (const object of early) {
-      if (object.kind === 'ConfigMap') await this.#configs.apply(object, hashes.get(object.metadata.name)!);
-      else await this.#apply(object);
-    }
+    const [configMaps, accounts] = partition(early, (o) => o.kind === 'ConfigMap');
+    for (const object of accounts) await this.#apply(object);
+    await eachAtMost(configMaps, writesAtOnce, async (config) => {
+      await this.#configs.apply(config, hashes.get(config.metadata.name)!);
+    });
     for (const orphan of orphans) {
       await this.#configs.delete({
         apiVersion: 'v1',
@@ -68,7 +69,7 @@ export class SteeringReconciler {
     }
 
     const pods = steeredPodConditions([...cluster.gateways.values()]);
-    await eachAtMost(caches.pods.list(), statusWritesAtOnce, (pod) => this.#podCondition(pod, pods));
+    await eachAtMost(caches.pods.list(), writesAtOnce, (pod) => this.#podCondition(pod, pods));
   }
 
   /** No node needs an agent: every object of theirs goes, the DaemonSet last, so a failure is retried. */
