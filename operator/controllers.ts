@@ -99,7 +99,15 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   steering.watch(caches.namespaces, onFactsChange(caches.namespaces, compiledFacts.namespaces, toSteering));
   steering.watch(caches.nodes, onFactsChange(caches.nodes, compiledFacts.nodes, toSteering));
   steering.watch(caches.nodeConfigMaps, toSteering);
-  steering.watch(caches.daemonSets, (key) => (key === `${namespace}/${nodeAgentName}` ? [steeringKey] : []));
+  // The node agents' DaemonSet, to restore it: not its status, which moves with each agent pod.
+  steering.watch(
+    caches.daemonSets,
+    onFactsChange(
+      caches.daemonSets,
+      (daemonSet) => ({ generation: daemonSet.metadata?.generation, labels: daemonSet.metadata?.labels }),
+      (key) => (key === `${namespace}/${nodeAgentName}` ? [steeringKey] : []),
+    ),
+  );
 
   // Gateway-node HA: the gateway nodes' failover Leases in the gateway's status.failover and Events.
   const failover = new FailoverReconciler({
