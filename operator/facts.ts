@@ -24,7 +24,10 @@ export function factsChanged<T extends KubernetesObject>(
 ): (key: string, object: T) => boolean {
   const seen = new Map<string, string>();
   return (key, object) => {
-    if (!cache.get(key)) return seen.delete(key) || true;
+    if (!cache.get(key)) {
+      seen.delete(key);
+      return true;
+    }
     const now = factsDigest(facts(object));
     if (seen.get(key) === now) return false;
     seen.set(key, now);
