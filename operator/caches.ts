@@ -222,34 +222,65 @@ function withoutManagedFields<T extends KubernetesObject>(object: T): T {
  * What the reconcilers read of a pod (its facts for the compiler, naat's annotations and
  * conditions on it, its containers' runtime ids): the operator caches every pod of the cluster,
  * and the rest of a pod (its containers' specs, volumes, most of its status, other tools'
- * annotations) is most of its size.
+ * annotations) is most of its size. What many pods repeat (their namespace and node, their labels'
+ * values, a condition's reason and message) is kept once for all of them.
  */
 export function podProjection(pod: V1Pod): V1Pod {
   const { metadata, spec, status } = pod;
   const containerIds = (list: V1ContainerStatus[] | undefined) =>
-    list?.map(({ name, containerID }) => ({ name, containerID }) as V1ContainerStatus);
+    list?.map(({ name, containerID }) => ({ name: shared(name), containerID }) as V1ContainerStatus);
   return {
     metadata: metadata && {
       name: metadata.name,
-      namespace: metadata.namespace,
+      namespace: shared(metadata.namespace),
       uid: metadata.uid,
       resourceVersion: metadata.resourceVersion,
-      labels: metadata.labels,
-      annotations: metadata.annotations && naatAnnotations(metadata.annotations),
+      labels: metadata.labels && sharedValues(metadata.labels),
+      annotations: metadata.annotations && sharedValues(naatAnnotations(metadata.annotations)),
     },
     spec: spec && {
-      nodeName: spec.nodeName,
-      containers: spec.containers.map(({ name }) => ({ name })),
-      initContainers: spec.initContainers?.map(({ name, restartPolicy }) => ({ name, restartPolicy })),
+      nodeName: shared(spec.nodeName),
+      containers: spec.containers.map(({ name }) => ({ name: shared(name) })),
+      initContainers: spec.initContainers?.map(({ name, restartPolicy }) => ({
+        name: shared(name),
+        restartPolicy: shared(restartPolicy),
+      })),
     },
     status: status && {
-      phase: status.phase,
+      phase: shared(status.phase),
       podIPs: status.podIPs,
-      conditions: status.conditions?.filter((c) => c.type.startsWith(podConditionPrefix)),
+      conditions: status.conditions
+        ?.filter((c) => c.type.startsWith(podConditionPrefix))
+        .map((c) => ({
+          ...c,
+          type: shared(c.type)!,
+          status: shared(c.status)!,
+          reason: shared(c.reason),
+          message: shared(c.message),
+        })),
       containerStatuses: containerIds(status.containerStatuses),
       initContainerStatuses: containerIds(status.initContainerStatuses),
     },
   };
+}
+
+/**
+ * Each pod's JSON parses into strings of its own. Past `sharedLimit` distinct strings the table
+ * starts afresh, so that values no two pods share cost no more than they would without it.
+ */
+const sharedStrings = new Map<string, string>();
+const sharedLimit = 50_000;
+function shared<T extends string | undefined>(text: T): T {
+  if (text === undefined) return text;
+  const known = sharedStrings.get(text);
+  if (known !== undefined) return known as T;
+  if (sharedStrings.size >= sharedLimit) sharedStrings.clear();
+  sharedStrings.set(text, text);
+  return text;
+}
+
+function sharedValues(record: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(record).map(([key, value]) => [key, shared(value)]));
 }
 
 /** The annotations of naat's group (the webhook's, the association driver's): the only ones read. */
