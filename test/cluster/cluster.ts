@@ -192,6 +192,14 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           `--root-ca-file=${pki.ca}`,
           '--leader-elect=false',
           '--secure-port=0',
+          // kwok renews no node Lease and posts a node's status every ten minutes or so: with the
+          // default grace of 50 s each node went NotReady, was tainted and had its pods marked not
+          // ready, over and over, while kwok made it Ready again.
+          '--node-monitor-grace-period=1h',
+          // Its default of 20 requests a second made 1,000 kwok nodes Ready in about 175 s, one
+          // taint removal at a time; it also paces every Deployment, DaemonSet and pod it handles.
+          '--kube-api-qps=200',
+          '--kube-api-burst=400',
         ]);
         start('kube-scheduler', [`--kubeconfig=${kubeconfig}`, '--leader-elect=false', '--secure-port=0']);
         start('kwok', [
