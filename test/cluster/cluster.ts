@@ -192,7 +192,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           `--root-ca-file=${pki.ca}`,
           '--leader-elect=false',
           '--secure-port=0',
-          // kwok renews no node Lease and posts a node's status every ten minutes or so: with the
+          // kwok renews no node Lease and posts a node's status every 10 to 20 minutes: with the
           // default grace of 50 s each node went NotReady, was tainted and had its pods marked not
           // ready, over and over, while kwok made it Ready again.
           '--node-monitor-grace-period=1h',
