@@ -266,7 +266,8 @@ export function podProjection(pod: V1Pod): V1Pod {
 
 /**
  * Each pod's JSON parses into strings of its own. Past `sharedLimit` distinct strings the table
- * starts afresh, so that values no two pods share cost no more than they would without it.
+ * starts afresh: values no two pods share (a label unique to each pod) cost at most that many
+ * entries more, and a value no pod holds any longer is let go at the latest then.
  */
 const sharedStrings = new Map<string, string>();
 const sharedLimit = 50_000;
