@@ -226,7 +226,7 @@ export class ResumingWatch {
       allowWatchBookmarks: 'true',
       ...(this.#resourceVersion ? { resourceVersion: this.#resourceVersion } : {}),
     };
-    this.#controller = await this.#watch.watch(
+    const controller = await this.#watch.watch(
       this.#path,
       query,
       (type, object: Record<string, unknown> & { metadata?: { resourceVersion?: string } }) => {
@@ -247,6 +247,9 @@ export class ResumingWatch {
         this.start().catch((e: Error) => console.error(`watch of ${this.#path} could not resume: ${e.message}`));
       },
     );
+    this.#controller = controller;
+    // A stop() while this watch was being opened aborted the one before it.
+    if (this.#stopped) controller.abort();
   }
 
   stop(): void {
