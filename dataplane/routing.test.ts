@@ -1,4 +1,4 @@
-import { desiredRouting, FakeRouting, planRouting, type IpRule } from './routing.ts';
+import { desiredRouting, ExecRouting, FakeRouting, planRouting, type IpRule } from './routing.ts';
 import type { UplinkRoute } from './render.ts';
 
 const uplink = (id: number, change: Partial<UplinkRoute> = {}): UplinkRoute => ({
@@ -50,5 +50,18 @@ describe('desiredRouting', () => {
     expect(await routing.list()).toEqual(desiredRouting([uplink(1)]));
     await routing.remove(planRouting(await routing.list(), desiredRouting([])).remove);
     expect(await routing.list()).toEqual({ rules: [], routes: [] });
+  });
+});
+
+describe('ExecRouting', () => {
+  it('tells a failure of both families by IPv4 first, whichever batch ended first', async () => {
+    // An `ip` that fails every batch, IPv4's after IPv6's has failed.
+    const ip = ['sh', '-c', 'cat > /dev/null; [ "$1" = -4 ] && sleep 0.2; echo "$1 down" >&2; exit 1', 'ip'];
+    const routing = new ExecRouting(ip);
+    const state = {
+      routes: [4, 6].map((family) => ({ family: family as 4 | 6, table: 7702, device: 'up2' })),
+      rules: [],
+    };
+    await expect(routing.add(state)).rejects.toThrow(/^ip -4 .* failed: -4 down$/);
   });
 });

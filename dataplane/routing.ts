@@ -178,9 +178,11 @@ export class ExecRouting implements Routing {
   }
 
   // Routes go in before the rules that lead to them and leave after them. The families' batches
-  // run at once: a rule of one never leads to a table of the other.
+  // run at once: a rule of one never leads to a table of the other. Each runs to its end, and a
+  // failure is told in family order, not by which ended first, so that the same problem reads the
+  // same from one sync to the next (the agent logs a problem again only when its text changes).
   async #batch(state: RoutingState, route: (r: IpRoute) => string, rule: (r: IpRule) => string, routesFirst: boolean) {
-    await Promise.all(
+    const outcomes = await Promise.allSettled(
       ([4, 6] as const).map(async (family) => {
         const routes = state.routes.filter((r) => r.family === family).map(route);
         const rules = state.rules.filter((r) => r.family === family).map(rule);
@@ -190,6 +192,8 @@ export class ExecRouting implements Routing {
         if (lines.length) await this.#run([`-${family}`, '-force', '-batch', '-'], `${lines.join('\n')}\n`);
       }),
     );
+    const failed = outcomes.find((outcome) => outcome.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 }
 
