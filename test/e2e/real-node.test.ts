@@ -650,7 +650,7 @@ describe('a Strict gateway', () => {
     let echo: Server;
     const echoed = new Set<Socket>();
     beforeAll(async () => {
-      server = createServer((socket) => socket.end(`${socket.remoteAddress}\n`));
+      server = createServer((socket) => socket.on('error', () => undefined).end(`${socket.remoteAddress}\n`));
       echo = createServer((socket) => {
         echoed.add(socket);
         socket.on('data', (data) => socket.write(data)).on('error', () => undefined);
@@ -711,20 +711,25 @@ setTimeout(() => process.exit(0), 30000);`,
       };
     }
 
-    /** What the server saw of one connection by `program` in the app container, or undefined. */
+    /**
+     * What the server saw of one connection by `program` in the app container, or undefined. A
+     * program's first connect() may wait for its stamp, up to the app pods' 20 s bound: node's idle
+     * timer runs through that wait and so is longer than the bound; perl's starts once connect()
+     * returns.
+     */
     const connectAs = async (program: 'node' | 'perl', pod = 'app'): Promise<string | undefined> => {
       const argv =
         program === 'node'
           ? [
               'node',
               '-e',
-              `require('net').connect(${serverPort}, '${realNode.hostAddress}').setTimeout(4000, () => process.exit(1)).on('data', (d) => { process.stdout.write(String(d)); setTimeout(() => process.exit(0)); })`,
+              `require('net').connect(${serverPort}, '${realNode.hostAddress}').setTimeout(25000, () => process.exit(1)).on('data', (d) => { process.stdout.write(String(d)); setTimeout(() => process.exit(0)); })`,
             ]
           : [
               'perl',
               '-MIO::Socket::INET',
               '-e',
-              `my $s = IO::Socket::INET->new(PeerAddr => '${realNode.hostAddress}:${serverPort}', Timeout => 4) or exit 1; print scalar <$s>;`,
+              `my $s = IO::Socket::INET->new(PeerAddr => '${realNode.hostAddress}:${serverPort}', Timeout => 8) or exit 1; print scalar <$s>;`,
             ];
       return k(['exec', '-n', apps, pod, '-c', 'app', '--', ...argv]).then(
         (out) => out.trim() || undefined,
