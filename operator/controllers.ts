@@ -10,7 +10,7 @@ import { clusterCompiler, compiledFacts } from './reconcilers/cluster.ts';
 import { factsChanged, factsDigest } from './facts.ts';
 import { GatewayReconciler, gatewaysOf } from './reconcilers/egress-gateway.ts';
 import { FailoverReconciler } from './reconcilers/failover.ts';
-import { SteeringReconciler, steeringKey } from './reconcilers/steering.ts';
+import { SteeringReconciler, steeringKeys } from './reconcilers/steering.ts';
 import { UplinkReconciler } from './reconcilers/uplink.ts';
 import { AgentSignerReconciler } from './reconcilers/agent-signer.ts';
 import { CaBundleReconciler } from './reconcilers/ca-bundle.ts';
@@ -91,21 +91,29 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
     events,
     cluster,
   });
-  const steering = controller('steering', () => steeringReconciler.reconcile());
-  const toSteering = () => [steeringKey];
+  // Two workers: one for each key, so that the pods' conditions do not hold up the configs.
+  const steering = new Controller({
+    name: 'steering',
+    reconcile: (key) => steeringReconciler.reconcile(key),
+    around: o.around('steering'),
+    log,
+    workers: 2,
+  });
+  const toSteering = () => [steeringKeys.nodes, steeringKeys.pods];
+  const toNodes = () => [steeringKeys.nodes];
   steering.watch(caches.gateways, onFactsChange(caches.gateways, compiledFacts.gateways, toSteering));
   steering.watch(caches.uplinks, onFactsChange(caches.uplinks, compiledFacts.uplinks, toSteering));
   steering.watch(caches.pods, onFactsChange(caches.pods, steeringPodChange, toSteering));
   steering.watch(caches.namespaces, onFactsChange(caches.namespaces, compiledFacts.namespaces, toSteering));
   steering.watch(caches.nodes, onFactsChange(caches.nodes, compiledFacts.nodes, toSteering));
-  steering.watch(caches.nodeConfigMaps, toSteering);
+  steering.watch(caches.nodeConfigMaps, toNodes);
   // The node agents' DaemonSet, to restore it: not its status, which moves with each agent pod.
   steering.watch(
     caches.daemonSets,
     onFactsChange(
       caches.daemonSets,
       (daemonSet) => ({ generation: daemonSet.metadata?.generation, labels: daemonSet.metadata?.labels }),
-      (key) => (key === `${namespace}/${nodeAgentName}` ? [steeringKey] : []),
+      (key) => (key === `${namespace}/${nodeAgentName}` ? toNodes() : []),
     ),
   );
 

@@ -1,8 +1,10 @@
-// Cluster-wide egress, one key for the whole cluster: the node agents and their per-node configs
-// (desiredNodeConfigs and desiredNodeObjects, both pure), the objects of nodes that no longer need
-// one removed, the status entries of node agents that are gone removed from the gateways, and the
-// Steered condition of every served pod away from its gateway's nodes, with an Event when it
-// changes, so that a pod whose flows cannot be steered is never silently unserved.
+// Cluster-wide egress, two keys for the whole cluster. `nodes`: the node agents and their per-node
+// configs (desiredNodeConfigs and desiredNodeObjects, both pure), the objects of nodes that no
+// longer need one removed, the status entries of node agents that are gone removed from the
+// gateways. `pods`: the Steered condition of every served pod away from its gateway's nodes, with
+// an Event when it changes, so that a pod whose flows cannot be steered is never silently unserved.
+// Two keys, so that the configs, which carry flows, never wait behind a pass of pod status writes:
+// at an operator's start that pass writes a condition and an Event for every served pod.
 import { KubernetesObjectApi, type V1Pod } from '@kubernetes/client-node';
 import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
 import { staleReports } from '../steering.ts';
@@ -18,8 +20,8 @@ export type SteeringReconcilerOptions = GatewayReconcilerOptions;
 /** The field manager of pods' Steered condition, apart from the association mode's (see applyPodCondition). */
 export const steeringFieldManager = `${fieldManager}-steering`;
 
-/** The one key of the steering controller: every change can move a pod onto or off any node's config. */
-export const steeringKey = 'cluster';
+/** The steering controller's keys: every change can move a pod onto or off any node's config. */
+export const steeringKeys = { nodes: 'nodes', pods: 'pods' } as const;
 
 export class SteeringReconciler {
   readonly #o: SteeringReconcilerOptions;
@@ -32,7 +34,13 @@ export class SteeringReconciler {
     this.#configs = new ConfigMapWriter(this.#objects, options.caches.nodeConfigMaps);
   }
 
-  async reconcile(): Promise<void> {
+  async reconcile(key: string): Promise<void> {
+    if (key === steeringKeys.nodes) await this.#nodes();
+    else if (key === steeringKeys.pods) await this.#pods();
+    else throw new Error(`the steering controller has no key ${JSON.stringify(key)}`);
+  }
+
+  async #nodes(): Promise<void> {
     const { caches, settings, namespace } = this.#o;
     const cluster = this.#o.cluster();
     const desired = desiredNodeObjects(cluster.nodeConfigs, settings, namespace);
@@ -67,9 +75,11 @@ export class SteeringReconciler {
         await this.#o.status.removeSteeringReport(name, node);
       }
     }
+  }
 
-    const pods = steeredPodConditions([...cluster.gateways.values()]);
-    await eachAtMost(caches.pods.list(), writesAtOnce, (pod) => this.#podCondition(pod, pods));
+  async #pods(): Promise<void> {
+    const pods = steeredPodConditions([...this.#o.cluster().gateways.values()]);
+    await eachAtMost(this.#o.caches.pods.list(), writesAtOnce, (pod) => this.#podCondition(pod, pods));
   }
 
   /** No node needs an agent: every object of theirs goes, the DaemonSet last, so a failure is retried. */
