@@ -17,7 +17,6 @@ import { CaBundleReconciler } from './reconcilers/ca-bundle.ts';
 import { caPairOf, CertificateReconciler } from './reconcilers/webhook-certificate.ts';
 import { Controller, type ControllerOptions, type ReconcileResult } from './runtime/controller.ts';
 import type { Logger } from '../common/index.ts';
-import { splitKey } from '../common/kube/index.ts';
 import { gatewayLabel } from '../contracts/gateway/index.ts';
 import type { EgressPolicy } from '../crds/index.ts';
 import type { LastFailover } from './failover.ts';
@@ -46,10 +45,6 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   const { kubeConfig, caches, webhookCaches, settings, namespace, log } = o;
   const status = new StatusWriter(kubeConfig);
   const events = new EventRecorder({ kubeConfig, identity: o.identity, log });
-  // What was told of a pod goes with it, or the record would grow with every pod ever served.
-  caches.pods.onChange((key) => {
-    if (!caches.pods.get(key)) events.forgetObject('Pod', splitKey(key));
-  });
   const controller = (name: string, reconcile: (key: string) => Promise<ReconcileResult>) =>
     new Controller({ name, reconcile, around: o.around(name), log });
 

@@ -22,12 +22,8 @@ type NamedEvent = { name: string; type: 'Normal' | 'Warning'; reason: string; ac
 export class EventRecorder {
   readonly #o: EventRecorderOptions;
   readonly #events: EventsV1Api;
-  /**
-   * The last Event note of each object by reason, so that one change is told once. A plain object
-   * per object, not a Map: there is one for every pod the operator told of, and a Map costs three
-   * times as much.
-   */
-  readonly #told = new Map<string, Record<string, string>>();
+  /** The last Event note of each object by reason, so that one change is told once. */
+  readonly #told = new Map<string, Map<string, string>>();
 
   constructor(options: EventRecorderOptions) {
     this.#o = options;
@@ -49,9 +45,9 @@ export class EventRecorder {
     // The caches may not show the status this replica just wrote: remember what was told.
     const key = toldKey(kind, object.metadata);
     let told = this.#told.get(key);
-    if (told?.[reason] === note) return;
-    if (!told) this.#told.set(key, (told = {}));
-    told[reason] = note;
+    if (told?.get(reason) === note) return;
+    if (!told) this.#told.set(key, (told = new Map()));
+    told.set(reason, note);
     const now = this.#o.now?.() ?? new Date();
     // Named as Kubernetes names its own events: the object's name and a timestamp in hex.
     const name = `${object.metadata.name}.${(now.getTime() * 1000 + Math.floor(Math.random() * 1000)).toString(16)}`;
@@ -116,16 +112,7 @@ export class EventRecorder {
 
   /** Forgets what was told of this object and reason, so that its next occurrence is told again. */
   forget(kind: EventKind, object: Regarding, reason: string): void {
-    const told = this.#told.get(toldKey(kind, object.metadata));
-    if (told) delete told[reason];
-  }
-
-  /**
-   * Forgets all that was told of an object that is gone, so that what is remembered follows the
-   * objects that exist: a pod made again under the same name is a new pod, told afresh.
-   */
-  forgetObject(kind: EventKind, object: { namespace?: string; name: string }): void {
-    this.#told.delete(toldKey(kind, object));
+    this.#told.get(toldKey(kind, object.metadata))?.delete(reason);
   }
 }
 

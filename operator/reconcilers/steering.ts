@@ -6,6 +6,7 @@
 // Two keys, so that the configs, which carry flows, never wait behind a pass of pod status writes:
 // at an operator's start that pass writes a condition and an Event for every served pod.
 import { KubernetesObjectApi, type V1Pod } from '@kubernetes/client-node';
+import { createHash } from 'node:crypto';
 import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
 import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
@@ -131,20 +132,34 @@ export class SteeringReconciler {
       },
       steeringFieldManager,
     );
-    const regarding = { metadata: { name, namespace, ...(pod.metadata?.uid ? { uid: pod.metadata.uid } : {}) } };
-    if (condition.status === 'False') {
-      await this.#o.events.record(
-        'Pod',
-        regarding,
-        'Warning',
-        'NotSteered',
-        'Steer',
-        `${condition.reason}: ${condition.message}`,
-      );
-    } else if (existing?.status === 'False') {
-      this.#o.events.forget('Pod', regarding, 'NotSteered');
-      await this.#o.events.record('Pod', regarding, 'Normal', 'Steered', 'Steer', condition.message);
-    }
+    const told =
+      condition.status === 'False'
+        ? { type: 'Warning' as const, reason: 'NotSteered', note: `${condition.reason}: ${condition.message}` }
+        : existing?.status === 'False'
+          ? { type: 'Normal' as const, reason: 'Steered', note: condition.message }
+          : undefined;
+    if (!told) return;
+    // Named after the change it tells, so the apiserver refuses it a second time: a pass that sees
+    // the cache before this write tells the same change again, and the operator keeps no record
+    // of what it told each of (up to 50,000) pods.
+    const uid = pod.metadata?.uid;
+    const change = createHash('sha256')
+      .update(
+        JSON.stringify([
+          uid,
+          existing && [existing.status, existing.reason, existing.message, existing.lastTransitionTime],
+          condition.status,
+          condition.reason,
+          condition.message,
+        ]),
+      )
+      .digest('hex')
+      .slice(0, 16);
+    await this.#o.events.recordOnce(
+      'Pod',
+      { metadata: { name, namespace, ...(uid ? { uid } : {}) } },
+      { name: `${name}.${change}`, action: 'Steer', ...told },
+    );
   }
 
   async #apply(object: ApiObject): Promise<void> {

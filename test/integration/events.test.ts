@@ -1,5 +1,5 @@
 // The operator's Events against the real apiserver: an Event about a pod is created once for one
-// change, and again for a pod made anew under the same name; one for a pod whose namespace is
+// change, and one named for its change once however often it is told; one for a pod whose namespace is
 // being deleted (which the apiserver refuses with 403) is dropped quietly, since its reader goes
 // with the namespace, while any other refusal is an error.
 import { KubeConfig } from '@kubernetes/client-node';
@@ -24,6 +24,7 @@ const log: Logger = {
   error: (message) => logged.push({ level: 'error', message }),
 };
 
+let kubeConfig: KubeConfig;
 let recorder: EventRecorder;
 
 beforeAll(async () => {
@@ -33,7 +34,7 @@ beforeAll(async () => {
   await k(['create', '-f', '-'], JSON.stringify(hold));
   await k(['delete', 'namespace', ending, '--wait=false']);
   await k(['wait', '--for=jsonpath={.status.phase}=Terminating', `namespace/${ending}`, '--timeout=30s']);
-  const kubeConfig = new KubeConfig();
+  kubeConfig = new KubeConfig();
   kubeConfig.loadFromFile(process.env.KUBECONFIG!);
   recorder = new EventRecorder({ kubeConfig, identity: 'events-test', log });
 });
@@ -64,13 +65,16 @@ test('an Event about a pod is created once for one change', async () => {
   expect(logged).toEqual([]);
 });
 
-test('a pod made again under the same name is told afresh once the old one is forgotten', async () => {
-  const again = { metadata: { name: 'again', namespace: live } };
-  await recorder.record('Pod', again, 'Warning', 'NotSteered', 'Steer', 'no gateway node');
-  recorder.forgetObject('Pod', again.metadata);
-  await recorder.record('Pod', again, 'Warning', 'NotSteered', 'Steer', 'no gateway node');
-  const told = (await events(live)).filter((event) => event.regarding.name === 'again');
-  expect(told.map((event) => event.reason)).toEqual(['NotSteered', 'NotSteered']);
+test('an Event named for its change is created once, however often and by whichever recorder it is told', async () => {
+  const named = { metadata: { name: 'named', namespace: live } };
+  const change = { name: 'named.change-1', type: 'Warning' as const, reason: 'NotSteered', action: 'Steer' };
+  const other = new EventRecorder({ kubeConfig, identity: 'events-test-2', log });
+  expect(await recorder.recordOnce('Pod', named, { ...change, note: 'no gateway node' })).toBe('created');
+  expect(await other.recordOnce('Pod', named, { ...change, note: 'no gateway node' })).toBe('exists');
+  expect(await recorder.recordOnce('Pod', named, { ...change, name: 'named.change-2', note: 'back' })).toBe('created');
+  const told = (await events(live)).filter((event) => event.regarding.name === 'named');
+  expect(told.map((event) => event.note).sort()).toEqual(['back', 'no gateway node']);
+  expect(logged).toEqual([]);
 });
 
 test("an Event refused because its pod's namespace is being deleted is dropped without an error", async () => {

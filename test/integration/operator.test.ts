@@ -409,6 +409,9 @@ describe('cluster-wide egress', () => {
     await eventually('the Steered Event', async () =>
       (await podEvents('web-1')).some((e) => /^Normal Steered: /.test(e)) ? true : undefined,
     );
+    // Each change told once, though the operator reconciled the pods many times in between.
+    const told = await podEvents('web-1');
+    expect(told).toEqual([...new Set(told)]);
     expect(condition(await status('egressgateway', id), 'SteeringReady')).toMatchObject({
       status: 'True',
       reason: 'Ready',
