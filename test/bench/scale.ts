@@ -689,6 +689,19 @@ class ScaleRun {
       unit: 'ms',
       goal: settleGoal,
     });
+    // Which side was last back: the gateway's config (its compile) or the node configs (steering).
+    for (const [list, label] of [
+      [gateway, 'gateway nodes'],
+      [nodes, 'the other nodes'],
+    ] as const) {
+      const at = Math.max(...list.map((w) => during(w).at(-1)?.at ?? -Infinity));
+      bench.figure({
+        key: key(`churn.settle-${list === gateway ? 'gateway-nodes' : 'nodes'}`),
+        label: `of that, ${label}: last change → back (none changed: 0)`,
+        value: settled ? (Number.isFinite(at) ? Math.max(0, at - lastChange) : 0) : NaN,
+        unit: 'ms',
+      });
+    }
     const versions = during(gateway[0]!);
     const ofIndex = versions.filter((d) => d.configMap === objectName(gatewayName)).length;
     bench.figure({
