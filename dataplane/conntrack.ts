@@ -226,11 +226,12 @@ export class ConntrackParser {
       mappedPort,
       uplink: valueOf(this.#uplinks, mark),
       mark,
+      // Every field in the literal, so that every flow has one shape and no properties apart.
+      timeoutSeconds,
       startedAt: now,
+      // With accounting on, each direction's tuple is followed by its packets= and bytes=.
+      counters: bytes > 1 ? { packetsSent, bytesSent, packetsReceived, bytesReceived } : undefined,
     };
-    if (timeoutSeconds !== undefined) flow.timeoutSeconds = timeoutSeconds;
-    // With accounting on, each direction's tuple is followed by its packets= and bytes=.
-    if (bytes > 1) flow.counters = { packetsSent, bytesSent, packetsReceived, bytesReceived };
     return { type, flow };
   }
 }
@@ -261,6 +262,16 @@ export class FlowTable {
   readonly #flows = new Map<number, Flow>();
   /** The flow of each (protocol, source address, source port), for associations to find theirs. */
   readonly #bySource = new Map<string, Flow>();
+  /**
+   * Kept as flows come and go, for the agent's report (read at every /status, /metrics and status
+   * write), which would otherwise walk every flow and make a string for each, each time: flows
+   * per uplink id; per uplink id, the flows of each (protocol, translated address, destination,
+   * destination port); and the most of those per uplink id, exact unless the uplink is `#stale`.
+   */
+  readonly #active = new Map<number, number>();
+  readonly #mappings = new Map<number, Map<string, number>>();
+  readonly #busiest = new Map<number, number>();
+  readonly #stale = new Set<number>();
   readonly #limit: number;
   dropped = 0;
 
@@ -270,23 +281,30 @@ export class FlowTable {
 
   /**
    * A flow seen again (a listing, or its NEW event after a listing found it) keeps the start it was
-   * first seen at: each sighting is stamped with the moment it was parsed.
+   * first seen at: each sighting is stamped with the moment it was parsed. The flow known is
+   * updated in place, not replaced: its strings are those its attribution record holds, where a
+   * new object every listing (every 10 s, for every flow) would hold copies of its own.
    */
   apply(event: FlowEvent): void {
+    const seen = event.flow;
     if (event.type === 'destroy') {
-      this.#forget(event.flow.id);
+      this.#forget(seen.id);
       return;
     }
-    if (!event.flow.uplink) return;
-    const known = this.#flows.get(event.flow.id);
+    if (!seen.uplink) return;
+    const known = this.#flows.get(seen.id);
+    if (known && sameTuples(known, seen) && known.uplink === seen.uplink) {
+      if (seen.startedAt < known.startedAt) known.startedAt = seen.startedAt;
+      known.mark = seen.mark;
+      known.timeoutSeconds = seen.timeoutSeconds;
+      known.counters = seen.counters;
+      return;
+    }
     // The id reused for another flow: the one it named is gone.
-    if (known && !sameTuples(known, event.flow)) this.#forget(known.id);
-    const flow =
-      known && sameTuples(known, event.flow) && known.startedAt < event.flow.startedAt
-        ? { ...event.flow, startedAt: known.startedAt }
-        : event.flow;
-    this.#flows.set(flow.id, flow);
-    this.#bySource.set(sourceKey(flow.protocol, flow.source, flow.sourcePort), flow);
+    if (known) this.#forget(known.id);
+    this.#flows.set(seen.id, seen);
+    this.#bySource.set(sourceKey(seen.protocol, seen.source, seen.sourcePort), seen);
+    this.#count(seen, 1);
     if (this.#flows.size > this.#limit) {
       this.#forget(this.#flows.keys().next().value!);
       this.dropped++;
@@ -299,6 +317,25 @@ export class FlowTable {
     this.#flows.delete(id);
     const key = sourceKey(flow.protocol, flow.source, flow.sourcePort);
     if (this.#bySource.get(key)?.id === id) this.#bySource.delete(key);
+    this.#count(flow, -1);
+  }
+
+  #count(flow: Flow, by: 1 | -1): void {
+    const { uplink } = flow;
+    const active = (this.#active.get(uplink) ?? 0) + by;
+    if (active) this.#active.set(uplink, active);
+    else this.#active.delete(uplink);
+    if (flow.mappedPort === undefined) return;
+    let mappings = this.#mappings.get(uplink);
+    if (!mappings) this.#mappings.set(uplink, (mappings = new Map()));
+    const key = `${flow.protocol} ${flow.mappedAddress} ${flow.destination} ${flow.destinationPort}`;
+    const count = (mappings.get(key) ?? 0) + by;
+    if (count) mappings.set(key, count);
+    else mappings.delete(key);
+    const busiest = this.#busiest.get(uplink) ?? 0;
+    if (count > busiest) this.#busiest.set(uplink, count);
+    // The busiest one fewer: another may be as busy, or none; found when next asked.
+    else if (by < 0 && count + 1 === busiest) this.#stale.add(uplink);
   }
 
   /** The kernel's flows now (a listing): the others are forgotten, those known keep their start. */
@@ -327,9 +364,7 @@ export class FlowTable {
 
   /** Active flows per uplink id. */
   activeByUplink(): Map<number, number> {
-    const counts = new Map<number, number>();
-    for (const flow of this.#flows.values()) counts.set(flow.uplink, (counts.get(flow.uplink) ?? 0) + 1);
-    return counts;
+    return new Map(this.#active);
   }
 
   /**
@@ -337,18 +372,17 @@ export class FlowTable {
    * port, protocol): the kernel has `range` source ports for each such tuple, no more.
    */
   busiestMapping(): Map<number, number> {
-    const counts = new Map<string, number>();
-    for (const f of this.#flows.values()) {
-      if (f.mappedPort === undefined) continue;
-      const key = `${f.uplink} ${f.protocol} ${f.mappedAddress} ${f.destination} ${f.destinationPort}`;
-      counts.set(key, (counts.get(key) ?? 0) + 1);
+    for (const uplink of this.#stale) {
+      let most = 0;
+      for (const count of this.#mappings.get(uplink)?.values() ?? []) most = Math.max(most, count);
+      if (most) this.#busiest.set(uplink, most);
+      else {
+        this.#busiest.delete(uplink);
+        this.#mappings.delete(uplink);
+      }
     }
-    const busiest = new Map<number, number>();
-    for (const [key, count] of counts) {
-      const uplink = Number(key.split(' ')[0]);
-      busiest.set(uplink, Math.max(busiest.get(uplink) ?? 0, count));
-    }
-    return busiest;
+    this.#stale.clear();
+    return new Map(this.#busiest);
   }
 }
 
