@@ -136,7 +136,21 @@ function associationKeys(index: TableIndex): Set<string> {
 
 /** `namespace/name#rule` as the rule's comment holds it, split. */
 export function ruleOf(verdict: FlowVerdict | undefined): Pick<AttributionUpdate, 'policy' | 'rule'> {
-  const at = verdict?.rule?.lastIndexOf('#') ?? -1;
-  if (!verdict?.rule || at < 0) return {};
-  return { policy: verdict.rule.slice(0, at), rule: verdict.rule.slice(at + 1) };
+  const named = verdict?.rule;
+  if (!named || !named.includes('#')) return {};
+  let parts = ruleParts.get(named);
+  if (!parts) {
+    const at = named.lastIndexOf('#');
+    if (ruleParts.size >= ruleLimit) ruleParts.clear();
+    ruleParts.set(named, (parts = { policy: named.slice(0, at), rule: named.slice(at + 1) }));
+  }
+  return parts;
 }
+
+/**
+ * Each rule's parts, made once: every attribution record of a rule holds the same two strings,
+ * not two of its own (100,000 records). Rules come and go with edits: past `ruleLimit` the table
+ * starts afresh.
+ */
+const ruleParts = new Map<string, { policy: string; rule: string }>();
+const ruleLimit = 10_000;
