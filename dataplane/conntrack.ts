@@ -65,6 +65,22 @@ const bracket = 0x5b;
 /** The TCP states of a flow that is closing (no longer active), as conntrack names them. */
 const closingStates = new Set(['TIME_WAIT', 'CLOSE', 'LAST_ACK', 'FIN_WAIT', 'CLOSE_WAIT']);
 
+/**
+ * Pods' and uplinks' addresses as the same strings every time: they repeat across flows, and each
+ * flow and attribution record holds them (a log of 100,000 records would otherwise hold 200,000
+ * copies). Destinations are not kept: they may all differ, and would push the others out. Past
+ * `knownLimit` addresses the table starts afresh.
+ */
+const knownAddresses = new Map<string, string>();
+const knownLimit = 65_536;
+function known(address: string): string {
+  const kept = knownAddresses.get(address);
+  if (kept !== undefined) return kept;
+  if (knownAddresses.size >= knownLimit) knownAddresses.clear();
+  knownAddresses.set(address, address);
+  return address;
+}
+
 /** Protocol names as the same strings every time. */
 const protocols = new Map(['tcp', 'udp', 'icmp', 'icmpv6', 'sctp', 'dccp', 'gre', 'udplite'].map((p) => [p, p]));
 
@@ -92,8 +108,9 @@ function spells(b: Buffer, start: number, end: number, word: string): boolean {
  * Reads the lines of `conntrack -L|-E -o id,extended` as they arrive in chunks (see
  * parseConntrackLine for one). Each line is scanned once, byte by byte, with no string per line or
  * per word: only the addresses and the protocol become strings, made afresh so that they do not
- * keep the chunk they came in alive. A line cut between chunks waits for the rest. Lines that are
- * not flows are skipped, and with `skipClosing` TCP flows that are closing.
+ * keep the chunk they came in alive, the source and translated addresses shared (`known`). A line
+ * cut between chunks waits for the rest. Lines that are not flows are skipped, and with
+ * `skipClosing` TCP flows that are closing.
  */
 export class ConntrackParser {
   readonly #uplinks: MarkField;
@@ -181,11 +198,11 @@ export class ConntrackParser {
           break;
         case 3:
           if (spells(b, word, eq, 'src')) {
-            if (srcs++ === 0) source = b.toString('latin1', value, wordEnd);
+            if (srcs++ === 0) source = known(b.toString('latin1', value, wordEnd));
           } else if (spells(b, word, eq, 'dst')) {
             const n = dsts++;
             if (n === 0) destination = b.toString('latin1', value, wordEnd);
-            else if (n === 1) mappedAddress = b.toString('latin1', value, wordEnd);
+            else if (n === 1) mappedAddress = known(b.toString('latin1', value, wordEnd));
           }
           break;
         case 4:
@@ -328,7 +345,8 @@ export class FlowTable {
     if (flow.mappedPort === undefined) return;
     let mappings = this.#mappings.get(uplink);
     if (!mappings) this.#mappings.set(uplink, (mappings = new Map()));
-    const key = `${flow.protocol} ${flow.mappedAddress} ${flow.destination} ${flow.destinationPort}`;
+    // One flat string, as sourceKey's.
+    const key = [flow.protocol, flow.mappedAddress, flow.destination, String(flow.destinationPort)].join(' ');
     const count = (mappings.get(key) ?? 0) + by;
     if (count) mappings.set(key, count);
     else mappings.delete(key);
