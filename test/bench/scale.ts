@@ -406,7 +406,9 @@ class ScaleRun {
         refusal,
       ]);
       await this.#measureResync(shape, op, key);
-      await quiet(pid, 300_000);
+      // After the configs, the steering controller writes each served pod's Steered condition and
+      // its Event (the stand-in agents never report): 50,000 pods kept it busy for over 300 s.
+      await quiet(pid, Math.max(300_000, 30 * shape.pods));
       const resyncVm = await memory(pid);
       const resyncCpu = await cpuSeconds(pid);
       await this.#objects(key);
