@@ -692,13 +692,13 @@ class ScaleRun {
       goal: settleGoal,
     });
     // Which side was last back: the gateway's config (its compile) or the node configs (steering).
-    for (const [list, label] of [
-      [gateway, 'gateway nodes'],
-      [nodes, 'the other nodes'],
+    for (const [list, side, label] of [
+      [gateway, 'gateway-nodes', 'gateway nodes'],
+      [nodes, 'nodes', 'the other nodes'],
     ] as const) {
       const at = Math.max(...list.map((w) => during(w).at(-1)?.at ?? -Infinity));
       bench.figure({
-        key: key(`churn.settle-${list === gateway ? 'gateway-nodes' : 'nodes'}`),
+        key: key(`churn.settle-${side}`),
         label: `of that, ${label}: last change → back (none changed: 0)`,
         value: settled ? (Number.isFinite(at) ? Math.max(0, at - lastChange) : 0) : NaN,
         unit: 'ms',
