@@ -67,7 +67,10 @@ describe('a pod on a worker node, in Hold mode, with telemetry', () => {
   }, 60_000);
 
   it('was accepted by the gateway node only through the relay on its own node', async () => {
-    expect(await gateway.log('relay.log')).toContain('"msg":"Relayed NAA stream"');
+    // The relay logs the stream once it is open, which may be after the sidecar started.
+    await until('the relayed stream in the log', async () =>
+      (await gateway.log('relay.log')).includes('"msg":"Relayed NAA stream"') ? true : undefined,
+    );
     expect(await gateway.log('agent.log')).toContain(`"pod":"${namespace}/app"`);
   });
 
