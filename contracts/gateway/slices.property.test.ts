@@ -113,7 +113,9 @@ describe('sliceConfig and assembleConfig', () => {
       }),
       { numRuns: 200 },
     );
-    expect(several).toBeGreaterThan(50);
+    // About 60 of the 200 draws need several slices (seen 49-71); a bound well below that keeps
+    // the check that the property was tried on sliced configs without failing on an unlucky seed.
+    expect(several).toBeGreaterThan(20);
   });
 
   it("changes one slice for one pod's change, when the number of slices holds", () => {
