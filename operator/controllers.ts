@@ -8,7 +8,7 @@ import { AssociationModeReconciler } from './reconcilers/association-mode.ts';
 import { nodeAgentName } from './desired.ts';
 import { clusterCompiler, compiledFacts } from './reconcilers/cluster.ts';
 import { factsChanged, factsDigest } from './facts.ts';
-import { GatewayReconciler, gatewaysOf } from './reconcilers/egress-gateway.ts';
+import { GatewayReconciler, gatewayKeys, gatewaysOf } from './reconcilers/egress-gateway.ts';
 import { FailoverReconciler } from './reconcilers/failover.ts';
 import { SteeringReconciler, steeringKeys } from './reconcilers/steering.ts';
 import { UplinkReconciler } from './reconcilers/uplink.ts';
@@ -45,13 +45,19 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   const { kubeConfig, caches, webhookCaches, settings, namespace, log } = o;
   const status = new StatusWriter(kubeConfig);
   const events = new EventRecorder({ kubeConfig, identity: o.identity, log });
-  const controller = (name: string, reconcile: (key: string) => Promise<ReconcileResult>) =>
-    new Controller({ name, reconcile, around: o.around(name), log });
+  const controller = (name: string, reconcile: (key: string) => Promise<ReconcileResult>, workers = 1) =>
+    new Controller({ name, reconcile, around: o.around(name), log, workers });
 
   const cluster = clusterCompiler(caches, settings);
-  const gateway = new GatewayReconciler({ kubeConfig, caches, settings, namespace, status, events, cluster });
+  // What the gateway and steering reconcilers both read and write through.
+  const shared = { kubeConfig, caches, settings, namespace, status, events, cluster };
+  const gateway = new GatewayReconciler({
+    ...shared,
+    onApplied: (name) => gateways.queue.add(gatewayKeys.status(name)),
+  });
   const affected = gatewaysOf(caches);
-  const gateways = controller('gateways', (key) => gateway.reconcile(key));
+  // Two workers: a gateway's objects and its status are two keys (egress-gateway.ts).
+  const gateways = controller('gateways', (key) => gateway.reconcile(key), 2);
   // Not the status this controller writes itself (a gateway's hash and conditions, each policy's
   // matched pods): each write would compile the whole cluster once more, for nothing.
   gateways.watch(
@@ -59,7 +65,10 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
     onFactsChange(caches.gateways, compiledFacts.gateways, (key) => [key]),
   );
   gateways.watch(caches.policies, policyGateways(caches.policies));
-  gateways.watch(caches.daemonSets, (_key, daemonSet) => affected.ofDaemonSet(daemonSet));
+  // Its rollout is the status's; its spec, restored by the objects.
+  gateways.watch(caches.daemonSets, (_key, daemonSet) =>
+    affected.ofDaemonSet(daemonSet).flatMap((name) => [gatewayKeys.objects(name), gatewayKeys.status(name)]),
+  );
   // A config slice deleted by another hand is written again; the operator's own writes need nothing.
   gateways.watch(caches.gatewayConfigSlices, (key, slice) => {
     const gateway = slice.metadata?.labels?.[gatewayLabel];
@@ -77,23 +86,9 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   // its own, to restore. Not policies, nor the status the gateway controller writes: they decide
   // flows, not which pods are steered, and each policy status written would compile the cluster
   // and look at every pod again (1,000 policies, 1,000 times at an operator's start).
-  const steeringReconciler = new SteeringReconciler({
-    kubeConfig,
-    caches,
-    settings,
-    namespace,
-    status,
-    events,
-    cluster,
-  });
+  const steeringReconciler = new SteeringReconciler(shared);
   // Two workers: one for each key, so that the pods' conditions do not hold up the configs.
-  const steering = new Controller({
-    name: 'steering',
-    reconcile: (key) => steeringReconciler.reconcile(key),
-    around: o.around('steering'),
-    log,
-    workers: 2,
-  });
+  const steering = controller('steering', (key) => steeringReconciler.reconcile(key), 2);
   const toSteering = () => [steeringKeys.nodes, steeringKeys.pods];
   const toNodes = () => [steeringKeys.nodes];
   steering.watch(caches.gateways, onFactsChange(caches.gateways, compiledFacts.gateways, toSteering));

@@ -1,8 +1,10 @@
-// An EgressGateway: its dataplane objects and compiled config (compileGateway and
-// desiredGatewayObjects, both pure), and the status of the gateway and of the EgressPolicies
-// that name it (operator/status.ts). Policies are reconciled here because a gateway compiles
-// all of its policies together: whether a policy is accepted, programmed or conflicting is known
-// only from the compiled whole.
+// An EgressGateway, two keys. Its objects: the dataplane objects and compiled config
+// (compileGateway and desiredGatewayObjects, both pure). Its status: the gateway's and that of the
+// EgressPolicies that name it (operator/status.ts), as the config its objects last received says.
+// Policies are reconciled here because a gateway compiles all of its policies together: whether a
+// policy is accepted, programmed or conflicting is known only from the compiled whole. Two keys,
+// so that the next config never waits behind the status writes of the last (a thousand
+// policies' status took seconds on a busy apiserver, while pods came and went).
 import { KubernetesObjectApi, type KubeConfig, type V1DaemonSet } from '@kubernetes/client-node';
 import { configSliceLabel, gatewayLabel, sliceConfig } from '../../contracts/gateway/index.ts';
 import type { EgressGateway, EgressPolicy } from '../../crds/index.ts';
@@ -10,7 +12,7 @@ import type { Caches } from '../caches.ts';
 import type { Compiled, PolicyFacts } from '../compile.ts';
 import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig, type ApiObject } from '../desired.ts';
 import type { EventRecorder } from '../events.ts';
-import type { CompiledCluster } from './cluster.ts';
+import type { CompiledCluster, CompiledGateway } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
 import { applyObject, ConfigMapWriter } from './objects.ts';
 import type { OperatorSettings } from '../settings.ts';
@@ -34,8 +36,18 @@ export interface GatewayReconcilerOptions {
   events: EventRecorder;
   /** Every gateway compiled from the caches as they are now (clusterCompiler). */
   cluster: () => CompiledCluster;
+  /** Called once a gateway's objects are written (or found gone), so that its status key follows. */
+  onApplied: (gateway: string) => void;
   now?: () => Date;
 }
+
+/** The gateway controller's keys for a gateway: its objects, and its status with its policies'. */
+export const gatewayKeys = {
+  objects: (gateway: string) => gateway,
+  status: (gateway: string) => `${statusPrefix}${gateway}`,
+};
+// A gateway's name is a DNS subdomain, which holds no slash.
+const statusPrefix = 'status/';
 
 /** The gateways an object's change can affect, for the gateway controller's queue. */
 export function gatewaysOf(caches: Pick<Caches, 'gateways'>) {
@@ -57,6 +69,8 @@ export class GatewayReconciler {
   readonly #o: GatewayReconcilerOptions;
   readonly #objects: KubernetesObjectApi;
   readonly #slices: ConfigMapWriter;
+  /** What each gateway's objects last received: its status tells that, not a newer compile. */
+  readonly #applied = new Map<string, CompiledGateway>();
 
   constructor(options: GatewayReconcilerOptions) {
     this.#o = options;
@@ -64,20 +78,39 @@ export class GatewayReconciler {
     this.#slices = new ConfigMapWriter(this.#objects, options.caches.gatewayConfigSlices);
   }
 
-  /** A deleted gateway needs nothing but its policies' status: its objects are garbage-collected. */
-  async reconcile(name: string): Promise<void> {
+  async reconcile(key: string): Promise<void> {
+    if (key.startsWith(statusPrefix)) await this.#status(key.slice(statusPrefix.length));
+    else await this.#gatewayObjects(key);
+  }
+
+  /** A deleted gateway's objects are garbage-collected: nothing to write. */
+  async #gatewayObjects(name: string): Promise<void> {
+    const gateway = this.#o.caches.gateways.get(name);
+    if (gateway) {
+      // Every gateway, because a node's config (whose hash says whether steering is current there)
+      // holds the pods of every gateway that steers from that node.
+      const compiled = this.#o.cluster().gateways.get(name)!;
+      await this.#applyObjects(gateway, compiled.compiled);
+      this.#applied.set(name, compiled);
+    }
+    this.#o.onApplied(name);
+  }
+
+  /** A deleted gateway needs nothing but its policies' status. */
+  async #status(name: string): Promise<void> {
     const { caches } = this.#o;
     const gateway = caches.gateways.get(name);
     const policies = caches.policies.list().filter((p) => p.spec.gateway === name);
     if (!gateway) {
+      this.#applied.delete(name);
       const none = { desired: 0, ready: 0 };
       await eachAtMost(policies, writesAtOnce, (policy) => this.#policyStatus(policy, undefined, false, none));
       return;
     }
-    // Every gateway, because a node's config (whose hash says whether steering is current there)
-    // holds the pods of every gateway that steers from that node.
-    const { compiled, steering, nodeConflicts } = this.#o.cluster().gateways.get(name)!;
-    await this.#applyObjects(gateway, compiled);
+    // Until its objects are written there is nothing to tell; their reconcile brings this key back.
+    const applied = this.#applied.get(name);
+    if (!applied) return;
+    const { compiled, steering, nodeConflicts } = applied;
     const daemonSet = caches.daemonSets.get(`${this.#o.namespace}/${objectName(name)}`);
     const rollout = {
       desired: daemonSet?.status?.desiredNumberScheduled ?? 0,

@@ -16,7 +16,7 @@ import { applyObject, ConfigMapWriter, deleteObject } from './objects.ts';
 import type { GatewayReconcilerOptions } from './egress-gateway.ts';
 
 /** As a gateway's: the node agents' namespaced objects live in the operator's namespace too. */
-export type SteeringReconcilerOptions = GatewayReconcilerOptions;
+export type SteeringReconcilerOptions = Omit<GatewayReconcilerOptions, 'onApplied'>;
 
 /** The field manager of pods' Steered condition, apart from the association mode's (see applyPodCondition). */
 export const steeringFieldManager = `${fieldManager}-steering`;
