@@ -295,10 +295,15 @@ class ScaleRun {
     await watch(watcher.configMap);
   }
 
-  /** Resolves once `done` holds, checked at each delivery and every second; rejects after timeoutMs. */
-  async #until(what: string, done: () => boolean, timeoutMs: number): Promise<void> {
+  /**
+   * Resolves once `done` holds, checked at each delivery and every second; rejects after timeoutMs,
+   * or once `stop` is aborted (a race it was in ended otherwise: its loop would keep the bench
+   * running after a failure until the deadline).
+   */
+  async #until(what: string, done: () => boolean, timeoutMs: number, stop?: AbortSignal): Promise<void> {
     const deadline = now() + timeoutMs;
     while (!done()) {
+      if (stop?.aborted) throw new Error(`stopped waiting for ${what}`);
       if (this.#failures.length) throw new Error(this.#failures.join('; '));
       if (now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
       await new Promise<void>((resolve) => {
@@ -384,27 +389,31 @@ class ScaleRun {
     const op = await this.#bc.startOperator({ metrics: metricsPort!, health: healthPort!, webhook: webhookPort! });
     const pid = op.child.pid!;
     try {
+      const lastLines = () => op.lines.slice(-5).map((l) => l.text.slice(0, 400));
       const exited = new Promise<never>((_, reject) =>
-        op.child.once('exit', (code, signal) => reject(new Error(`the operator exited (${code ?? signal})`))),
+        op.child.once('exit', (code, signal) =>
+          reject(new Error(`the operator exited (${code ?? signal}); its last lines:\n${lastLines().join('\n')}`)),
+        ),
       );
       const refusal = refused(op);
       for (const ending of [exited, refusal]) ending.catch(() => undefined);
+      const raced = new AbortController();
       await Promise.race([
         this.#until(
           'every watcher to hold its complete data',
           () => this.#complete(pods, shape.policies),
           600_000,
+          raced.signal,
         ).catch((error: Error) => {
           const short = this.#incomplete(pods, shape.policies);
-          const last = op.lines.slice(-5).map((l) => l.text.slice(0, 400));
           throw new Error(
             `${error.message}: ${short.length} watchers short (${short.slice(0, 5).join('; ')}); ` +
-              `the operator's last lines:\n${last.join('\n')}`,
+              `the operator's last lines:\n${lastLines().join('\n')}`,
           );
         }),
         exited,
         refusal,
-      ]);
+      ]).finally(() => raced.abort());
       await this.#measureResync(shape, op, key);
       // After the configs, the steering controller writes each served pod's Steered condition and
       // its Event (the stand-in agents never report): 50,000 pods kept it busy for over 300 s.
