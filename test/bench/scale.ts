@@ -415,16 +415,23 @@ class ScaleRun {
         refusal,
       ]).finally(() => raced.abort());
       await this.#measureResync(shape, op, key);
-      // After the configs, the steering controller writes each served pod's Steered condition and
-      // its Event (the stand-in agents never report): 50,000 pods kept it busy for over 300 s.
-      await quiet(pid, Math.max(300_000, 30 * shape.pods));
-      const resyncVm = await memory(pid);
-      const resyncCpu = await cpuSeconds(pid);
-      await this.#objects(key);
-      await this.#changes(shape, op, metricsPort!, key);
-      await this.#churn(shape, pid, key);
-      const endVm = await memory(pid);
-      this.#memoryFigures(shape, key, resyncVm, endVm, resyncCpu);
+      // An operator that exits from here on is named as such, with its last lines, rather than by
+      // the failure of whatever step next reads its process.
+      await Promise.race([
+        (async () => {
+          // After the configs, the steering controller writes each served pod's Steered condition
+          // and its Event (the stand-in agents never report): 50,000 pods kept it busy for over 300 s.
+          await quiet(pid, Math.max(300_000, 30 * shape.pods));
+          const resyncVm = await memory(pid);
+          const resyncCpu = await cpuSeconds(pid);
+          await this.#objects(key);
+          await this.#changes(shape, op, metricsPort!, key);
+          await this.#churn(shape, pid, key);
+          const endVm = await memory(pid);
+          this.#memoryFigures(shape, key, resyncVm, endVm, resyncCpu);
+        })(),
+        exited,
+      ]);
       const errors = op.lines.filter((l) => l.entry?.level === 'error' || (!l.entry && l.text.trim()));
       if (errors.length) {
         bench.note(`the operator logged ${errors.length} errors or other lines; the first:`);
