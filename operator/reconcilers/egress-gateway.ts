@@ -165,8 +165,7 @@ export class GatewayReconciler {
       o.metadata.labels?.[configSliceLabel] !== undefined && hashes.has(o.metadata.name);
     const others = objects.filter((o) => !isSlice(o));
     const index = others.findIndex((o) => o.kind === 'ConfigMap' && o.metadata.name === name);
-    // The ServiceAccount, its bindings and the Role name each other only by name: they go at once.
-    await Promise.all(others.slice(0, index).map((object) => applyObject(this.#objects, object)));
+    for (const object of others.slice(0, index)) await applyObject(this.#objects, object);
     // The slices depend on none but the Role before them; the index, which names them, follows.
     await eachAtMost(objects.filter(isSlice), writesAtOnce, async (slice) => {
       await this.#slices.apply(slice, hashes.get(slice.metadata.name)!);

@@ -63,10 +63,7 @@ export class SteeringReconciler {
         metadata: { name: orphan.metadata!.name!, namespace },
       });
     }
-    // The Role and the bindings name each other only by name: they go at once, the DaemonSet after.
-    const [daemonSets, rbac] = partition(late, (o) => o.kind === 'DaemonSet');
-    await Promise.all(rbac.map((object) => this.#apply(object)));
-    for (const object of daemonSets) await this.#apply(object);
+    for (const object of late) await this.#apply(object);
     if (!desired.length && (orphans.length || caches.daemonSets.get(`${namespace}/${nodeAgentName}`))) {
       await this.#removeNodeAgents();
     }
