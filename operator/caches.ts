@@ -21,7 +21,11 @@ import {
   type V1Node,
   type V1ContainerStatus,
   type V1Pod,
+  type V1Role,
+  type V1RoleBinding,
   type V1Secret,
+  type V1ServiceAccount,
+  RbacAuthorizationV1Api,
 } from '@kubernetes/client-node';
 import {
   definitionOf,
@@ -56,6 +60,14 @@ export interface Caches {
   gatewayConfigSlices: Informer<V1ConfigMap>;
   /** Only the gateway nodes' failover Leases (by their label), in its namespace. */
   failoverLeases: Informer<V1Lease>;
+  /**
+   * Only the ServiceAccounts, Roles and RoleBindings the operator made (the gateways' and the node
+   * agents'), in its namespace: those stored as written are not written again, and a change by
+   * another hand is undone at once.
+   */
+  serviceAccounts: Informer<V1ServiceAccount>;
+  roles: Informer<V1Role>;
+  roleBindings: Informer<V1RoleBinding>;
 }
 
 /**
@@ -111,6 +123,7 @@ export function operatorCaches(
   const custom = kubeConfig.makeApiClient(CustomObjectsApi);
   const certificates = kubeConfig.makeApiClient(CertificatesV1Api);
   const coordination = kubeConfig.makeApiClient(CoordinationV1Api);
+  const rbac = kubeConfig.makeApiClient(RbacAuthorizationV1Api);
 
   /** A cache of one collection; `list` gets the selectors and the page among its parameters. */
   function informer<T extends KubernetesObject>(
@@ -176,6 +189,24 @@ export function operatorCaches(
         `/apis/coordination.k8s.io/v1/namespaces/${namespace}/leases`,
         (p, o) => coordination.listNamespacedLease({ namespace, ...p }, o),
         { labelSelector: failoverNodeLabel },
+      ),
+      serviceAccounts: informer(
+        'ServiceAccount',
+        `/api/v1/namespaces/${namespace}/serviceaccounts`,
+        (p, o) => core.listNamespacedServiceAccount({ namespace, ...p }, o),
+        { labelSelector: managed },
+      ),
+      roles: informer(
+        'Role',
+        `/apis/rbac.authorization.k8s.io/v1/namespaces/${namespace}/roles`,
+        (p, o) => rbac.listNamespacedRole({ namespace, ...p }, o),
+        { labelSelector: managed },
+      ),
+      roleBindings: informer(
+        'RoleBinding',
+        `/apis/rbac.authorization.k8s.io/v1/namespaces/${namespace}/rolebindings`,
+        (p, o) => rbac.listNamespacedRoleBinding({ namespace, ...p }, o),
+        { labelSelector: managed },
       ),
     },
     webhookCaches: {

@@ -67,13 +67,17 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   gateways.watch(caches.policies, policyGateways(caches.policies));
   // Its rollout is the status's; its spec, restored by the objects.
   gateways.watch(caches.daemonSets, (_key, daemonSet) =>
-    affected.ofDaemonSet(daemonSet).flatMap((name) => [gatewayKeys.objects(name), gatewayKeys.status(name)]),
+    affected.ofObject(daemonSet).flatMap((name) => [gatewayKeys.objects(name), gatewayKeys.status(name)]),
   );
   // A config slice deleted by another hand is written again; the operator's own writes need nothing.
   gateways.watch(caches.gatewayConfigSlices, (key, slice) => {
     const gateway = slice.metadata?.labels?.[gatewayLabel];
     return gateway && !caches.gatewayConfigSlices.get(key) ? [gateway] : [];
   });
+  // Its ServiceAccount, Role and RoleBinding, written only when not stored as written: restored at once.
+  for (const cache of [caches.serviceAccounts, caches.roles, caches.roleBindings]) {
+    gateways.watch(cache, (_key, object) => affected.ofObject(object));
+  }
   // Uplinks, pods, namespaces and nodes can change what any gateway selects: every gateway looks.
   gateways.watch(caches.uplinks, onFactsChange(caches.uplinks, compiledFacts.uplinks, affected.all));
   gateways.watch(caches.pods, onFactsChange(caches.pods, compiledFacts.pods, affected.all));
@@ -97,6 +101,9 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   steering.watch(caches.namespaces, onFactsChange(caches.namespaces, compiledFacts.namespaces, toSteering));
   steering.watch(caches.nodes, onFactsChange(caches.nodes, compiledFacts.nodes, toSteering));
   steering.watch(caches.nodeConfigMaps, toNodes);
+  for (const cache of [caches.serviceAccounts, caches.roles, caches.roleBindings]) {
+    steering.watch(cache, (key) => (key === `${namespace}/${nodeAgentName}` ? toNodes() : []));
+  }
   // The node agents' DaemonSet, to restore it: not its status, which moves with each agent pod.
   steering.watch(
     caches.daemonSets,

@@ -5,7 +5,7 @@
 // policy is accepted, programmed or conflicting is known only from the compiled whole. Two keys,
 // so that the next config never waits behind the status writes of the last (a thousand
 // policies' status took seconds on a busy apiserver, while pods came and went).
-import { KubernetesObjectApi, type KubeConfig, type V1DaemonSet } from '@kubernetes/client-node';
+import { KubernetesObjectApi, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import { configSliceLabel, gatewayLabel, sliceConfig } from '../../contracts/gateway/index.ts';
 import type { EgressGateway, EgressPolicy } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
@@ -14,7 +14,7 @@ import { desiredGatewayObjects, labelsOf, objectName, ownedByConfig, type ApiObj
 import type { EventRecorder } from '../events.ts';
 import type { CompiledCluster, CompiledGateway } from './cluster.ts';
 import { objectKey } from '../../common/kube/index.ts';
-import { applyObject, ConfigMapWriter } from './objects.ts';
+import { ownedObjectWriter, partition, type ObjectWriter } from './objects.ts';
 import type { OperatorSettings } from '../settings.ts';
 import {
   conditions,
@@ -54,11 +54,11 @@ export function gatewaysOf(caches: Pick<Caches, 'gateways'>) {
   const all = () => caches.gateways.list().map((g) => g.metadata.name);
   return {
     all,
-    ofDaemonSet: (daemonSet: V1DaemonSet) => {
-      const gateway = daemonSet.metadata?.labels?.['naat.dev/gateway'];
+    /** The gateway whose DaemonSet, ServiceAccount, Role or RoleBinding this is, by its labels. */
+    ofObject: (object: KubernetesObject) => {
+      const gateway = object.metadata?.labels?.[gatewayLabel];
       return gateway &&
-        daemonSet.metadata?.labels?.['app.kubernetes.io/managed-by'] ===
-          labelsOf(gateway)['app.kubernetes.io/managed-by']
+        object.metadata?.labels?.['app.kubernetes.io/managed-by'] === labelsOf(gateway)['app.kubernetes.io/managed-by']
         ? [gateway]
         : [];
     },
@@ -67,15 +67,15 @@ export function gatewaysOf(caches: Pick<Caches, 'gateways'>) {
 
 export class GatewayReconciler {
   readonly #o: GatewayReconcilerOptions;
-  readonly #objects: KubernetesObjectApi;
-  readonly #slices: ConfigMapWriter;
+  readonly #writer: ObjectWriter;
   /** What each gateway's objects last received: its status tells that, not a newer compile. */
   readonly #applied = new Map<string, CompiledGateway>();
 
   constructor(options: GatewayReconcilerOptions) {
     this.#o = options;
-    this.#objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
-    this.#slices = new ConfigMapWriter(this.#objects, options.caches.gatewayConfigSlices);
+    // Its slices by their cache; not its index, which their label selector leaves out.
+    const objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
+    this.#writer = ownedObjectWriter(objects, options.caches, options.caches.gatewayConfigSlices);
   }
 
   async reconcile(key: string): Promise<void> {
@@ -149,7 +149,8 @@ export class GatewayReconciler {
    * new slices and those the current index names; the slices whose content changed, then the
    * index; then the slices no index names any more are deleted and the Role stops naming them.
    * An agent so never finds a slice it may not read, nor the index naming one that is not there.
-   * The index comes before the DaemonSet, which its uid then owns too (ownedByConfig).
+   * The index comes before the DaemonSet, which its uid then owns too (ownedByConfig). Only what
+   * is not stored as written goes out (ObjectWriter): under pod churn, the slices and the index.
    */
   async #applyObjects(gateway: EgressGateway, compiled: Compiled): Promise<void> {
     const { caches, settings, namespace } = this.#o;
@@ -163,27 +164,29 @@ export class GatewayReconciler {
     const hashes = new Map(sliced.index.slices.map((s) => [s.name, s.hash]));
     const isSlice = (o: ApiObject) =>
       o.metadata.labels?.[configSliceLabel] !== undefined && hashes.has(o.metadata.name);
-    const others = objects.filter((o) => !isSlice(o));
-    const index = others.findIndex((o) => o.kind === 'ConfigMap' && o.metadata.name === name);
-    for (const object of others.slice(0, index)) await applyObject(this.#objects, object);
+    // The ClusterRoleBinding binds the chart's ClusterRole, which is there before any gateway:
+    // it goes beside the slices, and before the DaemonSet whose agents it lets in.
+    const [bindings, others] = partition(objects, (o) => o.kind === 'ClusterRoleBinding');
+    const [slices, rest] = partition(others, isSlice);
+    const index = rest.findIndex((o) => o.kind === 'ConfigMap' && o.metadata.name === name);
+    for (const object of rest.slice(0, index)) await this.#writer.apply(object);
     // The slices depend on none but the Role before them; the index, which names them, follows.
-    await eachAtMost(objects.filter(isSlice), writesAtOnce, async (slice) => {
-      await this.#slices.apply(slice, hashes.get(slice.metadata.name)!);
+    await eachAtMost([...bindings, ...slices], writesAtOnce, async (object) => {
+      await this.#writer.apply(object, hashes.get(object.metadata.name));
     });
     let configUid: string | undefined;
-    for (const object of others.slice(index)) {
-      const applied = await applyObject(
-        this.#objects,
+    for (const object of rest.slice(index)) {
+      const applied = await this.#writer.apply(
         object.kind === 'DaemonSet' && configUid ? ownedByConfig(object, configUid) : object,
       );
-      if (object.kind === 'ConfigMap' && object.metadata.name === name) configUid = applied.metadata?.uid;
+      if (object.kind === 'ConfigMap' && object.metadata.name === name) configUid = applied?.metadata?.uid;
     }
     if (!stale.length) return;
     for (const slice of stale) {
-      await this.#slices.delete({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: slice, namespace } });
+      await this.#writer.delete({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: slice, namespace } });
     }
     const role = desiredGatewayObjects(gateway, compiled, settings, namespace, sliced).find((o) => o.kind === 'Role')!;
-    await applyObject(this.#objects, role);
+    await this.#writer.apply(role);
   }
 
   async #policyStatus(

@@ -7,12 +7,12 @@
 // at an operator's start that pass writes a condition and an Event for every served pod.
 import { KubernetesObjectApi, type V1Pod } from '@kubernetes/client-node';
 import { createHash } from 'node:crypto';
-import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
+import { desiredNodeObjects, nodeAgentName, nodeConfigName } from '../desired.ts';
 import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
 import { fieldManager, writesAtOnce } from '../status-writer.ts';
 import { eachAtMost } from '../../common/index.ts';
-import { applyObject, ConfigMapWriter, deleteObject } from './objects.ts';
+import { ownedObjectWriter, partition, type ObjectWriter } from './objects.ts';
 import type { GatewayReconcilerOptions } from './egress-gateway.ts';
 
 /** As a gateway's: the node agents' namespaced objects live in the operator's namespace too. */
@@ -26,13 +26,12 @@ export const steeringKeys = { nodes: 'nodes', pods: 'pods' } as const;
 
 export class SteeringReconciler {
   readonly #o: SteeringReconcilerOptions;
-  readonly #objects: KubernetesObjectApi;
-  readonly #configs: ConfigMapWriter;
+  readonly #writer: ObjectWriter;
 
   constructor(options: SteeringReconcilerOptions) {
     this.#o = options;
-    this.#objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
-    this.#configs = new ConfigMapWriter(this.#objects, options.caches.nodeConfigMaps);
+    const objects = KubernetesObjectApi.makeApiClient(options.kubeConfig);
+    this.#writer = ownedObjectWriter(objects, options.caches, options.caches.nodeConfigMaps);
   }
 
   async reconcile(key: string): Promise<void> {
@@ -52,18 +51,18 @@ export class SteeringReconciler {
     // that it is to clear the node, and the Role stops naming the ConfigMap only once it is gone.
     const [early, late] = partition(desired, (o) => o.kind === 'ServiceAccount' || o.kind === 'ConfigMap');
     const [configMaps, accounts] = partition(early, (o) => o.kind === 'ConfigMap');
-    for (const object of accounts) await this.#apply(object);
+    for (const object of accounts) await this.#writer.apply(object);
     await eachAtMost(configMaps, writesAtOnce, async (config) => {
-      await this.#configs.apply(config, hashes.get(config.metadata.name)!);
+      await this.#writer.apply(config, hashes.get(config.metadata.name)!);
     });
     for (const orphan of orphans) {
-      await this.#configs.delete({
+      await this.#writer.delete({
         apiVersion: 'v1',
         kind: 'ConfigMap',
         metadata: { name: orphan.metadata!.name!, namespace },
       });
     }
-    for (const object of late) await this.#apply(object);
+    for (const object of late) await this.#writer.apply(object);
     if (!desired.length && (orphans.length || caches.daemonSets.get(`${namespace}/${nodeAgentName}`))) {
       await this.#removeNodeAgents();
     }
@@ -94,7 +93,7 @@ export class SteeringReconciler {
       { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: nodeAgentName, namespace } },
       { apiVersion: 'apps/v1', kind: 'DaemonSet', metadata: { name: nodeAgentName, namespace } },
     ]) {
-      await this.#delete(object);
+      await this.#writer.delete(object);
     }
   }
 
@@ -162,19 +161,7 @@ export class SteeringReconciler {
     );
   }
 
-  async #apply(object: ApiObject): Promise<void> {
-    await applyObject(this.#objects, object);
-  }
-
-  #delete(object: ApiObject): Promise<void> {
-    return deleteObject(this.#objects, object);
-  }
-
   #now(): Date {
     return this.#o.now?.() ?? new Date();
   }
-}
-
-function partition<T>(items: readonly T[], first: (item: T) => boolean): [T[], T[]] {
-  return [items.filter(first), items.filter((item) => !first(item))];
 }

@@ -246,6 +246,34 @@ test('compiles the gateway into its ConfigMap and DaemonSet, writes status, and 
   await eventually('the conflict gone', async () =>
     condition(await status('egresspolicy', 'deny-https', apps), 'Conflicting')?.status === 'False' ? true : undefined,
   );
+
+  // A new config leaves the ServiceAccount, Role and RoleBinding alone (stored as written), and
+  // another hand's edit or deletion of them is undone at once, though nothing compiled changed.
+  const rbac = ['serviceaccount', 'role', 'rolebinding'];
+  const versions = () =>
+    Promise.all(
+      rbac.map((kind) => k(['get', kind, objectName(id), '-n', system, '-o', 'jsonpath={.metadata.resourceVersion}'])),
+    );
+  const unchanged = await versions();
+  const hash = (await config())?.hash;
+  const later = JSON.stringify({ spec: { priority: 21 } });
+  await k(['patch', 'egresspolicy', 'via-nowhere', '-n', apps, '--type=merge', '-p', later]);
+  await eventually('the new config', async () => ((await config())?.hash !== hash ? true : undefined));
+  expect(await versions()).toEqual(unchanged);
+  const verbs = () =>
+    k(['get', 'role', objectName(id), '-n', system, '-o', 'jsonpath={.rules[0].verbs}']).then(
+      (text) => JSON.parse(text) as string[],
+    );
+  expect(await verbs()).toEqual(['get', 'watch']);
+  const widened = [{ op: 'replace', path: '/rules/0/verbs', value: ['get', 'watch', 'list'] }];
+  await k(['patch', 'role', objectName(id), '-n', system, '--type=json', '-p', JSON.stringify(widened)]);
+  await k(['delete', 'rolebinding', objectName(id), '-n', system]);
+  await eventually('the Role as compiled again', async () =>
+    (await verbs()).join() === 'get,watch' ? true : undefined,
+  );
+  await eventually('the RoleBinding back', async () =>
+    (await k(['get', 'rolebinding', '-n', system, '-o', 'name'])).includes(objectName(id)) ? true : undefined,
+  );
 });
 
 test('restarting the operator changes nothing that was right', async () => {
