@@ -1,6 +1,13 @@
 import { injectedAnnotation, modeAnnotation, modeReasonAnnotation } from './inject.ts';
 import type { Compiled } from './compile.ts';
-import { associationModeCondition, gatewayConditions, uplinkSummary } from './status.ts';
+import {
+  associationModeCondition,
+  gatewayConditions,
+  settlingGraceMs,
+  steeredCondition,
+  steeredConditionDue,
+  uplinkSummary,
+} from './status.ts';
 
 const node = (name: string, portUtilisationPercent: number, healthy = true) => ({
   node: name,
@@ -99,5 +106,28 @@ describe('gateway conditions', () => {
       message:
         'the dataplane does not run on 1 of the nodes nodeSelector matches: node gw-2 runs the agent of EgressGateway older, which listens at port 9091. A node is the gateway node of one EgressGateway only',
     });
+  });
+});
+
+describe('when a Steered condition is due', () => {
+  const created = 1_000_000;
+  const notSteered = (reason: string) => ({ type: steeredCondition, status: 'False' as const, reason, message: 'm' });
+  const steered = { type: steeredCondition, status: 'True' as const, reason: 'Steered', message: 'm' };
+
+  test('a new pod on a settling node is told only once it is past the grace', () => {
+    for (const reason of ['NotReported', 'ConfigPending']) {
+      expect(steeredConditionDue(notSteered(reason), undefined, created, created + 100)).toBe(
+        created + settlingGraceMs,
+      );
+      expect(steeredConditionDue(notSteered(reason), undefined, created, created + settlingGraceMs)).toBeUndefined();
+    }
+  });
+
+  test('steered, a failure of its node, a pod told before or of unknown age: at once', () => {
+    const young = created + 100;
+    expect(steeredConditionDue(steered, undefined, created, young)).toBeUndefined();
+    expect(steeredConditionDue(notSteered('PortConflict'), undefined, created, young)).toBeUndefined();
+    expect(steeredConditionDue(notSteered('NotReported'), { status: 'True' }, created, young)).toBeUndefined();
+    expect(steeredConditionDue(notSteered('ConfigPending'), undefined, undefined, young)).toBeUndefined();
   });
 });

@@ -260,12 +260,44 @@ export function steeringReadyCondition(nodes: readonly NodeSteering[]): NewCondi
 export const steeredCondition = `${podConditionPrefix}Steered`;
 
 /**
+ * How long a new pod goes without its Steered condition while its node settles: its node agent
+ * has not reported yet, or not with the node's current config (NotReported, ConfigPending). An
+ * agent applies a new config within a second; told False and then True, each new pod cost two
+ * status writes and two Events, four hundred writes a second at a hundred new pods a second, for
+ * nothing a user needs. Past it the pod is told False as any other, never silently unserved.
+ */
+export const settlingGraceMs = 5000;
+const settlingReasons: ReadonlySet<string> = new Set(['NotReported', 'ConfigPending']);
+
+/**
+ * When `wanted`, the Steered condition of a pod created at `createdAt` (ms) that has `existing`,
+ * is due: undefined for now, or the time (ms) a new pod on a settling node is told.
+ */
+export function steeredConditionDue(
+  wanted: NewCondition,
+  existing: { status: string } | undefined,
+  createdAt: number | undefined,
+  now: number,
+): number | undefined {
+  if (existing || wanted.status !== 'False' || !settlingReasons.has(wanted.reason) || createdAt === undefined) {
+    return undefined;
+  }
+  const due = createdAt + settlingGraceMs;
+  return due > now ? due : undefined;
+}
+
+/**
  * The Steered condition of every served pod away from a gateway's nodes, by namespace/name: false
  * with the first reason (gateways by name) while any gateway serving it is not steered to from its
- * node, so that such a pod is never silently unserved.
+ * node, so that such a pod is never silently unserved. Except that a pod told steered to the same
+ * gateways (`told`, its condition as written) stays so while its node only has a newer config to
+ * apply (ConfigPending): the config its node agent applied steers it, and every pod of a node
+ * told false and true again for each change on that node (another pod there came or went) cost
+ * four writes a pod, per change, on the node's every pod.
  */
 export function steeredPodConditions(
   gateways: ReadonlyArray<{ compiled: Compiled; steering: readonly NodeSteering[] }>,
+  told: (key: string) => { status?: string; reason?: string; message?: string } | undefined = () => undefined,
 ): Map<string, NewCondition> {
   const verdicts = new Map<string, Array<{ gateway: string; node: NodeSteering }>>();
   const ordered = [...gateways].sort((a, b) => a.compiled.config.gateway.localeCompare(b.compiled.config.gateway));
@@ -281,23 +313,30 @@ export function steeredPodConditions(
   }
   const result = new Map<string, NewCondition>();
   for (const [key, list] of verdicts) {
-    const failing = list.find((v) => !v.node.ready);
-    const gateways = list.map((v) => v.gateway).join(', ');
+    const steered: NewCondition = {
+      type: steeredCondition,
+      status: 'True',
+      reason: 'Steered',
+      message: `flows are steered through the tunnel to the nodes of EgressGateway ${list.map((v) => v.gateway).join(', ')}`,
+    };
+    const failing = list.filter((v) => !v.node.ready);
+    const before = told(key);
+    const stillSteered =
+      failing.every((v) => v.node.reason === 'ConfigPending') &&
+      before?.status === steered.status &&
+      before.reason === steered.reason &&
+      before.message === steered.message;
+    const first = failing[0];
     result.set(
       key,
-      failing
+      first && !stillSteered
         ? {
             type: steeredCondition,
             status: 'False',
-            reason: failing.node.reason,
-            message: `flows are not steered to EgressGateway ${failing.gateway}: ${failing.node.message}`,
+            reason: first.node.reason,
+            message: `flows are not steered to EgressGateway ${first.gateway}: ${first.node.message}`,
           }
-        : {
-            type: steeredCondition,
-            status: 'True',
-            reason: 'Steered',
-            message: `flows are steered through the tunnel to the nodes of EgressGateway ${gateways}`,
-          },
+        : steered,
     );
   }
   return result;

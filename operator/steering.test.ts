@@ -267,6 +267,40 @@ describe('nodeSteering and the conditions made of it', () => {
     expect(steeringReadyCondition(nodes)).toMatchObject({ status: 'False', reason: 'VniConflict' });
   });
 
+  it('keeps a pod told steered so while its node only has a newer config to apply, not once its agent fails', () => {
+    const reported = (report: Omit<SteeringReport, 'node' | 'since'>) =>
+      nodeSteering(
+        a,
+        tunnelOf(100),
+        configs,
+        ['worker-1', 'worker-2'].map((node) => ({ node, since, ...report })),
+      );
+    const current = steeredPodConditions([
+      {
+        compiled: a,
+        steering: nodeSteering(a, tunnelOf(100), configs, [
+          { node: 'worker-1', since, ready: true, hash: hash('worker-1') },
+          { node: 'worker-2', since, ready: true, hash: hash('worker-2') },
+        ]),
+      },
+    ]);
+    const told = (key: string) => current.get(key);
+    expect(current.get('a/web-1')).toMatchObject({ status: 'True', reason: 'Steered' });
+    const pending = [{ compiled: a, steering: reported({ ready: true, hash: 'sha256:old' }) }];
+    expect(steeredPodConditions(pending, told).get('a/web-1')).toEqual(current.get('a/web-1'));
+    // A pod not told yet (new on the node), or told steered to other gateways, waits for the config.
+    expect(steeredPodConditions(pending).get('a/web-1')).toMatchObject({ status: 'False', reason: 'ConfigPending' });
+    const toOthers = () => ({ ...current.get('a/web-1')!, message: `${current.get('a/web-1')!.message}, b` });
+    expect(steeredPodConditions(pending, toOthers).get('a/web-1')).toMatchObject({ reason: 'ConfigPending' });
+    const failing = [{ compiled: a, steering: reported({ ready: false, reason: 'NoPeerUp' }) }];
+    expect(steeredPodConditions(failing, told).get('a/web-1')).toMatchObject({ status: 'False', reason: 'NoPeerUp' });
+    expect(
+      steeredPodConditions([{ compiled: a, steering: nodeSteering(a, tunnelOf(100), configs, []) }], told).get(
+        'a/web-1',
+      ),
+    ).toMatchObject({ status: 'False', reason: 'NotReported' });
+  });
+
   it("gives the gateway SteeringReady and each away pod naat.dev/Steered, never true while a node isn't", () => {
     expect(steeringReadyCondition([])).toMatchObject({ status: 'True', reason: 'LocalOnly' });
     const reports = [

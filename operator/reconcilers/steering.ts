@@ -9,7 +9,8 @@ import { KubernetesObjectApi, type V1Pod } from '@kubernetes/client-node';
 import { createHash } from 'node:crypto';
 import { desiredNodeObjects, nodeAgentName, nodeConfigName } from '../desired.ts';
 import { staleReports } from '../steering.ts';
-import { steeredCondition, steeredPodConditions, type NewCondition } from '../status.ts';
+import { steeredCondition, steeredConditionDue, steeredPodConditions, type NewCondition } from '../status.ts';
+import type { ReconcileResult } from '../runtime/controller.ts';
 import { fieldManager, writesAtOnce } from '../status-writer.ts';
 import { eachAtMost } from '../../common/index.ts';
 import { ownedObjectWriter, partition, type ObjectWriter } from './objects.ts';
@@ -34,10 +35,10 @@ export class SteeringReconciler {
     this.#writer = ownedObjectWriter(objects, options.caches, options.caches.nodeConfigMaps);
   }
 
-  async reconcile(key: string): Promise<void> {
-    if (key === steeringKeys.nodes) await this.#nodes();
-    else if (key === steeringKeys.pods) await this.#pods();
-    else throw new Error(`the steering controller has no key ${JSON.stringify(key)}`);
+  async reconcile(key: string): Promise<ReconcileResult> {
+    if (key === steeringKeys.nodes) return this.#nodes();
+    if (key === steeringKeys.pods) return this.#pods();
+    throw new Error(`the steering controller has no key ${JSON.stringify(key)}`);
   }
 
   async #nodes(): Promise<void> {
@@ -77,9 +78,18 @@ export class SteeringReconciler {
     }
   }
 
-  async #pods(): Promise<void> {
-    const pods = steeredPodConditions([...this.#o.cluster().gateways.values()]);
-    await eachAtMost(this.#o.caches.pods.list(), writesAtOnce, (pod) => this.#podCondition(pod, pods));
+  /** Comes back when the first new pod on a settling node is due its condition (steeredConditionDue). */
+  async #pods(): Promise<ReconcileResult> {
+    const cache = this.#o.caches.pods;
+    const pods = steeredPodConditions([...this.#o.cluster().gateways.values()], (key) =>
+      cache.get(key)?.status?.conditions?.find((c) => c.type === steeredCondition),
+    );
+    const now = this.#now().getTime();
+    let next = Infinity;
+    await eachAtMost(this.#o.caches.pods.list(), writesAtOnce, async (pod) => {
+      next = Math.min(next, (await this.#podCondition(pod, pods, now)) ?? Infinity);
+    });
+    return next < Infinity ? { requeueAfterMs: next - now } : undefined;
   }
 
   /** No node needs an agent: every object of theirs goes, the DaemonSet last, so a failure is retried. */
@@ -102,10 +112,10 @@ export class SteeringReconciler {
    * gateway's nodes and no longer is keeps the condition, saying so: conditions written by a
    * field manager of their own are not removed once others have touched the pod's conditions.
    */
-  async #podCondition(pod: V1Pod, wanted: ReadonlyMap<string, NewCondition>): Promise<void> {
+  async #podCondition(pod: V1Pod, wanted: ReadonlyMap<string, NewCondition>, now: number): Promise<number | undefined> {
     const name = pod.metadata?.name;
     const namespace = pod.metadata?.namespace;
-    if (!name || !namespace) return;
+    if (!name || !namespace) return undefined;
     const existing = pod.status?.conditions?.find((c) => c.type === steeredCondition);
     const condition: NewCondition | undefined =
       wanted.get(`${namespace}/${name}`) ??
@@ -115,14 +125,17 @@ export class SteeringReconciler {
         reason: 'NotNeeded',
         message: "no gateway serves the pod from another node's gateway nodes: nothing to steer",
       });
-    if (!condition) return;
+    if (!condition) return undefined;
     if (
       existing?.status === condition.status &&
       existing.reason === condition.reason &&
       existing.message === condition.message
     ) {
-      return;
+      return undefined;
     }
+    const created = pod.metadata?.creationTimestamp;
+    const due = steeredConditionDue(condition, existing, created && new Date(created).getTime(), now);
+    if (due !== undefined) return due;
     await this.#o.status.applyPodCondition(
       { name, namespace },
       {
@@ -137,7 +150,7 @@ export class SteeringReconciler {
         : existing?.status === 'False'
           ? { type: 'Normal' as const, reason: 'Steered', note: condition.message }
           : undefined;
-    if (!told) return;
+    if (!told) return undefined;
     // Named after the change it tells, so the apiserver refuses it a second time: a pass that sees
     // the cache before this write tells the same change again, and the operator keeps no record
     // of what it told each of (up to 50,000) pods.
@@ -159,6 +172,7 @@ export class SteeringReconciler {
       { metadata: { name, namespace, ...(uid ? { uid } : {}) } },
       { name: `${name}.${change}`, action: 'Steer', ...told },
     );
+    return undefined;
   }
 
   #now(): Date {

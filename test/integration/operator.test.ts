@@ -477,8 +477,12 @@ describe('cluster-wide egress', () => {
     expect([...(await nodeConfigs()).keys()]).toEqual(['worker-a']);
     expect(changed.hash).not.toBe(worker.hash);
     await eventually('the stale config said', async () =>
-      (await steered('web-1'))?.reason === 'ConfigPending' ? true : undefined,
+      condition(await status('egressgateway', id), 'SteeringReady')?.reason === 'ConfigPending' ? true : undefined,
     );
+    // The pods told steered stay so: the config worker-a's agent applied steers them.
+    await new Promise((r) => setTimeout(r, 2000));
+    expect(await steered('web-1')).toMatchObject({ status: 'True', reason: 'Steered' });
+    expect((await podEvents('web-1')).filter((e) => /ConfigPending/.test(e))).toEqual([]);
     await reporter.report([{ gateway: id, ready: true, reason: 'Applied', hash: changed.hash! }]);
     await eventually('the new pod steered', async () =>
       (await steered('web-4'))?.status === 'True' ? true : undefined,
