@@ -118,6 +118,8 @@ await webhook.listen();
 const allCaches = [...Object.values(caches), ...Object.values(webhookCaches).filter((c) => c !== undefined)];
 for (const cache of allCaches) cache.start();
 
+/** Set by SIGTERM or SIGINT: the controllers stop, then the Lease is released. */
+let stopping = false;
 const elector = settings.leaderElection.enabled
   ? new LeaderElector({
       kubeConfig,
@@ -132,7 +134,9 @@ const elector = settings.leaderElection.enabled
         for (const controller of Object.values(controllers)) void controller.run();
       },
       // A replica that lost its Lease may be acting on an old view: it stops and starts afresh.
+      // One told to stop has stopped its controllers already, and goes on to release the Lease.
       onStoppedLeading: () => {
+        if (stopping) return;
         log.error('Lost the Lease; exiting so that a fresh replica takes over', { identity });
         process.exit(1);
       },
@@ -163,6 +167,7 @@ createServer((req, res) => {
 }).listen(settings.metricsPort);
 
 const stop = async () => {
+  stopping = true;
   await Promise.all(Object.values(controllers).map((c) => c.stop()));
   await elector?.stop();
   await webhook.close();

@@ -306,7 +306,12 @@ test('of two replicas one leads; the other takes over when it stops and keeps th
     (await leaderOf(19100)) !== undefined && (await leaderOf(19200)) !== undefined ? true : undefined,
   );
   expect([await leaderOf(19100), await leaderOf(19200)]).toEqual([true, false]);
-  operators[0]!.kill('SIGTERM');
+  const first = operators[0]!;
+  const exited = new Promise<number | null>((resolve) => first.once('exit', (code) => resolve(code)));
+  first.kill('SIGTERM');
+  // A leader told to stop stops cleanly and releases its Lease; it has not lost it.
+  expect(await exited).toBe(0);
+  expect(String((first as ChildProcess & { output: string }).output)).not.toContain('Lost the Lease');
   await eventually('the second replica leading', async () => ((await leaderOf(19200)) ? true : undefined), 20_000);
   // The new leader keeps the config current.
   await apply(pod('web-3'));
