@@ -5,8 +5,15 @@
 // policy is accepted, programmed or conflicting is known only from the compiled whole. Two keys,
 // so that the next config never waits behind the status writes of the last (a thousand
 // policies' status took seconds on a busy apiserver, while pods came and went).
+import { setImmediate } from 'node:timers/promises';
 import { KubernetesObjectApi, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
-import { configSliceLabel, gatewayLabel, sliceConfig } from '../../contracts/gateway/index.ts';
+import {
+  configSliceLabel,
+  gatewayLabel,
+  sliceConfig,
+  type GatewayConfig,
+  type SlicedConfig,
+} from '../../contracts/gateway/index.ts';
 import type { EgressGateway, EgressPolicy } from '../../crds/index.ts';
 import type { Caches } from '../caches.ts';
 import type { Compiled, PolicyFacts } from '../compile.ts';
@@ -70,6 +77,12 @@ export class GatewayReconciler {
   readonly #writer: ObjectWriter;
   /** What each gateway's objects last received: its status tells that, not a newer compile. */
   readonly #applied = new Map<string, CompiledGateway>();
+  /**
+   * Each compiled config cut into slices, while the compile is current: its DaemonSet's rollout
+   * and another hand's change bring the objects key back without a new compile, and cutting 50,000
+   * pods' config took a second.
+   */
+  readonly #sliced = new WeakMap<GatewayConfig, SlicedConfig>();
 
   constructor(options: GatewayReconcilerOptions) {
     this.#o = options;
@@ -90,6 +103,9 @@ export class GatewayReconciler {
       // Every gateway, because a node's config (whose hash says whether steering is current there)
       // holds the pods of every gateway that steers from that node.
       const compiled = this.#o.cluster().gateways.get(name)!;
+      // A turn of the event loop between the compile and the cutting into slices, each a second
+      // or more at 50,000 pods: what waits for it (the leader's renewal above all) gets its turn.
+      await setImmediate();
       await this.#applyObjects(gateway, compiled.compiled);
       this.#applied.set(name, compiled);
     }
@@ -155,7 +171,8 @@ export class GatewayReconciler {
   async #applyObjects(gateway: EgressGateway, compiled: Compiled): Promise<void> {
     const { caches, settings, namespace } = this.#o;
     const name = objectName(gateway.metadata.name);
-    const sliced = sliceConfig(compiled.config);
+    let sliced = this.#sliced.get(compiled.config);
+    if (!sliced) this.#sliced.set(compiled.config, (sliced = sliceConfig(compiled.config)));
     const existing = caches.gatewayConfigSlices
       .list()
       .filter((cm) => cm.metadata?.labels?.[gatewayLabel] === gateway.metadata.name);
