@@ -251,9 +251,9 @@ function withoutManagedFields<T extends KubernetesObject>(object: T): T {
 
 /**
  * What the reconcilers read of a pod (its facts for the compiler, naat's annotations and
- * conditions on it, its creation time, its containers' runtime ids): the operator caches every pod of the cluster,
- * and the rest of a pod (its containers' specs, volumes, most of its status, other tools'
- * annotations) is most of its size. What many pods repeat (their namespace and node, their labels'
+ * conditions on it, its creation time, its containers' runtime ids): the operator caches every
+ * pod of the cluster, and the rest of a pod (its containers' specs, volumes, most of its status,
+ * other tools' annotations) is most of its size. What many pods repeat (their namespace and node, their labels'
  * values, a condition's reason and message) is kept once for all of them.
  */
 export function podProjection(pod: V1Pod): V1Pod {

@@ -86,7 +86,7 @@ export class SteeringReconciler {
     );
     const now = this.#now().getTime();
     let next = Infinity;
-    await eachAtMost(this.#o.caches.pods.list(), writesAtOnce, async (pod) => {
+    await eachAtMost(cache.list(), writesAtOnce, async (pod) => {
       next = Math.min(next, (await this.#podCondition(pod, pods, now)) ?? Infinity);
     });
     return next < Infinity ? { requeueAfterMs: next - now } : undefined;
