@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { Static } from '@sinclair/typebox';
 import { maxVni, type EgressGateway, type SteeringNodeStatus } from '../crds/index.ts';
-import { nodeConfigVersion, type NodeConfig, type NodeGateway } from '../contracts/gateway/index.ts';
+import { nodeConfigHash, nodeConfigVersion, type NodeConfig, type NodeGateway } from '../contracts/gateway/index.ts';
 import type { Compiled, TunnelFacts } from './compile.ts';
 import { describeConflict, type PortConflict } from './host-ports.ts';
 
@@ -90,8 +90,7 @@ export function desiredNodeConfigs(
       markMask: settings.markMask,
       gateways: byNode.get(node)!,
     };
-    const hash = `sha256:${createHash('sha256').update(JSON.stringify(withoutHash)).digest('hex')}`;
-    return { ...withoutHash, hash };
+    return { ...withoutHash, hash: nodeConfigHash(withoutHash) };
   });
 }
 

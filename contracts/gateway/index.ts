@@ -2,7 +2,7 @@
 // dataplane agent, which applies it; the prefix arithmetic both sides do on its addresses; and the
 // node config of cluster-wide egress (steering.ts), which the operator writes for node agents; and
 // the names and labels that find a gateway's objects (objects.ts), and the index and slices its
-// config is stored in (slices.ts); and the Leases through which gateway
+// config is stored in (slices.ts), with its hash (texts.ts); and the Leases through which gateway
 // nodes hold their failover addresses (failover.ts).
 export {
   CompiledRule,
@@ -42,6 +42,7 @@ export {
   type ConfigSlice,
   type SlicedConfig,
 } from './slices.ts';
+export { configHash, nodeConfigHash } from './texts.ts';
 export { canonicalAddress, contains, normalisePrefixes, prefixRange } from './prefixes.ts';
 export { defaultMarks, isContiguous, markField, markOf, valueOf, type MarkField } from './marks.ts';
 export {

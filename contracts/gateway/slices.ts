@@ -9,6 +9,7 @@
 // slices of the new version, the index of the old one) is never taken for a config.
 import { createHash } from 'node:crypto';
 import type { CompiledRule, GatewayConfig } from './config.ts';
+import { jsonText } from './texts.ts';
 import { agentConfigKey, configIndexKey, configSliceKey, gatewayObjectName, gatewaySliceName } from './objects.ts';
 import type { TunnelEndpoint } from './tunnel.ts';
 
@@ -95,35 +96,34 @@ export function sliceConfig(config: GatewayConfig, budgetBytes = sliceBudgetByte
   const derivesSources = marksOf(config.pods, config.sources)?.every(Boolean) ?? false;
   const entries = [
     ...placed(
-      'pod',
-      config.pods.map((pod, i): { place: string; entry: SlicedPod } => ({
-        place: podKey(pod),
-        entry: { pod, ...(sidecar?.[i] ? { sidecar: true } : {}), ...(strict?.[i] ? { strict: true } : {}) },
+      podEntries,
+      config.pods.map((pod, i): SlicedPod => ({
+        pod,
+        ...(sidecar?.[i] ? { sidecar: true } : {}),
+        ...(strict?.[i] ? { strict: true } : {}),
       })),
-      comparePods,
     ),
-    ...placed('policy', policyRuns(config.rules), comparePolicies),
+    ...placed(policyEntries, policyRuns(config.rules)),
     ...placed(
-      'node',
-      (config.steering?.sources ?? []).map((node) => ({ place: node.node, entry: { node } })),
-      compareNodes,
+      nodeEntries,
+      (config.steering?.sources ?? []).map((node) => ({ node })),
     ),
   ];
   const count = sliceCount(entries, budgetBytes - config.gateway.length - 100);
-  const slices: ConfigSlice[] = Array.from({ length: count }, (_, slice) => ({
-    gateway: config.gateway,
-    slice,
-    pods: [],
-    policies: [],
-    steering: [],
+  const slices = Array.from({ length: count }, () => ({
+    pod: [] as string[],
+    policy: [] as string[],
+    node: [] as string[],
   }));
-  for (const e of entries) {
-    const slice = slices[e.hash % count]!;
-    if (e.kind === 'pod') slice.pods.push(e.entry as SlicedPod);
-    else if (e.kind === 'policy') slice.policies.push(e.entry as SlicedPolicy);
-    else slice.steering.push(e.entry as SlicedNode);
-  }
-  const texts = new Map(slices.map((s) => [gatewaySliceName(config.gateway, s.slice), JSON.stringify(s)]));
+  for (const e of entries) slices[e.hash % count]![e.kind].push(e.text);
+  // JSON.stringify of a ConfigSlice, from its entries' texts.
+  const gateway = JSON.stringify(config.gateway);
+  const texts = new Map(
+    slices.map((s, slice) => [
+      gatewaySliceName(config.gateway, slice),
+      `{"gateway":${gateway},"slice":${slice},"pods":[${s.pod.join(',')}],"policies":[${s.policy.join(',')}],"steering":[${s.node.join(',')}]}`,
+    ]),
+  );
   const derived = {
     sources: derivesSources,
     sidecarSources: sidecar !== undefined,
@@ -163,15 +163,15 @@ export function assembleConfig(index: ConfigIndex, slices: ReadonlyMap<string, s
   });
   const pods = ordered(
     parsed.flatMap((s) => s.pods),
-    comparePods,
+    podEntries.compare,
   );
   const policies = ordered(
     parsed.flatMap((s) => s.policies),
-    comparePolicies,
+    policyEntries.compare,
   );
   const nodes = ordered(
     parsed.flatMap((s) => s.steering),
-    compareNodes,
+    nodeEntries.compare,
   );
   const { derived } = index;
   const config = withoutSlices(index);
@@ -201,30 +201,91 @@ interface Placed {
   kind: 'pod' | 'policy' | 'node';
   hash: number;
   bytes: number;
-  entry: { at?: number };
+  /** The entry's JSON text, as its slice holds it. */
+  text: string;
 }
+
+/** How the entries of one list are placed, ordered, written and told apart. */
+interface EntryKind<E> {
+  kind: Placed['kind'];
+  /** What places the entry in a slice: a pod's namespace/name, a policy's, a node's name. */
+  place: (entry: E) => string;
+  /** The compiler's order, which assembly restores. */
+  compare: (a: E, b: E) => number;
+  /** JSON.stringify(entry). */
+  text: (entry: E) => string;
+  /** The object the entry is made of (a pod, a policy's first rule, a node): its last placing is kept by it. */
+  owner: (entry: E) => object;
+  same: (a: E, b: E) => boolean;
+}
+
+const podEntries: EntryKind<SlicedPod> = {
+  kind: 'pod',
+  place: (e) => podKey(e.pod),
+  compare: (a, b) => compareText(podKey(a.pod), podKey(b.pod)),
+  text: ({ pod, sidecar, strict }) =>
+    `{"pod":${jsonText(pod)}${sidecar ? ',"sidecar":true' : ''}${strict ? ',"strict":true' : ''}}`,
+  owner: (e) => e.pod,
+  same: (a, b) => a.pod === b.pod && a.sidecar === b.sidecar && a.strict === b.strict,
+};
+
+const policyEntries: EntryKind<SlicedPolicy> = {
+  kind: 'policy',
+  place: (e) => e.rules[0]!.policy,
+  /** The compiler's order of policies: by priority, then namespace/name. */
+  compare: (a, b) => a.rules[0]!.priority - b.rules[0]!.priority || compareText(a.rules[0]!.policy, b.rules[0]!.policy),
+  text: ({ sources, rules }) =>
+    `{${sources ? `"sources":${JSON.stringify(sources)},` : ''}"rules":[${rules.map(jsonText).join(',')}]}`,
+  owner: (e) => e.rules[0]!,
+  same: (a, b) => a.sources === b.sources && sameList(a.rules, b.rules),
+};
+
+const nodeEntries: EntryKind<SlicedNode> = {
+  kind: 'node',
+  place: (e) => e.node.node,
+  compare: (a, b) => compareText(a.node.node, b.node.node),
+  text: (e) => JSON.stringify(e),
+  owner: (e) => e.node,
+  same: (a, b) => a.node === b.node,
+};
 
 /**
- * Entries with the hash that places them (of `place`: a pod's namespace/name, a policy's, a
- * node's name) and their size. Assembly puts them back in the order `compare` gives (the
- * compiler's); only a list not in that order has each entry carry its place in it, which makes
- * any change of the list move every later entry.
+ * The entries with the hash that places them, their text and its size; an entry equal to the last
+ * one made of the same object is placed as it was. Assembly puts them back in the compiler's order;
+ * only a list not in that order has each entry carry its place in it, which makes any change of
+ * the list move every later entry.
  */
-function placed<E extends object>(
-  kind: Placed['kind'],
-  items: Array<{ place: string; entry: E }>,
-  compare: (a: E, b: E) => number,
-): Placed[] {
-  const inOrder = items.every((item, i) => i === 0 || compare(items[i - 1]!.entry, item.entry) <= 0);
-  return items.map(({ place, entry }, at) => {
-    const value = inOrder ? entry : { ...entry, at };
-    const bytes = Buffer.byteLength(JSON.stringify(value)) + 1;
-    return { kind, hash: placement(`${kind}/${place}`), bytes, entry: value };
+function placed<E extends object>(kind: EntryKind<E>, entries: readonly E[]): Placed[] {
+  const inOrder = entries.every((entry, i) => i === 0 || kind.compare(entries[i - 1]!, entry) <= 0);
+  const place = (entry: E, text: string): Placed => ({
+    kind: kind.kind,
+    hash: placement(`${kind.kind}/${kind.place(entry)}`),
+    bytes: Buffer.byteLength(text) + 1,
+    text,
+  });
+  return entries.map((entry, at) => {
+    if (!inOrder) return place(entry, JSON.stringify({ ...entry, at }));
+    const owner = kind.owner(entry);
+    const last = keptPlacings.get(owner);
+    if (last?.placed.kind === kind.kind && kind.same(last.entry as E, entry)) return last.placed;
+    const placing = place(entry, kind.text(entry));
+    keptPlacings.set(owner, { entry, placed: placing });
+    return placing;
   });
 }
+const keptPlacings = new WeakMap<object, { entry: object; placed: Placed }>();
 
-/** A stable hash of an entry's key: the same key lands in the same slice while their number holds. */
-const placement = (key: string) => createHash('sha256').update(key).digest().readUInt32BE(0);
+/**
+ * A stable hash of an entry's key, so that the same key lands in the same slice while their number
+ * holds: FNV-1a, then MurmurHash3's finaliser, which mixes the low bits a slice is picked by.
+ */
+function placement(key: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) hash = Math.imul(hash ^ key.charCodeAt(i), 0x01000193);
+  hash = Math.imul(hash ^ (hash >>> 16), 0x85ebca6b);
+  hash = Math.imul(hash ^ (hash >>> 13), 0xc2b2ae35);
+  return (hash ^ (hash >>> 16)) >>> 0;
+}
 
 /**
  * The fewest slices (a power of two) that keep each slice's entries within `budget` bytes, or
@@ -250,7 +311,7 @@ function ordered<E extends { at?: number }>(entries: E[], compare: (a: E, b: E) 
 }
 
 /** Runs of consecutive rules of one policy, each placed by its policy. */
-function policyRuns(rules: readonly CompiledRule[]): Array<{ place: string; entry: SlicedPolicy }> {
+function policyRuns(rules: readonly CompiledRule[]): SlicedPolicy[] {
   const runs: CompiledRule[][] = [];
   for (const rule of rules) {
     const last = runs.at(-1);
@@ -260,21 +321,21 @@ function policyRuns(rules: readonly CompiledRule[]): Array<{ place: string; entr
   return runs.map((run) => {
     const first = run[0]!.sources;
     const shared = run.every((r) => sameList(r.sources, first));
-    const entry: SlicedPolicy = shared
-      ? { sources: first, rules: run.map((r) => ({ ...r, sources: [] })) }
-      : { rules: run };
-    return { place: run[0]!.policy, entry };
+    return shared ? { sources: first, rules: run.map(withoutSources) } : { rules: run };
   });
 }
+
+/** The rule with its sources left to its run, the same object for the same rule (for its text). */
+function withoutSources(rule: CompiledRule): CompiledRule {
+  let bare = bareRules.get(rule);
+  if (!bare) bareRules.set(rule, (bare = { ...rule, sources: [] }));
+  return bare;
+}
+const bareRules = new WeakMap<CompiledRule, CompiledRule>();
 
 /** By UTF-16 code unit, the same everywhere: for object names it is the compiler's order too. */
 const compareText = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 const podKey = (pod: Pod) => `${pod.namespace}/${pod.name}`;
-const comparePods = (a: SlicedPod, b: SlicedPod) => compareText(podKey(a.pod), podKey(b.pod));
-/** The compiler's order of policies: by priority, then namespace/name. */
-const comparePolicies = (a: SlicedPolicy, b: SlicedPolicy) =>
-  a.rules[0]!.priority - b.rules[0]!.priority || compareText(a.rules[0]!.policy, b.rules[0]!.policy);
-const compareNodes = (a: SlicedNode, b: SlicedNode) => compareText(a.node.node, b.node.node);
 
 /**
  * Which pods' addresses make up `list`, in order, when it is such a list (the compiler makes
@@ -291,7 +352,7 @@ function marksOf(pods: readonly Pod[], list: readonly string[] | undefined): boo
   return next === list.length ? marks : undefined;
 }
 
-const sameList = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+const sameList = <T>(a: readonly T[], b: readonly T[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 /**
  * A gateway's config as stored in the cluster, read through `read` (a ConfigMap's data by name,
