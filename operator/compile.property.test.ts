@@ -89,6 +89,16 @@ const gateway = fc
     mode: fc.constantFrom('Weighted', 'LeastLoaded', 'SourceSticky'),
     defaultAction: fc.constantFrom('Allow', 'Deny'),
     unassociatedFlows: fc.constantFrom('PodRules', 'Hold'),
+    failover: fc.option(
+      fc.uniqueArray(
+        fc.record({
+          address: fc.constantFrom('198.51.100.1', '198.51.100.2', '2001:db8:f::1'),
+          uplink: fc.constantFrom(...uplinkNames),
+        }),
+        { minLength: 1, maxLength: 3, selector: (a) => a.address },
+      ),
+      { nil: undefined },
+    ),
   })
   .map(
     (g) =>
@@ -105,6 +115,7 @@ const gateway = fc
             balancing: { mode: g.mode },
             defaultAction: g.defaultAction,
             association: { unassociatedFlows: g.unassociatedFlows },
+            failover: g.failover && { addresses: g.failover },
           }),
         ),
       }) as EgressGateway,
@@ -195,6 +206,13 @@ const pod = ([namespace, name]: [string, string]) =>
     strict: fc.boolean(),
     phase: fc.constantFrom('Running', 'Running', 'Pending', 'Succeeded', 'Failed'),
     node: fc.constantFrom('n1', 'n2', 'n3', 'n4'),
+    nodeAssociation: fc.option(
+      fc.record({
+        uid: fc.constantFrom('0f1e', '2d3c'),
+        containers: fc.constant([{ id: 'ab'.repeat(32), name: 'app' }]),
+      }),
+      { nil: undefined },
+    ),
   }) satisfies fc.Arbitrary<PodFacts>;
 
 const nodeNames = ['n1', 'n2', 'n3', 'n4'];
@@ -264,7 +282,45 @@ const permuted = snapshot.chain((s) =>
     .map((p) => [s, { ...s, ...p, namespaces: new Map(p.namespaces) }] as const),
 );
 
+/**
+ * Two snapshots, the second made of the first's pods and policies (the same objects, as the caches
+ * hand on what did not change) mixed with another snapshot's, in its context (gateway, uplinks,
+ * nodes, namespaces).
+ */
+const successive = fc
+  .tuple(snapshot, snapshot, fc.infiniteStream(fc.boolean()))
+  .map(([first, other, keep]): [Snapshot, Snapshot] => {
+    const mix = <T>(a: readonly T[], b: readonly T[], key: (x: T) => string) => {
+      const byKey = new Map(b.map((x) => [key(x), x]));
+      for (const x of a) if (keep.next().value || !byKey.has(key(x))) byKey.set(key(x), x);
+      return [...byKey.values()];
+    };
+    return [
+      first,
+      {
+        ...other,
+        pods: mix(first.pods, other.pods, (p) => `${p.namespace}/${p.name}`),
+        policies: mix(first.policies, other.policies, (p) => `${p.metadata.namespace}/${p.metadata.name}`),
+      },
+    ];
+  });
+
 describe('compileGateway, for any snapshot', () => {
+  it('compiles a snapshot after another as it compiles it afresh, and its slices too', () => {
+    fc.assert(
+      fc.property(successive, fc.integer({ min: 300, max: 3000 }), ([first, next], budget) => {
+        sliceConfig(compileGateway(first).config, budget);
+        const kept = compileGateway(next);
+        const afresh = compileGateway(structuredClone(next));
+        expect(kept.config).toEqual(afresh.config);
+        expect(kept.config.hash).toBe(afresh.config.hash);
+        expect(kept.policies).toEqual(afresh.policies);
+        expect(sliceConfig(kept.config, budget)).toEqual(sliceConfig(structuredClone(afresh.config), budget));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
   it('compiles a config the dataplane accepts', () => {
     fc.assert(
       fc.property(snapshot, (s) => {
@@ -354,9 +410,7 @@ describe('compileGateway, for any snapshot', () => {
           expect(compiled.nodes).not.toContain(config.node);
           const [entry] = config.gateways;
           expect(entry!.pods).toEqual(
-            compiled.away
-              .filter((p) => p.node === config.node)
-              .map(({ namespace, name, addresses }) => ({ namespace, name, addresses })),
+            compiled.away.filter((p) => p.node === config.node).map(({ node: _, ...pod }) => pod),
           );
           // Peers: the gateway's nodes with an uplink there and an address to tunnel to.
           for (const peer of entry!.peers) expect(compiled.nodes).toContain(peer.node);

@@ -3,7 +3,14 @@ import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { validate, type EgressGateway, type EgressPolicy, type Kind, type Uplink } from '../crds/index.ts';
 import { parseGatewayConfig } from '../contracts/gateway/index.ts';
-import { compileGateway, sidecarContainerName, type NodeFacts, type PodFacts, type Snapshot } from './compile.ts';
+import {
+  compileGateway,
+  sidecarContainerName,
+  type Compiled,
+  type NodeFacts,
+  type PodFacts,
+  type Snapshot,
+} from './compile.ts';
 import type { Labels } from './selector.ts';
 
 const samples = join(import.meta.dirname, '..', 'crds', 'samples');
@@ -217,15 +224,19 @@ describe('compileGateway', () => {
     expect(compiled.steering?.failover).toEqual({ addresses: ['203.0.113.10', '203.0.113.11', '2001:db8::a'] });
     expect(compiled.steering?.sources[0]!.pods.find((p) => p.name === 'web-1')!.egress).toEqual(web.egress);
     // Pods spread over the addresses of their family.
-    const many = compileGateway({
+    const spread = {
       ...base,
       gateway,
       nodes,
       pods: Array.from({ length: 40 }, (_, i) => ({ ...pod('shop', `p-${i}`, [`10.244.3.${i}`]), node: 'worker' })),
       steering: { tunnel: { vni: 7, port: 4789 }, markMask: 0xe0 },
-    });
-    const used = new Set(many.config.pods.map((p) => p.egress![0]));
-    expect(used).toEqual(new Set(['203.0.113.10', '203.0.113.11']));
+    };
+    const used = (c: Compiled) => new Set(c.config.pods.map((p) => p.egress![0]));
+    expect(used(compileGateway(spread))).toEqual(new Set(['203.0.113.10', '203.0.113.11']));
+    // An address taken out moves its pods in the next compile of the very same pods.
+    const fewer = structuredClone(gateway);
+    fewer.spec.failover!.addresses = fewer.spec.failover!.addresses.filter((a) => a.address !== '203.0.113.11');
+    expect(used(compileGateway({ ...spread, gateway: fewer }))).toEqual(new Set(['203.0.113.10']));
   });
 
   it('lists the pods in strict mode that run the sidecar; a strict annotation alone is not enough', async () => {

@@ -1,14 +1,15 @@
 // The pure heart of the operator: from a snapshot of the API (one EgressGateway, the Uplinks,
 // the EgressPolicies that name it, pods, namespaces and nodes) to the compiled gateway config
 // its dataplanes apply, plus what the status of each object should say. Deterministic: the same
-// snapshot gives byte-identical output, so the content hash changes only when the config does.
-import { createHash } from 'node:crypto';
+// snapshot gives byte-identical output, so the content hash changes only when the config does;
+// what it keeps of earlier compiles (podEntries, policyParts) only saves making the same again.
 import { isIP } from 'node:net';
 import { rendezvous } from '../common/index.ts';
 import { matchersOverlap } from '../contracts/index.ts';
 import type { EgressGateway, EgressPolicy, Uplink } from '../crds/index.ts';
 import {
   canonicalAddress,
+  configHash,
   configVersion,
   contains,
   type CompiledRule,
@@ -154,11 +155,12 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     .sort((a, b) => compare(a.key, b.key))
     .map(({ p }) => p);
   const sources = served.flatMap((p) => p.ips);
+  const floatingAddresses = floating.map((a) => a.address);
   const gatewayNodes = new Set(nodes);
   const away: AwayPod[] = served
     .filter((p) => p.node !== undefined && !gatewayNodes.has(p.node))
     .map((p) => {
-      const egress = egressAddresses(p, floating);
+      const egress = egressAddresses(p, floatingAddresses);
       return {
         namespace: p.namespace,
         name: p.name,
@@ -191,16 +193,18 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     version: configVersion,
     gateway: gateway.metadata.name,
     sources,
-    pods: served.map((p) => ({
-      namespace: p.namespace,
-      name: p.name,
-      addresses: p.ips,
-      ...(p.node ? { node: p.node } : {}),
-      // A node-driven pod of one of the gateway's nodes: that node's gateway agent drives it (away
-      // pods are their node agent's, in its NodeConfig).
-      ...(p.nodeAssociation && p.node && gatewayNodes.has(p.node) ? { association: p.nodeAssociation } : {}),
-      ...(egressOf.has(`${p.namespace}/${p.name}`) ? { egress: egressOf.get(`${p.namespace}/${p.name}`)! } : {}),
-    })),
+    pods: served.map((p) =>
+      podEntry(p, {
+        namespace: p.namespace,
+        name: p.name,
+        addresses: p.ips,
+        ...(p.node ? { node: p.node } : {}),
+        // A node-driven pod of one of the gateway's nodes: that node's gateway agent drives it (away
+        // pods are their node agent's, in its NodeConfig).
+        ...(p.nodeAssociation && p.node && gatewayNodes.has(p.node) ? { association: p.nodeAssociation } : {}),
+        ...(egressOf.has(`${p.namespace}/${p.name}`) ? { egress: egressOf.get(`${p.namespace}/${p.name}`)! } : {}),
+      }),
+    ),
     bypass: [...snapshot.bypass],
     uplinks,
     balancing: spec.balancing,
@@ -246,9 +250,8 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     placement: { nodeSelector: spec.nodeSelector ?? {}, excludedNodes },
     ...(snapshot.marks ? { marks: { uplinks: snapshot.marks.uplinks } } : {}),
   };
-  const hash = `sha256:${createHash('sha256').update(JSON.stringify(withoutHash)).digest('hex')}`;
   return {
-    config: { ...withoutHash, hash },
+    config: { ...withoutHash, hash: configHash(withoutHash) },
     nodes,
     excludedNodes,
     servedPods: served.length,
@@ -258,6 +261,40 @@ export function compileGateway(snapshot: Snapshot): Compiled {
     ...(steering ? { steering } : {}),
   };
 }
+
+type ConfigPod = GatewayConfig['pods'][number];
+
+/**
+ * What the last compile made of each pod and each policy, by the object it was made of: the caches
+ * hand an unchanged pod (its facts, operator/reconcilers/cluster.ts) or policy on as the same
+ * object, and a part made again equal to the last one is handed on as that same object, whose
+ * text the config's hash and slices already hold (contracts/gateway/texts.ts).
+ */
+const podEntries = new WeakMap<PodFacts, ConfigPod>();
+const policyParts = new WeakMap<
+  EgressPolicy,
+  { served: readonly PodFacts[]; uplinks: ReadonlySet<string>; rules: CompiledRule[]; facts: PolicyFacts }
+>();
+
+/**
+ * The pod's entry, the last one when equal. Only its association and its egress addresses can
+ * differ for the same facts: they depend on the gateway's nodes and failover addresses.
+ */
+function podEntry(pod: PodFacts, entry: ConfigPod): ConfigPod {
+  const last = podEntries.get(pod);
+  if (
+    last &&
+    last.association === entry.association &&
+    (last.egress === undefined) === (entry.egress === undefined) &&
+    sameList(last.egress ?? [], entry.egress ?? [])
+  ) {
+    return last;
+  }
+  podEntries.set(pod, entry);
+  return entry;
+}
+
+const sameList = <T>(a: readonly T[], b: readonly T[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 /** The nodes the gateway's nodeSelector matches, sorted. */
 export function selectedNodes(gateway: EgressGateway, nodes: readonly NodeFacts[]): string[] {
@@ -311,16 +348,22 @@ function gatewaySteering(
  * so that every pod keeps its address while the list stays, and a removed address moves only its
  * own pods.
  */
-function egressAddresses(pod: PodFacts, floating: readonly { address: string }[]): string[] {
-  return ([4, 6] as const).flatMap((family) => {
+function egressAddresses(pod: PodFacts, floating: readonly string[]): string[] {
+  const last = egressKept.get(pod);
+  if (last && sameList(last.floating, floating)) return last.egress;
+  const egress = ([4, 6] as const).flatMap((family) => {
     if (!pod.ips.some((ip) => isIP(ip) === family)) return [];
     const chosen = rendezvous(
       `${pod.namespace}/${pod.name}`,
-      floating.map((a) => a.address).filter((a) => isIP(a) === family),
+      floating.filter((a) => isIP(a) === family),
     );
     return chosen ? [chosen] : [];
   });
+  egressKept.set(pod, { floating, egress });
+  return egress;
 }
+/** Each pod's last failover addresses and the gateway's they were chosen from: a hash per pod and address. */
+const egressKept = new WeakMap<PodFacts, { floating: readonly string[]; egress: string[] }>();
 
 /** A node's tunnel addresses: its first InternalIP of each family, IPv4 first. */
 function tunnelAddresses(addresses: readonly string[]): string[] {
@@ -333,16 +376,36 @@ function nodeHas(snapshot: Snapshot, node: string, selector: Labels): boolean {
   return matchesLabels(selector, snapshot.nodes.find((n) => n.name === node)?.labels);
 }
 
+/** compiledPolicy, made again only when the policy, its namespace's served pods or the uplinks changed. */
+function compilePolicy(
+  policy: EgressPolicy,
+  served: readonly PodFacts[],
+  uplinkNames: ReadonlySet<string>,
+): { rules: CompiledRule[]; facts: PolicyFacts } {
+  let last = policyParts.get(policy);
+  if (
+    !last ||
+    !sameList(last.served, served) ||
+    last.uplinks.size !== uplinkNames.size ||
+    ![...last.uplinks].every((u) => uplinkNames.has(u))
+  ) {
+    last = { served, uplinks: uplinkNames, ...compiledPolicy(policy, served, uplinkNames) };
+    policyParts.set(policy, last);
+  }
+  // Conflicts are found among all of the gateway's policies, afresh (markConflicts).
+  return { rules: last.rules, facts: { ...last.facts, conflicts: [] } };
+}
+
 /**
  * One EgressPolicy: the served pods it selects, its rules resolved to their addresses, and the
  * uplinks it names that the gateway does not balance over. Beyond spec.gateway and spec.priority,
  * which place the policy among the gateway's (compileGateway), the operator reads an EgressPolicy's
  * fields here and a rule's in compileRule.
  */
-function compilePolicy(
+function compiledPolicy(
   policy: EgressPolicy,
   served: readonly PodFacts[],
-  uplinkNames: Set<string>,
+  uplinkNames: ReadonlySet<string>,
 ): { rules: CompiledRule[]; facts: PolicyFacts } {
   const pods = served.filter((p) => matchesSelector(policy.spec.podSelector, p.labels));
   const sources = pods.flatMap((p) => p.ips);
@@ -360,7 +423,12 @@ function compilePolicy(
 
 type ApiRule = EgressPolicy['spec']['rules'][number];
 
-function compileRule(policy: EgressPolicy, rule: ApiRule, sources: string[], uplinks: Set<string>): CompiledRule {
+function compileRule(
+  policy: EgressPolicy,
+  rule: ApiRule,
+  sources: string[],
+  uplinks: ReadonlySet<string>,
+): CompiledRule {
   const base = {
     policy: key(policy),
     rule: rule.name,

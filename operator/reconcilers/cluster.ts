@@ -28,8 +28,18 @@ import {
   type SteeringReport,
 } from '../steering.ts';
 
-/** What the compiler reads of a pod. */
+/**
+ * What the compiler reads of a pod, the same object while the cached pod is: the compiler hands
+ * an unchanged pod's part of the config on as it was (operator/compile.ts).
+ */
 export function podFacts(pod: V1Pod): PodFacts {
+  let facts = factsOfPods.get(pod);
+  if (!facts) factsOfPods.set(pod, (facts = readPodFacts(pod)));
+  return facts;
+}
+const factsOfPods = new WeakMap<V1Pod, PodFacts>();
+
+function readPodFacts(pod: V1Pod): PodFacts {
   return {
     namespace: pod.metadata?.namespace ?? '',
     name: pod.metadata?.name ?? '',

@@ -80,7 +80,7 @@ export class GatewayReconciler {
   /**
    * Each compiled config cut into slices, while the compile is current: its DaemonSet's rollout
    * and another hand's change bring the objects key back without a new compile, and cutting 50,000
-   * pods' config took a second.
+   * pods' config into slices the first time took a second.
    */
   readonly #sliced = new WeakMap<GatewayConfig, SlicedConfig>();
 
@@ -103,8 +103,9 @@ export class GatewayReconciler {
       // Every gateway, because a node's config (whose hash says whether steering is current there)
       // holds the pods of every gateway that steers from that node.
       const compiled = this.#o.cluster().gateways.get(name)!;
-      // A turn of the event loop between the compile and the cutting into slices, each a second
-      // or more at 50,000 pods: what waits for it (the leader's renewal above all) gets its turn.
+      // A turn of the event loop between the compile and the cutting into slices, at 50,000 pods
+      // each a second the first time (later ones make again only what changed): what waits for it
+      // (the leader's renewal above all) gets its turn.
       await setImmediate();
       await this.#applyObjects(gateway, compiled.compiled);
       this.#applied.set(name, compiled);
