@@ -97,7 +97,7 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   const toNodes = () => [steeringKeys.nodes];
   steering.watch(caches.gateways, onFactsChange(caches.gateways, compiledFacts.gateways, toSteering));
   steering.watch(caches.uplinks, onFactsChange(caches.uplinks, compiledFacts.uplinks, toSteering));
-  steering.watch(caches.pods, onFactsChange(caches.pods, steeringPodChange, toSteering));
+  steering.watch(caches.pods, steeringOfPods(caches.pods));
   steering.watch(caches.namespaces, onFactsChange(caches.namespaces, compiledFacts.namespaces, toSteering));
   steering.watch(caches.nodes, onFactsChange(caches.nodes, compiledFacts.nodes, toSteering));
   steering.watch(caches.nodeConfigMaps, toNodes);
@@ -202,11 +202,24 @@ export function operatorControllers(o: OperatorControllersOptions): Record<strin
   return { ...controllers, caBundle, agentSigner };
 }
 
-/** A pod's facts and its Steered condition, which the steering controller restores if changed. */
-const steeringPodChange = (pod: V1Pod) => ({
-  facts: compiledFacts.pods(pod),
-  steered: pod.status?.conditions?.find((c) => c.type === steeredCondition),
-});
+/**
+ * The steering keys a pod's change concerns: both when its facts changed, only `pods` when only its
+ * Steered condition did (the controller restores it if another hand changed it). The operator's
+ * own condition writes, one per served pod at its start, would otherwise each build every node's
+ * config objects again: 1,000 of them at 1,000 nodes.
+ */
+function steeringOfPods(cache: { get(key: string): V1Pod | undefined }): (key: string, pod: V1Pod) => string[] {
+  const podChanged = factsChanged(cache, compiledFacts.pods);
+  const steeredChanged = factsChanged(cache, (pod: V1Pod) =>
+    pod.status?.conditions?.find((c) => c.type === steeredCondition),
+  );
+  return (key, pod) => {
+    // Both, so that each records what it saw.
+    const [facts, steered] = [podChanged(key, pod), steeredChanged(key, pod)];
+    if (facts) return [steeringKeys.nodes, steeringKeys.pods];
+    return steered ? [steeringKeys.pods] : [];
+  };
+}
 
 /** Passes a change of `cache` on to `then` only when the facts `facts` takes of the object changed. */
 function onFactsChange<T extends KubernetesObject>(

@@ -7,13 +7,14 @@
 // at an operator's start that pass writes a condition and an Event for every served pod.
 import { KubernetesObjectApi, type V1Pod } from '@kubernetes/client-node';
 import { createHash } from 'node:crypto';
-import { desiredNodeObjects, nodeAgentName, nodeConfigName } from '../desired.ts';
+import { desiredNodeObjects, nodeAgentName, nodeConfigName, type ApiObject } from '../desired.ts';
 import { staleReports } from '../steering.ts';
 import { steeredCondition, steeredConditionDue, steeredPodConditions, type NewCondition } from '../status.ts';
 import type { ReconcileResult } from '../runtime/controller.ts';
 import { fieldManager, writesAtOnce } from '../status-writer.ts';
 import { eachAtMost } from '../../common/index.ts';
 import { ownedObjectWriter, partition, type ObjectWriter } from './objects.ts';
+import type { CompiledCluster } from './cluster.ts';
 import type { GatewayReconcilerOptions } from './egress-gateway.ts';
 
 /** As a gateway's: the node agents' namespaced objects live in the operator's namespace too. */
@@ -28,6 +29,11 @@ export const steeringKeys = { nodes: 'nodes', pods: 'pods' } as const;
 export class SteeringReconciler {
   readonly #o: SteeringReconcilerOptions;
   readonly #writer: ObjectWriter;
+  /**
+   * The node agents' objects while the compile is current: the writes of their ConfigMaps bring
+   * this key back, and making a thousand nodes' objects again took a JSON text of each config.
+   */
+  readonly #desired = new WeakMap<CompiledCluster, ApiObject[]>();
 
   constructor(options: SteeringReconcilerOptions) {
     this.#o = options;
@@ -44,7 +50,8 @@ export class SteeringReconciler {
   async #nodes(): Promise<void> {
     const { caches, settings, namespace } = this.#o;
     const cluster = this.#o.cluster();
-    const desired = desiredNodeObjects(cluster.nodeConfigs, settings, namespace);
+    let desired = this.#desired.get(cluster);
+    if (!desired) this.#desired.set(cluster, (desired = desiredNodeObjects(cluster.nodeConfigs, settings, namespace)));
     const hashes = new Map(cluster.nodeConfigs.map((c) => [nodeConfigName(c.node), c.hash!]));
     const orphans = caches.nodeConfigMaps.list().filter((cm) => !hashes.has(cm.metadata?.name ?? ''));
 

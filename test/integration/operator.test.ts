@@ -492,6 +492,21 @@ describe('cluster-wide egress', () => {
     await eventually('the new pod steered', async () =>
       (await steered('web-4'))?.status === 'True' ? true : undefined,
     );
+    // Another hand's change of the condition alone is undone.
+    const tampered = { type: 'naat.dev/Steered', status: 'False', reason: 'Tampered', message: 'by hand' };
+    await k([
+      'patch',
+      'pod',
+      'web-1',
+      '-n',
+      apps,
+      '--subresource=status',
+      '-p',
+      JSON.stringify({ status: { conditions: [tampered] } }),
+    ]);
+    await eventually('the condition restored', async () =>
+      (await steered('web-1'))?.reason === 'Steered' ? true : undefined,
+    );
 
     // The served pods leave worker-a: its config and the node agents go.
     await k(['delete', 'pod', 'web-1', 'web-2', 'web-3', 'web-4', '-n', apps, '--grace-period=0', '--force']);
