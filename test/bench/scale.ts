@@ -245,7 +245,9 @@ async function refused(op: OperatorProcess): Promise<never> {
       const message = error.slice(Math.max(0, error.lastIndexOf('message:', at)), at + 40);
       throw new Error(`the apiserver refused what the ${String(line.entry!.controller)} controller wrote: ${message}`);
     }
-    if (op.child.exitCode !== null) return new Promise<never>(() => {});
+    // An operator killed by a signal has no exit code: without its signal, this went on forever and
+    // the bench never exited after a failure.
+    if (op.child.exitCode !== null || op.child.signalCode !== null) return new Promise<never>(() => {});
     await sleep(1000);
   }
 }
