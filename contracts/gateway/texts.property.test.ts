@@ -36,13 +36,10 @@ describe('configHash', () => {
     );
   });
 
-  it("gives each part's JSON as its text, once and for all", () => {
+  it("gives each part's JSON as its text", () => {
     fc.assert(
       fc.property(any, (config) => {
-        for (const part of [...config.pods, ...config.rules]) {
-          expect(jsonText(part)).toBe(JSON.stringify(part));
-          expect(jsonText(part)).toBe(jsonText(part));
-        }
+        for (const part of [...config.pods, ...config.rules]) expect(jsonText(part)).toBe(JSON.stringify(part));
       }),
       { numRuns: 50 },
     );
