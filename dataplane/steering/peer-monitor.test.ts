@@ -51,8 +51,14 @@ test('a peer is asked at its IPv4 address when it has one, at its IPv6 address o
 });
 
 describe('owners of failover addresses', () => {
-  const claims = (entries: Record<string, string[]>) =>
-    new Map(Object.entries(entries).map(([node, addresses]) => [node, new Set(addresses)]));
+  /** Claims listed since this node's first answers, unless `since` says when a node's began. */
+  const claims = (entries: Record<string, string[]>, since: Record<string, number> = {}) =>
+    new Map(
+      Object.entries(entries).map(([node, addresses]) => [
+        node,
+        new Map(addresses.map((a) => [a, since[node] ?? -Infinity])),
+      ]),
+    );
 
   test('an address one up peer claims is its own; none claimed, no owner', () => {
     expect(chooseOwners(new Map(), claims({ 'gw-1': ['192.0.2.10'], 'gw-2': ['2001:db8::10'] }))).toEqual(
@@ -64,13 +70,33 @@ describe('owners of failover addresses', () => {
     expect(chooseOwners(new Map([['192.0.2.10', 'gw-1']]), claims({ 'gw-1': [], 'gw-2': [] }))).toEqual(new Map());
   });
 
-  test('claimed by two (a partition), the owner in use stays; else the same pick on every node', () => {
+  test('claimed by two since the first answers, the owner in use stays; else the same pick on every node', () => {
     const both = claims({ 'gw-1': ['192.0.2.10'], 'gw-2': ['192.0.2.10'] });
     expect(chooseOwners(new Map([['192.0.2.10', 'gw-2']]), both).get('192.0.2.10')).toBe('gw-2');
     expect(chooseOwners(new Map([['192.0.2.10', 'gw-1']]), both).get('192.0.2.10')).toBe('gw-1');
     const fresh = chooseOwners(new Map(), both).get('192.0.2.10');
     expect(fresh).toBe(rendezvous('192.0.2.10', ['gw-2', 'gw-1']));
     expect(chooseOwners(new Map([['192.0.2.10', 'gw-3']]), both).get('192.0.2.10')).toBe(fresh);
+  });
+
+  test('claimed by two, the newer claim wins whatever was in use: the older claimant has let its Lease lapse', () => {
+    const inUse = new Map([['192.0.2.10', 'gw-1']]);
+    const taken = claims({ 'gw-1': ['192.0.2.10'], 'gw-2': ['192.0.2.10'] }, { 'gw-2': 5000 });
+    expect(chooseOwners(inUse, taken).get('192.0.2.10')).toBe('gw-2');
+    expect(
+      chooseOwners(
+        inUse,
+        claims({ 'gw-1': ['192.0.2.10'], 'gw-2': ['192.0.2.10'] }, { 'gw-1': 4000, 'gw-2': 5000 }),
+      ).get('192.0.2.10'),
+    ).toBe('gw-2');
+    expect(
+      chooseOwners(
+        new Map([['192.0.2.10', 'gw-2']]),
+        claims({ 'gw-1': ['192.0.2.10'], 'gw-2': ['192.0.2.10'] }, { 'gw-1': 5000 }),
+      ).get('192.0.2.10'),
+    ).toBe('gw-1');
+    // Unless the newer one's answers stopped.
+    expect(chooseOwners(inUse, taken, new Set(['gw-1'])).get('192.0.2.10')).toBe('gw-1');
   });
 
   test('claimed by two, one whose answers stopped yields to one that answers, whatever was in use', () => {
@@ -206,15 +232,15 @@ describe('with a fake watch', () => {
     owned.set('gw-2', ['192.0.2.10']);
     await owner('gw-2');
     expect(monitor.up()).toEqual(new Set(['gw-1', 'gw-2']));
-    // Claimed by both: the owner in use stays.
+    // Claimed by both: the newer claim wins, at once.
     owned.set('gw-1', ['192.0.2.10']);
-    await sleep(100);
-    expect(monitor.owners().get('192.0.2.10')).toBe('gw-2');
-    // Its owner down: the other claimant owns it.
-    answers.set('gw-2', false);
     await owner('gw-1');
+    // Its owner down: the other claimant owns it.
+    answers.set('gw-1', false);
+    await owner('gw-2');
     // A peer that is down owns nothing, whatever it said.
     answers.set('gw-1', false);
+    answers.set('gw-2', false);
     await owner(undefined);
     expect(seen.length).toBeGreaterThanOrEqual(4);
   });
@@ -298,7 +324,7 @@ describe('with a fake watch', () => {
   });
 });
 
-test('an owner whose answers are late loses its address to the node that took it over before it is down', async () => {
+test('an owner that went silent loses its address to the node that took it over at once, before it is late', async () => {
   const silent = new Set<string>();
   const owned = new Map([['gw-1', ['192.0.2.10']]]);
   const streamed: PeerWatch = (target, intervalMs, signal, onAnswer) =>
@@ -311,11 +337,11 @@ test('an owner whose answers are late loses its address to the node that took it
         resolve();
       });
     });
-  // Late 70 ms after its last answer, down only after three late answers (170 ms).
+  // Late 1 s after its last answer, down only after three late answers.
   const monitor = createPeerMonitor({
     peers: [peer('gw-1', '192.0.2.1'), peer('gw-2', '192.0.2.2')],
     healthPort: 9091,
-    check: { intervalMs: 20, timeoutMs: 50, failureThreshold: 3 },
+    check: { intervalMs: 20, timeoutMs: 1000, failureThreshold: 3 },
     watch: streamed,
   });
   try {
@@ -327,12 +353,15 @@ test('an owner whose answers are late loses its address to the node that took it
     silent.add('gw-1');
     await sleep(20);
     owned.set('gw-2', ['192.0.2.10']);
-    // Both claim it while gw-1 is not late yet: the owner in use stays.
-    await sleep(20);
-    expect(monitor.owners().get('192.0.2.10')).toBe('gw-1');
-    await sleep(80);
+    const claimed = performance.now();
+    await new Promise<void>((resolve) => {
+      const check = () => monitor.owners().get('192.0.2.10') === 'gw-2' && resolve();
+      monitor.onChange(check);
+      check();
+    });
+    // Both claim it and both are up, gw-1 not even late: the newer claim won.
+    expect(performance.now() - claimed).toBeLessThan(1000);
     expect(monitor.up()).toEqual(new Set(['gw-1', 'gw-2']));
-    expect(monitor.owners().get('192.0.2.10')).toBe('gw-2');
   } finally {
     await monitor.stop();
   }

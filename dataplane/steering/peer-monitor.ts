@@ -175,31 +175,35 @@ export function parseAnswer(text: string): { ready: boolean; addresses: string[]
 }
 
 /**
- * The owner of each address among the claims of the up peers (peer name → the addresses its last
- * answer listed). An address one peer claims is that peer's. Two up peers claim one address while
- * the gateway nodes are partitioned from each other (the one that lost it has not heard yet, or
- * fences itself only after its lease), or when the owner died and another took the address over
- * before this node counted the dead one down: then a claimant whose answers stopped (not in
- * `answering`) yields to one that answers, since a node takes an address over only once its owner
- * has let its Lease lapse; among those that answer, the owner this node was using stays, so that a
- * partition does not move flows back and forth; when it is none of them, the one rendezvous
- * hashing on the address prefers, the same choice on every node.
+ * The owner of each address among the claims of the up peers (peer name → each address its
+ * answers list, and since when: -Infinity for one listed in the first answer this node heard from
+ * it). An address one peer claims is that peer's. Two up peers claim one address when the owner
+ * died or was cut off and another took the address over before this node counted the first one
+ * down: a node takes an address over only once its owner has let its Lease lapse, which fences
+ * the owner, so the newest claim is the owner's successor and wins, at once. A claimant whose
+ * answers stopped (not in `answering`) yields to one that answers. Among claims this node cannot
+ * tell apart by age (all seen since its first answers), the owner this node was using stays, so
+ * that nothing moves back and forth; when it is none of them, the one rendezvous hashing on the
+ * address prefers, the same choice on every node.
  */
 export function chooseOwners(
   previous: ReadonlyMap<string, string>,
-  claims: ReadonlyMap<string, ReadonlySet<string>>,
+  claims: ReadonlyMap<string, ReadonlyMap<string, number>>,
   answering: ReadonlySet<string> = new Set(claims.keys()),
 ): Map<string, string> {
   const claimants = new Map<string, string[]>();
   for (const [node, addresses] of claims) {
-    for (const address of addresses) claimants.set(address, [...(claimants.get(address) ?? []), node]);
+    for (const address of addresses.keys()) claimants.set(address, [...(claimants.get(address) ?? []), node]);
   }
   const owners = new Map<string, string>();
   for (const [address, all] of [...claimants].sort(([a], [b]) => (a < b ? -1 : 1))) {
     const live = all.filter((node) => answering.has(node));
     const nodes = all.length > 1 && live.length ? live : all;
+    const since = (node: string) => claims.get(node)!.get(address)!;
+    const newest = Math.max(...nodes.map(since));
+    const latest = nodes.filter((node) => since(node) === newest);
     const kept = previous.get(address);
-    owners.set(address, kept !== undefined && nodes.includes(kept) ? kept : rendezvous(address, nodes)!);
+    owners.set(address, kept !== undefined && latest.includes(kept) ? kept : rendezvous(address, latest)!);
   }
   return owners;
 }
@@ -207,8 +211,8 @@ export function chooseOwners(
 interface Entry {
   target: PeerTarget;
   state: UplinkHealth;
-  /** The failover addresses the peer's last answer listed. */
-  addresses: ReadonlySet<string>;
+  /** The failover addresses the peer's last answer listed, and since when its answers list each (chooseOwners). */
+  addresses: ReadonlyMap<string, number>;
   /** Whether its last answer said it reaches the API server. */
   apiserver: boolean;
   /** When its last answer came (ms); undefined before the first. */
@@ -304,7 +308,7 @@ class HttpPeerMonitor implements PeerMonitor {
       const entry: Entry = {
         target,
         state,
-        addresses: old?.addresses ?? new Set(),
+        addresses: old?.addresses ?? new Map(),
         apiserver: old?.apiserver ?? false,
         ...(old?.answeredAt !== undefined ? { answeredAt: old.answeredAt } : {}),
         abort: new AbortController(),
@@ -369,9 +373,13 @@ class HttpPeerMonitor implements PeerMonitor {
     const was = entry.state.healthy;
     const reached = entry.apiserver;
     entry.state = nextHealth(entry.state, { answered: ok ? 1 : 0, sent: 1 }, this.#check, this.#now());
-    if (addresses) entry.addresses = new Set(addresses);
+    const now = this.#now().getTime();
+    if (addresses) {
+      const since = entry.answeredAt === undefined ? -Infinity : now;
+      entry.addresses = new Map(addresses.map((a) => [a, entry.addresses.get(a) ?? since]));
+    }
     if (apiserver !== undefined) entry.apiserver = apiserver;
-    if (ok) entry.answeredAt = this.#now().getTime();
+    if (ok) entry.answeredAt = now;
     const owners = this.#chooseOwners();
     const ownersChanged = !sameMap(owners, this.#owners);
     this.#owners = owners;
