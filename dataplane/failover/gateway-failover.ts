@@ -66,6 +66,16 @@ export class GatewayFailover {
   readonly #lost = new Set<string>();
   #config: GatewayFailoverOptions['config'];
   readonly #startedAt = performance.now();
+  readonly #conntrack = new ExecConntrack();
+  /**
+   * The addresses whose conntrack entries were deleted here since this node last owned them,
+   * because another node holds them (#tidy): a claim need not delete them first.
+   */
+  readonly #tidied = new Set<string>();
+  #tidying: Promise<void> = Promise.resolve();
+  #tidyTimer: NodeJS.Timeout | undefined;
+  /** An ownership change is being applied: no tidying starts meanwhile. */
+  #applying = false;
 
   constructor(options: GatewayFailoverOptions) {
     this.#o = options;
@@ -73,7 +83,7 @@ export class GatewayFailover {
     const { agent, node, log } = options;
     const logTo = (level: 'info' | 'error', message: string, fields: Record<string, unknown>) =>
       log[level](message, fields);
-    const conntrack = new ExecConntrack();
+    const conntrack = this.#conntrack;
     this.#source = new FlowSource({
       list: (address) => conntrack.list(uplinkMarks(this.#config), address),
       log: logTo,
@@ -104,18 +114,29 @@ export class GatewayFailover {
         // Entries this node kept from when it owned an address before another node did are stale:
         // their flows went on elsewhere, past the TCP windows these entries last saw, so that
         // their packets would be invalid here and leave untranslated. The replica replaces them.
-        // An address nobody else held since (an agent restarted on a gateway of one node) keeps
-        // its entries: its flows are live in this kernel.
-        const movedHere = new Set(
-          claims.filter((c) => c.from !== undefined && c.from !== node).map((c) => canonicalAddress(c.address)),
-        );
-        await agent.setFailoverOwned(owned, {
-          beforeClaim: async (address) => {
-            const stale = movedHere.has(address) ? await conntrack.deleteTranslatedTo(address) : 0;
-            const loaded = await this.#follower.inject(address);
-            log.info('Loaded the replicated flows of a failover address', { address, stale, ...loaded });
-          },
-        });
+        // Usually #tidy deleted them while the other node held the address, out of the claim's
+        // way. An address nobody else held since (an agent restarted on a gateway of one node)
+        // keeps its entries: its flows are live in this kernel.
+        this.#applying = true;
+        try {
+          await this.#tidying;
+          const movedHere = new Set(
+            claims
+              .filter((c) => c.from !== undefined && c.from !== node)
+              .map((c) => canonicalAddress(c.address))
+              .filter((address) => !this.#tidied.has(address)),
+          );
+          await agent.setFailoverOwned(owned, {
+            beforeClaim: async (address) => {
+              const stale = movedHere.has(address) ? await conntrack.deleteTranslatedTo(address) : 0;
+              const loaded = await this.#follower.inject(address);
+              log.info('Loaded the replicated flows of a failover address', { address, stale, ...loaded });
+            },
+          });
+        } finally {
+          this.#applying = false;
+          for (const address of owned) this.#tidied.delete(canonicalAddress(address));
+        }
         this.#source.setOwned([...owned]);
       },
     });
@@ -136,6 +157,7 @@ export class GatewayFailover {
     this.#source.start();
     this.#follower.start();
     this.#peers.start();
+    this.#scheduleTidy();
     await this.#loop.start();
   }
 
@@ -185,10 +207,50 @@ export class GatewayFailover {
 
   /** Stops; `release` gives the addresses up first, for another node to take them with their flows. */
   async stop({ release }: { release: boolean }): Promise<void> {
+    clearTimeout(this.#tidyTimer);
+    this.#tidyTimer = undefined;
     await this.#loop.stop({ release });
     await this.#peers.stop();
     this.#follower.stop();
     this.#source.stop();
+  }
+
+  #scheduleTidy(): void {
+    this.#tidyTimer = setTimeout(() => {
+      this.#tidy();
+      if (this.#tidyTimer) this.#scheduleTidy();
+    }, this.#config.failover.leaseDurationMs);
+    this.#tidyTimer.unref();
+  }
+
+  /**
+   * Deletes the conntrack entries translated to the addresses another node holds and this one does
+   * not, once after this node last owned each: they are stale (see apply), and deleting them at
+   * the next claim would hold that claim up by a listing of the whole table. This node makes no
+   * new ones meanwhile: it drops the flows of addresses it does not own.
+   */
+  #tidy(): void {
+    const stale = () => {
+      const owned = new Set([...this.#loop.owned()].map(canonicalAddress));
+      return this.#loop
+        .heldElsewhere()
+        .map(canonicalAddress)
+        .filter((a) => !owned.has(a) && !this.#tidied.has(a));
+    };
+    if (this.#applying || !stale().length) return;
+    this.#tidying = this.#tidying
+      .then(async () => {
+        for (const address of stale()) {
+          if (this.#applying) return;
+          const deleted = await this.#conntrack.deleteTranslatedTo(address);
+          this.#tidied.add(address);
+          if (deleted)
+            this.#o.log.info('Deleted the stale flows of a failover address held elsewhere', { address, deleted });
+        }
+      })
+      .catch((error: Error) =>
+        this.#o.log.error('Failed to delete the stale flows of a failover address', { error: error.message }),
+      );
   }
 
   /** A peer heard again after it went silent: its flow stream, silent since, is opened anew. */

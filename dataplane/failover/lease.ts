@@ -137,6 +137,7 @@ export class OwnershipLoop {
   #peersHeard: ReadonlyMap<string, boolean> = new Map();
   #memory = emptyMemory;
   #alive: readonly string[] = [];
+  #elsewhere: readonly string[] = [];
   #renewedAt: number | undefined;
   #renewingSince: number | undefined;
   #lastClaim: FailoverClaim | undefined;
@@ -218,6 +219,11 @@ export class OwnershipLoop {
   /** The other gateway nodes this one counted alive at its last decision. */
   alivePeers(): readonly string[] {
     return this.#alive;
+  }
+
+  /** The failover addresses that one of those listed at the last decision. */
+  heldElsewhere(): readonly string[] {
+    return this.#elsewhere;
   }
 
   setFailover(failover: FailoverSettings): void {
@@ -431,6 +437,7 @@ export class OwnershipLoop {
     );
     this.#memory = decision.memory;
     this.#alive = decision.alive;
+    this.#elsewhere = decision.elsewhere;
     clearTimeout(this.#wakeTimer);
     if (decision.wakeAt !== undefined && !this.#stopping)
       this.#wakeTimer = setTimeout(() => this.#kick(), Math.max(0, decision.wakeAt - performance.now()));

@@ -456,3 +456,23 @@ describe('the kernel fence deadline', () => {
     expect(apiserverOutage(failover({ nodes: [{ node: 'g1', addresses: ['10.0.0.1'] }] }), 'g1', new Map())).toBe(true);
   });
 });
+
+test('an address an alive other node lists is held elsewhere; one listed by a Lease that lapsed, or by this node, is not', () => {
+  const Y = '203.0.113.20';
+  const both = failover({
+    addresses: [
+      { address: X, uplink: 'isp1' },
+      { address: Y, uplink: 'isp1' },
+    ],
+  });
+  const now = 10_000;
+  const alive = lease(second, now - 100, { addresses: [X] });
+  const lapsed = lease(third, now - L - 100, { addresses: [Y] });
+  const decision = decideOwnership(input(first, now, { failover: both, leases: [alive, lapsed] }), settled);
+  expect(decision.elsewhere).toEqual([X]);
+  const own = decideOwnership(
+    input(first, now, { failover: both, owned: new Set([Y]), leases: [lease(second, now - 100)] }),
+    settled,
+  );
+  expect(own.elsewhere).toEqual([]);
+});

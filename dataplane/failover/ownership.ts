@@ -142,6 +142,8 @@ export interface OwnershipDecision {
   memory: OwnershipMemory;
   /** The other nodes this one counts alive. */
   alive: string[];
+  /** The failover addresses one of those lists in its Lease: held elsewhere. */
+  elsewhere: string[];
   /** The latest time to decide again when nothing changes before: the next deadline a rule has. */
   wakeAt: number | undefined;
 }
@@ -355,6 +357,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     apiserverReachable: onSchedule,
     memory: { reachableSince, outage, holdUntil, currentSince, eligibleSince, replicaReadySince, owners, preferred },
     alive: alive.map((l) => l.node),
+    elsewhere: failover.addresses.map((a) => a.address).filter((a) => alive.some((l) => l.addresses.includes(a))),
     wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
   };
 }
