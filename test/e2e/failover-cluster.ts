@@ -14,7 +14,9 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { V1Lease } from '@kubernetes/client-node';
 import { kubectl } from '../cluster/cluster.ts';
+import { failoverAnnotations, failoverLeaseName } from '../../contracts/gateway/index.ts';
 import type { KeyPair } from '../../operator/certificates.ts';
 import { makeTestCa } from '../tls.ts';
 import { failoverFigures, type FailoverFigures, type ProbeOutput } from '../bench/failover-figures.ts';
@@ -383,6 +385,13 @@ export class FailoverCluster {
     return holders;
   }
 
+  /** How many of node g's conntrack entries are translated to `address` (their replies go to it). */
+  async translatedTo(g: number, address: string): Promise<number> {
+    const family = isIP(address) === 6 ? 'ipv6' : 'ipv4';
+    const { stdout } = await this.c.exec(this.c.gateway(g), ['conntrack', '-L', '-f', family, '--reply-dst', address]);
+    return stdout.split('\n').filter((line) => line.trim()).length;
+  }
+
   /** The node that has each failover address on its uplink now, by address; the last when two have it. */
   async owners(): Promise<Map<string, string>> {
     return new Map([...(await this.holders())].map(([address, nodes]) => [address, nodes.at(-1)!]));
@@ -584,6 +593,27 @@ export class FailoverCluster {
         break;
     }
     await this.ready(g);
+    await this.eligible(g);
+  }
+
+  /**
+   * Waits until node g may take an address over again, as the gateway's nodes decide it
+   * (dataplane/failover/ownership.ts): its Lease has said for a lease duration that its uplink is
+   * healthy, its replica complete and it is not draining. A fault before then finds no node to
+   * take over, or the one that just came back still waiting.
+   */
+  async eligible(g: number): Promise<void> {
+    const name = failoverLeaseName(gatewayName, `g${g}`);
+    await until(`g${g}'s Lease to say it can take an address over`, async () => {
+      const stdout = await this.#k(['get', 'lease', name, '-n', this.namespace, '-o', 'json']);
+      const annotations = (JSON.parse(stdout) as V1Lease).metadata?.annotations ?? {};
+      const healthy = annotations[failoverAnnotations.uplinks]?.split(',').includes('isp1');
+      const able =
+        annotations[failoverAnnotations.replicaReady] !== 'false' &&
+        annotations[failoverAnnotations.draining] !== 'true';
+      return healthy && able ? true : undefined;
+    });
+    await new Promise((resolve) => setTimeout(resolve, this.#options.leaseDurationMs + 100));
   }
 
   /**
