@@ -26,12 +26,18 @@ export async function timed<T>(say: (line: string) => void, what: string, step: 
   return result;
 }
 
+/** Resolves once the process has exited: at once if it has, by its own exit or a signal. */
+export function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', () => resolve()));
+}
+
 /** SIGTERM, then SIGKILL after five seconds; resolves once the process has exited. */
 export async function terminate(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const gone = exited(child);
   child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
+  await gone;
   clearTimeout(timer);
 }

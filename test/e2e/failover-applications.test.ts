@@ -22,6 +22,7 @@ import { podAddress, sharedNextHop, sharedUplinkAddress } from './cluster-topolo
 import { FailoverCluster, floating, type Fault, type FaultRun } from './failover-cluster.ts';
 import { strictCounters } from './naa-pod.ts';
 import { metricSum } from './naa-harness.ts';
+import { exited } from '../cluster/processes.ts';
 import { server, stopProcess, until } from './topology.ts';
 import {
   curlConnects,
@@ -140,7 +141,7 @@ async function startDownload(seconds: number, rate: number): Promise<Download> {
   const sourcePort = Number((await lines.next()).value);
   const done = (async () => {
     const last = await lines.next();
-    if (child.exitCode === null) await new Promise((resolve) => child.once('exit', resolve));
+    await exited(child);
     await stopProcess(child);
     return { bytes: Number(last.value) };
   })();

@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { V1Lease } from '@kubernetes/client-node';
 import { kubectl } from '../cluster/cluster.ts';
+import { terminate } from '../cluster/processes.ts';
 import { failoverAnnotations, failoverLeaseName } from '../../contracts/gateway/index.ts';
 import type { KeyPair } from '../../operator/certificates.ts';
 import { makeTestCa } from '../tls.ts';
@@ -634,7 +635,7 @@ export class FailoverCluster {
   /** Restarts node g's agent as a rolling update does (SIGTERM, then a new one), and waits until it is ready. */
   async restartAgent(g: number): Promise<void> {
     const agent = this.#agents.get(g)!;
-    if (agent.exitCode === null) await new Promise((resolve) => agent.once('exit', resolve).kill('SIGTERM'));
+    await terminate(agent);
     this.startAgent(g);
     await this.ready(g);
   }

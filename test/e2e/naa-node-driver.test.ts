@@ -27,6 +27,7 @@ import { eventually } from '../eventually.ts';
 import { makePod, type TestPod } from '../integration/naa-fixtures.ts';
 import { makeTestCa, writeTlsDir } from '../tls.ts';
 import { ContainerCgroup, markNodeDriven } from './node-driven.ts';
+import { stopProcess } from './topology.ts';
 
 const k = (args: string[], input?: string) => kubectl(process.env.KUBECONFIG!, args, input);
 const namespace = `naa-node-${process.pid}`;
@@ -183,11 +184,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   driver?.stop();
-  await Promise.all(
-    programs.map((child) =>
-      child.exitCode === null ? new Promise((resolve) => child.once('exit', resolve).kill('SIGKILL')) : undefined,
-    ),
-  );
+  await Promise.all(programs.map(stopProcess));
   await container?.remove();
   execFileSync('ip', ['netns', 'delete', ns]);
   await relay?.close();

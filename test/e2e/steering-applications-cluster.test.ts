@@ -45,6 +45,7 @@ import {
   type BoundPod,
 } from './naa-pod.ts';
 import { metricSum } from './naa-harness.ts';
+import { exited } from '../cluster/processes.ts';
 import { server, stopProcess, until } from './topology.ts';
 import { curlConnects, pythonConnects, startStreamServer, startWhoami, type Server } from './traffic.ts';
 import { LoggedProcesses } from './logged-processes.ts';
@@ -369,7 +370,7 @@ s.close()`,
         verdict: 'Allow',
       },
     ]);
-    if (download.exitCode === null) await new Promise((resolve) => download.once('exit', resolve));
+    await exited(download);
     return { sourcePort, mapped: flow.mappedAddress };
   } finally {
     await stopProcess(download);

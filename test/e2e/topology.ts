@@ -12,6 +12,7 @@ import { execFile, spawn, type ChildProcess, type SpawnOptions } from 'node:chil
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { exited } from '../cluster/processes.ts';
 
 export interface DualStack {
   v4: string;
@@ -239,9 +240,9 @@ export async function countedPackets(ns: string): Promise<number> {
 /** Ends a process and waits until it is gone; does nothing if it is not running. */
 export async function stopProcess(child: ChildProcess | undefined): Promise<void> {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const gone = exited(child);
   child.kill('SIGKILL');
-  await exited;
+  await gone;
 }
 
 /**
