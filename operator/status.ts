@@ -4,7 +4,7 @@ import { driverAnnotation } from '../contracts/index.ts';
 import type { Condition } from '../crds/index.ts';
 import type { Compiled, PolicyFacts } from './compile.ts';
 import { describeConflict, type PortConflict } from './host-ports.ts';
-import type { NodeSteering } from './steering.ts';
+import { settlingReasons, type NodeSteering } from './steering.ts';
 import { injectedAnnotation, modeAnnotation, modeReasonAnnotation, skippedAnnotation } from './inject.ts';
 
 export interface DataplaneRollout {
@@ -267,7 +267,7 @@ export const steeredCondition = `${podConditionPrefix}Steered`;
  * nothing a user needs. Past it the pod is told False as any other, never silently unserved.
  */
 export const settlingGraceMs = 5000;
-const settlingReasons: ReadonlySet<string> = new Set(['NotReported', 'ConfigPending']);
+const settling: ReadonlySet<string> = new Set(Object.values(settlingReasons));
 
 /**
  * When `wanted`, the Steered condition of a pod created at `createdAt` (ms) that has `existing`,
@@ -279,7 +279,7 @@ export function steeredConditionDue(
   createdAt: number | undefined,
   now: number,
 ): number | undefined {
-  if (existing || wanted.status !== 'False' || !settlingReasons.has(wanted.reason) || createdAt === undefined) {
+  if (existing || wanted.status !== 'False' || !settling.has(wanted.reason) || createdAt === undefined) {
     return undefined;
   }
   const due = createdAt + settlingGraceMs;
@@ -322,7 +322,7 @@ export function steeredPodConditions(
     const failing = list.filter((v) => !v.node.ready);
     const before = told(key);
     const stillSteered =
-      failing.every((v) => v.node.reason === 'ConfigPending') &&
+      failing.every((v) => v.node.reason === settlingReasons.configPending) &&
       before?.status === steered.status &&
       before.reason === steered.reason &&
       before.message === steered.message;

@@ -9,6 +9,9 @@ import { nodeConfigHash, nodeConfigVersion, type NodeConfig, type NodeGateway } 
 import type { Compiled, TunnelFacts } from './compile.ts';
 import { describeConflict, type PortConflict } from './host-ports.ts';
 
+/** Why a node does not steer yet while its agent catches up (status.ts lets new pods wait for them). */
+export const settlingReasons = { notReported: 'NotReported', configPending: 'ConfigPending' } as const;
+
 /** A VNI from the gateway's name, spread over the whole range: 1–16777215. */
 export function derivedVni(gateway: string): number {
   return (createHash('sha256').update(gateway).digest().readUInt32BE(0) % maxVni) + 1;
@@ -157,13 +160,16 @@ export function nodeSteering(
       return notReady('NodeAddressUnknown', `node ${node} has no InternalIP address to tunnel from`);
     }
     const report = reports.find((r) => r.node === node);
-    if (!report) return notReady('NotReported', `the node agent on ${node} has not reported yet`);
+    if (!report) return notReady(settlingReasons.notReported, `the node agent on ${node} has not reported yet`);
     if (!report.ready) {
       const reason = report.reason && conditionReason.test(report.reason) ? report.reason : 'NotReady';
       return notReady(reason, `the node agent on ${node} is not ready${report.message ? `: ${report.message}` : ''}`);
     }
     if (report.hash !== config.hash) {
-      return notReady('ConfigPending', `the node agent on ${node} has not applied its current config yet`);
+      return notReady(
+        settlingReasons.configPending,
+        `the node agent on ${node} has not applied its current config yet`,
+      );
     }
     return { node, ready: true, reason: 'Steered', message: `the node agent on ${node} steers to the gateway nodes` };
   });
