@@ -424,6 +424,8 @@ export class FailoverCluster {
         idleTimeoutMs: 4000,
       }),
     );
+    // A stream that fails counts as lost, whenever it fails: its rejection is handled from the start.
+    const results = Promise.all(transfers.map((t) => t.result.catch(() => failedTransfer)));
     await Promise.all(transfers.map((t) => t.receiving));
     const monitors = gateways.map((n) => this.#addressMonitor(n, `g${n}` === from));
     const neighbours = this.#neighbourProbe();
@@ -452,7 +454,7 @@ export class FailoverCluster {
     await new Promise((resolve) => setTimeout(resolve, 1500));
     probe.stdin?.end();
     const output = await probeOutput;
-    const results: TransferResult[] = await Promise.all(transfers.map((t) => t.result.catch(() => failedTransfer)));
+    const survived = (await results).filter((r: TransferResult) => r.ok).length;
     const changes = await Promise.all(monitors.map((m) => m.stop()));
     const answers = await neighbours.stop();
     // The owner now: the node that took the address, else the one that kept it.
@@ -475,7 +477,7 @@ export class FailoverCluster {
       from,
       to,
       ...failoverFigures(output, faultMs),
-      streamsSurvived: results.filter((r) => r.ok).length,
+      streamsSurvived: survived,
       streams,
       // A node powered off answers for nothing from the fault on (its monitor died with it).
       doubleOwnershipMs: overlap(
