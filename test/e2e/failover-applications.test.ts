@@ -23,7 +23,7 @@ import { FailoverCluster, floating, type Fault, type FaultRun } from './failover
 import { strictCounters } from './naa-pod.ts';
 import { metricSum } from './naa-harness.ts';
 import { exited } from '../cluster/processes.ts';
-import { server, stopProcess, until } from './topology.ts';
+import { server, until } from './topology.ts';
 import {
   curlConnects,
   pythonConnects,
@@ -142,7 +142,6 @@ async function startDownload(seconds: number, rate: number): Promise<Download> {
   const done = (async () => {
     const last = await lines.next();
     await exited(child);
-    await stopProcess(child);
     return { bytes: Number(last.value) };
   })();
   done.catch(() => {});
