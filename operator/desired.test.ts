@@ -294,7 +294,7 @@ describe('desiredGatewayObjects', () => {
     expect(rules(failover(['gw-a', 'gw-b']))).toEqual([
       configMap,
       { ...leases, verbs: ['create'] },
-      { ...leases, resourceNames: ['naat-fo-egress-gw-a', 'naat-fo-egress-gw-b'], verbs: ['get', 'update'] },
+      { ...leases, resourceNames: ['naat-fo-egress-gw-a', 'naat-fo-egress-gw-b'], verbs: ['patch'] },
       { ...leases, verbs: ['list', 'watch'] },
     ]);
     // No node with an address: no rule naming none, which RBAC would read as every Lease.

@@ -247,10 +247,10 @@ export function ownedByConfig(daemonSet: ApiObject, configUid: string): ApiObjec
 
 /**
  * With failover addresses, each gateway agent holds its node's failover Lease: it creates it
- * (create cannot be limited by name: RBAC knows the name only once the object exists), reads and
- * renews only the Leases of the gateway's nodes, and lists and watches the Leases of the namespace
- * (by label, which RBAC cannot limit) to see the others'. Without a node with an address, no
- * get/update rule: RBAC reads an empty resourceNames as every name.
+ * (create cannot be limited by name: RBAC knows the name only once the object exists), renews
+ * (patches) only the Leases of the gateway's nodes, and lists and watches the Leases of the
+ * namespace (by label, which RBAC cannot limit) to see the others'. Without a node with an
+ * address, no patch rule: RBAC reads an empty resourceNames as every name.
  */
 function failoverLeaseRules(gateway: string, failover: GatewayConfig['failover']) {
   if (!failover) return [];
@@ -258,7 +258,7 @@ function failoverLeaseRules(gateway: string, failover: GatewayConfig['failover']
   const group = { apiGroups: ['coordination.k8s.io'], resources: ['leases'] };
   return [
     { ...group, verbs: ['create'] },
-    ...(names.length ? [{ ...group, resourceNames: names, verbs: ['get', 'update'] }] : []),
+    ...(names.length ? [{ ...group, resourceNames: names, verbs: ['patch'] }] : []),
     { ...group, verbs: ['list', 'watch'] },
   ];
 }

@@ -8,7 +8,21 @@
 // Times are this process's monotonic clock (performance.now()): when a Lease was seen changing and
 // when a renewal request was sent. A renewal counts from when it was sent, not answered, so that
 // the fence falls no later than any other node can see the Lease expire.
-import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from '@kubernetes/client-node';
+//
+// Renewals go out on schedule whether or not the last one has been answered, so that one slow
+// request does not fence the node: only an apiserver slower than two thirds of a lease duration
+// does. Every write is a merge patch, which no write in between can make conflict. The state (the
+// annotations) goes in writes one after another, so that a later one never lands before an
+// earlier one and lists addresses the node no longer holds; a renewal due while one of those is
+// on its way carries only the renewal time.
+import {
+  CoordinationV1Api,
+  PatchStrategy,
+  setHeaderOptions,
+  V1MicroTime,
+  type KubeConfig,
+  type V1Lease,
+} from '@kubernetes/client-node';
 import { errorText, jsonLogger, type Logger } from '../../common/index.ts';
 import { apiListerWatcher, Informer, statusCode, withSignal } from '../../common/kube/index.ts';
 import {
@@ -141,11 +155,12 @@ export class OwnershipLoop {
   #renewedAt: number | undefined;
   #renewingSince: number | undefined;
   #lastClaim: FailoverClaim | undefined;
-  /** The Lease as last written or read, whose resourceVersion the next write is based on. */
-  #lease: V1Lease | undefined;
   #renewFailing = false;
-  /** Renewals, one after another. */
+  /** Writes of the state, one after another, and how many of them are queued or on their way. */
   #renewal: Promise<void> = Promise.resolve();
+  #writing = 0;
+  /** Renewals of the time alone, on their way. */
+  readonly #beats = new Set<Promise<void>>();
   #deciding: Promise<void> | undefined;
   #again = false;
   #wakeTimer: NodeJS.Timeout | undefined;
@@ -280,23 +295,23 @@ export class OwnershipLoop {
       await this.#renew();
       this.#stop.abort();
     }
-    await this.#renewal;
+    await Promise.all([this.#renewal, ...this.#beats]);
     await this.#informer.stop();
   }
 
   #scheduleRenewal(delayMs: number): void {
     if (this.#stopping) return;
     this.#renewTimer = setTimeout(() => {
-      const began = performance.now();
-      void this.#renew().then(() =>
-        this.#scheduleRenewal(Math.max(0, began + this.#failover.leaseDurationMs / 3 - performance.now())),
-      );
+      if (this.#writing) this.#beat();
+      else void this.#renew();
+      this.#scheduleRenewal(this.#failover.leaseDurationMs / 3);
     }, delayMs);
   }
 
-  /** Writes the Lease with the current state; a failure is logged and left to the next renewal. */
+  /** Writes the Lease with the current state, after the writes before it; a failure is logged and left to the next renewal. */
   #renew(): Promise<void> {
-    this.#renewal = this.#renewal.then(() => this.#write());
+    this.#writing++;
+    this.#renewal = this.#renewal.then(() => this.#write()).finally(() => this.#writing--);
     return this.#renewal;
   }
 
@@ -304,8 +319,7 @@ export class OwnershipLoop {
     if (this.#stop.signal.aborted) return;
     const sentAt = performance.now();
     const duration = this.#failover.leaseDurationMs;
-    // A request that hangs past the lease duration could not keep the fence away anyway.
-    const options = withSignal(AbortSignal.any([this.#stop.signal, AbortSignal.timeout(duration)]));
+    const options = this.#requestOptions(duration);
     const namespace = this.#namespace;
     const body = failoverLeaseBody(
       namespace,
@@ -321,28 +335,18 @@ export class OwnershipLoop {
       this.#lastClaim,
     );
     try {
-      await this.#send(body, options).catch(async (error: unknown) => {
-        // 409: written by something else since; 404: deleted (the operator deletes the Leases of
-        // nodes that left the gateway). Read afresh, or made again, at once: a conflict is no
-        // outage, and waiting for the next renewal would take this node off its schedule.
-        if (statusCode(error) !== 409 && statusCode(error) !== 404) throw error;
-        this.#lease = undefined;
-        await this.#send(body, options);
+      await this.#patch(body, options).catch(async (error: unknown) => {
+        // 404: not made yet, or deleted (the operator deletes the Leases of nodes that left the
+        // gateway): made again at once, since waiting for the next renewal would take this node
+        // off its schedule.
+        if (statusCode(error) !== 404) throw error;
+        const spec = { ...body.spec, acquireTime: body.spec!.renewTime };
+        await this.#api.createNamespacedLease({ namespace, body: { ...body, spec } }, options);
+        this.#log.info('Failover Lease created', { lease: `${namespace}/${this.#name}` });
       });
-      const answeredAt = performance.now();
-      if (!renewingOnSchedule(this.#renewedAt, answeredAt, duration)) this.#renewingSince = answeredAt;
-      this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
-      if (this.#renewFailing) {
-        this.#log.info('Failover Lease renewed again', { lease: `${namespace}/${this.#name}` });
-        // The watch may have failed meanwhile: until it is back this node claims nothing.
-        this.#informer.retryNow();
-      }
-      this.#renewFailing = false;
-      this.#extendFence();
-      this.#kick();
+      this.#renewed(sentAt);
     } catch (error) {
       if (this.#stop.signal.aborted) return;
-      if (statusCode(error) === 409 || statusCode(error) === 404) this.#lease = undefined;
       if (!this.#renewFailing)
         this.#log.error('Failed to renew failover Lease', {
           lease: `${namespace}/${this.#name}`,
@@ -352,33 +356,43 @@ export class OwnershipLoop {
     }
   }
 
-  /** Replaces the Lease as last written or read with `body` (reading it first if unknown), or creates it. */
-  async #send(body: V1Lease, options: ReturnType<typeof withSignal>): Promise<void> {
-    const namespace = this.#namespace;
-    if (!this.#lease) {
-      this.#lease = await this.#api.readNamespacedLease({ namespace, name: this.#name }, options).catch((error) => {
-        if (statusCode(error) === 404) return undefined;
-        throw error;
-      });
+  /** Renews the Lease's time alone, beside a write of the state on its way; a failure is left to that write to tell. */
+  #beat(): void {
+    const sentAt = performance.now();
+    const body: V1Lease = { spec: { renewTime: new V1MicroTime() } };
+    const beat = this.#patch(body, this.#requestOptions(this.#failover.leaseDurationMs)).then(
+      () => this.#renewed(sentAt),
+      () => {},
+    );
+    this.#beats.add(beat);
+    void beat.finally(() => this.#beats.delete(beat));
+  }
+
+  /** A merge patch of the Lease: what others put on it (owner references, say) stays. */
+  async #patch(body: V1Lease, options: ReturnType<typeof withSignal>): Promise<void> {
+    const patch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch, options);
+    await this.#api.patchNamespacedLease({ namespace: this.#namespace, name: this.#name, body }, patch);
+  }
+
+  /** A request that hangs past the lease duration could not keep the fence away anyway. */
+  #requestOptions(duration: number) {
+    return withSignal(AbortSignal.any([this.#stop.signal, AbortSignal.timeout(duration)]));
+  }
+
+  /** A renewal sent at `sentAt` was answered. */
+  #renewed(sentAt: number): void {
+    const answeredAt = performance.now();
+    const duration = this.#failover.leaseDurationMs;
+    if (!renewingOnSchedule(this.#renewedAt, answeredAt, duration)) this.#renewingSince = answeredAt;
+    this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
+    if (this.#renewFailing) {
+      this.#log.info('Failover Lease renewed again', { lease: `${this.#namespace}/${this.#name}` });
+      // The watch may have failed meanwhile: until it is back this node claims nothing.
+      this.#informer.retryNow();
     }
-    if (this.#lease) {
-      // What others put on it (owner references, say) stays.
-      const before = this.#lease.metadata ?? {};
-      const metadata = {
-        ...before,
-        labels: { ...before.labels, ...body.metadata!.labels },
-        annotations: { ...before.annotations, ...body.metadata!.annotations },
-      };
-      const spec = { ...this.#lease.spec, ...body.spec };
-      this.#lease = await this.#api.replaceNamespacedLease(
-        { namespace, name: this.#name, body: { ...body, metadata, spec } },
-        options,
-      );
-    } else {
-      const spec = { ...body.spec, acquireTime: body.spec!.renewTime };
-      this.#lease = await this.#api.createNamespacedLease({ namespace, body: { ...body, spec } }, options);
-      this.#log.info('Failover Lease created', { lease: `${namespace}/${this.#name}` });
-    }
+    this.#renewFailing = false;
+    this.#extendFence();
+    this.#kick();
   }
 
   #scheduleFence(): void {

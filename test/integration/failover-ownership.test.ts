@@ -2,10 +2,11 @@
 // OwnershipLoops (g1, g2, g3), each reaching the apiserver through a relay of its own that the test
 // can cut, and each hearing the others' word on the apiserver as the peers' /steering streams
 // carry it. Their apply callbacks record who owns what over time, and the outcomes are measured:
-// one owner per address at start; a node powered off loses its address within the lease duration;
-// a drained node hands over at once; a node cut from the apiserver gives up within the lease
-// duration, with the time two nodes own one address measured; an apiserver outage moves nothing;
-// a node coming back takes nothing back, unless failback is on, and then after its delay.
+// one owner per address at start; a renewal that hangs moves nothing; a node powered off loses its
+// address within the lease duration; a drained node hands over at once; a node cut from the
+// apiserver gives up within the lease duration, with the time two nodes own one address measured;
+// an apiserver outage moves nothing; a node coming back takes nothing back, unless failback is
+// on, and then after its delay.
 import { CoordinationV1Api, KubeConfig } from '@kubernetes/client-node';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { rendezvous } from '../../common/index.ts';
@@ -41,15 +42,27 @@ const settings = (overrides: Partial<FailoverSettings> = {}): FailoverSettings =
   ...overrides,
 });
 
-/** A TCP relay to the apiserver that can be cut (connections reset, new ones refused) and restored. */
+/**
+ * A TCP relay to the apiserver that can be cut (connections reset, new ones refused) and restored,
+ * and can hold up one request: the next connection on which the client sends more than a TLS alert
+ * (a request, or the handshake of a new connection that is to carry one) gets what it sends held.
+ */
 class Relay {
   readonly #target: number;
   readonly #sockets = new Set<Socket>();
   #server: Server | undefined;
+  /** How long to hold the next connection the client sends on, while none took it yet. */
+  #holdNext: number | undefined;
+  /** How many connections were held. */
+  held = 0;
   port = 0;
 
   constructor(target: number) {
     this.#target = target;
+  }
+
+  holdNext(ms: number): void {
+    this.#holdNext = ms;
   }
 
   async open(): Promise<void> {
@@ -57,10 +70,30 @@ class Relay {
       const upstream = connect(this.#target, '127.0.0.1');
       for (const socket of [client, upstream]) {
         this.#sockets.add(socket);
-        socket.on('close', () => this.#sockets.delete(socket));
+        socket.on('close', () => {
+          this.#sockets.delete(socket);
+          client.destroy();
+          upstream.destroy();
+        });
         socket.on('error', () => {});
       }
-      client.pipe(upstream).pipe(client);
+      let heldUntil: number | undefined;
+      client.on('data', (chunk: Buffer) => {
+        // A TLS alert (24 to 31 bytes: undici closing an idle connection) is no request.
+        if (this.#holdNext !== undefined && heldUntil === undefined && chunk.length > 64) {
+          heldUntil = performance.now() + this.#holdNext;
+          this.#holdNext = undefined;
+          this.held++;
+        }
+        const wait = (heldUntil ?? 0) - performance.now();
+        if (wait <= 0) return void upstream.write(chunk);
+        client.pause();
+        setTimeout(() => {
+          if (!upstream.destroyed) upstream.write(chunk);
+          client.resume();
+        }, wait);
+      });
+      upstream.pipe(client);
     });
     await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
     this.port = (server.address() as { port: number }).port;
@@ -236,6 +269,15 @@ test('failover addresses have one owner, move within the lease duration, and com
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   expect(nodes.map((node) => [...loops.get(node)!.loop.owned()].join())).toEqual(addresses);
+
+  // A renewal that hangs: g1's next request is held for two lease durations. The renewals due
+  // meanwhile go beside it, so g1 keeps its address and nobody claims it.
+  const hung = performance.now();
+  loops.get('g1')!.relay.holdNext(2 * L);
+  await until('three lease durations past', () => performance.now() > hung + 3 * L);
+  expect(loops.get('g1')!.relay.held).toBe(1);
+  expect(record.releasesSince(hung)).toEqual([]);
+  expect(ownedBy({ [a1]: 'g1', [a2]: 'g2', [a3]: 'g3' })()).toBe(true);
 
   // g1 powered off: its address goes to the next preferred node once its Lease expired.
   const off = performance.now();
