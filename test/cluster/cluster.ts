@@ -10,10 +10,11 @@ import { request as httpRequest } from 'node:http';
 import { request } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { prepareRealNode, realNode, removeRealNodeLeftovers, startRealNode, type RealNode } from './node.ts';
+import { inCpuGroup, removeCpuGroup } from './cpu-groups.ts';
 import { terminate, timed, waitFor } from './processes.ts';
 
 const run = promisify(execFile);
@@ -83,6 +84,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'naat-cluster-')));
   await mkdir(join(dir, 'logs'), { recursive: true });
   const children: ChildProcess[] = [];
+  const binaries = new Map<ChildProcess, string>();
+  // The control plane's machine: a CPU group of its own beside the nodes' (cpu-groups.ts).
+  const controlPlaneGroup = `control-plane-${basename(dir)}`;
   let node: RealNode | undefined;
   let prepared = false;
   const stopChildren = async () => {
@@ -90,6 +94,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     if (node) await node.stop();
     else if (prepared) await removeRealNodeLeftovers();
     for (const child of children.reverse()) await terminate(child);
+    await removeCpuGroup(controlPlaneGroup);
   };
   const stop = async () => {
     await stopChildren();
@@ -110,7 +115,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     const argsOf = new Map<string, string[]>();
     const start = (name: string, args: string[]) => {
       argsOf.set(name, args);
-      const child = spawn(join(bin, name), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      const [command, ...rest] = inCpuGroup(controlPlaneGroup, [join(bin, name), ...args]);
+      const child = spawn(command!, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
+      binaries.set(child, name);
       const log = createWriteStream(join(dir, 'logs', `${name}.log`), { flags: 'a' });
       child.stdout!.pipe(log);
       child.stderr!.pipe(log);
@@ -223,7 +230,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       kubectl: (args, input) => kubectl(kubeconfig, args, input),
       async crashControlPlane() {
         for (const name of ['kube-apiserver', 'etcd']) {
-          const child = children.find((c) => c.spawnfile.endsWith(`/${name}`) && c.exitCode === null);
+          const child = children.find((c) => binaries.get(c) === name && c.exitCode === null);
           if (!child) continue;
           const exited = new Promise((resolve) => child.once('exit', resolve));
           child.kill('SIGKILL');

@@ -17,6 +17,9 @@
 // both gateway nodes' up<i> join: the ISP at 100.64.<i>.1 / fd00:64:<i>::1, gateway node g at
 // 100.64.<i>.1<g> / fd00:64:<i>::1<g>, and failover addresses 100.64.<i>.100–103 /
 // fd00:64:<i>::100–103 on the same link, which the ISP reaches wherever they are claimed.
+//
+// What runs in a namespace runs in a CPU group of its own (test/cluster/cpu-groups.ts), as on a
+// machine of its own.
 import { server, type DualStack } from './topology.ts';
 import {
   countedPackets,
@@ -35,6 +38,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KeyPair } from '../../operator/certificates.ts';
 import { writeTlsDir } from '../tls.ts';
+import { inCpuGroup, removeCpuGroup } from '../cluster/cpu-groups.ts';
 
 export const workers = [1, 2, 3] as const;
 export const gateways = [1, 2] as const;
@@ -191,7 +195,8 @@ export async function createCluster(options: ClusterOptions = {}): Promise<Clust
     gateway,
     exec: (name, argv, options) => inNamespace(name, argv, options),
     spawn: (name, argv, options = {}) => {
-      const child = spawn('ip', ['netns', 'exec', name, ...argv], options);
+      const [command, ...args] = inCpuGroup(name, ['ip', 'netns', 'exec', name, ...argv]);
+      const child = spawn(command!, args, options);
       children.push(child);
       return child;
     },
@@ -217,7 +222,10 @@ export async function createCluster(options: ClusterOptions = {}): Promise<Clust
     },
     destroy: async () => {
       await Promise.all(children.splice(0).map(stopProcess));
-      await Promise.all(made.splice(0).map(deleteNamespace));
+      // Deleting a namespace ends what its agents left running; then the groups are empty.
+      const names = made.splice(0);
+      await Promise.all(names.map(deleteNamespace));
+      await Promise.all(names.map(removeCpuGroup));
     },
   };
   try {
