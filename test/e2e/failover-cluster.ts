@@ -44,7 +44,7 @@ import {
   sidecarEnv,
   sidecarMain,
 } from './naa-pod.ts';
-import { run, server, until, type DualStack } from './topology.ts';
+import { ipBatch, run, server, until, type DualStack } from './topology.ts';
 import { startStreamServer, startTransfer, startWhoami, type Server, type TransferResult } from './traffic.ts';
 
 const main = join(import.meta.dirname, '..', '..', 'dataplane', 'main.ts');
@@ -495,18 +495,29 @@ export class FailoverCluster {
     const ns = this.c.gateway(g);
     switch (fault) {
       case 'power-off': {
+        // All at once, as a machine that loses its power: its processes are stopped first, so that
+        // none of them acts on its links going down (the agent's carrier watch would renew its
+        // Lease, which holds the other node's takeover back by up to a third of a lease duration),
+        // then its links go down in one batch, then every process is killed.
         const { stdout } = await run(['ip', '-n', ns, '-o', 'link', 'show']);
         const links = [...stdout.matchAll(/^\d+: ([^:@]+)/gm)].map((m) => m[1]!).filter((l) => l !== 'lo');
-        await Promise.all(links.map((link) => run(['ip', '-n', ns, 'link', 'set', link, 'down'])));
-        // Some of them (an nft or ip the agent ran) may end on their own meanwhile.
-        const pids = (await run(['ip', 'netns', 'pids', ns])).stdout.split('\n').filter(Boolean);
-        for (const pid of pids) {
-          try {
-            process.kill(Number(pid), 'SIGKILL');
-          } catch {
-            // Gone already.
+        const pids = async () => (await run(['ip', 'netns', 'pids', ns])).stdout.split('\n').filter(Boolean);
+        const signal = (all: readonly string[], name: NodeJS.Signals) => {
+          for (const pid of all) {
+            try {
+              process.kill(Number(pid), name);
+            } catch {
+              // Gone already (an nft or ip the agent ran may end on its own meanwhile).
+            }
           }
-        }
+        };
+        const running = await pids();
+        signal(running, 'SIGSTOP');
+        await ipBatch(
+          ns,
+          links.map((link) => `link set ${link} down`),
+        );
+        signal([...running, ...(await pids())], 'SIGKILL');
         return;
       }
       case 'agent-kill':
