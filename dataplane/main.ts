@@ -249,6 +249,7 @@ async function startFailover(
   config: GatewayConfig & { failover: NonNullable<GatewayConfig['failover']> },
   links: TlsDir | undefined,
   healthyUplinks: string[],
+  onApiserverChange: () => void,
 ): Promise<GatewayFailover | undefined> {
   const namespace = values['config-map']?.split('/')[0];
   if (!namespace) {
@@ -266,6 +267,7 @@ async function startFailover(
     port: listenOptions(listenAddress('gateway')).port,
     tls: () => links?.current(),
     healthyUplinks,
+    onApiserverChange,
     log,
   });
   await failover.start();
@@ -342,6 +344,17 @@ async function run(): Promise<void> {
     localUplinks(config, values.node!)
       .filter((u) => monitor.current().get(u.name)?.healthy !== false)
       .map((u) => u.name);
+  // The /steering streams answer at once when the failover addresses held here change, or this
+  // node's word on the apiserver does.
+  const apiserverListeners = new Set<() => void>();
+  const followSteering = (listener: () => void) => {
+    const unfollow = agent.onFailoverHeld(listener);
+    apiserverListeners.add(listener);
+    return () => {
+      unfollow();
+      apiserverListeners.delete(listener);
+    };
+  };
   const followFailover = async () => {
     if (!config.failover) {
       await failover?.stop({ release: true });
@@ -350,7 +363,9 @@ async function run(): Promise<void> {
     }
     const withFailover = { ...config, failover: config.failover };
     if (failover) return failover.update(withFailover);
-    failover = await startFailover(agent, withFailover, links, healthyUplinks());
+    failover = await startFailover(agent, withFailover, links, healthyUplinks(), () => {
+      for (const listener of apiserverListeners) listener();
+    });
     // What the probes said while it started.
     failover?.setHealthyUplinks(healthyUplinks());
   };
@@ -381,7 +396,7 @@ async function run(): Promise<void> {
 
   const servers: Array<{ close(): void }> = [listenAddress('gateway'), values['metrics-listen'], local]
     .filter((a) => a !== undefined)
-    .map((a) => serve(agent, a, links, () => failover));
+    .map((a) => serve(agent, a, links, () => failover, followSteering));
   if (values['secure-listen']) servers.push(await serveSecure(agent, values['secure-listen'], values['tls-dir']!));
   const stop = async (signal: string) => {
     first.source.stop();
@@ -537,6 +552,7 @@ function respond(
   res: ServerResponse,
   { flows, steering, agentNode }: { flows: boolean; steering: boolean; agentNode?: string },
   failover?: GatewayFailover,
+  followSteering: (listener: () => void) => () => void = (listener) => agent.onFailoverHeld(listener),
 ): void {
   const report = agent.report();
   const url = new URL(req.url ?? '/', 'http://agent');
@@ -576,8 +592,7 @@ function respond(
       ...(failover ? { apiserver: failover.apiserverReachable() } : {}),
     });
     const intervalMs = steeringStreamInterval(req.headers[steeringStreamHeader]);
-    if (intervalMs !== undefined)
-      return streamSteering(res, intervalMs, now, (listener) => agent.onFailoverHeld(listener));
+    if (intervalMs !== undefined) return streamSteering(res, intervalMs, now, followSteering);
     const readiness = now();
     res.statusCode = readiness.ready ? 200 : 503;
     res.setHeader('content-type', 'application/json');
@@ -603,13 +618,16 @@ function respond(
 function serve(
   agent: Agent,
   address: string,
-  tls?: TlsDir,
-  failover: () => GatewayFailover | undefined = () => undefined,
+  tls: TlsDir | undefined,
+  failover: () => GatewayFailover | undefined,
+  followSteering: (listener: () => void) => () => void,
 ): { close(): void } {
   const listen = listenOptions(address);
   const flows = listen.host !== undefined && servesFlowsUnauthenticated(listen.host);
   if (!tls)
-    return createServer((req, res) => respond(agent, req, res, { flows, steering: true }, failover())).listen(listen);
+    return createServer((req, res) =>
+      respond(agent, req, res, { flows, steering: true }, failover(), followSteering),
+    ).listen(listen);
   return plainAndMutualTls(tls, (req, res, agentNode) =>
     respond(
       agent,
@@ -617,6 +635,7 @@ function serve(
       res,
       { flows: flows && !agentNode, steering: agentNode !== undefined, ...(agentNode ? { agentNode } : {}) },
       failover(),
+      followSteering,
     ),
   ).listen(listen);
 }

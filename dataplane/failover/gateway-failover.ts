@@ -31,6 +31,8 @@ export interface GatewayFailoverOptions {
   tls: () => TlsMaterial | undefined;
   /** The uplinks healthy now, by name. */
   healthyUplinks: Iterable<string>;
+  /** Called when apiserverReachable() changes: the /steering streams answer at once. */
+  onApiserverChange?: () => void;
   log: Logger;
 }
 
@@ -103,6 +105,7 @@ export class GatewayFailover {
       failover: options.config.failover,
       healthyUplinks: options.healthyUplinks,
       replicaReady: () => this.notReady() === undefined,
+      ...(options.onApiserverChange ? { onApiserverChange: options.onApiserverChange } : {}),
       metrics: agent.metrics,
       log,
       fence: (until) => {

@@ -71,6 +71,13 @@ export interface OwnershipLoopOptions {
   healthyUplinks?: Iterable<string>;
   /** Whether this node's replica of the other nodes' flows is complete; asked at every renewal and decision. */
   replicaReady?: () => boolean;
+  /**
+   * Called when apiserverReachable() changes, as soon as it does: the /steering answers then tell
+   * the peers at once. Half a lease duration after the last successful renewal request a node says
+   * it does not reach the apiserver, and its peers must hear that before the first of them reaches
+   * its fence (a sixth of a lease duration later at the least): an answer every 200 ms would not do.
+   */
+  onApiserverChange?: () => void;
   metrics?: Pick<AgentMetrics, 'failoverClaims' | 'failoverReleases' | 'failoverGap'>;
   log?: Logger;
 }
@@ -139,6 +146,10 @@ export class OwnershipLoop {
   readonly #apply: ApplyOwnership;
   readonly #fence: OwnershipLoopOptions['fence'];
   readonly #replicaReady: () => boolean;
+  readonly #onApiserverChange: OwnershipLoopOptions['onApiserverChange'];
+  /** What apiserverReachable() said when last looked at, and the timer for when it turns false. */
+  #reachable = false;
+  #reachableTimer: NodeJS.Timeout | undefined;
   readonly #metrics: OwnershipLoopOptions['metrics'];
   readonly #log: Logger;
   readonly #informer: Informer<V1Lease>;
@@ -182,6 +193,7 @@ export class OwnershipLoop {
     this.#apply = options.apply;
     this.#fence = options.fence;
     this.#replicaReady = options.replicaReady ?? (() => true);
+    this.#onApiserverChange = options.onApiserverChange;
     this.#metrics = options.metrics;
     this.#log = options.log ?? jsonLogger;
     this.#healthyUplinks = new Set(options.healthyUplinks ?? []);
@@ -281,6 +293,7 @@ export class OwnershipLoop {
     clearTimeout(this.#wakeTimer);
     clearTimeout(this.#renewTimer);
     clearTimeout(this.#fenceTimer);
+    clearTimeout(this.#reachableTimer);
     if (!release) this.#stop.abort();
     await this.#deciding;
     if (release) {
@@ -392,7 +405,21 @@ export class OwnershipLoop {
     }
     this.#renewFailing = false;
     this.#extendFence();
+    this.#followReachable();
     this.#kick();
+  }
+
+  /** Tells a change of apiserverReachable(), and looks again when it would turn false. */
+  #followReachable(): void {
+    const reachable = this.apiserverReachable();
+    if (reachable !== this.#reachable) {
+      this.#reachable = reachable;
+      this.#onApiserverChange?.();
+    }
+    clearTimeout(this.#reachableTimer);
+    if (!reachable || this.#stopping) return;
+    const turns = this.#renewedAt! + this.#failover.leaseDurationMs / 2 - performance.now();
+    this.#reachableTimer = setTimeout(() => this.#followReachable(), Math.max(0, turns) + 1);
   }
 
   #scheduleFence(): void {

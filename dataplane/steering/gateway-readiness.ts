@@ -66,9 +66,10 @@ export function steeringStreamInterval(value: string | string[] | undefined): nu
 /**
  * Streams `/steering` answers on `res` (the request asked for them with steeringStreamHeader): the
  * first at once, then one every `intervalMs`, and one at once whenever `follow` calls its
- * listener (a claim or release of a failover address), so that node agents move an address's flows
- * without waiting for the next interval. `follow` returns what stops the listening; both end when
- * the connection does.
+ * listener (a claim or release of a failover address, so that node agents move an address's flows
+ * without waiting for the next interval; a change of the node's word on the apiserver, which the
+ * other gateway nodes must hear before their fences fall). `follow` returns what stops the
+ * listening; both end when the connection does.
  */
 export function streamSteering(
   res: ServerResponse,

@@ -175,8 +175,22 @@ class History {
 let apiPort: number;
 let admin: KubeConfig;
 const record = new History();
-const loops = new Map<NodeName, { loop: OwnershipLoop; relay: Relay }>();
+/** Each running node, and what it last heard each other one say of the apiserver. */
+const loops = new Map<NodeName, { loop: OwnershipLoop; relay: Relay; heard: Map<NodeName, boolean> }>();
 let peers: NodeJS.Timeout;
+/** When each node last said it does not reach the apiserver, as it turned so. */
+const toldUnreachable = new Map<NodeName, number>();
+
+/** `node`'s /steering answer to the others: its word on the apiserver. */
+function answer(node: NodeName): void {
+  const reachable = loops.get(node)?.loop.apiserverReachable();
+  if (reachable === undefined) return;
+  for (const [other, entry] of loops) {
+    if (other === node) continue;
+    entry.heard.set(node, reachable);
+    entry.loop.setPeersHeard(new Map(entry.heard));
+  }
+}
 
 /** A kubeconfig like the admin's, through `relay`. */
 function through(relay: Relay): KubeConfig {
@@ -201,8 +215,12 @@ async function start(node: NodeName, failover = settings()): Promise<OwnershipLo
     failover,
     apply: record.apply(node),
     healthyUplinks: ['isp1'],
+    onApiserverChange: () => {
+      if (!loops.get(node)?.loop.apiserverReachable()) toldUnreachable.set(node, performance.now());
+      answer(node);
+    },
   });
-  loops.set(node, { loop, relay });
+  loops.set(node, { loop, relay, heard: new Map() });
   await loop.start();
   return loop;
 }
@@ -211,6 +229,11 @@ async function start(node: NodeName, failover = settings()): Promise<OwnershipLo
 async function powerOff(node: NodeName): Promise<void> {
   const entry = loops.get(node)!;
   loops.delete(node);
+  // Its peers stop hearing it.
+  for (const other of loops.values()) {
+    other.heard.delete(node);
+    other.loop.setPeersHeard(new Map(other.heard));
+  }
   entry.relay.cut();
   await entry.loop.stop({ release: false });
   record.gone(node);
@@ -236,13 +259,11 @@ beforeAll(async () => {
   admin.loadFromFile(process.env.KUBECONFIG!);
   apiPort = Number(new URL(admin.getCurrentCluster()!.server).port);
   await k(['create', 'namespace', namespace]);
-  // The peers' /steering streams: each node hears the others that run, and whether they reach the apiserver.
+  // The peers' /steering streams: each running node answers the others every 200 ms, and at once
+  // when its word on the apiserver changes.
   peers = setInterval(() => {
-    for (const [node, { loop }] of loops) {
-      const heard = [...loops].filter(([other]) => other !== node);
-      loop.setPeersHeard(new Map(heard.map(([other, entry]) => [other, entry.loop.apiserverReachable()])));
-    }
-  }, 10);
+    for (const node of loops.keys()) answer(node);
+  }, 200);
 });
 
 afterAll(async () => {
@@ -333,11 +354,18 @@ test('failover addresses have one owner, move within the lease duration, and com
   expect(record.releasesSince(back)).toEqual([]);
   expect(ownedBy({ [a1]: 'g2', [a2]: 'g2', [a3]: 'g2' })()).toBe(true);
 
-  // The apiserver out of reach for all, each hearing the others: nobody gives anything up.
+  // The apiserver out of reach for all, each hearing the others: nobody gives anything up. Each
+  // says so as it turns so, half a lease duration after its last successful renewal at the latest,
+  // not at its next answer: its peers' fences fall a sixth of a lease duration after that at the
+  // soonest, and one that falls before it hears them would give its addresses up.
   const outage = performance.now();
   for (const { relay } of loops.values()) relay.cut();
   await until('every node past its fence deadline', () => performance.now() > outage + 2 * L);
   expect([...loops.values()].map(({ loop }) => loop.apiserverReachable())).toEqual([false, false]);
+  for (const node of loops.keys()) {
+    expect(toldUnreachable.get(node)! - outage).toBeGreaterThan(0);
+    expect(toldUnreachable.get(node)! - outage).toBeLessThanOrEqual(L / 2 + 50);
+  }
   expect(record.releasesSince(outage)).toEqual([]);
   expect(ownedBy({ [a1]: 'g2', [a2]: 'g2', [a3]: 'g2' })()).toBe(true);
   for (const { relay } of loops.values()) await relay.open();
