@@ -397,7 +397,8 @@ async function run(): Promise<void> {
   const servers: Array<{ close(): void }> = [listenAddress('gateway'), values['metrics-listen'], local]
     .filter((a) => a !== undefined)
     .map((a) => serve(agent, a, links, () => failover, followSteering));
-  if (values['secure-listen']) servers.push(await serveSecure(agent, values['secure-listen'], values['tls-dir']!));
+  if (values['secure-listen'])
+    servers.push(await serveSecure(agent, values['secure-listen'], values['tls-dir']!, followSteering));
   const stop = async (signal: string) => {
     first.source.stop();
     clearInterval(report);
@@ -551,8 +552,8 @@ function respond(
   req: IncomingMessage,
   res: ServerResponse,
   { flows, steering, agentNode }: { flows: boolean; steering: boolean; agentNode?: string },
-  failover?: GatewayFailover,
-  followSteering: (listener: () => void) => () => void = (listener) => agent.onFailoverHeld(listener),
+  failover: GatewayFailover | undefined,
+  followSteering: (listener: () => void) => () => void,
 ): void {
   const report = agent.report();
   const url = new URL(req.url ?? '/', 'http://agent');
@@ -671,7 +672,12 @@ const certificateReloadMs = 10_000;
  * (flow-access.ts). It listens once the certificate is there (the agent may not have it yet: the
  * gateway works meanwhile) and picks up a renewed pair.
  */
-async function serveSecure(agent: Agent, address: string, dir: string): Promise<{ close(): void }> {
+async function serveSecure(
+  agent: Agent,
+  address: string,
+  dir: string,
+  followSteering: (listener: () => void) => () => void,
+): Promise<{ close(): void }> {
   const { pooledKubeConfig } = await import('../common/kube/index.ts');
   const { ApiserverFlowAuthorizer } = await import('./flow-authorizer.ts');
   const authorizer = new ApiserverFlowAuthorizer(pooledKubeConfig());
@@ -680,7 +686,7 @@ async function serveSecure(agent: Agent, address: string, dir: string): Promise<
     const gateway = agent.config?.gateway ?? '';
     authorizer.authorize(bearerToken(req.headers.authorization), gateway).then(
       (access) => {
-        if (access.allowed) return respond(agent, req, res, { flows: true, steering: true });
+        if (access.allowed) return respond(agent, req, res, { flows: true, steering: true }, undefined, followSteering);
         // Debug: a caller polling without rights would log a line a request. Its reviews are in the
         // apiserver's audit log.
         log.debug('Refused a request for flow data', { path: req.url, status: access.status, reason: access.reason });

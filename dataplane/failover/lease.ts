@@ -332,7 +332,7 @@ export class OwnershipLoop {
     if (this.#stop.signal.aborted) return;
     const sentAt = performance.now();
     const duration = this.#failover.leaseDurationMs;
-    const options = this.#requestOptions(duration);
+    const options = this.#requestOptions();
     const namespace = this.#namespace;
     const body = failoverLeaseBody(
       namespace,
@@ -373,7 +373,7 @@ export class OwnershipLoop {
   #beat(): void {
     const sentAt = performance.now();
     const body: V1Lease = { spec: { renewTime: new V1MicroTime() } };
-    const beat = this.#patch(body, this.#requestOptions(this.#failover.leaseDurationMs)).then(
+    const beat = this.#patch(body, this.#requestOptions()).then(
       () => this.#renewed(sentAt),
       () => {},
     );
@@ -388,8 +388,8 @@ export class OwnershipLoop {
   }
 
   /** A request that hangs past the lease duration could not keep the fence away anyway. */
-  #requestOptions(duration: number) {
-    return withSignal(AbortSignal.any([this.#stop.signal, AbortSignal.timeout(duration)]));
+  #requestOptions() {
+    return withSignal(AbortSignal.any([this.#stop.signal, AbortSignal.timeout(this.#failover.leaseDurationMs)]));
   }
 
   /** A renewal sent at `sentAt` was answered. */

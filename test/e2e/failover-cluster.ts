@@ -44,7 +44,7 @@ import {
   sidecarEnv,
   sidecarMain,
 } from './naa-pod.ts';
-import { ipBatch, run, server, until, type DualStack } from './topology.ts';
+import { ipBatch, namespacePids, run, server, signalAll, until, type DualStack } from './topology.ts';
 import { startStreamServer, startTransfer, startWhoami, type Server, type TransferResult } from './traffic.ts';
 
 const main = join(import.meta.dirname, '..', '..', 'dataplane', 'main.ts');
@@ -501,23 +501,14 @@ export class FailoverCluster {
         // then its links go down in one batch, then every process is killed.
         const { stdout } = await run(['ip', '-n', ns, '-o', 'link', 'show']);
         const links = [...stdout.matchAll(/^\d+: ([^:@]+)/gm)].map((m) => m[1]!).filter((l) => l !== 'lo');
-        const pids = async () => (await run(['ip', 'netns', 'pids', ns])).stdout.split('\n').filter(Boolean);
-        const signal = (all: readonly string[], name: NodeJS.Signals) => {
-          for (const pid of all) {
-            try {
-              process.kill(Number(pid), name);
-            } catch {
-              // Gone already (an nft or ip the agent ran may end on its own meanwhile).
-            }
-          }
-        };
-        const running = await pids();
-        signal(running, 'SIGSTOP');
+        const running = await namespacePids(ns);
+        signalAll(running, 'SIGSTOP');
         await ipBatch(
           ns,
           links.map((link) => `link set ${link} down`),
         );
-        signal([...running, ...(await pids())], 'SIGKILL');
+        // Listed again: a process started just before the stop goes too.
+        signalAll([...running, ...(await namespacePids(ns))], 'SIGKILL');
         return;
       }
       case 'agent-kill':

@@ -429,16 +429,26 @@ export function run(argv: string[], options: ExecOptions = {}): Promise<{ stdout
   });
 }
 
-// A namespace lives on while a process is in it, so whatever still runs there (a server's
-// children, say) goes first; those processes were all started by the tests.
-export async function deleteNamespace(name: string): Promise<void> {
+/** The processes in network namespace `name`; none when it is gone. */
+export async function namespacePids(name: string): Promise<number[]> {
   const { stdout } = await run(['ip', 'netns', 'pids', name]).catch(() => ({ stdout: '' }));
-  for (const pid of stdout.split('\n').filter(Boolean).map(Number)) {
+  return stdout.split('\n').filter(Boolean).map(Number);
+}
+
+/** Sends `signal` to each of `pids` that is still there. */
+export function signalAll(pids: readonly number[], signal: NodeJS.Signals): void {
+  for (const pid of pids) {
     try {
-      process.kill(pid, 'SIGKILL');
+      process.kill(pid, signal);
     } catch {
       // Gone already.
     }
   }
+}
+
+// A namespace lives on while a process is in it, so whatever still runs there (a server's
+// children, say) goes first; those processes were all started by the tests.
+export async function deleteNamespace(name: string): Promise<void> {
+  signalAll(await namespacePids(name), 'SIGKILL');
   await run(['ip', 'netns', 'delete', name]).catch(() => undefined);
 }
