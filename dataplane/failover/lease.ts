@@ -40,6 +40,7 @@ import {
   emptyMemory,
   fenceDeadline,
   renewingOnSchedule,
+  type Lapse,
   type FailoverSettings,
   type NodeLease,
   type OwnershipClaim,
@@ -164,7 +165,9 @@ export class OwnershipLoop {
   #alive: readonly string[] = [];
   #elsewhere: readonly string[] = [];
   #renewedAt: number | undefined;
-  #renewingSince: number | undefined;
+  /** The lapses from the renewal schedule since the last decision on schedule, and whether a request failed since the last answer. */
+  #lapse: Lapse | undefined;
+  #failedSinceAnswer = false;
   #lastClaim: FailoverClaim | undefined;
   #renewFailing = false;
   /** Writes of the state, one after another, and how many of them are queued or on their way. */
@@ -366,6 +369,7 @@ export class OwnershipLoop {
           error: errorText(error),
         });
       this.#renewFailing = true;
+      this.#failedSinceAnswer = true;
     }
   }
 
@@ -375,7 +379,9 @@ export class OwnershipLoop {
     const body: V1Lease = { spec: { renewTime: new V1MicroTime() } };
     const beat = this.#patch(body, this.#requestOptions()).then(
       () => this.#renewed(sentAt),
-      () => {},
+      () => {
+        if (!this.#stop.signal.aborted) this.#failedSinceAnswer = true;
+      },
     );
     this.#beats.add(beat);
     void beat.finally(() => this.#beats.delete(beat));
@@ -396,7 +402,15 @@ export class OwnershipLoop {
   #renewed(sentAt: number): void {
     const answeredAt = performance.now();
     const duration = this.#failover.leaseDurationMs;
-    if (!renewingOnSchedule(this.#renewedAt, answeredAt, duration)) this.#renewingSince = answeredAt;
+    if (this.#renewedAt !== undefined && !renewingOnSchedule(this.#renewedAt, answeredAt, duration)) {
+      const from = this.#renewedAt + duration / 2;
+      this.#lapse = {
+        from: Math.min(this.#lapse?.from ?? from, from),
+        to: answeredAt,
+        failed: (this.#lapse?.failed ?? false) || this.#failedSinceAnswer,
+      };
+    }
+    this.#failedSinceAnswer = false;
     this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
     if (this.#renewFailing) {
       this.#log.info('Failover Lease renewed again', { lease: `${this.#namespace}/${this.#name}` });
@@ -468,7 +482,7 @@ export class OwnershipLoop {
         leases,
         owned: this.#owned,
         renewedAt: this.#renewedAt,
-        renewingSince: this.#renewingSince,
+        ...(this.#lapse ? { lapse: this.#lapse } : {}),
         healthyUplinks: this.#healthyUplinks,
         draining: this.#draining,
         replicaReady: this.#replicaReady(),
@@ -477,6 +491,8 @@ export class OwnershipLoop {
       this.#memory,
     );
     this.#memory = decision.memory;
+    // Weighed now that the node is back on schedule.
+    if (decision.apiserverReachable) this.#lapse = undefined;
     this.#alive = decision.alive;
     this.#elsewhere = decision.elsewhere;
     clearTimeout(this.#wakeTimer);

@@ -2,8 +2,9 @@
 // instant it is written, but by a node whose watch stalls: it sees nothing until its watch comes
 // back, and then decides once with every Lease as it is now but only its own marked as seen then,
 // as when a relist marks them one at a time) go through random sequences of power-offs, returns,
-// apiserver losses, stalled watches, drains, uplink failures and replicas that become complete
-// (a node that starts has none). At every instant, no two running
+// apiserver losses, renewals answered late (written at once, their answers up to a lease duration
+// later), stalled watches, drains, uplink failures and replicas that become complete (a node that
+// starts has none). At every instant, no two running
 // nodes decide to own the same address; and once everything is back and quiet, every address has
 // exactly one owner.
 import fc from 'fast-check';
@@ -12,6 +13,7 @@ import {
   emptyMemory,
   renewingOnSchedule,
   type FailoverSettings,
+  type Lapse,
   type NodeLease,
   type OwnershipMemory,
 } from './ownership.ts';
@@ -27,7 +29,8 @@ const uplinks = ['isp1', 'isp2'];
 type Event =
   | { kind: 'tick'; ms: number }
   | { kind: 'power' | 'apiserver' | 'watch' | 'drain' | 'leaving' | 'replica'; node: number; on: boolean }
-  | { kind: 'uplink'; node: number; uplink: string; on: boolean };
+  | { kind: 'uplink'; node: number; uplink: string; on: boolean }
+  | { kind: 'slow'; node: number; ms: number };
 
 const event = (nodes: number): fc.Arbitrary<Event> => {
   const node = fc.nat(nodes - 1);
@@ -39,6 +42,11 @@ const event = (nodes: number): fc.Arbitrary<Event> => {
       on: fc.boolean(),
     }),
     fc.record({ kind: fc.constant('uplink' as const), node, uplink: fc.constantFrom(...uplinks), on: fc.boolean() }),
+    fc.record({
+      kind: fc.constant('slow' as const),
+      node,
+      ms: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: L })),
+    }),
   );
 };
 
@@ -52,7 +60,11 @@ interface SimNode {
   owned: Set<string>;
   memory: OwnershipMemory;
   renewedAt: number | undefined;
-  renewingSince: number | undefined;
+  lapse: Lapse | undefined;
+  failedSinceAnswer: boolean;
+  /** How late its renewals are answered, and those on their way: when each was sent and when it is answered. */
+  slowMs: number;
+  pending: Array<{ sentAt: number; at: number }>;
   watching: boolean;
   /** Its watch came back since its last decision. */
   back: boolean;
@@ -82,7 +94,10 @@ class Gateway {
       owned: new Set<string>(),
       memory: emptyMemory,
       renewedAt: undefined,
-      renewingSince: undefined,
+      lapse: undefined,
+      failedSinceAnswer: false,
+      slowMs: 0,
+      pending: [],
       watching: true,
       back: false,
       seen: new Map(),
@@ -110,7 +125,9 @@ class Gateway {
             owned: new Set(),
             memory: emptyMemory,
             renewedAt: undefined,
-            renewingSince: undefined,
+            lapse: undefined,
+            failedSinceAnswer: false,
+            pending: [],
             replicaReady: false,
           });
           Object.assign(node, { watching: true, back: false, seen: new Map() });
@@ -129,6 +146,9 @@ class Gateway {
         break;
       case 'replica':
         node.replicaReady = e.on;
+        break;
+      case 'slow':
+        node.slowMs = e.ms;
         break;
       case 'drain':
         if (e.on) this.draining.add(node.name);
@@ -158,10 +178,31 @@ class Gateway {
     return [...node.seen.values()].map(({ lease, observedAt }) => ({ ...lease, observedAt }));
   }
 
-  /** Every running node decides on its view; then those that reach the apiserver write their Lease. */
+  /** A renewal sent at `sentAt` is answered now (the agent's OwnershipLoop does the same). */
+  answered(node: SimNode, sentAt: number): void {
+    if (node.renewedAt !== undefined && !renewingOnSchedule(node.renewedAt, this.now, L)) {
+      const from = node.renewedAt + L / 2;
+      node.lapse = {
+        from: Math.min(node.lapse?.from ?? from, from),
+        to: this.now,
+        failed: (node.lapse?.failed ?? false) || node.failedSinceAnswer,
+      };
+    }
+    node.failedSinceAnswer = false;
+    node.renewedAt = Math.max(node.renewedAt ?? sentAt, sentAt);
+  }
+
+  /**
+   * Every running node takes the answers due, then decides on its view; then those that reach the
+   * apiserver write their Lease, and the others' requests fail.
+   */
   step(): Map<string, Set<string>> {
     const failover = { ...this.settings, draining: [...this.draining] };
     const running = this.nodes.filter((n) => n.running);
+    for (const node of running) {
+      for (const { sentAt } of node.pending.filter((p) => p.at <= this.now)) this.answered(node, sentAt);
+      node.pending = node.pending.filter((p) => p.at > this.now);
+    }
     const reaches = (n: SimNode) => renewingOnSchedule(n.renewedAt, this.now, L);
     const views = new Map(running.map((node) => [node, this.view(node)]));
     const decisions = running.map((node) => {
@@ -174,7 +215,7 @@ class Gateway {
           leases: views.get(node)!,
           owned: node.owned,
           renewedAt: node.renewedAt,
-          renewingSince: node.renewingSince,
+          ...(node.lapse ? { lapse: node.lapse } : {}),
           healthyUplinks: node.uplinks,
           draining: node.leaving,
           replicaReady: node.replicaReady,
@@ -187,9 +228,13 @@ class Gateway {
     for (const { node, decision } of decisions) {
       node.owned = decision.owned;
       node.memory = decision.memory;
-      if (!node.apiserver) continue;
-      if (!reaches(node)) node.renewingSince = this.now;
-      node.renewedAt = this.now;
+      if (decision.apiserverReachable) node.lapse = undefined;
+      if (!node.apiserver) {
+        node.failedSinceAnswer = true;
+        continue;
+      }
+      if (node.slowMs) node.pending.push({ sentAt: this.now, at: this.now + node.slowMs });
+      else this.answered(node, this.now);
       const lease = {
         node: node.name,
         addresses: [...node.owned].sort(),
@@ -229,6 +274,7 @@ test('no two running nodes own one address at the same instant, and all is owned
       for (let i = 0; i < count; i++) {
         for (const kind of ['power', 'apiserver', 'watch'] as const) gateway.apply({ kind, node: i, on: true });
         for (const kind of ['drain', 'leaving'] as const) gateway.apply({ kind, node: i, on: false });
+        gateway.apply({ kind: 'slow', node: i, ms: 0 });
         for (const uplink of uplinks) gateway.apply({ kind: 'uplink', node: i, uplink, on: true });
       }
       let decided = gateway.step();

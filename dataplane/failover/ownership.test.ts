@@ -242,26 +242,47 @@ describe('the fence', () => {
     expect(after(5010 + L / 2, held.memory).releases).toEqual([{ address: X, reason: 'fence' }]);
   });
 
-  test('a node back on its renewal schedule claims nothing for a lease duration', () => {
+  describe('a node back on its renewal schedule', () => {
     const expired = lease(second, 1000, { addresses: [X] });
-    // Off schedule for a moment between two decisions: the answer that ended it came at 5048.
-    const back = decideOwnership(
-      input(first, 5050, { leases: [expired], renewedAt: 5045, renewingSince: 5048 }),
-      settled,
-    );
-    expect(back.claims).toEqual([]);
-    const waited = decideOwnership(
-      input(first, 5048 + L + 1, { leases: [expired], renewedAt: 5045 + L, renewingSince: 5048 }),
-      back.memory,
-    );
-    expect(waited.claims).toEqual([{ address: X, reason: 'LeaseExpired', from: second, gapMs: 5048 + L + 1 - 1000 }]);
+    // Off schedule for a moment between two decisions: from 5040 until the answer at 5048.
+    const lapse = { from: 5040, to: 5048, failed: false };
+    const back = (memory: OwnershipMemory, overrides: Partial<OwnershipInput> = {}) =>
+      decideOwnership(input(first, 5050, { leases: [expired], renewedAt: 5045, lapse, ...overrides }), memory);
+    const waited = (memory: OwnershipMemory) =>
+      decideOwnership(input(first, 5048 + L + 1, { leases: [expired], renewedAt: 5045 + L }), memory);
+    const claim = { address: X, reason: 'LeaseExpired', from: second, gapMs: 5048 + L + 1 - 1000 };
+
+    test('claims at once after answers that came late, with no peer heard saying it lost the apiserver', () => {
+      expect(back(settled).claims).toEqual([{ ...claim, gapMs: 5050 - 1000 }]);
+    });
+
+    test('claims nothing for a lease duration after a peer off its own schedule heard it', () => {
+      // The peer said so during the lapse, or a little before: it may hold its addresses on its word.
+      for (const memory of [settled, { ...settled, heardOutageAt: 5040 - L }]) {
+        const peerDown = memory === settled ? new Map([[third, false]]) : new Map([[third, true]]);
+        const first = back(memory, { peersHeard: peerDown });
+        expect(first.claims).toEqual([]);
+        expect(waited(first.memory).claims).toEqual([claim]);
+      }
+      // Long before: it cannot.
+      expect(back({ ...settled, heardOutageAt: 5040 - L - 1 }).claims).toHaveLength(1);
+    });
+
+    test('claims nothing for a lease duration after a request failed', () => {
+      const first = back(settled, { lapse: { ...lapse, failed: true } });
+      expect(first.claims).toEqual([]);
+      expect(waited(first.memory).claims).toEqual([claim]);
+    });
   });
 
   test('claims nothing without the apiserver, and waits a lease duration after regaining it', () => {
     const stale = lease(second, 1000, { addresses: [X] });
     const cut = decideOwnership(input(first, 9000, { leases: [stale], renewedAt: 1000 }), settled);
     expect(cut.claims).toEqual([]);
-    const back = decideOwnership(input(first, 9100, { leases: [stale], renewedAt: 9100 }), cut.memory);
+    const back = decideOwnership(
+      input(first, 9100, { leases: [stale], renewedAt: 9100, lapse: { from: 1000 + L / 2, to: 9100, failed: true } }),
+      cut.memory,
+    );
     expect(back.claims).toEqual([]);
     expect(back.wakeAt).toBe(9100 + L);
     const waited = decideOwnership(input(first, 9100 + L + 1, { leases: [stale] }), back.memory);

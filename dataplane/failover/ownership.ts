@@ -6,6 +6,8 @@
 // - A node is alive for this one while this one saw its Lease change within the lease duration, on
 //   this node's own clock (no two clocks are compared). Just after this node (re)gains the
 //   apiserver, every Lease counts as seen then: it takes nothing over for a full lease duration.
+//   A lapse from its renewal schedule in which every request was only answered late counts as
+//   losing the apiserver only when a peer it heard meanwhile did not reach the apiserver either.
 // - Eligible for an address: alive, not draining, and the address's uplink healthy on the node.
 //   Among the eligible, those whose replica of the others' flows is complete come first: a node
 //   that has just started would take an address over without its flows. Only when none is does
@@ -27,7 +29,9 @@
 //   keeps its addresses through an outage too. When the outage ends, the peers seldom renew in the
 //   same instant: a node that held through it keeps holding for half a lease duration after it
 //   stopped counting the outage, time for its own renewal to succeed. No peer can claim before
-//   then: a node settles (and may claim) only a lease duration after it regained its schedule.
+//   then: a node whose lapse a peer may have counted so settles (and may claim) only a lease
+//   duration after it regained its schedule. Such a peer, off its own schedule, says so on its
+//   /steering answers half a lease duration before its fence would fall.
 // - A node claims nothing while it has not seen its own Lease change for a lease duration: a watch
 //   that stalls would make every other Lease look expired. Once it sees its own Lease again, every
 //   Lease counts as seen then, as after regaining the apiserver: a watch that comes back delivers
@@ -64,10 +68,10 @@ export interface OwnershipInput {
   /** When this node sent its last renewal request that succeeded; undefined before the first. */
   renewedAt: number | undefined;
   /**
-   * When the answer came that put this node back on its renewal schedule (renewingOnSchedule) after
-   * it was off it, or began it; a lapse between two decisions is seen through this.
+   * This node's lapses from its renewal schedule (renewingOnSchedule) since its last decision on
+   * schedule, taken together: a lapse between two decisions is seen through this.
    */
-  renewingSince?: number;
+  lapse?: Lapse;
   /** This node's uplinks that are healthy. */
   healthyUplinks: ReadonlySet<string>;
   /** This node gives up its addresses and takes none (SIGTERM with the node leaving), besides config.draining. */
@@ -76,6 +80,16 @@ export interface OwnershipInput {
   replicaReady: boolean;
   /** The other gateway nodes this node hears directly, and whether each says it reaches the apiserver. */
   peersHeard: ReadonlyMap<string, boolean>;
+}
+
+/** A time off the renewal schedule: what this node's peers could hear of it, and why it was. */
+export interface Lapse {
+  /** When it went off schedule: from then its /steering answers said it does not reach the apiserver. */
+  from: number;
+  /** When the answer came that put it back on schedule. */
+  to: number;
+  /** Whether a renewal request failed meanwhile, rather than only being answered late. */
+  failed: boolean;
 }
 
 /** Why this node gives an address up. */
@@ -97,8 +111,13 @@ export interface OwnershipRelease {
 
 /** What a decision remembers for the next: carried by the shell, never read by it. */
 export interface OwnershipMemory {
-  /** Whether this node renewed on schedule at the last decision (renewingOnSchedule), and since when it does. */
+  /**
+   * Since when this node renews on schedule (renewingOnSchedule), leaving aside lapses that nobody
+   * could act on (see decideOwnership); kept through a lapse until it is known whether it counts.
+   */
   reachableSince: number | undefined;
+  /** When this node last heard a peer say it does not reach the apiserver. */
+  heardOutageAt: number | undefined;
   /** Whether the last decision counted an apiserver outage (apiserverOutage). */
   outage: boolean;
   /** Until when this node keeps its addresses without renewing, the outage it counted over. */
@@ -123,6 +142,7 @@ export interface Preference {
 
 export const emptyMemory: OwnershipMemory = {
   reachableSince: undefined,
+  heardOutageAt: undefined,
   outage: false,
   holdUntil: undefined,
   currentSince: undefined,
@@ -201,11 +221,22 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   const reachable = input.renewedAt !== undefined && now - input.renewedAt <= duration;
   const onSchedule = renewingOnSchedule(input.renewedAt, now, duration);
   if (input.renewedAt !== undefined && reachable) deadlines.push(input.renewedAt + duration + 1);
-  // Off schedule, a node's peers may hear that it does not reach the apiserver and count an outage;
-  // back on schedule, it waits a full lease duration again before claiming (see the fence).
-  const reachableSince = onSchedule
-    ? Math.max(memory.reachableSince ?? now, input.renewingSince ?? -Infinity)
-    : undefined;
+  // Off schedule, a node's peers hear that it does not reach the apiserver. One that does not reach
+  // it either counts an outage and may keep its addresses past its fence (see the fence): back on
+  // schedule, this node waits a full lease duration before it claims, as after a failed request,
+  // which may have cost it its watch too. Such a peer says so half a lease duration before its
+  // fence falls, so a lapse no peer was heard saying that around, and in which every request was
+  // only answered late (a slow apiserver, a busy machine), holds nothing back.
+  const heardOutageAt = [...input.peersHeard].some(([peer, reaches]) => peer !== self && !reaches)
+    ? now
+    : memory.heardOutageAt;
+  const { lapse } = input;
+  const lapseCounts =
+    onSchedule && lapse !== undefined && (lapse.failed || (heardOutageAt ?? -Infinity) >= lapse.from - duration);
+  const scheduleSince = onSchedule
+    ? Math.max(memory.reachableSince ?? now, lapseCounts ? lapse.to : -Infinity)
+    : memory.reachableSince;
+  const reachableSince = onSchedule ? scheduleSince : undefined;
   const draining = new Set(failover.draining);
   const others = input.leases.filter((lease) => lease.node !== self);
   const published = input.leases.find((lease) => lease.node === self);
@@ -355,7 +386,17 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     claims,
     releases,
     apiserverReachable: onSchedule,
-    memory: { reachableSince, outage, holdUntil, currentSince, eligibleSince, replicaReadySince, owners, preferred },
+    memory: {
+      reachableSince: scheduleSince,
+      heardOutageAt,
+      outage,
+      holdUntil,
+      currentSince,
+      eligibleSince,
+      replicaReadySince,
+      owners,
+      preferred,
+    },
     alive: alive.map((l) => l.node),
     elsewhere: failover.addresses.map((a) => a.address).filter((a) => alive.some((l) => l.addresses.includes(a))),
     wakeAt: deadlines.length ? Math.min(...deadlines) : undefined,
