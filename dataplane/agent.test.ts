@@ -441,7 +441,7 @@ describe('Agent failover addresses', () => {
     address: addresses.held.some((a) => a.address === address),
   });
 
-  it('claims in order (hook, rules and routes, address and announcement) and releases the address before its rules', async () => {
+  it('claims with the hook and the rules and routes before the address and announcement, and releases the address before its rules', async () => {
     const k = kernel();
     const addresses = new FakeFailoverAddresses();
     const tunnels = new CountingTunnels();
@@ -455,12 +455,15 @@ describe('Agent failover addresses', () => {
     );
     const seen: Array<ReturnType<typeof holds>> = [];
     await agent.setFailoverOwned(new Set(['100.64.1.100', 'FD00:64:1::100']), {
-      beforeClaim: async (address) => void seen.push(holds(k, addresses, address)),
+      beforeClaim: async (address) => {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        seen.push(holds(k, addresses, address));
+      },
     });
-    // The address's route is there whether it is owned or not: a claim waits for no route.
+    // The address waits for the hook; its route is there whether it is owned or not: a claim waits for no route.
     expect(seen).toEqual([
-      { rules: false, route: true, address: false },
-      { rules: false, route: true, address: false },
+      expect.objectContaining({ route: true, address: false }),
+      expect.objectContaining({ route: true, address: false }),
     ]);
     expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: true, route: true, address: true });
     expect(holds(k, addresses, 'fd00:64:1::100')).toEqual({ rules: true, route: true, address: true });
@@ -493,6 +496,28 @@ describe('Agent failover addresses', () => {
     await agent.stop({ releaseFailover: true });
     expect(addresses.held).toEqual([]);
     expect(agent.report().failoverAddresses).toEqual([]);
+  });
+
+  it('claims nothing of an address whose hook failed, takes its rules back, and runs the hook again at the next try', async () => {
+    const k = kernel();
+    const addresses = new FakeFailoverAddresses();
+    const agent = agentWith(k, addresses);
+    await agent.start(failoverConfig);
+    const failing = agent.setFailoverOwned(new Set(['100.64.1.100']), {
+      beforeClaim: async () => {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        throw new Error('conntrack -R failed');
+      },
+    });
+    await expect(failing).rejects.toThrow('conntrack -R failed');
+    expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: false, route: true, address: false });
+    expect(agent.report().failoverAddresses).toEqual([]);
+    const hooked: string[] = [];
+    await agent.setFailoverOwned(new Set(['100.64.1.100']), {
+      beforeClaim: async (address) => void hooked.push(address),
+    });
+    expect(hooked).toEqual(['100.64.1.100']);
+    expect(holds(k, addresses, '100.64.1.100')).toEqual({ rules: true, route: true, address: true });
   });
 
   it('removes at start the addresses a former run left where the config puts none, and keeps the others until told', async () => {

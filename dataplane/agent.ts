@@ -7,7 +7,7 @@
 //
 // Failover addresses: whoever decides which ones this node owns (the ownership loop) hands them
 // to setFailoverOwned, which puts them in place in the order that keeps their flows (a claim:
-// the caller's hook first, then its rules, then the address and its announcement; a release: the
+// the caller's hook beside its rules, both before the address and its announcement; a release: the
 // address first, then its rules; the address's route is there whether it is owned or not, so that
 // neither waits for routing). The agent holds only addresses it owns: stopped with
 // `releaseFailover`, or removed, it takes them off the interfaces. The kernel answers ARP and
@@ -38,7 +38,7 @@ import type { Nftables } from './nft/nftables.ts';
 import { namesOf, planSync } from './nft/nftables.ts';
 import type { Packet } from './nft/trace.ts';
 import { balancerFor, type SourceOnUplink } from './balancing/index.ts';
-import { desiredAddresses, planAddresses, type FailoverAddresses } from './failover/address.ts';
+import { desiredAddresses, planAddresses, type FailoverAddresses, type HeldAddress } from './failover/address.ts';
 import { failoverUplinkIds } from './failover/egress.ts';
 import type { FailoverFence } from './failover/fence.ts';
 import {
@@ -104,9 +104,10 @@ export interface AgentOptions {
 /** What setFailoverOwned calls while it claims an address. */
 export interface FailoverHooks {
   /**
-   * Before anything of the address is in place: the replicated conntrack entries of its flows go
-   * into the kernel here, so that they continue once the address is announced. A rejection stops
-   * the change: nothing of it is claimed, what was released stays released.
+   * Before the address is on its interface, while its rules go in: the replicated conntrack entries
+   * of its flows go into the kernel here, so that they continue once the address is announced. A
+   * rejection stops the change: nothing of it is claimed (its rules go again), what was released
+   * stays released.
    */
   beforeClaim?(address: string): Promise<void>;
 }
@@ -241,9 +242,9 @@ export class Agent {
       this.#owned = placeable;
       this.#setHeld(new Set([...this.#held].filter((a) => placeable.has(a))));
       await this.#guard();
-      await this.#releaseAddresses(this.#ownershipKnown ? placeable : undefined);
+      const held = await this.#releaseAddresses(this.#ownershipKnown ? placeable : undefined);
       await this.#queue.request();
-      await this.#claimAddresses();
+      await this.#claimAddresses(held);
     });
     if (this.#watching) this.#setRenewal();
   }
@@ -251,9 +252,9 @@ export class Agent {
   /**
    * Makes this node hold exactly the failover addresses of `owned` (canonical or not) that the
    * config puts on its uplinks; others are logged and ignored. Claims in the order of the
-   * gateway's failover design: `hooks.beforeClaim` for each new address, then the rules that
-   * translate its pods' tunnelled flows to it (its route is in place already), then the address on its uplink's
-   * interface and its announcement (failover/address.ts). Releases the other way round: the
+   * gateway's failover design: `hooks.beforeClaim` for each new address beside the rules that
+   * translate its pods' tunnelled flows to it (its route is in place already), then the address on
+   * its uplink's interface and its announcement (failover/address.ts). Releases the other way round: the
    * address leaves the interface (and /steering) before its rules. Resolves once all of it is in
    * the kernel; calls are applied one at a time, in order.
    */
@@ -275,34 +276,56 @@ export class Agent {
     this.#setHeld(new Set([...this.#held].filter((a) => wanted.has(a))));
     // Silent at once for a released address, before it leaves the interface.
     await this.#o.fence?.revoke(released);
-    const milliseconds: Record<string, number> = {};
-    let stepStarted = performance.now();
-    const step = (name: string) => {
-      const now = performance.now();
-      milliseconds[name] = Math.round(now - stepStarted);
-      stepStarted = now;
+    const started = performance.now();
+    // When each part had ended, counted from the start.
+    const endedAfterMs: Record<string, number> = {};
+    const timed = async (name: string, work: () => Promise<void>) => {
+      await work();
+      endedAfterMs[name] = Math.round(performance.now() - started);
     };
-    await this.#releaseAddresses(wanted);
-    step('release');
-    for (const address of claimed) await hooks.beforeClaim?.(address);
-    step('beforeClaim');
-    this.#owned = wanted;
-    // The same set again (the owner repeats it) only checks the addresses are still there. The
-    // sync checks the routes the claim changed, not the tunnels and every route as sync() would:
-    // the address waits for it.
-    if (claimed.length || released.length) await this.#queue.request();
-    step('sync');
-    // Allowed before the announcement, which the fence would drop otherwise.
-    if (claimed.length) await this.#allowOwned();
-    await this.#claimAddresses();
-    step('addresses');
+    let held: HeldAddress[] = [];
+    // The hook (the replica's load) goes on beside the release and the rules: both are in place
+    // before the address is, and no flow of the address reaches this node before /steering says
+    // it holds it, so neither waits for the other.
+    const [hooked, ruled] = await Promise.allSettled([
+      timed('beforeClaim', async () => {
+        for (const address of claimed) await hooks.beforeClaim?.(address);
+      }),
+      timed('rules', async () => {
+        held = await this.#releaseAddresses(wanted);
+        this.#owned = wanted;
+        // The same set again (the owner repeats it) only checks the addresses are still there. The
+        // sync checks the routes the claim changed, not the tunnels and every route as sync()
+        // would: the address waits for it.
+        if (claimed.length || released.length) await this.#queue.request();
+        // Allowed before the announcement, which the fence would drop otherwise.
+        if (claimed.length) await this.#allowOwned();
+      }),
+    ]);
+    if (hooked.status === 'rejected') {
+      // Nothing of the claimed addresses stays: the next try loads their replica first again.
+      if (this.#owned === wanted) {
+        this.#owned = new Set([...wanted].filter((a) => !claimed.includes(a)));
+        await this.#o.fence?.revoke(claimed);
+        if (ruled.status === 'fulfilled') {
+          await this.#queue
+            .request()
+            .catch((error: Error) =>
+              this.#o.log.error('Failed to take back the rules of a claim that failed', { error: error.message }),
+            );
+        }
+      }
+      throw hooked.reason;
+    }
+    if (ruled.status === 'rejected') throw ruled.reason;
+    await timed('addresses', () => this.#claimAddresses(held));
     this.#setHeld(wanted);
     if (claimed.length || released.length) {
       this.#o.log.info('Applied failover address ownership', {
         claimed,
         released,
         owned: [...wanted].sort(),
-        milliseconds,
+        endedAfterMs,
       });
     }
   }
@@ -380,25 +403,27 @@ export class Agent {
    * Removes naat's failover addresses that are not to be held: those not in `keep`, or, with the
    * ownership not known yet, those the config does not put where they are.
    */
-  async #releaseAddresses(keep: ReadonlySet<string> | undefined): Promise<void> {
+  async #releaseAddresses(keep: ReadonlySet<string> | undefined): Promise<HeldAddress[]> {
     const kernel = this.#o.failover;
-    if (!kernel) return;
+    if (!kernel) return [];
     const held = await kernel.list();
     const wanted = keep?.size === 0 ? [] : this.#wantedAddresses(keep ?? new Set(held.map((a) => a.address)));
-    for (const address of planAddresses(held, wanted).remove) {
+    const { remove } = planAddresses(held, wanted);
+    for (const address of remove) {
       await kernel.remove(address);
       this.#o.log.info('Released a failover address', { ...address });
     }
+    return held.filter((a) => !remove.includes(a));
   }
 
-  /** Adds the owned addresses that are not on their interfaces yet, and announces each. */
-  async #claimAddresses(): Promise<void> {
+  /** Adds the owned addresses that are not on their interfaces yet (`held`: those that are), and announces each. */
+  async #claimAddresses(held: readonly HeldAddress[]): Promise<void> {
     const kernel = this.#o.failover;
     if (!kernel) return;
     // Each address on its own: the second's announcement need not wait for the first's. All have
     // ended before a failure is thrown, so that no claim goes on beside the next change.
     const results = await Promise.allSettled(
-      planAddresses(await kernel.list(), this.#wantedAddresses(this.#owned)).add.map(async (address) => {
+      planAddresses(held, this.#wantedAddresses(this.#owned)).add.map(async (address) => {
         await kernel.add(address);
         await kernel.announce(address);
         this.#o.log.info('Claimed a failover address', { ...address });
