@@ -168,6 +168,9 @@ export class OwnershipLoop {
   /** The lapses from the renewal schedule since the last decision on schedule, and whether a request failed since the last answer. */
   #lapse: Lapse | undefined;
   #failedSinceAnswer = false;
+  /** When each recent write of this node's Lease was sent, by the renewTime it carried; and the latest the watch has shown. */
+  readonly #sentAt = new Map<number, number>();
+  #ownWriteSeen: number | undefined;
   #lastClaim: FailoverClaim | undefined;
   #renewFailing = false;
   /** Writes of the state, one after another, and how many of them are queued or on their way. */
@@ -220,8 +223,10 @@ export class OwnershipLoop {
       },
     );
     this.#informer.onChange((key) => {
-      if (this.#informer.get(key)) this.#observed.set(key, performance.now());
+      const lease = this.#informer.get(key);
+      if (lease) this.#observed.set(key, performance.now());
       else this.#observed.delete(key);
+      if (lease && key === `${namespace}/${this.#name}`) this.#sawOwnWrite(lease);
       this.#kick();
     });
   }
@@ -389,8 +394,18 @@ export class OwnershipLoop {
 
   /** A merge patch of the Lease: what others put on it (owner references, say) stays. */
   async #patch(body: V1Lease, options: ReturnType<typeof withSignal>): Promise<void> {
+    this.#sentAt.set(new Date(body.spec!.renewTime!).getTime(), performance.now());
+    // A watch that falls further behind than this is judged by the renewals' schedule anyway.
+    if (this.#sentAt.size > 32) this.#sentAt.delete(this.#sentAt.keys().next().value!);
     const patch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch, options);
     await this.#api.patchNamespacedLease({ namespace: this.#namespace, name: this.#name, body }, patch);
+  }
+
+  /** The watch showed this node's Lease: a write this node sent, when its renewTime is one of theirs. */
+  #sawOwnWrite(lease: V1Lease): void {
+    const renewTime = lease.spec?.renewTime;
+    const sentAt = renewTime === undefined ? undefined : this.#sentAt.get(new Date(renewTime).getTime());
+    if (sentAt !== undefined) this.#ownWriteSeen = Math.max(this.#ownWriteSeen ?? sentAt, sentAt);
   }
 
   /** A request that hangs past the lease duration could not keep the fence away anyway. */
@@ -483,6 +498,7 @@ export class OwnershipLoop {
         owned: this.#owned,
         renewedAt: this.#renewedAt,
         ...(this.#lapse ? { lapse: this.#lapse } : {}),
+        ...(this.#ownWriteSeen !== undefined ? { ownWriteSeen: this.#ownWriteSeen } : {}),
         healthyUplinks: this.#healthyUplinks,
         draining: this.#draining,
         replicaReady: this.#replicaReady(),

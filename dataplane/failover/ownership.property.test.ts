@@ -70,6 +70,8 @@ interface SimNode {
   back: boolean;
   /** The Leases as its watch delivered them: each with its version, and when it saw that version. */
   seen: Map<string, { lease: Omit<NodeLease, 'observedAt'>; version: number; observedAt: number }>;
+  /** When it wrote the latest of its own Lease versions that its watch delivered. */
+  ownWriteSeen: number | undefined;
 }
 
 type Written = Omit<NodeLease, 'observedAt'>;
@@ -78,7 +80,7 @@ class Gateway {
   now = 0;
   readonly nodes: SimNode[];
   /** The Leases as written, each with a version. */
-  readonly leases = new Map<string, { lease: Written; version: number }>();
+  readonly leases = new Map<string, { lease: Written; version: number; writtenAt: number }>();
   #version = 0;
   readonly draining = new Set<string>();
   readonly settings: Omit<FailoverSettings, 'draining'>;
@@ -101,6 +103,7 @@ class Gateway {
       watching: true,
       back: false,
       seen: new Map(),
+      ownWriteSeen: undefined,
     }));
     this.settings = {
       addresses,
@@ -130,7 +133,7 @@ class Gateway {
             pending: [],
             replicaReady: false,
           });
-          Object.assign(node, { watching: true, back: false, seen: new Map() });
+          Object.assign(node, { watching: true, back: false, seen: new Map(), ownWriteSeen: undefined });
         }
         node.running = e.on;
         break;
@@ -163,7 +166,7 @@ class Gateway {
   /** What `node` sees of the Leases now (and what it records as seen). */
   view(node: SimNode): NodeLease[] {
     if (node.watching) {
-      for (const [name, { lease, version }] of this.leases) {
+      for (const [name, { lease, version, writtenAt }] of this.leases) {
         const seen = node.seen.get(name);
         if (seen?.version === version) continue;
         if (node.back && name !== node.name) {
@@ -172,6 +175,7 @@ class Gateway {
           continue;
         }
         node.seen.set(name, { lease, version, observedAt: this.now });
+        if (name === node.name) node.ownWriteSeen = writtenAt;
       }
       node.back = false;
     }
@@ -216,6 +220,7 @@ class Gateway {
           owned: node.owned,
           renewedAt: node.renewedAt,
           ...(node.lapse ? { lapse: node.lapse } : {}),
+          ...(node.ownWriteSeen !== undefined ? { ownWriteSeen: node.ownWriteSeen } : {}),
           healthyUplinks: node.uplinks,
           draining: node.leaving,
           replicaReady: node.replicaReady,
@@ -242,7 +247,7 @@ class Gateway {
         draining: node.leaving,
         replicaReady: node.replicaReady,
       };
-      this.leases.set(node.name, { lease, version: ++this.#version });
+      this.leases.set(node.name, { lease, version: ++this.#version, writtenAt: this.now });
     }
     return new Map(decisions.map(({ node, decision }) => [node.name, decision.owned]));
   }

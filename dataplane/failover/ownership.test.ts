@@ -252,8 +252,15 @@ describe('the fence', () => {
       decideOwnership(input(first, 5048 + L + 1, { leases: [expired], renewedAt: 5045 + L }), memory);
     const claim = { address: X, reason: 'LeaseExpired', from: second, gapMs: 5048 + L + 1 - 1000 };
 
-    test('claims at once after answers that came late, with no peer heard saying it lost the apiserver', () => {
-      expect(back(settled).claims).toEqual([{ ...claim, gapMs: 5050 - 1000 }]);
+    test('after answers that came late, with no peer heard saying it lost the apiserver, claims once its watch shows a later renewal', () => {
+      // Its watch has shown only a write sent before the lapse ended: it may lag as the answers did.
+      const lagging = back(settled, { ownWriteSeen: 5045 });
+      expect(lagging.claims).toEqual([]);
+      const caughtUp = decideOwnership(
+        input(first, 5060, { leases: [expired], renewedAt: 5055, ownWriteSeen: 5055 }),
+        lagging.memory,
+      );
+      expect(caughtUp.claims).toEqual([{ ...claim, gapMs: 5060 - 1000 }]);
     });
 
     test('claims nothing for a lease duration after a peer off its own schedule heard it', () => {
@@ -265,7 +272,7 @@ describe('the fence', () => {
         expect(waited(first.memory).claims).toEqual([claim]);
       }
       // Long before: it cannot.
-      expect(back({ ...settled, heardOutageAt: 5040 - L - 1 }).claims).toHaveLength(1);
+      expect(back({ ...settled, heardOutageAt: 5040 - L - 1 }, { ownWriteSeen: 5049 }).claims).toHaveLength(1);
     });
 
     test('claims nothing for a lease duration after a request failed', () => {

@@ -7,7 +7,8 @@
 //   this node's own clock (no two clocks are compared). Just after this node (re)gains the
 //   apiserver, every Lease counts as seen then: it takes nothing over for a full lease duration.
 //   A lapse from its renewal schedule in which every request was only answered late counts as
-//   losing the apiserver only when a peer it heard meanwhile did not reach the apiserver either.
+//   losing the apiserver only when a peer it heard meanwhile did not reach the apiserver either;
+//   otherwise the node claims nothing only until its watch shows a renewal it sent after the lapse.
 // - Eligible for an address: alive, not draining, and the address's uplink healthy on the node.
 //   Among the eligible, those whose replica of the others' flows is complete come first: a node
 //   that has just started would take an address over without its flows. Only when none is does
@@ -72,6 +73,8 @@ export interface OwnershipInput {
    * schedule, taken together: a lapse between two decisions is seen through this.
    */
   lapse?: Lapse;
+  /** When this node sent the latest of its Lease writes that its watch has shown. */
+  ownWriteSeen?: number;
   /** This node's uplinks that are healthy. */
   healthyUplinks: ReadonlySet<string>;
   /** This node gives up its addresses and takes none (SIGTERM with the node leaving), besides config.draining. */
@@ -118,6 +121,8 @@ export interface OwnershipMemory {
   reachableSince: number | undefined;
   /** When this node last heard a peer say it does not reach the apiserver. */
   heardOutageAt: number | undefined;
+  /** The end of a lapse that did not count, until the watch shows a write this node sent after it. */
+  catchUpAfter: number | undefined;
   /** Whether the last decision counted an apiserver outage (apiserverOutage). */
   outage: boolean;
   /** Until when this node keeps its addresses without renewing, the outage it counted over. */
@@ -143,6 +148,7 @@ export interface Preference {
 export const emptyMemory: OwnershipMemory = {
   reachableSince: undefined,
   heardOutageAt: undefined,
+  catchUpAfter: undefined,
   outage: false,
   holdUntil: undefined,
   currentSince: undefined,
@@ -226,7 +232,9 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
   // schedule, this node waits a full lease duration before it claims, as after a failed request,
   // which may have cost it its watch too. Such a peer says so half a lease duration before its
   // fence falls, so a lapse no peer was heard saying that around, and in which every request was
-  // only answered late (a slow apiserver, a busy machine), holds nothing back.
+  // only answered late (a slow apiserver, a busy machine), holds back only until the watch shows a
+  // renewal sent after it: a stall that delayed the answers may have delayed the watch too, and
+  // what it delivers after this node's own write includes every Lease written before it.
   const heardOutageAt = [...input.peersHeard].some(([peer, reaches]) => peer !== self && !reaches)
     ? now
     : memory.heardOutageAt;
@@ -237,6 +245,9 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     ? Math.max(memory.reachableSince ?? now, lapseCounts ? lapse.to : -Infinity)
     : memory.reachableSince;
   const reachableSince = onSchedule ? scheduleSince : undefined;
+  const lapseEnd = onSchedule && lapse !== undefined && !lapseCounts ? lapse.to : undefined;
+  const catchingUp = Math.max(memory.catchUpAfter ?? -Infinity, lapseEnd ?? -Infinity);
+  const catchUpAfter = catchingUp > (input.ownWriteSeen ?? -Infinity) ? catchingUp : undefined;
   const draining = new Set(failover.draining);
   const others = input.leases.filter((lease) => lease.node !== self);
   const published = input.leases.find((lease) => lease.node === self);
@@ -325,7 +336,14 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
       else result.add(address);
       continue;
     }
-    if (onSchedule && settled && winner === self && listers.length === 0 && !mayBeClaiming(preference)) {
+    if (
+      onSchedule &&
+      settled &&
+      catchUpAfter === undefined &&
+      winner === self &&
+      listers.length === 0 &&
+      !mayBeClaiming(preference)
+    ) {
       result.add(address);
       claims.push(claimOf(address, owners.get(address), winner, candidates));
     }
@@ -389,6 +407,7 @@ export function decideOwnership(input: OwnershipInput, memory: OwnershipMemory):
     memory: {
       reachableSince: scheduleSince,
       heardOutageAt,
+      catchUpAfter,
       outage,
       holdUntil,
       currentSince,
