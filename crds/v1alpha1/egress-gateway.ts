@@ -200,10 +200,10 @@ export const Failover = Type.Object(
     }),
     leaseDurationMilliseconds: Type.Integer({
       description:
-        "How long a gateway node owns its addresses after its last renewal of its Lease: a node that cannot renew for this long gives them up (unless every gateway node it still hears cannot reach the API server either), and another takes them over once the Lease is this much older than its last renewal. It bounds the failover time after a node's loss; it is renewed three times in this period.",
+        "How long a gateway node owns its addresses after its last renewal of its Lease: a node that cannot renew for this long gives them up (unless every gateway node it still hears cannot reach the API server either), and another takes them over once the Lease is this much older than its last renewal. It bounds the failover time after a node's loss; it is renewed three times in this period (at 300 ms, 10 writes a second per gateway node). Raise it where the API server's writes may take longer than two thirds of it.",
       minimum: 200,
       maximum: 60000,
-      default: 600,
+      default: 300,
     }),
     failback: Type.Boolean({
       description:
