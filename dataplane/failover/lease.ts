@@ -39,9 +39,10 @@ import {
   decideOwnership,
   emptyMemory,
   fenceDeadline,
+  lapseAfterAnswer,
   renewingOnSchedule,
-  type Lapse,
   type FailoverSettings,
+  type Lapse,
   type NodeLease,
   type OwnershipClaim,
   type OwnershipRelease,
@@ -417,14 +418,7 @@ export class OwnershipLoop {
   #renewed(sentAt: number): void {
     const answeredAt = performance.now();
     const duration = this.#failover.leaseDurationMs;
-    if (this.#renewedAt !== undefined && !renewingOnSchedule(this.#renewedAt, answeredAt, duration)) {
-      const from = this.#renewedAt + duration / 2;
-      this.#lapse = {
-        from: Math.min(this.#lapse?.from ?? from, from),
-        to: answeredAt,
-        failed: (this.#lapse?.failed ?? false) || this.#failedSinceAnswer,
-      };
-    }
+    this.#lapse = lapseAfterAnswer(this.#lapse, this.#renewedAt, answeredAt, duration, this.#failedSinceAnswer);
     this.#failedSinceAnswer = false;
     this.#renewedAt = Math.max(this.#renewedAt ?? sentAt, sentAt);
     if (this.#renewFailing) {

@@ -11,6 +11,7 @@ import fc from 'fast-check';
 import {
   decideOwnership,
   emptyMemory,
+  lapseAfterAnswer,
   renewingOnSchedule,
   type FailoverSettings,
   type Lapse,
@@ -184,14 +185,7 @@ class Gateway {
 
   /** A renewal sent at `sentAt` is answered now (the agent's OwnershipLoop does the same). */
   answered(node: SimNode, sentAt: number): void {
-    if (node.renewedAt !== undefined && !renewingOnSchedule(node.renewedAt, this.now, L)) {
-      const from = node.renewedAt + L / 2;
-      node.lapse = {
-        from: Math.min(node.lapse?.from ?? from, from),
-        to: this.now,
-        failed: (node.lapse?.failed ?? false) || node.failedSinceAnswer,
-      };
-    }
+    node.lapse = lapseAfterAnswer(node.lapse, node.renewedAt, this.now, L, node.failedSinceAnswer);
     node.failedSinceAnswer = false;
     node.renewedAt = Math.max(node.renewedAt ?? sentAt, sentAt);
   }

@@ -186,6 +186,23 @@ export function renewingOnSchedule(renewedAt: number | undefined, now: number, l
 }
 
 /**
+ * The lapses to pass to the next decision once a renewal is answered at `answeredAt`: `lapse`
+ * (those not weighed yet) joined by the one this answer ends, if the node was off its schedule
+ * (its last successful renewal sent at `renewedAt`); `failed`: a request failed since the last answer.
+ */
+export function lapseAfterAnswer(
+  lapse: Lapse | undefined,
+  renewedAt: number | undefined,
+  answeredAt: number,
+  leaseDurationMs: number,
+  failed: boolean,
+): Lapse | undefined {
+  if (renewedAt === undefined || renewingOnSchedule(renewedAt, answeredAt, leaseDurationMs)) return lapse;
+  const from = renewedAt + leaseDurationMs / 2;
+  return { from: Math.min(lapse?.from ?? from, from), to: answeredAt, failed: (lapse?.failed ?? false) || failed };
+}
+
+/**
  * An outage of the apiserver, not of this node: it hears at least one other gateway node directly
  * and none of those reaches the apiserver (or the gateway has no other node). Nobody can take over
  * then, so the fence does not fall.
