@@ -43,6 +43,7 @@ import { failoverUplinkIds } from './failover/egress.ts';
 import type { FailoverFence } from './failover/fence.ts';
 import {
   carries,
+  ConfigMemo,
   localUplinks,
   maxUplinkId,
   render,
@@ -132,6 +133,8 @@ export class Agent {
   >;
   #pods = new Map<string, PodRef>();
   #config: GatewayConfig | undefined;
+  /** What the renders of #config made of it alone, reused by the next. */
+  #memo: ConfigMemo | undefined;
   /** What the kernel holds, and what its ruleset does with new flows. */
   #applied: { rendered: Rendered; verdicts: FlowVerdicts; marks: MarkField; hash?: string } | undefined;
   #lastSync: AgentReport['lastSync'];
@@ -788,8 +791,10 @@ export class Agent {
         if (!u.snat.addresses?.length)
           interfaceAddresses.set(u.interface, await this.#o.interfaceAddresses(u.interface));
       }
+      if (this.#memo?.config !== config) this.#memo = new ConfigMemo(config);
       const rendered = render({
         config,
+        memo: this.#memo,
         node: this.#o.node,
         ids,
         health: new Map([...this.#health].map(([name, h]) => [name, h.healthy])),

@@ -4,7 +4,7 @@ import type { Application } from '../proto/index.ts';
 import { parseGatewayConfig, type GatewayConfig } from '../contracts/gateway/index.ts';
 import { renderTable } from './nft/model.ts';
 import { trace, type Packet, type TraceOptions } from './nft/trace.ts';
-import { maxUplinkId, render, uplinkMarks, type FlowAssociation, type RenderInput } from './render.ts';
+import { ConfigMemo, maxUplinkId, render, uplinkMarks, type FlowAssociation, type RenderInput } from './render.ts';
 import { markOf, valueOf } from '../contracts/gateway/index.ts';
 import { allocateUplinkIds } from './uplink-ids.ts';
 import { leastLoadedCounts } from './balancing/least-loaded.ts';
@@ -110,6 +110,47 @@ describe('render', () => {
   });
 });
 
+describe('the parts of a config made once (ConfigMemo)', () => {
+  const config = withConfig((c) =>
+    c.rules.push({
+      ...structuredClone(c.rules[1]!),
+      rule: 'node-via-b',
+      applications: [{ processName: 'node' }],
+      action: 'Allow',
+      uplinks: { allowed: ['isp-b'] },
+    }),
+  );
+  const node = { ...curl, sourcePort: 40002, application: app('node') };
+
+  it('leave every table as a render without them makes it, and planChanges sees what they kept unchanged', () => {
+    const memo = new ConfigMemo(config);
+    // Classes made in another order, a class gone, an uplink down: whatever an earlier render made.
+    const inputs: Array<Partial<RenderInput>> = [
+      { associations: [curl] },
+      { associations: [curl, node] },
+      { associations: [node, curl] },
+      { associations: [node], health: new Map([['isp-b', false]]) },
+      { associations: [] },
+      { associations: [curl, node], health: new Map([['isp-a', false]]) },
+    ];
+    let before = render(input(config, { memo })).table;
+    for (const extra of inputs) {
+      const reused = render(input(config, { ...extra, memo })).table;
+      expect(reused).toEqual(render(input(config, extra)).table);
+      expect(planChanges(before, reused)).toEqual(planChanges(before, render(input(config, extra)).table));
+      before = reused;
+    }
+    expect([...memo.classes.keys()].sort()).toEqual(['class0', 'class1', 'pod_rules']);
+  });
+
+  it('are made afresh for another config', () => {
+    const memo = new ConfigMemo(base);
+    const table = render(input(config, { associations: [node], memo })).table;
+    expect(table).toEqual(render(input(config, { associations: [node] })).table);
+    expect(memo.classes.size).toBe(0);
+  });
+});
+
 describe('a new flow traced through the rendered rules', () => {
   it('is spread over the lowest tier by weight (isp-a 1 : isp-b 2), never to the backup', () => {
     expect(shares(input(), tcp('10.244.1.7', '203.0.113.10', 443))).toEqual({ 'isp-a': 1, 'isp-b': 2 });
@@ -162,13 +203,14 @@ describe('a new flow traced through the rendered rules', () => {
         (c.association = {
           port: 7740,
           unassociatedFlows: 'Hold',
-          sidecarSources: ['10.244.1.2'],
-          strictSources: ['10.244.1.2'],
+          sidecarSources: ['10.244.1.2', '10.244.1.128/25'],
+          strictSources: ['10.244.1.2', '10.244.1.128/25'],
         }),
     );
     const stamps = [
       { address: '10.244.1.2', stamp: 5, application: app('curl') },
       { address: '10.244.1.2', stamp: 6, application: app('node') },
+      { address: '10.244.1.130', stamp: 6, application: app('node') },
     ];
     const table = render(input(config, { associations: [], stamps })).table;
     const stamped = (dscp: number) => ({ ...tcp('10.244.1.2', '198.51.100.5', 8080, 40010), dscp });
@@ -178,6 +220,9 @@ describe('a new flow traced through the rendered rules', () => {
     // Unstamped, or stamped with a number never announced: held until an association arrives.
     expect(trace(table, 'prerouting', stamped(0)).verdict).toBe('drop');
     expect(trace(table, 'prerouting', stamped(7)).verdict).toBe('drop');
+    // The same for a pod of a strict network.
+    expect(trace(table, 'prerouting', { ...stamped(6), saddr: '10.244.1.130' }).verdict).toBe('accept');
+    expect(trace(table, 'prerouting', { ...stamped(0), saddr: '10.244.1.130' }).verdict).toBe('drop');
     // A stamp means nothing from a pod that is not in strict mode.
     expect(trace(table, 'prerouting', { ...stamped(5), saddr: '10.244.1.7' }).verdict).toBe('accept');
     const text = renderTable(table);
@@ -185,27 +230,19 @@ describe('a new flow traced through the rendered rules', () => {
     expect(text).toContain(
       'ip saddr @strict4 ip dscp != cs0 counter name "strict_stamped_flows" ip saddr . ip dscp vmap @stamps4',
     );
+    // Single addresses and wider prefixes are in two sets, and a rule per set looks them up.
+    const clear = (f: 4 | 6, set: string) => ({
+      match: [
+        { kind: 'family', family: f },
+        { kind: 'saddr', family: f, set },
+        { kind: 'dscpStamped', family: f },
+      ],
+      then: [{ kind: 'clearDscp', family: f }],
+    });
     expect(table.chains.find((c) => c.name === 'strict_clear')).toEqual({
       name: 'strict_clear',
       base: { type: 'filter', hook: 'forward', priority: -150 },
-      rules: [
-        {
-          match: [
-            { kind: 'family', family: 4 },
-            { kind: 'saddr', family: 4, set: 'strict4' },
-            { kind: 'dscpStamped', family: 4 },
-          ],
-          then: [{ kind: 'clearDscp', family: 4 }],
-        },
-        {
-          match: [
-            { kind: 'family', family: 6 },
-            { kind: 'saddr', family: 6, set: 'strict6' },
-            { kind: 'dscpStamped', family: 6 },
-          ],
-          then: [{ kind: 'clearDscp', family: 6 }],
-        },
-      ],
+      rules: [clear(4, 'strict4'), clear(4, 'strict_nets4'), clear(6, 'strict6'), clear(6, 'strict_nets6')],
     });
     expect(render(input()).table.chains.some((c) => c.name === 'strict_clear')).toBe(false);
   });

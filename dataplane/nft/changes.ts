@@ -45,7 +45,7 @@ export function planChanges(before: Table, after: Table): Operation[] | undefine
   }
   const refilled = after.chains.filter((chain) => {
     const was = old.chains.get(chain.name);
-    return !was || JSON.stringify(was.rules) !== JSON.stringify(chain.rules);
+    return !was || (was.rules !== chain.rules && JSON.stringify(was.rules) !== JSON.stringify(chain.rules));
   });
   for (const chain of refilled)
     if (old.chains.has(chain.name)) ops.push({ op: 'flush', what: 'chain', name: chain.name });
@@ -101,6 +101,8 @@ function elementChanges(
   before: readonly SetElement[],
   after: readonly SetElement[],
 ): { gone: SetElement[]; added: SetElement[] } {
+  // A set the renderer reused (its ConfigMemo) is the same array.
+  if (before === after) return { gone: [], added: [] };
   const was = before.map((e) => JSON.stringify(e));
   const is = after.map((e) => JSON.stringify(e));
   // Most syncs leave most sets as they were.
