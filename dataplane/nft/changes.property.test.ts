@@ -32,9 +32,13 @@ async function fullSync(input: RenderInput): Promise<FakeNftables> {
   return nft;
 }
 
-async function changedInPlace(from: RenderInput, to: RenderInput): Promise<{ nft: FakeNftables; inPlace: boolean }> {
+async function changedInPlace(
+  from: RenderInput,
+  to: RenderInput,
+  remake?: number,
+): Promise<{ nft: FakeNftables; inPlace: boolean }> {
   const nft = await fullSync(from);
-  const ops = planChanges(render(from).table, render(to).table);
+  const ops = planChanges(render(from).table, render(to).table, remake);
   await nft.run(ops ?? planSync(render(to).table, await nft.list()));
   return { nft, inPlace: ops !== undefined };
 }
@@ -63,6 +67,23 @@ test('two unrelated configs: in place or by a full sync, the table is the full s
   // Most unrelated pairs differ only in what can change in place; a run that never did would
   // test nothing of planChanges.
   expect(inPlace).toBeGreaterThan(50);
+});
+
+test('interval sets made afresh whenever they lose an element: the table is the full sync’s', async () => {
+  let remade = 0;
+  await fc.assert(
+    fc.asyncProperty(fc.oneof(renderPairs, fc.tuple(renderCases, renderCases)), async ([from, to]) => {
+      const ops = planChanges(render(from).table, render(to).table, 0);
+      if (
+        ops?.some((o) => o.what === 'set' && o.op === 'delete' && render(to).table.sets.some((s) => s.name === o.name))
+      )
+        remade++;
+      const changed = await changedInPlace(from, to, 0);
+      expect(holds(changed.nft)).toEqual(holds(await fullSync(to)));
+    }),
+    { numRuns: 150 },
+  );
+  expect(remade).toBeGreaterThan(20);
 });
 
 test('an unchanged table needs no operation', async () => {

@@ -4,14 +4,23 @@
 // refill every chain and every set of the table. Applied atomically like any transaction, so
 // packets see either the old ruleset or the new one.
 import { elementOperations, type Operation } from './nftables.ts';
-import type { Chain, NamedSet, SetElement, Table } from './model.ts';
+import { ruleReferences, type Chain, type NamedSet, type SetElement, type Table } from './model.ts';
+
+/**
+ * nft reads the whole of an interval set to delete each element of it: about 1 µs per element
+ * the set holds, for each one deleted (4 ms in a map of 4,000), where making the set afresh
+ * costs 30 to 60 µs per element it holds. Past this many deletions, the set is made afresh.
+ */
+export const remakeAbove = 32;
 
 /**
  * The operations that make a table holding exactly `before` hold exactly `after`, or undefined
  * when the change cannot be made in place and needs a full sync: a base chain's hook, a set's
- * declaration or an object's body changed (the kernel keeps those as created).
+ * declaration or an object's body changed (the kernel keeps those as created). An interval set
+ * that loses more than `remake` elements is deleted and made afresh, with the chains that look
+ * it up emptied before and refilled after, in the same transaction.
  */
-export function planChanges(before: Table, after: Table): Operation[] | undefined {
+export function planChanges(before: Table, after: Table, remake = remakeAbove): Operation[] | undefined {
   const old = {
     chains: byName(before.chains),
     sets: byName(before.sets),
@@ -43,28 +52,36 @@ export function planChanges(before: Table, after: Table): Operation[] | undefine
   for (const chain of after.chains) {
     if (!old.chains.has(chain.name)) ops.push({ op: 'add', what: 'chain', chain: withoutRules(chain) });
   }
-  const refilled = after.chains.filter((chain) => {
-    const was = old.chains.get(chain.name);
-    return !was || (was.rules !== chain.rules && JSON.stringify(was.rules) !== JSON.stringify(chain.rules));
-  });
-  for (const chain of refilled)
-    if (old.chains.has(chain.name)) ops.push({ op: 'flush', what: 'chain', name: chain.name });
-  // Elements that go, before those that come: the same key with another verdict is a deletion
-  // and an addition, and the kernel refuses to add a key it holds.
   const moved = after.sets
     .filter((set) => !set.dynamicTimeoutSeconds)
     .map((set) => ({ set, ...elementChanges(old.sets.get(set.name)?.elements ?? [], set.elements) }));
-  for (const { set, gone } of moved) ops.push(...elementOperations('delete', set.name, gone));
+  const remade = new Set(moved.filter(({ set, gone }) => set.interval && gone.length > remake).map(({ set }) => set));
+  const remadeNames = new Set([...remade].map((set) => set.name));
+  const refilled = after.chains.filter((chain) => {
+    const was = old.chains.get(chain.name);
+    if (!was || (was.rules !== chain.rules && JSON.stringify(was.rules) !== JSON.stringify(chain.rules))) return true;
+    return remadeNames.size > 0 && chain.rules.some((r) => ruleReferences(r).sets.some((n) => remadeNames.has(n)));
+  });
+  const orphanChains = before.chains.filter((c) => !now.chains.has(c.name));
+  // Emptied first: nothing may look a set up when it is deleted.
+  for (const chain of [...refilled, ...orphanChains])
+    if (old.chains.has(chain.name)) ops.push({ op: 'flush', what: 'chain', name: chain.name });
+  // Elements that go, before those that come: the same key with another verdict is a deletion
+  // and an addition, and the kernel refuses to add a key it holds.
+  for (const { set, gone } of moved) if (!remade.has(set)) ops.push(...elementOperations('delete', set.name, gone));
+  for (const set of remade) {
+    ops.push({ op: 'delete', what: 'set', name: set.name, ...(set.map ? { map: true } : {}) });
+    ops.push({ op: 'add', what: 'set', set: withoutElements(set) });
+  }
   // Additions after the new chains exist: a verdict map's elements name chains.
-  for (const { set, added } of moved) ops.push(...elementOperations('add', set.name, added));
+  for (const { set, added } of moved)
+    ops.push(...elementOperations('add', set.name, remade.has(set) ? set.elements : added));
   for (const chain of refilled) {
     for (const rule of chain.rules) ops.push({ op: 'add', what: 'rule', chain: chain.name, rule });
   }
   // What `after` no longer holds goes last, in the order that leaves nothing referring to what is
-  // deleted: the chains are emptied (their rules name sets), the sets and maps go (a verdict map's
-  // elements name chains), then the chains and the objects.
-  const orphanChains = before.chains.filter((c) => !now.chains.has(c.name));
-  for (const chain of orphanChains) ops.push({ op: 'flush', what: 'chain', name: chain.name });
+  // deleted: the sets and maps go once the chains are empty (their rules name sets), then the
+  // chains (a verdict map's elements name chains) and the objects.
   for (const set of before.sets) {
     if (!now.sets.has(set.name))
       ops.push({ op: 'delete', what: 'set', name: set.name, ...(set.map ? { map: true } : {}) });

@@ -84,21 +84,28 @@ describe('planSync on the in-memory table', () => {
     expect(nft.dump()).toBe(before);
   });
 
-  it('orders a transaction so the kernel accepts it: declarations, then elements and rules, then removals', () => {
+  it('orders a transaction so the kernel accepts it: chains emptied, sets made afresh, then elements and rules, then removals', () => {
     const lines = planSync(render(input({ associations: [] })).table, {
-      chains: ['old_chain'],
-      sets: ['old_set'],
-      maps: [],
+      chains: ['old_chain', 'pod_rules'],
+      sets: ['old_set', 'sources4'],
+      maps: ['pod_rules_tcp4'],
       objects: [],
     }).map(operationText);
     const firstRule = lines.findIndex((l) => l.startsWith('add rule'));
     const lastChain = lines.findLastIndex((l) => l.startsWith('add chain'));
     expect(lastChain).toBeLessThan(firstRule);
-    expect(lines.slice(-3)).toEqual([
-      'flush chain inet naat old_chain',
-      'delete set inet naat old_set',
-      'delete chain inet naat old_chain',
-    ]);
+    const firstDelete = lines.findIndex((l) => l.startsWith('delete'));
+    for (const chain of ['old_chain', 'pod_rules'])
+      expect(lines.indexOf(`flush chain inet naat ${chain}`)).toBeLessThan(firstDelete);
+    for (const [what, name] of [
+      ['set', 'sources4'],
+      ['map', 'pod_rules_tcp4'],
+    ]) {
+      expect(lines.indexOf(`delete ${what} inet naat ${name}`) + 1).toBe(
+        lines.findIndex((l) => l.startsWith(`add ${what} inet naat ${name} `)),
+      );
+    }
+    expect(lines.slice(-2)).toEqual(['delete set inet naat old_set', 'delete chain inet naat old_chain']);
   });
 
   it('removes a verdict map before the chains its elements name (strict mode turned off)', async () => {

@@ -104,7 +104,8 @@ export function elementOperations(op: 'add' | 'delete', set: string, elements: r
 
 /**
  * One transaction that makes naat's table exactly `desired`, whatever it holds now: every chain
- * is flushed and refilled, static sets are refilled, dynamic sets keep their elements, and what
+ * is emptied and refilled, static sets are made afresh (deleted and declared again: refilling an
+ * interval set nft has to read first took seconds), dynamic sets keep their elements, and what
  * the table holds beyond `desired` is removed last, once nothing refers to it. The whole is
  * applied atomically, so packets see either the old ruleset or the new one.
  */
@@ -112,22 +113,23 @@ export function planSync(desired: Table, existing: TableNames | undefined): Oper
   const ops: Operation[] = [{ op: 'add', what: 'table' }];
   const has = {
     objects: new Set(existing?.objects.map((o) => `${o.kind}/${o.name}`)),
-    sets: new Set([...(existing?.sets ?? []), ...(existing?.maps ?? [])]),
+    sets: new Set(existing?.sets),
+    maps: new Set(existing?.maps),
     chains: new Set(existing?.chains),
   };
   for (const object of desired.objects) {
     if (!has.objects.has(`${object.kind}/${object.name}`)) ops.push({ op: 'add', what: 'object', object });
   }
+  // Emptied first: nothing may look a set up when it is deleted.
+  for (const name of has.chains) ops.push({ op: 'flush', what: 'chain', name });
   for (const set of desired.sets) {
-    ops.push({ op: 'add', what: 'set', set });
-    if (!set.dynamicTimeoutSeconds && has.sets.has(set.name)) {
-      ops.push({ op: 'flush', what: 'set', name: set.name, ...(set.map ? { map: true } : {}) });
+    const map = has.maps.has(set.name);
+    if (!set.dynamicTimeoutSeconds && (map || has.sets.has(set.name))) {
+      ops.push({ op: 'delete', what: 'set', name: set.name, ...(map ? { map } : {}) });
     }
+    ops.push({ op: 'add', what: 'set', set });
   }
-  for (const chain of desired.chains) {
-    ops.push({ op: 'add', what: 'chain', chain });
-    if (has.chains.has(chain.name)) ops.push({ op: 'flush', what: 'chain', name: chain.name });
-  }
+  for (const chain of desired.chains) ops.push({ op: 'add', what: 'chain', chain });
   // Elements after the chains: a verdict map's elements name chains, which must exist by then.
   for (const set of desired.sets) {
     if (!set.dynamicTimeoutSeconds) ops.push(...elementOperations('add', set.name, set.elements));
@@ -140,11 +142,10 @@ export function planSync(desired: Table, existing: TableNames | undefined): Oper
     sets: new Set(desired.sets.map((s) => s.name)),
     objects: new Set(desired.objects.map((o) => `${o.kind}/${o.name}`)),
   };
-  // Orphans go in the order that leaves nothing referring to what is deleted: their chains are
-  // emptied (rules name sets), then sets and maps go (a verdict map's elements name chains, such
-  // as the stamps maps when strict mode is turned off), then the chains.
+  // Orphans go in the order that leaves nothing referring to what is deleted: with the chains
+  // empty, sets and maps go (a verdict map's elements name chains, such as the stamps maps when
+  // strict mode is turned off), then the chains.
   const orphanChains = [...has.chains].filter((name) => !wanted.chains.has(name));
-  for (const name of orphanChains) ops.push({ op: 'flush', what: 'chain', name });
   for (const name of existing?.sets ?? []) if (!wanted.sets.has(name)) ops.push({ op: 'delete', what: 'set', name });
   for (const name of existing?.maps ?? []) {
     if (!wanted.sets.has(name)) ops.push({ op: 'delete', what: 'set', name, map: true });
