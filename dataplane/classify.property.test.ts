@@ -41,8 +41,13 @@ const denseCases = renderCases.chain((input) => {
     sources: fc.subarray(denseSources, { minLength: 1 }),
     destinations: fc.option(fc.array(destination, { minLength: 1, maxLength: 3 }), { nil: undefined }),
   });
-  return each(input.config.rules.map(() => rule)).map((shapes): RenderInput => ({
+  // The associations' flows come from the rules' sources, so that application rules and the pod
+  // rules before them meet.
+  const from = fc.constantFrom('10.1.2.3', '10.1.2.1', '10.1.7.7', '10.9.9.9', 'fd00::1', 'fd00::9');
+  const associated = each((input.associations ?? []).map(() => from));
+  return fc.tuple(each(input.config.rules.map(() => rule)), associated).map(([shapes, addresses]): RenderInput => ({
     ...input,
+    associations: uniqueFlows((input.associations ?? []).map((a, i) => ({ ...a, sourceAddress: addresses[i]! }))),
     config: {
       ...input.config,
       sources: denseSources,
@@ -53,6 +58,10 @@ const denseCases = renderCases.chain((input) => {
     },
   }));
 });
+/** One association per flow (address, protocol, port), as the agent keeps them. */
+const uniqueFlows = <A extends { sourceAddress: string; transport: string; sourcePort: number }>(list: A[]) => [
+  ...new Map(list.map((a) => [`${a.sourceAddress} ${a.transport} ${a.sourcePort}`, a])).values(),
+];
 const denseSources = ['10.0.0.0/8', '10.1.0.0/16', '10.1.2.3', '10.1.2.0/30', 'fd00::/8', 'fd00::1'];
 const densePorts = [{ port: 22 }, { port: 80, endPort: 90 }, { port: 85 }, { port: 443 }, { port: 1, endPort: 1000 }];
 
@@ -194,7 +203,7 @@ describe('rulesCompiler, for any rules', () => {
   it('cuts each family and protocol into disjoint boxes', () => {
     fc.assert(
       fc.property(fc.oneof(renderCases, denseCases), ({ config }: { config: GatewayConfig }) => {
-        for (const { boxes } of rulesCompiler()(config.rules)) {
+        for (const { boxes } of rulesCompiler().compile(config.rules)) {
           boxes.forEach((a, i) =>
             boxes.slice(i + 1).forEach((b) => {
               const both = overlap(a.source, b.source) && overlap(a.destination, b.destination);

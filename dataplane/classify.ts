@@ -47,12 +47,18 @@ interface Target {
   ports?: Interval[];
 }
 
+export interface RulesCompiler<R> {
+  /** The decision of each family and protocol that some rule of `rules` matches, for the rules in this order. */
+  compile(rules: readonly R[]): Array<Decision<R>>;
+  /** Those of `rules`, in order, whose sources meet the sources of one of `these`. */
+  meeting(rules: readonly R[], these: readonly R[]): R[];
+}
+
 /**
- * A compiler of lists of rules: the decision of each family and protocol that some rule of a list
- * matches, for the rules in the order they are evaluated. The sources of a rule are read once
- * for all the lists it is in (the classes of a table share most of their rules).
+ * A compiler of lists of rules. The sources of a rule are read once for all the lists it is in
+ * (the classes of a table share most of their rules).
  */
-export function rulesCompiler<R extends CompiledRule>(): (rules: readonly R[]) => Array<Decision<R>> {
+export function rulesCompiler<R extends CompiledRule>(): RulesCompiler<R> {
   const sourcesOf = new Map<R, Record<Family, Interval[]>>();
   const sources = (rule: R, family: Family) => {
     let found = sourcesOf.get(rule);
@@ -64,7 +70,7 @@ export function rulesCompiler<R extends CompiledRule>(): (rules: readonly R[]) =
     }
     return found[family];
   };
-  return (rules) => {
+  const compile = (rules: readonly R[]) => {
     const decisions: Array<Decision<R>> = [];
     for (const family of [4, 6] as const) {
       for (const protocol of protocols) {
@@ -80,6 +86,33 @@ export function rulesCompiler<R extends CompiledRule>(): (rules: readonly R[]) =
     }
     return decisions;
   };
+  const meeting = (rules: readonly R[], these: readonly R[]) => {
+    const theirs = {
+      4: mergeIntervals(these.flatMap((r) => sources(r, 4))),
+      6: mergeIntervals(these.flatMap((r) => sources(r, 6))),
+    };
+    const meets = (rule: R) =>
+      ([4, 6] as const).some((f) =>
+        sources(rule, f).some(([first, last]) => {
+          const i = firstEndingAtOrAfter(theirs[f], first);
+          return i < theirs[f].length && theirs[f][i]![0] <= last;
+        }),
+      );
+    return rules.filter(meets);
+  };
+  return { compile, meeting };
+}
+
+/** The first of sorted disjoint intervals that ends at `value` or later. */
+function firstEndingAtOrAfter(sorted: readonly Interval[], value: bigint): number {
+  let low = 0;
+  let high = sorted.length;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (sorted[middle]![1] < value) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
 function targetsOf(rule: CompiledRule, family: Family, protocol: Protocol): Target[] {

@@ -129,7 +129,7 @@ export interface RenderInput {
 export class ConfigMemo {
   readonly addressSets: NamedSet[];
   readonly ruleIndex: ReadonlyMap<CompiledRule, number>;
-  readonly compile = rulesCompiler<CompiledRule>();
+  readonly compiler = rulesCompiler<CompiledRule>();
   /**
    * By class name, with the indices of the application rules it was made for (`key`): its chain,
    * its maps, and the rules their elements name in the order they were first named.
@@ -347,10 +347,16 @@ function renderPolicyChains(
   const defaultVerdict: Rule = { match: [], then: config.defaultAction === 'Deny' ? drop : [goto(choiceChain())] };
 
   // The chain of a list of rules in the config's order: one lookup per family and protocol that
-  // any of them matches, then the default action for what none matches. Made once per config:
-  // a later render only makes the chains of the rules its maps name again (they depend on the
-  // uplinks' health).
-  const classChain = (name: string, key: string, rules: readonly CompiledRule[]): Chain => {
+  // any of them matches, then the default action for what none matches. With `deciding`, only
+  // the boxes those rules decide are kept, and what the maps do not hold goes on to `pod_rules`.
+  // Made once per config: a later render only makes the chains of the rules its maps name again
+  // (they depend on the uplinks' health).
+  const classChain = (
+    name: string,
+    key: string,
+    rules: readonly CompiledRule[],
+    deciding?: ReadonlySet<CompiledRule>,
+  ): Chain => {
     const known = memo.classes.get(name);
     if (known?.key === key) {
       for (const rule of known.rules) ruleChain(rule);
@@ -359,7 +365,9 @@ function renderPolicyChains(
     }
     const named = new Set<CompiledRule>();
     const maps: NamedSet[] = [];
-    const lookups = memo.compile(rules).map(({ family: f, protocol, boxes }): Rule => {
+    const lookups = memo.compiler.compile(rules).flatMap(({ family: f, protocol, boxes: all }): Rule[] => {
+      const boxes = deciding ? all.filter((box) => deciding.has(box.rule)) : all;
+      if (!boxes.length) return [];
       const map = `${name}_${protocol}${f}`;
       const addr = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
       const ports = hasPorts(protocol);
@@ -383,12 +391,14 @@ function renderPolicyChains(
         }),
       });
       const l4: L4 | undefined = protocol === 'any' ? undefined : protocol === 'icmp' && f === 6 ? 'icmpv6' : protocol;
-      return {
-        match: [family(f), ...(l4 ? [{ kind: 'l4proto', protocols: [l4] } as Match] : [])],
-        then: [{ kind: 'classify', family: f, ports, map }],
-      };
+      return [
+        {
+          match: [family(f), ...(l4 ? [{ kind: 'l4proto', protocols: [l4] } as Match] : [])],
+          then: [{ kind: 'classify', family: f, ports, map }],
+        },
+      ];
     });
-    const chain = { name, rules: [...lookups, defaultVerdict] };
+    const chain = { name, rules: [...lookups, deciding ? { match: [], then: [goto('pod_rules')] } : defaultVerdict] };
     memo.classes.set(name, { key, chain, maps, rules: [...named] });
     parts.sets.push(...maps);
     return chain;
@@ -397,9 +407,12 @@ function renderPolicyChains(
   chains.push(classChain('pod_rules', '', podRules));
 
   // An application class: the rules without applications and the application rules one
-  // application matches. A known application that no rule names gets the pod's rules, like an
-  // unknown one, but it is known: in Hold mode that lets it through (unknown ones do not reach
-  // the maps' pod_rules elements).
+  // application matches, in order. Its maps hold only the boxes its application rules decide,
+  // compiled with the pod rules whose sources meet theirs (no other can match a packet there
+  // first); a flow outside them is decided as by the pod's rules, so it goes on to `pod_rules`,
+  // and an edit of a pod rule does not touch the classes' maps. A known application that no
+  // rule names gets the pod's rules, like an unknown one, but it is known: in Hold mode that
+  // lets it through (unknown ones do not reach the maps' pod_rules elements).
   const classes = new Map<string, string>();
   return (application) => {
     const matched = config.rules.filter((r) => r.applications?.some((m) => matchesApplication(m, application)));
@@ -409,13 +422,8 @@ function renderPolicyChains(
     if (!name) {
       name = `class${classes.size}`;
       classes.set(key, name);
-      chains.push(
-        classChain(
-          name,
-          key,
-          config.rules.filter((r) => !r.applications || matched.includes(r)),
-        ),
-      );
+      const rules = config.rules.filter((r) => !r.applications || matched.includes(r));
+      chains.push(classChain(name, key, memo.compiler.meeting(rules, matched), new Set(matched)));
     }
     return name;
   };
