@@ -183,6 +183,26 @@ describe('a new flow traced through the rendered rules', () => {
     expect(trace(withoutCurl, 'prerouting', tcp('10.244.1.2', '198.51.100.5', 8080, 40000)).verdict).toBe('accept');
   });
 
+  it('is decided by a pod rule before the application rules of its class, whatever their protocol', () => {
+    // curl may go anywhere by any protocol, after the pod's telnet rule: curl's telnet is still denied.
+    const config = withConfig((c) =>
+      c.rules.push({
+        ...structuredClone(c.rules[1]!),
+        rule: 'curl-anywhere',
+        destinations: undefined,
+        action: 'Allow',
+      }),
+    );
+    const table = render(input(config)).table;
+    const telnet = trace(table, 'prerouting', tcp('10.244.1.2', '203.0.113.10', 23, 40000));
+    expect({ verdict: telnet.verdict, rule: telnet.rule }).toEqual({
+      verdict: 'drop',
+      rule: 'shop/no-telnet#deny-telnet',
+    });
+    const web = trace(table, 'prerouting', tcp('10.244.1.2', '203.0.113.10', 80, 40000));
+    expect({ verdict: web.verdict, rule: web.rule }).toEqual({ verdict: 'accept', rule: 'shop/curl#curl-anywhere' });
+  });
+
   it('holds the flows of a pod with the sidecar until their association arrives, in Hold mode', () => {
     const config = withConfig(
       (c) =>

@@ -391,7 +391,19 @@ function renderPolicyChains(
         }),
       });
       const l4: L4 | undefined = protocol === 'any' ? undefined : protocol === 'icmp' && f === 6 ? 'icmpv6' : protocol;
+      // A TCP, UDP or ICMP packet that missed its own map misses the map of any protocol too
+      // when every box is kept; with only some kept, it goes on to pod_rules first.
+      const skipAny: Rule[] =
+        deciding && !l4
+          ? [
+              {
+                match: [family(f), { kind: 'l4proto', protocols: ['tcp', 'udp', f === 4 ? 'icmp' : 'icmpv6'] }],
+                then: [goto('pod_rules')],
+              },
+            ]
+          : [];
       return [
+        ...skipAny,
         {
           match: [family(f), ...(l4 ? [{ kind: 'l4proto', protocols: [l4] } as Match] : [])],
           then: [{ kind: 'classify', family: f, ports, map }],
