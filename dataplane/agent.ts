@@ -791,7 +791,7 @@ export class Agent {
         if (!u.snat.addresses?.length)
           interfaceAddresses.set(u.interface, await this.#o.interfaceAddresses(u.interface));
       }
-      if (this.#memo?.config !== config) this.#memo = new ConfigMemo(config);
+      if (this.#memo?.config !== config) this.#memo = new ConfigMemo(config, this.#memo);
       const rendered = render({
         config,
         memo: this.#memo,

@@ -52,20 +52,29 @@ export interface RulesCompiler<R> {
   compile(rules: readonly R[]): Array<Decision<R>>;
   /** Those of `rules`, in order, whose sources meet the sources of one of `these`. */
   meeting(rules: readonly R[], these: readonly R[]): R[];
+  /** Each list of sources read so far, as intervals of each family. */
+  readonly sources: ReadonlyMap<string, Record<Family, Interval[]>>;
 }
 
 /**
  * A compiler of lists of rules. The sources of a rule are read once for all the lists it is in
- * (the classes of a table share most of their rules).
+ * (the classes of a table share most of their rules, the rules of a policy their sources), and
+ * a list read by the `last` compiler (of the config before) is taken from it.
  */
-export function rulesCompiler<R extends CompiledRule>(): RulesCompiler<R> {
+export function rulesCompiler<R extends CompiledRule>(last?: RulesCompiler<R>): RulesCompiler<R> {
+  const read = new Map<string, Record<Family, Interval[]>>();
   const sourcesOf = new Map<R, Record<Family, Interval[]>>();
   const sources = (rule: R, family: Family) => {
     let found = sourcesOf.get(rule);
     if (!found) {
-      const intervals = (f: Family) =>
-        mergeIntervals(rule.sources.filter((p) => p.includes(':') === (f === 6)).map((p) => prefixInterval(p, f)));
-      found = { 4: intervals(4), 6: intervals(6) };
+      const text = rule.sources.join(' ');
+      found = read.get(text) ?? last?.sources.get(text);
+      if (!found) {
+        const intervals = (f: Family) =>
+          mergeIntervals(rule.sources.filter((p) => p.includes(':') === (f === 6)).map((p) => prefixInterval(p, f)));
+        found = { 4: intervals(4), 6: intervals(6) };
+      }
+      read.set(text, found);
       sourcesOf.set(rule, found);
     }
     return found[family];
@@ -100,7 +109,7 @@ export function rulesCompiler<R extends CompiledRule>(): RulesCompiler<R> {
       );
     return rules.filter(meets);
   };
-  return { compile, meeting };
+  return { compile, meeting, sources: read };
 }
 
 /** The first of sorted disjoint intervals that ends at `value` or later. */

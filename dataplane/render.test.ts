@@ -143,11 +143,30 @@ describe('the parts of a config made once (ConfigMemo)', () => {
     expect([...memo.classes.keys()].sort()).toEqual(['class0', 'class1', 'pod_rules']);
   });
 
-  it('are made afresh for another config', () => {
+  it('are made afresh for another config, with what it shares with the last one taken from its memo', () => {
     const memo = new ConfigMemo(base);
     const table = render(input(config, { associations: [node], memo })).table;
     expect(table).toEqual(render(input(config, { associations: [node] })).table);
     expect(memo.classes.size).toBe(0);
+
+    const last = new ConfigMemo(config);
+    render(input(config, { associations: [curl, node], memo: last }));
+    // A rule edited keeps the addresses; a pod added changes them.
+    const edited = withConfig((c) => {
+      c.rules.push(structuredClone(config.rules.at(-1)!));
+      c.rules[0]!.destinations = [{ protocol: 'TCP', ports: [{ port: 24 }] }];
+    });
+    const added = withConfig((c) => {
+      c.rules.push(structuredClone(config.rules.at(-1)!));
+      c.sources.push('10.244.2.3');
+      c.rules[2]!.sources.push('10.244.2.3');
+    });
+    for (const next of [edited, added]) {
+      const memo = new ConfigMemo(next, last);
+      const extra = { associations: [curl, node], memo };
+      expect(render(input(next, extra)).table).toEqual(render(input(next, { associations: [curl, node] })).table);
+      expect(memo.addressSets === last.addressSets).toBe(next === edited);
+    }
   });
 });
 

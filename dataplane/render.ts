@@ -28,7 +28,7 @@ import {
   uplinkMarkMask,
   type MarkField,
 } from '../contracts/gateway/index.ts';
-import { hasPorts, rulesCompiler } from './classify.ts';
+import { hasPorts, rulesCompiler, type RulesCompiler } from './classify.ts';
 import { addressText, type Interval } from './nft/intervals.ts';
 import {
   renderElement,
@@ -124,26 +124,44 @@ export interface RenderInput {
  * The parts of the table that depend on the config alone: the address sets and each class's
  * chain with the maps of its rules compiled. An association or a health change renders the
  * table again, and compiling 1,000 rules for each application class took most of such a sync.
- * The parts are reused as they are, so that planChanges sees them unchanged at a glance.
+ * The parts are reused as they are, so that planChanges sees them unchanged at a glance. A memo
+ * of the next config takes from the last one what the two share: the address sets when the
+ * addresses are the same, and the rules' source addresses read as intervals.
  */
 export class ConfigMemo {
+  readonly config: GatewayConfig;
   readonly addressSets: NamedSet[];
   readonly ruleIndex: ReadonlyMap<CompiledRule, number>;
-  readonly compiler = rulesCompiler<CompiledRule>();
+  readonly compiler: RulesCompiler<CompiledRule>;
   /**
    * By class name, with the indices of the application rules it was made for (`key`): its chain,
    * its maps, and the rules their elements name in the order they were first named.
    */
   readonly classes = new Map<string, { key: string; chain: Chain; maps: NamedSet[]; rules: CompiledRule[] }>();
 
-  readonly config: GatewayConfig;
-
-  constructor(config: GatewayConfig) {
+  constructor(config: GatewayConfig, last?: ConfigMemo) {
     this.config = config;
-    this.addressSets = renderAddressSets(config);
+    const same = last && sameLists(addressLists(last.config), addressLists(config));
+    this.addressSets = same ? last.addressSets : renderAddressSets(config);
     this.ruleIndex = new Map(config.rules.map((rule, i) => [rule, i]));
+    this.compiler = rulesCompiler(last?.compiler);
   }
 }
+
+/** What renderAddressSets reads. */
+const addressLists = (config: GatewayConfig): Array<readonly string[] | undefined> => [
+  config.sources,
+  config.bypass,
+  config.association?.unassociatedFlows === 'Hold' ? config.association.sidecarSources : undefined,
+  config.association?.strictSources,
+];
+
+const sameLists = (a: Array<readonly string[] | undefined>, b: Array<readonly string[] | undefined>) =>
+  a.length === b.length &&
+  a.every((list, i) => {
+    const other = b[i];
+    return list === other || (list && other && list.length === other.length && list.every((x, j) => x === other[j]));
+  });
 
 export interface UplinkRoute {
   uplink: string;
