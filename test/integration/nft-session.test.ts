@@ -79,6 +79,25 @@ test('small transactions go through one nft, each applied', async () => {
   expect(await nftChildren()).toHaveLength(1);
 });
 
+test("lists only its own table's names, and none when its table is gone", async () => {
+  const other = new ExecNftables(nftCommand, dir, `${tableName}-other`);
+  await other.run([
+    { op: 'add', what: 'table' },
+    { op: 'add', what: 'set', set: { name: 'elsewhere', type: 'ipv4_addr' } },
+    { op: 'add', what: 'chain', chain: { name: 'e' } },
+  ]);
+  try {
+    expect(await nft.list()).toEqual({ chains: ['c'], sets: ['addresses'], maps: [], objects: [] });
+    await nft.run([{ op: 'delete', what: 'table' }]);
+    expect(await nft.list()).toBeUndefined();
+    expect((await other.list())?.chains).toEqual(['e']);
+  } finally {
+    await nft.run([{ op: 'add', what: 'table' }]);
+    await other.run([{ op: 'delete', what: 'table' }]);
+    await other.close();
+  }
+});
+
 test('a rule named in any script keeps its name in the kernel, though nft -i would drop all but ASCII', async () => {
   const names = ['shop/a0#egress', 'shop/a0#sortie-été', 'shop/a0#出口', 'shop/a0#😀'];
   for (const comment of names) {
