@@ -63,12 +63,14 @@ export interface RulesCompiler<R> {
  */
 export function rulesCompiler<R extends CompiledRule>(last?: RulesCompiler<R>): RulesCompiler<R> {
   const read = new Map<string, Record<Family, Interval[]>>();
+  // Only what the last one read, not the last compiler, which would hold its own last.
+  const earlier = last?.sources;
   const sourcesOf = new Map<R, Record<Family, Interval[]>>();
   const sources = (rule: R, family: Family) => {
     let found = sourcesOf.get(rule);
     if (!found) {
       const text = rule.sources.join(' ');
-      found = read.get(text) ?? last?.sources.get(text);
+      found = read.get(text) ?? earlier?.get(text);
       if (!found) {
         const intervals = (f: Family) =>
           mergeIntervals(rule.sources.filter((p) => p.includes(':') === (f === 6)).map((p) => prefixInterval(p, f)));
