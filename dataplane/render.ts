@@ -267,11 +267,14 @@ export function render(input: RenderInput): Rendered {
   };
 }
 
+const addressElements = (addresses: readonly string[]): SetElement[] =>
+  addresses.map((address) => ({ key: [{ kind: 'address', address }] }));
+
 const addressSet = (name: string, f: Family, prefixes: readonly string[]): NamedSet => ({
   name,
   type: f === 4 ? 'ipv4_addr' : 'ipv6_addr',
   interval: true,
-  elements: normalisePrefixes([...prefixes], f).map((address) => ({ key: [{ kind: 'address', address }] })),
+  elements: addressElements(normalisePrefixes([...prefixes], f)),
 });
 
 /**
@@ -284,11 +287,10 @@ const addressSet = (name: string, f: Family, prefixes: readonly string[]): Named
 function podAddressSets(base: string, f: Family, prefixes: readonly string[]): NamedSet[] {
   const type = f === 4 ? 'ipv4_addr' : 'ipv6_addr';
   const normal = normalisePrefixes([...prefixes], f);
-  const elements = (list: string[]): SetElement[] => list.map((address) => ({ key: [{ kind: 'address', address }] }));
   const [addresses, networks] = podSetNames(base, f);
   return [
-    { name: addresses, type, elements: elements(normal.filter((p) => !p.includes('/'))) },
-    { name: networks, type, interval: true, elements: elements(normal.filter((p) => p.includes('/'))) },
+    { name: addresses, type, elements: addressElements(normal.filter((p) => !p.includes('/'))) },
+    { name: networks, type, interval: true, elements: addressElements(normal.filter((p) => p.includes('/'))) },
   ];
 }
 
@@ -531,12 +533,12 @@ function renderEgress(context: RenderContext, parts: TableParts): void {
       {
         name: egressPods(e),
         type: addr,
-        elements: e.pods.map(({ pod }) => ({ key: [{ kind: 'address', address: pod }] })),
+        elements: addressElements(e.pods.map(({ pod }) => pod)),
       },
       {
         name: egressWaiting(e),
         type: addr,
-        elements: e.waiting.map((pod) => ({ key: [{ kind: 'address', address: pod }] })),
+        elements: addressElements(e.waiting),
       },
       {
         name: egressSnatMap(e),
